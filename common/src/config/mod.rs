@@ -1,0 +1,664 @@
+//! oc-mirror's `ImageSetConfiguration`: loading, validation, and what this build acts on.
+//!
+//! Three steps, each with errors that name the file, the line and the field path:
+//!
+//! 1. [`load`] / [`load_all`] parse the YAML strictly (unknown fields and wrong types
+//!    fail, as in oc-mirror) and check `apiVersion`, `kind`, and that each field
+//!    belongs to the file's schema version.
+//! 2. [`LoadedConfig::validate`] applies oc-mirror's semantic rules (duplicate
+//!    channels, exclusive version filters, valid image references, ...).
+//! 3. [`LoadedConfig::check_supported`] refuses fields this build parses but does not
+//!    act on yet. A user's config must never be half-honoured in silence: mirroring
+//!    fewer images than asked looks like success until a cluster cannot upgrade.
+
+mod position;
+pub mod schema;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use position::Pos;
+use position::Positions;
+pub use schema::ImageSetConfiguration;
+
+use crate::reference::{ImageRef, valid_repository, valid_tag};
+use crate::size::ByteSize;
+
+/// oc-mirror v1's schema version.
+pub const V1ALPHA2: &str = "mirror.openshift.io/v1alpha2";
+/// oc-mirror v2's schema version.
+pub const V2ALPHA1: &str = "mirror.openshift.io/v2alpha1";
+/// The configuration kind `create` takes.
+pub const KIND: &str = "ImageSetConfiguration";
+/// oc-mirror v2's deletion configuration kind.
+pub const DELETE_KIND: &str = "DeleteImageSetConfiguration";
+
+/// Fields that exist in only one schema version, as field-path patterns (`[*]`
+/// stands for any index).
+pub const VERSION_ONLY_FIELDS: &[(&str, &str)] = &[
+    ("storageConfig", V1ALPHA2),
+    ("mirror.operators[*].targetName", V1ALPHA2),
+    ("mirror.operators[*].originalRef", V1ALPHA2),
+    ("mirror.operators[*].packages[*].minBundle", V1ALPHA2),
+    (
+        "mirror.operators[*].packages[*].channels[*].minBundle",
+        V1ALPHA2,
+    ),
+    ("delete", V2ALPHA1),
+    ("mirror.platform.platforms", V2ALPHA1),
+    ("mirror.platform.release", V2ALPHA1),
+    ("mirror.platform.kubeVirtContainer", V2ALPHA1),
+    ("mirror.operators[*].targetCatalogSourceTemplate", V2ALPHA1),
+    ("mirror.operators[*].platforms", V2ALPHA1),
+    ("mirror.additionalImages[*].targetRepo", V2ALPHA1),
+    ("mirror.additionalImages[*].targetTag", V2ALPHA1),
+    ("mirror.additionalImages[*].platforms", V2ALPHA1),
+    ("mirror.helm.repositories[*].charts[*].platforms", V2ALPHA1),
+    ("mirror.helm.local[*].platforms", V2ALPHA1),
+];
+
+const ARCHITECTURES: &[&str] = &["amd64", "arm64", "ppc64le", "s390x", "multi"];
+
+/// One thing wrong in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where, when known.
+    pub pos: Option<Pos>,
+    /// The field path (`mirror.additionalImages[0].name`), empty for the document.
+    pub field: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read and is wrong; every problem found is listed.
+    #[error("{}", render(path, problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// The problems, when the file was readable.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+fn render(path: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            let at = match p.pos {
+                Some(pos) => format!("{}:{}:{}", path.display(), pos.line, pos.column),
+                None => path.display().to_string(),
+            };
+            if p.field.is_empty() {
+                format!("{at}: {}", p.message)
+            } else {
+                format!("{at}: {}: {}", p.field, p.message)
+            }
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// A parsed configuration document and where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The file.
+    pub file: PathBuf,
+    /// Index of the document in the file (0 for the first).
+    pub document: usize,
+    /// The parsed document.
+    pub config: ImageSetConfiguration,
+    positions: Positions,
+}
+
+/// An image the configuration asks to mirror, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// The source, with `latest` as tag when the config named neither tag nor digest.
+    pub source: ImageRef,
+    /// The configuration entry as written (for mapping files and messages).
+    pub name: String,
+    /// Repository path at the mirror instead of the source's (`targetRepo`).
+    pub target_repo: Option<String>,
+    /// Tag at the mirror instead of the source's (`targetTag`).
+    pub target_tag: Option<String>,
+}
+
+/// Reads every document of an ImageSetConfiguration file.
+pub fn load_all(path: &Path) -> Result<Vec<LoadedConfig>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_all(path, &text)
+}
+
+/// Reads an ImageSetConfiguration file that holds exactly one document.
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let mut docs = load_all(path)?;
+    if docs.len() != 1 {
+        let problem = Problem {
+            pos: docs.get(1).and_then(|d| d.positions.of("")),
+            field: String::new(),
+            message: format!(
+                "the file holds {} ImageSetConfiguration documents; give one configuration per file",
+                docs.len()
+            ),
+        };
+        return Err(invalid(path, vec![problem]));
+    }
+    Ok(docs.remove(0))
+}
+
+fn invalid(path: &Path, mut problems: Vec<Problem>) -> ConfigError {
+    problems.sort_by_key(|p| p.pos.map(|p| (p.line, p.column)));
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    }
+}
+
+/// Parses configuration text; `path` is used in messages only.
+pub fn parse_all(path: &Path, text: &str) -> Result<Vec<LoadedConfig>, ConfigError> {
+    let positions = position::index(text);
+    let mut docs = Vec::new();
+    for (document, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let config = ImageSetConfiguration::deserialize(de).map_err(|e| {
+            let pos = e.location().map(|l| Pos {
+                line: l.line(),
+                column: l.column(),
+            });
+            let message = e.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(i) => message[..i].to_string(),
+                None => message,
+            };
+            let message = if message.contains("missing field `apiVersion`")
+                || message.contains("missing field `kind`")
+            {
+                format!("{message}: an ImageSetConfiguration starts with apiVersion: {V2ALPHA1} (or {V1ALPHA2}) and kind: {KIND}")
+            } else {
+                message
+            };
+            invalid(
+                path,
+                vec![Problem {
+                    pos,
+                    field: String::new(),
+                    message,
+                }],
+            )
+        })?;
+        let loaded = LoadedConfig {
+            file: path.to_path_buf(),
+            document,
+            config,
+            positions: positions.get(document).cloned().unwrap_or_default(),
+        };
+        let problems = loaded.schema_problems();
+        if !problems.is_empty() {
+            return Err(invalid(path, problems));
+        }
+        docs.push(loaded);
+    }
+    if docs.is_empty() {
+        return Err(invalid(
+            path,
+            vec![Problem {
+                pos: None,
+                field: String::new(),
+                message: format!("the file holds no YAML document; expected an {KIND}"),
+            }],
+        ));
+    }
+    Ok(docs)
+}
+
+/// Whether a concrete field path (`a.b[3].c`) matches a pattern with `[*]`.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut pat = pattern;
+    let mut p = path;
+    loop {
+        match pat.find("[*]") {
+            None => return pat == p,
+            Some(i) => {
+                let Some(rest) = p.strip_prefix(&pat[..i]) else {
+                    return false;
+                };
+                let Some(rest) = rest.strip_prefix('[') else {
+                    return false;
+                };
+                let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+                let Some(rest) = rest[digits..].strip_prefix(']') else {
+                    return false;
+                };
+                if digits == 0 {
+                    return false;
+                }
+                pat = &pat[i + 3..];
+                p = rest;
+            }
+        }
+    }
+}
+
+impl LoadedConfig {
+    fn problem(&self, field: impl Into<String>, message: impl Into<String>) -> Problem {
+        let field = field.into();
+        Problem {
+            pos: self.positions.of(&field),
+            field,
+            message: message.into(),
+        }
+    }
+
+    fn err(&self, problems: Vec<Problem>) -> Result<(), ConfigError> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid(&self.file, problems))
+        }
+    }
+
+    /// The position of a field, for messages about it elsewhere.
+    pub fn position_of(&self, field: &str) -> Option<Pos> {
+        self.positions.of(field)
+    }
+
+    /// `file:line:col` of a field.
+    pub fn locate(&self, field: &str) -> String {
+        match self.positions.of(field) {
+            Some(p) => format!("{}:{}:{}", self.file.display(), p.line, p.column),
+            None => self.file.display().to_string(),
+        }
+    }
+
+    fn schema_problems(&self) -> Vec<Problem> {
+        let c = &self.config;
+        let mut problems = Vec::new();
+        let versions = [V1ALPHA2, V2ALPHA1];
+        if !versions.contains(&c.api_version.as_str()) {
+            problems.push(self.problem(
+                "apiVersion",
+                format!(
+                    "unknown apiVersion {:?}: expected {V2ALPHA1} or {V1ALPHA2}",
+                    c.api_version
+                ),
+            ));
+            return problems;
+        }
+        let kinds: &[&str] = if c.api_version == V2ALPHA1 {
+            &[KIND, DELETE_KIND]
+        } else {
+            &[KIND]
+        };
+        if !kinds.contains(&c.kind.as_str()) {
+            problems.push(self.problem(
+                "kind",
+                format!(
+                    "unknown kind {:?} for {}: expected {}",
+                    c.kind,
+                    c.api_version,
+                    kinds.join(" or ")
+                ),
+            ));
+        }
+        let mut keys: Vec<&String> = self.positions.keys().collect();
+        keys.sort();
+        for key in keys {
+            for (pattern, version) in VERSION_ONLY_FIELDS {
+                if *version != c.api_version && path_matches(pattern, key) {
+                    problems.push(self.problem(
+                        key.clone(),
+                        format!(
+                            "field exists only in {version}, but this file is {}: change apiVersion or remove the field",
+                            c.api_version
+                        ),
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// oc-mirror's semantic rules, with its messages where it has one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        let mut problems = Vec::new();
+        if let Some(size) = c.archive_size {
+            if size < 0 {
+                problems.push(self.problem(
+                    "archiveSize",
+                    format!("must be a whole number of GiB, 0 or more; got {size}"),
+                ));
+            }
+        }
+        let (stanza, body) = if c.kind == DELETE_KIND {
+            if c.mirror.is_some() {
+                problems.push(self.problem(
+                    "mirror",
+                    "mirror: is not allowed in DeleteImageSetConfiguration; use delete:",
+                ));
+            }
+            ("delete", c.delete.as_ref())
+        } else {
+            if c.delete.is_some() {
+                problems.push(
+                    self.problem("delete", "delete: is not allowed in ImageSetConfiguration"),
+                );
+            }
+            ("mirror", c.mirror.as_ref())
+        };
+        let Some(m) = body else {
+            problems.push(self.problem("", format!("configuration missing the `{stanza}` stanza")));
+            return self.err(problems);
+        };
+        if let Some(platform) = &m.platform {
+            self.validate_platform(stanza, platform, &mut problems);
+        }
+        self.validate_operators(stanza, &m.operators, &mut problems);
+        for (i, image) in m.additional_images.iter().enumerate() {
+            let at = format!("{stanza}.additionalImages[{i}]");
+            if let Err(e) = image.name.parse::<ImageRef>() {
+                problems.push(self.problem(format!("{at}.name"), e.to_string()));
+            }
+            if let Some(repo) = &image.target_repo {
+                if !valid_repository(repo) {
+                    problems.push(self.problem(
+                        format!("{at}.targetRepo"),
+                        format!("invalid target path component {repo:?}: must be lowercase letters and digits separated by '.', '_', '__', '-' or '/'"),
+                    ));
+                }
+            }
+            if let Some(tag) = &image.target_tag {
+                if !valid_tag(tag) {
+                    problems.push(self.problem(
+                        format!("{at}.targetTag"),
+                        format!("invalid tag {tag:?}: 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"),
+                    ));
+                }
+            }
+        }
+        for (i, b) in m.blocked_images.iter().enumerate() {
+            if b.name.trim().is_empty() {
+                problems.push(self.problem(
+                    format!("{stanza}.blockedImages[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+        }
+        self.err(problems)
+    }
+
+    fn validate_platform(
+        &self,
+        stanza: &str,
+        platform: &schema::Platform,
+        problems: &mut Vec<Problem>,
+    ) {
+        let mut seen = std::collections::HashSet::new();
+        for (i, ch) in platform.channels.iter().enumerate() {
+            let at = format!("{stanza}.platform.channels[{i}]");
+            if ch.name.is_empty() {
+                problems
+                    .push(self.problem(format!("{at}.name"), "release channel requires a name"));
+            }
+            let kind = ch.channel_type.as_deref().unwrap_or("ocp");
+            if !["ocp", "okd"].contains(&kind) {
+                problems.push(self.problem(
+                    format!("{at}.type"),
+                    format!("unknown release type {kind:?}: expected ocp or okd"),
+                ));
+            }
+            if !seen.insert((kind, ch.name.as_str())) {
+                problems.push(self.problem(
+                    format!("{at}.name"),
+                    format!(
+                        "release channel {:?}: duplicate found in configuration",
+                        ch.name
+                    ),
+                ));
+            }
+        }
+        for (i, arch) in platform.architectures.iter().enumerate() {
+            if !ARCHITECTURES.contains(&arch.as_str()) {
+                problems.push(self.problem(
+                    format!("{stanza}.platform.architectures[{i}]"),
+                    format!(
+                        "unknown architecture {arch:?}: expected one of {}",
+                        ARCHITECTURES.join(", ")
+                    ),
+                ));
+            }
+        }
+        if !platform.platforms.is_empty() && !platform.architectures.is_empty() {
+            problems.push(self.problem(
+                format!("{stanza}.platform.platforms"),
+                "platform.platforms and platform.architectures cannot be used together; use platform.platforms (architectures is deprecated)",
+            ));
+        }
+    }
+
+    fn validate_operators(
+        &self,
+        stanza: &str,
+        operators: &[schema::Operator],
+        problems: &mut Vec<Problem>,
+    ) {
+        let mut catalogs = std::collections::HashSet::new();
+        for (o, op) in operators.iter().enumerate() {
+            let at = format!("{stanza}.operators[{o}]");
+            let key = (
+                op.catalog.as_str(),
+                op.target_catalog.as_deref().or(op.target_name.as_deref()),
+                op.target_tag.as_deref(),
+            );
+            if !catalogs.insert(key) {
+                problems.push(self.problem(
+                    format!("{at}.catalog"),
+                    format!("catalog {:?}: duplicate found in configuration", op.catalog),
+                ));
+            }
+            let mut packages = std::collections::HashSet::new();
+            for (p, pkg) in op.packages.iter().enumerate() {
+                let at = format!("{at}.packages[{p}]");
+                if pkg.name.is_empty() {
+                    problems.push(
+                        self.problem(format!("{at}.name"), format!("package {p} requires a name")),
+                    );
+                } else if !packages.insert(pkg.name.as_str()) {
+                    problems.push(self.problem(
+                        format!("{at}.name"),
+                        format!(
+                            "catalog {:?}: duplicate package entry {:?}",
+                            op.catalog, pkg.name
+                        ),
+                    ));
+                }
+                if pkg.min_version.is_some() && pkg.min_bundle.is_some() {
+                    problems.push(self.problem(
+                        format!("{at}.minBundle"),
+                        "minimum version and bundle are mutually exclusive",
+                    ));
+                }
+                let package_range = pkg.min_version.is_some() || pkg.max_version.is_some();
+                let mut channels = std::collections::HashSet::new();
+                for (h, ch) in pkg.channels.iter().enumerate() {
+                    let at = format!("{at}.channels[{h}]");
+                    if ch.name.is_empty() {
+                        problems.push(self.problem(
+                            format!("{at}.name"),
+                            format!("package {}: channel {h} requires a name", pkg.name),
+                        ));
+                    } else if !channels.insert(ch.name.as_str()) {
+                        problems.push(self.problem(
+                            format!("{at}.name"),
+                            format!(
+                                "catalog {:?}: operator {:?}: duplicate channel entry {:?}",
+                                op.catalog, pkg.name, ch.name
+                            ),
+                        ));
+                    }
+                    if ch.min_version.is_some() && ch.min_bundle.is_some() {
+                        problems.push(self.problem(
+                            format!("{at}.minBundle"),
+                            "minimum version and bundle are mutually exclusive",
+                        ));
+                    }
+                    if package_range && (ch.min_version.is_some() || ch.max_version.is_some()) {
+                        problems.push(self.problem(
+                            format!("{at}.minVersion"),
+                            format!(
+                                "catalog {:?}: operator {:?}: mixing both filtering by minVersion/maxVersion and filtering by channel minVersion/maxVersion is not allowed",
+                                op.catalog, pkg.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Refuses every field this build parses but does not act on yet, all at once,
+    /// each with its position, so a user learns everything from one run.
+    pub fn check_supported(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        let mut problems = Vec::new();
+        if c.kind == DELETE_KIND {
+            problems.push(self.problem(
+                "kind",
+                "DeleteImageSetConfiguration is not supported by this build: Airlock does not delete images from mirrors yet",
+            ));
+        }
+        if let Some(sc) = &c.storage_config {
+            if sc.registry.is_some() {
+                problems.push(self.problem(
+                    "storageConfig.registry",
+                    "keeping the workspace in a registry is not supported by this build yet; remove storageConfig.registry and keep the workspace on disk (storageConfig.local.path or --workspace)",
+                ));
+            }
+        }
+        if let Some(m) = &c.mirror {
+            let unsupported = [
+                (
+                    m.platform
+                        .as_ref()
+                        .is_some_and(|p| *p != schema::Platform::default()),
+                    "mirror.platform",
+                    "mirroring OpenShift releases",
+                ),
+                (
+                    !m.operators.is_empty(),
+                    "mirror.operators",
+                    "mirroring operator catalogs",
+                ),
+                (
+                    m.helm
+                        .as_ref()
+                        .is_some_and(|h| !h.local.is_empty() || !h.repositories.is_empty()),
+                    "mirror.helm",
+                    "mirroring Helm charts",
+                ),
+                (
+                    !m.blocked_images.is_empty(),
+                    "mirror.blockedImages",
+                    "blocking images",
+                ),
+                (
+                    !m.samples.is_empty(),
+                    "mirror.samples",
+                    "mirroring sample images (oc-mirror does not implement them either)",
+                ),
+            ];
+            for (present, field, what) in unsupported {
+                if present {
+                    problems.push(self.problem(
+                        field,
+                        format!("{what} is not supported by this build yet; remove {field} to mirror the rest"),
+                    ));
+                }
+            }
+            for (i, image) in m.additional_images.iter().enumerate() {
+                if !image.platforms.is_empty() {
+                    let field = format!("mirror.additionalImages[{i}].platforms");
+                    problems.push(self.problem(
+                        field.clone(),
+                        format!("filtering a manifest list by platform is not supported by this build: every platform is mirrored so digests stay intact; remove {field}"),
+                    ));
+                }
+            }
+        }
+        self.err(problems)
+    }
+
+    /// The images of `mirror.additionalImages`, resolved. Call [`Self::validate`] first;
+    /// an invalid name is still reported here, with its position.
+    pub fn additional_images(&self) -> Result<Vec<ImageSpec>, ConfigError> {
+        let Some(m) = &self.config.mirror else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (i, image) in m.additional_images.iter().enumerate() {
+            match image.name.parse::<ImageRef>() {
+                Ok(source) => out.push(ImageSpec {
+                    source: source.with_default_tag(),
+                    name: image.name.clone(),
+                    target_repo: image.target_repo.clone(),
+                    target_tag: image.target_tag.clone(),
+                }),
+                Err(e) => problems.push(
+                    self.problem(format!("mirror.additionalImages[{i}].name"), e.to_string()),
+                ),
+            }
+        }
+        self.err(problems)?;
+        Ok(out)
+    }
+
+    /// `archiveSize` in bytes, when set to more than zero (oc-mirror treats 0 as unset).
+    pub fn archive_size(&self) -> Option<ByteSize> {
+        self.config
+            .archive_size
+            .filter(|s| *s > 0)
+            .and_then(|s| ByteSize::gib(s as u64))
+    }
+
+    /// `storageConfig.local.path`, where oc-mirror v1 users keep their workspace.
+    pub fn local_storage_path(&self) -> Option<PathBuf> {
+        // Relative paths are relative to the working directory, as in oc-mirror.
+        let path = &self.config.storage_config.as_ref()?.local.as_ref()?.path;
+        Some(PathBuf::from(path))
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! The imageset format, version 1: what crosses the air gap.
+//!
+//! An imageset is a set of chunk files, each a plain POSIX tar (ustar) archive no
+//! larger than the transfer limit, tar overhead included. Every chunk carries the
+//! whole imageset manifest as its first entry, so any one chunk identifies its
+//! imageset, and a per-chunk identity entry, so a chunk renamed by a file manager is
+//! still recognised. Blob bytes follow; a blob that does not fit is split across
+//! chunks. The full specification, precise enough to write another implementation,
+//! is `docs/imageset-format.md`; this module is its reference implementation:
+//!
+//! - [`layout`] decides which blob bytes go into which chunk at which offset,
+//! - [`write`] writes chunk files from that plan, crash-safely,
+//! - [`read`] reads chunk files strictly, treating them as hostile input.
+
+pub mod layout;
+pub mod read;
+pub mod write;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::digest::Digest;
+
+/// The value of [`ImagesetManifest::format`] for this version of the format.
+pub const FORMAT: &str = "airlock.imageset/v1";
+
+/// Tar entry name of the imageset manifest, the first entry of every chunk.
+pub const MANIFEST_ENTRY: &str = "airlock/imageset.json";
+
+/// Tar entry name of the manifest's detached signature, the second entry of every
+/// chunk of a signed imageset (absent when unsigned).
+pub const SIGNATURE_ENTRY: &str = "airlock/imageset.json.sig";
+
+/// Tar entry name of the chunk identity, the first entry of the hashed payload.
+pub const CHUNK_ENTRY: &str = "airlock/chunk.json";
+
+/// Largest imageset manifest a reader accepts. A manifest lists images, chunks and
+/// blob parts; 64 MiB holds several hundred thousand blobs, far beyond any real
+/// release plus catalogs, while bounding what a forged header can make a reader
+/// allocate.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// Largest signature entry a reader accepts.
+pub const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
+
+/// Tar block size.
+pub const BLOCK: u64 = 512;
+
+/// Size of the chunk identity entry: one header block and one data block.
+pub const CHUNK_ENTRY_LEN: u64 = 2 * BLOCK;
+
+/// The end-of-archive marker: two zero blocks.
+pub const TRAILER_LEN: u64 = 2 * BLOCK;
+
+/// `n` rounded up to a whole number of tar blocks.
+pub fn padded(n: u64) -> u64 {
+    n.div_ceil(BLOCK) * BLOCK
+}
+
+/// The manifest carried in every chunk of an imageset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImagesetManifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The connected workspace that made this imageset.
+    pub uuid: Uuid,
+    /// Position in the workspace's sequence, from 1.
+    pub sequence: u64,
+    /// Whether this imageset ships every blob (the first of a workspace, or `--full`),
+    /// rather than only blobs no earlier imageset of the workspace carried.
+    pub full: bool,
+    /// When the imageset was created, RFC 3339 UTC with seconds (`2026-11-24T10:00:00Z`);
+    /// also the modification time of every tar entry.
+    pub created: String,
+    /// The transfer limit the chunks were cut to, in bytes.
+    pub limit: u64,
+    /// Every chunk file, in order.
+    pub chunks: Vec<ChunkRecord>,
+    /// Every image of the configuration: the whole desired state, even when some of
+    /// its blobs travelled in earlier imagesets.
+    pub images: Vec<ImageRecord>,
+    /// Every manifest and blob the images reference, with where each byte travels.
+    pub blobs: Vec<BlobRecord>,
+}
+
+/// One chunk file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChunkRecord {
+    /// Position, from 1.
+    pub index: u32,
+    /// File name as written (a file manager may rename it; the identity entry inside
+    /// the chunk is what counts).
+    pub name: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// sha256 (hex) of the chunk's payload: every byte after the manifest and
+    /// signature entries, to the end of the file.
+    pub sha256: String,
+}
+
+/// What kind of content an image is, for grouping cluster resources as oc-mirror does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ImageKind {
+    /// An `additionalImages` entry.
+    Generic,
+}
+
+/// One image of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImageRecord {
+    /// The source reference as the configuration wrote it.
+    pub source: String,
+    /// Source registry and repository (`quay.io/ns/app`).
+    pub repository: String,
+    /// The tag to publish, if the image was named by tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Whether the configuration named the image by digest (alone or with a tag).
+    pub by_digest: bool,
+    /// Digest of the top manifest (an index for multi-platform images).
+    pub digest: Digest,
+    /// Repository path at the mirror instead of the source's (`targetRepo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_repository: Option<String>,
+    /// What kind of content this is.
+    pub kind: ImageKind,
+}
+
+/// One manifest or blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BlobRecord {
+    /// Content digest.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// Set for manifests: their media type, needed to push them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// Source repository (`quay.io/ns/app`) that serves the blob; for diagnostics
+    /// and, at publish, the mirror repository to mount from.
+    pub repository: String,
+    /// Where the bytes are, in blob order; empty when an earlier imageset of the
+    /// workspace carried the blob.
+    #[serde(default)]
+    pub parts: Vec<PartRecord>,
+}
+
+/// A contiguous range of a blob stored as one tar entry in one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PartRecord {
+    /// Chunk index, from 1.
+    pub chunk: u32,
+    /// Offset of the range within the blob.
+    pub offset: u64,
+    /// Length of the range.
+    pub length: u64,
+}
+
+impl BlobRecord {
+    /// Whether this imageset carries the blob's bytes.
+    pub fn carried(&self) -> bool {
+        !self.parts.is_empty() || self.size == 0
+    }
+
+    /// The tar entry name of part `i`: `blobs/sha256/<hex>` when the blob travels whole,
+    /// `blobs/sha256/<hex>.<n>` (n from 1) when it is split.
+    pub fn entry_name(&self, i: usize) -> String {
+        if self.parts.len() <= 1 {
+            format!("blobs/sha256/{}", self.digest.hex())
+        } else {
+            format!("blobs/sha256/{}.{}", self.digest.hex(), i + 1)
+        }
+    }
+}
+
+/// The identity entry of one chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChunkIdentity {
+    /// The imageset's workspace UUID.
+    pub uuid: Uuid,
+    /// The imageset's sequence number.
+    pub sequence: u64,
+    /// This chunk's index, from 1.
+    pub chunk: u32,
+    /// How many chunks the imageset has.
+    pub chunks: u32,
+}
+
+/// The file name of chunk `index` of `count`: `airlock-<uuid8>-seq<NNNNNN>-chunk<kkkk>of<KKKK>.tar`.
+/// Zero-padded so that name order (the order diodes send in) is sequence then chunk.
+pub fn chunk_file_name(uuid: &Uuid, sequence: u64, index: u32, count: u32) -> String {
+    let short = &uuid.simple().to_string()[..8];
+    format!("airlock-{short}-seq{sequence:06}-chunk{index:04}of{count:04}.tar")
+}
+
+impl ImagesetManifest {
+    /// `<uuid8>/seq<N>`, how logs and messages name an imageset.
+    pub fn label(&self) -> String {
+        format!("imageset {} sequence {}", self.uuid, self.sequence)
+    }
+
+    /// The parts stored in chunk `index`, in the order their entries appear:
+    /// blob order, then part order.
+    pub fn parts_in_chunk(&self, index: u32) -> impl Iterator<Item = (usize, usize, &PartRecord)> {
+        self.blobs.iter().enumerate().flat_map(move |(b, blob)| {
+            blob.parts
+                .iter()
+                .enumerate()
+                .filter(move |(_, p)| p.chunk == index)
+                .map(move |(i, p)| (b, i, p))
+        })
+    }
+}
+
+#[cfg(test)]
+mod naming_tests {
+    use super::*;
+
+    #[test]
+    fn chunk_names_sort_by_sequence_then_index() {
+        let u = Uuid::parse_str("3f2a9c1e-0000-4000-8000-000000000000").unwrap();
+        assert_eq!(
+            chunk_file_name(&u, 3, 2, 5),
+            "airlock-3f2a9c1e-seq000003-chunk0002of0005.tar"
+        );
+        let mut names = [
+            chunk_file_name(&u, 10, 1, 2),
+            chunk_file_name(&u, 9, 12, 12),
+            chunk_file_name(&u, 9, 2, 12),
+        ];
+        names.sort();
+        assert!(names[0].contains("seq000009-chunk0002"));
+        assert!(names[2].contains("seq000010"));
+    }
+
+    #[test]
+    fn entry_names_mark_split_blobs() {
+        let d = Digest::of(b"x");
+        let mut b = BlobRecord {
+            digest: d.clone(),
+            size: 10,
+            media_type: None,
+            repository: "r/x".into(),
+            parts: vec![PartRecord {
+                chunk: 1,
+                offset: 0,
+                length: 10,
+            }],
+        };
+        assert_eq!(b.entry_name(0), format!("blobs/sha256/{}", d.hex()));
+        b.parts.push(PartRecord {
+            chunk: 2,
+            offset: 10,
+            length: 0,
+        });
+        assert_eq!(b.entry_name(1), format!("blobs/sha256/{}.2", d.hex()));
+    }
+}
+
+#[cfg(test)]
+mod tests;

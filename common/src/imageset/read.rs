@@ -1,0 +1,437 @@
+//! Reading chunk files, which are hostile input until proven otherwise.
+//!
+//! A chunk arrives from the other side of an air gap, through a diode, a scanner or
+//! a USB stick, and may be truncated, corrupted, renamed, or forged. The reader
+//! never interprets the tar archive freely: it knows from the manifest exactly which
+//! entries must follow, in which order, with which sizes, and it compares every
+//! header byte for byte with the header Airlock would have written
+//! ([`super::write::entry_header`]). Anything else (a path with `../`, a symlink, a
+//! device, a PAX or GNU extension header, a size that disagrees with the manifest, a
+//! duplicate entry, trailing data) is refused with the chunk's name and what was
+//! found. No name from the archive is ever used as a path, so nothing can be
+//! written outside the workspace whatever the archive says.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use super::write::{entry_header, identity_bytes, mtime_of};
+use super::{
+    BLOCK, BlobRecord, CHUNK_ENTRY, ChunkIdentity, FORMAT, ImagesetManifest, MANIFEST_ENTRY,
+    MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, PartRecord, SIGNATURE_ENTRY, TRAILER_LEN, padded,
+};
+use crate::digest::{Digest, Hasher};
+
+/// Why a chunk file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        /// The chunk file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not an Airlock chunk at all.
+    #[error("{}: not an Airlock imageset chunk: {reason}", path.display())]
+    NotAChunk {
+        /// The file.
+        path: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
+    /// The file claims to be a chunk but is damaged or forged.
+    #[error("{}: {reason}", path.display())]
+    Corrupt {
+        /// The chunk file.
+        path: PathBuf,
+        /// What is wrong, and what was expected.
+        reason: String,
+    },
+}
+
+impl ChunkError {
+    /// The chunk file concerned.
+    pub fn path(&self) -> &Path {
+        match self {
+            ChunkError::Io { path, .. }
+            | ChunkError::NotAChunk { path, .. }
+            | ChunkError::Corrupt { path, .. } => path,
+        }
+    }
+}
+
+/// What the first entries of a chunk say: enough to identify and group it, without
+/// reading its content.
+#[derive(Debug, Clone)]
+pub struct ChunkHead {
+    /// The chunk file.
+    pub path: PathBuf,
+    /// The imageset manifest it carries.
+    pub manifest: ImagesetManifest,
+    /// sha256 of the manifest entry's bytes; equal in every chunk of an imageset.
+    pub manifest_digest: Digest,
+    /// The manifest entry's bytes, as signed.
+    pub manifest_bytes: Vec<u8>,
+    /// The signature entry, if the imageset is signed.
+    pub signature: Option<Vec<u8>>,
+    /// Which chunk this is.
+    pub identity: ChunkIdentity,
+    /// Where the hashed payload starts.
+    pub payload_offset: u64,
+}
+
+fn read_exact(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    path: &Path,
+    what: &str,
+) -> Result<(), ChunkError> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ChunkError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("truncated: the file ends inside {what}"),
+            }
+        } else {
+            ChunkError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    })
+}
+
+/// Checks a header's checksum and returns its name, type and size, for messages.
+fn describe(h: &[u8; 512]) -> Result<(String, char, u64), String> {
+    if h.iter().all(|&b| b == 0) {
+        return Err("an end-of-archive block".into());
+    }
+    let header = tar::Header::from_byte_slice(h);
+    let stored = header
+        .cksum()
+        .map_err(|_| "a header with an unreadable checksum".to_string())?;
+    let computed: u32 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                u32::from(b' ')
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum();
+    if stored != computed {
+        return Err("a header with a wrong checksum (not a tar archive, or damaged)".into());
+    }
+    let name = String::from_utf8_lossy(&header.path_bytes()).into_owned();
+    let kind = h[156] as char;
+    let size = header
+        .size()
+        .map_err(|_| format!("entry {name:?} with an unreadable size"))?;
+    Ok((name, kind, size))
+}
+
+fn kind_name(kind: char) -> &'static str {
+    match kind {
+        '0' | '\0' => "regular file",
+        '1' => "hard link",
+        '2' => "symbolic link",
+        '3' | '4' => "device file",
+        '5' => "directory",
+        '6' => "FIFO",
+        'x' | 'g' => "PAX extended header",
+        'L' | 'K' => "GNU long-name header",
+        _ => "special entry",
+    }
+}
+
+/// Compares a header with the expected one and explains any difference.
+fn expect_header(
+    found: &[u8; 512],
+    name: &str,
+    size: u64,
+    mtime: u64,
+    path: &Path,
+) -> Result<(), ChunkError> {
+    let expected = entry_header(name, size, mtime);
+    if *found == expected {
+        return Ok(());
+    }
+    let corrupt = |reason: String| ChunkError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match describe(found) {
+        Err(what) => Err(corrupt(format!("expected entry {name:?}, found {what}"))),
+        Ok((n, k, s)) => {
+            if n != name {
+                Err(corrupt(format!(
+                    "expected entry {name:?}, found {} {n:?}",
+                    kind_name(k)
+                )))
+            } else if !matches!(k, '0' | '\0') {
+                Err(corrupt(format!(
+                    "entry {n:?} is a {}, expected a regular file",
+                    kind_name(k)
+                )))
+            } else if s != size {
+                Err(corrupt(format!(
+                    "entry {n:?} declares {s} bytes, the manifest says {size}"
+                )))
+            } else {
+                Err(corrupt(format!(
+                    "entry {n:?} has a header that differs from the format's (owner, mode or time)"
+                )))
+            }
+        }
+    }
+}
+
+/// Reads the manifest, signature and identity entries of a chunk file.
+pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
+    let ioe = |source| ChunkError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(ioe)?;
+    let file_len = file.metadata().map_err(ioe)?.len();
+    let mut r = BufReader::new(file);
+    let not_chunk = |reason: String| ChunkError::NotAChunk {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let corrupt = |reason: String| ChunkError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+
+    let mut h = [0u8; 512];
+    if file_len < BLOCK {
+        return Err(not_chunk(format!(
+            "{file_len} bytes, shorter than one tar header"
+        )));
+    }
+    read_exact(&mut r, &mut h, path, "the first header")?;
+    let (name, kind, size) =
+        describe(&h).map_err(|what| not_chunk(format!("it starts with {what}")))?;
+    if name != MANIFEST_ENTRY || !matches!(kind, '0' | '\0') {
+        return Err(not_chunk(format!(
+            "its first entry is {} {name:?}, expected {MANIFEST_ENTRY:?}",
+            kind_name(kind)
+        )));
+    }
+    if size > MAX_MANIFEST_BYTES {
+        return Err(corrupt(format!(
+            "the manifest entry declares {size} bytes, more than the {MAX_MANIFEST_BYTES}-byte bound"
+        )));
+    }
+    if BLOCK + padded(size) > file_len {
+        return Err(corrupt(format!(
+            "truncated: the manifest entry declares {size} bytes but the file has {file_len}"
+        )));
+    }
+    let mut manifest_bytes = vec![0u8; size as usize];
+    read_exact(&mut r, &mut manifest_bytes, path, "the manifest")?;
+    let mut pad = vec![0u8; (padded(size) - size) as usize];
+    read_exact(&mut r, &mut pad, path, "the manifest")?;
+    let manifest: ImagesetManifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| corrupt(format!("the imageset manifest is not valid: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(corrupt(format!(
+            "imageset format {:?} is not supported; this build reads {FORMAT:?}",
+            manifest.format
+        )));
+    }
+    let mtime = mtime_of(&manifest.created);
+    expect_header(&h, MANIFEST_ENTRY, size, mtime, path)?;
+    let mut offset = BLOCK + padded(size);
+
+    read_exact(&mut r, &mut h, path, "the second header")?;
+    let mut signature = None;
+    if let Ok((name, _, sig_size)) = describe(&h) {
+        if name == SIGNATURE_ENTRY {
+            if sig_size > MAX_SIGNATURE_BYTES {
+                return Err(corrupt(format!(
+                    "the signature entry declares {sig_size} bytes, more than the {MAX_SIGNATURE_BYTES}-byte bound"
+                )));
+            }
+            expect_header(&h, SIGNATURE_ENTRY, sig_size, mtime, path)?;
+            let mut sig = vec![0u8; padded(sig_size) as usize];
+            read_exact(&mut r, &mut sig, path, "the signature")?;
+            sig.truncate(sig_size as usize);
+            signature = Some(sig);
+            offset += BLOCK + padded(sig_size);
+            read_exact(&mut r, &mut h, path, "the chunk identity header")?;
+        }
+    }
+    let payload_offset = offset;
+    let mut data = [0u8; 512];
+    read_exact(&mut r, &mut data, path, "the chunk identity")?;
+    let id_len = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
+    let identity: ChunkIdentity = serde_json::from_slice(&data[..id_len as usize])
+        .map_err(|e| corrupt(format!("the chunk identity entry is not valid: {e}")))?;
+    expect_header(&h, CHUNK_ENTRY, id_len, mtime, path)?;
+    if identity_bytes(&identity) != data[..id_len as usize] {
+        return Err(corrupt(
+            "the chunk identity entry is not in the format's encoding".into(),
+        ));
+    }
+    if identity.uuid != manifest.uuid || identity.sequence != manifest.sequence {
+        return Err(corrupt(format!(
+            "the chunk says it belongs to imageset {} sequence {}, but carries the manifest of {}",
+            identity.uuid,
+            identity.sequence,
+            manifest.label()
+        )));
+    }
+    let count = manifest.chunks.len() as u32;
+    if identity.chunks != count || identity.chunk == 0 || identity.chunk > count {
+        return Err(corrupt(format!(
+            "chunk {} of {} does not fit the manifest's {count} chunks",
+            identity.chunk, identity.chunks
+        )));
+    }
+    let record = &manifest.chunks[identity.chunk as usize - 1];
+    if record.index != identity.chunk {
+        return Err(corrupt("the manifest's chunk list is out of order".into()));
+    }
+    if file_len != record.size {
+        return Err(corrupt(format!(
+            "{} ({file_len} bytes, the manifest says {}): the file was {} in transfer",
+            if file_len < record.size {
+                "truncated"
+            } else {
+                "too long"
+            },
+            record.size,
+            if file_len < record.size {
+                "cut short"
+            } else {
+                "extended"
+            }
+        )));
+    }
+    Ok(ChunkHead {
+        path: path.to_path_buf(),
+        manifest_digest: Digest::of(&manifest_bytes),
+        manifest,
+        manifest_bytes,
+        signature,
+        identity,
+        payload_offset,
+    })
+}
+
+/// Receives the content of a chunk's parts while the chunk is verified.
+pub trait PartSink {
+    /// Part `part` of `blob` (index `blob_index` in the manifest); `data` yields exactly
+    /// `record.length` bytes. Bytes the sink does not read are still read and hashed.
+    /// An error of kind `InvalidData` (content that does not match its digest) is
+    /// reported as corruption of the chunk; any other as an I/O failure.
+    fn part(
+        &mut self,
+        blob_index: usize,
+        blob: &BlobRecord,
+        part: usize,
+        record: &PartRecord,
+        data: &mut dyn Read,
+    ) -> std::io::Result<()>;
+}
+
+/// A sink that keeps nothing, for verifying a chunk without extracting it.
+pub struct Discard;
+
+impl PartSink for Discard {
+    fn part(
+        &mut self,
+        _: usize,
+        _: &BlobRecord,
+        _: usize,
+        _: &PartRecord,
+        _: &mut dyn Read,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads a chunk's whole payload, checks every header against the manifest, hands
+/// each part to `sink`, and checks the payload's sha256 against the manifest. An
+/// error means the chunk must not be used; what the sink received from it is
+/// untrusted (a sink verifies blob digests before it keeps anything).
+pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkError> {
+    let path = head.path.as_path();
+    let ioe = |source| ChunkError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let corrupt = |reason: String| ChunkError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(ioe)?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(head.payload_offset)).map_err(ioe)?;
+    let mut r = HashingReader {
+        inner: BufReader::with_capacity(1 << 20, file),
+        hasher: Hasher::new(),
+    };
+    let m = &head.manifest;
+    let mtime = mtime_of(&m.created);
+    let mut h = [0u8; 512];
+    read_exact(&mut r, &mut h, path, "the chunk identity")?;
+    let mut id = [0u8; 512];
+    read_exact(&mut r, &mut id, path, "the chunk identity")?;
+    let index = head.identity.chunk;
+    for (b, p, part) in m.parts_in_chunk(index) {
+        let blob = &m.blobs[b];
+        let name = blob.entry_name(p);
+        read_exact(&mut r, &mut h, path, &format!("the header of {name}"))?;
+        expect_header(&h, &name, part.length, mtime, path)?;
+        let mut data = (&mut r).take(part.length);
+        sink.part(b, blob, p, part, &mut data).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                corrupt(e.to_string())
+            } else {
+                ioe(e)
+            }
+        })?;
+        let rest = std::io::copy(&mut data, &mut std::io::sink()).map_err(ioe)?;
+        let _ = rest;
+        if data.limit() != 0 {
+            return Err(corrupt(format!("truncated: the file ends inside {name}")));
+        }
+        let mut pad = vec![0u8; (padded(part.length) - part.length) as usize];
+        read_exact(&mut r, &mut pad, path, &format!("the padding of {name}"))?;
+    }
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    read_exact(&mut r, &mut trailer, path, "the end-of-archive marker")?;
+    let mut extra = [0u8; 1];
+    let n = r.read(&mut extra).map_err(ioe)?;
+    if n != 0 {
+        return Err(corrupt("data after the end-of-archive marker".into()));
+    }
+    let actual = r.hasher.finish();
+    let expected = &m.chunks[index as usize - 1].sha256;
+    if actual.hex() != expected {
+        return Err(corrupt(format!(
+            "payload sha256 is {}, the manifest says {expected}: the file was damaged in transfer",
+            actual.hex()
+        )));
+    }
+    Ok(())
+}

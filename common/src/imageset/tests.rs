@@ -1,0 +1,424 @@
+//! Round trips through the writer and reader, and the reader's refusals.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::read::{ChunkError, ChunkHead, Discard, PartSink, read_head, verify};
+use super::write::{entry_header, mtime_of, prepare};
+use super::*;
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Written {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    manifest: ImagesetManifest,
+    paths: Vec<PathBuf>,
+    contents: Vec<Vec<u8>>,
+}
+
+async fn write_imageset(sizes: &[usize], limit: u64) -> Written {
+    let dir = tempfile::tempdir().unwrap();
+    let contents: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| bytes(i as u64 + 1, n))
+        .collect();
+    let blobs = contents
+        .iter()
+        .map(|c| BlobRecord {
+            digest: Digest::of(c),
+            size: c.len() as u64,
+            media_type: None,
+            repository: "example.com/ns/app".into(),
+            parts: Vec::new(),
+        })
+        .collect();
+    let skeleton = ImagesetManifest {
+        format: FORMAT.into(),
+        uuid: Uuid::from_u128(0x3f2a9c1e_0000_4000_8000_000000000001),
+        sequence: 7,
+        full: true,
+        created: "2026-11-24T10:00:00Z".into(),
+        limit,
+        chunks: Vec::new(),
+        images: Vec::new(),
+        blobs,
+    };
+    let carry: Vec<usize> = (0..sizes.len()).collect();
+    let prepared = prepare(dir.path(), skeleton, &carry).unwrap();
+    // Write the blobs in reverse order and in odd-sized pieces: the writer must not
+    // depend on either.
+    for (i, c) in contents.iter().enumerate().rev() {
+        let mut w = prepared.blob_writer(i);
+        for piece in c.chunks(7919) {
+            w.write(piece).await.unwrap();
+        }
+        w.finish().await.unwrap();
+    }
+    let (manifest, paths) = prepared.finish().await.unwrap();
+    Written {
+        dir: dir.path().to_path_buf(),
+        _dir: dir,
+        manifest,
+        paths,
+        contents,
+    }
+}
+
+#[derive(Default)]
+struct Collect {
+    blobs: HashMap<usize, Vec<u8>>,
+}
+
+impl PartSink for Collect {
+    fn part(
+        &mut self,
+        b: usize,
+        _: &BlobRecord,
+        _: usize,
+        record: &PartRecord,
+        data: &mut dyn Read,
+    ) -> std::io::Result<()> {
+        let buf = self.blobs.entry(b).or_default();
+        assert_eq!(buf.len() as u64, record.offset, "parts arrive in order");
+        data.read_to_end(buf)?;
+        Ok(())
+    }
+}
+
+fn reassemble(w: &Written) -> Collect {
+    let mut sink = Collect::default();
+    let mut heads: Vec<ChunkHead> = w.paths.iter().map(|p| read_head(p).unwrap()).collect();
+    heads.sort_by_key(|h| h.identity.chunk);
+    for h in &heads {
+        verify(h, &mut sink).unwrap();
+    }
+    sink
+}
+
+#[tokio::test]
+async fn round_trip_with_split_blobs_stays_within_limit() {
+    let limit = 256 << 10;
+    let w = write_imageset(&[0, 10, 100_000, 700_000, 3000, 512], limit).await;
+    assert!(w.paths.len() >= 4, "{} chunks", w.paths.len());
+    for (p, record) in w.paths.iter().zip(&w.manifest.chunks) {
+        let len = std::fs::metadata(p).unwrap().len();
+        assert!(len <= limit, "{} is {len} bytes", p.display());
+        assert_eq!(len, record.size);
+        assert_eq!(p.file_name().unwrap().to_str().unwrap(), record.name);
+    }
+    let sink = reassemble(&w);
+    for (i, c) in w.contents.iter().enumerate() {
+        assert_eq!(
+            sink.blobs.get(&i).map(Vec::as_slice).unwrap_or(&[]),
+            c.as_slice(),
+            "blob {i}"
+        );
+    }
+    // No temporary files remain.
+    let names: Vec<String> = std::fs::read_dir(&w.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".part")), "{names:?}");
+}
+
+#[tokio::test]
+async fn chunks_are_standard_tar_archives() {
+    let w = write_imageset(&[5000, 200_000], 128 << 10).await;
+    let mut entries = Vec::new();
+    for p in &w.paths {
+        let mut a = tar::Archive::new(std::fs::File::open(p).unwrap());
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            entries.push(e.path().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    assert_eq!(
+        entries.iter().filter(|e| *e == MANIFEST_ENTRY).count(),
+        w.paths.len()
+    );
+    assert_eq!(
+        entries.iter().filter(|e| *e == CHUNK_ENTRY).count(),
+        w.paths.len()
+    );
+    let d = Digest::of(&w.contents[1]);
+    assert!(
+        entries.contains(&format!("blobs/sha256/{}.2", d.hex())),
+        "{entries:?}"
+    );
+    // Every chunk carries the same manifest bytes.
+    let heads: Vec<ChunkHead> = w.paths.iter().map(|p| read_head(p).unwrap()).collect();
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.manifest_digest == heads[0].manifest_digest)
+    );
+    assert_eq!(heads[0].manifest, w.manifest);
+}
+
+#[tokio::test]
+async fn writer_refuses_content_that_does_not_match_its_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = bytes(1, 1000);
+    let skeleton = ImagesetManifest {
+        format: FORMAT.into(),
+        uuid: Uuid::from_u128(1),
+        sequence: 1,
+        full: true,
+        created: "2026-11-24T10:00:00Z".into(),
+        limit: 1 << 20,
+        chunks: Vec::new(),
+        images: Vec::new(),
+        blobs: vec![BlobRecord {
+            digest: Digest::of(&good),
+            size: 1000,
+            media_type: None,
+            repository: "r/x".into(),
+            parts: Vec::new(),
+        }],
+    };
+    let prepared = prepare(dir.path(), skeleton, &[0]).unwrap();
+    let mut w = prepared.blob_writer(0);
+    w.write(&bytes(2, 1000)).await.unwrap();
+    let err = w.finish().await.unwrap_err().to_string();
+    assert!(err.contains("content hashes to"), "{err}");
+    let mut w = prepared.blob_writer(0);
+    assert!(
+        w.write(&bytes(1, 1001)).await.is_err(),
+        "more bytes than declared"
+    );
+    drop(prepared);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "aborted files are removed"
+    );
+}
+
+fn corrupt_message(path: &Path) -> String {
+    match read_head(path) {
+        Err(e) => e.to_string(),
+        Ok(h) => verify(&h, &mut Discard)
+            .expect_err("chunk must be refused")
+            .to_string(),
+    }
+}
+
+fn flip(path: &Path, offset: u64) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&[b[0] ^ 0x40]).unwrap();
+}
+
+#[tokio::test]
+async fn any_flipped_payload_byte_is_detected() {
+    let w = write_imageset(&[3000, 40_000], 1 << 20).await;
+    let p = &w.paths[0];
+    let head = read_head(p).unwrap();
+    let len = std::fs::metadata(p).unwrap().len();
+    // Part header, part data, padding, trailer: every region of the payload.
+    for off in [
+        head.payload_offset + 600,
+        head.payload_offset + 1024 + 100,
+        head.payload_offset + 1024 + 512 + 2999 + 1,
+        len - 1,
+    ] {
+        let copy = w.dir.join("copy.tar");
+        std::fs::copy(p, &copy).unwrap();
+        flip(&copy, off);
+        let msg = corrupt_message(&copy);
+        assert!(msg.contains("copy.tar"), "{msg}");
+        assert!(
+            msg.contains("damaged in transfer")
+                || msg.contains("expected entry")
+                || msg.contains("declares")
+                || msg.contains("identity entry is not valid"),
+            "offset {off}: {msg}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn truncated_and_extended_files_are_refused() {
+    let w = write_imageset(&[3000], 1 << 20).await;
+    let p = &w.paths[0];
+    let data = std::fs::read(p).unwrap();
+    let cut = w.dir.join("cut.tar");
+    for n in [0usize, 100, 512, 4000, data.len() - 1] {
+        std::fs::write(&cut, &data[..n]).unwrap();
+        let msg = corrupt_message(&cut);
+        assert!(
+            msg.contains("truncated")
+                || msg.contains("shorter than")
+                || msg.contains("not an Airlock"),
+            "{n}: {msg}"
+        );
+    }
+    let mut long = data.clone();
+    long.extend_from_slice(&[0u8; 512]);
+    std::fs::write(&cut, &long).unwrap();
+    assert!(corrupt_message(&cut).contains("too long"));
+}
+
+/// Builds a chunk whose first part entry is replaced by `header` (and the payload
+/// hash fixed up, as a forger would), to check that the reader looks at headers.
+fn forge_part_header(w: &Written, make: impl Fn(&mut tar::Header)) -> PathBuf {
+    let p = &w.paths[0];
+    let mut data = std::fs::read(p).unwrap();
+    let head = read_head(p).unwrap();
+    let at = (head.payload_offset + CHUNK_ENTRY_LEN) as usize;
+    let mut h = tar::Header::new_gnu();
+    h.as_mut_bytes().copy_from_slice(&data[at..at + 512]);
+    make(&mut h);
+    h.set_cksum();
+    data[at..at + 512].copy_from_slice(h.as_bytes());
+    let forged = w.dir.join("forged.tar");
+    std::fs::write(&forged, &data).unwrap();
+    forged
+}
+
+#[tokio::test]
+async fn hostile_entries_are_refused_by_name() {
+    let w = write_imageset(&[3000], 1 << 20).await;
+    // The tar crate refuses to write such names, so they go into the raw name field.
+    fn raw_name(h: &mut tar::Header, name: &str) {
+        let field = &mut h.as_mut_bytes()[..100];
+        field.fill(0);
+        field[..name.len()].copy_from_slice(name.as_bytes());
+    }
+    type Forge = Box<dyn Fn(&mut tar::Header)>;
+    let cases: Vec<(Forge, &str)> = vec![
+        (
+            Box::new(|h| raw_name(h, "../../etc/passwd")),
+            "found regular file \"../../etc/passwd\"",
+        ),
+        (
+            Box::new(|h| raw_name(h, "/etc/passwd")),
+            "found regular file \"/etc/passwd\"",
+        ),
+        (
+            Box::new(|h| h.set_entry_type(tar::EntryType::Symlink)),
+            "is a symbolic link",
+        ),
+        (
+            Box::new(|h| h.set_entry_type(tar::EntryType::Link)),
+            "is a hard link",
+        ),
+        (
+            Box::new(|h| h.set_entry_type(tar::EntryType::Char)),
+            "is a device file",
+        ),
+        (
+            Box::new(|h| h.set_size(1 << 40)),
+            "declares 1099511627776 bytes",
+        ),
+        (Box::new(|h| h.set_uid(1000)), "differs from the format's"),
+    ];
+    for (make, want) in cases {
+        let forged = forge_part_header(&w, make);
+        let msg = corrupt_message(&forged);
+        assert!(msg.contains(want), "want {want:?} in {msg:?}");
+    }
+}
+
+#[tokio::test]
+async fn duplicate_entry_is_refused() {
+    let w = write_imageset(&[600, 600], 1 << 20).await;
+    let p = &w.paths[0];
+    let mut data = std::fs::read(p).unwrap();
+    let head = read_head(p).unwrap();
+    // Copy the first part entry (header and one... two data blocks) over the second.
+    let first = (head.payload_offset + CHUNK_ENTRY_LEN) as usize;
+    let entry_len = 512 + 1024;
+    let copy = data[first..first + entry_len].to_vec();
+    data[first + entry_len..first + 2 * entry_len].copy_from_slice(&copy);
+    let dup = w.dir.join("dup.tar");
+    std::fs::write(&dup, &data).unwrap();
+    let msg = corrupt_message(&dup);
+    assert!(msg.contains("expected entry"), "{msg}");
+}
+
+#[tokio::test]
+async fn huge_or_foreign_first_entries_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge.tar");
+    let mut data = entry_header(MANIFEST_ENTRY, MAX_MANIFEST_BYTES + 1, 0).to_vec();
+    data.resize(4096, 0);
+    std::fs::write(&huge, &data).unwrap();
+    assert!(
+        corrupt_message(&huge).contains("more than the"),
+        "bounded manifest size"
+    );
+
+    let other = dir.path().join("photo.tar");
+    let mut data = entry_header("holiday.jpg", 3, 0).to_vec();
+    data.resize(2048, 0);
+    std::fs::write(&other, &data).unwrap();
+    let msg = corrupt_message(&other);
+    assert!(
+        msg.contains("not an Airlock imageset chunk") && msg.contains("holiday.jpg"),
+        "{msg}"
+    );
+
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, vec![b'a'; 2048]).unwrap();
+    assert!(corrupt_message(&text).contains("not an Airlock imageset chunk"));
+
+    let bad_json = dir.path().join("bad.tar");
+    let mut data = entry_header(MANIFEST_ENTRY, 5, 0).to_vec();
+    data.extend_from_slice(b"{nope");
+    data.resize(4096, 0);
+    std::fs::write(&bad_json, &data).unwrap();
+    assert!(corrupt_message(&bad_json).contains("manifest is not valid"));
+}
+
+#[tokio::test]
+async fn chunk_from_another_imageset_cannot_pose_as_this_one() {
+    let w = write_imageset(&[3000], 1 << 20).await;
+    let p = &w.paths[0];
+    let mut data = std::fs::read(p).unwrap();
+    let head = read_head(p).unwrap();
+    let at = (head.payload_offset + 512) as usize;
+    let text = String::from_utf8(
+        data[at..at + 512]
+            .iter()
+            .copied()
+            .filter(|&b| b != 0)
+            .collect(),
+    )
+    .unwrap();
+    let forged = text.replace("\"sequence\":7", "\"sequence\":8");
+    data[at..at + forged.len()].copy_from_slice(forged.as_bytes());
+    let f = w.dir.join("other.tar");
+    std::fs::write(&f, &data).unwrap();
+    assert!(
+        corrupt_message(&f).contains("belongs to imageset"),
+        "{}",
+        corrupt_message(&f)
+    );
+    let _ = mtime_of("x");
+    assert!(matches!(read_head(&f), Err(ChunkError::Corrupt { .. })));
+}

@@ -1,0 +1,427 @@
+//! Writing the chunk files of an imageset, crash-safely.
+//!
+//! The layout is planned first ([`prepare`]), so every entry's place in every file is
+//! known before a byte of content arrives. The files are created under temporary
+//! names (`<name>.part`) at their final size with all tar headers in place; blob
+//! bytes are then written straight to their offsets, by as many concurrent downloads
+//! as the caller likes, through [`BlobWriter`]. [`Prepared::finish`] hashes each
+//! chunk's payload, writes the manifest (now complete with those hashes) into every
+//! chunk, syncs, and only then renames the files to their final names. A crash at
+//! any point leaves at most `.part` files, never a chunk under its final name.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use super::layout::{self, LayoutError};
+use super::{
+    BLOCK, CHUNK_ENTRY, ChunkIdentity, ChunkRecord, ImagesetManifest, chunk_file_name, padded,
+};
+use crate::digest::{Digest, Hasher};
+
+/// Why writing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The layout is impossible.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// A file could not be written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Content did not match its digest or size.
+    #[error("blob {digest}: {problem}")]
+    Content {
+        /// The blob.
+        digest: Digest,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
+    move |source| WriteError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The tar header Airlock writes for an entry: ustar, regular file, mode 0644, owner
+/// 0:0 without names, modification time `mtime`. The reader compares headers with
+/// this byte for byte, so the format has exactly one encoding of each entry.
+pub fn entry_header(name: &str, size: u64, mtime: u64) -> [u8; 512] {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).expect("entry names are short ASCII");
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    *h.as_bytes()
+}
+
+/// The bytes of a chunk identity entry's data (JSON, shorter than one block).
+pub fn identity_bytes(id: &ChunkIdentity) -> Vec<u8> {
+    let bytes = serde_json::to_vec(id).expect("identity serialises");
+    debug_assert!(bytes.len() as u64 <= BLOCK);
+    bytes
+}
+
+/// Seconds since the epoch of an RFC 3339 timestamp written by [`now`].
+pub fn mtime_of(created: &str) -> u64 {
+    chrono::DateTime::parse_from_rfc3339(created)
+        .map(|t| t.timestamp().max(0) as u64)
+        .unwrap_or(0)
+}
+
+/// The current time in the format of [`ImagesetManifest::created`].
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Where one part of a blob goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The temporary chunk file.
+    pub path: PathBuf,
+    /// Offset of the part's data in the file.
+    pub offset: u64,
+    /// Length of the part.
+    pub length: u64,
+}
+
+/// An imageset whose chunk files exist under temporary names, waiting for content.
+#[derive(Debug)]
+pub struct Prepared {
+    manifest: ImagesetManifest,
+    reserve: u64,
+    temp: Vec<PathBuf>,
+    finals: Vec<PathBuf>,
+    /// For each blob, for each part: (chunk index from 0, data offset in the file).
+    offsets: Vec<Vec<(usize, u64)>>,
+    done: bool,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if !self.done {
+            for p in &self.temp {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+fn manifest_json(m: &ImagesetManifest) -> Vec<u8> {
+    let mut v = serde_json::to_vec_pretty(m).expect("manifest serialises");
+    v.push(b'\n');
+    v
+}
+
+/// Metadata bytes for a manifest entry of `reserve` bytes (no signature yet).
+fn metadata_len(reserve: u64) -> u64 {
+    BLOCK + padded(reserve)
+}
+
+/// Plans the chunks for `skeleton` (images and blobs filled in, no chunks or parts),
+/// carrying the blobs listed in `carry`, and creates the chunk files under temporary
+/// names in `out_dir`.
+pub fn prepare(
+    out_dir: &Path,
+    mut skeleton: ImagesetManifest,
+    carry: &[usize],
+) -> Result<Prepared, WriteError> {
+    // The manifest lists the chunks, so its size depends on the layout, which depends
+    // on its size. Reserve, plan, measure, and grow the reserve until it holds; the
+    // numbers that change between rounds are a few digits, so two rounds are typical.
+    let mut reserve = 4096u64;
+    let sizes = loop {
+        let sizes = layout::plan(
+            &mut skeleton.blobs,
+            carry,
+            skeleton.limit,
+            metadata_len(reserve),
+        )?;
+        let count = sizes.len() as u32;
+        skeleton.chunks = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| ChunkRecord {
+                index: i as u32 + 1,
+                name: chunk_file_name(&skeleton.uuid, skeleton.sequence, i as u32 + 1, count),
+                size,
+                sha256: "0".repeat(64),
+            })
+            .collect();
+        let len = manifest_json(&skeleton).len() as u64;
+        if len <= reserve {
+            break sizes;
+        }
+        reserve = padded(len + len / 16 + BLOCK);
+    };
+    let count = sizes.len() as u32;
+    let mtime = mtime_of(&skeleton.created);
+    let meta = metadata_len(reserve);
+    let mut prepared = Prepared {
+        offsets: skeleton
+            .blobs
+            .iter()
+            .map(|b| Vec::with_capacity(b.parts.len()))
+            .collect(),
+        manifest: skeleton,
+        reserve,
+        temp: Vec::new(),
+        finals: Vec::new(),
+        done: false,
+    };
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    for (i, &size) in sizes.iter().enumerate() {
+        let index = i as u32 + 1;
+        let name = &prepared.manifest.chunks[i].name;
+        let final_path = out_dir.join(name);
+        let temp_path = out_dir.join(format!("{name}.part"));
+        prepared.temp.push(temp_path.clone());
+        prepared.finals.push(final_path);
+        let mut f = std::fs::File::create(&temp_path).map_err(io(&temp_path))?;
+        f.set_len(size).map_err(io(&temp_path))?;
+        let mut pos = meta;
+        let id = identity_bytes(&ChunkIdentity {
+            uuid: prepared.manifest.uuid,
+            sequence: prepared.manifest.sequence,
+            chunk: index,
+            chunks: count,
+        });
+        let mut head = Vec::with_capacity(1024);
+        head.extend_from_slice(&entry_header(CHUNK_ENTRY, id.len() as u64, mtime));
+        head.extend_from_slice(&id);
+        f.seek(SeekFrom::Start(pos)).map_err(io(&temp_path))?;
+        f.write_all(&head).map_err(io(&temp_path))?;
+        pos += super::CHUNK_ENTRY_LEN;
+        let parts: Vec<(usize, usize, u64)> = prepared
+            .manifest
+            .parts_in_chunk(index)
+            .map(|(b, p, part)| (b, p, part.length))
+            .collect();
+        for (b, p, length) in parts {
+            let entry = prepared.manifest.blobs[b].entry_name(p);
+            f.seek(SeekFrom::Start(pos)).map_err(io(&temp_path))?;
+            f.write_all(&entry_header(&entry, length, mtime))
+                .map_err(io(&temp_path))?;
+            prepared.offsets[b].push((i, pos + BLOCK));
+            pos += BLOCK + padded(length);
+        }
+        debug_assert_eq!(pos + super::TRAILER_LEN, size);
+    }
+    Ok(prepared)
+}
+
+impl Prepared {
+    /// The manifest as planned (chunk hashes not yet known).
+    pub fn manifest(&self) -> &ImagesetManifest {
+        &self.manifest
+    }
+
+    /// Where the parts of blob `index` go, in blob order; empty if not carried.
+    pub fn targets(&self, index: usize) -> Vec<Target> {
+        self.manifest.blobs[index]
+            .parts
+            .iter()
+            .zip(&self.offsets[index])
+            .map(|(part, &(chunk, offset))| Target {
+                path: self.temp[chunk].clone(),
+                offset,
+                length: part.length,
+            })
+            .collect()
+    }
+
+    /// A writer for the content of blob `index`.
+    pub fn blob_writer(&self, index: usize) -> BlobWriter {
+        let blob = &self.manifest.blobs[index];
+        BlobWriter {
+            digest: blob.digest.clone(),
+            size: blob.size,
+            targets: self.targets(index),
+            current: 0,
+            written: 0,
+            file: None,
+            hasher: Hasher::new(),
+        }
+    }
+
+    /// Hashes every chunk's payload, writes the manifest into every chunk, syncs,
+    /// and gives the files their final names. Returns the final manifest and paths.
+    pub async fn finish(mut self) -> Result<(ImagesetManifest, Vec<PathBuf>), WriteError> {
+        let meta = metadata_len(self.reserve);
+        let mut hashes = Vec::with_capacity(self.temp.len());
+        for path in &self.temp {
+            let path = path.clone();
+            let hash = tokio::task::spawn_blocking(move || hash_payload(&path, meta))
+                .await
+                .expect("hashing task does not panic")?;
+            hashes.push(hash);
+        }
+        for (record, hash) in self.manifest.chunks.iter_mut().zip(hashes) {
+            record.sha256 = hash;
+        }
+        let mut json = manifest_json(&self.manifest);
+        debug_assert!(json.len() as u64 <= self.reserve);
+        // Pad with spaces, which JSON ignores, to the reserved size: the entry's size
+        // in its header was fixed when the files were laid out.
+        json.resize(self.reserve as usize, b' ');
+        let mtime = mtime_of(&self.manifest.created);
+        let mut head = entry_header(super::MANIFEST_ENTRY, self.reserve, mtime).to_vec();
+        head.extend_from_slice(&json);
+        let temp = self.temp.clone();
+        let head = std::sync::Arc::new(head);
+        for path in temp {
+            let head = head.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), WriteError> {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                f.write_all(&head).map_err(io(&path))?;
+                f.sync_all().map_err(io(&path))
+            })
+            .await
+            .expect("sync task does not panic")?;
+        }
+        for (temp, fin) in self.temp.iter().zip(&self.finals) {
+            std::fs::rename(temp, fin).map_err(io(fin))?;
+        }
+        if let Some(dir) = self.finals.first().and_then(|p| p.parent()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
+        self.done = true;
+        Ok((self.manifest.clone(), self.finals.clone()))
+    }
+}
+
+/// sha256 (hex) of a file from `offset` to its end.
+pub fn hash_payload(path: &Path, offset: u64) -> Result<String, WriteError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    f.seek(SeekFrom::Start(offset)).map_err(io(path))?;
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finish().hex().to_string())
+}
+
+/// Writes one blob's bytes into its parts, in order, checking size and digest.
+#[derive(Debug)]
+pub struct BlobWriter {
+    digest: Digest,
+    size: u64,
+    targets: Vec<Target>,
+    current: usize,
+    written: u64,
+    file: Option<tokio::fs::File>,
+    hasher: Hasher,
+}
+
+impl BlobWriter {
+    fn content(&self, problem: String) -> WriteError {
+        WriteError::Content {
+            digest: self.digest.clone(),
+            problem,
+        }
+    }
+
+    /// Appends bytes of the blob.
+    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), WriteError> {
+        if self.hasher.len() + bytes.len() as u64 > self.size {
+            return Err(self.content(format!(
+                "source sent more than the {} bytes its manifest declares",
+                self.size
+            )));
+        }
+        self.hasher.update(bytes);
+        while !bytes.is_empty() {
+            let target = &self.targets[self.current];
+            let room = target.length - self.written;
+            if room == 0 {
+                self.current += 1;
+                self.written = 0;
+                self.file = None;
+                continue;
+            }
+            if self.file.is_none() {
+                let mut f = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&target.path)
+                    .await
+                    .map_err(io(&target.path))?;
+                f.seek(SeekFrom::Start(target.offset + self.written))
+                    .await
+                    .map_err(io(&target.path))?;
+                self.file = Some(f);
+            }
+            let n = (room as usize).min(bytes.len());
+            let f = self.file.as_mut().expect("opened above");
+            f.write_all(&bytes[..n]).await.map_err(io(&target.path))?;
+            self.written += n as u64;
+            bytes = &bytes[n..];
+            if self.written == target.length {
+                f.flush().await.map_err(io(&target.path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the whole blob arrived and hashes to its digest.
+    pub async fn finish(mut self) -> Result<(), WriteError> {
+        if let Some(f) = self.file.as_mut() {
+            let path = &self.targets[self.current].path;
+            f.flush().await.map_err(io(path))?;
+        }
+        if self.hasher.len() != self.size {
+            return Err(self.content(format!(
+                "source sent {} bytes, its manifest declares {}",
+                self.hasher.len(),
+                self.size
+            )));
+        }
+        let actual = std::mem::take(&mut self.hasher).finish();
+        if actual != self.digest {
+            return Err(self.content(format!("content hashes to {actual}")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_ustar_regular_files() {
+        let h = entry_header("blobs/sha256/abc", 1234, 1_700_000_000);
+        let parsed = tar::Header::from_byte_slice(&h);
+        assert_eq!(parsed.entry_type(), tar::EntryType::Regular);
+        assert_eq!(parsed.size().unwrap(), 1234);
+        assert_eq!(parsed.path().unwrap().to_str(), Some("blobs/sha256/abc"));
+        assert_eq!(&h[257..263], b"ustar\0");
+    }
+
+    #[test]
+    fn timestamps_round_trip_to_mtime() {
+        assert_eq!(mtime_of("2026-11-24T10:00:00Z"), 1_795_514_400);
+        assert!(mtime_of(&now()) > 1_700_000_000);
+    }
+}

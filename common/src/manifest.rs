@@ -1,0 +1,315 @@
+//! The four manifest formats a mirror meets, read just far enough to find what a
+//! manifest references.
+//!
+//! Manifests are never re-serialised: Airlock keeps the bytes it pulled and pushes
+//! them unchanged, because a manifest's digest is the sha256 of its bytes and any
+//! re-encoding (key order, whitespace, escaping) would give the mirrored image a new
+//! identity. This module only *reads* manifests, into [`Manifest`], to learn which
+//! blobs and child manifests must travel with them.
+
+use serde::Deserialize;
+
+use crate::digest::Digest;
+
+/// Docker image manifest, schema 2.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker manifest list (multi-platform).
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index (multi-platform, or a list of artifacts).
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Every manifest type Airlock mirrors, for the `Accept` header of manifest pulls.
+/// All four must be listed: a registry asked for fewer may convert the manifest
+/// (quay.io answers a list-only request with a schema 1 manifest), which changes
+/// its digest.
+pub const ACCEPTED: &[&str] = &[
+    OCI_INDEX,
+    DOCKER_MANIFEST_LIST,
+    OCI_MANIFEST,
+    DOCKER_MANIFEST,
+];
+
+const DOCKER_SCHEMA1: &[&str] = &[
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+];
+
+/// Largest manifest Airlock accepts. The distribution registry refuses manifests over
+/// 4 MiB on push, so anything larger could never be published; refusing it early
+/// also bounds what a hostile source can make Airlock hold in memory.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// A content descriptor: what a manifest says about a blob or child manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    /// Media type of the referenced content.
+    pub media_type: String,
+    /// Digest of the referenced content.
+    pub digest: Digest,
+    /// Size in bytes of the referenced content.
+    pub size: u64,
+    /// Alternate locations; set on foreign (non-distributable) layers.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Platform of a child manifest in an index.
+    #[serde(default)]
+    pub platform: Option<Platform>,
+}
+
+/// The platform of an index entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Platform {
+    /// CPU architecture (`amd64`, `arm64`, ...).
+    pub architecture: String,
+    /// Operating system (`linux`, ...).
+    pub os: String,
+    /// CPU variant (`v7`, `v8`).
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a manifest is and what it references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The manifest's own media type (from its `mediaType` field, or guessed from its
+    /// shape as the OCI spec allows the field to be absent).
+    pub media_type: String,
+    /// The shape, with the references.
+    pub kind: ManifestKind,
+    /// OCI 1.1 `subject`: the manifest this one refers to (signatures, SBOMs).
+    pub subject: Option<Descriptor>,
+}
+
+/// The two shapes of manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestKind {
+    /// An image manifest: a config blob and layer blobs.
+    Image {
+        /// The config blob.
+        config: Descriptor,
+        /// The layers, in order.
+        layers: Vec<Descriptor>,
+    },
+    /// An index or manifest list: child manifests.
+    Index {
+        /// The child manifests (every platform, every artifact).
+        manifests: Vec<Descriptor>,
+    },
+}
+
+impl Manifest {
+    /// The blobs an image manifest references (config first, then layers); empty for an index.
+    pub fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
+        let (config, layers): (Option<&Descriptor>, &[Descriptor]) = match &self.kind {
+            ManifestKind::Image { config, layers } => (Some(config), layers),
+            ManifestKind::Index { .. } => (None, &[]),
+        };
+        config.into_iter().chain(layers)
+    }
+
+    /// The child manifests of an index; empty for an image manifest.
+    pub fn children(&self) -> &[Descriptor] {
+        match &self.kind {
+            ManifestKind::Index { manifests } => manifests,
+            ManifestKind::Image { .. } => &[],
+        }
+    }
+}
+
+/// Why manifest bytes were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not JSON, or JSON of the wrong shape.
+    #[error("manifest is not valid JSON of a known manifest shape: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Docker schema 1, which registries convert on the fly and so cannot be mirrored byte for byte.
+    #[error(
+        "Docker schema 1 manifests ({0}) are not supported: they cannot be mirrored digest for digest; rebuild or re-push the image with a schema 2 or OCI manifest"
+    )]
+    Schema1(String),
+    /// A media type that is not one of the four manifest types.
+    #[error("unsupported manifest media type {0:?}: expected one of {ACCEPTED:?}")]
+    MediaType(String),
+    /// The shape does not match the declared media type.
+    #[error("manifest declares media type {media_type} but {problem}")]
+    Shape {
+        /// The declared media type.
+        media_type: String,
+        /// What is missing or extra.
+        problem: &'static str,
+    },
+    /// Larger than [`MAX_MANIFEST_BYTES`].
+    #[error("manifest of {0} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit registries accept")]
+    TooLarge(usize),
+    /// A foreign layer cannot be pulled from the registry that serves the manifest.
+    #[error(
+        "layer {0} is a foreign (non-distributable) layer; such layers are not mirrored by registries and are not supported"
+    )]
+    Foreign(Digest),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    schema_version: Option<u32>,
+    media_type: Option<String>,
+    config: Option<Descriptor>,
+    layers: Option<Vec<Descriptor>>,
+    manifests: Option<Vec<Descriptor>>,
+    subject: Option<Descriptor>,
+}
+
+/// Whether `media_type` names an index (as opposed to an image manifest).
+pub fn is_index(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
+}
+
+/// Reads manifest bytes. `content_type` is what the registry said (`Content-Type`),
+/// used only when the manifest itself has no `mediaType` field.
+pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, ManifestError> {
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestError::TooLarge(bytes.len()));
+    }
+    let raw: Raw = serde_json::from_slice(bytes)?;
+    if raw.schema_version == Some(1) {
+        return Err(ManifestError::Schema1(
+            raw.media_type
+                .unwrap_or_else(|| DOCKER_SCHEMA1[0].to_string()),
+        ));
+    }
+    let media_type = match (&raw.media_type, content_type) {
+        (Some(m), _) => m.clone(),
+        (None, Some(ct)) if ACCEPTED.contains(&ct) => ct.to_string(),
+        (None, _) if raw.manifests.is_some() => OCI_INDEX.to_string(),
+        (None, _) => OCI_MANIFEST.to_string(),
+    };
+    if DOCKER_SCHEMA1.contains(&media_type.as_str()) {
+        return Err(ManifestError::Schema1(media_type));
+    }
+    let shape = |problem| ManifestError::Shape {
+        media_type: media_type.clone(),
+        problem,
+    };
+    let kind = if is_index(&media_type) {
+        if raw.config.is_some() || raw.layers.is_some() {
+            return Err(shape("has config or layers"));
+        }
+        ManifestKind::Index {
+            manifests: raw
+                .manifests
+                .ok_or_else(|| shape("has no manifests list"))?,
+        }
+    } else if media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST {
+        if raw.manifests.is_some() {
+            return Err(shape("has a manifests list"));
+        }
+        let layers = raw.layers.unwrap_or_default();
+        if let Some(foreign) = layers.iter().find(|l| !l.urls.is_empty()) {
+            return Err(ManifestError::Foreign(foreign.digest.clone()));
+        }
+        ManifestKind::Image {
+            config: raw.config.ok_or_else(|| shape("has no config"))?,
+            layers,
+        }
+    } else {
+        return Err(ManifestError::MediaType(media_type));
+    };
+    Ok(Manifest {
+        media_type,
+        kind,
+        subject: raw.subject,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn fixture(rel: &str) -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/real/oc-mirror/registry-manifests")
+            .join(rel);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn reads_real_docker_manifest_list_and_children() {
+        let name = "sha256-d15a206e4ee462e82ab722ed84dfa514ab9ed8d85100d591c04314ae7c2162ee.json";
+        let bytes = fixture(&format!("docker-manifest-list/{name}"));
+        assert_eq!(
+            Digest::of(&bytes).hex(),
+            &name["sha256-".len()..name.len() - 5],
+            "fixture bytes are the registry's bytes"
+        );
+        let m = parse(&bytes, None).unwrap();
+        assert_eq!(m.media_type, DOCKER_MANIFEST_LIST);
+        assert_eq!(m.children().len(), 4);
+        assert_eq!(m.blobs().count(), 0);
+        for child in m.children() {
+            let bytes = fixture(&format!(
+                "docker-manifest-list/{}.json",
+                child.digest.tag_form()
+            ));
+            assert_eq!(Digest::of(&bytes), child.digest);
+            assert_eq!(bytes.len() as u64, child.size);
+            let c = parse(&bytes, None).unwrap();
+            assert_eq!(c.media_type, DOCKER_MANIFEST);
+            assert!(c.blobs().count() >= 2, "config and at least one layer");
+        }
+    }
+
+    #[test]
+    fn guesses_oci_types_when_media_type_is_absent() {
+        let d = Digest::of(b"x");
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{d}","size":1}},"layers":[]}}"#
+        );
+        assert_eq!(parse(m.as_bytes(), None).unwrap().media_type, OCI_MANIFEST);
+        let i = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":1}}]}}"#
+        );
+        assert_eq!(parse(i.as_bytes(), None).unwrap().media_type, OCI_INDEX);
+    }
+
+    #[test]
+    fn refuses_schema1_and_mismatched_shapes() {
+        assert!(matches!(
+            parse(br#"{"schemaVersion":1,"name":"x"}"#, None),
+            Err(ManifestError::Schema1(_))
+        ));
+        let bad = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","layers":[]}}"#);
+        assert!(matches!(
+            parse(bad.as_bytes(), None),
+            Err(ManifestError::Shape { .. })
+        ));
+        assert!(matches!(
+            parse(br#"{"schemaVersion":2,"mediaType":"text/plain"}"#, None),
+            Err(ManifestError::MediaType(_))
+        ));
+        assert!(matches!(
+            parse(b"not json", None),
+            Err(ManifestError::Json(_))
+        ));
+        let forged = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"a","digest":"sha256:../../x","size":1}},"layers":[]}}"#
+        );
+        assert!(matches!(
+            parse(forged.as_bytes(), None),
+            Err(ManifestError::Json(_))
+        ));
+    }
+}

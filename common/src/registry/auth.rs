@@ -1,0 +1,350 @@
+//! Registry credentials from the files every container tool reads.
+//!
+//! The lookup order is the one of containers-auth.json(5), so a machine set up for
+//! podman, skopeo or oc-mirror works unchanged: an explicit file (`--authfile` or
+//! `REGISTRY_AUTH_FILE`) is the only file read; otherwise
+//! `${XDG_RUNTIME_DIR}/containers/auth.json`, `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`,
+//! `~/.docker/config.json` and `~/.dockercfg` are searched in that order, and the
+//! first file with an entry for the registry wins. An OpenShift pull secret is such
+//! a file. Within a file the most specific key wins (`quay.io/ns/repo` over
+//! `quay.io/ns` over `quay.io`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+/// A user name and password (or token used as password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, ****)", self.username)
+    }
+}
+
+/// Why a credentials file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("credentials file {}: {message}", path.display())]
+pub struct AuthFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct FileWithAuths {
+    #[serde(default)]
+    auths: Option<BTreeMap<String, Entry>>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// Where credentials come from.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSource {
+    /// An explicit file; when set, no other file is read.
+    pub explicit: Option<PathBuf>,
+    /// The environment values the search depends on, captured once so that tests
+    /// never depend on the developer's own files.
+    pub env: AuthEnv,
+}
+
+/// Environment variables of the credentials lookup.
+#[derive(Debug, Clone, Default)]
+pub struct AuthEnv {
+    /// `REGISTRY_AUTH_FILE`.
+    pub registry_auth_file: Option<PathBuf>,
+    /// `XDG_RUNTIME_DIR`.
+    pub xdg_runtime_dir: Option<PathBuf>,
+    /// `XDG_CONFIG_HOME`.
+    pub xdg_config_home: Option<PathBuf>,
+    /// `HOME`.
+    pub home: Option<PathBuf>,
+}
+
+impl AuthEnv {
+    /// Reads the process environment.
+    pub fn from_process() -> Self {
+        let get = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        AuthEnv {
+            registry_auth_file: get("REGISTRY_AUTH_FILE"),
+            xdg_runtime_dir: get("XDG_RUNTIME_DIR"),
+            xdg_config_home: get("XDG_CONFIG_HOME"),
+            home: get("HOME"),
+        }
+    }
+}
+
+impl AuthSource {
+    /// Credentials lookup from `--authfile` (if given) and the process environment.
+    pub fn new(explicit: Option<PathBuf>) -> Self {
+        AuthSource {
+            explicit,
+            env: AuthEnv::from_process(),
+        }
+    }
+
+    /// The files to read, in order; an explicit file stands alone.
+    pub fn files(&self) -> Vec<PathBuf> {
+        if let Some(f) = self
+            .explicit
+            .as_ref()
+            .or(self.env.registry_auth_file.as_ref())
+        {
+            return vec![f.clone()];
+        }
+        let mut files = Vec::new();
+        if let Some(d) = &self.env.xdg_runtime_dir {
+            files.push(d.join("containers/auth.json"));
+        }
+        let config_home = self
+            .env
+            .xdg_config_home
+            .clone()
+            .or_else(|| self.env.home.as_ref().map(|h| h.join(".config")));
+        if let Some(c) = config_home {
+            files.push(c.join("containers/auth.json"));
+        }
+        if let Some(h) = &self.env.home {
+            files.push(h.join(".docker/config.json"));
+            files.push(h.join(".dockercfg"));
+        }
+        files
+    }
+
+    /// Credentials for `registry` (host with port) and `repository`, or `None` for
+    /// anonymous access. A missing file is skipped; a malformed one is an error, since
+    /// silently going anonymous would surface later as a confusing 401.
+    pub fn lookup(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Option<Credentials>, AuthFileError> {
+        for file in self.files() {
+            let text = match std::fs::read(&file) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(AuthFileError {
+                        path: file,
+                        message: e.to_string(),
+                    });
+                }
+            };
+            let legacy = file.file_name().is_some_and(|n| n == ".dockercfg");
+            if let Some(c) = lookup_in(&file, &text, legacy, registry, repository)? {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The registry-and-path a key names, without scheme and Docker Hub's API path.
+fn normalize_key(key: &str) -> String {
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let k = k
+        .strip_suffix("/v1")
+        .or_else(|| k.strip_suffix("/v2"))
+        .unwrap_or(k);
+    match k {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
+        _ => k.to_string(),
+    }
+}
+
+fn lookup_in(
+    path: &Path,
+    text: &[u8],
+    legacy: bool,
+    registry: &str,
+    repository: &str,
+) -> Result<Option<Credentials>, AuthFileError> {
+    let bad = |message: String| AuthFileError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (auths, helpers) = if legacy {
+        let auths: BTreeMap<String, Entry> = serde_json::from_slice(text)
+            .map_err(|e| bad(format!("not a valid .dockercfg: {e}")))?;
+        (auths, false)
+    } else {
+        let f: FileWithAuths = serde_json::from_slice(text).map_err(|e| {
+            bad(format!(
+                "not valid JSON of the auth.json form {{\"auths\": {{...}}}}: {e}"
+            ))
+        })?;
+        let helpers = f.creds_store.is_some() || f.cred_helpers.is_some_and(|h| !h.is_empty());
+        (f.auths.unwrap_or_default(), helpers)
+    };
+    let full = format!("{registry}/{repository}");
+    let best = auths
+        .iter()
+        .map(|(k, e)| (normalize_key(k), e))
+        .filter(|(k, _)| full == *k || full.starts_with(&format!("{k}/")))
+        .max_by_key(|(k, _)| k.len());
+    let Some((key, entry)) = best else {
+        if helpers {
+            tracing::warn!(
+                file = %path.display(),
+                registry,
+                "credential helpers (credsStore/credHelpers) are not supported; store the credentials for this registry inline in an auth.json"
+            );
+        }
+        return Ok(None);
+    };
+    if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
+        return Ok(Some(Credentials {
+            username: u.clone(),
+            password: p.clone(),
+        }));
+    }
+    let Some(auth) = &entry.auth else {
+        return Ok(None);
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth.trim())
+        .map_err(|e| bad(format!("entry {key:?}: \"auth\" is not base64: {e}")))?;
+    let decoded = String::from_utf8(decoded)
+        .map_err(|_| bad(format!("entry {key:?}: \"auth\" does not decode to text")))?;
+    let (u, p) = decoded
+        .split_once(':')
+        .ok_or_else(|| bad(format!("entry {key:?}: \"auth\" must encode user:password")))?;
+    Ok(Some(Credentials {
+        username: u.to_string(),
+        password: p.to_string(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    fn source(dir: &Path) -> AuthSource {
+        AuthSource {
+            explicit: None,
+            env: AuthEnv {
+                registry_auth_file: None,
+                xdg_runtime_dir: Some(dir.join("run")),
+                xdg_config_home: None,
+                home: Some(dir.join("home")),
+            },
+        }
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn most_specific_key_wins_and_scheme_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path());
+        write(
+            &dir.path().join("run/containers/auth.json"),
+            &format!(
+                r#"{{"auths":{{"https://quay.io":{{"auth":"{}"}},"quay.io/team":{{"auth":"{}"}},"https://index.docker.io/v1/":{{"auth":"{}"}}}}}}"#,
+                b64("all:1"),
+                b64("team:2"),
+                b64("hub:3")
+            ),
+        );
+        let user = |r, repo| src.lookup(r, repo).unwrap().map(|c| c.username);
+        assert_eq!(user("quay.io", "team/app"), Some("team".into()));
+        assert_eq!(user("quay.io", "teamster/app"), Some("all".into()));
+        assert_eq!(user("docker.io", "library/alpine"), Some("hub".into()));
+        assert_eq!(user("registry.redhat.io", "ubi9/ubi"), None);
+    }
+
+    #[test]
+    fn search_order_and_explicit_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut src = source(dir.path());
+        write(
+            &dir.path().join("home/.docker/config.json"),
+            &format!(
+                r#"{{"auths":{{"r.example":{{"auth":"{}"}}}}}}"#,
+                b64("docker:x")
+            ),
+        );
+        write(
+            &dir.path().join("home/.config/containers/auth.json"),
+            &format!(
+                r#"{{"auths":{{"other.example":{{"auth":"{}"}}}}}}"#,
+                b64("podman:x")
+            ),
+        );
+        // The first file lacks r.example, so the search goes on to docker's file.
+        assert_eq!(
+            src.lookup("r.example", "a").unwrap().unwrap().username,
+            "docker"
+        );
+        let explicit = dir.path().join("explicit.json");
+        write(&explicit, r#"{"auths":{}}"#);
+        src.explicit = Some(explicit);
+        assert_eq!(
+            src.lookup("r.example", "a").unwrap(),
+            None,
+            "an explicit file stands alone"
+        );
+    }
+
+    #[test]
+    fn malformed_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut src = source(dir.path());
+        let f = dir.path().join("auth.json");
+        write(&f, r#"{"auths":{"r.example":{"auth":"!!!"}}}"#);
+        src.explicit = Some(f.clone());
+        let err = src.lookup("r.example", "a").unwrap_err();
+        assert!(err.to_string().contains("auth.json"), "{err}");
+        assert!(err.to_string().contains("not base64"), "{err}");
+        write(&f, "{not json");
+        assert!(src.lookup("r.example", "a").is_err());
+    }
+
+    #[test]
+    fn legacy_dockercfg_and_plain_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path());
+        write(
+            &dir.path().join("home/.dockercfg"),
+            r#"{"r.example":{"username":"u","password":"p"}}"#,
+        );
+        let c = src.lookup("r.example", "a/b").unwrap().unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "p"));
+    }
+}

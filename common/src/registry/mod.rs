@@ -1,0 +1,615 @@
+//! A registry client that keeps manifests byte for byte, built on `oci-client`.
+//!
+//! `oci-client` does the HTTP, token authentication and upload protocol. Airlock
+//! wraps it for three reasons, written down in `docs/registry-client.md`:
+//!
+//! - its typed `push_manifest` re-serialises the manifest, which changes the digest;
+//!   Airlock pushes the exact bytes it pulled with `push_manifest_raw`, first by
+//!   digest (the registry then checks the bytes hash to the digest) and only then by tag;
+//! - `pull_manifest_raw` does not return the `Content-Type`; the media type is read
+//!   from the manifest itself (see [`crate::manifest::parse`]);
+//! - it knows nothing of containers-auth.json, `certs.d` or `--tls-verify=false`, which
+//!   every mirroring user relies on; [`auth`] and [`RegistryOptions`] add them.
+
+pub mod auth;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use crate::digest::Digest;
+use crate::manifest::{self, ACCEPTED, Manifest, ManifestError};
+use auth::{AuthFileError, AuthSource};
+
+/// How to reach registries on one side of a transfer (`--src-*` or `--dest-*` flags).
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Require HTTPS with a trusted certificate. `false` allows plain HTTP and
+    /// untrusted certificates, as `skopeo --tls-verify=false` does.
+    pub tls_verify: bool,
+    /// A directory of `*.crt` CA files to trust, instead of the per-registry
+    /// `/etc/containers/certs.d/HOST[:PORT]/` and `/etc/docker/certs.d/HOST[:PORT]/`.
+    pub cert_dir: Option<PathBuf>,
+    /// Where credentials come from.
+    pub auth: AuthSource,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            tls_verify: true,
+            cert_dir: None,
+            auth: AuthSource::new(None),
+        }
+    }
+}
+
+/// What went wrong talking to a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The manifest or blob does not exist (404).
+    NotFound,
+    /// Credentials missing or refused (401, 403).
+    Unauthorized,
+    /// The registry could not be reached, or the connection broke.
+    Network,
+    /// The registry answered something other than the protocol allows.
+    Protocol,
+    /// Content did not hash to its digest.
+    Digest,
+}
+
+/// An error talking to a registry, naming the registry and what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A request failed.
+    #[error("{operation} {target}: {message}")]
+    Request {
+        /// What was being done ("pull manifest", "push blob", ...).
+        operation: &'static str,
+        /// The image or blob (`host/repo@sha256:...`).
+        target: String,
+        /// Classification, for exit codes and retries.
+        kind: ErrorKind,
+        /// Details from the registry or the transport, with a hint where one helps.
+        message: String,
+    },
+    /// A manifest that was pulled cannot be mirrored.
+    #[error("{target}: {source}")]
+    Manifest {
+        /// The image.
+        target: String,
+        /// Why.
+        source: ManifestError,
+    },
+    /// The credentials file is unusable.
+    #[error(transparent)]
+    AuthFile(#[from] AuthFileError),
+    /// A CA certificate file could not be read.
+    #[error("cannot read CA certificate {}: {source}", path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A local file to upload could not be read.
+    #[error("push blob {target}: cannot read {}: {source}", path.display())]
+    LocalFile {
+        /// The blob.
+        target: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl RegistryError {
+    /// The classification of a request error.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            RegistryError::Request { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+impl crate::exit_codes::ExitCode for RegistryError {
+    fn exit_code(&self) -> i32 {
+        use crate::exit_codes as code;
+        match self {
+            RegistryError::Request {
+                kind: ErrorKind::Digest,
+                ..
+            }
+            | RegistryError::Manifest { .. } => code::DATA,
+            RegistryError::Request { .. } => code::UNAVAILABLE,
+            RegistryError::AuthFile(_) | RegistryError::Certificate { .. } => code::CONFIG,
+            RegistryError::LocalFile { .. } => code::IO,
+        }
+    }
+}
+
+/// A manifest as pulled: its exact bytes, their digest and media type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawManifest {
+    /// The bytes, never re-encoded.
+    pub bytes: Bytes,
+    /// sha256 of `bytes`.
+    pub digest: Digest,
+    /// The manifest's media type.
+    pub media_type: String,
+}
+
+impl RawManifest {
+    /// Wraps bytes whose digest and media type are known from a trusted record (an
+    /// imageset manifest); the digest is recomputed and checked.
+    pub fn from_bytes(bytes: Bytes, media_type: String) -> Self {
+        let digest = Digest::of(&bytes);
+        RawManifest {
+            bytes,
+            digest,
+            media_type,
+        }
+    }
+
+    /// The parsed view, for finding references.
+    pub fn parse(&self) -> Result<Manifest, ManifestError> {
+        manifest::parse(&self.bytes, Some(&self.media_type))
+    }
+}
+
+/// A client for one registry host.
+pub struct RegistryClient {
+    host: String,
+    client: Client,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
+fn classify(e: &OciDistributionError) -> (ErrorKind, String) {
+    use OciDistributionError as E;
+    let status_kind = |code: u16| match code {
+        401 | 403 => ErrorKind::Unauthorized,
+        404 => ErrorKind::NotFound,
+        _ => ErrorKind::Protocol,
+    };
+    match e {
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => (
+            ErrorKind::Unauthorized,
+            format!(
+                "{e}: check the credentials for this registry in the auth file (REGISTRY_AUTH_FILE, --authfile, ~/.docker/config.json)"
+            ),
+        ),
+        E::ImageManifestNotFoundError(_) => (ErrorKind::NotFound, e.to_string()),
+        E::RegistryError { envelope, .. } => {
+            use oci_client::errors::OciErrorCode as C;
+            let codes: Vec<&C> = envelope.errors.iter().map(|x| &x.code).collect();
+            let kind = if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    C::BlobUnknown | C::ManifestUnknown | C::NameUnknown | C::NotFound
+                )
+            }) {
+                ErrorKind::NotFound
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, C::Unauthorized | C::Denied))
+            {
+                ErrorKind::Unauthorized
+            } else {
+                ErrorKind::Protocol
+            };
+            let msgs: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|x| format!("{:?}: {}", x.code, x.message))
+                .collect();
+            (kind, msgs.join("; "))
+        }
+        E::ServerError { code, message, .. } => (
+            status_kind(*code),
+            format!(
+                "HTTP {code}{}{}",
+                if message.is_empty() { "" } else { ": " },
+                message.trim()
+            ),
+        ),
+        E::RequestError(r) => {
+            let mut msg = r.to_string();
+            let mut src = std::error::Error::source(r);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            let kind = match r.status() {
+                Some(s) => status_kind(s.as_u16()),
+                None => ErrorKind::Network,
+            };
+            if msg.contains("certificate") || msg.contains("UnknownIssuer") {
+                msg.push_str(": trust the registry's CA with --src-cert-dir/--dest-cert-dir or /etc/containers/certs.d/HOST:PORT/ca.crt, or use --src-tls-verify=false/--dest-tls-verify=false for a test registry");
+            }
+            (kind, msg)
+        }
+        E::DigestError(_) => (ErrorKind::Digest, e.to_string()),
+        E::IoError(io) => (ErrorKind::Network, io.to_string()),
+        _ => (ErrorKind::Protocol, e.to_string()),
+    }
+}
+
+fn request_error(
+    operation: &'static str,
+    target: String,
+    e: OciDistributionError,
+) -> RegistryError {
+    let (kind, message) = classify(&e);
+    RegistryError::Request {
+        operation,
+        target,
+        kind,
+        message,
+    }
+}
+
+/// The CA certificates to trust for `host`.
+fn ca_certificates(host: &str, cert_dir: Option<&Path>) -> Result<Vec<Certificate>, RegistryError> {
+    let dirs: Vec<PathBuf> = match cert_dir {
+        Some(d) => vec![d.to_path_buf()],
+        None => vec![
+            Path::new("/etc/containers/certs.d").join(host),
+            Path::new("/etc/docker/certs.d").join(host),
+        ],
+    };
+    let mut certs = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+            .collect();
+        files.sort();
+        for path in files {
+            let data = std::fs::read(&path).map_err(|source| RegistryError::Certificate {
+                path: path.clone(),
+                source,
+            })?;
+            certs.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
+    }
+    Ok(certs)
+}
+
+/// With `--tls-verify=false`, a registry may speak plain HTTP or HTTPS with an
+/// untrusted certificate; like containers/image, try HTTPS first and fall back to HTTP.
+async fn speaks_https(host: &str) -> bool {
+    let Ok(client) = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+    else {
+        return false;
+    };
+    client
+        .get(format!("https://{host}/v2/"))
+        .send()
+        .await
+        .is_ok()
+}
+
+impl RegistryClient {
+    /// A client for `host` (`quay.io`, `localhost:5000`). With `tls_verify` off it
+    /// probes whether the registry speaks HTTPS.
+    pub async fn connect(host: &str, opts: &RegistryOptions) -> Result<Self, RegistryError> {
+        let mut config = ClientConfig {
+            extra_root_certificates: ca_certificates(host, opts.cert_dir.as_deref())?,
+            platform_resolver: None,
+            use_monolithic_push: true,
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(300)),
+            user_agent: concat!("airlock/", env!("CARGO_PKG_VERSION")),
+            ..ClientConfig::default()
+        };
+        if !opts.tls_verify {
+            config.accept_invalid_certificates = true;
+            if !speaks_https(host).await {
+                config.protocol = ClientProtocol::Http;
+            }
+        }
+        let client = Client::new(config);
+        // oci-client keeps one credential per registry; the repository only picks the
+        // most specific key of the auth file for the first request.
+        let auth = match opts.auth.lookup(host, "")? {
+            Some(c) => RegistryAuth::Basic(c.username, c.password),
+            None => RegistryAuth::Anonymous,
+        };
+        client.store_auth_if_needed(host, &auth).await;
+        Ok(RegistryClient {
+            host: host.to_string(),
+            client,
+        })
+    }
+
+    /// The registry host.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn by_digest(&self, repository: &str, digest: &Digest) -> Reference {
+        Reference::with_digest(
+            self.host.clone(),
+            repository.to_string(),
+            digest.to_string(),
+        )
+    }
+
+    fn by_reference(&self, repository: &str, reference: &str) -> Reference {
+        match reference.parse::<Digest>() {
+            Ok(d) => self.by_digest(repository, &d),
+            Err(_) => Reference::with_tag(
+                self.host.clone(),
+                repository.to_string(),
+                reference.to_string(),
+            ),
+        }
+    }
+
+    fn target(&self, repository: &str, reference: &str) -> String {
+        let sep = if reference.contains(':') { '@' } else { ':' };
+        format!("{}/{repository}{sep}{reference}", self.host)
+    }
+
+    /// Pulls a manifest by tag or digest, with its exact bytes. The bytes are checked
+    /// against the requested digest (or the registry's `Docker-Content-Digest`) and must
+    /// parse as one of the four mirrorable manifest types.
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<RawManifest, RegistryError> {
+        let target = self.target(repository, reference);
+        let r = self.by_reference(repository, reference);
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(&r, &RegistryAuth::Anonymous, ACCEPTED)
+            .await
+            .map_err(|e| request_error("pull manifest", target.clone(), e))?;
+        let computed = Digest::of(&bytes);
+        if digest != computed.as_str() {
+            return Err(RegistryError::Request {
+                operation: "pull manifest",
+                target,
+                kind: ErrorKind::Digest,
+                message: format!(
+                    "registry reported digest {digest} but the bytes hash to {computed}"
+                ),
+            });
+        }
+        let parsed = manifest::parse(&bytes, None).map_err(|source| RegistryError::Manifest {
+            target: target.clone(),
+            source,
+        })?;
+        Ok(RawManifest {
+            bytes,
+            digest: computed,
+            media_type: parsed.media_type,
+        })
+    }
+
+    /// Whether the repository has a manifest with this digest.
+    pub async fn has_manifest(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let r = self.by_digest(repository, digest);
+        match self
+            .client
+            .fetch_manifest_digest(&r, &RegistryAuth::Anonymous)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match classify(&e).0 {
+                ErrorKind::NotFound => Ok(false),
+                _ => Err(request_error(
+                    "check manifest",
+                    self.target(repository, digest.as_str()),
+                    e,
+                )),
+            },
+        }
+    }
+
+    /// Pushes manifest bytes unchanged, by digest, then under `tag` if one is given.
+    /// Pushing by digest first makes the registry verify that the bytes are the digest.
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        manifest: &RawManifest,
+        tag: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        let content_type = http::HeaderValue::from_str(&manifest.media_type).map_err(|_| {
+            RegistryError::Request {
+                operation: "push manifest",
+                target: self.target(repository, manifest.digest.as_str()),
+                kind: ErrorKind::Protocol,
+                message: format!(
+                    "media type {:?} is not a valid header value",
+                    manifest.media_type
+                ),
+            }
+        })?;
+        let references =
+            std::iter::once(self.by_digest(repository, &manifest.digest)).chain(tag.map(|t| {
+                Reference::with_tag(self.host.clone(), repository.to_string(), t.to_string())
+            }));
+        for r in references {
+            self.client
+                .push_manifest_raw(&r, manifest.bytes.clone(), content_type.clone())
+                .await
+                .map_err(|e| request_error("push manifest", r.whole(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the repository has (or can serve) a blob.
+    pub async fn has_blob(&self, repository: &str, digest: &Digest) -> Result<bool, RegistryError> {
+        let r = self.by_digest(repository, digest);
+        self.client
+            .blob_exists(&r, digest.as_str())
+            .await
+            .map_err(|e| request_error("check blob", self.target(repository, digest.as_str()), e))
+    }
+
+    /// Streams a blob. The stream ends with an error if the bytes do not hash to
+    /// `digest`; callers that store the bytes also hash them themselves.
+    pub async fn blob_stream(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<BoxStream<'static, Result<Bytes, RegistryError>>, RegistryError> {
+        let target = self.target(repository, digest.as_str());
+        let r = self.by_digest(repository, digest);
+        let sized = self
+            .client
+            .pull_blob_stream(&r, digest.as_str())
+            .await
+            .map_err(|e| request_error("pull blob", target.clone(), e))?;
+        Ok(sized
+            .stream
+            .map_err(move |e| RegistryError::Request {
+                operation: "pull blob",
+                target: target.clone(),
+                kind: if e.to_string().to_lowercase().contains("digest") {
+                    ErrorKind::Digest
+                } else {
+                    ErrorKind::Network
+                },
+                message: e.to_string(),
+            })
+            .boxed())
+    }
+
+    /// Asks the registry to link a blob it already holds in `from` into `repository`.
+    /// Returns `false` when the registry declines (it then expects an upload).
+    pub async fn mount_blob(&self, repository: &str, from: &str, digest: &Digest) -> bool {
+        let to = self.by_digest(repository, digest);
+        let source = self.by_digest(from, digest);
+        self.client
+            .mount_blob(&to, &source, digest.as_str())
+            .await
+            .is_ok()
+    }
+
+    /// Uploads `size` bytes of a local file as a blob, streaming.
+    pub async fn push_blob_file(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        path: &Path,
+    ) -> Result<(), RegistryError> {
+        let target = self.target(repository, digest.as_str());
+        let file =
+            tokio::fs::File::open(path)
+                .await
+                .map_err(|source| RegistryError::LocalFile {
+                    target: target.clone(),
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)
+            .map_err(OciDistributionError::IoError);
+        self.client
+            .push_blob_stream(
+                &self.by_digest(repository, digest),
+                stream,
+                digest.as_str(),
+                Some(size),
+            )
+            .await
+            .map_err(|e| request_error("push blob", target, e))?;
+        Ok(())
+    }
+}
+
+/// One client per registry host, made on first use and shared, so that tokens and
+/// connections are reused across images.
+#[derive(Debug)]
+pub struct Pool {
+    options: RegistryOptions,
+    clients: tokio::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<RegistryClient>>>,
+}
+
+impl Pool {
+    /// A pool whose clients use `options`.
+    pub fn new(options: RegistryOptions) -> Self {
+        Pool {
+            options,
+            clients: Default::default(),
+        }
+    }
+
+    /// The client for `host`, connecting on first use.
+    pub async fn client(
+        &self,
+        host: &str,
+    ) -> Result<std::sync::Arc<RegistryClient>, RegistryError> {
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(host) {
+            return Ok(c.clone());
+        }
+        let c = std::sync::Arc::new(RegistryClient::connect(host, &self.options).await?);
+        clients.insert(host.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_certificates_come_from_the_given_dir_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), "PEM").unwrap();
+        std::fs::write(dir.path().join("client.key"), "KEY").unwrap();
+        let certs = ca_certificates("localhost:5000", Some(dir.path())).unwrap();
+        assert_eq!(certs.len(), 1);
+        assert_eq!(certs[0].data, b"PEM");
+    }
+
+    #[test]
+    fn errors_are_classified_for_exit_codes() {
+        let e = OciDistributionError::ServerError {
+            code: 404,
+            url: "u".into(),
+            message: String::new(),
+        };
+        assert_eq!(classify(&e).0, ErrorKind::NotFound);
+        let e = OciDistributionError::UnauthorizedError { url: "u".into() };
+        let (kind, msg) = classify(&e);
+        assert_eq!(kind, ErrorKind::Unauthorized);
+        assert!(msg.contains("auth file"), "{msg}");
+    }
+}

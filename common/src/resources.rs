@@ -1,0 +1,322 @@
+//! Cluster resources that make clusters pull from the mirror: `ImageDigestMirrorSet`
+//! and `ImageTagMirrorSet`, written as oc-mirror v2 writes them.
+//!
+//! Users move from oc-mirror with scripts that `oc apply -f cluster-resources/`, so
+//! the files keep oc-mirror's names (`idms-oc-mirror.yaml`, `itms-oc-mirror.yaml`),
+//! object names (`idms-<category>-0`) and scoping rule: when the mirror path ends
+//! with the source path (the normal naming rule), the mirror set is scoped to the
+//! source *namespace* (`quay.io/ns` → `mirror:5000/prefix/ns`), which covers sibling
+//! repositories; otherwise (a `targetRepo`) to the exact repository. Images named by
+//! digest go to the IDMS, images named by tag to the ITMS, as in oc-mirror. Unlike
+//! oc-mirror, the entries are sorted, so the same content always gives the same file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// File name of the digest mirror sets.
+pub const IDMS_FILE: &str = "idms-oc-mirror.yaml";
+/// File name of the tag mirror sets.
+pub const ITMS_FILE: &str = "itms-oc-mirror.yaml";
+
+/// oc-mirror's grouping of mirror-set entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Category {
+    /// Release payloads, their components and graph data.
+    Release,
+    /// Operator bundles and related images.
+    Operator,
+    /// Everything else.
+    Generic,
+}
+
+impl Category {
+    fn name(self) -> &'static str {
+        match self {
+            Category::Release => "release",
+            Category::Operator => "operator",
+            Category::Generic => "generic",
+        }
+    }
+}
+
+/// One mirrored image, as the mirror sets see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirrored {
+    /// Source registry and repository (`quay.io/ns/app`).
+    pub source: String,
+    /// Mirror registry and repository (`mirror:5000/prefix/ns/app`).
+    pub mirror: String,
+    /// Named by digest in the configuration.
+    pub by_digest: bool,
+    /// Named by tag in the configuration.
+    pub by_tag: bool,
+    /// Grouping.
+    pub category: Category,
+}
+
+fn split_name(name: &str) -> (&str, &str) {
+    name.split_once('/').unwrap_or((name, ""))
+}
+
+fn namespace(name: &str) -> String {
+    let (domain, path) = split_name(name);
+    match path.rfind('/') {
+        Some(i) => format!("{domain}/{}", &path[..i]),
+        None => domain.to_string(),
+    }
+}
+
+/// The (source, mirror) pair of a mirror-set entry, with oc-mirror's scoping.
+pub fn scope(m: &Mirrored) -> (String, String) {
+    let (_, src_path) = split_name(&m.source);
+    let (_, dst_path) = split_name(&m.mirror);
+    if dst_path.ends_with(src_path) {
+        (namespace(&m.source), namespace(&m.mirror))
+    } else {
+        (m.source.clone(), m.mirror.clone())
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Object {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Metadata,
+    spec: Spec,
+}
+
+#[derive(Serialize)]
+struct Metadata {
+    name: String,
+    annotations: BTreeMap<&'static str, String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged, rename_all_fields = "camelCase")]
+enum Spec {
+    Digest {
+        image_digest_mirrors: Vec<MirrorEntry>,
+    },
+    Tag {
+        image_tag_mirrors: Vec<MirrorEntry>,
+    },
+}
+
+#[derive(Serialize)]
+struct MirrorEntry {
+    mirrors: Vec<String>,
+    source: String,
+}
+
+type Groups = BTreeMap<Category, BTreeMap<String, BTreeSet<String>>>;
+
+fn group(images: &[Mirrored], pick: impl Fn(&Mirrored) -> bool) -> Groups {
+    let mut groups: Groups = BTreeMap::new();
+    for m in images.iter().filter(|m| pick(m)) {
+        let (source, mirror) = scope(m);
+        groups
+            .entry(m.category)
+            .or_default()
+            .entry(source)
+            .or_default()
+            .insert(mirror);
+    }
+    groups
+}
+
+fn entries(sources: BTreeMap<String, BTreeSet<String>>) -> Vec<MirrorEntry> {
+    sources
+        .into_iter()
+        .map(|(source, mirrors)| MirrorEntry {
+            mirrors: mirrors.into_iter().collect(),
+            source,
+        })
+        .collect()
+}
+
+fn annotations() -> BTreeMap<&'static str, String> {
+    BTreeMap::from([("createdBy", "airlock".to_string())])
+}
+
+/// The two kinds of mirror set: digest (IDMS) and tag (ITMS).
+#[derive(Debug, Clone, Copy)]
+enum SetKind {
+    Digest,
+    Tag,
+}
+
+impl SetKind {
+    fn kind(self) -> &'static str {
+        match self {
+            SetKind::Digest => "ImageDigestMirrorSet",
+            SetKind::Tag => "ImageTagMirrorSet",
+        }
+    }
+    fn prefix(self) -> &'static str {
+        match self {
+            SetKind::Digest => "idms",
+            SetKind::Tag => "itms",
+        }
+    }
+    fn spec(self, entries: Vec<MirrorEntry>) -> Spec {
+        match self {
+            SetKind::Digest => Spec::Digest {
+                image_digest_mirrors: entries,
+            },
+            SetKind::Tag => Spec::Tag {
+                image_tag_mirrors: entries,
+            },
+        }
+    }
+    fn includes(self, m: &Mirrored) -> bool {
+        match self {
+            SetKind::Digest => m.by_digest,
+            SetKind::Tag => m.by_tag,
+        }
+    }
+}
+
+fn mirror_sets(images: &[Mirrored], kind: SetKind) -> Option<String> {
+    let groups = group(images, |m| kind.includes(m));
+    if groups.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for (cat, sources) in groups {
+        let object = Object {
+            api_version: "config.openshift.io/v1",
+            kind: kind.kind(),
+            metadata: Metadata {
+                name: format!("{}-{}-0", kind.prefix(), cat.name()),
+                annotations: annotations(),
+            },
+            spec: kind.spec(entries(sources)),
+        };
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(&object).expect("mirror sets serialise"));
+    }
+    Some(out)
+}
+
+/// The content of `idms-oc-mirror.yaml`, or `None` when no image was named by digest.
+pub fn idms(images: &[Mirrored]) -> Option<String> {
+    mirror_sets(images, SetKind::Digest)
+}
+
+/// The content of `itms-oc-mirror.yaml`, or `None` when no image was named by tag.
+pub fn itms(images: &[Mirrored]) -> Option<String> {
+    mirror_sets(images, SetKind::Tag)
+}
+
+/// Writes the mirror sets into `dir` (replacing earlier ones; a file whose set is
+/// empty is removed, so the directory always describes one publish). Returns the
+/// files written.
+pub fn write_mirror_sets(dir: &Path, images: &[Mirrored]) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for (file, content) in [(IDMS_FILE, idms(images)), (ITMS_FILE, itms(images))] {
+        let path = dir.join(file);
+        match content {
+            Some(text) => {
+                let tmp = dir.join(format!(".{file}.tmp"));
+                std::fs::write(&tmp, text)?;
+                std::fs::rename(&tmp, &path)?;
+                written.push(path);
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(source: &str, mirror: &str, by_digest: bool, by_tag: bool) -> Mirrored {
+        Mirrored {
+            source: source.into(),
+            mirror: mirror.into(),
+            by_digest,
+            by_tag,
+            category: Category::Generic,
+        }
+    }
+
+    #[test]
+    fn scope_is_namespace_when_the_path_is_kept() {
+        assert_eq!(
+            scope(&m(
+                "quay.io/ns/app",
+                "mirror:5000/prefix/ns/app",
+                true,
+                false
+            )),
+            ("quay.io/ns".into(), "mirror:5000/prefix/ns".into())
+        );
+        assert_eq!(
+            scope(&m("localhost:5000/app", "mirror:5000/app", true, false)),
+            ("localhost:5000".into(), "mirror:5000".into())
+        );
+        assert_eq!(
+            scope(&m(
+                "registry.redhat.io/ubi9/ubi-minimal",
+                "mirror:5000/ubi-repo",
+                true,
+                false
+            )),
+            (
+                "registry.redhat.io/ubi9/ubi-minimal".into(),
+                "mirror:5000/ubi-repo".into()
+            )
+        );
+    }
+
+    #[test]
+    fn digest_and_tag_images_split_into_idms_and_itms() {
+        let images = [
+            m("quay.io/ns/a", "mirror:5000/p/ns/a", true, false),
+            m("quay.io/ns/b", "mirror:5000/p/ns/b", false, true),
+            m("quay.io/other/c", "mirror:5000/p/other/c", true, true),
+        ];
+        insta::assert_snapshot!(idms(&images).unwrap(), @r"
+        ---
+        apiVersion: config.openshift.io/v1
+        kind: ImageDigestMirrorSet
+        metadata:
+          name: idms-generic-0
+          annotations:
+            createdBy: airlock
+        spec:
+          imageDigestMirrors:
+          - mirrors:
+            - mirror:5000/p/ns
+            source: quay.io/ns
+          - mirrors:
+            - mirror:5000/p/other
+            source: quay.io/other
+        ");
+        let itms = itms(&images).unwrap();
+        assert!(itms.contains("kind: ImageTagMirrorSet"));
+        assert!(itms.contains("name: itms-generic-0"));
+        assert!(itms.contains("source: quay.io/ns") && itms.contains("source: quay.io/other"));
+        assert_eq!(idms(&[m("a.io/x/y", "m/x/y", false, true)]), None);
+    }
+
+    #[test]
+    fn files_are_replaced_and_stale_ones_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let both = [m("quay.io/ns/a", "m:1/ns/a", true, true)];
+        assert_eq!(write_mirror_sets(dir.path(), &both).unwrap().len(), 2);
+        let tags_only = [m("quay.io/ns/a", "m:1/ns/a", false, true)];
+        let written = write_mirror_sets(dir.path(), &tags_only).unwrap();
+        assert_eq!(written, vec![dir.path().join(ITMS_FILE)]);
+        assert!(!dir.path().join(IDMS_FILE).exists());
+    }
+}

@@ -1,0 +1,156 @@
+//! The command line of `airlock-connected`, and what each command prints.
+
+use std::path::PathBuf;
+
+use airlock_common::cli::LogArgs;
+use airlock_common::registry::RegistryOptions;
+use airlock_common::registry::auth::AuthSource;
+use airlock_common::size::ByteSize;
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::create::{self, CreateOptions};
+use crate::error::Error;
+
+/// Airlock's connected side: builds sequenced imagesets of container images, cut into
+/// chunk files no larger than a transfer limit, for carrying across an air gap.
+#[derive(Debug, Parser)]
+#[command(name = "airlock-connected", version, max_term_width = 100)]
+pub struct Cli {
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the next imageset of a workspace into a directory.
+    Create(CreateArgs),
+}
+
+/// Source registry access, as skopeo spells it.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Require HTTPS and verify certificates of source registries (`--src-tls-verify=false`
+    /// allows plain HTTP and untrusted certificates).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub src_tls_verify: bool,
+    /// Directory of CA certificates (*.crt) to trust for source registries, instead of
+    /// /etc/containers/certs.d/HOST[:PORT]/.
+    #[arg(long, value_name = "DIR")]
+    pub src_cert_dir: Option<PathBuf>,
+    /// Credentials file (containers auth.json); default: REGISTRY_AUTH_FILE, then the
+    /// containers-auth.json search order.
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    fn options(&self) -> RegistryOptions {
+        RegistryOptions {
+            tls_verify: self.src_tls_verify,
+            cert_dir: self.src_cert_dir.clone(),
+            auth: AuthSource::new(self.authfile.clone()),
+        }
+    }
+}
+
+/// `create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// ImageSetConfiguration file (oc-mirror's schema, v1alpha2 or v2alpha1).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Directory for the chunk files.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Workspace directory [default: storageConfig.local.path, else ~/.airlock/connected].
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Largest chunk file, tar overhead included (B, KiB, MiB, GiB, KB, MB, GB)
+    /// [default: archiveSize GiB from the configuration, else 500GiB].
+    #[arg(long, value_name = "SIZE")]
+    pub limit: Option<ByteSize>,
+    /// Start a new workspace UUID at sequence 1 and ship everything.
+    #[arg(long)]
+    pub full: bool,
+    /// Write DIR/mapping.txt and DIR/to-ship.txt and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Blobs downloaded at once.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub parallel: usize,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub async fn run(cli: Cli) -> Result<i32, Error> {
+    match cli.command {
+        Command::Create(args) => {
+            let opts = CreateOptions {
+                config: args.config,
+                out: args.out,
+                workspace: args.workspace,
+                limit: args.limit,
+                full: args.full,
+                dry_run: args.dry_run,
+                parallel: args.parallel,
+                registry: args.source.options(),
+            };
+            let report = create::create(&opts).await?;
+            print_create(&report);
+            Ok(airlock_common::exit_codes::OK)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_create(r: &create::CreateReport) {
+    let m = &r.manifest;
+    if !r.dry_run_files.is_empty() {
+        println!(
+            "dry run: {} images, {} blobs, {} would ship",
+            m.images.len(),
+            m.blobs.len(),
+            ByteSize(r.blob_bytes)
+        );
+        for f in &r.dry_run_files {
+            println!("wrote {}", f.display());
+        }
+        return;
+    }
+    println!(
+        "imageset {} sequence {}: {} images, {} blobs ({}) in {} chunks, {:.1}s",
+        m.uuid,
+        m.sequence,
+        m.images.len(),
+        m.blobs.len(),
+        ByteSize(r.blob_bytes),
+        r.chunks.len(),
+        r.elapsed.as_secs_f64()
+    );
+    for (path, c) in r.chunks.iter().zip(&m.chunks) {
+        println!("  {} ({})", path.display(), ByteSize(c.size));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The command line is a contract (scripts call it); a change must be deliberate.
+    #[test]
+    fn help_text_is_stable() {
+        let mut cli = Cli::command();
+        insta::assert_snapshot!("help", cli.render_long_help().to_string());
+        for sub in cli.get_subcommands_mut().filter(|s| s.get_name() != "help") {
+            let name = sub.get_name().to_string();
+            insta::assert_snapshot!(format!("help-{name}"), sub.render_long_help().to_string());
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Resolving the configuration's images into manifests and blobs.
+//!
+//! Each image's manifest is pulled with its exact bytes; an index or manifest list
+//! brings every child manifest (every platform, like `skopeo copy --all`), and every
+//! image manifest brings its config and layers. The result is the content of an
+//! imageset: the images, and each manifest and blob once, in a stable order (by
+//! image, parents before children, manifests before their blobs) so that two runs
+//! over the same sources lay out identical chunks.
+
+use std::collections::{HashMap, HashSet};
+
+use airlock_common::config::ImageSpec;
+use airlock_common::digest::Digest;
+use airlock_common::imageset::{BlobRecord, ImageKind, ImageRecord};
+use airlock_common::manifest::{Descriptor, is_index};
+use airlock_common::registry::{Pool, RawManifest, RegistryError};
+use futures::StreamExt;
+
+/// Nesting of indexes that is accepted (an index of indexes is legal but rare; a
+/// deeper chain is more likely a loop in a hostile registry).
+const MAX_DEPTH: usize = 4;
+
+/// How many images are resolved at once.
+const PARALLEL_IMAGES: usize = 8;
+
+/// Why an image could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The registry failed.
+    #[error("image {image}: {source}")]
+    Registry {
+        /// The image as configured.
+        image: String,
+        /// The registry error.
+        source: RegistryError,
+    },
+    /// The registry served content that disagrees with what referenced it.
+    #[error("image {image}: {problem}")]
+    Inconsistent {
+        /// The image as configured.
+        image: String,
+        /// What disagrees.
+        problem: String,
+    },
+}
+
+/// The content of an imageset.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// One record per configured image.
+    pub images: Vec<ImageRecord>,
+    /// Every manifest and blob, each once.
+    pub blobs: Vec<BlobRecord>,
+    /// The bytes of every manifest, by digest.
+    pub manifests: HashMap<Digest, RawManifest>,
+}
+
+impl Collected {
+    /// Total bytes of all blobs and manifests.
+    pub fn bytes(&self) -> u64 {
+        self.blobs.iter().map(|b| b.size).sum()
+    }
+}
+
+/// One image's manifests and blobs, before deduplication.
+struct Resolved {
+    image: ImageRecord,
+    manifests: Vec<RawManifest>,
+    blobs: Vec<Descriptor>,
+    repository: String,
+}
+
+/// Resolves every image of `specs`.
+pub async fn collect(specs: &[ImageSpec], pool: &Pool) -> Result<Collected, CollectError> {
+    let resolved: Vec<Result<Resolved, CollectError>> = futures::stream::iter(specs)
+        .map(|spec| resolve(spec, pool))
+        .buffered(PARALLEL_IMAGES)
+        .collect()
+        .await;
+    let mut out = Collected::default();
+    let mut seen = HashSet::new();
+    for r in resolved {
+        let r = r?;
+        for m in r.manifests {
+            if seen.insert(m.digest.clone()) {
+                out.blobs.push(BlobRecord {
+                    digest: m.digest.clone(),
+                    size: m.bytes.len() as u64,
+                    media_type: Some(m.media_type.clone()),
+                    repository: r.repository.clone(),
+                    parts: Vec::new(),
+                });
+                out.manifests.insert(m.digest.clone(), m);
+            }
+        }
+        for d in r.blobs {
+            if seen.insert(d.digest.clone()) {
+                out.blobs.push(BlobRecord {
+                    digest: d.digest,
+                    size: d.size,
+                    media_type: None,
+                    repository: r.repository.clone(),
+                    parts: Vec::new(),
+                });
+            }
+        }
+        out.images.push(r.image);
+    }
+    Ok(out)
+}
+
+async fn resolve(spec: &ImageSpec, pool: &Pool) -> Result<Resolved, CollectError> {
+    let image = spec.name.clone();
+    let registry_err = |source| CollectError::Registry {
+        image: image.clone(),
+        source,
+    };
+    let src = &spec.source;
+    let client = pool.client(src.registry()).await.map_err(registry_err)?;
+    let reference = match (src.digest(), src.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_string(),
+        (None, None) => "latest".to_string(),
+    };
+    let top = client
+        .get_manifest(src.repository(), &reference)
+        .await
+        .map_err(registry_err)?;
+    tracing::info!(image = %image, digest = %top.digest, media_type = %top.media_type, "resolved image");
+    let mut manifests = vec![top.clone()];
+    let mut blobs = Vec::new();
+    // Walk the tree breadth first; children are checked against their descriptors.
+    let mut level = vec![top.clone()];
+    for depth in 0.. {
+        let mut next = Vec::new();
+        for m in &level {
+            let parsed = m.parse().map_err(|e| CollectError::Inconsistent {
+                image: image.clone(),
+                problem: format!("manifest {}: {e}", m.digest),
+            })?;
+            blobs.extend(parsed.blobs().cloned());
+            for child in parsed.children() {
+                if depth + 1 >= MAX_DEPTH {
+                    return Err(CollectError::Inconsistent {
+                        image: image.clone(),
+                        problem: format!("indexes nested deeper than {MAX_DEPTH} levels"),
+                    });
+                }
+                let c = client
+                    .get_manifest(src.repository(), child.digest.as_str())
+                    .await
+                    .map_err(registry_err)?;
+                if c.bytes.len() as u64 != child.size {
+                    return Err(CollectError::Inconsistent {
+                        image: image.clone(),
+                        problem: format!(
+                            "child manifest {} is {} bytes, its index says {}",
+                            child.digest,
+                            c.bytes.len(),
+                            child.size
+                        ),
+                    });
+                }
+                if c.media_type != child.media_type
+                    && !(is_index(&c.media_type) && is_index(&child.media_type))
+                {
+                    tracing::warn!(image = %image, child = %child.digest, declared = %child.media_type, actual = %c.media_type, "child manifest media type differs from its index entry");
+                }
+                manifests.push(c.clone());
+                next.push(c);
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    Ok(Resolved {
+        image: ImageRecord {
+            source: spec.name.clone(),
+            repository: src.name(),
+            tag: spec
+                .target_tag
+                .clone()
+                .or_else(|| src.tag().map(str::to_string)),
+            by_digest: src.digest().is_some(),
+            digest: top.digest,
+            target_repository: spec.target_repo.clone(),
+            kind: ImageKind::Generic,
+        },
+        manifests,
+        blobs,
+        repository: src.name(),
+    })
+}

@@ -1,0 +1,313 @@
+//! `create`: build the next imageset of a workspace.
+//!
+//! 1. Load and check the configuration (every unsupported field is refused first,
+//!    before any registry is contacted).
+//! 2. Resolve every image into manifests and blobs ([`crate::collect`]).
+//! 3. Lay out the chunks and create them under temporary names.
+//! 4. Download the blobs concurrently straight into their places in the chunks,
+//!    checking each against its digest; retry a blob whose transfer breaks.
+//! 5. Finish the chunks (hashes, manifest, sync, rename) and only then record the
+//!    new sequence in the workspace.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_common::config::{self, ImageSpec, LoadedConfig};
+use airlock_common::imageset::write::{self, Prepared, WriteError};
+use airlock_common::imageset::{FORMAT, ImagesetManifest};
+use airlock_common::reference::ImageRef;
+use airlock_common::registry::{ErrorKind, Pool, RegistryError, RegistryOptions};
+use airlock_common::size::ByteSize;
+use airlock_common::telemetry::Progress;
+use futures::StreamExt;
+
+use crate::collect::{self, Collected};
+use crate::error::Error;
+use crate::workspace::{ImagesetRecord, Workspace};
+
+/// oc-mirror v1's archive size when the configuration sets none.
+pub const DEFAULT_LIMIT: ByteSize = ByteSize(500 << 30);
+
+/// How often a blob download is attempted before `create` gives up.
+const ATTEMPTS: u32 = 4;
+
+/// What `create` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// The ImageSetConfiguration file.
+    pub config: PathBuf,
+    /// Where the chunk files go.
+    pub out: PathBuf,
+    /// The workspace directory; defaults to `storageConfig.local.path`, then `~/.airlock/connected`.
+    pub workspace: Option<PathBuf>,
+    /// Largest chunk file; defaults to `archiveSize`, then [`DEFAULT_LIMIT`].
+    pub limit: Option<ByteSize>,
+    /// Start a new workspace UUID at sequence 1.
+    pub full: bool,
+    /// Write the mapping and the list of what would ship; change nothing.
+    pub dry_run: bool,
+    /// Blobs downloaded at once.
+    pub parallel: usize,
+    /// How to reach the source registries.
+    pub registry: RegistryOptions,
+}
+
+/// What `create` did.
+#[derive(Debug, Clone)]
+pub struct CreateReport {
+    /// The imageset manifest (for a dry run: as planned, without chunk hashes).
+    pub manifest: ImagesetManifest,
+    /// The chunk files written (empty for a dry run).
+    pub chunks: Vec<PathBuf>,
+    /// Files written by a dry run.
+    pub dry_run_files: Vec<PathBuf>,
+    /// Bytes of blob content carried.
+    pub blob_bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Loads a configuration and refuses anything this build would not act on.
+pub fn load_config(path: &Path) -> Result<(LoadedConfig, Vec<ImageSpec>), Error> {
+    let loaded = config::load(path)?;
+    loaded.validate()?;
+    loaded.check_supported()?;
+    let images = loaded.additional_images()?;
+    if images.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: the configuration selects no images; add mirror.additionalImages",
+            path.display()
+        )));
+    }
+    Ok((loaded, images))
+}
+
+/// The workspace directory to use.
+pub fn workspace_dir(explicit: Option<&Path>, config: &LoadedConfig) -> Result<PathBuf, Error> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = config.local_storage_path() {
+        return Ok(p);
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".airlock/connected"))
+        .ok_or_else(|| Error::Usage("no --workspace given and HOME is not set".into()))
+}
+
+/// Where an image lands, relative to the mirror's prefix: its repository path (or
+/// `targetRepo`) and its tag.
+fn destination_path(image: &airlock_common::imageset::ImageRecord) -> String {
+    let source: ImageRef = image
+        .repository
+        .parse()
+        .expect("recorded repositories parse");
+    let repo = image
+        .target_repository
+        .clone()
+        .unwrap_or_else(|| source.repository().to_string());
+    match &image.tag {
+        Some(t) => format!("{repo}:{t}"),
+        None => format!("{repo}@{}", image.digest),
+    }
+}
+
+/// Runs `create`.
+pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
+    let started = Instant::now();
+    let (loaded, specs) = load_config(&opts.config)?;
+    let limit = opts.limit.or(loaded.archive_size()).unwrap_or_else(|| {
+        tracing::info!(limit = %DEFAULT_LIMIT, "no --limit and no archiveSize: using oc-mirror's default");
+        DEFAULT_LIMIT
+    });
+    let ws_dir = workspace_dir(opts.workspace.as_deref(), &loaded)?;
+    // A dry run must not create a workspace; it reads one if it exists.
+    let workspace = if opts.dry_run && !Workspace::exists(&ws_dir) {
+        None
+    } else {
+        Some(Workspace::open(&ws_dir)?)
+    };
+    let (uuid, sequence) = match &workspace {
+        Some(ws) => ws.next(opts.full)?,
+        None => (uuid::Uuid::new_v4(), 1),
+    };
+    tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = specs.len(), "creating imageset");
+
+    let pool = Pool::new(opts.registry.clone());
+    let collected = collect::collect(&specs, &pool).await?;
+    let skeleton = ImagesetManifest {
+        format: FORMAT.to_string(),
+        uuid,
+        sequence,
+        // Sequence 1 starts a workspace; later imagesets continue it.
+        full: sequence == 1,
+        created: write::now(),
+        limit: limit.0,
+        chunks: Vec::new(),
+        images: collected.images.clone(),
+        blobs: collected.blobs.clone(),
+    };
+    let carry: Vec<usize> = (0..skeleton.blobs.len()).collect();
+    let blob_bytes = collected.bytes();
+
+    if opts.dry_run {
+        let files = write_dry_run(&opts.out, &skeleton)?;
+        return Ok(CreateReport {
+            manifest: skeleton,
+            chunks: Vec::new(),
+            dry_run_files: files,
+            blob_bytes,
+            elapsed: started.elapsed(),
+        });
+    }
+    let workspace = workspace.expect("opened for a real run");
+
+    let prepared = write::prepare(&opts.out, skeleton, &carry)?;
+    tracing::info!(
+        chunks = prepared.manifest().chunks.len(),
+        blobs = carry.len(),
+        bytes = blob_bytes,
+        "chunks laid out"
+    );
+    fill(&prepared, &collected, &carry, &pool, opts.parallel.max(1)).await?;
+    let (manifest, chunks) = prepared.finish().await?;
+    let bytes = manifest.chunks.iter().map(|c| c.size).sum();
+    workspace.commit(&ImagesetRecord {
+        uuid,
+        sequence,
+        created: manifest.created.clone(),
+        full: manifest.full,
+        chunks: manifest.chunks.iter().map(|c| c.name.clone()).collect(),
+        bytes,
+        images: manifest.images.len(),
+    })?;
+    tracing::info!(%uuid, sequence, chunks = chunks.len(), bytes, elapsed_ms = started.elapsed().as_millis() as u64, "imageset created");
+    Ok(CreateReport {
+        manifest,
+        chunks,
+        dry_run_files: Vec::new(),
+        blob_bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Writes `mapping.txt` (oc-mirror's `source=destination` lines, the destination
+/// being the path under the mirror prefix) and `to-ship.txt` (every blob that would
+/// travel: digest, size, source repository).
+fn write_dry_run(out: &Path, m: &ImagesetManifest) -> Result<Vec<PathBuf>, Error> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut mapping = String::new();
+    for image in &m.images {
+        let source = image
+            .source
+            .strip_prefix("docker://")
+            .unwrap_or(&image.source);
+        mapping.push_str(&format!(
+            "docker://{source}=file://{}\n",
+            destination_path(image)
+        ));
+    }
+    let mut ship = String::new();
+    for b in &m.blobs {
+        ship.push_str(&format!("{} {} {}\n", b.digest, b.size, b.repository));
+    }
+    let files = vec![out.join("mapping.txt"), out.join("to-ship.txt")];
+    std::fs::write(&files[0], mapping).map_err(|e| Error::io(&files[0], e))?;
+    std::fs::write(&files[1], ship).map_err(|e| Error::io(&files[1], e))?;
+    Ok(files)
+}
+
+/// Downloads every carried blob into its place; manifests come from memory.
+async fn fill(
+    prepared: &Prepared,
+    collected: &Collected,
+    carry: &[usize],
+    pool: &Pool,
+    parallel: usize,
+) -> Result<(), Error> {
+    let total: u64 = carry
+        .iter()
+        .map(|&i| prepared.manifest().blobs[i].size)
+        .sum();
+    let progress = Arc::new(Progress::bytes("create", total));
+    let results: Vec<Result<(), Error>> = futures::stream::iter(carry.iter().copied())
+        .map(|i| {
+            let progress = progress.clone();
+            async move { fill_blob(prepared, collected, i, pool, &progress).await }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    progress.finish();
+    results.into_iter().collect()
+}
+
+async fn fill_blob(
+    prepared: &Prepared,
+    collected: &Collected,
+    index: usize,
+    pool: &Pool,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let blob = &prepared.manifest().blobs[index];
+    if let Some(m) = collected.manifests.get(&blob.digest) {
+        let mut w = prepared.blob_writer(index);
+        w.write(&m.bytes).await?;
+        w.finish().await?;
+        progress.add(blob.size);
+        return Ok(());
+    }
+    let source: ImageRef = blob
+        .repository
+        .parse()
+        .expect("recorded repositories parse");
+    let client = pool.client(source.registry()).await?;
+    let mut attempt = 1;
+    loop {
+        let mut written = 0u64;
+        let result: Result<(), Error> = async {
+            let mut w = prepared.blob_writer(index);
+            let mut stream = client
+                .blob_stream(source.repository(), &blob.digest)
+                .await?;
+            while let Some(bytes) = stream.next().await {
+                let bytes = bytes?;
+                w.write(&bytes).await?;
+                written += bytes.len() as u64;
+                progress.add(bytes.len() as u64);
+            }
+            w.finish().await?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::debug!(digest = %blob.digest, size = blob.size, repository = %blob.repository, "blob stored");
+                return Ok(());
+            }
+            Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                progress.sub(written);
+                let delay = Duration::from_millis(500 * 2u64.pow(attempt - 1));
+                tracing::warn!(digest = %blob.digest, repository = %blob.repository, attempt, error = %e, "blob transfer failed; retrying");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn retryable(e: &Error) -> bool {
+    match e {
+        Error::Registry(r) => matches!(r.kind(), Some(ErrorKind::Network)),
+        Error::Write(WriteError::Content { .. }) => true,
+        _ => false,
+    }
+}
+
+impl From<RegistryError> for Error {
+    fn from(e: RegistryError) -> Self {
+        Error::Registry(e)
+    }
+}

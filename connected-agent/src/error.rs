@@ -1,0 +1,67 @@
+//! The connected agent's errors, and the exit code of each.
+
+use std::path::{Path, PathBuf};
+
+use airlock_common::config::ConfigError;
+use airlock_common::exit_codes::{self, ExitCode};
+use airlock_common::imageset::write::WriteError;
+use airlock_common::registry::RegistryError;
+
+use crate::collect::CollectError;
+use crate::workspace::WorkspaceError;
+
+/// Everything that can stop a connected-agent command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is malformed or asks for something unsupported.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A command-line value or combination is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// A registry failed.
+    #[error(transparent)]
+    Registry(RegistryError),
+    /// An image could not be resolved.
+    #[error(transparent)]
+    Collect(#[from] CollectError),
+    /// Chunk files could not be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The workspace refused.
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    /// A local file could not be written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl ExitCode for Error {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) | Error::Usage(_) => exit_codes::CONFIG,
+            Error::Registry(e) => e.exit_code(),
+            Error::Collect(CollectError::Registry { source, .. }) => source.exit_code(),
+            Error::Collect(CollectError::Inconsistent { .. }) => exit_codes::DATA,
+            Error::Write(WriteError::Content { .. }) => exit_codes::DATA,
+            Error::Write(WriteError::Layout(_)) => exit_codes::CONFIG,
+            Error::Write(WriteError::Io { .. }) | Error::Io { .. } => exit_codes::IO,
+            Error::Workspace(WorkspaceError::Locked { .. }) => exit_codes::STATE,
+            Error::Workspace(WorkspaceError::Storage { .. }) => exit_codes::IO,
+        }
+    }
+}

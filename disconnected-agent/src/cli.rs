@@ -1,0 +1,151 @@
+//! The command line of `airlock-disconnected`, and what each command prints.
+
+use std::path::PathBuf;
+
+use airlock_common::cli::LogArgs;
+use airlock_common::exit_codes;
+use airlock_common::reference::Destination;
+use airlock_common::registry::RegistryOptions;
+use airlock_common::registry::auth::AuthSource;
+use airlock_common::size::ByteSize;
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::error::Error;
+use crate::publish::{self, PublishOptions, PublishReport};
+
+/// Airlock's disconnected side: verifies imagesets carried across an air gap and
+/// publishes them to mirror registries.
+#[derive(Debug, Parser)]
+#[command(name = "airlock-disconnected", version, max_term_width = 100)]
+pub struct Cli {
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Verify every complete imageset in a directory, in sequence order, and publish
+    /// the workspace's content to a registry.
+    Publish(PublishArgs),
+}
+
+/// Destination registry access, as skopeo spells it.
+#[derive(Debug, Args)]
+pub struct DestinationArgs {
+    /// Require HTTPS and verify certificates of the destination registry
+    /// (`--dest-tls-verify=false` allows plain HTTP and untrusted certificates).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub dest_tls_verify: bool,
+    /// Directory of CA certificates (*.crt) to trust for the destination registry,
+    /// instead of /etc/containers/certs.d/HOST[:PORT]/.
+    #[arg(long, value_name = "DIR")]
+    pub dest_cert_dir: Option<PathBuf>,
+    /// Credentials file (containers auth.json); default: REGISTRY_AUTH_FILE, then the
+    /// containers-auth.json search order.
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+}
+
+/// `publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Directory holding the chunk files (any names, any order).
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// Mirror registry and path prefix: docker://HOST[:PORT][/PREFIX].
+    #[arg(long, value_name = "DEST")]
+    pub to: String,
+    /// Workspace directory [default: ~/.airlock/site].
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Blob uploads at once.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub parallel: usize,
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub async fn run(cli: Cli) -> Result<i32, Error> {
+    match cli.command {
+        Command::Publish(args) => {
+            let to: Destination =
+                args.to
+                    .parse()
+                    .map_err(|e: airlock_common::reference::DestinationError| {
+                        Error::Usage(e.to_string())
+                    })?;
+            let opts = PublishOptions {
+                from: args.from,
+                to,
+                workspace: args.workspace,
+                parallel: args.parallel,
+                registry: RegistryOptions {
+                    tls_verify: args.destination.dest_tls_verify,
+                    cert_dir: args.destination.dest_cert_dir,
+                    auth: AuthSource::new(args.destination.authfile),
+                },
+            };
+            let report = publish::publish(&opts).await?;
+            print_publish(&report);
+            Ok(report.exit_code())
+        }
+    }
+}
+
+#[allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the command's report is its output"
+)]
+fn print_publish(r: &PublishReport) {
+    for (uuid, seq, stored) in &r.accepted {
+        println!("accepted imageset {uuid} sequence {seq} ({stored} blobs stored)");
+    }
+    if !r.published.is_empty() {
+        let [uploaded, bytes, mounted, present, manifests] = r.stats;
+        println!(
+            "published sequence {}: {uploaded} blobs uploaded ({}), {mounted} mounted, {present} already present, {manifests} manifests, {:.1}s",
+            r.published
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            ByteSize(bytes),
+            r.elapsed.as_secs_f64()
+        );
+    }
+    for f in &r.resources {
+        println!("wrote {}", f.display());
+    }
+    for p in &r.problems {
+        let label = if p.code == exit_codes::INCOMPLETE {
+            "waiting"
+        } else {
+            "error"
+        };
+        eprintln!("{label}: {}", p.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The command line is a contract (scripts call it); a change must be deliberate.
+    #[test]
+    fn help_text_is_stable() {
+        let mut cli = Cli::command();
+        insta::assert_snapshot!("help", cli.render_long_help().to_string());
+        for sub in cli.get_subcommands_mut().filter(|s| s.get_name() != "help") {
+            let name = sub.get_name().to_string();
+            insta::assert_snapshot!(format!("help-{name}"), sub.render_long_help().to_string());
+        }
+    }
+}

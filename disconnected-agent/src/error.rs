@@ -1,0 +1,59 @@
+//! The disconnected agent's errors, and the exit code of each.
+
+use std::path::{Path, PathBuf};
+
+use airlock_common::exit_codes::{self, ExitCode};
+use airlock_common::registry::RegistryError;
+use airlock_common::state::StateError;
+
+use crate::push::PushError;
+
+/// Everything that stops a disconnected-agent command outright. Problems that only
+/// concern one imageset (a missing chunk, a damaged file) are reported in the
+/// command's report instead, so that the others still get published.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command-line value or combination is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The destination registry could not be used.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// An image could not be published.
+    #[error(transparent)]
+    Push(#[from] PushError),
+    /// The workspace refused or failed.
+    #[error(transparent)]
+    Workspace(#[from] StateError),
+    /// A local file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl ExitCode for Error {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit_codes::CONFIG,
+            Error::Registry(e) | Error::Push(PushError::Registry { source: e, .. }) => {
+                e.exit_code()
+            }
+            Error::Push(PushError::Content { .. }) => exit_codes::DATA,
+            Error::Workspace(StateError::Locked { .. }) => exit_codes::STATE,
+            Error::Workspace(StateError::Storage { .. }) | Error::Io { .. } => exit_codes::IO,
+        }
+    }
+}

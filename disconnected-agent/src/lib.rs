@@ -1,0 +1,13 @@
+//! Airlock's disconnected agent as a library: the binary `airlock-disconnected` is a
+//! thin shell over [`cli::run`], and tests call the same functions.
+
+pub mod cli;
+pub mod error;
+pub mod ingest;
+pub mod publish;
+pub mod push;
+pub mod scan;
+pub mod store;
+pub mod workspace;
+
+pub use error::Error;

@@ -1,0 +1,104 @@
+//! Finding imagesets among the files of a directory.
+//!
+//! Files are identified by their content, never by their names: a file manager may
+//! rename a chunk, a diode may deliver chunks of several imagesets interleaved, and
+//! a USB stick may carry other files too. Each file's first entries say which
+//! imageset and which chunk it is; files are grouped by imageset (UUID and
+//! sequence), and an imageset is complete when every chunk its manifest lists is
+//! present. Reading a chunk's head costs one manifest read; the content is read
+//! only at ingest.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use airlock_common::digest::Digest;
+use airlock_common::imageset::read::{ChunkError, ChunkHead, read_head};
+use airlock_common::imageset::{ChunkRecord, ImagesetManifest};
+use uuid::Uuid;
+
+/// The chunks found of one imageset.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The manifest all its chunks carry.
+    pub manifest: ImagesetManifest,
+    /// sha256 of the manifest entry.
+    pub manifest_digest: Digest,
+    /// The chunk files found, by chunk index.
+    pub chunks: BTreeMap<u32, ChunkHead>,
+    /// Files that claim to belong to this imageset but carry a different manifest.
+    pub conflicting: Vec<PathBuf>,
+}
+
+impl Candidate {
+    /// The chunks the manifest lists that were not found.
+    pub fn missing(&self) -> Vec<&ChunkRecord> {
+        self.manifest
+            .chunks
+            .iter()
+            .filter(|c| !self.chunks.contains_key(&c.index))
+            .collect()
+    }
+}
+
+/// What a directory holds.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Imagesets, ordered by UUID and sequence.
+    pub imagesets: BTreeMap<(Uuid, u64), Candidate>,
+    /// Files that claim to be chunks but are damaged: they are not used.
+    pub damaged: Vec<ChunkError>,
+    /// Files that are not chunks at all.
+    pub other: Vec<PathBuf>,
+}
+
+/// Whether a file name is one to look at: not hidden, not a transfer in progress.
+pub fn eligible(name: &str) -> bool {
+    !name.starts_with('.') && !name.ends_with(".part") && !name.ends_with(".tmp")
+}
+
+/// Reads the head of every eligible regular file in `dir` (not recursive).
+pub fn scan(dir: &Path) -> std::io::Result<Found> {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // symlink_metadata: a symlink in a drop directory is not followed.
+        if eligible(name) && entry.path().symlink_metadata()?.is_file() {
+            paths.push(entry.path());
+        }
+    }
+    paths.sort();
+    let mut found = Found::default();
+    for path in paths {
+        match read_head(&path) {
+            Ok(head) => add(&mut found, head),
+            Err(ChunkError::NotAChunk { path, reason }) => {
+                tracing::debug!(file = %path.display(), %reason, "not an imageset chunk; ignored");
+                found.other.push(path);
+            }
+            Err(e) => {
+                tracing::warn!(file = %e.path().display(), error = %e, "damaged chunk file");
+                found.damaged.push(e);
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn add(found: &mut Found, head: ChunkHead) {
+    let key = (head.manifest.uuid, head.manifest.sequence);
+    let candidate = found.imagesets.entry(key).or_insert_with(|| Candidate {
+        manifest: head.manifest.clone(),
+        manifest_digest: head.manifest_digest.clone(),
+        chunks: BTreeMap::new(),
+        conflicting: Vec::new(),
+    });
+    if head.manifest_digest != candidate.manifest_digest {
+        candidate.conflicting.push(head.path);
+        return;
+    }
+    // A second copy of the same chunk (resent, or copied twice): the first is kept;
+    // ingest verifies it and reports if it is damaged.
+    candidate.chunks.entry(head.identity.chunk).or_insert(head);
+}

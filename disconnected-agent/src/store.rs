@@ -1,0 +1,183 @@
+//! The content store: verified blobs and manifests by digest, on disk.
+//!
+//! `<workspace>/blobs/sha256/<hex>` holds content whose sha256 was checked when it
+//! entered; nothing else is ever put there. Content is assembled in
+//! `<workspace>/tmp/` (a split blob arrives in parts, chunk after chunk), hashed as
+//! it is written, synced, and renamed into place only when it matches its digest.
+//! The rename is the commit: after a crash the store holds whole, verified blobs
+//! and leftovers in `tmp/`, which the next ingest clears.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use airlock_common::digest::{Digest, Hasher};
+use airlock_common::imageset::read::PartSink;
+use airlock_common::imageset::{BlobRecord, PartRecord};
+
+/// The content store of a workspace.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// The store under the workspace directory `workspace`, created if missing.
+    pub fn open(workspace: &Path) -> std::io::Result<Self> {
+        let store = Store {
+            root: workspace.to_path_buf(),
+        };
+        std::fs::create_dir_all(store.root.join("blobs/sha256"))?;
+        std::fs::create_dir_all(store.tmp_dir())?;
+        Ok(store)
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Where the blob with `digest` lives (whether or not it is there).
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Whether the store holds `digest`.
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// The bytes of a (small) stored object, such as a manifest.
+    pub fn read(&self, digest: &Digest) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.path(digest))
+    }
+
+    /// Removes leftovers of interrupted ingests.
+    pub fn clear_tmp(&self) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(self.tmp_dir())? {
+            let entry = entry?;
+            std::fs::remove_file(entry.path())?;
+        }
+        Ok(())
+    }
+
+    /// A sink that stores the parts of chunks as they are verified.
+    pub fn sink(&self) -> StoreSink<'_> {
+        StoreSink {
+            store: self,
+            partial: HashMap::new(),
+            stored: 0,
+        }
+    }
+}
+
+struct Partial {
+    path: PathBuf,
+    file: File,
+    hasher: Hasher,
+}
+
+/// Receives parts from [`airlock_common::imageset::read::verify`] and commits each
+/// blob to the store once all of it has arrived and matches its digest. Chunks must
+/// be verified in index order, so that the parts of a split blob arrive in order.
+pub struct StoreSink<'a> {
+    store: &'a Store,
+    partial: HashMap<usize, Partial>,
+    stored: u64,
+}
+
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+impl StoreSink<'_> {
+    /// Blobs committed to the store so far.
+    pub fn stored(&self) -> u64 {
+        self.stored
+    }
+
+    /// Blobs begun but not completed: parts still expected from later chunks.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
+    }
+}
+
+impl PartSink for StoreSink<'_> {
+    fn part(
+        &mut self,
+        index: usize,
+        blob: &BlobRecord,
+        part: usize,
+        record: &PartRecord,
+        data: &mut dyn Read,
+    ) -> std::io::Result<()> {
+        if self.store.has(&blob.digest) {
+            return Ok(());
+        }
+        if part == 0 {
+            let path =
+                self.store
+                    .tmp_dir()
+                    .join(format!("{}.{}", blob.digest.hex(), std::process::id()));
+            let file = File::create(&path)?;
+            self.partial.insert(
+                index,
+                Partial {
+                    path,
+                    file,
+                    hasher: Hasher::new(),
+                },
+            );
+        }
+        let p = self.partial.get_mut(&index).ok_or_else(|| {
+            invalid(format!(
+                "blob {} part {} arrived before its first part",
+                blob.digest,
+                part + 1
+            ))
+        })?;
+        if p.hasher.len() != record.offset {
+            return Err(invalid(format!(
+                "blob {} part {} starts at byte {}, but {} bytes were received",
+                blob.digest,
+                part + 1,
+                record.offset,
+                p.hasher.len()
+            )));
+        }
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = data.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            p.hasher.update(&buf[..n]);
+            p.file.write_all(&buf[..n])?;
+        }
+        if record.offset + record.length < blob.size {
+            return Ok(());
+        }
+        let p = self.partial.remove(&index).expect("present above");
+        let actual = p.hasher.finish();
+        if actual != blob.digest {
+            let _ = std::fs::remove_file(&p.path);
+            return Err(invalid(format!(
+                "blob {} ({} bytes, from {}) hashes to {actual}: content was altered",
+                blob.digest, blob.size, blob.repository
+            )));
+        }
+        p.file.sync_data()?;
+        drop(p.file);
+        std::fs::rename(&p.path, self.store.path(&blob.digest))?;
+        self.stored += 1;
+        Ok(())
+    }
+}
+
+impl Drop for StoreSink<'_> {
+    fn drop(&mut self) {
+        for (_, p) in self.partial.drain() {
+            let _ = std::fs::remove_file(&p.path);
+        }
+    }
+}

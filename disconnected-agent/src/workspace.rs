@@ -1,0 +1,239 @@
+//! The disconnected workspace: which imagesets were accepted, and which were
+//! published where.
+//!
+//! State lives in a sled database in the workspace directory:
+//!
+//! - tree `meta`: `uuid` (16 bytes) and `sequence` (u64 BE): the connected
+//!   workspace this site follows and the last imageset accepted from it;
+//! - tree `published`: destination (`docker://host/prefix`) → last sequence
+//!   published there.
+//!
+//! An accepted imageset's manifest is kept as `imagesets/<uuid>-<sequence>.json`,
+//! and its content in the store. Acceptance is recorded only after every chunk was
+//! verified and every blob is in the store; publication only after every image was
+//! pushed. A crash between those points is recovered by publishing again, which is
+//! idempotent.
+
+use std::path::{Path, PathBuf};
+
+use airlock_common::imageset::ImagesetManifest;
+use airlock_common::state::{self, StateError};
+use sled::Transactional;
+use uuid::Uuid;
+
+/// An open disconnected workspace.
+#[derive(Debug)]
+pub struct Workspace {
+    path: PathBuf,
+    db: sled::Db,
+    meta: sled::Tree,
+    published: sled::Tree,
+}
+
+/// What to do with an imageset that arrived, given what the workspace holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The next imageset: verify and take it.
+    Accept,
+    /// Already taken (diodes resend); skip quietly.
+    Duplicate,
+    /// A later imageset; hold it until `expected` arrives.
+    Wait {
+        /// The sequence that must come first.
+        expected: u64,
+    },
+    /// Never acceptable here; the reason says what the workspace holds and what to do.
+    Refuse(String),
+}
+
+impl Workspace {
+    /// Opens the workspace at `path`, creating it if missing.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let db = state::open(path)?;
+        let meta = db
+            .open_tree("meta")
+            .map_err(|e| StateError::storage(path, e))?;
+        let published = db
+            .open_tree("published")
+            .map_err(|e| StateError::storage(path, e))?;
+        std::fs::create_dir_all(path.join("imagesets"))
+            .map_err(|e| StateError::storage(path, e))?;
+        Ok(Workspace {
+            path: path.to_path_buf(),
+            db,
+            meta,
+            published,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connected workspace followed and the last sequence accepted.
+    pub fn accepted(&self) -> Result<Option<(Uuid, u64)>, StateError> {
+        let get = |k: &str| {
+            self.meta
+                .get(k)
+                .map_err(|e| StateError::storage(&self.path, e))
+        };
+        match (get("uuid")?, get("sequence")?) {
+            (Some(u), Some(s)) => Ok(Some((
+                Uuid::from_slice(&u).map_err(|e| StateError::storage(&self.path, e))?,
+                state::read_u64(&self.path, &s)?,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// The acceptance rule: a first imageset only into an empty workspace, then the
+    /// same UUID with the next sequence number.
+    pub fn judge(&self, m: &ImagesetManifest) -> Result<Verdict, StateError> {
+        Ok(match self.accepted()? {
+            None if m.sequence == 1 => Verdict::Accept,
+            None => Verdict::Wait { expected: 1 },
+            Some((uuid, _)) if uuid != m.uuid => Verdict::Refuse(if m.sequence == 1 {
+                format!(
+                    "{} starts a new workspace, but this site already follows workspace {uuid}; \
+                     publish it into a new, empty --workspace, or keep creating imagesets from the workspace {uuid} on the connected side",
+                    m.label()
+                )
+            } else {
+                format!(
+                    "{} comes from another connected workspace; this site follows workspace {uuid}. \
+                     Use the connected workspace {uuid}, or publish this one into its own --workspace",
+                    m.label()
+                )
+            }),
+            Some((_, last)) if m.sequence <= last => Verdict::Duplicate,
+            Some((_, last)) if m.sequence == last + 1 => Verdict::Accept,
+            Some((_, last)) => Verdict::Wait { expected: last + 1 },
+        })
+    }
+
+    fn manifest_path(&self, uuid: &Uuid, sequence: u64) -> PathBuf {
+        self.path
+            .join("imagesets")
+            .join(format!("{uuid}-{sequence:06}.json"))
+    }
+
+    /// Records an imageset as accepted. Its content must already be in the store.
+    pub fn accept(&self, m: &ImagesetManifest) -> Result<(), StateError> {
+        let path = self.manifest_path(&m.uuid, m.sequence);
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(m).map_err(|e| StateError::storage(&self.path, e))?;
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| StateError::storage(&self.path, format!("{}: {e}", path.display())))?;
+        self.meta
+            .transaction(|meta| {
+                meta.insert("uuid", m.uuid.as_bytes().as_slice())?;
+                meta.insert("sequence", &state::key(m.sequence))?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        self.flush()
+    }
+
+    /// The manifest of an accepted imageset.
+    pub fn manifest(&self, uuid: &Uuid, sequence: u64) -> Result<ImagesetManifest, StateError> {
+        let path = self.manifest_path(uuid, sequence);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| StateError::storage(&self.path, format!("{}: {e}", path.display())))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| StateError::storage(&self.path, format!("{}: {e}", path.display())))
+    }
+
+    /// The last sequence published to `destination`.
+    pub fn published(&self, destination: &str) -> Result<Option<u64>, StateError> {
+        self.published
+            .get(destination)
+            .map_err(|e| StateError::storage(&self.path, e))?
+            .map(|v| state::read_u64(&self.path, &v))
+            .transpose()
+    }
+
+    /// Records that `sequence` is published to `destination`.
+    pub fn mark_published(&self, destination: &str, sequence: u64) -> Result<(), StateError> {
+        let tx: Result<(), sled::transaction::TransactionError<()>> = (&self.published,)
+            .transaction(|(p,)| {
+                p.insert(destination, &state::key(sequence))?;
+                Ok(())
+            });
+        tx.map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        self.flush()
+    }
+
+    fn flush(&self) -> Result<(), StateError> {
+        self.db
+            .flush()
+            .map_err(|e| StateError::storage(&self.path, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_common::imageset::FORMAT;
+
+    fn manifest(uuid: Uuid, sequence: u64) -> ImagesetManifest {
+        ImagesetManifest {
+            format: FORMAT.into(),
+            uuid,
+            sequence,
+            full: sequence == 1,
+            created: "2026-11-24T10:00:00Z".into(),
+            limit: 1 << 20,
+            chunks: Vec::new(),
+            images: Vec::new(),
+            blobs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn acceptance_follows_uuid_and_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        assert_eq!(
+            ws.judge(&manifest(a, 2)).unwrap(),
+            Verdict::Wait { expected: 1 }
+        );
+        assert_eq!(ws.judge(&manifest(a, 1)).unwrap(), Verdict::Accept);
+        ws.accept(&manifest(a, 1)).unwrap();
+        assert_eq!(ws.judge(&manifest(a, 1)).unwrap(), Verdict::Duplicate);
+        assert_eq!(
+            ws.judge(&manifest(a, 3)).unwrap(),
+            Verdict::Wait { expected: 2 }
+        );
+        assert_eq!(ws.judge(&manifest(a, 2)).unwrap(), Verdict::Accept);
+        let Verdict::Refuse(why) = ws.judge(&manifest(b, 1)).unwrap() else {
+            panic!()
+        };
+        assert!(
+            why.contains("starts a new workspace") && why.contains(&a.to_string()),
+            "{why}"
+        );
+        let Verdict::Refuse(why) = ws.judge(&manifest(b, 2)).unwrap() else {
+            panic!()
+        };
+        assert!(why.contains("another connected workspace"), "{why}");
+        assert_eq!(ws.manifest(&a, 1).unwrap(), manifest(a, 1));
+    }
+
+    #[test]
+    fn publication_is_tracked_per_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        assert_eq!(ws.published("docker://a").unwrap(), None);
+        ws.mark_published("docker://a", 3).unwrap();
+        drop(ws);
+        let ws = Workspace::open(dir.path()).unwrap();
+        assert_eq!(ws.published("docker://a").unwrap(), Some(3));
+        assert_eq!(ws.published("docker://b").unwrap(), None);
+    }
+}

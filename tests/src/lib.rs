@@ -1,0 +1,19 @@
+//! The shared harness of Airlock's end-to-end suites.
+//!
+//! Real parts only: `docker-registry` processes on free loopback ports
+//! ([`registry`]), images built in real formats and pushed by an independent client
+//! ([`images`]), `skopeo` to check results ([`skopeo`]), and the project's binaries
+//! run as a user runs them ([`bins`]).
+
+pub mod bins;
+pub mod images;
+pub mod registry;
+pub mod skopeo;
+pub mod tls;
+
+use std::path::PathBuf;
+
+/// The real public samples shipped with the repository (`fixtures/real`).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/real")
+}

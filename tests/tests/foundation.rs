@@ -1,0 +1,664 @@
+//! End-to-end: `airlock-connected create` → chunk files → `airlock-disconnected publish`,
+//! against real registries, checked with skopeo.
+
+use std::path::{Path, PathBuf};
+
+use airlock_tests::bins::{self, Output, run, run_ok};
+use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, index, layer};
+use airlock_tests::registry::Registry;
+use airlock_tests::skopeo::{SkopeoOpts, inspect_raw, inspect_raw_at};
+
+const EX_CONFIG: i32 = 64;
+const EX_DATA: i32 = 65;
+const EX_UNAVAILABLE: i32 = 69;
+const EX_INCOMPLETE: i32 = 75;
+
+/// An image placed in the source registry, and how the configuration names it.
+struct Placed {
+    image: Image,
+    repo: String,
+    /// How the configuration names it, relative to the registry.
+    config_ref: String,
+    /// How to find it at the destination (relative to the prefix).
+    dest_ref: String,
+}
+
+/// The content every test mirrors: all four manifest types, pretty-printed manifests,
+/// references by tag, by digest and by tag@digest, and layers shared across images.
+fn seed(source: &Registry) -> Vec<Placed> {
+    let client = PushClient::new(source).unwrap();
+    let base = layer(1, 300_000);
+    let mut placed = Vec::new();
+    let mut put = |image: Image, repo: &str, tag: Option<&str>, how: &str| {
+        image.push(&client, repo, tag).unwrap();
+        let (config_ref, dest_ref) = match how {
+            "tag" => (
+                format!("{repo}:{}", tag.unwrap()),
+                format!("{repo}:{}", tag.unwrap()),
+            ),
+            "digest" => (
+                format!("{repo}@{}", image.digest),
+                format!("{repo}@{}", image.digest),
+            ),
+            _ => (
+                format!("{repo}:{}@{}", tag.unwrap(), image.digest),
+                format!("{repo}:{}", tag.unwrap()),
+            ),
+        };
+        placed.push(Placed {
+            image,
+            repo: repo.to_string(),
+            config_ref,
+            dest_ref,
+        });
+    };
+    put(
+        ImageBuilder::new(Format::Docker)
+            .with_layer(&base)
+            .layer(2, 200_000)
+            .pretty()
+            .build(),
+        "team/docker-app",
+        Some("1.0"),
+        "tag",
+    );
+    put(
+        ImageBuilder::new(Format::Oci)
+            .with_layer(&base)
+            .layer(3, 150_000)
+            .build(),
+        "team/oci-app",
+        None,
+        "digest",
+    );
+    let amd = ImageBuilder::new(Format::Oci)
+        .arch("amd64")
+        .with_layer(&base)
+        .layer(4, 100_000)
+        .build();
+    let arm = ImageBuilder::new(Format::Oci)
+        .arch("arm64")
+        .layer(5, 120_000)
+        .build();
+    put(
+        index(Format::Oci, vec![amd, arm], true),
+        "platform/multi-oci",
+        Some("v2"),
+        "tag",
+    );
+    let amd = ImageBuilder::new(Format::Docker)
+        .arch("amd64")
+        .layer(6, 90_000)
+        .pretty()
+        .build();
+    let arm = ImageBuilder::new(Format::Docker)
+        .arch("arm64")
+        .layer(7, 80_000)
+        .pretty()
+        .build();
+    put(
+        index(Format::Docker, vec![amd, arm], true),
+        "platform/multi-docker",
+        Some("3.1"),
+        "both",
+    );
+    placed
+}
+
+fn write_config(dir: &Path, source: &Registry, placed: &[Placed], extra: &str) -> PathBuf {
+    let mut text =
+        String::from("apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\n");
+    text.push_str(extra);
+    text.push_str("mirror:\n  additionalImages:\n");
+    for p in placed {
+        text.push_str(&format!(
+            "  - name: docker://{}/{}\n",
+            source.addr(),
+            p.config_ref
+        ));
+    }
+    let path = dir.join("isc.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Source and destination registries, the seeded images and their configuration.
+struct Setup {
+    source: Registry,
+    dest: Registry,
+    placed: Vec<Placed>,
+    tmp: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new(source: Registry, dest: Registry) -> Self {
+        let placed = seed(&source);
+        let tmp = tempfile::tempdir().unwrap();
+        let config = write_config(tmp.path(), &source, &placed, "");
+        Setup {
+            source,
+            dest,
+            placed,
+            tmp,
+            config,
+        }
+    }
+
+    fn plain() -> Self {
+        Self::new(Registry::plain().unwrap(), Registry::plain().unwrap())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Runs a successful `create` into `out` with the workspace `ws-c`.
+    fn create(&self, limit: &str) -> (Output, PathBuf) {
+        let out = self.path("out");
+        let created = create(&self.config, &out, &self.path("ws-c"), limit, &self.source);
+        assert_eq!(created.code, 0, "{created}");
+        (created, out)
+    }
+
+    fn publish(&self, from: &Path, prefix: &str, ws: &str) -> Output {
+        publish(from, &self.dest, prefix, &self.path(ws))
+    }
+
+    fn assert_byte_exact(&self, prefix: &str) {
+        assert_byte_exact(&self.source, &self.dest, prefix, &self.placed);
+    }
+}
+
+fn source_flags(cmd: &mut std::process::Command, r: &Registry) {
+    if let Some(d) = r.ca_cert_dir() {
+        cmd.arg("--src-cert-dir").arg(d);
+    } else {
+        cmd.arg("--src-tls-verify=false");
+    }
+    if let Some(a) = r.auth_file() {
+        cmd.arg("--authfile").arg(a);
+    }
+}
+
+fn dest_flags(cmd: &mut std::process::Command, r: &Registry) {
+    if let Some(d) = r.ca_cert_dir() {
+        cmd.arg("--dest-cert-dir").arg(d);
+    } else {
+        cmd.arg("--dest-tls-verify=false");
+    }
+    if let Some(a) = r.auth_file() {
+        cmd.arg("--authfile").arg(a);
+    }
+}
+
+fn create(config: &Path, out: &Path, ws: &Path, limit: &str, source: &Registry) -> Output {
+    let mut cmd = bins::connected();
+    cmd.arg("create")
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .arg("--workspace")
+        .arg(ws);
+    cmd.arg("--limit").arg(limit);
+    source_flags(&mut cmd, source);
+    run(&mut cmd)
+}
+
+fn publish(from: &Path, dest: &Registry, prefix: &str, ws: &Path) -> Output {
+    let mut cmd = bins::disconnected();
+    cmd.arg("publish")
+        .arg("--from")
+        .arg(from)
+        .arg("--to")
+        .arg(format!("docker://{}/{prefix}", dest.addr()));
+    cmd.arg("--workspace").arg(ws);
+    dest_flags(&mut cmd, dest);
+    run(&mut cmd)
+}
+
+fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Copies chunks into a new directory in a shuffled order under new names, as a
+/// file manager or a diode might deliver them.
+fn carry_shuffled(chunks: &[PathBuf], to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    // Reversed, so that name order is the opposite of chunk order.
+    for (i, src) in chunks.iter().rev().enumerate() {
+        std::fs::copy(src, to.join(format!("received-{i:03}.bin"))).unwrap();
+    }
+}
+
+/// Every image, and every child of every index, is byte-identical at the destination.
+fn assert_byte_exact(source: &Registry, dest: &Registry, prefix: &str, placed: &[Placed]) {
+    for p in placed {
+        let src = inspect_raw_at(source, &format!("{}@{}", p.repo, p.image.digest)).unwrap();
+        assert_eq!(src, p.image.manifest, "source serves what was pushed");
+        let by_ref = inspect_raw_at(dest, &format!("{prefix}/{}", p.dest_ref)).unwrap();
+        assert_eq!(
+            by_ref, p.image.manifest,
+            "{} at the destination differs",
+            p.dest_ref
+        );
+        let by_digest =
+            inspect_raw_at(dest, &format!("{prefix}/{}@{}", p.repo, p.image.digest)).unwrap();
+        assert_eq!(by_digest, p.image.manifest);
+        for child in &p.image.children {
+            let c = inspect_raw_at(dest, &format!("{prefix}/{}@{}", p.repo, child.digest)).unwrap();
+            assert_eq!(c, child.manifest, "child {} of {}", child.digest, p.repo);
+        }
+    }
+}
+
+fn catalog(r: &Registry) -> Vec<String> {
+    let resp = r
+        .http_client()
+        .unwrap()
+        .get(format!("{}/v2/_catalog", r.url()));
+    let resp = match r.credentials() {
+        Some((u, p)) => resp.basic_auth(u, Some(p)),
+        None => resp,
+    };
+    let v: serde_json::Value = resp.send().unwrap().json().unwrap();
+    v["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn create_then_publish_in_shuffled_order_is_byte_exact() {
+    let s = Setup::plain();
+    let (created, out) = s.create("400KiB");
+    assert!(created.stdout.contains("sequence 1"), "{created}");
+    let chunks = chunk_files(&out);
+    assert!(
+        chunks.len() >= 3,
+        "expected several chunks at 400KiB, got {}",
+        chunks.len()
+    );
+    for c in &chunks {
+        assert!(
+            std::fs::metadata(c).unwrap().len() <= 400 * 1024,
+            "{} over the limit",
+            c.display()
+        );
+    }
+
+    let usb = s.path("usb");
+    carry_shuffled(&chunks, &usb);
+    let published = s.publish(&usb, "mirror", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("mirror");
+    let (source, dest) = (&s.source, &s.dest);
+
+    // Cluster resources: digest references in the IDMS, tag references in the ITMS,
+    // scoped to the source namespace.
+    let resources = s.path("ws-d/cluster-resources");
+    let idms = std::fs::read_to_string(resources.join("idms-oc-mirror.yaml")).unwrap();
+    let itms = std::fs::read_to_string(resources.join("itms-oc-mirror.yaml")).unwrap();
+    assert!(idms.contains("kind: ImageDigestMirrorSet"), "{idms}");
+    assert!(
+        idms.contains(&format!("source: {}/team", source.addr())),
+        "{idms}"
+    );
+    assert!(
+        idms.contains(&format!("- {}/mirror/team", dest.addr())),
+        "{idms}"
+    );
+    assert!(
+        idms.contains(&format!("source: {}/platform", source.addr())),
+        "tag@digest is in the IDMS: {idms}"
+    );
+    assert!(itms.contains("kind: ImageTagMirrorSet"), "{itms}");
+    assert!(
+        itms.contains(&format!("source: {}/platform", source.addr())),
+        "{itms}"
+    );
+    for (doc, kind, key) in [
+        (&idms, "ImageDigestMirrorSet", "imageDigestMirrors"),
+        (&itms, "ImageTagMirrorSet", "imageTagMirrors"),
+    ] {
+        for d in doc.split("---\n").filter(|d| !d.trim().is_empty()) {
+            let v: serde_json::Value = serde_yaml_ng::from_str(d).unwrap();
+            assert_eq!(v["apiVersion"], "config.openshift.io/v1");
+            assert_eq!(v["kind"], kind);
+            for entry in v["spec"][key].as_array().unwrap() {
+                assert!(
+                    entry["source"].is_string() && entry["mirrors"].is_array(),
+                    "{entry}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn limit_below_the_largest_blob_splits_it_and_stays_within_the_limit() {
+    let source = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let big = ImageBuilder::new(Format::Oci)
+        .layer(42, 3 << 20)
+        .layer(43, 10_000)
+        .pretty()
+        .build();
+    let client = PushClient::new(&source).unwrap();
+    big.push(&client, "big/app", Some("latest")).unwrap();
+    let placed = vec![Placed {
+        repo: "big/app".into(),
+        config_ref: "big/app:latest".into(),
+        dest_ref: "big/app:latest".into(),
+        image: big,
+    }];
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &source, &placed, "");
+    let out = tmp.path().join("out");
+    let created = create(&config, &out, &tmp.path().join("ws-c"), "1MiB", &source);
+    assert_eq!(created.code, 0, "{created}");
+    let chunks = chunk_files(&out);
+    assert!(
+        chunks.len() >= 4,
+        "a 3 MiB layer at a 1 MiB limit needs at least 4 chunks"
+    );
+    for c in &chunks {
+        assert!(
+            std::fs::metadata(c).unwrap().len() <= 1 << 20,
+            "{} over the limit",
+            c.display()
+        );
+    }
+    // The layer's entries are parts: blobs/sha256/<hex>.1, .2, ...
+    let hex = placed[0].image.blobs[1]
+        .digest
+        .trim_start_matches("sha256:")
+        .to_string();
+    let listing = std::process::Command::new("tar")
+        .arg("tf")
+        .arg(&chunks[1])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains(&format!("blobs/sha256/{hex}.")),
+        "GNU tar lists the split part"
+    );
+    let published = publish(&out, &dest, "m", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+    assert_byte_exact(&source, &dest, "m", &placed);
+}
+
+#[test]
+fn missing_chunk_is_named_and_nothing_is_pushed() {
+    let s = Setup::plain();
+    let (_, out) = s.create("400KiB");
+    let chunks = chunk_files(&out);
+    let gone = chunks[1].clone();
+    let held = s.path("held.tar");
+    std::fs::rename(&gone, &held).unwrap();
+    let published = s.publish(&out, "mirror", "ws-d");
+    assert_eq!(published.code, EX_INCOMPLETE, "{published}");
+    let name = gone.file_name().unwrap().to_str().unwrap();
+    assert!(
+        published.stderr.contains(name),
+        "the message names {name}:\n{published}"
+    );
+    assert!(
+        catalog(&s.dest).is_empty(),
+        "nothing pushed: {:?}",
+        catalog(&s.dest)
+    );
+    // The chunk arrives later: the same command now completes.
+    std::fs::rename(&held, &gone).unwrap();
+    let published = s.publish(&out, "mirror", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("mirror");
+}
+
+#[test]
+fn corrupted_byte_in_any_chunk_is_refused_before_any_push() {
+    let s = Setup::plain();
+    let (_, out) = s.create("400KiB");
+    let chunks = chunk_files(&out);
+    for (k, victim) in chunks.iter().enumerate() {
+        let dir = s.path(&format!("bad-{k}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for c in &chunks {
+            std::fs::copy(c, dir.join(c.file_name().unwrap())).unwrap();
+        }
+        let target = dir.join(victim.file_name().unwrap());
+        let mut bytes = std::fs::read(&target).unwrap();
+        // A byte in the middle of the payload (past the manifest at the start).
+        let at = bytes.len() / 2 + k * 977;
+        bytes[at] ^= 0x01;
+        std::fs::write(&target, &bytes).unwrap();
+        let published = s.publish(&dir, "mirror", &format!("ws-{k}"));
+        assert_eq!(published.code, EX_DATA, "chunk {k}: {published}");
+        let name = victim.file_name().unwrap().to_str().unwrap();
+        assert!(
+            published.stderr.contains(name),
+            "the message names {name}:\n{published}"
+        );
+        assert!(
+            catalog(&s.dest).is_empty(),
+            "chunk {k}: nothing pushed: {:?}",
+            catalog(&s.dest)
+        );
+    }
+}
+
+#[test]
+fn tls_and_htpasswd_on_both_sides() {
+    let s = Setup::new(
+        Registry::tls_with_auth("src-user", "src-secret").unwrap(),
+        Registry::tls_with_auth("dst-user", "dst-secret").unwrap(),
+    );
+    let out = s.path("out");
+    let create_cmd = || {
+        let mut cmd = bins::connected();
+        cmd.arg("create")
+            .arg("--config")
+            .arg(&s.config)
+            .arg("--out")
+            .arg(&out);
+        cmd.arg("--workspace")
+            .arg(s.path("ws-c"))
+            .args(["--limit", "1MiB"]);
+        cmd
+    };
+
+    // Without credentials the source refuses, and the message says what to check.
+    let mut cmd = create_cmd();
+    cmd.arg("--src-cert-dir")
+        .arg(s.source.ca_cert_dir().unwrap());
+    let refused = run(&mut cmd);
+    assert_eq!(refused.code, EX_UNAVAILABLE, "{refused}");
+    assert!(refused.stderr.contains("credentials"), "{refused}");
+    // Without the CA, the certificate is not trusted.
+    let mut cmd = create_cmd();
+    cmd.arg("--authfile").arg(s.source.auth_file().unwrap());
+    let untrusted = run(&mut cmd);
+    assert_eq!(untrusted.code, EX_UNAVAILABLE, "{untrusted}");
+    assert!(untrusted.stderr.contains("certificate"), "{untrusted}");
+    assert!(
+        !out.exists() || chunk_files(&out).is_empty(),
+        "failed runs leave no chunk files"
+    );
+
+    // With both, through REGISTRY_AUTH_FILE rather than --authfile on this side.
+    let mut cmd = create_cmd();
+    cmd.arg("--src-cert-dir")
+        .arg(s.source.ca_cert_dir().unwrap());
+    cmd.env("REGISTRY_AUTH_FILE", s.source.auth_file().unwrap());
+    run_ok(&mut cmd);
+
+    let published = s.publish(&out, "secure", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("secure");
+}
+
+#[test]
+fn second_imageset_follows_and_republishing_uploads_nothing() {
+    let s = Setup::plain();
+    let (first, out) = s.create("2MiB");
+    assert!(first.stdout.contains("sequence 1"), "{first}");
+    let (second, _) = s.create("2MiB");
+    assert!(second.stdout.contains("sequence 2"), "{second}");
+
+    let published = s.publish(&out, "mirror", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    assert!(
+        published.stdout.contains("sequence 1 (") && published.stdout.contains("sequence 2 ("),
+        "{published}"
+    );
+    s.assert_byte_exact("mirror");
+
+    let again = s.publish(&out, "mirror", "ws-d");
+    assert_eq!(again.code, 0, "{again}");
+    assert!(
+        !again.stdout.contains("accepted"),
+        "duplicates are skipped: {again}"
+    );
+    assert!(
+        !again.stdout.contains("uploaded"),
+        "nothing to publish: {again}"
+    );
+
+    // A new disconnected workspace publishing to the same place finds every blob
+    // already there: nothing is uploaded twice.
+    let fresh = s.publish(&out, "mirror", "ws-d2");
+    assert_eq!(fresh.code, 0, "{fresh}");
+    assert!(fresh.stdout.contains(": 0 blobs uploaded"), "{fresh}");
+    s.assert_byte_exact("mirror");
+}
+
+#[test]
+fn dry_run_writes_the_mapping_and_changes_nothing() {
+    let s = Setup::plain();
+    let (source, placed, config) = (&s.source, &s.placed, &s.config);
+    let out = s.path("out");
+    let ws = s.path("ws-c");
+    let mut cmd = bins::connected();
+    cmd.arg("create")
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(&out)
+        .arg("--workspace")
+        .arg(&ws)
+        .arg("--dry-run");
+    source_flags(&mut cmd, source);
+    run_ok(&mut cmd);
+    assert!(!ws.exists(), "a dry run creates no workspace");
+    assert!(chunk_files(&out).is_empty());
+    let mapping = std::fs::read_to_string(out.join("mapping.txt")).unwrap();
+    let lines: Vec<&str> = mapping.lines().collect();
+    assert_eq!(lines.len(), placed.len());
+    assert_eq!(
+        lines[0],
+        format!(
+            "docker://{}/team/docker-app:1.0=file://team/docker-app:1.0",
+            source.addr()
+        )
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "docker://{0}/team/oci-app@{1}=file://team/oci-app@{1}",
+            source.addr(),
+            placed[1].image.digest
+        )
+    );
+    let ship = std::fs::read_to_string(out.join("to-ship.txt")).unwrap();
+    let distinct: std::collections::HashSet<&str> = placed
+        .iter()
+        .flat_map(|p| p.image.all_blobs())
+        .map(|b| b.digest.as_str())
+        .collect();
+    for d in &distinct {
+        assert!(ship.contains(d), "{d} missing from to-ship.txt");
+    }
+}
+
+#[test]
+fn bad_configurations_fail_with_file_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let head = "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\n";
+    let cases = [
+        (
+            format!("{head}mirror:\n  additionalImages:\n  - nme: quay.io/a/b\n"),
+            "isc.yaml:5:5: mirror.additionalImages[0]: unknown field `nme`",
+        ),
+        (
+            format!("{head}archiveSize: lots\nmirror: {{}}\n"),
+            "isc.yaml:3:14: archiveSize: invalid type",
+        ),
+        (
+            "apiVersion: mirror.openshift.io/v3\nkind: ImageSetConfiguration\nmirror: {}\n"
+                .to_string(),
+            "isc.yaml:1:1: apiVersion: unknown apiVersion",
+        ),
+        (
+            "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSet\nmirror: {}\n".to_string(),
+            "isc.yaml:2:1: kind: unknown kind",
+        ),
+        (
+            format!(
+                "{head}mirror:\n  additionalImages:\n  - name: quay.io/a/b:1\n  operators:\n  - catalog: registry.redhat.io/redhat/redhat-operator-index:v4.18\n"
+            ),
+            "isc.yaml:6:3: mirror.operators: mirroring operator catalogs is not supported",
+        ),
+        (
+            format!("{head}mirror:\n  additionalImages:\n  - name: quay.io/Bad/b:1\n"),
+            "isc.yaml:5:5: mirror.additionalImages[0].name: invalid image reference",
+        ),
+        (
+            format!(
+                "{head}storageConfig:\n  local:\n    path: /x\nmirror:\n  additionalImages:\n  - name: quay.io/a/b:1\n"
+            ),
+            "isc.yaml:3:1: storageConfig: field exists only in mirror.openshift.io/v1alpha2",
+        ),
+    ];
+    for (text, want) in cases {
+        let config = tmp.path().join("isc.yaml");
+        std::fs::write(&config, &text).unwrap();
+        let mut cmd = bins::connected();
+        cmd.arg("create")
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(tmp.path().join("out"));
+        cmd.arg("--workspace").arg(tmp.path().join("ws"));
+        let out = run(&mut cmd);
+        assert_eq!(out.code, EX_CONFIG, "{text}\n{out}");
+        assert!(out.stderr.contains(want), "want {want:?}:\n{out}");
+        assert!(
+            !tmp.path().join("ws").exists(),
+            "a refused configuration touches no workspace"
+        );
+    }
+}
+
+#[test]
+fn source_images_are_checked_with_skopeo_as_pushed() {
+    // Guards the harness itself: what the tests push is what skopeo reads back.
+    let source = Registry::plain().unwrap();
+    let placed = seed(&source);
+    for p in &placed {
+        let bytes = inspect_raw(
+            &format!("{}/{}@{}", source.addr(), p.repo, p.image.digest),
+            &SkopeoOpts::for_registry(&source),
+        )
+        .unwrap();
+        assert_eq!(bytes, p.image.manifest);
+    }
+}
