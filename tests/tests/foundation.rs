@@ -662,3 +662,48 @@ fn source_images_are_checked_with_skopeo_as_pushed() {
         assert_eq!(bytes, p.image.manifest);
     }
 }
+
+#[test]
+fn tls_verify_false_speaks_https_with_an_untrusted_certificate() {
+    // Both registries serve HTTPS with a CA nobody was told about.
+    let s = Setup::new(Registry::tls().unwrap(), Registry::tls().unwrap());
+    let out = s.path("out");
+    let mut cmd = bins::connected();
+    cmd.arg("create")
+        .arg("--config")
+        .arg(&s.config)
+        .arg("--out")
+        .arg(&out);
+    cmd.arg("--workspace")
+        .arg(s.path("ws-c"))
+        .arg("--src-tls-verify=false");
+    run_ok(&mut cmd);
+    let mut cmd = bins::disconnected();
+    cmd.arg("publish")
+        .arg("--from")
+        .arg(&out)
+        .arg("--workspace")
+        .arg(s.path("ws-d"));
+    cmd.arg("--to")
+        .arg(format!("docker://{}/insecure", s.dest.addr()));
+    cmd.arg("--dest-tls-verify=false");
+    run_ok(&mut cmd);
+    s.assert_byte_exact("insecure");
+}
+
+#[test]
+fn a_registry_restarted_keeps_its_content() {
+    // Guards the harness: later suites stop and restart registries.
+    let mut r = Registry::plain().unwrap();
+    let image = ImageBuilder::new(Format::Oci).layer(9, 1000).build();
+    image
+        .push(&PushClient::new(&r).unwrap(), "keep/me", Some("1"))
+        .unwrap();
+    r.stop();
+    assert!(
+        inspect_raw_at(&r, "keep/me:1").is_err(),
+        "a stopped registry answers nothing"
+    );
+    r.start_again().unwrap();
+    assert_eq!(inspect_raw_at(&r, "keep/me:1").unwrap(), image.manifest);
+}

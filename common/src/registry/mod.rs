@@ -321,6 +321,7 @@ impl RegistryClient {
     /// A client for `host` (`quay.io`, `localhost:5000`). With `tls_verify` off it
     /// probes whether the registry speaks HTTPS.
     pub async fn connect(host: &str, opts: &RegistryOptions) -> Result<Self, RegistryError> {
+        // Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, which reqwest reads.
         let mut config = ClientConfig {
             extra_root_certificates: ca_certificates(host, opts.cert_dir.as_deref())?,
             platform_resolver: None,
@@ -337,13 +338,16 @@ impl RegistryClient {
             }
         }
         let client = Client::new(config);
-        // oci-client keeps one credential per registry; the repository only picks the
-        // most specific key of the auth file for the first request.
+        // oci-client keeps one credential per registry, under the registry name it
+        // resolves to (docker.io becomes index.docker.io).
         let auth = match opts.auth.lookup(host, "")? {
             Some(c) => RegistryAuth::Basic(c.username, c.password),
             None => RegistryAuth::Anonymous,
         };
-        client.store_auth_if_needed(host, &auth).await;
+        let resolved = Reference::with_tag(host.to_string(), "library/x".into(), "latest".into());
+        client
+            .store_auth_if_needed(resolved.resolve_registry(), &auth)
+            .await;
         Ok(RegistryClient {
             host: host.to_string(),
             client,
