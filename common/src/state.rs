@@ -67,3 +67,14 @@ pub fn read_u64(dir: &Path, v: &[u8]) -> Result<u64, StateError> {
         .map_err(|_| StateError::storage(dir, "corrupt number in workspace state"))?;
     Ok(u64::from_be_bytes(bytes))
 }
+
+/// A test hook for crash recovery: with `AIRLOCK_CRASH_AT=<point>` in the
+/// environment, the process aborts at that point as a SIGKILL would stop it, so that
+/// tests can check the recovery from a crash at each step without timing games.
+/// The points are listed in `docs/workspace.md`.
+pub fn crash_point(point: &str) {
+    if std::env::var("AIRLOCK_CRASH_AT").is_ok_and(|p| p == point) {
+        tracing::warn!(point, "AIRLOCK_CRASH_AT: aborting");
+        std::process::abort();
+    }
+}

@@ -9,22 +9,26 @@
 //! 5. Finish the chunks (hashes, manifest, sync, rename) and only then record the
 //!    new sequence in the workspace.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_common::config::{self, ImageSpec, LoadedConfig};
+use airlock_common::digest::Digest;
 use airlock_common::imageset::write::{self, Prepared, WriteError};
 use airlock_common::imageset::{FORMAT, ImagesetManifest};
 use airlock_common::reference::ImageRef;
 use airlock_common::registry::{ErrorKind, Pool, RegistryError, RegistryOptions};
 use airlock_common::size::ByteSize;
+use airlock_common::state::crash_point;
 use airlock_common::telemetry::Progress;
 use futures::StreamExt;
 
 use crate::collect::{self, Collected};
 use crate::error::Error;
-use crate::workspace::{ImagesetRecord, Workspace};
+use crate::remote::{self, RemoteState};
+use crate::workspace::{ImagesetRecord, STATE_FORMAT, Workspace, WorkspaceState};
 
 /// oc-mirror v1's archive size when the configuration sets none.
 pub const DEFAULT_LIMIT: ByteSize = ByteSize(500 << 30);
@@ -128,19 +132,49 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
     } else {
         Some(Workspace::open(&ws_dir)?)
     };
-    let (uuid, sequence) = match &workspace {
-        Some(ws) => ws.next(opts.full)?,
+    let pool = Pool::new(opts.registry.clone());
+    let remote = loaded.storage_registry().map(|(image, skip_tls)| {
+        let mut options = opts.registry.clone();
+        options.tls_verify &= !skip_tls;
+        RemoteState::new(image, Pool::new(options))
+    });
+    let local = workspace
+        .as_ref()
+        .map(Workspace::export)
+        .transpose()?
+        .flatten();
+    let remote_state = match &remote {
+        Some(r) => r.pull().await?,
+        None => None,
+    };
+    let remote_name = remote
+        .as_ref()
+        .map(|r| r.image().to_string())
+        .unwrap_or_default();
+    let (current, from_remote) = remote::reconcile(local, remote_state, opts.full, &remote_name)?;
+    if let (true, Some(state), Some(ws), false) = (from_remote, &current, &workspace, opts.dry_run)
+    {
+        tracing::info!(image = %remote_name, uuid = %state.uuid, sequence = state.sequence, "continuing from the workspace state kept in the registry");
+        ws.import(state)?;
+    }
+    let current = current.filter(|_| !opts.full);
+    let (uuid, sequence) = match &current {
+        Some(s) => (s.uuid, s.sequence + 1),
         None => (uuid::Uuid::new_v4(), 1),
     };
+    let shipped: HashSet<&Digest> = current
+        .iter()
+        .flat_map(|s| s.shipped.iter().map(|(d, _)| d))
+        .collect();
     tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = specs.len(), "creating imageset");
 
-    let pool = Pool::new(opts.registry.clone());
     let collected = collect::collect(&specs, &pool).await?;
     let skeleton = ImagesetManifest {
         format: FORMAT.to_string(),
         uuid,
         sequence,
-        // Sequence 1 starts a workspace; later imagesets continue it.
+        // Sequence 1 starts a workspace and ships everything; later imagesets ship
+        // only what no earlier imageset of the workspace carried.
         full: sequence == 1,
         created: write::now(),
         limit: limit.0,
@@ -148,11 +182,24 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         images: collected.images.clone(),
         blobs: collected.blobs.clone(),
     };
-    let carry: Vec<usize> = (0..skeleton.blobs.len()).collect();
-    let blob_bytes = collected.bytes();
+    // Manifests always travel: they are small, and they are the desired state.
+    let carry: Vec<usize> = (0..skeleton.blobs.len())
+        .filter(|&i| {
+            let b = &skeleton.blobs[i];
+            b.media_type.is_some() || !shipped.contains(&b.digest)
+        })
+        .collect();
+    let blob_bytes = carry.iter().map(|&i| skeleton.blobs[i].size).sum();
+    tracing::info!(
+        blobs = skeleton.blobs.len(),
+        carried = carry.len(),
+        shipped_before = skeleton.blobs.len() - carry.len(),
+        bytes = blob_bytes,
+        "differential selection"
+    );
 
     if opts.dry_run {
-        let files = write_dry_run(&opts.out, &skeleton)?;
+        let files = write_dry_run(&opts.out, &skeleton, &carry)?;
         return Ok(CreateReport {
             manifest: skeleton,
             chunks: Vec::new(),
@@ -164,16 +211,13 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
     let workspace = workspace.expect("opened for a real run");
 
     let prepared = write::prepare(&opts.out, skeleton, &carry)?;
-    tracing::info!(
-        chunks = prepared.manifest().chunks.len(),
-        blobs = carry.len(),
-        bytes = blob_bytes,
-        "chunks laid out"
-    );
+    tracing::info!(chunks = prepared.manifest().chunks.len(), "chunks laid out");
     fill(&prepared, &collected, &carry, &pool, opts.parallel.max(1)).await?;
+    crash_point("filled");
     let (manifest, chunks) = prepared.finish().await?;
+    crash_point("renamed");
     let bytes = manifest.chunks.iter().map(|c| c.size).sum();
-    workspace.commit(&ImagesetRecord {
+    let record = ImagesetRecord {
         uuid,
         sequence,
         created: manifest.created.clone(),
@@ -181,7 +225,38 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         chunks: manifest.chunks.iter().map(|c| c.name.clone()).collect(),
         bytes,
         images: manifest.images.len(),
-    })?;
+    };
+    let carried: Vec<Digest> = carry
+        .iter()
+        .map(|&i| manifest.blobs[i].digest.clone())
+        .collect();
+    if let Some(remote) = &remote {
+        let mut state = current.unwrap_or_else(|| WorkspaceState {
+            format: STATE_FORMAT.to_string(),
+            uuid,
+            sequence: 0,
+            imagesets: Vec::new(),
+            shipped: Vec::new(),
+        });
+        state.sequence = sequence;
+        state.imagesets.push(record.clone());
+        state
+            .shipped
+            .extend(carried.iter().map(|d| (d.clone(), sequence)));
+        if let Err(e) = remote.push(&state).await {
+            // The imageset is not recorded anywhere, so its files must not be carried:
+            // remove them, and the next create makes this sequence again.
+            for c in &chunks {
+                let _ = std::fs::remove_file(c);
+            }
+            return Err(Error::Remote(format!(
+                "the workspace state could not be stored at {}: {e}; the chunk files of sequence {sequence} were removed, nothing was recorded; run create again when the registry is reachable",
+                remote.image()
+            )));
+        }
+        crash_point("state-pushed");
+    }
+    workspace.commit(&record, &carried)?;
     tracing::info!(%uuid, sequence, chunks = chunks.len(), bytes, elapsed_ms = started.elapsed().as_millis() as u64, "imageset created");
     Ok(CreateReport {
         manifest,
@@ -195,7 +270,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
 /// Writes `mapping.txt` (oc-mirror's `source=destination` lines, the destination
 /// being the path under the mirror prefix) and `to-ship.txt` (every blob that would
 /// travel: digest, size, source repository).
-fn write_dry_run(out: &Path, m: &ImagesetManifest) -> Result<Vec<PathBuf>, Error> {
+fn write_dry_run(out: &Path, m: &ImagesetManifest, carry: &[usize]) -> Result<Vec<PathBuf>, Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut mapping = String::new();
     for image in &m.images {
@@ -209,7 +284,7 @@ fn write_dry_run(out: &Path, m: &ImagesetManifest) -> Result<Vec<PathBuf>, Error
         ));
     }
     let mut ship = String::new();
-    for b in &m.blobs {
+    for b in carry.iter().map(|&i| &m.blobs[i]) {
         ship.push_str(&format!("{} {} {}\n", b.digest, b.size, b.repository));
     }
     let files = vec![out.join("mapping.txt"), out.join("to-ship.txt")];

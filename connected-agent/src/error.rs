@@ -31,6 +31,12 @@ pub enum Error {
     /// The workspace refused.
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    /// The workspace state kept in a registry could not be read or stored.
+    #[error("{0}")]
+    Remote(String),
+    /// The local workspace and the state kept in a registry disagree.
+    #[error("{0}")]
+    Conflict(String),
     /// A local file could not be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -54,6 +60,8 @@ impl ExitCode for Error {
     fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Usage(_) => exit_codes::CONFIG,
+            Error::Remote(_) => exit_codes::UNAVAILABLE,
+            Error::Conflict(_) => exit_codes::STATE,
             Error::Registry(e) => e.exit_code(),
             Error::Collect(CollectError::Registry { source, .. }) => source.exit_code(),
             Error::Collect(CollectError::Inconsistent { .. }) => exit_codes::DATA,

@@ -1,20 +1,25 @@
-//! The connected workspace: the identity and sequence of the imagesets it made.
+//! The connected workspace: the identity and sequence of the imagesets it made, and
+//! every blob and manifest they shipped.
 //!
 //! State lives in a sled database in the workspace directory:
 //!
 //! - tree `meta`: `uuid` (16 bytes) and `sequence` (u64, big endian), the last
 //!   imageset made;
-//! - tree `imagesets`: sequence (u64 BE) → JSON [`ImagesetRecord`].
+//! - tree `imagesets`: sequence (u64 BE) → JSON [`ImagesetRecord`];
+//! - tree `shipped`: UUID (16 bytes) + digest → sequence (u64 BE) of the imageset
+//!   that carried the content. Keyed by UUID so that `--full`, which starts a new
+//!   UUID, starts with nothing shipped.
 //!
 //! Nothing is written until an imageset's chunk files have their final names:
-//! [`Workspace::commit`] records the new sequence in one transaction and flushes.
-//! A `create` that fails or is killed before that leaves the workspace exactly as it
-//! was, so the next run makes the same sequence number again (oc-mirror#169).
+//! [`Workspace::commit`] records the new sequence and what it shipped in one
+//! transaction and flushes. A `create` that fails or is killed before that leaves the
+//! workspace exactly as it was, so the next run makes the same sequence number again
+//! and ships the same blobs (oc-mirror#169).
 
 use std::path::{Path, PathBuf};
 
+use airlock_common::digest::Digest;
 use airlock_common::state;
-
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use uuid::Uuid;
@@ -31,7 +36,7 @@ pub struct ImagesetRecord {
     pub sequence: u64,
     /// When it was made.
     pub created: String,
-    /// Whether it shipped everything.
+    /// Whether it started the workspace and shipped everything.
     pub full: bool,
     /// Its chunk files.
     pub chunks: Vec<String>,
@@ -41,6 +46,26 @@ pub struct ImagesetRecord {
     pub images: usize,
 }
 
+/// The whole state of a workspace, as exported to (and imported from) a registry,
+/// so that a new machine continues the same UUID and sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkspaceState {
+    /// Always [`STATE_FORMAT`].
+    pub format: String,
+    /// The workspace UUID.
+    pub uuid: Uuid,
+    /// The last sequence made.
+    pub sequence: u64,
+    /// The imagesets of this UUID.
+    pub imagesets: Vec<ImagesetRecord>,
+    /// Every digest shipped under this UUID, with the sequence that carried it.
+    pub shipped: Vec<(Digest, u64)>,
+}
+
+/// The value of [`WorkspaceState::format`].
+pub const STATE_FORMAT: &str = "airlock.connected-workspace/v1";
+
 /// An open connected workspace. Holding it holds sled's lock on the directory.
 #[derive(Debug)]
 pub struct Workspace {
@@ -48,25 +73,33 @@ pub struct Workspace {
     db: sled::Db,
     meta: sled::Tree,
     imagesets: sled::Tree,
+    shipped: sled::Tree,
+}
+
+fn shipped_key(uuid: &Uuid, digest: &Digest) -> Vec<u8> {
+    let mut k = uuid.as_bytes().to_vec();
+    k.extend_from_slice(digest.as_str().as_bytes());
+    k
 }
 
 impl Workspace {
-    fn storage(path: &Path, e: impl std::fmt::Display) -> WorkspaceError {
-        WorkspaceError::storage(path, e)
+    fn storage(&self, e: impl std::fmt::Display) -> WorkspaceError {
+        WorkspaceError::storage(&self.path, e)
     }
 
     /// Opens the workspace at `path`, creating it if missing.
     pub fn open(path: &Path) -> Result<Self, WorkspaceError> {
         let db = state::open(path)?;
-        let meta = db.open_tree("meta").map_err(|e| Self::storage(path, e))?;
-        let imagesets = db
-            .open_tree("imagesets")
-            .map_err(|e| Self::storage(path, e))?;
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| WorkspaceError::storage(path, e))
+        };
         Ok(Workspace {
             path: path.to_path_buf(),
+            meta: tree("meta")?,
+            imagesets: tree("imagesets")?,
+            shipped: tree("shipped")?,
             db,
-            meta,
-            imagesets,
         })
     }
 
@@ -82,17 +115,11 @@ impl Workspace {
 
     /// The workspace UUID and last sequence, if any imageset was made.
     pub fn last(&self) -> Result<Option<(Uuid, u64)>, WorkspaceError> {
-        let uuid = self
-            .meta
-            .get("uuid")
-            .map_err(|e| Self::storage(&self.path, e))?;
-        let seq = self
-            .meta
-            .get("sequence")
-            .map_err(|e| Self::storage(&self.path, e))?;
+        let uuid = self.meta.get("uuid").map_err(|e| self.storage(e))?;
+        let seq = self.meta.get("sequence").map_err(|e| self.storage(e))?;
         match (uuid, seq) {
             (Some(u), Some(s)) => {
-                let uuid = Uuid::from_slice(&u).map_err(|e| Self::storage(&self.path, e))?;
+                let uuid = Uuid::from_slice(&u).map_err(|e| self.storage(e))?;
                 Ok(Some((uuid, state::read_u64(&self.path, &s)?)))
             }
             _ => Ok(None),
@@ -108,18 +135,33 @@ impl Workspace {
         })
     }
 
-    /// Records a finished imageset, atomically, and flushes to disk.
-    pub fn commit(&self, record: &ImagesetRecord) -> Result<(), WorkspaceError> {
-        let json = serde_json::to_vec(record).map_err(|e| Self::storage(&self.path, e))?;
-        (&self.meta, &self.imagesets)
-            .transaction(|(meta, imagesets)| {
+    /// Whether an imageset of workspace `uuid` already shipped `digest`.
+    pub fn shipped(&self, uuid: &Uuid, digest: &Digest) -> Result<bool, WorkspaceError> {
+        self.shipped
+            .contains_key(shipped_key(uuid, digest))
+            .map_err(|e| self.storage(e))
+    }
+
+    /// Records a finished imageset and the content it carried, atomically, and
+    /// flushes to disk.
+    pub fn commit(
+        &self,
+        record: &ImagesetRecord,
+        carried: &[Digest],
+    ) -> Result<(), WorkspaceError> {
+        let json = serde_json::to_vec(record).map_err(|e| self.storage(e))?;
+        (&self.meta, &self.imagesets, &self.shipped)
+            .transaction(|(meta, imagesets, shipped)| {
                 meta.insert("uuid", record.uuid.as_bytes().as_slice())?;
                 meta.insert("sequence", &state::key(record.sequence))?;
                 imagesets.insert(&state::key(record.sequence), json.as_slice())?;
+                for d in carried {
+                    shipped.insert(shipped_key(&record.uuid, d), &state::key(record.sequence))?;
+                }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| Self::storage(&self.path, format!("{e:?}")))?;
-        self.db.flush().map_err(|e| Self::storage(&self.path, e))?;
+            .map_err(|e| self.storage(format!("{e:?}")))?;
+        self.db.flush().map_err(|e| self.storage(e))?;
         Ok(())
     }
 
@@ -129,10 +171,59 @@ impl Workspace {
             .iter()
             .values()
             .map(|v| {
-                let v = v.map_err(|e| Self::storage(&self.path, e))?;
-                serde_json::from_slice(&v).map_err(|e| Self::storage(&self.path, e))
+                let v = v.map_err(|e| self.storage(e))?;
+                serde_json::from_slice(&v).map_err(|e| self.storage(e))
             })
             .collect()
+    }
+
+    /// The state of the current UUID, for keeping in a registry; `None` when empty.
+    pub fn export(&self) -> Result<Option<WorkspaceState>, WorkspaceError> {
+        let Some((uuid, sequence)) = self.last()? else {
+            return Ok(None);
+        };
+        let mut shipped = Vec::new();
+        for kv in self.shipped.scan_prefix(uuid.as_bytes()) {
+            let (k, v) = kv.map_err(|e| self.storage(e))?;
+            let digest = std::str::from_utf8(&k[16..])
+                .ok()
+                .and_then(|s| s.parse::<Digest>().ok())
+                .ok_or_else(|| self.storage("corrupt shipped record"))?;
+            shipped.push((digest, state::read_u64(&self.path, &v)?));
+        }
+        let imagesets = self
+            .imagesets()?
+            .into_iter()
+            .filter(|r| r.uuid == uuid)
+            .collect();
+        Ok(Some(WorkspaceState {
+            format: STATE_FORMAT.to_string(),
+            uuid,
+            sequence,
+            imagesets,
+            shipped,
+        }))
+    }
+
+    /// Replaces the current position with `state` (from a registry), keeping
+    /// nothing of a previous UUID's shipped records in the way.
+    pub fn import(&self, state: &WorkspaceState) -> Result<(), WorkspaceError> {
+        (&self.meta, &self.imagesets, &self.shipped)
+            .transaction(|(meta, imagesets, shipped)| {
+                meta.insert("uuid", state.uuid.as_bytes().as_slice())?;
+                meta.insert("sequence", &state::key(state.sequence))?;
+                for r in &state.imagesets {
+                    let json = serde_json::to_vec(r).expect("records serialise");
+                    imagesets.insert(&state::key(r.sequence), json)?;
+                }
+                for (d, seq) in &state.shipped {
+                    shipped.insert(shipped_key(&state.uuid, d), &state::key(*seq))?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| self.storage(format!("{e:?}")))?;
+        self.db.flush().map_err(|e| self.storage(e))?;
+        Ok(())
     }
 }
 
@@ -153,15 +244,17 @@ mod tests {
     }
 
     #[test]
-    fn sequence_advances_only_on_commit() {
+    fn sequence_and_shipped_content_advance_only_on_commit() {
         let dir = tempfile::tempdir().unwrap();
         let ws = Workspace::open(dir.path()).unwrap();
         assert_eq!(ws.last().unwrap(), None);
         let (uuid, seq) = ws.next(false).unwrap();
         assert_eq!(seq, 1);
-        // Not committed: a new run starts over (with a new UUID, since none was kept).
-        assert_eq!(ws.next(false).unwrap().1, 1);
-        ws.commit(&record(uuid, 1)).unwrap();
+        let a = Digest::of(b"a");
+        assert!(!ws.shipped(&uuid, &a).unwrap());
+        ws.commit(&record(uuid, 1), std::slice::from_ref(&a))
+            .unwrap();
+        assert!(ws.shipped(&uuid, &a).unwrap());
         assert_eq!(ws.next(false).unwrap(), (uuid, 2));
         drop(ws);
         let ws = Workspace::open(dir.path()).unwrap();
@@ -173,15 +266,37 @@ mod tests {
         let (full_uuid, full_seq) = ws.next(true).unwrap();
         assert_ne!(full_uuid, uuid);
         assert_eq!(full_seq, 1);
+        assert!(
+            !ws.shipped(&full_uuid, &a).unwrap(),
+            "a full imageset starts with nothing shipped"
+        );
         assert_eq!(ws.imagesets().unwrap(), vec![record(uuid, 1)]);
+    }
+
+    #[test]
+    fn export_and_import_carry_the_whole_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        assert_eq!(ws.export().unwrap(), None);
+        let uuid = Uuid::new_v4();
+        ws.commit(&record(uuid, 1), &[Digest::of(b"a"), Digest::of(b"b")])
+            .unwrap();
+        ws.commit(&record(uuid, 2), &[Digest::of(b"c")]).unwrap();
+        let state = ws.export().unwrap().unwrap();
+        assert_eq!(state.sequence, 2);
+        assert_eq!(state.shipped.len(), 3);
+        let other = tempfile::tempdir().unwrap();
+        let fresh = Workspace::open(other.path()).unwrap();
+        fresh.import(&state).unwrap();
+        assert_eq!(fresh.next(false).unwrap(), (uuid, 3));
+        assert!(fresh.shipped(&uuid, &Digest::of(b"b")).unwrap());
+        assert_eq!(fresh.export().unwrap().unwrap(), state);
     }
 
     #[test]
     fn a_second_process_is_told_the_workspace_is_in_use() {
         let dir = tempfile::tempdir().unwrap();
         let _ws = Workspace::open(dir.path()).unwrap();
-        // sled locks per process with a file lock; a second open in the same process
-        // goes through the same lock.
         match Workspace::open(dir.path()) {
             Err(WorkspaceError::Locked { path }) => assert_eq!(path, dir.path()),
             other => panic!("expected Locked, got {other:?}"),

@@ -66,6 +66,15 @@ pub struct PublishArgs {
     /// Blob uploads at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub parallel: usize,
+    /// Another mirror (docker://HOST[:PORT][/PREFIX], same naming rule) to fetch layers
+    /// from that no imageset carries and neither the content store nor the destination
+    /// holds. May be repeated.
+    #[arg(long, value_name = "DEST")]
+    pub fetch_from: Vec<String>,
+    /// Empty the content store once everything accepted is published (later imagesets
+    /// fetch the layers they do not carry from the destination).
+    #[arg(long)]
+    pub prune: bool,
     #[command(flatten)]
     pub destination: DestinationArgs,
 }
@@ -74,17 +83,23 @@ pub struct PublishArgs {
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
         Command::Publish(args) => {
-            let to: Destination =
-                args.to
-                    .parse()
-                    .map_err(|e: airlock_common::reference::DestinationError| {
-                        Error::Usage(e.to_string())
-                    })?;
+            let parse = |s: &str| {
+                s.parse::<Destination>()
+                    .map_err(|e| Error::Usage(e.to_string()))
+            };
+            let to = parse(&args.to)?;
+            let fetch_from = args
+                .fetch_from
+                .iter()
+                .map(|s| parse(s))
+                .collect::<Result<_, _>>()?;
             let opts = PublishOptions {
                 from: args.from,
                 to,
                 workspace: args.workspace,
                 parallel: args.parallel,
+                fetch_from,
+                prune: args.prune,
                 registry: RegistryOptions {
                     tls_verify: args.destination.dest_tls_verify,
                     cert_dir: args.destination.dest_cert_dir,
@@ -104,6 +119,9 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
     reason = "the command's report is its output"
 )]
 fn print_publish(r: &PublishReport) {
+    if let Some(from) = &r.continued_from {
+        println!("continued from the workspace state at {from}");
+    }
     for (uuid, seq, stored) in &r.accepted {
         println!("accepted imageset {uuid} sequence {seq} ({stored} blobs stored)");
     }
@@ -122,6 +140,9 @@ fn print_publish(r: &PublishReport) {
     }
     for f in &r.resources {
         println!("wrote {}", f.display());
+    }
+    if let Some(freed) = r.pruned {
+        println!("pruned the content store ({} freed)", ByteSize(freed));
     }
     for p in &r.problems {
         let label = if p.code == exit_codes::INCOMPLETE {

@@ -6,8 +6,6 @@ use airlock_common::exit_codes::{self, ExitCode};
 use airlock_common::registry::RegistryError;
 use airlock_common::state::StateError;
 
-use crate::push::PushError;
-
 /// Everything that stops a disconnected-agent command outright. Problems that only
 /// concern one imageset (a missing chunk, a damaged file) are reported in the
 /// command's report instead, so that the others still get published.
@@ -19,9 +17,6 @@ pub enum Error {
     /// The destination registry could not be used.
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// An image could not be published.
-    #[error(transparent)]
-    Push(#[from] PushError),
     /// The workspace refused or failed.
     #[error(transparent)]
     Workspace(#[from] StateError),
@@ -48,10 +43,7 @@ impl ExitCode for Error {
     fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => exit_codes::CONFIG,
-            Error::Registry(e) | Error::Push(PushError::Registry { source: e, .. }) => {
-                e.exit_code()
-            }
-            Error::Push(PushError::Content { .. }) => exit_codes::DATA,
+            Error::Registry(e) => e.exit_code(),
             Error::Workspace(StateError::Locked { .. }) => exit_codes::STATE,
             Error::Workspace(StateError::Storage { .. }) | Error::Io { .. } => exit_codes::IO,
         }

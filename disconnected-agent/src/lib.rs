@@ -5,8 +5,8 @@ pub mod cli;
 pub mod error;
 pub mod ingest;
 pub mod publish;
-pub mod push;
 pub mod scan;
+pub mod source;
 pub mod store;
 pub mod workspace;
 

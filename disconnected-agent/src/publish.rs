@@ -2,33 +2,48 @@
 //! publish the workspace's content to a registry.
 //!
 //! 1. Scan the directory; group chunk files by imageset.
-//! 2. In sequence order, judge each imageset against the workspace (accept,
+//! 2. If the workspace is empty, look for the state a previous machine recorded in
+//!    the destination registry, and continue from it.
+//! 3. In sequence order, judge each imageset against the workspace (accept,
 //!    duplicate, wait, refuse); verify every chunk of an acceptable, complete one
 //!    into the content store, and only then record it as accepted.
-//! 3. Push every accepted imageset not yet published to this destination, in order.
-//! 4. Write the cluster resources (mirror sets) for what is now published.
+//! 4. Publish every accepted imageset not yet published to this destination, in
+//!    order; record where each blob now is, and the site state in the registry.
+//! 5. Write the cluster resources (mirror sets) for what is now published; with
+//!    `--prune`, empty the content store.
 //!
 //! Whatever cannot be done (a missing chunk, a damaged file, an imageset waiting for
 //! its predecessor) is reported with the files concerned, and makes the command exit
 //! non-zero, but does not stop the imagesets that can be published.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_common::exit_codes;
+use airlock_common::exit_codes::{self, ExitCode as _};
 use airlock_common::imageset::read::ChunkError;
+use airlock_common::publish::{self, Publisher};
 use airlock_common::reference::Destination;
 use airlock_common::registry::{RegistryClient, RegistryOptions};
 use airlock_common::resources;
 use airlock_common::size::ByteSize;
+use airlock_common::state::crash_point;
 use airlock_common::telemetry::Progress;
+use bytes::Bytes;
 
 use crate::error::Error;
 use crate::ingest;
-use crate::push::{self, Pusher};
 use crate::scan::{self, Candidate};
+use crate::source::{Mirror, StoreSource};
 use crate::store::Store;
-use crate::workspace::{Verdict, Workspace};
+use crate::workspace::{SITE_STATE_FORMAT, SiteState, Verdict, Workspace};
+
+/// Media type of the site state recorded in the destination registry.
+pub const SITE_STATE_MEDIA_TYPE: &str = "application/vnd.airlock.site-workspace.v1+json";
+
+/// Repository (under the destination prefix) that holds the site state, tagged by
+/// workspace UUID, as oc-mirror keeps `oc-mirror:<uuid>`.
+pub const SITE_STATE_REPOSITORY: &str = "airlock-state";
 
 /// What `publish` is asked to do.
 #[derive(Debug, Clone)]
@@ -41,8 +56,12 @@ pub struct PublishOptions {
     pub workspace: Option<PathBuf>,
     /// Blob transfers at once.
     pub parallel: usize,
-    /// How to reach the destination registry.
+    /// How to reach the destination registry (and `fetch_from` registries).
     pub registry: RegistryOptions,
+    /// Other registries to fetch layers from that no imageset carries.
+    pub fetch_from: Vec<Destination>,
+    /// Empty the content store once everything accepted is published.
+    pub prune: bool,
 }
 
 /// Something `publish` could not do; the run continues with what it can do.
@@ -65,6 +84,10 @@ pub struct PublishReport {
     pub stats: [u64; 5],
     /// Cluster resource files written.
     pub resources: Vec<PathBuf>,
+    /// Bytes freed by `--prune`.
+    pub pruned: Option<u64>,
+    /// Where the workspace position came from when it was taken from the registry.
+    pub continued_from: Option<String>,
     /// What could not be done.
     pub problems: Vec<Problem>,
     /// Wall time.
@@ -86,6 +109,10 @@ impl PublishReport {
             .map(|p| p.code)
             .max_by_key(|&c| rank(c))
             .unwrap_or(exit_codes::OK)
+    }
+
+    fn problem(&mut self, code: i32, message: String) {
+        self.problems.push(Problem { code, message });
     }
 }
 
@@ -110,6 +137,24 @@ fn missing_message(c: &Candidate) -> String {
     )
 }
 
+/// The destination registry, connected on first use.
+struct Target<'a> {
+    opts: &'a PublishOptions,
+    client: Option<Arc<RegistryClient>>,
+}
+
+impl Target<'_> {
+    async fn client(&mut self) -> Result<Arc<RegistryClient>, Error> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let c =
+            Arc::new(RegistryClient::connect(self.opts.to.registry(), &self.opts.registry).await?);
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+}
+
 /// Runs `publish`.
 pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
     let started = Instant::now();
@@ -124,23 +169,145 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
     let ws = Workspace::open(&ws_dir)?;
     let store = Store::open(&ws_dir).map_err(|e| Error::io(&ws_dir, e))?;
     store.clear_tmp().map_err(|e| Error::io(&ws_dir, e))?;
+    let dest_key = opts.to.to_string();
+    let registry = opts.to.registry();
+    let mut target = Target { opts, client: None };
 
     let found = scan::scan(&opts.from).map_err(|e| Error::io(&opts.from, e))?;
     tracing::info!(dir = %opts.from.display(), imagesets = found.imagesets.len(), damaged = found.damaged.len(), other = found.other.len(), "scanned");
     for e in &found.damaged {
-        report.problems.push(Problem {
-            code: exit_codes::DATA,
-            message: format!("{e}; the file was not used"),
-        });
-    }
-    if found.imagesets.is_empty() && ws.accepted()?.is_none() {
-        report.problems.push(Problem {
-            code: exit_codes::INCOMPLETE,
-            message: format!("no imageset chunk files found in {}", opts.from.display()),
-        });
+        report.problem(exit_codes::DATA, format!("{e}; the file was not used"));
     }
 
-    // Accept in sequence order; an acceptance may unblock an imageset that waits.
+    // A workspace that knows nothing continues from what an earlier machine recorded
+    // at this destination, if anything.
+    if ws.accepted()?.is_none() {
+        let mut uuids: Vec<uuid::Uuid> = found.imagesets.keys().map(|(u, _)| *u).collect();
+        uuids.dedup();
+        for uuid in uuids {
+            let client = target.client().await?;
+            let repo = opts.to.repository_for(SITE_STATE_REPOSITORY);
+            let Some(bytes) = client
+                .get_document(&repo, &uuid.to_string(), SITE_STATE_MEDIA_TYPE, 256 << 20)
+                .await?
+            else {
+                continue;
+            };
+            let state: SiteState = serde_json::from_slice(&bytes)
+                .ok()
+                .filter(|s: &SiteState| s.format == SITE_STATE_FORMAT && s.uuid == uuid)
+                .ok_or_else(|| Error::Usage(format!("{registry}/{repo}:{uuid} does not hold a readable workspace state; delete it or publish into a workspace that has the history")))?;
+            ws.import(&dest_key, registry, &state)?;
+            let from = format!("{registry}/{repo}:{uuid}");
+            tracing::info!(%uuid, sequence = state.sequence, from = %from, "continuing from the workspace state recorded in the registry");
+            report.continued_from = Some(from);
+            break;
+        }
+    }
+    if found.imagesets.is_empty() && ws.accepted()?.is_none() {
+        report.problem(
+            exit_codes::INCOMPLETE,
+            format!("no imageset chunk files found in {}", opts.from.display()),
+        );
+    }
+
+    accept_all(&ws, &store, &found, &mut report).await?;
+
+    // Publish what was accepted and not yet published here.
+    if let Some((uuid, last)) = ws.accepted()? {
+        let from = ws.published(&dest_key)?.unwrap_or(0) + 1;
+        if from <= last {
+            let client = target.client().await?;
+            let mut mirrors = vec![Mirror {
+                client: client.clone(),
+                dest: opts.to.clone(),
+            }];
+            for d in &opts.fetch_from {
+                mirrors.push(Mirror {
+                    client: Arc::new(RegistryClient::connect(d.registry(), &opts.registry).await?),
+                    dest: d.clone(),
+                });
+            }
+            let mut totals = [0u64; 5];
+            for seq in from..=last {
+                let m = ws.manifest(&uuid, seq)?;
+                let locations = ws.locations(registry)?;
+                let source = StoreSource::new(&store, mirrors.clone(), &locations, &m.blobs);
+                let carried: u64 = m
+                    .blobs
+                    .iter()
+                    .filter(|b| !b.parts.is_empty() && b.media_type.is_none())
+                    .map(|b| b.size)
+                    .sum();
+                let publisher = Publisher::new(
+                    &client,
+                    &source,
+                    &opts.to,
+                    opts.parallel,
+                    Progress::bytes("publish", carried),
+                );
+                let placed = match publisher.publish(&m.images, &m.blobs).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Later sequences build on this one: stop here.
+                        report.problem(e.exit_code(), format!("{}: {e}", m.label()));
+                        break;
+                    }
+                };
+                crash_point("published-images");
+                ws.record_locations(registry, &placed)?;
+                ws.mark_published(&dest_key, seq)?;
+                for (t, v) in totals.iter_mut().zip(publisher.stats.get()) {
+                    *t += v;
+                }
+                report.published.push(seq);
+                tracing::info!(%uuid, sequence = seq, destination = %dest_key, "imageset published");
+                let state = ws.site_state(registry, uuid, seq)?;
+                let repo = opts.to.repository_for(SITE_STATE_REPOSITORY);
+                let doc = Bytes::from(serde_json::to_vec(&state).expect("state serialises"));
+                if let Err(e) = client
+                    .put_document(&repo, &uuid.to_string(), SITE_STATE_MEDIA_TYPE, doc)
+                    .await
+                {
+                    report.problem(
+                        exit_codes::UNAVAILABLE,
+                        format!("sequence {seq} is published, but the workspace state could not be recorded at {registry}/{repo}: {e}; a new machine could not continue from it until the next publish records it"),
+                    );
+                }
+            }
+            report.stats = totals;
+        }
+        if ws.has_manifest(&uuid, last) {
+            let latest = ws.manifest(&uuid, last)?;
+            let dir = ws_dir.join("cluster-resources");
+            report.resources =
+                resources::write_mirror_sets(&dir, &publish::mirrored(&latest.images, &opts.to))
+                    .map_err(|e| Error::io(&dir, e))?;
+        }
+        if opts.prune && ws.published(&dest_key)? == Some(last) {
+            report.pruned = Some(store.prune().map_err(|e| Error::io(&ws_dir, e))?);
+        }
+    }
+    report.elapsed = started.elapsed();
+    tracing::info!(
+        accepted = report.accepted.len(),
+        published = report.published.len(),
+        uploaded = report.stats[0],
+        uploaded_bytes = %ByteSize(report.stats[1]),
+        problems = report.problems.len(),
+        "publish finished"
+    );
+    Ok(report)
+}
+
+/// Accepts, in sequence order, every imageset of `found` that the workspace can take;
+/// an acceptance may unblock an imageset that waits.
+async fn accept_all(
+    ws: &Workspace,
+    store: &Store,
+    found: &scan::Found,
+    report: &mut PublishReport,
+) -> Result<(), Error> {
     let mut pending: Vec<&Candidate> = found.imagesets.values().collect();
     loop {
         let mut progressed = false;
@@ -150,10 +317,7 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
                 Verdict::Duplicate => {
                     tracing::info!(uuid = %c.manifest.uuid, sequence = c.manifest.sequence, "already accepted; skipped");
                 }
-                Verdict::Refuse(why) => report.problems.push(Problem {
-                    code: exit_codes::STATE,
-                    message: why,
-                }),
+                Verdict::Refuse(why) => report.problem(exit_codes::STATE, why),
                 Verdict::Wait { .. } => still.push(c),
                 Verdict::Accept => {
                     if !c.conflicting.is_empty() {
@@ -162,21 +326,18 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
                             .iter()
                             .map(|p| p.display().to_string())
                             .collect();
-                        report.problems.push(Problem {
-                            code: exit_codes::DATA,
-                            message: format!(
+                        report.problem(
+                            exit_codes::DATA,
+                            format!(
                                 "{}: chunk files disagree on its manifest ({}); refusing it: a file was altered or two different imagesets claim the same sequence",
                                 c.manifest.label(),
                                 files.join(", ")
                             ),
-                        });
+                        );
                         continue;
                     }
                     if !c.missing().is_empty() {
-                        report.problems.push(Problem {
-                            code: exit_codes::INCOMPLETE,
-                            message: missing_message(c),
-                        });
+                        report.problem(exit_codes::INCOMPLETE, missing_message(c));
                         continue;
                     }
                     let (candidate, st) = (c.clone(), store.clone());
@@ -186,20 +347,19 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
                             .expect("ingest does not panic");
                     match result {
                         Ok(stored) => {
+                            crash_point("ingested");
                             ws.accept(&c.manifest)?;
+                            crash_point("accepted");
                             tracing::info!(uuid = %c.manifest.uuid, sequence = c.manifest.sequence, blobs_stored = stored, "imageset verified and accepted");
                             report
                                 .accepted
                                 .push((c.manifest.uuid, c.manifest.sequence, stored));
                             progressed = true;
                         }
-                        Err(e) => report.problems.push(Problem {
-                            code: exit_codes::DATA,
-                            message: format!(
-                                "{}: {e}; nothing of it was published",
-                                c.manifest.label()
-                            ),
-                        }),
+                        Err(e) => report.problem(
+                            exit_codes::DATA,
+                            format!("{}: {e}; nothing of it was published", c.manifest.label()),
+                        ),
                     }
                 }
             }
@@ -217,54 +377,8 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
         if !c.missing().is_empty() {
             message.push_str(&format!("; it also lacks chunks: {}", missing_message(c)));
         }
-        report.problems.push(Problem {
-            code: exit_codes::INCOMPLETE,
-            message,
-        });
+        tracing::warn!(uuid = %c.manifest.uuid, sequence = c.manifest.sequence, expected, "waiting for sequence {expected}");
+        report.problem(exit_codes::INCOMPLETE, message);
     }
-
-    // Publish what was accepted and not yet published here.
-    if let Some((uuid, last)) = ws.accepted()? {
-        let dest_key = opts.to.to_string();
-        let from = ws.published(&dest_key)?.unwrap_or(0) + 1;
-        if from <= last {
-            let client = RegistryClient::connect(opts.to.registry(), &opts.registry).await?;
-            let manifests = (from..=last)
-                .map(|s| ws.manifest(&uuid, s))
-                .collect::<Result<Vec<_>, _>>()?;
-            let total: u64 = manifests
-                .iter()
-                .flat_map(|m| m.blobs.iter().filter(|b| b.media_type.is_none()))
-                .map(|b| b.size)
-                .sum();
-            let pusher = Pusher::new(
-                &client,
-                &store,
-                &opts.to,
-                opts.parallel,
-                Progress::bytes("publish", total),
-            );
-            for m in &manifests {
-                pusher.push_imageset(m).await?;
-                ws.mark_published(&dest_key, m.sequence)?;
-                report.published.push(m.sequence);
-                tracing::info!(uuid = %m.uuid, sequence = m.sequence, destination = %dest_key, "imageset published");
-            }
-            report.stats = pusher.stats.get();
-        }
-        let latest = ws.manifest(&uuid, last)?;
-        let dir = ws_dir.join("cluster-resources");
-        report.resources = resources::write_mirror_sets(&dir, &push::mirrored(&latest, &opts.to))
-            .map_err(|e| Error::io(&dir, e))?;
-    }
-    report.elapsed = started.elapsed();
-    tracing::info!(
-        accepted = report.accepted.len(),
-        published = report.published.len(),
-        uploaded = report.stats[0],
-        uploaded_bytes = %ByteSize(report.stats[1]),
-        problems = report.problems.len(),
-        "publish finished"
-    );
-    Ok(report)
+    Ok(())
 }

@@ -181,3 +181,70 @@ impl Drop for StoreSink<'_> {
         }
     }
 }
+
+impl Store {
+    /// Downloads a blob into the store from a stream, checking its size and digest
+    /// before it becomes visible. Used to fetch layers an imageset does not carry.
+    pub async fn fetch(
+        &self,
+        digest: &Digest,
+        size: u64,
+        mut stream: futures::stream::BoxStream<
+            'static,
+            Result<bytes::Bytes, airlock_common::registry::RegistryError>,
+        >,
+    ) -> Result<(), String> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let tmp = self
+            .tmp_dir()
+            .join(format!("{}.fetch.{}", digest.hex(), std::process::id()));
+        let result: Result<(), String> = async {
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            let mut hasher = Hasher::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| e.to_string())?;
+                hasher.update(&chunk);
+                if hasher.len() > size {
+                    return Err(format!("more than the {size} bytes the manifest declares"));
+                }
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            }
+            file.sync_data()
+                .await
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            if hasher.len() != size {
+                return Err(format!(
+                    "{} bytes, the manifest declares {size}",
+                    hasher.len()
+                ));
+            }
+            let actual = hasher.finish();
+            if actual != *digest {
+                return Err(format!("content hashes to {actual}"));
+            }
+            std::fs::rename(&tmp, self.path(digest)).map_err(|e| format!("{}: {e}", tmp.display()))
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Removes every stored blob: after a publish, the registry holds them, and a
+    /// later imageset that needs one fetches it from there. Returns the bytes freed.
+    pub fn prune(&self) -> std::io::Result<u64> {
+        let mut freed = 0;
+        for entry in std::fs::read_dir(self.root.join("blobs/sha256"))? {
+            let entry = entry?;
+            freed += entry.metadata()?.len();
+            std::fs::remove_file(entry.path())?;
+        }
+        Ok(freed)
+    }
+}

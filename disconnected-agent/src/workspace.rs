@@ -6,7 +6,9 @@
 //! - tree `meta`: `uuid` (16 bytes) and `sequence` (u64 BE): the connected
 //!   workspace this site follows and the last imageset accepted from it;
 //! - tree `published`: destination (`docker://host/prefix`) → last sequence
-//!   published there.
+//!   published there;
+//! - tree `locations`: registry host, NUL, digest → a repository of that registry
+//!   known to hold the blob, for fetching layers an imageset does not carry.
 //!
 //! An accepted imageset's manifest is kept as `imagesets/<uuid>-<sequence>.json`,
 //! and its content in the store. Acceptance is recorded only after every chunk was
@@ -28,6 +30,32 @@ pub struct Workspace {
     db: sled::Db,
     meta: sled::Tree,
     published: sled::Tree,
+    locations: sled::Tree,
+}
+
+/// What the workspace records in the destination registry after each publish, so
+/// that a new machine (or one that lost its workspace) continues the sequence.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SiteState {
+    /// Always [`SITE_STATE_FORMAT`].
+    pub format: String,
+    /// The connected workspace followed.
+    pub uuid: Uuid,
+    /// The last sequence published to this destination.
+    pub sequence: u64,
+    /// Repositories of this registry that hold each blob.
+    pub locations: Vec<(airlock_common::digest::Digest, String)>,
+}
+
+/// The value of [`SiteState::format`].
+pub const SITE_STATE_FORMAT: &str = "airlock.site-workspace/v1";
+
+fn location_key(registry: &str, digest: &airlock_common::digest::Digest) -> Vec<u8> {
+    let mut k = registry.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(digest.as_str().as_bytes());
+    k
 }
 
 /// What to do with an imageset that arrived, given what the workspace holds.
@@ -56,6 +84,9 @@ impl Workspace {
         let published = db
             .open_tree("published")
             .map_err(|e| StateError::storage(path, e))?;
+        let locations = db
+            .open_tree("locations")
+            .map_err(|e| StateError::storage(path, e))?;
         std::fs::create_dir_all(path.join("imagesets"))
             .map_err(|e| StateError::storage(path, e))?;
         Ok(Workspace {
@@ -63,6 +94,7 @@ impl Workspace {
             db,
             meta,
             published,
+            locations,
         })
     }
 
@@ -164,6 +196,87 @@ impl Workspace {
             });
         tx.map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
         self.flush()
+    }
+
+    /// Remembers which repositories of `registry` hold which blobs.
+    pub fn record_locations(
+        &self,
+        registry: &str,
+        placed: &[(airlock_common::digest::Digest, String)],
+    ) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for (digest, repo) in placed {
+            batch.insert(location_key(registry, digest), repo.as_bytes());
+        }
+        self.locations
+            .apply_batch(batch)
+            .map_err(|e| StateError::storage(&self.path, e))?;
+        self.flush()
+    }
+
+    /// Repositories of `registry` known to hold each blob.
+    pub fn locations(
+        &self,
+        registry: &str,
+    ) -> Result<std::collections::HashMap<airlock_common::digest::Digest, String>, StateError> {
+        let mut prefix = registry.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = std::collections::HashMap::new();
+        for kv in self.locations.scan_prefix(&prefix) {
+            let (k, v) = kv.map_err(|e| StateError::storage(&self.path, e))?;
+            let digest = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|d| d.parse().ok());
+            let repo = String::from_utf8(v.to_vec()).ok();
+            if let (Some(d), Some(r)) = (digest, repo) {
+                out.insert(d, r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The state to record at `destination` (on `registry`) after publishing `sequence`.
+    pub fn site_state(
+        &self,
+        registry: &str,
+        uuid: Uuid,
+        sequence: u64,
+    ) -> Result<SiteState, StateError> {
+        let mut locations: Vec<_> = self.locations(registry)?.into_iter().collect();
+        locations.sort();
+        Ok(SiteState {
+            format: SITE_STATE_FORMAT.to_string(),
+            uuid,
+            sequence,
+            locations,
+        })
+    }
+
+    /// Continues from a state found at `destination` (on `registry`): everything up to
+    /// its sequence counts as accepted and published there.
+    pub fn import(
+        &self,
+        destination: &str,
+        registry: &str,
+        state: &SiteState,
+    ) -> Result<(), StateError> {
+        self.meta
+            .transaction(|meta| {
+                meta.insert("uuid", state.uuid.as_bytes().as_slice())?;
+                meta.insert("sequence", &state::key(state.sequence))?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        self.published
+            .insert(destination, &state::key(state.sequence))
+            .map_err(|e| StateError::storage(&self.path, e))?;
+        self.record_locations(registry, &state.locations)
+    }
+
+    /// Whether the manifest of an accepted imageset is kept here (an imported
+    /// position has none for the sequences published by another machine).
+    pub fn has_manifest(&self, uuid: &Uuid, sequence: u64) -> bool {
+        self.manifest_path(uuid, sequence).is_file()
     }
 
     fn flush(&self) -> Result<(), StateError> {

@@ -533,11 +533,12 @@ fn second_imageset_follows_and_republishing_uploads_nothing() {
         "nothing to publish: {again}"
     );
 
-    // A new disconnected workspace publishing to the same place finds every blob
-    // already there: nothing is uploaded twice.
+    // A new disconnected workspace (a new machine) continues from the state the
+    // first one recorded in the registry: nothing to accept, nothing to upload.
     let fresh = s.publish(&out, "mirror", "ws-d2");
     assert_eq!(fresh.code, 0, "{fresh}");
-    assert!(fresh.stdout.contains(": 0 blobs uploaded"), "{fresh}");
+    assert!(fresh.stdout.contains("continued from the workspace state at"), "{fresh}");
+    assert!(!fresh.stdout.contains("uploaded"), "{fresh}");
     s.assert_byte_exact("mirror");
 }
 

@@ -401,6 +401,20 @@ impl LoadedConfig {
                 }
             }
         }
+        if let Some(r) = c
+            .storage_config
+            .as_ref()
+            .and_then(|sc| sc.registry.as_ref())
+        {
+            match r.image_url.parse::<ImageRef>() {
+                Err(e) => problems.push(self.problem("storageConfig.registry.imageURL", e.to_string())),
+                Ok(i) if i.digest().is_some() => problems.push(self.problem(
+                    "storageConfig.registry.imageURL",
+                    "must name a tag, not a digest: the workspace state is rewritten by every create",
+                )),
+                Ok(_) => {}
+            }
+        }
         for (i, b) in m.blocked_images.iter().enumerate() {
             if b.name.trim().is_empty() {
                 problems.push(self.problem(
@@ -552,14 +566,6 @@ impl LoadedConfig {
                 "DeleteImageSetConfiguration is not supported by this build: Airlock does not delete images from mirrors yet",
             ));
         }
-        if let Some(sc) = &c.storage_config {
-            if sc.registry.is_some() {
-                problems.push(self.problem(
-                    "storageConfig.registry",
-                    "keeping the workspace in a registry is not supported by this build yet; remove storageConfig.registry and keep the workspace on disk (storageConfig.local.path or --workspace)",
-                ));
-            }
-        }
         if let Some(m) = &c.mirror {
             let unsupported = [
                 (
@@ -644,6 +650,15 @@ impl LoadedConfig {
             .archive_size
             .filter(|s| *s > 0)
             .and_then(|s| ByteSize::gib(s as u64))
+    }
+
+    /// `storageConfig.registry`: the image that keeps a copy of the workspace state,
+    /// (with `latest` as tag when none is given, as oc-mirror does) and whether to skip
+    /// TLS verification for it. Call [`Self::validate`] first.
+    pub fn storage_registry(&self) -> Option<(ImageRef, bool)> {
+        let r = self.config.storage_config.as_ref()?.registry.as_ref()?;
+        let image = r.image_url.parse::<ImageRef>().ok()?.with_default_tag();
+        Some((image, r.skip_tls))
     }
 
     /// `storageConfig.local.path`, where oc-mirror v1 users keep their workspace.

@@ -525,6 +525,28 @@ impl RegistryClient {
             .is_ok()
     }
 
+    /// Uploads a blob from a stream (another registry's download), without
+    /// buffering it. The destination checks the digest when the upload closes.
+    pub async fn push_blob_stream(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        stream: BoxStream<'static, Result<Bytes, RegistryError>>,
+    ) -> Result<(), RegistryError> {
+        let stream = stream.map_err(|e| OciDistributionError::GenericError(Some(e.to_string())));
+        self.client
+            .push_blob_stream(
+                &self.by_digest(repository, digest),
+                stream,
+                digest.as_str(),
+                Some(size),
+            )
+            .await
+            .map_err(|e| request_error("push blob", self.target(repository, digest.as_str()), e))?;
+        Ok(())
+    }
+
     /// Uploads `size` bytes of a local file as a blob, streaming.
     pub async fn push_blob_file(
         &self,
@@ -554,6 +576,118 @@ impl RegistryClient {
             .await
             .map_err(|e| request_error("push blob", target, e))?;
         Ok(())
+    }
+}
+
+/// Media type of the empty JSON config of artifacts (`{}`), from the OCI image spec.
+const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
+
+impl RegistryClient {
+    /// Stores a small document (workspace state) as a single-layer OCI artifact of
+    /// type `media_type` under `repository:tag`. Airlock builds this manifest itself,
+    /// so it is the one kind of manifest it serialises.
+    pub async fn put_document(
+        &self,
+        repository: &str,
+        tag: &str,
+        media_type: &str,
+        document: Bytes,
+    ) -> Result<Digest, RegistryError> {
+        let config = Bytes::from_static(b"{}");
+        let config_digest = Digest::of(&config);
+        let layer_digest = Digest::of(&document);
+        for (digest, bytes) in [
+            (&config_digest, config.clone()),
+            (&layer_digest, document.clone()),
+        ] {
+            if !self.has_blob(repository, digest).await? {
+                let size = bytes.len() as u64;
+                let stream =
+                    futures::stream::once(async move { Ok::<_, OciDistributionError>(bytes) });
+                self.client
+                    .push_blob_stream(
+                        &self.by_digest(repository, digest),
+                        stream,
+                        digest.as_str(),
+                        Some(size),
+                    )
+                    .await
+                    .map_err(|e| {
+                        request_error("push blob", self.target(repository, digest.as_str()), e)
+                    })?;
+            }
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest::OCI_MANIFEST,
+            "artifactType": media_type,
+            "config": {"mediaType": EMPTY_CONFIG, "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": media_type, "digest": layer_digest, "size": document.len()}],
+        });
+        let raw = RawManifest::from_bytes(
+            Bytes::from(serde_json::to_vec(&manifest).expect("manifest serialises")),
+            manifest::OCI_MANIFEST.to_string(),
+        );
+        self.put_manifest(repository, &raw, Some(tag)).await?;
+        Ok(raw.digest)
+    }
+
+    /// Reads a document stored by [`Self::put_document`]; `None` when the tag does not
+    /// exist. The document is refused when larger than `max` bytes.
+    pub async fn get_document(
+        &self,
+        repository: &str,
+        tag: &str,
+        media_type: &str,
+        max: u64,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let target = self.target(repository, tag);
+        let raw = match self.get_manifest(repository, tag).await {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == Some(ErrorKind::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let protocol = |message: String| RegistryError::Request {
+            operation: "read document",
+            target: target.clone(),
+            kind: ErrorKind::Protocol,
+            message,
+        };
+        let parsed = raw.parse().map_err(|source| RegistryError::Manifest {
+            target: target.clone(),
+            source,
+        })?;
+        let layer = parsed
+            .blobs()
+            .find(|d| d.media_type == media_type)
+            .ok_or_else(|| protocol(format!("{target} is not a document of type {media_type}")))?
+            .clone();
+        if layer.size > max {
+            return Err(protocol(format!(
+                "document of {} bytes exceeds {max}",
+                layer.size
+            )));
+        }
+        let mut stream = self.blob_stream(repository, &layer.digest).await?;
+        let mut bytes = Vec::with_capacity(layer.size as usize);
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+            if bytes.len() as u64 > layer.size {
+                return Err(protocol(format!(
+                    "blob {} is longer than declared",
+                    layer.digest
+                )));
+            }
+        }
+        if Digest::of(&bytes) != layer.digest {
+            return Err(RegistryError::Request {
+                operation: "read document",
+                target,
+                kind: ErrorKind::Digest,
+                message: format!("blob {} does not match its digest", layer.digest),
+            });
+        }
+        Ok(Some(Bytes::from(bytes)))
     }
 }
 

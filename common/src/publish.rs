@@ -1,0 +1,427 @@
+//! Publishing images to a mirror registry, from any source of content.
+//!
+//! The disconnected agent publishes from its content store; the connected agent's
+//! `mirror` publishes straight from the source registries. Both follow the same
+//! rules, implemented once here:
+//!
+//! - an image is published only when all of it can be: every blob it references is
+//!   first checked (at the destination, or available from the source, which may fetch
+//!   it) before a single byte of the image is pushed;
+//! - blobs go first, then child manifests, then the top manifest by digest, and its
+//!   tag last, so a reader never sees a tag whose content is incomplete;
+//! - manifests are pushed as the exact bytes that were pulled at the source;
+//! - idempotent: a blob or manifest the destination has is not sent again (`HEAD`
+//!   first); a blob shared by several repositories is uploaded once and mounted
+//!   into the others.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::{Mutex, OnceCell, Semaphore};
+
+use crate::digest::Digest;
+use crate::imageset::{BlobRecord, ImageKind, ImageRecord};
+use crate::reference::{Destination, ImageRef};
+use crate::registry::{RawManifest, RegistryClient, RegistryError};
+use crate::resources::{Category, Mirrored};
+use crate::telemetry::Progress;
+
+/// Images pushed at once; blob transfers are bounded separately.
+const PARALLEL_IMAGES: usize = 4;
+
+/// Why an image could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The destination registry refused or failed.
+    #[error("image {image}: {source}")]
+    Registry {
+        /// The image as configured at the source.
+        image: String,
+        /// The registry error.
+        source: RegistryError,
+    },
+    /// The content of the image is not all available, or inconsistent; nothing of
+    /// the image was pushed.
+    #[error("image {image}: {problem}; nothing of this image was pushed")]
+    Content {
+        /// The image as configured at the source.
+        image: String,
+        /// What is missing or inconsistent, and where it was looked for.
+        problem: String,
+    },
+}
+
+impl crate::exit_codes::ExitCode for PublishError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            PublishError::Registry { source, .. } => crate::exit_codes::ExitCode::exit_code(source),
+            PublishError::Content { .. } => crate::exit_codes::DATA,
+        }
+    }
+}
+
+/// Blob bytes to upload.
+pub enum BlobBody {
+    /// A verified local file of exactly the blob's bytes.
+    File(PathBuf),
+    /// A stream (from a source registry) that ends with an error unless the bytes
+    /// match the digest.
+    Stream(BoxStream<'static, Result<Bytes, RegistryError>>),
+}
+
+/// Where the content being published comes from.
+pub trait ContentSource: Sync {
+    /// The bytes of manifest `digest` (of `media_type`).
+    fn manifest(
+        &self,
+        digest: &Digest,
+        media_type: &str,
+    ) -> impl Future<Output = Result<RawManifest, String>> + Send;
+
+    /// Makes sure blob `digest` can be opened, fetching it first if the source must;
+    /// `Err` says where it was looked for. Called before anything of the image is
+    /// pushed, for each blob the destination repository does not have.
+    fn locate(&self, digest: &Digest, size: u64)
+    -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Opens blob `digest` for upload.
+    fn open(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> impl Future<Output = Result<BlobBody, String>> + Send;
+}
+
+/// Counts of what a publish did.
+#[derive(Debug, Default)]
+pub struct PublishStats {
+    /// Blobs uploaded.
+    pub uploaded: AtomicU64,
+    /// Bytes uploaded.
+    pub uploaded_bytes: AtomicU64,
+    /// Blobs linked from another repository of the destination.
+    pub mounted: AtomicU64,
+    /// Blobs the destination already had.
+    pub present: AtomicU64,
+    /// Manifests pushed (by digest or tag).
+    pub manifests: AtomicU64,
+}
+
+impl PublishStats {
+    /// A snapshot of the counters: uploaded, uploaded bytes, mounted, present, manifests.
+    pub fn get(&self) -> [u64; 5] {
+        [
+            self.uploaded.load(Ordering::Relaxed),
+            self.uploaded_bytes.load(Ordering::Relaxed),
+            self.mounted.load(Ordering::Relaxed),
+            self.present.load(Ordering::Relaxed),
+            self.manifests.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// The repository of an image at the destination (oc-mirror's naming rule, or
+/// `PREFIX/<targetRepo>`).
+pub fn destination_repository(dest: &Destination, image: &ImageRecord) -> String {
+    match &image.target_repository {
+        Some(t) => dest.repository_for(t),
+        None => {
+            let source: ImageRef = image
+                .repository
+                .parse()
+                .expect("recorded repositories parse");
+            dest.repository_for(source.repository())
+        }
+    }
+}
+
+/// The mirror-set view of `images` at `dest`. As in oc-mirror, an image the
+/// configuration named by tag (a bare name means `latest`) goes into the tag mirror
+/// set, one named by digest into the digest mirror set, one named by both into both.
+pub fn mirrored(images: &[ImageRecord], dest: &Destination) -> Vec<Mirrored> {
+    images
+        .iter()
+        .map(|i| {
+            let named_by_tag = i
+                .source
+                .parse::<ImageRef>()
+                .map(|r| r.tag().is_some() || r.digest().is_none())
+                .unwrap_or(false);
+            Mirrored {
+                source: i.repository.clone(),
+                mirror: format!("{}/{}", dest.registry(), destination_repository(dest, i)),
+                by_digest: i.by_digest,
+                by_tag: named_by_tag,
+                category: match i.kind {
+                    ImageKind::Generic => Category::Generic,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Set when a blob is in a repository; concurrent askers wait for the first.
+type Once = Arc<OnceCell<()>>;
+
+/// Publishes images to one destination registry, sharing what it learns (which
+/// repositories hold which blobs) across images and calls.
+pub struct Publisher<'a, S> {
+    client: &'a RegistryClient,
+    source: &'a S,
+    dest: &'a Destination,
+    transfers: Semaphore,
+    /// Per (repository, blob): pushed once, whichever image asks first.
+    done: Mutex<HashMap<(String, Digest), Once>>,
+    /// The repository where this run first placed each blob, to mount from.
+    holders: Mutex<HashMap<Digest, Arc<OnceCell<String>>>>,
+    /// Counters.
+    pub stats: PublishStats,
+    progress: Progress,
+}
+
+impl<'a, S: ContentSource> Publisher<'a, S> {
+    /// A publisher with at most `parallel` blob transfers at once.
+    pub fn new(
+        client: &'a RegistryClient,
+        source: &'a S,
+        dest: &'a Destination,
+        parallel: usize,
+        progress: Progress,
+    ) -> Self {
+        Publisher {
+            client,
+            source,
+            dest,
+            transfers: Semaphore::new(parallel.max(1)),
+            done: Mutex::new(HashMap::new()),
+            holders: Mutex::new(HashMap::new()),
+            stats: PublishStats::default(),
+            progress,
+        }
+    }
+
+    /// Publishes `images`, whose manifests and blobs are described by `blobs`.
+    /// Returns, for every blob now at the destination, a repository that holds it.
+    pub async fn publish(
+        &self,
+        images: &[ImageRecord],
+        blobs: &[BlobRecord],
+    ) -> Result<Vec<(Digest, String)>, PublishError> {
+        let records: HashMap<&Digest, &BlobRecord> = blobs.iter().map(|b| (&b.digest, b)).collect();
+        let placed: Vec<Vec<(Digest, String)>> = futures::stream::iter(images)
+            .map(|image| self.publish_image(image, &records))
+            .buffer_unordered(PARALLEL_IMAGES)
+            .try_collect()
+            .await?;
+        Ok(placed.into_iter().flatten().collect())
+    }
+
+    async fn publish_image(
+        &self,
+        image: &ImageRecord,
+        records: &HashMap<&Digest, &BlobRecord>,
+    ) -> Result<Vec<(Digest, String)>, PublishError> {
+        let repo = destination_repository(self.dest, image);
+        let content = |problem: String| PublishError::Content {
+            image: image.source.clone(),
+            problem,
+        };
+        let registry = |source| PublishError::Registry {
+            image: image.source.clone(),
+            source,
+        };
+        // The manifest tree, parents before children.
+        let mut manifests: Vec<RawManifest> = Vec::new();
+        let mut blobs: Vec<(Digest, u64)> = Vec::new();
+        let mut queue = vec![image.digest.clone()];
+        while let Some(digest) = queue.pop() {
+            if manifests.iter().any(|m| m.digest == digest) {
+                continue;
+            }
+            let record = records.get(&digest).ok_or_else(|| {
+                content(format!("manifest {digest} is not listed in the imageset"))
+            })?;
+            let media_type = record.media_type.as_deref().ok_or_else(|| {
+                content(format!(
+                    "{digest} is referenced as a manifest but listed as a blob"
+                ))
+            })?;
+            let raw = self
+                .source
+                .manifest(&digest, media_type)
+                .await
+                .map_err(content)?;
+            if raw.digest != digest {
+                return Err(content(format!(
+                    "manifest {digest} hashes to {}",
+                    raw.digest
+                )));
+            }
+            let parsed = raw
+                .parse()
+                .map_err(|e| content(format!("manifest {digest}: {e}")))?;
+            queue.extend(parsed.children().iter().map(|c| c.digest.clone()));
+            for b in parsed.blobs() {
+                if !blobs.iter().any(|(d, _)| *d == b.digest) {
+                    blobs.push((b.digest.clone(), b.size));
+                }
+            }
+            manifests.push(raw);
+        }
+        // Every blob must be available before anything of the image is pushed.
+        let mut missing = Vec::new();
+        for (digest, size) in &blobs {
+            if !self
+                .client
+                .has_blob(&repo, digest)
+                .await
+                .map_err(registry)?
+            {
+                missing.push((digest.clone(), *size));
+            }
+        }
+        for (digest, size) in &missing {
+            self.source.locate(digest, *size).await.map_err(content)?;
+        }
+        futures::stream::iter(&missing)
+            .map(|(digest, size)| self.ensure_blob(image, &repo, digest, *size))
+            .buffer_unordered(8)
+            .try_collect::<()>()
+            .await?;
+        self.stats
+            .present
+            .fetch_add((blobs.len() - missing.len()) as u64, Ordering::Relaxed);
+        // Children before parents; the top manifest last, and its tag after it.
+        for m in manifests.iter().rev() {
+            let tag = if m.digest == image.digest {
+                image.tag.as_deref()
+            } else {
+                None
+            };
+            if tag.is_none()
+                && self
+                    .client
+                    .has_manifest(&repo, &m.digest)
+                    .await
+                    .map_err(registry)?
+            {
+                continue;
+            }
+            self.client
+                .put_manifest(&repo, m, tag)
+                .await
+                .map_err(registry)?;
+            self.stats.manifests.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(image = %image.source, destination = %format!("{}/{repo}", self.dest.registry()), digest = %image.digest, "image published");
+        Ok(blobs.into_iter().map(|(d, _)| (d, repo.clone())).collect())
+    }
+
+    /// Makes `digest` present in `repo`, once per run: mounted from the repository
+    /// where this run first placed it, or uploaded. The first placement of each blob
+    /// is serialised, so a layer shared by images in different repositories is
+    /// uploaded once and mounted everywhere else.
+    async fn ensure_blob(
+        &self,
+        image: &ImageRecord,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), PublishError> {
+        let cell = {
+            let mut done = self.done.lock().await;
+            done.entry((repo.to_string(), digest.clone()))
+                .or_default()
+                .clone()
+        };
+        cell.get_or_try_init(|| async {
+            let first = {
+                let mut holders = self.holders.lock().await;
+                holders.entry(digest.clone()).or_default().clone()
+            };
+            let holder = first
+                .get_or_try_init(|| async {
+                    self.put(image, repo, None, digest, size).await?;
+                    Ok::<_, PublishError>(repo.to_string())
+                })
+                .await?;
+            if holder != repo {
+                self.put(image, repo, Some(holder), digest, size).await?;
+            }
+            Ok::<(), PublishError>(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Puts a blob into `repo`: mounted from `holder` when one is given and the
+    /// registry agrees, otherwise uploaded from the source.
+    async fn put(
+        &self,
+        image: &ImageRecord,
+        repo: &str,
+        holder: Option<&str>,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), PublishError> {
+        let _permit = self
+            .transfers
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
+        if let Some(from) = holder {
+            if self.client.mount_blob(repo, from, digest).await {
+                self.stats.mounted.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        let registry = |source| PublishError::Registry {
+            image: image.source.clone(),
+            source,
+        };
+        match self
+            .source
+            .open(digest, size)
+            .await
+            .map_err(|problem| PublishError::Content {
+                image: image.source.clone(),
+                problem,
+            })? {
+            BlobBody::File(path) => {
+                let actual = std::fs::metadata(&path)
+                    .map(|m| m.len())
+                    .unwrap_or(u64::MAX);
+                if actual != size {
+                    return Err(PublishError::Content {
+                        image: image.source.clone(),
+                        problem: format!(
+                            "blob {digest} is {actual} bytes in {}, its manifest says {size}",
+                            path.display()
+                        ),
+                    });
+                }
+                self.client
+                    .push_blob_file(repo, digest, size, &path)
+                    .await
+                    .map_err(registry)?;
+            }
+            BlobBody::Stream(stream) => {
+                self.client
+                    .push_blob_stream(repo, digest, size, stream)
+                    .await
+                    .map_err(registry)?;
+            }
+        }
+        self.stats.uploaded.fetch_add(1, Ordering::Relaxed);
+        self.stats.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
+        self.progress.add(size);
+        tracing::debug!(digest = %digest, size, repository = %repo, "blob uploaded");
+        Ok(())
+    }
+}

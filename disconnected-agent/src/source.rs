@@ -1,0 +1,137 @@
+//! Content for publishing: the store, and the registries a missing layer can be
+//! fetched from.
+//!
+//! A differential imageset does not carry the blobs an earlier imageset shipped. At
+//! publish they are usually already in the destination repository (the image was
+//! published before) or in the content store. When neither holds one — the store was
+//! pruned, or the image moved to a new repository — the blob is fetched from the
+//! destination registry (a repository known to hold it, or where its source
+//! repository is mirrored) or from a configured other mirror, verified against its
+//! digest into the store, and only then published.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use airlock_common::digest::Digest;
+use airlock_common::imageset::BlobRecord;
+use airlock_common::publish::{BlobBody, ContentSource};
+use airlock_common::reference::{Destination, ImageRef};
+use airlock_common::registry::{RawManifest, RegistryClient};
+
+use crate::store::Store;
+
+/// A registry to fetch missing layers from, with the prefix it mirrors under.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// The client.
+    pub client: Arc<RegistryClient>,
+    /// Where images are mirrored there.
+    pub dest: Destination,
+}
+
+/// The content store plus the places missing layers may be fetched from.
+pub struct StoreSource<'a> {
+    store: &'a Store,
+    /// The destination itself, then other mirrors.
+    mirrors: Vec<Mirror>,
+    /// Repositories of the destination known to hold each blob.
+    locations: &'a HashMap<Digest, String>,
+    /// Source repository of each blob, to find where it is mirrored.
+    records: HashMap<Digest, &'a BlobRecord>,
+}
+
+impl<'a> StoreSource<'a> {
+    /// A source over `store`, fetching from `mirrors` (the destination first).
+    pub fn new(
+        store: &'a Store,
+        mirrors: Vec<Mirror>,
+        locations: &'a HashMap<Digest, String>,
+        blobs: &'a [BlobRecord],
+    ) -> Self {
+        StoreSource {
+            store,
+            mirrors,
+            locations,
+            records: blobs.iter().map(|b| (b.digest.clone(), b)).collect(),
+        }
+    }
+
+    /// Where `digest` may be: (mirror, repository) pairs in the order to try.
+    fn candidates(&self, digest: &Digest) -> Vec<(&Mirror, String)> {
+        let mut out: Vec<(&Mirror, String)> = Vec::new();
+        let source_path = self
+            .records
+            .get(digest)
+            .and_then(|r| r.repository.parse::<ImageRef>().ok())
+            .map(|r| r.repository().to_string());
+        for (i, m) in self.mirrors.iter().enumerate() {
+            if i == 0 {
+                if let Some(repo) = self.locations.get(digest) {
+                    out.push((m, repo.clone()));
+                }
+            }
+            if let Some(p) = &source_path {
+                let repo = m.dest.repository_for(p);
+                if !out.iter().any(|(mm, r)| std::ptr::eq(*mm, m) && *r == repo) {
+                    out.push((m, repo));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl ContentSource for StoreSource<'_> {
+    async fn manifest(&self, digest: &Digest, media_type: &str) -> Result<RawManifest, String> {
+        let bytes = self
+            .store
+            .read(digest)
+            .map_err(|e| format!("manifest {digest} is not in the content store: {e}"))?;
+        Ok(RawManifest::from_bytes(
+            bytes.into(),
+            media_type.to_string(),
+        ))
+    }
+
+    async fn locate(&self, digest: &Digest, size: u64) -> Result<(), String> {
+        if self.store.has(digest) {
+            return Ok(());
+        }
+        let mut tried = Vec::new();
+        for (mirror, repo) in self.candidates(digest) {
+            let at = format!("{}/{repo}", mirror.client.host());
+            match mirror.client.blob_stream(&repo, digest).await {
+                Ok(stream) => match self.store.fetch(digest, size, stream).await {
+                    Ok(()) => {
+                        tracing::info!(%digest, size, from = %at, "missing layer fetched and verified");
+                        return Ok(());
+                    }
+                    Err(e) => tried.push(format!("{at} ({e})")),
+                },
+                Err(e) => tried.push(format!("{at} ({})", short(&e.to_string()))),
+            }
+        }
+        Err(format!(
+            "blob {digest} ({size} bytes) is not carried by this imageset (an earlier imageset shipped it), \
+             not in the content store, and could not be fetched from {}; publish the imageset that carried it \
+             again, or give a registry that has it with --fetch-from",
+            if tried.is_empty() {
+                "anywhere (no candidate repository known)".to_string()
+            } else {
+                tried.join(", ")
+            }
+        ))
+    }
+
+    async fn open(&self, digest: &Digest, _size: u64) -> Result<BlobBody, String> {
+        if self.store.has(digest) {
+            Ok(BlobBody::File(self.store.path(digest)))
+        } else {
+            Err(format!("blob {digest} is not in the content store"))
+        }
+    }
+}
+
+fn short(s: &str) -> &str {
+    s.rsplit(": ").next().unwrap_or(s)
+}
