@@ -10,6 +10,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::create::{self, CreateOptions};
 use crate::error::Error;
+use crate::mirror::{self, MirrorOptions};
 
 /// Airlock's connected side: builds sequenced imagesets of container images, cut into
 /// chunk files no larger than a transfer limit, for carrying across an air gap.
@@ -29,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Build the next imageset of a workspace into a directory.
     Create(CreateArgs),
+    /// Mirror the configuration's images straight to a reachable mirror registry.
+    Mirror(MirrorArgs),
 }
 
 /// Source registry access, as skopeo spells it.
@@ -87,6 +90,32 @@ pub struct CreateArgs {
     pub source: SourceArgs,
 }
 
+/// `mirror`.
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// ImageSetConfiguration file (oc-mirror's schema, v1alpha2 or v2alpha1).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Mirror registry and path prefix: docker://HOST[:PORT][/PREFIX].
+    #[arg(long, value_name = "DEST")]
+    pub to: String,
+    /// Workspace directory, where cluster-resources/ is written [default: storageConfig.local.path,
+    /// else ~/.airlock/connected].
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Blob transfers at once.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub parallel: usize,
+    /// Require HTTPS and verify certificates of the mirror registry.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub dest_tls_verify: bool,
+    /// Directory of CA certificates (*.crt) to trust for the mirror registry.
+    #[arg(long, value_name = "DIR")]
+    pub dest_cert_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
@@ -105,6 +134,45 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             print_create(&report);
             Ok(airlock_common::exit_codes::OK)
         }
+        Command::Mirror(args) => {
+            let to =
+                args.to
+                    .parse()
+                    .map_err(|e: airlock_common::reference::DestinationError| {
+                        Error::Usage(e.to_string())
+                    })?;
+            let source = args.source.options();
+            let dest = RegistryOptions {
+                tls_verify: args.dest_tls_verify,
+                cert_dir: args.dest_cert_dir,
+                auth: source.auth.clone(),
+            };
+            let opts = MirrorOptions {
+                config: args.config,
+                to,
+                workspace: args.workspace,
+                parallel: args.parallel,
+                source,
+                dest,
+            };
+            let report = mirror::mirror(&opts).await?;
+            print_mirror(&report);
+            Ok(airlock_common::exit_codes::OK)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_mirror(r: &mirror::MirrorReport) {
+    let [uploaded, bytes, mounted, present, manifests] = r.stats;
+    println!(
+        "mirrored {} images: {uploaded} blobs uploaded ({}), {mounted} mounted, {present} already present, {manifests} manifests, {:.1}s",
+        r.images,
+        ByteSize(bytes),
+        r.elapsed.as_secs_f64()
+    );
+    for f in &r.resources {
+        println!("wrote {}", f.display());
     }
 }
 

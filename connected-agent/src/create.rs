@@ -158,10 +158,20 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         ws.import(state)?;
     }
     let current = current.filter(|_| !opts.full);
-    let (uuid, sequence) = match &current {
+    let (mut uuid, sequence) = match &current {
         Some(s) => (s.uuid, s.sequence + 1),
         None => (uuid::Uuid::new_v4(), 1),
     };
+    // A run that stopped while writing this sequence chose its UUID already (a new
+    // one, for sequence 1): reuse it, so that the same file names are written again
+    // and nothing of the interrupted run survives under another identity.
+    if let Some(ws) = &workspace {
+        if let Some((pending_uuid, pending_seq)) = ws.pending()? {
+            if pending_seq == sequence && (sequence == 1 || pending_uuid == uuid) {
+                uuid = pending_uuid;
+            }
+        }
+    }
     let shipped: HashSet<&Digest> = current
         .iter()
         .flat_map(|s| s.shipped.iter().map(|(d, _)| d))
@@ -209,6 +219,8 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         });
     }
     let workspace = workspace.expect("opened for a real run");
+    workspace.set_pending(&uuid, sequence)?;
+    remove_attempt(&opts.out, &uuid, sequence)?;
 
     let prepared = write::prepare(&opts.out, skeleton, &carry)?;
     tracing::info!(chunks = prepared.manifest().chunks.len(), "chunks laid out");
@@ -265,6 +277,31 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         blob_bytes,
         elapsed: started.elapsed(),
     })
+}
+
+/// Removes the files an interrupted attempt at `(uuid, sequence)` left in `out`:
+/// temporary chunks, and final-named ones of an attempt that was never recorded.
+fn remove_attempt(out: &Path, uuid: &uuid::Uuid, sequence: u64) -> Result<(), Error> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Ok(());
+    };
+    let prefix = airlock_common::imageset::chunk_file_name(uuid, sequence, 1, 1);
+    let prefix = &prefix[..prefix
+        .find("-chunk")
+        .expect("chunk names have a chunk part")
+        + 1];
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(out, e))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(prefix))
+        {
+            tracing::info!(file = %entry.path().display(), "removing a file of an interrupted run");
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(&entry.path(), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `mapping.txt` (oc-mirror's `source=destination` lines, the destination

@@ -31,6 +31,9 @@ pub enum Error {
     /// The workspace refused.
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    /// An image could not be mirrored.
+    #[error(transparent)]
+    Publish(airlock_common::publish::PublishError),
     /// The workspace state kept in a registry could not be read or stored.
     #[error("{0}")]
     Remote(String),
@@ -61,6 +64,7 @@ impl ExitCode for Error {
         match self {
             Error::Config(_) | Error::Usage(_) => exit_codes::CONFIG,
             Error::Remote(_) => exit_codes::UNAVAILABLE,
+            Error::Publish(e) => e.exit_code(),
             Error::Conflict(_) => exit_codes::STATE,
             Error::Registry(e) => e.exit_code(),
             Error::Collect(CollectError::Registry { source, .. }) => source.exit_code(),

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod collect;
 pub mod create;
 pub mod error;
+pub mod mirror;
 pub mod remote;
 pub mod workspace;
 

@@ -1,0 +1,138 @@
+//! `mirror`: straight from the source registries to a reachable mirror registry,
+//! for partially disconnected sites (oc-mirror's mirror-to-mirror).
+//!
+//! The images of the configuration are resolved as for `create`, then published
+//! with the same rules as the disconnected side's `publish` (one implementation,
+//! `airlock_common::publish`): blobs stream from the source into the mirror without
+//! temporary files, whatever the mirror already has is skipped, names follow
+//! oc-mirror's rule, and the same mirror sets are written.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use airlock_common::digest::Digest;
+use airlock_common::imageset::BlobRecord;
+use airlock_common::publish::{self, BlobBody, ContentSource, Publisher};
+use airlock_common::reference::{Destination, ImageRef};
+use airlock_common::registry::{Pool, RawManifest, RegistryClient, RegistryOptions};
+use airlock_common::resources;
+use airlock_common::telemetry::Progress;
+
+use crate::collect::{self, Collected};
+use crate::create::{load_config, workspace_dir};
+use crate::error::Error;
+
+/// What `mirror` is asked to do.
+#[derive(Debug, Clone)]
+pub struct MirrorOptions {
+    /// The ImageSetConfiguration file.
+    pub config: PathBuf,
+    /// The mirror registry and prefix.
+    pub to: Destination,
+    /// Where `cluster-resources/` is written; defaults as for `create`.
+    pub workspace: Option<PathBuf>,
+    /// Blob transfers at once.
+    pub parallel: usize,
+    /// How to reach the source registries.
+    pub source: RegistryOptions,
+    /// How to reach the mirror registry.
+    pub dest: RegistryOptions,
+}
+
+/// What `mirror` did.
+#[derive(Debug)]
+pub struct MirrorReport {
+    /// Images mirrored.
+    pub images: usize,
+    /// Counters: uploaded, uploaded bytes, mounted, present, manifests.
+    pub stats: [u64; 5],
+    /// Cluster resource files written.
+    pub resources: Vec<PathBuf>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Content straight from the source registries.
+struct RegistrySource<'a> {
+    pool: &'a Pool,
+    collected: &'a Collected,
+    records: std::collections::HashMap<&'a Digest, &'a BlobRecord>,
+}
+
+impl ContentSource for RegistrySource<'_> {
+    async fn manifest(&self, digest: &Digest, _media_type: &str) -> Result<RawManifest, String> {
+        self.collected
+            .manifests
+            .get(digest)
+            .cloned()
+            .ok_or_else(|| format!("manifest {digest} was not resolved"))
+    }
+
+    async fn locate(&self, digest: &Digest, _size: u64) -> Result<(), String> {
+        // The source registry served the manifest that references the blob; whether
+        // it serves the blob too shows when it is streamed (and checked) below.
+        self.records
+            .get(digest)
+            .map(|_| ())
+            .ok_or_else(|| format!("blob {digest} was not resolved"))
+    }
+
+    async fn open(&self, digest: &Digest, _size: u64) -> Result<BlobBody, String> {
+        let record = self
+            .records
+            .get(digest)
+            .ok_or_else(|| format!("blob {digest} was not resolved"))?;
+        let source: ImageRef = record.repository.parse().map_err(|e| format!("{e}"))?;
+        let client = self
+            .pool
+            .client(source.registry())
+            .await
+            .map_err(|e| e.to_string())?;
+        let stream = client
+            .blob_stream(source.repository(), digest)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(BlobBody::Stream(stream))
+    }
+}
+
+/// Runs `mirror`.
+pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
+    let started = Instant::now();
+    let (loaded, specs) = load_config(&opts.config)?;
+    let ws_dir = workspace_dir(opts.workspace.as_deref(), &loaded)?;
+    let pool = Pool::new(opts.source.clone());
+    let collected = collect::collect(&specs, &pool).await?;
+    let client = RegistryClient::connect(opts.to.registry(), &opts.dest).await?;
+    let source = RegistrySource {
+        pool: &pool,
+        collected: &collected,
+        records: collected.blobs.iter().map(|b| (&b.digest, b)).collect(),
+    };
+    let total = collected
+        .blobs
+        .iter()
+        .filter(|b| b.media_type.is_none())
+        .map(|b| b.size)
+        .sum();
+    let publisher = Publisher::new(
+        &client,
+        &source,
+        &opts.to,
+        opts.parallel,
+        Progress::bytes("mirror", total),
+    );
+    let result = publisher.publish(&collected.images, &collected.blobs).await;
+    let stats = publisher.stats.get();
+    result.map_err(Error::Publish)?;
+    let dir = ws_dir.join("cluster-resources");
+    let resources =
+        resources::write_mirror_sets(&dir, &publish::mirrored(&collected.images, &opts.to))
+            .map_err(|e| Error::io(&dir, e))?;
+    Ok(MirrorReport {
+        images: collected.images.len(),
+        stats,
+        resources,
+        elapsed: started.elapsed(),
+    })
+}

@@ -1,0 +1,6 @@
+//! Airlock's end-to-end suites, one test binary: real `docker-registry` processes,
+//! the built binaries, and skopeo as the independent check.
+
+mod differential;
+mod foundation;
+mod util;

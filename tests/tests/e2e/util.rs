@@ -1,0 +1,279 @@
+//! Helpers shared by the end-to-end suites: seeded registries, the two commands
+//! with the flags each registry needs, and byte-for-byte checks with skopeo.
+
+use std::path::{Path, PathBuf};
+
+use airlock_tests::bins::{self, Output, run};
+use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, index, layer};
+use airlock_tests::registry::Registry;
+use airlock_tests::skopeo::inspect_raw_at;
+
+pub const EX_CONFIG: i32 = 64;
+pub const EX_DATA: i32 = 65;
+pub const EX_UNAVAILABLE: i32 = 69;
+pub const EX_INCOMPLETE: i32 = 75;
+pub const EX_STATE: i32 = 76;
+
+/// An image placed in the source registry, and how the configuration names it.
+pub struct Placed {
+    pub image: Image,
+    pub repo: String,
+    /// How the configuration names it, relative to the registry.
+    pub config_ref: String,
+    /// How to find it at the destination (relative to the prefix).
+    pub dest_ref: String,
+}
+
+/// The content every test mirrors: all four manifest types, pretty-printed manifests,
+/// references by tag, by digest and by tag@digest, and layers shared across images.
+pub fn seed(source: &Registry) -> Vec<Placed> {
+    let client = PushClient::new(source).unwrap();
+    let base = layer(1, 300_000);
+    let mut placed = Vec::new();
+    let mut put = |image: Image, repo: &str, tag: Option<&str>, how: &str| {
+        image.push(&client, repo, tag).unwrap();
+        let (config_ref, dest_ref) = match how {
+            "tag" => (
+                format!("{repo}:{}", tag.unwrap()),
+                format!("{repo}:{}", tag.unwrap()),
+            ),
+            "digest" => (
+                format!("{repo}@{}", image.digest),
+                format!("{repo}@{}", image.digest),
+            ),
+            _ => (
+                format!("{repo}:{}@{}", tag.unwrap(), image.digest),
+                format!("{repo}:{}", tag.unwrap()),
+            ),
+        };
+        placed.push(Placed {
+            image,
+            repo: repo.to_string(),
+            config_ref,
+            dest_ref,
+        });
+    };
+    put(
+        ImageBuilder::new(Format::Docker)
+            .with_layer(&base)
+            .layer(2, 200_000)
+            .pretty()
+            .build(),
+        "team/docker-app",
+        Some("1.0"),
+        "tag",
+    );
+    put(
+        ImageBuilder::new(Format::Oci)
+            .with_layer(&base)
+            .layer(3, 150_000)
+            .build(),
+        "team/oci-app",
+        None,
+        "digest",
+    );
+    let amd = ImageBuilder::new(Format::Oci)
+        .arch("amd64")
+        .with_layer(&base)
+        .layer(4, 100_000)
+        .build();
+    let arm = ImageBuilder::new(Format::Oci)
+        .arch("arm64")
+        .layer(5, 120_000)
+        .build();
+    put(
+        index(Format::Oci, vec![amd, arm], true),
+        "platform/multi-oci",
+        Some("v2"),
+        "tag",
+    );
+    let amd = ImageBuilder::new(Format::Docker)
+        .arch("amd64")
+        .layer(6, 90_000)
+        .pretty()
+        .build();
+    let arm = ImageBuilder::new(Format::Docker)
+        .arch("arm64")
+        .layer(7, 80_000)
+        .pretty()
+        .build();
+    put(
+        index(Format::Docker, vec![amd, arm], true),
+        "platform/multi-docker",
+        Some("3.1"),
+        "both",
+    );
+    placed
+}
+
+pub fn write_config(dir: &Path, source: &Registry, placed: &[Placed], extra: &str) -> PathBuf {
+    let mut text =
+        String::from("apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\n");
+    text.push_str(extra);
+    text.push_str("mirror:\n  additionalImages:\n");
+    for p in placed {
+        text.push_str(&format!(
+            "  - name: docker://{}/{}\n",
+            source.addr(),
+            p.config_ref
+        ));
+    }
+    let path = dir.join("isc.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Source and destination registries, the seeded images and their configuration.
+pub struct Setup {
+    pub source: Registry,
+    pub dest: Registry,
+    pub placed: Vec<Placed>,
+    pub tmp: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Setup {
+    pub fn new(source: Registry, dest: Registry) -> Self {
+        let placed = seed(&source);
+        let tmp = tempfile::tempdir().unwrap();
+        let config = write_config(tmp.path(), &source, &placed, "");
+        Setup {
+            source,
+            dest,
+            placed,
+            tmp,
+            config,
+        }
+    }
+
+    pub fn plain() -> Self {
+        Self::new(Registry::plain().unwrap(), Registry::plain().unwrap())
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Runs a successful `create` into `out` with the workspace `ws-c`.
+    pub fn create(&self, limit: &str) -> (Output, PathBuf) {
+        let out = self.path("out");
+        let created = create(&self.config, &out, &self.path("ws-c"), limit, &self.source);
+        assert_eq!(created.code, 0, "{created}");
+        (created, out)
+    }
+
+    pub fn publish(&self, from: &Path, prefix: &str, ws: &str) -> Output {
+        publish(from, &self.dest, prefix, &self.path(ws))
+    }
+
+    pub fn assert_byte_exact(&self, prefix: &str) {
+        assert_byte_exact(&self.source, &self.dest, prefix, &self.placed);
+    }
+}
+
+pub fn source_flags(cmd: &mut std::process::Command, r: &Registry) {
+    if let Some(d) = r.ca_cert_dir() {
+        cmd.arg("--src-cert-dir").arg(d);
+    } else {
+        cmd.arg("--src-tls-verify=false");
+    }
+    if let Some(a) = r.auth_file() {
+        cmd.arg("--authfile").arg(a);
+    }
+}
+
+pub fn dest_flags(cmd: &mut std::process::Command, r: &Registry) {
+    if let Some(d) = r.ca_cert_dir() {
+        cmd.arg("--dest-cert-dir").arg(d);
+    } else {
+        cmd.arg("--dest-tls-verify=false");
+    }
+    if let Some(a) = r.auth_file() {
+        cmd.arg("--authfile").arg(a);
+    }
+}
+
+pub fn create(config: &Path, out: &Path, ws: &Path, limit: &str, source: &Registry) -> Output {
+    let mut cmd = bins::connected();
+    cmd.arg("create")
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .arg("--workspace")
+        .arg(ws);
+    cmd.arg("--limit").arg(limit);
+    source_flags(&mut cmd, source);
+    run(&mut cmd)
+}
+
+pub fn publish(from: &Path, dest: &Registry, prefix: &str, ws: &Path) -> Output {
+    let mut cmd = bins::disconnected();
+    cmd.arg("publish")
+        .arg("--from")
+        .arg(from)
+        .arg("--to")
+        .arg(format!("docker://{}/{prefix}", dest.addr()));
+    cmd.arg("--workspace").arg(ws);
+    dest_flags(&mut cmd, dest);
+    run(&mut cmd)
+}
+
+pub fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Copies chunks into a new directory in a shuffled order under new names, as a
+/// file manager or a diode might deliver them.
+pub fn carry_shuffled(chunks: &[PathBuf], to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    // Reversed, so that name order is the opposite of chunk order.
+    for (i, src) in chunks.iter().rev().enumerate() {
+        std::fs::copy(src, to.join(format!("received-{i:03}.bin"))).unwrap();
+    }
+}
+
+/// Every image, and every child of every index, is byte-identical at the destination.
+pub fn assert_byte_exact(source: &Registry, dest: &Registry, prefix: &str, placed: &[Placed]) {
+    for p in placed {
+        let src = inspect_raw_at(source, &format!("{}@{}", p.repo, p.image.digest)).unwrap();
+        assert_eq!(src, p.image.manifest, "source serves what was pushed");
+        let by_ref = inspect_raw_at(dest, &format!("{prefix}/{}", p.dest_ref)).unwrap();
+        assert_eq!(
+            by_ref, p.image.manifest,
+            "{} at the destination differs",
+            p.dest_ref
+        );
+        let by_digest =
+            inspect_raw_at(dest, &format!("{prefix}/{}@{}", p.repo, p.image.digest)).unwrap();
+        assert_eq!(by_digest, p.image.manifest);
+        for child in &p.image.children {
+            let c = inspect_raw_at(dest, &format!("{prefix}/{}@{}", p.repo, child.digest)).unwrap();
+            assert_eq!(c, child.manifest, "child {} of {}", child.digest, p.repo);
+        }
+    }
+}
+
+pub fn catalog(r: &Registry) -> Vec<String> {
+    let resp = r
+        .http_client()
+        .unwrap()
+        .get(format!("{}/v2/_catalog", r.url()));
+    let resp = match r.credentials() {
+        Some((u, p)) => resp.basic_auth(u, Some(p)),
+        None => resp,
+    };
+    let v: serde_json::Value = resp.send().unwrap().json().unwrap();
+    v["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
