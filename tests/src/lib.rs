@@ -7,6 +7,7 @@
 
 pub mod bins;
 pub mod images;
+pub mod proxy;
 pub mod registry;
 pub mod skopeo;
 pub mod tls;

@@ -717,3 +717,116 @@ fn mirror_to_a_registry_holding_half_uploads_only_the_other_half() {
             .is_file()
     );
 }
+
+/// Starts `cmd`, waits until `proxy` holds its transfer, and SIGKILLs it there.
+fn kill_when_stalled(mut cmd: Command, proxy: &airlock_tests::proxy::SlowProxy) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stalled = proxy.wait_stalled(std::time::Duration::from_secs(60));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    stalled.unwrap();
+    proxy.release();
+}
+
+#[test]
+fn sigkill_in_the_middle_of_a_download_and_of_an_upload() {
+    use airlock_tests::proxy::{Direction, SlowProxy};
+    let source = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let client = PushClient::new(&source).unwrap();
+    let images = [
+        place(
+            &client,
+            ImageBuilder::new(Format::Oci).layer(61, 600_000).build(),
+            "k/a",
+            "1",
+        ),
+        place(
+            &client,
+            ImageBuilder::new(Format::Docker)
+                .layer(62, 600_000)
+                .pretty()
+                .build(),
+            "k/b",
+            "1",
+        ),
+    ];
+    // The source is reached through a proxy that stalls the download mid-layer.
+    let src_proxy = SlowProxy::start(&source.addr(), Direction::Download, 400_000).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut text = V2.to_string();
+    text.push_str("mirror:\n  additionalImages:\n");
+    for p in &images {
+        text.push_str(&format!(
+            "  - name: {}/{}\n",
+            src_proxy.addr(),
+            p.config_ref
+        ));
+    }
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(&config, text).unwrap();
+    let (out, ws_c) = (tmp.path().join("out"), tmp.path().join("ws-c"));
+    let create = || {
+        let mut cmd = bins::connected();
+        cmd.arg("create")
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .arg("--workspace")
+            .arg(&ws_c);
+        cmd.args(["--limit", "300KiB", "--src-tls-verify=false"]);
+        cmd
+    };
+    kill_when_stalled(create(), &src_proxy);
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !left.is_empty() && left.iter().all(|n| n.ends_with(".part")),
+        "only temporary files: {left:?}"
+    );
+    let rerun = run_ok(&mut create());
+    assert!(
+        rerun.stdout.contains("sequence 1:"),
+        "the sequence did not advance: {rerun}"
+    );
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.ends_with(".part")),
+        "the rerun cleared the leftovers: {names:?}"
+    );
+
+    // The destination is reached through a proxy that stalls an upload mid-layer.
+    let dst_proxy = SlowProxy::start(&dest.addr(), Direction::Upload, 400_000).unwrap();
+    let ws_d = tmp.path().join("ws-d");
+    let publish = || {
+        let mut cmd = bins::disconnected();
+        cmd.arg("publish")
+            .arg("--from")
+            .arg(&out)
+            .arg("--workspace")
+            .arg(&ws_d);
+        cmd.arg("--to")
+            .arg(format!("docker://{}/m", dst_proxy.addr()))
+            .arg("--dest-tls-verify=false");
+        cmd
+    };
+    kill_when_stalled(publish(), &dst_proxy);
+    let rerun = run(&mut publish());
+    assert_eq!(rerun.code, 0, "{rerun}");
+    assert_byte_exact(&source, &dest, "m", &images);
+    let again = run(&mut publish());
+    assert!(
+        !again.stdout.contains("uploaded"),
+        "nothing left to do: {again}"
+    );
+}
