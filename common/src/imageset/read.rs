@@ -287,6 +287,9 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
             manifest.label()
         )));
     }
+    manifest
+        .check(payload_offset)
+        .map_err(|why| corrupt(format!("the imageset manifest is inconsistent: {why}")))?;
     let count = manifest.chunks.len() as u32;
     if identity.chunks != count || identity.chunk == 0 || identity.chunk > count {
         return Err(corrupt(format!(

@@ -422,3 +422,39 @@ async fn chunk_from_another_imageset_cannot_pose_as_this_one() {
     let _ = mtime_of("x");
     assert!(matches!(read_head(&f), Err(ChunkError::Corrupt { .. })));
 }
+
+#[tokio::test]
+async fn forged_manifest_that_disagrees_with_itself_is_refused() {
+    let w = write_imageset(&[3000, 5000], 1 << 20).await;
+    let p = &w.paths[0];
+    let original = std::fs::read(p).unwrap();
+    let head = read_head(p).unwrap();
+    type Forge = Box<dyn Fn(&mut ImagesetManifest)>;
+    let forgeries: Vec<(Forge, &str)> = vec![
+        (
+            Box::new(|m| m.blobs[0].parts[0].length = u64::MAX - 10),
+            "add up to",
+        ),
+        (Box::new(|m| m.blobs[1].parts[0].offset = 7), "out of place"),
+        (Box::new(|m| m.blobs[1].size += 1), "add up to"),
+        (Box::new(|m| m.chunks[0].size += 512), "its entries make"),
+        (Box::new(|m| m.limit = 10), "exceeds the imageset's limit"),
+        (Box::new(|m| m.blobs[0].parts[0].chunk = 9), "out of place"),
+    ];
+    for (forge, want) in forgeries {
+        let mut m = head.manifest.clone();
+        forge(&mut m);
+        let mut json = serde_json::to_vec_pretty(&m).unwrap();
+        assert!(json.len() <= head.manifest_bytes.len());
+        json.resize(head.manifest_bytes.len(), b' ');
+        let mut data = original.clone();
+        data[512..512 + json.len()].copy_from_slice(&json);
+        let forged = w.dir.join("forged-manifest.tar");
+        std::fs::write(&forged, &data).unwrap();
+        let msg = corrupt_message(&forged);
+        assert!(
+            msg.contains("inconsistent") && msg.contains(want),
+            "want {want:?}: {msg}"
+        );
+    }
+}

@@ -142,7 +142,19 @@ pub fn prepare(
     // on its size. Reserve, plan, measure, and grow the reserve until it holds; the
     // numbers that change between rounds are a few digits, so two rounds are typical.
     let mut reserve = 4096u64;
+    let mut rounds = 0;
     let sizes = loop {
+        rounds += 1;
+        if rounds > 32 {
+            // Each chunk holds so little besides the manifest that the manifest grows
+            // faster than the chunks it adds make room.
+            return Err(WriteError::Layout(LayoutError::LimitTooSmall {
+                limit: skeleton.limit,
+                metadata: metadata_len(reserve),
+                overhead: layout::CHUNK_OVERHEAD,
+                minimum: 4 * metadata_len(reserve),
+            }));
+        }
         let sizes = layout::plan(
             &mut skeleton.blobs,
             carry,
