@@ -179,6 +179,13 @@ fn print_mirror(r: &mirror::MirrorReport) {
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
 fn print_create(r: &create::CreateReport) {
     let m = &r.manifest;
+    if let Some(seq) = r.unchanged_since {
+        println!(
+            "no updates since imageset {} sequence {seq}: nothing to ship, no imageset created",
+            m.uuid
+        );
+        return;
+    }
     if !r.dry_run_files.is_empty() {
         println!(
             "dry run: {} images, {} blobs, {} would ship",

@@ -70,6 +70,8 @@ pub struct CreateReport {
     pub blob_bytes: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// Set when nothing changed since this sequence, and no imageset was made.
+    pub unchanged_since: Option<u64>,
 }
 
 /// Loads a configuration and refuses anything this build would not act on.
@@ -208,6 +210,30 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         "differential selection"
     );
 
+    // Nothing new to ship and the same desired state as the last imageset: a new
+    // imageset would change nothing at the site (oc-mirror: "no updates detected").
+    let unchanged = current.as_ref().is_some_and(|c| {
+        c.imagesets
+            .last()
+            .is_some_and(|last| last.desired_state == desired_state(&skeleton.images))
+            && skeleton.blobs.iter().all(|b| shipped.contains(&b.digest))
+    });
+    if unchanged && !opts.dry_run {
+        let last = current.as_ref().map_or(0, |c| c.sequence);
+        tracing::info!(
+            sequence = last,
+            "no updates since the last imageset; nothing created"
+        );
+        return Ok(CreateReport {
+            manifest: skeleton,
+            chunks: Vec::new(),
+            dry_run_files: Vec::new(),
+            blob_bytes: 0,
+            elapsed: started.elapsed(),
+            unchanged_since: Some(last),
+        });
+    }
+
     if opts.dry_run {
         let files = write_dry_run(&opts.out, &skeleton, &carry)?;
         return Ok(CreateReport {
@@ -216,6 +242,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
             dry_run_files: files,
             blob_bytes,
             elapsed: started.elapsed(),
+            unchanged_since: None,
         });
     }
     let workspace = workspace.expect("opened for a real run");
@@ -237,6 +264,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         chunks: manifest.chunks.iter().map(|c| c.name.clone()).collect(),
         bytes,
         images: manifest.images.len(),
+        desired_state: desired_state(&manifest.images),
     };
     let carried: Vec<Digest> = carry
         .iter()
@@ -276,7 +304,13 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         dry_run_files: Vec::new(),
         blob_bytes,
         elapsed: started.elapsed(),
+        unchanged_since: None,
     })
+}
+
+/// The digest of an image list, for [`ImagesetRecord::desired_state`].
+fn desired_state(images: &[airlock_common::imageset::ImageRecord]) -> Digest {
+    Digest::of(&serde_json::to_vec(images).expect("image records serialise"))
 }
 
 /// Removes the files an interrupted attempt at `(uuid, sequence)` left in `out`:

@@ -46,6 +46,10 @@ pub struct ImagesetRecord {
     pub bytes: u64,
     /// Images listed.
     pub images: usize,
+    /// sha256 of the imageset's image list (JSON): equal for two imagesets that ask
+    /// for the same images at the same digests, so an unchanged configuration over
+    /// unchanged sources makes no new imageset.
+    pub desired_state: Digest,
 }
 
 /// The whole state of a workspace, as exported to (and imported from) a registry,
@@ -266,6 +270,7 @@ mod tests {
             chunks: vec![format!("c{sequence}.tar")],
             bytes: 10,
             images: 1,
+            desired_state: Digest::of(b"[]"),
         }
     }
 

@@ -277,14 +277,16 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
             }
             report.stats = totals;
         }
-        if ws.has_manifest(&uuid, last) {
-            let latest = ws.manifest(&uuid, last)?;
+        // The mirror sets describe what is published here, not what is only accepted.
+        let published = ws.published(&dest_key)?.unwrap_or(0);
+        if published > 0 && ws.has_manifest(&uuid, published) {
+            let latest = ws.manifest(&uuid, published)?;
             let dir = ws_dir.join("cluster-resources");
             report.resources =
                 resources::write_mirror_sets(&dir, &publish::mirrored(&latest.images, &opts.to))
                     .map_err(|e| Error::io(&dir, e))?;
         }
-        if opts.prune && ws.published(&dest_key)? == Some(last) {
+        if opts.prune && published == last {
             report.pruned = Some(store.prune().map_err(|e| Error::io(&ws_dir, e))?);
         }
     }
