@@ -222,6 +222,25 @@ fn three_imagesets_ship_only_new_blobs_and_end_byte_exact() {
         .sum::<u64>();
     assert_eq!(carried_bytes(&m3), new3 + manifests3);
 
+    let (_, files3) = manifest_of(&out, 3);
+    let shipped: Vec<u64> = [&files1, &files2, &files3]
+        .iter()
+        .map(|fs| fs.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum())
+        .collect();
+    // What a tool without differential imagesets would carry: every image, whole.
+    let image_sizes: u64 = [&web, &api, &web2, &cart, &cart2]
+        .iter()
+        .map(|p| {
+            p.image.manifest.len() as u64
+                + p.image
+                    .all_blobs()
+                    .iter()
+                    .map(|b| b.bytes.len() as u64)
+                    .sum::<u64>()
+        })
+        .sum();
+    eprintln_figures(&shipped, image_sizes);
+
     // All three, in one directory: published in sequence, and the mirror serves the
     // current state byte for byte.
     let published = publish(&out, &dest, "m", &tmp.path().join("ws-d"));
@@ -233,12 +252,6 @@ fn three_imagesets_ship_only_new_blobs_and_end_byte_exact() {
         );
     }
     assert_byte_exact(&source, &dest, "m", &[web2, api, cart, cart2]);
-    let total_sizes = files1
-        .iter()
-        .chain(&files2)
-        .map(|f| std::fs::metadata(f).unwrap().len())
-        .sum::<u64>();
-    eprintln_figures(total_sizes, all1 + manifests1);
 }
 
 fn dedup_bytes<'a>(blobs: impl Iterator<Item = &'a airlock_tests::images::Blob>) -> u64 {
@@ -253,9 +266,10 @@ fn dedup_bytes<'a>(blobs: impl Iterator<Item = &'a airlock_tests::images::Blob>)
     clippy::print_stderr,
     reason = "figures for the closing note, shown with --nocapture"
 )]
-fn eprintln_figures(chunk_bytes: u64, content: u64) {
+fn eprintln_figures(shipped: &[u64], image_sizes: u64) {
     eprintln!(
-        "imagesets 1+2: {chunk_bytes} bytes of chunk files for {content} bytes of first-set content"
+        "chunk bytes per imageset {shipped:?}, total {}, against {image_sizes} bytes for all image sizes",
+        shipped.iter().sum::<u64>()
     );
 }
 
