@@ -32,6 +32,28 @@ pub enum Command {
     Create(CreateArgs),
     /// Mirror the configuration's images straight to a reachable mirror registry.
     Mirror(MirrorArgs),
+    /// Write a signing key pair (minisign format): PREFIX.key and PREFIX.pub.
+    Keygen(KeygenArgs),
+}
+
+/// `keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Path prefix of the key files.
+    #[arg(long, value_name = "PREFIX")]
+    pub out: PathBuf,
+    /// Encrypt the secret key with the password in this file (first line); without
+    /// it the key is unencrypted and protected by its file mode (0600), for agents
+    /// that sign unattended.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// Reads a password from the first line of a file.
+fn read_password(path: &std::path::Path) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+    Ok(text.lines().next().unwrap_or_default().to_string())
 }
 
 /// Source registry access, as skopeo spells it.
@@ -86,6 +108,17 @@ pub struct CreateArgs {
     /// Blobs downloaded at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub parallel: usize,
+    /// Sign the imageset manifest with this minisign secret key (see `keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// Password of an encrypted signing key, first line of this file
+    /// [default: AIRLOCK_SIGN_PASSWORD, if set].
+    #[arg(long, value_name = "FILE", requires = "sign_key")]
+    pub sign_password_file: Option<PathBuf>,
+    /// Add N Reed-Solomon parity files: any N of the imageset's files lost or damaged
+    /// in transfer are rebuilt on the disconnected side.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub parity: u32,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -129,9 +162,30 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 dry_run: args.dry_run,
                 parallel: args.parallel,
                 registry: args.source.options(),
+                sign_key: match args.sign_key {
+                    Some(key) => {
+                        let password = match &args.sign_password_file {
+                            Some(f) => Some(read_password(f)?),
+                            None => std::env::var("AIRLOCK_SIGN_PASSWORD").ok(),
+                        };
+                        Some((key, password))
+                    }
+                    None => None,
+                },
+                parity: args.parity,
             };
             let report = create::create(&opts).await?;
             print_create(&report);
+            Ok(airlock_common::exit_codes::OK)
+        }
+        Command::Keygen(args) => {
+            let password = args
+                .password_file
+                .as_deref()
+                .map(read_password)
+                .transpose()?;
+            let (secret, public, id) = airlock_common::signing::generate(&args.out, password)?;
+            print_keygen(&secret, &public, &id.to_string());
             Ok(airlock_common::exit_codes::OK)
         }
         Command::Mirror(args) => {
@@ -160,6 +214,19 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             Ok(airlock_common::exit_codes::OK)
         }
     }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_keygen(secret: &std::path::Path, public: &std::path::Path, id: &str) {
+    println!("key id {id}");
+    println!(
+        "secret key: {} (keep it on the connected side)",
+        secret.display()
+    );
+    println!(
+        "public key: {} (give it to the disconnected side: --trust)",
+        public.display()
+    );
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]

@@ -20,6 +20,7 @@ use airlock_common::imageset::write::{self, Prepared, WriteError};
 use airlock_common::imageset::{FORMAT, ImagesetManifest};
 use airlock_common::reference::ImageRef;
 use airlock_common::registry::{ErrorKind, Pool, RegistryError, RegistryOptions};
+use airlock_common::signing::Signer;
 use airlock_common::size::ByteSize;
 use airlock_common::state::crash_point;
 use airlock_common::telemetry::Progress;
@@ -55,6 +56,10 @@ pub struct CreateOptions {
     pub parallel: usize,
     /// How to reach the source registries.
     pub registry: RegistryOptions,
+    /// Key (and its password, if encrypted) to sign the imageset manifest with.
+    pub sign_key: Option<(PathBuf, Option<String>)>,
+    /// Parity files to add.
+    pub parity: u32,
 }
 
 /// What `create` did.
@@ -191,6 +196,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         created: write::now(),
         limit: limit.0,
         chunks: Vec::new(),
+        parity: Vec::new(),
         images: collected.images.clone(),
         blobs: collected.blobs.clone(),
     };
@@ -249,11 +255,20 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
     workspace.set_pending(&uuid, sequence)?;
     remove_attempt(&opts.out, &uuid, sequence)?;
 
-    let prepared = write::prepare(&opts.out, skeleton, &carry)?;
+    let signer = opts
+        .sign_key
+        .as_ref()
+        .map(|(path, password)| Signer::load(path, password.clone()))
+        .transpose()?;
+    let options = write::Options {
+        signer: signer.as_ref(),
+        parity: opts.parity,
+    };
+    let prepared = write::prepare(&opts.out, skeleton, &carry, &options)?;
     tracing::info!(chunks = prepared.manifest().chunks.len(), "chunks laid out");
     fill(&prepared, &collected, &carry, &pool, opts.parallel.max(1)).await?;
     crash_point("filled");
-    let (manifest, chunks) = prepared.finish().await?;
+    let (manifest, chunks) = prepared.finish(signer.as_ref()).await?;
     crash_point("renamed");
     let bytes = manifest.chunks.iter().map(|c| c.size).sum();
     let record = ImagesetRecord {

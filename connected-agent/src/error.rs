@@ -40,6 +40,9 @@ pub enum Error {
     /// The local workspace and the state kept in a registry disagree.
     #[error("{0}")]
     Conflict(String),
+    /// The signing key could not be used.
+    #[error(transparent)]
+    Signing(#[from] airlock_common::signing::SigningError),
     /// A local file could not be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -64,12 +67,14 @@ impl ExitCode for Error {
         match self {
             Error::Config(_) | Error::Usage(_) => exit_codes::CONFIG,
             Error::Remote(_) => exit_codes::UNAVAILABLE,
+            Error::Signing(_) => exit_codes::CONFIG,
             Error::Publish(e) => e.exit_code(),
             Error::Conflict(_) => exit_codes::STATE,
             Error::Registry(e) => e.exit_code(),
             Error::Collect(CollectError::Registry { source, .. }) => source.exit_code(),
             Error::Collect(CollectError::Inconsistent { .. }) => exit_codes::DATA,
             Error::Write(WriteError::Content { .. }) => exit_codes::DATA,
+            Error::Write(WriteError::Sign(_)) => exit_codes::CONFIG,
             Error::Write(WriteError::Layout(_)) => exit_codes::CONFIG,
             Error::Write(WriteError::Io { .. }) | Error::Io { .. } => exit_codes::IO,
             Error::Workspace(WorkspaceError::Locked { .. }) => exit_codes::STATE,

@@ -75,6 +75,10 @@ pub struct PublishArgs {
     /// fetch the layers they do not carry from the destination).
     #[arg(long)]
     pub prune: bool,
+    /// Require imagesets to be signed by one of these minisign public keys. May be
+    /// repeated (during a key rotation, trust the old and the new key).
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub trust: Vec<PathBuf>,
     #[command(flatten)]
     pub destination: DestinationArgs,
 }
@@ -100,6 +104,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 parallel: args.parallel,
                 fetch_from,
                 prune: args.prune,
+                trust: args.trust,
                 registry: RegistryOptions {
                     tls_verify: args.destination.dest_tls_verify,
                     cert_dir: args.destination.dest_cert_dir,
@@ -140,6 +145,12 @@ fn print_publish(r: &PublishReport) {
     }
     for f in &r.resources {
         println!("wrote {}", f.display());
+    }
+    for f in &r.rebuilt {
+        println!("rebuilt {} from parity", f.display());
+    }
+    for f in &r.set_aside {
+        println!("set aside damaged file {}", f.display());
     }
     if let Some(freed) = r.pruned {
         println!("pruned the content store ({} freed)", ByteSize(freed));

@@ -1,14 +1,40 @@
-//! Verifying an imageset's chunks and taking its content into the store.
+//! Verifying an imageset's chunks, repairing them from parity when some are lost or
+//! damaged, and taking the content into the store.
 
-use airlock_common::imageset::read::{self, ChunkError};
+use std::path::{Path, PathBuf};
+
+use airlock_common::imageset::parity;
+use airlock_common::imageset::read::{self, ChunkError, ChunkHead, Discard};
 
 use crate::scan::Candidate;
 use crate::store::Store;
 
+/// Why an imageset could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Files are missing or damaged beyond what parity rebuilds; the imageset waits.
+    #[error("{0}")]
+    Incomplete(String),
+    /// A chunk is damaged and there is no parity to rebuild it.
+    #[error(transparent)]
+    Damaged(#[from] ChunkError),
+}
+
+/// What ingesting did.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// Blobs committed to the store.
+    pub stored: u64,
+    /// Chunk files rebuilt from parity.
+    pub rebuilt: Vec<PathBuf>,
+    /// Damaged files set aside (renamed with `.damaged`).
+    pub set_aside: Vec<PathBuf>,
+}
+
 /// Verifies every chunk of a complete imageset, in chunk order, storing each blob
 /// once its bytes are all in and match their digest. On error nothing is accepted;
 /// blobs already committed to the store are verified content and stay.
-pub fn ingest(candidate: &Candidate, store: &Store) -> Result<u64, ChunkError> {
+fn verify_into_store(candidate: &Candidate, store: &Store) -> Result<u64, ChunkError> {
     let mut sink = store.sink();
     for head in candidate.chunks.values() {
         read::verify(head, &mut sink)?;
@@ -29,4 +55,127 @@ pub fn ingest(candidate: &Candidate, store: &Store) -> Result<u64, ChunkError> {
         });
     }
     Ok(sink.stored())
+}
+
+/// Takes an imageset into the store, rebuilding lost or damaged chunks from its
+/// parity files first when it has them. `dir` is where rebuilt chunks are written.
+pub fn ingest(candidate: &Candidate, store: &Store, dir: &Path) -> Result<Ingested, IngestError> {
+    if candidate.missing().is_empty() {
+        match verify_into_store(candidate, store) {
+            Ok(stored) => {
+                return Ok(Ingested {
+                    stored,
+                    ..Ingested::default()
+                });
+            }
+            Err(e) if candidate.manifest.parity.is_empty() => return Err(e.into()),
+            Err(e) => tracing::warn!(error = %e, "a chunk is damaged; rebuilding from parity"),
+        }
+    } else if candidate.manifest.parity.is_empty() {
+        return Err(IngestError::Incomplete(missing_message(candidate, &[])));
+    }
+    let mut result = repair(candidate, dir)?;
+    let repaired = rescan(candidate, &result.rebuilt)?;
+    result.stored = verify_into_store(&repaired, store)?;
+    Ok(result)
+}
+
+/// Names the files an imageset still needs.
+pub fn missing_message(c: &Candidate, damaged: &[String]) -> String {
+    let m = &c.manifest;
+    let mut lacking: Vec<String> = c.missing().iter().map(|r| r.name.clone()).collect();
+    lacking.extend(damaged.iter().cloned());
+    if m.parity.is_empty() {
+        return format!(
+            "{} is incomplete: {} of {} chunk files missing or damaged: {}; nothing of it was published. Copy them into the directory and run again",
+            m.label(),
+            lacking.len(),
+            m.chunks.len(),
+            lacking.join(", ")
+        );
+    }
+    lacking.extend(c.missing_parity().iter().map(|r| r.name.clone()));
+    let n = m.parity.len();
+    let total = m.chunks.len() + n;
+    let need = lacking.len().saturating_sub(n);
+    format!(
+        "{} is incomplete: {} of its {total} chunk and parity files are missing or damaged, parity rebuilds {n}; copy any {need} of: {}; nothing of it was published",
+        m.label(),
+        lacking.len(),
+        lacking.join(", ")
+    )
+}
+
+/// Which of the imageset's files are intact: verifies every present chunk and
+/// parity file, sets damaged ones aside, and rebuilds the missing chunks.
+fn repair(c: &Candidate, dir: &Path) -> Result<Ingested, IngestError> {
+    let m = &c.manifest;
+    let mut damaged = Vec::new();
+    let mut set_aside = Vec::new();
+    let mut check = |head: Option<&ChunkHead>, name: &str| -> Option<PathBuf> {
+        let head = head?;
+        match read::verify(head, &mut Discard) {
+            Ok(()) => Some(head.path.clone()),
+            Err(e) => {
+                tracing::warn!(file = %head.path.display(), error = %e, "damaged; setting it aside");
+                damaged.push(name.to_string());
+                let aside = PathBuf::from(format!("{}.damaged", head.path.display()));
+                if std::fs::rename(&head.path, &aside).is_ok() {
+                    set_aside.push(aside);
+                }
+                None
+            }
+        }
+    };
+    let data: Vec<Option<PathBuf>> = m
+        .chunks
+        .iter()
+        .map(|r| check(c.chunks.get(&r.index), &r.name))
+        .collect();
+    let parity: Vec<Option<PathBuf>> = m
+        .parity
+        .iter()
+        .map(|r| check(c.parity.get(&r.index), &r.name))
+        .collect();
+    let intact = data.iter().flatten().count() + parity.iter().flatten().count();
+    if intact < m.chunks.len() {
+        return Err(IngestError::Incomplete(missing_message(c, &damaged)));
+    }
+    let any = data
+        .iter()
+        .chain(&parity)
+        .flatten()
+        .next()
+        .expect("at least one intact file");
+    let head = read::read_head(any)?;
+    let metadata = std::fs::read(any)
+        .map(|b| b[..head.payload_offset as usize].to_vec())
+        .map_err(|source| ChunkError::Io {
+            path: any.clone(),
+            source,
+        })?;
+    let rebuilt =
+        parity::repair(m, head.payload_offset, &metadata, &data, &parity, dir).map_err(|why| {
+            IngestError::Incomplete(format!("{}: repair from parity failed: {why}", m.label()))
+        })?;
+    for r in &rebuilt {
+        tracing::info!(file = %r.display(), "chunk rebuilt from parity and verified");
+    }
+    Ok(Ingested {
+        stored: 0,
+        rebuilt,
+        set_aside,
+    })
+}
+
+/// The candidate with its chunks re-read after a repair.
+fn rescan(c: &Candidate, rebuilt: &[PathBuf]) -> Result<Candidate, ChunkError> {
+    let mut repaired = c.clone();
+    for path in rebuilt {
+        let head = read::read_head(path)?;
+        repaired.chunks.insert(head.identity.chunk, head);
+    }
+    // Chunks that were present but damaged were set aside and rebuilt under their
+    // manifest names; any still pointing at a set-aside path are replaced above.
+    Ok(repaired)
 }

@@ -21,18 +21,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_common::exit_codes::{self, ExitCode as _};
-use airlock_common::imageset::read::ChunkError;
 use airlock_common::publish::{self, Publisher};
 use airlock_common::reference::Destination;
 use airlock_common::registry::{RegistryClient, RegistryOptions};
 use airlock_common::resources;
+use airlock_common::signing::TrustStore;
 use airlock_common::size::ByteSize;
 use airlock_common::state::crash_point;
 use airlock_common::telemetry::Progress;
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::ingest;
+use crate::ingest::{self, IngestError};
 use crate::scan::{self, Candidate};
 use crate::source::{Mirror, StoreSource};
 use crate::store::Store;
@@ -62,6 +62,9 @@ pub struct PublishOptions {
     pub fetch_from: Vec<Destination>,
     /// Empty the content store once everything accepted is published.
     pub prune: bool,
+    /// Public keys (minisign) an imageset must be signed with; none: signatures are
+    /// not required.
+    pub trust: Vec<PathBuf>,
 }
 
 /// Something `publish` could not do; the run continues with what it can do.
@@ -88,6 +91,10 @@ pub struct PublishReport {
     pub pruned: Option<u64>,
     /// Where the workspace position came from when it was taken from the registry.
     pub continued_from: Option<String>,
+    /// Chunk files rebuilt from parity.
+    pub rebuilt: Vec<PathBuf>,
+    /// Damaged files set aside (renamed with `.damaged`).
+    pub set_aside: Vec<PathBuf>,
     /// What could not be done.
     pub problems: Vec<Problem>,
     /// Wall time.
@@ -126,17 +133,6 @@ pub fn workspace_dir(explicit: Option<&Path>) -> Result<PathBuf, Error> {
         .ok_or_else(|| Error::Usage("no --workspace given and HOME is not set".into()))
 }
 
-fn missing_message(c: &Candidate) -> String {
-    let names: Vec<&str> = c.missing().iter().map(|r| r.name.as_str()).collect();
-    format!(
-        "{} is incomplete: {} of {} chunk files missing: {}; nothing of it was published. Copy the missing files into the directory and run publish again",
-        c.manifest.label(),
-        names.len(),
-        c.manifest.chunks.len(),
-        names.join(", ")
-    )
-}
-
 /// The destination registry, connected on first use.
 struct Target<'a> {
     opts: &'a PublishOptions,
@@ -165,6 +161,7 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
             opts.from.display()
         )));
     }
+    let trust = TrustStore::load(&opts.trust).map_err(|e| Error::Usage(e.to_string()))?;
     let ws_dir = workspace_dir(opts.workspace.as_deref())?;
     let ws = Workspace::open(&ws_dir)?;
     let store = Store::open(&ws_dir).map_err(|e| Error::io(&ws_dir, e))?;
@@ -211,7 +208,7 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
         );
     }
 
-    accept_all(&ws, &store, &found, &mut report).await?;
+    accept_all(&ws, &store, &trust, &opts.from, &found, &mut report).await?;
 
     // Publish what was accepted and not yet published here.
     if let Some((uuid, last)) = ws.accepted()? {
@@ -307,6 +304,8 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
 async fn accept_all(
     ws: &Workspace,
     store: &Store,
+    trust: &TrustStore,
+    from: &Path,
     found: &scan::Found,
     report: &mut PublishReport,
 ) -> Result<(), Error> {
@@ -338,27 +337,42 @@ async fn accept_all(
                         );
                         continue;
                     }
-                    if !c.missing().is_empty() {
-                        report.problem(exit_codes::INCOMPLETE, missing_message(c));
-                        continue;
+                    if !trust.is_empty() {
+                        if let Err(why) = trust.verify(&c.manifest_bytes, c.signature.as_deref()) {
+                            report.problem(
+                                exit_codes::DATA,
+                                format!(
+                                    "{}: refused: {why}; nothing of it was published",
+                                    c.manifest.label()
+                                ),
+                            );
+                            continue;
+                        }
                     }
-                    let (candidate, st) = (c.clone(), store.clone());
-                    let result: Result<u64, ChunkError> =
-                        tokio::task::spawn_blocking(move || ingest::ingest(&candidate, &st))
+                    let (candidate, st, dir) = (c.clone(), store.clone(), from.to_path_buf());
+                    let result =
+                        tokio::task::spawn_blocking(move || ingest::ingest(&candidate, &st, &dir))
                             .await
                             .expect("ingest does not panic");
                     match result {
-                        Ok(stored) => {
+                        Ok(ingested) => {
                             crash_point("ingested");
                             ws.accept(&c.manifest)?;
                             crash_point("accepted");
-                            tracing::info!(uuid = %c.manifest.uuid, sequence = c.manifest.sequence, blobs_stored = stored, "imageset verified and accepted");
-                            report
-                                .accepted
-                                .push((c.manifest.uuid, c.manifest.sequence, stored));
+                            tracing::info!(uuid = %c.manifest.uuid, sequence = c.manifest.sequence, blobs_stored = ingested.stored, rebuilt = ingested.rebuilt.len(), "imageset verified and accepted");
+                            report.accepted.push((
+                                c.manifest.uuid,
+                                c.manifest.sequence,
+                                ingested.stored,
+                            ));
+                            report.rebuilt.extend(ingested.rebuilt);
+                            report.set_aside.extend(ingested.set_aside);
                             progressed = true;
                         }
-                        Err(e) => report.problem(
+                        Err(IngestError::Incomplete(why)) => {
+                            report.problem(exit_codes::INCOMPLETE, why)
+                        }
+                        Err(IngestError::Damaged(e)) => report.problem(
                             exit_codes::DATA,
                             format!("{}: {e}; nothing of it was published", c.manifest.label()),
                         ),
@@ -377,7 +391,10 @@ async fn accept_all(
         };
         let mut message = format!("{} is waiting for sequence {expected}", c.manifest.label());
         if !c.missing().is_empty() {
-            message.push_str(&format!("; it also lacks chunks: {}", missing_message(c)));
+            message.push_str(&format!(
+                "; it also lacks chunks: {}",
+                ingest::missing_message(c, &[])
+            ));
         }
         tracing::warn!(uuid = %c.manifest.uuid, sequence = c.manifest.sequence, expected, "waiting for sequence {expected}");
         report.problem(exit_codes::INCOMPLETE, message);

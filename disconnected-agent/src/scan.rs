@@ -23,8 +23,14 @@ pub struct Candidate {
     pub manifest: ImagesetManifest,
     /// sha256 of the manifest entry.
     pub manifest_digest: Digest,
+    /// The manifest entry's bytes, as signed.
+    pub manifest_bytes: Vec<u8>,
+    /// The signature entry, if any.
+    pub signature: Option<Vec<u8>>,
     /// The chunk files found, by chunk index.
     pub chunks: BTreeMap<u32, ChunkHead>,
+    /// The parity files found, by parity index.
+    pub parity: BTreeMap<u32, ChunkHead>,
     /// Files that claim to belong to this imageset but carry a different manifest.
     pub conflicting: Vec<PathBuf>,
 }
@@ -36,6 +42,15 @@ impl Candidate {
             .chunks
             .iter()
             .filter(|c| !self.chunks.contains_key(&c.index))
+            .collect()
+    }
+
+    /// The parity files the manifest lists that were not found.
+    pub fn missing_parity(&self) -> Vec<&ChunkRecord> {
+        self.manifest
+            .parity
+            .iter()
+            .filter(|c| !self.parity.contains_key(&c.index))
             .collect()
     }
 }
@@ -53,7 +68,10 @@ pub struct Found {
 
 /// Whether a file name is one to look at: not hidden, not a transfer in progress.
 pub fn eligible(name: &str) -> bool {
-    !name.starts_with('.') && !name.ends_with(".part") && !name.ends_with(".tmp")
+    !name.starts_with('.')
+        && ![".part", ".tmp", ".repair", ".damaged", ".reason"]
+            .iter()
+            .any(|s| name.ends_with(s))
 }
 
 /// Reads the head of every eligible regular file in `dir` (not recursive).
@@ -91,7 +109,10 @@ fn add(found: &mut Found, head: ChunkHead) {
     let candidate = found.imagesets.entry(key).or_insert_with(|| Candidate {
         manifest: head.manifest.clone(),
         manifest_digest: head.manifest_digest.clone(),
+        manifest_bytes: head.manifest_bytes.clone(),
+        signature: head.signature.clone(),
         chunks: BTreeMap::new(),
+        parity: BTreeMap::new(),
         conflicting: Vec::new(),
     });
     if head.manifest_digest != candidate.manifest_digest {
@@ -100,5 +121,10 @@ fn add(found: &mut Found, head: ChunkHead) {
     }
     // A second copy of the same chunk (resent, or copied twice): the first is kept;
     // ingest verifies it and reports if it is damaged.
-    candidate.chunks.entry(head.identity.chunk).or_insert(head);
+    let files = if head.identity.parity.is_some() {
+        &mut candidate.parity
+    } else {
+        &mut candidate.chunks
+    };
+    files.entry(head.identity.chunk).or_insert(head);
 }

@@ -301,6 +301,7 @@ mod tests {
             created: "2026-11-24T10:00:00Z".into(),
             limit: 1 << 20,
             chunks: Vec::new(),
+            parity: Vec::new(),
             images: Vec::new(),
             blobs: Vec::new(),
         }

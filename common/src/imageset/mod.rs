@@ -13,6 +13,7 @@
 //! - [`read`] reads chunk files strictly, treating them as hostile input.
 
 pub mod layout;
+pub mod parity;
 pub mod read;
 pub mod write;
 
@@ -52,6 +53,12 @@ pub const CHUNK_ENTRY_LEN: u64 = 2 * BLOCK;
 /// The end-of-archive marker: two zero blocks.
 pub const TRAILER_LEN: u64 = 2 * BLOCK;
 
+/// What a parity file holds besides the metadata and its shard: the identity entry,
+/// the shard's header and the end-of-archive marker. Data chunks are planned this
+/// much below the limit when parity is asked for, so that parity files, one shard
+/// (the largest chunk payload) each, fit the limit too.
+pub const PARITY_EXTRA: u64 = CHUNK_ENTRY_LEN + BLOCK + TRAILER_LEN;
+
 /// `n` rounded up to a whole number of tar blocks.
 pub fn padded(n: u64) -> u64 {
     n.div_ceil(BLOCK) * BLOCK
@@ -77,6 +84,10 @@ pub struct ImagesetManifest {
     pub limit: u64,
     /// Every chunk file, in order.
     pub chunks: Vec<ChunkRecord>,
+    /// Reed–Solomon parity files over the chunks' payloads (`--parity N`), in order;
+    /// any N of the chunk and parity files can be rebuilt from the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parity: Vec<ChunkRecord>,
     /// Every image of the configuration: the whole desired state, even when some of
     /// its blobs travelled in earlier imagesets.
     pub images: Vec<ImageRecord>,
@@ -191,6 +202,17 @@ pub struct ChunkIdentity {
     pub chunk: u32,
     /// How many chunks the imageset has.
     pub chunks: u32,
+    /// Set in parity files only: how many parity files there are (`chunk` is then
+    /// this parity file's number, from 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity: Option<u32>,
+}
+
+/// The file name of parity file `index` of `count`:
+/// `airlock-<uuid8>-seq<NNNNNN>-parity<jj>of<NN>.tar`.
+pub fn parity_file_name(uuid: &Uuid, sequence: u64, index: u32, count: u32) -> String {
+    let short = &uuid.simple().to_string()[..8];
+    format!("airlock-{short}-seq{sequence:06}-parity{index:02}of{count:02}.tar")
 }
 
 /// The file name of chunk `index` of `count`: `airlock-<uuid8>-seq<NNNNNN>-chunk<kkkk>of<KKKK>.tar`.
@@ -262,6 +284,26 @@ impl ImagesetManifest {
                 return Err(format!(
                     "blob {} parts add up to {next} bytes, its size is {}",
                     b.digest, b.size
+                ));
+            }
+        }
+        let largest = self
+            .chunks
+            .iter()
+            .map(|c| c.size.saturating_sub(payload_offset))
+            .max()
+            .unwrap_or(0);
+        let parity_size = payload_offset
+            .checked_add(PARITY_EXTRA)
+            .and_then(|s| s.checked_add(largest))
+            .ok_or("overflow")?;
+        for (i, p) in self.parity.iter().enumerate() {
+            if p.index as usize != i + 1 || p.size != parity_size || p.size > self.limit {
+                return Err(format!(
+                    "parity file {} is listed as {} bytes at position {}; expected {parity_size} bytes within the limit",
+                    p.index,
+                    p.size,
+                    i + 1
                 ));
             }
         }

@@ -291,13 +291,28 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
         .check(payload_offset)
         .map_err(|why| corrupt(format!("the imageset manifest is inconsistent: {why}")))?;
     let count = manifest.chunks.len() as u32;
-    if identity.chunks != count || identity.chunk == 0 || identity.chunk > count {
+    let (list, what) = match identity.parity {
+        None => (&manifest.chunks, "chunks"),
+        Some(_) => (&manifest.parity, "parity files"),
+    };
+    let of = list.len() as u32;
+    if identity.chunks != count
+        || identity.parity.is_some_and(|n| n != of)
+        || identity.chunk == 0
+        || identity.chunk > of
+    {
         return Err(corrupt(format!(
-            "chunk {} of {} does not fit the manifest's {count} chunks",
-            identity.chunk, identity.chunks
+            "{} {} of {} does not fit the manifest's {of} {what}",
+            if identity.parity.is_some() {
+                "parity file"
+            } else {
+                "chunk"
+            },
+            identity.chunk,
+            identity.parity.unwrap_or(identity.chunks)
         )));
     }
-    let record = &manifest.chunks[identity.chunk as usize - 1];
+    let record = &list[identity.chunk as usize - 1];
     if record.index != identity.chunk {
         return Err(corrupt("the manifest's chunk list is out of order".into()));
     }
@@ -400,7 +415,23 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
     let mut id = [0u8; 512];
     read_exact(&mut r, &mut id, path, "the chunk identity")?;
     let index = head.identity.chunk;
-    for (b, p, part) in m.parts_in_chunk(index) {
+    let parts: Vec<(usize, usize, &PartRecord)> = if head.identity.parity.is_some() {
+        Vec::new()
+    } else {
+        m.parts_in_chunk(index).collect()
+    };
+    if head.identity.parity.is_some() {
+        let shard = m.parity[index as usize - 1].size - head.payload_offset - super::PARITY_EXTRA;
+        read_exact(&mut r, &mut h, path, "the parity header")?;
+        expect_header(&h, super::parity::SHARD_ENTRY, shard, mtime, path)?;
+        let copied = std::io::copy(&mut (&mut r).take(shard), &mut std::io::sink()).map_err(ioe)?;
+        if copied != shard {
+            return Err(corrupt(
+                "truncated: the file ends inside the parity shard".into(),
+            ));
+        }
+    }
+    for (b, p, part) in parts {
         let blob = &m.blobs[b];
         let name = blob.entry_name(p);
         read_exact(&mut r, &mut h, path, &format!("the header of {name}"))?;
@@ -429,7 +460,12 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
         return Err(corrupt("data after the end-of-archive marker".into()));
     }
     let actual = r.hasher.finish();
-    let expected = &m.chunks[index as usize - 1].sha256;
+    let list = if head.identity.parity.is_some() {
+        &m.parity
+    } else {
+        &m.chunks
+    };
+    let expected = &list[index as usize - 1].sha256;
     if actual.hex() != expected {
         return Err(corrupt(format!(
             "payload sha256 is {}, the manifest says {expected}: the file was damaged in transfer",

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use super::read::{ChunkError, ChunkHead, Discard, PartSink, read_head, verify};
-use super::write::{entry_header, mtime_of, prepare};
+use super::write::{Options, entry_header, mtime_of, prepare};
 use super::*;
+use crate::signing::{self, Signer, TrustStore};
 
 /// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
@@ -32,6 +33,15 @@ struct Written {
 }
 
 async fn write_imageset(sizes: &[usize], limit: u64) -> Written {
+    write_imageset_with(sizes, limit, None, 0).await
+}
+
+async fn write_imageset_with(
+    sizes: &[usize],
+    limit: u64,
+    signer: Option<&Signer>,
+    parity: u32,
+) -> Written {
     let dir = tempfile::tempdir().unwrap();
     let contents: Vec<Vec<u8>> = sizes
         .iter()
@@ -56,11 +66,13 @@ async fn write_imageset(sizes: &[usize], limit: u64) -> Written {
         created: "2026-11-24T10:00:00Z".into(),
         limit,
         chunks: Vec::new(),
+        parity: Vec::new(),
         images: Vec::new(),
         blobs,
     };
     let carry: Vec<usize> = (0..sizes.len()).collect();
-    let prepared = prepare(dir.path(), skeleton, &carry).unwrap();
+    let options = Options { signer, parity };
+    let prepared = prepare(dir.path(), skeleton, &carry, &options).unwrap();
     // Write the blobs in reverse order and in odd-sized pieces: the writer must not
     // depend on either.
     for (i, c) in contents.iter().enumerate().rev() {
@@ -70,7 +82,7 @@ async fn write_imageset(sizes: &[usize], limit: u64) -> Written {
         }
         w.finish().await.unwrap();
     }
-    let (manifest, paths) = prepared.finish().await.unwrap();
+    let (manifest, paths) = prepared.finish(signer).await.unwrap();
     Written {
         dir: dir.path().to_path_buf(),
         _dir: dir,
@@ -184,6 +196,7 @@ async fn writer_refuses_content_that_does_not_match_its_digest() {
         created: "2026-11-24T10:00:00Z".into(),
         limit: 1 << 20,
         chunks: Vec::new(),
+        parity: Vec::new(),
         images: Vec::new(),
         blobs: vec![BlobRecord {
             digest: Digest::of(&good),
@@ -193,7 +206,7 @@ async fn writer_refuses_content_that_does_not_match_its_digest() {
             parts: Vec::new(),
         }],
     };
-    let prepared = prepare(dir.path(), skeleton, &[0]).unwrap();
+    let prepared = prepare(dir.path(), skeleton, &[0], &Options::default()).unwrap();
     let mut w = prepared.blob_writer(0);
     w.write(&bytes(2, 1000)).await.unwrap();
     let err = w.finish().await.unwrap_err().to_string();
@@ -457,4 +470,127 @@ async fn forged_manifest_that_disagrees_with_itself_is_refused() {
             "want {want:?}: {msg}"
         );
     }
+}
+
+#[tokio::test]
+async fn signed_imageset_carries_a_verifiable_signature_in_every_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sk, pk, id) = signing::generate(&dir.path().join("k"), None).unwrap();
+    let signer = Signer::load(&sk, None).unwrap();
+    let w = write_imageset_with(&[3000, 200_000], 64 << 10, Some(&signer), 0).await;
+    let trust = TrustStore::load(&[pk]).unwrap();
+    for p in &w.paths {
+        let head = read_head(p).unwrap();
+        assert_eq!(
+            trust.verify(&head.manifest_bytes, head.signature.as_deref()),
+            Ok(id)
+        );
+        verify(&head, &mut Discard).unwrap();
+    }
+    // Standard tar still lists it, right after the manifest.
+    let mut a = tar::Archive::new(std::fs::File::open(&w.paths[0]).unwrap());
+    let names: Vec<String> = a
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(&names[..3], [MANIFEST_ENTRY, SIGNATURE_ENTRY, CHUNK_ENTRY]);
+}
+
+/// Payload bytes of every chunk file, to compare rebuilt files with.
+fn originals(w: &Written) -> Vec<Vec<u8>> {
+    w.paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn parity_rebuilds_any_two_lost_chunks_byte_for_byte() {
+    let w = write_imageset_with(
+        &[100_000, 300_000, 5000, 250_000, 1, 512],
+        64 << 10,
+        None,
+        2,
+    )
+    .await;
+    let k = w.manifest.chunks.len();
+    assert!(k >= 8, "{k} chunks");
+    assert_eq!(w.manifest.parity.len(), 2);
+    assert_eq!(w.paths.len(), k + 2);
+    for p in &w.paths {
+        assert!(
+            std::fs::metadata(p).unwrap().len() <= w.manifest.limit,
+            "parity files fit the limit too"
+        );
+        verify(&read_head(p).unwrap(), &mut Discard).unwrap();
+    }
+    let original = originals(&w);
+    let head = read_head(&w.paths[0]).unwrap();
+    let metadata = original[0][..head.payload_offset as usize].to_vec();
+    let total = k + 2;
+    for a in 0..total {
+        for b in a..total {
+            let lost = |i: usize| i == a || i == b;
+            let data: Vec<Option<PathBuf>> = (0..k)
+                .map(|i| (!lost(i)).then(|| w.paths[i].clone()))
+                .collect();
+            let parity: Vec<Option<PathBuf>> = (0..2)
+                .map(|j| (!lost(k + j)).then(|| w.paths[k + j].clone()))
+                .collect();
+            let out = tempfile::tempdir().unwrap();
+            let rebuilt = super::parity::repair(
+                &w.manifest,
+                head.payload_offset,
+                &metadata,
+                &data,
+                &parity,
+                out.path(),
+            )
+            .unwrap();
+            for r in rebuilt {
+                let name = r.file_name().unwrap().to_str().unwrap().to_string();
+                let i = w
+                    .manifest
+                    .chunks
+                    .iter()
+                    .position(|c| c.name == name)
+                    .unwrap();
+                assert_eq!(
+                    std::fs::read(&r).unwrap(),
+                    original[i],
+                    "chunk {i} rebuilt without {a},{b}"
+                );
+            }
+        }
+    }
+    // Three lost is one too many, and the error says so.
+    let data: Vec<Option<PathBuf>> = (0..k)
+        .map(|i| (i > 2).then(|| w.paths[i].clone()))
+        .collect();
+    let parity = vec![Some(w.paths[k].clone()), Some(w.paths[k + 1].clone())];
+    let err = super::parity::repair(
+        &w.manifest,
+        head.payload_offset,
+        &metadata,
+        &data,
+        &parity,
+        w.dir.as_path(),
+    )
+    .unwrap_err();
+    assert!(err.contains("parity rebuilds at most 2"), "{err}");
+}
+
+#[tokio::test]
+async fn parity_overhead_is_about_n_over_k() {
+    let w = write_imageset_with(&[900_000, 700_000, 400_000], 128 << 10, None, 3).await;
+    let k = w.manifest.chunks.len() as f64;
+    let chunks: u64 = w.manifest.chunks.iter().map(|c| c.size).sum();
+    let parity: u64 = w.manifest.parity.iter().map(|c| c.size).sum();
+    let ratio = parity as f64 / chunks as f64;
+    // Each parity file is the largest chunk plus a few tar blocks; only the last
+    // chunk is shorter than the others, so the ratio lies a little above N/K.
+    let largest = w.manifest.chunks.iter().map(|c| c.size).max().unwrap();
+    assert_eq!(parity, 3 * (largest + PARITY_EXTRA));
+    assert!(
+        ratio >= 3.0 / k && ratio <= 3.0 / (k - 1.0) * 1.05,
+        "ratio {ratio} for {k} chunks"
+    );
 }

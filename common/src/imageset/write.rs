@@ -16,9 +16,11 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::layout::{self, LayoutError};
 use super::{
-    BLOCK, CHUNK_ENTRY, ChunkIdentity, ChunkRecord, ImagesetManifest, chunk_file_name, padded,
+    BLOCK, CHUNK_ENTRY, ChunkIdentity, ChunkRecord, ImagesetManifest, PARITY_EXTRA,
+    chunk_file_name, padded, parity, parity_file_name,
 };
 use crate::digest::{Digest, Hasher};
+use crate::signing::Signer;
 
 /// Why writing failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,9 @@ pub enum WriteError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The manifest could not be signed.
+    #[error(transparent)]
+    Sign(#[from] crate::signing::SigningError),
     /// Content did not match its digest or size.
     #[error("blob {digest}: {problem}")]
     Content {
@@ -102,6 +107,9 @@ pub struct Target {
 pub struct Prepared {
     manifest: ImagesetManifest,
     reserve: u64,
+    /// The signature's trusted comment and exact length, when signed.
+    signature: Option<(String, u64)>,
+    /// Data chunks, then parity files.
     temp: Vec<PathBuf>,
     finals: Vec<PathBuf>,
     /// For each blob, for each part: (chunk index from 0, data offset in the file).
@@ -125,9 +133,18 @@ fn manifest_json(m: &ImagesetManifest) -> Vec<u8> {
     v
 }
 
-/// Metadata bytes for a manifest entry of `reserve` bytes (no signature yet).
-fn metadata_len(reserve: u64) -> u64 {
-    BLOCK + padded(reserve)
+/// Metadata bytes: the manifest entry of `reserve` bytes, and the signature entry.
+fn metadata_len(reserve: u64, signature: Option<u64>) -> u64 {
+    BLOCK + padded(reserve) + signature.map_or(0, |s| BLOCK + padded(s))
+}
+
+/// How the chunks of an imageset are written.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Options<'a> {
+    /// Signs the manifest.
+    pub signer: Option<&'a Signer>,
+    /// Parity files to add (`--parity N`).
+    pub parity: u32,
 }
 
 /// Plans the chunks for `skeleton` (images and blobs filled in, no chunks or parts),
@@ -137,7 +154,25 @@ pub fn prepare(
     out_dir: &Path,
     mut skeleton: ImagesetManifest,
     carry: &[usize],
+    options: &Options<'_>,
 ) -> Result<Prepared, WriteError> {
+    let signature = options.signer.map(|s| {
+        let comment = format!(
+            "airlock imageset {} sequence {}",
+            skeleton.uuid, skeleton.sequence
+        );
+        let len = s.signature_len(&comment) as u64;
+        (comment, len)
+    });
+    let sig_len = signature.as_ref().map(|(_, l)| *l);
+    let n_parity = options.parity;
+    // Parity files hold one shard (the largest payload) plus a little structure;
+    // data chunks leave room for it so that parity files fit the limit too.
+    let data_limit = if n_parity > 0 {
+        skeleton.limit.saturating_sub(PARITY_EXTRA)
+    } else {
+        skeleton.limit
+    };
     // The manifest lists the chunks, so its size depends on the layout, which depends
     // on its size. Reserve, plan, measure, and grow the reserve until it holds; the
     // numbers that change between rounds are a few digits, so two rounds are typical.
@@ -150,17 +185,13 @@ pub fn prepare(
             // faster than the chunks it adds make room.
             return Err(WriteError::Layout(LayoutError::LimitTooSmall {
                 limit: skeleton.limit,
-                metadata: metadata_len(reserve),
+                metadata: metadata_len(reserve, sig_len),
                 overhead: layout::CHUNK_OVERHEAD,
-                minimum: 4 * metadata_len(reserve),
+                minimum: 4 * metadata_len(reserve, sig_len),
             }));
         }
-        let sizes = layout::plan(
-            &mut skeleton.blobs,
-            carry,
-            skeleton.limit,
-            metadata_len(reserve),
-        )?;
+        let meta = metadata_len(reserve, sig_len);
+        let sizes = layout::plan(&mut skeleton.blobs, carry, data_limit, meta)?;
         let count = sizes.len() as u32;
         skeleton.chunks = sizes
             .iter()
@@ -172,6 +203,15 @@ pub fn prepare(
                 sha256: "0".repeat(64),
             })
             .collect();
+        let shard = sizes.iter().map(|s| s - meta).max().unwrap_or(0);
+        skeleton.parity = (1..=n_parity)
+            .map(|j| ChunkRecord {
+                index: j,
+                name: parity_file_name(&skeleton.uuid, skeleton.sequence, j, n_parity),
+                size: meta + PARITY_EXTRA + shard,
+                sha256: "0".repeat(64),
+            })
+            .collect();
         let len = manifest_json(&skeleton).len() as u64;
         if len <= reserve {
             break sizes;
@@ -180,7 +220,7 @@ pub fn prepare(
     };
     let count = sizes.len() as u32;
     let mtime = mtime_of(&skeleton.created);
-    let meta = metadata_len(reserve);
+    let meta = metadata_len(reserve, sig_len);
     let mut prepared = Prepared {
         offsets: skeleton
             .blobs
@@ -189,6 +229,7 @@ pub fn prepare(
             .collect(),
         manifest: skeleton,
         reserve,
+        signature,
         temp: Vec::new(),
         finals: Vec::new(),
         done: false,
@@ -209,6 +250,7 @@ pub fn prepare(
             sequence: prepared.manifest.sequence,
             chunk: index,
             chunks: count,
+            parity: None,
         });
         let mut head = Vec::with_capacity(1024);
         head.extend_from_slice(&entry_header(CHUNK_ENTRY, id.len() as u64, mtime));
@@ -230,6 +272,29 @@ pub fn prepare(
             pos += BLOCK + padded(length);
         }
         debug_assert_eq!(pos + super::TRAILER_LEN, size);
+    }
+    for record in prepared.manifest.parity.clone() {
+        let final_path = out_dir.join(&record.name);
+        let temp_path = out_dir.join(format!("{}.part", record.name));
+        prepared.temp.push(temp_path.clone());
+        prepared.finals.push(final_path);
+        let mut f = std::fs::File::create(&temp_path).map_err(io(&temp_path))?;
+        f.set_len(record.size).map_err(io(&temp_path))?;
+        let id = identity_bytes(&ChunkIdentity {
+            uuid: prepared.manifest.uuid,
+            sequence: prepared.manifest.sequence,
+            chunk: record.index,
+            chunks: count,
+            parity: Some(n_parity),
+        });
+        let shard = record.size - meta - PARITY_EXTRA;
+        let mut head = Vec::with_capacity(1536);
+        head.extend_from_slice(&entry_header(CHUNK_ENTRY, id.len() as u64, mtime));
+        head.extend_from_slice(&id);
+        head.resize(super::CHUNK_ENTRY_LEN as usize, 0);
+        head.extend_from_slice(&entry_header(parity::SHARD_ENTRY, shard, mtime));
+        f.seek(SeekFrom::Start(meta)).map_err(io(&temp_path))?;
+        f.write_all(&head).map_err(io(&temp_path))?;
     }
     Ok(prepared)
 }
@@ -268,19 +333,53 @@ impl Prepared {
         }
     }
 
-    /// Hashes every chunk's payload, writes the manifest into every chunk, syncs,
-    /// and gives the files their final names. Returns the final manifest and paths.
-    pub async fn finish(mut self) -> Result<(ImagesetManifest, Vec<PathBuf>), WriteError> {
-        let meta = metadata_len(self.reserve);
-        let mut hashes = Vec::with_capacity(self.temp.len());
-        for path in &self.temp {
-            let path = path.clone();
-            let hash = tokio::task::spawn_blocking(move || hash_payload(&path, meta))
-                .await
-                .expect("hashing task does not panic")?;
-            hashes.push(hash);
-        }
+    /// Hashes every chunk's payload, computes the parity files, writes the (signed)
+    /// manifest into every file, syncs, and gives the files their final names.
+    /// Returns the final manifest and the paths (chunks, then parity files).
+    pub async fn finish(
+        mut self,
+        signer: Option<&Signer>,
+    ) -> Result<(ImagesetManifest, Vec<PathBuf>), WriteError> {
+        let meta = metadata_len(self.reserve, self.signature.as_ref().map(|(_, l)| *l));
+        let k = self.manifest.chunks.len();
+        let data: Vec<(PathBuf, u64)> = self.temp[..k]
+            .iter()
+            .zip(&self.manifest.chunks)
+            .map(|(p, c)| (p.clone(), c.size - meta))
+            .collect();
+        let parity_paths = self.temp[k..].to_vec();
+        let shard = self
+            .manifest
+            .parity
+            .first()
+            .map_or(0, |p| p.size - meta - PARITY_EXTRA);
+        let (hashes, parity_hashes) =
+            tokio::task::spawn_blocking(move || -> Result<_, WriteError> {
+                if parity_paths.is_empty() {
+                    let hashes = data
+                        .iter()
+                        .map(|(p, _)| hash_payload(p, meta))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    return Ok((hashes, Vec::new()));
+                }
+                let hashes = parity::encode(&data, meta, shard, &parity_paths).map_err(|e| {
+                    WriteError::Io {
+                        path: parity_paths[0].clone(),
+                        source: e,
+                    }
+                })?;
+                let parity_hashes = parity_paths
+                    .iter()
+                    .map(|p| hash_payload(p, meta))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((hashes, parity_hashes))
+            })
+            .await
+            .expect("hashing task does not panic")?;
         for (record, hash) in self.manifest.chunks.iter_mut().zip(hashes) {
+            record.sha256 = hash;
+        }
+        for (record, hash) in self.manifest.parity.iter_mut().zip(parity_hashes) {
             record.sha256 = hash;
         }
         let mut json = manifest_json(&self.manifest);
@@ -291,9 +390,20 @@ impl Prepared {
         let mtime = mtime_of(&self.manifest.created);
         let mut head = entry_header(super::MANIFEST_ENTRY, self.reserve, mtime).to_vec();
         head.extend_from_slice(&json);
-        let temp = self.temp.clone();
+        match (&self.signature, signer) {
+            (Some((comment, len)), Some(signer)) => {
+                let sig = signer.sign(&json, comment)?;
+                debug_assert_eq!(sig.len() as u64, *len);
+                head.extend_from_slice(&entry_header(super::SIGNATURE_ENTRY, *len, mtime));
+                head.extend_from_slice(&sig);
+                head.resize(meta as usize, 0);
+            }
+            (None, None) => {}
+            _ => panic!("finish must get the signer the imageset was prepared for"),
+        }
+        debug_assert_eq!(head.len() as u64, meta);
         let head = std::sync::Arc::new(head);
-        for path in temp {
+        for path in self.temp.clone() {
             let head = head.clone();
             tokio::task::spawn_blocking(move || -> Result<(), WriteError> {
                 let mut f = std::fs::OpenOptions::new()

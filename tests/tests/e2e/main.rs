@@ -3,4 +3,5 @@
 
 mod differential;
 mod foundation;
+mod oneway;
 mod util;

@@ -1,0 +1,319 @@
+//! One-way transfer: signed imagesets, parity repair.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use airlock_common::imageset::read::read_head;
+use airlock_common::signing::Signer;
+use airlock_disconnected::ingest;
+use airlock_disconnected::scan;
+use airlock_disconnected::store::Store;
+use airlock_tests::bins::{self, Output, run, run_ok};
+
+use crate::util::*;
+
+fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
+    let out = run_ok(
+        bins::connected()
+            .arg("keygen")
+            .arg("--out")
+            .arg(dir.join(name)),
+    );
+    let id = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("key id ")
+        .to_string();
+    (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+        id,
+    )
+}
+
+fn create_with(s: &Setup, out: &Path, ws: &str, extra: &[&str]) -> Output {
+    let mut cmd = bins::connected();
+    cmd.arg("create")
+        .arg("--config")
+        .arg(&s.config)
+        .arg("--out")
+        .arg(out);
+    cmd.arg("--workspace").arg(s.path(ws)).args(extra);
+    source_flags(&mut cmd, &s.source);
+    run(&mut cmd)
+}
+
+fn publish_with(s: &Setup, from: &Path, ws: &str, extra: &[&str]) -> Output {
+    let mut cmd: Command = bins::disconnected();
+    cmd.arg("publish")
+        .arg("--from")
+        .arg(from)
+        .arg("--workspace")
+        .arg(s.path(ws));
+    cmd.arg("--to")
+        .arg(format!("docker://{}/m", s.dest.addr()))
+        .args(extra);
+    dest_flags(&mut cmd, &s.dest);
+    run(&mut cmd)
+}
+
+/// Rewrites the manifest entry of every chunk in `dir` with `edit`, keeping its size.
+fn edit_manifests(dir: &Path, edit: impl Fn(&str) -> String) {
+    for f in chunk_files(dir) {
+        let mut data = std::fs::read(&f).unwrap();
+        let head = read_head(&f).unwrap();
+        let text = String::from_utf8(head.manifest_bytes.clone()).unwrap();
+        let edited = edit(&text);
+        assert_eq!(edited.len(), text.len());
+        assert_ne!(edited, text, "the edit must change the manifest");
+        data[512..512 + edited.len()].copy_from_slice(edited.as_bytes());
+        std::fs::write(&f, data).unwrap();
+    }
+}
+
+/// Replaces the signature entry of every chunk in `dir` with one by `signer` over
+/// the (possibly edited) manifest, as a forger holding another key would.
+fn resign(dir: &Path, signer: &Signer) {
+    for f in chunk_files(dir) {
+        let mut data = std::fs::read(&f).unwrap();
+        let head = read_head(&f).unwrap();
+        let m = &head.manifest;
+        let comment = format!("airlock imageset {} sequence {}", m.uuid, m.sequence);
+        let sig = signer.sign(&head.manifest_bytes, &comment).unwrap();
+        let old = head.signature.as_ref().unwrap();
+        assert_eq!(sig.len(), old.len());
+        let at = 512 + head.manifest_bytes.len().div_ceil(512) * 512 + 512;
+        data[at..at + sig.len()].copy_from_slice(&sig);
+        std::fs::write(&f, data).unwrap();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in chunk_files(from) {
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn only_imagesets_signed_by_a_trusted_key_are_published() {
+    let s = Setup::plain();
+    let keys = s.path("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (a_key, a_pub, a_id) = keygen(&keys, "site-a");
+    let (b_key, _, b_id) = keygen(&keys, "other");
+    let trust = ["--trust", a_pub.to_str().unwrap()];
+
+    // Signed by the trusted key: published, and minisign itself agrees.
+    let signed = s.path("signed");
+    let created = create_with(
+        &s,
+        &signed,
+        "ws-a",
+        &["--sign-key", a_key.to_str().unwrap()],
+    );
+    assert_eq!(created.code, 0, "{created}");
+    let chunk = &chunk_files(&signed)[0];
+    let m = s.path("m.json");
+    std::fs::write(&m, read_head(chunk).unwrap().manifest_bytes).unwrap();
+    std::fs::write(
+        s.path("m.json.minisig"),
+        read_head(chunk).unwrap().signature.unwrap(),
+    )
+    .unwrap();
+    let out = Command::new("minisign")
+        .arg("-V")
+        .arg("-p")
+        .arg(&a_pub)
+        .arg("-m")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "minisign -V: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Each forgery is refused with what signed it and what is trusted; nothing published.
+    let unsigned = s.path("unsigned");
+    assert_eq!(create_with(&s, &unsigned, "ws-u", &[]).code, 0);
+    let other = s.path("other");
+    assert_eq!(
+        create_with(&s, &other, "ws-b", &["--sign-key", b_key.to_str().unwrap()]).code,
+        0
+    );
+    let altered = s.path("altered");
+    copy_dir(&signed, &altered);
+    // Publishing an image under another tag than the one signed for.
+    edit_manifests(&altered, |t| {
+        t.replacen("\"tag\": \"1.0\"", "\"tag\": \"6.6\"", 1)
+    });
+    let forged = s.path("forged");
+    copy_dir(&altered, &forged);
+    resign(&forged, &Signer::load(&b_key, None).unwrap());
+    let by_b = format!("signed by key {b_id}, which is not trusted");
+    let mismatch = format!("the signature by key {a_id} does not match the manifest");
+    let cases: [(&Path, Vec<&str>); 4] = [
+        (&unsigned, vec!["is not signed", &a_id]),
+        (&other, vec![&by_b, &a_id]),
+        (&altered, vec![&mismatch]),
+        (&forged, vec![&by_b]),
+    ];
+    for (i, (dir, wants)) in cases.iter().enumerate() {
+        let refused = publish_with(&s, dir, &format!("ws-d{i}"), &trust);
+        assert_eq!(refused.code, EX_DATA, "{refused}");
+        for w in wants {
+            assert!(refused.stderr.contains(w), "want {w:?}: {refused}");
+        }
+        assert!(
+            catalog(&s.dest).is_empty(),
+            "nothing published: {:?}",
+            catalog(&s.dest)
+        );
+    }
+
+    let published = publish_with(&s, &signed, "ws-ok", &trust);
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
+}
+
+/// Library-level ingest of the files in `dir` into a fresh store, as `publish` does.
+fn ingest_dir(dir: &Path) -> Result<ingest::Ingested, String> {
+    let found = scan::scan(dir).unwrap();
+    let c = found.imagesets.values().next().ok_or("no imageset found")?;
+    let ws = tempfile::tempdir().unwrap();
+    let store = Store::open(ws.path()).unwrap();
+    ingest::ingest(c, &store, dir).map_err(|e| e.to_string())
+}
+
+#[test]
+fn parity_two_survives_every_loss_of_two_files_and_waits_at_three() {
+    let s = Setup::plain();
+    let out = s.path("out");
+    let created = create_with(&s, &out, "ws-c", &["--limit", "150KiB", "--parity", "2"]);
+    assert_eq!(created.code, 0, "{created}");
+    let files = chunk_files(&out);
+    let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    assert!(
+        files.len() >= 10,
+        "K >= 8 chunks plus 2 parity files: {}",
+        files.len()
+    );
+    assert_eq!(
+        files
+            .iter()
+            .filter(|f| f.to_str().unwrap().contains("-parity"))
+            .count(),
+        2
+    );
+
+    // Every way of losing one or two files, and of one flipped byte in two files.
+    let n = files.len();
+    let mut cases = 0;
+    for a in 0..n {
+        for b in a..n {
+            for corrupt in [false, true] {
+                if corrupt && a == b {
+                    continue;
+                }
+                let dir = tempfile::tempdir().unwrap();
+                for (i, f) in files.iter().enumerate() {
+                    let target = dir.path().join(f.file_name().unwrap());
+                    if i == a || i == b {
+                        if corrupt {
+                            let mut bytes = originals[i].clone();
+                            let at = bytes.len() - 2000;
+                            bytes[at] ^= 0x20;
+                            std::fs::write(&target, bytes).unwrap();
+                        }
+                        continue;
+                    }
+                    std::fs::copy(f, &target).unwrap();
+                }
+                let ingested = ingest_dir(dir.path())
+                    .unwrap_or_else(|e| panic!("losing {a},{b} (corrupt {corrupt}): {e}"));
+                assert!(ingested.stored > 0);
+                for (i, f) in files.iter().enumerate() {
+                    if f.to_str().unwrap().contains("-parity") {
+                        continue;
+                    }
+                    let now = std::fs::read(dir.path().join(f.file_name().unwrap())).unwrap();
+                    assert!(
+                        now == originals[i],
+                        "chunk {i} not rebuilt byte for byte ({a},{b},{corrupt})"
+                    );
+                }
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, n * (n + 1) / 2 + n * (n - 1) / 2);
+
+    // Through the real command: two chunks corrupted, then a chunk and a parity file lost.
+    let damaged = s.path("damaged");
+    copy_dir(&out, &damaged);
+    for f in &chunk_files(&damaged)[1..3] {
+        let mut bytes = std::fs::read(f).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        std::fs::write(f, bytes).unwrap();
+    }
+    let published = publish_with(&s, &damaged, "ws-d", &[]);
+    assert_eq!(published.code, 0, "{published}");
+    assert!(
+        published.stdout.contains("rebuilt") && published.stdout.contains("set aside"),
+        "{published}"
+    );
+    s.assert_byte_exact("m");
+
+    // Three files lost: the imageset waits and names what would complete it; one
+    // arrives, and it completes.
+    let three = s.path("three");
+    copy_dir(&out, &three);
+    let gone: Vec<PathBuf> = chunk_files(&three).into_iter().step_by(3).take(3).collect();
+    let held = s.path("held");
+    std::fs::create_dir_all(&held).unwrap();
+    for g in &gone {
+        std::fs::rename(g, held.join(g.file_name().unwrap())).unwrap();
+    }
+    let dest2 = airlock_tests::registry::Registry::plain().unwrap();
+    let mut cmd = bins::disconnected();
+    cmd.arg("publish")
+        .arg("--from")
+        .arg(&three)
+        .arg("--workspace")
+        .arg(s.path("ws-3"));
+    cmd.arg("--to")
+        .arg(format!("docker://{}/m", dest2.addr()))
+        .arg("--dest-tls-verify=false");
+    let waiting = run(&mut cmd);
+    assert_eq!(waiting.code, EX_INCOMPLETE, "{waiting}");
+    assert!(waiting.stderr.contains("copy any 1 of"), "{waiting}");
+    for g in &gone {
+        assert!(
+            waiting
+                .stderr
+                .contains(g.file_name().unwrap().to_str().unwrap()),
+            "names {}: {waiting}",
+            g.display()
+        );
+    }
+    assert!(catalog(&dest2).is_empty());
+    let back = &gone[1];
+    std::fs::rename(held.join(back.file_name().unwrap()), back).unwrap();
+    let mut cmd = bins::disconnected();
+    cmd.arg("publish")
+        .arg("--from")
+        .arg(&three)
+        .arg("--workspace")
+        .arg(s.path("ws-3"));
+    cmd.arg("--to")
+        .arg(format!("docker://{}/m", dest2.addr()))
+        .arg("--dest-tls-verify=false");
+    let completed = run(&mut cmd);
+    assert_eq!(completed.code, 0, "{completed}");
+    assert_byte_exact(&s.source, &dest2, "m", &s.placed);
+}
