@@ -594,3 +594,100 @@ async fn parity_overhead_is_about_n_over_k() {
         "ratio {ratio} for {k} chunks"
     );
 }
+
+mod fuzz {
+    //! Property-based fuzzing of the chunk reader and the manifest parser: whatever
+    //! the bytes, reading never panics, never allocates without bound, and never
+    //! accepts content that differs from what was written. (`cargo fuzz` needs a
+    //! nightly toolchain, which the build machines do not have; proptest runs on
+    //! stable, in the normal test run, for a bounded number of cases.)
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> &'static (Vec<u8>, ImagesetManifest, PathBuf) {
+        static SAMPLE: std::sync::OnceLock<(Vec<u8>, ImagesetManifest, PathBuf)> =
+            std::sync::OnceLock::new();
+        SAMPLE.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let w = rt.block_on(write_imageset(&[700, 3000, 1], 1 << 20));
+            let bytes = std::fs::read(&w.paths[0]).unwrap();
+            let dir = w._dir.keep();
+            (bytes, w.manifest, dir)
+        })
+    }
+
+    /// Reads `bytes` as a chunk: never panics; if accepted, it is the original.
+    fn check(bytes: &[u8], name: &str) {
+        let (original, manifest, dir) = sample();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let Ok(head) = read_head(&path) else { return };
+        if verify(&head, &mut Discard).is_ok() {
+            assert_eq!(&head.manifest, manifest, "accepted a different manifest");
+            let off = head.payload_offset as usize;
+            assert_eq!(
+                &bytes[off..],
+                &original[off..],
+                "accepted a different payload"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn flipped_bytes(flips in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..8)) {
+            let mut bytes = sample().0.clone();
+            for (at, x) in &flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
+            check(&bytes, "flipped.tar");
+        }
+
+        #[test]
+        fn truncated_or_extended(cut in any::<prop::sample::Index>(), tail in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let original = &sample().0;
+            let mut bytes = original[..cut.index(original.len())].to_vec();
+            bytes.extend_from_slice(&tail);
+            check(&bytes, "cut.tar");
+        }
+
+        #[test]
+        fn random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            check(&bytes, "random.tar");
+        }
+
+        #[test]
+        fn manifest_with_random_numbers(
+            sizes in proptest::collection::vec(any::<u64>(), 1..6),
+            parts in proptest::collection::vec((any::<u32>(), any::<u64>(), any::<u64>()), 0..6),
+            offset in any::<u64>(),
+        ) {
+            // The consistency check must reject nonsense without overflowing.
+            let mut m = sample().1.clone();
+            for (c, s) in m.chunks.iter_mut().zip(&sizes) {
+                c.size = *s;
+            }
+            if let Some(b) = m.blobs.first_mut() {
+                b.parts = parts.iter().map(|&(chunk, offset, length)| PartRecord { chunk, offset, length }).collect();
+            }
+            let _ = m.check(offset);
+        }
+
+        #[test]
+        fn manifest_json_mutations(at in any::<prop::sample::Index>(), with in any::<u8>()) {
+            let json = serde_json::to_vec(&sample().1).unwrap();
+            let mut bytes = json.clone();
+            let i = at.index(bytes.len());
+            bytes[i] = with;
+            if let Ok(m) = serde_json::from_slice::<ImagesetManifest>(&bytes) {
+                let _ = m.check(4096);
+            }
+        }
+    }
+}
