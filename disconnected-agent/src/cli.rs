@@ -123,7 +123,8 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
     clippy::print_stderr,
     reason = "the command's report is its output"
 )]
-fn print_publish(r: &PublishReport) {
+fn print_publish(p: &PublishReport) {
+    let r = &p.site;
     if let Some(from) = &r.continued_from {
         println!("continued from the workspace state at {from}");
     }
@@ -136,11 +137,11 @@ fn print_publish(r: &PublishReport) {
             "published sequence {}: {uploaded} blobs uploaded ({}), {mounted} mounted, {present} already present, {manifests} manifests, {:.1}s",
             r.published
                 .iter()
-                .map(u64::to_string)
+                .map(|(_, s)| s.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
             ByteSize(bytes),
-            r.elapsed.as_secs_f64()
+            p.elapsed.as_secs_f64()
         );
     }
     for f in &r.resources {
@@ -152,16 +153,16 @@ fn print_publish(r: &PublishReport) {
     for f in &r.set_aside {
         println!("set aside damaged file {}", f.display());
     }
-    if let Some(freed) = r.pruned {
+    if let Some(freed) = p.pruned {
         println!("pruned the content store ({} freed)", ByteSize(freed));
     }
-    for p in &r.problems {
-        let label = if p.code == exit_codes::INCOMPLETE {
+    for problem in &r.problems {
+        let label = if problem.code == exit_codes::INCOMPLETE {
             "waiting"
         } else {
             "error"
         };
-        eprintln!("{label}: {}", p.message);
+        eprintln!("{label}: {}", problem.message);
     }
 }
 

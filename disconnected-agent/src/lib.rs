@@ -6,6 +6,7 @@ pub mod error;
 pub mod ingest;
 pub mod publish;
 pub mod scan;
+pub mod site;
 pub mod source;
 pub mod store;
 pub mod workspace;

@@ -28,7 +28,16 @@ pub const FORMAT: &str = "airlock.imageset/v1";
 /// Tar entry name of the imageset manifest, the first entry of every chunk.
 pub const MANIFEST_ENTRY: &str = "airlock/imageset.json";
 
-/// Tar entry name of the manifest's detached signature, the second entry of every
+/// Tar entry name of the manifest's sha256 (64 hex digits and a newline), the second
+/// entry of every chunk: the manifest cannot be covered by the payload hashes it
+/// lists, and without this an unsigned single-chunk imageset with a flipped byte in
+/// a tag or repository name would be read as another, valid imageset.
+pub const MANIFEST_SUM_ENTRY: &str = "airlock/imageset.json.sha256";
+
+/// Length of the manifest sum entry's data.
+pub const MANIFEST_SUM_LEN: u64 = 65;
+
+/// Tar entry name of the manifest's detached signature, the third entry of every
 /// chunk of a signed imageset (absent when unsigned).
 pub const SIGNATURE_ENTRY: &str = "airlock/imageset.json.sig";
 

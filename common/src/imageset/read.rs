@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use super::write::{entry_header, identity_bytes, mtime_of};
 use super::{
     BLOCK, BlobRecord, CHUNK_ENTRY, ChunkIdentity, FORMAT, ImagesetManifest, MANIFEST_ENTRY,
-    MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, PartRecord, SIGNATURE_ENTRY, TRAILER_LEN, padded,
+    MANIFEST_SUM_ENTRY, MANIFEST_SUM_LEN, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, PartRecord,
+    SIGNATURE_ENTRY, TRAILER_LEN, padded,
 };
 use crate::digest::{Digest, Hasher};
 
@@ -237,6 +238,19 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
     read_exact(&mut r, &mut manifest_bytes, path, "the manifest")?;
     let mut pad = vec![0u8; (padded(size) - size) as usize];
     read_exact(&mut r, &mut pad, path, "the manifest")?;
+    let manifest_header = h;
+    read_exact(&mut r, &mut h, path, "the manifest checksum header")?;
+    let mut sum = [0u8; BLOCK as usize];
+    read_exact(&mut r, &mut sum, path, "the manifest checksum")?;
+    let want = format!("{}\n", Digest::of(&manifest_bytes).hex());
+    if sum[..MANIFEST_SUM_LEN as usize] != *want.as_bytes()
+        || sum[MANIFEST_SUM_LEN as usize..].iter().any(|&b| b != 0)
+    {
+        return Err(corrupt(
+            "the imageset manifest in this chunk is damaged: it does not match its sha256 entry"
+                .into(),
+        ));
+    }
     let manifest: ImagesetManifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| corrupt(format!("the imageset manifest is not valid: {e}")))?;
     if manifest.format != FORMAT {
@@ -246,8 +260,9 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
         )));
     }
     let mtime = mtime_of(&manifest.created);
-    expect_header(&h, MANIFEST_ENTRY, size, mtime, path)?;
-    let mut offset = BLOCK + padded(size);
+    expect_header(&manifest_header, MANIFEST_ENTRY, size, mtime, path)?;
+    expect_header(&h, MANIFEST_SUM_ENTRY, MANIFEST_SUM_LEN, mtime, path)?;
+    let mut offset = BLOCK + padded(size) + BLOCK + padded(MANIFEST_SUM_LEN);
 
     read_exact(&mut r, &mut h, path, "the second header")?;
     let mut signature = None;

@@ -405,7 +405,8 @@ async fn huge_or_foreign_first_entries_are_refused() {
     data.extend_from_slice(b"{nope");
     data.resize(4096, 0);
     std::fs::write(&bad_json, &data).unwrap();
-    assert!(corrupt_message(&bad_json).contains("manifest is not valid"));
+    let msg = corrupt_message(&bad_json);
+    assert!(msg.contains("does not match its sha256 entry"), "{msg}");
 }
 
 #[tokio::test]
@@ -462,6 +463,9 @@ async fn forged_manifest_that_disagrees_with_itself_is_refused() {
         json.resize(head.manifest_bytes.len(), b' ');
         let mut data = original.clone();
         data[512..512 + json.len()].copy_from_slice(&json);
+        // A forger also rewrites the manifest's checksum entry.
+        let sum_at = 512 + json.len().div_ceil(512) * 512 + 512;
+        data[sum_at..sum_at + 64].copy_from_slice(Digest::of(&json).hex().as_bytes());
         let forged = w.dir.join("forged-manifest.tar");
         std::fs::write(&forged, &data).unwrap();
         let msg = corrupt_message(&forged);
@@ -494,7 +498,15 @@ async fn signed_imageset_carries_a_verifiable_signature_in_every_chunk() {
         .unwrap()
         .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(&names[..3], [MANIFEST_ENTRY, SIGNATURE_ENTRY, CHUNK_ENTRY]);
+    assert_eq!(
+        &names[..4],
+        [
+            MANIFEST_ENTRY,
+            MANIFEST_SUM_ENTRY,
+            SIGNATURE_ENTRY,
+            CHUNK_ENTRY
+        ]
+    );
 }
 
 /// Payload bytes of every chunk file, to compare rebuilt files with.

@@ -135,7 +135,11 @@ fn manifest_json(m: &ImagesetManifest) -> Vec<u8> {
 
 /// Metadata bytes: the manifest entry of `reserve` bytes, and the signature entry.
 fn metadata_len(reserve: u64, signature: Option<u64>) -> u64 {
-    BLOCK + padded(reserve) + signature.map_or(0, |s| BLOCK + padded(s))
+    BLOCK
+        + padded(reserve)
+        + BLOCK
+        + padded(super::MANIFEST_SUM_LEN)
+        + signature.map_or(0, |s| BLOCK + padded(s))
 }
 
 /// How the chunks of an imageset are written.
@@ -390,6 +394,14 @@ impl Prepared {
         let mtime = mtime_of(&self.manifest.created);
         let mut head = entry_header(super::MANIFEST_ENTRY, self.reserve, mtime).to_vec();
         head.extend_from_slice(&json);
+        head.resize(padded(head.len() as u64) as usize, 0);
+        head.extend_from_slice(&entry_header(
+            super::MANIFEST_SUM_ENTRY,
+            super::MANIFEST_SUM_LEN,
+            mtime,
+        ));
+        head.extend_from_slice(format!("{}\n", Digest::of(&json).hex()).as_bytes());
+        head.resize(padded(head.len() as u64) as usize, 0);
         match (&self.signature, signer) {
             (Some((comment, len)), Some(signer)) => {
                 let sig = signer.sign(&json, comment)?;

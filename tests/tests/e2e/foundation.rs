@@ -441,3 +441,32 @@ fn a_registry_restarted_keeps_its_content() {
     r.start_again().unwrap();
     assert_eq!(inspect_raw_at(&r, "keep/me:1").unwrap(), image.manifest);
 }
+
+/// Regression (found by the reader fuzzer): in an unsigned imageset, a byte flipped
+/// in the manifest itself — here a tag — must be refused, not published as another
+/// valid-looking imageset.
+#[test]
+fn flipped_byte_in_an_unsigned_manifest_is_refused() {
+    let s = Setup::plain();
+    let (_, out) = s.create("100MiB");
+    let chunks = chunk_files(&out);
+    assert_eq!(
+        chunks.len(),
+        1,
+        "a single chunk: no other copy of the manifest to compare with"
+    );
+    let mut bytes = std::fs::read(&chunks[0]).unwrap();
+    let text = String::from_utf8_lossy(&bytes[512..8192]).into_owned();
+    let at = 512 + text.find("\"tag\": \"1.0\"").unwrap() + "\"tag\": \"".len();
+    bytes[at] = b'7';
+    std::fs::write(&chunks[0], &bytes).unwrap();
+    let published = s.publish(&out, "mirror", "ws-d");
+    assert_eq!(published.code, EX_DATA, "{published}");
+    assert!(
+        published
+            .stderr
+            .contains("manifest in this chunk is damaged"),
+        "{published}"
+    );
+    assert!(catalog(&s.dest).is_empty());
+}

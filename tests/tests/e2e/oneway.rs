@@ -69,6 +69,11 @@ fn edit_manifests(dir: &Path, edit: impl Fn(&str) -> String) {
         assert_eq!(edited.len(), text.len());
         assert_ne!(edited, text, "the edit must change the manifest");
         data[512..512 + edited.len()].copy_from_slice(edited.as_bytes());
+        // A forger also rewrites the manifest's checksum entry; only the signature
+        // can tell.
+        let sum_at = 512 + edited.len().div_ceil(512) * 512 + 512;
+        let sum = airlock_common::digest::Digest::of(edited.as_bytes());
+        data[sum_at..sum_at + 64].copy_from_slice(sum.hex().as_bytes());
         std::fs::write(&f, data).unwrap();
     }
 }
@@ -84,7 +89,8 @@ fn resign(dir: &Path, signer: &Signer) {
         let sig = signer.sign(&head.manifest_bytes, &comment).unwrap();
         let old = head.signature.as_ref().unwrap();
         assert_eq!(sig.len(), old.len());
-        let at = 512 + head.manifest_bytes.len().div_ceil(512) * 512 + 512;
+        // After the manifest entry and its checksum entry, the signature's data.
+        let at = 512 + head.manifest_bytes.len().div_ceil(512) * 512 + 1024 + 512;
         data[at..at + sig.len()].copy_from_slice(&sig);
         std::fs::write(&f, data).unwrap();
     }

@@ -1,0 +1,404 @@
+//! The disconnected site: a workspace, its content store and its trusted keys, and
+//! the two things done with them — taking imagesets in, and publishing them to a
+//! destination. The one-shot `publish` command and the `run` daemon both drive it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use airlock_common::exit_codes::{self, ExitCode as _};
+use airlock_common::publish::{self, Publisher};
+use airlock_common::reference::Destination;
+use airlock_common::registry::RegistryClient;
+use airlock_common::resources;
+use airlock_common::signing::TrustStore;
+use airlock_common::size::ByteSize;
+use airlock_common::state::crash_point;
+use airlock_common::telemetry::Progress;
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::ingest::{self, IngestError};
+use crate::scan::{Candidate, Found};
+use crate::source::{Mirror, StoreSource};
+use crate::store::Store;
+use crate::workspace::{SITE_STATE_FORMAT, SiteState, Verdict, Workspace};
+
+/// Media type of the site state recorded in the destination registry.
+pub const SITE_STATE_MEDIA_TYPE: &str = "application/vnd.airlock.site-workspace.v1+json";
+
+/// Repository (under the destination prefix) that holds the site state, tagged by
+/// workspace UUID, as oc-mirror keeps `oc-mirror:<uuid>`.
+pub const SITE_STATE_REPOSITORY: &str = "airlock-state";
+
+/// Something that could not be done; the work continues with what can be done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The exit code this problem calls for.
+    pub code: i32,
+    /// What, with the files concerned and what to do.
+    pub message: String,
+}
+
+/// What happened to one imageset found in a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Verified and recorded as accepted.
+    Accepted,
+    /// Already accepted earlier.
+    Duplicate,
+    /// Waits for its predecessor, for missing files, or for disk space.
+    Waiting(String),
+    /// Never acceptable here (another workspace, a bad signature, forged): every
+    /// file of it should be set aside.
+    Refused(String),
+    /// One file is damaged beyond repair: that file should be set aside.
+    Damaged {
+        /// The damaged file.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What taking imagesets in, or publishing, did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Imagesets accepted: (UUID, sequence, blobs stored).
+    pub accepted: Vec<(Uuid, u64, u64)>,
+    /// Chunk files rebuilt from parity.
+    pub rebuilt: Vec<PathBuf>,
+    /// Damaged files set aside (renamed with `.damaged`).
+    pub set_aside: Vec<PathBuf>,
+    /// Where the workspace position came from, when taken from a registry.
+    pub continued_from: Option<String>,
+    /// Sequences published, per destination.
+    pub published: Vec<(String, u64)>,
+    /// Counters: uploaded, uploaded bytes, mounted, present, manifests.
+    pub stats: [u64; 5],
+    /// Cluster resource files written.
+    pub resources: Vec<PathBuf>,
+    /// What could not be done.
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    /// The exit code: the most serious problem's, or success.
+    pub fn exit_code(&self) -> i32 {
+        let rank = |c: i32| match c {
+            exit_codes::DATA => 5,
+            exit_codes::STATE => 4,
+            exit_codes::IO => 3,
+            exit_codes::UNAVAILABLE => 2,
+            exit_codes::INCOMPLETE => 1,
+            _ => 0,
+        };
+        self.problems
+            .iter()
+            .map(|p| p.code)
+            .max_by_key(|&c| rank(c))
+            .unwrap_or(exit_codes::OK)
+    }
+
+    /// Records a problem.
+    pub fn problem(&mut self, code: i32, message: String) {
+        tracing::warn!(code, "{message}");
+        self.problems.push(Problem { code, message });
+    }
+}
+
+/// A destination registry and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Where images go.
+    pub dest: Destination,
+    /// The client.
+    pub client: Arc<RegistryClient>,
+}
+
+/// The disconnected workspace, its store and its trusted keys.
+#[derive(Debug)]
+pub struct Site {
+    /// The workspace directory.
+    pub dir: PathBuf,
+    /// The state.
+    pub ws: Workspace,
+    /// The content store.
+    pub store: Store,
+    /// The keys imagesets must be signed with (none: no signature required).
+    pub trust: TrustStore,
+}
+
+impl Site {
+    /// Opens the workspace at `dir`, and clears what an interrupted ingest left.
+    pub fn open(dir: &Path, trust: TrustStore) -> Result<Self, Error> {
+        let ws = Workspace::open(dir)?;
+        let store = Store::open(dir).map_err(|e| Error::io(dir, e))?;
+        store.clear_tmp().map_err(|e| Error::io(dir, e))?;
+        Ok(Site {
+            dir: dir.to_path_buf(),
+            ws,
+            store,
+            trust,
+        })
+    }
+
+    /// An empty workspace continues from what an earlier machine recorded at `target`
+    /// for one of `uuids`. Returns where it continued from.
+    pub async fn continue_from_registry(
+        &self,
+        target: &Target,
+        uuids: &[Uuid],
+    ) -> Result<Option<String>, Error> {
+        if self.ws.accepted()?.is_some() {
+            return Ok(None);
+        }
+        let registry = target.dest.registry();
+        let repo = target.dest.repository_for(SITE_STATE_REPOSITORY);
+        for uuid in uuids {
+            let Some(bytes) = target
+                .client
+                .get_document(&repo, &uuid.to_string(), SITE_STATE_MEDIA_TYPE, 256 << 20)
+                .await?
+            else {
+                continue;
+            };
+            let state: SiteState = serde_json::from_slice(&bytes)
+                .ok()
+                .filter(|s: &SiteState| s.format == SITE_STATE_FORMAT && s.uuid == *uuid)
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{registry}/{repo}:{uuid} does not hold a readable workspace state; delete it or publish into a workspace that has the history"
+                    ))
+                })?;
+            self.ws.import(&target.dest.to_string(), registry, &state)?;
+            let from = format!("{registry}/{repo}:{uuid}");
+            tracing::info!(%uuid, sequence = state.sequence, from = %from, "continuing from the workspace state recorded in the registry");
+            return Ok(Some(from));
+        }
+        Ok(None)
+    }
+
+    /// Accepts, in sequence order, every imageset of `found` that the workspace can
+    /// take (an acceptance may unblock one that waits). Chunks rebuilt from parity are
+    /// written to `dir`. Returns what happened to each imageset.
+    pub async fn accept(
+        &self,
+        dir: &Path,
+        found: &Found,
+        report: &mut Report,
+    ) -> Result<Vec<((Uuid, u64), Outcome)>, Error> {
+        let mut outcomes = Vec::new();
+        let mut pending: Vec<&Candidate> = found.imagesets.values().collect();
+        loop {
+            let mut progressed = false;
+            let mut still = Vec::new();
+            for c in pending {
+                let key = (c.manifest.uuid, c.manifest.sequence);
+                let outcome = match self.ws.judge(&c.manifest)? {
+                    Verdict::Duplicate => {
+                        tracing::info!(uuid = %key.0, sequence = key.1, "already accepted; skipped");
+                        Outcome::Duplicate
+                    }
+                    Verdict::Refuse(why) => {
+                        report.problem(exit_codes::STATE, why.clone());
+                        Outcome::Refused(why)
+                    }
+                    Verdict::Wait { .. } => {
+                        still.push(c);
+                        continue;
+                    }
+                    Verdict::Accept => {
+                        let outcome = self.take(dir, c, report).await?;
+                        progressed |= outcome == Outcome::Accepted;
+                        outcome
+                    }
+                };
+                outcomes.push((key, outcome));
+            }
+            pending = still;
+            if !progressed || pending.is_empty() {
+                break;
+            }
+        }
+        for c in pending {
+            let Verdict::Wait { expected } = self.ws.judge(&c.manifest)? else {
+                continue;
+            };
+            let mut message = format!("{} is waiting for sequence {expected}", c.manifest.label());
+            if !c.missing().is_empty() {
+                message.push_str(&format!(
+                    "; it also lacks files: {}",
+                    ingest::missing_message(c, &[])
+                ));
+            }
+            report.problem(exit_codes::INCOMPLETE, message.clone());
+            outcomes.push((
+                (c.manifest.uuid, c.manifest.sequence),
+                Outcome::Waiting(message),
+            ));
+        }
+        Ok(outcomes)
+    }
+
+    /// Verifies and takes one acceptable imageset.
+    async fn take(&self, dir: &Path, c: &Candidate, report: &mut Report) -> Result<Outcome, Error> {
+        let label = c.manifest.label();
+        if !c.conflicting.is_empty() {
+            let files: Vec<String> = c
+                .conflicting
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            let why = format!(
+                "{label}: chunk files disagree on its manifest ({}); refusing it: a file was altered or two different imagesets claim the same sequence",
+                files.join(", ")
+            );
+            report.problem(exit_codes::DATA, why.clone());
+            return Ok(Outcome::Refused(why));
+        }
+        if !self.trust.is_empty() {
+            if let Err(why) = self.trust.verify(&c.manifest_bytes, c.signature.as_deref()) {
+                let why = format!("{label}: refused: {why}; nothing of it was published");
+                report.problem(exit_codes::DATA, why.clone());
+                return Ok(Outcome::Refused(why));
+            }
+        }
+        // Refuse early, not half-way, when the disk cannot hold it (zarf#1473).
+        let needed: u64 = c
+            .manifest
+            .blobs
+            .iter()
+            .filter(|b| !b.parts.is_empty() && !self.store.has(&b.digest))
+            .map(|b| b.size)
+            .sum();
+        let free = fs4::available_space(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        if needed > free {
+            let why = format!(
+                "{label} needs {} in the workspace {}, but only {} is free; free space there (or move the workspace) and it is taken on the next run",
+                ByteSize(needed),
+                self.dir.display(),
+                ByteSize(free)
+            );
+            report.problem(exit_codes::IO, why.clone());
+            return Ok(Outcome::Waiting(why));
+        }
+        let (candidate, store, dir) = (c.clone(), self.store.clone(), dir.to_path_buf());
+        let result = tokio::task::spawn_blocking(move || ingest::ingest(&candidate, &store, &dir))
+            .await
+            .expect("ingest does not panic");
+        Ok(match result {
+            Ok(ingested) => {
+                crash_point("ingested");
+                self.ws.accept(&c.manifest)?;
+                crash_point("accepted");
+                tracing::info!(uuid = %c.manifest.uuid, sequence = c.manifest.sequence, blobs_stored = ingested.stored, rebuilt = ingested.rebuilt.len(), "imageset verified and accepted");
+                report
+                    .accepted
+                    .push((c.manifest.uuid, c.manifest.sequence, ingested.stored));
+                report.rebuilt.extend(ingested.rebuilt);
+                report.set_aside.extend(ingested.set_aside);
+                Outcome::Accepted
+            }
+            Err(IngestError::Incomplete(why)) => {
+                report.problem(exit_codes::INCOMPLETE, why.clone());
+                Outcome::Waiting(why)
+            }
+            Err(IngestError::Damaged(e)) => {
+                report.problem(
+                    exit_codes::DATA,
+                    format!("{label}: {e}; nothing of it was published"),
+                );
+                Outcome::Damaged {
+                    file: e.path().to_path_buf(),
+                    reason: e.to_string(),
+                }
+            }
+        })
+    }
+
+    /// Publishes every accepted imageset not yet published to `target`, in order,
+    /// recording where each blob now is and the site state at the destination, then
+    /// writes the mirror sets of what is published there into `resources_dir`.
+    pub async fn publish_to(
+        &self,
+        target: &Target,
+        fetch_from: &[Mirror],
+        parallel: usize,
+        resources_dir: &Path,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let Some((uuid, last)) = self.ws.accepted()? else {
+            return Ok(());
+        };
+        let dest_key = target.dest.to_string();
+        let registry = target.dest.registry();
+        let from = self.ws.published(&dest_key)?.unwrap_or(0) + 1;
+        let mut mirrors = vec![Mirror {
+            client: target.client.clone(),
+            dest: target.dest.clone(),
+        }];
+        mirrors.extend(fetch_from.iter().cloned());
+        for seq in from..=last {
+            let m = self.ws.manifest(&uuid, seq)?;
+            let locations: HashMap<_, _> = self.ws.locations(registry)?;
+            let source = StoreSource::new(&self.store, mirrors.clone(), &locations, &m.blobs);
+            let carried: u64 = m
+                .blobs
+                .iter()
+                .filter(|b| !b.parts.is_empty() && b.media_type.is_none())
+                .map(|b| b.size)
+                .sum();
+            let publisher = Publisher::new(
+                &target.client,
+                &source,
+                &target.dest,
+                parallel,
+                Progress::bytes("publish", carried),
+            );
+            let placed = match publisher.publish(&m.images, &m.blobs).await {
+                Ok(p) => p,
+                Err(e) => {
+                    // Later sequences build on this one: stop here.
+                    report.problem(e.exit_code(), format!("{} → {dest_key}: {e}", m.label()));
+                    break;
+                }
+            };
+            crash_point("published-images");
+            self.ws.record_locations(registry, &placed)?;
+            self.ws.mark_published(&dest_key, seq)?;
+            for (t, v) in report.stats.iter_mut().zip(publisher.stats.get()) {
+                *t += v;
+            }
+            report.published.push((dest_key.clone(), seq));
+            tracing::info!(%uuid, sequence = seq, destination = %dest_key, "imageset published");
+            let state = self.ws.site_state(registry, uuid, seq)?;
+            let repo = target.dest.repository_for(SITE_STATE_REPOSITORY);
+            let doc = Bytes::from(serde_json::to_vec(&state).expect("state serialises"));
+            if let Err(e) = target
+                .client
+                .put_document(&repo, &uuid.to_string(), SITE_STATE_MEDIA_TYPE, doc)
+                .await
+            {
+                report.problem(
+                    exit_codes::UNAVAILABLE,
+                    format!("sequence {seq} is published, but the workspace state could not be recorded at {registry}/{repo}: {e}; a new machine could not continue from it until the next publish records it"),
+                );
+            }
+        }
+        // The mirror sets describe what is published here, not what is only accepted.
+        let published = self.ws.published(&dest_key)?.unwrap_or(0);
+        if published > 0 && self.ws.has_manifest(&uuid, published) {
+            let latest = self.ws.manifest(&uuid, published)?;
+            report.resources.extend(
+                resources::write_mirror_sets(
+                    resources_dir,
+                    &publish::mirrored(&latest.images, &target.dest),
+                )
+                .map_err(|e| Error::io(resources_dir, e))?,
+            );
+        }
+        Ok(())
+    }
+}
