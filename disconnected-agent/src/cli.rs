@@ -32,6 +32,34 @@ pub enum Command {
     /// Verify every complete imageset in a directory, in sequence order, and publish
     /// the workspace's content to a registry.
     Publish(PublishArgs),
+    /// Run as a service: take imagesets from a drop directory as their files arrive,
+    /// and publish them to every cluster's registry.
+    Run(RunArgs),
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The agent configuration (docs/agent-config.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
 }
 
 /// Destination registry access, as skopeo spells it.
@@ -86,6 +114,14 @@ pub struct PublishArgs {
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
+        Command::Run(args) => {
+            // The whole configuration is checked before anything is opened or watched.
+            let checked = crate::agent_config::load(&args.config)?;
+            crate::daemon::Daemon::new(checked)?
+                .run(shutdown_signal())
+                .await?;
+            Ok(exit_codes::OK)
+        }
         Command::Publish(args) => {
             let parse = |s: &str| {
                 s.parse::<Destination>()

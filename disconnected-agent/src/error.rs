@@ -14,6 +14,9 @@ pub enum Error {
     /// A command-line value or combination is wrong.
     #[error("{0}")]
     Usage(String),
+    /// The agent configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] airlock_common::config::ConfigError),
     /// The destination registry could not be used.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -42,7 +45,7 @@ impl Error {
 impl ExitCode for Error {
     fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => exit_codes::CONFIG,
+            Error::Usage(_) | Error::Config(_) => exit_codes::CONFIG,
             Error::Registry(e) => e.exit_code(),
             Error::Workspace(StateError::Locked { .. }) => exit_codes::STATE,
             Error::Workspace(StateError::Storage { .. }) | Error::Io { .. } => exit_codes::IO,

@@ -1,7 +1,9 @@
 //! Airlock's disconnected agent as a library: the binary `airlock-disconnected` is a
 //! thin shell over [`cli::run`], and tests call the same functions.
 
+pub mod agent_config;
 pub mod cli;
+pub mod daemon;
 pub mod error;
 pub mod ingest;
 pub mod publish;

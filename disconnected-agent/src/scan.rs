@@ -76,6 +76,11 @@ pub fn eligible(name: &str) -> bool {
 
 /// Reads the head of every eligible regular file in `dir` (not recursive).
 pub fn scan(dir: &Path) -> std::io::Result<Found> {
+    Ok(read_heads(list(dir)?))
+}
+
+/// The eligible regular files of `dir` (not recursive, symlinks not followed), sorted.
+pub fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -87,12 +92,17 @@ pub fn scan(dir: &Path) -> std::io::Result<Found> {
         }
     }
     paths.sort();
+    Ok(paths)
+}
+
+/// Reads the head of each file and groups the chunks by imageset.
+pub fn read_heads(paths: Vec<PathBuf>) -> Found {
     let mut found = Found::default();
     for path in paths {
         match read_head(&path) {
             Ok(head) => add(&mut found, head),
             Err(ChunkError::NotAChunk { path, reason }) => {
-                tracing::debug!(file = %path.display(), %reason, "not an imageset chunk; ignored");
+                tracing::debug!(file = %path.display(), %reason, "not an imageset chunk");
                 found.other.push(path);
             }
             Err(e) => {
@@ -101,7 +111,7 @@ pub fn scan(dir: &Path) -> std::io::Result<Found> {
             }
         }
     }
-    Ok(found)
+    found
 }
 
 fn add(found: &mut Found, head: ChunkHead) {

@@ -242,7 +242,48 @@ pub fn index(format: Format, children: Vec<Image>, pretty: bool) -> Image {
     }
 }
 
+/// A two-platform index (linux/amd64 and linux/arm64) of `format`: an OCI index of
+/// OCI manifests, or a Docker manifest list of Docker v2s2 manifests — never mixed,
+/// as real registries serve them. Each child is a full image with one layer of
+/// `layer_bytes` (seeds `seed` and `seed + 1`); `pretty` applies to every manifest.
+pub fn two_platform(format: Format, seed: u64, layer_bytes: usize, pretty: bool) -> Image {
+    let child = |arch: &str, seed: u64| {
+        let b = ImageBuilder::new(format)
+            .arch(arch)
+            .layer(seed, layer_bytes);
+        if pretty { b.pretty() } else { b }.build()
+    };
+    index(
+        format,
+        vec![child("amd64", seed), child("arm64", seed + 1)],
+        pretty,
+    )
+}
+
+/// The bytes a registry stores for `images`: every distinct blob (config or layer,
+/// of the images and their children) counted once, manifests not included. This is
+/// what a full copy of the images must move at least once.
+pub fn distinct_blob_bytes<'a>(images: impl IntoIterator<Item = &'a Image>) -> u64 {
+    let mut seen = std::collections::BTreeSet::new();
+    images
+        .into_iter()
+        .flat_map(Image::all_blobs)
+        .filter(|b| seen.insert(b.digest.clone()))
+        .map(|b| b.bytes.len() as u64)
+        .sum()
+}
+
 impl Image {
+    /// The config blob of an image manifest (`None` for an index).
+    pub fn config_blob(&self) -> Option<&Blob> {
+        self.blobs.first()
+    }
+
+    /// The layers of an image manifest, in order (empty for an index).
+    pub fn layer_blobs(&self) -> &[Blob] {
+        self.blobs.get(1..).unwrap_or_default()
+    }
+
     /// Every distinct blob of the image and its children.
     pub fn all_blobs(&self) -> Vec<&Blob> {
         let mut out: Vec<&Blob> = Vec::new();

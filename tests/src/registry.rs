@@ -29,6 +29,10 @@ pub struct Registry {
     options: RegistryOptions,
     child: Option<Child>,
     ca_pem: Option<String>,
+    /// Sent back by the registry in a response header, so that readiness is
+    /// only declared when *this* process answers — not another test's registry
+    /// that took the port between our probe for a free port and our bind.
+    instance: String,
 }
 
 impl std::fmt::Debug for Registry {
@@ -37,6 +41,18 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// The response header that identifies a registry instance.
+const INSTANCE_HEADER: &str = "X-Airlock-Test-Registry";
+
+/// How long a registry may take to answer `/v2/` after it was started.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a registry may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A port that was free a moment ago. The listener is dropped before the
+/// registry binds, so another process may take it first; [`Registry::start`]
+/// retries with a new port when that happens.
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -77,12 +93,14 @@ impl Registry {
             let hash = bcrypt::hash(password, 4)?;
             std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n"))?;
         }
+        let instance = format!("{:016x}", rand::random::<u64>());
         let mut registry = Registry {
             dir,
             port: 0,
             options,
             child: None,
             ca_pem,
+            instance,
         };
         let mut last = None;
         for _ in 0..5 {
@@ -98,9 +116,10 @@ impl Registry {
     fn config(&self) -> String {
         let root = self.dir.path();
         let mut c = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n  secret: airlock-test-secret\n",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n  secret: airlock-test-secret\n  headers:\n    {INSTANCE_HEADER}: [{}]\n",
             root.join("storage").display(),
-            self.port
+            self.port,
+            self.instance,
         );
         if self.options.tls {
             c.push_str(&format!(
@@ -148,7 +167,7 @@ impl Registry {
     fn wait_ready(&mut self) -> Result<()> {
         let client = self.http_client()?;
         let url = format!("{}/v2/", self.url());
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + READY_TIMEOUT;
         let mut backoff = Duration::from_millis(5);
         loop {
             if let Some(status) = self.child.as_mut().expect("spawned").try_wait()? {
@@ -159,14 +178,18 @@ impl Registry {
                 );
             }
             if let Ok(resp) = client.get(&url).send() {
-                if resp.status().is_success() || resp.status() == 401 {
+                let ours = resp
+                    .headers()
+                    .get(INSTANCE_HEADER)
+                    .is_some_and(|v| v.as_bytes() == self.instance.as_bytes());
+                if ours && (resp.status().is_success() || resp.status() == 401) {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
                 self.stop();
                 bail!(
-                    "docker-registry did not answer on {url} within 20 s:\n{}",
+                    "docker-registry did not answer on {url} within {READY_TIMEOUT:?}:\n{}",
                     self.log()
                 );
             }
@@ -177,7 +200,11 @@ impl Registry {
 
     /// A blocking HTTP client that trusts this registry.
     pub fn http_client(&self) -> Result<reqwest::blocking::Client> {
-        let mut b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60));
+        // No proxy: the registry is on loopback, and a developer's HTTP_PROXY must
+        // not see (or refuse) test traffic.
+        let mut b = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .no_proxy();
         if let Some(pem) = &self.ca_pem {
             b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
         }
@@ -187,6 +214,16 @@ impl Registry {
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The host and the port, for code that takes them apart.
+    pub fn host_port(&self) -> (&'static str, u16) {
+        ("127.0.0.1", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `http://127.0.0.1:PORT` or `https://...`.
@@ -200,9 +237,15 @@ impl Registry {
         self.options.tls
     }
 
-    /// A directory holding `ca.crt`, for `--cert-dir` / `--src-cert-dir`.
+    /// A directory holding only `ca.crt`, for skopeo's `--cert-dir` and Airlock's
+    /// `--src-cert-dir` / `--dest-cert-dir` (a `certs.d`-style directory).
     pub fn ca_cert_dir(&self) -> Option<PathBuf> {
         self.options.tls.then(|| self.dir.path().join("certs"))
+    }
+
+    /// The CA certificate (PEM) that signed the registry's certificate.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// The credentials, if the registry requires them.
@@ -236,15 +279,45 @@ impl Registry {
         self.dir.path().join("storage")
     }
 
-    /// Stops the registry (its storage stays).
+    /// Stops the registry (its storage stays): SIGTERM, as a service manager
+    /// stops it, then SIGKILL if it has not exited within a deadline. Returns once
+    /// the process is gone, so the port is free for [`Registry::start_again`].
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let termed = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if termed {
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            let mut backoff = Duration::from_millis(2);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                    return;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
-    /// Starts the registry again on the same port with the same storage.
+    /// Whether the registry process is running (it may have exited on its own).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Starts the registry again on the same port, with the same storage,
+    /// certificate and credentials — a registry that went down and came back.
+    /// Fails (with the log) if something else took the port in the meantime.
     pub fn start_again(&mut self) -> Result<()> {
         self.stop();
         self.spawn()

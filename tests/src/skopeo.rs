@@ -1,7 +1,8 @@
 //! `skopeo`, the independent client that checks what Airlock did.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use anyhow::{Result, bail};
 
@@ -39,13 +40,14 @@ impl SkopeoOpts {
     }
 }
 
+pub use crate::images::digest_of;
+
 fn run(mut cmd: Command) -> Result<Vec<u8>> {
-    // Keep the developer's own credentials and policy out of tests.
-    let home = tempfile::tempdir()?;
-    cmd.env("HOME", home.path())
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("XDG_RUNTIME_DIR");
-    let out = cmd.output()?;
+    // Keep the developer's own credentials out of tests: only `--authfile` counts.
+    crate::bins::isolate_env(&mut cmd);
+    let out = cmd.output().map_err(|e| {
+        anyhow::anyhow!("cannot run skopeo (install the Debian package skopeo): {e}")
+    })?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}",
@@ -56,20 +58,26 @@ fn run(mut cmd: Command) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-fn policy() -> Result<PathBuf> {
-    // skopeo needs a signature policy; tests accept anything.
-    let path = std::env::temp_dir().join("airlock-tests-policy.json");
-    if !path.exists() {
-        std::fs::write(&path, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#)?;
-    }
-    Ok(path)
+/// skopeo refuses to run without a signature policy, and the machine's
+/// `/etc/containers/policy.json` may be missing or strict; tests accept anything.
+/// Written once per process, into its own scratch directory, so that no test ever
+/// reads a policy file another process is still writing.
+fn policy() -> &'static Path {
+    static POLICY: OnceLock<PathBuf> = OnceLock::new();
+    // `get_or_init` runs the write once, with other threads waiting for it.
+    POLICY.get_or_init(|| {
+        let path = crate::bins::scratch_dir().join("policy.json");
+        std::fs::write(&path, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    })
 }
 
 /// `skopeo inspect --raw docker://REFERENCE`: the manifest bytes as the registry serves them.
 pub fn inspect_raw(reference: &str, opts: &SkopeoOpts) -> Result<Vec<u8>> {
     let mut cmd = Command::new("skopeo");
     cmd.arg("--policy")
-        .arg(policy()?)
+        .arg(policy())
         .arg("inspect")
         .arg("--raw");
     opts.apply(&mut cmd, "");
@@ -89,7 +97,7 @@ pub fn inspect_raw_at(registry: &Registry, repo_ref: &str) -> Result<Vec<u8>> {
 pub fn copy_all(src: &str, src_opts: &SkopeoOpts, dst: &str, dst_opts: &SkopeoOpts) -> Result<()> {
     let mut cmd = Command::new("skopeo");
     cmd.arg("--policy")
-        .arg(policy()?)
+        .arg(policy())
         .arg("copy")
         .arg("--all")
         .arg("--preserve-digests");
@@ -102,7 +110,7 @@ pub fn copy_all(src: &str, src_opts: &SkopeoOpts, dst: &str, dst_opts: &SkopeoOp
 /// The tags of `repo` at `registry`.
 pub fn list_tags(registry: &Registry, repo: &str) -> Result<Vec<String>> {
     let mut cmd = Command::new("skopeo");
-    cmd.arg("--policy").arg(policy()?).arg("list-tags");
+    cmd.arg("--policy").arg(policy()).arg("list-tags");
     SkopeoOpts::for_registry(registry).apply(&mut cmd, "");
     cmd.arg(format!("docker://{}/{repo}", registry.addr()));
     let out = run(cmd)?;

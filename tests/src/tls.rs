@@ -54,21 +54,45 @@ impl TestCa {
         Ok(path)
     }
 
-    fn issue(&self, dir: &Path, stem: &str, params: CertificateParams) -> Result<Issued> {
-        std::fs::create_dir_all(dir)?;
+    fn issue(
+        &self,
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        params: CertificateParams,
+        with_chain: bool,
+    ) -> Result<Issued> {
+        if let Some(dir) = cert_file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         let issued = Issued {
-            cert: dir.join(format!("{stem}.crt")),
-            key: dir.join(format!("{stem}.key")),
+            cert: cert_file,
+            key: key_file,
         };
-        std::fs::write(&issued.cert, cert.pem())?;
+        let mut pem = cert.pem();
+        if with_chain {
+            pem.push_str(&self.ca_pem());
+        }
+        std::fs::write(&issued.cert, pem)?;
         std::fs::write(&issued.key, key.serialize_pem())?;
         Ok(issued)
     }
 
-    /// A server certificate for `names` (DNS names or IP addresses).
+    /// A server certificate for `names` (DNS names or IP addresses), written as
+    /// `dir/server.crt` (the leaf alone) and `dir/server.key`.
     pub fn issue_server(&self, dir: &Path, names: &[&str]) -> Result<Issued> {
+        self.server(dir, names, false)
+    }
+
+    /// Like [`TestCa::issue_server`], with the CA certificate after the leaf in
+    /// `server.crt`, as servers configured with a full chain send it; clients must
+    /// still trust the CA themselves.
+    pub fn issue_server_chain(&self, dir: &Path, names: &[&str]) -> Result<Issued> {
+        self.server(dir, names, true)
+    }
+
+    fn server(&self, dir: &Path, names: &[&str], with_chain: bool) -> Result<Issued> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(
             DnType::CommonName,
@@ -86,15 +110,29 @@ impl TestCa {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        self.issue(dir, "server", params)
+        self.issue(
+            dir.join("server.crt"),
+            dir.join("server.key"),
+            params,
+            with_chain,
+        )
     }
 
-    /// A client certificate with common name `cn`.
+    /// A client certificate with common name `cn` (for mutual TLS), written as
+    /// `dir/<cn>.cert` and `dir/<cn>.key`: in a containers `certs.d`-style directory
+    /// (`--cert-dir`) a `*.crt` file is a CA to trust, and a client certificate must
+    /// be a `*.cert` with a `*.key` of the same stem, so the directory can be given
+    /// to skopeo (or Airlock) as it is.
     pub fn issue_client(&self, dir: &Path, cn: &str) -> Result<Issued> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        self.issue(dir, cn, params)
+        self.issue(
+            dir.join(format!("{cn}.cert")),
+            dir.join(format!("{cn}.key")),
+            params,
+            false,
+        )
     }
 }

@@ -17,10 +17,7 @@ pub mod schema;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-pub use position::Pos;
-use position::Positions;
+pub use position::{Pos, Positions};
 pub use schema::ImageSetConfiguration;
 
 use crate::reference::{ImageRef, valid_repository, valid_tag};
@@ -182,48 +179,32 @@ fn invalid(path: &Path, mut problems: Vec<Problem>) -> ConfigError {
 
 /// Parses configuration text; `path` is used in messages only.
 pub fn parse_all(path: &Path, text: &str) -> Result<Vec<LoadedConfig>, ConfigError> {
-    let positions = position::index(text);
-    let mut docs = Vec::new();
-    for (document, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let config = ImageSetConfiguration::deserialize(de).map_err(|e| {
-            let pos = e.location().map(|l| Pos {
-                line: l.line(),
-                column: l.column(),
-            });
-            let message = e.to_string();
-            let message = match message.rfind(" at line ") {
-                Some(i) => message[..i].to_string(),
-                None => message,
-            };
-            let message = if message.contains("missing field `apiVersion`")
-                || message.contains("missing field `kind`")
-            {
-                format!("{message}: an ImageSetConfiguration starts with apiVersion: {V2ALPHA1} (or {V1ALPHA2}) and kind: {KIND}")
-            } else {
-                message
-            };
-            invalid(
-                path,
-                vec![Problem {
-                    pos,
-                    field: String::new(),
-                    message,
-                }],
+    let docs = parse_documents::<ImageSetConfiguration>(path, text, |message| {
+        if message.contains("missing field `apiVersion`")
+            || message.contains("missing field `kind`")
+        {
+            format!(
+                "{message}: an ImageSetConfiguration starts with apiVersion: {V2ALPHA1} (or {V1ALPHA2}) and kind: {KIND}"
             )
-        })?;
-        let loaded = LoadedConfig {
+        } else {
+            message
+        }
+    })?;
+    let mut loaded = Vec::new();
+    for (document, (config, positions)) in docs.into_iter().enumerate() {
+        let doc = LoadedConfig {
             file: path.to_path_buf(),
             document,
             config,
-            positions: positions.get(document).cloned().unwrap_or_default(),
+            positions,
         };
-        let problems = loaded.schema_problems();
+        let problems = doc.schema_problems();
         if !problems.is_empty() {
             return Err(invalid(path, problems));
         }
-        docs.push(loaded);
+        loaded.push(doc);
     }
-    if docs.is_empty() {
+    if loaded.is_empty() {
         return Err(invalid(
             path,
             vec![Problem {
@@ -233,7 +214,47 @@ pub fn parse_all(path: &Path, text: &str) -> Result<Vec<LoadedConfig>, ConfigErr
             }],
         ));
     }
+    Ok(loaded)
+}
+
+/// Parses every YAML document of `text` strictly into `T`, each with the positions
+/// of its fields. A serde error becomes a [`ConfigError`] naming the file, line,
+/// column and field path; `explain` may add advice to its message.
+pub fn parse_documents<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    explain: impl Fn(String) -> String,
+) -> Result<Vec<(T, Positions)>, ConfigError> {
+    let positions = position::index(text);
+    let mut docs = Vec::new();
+    for (document, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = T::deserialize(de).map_err(|e| {
+            let pos = e.location().map(|l| Pos {
+                line: l.line(),
+                column: l.column(),
+            });
+            let message = e.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(i) => message[..i].to_string(),
+                None => message,
+            };
+            invalid(
+                path,
+                vec![Problem {
+                    pos,
+                    field: String::new(),
+                    message: explain(message),
+                }],
+            )
+        })?;
+        docs.push((value, positions.get(document).cloned().unwrap_or_default()));
+    }
     Ok(docs)
+}
+
+/// Builds the error for `problems` found in `path`, in file order.
+pub fn problems_error(path: &Path, problems: Vec<Problem>) -> ConfigError {
+    invalid(path, problems)
 }
 
 /// Whether a concrete field path (`a.b[3].c`) matches a pattern with `[*]`.

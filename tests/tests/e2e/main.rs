@@ -2,6 +2,7 @@
 //! the built binaries, and skopeo as the independent check.
 
 mod differential;
+mod dropdir;
 mod foundation;
 mod oneway;
 mod util;

@@ -1,0 +1,313 @@
+//! The disconnected agent's configuration file (`run --config AGENT.yaml`).
+//!
+//! Checked completely before the agent touches anything: an unknown field, a wrong
+//! type, a missing directory, an unreadable key or a malformed registry is an error
+//! naming the file, the line and the field, and the agent does not start (exit 64).
+//! The format is documented in `docs/agent-config.md`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use airlock_common::config::{self, ConfigError, Positions, Problem};
+use airlock_common::reference::Destination;
+use airlock_common::signing::TrustStore;
+use serde::Deserialize;
+
+/// What to do with the chunk files of an imageset once it is published everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum AfterPublish {
+    /// Remove them.
+    #[default]
+    Delete,
+    /// Move them to `archiveDir`.
+    Archive,
+}
+
+/// One cluster whose registry the agent publishes to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterConfig {
+    /// A short name, used in logs, reports and the cluster-resources directory.
+    pub name: String,
+    /// The cluster's mirror registry: `docker://HOST[:PORT][/PREFIX]`.
+    pub registry: String,
+    /// Require HTTPS with a trusted certificate (false: plain HTTP or untrusted allowed).
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    /// Directory of CA certificates (`*.crt`) for this registry.
+    #[serde(default)]
+    pub cert_dir: Option<PathBuf>,
+    /// Credentials file (containers auth.json) for this registry.
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn five() -> u64 {
+    5
+}
+fn thirty() -> u64 {
+    30
+}
+fn eight() -> usize {
+    8
+}
+
+/// The agent configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentConfig {
+    /// The site workspace (state and content store).
+    pub workspace: PathBuf,
+    /// Where imageset files arrive (a diode's output, a mounted share).
+    pub drop_dir: PathBuf,
+    /// Where files that can never be used are moved, each with a `.reason` file.
+    pub quarantine_dir: PathBuf,
+    /// What to do with files of published imagesets.
+    #[serde(default)]
+    pub after_publish: AfterPublish,
+    /// Where published files go with `afterPublish: archive`.
+    #[serde(default)]
+    pub archive_dir: Option<PathBuf>,
+    /// Public keys (minisign) imagesets must be signed with; none: no signature required.
+    #[serde(default)]
+    pub trust: Vec<PathBuf>,
+    /// A file is taken once its size and modification time held this long (seconds),
+    /// or at once when it was renamed into the drop directory.
+    #[serde(default = "five")]
+    pub settle_seconds: u64,
+    /// The drop directory is rescanned this often (seconds), for shares and diode
+    /// proxies that produce no file-system events.
+    #[serde(default = "thirty")]
+    pub rescan_seconds: u64,
+    /// Blob transfers at once, per cluster.
+    #[serde(default = "eight")]
+    pub parallel: usize,
+    /// Other registries to fetch layers from that no imageset carries.
+    #[serde(default)]
+    pub fetch_from: Vec<String>,
+    /// Empty the content store once everything is published to every cluster.
+    #[serde(default)]
+    pub prune: bool,
+    /// The clusters to publish to.
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// A checked configuration, with what it names already resolved.
+#[derive(Debug)]
+pub struct Checked {
+    /// The configuration as written.
+    pub config: AgentConfig,
+    /// The clusters' destinations, in order.
+    pub destinations: Vec<Destination>,
+    /// `fetchFrom`, parsed.
+    pub fetch_from: Vec<Destination>,
+    /// The trusted keys, loaded.
+    pub trust: TrustStore,
+}
+
+struct Checker<'a> {
+    positions: &'a Positions,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, field: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            pos: self.positions.of(field),
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn dir(&mut self, field: &str, path: &Path, must_exist: bool) {
+        if path.as_os_str().is_empty() {
+            self.problem(field, "must not be empty");
+        } else if must_exist && !path.is_dir() {
+            self.problem(field, format!("{} is not a directory", path.display()));
+        }
+    }
+}
+
+/// Reads and checks the configuration file; creates nothing.
+pub fn load(path: &Path) -> Result<Checked, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut docs = config::parse_documents::<AgentConfig>(path, &text, |m| m)?;
+    if docs.len() != 1 {
+        return Err(config::problems_error(
+            path,
+            vec![Problem {
+                pos: None,
+                field: String::new(),
+                message: format!("expected one YAML document, found {}", docs.len()),
+            }],
+        ));
+    }
+    let (config, positions) = docs.remove(0);
+    let mut c = Checker {
+        positions: &positions,
+        problems: Vec::new(),
+    };
+    c.dir("workspace", &config.workspace, false);
+    c.dir("dropDir", &config.drop_dir, true);
+    c.dir("quarantineDir", &config.quarantine_dir, false);
+    if config.drop_dir == config.quarantine_dir {
+        c.problem("quarantineDir", "must differ from dropDir");
+    }
+    match (config.after_publish, &config.archive_dir) {
+        (AfterPublish::Archive, None) => {
+            c.problem("archiveDir", "afterPublish: archive needs an archiveDir")
+        }
+        (AfterPublish::Archive, Some(a)) if *a == config.drop_dir => {
+            c.problem("archiveDir", "must differ from dropDir")
+        }
+        (AfterPublish::Delete, Some(_)) => c.problem(
+            "archiveDir",
+            "is set, but afterPublish is delete; set afterPublish: archive",
+        ),
+        _ => {}
+    }
+    if config.rescan_seconds == 0 {
+        c.problem("rescanSeconds", "must be at least 1");
+    }
+    if config.parallel == 0 {
+        c.problem("parallel", "must be at least 1");
+    }
+    let trust = match TrustStore::load(&config.trust) {
+        Ok(t) => t,
+        Err(e) => {
+            c.problem("trust", e.to_string());
+            TrustStore::default()
+        }
+    };
+    if config.clusters.is_empty() {
+        c.problem("clusters", "at least one cluster is needed");
+    }
+    let mut names = HashSet::new();
+    let mut destinations = Vec::new();
+    for (i, cl) in config.clusters.iter().enumerate() {
+        let at = format!("clusters[{i}]");
+        let name_ok = !cl.name.is_empty()
+            && cl.name.len() <= 63
+            && cl
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            c.problem(
+                &format!("{at}.name"),
+                format!(
+                    "{:?} must be 1 to 63 lower-case letters, digits or '-'",
+                    cl.name
+                ),
+            );
+        } else if !names.insert(cl.name.as_str()) {
+            c.problem(
+                &format!("{at}.name"),
+                format!("duplicate cluster name {:?}", cl.name),
+            );
+        }
+        match cl.registry.parse::<Destination>() {
+            Ok(d) => destinations.push(d),
+            Err(e) => c.problem(&format!("{at}.registry"), e.to_string()),
+        }
+        if let Some(d) = &cl.cert_dir {
+            c.dir(&format!("{at}.certDir"), d, true);
+        }
+        if let Some(f) = &cl.auth_file {
+            if !f.is_file() {
+                c.problem(
+                    &format!("{at}.authFile"),
+                    format!("{} is not a file", f.display()),
+                );
+            }
+        }
+    }
+    let mut fetch_from = Vec::new();
+    for (i, f) in config.fetch_from.iter().enumerate() {
+        match f.parse::<Destination>() {
+            Ok(d) => fetch_from.push(d),
+            Err(e) => c.problem(&format!("fetchFrom[{i}]"), e.to_string()),
+        }
+    }
+    if !c.problems.is_empty() {
+        return Err(config::problems_error(path, c.problems));
+    }
+    Ok(Checked {
+        config,
+        destinations,
+        fetch_from,
+        trust,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Checked, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("drop")).unwrap();
+        let text = text.replace("DIR", dir.path().to_str().unwrap());
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, text).unwrap();
+        load(&path).map_err(|e| e.to_string())
+    }
+
+    const GOOD: &str = "workspace: DIR/ws\ndropDir: DIR/drop\nquarantineDir: DIR/q\nclusters:\n- name: prod\n  registry: docker://mirror.example:5000/m\n";
+
+    #[test]
+    fn a_minimal_configuration_is_complete_with_defaults() {
+        let c = check(GOOD).unwrap();
+        assert_eq!(c.config.settle_seconds, 5);
+        assert_eq!(c.config.rescan_seconds, 30);
+        assert!(c.config.clusters[0].tls_verify);
+        assert_eq!(c.destinations[0].registry(), "mirror.example:5000");
+        assert_eq!(c.config.after_publish, AfterPublish::Delete);
+    }
+
+    #[test]
+    fn every_mistake_is_named_with_its_line() {
+        let cases = [
+            (
+                GOOD.replace("dropDir: DIR/drop", "dropDir: DIR/nope"),
+                "agent.yaml:2:1: dropDir: ",
+            ),
+            (
+                format!("{GOOD}  tlsVerfy: false\n"),
+                "agent.yaml:7:3: clusters[0]: unknown field `tlsVerfy`",
+            ),
+            (
+                GOOD.replace("docker://mirror.example:5000/m", "mirror.example"),
+                "agent.yaml:6:3: clusters[0].registry: invalid destination",
+            ),
+            (
+                format!("{GOOD}- name: prod\n  registry: docker://b:1\n"),
+                "agent.yaml:7:3: clusters[1].name: duplicate cluster name",
+            ),
+            (
+                format!("{GOOD}trust: [DIR/missing.pub]\n"),
+                "agent.yaml:7:1: trust: ",
+            ),
+            (
+                format!("{GOOD}afterPublish: archive\n"),
+                "archiveDir: afterPublish: archive needs an archiveDir",
+            ),
+            (
+                format!("{GOOD}settleSeconds: soon\n"),
+                "agent.yaml:7:16: settleSeconds: invalid type",
+            ),
+            ("workspace: DIR/ws\n".to_string(), "missing field `dropDir`"),
+        ];
+        for (text, want) in cases {
+            let err = check(&text).unwrap_err();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The disconnected agent as a service, fed by a drop directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use airlock_tests::bins::{self, run, run_ok};
+use airlock_tests::images::{Format, ImageBuilder, PushClient};
+use airlock_tests::registry::Registry;
+use airlock_tests::skopeo::inspect_raw_at;
+
+use crate::util::*;
+
+/// Waits until `ready` holds, polling with a short backoff, or fails after `timeout`.
+fn eventually(
+    timeout: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(20);
+    while !ready() {
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}\n--- agent log\n{}", log());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// A running `airlock-disconnected run`.
+struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(config: &Path, env: &[(&str, &str)]) -> Self {
+        let log = config.with_extension("log");
+        let mut cmd = bins::disconnected();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .envs(env.iter().copied());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(file).spawn().unwrap();
+        Agent {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit on its own; returns its exit code.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Site {
+    tmp: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        for d in ["drop", "quarantine", "archive"] {
+            std::fs::create_dir_all(tmp.path().join(d)).unwrap();
+        }
+        Site { tmp }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+    fn config(&self, dest: &Registry, extra: &str) -> PathBuf {
+        let text = format!(
+            "workspace: {0}/ws\ndropDir: {0}/drop\nquarantineDir: {0}/quarantine\nafterPublish: archive\narchiveDir: {0}/archive\nsettleSeconds: 1\nrescanSeconds: 1\n{extra}clusters:\n- name: site-a\n  registry: docker://{1}/m\n  tlsVerify: false\n",
+            self.tmp.path().display(),
+            dest.addr()
+        );
+        let p = self.path("agent.yaml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    fn files(&self, dir: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.path(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Writes `src` to `dst` in pieces, flushed one by one, as a slow transfer does.
+fn write_slowly(src: &Path, dst: &Path) {
+    let bytes = std::fs::read(src).unwrap();
+    let mut f = std::fs::File::create(dst).unwrap();
+    for piece in bytes.chunks(bytes.len().div_ceil(3).max(1)) {
+        f.write_all(piece).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+    }
+}
+
+fn published_everything(dest: &Registry, placed: &[&Placed]) -> bool {
+    placed.iter().all(|p| {
+        inspect_raw_at(dest, &format!("m/{}", p.dest_ref)).is_ok_and(|b| b == p.image.manifest)
+    })
+}
+
+#[test]
+fn drop_folder_takes_slow_shuffled_interleaved_files_in_sequence() {
+    let s = Setup::plain();
+    // Sequence 1 and 2 of one workspace: 2 adds an image.
+    let out1 = s.path("out1");
+    assert_eq!(
+        create(&s.config, &out1, &s.path("ws-c"), "300KiB", &s.source).code,
+        0
+    );
+    let client = PushClient::new(&s.source).unwrap();
+    let extra = ImageBuilder::new(Format::Oci).layer(77, 200_000).build();
+    extra.push(&client, "extra/late", Some("1")).unwrap();
+    let extra = Placed {
+        image: extra,
+        repo: "extra/late".into(),
+        config_ref: "extra/late:1".into(),
+        dest_ref: "extra/late:1".into(),
+    };
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(&format!(
+        "  - name: docker://{}/extra/late:1\n",
+        s.source.addr()
+    ));
+    let config2 = s.path("isc2.yaml");
+    std::fs::write(&config2, text).unwrap();
+    let out2 = s.path("out2");
+    assert_eq!(
+        create(&config2, &out2, &s.path("ws-c"), "300KiB", &s.source).code,
+        0
+    );
+
+    let site = Site::new();
+    let mut agent = Agent::start(&site.config(&s.dest, ""), &[]);
+    let f1 = chunk_files(&out1);
+    let f2 = chunk_files(&out2);
+    // Interleaved, newest first, written slowly; one through a temporary name; one twice.
+    let mut order: Vec<&PathBuf> = Vec::new();
+    for i in 0..f1.len().max(f2.len()) {
+        order.extend(f2.get(i));
+        order.extend(f1.get(i));
+    }
+    let drop = site.path("drop");
+    for (i, f) in order.iter().enumerate() {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        if i == 1 {
+            let part = drop.join(format!("{name}.part"));
+            write_slowly(f, &part);
+            std::fs::rename(&part, drop.join(name)).unwrap();
+        } else {
+            write_slowly(f, &drop.join(format!("in-{i:02}-{name}")));
+        }
+    }
+    write_slowly(&f1[0], &drop.join("resent-copy.tar"));
+
+    let mut all: Vec<&Placed> = s.placed.iter().collect();
+    all.push(&extra);
+    eventually(
+        Duration::from_secs(90),
+        "both imagesets published",
+        || published_everything(&s.dest, &all),
+        || agent.log(),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the drop directory emptied",
+        || site.files("drop").is_empty(),
+        || agent.log(),
+    );
+    assert!(
+        site.files("quarantine").is_empty(),
+        "nothing quarantined: {:?}\n{}",
+        site.files("quarantine"),
+        agent.log()
+    );
+    assert_eq!(
+        site.files("archive").len(),
+        f1.len() + f2.len() + 1,
+        "every file archived once: {:?}",
+        site.files("archive")
+    );
+    let log = agent.log();
+    let (a1, a2) = (
+        log.find("sequence=1 ").unwrap(),
+        log.find("sequence=2 ").unwrap(),
+    );
+    assert!(a1 < a2, "accepted in sequence order");
+    assert!(
+        site.path("ws/cluster-resources/site-a/itms-oc-mirror.yaml")
+            .is_file()
+    );
+    agent.stop();
+    assert_byte_exact(&s.source, &s.dest, "m", &s.placed);
+}
+
+#[test]
+fn bad_files_go_to_quarantine_with_a_reason_and_the_agent_carries_on() {
+    let s = Setup::plain();
+    let keys = s.path("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    run_ok(
+        bins::connected()
+            .arg("keygen")
+            .arg("--out")
+            .arg(keys.join("good")),
+    );
+    run_ok(
+        bins::connected()
+            .arg("keygen")
+            .arg("--out")
+            .arg(keys.join("bad")),
+    );
+    let signed = |key: &str, out: &str, ws: &str| {
+        let mut cmd = bins::connected();
+        cmd.arg("create")
+            .arg("--config")
+            .arg(&s.config)
+            .arg("--out")
+            .arg(s.path(out));
+        cmd.arg("--workspace")
+            .arg(s.path(ws))
+            .arg("--sign-key")
+            .arg(keys.join(format!("{key}.key")));
+        source_flags(&mut cmd, &s.source);
+        run_ok(&mut cmd);
+        chunk_files(&s.path(out))
+    };
+    let bad = signed("bad", "out-bad", "ws-bad");
+    let good = signed("good", "out-good", "ws-good");
+
+    let site = Site::new();
+    let trust = format!("trust: [{}]\n", keys.join("good.pub").display());
+    let mut agent = Agent::start(&site.config(&s.dest, &trust), &[]);
+    let drop = site.path("drop");
+    std::fs::write(drop.join("notes.txt"), "not an imageset").unwrap();
+    for f in &bad {
+        std::fs::copy(f, drop.join(f.file_name().unwrap())).unwrap();
+    }
+    let truncated = std::fs::read(&good[0]).unwrap();
+    std::fs::write(drop.join("cut.tar"), &truncated[..truncated.len() / 2]).unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the bad files quarantined",
+        || site.files("quarantine").len() == 2 * (bad.len() + 2),
+        || agent.log(),
+    );
+    let reason = |name: &str| {
+        std::fs::read_to_string(site.path("quarantine").join(format!("{name}.reason"))).unwrap()
+    };
+    assert!(reason("notes.txt").contains("not an Airlock imageset chunk"));
+    assert!(reason("cut.tar").contains("truncated"));
+    let bad_name = bad[0].file_name().unwrap().to_str().unwrap();
+    assert!(
+        reason(bad_name).contains("which is not trusted here"),
+        "{}",
+        reason(bad_name)
+    );
+    assert!(catalog(&s.dest).is_empty());
+
+    // The agent is still there, and takes the good imageset.
+    for f in &good {
+        std::fs::copy(f, drop.join(f.file_name().unwrap())).unwrap();
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the good imageset published",
+        || published_everything(&s.dest, &s.placed.iter().collect::<Vec<_>>()),
+        || agent.log(),
+    );
+    agent.stop();
+}
+
+#[test]
+fn sigkill_during_ingest_loses_nothing_and_takes_nothing_twice() {
+    let s = Setup::plain();
+    let (_, out) = s.create("300KiB");
+    let site = Site::new();
+    let config = site.config(&s.dest, "");
+    for f in chunk_files(&out) {
+        std::fs::copy(&f, site.path("drop").join(f.file_name().unwrap())).unwrap();
+    }
+    for point in ["ingested", "accepted", "published-images"] {
+        let mut crashing = Agent::start(&config, &[("AIRLOCK_CRASH_AT", point)]);
+        let code = crashing.wait_exit(Duration::from_secs(60));
+        assert_ne!(code, Some(0), "the agent must have died at {point}");
+        assert!(crashing.log().contains(point), "{}", crashing.log());
+        assert_eq!(
+            site.files("drop").len(),
+            chunk_files(&out).len(),
+            "nothing lost from the drop directory"
+        );
+    }
+    let mut agent = Agent::start(&config, &[]);
+    eventually(
+        Duration::from_secs(60),
+        "the imageset archived",
+        || site.files("drop").is_empty(),
+        || agent.log(),
+    );
+    agent.stop();
+    assert_eq!(
+        site.files("archive").len(),
+        chunk_files(&out).len(),
+        "each file archived once"
+    );
+    s.assert_byte_exact("m");
+}
+
+#[test]
+fn a_bad_agent_configuration_stops_it_before_it_touches_anything() {
+    let site = Site::new();
+    let dest = Registry::plain().unwrap();
+    let config = site.config(&dest, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("tlsVerify: false", "tlsVerify: maybe");
+    std::fs::write(&config, text).unwrap();
+    let out = run(bins::disconnected().arg("run").arg("--config").arg(&config));
+    assert_eq!(out.code, EX_CONFIG, "{out}");
+    assert!(
+        out.stderr
+            .contains("agent.yaml:11:14: clusters[0].tlsVerify: invalid type"),
+        "{out}"
+    );
+    assert!(!site.path("ws").exists(), "no workspace created");
+}
