@@ -236,43 +236,57 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             image: image.source.clone(),
             source,
         };
-        // The manifest tree, parents before children.
+        // The manifest tree in post-order: every manifest after all its children, so
+        // that a child shared by two parents is pushed before either of them.
         let mut manifests: Vec<RawManifest> = Vec::new();
         let mut blobs: Vec<(Digest, u64)> = Vec::new();
-        let mut queue = vec![image.digest.clone()];
-        while let Some(digest) = queue.pop() {
+        let mut loaded: HashMap<Digest, (RawManifest, Vec<Digest>)> = HashMap::new();
+        let mut stack = vec![(image.digest.clone(), false)];
+        while let Some((digest, expanded)) = stack.pop() {
             if manifests.iter().any(|m| m.digest == digest) {
                 continue;
             }
-            let record = records.get(&digest).ok_or_else(|| {
-                content(format!("manifest {digest} is not listed in the imageset"))
-            })?;
-            let media_type = record.media_type.as_deref().ok_or_else(|| {
-                content(format!(
-                    "{digest} is referenced as a manifest but listed as a blob"
-                ))
-            })?;
-            let raw = self
-                .source
-                .manifest(&digest, media_type)
-                .await
-                .map_err(content)?;
-            if raw.digest != digest {
-                return Err(content(format!(
-                    "manifest {digest} hashes to {}",
-                    raw.digest
-                )));
+            if expanded {
+                let (raw, _) = loaded
+                    .remove(&digest)
+                    .expect("loaded before it was expanded");
+                manifests.push(raw);
+                continue;
             }
-            let parsed = raw
-                .parse()
-                .map_err(|e| content(format!("manifest {digest}: {e}")))?;
-            queue.extend(parsed.children().iter().map(|c| c.digest.clone()));
-            for b in parsed.blobs() {
-                if !blobs.iter().any(|(d, _)| *d == b.digest) {
-                    blobs.push((b.digest.clone(), b.size));
+            if !loaded.contains_key(&digest) {
+                let record = records.get(&digest).ok_or_else(|| {
+                    content(format!("manifest {digest} is not listed in the imageset"))
+                })?;
+                let media_type = record.media_type.as_deref().ok_or_else(|| {
+                    content(format!(
+                        "{digest} is referenced as a manifest but listed as a blob"
+                    ))
+                })?;
+                let raw = self
+                    .source
+                    .manifest(&digest, media_type)
+                    .await
+                    .map_err(content)?;
+                if raw.digest != digest {
+                    return Err(content(format!(
+                        "manifest {digest} hashes to {}",
+                        raw.digest
+                    )));
                 }
+                let parsed = raw
+                    .parse()
+                    .map_err(|e| content(format!("manifest {digest}: {e}")))?;
+                for b in parsed.blobs() {
+                    if !blobs.iter().any(|(d, _)| *d == b.digest) {
+                        blobs.push((b.digest.clone(), b.size));
+                    }
+                }
+                let children = parsed.children().iter().map(|c| c.digest.clone()).collect();
+                loaded.insert(digest.clone(), (raw, children));
             }
-            manifests.push(raw);
+            let children = loaded[&digest].1.clone();
+            stack.push((digest, true));
+            stack.extend(children.into_iter().rev().map(|c| (c, false)));
         }
         // Every blob must be available before anything of the image is pushed.
         let mut missing = Vec::new();
@@ -298,7 +312,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             .present
             .fetch_add((blobs.len() - missing.len()) as u64, Ordering::Relaxed);
         // Children before parents; the top manifest last, and its tag after it.
-        for m in manifests.iter().rev() {
+        for m in &manifests {
             let tag = if m.digest == image.digest {
                 image.tag.as_deref()
             } else {

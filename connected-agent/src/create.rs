@@ -164,21 +164,19 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         tracing::info!(image = %remote_name, uuid = %state.uuid, sequence = state.sequence, "continuing from the workspace state kept in the registry");
         ws.import(state)?;
     }
+    let staging = opts.out.join(STAGING);
+    if !opts.dry_run {
+        recover_staging(
+            &staging,
+            &opts.out,
+            current.as_ref().map(|s| (s.uuid, s.sequence)),
+        )?;
+    }
     let current = current.filter(|_| !opts.full);
-    let (mut uuid, sequence) = match &current {
+    let (uuid, sequence) = match &current {
         Some(s) => (s.uuid, s.sequence + 1),
         None => (uuid::Uuid::new_v4(), 1),
     };
-    // A run that stopped while writing this sequence chose its UUID already (a new
-    // one, for sequence 1): reuse it, so that the same file names are written again
-    // and nothing of the interrupted run survives under another identity.
-    if let Some(ws) = &workspace {
-        if let Some((pending_uuid, pending_seq)) = ws.pending()? {
-            if pending_seq == sequence && (sequence == 1 || pending_uuid == uuid) {
-                uuid = pending_uuid;
-            }
-        }
-    }
     let shipped: HashSet<&Digest> = current
         .iter()
         .flat_map(|s| s.shipped.iter().map(|(d, _)| d))
@@ -252,8 +250,6 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         });
     }
     let workspace = workspace.expect("opened for a real run");
-    workspace.set_pending(&uuid, sequence)?;
-    remove_attempt(&opts.out, &uuid, sequence)?;
 
     let signer = opts
         .sign_key
@@ -264,11 +260,11 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         signer: signer.as_ref(),
         parity: opts.parity,
     };
-    let prepared = write::prepare(&opts.out, skeleton, &carry, &options)?;
+    let prepared = write::prepare(&staging, skeleton, &carry, &options)?;
     tracing::info!(chunks = prepared.manifest().chunks.len(), "chunks laid out");
     fill(&prepared, &collected, &carry, &pool, opts.parallel.max(1)).await?;
     crash_point("filled");
-    let (manifest, chunks) = prepared.finish(signer.as_ref()).await?;
+    let (manifest, staged) = prepared.finish(signer.as_ref()).await?;
     crash_point("renamed");
     let bytes = manifest.chunks.iter().map(|c| c.size).sum();
     let record = ImagesetRecord {
@@ -299,19 +295,22 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
             .shipped
             .extend(carried.iter().map(|d| (d.clone(), sequence)));
         if let Err(e) = remote.push(&state).await {
-            // The imageset is not recorded anywhere, so its files must not be carried:
-            // remove them, and the next create makes this sequence again.
-            for c in &chunks {
+            // The imageset is not recorded anywhere, so its files must never be
+            // carried: they never leave the staging directory.
+            for c in &staged {
                 let _ = std::fs::remove_file(c);
             }
             return Err(Error::Remote(format!(
-                "the workspace state could not be stored at {}: {e}; the chunk files of sequence {sequence} were removed, nothing was recorded; run create again when the registry is reachable",
-                remote.image()
+                "the workspace state could not be stored at {}: {e}; nothing of sequence {sequence} was recorded or left in {}; run create again when the registry is reachable",
+                remote.image(),
+                opts.out.display()
             )));
         }
         crash_point("state-pushed");
     }
     workspace.commit(&record, &carried)?;
+    crash_point("committed");
+    let chunks = publish_staged(&staged, &opts.out)?;
     tracing::info!(%uuid, sequence, chunks = chunks.len(), bytes, elapsed_ms = started.elapsed().as_millis() as u64, "imageset created");
     Ok(CreateReport {
         manifest,
@@ -328,27 +327,58 @@ fn desired_state(images: &[airlock_common::imageset::ImageRecord]) -> Digest {
     Digest::of(&serde_json::to_vec(images).expect("image records serialise"))
 }
 
-/// Removes the files an interrupted attempt at `(uuid, sequence)` left in `out`:
-/// temporary chunks, and final-named ones of an attempt that was never recorded.
-fn remove_attempt(out: &Path, uuid: &uuid::Uuid, sequence: u64) -> Result<(), Error> {
-    let Ok(entries) = std::fs::read_dir(out) else {
+/// Directory (inside `--out`) where chunk files are written until their imageset is
+/// recorded. Only then do they move into `--out`, so that a transfer station watching
+/// `--out` never takes files of an imageset that a crash or a failure left
+/// unrecorded, and that a later run would make again differently.
+pub const STAGING: &str = ".airlock-staging";
+
+/// Moves staged chunk files into `out` (a rename within one file system) and syncs it.
+fn publish_staged(staged: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut moved = Vec::with_capacity(staged.len());
+    for f in staged {
+        let target = out.join(f.file_name().expect("staged files have names"));
+        std::fs::rename(f, &target).map_err(|e| Error::io(&target, e))?;
+        moved.push(target);
+    }
+    std::fs::File::open(out)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(out, e))?;
+    Ok(moved)
+}
+
+/// Finishes what an interrupted run left in the staging directory: chunk files of
+/// an imageset the workspace recorded (`recorded` is its UUID and last sequence) move
+/// into `out`; anything else was never recorded and is removed.
+fn recover_staging(
+    staging: &Path,
+    out: &Path,
+    recorded: Option<(uuid::Uuid, u64)>,
+) -> Result<(), Error> {
+    let Ok(entries) = std::fs::read_dir(staging) else {
         return Ok(());
     };
-    let prefix = airlock_common::imageset::chunk_file_name(uuid, sequence, 1, 1);
-    let prefix = &prefix[..prefix
-        .find("-chunk")
-        .expect("chunk names have a chunk part")
-        + 1];
+    let mut keep = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| Error::io(out, e))?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(prefix))
-        {
-            tracing::info!(file = %entry.path().display(), "removing a file of an interrupted run");
-            std::fs::remove_file(entry.path()).map_err(|e| Error::io(&entry.path(), e))?;
+        let path = entry.map_err(|e| Error::io(staging, e))?.path();
+        let head = airlock_common::imageset::read::read_head(&path).ok();
+        let is_recorded = head.is_some_and(|h| {
+            recorded
+                .is_some_and(|(uuid, last)| h.manifest.uuid == uuid && h.manifest.sequence <= last)
+        });
+        if is_recorded {
+            keep.push(path);
+        } else {
+            tracing::info!(file = %path.display(), "removing a file of an interrupted, unrecorded run");
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
         }
+    }
+    if !keep.is_empty() {
+        tracing::info!(
+            files = keep.len(),
+            "moving the files of a recorded imageset out of staging"
+        );
+        publish_staged(&keep, out)?;
     }
     Ok(())
 }

@@ -4,9 +4,7 @@
 //! State lives in a sled database in the workspace directory:
 //!
 //! - tree `meta`: `uuid` (16 bytes) and `sequence` (u64, big endian), the last
-//!   imageset made; `pending` (UUID + sequence) while an imageset is being written,
-//!   so that a run after a crash writes the same names and clears what the
-//!   interrupted run left;
+//!   imageset made;
 //! - tree `imagesets`: sequence (u64 BE) → JSON [`ImagesetRecord`];
 //! - tree `shipped`: UUID (16 bytes) + digest → sequence (u64 BE) of the imageset
 //!   that carried the content. Keyed by UUID so that `--full`, which starts a new
@@ -141,29 +139,6 @@ impl Workspace {
         })
     }
 
-    /// The imageset being written when the last run stopped, if it did not finish.
-    pub fn pending(&self) -> Result<Option<(Uuid, u64)>, WorkspaceError> {
-        let Some(v) = self.meta.get("pending").map_err(|e| self.storage(e))? else {
-            return Ok(None);
-        };
-        if v.len() != 24 {
-            return Err(self.storage("corrupt pending record"));
-        }
-        let uuid = Uuid::from_slice(&v[..16]).map_err(|e| self.storage(e))?;
-        Ok(Some((uuid, state::read_u64(&self.path, &v[16..])?)))
-    }
-
-    /// Records the intent to write imageset `(uuid, sequence)`; no sequence advances.
-    pub fn set_pending(&self, uuid: &Uuid, sequence: u64) -> Result<(), WorkspaceError> {
-        let mut v = uuid.as_bytes().to_vec();
-        v.extend_from_slice(&state::key(sequence));
-        self.meta
-            .insert("pending", v)
-            .map_err(|e| self.storage(e))?;
-        self.db.flush().map_err(|e| self.storage(e))?;
-        Ok(())
-    }
-
     /// Whether an imageset of workspace `uuid` already shipped `digest`.
     pub fn shipped(&self, uuid: &Uuid, digest: &Digest) -> Result<bool, WorkspaceError> {
         self.shipped
@@ -183,7 +158,6 @@ impl Workspace {
             .transaction(|(meta, imagesets, shipped)| {
                 meta.insert("uuid", record.uuid.as_bytes().as_slice())?;
                 meta.insert("sequence", &state::key(record.sequence))?;
-                meta.remove("pending")?;
                 imagesets.insert(&state::key(record.sequence), json.as_slice())?;
                 for d in carried {
                     shipped.insert(shipped_key(&record.uuid, d), &state::key(record.sequence))?;

@@ -318,6 +318,7 @@ impl Daemon {
                             .chunks
                             .values()
                             .chain(c.parity.values())
+                            .chain(&c.spares)
                             .map(|h| &h.path)
                             .chain(&c.conflicting)
                         {
@@ -449,7 +450,7 @@ impl Daemon {
             if *u != uuid || *seq > everywhere {
                 continue;
             }
-            for head in c.chunks.values().chain(c.parity.values()) {
+            for head in c.chunks.values().chain(c.parity.values()).chain(&c.spares) {
                 let f = &head.path;
                 let result = match (self.config.after_publish, &self.config.archive_dir) {
                     (AfterPublish::Archive, Some(dir)) => move_into(f, dir).map(|_| ()),

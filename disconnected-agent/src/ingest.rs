@@ -54,12 +54,28 @@ fn verify_into_store(candidate: &Candidate, store: &Store) -> Result<u64, ChunkE
             ),
         });
     }
+    store.sync().map_err(|source| ChunkError::Store {
+        path: candidate
+            .chunks
+            .values()
+            .last()
+            .map(|h| h.path.clone())
+            .unwrap_or_default(),
+        source,
+    })?;
     Ok(sink.stored())
 }
 
 /// Takes an imageset into the store, rebuilding lost or damaged chunks from its
 /// parity files first when it has them. `dir` is where rebuilt chunks are written.
 pub fn ingest(candidate: &Candidate, store: &Store, dir: &Path) -> Result<Ingested, IngestError> {
+    let chosen;
+    let candidate = if candidate.spares.is_empty() {
+        candidate
+    } else {
+        chosen = choose_copies(candidate);
+        &chosen
+    };
     if candidate.missing().is_empty() {
         match verify_into_store(candidate, store) {
             Ok(stored) => {
@@ -68,6 +84,8 @@ pub fn ingest(candidate: &Candidate, store: &Store, dir: &Path) -> Result<Ingest
                     ..Ingested::default()
                 });
             }
+            // A local disk problem is not a damaged chunk: parity cannot help.
+            Err(e @ ChunkError::Store { .. }) => return Err(e.into()),
             Err(e) if candidate.manifest.parity.is_empty() => return Err(e.into()),
             Err(e) => tracing::warn!(error = %e, "a chunk is damaged; rebuilding from parity"),
         }
@@ -78,6 +96,27 @@ pub fn ingest(candidate: &Candidate, store: &Store, dir: &Path) -> Result<Ingest
     let repaired = rescan(candidate, &result.rebuilt)?;
     result.stored = verify_into_store(&repaired, store)?;
     Ok(result)
+}
+
+/// Where a chunk or parity file arrived more than once, keeps an intact copy: the
+/// first copy is verified, and replaced by a spare that verifies when it does not.
+fn choose_copies(c: &Candidate) -> Candidate {
+    let mut chosen = c.clone();
+    for spare in &c.spares {
+        let files = if spare.identity.parity.is_some() {
+            &mut chosen.parity
+        } else {
+            &mut chosen.chunks
+        };
+        let Some(first) = files.get(&spare.identity.chunk) else {
+            continue;
+        };
+        if read::verify(first, &mut Discard).is_err() && read::verify(spare, &mut Discard).is_ok() {
+            tracing::info!(damaged = %first.path.display(), intact = %spare.path.display(), "using an intact second copy of a chunk");
+            files.insert(spare.identity.chunk, spare.clone());
+        }
+    }
+    chosen
 }
 
 /// Names the files an imageset still needs.
@@ -148,8 +187,9 @@ fn repair(c: &Candidate, dir: &Path) -> Result<Ingested, IngestError> {
         .next()
         .expect("at least one intact file");
     let head = read::read_head(any)?;
-    let metadata = std::fs::read(any)
-        .map(|b| b[..head.payload_offset as usize].to_vec())
+    let mut metadata = vec![0u8; head.payload_offset as usize];
+    std::fs::File::open(any)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut metadata))
         .map_err(|source| ChunkError::Io {
             path: any.clone(),
             source,

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use airlock_common::digest::Digest;
 use airlock_common::imageset::read::{ChunkError, ChunkHead, read_head};
@@ -19,12 +20,12 @@ use uuid::Uuid;
 /// The chunks found of one imageset.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    /// The manifest all its chunks carry.
-    pub manifest: ImagesetManifest,
+    /// The manifest all its chunks carry (one copy, shared with the heads).
+    pub manifest: Arc<ImagesetManifest>,
     /// sha256 of the manifest entry.
     pub manifest_digest: Digest,
     /// The manifest entry's bytes, as signed.
-    pub manifest_bytes: Vec<u8>,
+    pub manifest_bytes: Arc<Vec<u8>>,
     /// The signature entry, if any.
     pub signature: Option<Vec<u8>>,
     /// The chunk files found, by chunk index.
@@ -33,6 +34,9 @@ pub struct Candidate {
     pub parity: BTreeMap<u32, ChunkHead>,
     /// Files that claim to belong to this imageset but carry a different manifest.
     pub conflicting: Vec<PathBuf>,
+    /// Second copies of chunks or parity files already found (a resend, a copy under
+    /// another name); used when the first copy turns out damaged.
+    pub spares: Vec<ChunkHead>,
 }
 
 impl Candidate {
@@ -114,7 +118,7 @@ pub fn read_heads(paths: Vec<PathBuf>) -> Found {
     found
 }
 
-fn add(found: &mut Found, head: ChunkHead) {
+fn add(found: &mut Found, mut head: ChunkHead) {
     let key = (head.manifest.uuid, head.manifest.sequence);
     let candidate = found.imagesets.entry(key).or_insert_with(|| Candidate {
         manifest: head.manifest.clone(),
@@ -124,17 +128,26 @@ fn add(found: &mut Found, head: ChunkHead) {
         chunks: BTreeMap::new(),
         parity: BTreeMap::new(),
         conflicting: Vec::new(),
+        spares: Vec::new(),
     });
     if head.manifest_digest != candidate.manifest_digest {
         candidate.conflicting.push(head.path);
         return;
     }
-    // A second copy of the same chunk (resent, or copied twice): the first is kept;
-    // ingest verifies it and reports if it is damaged.
+    // Keep one copy of the manifest per imageset, not one per chunk.
+    head.manifest = candidate.manifest.clone();
+    head.manifest_bytes = candidate.manifest_bytes.clone();
+    // A second copy of the same chunk (resent, or copied twice) is kept aside, in
+    // case the first is damaged.
     let files = if head.identity.parity.is_some() {
         &mut candidate.parity
     } else {
         &mut candidate.chunks
     };
-    files.entry(head.identity.chunk).or_insert(head);
+    match files.entry(head.identity.chunk) {
+        std::collections::btree_map::Entry::Vacant(v) => {
+            v.insert(head);
+        }
+        std::collections::btree_map::Entry::Occupied(_) => candidate.spares.push(head),
+    }
 }

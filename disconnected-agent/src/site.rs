@@ -305,6 +305,15 @@ impl Site {
                 report.problem(exit_codes::INCOMPLETE, why.clone());
                 Outcome::Waiting(why)
             }
+            Err(IngestError::Damaged(
+                e @ airlock_common::imageset::read::ChunkError::Store { .. },
+            )) => {
+                let why = format!(
+                    "{label}: {e}; nothing of it was published; it is taken again on the next run"
+                );
+                report.problem(exit_codes::IO, why.clone());
+                Outcome::Waiting(why)
+            }
             Err(IngestError::Damaged(e)) => {
                 report.problem(
                     exit_codes::DATA,
@@ -341,6 +350,13 @@ impl Site {
         }];
         mirrors.extend(fetch_from.iter().cloned());
         for seq in from..=last {
+            if !self.ws.has_manifest(&uuid, seq) {
+                // Accepted by an earlier machine, whose workspace this one continued
+                // from the registry: each imageset lists the whole desired state, so
+                // publishing a later one brings this destination up to date.
+                tracing::info!(%uuid, sequence = seq, destination = %dest_key, "no manifest of this sequence here; a later one brings the destination up to date");
+                continue;
+            }
             let m = self.ws.manifest(&uuid, seq)?;
             let locations: HashMap<_, _> = self.ws.locations(registry)?;
             let source = StoreSource::new(&self.store, mirrors.clone(), &locations, &m.blobs);

@@ -38,6 +38,9 @@ pub struct StoreSource<'a> {
     locations: &'a HashMap<Digest, String>,
     /// Source repository of each blob, to find where it is mirrored.
     records: HashMap<Digest, &'a BlobRecord>,
+    /// One fetch per blob at a time: images published concurrently may need the same
+    /// missing layer.
+    fetching: tokio::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl<'a> StoreSource<'a> {
@@ -53,6 +56,7 @@ impl<'a> StoreSource<'a> {
             mirrors,
             locations,
             records: blobs.iter().map(|b| (b.digest.clone(), b)).collect(),
+            fetching: Default::default(),
         }
     }
 
@@ -97,6 +101,17 @@ impl ContentSource for StoreSource<'_> {
         if self.store.has(digest) {
             return Ok(());
         }
+        let lock = self
+            .fetching
+            .lock()
+            .await
+            .entry(digest.clone())
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
+        if self.store.has(digest) {
+            return Ok(());
+        }
         let mut tried = Vec::new();
         for (mirror, repo) in self.candidates(digest) {
             let at = format!("{}/{repo}", mirror.client.host());
@@ -112,9 +127,9 @@ impl ContentSource for StoreSource<'_> {
             }
         }
         Err(format!(
-            "blob {digest} ({size} bytes) is not carried by this imageset (an earlier imageset shipped it), \
-             not in the content store, and could not be fetched from {}; publish the imageset that carried it \
-             again, or give a registry that has it with --fetch-from",
+            "blob {digest} ({size} bytes) is needed, but the imageset does not carry it (an earlier one did), \
+             the content store no longer holds it, and it could not be fetched from {}; give a registry that has it \
+             with --fetch-from (fetchFrom in the agent configuration), or create a --full imageset on the connected side",
             if tried.is_empty() {
                 "anywhere (no candidate repository known)".to_string()
             } else {

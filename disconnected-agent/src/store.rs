@@ -16,6 +16,14 @@ use airlock_common::digest::{Digest, Hasher};
 use airlock_common::imageset::read::PartSink;
 use airlock_common::imageset::{BlobRecord, PartRecord};
 
+/// A temporary file name no other writer uses, in this process or another: two
+/// writers of the same blob must never share (and truncate) one file.
+fn unique_name(digest: &Digest, what: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}.{what}.{}.{n}", digest.hex(), std::process::id())
+}
+
 /// The content store of a workspace.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -50,6 +58,12 @@ impl Store {
     /// The bytes of a (small) stored object, such as a manifest.
     pub fn read(&self, digest: &Digest) -> std::io::Result<Vec<u8>> {
         std::fs::read(self.path(digest))
+    }
+
+    /// Makes the renames into the store durable: after a power loss, a blob whose
+    /// acceptance was recorded must still be there.
+    pub fn sync(&self) -> std::io::Result<()> {
+        std::fs::File::open(self.root.join("blobs/sha256"))?.sync_all()
     }
 
     /// Removes leftovers of interrupted ingests.
@@ -115,10 +129,7 @@ impl PartSink for StoreSink<'_> {
             return Ok(());
         }
         if part == 0 {
-            let path =
-                self.store
-                    .tmp_dir()
-                    .join(format!("{}.{}", blob.digest.hex(), std::process::id()));
+            let path = self.store.tmp_dir().join(unique_name(&blob.digest, "part"));
             let file = File::create(&path)?;
             self.partial.insert(
                 index,
@@ -196,9 +207,7 @@ impl Store {
     ) -> Result<(), String> {
         use futures::StreamExt;
         use tokio::io::AsyncWriteExt;
-        let tmp = self
-            .tmp_dir()
-            .join(format!("{}.fetch.{}", digest.hex(), std::process::id()));
+        let tmp = self.tmp_dir().join(unique_name(digest, "fetch"));
         let result: Result<(), String> = async {
             let mut file = tokio::fs::File::create(&tmp)
                 .await

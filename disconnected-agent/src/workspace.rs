@@ -158,6 +158,7 @@ impl Workspace {
         std::fs::write(&tmp, json)
             .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
             .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| std::fs::File::open(self.path.join("imagesets"))?.sync_all())
             .map_err(|e| StateError::storage(&self.path, format!("{}: {e}", path.display())))?;
         self.meta
             .transaction(|meta| {

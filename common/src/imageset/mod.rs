@@ -271,7 +271,11 @@ impl ImagesetManifest {
             }
         }
         let mut manifests = std::collections::HashSet::new();
+        let mut digests = std::collections::HashSet::new();
         for b in &self.blobs {
+            if !digests.insert(&b.digest) {
+                return Err(format!("blob {} is listed twice", b.digest));
+            }
             if b.media_type.is_some() {
                 manifests.insert(&b.digest);
             }

@@ -14,6 +14,7 @@
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::write::{entry_header, identity_bytes, mtime_of};
 use super::{
@@ -42,6 +43,14 @@ pub enum ChunkError {
         /// What was found instead.
         reason: String,
     },
+    /// The chunk is fine, but its content could not be stored locally (a full disk).
+    #[error("{}: its content could not be stored in the workspace: {source}", path.display())]
+    Store {
+        /// The chunk file being read.
+        path: PathBuf,
+        /// The local I/O error.
+        source: std::io::Error,
+    },
     /// The file claims to be a chunk but is damaged or forged.
     #[error("{}: {reason}", path.display())]
     Corrupt {
@@ -57,6 +66,7 @@ impl ChunkError {
     pub fn path(&self) -> &Path {
         match self {
             ChunkError::Io { path, .. }
+            | ChunkError::Store { path, .. }
             | ChunkError::NotAChunk { path, .. }
             | ChunkError::Corrupt { path, .. } => path,
         }
@@ -69,12 +79,13 @@ impl ChunkError {
 pub struct ChunkHead {
     /// The chunk file.
     pub path: PathBuf,
-    /// The imageset manifest it carries.
-    pub manifest: ImagesetManifest,
+    /// The imageset manifest it carries; shared, since an imageset of thousands of
+    /// chunks must not hold thousands of copies of a manifest that lists them all.
+    pub manifest: Arc<ImagesetManifest>,
     /// sha256 of the manifest entry's bytes; equal in every chunk of an imageset.
     pub manifest_digest: Digest,
     /// The manifest entry's bytes, as signed.
-    pub manifest_bytes: Vec<u8>,
+    pub manifest_bytes: Arc<Vec<u8>>,
     /// The signature entry, if the imageset is signed.
     pub signature: Option<Vec<u8>>,
     /// Which chunk this is.
@@ -350,8 +361,8 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
     Ok(ChunkHead {
         path: path.to_path_buf(),
         manifest_digest: Digest::of(&manifest_bytes),
-        manifest,
-        manifest_bytes,
+        manifest: Arc::new(manifest),
+        manifest_bytes: Arc::new(manifest_bytes),
         signature,
         identity,
         payload_offset,
@@ -363,7 +374,8 @@ pub trait PartSink {
     /// Part `part` of `blob` (index `blob_index` in the manifest); `data` yields exactly
     /// `record.length` bytes. Bytes the sink does not read are still read and hashed.
     /// An error of kind `InvalidData` (content that does not match its digest) is
-    /// reported as corruption of the chunk; any other as an I/O failure.
+    /// reported as corruption of the chunk; any other as a local storage failure
+    /// ([`ChunkError::Store`]), which says nothing about the chunk.
     fn part(
         &mut self,
         blob_index: usize,
@@ -456,7 +468,10 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
             if e.kind() == std::io::ErrorKind::InvalidData {
                 corrupt(e.to_string())
             } else {
-                ioe(e)
+                ChunkError::Store {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
             }
         })?;
         let rest = std::io::copy(&mut data, &mut std::io::sink()).map_err(ioe)?;

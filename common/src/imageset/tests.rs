@@ -181,7 +181,7 @@ async fn chunks_are_standard_tar_archives() {
             .iter()
             .all(|h| h.manifest_digest == heads[0].manifest_digest)
     );
-    assert_eq!(heads[0].manifest, w.manifest);
+    assert_eq!(*heads[0].manifest, w.manifest);
 }
 
 #[tokio::test]
@@ -456,7 +456,7 @@ async fn forged_manifest_that_disagrees_with_itself_is_refused() {
         (Box::new(|m| m.blobs[0].parts[0].chunk = 9), "out of place"),
     ];
     for (forge, want) in forgeries {
-        let mut m = head.manifest.clone();
+        let mut m = (*head.manifest).clone();
         forge(&mut m);
         let mut json = serde_json::to_vec_pretty(&m).unwrap();
         assert!(json.len() <= head.manifest_bytes.len());
@@ -638,7 +638,7 @@ mod fuzz {
         std::fs::write(&path, bytes).unwrap();
         let Ok(head) = read_head(&path) else { return };
         if verify(&head, &mut Discard).is_ok() {
-            assert_eq!(&head.manifest, manifest, "accepted a different manifest");
+            assert_eq!(&*head.manifest, manifest, "accepted a different manifest");
             let off = head.payload_offset as usize;
             assert_eq!(
                 &bytes[off..],

@@ -195,7 +195,21 @@ pub fn prepare(
             }));
         }
         let meta = metadata_len(reserve, sig_len);
-        let sizes = layout::plan(&mut skeleton.blobs, carry, data_limit, meta)?;
+        let sizes = layout::plan(&mut skeleton.blobs, carry, data_limit, meta).map_err(|e| {
+            // Report the limit as given, and a minimum that leaves parity files room.
+            let LayoutError::LimitTooSmall {
+                metadata,
+                overhead,
+                minimum,
+                ..
+            } = e;
+            LayoutError::LimitTooSmall {
+                limit: skeleton.limit,
+                metadata,
+                overhead,
+                minimum: minimum + (skeleton.limit - data_limit),
+            }
+        })?;
         let count = sizes.len() as u32;
         skeleton.chunks = sizes
             .iter()
@@ -387,7 +401,14 @@ impl Prepared {
             record.sha256 = hash;
         }
         let mut json = manifest_json(&self.manifest);
-        debug_assert!(json.len() as u64 <= self.reserve);
+        if json.len() as u64 > self.reserve {
+            // Cannot happen (the hashes filled in have the placeholders' length), but
+            // a truncated manifest must never be written.
+            return Err(WriteError::Io {
+                path: self.temp[0].clone(),
+                source: std::io::Error::other("the manifest outgrew the space reserved for it"),
+            });
+        }
         // Pad with spaces, which JSON ignores, to the reserved size: the entry's size
         // in its header was fixed when the files were laid out.
         json.resize(self.reserve as usize, b' ');

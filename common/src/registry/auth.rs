@@ -206,11 +206,35 @@ fn lookup_in(
         (f.auths.unwrap_or_default(), helpers)
     };
     let full = format!("{registry}/{repository}");
-    let best = auths
+    let keys: Vec<(String, &Entry)> = auths.iter().map(|(k, e)| (normalize_key(k), e)).collect();
+    let mut best = keys
         .iter()
-        .map(|(k, e)| (normalize_key(k), e))
         .filter(|(k, _)| full == *k || full.starts_with(&format!("{k}/")))
-        .max_by_key(|(k, _)| k.len());
+        .max_by_key(|(k, _)| k.len())
+        .map(|(k, e)| (k.clone(), *e));
+    if best.is_none() && repository.is_empty() {
+        // Asked for the whole registry (one credential per registry is what the
+        // client keeps) but the file only has repository-scoped keys for it: use
+        // them rather than going anonymous, and say so when they differ.
+        let scoped: Vec<&(String, &Entry)> = keys
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{registry}/")))
+            .collect();
+        if let Some((k, e)) = scoped.first() {
+            if scoped
+                .iter()
+                .any(|(_, other)| other.auth != e.auth || other.username != e.username)
+            {
+                tracing::warn!(
+                    file = %path.display(),
+                    registry,
+                    used = %k,
+                    "several repository-scoped credentials for this registry; one credential is used per registry: the first"
+                );
+            }
+            best = Some((k.clone(), *e));
+        }
+    }
     let Some((key, entry)) = best else {
         if helpers {
             tracing::warn!(
@@ -221,6 +245,7 @@ fn lookup_in(
         }
         return Ok(None);
     };
+    let key = key.as_str();
     if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
         return Ok(Some(Credentials {
             username: u.clone(),
@@ -287,6 +312,30 @@ mod tests {
         assert_eq!(user("quay.io", "teamster/app"), Some("all".into()));
         assert_eq!(user("docker.io", "library/alpine"), Some("hub".into()));
         assert_eq!(user("registry.redhat.io", "ubi9/ubi"), None);
+    }
+
+    #[test]
+    fn repository_scoped_keys_serve_a_registry_wide_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path());
+        write(
+            &dir.path().join("run/containers/auth.json"),
+            &format!(
+                r#"{{"auths":{{"registry.example.com/team":{{"auth":"{}"}}}}}}"#,
+                b64("team:1")
+            ),
+        );
+        assert_eq!(
+            src.lookup("registry.example.com", "")
+                .unwrap()
+                .unwrap()
+                .username,
+            "team"
+        );
+        assert_eq!(
+            src.lookup("registry.example.com", "other/app").unwrap(),
+            None
+        );
     }
 
     #[test]

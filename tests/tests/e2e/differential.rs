@@ -32,7 +32,7 @@ fn manifest_of(dir: &Path, sequence: u64) -> (ImagesetManifest, Vec<PathBuf>) {
         let head = read_head(&f).unwrap();
         if head.manifest.sequence == sequence {
             files.push(f);
-            found = Some(head.manifest);
+            found = Some((*head.manifest).clone());
         }
     }
     (found.expect("imageset in the directory"), files)
@@ -616,7 +616,16 @@ fn crash_at_every_commit_point_then_rerun_ends_as_an_uninterrupted_run() {
     ];
     let config = config_for(tmp.path(), &source, &images.iter().collect::<Vec<_>>(), &v1);
 
-    for (k, point) in ["filled", "renamed", "state-pushed"].iter().enumerate() {
+    // After a crash before the imageset is recorded, nothing of it is in --out and
+    // the rerun makes sequence 1 again; after it was recorded (in the registry copy,
+    // or also locally), the rerun moves its files out of staging and finds nothing new.
+    let points = [
+        ("filled", "sequence 1:"),
+        ("renamed", "sequence 1:"),
+        ("state-pushed", "no updates since"),
+        ("committed", "no updates since"),
+    ];
+    for (k, (point, want)) in points.iter().enumerate() {
         let dest = Registry::plain().unwrap();
         let out = tmp.path().join(format!("out-{k}"));
         let ws = tmp.path().join(format!("ws-c-{k}"));
@@ -630,25 +639,21 @@ fn crash_at_every_commit_point_then_rerun_ends_as_an_uninterrupted_run() {
             p
         };
         crash(create_cmd(&config, &out, &ws, "200KiB", &source), point);
-        let names: Vec<String> = std::fs::read_dir(&out)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        if *point == "filled" {
-            assert!(
-                names.iter().all(|n| n.ends_with(".part")),
-                "before the rename only temporary files: {names:?}"
-            );
-        }
+        assert!(
+            chunk_files(&out).is_empty(),
+            "{point}: no chunk file in --out before the run is over"
+        );
         let rerun = run_ok(&mut create_cmd(&config, &out, &ws, "200KiB", &source));
-        // After a crash past the registry-state push, the state says sequence 1 was
-        // made: the rerun finds nothing new. Before it, sequence 1 is made again.
-        let want = if *point == "state-pushed" {
-            "no updates since"
-        } else {
-            "sequence 1:"
-        };
         assert!(rerun.stdout.contains(want), "{point}: {rerun}");
+        assert!(
+            !chunk_files(&out).is_empty(),
+            "{point}: the imageset's files are in --out"
+        );
+        let staged = out.join(".airlock-staging");
+        assert!(
+            std::fs::read_dir(&staged).map_or(true, |mut d| d.next().is_none()),
+            "{point}: staging is empty"
+        );
         let published = publish(&out, &dest, "m", &tmp.path().join(format!("ws-d-{k}")));
         assert_eq!(published.code, 0, "{point}: {published}");
         assert_byte_exact(&source, &dest, "m", &images);
@@ -812,9 +817,10 @@ fn sigkill_in_the_middle_of_a_download_and_of_an_upload() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert!(
-        !left.is_empty() && left.iter().all(|n| n.ends_with(".part")),
-        "only temporary files: {left:?}"
+    assert_eq!(
+        left,
+        [".airlock-staging"],
+        "nothing but the staging directory: {left:?}"
     );
     let rerun = run_ok(&mut create());
     assert!(

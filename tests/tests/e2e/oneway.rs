@@ -64,7 +64,7 @@ fn edit_manifests(dir: &Path, edit: impl Fn(&str) -> String) {
     for f in chunk_files(dir) {
         let mut data = std::fs::read(&f).unwrap();
         let head = read_head(&f).unwrap();
-        let text = String::from_utf8(head.manifest_bytes.clone()).unwrap();
+        let text = String::from_utf8(head.manifest_bytes.to_vec()).unwrap();
         let edited = edit(&text);
         assert_eq!(edited.len(), text.len());
         assert_ne!(edited, text, "the edit must change the manifest");
@@ -123,7 +123,7 @@ fn only_imagesets_signed_by_a_trusted_key_are_published() {
     assert_eq!(created.code, 0, "{created}");
     let chunk = &chunk_files(&signed)[0];
     let m = s.path("m.json");
-    std::fs::write(&m, read_head(chunk).unwrap().manifest_bytes).unwrap();
+    std::fs::write(&m, &*read_head(chunk).unwrap().manifest_bytes).unwrap();
     std::fs::write(
         s.path("m.json.minisig"),
         read_head(chunk).unwrap().signature.unwrap(),
