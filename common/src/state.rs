@@ -78,3 +78,16 @@ pub fn crash_point(point: &str) {
         std::process::abort();
     }
 }
+
+/// Free bytes on the file system holding `dir`. A test hook,
+/// `AIRLOCK_TEST_FREE_SPACE=<bytes>`, stands in for a full disk, which tests cannot
+/// make without mounting a small file system.
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    if let Some(bytes) = std::env::var("AIRLOCK_TEST_FREE_SPACE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Ok(bytes);
+    }
+    fs4::available_space(dir)
+}

@@ -311,3 +311,27 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod example {
+    /// The example shipped in deploy/ must stay valid: its directories are made
+    /// relative to a temporary root, the rest is checked as written.
+    #[test]
+    fn the_deploy_example_is_valid() {
+        let text = include_str!("../../deploy/disconnected-agent.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let text = text
+            .replace("/var/lib/airlock", root)
+            .replace("/etc/airlock", root);
+        std::fs::create_dir_all(dir.path().join("drop")).unwrap();
+        std::fs::create_dir_all(dir.path().join("certs/mirror-b")).unwrap();
+        std::fs::create_dir_all(dir.path().join("trusted")).unwrap();
+        airlock_common::signing::generate(&dir.path().join("trusted/site-a"), None).unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, text).unwrap();
+        let checked = super::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(checked.destinations.len(), 2);
+        assert!(!checked.trust.is_empty());
+    }
+}

@@ -273,7 +273,8 @@ impl Site {
             .filter(|b| !b.parts.is_empty() && !self.store.has(&b.digest))
             .map(|b| b.size)
             .sum();
-        let free = fs4::available_space(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let free =
+            airlock_common::state::free_space(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         if needed > free {
             let why = format!(
                 "{label} needs {} in the workspace {}, but only {} is free; free space there (or move the workspace) and it is taken on the next run",

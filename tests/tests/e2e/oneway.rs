@@ -323,3 +323,36 @@ fn parity_two_survives_every_loss_of_two_files_and_waits_at_three() {
     assert_eq!(completed.code, 0, "{completed}");
     assert_byte_exact(&s.source, &dest2, "m", &s.placed);
 }
+
+#[test]
+fn an_imageset_that_does_not_fit_the_disk_is_refused_before_ingest() {
+    let s = Setup::plain();
+    let (_, out) = s.create("1MiB");
+    let mut cmd = bins::disconnected();
+    cmd.arg("publish")
+        .arg("--from")
+        .arg(&out)
+        .arg("--workspace")
+        .arg(s.path("ws-d"));
+    cmd.arg("--to")
+        .arg(format!("docker://{}/m", s.dest.addr()))
+        .arg("--dest-tls-verify=false");
+    cmd.env("AIRLOCK_TEST_FREE_SPACE", "4096");
+    let refused = run(&mut cmd);
+    assert_eq!(refused.code, 74, "{refused}");
+    assert!(
+        refused.stderr.contains("but only 4.0 KiB is free"),
+        "{refused}"
+    );
+    assert!(catalog(&s.dest).is_empty());
+    assert!(
+        std::fs::read_dir(s.path("ws-d/blobs/sha256"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing was stored"
+    );
+    let published = publish_with(&s, &out, "ws-d", &[]);
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
+}
