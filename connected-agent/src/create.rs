@@ -344,6 +344,10 @@ fn publish_staged(staged: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Error>
     std::fs::File::open(out)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(out, e))?;
+    // An empty staging directory is not left behind for people listing --out.
+    if let Some(dir) = staged.first().and_then(|f| f.parent()) {
+        let _ = std::fs::remove_dir(dir);
+    }
     Ok(moved)
 }
 
