@@ -703,3 +703,55 @@ mod fuzz {
         }
     }
 }
+
+/// A forger who rewrites a blob's bytes and fixes every hash the format carries
+/// (the chunk's payload sha256 in the manifest, and the manifest's checksum entry)
+/// still cannot get the blob past its digest.
+#[tokio::test]
+async fn blob_that_does_not_match_its_digest_is_refused_even_with_fixed_hashes() {
+    let w = write_imageset(&[3000], 1 << 20).await;
+    let p = &w.paths[0];
+    let head = read_head(p).unwrap();
+    let mut data = std::fs::read(p).unwrap();
+    // The blob's data starts after the identity entry and the blob's header.
+    let at = (head.payload_offset + CHUNK_ENTRY_LEN + BLOCK) as usize;
+    data[at] ^= 0xff;
+    let payload = Digest::of(&data[head.payload_offset as usize..]);
+    let mut m = (*head.manifest).clone();
+    m.chunks[0].sha256 = payload.hex().to_string();
+    let mut json = serde_json::to_vec_pretty(&m).unwrap();
+    json.resize(head.manifest_bytes.len(), b' ');
+    data[512..512 + json.len()].copy_from_slice(&json);
+    let sum_at = 512 + json.len().div_ceil(512) * 512 + 512;
+    data[sum_at..sum_at + 64].copy_from_slice(Digest::of(&json).hex().as_bytes());
+    let forged = w.dir.join("forged-blob.tar");
+    std::fs::write(&forged, &data).unwrap();
+
+    struct Checking;
+    impl PartSink for Checking {
+        fn part(
+            &mut self,
+            _: usize,
+            blob: &BlobRecord,
+            _: usize,
+            _: &PartRecord,
+            data: &mut dyn Read,
+        ) -> std::io::Result<()> {
+            let mut bytes = Vec::new();
+            data.read_to_end(&mut bytes)?;
+            if Digest::of(&bytes) != blob.digest {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("blob {} does not match its digest", blob.digest),
+                ));
+            }
+            Ok(())
+        }
+    }
+    let head = read_head(&forged).expect("every hash of the format checks out");
+    let err = verify(&head, &mut Checking).unwrap_err().to_string();
+    assert!(
+        err.contains("does not match its digest") && err.contains("forged-blob.tar"),
+        "{err}"
+    );
+}

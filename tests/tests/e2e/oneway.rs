@@ -356,3 +356,32 @@ fn an_imageset_that_does_not_fit_the_disk_is_refused_before_ingest() {
     assert_eq!(published.code, 0, "{published}");
     s.assert_byte_exact("m");
 }
+
+/// Hostile input: a chunk whose blob bytes were replaced and whose every format
+/// hash was recomputed to match is still refused, by the blob's digest, and nothing
+/// is published.
+#[test]
+fn a_blob_forged_with_recomputed_hashes_is_refused_by_its_digest() {
+    let s = Setup::plain();
+    let (_, out) = s.create("100MiB");
+    let chunk = &chunk_files(&out)[0];
+    let head = read_head(chunk).unwrap();
+    let mut data = std::fs::read(chunk).unwrap();
+    // The first blob's data: after the identity entry (1024) and the blob's header.
+    let at = head.payload_offset as usize + 1024 + 512;
+    data[at] ^= 0xff;
+    let payload = airlock_common::digest::Digest::of(&data[head.payload_offset as usize..]);
+    let mut m = (*head.manifest).clone();
+    m.chunks[0].sha256 = payload.hex().to_string();
+    let mut json = serde_json::to_vec_pretty(&m).unwrap();
+    json.resize(head.manifest_bytes.len(), b' ');
+    data[512..512 + json.len()].copy_from_slice(&json);
+    let sum_at = 512 + json.len().div_ceil(512) * 512 + 512;
+    data[sum_at..sum_at + 64]
+        .copy_from_slice(airlock_common::digest::Digest::of(&json).hex().as_bytes());
+    std::fs::write(chunk, &data).unwrap();
+    let refused = publish_with(&s, &out, "ws-d", &[]);
+    assert_eq!(refused.code, EX_DATA, "{refused}");
+    assert!(refused.stderr.contains("content was altered"), "{refused}");
+    assert!(catalog(&s.dest).is_empty());
+}
