@@ -35,6 +35,20 @@ pub enum Command {
     /// Run as a service: take imagesets from a drop directory as their files arrive,
     /// and publish them to every cluster's registry.
     Run(RunArgs),
+    /// Check every imageset in a directory completely (signatures, chunk and blob
+    /// hashes), without a workspace or a registry.
+    Verify(VerifyArgs),
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Directory holding the chunk files.
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// Require imagesets to be signed by one of these minisign public keys.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub trust: Vec<PathBuf>,
 }
 
 /// `run`.
@@ -114,6 +128,16 @@ pub struct PublishArgs {
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
+        Command::Verify(args) => {
+            let trust = airlock_common::signing::TrustStore::load(&args.trust)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            let from = args.from.clone();
+            let report = tokio::task::spawn_blocking(move || crate::verify::verify(&from, &trust))
+                .await
+                .expect("verify does not panic")?;
+            print_verify(&report);
+            Ok(report.problems.exit_code())
+        }
         Command::Run(args) => {
             // The whole configuration is checked before anything is opened or watched.
             let checked = crate::agent_config::load(&args.config)?;
@@ -151,6 +175,26 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             print_publish(&report);
             Ok(report.exit_code())
         }
+    }
+}
+
+#[allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the command's report is its output"
+)]
+fn print_verify(r: &crate::verify::VerifyReport) {
+    for (label, files, bytes) in &r.verified {
+        println!("verified {label}: {files} files, {}", ByteSize(*bytes));
+    }
+    println!("{:.2}s", r.elapsed.as_secs_f64());
+    for p in r.problems() {
+        let label = if p.code == exit_codes::INCOMPLETE {
+            "incomplete"
+        } else {
+            "error"
+        };
+        eprintln!("{label}: {}", p.message);
     }
 }
 

@@ -11,6 +11,7 @@ pub mod scan;
 pub mod site;
 pub mod source;
 pub mod store;
+pub mod verify;
 pub mod workspace;
 
 pub use error::Error;

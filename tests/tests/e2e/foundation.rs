@@ -470,3 +470,29 @@ fn flipped_byte_in_an_unsigned_manifest_is_refused() {
     );
     assert!(catalog(&s.dest).is_empty());
 }
+
+#[test]
+fn verify_checks_a_directory_without_workspace_or_registry() {
+    let s = Setup::plain();
+    let (_, out) = s.create("400KiB");
+    let verify =
+        |dir: &std::path::Path| run(bins::disconnected().arg("verify").arg("--from").arg(dir));
+    let good = verify(&out);
+    assert_eq!(good.code, 0, "{good}");
+    assert!(good.stdout.contains("verified imageset"), "{good}");
+    let chunks = chunk_files(&out);
+    let mut bytes = std::fs::read(&chunks[1]).unwrap();
+    let at = bytes.len() - 3000;
+    bytes[at] ^= 4;
+    std::fs::write(&chunks[1], &bytes).unwrap();
+    let bad = verify(&out);
+    assert_eq!(bad.code, EX_DATA, "{bad}");
+    assert!(
+        bad.stderr
+            .contains(chunks[1].file_name().unwrap().to_str().unwrap()),
+        "{bad}"
+    );
+    std::fs::remove_file(&chunks[1]).unwrap();
+    let missing = verify(&out);
+    assert_eq!(missing.code, EX_INCOMPLETE, "{missing}");
+}

@@ -1,0 +1,93 @@
+//! `verify`: check every imageset in a directory completely, without a workspace or
+//! a registry — the files a courier carries can be checked before the walk to the
+//! air-gapped room, and again on arrival.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use airlock_common::exit_codes;
+use airlock_common::imageset::read::{self, DigestCheck};
+use airlock_common::signing::TrustStore;
+
+use crate::error::Error;
+use crate::ingest::missing_message;
+use crate::scan;
+use crate::site::{Problem, Report};
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Imagesets fully verified: (label, chunks, bytes).
+    pub verified: Vec<(String, usize, u64)>,
+    /// What is wrong.
+    pub problems: Report,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Verifies every imageset found in `dir`: signature (when keys are given), every
+/// chunk's payload sha256, every blob's digest.
+pub fn verify(dir: &Path, trust: &TrustStore) -> Result<VerifyReport, Error> {
+    let started = Instant::now();
+    let mut report = VerifyReport::default();
+    let found = scan::scan(dir).map_err(|e| Error::io(dir, e))?;
+    for e in &found.damaged {
+        report.problems.problem(exit_codes::DATA, e.to_string());
+    }
+    if found.imagesets.is_empty() {
+        report.problems.problem(
+            exit_codes::INCOMPLETE,
+            format!("no imageset chunk files found in {}", dir.display()),
+        );
+    }
+    for c in found.imagesets.values() {
+        let label = c.manifest.label();
+        if !trust.is_empty() {
+            if let Err(why) = trust.verify(&c.manifest_bytes, c.signature.as_deref()) {
+                report
+                    .problems
+                    .problem(exit_codes::DATA, format!("{label}: {why}"));
+                continue;
+            }
+        }
+        if !c.missing().is_empty() {
+            report
+                .problems
+                .problem(exit_codes::INCOMPLETE, missing_message(c, &[]));
+            continue;
+        }
+        let mut sink = DigestCheck::default();
+        let mut bytes = 0;
+        let result = c
+            .chunks
+            .values()
+            .chain(c.parity.values())
+            .try_for_each(|head| {
+                bytes += head
+                    .manifest
+                    .chunks
+                    .iter()
+                    .chain(&head.manifest.parity)
+                    .find(|r| r.index == head.identity.chunk)
+                    .map_or(0, |r| r.size);
+                read::verify(head, &mut sink)
+            });
+        match result {
+            Ok(()) => report
+                .verified
+                .push((label, c.chunks.len() + c.parity.len(), bytes)),
+            Err(e) => report
+                .problems
+                .problem(exit_codes::DATA, format!("{label}: {e}")),
+        }
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+impl VerifyReport {
+    /// The problems.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems.problems
+    }
+}
