@@ -450,7 +450,7 @@ impl PartSink for DigestCheck {
 
 struct HashingReader<R> {
     inner: R,
-    hasher: Hasher,
+    hasher: crate::digest::BackgroundHasher,
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -477,9 +477,10 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
     };
     let mut file = File::open(path).map_err(ioe)?;
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(head.payload_offset)).map_err(ioe)?;
+    // The payload hash runs on its own thread while the sink hashes the blobs.
     let mut r = HashingReader {
         inner: BufReader::with_capacity(1 << 20, file),
-        hasher: Hasher::new(),
+        hasher: crate::digest::BackgroundHasher::new(),
     };
     let m = &head.manifest;
     let mtime = mtime_of(&m.created);

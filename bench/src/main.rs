@@ -1,0 +1,516 @@
+//! Airlock against skopeo, on the same generated data, in the same run.
+//!
+//! The data set is release-like: about 60 images of 1–3 layers over a few shared
+//! base layers, Docker v2s2 and OCI manifests, two multi-platform indexes, random
+//! (incompressible) layer bytes; about 1.8 GB of unique blobs at `--scale 1`. Every
+//! figure is a wall time and a peak RSS measured with GNU time around the child
+//! process, and every comparison is a ratio taken in this run, on this machine.
+//! The results are printed as a table and written as JSON (`--results`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use airlock_tests::bins;
+use airlock_tests::images::{Blob, Format, Image, ImageBuilder, PushClient, digest_of, index};
+use airlock_tests::registry::Registry;
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use rand::{RngCore, SeedableRng};
+use serde_json::{Value, json};
+
+/// Benchmark options.
+#[derive(Debug, Parser)]
+#[command(name = "airlock-bench")]
+struct Args {
+    /// Data-set size: 1 is about 1.8 GB of unique blobs.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench/results/latest.json")]
+    results: PathBuf,
+}
+
+/// Wall time and peak memory of one child process (or the sum/max of several).
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    seconds: f64,
+    rss_mib: f64,
+}
+
+impl Run {
+    fn add(self, other: Run) -> Run {
+        Run {
+            seconds: self.seconds + other.seconds,
+            rss_mib: self.rss_mib.max(other.rss_mib),
+        }
+    }
+}
+
+/// Runs `cmd` under GNU time; fails with its output if it fails.
+fn measure(cmd: &mut Command) -> Result<Run> {
+    let tmp = tempfile::NamedTempFile::new()?;
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("%e %M")
+        .arg("-o")
+        .arg(tmp.path())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    let out = timed
+        .output()
+        .context("GNU time (/usr/bin/time) is needed; scripts/install-deps installs it")?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}\n{}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let text = std::fs::read_to_string(tmp.path())?;
+    let mut parts = text.split_whitespace();
+    let seconds: f64 = parts.next().context("time output")?.parse()?;
+    let kib: f64 = parts.next().context("time output")?.parse()?;
+    Ok(Run {
+        seconds,
+        rss_mib: kib / 1024.0,
+    })
+}
+
+fn random_blob(rng: &mut rand::rngs::StdRng, size: usize) -> Blob {
+    let mut bytes = vec![0u8; size];
+    rng.fill_bytes(&mut bytes);
+    Blob {
+        digest: digest_of(&bytes),
+        bytes,
+        diff_id: None,
+    }
+}
+
+/// An image pushed to the source.
+struct Placed {
+    repo: String,
+    tag: String,
+}
+
+/// Generates the data set into `registry`. Returns the images and the bytes of
+/// distinct blobs.
+fn generate(registry: &Registry, scale: f64, seed: u64) -> Result<(Vec<Placed>, u64)> {
+    let client = PushClient::new(registry)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mib = |n: f64| ((n * scale * 1048576.0) as usize).max(4096);
+    let bases: Vec<Blob> = (0..6).map(|_| random_blob(&mut rng, mib(96.0))).collect();
+    let mut placed = Vec::new();
+    let mut distinct = std::collections::HashMap::<String, u64>::new();
+    for i in 0..60usize {
+        let format = if i % 2 == 0 {
+            Format::Docker
+        } else {
+            Format::Oci
+        };
+        let base = &bases[i % bases.len()];
+        let build = |rng: &mut rand::rngs::StdRng, arch: &str, layers: usize| {
+            let mut b = ImageBuilder::new(format).arch(arch).with_layer(base);
+            for l in 0..layers {
+                b = b.with_layer(&random_blob(rng, mib(if l == 0 { 22.0 } else { 11.0 })));
+            }
+            b.build()
+        };
+        let image: Image = if i < 2 {
+            let amd = build(&mut rng, "amd64", 1);
+            let arm = build(&mut rng, "arm64", 1);
+            index(format, vec![amd, arm], i == 0)
+        } else {
+            build(&mut rng, "amd64", i % 3)
+        };
+        let repo = format!("release/component-{i:02}");
+        image.push(&client, &repo, Some("4.20.0"))?;
+        for b in image.all_blobs() {
+            distinct.insert(b.digest.clone(), b.bytes.len() as u64);
+        }
+        placed.push(Placed {
+            repo,
+            tag: "4.20.0".into(),
+        });
+    }
+    Ok((placed, distinct.values().sum()))
+}
+
+fn config(dir: &Path, registry: &Registry, placed: &[Placed]) -> Result<PathBuf> {
+    let mut text = String::from(
+        "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  additionalImages:\n",
+    );
+    for p in placed {
+        text.push_str(&format!(
+            "  - name: {}/{}:{}\n",
+            registry.addr(),
+            p.repo,
+            p.tag
+        ));
+    }
+    let path = dir.join("isc.yaml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_file() && e.file_name().to_string_lossy().ends_with(".tar") {
+            total += e.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+fn airlock_create(config: &Path, out: &Path, ws: &Path) -> Result<Run> {
+    measure(
+        bins::connected()
+            .args([
+                "--log-level",
+                "warn",
+                "create",
+                "--limit",
+                "700MiB",
+                "--src-tls-verify=false",
+                "--config",
+            ])
+            .arg(config)
+            .arg("--out")
+            .arg(out)
+            .arg("--workspace")
+            .arg(ws),
+    )
+}
+
+fn airlock_publish(from: &Path, dest: &Registry, ws: &Path) -> Result<Run> {
+    measure(
+        bins::disconnected()
+            .args([
+                "--log-level",
+                "warn",
+                "publish",
+                "--dest-tls-verify=false",
+                "--from",
+            ])
+            .arg(from)
+            .arg("--to")
+            .arg(format!("docker://{}/m", dest.addr()))
+            .arg("--workspace")
+            .arg(ws),
+    )
+}
+
+fn skopeo(args: &[String]) -> Result<Run> {
+    let policy = std::env::temp_dir().join("airlock-bench-policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )?;
+    let mut cmd = Command::new("skopeo");
+    bins::isolate_env(&mut cmd);
+    cmd.arg("--policy").arg(&policy).args(args);
+    measure(&mut cmd)
+}
+
+/// One `skopeo copy --all` per image, one after the other (skopeo's own unit of work).
+/// Without `--preserve-digests`: an OCI layout cannot hold a Docker manifest list, so
+/// skopeo converts it (changing digests, which Airlock never does).
+fn skopeo_copy_each(
+    placed: &[Placed],
+    src: impl Fn(&Placed) -> String,
+    dst: impl Fn(&Placed) -> String,
+    flags: &[&str],
+) -> Result<Run> {
+    let mut total = Run::default();
+    for p in placed {
+        let mut args: Vec<String> = vec!["copy".into(), "--all".into()];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        args.push(src(p));
+        args.push(dst(p));
+        total = total.add(skopeo(&args)?);
+    }
+    Ok(total)
+}
+
+struct Scale {
+    create: Run,
+    publish: Run,
+    blob_bytes: u64,
+    chunk_bytes: u64,
+}
+
+/// Create and publish at one scale, for the memory-growth figure.
+fn airlock_at(scale: f64, seed: u64) -> Result<Scale> {
+    let source = Registry::plain()?;
+    let dest = Registry::plain()?;
+    let (placed, blob_bytes) = generate(&source, scale, seed)?;
+    let work = tempfile::tempdir()?;
+    let isc = config(work.path(), &source, &placed)?;
+    let out = work.path().join("out");
+    let create = airlock_create(&isc, &out, &work.path().join("ws-c"))?;
+    let chunk_bytes = dir_bytes(&out)?;
+    let publish = airlock_publish(&out, &dest, &work.path().join("ws-d"))?;
+    Ok(Scale {
+        create,
+        publish,
+        blob_bytes,
+        chunk_bytes,
+    })
+}
+
+#[allow(clippy::print_stdout, reason = "the table is the benchmark's output")]
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let s = args.scale;
+    println!("generating the data set (scale {s}) …");
+    let source = Registry::plain()?;
+    let (placed, blob_bytes) = generate(&source, s, 1)?;
+    let work = tempfile::tempdir()?;
+    let isc = config(work.path(), &source, &placed)?;
+    let src_ref = |p: &Placed| format!("docker://{}/{}:{}", source.addr(), p.repo, p.tag);
+
+    println!("create: Airlock, then skopeo to an OCI layout and to dir: …");
+    let out = work.path().join("out");
+    let create = airlock_create(&isc, &out, &work.path().join("ws-c"))?;
+    let chunk_bytes = dir_bytes(&out)?;
+    let layout = work.path().join("layout");
+    let skopeo_oci = skopeo_copy_each(
+        &placed,
+        src_ref,
+        |p| format!("oci:{}:{}", layout.display(), p.repo.replace('/', "-")),
+        &["--src-tls-verify=false"],
+    )?;
+    let dirs = work.path().join("dirs");
+    std::fs::create_dir_all(&dirs)?;
+    let skopeo_dir = skopeo_copy_each(
+        &placed,
+        src_ref,
+        |p| format!("dir:{}/{}", dirs.display(), p.repo.replace('/', "-")),
+        &["--src-tls-verify=false"],
+    )?;
+    std::fs::remove_dir_all(&dirs)?;
+
+    println!("verify: every chunk and blob, against sha256sum of a file of the same size …");
+    let verify = measure(
+        bins::disconnected()
+            .args(["--log-level", "warn", "verify", "--from"])
+            .arg(&out),
+    )?;
+    let same_size = work.path().join("same-size.bin");
+    {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&same_size)?);
+        let mut left = chunk_bytes;
+        let mut buf = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            rng.fill_bytes(&mut buf[..n]);
+            std::io::Write::write_all(&mut f, &buf[..n])?;
+            left -= n as u64;
+        }
+    }
+    let sha = measure(Command::new("sha256sum").arg(&same_size))?;
+    // The sha2 crate on one core, the same code Airlock hashes with (it uses the CPU's
+    // SHA extensions where present, which Debian's sha256sum does not).
+    let sha2_started = Instant::now();
+    {
+        use sha2::Digest as _;
+        let mut f = std::fs::File::open(&same_size)?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let _ = h.finalize();
+    }
+    let sha2 = Run {
+        seconds: sha2_started.elapsed().as_secs_f64(),
+        rss_mib: 0.0,
+    };
+    std::fs::remove_file(&same_size)?;
+
+    println!("publish: Airlock to an empty registry, then skopeo from the OCI layout to another …");
+    let dest = Registry::plain()?;
+    let publish = airlock_publish(&out, &dest, &work.path().join("ws-d"))?;
+    let dest_skopeo = Registry::plain()?;
+    let skopeo_publish = skopeo_copy_each(
+        &placed,
+        |p| format!("oci:{}:{}", layout.display(), p.repo.replace('/', "-")),
+        |p| format!("docker://{}/m/{}:{}", dest_skopeo.addr(), p.repo, p.tag),
+        &["--dest-tls-verify=false"],
+    )?;
+
+    println!("publish to 3 registries against 1 …");
+    let (r1, r2, r3) = (Registry::plain()?, Registry::plain()?, Registry::plain()?);
+    let ws3 = work.path().join("ws-3");
+    let three = airlock_publish(&out, &r1, &ws3)?
+        .add(airlock_publish(&out, &r2, &ws3)?)
+        .add(airlock_publish(&out, &r3, &ws3)?);
+
+    println!("differential: one of the 60 images changes …");
+    let client = PushClient::new(&source)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(77);
+    let new_layer = random_blob(&mut rng, ((20.0 * s * 1048576.0) as usize).max(4096));
+    let changed = ImageBuilder::new(Format::Oci)
+        .with_layer(&new_layer)
+        .build();
+    changed.push(&client, &placed[10].repo, Some(&placed[10].tag))?;
+    let new_blobs: u64 = changed
+        .all_blobs()
+        .iter()
+        .map(|b| b.bytes.len() as u64)
+        .sum();
+    let before = dir_bytes(&out)?;
+    airlock_create(&isc, &out, &work.path().join("ws-c"))?;
+    let shipped = dir_bytes(&out)? - before;
+
+    println!("memory at a quarter of the scale …");
+    let small = airlock_at(s / 4.0, 2)?;
+
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let peak = [create, verify, publish, three, small.create, small.publish]
+        .iter()
+        .map(|r| r.rss_mib)
+        .fold(0.0, f64::max);
+    let large_peak = create.rss_mib.max(publish.rss_mib);
+    let small_peak = small.create.rss_mib.max(small.publish.rss_mib);
+    let results = json!({
+        "scale": s,
+        "create_speedup_vs_skopeo": ratio(skopeo_oci.seconds, create.seconds),
+        "publish_speedup_vs_skopeo": ratio(skopeo_publish.seconds, publish.seconds),
+        "publish_3_over_1": ratio(three.seconds, publish.seconds),
+        "verify_over_sha256_rate": ratio(sha2.seconds, verify.seconds),
+        "peak_rss_mib": peak,
+        "rss_growth": ratio(large_peak, small_peak),
+        "differential_overhead": ratio(shipped as f64, new_blobs as f64) - 1.0,
+        "chunk_overhead": ratio(chunk_bytes as f64, blob_bytes as f64) - 1.0,
+        "figures": {
+            "images": placed.len(),
+            "blob_bytes": blob_bytes,
+            "chunk_bytes": chunk_bytes,
+            "create": run_json(create),
+            "skopeo_to_oci_layout": run_json(skopeo_oci),
+            "skopeo_to_dir": run_json(skopeo_dir),
+            "verify": run_json(verify),
+            "sha256sum_same_size": run_json(sha),
+            "sha2_crate_same_size": run_json(sha2),
+            "publish": run_json(publish),
+            "skopeo_publish_from_oci_layout": run_json(skopeo_publish),
+            "publish_to_3_registries": run_json(three),
+            "differential_bytes_shipped": shipped,
+            "differential_new_blob_bytes": new_blobs,
+            "quarter_scale": {
+                "blob_bytes": small.blob_bytes,
+                "chunk_bytes": small.chunk_bytes,
+                "create": run_json(small.create),
+                "publish": run_json(small.publish),
+            },
+            "wall_seconds": started.elapsed().as_secs_f64(),
+        },
+    });
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!();
+    println!(
+        "{:<44} {:>9} {:>10} {:>9}",
+        "", "seconds", "peak MiB", "ratio"
+    );
+    let row = |name: &str, r: Run, ratio: Option<f64>| {
+        println!(
+            "{name:<44} {:>9.1} {:>10.0} {:>9}",
+            r.seconds,
+            r.rss_mib,
+            ratio.map_or(String::new(), |x| format!("{x:.2}"))
+        );
+    };
+    row(
+        &format!(
+            "create ({:.2} GiB of blobs, 700 MiB limit)",
+            gib(blob_bytes)
+        ),
+        create,
+        None,
+    );
+    row(
+        "  skopeo copy --all → OCI layout",
+        skopeo_oci,
+        Some(ratio(skopeo_oci.seconds, create.seconds)),
+    );
+    row(
+        "  skopeo copy --all → dir:",
+        skopeo_dir,
+        Some(ratio(skopeo_dir.seconds, create.seconds)),
+    );
+    row(
+        "verify every chunk and blob",
+        verify,
+        Some(ratio(sha2.seconds, verify.seconds)),
+    );
+    row(
+        "  sha2 crate, one core, a file of the same size",
+        sha2,
+        None,
+    );
+    row(
+        "  sha256sum, a file of the same size",
+        sha,
+        Some(ratio(sha.seconds, verify.seconds)),
+    );
+    row("publish to an empty registry", publish, None);
+    row(
+        "  skopeo copy --all OCI layout → registry",
+        skopeo_publish,
+        Some(ratio(skopeo_publish.seconds, publish.seconds)),
+    );
+    row(
+        "publish to 3 registries",
+        three,
+        Some(ratio(three.seconds, publish.seconds)),
+    );
+    row("create at 1/4 scale", small.create, None);
+    row("publish at 1/4 scale", small.publish, None);
+    println!();
+    for key in [
+        "create_speedup_vs_skopeo",
+        "publish_speedup_vs_skopeo",
+        "publish_3_over_1",
+        "verify_over_sha256_rate",
+        "peak_rss_mib",
+        "rss_growth",
+        "differential_overhead",
+        "chunk_overhead",
+    ] {
+        println!("{key:<28} {:.4}", results[key].as_f64().unwrap_or(0.0));
+    }
+    if let Some(dir) = args.results.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &args.results,
+        serde_json::to_string_pretty(&results)? + "\n",
+    )?;
+    println!(
+        "\nwrote {} ({:.0} s)",
+        args.results.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run_json(r: Run) -> Value {
+    json!({"seconds": r.seconds, "peak_rss_mib": r.rss_mib})
+}
