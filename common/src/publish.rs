@@ -160,6 +160,7 @@ pub fn mirrored(images: &[ImageRecord], dest: &Destination) -> Vec<Mirrored> {
                 by_tag: named_by_tag,
                 category: match i.kind {
                     ImageKind::Generic => Category::Generic,
+                    ImageKind::Release | ImageKind::ReleaseComponent => Category::Release,
                 },
             }
         })

@@ -34,6 +34,40 @@ pub enum Command {
     Mirror(MirrorArgs),
     /// Write a signing key pair (minisign format): PREFIX.key and PREFIX.pub.
     Keygen(KeygenArgs),
+    /// Show what a configuration selects, without mirroring anything.
+    #[command(subcommand)]
+    List(ListCommand),
+}
+
+/// `list`.
+#[derive(Debug, Subcommand)]
+pub enum ListCommand {
+    /// The OpenShift releases `mirror.platform` selects (one per architecture), from
+    /// the update graph; no release image is pulled unless `platform.release` names one.
+    Releases(ListArgs),
+}
+
+/// `list releases`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The ImageSetConfiguration file.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Output format: a table, or a JSON array of objects with the keys `channel`,
+    /// `arch`, `version` and `image`.
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// How `list` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for scripts.
+    Json,
 }
 
 /// `keygen`.
@@ -71,6 +105,10 @@ pub struct SourceArgs {
     /// containers-auth.json search order.
     #[arg(long, value_name = "FILE")]
     pub authfile: Option<PathBuf>,
+    /// Update service (Cincinnati) graph URL for every release channel, instead of
+    /// Red Hat's (OCP) and OKD's; default: the UPDATE_URL_OVERRIDE environment variable.
+    #[arg(long, value_name = "URL")]
+    pub update_url: Option<String>,
 }
 
 impl SourceArgs {
@@ -173,6 +211,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                     None => None,
                 },
                 parity: args.parity,
+                update_url: args.source.update_url.clone(),
             };
             let report = create::create(&opts).await?;
             print_create(&report);
@@ -186,6 +225,14 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 .transpose()?;
             let (secret, public, id) = airlock_common::signing::generate(&args.out, password)?;
             print_keygen(&secret, &public, &id.to_string());
+            Ok(airlock_common::exit_codes::OK)
+        }
+        Command::List(ListCommand::Releases(args)) => {
+            let (loaded, _) = create::load_config(&args.config)?;
+            let pool = airlock_common::registry::Pool::new(args.source.options());
+            let updates = crate::cincinnati::UpdateService::new(args.source.update_url.clone());
+            let selected = crate::release::list(&loaded, &pool, &updates).await?;
+            print_releases(&selected, args.output);
             Ok(airlock_common::exit_codes::OK)
         }
         Command::Mirror(args) => {
@@ -208,6 +255,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 parallel: args.parallel,
                 source,
                 dest,
+                update_url: args.source.update_url.clone(),
             };
             let report = mirror::mirror(&opts).await?;
             print_mirror(&report);
@@ -227,6 +275,37 @@ fn print_keygen(secret: &std::path::Path, public: &std::path::Path, id: &str) {
         "public key: {} (give it to the disconnected side: --trust)",
         public.display()
     );
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_releases(selected: &[crate::select::Selected], format: OutputFormat) {
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(selected).expect("selections serialise")
+        );
+        return;
+    }
+    let width = |f: fn(&crate::select::Selected) -> &str, title: &str| {
+        selected
+            .iter()
+            .map(|s| f(s).len())
+            .max()
+            .unwrap_or(0)
+            .max(title.len())
+    };
+    let (c, a, v) = (
+        width(|s| &s.channel, "CHANNEL"),
+        width(|s| &s.arch, "ARCH"),
+        width(|s| &s.version, "VERSION"),
+    );
+    println!("{:c$}  {:a$}  {:v$}  IMAGE", "CHANNEL", "ARCH", "VERSION");
+    for s in selected {
+        println!(
+            "{:c$}  {:a$}  {:v$}  {}",
+            s.channel, s.arch, s.version, s.image
+        );
+    }
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
@@ -293,6 +372,13 @@ mod tests {
         for sub in cli.get_subcommands_mut().filter(|s| s.get_name() != "help") {
             let name = sub.get_name().to_string();
             insta::assert_snapshot!(format!("help-{name}"), sub.render_long_help().to_string());
+            for nested in sub.get_subcommands_mut().filter(|s| s.get_name() != "help") {
+                let nested_name = nested.get_name().to_string();
+                insta::assert_snapshot!(
+                    format!("help-{name}-{nested_name}"),
+                    nested.render_long_help().to_string()
+                );
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use airlock_common::config::ImageSpec;
 use airlock_common::digest::Digest;
-use airlock_common::imageset::{BlobRecord, ImageKind, ImageRecord};
+use airlock_common::imageset::{BlobRecord, ImageRecord};
 use airlock_common::manifest::{Descriptor, is_index};
 use airlock_common::registry::{Pool, RawManifest, RegistryError};
 use futures::StreamExt;
@@ -64,24 +64,34 @@ impl Collected {
 
 /// One image's manifests and blobs, before deduplication.
 struct Resolved {
-    image: ImageRecord,
+    top: Digest,
     manifests: Vec<RawManifest>,
     blobs: Vec<Descriptor>,
     repository: String,
 }
 
-/// Resolves every image of `specs`.
+/// Resolves every image of `specs`. Images named the same way (release components
+/// shared by several releases) are resolved once.
 pub async fn collect(specs: &[ImageSpec], pool: &Pool) -> Result<Collected, CollectError> {
-    let resolved: Vec<Result<Resolved, CollectError>> = futures::stream::iter(specs)
+    let mut unique: Vec<&ImageSpec> = Vec::new();
+    let mut position: HashMap<String, usize> = HashMap::new();
+    for spec in specs {
+        position.entry(spec.source.to_string()).or_insert_with(|| {
+            unique.push(spec);
+            unique.len() - 1
+        });
+    }
+    let resolved: Vec<Result<Resolved, CollectError>> = futures::stream::iter(unique)
         .map(|spec| resolve(spec, pool))
         .buffered(PARALLEL_IMAGES)
         .collect()
         .await;
+    let resolved: Vec<Resolved> = resolved.into_iter().collect::<Result<_, _>>()?;
     let mut out = Collected::default();
     let mut seen = HashSet::new();
-    for r in resolved {
-        let r = r?;
-        for m in r.manifests {
+    for spec in specs {
+        let r = &resolved[position[&spec.source.to_string()]];
+        for m in &r.manifests {
             if seen.insert(m.digest.clone()) {
                 out.blobs.push(BlobRecord {
                     digest: m.digest.clone(),
@@ -90,13 +100,13 @@ pub async fn collect(specs: &[ImageSpec], pool: &Pool) -> Result<Collected, Coll
                     repository: r.repository.clone(),
                     parts: Vec::new(),
                 });
-                out.manifests.insert(m.digest.clone(), m);
+                out.manifests.insert(m.digest.clone(), m.clone());
             }
         }
-        for d in r.blobs {
+        for d in &r.blobs {
             if seen.insert(d.digest.clone()) {
                 out.blobs.push(BlobRecord {
-                    digest: d.digest,
+                    digest: d.digest.clone(),
                     size: d.size,
                     media_type: None,
                     repository: r.repository.clone(),
@@ -104,7 +114,19 @@ pub async fn collect(specs: &[ImageSpec], pool: &Pool) -> Result<Collected, Coll
                 });
             }
         }
-        out.images.push(r.image);
+        let src = &spec.source;
+        out.images.push(ImageRecord {
+            source: spec.name.clone(),
+            repository: src.name(),
+            tag: spec
+                .target_tag
+                .clone()
+                .or_else(|| src.tag().map(str::to_string)),
+            by_digest: src.digest().is_some(),
+            digest: r.top.clone(),
+            target_repository: spec.target_repo.clone(),
+            kind: spec.kind,
+        });
     }
     Ok(out)
 }
@@ -176,18 +198,7 @@ async fn resolve(spec: &ImageSpec, pool: &Pool) -> Result<Resolved, CollectError
         level = next;
     }
     Ok(Resolved {
-        image: ImageRecord {
-            source: spec.name.clone(),
-            repository: src.name(),
-            tag: spec
-                .target_tag
-                .clone()
-                .or_else(|| src.tag().map(str::to_string)),
-            by_digest: src.digest().is_some(),
-            digest: top.digest,
-            target_repository: spec.target_repo.clone(),
-            kind: ImageKind::Generic,
-        },
+        top: top.digest,
         manifests,
         blobs,
         repository: src.name(),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use airlock_common::config::{self, ImageSpec, LoadedConfig};
 use airlock_common::digest::Digest;
 use airlock_common::imageset::write::{self, Prepared, WriteError};
-use airlock_common::imageset::{FORMAT, ImagesetManifest};
+use airlock_common::imageset::{FORMAT, ImagesetManifest, ReleaseRecord};
 use airlock_common::reference::ImageRef;
 use airlock_common::registry::{ErrorKind, Pool, RegistryError, RegistryOptions};
 use airlock_common::signing::Signer;
@@ -26,8 +26,10 @@ use airlock_common::state::crash_point;
 use airlock_common::telemetry::Progress;
 use futures::StreamExt;
 
+use crate::cincinnati::UpdateService;
 use crate::collect::{self, Collected};
 use crate::error::Error;
+use crate::release;
 use crate::remote::{self, RemoteState};
 use crate::workspace::{ImagesetRecord, STATE_FORMAT, Workspace, WorkspaceState};
 
@@ -60,6 +62,8 @@ pub struct CreateOptions {
     pub sign_key: Option<(PathBuf, Option<String>)>,
     /// Parity files to add.
     pub parity: u32,
+    /// Update service instead of Red Hat's (else `UPDATE_URL_OVERRIDE`).
+    pub update_url: Option<String>,
 }
 
 /// What `create` did.
@@ -85,13 +89,31 @@ pub fn load_config(path: &Path) -> Result<(LoadedConfig, Vec<ImageSpec>), Error>
     loaded.validate()?;
     loaded.check_supported()?;
     let images = loaded.additional_images()?;
-    if images.is_empty() {
+    if images.is_empty() && release::platform(&loaded).is_none() {
         return Err(Error::Usage(format!(
-            "{}: the configuration selects no images; add mirror.additionalImages",
+            "{}: the configuration selects no images; add mirror.platform channels or mirror.additionalImages",
             path.display()
         )));
     }
     Ok((loaded, images))
+}
+
+/// Every image of the configuration: the selected releases with their components
+/// first, then `additionalImages`; and the records of the releases.
+pub async fn all_images(
+    loaded: &LoadedConfig,
+    additional: Vec<ImageSpec>,
+    pool: &Pool,
+    update_url: Option<String>,
+) -> Result<(Vec<ImageSpec>, Vec<ReleaseRecord>), Error> {
+    if release::platform(loaded).is_none() {
+        return Ok((additional, Vec::new()));
+    }
+    let updates = UpdateService::new(update_url);
+    let releases = release::resolve(loaded, pool, &updates).await?;
+    let mut images = releases.images;
+    images.extend(additional);
+    Ok((images, releases.records))
 }
 
 /// The workspace directory to use.
@@ -127,7 +149,7 @@ fn destination_path(image: &airlock_common::imageset::ImageRecord) -> String {
 /// Runs `create`.
 pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
     let started = Instant::now();
-    let (loaded, specs) = load_config(&opts.config)?;
+    let (loaded, additional) = load_config(&opts.config)?;
     let limit = opts.limit.or(loaded.archive_size()).unwrap_or_else(|| {
         tracing::info!(limit = %DEFAULT_LIMIT, "no --limit and no archiveSize: using oc-mirror's default");
         DEFAULT_LIMIT
@@ -181,7 +203,8 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         .iter()
         .flat_map(|s| s.shipped.iter().map(|(d, _)| d))
         .collect();
-    tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = specs.len(), "creating imageset");
+    let (specs, releases) = all_images(&loaded, additional, &pool, opts.update_url.clone()).await?;
+    tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = specs.len(), releases = releases.len(), "creating imageset");
 
     let collected = collect::collect(&specs, &pool).await?;
     let skeleton = ImagesetManifest {
@@ -197,6 +220,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         parity: Vec::new(),
         images: collected.images.clone(),
         blobs: collected.blobs.clone(),
+        releases,
     };
     // Manifests always travel: they are small, and they are the desired state.
     let carry: Vec<usize> = (0..skeleton.blobs.len())

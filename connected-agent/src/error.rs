@@ -43,6 +43,12 @@ pub enum Error {
     /// The signing key could not be used.
     #[error(transparent)]
     Signing(#[from] airlock_common::signing::SigningError),
+    /// The update graph could not be read, or does not have what the configuration asks for.
+    #[error(transparent)]
+    Select(#[from] crate::select::SelectError),
+    /// A release payload could not be read.
+    #[error(transparent)]
+    Payload(#[from] crate::payload::PayloadError),
     /// A local file could not be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -77,6 +83,12 @@ impl ExitCode for Error {
             Error::Write(WriteError::Sign(_)) => exit_codes::CONFIG,
             Error::Write(WriteError::Layout(_)) => exit_codes::CONFIG,
             Error::Write(WriteError::Io { .. }) | Error::Io { .. } => exit_codes::IO,
+            Error::Select(crate::select::SelectError::Config { .. }) => exit_codes::CONFIG,
+            Error::Select(crate::select::SelectError::Graph { .. }) => exit_codes::UNAVAILABLE,
+            Error::Payload(crate::payload::PayloadError::Registry { source, .. }) => {
+                source.exit_code()
+            }
+            Error::Payload(crate::payload::PayloadError::Invalid { .. }) => exit_codes::DATA,
             Error::Workspace(WorkspaceError::Locked { .. }) => exit_codes::STATE,
             Error::Workspace(WorkspaceError::Storage { .. }) => exit_codes::IO,
         }

@@ -1,12 +1,17 @@
 //! Airlock's connected agent as a library: the binary `airlock-connected` is a thin
 //! shell over [`cli::run`], and tests call the same functions.
 
+pub mod cincinnati;
 pub mod cli;
 pub mod collect;
 pub mod create;
 pub mod error;
+pub mod graph;
 pub mod mirror;
+pub mod payload;
+pub mod release;
 pub mod remote;
+pub mod select;
 pub mod workspace;
 
 pub use error::Error;

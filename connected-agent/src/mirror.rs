@@ -19,7 +19,7 @@ use airlock_common::resources;
 use airlock_common::telemetry::Progress;
 
 use crate::collect::{self, Collected};
-use crate::create::{load_config, workspace_dir};
+use crate::create::{all_images, load_config, workspace_dir};
 use crate::error::Error;
 
 /// What `mirror` is asked to do.
@@ -37,6 +37,8 @@ pub struct MirrorOptions {
     pub source: RegistryOptions,
     /// How to reach the mirror registry.
     pub dest: RegistryOptions,
+    /// Update service instead of Red Hat's (else `UPDATE_URL_OVERRIDE`).
+    pub update_url: Option<String>,
 }
 
 /// What `mirror` did.
@@ -99,9 +101,10 @@ impl ContentSource for RegistrySource<'_> {
 /// Runs `mirror`.
 pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
     let started = Instant::now();
-    let (loaded, specs) = load_config(&opts.config)?;
+    let (loaded, additional) = load_config(&opts.config)?;
     let ws_dir = workspace_dir(opts.workspace.as_deref(), &loaded)?;
     let pool = Pool::new(opts.source.clone());
+    let (specs, _) = all_images(&loaded, additional, &pool, opts.update_url.clone()).await?;
     let collected = collect::collect(&specs, &pool).await?;
     let client = RegistryClient::connect(opts.to.registry(), &opts.dest).await?;
     let source = RegistrySource {

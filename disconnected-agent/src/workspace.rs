@@ -305,6 +305,7 @@ mod tests {
             parity: Vec::new(),
             images: Vec::new(),
             blobs: Vec::new(),
+            releases: Vec::new(),
         }
     }
 

@@ -124,7 +124,9 @@ pub fn isolate_env(cmd: &mut Command) -> &mut Command {
         .env("XDG_DATA_HOME", home.join(".local/share"))
         .env("XDG_CACHE_HOME", home.join(".cache"))
         .env("REGISTRY_AUTH_FILE", home.join("no-credentials.json"))
-        .env_remove("DOCKER_CONFIG");
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("UPDATE_URL_OVERRIDE")
+        .env_remove("OCP_SIGNATURE_URL");
     for var in [
         "HTTP_PROXY",
         "HTTPS_PROXY",

@@ -81,15 +81,21 @@ impl Blob {
 pub fn layer(seed: u64, size: usize) -> Blob {
     let mut content = vec![0u8; size];
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut content);
+    files_layer(&[(&format!("data/file-{seed}.bin"), &content)])
+}
+
+/// A gzip-compressed tar layer holding `files` (path, bytes), in order.
+pub fn files_layer(files: &[(&str, &[u8])]) -> Blob {
     let mut tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_path(format!("data/file-{seed}.bin"))
-        .expect("short path");
-    h.set_size(size as u64);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_cksum();
-    tar.append(&h, content.as_slice()).expect("in-memory tar");
+    for (path, content) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(path).expect("short path");
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        tar.append(&h, *content).expect("in-memory tar");
+    }
     let raw = tar.into_inner().expect("in-memory tar");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&raw).expect("in-memory gzip");

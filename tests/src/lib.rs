@@ -9,8 +9,10 @@ pub mod bins;
 pub mod images;
 pub mod proxy;
 pub mod registry;
+pub mod release;
 pub mod skopeo;
 pub mod tls;
+pub mod update_service;
 
 use std::path::PathBuf;
 

@@ -141,6 +141,8 @@ pub struct ImageSpec {
     pub target_repo: Option<String>,
     /// Tag at the mirror instead of the source's (`targetTag`).
     pub target_tag: Option<String>,
+    /// What the image is, for grouping cluster resources.
+    pub kind: crate::imageset::ImageKind,
 }
 
 /// Reads every document of an ImageSetConfiguration file.
@@ -460,6 +462,19 @@ impl LoadedConfig {
                 problems
                     .push(self.problem(format!("{at}.name"), "release channel requires a name"));
             }
+            for (field, value) in [
+                ("minVersion", &ch.min_version),
+                ("maxVersion", &ch.max_version),
+            ] {
+                if let Some(v) = value
+                    && let Err(e) = semver::Version::parse(v)
+                {
+                    problems.push(self.problem(
+                        format!("{at}.{field}"),
+                        format!("{v:?} is not a release version (expected MAJOR.MINOR.PATCH, e.g. 4.14.3): {e}"),
+                    ));
+                }
+            }
             let kind = ch.channel_type.as_deref().unwrap_or("ocp");
             if !["ocp", "okd"].contains(&kind) {
                 problems.push(self.problem(
@@ -487,6 +502,11 @@ impl LoadedConfig {
                     ),
                 ));
             }
+        }
+        if let Some(release) = &platform.release
+            && let Err(e) = release.parse::<ImageRef>()
+        {
+            problems.push(self.problem(format!("{stanza}.platform.release"), e.to_string()));
         }
         if !platform.platforms.is_empty() && !platform.architectures.is_empty() {
             problems.push(self.problem(
@@ -590,11 +610,19 @@ impl LoadedConfig {
         if let Some(m) = &c.mirror {
             let unsupported = [
                 (
-                    m.platform
-                        .as_ref()
-                        .is_some_and(|p| *p != schema::Platform::default()),
-                    "mirror.platform",
-                    "mirroring OpenShift releases",
+                    m.platform.as_ref().is_some_and(|p| p.graph),
+                    "mirror.platform.graph",
+                    "mirroring the update graph data",
+                ),
+                (
+                    m.platform.as_ref().is_some_and(|p| !p.platforms.is_empty()),
+                    "mirror.platform.platforms",
+                    "filtering the multi-architecture release payload by platform (sparse manifest lists)",
+                ),
+                (
+                    m.platform.as_ref().is_some_and(|p| p.kube_virt_container),
+                    "mirror.platform.kubeVirtContainer",
+                    "mirroring the KubeVirt container image of releases",
                 ),
                 (
                     !m.operators.is_empty(),
@@ -655,6 +683,7 @@ impl LoadedConfig {
                     name: image.name.clone(),
                     target_repo: image.target_repo.clone(),
                     target_tag: image.target_tag.clone(),
+                    kind: crate::imageset::ImageKind::Generic,
                 }),
                 Err(e) => problems.push(
                     self.problem(format!("mirror.additionalImages[{i}].name"), e.to_string()),

@@ -110,10 +110,10 @@ fn fields_not_acted_on_are_refused_with_their_positions() {
     let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
         fields,
-        ["mirror.platform", "mirror.operators", "mirror.helm"]
+        ["mirror.platform.graph", "mirror.operators", "mirror.helm"]
     );
     let msg = err.to_string();
-    assert!(msg.contains("image-set-config.yaml:4:3: mirror.platform: mirroring OpenShift releases is not supported"), "{msg}");
+    assert!(msg.contains("image-set-config.yaml:9:5: mirror.platform.graph: mirroring the update graph data is not supported"), "{msg}");
     assert!(
         msg.contains("image-set-config.yaml:10:3: mirror.operators"),
         "{msg}"

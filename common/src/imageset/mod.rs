@@ -102,6 +102,29 @@ pub struct ImagesetManifest {
     pub images: Vec<ImageRecord>,
     /// Every manifest and blob the images reference, with where each byte travels.
     pub blobs: Vec<BlobRecord>,
+    /// The OpenShift releases among the images, with what the disconnected side
+    /// needs to write cluster resources for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<ReleaseRecord>,
+}
+
+/// One OpenShift release of the imageset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReleaseRecord {
+    /// Release version (`4.14.3`).
+    pub version: String,
+    /// Architecture as the configuration spells it (`amd64`, `multi`, ...).
+    pub arch: String,
+    /// Channels it was selected from (empty for `platform.release`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// The release image's source pull spec, by digest.
+    pub image: String,
+    /// Digest of the release image's top manifest (it is among [`ImagesetManifest::images`]).
+    pub digest: Digest,
+    /// Tag of the release image at the mirror, in `openshift/release-images`.
+    pub tag: String,
 }
 
 /// One chunk file.
@@ -126,6 +149,10 @@ pub struct ChunkRecord {
 pub enum ImageKind {
     /// An `additionalImages` entry.
     Generic,
+    /// An OpenShift release image (`mirror.platform`).
+    Release,
+    /// An image a release payload names in its `image-references`.
+    ReleaseComponent,
 }
 
 /// One image of the configuration.

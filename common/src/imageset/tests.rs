@@ -69,6 +69,7 @@ async fn write_imageset_with(
         parity: Vec::new(),
         images: Vec::new(),
         blobs,
+        releases: Vec::new(),
     };
     let carry: Vec<usize> = (0..sizes.len()).collect();
     let options = Options { signer, parity };
@@ -205,6 +206,7 @@ async fn writer_refuses_content_that_does_not_match_its_digest() {
             repository: "r/x".into(),
             parts: Vec::new(),
         }],
+        releases: Vec::new(),
     };
     let prepared = prepare(dir.path(), skeleton, &[0], &Options::default()).unwrap();
     let mut w = prepared.blob_writer(0);

@@ -5,4 +5,5 @@ mod differential;
 mod dropdir;
 mod foundation;
 mod oneway;
+mod releases;
 mod util;

@@ -1,0 +1,130 @@
+//! Fetching update graphs from the OpenShift update service (Cincinnati).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::graph::Graph;
+use crate::select::{ChannelType, GraphSource, SelectError};
+
+/// Red Hat's update service, for `ocp` channels.
+pub const OCP_UPDATE_URL: &str = "https://api.openshift.com/api/upgrades_info/v1/graph";
+/// The OKD update service, for `okd` channels.
+pub const OKD_UPDATE_URL: &str = "https://origin-release.ci.openshift.org/graph";
+/// The environment variable oc-mirror users set to use their own update service.
+pub const UPDATE_URL_ENV: &str = "UPDATE_URL_OVERRIDE";
+
+/// Graphs larger than this are refused: the real ones are a few hundred KiB.
+const MAX_GRAPH_BYTES: usize = 64 << 20;
+
+/// An update service client that fetches each (channel, architecture) graph once.
+#[derive(Debug)]
+pub struct UpdateService {
+    client: reqwest::Client,
+    /// Replaces both upstream URLs (`--update-url` or `UPDATE_URL_OVERRIDE`).
+    url_override: Option<String>,
+    cache: Mutex<HashMap<(ChannelType, String, String), Arc<Graph>>>,
+}
+
+impl UpdateService {
+    /// A client; `url_override` (else `UPDATE_URL_OVERRIDE`) replaces the upstream
+    /// services for every channel type.
+    pub fn new(url_override: Option<String>) -> UpdateService {
+        let url_override =
+            url_override.or_else(|| std::env::var(UPDATE_URL_ENV).ok().filter(|v| !v.is_empty()));
+        if let Some(u) = &url_override {
+            tracing::info!(url = %u, "using the update service override");
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(300))
+            .build()
+            .expect("the TLS backend initialises");
+        UpdateService {
+            client,
+            url_override,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The HTTP client, shared with other fetches from Red Hat's services.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    fn base(&self, kind: ChannelType) -> &str {
+        match (&self.url_override, kind) {
+            (Some(u), _) => u,
+            (None, ChannelType::Ocp) => OCP_UPDATE_URL,
+            (None, ChannelType::Okd) => OKD_UPDATE_URL,
+        }
+    }
+
+    async fn fetch(
+        &self,
+        kind: ChannelType,
+        channel: &str,
+        arch: &str,
+    ) -> Result<Graph, SelectError> {
+        let err = |message: String| SelectError::Graph {
+            channel: channel.to_string(),
+            arch: arch.to_string(),
+            message,
+        };
+        let base = self.base(kind);
+        let mut url = reqwest::Url::parse(base)
+            .map_err(|e| err(format!("update service URL {base:?} is not a URL: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("channel", channel)
+            .append_pair("arch", arch);
+        tracing::debug!(%url, "fetching update graph");
+        let resp = self
+            .client
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| err(format!("GET {url}: {e}; check the network or set --update-url / {UPDATE_URL_ENV} to a reachable update service")))?;
+        let status = resp.status();
+        let body = read_limited(resp, MAX_GRAPH_BYTES)
+            .await
+            .map_err(|e| err(format!("GET {url}: {e}")))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+            return Err(err(format!("GET {url}: HTTP {status}: {text}")));
+        }
+        Graph::parse(&body, url.as_str()).map_err(|e| err(e.to_string()))
+    }
+}
+
+/// Reads a response body, refusing more than `limit` bytes.
+pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the response is larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+impl GraphSource for UpdateService {
+    async fn graph(
+        &self,
+        kind: ChannelType,
+        channel: &str,
+        arch: &str,
+    ) -> Result<Arc<Graph>, SelectError> {
+        let key = (kind, channel.to_string(), arch.to_string());
+        if let Some(g) = self.cache.lock().expect("not poisoned").get(&key) {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(self.fetch(kind, channel, arch).await?);
+        self.cache
+            .lock()
+            .expect("not poisoned")
+            .insert(key, g.clone());
+        Ok(g)
+    }
+}

@@ -1,0 +1,537 @@
+//! Reading an OpenShift release payload: the images a release is made of.
+//!
+//! A release image carries `release-manifests/image-references` (an ImageStream whose
+//! tags name every component image) and `release-manifests/release-metadata` (its
+//! version) as plain files in its filesystem. The files are found by reading the
+//! layers from the top down: the first layer that holds a file, or a whiteout that
+//! hides it, decides; a layer that makes `release-manifests/` opaque (or removes it)
+//! hides everything below. Real payloads keep these files in the top layer, so the
+//! large base layers are never downloaded twice. Every layer read is read to its end,
+//! so the registry client checks its digest: a forged layer is an error, not a
+//! silently different list of images.
+//!
+//! A multi-architecture payload is a manifest list of complete release images; every
+//! child is read and their component lists are merged (they name the same component
+//! manifest lists in real payloads).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read};
+
+use airlock_common::digest::Digest;
+use airlock_common::manifest::{ManifestKind, is_index};
+use airlock_common::reference::ImageRef;
+use airlock_common::registry::{Pool, RawManifest, RegistryError};
+use futures::TryStreamExt;
+use serde::Deserialize;
+
+/// Where the files live inside the image.
+const DIR: &str = "release-manifests";
+const REFERENCES: &str = "image-references";
+const METADATA: &str = "release-metadata";
+/// Either file larger than this is refused (the real image-references is ~120 KiB).
+const MAX_FILE: u64 = 16 << 20;
+
+/// Why a payload could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    /// The registry failed.
+    #[error("release {image}: {source}")]
+    Registry {
+        /// The release image.
+        image: String,
+        /// The registry error.
+        source: RegistryError,
+    },
+    /// The image is not a release payload, or its files are malformed.
+    #[error("release {image}: {problem}")]
+    Invalid {
+        /// The release image.
+        image: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// `release-manifests/release-metadata`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Metadata {
+    /// Must be `cincinnati-metadata-v0`.
+    pub kind: String,
+    /// The release version.
+    pub version: String,
+    /// Versions that may update to this one.
+    #[serde(default)]
+    pub previous: Vec<String>,
+    /// Open string map.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct ImageStream {
+    kind: String,
+    spec: ImageStreamSpec,
+}
+
+#[derive(Deserialize)]
+struct ImageStreamSpec {
+    #[serde(default)]
+    tags: Vec<ImageStreamTag>,
+}
+
+#[derive(Deserialize)]
+struct ImageStreamTag {
+    name: String,
+    from: ObjectReference,
+}
+
+#[derive(Deserialize)]
+struct ObjectReference {
+    kind: String,
+    name: String,
+}
+
+/// One component image of a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    /// Its tag name in the ImageStream (`cli`, `installer`, ...), unique in a release.
+    pub name: String,
+    /// Its pull spec (by digest in real payloads).
+    pub image: ImageRef,
+}
+
+/// What a release payload says about itself.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// The release image's top manifest.
+    pub digest: Digest,
+    /// `multi` for a manifest list, else the image config's architecture.
+    pub arch: String,
+    /// From `release-metadata`.
+    pub metadata: Metadata,
+    /// Every component, sorted by name.
+    pub components: Vec<Component>,
+}
+
+/// Reads the payload of `image`.
+pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError> {
+    let name = image.to_string();
+    let reg = |source| PayloadError::Registry {
+        image: name.clone(),
+        source,
+    };
+    let invalid = |problem: String| PayloadError::Invalid {
+        image: name.clone(),
+        problem,
+    };
+    let client = pool.client(image.registry()).await.map_err(reg)?;
+    let reference = image
+        .digest()
+        .map(|d| d.to_string())
+        .or_else(|| image.tag().map(str::to_string))
+        .unwrap_or_else(|| "latest".into());
+    let top = client
+        .get_manifest(image.repository(), &reference)
+        .await
+        .map_err(reg)?;
+    let mut images: Vec<RawManifest> = Vec::new();
+    let parsed = top
+        .parse()
+        .map_err(|e| invalid(format!("manifest {}: {e}", top.digest)))?;
+    if is_index(&parsed.media_type) {
+        for child in parsed.children() {
+            let m = client
+                .get_manifest(image.repository(), child.digest.as_str())
+                .await
+                .map_err(reg)?;
+            images.push(m);
+        }
+        if images.is_empty() {
+            return Err(invalid("its manifest list is empty".into()));
+        }
+    } else {
+        images.push(top.clone());
+    }
+    let arch = if images.len() == 1 && images[0].digest == top.digest {
+        config_arch(&client, image, &parsed)
+            .await
+            .map_err(&invalid)?
+    } else {
+        "multi".to_string()
+    };
+    let mut metadata: Option<Metadata> = None;
+    let mut components: BTreeMap<String, ImageRef> = BTreeMap::new();
+    for m in &images {
+        let parsed = m
+            .parse()
+            .map_err(|e| invalid(format!("manifest {}: {e}", m.digest)))?;
+        let ManifestKind::Image { layers, .. } = &parsed.kind else {
+            return Err(invalid(format!(
+                "manifest {} is an index inside the release's manifest list",
+                m.digest
+            )));
+        };
+        let mut found = Found::default();
+        for layer in layers.iter().rev() {
+            let stream = client
+                .blob_stream(image.repository(), &layer.digest)
+                .await
+                .map_err(reg)?;
+            let reader = tokio_util::io::StreamReader::new(
+                stream.map_err(|e| std::io::Error::other(e.to_string())),
+            );
+            let digest = layer.digest.clone();
+            let before = std::mem::take(&mut found);
+            found = tokio::task::spawn_blocking(move || {
+                let mut sync = tokio_util::io::SyncIoBridge::new(reader);
+                let out = scan_layer(&mut sync, before);
+                // Read to the end so the client verifies the layer's digest.
+                std::io::copy(&mut sync, &mut std::io::sink())
+                    .map_err(|e| format!("layer {digest}: {e}"))?;
+                out.map_err(|e| format!("layer {digest}: {e}"))
+            })
+            .await
+            .expect("the layer reader does not panic")
+            .map_err(invalid)?;
+            if found.done() {
+                break;
+            }
+        }
+        let refs = found.references.flatten().ok_or_else(|| {
+            invalid(format!(
+                "image {} has no {DIR}/{REFERENCES}: it is not an OpenShift release payload",
+                m.digest
+            ))
+        })?;
+        let meta = found.metadata.flatten().ok_or_else(|| {
+            invalid(format!(
+                "image {} has no {DIR}/{METADATA}: it is not an OpenShift release payload",
+                m.digest
+            ))
+        })?;
+        let meta: Metadata =
+            serde_json::from_slice(&meta).map_err(|e| invalid(format!("{DIR}/{METADATA}: {e}")))?;
+        if meta.kind != "cincinnati-metadata-v0" {
+            return Err(invalid(format!(
+                "{DIR}/{METADATA}: kind is {:?}, expected cincinnati-metadata-v0",
+                meta.kind
+            )));
+        }
+        if let Some(first) = &metadata
+            && first.version != meta.version
+        {
+            return Err(invalid(format!(
+                "the images of its manifest list disagree on the version ({} and {})",
+                first.version, meta.version
+            )));
+        }
+        for c in parse_references(&refs).map_err(|e| invalid(format!("{DIR}/{REFERENCES}: {e}")))? {
+            match components.get(&c.name) {
+                Some(existing) if *existing != c.image => {
+                    return Err(invalid(format!(
+                        "component {} is {} in one image of the manifest list and {} in another",
+                        c.name, existing, c.image
+                    )));
+                }
+                _ => {
+                    components.insert(c.name, c.image);
+                }
+            }
+        }
+        metadata = Some(meta);
+    }
+    Ok(Payload {
+        digest: top.digest,
+        arch,
+        metadata: metadata.expect("at least one image was read"),
+        components: components
+            .into_iter()
+            .map(|(name, image)| Component { name, image })
+            .collect(),
+    })
+}
+
+/// The `architecture` of a single-image release's config blob.
+async fn config_arch(
+    client: &airlock_common::registry::RegistryClient,
+    image: &ImageRef,
+    manifest: &airlock_common::manifest::Manifest,
+) -> Result<String, String> {
+    #[derive(Deserialize)]
+    struct Config {
+        architecture: String,
+    }
+    let ManifestKind::Image { config, .. } = &manifest.kind else {
+        unreachable!("called for image manifests")
+    };
+    if config.size > MAX_FILE {
+        return Err(format!(
+            "config blob {} is {} bytes",
+            config.digest, config.size
+        ));
+    }
+    let mut stream = client
+        .blob_stream(image.repository(), &config.digest)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    while let Some(b) = stream.try_next().await.map_err(|e| e.to_string())? {
+        if (bytes.len() + b.len()) as u64 > config.size {
+            return Err(format!(
+                "config blob {} is larger than its descriptor says",
+                config.digest
+            ));
+        }
+        bytes.extend_from_slice(&b);
+    }
+    let c: Config = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("config blob {}: {e}", config.digest))?;
+    Ok(c.architecture)
+}
+
+/// Parses `image-references`: every tag's `from` must be a `DockerImage` pull spec.
+pub fn parse_references(bytes: &[u8]) -> Result<Vec<Component>, String> {
+    let stream: ImageStream = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if stream.kind != "ImageStream" {
+        return Err(format!("kind is {:?}, expected ImageStream", stream.kind));
+    }
+    let mut seen = HashMap::new();
+    let mut out = Vec::with_capacity(stream.spec.tags.len());
+    for (i, t) in stream.spec.tags.into_iter().enumerate() {
+        if t.from.kind != "DockerImage" {
+            return Err(format!(
+                "spec.tags[{i}] ({}): from.kind is {:?}, expected DockerImage",
+                t.name, t.from.kind
+            ));
+        }
+        if t.name.is_empty() || !airlock_common::reference::valid_tag(&t.name) {
+            return Err(format!(
+                "spec.tags[{i}].name {:?} cannot be part of a tag",
+                t.name
+            ));
+        }
+        if seen.insert(t.name.clone(), i).is_some() {
+            return Err(format!("spec.tags[{i}].name {:?} appears twice", t.name));
+        }
+        let image: ImageRef = t.from.name.parse().map_err(|e| {
+            format!(
+                "spec.tags[{i}] ({}): from.name {:?} is not an image reference: {e}",
+                t.name, t.from.name
+            )
+        })?;
+        out.push(Component {
+            name: t.name,
+            image,
+        });
+    }
+    Ok(out)
+}
+
+/// The two files, as decided so far (top layer first): `None` undecided,
+/// `Some(None)` removed by a whiteout, `Some(Some(bytes))` found.
+#[derive(Debug, Default)]
+struct Found {
+    references: Option<Option<Vec<u8>>>,
+    metadata: Option<Option<Vec<u8>>>,
+    /// A layer above made the directory opaque or removed it.
+    sealed: bool,
+}
+
+impl Found {
+    fn done(&self) -> bool {
+        self.sealed || (self.references.is_some() && self.metadata.is_some())
+    }
+}
+
+/// Reads one layer (gzip-compressed or plain tar) into `found`.
+fn scan_layer(r: &mut impl Read, mut found: Found) -> Result<Found, String> {
+    let mut r = BufReader::with_capacity(1 << 16, r);
+    let magic = r.fill_buf().map_err(|e| e.to_string())?;
+    let reader: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::GzDecoder::new(r))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Err("zstd-compressed layers are not supported for release payloads".into());
+    } else {
+        Box::new(r)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut sealed = false;
+    let mut this: [Option<Option<Vec<u8>>>; 2] = [None, None];
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let path = entry
+            .path()
+            .map_err(|e| e.to_string())?
+            .to_string_lossy()
+            .into_owned();
+        let path = path.trim_start_matches("./").trim_start_matches('/');
+        if path == format!(".wh.{DIR}") || path == format!("{DIR}/.wh..wh..opq") {
+            sealed = true;
+            continue;
+        }
+        let Some(file) = path.strip_prefix(&format!("{DIR}/")) else {
+            continue;
+        };
+        let (slot, present) = match file {
+            REFERENCES => (0, true),
+            METADATA => (1, true),
+            f if f == format!(".wh.{REFERENCES}") => (0, false),
+            f if f == format!(".wh.{METADATA}") => (1, false),
+            _ => continue,
+        };
+        if !present {
+            this[slot] = Some(None);
+            continue;
+        }
+        if !entry.header().entry_type().is_file() {
+            return Err(format!("{path} is not a regular file"));
+        }
+        let size = entry.header().size().map_err(|e| e.to_string())?;
+        if size > MAX_FILE {
+            return Err(format!(
+                "{path} is {size} bytes; more than {MAX_FILE} is refused"
+            ));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        (&mut entry)
+            .take(MAX_FILE)
+            .read_to_end(&mut bytes)
+            .map_err(|e| e.to_string())?;
+        this[slot] = Some(Some(bytes));
+    }
+    // An upper layer's decision stands; this layer decides what it still left open.
+    let [refs, meta] = this;
+    if found.references.is_none() {
+        found.references = refs.or(if sealed { Some(None) } else { None });
+    }
+    if found.metadata.is_none() {
+        found.metadata = meta.or(if sealed { Some(None) } else { None });
+    }
+    found.sealed |= sealed;
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fixtures/real/oc-mirror/release")
+                .join(path),
+        )
+        .unwrap()
+    }
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn real_image_references_list_every_component_by_digest() {
+        let refs = fixture("ocp-release-4.12.0-x86_64/release-manifests/image-references");
+        let c = parse_references(&refs).unwrap();
+        assert_eq!(c.len(), 183);
+        assert!(c.iter().all(|c| c.image.digest().is_some()
+            && c.image.name() == "quay.io/openshift-release-dev/ocp-v4.0-art-dev"));
+        let meta: Metadata = serde_json::from_slice(&fixture(
+            "ocp-release-4.12.0-x86_64/release-manifests/release-metadata",
+        ))
+        .unwrap();
+        assert_eq!(
+            (meta.kind.as_str(), meta.version.as_str()),
+            ("cincinnati-metadata-v0", "4.12.0")
+        );
+        // oc-mirror's own test payload names its component by tag.
+        let c = parse_references(&fixture(
+            "integration-test-release/release-manifests/image-references",
+        ))
+        .unwrap();
+        assert_eq!(c.len(), 1);
+        assert!(c[0].image.digest().is_none() && c[0].image.tag().is_some());
+    }
+
+    #[test]
+    fn the_top_layer_decides_and_whiteouts_hide_lower_files() {
+        let refs = fixture("ocp-release-4.12.0-x86_64/release-manifests/image-references");
+        let meta = fixture("ocp-release-4.12.0-x86_64/release-manifests/release-metadata");
+        // Top layer (read first) replaces the metadata; the lower one has both.
+        let top = gz(&tar_of(&[(
+            "release-manifests/release-metadata",
+            b"{\"kind\":\"x\"}",
+        )]));
+        let lower = tar_of(&[
+            ("./release-manifests/image-references", &refs),
+            ("release-manifests/release-metadata", &meta),
+        ]);
+        let f = scan_layer(&mut &top[..], Found::default()).unwrap();
+        assert!(!f.done());
+        let f = scan_layer(&mut &lower[..], f).unwrap();
+        assert!(f.done());
+        assert_eq!(f.metadata.unwrap().unwrap(), b"{\"kind\":\"x\"}");
+        assert_eq!(f.references.unwrap().unwrap(), refs);
+
+        // A whiteout in an upper layer removes the file below.
+        let wh = tar_of(&[("release-manifests/.wh.image-references", b"")]);
+        let f = scan_layer(&mut &wh[..], Found::default()).unwrap();
+        let f = scan_layer(&mut &lower[..], f).unwrap();
+        assert_eq!(f.references, Some(None));
+
+        // An opaque directory hides everything below it.
+        let opq = tar_of(&[
+            ("release-manifests/.wh..wh..opq", b""),
+            ("release-manifests/release-metadata", &meta),
+        ]);
+        let f = scan_layer(&mut &opq[..], Found::default()).unwrap();
+        assert!(f.done());
+        assert_eq!(f.references, Some(None));
+        assert_eq!(f.metadata.unwrap().unwrap(), meta);
+    }
+
+    #[test]
+    fn hostile_payload_files_are_refused() {
+        let e = parse_references(br#"{"kind":"ImageStream","spec":{"tags":[{"name":"../x","from":{"kind":"DockerImage","name":"a/b:c"}}]}}"#).unwrap_err();
+        assert!(e.contains("spec.tags[0].name"), "{e}");
+        let e = parse_references(br#"{"kind":"ImageStream","spec":{"tags":[{"name":"a","from":{"kind":"DockerImage","name":"a/b:c"}},{"name":"a","from":{"kind":"DockerImage","name":"a/b:d"}}]}}"#).unwrap_err();
+        assert!(e.contains("appears twice"), "{e}");
+        let e = parse_references(br#"{"kind":"ImageStream","spec":{"tags":[{"name":"a","from":{"kind":"ImageStreamTag","name":"x"}}]}}"#).unwrap_err();
+        assert!(e.contains("expected DockerImage"), "{e}");
+        let zstd = [0x28, 0xb5, 0x2f, 0xfd, 0, 0];
+        assert!(
+            scan_layer(&mut &zstd[..], Found::default())
+                .unwrap_err()
+                .contains("zstd")
+        );
+        let dir = {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_cksum();
+            b.append_link(&mut h, "release-manifests/image-references", "/etc/passwd")
+                .unwrap();
+            b.into_inner().unwrap()
+        };
+        assert!(
+            scan_layer(&mut &dir[..], Found::default())
+                .unwrap_err()
+                .contains("not a regular file")
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! `mirror.platform`: the OpenShift releases a configuration selects, and the images
+//! each release is made of.
+//!
+//! Destinations follow oc-mirror v2, so existing mirror sets and install-configs keep
+//! working: the release image goes to `openshift/release-images:<version>-<arch>`
+//! and each component to `openshift/release:<version>-<arch>-<component>`, where
+//! `<arch>` is the release tag suffix (`x86_64`, `aarch64`, `ppc64le`, `s390x`,
+//! `multi`).
+
+use airlock_common::config::schema::Platform;
+use airlock_common::config::{ImageSpec, LoadedConfig};
+use airlock_common::imageset::{ImageKind, ReleaseRecord};
+use airlock_common::reference::{ImageRef, valid_tag};
+use airlock_common::registry::Pool;
+use futures::StreamExt;
+
+use crate::cincinnati::UpdateService;
+use crate::error::Error;
+use crate::payload::{self, Payload};
+use crate::select::{self, SelectError, Selected};
+
+/// Repository (under the mirror prefix) of release images.
+pub const RELEASE_IMAGES_REPO: &str = "openshift/release-images";
+/// Repository (under the mirror prefix) of release component images.
+pub const RELEASE_REPO: &str = "openshift/release";
+
+/// Release payloads read at once.
+const PARALLEL_PAYLOADS: usize = 4;
+
+/// The release tag suffix of an architecture, as the configuration spells it.
+pub fn tag_suffix(arch: &str) -> &str {
+    match arch {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        other => other,
+    }
+}
+
+/// `mirror.platform`, when it selects any release.
+pub fn platform(loaded: &LoadedConfig) -> Option<&Platform> {
+    loaded
+        .config
+        .mirror
+        .as_ref()
+        .and_then(|m| m.platform.as_ref())
+        .filter(|p| !p.channels.is_empty() || p.release.is_some())
+}
+
+/// Puts the file and line of the configuration field an error is about in front.
+fn locate(loaded: &LoadedConfig, e: SelectError) -> Error {
+    match e {
+        SelectError::Config { field, message } => Error::Select(SelectError::Config {
+            field: format!("{}: {field}", loaded.locate(&field)),
+            message,
+        }),
+        other => Error::Select(other),
+    }
+}
+
+/// What `mirror.platform` selects, before any payload is read.
+pub async fn list(
+    loaded: &LoadedConfig,
+    pool: &Pool,
+    updates: &UpdateService,
+) -> Result<Vec<Selected>, Error> {
+    let Some(platform) = platform(loaded) else {
+        return Ok(Vec::new());
+    };
+    if let Some(release) = &platform.release {
+        return Ok(vec![direct(release, pool).await?.0]);
+    }
+    select::select(platform, "mirror", updates)
+        .await
+        .map_err(|e| locate(loaded, e))
+}
+
+/// `platform.release` names a release image without a graph: its version and
+/// architecture come from the payload itself.
+async fn direct(release: &str, pool: &Pool) -> Result<(Selected, Payload), Error> {
+    let image: ImageRef = release
+        .parse()
+        .map_err(|e| Error::Usage(format!("mirror.platform.release: {release:?}: {e}")))?;
+    let payload = payload::read(pool, &image).await?;
+    let selected = Selected {
+        channel: String::new(),
+        arch: payload.arch.clone(),
+        version: payload.metadata.version.clone(),
+        image: image.at_digest(payload.digest.clone()).to_string(),
+    };
+    Ok((selected, payload))
+}
+
+/// The selected releases with every image they need.
+#[derive(Debug, Default)]
+pub struct Releases {
+    /// Release and component images, in selection order.
+    pub images: Vec<ImageSpec>,
+    /// One record per release.
+    pub records: Vec<ReleaseRecord>,
+}
+
+/// Selects the releases of the configuration and reads each payload.
+pub async fn resolve(
+    loaded: &LoadedConfig,
+    pool: &Pool,
+    updates: &UpdateService,
+) -> Result<Releases, Error> {
+    let Some(platform) = platform(loaded) else {
+        return Ok(Releases::default());
+    };
+    let selected = if let Some(release) = &platform.release {
+        vec![direct(release, pool).await?]
+    } else {
+        let selected = select::select(platform, "mirror", updates)
+            .await
+            .map_err(|e| locate(loaded, e))?;
+        let payloads: Vec<Result<Payload, Error>> = futures::stream::iter(&selected)
+            .map(|s| async move {
+                let image: ImageRef = s.image.parse().map_err(|e| {
+                    Error::Usage(format!(
+                        "the update graph of channel {} names release {} as {:?}, which is not an image reference: {e}",
+                        s.channel, s.version, s.image
+                    ))
+                })?;
+                Ok(payload::read(pool, &image).await?)
+            })
+            .buffered(PARALLEL_PAYLOADS)
+            .collect()
+            .await;
+        selected
+            .into_iter()
+            .zip(payloads)
+            .map(|(s, p)| p.map(|p| (s, p)))
+            .collect::<Result<_, _>>()?
+    };
+    let mut out = Releases::default();
+    for (s, payload) in selected {
+        check_identity(&s, &payload)?;
+        let tag = format!("{}-{}", s.version, tag_suffix(&s.arch));
+        let source: ImageRef = s.image.parse().expect("checked when read");
+        let source = source.at_digest(payload.digest.clone());
+        out.images.push(ImageSpec {
+            name: source.to_string(),
+            source: source.clone(),
+            target_repo: Some(RELEASE_IMAGES_REPO.into()),
+            target_tag: Some(tag.clone()),
+            kind: ImageKind::Release,
+        });
+        for c in &payload.components {
+            let component_tag = format!("{tag}-{}", c.name);
+            if !valid_tag(&component_tag) {
+                return Err(Error::Usage(format!(
+                    "release {}: component {:?} would be tagged {component_tag:?}, which is not a valid tag (at most 128 characters of [A-Za-z0-9_.-])",
+                    s.version, c.name
+                )));
+            }
+            out.images.push(ImageSpec {
+                name: c.image.to_string(),
+                source: c.image.clone().with_default_tag(),
+                target_repo: Some(RELEASE_REPO.into()),
+                target_tag: Some(component_tag),
+                kind: ImageKind::ReleaseComponent,
+            });
+        }
+        tracing::info!(version = %s.version, arch = %s.arch, digest = %payload.digest, components = payload.components.len(), "release payload read");
+        out.records.push(ReleaseRecord {
+            version: s.version.clone(),
+            arch: s.arch.clone(),
+            channels: if s.channel.is_empty() {
+                Vec::new()
+            } else {
+                vec![s.channel.clone()]
+            },
+            image: source.to_string(),
+            digest: payload.digest.clone(),
+            tag,
+        });
+    }
+    Ok(out)
+}
+
+/// The graph and the payload must agree on what the release is: a graph entry that
+/// points at another release's image would publish it under the wrong tag.
+fn check_identity(s: &Selected, payload: &Payload) -> Result<(), Error> {
+    if payload.metadata.version != s.version {
+        return Err(Error::Usage(format!(
+            "release {} ({}): the update graph says version {}, the payload's release-metadata says {}",
+            s.image, s.arch, s.version, payload.metadata.version
+        )));
+    }
+    if payload.arch != s.arch {
+        return Err(Error::Usage(format!(
+            "release {} {}: the update graph for {} names an image for {}",
+            s.version, s.image, s.arch, payload.arch
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! A local OpenShift update service: serves update graphs by channel and
+//! architecture, as `GET <url>?channel=C&arch=A` does upstream, plus any other file
+//! by path (release signatures, graph data). Unknown channels get an empty graph,
+//! as the real service answers. The graphs are real fixture documents or ones a test
+//! builds; the server only routes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+
+/// Content the server holds.
+#[derive(Default)]
+struct Content {
+    graphs: HashMap<(String, String), Vec<u8>>,
+    files: HashMap<String, Vec<u8>>,
+    requests: Vec<String>,
+}
+
+/// A running update service on a free loopback port; stops when dropped.
+pub struct UpdateService {
+    server: Arc<tiny_http::Server>,
+    content: Arc<Mutex<Content>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    port: u16,
+}
+
+impl UpdateService {
+    /// Starts an empty service.
+    pub fn start() -> Result<Self> {
+        let server =
+            Arc::new(tiny_http::Server::http("127.0.0.1:0").map_err(|e| anyhow::anyhow!("{e}"))?);
+        let port = server.server_addr().to_ip().expect("a TCP listener").port();
+        let content = Arc::new(Mutex::new(Content::default()));
+        let (s, c) = (server.clone(), content.clone());
+        let thread = std::thread::spawn(move || {
+            for req in s.incoming_requests() {
+                let url = req.url().to_string();
+                let accept = req
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Accept"))
+                    .map(|h| h.value.to_string())
+                    .unwrap_or_default();
+                let body = {
+                    let mut c = c.lock().expect("not poisoned");
+                    c.requests.push(format!("{url} accept={accept}"));
+                    route(&c, &url)
+                };
+                let response = match body {
+                    Some(b) => tiny_http::Response::from_data(b),
+                    None => {
+                        tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404)
+                    }
+                };
+                let _ = req.respond(response);
+            }
+        });
+        Ok(UpdateService {
+            server,
+            content,
+            thread: Some(thread),
+            port,
+        })
+    }
+
+    /// The graph URL to give Airlock (`--update-url`, `UPDATE_URL_OVERRIDE`).
+    pub fn graph_url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/upgrades_info/v1/graph", self.port)
+    }
+
+    /// The base URL of served files.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Serves `graph` for `channel` and `arch` (replacing any earlier one).
+    pub fn set_graph(&self, channel: &str, arch: &str, graph: Vec<u8>) {
+        self.content
+            .lock()
+            .expect("not poisoned")
+            .graphs
+            .insert((channel.into(), arch.into()), graph);
+    }
+
+    /// Serves `bytes` at `path` (starting with `/`).
+    pub fn set_file(&self, path: &str, bytes: Vec<u8>) {
+        self.content
+            .lock()
+            .expect("not poisoned")
+            .files
+            .insert(path.into(), bytes);
+    }
+
+    /// Every request so far: URL and Accept header.
+    pub fn requests(&self) -> Vec<String> {
+        self.content.lock().expect("not poisoned").requests.clone()
+    }
+}
+
+fn route(c: &Content, url: &str) -> Option<Vec<u8>> {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    if path.ends_with("/graph") {
+        let mut channel = "";
+        let mut arch = "amd64";
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some(("channel", v)) => channel = v,
+                Some(("arch", v)) => arch = v,
+                _ => {}
+            }
+        }
+        return Some(
+            c.graphs
+                .get(&(channel.to_string(), arch.to_string()))
+                .cloned()
+                .unwrap_or_else(|| {
+                    br#"{"version":1,"nodes":[],"edges":[],"conditionalEdges":[]}"#.to_vec()
+                }),
+        );
+    }
+    c.files.get(path).cloned()
+}
+
+impl Drop for UpdateService {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
