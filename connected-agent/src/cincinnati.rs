@@ -47,11 +47,6 @@ impl UpdateService {
         }
     }
 
-    /// The HTTP client, shared with other fetches from Red Hat's services.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.client
-    }
-
     fn base(&self, kind: ChannelType) -> &str {
         match (&self.url_override, kind) {
             (Some(u), _) => u,
@@ -98,7 +93,7 @@ impl UpdateService {
 }
 
 /// Reads a response body, refusing more than `limit` bytes.
-pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
         if body.len() + chunk.len() > limit {

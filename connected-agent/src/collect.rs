@@ -75,12 +75,16 @@ struct Resolved {
 pub async fn collect(specs: &[ImageSpec], pool: &Pool) -> Result<Collected, CollectError> {
     let mut unique: Vec<&ImageSpec> = Vec::new();
     let mut position: HashMap<String, usize> = HashMap::new();
-    for spec in specs {
-        position.entry(spec.source.to_string()).or_insert_with(|| {
-            unique.push(spec);
-            unique.len() - 1
-        });
-    }
+    // For each spec, the index of its resolution in `unique`.
+    let slots: Vec<usize> = specs
+        .iter()
+        .map(|spec| {
+            *position.entry(spec.source.to_string()).or_insert_with(|| {
+                unique.push(spec);
+                unique.len() - 1
+            })
+        })
+        .collect();
     let resolved: Vec<Result<Resolved, CollectError>> = futures::stream::iter(unique)
         .map(|spec| resolve(spec, pool))
         .buffered(PARALLEL_IMAGES)
@@ -89,8 +93,8 @@ pub async fn collect(specs: &[ImageSpec], pool: &Pool) -> Result<Collected, Coll
     let resolved: Vec<Resolved> = resolved.into_iter().collect::<Result<_, _>>()?;
     let mut out = Collected::default();
     let mut seen = HashSet::new();
-    for spec in specs {
-        let r = &resolved[position[&spec.source.to_string()]];
+    for (spec, &slot) in specs.iter().zip(&slots) {
+        let r = &resolved[slot];
         for m in &r.manifests {
             if seen.insert(m.digest.clone()) {
                 out.blobs.push(BlobRecord {

@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read};
 
 use airlock_common::digest::Digest;
-use airlock_common::manifest::{ManifestKind, is_index};
+use airlock_common::manifest::{Manifest, ManifestKind, is_index};
 use airlock_common::reference::ImageRef;
-use airlock_common::registry::{Pool, RawManifest, RegistryError};
+use airlock_common::registry::{Pool, RegistryError};
 use futures::TryStreamExt;
 use serde::Deserialize;
 
@@ -105,6 +105,8 @@ pub struct Component {
 pub struct Payload {
     /// The release image's top manifest.
     pub digest: Digest,
+    /// The release image, by that digest.
+    pub image: ImageRef,
     /// `multi` for a manifest list, else the image config's architecture.
     pub arch: String,
     /// From `release-metadata`.
@@ -134,41 +136,43 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
         .get_manifest(image.repository(), &reference)
         .await
         .map_err(reg)?;
-    let mut images: Vec<RawManifest> = Vec::new();
     let parsed = top
         .parse()
         .map_err(|e| invalid(format!("manifest {}: {e}", top.digest)))?;
-    if is_index(&parsed.media_type) {
+    let is_list = is_index(&parsed.media_type);
+    // The release images to read: the children of a manifest list, or the top.
+    let mut images: Vec<(Digest, Manifest)> = Vec::new();
+    if is_list {
         for child in parsed.children() {
             let m = client
                 .get_manifest(image.repository(), child.digest.as_str())
                 .await
                 .map_err(reg)?;
-            images.push(m);
+            let p = m
+                .parse()
+                .map_err(|e| invalid(format!("manifest {}: {e}", m.digest)))?;
+            images.push((m.digest, p));
         }
         if images.is_empty() {
             return Err(invalid("its manifest list is empty".into()));
         }
     } else {
-        images.push(top.clone());
+        images.push((top.digest.clone(), parsed));
     }
-    let arch = if images.len() == 1 && images[0].digest == top.digest {
-        config_arch(&client, image, &parsed)
+    let arch = if is_list {
+        "multi".to_string()
+    } else {
+        config_arch(&client, image, &images[0].1)
             .await
             .map_err(&invalid)?
-    } else {
-        "multi".to_string()
     };
     let mut metadata: Option<Metadata> = None;
     let mut components: BTreeMap<String, ImageRef> = BTreeMap::new();
-    for m in &images {
-        let parsed = m
-            .parse()
-            .map_err(|e| invalid(format!("manifest {}: {e}", m.digest)))?;
+    for (digest, parsed) in &images {
         let ManifestKind::Image { layers, .. } = &parsed.kind else {
             return Err(invalid(format!(
                 "manifest {} is an index inside the release's manifest list",
-                m.digest
+                digest
             )));
         };
         let mut found = Found::default();
@@ -180,15 +184,15 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
             let reader = tokio_util::io::StreamReader::new(
                 stream.map_err(|e| std::io::Error::other(e.to_string())),
             );
-            let digest = layer.digest.clone();
+            let layer_digest = layer.digest.clone();
             let before = std::mem::take(&mut found);
             found = tokio::task::spawn_blocking(move || {
                 let mut sync = tokio_util::io::SyncIoBridge::new(reader);
                 let out = scan_layer(&mut sync, before);
                 // Read to the end so the client verifies the layer's digest.
                 std::io::copy(&mut sync, &mut std::io::sink())
-                    .map_err(|e| format!("layer {digest}: {e}"))?;
-                out.map_err(|e| format!("layer {digest}: {e}"))
+                    .map_err(|e| format!("layer {layer_digest}: {e}"))?;
+                out.map_err(|e| format!("layer {layer_digest}: {e}"))
             })
             .await
             .expect("the layer reader does not panic")
@@ -200,13 +204,13 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
         let refs = found.references.flatten().ok_or_else(|| {
             invalid(format!(
                 "image {} has no {DIR}/{REFERENCES}: it is not an OpenShift release payload",
-                m.digest
+                digest
             ))
         })?;
         let meta = found.metadata.flatten().ok_or_else(|| {
             invalid(format!(
                 "image {} has no {DIR}/{METADATA}: it is not an OpenShift release payload",
-                m.digest
+                digest
             ))
         })?;
         let meta: Metadata =
@@ -241,6 +245,7 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
         metadata = Some(meta);
     }
     Ok(Payload {
+        image: image.at_digest(top.digest.clone()),
         digest: top.digest,
         arch,
         metadata: metadata.expect("at least one image was read"),

@@ -85,7 +85,7 @@ async fn direct(release: &str, pool: &Pool) -> Result<(Selected, Payload), Error
         channel: String::new(),
         arch: payload.arch.clone(),
         version: payload.metadata.version.clone(),
-        image: image.at_digest(payload.digest.clone()).to_string(),
+        image: payload.image.to_string(),
     };
     Ok((selected, payload))
 }
@@ -137,8 +137,7 @@ pub async fn resolve(
     for (s, payload) in selected {
         check_identity(&s, &payload)?;
         let tag = format!("{}-{}", s.version, tag_suffix(&s.arch));
-        let source: ImageRef = s.image.parse().expect("checked when read");
-        let source = source.at_digest(payload.digest.clone());
+        let source = payload.image.clone();
         out.images.push(ImageSpec {
             name: source.to_string(),
             source: source.clone(),

@@ -104,12 +104,8 @@ struct Bounds {
 }
 
 fn parse_version(field: String, v: &str) -> Result<Version, SelectError> {
-    Version::parse(v).map_err(|e| SelectError::Config {
-        field,
-        message: format!(
-            "{v:?} is not a release version (expected MAJOR.MINOR.PATCH, e.g. 4.14.3): {e}"
-        ),
-    })
+    airlock_common::config::release_version(v)
+        .map_err(|message| SelectError::Config { field, message })
 }
 
 fn require(
@@ -177,17 +173,13 @@ pub async fn select(
             }
         }
     }
-    out.sort_by(|a, b| {
+    // Versions parsed once per entry, not per comparison.
+    out.sort_by_cached_key(|s| {
         (
-            a.arch.as_str(),
-            Version::parse(&a.version).ok(),
-            a.channel.as_str(),
+            s.arch.clone(),
+            Version::parse(&s.version).ok(),
+            s.channel.clone(),
         )
-            .cmp(&(
-                b.arch.as_str(),
-                Version::parse(&b.version).ok(),
-                b.channel.as_str(),
-            ))
     });
     Ok(out)
 }

@@ -145,6 +145,14 @@ pub struct ImageSpec {
     pub kind: crate::imageset::ImageKind,
 }
 
+/// Parses a release version of `mirror.platform.channels[]` (`minVersion`,
+/// `maxVersion`); the error says what is expected.
+pub fn release_version(v: &str) -> Result<semver::Version, String> {
+    semver::Version::parse(v).map_err(|e| {
+        format!("{v:?} is not a release version (expected MAJOR.MINOR.PATCH, e.g. 4.14.3): {e}")
+    })
+}
+
 /// Reads every document of an ImageSetConfiguration file.
 pub fn load_all(path: &Path) -> Result<Vec<LoadedConfig>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -467,12 +475,9 @@ impl LoadedConfig {
                 ("maxVersion", &ch.max_version),
             ] {
                 if let Some(v) = value
-                    && let Err(e) = semver::Version::parse(v)
+                    && let Err(message) = release_version(v)
                 {
-                    problems.push(self.problem(
-                        format!("{at}.{field}"),
-                        format!("{v:?} is not a release version (expected MAJOR.MINOR.PATCH, e.g. 4.14.3): {e}"),
-                    ));
+                    problems.push(self.problem(format!("{at}.{field}"), message));
                 }
             }
             let kind = ch.channel_type.as_deref().unwrap_or("ocp");

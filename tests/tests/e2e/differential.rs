@@ -273,20 +273,6 @@ fn eprintln_figures(shipped: &[u64], image_sizes: u64) {
     );
 }
 
-fn create_cmd(config: &Path, out: &Path, ws: &Path, limit: &str, source: &Registry) -> Command {
-    let mut cmd = bins::connected();
-    cmd.arg("create")
-        .arg("--config")
-        .arg(config)
-        .arg("--out")
-        .arg(out)
-        .arg("--workspace")
-        .arg(ws);
-    cmd.arg("--limit").arg(limit);
-    source_flags(&mut cmd, source);
-    cmd
-}
-
 /// Creates sequences 1..=n of one connected workspace, each into its own directory;
 /// each sequence adds an image, so that each has something to ship.
 fn sequences(s: &Setup, ws: &str, n: u64) -> Vec<PathBuf> {
@@ -485,18 +471,6 @@ fn pruned_store_fetches_a_missing_layer_from_the_target_or_says_where_it_looked(
         "nothing of team/job: {:?}",
         catalog(&dest)
     );
-}
-
-fn publish_cmd(from: &Path, dest: &Registry, prefix: &str, ws: &Path) -> Command {
-    let mut cmd = bins::disconnected();
-    cmd.arg("publish")
-        .arg("--from")
-        .arg(from)
-        .arg("--to")
-        .arg(format!("docker://{}/{prefix}", dest.addr()));
-    cmd.arg("--workspace").arg(ws);
-    dest_flags(&mut cmd, dest);
-    cmd
 }
 
 #[test]

@@ -46,17 +46,7 @@ fn create_with(s: &Setup, out: &Path, ws: &str, extra: &[&str]) -> Output {
 }
 
 fn publish_with(s: &Setup, from: &Path, ws: &str, extra: &[&str]) -> Output {
-    let mut cmd: Command = bins::disconnected();
-    cmd.arg("publish")
-        .arg("--from")
-        .arg(from)
-        .arg("--workspace")
-        .arg(s.path(ws));
-    cmd.arg("--to")
-        .arg(format!("docker://{}/m", s.dest.addr()))
-        .args(extra);
-    dest_flags(&mut cmd, &s.dest);
-    run(&mut cmd)
+    run(publish_cmd(from, &s.dest, "m", &s.path(ws)).args(extra))
 }
 
 /// Rewrites the manifest entry of every chunk in `dir` with `edit`, keeping its size.
@@ -286,15 +276,7 @@ fn parity_two_survives_every_loss_of_two_files_and_waits_at_three() {
         std::fs::rename(g, held.join(g.file_name().unwrap())).unwrap();
     }
     let dest2 = airlock_tests::registry::Registry::plain().unwrap();
-    let mut cmd = bins::disconnected();
-    cmd.arg("publish")
-        .arg("--from")
-        .arg(&three)
-        .arg("--workspace")
-        .arg(s.path("ws-3"));
-    cmd.arg("--to")
-        .arg(format!("docker://{}/m", dest2.addr()))
-        .arg("--dest-tls-verify=false");
+    let mut cmd = publish_cmd(&three, &dest2, "m", &s.path("ws-3"));
     let waiting = run(&mut cmd);
     assert_eq!(waiting.code, EX_INCOMPLETE, "{waiting}");
     assert!(waiting.stderr.contains("copy any 1 of"), "{waiting}");
@@ -310,15 +292,7 @@ fn parity_two_survives_every_loss_of_two_files_and_waits_at_three() {
     assert!(catalog(&dest2).is_empty());
     let back = &gone[1];
     std::fs::rename(held.join(back.file_name().unwrap()), back).unwrap();
-    let mut cmd = bins::disconnected();
-    cmd.arg("publish")
-        .arg("--from")
-        .arg(&three)
-        .arg("--workspace")
-        .arg(s.path("ws-3"));
-    cmd.arg("--to")
-        .arg(format!("docker://{}/m", dest2.addr()))
-        .arg("--dest-tls-verify=false");
+    let mut cmd = publish_cmd(&three, &dest2, "m", &s.path("ws-3"));
     let completed = run(&mut cmd);
     assert_eq!(completed.code, 0, "{completed}");
     assert_byte_exact(&s.source, &dest2, "m", &s.placed);
@@ -328,15 +302,7 @@ fn parity_two_survives_every_loss_of_two_files_and_waits_at_three() {
 fn an_imageset_that_does_not_fit_the_disk_is_refused_before_ingest() {
     let s = Setup::plain();
     let (_, out) = s.create("1MiB");
-    let mut cmd = bins::disconnected();
-    cmd.arg("publish")
-        .arg("--from")
-        .arg(&out)
-        .arg("--workspace")
-        .arg(s.path("ws-d"));
-    cmd.arg("--to")
-        .arg(format!("docker://{}/m", s.dest.addr()))
-        .arg("--dest-tls-verify=false");
+    let mut cmd = publish_cmd(&out, &s.dest, "m", &s.path("ws-d"));
     cmd.env("AIRLOCK_TEST_FREE_SPACE", "4096");
     let refused = run(&mut cmd);
     assert_eq!(refused.code, 74, "{refused}");

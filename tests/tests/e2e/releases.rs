@@ -336,10 +336,8 @@ fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_
         &src,
         &[("cli", &cli2), ("installer", &installer), ("etcd", &etcd)],
     );
-    let r1_comps = comps1.clone();
-    let r2_comps = comps2.clone();
-    let r1 = release_image("4.20.0", "amd64", &cvo_base, &refs(&r1_comps));
-    let r2 = release_image("4.20.1", "amd64", &cvo_base, &refs(&r2_comps));
+    let r1 = release_image("4.20.0", "amd64", &cvo_base, &refs(&comps1));
+    let r2 = release_image("4.20.1", "amd64", &cvo_base, &refs(&comps2));
     r1.push(
         &client,
         "openshift-release-dev/ocp-release",
@@ -398,18 +396,8 @@ fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_
     )
     .unwrap();
     let create = |out: &Path, extra: &[&str]| {
-        let mut cmd = bins::connected();
-        cmd.arg("create")
-            .arg("--config")
-            .arg(&config)
-            .arg("--out")
-            .arg(out)
-            .arg("--workspace")
-            .arg(tmp.path().join("ws-c"))
-            .args(["--limit", "1MiB", "--update-url"])
-            .arg(service.graph_url())
-            .args(extra);
-        source_flags(&mut cmd, &src);
+        let mut cmd = create_cmd(&config, out, &tmp.path().join("ws-c"), "1MiB", &src);
+        cmd.arg("--update-url").arg(service.graph_url()).args(extra);
         run(&mut cmd)
     };
 
@@ -424,7 +412,7 @@ fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_
         )),
         "{mapping}"
     );
-    for (name, image) in &r1_comps {
+    for (name, image) in &comps1 {
         assert!(
             mapping.contains(&format!(
                 "docker://{image}=file://openshift/release:4.20.0-x86_64-{name}\n"

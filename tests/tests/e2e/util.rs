@@ -2,6 +2,7 @@
 //! with the flags each registry needs, and byte-for-byte checks with skopeo.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use airlock_tests::bins::{self, Output, run};
 use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, index, layer};
@@ -193,7 +194,8 @@ pub fn dest_flags(cmd: &mut std::process::Command, r: &Registry) {
     }
 }
 
-pub fn create(config: &Path, out: &Path, ws: &Path, limit: &str, source: &Registry) -> Output {
+/// `create` with the flags `source` needs.
+pub fn create_cmd(config: &Path, out: &Path, ws: &Path, limit: &str, source: &Registry) -> Command {
     let mut cmd = bins::connected();
     cmd.arg("create")
         .arg("--config")
@@ -204,10 +206,15 @@ pub fn create(config: &Path, out: &Path, ws: &Path, limit: &str, source: &Regist
         .arg(ws);
     cmd.arg("--limit").arg(limit);
     source_flags(&mut cmd, source);
-    run(&mut cmd)
+    cmd
 }
 
-pub fn publish(from: &Path, dest: &Registry, prefix: &str, ws: &Path) -> Output {
+pub fn create(config: &Path, out: &Path, ws: &Path, limit: &str, source: &Registry) -> Output {
+    run(&mut create_cmd(config, out, ws, limit, source))
+}
+
+/// `publish` to `dest` under `prefix`, with the flags `dest` needs.
+pub fn publish_cmd(from: &Path, dest: &Registry, prefix: &str, ws: &Path) -> Command {
     let mut cmd = bins::disconnected();
     cmd.arg("publish")
         .arg("--from")
@@ -216,7 +223,11 @@ pub fn publish(from: &Path, dest: &Registry, prefix: &str, ws: &Path) -> Output 
         .arg(format!("docker://{}/{prefix}", dest.addr()));
     cmd.arg("--workspace").arg(ws);
     dest_flags(&mut cmd, dest);
-    run(&mut cmd)
+    cmd
+}
+
+pub fn publish(from: &Path, dest: &Registry, prefix: &str, ws: &Path) -> Output {
+    run(&mut publish_cmd(from, dest, prefix, ws))
 }
 
 pub fn chunk_files(dir: &Path) -> Vec<PathBuf> {
