@@ -26,10 +26,10 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use crate::digest::Digest;
-use crate::imageset::{BlobRecord, ImageKind, ImageRecord};
+use crate::imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
 use crate::reference::{Destination, ImageRef};
 use crate::registry::{RawManifest, RegistryClient, RegistryError};
-use crate::resources::{Category, Mirrored};
+use crate::resources::{Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs};
 use crate::telemetry::Progress;
 
 /// Images pushed at once; blob transfers are bounded separately.
@@ -147,6 +147,7 @@ pub fn destination_repository(dest: &Destination, image: &ImageRecord) -> String
 pub fn mirrored(images: &[ImageRecord], dest: &Destination) -> Vec<Mirrored> {
     images
         .iter()
+        .filter(|i| i.kind != ImageKind::GraphData)
         .map(|i| {
             let named_by_tag = i
                 .source
@@ -161,10 +162,43 @@ pub fn mirrored(images: &[ImageRecord], dest: &Destination) -> Vec<Mirrored> {
                 category: match i.kind {
                     ImageKind::Generic => Category::Generic,
                     ImageKind::Release | ImageKind::ReleaseComponent => Category::Release,
+                    ImageKind::GraphData => unreachable!("filtered out above"),
                 },
             }
         })
         .collect()
+}
+
+/// The cluster resources for `images` and `releases` published to `dest`.
+pub fn cluster_resources(
+    images: &[ImageRecord],
+    releases: &[ReleaseRecord],
+    dest: &Destination,
+) -> ClusterResources {
+    let at = |i: &ImageRecord| format!("{}/{}", dest.registry(), destination_repository(dest, i));
+    let release_repo = images.iter().find(|i| i.kind == ImageKind::Release).map(at);
+    let graph = images.iter().find(|i| i.kind == ImageKind::GraphData);
+    let mut signatures: Vec<ReleaseSignature> = releases
+        .iter()
+        .filter_map(|r| {
+            r.signature.as_ref().map(|s| ReleaseSignature {
+                digest: r.digest.clone(),
+                signature: s.clone(),
+            })
+        })
+        .collect();
+    signatures.sort_by(|a, b| a.digest.cmp(&b.digest));
+    signatures.dedup_by(|a, b| a.digest == b.digest);
+    ClusterResources {
+        mirrored: mirrored(images, dest),
+        signatures,
+        update_service: release_repo
+            .zip(graph)
+            .map(|(releases, g)| UpdateServiceRefs {
+                releases,
+                graph_image: format!("{}@{}", at(g), g.digest),
+            }),
+    }
 }
 
 /// Set when a blob is in a repository; concurrent askers wait for the first.

@@ -1,5 +1,6 @@
-//! Cluster resources that make clusters pull from the mirror: `ImageDigestMirrorSet`
-//! and `ImageTagMirrorSet`, written as oc-mirror v2 writes them.
+//! Cluster resources that make clusters use the mirror, written as oc-mirror v2
+//! writes them: `ImageDigestMirrorSet` and `ImageTagMirrorSet`, the release
+//! signature `ConfigMap`, and the `UpdateService` of the graph-data image.
 //!
 //! Users move from oc-mirror with scripts that `oc apply -f cluster-resources/`, so
 //! the files keep oc-mirror's names (`idms-oc-mirror.yaml`, `itms-oc-mirror.yaml`),
@@ -15,10 +16,24 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::digest::Digest;
+
 /// File name of the digest mirror sets.
 pub const IDMS_FILE: &str = "idms-oc-mirror.yaml";
 /// File name of the tag mirror sets.
 pub const ITMS_FILE: &str = "itms-oc-mirror.yaml";
+/// File names of the release signature `ConfigMap` (the same object twice, as
+/// oc-mirror writes it).
+pub const SIGNATURE_FILES: [&str; 2] = ["signature-configmap.json", "signature-configmap.yaml"];
+/// File name of the `UpdateService`.
+pub const UPDATE_SERVICE_FILE: &str = "updateService.yaml";
+/// Name of the release signature `ConfigMap`.
+pub const SIGNATURE_CONFIGMAP: &str = "mirrored-release-signatures";
+/// The namespace the cluster-version operator reads signature `ConfigMap`s from.
+pub const SIGNATURE_NAMESPACE: &str = "openshift-config-managed";
+/// The label that makes the cluster-version operator read a `ConfigMap`'s
+/// `binaryData` as release signatures.
+pub const SIGNATURE_LABEL: &str = "release.openshift.io/verification-signatures";
 
 /// oc-mirror's grouping of mirror-set entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -211,13 +226,143 @@ pub fn itms(images: &[Mirrored]) -> Option<String> {
     mirror_sets(images, SetKind::Tag)
 }
 
-/// Writes the mirror sets into `dir` (replacing earlier ones; a file whose set is
-/// empty is removed, so the directory always describes one publish). Returns the
-/// files written.
-pub fn write_mirror_sets(dir: &Path, images: &[Mirrored]) -> std::io::Result<Vec<PathBuf>> {
+/// One release signature: the release image digest and the signature (base64).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseSignature {
+    /// The release image's digest.
+    pub digest: Digest,
+    /// The OpenPGP signature, base64.
+    pub signature: String,
+}
+
+/// Where the cluster's update service finds releases and graph data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateServiceRefs {
+    /// Repository of the release images (`mirror:5000/prefix/openshift/release-images`).
+    pub releases: String,
+    /// The graph-data image, by digest.
+    pub graph_image: String,
+}
+
+/// Everything `cluster-resources/` holds for one destination.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterResources {
+    /// Images, for the mirror sets.
+    pub mirrored: Vec<Mirrored>,
+    /// Release signatures, for the signature `ConfigMap`.
+    pub signatures: Vec<ReleaseSignature>,
+    /// For the `UpdateService`, when a graph-data image is published.
+    pub update_service: Option<UpdateServiceRefs>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigMap {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: ConfigMapMetadata,
+    binary_data: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct ConfigMapMetadata {
+    name: &'static str,
+    namespace: &'static str,
+    labels: BTreeMap<&'static str, &'static str>,
+    annotations: BTreeMap<&'static str, String>,
+}
+
+/// The release signature `ConfigMap` as JSON and YAML, or `None` without signatures.
+///
+/// Each signature is under `sha256-<hex>-1`: the cluster-version operator takes
+/// every key that starts with the digest, and one signature per release is what the
+/// signature store's `signature-1` gives.
+pub fn signature_configmap(signatures: &[ReleaseSignature]) -> Option<(String, String)> {
+    if signatures.is_empty() {
+        return None;
+    }
+    let cm = ConfigMap {
+        api_version: "v1",
+        kind: "ConfigMap",
+        metadata: ConfigMapMetadata {
+            name: SIGNATURE_CONFIGMAP,
+            namespace: SIGNATURE_NAMESPACE,
+            labels: BTreeMap::from([(SIGNATURE_LABEL, "")]),
+            annotations: annotations(),
+        },
+        binary_data: signatures
+            .iter()
+            .map(|s| (format!("sha256-{}-1", s.digest.hex()), s.signature.clone()))
+            .collect(),
+    };
+    Some((
+        serde_json::to_string_pretty(&cm).expect("config maps serialise") + "\n",
+        serde_yaml_ng::to_string(&cm).expect("config maps serialise"),
+    ))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateService {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: UpdateServiceMetadata,
+    spec: UpdateServiceSpec,
+}
+
+#[derive(Serialize)]
+struct UpdateServiceMetadata {
+    name: &'static str,
+    namespace: &'static str,
+    annotations: BTreeMap<&'static str, String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateServiceSpec {
+    graph_data_image: String,
+    releases: String,
+    replicas: u32,
+}
+
+/// The `UpdateService` (OpenShift Update Service operator) serving the mirrored
+/// releases from the mirrored graph data, named as oc-mirror names it.
+pub fn update_service(refs: &UpdateServiceRefs) -> String {
+    let object = UpdateService {
+        api_version: "updateservice.operator.openshift.io/v1",
+        kind: "UpdateService",
+        metadata: UpdateServiceMetadata {
+            name: "update-service-oc-mirror",
+            namespace: "openshift-update-service",
+            annotations: annotations(),
+        },
+        spec: UpdateServiceSpec {
+            graph_data_image: refs.graph_image.clone(),
+            releases: refs.releases.clone(),
+            replicas: 2,
+        },
+    };
+    serde_yaml_ng::to_string(&object).expect("update services serialise")
+}
+
+/// Writes the cluster resources into `dir`, replacing earlier ones; a file with
+/// nothing to say is removed, so the directory always describes one publish.
+/// Returns the files written.
+pub fn write(dir: &Path, resources: &ClusterResources) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
+    let (sig_json, sig_yaml) = signature_configmap(&resources.signatures).unzip();
+    let files = [
+        (IDMS_FILE, idms(&resources.mirrored)),
+        (ITMS_FILE, itms(&resources.mirrored)),
+        (SIGNATURE_FILES[0], sig_json),
+        (SIGNATURE_FILES[1], sig_yaml),
+        (
+            UPDATE_SERVICE_FILE,
+            resources.update_service.as_ref().map(update_service),
+        ),
+    ];
     let mut written = Vec::new();
-    for (file, content) in [(IDMS_FILE, idms(images)), (ITMS_FILE, itms(images))] {
+    for (file, content) in files {
         let path = dir.join(file);
         match content {
             Some(text) => {
@@ -309,14 +454,57 @@ mod tests {
         assert_eq!(idms(&[m("a.io/x/y", "m/x/y", false, true)]), None);
     }
 
+    fn resources(mirrored: Vec<Mirrored>) -> ClusterResources {
+        ClusterResources {
+            mirrored,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn files_are_replaced_and_stale_ones_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let both = [m("quay.io/ns/a", "m:1/ns/a", true, true)];
-        assert_eq!(write_mirror_sets(dir.path(), &both).unwrap().len(), 2);
-        let tags_only = [m("quay.io/ns/a", "m:1/ns/a", false, true)];
-        let written = write_mirror_sets(dir.path(), &tags_only).unwrap();
+        let mut all = resources(vec![m("quay.io/ns/a", "m:1/ns/a", true, true)]);
+        all.signatures.push(ReleaseSignature {
+            digest: Digest::of(b"release"),
+            signature: "c2ln".into(),
+        });
+        all.update_service = Some(UpdateServiceRefs {
+            releases: "m:1/openshift/release-images".into(),
+            graph_image: format!("m:1/openshift/graph-image@{}", Digest::of(b"g")),
+        });
+        assert_eq!(write(dir.path(), &all).unwrap().len(), 5);
+        let tags_only = resources(vec![m("quay.io/ns/a", "m:1/ns/a", false, true)]);
+        let written = write(dir.path(), &tags_only).unwrap();
         assert_eq!(written, vec![dir.path().join(ITMS_FILE)]);
-        assert!(!dir.path().join(IDMS_FILE).exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [ITMS_FILE]);
+    }
+
+    #[test]
+    fn signature_configmap_is_what_the_cluster_version_operator_reads() {
+        let d = Digest::of(b"release");
+        let (json, yaml) = signature_configmap(&[ReleaseSignature {
+            digest: d.clone(),
+            signature: "c2lnbmF0dXJl".into(),
+        }])
+        .unwrap();
+        let from_json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let from_yaml: serde_json::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        assert_eq!(from_json, from_yaml);
+        assert_eq!(from_json["kind"], "ConfigMap");
+        assert_eq!(
+            from_json["metadata"]["namespace"],
+            "openshift-config-managed"
+        );
+        assert_eq!(from_json["metadata"]["labels"][SIGNATURE_LABEL], "");
+        assert_eq!(
+            from_json["binaryData"][format!("sha256-{}-1", d.hex())],
+            "c2lnbmF0dXJl"
+        );
+        assert_eq!(signature_configmap(&[]), None);
     }
 }

@@ -11,6 +11,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use crate::create::{self, CreateOptions};
 use crate::error::Error;
 use crate::mirror::{self, MirrorOptions};
+use crate::release::ReleaseOptions;
 
 /// Airlock's connected side: builds sequenced imagesets of container images, cut into
 /// chunk files no larger than a transfer limit, for carrying across an air gap.
@@ -111,6 +112,48 @@ pub struct SourceArgs {
     pub update_url: Option<String>,
 }
 
+/// Release signatures and update-graph data (`mirror.platform`).
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// OpenPGP public keys (armoured or binary) release signatures must be made with
+    /// [default: OCP_SIGNATURE_VERIFICATION_PK, else Red Hat's release keys].
+    #[arg(long, value_name = "FILE")]
+    pub release_keyring: Option<PathBuf>,
+    /// Release signature store, instead of Red Hat's
+    /// (https://mirror.openshift.com/pub/openshift-v4/signatures/openshift/release/).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "OCP_SIGNATURE_URL",
+        hide_env_values = true
+    )]
+    pub signature_url: Option<String>,
+    /// Mirror releases without their signatures: nothing is fetched or verified, and
+    /// no signature ConfigMap is written, so clusters cannot verify the releases.
+    #[arg(long)]
+    pub ignore_release_signature: bool,
+    /// Update-graph data tarball for `platform.graph`, instead of Red Hat's
+    /// (https://api.openshift.com/api/upgrades_info/graph-data).
+    #[arg(long, value_name = "URL")]
+    pub graph_data_url: Option<String>,
+    /// Base image of the graph-data image [default: registry.access.redhat.com/ubi9/ubi:latest].
+    #[arg(long, value_name = "IMAGE")]
+    pub graph_base_image: Option<String>,
+}
+
+impl ReleaseArgs {
+    fn options(&self, update_url: Option<String>) -> ReleaseOptions {
+        ReleaseOptions {
+            update_url,
+            signature_url: self.signature_url.clone(),
+            keyring: self.release_keyring.clone(),
+            ignore_signatures: self.ignore_release_signature,
+            graph_data_url: self.graph_data_url.clone(),
+            graph_base: self.graph_base_image.clone(),
+        }
+    }
+}
+
 impl SourceArgs {
     fn options(&self) -> RegistryOptions {
         RegistryOptions {
@@ -159,6 +202,8 @@ pub struct CreateArgs {
     pub parity: u32,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub releases: ReleaseArgs,
 }
 
 /// `mirror`.
@@ -185,6 +230,8 @@ pub struct MirrorArgs {
     pub dest_cert_dir: Option<PathBuf>,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub releases: ReleaseArgs,
 }
 
 /// Runs a parsed command line; returns the exit code.
@@ -211,7 +258,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                     None => None,
                 },
                 parity: args.parity,
-                update_url: args.source.update_url.clone(),
+                releases: args.releases.options(args.source.update_url.clone()),
             };
             let report = create::create(&opts).await?;
             print_create(&report);
@@ -255,7 +302,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 parallel: args.parallel,
                 source,
                 dest,
-                update_url: args.source.update_url.clone(),
+                releases: args.releases.options(args.source.update_url.clone()),
             };
             let report = mirror::mirror(&opts).await?;
             print_mirror(&report);

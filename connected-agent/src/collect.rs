@@ -14,7 +14,10 @@ use airlock_common::digest::Digest;
 use airlock_common::imageset::{BlobRecord, ImageRecord};
 use airlock_common::manifest::{Descriptor, is_index};
 use airlock_common::registry::{Pool, RawManifest, RegistryError};
+use bytes::Bytes;
 use futures::StreamExt;
+
+use crate::graph_image::GraphImage;
 
 /// Nesting of indexes that is accepted (an index of indexes is legal but rare; a
 /// deeper chain is more likely a loop in a hostile registry).
@@ -53,9 +56,38 @@ pub struct Collected {
     pub blobs: Vec<BlobRecord>,
     /// The bytes of every manifest, by digest.
     pub manifests: HashMap<Digest, RawManifest>,
+    /// Blobs made here rather than pulled (the graph image's configs and data
+    /// layer), by digest.
+    pub built: HashMap<Digest, Bytes>,
 }
 
 impl Collected {
+    /// Adds an image built here: its record, manifests and blobs, each blob once.
+    pub fn add_built(&mut self, image: GraphImage) {
+        let mut seen: HashSet<Digest> = self.blobs.iter().map(|b| b.digest.clone()).collect();
+        for m in image.manifests {
+            if seen.insert(m.digest.clone()) {
+                self.blobs.push(BlobRecord {
+                    digest: m.digest.clone(),
+                    size: m.bytes.len() as u64,
+                    media_type: Some(m.media_type.clone()),
+                    repository: image.image.repository.clone(),
+                    parts: Vec::new(),
+                });
+                self.manifests.insert(m.digest.clone(), m);
+            }
+        }
+        for (record, bytes) in image.blobs {
+            if let Some(b) = bytes {
+                self.built.insert(record.digest.clone(), b);
+            }
+            if seen.insert(record.digest.clone()) {
+                self.blobs.push(record);
+            }
+        }
+        self.images.push(image.image);
+    }
+
     /// Total bytes of all blobs and manifests.
     pub fn bytes(&self) -> u64 {
         self.blobs.iter().map(|b| b.size).sum()

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use airlock_common::config::{self, ImageSpec, LoadedConfig};
 use airlock_common::digest::Digest;
 use airlock_common::imageset::write::{self, Prepared, WriteError};
-use airlock_common::imageset::{FORMAT, ImagesetManifest, ReleaseRecord};
+use airlock_common::imageset::{FORMAT, ImageKind, ImagesetManifest, ReleaseRecord};
 use airlock_common::reference::ImageRef;
 use airlock_common::registry::{ErrorKind, Pool, RegistryError, RegistryOptions};
 use airlock_common::signing::Signer;
@@ -29,7 +29,8 @@ use futures::StreamExt;
 use crate::cincinnati::UpdateService;
 use crate::collect::{self, Collected};
 use crate::error::Error;
-use crate::release;
+use crate::graph_image;
+use crate::release::{self, ReleaseOptions, SignatureCheck};
 use crate::remote::{self, RemoteState};
 use crate::workspace::{ImagesetRecord, STATE_FORMAT, Workspace, WorkspaceState};
 
@@ -62,8 +63,8 @@ pub struct CreateOptions {
     pub sign_key: Option<(PathBuf, Option<String>)>,
     /// Parity files to add.
     pub parity: u32,
-    /// Update service instead of Red Hat's (else `UPDATE_URL_OVERRIDE`).
-    pub update_url: Option<String>,
+    /// Release selection, signatures and graph data.
+    pub releases: ReleaseOptions,
 }
 
 /// What `create` did.
@@ -98,22 +99,69 @@ pub fn load_config(path: &Path) -> Result<(LoadedConfig, Vec<ImageSpec>), Error>
     Ok((loaded, images))
 }
 
-/// Every image of the configuration: the selected releases with their components
-/// first, then `additionalImages`; and the records of the releases.
-pub async fn all_images(
+/// What an imageset (or a `mirror` run) of a configuration holds.
+#[derive(Debug)]
+pub struct Gathered {
+    /// Every image, manifest and blob.
+    pub collected: Collected,
+    /// The selected releases, with their signatures.
+    pub releases: Vec<ReleaseRecord>,
+}
+
+/// Resolves every image of the configuration: the selected releases with their
+/// components first (each release's signature verified), then `additionalImages`,
+/// then the graph image (`platform.graph`).
+///
+/// Everything local (keys, URLs, the base image name) is checked before anything is
+/// fetched.
+pub async fn gather(
     loaded: &LoadedConfig,
     additional: Vec<ImageSpec>,
     pool: &Pool,
-    update_url: Option<String>,
-) -> Result<(Vec<ImageSpec>, Vec<ReleaseRecord>), Error> {
-    if release::platform(loaded).is_none() {
-        return Ok((additional, Vec::new()));
+    opts: &ReleaseOptions,
+) -> Result<Gathered, Error> {
+    let Some(platform) = release::platform(loaded) else {
+        return Ok(Gathered {
+            collected: collect::collect(&additional, pool).await?,
+            releases: Vec::new(),
+        });
+    };
+    let signatures = SignatureCheck::new(opts)?;
+    let graph = if platform.graph {
+        let base = opts
+            .graph_base
+            .as_deref()
+            .unwrap_or(graph_image::GRAPH_BASE_IMAGE);
+        let base: ImageRef = base
+            .parse()
+            .map_err(|e| Error::Usage(format!("--graph-base-image {base:?}: {e}")))?;
+        let url = opts
+            .graph_data_url
+            .clone()
+            .unwrap_or_else(|| graph_image::GRAPH_DATA_URL.to_string());
+        Some((base, url))
+    } else {
+        None
+    };
+    let updates = UpdateService::new(opts.update_url.clone());
+    let mut releases = release::resolve(loaded, pool, &updates).await?;
+    if let Some(check) = &signatures {
+        check.sign(&mut releases.records).await?;
     }
-    let updates = UpdateService::new(update_url);
-    let releases = release::resolve(loaded, pool, &updates).await?;
     let mut images = releases.images;
     images.extend(additional);
-    Ok((images, releases.records))
+    let mut collected = collect::collect(&images, pool).await?;
+    if let Some((base, url)) = graph {
+        let data = graph_image::fetch_data(&url).await?;
+        let layer = graph_image::data_layer(&data, &url)?;
+        let built = graph_image::build(pool, &base, &layer).await?;
+        tracing::info!(url = %url, files = layer.files, layer = %layer.digest, base = %base, digest = %built.image.digest, "graph image built");
+        collected.add_built(built);
+    }
+    Ok(Gathered {
+        collected,
+        releases: releases.records,
+    })
 }
 
 /// The workspace directory to use.
@@ -203,10 +251,11 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         .iter()
         .flat_map(|s| s.shipped.iter().map(|(d, _)| d))
         .collect();
-    let (specs, releases) = all_images(&loaded, additional, &pool, opts.update_url.clone()).await?;
-    tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = specs.len(), releases = releases.len(), "creating imageset");
-
-    let collected = collect::collect(&specs, &pool).await?;
+    let Gathered {
+        collected,
+        releases,
+    } = gather(&loaded, additional, &pool, &opts.releases).await?;
+    tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = collected.images.len(), releases = releases.len(), "creating imageset");
     let skeleton = ImagesetManifest {
         format: FORMAT.to_string(),
         uuid,
@@ -417,7 +466,9 @@ fn recover_staging(
 fn write_dry_run(out: &Path, m: &ImagesetManifest, carry: &[usize]) -> Result<Vec<PathBuf>, Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut mapping = String::new();
-    for image in &m.images {
+    // The mapping lists images copied as they are; the graph image is built here
+    // (its blobs are in to-ship.txt).
+    for image in m.images.iter().filter(|i| i.kind != ImageKind::GraphData) {
         let source = image
             .source
             .strip_prefix("docker://")
@@ -437,7 +488,8 @@ fn write_dry_run(out: &Path, m: &ImagesetManifest, carry: &[usize]) -> Result<Ve
     Ok(files)
 }
 
-/// Downloads every carried blob into its place; manifests come from memory.
+/// Downloads every carried blob into its place; manifests and built blobs come
+/// from memory.
 async fn fill(
     prepared: &Prepared,
     collected: &Collected,
@@ -470,9 +522,14 @@ async fn fill_blob(
     progress: &Progress,
 ) -> Result<(), Error> {
     let blob = &prepared.manifest().blobs[index];
-    if let Some(m) = collected.manifests.get(&blob.digest) {
+    let held = collected
+        .manifests
+        .get(&blob.digest)
+        .map(|m| &m.bytes)
+        .or_else(|| collected.built.get(&blob.digest));
+    if let Some(bytes) = held {
         let mut w = prepared.blob_writer(index);
-        w.write(&m.bytes).await?;
+        w.write(bytes).await?;
         w.finish().await?;
         progress.add(blob.size);
         return Ok(());

@@ -8,6 +8,8 @@ use airlock_common::imageset::write::WriteError;
 use airlock_common::registry::RegistryError;
 
 use crate::collect::CollectError;
+use crate::graph_image::GraphImageError;
+use crate::release_signature::SignatureError;
 use crate::workspace::WorkspaceError;
 
 /// Everything that can stop a connected-agent command.
@@ -49,6 +51,12 @@ pub enum Error {
     /// A release payload could not be read.
     #[error(transparent)]
     Payload(#[from] crate::payload::PayloadError),
+    /// A release signature could not be had or trusted.
+    #[error(transparent)]
+    ReleaseSignature(#[from] crate::release_signature::SignatureError),
+    /// The update-graph data image could not be built.
+    #[error(transparent)]
+    GraphImage(#[from] crate::graph_image::GraphImageError),
     /// A local file could not be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -89,6 +97,13 @@ impl ExitCode for Error {
                 source.exit_code()
             }
             Error::Payload(crate::payload::PayloadError::Invalid { .. }) => exit_codes::DATA,
+            Error::ReleaseSignature(SignatureError::Keyring { .. }) => exit_codes::CONFIG,
+            Error::ReleaseSignature(SignatureError::Fetch { .. }) => exit_codes::UNAVAILABLE,
+            Error::ReleaseSignature(SignatureError::Invalid { .. }) => exit_codes::DATA,
+            Error::GraphImage(GraphImageError::Data { .. }) => exit_codes::DATA,
+            Error::GraphImage(GraphImageError::Fetch { .. } | GraphImageError::Base { .. }) => {
+                exit_codes::UNAVAILABLE
+            }
             Error::Workspace(WorkspaceError::Locked { .. }) => exit_codes::STATE,
             Error::Workspace(WorkspaceError::Storage { .. }) => exit_codes::IO,
         }

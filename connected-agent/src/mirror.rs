@@ -18,9 +18,10 @@ use airlock_common::registry::{Pool, RawManifest, RegistryClient, RegistryOption
 use airlock_common::resources;
 use airlock_common::telemetry::Progress;
 
-use crate::collect::{self, Collected};
-use crate::create::{all_images, load_config, workspace_dir};
+use crate::collect::Collected;
+use crate::create::{Gathered, gather, load_config, workspace_dir};
 use crate::error::Error;
+use crate::release::ReleaseOptions;
 
 /// What `mirror` is asked to do.
 #[derive(Debug, Clone)]
@@ -37,8 +38,8 @@ pub struct MirrorOptions {
     pub source: RegistryOptions,
     /// How to reach the mirror registry.
     pub dest: RegistryOptions,
-    /// Update service instead of Red Hat's (else `UPDATE_URL_OVERRIDE`).
-    pub update_url: Option<String>,
+    /// Release selection, signatures and graph data.
+    pub releases: ReleaseOptions,
 }
 
 /// What `mirror` did.
@@ -80,6 +81,12 @@ impl ContentSource for RegistrySource<'_> {
     }
 
     async fn open(&self, digest: &Digest, _size: u64) -> Result<BlobBody, String> {
+        if let Some(bytes) = self.collected.built.get(digest) {
+            let bytes = bytes.clone();
+            return Ok(BlobBody::Stream(futures::StreamExt::boxed(
+                futures::stream::once(async move { Ok(bytes) }),
+            )));
+        }
         let record = self
             .records
             .get(digest)
@@ -104,8 +111,10 @@ pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
     let (loaded, additional) = load_config(&opts.config)?;
     let ws_dir = workspace_dir(opts.workspace.as_deref(), &loaded)?;
     let pool = Pool::new(opts.source.clone());
-    let (specs, _) = all_images(&loaded, additional, &pool, opts.update_url.clone()).await?;
-    let collected = collect::collect(&specs, &pool).await?;
+    let Gathered {
+        collected,
+        releases,
+    } = gather(&loaded, additional, &pool, &opts.releases).await?;
     let client = RegistryClient::connect(opts.to.registry(), &opts.dest).await?;
     let source = RegistrySource {
         pool: &pool,
@@ -129,9 +138,11 @@ pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
     let stats = publisher.stats.get();
     result.map_err(Error::Publish)?;
     let dir = ws_dir.join("cluster-resources");
-    let resources =
-        resources::write_mirror_sets(&dir, &publish::mirrored(&collected.images, &opts.to))
-            .map_err(|e| Error::io(&dir, e))?;
+    let resources = resources::write(
+        &dir,
+        &publish::cluster_resources(&collected.images, &releases, &opts.to),
+    )
+    .map_err(|e| Error::io(&dir, e))?;
     Ok(MirrorReport {
         images: collected.images.len(),
         stats,

@@ -269,29 +269,45 @@ async fn config_arch(
     let ManifestKind::Image { config, .. } = &manifest.kind else {
         unreachable!("called for image manifests")
     };
-    if config.size > MAX_FILE {
+    let bytes = small_blob(client, image.repository(), config, "config blob").await?;
+    let c: Config = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("config blob {}: {e}", config.digest))?;
+    Ok(c.architecture)
+}
+
+/// A blob small enough to hold in memory (a config), checked against its
+/// descriptor's size and digest; `what` names it in errors.
+pub(crate) async fn small_blob(
+    client: &airlock_common::registry::RegistryClient,
+    repository: &str,
+    blob: &airlock_common::manifest::Descriptor,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    if blob.size > MAX_FILE {
         return Err(format!(
-            "config blob {} is {} bytes",
-            config.digest, config.size
+            "{what} {} is {} bytes; more than {MAX_FILE} is refused",
+            blob.digest, blob.size
         ));
     }
     let mut stream = client
-        .blob_stream(image.repository(), &config.digest)
+        .blob_stream(repository, &blob.digest)
         .await
         .map_err(|e| e.to_string())?;
     let mut bytes = Vec::new();
-    while let Some(b) = stream.try_next().await.map_err(|e| e.to_string())? {
-        if (bytes.len() + b.len()) as u64 > config.size {
+    while let Some(b) = stream
+        .try_next()
+        .await
+        .map_err(|e| format!("{what} {}: {e}", blob.digest))?
+    {
+        if (bytes.len() + b.len()) as u64 > blob.size {
             return Err(format!(
-                "config blob {} is larger than its descriptor says",
-                config.digest
+                "{what} {} is larger than its descriptor says",
+                blob.digest
             ));
         }
         bytes.extend_from_slice(&b);
     }
-    let c: Config = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("config blob {}: {e}", config.digest))?;
-    Ok(c.architecture)
+    Ok(bytes)
 }
 
 /// Parses `image-references`: every tag's `from` must be a `DockerImage` pull spec.

@@ -12,11 +12,15 @@ use airlock_common::config::{ImageSpec, LoadedConfig};
 use airlock_common::imageset::{ImageKind, ReleaseRecord};
 use airlock_common::reference::{ImageRef, valid_tag};
 use airlock_common::registry::Pool;
+use std::path::PathBuf;
+
+use base64::Engine;
 use futures::StreamExt;
 
 use crate::cincinnati::UpdateService;
 use crate::error::Error;
 use crate::payload::{self, Payload};
+use crate::release_signature::{self, Keyring, SignatureStore};
 use crate::select::{self, SelectError, Selected};
 
 /// Repository (under the mirror prefix) of release images.
@@ -173,9 +177,70 @@ pub async fn resolve(
             image: source.to_string(),
             digest: payload.digest.clone(),
             tag,
+            signature: None,
         });
     }
     Ok(out)
+}
+
+/// How releases are selected, checked and completed.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseOptions {
+    /// Update service instead of Red Hat's (else `UPDATE_URL_OVERRIDE`).
+    pub update_url: Option<String>,
+    /// Signature store instead of Red Hat's (else `OCP_SIGNATURE_URL`).
+    pub signature_url: Option<String>,
+    /// Keys release signatures must be made with (else
+    /// `OCP_SIGNATURE_VERIFICATION_PK`, else Red Hat's).
+    pub keyring: Option<PathBuf>,
+    /// Mirror releases without their signatures (oc-mirror's
+    /// `--ignore-release-signature`): clusters then need signature checks relaxed.
+    pub ignore_signatures: bool,
+    /// Graph data tarball instead of Red Hat's (`platform.graph`).
+    pub graph_data_url: Option<String>,
+    /// Base image of the graph image instead of UBI 9.
+    pub graph_base: Option<String>,
+}
+
+/// Where release signatures come from and what they must be made with.
+pub struct SignatureCheck {
+    store: SignatureStore,
+    keyring: Keyring,
+}
+
+impl SignatureCheck {
+    /// Loads the keys and checks the store URL, before anything is pulled; `None`
+    /// when the user opted out.
+    pub fn new(opts: &ReleaseOptions) -> Result<Option<SignatureCheck>, Error> {
+        if opts.ignore_signatures {
+            tracing::warn!(
+                "release signatures are not fetched (--ignore-release-signature): clusters cannot verify these releases"
+            );
+            return Ok(None);
+        }
+        let keyring = Keyring::load(opts.keyring.as_deref())?;
+        let store = SignatureStore::new(opts.signature_url.clone()).map_err(Error::Usage)?;
+        Ok(Some(SignatureCheck { store, keyring }))
+    }
+
+    /// Fetches and verifies the signature of every release, and records it.
+    pub async fn sign(&self, records: &mut [ReleaseRecord]) -> Result<(), Error> {
+        let fetched: Vec<Result<String, Error>> = futures::stream::iter(records.iter())
+            .map(|r| async move {
+                let name = format!("{} {}", r.version, r.arch);
+                let sig = self.store.fetch(&r.digest, &name).await?;
+                let v = release_signature::verify(&self.keyring, &sig, &r.digest, &name)?;
+                tracing::info!(version = %r.version, arch = %r.arch, digest = %r.digest, key = %v.key, signed_as = %v.docker_reference, "release signature verified");
+                Ok(base64::engine::general_purpose::STANDARD.encode(sig))
+            })
+            .buffered(PARALLEL_PAYLOADS)
+            .collect()
+            .await;
+        for (r, sig) in records.iter_mut().zip(fetched) {
+            r.signature = Some(sig?);
+        }
+        Ok(())
+    }
 }
 
 /// The graph and the payload must agree on what the release is: a graph entry that

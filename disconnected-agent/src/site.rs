@@ -330,7 +330,7 @@ impl Site {
 
     /// Publishes every accepted imageset not yet published to `target`, in order,
     /// recording where each blob now is and the site state at the destination, then
-    /// writes the mirror sets of what is published there into `resources_dir`.
+    /// writes the cluster resources of what is published there into `resources_dir`.
     pub async fn publish_to(
         &self,
         target: &Target,
@@ -409,9 +409,9 @@ impl Site {
         if published > 0 && self.ws.has_manifest(&uuid, published) {
             let latest = self.ws.manifest(&uuid, published)?;
             report.resources.extend(
-                resources::write_mirror_sets(
+                resources::write(
                     resources_dir,
-                    &publish::mirrored(&latest.images, &target.dest),
+                    &publish::cluster_resources(&latest.images, &latest.releases, &target.dest),
                 )
                 .map_err(|e| Error::io(resources_dir, e))?,
             );

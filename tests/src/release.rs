@@ -73,3 +73,66 @@ pub fn graph(channel: &str, nodes: &[(&str, String)], edges: &[(usize, usize)]) 
     )
     .expect("json")
 }
+
+/// A release signing key, standing in for Red Hat's: signs "atomic container
+/// signature" documents the way Red Hat's signature store serves them (a compressed
+/// OpenPGP message with a one-pass signature).
+pub struct ReleaseSigner {
+    key: pgp::composed::SignedSecretKey,
+}
+
+impl ReleaseSigner {
+    /// A fresh Ed25519 key.
+    pub fn new() -> Self {
+        use pgp::composed::{KeyType, SecretKeyParamsBuilder};
+        let params = SecretKeyParamsBuilder::default()
+            .key_type(KeyType::Ed25519)
+            .can_certify(true)
+            .can_sign(true)
+            .primary_user_id("Airlock test release key <test@example.invalid>".into())
+            .build()
+            .expect("key parameters");
+        let key = params
+            .generate(rand08::thread_rng())
+            .expect("key generation");
+        ReleaseSigner { key }
+    }
+
+    /// The public key, ASCII-armoured.
+    pub fn public_key(&self) -> String {
+        self.key
+            .to_public_key()
+            .to_armored_string(Default::default())
+            .expect("armour")
+    }
+
+    /// The signature of the image `digest`, as the store serves it.
+    pub fn sign(&self, digest: &str, reference: &str) -> Vec<u8> {
+        let doc = json!({
+            "critical": {
+                "image": {"docker-manifest-digest": digest},
+                "type": "atomic container signature",
+                "identity": {"docker-reference": reference}
+            },
+            "optional": {"creator": "Airlock tests"}
+        });
+        let mut builder =
+            pgp::composed::MessageBuilder::from_bytes("", serde_json::to_vec(&doc).expect("json"));
+        builder
+            .compression(pgp::types::CompressionAlgorithm::ZLIB)
+            .sign(
+                &self.key.primary_key,
+                pgp::types::Password::empty(),
+                pgp::crypto::hash::HashAlgorithm::Sha256,
+            );
+        builder
+            .to_vec(rand08::thread_rng())
+            .expect("signed message")
+    }
+}
+
+impl Default for ReleaseSigner {
+    fn default() -> Self {
+        Self::new()
+    }
+}

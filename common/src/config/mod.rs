@@ -615,11 +615,6 @@ impl LoadedConfig {
         if let Some(m) = &c.mirror {
             let unsupported = [
                 (
-                    m.platform.as_ref().is_some_and(|p| p.graph),
-                    "mirror.platform.graph",
-                    "mirroring the update graph data",
-                ),
-                (
                     m.platform.as_ref().is_some_and(|p| !p.platforms.is_empty()),
                     "mirror.platform.platforms",
                     "filtering the multi-architecture release payload by platform (sparse manifest lists)",

@@ -125,6 +125,10 @@ pub struct ReleaseRecord {
     pub digest: Digest,
     /// Tag of the release image at the mirror, in `openshift/release-images`.
     pub tag: String,
+    /// The release's signature from the signature store (base64 of the OpenPGP
+    /// message), verified at `create`; absent when the user opted out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// One chunk file.
@@ -153,6 +157,9 @@ pub enum ImageKind {
     Release,
     /// An image a release payload names in its `image-references`.
     ReleaseComponent,
+    /// The update-graph data image built for `platform.graph` (pulled by the
+    /// cluster's update service from the mirror by digest, so in no mirror set).
+    GraphData,
 }
 
 /// One image of the configuration.

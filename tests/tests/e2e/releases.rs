@@ -7,9 +7,10 @@ use std::path::Path;
 use airlock_tests::bins::{self, Output, run};
 use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, layer};
 use airlock_tests::registry::Registry;
-use airlock_tests::release::{graph, release_image};
+use airlock_tests::release::{ReleaseSigner, graph, release_image};
 use airlock_tests::skopeo::inspect_raw_at;
 use airlock_tests::update_service::UpdateService;
+use base64::Engine;
 use semver::Version;
 use serde_json::Value;
 
@@ -362,6 +363,34 @@ fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_
         "amd64",
         graph("stable-4.20", &[("4.20.0", payload(&r1))], &[]),
     );
+    // The release signing key and the signature store, as Red Hat serves them.
+    let signer = ReleaseSigner::new();
+    let keyring = tmp.path().join("release-key.asc");
+    std::fs::write(&keyring, signer.public_key()).unwrap();
+    for (r, tag) in [(&r1, "4.20.0-x86_64"), (&r2, "4.20.1-x86_64")] {
+        service.set_file(
+            &signature_path(&r.digest),
+            signer.sign(
+                &r.digest,
+                &format!("quay.io/openshift-release-dev/ocp-release:{tag}"),
+            ),
+        );
+    }
+    // Graph data, and a two-platform base image to build the graph image on.
+    let graph_files: &[(&str, &[u8])] = &[
+        (
+            "channels/stable-4.20.yaml",
+            b"name: stable-4.20\nversions:\n- 4.20.0\n- 4.20.1\n",
+        ),
+        (
+            "blocked-edges/4.20.1-example.yaml",
+            b"to: 4.20.1\nfrom: .*\n",
+        ),
+        ("version", b"1.2.0\n"),
+    ];
+    service.set_file("/graph-data", graph_data(graph_files));
+    let ubi = airlock_tests::images::two_platform(Format::Docker, 77, 30_000, false);
+    ubi.push(&client, "ubi9/ubi", Some("latest")).unwrap();
 
     // platform.release: one release by tag, no graph; version and architecture
     // come from the payload, the image is given by digest.
@@ -392,12 +421,21 @@ fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_
     let config = tmp.path().join("isc.yaml");
     std::fs::write(
         &config,
-        format!("{HEAD}mirror:\n  platform:\n    channels:\n    - name: stable-4.20\n"),
+        format!(
+            "{HEAD}mirror:\n  platform:\n    graph: true\n    channels:\n    - name: stable-4.20\n"
+        ),
     )
     .unwrap();
     let create = |out: &Path, extra: &[&str]| {
         let mut cmd = create_cmd(&config, out, &tmp.path().join("ws-c"), "1MiB", &src);
-        cmd.arg("--update-url").arg(service.graph_url()).args(extra);
+        cmd.arg("--update-url")
+            .arg(service.graph_url())
+            .arg("--release-keyring")
+            .arg(&keyring)
+            .arg(format!("--signature-url={}/signatures/", service.url()))
+            .arg(format!("--graph-data-url={}/graph-data", service.url()))
+            .arg(format!("--graph-base-image={}/ubi9/ubi:latest", src.addr()))
+            .args(extra);
         run(&mut cmd)
     };
 
@@ -472,6 +510,62 @@ fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_
         ])
     );
 
+    // The signature ConfigMap holds the signature the store served, under the key
+    // the cluster-version operator looks for.
+    let resources = tmp.path().join("ws-d/cluster-resources");
+    let cm: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(resources.join("signature-configmap.yaml")).unwrap(),
+    )
+    .unwrap();
+    let cm_json: Value = serde_json::from_str(
+        &std::fs::read_to_string(resources.join("signature-configmap.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cm, cm_json);
+    assert_eq!(
+        (cm["apiVersion"].as_str(), cm["kind"].as_str()),
+        (Some("v1"), Some("ConfigMap"))
+    );
+    assert_eq!(cm["metadata"]["namespace"], "openshift-config-managed");
+    assert_eq!(
+        cm["metadata"]["labels"]["release.openshift.io/verification-signatures"],
+        ""
+    );
+    let data = cm["binaryData"].as_object().unwrap();
+    let key = format!("sha256-{}-1", r1.digest.trim_start_matches("sha256:"));
+    assert_eq!(data.keys().collect::<Vec<_>>(), [&key]);
+    let served = service_file(&service, &signature_path(&r1.digest));
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(data[&key].as_str().unwrap())
+            .unwrap(),
+        served
+    );
+
+    // The graph image: the base's two platforms with the graph data on top, at
+    // oc-mirror's place, and the UpdateService pointing at it by digest.
+    let graph_index = at("openshift/graph-image:latest");
+    let graph_digest = airlock_tests::images::digest_of(&graph_index);
+    let us: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(resources.join("updateService.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(us["apiVersion"], "updateservice.operator.openshift.io/v1");
+    assert_eq!(us["kind"], "UpdateService");
+    assert_eq!(us["metadata"]["namespace"], "openshift-update-service");
+    assert_eq!(
+        us["spec"]["graphDataImage"].as_str().unwrap(),
+        format!(
+            "{}/mirror/openshift/graph-image@{graph_digest}",
+            dest.addr()
+        )
+    );
+    assert_eq!(
+        us["spec"]["releases"].as_str().unwrap(),
+        format!("{}/mirror/openshift/release-images", dest.addr())
+    );
+    check_graph_image(&dest, &ubi, graph_files, tmp.path());
+
     // A new release appears in the graph: the next imageset carries only what the
     // first did not (the new cli layer, the new release's manifests and config).
     service.set_graph(
@@ -513,11 +607,149 @@ fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_
     );
     assert_eq!(m2.releases.len(), 1);
     assert_eq!(m2.releases[0].version, "4.20.1");
+    // The graph data did not change: its image is the same, and none of it travels
+    // again (the carried set above is exactly the new release's blobs).
+    let graph2 = m2
+        .images
+        .iter()
+        .find(|i| i.kind == airlock_common::imageset::ImageKind::GraphData)
+        .unwrap();
+    assert_eq!(graph2.digest.to_string(), graph_digest);
     let published = publish(&out2, &dest, "mirror", &tmp.path().join("ws-d"));
     assert_eq!(published.code, 0, "{published}");
     assert_eq!(at("openshift/release-images:4.20.1-x86_64"), r2.manifest);
     assert_eq!(at("openshift/release:4.20.1-x86_64-cli"), cli2.manifest);
     assert_eq!(at("openshift/release:4.20.1-x86_64-etcd"), etcd.manifest);
+}
+
+/// Where the signature store serves the signature of `digest`.
+fn signature_path(digest: &str) -> String {
+    format!(
+        "/signatures/sha256={}/signature-1",
+        digest.trim_start_matches("sha256:")
+    )
+}
+
+/// What the test update service serves at `path`.
+fn service_file(service: &UpdateService, path: &str) -> Vec<u8> {
+    reqwest::blocking::get(format!("{}{path}", service.url()))
+        .unwrap()
+        .bytes()
+        .unwrap()
+        .to_vec()
+}
+
+/// A graph-data tarball (gzip) of `files`, as the upstream service serves it.
+fn graph_data(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o664);
+        h.set_uid(1000);
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Copies the graph image out of `dest` with skopeo and checks each platform: the
+/// base's layers, then one layer with the graph data under
+/// /var/lib/cincinnati-graph-data (owned by root), and the command that copies it
+/// into the update service's volume.
+fn check_graph_image(dest: &Registry, base: &Image, files: &[(&str, &[u8])], tmp: &Path) {
+    let opts = airlock_tests::skopeo::SkopeoOpts::for_registry(dest);
+    let out = tmp.join("graph-image");
+    airlock_tests::skopeo::copy_all(
+        &format!(
+            "docker://{}/mirror/openshift/graph-image:latest",
+            dest.addr()
+        ),
+        &opts,
+        &format!("dir:{}", out.display()),
+        &airlock_tests::skopeo::SkopeoOpts::default(),
+    )
+    .unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let children = index["manifests"].as_array().unwrap();
+    let platforms: BTreeSet<&str> = children
+        .iter()
+        .map(|c| c["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, BTreeSet::from(["amd64", "arm64"]));
+    let blob =
+        |digest: &str| std::fs::read(out.join(digest.trim_start_matches("sha256:"))).unwrap();
+    for (child, base_child) in children.iter().zip(&base.children) {
+        let digest = child["digest"].as_str().unwrap();
+        let m: Value = serde_json::from_slice(
+            &std::fs::read(out.join(format!(
+                "{}.manifest.json",
+                digest.trim_start_matches("sha256:")
+            )))
+            .unwrap(),
+        )
+        .unwrap();
+        let layers = m["layers"].as_array().unwrap();
+        let base_layers: Vec<&str> = base_child
+            .layer_blobs()
+            .iter()
+            .map(|b| b.digest.as_str())
+            .collect();
+        let got: Vec<&str> = layers
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            &got[..base_layers.len()],
+            &base_layers[..],
+            "base layers first"
+        );
+        assert_eq!(got.len(), base_layers.len() + 1);
+        let config: Value =
+            serde_json::from_slice(&blob(m["config"]["digest"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            config["config"]["Cmd"],
+            serde_json::json!([
+                "/bin/bash",
+                "-c",
+                "exec cp -rp /var/lib/cincinnati-graph-data/* /var/lib/cincinnati/graph-data"
+            ])
+        );
+        let layer = blob(got.last().unwrap());
+        let mut tar_bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&layer[..]),
+            &mut tar_bytes,
+        )
+        .unwrap();
+        assert_eq!(
+            config["rootfs"]["diff_ids"]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap(),
+            &Value::from(airlock_tests::images::digest_of(&tar_bytes))
+        );
+        let mut found = Vec::new();
+        for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+            let mut e = e.unwrap();
+            assert_eq!(e.header().uid().unwrap(), 0);
+            if e.header().entry_type().is_file() {
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+                found.push((e.path().unwrap().display().to_string(), data));
+            }
+        }
+        found.sort();
+        let mut want: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(n, d)| (format!("var/lib/cincinnati-graph-data/{n}"), d.to_vec()))
+            .collect();
+        want.sort();
+        assert_eq!(found, want);
+    }
 }
 
 fn refs(c: &[(String, String)]) -> Vec<(&str, String)> {
@@ -540,4 +772,178 @@ fn read_manifest(dir: &Path) -> airlock_common::imageset::ImagesetManifest {
         .unwrap()
         .manifest)
         .clone()
+}
+
+#[test]
+fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignored() {
+    let src = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let service = UpdateService::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = ImageBuilder::new(Format::Oci).layer(80, 20_000).build();
+    let comps = push_components(&client, &src, &[("cli", &cli)]);
+    let r = release_image("4.21.0", "amd64", &layer(81, 10_000), &refs(&comps));
+    r.push(
+        &client,
+        "openshift-release-dev/ocp-release",
+        Some("4.21.0-x86_64"),
+    )
+    .unwrap();
+    let payload = format!(
+        "{}/openshift-release-dev/ocp-release@{}",
+        src.addr(),
+        r.digest
+    );
+    service.set_graph(
+        "stable-4.21",
+        "amd64",
+        graph("stable-4.21", &[("4.21.0", payload)], &[]),
+    );
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}mirror:\n  platform:\n    channels:\n    - name: stable-4.21\n"),
+    )
+    .unwrap();
+    let signer = ReleaseSigner::new();
+    let keyring = tmp.path().join("release-key.asc");
+    std::fs::write(&keyring, signer.public_key()).unwrap();
+    let reference = "quay.io/openshift-release-dev/ocp-release:4.21.0-x86_64";
+    let mut n = 0;
+    let mut create = |keys: &Path, extra: &[&str]| {
+        n += 1;
+        let out = tmp.path().join(format!("out{n}"));
+        let mut cmd = create_cmd(
+            &config,
+            &out,
+            &tmp.path().join(format!("ws{n}")),
+            "1MiB",
+            &src,
+        );
+        cmd.arg("--update-url")
+            .arg(service.graph_url())
+            .arg("--release-keyring")
+            .arg(keys)
+            .env("OCP_SIGNATURE_URL", format!("{}/signatures", service.url()))
+            .args(extra);
+        (run(&mut cmd), out)
+    };
+    let no_chunks = |out: &Path| !out.exists() || chunk_files(out).is_empty();
+
+    // No signature in the store: refused, with the way out named.
+    let (missing, out) = create(&keyring, &[]);
+    assert_eq!(missing.code, EX_DATA, "{missing}");
+    assert!(
+        missing.stderr.contains("release 4.21.0 amd64")
+            && missing
+                .stderr
+                .contains("the signature store has no signature for it"),
+        "{missing}"
+    );
+    assert!(
+        missing.stderr.contains("--ignore-release-signature"),
+        "{missing}"
+    );
+    assert!(no_chunks(&out));
+
+    // Signed by a key that is not trusted.
+    let stranger = ReleaseSigner::new();
+    service.set_file(
+        &signature_path(&r.digest),
+        stranger.sign(&r.digest, reference),
+    );
+    let (other_key, out) = create(&keyring, &[]);
+    assert_eq!(other_key.code, EX_DATA, "{other_key}");
+    assert!(
+        other_key.stderr.contains(&format!(
+            "is not valid for any key of {}",
+            keyring.display()
+        )),
+        "{other_key}"
+    );
+    assert!(no_chunks(&out));
+
+    // Signed by the right key, but for another image.
+    let other = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    service.set_file(&signature_path(&r.digest), signer.sign(other, reference));
+    let (wrong_image, out) = create(&keyring, &[]);
+    assert_eq!(wrong_image.code, EX_DATA, "{wrong_image}");
+    assert!(
+        wrong_image.stderr.contains(&format!(
+            "the signature is for image {other}, not this release"
+        )),
+        "{wrong_image}"
+    );
+    assert!(no_chunks(&out));
+
+    // A key file that holds no key: refused before anything is fetched.
+    let bad_keys = tmp.path().join("not-a-key.asc");
+    std::fs::write(
+        &bad_keys,
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnonsense\n",
+    )
+    .unwrap();
+    let before = service.requests().len();
+    let (bad, _) = create(&bad_keys, &[]);
+    assert_eq!(bad.code, EX_CONFIG, "{bad}");
+    assert!(
+        bad.stderr
+            .contains(&format!("release signature keys {}", bad_keys.display())),
+        "{bad}"
+    );
+    assert_eq!(service.requests().len(), before, "nothing fetched");
+
+    // Opting out: the imageset carries no signature, and no ConfigMap is written.
+    let (ignored, out) = create(&keyring, &["--ignore-release-signature"]);
+    assert_eq!(ignored.code, 0, "{ignored}");
+    assert_eq!(read_manifest(&out).releases[0].signature, None);
+    let ws = tmp.path().join("ws-d");
+    let published = publish(&out, &dest, "mirror", &ws);
+    assert_eq!(published.code, 0, "{published}");
+    assert!(ws.join("cluster-resources/idms-oc-mirror.yaml").exists());
+    assert!(
+        !ws.join("cluster-resources/signature-configmap.yaml")
+            .exists()
+    );
+
+    // mirror (straight to a reachable registry) checks signatures the same way and
+    // writes the same ConfigMap.
+    service.set_file(
+        &signature_path(&r.digest),
+        signer.sign(&r.digest, reference),
+    );
+    let ws_m = tmp.path().join("ws-m");
+    let mut cmd = bins::connected();
+    cmd.arg("mirror")
+        .arg("--config")
+        .arg(&config)
+        .arg("--to")
+        .arg(format!("docker://{}/m", dest.addr()))
+        .arg("--workspace")
+        .arg(&ws_m)
+        .arg("--update-url")
+        .arg(service.graph_url())
+        .arg("--release-keyring")
+        .arg(&keyring)
+        .env("OCP_SIGNATURE_URL", format!("{}/signatures", service.url()));
+    source_flags(&mut cmd, &src);
+    dest_flags(&mut cmd, &dest);
+    let mirrored = run(&mut cmd);
+    assert_eq!(mirrored.code, 0, "{mirrored}");
+    let cm: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(ws_m.join("cluster-resources/signature-configmap.yaml")).unwrap(),
+    )
+    .unwrap();
+    let key = format!("sha256-{}-1", r.digest.trim_start_matches("sha256:"));
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(cm["binaryData"][&key].as_str().unwrap())
+            .unwrap(),
+        service_file(&service, &signature_path(&r.digest))
+    );
+    assert_eq!(
+        inspect_raw_at(&dest, "m/openshift/release-images:4.21.0-x86_64").unwrap(),
+        r.manifest
+    );
 }
