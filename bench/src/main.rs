@@ -29,6 +29,10 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench/results/latest.json")]
     results: PathBuf,
+    /// Keep the work directory (the chunk files in `out/`, the OCI layout) under DIR
+    /// instead of removing it, to profile a command on the same data afterwards.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
 }
 
 /// Wall time and peak memory of one child process (or the sum/max of several).
@@ -276,7 +280,12 @@ fn main() -> Result<()> {
     println!("generating the data set (scale {s}) …");
     let source = Registry::plain()?;
     let (placed, blob_bytes) = generate(&source, s, 1)?;
-    let work = tempfile::tempdir()?;
+    let work = match &args.keep {
+        Some(dir) => tempfile::Builder::new()
+            .prefix("airlock-bench-")
+            .tempdir_in(dir)?,
+        None => tempfile::tempdir()?,
+    };
     let isc = config(work.path(), &source, &placed)?;
     let src_ref = |p: &Placed| format!("docker://{}/{}:{}", source.addr(), p.repo, p.tag);
 
@@ -508,6 +517,9 @@ fn main() -> Result<()> {
         args.results.display(),
         started.elapsed().as_secs_f64()
     );
+    if args.keep.is_some() {
+        println!("kept the work directory: {}", work.keep().display());
+    }
     Ok(())
 }
 

@@ -146,16 +146,17 @@ impl Hasher {
 
 /// A sha256 computed on another thread, so that a reader that must compute two
 /// hashes over the same bytes (a chunk's payload, and the blobs inside it) uses two
-/// cores instead of one. Bytes are handed over in 1 MiB batches through a bounded
-/// channel, so memory stays bounded whatever the size of the data.
+/// cores instead of one. The reader hands over the very blocks it read (shared,
+/// not copied) through a bounded channel, so memory stays bounded whatever the size
+/// of the data.
 #[derive(Debug)]
 pub struct BackgroundHasher {
-    batch: Vec<u8>,
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    tx: Option<std::sync::mpsc::SyncSender<bytes::Bytes>>,
     worker: Option<std::thread::JoinHandle<Hasher>>,
 }
 
-const BATCH: usize = 1 << 20;
+/// Blocks in flight to the hashing thread.
+const IN_FLIGHT: usize = 4;
 
 impl Default for BackgroundHasher {
     fn default() -> Self {
@@ -166,47 +167,30 @@ impl Default for BackgroundHasher {
 impl BackgroundHasher {
     /// Starts the hashing thread.
     pub fn new() -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(IN_FLIGHT);
         let worker = std::thread::spawn(move || {
             let mut h = Hasher::new();
-            for batch in rx {
-                h.update(&batch);
+            for block in rx {
+                h.update(&block);
             }
             h
         });
         BackgroundHasher {
-            batch: Vec::with_capacity(BATCH),
             tx: Some(tx),
             worker: Some(worker),
         }
     }
 
-    /// Feeds bytes.
-    pub fn update(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            let n = (BATCH - self.batch.len()).min(bytes.len());
-            self.batch.extend_from_slice(&bytes[..n]);
-            bytes = &bytes[n..];
-            if self.batch.len() == BATCH {
-                self.flush();
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+    /// Feeds a block (best about 1 MiB: a channel message per block).
+    pub fn update(&mut self, block: bytes::Bytes) {
         if let Some(tx) = &self.tx {
             // The worker only stops when the sender is dropped.
-            let _ = tx.send(full);
+            let _ = tx.send(block);
         }
     }
 
     /// The digest of everything fed.
     pub fn finish(mut self) -> Digest {
-        self.flush();
         drop(self.tx.take());
         self.worker
             .take()
@@ -253,8 +237,8 @@ mod tests {
     fn background_hash_equals_one_shot() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let mut h = BackgroundHasher::new();
-        for piece in data.chunks(7777) {
-            h.update(piece);
+        for piece in data.chunks(777_777) {
+            h.update(bytes::Bytes::copy_from_slice(piece));
         }
         assert_eq!(h.finish(), Digest::of(&data));
         assert_eq!(BackgroundHasher::new().finish(), Digest::of(b""));

@@ -448,15 +448,27 @@ impl PartSink for DigestCheck {
     }
 }
 
-struct HashingReader<R> {
-    inner: R,
+/// Reads a file in 1 MiB blocks and shares each block with a [`BackgroundHasher`]:
+/// the payload hash costs another core, but no copy.
+struct HashingReader {
+    file: File,
+    block: bytes::Bytes,
     hasher: crate::digest::BackgroundHasher,
 }
 
-impl<R: Read> Read for HashingReader<R> {
+const BLOCK_BYTES: u64 = 1 << 20;
+
+impl Read for HashingReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if self.block.is_empty() {
+            let mut v = Vec::with_capacity(BLOCK_BYTES as usize);
+            (&mut self.file).take(BLOCK_BYTES).read_to_end(&mut v)?;
+            self.block = bytes::Bytes::from(v);
+            self.hasher.update(self.block.clone());
+        }
+        let n = buf.len().min(self.block.len());
+        buf[..n].copy_from_slice(&self.block[..n]);
+        bytes::Buf::advance(&mut self.block, n);
         Ok(n)
     }
 }
@@ -479,7 +491,8 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(head.payload_offset)).map_err(ioe)?;
     // The payload hash runs on its own thread while the sink hashes the blobs.
     let mut r = HashingReader {
-        inner: BufReader::with_capacity(1 << 20, file),
+        file,
+        block: bytes::Bytes::new(),
         hasher: crate::digest::BackgroundHasher::new(),
     };
     let m = &head.manifest;
