@@ -372,6 +372,9 @@ fn print_mirror(r: &mirror::MirrorReport) {
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
 fn print_create(r: &create::CreateReport) {
     let m = &r.manifest;
+    for b in &r.blocked {
+        println!("blocked: {} ({} {:?})", b.image, b.field, b.pattern);
+    }
     if let Some(seq) = r.unchanged_since {
         println!(
             "no updates since imageset {} sequence {seq}: nothing to ship, no imageset created",

@@ -82,6 +82,8 @@ pub struct CreateReport {
     pub elapsed: Duration,
     /// Set when nothing changed since this sequence, and no imageset was made.
     pub unchanged_since: Option<u64>,
+    /// Images `mirror.blockedImages` left out.
+    pub blocked: Vec<Blocked>,
 }
 
 /// Loads a configuration and refuses anything this build would not act on.
@@ -106,6 +108,57 @@ pub struct Gathered {
     pub collected: Collected,
     /// The selected releases, with their signatures.
     pub releases: Vec<ReleaseRecord>,
+    /// Images `mirror.blockedImages` left out.
+    pub blocked: Vec<Blocked>,
+}
+
+/// An image left out by `mirror.blockedImages`, and the rule that matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// The image as the configuration (or the release payload) names it.
+    pub image: String,
+    /// The rule's field (`mirror.blockedImages[1]`).
+    pub field: String,
+    /// The rule's pattern.
+    pub pattern: String,
+}
+
+/// Leaves out the images a rule of `blocked` matches, before anything of them is
+/// pulled. Release images and components cannot be left out: a release without one
+/// of them cannot be installed or updated to, so that is an error naming both.
+fn apply_blocklist(
+    images: Vec<ImageSpec>,
+    blocked: &airlock_common::config::BlockList,
+) -> Result<(Vec<ImageSpec>, Vec<Blocked>), Error> {
+    let mut kept = Vec::with_capacity(images.len());
+    let mut left_out = Vec::new();
+    for spec in images {
+        let repo = spec
+            .target_repo
+            .clone()
+            .unwrap_or_else(|| spec.source.repository().to_string());
+        let destination = match spec.target_tag.as_deref().or(spec.source.tag()) {
+            Some(t) => format!("{repo}:{t}"),
+            None => repo,
+        };
+        let Some(rule) = blocked.matching(&spec.name, &destination) else {
+            kept.push(spec);
+            continue;
+        };
+        if spec.kind != ImageKind::Generic {
+            return Err(Error::Usage(format!(
+                "{} ({destination}) is part of a selected release, but {} blocks it ({:?}); a release cannot be mirrored without it: narrow the pattern or leave the release out",
+                spec.name, rule.field, rule.pattern
+            )));
+        }
+        tracing::info!(image = %spec.name, rule = %rule.field, pattern = %rule.pattern, "image blocked");
+        left_out.push(Blocked {
+            image: spec.name.clone(),
+            field: rule.field.clone(),
+            pattern: rule.pattern.clone(),
+        });
+    }
+    Ok((kept, left_out))
 }
 
 /// Resolves every image of the configuration: the selected releases with their
@@ -120,10 +173,13 @@ pub async fn gather(
     pool: &Pool,
     opts: &ReleaseOptions,
 ) -> Result<Gathered, Error> {
+    let blocklist = loaded.blocked_images();
     let Some(platform) = release::platform(loaded) else {
+        let (images, blocked) = apply_blocklist(additional, &blocklist)?;
         return Ok(Gathered {
-            collected: collect::collect(&additional, pool).await?,
+            collected: collect::collect(&images, pool).await?,
             releases: Vec::new(),
+            blocked,
         });
     };
     let signatures = SignatureCheck::new(opts)?;
@@ -150,6 +206,7 @@ pub async fn gather(
     }
     let mut images = releases.images;
     images.extend(additional);
+    let (images, blocked) = apply_blocklist(images, &blocklist)?;
     let mut collected = collect::collect(&images, pool).await?;
     if let Some((base, url)) = graph {
         let data = graph_image::fetch_data(&url).await?;
@@ -161,6 +218,7 @@ pub async fn gather(
     Ok(Gathered {
         collected,
         releases: releases.records,
+        blocked,
     })
 }
 
@@ -254,6 +312,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
     let Gathered {
         collected,
         releases,
+        blocked,
     } = gather(&loaded, additional, &pool, &opts.releases).await?;
     tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = collected.images.len(), releases = releases.len(), "creating imageset");
     let skeleton = ImagesetManifest {
@@ -308,11 +367,12 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
             blob_bytes: 0,
             elapsed: started.elapsed(),
             unchanged_since: Some(last),
+            blocked,
         });
     }
 
     if opts.dry_run {
-        let files = write_dry_run(&opts.out, &skeleton, &carry)?;
+        let files = write_dry_run(&opts.out, &skeleton, &carry, &blocked)?;
         return Ok(CreateReport {
             manifest: skeleton,
             chunks: Vec::new(),
@@ -320,6 +380,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
             blob_bytes,
             elapsed: started.elapsed(),
             unchanged_since: None,
+            blocked,
         });
     }
     let workspace = workspace.expect("opened for a real run");
@@ -392,6 +453,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         blob_bytes,
         elapsed: started.elapsed(),
         unchanged_since: None,
+        blocked,
     })
 }
 
@@ -461,9 +523,15 @@ fn recover_staging(
 }
 
 /// Writes `mapping.txt` (oc-mirror's `source=destination` lines, the destination
-/// being the path under the mirror prefix) and `to-ship.txt` (every blob that would
-/// travel: digest, size, source repository).
-fn write_dry_run(out: &Path, m: &ImagesetManifest, carry: &[usize]) -> Result<Vec<PathBuf>, Error> {
+/// being the path under the mirror prefix), `to-ship.txt` (every blob that would
+/// travel: digest, size, source repository) and, when rules left images out,
+/// `blocked.txt` (image, rule field, pattern).
+fn write_dry_run(
+    out: &Path,
+    m: &ImagesetManifest,
+    carry: &[usize],
+    blocked: &[Blocked],
+) -> Result<Vec<PathBuf>, Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut mapping = String::new();
     // The mapping lists images copied as they are; the graph image is built here
@@ -482,10 +550,21 @@ fn write_dry_run(out: &Path, m: &ImagesetManifest, carry: &[usize]) -> Result<Ve
     for b in carry.iter().map(|&i| &m.blobs[i]) {
         ship.push_str(&format!("{} {} {}\n", b.digest, b.size, b.repository));
     }
-    let files = vec![out.join("mapping.txt"), out.join("to-ship.txt")];
-    std::fs::write(&files[0], mapping).map_err(|e| Error::io(&files[0], e))?;
-    std::fs::write(&files[1], ship).map_err(|e| Error::io(&files[1], e))?;
-    Ok(files)
+    let mut files = vec![
+        (out.join("mapping.txt"), mapping),
+        (out.join("to-ship.txt"), ship),
+    ];
+    if !blocked.is_empty() {
+        let text: String = blocked
+            .iter()
+            .map(|b| format!("{} {} {}\n", b.image, b.field, b.pattern))
+            .collect();
+        files.push((out.join("blocked.txt"), text));
+    }
+    for (path, text) in &files {
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(files.into_iter().map(|(p, _)| p).collect())
 }
 
 /// Downloads every carried blob into its place; manifests and built blobs come
@@ -585,5 +664,71 @@ fn retryable(e: &Error) -> bool {
 impl From<RegistryError> for Error {
     fn from(e: RegistryError) -> Self {
         Error::Registry(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, kind: ImageKind, target_repo: Option<&str>) -> ImageSpec {
+        ImageSpec {
+            source: name.parse::<ImageRef>().unwrap().with_default_tag(),
+            name: name.to_string(),
+            target_repo: target_repo.map(str::to_string),
+            target_tag: None,
+            kind,
+        }
+    }
+
+    fn blocklist(patterns: &[&str]) -> airlock_common::config::BlockList {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("isc.yaml");
+        let rules: String = patterns
+            .iter()
+            .map(|p| format!("  - name: '{p}'\n"))
+            .collect();
+        std::fs::write(
+            &path,
+            format!("apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  blockedImages:\n{rules}"),
+        )
+        .unwrap();
+        config::load(&path).unwrap().blocked_images()
+    }
+
+    #[test]
+    fn blocklist_matches_source_or_destination_and_refuses_release_parts() {
+        let rules = blocklist(&["quay.io/team/old", "^mirror-only/"]);
+        let (kept, left_out) = apply_blocklist(
+            vec![
+                spec("quay.io/team/old:1", ImageKind::Generic, None),
+                spec("quay.io/team/new:1", ImageKind::Generic, None),
+                spec("quay.io/x/y:1", ImageKind::Generic, Some("mirror-only/y")),
+            ],
+            &rules,
+        )
+        .unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].name, "quay.io/team/new:1");
+        let fields: Vec<&str> = left_out.iter().map(|b| b.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["mirror.blockedImages[0]", "mirror.blockedImages[1]"]
+        );
+
+        let e = apply_blocklist(
+            vec![spec(
+                "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                ImageKind::ReleaseComponent,
+                Some("openshift/release"),
+            )],
+            &blocklist(&["art-dev"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("is part of a selected release, but mirror.blockedImages[0] blocks it"),
+            "{e}"
+        );
     }
 }

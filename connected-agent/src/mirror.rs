@@ -114,6 +114,7 @@ pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
     let Gathered {
         collected,
         releases,
+        ..
     } = gather(&loaded, additional, &pool, &opts.releases).await?;
     let client = RegistryClient::connect(opts.to.registry(), &opts.dest).await?;
     let source = RegistrySource {

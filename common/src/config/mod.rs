@@ -145,6 +145,38 @@ pub struct ImageSpec {
     pub kind: crate::imageset::ImageKind,
 }
 
+/// One `mirror.blockedImages` entry: oc-mirror's semantics, a Go (RE2) regular
+/// expression searched, unanchored, in the image's source reference and in its
+/// destination; a plain name is a pattern that matches itself.
+#[derive(Debug, Clone)]
+pub struct BlockRule {
+    /// The field (`mirror.blockedImages[2]`).
+    pub field: String,
+    /// The pattern as written.
+    pub pattern: String,
+    regex: regex::Regex,
+}
+
+/// The compiled `mirror.blockedImages`.
+#[derive(Debug, Clone, Default)]
+pub struct BlockList(Vec<BlockRule>);
+
+impl BlockList {
+    /// The first rule that blocks an image with this source reference (without
+    /// `docker://`) or destination (path and tag under the mirror prefix).
+    pub fn matching(&self, source: &str, destination: &str) -> Option<&BlockRule> {
+        let source = source.strip_prefix("docker://").unwrap_or(source);
+        self.0
+            .iter()
+            .find(|r| r.regex.is_match(source) || r.regex.is_match(destination))
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Parses a release version of `mirror.platform.channels[]` (`minVersion`,
 /// `maxVersion`); the error says what is expected.
 pub fn release_version(v: &str) -> Result<semver::Version, String> {
@@ -447,10 +479,16 @@ impl LoadedConfig {
             }
         }
         for (i, b) in m.blocked_images.iter().enumerate() {
+            let field = format!("{stanza}.blockedImages[{i}].name");
             if b.name.trim().is_empty() {
+                problems.push(self.problem(field, "must not be empty"));
+            } else if let Err(e) = regex::Regex::new(&b.name) {
                 problems.push(self.problem(
-                    format!("{stanza}.blockedImages[{i}].name"),
-                    "must not be empty",
+                    field,
+                    format!(
+                        "blocked image {:?}: invalid regular expression: {e}",
+                        b.name
+                    ),
                 ));
             }
         }
@@ -637,11 +675,6 @@ impl LoadedConfig {
                     "mirroring Helm charts",
                 ),
                 (
-                    !m.blocked_images.is_empty(),
-                    "mirror.blockedImages",
-                    "blocking images",
-                ),
-                (
                     !m.samples.is_empty(),
                     "mirror.samples",
                     "mirroring sample images (oc-mirror does not implement them either)",
@@ -692,6 +725,25 @@ impl LoadedConfig {
         }
         self.err(problems)?;
         Ok(out)
+    }
+
+    /// `mirror.blockedImages`, compiled (the configuration was validated, so every
+    /// pattern compiles).
+    pub fn blocked_images(&self) -> BlockList {
+        let rules = self
+            .config
+            .mirror
+            .iter()
+            .flat_map(|m| m.blocked_images.iter().enumerate())
+            .filter_map(|(i, b)| {
+                regex::Regex::new(&b.name).ok().map(|regex| BlockRule {
+                    field: format!("mirror.blockedImages[{i}]"),
+                    pattern: b.name.clone(),
+                    regex,
+                })
+            })
+            .collect();
+        BlockList(rules)
     }
 
     /// `archiveSize` in bytes, when set to more than zero (oc-mirror treats 0 as unset).

@@ -5,5 +5,6 @@ mod differential;
 mod dropdir;
 mod foundation;
 mod oneway;
+mod policy;
 mod releases;
 mod util;
