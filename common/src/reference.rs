@@ -113,6 +113,16 @@ impl ImageRef {
         self
     }
 
+    /// What to ask the registry's manifest endpoint for: the digest when there is
+    /// one (it pins the content), else the tag, else `latest`.
+    pub fn manifest_reference(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => "latest".to_string(),
+        }
+    }
+
     /// The same repository at `digest`, without a tag.
     pub fn at_digest(&self, digest: Digest) -> Self {
         ImageRef {

@@ -175,13 +175,8 @@ async fn resolve(spec: &ImageSpec, pool: &Pool) -> Result<Resolved, CollectError
     };
     let src = &spec.source;
     let client = pool.client(src.registry()).await.map_err(registry_err)?;
-    let reference = match (src.digest(), src.tag()) {
-        (Some(d), _) => d.to_string(),
-        (None, Some(t)) => t.to_string(),
-        (None, None) => "latest".to_string(),
-    };
     let top = client
-        .get_manifest(src.repository(), &reference)
+        .get_manifest(src.repository(), &src.manifest_reference())
         .await
         .map_err(registry_err)?;
     tracing::info!(image = %image, digest = %top.digest, media_type = %top.media_type, "resolved image");

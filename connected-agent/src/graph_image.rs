@@ -276,7 +276,9 @@ pub struct GraphImage {
     /// Its manifests (the new index first, then one per platform).
     pub manifests: Vec<RawManifest>,
     /// Every blob it references: the base's layers (fetched from the base's
-    /// registry) and the new configs and data layer (whose bytes are given).
+    /// registry) and the new configs and data layer (whose bytes are given). A blob
+    /// shared by platforms is listed once per platform;
+    /// [`Collected::add_built`](crate::collect::Collected::add_built) keeps it once.
     pub blobs: Vec<(BlobRecord, Option<Bytes>)>,
 }
 
@@ -294,13 +296,8 @@ pub async fn build(
         .client(base.registry())
         .await
         .map_err(|e| err(e.to_string()))?;
-    let reference = base
-        .digest()
-        .map(|d| d.to_string())
-        .or_else(|| base.tag().map(str::to_string))
-        .unwrap_or_else(|| "latest".into());
     let top = client
-        .get_manifest(base.repository(), &reference)
+        .get_manifest(base.repository(), &base.manifest_reference())
         .await
         .map_err(|e| err(e.to_string()))?;
     let parsed = top.parse().map_err(|e| err(e.to_string()))?;
@@ -368,9 +365,6 @@ pub async fn build(
     };
     out.image.digest = new_top.digest.clone();
     out.manifests.insert(0, new_top);
-    // Configs and the data layer can be shared between platforms; each blob once.
-    let mut seen = std::collections::HashSet::new();
-    out.blobs.retain(|(b, _)| seen.insert(b.digest.clone()));
     Ok(out)
 }
 

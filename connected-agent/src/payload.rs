@@ -127,13 +127,8 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
         problem,
     };
     let client = pool.client(image.registry()).await.map_err(reg)?;
-    let reference = image
-        .digest()
-        .map(|d| d.to_string())
-        .or_else(|| image.tag().map(str::to_string))
-        .unwrap_or_else(|| "latest".into());
     let top = client
-        .get_manifest(image.repository(), &reference)
+        .get_manifest(image.repository(), &image.manifest_reference())
         .await
         .map_err(reg)?;
     let parsed = top

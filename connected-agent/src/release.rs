@@ -7,13 +7,13 @@
 //! `<arch>` is the release tag suffix (`x86_64`, `aarch64`, `ppc64le`, `s390x`,
 //! `multi`).
 
+use std::path::PathBuf;
+
 use airlock_common::config::schema::Platform;
 use airlock_common::config::{ImageSpec, LoadedConfig};
 use airlock_common::imageset::{ImageKind, ReleaseRecord};
 use airlock_common::reference::{ImageRef, valid_tag};
 use airlock_common::registry::Pool;
-use std::path::PathBuf;
-
 use base64::Engine;
 use futures::StreamExt;
 

@@ -367,15 +367,17 @@ fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_
     let signer = ReleaseSigner::new();
     let keyring = tmp.path().join("release-key.asc");
     std::fs::write(&keyring, signer.public_key()).unwrap();
-    for (r, tag) in [(&r1, "4.20.0-x86_64"), (&r2, "4.20.1-x86_64")] {
-        service.set_file(
-            &signature_path(&r.digest),
-            signer.sign(
+    let signatures: Vec<Vec<u8>> = [(&r1, "4.20.0-x86_64"), (&r2, "4.20.1-x86_64")]
+        .iter()
+        .map(|(r, tag)| {
+            let sig = signer.sign(
                 &r.digest,
                 &format!("quay.io/openshift-release-dev/ocp-release:{tag}"),
-            ),
-        );
-    }
+            );
+            service.set_file(&signature_path(&r.digest), sig.clone());
+            sig
+        })
+        .collect();
     // Graph data, and a two-platform base image to build the graph image on.
     let graph_files: &[(&str, &[u8])] = &[
         (
@@ -534,12 +536,11 @@ fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_
     let data = cm["binaryData"].as_object().unwrap();
     let key = format!("sha256-{}-1", r1.digest.trim_start_matches("sha256:"));
     assert_eq!(data.keys().collect::<Vec<_>>(), [&key]);
-    let served = service_file(&service, &signature_path(&r1.digest));
     assert_eq!(
         base64::engine::general_purpose::STANDARD
             .decode(data[&key].as_str().unwrap())
             .unwrap(),
-        served
+        signatures[0]
     );
 
     // The graph image: the base's two platforms with the graph data on top, at
@@ -628,15 +629,6 @@ fn signature_path(digest: &str) -> String {
         "/signatures/sha256={}/signature-1",
         digest.trim_start_matches("sha256:")
     )
-}
-
-/// What the test update service serves at `path`.
-fn service_file(service: &UpdateService, path: &str) -> Vec<u8> {
-    reqwest::blocking::get(format!("{}{path}", service.url()))
-        .unwrap()
-        .bytes()
-        .unwrap()
-        .to_vec()
 }
 
 /// A graph-data tarball (gzip) of `files`, as the upstream service serves it.
@@ -909,10 +901,8 @@ fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignore
 
     // mirror (straight to a reachable registry) checks signatures the same way and
     // writes the same ConfigMap.
-    service.set_file(
-        &signature_path(&r.digest),
-        signer.sign(&r.digest, reference),
-    );
+    let good = signer.sign(&r.digest, reference);
+    service.set_file(&signature_path(&r.digest), good.clone());
     let ws_m = tmp.path().join("ws-m");
     let mut cmd = bins::connected();
     cmd.arg("mirror")
@@ -940,7 +930,7 @@ fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignore
         base64::engine::general_purpose::STANDARD
             .decode(cm["binaryData"][&key].as_str().unwrap())
             .unwrap(),
-        service_file(&service, &signature_path(&r.digest))
+        good
     );
     assert_eq!(
         inspect_raw_at(&dest, "m/openshift/release-images:4.21.0-x86_64").unwrap(),
