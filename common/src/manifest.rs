@@ -7,6 +7,8 @@
 //! identity. This module only *reads* manifests, into [`Manifest`], to learn which
 //! blobs and child manifests must travel with them.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use crate::digest::Digest;
@@ -57,6 +59,9 @@ pub struct Descriptor {
     /// Platform of a child manifest in an index.
     #[serde(default)]
     pub platform: Option<Platform>,
+    /// Annotations (signature payloads of cosign layers are carried here).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The platform of an index entry.
@@ -91,6 +96,10 @@ pub struct Manifest {
     pub kind: ManifestKind,
     /// OCI 1.1 `subject`: the manifest this one refers to (signatures, SBOMs).
     pub subject: Option<Descriptor>,
+    /// OCI 1.1 `artifactType`.
+    pub artifact_type: Option<String>,
+    /// The manifest's annotations (`org.opencontainers.image.base.name`, ...).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The two shapes of manifest.
@@ -170,6 +179,9 @@ struct Raw {
     layers: Option<Vec<Descriptor>>,
     manifests: Option<Vec<Descriptor>>,
     subject: Option<Descriptor>,
+    artifact_type: Option<String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
 
 /// Whether `media_type` names an index (as opposed to an image manifest).
@@ -231,6 +243,8 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Manif
         media_type,
         kind,
         subject: raw.subject,
+        artifact_type: raw.artifact_type,
+        annotations: raw.annotations,
     })
 }
 

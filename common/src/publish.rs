@@ -144,10 +144,12 @@ pub fn destination_repository(dest: &Destination, image: &ImageRecord) -> String
 /// The mirror-set view of `images` at `dest`. As in oc-mirror, an image the
 /// configuration named by tag (a bare name means `latest`) goes into the tag mirror
 /// set, one named by digest into the digest mirror set, one named by both into both.
+/// The graph image is pulled by digest from the mirror, and referrers live in their
+/// subject's repository, so neither adds an entry.
 pub fn mirrored(images: &[ImageRecord], dest: &Destination) -> Vec<Mirrored> {
     images
         .iter()
-        .filter(|i| i.kind != ImageKind::GraphData)
+        .filter(|i| !matches!(i.kind, ImageKind::GraphData | ImageKind::Referrer))
         .map(|i| {
             let named_by_tag = i
                 .source
@@ -162,7 +164,9 @@ pub fn mirrored(images: &[ImageRecord], dest: &Destination) -> Vec<Mirrored> {
                 category: match i.kind {
                     ImageKind::Generic => Category::Generic,
                     ImageKind::Release | ImageKind::ReleaseComponent => Category::Release,
-                    ImageKind::GraphData => unreachable!("filtered out above"),
+                    ImageKind::GraphData | ImageKind::Referrer => {
+                        unreachable!("filtered out above")
+                    }
                 },
             }
         })

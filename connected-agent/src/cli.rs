@@ -11,6 +11,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use crate::create::{self, CreateOptions};
 use crate::error::Error;
 use crate::mirror::{self, MirrorOptions};
+use crate::policy::Detection;
 use crate::release::ReleaseOptions;
 
 /// Airlock's connected side: builds sequenced imagesets of container images, cut into
@@ -373,7 +374,17 @@ fn print_mirror(r: &mirror::MirrorReport) {
 fn print_create(r: &create::CreateReport) {
     let m = &r.manifest;
     for b in &r.blocked {
-        println!("blocked: {} ({} {:?})", b.image, b.field, b.pattern);
+        match &b.detection {
+            Detection::Name => println!("blocked: {} ({} {:?})", b.image, b.field, b.pattern),
+            Detection::Layers { platform } => println!(
+                "blocked: {} {platform}: built on base {} ({}; its layers begin with the base's)",
+                b.image, b.pattern, b.field
+            ),
+            Detection::Annotation { platform, key } => println!(
+                "blocked: {} {platform}: built on base {} ({}; annotation {key})",
+                b.image, b.pattern, b.field
+            ),
+        }
     }
     if let Some(seq) = r.unchanged_since {
         println!(

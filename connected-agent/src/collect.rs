@@ -8,11 +8,13 @@
 //! over the same sources lay out identical chunks.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use airlock_common::config::ImageSpec;
 use airlock_common::digest::Digest;
 use airlock_common::imageset::{BlobRecord, ImageRecord};
-use airlock_common::manifest::{Descriptor, is_index};
+use airlock_common::manifest::{Descriptor, Platform, is_index};
+use airlock_common::reference::ImageRef;
 use airlock_common::registry::{Pool, RawManifest, RegistryError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -95,16 +97,25 @@ impl Collected {
 }
 
 /// One image's manifests and blobs, before deduplication.
-struct Resolved {
-    top: Digest,
-    manifests: Vec<RawManifest>,
+#[derive(Debug)]
+pub struct Resolved {
+    /// Digest of the top manifest.
+    pub top: Digest,
+    /// Every manifest of the tree, parents before children.
+    pub manifests: Vec<RawManifest>,
+    /// The platform an index gives each child manifest.
+    pub platforms: HashMap<Digest, Platform>,
     blobs: Vec<Descriptor>,
     repository: String,
 }
 
-/// Resolves every image of `specs`. Images named the same way (release components
-/// shared by several releases) are resolved once.
-pub async fn collect(specs: &[ImageSpec], pool: &Pool) -> Result<Collected, CollectError> {
+/// Resolves every image of `specs` into its manifest tree, without pulling a blob.
+/// Images named the same way (release components shared by several releases) are
+/// resolved once; the result has one entry per spec.
+pub async fn resolve_all(
+    specs: &[ImageSpec],
+    pool: &Pool,
+) -> Result<Vec<Arc<Resolved>>, CollectError> {
     let mut unique: Vec<&ImageSpec> = Vec::new();
     let mut position: HashMap<String, usize> = HashMap::new();
     // For each spec, the index of its resolution in `unique`.
@@ -118,15 +129,23 @@ pub async fn collect(specs: &[ImageSpec], pool: &Pool) -> Result<Collected, Coll
         })
         .collect();
     let resolved: Vec<Result<Resolved, CollectError>> = futures::stream::iter(unique)
-        .map(|spec| resolve(spec, pool))
+        .map(|spec| resolve(&spec.name, &spec.source, pool))
         .buffered(PARALLEL_IMAGES)
         .collect()
         .await;
-    let resolved: Vec<Resolved> = resolved.into_iter().collect::<Result<_, _>>()?;
+    let resolved: Vec<Arc<Resolved>> = resolved
+        .into_iter()
+        .map(|r| r.map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    Ok(slots.iter().map(|&i| resolved[i].clone()).collect())
+}
+
+/// The content of an imageset from `specs` and their resolutions (one each, in
+/// the same order): each manifest and blob once, in a stable order.
+pub fn assemble(specs: &[ImageSpec], resolved: &[Arc<Resolved>]) -> Collected {
     let mut out = Collected::default();
     let mut seen = HashSet::new();
-    for (spec, &slot) in specs.iter().zip(&slots) {
-        let r = &resolved[slot];
+    for (spec, r) in specs.iter().zip(resolved) {
         for m in &r.manifests {
             if seen.insert(m.digest.clone()) {
                 out.blobs.push(BlobRecord {
@@ -162,18 +181,25 @@ pub async fn collect(specs: &[ImageSpec], pool: &Pool) -> Result<Collected, Coll
             digest: r.top.clone(),
             target_repository: spec.target_repo.clone(),
             kind: spec.kind,
+            subject: spec.subject.clone(),
         });
     }
-    Ok(out)
+    out
 }
 
-async fn resolve(spec: &ImageSpec, pool: &Pool) -> Result<Resolved, CollectError> {
-    let image = spec.name.clone();
+/// Resolves every image of `specs` and assembles the result.
+pub async fn collect(specs: &[ImageSpec], pool: &Pool) -> Result<Collected, CollectError> {
+    let resolved = resolve_all(specs, pool).await?;
+    Ok(assemble(specs, &resolved))
+}
+
+/// Resolves one image (`name` as configured, for messages) into its manifest tree.
+pub async fn resolve(name: &str, src: &ImageRef, pool: &Pool) -> Result<Resolved, CollectError> {
+    let image = name.to_string();
     let registry_err = |source| CollectError::Registry {
         image: image.clone(),
         source,
     };
-    let src = &spec.source;
     let client = pool.client(src.registry()).await.map_err(registry_err)?;
     let top = client
         .get_manifest(src.repository(), &src.manifest_reference())
@@ -181,6 +207,7 @@ async fn resolve(spec: &ImageSpec, pool: &Pool) -> Result<Resolved, CollectError
         .map_err(registry_err)?;
     tracing::info!(image = %image, digest = %top.digest, media_type = %top.media_type, "resolved image");
     let mut manifests = vec![top.clone()];
+    let mut platforms = HashMap::new();
     let mut blobs = Vec::new();
     // Walk the tree breadth first; children are checked against their descriptors.
     let mut level = vec![top.clone()];
@@ -219,6 +246,9 @@ async fn resolve(spec: &ImageSpec, pool: &Pool) -> Result<Resolved, CollectError
                 {
                     tracing::warn!(image = %image, child = %child.digest, declared = %child.media_type, actual = %c.media_type, "child manifest media type differs from its index entry");
                 }
+                if let Some(p) = &child.platform {
+                    platforms.insert(c.digest.clone(), p.clone());
+                }
                 manifests.push(c.clone());
                 next.push(c);
             }
@@ -231,6 +261,7 @@ async fn resolve(spec: &ImageSpec, pool: &Pool) -> Result<Resolved, CollectError
     Ok(Resolved {
         top: top.digest,
         manifests,
+        platforms,
         blobs,
         repository: src.name(),
     })

@@ -30,6 +30,7 @@ use crate::cincinnati::UpdateService;
 use crate::collect::{self, Collected};
 use crate::error::Error;
 use crate::graph_image;
+use crate::policy::{self, BaseImages, Blocked};
 use crate::release::{self, ReleaseOptions, SignatureCheck};
 use crate::remote::{self, RemoteState};
 use crate::workspace::{ImagesetRecord, STATE_FORMAT, Workspace, WorkspaceState};
@@ -82,7 +83,7 @@ pub struct CreateReport {
     pub elapsed: Duration,
     /// Set when nothing changed since this sequence, and no imageset was made.
     pub unchanged_since: Option<u64>,
-    /// Images `mirror.blockedImages` left out.
+    /// Images the policy (`blockedImages`, `blockedBaseImages`) left out.
     pub blocked: Vec<Blocked>,
 }
 
@@ -108,57 +109,8 @@ pub struct Gathered {
     pub collected: Collected,
     /// The selected releases, with their signatures.
     pub releases: Vec<ReleaseRecord>,
-    /// Images `mirror.blockedImages` left out.
+    /// Images the policy (`blockedImages`, `blockedBaseImages`) left out.
     pub blocked: Vec<Blocked>,
-}
-
-/// An image left out by `mirror.blockedImages`, and the rule that matched.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Blocked {
-    /// The image as the configuration (or the release payload) names it.
-    pub image: String,
-    /// The rule's field (`mirror.blockedImages[1]`).
-    pub field: String,
-    /// The rule's pattern.
-    pub pattern: String,
-}
-
-/// Leaves out the images a rule of `blocked` matches, before anything of them is
-/// pulled. Release images and components cannot be left out: a release without one
-/// of them cannot be installed or updated to, so that is an error naming both.
-fn apply_blocklist(
-    images: Vec<ImageSpec>,
-    blocked: &airlock_common::config::BlockList,
-) -> Result<(Vec<ImageSpec>, Vec<Blocked>), Error> {
-    let mut kept = Vec::with_capacity(images.len());
-    let mut left_out = Vec::new();
-    for spec in images {
-        let repo = spec
-            .target_repo
-            .clone()
-            .unwrap_or_else(|| spec.source.repository().to_string());
-        let destination = match spec.target_tag.as_deref().or(spec.source.tag()) {
-            Some(t) => format!("{repo}:{t}"),
-            None => repo,
-        };
-        let Some(rule) = blocked.matching(&spec.name, &destination) else {
-            kept.push(spec);
-            continue;
-        };
-        if spec.kind != ImageKind::Generic {
-            return Err(Error::Usage(format!(
-                "{} ({destination}) is part of a selected release, but {} blocks it ({:?}); a release cannot be mirrored without it: narrow the pattern or leave the release out",
-                spec.name, rule.field, rule.pattern
-            )));
-        }
-        tracing::info!(image = %spec.name, rule = %rule.field, pattern = %rule.pattern, "image blocked");
-        left_out.push(Blocked {
-            image: spec.name.clone(),
-            field: rule.field.clone(),
-            pattern: rule.pattern.clone(),
-        });
-    }
-    Ok((kept, left_out))
 }
 
 /// Resolves every image of the configuration: the selected releases with their
@@ -173,11 +125,10 @@ pub async fn gather(
     pool: &Pool,
     opts: &ReleaseOptions,
 ) -> Result<Gathered, Error> {
-    let blocklist = loaded.blocked_images();
     let Some(platform) = release::platform(loaded) else {
-        let (images, blocked) = apply_blocklist(additional, &blocklist)?;
+        let (collected, blocked) = collect_allowed(loaded, additional, pool).await?;
         return Ok(Gathered {
-            collected: collect::collect(&images, pool).await?,
+            collected,
             releases: Vec::new(),
             blocked,
         });
@@ -206,8 +157,7 @@ pub async fn gather(
     }
     let mut images = releases.images;
     images.extend(additional);
-    let (images, blocked) = apply_blocklist(images, &blocklist)?;
-    let mut collected = collect::collect(&images, pool).await?;
+    let (mut collected, blocked) = collect_allowed(loaded, images, pool).await?;
     if let Some((base, url)) = graph {
         let data = graph_image::fetch_data(&url).await?;
         let layer = graph_image::data_layer(&data, &url)?;
@@ -220,6 +170,26 @@ pub async fn gather(
         releases: releases.records,
         blocked,
     })
+}
+
+/// Resolves what the policy of the configuration lets through: images that
+/// `blockedImages` names are never contacted; the others are resolved to their
+/// manifests, and those built on a `blockedBaseImages` base are left out before
+/// any of their blobs is pulled.
+async fn collect_allowed(
+    loaded: &LoadedConfig,
+    images: Vec<ImageSpec>,
+    pool: &Pool,
+) -> Result<(Collected, Vec<Blocked>), Error> {
+    let (mut images, mut blocked) = policy::apply_blocklist(images, &loaded.blocked_images())?;
+    let bases = BaseImages::resolve(loaded.blocked_base_images(), pool).await?;
+    let mut resolved = collect::resolve_all(&images, pool).await?;
+    blocked.extend(policy::apply_base_rules(
+        &mut images,
+        &mut resolved,
+        &bases,
+    )?);
+    Ok((collect::assemble(&images, &resolved), blocked))
 }
 
 /// The workspace directory to use.
@@ -525,7 +495,8 @@ fn recover_staging(
 /// Writes `mapping.txt` (oc-mirror's `source=destination` lines, the destination
 /// being the path under the mirror prefix), `to-ship.txt` (every blob that would
 /// travel: digest, size, source repository) and, when rules left images out,
-/// `blocked.txt` (image, rule field, pattern).
+/// `blocked.txt` (image, rule field, pattern or base, and for base rules the
+/// platform and how it was found).
 fn write_dry_run(
     out: &Path,
     m: &ImagesetManifest,
@@ -555,10 +526,7 @@ fn write_dry_run(
         (out.join("to-ship.txt"), ship),
     ];
     if !blocked.is_empty() {
-        let text: String = blocked
-            .iter()
-            .map(|b| format!("{} {} {}\n", b.image, b.field, b.pattern))
-            .collect();
+        let text: String = blocked.iter().map(|b| format!("{b}\n")).collect();
         files.push((out.join("blocked.txt"), text));
     }
     for (path, text) in &files {
@@ -664,71 +632,5 @@ fn retryable(e: &Error) -> bool {
 impl From<RegistryError> for Error {
     fn from(e: RegistryError) -> Self {
         Error::Registry(e)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(name: &str, kind: ImageKind, target_repo: Option<&str>) -> ImageSpec {
-        ImageSpec {
-            source: name.parse::<ImageRef>().unwrap().with_default_tag(),
-            name: name.to_string(),
-            target_repo: target_repo.map(str::to_string),
-            target_tag: None,
-            kind,
-        }
-    }
-
-    fn blocklist(patterns: &[&str]) -> airlock_common::config::BlockList {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("isc.yaml");
-        let rules: String = patterns
-            .iter()
-            .map(|p| format!("  - name: '{p}'\n"))
-            .collect();
-        std::fs::write(
-            &path,
-            format!("apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  blockedImages:\n{rules}"),
-        )
-        .unwrap();
-        config::load(&path).unwrap().blocked_images()
-    }
-
-    #[test]
-    fn blocklist_matches_source_or_destination_and_refuses_release_parts() {
-        let rules = blocklist(&["quay.io/team/old", "^mirror-only/"]);
-        let (kept, left_out) = apply_blocklist(
-            vec![
-                spec("quay.io/team/old:1", ImageKind::Generic, None),
-                spec("quay.io/team/new:1", ImageKind::Generic, None),
-                spec("quay.io/x/y:1", ImageKind::Generic, Some("mirror-only/y")),
-            ],
-            &rules,
-        )
-        .unwrap();
-        assert_eq!(kept.len(), 1);
-        assert_eq!(kept[0].name, "quay.io/team/new:1");
-        let fields: Vec<&str> = left_out.iter().map(|b| b.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["mirror.blockedImages[0]", "mirror.blockedImages[1]"]
-        );
-
-        let e = apply_blocklist(
-            vec![spec(
-                "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:0000000000000000000000000000000000000000000000000000000000000000",
-                ImageKind::ReleaseComponent,
-                Some("openshift/release"),
-            )],
-            &blocklist(&["art-dev"]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("is part of a selected release, but mirror.blockedImages[0] blocks it"),
-            "{e}"
-        );
     }
 }

@@ -311,6 +311,7 @@ pub async fn build(
             digest: top.digest.clone(),
             target_repository: Some(GRAPH_IMAGE_REPO.into()),
             kind: ImageKind::GraphData,
+            subject: None,
         },
         manifests: Vec::new(),
         blobs: Vec::new(),

@@ -10,6 +10,7 @@ pub mod graph;
 pub mod graph_image;
 pub mod mirror;
 pub mod payload;
+pub mod policy;
 pub mod release;
 pub mod release_signature;
 pub mod remote;

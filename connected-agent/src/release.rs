@@ -148,6 +148,7 @@ pub async fn resolve(
             target_repo: Some(RELEASE_IMAGES_REPO.into()),
             target_tag: Some(tag.clone()),
             kind: ImageKind::Release,
+            subject: None,
         });
         for c in &payload.components {
             let component_tag = format!("{tag}-{}", c.name);
@@ -163,6 +164,7 @@ pub async fn resolve(
                 target_repo: Some(RELEASE_REPO.into()),
                 target_tag: Some(component_tag),
                 kind: ImageKind::ReleaseComponent,
+                subject: None,
             });
         }
         tracing::info!(version = %s.version, arch = %s.arch, digest = %payload.digest, components = payload.components.len(), "release payload read");

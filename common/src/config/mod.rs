@@ -143,6 +143,8 @@ pub struct ImageSpec {
     pub target_tag: Option<String>,
     /// What the image is, for grouping cluster resources.
     pub kind: crate::imageset::ImageKind,
+    /// For a referrer (signature, SBOM): the manifest it is about.
+    pub subject: Option<crate::digest::Digest>,
 }
 
 /// One `mirror.blockedImages` entry: oc-mirror's semantics, a Go (RE2) regular
@@ -492,6 +494,14 @@ impl LoadedConfig {
                 ));
             }
         }
+        for (i, b) in m.blocked_base_images.iter().enumerate() {
+            if let Err(e) = b.name.parse::<ImageRef>() {
+                problems.push(self.problem(
+                    format!("{stanza}.blockedBaseImages[{i}].name"),
+                    format!("base image {:?}: {e}; expected a reference by tag or digest such as registry.example.com/ubi9/ubi:9.4", b.name),
+                ));
+            }
+        }
         self.err(problems)
     }
 
@@ -717,6 +727,7 @@ impl LoadedConfig {
                     target_repo: image.target_repo.clone(),
                     target_tag: image.target_tag.clone(),
                     kind: crate::imageset::ImageKind::Generic,
+                    subject: None,
                 }),
                 Err(e) => problems.push(
                     self.problem(format!("mirror.additionalImages[{i}].name"), e.to_string()),
@@ -744,6 +755,24 @@ impl LoadedConfig {
             })
             .collect();
         BlockList(rules)
+    }
+
+    /// `mirror.blockedBaseImages`: each base with its field (the configuration was
+    /// validated, so every name parses). A base named without tag or digest means
+    /// `latest`, as everywhere else.
+    pub fn blocked_base_images(&self) -> Vec<(String, ImageRef)> {
+        self.config
+            .mirror
+            .iter()
+            .flat_map(|m| m.blocked_base_images.iter().enumerate())
+            .filter_map(|(i, b)| {
+                let base: ImageRef = b.name.parse().ok()?;
+                Some((
+                    format!("mirror.blockedBaseImages[{i}]"),
+                    base.with_default_tag(),
+                ))
+            })
+            .collect()
     }
 
     /// `archiveSize` in bytes, when set to more than zero (oc-mirror treats 0 as unset).

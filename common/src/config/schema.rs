@@ -83,6 +83,9 @@ pub struct Mirror {
     /// Images never to mirror (name or regular expression).
     #[serde(default)]
     pub blocked_images: Vec<NamedImage>,
+    /// Base images nothing mirrored may be built on (an Airlock extension).
+    #[serde(default)]
+    pub blocked_base_images: Vec<NamedImage>,
     /// Sample images (declared by oc-mirror, implemented by neither version).
     #[serde(default)]
     pub samples: Vec<NamedImage>,

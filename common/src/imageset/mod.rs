@@ -160,6 +160,10 @@ pub enum ImageKind {
     /// The update-graph data image built for `platform.graph` (pulled by the
     /// cluster's update service from the mirror by digest, so in no mirror set).
     GraphData,
+    /// A signature, attestation or SBOM of another image of the imageset: a cosign
+    /// `sha256-<digest>.sig|.att|.sbom` tag or an OCI 1.1 referrer. It lives in its
+    /// subject's repository and is published after it.
+    Referrer,
 }
 
 /// One image of the configuration.
@@ -182,6 +186,9 @@ pub struct ImageRecord {
     pub target_repository: Option<String>,
     /// What kind of content this is.
     pub kind: ImageKind,
+    /// For a [`ImageKind::Referrer`]: the manifest it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Digest>,
 }
 
 /// One manifest or blob.
