@@ -27,8 +27,9 @@ use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use crate::digest::Digest;
 use crate::imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
+use crate::manifest::OCI_INDEX;
 use crate::reference::{Destination, ImageRef};
-use crate::registry::{RawManifest, RegistryClient, RegistryError};
+use crate::registry::{ErrorKind, RawManifest, RegistryClient, RegistryError};
 use crate::resources::{Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs};
 use crate::telemetry::Progress;
 
@@ -205,6 +206,37 @@ pub fn cluster_resources(
     }
 }
 
+/// `images` in the order they are published: first those that refer to nothing,
+/// then their referrers, then referrers of those, so that a signature never
+/// reaches a registry before what it signs.
+fn waves(images: &[ImageRecord]) -> Vec<Vec<&ImageRecord>> {
+    let by_digest: HashMap<&Digest, &ImageRecord> = images.iter().map(|i| (&i.digest, i)).collect();
+    let depth = |image: &ImageRecord| {
+        let mut depth = 0;
+        let mut at = image;
+        while let Some(subject) = &at.subject {
+            depth += 1;
+            match by_digest.get(subject) {
+                // Content addressing makes a cycle impossible; the bound is for
+                // a forged imageset manifest.
+                Some(parent) if depth <= images.len() => at = parent,
+                _ => break,
+            }
+        }
+        depth
+    };
+    let mut waves: Vec<Vec<&ImageRecord>> = Vec::new();
+    for image in images {
+        let d = depth(image);
+        if waves.len() <= d {
+            waves.resize_with(d + 1, Vec::new);
+        }
+        waves[d].push(image);
+    }
+    waves.retain(|w| !w.is_empty());
+    waves
+}
+
 /// Set when a blob is in a repository; concurrent askers wait for the first.
 type Once = Arc<OnceCell<()>>;
 
@@ -219,6 +251,8 @@ pub struct Publisher<'a, S> {
     done: Mutex<HashMap<(String, Digest), Once>>,
     /// The repository where this run first placed each blob, to mount from.
     holders: Mutex<HashMap<Digest, Arc<OnceCell<String>>>>,
+    /// Held while a referrers tag is read and rewritten.
+    referrers: Mutex<()>,
     /// Counters.
     pub stats: PublishStats,
     progress: Progress,
@@ -240,6 +274,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             transfers: Semaphore::new(parallel.max(1)),
             done: Mutex::new(HashMap::new()),
             holders: Mutex::new(HashMap::new()),
+            referrers: Mutex::new(()),
             stats: PublishStats::default(),
             progress,
         }
@@ -253,12 +288,95 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         blobs: &[BlobRecord],
     ) -> Result<Vec<(Digest, String)>, PublishError> {
         let records: HashMap<&Digest, &BlobRecord> = blobs.iter().map(|b| (&b.digest, b)).collect();
-        let placed: Vec<Vec<(Digest, String)>> = futures::stream::iter(images)
-            .map(|image| self.publish_image(image, &records))
-            .buffer_unordered(PARALLEL_IMAGES)
-            .try_collect()
-            .await?;
-        Ok(placed.into_iter().flatten().collect())
+        let mut placed = Vec::new();
+        for wave in waves(images) {
+            let done: Vec<Vec<(Digest, String)>> = futures::stream::iter(wave)
+                .map(|image| self.publish_image(image, &records))
+                .buffer_unordered(PARALLEL_IMAGES)
+                .try_collect()
+                .await?;
+            placed.extend(done.into_iter().flatten());
+        }
+        Ok(placed)
+    }
+
+    /// Makes `referrer` (just pushed) findable from `subject` at the destination.
+    /// A registry with the referrers API indexes it on push; for one without, the
+    /// referrers tag `sha256-<hex>` is an index that the pushing client keeps, as
+    /// the distribution spec asks. Updates are serialised: two referrers of one
+    /// subject would otherwise each overwrite the other's entry.
+    async fn link_referrer(
+        &self,
+        image: &ImageRecord,
+        repo: &str,
+        subject: &Digest,
+        referrer: &RawManifest,
+    ) -> Result<(), PublishError> {
+        let registry = |source| PublishError::Registry {
+            image: image.source.clone(),
+            source,
+        };
+        let _one_at_a_time = self.referrers.lock().await;
+        let listed = self
+            .client
+            .referrers(repo, subject)
+            .await
+            .map_err(registry)?;
+        if listed.contains(&referrer.digest) {
+            return Ok(());
+        }
+        let tag = subject.tag_form();
+        let mut index: serde_json::Value = match self.client.get_manifest(repo, &tag).await {
+            Ok(raw) => serde_json::from_slice(&raw.bytes).map_err(|e| PublishError::Content {
+                image: image.source.clone(),
+                problem: format!("referrers tag {repo}:{tag} at the destination: {e}"),
+            })?,
+            Err(e) if e.kind() == Some(ErrorKind::NotFound) => {
+                serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+            }
+            Err(e) => return Err(registry(e)),
+        };
+        let parsed = referrer.parse().map_err(|e| PublishError::Content {
+            image: image.source.clone(),
+            problem: format!("manifest {}: {e}", referrer.digest),
+        })?;
+        let mut entry = serde_json::json!({
+            "mediaType": referrer.media_type,
+            "digest": referrer.digest,
+            "size": referrer.bytes.len(),
+        });
+        let artifact_type = parsed
+            .artifact_type
+            .clone()
+            .or_else(|| parsed.blobs().next().map(|c| c.media_type.clone()));
+        if let Some(t) = artifact_type {
+            entry["artifactType"] = t.into();
+        }
+        if !parsed.annotations.is_empty() {
+            entry["annotations"] = serde_json::json!(parsed.annotations);
+        }
+        match index.get_mut("manifests").and_then(|m| m.as_array_mut()) {
+            Some(list) => list.push(entry),
+            None => {
+                return Err(PublishError::Content {
+                    image: image.source.clone(),
+                    problem: format!(
+                        "referrers tag {repo}:{tag} at the destination is not an index"
+                    ),
+                });
+            }
+        }
+        let raw = RawManifest::from_bytes(
+            Bytes::from(serde_json::to_vec(&index).expect("an index serialises")),
+            OCI_INDEX.to_string(),
+        );
+        self.client
+            .put_manifest(repo, &raw, Some(&tag))
+            .await
+            .map_err(registry)?;
+        self.stats.manifests.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(subject = %subject, referrer = %referrer.digest, tag = %tag, repository = %repo, "referrers tag updated");
+        Ok(())
     }
 
     async fn publish_image(
@@ -371,6 +489,15 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
                 .await
                 .map_err(registry)?;
             self.stats.manifests.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(top) = manifests
+            .last()
+            .filter(|_| image.kind == ImageKind::Referrer)
+        {
+            let subject = top.parse().ok().and_then(|p| p.subject).map(|s| s.digest);
+            if let Some(subject) = subject {
+                self.link_referrer(image, &repo, &subject, top).await?;
+            }
         }
         tracing::info!(image = %image.source, destination = %format!("{}/{repo}", self.dest.registry()), digest = %image.digest, "image published");
         Ok(blobs.into_iter().map(|(d, _)| (d, repo.clone())).collect())

@@ -11,7 +11,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use crate::create::{self, CreateOptions};
 use crate::error::Error;
 use crate::mirror::{self, MirrorOptions};
-use crate::policy::Detection;
+use crate::policy::{Detection, PolicyOptions};
 use crate::release::ReleaseOptions;
 
 /// Airlock's connected side: builds sequenced imagesets of container images, cut into
@@ -142,6 +142,30 @@ pub struct ReleaseArgs {
     pub graph_base_image: Option<String>,
 }
 
+/// Signatures and referrers.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Leave cosign signatures, attestations and SBOMs (`sha256-<digest>.sig|.att|.sbom`
+    /// tags) and OCI referrers of the images behind (oc-mirror v2's flag); by default
+    /// they travel with their images.
+    #[arg(long)]
+    pub remove_signatures: bool,
+    /// Refuse to go on unless every image has a valid cosign signature
+    /// (`sha256-<digest>.sig`, key-based) by one of these ECDSA P-256 public keys
+    /// (cosign.pub); see docs/policy.md for what is verified.
+    #[arg(long, value_name = "KEY", num_args = 1..)]
+    pub require_signatures: Vec<PathBuf>,
+}
+
+impl PolicyArgs {
+    fn options(&self) -> PolicyOptions {
+        PolicyOptions {
+            remove_signatures: self.remove_signatures,
+            require_signatures: self.require_signatures.clone(),
+        }
+    }
+}
+
 impl ReleaseArgs {
     fn options(&self, update_url: Option<String>) -> ReleaseOptions {
         ReleaseOptions {
@@ -205,6 +229,8 @@ pub struct CreateArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub releases: ReleaseArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 /// `mirror`.
@@ -233,6 +259,8 @@ pub struct MirrorArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub releases: ReleaseArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 /// Runs a parsed command line; returns the exit code.
@@ -260,6 +288,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 },
                 parity: args.parity,
                 releases: args.releases.options(args.source.update_url.clone()),
+                policy: args.policy.options(),
             };
             let report = create::create(&opts).await?;
             print_create(&report);
@@ -304,6 +333,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 source,
                 dest,
                 releases: args.releases.options(args.source.update_url.clone()),
+                policy: args.policy.options(),
             };
             let report = mirror::mirror(&opts).await?;
             print_mirror(&report);

@@ -30,10 +30,11 @@ use crate::cincinnati::UpdateService;
 use crate::collect::{self, Collected};
 use crate::error::Error;
 use crate::graph_image;
-use crate::policy::{self, BaseImages, Blocked};
+use crate::policy::{self, BaseImages, Blocked, PolicyOptions};
 use crate::release::{self, ReleaseOptions, SignatureCheck};
 use crate::remote::{self, RemoteState};
 use crate::workspace::{ImagesetRecord, STATE_FORMAT, Workspace, WorkspaceState};
+use crate::{cosign, referrers};
 
 /// oc-mirror v1's archive size when the configuration sets none.
 pub const DEFAULT_LIMIT: ByteSize = ByteSize(500 << 30);
@@ -66,6 +67,8 @@ pub struct CreateOptions {
     pub parity: u32,
     /// Release selection, signatures and graph data.
     pub releases: ReleaseOptions,
+    /// Signatures and referrers.
+    pub policy: PolicyOptions,
 }
 
 /// What `create` did.
@@ -124,9 +127,15 @@ pub async fn gather(
     additional: Vec<ImageSpec>,
     pool: &Pool,
     opts: &ReleaseOptions,
+    policy: &PolicyOptions,
 ) -> Result<Gathered, Error> {
+    let keys = match policy.require_signatures.as_slice() {
+        [] => None,
+        paths => Some(cosign::Keys::load(paths)?),
+    };
     let Some(platform) = release::platform(loaded) else {
-        let (collected, blocked) = collect_allowed(loaded, additional, pool).await?;
+        let (collected, blocked) =
+            collect_allowed(loaded, additional, pool, policy, keys.as_ref()).await?;
         return Ok(Gathered {
             collected,
             releases: Vec::new(),
@@ -157,7 +166,8 @@ pub async fn gather(
     }
     let mut images = releases.images;
     images.extend(additional);
-    let (mut collected, blocked) = collect_allowed(loaded, images, pool).await?;
+    let (mut collected, blocked) =
+        collect_allowed(loaded, images, pool, policy, keys.as_ref()).await?;
     if let Some((base, url)) = graph {
         let data = graph_image::fetch_data(&url).await?;
         let layer = graph_image::data_layer(&data, &url)?;
@@ -175,11 +185,15 @@ pub async fn gather(
 /// Resolves what the policy of the configuration lets through: images that
 /// `blockedImages` names are never contacted; the others are resolved to their
 /// manifests, and those built on a `blockedBaseImages` base are left out before
-/// any of their blobs is pulled.
+/// any of their blobs is pulled. The signatures and referrers of what is left
+/// come along unless `--remove-signatures`; with `--require-signatures`, every
+/// image must have a valid cosign signature among them.
 async fn collect_allowed(
     loaded: &LoadedConfig,
     images: Vec<ImageSpec>,
     pool: &Pool,
+    policy: &PolicyOptions,
+    keys: Option<&cosign::Keys>,
 ) -> Result<(Collected, Vec<Blocked>), Error> {
     let (mut images, mut blocked) = policy::apply_blocklist(images, &loaded.blocked_images())?;
     let bases = BaseImages::resolve(loaded.blocked_base_images(), pool).await?;
@@ -189,6 +203,16 @@ async fn collect_allowed(
         &mut resolved,
         &bases,
     )?);
+    if !policy.remove_signatures || keys.is_some() {
+        let (specs, trees) = referrers::discover(&images, &resolved, pool).await?;
+        if let Some(keys) = keys {
+            cosign::require(keys, pool, &images, &resolved, &specs, &trees).await?;
+        }
+        if !policy.remove_signatures {
+            images.extend(specs);
+            resolved.extend(trees);
+        }
+    }
     Ok((collect::assemble(&images, &resolved), blocked))
 }
 
@@ -283,7 +307,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         collected,
         releases,
         blocked,
-    } = gather(&loaded, additional, &pool, &opts.releases).await?;
+    } = gather(&loaded, additional, &pool, &opts.releases, &opts.policy).await?;
     tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = collected.images.len(), releases = releases.len(), "creating imageset");
     let skeleton = ImagesetManifest {
         format: FORMAT.to_string(),

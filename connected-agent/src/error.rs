@@ -57,6 +57,13 @@ pub enum Error {
     /// The update-graph data image could not be built.
     #[error(transparent)]
     GraphImage(#[from] crate::graph_image::GraphImageError),
+    /// `--require-signatures` refused images (each entry names one and why).
+    #[error(
+        "--require-signatures: {} image(s) without a valid cosign signature by the given keys:\n  - {}\nsign them (cosign sign --key), pass the key that signed them, or leave them out of the configuration",
+        .0.len(),
+        .0.join("\n  - ")
+    )]
+    Unsigned(Vec<String>),
     /// A local file could not be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -84,6 +91,7 @@ impl ExitCode for Error {
             Error::Signing(_) => exit_codes::CONFIG,
             Error::Publish(e) => e.exit_code(),
             Error::Conflict(_) => exit_codes::STATE,
+            Error::Unsigned(_) => exit_codes::DATA,
             Error::Registry(e) => e.exit_code(),
             Error::Collect(CollectError::Registry { source, .. }) => source.exit_code(),
             Error::Collect(CollectError::Inconsistent { .. }) => exit_codes::DATA,

@@ -4,6 +4,7 @@
 pub mod cincinnati;
 pub mod cli;
 pub mod collect;
+pub mod cosign;
 pub mod create;
 pub mod error;
 pub mod graph;
@@ -11,6 +12,7 @@ pub mod graph_image;
 pub mod mirror;
 pub mod payload;
 pub mod policy;
+pub mod referrers;
 pub mod release;
 pub mod release_signature;
 pub mod remote;

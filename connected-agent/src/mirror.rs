@@ -40,6 +40,8 @@ pub struct MirrorOptions {
     pub dest: RegistryOptions,
     /// Release selection, signatures and graph data.
     pub releases: ReleaseOptions,
+    /// Signatures and referrers.
+    pub policy: crate::policy::PolicyOptions,
 }
 
 /// What `mirror` did.
@@ -115,7 +117,7 @@ pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
         collected,
         releases,
         ..
-    } = gather(&loaded, additional, &pool, &opts.releases).await?;
+    } = gather(&loaded, additional, &pool, &opts.releases, &opts.policy).await?;
     let client = RegistryClient::connect(opts.to.registry(), &opts.dest).await?;
     let source = RegistrySource {
         pool: &pool,

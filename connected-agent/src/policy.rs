@@ -31,6 +31,15 @@ use crate::collect::{self, CollectError, Resolved};
 use crate::error::Error;
 use crate::payload::small_blob;
 
+/// What travels besides the configured images, and what they must carry.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyOptions {
+    /// Leave signatures and referrers behind.
+    pub remove_signatures: bool,
+    /// cosign public keys; when given, every image must be signed by one.
+    pub require_signatures: Vec<std::path::PathBuf>,
+}
+
 /// The OCI annotation naming the base image (a reference).
 pub const BASE_NAME: &str = "org.opencontainers.image.base.name";
 /// The OCI annotation giving the base image's manifest digest.

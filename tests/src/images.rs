@@ -68,7 +68,8 @@ pub struct Blob {
 }
 
 impl Blob {
-    fn new(bytes: Vec<u8>, diff_id: Option<String>) -> Self {
+    /// A blob of `bytes`; `diff_id` for layers.
+    pub fn new(bytes: Vec<u8>, diff_id: Option<String>) -> Self {
         Blob {
             digest: digest_of(&bytes),
             bytes,

@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod registry;
 pub mod release;
 pub mod skopeo;
+pub mod supply_chain;
 pub mod tls;
 pub mod update_service;
 

@@ -426,22 +426,8 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
-        let r = self.by_digest(repository, digest);
-        match self
-            .client
-            .fetch_manifest_digest(&r, &RegistryAuth::Anonymous)
+        self.exists(repository, digest.as_str(), "check manifest")
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) => match classify(&e).0 {
-                ErrorKind::NotFound => Ok(false),
-                _ => Err(request_error(
-                    "check manifest",
-                    self.target(repository, digest.as_str()),
-                    e,
-                )),
-            },
-        }
     }
 
     /// Pushes manifest bytes unchanged, by digest, then under `tag` if one is given.
@@ -474,6 +460,87 @@ impl RegistryClient {
                 .map_err(|e| request_error("push manifest", r.whole(), e))?;
         }
         Ok(())
+    }
+
+    /// Whether `tag` exists in the repository.
+    pub async fn has_tag(&self, repository: &str, tag: &str) -> Result<bool, RegistryError> {
+        self.exists(repository, tag, "check tag").await
+    }
+
+    async fn exists(
+        &self,
+        repository: &str,
+        reference: &str,
+        operation: &'static str,
+    ) -> Result<bool, RegistryError> {
+        let r = self.by_reference(repository, reference);
+        match self
+            .client
+            .fetch_manifest_digest(&r, &RegistryAuth::Anonymous)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match classify(&e).0 {
+                ErrorKind::NotFound => Ok(false),
+                _ => Err(request_error(
+                    operation,
+                    self.target(repository, reference),
+                    e,
+                )),
+            },
+        }
+    }
+
+    /// The manifests that name `subject` as their OCI 1.1 `subject`: from the
+    /// referrers API, or where the registry has none (404), from the referrers tag
+    /// schema (`sha256-<hex>`, an index the pushing client maintains). A registry
+    /// that answers the API with another client error (some answer 400 or 405) is
+    /// read through the tag schema as well.
+    pub async fn referrers(
+        &self,
+        repository: &str,
+        subject: &Digest,
+    ) -> Result<Vec<Digest>, RegistryError> {
+        let target = self.target(repository, subject.as_str());
+        let index = match self
+            .client
+            .pull_referrers(&self.by_digest(repository, subject), None)
+            .await
+        {
+            Ok(index) => index.manifests,
+            Err(e) => match classify(&e) {
+                (ErrorKind::NotFound, _) => Vec::new(),
+                (ErrorKind::Protocol, message) => {
+                    tracing::debug!(target = %target, %message, "referrers API refused; reading the referrers tag");
+                    return match self.get_manifest(repository, &subject.tag_form()).await {
+                        Ok(raw) => {
+                            let parsed = raw.parse().map_err(|source| RegistryError::Manifest {
+                                target: target.clone(),
+                                source,
+                            })?;
+                            Ok(parsed.children().iter().map(|c| c.digest.clone()).collect())
+                        }
+                        Err(e) if e.kind() == Some(ErrorKind::NotFound) => Ok(Vec::new()),
+                        Err(e) => Err(e),
+                    };
+                }
+                _ => return Err(request_error("list referrers", target, e)),
+            },
+        };
+        index
+            .iter()
+            .map(|entry| {
+                entry
+                    .digest
+                    .parse::<Digest>()
+                    .map_err(|e| RegistryError::Request {
+                        operation: "list referrers",
+                        target: target.clone(),
+                        kind: ErrorKind::Protocol,
+                        message: format!("referrer digest {:?}: {e}", entry.digest),
+                    })
+            })
+            .collect()
     }
 
     /// Whether the repository has (or can serve) a blob.

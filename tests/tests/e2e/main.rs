@@ -7,4 +7,5 @@ mod foundation;
 mod oneway;
 mod policy;
 mod releases;
+mod supply_chain;
 mod util;

@@ -1,0 +1,203 @@
+//! `--require-signatures`: every mirrored image must carry a valid cosign
+//! signature by one of the given keys.
+//!
+//! What is verified is cosign's key-based "simple signing" format, the one
+//! `cosign sign --key` has written since its first release: a `sha256-<hex>.sig`
+//! image in the image's repository whose layers are the signed payloads (JSON
+//! naming the image's manifest digest), each with its signature, base64, in the
+//! layer annotation `dev.cosignproject.cosign/signature`. Keys are ECDSA P-256
+//! public keys in PEM, as `cosign generate-key-pair` writes `cosign.pub`.
+//!
+//! Not verified, and so not accepted as a signature: keyless (Fulcio certificate)
+//! signatures, Rekor transparency-log inclusion, the sigstore bundle format of
+//! cosign 3 stored as an OCI referrer, and keys other than P-256 (RSA, Ed25519,
+//! KMS). `docs/policy.md` says so to users. A maintained Rust crate for all of it
+//! exists (`sigstore`), but it brings its own OCI client, TLS and TUF stacks for
+//! what is here one ECDSA check with the `p256` crate the tree already has.
+
+use std::path::{Path, PathBuf};
+
+use airlock_common::config::ImageSpec;
+use airlock_common::digest::Digest;
+use airlock_common::imageset::ImageKind;
+use airlock_common::manifest::Descriptor;
+use airlock_common::registry::Pool;
+use base64::Engine;
+use p256::ecdsa::signature::Verifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+use p256::pkcs8::DecodePublicKey;
+
+use crate::collect::Resolved;
+use crate::error::Error;
+use crate::payload::small_blob;
+
+/// cosign's simple-signing layer media type.
+pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The layer annotation that holds the signature.
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+
+/// The keys signatures must be made with.
+#[derive(Debug)]
+pub struct Keys(Vec<(PathBuf, VerifyingKey)>);
+
+impl Keys {
+    /// Reads each key file; a file that is not a P-256 public key in PEM is an
+    /// error naming it.
+    pub fn load(paths: &[PathBuf]) -> Result<Self, Error> {
+        let keys = paths
+            .iter()
+            .map(|path| {
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    Error::Usage(format!("--require-signatures {}: {e}", path.display()))
+                })?;
+                let key = VerifyingKey::from_public_key_pem(&pem).map_err(|e| {
+                    Error::Usage(format!(
+                        "--require-signatures {}: not an ECDSA P-256 public key in PEM ({e}); cosign keys from `cosign generate-key-pair` (cosign.pub) are supported",
+                        path.display()
+                    ))
+                })?;
+                Ok((path.clone(), key))
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Keys(keys))
+    }
+
+    /// The key file that verifies `signature` over `payload`, if any.
+    fn verifying(&self, payload: &[u8], signature: &[u8]) -> Option<&Path> {
+        let sig = Signature::from_der(signature)
+            .or_else(|_| Signature::from_slice(signature))
+            .ok()?;
+        self.0
+            .iter()
+            .find(|(_, key)| key.verify(payload, &sig).is_ok())
+            .map(|(path, _)| path.as_path())
+    }
+}
+
+/// The simple-signing payload, as far as it is checked.
+#[derive(serde::Deserialize)]
+struct Payload {
+    critical: Critical,
+}
+
+#[derive(serde::Deserialize)]
+struct Critical {
+    image: SignedImage,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(serde::Deserialize)]
+struct SignedImage {
+    #[serde(rename = "docker-manifest-digest")]
+    digest: String,
+}
+
+/// Why one signature layer does not count.
+async fn check_layer(
+    keys: &Keys,
+    pool: &Pool,
+    signature_image: &ImageSpec,
+    layer: &Descriptor,
+    subject: &Digest,
+) -> Result<PathBuf, String> {
+    let Some(encoded) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
+        return Err(format!(
+            "layer {} has no {SIGNATURE_ANNOTATION}",
+            layer.digest
+        ));
+    };
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| format!("layer {}: signature is not base64: {e}", layer.digest))?;
+    let src = &signature_image.source;
+    let client = pool
+        .client(src.registry())
+        .await
+        .map_err(|e| e.to_string())?;
+    let payload = small_blob(&client, src.repository(), layer, "signature payload").await?;
+    let Some(key) = keys.verifying(&payload, &signature) else {
+        return Err(format!(
+            "layer {}: the signature is not valid for any of the keys",
+            layer.digest
+        ));
+    };
+    let p: Payload = serde_json::from_slice(&payload)
+        .map_err(|e| format!("layer {}: payload: {e}", layer.digest))?;
+    if p.critical.kind != "cosign container image signature" {
+        return Err(format!(
+            "layer {}: payload type {:?} is not a cosign container image signature",
+            layer.digest, p.critical.kind
+        ));
+    }
+    if p.critical.image.digest != subject.as_str() {
+        return Err(format!(
+            "layer {}: signed by {} but for {}, not this image",
+            layer.digest,
+            key.display(),
+            p.critical.image.digest
+        ));
+    }
+    Ok(key.to_path_buf())
+}
+
+/// Refuses unless each of `images` (resolved as `resolved`) has a signature, among
+/// the `found` referrers (resolved as `found_resolved`), that one of `keys`
+/// verifies for its top manifest. All unsigned images are named at once.
+pub async fn require(
+    keys: &Keys,
+    pool: &Pool,
+    images: &[ImageSpec],
+    resolved: &[std::sync::Arc<Resolved>],
+    found: &[ImageSpec],
+    found_resolved: &[std::sync::Arc<Resolved>],
+) -> Result<(), Error> {
+    let mut refused = Vec::new();
+    for (image, r) in images.iter().zip(resolved) {
+        let signatures = found.iter().zip(found_resolved).filter(|(s, _)| {
+            s.kind == ImageKind::Referrer
+                && s.subject.as_ref() == Some(&r.top)
+                && s.source.tag().is_some_and(|t| t.ends_with(".sig"))
+        });
+        let mut problems = Vec::new();
+        let mut verified = None;
+        'images: for (sig, tree) in signatures {
+            for m in &tree.manifests {
+                let Ok(parsed) = m.parse() else { continue };
+                for layer in parsed.blobs().skip(1) {
+                    if layer.media_type != SIMPLE_SIGNING {
+                        continue;
+                    }
+                    match check_layer(keys, pool, sig, layer, &r.top).await {
+                        Ok(key) => {
+                            verified = Some(key);
+                            break 'images;
+                        }
+                        Err(p) => problems.push(p),
+                    }
+                }
+            }
+        }
+        match verified {
+            Some(key) => {
+                tracing::info!(image = %image.name, digest = %r.top, key = %key.display(), "cosign signature verified")
+            }
+            None if problems.is_empty() => refused.push(format!(
+                "{} ({}): no cosign signature ({}.sig)",
+                image.name,
+                r.top,
+                r.top.tag_form()
+            )),
+            None => refused.push(format!(
+                "{} ({}): {}",
+                image.name,
+                r.top,
+                problems.join("; ")
+            )),
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Unsigned(refused))
+}

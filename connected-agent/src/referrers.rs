@@ -1,0 +1,127 @@
+//! Signatures, attestations and SBOMs travel with the images they are about.
+//!
+//! Two conventions are in use, and both are looked for on every manifest of every
+//! mirrored image (the index and each platform's manifest, since `cosign sign
+//! --recursive` signs each):
+//!
+//! - cosign's tags: `sha256-<hex>.sig`, `.att` and `.sbom` in the image's
+//!   repository, each an image of its own;
+//! - OCI 1.1 referrers: manifests whose `subject` is the image, listed by the
+//!   registry's referrers API or, where it has none, by the referrers tag
+//!   `sha256-<hex>`.
+//!
+//! What is found becomes an image of kind [`ImageKind::Referrer`] in the subject's
+//! repository, and is itself searched, so the signature of an SBOM comes along too.
+//! Dropping them silently would leave the far side unable to verify what it runs
+//! (skopeo#1674, hauler#667), so only `--remove-signatures` turns this off.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use airlock_common::config::ImageSpec;
+use airlock_common::digest::Digest;
+use airlock_common::imageset::ImageKind;
+use airlock_common::reference::ImageRef;
+use airlock_common::registry::{Pool, RegistryError};
+use futures::StreamExt;
+
+use crate::collect::{self, CollectError, Resolved};
+
+/// cosign's tag suffixes: signature, attestation, SBOM.
+pub const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
+
+/// Referrers of referrers are followed this deep (an SBOM's signature is 2).
+const MAX_DEPTH: usize = 3;
+
+/// Subjects searched at once.
+const PARALLEL: usize = 8;
+
+/// The referrers of one manifest of `subject`'s repository.
+async fn find(
+    pool: &Pool,
+    subject: &ImageSpec,
+    digest: &Digest,
+) -> Result<Vec<ImageSpec>, CollectError> {
+    let registry_err = |source: RegistryError| CollectError::Registry {
+        image: format!("{} (referrers of {digest})", subject.name),
+        source,
+    };
+    let src = &subject.source;
+    let client = pool.client(src.registry()).await.map_err(registry_err)?;
+    let spec = |source: ImageRef| ImageSpec {
+        name: source.to_string(),
+        source,
+        target_repo: subject.target_repo.clone(),
+        target_tag: None,
+        kind: ImageKind::Referrer,
+        subject: Some(digest.clone()),
+    };
+    let mut out = Vec::new();
+    for suffix in COSIGN_SUFFIXES {
+        let tag = format!("{}.{suffix}", digest.tag_form());
+        if client
+            .has_tag(src.repository(), &tag)
+            .await
+            .map_err(registry_err)?
+        {
+            out.push(spec(src.at_tag(&tag)));
+        }
+    }
+    for d in client
+        .referrers(src.repository(), digest)
+        .await
+        .map_err(registry_err)?
+    {
+        out.push(spec(src.at_digest(d)));
+    }
+    Ok(out)
+}
+
+/// Finds and resolves the referrers of `images` (resolved as `resolved`, one each),
+/// and theirs in turn. Returns them in the order found, each once, none of them
+/// already among `images`.
+pub async fn discover(
+    images: &[ImageSpec],
+    resolved: &[Arc<Resolved>],
+    pool: &Pool,
+) -> Result<(Vec<ImageSpec>, Vec<Arc<Resolved>>), CollectError> {
+    let mut seen: HashSet<String> = images.iter().map(|s| s.source.to_string()).collect();
+    let mut found_specs: Vec<ImageSpec> = Vec::new();
+    let mut found_resolved: Vec<Arc<Resolved>> = Vec::new();
+    let mut frontier: Vec<(ImageSpec, Arc<Resolved>)> = images
+        .iter()
+        .cloned()
+        .zip(resolved.iter().cloned())
+        .collect();
+    for _ in 0..MAX_DEPTH {
+        let subjects: Vec<(&ImageSpec, &Digest)> = frontier
+            .iter()
+            .flat_map(|(spec, r)| r.manifests.iter().map(move |m| (spec, &m.digest)))
+            .collect();
+        let found: Vec<Result<Vec<ImageSpec>, CollectError>> = futures::stream::iter(subjects)
+            .map(|(spec, digest)| find(pool, spec, digest))
+            .buffered(PARALLEL)
+            .collect()
+            .await;
+        let mut new = Vec::new();
+        for spec in found
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+        {
+            if seen.insert(spec.source.to_string()) {
+                tracing::info!(referrer = %spec.name, subject = ?spec.subject, "signature or referrer found");
+                new.push(spec);
+            }
+        }
+        if new.is_empty() {
+            break;
+        }
+        let r = collect::resolve_all(&new, pool).await?;
+        found_specs.extend(new.iter().cloned());
+        found_resolved.extend(r.iter().cloned());
+        frontier = new.into_iter().zip(r).collect();
+    }
+    Ok((found_specs, found_resolved))
+}

@@ -1,0 +1,358 @@
+//! Signatures and referrers travel with their images.
+
+use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, two_platform};
+use airlock_tests::registry::Registry;
+use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
+use airlock_tests::supply_chain::{CosignKey, referrer, referrers_index};
+
+use crate::util::*;
+
+const HEAD: &str = "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\n";
+
+/// Every blob of `image` at `reference`, copied out of `registry` by skopeo, is
+/// the bytes the test made.
+fn assert_blobs_byte_exact(registry: &Registry, reference: &str, image: &Image) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SkopeoOpts::for_registry(registry);
+    copy_all(
+        &format!("docker://{}/{reference}", registry.addr()),
+        &opts,
+        &format!("dir:{}", dir.path().display()),
+        &SkopeoOpts::default(),
+    )
+    .unwrap();
+    for b in &image.blobs {
+        let hex = b.digest.trim_start_matches("sha256:");
+        let got = std::fs::read(dir.path().join(hex)).unwrap();
+        assert_eq!(got, b.bytes, "blob {} of {reference}", b.digest);
+    }
+}
+
+#[test]
+fn cosign_signatures_and_oci_referrers_travel_subjects_first_byte_exact() {
+    let src = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = src.addr();
+
+    // A two-platform image, signed cosign-style on its index and on its amd64
+    // manifest (`cosign sign --recursive`), with an SBOM as an OCI referrer whose
+    // own signature is a cosign tag too.
+    let signed = two_platform(Format::Oci, 300, 8_000, false);
+    signed.push(&client, "team/signed", Some("1")).unwrap();
+    let key = CosignKey::from_seed(1);
+    let repo = format!("{a}/team/signed");
+    let sig = key.signature_image(&repo, &signed.digest);
+    let tag = |d: &str| d.replace(':', "-");
+    sig.push(
+        &client,
+        "team/signed",
+        Some(&format!("{}.sig", tag(&signed.digest))),
+    )
+    .unwrap();
+    let child_sig = key.signature_image(&repo, &signed.children[0].digest);
+    child_sig
+        .push(
+            &client,
+            "team/signed",
+            Some(&format!("{}.sig", tag(&signed.children[0].digest))),
+        )
+        .unwrap();
+    let sbom = referrer(
+        &signed,
+        "application/spdx+json",
+        br#"{"spdxVersion":"SPDX-2.3"}"#,
+    );
+    sbom.push(&client, "team/signed", None).unwrap();
+    // docker-registry 2.8 has no referrers API: the client keeps the tag index.
+    let index = referrers_index(&[&sbom]);
+    client
+        .push_manifest(
+            "team/signed",
+            &tag(&signed.digest),
+            &index.manifest,
+            &index.media_type,
+        )
+        .unwrap();
+    let sbom_sig = key.signature_image(&repo, &sbom.digest);
+    sbom_sig
+        .push(
+            &client,
+            "team/signed",
+            Some(&format!("{}.sig", tag(&sbom.digest))),
+        )
+        .unwrap();
+    // An image with nothing attached gains nothing.
+    let plain = ImageBuilder::new(Format::Docker).layer(310, 8_000).build();
+    plain.push(&client, "team/plain", Some("1")).unwrap();
+
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}mirror:\n  additionalImages:\n  - name: {a}/team/signed:1\n  - name: {a}/team/plain:1\n"),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let created = create(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
+    assert_eq!(created.code, 0, "{created}");
+    let head = airlock_common::imageset::read::read_head(&chunk_files(&out)[0]).unwrap();
+    let referrers: Vec<(String, Option<String>)> = head
+        .manifest
+        .images
+        .iter()
+        .filter(|i| i.kind == airlock_common::imageset::ImageKind::Referrer)
+        .map(|i| {
+            (
+                i.digest.to_string(),
+                i.subject.as_ref().map(|s| s.to_string()),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, Option<String>)> = [
+        (&sig, &signed.digest),
+        (&sbom, &signed.digest),
+        (&child_sig, &signed.children[0].digest),
+        (&sbom_sig, &sbom.digest),
+    ]
+    .iter()
+    .map(|(r, s)| (r.digest.clone(), Some(s.to_string())))
+    .collect();
+    let mut sorted = referrers.clone();
+    sorted.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(sorted, want, "every signature and referrer, each once");
+    assert_eq!(head.manifest.images.len(), 2 + expected.len());
+
+    let published = publish(&out, &dest, "mirror", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+
+    // Subjects before referrers: the destination's access log shows every
+    // signature and referrer manifest pushed after the manifest it is about.
+    let log = dest.log();
+    let put_at = |digest: &str| {
+        log.find(&format!("PUT /v2/mirror/team/signed/manifests/{digest}"))
+            .unwrap_or_else(|| panic!("{digest} was not pushed:\n{log}"))
+    };
+    for (r, s) in &expected {
+        assert!(
+            put_at(s.as_deref().unwrap()) < put_at(r),
+            "{r} before its subject"
+        );
+    }
+
+    // Byte-exact: the cosign tags, the referrer by digest, and all their blobs.
+    for (image, reference) in [
+        (
+            &sig,
+            format!("mirror/team/signed:{}.sig", tag(&signed.digest)),
+        ),
+        (
+            &child_sig,
+            format!("mirror/team/signed:{}.sig", tag(&signed.children[0].digest)),
+        ),
+        (
+            &sbom_sig,
+            format!("mirror/team/signed:{}.sig", tag(&sbom.digest)),
+        ),
+        (&sbom, format!("mirror/team/signed@{}", sbom.digest)),
+    ] {
+        assert_eq!(
+            inspect_raw_at(&dest, &reference).unwrap(),
+            image.manifest,
+            "{reference}"
+        );
+        assert_blobs_byte_exact(&dest, &reference, image);
+    }
+    assert_eq!(
+        inspect_raw_at(&dest, "mirror/team/signed:1").unwrap(),
+        signed.manifest
+    );
+    // The destination has no referrers API either: Airlock wrote the referrers tag,
+    // and it lists the SBOM with its artifact type.
+    let listed: serde_json::Value = serde_json::from_slice(
+        &inspect_raw_at(
+            &dest,
+            &format!("mirror/team/signed:{}", tag(&signed.digest)),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let entries = listed["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{listed}");
+    assert_eq!(entries[0]["digest"], sbom.digest.as_str());
+    assert_eq!(entries[0]["artifactType"], "application/spdx+json");
+    assert_eq!(entries[0]["size"], sbom.manifest.len());
+
+    // Publishing again changes nothing (the referrers tag is not rewritten).
+    let again = publish(&out, &dest, "mirror", &tmp.path().join("ws-d2"));
+    assert_eq!(again.code, 0, "{again}");
+    let after = dest.log();
+    assert!(
+        !after[log.len()..].contains(&format!(
+            "PUT /v2/mirror/team/signed/manifests/{}",
+            tag(&signed.digest)
+        )),
+        "the referrers tag was rewritten"
+    );
+
+    // --remove-signatures leaves them all behind.
+    let bare = tmp.path().join("bare");
+    let created = airlock_tests::bins::run(
+        create_cmd(&config, &bare, &tmp.path().join("ws-bare"), "1MiB", &src)
+            .arg("--remove-signatures"),
+    );
+    assert_eq!(created.code, 0, "{created}");
+    let head = airlock_common::imageset::read::read_head(&chunk_files(&bare)[0]).unwrap();
+    assert_eq!(head.manifest.images.len(), 2);
+}
+
+#[test]
+fn require_signatures_accepts_only_valid_cosign_signatures_by_the_given_keys() {
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = src.addr();
+    let ours = CosignKey::from_seed(11);
+    let theirs = CosignKey::from_seed(12);
+    let tag = |d: &str| format!("{}.sig", d.replace(':', "-"));
+    let push = |repo: &str, seed: u64| {
+        let image = ImageBuilder::new(Format::Oci).layer(seed, 2_000).build();
+        image.push(&client, repo, Some("1")).unwrap();
+        image
+    };
+    let signed = push("team/signed", 400);
+    ours.signature_image(&format!("{a}/team/signed"), &signed.digest)
+        .push(&client, "team/signed", Some(&tag(&signed.digest)))
+        .unwrap();
+    let other = push("team/other", 401);
+    theirs
+        .signature_image(&format!("{a}/team/other"), &other.digest)
+        .push(&client, "team/other", Some(&tag(&other.digest)))
+        .unwrap();
+    let _unsigned = push("team/unsigned", 402);
+    // A valid signature, but for another image, placed on this one.
+    let replayed = push("team/replayed", 403);
+    ours.signature_image(&format!("{a}/team/signed"), &signed.digest)
+        .push(&client, "team/replayed", Some(&tag(&replayed.digest)))
+        .unwrap();
+    // Someone else's signature bytes over a payload naming this image.
+    let forged = push("team/forged", 404);
+    let genuine = ours.signature_image(&format!("{a}/team/signed"), &signed.digest);
+    let genuine_sig: serde_json::Value = serde_json::from_slice(&genuine.manifest).unwrap();
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "critical": {"identity": {"docker-reference": format!("{a}/team/forged")}, "image": {"docker-manifest-digest": forged.digest}, "type": "cosign container image signature"},
+        "optional": null,
+    }))
+    .unwrap();
+    airlock_tests::supply_chain::signature_image_with(
+        payload,
+        genuine_sig["layers"][0]["annotations"][airlock_tests::supply_chain::SIGNATURE_ANNOTATION]
+            .as_str()
+            .unwrap(),
+    )
+    .push(&client, "team/forged", Some(&tag(&forged.digest)))
+    .unwrap();
+
+    let key_file = |name: &str, key: &CosignKey| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, key.public_pem()).unwrap();
+        p
+    };
+    let ours_pub = key_file("ours.pub", &ours);
+    let theirs_pub = key_file("theirs.pub", &theirs);
+    let config = |repos: &[&str]| {
+        let p = tmp.path().join("isc.yaml");
+        let images: String = repos
+            .iter()
+            .map(|r| format!("  - name: {a}/team/{r}:1\n"))
+            .collect();
+        std::fs::write(&p, format!("{HEAD}mirror:\n  additionalImages:\n{images}")).unwrap();
+        p
+    };
+    let create_with = |config: &std::path::Path, out: &str, keys: &[&std::path::Path]| {
+        let mut cmd = create_cmd(
+            config,
+            &tmp.path().join(out),
+            &tmp.path().join("ws"),
+            "1MiB",
+            &src,
+        );
+        cmd.arg("--require-signatures").args(keys);
+        airlock_tests::bins::run(&mut cmd)
+    };
+
+    let all = config(&["signed", "other", "unsigned", "replayed", "forged"]);
+    let refused = create_with(&all, "out1", &[&ours_pub]);
+    assert_eq!(refused.code, EX_DATA, "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("4 image(s) without a valid cosign signature"),
+        "{refused}"
+    );
+    for (repo, why) in [
+        ("other", "the signature is not valid for any of the keys"),
+        ("unsigned", "no cosign signature"),
+        (
+            "replayed",
+            &format!("but for {}, not this image", signed.digest),
+        ),
+        ("forged", "the signature is not valid for any of the keys"),
+    ] {
+        let line = refused
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("  - {a}/team/{repo}:1 (")))
+            .unwrap_or_else(|| panic!("{repo} not named: {refused}"));
+        assert!(line.contains(why), "{repo}: {line}");
+    }
+    assert!(
+        !refused.stderr.contains(&format!("  - {a}/team/signed:1 (")),
+        "{refused}"
+    );
+    let out1 = tmp.path().join("out1");
+    assert!(
+        !out1.exists() || chunk_files(&out1).is_empty(),
+        "nothing written"
+    );
+
+    // Both keys: the image signed with the other key passes now.
+    let two = create_with(&all, "out2", &[&ours_pub, &theirs_pub]);
+    assert_eq!(two.code, EX_DATA, "{two}");
+    assert!(two.stderr.contains("3 image(s)"), "{two}");
+    assert!(
+        !two.stderr.contains(&format!("  - {a}/team/other:1 (")),
+        "{two}"
+    );
+
+    let good = config(&["signed", "other"]);
+    let ok = create_with(&good, "out3", &[&ours_pub, &theirs_pub]);
+    assert_eq!(ok.code, 0, "{ok}");
+    let head = airlock_common::imageset::read::read_head(&chunk_files(&tmp.path().join("out3"))[0])
+        .unwrap();
+    assert_eq!(
+        head.manifest.images.len(),
+        4,
+        "both images and their signatures"
+    );
+
+    // A key file that is not a P-256 public key: refused before any request.
+    let bad = tmp.path().join("bad.pub");
+    std::fs::write(
+        &bad,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let log_before = src.log().len();
+    let refused = create_with(&good, "out4", &[&bad]);
+    assert_eq!(refused.code, EX_CONFIG, "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("bad.pub: not an ECDSA P-256 public key"),
+        "{refused}"
+    );
+    assert_eq!(src.log().len(), log_before, "no registry was contacted");
+}
