@@ -93,7 +93,7 @@ struct SignedImage {
     digest: String,
 }
 
-/// Why one signature layer does not count.
+/// Checks one signature layer; the error says why it does not count.
 async fn check_layer(
     keys: &Keys,
     pool: &Pool,
@@ -107,38 +107,46 @@ async fn check_layer(
             layer.digest
         ));
     };
-    let signature = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|e| format!("layer {}: signature is not base64: {e}", layer.digest))?;
     let src = &signature_image.source;
     let client = pool
         .client(src.registry())
         .await
         .map_err(|e| e.to_string())?;
     let payload = small_blob(&client, src.repository(), layer, "signature payload").await?;
-    let Some(key) = keys.verifying(&payload, &signature) else {
-        return Err(format!(
-            "layer {}: the signature is not valid for any of the keys",
-            layer.digest
-        ));
+    verify_payload(keys, &payload, encoded, subject)
+        .map(Path::to_path_buf)
+        .map_err(|e| format!("layer {}: {e}", layer.digest))
+}
+
+/// Whether `payload`, signed as `encoded` (base64), is a cosign signature of
+/// `subject` by one of `keys`; returns the key file.
+fn verify_payload<'k>(
+    keys: &'k Keys,
+    payload: &[u8],
+    encoded: &str,
+    subject: &Digest,
+) -> Result<&'k Path, String> {
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| format!("signature is not base64: {e}"))?;
+    let Some(key) = keys.verifying(payload, &signature) else {
+        return Err("the signature is not valid for any of the keys".into());
     };
-    let p: Payload = serde_json::from_slice(&payload)
-        .map_err(|e| format!("layer {}: payload: {e}", layer.digest))?;
+    let p: Payload = serde_json::from_slice(payload).map_err(|e| format!("payload: {e}"))?;
     if p.critical.kind != "cosign container image signature" {
         return Err(format!(
-            "layer {}: payload type {:?} is not a cosign container image signature",
-            layer.digest, p.critical.kind
+            "payload type {:?} is not a cosign container image signature",
+            p.critical.kind
         ));
     }
     if p.critical.image.digest != subject.as_str() {
         return Err(format!(
-            "layer {}: signed by {} but for {}, not this image",
-            layer.digest,
+            "signed by {} but for {}, not this image",
             key.display(),
             p.critical.image.digest
         ));
     }
-    Ok(key.to_path_buf())
+    Ok(key)
 }
 
 /// Refuses unless each of `images` (resolved as `resolved`) has a signature, among
@@ -200,4 +208,77 @@ pub async fn require(
         return Ok(());
     }
     Err(Error::Unsigned(refused))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real cosign signature in the fixtures (oc-mirror's test data): its
+    /// manifest, payload, and the public key that its Rekor entry records.
+    fn real_signature() -> (String, Vec<u8>, String, Digest) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../fixtures/real/oc-mirror/cosign/sha256-02f29c270f30416a266571383098d7b98a49488723087fd917128045bcd1ca75.sig",
+        );
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let blob = |d: &str| {
+            std::fs::read(
+                dir.join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )
+            .unwrap()
+        };
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap()))
+                .unwrap();
+        let layer = &manifest["layers"][0];
+        assert_eq!(layer["mediaType"], SIMPLE_SIGNING);
+        let annotations = &layer["annotations"];
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+        let bundle: serde_json::Value =
+            serde_json::from_str(annotations["dev.sigstore.cosign/bundle"].as_str().unwrap())
+                .unwrap();
+        let entry: serde_json::Value =
+            serde_json::from_slice(&b64(bundle["Payload"]["body"].as_str().unwrap())).unwrap();
+        let pem = String::from_utf8(b64(entry["spec"]["signature"]["publicKey"]["content"]
+            .as_str()
+            .unwrap()))
+        .unwrap();
+        (
+            annotations[SIGNATURE_ANNOTATION]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            blob(layer["digest"].as_str().unwrap()),
+            pem,
+            "sha256:02f29c270f30416a266571383098d7b98a49488723087fd917128045bcd1ca75"
+                .parse()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn verifies_a_real_cosign_signature_and_refuses_any_change() {
+        let (signature, payload, pem, subject) = real_signature();
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("cosign.pub");
+        std::fs::write(&key, pem).unwrap();
+        let keys = Keys::load(std::slice::from_ref(&key)).unwrap();
+        assert_eq!(
+            verify_payload(&keys, &payload, &signature, &subject).unwrap(),
+            key
+        );
+        let other: Digest = Digest::of(b"another image");
+        let e = verify_payload(&keys, &payload, &signature, &other).unwrap_err();
+        assert!(e.contains("not this image"), "{e}");
+        for i in [0, payload.len() / 2, payload.len() - 1] {
+            let mut changed = payload.clone();
+            changed[i] ^= 1;
+            let e = verify_payload(&keys, &changed, &signature, &subject).unwrap_err();
+            assert!(e.contains("not valid for any of the keys"), "byte {i}: {e}");
+        }
+        let e = verify_payload(&keys, &payload, "not base64!", &subject).unwrap_err();
+        assert!(e.contains("not base64"), "{e}");
+    }
 }

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
-use airlock_common::config::{BlockList, ImageSpec};
+use airlock_common::config::{BaseRule, BlockList, ImageSpec};
 use airlock_common::digest::Digest;
 use airlock_common::imageset::ImageKind;
 use airlock_common::manifest::{ManifestKind, Platform};
@@ -92,14 +92,24 @@ impl fmt::Display for Blocked {
     }
 }
 
-/// Refuses to leave out part of a release: a release without one of its images
-/// cannot be installed or updated to.
-fn refuse_release_part(spec: &ImageSpec, field: &str, rule: &str) -> Result<(), Error> {
+/// Refuses to leave out part of a release unless the rule says `evenWhenRequired`:
+/// a release without one of its images cannot be installed or updated to where
+/// that image is needed.
+fn refuse_release_part(
+    spec: &ImageSpec,
+    field: &str,
+    rule: &str,
+    even_when_required: bool,
+) -> Result<(), Error> {
     if spec.kind == ImageKind::Generic {
         return Ok(());
     }
+    if even_when_required {
+        tracing::warn!(image = %spec.name, rule = %field, "a release image is left out (evenWhenRequired): the release is incomplete at the mirror");
+        return Ok(());
+    }
     Err(Error::Usage(format!(
-        "{} is part of a selected release, but {field} blocks it ({rule:?}); a release cannot be mirrored without it: narrow the rule or leave the release out",
+        "{} is part of a selected release, but {field} blocks it ({rule:?}); a release cannot be mirrored whole without it: narrow the rule, leave the release out, or set {field}.evenWhenRequired: true to mirror the release without it",
         spec.name
     )))
 }
@@ -126,7 +136,7 @@ pub fn apply_blocklist(
             kept.push(spec);
             continue;
         };
-        refuse_release_part(&spec, &rule.field, &rule.pattern)?;
+        refuse_release_part(&spec, &rule.field, &rule.pattern, rule.even_when_required)?;
         tracing::info!(image = %spec.name, rule = %rule.field, pattern = %rule.pattern, "image blocked");
         left_out.push(Blocked {
             image: spec.name.clone(),
@@ -150,6 +160,7 @@ struct BasePlatform {
 struct Base {
     field: String,
     name: ImageRef,
+    even_when_required: bool,
     /// The top manifest and every platform manifest: what a `base.digest`
     /// annotation may name.
     digests: HashSet<Digest>,
@@ -178,14 +189,16 @@ pub struct BaseImages(Vec<Base>);
 impl BaseImages {
     /// Resolves each base: its manifests, every platform's layer list, and for a
     /// single-platform base its platform (from its config, the one blob read).
-    pub async fn resolve(rules: Vec<(String, ImageRef)>, pool: &Pool) -> Result<Self, Error> {
+    pub async fn resolve(rules: Vec<BaseRule>, pool: &Pool) -> Result<Self, Error> {
         let resolved: Vec<Result<Base, Error>> = futures::stream::iter(rules)
-            .map(|(field, name)| async move {
-                let label = format!("base image {name} ({field})");
+            .map(|rule| async move {
+                let name = rule.image;
+                let label = format!("base image {name} ({})", rule.field);
                 let r = collect::resolve(&label, &name, pool).await?;
                 let mut base = Base {
-                    field,
+                    field: rule.field,
                     name,
+                    even_when_required: rule.even_when_required,
                     digests: r.manifests.iter().map(|m| m.digest.clone()).collect(),
                     platforms: Vec::new(),
                 };
@@ -218,6 +231,13 @@ impl BaseImages {
     /// Whether there are no rules.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Whether the rule at `field` says `evenWhenRequired`.
+    fn even_when_required(&self, field: &str) -> bool {
+        self.0
+            .iter()
+            .any(|b| b.field == field && b.even_when_required)
     }
 
     /// Every way `image`'s manifests show one of the bases: at most one finding per
@@ -332,7 +352,8 @@ pub fn apply_base_rules(
     for (spec, r) in images.iter().zip(resolved.iter()) {
         let found = bases.classify(&spec.name, r);
         if let Some(first) = found.first() {
-            refuse_release_part(spec, &first.field, &first.pattern)?;
+            let even_when_required = found.iter().all(|f| bases.even_when_required(&f.field));
+            refuse_release_part(spec, &first.field, &first.pattern, even_when_required)?;
             for b in &found {
                 tracing::info!(image = %b.image, rule = %b.field, base = %b.pattern, detection = ?b.detection, "image built on a blocked base");
             }
@@ -364,12 +385,16 @@ mod tests {
     }
 
     fn blocklist(patterns: &[&str]) -> BlockList {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("isc.yaml");
         let rules: String = patterns
             .iter()
             .map(|p| format!("  - name: '{p}'\n"))
             .collect();
+        blocklist_yaml(&rules)
+    }
+
+    fn blocklist_yaml(rules: &str) -> BlockList {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("isc.yaml");
         std::fs::write(
             &path,
             format!("apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  blockedImages:\n{rules}"),
@@ -398,20 +423,31 @@ mod tests {
             ["mirror.blockedImages[0]", "mirror.blockedImages[1]"]
         );
 
-        let e = apply_blocklist(
+        let component = || {
             vec![spec(
                 "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:0000000000000000000000000000000000000000000000000000000000000000",
                 ImageKind::ReleaseComponent,
                 Some("openshift/release"),
-            )],
-            &blocklist(&["art-dev"]),
-        )
-        .unwrap_err()
-        .to_string();
+            )]
+        };
+        let e = apply_blocklist(component(), &blocklist(&["art-dev"]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("is part of a selected release, but mirror.blockedImages[0] blocks it"),
             "{e}"
         );
+        assert!(
+            e.contains("set mirror.blockedImages[0].evenWhenRequired: true"),
+            "{e}"
+        );
+        let (kept, left_out) = apply_blocklist(
+            component(),
+            &blocklist_yaml("  - name: art-dev\n    evenWhenRequired: true\n"),
+        )
+        .unwrap();
+        assert!(kept.is_empty());
+        assert_eq!(left_out.len(), 1);
     }
 
     #[test]
@@ -420,6 +456,7 @@ mod tests {
         let base = Base {
             field: "mirror.blockedBaseImages[0]".into(),
             name: "registry.example.com/ubi9/ubi:9.4".parse().unwrap(),
+            even_when_required: false,
             digests: [d.clone()].into(),
             platforms: Vec::new(),
         };

@@ -33,6 +33,11 @@ pub const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
 /// Referrers of referrers are followed this deep (an SBOM's signature is 2).
 const MAX_DEPTH: usize = 3;
 
+/// Referrers accepted for one manifest. Real images have a handful (a signature
+/// per signer, an SBOM, a few attestations); thousands would be a registry
+/// flooding the imageset, which is refused rather than truncated.
+const MAX_PER_MANIFEST: usize = 256;
+
 /// Subjects searched at once.
 const PARALLEL: usize = 8;
 
@@ -67,13 +72,20 @@ async fn find(
             out.push(spec(src.at_tag(&tag)));
         }
     }
-    for d in client
+    let listed = client
         .referrers(src.repository(), digest)
         .await
-        .map_err(registry_err)?
-    {
-        out.push(spec(src.at_digest(d)));
+        .map_err(registry_err)?;
+    if listed.len() > MAX_PER_MANIFEST {
+        return Err(CollectError::Inconsistent {
+            image: subject.name.clone(),
+            problem: format!(
+                "manifest {digest} has {} referrers; more than {MAX_PER_MANIFEST} are refused (pass --remove-signatures to mirror without signatures and referrers)",
+                listed.len()
+            ),
+        });
     }
+    out.extend(listed.into_iter().map(|d| spec(src.at_digest(d))));
     Ok(out)
 }
 

@@ -156,7 +156,20 @@ pub struct BlockRule {
     pub field: String,
     /// The pattern as written.
     pub pattern: String,
+    /// Whether the rule may leave out part of a release (`evenWhenRequired`).
+    pub even_when_required: bool,
     regex: regex::Regex,
+}
+
+/// One `mirror.blockedBaseImages` entry.
+#[derive(Debug, Clone)]
+pub struct BaseRule {
+    /// The field (`mirror.blockedBaseImages[0]`).
+    pub field: String,
+    /// The base image (`latest` when named without tag or digest).
+    pub image: ImageRef,
+    /// Whether the rule may leave out part of a release (`evenWhenRequired`).
+    pub even_when_required: bool,
 }
 
 /// The compiled `mirror.blockedImages`.
@@ -750,6 +763,7 @@ impl LoadedConfig {
                 regex::Regex::new(&b.name).ok().map(|regex| BlockRule {
                     field: format!("mirror.blockedImages[{i}]"),
                     pattern: b.name.clone(),
+                    even_when_required: b.even_when_required,
                     regex,
                 })
             })
@@ -757,20 +771,21 @@ impl LoadedConfig {
         BlockList(rules)
     }
 
-    /// `mirror.blockedBaseImages`: each base with its field (the configuration was
-    /// validated, so every name parses). A base named without tag or digest means
-    /// `latest`, as everywhere else.
-    pub fn blocked_base_images(&self) -> Vec<(String, ImageRef)> {
+    /// `mirror.blockedBaseImages`: each base with its field and `evenWhenRequired`
+    /// (the configuration was validated, so every name parses). A base named
+    /// without tag or digest means `latest`, as everywhere else.
+    pub fn blocked_base_images(&self) -> Vec<BaseRule> {
         self.config
             .mirror
             .iter()
             .flat_map(|m| m.blocked_base_images.iter().enumerate())
             .filter_map(|(i, b)| {
                 let base: ImageRef = b.name.parse().ok()?;
-                Some((
-                    format!("mirror.blockedBaseImages[{i}]"),
-                    base.with_default_tag(),
-                ))
+                Some(BaseRule {
+                    field: format!("mirror.blockedBaseImages[{i}]"),
+                    image: base.with_default_tag(),
+                    even_when_required: b.even_when_required,
+                })
             })
             .collect()
     }

@@ -82,10 +82,10 @@ pub struct Mirror {
     pub helm: Option<Helm>,
     /// Images never to mirror (name or regular expression).
     #[serde(default)]
-    pub blocked_images: Vec<NamedImage>,
+    pub blocked_images: Vec<BlockedImage>,
     /// Base images nothing mirrored may be built on (an Airlock extension).
     #[serde(default)]
-    pub blocked_base_images: Vec<NamedImage>,
+    pub blocked_base_images: Vec<BlockedImage>,
     /// Sample images (declared by oc-mirror, implemented by neither version).
     #[serde(default)]
     pub samples: Vec<NamedImage>,
@@ -246,6 +246,20 @@ pub struct AdditionalImage {
 pub struct NamedImage {
     /// Image name, or for blocked images a regular expression.
     pub name: String,
+}
+
+/// A `blockedImages[]` or `blockedBaseImages[]` entry.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BlockedImage {
+    /// A regular expression (`blockedImages`) or an image reference
+    /// (`blockedBaseImages`).
+    pub name: String,
+    /// Airlock extension: also leave out images a selected release needs (which
+    /// is otherwise an error), accepting that the release is incomplete at the
+    /// mirror.
+    #[serde(default)]
+    pub even_when_required: bool,
 }
 
 /// `mirror.helm`.

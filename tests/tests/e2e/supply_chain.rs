@@ -5,6 +5,8 @@ use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
 use airlock_tests::supply_chain::{CosignKey, referrer, referrers_index};
 
+use airlock_tests::bins::run;
+
 use crate::util::*;
 
 const HEAD: &str = "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\n";
@@ -199,7 +201,7 @@ fn cosign_signatures_and_oci_referrers_travel_subjects_first_byte_exact() {
 
     // --remove-signatures leaves them all behind.
     let bare = tmp.path().join("bare");
-    let created = airlock_tests::bins::run(
+    let created = run(
         create_cmd(&config, &bare, &tmp.path().join("ws-bare"), "1MiB", &src)
             .arg("--remove-signatures"),
     );
@@ -280,7 +282,7 @@ fn require_signatures_accepts_only_valid_cosign_signatures_by_the_given_keys() {
             &src,
         );
         cmd.arg("--require-signatures").args(keys);
-        airlock_tests::bins::run(&mut cmd)
+        run(&mut cmd)
     };
 
     let all = config(&["signed", "other", "unsigned", "replayed", "forged"]);
@@ -355,4 +357,56 @@ fn require_signatures_accepts_only_valid_cosign_signatures_by_the_given_keys() {
         "{refused}"
     );
     assert_eq!(src.log().len(), log_before, "no registry was contacted");
+}
+
+#[test]
+fn a_flood_of_referrers_is_refused_not_truncated() {
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = src.addr();
+    let image = ImageBuilder::new(Format::Oci).layer(500, 1_000).build();
+    image.push(&client, "team/flooded", Some("1")).unwrap();
+    let flood: Vec<Image> = (0..257)
+        .map(|i| {
+            referrer(
+                &image,
+                "application/vnd.example+json",
+                format!("{i}").as_bytes(),
+            )
+        })
+        .collect();
+    for r in &flood {
+        r.push(&client, "team/flooded", None).unwrap();
+    }
+    let index = referrers_index(&flood.iter().collect::<Vec<_>>());
+    client
+        .push_manifest(
+            "team/flooded",
+            &image.digest.replace(':', "-"),
+            &index.manifest,
+            &index.media_type,
+        )
+        .unwrap();
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}mirror:\n  additionalImages:\n  - name: {a}/team/flooded:1\n"),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let refused = create(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
+    assert_eq!(refused.code, EX_DATA, "{refused}");
+    assert!(
+        refused.stderr.contains(&format!(
+            "manifest {} has 257 referrers; more than 256 are refused",
+            image.digest
+        )),
+        "{refused}"
+    );
+    assert!(!out.exists() || chunk_files(&out).is_empty());
+    let bare = run(
+        create_cmd(&config, &out, &tmp.path().join("ws"), "1MiB", &src).arg("--remove-signatures"),
+    );
+    assert_eq!(bare.code, 0, "{bare}");
 }
