@@ -1,0 +1,9 @@
+//! Operator catalogs: file-based catalogs read natively (no `opm`), filtered
+//! with oc-mirror's rules.
+
+pub mod fbc;
+pub mod filter;
+pub mod range;
+
+#[cfg(test)]
+mod tests;
