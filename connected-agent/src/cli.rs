@@ -46,7 +46,12 @@ pub enum Command {
 pub enum ListCommand {
     /// The OpenShift releases `mirror.platform` selects (one per architecture), from
     /// the update graph; no release image is pulled unless `platform.release` names one.
+    /// JSON keys: `channel`, `arch`, `version`, `image`.
     Releases(ListArgs),
+    /// The operator bundles `mirror.operators` selects, one per channel they are in;
+    /// only the catalog images are pulled. JSON keys: `catalog`, `package`, `channel`,
+    /// `bundle`, `version`, `image`, `relatedImages`.
+    Bundles(ListArgs),
 }
 
 /// `list releases`.
@@ -55,8 +60,7 @@ pub struct ListArgs {
     /// The ImageSetConfiguration file.
     #[arg(short = 'c', long, value_name = "FILE")]
     pub config: PathBuf,
-    /// Output format: a table, or a JSON array of objects with the keys `channel`,
-    /// `arch`, `version` and `image`.
+    /// Output format: a table, or a JSON array of objects (keys as the command says).
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     pub output: OutputFormat,
     #[command(flatten)]
@@ -312,6 +316,26 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             print_releases(&selected, args.output);
             Ok(airlock_common::exit_codes::OK)
         }
+        Command::List(ListCommand::Bundles(args)) => {
+            let loaded = airlock_common::config::load(&args.config)?;
+            loaded.validate()?;
+            let operators = loaded
+                .config
+                .mirror
+                .as_ref()
+                .map(|m| m.operators.clone())
+                .unwrap_or_default();
+            if operators.is_empty() {
+                return Err(Error::Usage(format!(
+                    "{}: the configuration has no mirror.operators",
+                    args.config.display()
+                )));
+            }
+            let pool = airlock_common::registry::Pool::new(args.source.options());
+            let listed = crate::catalog::image::list(&pool, &operators).await?;
+            print_bundles(&listed, args.output);
+            Ok(airlock_common::exit_codes::OK)
+        }
         Command::Mirror(args) => {
             let to =
                 args.to
@@ -383,6 +407,58 @@ fn print_releases(selected: &[crate::select::Selected], format: OutputFormat) {
             "{:c$}  {:a$}  {:v$}  {}",
             s.channel, s.arch, s.version, s.image
         );
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_bundles(listed: &[crate::catalog::image::Listed], format: OutputFormat) {
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(listed).expect("bundles serialise")
+        );
+        return;
+    }
+    let rows: Vec<[String; 5]> = listed
+        .iter()
+        .map(|l| {
+            [
+                l.package.clone(),
+                l.channel.clone(),
+                l.bundle.clone(),
+                l.version.clone(),
+                (l.related_images.len()).to_string(),
+            ]
+        })
+        .collect();
+    let titles = ["PACKAGE", "CHANNEL", "BUNDLE", "VERSION", "RELATED"];
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+                .max(titles[i].len())
+        })
+        .collect();
+    let line = |cells: [&str; 5]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut catalog = None;
+    for (l, r) in listed.iter().zip(&rows) {
+        if catalog != Some(&l.catalog) {
+            println!("catalog {}", l.catalog);
+            println!("{}", line(titles));
+            catalog = Some(&l.catalog);
+        }
+        println!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
     }
 }
 

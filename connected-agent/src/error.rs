@@ -7,6 +7,7 @@ use airlock_common::exit_codes::{self, ExitCode};
 use airlock_common::imageset::write::WriteError;
 use airlock_common::registry::RegistryError;
 
+use crate::catalog::image::CatalogError;
 use crate::collect::CollectError;
 use crate::graph_image::GraphImageError;
 use crate::release_signature::SignatureError;
@@ -64,6 +65,9 @@ pub enum Error {
         .0.join("\n  - ")
     )]
     Unsigned(Vec<String>),
+    /// An operator catalog could not be read or filtered.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::image::CatalogError),
     /// A local file could not be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -92,6 +96,9 @@ impl ExitCode for Error {
             Error::Publish(e) => e.exit_code(),
             Error::Conflict(_) => exit_codes::STATE,
             Error::Unsigned(_) => exit_codes::DATA,
+            Error::Catalog(CatalogError::Registry { source, .. }) => source.exit_code(),
+            Error::Catalog(CatalogError::Invalid { .. }) => exit_codes::DATA,
+            Error::Catalog(CatalogError::Filter { .. }) => exit_codes::CONFIG,
             Error::Registry(e) => e.exit_code(),
             Error::Collect(CollectError::Registry { source, .. }) => source.exit_code(),
             Error::Collect(CollectError::Inconsistent { .. }) => exit_codes::DATA,

@@ -10,6 +10,7 @@ pub mod create;
 pub mod error;
 pub mod graph;
 pub mod graph_image;
+pub mod layers;
 pub mod mirror;
 pub mod payload;
 pub mod policy;

@@ -15,7 +15,6 @@
 //! manifest lists in real payloads).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read};
 
 use airlock_common::digest::Digest;
 use airlock_common::manifest::{Manifest, ManifestKind, is_index};
@@ -24,12 +23,18 @@ use airlock_common::registry::{Pool, RegistryError};
 use futures::TryStreamExt;
 use serde::Deserialize;
 
+use crate::layers::{self, LayerError, Limits, Overlay, read_layer};
+
 /// Where the files live inside the image.
 const DIR: &str = "release-manifests";
 const REFERENCES: &str = "image-references";
 const METADATA: &str = "release-metadata";
 /// Either file larger than this is refused (the real image-references is ~120 KiB).
 const MAX_FILE: u64 = 16 << 20;
+const LIMITS: Limits = Limits {
+    file: MAX_FILE,
+    total: 2 * MAX_FILE,
+};
 
 /// Why a payload could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -126,38 +131,34 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
         image: name.clone(),
         problem,
     };
-    let client = pool.client(image.registry()).await.map_err(reg)?;
-    let top = client
-        .get_manifest(image.repository(), &image.manifest_reference())
-        .await
-        .map_err(reg)?;
-    let parsed = top
-        .parse()
-        .map_err(|e| invalid(format!("manifest {}: {e}", top.digest)))?;
+    let layer_err = |e| match e {
+        LayerError::Registry(source) => reg(source),
+        LayerError::Content(problem) => invalid(problem),
+    };
+    let opened = layers::open(pool, image).await.map_err(layer_err)?;
+    let client = &opened.client;
+    let parsed = opened.manifest.clone();
     let is_list = is_index(&parsed.media_type);
     // The release images to read: the children of a manifest list, or the top.
     let mut images: Vec<(Digest, Manifest)> = Vec::new();
     if is_list {
         for child in parsed.children() {
-            let m = client
-                .get_manifest(image.repository(), child.digest.as_str())
+            let p = opened
+                .child(image, &child.digest)
                 .await
-                .map_err(reg)?;
-            let p = m
-                .parse()
-                .map_err(|e| invalid(format!("manifest {}: {e}", m.digest)))?;
-            images.push((m.digest, p));
+                .map_err(layer_err)?;
+            images.push((child.digest.clone(), p));
         }
         if images.is_empty() {
             return Err(invalid("its manifest list is empty".into()));
         }
     } else {
-        images.push((top.digest.clone(), parsed));
+        images.push((opened.digest.clone(), parsed));
     }
     let arch = if is_list {
         "multi".to_string()
     } else {
-        config_arch(&client, image, &images[0].1)
+        config_arch(client, image, &images[0].1)
             .await
             .map_err(&invalid)?
     };
@@ -170,46 +171,29 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
                 digest
             )));
         };
-        let mut found = Found::default();
+        let mut found = Overlay::new(DIR, LIMITS);
         for layer in layers.iter().rev() {
-            let stream = client
-                .blob_stream(image.repository(), &layer.digest)
+            found = read_layer(client, image.repository(), &layer.digest, found)
                 .await
-                .map_err(reg)?;
-            let reader = tokio_util::io::StreamReader::new(
-                stream.map_err(|e| std::io::Error::other(e.to_string())),
-            );
-            let layer_digest = layer.digest.clone();
-            let before = std::mem::take(&mut found);
-            found = tokio::task::spawn_blocking(move || {
-                let mut sync = tokio_util::io::SyncIoBridge::new(reader);
-                let out = scan_layer(&mut sync, before);
-                // Read to the end so the client verifies the layer's digest.
-                std::io::copy(&mut sync, &mut std::io::sink())
-                    .map_err(|e| format!("layer {layer_digest}: {e}"))?;
-                out.map_err(|e| format!("layer {layer_digest}: {e}"))
-            })
-            .await
-            .expect("the layer reader does not panic")
-            .map_err(invalid)?;
-            if found.done() {
+                .map_err(layer_err)?;
+            if found.is_sealed() || (found.decided(REFERENCES) && found.decided(METADATA)) {
                 break;
             }
         }
-        let refs = found.references.flatten().ok_or_else(|| {
+        let refs = found.get(REFERENCES).ok_or_else(|| {
             invalid(format!(
                 "image {} has no {DIR}/{REFERENCES}: it is not an OpenShift release payload",
                 digest
             ))
         })?;
-        let meta = found.metadata.flatten().ok_or_else(|| {
+        let meta = found.get(METADATA).ok_or_else(|| {
             invalid(format!(
                 "image {} has no {DIR}/{METADATA}: it is not an OpenShift release payload",
                 digest
             ))
         })?;
         let meta: Metadata =
-            serde_json::from_slice(&meta).map_err(|e| invalid(format!("{DIR}/{METADATA}: {e}")))?;
+            serde_json::from_slice(meta).map_err(|e| invalid(format!("{DIR}/{METADATA}: {e}")))?;
         if meta.kind != "cincinnati-metadata-v0" {
             return Err(invalid(format!(
                 "{DIR}/{METADATA}: kind is {:?}, expected cincinnati-metadata-v0",
@@ -224,7 +208,7 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
                 first.version, meta.version
             )));
         }
-        for c in parse_references(&refs).map_err(|e| invalid(format!("{DIR}/{REFERENCES}: {e}")))? {
+        for c in parse_references(refs).map_err(|e| invalid(format!("{DIR}/{REFERENCES}: {e}")))? {
             match components.get(&c.name) {
                 Some(existing) if *existing != c.image => {
                     return Err(invalid(format!(
@@ -240,8 +224,8 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
         metadata = Some(meta);
     }
     Ok(Payload {
-        image: image.at_digest(top.digest.clone()),
-        digest: top.digest,
+        image: image.at_digest(opened.digest.clone()),
+        digest: opened.digest,
         arch,
         metadata: metadata.expect("at least one image was read"),
         components: components
@@ -343,90 +327,6 @@ pub fn parse_references(bytes: &[u8]) -> Result<Vec<Component>, String> {
     Ok(out)
 }
 
-/// The two files, as decided so far (top layer first): `None` undecided,
-/// `Some(None)` removed by a whiteout, `Some(Some(bytes))` found.
-#[derive(Debug, Default)]
-struct Found {
-    references: Option<Option<Vec<u8>>>,
-    metadata: Option<Option<Vec<u8>>>,
-    /// A layer above made the directory opaque or removed it.
-    sealed: bool,
-}
-
-impl Found {
-    fn done(&self) -> bool {
-        self.sealed || (self.references.is_some() && self.metadata.is_some())
-    }
-}
-
-/// Reads one layer (gzip-compressed or plain tar) into `found`.
-fn scan_layer(r: &mut impl Read, mut found: Found) -> Result<Found, String> {
-    let mut r = BufReader::with_capacity(1 << 16, r);
-    let magic = r.fill_buf().map_err(|e| e.to_string())?;
-    let reader: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::GzDecoder::new(r))
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err("zstd-compressed layers are not supported for release payloads".into());
-    } else {
-        Box::new(r)
-    };
-    let mut archive = tar::Archive::new(reader);
-    let mut sealed = false;
-    let mut this: [Option<Option<Vec<u8>>>; 2] = [None, None];
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        let path = entry
-            .path()
-            .map_err(|e| e.to_string())?
-            .to_string_lossy()
-            .into_owned();
-        let path = path.trim_start_matches("./").trim_start_matches('/');
-        if path == format!(".wh.{DIR}") || path == format!("{DIR}/.wh..wh..opq") {
-            sealed = true;
-            continue;
-        }
-        let Some(file) = path.strip_prefix(&format!("{DIR}/")) else {
-            continue;
-        };
-        let (slot, present) = match file {
-            REFERENCES => (0, true),
-            METADATA => (1, true),
-            f if f == format!(".wh.{REFERENCES}") => (0, false),
-            f if f == format!(".wh.{METADATA}") => (1, false),
-            _ => continue,
-        };
-        if !present {
-            this[slot] = Some(None);
-            continue;
-        }
-        if !entry.header().entry_type().is_file() {
-            return Err(format!("{path} is not a regular file"));
-        }
-        let size = entry.header().size().map_err(|e| e.to_string())?;
-        if size > MAX_FILE {
-            return Err(format!(
-                "{path} is {size} bytes; more than {MAX_FILE} is refused"
-            ));
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
-        (&mut entry)
-            .take(MAX_FILE)
-            .read_to_end(&mut bytes)
-            .map_err(|e| e.to_string())?;
-        this[slot] = Some(Some(bytes));
-    }
-    // An upper layer's decision stands; this layer decides what it still left open.
-    let [refs, meta] = this;
-    if found.references.is_none() {
-        found.references = refs.or(if sealed { Some(None) } else { None });
-    }
-    if found.metadata.is_none() {
-        found.metadata = meta.or(if sealed { Some(None) } else { None });
-    }
-    found.sealed |= sealed;
-    Ok(found)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,25 +338,6 @@ mod tests {
                 .join(path),
         )
         .unwrap()
-    }
-
-    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (path, data) in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, path, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
-    fn gz(bytes: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(bytes).unwrap();
-        e.finish().unwrap()
     }
 
     #[test]
@@ -484,43 +365,6 @@ mod tests {
     }
 
     #[test]
-    fn the_top_layer_decides_and_whiteouts_hide_lower_files() {
-        let refs = fixture("ocp-release-4.12.0-x86_64/release-manifests/image-references");
-        let meta = fixture("ocp-release-4.12.0-x86_64/release-manifests/release-metadata");
-        // Top layer (read first) replaces the metadata; the lower one has both.
-        let top = gz(&tar_of(&[(
-            "release-manifests/release-metadata",
-            b"{\"kind\":\"x\"}",
-        )]));
-        let lower = tar_of(&[
-            ("./release-manifests/image-references", &refs),
-            ("release-manifests/release-metadata", &meta),
-        ]);
-        let f = scan_layer(&mut &top[..], Found::default()).unwrap();
-        assert!(!f.done());
-        let f = scan_layer(&mut &lower[..], f).unwrap();
-        assert!(f.done());
-        assert_eq!(f.metadata.unwrap().unwrap(), b"{\"kind\":\"x\"}");
-        assert_eq!(f.references.unwrap().unwrap(), refs);
-
-        // A whiteout in an upper layer removes the file below.
-        let wh = tar_of(&[("release-manifests/.wh.image-references", b"")]);
-        let f = scan_layer(&mut &wh[..], Found::default()).unwrap();
-        let f = scan_layer(&mut &lower[..], f).unwrap();
-        assert_eq!(f.references, Some(None));
-
-        // An opaque directory hides everything below it.
-        let opq = tar_of(&[
-            ("release-manifests/.wh..wh..opq", b""),
-            ("release-manifests/release-metadata", &meta),
-        ]);
-        let f = scan_layer(&mut &opq[..], Found::default()).unwrap();
-        assert!(f.done());
-        assert_eq!(f.references, Some(None));
-        assert_eq!(f.metadata.unwrap().unwrap(), meta);
-    }
-
-    #[test]
     fn hostile_payload_files_are_refused() {
         let e = parse_references(br#"{"kind":"ImageStream","spec":{"tags":[{"name":"../x","from":{"kind":"DockerImage","name":"a/b:c"}}]}}"#).unwrap_err();
         assert!(e.contains("spec.tags[0].name"), "{e}");
@@ -528,26 +372,5 @@ mod tests {
         assert!(e.contains("appears twice"), "{e}");
         let e = parse_references(br#"{"kind":"ImageStream","spec":{"tags":[{"name":"a","from":{"kind":"ImageStreamTag","name":"x"}}]}}"#).unwrap_err();
         assert!(e.contains("expected DockerImage"), "{e}");
-        let zstd = [0x28, 0xb5, 0x2f, 0xfd, 0, 0];
-        assert!(
-            scan_layer(&mut &zstd[..], Found::default())
-                .unwrap_err()
-                .contains("zstd")
-        );
-        let dir = {
-            let mut b = tar::Builder::new(Vec::new());
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            h.set_cksum();
-            b.append_link(&mut h, "release-manifests/image-references", "/etc/passwd")
-                .unwrap();
-            b.into_inner().unwrap()
-        };
-        assert!(
-            scan_layer(&mut &dir[..], Found::default())
-                .unwrap_err()
-                .contains("not a regular file")
-        );
     }
 }

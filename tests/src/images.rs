@@ -139,6 +139,7 @@ pub struct ImageBuilder {
     layers: Vec<Blob>,
     pretty: bool,
     annotations: Option<Value>,
+    labels: Option<Value>,
 }
 
 impl ImageBuilder {
@@ -150,6 +151,7 @@ impl ImageBuilder {
             layers: Vec::new(),
             pretty: false,
             annotations: None,
+            labels: None,
         }
     }
 
@@ -183,6 +185,12 @@ impl ImageBuilder {
         self
     }
 
+    /// Config labels (`config.Labels`).
+    pub fn labels(mut self, l: Value) -> Self {
+        self.labels = Some(l);
+        self
+    }
+
     /// The image.
     pub fn build(self) -> Image {
         let diff_ids: Vec<&str> = self
@@ -190,12 +198,15 @@ impl ImageBuilder {
             .iter()
             .filter_map(|l| l.diff_id.as_deref())
             .collect();
-        let config = json!({
+        let mut config = json!({
             "architecture": self.arch,
             "os": "linux",
             "config": {"Env": ["PATH=/usr/bin"]},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         });
+        if let Some(l) = self.labels {
+            config["config"]["Labels"] = l;
+        }
         let config = Blob::new(serde_json::to_vec(&config).expect("json"), None);
         let layers: Vec<Value> = self
             .layers

@@ -3,6 +3,7 @@
 
 pub mod fbc;
 pub mod filter;
+pub mod image;
 pub mod range;
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod differential;
 mod dropdir;
 mod foundation;
 mod oneway;
+mod operators;
 mod policy;
 mod releases;
 mod supply_chain;

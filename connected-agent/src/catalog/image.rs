@@ -1,0 +1,220 @@
+//! Reading the file-based catalog out of a catalog image, and listing what a
+//! configuration selects from it (`list bundles`).
+//!
+//! The image's config label `operators.operatorframework.io.index.configs.v1`
+//! names the catalog's root (`/configs` in Red Hat's images, and the default when
+//! the label is absent). The directory is read from the layers top first, with
+//! whiteouts honoured ([`crate::layers`]). Catalog images are multi-platform
+//! indexes whose platforms hold the same catalog; the linux/amd64 child is read
+//! (else the first).
+
+use airlock_common::config::schema::Operator;
+use airlock_common::digest::Digest;
+use airlock_common::manifest::ManifestKind;
+use airlock_common::reference::ImageRef;
+use airlock_common::registry::{Pool, RegistryError};
+use serde::{Deserialize, Serialize};
+
+use super::fbc::{Builder, Catalog, FbcError};
+use super::filter::{self, FilterError};
+use crate::layers::{self, LayerError, Limits, Overlay, read_layer};
+use crate::payload::small_blob;
+
+/// The label naming the catalog's root directory.
+pub const CONFIGS_LABEL: &str = "operators.operatorframework.io.index.configs.v1";
+/// The label of the older SQLite catalogs.
+pub const DATABASE_LABEL: &str = "operators.operatorframework.io.index.database.v1";
+
+/// Red Hat's operator index holds a few hundred MiB of FBC; a file over 256 MiB
+/// or a catalog over 4 GiB is refused rather than held.
+const LIMITS: Limits = Limits {
+    file: super::fbc::MAX_FILE,
+    total: 4 << 30,
+};
+
+/// Why a catalog could not be read or filtered.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The registry failed.
+    #[error("catalog {catalog}: {source}")]
+    Registry {
+        /// The catalog image.
+        catalog: String,
+        /// The registry error.
+        source: RegistryError,
+    },
+    /// The image is not a file-based catalog, or its catalog is malformed.
+    #[error("catalog {catalog}: {problem}")]
+    Invalid {
+        /// The catalog image.
+        catalog: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The configuration asks for something the catalog does not have.
+    #[error("catalog {catalog}: {source}")]
+    Filter {
+        /// The catalog image.
+        catalog: String,
+        /// The field and the problem.
+        source: FilterError,
+    },
+}
+
+/// A catalog image, read.
+#[derive(Debug)]
+pub struct CatalogImage {
+    /// The top manifest's digest.
+    pub digest: Digest,
+    /// The catalog root inside the image (`/configs`).
+    pub root: String,
+    /// The catalog.
+    pub catalog: Catalog,
+}
+
+/// Reads the catalog of `image`.
+pub async fn read(pool: &Pool, image: &ImageRef) -> Result<CatalogImage, CatalogError> {
+    let name = image.to_string();
+    let reg = |source| CatalogError::Registry {
+        catalog: name.clone(),
+        source,
+    };
+    let invalid = |problem: String| CatalogError::Invalid {
+        catalog: name.clone(),
+        problem,
+    };
+    let layer_err = |e| match e {
+        LayerError::Registry(source) => reg(source),
+        LayerError::Content(problem) => invalid(problem),
+    };
+    let opened = layers::open(pool, image).await.map_err(layer_err)?;
+    let client = &opened.client;
+    let manifest = match &opened.manifest.kind {
+        ManifestKind::Image { .. } => opened.manifest.clone(),
+        ManifestKind::Index { manifests } => {
+            let child = manifests
+                .iter()
+                .find(|d| {
+                    d.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+                })
+                .or(manifests.first())
+                .ok_or_else(|| invalid("its index lists no manifests".into()))?;
+            opened
+                .child(image, &child.digest)
+                .await
+                .map_err(layer_err)?
+        }
+    };
+    let ManifestKind::Image { config, layers } = &manifest.kind else {
+        return Err(invalid("an index inside its index".into()));
+    };
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(default)]
+        config: Option<Inner>,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        #[serde(default, rename = "Labels")]
+        labels: Option<std::collections::BTreeMap<String, String>>,
+    }
+    let bytes = small_blob(client, image.repository(), config, "config blob")
+        .await
+        .map_err(&invalid)?;
+    let c: Config = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(format!("config blob {}: {e}", config.digest)))?;
+    let labels = c.config.and_then(|i| i.labels).unwrap_or_default();
+    let root = match (labels.get(CONFIGS_LABEL), labels.get(DATABASE_LABEL)) {
+        (Some(root), _) => root.clone(),
+        (None, Some(db)) => {
+            return Err(invalid(format!(
+                "it is a SQLite catalog (label {DATABASE_LABEL}={db}), which is not supported: use a file-based catalog image (label {CONFIGS_LABEL}; Red Hat's indexes are file-based from OpenShift 4.11)"
+            )));
+        }
+        (None, None) => "/configs".to_string(),
+    };
+    let mut overlay = Overlay::new(&root, LIMITS);
+    for layer in layers.iter().rev() {
+        overlay = read_layer(client, image.repository(), &layer.digest, overlay)
+            .await
+            .map_err(layer_err)?;
+        if overlay.is_sealed() {
+            break;
+        }
+    }
+    let files = overlay.into_files();
+    if files.is_empty() {
+        return Err(invalid(format!(
+            "no files under {root}: it is not a file-based catalog image"
+        )));
+    }
+    let mut builder = Builder::default();
+    let fbc = |e: FbcError| invalid(format!("{root}/{e}"));
+    for (path, bytes) in &files {
+        builder.add_file(path, bytes).map_err(fbc)?;
+    }
+    let catalog = builder.finish().map_err(fbc)?;
+    tracing::info!(catalog = %name, digest = %opened.digest, root = %root, files = files.len(), packages = catalog.packages.len(), "catalog read");
+    Ok(CatalogImage {
+        digest: opened.digest,
+        root,
+        catalog,
+    })
+}
+
+/// One selected bundle in one channel, as `list bundles -o json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listed {
+    /// The catalog as configured.
+    pub catalog: String,
+    /// Package.
+    pub package: String,
+    /// Channel.
+    pub channel: String,
+    /// The `olm.bundle` name.
+    pub bundle: String,
+    /// Its version.
+    pub version: String,
+    /// Bundle image pull spec.
+    pub image: String,
+    /// Its related images.
+    pub related_images: Vec<String>,
+}
+
+/// What each `mirror.operators[]` entry selects, catalog by catalog.
+pub async fn list(pool: &Pool, operators: &[Operator]) -> Result<Vec<Listed>, CatalogError> {
+    let mut out = Vec::new();
+    for (i, op) in operators.iter().enumerate() {
+        let reference: ImageRef = op.catalog.parse().map_err(|e| CatalogError::Invalid {
+            catalog: op.catalog.clone(),
+            problem: format!("mirror.operators[{i}].catalog: {e}"),
+        })?;
+        let image = read(pool, &reference.with_default_tag()).await?;
+        let selection =
+            filter::select(&image.catalog, op, i).map_err(|source| CatalogError::Filter {
+                catalog: op.catalog.clone(),
+                source,
+            })?;
+        for (package, sp) in &selection.packages {
+            let p = &image.catalog.packages[package];
+            for (channel, bundles) in &sp.channels {
+                for b in bundles {
+                    let bundle = &p.bundles[b];
+                    out.push(Listed {
+                        catalog: op.catalog.clone(),
+                        package: package.clone(),
+                        channel: channel.clone(),
+                        bundle: b.clone(),
+                        version: bundle.version.to_string(),
+                        image: bundle.image.clone(),
+                        related_images: bundle.related_images.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}

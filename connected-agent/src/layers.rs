@@ -1,0 +1,405 @@
+//! The files under one directory of an image's filesystem, read from its layers
+//! top first, as a container runtime would see them.
+//!
+//! A release payload keeps two files in `release-manifests/`; a catalog image keeps
+//! its file-based catalog in `/configs`. Both are found the same way: each layer,
+//! read from the top down, decides what the layers above left open. A regular file
+//! is found; a whiteout `.wh.NAME` removes NAME (file or directory) from the layers
+//! below; an opaque marker `.wh..wh..opq` hides everything below its directory; a
+//! whiteout or opaque marker on the directory itself ends the search. Nothing is
+//! written to disk: the files are held in memory, within limits, so a path in a
+//! layer can never reach the filesystem.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+
+use airlock_common::digest::Digest;
+use airlock_common::manifest::Manifest;
+use airlock_common::reference::ImageRef;
+use airlock_common::registry::{Pool, RawManifest, RegistryClient, RegistryError};
+use futures::TryStreamExt;
+
+/// Bounds on what a hostile layer can make Airlock hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest single file.
+    pub file: u64,
+    /// Largest sum of all files kept.
+    pub total: u64,
+}
+
+/// What the layers read so far decided about a directory.
+#[derive(Debug)]
+pub struct Overlay {
+    dir: String,
+    limits: Limits,
+    total: u64,
+    /// Files found, by path relative to the directory.
+    files: BTreeMap<String, Vec<u8>>,
+    /// Paths (files or directories) removed by a layer above.
+    removed: Vec<String>,
+    /// Directories made opaque by a layer above (`""` is the directory itself).
+    opaque: Vec<String>,
+    /// The directory itself was removed or made opaque above.
+    sealed: bool,
+}
+
+fn under(path: &str, prefix: &str) -> bool {
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn split(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some((parent, name)) => (parent, name),
+        None => ("", path),
+    }
+}
+
+impl Overlay {
+    /// Nothing decided yet about `dir` (a path from the image root, such as
+    /// `configs` or `release-manifests`).
+    pub fn new(dir: &str, limits: Limits) -> Self {
+        Overlay {
+            dir: dir.trim_matches('/').to_string(),
+            limits,
+            total: 0,
+            files: BTreeMap::new(),
+            removed: Vec::new(),
+            opaque: Vec::new(),
+            sealed: false,
+        }
+    }
+
+    /// Whether lower layers can no longer change anything.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
+    }
+
+    /// Whether a layer above decided `rel` (found it, or removed it).
+    pub fn decided(&self, rel: &str) -> bool {
+        self.hidden(rel) || self.files.contains_key(rel)
+    }
+
+    /// A file found, by path relative to the directory.
+    pub fn get(&self, rel: &str) -> Option<&[u8]> {
+        self.files.get(rel).map(Vec::as_slice)
+    }
+
+    /// Every file found, by relative path.
+    pub fn into_files(self) -> BTreeMap<String, Vec<u8>> {
+        self.files
+    }
+
+    fn hidden(&self, rel: &str) -> bool {
+        self.sealed
+            || self.removed.iter().any(|r| under(rel, r))
+            || self
+                .opaque
+                .iter()
+                .any(|o| o.is_empty() || under(rel, o) && rel != o)
+    }
+
+    /// Reads one layer (gzip-compressed or plain tar), the next one down.
+    pub fn scan_layer(&mut self, r: &mut impl Read) -> Result<(), String> {
+        let mut r = BufReader::with_capacity(1 << 16, r);
+        let magic = r.fill_buf().map_err(|e| e.to_string())?;
+        let reader: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::bufread::GzDecoder::new(r))
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            return Err("zstd-compressed layers are not supported".into());
+        } else {
+            Box::new(r)
+        };
+        let (parent, base) = split(&self.dir);
+        let dir_whiteout = if parent.is_empty() {
+            format!(".wh.{base}")
+        } else {
+            format!("{parent}/.wh.{base}")
+        };
+        let prefix = format!("{}/", self.dir);
+        let mut found: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut removed = Vec::new();
+        let mut opaque = Vec::new();
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().map_err(|e| e.to_string())? {
+            let mut entry = entry.map_err(|e| e.to_string())?;
+            let raw = entry.path().map_err(|e| e.to_string())?;
+            let path = raw.to_string_lossy().into_owned();
+            let path = path.trim_start_matches("./").trim_start_matches('/');
+            if path == dir_whiteout {
+                opaque.push(String::new());
+                continue;
+            }
+            let Some(rel) = path.strip_prefix(&prefix) else {
+                continue;
+            };
+            let rel = rel.trim_end_matches('/');
+            if rel.split('/').any(|c| c == ".." || c == ".") {
+                return Err(format!(
+                    "{path}: a path with '.' or '..' components is refused"
+                ));
+            }
+            if rel.is_empty() || self.decided(rel) {
+                continue;
+            }
+            let (parent, name) = split(rel);
+            if name == ".wh..wh..opq" {
+                opaque.push(parent.to_string());
+                continue;
+            }
+            if let Some(gone) = name.strip_prefix(".wh.") {
+                removed.push(if parent.is_empty() {
+                    gone.to_string()
+                } else {
+                    format!("{parent}/{gone}")
+                });
+                continue;
+            }
+            let kind = entry.header().entry_type();
+            if kind.is_dir() {
+                continue;
+            }
+            if !kind.is_file() {
+                return Err(format!("{path} is not a regular file ({kind:?})"));
+            }
+            let size = entry.header().size().map_err(|e| e.to_string())?;
+            if size > self.limits.file {
+                return Err(format!(
+                    "{path} is {size} bytes; more than {} is refused",
+                    self.limits.file
+                ));
+            }
+            self.total += size;
+            if self.total > self.limits.total {
+                return Err(format!(
+                    "the files under /{} exceed {} bytes in all",
+                    self.dir, self.limits.total
+                ));
+            }
+            let mut bytes = Vec::with_capacity(size as usize);
+            (&mut entry)
+                .take(size)
+                .read_to_end(&mut bytes)
+                .map_err(|e| e.to_string())?;
+            found.insert(rel.to_string(), bytes);
+        }
+        self.files.extend(found);
+        self.sealed |= opaque.iter().any(String::is_empty);
+        self.removed.extend(removed);
+        self.opaque.extend(opaque);
+        Ok(())
+    }
+}
+
+/// Why a layer could not be read.
+#[derive(Debug)]
+pub enum LayerError {
+    /// The registry failed.
+    Registry(RegistryError),
+    /// The layer is not what it should be (names the layer and what is wrong).
+    Content(String),
+}
+
+/// An image opened for reading its files: its registry's client and its top
+/// manifest, as pulled and as parsed.
+pub struct Opened {
+    /// The registry's client.
+    pub client: std::sync::Arc<RegistryClient>,
+    /// The top manifest's digest.
+    pub digest: Digest,
+    /// The top manifest.
+    pub manifest: Manifest,
+}
+
+/// Opens `image`: pulls and parses its top manifest.
+pub async fn open(pool: &Pool, image: &ImageRef) -> Result<Opened, LayerError> {
+    let client = pool
+        .client(image.registry())
+        .await
+        .map_err(LayerError::Registry)?;
+    let top = client
+        .get_manifest(image.repository(), &image.manifest_reference())
+        .await
+        .map_err(LayerError::Registry)?;
+    let manifest = parse(&top)?;
+    Ok(Opened {
+        client,
+        digest: top.digest,
+        manifest,
+    })
+}
+
+impl Opened {
+    /// Pulls and parses a child manifest of the top index.
+    pub async fn child(&self, image: &ImageRef, digest: &Digest) -> Result<Manifest, LayerError> {
+        let m = self
+            .client
+            .get_manifest(image.repository(), digest.as_str())
+            .await
+            .map_err(LayerError::Registry)?;
+        parse(&m)
+    }
+}
+
+fn parse(m: &RawManifest) -> Result<Manifest, LayerError> {
+    m.parse()
+        .map_err(|e| LayerError::Content(format!("manifest {}: {e}", m.digest)))
+}
+
+/// Streams layer `digest` of `repository` through `overlay` (the layers above it
+/// already read) and returns it. The layer is always read to its end, so the
+/// registry client checks its digest: a forged layer is an error, not a silently
+/// different set of files.
+pub async fn read_layer(
+    client: &RegistryClient,
+    repository: &str,
+    digest: &Digest,
+    mut overlay: Overlay,
+) -> Result<Overlay, LayerError> {
+    let stream = client
+        .blob_stream(repository, digest)
+        .await
+        .map_err(LayerError::Registry)?;
+    let reader =
+        tokio_util::io::StreamReader::new(stream.map_err(|e| std::io::Error::other(e.to_string())));
+    let digest = digest.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut sync = tokio_util::io::SyncIoBridge::new(reader);
+        let scanned = overlay.scan_layer(&mut sync);
+        std::io::copy(&mut sync, &mut std::io::sink())
+            .map_err(|e| LayerError::Content(format!("layer {digest}: {e}")))?;
+        scanned.map_err(|e| LayerError::Content(format!("layer {digest}: {e}")))?;
+        Ok(overlay)
+    })
+    .await
+    .expect("the layer reader does not panic")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    const LIMITS: Limits = Limits {
+        file: 1 << 20,
+        total: 4 << 20,
+    };
+
+    fn read(dir: &str, layers_top_first: &[Vec<u8>]) -> Result<Overlay, String> {
+        let mut o = Overlay::new(dir, LIMITS);
+        for l in layers_top_first {
+            o.scan_layer(&mut &l[..])?;
+        }
+        Ok(o)
+    }
+
+    #[test]
+    fn upper_layers_decide_whiteouts_remove_and_opaque_directories_hide() {
+        let base = tar_of(&[
+            ("configs/a/catalog.json", b"a-old"),
+            ("configs/b/catalog.json", b"b"),
+            ("configs/c/catalog.json", b"c"),
+            ("configs/d/x.json", b"d"),
+            ("etc/passwd", b"not ours"),
+        ]);
+        let middle = gz(&tar_of(&[
+            ("./configs/a/catalog.json", b"a-new"),
+            ("configs/.wh.b", b""),
+            ("configs/c/.wh..wh..opq", b""),
+            ("configs/c/other.json", b"c2"),
+        ]));
+        let top = tar_of(&[("configs/d/.wh.x.json", b""), ("configs/e.yaml", b"e")]);
+        let o = read("configs", &[top, middle, base]).unwrap();
+        let files = o.into_files();
+        let got: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a/catalog.json", &b"a-new"[..]),
+                ("c/other.json", b"c2"),
+                ("e.yaml", b"e"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_whiteout_or_opaque_marker_on_the_directory_seals_it() {
+        let lower = tar_of(&[("configs/a.json", b"a")]);
+        for marker in [".wh.configs", "configs/.wh..wh..opq"] {
+            let top = tar_of(&[(marker, b""), ("configs/b.json", b"b")]);
+            let o = read("configs", &[top, lower.clone()]).unwrap();
+            assert!(o.is_sealed(), "{marker}");
+            // The marking layer's own files stay; everything below is gone.
+            let files = o.into_files();
+            assert_eq!(files.keys().collect::<Vec<_>>(), ["b.json"], "{marker}");
+        }
+    }
+
+    #[test]
+    fn hostile_layers_are_refused() {
+        let zstd = [0x28, 0xb5, 0x2f, 0xfd, 0, 0];
+        assert!(
+            read("configs", &[zstd.to_vec()])
+                .unwrap_err()
+                .contains("zstd")
+        );
+        let link = {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_cksum();
+            b.append_link(&mut h, "configs/p/catalog.json", "/etc/passwd")
+                .unwrap();
+            b.into_inner().unwrap()
+        };
+        assert!(
+            read("configs", &[link])
+                .unwrap_err()
+                .contains("not a regular file")
+        );
+        let mut raw = tar_of(&[("configs/xx/catalog.json", b"x")]);
+        // Rewrite the name in place to a traversal (the tar crate refuses to write one).
+        let at = raw.windows(2).position(|w| w == b"xx").unwrap();
+        raw[at..at + 2].copy_from_slice(b"..");
+        let mut h = tar::Header::from_byte_slice(&raw[..512]).clone();
+        h.set_cksum();
+        raw[..512].copy_from_slice(h.as_bytes());
+        assert!(read("configs", &[raw]).unwrap_err().contains("'..'"));
+        let big = vec![0u8; (LIMITS.file + 1) as usize];
+        let e = read("configs", &[tar_of(&[("configs/big.json", &big)])]).unwrap_err();
+        assert!(e.contains("more than"), "{e}");
+        let half = vec![0u8; (LIMITS.file - 1) as usize];
+        let many: Vec<(String, &[u8])> = (0..5)
+            .map(|i| (format!("configs/{i}.json"), &half[..]))
+            .collect();
+        let entries: Vec<(&str, &[u8])> = many.iter().map(|(p, b)| (p.as_str(), *b)).collect();
+        let e = read("configs", &[tar_of(&entries)]).unwrap_err();
+        assert!(e.contains("in all"), "{e}");
+    }
+}
