@@ -19,7 +19,7 @@ use airlock_common::registry::{Pool, RawManifest, RegistryError};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::graph_image::GraphImage;
+use crate::derive::Derived;
 
 /// Nesting of indexes that is accepted (an index of indexes is legal but rare; a
 /// deeper chain is more likely a loop in a hostile registry).
@@ -65,7 +65,7 @@ pub struct Collected {
 
 impl Collected {
     /// Adds an image built here: its record, manifests and blobs, each blob once.
-    pub fn add_built(&mut self, image: GraphImage) {
+    pub fn add_built(&mut self, image: Derived) {
         let mut seen: HashSet<Digest> = self.blobs.iter().map(|b| b.digest.clone()).collect();
         for m in image.manifests {
             if seen.insert(m.digest.clone()) {

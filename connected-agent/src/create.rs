@@ -172,7 +172,7 @@ pub async fn gather(
         let data = graph_image::fetch_data(&url).await?;
         let layer = graph_image::data_layer(&data, &url)?;
         let built = graph_image::build(pool, &base, &layer).await?;
-        tracing::info!(url = %url, files = layer.files, layer = %layer.digest, base = %base, digest = %built.image.digest, "graph image built");
+        tracing::info!(url = %url, files = layer.files, layer = %layer.layer.digest, base = %base, digest = %built.image.digest, "graph image built");
         collected.add_built(built);
     }
     Ok(Gathered {

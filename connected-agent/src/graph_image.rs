@@ -17,19 +17,16 @@
 //! gives the same layer, so an unchanged graph costs nothing in the next imageset.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Component;
 use std::time::Duration;
 
-use airlock_common::digest::Digest;
-use airlock_common::imageset::{BlobRecord, ImageKind, ImageRecord};
-use airlock_common::manifest::{self, Descriptor, ManifestKind};
+use airlock_common::imageset::{ImageKind, ImageRecord};
 use airlock_common::reference::ImageRef;
-use airlock_common::registry::{Pool, RawManifest, RegistryClient};
-use bytes::Bytes;
+use airlock_common::registry::Pool;
 use serde_json::{Value, json};
 
-use crate::payload::small_blob;
+use crate::derive::{self, Derived, Layer};
 
 /// Red Hat's graph data.
 pub const GRAPH_DATA_URL: &str = "https://api.openshift.com/api/upgrades_info/graph-data";
@@ -88,12 +85,8 @@ pub enum GraphImageError {
 /// The graph data as an image layer.
 #[derive(Debug, Clone)]
 pub struct DataLayer {
-    /// The gzip-compressed tar.
-    pub bytes: Bytes,
-    /// Digest of `bytes`.
-    pub digest: Digest,
-    /// Digest of the uncompressed tar (the config's `diff_id`).
-    pub diff_id: Digest,
+    /// The layer.
+    pub layer: Layer,
     /// Files in it.
     pub files: usize,
 }
@@ -227,19 +220,8 @@ pub fn data_layer(tarball: &[u8], url: &str) -> Result<DataLayer, GraphImageErro
     let tar = builder
         .into_inner()
         .map_err(|e| err(format!("writing the layer: {e}")))?;
-    let diff_id = Digest::of(&tar);
-    let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar)
-        .and_then(|_| gz.finish())
-        .map(|bytes| {
-            let bytes = Bytes::from(bytes);
-            DataLayer {
-                digest: Digest::of(&bytes),
-                bytes,
-                diff_id,
-                files,
-            }
-        })
+    Layer::gzip(&tar)
+        .map(|layer| DataLayer { layer, files })
         .map_err(|e| err(format!("compressing the layer: {e}")))
 }
 
@@ -268,176 +250,39 @@ pub async fn fetch_data(url: &str) -> Result<Vec<u8>, GraphImageError> {
     Ok(body)
 }
 
-/// The graph image, ready to join the imageset's content.
-#[derive(Debug)]
-pub struct GraphImage {
-    /// Its image record (kind [`ImageKind::GraphData`]).
-    pub image: ImageRecord,
-    /// Its manifests (the new index first, then one per platform).
-    pub manifests: Vec<RawManifest>,
-    /// Every blob it references: the base's layers (fetched from the base's
-    /// registry) and the new configs and data layer (whose bytes are given). A blob
-    /// shared by platforms is listed once per platform;
-    /// [`Collected::add_built`](crate::collect::Collected::add_built) keeps it once.
-    pub blobs: Vec<(BlobRecord, Option<Bytes>)>,
-}
-
 /// Builds the graph image from `base` (every platform of it) and `layer`.
 pub async fn build(
     pool: &Pool,
     base: &ImageRef,
     layer: &DataLayer,
-) -> Result<GraphImage, GraphImageError> {
-    let err = |message: String| GraphImageError::Base {
+) -> Result<Derived, GraphImageError> {
+    let record = ImageRecord {
+        source: base.to_string(),
+        repository: base.name(),
+        tag: Some(GRAPH_IMAGE_TAG.into()),
+        by_digest: false,
+        digest: layer.layer.digest.clone(),
+        target_repository: Some(GRAPH_IMAGE_REPO.into()),
+        kind: ImageKind::GraphData,
+        subject: None,
+    };
+    let set_command = |config: &mut Value| {
+        config["config"]["Cmd"] = json!(COMMAND);
+        Ok(())
+    };
+    derive::derive(
+        pool,
+        base,
+        record,
+        &layer.layer,
+        &format!("airlock: graph data in /{DATA_DIR}"),
+        &set_command,
+    )
+    .await
+    .map_err(|message| GraphImageError::Base {
         image: base.to_string(),
         message,
-    };
-    let client = pool
-        .client(base.registry())
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let top = client
-        .get_manifest(base.repository(), &base.manifest_reference())
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let parsed = top.parse().map_err(|e| err(e.to_string()))?;
-    let repository = base.name();
-    let mut out = GraphImage {
-        image: ImageRecord {
-            source: base.to_string(),
-            repository: repository.clone(),
-            tag: Some(GRAPH_IMAGE_TAG.into()),
-            by_digest: false,
-            digest: top.digest.clone(),
-            target_repository: Some(GRAPH_IMAGE_REPO.into()),
-            kind: ImageKind::GraphData,
-            subject: None,
-        },
-        manifests: Vec::new(),
-        blobs: Vec::new(),
-    };
-    let blob = |digest: &Digest, size: u64| BlobRecord {
-        digest: digest.clone(),
-        size,
-        media_type: None,
-        repository: repository.clone(),
-        parts: Vec::new(),
-    };
-    out.blobs.push((
-        blob(&layer.digest, layer.bytes.len() as u64),
-        Some(layer.bytes.clone()),
-    ));
-    let new_top = match parsed.kind {
-        ManifestKind::Image { .. } => {
-            extend(&client, base.repository(), &top, layer, &mut out, &blob)
-                .await
-                .map_err(err)?
-        }
-        ManifestKind::Index { manifests } => {
-            let mut index: Value = serde_json::from_slice(&top.bytes)
-                .map_err(|e| err(format!("index {}: {e}", top.digest)))?;
-            let mut children = Vec::new();
-            for (i, child) in manifests.iter().enumerate() {
-                // Build attestations and other artifacts in an index are not platforms.
-                if child.platform.as_ref().is_none_or(|p| p.os == "unknown") {
-                    continue;
-                }
-                let raw = client
-                    .get_manifest(base.repository(), child.digest.as_str())
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-                let built = extend(&client, base.repository(), &raw, layer, &mut out, &blob)
-                    .await
-                    .map_err(err)?;
-                let mut entry = index["manifests"][i].clone();
-                entry["digest"] = json!(built.digest.as_str());
-                entry["size"] = json!(built.bytes.len());
-                children.push(entry);
-            }
-            if children.is_empty() {
-                return Err(err(format!("index {} has no platform image", top.digest)));
-            }
-            index["manifests"] = Value::Array(children);
-            RawManifest::from_bytes(
-                Bytes::from(serde_json::to_vec(&index).expect("json serialises")),
-                top.media_type.clone(),
-            )
-        }
-    };
-    out.image.digest = new_top.digest.clone();
-    out.manifests.insert(0, new_top);
-    Ok(out)
-}
-
-/// One platform's image with the data layer on top and the graph command; pushes
-/// the new manifest and blobs into `out` and returns the manifest.
-async fn extend(
-    client: &RegistryClient,
-    repository: &str,
-    base: &RawManifest,
-    layer: &DataLayer,
-    out: &mut GraphImage,
-    blob: &impl Fn(&Digest, u64) -> BlobRecord,
-) -> Result<RawManifest, String> {
-    let parsed = base
-        .parse()
-        .map_err(|e| format!("manifest {}: {e}", base.digest))?;
-    let ManifestKind::Image { config, layers } = &parsed.kind else {
-        return Err(format!(
-            "manifest {} is an index inside an index",
-            base.digest
-        ));
-    };
-    let config_bytes = small_blob(client, repository, config, "config blob").await?;
-    let mut image_config: Value = serde_json::from_slice(&config_bytes)
-        .map_err(|e| format!("config blob {}: {e}", config.digest))?;
-    let diff_ids = image_config
-        .pointer_mut("/rootfs/diff_ids")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| format!("config blob {} has no rootfs.diff_ids", config.digest))?;
-    diff_ids.push(json!(layer.diff_id.as_str()));
-    image_config["config"]["Cmd"] = json!(COMMAND);
-    if let Some(history) = image_config
-        .get_mut("history")
-        .and_then(Value::as_array_mut)
-    {
-        history.push(json!({"created_by": format!("airlock: graph data in /{DATA_DIR}")}));
-    }
-    let new_config = Bytes::from(serde_json::to_vec(&image_config).expect("json serialises"));
-    let new_config_digest = Digest::of(&new_config);
-
-    let mut doc: Value = serde_json::from_slice(&base.bytes)
-        .map_err(|e| format!("manifest {}: {e}", base.digest))?;
-    doc["config"]["digest"] = json!(new_config_digest.as_str());
-    doc["config"]["size"] = json!(new_config.len());
-    let layer_type = if parsed.media_type == manifest::DOCKER_MANIFEST {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip"
-    } else {
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-    };
-    doc["layers"]
-        .as_array_mut()
-        .ok_or_else(|| format!("manifest {} has no layers", base.digest))?
-        .push(json!({
-            "mediaType": layer_type,
-            "digest": layer.digest.as_str(),
-            "size": layer.bytes.len(),
-        }));
-    let raw = RawManifest::from_bytes(
-        Bytes::from(serde_json::to_vec(&doc).expect("json serialises")),
-        base.media_type.clone(),
-    );
-    out.blobs.push((
-        blob(&new_config_digest, new_config.len() as u64),
-        Some(new_config),
-    ));
-    out.blobs.extend(
-        layers
-            .iter()
-            .map(|d: &Descriptor| (blob(&d.digest, d.size), None)),
-    );
-    out.manifests.push(raw.clone());
-    Ok(raw)
+    })
 }
 
 #[cfg(test)]
@@ -463,12 +308,12 @@ mod tests {
             b.append(&h, *data).unwrap();
         }
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&b.into_inner().unwrap()).unwrap();
+        std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
         gz.finish().unwrap()
     }
 
     fn unpack(layer: &DataLayer) -> Vec<(String, u32, u64, Vec<u8>)> {
-        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(&layer.bytes[..]));
+        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(&layer.layer.bytes[..]));
         a.entries()
             .unwrap()
             .map(|e| {
@@ -503,9 +348,10 @@ mod tests {
         ]);
         let a = data_layer(&t, "u").unwrap();
         let b = data_layer(&t, "u").unwrap();
-        assert_eq!((a.digest.clone(), a.diff_id.clone()), (b.digest, b.diff_id));
+        let (la, lb) = (&a.layer, &b.layer);
+        assert_eq!((&la.digest, &la.diff_id), (&lb.digest, &lb.diff_id));
         assert_eq!(a.files, 3);
-        assert_eq!(Digest::of(&a.bytes), a.digest);
+        assert_eq!(airlock_common::digest::Digest::of(&la.bytes), la.digest);
         let entries = unpack(&a);
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(
@@ -532,10 +378,10 @@ mod tests {
         );
         // The diff_id is the digest of the uncompressed tar.
         let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(&a.bytes[..])
+        flate2::read::GzDecoder::new(&a.layer.bytes[..])
             .read_to_end(&mut tar)
             .unwrap();
-        assert_eq!(Digest::of(&tar), a.diff_id);
+        assert_eq!(airlock_common::digest::Digest::of(&tar), a.layer.diff_id);
     }
 
     #[test]

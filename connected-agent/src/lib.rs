@@ -7,6 +7,7 @@ pub mod cli;
 pub mod collect;
 pub mod cosign;
 pub mod create;
+pub mod derive;
 pub mod error;
 pub mod graph;
 pub mod graph_image;

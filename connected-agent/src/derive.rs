@@ -1,0 +1,217 @@
+//! Images Airlock makes: a base image, every platform of it, with one more layer
+//! on top and an edited config. The graph-data image and rebuilt operator catalogs
+//! are made this way on the connected side, so they travel differentially and are
+//! covered by the imageset's signature like every other image.
+
+use std::io::Write;
+
+use airlock_common::digest::Digest;
+use airlock_common::imageset::{BlobRecord, ImageRecord};
+use airlock_common::manifest::{self, Descriptor, ManifestKind};
+use airlock_common::reference::ImageRef;
+use airlock_common::registry::{Pool, RawManifest, RegistryClient};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::payload::small_blob;
+
+/// A layer made here.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The gzip-compressed tar.
+    pub bytes: Bytes,
+    /// Digest of `bytes`.
+    pub digest: Digest,
+    /// Digest of the uncompressed tar (the config's `diff_id`).
+    pub diff_id: Digest,
+}
+
+impl Layer {
+    /// Compresses `tar` without a timestamp, so the same tar gives the same layer.
+    pub fn gzip(tar: &[u8]) -> std::io::Result<Layer> {
+        let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::default());
+        gz.write_all(tar)?;
+        let bytes = Bytes::from(gz.finish()?);
+        Ok(Layer {
+            digest: Digest::of(&bytes),
+            diff_id: Digest::of(tar),
+            bytes,
+        })
+    }
+}
+
+/// A made image, ready to join the imageset's content.
+#[derive(Debug)]
+pub struct Derived {
+    /// Its image record (its digest is the new top manifest's).
+    pub image: ImageRecord,
+    /// Its manifests (the new top first, then one per platform for an index).
+    pub manifests: Vec<RawManifest>,
+    /// Every blob it references: the base's layers (pulled from the base's
+    /// registry like any other blob) and the new configs and layer (whose bytes
+    /// are given). A blob shared by platforms is listed once per platform;
+    /// [`Collected::add_built`](crate::collect::Collected::add_built) keeps it once.
+    pub blobs: Vec<(BlobRecord, Option<Bytes>)>,
+}
+
+/// How the config of each platform changes, besides the new layer's `diff_id`.
+pub type EditConfig<'a> = &'a (dyn Fn(&mut Value) -> Result<(), String> + Sync);
+
+/// Makes `base` (every platform of an index; attestation entries are dropped) with
+/// `layer` on top, each config changed by `edit` and given a `history` entry;
+/// `record` is the made image's record, its digest set here.
+pub async fn derive(
+    pool: &Pool,
+    base: &ImageRef,
+    mut record: ImageRecord,
+    layer: &Layer,
+    history: &str,
+    edit: EditConfig<'_>,
+) -> Result<Derived, String> {
+    let client = pool
+        .client(base.registry())
+        .await
+        .map_err(|e| e.to_string())?;
+    let top = client
+        .get_manifest(base.repository(), &base.manifest_reference())
+        .await
+        .map_err(|e| e.to_string())?;
+    let parsed = top.parse().map_err(|e| e.to_string())?;
+    record.repository = base.name();
+    let mut out = Derived {
+        image: record,
+        manifests: Vec::new(),
+        blobs: Vec::new(),
+    };
+    out.blobs.push((
+        blob(&out.image, &layer.digest, layer.bytes.len() as u64),
+        Some(layer.bytes.clone()),
+    ));
+    let on = Platform {
+        client: &client,
+        repository: base.repository(),
+        layer,
+        history,
+        edit,
+    };
+    let new_top = match parsed.kind {
+        ManifestKind::Image { .. } => on.extend(&top, &mut out).await?,
+        ManifestKind::Index { manifests } => {
+            let mut index: Value = serde_json::from_slice(&top.bytes)
+                .map_err(|e| format!("index {}: {e}", top.digest))?;
+            let mut children = Vec::new();
+            for (i, child) in manifests.iter().enumerate() {
+                // Build attestations and other artifacts in an index are not platforms.
+                if child.platform.as_ref().is_none_or(|p| p.os == "unknown") {
+                    continue;
+                }
+                let raw = client
+                    .get_manifest(base.repository(), child.digest.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let built = on.extend(&raw, &mut out).await?;
+                let mut entry = index["manifests"][i].clone();
+                entry["digest"] = json!(built.digest.as_str());
+                entry["size"] = json!(built.bytes.len());
+                children.push(entry);
+            }
+            if children.is_empty() {
+                return Err(format!("index {} has no platform image", top.digest));
+            }
+            index["manifests"] = Value::Array(children);
+            RawManifest::from_bytes(
+                Bytes::from(serde_json::to_vec(&index).expect("json serialises")),
+                top.media_type.clone(),
+            )
+        }
+    };
+    out.image.digest = new_top.digest.clone();
+    out.manifests.insert(0, new_top);
+    Ok(out)
+}
+
+fn blob(image: &ImageRecord, digest: &Digest, size: u64) -> BlobRecord {
+    BlobRecord {
+        digest: digest.clone(),
+        size,
+        media_type: None,
+        repository: image.repository.clone(),
+        parts: Vec::new(),
+    }
+}
+
+/// What every platform gets.
+struct Platform<'a> {
+    client: &'a RegistryClient,
+    repository: &'a str,
+    layer: &'a Layer,
+    history: &'a str,
+    edit: EditConfig<'a>,
+}
+
+impl Platform<'_> {
+    /// One platform's image with the layer on top and its config edited; adds the
+    /// new manifest and blobs to `out` and returns the manifest.
+    async fn extend(&self, base: &RawManifest, out: &mut Derived) -> Result<RawManifest, String> {
+        let parsed = base
+            .parse()
+            .map_err(|e| format!("manifest {}: {e}", base.digest))?;
+        let ManifestKind::Image { config, layers } = &parsed.kind else {
+            return Err(format!(
+                "manifest {} is an index inside an index",
+                base.digest
+            ));
+        };
+        let config_bytes = small_blob(self.client, self.repository, config, "config blob").await?;
+        let mut image_config: Value = serde_json::from_slice(&config_bytes)
+            .map_err(|e| format!("config blob {}: {e}", config.digest))?;
+        let diff_ids = image_config
+            .pointer_mut("/rootfs/diff_ids")
+            .and_then(Value::as_array_mut)
+            .ok_or_else(|| format!("config blob {} has no rootfs.diff_ids", config.digest))?;
+        diff_ids.push(json!(self.layer.diff_id.as_str()));
+        (self.edit)(&mut image_config)
+            .map_err(|e| format!("config blob {}: {e}", config.digest))?;
+        if let Some(history) = image_config
+            .get_mut("history")
+            .and_then(Value::as_array_mut)
+        {
+            history.push(json!({ "created_by": self.history }));
+        }
+        let new_config = Bytes::from(serde_json::to_vec(&image_config).expect("json serialises"));
+        let new_config_digest = Digest::of(&new_config);
+
+        let mut doc: Value = serde_json::from_slice(&base.bytes)
+            .map_err(|e| format!("manifest {}: {e}", base.digest))?;
+        doc["config"]["digest"] = json!(new_config_digest.as_str());
+        doc["config"]["size"] = json!(new_config.len());
+        let layer_type = if parsed.media_type == manifest::DOCKER_MANIFEST {
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        } else {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        };
+        doc["layers"]
+            .as_array_mut()
+            .ok_or_else(|| format!("manifest {} has no layers", base.digest))?
+            .push(json!({
+                "mediaType": layer_type,
+                "digest": self.layer.digest.as_str(),
+                "size": self.layer.bytes.len(),
+            }));
+        let raw = RawManifest::from_bytes(
+            Bytes::from(serde_json::to_vec(&doc).expect("json serialises")),
+            base.media_type.clone(),
+        );
+        out.blobs.push((
+            blob(&out.image, &new_config_digest, new_config.len() as u64),
+            Some(new_config),
+        ));
+        out.blobs.extend(
+            layers
+                .iter()
+                .map(|d: &Descriptor| (blob(&out.image, &d.digest, d.size), None)),
+        );
+        out.manifests.push(raw.clone());
+        Ok(raw)
+    }
+}
