@@ -5,6 +5,7 @@ pub mod fbc;
 pub mod filter;
 pub mod image;
 pub mod range;
+pub mod rebuild;
 
 #[cfg(test)]
 mod tests;
