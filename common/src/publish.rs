@@ -30,7 +30,9 @@ use crate::imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
 use crate::manifest::OCI_INDEX;
 use crate::reference::{Destination, ImageRef};
 use crate::registry::{ErrorKind, RawManifest, RegistryClient, RegistryError};
-use crate::resources::{Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs};
+use crate::resources::{
+    CatalogRef, Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs,
+};
 use crate::telemetry::Progress;
 
 /// Images pushed at once; blob transfers are bounded separately.
@@ -145,12 +147,17 @@ pub fn destination_repository(dest: &Destination, image: &ImageRecord) -> String
 /// The mirror-set view of `images` at `dest`. As in oc-mirror, an image the
 /// configuration named by tag (a bare name means `latest`) goes into the tag mirror
 /// set, one named by digest into the digest mirror set, one named by both into both.
-/// The graph image is pulled by digest from the mirror, and referrers live in their
-/// subject's repository, so neither adds an entry.
+/// The graph image and catalogs are pulled by digest from the mirror, and
+/// referrers live in their subject's repository, so none of them adds an entry.
 pub fn mirrored(images: &[ImageRecord], dest: &Destination) -> Vec<Mirrored> {
     images
         .iter()
-        .filter(|i| !matches!(i.kind, ImageKind::GraphData | ImageKind::Referrer))
+        .filter(|i| {
+            !matches!(
+                i.kind,
+                ImageKind::GraphData | ImageKind::Referrer | ImageKind::Catalog
+            )
+        })
         .map(|i| {
             let named_by_tag = i
                 .source
@@ -165,7 +172,8 @@ pub fn mirrored(images: &[ImageRecord], dest: &Destination) -> Vec<Mirrored> {
                 category: match i.kind {
                     ImageKind::Generic => Category::Generic,
                     ImageKind::Release | ImageKind::ReleaseComponent => Category::Release,
-                    ImageKind::GraphData | ImageKind::Referrer => {
+                    ImageKind::Operator => Category::Operator,
+                    ImageKind::GraphData | ImageKind::Referrer | ImageKind::Catalog => {
                         unreachable!("filtered out above")
                     }
                 },
@@ -194,7 +202,17 @@ pub fn cluster_resources(
         .collect();
     signatures.sort_by(|a, b| a.digest.cmp(&b.digest));
     signatures.dedup_by(|a, b| a.digest == b.digest);
+    let catalogs = images
+        .iter()
+        .filter(|i| i.kind == ImageKind::Catalog)
+        .map(|i| CatalogRef {
+            repository: at(i),
+            tag: i.tag.clone(),
+            digest: i.digest.clone(),
+        })
+        .collect();
     ClusterResources {
+        catalogs,
         mirrored: mirrored(images, dest),
         signatures,
         update_service: release_repo

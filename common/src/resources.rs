@@ -253,6 +253,79 @@ pub struct ClusterResources {
     pub signatures: Vec<ReleaseSignature>,
     /// For the `UpdateService`, when a graph-data image is published.
     pub update_service: Option<UpdateServiceRefs>,
+    /// Operator catalogs, for a `CatalogSource` and a `ClusterCatalog` each.
+    pub catalogs: Vec<CatalogRef>,
+}
+
+/// An operator catalog at the mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogRef {
+    /// Mirror registry and repository (`mirror:5000/prefix/redhat/redhat-operator-index`).
+    pub repository: String,
+    /// Its tag at the mirror, if it has one.
+    pub tag: Option<String>,
+    /// Its digest: the resources point at it, so a cluster runs exactly the catalog
+    /// that was published.
+    pub digest: Digest,
+}
+
+impl CatalogRef {
+    /// oc-mirror v2's object name without its `cs-`/`cc-` prefix: the last path
+    /// part and the tag (12 characters at most), or 12 characters of the digest,
+    /// lowercased, with anything outside `[a-z0-9-]` made `-`. Named by the tag, the
+    /// object is the same from one publish to the next and is updated in place.
+    pub fn name(&self) -> String {
+        let last = self.repository.rsplit('/').next().unwrap_or_default();
+        let suffix: String = match &self.tag {
+            Some(t) => t.chars().take(12).collect(),
+            None => self.digest.hex().chars().take(12).collect(),
+        };
+        let name: String = format!("{last}-{suffix}")
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        name.trim_matches('-').to_string()
+    }
+
+    fn image(&self) -> String {
+        format!("{}@{}", self.repository, self.digest)
+    }
+}
+
+/// The OLM v0 `CatalogSource` of `c`: a gRPC catalog in `openshift-marketplace`.
+pub fn catalog_source(c: &CatalogRef) -> String {
+    let object = serde_json::json!({
+        "apiVersion": "operators.coreos.com/v1alpha1",
+        "kind": "CatalogSource",
+        "metadata": {
+            "name": format!("cs-{}", c.name()),
+            "namespace": "openshift-marketplace",
+            "annotations": annotations(),
+        },
+        "spec": {"sourceType": "grpc", "image": c.image()},
+    });
+    serde_yaml_ng::to_string(&object).expect("catalog sources serialise")
+}
+
+/// The OLM v1 `ClusterCatalog` of `c`.
+pub fn cluster_catalog(c: &CatalogRef) -> String {
+    let object = serde_json::json!({
+        "apiVersion": "olm.operatorframework.io/v1",
+        "kind": "ClusterCatalog",
+        "metadata": {
+            "name": format!("cc-{}", c.name()),
+            "annotations": annotations(),
+        },
+        "spec": {"source": {"type": "Image", "image": {"ref": c.image()}}},
+    });
+    serde_yaml_ng::to_string(&object).expect("cluster catalogs serialise")
 }
 
 #[derive(Serialize)]
@@ -361,8 +434,34 @@ pub fn write(dir: &Path, resources: &ClusterResources) -> std::io::Result<Vec<Pa
             resources.update_service.as_ref().map(update_service),
         ),
     ];
+    let catalogs: Vec<(String, Option<String>)> = resources
+        .catalogs
+        .iter()
+        .flat_map(|c| {
+            [
+                (format!("cs-{}.yaml", c.name()), Some(catalog_source(c))),
+                (format!("cc-{}.yaml", c.name()), Some(cluster_catalog(c))),
+            ]
+        })
+        .collect();
+    // Catalogs of an earlier publish that this one no longer has.
+    let stale: Vec<(String, Option<String>)> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|f| {
+            (f.starts_with("cs-") || f.starts_with("cc-"))
+                && f.ends_with(".yaml")
+                && !catalogs.iter().any(|(c, _)| c == f)
+        })
+        .map(|f| (f, None))
+        .collect();
+    let files = files
+        .into_iter()
+        .map(|(f, c)| (f.to_string(), c))
+        .chain(catalogs)
+        .chain(stale);
     let mut written = Vec::new();
     for (file, content) in files {
+        let file = file.as_str();
         let path = dir.join(file);
         match content {
             Some(text) => {
@@ -506,5 +605,94 @@ mod tests {
             "c2lnbmF0dXJl"
         );
         assert_eq!(signature_configmap(&[]), None);
+    }
+
+    #[test]
+    fn catalog_source_and_cluster_catalog_point_at_the_catalog_by_digest() {
+        let c = CatalogRef {
+            repository: "mirror:5000/prefix/redhat/redhat-operator-index".into(),
+            tag: Some("v4.17".into()),
+            digest: Digest::of(b"catalog"),
+        };
+        assert_eq!(c.name(), "redhat-operator-index-v4-17");
+        let image = format!("{}@{}", c.repository, c.digest);
+        let cs: serde_json::Value = serde_yaml_ng::from_str(&catalog_source(&c)).unwrap();
+        insta::assert_snapshot!(catalog_source(&c).replace(c.digest.hex(), "<hex>"), @r"
+        apiVersion: operators.coreos.com/v1alpha1
+        kind: CatalogSource
+        metadata:
+          annotations:
+            createdBy: airlock
+          name: cs-redhat-operator-index-v4-17
+          namespace: openshift-marketplace
+        spec:
+          image: mirror:5000/prefix/redhat/redhat-operator-index@sha256:<hex>
+          sourceType: grpc
+        ");
+        assert_eq!(cs["spec"]["image"], image.as_str());
+        let cc: serde_json::Value = serde_yaml_ng::from_str(&cluster_catalog(&c)).unwrap();
+        assert_eq!(cc["apiVersion"], "olm.operatorframework.io/v1");
+        assert_eq!(cc["kind"], "ClusterCatalog");
+        assert_eq!(cc["metadata"]["name"], "cc-redhat-operator-index-v4-17");
+        assert_eq!(cc["spec"]["source"]["type"], "Image");
+        assert_eq!(cc["spec"]["source"]["image"]["ref"], image.as_str());
+
+        // By digest only: 12 characters of the digest; odd tags become DNS labels.
+        let by_digest = CatalogRef {
+            tag: None,
+            ..c.clone()
+        };
+        assert_eq!(
+            by_digest.name(),
+            format!("redhat-operator-index-{}", &c.digest.hex()[..12])
+        );
+        let odd = CatalogRef {
+            tag: Some("V4.17_Latest-Build".into()),
+            ..c.clone()
+        };
+        assert_eq!(odd.name(), "redhat-operator-index-v4-17-latest");
+    }
+
+    #[test]
+    fn catalogs_of_an_earlier_publish_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = |name: &str| CatalogRef {
+            repository: format!("m:5000/{name}"),
+            tag: Some("v1".into()),
+            digest: Digest::of(name.as_bytes()),
+        };
+        let first = ClusterResources {
+            catalogs: vec![c("one"), c("two")],
+            ..Default::default()
+        };
+        let written = write(dir.path(), &first).unwrap();
+        let names: BTreeSet<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            BTreeSet::from(
+                [
+                    "cc-one-v1.yaml",
+                    "cc-two-v1.yaml",
+                    "cs-one-v1.yaml",
+                    "cs-two-v1.yaml"
+                ]
+                .map(String::from)
+            )
+        );
+        std::fs::write(dir.path().join("keep-me.yaml"), "x").unwrap();
+        let second = ClusterResources {
+            catalogs: vec![c("two")],
+            ..Default::default()
+        };
+        write(dir.path(), &second).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["cc-two-v1.yaml", "cs-two-v1.yaml", "keep-me.yaml"]);
     }
 }

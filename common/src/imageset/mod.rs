@@ -160,6 +160,12 @@ pub enum ImageKind {
     /// The update-graph data image built for `platform.graph` (pulled by the
     /// cluster's update service from the mirror by digest, so in no mirror set).
     GraphData,
+    /// An operator catalog image (rebuilt with the filtered catalog, or copied
+    /// whole): clusters use it through a `CatalogSource` and a `ClusterCatalog` by
+    /// digest, so it is in no mirror set.
+    Catalog,
+    /// An operator bundle image or an image a bundle names in `relatedImages`.
+    Operator,
     /// A signature, attestation or SBOM of another image of the imageset: a cosign
     /// `sha256-<digest>.sig|.att|.sbom` tag or an OCI 1.1 referrer. It lives in its
     /// subject's repository and is published after it.
