@@ -96,9 +96,14 @@ pub fn load_config(path: &Path) -> Result<(LoadedConfig, Vec<ImageSpec>), Error>
     loaded.validate()?;
     loaded.check_supported()?;
     let images = loaded.additional_images()?;
-    if images.is_empty() && release::platform(&loaded).is_none() {
+    let operators = loaded
+        .config
+        .mirror
+        .as_ref()
+        .is_some_and(|m| !m.operators.is_empty());
+    if images.is_empty() && release::platform(&loaded).is_none() && !operators {
         return Err(Error::Usage(format!(
-            "{}: the configuration selects no images; add mirror.platform channels or mirror.additionalImages",
+            "{}: the configuration selects no images; add mirror.platform channels, mirror.operators or mirror.additionalImages",
             path.display()
         )));
     }
@@ -133,41 +138,53 @@ pub async fn gather(
         [] => None,
         paths => Some(cosign::Keys::load(paths)?),
     };
-    let Some(platform) = release::platform(loaded) else {
-        let (collected, blocked) =
-            collect_allowed(loaded, additional, pool, policy, keys.as_ref()).await?;
-        return Ok(Gathered {
-            collected,
-            releases: Vec::new(),
-            blocked,
-        });
+    let platform = release::platform(loaded);
+    let signatures = match platform {
+        Some(_) => SignatureCheck::new(opts)?,
+        None => None,
     };
-    let signatures = SignatureCheck::new(opts)?;
-    let graph = if platform.graph {
-        let base = opts
-            .graph_base
-            .as_deref()
-            .unwrap_or(graph_image::GRAPH_BASE_IMAGE);
-        let base: ImageRef = base
-            .parse()
-            .map_err(|e| Error::Usage(format!("--graph-base-image {base:?}: {e}")))?;
-        let url = opts
-            .graph_data_url
-            .clone()
-            .unwrap_or_else(|| graph_image::GRAPH_DATA_URL.to_string());
-        Some((base, url))
-    } else {
-        None
+    let graph = match platform {
+        Some(p) if p.graph => {
+            let base = opts
+                .graph_base
+                .as_deref()
+                .unwrap_or(graph_image::GRAPH_BASE_IMAGE);
+            let base: ImageRef = base
+                .parse()
+                .map_err(|e| Error::Usage(format!("--graph-base-image {base:?}: {e}")))?;
+            let url = opts
+                .graph_data_url
+                .clone()
+                .unwrap_or_else(|| graph_image::GRAPH_DATA_URL.to_string());
+            Some((base, url))
+        }
+        _ => None,
     };
-    let updates = UpdateService::new(opts.update_url.clone());
-    let mut releases = release::resolve(loaded, pool, &updates).await?;
-    if let Some(check) = &signatures {
-        check.sign(&mut releases.records).await?;
+    let mut images = Vec::new();
+    let mut records = Vec::new();
+    if platform.is_some() {
+        let updates = UpdateService::new(opts.update_url.clone());
+        let mut releases = release::resolve(loaded, pool, &updates).await?;
+        if let Some(check) = &signatures {
+            check.sign(&mut releases.records).await?;
+        }
+        images = releases.images;
+        records = releases.records;
     }
-    let mut images = releases.images;
+    let operators = loaded
+        .config
+        .mirror
+        .as_ref()
+        .map(|m| m.operators.as_slice())
+        .unwrap_or_default();
+    let catalogs = crate::catalog::content::gather(pool, operators).await?;
+    images.extend(catalogs.images);
     images.extend(additional);
     let (mut collected, blocked) =
         collect_allowed(loaded, images, pool, policy, keys.as_ref()).await?;
+    for built in catalogs.rebuilt {
+        collected.add_built(built);
+    }
     if let Some((base, url)) = graph {
         let data = graph_image::fetch_data(&url).await?;
         let layer = graph_image::data_layer(&data, &url)?;
@@ -177,7 +194,7 @@ pub async fn gather(
     }
     Ok(Gathered {
         collected,
-        releases: releases.records,
+        releases: records,
         blocked,
     })
 }

@@ -686,11 +686,6 @@ impl LoadedConfig {
                     "mirroring the KubeVirt container image of releases",
                 ),
                 (
-                    !m.operators.is_empty(),
-                    "mirror.operators",
-                    "mirroring operator catalogs",
-                ),
-                (
                     m.helm
                         .as_ref()
                         .is_some_and(|h| !h.local.is_empty() || !h.repositories.is_empty()),
@@ -709,6 +704,36 @@ impl LoadedConfig {
                         field,
                         format!("{what} is not supported by this build yet; remove {field} to mirror the rest"),
                     ));
+                }
+            }
+            for (i, op) in m.operators.iter().enumerate() {
+                let at = format!("mirror.operators[{i}]");
+                let refuse = [
+                    (
+                        op.catalog.starts_with("oci:"),
+                        format!("{at}.catalog"),
+                        "catalogs in a local OCI layout (oci:) are not supported by this build; push the catalog to a registry and name it there",
+                    ),
+                    (
+                        op.target_catalog_source_template.is_some(),
+                        format!("{at}.targetCatalogSourceTemplate"),
+                        "CatalogSource templates are not supported by this build; remove the field to get the default CatalogSource",
+                    ),
+                    (
+                        !op.platforms.is_empty(),
+                        format!("{at}.platforms"),
+                        "filtering a catalog's manifest list by platform is not supported by this build: every platform is mirrored; remove the field",
+                    ),
+                    (
+                        op.target_name.is_some() || op.original_ref.is_some(),
+                        format!("{at}.targetName"),
+                        "the deprecated targetName and originalRef are not supported; use targetCatalog",
+                    ),
+                ];
+                for (present, field, why) in refuse {
+                    if present {
+                        problems.push(self.problem(field, why));
+                    }
                 }
             }
             for (i, image) in m.additional_images.iter().enumerate() {

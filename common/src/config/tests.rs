@@ -108,10 +108,10 @@ fn fields_not_acted_on_are_refused_with_their_positions() {
     let doc = load(&fixtures().join("v2alpha1/image-set-config.yaml")).unwrap();
     let err = doc.check_supported().unwrap_err();
     let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
-    assert_eq!(fields, ["mirror.operators", "mirror.helm"]);
+    assert_eq!(fields, ["mirror.helm"]);
     let msg = err.to_string();
     assert!(
-        msg.contains("image-set-config.yaml:10:3: mirror.operators"),
+        msg.contains("image-set-config.yaml:19:3: mirror.helm"),
         "{msg}"
     );
 }

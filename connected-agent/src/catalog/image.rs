@@ -70,6 +70,8 @@ pub struct CatalogImage {
     pub root: String,
     /// The catalog.
     pub catalog: Catalog,
+    /// The serve cache directory its command names (`--cache-dir`), if any.
+    pub cache_dir: Option<String>,
 }
 
 /// Reads the catalog of `image`.
@@ -123,7 +125,10 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<CatalogImage, Catalog
     let bytes = small_blob(client, image.repository(), config, "config blob")
         .await
         .map_err(&invalid)?;
-    let c: Config = serde_json::from_slice(&bytes)
+    let whole: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(format!("config blob {}: {e}", config.digest)))?;
+    let cache_dir = super::rebuild::cache_dir(&whole);
+    let c: Config = serde_json::from_value(whole)
         .map_err(|e| invalid(format!("config blob {}: {e}", config.digest)))?;
     let labels = c.config.and_then(|i| i.labels).unwrap_or_default();
     let root = match (labels.get(CONFIGS_LABEL), labels.get(DATABASE_LABEL)) {
@@ -161,6 +166,7 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<CatalogImage, Catalog
         digest: opened.digest,
         root,
         catalog,
+        cache_dir,
     })
 }
 

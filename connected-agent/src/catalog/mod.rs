@@ -1,6 +1,7 @@
 //! Operator catalogs: file-based catalogs read natively (no `opm`), filtered
 //! with oc-mirror's rules.
 
+pub mod content;
 pub mod fbc;
 pub mod filter;
 pub mod image;

@@ -347,9 +347,9 @@ fn bad_configurations_fail_with_file_line_and_field() {
         ),
         (
             format!(
-                "{head}mirror:\n  additionalImages:\n  - name: quay.io/a/b:1\n  operators:\n  - catalog: registry.redhat.io/redhat/redhat-operator-index:v4.18\n"
+                "{head}mirror:\n  additionalImages:\n  - name: quay.io/a/b:1\n  operators:\n  - catalog: oci:///srv/catalog\n"
             ),
-            "isc.yaml:6:3: mirror.operators: mirroring operator catalogs is not supported",
+            "isc.yaml:7:5: mirror.operators[0].catalog: catalogs in a local OCI layout (oci:) are not supported",
         ),
         (
             format!("{head}mirror:\n  additionalImages:\n  - name: quay.io/Bad/b:1\n"),

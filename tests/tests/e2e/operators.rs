@@ -2,8 +2,11 @@
 //! selects.
 
 use airlock_tests::bins::{self, run};
-use airlock_tests::images::{Format, ImageBuilder, PushClient, files_layer, index};
+use std::collections::{BTreeMap, BTreeSet};
+
+use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, files_layer, index};
 use airlock_tests::registry::Registry;
+use airlock_tests::skopeo::inspect_raw_at;
 use serde_json::{Value, json};
 
 use crate::util::*;
@@ -30,9 +33,13 @@ fn blobs(bytes: &[u8]) -> Vec<Value> {
 /// layer (opm), the FBC under /configs with a package that a layer above removes,
 /// and a pre-built cache on top.
 fn push_catalog(client: &PushClient, repo: &str, labels: Value) {
+    push_catalog_with(client, repo, labels, &fixture());
+}
+
+fn push_catalog_with(client: &PushClient, repo: &str, labels: Value, fbc: &[u8]) {
     let base = files_layer(&[("bin/opm", b"#!opm"), ("etc/os-release", b"ID=test")]);
     let configs = files_layer(&[
-        (&format!("configs/{PACKAGE}/catalog.json"), &fixture()),
+        (&format!("configs/{PACKAGE}/catalog.json"), fbc),
         (
             "configs/removed/catalog.json",
             br#"{"schema":"olm.package","name":"removed","defaultChannel":"x"}"#,
@@ -96,24 +103,7 @@ fn list_bundles_reads_the_catalog_image_and_prints_the_channel_heads() {
     let expected: Vec<Value> = channels
         .iter()
         .map(|c| {
-            let entries = c["entries"].as_array().unwrap();
-            let pointed: Vec<&str> = entries
-                .iter()
-                .flat_map(|e| {
-                    e["replaces"].as_str().into_iter().chain(
-                        e["skips"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|s| s.as_str().unwrap()),
-                    )
-                })
-                .collect();
-            let head = entries
-                .iter()
-                .map(|e| e["name"].as_str().unwrap())
-                .find(|n| !pointed.contains(n))
-                .unwrap();
+            let head = channel_head(c);
             let bundle = all
                 .iter()
                 .find(|b| b["schema"] == "olm.bundle" && b["name"] == head)
@@ -221,4 +211,314 @@ fn a_sqlite_catalog_is_refused_with_what_to_use_instead() {
         out.stderr.contains("use a file-based catalog image"),
         "{out}"
     );
+}
+
+/// A bundle blob's image and related images.
+fn pullspecs_of(b: &Value) -> Vec<String> {
+    std::iter::once(&b["image"])
+        .chain(
+            b["relatedImages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| &r["image"]),
+        )
+        .map(|i| i.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Pushes a small image for every pullspec of the fixture's bundles and returns
+/// the fixture with each pullspec rewritten to its image, and the images by their
+/// new pullspec.
+fn localise(client: &PushClient, a: &str, fbc: &[u8]) -> (String, BTreeMap<String, Image>) {
+    let mut specs: Vec<String> = blobs(fbc)
+        .iter()
+        .filter(|b| b["schema"] == "olm.bundle")
+        .flat_map(pullspecs_of)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // Longest first, so no pullspec is replaced inside a longer one.
+    specs.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut text = String::from_utf8(fbc.to_vec()).unwrap();
+    let mut images = BTreeMap::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let path = spec.split(['@', ':']).next().unwrap();
+        let repo = format!("ops/{}", path.rsplit('/').next().unwrap());
+        let image = ImageBuilder::new(Format::Oci)
+            .layer(2_000 + i as u64, 3_000)
+            .build();
+        image.push(client, &repo, None).unwrap();
+        let local = format!("{a}/{repo}@{}", image.digest);
+        text = text.replace(spec.as_str(), &local);
+        images.insert(local, image);
+    }
+    (text, images)
+}
+
+/// The head bundle of each channel and the pullspecs they need, from the FBC.
+fn heads_and_pullspecs(fbc: &[u8]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let all = blobs(fbc);
+    let heads: BTreeSet<String> = all
+        .iter()
+        .filter(|b| b["schema"] == "olm.channel")
+        .map(channel_head)
+        .collect();
+    let pullspecs = all
+        .iter()
+        .filter(|b| b["schema"] == "olm.bundle" && heads.contains(b["name"].as_str().unwrap()))
+        .flat_map(pullspecs_of)
+        .collect();
+    (heads, pullspecs)
+}
+
+/// The files of the top layer of `reference` at `registry` (skopeo copies it out).
+fn top_layer_files(registry: &Registry, reference: &str) -> BTreeMap<String, Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = airlock_tests::skopeo::SkopeoOpts::for_registry(registry);
+    airlock_tests::skopeo::copy_all(
+        &format!("docker://{}/{reference}", registry.addr()),
+        &opts,
+        &format!("dir:{}", dir.path().display()),
+        &airlock_tests::skopeo::SkopeoOpts::default(),
+    )
+    .unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    let child = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join(format!(
+            "{}.manifest.json",
+            child.trim_start_matches("sha256:")
+        )))
+        .unwrap(),
+    )
+    .unwrap();
+    let top = manifest["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let gz = std::fs::read(dir.path().join(top)).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
+    let mut out = BTreeMap::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+        out.insert(path, bytes);
+    }
+    out
+}
+
+#[test]
+fn create_and_publish_carry_the_selected_bundles_and_a_rebuilt_catalog_with_its_resources() {
+    let src = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = src.addr();
+    let labels = json!({"operators.operatorframework.io.index.configs.v1": "/configs"});
+    let (fbc, images) = localise(&client, &a, &fixture());
+    push_catalog_with(&client, "catalogs/index", labels.clone(), fbc.as_bytes());
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}mirror:\n  operators:\n  - catalog: {a}/catalogs/index:v4.17\n    packages:\n    - name: {PACKAGE}\n"),
+    )
+    .unwrap();
+    let (heads, wanted) = heads_and_pullspecs(fbc.as_bytes());
+    assert_eq!(heads.len(), 2, "one head per channel");
+
+    // Dry run: the catalog, every bundle and related image in mapping.txt.
+    let dry = tmp.path().join("dry");
+    let out = run(create_cmd(&config, &dry, &tmp.path().join("ws"), "1MiB", &src).arg("--dry-run"));
+    assert_eq!(out.code, 0, "{out}");
+    let mapping = std::fs::read_to_string(dry.join("mapping.txt")).unwrap();
+    let sources: BTreeSet<String> = mapping
+        .lines()
+        .map(|l| {
+            l.split('=')
+                .next()
+                .unwrap()
+                .trim_start_matches("docker://")
+                .to_string()
+        })
+        .collect();
+    let mut expected: BTreeSet<String> = wanted.clone();
+    expected.insert(format!("{a}/catalogs/index:v4.17"));
+    assert_eq!(sources, expected);
+
+    let log_before = src.log().len();
+    let out_dir = tmp.path().join("out");
+    let created = create(&config, &out_dir, &tmp.path().join("ws"), "1MiB", &src);
+    assert_eq!(created.code, 0, "{created}");
+    let published = publish(&out_dir, &dest, "mirror", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+
+    // Every selected bundle and related image is byte-exact at the destination;
+    // the images of other bundles were never pulled.
+    let log = src.log()[log_before..].to_string();
+    for (pullspec, image) in &images {
+        let (repo_at, digest) = pullspec.split_once('@').unwrap();
+        let repo = repo_at.strip_prefix(&format!("{a}/")).unwrap();
+        if wanted.contains(pullspec) {
+            let got = inspect_raw_at(&dest, &format!("mirror/{repo}@{digest}")).unwrap();
+            assert_eq!(got, image.manifest, "{pullspec}");
+        } else {
+            assert!(
+                !log.contains(&format!("/v2/{repo}/manifests/{digest}")),
+                "{pullspec} is not selected but was pulled"
+            );
+        }
+    }
+
+    // The rebuilt catalog holds exactly the heads, over an opaque catalog root.
+    let files = top_layer_files(&dest, "mirror/catalogs/index:v4.17");
+    assert!(
+        files.contains_key("configs/.wh..wh..opq"),
+        "{:?}",
+        files.keys()
+    );
+    let filtered = blobs(&files[&format!("configs/{PACKAGE}/catalog.json")]);
+    let bundles: BTreeSet<String> = filtered
+        .iter()
+        .filter(|b| b["schema"] == "olm.bundle")
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(bundles, heads);
+    let package = filtered
+        .iter()
+        .find(|b| b["schema"] == "olm.package")
+        .unwrap();
+    assert_eq!(package["defaultChannel"], "stable");
+
+    // CatalogSource and ClusterCatalog point at the published catalog by digest.
+    let top = inspect_raw_at(&dest, "mirror/catalogs/index:v4.17").unwrap();
+    let digest = airlock_tests::images::digest_of(&top);
+    let at = format!("{}/mirror/catalogs/index@{digest}", dest.addr());
+    let resources = tmp.path().join("ws-d/cluster-resources");
+    let cs: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(resources.join("cs-index-v4-17.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cs["kind"], "CatalogSource");
+    assert_eq!(cs["spec"]["sourceType"], "grpc");
+    assert_eq!(cs["spec"]["image"], at.as_str());
+    let cc: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(resources.join("cc-index-v4-17.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cc["kind"], "ClusterCatalog");
+    assert_eq!(cc["spec"]["source"]["image"]["ref"], at.as_str());
+    let idms = std::fs::read_to_string(resources.join("idms-oc-mirror.yaml")).unwrap();
+    assert!(idms.contains("name: idms-operator-0"), "{idms}");
+    assert!(
+        !idms.contains("catalogs/index"),
+        "catalogs are in no mirror set: {idms}"
+    );
+
+    // A new bundle in the stable channel: the next imageset carries its image and
+    // the new catalog layer, and nothing that travelled before.
+    let mut all = blobs(fbc.as_bytes());
+    let old_head = all
+        .iter()
+        .find(|b| b["schema"] == "olm.channel" && b["name"] == "stable")
+        .map(channel_head)
+        .unwrap();
+    let old_bundle = all
+        .iter()
+        .find(|b| b["schema"] == "olm.bundle" && b["name"] == old_head.as_str())
+        .unwrap()
+        .clone();
+    let new_image = ImageBuilder::new(Format::Oci).layer(9_999, 3_000).build();
+    new_image.push(&client, "ops/new-bundle", None).unwrap();
+    let mut new_bundle = old_bundle.clone();
+    new_bundle["name"] = json!("clusterkubedescheduleroperator.v5.1.5");
+    new_bundle["image"] = json!(format!("{a}/ops/new-bundle@{}", new_image.digest));
+    for p in new_bundle["properties"].as_array_mut().unwrap() {
+        if p["type"] == "olm.package" {
+            p["value"]["version"] = json!("5.1.5");
+        }
+    }
+    for c in all
+        .iter_mut()
+        .filter(|b| b["schema"] == "olm.channel" && b["name"] == "stable")
+    {
+        c["entries"].as_array_mut().unwrap().push(json!({
+            "name": "clusterkubedescheduleroperator.v5.1.5",
+            "replaces": old_head,
+        }));
+    }
+    all.push(new_bundle);
+    let next: Vec<u8> = all
+        .iter()
+        .flat_map(|b| {
+            let mut v = serde_json::to_vec_pretty(b).unwrap();
+            v.push(b'\n');
+            v
+        })
+        .collect();
+    push_catalog_with(&client, "catalogs/index", labels, &next);
+    let out2 = tmp.path().join("out2");
+    let created = create(&config, &out2, &tmp.path().join("ws"), "1MiB", &src);
+    assert_eq!(created.code, 0, "{created}");
+    let head = airlock_common::imageset::read::read_head(&chunk_files(&out2)[0]).unwrap();
+    let carried: BTreeSet<String> = head
+        .manifest
+        .blobs
+        .iter()
+        .filter(|b| b.media_type.is_none() && b.carried())
+        .map(|b| b.digest.to_string())
+        .collect();
+    for b in &new_image.blobs {
+        assert!(
+            carried.contains(&b.digest),
+            "new bundle blob {} not carried",
+            b.digest
+        );
+    }
+    let old_image = &images[old_bundle["image"].as_str().unwrap()];
+    for b in &old_image.blobs {
+        assert!(
+            !carried.contains(&b.digest),
+            "old bundle blob {} carried again",
+            b.digest
+        );
+    }
+    // Only these travel: the new bundle's blobs; the source catalog's new FBC
+    // layer (hidden in the rebuilt image, but part of it); the new filtered
+    // layer; and one new config per platform.
+    assert_eq!(carried.len(), new_image.blobs.len() + 4, "{carried:?}");
+    let published = publish(&out2, &dest, "mirror", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+    let files = top_layer_files(&dest, "mirror/catalogs/index:v4.17");
+    let filtered = blobs(&files[&format!("configs/{PACKAGE}/catalog.json")]);
+    assert!(filtered.iter().any(
+        |b| b["schema"] == "olm.bundle" && b["name"] == "clusterkubedescheduleroperator.v5.1.5"
+    ));
+}
+
+/// The head of a channel blob: the entry no other entry replaces or skips.
+fn channel_head(c: &Value) -> String {
+    let entries = c["entries"].as_array().unwrap();
+    let pointed: Vec<&str> = entries
+        .iter()
+        .flat_map(|e| {
+            e["replaces"].as_str().into_iter().chain(
+                e["skips"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.as_str().unwrap()),
+            )
+        })
+        .collect();
+    entries
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .find(|n| !pointed.contains(n))
+        .unwrap()
+        .to_string()
 }

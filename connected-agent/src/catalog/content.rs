@@ -1,0 +1,116 @@
+//! What `mirror.operators` adds to an imageset: the bundle and related images of
+//! the selection, and each catalog, rebuilt with the filtered catalog (or copied
+//! whole for `full: true` without packages, as oc-mirror v2 does).
+
+use std::collections::BTreeSet;
+
+use airlock_common::config::ImageSpec;
+use airlock_common::config::schema::Operator;
+use airlock_common::imageset::{ImageKind, ImageRecord};
+use airlock_common::reference::ImageRef;
+use airlock_common::registry::Pool;
+
+use super::image::{self, CatalogError};
+use super::{filter, rebuild};
+use crate::derive::{self, Derived};
+
+/// The catalogs' part of an imageset.
+#[derive(Debug, Default)]
+pub struct CatalogContent {
+    /// Bundle and related images (kind `operator`), each once, and catalogs copied
+    /// whole (kind `catalog`).
+    pub images: Vec<ImageSpec>,
+    /// Catalogs rebuilt with their filtered catalog.
+    pub rebuilt: Vec<Derived>,
+}
+
+/// Reads, filters and rebuilds every catalog of `operators`.
+pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogContent, CatalogError> {
+    let mut out = CatalogContent::default();
+    let mut seen = BTreeSet::new();
+    for (i, op) in operators.iter().enumerate() {
+        let invalid = |problem: String| CatalogError::Invalid {
+            catalog: op.catalog.clone(),
+            problem,
+        };
+        let reference: ImageRef = op
+            .catalog
+            .parse::<ImageRef>()
+            .map_err(|e| invalid(format!("mirror.operators[{i}].catalog: {e}")))?
+            .with_default_tag();
+        let read = image::read(pool, &reference).await?;
+        let selection =
+            filter::select(&read.catalog, op, i).map_err(|source| CatalogError::Filter {
+                catalog: op.catalog.clone(),
+                source,
+            })?;
+        for (package, sp) in &selection.packages {
+            let p = &read.catalog.packages[package];
+            let bundles: BTreeSet<&String> = sp.channels.values().flatten().collect();
+            for b in bundles {
+                let bundle = &p.bundles[b];
+                for pullspec in std::iter::once(&bundle.image).chain(&bundle.related_images) {
+                    if pullspec.is_empty() || !seen.insert(pullspec.clone()) {
+                        continue;
+                    }
+                    let source: ImageRef = pullspec.parse().map_err(|e| {
+                        invalid(format!(
+                            "bundle {b} of package {package} names image {pullspec:?}: {e}"
+                        ))
+                    })?;
+                    out.images.push(ImageSpec {
+                        source: source.with_default_tag(),
+                        name: pullspec.clone(),
+                        target_repo: None,
+                        target_tag: None,
+                        kind: ImageKind::Operator,
+                        subject: None,
+                    });
+                }
+            }
+        }
+        let tag = op
+            .target_tag
+            .clone()
+            .or_else(|| reference.tag().map(str::to_string));
+        if op.full && op.packages.is_empty() {
+            // The whole catalog: the image as it is, digest kept.
+            out.images.push(ImageSpec {
+                source: reference.clone(),
+                name: op.catalog.clone(),
+                target_repo: op.target_catalog.clone(),
+                target_tag: op.target_tag.clone(),
+                kind: ImageKind::Catalog,
+                subject: None,
+            });
+            continue;
+        }
+        let files = rebuild::files(&read.catalog, &selection);
+        let layer = rebuild::layer(&read.root, &files, read.cache_dir.as_deref())
+            .map_err(|e| invalid(format!("writing the filtered catalog: {e}")))?;
+        let record = ImageRecord {
+            source: op.catalog.clone(),
+            repository: reference.name(),
+            tag,
+            by_digest: false,
+            digest: layer.digest.clone(),
+            target_repository: op.target_catalog.clone(),
+            kind: ImageKind::Catalog,
+            subject: None,
+        };
+        let base = reference.at_digest(read.digest.clone());
+        let built = derive::derive(
+            pool,
+            &base,
+            record,
+            &layer,
+            &format!("airlock: filtered catalog in {}", read.root),
+            &rebuild::drop_cache_flags,
+        )
+        .await
+        .map_err(|e| invalid(format!("rebuilding: {e}")))?;
+        tracing::info!(catalog = %op.catalog, packages = selection.packages.len(), digest = %built.image.digest, "catalog rebuilt");
+        out.rebuilt.push(built);
+    }
+    Ok(out)
+}
