@@ -85,7 +85,10 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
             });
             continue;
         }
-        let files = rebuild::files(&read.catalog, &selection);
+        let complete = read
+            .complete(&selection)
+            .map_err(|e| invalid(format!("{}/{e}", read.root)))?;
+        let files = rebuild::files(&complete, &selection);
         let layer = rebuild::layer(&read.root, &files, read.cache_dir.as_deref())
             .map_err(|e| invalid(format!("writing the filtered catalog: {e}")))?;
         let record = ImageRecord {

@@ -125,6 +125,8 @@ pub struct Package {
     pub deprecations: Option<Value>,
     /// Blobs of other schemas that name this package.
     pub others: Vec<Value>,
+    /// The files its blobs are in, relative to the catalog root.
+    pub files: std::collections::BTreeSet<String>,
 }
 
 /// A whole catalog.
@@ -134,6 +136,9 @@ pub struct Catalog {
     pub packages: BTreeMap<String, Package>,
     /// Blobs of other schemas that name no package.
     pub others: Vec<Value>,
+    /// Read with [`Builder::light`]: bundles lack the properties selection does
+    /// not read.
+    pub light: bool,
 }
 
 /// Blobs collected file by file, checked and typed by [`Builder::finish`].
@@ -141,13 +146,36 @@ pub struct Catalog {
 pub struct Builder {
     /// (file, blob) in the order read.
     blobs: Vec<(String, Value)>,
+    /// Keep of each bundle only what selection needs.
+    light: bool,
 }
+
+/// The bundle properties selection and mirroring read; a light catalog keeps
+/// only these (the embedded CSVs and CRDs of `olm.bundle.object` and
+/// `olm.csv.metadata` are most of a real catalog's size).
+const SELECTION_PROPERTIES: [&str; 4] = [
+    "olm.package",
+    "olm.package.required",
+    "olm.gvk.required",
+    "olm.gvk",
+];
 
 /// Largest FBC file accepted: Red Hat's biggest package files (bundle objects
 /// embedded) are tens of MiB.
 pub const MAX_FILE: u64 = 256 << 20;
 
 impl Builder {
+    /// A builder that keeps of each bundle only what selection needs, for reading
+    /// a whole catalog of which a few packages are wanted. Its catalog cannot be
+    /// written back ([`Catalog::light`]); read the selected packages' files again
+    /// with [`Builder::default`] for that.
+    pub fn light() -> Self {
+        Builder {
+            blobs: Vec::new(),
+            light: true,
+        }
+    }
+
     /// Reads one file: a stream of JSON objects (first non-space byte `{`) or of
     /// YAML documents, as opm's YAML-or-JSON decoder does. Empty documents are
     /// skipped; anything but an object is an error.
@@ -178,6 +206,16 @@ impl Builder {
         for (i, v) in values.into_iter().enumerate() {
             if !v.is_object() {
                 return Err(parse(format!("document {} is not an object", i + 1)));
+            }
+            let mut v = v;
+            if self.light && v.get("schema").and_then(Value::as_str) == Some("olm.bundle") {
+                if let Some(props) = v.get_mut("properties").and_then(Value::as_array_mut) {
+                    props.retain(|p| {
+                        p.get("type")
+                            .and_then(Value::as_str)
+                            .is_some_and(|t| SELECTION_PROPERTIES.contains(&t))
+                    });
+                }
             }
             self.blobs.push((file.to_string(), v));
         }
@@ -232,7 +270,10 @@ impl Builder {
     /// package, channels and bundles of known packages, channel entries naming
     /// bundles of the package, bundle versions that are semver.
     pub fn finish(self) -> Result<Catalog, FbcError> {
-        let mut catalog = Catalog::default();
+        let mut catalog = Catalog {
+            light: self.light,
+            ..Catalog::default()
+        };
         let mut rest = Vec::new();
         for (file, v) in self.blobs {
             let invalid = |problem: String| FbcError::Invalid {
@@ -269,6 +310,7 @@ impl Builder {
                     bundles: BTreeMap::new(),
                     deprecations: None,
                     others: Vec::new(),
+                    files: [file.clone()].into(),
                 },
             );
         }
@@ -289,7 +331,10 @@ impl Builder {
             );
             let package = match &package_name {
                 Some(name) => match catalog.packages.get_mut(name) {
-                    Some(p) => p,
+                    Some(p) => {
+                        p.files.insert(file.clone());
+                        p
+                    }
                     None => {
                         return Err(invalid(format!(
                             "{schema} names package {name:?}, which has no olm.package"

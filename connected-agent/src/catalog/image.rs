@@ -72,6 +72,26 @@ pub struct CatalogImage {
     pub catalog: Catalog,
     /// The serve cache directory its command names (`--cache-dir`), if any.
     pub cache_dir: Option<String>,
+    /// The catalog's files, by path under the root, to read selected packages
+    /// again in full.
+    pub files: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl CatalogImage {
+    /// The packages of `selection` with everything their blobs hold (the catalog
+    /// was read light): their files, read again, whole.
+    pub fn complete(&self, selection: &super::filter::Selection) -> Result<Catalog, FbcError> {
+        let files: std::collections::BTreeSet<&String> = selection
+            .packages
+            .keys()
+            .flat_map(|p| &self.catalog.packages[p].files)
+            .collect();
+        let mut builder = Builder::default();
+        for f in files {
+            builder.add_file(f, &self.files[f])?;
+        }
+        builder.finish()
+    }
 }
 
 /// Reads the catalog of `image`.
@@ -155,7 +175,7 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<CatalogImage, Catalog
             "no files under {root}: it is not a file-based catalog image"
         )));
     }
-    let mut builder = Builder::default();
+    let mut builder = Builder::light();
     let fbc = |e: FbcError| invalid(format!("{root}/{e}"));
     for (path, bytes) in &files {
         builder.add_file(path, bytes).map_err(fbc)?;
@@ -167,6 +187,7 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<CatalogImage, Catalog
         root,
         catalog,
         cache_dir,
+        files,
     })
 }
 

@@ -26,7 +26,10 @@ use crate::derive::Layer;
 /// `<package>/catalog.json` per package (a stream of JSON objects: the package,
 /// its channels, its bundles, its deprecations and other blobs), and
 /// `_others.json` for blobs of unknown schemas that name no package.
+///
+/// `catalog` must have been read whole, not [`Builder::light`](super::fbc::Builder::light).
 pub fn files(catalog: &Catalog, selection: &Selection) -> BTreeMap<String, Vec<u8>> {
+    assert!(!catalog.light, "a light catalog cannot be written back");
     let mut out = BTreeMap::new();
     for (name, sp) in &selection.packages {
         let p = &catalog.packages[name];

@@ -468,3 +468,69 @@ properties: [{type: olm.package, value: {packageName: unrelated, version: 1.0.0}
         assert_eq!(s.packages.keys().collect::<Vec<_>>(), ["app"]);
     }
 }
+
+#[test]
+fn a_light_read_selects_the_same_and_completes_the_selected_packages() {
+    use crate::catalog::filter::select;
+    use crate::catalog::image::CatalogImage;
+    use airlock_common::config::schema::Operator;
+
+    let rel = "oc-mirror/catalogs/redhat-operator-index-v4.12-subset/configs";
+    let root = fixture(rel);
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let name = p.strip_prefix(&root).unwrap().display().to_string();
+                files.insert(name, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut light = Builder::light();
+    for (f, b) in &files {
+        light.add_file(f, b).unwrap();
+    }
+    let light = light.finish().unwrap();
+    let full = load(rel);
+    assert!(light.light && !full.light);
+    let op = Operator {
+        catalog: "r/index:v4.12".into(),
+        ..Default::default()
+    };
+    let selection = select(&light, &op, 0).unwrap();
+    assert_eq!(selection, select(&full, &op, 0).unwrap());
+    for (name, p) in &light.packages {
+        for (b, bundle) in &p.bundles {
+            let types: Vec<&str> = bundle.raw["properties"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["type"].as_str().unwrap())
+                .collect();
+            assert!(!types.contains(&"olm.bundle.object"), "{name}/{b}");
+            let whole = &full.packages[name].bundles[b].raw;
+            assert!(whole.to_string().len() > bundle.raw.to_string().len());
+        }
+    }
+    let image = CatalogImage {
+        digest: airlock_common::digest::Digest::of(b"catalog"),
+        root: "/configs".into(),
+        catalog: light,
+        cache_dir: None,
+        files,
+    };
+    let complete = image.complete(&selection).unwrap();
+    assert!(!complete.light);
+    for (name, sp) in &selection.packages {
+        for b in sp.channels.values().flatten() {
+            assert_eq!(
+                complete.packages[name].bundles[b].raw,
+                full.packages[name].bundles[b].raw
+            );
+        }
+    }
+}
