@@ -160,6 +160,9 @@ const SELECTION_PROPERTIES: [&str; 4] = [
     "olm.gvk",
 ];
 
+/// opm's per-directory ignore file.
+const IGNORE_FILE: &str = ".indexignore";
+
 /// Largest FBC file accepted: Red Hat's biggest package files (bundle objects
 /// embedded) are tens of MiB.
 pub const MAX_FILE: u64 = 256 << 20;
@@ -222,11 +225,11 @@ impl Builder {
         Ok(())
     }
 
-    /// Reads every regular file under `root`, in path order (symbolic links are
-    /// not followed: a catalog from an image has none that matter).
+    /// Reads every regular file under `root` (symbolic links are not followed: a
+    /// catalog from an image has none that matter), as [`Builder::add_tree`] does.
     pub fn add_dir(&mut self, root: &Path) -> Result<(), FbcError> {
         let mut stack = vec![root.to_path_buf()];
-        let mut files = Vec::new();
+        let mut files = BTreeMap::new();
         while let Some(dir) = stack.pop() {
             let io = |source| FbcError::Io {
                 path: dir.clone(),
@@ -235,33 +238,67 @@ impl Builder {
             for entry in std::fs::read_dir(&dir).map_err(io)? {
                 let entry = entry.map_err(io)?;
                 let kind = entry.file_type().map_err(io)?;
+                let path = entry.path();
                 if kind.is_dir() {
-                    stack.push(entry.path());
+                    stack.push(path);
                 } else if kind.is_file() {
-                    files.push(entry.path());
+                    let io = |source| FbcError::Io {
+                        path: path.clone(),
+                        source,
+                    };
+                    let rel = path
+                        .strip_prefix(root)
+                        .unwrap_or(&path)
+                        .display()
+                        .to_string();
+                    let len = std::fs::metadata(&path).map_err(io)?.len();
+                    if len > MAX_FILE {
+                        return Err(FbcError::Invalid {
+                            file: rel,
+                            problem: format!("{len} bytes; more than {MAX_FILE} is refused"),
+                        });
+                    }
+                    files.insert(rel, std::fs::read(&path).map_err(io)?);
                 }
             }
         }
-        files.sort();
-        for path in files {
-            let io = |source| FbcError::Io {
-                path: path.clone(),
-                source,
-            };
-            let len = std::fs::metadata(&path).map_err(io)?.len();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .display()
-                .to_string();
-            if len > MAX_FILE {
-                return Err(FbcError::Invalid {
-                    file: rel,
-                    problem: format!("{len} bytes; more than {MAX_FILE} is refused"),
-                });
+        self.add_tree(&files)
+    }
+
+    /// Reads a catalog's files (by path under its root), in path order, as opm's
+    /// loader does: every file, except those an `.indexignore` in its directory or
+    /// a parent matches (gitignore syntax; `!` re-includes within the same file).
+    pub fn add_tree(&mut self, files: &BTreeMap<String, Vec<u8>>) -> Result<(), FbcError> {
+        let mut matchers = Vec::new();
+        for (path, bytes) in files {
+            let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+            if name != IGNORE_FILE {
+                continue;
             }
-            let bytes = std::fs::read(&path).map_err(io)?;
-            self.add_file(&rel, &bytes)?;
+            let invalid = |problem: String| FbcError::Invalid {
+                file: path.clone(),
+                problem,
+            };
+            let mut b = ignore::gitignore::GitignoreBuilder::new(Path::new("/").join(dir));
+            for line in String::from_utf8_lossy(bytes).lines() {
+                b.add_line(None, line).map_err(|e| invalid(e.to_string()))?;
+            }
+            matchers.push((dir, b.build().map_err(|e| invalid(e.to_string()))?));
+        }
+        for (path, bytes) in files {
+            if path.rsplit('/').next() == Some(IGNORE_FILE) {
+                continue;
+            }
+            let absolute = Path::new("/").join(path);
+            let ignored = matchers.iter().any(|(dir, m)| {
+                (dir.is_empty() || path.starts_with(&format!("{dir}/")))
+                    && m.matched_path_or_any_parents(&absolute, false).is_ignore()
+            });
+            if ignored {
+                tracing::debug!(file = %path, "ignored by .indexignore");
+                continue;
+            }
+            self.add_file(path, bytes)?;
         }
         Ok(())
     }

@@ -177,9 +177,7 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<CatalogImage, Catalog
     }
     let mut builder = Builder::light();
     let fbc = |e: FbcError| invalid(format!("{root}/{e}"));
-    for (path, bytes) in &files {
-        builder.add_file(path, bytes).map_err(fbc)?;
-    }
+    builder.add_tree(&files).map_err(fbc)?;
     let catalog = builder.finish().map_err(fbc)?;
     tracing::info!(catalog = %name, digest = %opened.digest, root = %root, files = files.len(), packages = catalog.packages.len(), "catalog read");
     Ok(CatalogImage {

@@ -534,3 +534,29 @@ fn a_light_read_selects_the_same_and_completes_the_selected_packages() {
         }
     }
 }
+
+#[test]
+fn indexignore_files_leave_out_what_they_match_as_opm_does() {
+    let mut files = std::collections::BTreeMap::new();
+    let package = br#"{"schema":"olm.package","name":"p","defaultChannel":"c"}
+{"schema":"olm.channel","package":"p","name":"c","entries":[{"name":"p.v1"}]}
+{"schema":"olm.bundle","package":"p","name":"p.v1","image":"r/p@sha256:00","properties":[{"type":"olm.package","value":{"packageName":"p","version":"1.0.0"}}]}"#;
+    files.insert("p/catalog.json".to_string(), package.to_vec());
+    files.insert("README.md".to_string(), b"- not a catalog\n".to_vec());
+    files.insert("p/notes.txt".to_string(), b"not json either".to_vec());
+    files.insert(
+        "p/keep.txt".to_string(),
+        b"{\"schema\":\"vendor.x\",\"package\":\"p\"}".to_vec(),
+    );
+    files.insert(".indexignore".to_string(), b"/README.md\n".to_vec());
+    files.insert("p/.indexignore".to_string(), b"*.txt\n!keep.txt\n".to_vec());
+    let mut b = Builder::default();
+    b.add_tree(&files).unwrap();
+    let c = b.finish().unwrap();
+    assert_eq!(c.packages["p"].others.len(), 1, "keep.txt is re-included");
+    // Without the ignore files, the README is refused.
+    files.remove(".indexignore");
+    let mut b = Builder::default();
+    let e = b.add_tree(&files).unwrap_err().to_string();
+    assert!(e.starts_with("README.md: "), "{e}");
+}
