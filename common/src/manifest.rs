@@ -60,7 +60,7 @@ pub struct Descriptor {
     #[serde(default)]
     pub platform: Option<Platform>,
     /// Annotations (signature payloads of cosign layers are carried here).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_annotations")]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -180,8 +180,25 @@ struct Raw {
     manifests: Option<Vec<Descriptor>>,
     subject: Option<Descriptor>,
     artifact_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_annotations")]
     annotations: BTreeMap<String, String>,
+}
+
+/// Annotations as Airlock reads them: the string values of the map. Some tools
+/// write `null` or non-string values; such a manifest is still mirrored byte for
+/// byte, so it must not be refused for what Airlock only reads.
+fn lenient_annotations<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let v: Option<serde_json::Value> = Option::deserialize(d)?;
+    Ok(v.as_ref()
+        .and_then(serde_json::Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// Whether `media_type` names an index (as opposed to an image manifest).
@@ -284,6 +301,18 @@ mod tests {
             assert_eq!(c.media_type, DOCKER_MANIFEST);
             assert!(c.blobs().count() >= 2, "config and at least one layer");
         }
+    }
+
+    #[test]
+    fn odd_annotations_are_read_leniently() {
+        let d = Digest::of(b"x");
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{d}","size":1}},"layers":[{{"mediaType":"l","digest":"{d}","size":1,"annotations":null}}],"annotations":{{"a":"b","n":1,"z":null}}}}"#
+        );
+        let p = parse(m.as_bytes(), None).unwrap();
+        assert_eq!(p.annotations.len(), 1);
+        assert_eq!(p.annotations["a"], "b");
+        assert!(p.blobs().nth(1).unwrap().annotations.is_empty());
     }
 
     #[test]

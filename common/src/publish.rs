@@ -354,6 +354,13 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             }
             Err(e) => return Err(registry(e)),
         };
+        let listed_in_tag = index
+            .get("manifests")
+            .and_then(|m| m.as_array())
+            .is_some_and(|m| m.iter().any(|e| e["digest"] == referrer.digest.as_str()));
+        if listed_in_tag {
+            return Ok(());
+        }
         let parsed = referrer.parse().map_err(|e| PublishError::Content {
             image: image.source.clone(),
             problem: format!("manifest {}: {e}", referrer.digest),
@@ -621,5 +628,57 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         self.progress.add(size);
         tracing::debug!(digest = %digest, size, repository = %repo, "blob uploaded");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(name: &str, subject: Option<&str>) -> ImageRecord {
+        ImageRecord {
+            source: name.into(),
+            repository: "r/x".into(),
+            tag: None,
+            by_digest: true,
+            digest: Digest::of(name.as_bytes()),
+            target_repository: None,
+            kind: if subject.is_some() {
+                ImageKind::Referrer
+            } else {
+                ImageKind::Generic
+            },
+            subject: subject.map(|s| Digest::of(s.as_bytes())),
+        }
+    }
+
+    #[test]
+    fn waves_put_every_referrer_after_what_it_refers_to() {
+        // Listed in the worst order: the signature of an SBOM first.
+        let images = vec![
+            image("sbom-sig", Some("sbom")),
+            image("sbom", Some("app")),
+            image("app-sig", Some("app")),
+            image("app", None),
+            image("child-sig", Some("a platform manifest of app")),
+        ];
+        let names: Vec<Vec<&str>> = waves(&images)
+            .iter()
+            .map(|w| w.iter().map(|i| i.source.as_str()).collect())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                vec!["app"],
+                vec!["sbom", "app-sig", "child-sig"],
+                vec!["sbom-sig"]
+            ]
+        );
+        // A forged cycle ends instead of looping.
+        let mut a = image("a", Some("b"));
+        let mut b = image("b", Some("a"));
+        a.subject = Some(b.digest.clone());
+        b.subject = Some(a.digest.clone());
+        assert_eq!(waves(&[a, b]).iter().map(Vec::len).sum::<usize>(), 2);
     }
 }

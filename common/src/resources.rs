@@ -323,7 +323,7 @@ pub fn cluster_catalog(c: &CatalogRef) -> String {
             "name": format!("cc-{}", c.name()),
             "annotations": annotations(),
         },
-        "spec": {"source": {"type": "Image", "image": {"ref": c.image()}}},
+        "spec": {"priority": 0, "source": {"type": "Image", "image": {"ref": c.image()}}},
     });
     serde_yaml_ng::to_string(&object).expect("cluster catalogs serialise")
 }
@@ -635,6 +635,7 @@ mod tests {
         assert_eq!(cc["kind"], "ClusterCatalog");
         assert_eq!(cc["metadata"]["name"], "cc-redhat-operator-index-v4-17");
         assert_eq!(cc["spec"]["source"]["type"], "Image");
+        assert_eq!(cc["spec"]["priority"], 0);
         assert_eq!(cc["spec"]["source"]["image"]["ref"], image.as_str());
 
         // By digest only: 12 characters of the digest; odd tags become DNS labels.

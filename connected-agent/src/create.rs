@@ -212,7 +212,8 @@ async fn collect_allowed(
     policy: &PolicyOptions,
     keys: Option<&cosign::Keys>,
 ) -> Result<(Collected, Vec<Blocked>), Error> {
-    let (mut images, mut blocked) = policy::apply_blocklist(images, &loaded.blocked_images())?;
+    let blocklist = loaded.blocked_images();
+    let (mut images, mut blocked) = policy::apply_blocklist(images, &blocklist)?;
     let bases = BaseImages::resolve(loaded.blocked_base_images(), pool).await?;
     let mut resolved = collect::resolve_all(&images, pool).await?;
     blocked.extend(policy::apply_base_rules(
@@ -226,6 +227,10 @@ async fn collect_allowed(
             cosign::require(keys, pool, &images, &resolved, &specs, &trees).await?;
         }
         if !policy.remove_signatures {
+            let (mut specs, mut trees) = (specs, trees);
+            blocked.extend(policy::apply_resolved(
+                &mut specs, &mut trees, &blocklist, &bases,
+            )?);
             images.extend(specs);
             resolved.extend(trees);
         }

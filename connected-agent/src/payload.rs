@@ -286,6 +286,12 @@ pub(crate) async fn small_blob(
         }
         bytes.extend_from_slice(&b);
     }
+    if Digest::of(&bytes) != blob.digest {
+        return Err(format!(
+            "{what} {} does not match its digest (the registry served other bytes)",
+            blob.digest
+        ));
+    }
     Ok(bytes)
 }
 

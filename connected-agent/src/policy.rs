@@ -92,24 +92,36 @@ impl fmt::Display for Blocked {
     }
 }
 
-/// Refuses to leave out part of a release unless the rule says `evenWhenRequired`:
-/// a release without one of its images cannot be installed or updated to where
-/// that image is needed.
+/// Refuses to leave out what a release or catalog needs unless the rule says
+/// `evenWhenRequired`: a release without one of its components cannot be
+/// installed or updated to where it is needed, nor an operator without its
+/// images. A release image or catalog itself is never left out that way: its
+/// records (signatures, UpdateService, CatalogSource) would point at nothing;
+/// leave the release or catalog out of the configuration instead. Additional
+/// images and referrers are left out and reported.
 fn refuse_release_part(
     spec: &ImageSpec,
     field: &str,
     rule: &str,
     even_when_required: bool,
 ) -> Result<(), Error> {
-    if spec.kind == ImageKind::Generic {
-        return Ok(());
-    }
-    if even_when_required {
-        tracing::warn!(image = %spec.name, rule = %field, "a release image is left out (evenWhenRequired): the release is incomplete at the mirror");
-        return Ok(());
-    }
+    let whole = match spec.kind {
+        ImageKind::Generic | ImageKind::Referrer => return Ok(()),
+        ImageKind::Release => "a selected release's image",
+        ImageKind::Catalog => "a selected operator catalog",
+        ImageKind::ReleaseComponent | ImageKind::Operator | ImageKind::GraphData => {
+            if even_when_required {
+                tracing::warn!(image = %spec.name, rule = %field, "an image a release or catalog needs is left out (evenWhenRequired): installs and updates that need it fail at the mirror");
+                return Ok(());
+            }
+            return Err(Error::Usage(format!(
+                "{} is needed by a selected release or operator, but {field} blocks it ({rule:?}); it cannot be mirrored whole without it: narrow the rule, leave the release or operator out, or set {field}.evenWhenRequired: true to mirror it without the image",
+                spec.name
+            )));
+        }
+    };
     Err(Error::Usage(format!(
-        "{} is part of a selected release, but {field} blocks it ({rule:?}); a release cannot be mirrored whole without it: narrow the rule, leave the release out, or set {field}.evenWhenRequired: true to mirror the release without it",
+        "{} is {whole}, but {field} blocks it ({rule:?}); narrow the rule or leave it out of the configuration (evenWhenRequired does not apply to it)",
         spec.name
     )))
 }
@@ -368,6 +380,24 @@ pub fn apply_base_rules(
     Ok(left_out)
 }
 
+/// Both rules over images found after resolving (signatures and referrers):
+/// those they match are left out and reported like any other image.
+pub fn apply_resolved(
+    images: &mut Vec<ImageSpec>,
+    resolved: &mut Vec<Arc<Resolved>>,
+    blocked: &BlockList,
+    bases: &BaseImages,
+) -> Result<Vec<Blocked>, Error> {
+    let (kept, mut out) = apply_blocklist(images.clone(), blocked)?;
+    let keep: Vec<bool> = images.iter().map(|s| kept.contains(s)).collect();
+    let mut k = keep.iter();
+    images.retain(|_| *k.next().expect("one flag per image"));
+    let mut k = keep.iter();
+    resolved.retain(|_| *k.next().expect("one flag per image"));
+    out.extend(apply_base_rules(images, resolved, bases)?);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,7 +464,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("is part of a selected release, but mirror.blockedImages[0] blocks it"),
+            e.contains(
+                "is needed by a selected release or operator, but mirror.blockedImages[0] blocks it"
+            ),
             "{e}"
         );
         assert!(
@@ -448,6 +480,20 @@ mod tests {
         .unwrap();
         assert!(kept.is_empty());
         assert_eq!(left_out.len(), 1);
+        // Never the release image itself: its signature and UpdateService would
+        // point at nothing.
+        let e = apply_blocklist(
+            vec![spec(
+                "quay.io/openshift-release-dev/ocp-release:4.18.1-x86_64",
+                ImageKind::Release,
+                None,
+            )],
+            &blocklist_yaml("  - name: ocp-release\n    evenWhenRequired: true\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is a selected release's image"), "{e}");
+        assert!(e.contains("evenWhenRequired does not apply"), "{e}");
     }
 
     #[test]

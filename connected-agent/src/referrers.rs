@@ -38,6 +38,9 @@ const MAX_DEPTH: usize = 3;
 /// flooding the imageset, which is refused rather than truncated.
 const MAX_PER_MANIFEST: usize = 256;
 
+/// Referrers accepted in one run, all images together.
+const MAX_PER_RUN: usize = 20_000;
+
 /// Subjects searched at once.
 const PARALLEL: usize = 8;
 
@@ -80,7 +83,7 @@ async fn find(
         return Err(CollectError::Inconsistent {
             image: subject.name.clone(),
             problem: format!(
-                "manifest {digest} has {} referrers; more than {MAX_PER_MANIFEST} are refused (pass --remove-signatures to mirror without signatures and referrers)",
+                "manifest {digest} has {} referrers; more than {MAX_PER_MANIFEST} are refused (pass --remove-signatures, without --require-signatures, to mirror without signatures and referrers)",
                 listed.len()
             ),
         });
@@ -89,15 +92,24 @@ async fn find(
     Ok(out)
 }
 
+/// Where an image goes: its source and its destination repository. A referrer is
+/// needed once per destination its subject goes to.
+fn placement(spec: &ImageSpec) -> String {
+    format!("{} -> {:?}", spec.source, spec.target_repo)
+}
+
 /// Finds and resolves the referrers of `images` (resolved as `resolved`, one each),
-/// and theirs in turn. Returns them in the order found, each once, none of them
-/// already among `images`.
+/// and theirs in turn. Returns them in the order found, each once per destination,
+/// none of them already among `images`. An OCI referrer whose manifest does not
+/// name the subject it was listed for is left out with a warning: a referrers
+/// index can list anything, and only what refers to a mirrored image belongs.
 pub async fn discover(
     images: &[ImageSpec],
     resolved: &[Arc<Resolved>],
     pool: &Pool,
 ) -> Result<(Vec<ImageSpec>, Vec<Arc<Resolved>>), CollectError> {
-    let mut seen: HashSet<String> = images.iter().map(|s| s.source.to_string()).collect();
+    let mut seen: HashSet<String> = images.iter().map(placement).collect();
+    let mut searched: HashSet<(String, Option<String>, Digest)> = HashSet::new();
     let mut found_specs: Vec<ImageSpec> = Vec::new();
     let mut found_resolved: Vec<Arc<Resolved>> = Vec::new();
     let mut frontier: Vec<(ImageSpec, Arc<Resolved>)> = images
@@ -105,11 +117,27 @@ pub async fn discover(
         .cloned()
         .zip(resolved.iter().cloned())
         .collect();
-    for _ in 0..MAX_DEPTH {
+    for depth in 0.. {
+        // Each manifest of each repository and destination is searched once
+        // (release components shared by several releases, images named twice).
         let subjects: Vec<(&ImageSpec, &Digest)> = frontier
             .iter()
             .flat_map(|(spec, r)| r.manifests.iter().map(move |m| (spec, &m.digest)))
+            .filter(|(spec, d)| {
+                searched.insert((spec.source.name(), spec.target_repo.clone(), (*d).clone()))
+            })
             .collect();
+        if subjects.is_empty() {
+            break;
+        }
+        if depth == MAX_DEPTH {
+            tracing::warn!(
+                subjects = subjects.len(),
+                depth,
+                "referrers nested deeper than this are not searched"
+            );
+            break;
+        }
         let found: Vec<Result<Vec<ImageSpec>, CollectError>> = futures::stream::iter(subjects)
             .map(|(spec, digest)| find(pool, spec, digest))
             .buffered(PARALLEL)
@@ -122,18 +150,38 @@ pub async fn discover(
             .into_iter()
             .flatten()
         {
-            if seen.insert(spec.source.to_string()) {
-                tracing::info!(referrer = %spec.name, subject = ?spec.subject, "signature or referrer found");
+            if seen.insert(placement(&spec)) {
                 new.push(spec);
             }
         }
-        if new.is_empty() {
-            break;
+        if found_specs.len() + new.len() > MAX_PER_RUN {
+            return Err(CollectError::Inconsistent {
+                image: "the configuration's images".into(),
+                problem: format!(
+                    "more than {MAX_PER_RUN} signatures and referrers; pass --remove-signatures (without --require-signatures) to mirror without them"
+                ),
+            });
         }
         let r = collect::resolve_all(&new, pool).await?;
-        found_specs.extend(new.iter().cloned());
-        found_resolved.extend(r.iter().cloned());
-        frontier = new.into_iter().zip(r).collect();
+        let mut next = Vec::new();
+        for (spec, tree) in new.into_iter().zip(r) {
+            let listed_for = spec.subject.as_ref().expect("referrers have a subject");
+            let names = spec.source.tag().is_some()
+                || tree.manifests[0]
+                    .parse()
+                    .ok()
+                    .and_then(|m| m.subject)
+                    .is_some_and(|s| &s.digest == listed_for);
+            if !names {
+                tracing::warn!(referrer = %spec.name, subject = %listed_for, "listed as a referrer, but its manifest names another subject (or none); left out");
+                continue;
+            }
+            tracing::info!(referrer = %spec.name, subject = %listed_for, "signature or referrer found");
+            found_specs.push(spec.clone());
+            found_resolved.push(tree.clone());
+            next.push((spec, tree));
+        }
+        frontier = next;
     }
     Ok((found_specs, found_resolved))
 }

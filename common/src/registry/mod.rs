@@ -492,41 +492,44 @@ impl RegistryClient {
     }
 
     /// The manifests that name `subject` as their OCI 1.1 `subject`: from the
-    /// referrers API, or where the registry has none (404), from the referrers tag
-    /// schema (`sha256-<hex>`, an index the pushing client maintains). A registry
-    /// that answers the API with another client error (some answer 400 or 405) is
-    /// read through the tag schema as well.
+    /// referrers API, and from the referrers tag schema (`sha256-<hex>`, an index
+    /// that clients keep on registries without the API). The tag is read whenever
+    /// the API lists nothing or is missing (400, 404, 405, 501): oci-client's own
+    /// fallback takes any error with a body for "no referrers", which could drop
+    /// signatures silently, so here only a missing tag means none. Any other
+    /// failure is an error. The API's `Link` pagination is not followed.
     pub async fn referrers(
         &self,
         repository: &str,
         subject: &Digest,
     ) -> Result<Vec<Digest>, RegistryError> {
         let target = self.target(repository, subject.as_str());
-        let index = match self
+        let mut index = match self
             .client
             .pull_referrers(&self.by_digest(repository, subject), None)
             .await
         {
             Ok(index) => index.manifests,
-            Err(e) => match classify(&e) {
-                (ErrorKind::NotFound, _) => Vec::new(),
-                (ErrorKind::Protocol, message) => {
-                    tracing::debug!(target = %target, %message, "referrers API refused; reading the referrers tag");
-                    return match self.get_manifest(repository, &subject.tag_form()).await {
-                        Ok(raw) => {
-                            let parsed = raw.parse().map_err(|source| RegistryError::Manifest {
-                                target: target.clone(),
-                                source,
-                            })?;
-                            Ok(parsed.children().iter().map(|c| c.digest.clone()).collect())
-                        }
-                        Err(e) if e.kind() == Some(ErrorKind::NotFound) => Ok(Vec::new()),
-                        Err(e) => Err(e),
-                    };
-                }
-                _ => return Err(request_error("list referrers", target, e)),
-            },
+            Err(OciDistributionError::ServerError {
+                code: 400 | 404 | 405 | 501,
+                ..
+            }) => Vec::new(),
+            Err(e) => return Err(request_error("list referrers", target, e)),
         };
+        if index.is_empty() {
+            match self.get_manifest(repository, &subject.tag_form()).await {
+                Ok(raw) => {
+                    let parsed = raw.parse().map_err(|source| RegistryError::Manifest {
+                        target: target.clone(),
+                        source,
+                    })?;
+                    return Ok(parsed.children().iter().map(|c| c.digest.clone()).collect());
+                }
+                Err(e) if e.kind() == Some(ErrorKind::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        index.dedup_by(|a, b| a.digest == b.digest);
         index
             .iter()
             .map(|entry| {

@@ -378,7 +378,7 @@ fn select_package(
                 return Err(FilterError {
                     field: format!("{field}.channels"),
                     problem: format!(
-                        "the default channel {d:?} of package {:?} was filtered out; add it to the channels, or set packages[].defaultChannel to one of the kept channels",
+                        "the default channel {d:?} of package {:?} was filtered out, a new default channel must be configured for this package: add it to the channels, or set packages[].defaultChannel to one of the kept channels",
                         p.name
                     ),
                 });
