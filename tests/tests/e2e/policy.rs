@@ -259,3 +259,67 @@ fn images_built_on_a_blocked_base_are_classified_per_platform_and_never_pulled()
     }
     assert!(log.contains("/v2/apps/partial/blobs/"), "{log}");
 }
+
+#[test]
+fn a_single_platform_base_named_by_digest_and_an_index_annotation_are_found() {
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = src.addr();
+    // A single-platform arm64 base, named in the rule by digest only.
+    let base = ImageBuilder::new(Format::Docker)
+        .arch("arm64")
+        .layer(600, 4_000)
+        .build();
+    base.push(&client, "base/single", Some("1")).unwrap();
+    let mut on_base = ImageBuilder::new(Format::Docker).arch("arm64");
+    for l in base.layer_blobs() {
+        on_base = on_base.with_layer(l);
+    }
+    on_base
+        .layer(601, 4_000)
+        .build()
+        .push(&client, "apps/on-single", Some("1"))
+        .unwrap();
+    // An index whose own annotation names the base by digest.
+    let mut annotated = index(
+        Format::Oci,
+        vec![ImageBuilder::new(Format::Oci).layer(602, 4_000).build()],
+        false,
+    );
+    let mut doc: serde_json::Value = serde_json::from_slice(&annotated.manifest).unwrap();
+    doc["annotations"] = serde_json::json!({"org.opencontainers.image.base.digest": base.digest});
+    annotated.manifest = serde_json::to_vec(&doc).unwrap();
+    annotated.digest = airlock_tests::images::digest_of(&annotated.manifest);
+    annotated
+        .push(&client, "apps/index-annotated", Some("1"))
+        .unwrap();
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{HEAD}mirror:\n  additionalImages:\n  - name: {a}/apps/on-single:1\n  - name: {a}/apps/index-annotated:1\n  blockedBaseImages:\n  - name: {a}/base/single@{}\n",
+            base.digest
+        ),
+    )
+    .unwrap();
+    let log_before = src.log().len();
+    let dry = tmp.path().join("dry");
+    let out = run(create_cmd(&config, &dry, &tmp.path().join("ws"), "1MiB", &src).arg("--dry-run"));
+    assert_eq!(out.code, 0, "{out}");
+    let rule = format!(
+        "mirror.blockedBaseImages[0] {a}/base/single@{}",
+        base.digest
+    );
+    assert_eq!(
+        std::fs::read_to_string(dry.join("blocked.txt")).unwrap(),
+        format!(
+            "{a}/apps/on-single:1 {rule} linux/arm64 layers\n{a}/apps/index-annotated:1 {rule} index annotation:org.opencontainers.image.base.digest\n"
+        )
+    );
+    // The base's platform came from its config: the one blob read, and the
+    // base's own, not a blocked image's.
+    let log = src.log()[log_before..].to_string();
+    assert!(log.contains("/v2/base/single/blobs/"), "{log}");
+    assert!(!log.contains("/v2/apps/on-single/blobs/"), "{log}");
+}
