@@ -233,6 +233,13 @@ impl Daemon {
             rescan_seconds = self.config.rescan_seconds,
             "disconnected agent running"
         );
+        // Ready for systemd (Type=notify): the configuration was checked, the
+        // workspace opened and the drop directory watched.
+        systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("watching the drop directory"),
+        ]);
+        let watchdog = watchdog();
         tokio::pin!(shutdown);
         let _ = tx.send(Event::Tick);
         loop {
@@ -253,6 +260,10 @@ impl Daemon {
                     }
                 }
             }
+        }
+        systemd(&[sd_notify::NotifyState::Stopping]);
+        if let Some(w) = watchdog {
+            w.abort();
         }
         tracing::info!("disconnected agent stopped");
         Ok(())
@@ -478,4 +489,35 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Tells systemd about the service's state; without `NOTIFY_SOCKET` (not run by
+/// systemd) this does nothing.
+fn systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
+/// With `WatchdogSec=` set, pings systemd at half the interval, as systemd
+/// advises. The pings come from their own task: a publish of a large imageset
+/// runs for hours inside one round of the loop, and must not be killed for it;
+/// the watchdog catches a process whose runtime has stopped.
+fn watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let every = Duration::from_micros(usec / 2);
+    tracing::info!(
+        interval_ms = every.as_millis() as u64,
+        "systemd watchdog enabled"
+    );
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            systemd(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }))
 }

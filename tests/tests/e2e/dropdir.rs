@@ -375,3 +375,93 @@ fn a_bad_agent_configuration_stops_it_before_it_touches_anything() {
     );
     assert!(!site.path("ws").exists(), "no workspace created");
 }
+
+#[test]
+fn the_agent_tells_systemd_it_is_ready_feeds_the_watchdog_and_says_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let dest = Registry::plain().unwrap();
+    let site = Site::new();
+    let config = site.config(&dest, "");
+    // systemd's side of Type=notify: a datagram socket named by NOTIFY_SOCKET.
+    let socket_path = site.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let agent = bins::disconnected();
+    // WATCHDOG_PID must be the agent's own pid, as systemd sets it: the shell
+    // exports its pid and execs the agent into it.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"WATCHDOG_PID=$$ exec "$0" "$@""#)
+        .arg(agent.get_program())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_clear()
+        .envs(agent.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut next = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(first.starts_with("READY=1\n"), "{first}");
+    assert!(
+        first.contains("STATUS=watching the drop directory"),
+        "{first}"
+    );
+    // Pings at half of WATCHDOG_USEC: two in a row prove they repeat.
+    assert_eq!(next(), "WATCHDOG=1\n");
+    assert_eq!(next(), "WATCHDOG=1\n");
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let stopping = std::iter::repeat_with(&mut next)
+        .find(|m| m != "WATCHDOG=1\n")
+        .unwrap();
+    assert_eq!(stopping, "STOPPING=1\n");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    assert!(
+        analyze.exists(),
+        "systemd-analyze is missing: install Debian's systemd package (scripts/install-deps does)"
+    );
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/systemd/airlock-disconnected.service"),
+    )
+    .unwrap();
+    // Verify against the binary just built: systemd-analyze checks that it exists.
+    let binary = bins::disconnected().get_program().to_owned();
+    let unit = unit.replace(
+        "/usr/local/bin/airlock-disconnected",
+        &binary.to_string_lossy(),
+    );
+    assert!(unit.contains("Type=notify") && unit.contains("NoNewPrivileges=yes"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("airlock-disconnected.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Only complaints about this unit count: the host's own units may be odd.
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("airlock-disconnected.service"))
+        .collect();
+    assert!(out.status.success() && ours.is_empty(), "{stderr}");
+}
