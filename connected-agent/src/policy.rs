@@ -127,8 +127,7 @@ fn refuse_release_part(
 }
 
 /// Leaves out the images a rule of `blocked` matches, before anything of them is
-/// pulled. The destination a rule also sees is the path and tag under the mirror
-/// prefix.
+/// pulled.
 pub fn apply_blocklist(
     images: Vec<ImageSpec>,
     blocked: &BlockList,
@@ -136,28 +135,45 @@ pub fn apply_blocklist(
     let mut kept = Vec::with_capacity(images.len());
     let mut left_out = Vec::new();
     for spec in images {
-        let repo = spec
-            .target_repo
-            .clone()
-            .unwrap_or_else(|| spec.source.repository().to_string());
-        let destination = match spec.target_tag.as_deref().or(spec.source.tag()) {
-            Some(t) => format!("{repo}:{t}"),
-            None => repo,
-        };
-        let Some(rule) = blocked.matching(&spec.name, &destination) else {
-            kept.push(spec);
-            continue;
-        };
-        refuse_release_part(&spec, &rule.field, &rule.pattern, rule.even_when_required)?;
-        tracing::info!(image = %spec.name, rule = %rule.field, pattern = %rule.pattern, "image blocked");
-        left_out.push(Blocked {
-            image: spec.name.clone(),
-            field: rule.field.clone(),
-            pattern: rule.pattern.clone(),
-            detection: Detection::Name,
-        });
+        match name_rule(&spec, blocked)? {
+            Some(b) => left_out.push(b),
+            None => kept.push(spec),
+        }
     }
     Ok((kept, left_out))
+}
+
+/// The `blockedImages` rule that leaves `spec` out, if any. The destination a rule
+/// also sees is the path and tag under the mirror prefix.
+fn name_rule(spec: &ImageSpec, blocked: &BlockList) -> Result<Option<Blocked>, Error> {
+    let repo = spec
+        .target_repo
+        .clone()
+        .unwrap_or_else(|| spec.source.repository().to_string());
+    let destination = match spec.target_tag.as_deref().or(spec.source.tag()) {
+        Some(t) => format!("{repo}:{t}"),
+        None => repo,
+    };
+    let Some(rule) = blocked.matching(&spec.name, &destination) else {
+        return Ok(None);
+    };
+    refuse_release_part(spec, &rule.field, &rule.pattern, rule.even_when_required)?;
+    tracing::info!(image = %spec.name, rule = %rule.field, pattern = %rule.pattern, "image blocked");
+    Ok(Some(Blocked {
+        image: spec.name.clone(),
+        field: rule.field.clone(),
+        pattern: rule.pattern.clone(),
+        detection: Detection::Name,
+    }))
+}
+
+/// Keeps the images (and their trees, one each, in the same order) whose flag
+/// in `keep` is set.
+fn retain_pairs(images: &mut Vec<ImageSpec>, resolved: &mut Vec<Arc<Resolved>>, keep: &[bool]) {
+    let mut k = keep.iter();
+    images.retain(|_| *k.next().expect("one flag per image"));
+    let mut k = keep.iter();
+    resolved.retain(|_| *k.next().expect("one flag per image"));
 }
 
 /// One platform's manifest of a base image.
@@ -373,10 +389,7 @@ pub fn apply_base_rules(
         keep.push(found.is_empty());
         left_out.extend(found);
     }
-    let mut k = keep.iter();
-    images.retain(|_| *k.next().expect("one flag per image"));
-    let mut k = keep.iter();
-    resolved.retain(|_| *k.next().expect("one flag per image"));
+    retain_pairs(images, resolved, &keep);
     Ok(left_out)
 }
 
@@ -388,12 +401,14 @@ pub fn apply_resolved(
     blocked: &BlockList,
     bases: &BaseImages,
 ) -> Result<Vec<Blocked>, Error> {
-    let (kept, mut out) = apply_blocklist(images.clone(), blocked)?;
-    let keep: Vec<bool> = images.iter().map(|s| kept.contains(s)).collect();
-    let mut k = keep.iter();
-    images.retain(|_| *k.next().expect("one flag per image"));
-    let mut k = keep.iter();
-    resolved.retain(|_| *k.next().expect("one flag per image"));
+    let mut out = Vec::new();
+    let mut keep = Vec::with_capacity(images.len());
+    for spec in images.iter() {
+        let b = name_rule(spec, blocked)?;
+        keep.push(b.is_none());
+        out.extend(b);
+    }
+    retain_pairs(images, resolved, &keep);
     out.extend(apply_base_rules(images, resolved, bases)?);
     Ok(out)
 }

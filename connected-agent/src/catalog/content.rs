@@ -11,7 +11,7 @@ use airlock_common::reference::ImageRef;
 use airlock_common::registry::Pool;
 
 use super::image::{self, CatalogError};
-use super::{filter, rebuild};
+use super::rebuild;
 use crate::derive::{self, Derived};
 
 /// The catalogs' part of an imageset.
@@ -33,17 +33,7 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
             catalog: op.catalog.clone(),
             problem,
         };
-        let reference: ImageRef = op
-            .catalog
-            .parse::<ImageRef>()
-            .map_err(|e| invalid(format!("mirror.operators[{i}].catalog: {e}")))?
-            .with_default_tag();
-        let read = image::read(pool, &reference).await?;
-        let selection =
-            filter::select(&read.catalog, op, i).map_err(|source| CatalogError::Filter {
-                catalog: op.catalog.clone(),
-                source,
-            })?;
+        let (reference, read, selection) = image::read_selected(pool, op, i).await?;
         for (package, sp) in &selection.packages {
             let p = &read.catalog.packages[package];
             let bundles: BTreeSet<&String> = sp.channels.values().flatten().collect();

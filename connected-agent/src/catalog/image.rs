@@ -16,7 +16,7 @@ use airlock_common::registry::{Pool, RegistryError};
 use serde::{Deserialize, Serialize};
 
 use super::fbc::{Builder, Catalog, FbcError};
-use super::filter::{self, FilterError};
+use super::filter::{self, FilterError, Selection};
 use crate::layers::{self, LayerError, Limits, Overlay, read_layer};
 use crate::payload::small_blob;
 
@@ -209,20 +209,36 @@ pub struct Listed {
     pub related_images: Vec<String>,
 }
 
+/// Reads the catalog of `op` (the configuration's `mirror.operators[index]`) and
+/// applies its filter: the catalog reference (`latest` when it names neither tag
+/// nor digest), the catalog, and what it selects.
+pub async fn read_selected(
+    pool: &Pool,
+    op: &Operator,
+    index: usize,
+) -> Result<(ImageRef, CatalogImage, Selection), CatalogError> {
+    let reference = op
+        .catalog
+        .parse::<ImageRef>()
+        .map_err(|e| CatalogError::Invalid {
+            catalog: op.catalog.clone(),
+            problem: format!("mirror.operators[{index}].catalog: {e}"),
+        })?
+        .with_default_tag();
+    let image = read(pool, &reference).await?;
+    let selection =
+        filter::select(&image.catalog, op, index).map_err(|source| CatalogError::Filter {
+            catalog: op.catalog.clone(),
+            source,
+        })?;
+    Ok((reference, image, selection))
+}
+
 /// What each `mirror.operators[]` entry selects, catalog by catalog.
 pub async fn list(pool: &Pool, operators: &[Operator]) -> Result<Vec<Listed>, CatalogError> {
     let mut out = Vec::new();
     for (i, op) in operators.iter().enumerate() {
-        let reference: ImageRef = op.catalog.parse().map_err(|e| CatalogError::Invalid {
-            catalog: op.catalog.clone(),
-            problem: format!("mirror.operators[{i}].catalog: {e}"),
-        })?;
-        let image = read(pool, &reference.with_default_tag()).await?;
-        let selection =
-            filter::select(&image.catalog, op, i).map_err(|source| CatalogError::Filter {
-                catalog: op.catalog.clone(),
-                source,
-            })?;
+        let (_, image, selection) = read_selected(pool, op, i).await?;
         for (package, sp) in &selection.packages {
             let p = &image.catalog.packages[package];
             for (channel, bundles) in &sp.channels {
