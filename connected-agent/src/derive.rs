@@ -26,7 +26,59 @@ pub struct Layer {
     pub diff_id: Digest,
 }
 
+/// One entry of a layer made here.
+#[derive(Debug, Clone)]
+pub enum Entry<'a> {
+    /// A directory.
+    Dir {
+        /// Modification time.
+        mtime: u64,
+    },
+    /// A regular file.
+    File {
+        /// Modification time.
+        mtime: u64,
+        /// Contents.
+        data: std::borrow::Cow<'a, [u8]>,
+    },
+}
+
 impl Layer {
+    /// A layer of `entries`, in the order given (paths without a trailing slash),
+    /// every one owned by root with fixed modes (directories 0755, files 0644), so
+    /// the same entries always give the same layer.
+    pub fn of_entries<'a, 'b>(
+        entries: impl IntoIterator<Item = (String, &'b Entry<'a>)>,
+    ) -> std::io::Result<Layer>
+    where
+        'a: 'b,
+    {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.mode(tar::HeaderMode::Deterministic);
+        for (name, e) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            match e {
+                Entry::Dir { mtime } => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_mtime(*mtime);
+                    h.set_size(0);
+                    builder.append_data(&mut h, format!("{name}/"), std::io::empty())?;
+                }
+                Entry::File { mtime, data } => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(0o644);
+                    h.set_mtime(*mtime);
+                    h.set_size(data.len() as u64);
+                    builder.append_data(&mut h, &name, &data[..])?;
+                }
+            }
+        }
+        Layer::gzip(&builder.into_inner()?)
+    }
+
     /// Compresses `tar` without a timestamp, so the same tar gives the same layer.
     pub fn gzip(tar: &[u8]) -> std::io::Result<Layer> {
         let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::default());

@@ -26,7 +26,7 @@ use airlock_common::reference::ImageRef;
 use airlock_common::registry::Pool;
 use serde_json::{Value, json};
 
-use crate::derive::{self, Derived, Layer};
+use crate::derive::{self, Derived, Entry, Layer};
 
 /// Red Hat's graph data.
 pub const GRAPH_DATA_URL: &str = "https://api.openshift.com/api/upgrades_info/graph-data";
@@ -91,12 +91,6 @@ pub struct DataLayer {
     pub files: usize,
 }
 
-/// One entry of the graph data, as it goes into the layer.
-enum Entry {
-    Dir { mtime: u64 },
-    File { mtime: u64, data: Vec<u8> },
-}
-
 /// Re-roots the graph data tarball (gzip-compressed or not) under [`DATA_DIR`].
 ///
 /// The tarball comes from the network and is treated as hostile: only regular
@@ -113,7 +107,7 @@ pub fn data_layer(tarball: &[u8], url: &str) -> Result<DataLayer, GraphImageErro
         Box::new(tarball)
     };
     let mut archive = tar::Archive::new(reader);
-    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut entries: BTreeMap<String, Entry<'static>> = BTreeMap::new();
     let mut unpacked = 0u64;
     for entry in archive
         .entries()
@@ -159,7 +153,10 @@ pub fn data_layer(tarball: &[u8], url: &str) -> Result<DataLayer, GraphImageErro
             entry
                 .read_to_end(&mut data)
                 .map_err(|e| err(format!("entry {name}: {e}")))?;
-            Entry::File { mtime, data }
+            Entry::File {
+                mtime,
+                data: data.into(),
+            }
         } else if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
             continue;
         } else {
@@ -188,41 +185,15 @@ pub fn data_layer(tarball: &[u8], url: &str) -> Result<DataLayer, GraphImageErro
         return Err(err("holds no files".into()));
     }
 
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.mode(tar::HeaderMode::Deterministic);
     let prefix: Vec<&str> = DATA_DIR.split('/').collect();
-    let dirs = (1..=prefix.len()).map(|i| (prefix[..i].join("/"), &Entry::Dir { mtime: 0 }));
+    let root = Entry::Dir { mtime: 0 };
+    let dirs = (1..=prefix.len()).map(|i| (prefix[..i].join("/"), &root));
     let data = entries
         .iter()
         .map(|(name, e)| (format!("{DATA_DIR}/{name}"), e));
-    for (name, e) in dirs.collect::<Vec<_>>().into_iter().chain(data) {
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        match e {
-            Entry::Dir { mtime } => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_mtime(*mtime);
-                h.set_size(0);
-                builder.append_data(&mut h, format!("{name}/"), std::io::empty())
-            }
-            Entry::File { mtime, data } => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o644);
-                h.set_mtime(*mtime);
-                h.set_size(data.len() as u64);
-                builder.append_data(&mut h, &name, &data[..])
-            }
-        }
-        .map_err(|e| err(format!("writing the layer: {e}")))?;
-    }
-    let tar = builder
-        .into_inner()
-        .map_err(|e| err(format!("writing the layer: {e}")))?;
-    Layer::gzip(&tar)
+    Layer::of_entries(dirs.chain(data))
         .map(|layer| DataLayer { layer, files })
-        .map_err(|e| err(format!("compressing the layer: {e}")))
+        .map_err(|e| err(format!("writing the layer: {e}")))
 }
 
 /// Downloads the graph data tarball.

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::fbc::Catalog;
 use super::filter::Selection;
-use crate::derive::Layer;
+use crate::derive::{Entry, Layer};
 
 /// The filtered catalog's files, relative to the catalog root: one
 /// `<package>/catalog.json` per package (a stream of JSON objects: the package,
@@ -108,15 +108,27 @@ pub fn layer(
     cache_dir: Option<&str>,
 ) -> std::io::Result<Layer> {
     let root = root.trim_matches('/');
-    let mut entries: BTreeMap<String, Option<&[u8]>> = BTreeMap::new();
-    entries.insert(format!("{root}/"), None);
-    entries.insert(format!("{root}/.wh..wh..opq"), Some(&[]));
+    let dir = Entry::Dir { mtime: 0 };
+    let marker = Entry::File {
+        mtime: 0,
+        data: (&[][..]).into(),
+    };
+    // Keyed with a trailing slash on directories, which fixes the entry order.
+    let mut entries: BTreeMap<String, Entry<'_>> = BTreeMap::new();
+    entries.insert(format!("{root}/"), dir.clone());
+    entries.insert(format!("{root}/.wh..wh..opq"), marker.clone());
     for (path, bytes) in files {
         let parts: Vec<&str> = path.split('/').collect();
         for i in 1..parts.len() {
-            entries.insert(format!("{root}/{}/", parts[..i].join("/")), None);
+            entries.insert(format!("{root}/{}/", parts[..i].join("/")), dir.clone());
         }
-        entries.insert(format!("{root}/{path}"), Some(bytes));
+        entries.insert(
+            format!("{root}/{path}"),
+            Entry::File {
+                mtime: 0,
+                data: bytes.as_slice().into(),
+            },
+        );
     }
     if let Some(cache) = cache_dir
         .map(|c| c.trim_matches('/'))
@@ -126,31 +138,13 @@ pub fn layer(
             Some((parent, name)) => format!("{parent}/.wh.{name}"),
             None => format!(".wh.{cache}"),
         };
-        entries.insert(whiteout, Some(&[]));
+        entries.insert(whiteout, marker);
     }
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.mode(tar::HeaderMode::Deterministic);
-    for (name, data) in &entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        match data {
-            None => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_size(0);
-                builder.append_data(&mut h, name, std::io::empty())?;
-            }
-            Some(bytes) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o644);
-                h.set_size(bytes.len() as u64);
-                builder.append_data(&mut h, name, *bytes)?;
-            }
-        }
-    }
-    Layer::gzip(&builder.into_inner()?)
+    Layer::of_entries(
+        entries
+            .iter()
+            .map(|(name, e)| (name.trim_end_matches('/').to_string(), e)),
+    )
 }
 
 /// The serve cache directory a catalog image's command names (`--cache-dir=DIR`
