@@ -51,3 +51,81 @@ where
 fn report(message: &str) {
     eprintln!("error: {message}");
 }
+
+/// Snapshots the long help of a clap command and of each subcommand (nested one
+/// level) as `help`, `help-SUB` and `help-SUB-NESTED`: a command line is a contract
+/// scripts call, so a change must show up in review. A macro, so that insta files
+/// the snapshots beside the calling crate's test.
+#[macro_export]
+macro_rules! assert_help_snapshots {
+    ($cli:ty) => {{
+        use clap::CommandFactory as _;
+        let mut cli = <$cli>::command();
+        insta::assert_snapshot!("help", cli.render_long_help().to_string());
+        for sub in cli.get_subcommands_mut().filter(|s| s.get_name() != "help") {
+            let name = sub.get_name().to_string();
+            insta::assert_snapshot!(format!("help-{name}"), sub.render_long_help().to_string());
+            for nested in sub.get_subcommands_mut().filter(|s| s.get_name() != "help") {
+                let nested_name = nested.get_name().to_string();
+                insta::assert_snapshot!(
+                    format!("help-{name}-{nested_name}"),
+                    nested.render_long_help().to_string()
+                );
+            }
+        }
+    }};
+}
+
+/// How a listing prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Aligned columns under `titles`, two spaces apart, one line per row, without
+/// trailing blanks.
+pub fn table<const N: usize>(titles: [&str; N], rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(titles[i].len())
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let mut out = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(titles.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn table_aligns_columns_and_trims_line_ends() {
+        let t = super::table(
+            ["NAME", "STATE"],
+            &[
+                ["prod-east".to_string(), "current".to_string()],
+                ["lab".to_string(), String::new()],
+            ],
+        );
+        assert_eq!(t, "NAME       STATE\nprod-east  current\nlab\n");
+    }
+}

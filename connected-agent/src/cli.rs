@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use airlock_common::cli::LogArgs;
+use airlock_common::cli::{LogArgs, OutputFormat, table};
 use airlock_common::registry::RegistryOptions;
 use airlock_common::registry::auth::AuthSource;
 use airlock_common::size::ByteSize;
@@ -65,15 +65,6 @@ pub struct ListArgs {
     pub output: OutputFormat,
     #[command(flatten)]
     pub source: SourceArgs,
-}
-
-/// How `list` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// Aligned columns for people.
-    Table,
-    /// JSON for scripts.
-    Json,
 }
 
 /// `keygen`.
@@ -388,26 +379,18 @@ fn print_releases(selected: &[crate::select::Selected], format: OutputFormat) {
         );
         return;
     }
-    let width = |f: fn(&crate::select::Selected) -> &str, title: &str| {
-        selected
-            .iter()
-            .map(|s| f(s).len())
-            .max()
-            .unwrap_or(0)
-            .max(title.len())
-    };
-    let (c, a, v) = (
-        width(|s| &s.channel, "CHANNEL"),
-        width(|s| &s.arch, "ARCH"),
-        width(|s| &s.version, "VERSION"),
-    );
-    println!("{:c$}  {:a$}  {:v$}  IMAGE", "CHANNEL", "ARCH", "VERSION");
-    for s in selected {
-        println!(
-            "{:c$}  {:a$}  {:v$}  {}",
-            s.channel, s.arch, s.version, s.image
-        );
-    }
+    let rows: Vec<[String; 4]> = selected
+        .iter()
+        .map(|s| {
+            [
+                s.channel.clone(),
+                s.arch.clone(),
+                s.version.clone(),
+                s.image.to_string(),
+            ]
+        })
+        .collect();
+    print!("{}", table(["CHANNEL", "ARCH", "VERSION", "IMAGE"], &rows));
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
@@ -432,33 +415,17 @@ fn print_bundles(listed: &[crate::catalog::image::Listed], format: OutputFormat)
         })
         .collect();
     let titles = ["PACKAGE", "CHANNEL", "BUNDLE", "VERSION", "RELATED"];
-    let widths: Vec<usize> = (0..5)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .max()
-                .unwrap_or(0)
-                .max(titles[i].len())
-        })
-        .collect();
-    let line = |cells: [&str; 5]| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut catalog = None;
-    for (l, r) in listed.iter().zip(&rows) {
-        if catalog != Some(&l.catalog) {
-            println!("catalog {}", l.catalog);
-            println!("{}", line(titles));
-            catalog = Some(&l.catalog);
-        }
-        println!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+    let mut start = 0;
+    while start < listed.len() {
+        let catalog = &listed[start].catalog;
+        let end = start
+            + listed[start..]
+                .iter()
+                .take_while(|l| l.catalog == *catalog)
+                .count();
+        println!("catalog {catalog}");
+        print!("{}", table(titles, &rows[start..end]));
+        start = end;
     }
 }
 
@@ -529,23 +496,10 @@ fn print_create(r: &create::CreateReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     /// The command line is a contract (scripts call it); a change must be deliberate.
     #[test]
     fn help_text_is_stable() {
-        let mut cli = Cli::command();
-        insta::assert_snapshot!("help", cli.render_long_help().to_string());
-        for sub in cli.get_subcommands_mut().filter(|s| s.get_name() != "help") {
-            let name = sub.get_name().to_string();
-            insta::assert_snapshot!(format!("help-{name}"), sub.render_long_help().to_string());
-            for nested in sub.get_subcommands_mut().filter(|s| s.get_name() != "help") {
-                let nested_name = nested.get_name().to_string();
-                insta::assert_snapshot!(
-                    format!("help-{name}-{nested_name}"),
-                    nested.render_long_help().to_string()
-                );
-            }
-        }
+        airlock_common::assert_help_snapshots!(Cli);
     }
 }

@@ -13,6 +13,8 @@ use airlock_common::reference::Destination;
 use airlock_common::signing::TrustStore;
 use serde::Deserialize;
 
+use crate::control;
+
 /// What to do with the chunk files of an imageset once it is published everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -56,6 +58,29 @@ fn eight() -> usize {
     8
 }
 
+/// The control plane's TLS files; there is no plaintext mode.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTls {
+    /// PEM certificate chain of the agent.
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+    /// PEM CA certificate(s) every client certificate must be signed by.
+    #[serde(rename = "clientCA")]
+    pub client_ca: PathBuf,
+}
+
+/// The control plane (`airlockctl`'s server).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// `HOST:PORT` to listen on (`0.0.0.0:9443`, `[::]:9443`, `10.0.0.5:9443`).
+    pub listen: String,
+    /// Mutual TLS.
+    pub tls: GrpcTls,
+}
+
 /// The agent configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -92,6 +117,9 @@ pub struct AgentConfig {
     /// Empty the content store once everything is published to every cluster.
     #[serde(default)]
     pub prune: bool,
+    /// The control plane; none: the agent is fed by the drop directory only.
+    #[serde(default)]
+    pub grpc: Option<GrpcConfig>,
     /// The clusters to publish to.
     pub clusters: Vec<ClusterConfig>,
 }
@@ -107,6 +135,8 @@ pub struct Checked {
     pub fetch_from: Vec<Destination>,
     /// The trusted keys, loaded.
     pub trust: TrustStore,
+    /// The control plane, its address parsed and TLS files checked.
+    pub grpc: Option<control::Server>,
 }
 
 struct Checker<'a> {
@@ -236,6 +266,48 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
             Err(e) => c.problem(&format!("fetchFrom[{i}]"), e.to_string()),
         }
     }
+    let grpc = config.grpc.as_ref().and_then(|g| {
+        let listen = g
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                c.problem(
+                    "grpc.listen",
+                    format!(
+                        "{:?}: {e}; expected HOST:PORT, such as 0.0.0.0:9443",
+                        g.listen
+                    ),
+                )
+            })
+            .ok();
+        let files = airlock_proto::tls::ServerFiles {
+            cert: g.tls.cert.clone(),
+            key: g.tls.key.clone(),
+            client_ca: g.tls.client_ca.clone(),
+        };
+        let tls = files
+            .load()
+            .map_err(|e| {
+                let field = match &e {
+                    airlock_proto::tls::TlsError::Read { path, .. }
+                    | airlock_proto::tls::TlsError::Invalid { path, .. } => {
+                        if *path == g.tls.client_ca {
+                            "grpc.tls.clientCA"
+                        } else if *path == g.tls.key {
+                            "grpc.tls.key"
+                        } else {
+                            "grpc.tls.cert"
+                        }
+                    }
+                };
+                c.problem(field, e.to_string())
+            })
+            .ok();
+        Some(control::Server {
+            listen: listen?,
+            tls: tls?,
+        })
+    });
     if !c.problems.is_empty() {
         return Err(config::problems_error(path, c.problems));
     }
@@ -244,6 +316,7 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
         destinations,
         fetch_from,
         trust,
+        grpc,
     })
 }
 
@@ -328,10 +401,20 @@ mod example {
         std::fs::create_dir_all(dir.path().join("certs/mirror-b")).unwrap();
         std::fs::create_dir_all(dir.path().join("trusted")).unwrap();
         airlock_common::signing::generate(&dir.path().join("trusted/site-a"), None).unwrap();
+        // The certificates, as the documented script makes them.
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/make-certs.sh");
+        let made = std::process::Command::new(script)
+            .arg(dir.path().join("tls"))
+            .arg("airlock.example,10.0.0.5")
+            .arg("admin")
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
         let path = dir.path().join("agent.yaml");
         std::fs::write(&path, text).unwrap();
         let checked = super::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(checked.destinations.len(), 2);
         assert!(!checked.trust.is_empty());
+        assert_eq!(checked.grpc.unwrap().listen.port(), 9443);
     }
 }

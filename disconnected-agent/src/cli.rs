@@ -249,16 +249,10 @@ fn print_publish(p: &PublishReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     /// The command line is a contract (scripts call it); a change must be deliberate.
     #[test]
     fn help_text_is_stable() {
-        let mut cli = Cli::command();
-        insta::assert_snapshot!("help", cli.render_long_help().to_string());
-        for sub in cli.get_subcommands_mut().filter(|s| s.get_name() != "help") {
-            let name = sub.get_name().to_string();
-            insta::assert_snapshot!(format!("help-{name}"), sub.render_long_help().to_string());
-        }
+        airlock_common::assert_help_snapshots!(Cli);
     }
 }

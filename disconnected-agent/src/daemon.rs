@@ -30,25 +30,68 @@ use std::time::{Duration, Instant, SystemTime};
 use airlock_common::registry::auth::AuthSource;
 use airlock_common::registry::{RegistryClient, RegistryOptions};
 use notify::Watcher;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
 use airlock_common::reference::Destination;
 
 use crate::agent_config::{AfterPublish, AgentConfig, Checked};
+use crate::control;
 use crate::error::Error;
 use crate::scan;
 use crate::site::{Outcome, Report, Site, Target};
 use crate::source::Mirror;
+use crate::status::{AgentEvent, ClusterView, EventKind, Status};
 
 /// Longest wait between retries of a registry that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// What the loop wakes up for.
-enum Event {
+pub(crate) enum Event {
     /// Something changed in the drop directory; renamed-in files are complete.
     Changed(Vec<PathBuf>),
     /// Time to look again (rescan, a file settling, a retry).
     Tick,
+    /// A request of the control plane.
+    Command(Command),
+}
+
+/// Requests of the control plane, served by the loop between rounds so that they
+/// go through exactly what the drop directory goes through.
+pub(crate) enum Command {
+    /// These complete files, received elsewhere, go into the drop directory and
+    /// are taken now. The loop places them itself, so that no other round takes
+    /// them before this one and the answer covers them.
+    Ingest {
+        staged: Vec<PathBuf>,
+        reply: oneshot::Sender<Result<(Vec<PathBuf>, Round), String>>,
+    },
+    /// Publish now, clearing the backoff of the named cluster (or of all).
+    Publish {
+        cluster: Option<String>,
+        reply: oneshot::Sender<Round>,
+    },
+}
+
+/// Whom to answer when the round is done.
+enum Reply {
+    None,
+    Ingest(
+        Vec<PathBuf>,
+        oneshot::Sender<Result<(Vec<PathBuf>, Round), String>>,
+    ),
+    Publish(oneshot::Sender<Round>),
+}
+
+/// What one round did.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Each imageset judged, with its files.
+    pub outcomes: Vec<((Uuid, u64), Outcome, Vec<PathBuf>)>,
+    /// Files set aside, by the path they had in the drop directory, with why.
+    pub quarantined: Vec<(PathBuf, String)>,
+    /// Sequences published, by cluster name.
+    pub published: Vec<(String, u64)>,
 }
 
 struct Seen {
@@ -126,16 +169,18 @@ struct Cluster {
 /// The running agent.
 pub struct Daemon {
     config: AgentConfig,
+    grpc: Option<control::Server>,
     destinations: Vec<Destination>,
     fetch_dests: Vec<Destination>,
-    site: Site,
+    site: Arc<Site>,
+    status: Arc<Status>,
     clusters: Vec<Cluster>,
     fetch_from: Vec<Mirror>,
     tracker: Tracker,
 }
 
 /// Moves `file` into `dir` (a suffix keeps names unique); across file systems, copies.
-fn move_into(file: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+pub(crate) fn move_into(file: &Path, dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let name = file
         .file_name()
@@ -163,10 +208,25 @@ impl Daemon {
             destinations,
             fetch_from,
             trust,
+            grpc,
         } = cfg;
-        let site = Site::open(&config.workspace, trust)?;
+        let site = Arc::new(Site::open(&config.workspace, trust)?);
         std::fs::create_dir_all(&config.quarantine_dir)
             .map_err(|e| Error::io(&config.quarantine_dir, e))?;
+        control::clear_staging(&config.drop_dir).map_err(|e| Error::io(&config.drop_dir, e))?;
+        let views = config
+            .clusters
+            .iter()
+            .zip(&destinations)
+            .map(|(c, d)| ClusterView {
+                name: c.name.clone(),
+                registry: d.clone(),
+                publishing: false,
+                last_error: None,
+                retry_at: None,
+            })
+            .collect();
+        let status = Arc::new(Status::new(site.clone(), config.drop_dir.clone(), views));
         let clusters = config
             .clusters
             .iter()
@@ -184,9 +244,11 @@ impl Daemon {
             .collect();
         Ok(Daemon {
             config,
+            grpc,
             destinations,
             fetch_dests: fetch_from,
             site,
+            status,
             clusters,
             fetch_from: Vec::new(),
             tracker: Tracker::default(),
@@ -197,6 +259,11 @@ impl Daemon {
         Duration::from_secs(self.config.settle_seconds)
     }
 
+    /// The shared view of this agent (what the control plane serves).
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
+    }
+
     /// Runs until `shutdown` completes.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let drop_dir = self.config.drop_dir.clone();
@@ -204,7 +271,12 @@ impl Daemon {
         let events = tx.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
-                use notify::EventKind::Modify;
+                use notify::EventKind::{Access, Modify};
+                // Reading a file (every round reads chunk heads) is no change; waking
+                // for it would spin while an incomplete imageset waits.
+                if matches!(ev.kind, Access(_)) {
+                    return;
+                }
                 use notify::event::{ModifyKind, RenameMode};
                 let renamed = match ev.kind {
                     Modify(ModifyKind::Name(RenameMode::To)) => ev.paths.clone(),
@@ -225,6 +297,17 @@ impl Daemon {
                 tracing::warn!(dir = %drop_dir.display(), "file-system events unavailable; relying on rescans")
             }
         }
+        // The control plane is bound before readiness is reported, so that a port
+        // already in use stops the agent rather than leaving it half up.
+        let (stop_grpc, grpc_stopped) = tokio::sync::watch::channel(false);
+        let server = match self.grpc.take() {
+            Some(server) => Some(
+                server
+                    .start(self.status.clone(), tx.clone(), grpc_stopped)
+                    .await?,
+            ),
+            None => None,
+        };
         let rescan = Duration::from_secs(self.config.rescan_seconds);
         tracing::info!(
             workspace = %self.config.workspace.display(),
@@ -234,7 +317,7 @@ impl Daemon {
             "disconnected agent running"
         );
         // Ready for systemd (Type=notify): the configuration was checked, the
-        // workspace opened and the drop directory watched.
+        // workspace opened, the drop directory watched and the control plane bound.
         systemd(&[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status("watching the drop directory"),
@@ -243,30 +326,77 @@ impl Daemon {
         tokio::pin!(shutdown);
         let _ = tx.send(Event::Tick);
         loop {
+            self.status.set_activity("idle");
             let wake = self.next_wake(rescan);
             let event = tokio::select! {
                 _ = &mut shutdown => break,
                 ev = rx.recv() => ev.unwrap_or(Event::Tick),
                 _ = tokio::time::sleep_until(wake.into()) => Event::Tick,
             };
-            if let Event::Changed(renamed) = event {
-                self.tracker.renamed.extend(renamed);
+            let mut reply = Reply::None;
+            match event {
+                Event::Changed(renamed) => self.tracker.renamed.extend(renamed),
+                Event::Tick => {}
+                Event::Command(Command::Ingest { staged, reply: r }) => match self.place(&staged) {
+                    Ok(placed) => reply = Reply::Ingest(placed, r),
+                    Err(e) => {
+                        let _ = r.send(Err(e.to_string()));
+                        continue;
+                    }
+                },
+                Event::Command(Command::Publish { cluster, reply: r }) => {
+                    for c in &mut self.clusters {
+                        if cluster.as_ref().is_none_or(|n| *n == c.name) {
+                            c.retry_at = None;
+                        }
+                    }
+                    reply = Reply::Publish(r);
+                }
             }
             tokio::select! {
                 _ = &mut shutdown => break,
-                result = self.round() => {
-                    if let Err(e) = result {
+                result = self.round() => match result {
+                    Ok(round) => match reply {
+                        Reply::None => {}
+                        Reply::Ingest(placed, r) => {
+                            let _ = r.send(Ok((placed, round)));
+                        }
+                        Reply::Publish(r) => {
+                            let _ = r.send(round);
+                        }
+                    },
+                    Err(e) => {
                         tracing::error!(error = %e, "round failed; retrying on the next event");
                     }
-                }
+                },
             }
         }
         systemd(&[sd_notify::NotifyState::Stopping]);
+        self.status.set_activity("stopping");
+        // Requests in flight finish; watchers are told the stream ends.
+        let _ = stop_grpc.send(true);
+        if let Some(server) = server {
+            server.drain().await;
+        }
         if let Some(w) = watchdog {
             w.abort();
         }
         tracing::info!("disconnected agent stopped");
         Ok(())
+    }
+
+    /// Moves files received over the control plane into the drop directory, as
+    /// renamed-in (complete) files.
+    fn place(&mut self, staged: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+        let drop_dir = &self.config.drop_dir;
+        let mut placed = Vec::new();
+        for f in staged {
+            let to = move_into(f, drop_dir).map_err(|e| Error::io(drop_dir, e))?;
+            tracing::info!(file = %f.display(), placed = %to.display(), "file received over the control plane");
+            placed.push(to);
+        }
+        self.tracker.renamed.extend(placed.iter().cloned());
+        Ok(placed)
     }
 
     fn next_wake(&self, rescan: Duration) -> Instant {
@@ -283,7 +413,7 @@ impl Daemon {
         wake
     }
 
-    fn quarantine(&self, file: &Path, reason: &str) {
+    fn quarantine(&self, file: &Path, reason: &str, round: &mut Round) {
         match move_into(file, &self.config.quarantine_dir) {
             Ok(moved) => {
                 let note = format!(
@@ -292,26 +422,33 @@ impl Daemon {
                 );
                 let _ = std::fs::write(PathBuf::from(format!("{}.reason", moved.display())), note);
                 tracing::warn!(file = %file.display(), quarantined = %moved.display(), %reason, "file quarantined");
+                let mut event = AgentEvent::now(EventKind::Quarantined, reason);
+                event.file = Some(file.to_path_buf());
+                self.status.emit(event);
+                round
+                    .quarantined
+                    .push((file.to_path_buf(), reason.to_string()));
             }
             Err(e) => tracing::error!(file = %file.display(), error = %e, "cannot quarantine"),
         }
     }
 
     /// One pass over the drop directory and the clusters.
-    async fn round(&mut self) -> Result<(), Error> {
+    async fn round(&mut self) -> Result<Round, Error> {
+        let mut round = Round::default();
         let drop_dir = self.config.drop_dir.clone();
         let files = scan::list(&drop_dir).map_err(|e| Error::io(&drop_dir, e))?;
         let settled = self.tracker.settled(&files, self.settle(), Instant::now());
         let found = scan::read_heads(settled);
         for p in &found.other {
-            self.quarantine(p, "not an Airlock imageset chunk");
+            self.quarantine(p, "not an Airlock imageset chunk", &mut round);
         }
         for e in &found.damaged {
-            self.quarantine(e.path(), &e.to_string());
+            self.quarantine(e.path(), &e.to_string(), &mut round);
         }
         let mut report = Report::default();
         if self.site.ws.accepted()?.is_none() && !found.imagesets.is_empty() {
-            let uuids: Vec<uuid::Uuid> = found.imagesets.keys().map(|(u, _)| *u).collect();
+            let uuids: Vec<Uuid> = found.imagesets.keys().map(|(u, _)| *u).collect();
             if let Some(i) = (0..self.clusters.len()).find(|&i| self.clusters[i].retry_at.is_none())
             {
                 if let Some(target) = self.target(i).await {
@@ -320,33 +457,53 @@ impl Daemon {
                 }
             }
         }
+        if !found.imagesets.is_empty() {
+            self.status.set_activity("taking imagesets in");
+        }
         let outcomes = self.site.accept(&drop_dir, &found, &mut report).await?;
-        for (key, outcome) in &outcomes {
-            match outcome {
+        for (uuid, sequence, blobs) in &report.accepted {
+            let mut event = AgentEvent::now(
+                EventKind::Accepted,
+                format!("imageset verified and accepted ({blobs} blobs stored)"),
+            );
+            event.imageset = Some((*uuid, *sequence));
+            self.status.emit(event);
+        }
+        for (key, outcome) in outcomes {
+            let files: Vec<PathBuf> = found
+                .imagesets
+                .get(&key)
+                .map(|c| {
+                    c.chunks
+                        .values()
+                        .chain(c.parity.values())
+                        .chain(&c.spares)
+                        .map(|h| h.path.clone())
+                        .chain(c.conflicting.iter().cloned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            match &outcome {
                 Outcome::Refused(why) => {
-                    if let Some(c) = found.imagesets.get(key) {
-                        for f in c
-                            .chunks
-                            .values()
-                            .chain(c.parity.values())
-                            .chain(&c.spares)
-                            .map(|h| &h.path)
-                            .chain(&c.conflicting)
-                        {
-                            self.quarantine(f, why);
-                        }
+                    for f in &files {
+                        self.quarantine(f, why, &mut round);
                     }
                 }
-                Outcome::Damaged { file, reason } => self.quarantine(file, reason),
+                Outcome::Damaged { file, reason } => self.quarantine(file, reason, &mut round),
                 Outcome::Accepted | Outcome::Duplicate | Outcome::Waiting(_) => {}
             }
+            round.outcomes.push((key, outcome, files));
         }
         for p in &report.set_aside {
-            self.quarantine(p, "damaged in transfer; the chunk was rebuilt from parity");
+            self.quarantine(
+                p,
+                "damaged in transfer; the chunk was rebuilt from parity",
+                &mut round,
+            );
         }
-        self.publish_all().await?;
+        self.publish_all(&mut round).await?;
         self.dispose(&found)?;
-        Ok(())
+        Ok(round)
     }
 
     /// The target of cluster `i`, connecting if needed; `None` while it is down.
@@ -366,24 +523,38 @@ impl Daemon {
                 Some(t)
             }
             Err(e) => {
-                Self::failed(c, &e.to_string());
+                self.failed(i, &e.to_string());
                 None
             }
         }
     }
 
-    fn failed(c: &mut Cluster, why: &str) {
+    fn failed(&mut self, i: usize, why: &str) {
+        let c = &mut self.clusters[i];
+        c.target = None;
         c.retry_at = Some(Instant::now() + c.backoff);
         tracing::warn!(cluster = %c.name, retry_in_s = c.backoff.as_secs(), error = %why, "publishing to this cluster failed; retrying with backoff");
+        let mut event = AgentEvent::now(
+            EventKind::PublishFailed,
+            format!("{why}; retrying in {} s", c.backoff.as_secs()),
+        );
+        event.cluster = Some(c.name.clone());
+        self.status.emit(event);
         c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+        let retry_at = c.retry_at;
+        self.status.update_cluster(i, |v| {
+            v.publishing = false;
+            v.last_error = Some(why.to_string());
+            v.retry_at = retry_at;
+        });
     }
 
     /// Publishes what each cluster lacks; a cluster that is down waits for its retry
     /// while the others carry on.
-    async fn publish_all(&mut self) -> Result<(), Error> {
-        if self.site.ws.accepted()?.is_none() {
+    async fn publish_all(&mut self, round: &mut Round) -> Result<(), Error> {
+        let Some((uuid, last)) = self.site.ws.accepted()? else {
             return Ok(());
-        }
+        };
         if self.fetch_from.is_empty() && !self.fetch_dests.is_empty() {
             for d in &self.fetch_dests {
                 let options = self
@@ -411,6 +582,17 @@ impl Daemon {
                 continue;
             };
             let name = self.clusters[i].name.clone();
+            let behind = self
+                .site
+                .ws
+                .published(&target.dest.to_string())?
+                .unwrap_or(0)
+                < last;
+            if behind {
+                self.status
+                    .set_activity(format!("publishing to cluster {name}"));
+                self.status.update_cluster(i, |v| v.publishing = true);
+            }
             let resources = self.site.dir.join("cluster-resources").join(&name);
             let mut report = Report::default();
             let result = self
@@ -423,25 +605,31 @@ impl Daemon {
                     &mut report,
                 )
                 .await;
-            let c = &mut self.clusters[i];
+            for (_, seq) in &report.published {
+                tracing::info!(cluster = %name, sequence = seq, "published to cluster");
+                let mut event = AgentEvent::now(EventKind::Published, "imageset published");
+                event.cluster = Some(name.clone());
+                event.imageset = Some((uuid, *seq));
+                self.status.emit(event);
+                round.published.push((name.clone(), *seq));
+            }
             match result {
                 Ok(()) if report.problems.is_empty() => {
+                    let c = &mut self.clusters[i];
                     c.retry_at = None;
                     c.backoff = Duration::from_secs(1);
-                    for (_, seq) in &report.published {
-                        tracing::info!(cluster = %name, sequence = seq, "published to cluster");
-                    }
+                    self.status.update_cluster(i, |v| {
+                        v.publishing = false;
+                        v.last_error = None;
+                        v.retry_at = None;
+                    });
                 }
                 Ok(()) => {
                     let why: Vec<&str> =
                         report.problems.iter().map(|p| p.message.as_str()).collect();
-                    c.target = None;
-                    Self::failed(c, &why.join("; "));
+                    self.failed(i, &why.join("; "));
                 }
-                Err(e) => {
-                    c.target = None;
-                    Self::failed(c, &e.to_string());
-                }
+                Err(e) => self.failed(i, &e.to_string()),
             }
         }
         Ok(())

@@ -23,6 +23,16 @@ pub enum Error {
     /// The workspace refused or failed.
     #[error(transparent)]
     Workspace(#[from] StateError),
+    /// The control plane's address cannot be listened on.
+    #[error(
+        "grpc.listen {addr}: {source}; is another agent running, or is the address not this machine's?"
+    )]
+    Bind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A local file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -49,6 +59,7 @@ impl ExitCode for Error {
             Error::Registry(e) => e.exit_code(),
             Error::Workspace(StateError::Locked { .. }) => exit_codes::STATE,
             Error::Workspace(StateError::Storage { .. }) | Error::Io { .. } => exit_codes::IO,
+            Error::Bind { .. } => exit_codes::UNAVAILABLE,
         }
     }
 }

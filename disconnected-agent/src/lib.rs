@@ -3,6 +3,7 @@
 
 pub mod agent_config;
 pub mod cli;
+pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod ingest;
@@ -10,6 +11,7 @@ pub mod publish;
 pub mod scan;
 pub mod site;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod verify;
 pub mod workspace;

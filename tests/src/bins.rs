@@ -46,6 +46,11 @@ pub fn disconnected() -> Command {
     command("airlock-disconnected")
 }
 
+/// `airlockctl`, with an isolated environment (see [`isolate_env`]).
+pub fn airlockctl() -> Command {
+    command("airlockctl")
+}
+
 const SCRATCH_PREFIX: &str = "airlock-tests-pid-";
 
 /// A directory for this test process's throwaway files (homes, skopeo's policy).
@@ -125,6 +130,10 @@ pub fn isolate_env(cmd: &mut Command) -> &mut Command {
         .env("XDG_CACHE_HOME", home.join(".cache"))
         .env("REGISTRY_AUTH_FILE", home.join("no-credentials.json"))
         .env_remove("DOCKER_CONFIG")
+        .env_remove("AIRLOCK_SERVER")
+        .env_remove("AIRLOCK_CA")
+        .env_remove("AIRLOCK_CERT")
+        .env_remove("AIRLOCK_KEY")
         .env_remove("UPDATE_URL_OVERRIDE")
         .env_remove("OCP_SIGNATURE_URL");
     for var in [

@@ -19,5 +19,10 @@ use std::path::PathBuf;
 
 /// The real public samples shipped with the repository (`fixtures/real`).
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/real")
+    repo_dir().join("fixtures/real")
+}
+
+/// The repository's root (scripts and deploy files the tests run as documented).
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }

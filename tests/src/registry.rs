@@ -53,7 +53,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A port that was free a moment ago. The listener is dropped before the
 /// registry binds, so another process may take it first; [`Registry::start`]
 /// retries with a new port when that happens.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -1,6 +1,8 @@
 //! Airlock's end-to-end suites, one test binary: real `docker-registry` processes,
 //! the built binaries, and skopeo as the independent check.
 
+mod agent;
+mod control;
 mod differential;
 mod dropdir;
 mod foundation;

@@ -1,0 +1,393 @@
+//! What `airlockctl` prints: tables for people, JSON for scripts.
+//!
+//! The JSON is built from the types below, not from the generated protobuf
+//! types, so that its keys stay what `docs/airlockctl.md` documents even if the
+//! protocol grows: keys are only ever added.
+
+use airlock_common::cli::table;
+use airlock_common::size::ByteSize;
+use airlock_proto::v1;
+use serde::Serialize;
+
+/// `status -o json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The agent's version.
+    pub version: String,
+    /// The connected workspace followed; null before the first imageset.
+    pub uuid: Option<String>,
+    /// The last sequence accepted; 0 before the first imageset.
+    pub accepted_sequence: u64,
+    /// Configured clusters.
+    pub clusters: u32,
+    /// Clusters holding the last accepted sequence.
+    pub clusters_current: u32,
+    /// What the agent is doing.
+    pub activity: String,
+    /// When it started.
+    pub started: String,
+    /// Its drop directory.
+    pub drop_dir: String,
+    /// Files waiting there.
+    pub waiting_files: u32,
+}
+
+impl From<v1::AgentStatus> for Status {
+    fn from(s: v1::AgentStatus) -> Self {
+        Status {
+            version: s.version,
+            uuid: (!s.uuid.is_empty()).then_some(s.uuid),
+            accepted_sequence: s.accepted_sequence,
+            clusters: s.clusters,
+            clusters_current: s.clusters_current,
+            activity: s.activity,
+            started: s.started,
+            drop_dir: s.drop_dir,
+            waiting_files: s.waiting_files,
+        }
+    }
+}
+
+/// `imagesets -o json`, one per imageset.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Imageset {
+    /// The connected workspace.
+    pub uuid: String,
+    /// Its sequence.
+    pub sequence: u64,
+    /// When it was created.
+    pub created: String,
+    /// Whether it carries every blob.
+    pub full: bool,
+    /// Images of its desired state.
+    pub images: u32,
+    /// Bytes carried in its chunk files.
+    pub carried_bytes: u64,
+    /// Release versions among its images.
+    pub releases: Vec<String>,
+    /// Clusters it is published to.
+    pub published_to: Vec<String>,
+}
+
+impl From<v1::Imageset> for Imageset {
+    fn from(i: v1::Imageset) -> Self {
+        Imageset {
+            uuid: i.uuid,
+            sequence: i.sequence,
+            created: i.created,
+            full: i.full,
+            images: i.images,
+            carried_bytes: i.carried_bytes,
+            releases: i.releases,
+            published_to: i.published_to,
+        }
+    }
+}
+
+/// `clusters -o json`, one per cluster.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    /// Its configured name.
+    pub name: String,
+    /// Its registry, `docker://HOST[:PORT][/PREFIX]`.
+    pub registry: String,
+    /// The last sequence published there; 0: none.
+    pub published_sequence: u64,
+    /// `current`, `behind`, `retrying` or `publishing`.
+    pub state: &'static str,
+    /// Why the last attempt failed, while retrying.
+    pub last_error: Option<String>,
+    /// Seconds to the next attempt, while retrying.
+    pub retry_in_seconds: Option<u64>,
+}
+
+fn state(s: i32) -> &'static str {
+    match v1::ClusterState::try_from(s) {
+        Ok(v1::ClusterState::Current) => "current",
+        Ok(v1::ClusterState::Behind) => "behind",
+        Ok(v1::ClusterState::Retrying) => "retrying",
+        Ok(v1::ClusterState::Publishing) => "publishing",
+        _ => "unknown",
+    }
+}
+
+impl From<v1::Cluster> for Cluster {
+    fn from(c: v1::Cluster) -> Self {
+        let retrying = c.state == v1::ClusterState::Retrying as i32;
+        Cluster {
+            state: state(c.state),
+            name: c.name,
+            registry: c.registry,
+            published_sequence: c.published_sequence,
+            last_error: (!c.last_error.is_empty()).then_some(c.last_error),
+            retry_in_seconds: retrying.then_some(c.retry_in_seconds),
+        }
+    }
+}
+
+/// One imageset's outcome in `ingest -o json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestOutcome {
+    /// The connected workspace.
+    pub uuid: String,
+    /// Its sequence.
+    pub sequence: u64,
+    /// `accepted`, `duplicate`, `waiting`, `refused` or `damaged`.
+    pub outcome: &'static str,
+    /// Why, for every outcome but accepted and duplicate.
+    pub message: Option<String>,
+}
+
+/// A quarantined file in `ingest -o json`.
+#[derive(Debug, Serialize)]
+pub struct Quarantined {
+    /// The file's name as sent.
+    pub file: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A publication in `ingest` and `publish -o json`.
+#[derive(Debug, Serialize)]
+pub struct Published {
+    /// The cluster.
+    pub cluster: String,
+    /// The sequence.
+    pub sequence: u64,
+}
+
+/// `ingest -o json`.
+#[derive(Debug, Serialize)]
+pub struct Ingest {
+    /// What became of each imageset the files belong to.
+    pub imagesets: Vec<IngestOutcome>,
+    /// Files set aside as unusable.
+    pub quarantined: Vec<Quarantined>,
+    /// Clusters published to meanwhile.
+    pub published: Vec<Published>,
+}
+
+fn outcome(o: i32) -> &'static str {
+    match v1::Outcome::try_from(o) {
+        Ok(v1::Outcome::Accepted) => "accepted",
+        Ok(v1::Outcome::Duplicate) => "duplicate",
+        Ok(v1::Outcome::Waiting) => "waiting",
+        Ok(v1::Outcome::Refused) => "refused",
+        Ok(v1::Outcome::Damaged) => "damaged",
+        _ => "unknown",
+    }
+}
+
+fn published(p: Vec<v1::Published>) -> Vec<Published> {
+    p.into_iter()
+        .map(|p| Published {
+            cluster: p.cluster,
+            sequence: p.sequence,
+        })
+        .collect()
+}
+
+impl From<v1::IngestResponse> for Ingest {
+    fn from(r: v1::IngestResponse) -> Self {
+        Ingest {
+            imagesets: r
+                .imagesets
+                .into_iter()
+                .map(|i| IngestOutcome {
+                    outcome: outcome(i.outcome),
+                    uuid: i.uuid,
+                    sequence: i.sequence,
+                    message: (!i.message.is_empty()).then_some(i.message),
+                })
+                .collect(),
+            quarantined: r
+                .quarantined
+                .into_iter()
+                .map(|q| Quarantined {
+                    file: q.file,
+                    reason: q.reason,
+                })
+                .collect(),
+            published: published(r.published),
+        }
+    }
+}
+
+/// `publish -o json`.
+#[derive(Debug, Serialize)]
+pub struct Publish {
+    /// The clusters attempted, after the attempt.
+    pub clusters: Vec<Cluster>,
+    /// What was published.
+    pub published: Vec<Published>,
+}
+
+impl From<v1::PublishResponse> for Publish {
+    fn from(r: v1::PublishResponse) -> Self {
+        Publish {
+            clusters: r.clusters.into_iter().map(Cluster::from).collect(),
+            published: published(r.published),
+        }
+    }
+}
+
+/// One line of `watch -o json` (one JSON object per line).
+#[derive(Debug, Serialize)]
+pub struct Event {
+    /// When, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// `accepted`, `quarantined`, `published`, `publishFailed` or `lagged`.
+    pub kind: &'static str,
+    /// The cluster concerned.
+    pub cluster: Option<String>,
+    /// The imageset concerned.
+    pub uuid: Option<String>,
+    /// Its sequence.
+    pub sequence: Option<u64>,
+    /// The file concerned.
+    pub file: Option<String>,
+    /// Details.
+    pub message: String,
+    /// Events missed (`lagged` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
+}
+
+impl From<v1::Event> for Event {
+    fn from(e: v1::Event) -> Self {
+        let kind = match v1::EventKind::try_from(e.kind) {
+            Ok(v1::EventKind::Accepted) => "accepted",
+            Ok(v1::EventKind::Quarantined) => "quarantined",
+            Ok(v1::EventKind::Published) => "published",
+            Ok(v1::EventKind::PublishFailed) => "publishFailed",
+            Ok(v1::EventKind::Lagged) => "lagged",
+            _ => "unknown",
+        };
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        Event {
+            time: e.time,
+            kind,
+            cluster: some(e.cluster),
+            sequence: (!e.uuid.is_empty()).then_some(e.sequence),
+            uuid: some(e.uuid),
+            file: some(e.file),
+            message: e.message,
+            missed: (kind == "lagged").then_some(e.missed),
+        }
+    }
+}
+
+/// The table of `status`.
+pub fn status_table(s: &Status) -> String {
+    let follows = match &s.uuid {
+        Some(u) => format!("{u}, sequence {} accepted", s.accepted_sequence),
+        None => "nothing yet (no imageset accepted)".into(),
+    };
+    format!(
+        "agent      {} (up since {})\nfollows    {follows}\nclusters   {} of {} current\nactivity   {}\ndrop dir   {} ({} files waiting)\n",
+        s.version,
+        s.started,
+        s.clusters_current,
+        s.clusters,
+        s.activity,
+        s.drop_dir,
+        s.waiting_files
+    )
+}
+
+/// The table of `imagesets`.
+pub fn imagesets_table(list: &[Imageset]) -> String {
+    let rows: Vec<[String; 6]> = list
+        .iter()
+        .map(|i| {
+            [
+                i.sequence.to_string(),
+                i.created.clone(),
+                format!("{}{}", i.images, if i.full { " (full)" } else { "" }),
+                ByteSize(i.carried_bytes).to_string(),
+                i.releases.join(","),
+                i.published_to.join(","),
+            ]
+        })
+        .collect();
+    table(
+        [
+            "SEQUENCE",
+            "CREATED",
+            "IMAGES",
+            "CARRIED",
+            "RELEASES",
+            "PUBLISHED TO",
+        ],
+        &rows,
+    )
+}
+
+/// The table of `clusters` (and of `publish`).
+pub fn clusters_table(list: &[Cluster]) -> String {
+    let rows: Vec<[String; 5]> = list
+        .iter()
+        .map(|c| {
+            let note = match (&c.last_error, c.retry_in_seconds) {
+                (Some(e), Some(s)) => format!("retry in {s} s: {e}"),
+                (Some(e), None) => e.clone(),
+                _ => String::new(),
+            };
+            [
+                c.name.clone(),
+                c.registry.clone(),
+                c.published_sequence.to_string(),
+                c.state.to_string(),
+                note,
+            ]
+        })
+        .collect();
+    table(["NAME", "REGISTRY", "PUBLISHED", "STATE", "NOTE"], &rows)
+}
+
+/// The report of `ingest`.
+pub fn ingest_text(r: &Ingest) -> String {
+    let mut out = String::new();
+    for i in &r.imagesets {
+        out.push_str(&format!(
+            "imageset {}/{}: {}",
+            i.uuid, i.sequence, i.outcome
+        ));
+        if let Some(m) = &i.message {
+            out.push_str(&format!(": {m}"));
+        }
+        out.push('\n');
+    }
+    for q in &r.quarantined {
+        out.push_str(&format!("quarantined {}: {}\n", q.file, q.reason));
+    }
+    for p in &r.published {
+        out.push_str(&format!(
+            "published sequence {} to cluster {}\n",
+            p.sequence, p.cluster
+        ));
+    }
+    out
+}
+
+/// One line of `watch`.
+pub fn event_line(e: &Event) -> String {
+    let mut out = format!("{} {}", e.time, e.kind);
+    if let Some(c) = &e.cluster {
+        out.push_str(&format!(" cluster={c}"));
+    }
+    if let (Some(u), Some(s)) = (&e.uuid, e.sequence) {
+        out.push_str(&format!(" imageset={u}/{s}"));
+    }
+    if let Some(f) = &e.file {
+        out.push_str(&format!(" file={f}"));
+    }
+    if !e.message.is_empty() {
+        out.push_str(&format!(" {}", e.message));
+    }
+    out
+}

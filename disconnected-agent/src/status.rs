@@ -1,0 +1,173 @@
+//! What the running agent shows of itself: the state of each cluster, what it is
+//! doing, and a stream of events.
+//!
+//! The agent's loop owns the work and writes here; readers (the control plane)
+//! only read, so a status request never waits for a publish that runs for hours.
+//! The workspace itself is read directly: sled serves readers beside the writer.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use airlock_common::reference::Destination;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::site::Site;
+
+/// How many events a slow watcher may fall behind before it misses some.
+const EVENT_BACKLOG: usize = 1024;
+
+/// A cluster's publishing state, as last seen by the loop.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// Its configured name.
+    pub name: String,
+    /// Its registry.
+    pub registry: Destination,
+    /// Being published to now.
+    pub publishing: bool,
+    /// Why the last attempt failed; cleared by a success.
+    pub last_error: Option<String>,
+    /// When the next attempt is due, while retrying.
+    pub retry_at: Option<Instant>,
+}
+
+/// Where a cluster stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Holds the last accepted sequence.
+    Current,
+    /// Behind; published to on the next pass.
+    Behind,
+    /// The last attempt failed; retried with backoff.
+    Retrying,
+    /// Being published to now.
+    Publishing,
+}
+
+/// What kind of thing happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// An imageset was verified and accepted.
+    Accepted,
+    /// A file was set aside as unusable.
+    Quarantined,
+    /// An imageset was published to a cluster.
+    Published,
+    /// Publishing to a cluster failed; it is retried with backoff.
+    PublishFailed,
+}
+
+/// Something the agent did, for watchers and the journal alike.
+#[derive(Debug, Clone)]
+pub struct AgentEvent {
+    /// When, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// What.
+    pub kind: EventKind,
+    /// The cluster concerned.
+    pub cluster: Option<String>,
+    /// The imageset concerned.
+    pub imageset: Option<(Uuid, u64)>,
+    /// The file concerned.
+    pub file: Option<PathBuf>,
+    /// Details.
+    pub message: String,
+}
+
+impl AgentEvent {
+    /// An event of `kind` happening now.
+    pub fn now(kind: EventKind, message: impl Into<String>) -> Self {
+        AgentEvent {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            kind,
+            cluster: None,
+            imageset: None,
+            file: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// The shared view of the running agent.
+#[derive(Debug)]
+pub struct Status {
+    /// The workspace, store and trusted keys.
+    pub site: Arc<Site>,
+    /// When the agent started, RFC 3339 UTC.
+    pub started: String,
+    /// The drop directory.
+    pub drop_dir: PathBuf,
+    clusters: Mutex<Vec<ClusterView>>,
+    activity: Mutex<String>,
+    events: broadcast::Sender<AgentEvent>,
+}
+
+impl Status {
+    /// A view of an agent about to start on `site`.
+    pub fn new(site: Arc<Site>, drop_dir: PathBuf, clusters: Vec<ClusterView>) -> Self {
+        Status {
+            site,
+            started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            drop_dir,
+            clusters: Mutex::new(clusters),
+            activity: Mutex::new("starting".into()),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+        }
+    }
+
+    /// The clusters, in configuration order.
+    pub fn clusters(&self) -> Vec<ClusterView> {
+        self.clusters.lock().expect("not poisoned").clone()
+    }
+
+    /// Changes cluster `i`'s view.
+    pub fn update_cluster(&self, i: usize, f: impl FnOnce(&mut ClusterView)) {
+        if let Some(c) = self.clusters.lock().expect("not poisoned").get_mut(i) {
+            f(c);
+        }
+    }
+
+    /// What the agent is doing.
+    pub fn activity(&self) -> String {
+        self.activity.lock().expect("not poisoned").clone()
+    }
+
+    /// Says what the agent is doing now.
+    pub fn set_activity(&self, what: impl Into<String>) {
+        *self.activity.lock().expect("not poisoned") = what.into();
+    }
+
+    /// Tells watchers; nobody watching is fine.
+    pub fn emit(&self, event: AgentEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.events.subscribe()
+    }
+
+    /// The last sequence published to `view`'s registry (0: none), and its state
+    /// against the last accepted sequence.
+    pub fn cluster_state(&self, view: &ClusterView) -> Result<(u64, ClusterState), Error> {
+        let published = self
+            .site
+            .ws
+            .published(&view.registry.to_string())?
+            .unwrap_or(0);
+        let accepted = self.site.ws.accepted()?.map_or(0, |(_, s)| s);
+        let state = if view.publishing {
+            ClusterState::Publishing
+        } else if view.retry_at.is_some() {
+            ClusterState::Retrying
+        } else if published >= accepted {
+            ClusterState::Current
+        } else {
+            ClusterState::Behind
+        };
+        Ok((published, state))
+    }
+}
