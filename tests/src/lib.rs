@@ -3,10 +3,12 @@
 //! Real parts only: `docker-registry` processes on free loopback ports
 //! ([`registry`]), images built in real formats and pushed by an independent client
 //! ([`images`]), `skopeo` to check results ([`skopeo`]), and the project's binaries
-//! run as a user runs them ([`bins`]).
+//! run as a user runs them ([`bins`]). The one double is the Kubernetes API server
+//! ([`kube_api`]), which cannot be installed here.
 
 pub mod bins;
 pub mod images;
+pub mod kube_api;
 pub mod proxy;
 pub mod registry;
 pub mod release;
