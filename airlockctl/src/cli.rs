@@ -65,6 +65,10 @@ pub enum Command {
     /// Publish now to every cluster, or one, without waiting for backoff. Exit 69
     /// when a cluster could not be published to.
     Publish(PublishArgs),
+    /// Re-apply the cluster resources through each cluster's API (or one's),
+    /// taking back fields changed on the cluster and restoring deleted objects. Exit
+    /// 75 when drift remains, 69 when a cluster's API could not be used.
+    Reconcile(PublishArgs),
     /// Follow the agent's events until it stops (Ctrl-C to quit).
     Watch,
 }
@@ -77,7 +81,7 @@ pub struct IngestArgs {
     pub files: Vec<PathBuf>,
 }
 
-/// `publish`.
+/// `publish` and `reconcile`.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     /// Only this cluster.
@@ -177,6 +181,21 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             });
             if r.clusters.iter().any(|c| c.state == "retrying") {
                 return Ok(exit_codes::UNAVAILABLE);
+            }
+        }
+        Command::Reconcile(args) => {
+            let list: Vec<Cluster> = client
+                .reconcile(args.cluster.as_deref())
+                .await?
+                .into_iter()
+                .map(Cluster::from)
+                .collect();
+            print(format, &list, || output::clusters_table(&list));
+            if list.iter().any(|c| c.api_error.is_some()) {
+                return Ok(exit_codes::UNAVAILABLE);
+            }
+            if list.iter().any(|c| !c.drift.is_empty()) {
+                return Ok(exit_codes::INCOMPLETE);
             }
         }
         Command::Watch => {

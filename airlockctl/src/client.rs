@@ -117,6 +117,16 @@ impl Client {
         r.map(|r| r.into_inner()).map_err(|s| self.failed(s))
     }
 
+    /// `Reconcile`, one cluster or all with API access.
+    pub async fn reconcile(&mut self, cluster: Option<&str>) -> Result<Vec<v1::Cluster>, Error> {
+        let request = v1::ReconcileRequest {
+            cluster: cluster.unwrap_or_default().to_string(),
+        };
+        let r = self.inner.reconcile(request).await;
+        r.map(|r| r.into_inner().clusters)
+            .map_err(|s| self.failed(s))
+    }
+
     /// `Ingest`: streams `files`, each read as it is sent, so memory does not grow
     /// with their size.
     pub async fn ingest(&mut self, files: &[PathBuf]) -> Result<v1::IngestResponse, Error> {

@@ -46,7 +46,7 @@ impl ExitCode for Error {
             Error::Connect { .. } => exit_codes::UNAVAILABLE,
             Error::Rpc { code, .. } => match code {
                 tonic::Code::InvalidArgument => exit_codes::DATA,
-                tonic::Code::NotFound => exit_codes::CONFIG,
+                tonic::Code::NotFound | tonic::Code::FailedPrecondition => exit_codes::CONFIG,
                 tonic::Code::ResourceExhausted => exit_codes::IO,
                 _ => exit_codes::UNAVAILABLE,
             },

@@ -102,6 +102,22 @@ pub struct Cluster {
     pub last_error: Option<String>,
     /// Seconds to the next attempt, while retrying.
     pub retry_in_seconds: Option<u64>,
+    /// The version the cluster runs; null without API access or before a check.
+    pub version: Option<String>,
+    /// The version it is updating to, when different.
+    pub desired_version: Option<String>,
+    /// Mirrored releases it can update to.
+    pub available_updates: Vec<String>,
+    /// Objects changed or deleted on the cluster since Airlock applied them.
+    pub drift: Vec<String>,
+    /// CatalogSources not running the latest published catalog.
+    pub catalogs_behind: Vec<String>,
+    /// What the cluster cannot take.
+    pub notes: Vec<String>,
+    /// Why the last API check failed.
+    pub api_error: Option<String>,
+    /// When the API was last checked; null without API access.
+    pub checked: Option<String>,
 }
 
 fn state(s: i32) -> &'static str {
@@ -114,10 +130,23 @@ fn state(s: i32) -> &'static str {
     }
 }
 
+fn some(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
 impl From<v1::Cluster> for Cluster {
     fn from(c: v1::Cluster) -> Self {
         let retrying = c.state == v1::ClusterState::Retrying as i32;
+        let api = c.api.unwrap_or_default();
         Cluster {
+            version: some(api.version),
+            desired_version: some(api.desired_version),
+            available_updates: api.available_updates,
+            drift: api.drift,
+            catalogs_behind: api.catalogs_behind,
+            notes: api.notes,
+            api_error: some(api.error),
+            checked: some(api.checked),
             state: state(c.state),
             name: c.name,
             registry: c.registry,
@@ -265,6 +294,8 @@ impl From<v1::Event> for Event {
             Ok(v1::EventKind::Published) => "published",
             Ok(v1::EventKind::PublishFailed) => "publishFailed",
             Ok(v1::EventKind::Lagged) => "lagged",
+            Ok(v1::EventKind::Applied) => "applied",
+            Ok(v1::EventKind::Drifted) => "drifted",
             _ => "unknown",
         };
         let some = |s: String| (!s.is_empty()).then_some(s);
@@ -327,26 +358,58 @@ pub fn imagesets_table(list: &[Imageset]) -> String {
     )
 }
 
-/// The table of `clusters` (and of `publish`).
+/// The table of `clusters` (and of `publish` and `reconcile`), with the drift
+/// and notes of each cluster listed below it.
 pub fn clusters_table(list: &[Cluster]) -> String {
-    let rows: Vec<[String; 5]> = list
+    let rows: Vec<[String; 7]> = list
         .iter()
         .map(|c| {
-            let note = match (&c.last_error, c.retry_in_seconds) {
-                (Some(e), Some(s)) => format!("retry in {s} s: {e}"),
-                (Some(e), None) => e.clone(),
+            let note = match (&c.last_error, c.retry_in_seconds, &c.api_error) {
+                (Some(e), Some(s), _) => format!("retry in {s} s: {e}"),
+                (Some(e), None, _) => e.clone(),
+                (None, _, Some(e)) => format!("API: {e}"),
                 _ => String::new(),
+            };
+            let version = match (&c.version, &c.desired_version) {
+                (Some(v), Some(d)) => format!("{v} → {d}"),
+                (Some(v), None) => v.clone(),
+                _ => "-".into(),
             };
             [
                 c.name.clone(),
                 c.registry.clone(),
                 c.published_sequence.to_string(),
                 c.state.to_string(),
+                version,
+                c.available_updates.join(","),
                 note,
             ]
         })
         .collect();
-    table(["NAME", "REGISTRY", "PUBLISHED", "STATE", "NOTE"], &rows)
+    let mut out = table(
+        [
+            "NAME",
+            "REGISTRY",
+            "PUBLISHED",
+            "STATE",
+            "VERSION",
+            "UPDATES",
+            "NOTE",
+        ],
+        &rows,
+    );
+    for c in list {
+        for (what, lines) in [
+            ("drift", &c.drift),
+            ("behind", &c.catalogs_behind),
+            ("note", &c.notes),
+        ] {
+            for l in lines {
+                out.push_str(&format!("{}: {what}: {l}\n", c.name));
+            }
+        }
+    }
+    out
 }
 
 /// The report of `ingest`.

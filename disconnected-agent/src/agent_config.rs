@@ -13,7 +13,7 @@ use airlock_common::reference::Destination;
 use airlock_common::signing::TrustStore;
 use serde::Deserialize;
 
-use crate::control;
+use crate::{cluster_api, control};
 
 /// What to do with the chunk files of an imageset once it is published everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -43,6 +43,25 @@ pub struct ClusterConfig {
     /// Credentials file (containers auth.json) for this registry.
     #[serde(default)]
     pub auth_file: Option<PathBuf>,
+    /// The cluster's API, through a kubeconfig file (its current context).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The cluster's API, by URL and token (instead of `kubeconfig`).
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+}
+
+/// A cluster's API by URL, bearer token and CA.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiConfig {
+    /// `https://api.cluster.example:6443`.
+    pub url: String,
+    /// A file holding the bearer token (a service account's).
+    pub token_file: PathBuf,
+    /// PEM CA of the API server; none: the system's roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -53,6 +72,9 @@ fn five() -> u64 {
 }
 fn thirty() -> u64 {
     30
+}
+fn three_hundred() -> u64 {
+    300
 }
 fn eight() -> usize {
     8
@@ -114,6 +136,10 @@ pub struct AgentConfig {
     /// Other registries to fetch layers from that no imageset carries.
     #[serde(default)]
     pub fetch_from: Vec<String>,
+    /// Clusters with API access are checked for drift and their versions read this
+    /// often (seconds).
+    #[serde(default = "three_hundred")]
+    pub reconcile_seconds: u64,
     /// Empty the content store once everything is published to every cluster.
     #[serde(default)]
     pub prune: bool,
@@ -137,6 +163,8 @@ pub struct Checked {
     pub trust: TrustStore,
     /// The control plane, its address parsed and TLS files checked.
     pub grpc: Option<control::Server>,
+    /// Each cluster's API access, in order (none: registry only).
+    pub apis: Vec<Option<cluster_api::Access>>,
 }
 
 struct Checker<'a> {
@@ -151,6 +179,12 @@ impl Checker<'_> {
             field: field.to_string(),
             message: message.into(),
         });
+    }
+
+    fn file(&mut self, field: &str, path: &Path) {
+        if !path.is_file() {
+            self.problem(field, format!("{} is not a file", path.display()));
+        }
     }
 
     fn dir(&mut self, field: &str, path: &Path, must_exist: bool) {
@@ -221,6 +255,7 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
     }
     let mut names = HashSet::new();
     let mut destinations = Vec::new();
+    let mut apis = Vec::new();
     for (i, cl) in config.clusters.iter().enumerate() {
         let at = format!("clusters[{i}]");
         let name_ok = !cl.name.is_empty()
@@ -251,13 +286,39 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
             c.dir(&format!("{at}.certDir"), d, true);
         }
         if let Some(f) = &cl.auth_file {
-            if !f.is_file() {
-                c.problem(
-                    &format!("{at}.authFile"),
-                    format!("{} is not a file", f.display()),
-                );
-            }
+            c.file(&format!("{at}.authFile"), f);
         }
+        apis.push(match (&cl.kubeconfig, &cl.api) {
+            (Some(_), Some(_)) => {
+                c.problem(&format!("{at}.api"), "set kubeconfig or api, not both");
+                None
+            }
+            (Some(k), None) => {
+                c.file(&format!("{at}.kubeconfig"), k);
+                Some(cluster_api::Access::Kubeconfig(k.clone()))
+            }
+            (None, Some(a)) => {
+                if !a.url.starts_with("https://") {
+                    c.problem(
+                        &format!("{at}.api.url"),
+                        format!("{:?}: expected https://HOST:PORT", a.url),
+                    );
+                }
+                c.file(&format!("{at}.api.tokenFile"), &a.token_file);
+                if let Some(ca) = &a.ca {
+                    c.file(&format!("{at}.api.ca"), ca);
+                }
+                Some(cluster_api::Access::Direct {
+                    url: a.url.clone(),
+                    token_file: a.token_file.clone(),
+                    ca: a.ca.clone(),
+                })
+            }
+            (None, None) => None,
+        });
+    }
+    if config.reconcile_seconds == 0 {
+        c.problem("reconcileSeconds", "must be at least 1");
     }
     let mut fetch_from = Vec::new();
     for (i, f) in config.fetch_from.iter().enumerate() {
@@ -317,6 +378,7 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
         fetch_from,
         trust,
         grpc,
+        apis,
     })
 }
 
@@ -377,6 +439,26 @@ mod tests {
                 "agent.yaml:7:16: settleSeconds: invalid type",
             ),
             ("workspace: DIR/ws\n".to_string(), "missing field `dropDir`"),
+            (
+                format!("{GOOD}  kubeconfig: DIR/nope\n"),
+                "clusters[0].kubeconfig: ",
+            ),
+            (
+                format!(
+                    "{GOOD}  kubeconfig: DIR/agent.yaml\n  api:\n    url: https://api:6443\n    tokenFile: DIR/agent.yaml\n"
+                ),
+                "clusters[0].api: set kubeconfig or api, not both",
+            ),
+            (
+                format!("{GOOD}  api:\n    url: http://api:6443\n    tokenFile: DIR/agent.yaml\n"),
+                "clusters[0].api.url: \"http://api:6443\": expected https://HOST:PORT",
+            ),
+            (
+                format!(
+                    "{GOOD}grpc:\n  listen: 127.0.0.1:9443\n  tls:\n    cert: DIR/none.crt\n    key: DIR/none.key\n    clientCA: DIR/ca.crt\n"
+                ),
+                "grpc.tls.cert: ",
+            ),
         ];
         for (text, want) in cases {
             let err = check(&text).unwrap_err();

@@ -146,6 +146,18 @@ impl ControlService {
         })
     }
 
+    /// Refuses a cluster name the agent does not have (empty: all clusters).
+    fn known(&self, views: &[ClusterView], name: &str) -> Result<(), RpcStatus> {
+        if name.is_empty() || views.iter().any(|v| v.name == name) {
+            return Ok(());
+        }
+        let known: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
+        Err(RpcStatus::not_found(format!(
+            "no cluster named {name:?}; the agent has: {}",
+            known.join(", ")
+        )))
+    }
+
     fn cluster(&self, view: &ClusterView) -> Result<v1::Cluster, RpcStatus> {
         let (published, state) = self.status.cluster_state(view).map_err(internal)?;
         let state = match state {
@@ -164,6 +176,16 @@ impl ControlService {
                 .retry_at
                 .map(|r| r.saturating_duration_since(Instant::now()).as_secs())
                 .unwrap_or(0),
+            api: view.api.clone().map(|a| v1::ClusterApi {
+                version: a.version.unwrap_or_default(),
+                desired_version: a.desired_version.unwrap_or_default(),
+                available_updates: a.available_updates,
+                drift: a.drift,
+                catalogs_behind: a.catalogs_behind,
+                notes: a.notes,
+                error: a.error.unwrap_or_default(),
+                checked: a.checked.unwrap_or_default(),
+            }),
         })
     }
 }
@@ -239,6 +261,8 @@ fn event(e: AgentEvent) -> v1::Event {
         EventKind::Quarantined => v1::EventKind::Quarantined,
         EventKind::Published => v1::EventKind::Published,
         EventKind::PublishFailed => v1::EventKind::PublishFailed,
+        EventKind::Applied => v1::EventKind::Applied,
+        EventKind::Drifted => v1::EventKind::Drifted,
     };
     v1::Event {
         time: e.time,
@@ -485,14 +509,7 @@ impl Control for ControlService {
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, RpcStatus> {
         let name = request.into_inner().cluster;
-        let views = self.status.clusters();
-        if !name.is_empty() && !views.iter().any(|v| v.name == name) {
-            let known: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
-            return Err(RpcStatus::not_found(format!(
-                "no cluster named {name:?}; the agent has: {}",
-                known.join(", ")
-            )));
-        }
+        self.known(&self.status.clusters(), &name)?;
         let cluster = (!name.is_empty()).then_some(name.clone());
         let round = self
             .ask(|reply| Command::Publish { cluster, reply })
@@ -508,6 +525,34 @@ impl Control for ControlService {
             clusters,
             published: published(&round),
         }))
+    }
+
+    async fn reconcile(
+        &self,
+        request: Request<v1::ReconcileRequest>,
+    ) -> Result<Response<v1::ReconcileResponse>, RpcStatus> {
+        let name = request.into_inner().cluster;
+        let views = self.status.clusters();
+        self.known(&views, &name)?;
+        if !views
+            .iter()
+            .any(|v| v.api.is_some() && (name.is_empty() || v.name == name))
+        {
+            return Err(RpcStatus::failed_precondition(
+                "no cluster to reconcile has API access; give it kubeconfig or api in the agent's configuration",
+            ));
+        }
+        let cluster = (!name.is_empty()).then_some(name.clone());
+        self.ask(|reply| Command::Reconcile { cluster, reply })
+            .await?;
+        let clusters = self
+            .status
+            .clusters()
+            .iter()
+            .filter(|v| v.api.is_some() && (name.is_empty() || v.name == name))
+            .map(|v| self.cluster(v))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(v1::ReconcileResponse { clusters }))
     }
 
     type WatchEventsStream = EventStream;

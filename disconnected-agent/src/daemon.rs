@@ -36,12 +36,13 @@ use uuid::Uuid;
 use airlock_common::reference::Destination;
 
 use crate::agent_config::{AfterPublish, AgentConfig, Checked};
+use crate::cluster_api::{self, Applied, ClusterApi};
 use crate::control;
 use crate::error::Error;
 use crate::scan;
 use crate::site::{Outcome, Report, Site, Target};
 use crate::source::Mirror;
-use crate::status::{AgentEvent, ClusterView, EventKind, Status};
+use crate::status::{AgentEvent, ApiView, ClusterView, EventKind, Status};
 
 /// Longest wait between retries of a registry that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -65,6 +66,12 @@ pub(crate) enum Command {
     Ingest {
         staged: Vec<PathBuf>,
         reply: oneshot::Sender<Result<(Vec<PathBuf>, Round), String>>,
+    },
+    /// Re-apply the resources of the named cluster (or of all) through its API,
+    /// taking back fields changed on the cluster, and check it again.
+    Reconcile {
+        cluster: Option<String>,
+        reply: oneshot::Sender<()>,
     },
     /// Publish now, clearing the backoff of the named cluster (or of all).
     Publish {
@@ -159,6 +166,10 @@ impl Tracker {
 }
 
 struct Cluster {
+    access: Option<cluster_api::Access>,
+    kube: Option<ClusterApi>,
+    /// When its API is due to be checked again.
+    next_check: Instant,
     name: String,
     options: RegistryOptions,
     target: Option<Target>,
@@ -209,6 +220,7 @@ impl Daemon {
             fetch_from,
             trust,
             grpc,
+            apis,
         } = cfg;
         let site = Arc::new(Site::open(&config.workspace, trust)?);
         std::fs::create_dir_all(&config.quarantine_dir)
@@ -218,19 +230,25 @@ impl Daemon {
             .clusters
             .iter()
             .zip(&destinations)
-            .map(|(c, d)| ClusterView {
+            .zip(&apis)
+            .map(|((c, d), api)| ClusterView {
                 name: c.name.clone(),
                 registry: d.clone(),
                 publishing: false,
                 last_error: None,
                 retry_at: None,
+                api: api.as_ref().map(|_| ApiView::default()),
             })
             .collect();
         let status = Arc::new(Status::new(site.clone(), config.drop_dir.clone(), views));
         let clusters = config
             .clusters
             .iter()
-            .map(|c| Cluster {
+            .zip(apis)
+            .map(|(c, access)| Cluster {
+                access,
+                kube: None,
+                next_check: Instant::now(),
                 name: c.name.clone(),
                 options: RegistryOptions {
                     tls_verify: c.tls_verify,
@@ -344,6 +362,15 @@ impl Daemon {
                         continue;
                     }
                 },
+                Event::Command(Command::Reconcile { cluster, reply: r }) => {
+                    for i in 0..self.clusters.len() {
+                        if cluster.as_ref().is_none_or(|n| *n == self.clusters[i].name) {
+                            self.reconcile(i, true).await;
+                        }
+                    }
+                    let _ = r.send(());
+                    continue;
+                }
                 Event::Command(Command::Publish { cluster, reply: r }) => {
                     for c in &mut self.clusters {
                         if cluster.as_ref().is_none_or(|n| *n == c.name) {
@@ -408,6 +435,9 @@ impl Daemon {
         for c in &self.clusters {
             if let Some(r) = c.retry_at {
                 wake = wake.min(r.max(now));
+            }
+            if c.access.is_some() {
+                wake = wake.min(c.next_check.max(now));
             }
         }
         wake
@@ -502,6 +532,9 @@ impl Daemon {
             );
         }
         self.publish_all(&mut round).await?;
+        for i in 0..self.clusters.len() {
+            self.reconcile(i, false).await;
+        }
         self.dispose(&found)?;
         Ok(round)
     }
@@ -633,6 +666,160 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Brings cluster `i`'s API in line with what is published to its registry:
+    /// applies the cluster resources when a newer sequence is published there than
+    /// was last applied (or always, taking fields back, with `force`), and, when
+    /// due, reads its version and checks every object for drift. Failures are
+    /// shown on the cluster and retried at the next check; they never stop the
+    /// agent or the other clusters.
+    async fn reconcile(&mut self, i: usize, force: bool) {
+        let every = Duration::from_secs(self.config.reconcile_seconds);
+        let c = &mut self.clusters[i];
+        let Some(access) = c.access.clone() else {
+            return;
+        };
+        let dest = self.destinations[i].to_string();
+        let published = self.site.ws.published(&dest).ok().flatten().unwrap_or(0);
+        let applied = self.site.ws.applied(&c.name).ok().flatten().unwrap_or(0);
+        let apply = force || (published > 0 && applied < published);
+        if !apply && Instant::now() < c.next_check {
+            return;
+        }
+        c.next_check = Instant::now() + every;
+        let name = c.name.clone();
+        let result = self.check(i, &access, published, apply, force).await;
+        let view = match result {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!(cluster = %name, error = %e, "cluster API check failed; retrying at the next check");
+                self.clusters[i].kube = None;
+                let mut view = self.status.clusters()[i].api.clone().unwrap_or_default();
+                view.error = Some(e.to_string());
+                view
+            }
+        };
+        let before = self.status.clusters()[i].api.clone().unwrap_or_default();
+        if !view.drift.is_empty() && view.drift != before.drift {
+            tracing::warn!(cluster = %name, drift = ?view.drift, "cluster resources changed on the cluster");
+            let mut event = AgentEvent::now(EventKind::Drifted, view.drift.join("; "));
+            event.cluster = Some(name.clone());
+            self.status.emit(event);
+        }
+        self.status.update_cluster(i, |v| v.api = Some(view));
+    }
+
+    async fn check(
+        &mut self,
+        i: usize,
+        access: &cluster_api::Access,
+        published: u64,
+        apply: bool,
+        force: bool,
+    ) -> Result<ApiView, cluster_api::ApiError> {
+        let name = self.clusters[i].name.clone();
+        let kube = match &self.clusters[i].kube {
+            Some(k) => k.clone(),
+            None => {
+                let k = ClusterApi::connect(access).await?;
+                self.clusters[i].kube = Some(k.clone());
+                k
+            }
+        };
+        let versions = kube.versions().await?;
+        let current = versions.current.clone();
+        let dir = self.site.dir.join("cluster-resources").join(&name);
+        let (desired, notes) =
+            cluster_api::desired(&dir, current.as_deref().and_then(cluster_api::minor))?;
+        let mut view = ApiView {
+            desired_version: versions
+                .desired
+                .clone()
+                .filter(|d| Some(d) != current.as_ref()),
+            version: current.clone(),
+            notes,
+            checked: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            ..ApiView::default()
+        };
+        let mut unserved = Vec::new();
+        if apply && published > 0 {
+            for d in &desired {
+                match kube.apply(d, force).await? {
+                    Applied::Done => {}
+                    // Shown by the drift check below.
+                    Applied::Conflict(why) => tracing::warn!(cluster = %name, "{why}"),
+                    Applied::Unserved(why) => {
+                        view.notes.push(why);
+                        unserved.push(d.label());
+                    }
+                }
+            }
+            if let Err(e) = self.site.ws.mark_applied(&name, published) {
+                tracing::error!(cluster = %name, error = %e, "cannot record the applied sequence");
+            }
+            tracing::info!(cluster = %name, sequence = published, objects = desired.len(), forced = force, "cluster resources applied");
+            let mut event = AgentEvent::now(
+                EventKind::Applied,
+                format!("{} objects applied", desired.len() - unserved.len()),
+            );
+            event.cluster = Some(name.clone());
+            event.imageset = self
+                .site
+                .ws
+                .accepted()
+                .ok()
+                .flatten()
+                .map(|(u, _)| (u, published));
+            self.status.emit(event);
+        }
+        for d in desired.iter().filter(|d| !unserved.contains(&d.label())) {
+            let live = kube.live(d).await?;
+            if let Some(drift) = d.drift(live.as_ref()) {
+                view.drift.push(drift);
+            }
+            if d.is_catalog_source() {
+                let want = &d.object["spec"]["image"];
+                let runs = live.as_ref().map(|l| &l["spec"]["image"]);
+                if runs.is_some_and(|r| r != want) {
+                    view.catalogs_behind.push(format!(
+                        "{} runs {}, the latest published is {}",
+                        d.label(),
+                        runs.and_then(|r| r.as_str()).unwrap_or("nothing"),
+                        want.as_str().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        view.available_updates = self.updates(published, current.as_deref(), &versions.available);
+        Ok(view)
+    }
+
+    /// Mirrored releases (of the sequence published to the cluster) newer than
+    /// `current`; when the cluster's update service lists updates, only those.
+    fn updates(&self, published: u64, current: Option<&str>, offered: &[String]) -> Vec<String> {
+        let (Some(current), Some((uuid, _))) = (
+            current.and_then(|c| semver::Version::parse(c).ok()),
+            self.site.ws.accepted().ok().flatten(),
+        ) else {
+            return Vec::new();
+        };
+        if published == 0 || !self.site.ws.has_manifest(&uuid, published) {
+            return Vec::new();
+        }
+        let Ok(m) = self.site.ws.manifest(&uuid, published) else {
+            return Vec::new();
+        };
+        let mut out: Vec<semver::Version> = m
+            .releases
+            .iter()
+            .filter_map(|r| semver::Version::parse(&r.version).ok())
+            .filter(|v| *v > current)
+            .filter(|v| offered.is_empty() || offered.contains(&v.to_string()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out.iter().map(|v| v.to_string()).collect()
     }
 
     /// Deletes or archives the files of imagesets published to every cluster, and

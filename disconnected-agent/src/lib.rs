@@ -3,6 +3,7 @@
 
 pub mod agent_config;
 pub mod cli;
+pub mod cluster_api;
 pub mod control;
 pub mod daemon;
 pub mod error;

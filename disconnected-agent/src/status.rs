@@ -32,6 +32,30 @@ pub struct ClusterView {
     pub last_error: Option<String>,
     /// When the next attempt is due, while retrying.
     pub retry_at: Option<Instant>,
+    /// What its API showed at the last check; none without API access.
+    pub api: Option<ApiView>,
+}
+
+/// A cluster as its API shows it, against what Airlock published and applied.
+#[derive(Debug, Clone, Default)]
+pub struct ApiView {
+    /// The version the cluster runs (its last completed update).
+    pub version: Option<String>,
+    /// The version it is going to, when different.
+    pub desired_version: Option<String>,
+    /// Mirrored releases newer than `version` that it can update to.
+    pub available_updates: Vec<String>,
+    /// Objects Airlock applied that were changed or deleted on the cluster.
+    pub drift: Vec<String>,
+    /// CatalogSources that do not run the latest published catalog.
+    pub catalogs_behind: Vec<String>,
+    /// What this cluster cannot take (no ImageTagMirrorSet before 4.13, a kind
+    /// whose operator is not installed).
+    pub notes: Vec<String>,
+    /// Why the last check failed.
+    pub error: Option<String>,
+    /// When it was last checked, RFC 3339 UTC.
+    pub checked: Option<String>,
 }
 
 /// Where a cluster stands.
@@ -58,6 +82,10 @@ pub enum EventKind {
     Published,
     /// Publishing to a cluster failed; it is retried with backoff.
     PublishFailed,
+    /// Cluster resources were applied through a cluster's API.
+    Applied,
+    /// A cluster's API showed objects changed or deleted since Airlock applied them.
+    Drifted,
 }
 
 /// Something the agent did, for watchers and the journal alike.

@@ -7,6 +7,8 @@
 //!   workspace this site follows and the last imageset accepted from it;
 //! - tree `published`: destination (`docker://host/prefix`) → last sequence
 //!   published there;
+//! - tree `applied`: cluster name → the published sequence whose cluster
+//!   resources were last applied through the cluster's API;
 //! - tree `locations`: registry host, NUL, digest → a repository of that registry
 //!   known to hold the blob, for fetching layers an imageset does not carry.
 //!
@@ -30,6 +32,7 @@ pub struct Workspace {
     db: sled::Db,
     meta: sled::Tree,
     published: sled::Tree,
+    applied: sled::Tree,
     locations: sled::Tree,
 }
 
@@ -84,6 +87,9 @@ impl Workspace {
         let published = db
             .open_tree("published")
             .map_err(|e| StateError::storage(path, e))?;
+        let applied = db
+            .open_tree("applied")
+            .map_err(|e| StateError::storage(path, e))?;
         let locations = db
             .open_tree("locations")
             .map_err(|e| StateError::storage(path, e))?;
@@ -94,6 +100,7 @@ impl Workspace {
             db,
             meta,
             published,
+            applied,
             locations,
         })
     }
@@ -186,6 +193,23 @@ impl Workspace {
             .map_err(|e| StateError::storage(&self.path, e))?
             .map(|v| state::read_u64(&self.path, &v))
             .transpose()
+    }
+
+    /// The published sequence whose resources were last applied to `cluster`.
+    pub fn applied(&self, cluster: &str) -> Result<Option<u64>, StateError> {
+        self.applied
+            .get(cluster)
+            .map_err(|e| StateError::storage(&self.path, e))?
+            .map(|v| state::read_u64(&self.path, &v))
+            .transpose()
+    }
+
+    /// Records that the resources of `sequence` were applied to `cluster`.
+    pub fn mark_applied(&self, cluster: &str, sequence: u64) -> Result<(), StateError> {
+        self.applied
+            .insert(cluster, &state::key(sequence))
+            .map_err(|e| StateError::storage(&self.path, e))?;
+        self.flush()
     }
 
     /// Records that `sequence` is published to `destination`.

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airlock_tests::bins;
-use airlock_tests::registry::Registry;
+use airlock_tests::bins::{self, Output, run};
+use airlock_tests::registry::{Registry, free_port};
+use airlock_tests::tls::Issued;
+use serde_json::Value;
 
 /// Waits until `ready` holds, polling with a short backoff, or fails after `timeout`.
 pub fn eventually(
@@ -110,11 +112,28 @@ impl Site {
         self.tmp.path().join(p)
     }
     pub fn config(&self, dest: &Registry, extra: &str) -> PathBuf {
-        let text = format!(
-            "workspace: {0}/ws\ndropDir: {0}/drop\nquarantineDir: {0}/quarantine\nafterPublish: archive\narchiveDir: {0}/archive\nsettleSeconds: 1\nrescanSeconds: 1\n{extra}clusters:\n- name: site-a\n  registry: docker://{1}/m\n  tlsVerify: false\n",
+        self.config_fleet(&[("site-a", dest, None)], extra)
+    }
+
+    /// A configuration with one cluster per `(name, registry, kubeconfig)`.
+    pub fn config_fleet(
+        &self,
+        clusters: &[(&str, &Registry, Option<&Path>)],
+        extra: &str,
+    ) -> PathBuf {
+        let mut text = format!(
+            "workspace: {0}/ws\ndropDir: {0}/drop\nquarantineDir: {0}/quarantine\nafterPublish: archive\narchiveDir: {0}/archive\nsettleSeconds: 1\nrescanSeconds: 1\n{extra}clusters:\n",
             self.tmp.path().display(),
-            dest.addr()
         );
+        for (name, registry, kubeconfig) in clusters {
+            text.push_str(&format!(
+                "- name: {name}\n  registry: docker://{}/m\n  tlsVerify: false\n",
+                registry.addr()
+            ));
+            if let Some(k) = kubeconfig {
+                text.push_str(&format!("  kubeconfig: {}\n", k.display()));
+            }
+        }
         let p = self.path("agent.yaml");
         std::fs::write(&p, text).unwrap();
         p
@@ -126,5 +145,107 @@ impl Site {
             .collect();
         v.sort();
         v
+    }
+}
+
+/// The site's certificates, made by `deploy/make-certs.sh` as the documentation
+/// says: the agent's server certificate and the CA clients must be signed by, a
+/// client of that CA, and a client of another CA made by a second run.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server: Issued,
+    pub client: Issued,
+    pub stranger: Issued,
+}
+
+fn make_certs(dir: &Path, names: &str) {
+    let script = airlock_tests::repo_dir().join("deploy/make-certs.sh");
+    let made = run(Command::new(script).arg(dir).arg(names).arg("admin"));
+    assert_eq!(made.code, 0, "{made}");
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Self {
+        make_certs(&dir.join("site"), "127.0.0.1,localhost");
+        make_certs(&dir.join("other"), "127.0.0.1");
+        let issued = |d: &str, name: &str| Issued {
+            cert: dir.join(format!("{d}/{name}.crt")),
+            key: dir.join(format!("{d}/{name}.key")),
+        };
+        Pki {
+            ca: dir.join("site/ca.crt"),
+            server: issued("site", "agent"),
+            client: issued("site/clients", "admin"),
+            stranger: issued("other/clients", "admin"),
+        }
+    }
+
+    pub fn grpc_section(&self, port: u16) -> String {
+        format!(
+            "grpc:\n  listen: 127.0.0.1:{port}\n  tls:\n    cert: {}\n    key: {}\n    clientCA: {}\n",
+            self.server.cert.display(),
+            self.server.key.display(),
+            self.ca.display()
+        )
+    }
+}
+
+/// An agent with its control plane on a free port.
+pub struct Served {
+    pub site: Site,
+    pub agent: Agent,
+    pub pki: Pki,
+    pub url: String,
+}
+
+impl Served {
+    pub fn start(dest: &Registry) -> Self {
+        Self::start_with(|site, grpc| site.config(dest, grpc))
+    }
+
+    /// An agent whose configuration `config` writes, given the `grpc` section.
+    pub fn start_with(config: impl FnOnce(&Site, &str) -> PathBuf) -> Self {
+        let site = Site::new();
+        let pki = Pki::new(&site.path("pki"));
+        let port = free_port().unwrap();
+        let agent = Agent::start(&config(&site, &pki.grpc_section(port)), &[]);
+        eventually(
+            Duration::from_secs(30),
+            "the control plane to listen",
+            || agent.log().contains("control plane listening"),
+            || agent.log(),
+        );
+        Served {
+            site,
+            agent,
+            pki,
+            url: format!("https://127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn ctl_as(&self, client: &Issued, args: &[&str]) -> Output {
+        let mut cmd = bins::airlockctl();
+        cmd.arg("--server")
+            .arg(&self.url)
+            .arg("--ca")
+            .arg(&self.pki.ca)
+            .arg("--cert")
+            .arg(&client.cert)
+            .arg("--key")
+            .arg(&client.key)
+            .args(args);
+        run(&mut cmd)
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_as(&self.pki.client, args)
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.ctl(&all);
+        assert_eq!(out.code, 0, "{out}\n--- agent\n{}", self.agent.log());
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 }

@@ -1,116 +1,19 @@
 //! The gRPC control plane and `airlockctl`, against a running agent.
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use airlock_proto::v1;
-use airlock_tests::bins::{self, Output, run};
-use airlock_tests::registry::{Registry, free_port};
+use airlock_tests::bins::{self, run};
+use airlock_tests::registry::free_port;
 use airlock_tests::tls::Issued;
 use serde_json::Value;
 
-use crate::agent::{Agent, Site, eventually};
+use crate::agent::{Agent, Pki, Served, Site, eventually};
 use crate::util::*;
-
-/// The site's certificates, made by `deploy/make-certs.sh` as the documentation
-/// says: the agent's server certificate and the CA clients must be signed by, a
-/// client of that CA, and a client of another CA made by a second run.
-struct Pki {
-    ca: PathBuf,
-    server: Issued,
-    client: Issued,
-    stranger: Issued,
-}
-
-fn make_certs(dir: &Path, names: &str) {
-    let script = airlock_tests::repo_dir().join("deploy/make-certs.sh");
-    let made = run(Command::new(script).arg(dir).arg(names).arg("admin"));
-    assert_eq!(made.code, 0, "{made}");
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Self {
-        make_certs(&dir.join("site"), "127.0.0.1,localhost");
-        make_certs(&dir.join("other"), "127.0.0.1");
-        let issued = |d: &str, name: &str| Issued {
-            cert: dir.join(format!("{d}/{name}.crt")),
-            key: dir.join(format!("{d}/{name}.key")),
-        };
-        Pki {
-            ca: dir.join("site/ca.crt"),
-            server: issued("site", "agent"),
-            client: issued("site/clients", "admin"),
-            stranger: issued("other/clients", "admin"),
-        }
-    }
-
-    fn grpc_section(&self, port: u16) -> String {
-        format!(
-            "grpc:\n  listen: 127.0.0.1:{port}\n  tls:\n    cert: {}\n    key: {}\n    clientCA: {}\n",
-            self.server.cert.display(),
-            self.server.key.display(),
-            self.ca.display()
-        )
-    }
-}
-
-/// An agent with its control plane on a free port.
-struct Served {
-    site: Site,
-    agent: Agent,
-    pki: Pki,
-    url: String,
-}
-
-impl Served {
-    fn start(dest: &Registry) -> Self {
-        let site = Site::new();
-        let pki = Pki::new(&site.path("pki"));
-        let port = free_port().unwrap();
-        let agent = Agent::start(&site.config(dest, &pki.grpc_section(port)), &[]);
-        eventually(
-            Duration::from_secs(30),
-            "the control plane to listen",
-            || agent.log().contains("control plane listening"),
-            || agent.log(),
-        );
-        Served {
-            site,
-            agent,
-            pki,
-            url: format!("https://127.0.0.1:{port}"),
-        }
-    }
-
-    fn ctl_as(&self, client: &Issued, args: &[&str]) -> Output {
-        let mut cmd = bins::airlockctl();
-        cmd.arg("--server")
-            .arg(&self.url)
-            .arg("--ca")
-            .arg(&self.pki.ca)
-            .arg("--cert")
-            .arg(&client.cert)
-            .arg("--key")
-            .arg(&client.key)
-            .args(args);
-        run(&mut cmd)
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        self.ctl_as(&self.pki.client, args)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let out = self.ctl(&all);
-        assert_eq!(out.code, 0, "{out}\n--- agent\n{}", self.agent.log());
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"))
-    }
-}
 
 fn paths(files: &[PathBuf]) -> Vec<&str> {
     files.iter().map(|f| f.to_str().unwrap()).collect()

@@ -6,7 +6,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use airlock_tests::bins::{self, run, run_ok};
-use airlock_tests::images::{Format, ImageBuilder, PushClient};
 use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
 
@@ -39,22 +38,7 @@ fn drop_folder_takes_slow_shuffled_interleaved_files_in_sequence() {
         create(&s.config, &out1, &s.path("ws-c"), "300KiB", &s.source).code,
         0
     );
-    let client = PushClient::new(&s.source).unwrap();
-    let extra = ImageBuilder::new(Format::Oci).layer(77, 200_000).build();
-    extra.push(&client, "extra/late", Some("1")).unwrap();
-    let extra = Placed {
-        image: extra,
-        repo: "extra/late".into(),
-        config_ref: "extra/late:1".into(),
-        dest_ref: "extra/late:1".into(),
-    };
-    let mut text = std::fs::read_to_string(&s.config).unwrap();
-    text.push_str(&format!(
-        "  - name: docker://{}/extra/late:1\n",
-        s.source.addr()
-    ));
-    let config2 = s.path("isc2.yaml");
-    std::fs::write(&config2, text).unwrap();
+    let (extra, config2) = s.with_late_image(77);
     let out2 = s.path("out2");
     assert_eq!(
         create(&config2, &out2, &s.path("ws-c"), "300KiB", &s.source).code,

@@ -5,6 +5,7 @@ mod agent;
 mod control;
 mod differential;
 mod dropdir;
+mod fleet;
 mod foundation;
 mod oneway;
 mod operators;

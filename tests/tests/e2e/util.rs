@@ -163,6 +163,28 @@ impl Setup {
         (created, out)
     }
 
+    /// Pushes a new image `extra/late:1` (layer from `seed`) to the source and
+    /// returns it with a configuration `isc2.yaml` that adds it to the seeded ones.
+    pub fn with_late_image(&self, seed: u64) -> (Placed, PathBuf) {
+        let client = PushClient::new(&self.source).unwrap();
+        let image = ImageBuilder::new(Format::Oci).layer(seed, 150_000).build();
+        image.push(&client, "extra/late", Some("1")).unwrap();
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!(
+            "  - name: docker://{}/extra/late:1\n",
+            self.source.addr()
+        ));
+        let config = self.path("isc2.yaml");
+        std::fs::write(&config, text).unwrap();
+        let placed = Placed {
+            image,
+            repo: "extra/late".into(),
+            config_ref: "extra/late:1".into(),
+            dest_ref: "extra/late:1".into(),
+        };
+        (placed, config)
+    }
+
     pub fn publish(&self, from: &Path, prefix: &str, ws: &str) -> Output {
         publish(from, &self.dest, prefix, &self.path(ws))
     }

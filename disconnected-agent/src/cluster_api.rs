@@ -1,0 +1,502 @@
+//! A cluster's Kubernetes API: applying the cluster resources Airlock writes, and
+//! reading back what the cluster runs.
+//!
+//! Objects are applied with server-side apply under the field manager `airlock`,
+//! so Airlock owns exactly the fields it sets and an administrator's other edits
+//! survive. An apply that would overwrite a field someone else changed is a
+//! conflict: it is reported as drift, not forced, until `reconcile` is asked for.
+//!
+//! Clusters older than OpenShift 4.13 have no `ImageDigestMirrorSet` or
+//! `ImageTagMirrorSet`; they get an `ImageContentSourcePolicy` with the digest
+//! mirrors instead, and tag mirrors cannot be expressed there at all (noted).
+
+use std::path::{Path, PathBuf};
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::{Value, json};
+
+/// The field manager of everything Airlock applies.
+pub const FIELD_MANAGER: &str = "airlock";
+
+/// How to reach a cluster's API.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// A kubeconfig file (its current context).
+    Kubeconfig(PathBuf),
+    /// An API URL with a bearer token file and the API server's CA.
+    Direct {
+        /// `https://api.cluster.example:6443`.
+        url: String,
+        /// A file holding the token (a service account's).
+        token_file: PathBuf,
+        /// PEM CA of the API server; none: the system's roots.
+        ca: Option<PathBuf>,
+    },
+}
+
+/// Something the API refused or a request that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The access configuration cannot be used.
+    #[error("{0}")]
+    Config(String),
+    /// A request failed.
+    #[error("{what}: {source}")]
+    Request {
+        /// What was asked, with the object.
+        what: String,
+        /// Why.
+        source: Box<kube::Error>,
+    },
+}
+
+fn request(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ApiError {
+    let what = what.into();
+    move |source| ApiError::Request {
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// What the cluster reports of its version (`ClusterVersion/version`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Versions {
+    /// The last version whose update completed.
+    pub current: Option<String>,
+    /// The version the cluster is going to (equal to `current` when settled).
+    pub desired: Option<String>,
+    /// What the cluster's update service offers (`status.availableUpdates`).
+    pub available: Vec<String>,
+}
+
+/// A kind Airlock applies or reads: its REST name and scope.
+#[derive(Debug)]
+struct Kind {
+    api_version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+}
+
+const KINDS: [Kind; 8] = [
+    Kind {
+        api_version: "config.openshift.io/v1",
+        kind: "ImageDigestMirrorSet",
+        plural: "imagedigestmirrorsets",
+        namespaced: false,
+    },
+    Kind {
+        api_version: "config.openshift.io/v1",
+        kind: "ImageTagMirrorSet",
+        plural: "imagetagmirrorsets",
+        namespaced: false,
+    },
+    Kind {
+        api_version: "operator.openshift.io/v1alpha1",
+        kind: "ImageContentSourcePolicy",
+        plural: "imagecontentsourcepolicies",
+        namespaced: false,
+    },
+    Kind {
+        api_version: "operators.coreos.com/v1alpha1",
+        kind: "CatalogSource",
+        plural: "catalogsources",
+        namespaced: true,
+    },
+    Kind {
+        api_version: "olm.operatorframework.io/v1",
+        kind: "ClusterCatalog",
+        plural: "clustercatalogs",
+        namespaced: false,
+    },
+    Kind {
+        api_version: "updateservice.operator.openshift.io/v1",
+        kind: "UpdateService",
+        plural: "updateservices",
+        namespaced: true,
+    },
+    Kind {
+        api_version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        namespaced: true,
+    },
+    Kind {
+        api_version: "config.openshift.io/v1",
+        kind: "ClusterVersion",
+        plural: "clusterversions",
+        namespaced: false,
+    },
+];
+
+fn kind_of(api_version: &str, kind: &str) -> Option<&'static Kind> {
+    KINDS
+        .iter()
+        .find(|k| k.api_version == api_version && k.kind == kind)
+}
+
+/// An object to apply, with what identifies it.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// The object as Airlock writes it.
+    pub object: Value,
+    kind: &'static Kind,
+    name: String,
+    namespace: Option<String>,
+}
+
+impl Desired {
+    /// `Kind namespace/name`, as reports name it.
+    pub fn label(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind.kind, self.name),
+            None => format!("{} {}", self.kind.kind, self.name),
+        }
+    }
+
+    /// Whether this is a `CatalogSource`.
+    pub fn is_catalog_source(&self) -> bool {
+        self.kind.kind == "CatalogSource"
+    }
+}
+
+/// What Airlock wants on a cluster of OpenShift minor `minor`, read from the
+/// cluster-resources files written for it. Returns the objects and notes on what
+/// this cluster cannot take.
+pub fn desired(dir: &Path, minor: Option<u64>) -> Result<(Vec<Desired>, Vec<String>), ApiError> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "yaml")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(ApiError::Config(format!("{}: {e}", dir.display()))),
+    };
+    files.sort();
+    let legacy = minor.is_some_and(|m| m < 13);
+    let mut out = Vec::new();
+    let mut notes = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| ApiError::Config(format!("{}: {e}", f.display())))?;
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let object: Value = serde::Deserialize::deserialize(doc)
+                .map_err(|e| ApiError::Config(format!("{}: {e}", f.display())))?;
+            if object.is_null() {
+                continue;
+            }
+            let object = match object["kind"].as_str() {
+                Some("ImageDigestMirrorSet") if legacy => icsp(&object),
+                Some("ImageTagMirrorSet") if legacy => {
+                    notes.push(format!(
+                        "{} not applied: ImageTagMirrorSet needs OpenShift 4.13; on this cluster images pulled by tag are not redirected to the mirror",
+                        object["metadata"]["name"].as_str().unwrap_or_default()
+                    ));
+                    continue;
+                }
+                _ => object,
+            };
+            let (api_version, kind) = (
+                object["apiVersion"].as_str().unwrap_or_default(),
+                object["kind"].as_str().unwrap_or_default(),
+            );
+            let k = kind_of(api_version, kind).ok_or_else(|| {
+                ApiError::Config(format!(
+                    "{}: {api_version} {kind} is not a kind Airlock applies",
+                    f.display()
+                ))
+            })?;
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let namespace = object["metadata"]["namespace"].as_str().map(String::from);
+            out.push(Desired {
+                object,
+                kind: k,
+                name,
+                namespace,
+            });
+        }
+    }
+    Ok((out, notes))
+}
+
+/// The `ImageContentSourcePolicy` equivalent of a digest mirror set.
+fn icsp(idms: &Value) -> Value {
+    let name = idms["metadata"]["name"].as_str().unwrap_or_default();
+    let name = match name.strip_prefix("idms-") {
+        Some(rest) => format!("icsp-{rest}"),
+        None => format!("icsp-{name}"),
+    };
+    json!({
+        "apiVersion": "operator.openshift.io/v1alpha1",
+        "kind": "ImageContentSourcePolicy",
+        "metadata": {"name": name, "annotations": idms["metadata"]["annotations"]},
+        "spec": {"repositoryDigestMirrors": idms["spec"]["imageDigestMirrors"]},
+    })
+}
+
+/// The minor version of `4.12.7` (and of `4.13.0-rc.1`).
+pub fn minor(version: &str) -> Option<u64> {
+    version.split('.').nth(1)?.parse().ok()
+}
+
+/// Where `live` differs from `want`: every field Airlock sets must hold Airlock's
+/// value; fields others add are theirs. Paths are `.spec.image` style.
+fn differences(want: &Value, live: &Value, path: &str, out: &mut Vec<String>) {
+    match (want, live) {
+        (Value::Object(w), Value::Object(l)) => {
+            for (k, v) in w {
+                let p = format!("{path}.{k}");
+                match l.get(k) {
+                    Some(lv) => differences(v, lv, &p, out),
+                    None => out.push(p),
+                }
+            }
+        }
+        (w, l) if w == l => {}
+        _ => out.push(path.to_string()),
+    }
+}
+
+/// A connection to one cluster's API.
+#[derive(Clone)]
+pub struct ClusterApi {
+    client: kube::Client,
+}
+
+impl std::fmt::Debug for ClusterApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterApi")
+    }
+}
+
+impl ClusterApi {
+    /// Builds a client; contacts nothing yet.
+    pub async fn connect(access: &Access) -> Result<Self, ApiError> {
+        let config = match access {
+            Access::Kubeconfig(path) => {
+                let kubeconfig = Kubeconfig::read_from(path)
+                    .map_err(|e| ApiError::Config(format!("{}: {e}", path.display())))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| ApiError::Config(format!("{}: {e}", path.display())))?
+            }
+            Access::Direct {
+                url,
+                token_file,
+                ca,
+            } => {
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|e| ApiError::Config(format!("{url}: {e}")))?;
+                let mut config = kube::Config::new(uri);
+                let token = std::fs::read_to_string(token_file)
+                    .map_err(|e| ApiError::Config(format!("{}: {e}", token_file.display())))?;
+                config.auth_info.token = Some(token.trim().to_string().into());
+                if let Some(ca) = ca {
+                    let pem = std::fs::read(ca)
+                        .map_err(|e| ApiError::Config(format!("{}: {e}", ca.display())))?;
+                    config.root_cert = Some(
+                        pem_certs(&pem)
+                            .map_err(|e| ApiError::Config(format!("{}: {e}", ca.display())))?,
+                    );
+                }
+                config
+            }
+        };
+        let client = kube::Client::try_from(config)
+            .map_err(|e| ApiError::Config(format!("cannot build a client: {e}")))?;
+        Ok(ClusterApi { client })
+    }
+
+    fn api(&self, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
+        let (group, version) = kind
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", kind.api_version));
+        let resource = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: kind.api_version.into(),
+            kind: kind.kind.into(),
+            plural: kind.plural.into(),
+        };
+        match namespace {
+            Some(ns) if kind.namespaced => Api::namespaced_with(self.client.clone(), ns, &resource),
+            _ => Api::all_with(self.client.clone(), &resource),
+        }
+    }
+
+    /// The cluster's versions.
+    pub async fn versions(&self) -> Result<Versions, ApiError> {
+        let kind = kind_of("config.openshift.io/v1", "ClusterVersion").expect("listed");
+        let cv = self
+            .api(kind, None)
+            .get("version")
+            .await
+            .map_err(request("reading ClusterVersion version"))?;
+        let status = &cv.data["status"];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u["version"].as_str().map(String::from))
+                .collect()
+        };
+        let current = status["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|h| h["state"] == "Completed")
+            .and_then(|h| h["version"].as_str().map(String::from));
+        Ok(Versions {
+            current,
+            desired: status["desired"]["version"].as_str().map(String::from),
+            available: strings(&status["availableUpdates"]),
+        })
+    }
+
+    /// Applies `d`; `force` takes fields back from whoever changed them.
+    pub async fn apply(&self, d: &Desired, force: bool) -> Result<Applied, ApiError> {
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        if force {
+            params = params.force();
+        }
+        let result = self
+            .api(d.kind, d.namespace.as_deref())
+            .patch(&d.name, &params, &Patch::Apply(&d.object))
+            .await;
+        match result {
+            Ok(_) => Ok(Applied::Done),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Applied::Conflict(format!(
+                "{}: changed on the cluster ({}); `airlockctl reconcile` restores it",
+                d.label(),
+                e.message
+            ))),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(Applied::Unserved(format!(
+                "{}: not applied: this cluster does not serve {} (is its operator installed?)",
+                d.label(),
+                d.kind.api_version
+            ))),
+            Err(e) => Err(request(format!("applying {}", d.label()))(e)),
+        }
+    }
+
+    /// The live object of `d`, if it exists.
+    pub async fn live(&self, d: &Desired) -> Result<Option<Value>, ApiError> {
+        let object = self
+            .api(d.kind, d.namespace.as_deref())
+            .get_opt(&d.name)
+            .await
+            .map_err(request(format!("reading {}", d.label())))?;
+        Ok(object.map(|o| serde_json::to_value(o).expect("objects serialise")))
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The cluster holds Airlock's fields.
+    Done,
+    /// Someone else changed fields Airlock set; nothing was applied.
+    Conflict(String),
+    /// The cluster does not serve the kind.
+    Unserved(String),
+}
+
+impl Desired {
+    /// How `live` differs from this object: `None` when it holds every field
+    /// Airlock sets.
+    pub fn drift(&self, live: Option<&Value>) -> Option<String> {
+        let Some(live) = live else {
+            return Some(format!("{}: deleted", self.label()));
+        };
+        let mut diffs = Vec::new();
+        let mut want = self.object.clone();
+        // Identity fields are the URL's; what matters is what Airlock sets.
+        for k in ["apiVersion", "kind"] {
+            if let Some(m) = want.as_object_mut() {
+                m.remove(k);
+            }
+        }
+        differences(&want, live, "", &mut diffs);
+        (!diffs.is_empty()).then(|| format!("{}: {} changed", self.label(), diffs.join(", ")))
+    }
+}
+
+fn pem_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no certificate".into());
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_4_12_cluster_gets_an_icsp_and_a_note_for_tag_mirrors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("idms-oc-mirror.yaml"),
+            "---\napiVersion: config.openshift.io/v1\nkind: ImageDigestMirrorSet\nmetadata:\n  name: idms-release-0\n  annotations:\n    createdBy: airlock\nspec:\n  imageDigestMirrors:\n  - mirrors: [m:5000/ocp]\n    source: quay.io/ocp\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("itms-oc-mirror.yaml"),
+            "---\napiVersion: config.openshift.io/v1\nkind: ImageTagMirrorSet\nmetadata:\n  name: itms-generic-0\nspec:\n  imageTagMirrors: []\n",
+        )
+        .unwrap();
+        let (objects, notes) = desired(dir.path(), Some(12)).unwrap();
+        assert_eq!(objects.len(), 1);
+        assert_eq!(
+            objects[0].label(),
+            "ImageContentSourcePolicy icsp-release-0"
+        );
+        assert_eq!(
+            objects[0].object["spec"]["repositoryDigestMirrors"][0]["source"],
+            "quay.io/ocp"
+        );
+        assert!(
+            notes[0].starts_with("itms-generic-0 not applied"),
+            "{notes:?}"
+        );
+        let (objects, notes) = desired(dir.path(), Some(13)).unwrap();
+        assert_eq!(objects.len(), 2);
+        assert!(notes.is_empty());
+    }
+
+    #[test]
+    fn differences_name_the_fields_airlock_sets_that_changed() {
+        let want = json!({"spec": {"image": "a", "list": [1, 2]}, "metadata": {"name": "x"}});
+        let live = json!({"spec": {"image": "b", "list": [1, 2], "extra": 1}, "metadata": {"name": "x", "uid": "u"}});
+        let mut out = Vec::new();
+        differences(&want, &live, "", &mut out);
+        assert_eq!(out, vec![".spec.image"]);
+        let mut out = Vec::new();
+        differences(&want, &json!({"metadata": {"name": "x"}}), "", &mut out);
+        assert_eq!(out, vec![".spec"]);
+    }
+
+    #[test]
+    fn minor_versions() {
+        assert_eq!(minor("4.12.7"), Some(12));
+        assert_eq!(minor("4.13.0-rc.1"), Some(13));
+        assert_eq!(minor("garbage"), None);
+    }
+}

@@ -1,0 +1,230 @@
+//! One agent, three clusters: each with its own registry and its own Kubernetes
+//! API (the double; see docs/testing.md), fed by the drop directory.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use airlock_tests::kube_api::{KubeApi, Res};
+use airlock_tests::registry::Registry;
+use airlock_tests::skopeo::inspect_raw_at;
+use serde_json::{Value, json};
+
+use crate::agent::{Served, eventually};
+use crate::util::*;
+
+/// Copies an imageset's chunk files into the drop directory, complete at once.
+fn deliver(out: &std::path::Path, drop: &std::path::Path) {
+    for f in chunk_files(out) {
+        let name = f.file_name().unwrap();
+        let part = drop.join(format!("{}.part", name.to_string_lossy()));
+        std::fs::copy(&f, &part).unwrap();
+        std::fs::rename(&part, drop.join(name)).unwrap();
+    }
+}
+
+fn managers(object: &Value) -> Vec<String> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["manager"].as_str().map(String::from))
+        .collect()
+}
+
+fn cluster<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no cluster {name} in {list}"))
+}
+
+#[test]
+fn three_clusters_get_every_imageset_a_stopped_registry_catches_up_and_reconcile_restores_drift() {
+    let s = Setup::plain();
+    let mut west = Registry::plain().unwrap();
+    let legacy = Registry::plain().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let apis: Vec<KubeApi> = ["4.14.8", "4.15.2", "4.12.30"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| KubeApi::start(&dir.path().join(format!("api{i}")), v).unwrap())
+        .collect();
+    let kubeconfigs: Vec<PathBuf> = apis
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let p = dir.path().join(format!("kubeconfig{i}"));
+            a.write_kubeconfig(&p).unwrap();
+            p
+        })
+        .collect();
+    let names = ["east", "west", "legacy"];
+    let served = Served::start_with(|site, grpc| {
+        let regs = [&s.dest, &west, &legacy];
+        let clusters: Vec<_> = (0..3)
+            .map(|i| (names[i], regs[i], Some(kubeconfigs[i].as_path())))
+            .collect();
+        site.config_fleet(&clusters, &format!("reconcileSeconds: 1\n{grpc}"))
+    });
+    let drop = served.site.path("drop");
+
+    // Sequence 1 → every registry, every cluster's API.
+    let (_, out1) = s.create("1GiB");
+    deliver(&out1, &drop);
+    eventually(
+        Duration::from_secs(60),
+        "sequence 1 published and applied everywhere",
+        || {
+            let clusters = served.json(&["clusters"]);
+            names.iter().all(|n| {
+                let c = cluster(&clusters, n);
+                c["publishedSequence"] == 1 && c["checked"].is_string()
+            }) && apis[0]
+                .get(&Res::IMAGE_DIGEST_MIRROR_SET, None, "idms-generic-0")
+                .is_some()
+                && apis[2]
+                    .get(&Res::IMAGE_CONTENT_SOURCE_POLICY, None, "icsp-generic-0")
+                    .is_some()
+        },
+        || served.agent.log(),
+    );
+    for r in [&s.dest, &west, &legacy] {
+        assert_byte_exact(&s.source, r, "m", &s.placed);
+    }
+    for (i, api) in apis.iter().enumerate().take(2) {
+        for (res, name) in [
+            (&Res::IMAGE_DIGEST_MIRROR_SET, "idms-generic-0"),
+            (&Res::IMAGE_TAG_MIRROR_SET, "itms-generic-0"),
+        ] {
+            let object = api
+                .get(res, None, name)
+                .unwrap_or_else(|| panic!("{} has no {name}", names[i]));
+            assert_eq!(managers(&object), ["airlock"], "{object}");
+        }
+    }
+    // 4.12 has no mirror sets: an ICSP with the digest mirrors, and a note.
+    let icsp = apis[2]
+        .get(&Res::IMAGE_CONTENT_SOURCE_POLICY, None, "icsp-generic-0")
+        .unwrap();
+    let idms = apis[0]
+        .get(&Res::IMAGE_DIGEST_MIRROR_SET, None, "idms-generic-0")
+        .unwrap();
+    let entries = |v: &Value, addr: &str| -> Vec<(String, String)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let mirror = e["mirrors"][0].as_str().unwrap();
+                (
+                    e["source"].as_str().unwrap().to_string(),
+                    mirror.replace(addr, "MIRROR"),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        entries(&icsp["spec"]["repositoryDigestMirrors"], &legacy.addr()),
+        entries(&idms["spec"]["imageDigestMirrors"], &s.dest.addr()),
+        "the ICSP holds the digest mirror set's entries, to legacy's own registry"
+    );
+    let clusters = served.json(&["clusters"]);
+    let old = cluster(&clusters, "legacy");
+    assert_eq!(old["version"], "4.12.30");
+    assert!(
+        old["notes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("itms-generic-0 not applied"),
+        "{old}"
+    );
+    assert_eq!(cluster(&clusters, "east")["version"], "4.14.8");
+    assert_eq!(cluster(&clusters, "east")["drift"], json!([]));
+
+    // Sequence 2 while west's registry is down: east and legacy get it at once.
+    west.stop();
+    let (extra, config2) = s.with_late_image(91);
+    let out2 = s.path("out2");
+    let created = create(&config2, &out2, &s.path("ws-c"), "1GiB", &s.source);
+    assert_eq!(created.code, 0, "{created}");
+    deliver(&out2, &drop);
+    let has_extra =
+        |r: &Registry| inspect_raw_at(r, "m/extra/late:1").is_ok_and(|b| b == extra.image.manifest);
+    eventually(
+        Duration::from_secs(60),
+        "sequence 2 on east and legacy while west is down",
+        || has_extra(&s.dest) && has_extra(&legacy),
+        || served.agent.log(),
+    );
+    let clusters = served.json(&["clusters"]);
+    assert_eq!(cluster(&clusters, "west")["publishedSequence"], 1);
+    assert_eq!(
+        cluster(&clusters, "west")["state"],
+        "retrying",
+        "{clusters}"
+    );
+    assert!(cluster(&clusters, "west")["lastError"].is_string());
+
+    // West returns and catches up on everything it missed, by itself.
+    west.start_again().unwrap();
+    eventually(
+        Duration::from_secs(90),
+        "west caught up",
+        || has_extra(&west),
+        || served.agent.log(),
+    );
+    assert_byte_exact(&s.source, &west, "m", &s.placed);
+
+    // Drift: an administrator deletes east's digest mirror set and edits west's
+    // tag mirror set; the next check shows both, and nothing is overwritten.
+    assert!(apis[0].delete(&Res::IMAGE_DIGEST_MIRROR_SET, None, "idms-generic-0"));
+    apis[1]
+        .edit(
+            &Res::IMAGE_TAG_MIRROR_SET,
+            None,
+            "itms-generic-0",
+            "kubectl-edit",
+            json!({"spec": {"imageTagMirrors": [{"source": "x.io/a", "mirrors": ["y.io/a"]}]}}),
+        )
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the drift reported",
+        || {
+            let clusters = served.json(&["clusters"]);
+            cluster(&clusters, "east")["drift"]
+                == json!(["ImageDigestMirrorSet idms-generic-0: deleted"])
+                && cluster(&clusters, "west")["drift"]
+                    == json!(["ImageTagMirrorSet itms-generic-0: .spec.imageTagMirrors changed"])
+        },
+        || served.agent.log(),
+    );
+    assert!(
+        apis[0]
+            .get(&Res::IMAGE_DIGEST_MIRROR_SET, None, "idms-generic-0")
+            .is_none(),
+        "a deleted object is reported, not silently recreated"
+    );
+
+    // Reconcile restores both and takes the edited field back.
+    let reconciled = served.ctl(&["reconcile", "-o", "json"]);
+    assert_eq!(reconciled.code, 0, "{reconciled}\n{}", served.agent.log());
+    let after: Value = serde_json::from_str(&reconciled.stdout).unwrap();
+    for n in names {
+        assert_eq!(cluster(&after, n)["drift"], json!([]), "{after}");
+    }
+    assert!(
+        apis[0]
+            .get(&Res::IMAGE_DIGEST_MIRROR_SET, None, "idms-generic-0")
+            .is_some()
+    );
+    let itms = apis[1]
+        .get(&Res::IMAGE_TAG_MIRROR_SET, None, "itms-generic-0")
+        .unwrap();
+    let spec = itms["spec"].to_string();
+    assert!(
+        !spec.contains("x.io/a") && spec.contains(&west.addr()),
+        "west's edit was taken back: {spec}"
+    );
+    assert!(managers(&itms).contains(&"airlock".to_string()));
+}
