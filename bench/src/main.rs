@@ -214,6 +214,94 @@ fn airlock_publish(from: &Path, dest: &Registry, ws: &Path) -> Result<Run> {
     )
 }
 
+/// The disconnected agent as a service with `clusters` clusters (a fresh registry
+/// each): the imageset's chunk files are renamed into its drop directory, and the
+/// time runs until it has verified them, published them to every registry and
+/// removed them (which it does only once every cluster has them). Peak memory is
+/// the agent process's, over its whole run.
+fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<Run> {
+    let registries: Vec<Registry> = (0..clusters)
+        .map(|_| Registry::plain())
+        .collect::<Result<_>>()?;
+    let site = work.join(format!("agent-{clusters}"));
+    let drop = site.join("drop");
+    let stage = drop.join(".stage");
+    std::fs::create_dir_all(&stage)?;
+    let mut config = format!(
+        "workspace: {0}/ws\ndropDir: {0}/drop\nquarantineDir: {0}/quarantine\nsettleSeconds: 1\nrescanSeconds: 1\nclusters:\n",
+        site.display()
+    );
+    for (i, r) in registries.iter().enumerate() {
+        config.push_str(&format!(
+            "- name: c{i}\n  registry: docker://{}/m\n  tlsVerify: false\n",
+            r.addr()
+        ));
+    }
+    let config_path = site.join("agent.yaml");
+    std::fs::write(&config_path, config)?;
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(from)? {
+        let p = e?.path();
+        if p.is_file() {
+            let staged = stage.join(p.file_name().context("a file name")?);
+            std::fs::copy(&p, &staged)?;
+            files.push(staged);
+        }
+    }
+    let times = tempfile::NamedTempFile::new()?;
+    let agent = bins::disconnected();
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", "%e %M", "-o"])
+        .arg(times.path())
+        .arg(agent.get_program())
+        .args(["--log-level", "warn", "run", "--config"])
+        .arg(&config_path);
+    for (k, v) in agent.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    let mut child = timed.spawn()?;
+    let started = Instant::now();
+    for f in &files {
+        std::fs::rename(f, drop.join(f.file_name().context("a file name")?))?;
+    }
+    let pending = || -> Result<usize> {
+        Ok(std::fs::read_dir(&drop)?
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count())
+    };
+    while pending()? > 0 {
+        if started.elapsed().as_secs() > 3600 || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            bail!(
+                "the agent did not publish within an hour (or exited); see its workspace {}",
+                site.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // GNU time does not pass signals on: stop the agent itself.
+    Command::new("pkill")
+        .args(["-TERM", "-P", &child.id().to_string()])
+        .status()?;
+    child.wait()?;
+    let text = std::fs::read_to_string(times.path())?;
+    let kib: f64 = text
+        .split_whitespace()
+        .nth(1)
+        .context("time output")?
+        .parse()?;
+    Ok(Run {
+        seconds,
+        rss_mib: kib / 1024.0,
+    })
+}
+
 fn skopeo(args: &[String]) -> Result<Run> {
     let policy = std::env::temp_dir().join("airlock-bench-policy.json");
     std::fs::write(
@@ -371,6 +459,10 @@ fn main() -> Result<()> {
         .add(airlock_publish(&out, &r2, &ws3)?)
         .add(airlock_publish(&out, &r3, &ws3)?);
 
+    println!("the agent: drop directory → 1 cluster, then → 3 clusters …");
+    let agent_one = agent_fanout(&out, 1, work.path())?;
+    let agent_three = agent_fanout(&out, 3, work.path())?;
+
     println!("differential: one of the 60 images changes …");
     let client = PushClient::new(&source)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(77);
@@ -392,10 +484,19 @@ fn main() -> Result<()> {
     let small = airlock_at(s / 4.0, 2)?;
 
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    let peak = [create, verify, publish, three, small.create, small.publish]
-        .iter()
-        .map(|r| r.rss_mib)
-        .fold(0.0, f64::max);
+    let peak = [
+        create,
+        verify,
+        publish,
+        three,
+        agent_one,
+        agent_three,
+        small.create,
+        small.publish,
+    ]
+    .iter()
+    .map(|r| r.rss_mib)
+    .fold(0.0, f64::max);
     let large_peak = create.rss_mib.max(publish.rss_mib);
     let small_peak = small.create.rss_mib.max(small.publish.rss_mib);
     let results = json!({
@@ -403,6 +504,7 @@ fn main() -> Result<()> {
         "create_speedup_vs_skopeo": ratio(skopeo_oci.seconds, create.seconds),
         "publish_speedup_vs_skopeo": ratio(skopeo_publish.seconds, publish.seconds),
         "publish_3_over_1": ratio(three.seconds, publish.seconds),
+        "agent_3_clusters_over_1": ratio(agent_three.seconds, agent_one.seconds),
         "verify_over_sha256_rate": ratio(sha2.seconds, verify.seconds),
         "peak_rss_mib": peak,
         "rss_growth": ratio(large_peak, small_peak),
@@ -421,6 +523,8 @@ fn main() -> Result<()> {
             "publish": run_json(publish),
             "skopeo_publish_from_oci_layout": run_json(skopeo_publish),
             "publish_to_3_registries": run_json(three),
+            "agent_drop_to_1_cluster": run_json(agent_one),
+            "agent_drop_to_3_clusters": run_json(agent_three),
             "differential_bytes_shipped": shipped,
             "differential_new_blob_bytes": new_blobs,
             "quarter_scale": {
@@ -490,6 +594,12 @@ fn main() -> Result<()> {
         three,
         Some(ratio(three.seconds, publish.seconds)),
     );
+    row("agent: drop directory → 1 cluster", agent_one, None);
+    row(
+        "agent: drop directory → 3 clusters at once",
+        agent_three,
+        Some(ratio(agent_three.seconds, agent_one.seconds)),
+    );
     row("create at 1/4 scale", small.create, None);
     row("publish at 1/4 scale", small.publish, None);
     println!();
@@ -497,6 +607,7 @@ fn main() -> Result<()> {
         "create_speedup_vs_skopeo",
         "publish_speedup_vs_skopeo",
         "publish_3_over_1",
+        "agent_3_clusters_over_1",
         "verify_over_sha256_rate",
         "peak_rss_mib",
         "rss_growth",

@@ -27,7 +27,7 @@ pub enum AfterPublish {
 }
 
 /// One cluster whose registry the agent publishes to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterConfig {
     /// A short name, used in logs, reports and the cluster-resources directory.
@@ -52,7 +52,7 @@ pub struct ClusterConfig {
 }
 
 /// A cluster's API by URL, bearer token and CA.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApiConfig {
     /// `https://api.cluster.example:6443`.

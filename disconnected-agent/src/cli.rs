@@ -142,6 +142,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             // The whole configuration is checked before anything is opened or watched.
             let checked = crate::agent_config::load(&args.config)?;
             crate::daemon::Daemon::new(checked)?
+                .reload_from(&args.config)
                 .run(shutdown_signal())
                 .await?;
             Ok(exit_codes::OK)

@@ -35,7 +35,7 @@ use uuid::Uuid;
 
 use airlock_common::reference::Destination;
 
-use crate::agent_config::{AfterPublish, AgentConfig, Checked};
+use crate::agent_config::{self, AfterPublish, AgentConfig, Checked};
 use crate::cluster_api::{self, Applied, ClusterApi};
 use crate::control;
 use crate::error::Error;
@@ -53,6 +53,8 @@ pub(crate) enum Event {
     Changed(Vec<PathBuf>),
     /// Time to look again (rescan, a file settling, a retry).
     Tick,
+    /// SIGHUP: read the configuration again.
+    Reload,
     /// A request of the control plane.
     Command(Command),
 }
@@ -180,6 +182,8 @@ struct Cluster {
 /// The running agent.
 pub struct Daemon {
     config: AgentConfig,
+    /// Where the configuration is re-read from on SIGHUP.
+    config_path: Option<PathBuf>,
     grpc: Option<control::Server>,
     destinations: Vec<Destination>,
     fetch_dests: Vec<Destination>,
@@ -211,7 +215,149 @@ pub(crate) fn move_into(file: &Path, dir: &Path) -> std::io::Result<PathBuf> {
     Ok(target)
 }
 
+/// The clusters of `config` in their initial state, with their views.
+fn fresh_clusters(
+    config: &AgentConfig,
+    destinations: &[Destination],
+    apis: Vec<Option<cluster_api::Access>>,
+) -> (Vec<Cluster>, Vec<ClusterView>) {
+    config
+        .clusters
+        .iter()
+        .zip(destinations)
+        .zip(apis)
+        .map(|((c, d), access)| {
+            let view = ClusterView {
+                name: c.name.clone(),
+                registry: d.clone(),
+                publishing: false,
+                last_error: None,
+                retry_at: None,
+                api: access.as_ref().map(|_| ApiView::default()),
+            };
+            let cluster = Cluster {
+                access,
+                kube: None,
+                next_check: Instant::now(),
+                name: c.name.clone(),
+                options: RegistryOptions {
+                    tls_verify: c.tls_verify,
+                    cert_dir: c.cert_dir.clone(),
+                    auth: AuthSource::new(c.auth_file.clone()),
+                },
+                target: None,
+                retry_at: None,
+                backoff: Duration::from_secs(1),
+            };
+            (cluster, view)
+        })
+        .unzip()
+}
+
 impl Daemon {
+    /// Re-reads the configuration from `path` on SIGHUP.
+    pub fn reload_from(mut self, path: &Path) -> Self {
+        self.config_path = Some(path.to_path_buf());
+        self
+    }
+
+    /// Takes the cluster list (and the settings that need no restart) from the
+    /// configuration file again. A cluster whose name, registry and access are
+    /// unchanged keeps its state (connection, backoff); a new one starts from
+    /// nothing and is brought up to the current state by the next round. A file
+    /// that does not check out changes nothing: the agent carries on as it was.
+    fn reload(&mut self) {
+        let Some(path) = self.config_path.clone() else {
+            return;
+        };
+        let checked = match agent_config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration not reloaded; the agent carries on with the one it had");
+                return;
+            }
+        };
+        let old = &self.config;
+        let new = &checked.config;
+        for (field, changed) in [
+            ("workspace", old.workspace != new.workspace),
+            ("dropDir", old.drop_dir != new.drop_dir),
+            ("quarantineDir", old.quarantine_dir != new.quarantine_dir),
+            ("trust", old.trust != new.trust),
+            (
+                "grpc",
+                old.grpc.as_ref().map(|g| &g.listen) != new.grpc.as_ref().map(|g| &g.listen),
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    field,
+                    "this field changed but takes effect only at a restart"
+                );
+            }
+        }
+        let (mut clusters, views) =
+            fresh_clusters(new, &checked.destinations, checked.apis.clone());
+        let mut kept = Vec::new();
+        for (i, c) in clusters.iter_mut().enumerate() {
+            let same = self
+                .config
+                .clusters
+                .iter()
+                .position(|o| *o == new.clusters[i]);
+            if let Some(j) = same {
+                std::mem::swap(c, &mut self.clusters[j]);
+                kept.push(c.name.clone());
+            }
+        }
+        let added: Vec<&str> = clusters
+            .iter()
+            .filter(|c| !kept.contains(&c.name))
+            .map(|c| c.name.as_str())
+            .collect();
+        let removed: Vec<&str> = self
+            .clusters
+            .iter()
+            .filter(|o| !clusters.iter().any(|c| c.name == o.name))
+            .map(|o| o.name.as_str())
+            .collect();
+        tracing::info!(added = ?added, removed = ?removed, kept = kept.len(), "configuration reloaded");
+        let fetch_changed = old.fetch_from != new.fetch_from;
+        let grpc_tls = self.config.grpc.clone();
+        let (workspace, drop_dir, quarantine_dir, trust) = (
+            self.config.workspace.clone(),
+            self.config.drop_dir.clone(),
+            self.config.quarantine_dir.clone(),
+            self.config.trust.clone(),
+        );
+        self.config = checked.config;
+        // What needs a restart stays as the agent started with it.
+        self.config.grpc = grpc_tls;
+        self.config.workspace = workspace;
+        self.config.drop_dir = drop_dir;
+        self.config.quarantine_dir = quarantine_dir;
+        self.config.trust = trust;
+        self.destinations = checked.destinations;
+        if fetch_changed {
+            self.fetch_dests = checked.fetch_from;
+            self.fetch_from.clear();
+        }
+        // Kept clusters keep what was seen of them.
+        let before = self.status.clusters();
+        let views: Vec<ClusterView> = views
+            .into_iter()
+            .map(|v| {
+                before
+                    .iter()
+                    .find(|b| kept.contains(&v.name) && b.name == v.name)
+                    .cloned()
+                    .unwrap_or(v)
+            })
+            .collect();
+        self.clusters = clusters;
+        self.status.set_clusters(views);
+    }
+
     /// Opens the workspace and prepares the clusters; contacts no registry yet.
     pub fn new(cfg: Checked) -> Result<Self, Error> {
         let Checked {
@@ -226,42 +372,11 @@ impl Daemon {
         std::fs::create_dir_all(&config.quarantine_dir)
             .map_err(|e| Error::io(&config.quarantine_dir, e))?;
         control::clear_staging(&config.drop_dir).map_err(|e| Error::io(&config.drop_dir, e))?;
-        let views = config
-            .clusters
-            .iter()
-            .zip(&destinations)
-            .zip(&apis)
-            .map(|((c, d), api)| ClusterView {
-                name: c.name.clone(),
-                registry: d.clone(),
-                publishing: false,
-                last_error: None,
-                retry_at: None,
-                api: api.as_ref().map(|_| ApiView::default()),
-            })
-            .collect();
+        let (clusters, views) = fresh_clusters(&config, &destinations, apis);
         let status = Arc::new(Status::new(site.clone(), config.drop_dir.clone(), views));
-        let clusters = config
-            .clusters
-            .iter()
-            .zip(apis)
-            .map(|(c, access)| Cluster {
-                access,
-                kube: None,
-                next_check: Instant::now(),
-                name: c.name.clone(),
-                options: RegistryOptions {
-                    tls_verify: c.tls_verify,
-                    cert_dir: c.cert_dir.clone(),
-                    auth: AuthSource::new(c.auth_file.clone()),
-                },
-                target: None,
-                retry_at: None,
-                backoff: Duration::from_secs(1),
-            })
-            .collect();
         Ok(Daemon {
             config,
+            config_path: None,
             grpc,
             destinations,
             fetch_dests: fetch_from,
@@ -341,6 +456,20 @@ impl Daemon {
             sd_notify::NotifyState::Status("watching the drop directory"),
         ]);
         let watchdog = watchdog();
+        let hangups = tx.clone();
+        let hangup = tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                if hangups.send(Event::Reload).is_err() {
+                    break;
+                }
+            }
+        });
         tokio::pin!(shutdown);
         let _ = tx.send(Event::Tick);
         loop {
@@ -355,6 +484,7 @@ impl Daemon {
             match event {
                 Event::Changed(renamed) => self.tracker.renamed.extend(renamed),
                 Event::Tick => {}
+                Event::Reload => self.reload(),
                 Event::Command(Command::Ingest { staged, reply: r }) => match self.place(&staged) {
                     Ok(placed) => reply = Reply::Ingest(placed, r),
                     Err(e) => {
@@ -405,6 +535,7 @@ impl Daemon {
         if let Some(server) = server {
             server.drain().await;
         }
+        hangup.abort();
         if let Some(w) = watchdog {
             w.abort();
         }
@@ -481,7 +612,7 @@ impl Daemon {
             let uuids: Vec<Uuid> = found.imagesets.keys().map(|(u, _)| *u).collect();
             if let Some(i) = (0..self.clusters.len()).find(|&i| self.clusters[i].retry_at.is_none())
             {
-                if let Some(target) = self.target(i).await {
+                if let Some((_, target)) = self.targets(&[i]).await.pop() {
                     report.continued_from =
                         self.site.continue_from_registry(&target, &uuids).await?;
                 }
@@ -539,27 +670,34 @@ impl Daemon {
         Ok(round)
     }
 
-    /// The target of cluster `i`, connecting if needed; `None` while it is down.
-    async fn target(&mut self, i: usize) -> Option<Target> {
-        let c = &mut self.clusters[i];
-        if let Some(t) = &c.target {
-            return Some(t.clone());
-        }
-        let dest = self.destinations[i].clone();
-        match RegistryClient::connect(dest.registry(), &c.options).await {
-            Ok(client) => {
-                let t = Target {
-                    dest,
-                    client: Arc::new(client),
-                };
-                c.target = Some(t.clone());
-                Some(t)
+    /// The targets of clusters `which`, connecting those not yet connected all at
+    /// once (a registry that does not answer must not delay the others); a cluster
+    /// whose registry cannot be reached is left out and retried with backoff.
+    async fn targets(&mut self, which: &[usize]) -> Vec<(usize, Target)> {
+        let missing: Vec<usize> = which
+            .iter()
+            .copied()
+            .filter(|&i| self.clusters[i].target.is_none())
+            .collect();
+        let connected = futures::future::join_all(missing.iter().map(|&i| {
+            RegistryClient::connect(self.destinations[i].registry(), &self.clusters[i].options)
+        }))
+        .await;
+        for (i, result) in missing.into_iter().zip(connected) {
+            match result {
+                Ok(client) => {
+                    self.clusters[i].target = Some(Target {
+                        dest: self.destinations[i].clone(),
+                        client: Arc::new(client),
+                    })
+                }
+                Err(e) => self.failed(i, &e.to_string()),
             }
-            Err(e) => {
-                self.failed(i, &e.to_string());
-                None
-            }
         }
+        which
+            .iter()
+            .filter_map(|&i| self.clusters[i].target.clone().map(|t| (i, t)))
+            .collect()
     }
 
     fn failed(&mut self, i: usize, why: &str) {
@@ -606,15 +744,14 @@ impl Daemon {
                 }
             }
         }
+        // Every cluster that is due is published to at once: one that is slow or
+        // down does not hold the others back.
         let now = Instant::now();
-        for i in 0..self.clusters.len() {
-            if self.clusters[i].retry_at.is_some_and(|r| r > now) {
-                continue;
-            }
-            let Some(target) = self.target(i).await else {
-                continue;
-            };
-            let name = self.clusters[i].name.clone();
+        let ready: Vec<usize> = (0..self.clusters.len())
+            .filter(|&i| self.clusters[i].retry_at.is_none_or(|r| r <= now))
+            .collect();
+        let mut due = Vec::new();
+        for (i, target) in self.targets(&ready).await {
             let behind = self
                 .site
                 .ws
@@ -622,22 +759,36 @@ impl Daemon {
                 .unwrap_or(0)
                 < last;
             if behind {
-                self.status
-                    .set_activity(format!("publishing to cluster {name}"));
                 self.status.update_cluster(i, |v| v.publishing = true);
             }
-            let resources = self.site.dir.join("cluster-resources").join(&name);
-            let mut report = Report::default();
-            let result = self
-                .site
-                .publish_to(
-                    &target,
-                    &self.fetch_from,
-                    self.config.parallel,
-                    &resources,
-                    &mut report,
-                )
-                .await;
+            due.push((i, behind, target));
+        }
+        let busy: Vec<&str> = due
+            .iter()
+            .filter(|(_, behind, _)| *behind)
+            .map(|(i, _, _)| self.clusters[*i].name.as_str())
+            .collect();
+        if !busy.is_empty() {
+            self.status
+                .set_activity(format!("publishing to {}", busy.join(", ")));
+        }
+        let (site, fetch_from, parallel) = (&self.site, &self.fetch_from, self.config.parallel);
+        let results = futures::future::join_all(due.iter().map(|(i, _, target)| {
+            let resources = site
+                .dir
+                .join("cluster-resources")
+                .join(&self.clusters[*i].name);
+            async move {
+                let mut report = Report::default();
+                let result = site
+                    .publish_to(target, fetch_from, parallel, &resources, &mut report)
+                    .await;
+                (result, report)
+            }
+        }))
+        .await;
+        for ((i, _, _), (result, report)) in due.into_iter().zip(results) {
+            let name = self.clusters[i].name.clone();
             for (_, seq) in &report.published {
                 tracing::info!(cluster = %name, sequence = seq, "published to cluster");
                 let mut event = AgentEvent::now(EventKind::Published, "imageset published");

@@ -151,6 +151,11 @@ impl Status {
         self.clusters.lock().expect("not poisoned").clone()
     }
 
+    /// Replaces the cluster list (the configuration was reloaded).
+    pub fn set_clusters(&self, views: Vec<ClusterView>) {
+        *self.clusters.lock().expect("not poisoned") = views;
+    }
+
     /// Changes cluster `i`'s view.
     pub fn update_cluster(&self, i: usize, f: impl FnOnce(&mut ClusterView)) {
         if let Some(c) = self.clusters.lock().expect("not poisoned").get_mut(i) {

@@ -9,7 +9,7 @@ use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
 use serde_json::{Value, json};
 
-use crate::agent::{Served, eventually};
+use crate::agent::{Agent, Served, Site, eventually};
 use crate::util::*;
 
 /// Copies an imageset's chunk files into the drop directory, complete at once.
@@ -227,4 +227,53 @@ fn three_clusters_get_every_imageset_a_stopped_registry_catches_up_and_reconcile
         "west's edit was taken back: {spec}"
     );
     assert!(managers(&itms).contains(&"airlock".to_string()));
+}
+
+#[test]
+fn a_cluster_added_on_sighup_is_brought_up_to_date_and_a_bad_reload_changes_nothing() {
+    let s = Setup::plain();
+    let west = Registry::plain().unwrap();
+    let site = Site::new();
+    let config = site.config_fleet(&[("east", &s.dest, None)], "");
+    let mut agent = Agent::start(&config, &[]);
+    let (_, out) = s.create("1GiB");
+    deliver(&out, &site.path("drop"));
+    eventually(
+        Duration::from_secs(60),
+        "published to east",
+        || site.files("drop").is_empty(),
+        || agent.log(),
+    );
+    s.assert_byte_exact("m");
+
+    // A configuration that does not check out is refused; the agent carries on.
+    std::fs::write(&config, "workspace: nowhere\n").unwrap();
+    agent.signal("HUP");
+    eventually(
+        Duration::from_secs(30),
+        "the bad reload refused",
+        || agent.log().contains("configuration not reloaded"),
+        || agent.log(),
+    );
+    assert!(agent.running(), "{}", agent.log());
+
+    // West added: it gets everything accepted so far, without a new imageset.
+    site.config_fleet(&[("east", &s.dest, None), ("west", &west, None)], "");
+    agent.signal("HUP");
+    eventually(
+        Duration::from_secs(60),
+        "west brought up to date",
+        || {
+            s.placed.iter().all(|p| {
+                inspect_raw_at(&west, &format!("m/{}", p.dest_ref))
+                    .is_ok_and(|b| b == p.image.manifest)
+            })
+        },
+        || agent.log(),
+    );
+    assert_byte_exact(&s.source, &west, "m", &s.placed);
+    let log = agent.log();
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(log.contains("added=[\"west\"]"), "{log}");
+    agent.stop();
 }
