@@ -17,6 +17,7 @@ pub mod publish;
 pub mod reference;
 pub mod registry;
 pub mod resources;
+pub mod service;
 pub mod signing;
 pub mod size;
 pub mod state;

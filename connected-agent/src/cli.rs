@@ -36,6 +36,9 @@ pub enum Command {
     Mirror(MirrorArgs),
     /// Write a signing key pair (minisign format): PREFIX.key and PREFIX.pub.
     Keygen(KeygenArgs),
+    /// Run as a service: create imagesets on a schedule (and on SIGUSR1) into an
+    /// outbox, keeping the last few.
+    Run(RunArgs),
     /// Show what a configuration selects, without mirroring anything.
     #[command(subcommand)]
     List(ListCommand),
@@ -65,6 +68,14 @@ pub struct ListArgs {
     pub output: OutputFormat,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The agent configuration (docs/agent-config.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 /// `keygen`.
@@ -287,6 +298,14 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             };
             let report = create::create(&opts).await?;
             print_create(&report);
+            Ok(airlock_common::exit_codes::OK)
+        }
+        Command::Run(args) => {
+            // Everything is checked before the agent reports ready.
+            let checked = crate::agent::load(&args.config)?;
+            crate::agent::Agent::new(checked)
+                .run(airlock_common::cli::shutdown_signal())
+                .await?;
             Ok(airlock_common::exit_codes::OK)
         }
         Command::Keygen(args) => {

@@ -1,6 +1,7 @@
 //! Airlock's connected agent as a library: the binary `airlock-connected` is a thin
 //! shell over [`cli::run`], and tests call the same functions.
 
+pub mod agent;
 pub mod catalog;
 pub mod cincinnati;
 pub mod cli;

@@ -59,23 +59,6 @@ pub struct RunArgs {
     pub config: PathBuf,
 }
 
-/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutdown requested");
-}
-
 /// Destination registry access, as skopeo spells it.
 #[derive(Debug, Args)]
 pub struct DestinationArgs {
@@ -143,7 +126,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             let checked = crate::agent_config::load(&args.config)?;
             crate::daemon::Daemon::new(checked)?
                 .reload_from(&args.config)
-                .run(shutdown_signal())
+                .run(airlock_common::cli::shutdown_signal())
                 .await?;
             Ok(exit_codes::OK)
         }

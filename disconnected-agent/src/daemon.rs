@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use airlock_common::registry::auth::AuthSource;
 use airlock_common::registry::{RegistryClient, RegistryOptions};
+use airlock_common::service;
 use notify::Watcher;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -451,11 +452,11 @@ impl Daemon {
         );
         // Ready for systemd (Type=notify): the configuration was checked, the
         // workspace opened, the drop directory watched and the control plane bound.
-        systemd(&[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status("watching the drop directory"),
+        service::notify(&[
+            service::NotifyState::Ready,
+            service::NotifyState::Status("watching the drop directory"),
         ]);
-        let watchdog = watchdog();
+        let watchdog = service::watchdog();
         let hangups = tx.clone();
         let hangup = tokio::spawn(async move {
             let Ok(mut hup) =
@@ -528,7 +529,7 @@ impl Daemon {
                 },
             }
         }
-        systemd(&[sd_notify::NotifyState::Stopping]);
+        service::notify(&[service::NotifyState::Stopping]);
         self.status.set_activity("stopping");
         // Requests in flight finish; watchers are told the stream ends.
         let _ = stop_grpc.send(true);
@@ -1015,35 +1016,4 @@ impl Daemon {
         }
         Ok(())
     }
-}
-
-/// Tells systemd about the service's state; without `NOTIFY_SOCKET` (not run by
-/// systemd) this does nothing.
-fn systemd(states: &[sd_notify::NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(false, states) {
-        tracing::warn!(error = %e, "could not notify systemd");
-    }
-}
-
-/// With `WatchdogSec=` set, pings systemd at half the interval, as systemd
-/// advises. The pings come from their own task: a publish of a large imageset
-/// runs for hours inside one round of the loop, and must not be killed for it;
-/// the watchdog catches a process whose runtime has stopped.
-fn watchdog() -> Option<tokio::task::JoinHandle<()>> {
-    let mut usec = 0;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return None;
-    }
-    let every = Duration::from_micros(usec / 2);
-    tracing::info!(
-        interval_ms = every.as_millis() as u64,
-        "systemd watchdog enabled"
-    );
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            systemd(&[sd_notify::NotifyState::Watchdog]);
-        }
-    }))
 }

@@ -295,37 +295,38 @@ fn the_agent_tells_systemd_it_is_ready_feeds_the_watchdog_and_says_when_it_stops
 }
 
 #[test]
-fn the_systemd_unit_passes_systemd_analyze_verify() {
+fn the_systemd_units_pass_systemd_analyze_verify() {
     let analyze = Path::new("/usr/bin/systemd-analyze");
     assert!(
         analyze.exists(),
         "systemd-analyze is missing: install Debian's systemd package (scripts/install-deps does)"
     );
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/systemd/airlock-disconnected.service"),
-    )
-    .unwrap();
-    // Verify against the binary just built: systemd-analyze checks that it exists.
-    let binary = bins::disconnected().get_program().to_owned();
-    let unit = unit.replace(
-        "/usr/local/bin/airlock-disconnected",
-        &binary.to_string_lossy(),
-    );
-    assert!(unit.contains("Type=notify") && unit.contains("NoNewPrivileges=yes"));
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("airlock-disconnected.service");
-    std::fs::write(&path, unit).unwrap();
-    let out = Command::new(analyze)
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
+    for (name, binary) in [
+        ("airlock-disconnected", bins::disconnected()),
+        ("airlock-connected", bins::connected()),
+    ] {
+        let unit = std::fs::read_to_string(
+            airlock_tests::repo_dir().join(format!("deploy/systemd/{name}.service")),
+        )
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Only complaints about this unit count: the host's own units may be odd.
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("airlock-disconnected.service"))
-        .collect();
-    assert!(out.status.success() && ours.is_empty(), "{stderr}");
+        // Verify against the binary just built: systemd-analyze checks that it exists.
+        let binary = binary.get_program().to_owned();
+        let unit = unit.replace(&format!("/usr/local/bin/{name}"), &binary.to_string_lossy());
+        assert!(unit.contains("Type=notify") && unit.contains("NoNewPrivileges=yes"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("{name}.service"));
+        std::fs::write(&path, unit).unwrap();
+        let out = Command::new(analyze)
+            .args(["verify", "--man=no"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Only complaints about this unit count: the host's own units may be odd.
+        let ours: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(&format!("{name}.service")))
+            .collect();
+        assert!(out.status.success() && ours.is_empty(), "{name}: {stderr}");
+    }
 }

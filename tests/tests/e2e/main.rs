@@ -11,5 +11,6 @@ mod oneway;
 mod operators;
 mod policy;
 mod releases;
+mod scheduled;
 mod supply_chain;
 mod util;

@@ -1,0 +1,417 @@
+//! `run`: the connected agent as a service. It runs `create` on a schedule (an
+//! interval or a cron expression, in UTC) and on demand (SIGUSR1), writing each
+//! imageset into its own directory of an outbox that a diode or a transfer station
+//! picks up, and keeps the last `keep` of them.
+//!
+//! An imageset is written into a hidden `.creating-*` directory of the outbox and
+//! renamed to `<sequence>-<uuid>` only when complete, so a transfer station that
+//! ignores hidden entries never takes a partial set. A run that finds nothing
+//! changed makes no set. A run that fails is logged and the schedule goes on; the
+//! workspace records a sequence only once its files are complete, so nothing is
+//! lost or skipped.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use airlock_common::config::{self, ConfigError, Problem};
+use airlock_common::registry::RegistryOptions;
+use airlock_common::registry::auth::AuthSource;
+use airlock_common::service::{self, NotifyState};
+use airlock_common::size::ByteSize;
+use serde::Deserialize;
+
+use crate::create::{self, CreateOptions};
+use crate::error::Error;
+
+/// When to create imagesets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Every so long (`30m`, `6h`, `1d`); the first run is at start.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// A cron expression (`0 2 * * *`), in UTC.
+    #[serde(default)]
+    pub cron: Option<String>,
+}
+
+/// How to reach the source registries.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceConfig {
+    /// Require HTTPS with trusted certificates (default true).
+    #[serde(default)]
+    pub tls_verify: Option<bool>,
+    /// Directory of CA certificates.
+    #[serde(default)]
+    pub cert_dir: Option<PathBuf>,
+    /// Credentials file (containers auth.json, a pull secret).
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+}
+
+/// The connected agent's configuration (`docs/agent-config.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentConfig {
+    /// The ImageSetConfiguration, read again at every run.
+    pub image_set_config: PathBuf,
+    /// The connected workspace.
+    pub workspace: PathBuf,
+    /// Where each imageset's directory is written.
+    pub outbox: PathBuf,
+    /// Imageset directories kept in the outbox (oldest removed first).
+    #[serde(default = "five")]
+    pub keep: usize,
+    /// When to run.
+    pub schedule: ScheduleConfig,
+    /// Largest chunk file (`700MiB`); default `archiveSize`, then oc-mirror's.
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// Parity files per imageset.
+    #[serde(default)]
+    pub parity: u32,
+    /// Minisign secret key to sign imagesets with.
+    #[serde(default)]
+    pub sign_key: Option<PathBuf>,
+    /// File holding the key's password.
+    #[serde(default)]
+    pub sign_password_file: Option<PathBuf>,
+    /// Blob downloads at once.
+    #[serde(default = "eight")]
+    pub parallel: usize,
+    /// Source registry access.
+    #[serde(default)]
+    pub source: SourceConfig,
+}
+
+fn five() -> usize {
+    5
+}
+fn eight() -> usize {
+    8
+}
+
+/// When the next run is due.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// Every so long, from the start.
+    Every(Duration),
+    /// At the times a cron expression names, UTC.
+    Cron(Box<croner::Cron>),
+}
+
+impl Schedule {
+    /// How long from `now` to the next run.
+    pub fn wait(&self, now: chrono::DateTime<chrono::Utc>) -> Duration {
+        match self {
+            Schedule::Every(d) => *d,
+            Schedule::Cron(c) => c
+                .find_next_occurrence(&now, false)
+                .ok()
+                .and_then(|next| (next - now).to_std().ok())
+                .unwrap_or(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A checked configuration.
+#[derive(Debug)]
+pub struct Checked {
+    /// As written.
+    pub config: AgentConfig,
+    /// The schedule, parsed.
+    pub schedule: Schedule,
+    /// The limit, parsed.
+    pub limit: Option<ByteSize>,
+}
+
+/// Reads and checks the configuration, and the ImageSetConfiguration it names.
+pub fn load(path: &Path) -> Result<Checked, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        Error::Config(ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    let mut docs = config::parse_documents::<AgentConfig>(path, &text, |m| m)?;
+    let one = |message: String| {
+        Error::Config(config::problems_error(
+            path,
+            vec![Problem {
+                pos: None,
+                field: String::new(),
+                message,
+            }],
+        ))
+    };
+    if docs.len() != 1 {
+        return Err(one(format!(
+            "expected one YAML document, found {}",
+            docs.len()
+        )));
+    }
+    let (config, positions) = docs.remove(0);
+    let mut problems = Vec::new();
+    let mut problem = |field: &str, message: String| {
+        problems.push(Problem {
+            pos: positions.of(field),
+            field: field.into(),
+            message,
+        })
+    };
+    let schedule = match (&config.schedule.interval, &config.schedule.cron) {
+        (Some(i), None) => match humantime::parse_duration(i) {
+            Ok(d) if d >= Duration::from_secs(1) => Some(Schedule::Every(d)),
+            Ok(_) => {
+                problem("schedule.interval", format!("{i:?}: at least 1s"));
+                None
+            }
+            Err(e) => {
+                problem(
+                    "schedule.interval",
+                    format!("{i:?}: {e}; expected a duration such as 30m, 6h or 1d"),
+                );
+                None
+            }
+        },
+        (None, Some(c)) => match croner::Cron::from_str(c) {
+            Ok(cron) => Some(Schedule::Cron(Box::new(cron))),
+            Err(e) => {
+                problem(
+                    "schedule.cron",
+                    format!("{c:?}: {e}; expected five fields such as \"0 2 * * *\""),
+                );
+                None
+            }
+        },
+        _ => {
+            problem("schedule", "set interval or cron, one of them".into());
+            None
+        }
+    };
+    let limit = config
+        .limit
+        .as_ref()
+        .and_then(|l| match l.parse::<ByteSize>() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                problem("limit", format!("{l:?}: {e}"));
+                None
+            }
+        });
+    if config.keep == 0 {
+        problem("keep", "must be at least 1".into());
+    }
+    if config.parallel == 0 {
+        problem("parallel", "must be at least 1".into());
+    }
+    for (field, file) in [
+        ("signKey", &config.sign_key),
+        ("signPasswordFile", &config.sign_password_file),
+        ("source.authFile", &config.source.auth_file),
+    ] {
+        if let Some(f) = file {
+            if !f.is_file() {
+                problem(field, format!("{} is not a file", f.display()));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Config(config::problems_error(path, problems)));
+    }
+    // The ImageSetConfiguration is checked now too: a mistake there is found at
+    // start, not at the first run hours later.
+    create::load_config(&config.image_set_config)?;
+    Ok(Checked {
+        schedule: schedule.expect("checked"),
+        limit,
+        config,
+    })
+}
+
+const CREATING: &str = ".creating-";
+
+/// The outbox's imageset directories, oldest first (names sort by sequence).
+fn sets(outbox: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(outbox)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The agent.
+pub struct Agent {
+    checked: Checked,
+}
+
+impl Agent {
+    /// An agent for a checked configuration.
+    pub fn new(checked: Checked) -> Self {
+        Agent { checked }
+    }
+
+    fn options(&self, out: PathBuf) -> Result<CreateOptions, Error> {
+        let c = &self.checked.config;
+        let password = match &c.sign_password_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| Error::io(f, e))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(CreateOptions {
+            config: c.image_set_config.clone(),
+            out,
+            workspace: Some(c.workspace.clone()),
+            limit: self.checked.limit,
+            full: false,
+            dry_run: false,
+            parallel: c.parallel,
+            registry: RegistryOptions {
+                tls_verify: c.source.tls_verify.unwrap_or(true),
+                cert_dir: c.source.cert_dir.clone(),
+                auth: AuthSource::new(c.source.auth_file.clone()),
+            },
+            sign_key: c.sign_key.clone().map(|k| (k, password)),
+            parity: c.parity,
+            releases: Default::default(),
+            policy: Default::default(),
+        })
+    }
+
+    /// One run: creates the next imageset into the outbox, and keeps the last
+    /// `keep`. Returns the new set's directory, or `None` when nothing changed.
+    pub async fn run_once(&self) -> Result<Option<PathBuf>, Error> {
+        let outbox = &self.checked.config.outbox;
+        let tmp = outbox.join(format!("{CREATING}{}", uuid::Uuid::new_v4()));
+        let report = create::create(&self.options(tmp.clone())?).await;
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        if let Some(seq) = report.unchanged_since {
+            let _ = std::fs::remove_dir_all(&tmp);
+            tracing::info!(
+                sequence = seq,
+                "nothing changed since this sequence; no imageset made"
+            );
+            return Ok(None);
+        }
+        let m = &report.manifest;
+        let uuid = m.uuid.to_string();
+        let name = format!("{:06}-{}", m.sequence, &uuid[..8]);
+        let dest = outbox.join(&name);
+        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+        tracing::info!(sequence = m.sequence, %uuid, dir = %dest.display(), chunks = report.chunks.len(), bytes = report.blob_bytes, "imageset written to the outbox");
+        let all = sets(outbox).map_err(|e| Error::io(outbox, e))?;
+        let keep = self.checked.config.keep;
+        for old in all.iter().take(all.len().saturating_sub(keep)) {
+            match std::fs::remove_dir_all(old) {
+                Ok(()) => {
+                    tracing::info!(dir = %old.display(), keep, "old imageset removed from the outbox")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %old.display(), error = %e, "cannot remove an old imageset")
+                }
+            }
+        }
+        Ok(Some(dest))
+    }
+
+    /// Runs until `shutdown` completes: at start (interval schedules), on the
+    /// schedule, and on SIGUSR1.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+        let outbox = self.checked.config.outbox.clone();
+        std::fs::create_dir_all(&outbox).map_err(|e| Error::io(&outbox, e))?;
+        // What an interrupted run left.
+        for e in std::fs::read_dir(&outbox)
+            .map_err(|e| Error::io(&outbox, e))?
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with(CREATING) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .map_err(|e| Error::Usage(format!("cannot handle SIGUSR1: {e}")))?;
+        service::notify(&[
+            NotifyState::Ready,
+            NotifyState::Status("waiting for the schedule"),
+        ]);
+        let watchdog = service::watchdog();
+        tracing::info!(outbox = %outbox.display(), keep = self.checked.config.keep, "connected agent running");
+        tokio::pin!(shutdown);
+        let mut due = match self.checked.schedule {
+            Schedule::Every(_) => Duration::ZERO,
+            Schedule::Cron(_) => self.checked.schedule.wait(chrono::Utc::now()),
+        };
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(due) => {}
+                _ = usr1.recv() => tracing::info!("SIGUSR1: creating an imageset now"),
+            }
+            service::notify(&[NotifyState::Status("creating an imageset")]);
+            tokio::select! {
+                _ = &mut shutdown => break,
+                result = self.run_once() => {
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "creating the imageset failed; trying again on the schedule");
+                    }
+                }
+            }
+            service::notify(&[NotifyState::Status("waiting for the schedule")]);
+            due = self.checked.schedule.wait(chrono::Utc::now());
+        }
+        service::notify(&[NotifyState::Stopping]);
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        tracing::info!("connected agent stopped");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The example shipped in deploy/ must stay valid.
+    #[test]
+    fn the_deploy_example_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let text = include_str!("../../deploy/connected-agent.yaml")
+            .replace("/etc/airlock", root)
+            .replace("/var/lib/airlock", root);
+        for f in ["keys/site-a.key", "pull-secret.json"] {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "{}").unwrap();
+        }
+        std::fs::write(
+            dir.path().join("imageset-config.yaml"),
+            "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  additionalImages:\n  - name: quay.io/a/b:1\n",
+        )
+        .unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, text).unwrap();
+        let checked = super::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(checked.schedule, super::Schedule::Cron(_)));
+        assert_eq!(checked.config.keep, 5);
+        let wait = checked.schedule.wait(chrono::Utc::now());
+        assert!(wait <= std::time::Duration::from_secs(86_400), "{wait:?}");
+    }
+}
