@@ -931,6 +931,15 @@ impl Daemon {
                 view.drift.push(drift);
             }
             if d.is_catalog_source() {
+                // OLM reports whether the catalog's pod serves: anything but READY
+                // means the cluster cannot install from it.
+                let state = live
+                    .as_ref()
+                    .and_then(|l| l["status"]["connectionState"]["lastObservedState"].as_str());
+                if let Some(state) = state.filter(|s| *s != "READY") {
+                    view.notes
+                        .push(format!("{}: catalog connection {state}", d.label()));
+                }
                 let want = &d.object["spec"]["image"];
                 let runs = live.as_ref().map(|l| &l["spec"]["image"]);
                 if runs.is_some_and(|r| r != want) {

@@ -267,3 +267,13 @@ impl Served {
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 }
+
+/// Copies an imageset's chunk files into the drop directory, complete at once.
+pub fn deliver(out: &std::path::Path, drop: &std::path::Path) {
+    for f in crate::util::chunk_files(out) {
+        let name = f.file_name().unwrap();
+        let part = drop.join(format!("{}.part", name.to_string_lossy()));
+        std::fs::copy(&f, &part).unwrap();
+        std::fs::rename(&part, drop.join(name)).unwrap();
+    }
+}

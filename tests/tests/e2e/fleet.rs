@@ -9,18 +9,8 @@ use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
 use serde_json::{Value, json};
 
-use crate::agent::{Agent, Served, Site, eventually};
+use crate::agent::{Agent, Served, Site, deliver, eventually};
 use crate::util::*;
-
-/// Copies an imageset's chunk files into the drop directory, complete at once.
-fn deliver(out: &std::path::Path, drop: &std::path::Path) {
-    for f in chunk_files(out) {
-        let name = f.file_name().unwrap();
-        let part = drop.join(format!("{}.part", name.to_string_lossy()));
-        std::fs::copy(&f, &part).unwrap();
-        std::fs::rename(&part, drop.join(name)).unwrap();
-    }
-}
 
 fn managers(object: &Value) -> Vec<String> {
     object["metadata"]["managedFields"]

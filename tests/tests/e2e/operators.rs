@@ -4,11 +4,16 @@
 use airlock_tests::bins::{self, run};
 use std::collections::{BTreeMap, BTreeSet};
 
-use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, files_layer, index};
+use std::time::Duration;
+
+use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, files_layer, index, layer};
+use airlock_tests::kube_api::{KubeApi, Res};
 use airlock_tests::registry::Registry;
+use airlock_tests::release::release_image;
 use airlock_tests::skopeo::inspect_raw_at;
 use serde_json::{Value, json};
 
+use crate::agent::{Served, deliver, eventually};
 use crate::util::*;
 
 const HEAD: &str = "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\n";
@@ -312,6 +317,18 @@ fn top_layer_files(registry: &Registry, reference: &str) -> BTreeMap<String, Vec
     out
 }
 
+/// The fixture catalog, its bundles pushed to `a`, as `catalogs/index:v4.17`;
+/// returns its labels, its file-based catalog and the bundle images by pull spec.
+fn push_localised_catalog(
+    client: &PushClient,
+    a: &str,
+) -> (Value, String, BTreeMap<String, Image>) {
+    let labels = json!({"operators.operatorframework.io.index.configs.v1": "/configs"});
+    let (fbc, images) = localise(client, a, &fixture());
+    push_catalog_with(client, "catalogs/index", labels.clone(), fbc.as_bytes());
+    (labels, fbc, images)
+}
+
 #[test]
 fn create_and_publish_carry_the_selected_bundles_and_a_rebuilt_catalog_with_its_resources() {
     let src = Registry::plain().unwrap();
@@ -319,9 +336,7 @@ fn create_and_publish_carry_the_selected_bundles_and_a_rebuilt_catalog_with_its_
     let client = PushClient::new(&src).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let a = src.addr();
-    let labels = json!({"operators.operatorframework.io.index.configs.v1": "/configs"});
-    let (fbc, images) = localise(&client, &a, &fixture());
-    push_catalog_with(&client, "catalogs/index", labels.clone(), fbc.as_bytes());
+    let (labels, fbc, images) = push_localised_catalog(&client, &a);
     let config = tmp.path().join("isc.yaml");
     std::fs::write(
         &config,
@@ -521,4 +536,149 @@ fn channel_head(c: &Value) -> String {
         .find(|n| !pointed.contains(n))
         .unwrap()
         .to_string()
+}
+
+#[test]
+fn an_old_cluster_with_its_catalog_source_pinned_or_deleted_is_reported_and_reconcile_restores_it()
+{
+    let src = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = src.addr();
+    push_localised_catalog(&client, &a);
+    // A release newer than the cluster runs, mirrored alongside the catalog.
+    let cli = ImageBuilder::new(Format::Oci).layer(90, 20_000).build();
+    cli.push(&client, "openshift-release-dev/ocp-v4.0-art-dev", None)
+        .unwrap();
+    let cli_ref = format!("{a}/openshift-release-dev/ocp-v4.0-art-dev@{}", cli.digest);
+    release_image("4.20.0", "amd64", &layer(91, 10_000), &[("cli", cli_ref)])
+        .push(
+            &client,
+            "openshift-release-dev/ocp-release",
+            Some("4.20.0-x86_64"),
+        )
+        .unwrap();
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{HEAD}mirror:\n  platform:\n    release: {a}/openshift-release-dev/ocp-release:4.20.0-x86_64\n  operators:\n  - catalog: {a}/catalogs/index:v4.17\n    packages:\n    - name: {PACKAGE}\n"
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let mut cmd = create_cmd(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
+    let created = run(cmd.arg("--ignore-release-signature"));
+    assert_eq!(created.code, 0, "{created}");
+
+    let api = KubeApi::start(&tmp.path().join("api"), "4.19.7").unwrap();
+    let kubeconfig = tmp.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let served = Served::start_with(|site, grpc| {
+        site.config_fleet(
+            &[("prod", &dest, Some(kubeconfig.as_path()))],
+            &format!("reconcileSeconds: 1\n{grpc}"),
+        )
+    });
+    deliver(&out, &served.site.path("drop"));
+    let catalog_source = || {
+        api.list(&Res::CATALOG_SOURCE)
+            .into_iter()
+            .find(|c| c["metadata"]["namespace"] == "openshift-marketplace")
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the CatalogSource applied",
+        || catalog_source().is_some() && !api.list(&Res::CLUSTER_CATALOG).is_empty(),
+        || served.agent.log(),
+    );
+    let cs = catalog_source().unwrap();
+    let name = cs["metadata"]["name"].as_str().unwrap().to_string();
+    let published = cs["spec"]["image"].as_str().unwrap().to_string();
+    assert!(
+        published.starts_with(&format!("{}/m/catalogs/index@sha256:", dest.addr())),
+        "{published}"
+    );
+    let cc = api.list(&Res::CLUSTER_CATALOG).remove(0);
+    let cc_name = cc["metadata"]["name"].as_str().unwrap().to_string();
+
+    // An administrator pins the CatalogSource to another catalog, OLM reports it
+    // failing, and the ClusterCatalog is deleted.
+    let old = format!("{}/m/catalogs/index@sha256:{}", dest.addr(), "0".repeat(64));
+    api.edit(
+        &Res::CATALOG_SOURCE,
+        Some("openshift-marketplace"),
+        &name,
+        "kubectl-edit",
+        json!({"spec": {"image": old}}),
+    )
+    .unwrap();
+    api.set_status(
+        &Res::CATALOG_SOURCE,
+        Some("openshift-marketplace"),
+        &name,
+        json!({"connectionState": {"lastObservedState": "TRANSIENT_FAILURE"}}),
+    )
+    .unwrap();
+    assert!(api.delete(&Res::CLUSTER_CATALOG, None, &cc_name));
+    let want_drift = json!([
+        format!("CatalogSource openshift-marketplace/{name}: .spec.image changed"),
+        format!("ClusterCatalog {cc_name}: deleted"),
+    ]);
+    eventually(
+        Duration::from_secs(30),
+        "the drift, the catalog behind and its state reported",
+        || {
+            let c = served.json(&["clusters"]);
+            let mut drift = c[0]["drift"].clone();
+            if let Some(d) = drift.as_array_mut() {
+                d.sort_by_key(|v| v.to_string());
+            }
+            drift == want_drift
+                && c[0]["catalogsBehind"][0]
+                    .as_str()
+                    .is_some_and(|b| b.contains(&old) && b.contains(&published))
+                && c[0]["notes"]
+                    .to_string()
+                    .contains("catalog connection TRANSIENT_FAILURE")
+        },
+        || format!("{}\n{}", served.json(&["clusters"]), served.agent.log()),
+    );
+    // The old version, and the mirrored release it can update to.
+    let c = served.json(&["clusters"]);
+    assert_eq!(c[0]["version"], "4.19.7", "{c}");
+    assert_eq!(c[0]["availableUpdates"], json!(["4.20.0"]), "{c}");
+
+    // Reconcile: both restored, the pinned image taken back.
+    let reconciled = served.ctl(&["reconcile", "--cluster", "prod"]);
+    assert_eq!(reconciled.code, 0, "{reconciled}");
+    assert_eq!(catalog_source().unwrap()["spec"]["image"], published);
+    assert_eq!(api.list(&Res::CLUSTER_CATALOG).len(), 1);
+    let after = served.json(&["clusters"]);
+    assert_eq!(after[0]["drift"], json!([]), "{after}");
+    assert_eq!(after[0]["catalogsBehind"], json!([]), "{after}");
+
+    // The CatalogSource itself deleted: reported, and reconcile brings it back.
+    assert!(api.delete(&Res::CATALOG_SOURCE, Some("openshift-marketplace"), &name));
+    let deleted = json!([format!(
+        "CatalogSource openshift-marketplace/{name}: deleted"
+    )]);
+    eventually(
+        Duration::from_secs(30),
+        "the deleted CatalogSource reported",
+        || served.json(&["clusters"])[0]["drift"] == deleted,
+        || format!("{}\n{}", served.json(&["clusters"]), served.agent.log()),
+    );
+    let human = served.ctl(&["clusters"]);
+    assert!(human.stdout.contains("4.19.7"), "{human}");
+    let reconciled = served.ctl(&["reconcile", "--cluster", "prod"]);
+    assert_eq!(reconciled.code, 0, "{reconciled}");
+    let restored = catalog_source().expect("the CatalogSource restored");
+    assert_eq!(restored["spec"]["image"], published);
+    assert_eq!(
+        restored["metadata"]["managedFields"][0]["manager"],
+        "airlock"
+    );
+    assert_eq!(served.json(&["clusters"])[0]["drift"], json!([]));
 }
