@@ -31,6 +31,10 @@ pub struct Status {
     pub drop_dir: String,
     /// Files waiting there.
     pub waiting_files: u32,
+    /// Bytes uploaded to the clusters' registries since the agent started.
+    pub uploaded_bytes: u64,
+    /// Bytes read from the content store for them.
+    pub store_read_bytes: u64,
 }
 
 impl From<v1::AgentStatus> for Status {
@@ -45,6 +49,8 @@ impl From<v1::AgentStatus> for Status {
             started: s.started,
             drop_dir: s.drop_dir,
             waiting_files: s.waiting_files,
+            uploaded_bytes: s.uploaded_bytes,
+            store_read_bytes: s.store_read_bytes,
         }
     }
 }
@@ -319,14 +325,16 @@ pub fn status_table(s: &Status) -> String {
         None => "nothing yet (no imageset accepted)".into(),
     };
     format!(
-        "agent      {} (up since {})\nfollows    {follows}\nclusters   {} of {} current\nactivity   {}\ndrop dir   {} ({} files waiting)\n",
+        "agent      {} (up since {})\nfollows    {follows}\nclusters   {} of {} current\nactivity   {}\ndrop dir   {} ({} files waiting)\nuploaded   {} to registries, {} read from the store\n",
         s.version,
         s.started,
         s.clusters_current,
         s.clusters,
         s.activity,
         s.drop_dir,
-        s.waiting_files
+        s.waiting_files,
+        ByteSize(s.uploaded_bytes),
+        ByteSize(s.store_read_bytes),
     )
 }
 

@@ -21,9 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Mutex, OnceCell, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::digest::Digest;
 use crate::imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
@@ -58,6 +59,15 @@ pub enum PublishError {
         /// What is missing or inconsistent, and where it was looked for.
         problem: String,
     },
+    /// The publisher was told to stop before this image's uploads were all
+    /// started; the uploads under way were finished, nothing else of it was pushed.
+    #[error(
+        "image {image}: stopped before all its blobs were uploaded; it is published on the next start"
+    )]
+    Stopped {
+        /// The image as configured at the source.
+        image: String,
+    },
 }
 
 impl crate::exit_codes::ExitCode for PublishError {
@@ -65,6 +75,7 @@ impl crate::exit_codes::ExitCode for PublishError {
         match self {
             PublishError::Registry { source, .. } => crate::exit_codes::ExitCode::exit_code(source),
             PublishError::Content { .. } => crate::exit_codes::DATA,
+            PublishError::Stopped { .. } => crate::exit_codes::UNAVAILABLE,
         }
     }
 }
@@ -255,6 +266,26 @@ fn waves(images: &[ImageRecord]) -> Vec<Vec<&ImageRecord>> {
     waves
 }
 
+/// The results of `results`, or its first error. A failure drops the work still
+/// under way, except [`PublishError::Stopped`]: then what is under way finishes (the
+/// rest stops at once), so that a stopping service does not throw away uploads.
+async fn settle<T>(
+    results: impl futures::Stream<Item = Result<T, PublishError>>,
+) -> Result<Vec<T>, PublishError> {
+    futures::pin_mut!(results);
+    let (mut done, mut stopped) = (Vec::new(), None);
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(v) => done.push(v),
+            Err(e @ PublishError::Stopped { .. }) => {
+                stopped.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    stopped.map_or(Ok(done), Err)
+}
+
 /// Set when a blob is in a repository; concurrent askers wait for the first.
 type Once = Arc<OnceCell<()>>;
 
@@ -274,6 +305,8 @@ pub struct Publisher<'a, S> {
     /// Counters.
     pub stats: PublishStats,
     progress: Progress,
+    /// Once cancelled, no new upload starts; those under way finish.
+    stop: Option<CancellationToken>,
 }
 
 impl<'a, S: ContentSource> Publisher<'a, S> {
@@ -295,7 +328,25 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             referrers: Mutex::new(()),
             stats: PublishStats::default(),
             progress,
+            stop: None,
         }
+    }
+
+    /// Stops starting uploads once `stop` is cancelled, so that a service asked to
+    /// stop finishes the blobs it is sending instead of throwing them away: a
+    /// registry keeps a blob only when its upload completes.
+    pub fn with_stop(mut self, stop: CancellationToken) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    fn check_stop(&self, image: &ImageRecord) -> Result<(), PublishError> {
+        if self.stop.as_ref().is_some_and(|s| s.is_cancelled()) {
+            return Err(PublishError::Stopped {
+                image: image.source.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Publishes `images`, whose manifests and blobs are described by `blobs`.
@@ -308,11 +359,12 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         let records: HashMap<&Digest, &BlobRecord> = blobs.iter().map(|b| (&b.digest, b)).collect();
         let mut placed = Vec::new();
         for wave in waves(images) {
-            let done: Vec<Vec<(Digest, String)>> = futures::stream::iter(wave)
-                .map(|image| self.publish_image(image, &records))
-                .buffer_unordered(PARALLEL_IMAGES)
-                .try_collect()
-                .await?;
+            let done = settle(
+                futures::stream::iter(wave)
+                    .map(|image| self.publish_image(image, &records))
+                    .buffer_unordered(PARALLEL_IMAGES),
+            )
+            .await?;
             placed.extend(done.into_iter().flatten());
         }
         Ok(placed)
@@ -409,6 +461,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         image: &ImageRecord,
         records: &HashMap<&Digest, &BlobRecord>,
     ) -> Result<Vec<(Digest, String)>, PublishError> {
+        self.check_stop(image)?;
         let repo = destination_repository(self.dest, image);
         let content = |problem: String| PublishError::Content {
             image: image.source.clone(),
@@ -485,11 +538,12 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         for (digest, size) in &missing {
             self.source.locate(digest, *size).await.map_err(content)?;
         }
-        futures::stream::iter(&missing)
-            .map(|(digest, size)| self.ensure_blob(image, &repo, digest, *size))
-            .buffer_unordered(8)
-            .try_collect::<()>()
-            .await?;
+        settle(
+            futures::stream::iter(&missing)
+                .map(|(digest, size)| self.ensure_blob(image, &repo, digest, *size))
+                .buffer_unordered(8),
+        )
+        .await?;
         self.stats
             .present
             .fetch_add((blobs.len() - missing.len()) as u64, Ordering::Relaxed);
@@ -580,6 +634,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             .acquire()
             .await
             .expect("semaphore is never closed");
+        self.check_stop(image)?;
         if let Some(from) = holder {
             if self.client.mount_blob(repo, from, digest).await {
                 self.stats.mounted.fetch_add(1, Ordering::Relaxed);

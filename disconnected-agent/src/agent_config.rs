@@ -76,6 +76,9 @@ fn thirty() -> u64 {
 fn three_hundred() -> u64 {
     300
 }
+fn ninety() -> u64 {
+    90
+}
 fn eight() -> usize {
     8
 }
@@ -140,6 +143,10 @@ pub struct AgentConfig {
     /// often (seconds).
     #[serde(default = "three_hundred")]
     pub reconcile_seconds: u64,
+    /// On SIGTERM, blob uploads under way are given this long to finish (seconds);
+    /// keep it below systemd's `TimeoutStopSec`.
+    #[serde(default = "ninety")]
+    pub stop_grace_seconds: u64,
     /// Empty the content store once everything is published to every cluster.
     #[serde(default)]
     pub prune: bool,

@@ -295,6 +295,7 @@ impl Control for ControlService {
             }
         }
         let waiting = scan::list(&self.status.drop_dir).map_err(internal)?.len();
+        let (uploaded, read) = self.status.traffic();
         Ok(Response::new(v1::AgentStatus {
             version: env!("CARGO_PKG_VERSION").into(),
             uuid: accepted.map(|(u, _)| u.to_string()).unwrap_or_default(),
@@ -305,6 +306,8 @@ impl Control for ControlService {
             started: self.status.started.clone(),
             drop_dir: self.status.drop_dir.display().to_string(),
             waiting_files: waiting as u32,
+            uploaded_bytes: uploaded,
+            store_read_bytes: read,
         }))
     }
 

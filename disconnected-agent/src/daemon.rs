@@ -18,8 +18,9 @@
 //!
 //! Every step commits its state only when done, so a SIGKILL at any point loses
 //! nothing and takes nothing twice: after a restart the same files are found, and
-//! what was not recorded is done again. On SIGTERM the loop stops between steps or
-//! abandons the current one, which is equally safe.
+//! what was not recorded is done again. On SIGTERM no new blob upload starts and
+//! those under way are given `stopGraceSeconds` to finish (a registry keeps a blob
+//! only once its upload completes, so abandoning one after that is equally safe).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -32,6 +33,7 @@ use airlock_common::registry::{RegistryClient, RegistryOptions};
 use airlock_common::service;
 use notify::Watcher;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use airlock_common::reference::Destination;
@@ -40,8 +42,9 @@ use crate::agent_config::{self, AfterPublish, AgentConfig, Checked};
 use crate::cluster_api::{self, Applied, ClusterApi};
 use crate::control;
 use crate::error::Error;
+use crate::fanout::SharedReads;
 use crate::scan;
-use crate::site::{Outcome, Report, Site, Target};
+use crate::site::{Outcome, Pass, Report, Site, Target};
 use crate::source::Mirror;
 use crate::status::{AgentEvent, ApiView, ClusterView, EventKind, Status};
 
@@ -193,6 +196,8 @@ pub struct Daemon {
     clusters: Vec<Cluster>,
     fetch_from: Vec<Mirror>,
     tracker: Tracker,
+    /// Cancelled on SIGTERM: the uploads under way finish, no new one starts.
+    stop: CancellationToken,
 }
 
 /// Moves `file` into `dir` (a suffix keeps names unique); across file systems, copies.
@@ -386,6 +391,7 @@ impl Daemon {
             clusters,
             fetch_from: Vec::new(),
             tracker: Tracker::default(),
+            stop: CancellationToken::new(),
         })
     }
 
@@ -511,22 +517,41 @@ impl Daemon {
                     reply = Reply::Publish(r);
                 }
             }
-            tokio::select! {
-                _ = &mut shutdown => break,
-                result = self.round() => match result {
-                    Ok(round) => match reply {
-                        Reply::None => {}
-                        Reply::Ingest(placed, r) => {
-                            let _ = r.send(Ok((placed, round)));
-                        }
-                        Reply::Publish(r) => {
-                            let _ = r.send(round);
-                        }
-                    },
-                    Err(e) => {
-                        tracing::error!(error = %e, "round failed; retrying on the next event");
+            let grace = Duration::from_secs(self.config.stop_grace_seconds);
+            let stop = self.stop.clone();
+            let round = self.round();
+            tokio::pin!(round);
+            let result = tokio::select! {
+                _ = &mut shutdown => {
+                    // Blobs under way are finished rather than thrown away: over a
+                    // slow link one may have taken hours. Nothing new starts.
+                    stop.cancel();
+                    tracing::info!(grace_seconds = grace.as_secs(), "stopping: finishing the uploads under way");
+                    match tokio::time::timeout(grace, &mut round).await {
+                        Ok(_) => tracing::info!("uploads under way finished"),
+                        Err(_) => tracing::warn!(
+                            grace_seconds = grace.as_secs(),
+                            "uploads under way did not finish in stopGraceSeconds and were abandoned; \
+                             a registry keeps no part of an unfinished blob, and they are sent again on the next start"
+                        ),
+                    }
+                    break;
+                }
+                result = &mut round => result,
+            };
+            match result {
+                Ok(round) => match reply {
+                    Reply::None => {}
+                    Reply::Ingest(placed, r) => {
+                        let _ = r.send(Ok((placed, round)));
+                    }
+                    Reply::Publish(r) => {
+                        let _ = r.send(round);
                     }
                 },
+                Err(e) => {
+                    tracing::error!(error = %e, "round failed; retrying on the next event");
+                }
             }
         }
         service::notify(&[service::NotifyState::Stopping]);
@@ -773,7 +798,14 @@ impl Daemon {
             self.status
                 .set_activity(format!("publishing to {}", busy.join(", ")));
         }
-        let (site, fetch_from, parallel) = (&self.site, &self.fetch_from, self.config.parallel);
+        let shared = Arc::new(SharedReads::new(busy.len()));
+        let pass = Pass {
+            fetch_from: &self.fetch_from,
+            parallel: self.config.parallel,
+            shared: Some(&shared),
+            stop: Some(&self.stop),
+        };
+        let (site, pass) = (&self.site, &pass);
         let results = futures::future::join_all(due.iter().map(|(i, _, target)| {
             let resources = site
                 .dir
@@ -781,13 +813,22 @@ impl Daemon {
                 .join(&self.clusters[*i].name);
             async move {
                 let mut report = Report::default();
-                let result = site
-                    .publish_to(target, fetch_from, parallel, &resources, &mut report)
-                    .await;
+                let result = site.publish_to(target, pass, &resources, &mut report).await;
                 (result, report)
             }
         }))
         .await;
+        let uploaded: u64 = results.iter().map(|(_, r)| r.stats[1]).sum();
+        if uploaded > 0 {
+            tracing::info!(
+                clusters = busy.len(),
+                uploaded_bytes = uploaded,
+                store_read_bytes = shared.read_bytes(),
+                held_peak_bytes = shared.peak_bytes(),
+                "blobs fanned out to the clusters"
+            );
+        }
+        self.status.add_traffic(uploaded, shared.read_bytes());
         for ((i, _, _), (result, report)) in due.into_iter().zip(results) {
             let name = self.clusters[i].name.clone();
             for (_, seq) in &report.published {

@@ -29,7 +29,7 @@ use airlock_common::size::ByteSize;
 
 use crate::error::Error;
 use crate::scan;
-use crate::site::{Report, Site, Target};
+use crate::site::{Pass, Report, Site, Target};
 use crate::source::Mirror;
 
 /// What `publish` is asked to do.
@@ -137,14 +137,13 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
             });
         }
         let resources = site.dir.join("cluster-resources");
-        site.publish_to(
-            &target,
-            &fetch_from,
-            opts.parallel,
-            &resources,
-            &mut report.site,
-        )
-        .await?;
+        let pass = Pass {
+            fetch_from: &fetch_from,
+            parallel: opts.parallel,
+            ..Pass::default()
+        };
+        site.publish_to(&target, &pass, &resources, &mut report.site)
+            .await?;
         if opts.prune && site.ws.published(&opts.to.to_string())? == Some(last) {
             report.pruned = Some(site.store.prune().map_err(|e| Error::io(&site.dir, e))?);
         }

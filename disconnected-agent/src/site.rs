@@ -16,9 +16,11 @@ use airlock_common::size::ByteSize;
 use airlock_common::state::crash_point;
 use airlock_common::telemetry::Progress;
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error::Error;
+use crate::fanout::SharedReads;
 use crate::ingest::{self, IngestError};
 use crate::scan::{Candidate, Found};
 use crate::source::{Mirror, StoreSource};
@@ -115,6 +117,19 @@ pub struct Target {
     pub dest: Destination,
     /// The client.
     pub client: Arc<RegistryClient>,
+}
+
+/// How a publishing pass runs, for each cluster in it.
+#[derive(Default)]
+pub struct Pass<'a> {
+    /// Registries to fetch layers from that the store lacks, after the destination.
+    pub fetch_from: &'a [Mirror],
+    /// Blob transfers at once, per cluster.
+    pub parallel: usize,
+    /// Reads shared with the other clusters published to at once.
+    pub shared: Option<&'a Arc<SharedReads>>,
+    /// Cancelled when the agent stops: uploads under way finish, no new one starts.
+    pub stop: Option<&'a CancellationToken>,
 }
 
 /// The disconnected workspace, its store and its trusted keys.
@@ -334,8 +349,7 @@ impl Site {
     pub async fn publish_to(
         &self,
         target: &Target,
-        fetch_from: &[Mirror],
-        parallel: usize,
+        pass: &Pass<'_>,
         resources_dir: &Path,
         report: &mut Report,
     ) -> Result<(), Error> {
@@ -349,7 +363,7 @@ impl Site {
             client: target.client.clone(),
             dest: target.dest.clone(),
         }];
-        mirrors.extend(fetch_from.iter().cloned());
+        mirrors.extend(pass.fetch_from.iter().cloned());
         for seq in from..=last {
             if !self.ws.has_manifest(&uuid, seq) {
                 // Accepted by an earlier machine, whose workspace this one continued
@@ -360,20 +374,24 @@ impl Site {
             }
             let m = self.ws.manifest(&uuid, seq)?;
             let locations: HashMap<_, _> = self.ws.locations(registry)?;
-            let source = StoreSource::new(&self.store, mirrors.clone(), &locations, &m.blobs);
+            let source = StoreSource::new(&self.store, mirrors.clone(), &locations, &m.blobs)
+                .sharing(pass.shared.cloned());
             let carried: u64 = m
                 .blobs
                 .iter()
                 .filter(|b| !b.parts.is_empty() && b.media_type.is_none())
                 .map(|b| b.size)
                 .sum();
-            let publisher = Publisher::new(
+            let mut publisher = Publisher::new(
                 &target.client,
                 &source,
                 &target.dest,
-                parallel,
+                pass.parallel,
                 Progress::bytes("publish", carried),
             );
+            if let Some(stop) = pass.stop {
+                publisher = publisher.with_stop(stop.clone());
+            }
             let placed = match publisher.publish(&m.images, &m.blobs).await {
                 Ok(p) => p,
                 Err(e) => {

@@ -18,6 +18,7 @@ use airlock_common::publish::{BlobBody, ContentSource};
 use airlock_common::reference::{Destination, ImageRef};
 use airlock_common::registry::{RawManifest, RegistryClient};
 
+use crate::fanout::SharedReads;
 use crate::store::Store;
 
 /// A registry to fetch missing layers from, with the prefix it mirrors under.
@@ -41,6 +42,8 @@ pub struct StoreSource<'a> {
     /// One fetch per blob at a time: images published concurrently may need the same
     /// missing layer.
     fetching: tokio::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Reads shared with the other clusters published to in the same pass.
+    shared: Option<Arc<SharedReads>>,
 }
 
 impl<'a> StoreSource<'a> {
@@ -57,7 +60,14 @@ impl<'a> StoreSource<'a> {
             locations,
             records: blobs.iter().map(|b| (b.digest.clone(), b)).collect(),
             fetching: Default::default(),
+            shared: None,
         }
+    }
+
+    /// Reads blobs through `shared`, with the other clusters of the pass.
+    pub fn sharing(mut self, shared: Option<Arc<SharedReads>>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// Where `digest` may be: (mirror, repository) pairs in the order to try.
@@ -138,11 +148,22 @@ impl ContentSource for StoreSource<'_> {
         ))
     }
 
-    async fn open(&self, digest: &Digest, _size: u64) -> Result<BlobBody, String> {
-        if self.store.has(digest) {
-            Ok(BlobBody::File(self.store.path(digest)))
-        } else {
-            Err(format!("blob {digest} is not in the content store"))
+    async fn open(&self, digest: &Digest, size: u64) -> Result<BlobBody, String> {
+        if !self.store.has(digest) {
+            return Err(format!("blob {digest} is not in the content store"));
+        }
+        let path = self.store.path(digest);
+        match &self.shared {
+            None => Ok(BlobBody::File(path)),
+            Some(shared) => shared
+                .stream(digest, &path, size)
+                .map(BlobBody::Stream)
+                .map_err(|e| {
+                    format!(
+                        "blob {digest} in the content store ({}): {e}",
+                        path.display()
+                    )
+                }),
         }
     }
 }

@@ -130,6 +130,8 @@ pub struct Status {
     pub drop_dir: PathBuf,
     clusters: Mutex<Vec<ClusterView>>,
     activity: Mutex<String>,
+    /// Bytes uploaded to the clusters' registries, and read from the store for them.
+    traffic: Mutex<(u64, u64)>,
     events: broadcast::Sender<AgentEvent>,
 }
 
@@ -142,6 +144,7 @@ impl Status {
             drop_dir,
             clusters: Mutex::new(clusters),
             activity: Mutex::new("starting".into()),
+            traffic: Mutex::default(),
             events: broadcast::channel(EVENT_BACKLOG).0,
         }
     }
@@ -171,6 +174,19 @@ impl Status {
     /// Says what the agent is doing now.
     pub fn set_activity(&self, what: impl Into<String>) {
         *self.activity.lock().expect("not poisoned") = what.into();
+    }
+
+    /// Counts a publishing pass: `uploaded` bytes sent to registries, all clusters
+    /// together, for `read` bytes read from the store.
+    pub fn add_traffic(&self, uploaded: u64, read: u64) {
+        let mut t = self.traffic.lock().expect("not poisoned");
+        t.0 += uploaded;
+        t.1 += read;
+    }
+
+    /// Bytes uploaded to registries and read from the store since the agent started.
+    pub fn traffic(&self) -> (u64, u64) {
+        *self.traffic.lock().expect("not poisoned")
     }
 
     /// Tells watchers; nobody watching is fine.

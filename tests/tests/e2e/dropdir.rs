@@ -9,7 +9,7 @@ use airlock_tests::bins::{self, run, run_ok};
 use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
 
-use crate::agent::{Agent, Site, eventually};
+use crate::agent::{Agent, Site, deliver, eventually};
 use crate::util::*;
 
 /// Writes `src` to `dst` in pieces, flushed one by one, as a slow transfer does.
@@ -329,4 +329,92 @@ fn the_systemd_units_pass_systemd_analyze_verify() {
             .collect();
         assert!(out.status.success() && ours.is_empty(), "{name}: {stderr}");
     }
+}
+
+/// Upload sessions a registry holds open: started, neither finished nor cancelled.
+fn open_uploads(registry: &Registry) -> Vec<PathBuf> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n == "_uploads") {
+                found.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+            } else if p.is_dir() {
+                walk(&p, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&registry.storage_dir(), &mut found);
+    found
+}
+
+/// Blobs a registry holds.
+fn blobs(registry: &Registry) -> usize {
+    let dir = registry
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| std::fs::read_dir(d.path()).map_or(0, |e| e.count()))
+        .sum()
+}
+
+#[test]
+fn sigterm_mid_upload_finishes_the_blobs_under_way_and_exits_cleanly() {
+    use airlock_tests::proxy::{Direction, SlowProxy};
+    let s = Setup::plain();
+    let (_, out) = s.create("1GiB");
+    // The cluster's registry is reached through a proxy that holds uploads mid-layer.
+    let proxy = SlowProxy::start(&s.dest.addr(), Direction::Upload, 400_000).unwrap();
+    let site = Site::new();
+    let config = site.config(&s.dest, "stopGraceSeconds: 60\n");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&s.dest.addr(), &proxy.addr())).unwrap();
+    let mut agent = Agent::start(&config, &[]);
+    deliver(&out, &site.path("drop"));
+    proxy.wait_stalled(Duration::from_secs(60)).unwrap();
+    assert!(
+        !open_uploads(&s.dest).is_empty(),
+        "uploads are under way at the stall"
+    );
+    let blobs_at_stall = blobs(&s.dest);
+
+    agent.signal("TERM");
+    eventually(
+        Duration::from_secs(30),
+        "the agent stopping",
+        || agent.log().contains("finishing the uploads under way"),
+        || agent.log(),
+    );
+    proxy.release();
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(log.contains("uploads under way finished"), "{log}");
+    assert_eq!(
+        open_uploads(&s.dest),
+        Vec::<PathBuf>::new(),
+        "every upload under way was finished, none left half-done\n{log}"
+    );
+    assert!(
+        blobs(&s.dest) > blobs_at_stall,
+        "the blobs under way are in the registry\n{log}"
+    );
+
+    // The next start publishes the rest.
+    let mut again = Agent::start(&config, &[]);
+    eventually(
+        Duration::from_secs(60),
+        "the rest published after the restart",
+        || site.files("drop").is_empty(),
+        || again.log(),
+    );
+    again.stop();
+    s.assert_byte_exact("m");
 }

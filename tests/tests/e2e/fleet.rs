@@ -82,6 +82,13 @@ fn three_clusters_get_every_imageset_a_stopped_registry_catches_up_and_reconcile
     for r in [&s.dest, &west, &legacy] {
         assert_byte_exact(&s.source, r, "m", &s.placed);
     }
+    // One pass to all three: each blob was read from the store once.
+    let status = served.json(&["status"]);
+    let (uploaded, read) = (
+        status["uploadedBytes"].as_u64().unwrap(),
+        status["storeReadBytes"].as_u64().unwrap(),
+    );
+    assert!(read > 0 && uploaded == 3 * read, "{status}");
     for (i, api) in apis.iter().enumerate().take(2) {
         for (res, name) in [
             (&Res::IMAGE_DIGEST_MIRROR_SET, "idms-generic-0"),

@@ -1,0 +1,307 @@
+//! Reading each blob from the store once for all the clusters published to at once.
+//!
+//! Clusters published to in the same pass upload the same blobs at nearly the same
+//! time. Each upload streams its blob in blocks through one shared cache: the first
+//! upload to need a block reads it from the store, the others are handed the same
+//! bytes. A block is dropped as soon as every cluster of the pass has taken it;
+//! past `cap` bytes held, the oldest blocks are dropped first, so memory stays
+//! bounded whatever the size of the imageset. An upload that needs a block already
+//! dropped (its registry fell far behind, or it uploads a blob twice) reads the
+//! block from the store itself: no cluster ever waits for a slower one.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use airlock_common::digest::Digest;
+use airlock_common::registry::RegistryError;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::OnceCell;
+
+/// Bytes read from the store at a time: large enough that a read costs little per
+/// byte, small enough that a pass over many clusters holds few of them.
+pub const BLOCK: u64 = 1 << 20;
+
+/// Bytes of blocks held for the clusters that have not taken them yet.
+pub const CAP: u64 = 64 << 20;
+
+type Key = (Digest, u64);
+
+/// The blocks read in one publishing pass, shared by its clusters.
+#[derive(Debug)]
+pub struct SharedReads {
+    /// How many uploads of each block the pass expects: one per cluster.
+    cohort: u32,
+    cap: u64,
+    state: Mutex<State>,
+    read: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    blocks: HashMap<Key, Slot>,
+    /// Blocks oldest first, to drop from. Entries of blocks dropped since are
+    /// skipped (their generation no longer matches) and swept out now and then.
+    order: VecDeque<(Key, u64)>,
+    held: u64,
+    /// The most ever held, for the log.
+    peak: u64,
+    next_generation: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    bytes: Arc<OnceCell<Bytes>>,
+    taken: u32,
+    len: u64,
+    generation: u64,
+}
+
+impl State {
+    fn drop_block(&mut self, key: &Key, generation: u64) {
+        if self
+            .blocks
+            .get(key)
+            .is_some_and(|s| s.generation == generation)
+        {
+            let slot = self.blocks.remove(key).expect("just seen");
+            self.held -= slot.len;
+        }
+    }
+
+    fn make_room(&mut self, cap: u64) {
+        while self.held > cap {
+            let Some((key, generation)) = self.order.pop_front() else {
+                break;
+            };
+            self.drop_block(&key, generation);
+        }
+        if self.order.len() > 2 * self.blocks.len() + 64 {
+            let blocks = &self.blocks;
+            self.order
+                .retain(|(k, g)| blocks.get(k).is_some_and(|s| s.generation == *g));
+        }
+    }
+}
+
+impl SharedReads {
+    /// Shared reads for a pass publishing to `clusters` clusters at once.
+    pub fn new(clusters: usize) -> Self {
+        Self::with_cap(clusters, CAP)
+    }
+
+    fn with_cap(clusters: usize, cap: u64) -> Self {
+        SharedReads {
+            cohort: u32::try_from(clusters.max(1)).unwrap_or(u32::MAX),
+            cap,
+            state: Mutex::default(),
+            read: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes read from the store so far.
+    pub fn read_bytes(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes of blocks held at once.
+    pub fn peak_bytes(&self) -> u64 {
+        self.state.lock().expect("not poisoned").peak
+    }
+
+    /// The bytes of `digest`, stored at `path` (`size` bytes), as an upload body.
+    /// Fails at once when the file is missing or not of the blob's size.
+    pub fn stream(
+        self: &Arc<Self>,
+        digest: &Digest,
+        path: &Path,
+        size: u64,
+    ) -> std::io::Result<BoxStream<'static, Result<Bytes, RegistryError>>> {
+        let file = Arc::new(File::open(path)?);
+        let actual = file.metadata()?.len();
+        if actual != size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the file is {actual} bytes, the blob's manifest says {size}"),
+            ));
+        }
+        let (shared, digest, path) = (self.clone(), digest.clone(), path.to_path_buf());
+        Ok(futures::stream::iter(0..size.div_ceil(BLOCK))
+            .map(move |index| {
+                let (shared, digest, path, file) =
+                    (shared.clone(), digest.clone(), path.clone(), file.clone());
+                async move {
+                    let len = BLOCK.min(size - index * BLOCK);
+                    shared
+                        .block(&digest, &file, index, len)
+                        .await
+                        .map_err(|source| RegistryError::LocalFile {
+                            target: digest.to_string(),
+                            path,
+                            source,
+                        })
+                }
+            })
+            // The next block is read while this one is sent.
+            .buffered(2)
+            .boxed())
+    }
+
+    /// Block `index` (`len` bytes) of `digest`: from the cache, or read from `file`.
+    async fn block(
+        &self,
+        digest: &Digest,
+        file: &Arc<File>,
+        index: u64,
+        len: u64,
+    ) -> std::io::Result<Bytes> {
+        let key = (digest.clone(), index);
+        let (cell, generation) = {
+            let mut s = self.state.lock().expect("not poisoned");
+            match s.blocks.get(&key) {
+                Some(slot) => (slot.bytes.clone(), slot.generation),
+                None => {
+                    let generation = s.next_generation;
+                    s.next_generation += 1;
+                    let cell = Arc::new(OnceCell::new());
+                    s.blocks.insert(
+                        key.clone(),
+                        Slot {
+                            bytes: cell.clone(),
+                            taken: 0,
+                            len,
+                            generation,
+                        },
+                    );
+                    s.order.push_back((key.clone(), generation));
+                    s.held += len;
+                    s.make_room(self.cap);
+                    s.peak = s.peak.max(s.held);
+                    (cell, generation)
+                }
+            }
+        };
+        let result = cell
+            .get_or_try_init(|| {
+                let file = file.clone();
+                async move {
+                    let bytes = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0; len as usize];
+                        file.read_exact_at(&mut buf, index * BLOCK)?;
+                        Ok::<_, std::io::Error>(Bytes::from(buf))
+                    })
+                    .await
+                    .expect("a read does not panic")?;
+                    self.read.fetch_add(len, Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(bytes)
+                }
+            })
+            .await
+            .cloned();
+        let mut s = self.state.lock().expect("not poisoned");
+        match &result {
+            Ok(_) => {
+                if let Some(slot) = s
+                    .blocks
+                    .get_mut(&key)
+                    .filter(|s| s.generation == generation)
+                {
+                    slot.taken += 1;
+                    if slot.taken >= self.cohort {
+                        s.drop_block(&key, generation);
+                    }
+                }
+            }
+            // The next upload to need it tries the read again.
+            Err(_) => s.drop_block(&key, generation),
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    fn blob(dir: &Path, size: usize, seed: u8) -> (Digest, std::path::PathBuf, Vec<u8>) {
+        let data: Vec<u8> = (0..size)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        let digest = Digest::of(&data);
+        let path = dir.join(digest.hex());
+        std::fs::write(&path, &data).unwrap();
+        (digest, path, data)
+    }
+
+    async fn upload(shared: &Arc<SharedReads>, d: &Digest, p: &Path, size: u64) -> Vec<u8> {
+        let parts: Vec<Bytes> = shared
+            .stream(d, p, size)
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        parts.concat()
+    }
+
+    #[tokio::test]
+    async fn three_uploads_at_once_read_each_blob_once_and_hold_nothing_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Vec<_> = [(3 * BLOCK as usize + 17, 1), (5, 2), (BLOCK as usize, 3)]
+            .iter()
+            .map(|&(n, s)| blob(dir.path(), n, s))
+            .collect();
+        let shared = Arc::new(SharedReads::new(3));
+        let cluster = |_| async {
+            let mut got = Vec::new();
+            for (d, p, data) in &blobs {
+                got.push(upload(&shared, d, p, data.len() as u64).await);
+            }
+            got
+        };
+        let all = futures::future::join_all((0..3).map(cluster)).await;
+        for got in all {
+            let want: Vec<Vec<u8>> = blobs.iter().map(|b| b.2.clone()).collect();
+            assert!(got == want, "every upload gets the blob's exact bytes");
+        }
+        let total: u64 = blobs.iter().map(|b| b.2.len() as u64).sum();
+        assert_eq!(shared.read_bytes(), total);
+        assert!(shared.peak_bytes() <= CAP);
+        let s = shared.state.lock().unwrap();
+        assert_eq!(
+            (s.held, s.blocks.len()),
+            (0, 0),
+            "taken by all three, dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cluster_far_behind_reads_dropped_blocks_itself_and_memory_stays_under_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, p, data) = blob(dir.path(), 8 * BLOCK as usize, 9);
+        let shared = Arc::new(SharedReads::with_cap(2, 2 * BLOCK));
+        // The fast cluster takes the whole blob before the slow one starts.
+        assert!(upload(&shared, &d, &p, data.len() as u64).await == data);
+        assert_eq!(shared.read_bytes(), 8 * BLOCK);
+        assert!(upload(&shared, &d, &p, data.len() as u64).await == data);
+        let read = shared.read_bytes();
+        assert!(read > 8 * BLOCK && read <= 16 * BLOCK, "{read}");
+        assert!(shared.peak_bytes() <= 2 * BLOCK, "{}", shared.peak_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_store_file_of_the_wrong_size_is_refused_before_anything_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, p, data) = blob(dir.path(), 100, 1);
+        let shared = Arc::new(SharedReads::new(2));
+        let e = shared.stream(&d, &p, data.len() as u64 + 1).err().unwrap();
+        assert!(e.to_string().contains("the file is 100 bytes"), "{e}");
+        assert!(shared.stream(&d, &dir.path().join("absent"), 1).is_err());
+        assert_eq!(shared.read_bytes(), 0);
+    }
+}
