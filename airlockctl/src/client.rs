@@ -67,13 +67,15 @@ impl Client {
     }
 
     /// A failed call: a transport failure (with TLS 1.3 a refused client
-    /// certificate shows up only here, on the first request) or the agent's answer.
+    /// certificate shows up only here, on the first request; a request still
+    /// streaming when the agent closes the connection is `Cancelled`) or the
+    /// agent's answer.
     fn failed(&self, status: tonic::Status) -> Error {
         use std::error::Error as _;
         if status.source().is_some()
             && matches!(
                 status.code(),
-                tonic::Code::Unavailable | tonic::Code::Unknown
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
             )
         {
             return Error::Connect {

@@ -84,8 +84,9 @@ impl crate::exit_codes::ExitCode for PublishError {
 pub enum BlobBody {
     /// A verified local file of exactly the blob's bytes.
     File(PathBuf),
-    /// A stream (from a source registry) that ends with an error unless the bytes
-    /// match the digest.
+    /// A stream of the blob's bytes: from a source registry, one that ends with an
+    /// error unless the bytes match the digest; from a verified store, as read. The
+    /// destination checks the digest again when the upload completes.
     Stream(BoxStream<'static, Result<Bytes, RegistryError>>),
 }
 
@@ -536,6 +537,8 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             }
         }
         for (digest, size) in &missing {
+            // Locating may fetch a layer from a mirror: not worth starting when stopping.
+            self.check_stop(image)?;
             self.source.locate(digest, *size).await.map_err(content)?;
         }
         settle(
@@ -705,6 +708,64 @@ mod tests {
             },
             subject: subject.map(|s| Digest::of(s.as_bytes())),
         }
+    }
+
+    use futures::FutureExt;
+
+    fn stopped() -> PublishError {
+        PublishError::Stopped { image: "a".into() }
+    }
+
+    #[tokio::test]
+    async fn a_stop_lets_the_work_under_way_finish_and_is_reported() {
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let done = Arc::new(AtomicU64::new(0));
+        let work = {
+            let done = done.clone();
+            async move {
+                finished.await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        };
+        let results =
+            futures::stream::iter([futures::future::ready(Err(stopped())).boxed(), work.boxed()])
+                .buffer_unordered(2);
+        let settled = settle(results);
+        futures::pin_mut!(settled);
+        assert!(
+            futures::poll!(&mut settled).is_pending(),
+            "the stop is not reported while work is under way"
+        );
+        finish.send(()).unwrap();
+        let result = settled.await;
+        assert!(
+            matches!(result, Err(PublishError::Stopped { .. })),
+            "{result:?}"
+        );
+        assert_eq!(
+            done.load(Ordering::Relaxed),
+            1,
+            "the upload under way finished"
+        );
+    }
+
+    #[tokio::test]
+    async fn any_other_failure_drops_the_work_under_way_at_once() {
+        let results = futures::stream::iter([
+            futures::future::ready(Err(PublishError::Content {
+                image: "a".into(),
+                problem: "bad".into(),
+            }))
+            .boxed(),
+            futures::future::pending().boxed(),
+        ])
+        .buffer_unordered(2);
+        let result: Result<Vec<()>, _> = settle(results).await;
+        assert!(
+            matches!(result, Err(PublishError::Content { .. })),
+            "{result:?}"
+        );
     }
 
     #[test]

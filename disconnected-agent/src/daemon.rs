@@ -839,6 +839,12 @@ impl Daemon {
                 self.status.emit(event);
                 round.published.push((name.clone(), *seq));
             }
+            let complete = result.is_ok() && report.problems.is_empty();
+            if !complete && self.stop.is_cancelled() {
+                // Not a failure of the cluster: the agent is stopping.
+                tracing::info!(cluster = %name, "publishing stopped; the rest is published at the next start");
+                continue;
+            }
             match result {
                 Ok(()) if report.problems.is_empty() => {
                     let c = &mut self.clusters[i];

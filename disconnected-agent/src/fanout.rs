@@ -4,8 +4,9 @@
 //! time. Each upload streams its blob in blocks through one shared cache: the first
 //! upload to need a block reads it from the store, the others are handed the same
 //! bytes. A block is dropped as soon as every cluster of the pass has taken it;
-//! past `cap` bytes held, the oldest blocks are dropped first, so memory stays
-//! bounded whatever the size of the imageset. An upload that needs a block already
+//! past `cap` bytes kept, the oldest blocks are dropped first, so memory stays
+//! bounded whatever the size of the imageset: the cap, plus the few blocks each
+//! upload has in flight. An upload that needs a block already
 //! dropped (its registry fell far behind, or it uploads a blob twice) reads the
 //! block from the store itself: no cluster ever waits for a slower one.
 
@@ -20,17 +21,22 @@ use airlock_common::digest::Digest;
 use airlock_common::registry::RegistryError;
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::BoxStream;
-use tokio::sync::OnceCell;
 
 /// Bytes read from the store at a time: large enough that a read costs little per
 /// byte, small enough that a pass over many clusters holds few of them.
 pub const BLOCK: u64 = 1 << 20;
 
-/// Bytes of blocks held for the clusters that have not taken them yet.
+/// Bytes of blocks kept for the clusters that have not taken them yet.
 pub const CAP: u64 = 64 << 20;
 
 type Key = (Digest, u64);
+
+/// A block being read or read. The read runs on a task of its own, so it
+/// completes whichever upload polls for it, or none: an upload whose registry
+/// stopped reading never holds a block back from the others.
+type Read = Shared<BoxFuture<'static, Result<Bytes, Arc<std::io::Error>>>>;
 
 /// The blocks read in one publishing pass, shared by its clusters.
 #[derive(Debug)]
@@ -40,6 +46,35 @@ pub struct SharedReads {
     cap: u64,
     state: Mutex<State>,
     read: AtomicU64,
+    /// Bytes of blocks alive anywhere: kept here, queued in an upload, or in a
+    /// registry connection's send buffer. What the pass costs in memory.
+    live: Arc<Live>,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// The memory of one block, counted in `Live` while any copy of it exists.
+struct Counted {
+    buf: Vec<u8>,
+    live: Arc<Live>,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.live
+            .now
+            .fetch_sub(self.buf.len() as u64, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -48,18 +83,25 @@ struct State {
     /// Blocks oldest first, to drop from. Entries of blocks dropped since are
     /// skipped (their generation no longer matches) and swept out now and then.
     order: VecDeque<(Key, u64)>,
-    held: u64,
-    /// The most ever held, for the log.
-    peak: u64,
+    kept: u64,
     next_generation: u64,
 }
 
-#[derive(Debug)]
 struct Slot {
-    bytes: Arc<OnceCell<Bytes>>,
+    read: Read,
     taken: u32,
     len: u64,
     generation: u64,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("taken", &self.taken)
+            .field("len", &self.len)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl State {
@@ -70,12 +112,12 @@ impl State {
             .is_some_and(|s| s.generation == generation)
         {
             let slot = self.blocks.remove(key).expect("just seen");
-            self.held -= slot.len;
+            self.kept -= slot.len;
         }
     }
 
     fn make_room(&mut self, cap: u64) {
-        while self.held > cap {
+        while self.kept > cap {
             let Some((key, generation)) = self.order.pop_front() else {
                 break;
             };
@@ -101,6 +143,7 @@ impl SharedReads {
             cap,
             state: Mutex::default(),
             read: AtomicU64::new(0),
+            live: Arc::default(),
         }
     }
 
@@ -109,13 +152,15 @@ impl SharedReads {
         self.read.load(Ordering::Relaxed)
     }
 
-    /// The most bytes of blocks held at once.
+    /// The most bytes of blocks alive at once, wherever they were.
     pub fn peak_bytes(&self) -> u64 {
-        self.state.lock().expect("not poisoned").peak
+        self.live.peak.load(Ordering::Relaxed)
     }
 
     /// The bytes of `digest`, stored at `path` (`size` bytes), as an upload body.
-    /// Fails at once when the file is missing or not of the blob's size.
+    /// Fails at once when the file is missing or not of the blob's size. The
+    /// digest is not hashed again: the store verified it when the blob came in,
+    /// and the registry checks it when the upload completes.
     pub fn stream(
         self: &Arc<Self>,
         digest: &Digest,
@@ -152,60 +197,70 @@ impl SharedReads {
             .boxed())
     }
 
-    /// Block `index` (`len` bytes) of `digest`: from the cache, or read from `file`.
+    /// Starts reading block `index` (`len` bytes) of `file` on a task of its own.
+    fn start_read(self: &Arc<Self>, file: &Arc<File>, index: u64, len: u64) -> Read {
+        let (file, shared) = (file.clone(), self.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len as usize];
+            file.read_exact_at(&mut buf, index * BLOCK)?;
+            shared.read.fetch_add(len, Ordering::Relaxed);
+            let now = shared.live.now.fetch_add(len, Ordering::Relaxed) + len;
+            shared.live.peak.fetch_max(now, Ordering::Relaxed);
+            Ok(Bytes::from_owner(Counted {
+                buf,
+                live: shared.live.clone(),
+            }))
+        });
+        async move {
+            match task.await {
+                Ok(result) => result.map_err(Arc::new),
+                Err(e) => Err(Arc::new(std::io::Error::other(format!(
+                    "the read of a store block failed: {e}"
+                )))),
+            }
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// Block `index` (`len` bytes) of `digest`: kept from another cluster's
+    /// upload, or read from `file`.
     async fn block(
-        &self,
+        self: &Arc<Self>,
         digest: &Digest,
         file: &Arc<File>,
         index: u64,
         len: u64,
     ) -> std::io::Result<Bytes> {
         let key = (digest.clone(), index);
-        let (cell, generation) = {
+        let (read, generation) = {
             let mut s = self.state.lock().expect("not poisoned");
             match s.blocks.get(&key) {
-                Some(slot) => (slot.bytes.clone(), slot.generation),
+                Some(slot) => (slot.read.clone(), slot.generation),
                 None => {
                     let generation = s.next_generation;
                     s.next_generation += 1;
-                    let cell = Arc::new(OnceCell::new());
+                    let read = self.start_read(file, index, len);
                     s.blocks.insert(
                         key.clone(),
                         Slot {
-                            bytes: cell.clone(),
+                            read: read.clone(),
                             taken: 0,
                             len,
                             generation,
                         },
                     );
                     s.order.push_back((key.clone(), generation));
-                    s.held += len;
+                    s.kept += len;
                     s.make_room(self.cap);
-                    s.peak = s.peak.max(s.held);
-                    (cell, generation)
+                    (read, generation)
                 }
             }
         };
-        let result = cell
-            .get_or_try_init(|| {
-                let file = file.clone();
-                async move {
-                    let bytes = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0; len as usize];
-                        file.read_exact_at(&mut buf, index * BLOCK)?;
-                        Ok::<_, std::io::Error>(Bytes::from(buf))
-                    })
-                    .await
-                    .expect("a read does not panic")?;
-                    self.read.fetch_add(len, Ordering::Relaxed);
-                    Ok::<_, std::io::Error>(bytes)
-                }
-            })
-            .await
-            .cloned();
+        let result = read.await;
         let mut s = self.state.lock().expect("not poisoned");
-        match &result {
-            Ok(_) => {
+        match result {
+            Ok(bytes) => {
                 if let Some(slot) = s
                     .blocks
                     .get_mut(&key)
@@ -216,11 +271,14 @@ impl SharedReads {
                         s.drop_block(&key, generation);
                     }
                 }
+                Ok(bytes)
             }
             // The next upload to need it tries the read again.
-            Err(_) => s.drop_block(&key, generation),
+            Err(e) => {
+                s.drop_block(&key, generation);
+                Err(std::io::Error::new(e.kind(), e.to_string()))
+            }
         }
-        result
     }
 }
 
@@ -239,14 +297,17 @@ mod tests {
         (digest, path, data)
     }
 
+    /// What a registry receives: each block copied out and let go, as hyper does.
     async fn upload(shared: &Arc<SharedReads>, d: &Digest, p: &Path, size: u64) -> Vec<u8> {
-        let parts: Vec<Bytes> = shared
+        shared
             .stream(d, p, size)
             .unwrap()
-            .try_collect()
+            .try_fold(Vec::new(), |mut got, block| async move {
+                got.extend_from_slice(&block);
+                Ok(got)
+            })
             .await
-            .unwrap();
-        parts.concat()
+            .unwrap()
     }
 
     #[tokio::test]
@@ -271,27 +332,72 @@ mod tests {
         }
         let total: u64 = blobs.iter().map(|b| b.2.len() as u64).sum();
         assert_eq!(shared.read_bytes(), total);
-        assert!(shared.peak_bytes() <= CAP);
         let s = shared.state.lock().unwrap();
         assert_eq!(
-            (s.held, s.blocks.len()),
+            (s.kept, s.blocks.len()),
             (0, 0),
             "taken by all three, dropped"
+        );
+        assert_eq!(
+            shared.live.now.load(Ordering::Relaxed),
+            0,
+            "no block leaked"
         );
     }
 
     #[tokio::test]
     async fn a_cluster_far_behind_reads_dropped_blocks_itself_and_memory_stays_under_the_cap() {
         let dir = tempfile::tempdir().unwrap();
-        let (d, p, data) = blob(dir.path(), 8 * BLOCK as usize, 9);
-        let shared = Arc::new(SharedReads::with_cap(2, 2 * BLOCK));
+        let (d, p, data) = blob(dir.path(), 32 * BLOCK as usize, 9);
+        let cap = 2 * BLOCK;
+        let shared = Arc::new(SharedReads::with_cap(2, cap));
         // The fast cluster takes the whole blob before the slow one starts.
         assert!(upload(&shared, &d, &p, data.len() as u64).await == data);
-        assert_eq!(shared.read_bytes(), 8 * BLOCK);
+        assert_eq!(shared.read_bytes(), 32 * BLOCK);
         assert!(upload(&shared, &d, &p, data.len() as u64).await == data);
         let read = shared.read_bytes();
-        assert!(read > 8 * BLOCK && read <= 16 * BLOCK, "{read}");
-        assert!(shared.peak_bytes() <= 2 * BLOCK, "{}", shared.peak_bytes());
+        assert!(read > 32 * BLOCK && read <= 64 * BLOCK, "{read}");
+        // Kept blocks, plus the two an upload reads ahead and the one it sends.
+        let peak = shared.peak_bytes();
+        assert!(peak <= cap + 4 * BLOCK, "memory grew with the blob: {peak}");
+        // The blocks the slow cluster read itself stay kept until the pass ends.
+        let live = shared.live.clone();
+        drop(shared);
+        assert_eq!(live.now.load(Ordering::Relaxed), 0, "no block leaked");
+    }
+
+    #[tokio::test]
+    async fn clusters_uploading_together_hold_a_few_blocks_whatever_the_blob_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, p, data) = blob(dir.path(), 48 * BLOCK as usize + 3, 4);
+        let shared = Arc::new(SharedReads::with_cap(3, 4 * BLOCK));
+        let size = data.len() as u64;
+        let all = futures::future::join_all((0..3).map(|_| upload(&shared, &d, &p, size))).await;
+        assert!(all.iter().all(|got| *got == data));
+        let peak = shared.peak_bytes();
+        assert!(
+            peak <= 4 * BLOCK + 3 * 3 * BLOCK,
+            "memory grew with the blob: {peak}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cluster_that_stops_reading_holds_no_other_cluster_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, p, data) = blob(dir.path(), 6 * BLOCK as usize, 5);
+        let shared = Arc::new(SharedReads::new(2));
+        // Its registry took one block and stopped reading, with the next ones
+        // already asked for.
+        let mut stuck = shared.stream(&d, &p, data.len() as u64).unwrap();
+        assert!(stuck.next().await.unwrap().unwrap()[..] == data[..BLOCK as usize]);
+        let other = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            upload(&shared, &d, &p, data.len() as u64),
+        )
+        .await
+        .expect("the other cluster's upload finishes while one is stuck");
+        assert!(other == data);
+        drop(stuck);
     }
 
     #[tokio::test]

@@ -369,7 +369,8 @@ fn sigterm_mid_upload_finishes_the_blobs_under_way_and_exits_cleanly() {
     // The cluster's registry is reached through a proxy that holds uploads mid-layer.
     let proxy = SlowProxy::start(&s.dest.addr(), Direction::Upload, 400_000).unwrap();
     let site = Site::new();
-    let config = site.config(&s.dest, "stopGraceSeconds: 60\n");
+    // One upload at a time: at the stall one blob is under way and others wait.
+    let config = site.config(&s.dest, "stopGraceSeconds: 60\nparallel: 1\n");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace(&s.dest.addr(), &proxy.addr())).unwrap();
     let mut agent = Agent::start(&config, &[]);
@@ -405,6 +406,14 @@ fn sigterm_mid_upload_finishes_the_blobs_under_way_and_exits_cleanly() {
     assert!(
         blobs(&s.dest) > blobs_at_stall,
         "the blobs under way are in the registry\n{log}"
+    );
+    // The waiting ones were not started: the imageset is not published yet.
+    assert!(log.contains("publishing stopped"), "{log}");
+    assert!(!log.contains("publishing to this cluster failed"), "{log}");
+    assert_eq!(
+        site.files("drop").len(),
+        chunk_files(&out).len(),
+        "the imageset stays until it is published\n{log}"
     );
 
     // The next start publishes the rest.
