@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -361,8 +361,11 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         let mut placed = Vec::new();
         for wave in waves(images) {
             let done = settle(
-                futures::stream::iter(wave)
-                    .map(|image| self.publish_image(image, &records))
+                // By index and boxed: futures made by closures over borrowed items
+                // are not provably Send (rust-lang/rust#102211), and the agent
+                // spawns this.
+                futures::stream::iter(0..wave.len())
+                    .map(|k| self.publish_image(wave[k], &records).boxed())
                     .buffer_unordered(PARALLEL_IMAGES),
             )
             .await?;
@@ -542,8 +545,11 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             self.source.locate(digest, *size).await.map_err(content)?;
         }
         settle(
-            futures::stream::iter(&missing)
-                .map(|(digest, size)| self.ensure_blob(image, &repo, digest, *size))
+            futures::stream::iter(missing.iter().cloned())
+                .map(|(digest, size)| {
+                    let repo = &repo;
+                    async move { self.ensure_blob(image, repo, &digest, size).await }.boxed()
+                })
                 .buffer_unordered(8),
         )
         .await?;

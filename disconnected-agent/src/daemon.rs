@@ -12,8 +12,10 @@
 //!    quarantine directory with a `.reason` file beside them; the agent carries on.
 //! 3. Complete imagesets are verified and accepted in sequence order (interleaved
 //!    imagesets and duplicates are fine), exactly as `publish` does.
-//! 4. Everything accepted is published to every cluster; a registry that is down is
-//!    retried with backoff while the others carry on.
+//! 4. Everything accepted is published to every cluster, each publish a task of
+//!    its own that may outlive the round: a registry that is down is retried with
+//!    backoff, and one that hangs holds back neither the others nor the rounds
+//!    that take new imagesets in meanwhile.
 //! 5. The files of an imageset published to every cluster are deleted or archived.
 //!
 //! Every step commits its state only when done, so a SIGKILL at any point loses
@@ -61,6 +63,8 @@ pub(crate) enum Event {
     Reload,
     /// A request of the control plane.
     Command(Command),
+    /// A publish to one cluster ended, after the round that started it.
+    Finished(Box<Result<Done, tokio::task::JoinError>>),
 }
 
 /// Requests of the control plane, served by the loop between rounds so that they
@@ -198,6 +202,36 @@ pub struct Daemon {
     tracker: Tracker,
     /// Cancelled on SIGTERM: the uploads under way finish, no new one starts.
     stop: CancellationToken,
+    /// Publishes under way, one per cluster at most. They outlive the round that
+    /// started them, so a registry that hangs holds back no other cluster and no
+    /// imageset arriving meanwhile.
+    in_flight: tokio::task::JoinSet<Done>,
+    /// The clusters publishing, by name (SIGHUP may reorder the list meanwhile).
+    publishing: HashMap<String, tokio::task::AbortHandle>,
+    /// Counts events from outside (files, requests, SIGHUP), so that a round
+    /// waiting on publishes ends when there is something new to do.
+    inbox: Arc<Inbox>,
+}
+
+#[derive(Default)]
+struct Inbox {
+    events: std::sync::atomic::AtomicU64,
+    arrived: tokio::sync::Notify,
+}
+
+/// A publish to one cluster that ended.
+pub(crate) struct Done {
+    cluster: String,
+    batch: Arc<Batch>,
+    result: Result<(), Error>,
+    report: Report,
+}
+
+/// Clusters whose publishes started together, sharing their store reads.
+struct Batch {
+    reads: Arc<SharedReads>,
+    clusters: usize,
+    uploaded: std::sync::atomic::AtomicU64,
 }
 
 /// Moves `file` into `dir` (a suffix keeps names unique); across file systems, copies.
@@ -328,6 +362,15 @@ impl Daemon {
             .map(|o| o.name.as_str())
             .collect();
         tracing::info!(added = ?added, removed = ?removed, kept = kept.len(), "configuration reloaded");
+        // A publish to a cluster removed or changed is stopped; a registry keeps
+        // nothing of an unfinished upload.
+        self.publishing.retain(|name, task| {
+            let keep = kept.contains(name);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
         let fetch_changed = old.fetch_from != new.fetch_from;
         let grpc_tls = self.config.grpc.clone();
         let (workspace, drop_dir, quarantine_dir, trust) = (
@@ -392,6 +435,9 @@ impl Daemon {
             fetch_from: Vec::new(),
             tracker: Tracker::default(),
             stop: CancellationToken::new(),
+            in_flight: tokio::task::JoinSet::new(),
+            publishing: HashMap::new(),
+            inbox: Arc::default(),
         })
     }
 
@@ -407,7 +453,22 @@ impl Daemon {
     /// Runs until `shutdown` completes.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let drop_dir = self.config.drop_dir.clone();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let (inner, mut rx) = mpsc::unbounded_channel::<Event>();
+        // Everything from outside passes through here to be counted (before it
+        // is handed on, so a round never counts the event that started it).
+        let (tx, mut outside) = mpsc::unbounded_channel::<Event>();
+        let inbox = self.inbox.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(event) = outside.recv().await {
+                inbox
+                    .events
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if inner.send(event).is_err() {
+                    break;
+                }
+                inbox.arrived.notify_waiters();
+            }
+        });
         let events = tx.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
@@ -479,16 +540,22 @@ impl Daemon {
         });
         tokio::pin!(shutdown);
         let _ = tx.send(Event::Tick);
+        // When stopping began during a round: the deadline, and whether the round
+        // ended by it.
+        let mut stopping: Option<(Instant, bool)> = None;
         loop {
             self.status.set_activity("idle");
             let wake = self.next_wake(rescan);
             let event = tokio::select! {
                 _ = &mut shutdown => break,
                 ev = rx.recv() => ev.unwrap_or(Event::Tick),
+                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => Event::Finished(Box::new(done)),
                 _ = tokio::time::sleep_until(wake.into()) => Event::Tick,
             };
             let mut reply = Reply::None;
+            let mut finished = None;
             match event {
+                Event::Finished(done) => finished = Some(*done),
                 Event::Changed(renamed) => self.tracker.renamed.extend(renamed),
                 Event::Tick => {}
                 Event::Reload => self.reload(),
@@ -517,9 +584,9 @@ impl Daemon {
                     reply = Reply::Publish(r);
                 }
             }
-            let grace = Duration::from_secs(self.config.stop_grace_seconds);
             let stop = self.stop.clone();
-            let round = self.round();
+            let grace = Duration::from_secs(self.config.stop_grace_seconds);
+            let round = self.round(finished, !matches!(reply, Reply::None));
             tokio::pin!(round);
             let result = tokio::select! {
                 _ = &mut shutdown => {
@@ -527,14 +594,8 @@ impl Daemon {
                     // slow link one may have taken hours. Nothing new starts.
                     stop.cancel();
                     tracing::info!(grace_seconds = grace.as_secs(), "stopping: finishing the uploads under way");
-                    match tokio::time::timeout(grace, &mut round).await {
-                        Ok(_) => tracing::info!("uploads under way finished"),
-                        Err(_) => tracing::warn!(
-                            grace_seconds = grace.as_secs(),
-                            "uploads under way did not finish in stopGraceSeconds and were abandoned; \
-                             a registry keeps no part of an unfinished blob, and they are sent again on the next start"
-                        ),
-                    }
+                    let deadline = Instant::now() + grace;
+                    stopping = Some((deadline, tokio::time::timeout_at(deadline.into(), &mut round).await.is_ok()));
                     break;
                 }
                 result = &mut round => result,
@@ -554,6 +615,8 @@ impl Daemon {
                 }
             }
         }
+        self.finish_in_flight(stopping).await;
+        forward.abort();
         service::notify(&[service::NotifyState::Stopping]);
         self.status.set_activity("stopping");
         // Requests in flight finish; watchers are told the stream ends.
@@ -567,6 +630,46 @@ impl Daemon {
         }
         tracing::info!("disconnected agent stopped");
         Ok(())
+    }
+
+    /// On the way out: lets the publishes under way finish their uploads, by the
+    /// deadline set when stopping began during a round (else `stopGraceSeconds`
+    /// from now), and records what they published.
+    async fn finish_in_flight(&mut self, stopping: Option<(Instant, bool)>) {
+        self.stop.cancel();
+        let grace = Duration::from_secs(self.config.stop_grace_seconds);
+        let (deadline, mut in_time) = match stopping {
+            Some(s) => s,
+            None if self.in_flight.is_empty() => return,
+            None => {
+                tracing::info!(
+                    grace_seconds = grace.as_secs(),
+                    "stopping: finishing the uploads under way"
+                );
+                (Instant::now() + grace, true)
+            }
+        };
+        let mut round = Round::default();
+        while !self.in_flight.is_empty() {
+            match tokio::time::timeout_at(deadline.into(), self.in_flight.join_next()).await {
+                Ok(Some(done)) => self.finished(done, &mut round),
+                Ok(None) => break,
+                Err(_) => {
+                    in_time = false;
+                    self.in_flight.abort_all();
+                    break;
+                }
+            }
+        }
+        if in_time {
+            tracing::info!("uploads under way finished");
+        } else {
+            tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "uploads under way did not finish in stopGraceSeconds and were abandoned; \
+                 a registry keeps no part of an unfinished blob, and they are sent again on the next start"
+            );
+        }
     }
 
     /// Moves files received over the control plane into the drop directory, as
@@ -620,9 +723,20 @@ impl Daemon {
         }
     }
 
-    /// One pass over the drop directory and the clusters.
-    async fn round(&mut self) -> Result<Round, Error> {
+    /// One pass over the drop directory and the clusters. With `answering`, a
+    /// request waits for the round's answer, which then covers every publish
+    /// under way, however long they take.
+    async fn round(
+        &mut self,
+        finished: Option<Result<Done, tokio::task::JoinError>>,
+        answering: bool,
+    ) -> Result<Round, Error> {
+        let seen =
+            (!answering).then(|| self.inbox.events.load(std::sync::atomic::Ordering::SeqCst));
         let mut round = Round::default();
+        if let Some(done) = finished {
+            self.finished(done, &mut round);
+        }
         let drop_dir = self.config.drop_dir.clone();
         let files = scan::list(&drop_dir).map_err(|e| Error::io(&drop_dir, e))?;
         let settled = self.tracker.settled(&files, self.settle(), Instant::now());
@@ -688,7 +802,7 @@ impl Daemon {
                 &mut round,
             );
         }
-        self.publish_all(&mut round).await?;
+        self.publish_all(&mut round, seen).await?;
         for i in 0..self.clusters.len() {
             self.reconcile(i, false).await;
         }
@@ -746,10 +860,18 @@ impl Daemon {
         });
     }
 
-    /// Publishes what each cluster lacks; a cluster that is down waits for its retry
-    /// while the others carry on.
-    async fn publish_all(&mut self, round: &mut Round) -> Result<(), Error> {
-        let Some((uuid, last)) = self.site.ws.accepted()? else {
+    /// Starts publishing to each due cluster that lacks something and is not
+    /// publishing already, then waits for the publishes under way: until they all
+    /// end, or (unless a request waits for the answer, `seen` is `None`)
+    /// something new arrives (files, a request), or a rescan is due. What
+    /// is still under way then goes on; the loop collects it when it ends. So a
+    /// cluster that is down waits for its retry, and one that hangs holds back
+    /// neither the others nor the imagesets that arrive meanwhile.
+    async fn publish_all(&mut self, round: &mut Round, seen: Option<u64>) -> Result<(), Error> {
+        while let Some(done) = self.in_flight.try_join_next() {
+            self.finished(done, round);
+        }
+        let Some((_, last)) = self.site.ws.accepted()? else {
             return Ok(());
         };
         if self.fetch_from.is_empty() && !self.fetch_dests.is_empty() {
@@ -770,11 +892,12 @@ impl Daemon {
                 }
             }
         }
-        // Every cluster that is due is published to at once: one that is slow or
-        // down does not hold the others back.
         let now = Instant::now();
         let ready: Vec<usize> = (0..self.clusters.len())
-            .filter(|&i| self.clusters[i].retry_at.is_none_or(|r| r <= now))
+            .filter(|&i| {
+                let c = &self.clusters[i];
+                c.retry_at.is_none_or(|r| r <= now) && !self.publishing.contains_key(&c.name)
+            })
             .collect();
         let mut due = Vec::new();
         for (i, target) in self.targets(&ready).await {
@@ -789,82 +912,155 @@ impl Daemon {
             }
             due.push((i, behind, target));
         }
-        let busy: Vec<&str> = due
-            .iter()
-            .filter(|(_, behind, _)| *behind)
-            .map(|(i, _, _)| self.clusters[*i].name.as_str())
-            .collect();
-        if !busy.is_empty() {
-            self.status
-                .set_activity(format!("publishing to {}", busy.join(", ")));
-        }
-        let shared = Arc::new(SharedReads::new(busy.len()));
-        let pass = Pass {
-            fetch_from: &self.fetch_from,
-            parallel: self.config.parallel,
-            shared: Some(&shared),
-            stop: Some(&self.stop),
-        };
-        let (site, pass) = (&self.site, &pass);
-        let results = futures::future::join_all(due.iter().map(|(i, _, target)| {
-            let resources = site
-                .dir
-                .join("cluster-resources")
-                .join(&self.clusters[*i].name);
-            async move {
-                let mut report = Report::default();
-                let result = site.publish_to(target, pass, &resources, &mut report).await;
-                (result, report)
-            }
-        }))
-        .await;
-        let uploaded: u64 = results.iter().map(|(_, r)| r.stats[1]).sum();
-        if uploaded > 0 {
-            tracing::info!(
-                clusters = busy.len(),
-                uploaded_bytes = uploaded,
-                store_read_bytes = shared.read_bytes(),
-                held_peak_bytes = shared.peak_bytes(),
-                "blobs fanned out to the clusters"
-            );
-        }
-        self.status.add_traffic(uploaded, shared.read_bytes());
-        for ((i, _, _), (result, report)) in due.into_iter().zip(results) {
+        let busy = due.iter().filter(|(_, behind, _)| *behind).count();
+        let batch = Arc::new(Batch {
+            reads: Arc::new(SharedReads::new(busy)),
+            clusters: busy,
+            uploaded: Default::default(),
+        });
+        for (i, _, target) in due {
             let name = self.clusters[i].name.clone();
-            for (_, seq) in &report.published {
-                tracing::info!(cluster = %name, sequence = seq, "published to cluster");
-                let mut event = AgentEvent::now(EventKind::Published, "imageset published");
-                event.cluster = Some(name.clone());
-                event.imageset = Some((uuid, *seq));
-                self.status.emit(event);
-                round.published.push((name.clone(), *seq));
-            }
-            let complete = result.is_ok() && report.problems.is_empty();
-            if !complete && self.stop.is_cancelled() {
-                // Not a failure of the cluster: the agent is stopping.
-                tracing::info!(cluster = %name, "publishing stopped; the rest is published at the next start");
-                continue;
-            }
-            match result {
-                Ok(()) if report.problems.is_empty() => {
-                    let c = &mut self.clusters[i];
-                    c.retry_at = None;
-                    c.backoff = Duration::from_secs(1);
-                    self.status.update_cluster(i, |v| {
-                        v.publishing = false;
-                        v.last_error = None;
-                        v.retry_at = None;
-                    });
+            let resources = self.site.dir.join("cluster-resources").join(&name);
+            let (site, fetch_from, stop, batch) = (
+                self.site.clone(),
+                self.fetch_from.clone(),
+                self.stop.clone(),
+                batch.clone(),
+            );
+            let parallel = self.config.parallel;
+            let cluster = name.clone();
+            let task = self.in_flight.spawn(async move {
+                let pass = Pass {
+                    fetch_from: &fetch_from,
+                    parallel,
+                    shared: Some(&batch.reads),
+                    stop: Some(&stop),
+                };
+                let mut report = Report::default();
+                let result = site
+                    .publish_to(&target, &pass, &resources, &mut report)
+                    .await;
+                Done {
+                    cluster,
+                    batch,
+                    result,
+                    report,
                 }
-                Ok(()) => {
-                    let why: Vec<&str> =
-                        report.problems.iter().map(|p| p.message.as_str()).collect();
-                    self.failed(i, &why.join("; "));
-                }
-                Err(e) => self.failed(i, &e.to_string()),
+            });
+            self.publishing.insert(name, task);
+        }
+        drop(batch);
+        self.show_publishing();
+        let Some(seen) = seen else {
+            while let Some(done) = self.in_flight.join_next().await {
+                self.finished(done, round);
+            }
+            return Ok(());
+        };
+        let rescan = tokio::time::Instant::now() + Duration::from_secs(self.config.rescan_seconds);
+        let inbox = self.inbox.clone();
+        while !self.in_flight.is_empty() {
+            let arrived = inbox.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if inbox.events.load(std::sync::atomic::Ordering::SeqCst) != seen {
+                break;
+            }
+            tokio::select! {
+                Some(done) = self.in_flight.join_next() => self.finished(done, round),
+                _ = arrived => break,
+                _ = tokio::time::sleep_until(rescan) => break,
             }
         }
         Ok(())
+    }
+
+    fn show_publishing(&self) {
+        let mut names: Vec<&str> = self.publishing.keys().map(String::as_str).collect();
+        if !names.is_empty() {
+            names.sort_unstable();
+            self.status
+                .set_activity(format!("publishing to {}", names.join(", ")));
+        }
+    }
+
+    /// Records a publish that ended: what it published, and how the cluster is
+    /// to be retried.
+    fn finished(&mut self, joined: Result<Done, tokio::task::JoinError>, round: &mut Round) {
+        let done = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                let id = e.id();
+                self.publishing.retain(|_, task| task.id() != id);
+                if e.is_panic() {
+                    tracing::error!(error = %e, "a publish task failed");
+                }
+                return;
+            }
+        };
+        self.publishing.remove(&done.cluster);
+        let Done {
+            cluster: name,
+            batch,
+            result,
+            report,
+        } = done;
+        let uploaded = report.stats[1];
+        batch
+            .uploaded
+            .fetch_add(uploaded, std::sync::atomic::Ordering::Relaxed);
+        self.status.add_traffic(uploaded, 0);
+        // The last of its batch to end reports what the batch shared.
+        if let Some(batch) = Arc::into_inner(batch) {
+            let uploaded = batch.uploaded.into_inner();
+            let read = batch.reads.read_bytes();
+            self.status.add_traffic(0, read);
+            if uploaded > 0 {
+                tracing::info!(
+                    clusters = batch.clusters,
+                    uploaded_bytes = uploaded,
+                    store_read_bytes = read,
+                    held_peak_bytes = batch.reads.peak_bytes(),
+                    "blobs fanned out to the clusters"
+                );
+            }
+        }
+        // A cluster removed by SIGHUP while it was publishing.
+        let Some(i) = self.clusters.iter().position(|c| c.name == name) else {
+            return;
+        };
+        let uuid = self.site.ws.accepted().ok().flatten().map(|(u, _)| u);
+        for (_, seq) in &report.published {
+            tracing::info!(cluster = %name, sequence = seq, "published to cluster");
+            let mut event = AgentEvent::now(EventKind::Published, "imageset published");
+            event.cluster = Some(name.clone());
+            event.imageset = uuid.map(|u| (u, *seq));
+            self.status.emit(event);
+            round.published.push((name.clone(), *seq));
+        }
+        let complete = result.is_ok() && report.problems.is_empty();
+        if !complete && self.stop.is_cancelled() {
+            // Not a failure of the cluster: the agent is stopping.
+            tracing::info!(cluster = %name, "publishing stopped; the rest is published at the next start");
+            return;
+        }
+        match result {
+            Ok(()) if report.problems.is_empty() => {
+                let c = &mut self.clusters[i];
+                c.retry_at = None;
+                c.backoff = Duration::from_secs(1);
+                self.status.update_cluster(i, |v| {
+                    v.publishing = false;
+                    v.last_error = None;
+                    v.retry_at = None;
+                });
+            }
+            Ok(()) => {
+                let why: Vec<&str> = report.problems.iter().map(|p| p.message.as_str()).collect();
+                self.failed(i, &why.join("; "));
+            }
+            Err(e) => self.failed(i, &e.to_string()),
+        }
     }
 
     /// Brings cluster `i`'s API in line with what is published to its registry:
@@ -879,6 +1075,14 @@ impl Daemon {
         let Some(access) = c.access.clone() else {
             return;
         };
+        if self.publishing.contains_key(&c.name) {
+            // Its resources are rewritten when the publish ends; applying them
+            // now could record as applied what is about to change.
+            if force {
+                tracing::info!(cluster = %c.name, "publishing; its resources are applied when the publish ends");
+            }
+            return;
+        }
         let dest = self.destinations[i].to_string();
         let published = self.site.ws.published(&dest).ok().flatten().unwrap_or(0);
         let applied = self.site.ws.applied(&c.name).ok().flatten().unwrap_or(0);

@@ -278,3 +278,69 @@ fn a_cluster_added_on_sighup_is_brought_up_to_date_and_a_bad_reload_changes_noth
     assert!(log.contains("added=[\"west\"]"), "{log}");
     agent.stop();
 }
+
+#[test]
+fn a_registry_that_hangs_holds_back_neither_the_other_clusters_nor_the_next_imageset() {
+    use airlock_tests::proxy::{Direction, SlowProxy};
+    let s = Setup::plain();
+    let hung = Registry::plain().unwrap();
+    // The registry accepts connections and then takes no more bytes: no error,
+    // no refusal, just silence, as a registry whose storage has stalled.
+    let proxy = SlowProxy::start(&hung.addr(), Direction::Upload, 200_000).unwrap();
+    let site = Site::new();
+    let config = site.config_fleet(&[("east", &s.dest, None), ("stuck", &hung, None)], "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&hung.addr(), &proxy.addr())).unwrap();
+    let mut agent = Agent::start(&config, &[]);
+    let (_, out) = s.create("1GiB");
+    deliver(&out, &site.path("drop"));
+    proxy.wait_stalled(Duration::from_secs(60)).unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "sequence 1 on east while stuck hangs",
+        || {
+            agent
+                .log()
+                .contains("published to cluster cluster=east sequence=1")
+        },
+        || agent.log(),
+    );
+    s.assert_byte_exact("m");
+
+    // The next imageset reaches east too, long before any timeout gives up on stuck.
+    let (extra, config2) = s.with_late_image(92);
+    let out2 = s.path("out2");
+    let created = create(&config2, &out2, &s.path("ws-c"), "1GiB", &s.source);
+    assert_eq!(created.code, 0, "{created}");
+    deliver(&out2, &site.path("drop"));
+    let has_extra =
+        |r: &Registry| inspect_raw_at(r, "m/extra/late:1").is_ok_and(|b| b == extra.image.manifest);
+    eventually(
+        Duration::from_secs(60),
+        "sequence 2 on east while stuck hangs",
+        || has_extra(&s.dest),
+        || agent.log(),
+    );
+    let log = agent.log();
+    assert!(
+        !log.contains("cluster=stuck sequence=1"),
+        "stuck was never answered, so it published nothing\n{log}"
+    );
+    assert_eq!(
+        site.files("drop").len(),
+        chunk_files(&out).len() + chunk_files(&out2).len(),
+        "nothing is disposed of before every cluster has it\n{log}"
+    );
+
+    // Once its registry answers again, stuck finishes and catches up on both.
+    proxy.release();
+    eventually(
+        Duration::from_secs(120),
+        "stuck caught up",
+        || site.files("drop").is_empty(),
+        || agent.log(),
+    );
+    agent.stop();
+    assert_byte_exact(&s.source, &hung, "m", &s.placed);
+    assert!(has_extra(&hung));
+}
