@@ -64,7 +64,7 @@ pub(crate) enum Event {
     /// A request of the control plane.
     Command(Command),
     /// A publish to one cluster ended, after the round that started it.
-    Finished(Box<Result<Done, tokio::task::JoinError>>),
+    Finished(Box<Joined>),
 }
 
 /// Requests of the control plane, served by the loop between rounds so that they
@@ -208,16 +208,10 @@ pub struct Daemon {
     in_flight: tokio::task::JoinSet<Done>,
     /// The clusters publishing, by name (SIGHUP may reorder the list meanwhile).
     publishing: HashMap<String, tokio::task::AbortHandle>,
-    /// Counts events from outside (files, requests, SIGHUP), so that a round
-    /// waiting on publishes ends when there is something new to do.
-    inbox: Arc<Inbox>,
 }
 
-#[derive(Default)]
-struct Inbox {
-    events: std::sync::atomic::AtomicU64,
-    arrived: tokio::sync::Notify,
-}
+/// A publish task that ended, with its task id.
+pub(crate) type Joined = Result<(tokio::task::Id, Done), tokio::task::JoinError>;
 
 /// A publish to one cluster that ended.
 pub(crate) struct Done {
@@ -437,7 +431,6 @@ impl Daemon {
             stop: CancellationToken::new(),
             in_flight: tokio::task::JoinSet::new(),
             publishing: HashMap::new(),
-            inbox: Arc::default(),
         })
     }
 
@@ -453,22 +446,7 @@ impl Daemon {
     /// Runs until `shutdown` completes.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let drop_dir = self.config.drop_dir.clone();
-        let (inner, mut rx) = mpsc::unbounded_channel::<Event>();
-        // Everything from outside passes through here to be counted (before it
-        // is handed on, so a round never counts the event that started it).
-        let (tx, mut outside) = mpsc::unbounded_channel::<Event>();
-        let inbox = self.inbox.clone();
-        let forward = tokio::spawn(async move {
-            while let Some(event) = outside.recv().await {
-                inbox
-                    .events
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if inner.send(event).is_err() {
-                    break;
-                }
-                inbox.arrived.notify_waiters();
-            }
-        });
+        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
         let events = tx.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
@@ -544,12 +522,12 @@ impl Daemon {
         // ended by it.
         let mut stopping: Option<(Instant, bool)> = None;
         loop {
-            self.status.set_activity("idle");
+            self.show_publishing();
             let wake = self.next_wake(rescan);
             let event = tokio::select! {
                 _ = &mut shutdown => break,
                 ev = rx.recv() => ev.unwrap_or(Event::Tick),
-                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => Event::Finished(Box::new(done)),
+                Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => Event::Finished(Box::new(done)),
                 _ = tokio::time::sleep_until(wake.into()) => Event::Tick,
             };
             let mut reply = Reply::None;
@@ -616,7 +594,6 @@ impl Daemon {
             }
         }
         self.finish_in_flight(stopping).await;
-        forward.abort();
         service::notify(&[service::NotifyState::Stopping]);
         self.status.set_activity("stopping");
         // Requests in flight finish; watchers are told the stream ends.
@@ -651,7 +628,8 @@ impl Daemon {
         };
         let mut round = Round::default();
         while !self.in_flight.is_empty() {
-            match tokio::time::timeout_at(deadline.into(), self.in_flight.join_next()).await {
+            match tokio::time::timeout_at(deadline.into(), self.in_flight.join_next_with_id()).await
+            {
                 Ok(Some(done)) => self.finished(done, &mut round),
                 Ok(None) => break,
                 Err(_) => {
@@ -692,7 +670,12 @@ impl Daemon {
         if let Some(d) = self.tracker.next_deadline(self.settle()) {
             wake = wake.min(d.max(now));
         }
-        for c in &self.clusters {
+        // A cluster publishing is looked at again when its publish ends.
+        for c in self
+            .clusters
+            .iter()
+            .filter(|c| !self.publishing.contains_key(&c.name))
+        {
             if let Some(r) = c.retry_at {
                 wake = wake.min(r.max(now));
             }
@@ -726,13 +709,7 @@ impl Daemon {
     /// One pass over the drop directory and the clusters. With `answering`, a
     /// request waits for the round's answer, which then covers every publish
     /// under way, however long they take.
-    async fn round(
-        &mut self,
-        finished: Option<Result<Done, tokio::task::JoinError>>,
-        answering: bool,
-    ) -> Result<Round, Error> {
-        let seen =
-            (!answering).then(|| self.inbox.events.load(std::sync::atomic::Ordering::SeqCst));
+    async fn round(&mut self, finished: Option<Joined>, answering: bool) -> Result<Round, Error> {
         let mut round = Round::default();
         if let Some(done) = finished {
             self.finished(done, &mut round);
@@ -802,7 +779,7 @@ impl Daemon {
                 &mut round,
             );
         }
-        self.publish_all(&mut round, seen).await?;
+        self.publish_all(&mut round, answering).await?;
         for i in 0..self.clusters.len() {
             self.reconcile(i, false).await;
         }
@@ -861,14 +838,13 @@ impl Daemon {
     }
 
     /// Starts publishing to each due cluster that lacks something and is not
-    /// publishing already, then waits for the publishes under way: until they all
-    /// end, or (unless a request waits for the answer, `seen` is `None`)
-    /// something new arrives (files, a request), or a rescan is due. What
-    /// is still under way then goes on; the loop collects it when it ends. So a
-    /// cluster that is down waits for its retry, and one that hangs holds back
-    /// neither the others nor the imagesets that arrive meanwhile.
-    async fn publish_all(&mut self, round: &mut Round, seen: Option<u64>) -> Result<(), Error> {
-        while let Some(done) = self.in_flight.try_join_next() {
+    /// publishing already. The publishes go on after the round; the loop takes
+    /// each in as it ends (with `answering`, the round waits for all of them, so
+    /// that its answer covers them). So a cluster that is down waits for its
+    /// retry, and one that hangs holds back neither the others nor the
+    /// imagesets that arrive meanwhile.
+    async fn publish_all(&mut self, round: &mut Round, answering: bool) -> Result<(), Error> {
+        while let Some(done) = self.in_flight.try_join_next_with_id() {
             self.finished(done, round);
         }
         let Some((_, last)) = self.site.ws.accepted()? else {
@@ -918,9 +894,26 @@ impl Daemon {
             clusters: busy,
             uploaded: Default::default(),
         });
-        for (i, _, target) in due {
+        for (i, behind, target) in due {
             let name = self.clusters[i].name.clone();
             let resources = self.site.dir.join("cluster-resources").join(&name);
+            if !behind {
+                // Nothing to upload: only its resources are written, here and now.
+                let pass = Pass {
+                    fetch_from: &self.fetch_from,
+                    parallel: self.config.parallel,
+                    ..Pass::default()
+                };
+                let mut report = Report::default();
+                let result = self
+                    .site
+                    .publish_to(&target, &pass, &resources, &mut report)
+                    .await;
+                self.record(&name, result, report, round);
+                continue;
+            }
+            // Looked at again when the publish ends, not before.
+            self.clusters[i].retry_at = None;
             let (site, fetch_from, stop, batch) = (
                 self.site.clone(),
                 self.fetch_from.clone(),
@@ -951,25 +944,9 @@ impl Daemon {
         }
         drop(batch);
         self.show_publishing();
-        let Some(seen) = seen else {
-            while let Some(done) = self.in_flight.join_next().await {
+        if answering {
+            while let Some(done) = self.in_flight.join_next_with_id().await {
                 self.finished(done, round);
-            }
-            return Ok(());
-        };
-        let rescan = tokio::time::Instant::now() + Duration::from_secs(self.config.rescan_seconds);
-        let inbox = self.inbox.clone();
-        while !self.in_flight.is_empty() {
-            let arrived = inbox.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            if inbox.events.load(std::sync::atomic::Ordering::SeqCst) != seen {
-                break;
-            }
-            tokio::select! {
-                Some(done) = self.in_flight.join_next() => self.finished(done, round),
-                _ = arrived => break,
-                _ = tokio::time::sleep_until(rescan) => break,
             }
         }
         Ok(())
@@ -977,28 +954,36 @@ impl Daemon {
 
     fn show_publishing(&self) {
         let mut names: Vec<&str> = self.publishing.keys().map(String::as_str).collect();
-        if !names.is_empty() {
+        if names.is_empty() {
+            self.status.set_activity("idle");
+        } else {
             names.sort_unstable();
             self.status
                 .set_activity(format!("publishing to {}", names.join(", ")));
         }
     }
 
-    /// Records a publish that ended: what it published, and how the cluster is
-    /// to be retried.
-    fn finished(&mut self, joined: Result<Done, tokio::task::JoinError>, round: &mut Round) {
-        let done = match joined {
-            Ok(done) => done,
+    /// Takes in a publish task that ended.
+    fn finished(&mut self, joined: Joined, round: &mut Round) {
+        let (id, done) = match joined {
+            Ok(joined) => joined,
             Err(e) => {
                 let id = e.id();
-                self.publishing.retain(|_, task| task.id() != id);
-                if e.is_panic() {
-                    tracing::error!(error = %e, "a publish task failed");
+                let name = self
+                    .publishing
+                    .iter()
+                    .find(|(_, task)| task.id() == id)
+                    .map(|(name, _)| name.clone());
+                // Aborted on SIGHUP: its entry is gone already.
+                let Some(name) = name else { return };
+                self.publishing.remove(&name);
+                tracing::error!(cluster = %name, error = %e, "the publish task failed");
+                if let Some(i) = self.clusters.iter().position(|c| c.name == name) {
+                    self.failed(i, &format!("the publish task failed: {e}"));
                 }
                 return;
             }
         };
-        self.publishing.remove(&done.cluster);
         let Done {
             cluster: name,
             batch,
@@ -1025,6 +1010,19 @@ impl Daemon {
                 );
             }
         }
+        // Only the task the cluster is waiting for counts: one aborted on SIGHUP
+        // may have ended before the abort, and its cluster may have a new one.
+        if self.publishing.get(&name).is_none_or(|t| t.id() != id) {
+            return;
+        }
+        self.publishing.remove(&name);
+        self.record(&name, result, report, round);
+    }
+
+    /// Records the outcome of publishing to cluster `name`: what it published,
+    /// and how it is to be retried.
+    fn record(&mut self, name: &str, result: Result<(), Error>, report: Report, round: &mut Round) {
+        let name = name.to_string();
         // A cluster removed by SIGHUP while it was publishing.
         let Some(i) = self.clusters.iter().position(|c| c.name == name) else {
             return;
@@ -1042,6 +1040,7 @@ impl Daemon {
         if !complete && self.stop.is_cancelled() {
             // Not a failure of the cluster: the agent is stopping.
             tracing::info!(cluster = %name, "publishing stopped; the rest is published at the next start");
+            self.status.update_cluster(i, |v| v.publishing = false);
             return;
         }
         match result {
@@ -1237,6 +1236,12 @@ impl Daemon {
     /// Deletes or archives the files of imagesets published to every cluster, and
     /// prunes the store when asked and everything is everywhere.
     fn dispose(&self, found: &scan::Found) -> Result<(), Error> {
+        // A publish under way may have recorded a sequence and not yet written
+        // its cluster's resources; and two clusters may share a destination, one
+        // still reading blobs the other has published. Its end starts a round.
+        if !self.publishing.is_empty() {
+            return Ok(());
+        }
         let Some((uuid, last)) = self.site.ws.accepted()? else {
             return Ok(());
         };

@@ -212,11 +212,19 @@ impl Workspace {
         self.flush()
     }
 
-    /// Records that `sequence` is published to `destination`.
+    /// Records that `sequence` is published to `destination`. Never goes back:
+    /// two clusters may share a destination, and the slower one's older
+    /// sequence may end after the other's newer one.
     pub fn mark_published(&self, destination: &str, sequence: u64) -> Result<(), StateError> {
         let tx: Result<(), sled::transaction::TransactionError<()>> = (&self.published,)
             .transaction(|(p,)| {
-                p.insert(destination, &state::key(sequence))?;
+                let key = state::key(sequence);
+                // Big-endian: byte order is numeric order.
+                if p.get(destination)?
+                    .is_none_or(|v| v.as_ref() < key.as_slice())
+                {
+                    p.insert(destination, &key)?;
+                }
                 Ok(())
             });
         tx.map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
@@ -366,11 +374,12 @@ mod tests {
     }
 
     #[test]
-    fn publication_is_tracked_per_destination() {
+    fn publication_is_tracked_per_destination_and_never_goes_back() {
         let dir = tempfile::tempdir().unwrap();
         let ws = Workspace::open(dir.path()).unwrap();
         assert_eq!(ws.published("docker://a").unwrap(), None);
         ws.mark_published("docker://a", 3).unwrap();
+        ws.mark_published("docker://a", 2).unwrap();
         drop(ws);
         let ws = Workspace::open(dir.path()).unwrap();
         assert_eq!(ws.published("docker://a").unwrap(), Some(3));
