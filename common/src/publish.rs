@@ -716,8 +716,6 @@ mod tests {
         }
     }
 
-    use futures::FutureExt;
-
     fn stopped() -> PublishError {
         PublishError::Stopped { image: "a".into() }
     }

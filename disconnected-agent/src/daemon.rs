@@ -224,8 +224,19 @@ pub(crate) struct Done {
 /// Clusters whose publishes started together, sharing their store reads.
 struct Batch {
     reads: Arc<SharedReads>,
-    clusters: usize,
     uploaded: std::sync::atomic::AtomicU64,
+}
+
+/// Begins a stop: no new upload starts, and those under way are finished rather
+/// than thrown away (over a slow link one may have taken hours). Returns the
+/// deadline they are given.
+fn begin_stop(stop: &CancellationToken, grace: Duration) -> Instant {
+    stop.cancel();
+    tracing::info!(
+        grace_seconds = grace.as_secs(),
+        "stopping: finishing the uploads under way"
+    );
+    Instant::now() + grace
 }
 
 /// Moves `file` into `dir` (a suffix keeps names unique); across file systems, copies.
@@ -568,11 +579,7 @@ impl Daemon {
             tokio::pin!(round);
             let result = tokio::select! {
                 _ = &mut shutdown => {
-                    // Blobs under way are finished rather than thrown away: over a
-                    // slow link one may have taken hours. Nothing new starts.
-                    stop.cancel();
-                    tracing::info!(grace_seconds = grace.as_secs(), "stopping: finishing the uploads under way");
-                    let deadline = Instant::now() + grace;
+                    let deadline = begin_stop(&stop, grace);
                     stopping = Some((deadline, tokio::time::timeout_at(deadline.into(), &mut round).await.is_ok()));
                     break;
                 }
@@ -613,18 +620,11 @@ impl Daemon {
     /// deadline set when stopping began during a round (else `stopGraceSeconds`
     /// from now), and records what they published.
     async fn finish_in_flight(&mut self, stopping: Option<(Instant, bool)>) {
-        self.stop.cancel();
         let grace = Duration::from_secs(self.config.stop_grace_seconds);
         let (deadline, mut in_time) = match stopping {
             Some(s) => s,
             None if self.in_flight.is_empty() => return,
-            None => {
-                tracing::info!(
-                    grace_seconds = grace.as_secs(),
-                    "stopping: finishing the uploads under way"
-                );
-                (Instant::now() + grace, true)
-            }
+            None => (begin_stop(&self.stop, grace), true),
         };
         let mut round = Round::default();
         while !self.in_flight.is_empty() {
@@ -891,7 +891,6 @@ impl Daemon {
         let busy = due.iter().filter(|(_, behind, _)| *behind).count();
         let batch = Arc::new(Batch {
             reads: Arc::new(SharedReads::new(busy)),
-            clusters: busy,
             uploaded: Default::default(),
         });
         for (i, behind, target) in due {
@@ -909,7 +908,7 @@ impl Daemon {
                     .site
                     .publish_to(&target, &pass, &resources, &mut report)
                     .await;
-                self.record(&name, result, report, round);
+                self.record(name, result, report, round);
                 continue;
             }
             // Looked at again when the publish ends, not before.
@@ -990,19 +989,17 @@ impl Daemon {
             result,
             report,
         } = done;
-        let uploaded = report.stats[1];
         batch
             .uploaded
-            .fetch_add(uploaded, std::sync::atomic::Ordering::Relaxed);
-        self.status.add_traffic(uploaded, 0);
+            .fetch_add(report.stats[1], std::sync::atomic::Ordering::Relaxed);
         // The last of its batch to end reports what the batch shared.
         if let Some(batch) = Arc::into_inner(batch) {
             let uploaded = batch.uploaded.into_inner();
             let read = batch.reads.read_bytes();
-            self.status.add_traffic(0, read);
+            self.status.add_traffic(uploaded, read);
             if uploaded > 0 {
                 tracing::info!(
-                    clusters = batch.clusters,
+                    clusters = batch.reads.clusters(),
                     uploaded_bytes = uploaded,
                     store_read_bytes = read,
                     held_peak_bytes = batch.reads.peak_bytes(),
@@ -1016,13 +1013,18 @@ impl Daemon {
             return;
         }
         self.publishing.remove(&name);
-        self.record(&name, result, report, round);
+        self.record(name, result, report, round);
     }
 
     /// Records the outcome of publishing to cluster `name`: what it published,
     /// and how it is to be retried.
-    fn record(&mut self, name: &str, result: Result<(), Error>, report: Report, round: &mut Round) {
-        let name = name.to_string();
+    fn record(
+        &mut self,
+        name: String,
+        result: Result<(), Error>,
+        report: Report,
+        round: &mut Round,
+    ) {
         // A cluster removed by SIGHUP while it was publishing.
         let Some(i) = self.clusters.iter().position(|c| c.name == name) else {
             return;

@@ -147,6 +147,11 @@ impl SharedReads {
         }
     }
 
+    /// How many clusters the pass publishes to.
+    pub fn clusters(&self) -> u32 {
+        self.cohort
+    }
+
     /// Bytes read from the store so far.
     pub fn read_bytes(&self) -> u64 {
         self.read.load(Ordering::Relaxed)

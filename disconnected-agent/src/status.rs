@@ -176,8 +176,8 @@ impl Status {
         *self.activity.lock().expect("not poisoned") = what.into();
     }
 
-    /// Counts a publishing pass: `uploaded` bytes sent to registries, all clusters
-    /// together, for `read` bytes read from the store.
+    /// Counts the publishes that started together: `uploaded` bytes sent to
+    /// registries, all their clusters together, for `read` bytes read from the store.
     pub fn add_traffic(&self, uploaded: u64, read: u64) {
         let mut t = self.traffic.lock().expect("not poisoned");
         t.0 += uploaded;
