@@ -19,10 +19,10 @@ pub struct Digest(String);
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
     /// Not of the form `algorithm:encoded`.
-    #[error("invalid digest {0:?}: expected sha256:<64 hex digits>")]
+    #[error("invalid digest {0}: expected sha256:<64 hex digits>")]
     Malformed(String),
     /// A well-formed digest with an algorithm other than sha256.
-    #[error("unsupported digest algorithm in {0:?}: only sha256 is supported")]
+    #[error("unsupported digest algorithm in {0}: only sha256 is supported")]
     Algorithm(String),
 }
 
@@ -53,7 +53,7 @@ impl FromStr for Digest {
 
     fn from_str(s: &str) -> Result<Self, DigestError> {
         let Some((algorithm, encoded)) = s.split_once(':') else {
-            return Err(DigestError::Malformed(s.to_string()));
+            return Err(DigestError::Malformed(crate::quote::clipped(s)));
         };
         if algorithm.is_empty()
             || !algorithm
@@ -61,17 +61,17 @@ impl FromStr for Digest {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
             || encoded.is_empty()
         {
-            return Err(DigestError::Malformed(s.to_string()));
+            return Err(DigestError::Malformed(crate::quote::clipped(s)));
         }
         if algorithm != "sha256" {
-            return Err(DigestError::Algorithm(s.to_string()));
+            return Err(DigestError::Algorithm(crate::quote::clipped(s)));
         }
         if encoded.len() != 64
             || !encoded
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
-            return Err(DigestError::Malformed(s.to_string()));
+            return Err(DigestError::Malformed(crate::quote::clipped(s)));
         }
         Ok(Digest(s.to_string()))
     }

@@ -14,6 +14,7 @@ pub mod exit_codes;
 pub mod imageset;
 pub mod manifest;
 pub mod publish;
+pub mod quote;
 pub mod reference;
 pub mod registry;
 pub mod resources;

@@ -146,13 +146,15 @@ impl PublishStats {
 pub fn destination_repository(dest: &Destination, image: &ImageRecord) -> String {
     match &image.target_repository {
         Some(t) => dest.repository_for(t),
-        None => {
-            let source: ImageRef = image
+        // `repository` is `REGISTRY/PATH` exactly as `ImageRef::name` spells it
+        // (checked by `imageset::validate` when it crossed the gap, and again when
+        // an accepted manifest is loaded), so the path is what follows the host.
+        None => dest.repository_for(
+            image
                 .repository
-                .parse()
-                .expect("recorded repositories parse");
-            dest.repository_for(source.repository())
-        }
+                .split_once('/')
+                .map_or(image.repository.as_str(), |(_, path)| path),
+        ),
     }
 }
 

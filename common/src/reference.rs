@@ -10,6 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::digest::Digest;
+use crate::quote::clipped;
 
 /// Docker Hub, the registry of references that name none.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -31,35 +32,45 @@ pub enum ReferenceError {
     Empty,
     /// A repository path component breaks the distribution naming rules.
     #[error(
-        "invalid image reference {reference:?}: repository {repository:?} must be lowercase \
+        "invalid image reference {reference}: repository {repository} must be lowercase \
          letters and digits separated by '.', '_', '__', '-' or '/'"
     )]
     Repository {
-        /// The reference as given.
+        /// The reference as given (clipped).
         reference: String,
         /// The offending repository path.
         repository: String,
     },
+    /// The registry part is not a host name or address with an optional port.
+    #[error(
+        "invalid image reference {reference}: registry {registry} must be a host name or [IPv6] address with an optional :PORT"
+    )]
+    Registry {
+        /// The reference as given (clipped).
+        reference: String,
+        /// The offending registry (clipped).
+        registry: String,
+    },
     /// The tag is not `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
     #[error(
-        "invalid image reference {reference:?}: tag {tag:?} must be 1 to 128 characters of letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+        "invalid image reference {reference}: tag {tag} must be 1 to 128 characters of letters, digits, '_', '.' or '-', not starting with '.' or '-'"
     )]
     Tag {
-        /// The reference as given.
+        /// The reference as given (clipped).
         reference: String,
         /// The offending tag.
         tag: String,
     },
     /// The digest part did not parse.
-    #[error("invalid image reference {reference:?}: {source}")]
+    #[error("invalid image reference {reference}: {source}")]
     Digest {
-        /// The reference as given.
+        /// The reference as given (clipped).
         reference: String,
         /// What is wrong with the digest.
         source: crate::digest::DigestError,
     },
     /// A transport other than `docker://` was named.
-    #[error("invalid image reference {0:?}: only docker:// references are supported here")]
+    #[error("invalid image reference {0}: only docker:// references are supported here")]
     Transport(String),
 }
 
@@ -173,6 +184,31 @@ fn is_alnum(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit()
 }
 
+/// Whether `host` is a registry as the distribution grammar writes one: DNS labels
+/// of letters, digits and inner `-` joined by `.`, or a bracketed IPv6 address,
+/// optionally followed by `:PORT`.
+pub fn valid_registry(host: &str) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.starts_with('[') || n.ends_with(']') => (n, Some(p)),
+        _ => (host, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let name_ok = if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
+    } else {
+        !name.is_empty()
+            && name.split('.').all(|label| {
+                let b = label.as_bytes();
+                !b.is_empty()
+                    && b[0].is_ascii_alphanumeric()
+                    && b[b.len() - 1].is_ascii_alphanumeric()
+                    && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            })
+    };
+    host.len() <= 255 && port_ok && name_ok
+}
+
 /// Whether `repository` is a valid repository path (components joined by `/`).
 pub fn valid_repository(repository: &str) -> bool {
     !repository.is_empty() && repository.split('/').all(valid_path_component)
@@ -199,7 +235,7 @@ impl FromStr for ImageRef {
         }
         if let Some((transport, _)) = s.split_once("://") {
             if !transport.contains('/') {
-                return Err(ReferenceError::Transport(input.to_string()));
+                return Err(ReferenceError::Transport(clipped(input)));
             }
         }
         let (rest, digest) = match s.split_once('@') {
@@ -207,7 +243,7 @@ impl FromStr for ImageRef {
                 let digest = d
                     .parse::<Digest>()
                     .map_err(|source| ReferenceError::Digest {
-                        reference: input.to_string(),
+                        reference: clipped(input),
                         source,
                     })?;
                 (rest, Some(digest))
@@ -222,8 +258,8 @@ impl FromStr for ImageRef {
         if let Some(tag) = tag {
             if !valid_tag(tag) {
                 return Err(ReferenceError::Tag {
-                    reference: input.to_string(),
-                    tag: tag.to_string(),
+                    reference: clipped(input),
+                    tag: clipped(tag),
                 });
             }
         }
@@ -235,6 +271,12 @@ impl FromStr for ImageRef {
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
+        if !valid_registry(&registry) {
+            return Err(ReferenceError::Registry {
+                reference: clipped(input),
+                registry: clipped(&registry),
+            });
+        }
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
         } else {
@@ -242,8 +284,8 @@ impl FromStr for ImageRef {
         };
         if !valid_repository(&repository) {
             return Err(ReferenceError::Repository {
-                reference: input.to_string(),
-                repository,
+                reference: clipped(input),
+                repository: clipped(&repository),
             });
         }
         Ok(ImageRef {

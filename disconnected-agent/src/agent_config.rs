@@ -122,9 +122,14 @@ pub struct AgentConfig {
     /// Where published files go with `afterPublish: archive`.
     #[serde(default)]
     pub archive_dir: Option<PathBuf>,
-    /// Public keys (minisign) imagesets must be signed with; none: no signature required.
+    /// Public keys (minisign) imagesets must be signed with. Required unless
+    /// `allowUnsigned` is set: a service left unattended must not publish whatever
+    /// lands in its drop folder.
     #[serde(default)]
     pub trust: Vec<PathBuf>,
+    /// Accept unsigned imagesets (no `trust`); logged as a warning at every start.
+    #[serde(default)]
+    pub allow_unsigned: bool,
     /// A file is taken once its size and modification time held this long (seconds),
     /// or at once when it was renamed into the drop directory.
     #[serde(default = "five")]
@@ -257,6 +262,19 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
             TrustStore::default()
         }
     };
+    match (config.trust.is_empty(), config.allow_unsigned) {
+        (true, false) => c.problem(
+            "trust",
+            "is empty: the agent would publish any imageset placed in the drop folder, forged ones included; \
+             list the public keys imagesets are signed with (airlock-connected keygen, create --sign-key), \
+             or set allowUnsigned: true to accept unsigned imagesets",
+        ),
+        (false, true) => c.problem(
+            "allowUnsigned",
+            "is true, but trust lists keys, which require every imageset to be signed; remove one of the two",
+        ),
+        _ => {}
+    }
     if config.clusters.is_empty() {
         c.problem("clusters", "at least one cluster is needed");
     }
@@ -402,7 +420,7 @@ mod tests {
         load(&path).map_err(|e| e.to_string())
     }
 
-    const GOOD: &str = "workspace: DIR/ws\ndropDir: DIR/drop\nquarantineDir: DIR/q\nclusters:\n- name: prod\n  registry: docker://mirror.example:5000/m\n";
+    const GOOD: &str = "workspace: DIR/ws\ndropDir: DIR/drop\nquarantineDir: DIR/q\nallowUnsigned: true\nclusters:\n- name: prod\n  registry: docker://mirror.example:5000/m\n";
 
     #[test]
     fn a_minimal_configuration_is_complete_with_defaults() {
@@ -423,19 +441,19 @@ mod tests {
             ),
             (
                 format!("{GOOD}  tlsVerfy: false\n"),
-                "agent.yaml:7:3: clusters[0]: unknown field `tlsVerfy`",
+                "agent.yaml:8:3: clusters[0]: unknown field `tlsVerfy`",
             ),
             (
                 GOOD.replace("docker://mirror.example:5000/m", "mirror.example"),
-                "agent.yaml:6:3: clusters[0].registry: invalid destination",
+                "agent.yaml:7:3: clusters[0].registry: invalid destination",
             ),
             (
                 format!("{GOOD}- name: prod\n  registry: docker://b:1\n"),
-                "agent.yaml:7:3: clusters[1].name: duplicate cluster name",
+                "agent.yaml:8:3: clusters[1].name: duplicate cluster name",
             ),
             (
                 format!("{GOOD}trust: [DIR/missing.pub]\n"),
-                "agent.yaml:7:1: trust: ",
+                "agent.yaml:8:1: trust: ",
             ),
             (
                 format!("{GOOD}afterPublish: archive\n"),
@@ -443,9 +461,17 @@ mod tests {
             ),
             (
                 format!("{GOOD}settleSeconds: soon\n"),
-                "agent.yaml:7:16: settleSeconds: invalid type",
+                "agent.yaml:8:16: settleSeconds: invalid type",
             ),
             ("workspace: DIR/ws\n".to_string(), "missing field `dropDir`"),
+            (
+                GOOD.replace("allowUnsigned: true\n", ""),
+                "trust: is empty: the agent would publish any imageset placed in the drop folder",
+            ),
+            (
+                format!("{GOOD}trust: [DIR/agent.yaml]\n"),
+                "agent.yaml:4:1: allowUnsigned: is true, but trust lists keys",
+            ),
             (
                 format!("{GOOD}  kubeconfig: DIR/nope\n"),
                 "clusters[0].kubeconfig: ",

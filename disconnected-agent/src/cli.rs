@@ -155,11 +155,22 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                     auth: AuthSource::new(args.destination.authfile),
                 },
             };
+            if opts.trust.is_empty() {
+                warn_unsigned(&opts.from);
+            }
             let report = publish::publish(&opts).await?;
             print_publish(&report);
             Ok(report.exit_code())
         }
     }
+}
+
+#[allow(clippy::print_stderr, reason = "a warning to the user at the terminal")]
+fn warn_unsigned(from: &std::path::Path) {
+    eprintln!(
+        "warning: no --trust key given: imagesets in {} are published without checking who made them (each is still checked field by field). Give --trust KEY.pub, the key create --sign-key signed them with",
+        from.display()
+    );
 }
 
 #[allow(
@@ -216,6 +227,9 @@ fn print_publish(p: &PublishReport) {
     }
     for f in &r.set_aside {
         println!("set aside damaged file {}", f.display());
+    }
+    for f in &r.ignored {
+        println!("ignored {}: not an Airlock imageset chunk", f.display());
     }
     if let Some(freed) = p.pruned {
         println!("pruned the content store ({} freed)", ByteSize(freed));

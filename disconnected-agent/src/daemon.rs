@@ -329,6 +329,7 @@ impl Daemon {
             ("dropDir", old.drop_dir != new.drop_dir),
             ("quarantineDir", old.quarantine_dir != new.quarantine_dir),
             ("trust", old.trust != new.trust),
+            ("allowUnsigned", old.allow_unsigned != new.allow_unsigned),
             (
                 "grpc",
                 old.grpc.as_ref().map(|g| &g.listen) != new.grpc.as_ref().map(|g| &g.listen),
@@ -378,11 +379,12 @@ impl Daemon {
         });
         let fetch_changed = old.fetch_from != new.fetch_from;
         let grpc_tls = self.config.grpc.clone();
-        let (workspace, drop_dir, quarantine_dir, trust) = (
+        let (workspace, drop_dir, quarantine_dir, trust, allow_unsigned) = (
             self.config.workspace.clone(),
             self.config.drop_dir.clone(),
             self.config.quarantine_dir.clone(),
             self.config.trust.clone(),
+            self.config.allow_unsigned,
         );
         self.config = checked.config;
         // What needs a restart stays as the agent started with it.
@@ -391,6 +393,7 @@ impl Daemon {
         self.config.drop_dir = drop_dir;
         self.config.quarantine_dir = quarantine_dir;
         self.config.trust = trust;
+        self.config.allow_unsigned = allow_unsigned;
         self.destinations = checked.destinations;
         if fetch_changed {
             self.fetch_dests = checked.fetch_from;
@@ -422,6 +425,12 @@ impl Daemon {
             grpc,
             apis,
         } = cfg;
+        if config.allow_unsigned {
+            tracing::warn!(
+                drop_dir = %config.drop_dir.display(),
+                "allowUnsigned: imagesets are published without a signature; anyone who can place files in the drop folder can publish images to every cluster. Set trust to the keys imagesets are signed with"
+            );
+        }
         let site = Arc::new(Site::open(&config.workspace, trust)?);
         std::fs::create_dir_all(&config.quarantine_dir)
             .map_err(|e| Error::io(&config.quarantine_dir, e))?;

@@ -96,6 +96,7 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
     let site = Site::open(&workspace_dir(opts.workspace.as_deref())?, trust)?;
     let found = scan::scan(&opts.from).map_err(|e| Error::io(&opts.from, e))?;
     tracing::info!(dir = %opts.from.display(), imagesets = found.imagesets.len(), damaged = found.damaged.len(), other = found.other.len(), "scanned");
+    report.site.ignored.clone_from(&found.other);
     for e in &found.damaged {
         report
             .site

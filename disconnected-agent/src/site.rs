@@ -73,6 +73,9 @@ pub struct Report {
     pub rebuilt: Vec<PathBuf>,
     /// Damaged files set aside (renamed with `.damaged`).
     pub set_aside: Vec<PathBuf>,
+    /// Files that are not chunks at all, left where they are; named so that a
+    /// chunk mangled in transfer beyond recognition is not silently missed.
+    pub ignored: Vec<PathBuf>,
     /// Where the workspace position came from, when taken from a registry.
     pub continued_from: Option<String>,
     /// Sequences published, per destination.
@@ -212,10 +215,16 @@ impl Site {
             for c in pending {
                 let key = (c.manifest.uuid, c.manifest.sequence);
                 let outcome = match self.ws.judge(&c.manifest)? {
-                    Verdict::Duplicate => {
-                        tracing::info!(uuid = %key.0, sequence = key.1, "already accepted; skipped");
-                        Outcome::Duplicate
-                    }
+                    Verdict::Duplicate => match self.same_as_accepted(c)? {
+                        None => {
+                            tracing::info!(uuid = %key.0, sequence = key.1, "already accepted; skipped");
+                            Outcome::Duplicate
+                        }
+                        Some(why) => {
+                            report.problem(exit_codes::DATA, why.clone());
+                            Outcome::Refused(why)
+                        }
+                    },
                     Verdict::Refuse(why) => {
                         report.problem(exit_codes::STATE, why.clone());
                         Outcome::Refused(why)
@@ -255,6 +264,27 @@ impl Site {
             ));
         }
         Ok(outcomes)
+    }
+
+    /// Why `c`, whose sequence was accepted earlier, is not that imageset: a resend
+    /// is welcome, but another manifest under an accepted sequence is a forgery or
+    /// two connected workspaces sharing a UUID, and must not pass as a duplicate.
+    /// `None` when it is the same (or the accepted manifest is not kept here, as
+    /// after continuing from a registry, so there is nothing to compare).
+    fn same_as_accepted(&self, c: &Candidate) -> Result<Option<String>, Error> {
+        let m = &c.manifest;
+        if !self.ws.has_manifest(&m.uuid, m.sequence) {
+            return Ok(None);
+        }
+        let accepted = self.ws.manifest(&m.uuid, m.sequence)?;
+        if accepted == **m {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "{}: was accepted earlier with another manifest (sha256 of this one: {}); refusing it: a file was forged, or two connected workspaces share a UUID. Nothing of it was published; the accepted imageset stands",
+            m.label(),
+            c.manifest_digest
+        )))
     }
 
     /// Verifies and takes one acceptable imageset.

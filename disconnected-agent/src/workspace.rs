@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use airlock_common::imageset::ImagesetManifest;
+use airlock_common::imageset::{ImagesetManifest, validate};
 use airlock_common::state::{self, StateError};
 use sled::Transactional;
 use uuid::Uuid;
@@ -182,8 +182,21 @@ impl Workspace {
         let path = self.manifest_path(uuid, sequence);
         let bytes = std::fs::read(&path)
             .map_err(|e| StateError::storage(&self.path, format!("{}: {e}", path.display())))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| StateError::storage(&self.path, format!("{}: {e}", path.display())))
+        let m: ImagesetManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| StateError::storage(&self.path, format!("{}: {e}", path.display())))?;
+        // A manifest accepted by a build that checked less may hold what this one
+        // refuses at the gap; say so here rather than fail somewhere inside publish.
+        validate::check_content(&m).map_err(|e| {
+            StateError::storage(
+                &self.path,
+                format!(
+                    "{}: {} was accepted but is not valid: {e}; publish into a new, empty workspace from a full imageset",
+                    path.display(),
+                    m.label()
+                ),
+            )
+        })?;
+        Ok(m)
     }
 
     /// The last sequence published to `destination`.

@@ -10,11 +10,13 @@
 //!
 //! - [`layout`] decides which blob bytes go into which chunk at which offset,
 //! - [`write`] writes chunk files from that plan, crash-safely,
-//! - [`read`] reads chunk files strictly, treating them as hostile input.
+//! - [`read`] reads chunk files strictly, treating them as hostile input,
+//! - [`validate`] checks a manifest field by field: the trust boundary.
 
 pub mod layout;
 pub mod parity;
 pub mod read;
+pub mod validate;
 pub mod write;
 
 use serde::{Deserialize, Serialize};
@@ -279,115 +281,6 @@ pub fn chunk_file_name(uuid: &Uuid, sequence: u64, index: u32, count: u32) -> St
 }
 
 impl ImagesetManifest {
-    /// Checks that the manifest is self-consistent, so that nothing computed from it
-    /// later (offsets, sizes, part order) can overflow, run out of bounds, or disagree
-    /// with itself, whatever a forger wrote: chunks numbered 1..=K, each within the
-    /// limit and exactly as large as its entries (given `payload_offset`, the metadata
-    /// length of the chunk being read); every blob's parts contiguous, in existing
-    /// chunks, summing to its size; every image's digest listed as a manifest.
-    pub fn check(&self, payload_offset: u64) -> Result<(), String> {
-        let count = self.chunks.len();
-        if count == 0 || count > u32::MAX as usize {
-            return Err(format!("the manifest lists {count} chunks"));
-        }
-        let mut sizes = vec![
-            Some(
-                payload_offset
-                    .checked_add(CHUNK_ENTRY_LEN + TRAILER_LEN)
-                    .ok_or("overflow")?
-            );
-            count
-        ];
-        for (i, c) in self.chunks.iter().enumerate() {
-            if c.index as usize != i + 1 {
-                return Err(format!("chunk {} is listed at position {}", c.index, i + 1));
-            }
-            if c.size > self.limit {
-                return Err(format!(
-                    "chunk {} of {} bytes exceeds the imageset's limit of {}",
-                    c.index, c.size, self.limit
-                ));
-            }
-            if c.sha256.len() != 64
-                || !c
-                    .sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return Err(format!("chunk {} has a malformed sha256", c.index));
-            }
-        }
-        let mut manifests = std::collections::HashSet::new();
-        let mut digests = std::collections::HashSet::new();
-        for b in &self.blobs {
-            if !digests.insert(&b.digest) {
-                return Err(format!("blob {} is listed twice", b.digest));
-            }
-            if b.media_type.is_some() {
-                manifests.insert(&b.digest);
-            }
-            let mut next = 0u64;
-            for p in &b.parts {
-                if p.offset != next || p.chunk == 0 || p.chunk as usize > count {
-                    return Err(format!(
-                        "blob {} has a part out of place (chunk {}, offset {})",
-                        b.digest, p.chunk, p.offset
-                    ));
-                }
-                next = next.checked_add(p.length).ok_or("part lengths overflow")?;
-                let size = &mut sizes[p.chunk as usize - 1];
-                *size = size
-                    .and_then(|s| s.checked_add(BLOCK))
-                    .and_then(|s| s.checked_add(p.length.checked_next_multiple_of(BLOCK)?));
-            }
-            if !b.parts.is_empty() && next != b.size {
-                return Err(format!(
-                    "blob {} parts add up to {next} bytes, its size is {}",
-                    b.digest, b.size
-                ));
-            }
-        }
-        let largest = self
-            .chunks
-            .iter()
-            .map(|c| c.size.saturating_sub(payload_offset))
-            .max()
-            .unwrap_or(0);
-        let parity_size = payload_offset
-            .checked_add(PARITY_EXTRA)
-            .and_then(|s| s.checked_add(largest))
-            .ok_or("overflow")?;
-        for (i, p) in self.parity.iter().enumerate() {
-            if p.index as usize != i + 1 || p.size != parity_size || p.size > self.limit {
-                return Err(format!(
-                    "parity file {} is listed as {} bytes at position {}; expected {parity_size} bytes within the limit",
-                    p.index,
-                    p.size,
-                    i + 1
-                ));
-            }
-        }
-        for (c, size) in self.chunks.iter().zip(sizes) {
-            if size != Some(c.size) {
-                return Err(format!(
-                    "chunk {} is listed as {} bytes, but its entries make {}",
-                    c.index,
-                    c.size,
-                    size.map_or("more than 2^64".to_string(), |s| s.to_string())
-                ));
-            }
-        }
-        for i in &self.images {
-            if !manifests.contains(&i.digest) {
-                return Err(format!(
-                    "image {} names manifest {}, which is not listed",
-                    i.source, i.digest
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// `<uuid8>/seq<N>`, how logs and messages name an imageset.
     pub fn label(&self) -> String {
         format!("imageset {} sequence {}", self.uuid, self.sequence)

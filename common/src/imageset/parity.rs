@@ -93,8 +93,14 @@ pub fn encode(
         .collect())
 }
 
+/// The name a rebuilt chunk `i` (from 0) is written under: derived by Airlock from
+/// the UUID, sequence and index, whatever the manifest lists.
+pub fn rebuilt_name(m: &ImagesetManifest, i: usize) -> String {
+    super::chunk_file_name(&m.uuid, m.sequence, i as u32 + 1, m.chunks.len() as u32)
+}
+
 /// Rebuilds the chunks that are `None` in `data` from the others and the parity
-/// files, writing each under its manifest name in `out_dir` once it matches its
+/// files, writing each under its derived name ([`rebuilt_name`]) in `out_dir` once it matches its
 /// sha256. `metadata` is the first `payload_offset` bytes any file of the imageset
 /// carries. Every `Some` file must be intact (verified) — the codec cannot tell a
 /// damaged shard from a good one. Returns the rebuilt files.
@@ -145,7 +151,9 @@ pub fn repair(
     }
     let mut rebuilt: Vec<(usize, PathBuf, File)> = Vec::new();
     for &i in &missing {
-        let path = out_dir.join(format!("{}.repair", m.chunks[i].name));
+        // Never the manifest's `name`: it crossed the gap, and a forged one
+        // (`../x`, `/etc/...`) would choose where these bytes land.
+        let path = out_dir.join(format!("{}.repair", rebuilt_name(m, i)));
         let mut f = File::create(&path).map_err(io)?;
         f.set_len(m.chunks[i].size).map_err(io)?;
         f.write_all(&metadata[..payload_offset as usize])
@@ -205,12 +213,39 @@ pub fn repair(
             let _ = std::fs::remove_file(&path);
             return Err(format!(
                 "rebuilt {} does not match its sha256; a file used for the repair is damaged",
-                m.chunks[i].name
+                rebuilt_name(m, i)
             ));
         }
-        let target = out_dir.join(&m.chunks[i].name);
-        std::fs::rename(&path, &target).map_err(io)?;
-        done.push(target);
+        done.push(place(&path, out_dir, &rebuilt_name(m, i)).map_err(io)?);
     }
     Ok(done)
+}
+
+/// Moves `from` to `name` in `dir` without replacing anything there: a file of that
+/// name may be another chunk a file manager renamed. Tries `name`, then
+/// `<stem>-rebuilt<n>.tar`.
+fn place(from: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let stem = name.strip_suffix(".tar").unwrap_or(name);
+    for n in 0..100u32 {
+        let target = match n {
+            0 => dir.join(name),
+            n => dir.join(format!("{stem}-rebuilt{n}.tar")),
+        };
+        // A hard link fails when the target exists, where a rename would replace it.
+        match std::fs::hard_link(from, &target) {
+            Ok(()) => {
+                std::fs::remove_file(from)?;
+                return Ok(target);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!(
+            "{}: 100 files of this name already exist",
+            dir.join(name).display()
+        ),
+    ))
 }

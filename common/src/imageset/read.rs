@@ -16,9 +16,10 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::validate;
 use super::write::{entry_header, identity_bytes, mtime_of};
 use super::{
-    BLOCK, BlobRecord, CHUNK_ENTRY, ChunkIdentity, FORMAT, ImagesetManifest, MANIFEST_ENTRY,
+    BLOCK, BlobRecord, CHUNK_ENTRY, ChunkIdentity, ImagesetManifest, MANIFEST_ENTRY,
     MANIFEST_SUM_ENTRY, MANIFEST_SUM_LEN, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, PartRecord,
     SIGNATURE_ENTRY, TRAILER_LEN, padded,
 };
@@ -264,12 +265,8 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
     }
     let manifest: ImagesetManifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| corrupt(format!("the imageset manifest is not valid: {e}")))?;
-    if manifest.format != FORMAT {
-        return Err(corrupt(format!(
-            "imageset format {:?} is not supported; this build reads {FORMAT:?}",
-            manifest.format
-        )));
-    }
+    validate::check_header(&manifest)
+        .map_err(|e| corrupt(format!("the imageset manifest is not valid: {e}")))?;
     let mtime = mtime_of(&manifest.created);
     expect_header(&manifest_header, MANIFEST_ENTRY, size, mtime, path)?;
     expect_header(&h, MANIFEST_SUM_ENTRY, MANIFEST_SUM_LEN, mtime, path)?;
@@ -313,9 +310,8 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
             manifest.label()
         )));
     }
-    manifest
-        .check(payload_offset)
-        .map_err(|why| corrupt(format!("the imageset manifest is inconsistent: {why}")))?;
+    validate::check(&manifest, payload_offset)
+        .map_err(|e| corrupt(format!("the imageset manifest is not valid: {e}")))?;
     let count = manifest.chunks.len() as u32;
     let (list, what) = match identity.parity {
         None => (&manifest.chunks, "chunks"),

@@ -62,7 +62,7 @@ async fn write_imageset_with(
         format: FORMAT.into(),
         uuid: Uuid::from_u128(0x3f2a9c1e_0000_4000_8000_000000000001),
         sequence: 7,
-        full: true,
+        full: false,
         created: "2026-11-24T10:00:00Z".into(),
         limit,
         chunks: Vec::new(),
@@ -449,13 +449,30 @@ async fn forged_manifest_that_disagrees_with_itself_is_refused() {
     let forgeries: Vec<(Forge, &str)> = vec![
         (
             Box::new(|m| m.blobs[0].parts[0].length = u64::MAX - 10),
-            "add up to",
+            "blobs[0].parts: the parts of",
         ),
-        (Box::new(|m| m.blobs[1].parts[0].offset = 7), "out of place"),
+        (
+            Box::new(|m| m.blobs[1].parts[0].offset = 7),
+            "blobs[1].parts[0]: chunk 1 offset 7; expected offset 0",
+        ),
         (Box::new(|m| m.blobs[1].size += 1), "add up to"),
-        (Box::new(|m| m.chunks[0].size += 512), "its entries make"),
-        (Box::new(|m| m.limit = 10), "exceeds the imageset's limit"),
-        (Box::new(|m| m.blobs[0].parts[0].chunk = 9), "out of place"),
+        (Box::new(|m| m.chunks[0].size += 512), "chunks[0].size: "),
+        (
+            Box::new(|m| m.limit = 10),
+            "more than the imageset's limit of 10",
+        ),
+        (
+            Box::new(|m| m.blobs[0].parts[0].chunk = 9),
+            "blobs[0].parts[0]: chunk 9 offset 0; expected offset 0 in a chunk from 1 to 1",
+        ),
+        (
+            Box::new(|m| m.chunks[0].name = "../../x.tar".into()),
+            "chunks[0].name: \"../../x.tar\"; expected \"airlock-",
+        ),
+        (
+            Box::new(|m| m.blobs[1].repository = "Example.com/UPPER".into()),
+            "blobs[1].repository: invalid image reference \"Example.com/UPPER\"",
+        ),
     ];
     for (forge, want) in forgeries {
         let mut m = (*head.manifest).clone();
@@ -472,7 +489,7 @@ async fn forged_manifest_that_disagrees_with_itself_is_refused() {
         std::fs::write(&forged, &data).unwrap();
         let msg = corrupt_message(&forged);
         assert!(
-            msg.contains("inconsistent") && msg.contains(want),
+            msg.contains("the imageset manifest is not valid: ") && msg.contains(want),
             "want {want:?}: {msg}"
         );
     }
@@ -690,7 +707,7 @@ mod fuzz {
             if let Some(b) = m.blobs.first_mut() {
                 b.parts = parts.iter().map(|&(chunk, offset, length)| PartRecord { chunk, offset, length }).collect();
             }
-            let _ = m.check(offset);
+            let _ = super::validate::check(&m, offset);
         }
 
         #[test]
@@ -700,7 +717,7 @@ mod fuzz {
             let i = at.index(bytes.len());
             bytes[i] = with;
             if let Ok(m) = serde_json::from_slice::<ImagesetManifest>(&bytes) {
-                let _ = m.check(4096);
+                let _ = super::validate::check(&m, 4096);
             }
         }
     }

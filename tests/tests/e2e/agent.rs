@@ -139,8 +139,14 @@ impl Site {
         clusters: &[(&str, &Registry, Option<&Path>)],
         extra: &str,
     ) -> PathBuf {
+        // Tests that do not test signatures run unsigned, as they must say.
+        let unsigned = if extra.contains("trust:") {
+            ""
+        } else {
+            "allowUnsigned: true\n"
+        };
         let mut text = format!(
-            "workspace: {0}/ws\ndropDir: {0}/drop\nquarantineDir: {0}/quarantine\nafterPublish: archive\narchiveDir: {0}/archive\nsettleSeconds: 1\nrescanSeconds: 1\n{extra}clusters:\n",
+            "workspace: {0}/ws\ndropDir: {0}/drop\nquarantineDir: {0}/quarantine\nafterPublish: archive\narchiveDir: {0}/archive\nsettleSeconds: 1\nrescanSeconds: 1\n{unsigned}{extra}clusters:\n",
             self.tmp.path().display(),
         );
         for (name, registry, kubeconfig) in clusters {

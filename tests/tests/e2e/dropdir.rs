@@ -234,7 +234,7 @@ fn a_bad_agent_configuration_stops_it_before_it_touches_anything() {
     assert_eq!(out.code, EX_CONFIG, "{out}");
     assert!(
         out.stderr
-            .contains("agent.yaml:11:14: clusters[0].tlsVerify: invalid type"),
+            .contains("agent.yaml:12:14: clusters[0].tlsVerify: invalid type"),
         "{out}"
     );
     assert!(!site.path("ws").exists(), "no workspace created");

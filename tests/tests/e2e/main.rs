@@ -7,6 +7,7 @@ mod differential;
 mod dropdir;
 mod fleet;
 mod foundation;
+mod hostile;
 mod oneway;
 mod operators;
 mod policy;

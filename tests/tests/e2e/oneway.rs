@@ -86,13 +86,6 @@ fn resign(dir: &Path, signer: &Signer) {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for f in chunk_files(from) {
-        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
-    }
-}
-
 #[test]
 fn only_imagesets_signed_by_a_trusted_key_are_published() {
     let s = Setup::plain();

@@ -252,6 +252,14 @@ pub fn publish(from: &Path, dest: &Registry, prefix: &str, ws: &Path) -> Output 
     run(&mut publish_cmd(from, dest, prefix, ws))
 }
 
+/// Copies the chunk files of `from` into `to` (made if missing).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in chunk_files(from) {
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
 pub fn chunk_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()

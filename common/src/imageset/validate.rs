@@ -1,0 +1,828 @@
+//! The trust boundary: an imageset manifest is checked completely, field by field,
+//! before anything of its imageset is written, stored or pushed.
+//!
+//! Everything in a manifest crossed the air gap and may have been forged with every
+//! checksum consistent (an unsigned imageset, or one signed by a stolen key). Code
+//! after this check may rely on what it guarantees without checking again:
+//!
+//! - every string has the grammar of what it names (distribution's reference
+//!   grammar for registries, repositories and tags; the four manifest media types;
+//!   chunk and parity names exactly as [`super::chunk_file_name`] derives them) and a
+//!   bounded length, so it can be parsed, put in a URL or quoted without surprise;
+//! - every count and size is bounded, so sums cannot overflow and nothing computed
+//!   from them outgrows memory;
+//! - every cross-reference resolves: parts lie in listed chunks, contiguous and
+//!   summing to their blob; chunks are exactly as large as their entries; every
+//!   image, referrer subject and release names a listed manifest.
+//!
+//! Names from a manifest are still never used as paths: rebuilt chunks get names
+//! Airlock derives from the UUID, sequence and index.
+
+use std::collections::{HashMap, HashSet};
+
+use base64::Engine as _;
+
+use super::{
+    BLOCK, CHUNK_ENTRY_LEN, FORMAT, ImageKind, ImagesetManifest, PARITY_EXTRA, TRAILER_LEN,
+    chunk_file_name, parity_file_name,
+};
+use crate::digest::Digest;
+use crate::manifest::{
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
+};
+use crate::quote::clipped;
+use crate::reference::{ImageRef, valid_repository, valid_tag};
+
+/// Most chunk files one imageset may have (at the smallest useful limit of 1 MiB,
+/// 100 TiB).
+pub const MAX_CHUNKS: usize = 100_000;
+/// Most parity files (Reed–Solomon over GF(2^16) allows far more; no site needs
+/// more than a few).
+pub const MAX_PARITY: usize = 1_000;
+/// Most images one imageset may list (a release is ~190, a filtered Red Hat
+/// operator catalog a few thousand).
+pub const MAX_IMAGES: usize = 200_000;
+/// Most manifests and blobs one imageset may list.
+pub const MAX_BLOBS: usize = 1_000_000;
+/// Largest blob a manifest may list: 1 TiB. With [`MAX_BLOBS`], no sum of sizes can
+/// overflow a `u64`.
+pub const MAX_BLOB_SIZE: u64 = 1 << 40;
+/// Longest source reference or repository name kept (distribution limits a name to
+/// 255 characters; a source may add a tag and digest).
+pub const MAX_NAME: usize = 512;
+/// Most releases, and most channels per release.
+pub const MAX_RELEASES: usize = 10_000;
+/// Largest release signature (decoded); real ones are under 1 KiB.
+pub const MAX_RELEASE_SIGNATURE: usize = 64 << 10;
+
+/// A manifest field that is not what the format allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct Invalid {
+    /// The field, as a path into the manifest's JSON (`images[3].repository`).
+    pub field: String,
+    /// What was found (clipped) and what was expected.
+    pub problem: String,
+}
+
+/// A list of at most `max` entries.
+fn at_most(field: &str, len: usize, max: usize) -> Result<(), Invalid> {
+    if len > max {
+        return Err(invalid(
+            field,
+            format!("{len} entries, more than the {max} allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The media types a manifest blob may have: exactly the ones Airlock mirrors.
+pub fn is_manifest_media_type(media_type: &str) -> bool {
+    [
+        OCI_INDEX,
+        DOCKER_MANIFEST_LIST,
+        OCI_MANIFEST,
+        DOCKER_MANIFEST,
+    ]
+    .contains(&media_type)
+}
+
+/// Checks `m` completely; `payload_offset` is the metadata length of the chunk it
+/// was read from (header, manifest, checksum and signature entries), on which every
+/// chunk's size depends.
+pub fn check(m: &ImagesetManifest, payload_offset: u64) -> Result<(), Invalid> {
+    check_content(m)?;
+    chunks(m, payload_offset)
+}
+
+/// Checks everything but the chunk list, which only a chunk file's metadata length
+/// can check: for a manifest accepted earlier and loaded from the workspace, whose
+/// chunks are gone.
+pub fn check_content(m: &ImagesetManifest) -> Result<(), Invalid> {
+    check_header(m)?;
+    let manifests = blobs(m)?;
+    images(m, &manifests)?;
+    releases(m)
+}
+
+/// The fields the chunk's tar headers are compared against (`format`, `created`),
+/// and the sequence fields; checked first, so that a forged time is reported as
+/// such and not as a header that differs.
+pub fn check_header(m: &ImagesetManifest) -> Result<(), Invalid> {
+    if m.format != FORMAT {
+        return Err(invalid(
+            "format",
+            format!(
+                "{} is not supported; this build reads {FORMAT:?}",
+                clipped(&m.format)
+            ),
+        ));
+    }
+    if m.sequence == 0 {
+        return Err(invalid("sequence", "0; sequences start at 1"));
+    }
+    if m.full != (m.sequence == 1) {
+        return Err(invalid(
+            "full",
+            format!(
+                "{} at sequence {}; an imageset is full exactly when it starts a workspace (sequence 1)",
+                m.full, m.sequence
+            ),
+        ));
+    }
+    let canonical = chrono::DateTime::parse_from_rfc3339(&m.created)
+        .ok()
+        .filter(|t| t.offset().local_minus_utc() == 0 && t.timestamp() >= 0)
+        .map(|t| {
+            t.to_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        });
+    if canonical.as_deref() != Some(m.created.as_str()) {
+        return Err(invalid(
+            "created",
+            format!(
+                "{}; expected RFC 3339 UTC with whole seconds after 1970 (2026-11-24T10:00:00Z)",
+                clipped(&m.created)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the blob list; returns the manifests' digests with their media types.
+fn blobs(m: &ImagesetManifest) -> Result<HashMap<&Digest, &str>, Invalid> {
+    at_most("blobs", m.blobs.len(), MAX_BLOBS)?;
+    let mut seen = HashSet::with_capacity(m.blobs.len());
+    let mut manifests = HashMap::new();
+    for (i, b) in m.blobs.iter().enumerate() {
+        let field = |f: &str| format!("blobs[{i}].{f}");
+        if !seen.insert(&b.digest) {
+            return Err(invalid(
+                field("digest"),
+                format!("{} is listed twice", b.digest),
+            ));
+        }
+        if b.size > MAX_BLOB_SIZE {
+            return Err(invalid(
+                field("size"),
+                format!("{} bytes, more than the 1 TiB allowed", b.size),
+            ));
+        }
+        source_repository(&b.repository).map_err(|p| invalid(field("repository"), p))?;
+        if let Some(t) = &b.media_type {
+            if !is_manifest_media_type(t) {
+                return Err(invalid(
+                    field("mediaType"),
+                    format!(
+                        "{}; expected one of {OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}",
+                        clipped(t)
+                    ),
+                ));
+            }
+            if b.size > MAX_MANIFEST_BYTES as u64 {
+                return Err(invalid(
+                    field("size"),
+                    format!(
+                        "{} bytes for a manifest; registries accept at most {MAX_MANIFEST_BYTES}",
+                        b.size
+                    ),
+                ));
+            }
+            manifests.insert(&b.digest, t.as_str());
+        }
+        if m.full && !b.carried() {
+            return Err(invalid(
+                field("parts"),
+                format!(
+                    "blob {} is not carried, but a full imageset carries every blob",
+                    b.digest
+                ),
+            ));
+        }
+    }
+    Ok(manifests)
+}
+
+/// Chunks numbered 1..=K within the limit, named as derived, and each exactly as large
+/// as its entries; parity files sized as the format says; every blob's parts
+/// contiguous, in listed chunks, summing to its size.
+fn chunks(m: &ImagesetManifest, payload_offset: u64) -> Result<(), Invalid> {
+    let count = m.chunks.len();
+    if count == 0 || count > MAX_CHUNKS {
+        return Err(invalid(
+            "chunks",
+            format!("{count} entries; expected 1 to {MAX_CHUNKS}"),
+        ));
+    }
+    let overflow = |f: String| invalid(f, "sizes overflow");
+    let base = payload_offset
+        .checked_add(CHUNK_ENTRY_LEN + TRAILER_LEN)
+        .ok_or_else(|| overflow("chunks".into()))?;
+    let mut sizes = vec![Some(base); count];
+    for (i, c) in m.chunks.iter().enumerate() {
+        let field = |f: &str| format!("chunks[{i}].{f}");
+        if c.index as usize != i + 1 {
+            return Err(invalid(
+                field("index"),
+                format!("{}; chunks are listed in order from 1", c.index),
+            ));
+        }
+        let name = chunk_file_name(&m.uuid, m.sequence, c.index, count as u32);
+        if c.name != name {
+            return Err(invalid(
+                field("name"),
+                format!("{}; expected {name:?}", clipped(&c.name)),
+            ));
+        }
+        if c.size > m.limit {
+            return Err(invalid(
+                field("size"),
+                format!(
+                    "{} bytes, more than the imageset's limit of {}",
+                    c.size, m.limit
+                ),
+            ));
+        }
+        sha256_hex(&c.sha256).map_err(|p| invalid(field("sha256"), p))?;
+    }
+    for (i, b) in m.blobs.iter().enumerate() {
+        let mut next = 0u64;
+        for (j, p) in b.parts.iter().enumerate() {
+            let field = format!("blobs[{i}].parts[{j}]");
+            if p.offset != next || p.chunk == 0 || p.chunk as usize > count {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "chunk {} offset {}; expected offset {next} in a chunk from 1 to {count}",
+                        p.chunk, p.offset
+                    ),
+                ));
+            }
+            next = next
+                .checked_add(p.length)
+                .ok_or_else(|| overflow(field.clone()))?;
+            let size = &mut sizes[p.chunk as usize - 1];
+            *size = size
+                .and_then(|s| s.checked_add(BLOCK))
+                .and_then(|s| s.checked_add(p.length.checked_next_multiple_of(BLOCK)?));
+        }
+        if !b.parts.is_empty() && next != b.size {
+            return Err(invalid(
+                format!("blobs[{i}].parts"),
+                format!(
+                    "the parts of {} add up to {next} bytes; its size is {}",
+                    b.digest, b.size
+                ),
+            ));
+        }
+    }
+    for (i, (c, size)) in m.chunks.iter().zip(sizes).enumerate() {
+        if size != Some(c.size) {
+            return Err(invalid(
+                format!("chunks[{i}].size"),
+                format!(
+                    "{} bytes, but its entries make {}",
+                    c.size,
+                    size.map_or("more than 2^64".to_string(), |s| s.to_string())
+                ),
+            ));
+        }
+    }
+    at_most("parity", m.parity.len(), MAX_PARITY)?;
+    let largest = m
+        .chunks
+        .iter()
+        .map(|c| c.size.saturating_sub(payload_offset))
+        .max()
+        .unwrap_or(0);
+    let parity_size = payload_offset
+        .checked_add(PARITY_EXTRA)
+        .and_then(|s| s.checked_add(largest))
+        .ok_or_else(|| overflow("parity".into()))?;
+    for (i, p) in m.parity.iter().enumerate() {
+        let field = |f: &str| format!("parity[{i}].{f}");
+        if p.index as usize != i + 1 {
+            return Err(invalid(
+                field("index"),
+                format!("{}; parity files are listed in order from 1", p.index),
+            ));
+        }
+        let name = parity_file_name(&m.uuid, m.sequence, p.index, m.parity.len() as u32);
+        if p.name != name {
+            return Err(invalid(
+                field("name"),
+                format!("{}; expected {name:?}", clipped(&p.name)),
+            ));
+        }
+        if p.size != parity_size || p.size > m.limit {
+            return Err(invalid(
+                field("size"),
+                format!(
+                    "{} bytes; expected {parity_size} (the largest chunk payload and three blocks), within the limit of {}",
+                    p.size, m.limit
+                ),
+            ));
+        }
+        sha256_hex(&p.sha256).map_err(|e| invalid(field("sha256"), e))?;
+    }
+    Ok(())
+}
+
+fn images(m: &ImagesetManifest, manifests: &HashMap<&Digest, &str>) -> Result<(), Invalid> {
+    at_most("images", m.images.len(), MAX_IMAGES)?;
+    for (i, image) in m.images.iter().enumerate() {
+        let field = |f: &str| format!("images[{i}].{f}");
+        if image.source.len() > MAX_NAME {
+            return Err(invalid(
+                field("source"),
+                format!(
+                    "{}: {} bytes, more than the {MAX_NAME} allowed",
+                    clipped(&image.source),
+                    image.source.len()
+                ),
+            ));
+        }
+        image
+            .source
+            .parse::<ImageRef>()
+            .map_err(|e| invalid(field("source"), format!("{e}")))?;
+        source_repository(&image.repository).map_err(|p| invalid(field("repository"), p))?;
+        if let Some(tag) = &image.tag {
+            if !valid_tag(tag) {
+                return Err(invalid(
+                    field("tag"),
+                    format!(
+                        "{}; expected 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+                        clipped(tag)
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = &image.target_repository {
+            if t.len() > 255 || !valid_repository(t) {
+                return Err(invalid(
+                    field("targetRepository"),
+                    format!(
+                        "{}; expected a repository path of at most 255 characters: lowercase letters and digits separated by '.', '_', '__', '-' or '/'",
+                        clipped(t)
+                    ),
+                ));
+            }
+        }
+        if !manifests.contains_key(&image.digest) {
+            return Err(invalid(
+                field("digest"),
+                format!(
+                    "{} is not listed in blobs[] as a manifest (with a manifest mediaType)",
+                    image.digest
+                ),
+            ));
+        }
+        match (&image.kind, &image.subject) {
+            (ImageKind::Referrer, None) => {
+                return Err(invalid(
+                    field("subject"),
+                    "missing; a referrer names its subject",
+                ));
+            }
+            (ImageKind::Referrer, Some(s)) if !manifests.contains_key(s) => {
+                return Err(invalid(
+                    field("subject"),
+                    format!("{s} is not listed in blobs[] as a manifest"),
+                ));
+            }
+            (ImageKind::Referrer, Some(_)) | (_, None) => {}
+            (_, Some(_)) => {
+                return Err(invalid(
+                    field("subject"),
+                    "set on an image that is not a referrer",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn releases(m: &ImagesetManifest) -> Result<(), Invalid> {
+    at_most("releases", m.releases.len(), MAX_RELEASES)?;
+    let release_images: HashSet<&Digest> = m
+        .images
+        .iter()
+        .filter(|i| i.kind == ImageKind::Release)
+        .map(|i| &i.digest)
+        .collect();
+    for (i, r) in m.releases.iter().enumerate() {
+        let field = |f: &str| format!("releases[{i}].{f}");
+        let word = |s: &str, extra: &[u8]| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+        };
+        if !word(&r.version, b".+-_") {
+            return Err(invalid(
+                field("version"),
+                format!(
+                    "{}; expected a release version such as 4.14.3",
+                    clipped(&r.version)
+                ),
+            ));
+        }
+        if !word(&r.arch, b"_") {
+            return Err(invalid(
+                field("arch"),
+                format!(
+                    "{}; expected an architecture such as amd64 or multi",
+                    clipped(&r.arch)
+                ),
+            ));
+        }
+        at_most(&field("channels"), r.channels.len(), 64)?;
+        for (j, c) in r.channels.iter().enumerate() {
+            if !word(c, b".-_") {
+                return Err(invalid(
+                    format!("releases[{i}].channels[{j}]"),
+                    format!("{}; expected a channel such as stable-4.14", clipped(c)),
+                ));
+            }
+        }
+        let by_digest = r
+            .image
+            .parse::<ImageRef>()
+            .ok()
+            .filter(|i| i.digest() == Some(&r.digest) && i.tag().is_none());
+        if r.image.len() > MAX_NAME || by_digest.is_none() {
+            return Err(invalid(
+                field("image"),
+                format!(
+                    "{}; expected the release image's pull spec by digest, REGISTRY/REPOSITORY@{}",
+                    clipped(&r.image),
+                    r.digest
+                ),
+            ));
+        }
+        if !release_images.contains(&r.digest) {
+            return Err(invalid(
+                field("digest"),
+                format!("{} is not an image of kind release", r.digest),
+            ));
+        }
+        if !valid_tag(&r.tag) {
+            return Err(invalid(
+                field("tag"),
+                format!("{}; expected a tag such as 4.14.3-x86_64", clipped(&r.tag)),
+            ));
+        }
+        if let Some(s) = &r.signature {
+            release_signature(s).map_err(|p| invalid(field("signature"), p))?;
+        }
+    }
+    Ok(())
+}
+
+/// A source repository as the connected side records it: `registry/path`, exactly
+/// as [`ImageRef::name`] spells it, without tag or digest.
+fn source_repository(repository: &str) -> Result<(), String> {
+    let expected = "expected REGISTRY/PATH as distribution names it (quay.io/team/app: a host, then lowercase path components)";
+    if repository.len() > MAX_NAME {
+        return Err(format!(
+            "{}: {} bytes; {expected}",
+            clipped(repository),
+            repository.len()
+        ));
+    }
+    match repository.parse::<ImageRef>() {
+        Ok(r) if r.tag().is_none() && r.digest().is_none() && r.name() == repository => Ok(()),
+        Ok(_) => Err(format!("{}; {expected}", clipped(repository))),
+        Err(e) => Err(format!("{e}; {expected}")),
+    }
+}
+
+fn sha256_hex(s: &str) -> Result<(), String> {
+    if s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!("{}; expected 64 lowercase hex digits", clipped(s)))
+    }
+}
+
+/// A release signature as the signature store serves it: base64 of an OpenPGP
+/// message, which goes into the signature ConfigMap and from there to the cluster
+/// version operator; anything else would be written into a cluster unchecked.
+fn release_signature(s: &str) -> Result<(), String> {
+    let expected = "expected base64 of an OpenPGP signature";
+    if s.len() > MAX_RELEASE_SIGNATURE * 2 {
+        return Err(format!("{} bytes; {expected}", s.len()));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("{}: not base64 ({e}); {expected}", clipped(s)))?;
+    if bytes.len() > MAX_RELEASE_SIGNATURE || bytes.first().is_none_or(|b| b & 0x80 == 0) {
+        return Err(format!(
+            "{} decoded bytes that do not start an OpenPGP packet; {expected}",
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::imageset::{BlobRecord, ChunkRecord, ImageRecord, PartRecord, ReleaseRecord};
+    use crate::publish::{cluster_resources, destination_repository};
+    use crate::reference::Destination;
+
+    const OFFSET: u64 = 4096;
+
+    /// A small manifest that passes: one chunk holding an index, a manifest and a
+    /// layer; a release, a referrer and an image with a target repository.
+    fn genuine() -> ImagesetManifest {
+        let uuid = Uuid::from_u128(0x3f2a9c1e_0000_4000_8000_000000000001);
+        let blob = |n: u8, size: u64, media_type: Option<&str>| BlobRecord {
+            digest: Digest::of(&[n]),
+            size,
+            media_type: media_type.map(str::to_string),
+            repository: "quay.io/team/app".into(),
+            parts: vec![],
+        };
+        let mut blobs = vec![
+            blob(1, 300, Some(OCI_INDEX)),
+            blob(2, 500, Some(OCI_MANIFEST)),
+            blob(3, 700, None),
+            blob(4, 400, Some(DOCKER_MANIFEST)),
+        ];
+        for b in &mut blobs {
+            b.parts = vec![PartRecord {
+                chunk: 1,
+                offset: 0,
+                length: b.size,
+            }];
+        }
+        let size = OFFSET
+            + CHUNK_ENTRY_LEN
+            + TRAILER_LEN
+            + blobs
+                .iter()
+                .map(|b| BLOCK + b.size.next_multiple_of(BLOCK))
+                .sum::<u64>();
+        let image = |digest: &Digest, kind: ImageKind| ImageRecord {
+            source: "quay.io/team/app:1.0".into(),
+            repository: "quay.io/team/app".into(),
+            tag: Some("1.0".into()),
+            by_digest: false,
+            digest: digest.clone(),
+            target_repository: None,
+            kind,
+            subject: None,
+        };
+        let mut referrer = image(&blobs[3].digest, ImageKind::Referrer);
+        referrer.subject = Some(blobs[0].digest.clone());
+        referrer.tag = Some(blobs[0].digest.tag_form() + ".sig");
+        let mut retargeted = image(&blobs[1].digest, ImageKind::Generic);
+        retargeted.target_repository = Some("mirrored/app".into());
+        ImagesetManifest {
+            format: FORMAT.into(),
+            uuid,
+            sequence: 1,
+            full: true,
+            created: "2026-11-24T10:00:00Z".into(),
+            limit: size,
+            chunks: vec![ChunkRecord {
+                index: 1,
+                name: chunk_file_name(&uuid, 1, 1, 1),
+                size,
+                sha256: "0".repeat(64),
+            }],
+            parity: vec![],
+            images: vec![
+                image(&blobs[0].digest, ImageKind::Release),
+                referrer,
+                retargeted,
+            ],
+            releases: vec![ReleaseRecord {
+                version: "4.14.3".into(),
+                arch: "amd64".into(),
+                channels: vec!["stable-4.14".into()],
+                image: format!(
+                    "quay.io/openshift-release-dev/ocp-release@{}",
+                    blobs[0].digest
+                ),
+                digest: blobs[0].digest.clone(),
+                tag: "4.14.3-x86_64".into(),
+                signature: Some("iQEcBAABAgAGBQJkAAoJEA==".into()),
+            }],
+            blobs,
+        }
+    }
+
+    #[test]
+    fn the_genuine_manifest_passes() {
+        check(&genuine(), OFFSET).unwrap();
+    }
+
+    #[test]
+    fn each_forged_field_is_named() {
+        type Forge = fn(&mut ImagesetManifest);
+        let cases: &[(Forge, &str)] = &[
+            (|m| m.format = "x".repeat(10_000), "format: \"xxx"),
+            (|m| m.full = false, "full: false at sequence 1"),
+            (|m| m.created = "yesterday".into(), "created: \"yesterday\""),
+            (
+                |m| m.created = "2026-11-24T10:00:00+01:00".into(),
+                "created: ",
+            ),
+            (
+                |m| m.chunks[0].name = "/etc/passwd".into(),
+                "chunks[0].name: \"/etc/passwd\"",
+            ),
+            (
+                |m| m.chunks[0].sha256 = "G".repeat(64),
+                "chunks[0].sha256: ",
+            ),
+            (
+                |m| m.images[0].repository = String::new(),
+                "images[0].repository: ",
+            ),
+            (
+                |m| m.images[0].repository = "Example.com/UPPER".into(),
+                "images[0].repository: ",
+            ),
+            (
+                |m| m.images[0].repository = "host.io/../../x".into(),
+                "images[0].repository: ",
+            ),
+            (
+                |m| m.images[0].repository = "ubi8/ubi".into(),
+                "images[0].repository: \"ubi8/ubi\"; expected REGISTRY/PATH",
+            ),
+            (
+                |m| m.images[0].repository = "quay.io/a/b:tag".into(),
+                "images[0].repository: ",
+            ),
+            (
+                |m| m.images[0].repository = "bad host.io/a".into(),
+                "images[0].repository: ",
+            ),
+            (
+                |m| m.images[0].tag = Some("-x".into()),
+                "images[0].tag: \"-x\"",
+            ),
+            (|m| m.images[0].tag = Some("a/b".into()), "images[0].tag: "),
+            (
+                |m| m.images[0].source = "a".repeat(MAX_NAME + 1),
+                "images[0].source: ",
+            ),
+            (
+                |m| m.images[0].source = "NOT A REF".into(),
+                "images[0].source: ",
+            ),
+            (
+                |m| m.images[2].target_repository = Some("../x".into()),
+                "images[2].targetRepository: \"../x\"",
+            ),
+            (
+                |m| m.images[2].target_repository = Some("/abs".into()),
+                "images[2].targetRepository: ",
+            ),
+            (
+                |m| m.images[2].subject = Some(Digest::of(b"1")),
+                "images[2].subject: set on an image that is not a referrer",
+            ),
+            (|m| m.images[1].subject = None, "images[1].subject: missing"),
+            (
+                |m| m.images[1].subject = Some(Digest::of(b"zz")),
+                "images[1].subject: ",
+            ),
+            (
+                |m| m.images[0].digest = m.blobs[2].digest.clone(),
+                "images[0].digest: ",
+            ),
+            (
+                |m| m.blobs[2].media_type = Some("application/vnd.oci.image.layer.v1.tar".into()),
+                "blobs[2].mediaType: ",
+            ),
+            (
+                |m| m.blobs[1].size = 5 << 20,
+                "blobs[1].size: 5242880 bytes for a manifest",
+            ),
+            (
+                |m| m.blobs[2].repository = "x".into(),
+                "blobs[2].repository: ",
+            ),
+            (
+                |m| m.blobs[2].digest = m.blobs[1].digest.clone(),
+                "blobs[2].digest: ",
+            ),
+            (|m| m.blobs[2].parts.clear(), "blobs[2].parts: blob"),
+            (
+                |m| m.releases[0].signature = Some("not base64!".into()),
+                "releases[0].signature: \"not base64!\": not base64",
+            ),
+            (
+                |m| m.releases[0].signature = Some("aGVsbG8=".into()),
+                "releases[0].signature: 5 decoded bytes that do not start an OpenPGP packet",
+            ),
+            (
+                |m| m.releases[0].version = "4.14.3; rm -rf /".into(),
+                "releases[0].version: ",
+            ),
+            (
+                |m| m.releases[0].arch = "../amd64".into(),
+                "releases[0].arch: ",
+            ),
+            (
+                |m| m.releases[0].channels = vec!["stable 4.14".into()],
+                "releases[0].channels[0]: ",
+            ),
+            (
+                |m| m.releases[0].image = "quay.io/x/y:4.14".into(),
+                "releases[0].image: ",
+            ),
+            (
+                |m| m.releases[0].digest = m.blobs[1].digest.clone(),
+                "releases[0].image: ",
+            ),
+            (|m| m.releases[0].tag = "4.14/3".into(), "releases[0].tag: "),
+        ];
+        for (i, (forge, want)) in cases.iter().enumerate() {
+            let mut m = genuine();
+            forge(&mut m);
+            let err = check(&m, OFFSET).expect_err(want).to_string();
+            assert!(
+                err.starts_with(want),
+                "case {i}: want {want:?}, got {err:?}"
+            );
+            assert!(err.len() < 600, "case {i}: {} bytes of message", err.len());
+        }
+    }
+
+    fn hostile() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("../x.tar".to_string()),
+            Just("/tmp/x".to_string()),
+            Just("quay.io/../../x".to_string()),
+            Just("Example.com/UPPER".to_string()),
+            Just("quay.io/team/other".to_string()),
+            Just("localhost:5000/a".to_string()),
+            Just("[::1]:5000/a".to_string()),
+            Just("a".repeat(70_000)),
+            "[ -~]{0,24}",
+            "\\PC{0,12}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever a forger writes into the string fields, the check does not panic,
+        /// and what it lets through works everywhere downstream: destination
+        /// repositories are valid paths, chunk names are Airlock's own, and the
+        /// cluster resources can be written.
+        #[test]
+        fn what_passes_is_safe_downstream(
+            fields in proptest::collection::vec((0usize..12, hostile()), 0..4),
+        ) {
+            let mut m = genuine();
+            for (which, s) in fields {
+                match which {
+                    0 => m.images[0].repository = s,
+                    1 => m.images[2].target_repository = Some(s),
+                    2 => m.images[0].tag = Some(s),
+                    3 => m.images[0].source = s,
+                    4 => m.blobs[2].repository = s,
+                    5 => m.blobs[1].media_type = Some(s),
+                    6 => m.chunks[0].name = s,
+                    7 => m.releases[0].signature = Some(s),
+                    8 => m.releases[0].image = s,
+                    9 => m.releases[0].version = s,
+                    10 => m.created = s,
+                    _ => m.images[1].tag = Some(s),
+                }
+            }
+            if check(&m, OFFSET).is_ok() {
+                let dest: Destination = "docker://mirror.example:5000/site".parse().unwrap();
+                for i in &m.images {
+                    let repo = destination_repository(&dest, i);
+                    prop_assert!(valid_repository(&repo), "{repo:?}");
+                }
+                prop_assert_eq!(&m.chunks[0].name, &chunk_file_name(&m.uuid, 1, 1, 1));
+                let _ = cluster_resources(&m.images, &m.releases, &dest);
+            }
+        }
+    }
+}

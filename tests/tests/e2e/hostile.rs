@@ -1,0 +1,239 @@
+//! Every imageset is hostile: forgeries with every checksum consistent (unsigned, as
+//! the default configuration accepts) for each field of the manifest. Each is
+//! refused with the field named, no panic, nothing written outside the folders,
+//! nothing pushed, and the workspace left able to take the genuine imageset.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use airlock_common::imageset::read::read_head;
+use airlock_tests::bins::run;
+use airlock_tests::forge;
+use airlock_tests::skopeo::list_tags;
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+type Edit = Box<dyn Fn(&mut Value)>;
+
+/// The first blob without a media type: a layer.
+fn a_layer(m: &Value) -> Value {
+    m["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b.get("mediaType").is_none())
+        .unwrap()["digest"]
+        .clone()
+}
+
+fn listing(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn forged_manifests_are_refused_by_field_and_leave_nothing_behind() {
+    let s = Setup::plain();
+    let genuine = s.path("genuine");
+    let created = run(
+        create_cmd(&s.config, &genuine, &s.path("ws-c"), "400KiB", &s.source)
+            .args(["--parity", "1"]),
+    );
+    assert_eq!(created.code, 0, "{created}");
+    assert!(
+        chunk_files(&genuine).len() >= 4,
+        "several chunks and a parity file"
+    );
+
+    // The drop folder's parent holds a sentinel; an escape would change either.
+    let site = s.path("site");
+    std::fs::create_dir_all(&site).unwrap();
+    let sentinel = site.join("sentinel.tar");
+    std::fs::write(&sentinel, b"keep me").unwrap();
+    let outside = s.path("outside.tar");
+    let absolute = outside.to_str().unwrap().to_string();
+
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "parity rebuild to ../",
+            Box::new(|m| m["chunks"][0]["name"] = json!("../sentinel.tar")),
+            "chunks[0].name: \"../sentinel.tar\"; expected \"airlock-",
+        ),
+        (
+            "parity rebuild to an absolute path",
+            Box::new(move |m| m["chunks"][0]["name"] = json!(absolute.clone())),
+            "chunks[0].name: ",
+        ),
+        (
+            "upper-case repository",
+            Box::new(|m| m["images"][0]["repository"] = json!("Example.com/UPPER")),
+            "images[0].repository: invalid image reference \"Example.com/UPPER\"",
+        ),
+        (
+            "empty repository",
+            Box::new(|m| m["images"][0]["repository"] = json!("")),
+            "images[0].repository: ",
+        ),
+        (
+            "repository that climbs",
+            Box::new(|m| m["images"][1]["repository"] = json!("host.io/../../x")),
+            "images[1].repository: ",
+        ),
+        (
+            "blob repository",
+            Box::new(|m| m["blobs"][0]["repository"] = json!("no-host")),
+            "blobs[0].repository: \"no-host\"",
+        ),
+        (
+            "tag",
+            Box::new(|m| m["images"][0]["tag"] = json!("bad tag!")),
+            "images[0].tag: \"bad tag!\"",
+        ),
+        (
+            "a tag of 70 000 characters",
+            Box::new(|m| m["images"][0]["tag"] = json!("t".repeat(70_000))),
+            "images[0].tag: \"tttt",
+        ),
+        (
+            "target repository",
+            Box::new(|m| m["images"][0]["targetRepository"] = json!("../x")),
+            "images[0].targetRepository: \"../x\"",
+        ),
+        (
+            "media type",
+            Box::new(|m| {
+                let i = m["blobs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .position(|b| b.get("mediaType").is_some())
+                    .unwrap();
+                m["blobs"][i]["mediaType"] = json!("text/html");
+            }),
+            "].mediaType: \"text/html\"; expected one of",
+        ),
+        (
+            "image digest that is a layer",
+            Box::new(|m| m["images"][0]["digest"] = a_layer(m)),
+            "images[0].digest: sha256:",
+        ),
+        (
+            "release signature that is not base64",
+            Box::new(|m| {
+                m["images"][0]["kind"] = json!("release");
+                let digest = m["images"][0]["digest"].as_str().unwrap().to_string();
+                let repo = m["images"][0]["repository"].as_str().unwrap().to_string();
+                m["releases"] = json!([{
+                    "version": "4.14.3", "arch": "amd64",
+                    "image": format!("{repo}@{digest}"), "digest": digest,
+                    "tag": "4.14.3-x86_64", "signature": "<script>not base64</script>",
+                }]);
+            }),
+            "releases[0].signature: \"<script>not base64</script>\": not base64",
+        ),
+        (
+            "sequence 0",
+            Box::new(|m| m["sequence"] = json!(0)),
+            "sequence: 0; sequences start at 1",
+        ),
+        (
+            "images of the wrong type",
+            Box::new(|m| m["images"] = json!("everything")),
+            "the imageset manifest is not valid: invalid type",
+        ),
+    ];
+
+    let ws = s.path("ws-d");
+    for (i, (what, edit, want)) in cases.iter().enumerate() {
+        let drop = site.join(format!("drop{i}"));
+        copy_dir(&genuine, &drop);
+        forge::rewrite(&drop, edit).unwrap();
+        // One chunk lost: the imageset would need a rebuild from parity.
+        std::fs::remove_file(&chunk_files(&drop)[0]).unwrap();
+        let before = listing(&drop);
+        let out = run(&mut publish_cmd(&drop, &s.dest, "m", &ws));
+        assert_eq!(out.code, EX_DATA, "{what}: {out}");
+        assert!(out.stderr.contains(want), "{what}: want {want:?}: {out}");
+        assert!(
+            out.stderr.len() < 20_000,
+            "{what}: {} bytes of stderr",
+            out.stderr.len()
+        );
+        assert_eq!(listing(&drop), before, "{what}: the drop folder changed");
+        assert_eq!(
+            std::fs::read(&sentinel).unwrap(),
+            b"keep me",
+            "{what}: the sentinel was overwritten"
+        );
+        assert!(!outside.exists(), "{what}: a file was written outside");
+        assert!(
+            catalog(&s.dest).is_empty(),
+            "{what}: something was pushed: {:?}",
+            catalog(&s.dest)
+        );
+    }
+    assert_eq!(
+        listing(&site),
+        (0..cases.len())
+            .map(|i| format!("drop{i}"))
+            .chain(["sentinel.tar".to_string()])
+            .collect(),
+        "nothing appeared beside the drop folders"
+    );
+
+    // The same workspace then takes the genuine imageset, rebuilding a lost chunk.
+    let drop = site.join("genuine");
+    copy_dir(&genuine, &drop);
+    let lost = chunk_files(&drop)[0].clone();
+    std::fs::remove_file(&lost).unwrap();
+    let out = run(&mut publish_cmd(&drop, &s.dest, "m", &ws));
+    assert_eq!(out.code, 0, "{out}");
+    assert!(lost.exists(), "rebuilt under its derived name: {out}");
+    s.assert_byte_exact("m");
+}
+
+/// A resend of an accepted imageset is welcome; another manifest under the same
+/// sequence is refused and reported, never skipped as a duplicate.
+#[test]
+fn another_manifest_for_an_accepted_sequence_is_refused() {
+    let s = Setup::plain();
+    let (_, genuine) = s.create("100MiB");
+    let ws = s.path("ws-d");
+    let out = run(&mut publish_cmd(&genuine, &s.dest, "m", &ws));
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stderr.contains("warning: no --trust key given"),
+        "publishing unsigned is named as a risk: {out}"
+    );
+    let resent = run(&mut publish_cmd(&genuine, &s.dest, "m", &ws));
+    assert_eq!(resent.code, 0, "a resend is a duplicate: {resent}");
+
+    let forged = s.path("forged");
+    copy_dir(&genuine, &forged);
+    std::fs::write(forged.join("notes.txt"), b"not a chunk").unwrap();
+    forge::rewrite(&forged, |m| m["images"][0]["tag"] = json!("6.6")).unwrap();
+    let out = run(&mut publish_cmd(&forged, &s.dest, "m", &ws));
+    assert_eq!(out.code, EX_DATA, "{out}");
+    assert!(
+        out.stderr
+            .contains("was accepted earlier with another manifest"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("notes.txt: not an Airlock imageset chunk"),
+        "non-chunk files are named: {out}"
+    );
+    let head = read_head(&chunk_files(&genuine)[0]).unwrap();
+    let first = &head.manifest.images[0];
+    let (_, path) = first.repository.split_once('/').unwrap();
+    let tags = list_tags(&s.dest, &format!("m/{path}")).unwrap();
+    assert!(
+        first.tag.as_ref().is_some_and(|t| tags.contains(t)) && !tags.contains(&"6.6".into()),
+        "{tags:?}"
+    );
+    s.assert_byte_exact("m");
+}
