@@ -76,6 +76,9 @@ fn thirty() -> u64 {
 fn three_hundred() -> u64 {
     300
 }
+fn three_thousand_six_hundred() -> u64 {
+    3600
+}
 fn ninety() -> u64 {
     90
 }
@@ -134,6 +137,11 @@ pub struct AgentConfig {
     /// or at once when it was renamed into the drop directory.
     #[serde(default = "five")]
     pub settle_seconds: u64,
+    /// A file shorter than its own first entries say (a writer that paused, not
+    /// renamed in) is waited for until it has not changed for this long (seconds),
+    /// then quarantined as truncated.
+    #[serde(default = "three_thousand_six_hundred")]
+    pub stall_seconds: u64,
     /// The drop directory is rescanned this often (seconds), for shares and diode
     /// proxies that produce no file-system events.
     #[serde(default = "thirty")]
@@ -248,6 +256,15 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
             "is set, but afterPublish is delete; set afterPublish: archive",
         ),
         _ => {}
+    }
+    if config.stall_seconds < config.settle_seconds {
+        c.problem(
+            "stallSeconds",
+            format!(
+                "{} is less than settleSeconds ({}); a paused writer is waited for at least as long as a file settles",
+                config.stall_seconds, config.settle_seconds
+            ),
+        );
     }
     if config.rescan_seconds == 0 {
         c.problem("rescanSeconds", "must be at least 1");

@@ -30,9 +30,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use airlock_common::exit_codes;
+use airlock_common::imageset::read::ChunkError;
 use airlock_common::registry::auth::AuthSource;
 use airlock_common::registry::{RegistryClient, RegistryOptions};
 use airlock_common::service;
+use airlock_common::size::ByteSize;
 use notify::Watcher;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -165,6 +168,15 @@ impl Tracker {
         out
     }
 
+    /// How long `file` has been unchanged, unless it was renamed in (its writer
+    /// then said it is complete).
+    fn unchanged_for(&self, file: &Path, now: Instant) -> Option<Duration> {
+        self.seen
+            .get(file)
+            .filter(|s| !s.renamed)
+            .map(|s| now.duration_since(s.since))
+    }
+
     /// When the next file that is still settling will have settled.
     fn next_deadline(&self, settle: Duration) -> Option<Instant> {
         self.seen
@@ -208,6 +220,12 @@ pub struct Daemon {
     in_flight: tokio::task::JoinSet<Done>,
     /// The clusters publishing, by name (SIGHUP may reorder the list meanwhile).
     publishing: HashMap<String, tokio::task::AbortHandle>,
+    /// What the last round said (an imageset waiting, a file missing): a state is
+    /// logged when it begins, not at every round while it lasts, which may be days.
+    said: HashSet<String>,
+    /// After a round failed: no round (but for requests and ended publishes)
+    /// before this, and the pause that set it, doubled at each failure.
+    round_pause: Option<(Instant, Duration)>,
 }
 
 /// A publish task that ended, with its task id.
@@ -225,6 +243,31 @@ pub(crate) struct Done {
 struct Batch {
     reads: Arc<SharedReads>,
     uploaded: std::sync::atomic::AtomicU64,
+}
+
+/// `d` give or take a fifth, at random.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.8..1.2))
+}
+
+/// A copy raises many events; takes them as one change: waits until events stop
+/// for a moment (at most two seconds in all). Returns the paths renamed in
+/// meanwhile, and an event of another kind that arrived, to be handled next.
+async fn debounce(rx: &mut mpsc::UnboundedReceiver<Event>) -> (Vec<PathBuf>, Option<Event>) {
+    const QUIET: Duration = Duration::from_millis(200);
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut renamed = Vec::new();
+    loop {
+        let wait = QUIET.min(until.saturating_duration_since(Instant::now()));
+        if wait.is_zero() {
+            return (renamed, None);
+        }
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(Event::Changed(more))) => renamed.extend(more),
+            Ok(Some(other)) => return (renamed, Some(other)),
+            Ok(None) | Err(_) => return (renamed, None),
+        }
+    }
 }
 
 /// Begins a stop: no new upload starts, and those under way are finished rather
@@ -451,6 +494,8 @@ impl Daemon {
             stop: CancellationToken::new(),
             in_flight: tokio::task::JoinSet::new(),
             publishing: HashMap::new(),
+            said: HashSet::new(),
+            round_pause: None,
         })
     }
 
@@ -541,15 +586,25 @@ impl Daemon {
         // When stopping began during a round: the deadline, and whether the round
         // ended by it.
         let mut stopping: Option<(Instant, bool)> = None;
+        // An event that ended a debounce, handled next.
+        let mut held: Option<Event> = None;
         loop {
             self.show_publishing();
             let wake = self.next_wake(rescan);
-            let event = tokio::select! {
-                _ = &mut shutdown => break,
-                ev = rx.recv() => ev.unwrap_or(Event::Tick),
-                Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => Event::Finished(Box::new(done)),
-                _ = tokio::time::sleep_until(wake.into()) => Event::Tick,
+            let event = match held.take() {
+                Some(e) => e,
+                None => tokio::select! {
+                    _ = &mut shutdown => break,
+                    ev = rx.recv() => ev.unwrap_or(Event::Tick),
+                    Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => Event::Finished(Box::new(done)),
+                    _ = tokio::time::sleep_until(wake.into()) => Event::Tick,
+                },
             };
+            if matches!(event, Event::Changed(_)) {
+                let (renamed, next) = debounce(&mut rx).await;
+                self.tracker.renamed.extend(renamed);
+                held = next;
+            }
             let mut reply = Reply::None;
             let mut finished = None;
             match event {
@@ -582,30 +637,53 @@ impl Daemon {
                     reply = Reply::Publish(r);
                 }
             }
+            // After a failed round, changes and ticks wait for the pause to end
+            // (what changed meanwhile is kept by the tracker and the next round
+            // sees it); a request or an ended publish is served at once.
+            if matches!(reply, Reply::None)
+                && finished.is_none()
+                && self
+                    .round_pause
+                    .is_some_and(|(until, _)| Instant::now() < until)
+            {
+                continue;
+            }
             let stop = self.stop.clone();
             let grace = Duration::from_secs(self.config.stop_grace_seconds);
-            let round = self.round(finished, !matches!(reply, Reply::None));
-            tokio::pin!(round);
-            let result = tokio::select! {
-                _ = &mut shutdown => {
-                    let deadline = begin_stop(&stop, grace);
-                    stopping = Some((deadline, tokio::time::timeout_at(deadline.into(), &mut round).await.is_ok()));
-                    break;
+            let result = {
+                let round = self.round(finished, !matches!(reply, Reply::None));
+                tokio::pin!(round);
+                tokio::select! {
+                    _ = &mut shutdown => {
+                        let deadline = begin_stop(&stop, grace);
+                        stopping = Some((deadline, tokio::time::timeout_at(deadline.into(), &mut round).await.is_ok()));
+                        break;
+                    }
+                    result = &mut round => result,
                 }
-                result = &mut round => result,
             };
             match result {
-                Ok(round) => match reply {
-                    Reply::None => {}
-                    Reply::Ingest(placed, r) => {
-                        let _ = r.send(Ok((placed, round)));
+                Ok(round) => {
+                    if self.round_pause.take().is_some() {
+                        tracing::info!("rounds work again");
                     }
-                    Reply::Publish(r) => {
-                        let _ = r.send(round);
+                    match reply {
+                        Reply::None => {}
+                        Reply::Ingest(placed, r) => {
+                            let _ = r.send(Ok((placed, round)));
+                        }
+                        Reply::Publish(r) => {
+                            let _ = r.send(round);
+                        }
                     }
-                },
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "round failed; retrying on the next event");
+                    let pause = self
+                        .round_pause
+                        .map_or(Duration::from_secs(1), |(_, p)| (p * 2).min(MAX_BACKOFF));
+                    let pause = jitter(pause);
+                    tracing::error!(error = %e, retry_in_s = pause.as_secs(), "round failed; retrying with backoff");
+                    self.round_pause = Some((Instant::now() + pause, pause));
                 }
             }
         }
@@ -675,6 +753,11 @@ impl Daemon {
 
     fn next_wake(&self, rescan: Duration) -> Instant {
         let now = Instant::now();
+        if let Some((until, _)) = self.round_pause {
+            if until > now {
+                return until;
+            }
+        }
         let mut wake = now + rescan;
         if let Some(d) = self.tracker.next_deadline(self.settle()) {
             wake = wake.min(d.max(now));
@@ -715,6 +798,30 @@ impl Daemon {
         }
     }
 
+    /// Removes from quarantine the truncated copies of `files` (a writer that
+    /// stalled too long, then a complete resend under the same name): the complete
+    /// file was just taken, so the partial one is of no use to anyone.
+    fn replace_partials(&self, files: &[PathBuf]) {
+        for f in files {
+            let Some(name) = f.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let copies = std::iter::once(name.clone()).chain((1..).map(|n| format!("{name}.{n}")));
+            for copy in copies {
+                let partial = self.config.quarantine_dir.join(&copy);
+                let reason = PathBuf::from(format!("{}.reason", partial.display()));
+                let Ok(why) = std::fs::read_to_string(&reason) else {
+                    break;
+                };
+                if why.contains("truncated") {
+                    let _ = std::fs::remove_file(&partial);
+                    let _ = std::fs::remove_file(&reason);
+                    tracing::info!(file = %partial.display(), "removed a truncated copy of a file now taken whole");
+                }
+            }
+        }
+    }
+
     /// One pass over the drop directory and the clusters. With `answering`, a
     /// request waits for the round's answer, which then covers every publish
     /// under way, however long they take.
@@ -727,20 +834,56 @@ impl Daemon {
         let files = scan::list(&drop_dir).map_err(|e| Error::io(&drop_dir, e))?;
         let settled = self.tracker.settled(&files, self.settle(), Instant::now());
         let found = scan::read_heads(settled);
+        let mut report = Report::default();
         for p in &found.other {
             self.quarantine(p, "not an Airlock imageset chunk", &mut round);
         }
+        if !found.deferred.is_empty() {
+            report.problem(
+                exit_codes::INCOMPLETE,
+                format!(
+                    "{} chunk files wait: the imagesets before them hold {} of manifests, the most held at once; they are read once those are published and removed",
+                    found.deferred.len(),
+                    ByteSize(scan::HELD_MANIFEST_BYTES as u64)
+                ),
+            );
+        }
+        let stall = Duration::from_secs(self.config.stall_seconds);
         for e in &found.damaged {
+            // A file shorter than its own first entries say, that was not renamed
+            // in, may be a writer that paused: it is judged when it is complete,
+            // or once it has not changed for stallSeconds.
+            if let ChunkError::Truncated { path, reason } = e {
+                if let Some(quiet) = self.tracker.unchanged_for(path, Instant::now()) {
+                    if quiet < stall {
+                        report.problem(
+                            exit_codes::INCOMPLETE,
+                            format!(
+                                "{}: {reason}; waiting for the rest (quarantined if it does not change for {} s)",
+                                path.display(),
+                                stall.as_secs()
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            }
             self.quarantine(e.path(), &e.to_string(), &mut round);
         }
-        let mut report = Report::default();
         if self.site.ws.accepted()?.is_none() && !found.imagesets.is_empty() {
             let uuids: Vec<Uuid> = found.imagesets.keys().map(|(u, _)| *u).collect();
             if let Some(i) = (0..self.clusters.len()).find(|&i| self.clusters[i].retry_at.is_none())
             {
                 if let Some((_, target)) = self.targets(&[i]).await.pop() {
-                    report.continued_from =
-                        self.site.continue_from_registry(&target, &uuids).await?;
+                    // A registry that does not answer is that cluster's failure
+                    // (backoff), not the round's: imagesets are still taken in.
+                    match self.site.continue_from_registry(&target, &uuids).await {
+                        Ok(from) => report.continued_from = from,
+                        Err(e) => self.failed(
+                            i,
+                            &format!("reading the workspace state recorded in the registry: {e}"),
+                        ),
+                    }
                 }
             }
         }
@@ -748,6 +891,7 @@ impl Daemon {
             self.status.set_activity("taking imagesets in");
         }
         let outcomes = self.site.accept(&drop_dir, &found, &mut report).await?;
+        self.say(&report);
         for (uuid, sequence, blobs) in &report.accepted {
             let mut event = AgentEvent::now(
                 EventKind::Accepted,
@@ -771,13 +915,14 @@ impl Daemon {
                 })
                 .unwrap_or_default();
             match &outcome {
+                Outcome::Accepted => self.replace_partials(&files),
                 Outcome::Refused(why) => {
                     for f in &files {
                         self.quarantine(f, why, &mut round);
                     }
                 }
                 Outcome::Damaged { file, reason } => self.quarantine(file, reason, &mut round),
-                Outcome::Accepted | Outcome::Duplicate | Outcome::Waiting(_) => {}
+                Outcome::Duplicate | Outcome::Waiting(_) => {}
             }
             round.outcomes.push((key, outcome, files));
         }
@@ -826,14 +971,27 @@ impl Daemon {
             .collect()
     }
 
+    /// Logs the problems of a round that the round before did not have.
+    fn say(&mut self, report: &Report) {
+        let now: HashSet<String> = report.problems.iter().map(|p| p.message.clone()).collect();
+        for p in &report.problems {
+            if !self.said.contains(&p.message) {
+                tracing::warn!(code = p.code, "{}", p.message);
+            }
+        }
+        self.said = now;
+    }
+
     fn failed(&mut self, i: usize, why: &str) {
         let c = &mut self.clusters[i];
         c.target = None;
-        c.retry_at = Some(Instant::now() + c.backoff);
-        tracing::warn!(cluster = %c.name, retry_in_s = c.backoff.as_secs(), error = %why, "publishing to this cluster failed; retrying with backoff");
+        // Jitter, so that clusters that failed together do not retry in step.
+        let delay = jitter(c.backoff);
+        c.retry_at = Some(Instant::now() + delay);
+        tracing::warn!(cluster = %c.name, retry_in_s = delay.as_secs(), error = %why, "publishing to this cluster failed; retrying with backoff");
         let mut event = AgentEvent::now(
             EventKind::PublishFailed,
-            format!("{why}; retrying in {} s", c.backoff.as_secs()),
+            format!("{why}; retrying in {} s", delay.as_secs()),
         );
         event.cluster = Some(c.name.clone());
         self.status.emit(event);

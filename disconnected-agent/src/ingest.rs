@@ -1,7 +1,13 @@
 //! Verifying an imageset's chunks, repairing them from parity when some are lost or
 //! damaged, and taking the content into the store.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+
+use airlock_common::digest::Digest;
+use airlock_common::imageset::ImagesetManifest;
+use airlock_common::manifest;
+use airlock_common::quote::clipped;
 
 use airlock_common::imageset::parity;
 use airlock_common::imageset::read::{self, ChunkError, ChunkHead, Discard};
@@ -18,6 +24,10 @@ pub enum IngestError {
     /// A chunk is damaged and there is no parity to rebuild it.
     #[error(transparent)]
     Damaged(#[from] ChunkError),
+    /// Every byte matches its digest, but what the bytes are contradicts the
+    /// manifest ([`check_manifests`]): forged, refused whole.
+    #[error("{0}")]
+    Forged(String),
 }
 
 /// What ingesting did.
@@ -96,6 +106,43 @@ pub fn ingest(candidate: &Candidate, store: &Store, dir: &Path) -> Result<Ingest
     let repaired = rescan(candidate, &result.rebuilt)?;
     result.stored = verify_into_store(&repaired, store)?;
     Ok(result)
+}
+
+/// Checks each manifest the imageset carries, now that its bytes are verified in
+/// the store: it parses as the media type the imageset lists for it, and every
+/// blob and child manifest it references is listed in the imageset. A forger can
+/// give any bytes a consistent digest; without this, an imageset whose "manifest"
+/// is a layer would be accepted, and every publish after it would fail.
+pub fn check_manifests(m: &ImagesetManifest, store: &Store) -> Result<(), String> {
+    let listed: HashSet<&Digest> = m.blobs.iter().map(|b| &b.digest).collect();
+    for b in m.blobs.iter().filter(|b| b.carried()) {
+        let Some(media_type) = &b.media_type else {
+            continue;
+        };
+        let bytes = store
+            .read(&b.digest)
+            .map_err(|e| format!("manifest {}: cannot read it from the store: {e}", b.digest))?;
+        let parsed = manifest::parse(&bytes, Some(media_type))
+            .map_err(|e| format!("manifest {} is not a {media_type}: {e}", b.digest))?;
+        if parsed.media_type != *media_type {
+            return Err(format!(
+                "manifest {} says it is a {}, the imageset lists it as {media_type}",
+                b.digest,
+                clipped(&parsed.media_type)
+            ));
+        }
+        if let Some(d) = parsed
+            .blobs()
+            .chain(parsed.children())
+            .find(|d| !listed.contains(&d.digest))
+        {
+            return Err(format!(
+                "manifest {} references {}, which the imageset does not list",
+                b.digest, d.digest
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Where a chunk or parity file arrived more than once, keeps an intact copy: the

@@ -124,6 +124,31 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
         );
     }
     site.accept(&opts.from, &found, &mut report.site).await?;
+    // Imagesets beyond what could be held at once: read again, without the ones
+    // taken, for as long as that takes more in.
+    let mut deferred = found.deferred;
+    while !deferred.is_empty() {
+        let before = site.ws.accepted()?;
+        let taken = |u: uuid::Uuid, s: u64| before.is_some_and(|(au, last)| au == u && s <= last);
+        let more = scan::read_heads_within(
+            scan::list(&opts.from).map_err(|e| Error::io(&opts.from, e))?,
+            scan::HELD_MANIFEST_BYTES,
+            &taken,
+        );
+        site.accept(&opts.from, &more, &mut report.site).await?;
+        deferred = more.deferred;
+        if site.ws.accepted()? == before {
+            report.site.problem(
+                exit_codes::INCOMPLETE,
+                format!(
+                    "{} chunk files were not read: the imagesets before them hold more than {} of manifests and none of those could be taken; run publish again once they are",
+                    deferred.len(),
+                    ByteSize(scan::HELD_MANIFEST_BYTES as u64)
+                ),
+            );
+            break;
+        }
+    }
 
     if let Some((_, last)) = site.ws.accepted()? {
         let target = match target {

@@ -68,6 +68,46 @@ pub struct Found {
     pub damaged: Vec<ChunkError>,
     /// Files that are not chunks at all.
     pub other: Vec<PathBuf>,
+    /// Chunks of imagesets not held this time: the manifests of those before them
+    /// already fill [`HELD_MANIFEST_BYTES`]. Read again once those are taken.
+    pub deferred: Vec<PathBuf>,
+}
+
+/// Most manifest bytes held at once, all imagesets of a scan together. A manifest
+/// may be up to 64 MiB ([`airlock_common::imageset::MAX_MANIFEST_BYTES`]) and a
+/// folder may hold dozens of imagesets; without a bound, memory would grow with
+/// what lands in the folder. The imagesets held are the lowest (UUID, sequence)
+/// first, so the next one to accept is always among them; the one lowest is held
+/// even alone over the bound.
+pub const HELD_MANIFEST_BYTES: usize = 128 << 20;
+
+impl Found {
+    /// The manifest bytes held.
+    fn held(&self) -> usize {
+        self.imagesets
+            .values()
+            .map(|c| c.manifest_bytes.len())
+            .sum()
+    }
+
+    /// Lets go of the highest imagesets until what is held fits the bound; their
+    /// files are deferred. Returns the lowest key let go.
+    fn fit(&mut self, budget: usize) -> Option<(Uuid, u64)> {
+        let mut ceiling = None;
+        while self.imagesets.len() > 1 && self.held() > budget {
+            let (key, c) = self.imagesets.pop_last()?;
+            self.deferred.extend(
+                c.chunks
+                    .into_values()
+                    .chain(c.parity.into_values())
+                    .chain(c.spares)
+                    .map(|h| h.path)
+                    .chain(c.conflicting),
+            );
+            ceiling = Some(key);
+        }
+        ceiling
+    }
 }
 
 /// Whether a file name is one to look at: not hidden, not a transfer in progress.
@@ -99,12 +139,37 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// Reads the head of each file and groups the chunks by imageset.
+/// Reads the head of each file and groups the chunks by imageset, holding at most
+/// [`HELD_MANIFEST_BYTES`] of manifests.
 pub fn read_heads(paths: Vec<PathBuf>) -> Found {
+    read_heads_within(paths, HELD_MANIFEST_BYTES, &|_, _| false)
+}
+
+/// [`read_heads`] within `budget` bytes of manifests, leaving out the chunks of
+/// imagesets `skip` names (already taken, so that a second pass holds the ones
+/// deferred by the first).
+pub fn read_heads_within(
+    paths: Vec<PathBuf>,
+    budget: usize,
+    skip: &dyn Fn(Uuid, u64) -> bool,
+) -> Found {
     let mut found = Found::default();
+    // Imagesets from this key up are not held.
+    let mut ceiling: Option<(Uuid, u64)> = None;
     for path in paths {
         match read_head(&path) {
-            Ok(head) => add(&mut found, head),
+            Ok(head) if skip(head.manifest.uuid, head.manifest.sequence) => {}
+            Ok(head)
+                if ceiling.is_some_and(|c| (head.manifest.uuid, head.manifest.sequence) >= c) =>
+            {
+                found.deferred.push(head.path);
+            }
+            Ok(head) => {
+                add(&mut found, head);
+                if let Some(c) = found.fit(budget) {
+                    ceiling = Some(ceiling.map_or(c, |old| old.min(c)));
+                }
+            }
             Err(ChunkError::NotAChunk { path, reason }) => {
                 tracing::debug!(file = %path.display(), %reason, "not an imageset chunk");
                 found.other.push(path);

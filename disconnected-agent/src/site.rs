@@ -106,9 +106,9 @@ impl Report {
             .unwrap_or(exit_codes::OK)
     }
 
-    /// Records a problem.
+    /// Records a problem. Not logged here: the command prints its problems once at
+    /// the end, and the agent logs each once while it lasts, not at every round.
     pub fn problem(&mut self, code: i32, message: String) {
-        tracing::warn!(code, "{message}");
         self.problems.push(Problem { code, message });
     }
 }
@@ -217,7 +217,7 @@ impl Site {
                 let outcome = match self.ws.judge(&c.manifest)? {
                     Verdict::Duplicate => match self.same_as_accepted(c)? {
                         None => {
-                            tracing::info!(uuid = %key.0, sequence = key.1, "already accepted; skipped");
+                            tracing::debug!(uuid = %key.0, sequence = key.1, "already accepted; skipped");
                             Outcome::Duplicate
                         }
                         Some(why) => {
@@ -334,7 +334,17 @@ impl Site {
         let result = tokio::task::spawn_blocking(move || ingest::ingest(&candidate, &store, &dir))
             .await
             .expect("ingest does not panic");
+        let result = result.and_then(|ingested| {
+            ingest::check_manifests(&c.manifest, &self.store)
+                .map(|()| ingested)
+                .map_err(IngestError::Forged)
+        });
         Ok(match result {
+            Err(IngestError::Forged(why)) => {
+                let why = format!("{label}: refused: {why}; nothing of it was published");
+                report.problem(exit_codes::DATA, why.clone());
+                Outcome::Refused(why)
+            }
             Ok(ingested) => {
                 crash_point("ingested");
                 self.ws.accept(&c.manifest)?;

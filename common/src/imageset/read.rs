@@ -52,6 +52,15 @@ pub enum ChunkError {
         /// The local I/O error.
         source: std::io::Error,
     },
+    /// The file ends before what its own first entries say it holds: damaged in
+    /// transfer, or still being written by a writer that paused.
+    #[error("{}: {reason}", path.display())]
+    Truncated {
+        /// The chunk file.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
     /// The file claims to be a chunk but is damaged or forged.
     #[error("{}: {reason}", path.display())]
     Corrupt {
@@ -69,6 +78,7 @@ impl ChunkError {
             ChunkError::Io { path, .. }
             | ChunkError::Store { path, .. }
             | ChunkError::NotAChunk { path, .. }
+            | ChunkError::Truncated { path, .. }
             | ChunkError::Corrupt { path, .. } => path,
         }
     }
@@ -103,7 +113,7 @@ fn read_exact(
 ) -> Result<(), ChunkError> {
     r.read_exact(buf).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ChunkError::Corrupt {
+            ChunkError::Truncated {
                 path: path.to_path_buf(),
                 reason: format!("truncated: the file ends inside {what}"),
             }
@@ -221,6 +231,10 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
         reason,
     };
 
+    let truncated = |reason: String| ChunkError::Truncated {
+        path: path.to_path_buf(),
+        reason,
+    };
     let mut h = [0u8; 512];
     if file_len < BLOCK {
         return Err(not_chunk(format!(
@@ -242,7 +256,7 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
         )));
     }
     if BLOCK + padded(size) > file_len {
-        return Err(corrupt(format!(
+        return Err(truncated(format!(
             "truncated: the manifest entry declares {size} bytes but the file has {file_len}"
         )));
     }
@@ -338,20 +352,16 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
     if record.index != identity.chunk {
         return Err(corrupt("the manifest's chunk list is out of order".into()));
     }
-    if file_len != record.size {
+    if file_len < record.size {
+        return Err(truncated(format!(
+            "truncated ({file_len} bytes, the manifest says {}): the file was cut short in transfer, or is still being written",
+            record.size
+        )));
+    }
+    if file_len > record.size {
         return Err(corrupt(format!(
-            "{} ({file_len} bytes, the manifest says {}): the file was {} in transfer",
-            if file_len < record.size {
-                "truncated"
-            } else {
-                "too long"
-            },
-            record.size,
-            if file_len < record.size {
-                "cut short"
-            } else {
-                "extended"
-            }
+            "too long ({file_len} bytes, the manifest says {}): the file was extended in transfer",
+            record.size
         )));
     }
     Ok(ChunkHead {

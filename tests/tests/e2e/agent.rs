@@ -87,6 +87,21 @@ impl Agent {
         assert!(status.success());
     }
 
+    /// CPU time (user + system) the agent has used so far, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.child.as_ref().expect("running").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let hz = run(Command::new("getconf").arg("CLK_TCK"))
+            .stdout
+            .trim()
+            .parse::<u64>()
+            .unwrap();
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
     /// Whether the agent still runs.
     pub fn running(&mut self) -> bool {
         self.child
@@ -275,11 +290,16 @@ impl Served {
 }
 
 /// Copies an imageset's chunk files into the drop directory, complete at once.
-pub fn deliver(out: &std::path::Path, drop: &std::path::Path) {
+pub fn deliver(out: &Path, drop: &Path) {
     for f in crate::util::chunk_files(out) {
-        let name = f.file_name().unwrap();
-        let part = drop.join(format!("{}.part", name.to_string_lossy()));
-        std::fs::copy(&f, &part).unwrap();
-        std::fs::rename(&part, drop.join(name)).unwrap();
+        deliver_one(&f, drop);
     }
+}
+
+/// Copies one file into the drop directory, complete at once (renamed in).
+pub fn deliver_one(f: &Path, drop: &Path) {
+    let name = f.file_name().unwrap();
+    let part = drop.join(format!("{}.part", name.to_string_lossy()));
+    std::fs::copy(f, &part).unwrap();
+    std::fs::rename(&part, drop.join(name)).unwrap();
 }

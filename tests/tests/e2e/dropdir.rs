@@ -9,7 +9,7 @@ use airlock_tests::bins::{self, run, run_ok};
 use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
 
-use crate::agent::{Agent, Site, deliver, eventually};
+use crate::agent::{Agent, Site, deliver, deliver_one, eventually};
 use crate::util::*;
 
 /// Writes `src` to `dst` in pieces, flushed one by one, as a slow transfer does.
@@ -144,7 +144,11 @@ fn bad_files_go_to_quarantine_with_a_reason_and_the_agent_carries_on() {
     let good = signed("good", "out-good", "ws-good");
 
     let site = Site::new();
-    let trust = format!("trust: [{}]\n", keys.join("good.pub").display());
+    // A truncated file is waited for stallSeconds (its writer may have paused).
+    let trust = format!(
+        "trust: [{}]\nstallSeconds: 2\n",
+        keys.join("good.pub").display()
+    );
     let mut agent = Agent::start(&site.config(&s.dest, &trust), &[]);
     let drop = site.path("drop");
     std::fs::write(drop.join("notes.txt"), "not an imageset").unwrap();
@@ -426,4 +430,150 @@ fn sigterm_mid_upload_finishes_the_blobs_under_way_and_exits_cleanly() {
     );
     again.stop();
     s.assert_byte_exact("m");
+}
+
+/// Log lines and CPU the agent spends over `window` while nothing changes.
+fn idle_cost(agent: &Agent, window: Duration) -> (usize, Duration, String) {
+    let (lines, cpu) = (agent.log().lines().count(), agent.cpu_time());
+    // A measurement window, not a synchronisation: the test asserts what the
+    // agent does while it has nothing to do.
+    std::thread::sleep(window);
+    let log = agent.log();
+    let added: Vec<&str> = log.lines().skip(lines).collect();
+    (added.len(), agent.cpu_time() - cpu, added.join("\n"))
+}
+
+/// An imageset still arriving (1 of several chunks) and then a cluster whose
+/// registry is down are normal states that last hours; the agent says each once and
+/// waits without spinning (it once wrote hundreds of lines a second at 30-60% CPU).
+#[test]
+fn the_agent_waits_quietly_for_chunks_and_for_a_registry_that_is_down() {
+    let s = Setup::plain();
+    let out = s.path("out");
+    assert_eq!(
+        create(&s.config, &out, &s.path("ws-c"), "300KiB", &s.source).code,
+        0
+    );
+    let files = chunk_files(&out);
+    assert!(files.len() >= 3, "{files:?}");
+    let mut dest = Registry::plain().unwrap();
+    let site = Site::new();
+    let agent = Agent::start(&site.config(&dest, ""), &[]);
+    let drop = site.path("drop");
+    eventually(
+        Duration::from_secs(30),
+        "the agent to watch its drop folder",
+        || agent.log().contains("watching the drop directory"),
+        || agent.log(),
+    );
+
+    // One chunk of several: the imageset waits for the others.
+    deliver_one(&files[0], &drop);
+    eventually(
+        Duration::from_secs(30),
+        "the agent to say what it waits for",
+        || agent.log().contains("chunk files missing"),
+        || agent.log(),
+    );
+    let (lines, cpu, log) = idle_cost(&agent, Duration::from_secs(12));
+    // The state was said when it began; nothing changed since.
+    assert!(
+        lines <= 2,
+        "{lines} log lines in 12 s while waiting for chunks:\n{log}"
+    );
+    assert!(
+        cpu <= Duration::from_secs(1),
+        "{cpu:?} of CPU in 12 s while waiting for chunks"
+    );
+
+    // The rest arrive while the cluster's registry is down.
+    dest.stop();
+    for f in &files[1..] {
+        deliver_one(f, &drop);
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the agent to report the registry down",
+        || agent.log().contains("retrying with backoff"),
+        || agent.log(),
+    );
+    let (lines, cpu, log) = idle_cost(&agent, Duration::from_secs(12));
+    // A failure per retry, the pause doubling from a second: a handful.
+    assert!(
+        lines <= 8,
+        "{lines} log lines in 12 s with the registry down:\n{log}"
+    );
+    assert!(
+        cpu <= Duration::from_secs(1),
+        "{cpu:?} of CPU in 12 s with the registry down"
+    );
+}
+
+/// A writer that pauses longer than settleSeconds does not lose its file: a file
+/// shorter than its own manifest says is waited for; once it stops changing for
+/// stallSeconds it is quarantined as truncated, and a complete file sent again under
+/// the same name replaces the partial one there.
+#[test]
+fn a_stalled_writer_is_waited_for_and_a_complete_resend_replaces_its_partial_file() {
+    let s = Setup::plain();
+    let (_, out) = s.create("100MiB");
+    let files = chunk_files(&out);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let name = files[0].file_name().unwrap().to_owned();
+    let placed: Vec<&Placed> = s.placed.iter().collect();
+
+    // The writer stops half-way for longer than settleSeconds, then finishes.
+    let dest = Registry::plain().unwrap();
+    let site = Site::new();
+    let agent = Agent::start(&site.config(&dest, "stallSeconds: 600\n"), &[]);
+    let target = site.path("drop").join(&name);
+    std::fs::write(&target, &bytes[..bytes.len() / 2]).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the agent to wait for the rest of the file",
+        || agent.log().contains("waiting for the rest"),
+        || agent.log(),
+    );
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&target)
+        .unwrap()
+        .write_all(&bytes[bytes.len() / 2..])
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the imageset published once its file is whole",
+        || published_everything(&dest, &placed),
+        || agent.log(),
+    );
+    assert!(site.files("quarantine").is_empty(), "{}", agent.log());
+    drop(agent);
+
+    // A writer that never comes back: quarantined after stallSeconds; the complete
+    // file sent again takes its place.
+    let dest = Registry::plain().unwrap();
+    let site = Site::new();
+    let agent = Agent::start(&site.config(&dest, "stallSeconds: 2\n"), &[]);
+    std::fs::write(site.path("drop").join(&name), &bytes[..bytes.len() / 3]).unwrap();
+    let partial = name.to_string_lossy().into_owned();
+    eventually(
+        Duration::from_secs(30),
+        "the stalled file quarantined",
+        || site.files("quarantine").contains(&partial),
+        || agent.log(),
+    );
+    deliver_one(&files[0], &site.path("drop"));
+    eventually(
+        Duration::from_secs(60),
+        "the resent imageset published",
+        || published_everything(&dest, &placed),
+        || agent.log(),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the partial copy gone from quarantine",
+        || site.files("quarantine").is_empty(),
+        || agent.log(),
+    );
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use airlock_common::imageset::read::read_head;
+use airlock_disconnected::scan;
 use airlock_tests::bins::run;
 use airlock_tests::forge;
 use airlock_tests::skopeo::list_tags;
@@ -236,4 +237,77 @@ fn another_manifest_for_an_accepted_sequence_is_refused() {
         "{tags:?}"
     );
     s.assert_byte_exact("m");
+}
+
+/// Every byte matches its digest, but the "manifest" an image names is a layer:
+/// refused once its bytes are read, before anything is accepted or pushed.
+#[test]
+fn a_layer_posing_as_a_manifest_is_refused_at_ingest() {
+    let s = Setup::plain();
+    let (_, genuine) = s.create("100MiB");
+    let forged = s.path("forged");
+    copy_dir(&genuine, &forged);
+    forge::rewrite(&forged, |m| {
+        let layer = a_layer(m);
+        let i = m["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|b| b["digest"] == layer)
+            .unwrap();
+        m["blobs"][i]["mediaType"] = json!("application/vnd.oci.image.manifest.v1+json");
+        m["images"][0]["digest"] = layer;
+    })
+    .unwrap();
+    let ws = s.path("ws-d");
+    let out = run(&mut publish_cmd(&forged, &s.dest, "m", &ws));
+    assert_eq!(out.code, EX_DATA, "{out}");
+    assert!(
+        out.stderr
+            .contains("is not a application/vnd.oci.image.manifest.v1+json"),
+        "{out}"
+    );
+    assert!(catalog(&s.dest).is_empty(), "{:?}", catalog(&s.dest));
+    let out = run(&mut publish_cmd(&genuine, &s.dest, "m", &ws));
+    assert_eq!(out.code, 0, "{out}");
+    s.assert_byte_exact("m");
+}
+
+/// Many imagesets with large manifests in one folder: a scan holds only as many
+/// manifests as its bound allows, lowest sequence first whatever the file order,
+/// and the next scan, without the ones taken, holds the next.
+#[test]
+fn a_scan_holds_a_bounded_amount_of_manifests_lowest_sequence_first() {
+    let s = Setup::plain();
+    let all = s.path("all");
+    let mut per_sequence = Vec::new();
+    for (i, late) in [None, Some(77), Some(78)].into_iter().enumerate() {
+        let config = late.map_or(s.config.clone(), |seed| s.with_late_image(seed).1);
+        let out = s.path(&format!("out{i}"));
+        let created = create(&config, &out, &s.path("ws-c"), "300KiB", &s.source);
+        assert_eq!(created.code, 0, "{created}");
+        per_sequence.push(chunk_files(&out).len());
+        copy_dir(&out, &all);
+    }
+    let mut files = scan::list(&all).unwrap();
+    files.reverse();
+    let largest = files
+        .iter()
+        .map(|f| read_head(f).unwrap().manifest_bytes.len())
+        .max()
+        .unwrap();
+    let held = |found: &scan::Found| -> Vec<u64> { found.imagesets.keys().map(|k| k.1).collect() };
+
+    let first = scan::read_heads_within(files.clone(), largest + 1, &|_, _| false);
+    assert_eq!(held(&first), [1]);
+    assert_eq!(first.deferred.len(), per_sequence[1] + per_sequence[2]);
+    assert!(first.damaged.is_empty() && first.other.is_empty());
+
+    let second = scan::read_heads_within(files.clone(), largest + 1, &|_, s| s == 1);
+    assert_eq!(held(&second), [2]);
+    assert_eq!(second.deferred.len(), per_sequence[2]);
+
+    let all_at_once = scan::read_heads(files);
+    assert_eq!(held(&all_at_once), [1, 2, 3]);
+    assert!(all_at_once.deferred.is_empty());
 }
