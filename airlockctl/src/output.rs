@@ -75,6 +75,8 @@ pub struct Imageset {
     pub releases: Vec<String>,
     /// Clusters it is published to.
     pub published_to: Vec<String>,
+    /// Why it was refused (never accepted); null for an accepted imageset.
+    pub refused: Option<String>,
 }
 
 impl From<v1::Imageset> for Imageset {
@@ -88,6 +90,7 @@ impl From<v1::Imageset> for Imageset {
             carried_bytes: i.carried_bytes,
             releases: i.releases,
             published_to: i.published_to,
+            refused: (!i.refused.is_empty()).then_some(i.refused),
         }
     }
 }
@@ -338,7 +341,7 @@ pub fn status_table(s: &Status) -> String {
     )
 }
 
-/// The table of `imagesets`.
+/// The table of `imagesets`, with the refused ones and their reasons below it.
 pub fn imagesets_table(list: &[Imageset]) -> String {
     let rows: Vec<[String; 6]> = list
         .iter()
@@ -349,11 +352,14 @@ pub fn imagesets_table(list: &[Imageset]) -> String {
                 format!("{}{}", i.images, if i.full { " (full)" } else { "" }),
                 ByteSize(i.carried_bytes).to_string(),
                 i.releases.join(","),
-                i.published_to.join(","),
+                match &i.refused {
+                    Some(_) => "REFUSED".to_string(),
+                    None => i.published_to.join(","),
+                },
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         [
             "SEQUENCE",
             "CREATED",
@@ -363,7 +369,16 @@ pub fn imagesets_table(list: &[Imageset]) -> String {
             "PUBLISHED TO",
         ],
         &rows,
-    )
+    );
+    for i in list {
+        if let Some(why) = &i.refused {
+            out.push_str(&format!(
+                "refused {} sequence {}: {why}\n",
+                i.uuid, i.sequence
+            ));
+        }
+    }
+    out
 }
 
 /// The table of `clusters` (and of `publish` and `reconcile`), with the drift

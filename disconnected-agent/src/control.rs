@@ -316,8 +316,22 @@ impl Control for ControlService {
         _: Request<v1::ListImagesetsRequest>,
     ) -> Result<Response<v1::ListImagesetsResponse>, RpcStatus> {
         let ws = &self.status.site.ws;
+        let refused = self
+            .status
+            .refused_list()
+            .into_iter()
+            .map(|r| v1::Imageset {
+                uuid: r.imageset.0.to_string(),
+                sequence: r.imageset.1,
+                created: r.created,
+                images: r.images,
+                refused: r.reason,
+                ..v1::Imageset::default()
+            });
         let Some((uuid, last)) = ws.accepted().map_err(internal)? else {
-            return Ok(Response::new(v1::ListImagesetsResponse::default()));
+            return Ok(Response::new(v1::ListImagesetsResponse {
+                imagesets: refused.collect(),
+            }));
         };
         let views = self.status.clusters();
         let mut published = Vec::new();
@@ -351,8 +365,10 @@ impl Control for ControlService {
                     .filter(|(_, p)| **p >= seq)
                     .map(|(v, _)| v.name.clone())
                     .collect(),
+                refused: String::new(),
             });
         }
+        imagesets.extend(refused);
         Ok(Response::new(v1::ListImagesetsResponse { imagesets }))
     }
 

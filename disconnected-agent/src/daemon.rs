@@ -51,7 +51,7 @@ use crate::fanout::SharedReads;
 use crate::scan;
 use crate::site::{Outcome, Pass, Report, Site, Target};
 use crate::source::Mirror;
-use crate::status::{AgentEvent, ApiView, ClusterView, EventKind, Status};
+use crate::status::{AgentEvent, ApiView, ClusterView, EventKind, Refused, Status};
 
 /// Longest wait between retries of a registry that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -917,6 +917,14 @@ impl Daemon {
             match &outcome {
                 Outcome::Accepted => self.replace_partials(&files),
                 Outcome::Refused(why) => {
+                    if let Some(c) = found.imagesets.get(&key) {
+                        self.status.refused(Refused {
+                            imageset: key,
+                            created: c.manifest.created.clone(),
+                            images: c.manifest.images.len() as u32,
+                            reason: why.clone(),
+                        });
+                    }
                     for f in &files {
                         self.quarantine(f, why, &mut round);
                     }

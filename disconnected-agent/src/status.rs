@@ -132,7 +132,25 @@ pub struct Status {
     activity: Mutex<String>,
     /// Bytes uploaded to the clusters' registries, and read from the store for them.
     traffic: Mutex<(u64, u64)>,
+    /// The imagesets refused lately, oldest first, at most [`REFUSED_KEPT`].
+    refused: Mutex<std::collections::VecDeque<Refused>>,
     events: broadcast::Sender<AgentEvent>,
+}
+
+/// How many refused imagesets the agent remembers for `airlockctl imagesets`.
+pub const REFUSED_KEPT: usize = 32;
+
+/// An imageset refused since the agent started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Its workspace UUID and sequence, as its manifest says.
+    pub imageset: (Uuid, u64),
+    /// When it was created, as its manifest says.
+    pub created: String,
+    /// Images its manifest lists.
+    pub images: u32,
+    /// Why it was refused.
+    pub reason: String,
 }
 
 impl Status {
@@ -145,6 +163,7 @@ impl Status {
             clusters: Mutex::new(clusters),
             activity: Mutex::new("starting".into()),
             traffic: Mutex::default(),
+            refused: Mutex::default(),
             events: broadcast::channel(EVENT_BACKLOG).0,
         }
     }
@@ -187,6 +206,28 @@ impl Status {
     /// Bytes uploaded to registries and read from the store since the agent started.
     pub fn traffic(&self) -> (u64, u64) {
         *self.traffic.lock().expect("not poisoned")
+    }
+
+    /// Remembers a refused imageset (once, however often its files are seen).
+    pub fn refused(&self, r: Refused) {
+        let mut list = self.refused.lock().expect("not poisoned");
+        if list.contains(&r) {
+            return;
+        }
+        if list.len() == REFUSED_KEPT {
+            list.pop_front();
+        }
+        list.push_back(r);
+    }
+
+    /// The imagesets refused lately, oldest first.
+    pub fn refused_list(&self) -> Vec<Refused> {
+        self.refused
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Tells watchers; nobody watching is fine.

@@ -272,3 +272,20 @@ fn path_patterns_match_indices_only() {
     assert!(path_matches("storageConfig", "storageConfig"));
     assert!(!path_matches("storageConfig", "storageConfig.local"));
 }
+
+/// A config with a 5 MB image name gets an error of a few hundred bytes (one with a
+/// 50 MB name once made 150 MB of stderr).
+#[test]
+fn an_enormous_image_name_is_quoted_clipped() {
+    let name = format!("quay.io/a/{}:1", "B".repeat(5_000_000));
+    let text = format!(
+        "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  additionalImages:\n  - name: {name}\n"
+    );
+    let docs = parse(&text).unwrap();
+    let msg = docs[0].validate().unwrap_err().to_string();
+    assert!(msg.len() < 1_000, "{} bytes of error", msg.len());
+    assert!(
+        msg.contains("mirror.additionalImages[0].name") && msg.contains("5000012 bytes"),
+        "{msg}"
+    );
+}

@@ -123,6 +123,30 @@ fn ingest_over_the_control_plane_publishes_like_the_drop_folder_and_watch_follow
     assert_eq!(again.code, 0, "{again}");
     assert!(again.stdout.contains(": duplicate"), "{again}");
 
+    // Another manifest under the accepted sequence: refused, quarantined, and
+    // listed by `imagesets` with why.
+    let forged = s.path("forged");
+    copy_dir(&out, &forged);
+    airlock_tests::forge::rewrite(&forged, |m| m["images"][0]["tag"] = "6.6".into()).unwrap();
+    let forged_files = chunk_files(&forged);
+    let mut args = vec!["ingest"];
+    args.extend(paths(&forged_files));
+    let refused = served.ctl(&args);
+    assert_eq!(refused.code, 65, "{refused}");
+    assert!(refused.stdout.contains(": refused: "), "{refused}");
+    let imagesets = served.json(&["imagesets"]);
+    assert_eq!(imagesets.as_array().unwrap().len(), 2, "{imagesets}");
+    assert_eq!(imagesets[0]["refused"], Value::Null);
+    assert!(
+        imagesets[1]["refused"]
+            .as_str()
+            .unwrap()
+            .contains("was accepted earlier with another manifest"),
+        "{imagesets}"
+    );
+    let table = served.ctl(&["imagesets"]);
+    assert!(table.stdout.contains("REFUSED"), "{table}");
+
     // Not a chunk at all: quarantined with its reason, exit 65.
     let junk = s.path("notes.txt");
     std::fs::write(&junk, "not an imageset").unwrap();

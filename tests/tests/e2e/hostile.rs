@@ -311,3 +311,130 @@ fn a_scan_holds_a_bounded_amount_of_manifests_lowest_sequence_first() {
     assert_eq!(held(&all_at_once), [1, 2, 3]);
     assert!(all_at_once.deferred.is_empty());
 }
+
+/// Structure-aware fuzzing of what crosses the gap: random fields of a genuine
+/// manifest replaced by hostile values (every checksum made consistent), one chunk
+/// lost so that parity rebuilds write files. Whatever the forgery: no panic, nothing
+/// written outside the drop folder and the workspace, and inside the drop folder
+/// only names Airlock derives.
+#[test]
+fn fuzzed_manifests_never_panic_nor_write_outside_the_drop_folder_and_workspace() {
+    use airlock_disconnected::ingest;
+    use airlock_disconnected::store::Store;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let s = Setup::plain();
+    let genuine = s.path("genuine");
+    let created = run(
+        create_cmd(&s.config, &genuine, &s.path("ws-c"), "400KiB", &s.source)
+            .args(["--parity", "1"]),
+    );
+    assert_eq!(created.code, 0, "{created}");
+    let pointers = [
+        "/chunks/0/name",
+        "/chunks/1/name",
+        "/parity/0/name",
+        "/images/0/repository",
+        "/images/0/tag",
+        "/images/0/targetRepository",
+        "/images/0/source",
+        "/images/0/digest",
+        "/images/1/subject",
+        "/blobs/0/repository",
+        "/blobs/0/mediaType",
+        "/blobs/1/digest",
+        "/created",
+        "/chunks/0/size",
+        "/blobs/0/size",
+        "/blobs/0/parts/0/offset",
+        "/blobs/0/parts/0/length",
+        "/blobs/0/parts/0/chunk",
+        "/sequence",
+        "/limit",
+        "/full",
+    ];
+    let root = s.path("fuzz");
+    // An absolute path of the test's own, checked below with the rest of `root`.
+    let absolute = json!(root.join("absolute-escape.tar"));
+    let value = prop_oneof![
+        Just(json!("../../escape.tar")),
+        Just(absolute.clone()),
+        Just(json!("")),
+        Just(json!("Example.com/UPPER")),
+        Just(json!("host.io/../../x")),
+        Just(json!("application/vnd.oci.image.manifest.v1+json")),
+        Just(json!(
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+        )),
+        Just(json!("x".repeat(100_000))),
+        Just(json!(null)),
+        Just(json!(true)),
+        Just(json!([])),
+        any::<u64>().prop_map(|n| json!(n)),
+        (0u64..4096).prop_map(|n| json!(n)),
+        "\\PC{0,40}".prop_map(|t| json!(t)),
+    ];
+    // Names are where a path could slip in: a third of the edits aim there.
+    let escape = prop_oneof![
+        Just(json!("../../escape.tar")),
+        Just(json!("../escape.tar")),
+        Just(absolute),
+        Just(json!("sub/dir.tar")),
+    ];
+    let edit = prop_oneof![
+        2 => (0..pointers.len(), value),
+        1 => (0..3usize, escape),
+    ];
+    let edits = proptest::collection::vec(edit, 1..4);
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(&edits, |edits| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let parent = root.join(format!("case{n}"));
+            let drop = parent.join("drop");
+            copy_dir(&genuine, &drop);
+            let sentinel = parent.join("sentinel.tar");
+            std::fs::write(&sentinel, b"keep me").unwrap();
+            forge::rewrite(&drop, |m| {
+                for (p, v) in &edits {
+                    if let Some(slot) = m.pointer_mut(pointers[*p]) {
+                        *slot = v.clone();
+                    }
+                }
+            })
+            .unwrap();
+            std::fs::remove_file(&chunk_files(&drop)[0]).unwrap();
+            let found = scan::scan(&drop).unwrap();
+            let store = Store::open(&parent.join("ws")).unwrap();
+            for c in found.imagesets.values() {
+                if ingest::ingest(c, &store, &drop).is_ok() {
+                    let _ = ingest::check_manifests(&c.manifest, &store);
+                }
+            }
+            prop_assert_eq!(std::fs::read(&sentinel).unwrap(), b"keep me".to_vec());
+            prop_assert_eq!(
+                listing(&parent),
+                ["drop", "sentinel.tar", "ws"]
+                    .map(String::from)
+                    .into_iter()
+                    .collect::<BTreeSet<_>>()
+            );
+            for name in listing(&drop) {
+                prop_assert!(name.starts_with("airlock-"), "{name:?} in the drop folder");
+            }
+            std::fs::remove_dir_all(&parent).unwrap();
+            prop_assert!(
+                listing(&root).is_empty(),
+                "{:?} beside the cases",
+                listing(&root)
+            );
+            Ok(())
+        })
+        .unwrap();
+}
