@@ -12,7 +12,10 @@
 //! - manifests are pushed as the exact bytes that were pulled at the source;
 //! - idempotent: a blob or manifest the destination has is not sent again (`HEAD`
 //!   first); a blob shared by several repositories is uploaded once and mounted
-//!   into the others.
+//!   into the others;
+//! - a request that fails in passing (5xx, 429, a reset connection) is tried again
+//!   under [`RetryPolicy`], within a retry budget per image; a blob upload is
+//!   retried from a new session with its source opened again, never buffered.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +33,7 @@ use crate::digest::Digest;
 use crate::imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
 use crate::manifest::OCI_INDEX;
 use crate::reference::{Destination, ImageRef};
+use crate::registry::retry::{Budget, Limit, RetryPolicy, Retryable, Verdict};
 use crate::registry::{ErrorKind, RawManifest, RegistryClient, RegistryError};
 use crate::resources::{
     CatalogRef, Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs,
@@ -70,6 +74,25 @@ pub enum PublishError {
     },
 }
 
+impl Retryable for PublishError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            PublishError::Registry { source, .. } => source.verdict(),
+            PublishError::Content { .. } | PublishError::Stopped { .. } => Verdict::Final,
+        }
+    }
+
+    fn gave_up(self, attempts: u32, limit: Limit) -> Self {
+        match self {
+            PublishError::Registry { image, source } => PublishError::Registry {
+                image,
+                source: source.gave_up(attempts, limit),
+            },
+            e => e,
+        }
+    }
+}
+
 impl crate::exit_codes::ExitCode for PublishError {
     fn exit_code(&self) -> i32 {
         match self {
@@ -105,7 +128,8 @@ pub trait ContentSource: Sync {
     fn locate(&self, digest: &Digest, size: u64)
     -> impl Future<Output = Result<(), String>> + Send;
 
-    /// Opens blob `digest` for upload.
+    /// Opens blob `digest` for upload; called again for each retry of the upload,
+    /// so a body is never kept for one.
     fn open(
         &self,
         digest: &Digest,
@@ -126,17 +150,21 @@ pub struct PublishStats {
     pub present: AtomicU64,
     /// Manifests pushed (by digest or tag).
     pub manifests: AtomicU64,
+    /// Requests tried again after a transient failure.
+    pub retries: AtomicU64,
 }
 
 impl PublishStats {
-    /// A snapshot of the counters: uploaded, uploaded bytes, mounted, present, manifests.
-    pub fn get(&self) -> [u64; 5] {
+    /// A snapshot of the counters: uploaded, uploaded bytes, mounted, present,
+    /// manifests, retries.
+    pub fn get(&self) -> [u64; 6] {
         [
             self.uploaded.load(Ordering::Relaxed),
             self.uploaded_bytes.load(Ordering::Relaxed),
             self.mounted.load(Ordering::Relaxed),
             self.present.load(Ordering::Relaxed),
             self.manifests.load(Ordering::Relaxed),
+            self.retries.load(Ordering::Relaxed),
         ]
     }
 }
@@ -307,6 +335,7 @@ pub struct Publisher<'a, S> {
     referrers: Mutex<()>,
     /// Counters.
     pub stats: PublishStats,
+    retry: RetryPolicy,
     progress: Progress,
     /// Once cancelled, no new upload starts; those under way finish.
     stop: Option<CancellationToken>,
@@ -330,6 +359,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             holders: Mutex::new(HashMap::new()),
             referrers: Mutex::new(()),
             stats: PublishStats::default(),
+            retry: RetryPolicy::default(),
             progress,
             stop: None,
         }
@@ -341,6 +371,36 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
     pub fn with_stop(mut self, stop: CancellationToken) -> Self {
         self.stop = Some(stop);
         self
+    }
+
+    /// `op`, tried again under the retry policy; every retry is counted and logged.
+    async fn retrying<T, Fut>(
+        &self,
+        budget: &Budget,
+        repo: &str,
+        digest: &Digest,
+        op: impl FnMut() -> Fut,
+    ) -> Result<T, PublishError>
+    where
+        Fut: Future<Output = Result<T, PublishError>>,
+    {
+        self.retry
+            .run(budget, op, |r| {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                let error = match r.error {
+                    PublishError::Registry { source, .. } => source.to_string(),
+                    e => e.to_string(),
+                };
+                tracing::warn!(
+                    repository = %repo,
+                    digest = %digest,
+                    attempt = r.attempt,
+                    wait_ms = r.wait.as_millis() as u64,
+                    error = %error,
+                    "registry request failed; retrying"
+                );
+            })
+            .await
     }
 
     fn check_stop(&self, image: &ImageRecord) -> Result<(), PublishError> {
@@ -384,6 +444,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
     async fn link_referrer(
         &self,
         image: &ImageRecord,
+        budget: &Budget,
         repo: &str,
         subject: &Digest,
         referrer: &RawManifest,
@@ -394,23 +455,30 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         };
         let _one_at_a_time = self.referrers.lock().await;
         let listed = self
-            .client
-            .referrers(repo, subject)
-            .await
-            .map_err(registry)?;
+            .retrying(budget, repo, subject, || async {
+                self.client.referrers(repo, subject).await.map_err(registry)
+            })
+            .await?;
         if listed.contains(&referrer.digest) {
             return Ok(());
         }
         let tag = subject.tag_form();
-        let mut index: serde_json::Value = match self.client.get_manifest(repo, &tag).await {
-            Ok(raw) => serde_json::from_slice(&raw.bytes).map_err(|e| PublishError::Content {
+        let current = self
+            .retrying(budget, repo, subject, || async {
+                match self.client.get_manifest(repo, &tag).await {
+                    Err(e) if e.kind() == Some(ErrorKind::NotFound) => Ok(None),
+                    result => result.map(Some).map_err(registry),
+                }
+            })
+            .await?;
+        let mut index: serde_json::Value = match current {
+            Some(raw) => serde_json::from_slice(&raw.bytes).map_err(|e| PublishError::Content {
                 image: image.source.clone(),
                 problem: format!("referrers tag {repo}:{tag} at the destination: {e}"),
             })?,
-            Err(e) if e.kind() == Some(ErrorKind::NotFound) => {
+            None => {
                 serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
             }
-            Err(e) => return Err(registry(e)),
         };
         let listed_in_tag = index
             .get("manifests")
@@ -453,10 +521,13 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             Bytes::from(serde_json::to_vec(&index).expect("an index serialises")),
             OCI_INDEX.to_string(),
         );
-        self.client
-            .put_manifest(repo, &raw, Some(&tag))
-            .await
-            .map_err(registry)?;
+        self.retrying(budget, repo, &raw.digest, || async {
+            self.client
+                .put_manifest(repo, &raw, Some(&tag))
+                .await
+                .map_err(registry)
+        })
+        .await?;
         self.stats.manifests.fetch_add(1, Ordering::Relaxed);
         tracing::info!(subject = %subject, referrer = %referrer.digest, tag = %tag, repository = %repo, "referrers tag updated");
         Ok(())
@@ -469,6 +540,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
     ) -> Result<Vec<(Digest, String)>, PublishError> {
         self.check_stop(image)?;
         let repo = destination_repository(self.dest, image);
+        let budget = self.retry.budget();
         let content = |problem: String| PublishError::Content {
             image: image.source.clone(),
             problem,
@@ -532,12 +604,12 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         // Every blob must be available before anything of the image is pushed.
         let mut missing = Vec::new();
         for (digest, size) in &blobs {
-            if !self
-                .client
-                .has_blob(&repo, digest)
-                .await
-                .map_err(registry)?
-            {
+            let present = self
+                .retrying(&budget, &repo, digest, || async {
+                    self.client.has_blob(&repo, digest).await.map_err(registry)
+                })
+                .await?;
+            if !present {
                 missing.push((digest.clone(), *size));
             }
         }
@@ -549,8 +621,9 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         settle(
             futures::stream::iter(missing.iter().cloned())
                 .map(|(digest, size)| {
-                    let repo = &repo;
-                    async move { self.ensure_blob(image, repo, &digest, size).await }.boxed()
+                    let (repo, budget) = (&repo, &budget);
+                    async move { self.ensure_blob(image, budget, repo, &digest, size).await }
+                        .boxed()
                 })
                 .buffer_unordered(8),
         )
@@ -567,17 +640,23 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             };
             if tag.is_none()
                 && self
-                    .client
-                    .has_manifest(&repo, &m.digest)
-                    .await
-                    .map_err(registry)?
+                    .retrying(&budget, &repo, &m.digest, || async {
+                        self.client
+                            .has_manifest(&repo, &m.digest)
+                            .await
+                            .map_err(registry)
+                    })
+                    .await?
             {
                 continue;
             }
-            self.client
-                .put_manifest(&repo, m, tag)
-                .await
-                .map_err(registry)?;
+            self.retrying(&budget, &repo, &m.digest, || async {
+                self.client
+                    .put_manifest(&repo, m, tag)
+                    .await
+                    .map_err(registry)
+            })
+            .await?;
             self.stats.manifests.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(top) = manifests
@@ -586,7 +665,8 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         {
             let subject = top.parse().ok().and_then(|p| p.subject).map(|s| s.digest);
             if let Some(subject) = subject {
-                self.link_referrer(image, &repo, &subject, top).await?;
+                self.link_referrer(image, &budget, &repo, &subject, top)
+                    .await?;
             }
         }
         tracing::info!(image = %image.source, destination = %format!("{}/{repo}", self.dest.registry()), digest = %image.digest, "image published");
@@ -600,6 +680,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
     async fn ensure_blob(
         &self,
         image: &ImageRecord,
+        budget: &Budget,
         repo: &str,
         digest: &Digest,
         size: u64,
@@ -617,12 +698,13 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             };
             let holder = first
                 .get_or_try_init(|| async {
-                    self.put(image, repo, None, digest, size).await?;
+                    self.put(image, budget, repo, None, digest, size).await?;
                     Ok::<_, PublishError>(repo.to_string())
                 })
                 .await?;
             if holder != repo {
-                self.put(image, repo, Some(holder), digest, size).await?;
+                self.put(image, budget, repo, Some(holder), digest, size)
+                    .await?;
             }
             Ok::<(), PublishError>(())
         })
@@ -635,6 +717,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
     async fn put(
         &self,
         image: &ImageRecord,
+        budget: &Budget,
         repo: &str,
         holder: Option<&str>,
         digest: &Digest,
@@ -652,6 +735,25 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
                 return Ok(());
             }
         }
+        self.retrying(budget, repo, digest, || {
+            self.upload(image, repo, digest, size)
+        })
+        .await?;
+        self.stats.uploaded.fetch_add(1, Ordering::Relaxed);
+        self.stats.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
+        self.progress.add(size);
+        tracing::debug!(digest = %digest, size, repository = %repo, "blob uploaded");
+        Ok(())
+    }
+
+    /// One attempt at uploading a blob: the source opened afresh, then sent.
+    async fn upload(
+        &self,
+        image: &ImageRecord,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), PublishError> {
         let registry = |source| PublishError::Registry {
             image: image.source.clone(),
             source,
@@ -689,10 +791,6 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
                     .map_err(registry)?;
             }
         }
-        self.stats.uploaded.fetch_add(1, Ordering::Relaxed);
-        self.stats.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
-        self.progress.add(size);
-        tracing::debug!(digest = %digest, size, repository = %repo, "blob uploaded");
         Ok(())
     }
 }

@@ -450,9 +450,9 @@ fn print_bundles(listed: &[crate::catalog::image::Listed], format: OutputFormat)
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
 fn print_mirror(r: &mirror::MirrorReport) {
-    let [uploaded, bytes, mounted, present, manifests] = r.stats;
+    let [uploaded, bytes, mounted, present, manifests, retries] = r.stats;
     println!(
-        "mirrored {} images: {uploaded} blobs uploaded ({}), {mounted} mounted, {present} already present, {manifests} manifests, {:.1}s",
+        "mirrored {} images: {uploaded} blobs uploaded ({}), {mounted} mounted, {present} already present, {manifests} manifests, {retries} retries, {:.1}s",
         r.images,
         ByteSize(bytes),
         r.elapsed.as_secs_f64()

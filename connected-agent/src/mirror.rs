@@ -49,8 +49,8 @@ pub struct MirrorOptions {
 pub struct MirrorReport {
     /// Images mirrored.
     pub images: usize,
-    /// Counters: uploaded, uploaded bytes, mounted, present, manifests.
-    pub stats: [u64; 5],
+    /// Counters: uploaded, uploaded bytes, mounted, present, manifests, retries.
+    pub stats: [u64; 6],
     /// Cluster resource files written.
     pub resources: Vec<PathBuf>,
     /// Wall time.

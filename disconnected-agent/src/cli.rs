@@ -207,9 +207,9 @@ fn print_publish(p: &PublishReport) {
         println!("accepted imageset {uuid} sequence {seq} ({stored} blobs stored)");
     }
     if !r.published.is_empty() {
-        let [uploaded, bytes, mounted, present, manifests] = r.stats;
+        let [uploaded, bytes, mounted, present, manifests, retries] = r.stats;
         println!(
-            "published sequence {}: {uploaded} blobs uploaded ({}), {mounted} mounted, {present} already present, {manifests} manifests, {:.1}s",
+            "published sequence {}: {uploaded} blobs uploaded ({}), {mounted} mounted, {present} already present, {manifests} manifests, {retries} retries, {:.1}s",
             r.published
                 .iter()
                 .map(|(_, s)| s.to_string())

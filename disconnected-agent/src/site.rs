@@ -80,8 +80,8 @@ pub struct Report {
     pub continued_from: Option<String>,
     /// Sequences published, per destination.
     pub published: Vec<(String, u64)>,
-    /// Counters: uploaded, uploaded bytes, mounted, present, manifests.
-    pub stats: [u64; 5],
+    /// Counters: uploaded, uploaded bytes, mounted, present, manifests, retries.
+    pub stats: [u64; 6],
     /// Cluster resource files written.
     pub resources: Vec<PathBuf>,
     /// What could not be done.

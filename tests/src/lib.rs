@@ -7,6 +7,7 @@
 //! ([`kube_api`]), which cannot be installed here.
 
 pub mod bins;
+pub mod faults;
 pub mod forge;
 pub mod images;
 pub mod kube_api;

@@ -12,21 +12,24 @@
 //!   every mirroring user relies on; [`auth`] and [`RegistryOptions`] add them.
 
 pub mod auth;
+pub mod retry;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 
 use crate::digest::Digest;
 use crate::manifest::{self, ACCEPTED, Manifest, ManifestError};
 use auth::{AuthFileError, AuthSource};
+use retry::Limit;
 
 /// How to reach registries on one side of a transfer (`--src-*` or `--dest-*` flags).
 #[derive(Debug, Clone)]
@@ -58,8 +61,14 @@ pub enum ErrorKind {
     NotFound,
     /// Credentials missing or refused (401, 403).
     Unauthorized,
-    /// The registry could not be reached, or the connection broke.
+    /// The registry could not be reached, the connection broke, or it timed out.
     Network,
+    /// The registry is failing or overloaded (5xx, 408, 429): asking again later
+    /// may succeed.
+    Unavailable {
+        /// How long the registry asked to wait (`Retry-After`), if it did.
+        retry_after: Option<Duration>,
+    },
     /// The registry answered something other than the protocol allows.
     Protocol,
     /// Content did not hash to its digest.
@@ -110,6 +119,19 @@ pub enum RegistryError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A transient failure that went on past the retry bounds.
+    #[error("{last} (gave up after {attempts} attempts{})", match limit {
+        Limit::Attempts => "",
+        Limit::Budget => "; the image's retry budget is spent",
+    })]
+    GaveUp {
+        /// Attempts made of the request that failed last.
+        attempts: u32,
+        /// The bound that was reached.
+        limit: Limit,
+        /// The failure of the last attempt.
+        last: Box<RegistryError>,
+    },
 }
 
 impl RegistryError {
@@ -117,6 +139,7 @@ impl RegistryError {
     pub fn kind(&self) -> Option<ErrorKind> {
         match self {
             RegistryError::Request { kind, .. } => Some(*kind),
+            RegistryError::GaveUp { last, .. } => last.kind(),
             _ => None,
         }
     }
@@ -132,6 +155,7 @@ impl crate::exit_codes::ExitCode for RegistryError {
             }
             | RegistryError::Manifest { .. } => code::DATA,
             RegistryError::Request { .. } => code::UNAVAILABLE,
+            RegistryError::GaveUp { last, .. } => last.exit_code(),
             RegistryError::AuthFile(_) | RegistryError::Certificate { .. } => code::CONFIG,
             RegistryError::LocalFile { .. } => code::IO,
         }
@@ -168,9 +192,21 @@ impl RawManifest {
 }
 
 /// A client for one registry host.
+///
+/// Reads go through `oci-client`. Writes (blob uploads, manifest pushes) are sent
+/// here with reqwest, authorised with `oci-client`'s token flow: `oci-client`
+/// does not hand out response headers, and a retry needs the `Retry-After` of a
+/// 429 and the exact status of every failed step of an upload.
 pub struct RegistryClient {
     host: String,
     client: Client,
+    http: reqwest::Client,
+    /// `{scheme}://{registry}/`, the base of every write.
+    base: reqwest::Url,
+    credentials: RegistryAuth,
+    /// The bearer token to push to each repository, `None` when the registry
+    /// asks for none; fetched on first use and again after a 401.
+    tokens: tokio::sync::Mutex<HashMap<String, Option<String>>>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -181,13 +217,34 @@ impl fmt::Debug for RegistryClient {
     }
 }
 
-fn classify(e: &OciDistributionError) -> (ErrorKind, String) {
-    use OciDistributionError as E;
-    let status_kind = |code: u16| match code {
+/// The kind of an HTTP error status. 408, 429 and 5xx say "not now"; every other
+/// status is the registry's answer.
+pub(crate) fn status_kind(code: u16, retry_after: Option<Duration>) -> ErrorKind {
+    match code {
         401 | 403 => ErrorKind::Unauthorized,
         404 => ErrorKind::NotFound,
+        408 | 429 | 500..=599 => ErrorKind::Unavailable { retry_after },
         _ => ErrorKind::Protocol,
-    };
+    }
+}
+
+/// The text of an error and of its sources, joined.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn classify(e: &OciDistributionError) -> (ErrorKind, String) {
+    use OciDistributionError as E;
+    // oci-client does not hand out response headers: a 429 it reports has no
+    // `Retry-After`, and is retried after the backoff.
+    let status_kind = |code: u16| status_kind(code, None);
     match e {
         E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => (
             ErrorKind::Unauthorized,
@@ -211,6 +268,8 @@ fn classify(e: &OciDistributionError) -> (ErrorKind, String) {
                 .any(|c| matches!(c, C::Unauthorized | C::Denied))
             {
                 ErrorKind::Unauthorized
+            } else if codes.iter().any(|c| matches!(c, C::Toomanyrequests)) {
+                ErrorKind::Unavailable { retry_after: None }
             } else {
                 ErrorKind::Protocol
             };
@@ -229,26 +288,74 @@ fn classify(e: &OciDistributionError) -> (ErrorKind, String) {
                 message.trim()
             ),
         ),
-        E::RequestError(r) => {
-            let mut msg = r.to_string();
-            let mut src = std::error::Error::source(r);
-            while let Some(s) = src {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                src = s.source();
-            }
-            let kind = match r.status() {
-                Some(s) => status_kind(s.as_u16()),
-                None => ErrorKind::Network,
-            };
-            if msg.contains("certificate") || msg.contains("UnknownIssuer") {
-                msg.push_str(": trust the registry's CA with --src-cert-dir/--dest-cert-dir or /etc/containers/certs.d/HOST:PORT/ca.crt, or use --src-tls-verify=false/--dest-tls-verify=false for a test registry");
-            }
-            (kind, msg)
-        }
+        E::RequestError(r) => transport(r),
         E::DigestError(_) => (ErrorKind::Digest, e.to_string()),
         E::IoError(io) => (ErrorKind::Network, io.to_string()),
         _ => (ErrorKind::Protocol, e.to_string()),
+    }
+}
+
+/// The kind and text of a reqwest failure: a status is classified as one, anything
+/// else (refused, reset, timed out, TLS) is the network's.
+fn transport(r: &reqwest::Error) -> (ErrorKind, String) {
+    let mut msg = error_chain(r);
+    let kind = match r.status() {
+        Some(s) => status_kind(s.as_u16(), None),
+        None => ErrorKind::Network,
+    };
+    if msg.contains("certificate") || msg.contains("UnknownIssuer") {
+        msg.push_str(": trust the registry's CA with --src-cert-dir/--dest-cert-dir or /etc/containers/certs.d/HOST:PORT/ca.crt, or use --src-tls-verify=false/--dest-tls-verify=false for a test registry");
+    }
+    (kind, msg)
+}
+
+/// The error for a response with an unexpected status: its kind from the status
+/// (with `Retry-After`), its text from the distribution error codes of the body.
+async fn response_error(
+    operation: &'static str,
+    target: String,
+    response: reqwest::Response,
+) -> RegistryError {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+    let body = response.text().await.unwrap_or_default();
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let detail = match serde_json::from_str::<Envelope>(&body) {
+        Ok(e) if !e.errors.is_empty() => e
+            .errors
+            .iter()
+            .map(|x| format!("{}: {}", x.code, x.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => body.trim().to_string(),
+    };
+    let kind = status_kind(status.as_u16(), retry_after);
+    let mut message = format!("HTTP {}", status.as_u16());
+    if !detail.is_empty() {
+        message.push_str(": ");
+        message.push_str(&crate::quote::clipped(&detail));
+    }
+    if kind == ErrorKind::Unauthorized {
+        message.push_str(": check the credentials for this registry in the auth file (REGISTRY_AUTH_FILE, --authfile, ~/.docker/config.json)");
+    }
+    RegistryError::Request {
+        operation,
+        target,
+        kind,
+        message,
     }
 }
 
@@ -299,6 +406,11 @@ fn ca_certificates(host: &str, cert_dir: Option<&Path>) -> Result<Vec<Certificat
     Ok(certs)
 }
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest silence on a connection before it counts as broken (and is retried).
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+const USER_AGENT: &str = concat!("airlock/", env!("CARGO_PKG_VERSION"));
+
 /// With `--tls-verify=false`, a registry may speak plain HTTP or HTTPS with an
 /// untrusted certificate; like containers/image, try HTTPS first and fall back to HTTP.
 async fn speaks_https(host: &str) -> bool {
@@ -322,22 +434,47 @@ impl RegistryClient {
     /// probes whether the registry speaks HTTPS.
     pub async fn connect(host: &str, opts: &RegistryOptions) -> Result<Self, RegistryError> {
         // Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, which reqwest reads.
+        let certificates = ca_certificates(host, opts.cert_dir.as_deref())?;
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(USER_AGENT)
+            .danger_accept_invalid_certs(!opts.tls_verify);
+        for c in &certificates {
+            let cert =
+                reqwest::Certificate::try_from(c).map_err(|e| RegistryError::Certificate {
+                    path: opts
+                        .cert_dir
+                        .clone()
+                        .unwrap_or_else(|| Path::new("/etc/containers/certs.d").join(host)),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+                })?;
+            http = http.tls_certs_merge([cert]);
+        }
         let mut config = ClientConfig {
-            extra_root_certificates: ca_certificates(host, opts.cert_dir.as_deref())?,
+            extra_root_certificates: certificates,
             platform_resolver: None,
             use_monolithic_push: true,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(300)),
-            user_agent: concat!("airlock/", env!("CARGO_PKG_VERSION")),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            user_agent: USER_AGENT,
             ..ClientConfig::default()
         };
+        let mut scheme = "https";
         if !opts.tls_verify {
             config.accept_invalid_certificates = true;
             if !speaks_https(host).await {
                 config.protocol = ClientProtocol::Http;
+                scheme = "http";
             }
         }
         let client = Client::new(config);
+        let http = http.build().map_err(|e| RegistryError::Request {
+            operation: "connect",
+            target: host.to_string(),
+            kind: ErrorKind::Protocol,
+            message: error_chain(&e),
+        })?;
         // oci-client keeps one credential per registry, under the registry name it
         // resolves to (docker.io becomes index.docker.io).
         let auth = match opts.auth.lookup(host, "")? {
@@ -348,9 +485,20 @@ impl RegistryClient {
         client
             .store_auth_if_needed(resolved.resolve_registry(), &auth)
             .await;
+        let base = format!("{scheme}://{}/", resolved.resolve_registry());
+        let base = reqwest::Url::parse(&base).map_err(|e| RegistryError::Request {
+            operation: "connect",
+            target: host.to_string(),
+            kind: ErrorKind::Protocol,
+            message: format!("{base}: {e}"),
+        })?;
         Ok(RegistryClient {
             host: host.to_string(),
             client,
+            http,
+            base,
+            credentials: auth,
+            tokens: Default::default(),
         })
     }
 
@@ -449,17 +597,116 @@ impl RegistryClient {
                 ),
             }
         })?;
-        let references =
-            std::iter::once(self.by_digest(repository, &manifest.digest)).chain(tag.map(|t| {
-                Reference::with_tag(self.host.clone(), repository.to_string(), t.to_string())
-            }));
-        for r in references {
-            self.client
-                .push_manifest_raw(&r, manifest.bytes.clone(), content_type.clone())
-                .await
-                .map_err(|e| request_error("push manifest", r.whole(), e))?;
+        for reference in std::iter::once(manifest.digest.as_str()).chain(tag) {
+            let target = self.target(repository, reference);
+            let url = self.url(
+                &format!("v2/{repository}/manifests/{reference}"),
+                "push manifest",
+                &target,
+            )?;
+            let response = self
+                .send(repository, "push manifest", &target, |http| {
+                    http.put(url.clone())
+                        .header(http::header::CONTENT_TYPE, content_type.clone())
+                        .body(manifest.bytes.clone())
+                })
+                .await?;
+            if response.status() != reqwest::StatusCode::CREATED {
+                return Err(response_error("push manifest", target, response).await);
+            }
         }
         Ok(())
+    }
+
+    /// `path` under the registry's base URL.
+    fn url(
+        &self,
+        path: &str,
+        operation: &'static str,
+        target: &str,
+    ) -> Result<reqwest::Url, RegistryError> {
+        self.base.join(path).map_err(|e| RegistryError::Request {
+            operation,
+            target: target.to_string(),
+            kind: ErrorKind::Protocol,
+            message: format!("{path}: {e}"),
+        })
+    }
+
+    /// The bearer token to push to `repository` (`None` when the registry needs
+    /// none), through `oci-client`'s token flow; `fresh` asks for a new one.
+    async fn token(
+        &self,
+        repository: &str,
+        target: &str,
+        fresh: bool,
+    ) -> Result<Option<String>, RegistryError> {
+        let mut tokens = self.tokens.lock().await;
+        if !fresh {
+            if let Some(t) = tokens.get(repository) {
+                return Ok(t.clone());
+            }
+        }
+        let r = Reference::with_tag(self.host.clone(), repository.to_string(), "latest".into());
+        let token = self
+            .client
+            .auth(&r, &self.credentials, RegistryOperation::Push)
+            .await
+            .map_err(|e| request_error("authenticate", target.to_string(), e))?;
+        tokens.insert(repository.to_string(), token.clone());
+        Ok(token)
+    }
+
+    /// `request` with the credentials for `repository` when it goes to this
+    /// registry; never elsewhere (an upload `Location` may point at another host,
+    /// and credentials must not leak there, CVE-2020-15157).
+    async fn authorised(
+        &self,
+        repository: &str,
+        target: &str,
+        fresh: bool,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, RegistryError> {
+        Ok(match self.token(repository, target, fresh).await? {
+            Some(token) => request.bearer_auth(token),
+            None => match &self.credentials {
+                RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+                _ => request,
+            },
+        })
+    }
+
+    /// Sends a request to this registry built by `build`, again with a fresh token
+    /// when the registry answers 401 (a token expired during a long run). The
+    /// response is returned whatever its status.
+    async fn send(
+        &self,
+        repository: &str,
+        operation: &'static str,
+        target: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let transport = |e: reqwest::Error| {
+            let (kind, message) = transport(&e);
+            RegistryError::Request {
+                operation,
+                target: target.to_string(),
+                kind,
+                message,
+            }
+        };
+        let mut fresh = false;
+        loop {
+            let request = self
+                .authorised(repository, target, fresh, build(&self.http))
+                .await?;
+            let response = request.send().await.map_err(transport)?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED && !fresh {
+                fresh = true;
+                continue;
+            }
+            return Ok(response);
+        }
     }
 
     /// Whether `tag` exists in the repository.
@@ -595,8 +842,9 @@ impl RegistryClient {
             .is_ok()
     }
 
-    /// Uploads a blob from a stream (another registry's download), without
-    /// buffering it. The destination checks the digest when the upload closes.
+    /// Uploads a blob from a stream (another registry's download, or store
+    /// blocks shared between clusters), without buffering it. The destination
+    /// checks the digest when the upload closes.
     pub async fn push_blob_stream(
         &self,
         repository: &str,
@@ -604,17 +852,8 @@ impl RegistryClient {
         size: u64,
         stream: BoxStream<'static, Result<Bytes, RegistryError>>,
     ) -> Result<(), RegistryError> {
-        let stream = stream.map_err(|e| OciDistributionError::GenericError(Some(e.to_string())));
-        self.client
-            .push_blob_stream(
-                &self.by_digest(repository, digest),
-                stream,
-                digest.as_str(),
-                Some(size),
-            )
+        self.upload(repository, digest, size, reqwest::Body::wrap_stream(stream))
             .await
-            .map_err(|e| request_error("push blob", self.target(repository, digest.as_str()), e))?;
-        Ok(())
     }
 
     /// Uploads `size` bytes of a local file as a blob, streaming.
@@ -625,26 +864,87 @@ impl RegistryClient {
         size: u64,
         path: &Path,
     ) -> Result<(), RegistryError> {
-        let target = self.target(repository, digest.as_str());
         let file =
             tokio::fs::File::open(path)
                 .await
                 .map_err(|source| RegistryError::LocalFile {
-                    target: target.clone(),
+                    target: self.target(repository, digest.as_str()),
                     path: path.to_path_buf(),
                     source,
                 })?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)
-            .map_err(OciDistributionError::IoError);
-        self.client
-            .push_blob_stream(
-                &self.by_digest(repository, digest),
-                stream,
-                digest.as_str(),
-                Some(size),
-            )
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
+        self.upload(repository, digest, size, reqwest::Body::wrap_stream(stream))
             .await
-            .map_err(|e| request_error("push blob", target, e))?;
+    }
+
+    /// One monolithic upload: a `POST` opens a session, one `PUT` sends the bytes
+    /// and closes it. A failure at either step fails the whole upload: a retry
+    /// starts over with a new session, never continues one the registry may hold
+    /// half written.
+    async fn upload(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<(), RegistryError> {
+        const OPERATION: &str = "push blob";
+        let target = self.target(repository, digest.as_str());
+        let start = self.url(
+            &format!("v2/{repository}/blobs/uploads/"),
+            OPERATION,
+            &target,
+        )?;
+        let response = self
+            .send(repository, OPERATION, &target, |http| {
+                http.post(start.clone())
+                    .header(http::header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        if response.status() != reqwest::StatusCode::ACCEPTED {
+            return Err(response_error(OPERATION, target, response).await);
+        }
+        let protocol = |message: String| RegistryError::Request {
+            operation: OPERATION,
+            target: target.clone(),
+            kind: ErrorKind::Protocol,
+            message,
+        };
+        let location = response
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| protocol("the registry opened an upload without a Location".into()))?;
+        let mut url = self
+            .base
+            .join(location)
+            .map_err(|e| protocol(format!("upload location {location:?}: {e}")))?;
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        let put = self
+            .http
+            .put(url.clone())
+            .header(http::header::CONTENT_LENGTH, size)
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        // The body is a stream, sent once: the token the POST just used is the
+        // one to send it with.
+        let put = if url.origin() == self.base.origin() {
+            self.authorised(repository, &target, false, put).await?
+        } else {
+            put
+        };
+        let response = put.send().await.map_err(|e| {
+            let (kind, message) = transport(&e);
+            RegistryError::Request {
+                operation: OPERATION,
+                target: target.clone(),
+                kind,
+                message,
+            }
+        })?;
+        if response.status() != reqwest::StatusCode::CREATED {
+            return Err(response_error(OPERATION, target, response).await);
+        }
         Ok(())
     }
 }
@@ -672,19 +972,7 @@ impl RegistryClient {
         ] {
             if !self.has_blob(repository, digest).await? {
                 let size = bytes.len() as u64;
-                let stream =
-                    futures::stream::once(async move { Ok::<_, OciDistributionError>(bytes) });
-                self.client
-                    .push_blob_stream(
-                        &self.by_digest(repository, digest),
-                        stream,
-                        digest.as_str(),
-                        Some(size),
-                    )
-                    .await
-                    .map_err(|e| {
-                        request_error("push blob", self.target(repository, digest.as_str()), e)
-                    })?;
+                self.upload(repository, digest, size, bytes.into()).await?;
             }
         }
         let manifest = serde_json::json!({

@@ -12,6 +12,7 @@ mod oneway;
 mod operators;
 mod policy;
 mod releases;
+mod retries;
 mod scheduled;
 mod supply_chain;
 mod util;

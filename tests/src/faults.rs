@@ -1,0 +1,227 @@
+//! An HTTP proxy in front of a real registry that fails chosen requests, to test
+//! that clients survive the failures registries really have: a 500, a 429 with
+//! `Retry-After`, a connection reset in the middle of an upload.
+//!
+//! Every request is forwarded on a connection of its own (`Connection: close`), so
+//! the proxy only has to read request heads: the rest of each exchange is piped.
+//! A fault is armed for the Nth request (from the moment it is armed) whose method
+//! is `method` and whose path contains `path`; no timing is involved, so a test
+//! knows exactly which request fails.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+
+/// What a faulty request gets instead of the registry's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `500 Internal Server Error`, after the request body was read.
+    ServerError,
+    /// `429 Too Many Requests` with `Retry-After: 1`, after the body was read.
+    TooManyRequests,
+    /// The connection is reset once half of the request body arrived (a request
+    /// without a body is reset after its head).
+    Reset,
+}
+
+#[derive(Debug)]
+struct Rule {
+    method: String,
+    path: String,
+    /// Matching requests still to let through before the fault; `None` once a
+    /// one-time fault was served.
+    countdown: Option<u32>,
+    /// Every matching request gets the fault, not only the Nth.
+    forever: bool,
+    fault: Fault,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rules: Vec<Rule>,
+    served: u32,
+}
+
+/// A fault-injecting proxy on a free loopback port, plain HTTP.
+pub struct FaultProxy {
+    port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl FaultProxy {
+    /// Forwards to `target` (`host:port`, plain HTTP).
+    pub fn start(target: &str) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let state: Arc<Mutex<State>> = Arc::default();
+        let (target, s) = (target.to_string(), state.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (target, s) = (target.clone(), s.clone());
+                std::thread::spawn(move || serve(client, &target, &s));
+            }
+        });
+        Ok(FaultProxy { port, state })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Answers the `nth` (1 for the next) `method` request whose path contains
+    /// `path` with `fault`, once.
+    pub fn fail_nth(&self, method: &str, path: &str, nth: u32, fault: Fault) {
+        self.add(method, path, Some(nth.max(1) - 1), false, fault);
+    }
+
+    /// Answers every `method` request whose path contains `path` with `fault`.
+    pub fn fail_always(&self, method: &str, path: &str, fault: Fault) {
+        self.add(method, path, Some(0), true, fault);
+    }
+
+    fn add(&self, method: &str, path: &str, countdown: Option<u32>, forever: bool, fault: Fault) {
+        self.state.lock().expect("proxy state").rules.push(Rule {
+            method: method.to_string(),
+            path: path.to_string(),
+            countdown,
+            forever,
+            fault,
+        });
+    }
+
+    /// How many faults were served so far.
+    pub fn served(&self) -> u32 {
+        self.state.lock().expect("proxy state").served
+    }
+}
+
+/// The fault for a request, if one is due; counts it.
+fn due(state: &Mutex<State>, method: &str, path: &str) -> Option<Fault> {
+    let mut st = state.lock().expect("proxy state");
+    let path = path.split('?').next().unwrap_or(path);
+    let mut hit = None;
+    for rule in &mut st.rules {
+        if rule.method != method || !path.contains(&rule.path) {
+            continue;
+        }
+        match rule.countdown {
+            Some(0) => {
+                if !rule.forever {
+                    rule.countdown = None;
+                }
+                hit.get_or_insert(rule.fault);
+            }
+            Some(n) => rule.countdown = Some(n - 1),
+            None => {}
+        }
+    }
+    if hit.is_some() {
+        st.served += 1;
+    }
+    hit
+}
+
+/// The request head (up to and including the blank line) and any body bytes read
+/// with it; `None` when the client sent no HTTP (a TLS probe) or went away.
+fn read_head(client: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = client.read(&mut chunk).ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+        if !buf[0].is_ascii_uppercase() {
+            return None;
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let body = buf.split_off(end + 4);
+            return Some((buf, body));
+        }
+        if buf.len() > 64 << 10 {
+            return None;
+        }
+    }
+}
+
+fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
+    let Some((head, mut body)) = read_head(&mut client) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let mut request_line = lines.next().unwrap_or_default().split(' ');
+    let (method, path) = (
+        request_line.next().unwrap_or_default().to_string(),
+        request_line.next().unwrap_or_default().to_string(),
+    );
+    let headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+    let length: u64 = headers
+        .iter()
+        .filter_map(|h| h.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    if let Some(fault) = due(state, &method, &path) {
+        let wanted = match fault {
+            Fault::Reset => length / 2,
+            Fault::ServerError | Fault::TooManyRequests => length,
+        };
+        let mut chunk = [0u8; 16 << 10];
+        let mut got = body.len() as u64;
+        while got < wanted {
+            match client.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n as u64,
+            }
+        }
+        let answer = match fault {
+            // Closed with unread bytes pending, the socket sends a RST.
+            Fault::Reset => return,
+            Fault::ServerError => {
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            }
+            Fault::TooManyRequests => {
+                let json = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#;
+                format!(
+                    "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                    json.len()
+                )
+            }
+        };
+        let _ = client.write_all(answer.as_bytes());
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
+    let Ok(mut upstream) = TcpStream::connect(target) else {
+        return;
+    };
+    let mut forwarded = format!("{method} {path} HTTP/1.1\r\n");
+    for h in headers.iter().filter(|h| {
+        let name = h.split(':').next().unwrap_or_default().trim();
+        !name.eq_ignore_ascii_case("connection") && !name.eq_ignore_ascii_case("keep-alive")
+    }) {
+        forwarded.push_str(h);
+        forwarded.push_str("\r\n");
+    }
+    forwarded.push_str("Connection: close\r\n\r\n");
+    let mut first = forwarded.into_bytes();
+    first.append(&mut body);
+    if upstream.write_all(&first).is_err() {
+        return;
+    }
+    let (Ok(mut from_client), Ok(mut to_upstream)) = (client.try_clone(), upstream.try_clone())
+    else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_client, &mut to_upstream);
+    });
+    let _ = std::io::copy(&mut upstream, &mut client);
+    // The registry closed after its answer: end the client side too, which also
+    // ends the copy of the request above.
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = upstream.shutdown(Shutdown::Both);
+}

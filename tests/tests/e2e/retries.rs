@@ -1,0 +1,91 @@
+//! Publishing survives what registries do in passing: a 500 on a blob upload, a 429
+//! with `Retry-After` on opening an upload or pushing a manifest, a connection reset
+//! in the middle of a blob. Each fault is served by a proxy in front of a real
+//! registry, at a known request; the result is checked byte for byte with skopeo.
+//! A registry that keeps failing fails the publish in bounded time, naming the
+//! attempts.
+
+use std::path::Path;
+
+use airlock_tests::bins::{self, Output, run};
+use airlock_tests::faults::{Fault, FaultProxy};
+
+use crate::util::*;
+
+/// `publish` of `from` through `proxy` (plain HTTP) under `prefix`.
+fn publish_via(proxy: &FaultProxy, from: &Path, prefix: &str, ws: &Path) -> Output {
+    let mut cmd = bins::disconnected();
+    cmd.arg("publish")
+        .arg("--from")
+        .arg(from)
+        .arg("--to")
+        .arg(format!("docker://{}/{prefix}", proxy.addr()))
+        .arg("--workspace")
+        .arg(ws)
+        .arg("--dest-tls-verify=false");
+    run(&mut cmd)
+}
+
+/// The retries the summary line reports.
+fn retries(out: &Output) -> u64 {
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("published sequence"))
+        .unwrap_or_else(|| panic!("no summary line:\n{out}"));
+    let (before, _) = line
+        .split_once(" retries")
+        .unwrap_or_else(|| panic!("no retry count in {line:?}"));
+    before
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retry count in {line:?}"))
+}
+
+/// Publishes the seeded imageset through a proxy armed by `arm`, and checks that
+/// the publish succeeded after retrying and that the content is byte-exact.
+fn survives(arm: impl FnOnce(&FaultProxy)) {
+    let s = Setup::plain();
+    let (_, out) = s.create("1GiB");
+    let proxy = FaultProxy::start(&s.dest.addr()).unwrap();
+    arm(&proxy);
+    let published = publish_via(&proxy, &out, "mirror", &s.path("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+    assert!(proxy.served() >= 1, "the fault was served:\n{published}");
+    assert!(retries(&published) >= 1, "{published}");
+    s.assert_byte_exact("mirror");
+}
+
+#[test]
+fn a_server_error_on_a_blob_upload_is_retried() {
+    survives(|p| p.fail_nth("PUT", "/blobs/uploads/", 1, Fault::ServerError));
+}
+
+#[test]
+fn too_many_requests_on_an_upload_and_a_manifest_push_are_retried() {
+    survives(|p| {
+        p.fail_nth("POST", "/blobs/uploads/", 1, Fault::TooManyRequests);
+        p.fail_nth("PUT", "/manifests/", 1, Fault::TooManyRequests);
+    });
+}
+
+#[test]
+fn a_connection_reset_mid_upload_restarts_the_upload() {
+    survives(|p| p.fail_nth("PUT", "/blobs/uploads/", 2, Fault::Reset));
+}
+
+#[test]
+fn a_registry_failing_every_upload_fails_the_publish_naming_the_attempts() {
+    let s = Setup::plain();
+    let (_, out) = s.create("1GiB");
+    let proxy = FaultProxy::start(&s.dest.addr()).unwrap();
+    proxy.fail_always("PUT", "/blobs/uploads/", Fault::ServerError);
+    let published = publish_via(&proxy, &out, "mirror", &s.path("ws-d"));
+    assert_eq!(published.code, EX_UNAVAILABLE, "{published}");
+    assert!(
+        published.stderr.contains("gave up after 6 attempts")
+            && published.stderr.contains("HTTP 500"),
+        "{published}"
+    );
+}
