@@ -278,8 +278,10 @@ fn waves(images: &[ImageRecord]) -> Vec<Vec<&ImageRecord>> {
             depth += 1;
             match by_digest.get(subject) {
                 // Content addressing makes a cycle impossible; the bound is for
-                // a forged imageset manifest.
-                Some(parent) if depth <= images.len() => at = parent,
+                // a forged imageset manifest (which validation refuses deeper).
+                Some(parent) if depth <= crate::imageset::validate::MAX_SUBJECT_DEPTH => {
+                    at = parent
+                }
                 _ => break,
             }
         }

@@ -669,7 +669,7 @@ async fn fill_blob(
 
 fn retryable(e: &Error) -> bool {
     match e {
-        Error::Registry(r) => matches!(r.kind(), Some(ErrorKind::Network)),
+        Error::Registry(r) => matches!(r.kind(), Some(ErrorKind::Network | ErrorKind::Unreachable)),
         Error::Write(WriteError::Content { .. }) => true,
         _ => false,
     }

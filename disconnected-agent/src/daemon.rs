@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use airlock_common::digest::Digest;
 use airlock_common::exit_codes;
 use airlock_common::imageset::read::ChunkError;
 use airlock_common::registry::auth::AuthSource;
@@ -177,12 +178,19 @@ impl Tracker {
             .map(|s| now.duration_since(s.since))
     }
 
-    /// When the next file that is still settling will have settled.
-    fn next_deadline(&self, settle: Duration) -> Option<Instant> {
+    /// When the next file that is still settling will have settled, or a file
+    /// that settled (it may be a stalled writer's) will have been still for
+    /// `stall`. Only deadlines still to come: one passed is no reason to wake, and
+    /// counting it would make the loop spin for as long as the file sits there.
+    fn next_deadline(&self, settle: Duration, stall: Duration, now: Instant) -> Option<Instant> {
         self.seen
             .values()
             .filter(|s| !s.renamed)
-            .map(|s| s.since + settle)
+            .filter_map(|s| {
+                [s.since + settle, s.since + stall]
+                    .into_iter()
+                    .find(|&d| d > now)
+            })
             .min()
     }
 }
@@ -223,6 +231,11 @@ pub struct Daemon {
     /// What the last round said (an imageset waiting, a file missing): a state is
     /// logged when it begins, not at every round while it lasts, which may be days.
     said: HashSet<String>,
+    /// Manifests (by digest) accepted, or found the same as one accepted, whose
+    /// files wait in the drop directory to be published everywhere: later scans
+    /// do not hold them, so a cluster down for long does not make them fill the
+    /// bound on manifests held and keep new imagesets out.
+    known: HashSet<Digest>,
     /// After a round failed: no round (but for requests and ended publishes)
     /// before this, and the pause that set it, doubled at each failure.
     round_pause: Option<(Instant, Duration)>,
@@ -495,6 +508,7 @@ impl Daemon {
             in_flight: tokio::task::JoinSet::new(),
             publishing: HashMap::new(),
             said: HashSet::new(),
+            known: HashSet::new(),
             round_pause: None,
         })
     }
@@ -759,8 +773,9 @@ impl Daemon {
             }
         }
         let mut wake = now + rescan;
-        if let Some(d) = self.tracker.next_deadline(self.settle()) {
-            wake = wake.min(d.max(now));
+        let stall = Duration::from_secs(self.config.stall_seconds);
+        if let Some(d) = self.tracker.next_deadline(self.settle(), stall, now) {
+            wake = wake.min(d);
         }
         // A cluster publishing is looked at again when its publish ends.
         for c in self
@@ -813,7 +828,14 @@ impl Daemon {
                 let Ok(why) = std::fs::read_to_string(&reason) else {
                     break;
                 };
-                if why.contains("truncated") {
+                // Only a file quarantined as this very file, truncated: the
+                // reason is "<time>: <path>: truncated ...", and text quoted from
+                // a forged manifest cannot begin with the path.
+                let truncated = format!("{}: truncated", f.display());
+                if why
+                    .split_once(": ")
+                    .is_some_and(|(_, rest)| rest.starts_with(&truncated))
+                {
                     let _ = std::fs::remove_file(&partial);
                     let _ = std::fs::remove_file(&reason);
                     tracing::info!(file = %partial.display(), "removed a truncated copy of a file now taken whole");
@@ -833,7 +855,9 @@ impl Daemon {
         let drop_dir = self.config.drop_dir.clone();
         let files = scan::list(&drop_dir).map_err(|e| Error::io(&drop_dir, e))?;
         let settled = self.tracker.settled(&files, self.settle(), Instant::now());
-        let found = scan::read_heads(settled);
+        let known = &self.known;
+        let found =
+            scan::read_heads_within(settled, scan::HELD_MANIFEST_BYTES, &|d| known.contains(d));
         let mut report = Report::default();
         for p in &found.other {
             self.quarantine(p, "not an Airlock imageset chunk", &mut round);
@@ -870,15 +894,23 @@ impl Daemon {
             }
             self.quarantine(e.path(), &e.to_string(), &mut round);
         }
+        // An empty workspace first looks for the state an earlier machine recorded
+        // in a registry; until one answers, nothing is taken in, or accepting
+        // sequence 1 here would roll that registry back.
+        let mut hold = false;
         if self.site.ws.accepted()?.is_none() && !found.imagesets.is_empty() {
             let uuids: Vec<Uuid> = found.imagesets.keys().map(|(u, _)| *u).collect();
-            if let Some(i) = (0..self.clusters.len()).find(|&i| self.clusters[i].retry_at.is_none())
-            {
+            let now = Instant::now();
+            let due = (0..self.clusters.len())
+                .find(|&i| self.clusters[i].retry_at.is_none_or(|r| r <= now));
+            hold = true;
+            if let Some(i) = due {
                 if let Some((_, target)) = self.targets(&[i]).await.pop() {
-                    // A registry that does not answer is that cluster's failure
-                    // (backoff), not the round's: imagesets are still taken in.
                     match self.site.continue_from_registry(&target, &uuids).await {
-                        Ok(from) => report.continued_from = from,
+                        Ok(from) => {
+                            report.continued_from = from;
+                            hold = false;
+                        }
                         Err(e) => self.failed(
                             i,
                             &format!("reading the workspace state recorded in the registry: {e}"),
@@ -886,11 +918,24 @@ impl Daemon {
                     }
                 }
             }
+            if hold {
+                report.problem(
+                    exit_codes::INCOMPLETE,
+                    format!(
+                        "{} imagesets wait: the workspace is empty, and no cluster's registry answered to say whether an earlier machine recorded a later state there; they are taken once one does",
+                        found.imagesets.len()
+                    ),
+                );
+            }
         }
-        if !found.imagesets.is_empty() {
+        if !found.imagesets.is_empty() && !hold {
             self.status.set_activity("taking imagesets in");
         }
-        let outcomes = self.site.accept(&drop_dir, &found, &mut report).await?;
+        let outcomes = if hold {
+            Vec::new()
+        } else {
+            self.site.accept(&drop_dir, &found, &mut report).await?
+        };
         self.say(&report);
         for (uuid, sequence, blobs) in &report.accepted {
             let mut event = AgentEvent::now(
@@ -914,6 +959,11 @@ impl Daemon {
                         .collect()
                 })
                 .unwrap_or_default();
+            if matches!(outcome, Outcome::Accepted | Outcome::Duplicate) {
+                if let Some(c) = found.imagesets.get(&key) {
+                    self.known.insert(c.manifest_digest.clone());
+                }
+            }
             match &outcome {
                 Outcome::Accepted => self.replace_partials(&files),
                 Outcome::Refused(why) => {
@@ -933,6 +983,13 @@ impl Daemon {
                 Outcome::Duplicate | Outcome::Waiting(_) => {}
             }
             round.outcomes.push((key, outcome, files));
+        }
+        // Files of a manifest judged before (the same digest): duplicates, as a
+        // request that sent them is told.
+        for (key, files) in &found.skipped {
+            round
+                .outcomes
+                .push((*key, Outcome::Duplicate, files.clone()));
         }
         for p in &report.set_aside {
             self.quarantine(
@@ -1426,12 +1483,25 @@ impl Daemon {
         for d in &self.destinations {
             everywhere = everywhere.min(self.site.ws.published(&d.to_string())?.unwrap_or(0));
         }
-        for ((u, seq), c) in &found.imagesets {
+        let held = found.imagesets.iter().map(|(key, c)| {
+            let files: Vec<&PathBuf> = c
+                .chunks
+                .values()
+                .chain(c.parity.values())
+                .chain(&c.spares)
+                .map(|h| &h.path)
+                .collect();
+            (key, files)
+        });
+        let skipped = found
+            .skipped
+            .iter()
+            .map(|(key, files)| (key, files.iter().collect()));
+        for ((u, seq), files) in held.chain(skipped) {
             if *u != uuid || *seq > everywhere {
                 continue;
             }
-            for head in c.chunks.values().chain(c.parity.values()).chain(&c.spares) {
-                let f = &head.path;
+            for f in files {
                 let result = match (self.config.after_publish, &self.config.archive_dir) {
                     (AfterPublish::Archive, Some(dir)) => move_into(f, dir).map(|_| ()),
                     _ => std::fs::remove_file(f),

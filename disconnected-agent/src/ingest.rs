@@ -108,14 +108,20 @@ pub fn ingest(candidate: &Candidate, store: &Store, dir: &Path) -> Result<Ingest
     Ok(result)
 }
 
-/// Checks each manifest the imageset carries, now that its bytes are verified in
-/// the store: it parses as the media type the imageset lists for it, and every
-/// blob and child manifest it references is listed in the imageset. A forger can
-/// give any bytes a consistent digest; without this, an imageset whose "manifest"
-/// is a layer would be accepted, and every publish after it would fail.
+/// Checks each manifest the imageset lists whose bytes are in the store (all it
+/// carries, verified just now, and those earlier imagesets carried, unless the
+/// store was pruned): it parses as the media type the imageset lists for it, and
+/// every blob and child manifest it references is listed in the imageset. A forger
+/// can give any bytes a consistent digest, or list a layer shipped earlier as a
+/// manifest; without this, such an imageset would be accepted, and every publish
+/// after it would fail.
 pub fn check_manifests(m: &ImagesetManifest, store: &Store) -> Result<(), String> {
     let listed: HashSet<&Digest> = m.blobs.iter().map(|b| &b.digest).collect();
-    for b in m.blobs.iter().filter(|b| b.carried()) {
+    for b in m
+        .blobs
+        .iter()
+        .filter(|b| b.carried() || store.has(&b.digest))
+    {
         let Some(media_type) = &b.media_type else {
             continue;
         };
@@ -234,6 +240,15 @@ fn repair(c: &Candidate, dir: &Path) -> Result<Ingested, IngestError> {
         .next()
         .expect("at least one intact file");
     let head = read::read_head(any)?;
+    // The file may have been replaced since the scan; its metadata must be the
+    // imageset's, whose sizes were checked against this very length.
+    if head.manifest_digest != c.manifest_digest {
+        return Err(IngestError::Incomplete(format!(
+            "{}: {} changed while it was being repaired; it is looked at again on the next run",
+            m.label(),
+            any.display()
+        )));
+    }
     let mut metadata = vec![0u8; head.payload_offset as usize];
     std::fs::File::open(any)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut metadata))

@@ -17,6 +17,7 @@
 //! its predecessor) is reported with the files concerned, and makes the command exit
 //! non-zero, but does not stop the imagesets that can be published.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ use airlock_common::size::ByteSize;
 
 use crate::error::Error;
 use crate::scan;
-use crate::site::{Pass, Report, Site, Target};
+use crate::site::{Outcome, Pass, Report, Site, Target};
 use crate::source::Mirror;
 
 /// What `publish` is asked to do.
@@ -123,33 +124,39 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
             format!("no imageset chunk files found in {}", opts.from.display()),
         );
     }
-    site.accept(&opts.from, &found, &mut report.site).await?;
+    let outcomes = site.accept(&opts.from, &found, &mut report.site).await?;
     // Imagesets beyond what could be held at once: read again, without the ones
-    // taken, for as long as that takes more in.
-    let mut deferred = found.deferred;
-    while !deferred.is_empty() {
-        let before = site.ws.accepted()?;
-        let taken = |u: uuid::Uuid, s: u64| before.is_some_and(|(au, last)| au == u && s <= last);
-        let more = scan::read_heads_within(
-            scan::list(&opts.from).map_err(|e| Error::io(&opts.from, e))?,
-            scan::HELD_MANIFEST_BYTES,
-            &taken,
-        );
-        site.accept(&opts.from, &more, &mut report.site).await?;
-        deferred = more.deferred;
-        if site.ws.accepted()? == before {
+    // judged (all but those waiting), for as long as some were deferred and the
+    // last pass judged something.
+    let mut judged = HashSet::new();
+    let mut last = (found, outcomes);
+    while !last.0.deferred.is_empty() {
+        let (found, outcomes) = &last;
+        let before = judged.len();
+        judged.extend(outcomes.iter().filter_map(|(key, outcome)| {
+            (!matches!(outcome, Outcome::Waiting(_)))
+                .then(|| found.imagesets.get(key).map(|c| c.manifest_digest.clone()))
+                .flatten()
+        }));
+        if judged.len() == before {
             report.site.problem(
                 exit_codes::INCOMPLETE,
                 format!(
-                    "{} chunk files were not read: the imagesets before them hold more than {} of manifests and none of those could be taken; run publish again once they are",
-                    deferred.len(),
+                    "{} chunk files were not read: the imagesets before them, which wait, hold {} of manifests, the most held at once; run publish again once those are taken",
+                    found.deferred.len(),
                     ByteSize(scan::HELD_MANIFEST_BYTES as u64)
                 ),
             );
             break;
         }
+        let more = scan::read_heads_within(
+            scan::list(&opts.from).map_err(|e| Error::io(&opts.from, e))?,
+            scan::HELD_MANIFEST_BYTES,
+            &|d| judged.contains(d),
+        );
+        let outcomes = site.accept(&opts.from, &more, &mut report.site).await?;
+        last = (more, outcomes);
     }
-
     if let Some((_, last)) = site.ws.accepted()? {
         let target = match target {
             Some(t) => t,

@@ -71,6 +71,9 @@ pub struct Found {
     /// Chunks of imagesets not held this time: the manifests of those before them
     /// already fill [`HELD_MANIFEST_BYTES`]. Read again once those are taken.
     pub deferred: Vec<PathBuf>,
+    /// Chunks of imagesets judged before (the caller's `skip`), by imageset: not
+    /// held, only their files kept, to remove them once they are published.
+    pub skipped: BTreeMap<(Uuid, u64), Vec<PathBuf>>,
 }
 
 /// Most manifest bytes held at once, all imagesets of a scan together. A manifest
@@ -142,23 +145,29 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Reads the head of each file and groups the chunks by imageset, holding at most
 /// [`HELD_MANIFEST_BYTES`] of manifests.
 pub fn read_heads(paths: Vec<PathBuf>) -> Found {
-    read_heads_within(paths, HELD_MANIFEST_BYTES, &|_, _| false)
+    read_heads_within(paths, HELD_MANIFEST_BYTES, &|_| false)
 }
 
-/// [`read_heads`] within `budget` bytes of manifests, leaving out the chunks of
-/// imagesets `skip` names (already taken, so that a second pass holds the ones
-/// deferred by the first).
+/// [`read_heads`] within `budget` bytes of manifests, not holding the imagesets
+/// whose manifest digest `skip` names (judged before: taken, or duplicates of what
+/// was), so that they leave room for the ones deferred so far.
 pub fn read_heads_within(
     paths: Vec<PathBuf>,
     budget: usize,
-    skip: &dyn Fn(Uuid, u64) -> bool,
+    skip: &dyn Fn(&Digest) -> bool,
 ) -> Found {
     let mut found = Found::default();
     // Imagesets from this key up are not held.
     let mut ceiling: Option<(Uuid, u64)> = None;
     for path in paths {
         match read_head(&path) {
-            Ok(head) if skip(head.manifest.uuid, head.manifest.sequence) => {}
+            Ok(head) if skip(&head.manifest_digest) => {
+                found
+                    .skipped
+                    .entry((head.manifest.uuid, head.manifest.sequence))
+                    .or_default()
+                    .push(head.path);
+            }
             Ok(head)
                 if ceiling.is_some_and(|c| (head.manifest.uuid, head.manifest.sequence) >= c) =>
             {

@@ -331,14 +331,15 @@ impl Site {
             return Ok(Outcome::Waiting(why));
         }
         let (candidate, store, dir) = (c.clone(), self.store.clone(), dir.to_path_buf());
-        let result = tokio::task::spawn_blocking(move || ingest::ingest(&candidate, &store, &dir))
-            .await
-            .expect("ingest does not panic");
-        let result = result.and_then(|ingested| {
-            ingest::check_manifests(&c.manifest, &self.store)
-                .map(|()| ingested)
-                .map_err(IngestError::Forged)
-        });
+        let result = tokio::task::spawn_blocking(move || {
+            ingest::ingest(&candidate, &store, &dir).and_then(|ingested| {
+                ingest::check_manifests(&candidate.manifest, &store)
+                    .map(|()| ingested)
+                    .map_err(IngestError::Forged)
+            })
+        })
+        .await
+        .expect("ingest does not panic");
         Ok(match result {
             Err(IngestError::Forged(why)) => {
                 let why = format!("{label}: refused: {why}; nothing of it was published");

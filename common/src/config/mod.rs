@@ -462,22 +462,13 @@ impl LoadedConfig {
             if let Err(e) = image.name.parse::<ImageRef>() {
                 problems.push(self.problem(format!("{at}.name"), e.to_string()));
             }
-            if let Some(repo) = &image.target_repo {
-                if !valid_repository(repo) {
-                    problems.push(self.problem(
-                        format!("{at}.targetRepo"),
-                        format!("invalid target path component {repo:?}: must be lowercase letters and digits separated by '.', '_', '__', '-' or '/'"),
-                    ));
-                }
-            }
-            if let Some(tag) = &image.target_tag {
-                if !valid_tag(tag) {
-                    problems.push(self.problem(
-                        format!("{at}.targetTag"),
-                        format!("invalid tag {tag:?}: 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"),
-                    ));
-                }
-            }
+            self.check_target(
+                &at,
+                image.target_repo.as_deref(),
+                "targetRepo",
+                image.target_tag.as_deref(),
+                &mut problems,
+            );
         }
         if let Some(r) = c
             .storage_config
@@ -582,6 +573,34 @@ impl LoadedConfig {
         }
     }
 
+    /// A target repository and tag as the disconnected side will accept them
+    /// (`imageset::validate`): refused here, not after the imageset crossed.
+    fn check_target(
+        &self,
+        at: &str,
+        repo: Option<&str>,
+        repo_field: &str,
+        tag: Option<&str>,
+        problems: &mut Vec<Problem>,
+    ) {
+        if let Some(repo) = repo {
+            if repo.len() > 255 || !valid_repository(repo) {
+                problems.push(self.problem(
+                    format!("{at}.{repo_field}"),
+                    format!("invalid repository path {}: at most 255 characters, lowercase letters and digits separated by '.', '_', '__', '-' or '/'", crate::quote::clip(repo)),
+                ));
+            }
+        }
+        if let Some(tag) = tag {
+            if !valid_tag(tag) {
+                problems.push(self.problem(
+                    format!("{at}.targetTag"),
+                    format!("invalid tag {}: 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'", crate::quote::clip(tag)),
+                ));
+            }
+        }
+    }
+
     fn validate_operators(
         &self,
         stanza: &str,
@@ -602,6 +621,13 @@ impl LoadedConfig {
                     format!("catalog {:?}: duplicate found in configuration", op.catalog),
                 ));
             }
+            self.check_target(
+                &at,
+                op.target_catalog.as_deref(),
+                "targetCatalog",
+                op.target_tag.as_deref(),
+                problems,
+            );
             let mut packages = std::collections::HashSet::new();
             for (p, pkg) in op.packages.iter().enumerate() {
                 let at = format!("{at}.packages[{p}]");

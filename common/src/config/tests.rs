@@ -223,6 +223,27 @@ fn semantic_errors_name_field_and_line() {
             "duplicate found",
         ],
     );
+    // What the disconnected side would refuse is refused here, before create.
+    let text = format!(
+        "{HEAD}mirror:\n  operators:\n  - catalog: quay.io/a/index:v4.14\n    targetCatalog: ../UP\n    targetTag: -x\n"
+    );
+    assert_error(
+        &text,
+        LoadedConfig::validate,
+        &[
+            "mirror.operators[0].targetCatalog: invalid repository path \"../UP\"",
+            "mirror.operators[0].targetTag: invalid tag \"-x\"",
+        ],
+    );
+    let text = format!(
+        "{HEAD}mirror:\n  additionalImages:\n  - name: quay.io/a/b:1\n    targetRepo: {}\n",
+        "a".repeat(256)
+    );
+    assert_error(
+        &text,
+        LoadedConfig::validate,
+        &["mirror.additionalImages[0].targetRepo: invalid repository path"],
+    );
     let text = format!("{HEAD}archiveSize: -1\nmirror: {{}}\n");
     assert_error(
         &text,

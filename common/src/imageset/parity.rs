@@ -238,7 +238,12 @@ fn place(from: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
                 return Ok(target);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
+            // FAT and exFAT (USB sticks) have no hard links: look, then rename.
+            Err(_) if !target.exists() => {
+                std::fs::rename(from, &target)?;
+                return Ok(target);
+            }
+            Err(_) => continue,
         }
     }
     Err(std::io::Error::new(

@@ -533,6 +533,64 @@ fn originals(w: &Written) -> Vec<Vec<u8>> {
     w.paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
 
+/// Even handed a manifest whose chunk names are paths (validation refuses those
+/// before repair runs; this is the second line), repair writes only under the
+/// names Airlock derives, inside its directory, and replaces nothing there.
+#[tokio::test]
+async fn parity_repair_writes_only_derived_names_and_replaces_nothing() {
+    let w = write_imageset_with(&[100_000, 300_000], 64 << 10, None, 1).await;
+    let k = w.manifest.chunks.len();
+    let original = originals(&w);
+    let head = read_head(&w.paths[0]).unwrap();
+    let metadata = original[0][..head.payload_offset as usize].to_vec();
+    let mut hostile = w.manifest.clone();
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("drop");
+    std::fs::create_dir_all(&out).unwrap();
+    hostile.chunks[0].name = "../escaped.tar".into();
+    hostile.chunks[1].name = root.path().join("absolute.tar").display().to_string();
+    // A file already under the derived name of chunk 1 (a chunk a file manager renamed).
+    let derived = super::parity::rebuilt_name(&hostile, 1);
+    std::fs::write(out.join(&derived), b"someone else's").unwrap();
+    for lost in [0, 1] {
+        let data: Vec<Option<PathBuf>> = (0..k)
+            .map(|i| (i != lost).then(|| w.paths[i].clone()))
+            .collect();
+        let parity = vec![Some(w.paths[k].clone())];
+        let rebuilt = super::parity::repair(
+            &hostile,
+            head.payload_offset,
+            &metadata,
+            &data,
+            &parity,
+            &out,
+        )
+        .unwrap();
+        assert_eq!(rebuilt.len(), 1);
+        assert_eq!(rebuilt[0].parent(), Some(out.as_path()));
+        assert_eq!(std::fs::read(&rebuilt[0]).unwrap(), original[lost]);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let stem = derived.strip_suffix(".tar").unwrap();
+    let mut want = vec![
+        super::parity::rebuilt_name(&hostile, 0),
+        derived.clone(),
+        format!("{stem}-rebuilt1.tar"),
+    ];
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(
+        std::fs::read(out.join(&derived)).unwrap(),
+        b"someone else's"
+    );
+    let beside: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+    assert_eq!(beside.len(), 1, "only the drop folder in its parent");
+}
+
 #[tokio::test]
 async fn parity_rebuilds_any_two_lost_chunks_byte_for_byte() {
     let w = write_imageset_with(

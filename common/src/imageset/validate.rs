@@ -50,6 +50,10 @@ pub const MAX_BLOB_SIZE: u64 = 1 << 40;
 /// Longest source reference or repository name kept (distribution limits a name to
 /// 255 characters; a source may add a tag and digest).
 pub const MAX_NAME: usize = 512;
+/// Deepest chain of referrers (a signature of an SBOM of an image is 2; discovery
+/// follows 3). Bounds the publisher's ordering walk, which a forged cycle of
+/// 200 000 subjects would otherwise make quadratic.
+pub const MAX_SUBJECT_DEPTH: usize = 8;
 /// Most releases, and most channels per release.
 pub const MAX_RELEASES: usize = 10_000;
 /// Largest release signature (decoded); real ones are under 1 KiB.
@@ -109,6 +113,7 @@ pub fn check_content(m: &ImagesetManifest) -> Result<(), Invalid> {
     check_header(m)?;
     let manifests = blobs(m)?;
     images(m, &manifests)?;
+    subject_chains(m)?;
     releases(m)
 }
 
@@ -410,6 +415,35 @@ fn images(m: &ImagesetManifest, manifests: &HashMap<&Digest, &str>) -> Result<()
     Ok(())
 }
 
+/// Every chain of subjects through the images ends within [`MAX_SUBJECT_DEPTH`]
+/// steps (so none is a cycle).
+fn subject_chains(m: &ImagesetManifest) -> Result<(), Invalid> {
+    let subject_of: HashMap<&Digest, &Digest> = m
+        .images
+        .iter()
+        .filter_map(|i| i.subject.as_ref().map(|s| (&i.digest, s)))
+        .collect();
+    for (i, image) in m.images.iter().enumerate() {
+        let mut at = image.subject.as_ref();
+        for _ in 0..=MAX_SUBJECT_DEPTH {
+            match at {
+                Some(d) => at = subject_of.get(d).copied(),
+                None => break,
+            }
+        }
+        if at.is_some() {
+            return Err(invalid(
+                format!("images[{i}].subject"),
+                format!(
+                    "the chain of subjects from {} is deeper than {MAX_SUBJECT_DEPTH} or a cycle",
+                    image.digest
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn releases(m: &ImagesetManifest) -> Result<(), Invalid> {
     at_most("releases", m.releases.len(), MAX_RELEASES)?;
     let release_images: HashSet<&Digest> = m
@@ -703,6 +737,11 @@ mod tests {
                 "images[2].subject: set on an image that is not a referrer",
             ),
             (|m| m.images[1].subject = None, "images[1].subject: missing"),
+            (
+                // A referrer whose subject is itself: a cycle.
+                |m| m.images[1].subject = Some(m.images[1].digest.clone()),
+                "images[1].subject: the chain of subjects from",
+            ),
             (
                 |m| m.images[1].subject = Some(Digest::of(b"zz")),
                 "images[1].subject: ",

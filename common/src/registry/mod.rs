@@ -61,8 +61,12 @@ pub enum ErrorKind {
     NotFound,
     /// Credentials missing or refused (401, 403).
     Unauthorized,
-    /// The registry could not be reached, the connection broke, or it timed out.
+    /// The connection broke or timed out.
     Network,
+    /// Nothing answered: the connection was refused or the host not found. The
+    /// registry is down, not flaky, and asking again at once would only add noise;
+    /// a publish fails, and the agent retries the cluster with its own backoff.
+    Unreachable,
     /// The registry is failing or overloaded (5xx, 408, 429): asking again later
     /// may succeed.
     Unavailable {
@@ -301,6 +305,7 @@ fn transport(r: &reqwest::Error) -> (ErrorKind, String) {
     let mut msg = error_chain(r);
     let kind = match r.status() {
         Some(s) => status_kind(s.as_u16(), None),
+        None if r.is_connect() => ErrorKind::Unreachable,
         None => ErrorKind::Network,
     };
     if msg.contains("certificate") || msg.contains("UnknownIssuer") {

@@ -241,7 +241,12 @@ mod tests {
             error(ErrorKind::Network).verdict(),
             Verdict::Retry { retry_after: None }
         );
-        for kind in [ErrorKind::Digest, ErrorKind::Protocol, ErrorKind::NotFound] {
+        for kind in [
+            ErrorKind::Digest,
+            ErrorKind::Protocol,
+            ErrorKind::NotFound,
+            ErrorKind::Unreachable,
+        ] {
             assert_eq!(error(kind).verdict(), Verdict::Final, "{kind:?}");
         }
         let throttled = error(status_kind(429, Some(Duration::from_secs(7))));

@@ -467,8 +467,9 @@ fn the_agent_waits_quietly_for_chunks_and_for_a_registry_that_is_down() {
         || agent.log(),
     );
 
-    // One chunk of several: the imageset waits for the others.
-    deliver_one(&files[0], &drop);
+    // One chunk of several, written in place (no rename: the agent judges it by
+    // time): the imageset waits for the others.
+    std::fs::copy(&files[0], drop.join(files[0].file_name().unwrap())).unwrap();
     eventually(
         Duration::from_secs(30),
         "the agent to say what it waits for",
@@ -489,7 +490,7 @@ fn the_agent_waits_quietly_for_chunks_and_for_a_registry_that_is_down() {
     // The rest arrive while the cluster's registry is down.
     dest.stop();
     for f in &files[1..] {
-        deliver_one(f, &drop);
+        std::fs::copy(f, drop.join(f.file_name().unwrap())).unwrap();
     }
     eventually(
         Duration::from_secs(60),
@@ -506,6 +507,26 @@ fn the_agent_waits_quietly_for_chunks_and_for_a_registry_that_is_down() {
     assert!(
         cpu <= Duration::from_secs(1),
         "{cpu:?} of CPU in 12 s with the registry down"
+    );
+    // An empty workspace takes nothing in before a registry says whether an
+    // earlier machine recorded a later state there.
+    assert!(
+        agent
+            .log()
+            .contains("imagesets wait: the workspace is empty"),
+        "{}",
+        agent.log()
+    );
+    assert!(!agent.log().contains("imageset verified and accepted"));
+
+    // The registry returns: the backoff ends, and everything is published.
+    dest.start_again().unwrap();
+    let placed: Vec<&Placed> = s.placed.iter().collect();
+    eventually(
+        Duration::from_secs(90),
+        "the imageset published once the registry is back",
+        || published_everything(&dest, &placed),
+        || agent.log(),
     );
 }
 

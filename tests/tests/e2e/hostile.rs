@@ -298,14 +298,25 @@ fn a_scan_holds_a_bounded_amount_of_manifests_lowest_sequence_first() {
         .unwrap();
     let held = |found: &scan::Found| -> Vec<u64> { found.imagesets.keys().map(|k| k.1).collect() };
 
-    let first = scan::read_heads_within(files.clone(), largest + 1, &|_, _| false);
+    let first = scan::read_heads_within(files.clone(), largest + 1, &|_| false);
     assert_eq!(held(&first), [1]);
     assert_eq!(first.deferred.len(), per_sequence[1] + per_sequence[2]);
     assert!(first.damaged.is_empty() && first.other.is_empty());
 
-    let second = scan::read_heads_within(files.clone(), largest + 1, &|_, s| s == 1);
+    // Sequence 1 judged: its files are kept (to be removed once published), its
+    // manifest not held, and sequence 2 is read.
+    let taken = first
+        .imagesets
+        .values()
+        .next()
+        .unwrap()
+        .manifest_digest
+        .clone();
+    let second = scan::read_heads_within(files.clone(), largest + 1, &|d| *d == taken);
     assert_eq!(held(&second), [2]);
     assert_eq!(second.deferred.len(), per_sequence[2]);
+    let skipped: Vec<(u64, usize)> = second.skipped.iter().map(|(k, f)| (k.1, f.len())).collect();
+    assert_eq!(skipped, [(1, per_sequence[0])]);
 
     let all_at_once = scan::read_heads(files);
     assert_eq!(held(&all_at_once), [1, 2, 3]);
