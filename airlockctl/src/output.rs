@@ -127,6 +127,31 @@ pub struct Cluster {
     pub api_error: Option<String>,
     /// When the API was last checked; null without API access.
     pub checked: Option<String>,
+    /// What pruning did at its registry last; null before the first prune.
+    pub pruning: Option<Pruning>,
+}
+
+/// What pruning did at a cluster's registry for the last sequence published.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pruning {
+    /// The sequence the registry was pruned to.
+    pub sequence: u64,
+    /// Manifests deleted.
+    pub deleted: u64,
+    /// Manifests no longer listed but kept, with why.
+    pub kept: Vec<Kept>,
+    /// Why nothing was pruned; null when it was.
+    pub not_pruned: Option<String>,
+}
+
+/// A manifest kept although no longer listed.
+#[derive(Debug, Serialize)]
+pub struct Kept {
+    /// `REPOSITORY@DIGEST` at the registry.
+    pub manifest: String,
+    /// Why (`in use by cluster east (release 4.15.3 (desired))`).
+    pub reason: String,
 }
 
 fn state(s: i32) -> &'static str {
@@ -156,6 +181,19 @@ impl From<v1::Cluster> for Cluster {
             notes: api.notes,
             api_error: some(api.error),
             checked: some(api.checked),
+            pruning: c.pruning.map(|p| Pruning {
+                sequence: p.sequence,
+                deleted: p.deleted,
+                kept: p
+                    .kept
+                    .into_iter()
+                    .map(|k| Kept {
+                        manifest: k.manifest,
+                        reason: k.reason,
+                    })
+                    .collect(),
+                not_pruned: some(p.not_pruned),
+            }),
             state: state(c.state),
             name: c.name,
             registry: c.registry,
@@ -429,6 +467,24 @@ pub fn clusters_table(list: &[Cluster]) -> String {
         ] {
             for l in lines {
                 out.push_str(&format!("{}: {what}: {l}\n", c.name));
+            }
+        }
+        if let Some(p) = &c.pruning {
+            match &p.not_pruned {
+                Some(why) => out.push_str(&format!(
+                    "{}: not pruned at sequence {}: {why}\n",
+                    c.name, p.sequence
+                )),
+                None => out.push_str(&format!(
+                    "{}: pruned to sequence {}: {} manifests deleted, {} kept in use\n",
+                    c.name,
+                    p.sequence,
+                    p.deleted,
+                    p.kept.len()
+                )),
+            }
+            for k in &p.kept {
+                out.push_str(&format!("{}: kept: {}: {}\n", c.name, k.manifest, k.reason));
             }
         }
     }

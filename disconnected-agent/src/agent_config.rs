@@ -49,6 +49,9 @@ pub struct ClusterConfig {
     /// The cluster's API, by URL and token (instead of `kubeconfig`).
     #[serde(default)]
     pub api: Option<ApiConfig>,
+    /// Prune this cluster's registry (none: the agent's `pruning`).
+    #[serde(default)]
+    pub pruning: Option<bool>,
 }
 
 /// A cluster's API by URL, bearer token and CA.
@@ -162,7 +165,15 @@ pub struct AgentConfig {
     pub stop_grace_seconds: u64,
     /// Empty the content store once everything is published to every cluster.
     #[serde(default)]
-    pub prune: bool,
+    pub empty_store: bool,
+    /// Delete from each registry what the imageset published there no longer lists
+    /// (oc-mirror v1's pruning); a cluster's own `pruning` overrides it.
+    #[serde(default = "yes")]
+    pub pruning: bool,
+    /// The old name of `emptyStore`, refused with a pointer to the new names so that
+    /// nobody empties the store believing they prune registries, or the reverse.
+    #[serde(default)]
+    pub prune: Option<serde::de::IgnoredAny>,
     /// The control plane; none: the agent is fed by the drop directory only.
     #[serde(default)]
     pub grpc: Option<GrpcConfig>,
@@ -256,6 +267,13 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
             "is set, but afterPublish is delete; set afterPublish: archive",
         ),
         _ => {}
+    }
+    if config.prune.is_some() {
+        c.problem(
+            "prune",
+            "was renamed emptyStore (it empties the content store once everything is published everywhere); \
+             deleting from registries what imagesets no longer list is pruning (true by default)",
+        );
     }
     if config.stall_seconds < config.settle_seconds {
         c.problem(

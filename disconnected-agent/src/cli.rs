@@ -99,6 +99,15 @@ pub struct PublishArgs {
     /// Empty the content store once everything accepted is published (later imagesets
     /// fetch the layers they do not carry from the destination).
     #[arg(long)]
+    pub empty_store: bool,
+    /// Keep in the registry what the published imageset no longer lists (by default
+    /// it is deleted, as oc-mirror v1 does; space returns with the registry's
+    /// garbage collection).
+    #[arg(long)]
+    pub skip_pruning: bool,
+    /// The old name of --empty-store, refused so that nobody empties the store
+    /// believing they prune the registry, or the other way round.
+    #[arg(long, hide = true)]
     pub prune: bool,
     /// Require imagesets to be signed by one of these minisign public keys. May be
     /// repeated (during a key rotation, trust the old and the new key).
@@ -141,13 +150,19 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 .iter()
                 .map(|s| parse(s))
                 .collect::<Result<_, _>>()?;
+            if args.prune {
+                return Err(Error::Usage(
+                    "--prune was renamed --empty-store (it empties the content store); the registry is pruned of what the imageset no longer lists by default, and --skip-pruning keeps it".into(),
+                ));
+            }
             let opts = PublishOptions {
                 from: args.from,
                 to,
                 workspace: args.workspace,
                 parallel: args.parallel,
                 fetch_from,
-                prune: args.prune,
+                empty_store: args.empty_store,
+                skip_pruning: args.skip_pruning,
                 trust: args.trust,
                 registry: RegistryOptions {
                     tls_verify: args.destination.dest_tls_verify,
@@ -231,8 +246,14 @@ fn print_publish(p: &PublishReport) {
     for f in &r.ignored {
         println!("ignored {}: not an Airlock imageset chunk", f.display());
     }
-    if let Some(freed) = p.pruned {
-        println!("pruned the content store ({} freed)", ByteSize(freed));
+    for (dest, pruned) in &r.pruned {
+        print_pruned(dest, pruned);
+    }
+    for (dest, why) in &r.not_pruned {
+        println!("not pruned {dest}: {why}");
+    }
+    if let Some(freed) = p.emptied {
+        println!("emptied the content store ({} freed)", ByteSize(freed));
     }
     for problem in &r.problems {
         let label = if problem.code == exit_codes::INCOMPLETE {
@@ -241,6 +262,28 @@ fn print_publish(p: &PublishReport) {
             "error"
         };
         eprintln!("{label}: {}", problem.message);
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_pruned(dest: &str, p: &airlock_common::prune::Pruned) {
+    if let Some(answer) = &p.refused {
+        println!(
+            "not pruned {dest}: the registry refuses deletes ({answer}); enable deletes (storage.delete.enabled: true for distribution) or publish with --skip-pruning"
+        );
+        return;
+    }
+    println!(
+        "pruned {dest}: {} manifests deleted, {} kept in use, {} tags removed",
+        p.deleted.len(),
+        p.kept.len(),
+        p.untagged.len()
+    );
+    for d in &p.deleted {
+        println!("  deleted {} ({} of {})", d.at, d.role, d.image);
+    }
+    for (at, why) in &p.kept {
+        println!("  kept {at}: {why}");
     }
 }
 

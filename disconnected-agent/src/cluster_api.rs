@@ -79,7 +79,7 @@ struct Kind {
     namespaced: bool,
 }
 
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 10] = [
     Kind {
         api_version: "config.openshift.io/v1",
         kind: "ImageDigestMirrorSet",
@@ -127,6 +127,18 @@ const KINDS: [Kind; 8] = [
         kind: "ClusterVersion",
         plural: "clusterversions",
         namespaced: false,
+    },
+    Kind {
+        api_version: "operators.coreos.com/v1alpha1",
+        kind: "ClusterServiceVersion",
+        plural: "clusterserviceversions",
+        namespaced: true,
+    },
+    Kind {
+        api_version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        namespaced: true,
     },
 ];
 
@@ -266,6 +278,17 @@ fn differences(want: &Value, live: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
+/// The images of the containers and init containers of a pod spec.
+fn pod_images(spec: &Value, who: &str, out: &mut Vec<(String, String)>) {
+    for field in ["containers", "initContainers"] {
+        for c in spec[field].as_array().into_iter().flatten() {
+            if let Some(image) = c["image"].as_str() {
+                out.push((image.to_string(), who.to_string()));
+            }
+        }
+    }
+}
+
 /// A connection to one cluster's API.
 #[derive(Clone)]
 pub struct ClusterApi {
@@ -335,15 +358,20 @@ impl ClusterApi {
         }
     }
 
-    /// The cluster's versions.
-    pub async fn versions(&self) -> Result<Versions, ApiError> {
+    /// `ClusterVersion/version`'s status, as the cluster-version operator keeps it.
+    async fn cluster_version_status(&self) -> Result<Value, ApiError> {
         let kind = kind_of("config.openshift.io/v1", "ClusterVersion").expect("listed");
-        let cv = self
+        let mut cv = self
             .api(kind, None)
             .get("version")
             .await
             .map_err(request("reading ClusterVersion version"))?;
-        let status = &cv.data["status"];
+        Ok(cv.data["status"].take())
+    }
+
+    /// The cluster's versions.
+    pub async fn versions(&self) -> Result<Versions, ApiError> {
+        let status = &self.cluster_version_status().await?;
         let strings = |v: &Value| -> Vec<String> {
             v.as_array()
                 .into_iter()
@@ -362,6 +390,86 @@ impl ClusterApi {
             desired: status["desired"]["version"].as_str().map(String::from),
             available: strings(&status["availableUpdates"]),
         })
+    }
+
+    /// The images the cluster runs or may return to, as it names them, each with
+    /// what needs it: the release it is going to and the last it completed (and
+    /// any partial update in between), from `ClusterVersion`; the images of
+    /// installed operators, from their ClusterServiceVersions' `relatedImages` and
+    /// deployments; and the images of running pods. Pods are read only where the
+    /// agent may list them: a cluster that forbids it still has its releases and
+    /// operators protected.
+    pub async fn running(&self) -> Result<Vec<(String, String)>, ApiError> {
+        let mut out = Vec::new();
+        let status = &self.cluster_version_status().await?;
+        let mut release = |entry: &Value, what: &str| {
+            if let Some(image) = entry["image"].as_str() {
+                let version = entry["version"].as_str().unwrap_or("?");
+                out.push((image.to_string(), format!("release {version} ({what})")));
+            }
+        };
+        release(&status["desired"], "desired");
+        let history = status["history"].as_array().cloned().unwrap_or_default();
+        for h in &history {
+            if h["state"] != "Completed" {
+                release(h, "update in progress");
+            }
+        }
+        if let Some(h) = history.iter().find(|h| h["state"] == "Completed") {
+            release(h, "last completed");
+        }
+        let kind =
+            kind_of("operators.coreos.com/v1alpha1", "ClusterServiceVersion").expect("listed");
+        let csvs = self
+            .api(kind, None)
+            .list(&Default::default())
+            .await
+            .map_err(request("listing ClusterServiceVersions"))?;
+        for csv in csvs {
+            let name = format!(
+                "operator {} in {}",
+                csv.metadata.name.as_deref().unwrap_or("?"),
+                csv.metadata.namespace.as_deref().unwrap_or("?")
+            );
+            let spec = &csv.data["spec"];
+            for r in spec["relatedImages"].as_array().into_iter().flatten() {
+                if let Some(image) = r["image"].as_str() {
+                    out.push((image.to_string(), name.clone()));
+                }
+            }
+            for d in spec["install"]["spec"]["deployments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                pod_images(&d["spec"]["template"]["spec"], &name, &mut out);
+            }
+        }
+        let kind = kind_of("v1", "Pod").expect("listed");
+        match self.api(kind, None).list(&Default::default()).await {
+            Ok(pods) => {
+                for pod in pods {
+                    let name = format!(
+                        "pod {}/{}",
+                        pod.metadata.namespace.as_deref().unwrap_or("?"),
+                        pod.metadata.name.as_deref().unwrap_or("?")
+                    );
+                    pod_images(&pod.data["spec"], &name, &mut out);
+                    for field in ["containerStatuses", "initContainerStatuses"] {
+                        for c in pod.data["status"][field].as_array().into_iter().flatten() {
+                            if let Some(id) = c["imageID"].as_str() {
+                                out.push((id.to_string(), name.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                tracing::info!(reason = %e.message, "pods cannot be listed; what runs is read from ClusterVersion and ClusterServiceVersions only");
+            }
+            Err(e) => return Err(request("listing pods")(e)),
+        }
+        Ok(out)
     }
 
     /// Applies `d`; `force` takes fields back from whoever changed them.

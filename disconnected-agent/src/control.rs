@@ -186,6 +186,16 @@ impl ControlService {
                 error: a.error.unwrap_or_default(),
                 checked: a.checked.unwrap_or_default(),
             }),
+            pruning: view.pruning.clone().map(|p| v1::Pruning {
+                sequence: p.sequence,
+                deleted: p.deleted,
+                kept: p
+                    .kept
+                    .into_iter()
+                    .map(|(manifest, reason)| v1::KeptManifest { manifest, reason })
+                    .collect(),
+                not_pruned: p.not_pruned.unwrap_or_default(),
+            }),
         })
     }
 }

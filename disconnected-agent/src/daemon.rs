@@ -52,7 +52,7 @@ use crate::fanout::SharedReads;
 use crate::scan;
 use crate::site::{Outcome, Pass, Report, Site, Target};
 use crate::source::Mirror;
-use crate::status::{AgentEvent, ApiView, ClusterView, EventKind, Refused, Status};
+use crate::status::{AgentEvent, ApiView, ClusterView, EventKind, PruneView, Refused, Status};
 
 /// Longest wait between retries of a registry that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -202,6 +202,8 @@ struct Cluster {
     next_check: Instant,
     name: String,
     options: RegistryOptions,
+    /// Delete from its registry what the published imageset no longer lists.
+    pruning: bool,
     target: Option<Target>,
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -335,6 +337,7 @@ fn fresh_clusters(
                 last_error: None,
                 retry_at: None,
                 api: access.as_ref().map(|_| ApiView::default()),
+                pruning: None,
             };
             let cluster = Cluster {
                 access,
@@ -346,6 +349,7 @@ fn fresh_clusters(
                     cert_dir: c.cert_dir.clone(),
                     auth: AuthSource::new(c.auth_file.clone()),
                 },
+                pruning: c.pruning.unwrap_or(config.pruning),
                 target: None,
                 retry_at: None,
                 backoff: Duration::from_secs(1),
@@ -408,7 +412,10 @@ impl Daemon {
                 .iter()
                 .position(|o| *o == new.clusters[i]);
             if let Some(j) = same {
+                let pruning = c.pruning;
                 std::mem::swap(c, &mut self.clusters[j]);
+                // The agent-wide `pruning` may have changed under it.
+                c.pruning = pruning;
                 kept.push(c.name.clone());
             }
         }
@@ -1130,9 +1137,12 @@ impl Daemon {
             let resources = self.site.dir.join("cluster-resources").join(&name);
             if !behind {
                 // Nothing to upload: only its resources are written, here and now.
+                let users = self.users_of(i);
                 let pass = Pass {
                     fetch_from: &self.fetch_from,
                     parallel: self.config.parallel,
+                    skip_pruning: !self.clusters[i].pruning,
+                    users: &users,
                     ..Pass::default()
                 };
                 let mut report = Report::default();
@@ -1152,6 +1162,8 @@ impl Daemon {
                 batch.clone(),
             );
             let parallel = self.config.parallel;
+            let skip_pruning = !self.clusters[i].pruning;
+            let users = self.users_of(i);
             let cluster = name.clone();
             let task = self.in_flight.spawn(async move {
                 let pass = Pass {
@@ -1159,6 +1171,8 @@ impl Daemon {
                     parallel,
                     shared: Some(&batch.reads),
                     stop: Some(&stop),
+                    skip_pruning,
+                    users: &users,
                 };
                 let mut report = Report::default();
                 let result = site
@@ -1181,6 +1195,46 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// What `report` says pruning did at cluster `i`'s registry, if it did or
+    /// declined anything.
+    fn prune_view(&self, i: usize, report: &Report) -> Option<PruneView> {
+        let dest = self.destinations[i].to_string();
+        let sequence = || self.site.ws.pruned(&dest).ok().flatten().unwrap_or(0);
+        if let Some((_, p)) = report.pruned.iter().find(|(d, _)| *d == dest) {
+            return Some(PruneView {
+                sequence: sequence(),
+                deleted: p.deleted.len() as u64,
+                kept: p
+                    .kept
+                    .iter()
+                    .map(|(at, why)| (at.to_string(), why.clone()))
+                    .collect(),
+                not_pruned: p
+                    .refused
+                    .as_ref()
+                    .map(|a| format!("the registry refuses deletes ({a})")),
+            });
+        }
+        let (_, why) = report.not_pruned.iter().find(|(d, _)| *d == dest)?;
+        Some(PruneView {
+            sequence: sequence(),
+            not_pruned: Some(why.clone()),
+            ..PruneView::default()
+        })
+    }
+
+    /// The clusters with a readable API that pull from cluster `i`'s registry
+    /// (several clusters may share one): pruning keeps what any of them runs.
+    fn users_of(&self, i: usize) -> Vec<(String, cluster_api::Access)> {
+        let registry = self.destinations[i].registry();
+        self.clusters
+            .iter()
+            .zip(&self.destinations)
+            .filter(|(_, d)| d.registry() == registry)
+            .filter_map(|(c, _)| Some((c.name.clone(), c.access.clone()?)))
+            .collect()
     }
 
     fn show_publishing(&self) {
@@ -1269,6 +1323,9 @@ impl Daemon {
             event.imageset = uuid.map(|u| (u, *seq));
             self.status.emit(event);
             round.published.push((name.clone(), *seq));
+        }
+        if let Some(view) = self.prune_view(i, &report) {
+            self.status.update_cluster(i, |v| v.pruning = Some(view));
         }
         let complete = result.is_ok() && report.problems.is_empty();
         if !complete && self.stop.is_cancelled() {
@@ -1468,7 +1525,7 @@ impl Daemon {
     }
 
     /// Deletes or archives the files of imagesets published to every cluster, and
-    /// prunes the store when asked and everything is everywhere.
+    /// empties the store when asked and everything is everywhere.
     fn dispose(&self, found: &scan::Found) -> Result<(), Error> {
         // A publish under way may have recorded a sequence and not yet written
         // its cluster's resources; and two clusters may share a destination, one
@@ -1516,14 +1573,14 @@ impl Daemon {
                 }
             }
         }
-        if self.config.prune && everywhere == last {
+        if self.config.empty_store && everywhere == last {
             let freed = self
                 .site
                 .store
-                .prune()
+                .empty()
                 .map_err(|e| Error::io(&self.site.dir, e))?;
             if freed > 0 {
-                tracing::info!(freed, "content store pruned");
+                tracing::info!(freed, "content store emptied");
             }
         }
         Ok(())

@@ -10,8 +10,9 @@
 //!    it as accepted.
 //! 4. Publish every accepted imageset not yet published to this destination, in
 //!    order; record where each blob now is, and the site state in the registry.
-//! 5. Write the cluster resources (mirror sets) for what is now published; with
-//!    `--prune`, empty the content store.
+//! 5. Delete from the registry what the last published imageset no longer lists
+//!    (unless `--skip-pruning`); write the cluster resources (mirror sets) for
+//!    what is now published; with `--empty-store`, empty the content store.
 //!
 //! Whatever cannot be done (a missing chunk, a damaged file, an imageset waiting for
 //! its predecessor) is reported with the files concerned, and makes the command exit
@@ -49,7 +50,9 @@ pub struct PublishOptions {
     /// Other registries to fetch layers from that no imageset carries.
     pub fetch_from: Vec<Destination>,
     /// Empty the content store once everything accepted is published.
-    pub prune: bool,
+    pub empty_store: bool,
+    /// Keep in the registry what the published imageset no longer lists.
+    pub skip_pruning: bool,
     /// Public keys (minisign) an imageset must be signed with; none: signatures are
     /// not required.
     pub trust: Vec<PathBuf>,
@@ -60,8 +63,8 @@ pub struct PublishOptions {
 pub struct PublishReport {
     /// What was taken in and published.
     pub site: Report,
-    /// Bytes freed by `--prune`.
-    pub pruned: Option<u64>,
+    /// Bytes freed by `--empty-store`.
+    pub emptied: Option<u64>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -173,12 +176,13 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
         let pass = Pass {
             fetch_from: &fetch_from,
             parallel: opts.parallel,
+            skip_pruning: opts.skip_pruning,
             ..Pass::default()
         };
         site.publish_to(&target, &pass, &resources, &mut report.site)
             .await?;
-        if opts.prune && site.ws.published(&opts.to.to_string())? == Some(last) {
-            report.pruned = Some(site.store.prune().map_err(|e| Error::io(&site.dir, e))?);
+        if opts.empty_store && site.ws.published(&opts.to.to_string())? == Some(last) {
+            report.emptied = Some(site.store.empty().map_err(|e| Error::io(&site.dir, e))?);
         }
     }
     report.elapsed = started.elapsed();

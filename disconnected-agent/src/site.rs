@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_common::exit_codes::{self, ExitCode as _};
+use airlock_common::prune::{self, InUse, Pruned, Pruner};
 use airlock_common::publish::{self, Publisher};
 use airlock_common::reference::Destination;
 use airlock_common::registry::RegistryClient;
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::cluster_api::{Access, ClusterApi};
 use crate::error::Error;
 use crate::fanout::SharedReads;
 use crate::ingest::{self, IngestError};
@@ -84,6 +86,10 @@ pub struct Report {
     pub stats: [u64; 6],
     /// Cluster resource files written.
     pub resources: Vec<PathBuf>,
+    /// What pruning did, per destination.
+    pub pruned: Vec<(String, Pruned)>,
+    /// Destinations not pruned, and why.
+    pub not_pruned: Vec<(String, String)>,
     /// What could not be done.
     pub problems: Vec<Problem>,
 }
@@ -133,6 +139,11 @@ pub struct Pass<'a> {
     pub shared: Option<&'a Arc<SharedReads>>,
     /// Cancelled when the agent stops: uploads under way finish, no new one starts.
     pub stop: Option<&'a CancellationToken>,
+    /// Keep what the published imageset no longer lists (`--skip-pruning`).
+    pub skip_pruning: bool,
+    /// The clusters that pull from this registry and whose API can be read: what
+    /// any of them runs is not pruned.
+    pub users: &'a [(String, Access)],
 }
 
 /// The disconnected workspace, its store and its trusted keys.
@@ -399,7 +410,13 @@ impl Site {
         };
         let dest_key = target.dest.to_string();
         let registry = target.dest.registry();
-        let from = self.ws.published(&dest_key)?.unwrap_or(0) + 1;
+        let before = self.ws.published(&dest_key)?;
+        if let (Some(p), None) = (before, self.ws.pruned(&dest_key)?) {
+            // Published before pruning existed: the destination is taken to hold
+            // what that sequence lists.
+            self.ws.mark_pruned(&dest_key, p)?;
+        }
+        let from = before.unwrap_or(0) + 1;
         let mut mirrors = vec![Mirror {
             client: target.client.clone(),
             dest: target.dest.clone(),
@@ -463,6 +480,7 @@ impl Site {
                 );
             }
         }
+        self.prune_at(target, pass, report).await?;
         // The mirror sets describe what is published here, not what is only accepted.
         let published = self.ws.published(&dest_key)?.unwrap_or(0);
         if published > 0 && self.ws.has_manifest(&uuid, published) {
@@ -476,5 +494,92 @@ impl Site {
             );
         }
         Ok(())
+    }
+
+    /// Deletes from `target` what the imagesets published there since it was last
+    /// pruned placed and the one published last no longer lists; see
+    /// [`airlock_common::prune`]. The mark moves only once that is done, so an
+    /// interrupted or failed prune is finished by the next publish.
+    async fn prune_at(
+        &self,
+        target: &Target,
+        pass: &Pass<'_>,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let dest_key = target.dest.to_string();
+        let (Some((uuid, _)), Some(now)) = (self.ws.accepted()?, self.ws.published(&dest_key)?)
+        else {
+            return Ok(());
+        };
+        let base = match self.ws.pruned(&dest_key)? {
+            Some(base) if base < now => base,
+            Some(_) => return Ok(()),
+            None => return Ok(self.ws.mark_pruned(&dest_key, now)?),
+        };
+        if pass.skip_pruning {
+            report.not_pruned.push((
+                dest_key.clone(),
+                "pruning is off (--skip-pruning, pruning: false)".into(),
+            ));
+            return Ok(self.ws.mark_pruned(&dest_key, now)?);
+        }
+        if !self.ws.has_manifest(&uuid, base) || !self.ws.has_manifest(&uuid, now) {
+            let why = format!(
+                "what sequence {base} placed there is not known to this workspace (it continued from the state recorded in the registry); nothing is pruned until the next imageset"
+            );
+            tracing::info!(destination = %dest_key, reason = %why, "not pruned");
+            report.not_pruned.push((dest_key.clone(), why));
+            return Ok(self.ws.mark_pruned(&dest_key, now)?);
+        }
+        let mut earlier = Vec::new();
+        for seq in base..now {
+            if self.ws.has_manifest(&uuid, seq) {
+                earlier.push(self.ws.manifest(&uuid, seq)?);
+            }
+        }
+        let wanted = self.ws.manifest(&uuid, now)?;
+        let placed: Vec<_> = earlier.iter().flat_map(|m| &m.images).collect();
+        let mut in_use = InUse::new();
+        let mut plan = prune::plan(&placed, &wanted.images, &target.dest, &in_use);
+        if !plan.doomed.is_empty() {
+            for (name, access) in pass.users {
+                let running = match ClusterApi::connect(access).await {
+                    Ok(api) => api.running().await,
+                    Err(e) => Err(e),
+                };
+                match running {
+                    Ok(running) => {
+                        for (digest, why) in prune::in_use(name, &running, &placed, &target.dest) {
+                            in_use.entry(digest).or_insert(why);
+                        }
+                    }
+                    Err(e) => {
+                        let why = format!(
+                            "what cluster {name} runs cannot be read ({e}); nothing is pruned until it can be"
+                        );
+                        tracing::warn!(destination = %dest_key, cluster = %name, error = %e, "not pruned: what the cluster runs cannot be read");
+                        report.not_pruned.push((dest_key.clone(), why));
+                        return Ok(());
+                    }
+                }
+            }
+            plan = prune::plan(&placed, &wanted.images, &target.dest, &in_use);
+        }
+        let pruned = match Pruner::new(&target.client, &target.dest, false)
+            .run(&plan, &wanted.images, &wanted.blobs, &in_use)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                report.problem(
+                    e.exit_code(),
+                    format!("{dest_key}: sequence {now} is published, but {e}; pruning is finished on the next run"),
+                );
+                return Ok(());
+            }
+        };
+        tracing::info!(destination = %dest_key, sequence = now, deleted = pruned.deleted.len(), kept = pruned.kept.len(), untagged = pruned.untagged.len(), refused = pruned.refused.is_some(), "pruned what the published imageset no longer lists");
+        report.pruned.push((dest_key.clone(), pruned));
+        Ok(self.ws.mark_pruned(&dest_key, now)?)
     }
 }

@@ -34,6 +34,21 @@ pub struct ClusterView {
     pub retry_at: Option<Instant>,
     /// What its API showed at the last check; none without API access.
     pub api: Option<ApiView>,
+    /// What pruning did at its registry last; none before the first prune.
+    pub pruning: Option<PruneView>,
+}
+
+/// What pruning did at a cluster's registry for the last sequence published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneView {
+    /// The sequence the registry was pruned to.
+    pub sequence: u64,
+    /// Manifests deleted.
+    pub deleted: u64,
+    /// `REPOSITORY@DIGEST` kept although no longer listed, with why.
+    pub kept: Vec<(String, String)>,
+    /// Why nothing was pruned, when nothing was.
+    pub not_pruned: Option<String>,
 }
 
 /// A cluster as its API shows it, against what Airlock published and applied.

@@ -247,7 +247,7 @@ impl Store {
 
     /// Removes every stored blob: after a publish, the registry holds them, and a
     /// later imageset that needs one fetches it from there. Returns the bytes freed.
-    pub fn prune(&self) -> std::io::Result<u64> {
+    pub fn empty(&self) -> std::io::Result<u64> {
         let mut freed = 0;
         for entry in std::fs::read_dir(self.root.join("blobs/sha256"))? {
             let entry = entry?;

@@ -9,6 +9,9 @@
 //!   published there;
 //! - tree `applied`: cluster name → the published sequence whose cluster
 //!   resources were last applied through the cluster's API;
+//! - tree `pruned`: destination → the sequence whose image list the destination
+//!   was last pruned to: what every sequence from it to the one published last
+//!   placed there, and the last no longer lists, is what pruning deletes next;
 //! - tree `locations`: registry host, NUL, digest → a repository of that registry
 //!   known to hold the blob, for fetching layers an imageset does not carry.
 //!
@@ -33,6 +36,7 @@ pub struct Workspace {
     meta: sled::Tree,
     published: sled::Tree,
     applied: sled::Tree,
+    pruned: sled::Tree,
     locations: sled::Tree,
 }
 
@@ -90,6 +94,9 @@ impl Workspace {
         let applied = db
             .open_tree("applied")
             .map_err(|e| StateError::storage(path, e))?;
+        let pruned = db
+            .open_tree("pruned")
+            .map_err(|e| StateError::storage(path, e))?;
         let locations = db
             .open_tree("locations")
             .map_err(|e| StateError::storage(path, e))?;
@@ -101,6 +108,7 @@ impl Workspace {
             meta,
             published,
             applied,
+            pruned,
             locations,
         })
     }
@@ -201,20 +209,12 @@ impl Workspace {
 
     /// The last sequence published to `destination`.
     pub fn published(&self, destination: &str) -> Result<Option<u64>, StateError> {
-        self.published
-            .get(destination)
-            .map_err(|e| StateError::storage(&self.path, e))?
-            .map(|v| state::read_u64(&self.path, &v))
-            .transpose()
+        self.sequence_in(&self.published, destination)
     }
 
     /// The published sequence whose resources were last applied to `cluster`.
     pub fn applied(&self, cluster: &str) -> Result<Option<u64>, StateError> {
-        self.applied
-            .get(cluster)
-            .map_err(|e| StateError::storage(&self.path, e))?
-            .map(|v| state::read_u64(&self.path, &v))
-            .transpose()
+        self.sequence_in(&self.applied, cluster)
     }
 
     /// Records that the resources of `sequence` were applied to `cluster`.
@@ -225,22 +225,49 @@ impl Workspace {
         self.flush()
     }
 
+    /// The sequence whose image list `destination` was last pruned to.
+    pub fn pruned(&self, destination: &str) -> Result<Option<u64>, StateError> {
+        self.sequence_in(&self.pruned, destination)
+    }
+
+    /// Records that `destination` holds no more than `sequence` lists (or that what
+    /// it held beyond was kept on purpose). Never goes back.
+    pub fn mark_pruned(&self, destination: &str, sequence: u64) -> Result<(), StateError> {
+        Self::raise(&self.pruned, destination, sequence)
+            .map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        self.flush()
+    }
+
+    /// The sequence `tree` holds for `key`.
+    fn sequence_in(&self, tree: &sled::Tree, key: &str) -> Result<Option<u64>, StateError> {
+        tree.get(key)
+            .map_err(|e| StateError::storage(&self.path, e))?
+            .map(|v| state::read_u64(&self.path, &v))
+            .transpose()
+    }
+
+    /// Sets `key` to `sequence` in `tree` unless it holds a later one.
+    fn raise(
+        tree: &sled::Tree,
+        key: &str,
+        sequence: u64,
+    ) -> Result<(), sled::transaction::TransactionError<()>> {
+        (tree,).transaction(|(t,)| {
+            let value = state::key(sequence);
+            // Big-endian: byte order is numeric order.
+            if t.get(key)?.is_none_or(|v| v.as_ref() < value.as_slice()) {
+                t.insert(key, &value)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Records that `sequence` is published to `destination`. Never goes back:
     /// two clusters may share a destination, and the slower one's older
     /// sequence may end after the other's newer one.
     pub fn mark_published(&self, destination: &str, sequence: u64) -> Result<(), StateError> {
-        let tx: Result<(), sled::transaction::TransactionError<()>> = (&self.published,)
-            .transaction(|(p,)| {
-                let key = state::key(sequence);
-                // Big-endian: byte order is numeric order.
-                if p.get(destination)?
-                    .is_none_or(|v| v.as_ref() < key.as_slice())
-                {
-                    p.insert(destination, &key)?;
-                }
-                Ok(())
-            });
-        tx.map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        Self::raise(&self.published, destination, sequence)
+            .map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
         self.flush()
     }
 
@@ -316,6 +343,10 @@ impl Workspace {
         self.published
             .insert(destination, &state::key(state.sequence))
             .map_err(|e| StateError::storage(&self.path, e))?;
+        // What earlier sequences placed is not known here: pruning starts from
+        // this sequence's list.
+        Self::raise(&self.pruned, destination, state.sequence)
+            .map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
         self.record_locations(registry, &state.locations)
     }
 
@@ -397,5 +428,23 @@ mod tests {
         let ws = Workspace::open(dir.path()).unwrap();
         assert_eq!(ws.published("docker://a").unwrap(), Some(3));
         assert_eq!(ws.published("docker://b").unwrap(), None);
+    }
+
+    #[test]
+    fn the_pruned_mark_is_kept_per_destination_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        assert_eq!(ws.pruned("docker://a").unwrap(), None);
+        ws.mark_pruned("docker://a", 4).unwrap();
+        ws.mark_pruned("docker://a", 1).unwrap();
+        drop(ws);
+        let ws = Workspace::open(dir.path()).unwrap();
+        assert_eq!(ws.pruned("docker://a").unwrap(), Some(4));
+        assert_eq!(ws.pruned("docker://b").unwrap(), None);
+        assert_eq!(
+            ws.published("docker://a").unwrap(),
+            None,
+            "a tree of its own"
+        );
     }
 }

@@ -117,8 +117,25 @@ impl Res {
         status_subresource: false,
     };
 
+    pub const CLUSTER_SERVICE_VERSION: Res = Res::crd(
+        "operators.coreos.com",
+        "v1alpha1",
+        "clusterserviceversions",
+        "ClusterServiceVersion",
+        true,
+        true,
+    );
+    pub const POD: Res = Res {
+        group: "",
+        version: "v1",
+        plural: "pods",
+        kind: "Pod",
+        namespaced: true,
+        status_subresource: true,
+    };
+
     /// Every kind the double can serve.
-    pub const ALL: [Res; 8] = [
+    pub const ALL: [Res; 10] = [
         Res::CLUSTER_VERSION,
         Res::IMAGE_DIGEST_MIRROR_SET,
         Res::IMAGE_TAG_MIRROR_SET,
@@ -127,6 +144,8 @@ impl Res {
         Res::CLUSTER_CATALOG,
         Res::UPDATE_SERVICE,
         Res::CONFIG_MAP,
+        Res::CLUSTER_SERVICE_VERSION,
+        Res::POD,
     ];
 
     const fn crd(
@@ -157,7 +176,7 @@ impl Res {
     }
 
     /// The resource as error messages name it: `clusterversions.config.openshift.io`.
-    fn qualified(&self) -> String {
+    pub(crate) fn qualified(&self) -> String {
         if self.group.is_empty() {
             self.plural.to_string()
         } else {
@@ -169,6 +188,17 @@ impl Res {
     /// built-in ones: no unconditional updates, no strategic merge, a generation.
     fn is_custom(&self) -> bool {
         !self.group.is_empty()
+    }
+
+    /// The top-level fields a built-in kind keeps besides `apiVersion`, `kind` and
+    /// `metadata` (and `status`, which its subresource handles): the typed decoder
+    /// drops any other.
+    fn core_fields(&self) -> &'static [&'static str] {
+        match self.kind {
+            "ConfigMap" => &["data", "binaryData", "immutable"],
+            "Pod" => &["spec"],
+            _ => &[],
+        }
     }
 
     /// Every kind here, ConfigMap included, has the lowercased kind as singular.
@@ -319,6 +349,12 @@ impl KubeApi {
             dry_run: false,
         };
         self.write(target, Op::Create(object))
+    }
+
+    /// Takes every verb on `r` away from the agent's service account, as a role
+    /// without that rule would.
+    pub fn forbid(&self, r: &Res) {
+        self.store().forbidden.push(*r);
     }
 
     /// Deletes an object as an admin would; false if there was none.
@@ -725,6 +761,17 @@ fn resource(
         .ok_or_else(ApiError::no_route)?;
     if namespace.is_some() != res.namespaced && (name.is_some() || namespace.is_some()) {
         return Err(ApiError::no_route());
+    }
+    if store.forbidden.contains(&res) {
+        let verb = match (req.method.as_str(), name) {
+            ("GET", None) => "list",
+            ("GET", Some(_)) => "get",
+            ("POST", _) => "create",
+            ("DELETE", _) => "delete",
+            ("PATCH", _) => "patch",
+            _ => "update",
+        };
+        return Err(ApiError::forbidden(&res, verb, namespace));
     }
     let status = match sub {
         None => false,

@@ -20,6 +20,10 @@ pub struct RegistryOptions {
     pub tls: bool,
     /// Require these credentials (htpasswd with bcrypt).
     pub htpasswd: Option<(String, String)>,
+    /// Answer deletes with 405 UNSUPPORTED, as distribution does by default
+    /// (tests' registries otherwise allow them, as production mirrors that are
+    /// pruned must).
+    pub refuse_deletes: bool,
 }
 
 /// A running registry.
@@ -67,7 +71,7 @@ impl Registry {
     pub fn tls() -> Result<Self> {
         Self::start(RegistryOptions {
             tls: true,
-            htpasswd: None,
+            ..RegistryOptions::default()
         })
     }
 
@@ -76,6 +80,7 @@ impl Registry {
         Self::start(RegistryOptions {
             tls: true,
             htpasswd: Some((user.into(), password.into())),
+            ..RegistryOptions::default()
         })
     }
 
@@ -116,8 +121,9 @@ impl Registry {
     fn config(&self) -> String {
         let root = self.dir.path();
         let mut c = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n  secret: airlock-test-secret\n  headers:\n    {INSTANCE_HEADER}: [{}]\n",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: {}\nhttp:\n  addr: 127.0.0.1:{}\n  secret: airlock-test-secret\n  headers:\n    {INSTANCE_HEADER}: [{}]\n",
             root.join("storage").display(),
+            !self.options.refuse_deletes,
             self.port,
             self.instance,
         );

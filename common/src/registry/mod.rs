@@ -166,6 +166,18 @@ impl crate::exit_codes::ExitCode for RegistryError {
     }
 }
 
+/// What a registry did with a manifest delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    /// Deleted.
+    Deleted,
+    /// Not there (deleted earlier, or never pushed): nothing to do.
+    Absent,
+    /// The registry does not delete (disabled, or not this kind of reference);
+    /// its answer.
+    Refused(String),
+}
+
 /// A manifest as pulled: its exact bytes, their digest and media type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawManifest {
@@ -321,6 +333,17 @@ async fn response_error(
     target: String,
     response: reqwest::Response,
 ) -> RegistryError {
+    let (kind, message) = response_problem(response).await;
+    RegistryError::Request {
+        operation,
+        target,
+        kind,
+        message,
+    }
+}
+
+/// The kind and text of an error response.
+async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
     let status = response.status();
     let retry_after = response
         .headers()
@@ -356,12 +379,7 @@ async fn response_error(
     if kind == ErrorKind::Unauthorized {
         message.push_str(": check the credentials for this registry in the auth file (REGISTRY_AUTH_FILE, --authfile, ~/.docker/config.json)");
     }
-    RegistryError::Request {
-        operation,
-        target,
-        kind,
-        message,
-    }
+    (kind, message)
 }
 
 fn request_error(
@@ -712,6 +730,40 @@ impl RegistryClient {
             }
             return Ok(response);
         }
+    }
+
+    /// Deletes a manifest by digest (which removes every tag pointing at it) or a
+    /// tag alone. Space is freed only by the registry's own garbage collection.
+    pub async fn delete_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Deletion, RegistryError> {
+        const OPERATION: &str = "delete manifest";
+        let target = self.target(repository, reference);
+        let url = self.url(
+            &format!("v2/{repository}/manifests/{reference}"),
+            OPERATION,
+            &target,
+        )?;
+        let response = self
+            .send(repository, OPERATION, &target, |http| {
+                http.delete(url.clone())
+            })
+            .await?;
+        let status = response.status().as_u16();
+        Ok(match status {
+            200..=299 => Deletion::Deleted,
+            404 => Deletion::Absent,
+            // 405 is distribution's answer with `storage.delete.enabled: false`
+            // (and Docker Hub's). Distribution 2.x deletes by digest only and
+            // answers a tag with 400 DIGEST_INVALID.
+            405 => Deletion::Refused(response_problem(response).await.1),
+            400 if reference.parse::<Digest>().is_err() => {
+                Deletion::Refused(response_problem(response).await.1)
+            }
+            _ => return Err(response_error(OPERATION, target, response).await),
+        })
     }
 
     /// Whether `tag` exists in the repository.

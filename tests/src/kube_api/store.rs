@@ -112,6 +112,25 @@ impl ApiError {
         Self::new(415, "UnsupportedMediaType", message.into(), None)
     }
 
+    /// RBAC's refusal, worded as the API server words it.
+    pub(super) fn forbidden(res: &Res, verb: &str, namespace: Option<&str>) -> Self {
+        let scope = match namespace {
+            Some(ns) => format!("in the namespace {ns:?}"),
+            None => "at the cluster scope".into(),
+        };
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} is forbidden: User \"system:serviceaccount:airlock:agent\" cannot {verb} resource {:?} in API group {:?} {scope}",
+                res.qualified(),
+                res.plural,
+                res.group
+            ),
+            Some(json!({"kind": res.plural, "group": res.group})),
+        )
+    }
+
     pub(super) fn unauthorized() -> Self {
         Self::new(401, "Unauthorized", "Unauthorized".into(), None)
     }
@@ -348,6 +367,8 @@ fn spec_part(res: &Res, obj: &Value) -> Value {
 
 pub(super) struct Store {
     pub(super) served: Vec<Res>,
+    /// Kinds the caller's role may not read or write, as RBAC would refuse them.
+    pub(super) forbidden: Vec<Res>,
     objects: BTreeMap<Key, Value>,
     resource_version: u64,
     pub(super) requests: Vec<String>,
@@ -370,6 +391,7 @@ impl Store {
     pub(super) fn new(served: Vec<Res>) -> Self {
         Store {
             served,
+            forbidden: Vec::new(),
             objects: BTreeMap::new(),
             resource_version: 0,
             requests: Vec::new(),
@@ -584,7 +606,7 @@ impl Store {
 
     /// What each strategy resets before storing: status on the main resource of a
     /// kind with a status subresource, everything but status on `/status`, and
-    /// for ConfigMaps the fields the typed decoder does not know.
+    /// for built-in kinds the fields their typed decoder does not know.
     fn reset(t: &Target<'_>, live: Option<&Value>, mut new: Value) -> Value {
         let res = t.res;
         if t.status {
@@ -612,10 +634,8 @@ impl Store {
         }
         if !res.is_custom() {
             m.retain(|k, _| {
-                matches!(
-                    k.as_str(),
-                    "apiVersion" | "kind" | "metadata" | "data" | "binaryData" | "immutable"
-                )
+                matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+                    || res.core_fields().contains(&k.as_str())
             });
         }
         new

@@ -389,11 +389,11 @@ fn pruned_store_fetches_a_missing_layer_from_the_target_or_says_where_it_looked(
     let out1 = tmp.path().join("out1");
     run_ok(&mut create_cmd(&config, &out1, &ws_c, "1MiB", &source));
     let mut cmd = publish_cmd(&out1, &dest, "m", &ws_d);
-    cmd.arg("--prune");
+    cmd.arg("--empty-store");
     let published = run(&mut cmd);
     assert_eq!(published.code, 0, "{published}");
     assert!(
-        published.stdout.contains("pruned the content store"),
+        published.stdout.contains("emptied the content store"),
         "{published}"
     );
     assert!(
@@ -426,7 +426,7 @@ fn pruned_store_fetches_a_missing_layer_from_the_target_or_says_where_it_looked(
             .any(|b| b.digest.as_str() == base.digest && b.parts.is_empty())
     );
     let mut cmd = publish_cmd(&out2, &dest, "m", &ws_d);
-    cmd.arg("--prune");
+    cmd.arg("--empty-store");
     let published = run(&mut cmd);
     assert_eq!(published.code, 0, "{published}");
     assert!(

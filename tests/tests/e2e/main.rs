@@ -11,6 +11,7 @@ mod hostile;
 mod oneway;
 mod operators;
 mod policy;
+mod pruning;
 mod releases;
 mod retries;
 mod scheduled;
