@@ -41,6 +41,30 @@ const MAX_DEPTH: usize = crate::imageset::validate::MAX_SUBJECT_DEPTH;
 /// east (release 4.15.3)").
 pub type InUse = HashMap<Digest, String>;
 
+/// An image a cluster runs or may return to, as the cluster names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runs {
+    /// The reference (`quay.io/ns/app@sha256:…`, `registry/ns/app:tag`, a pod's
+    /// `imageID`).
+    pub image: String,
+    /// What needs it (`pod apps/web-0`, `release 4.15.3 (desired)`).
+    pub why: String,
+    /// Whether it is a release image (from ClusterVersion): its components are
+    /// needed too.
+    pub release: bool,
+}
+
+impl Runs {
+    /// An image that is not a release.
+    pub fn image(image: &str, why: &str) -> Self {
+        Runs {
+            image: image.to_string(),
+            why: why.to_string(),
+            release: false,
+        }
+    }
+}
+
 /// One manifest of a destination repository.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct At {
@@ -110,7 +134,12 @@ pub fn plan(
     for image in ordered {
         let here = at(dest, image);
         if keep.contains(&here) {
-            if let Some(tag) = &image.tag {
+            // A tag of a manifest a cluster runs may be how it pulls it.
+            if let Some(tag) = image
+                .tag
+                .as_ref()
+                .filter(|_| !in_use.contains_key(&image.digest))
+            {
                 let key = (here.repository.clone(), tag.as_str());
                 if !tags.contains(&key) && seen.insert((here.clone(), Some(tag.clone()))) {
                     plan.untag.push((here.repository, tag.clone()));
@@ -140,32 +169,39 @@ impl crate::exit_codes::ExitCode for PruneError {
     }
 }
 
-/// What of `placed` the cluster `cluster` needs, given what it runs (`running`:
-/// image references as the cluster names them, each with what needs it).
+/// What of `placed` the cluster `cluster` needs, given what it runs.
 ///
 /// A reference with a digest counts by digest, wherever it points (the cluster
 /// pulls mirrored content by its source name, through its mirror sets); one with
 /// a tag only counts for the placed image of that source or destination
-/// repository and tag. A release in use keeps every release component placed with
-/// it: which components belong to which release is in the release image, not in
-/// the imageset, and keeping too much is the safe side.
+/// repository and tag. A release the cluster runs or may return to keeps every
+/// release component placed, whether or not the release itself is among what is
+/// pruned now: which components belong to which release is in the release image,
+/// not in the imageset, and keeping too much is the safe side.
 pub fn in_use(
     cluster: &str,
-    running: &[(String, String)],
+    running: &[Runs],
     placed: &[&ImageRecord],
     dest: &Destination,
 ) -> InUse {
     let mut out = InUse::new();
-    let mut releases = Vec::new();
-    for (image, why) in running {
-        let reason = format!("in use by cluster {cluster} ({why})");
-        let digest = image
+    let mut release = None;
+    for r in running {
+        let reason = format!("in use by cluster {cluster} ({})", r.why);
+        if r.release && release.is_none() {
+            release = Some(reason.clone());
+        }
+        let digest = r
+            .image
             .rsplit_once("@")
             .and_then(|(_, d)| d.parse::<Digest>().ok());
         let digests: Vec<&Digest> = match &digest {
             Some(d) => vec![d],
             None => {
-                let name = image.rsplit_once("://").map_or(image.as_str(), |(_, n)| n);
+                let name = r
+                    .image
+                    .rsplit_once("://")
+                    .map_or(r.image.as_str(), |(_, n)| n);
                 placed
                     .iter()
                     .filter(|p| {
@@ -183,22 +219,16 @@ pub fn in_use(
             }
         };
         for d in digests {
-            if placed
-                .iter()
-                .any(|p| p.digest == *d && p.kind == ImageKind::Release)
-            {
-                releases.push(reason.clone());
-            }
             out.entry(d.clone()).or_insert_with(|| reason.clone());
         }
     }
-    if let Some(reason) = releases.first() {
+    if let Some(reason) = release {
         for p in placed
             .iter()
             .filter(|p| p.kind == ImageKind::ReleaseComponent)
         {
             out.entry(p.digest.clone())
-                .or_insert_with(|| format!("component of a release {reason}"));
+                .or_insert_with(|| format!("a release component, {reason}"));
         }
     }
     out
@@ -325,7 +355,9 @@ impl<'a> Pruner<'a> {
                 .collect(),
             ..Pruned::default()
         };
-        let doomed = self.spare_attached(plan, &mut pruned).await?;
+        // What the kept manifests hold (an in-use index's children) is as
+        // much in use as they are.
+        let (doomed, protected) = self.spare_attached(plan, in_use, &mut pruned).await?;
         for (at, why) in &pruned.kept {
             tracing::info!(registry = %self.dest.registry(), repository = %at.repository, digest = %at.digest, reason = %why, "kept although no longer listed");
         }
@@ -336,7 +368,7 @@ impl<'a> Pruner<'a> {
                 &doomed.at,
                 "image",
                 &keep,
-                in_use,
+                &protected,
                 0,
                 &mut found,
                 &mut pruned,
@@ -374,13 +406,16 @@ impl<'a> Pruner<'a> {
 
     /// The doomed manifests less the referrers of what is kept in use: of a kept
     /// manifest itself, or (read from the registry) of one of its children, as
-    /// `cosign sign --recursive` signs an index's platform manifests.
+    /// `cosign sign --recursive` signs an index's platform manifests. Also returns
+    /// everything protected: `in_use`, what is kept, and the children of what is
+    /// kept, which a doomed index of the same repository may share.
     async fn spare_attached<'p>(
         &self,
         plan: &'p Plan,
+        in_use: &InUse,
         pruned: &mut Pruned,
-    ) -> Result<Vec<&'p Doomed>, PruneError> {
-        let mut protected: HashMap<Digest, String> = HashMap::new();
+    ) -> Result<(Vec<&'p Doomed>, InUse), PruneError> {
+        let mut protected = in_use.clone();
         for (d, why) in &plan.kept {
             for child in self.children(&d.at).await? {
                 protected.insert(child, format!("a child of {}, {why}", d.at.digest));
@@ -399,7 +434,7 @@ impl<'a> Pruner<'a> {
                 })
                 .collect();
             if spared.is_empty() {
-                return Ok(doomed);
+                return Ok((doomed, protected));
             }
             for (k, why) in spared.into_iter().rev() {
                 let d = doomed.remove(k);
@@ -525,24 +560,16 @@ impl<'a> Pruner<'a> {
     async fn attached(&self, at: &At) -> Result<Vec<(At, &'static str)>, PruneError> {
         let budget = self.retry.budget();
         let repo = &at.repository;
-        let mut out: Vec<(At, &'static str)> = self
-            .retrying(&budget, || self.client.referrers(repo, &at.digest))
-            .await?
-            .into_iter()
-            .map(|digest| {
-                let at = At {
-                    repository: repo.clone(),
-                    digest,
-                };
-                (at, "referrer")
-            })
-            .collect();
         let base = at.digest.tag_form();
         let tags = std::iter::once((base.clone(), "referrers tag")).chain(
             COSIGN_SUFFIXES
                 .iter()
                 .map(|s| (format!("{base}.{s}"), "referrer")),
         );
+        // The referrers tag index comes first: what is found first is deleted
+        // last, and on a registry without the referrers API the index is the
+        // only way to the referrers it lists, so it must outlive them.
+        let mut out = Vec::new();
         for (tag, role) in tags {
             let found = self
                 .retrying(&budget, || async {
@@ -560,6 +587,16 @@ impl<'a> Pruner<'a> {
                 out.push((at, role));
             }
         }
+        let referrers = self
+            .retrying(&budget, || self.client.referrers(repo, &at.digest))
+            .await?;
+        out.extend(referrers.into_iter().map(|digest| {
+            let at = At {
+                repository: repo.clone(),
+                digest,
+            };
+            (at, "referrer")
+        }));
         Ok(out)
     }
 

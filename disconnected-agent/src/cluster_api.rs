@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
+use airlock_common::prune::Runs;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
@@ -140,6 +141,18 @@ const KINDS: [Kind; 10] = [
         plural: "pods",
         namespaced: true,
     },
+];
+
+/// The kinds Airlock applies from cluster resources and so may withdraw. The
+/// release signature ConfigMaps are not among them: a signature of a release no
+/// longer mirrored is harmless, and ConfigMaps are everyone's.
+const APPLIED: [&str; 6] = [
+    "ImageDigestMirrorSet",
+    "ImageTagMirrorSet",
+    "ImageContentSourcePolicy",
+    "CatalogSource",
+    "ClusterCatalog",
+    "UpdateService",
 ];
 
 fn kind_of(api_version: &str, kind: &str) -> Option<&'static Kind> {
@@ -279,11 +292,11 @@ fn differences(want: &Value, live: &Value, path: &str, out: &mut Vec<String>) {
 }
 
 /// The images of the containers and init containers of a pod spec.
-fn pod_images(spec: &Value, who: &str, out: &mut Vec<(String, String)>) {
+fn pod_images(spec: &Value, who: &str, out: &mut Vec<Runs>) {
     for field in ["containers", "initContainers"] {
         for c in spec[field].as_array().into_iter().flatten() {
             if let Some(image) = c["image"].as_str() {
-                out.push((image.to_string(), who.to_string()));
+                out.push(Runs::image(image, who));
             }
         }
     }
@@ -399,13 +412,17 @@ impl ClusterApi {
     /// deployments; and the images of running pods. Pods are read only where the
     /// agent may list them: a cluster that forbids it still has its releases and
     /// operators protected.
-    pub async fn running(&self) -> Result<Vec<(String, String)>, ApiError> {
+    pub async fn running(&self) -> Result<Vec<Runs>, ApiError> {
         let mut out = Vec::new();
         let status = &self.cluster_version_status().await?;
         let mut release = |entry: &Value, what: &str| {
             if let Some(image) = entry["image"].as_str() {
                 let version = entry["version"].as_str().unwrap_or("?");
-                out.push((image.to_string(), format!("release {version} ({what})")));
+                out.push(Runs {
+                    image: image.to_string(),
+                    why: format!("release {version} ({what})"),
+                    release: true,
+                });
             }
         };
         release(&status["desired"], "desired");
@@ -434,7 +451,7 @@ impl ClusterApi {
             let spec = &csv.data["spec"];
             for r in spec["relatedImages"].as_array().into_iter().flatten() {
                 if let Some(image) = r["image"].as_str() {
-                    out.push((image.to_string(), name.clone()));
+                    out.push(Runs::image(image, &name));
                 }
             }
             for d in spec["install"]["spec"]["deployments"]
@@ -444,6 +461,25 @@ impl ClusterApi {
             {
                 pod_images(&d["spec"]["template"]["spec"], &name, &mut out);
             }
+        }
+        // A catalog's pod is restarted from the image its CatalogSource names,
+        // which may still be an older catalog than the one just published.
+        let kind = kind_of("operators.coreos.com/v1alpha1", "CatalogSource").expect("listed");
+        match self.api(kind, None).list(&Default::default()).await {
+            Ok(sources) => {
+                for cs in sources {
+                    if let Some(image) = cs.data["spec"]["image"].as_str() {
+                        let name = format!(
+                            "CatalogSource {}/{}",
+                            cs.metadata.namespace.as_deref().unwrap_or("?"),
+                            cs.metadata.name.as_deref().unwrap_or("?")
+                        );
+                        out.push(Runs::image(image, &name));
+                    }
+                }
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(request("listing CatalogSources")(e)),
         }
         let kind = kind_of("v1", "Pod").expect("listed");
         match self.api(kind, None).list(&Default::default()).await {
@@ -458,7 +494,7 @@ impl ClusterApi {
                     for field in ["containerStatuses", "initContainerStatuses"] {
                         for c in pod.data["status"][field].as_array().into_iter().flatten() {
                             if let Some(id) = c["imageID"].as_str() {
-                                out.push((id.to_string(), name.clone()));
+                                out.push(Runs::image(id, &name));
                             }
                         }
                     }
@@ -498,6 +534,69 @@ impl ClusterApi {
         }
     }
 
+    /// Deletes the objects Airlock applied earlier that `desired` no longer holds
+    /// (a catalog, a mirror set or an update service for content that was pruned),
+    /// of the kinds Airlock applies. Only an object whose every manager is
+    /// [`FIELD_MANAGER`] is deleted: one someone else also manages is left, and
+    /// said. Status writers (operators reporting on the object) do not count.
+    pub async fn withdraw(&self, desired: &[Desired]) -> Result<Vec<Withdrawn>, ApiError> {
+        let mut out = Vec::new();
+        for kind in KINDS.iter().filter(|k| APPLIED.contains(&k.kind)) {
+            let api = self.api(kind, None);
+            let list = match api.list(&Default::default()).await {
+                Ok(list) => list,
+                // A kind whose CRD the cluster lacks holds nothing of Airlock's.
+                Err(kube::Error::Api(e)) if e.code == 404 => continue,
+                Err(e) => return Err(request(format!("listing {}", kind.plural))(e)),
+            };
+            for object in list {
+                let name = object.metadata.name.clone().unwrap_or_default();
+                let namespace = object.metadata.namespace.clone();
+                let wanted = desired.iter().any(|d| {
+                    d.kind.kind == kind.kind && d.name == name && d.namespace == namespace
+                });
+                let managers: Vec<&str> = object
+                    .metadata
+                    .managed_fields
+                    .iter()
+                    .flatten()
+                    .filter(|m| m.subresource.as_deref() != Some("status"))
+                    .filter_map(|m| m.manager.as_deref())
+                    .collect();
+                if wanted || !managers.contains(&FIELD_MANAGER) {
+                    continue;
+                }
+                let label = match &namespace {
+                    Some(ns) => format!("{} {ns}/{name}", kind.kind),
+                    None => format!("{} {name}", kind.kind),
+                };
+                let mut others: Vec<&str> = managers
+                    .into_iter()
+                    .filter(|m| *m != FIELD_MANAGER)
+                    .collect();
+                others.sort_unstable();
+                others.dedup();
+                if !others.is_empty() {
+                    out.push(Withdrawn::Left(format!(
+                        "{label} is no longer published, but is also managed by {}; left on the cluster",
+                        others.join(", ")
+                    )));
+                    continue;
+                }
+                match self
+                    .api(kind, namespace.as_deref())
+                    .delete(&name, &Default::default())
+                    .await
+                {
+                    Ok(_) => out.push(Withdrawn::Deleted(label)),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(request(format!("deleting {label}"))(e)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The live object of `d`, if it exists.
     pub async fn live(&self, d: &Desired) -> Result<Option<Value>, ApiError> {
         let object = self
@@ -507,6 +606,15 @@ impl ClusterApi {
             .map_err(request(format!("reading {}", d.label())))?;
         Ok(object.map(|o| serde_json::to_value(o).expect("objects serialise")))
     }
+}
+
+/// What became of an object Airlock applied that is no longer published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withdrawn {
+    /// Deleted from the cluster: `Kind namespace/name`.
+    Deleted(String),
+    /// Left, because someone else manages it too: why.
+    Left(String),
 }
 
 /// What an apply did.

@@ -45,7 +45,7 @@ use uuid::Uuid;
 use airlock_common::reference::Destination;
 
 use crate::agent_config::{self, AfterPublish, AgentConfig, Checked};
-use crate::cluster_api::{self, Applied, ClusterApi};
+use crate::cluster_api::{self, Applied, ClusterApi, Withdrawn};
 use crate::control;
 use crate::error::Error;
 use crate::fanout::SharedReads;
@@ -1141,7 +1141,7 @@ impl Daemon {
                 let pass = Pass {
                     fetch_from: &self.fetch_from,
                     parallel: self.config.parallel,
-                    skip_pruning: !self.clusters[i].pruning,
+                    skip_pruning: !self.prunes(i),
                     users: &users,
                     ..Pass::default()
                 };
@@ -1162,7 +1162,7 @@ impl Daemon {
                 batch.clone(),
             );
             let parallel = self.config.parallel;
-            let skip_pruning = !self.clusters[i].pruning;
+            let skip_pruning = !self.prunes(i);
             let users = self.users_of(i);
             let cluster = name.clone();
             let task = self.in_flight.spawn(async move {
@@ -1223,6 +1223,18 @@ impl Daemon {
             not_pruned: Some(why.clone()),
             ..PruneView::default()
         })
+    }
+
+    /// Whether cluster `i`'s destination is pruned: only when every cluster
+    /// publishing to that same destination asks for it, since what one keeps is
+    /// there for all of them.
+    fn prunes(&self, i: usize) -> bool {
+        let dest = &self.destinations[i];
+        self.clusters
+            .iter()
+            .zip(&self.destinations)
+            .filter(|(_, d)| *d == dest)
+            .all(|(c, _)| c.pruning)
     }
 
     /// The clusters with a readable API that pull from cluster `i`'s registry
@@ -1445,6 +1457,19 @@ impl Daemon {
                     Applied::Unserved(why) => {
                         view.notes.push(why);
                         unserved.push(d.label());
+                    }
+                }
+            }
+            if self.clusters[i].pruning {
+                for w in kube.withdraw(&desired).await? {
+                    match w {
+                        Withdrawn::Deleted(label) => {
+                            tracing::info!(cluster = %name, object = %label, "no longer published; deleted from the cluster")
+                        }
+                        Withdrawn::Left(why) => {
+                            tracing::warn!(cluster = %name, "{why}");
+                            view.notes.push(why);
+                        }
                     }
                 }
             }

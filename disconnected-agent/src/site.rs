@@ -157,6 +157,10 @@ pub struct Site {
     pub store: Store,
     /// The keys imagesets must be signed with (none: no signature required).
     pub trust: TrustStore,
+    /// One per destination, held while publishing and pruning there: two
+    /// clusters may share a destination, and one's prune must not delete what
+    /// the other just pushed for a newer sequence.
+    destinations: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Site {
@@ -170,6 +174,7 @@ impl Site {
             ws,
             store,
             trust,
+            destinations: Default::default(),
         })
     }
 
@@ -410,13 +415,22 @@ impl Site {
         };
         let dest_key = target.dest.to_string();
         let registry = target.dest.registry();
+        let lock = self
+            .destinations
+            .lock()
+            .expect("not poisoned")
+            .entry(dest_key.clone())
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
         let before = self.ws.published(&dest_key)?;
-        if let (Some(p), None) = (before, self.ws.pruned(&dest_key)?) {
-            // Published before pruning existed: the destination is taken to hold
-            // what that sequence lists.
-            self.ws.mark_pruned(&dest_key, p)?;
-        }
         let from = before.unwrap_or(0) + 1;
+        if self.ws.pruned(&dest_key)?.is_none() {
+            // A new destination holds nothing before the first sequence published
+            // there; one published before pruning existed is taken to hold what
+            // its last sequence lists.
+            self.ws.mark_pruned(&dest_key, before.unwrap_or(from))?;
+        }
         let mut mirrors = vec![Mirror {
             client: target.client.clone(),
             dest: target.dest.clone(),
@@ -513,8 +527,7 @@ impl Site {
         };
         let base = match self.ws.pruned(&dest_key)? {
             Some(base) if base < now => base,
-            Some(_) => return Ok(()),
-            None => return Ok(self.ws.mark_pruned(&dest_key, now)?),
+            _ => return Ok(()),
         };
         if pass.skip_pruning {
             report.not_pruned.push((
@@ -541,7 +554,7 @@ impl Site {
         let placed: Vec<_> = earlier.iter().flat_map(|m| &m.images).collect();
         let mut in_use = InUse::new();
         let mut plan = prune::plan(&placed, &wanted.images, &target.dest, &in_use);
-        if !plan.doomed.is_empty() {
+        if !plan.doomed.is_empty() || !plan.untag.is_empty() {
             for (name, access) in pass.users {
                 let running = match ClusterApi::connect(access).await {
                     Ok(api) => api.running().await,

@@ -124,13 +124,10 @@ fn in_use_by_digest_by_source_tag_and_by_mirror_tag() {
     let c = image("quay.io/ns/c", Some("3"), b"c");
     let d = image("quay.io/ns/d", Some("4"), b"d");
     let running = vec![
-        (format!("quay.io/ns/a@{}", a.digest), "pod x/y".to_string()),
-        ("quay.io/ns/b:2".to_string(), "operator o in ns".to_string()),
-        (
-            "mirror.example:5000/site/ns/c:3".to_string(),
-            "pod x/z".to_string(),
-        ),
-        ("quay.io/ns/d:other".to_string(), "pod x/w".to_string()),
+        Runs::image(&format!("quay.io/ns/a@{}", a.digest), "pod x/y"),
+        Runs::image("quay.io/ns/b:2", "operator o in ns"),
+        Runs::image("mirror.example:5000/site/ns/c:3", "pod x/z"),
+        Runs::image("quay.io/ns/d:other", "pod x/w"),
     ];
     let used = in_use("east", &running, &[&a, &b, &c, &d], &dest());
     assert_eq!(used[&a.digest], "in use by cluster east (pod x/y)");
@@ -153,13 +150,14 @@ fn a_release_in_use_keeps_the_release_components_placed_with_it() {
     let mut component = image("quay.io/openshift-release-dev/ocp-v4.0-art-dev", None, b"k");
     component.kind = ImageKind::ReleaseComponent;
     let other = image("quay.io/ns/a", Some("1"), b"a");
-    let running = vec![(
-        format!(
+    let running = vec![Runs {
+        image: format!(
             "quay.io/openshift-release-dev/ocp-release@{}",
             release.digest
         ),
-        "release 4.15.3 (desired)".to_string(),
-    )];
+        why: "release 4.15.3 (desired)".into(),
+        release: true,
+    }];
     let used = in_use("east", &running, &[&release, &component, &other], &dest());
     assert!(
         used[&component.digest].contains("release 4.15.3"),
@@ -192,4 +190,41 @@ fn the_signatures_of_what_is_in_use_stay_with_it() {
             .iter()
             .all(|(_, why)| why.contains("cluster east"))
     );
+}
+
+#[test]
+fn a_running_release_keeps_components_even_when_it_is_not_among_what_is_pruned() {
+    // The cluster stayed on a release published two imagesets ago: the
+    // imagesets pruned now list other releases, some sharing its components.
+    let mut component = image(
+        "quay.io/openshift-release-dev/ocp-v4.0-art-dev",
+        None,
+        b"shared",
+    );
+    component.kind = ImageKind::ReleaseComponent;
+    let running = vec![Runs {
+        image: format!(
+            "quay.io/openshift-release-dev/ocp-release@{}",
+            Digest::of(b"old")
+        ),
+        why: "release 4.15.3 (last completed)".into(),
+        release: true,
+    }];
+    let used = in_use("east", &running, &[&component], &dest());
+    assert!(used.contains_key(&component.digest), "{used:?}");
+}
+
+#[test]
+fn a_tag_of_a_manifest_in_use_is_not_removed() {
+    let old = image("quay.io/ns/a", Some("1"), b"same");
+    let mut new = image("quay.io/ns/a", None, b"same");
+    new.by_digest = true;
+    let in_use = InUse::from([(
+        old.digest.clone(),
+        "in use by cluster west (pod p/q)".to_string(),
+    )]);
+    let kept = plan(&[&old], std::slice::from_ref(&new), &dest(), &in_use);
+    assert!(kept.untag.is_empty() && kept.doomed.is_empty(), "{kept:?}");
+    let untagged = plan(&[&old], std::slice::from_ref(&new), &dest(), &InUse::new());
+    assert_eq!(untagged.untag.len(), 1);
 }

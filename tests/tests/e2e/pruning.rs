@@ -38,6 +38,50 @@ fn tag_of(digest: &str) -> String {
     digest.replace(':', "-")
 }
 
+/// Imagesets created in turn by one connected workspace under `tmp`, one per list
+/// of images (`REPO:TAG` or `REPO@DIGEST` in `src`), as `additionalImages`.
+fn imagesets(src: &Registry, tmp: &Path, lists: &[Vec<String>]) -> Vec<PathBuf> {
+    let ws = tmp.join("ws-c");
+    lists
+        .iter()
+        .enumerate()
+        .map(|(i, names)| {
+            let mut text = format!("{HEAD}mirror:\n  additionalImages:\n");
+            for n in names {
+                text.push_str(&format!("  - name: {}/{n}\n", src.addr()));
+            }
+            let config = tmp.join(format!("isc{i}.yaml"));
+            std::fs::write(&config, text).unwrap();
+            let out = tmp.join(format!("out{i}"));
+            let created = create(&config, &out, &ws, "1MiB", src);
+            assert_eq!(created.code, 0, "{created}");
+            out
+        })
+        .collect()
+}
+
+/// Delivers each imageset in turn to the agent's drop folder and waits until it is
+/// published to every cluster (its files archived); `between(k)` runs after the
+/// k-th.
+fn deliver_in_turn(site: &Site, agent: &Agent, outs: &[PathBuf], mut between: impl FnMut(usize)) {
+    let mut files = 0;
+    for (k, out) in outs.iter().enumerate() {
+        deliver(out, &site.path("drop"));
+        files += chunk_files(out).len();
+        eventually(
+            Duration::from_secs(60),
+            "the imageset published to every cluster and archived",
+            || site.files("archive").len() == files,
+            || agent.log(),
+        );
+        between(k);
+    }
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|n| n.to_string()).collect()
+}
+
 impl Lifecycle {
     fn new() -> Self {
         let src = Registry::plain().unwrap();
@@ -82,24 +126,14 @@ impl Lifecycle {
                 &index.media_type,
             )
             .unwrap();
-        let config = |name: &str, images: &[&str]| {
-            let mut text = format!("{HEAD}mirror:\n  additionalImages:\n");
-            for i in images {
-                text.push_str(&format!("  - name: {addr}/{i}\n"));
-            }
-            let path = tmp.path().join(name);
-            std::fs::write(&path, text).unwrap();
-            path
-        };
-        let ws = tmp.path().join("ws-c");
-        let first = tmp.path().join("out1");
-        let config1 = config("isc1.yaml", &["team/a:1", "team/b:1", "team/c:1"]);
-        let created = create(&config1, &first, &ws, "1MiB", &src);
-        assert_eq!(created.code, 0, "{created}");
-        let second = tmp.path().join("out2");
-        let config2 = config("isc2.yaml", &["team/a:1", "team/b:1"]);
-        let created = create(&config2, &second, &ws, "1MiB", &src);
-        assert_eq!(created.code, 0, "{created}");
+        let made = imagesets(
+            &src,
+            tmp.path(),
+            &[
+                names(&["team/a:1", "team/b:1", "team/c:1"]),
+                names(&["team/a:1", "team/b:1"]),
+            ],
+        );
         Lifecycle {
             src,
             tmp,
@@ -111,8 +145,8 @@ impl Lifecycle {
             a,
             b,
             c,
-            first,
-            second,
+            first: made[0].clone(),
+            second: made[1].clone(),
         }
     }
 
@@ -146,23 +180,15 @@ impl Lifecycle {
         1 + self.c.children.len() + self.attached.len() + 1
     }
 
-    /// Delivers the first imageset to the agent's drop folder, waits until it is
-    /// published everywhere (its files archived), runs `between`, then does the
-    /// same with the second.
-    fn deliver_both(&self, site: &Site, agent: &Agent, between: impl FnOnce()) {
-        let archived = |n: usize| {
-            eventually(
-                Duration::from_secs(60),
-                "the imageset published to every cluster and archived",
-                || site.files("archive").len() == n,
-                || agent.log(),
-            )
-        };
-        deliver(&self.first, &site.path("drop"));
-        archived(chunk_files(&self.first).len());
-        between();
-        deliver(&self.second, &site.path("drop"));
-        archived(chunk_files(&self.first).len() + chunk_files(&self.second).len());
+    /// Delivers the first imageset, then the second, to the agent, running
+    /// `between` when the first is published everywhere.
+    fn deliver_both(&self, site: &Site, agent: &Agent, mut between: impl FnMut()) {
+        let outs = [self.first.clone(), self.second.clone()];
+        deliver_in_turn(site, agent, &outs, |k| {
+            if k == 0 {
+                between()
+            }
+        });
     }
 
     /// A and B are byte-exact at `dest`, by tag.
@@ -213,14 +239,6 @@ fn pruning_removes_what_the_next_imageset_dropped_with_its_children_and_signatur
     assert!(
         !log.contains("DELETE /v2/mirror/team/a/") && !log.contains("DELETE /v2/mirror/team/b/"),
         "nothing of what the imageset lists was deleted:\n{log}"
-    );
-
-    // Publishing the same again deletes nothing more.
-    let again = publish(&l.second, &dest, "mirror", &ws);
-    assert_eq!(again.code, 0, "{again}");
-    assert_eq!(
-        dest.log().matches("DELETE ").count(),
-        log.matches("DELETE ").count()
     );
 }
 
@@ -402,5 +420,252 @@ fn a_cluster_whose_pods_cannot_be_read_still_keeps_its_operators_and_release() {
         log.contains("operator c-operator.v1.0.0 in operators")
             && log.contains("pods cannot be listed"),
         "{log}"
+    );
+}
+
+#[test]
+fn a_release_range_moving_forward_prunes_the_release_that_fell_out_and_keeps_shared_components() {
+    use crate::releases::TwoReleases;
+    use airlock_tests::release::graph;
+    use airlock_tests::update_service::UpdateService;
+
+    let src = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let service = UpdateService::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let TwoReleases {
+        r1,
+        r2,
+        cli1,
+        cli2,
+        installer,
+        etcd,
+        ..
+    } = TwoReleases::push(&client, &src);
+    let payload = |r: &Image| TwoReleases::payload(&src, r);
+    service.set_graph(
+        "stable-4.20",
+        "amd64",
+        graph(
+            "stable-4.20",
+            &[("4.20.0", payload(&r1)), ("4.20.1", payload(&r2))],
+            &[(0, 1)],
+        ),
+    );
+    let ws_c = tmp.path().join("ws-c");
+    let ws_d = tmp.path().join("ws-d");
+    let publish_range = |version: &str| {
+        let config = tmp.path().join(format!("isc-{version}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "{HEAD}mirror:\n  platform:\n    channels:\n    - name: stable-4.20\n      minVersion: {version}\n      maxVersion: {version}\n"
+            ),
+        )
+        .unwrap();
+        let out = tmp.path().join(format!("out-{version}"));
+        let mut cmd = create_cmd(&config, &out, &ws_c, "1MiB", &src);
+        cmd.arg("--update-url")
+            .arg(service.graph_url())
+            .arg("--ignore-release-signature");
+        let created = run(&mut cmd);
+        assert_eq!(created.code, 0, "{created}");
+        let published = publish(&out, &dest, "mirror", &ws_d);
+        assert_eq!(published.code, 0, "{published}");
+        published
+    };
+    let at = |reference: &str| inspect_raw_at(&dest, &format!("mirror/{reference}"));
+    publish_range("4.20.0");
+    assert_eq!(
+        at("openshift/release-images:4.20.0-x86_64").unwrap(),
+        r1.manifest
+    );
+
+    let second = publish_range("4.20.1");
+    // The release that fell out of the range, and its component no other release has.
+    assert!(
+        at(&format!("openshift/release-images@{}", r1.digest)).is_err(),
+        "{second}"
+    );
+    assert!(at("openshift/release-images:4.20.0-x86_64").is_err());
+    assert!(
+        at(&format!("openshift/release@{}", cli1.digest)).is_err(),
+        "{second}"
+    );
+    // The release in range, and the components it shares with the old one,
+    // byte-exact with every child of the index.
+    assert_eq!(
+        at("openshift/release-images:4.20.1-x86_64").unwrap(),
+        r2.manifest
+    );
+    for (name, image) in [("cli", &cli2), ("installer", &installer), ("etcd", &etcd)] {
+        assert_eq!(
+            at(&format!("openshift/release:4.20.1-x86_64-{name}")).unwrap(),
+            image.manifest,
+            "{name}"
+        );
+    }
+    for child in &etcd.children {
+        assert_eq!(
+            at(&format!("openshift/release@{}", child.digest)).unwrap(),
+            child.manifest
+        );
+    }
+    assert!(
+        second.stdout.contains("2 manifests deleted, 0 kept in use"),
+        "the old release and its cli only:\n{second}"
+    );
+}
+
+#[test]
+fn cluster_objects_for_what_is_no_longer_published_are_deleted_unless_someone_else_manages_them() {
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = ImageBuilder::new(Format::Oci).layer(601, 10_000).build();
+    a.push(&client, "team/a", Some("1")).unwrap();
+    // Named by tag, A needs a tag mirror set; named by digest, a digest mirror set.
+    let made = imagesets(
+        &src,
+        tmp.path(),
+        &[names(&["team/a:1"]), vec![format!("team/a@{}", a.digest)]],
+    );
+    let registries = [Registry::plain().unwrap(), Registry::plain().unwrap()];
+    let apis: Vec<KubeApi> = (0..2)
+        .map(|i| KubeApi::start(&tmp.path().join(format!("api{i}")), "4.16.1").unwrap())
+        .collect();
+    let kubeconfigs: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let p = tmp.path().join(format!("kubeconfig{i}"));
+            apis[i].write_kubeconfig(&p).unwrap();
+            p
+        })
+        .collect();
+    let site = Site::new();
+    let config = site.config_fleet(
+        &[
+            ("east", &registries[0], Some(kubeconfigs[0].as_path())),
+            ("west", &registries[1], Some(kubeconfigs[1].as_path())),
+        ],
+        "reconcileSeconds: 1\n",
+    );
+    let agent = Agent::start(&config, &[]);
+    let itms = |i: usize| apis[i].get(&Res::IMAGE_TAG_MIRROR_SET, None, "itms-generic-0");
+    let idms = |i: usize| apis[i].get(&Res::IMAGE_DIGEST_MIRROR_SET, None, "idms-generic-0");
+    deliver(&made[0], &site.path("drop"));
+    eventually(
+        Duration::from_secs(60),
+        "the tag mirror set applied on both clusters",
+        || itms(0).is_some() && itms(1).is_some(),
+        || agent.log(),
+    );
+    // An administrator labels west's mirror set: it is theirs too now.
+    apis[1]
+        .edit(
+            &Res::IMAGE_TAG_MIRROR_SET,
+            None,
+            "itms-generic-0",
+            "kubectl-label",
+            json!({"metadata": {"labels": {"team": "platform"}}}),
+        )
+        .unwrap();
+    deliver(&made[1], &site.path("drop"));
+    eventually(
+        Duration::from_secs(60),
+        "the digest mirror set applied on both clusters",
+        || idms(0).is_some() && idms(1).is_some() && agent.log().contains("left on the cluster"),
+        || agent.log(),
+    );
+    assert!(itms(0).is_none(), "east: Airlock's own object withdrawn");
+    assert!(itms(1).is_some(), "west: the administrator's too, so left");
+    let log = agent.log();
+    assert!(
+        log.contains("ImageTagMirrorSet itms-generic-0 is no longer published, but is also managed by kubectl-label"),
+        "{log}"
+    );
+    assert!(
+        apis[0].requests().iter().any(|r| r
+            .starts_with("DELETE /apis/config.openshift.io/v1/imagetagmirrorsets/itms-generic-0")),
+        "{:?}",
+        apis[0].requests()
+    );
+    assert!(
+        !apis[1].requests().iter().any(|r| r.starts_with("DELETE ")),
+        "nothing deleted on west"
+    );
+}
+
+#[test]
+fn a_child_shared_with_an_index_in_use_stays_when_the_other_index_is_pruned() {
+    use airlock_tests::images::index;
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // app:1.0 and app:1.1 share their amd64 manifest; only arm64 differs.
+    let amd = ImageBuilder::new(Format::Oci)
+        .arch("amd64")
+        .layer(701, 10_000)
+        .build();
+    let arm1 = ImageBuilder::new(Format::Oci)
+        .arch("arm64")
+        .layer(702, 10_000)
+        .build();
+    let arm2 = ImageBuilder::new(Format::Oci)
+        .arch("arm64")
+        .layer(703, 10_000)
+        .build();
+    let v10 = index(Format::Oci, vec![amd.clone(), arm1.clone()], false);
+    let v11 = index(Format::Oci, vec![amd.clone(), arm2.clone()], false);
+    v10.push(&client, "team/app", Some("1.0")).unwrap();
+    v11.push(&client, "team/app", Some("1.1")).unwrap();
+    let other = ImageBuilder::new(Format::Oci).layer(704, 10_000).build();
+    other.push(&client, "team/other", Some("1")).unwrap();
+    let made = imagesets(
+        &src,
+        tmp.path(),
+        &[
+            names(&["team/app:1.0", "team/app:1.1", "team/other:1"]),
+            names(&["team/other:1"]),
+        ],
+    );
+    let dest = Registry::plain().unwrap();
+    let api = KubeApi::start(&tmp.path().join("api"), "4.16.1").unwrap();
+    let kubeconfig = tmp.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    // An operator still names 1.0 by digest.
+    api.create(
+        &Res::CLUSTER_SERVICE_VERSION,
+        json!({
+            "apiVersion": "operators.coreos.com/v1alpha1", "kind": "ClusterServiceVersion",
+            "metadata": {"name": "app.v1.0.0", "namespace": "apps"},
+            "spec": {"install": {"spec": {"deployments": [{"name": "app", "spec": {"template": {"spec": {
+                "containers": [{"name": "app", "image": format!("{}/team/app@{}", src.addr(), v10.digest)}]
+            }}}}]}}},
+        }),
+    )
+    .unwrap();
+    let site = Site::new();
+    let config = site.config_fleet(&[("east", &dest, Some(kubeconfig.as_path()))], "");
+    let agent = Agent::start(&config, &[]);
+    deliver_in_turn(&site, &agent, &made, |_| {});
+    let at = |d: &str| inspect_raw_at(&dest, &format!("m/team/app@{d}"));
+    for (what, image) in [
+        ("1.0", &v10),
+        ("amd64 shared", &amd),
+        ("arm64 of 1.0", &arm1),
+    ] {
+        assert_eq!(
+            at(&image.digest).unwrap(),
+            image.manifest,
+            "{what}\n{}",
+            agent.log()
+        );
+    }
+    assert!(at(&v11.digest).is_err(), "1.1 pruned");
+    assert!(at(&arm2.digest).is_err(), "1.1's own child pruned");
+    assert!(
+        inspect_raw_at(&dest, "m/team/app:1.0").is_ok(),
+        "the tag of what runs stays"
     );
 }

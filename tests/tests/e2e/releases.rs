@@ -296,6 +296,91 @@ fn push_components(
         .collect()
 }
 
+/// Releases 4.20.0 and 4.20.1 pushed to a source registry as Red Hat lays them
+/// out: the same installer and etcd (a two-platform index) in both, and a cli of
+/// their own each.
+pub(crate) struct TwoReleases {
+    pub r1: Image,
+    pub r2: Image,
+    pub cli1: Image,
+    pub cli2: Image,
+    pub installer: Image,
+    pub etcd: Image,
+    /// The components of 4.20.0, as `(name, pull spec)`.
+    pub comps1: Vec<(String, String)>,
+}
+
+impl TwoReleases {
+    pub(crate) fn push(client: &PushClient, src: &Registry) -> Self {
+        let base = layer(70, 200_000);
+        let cli1 = ImageBuilder::new(Format::Oci)
+            .with_layer(&base)
+            .layer(71, 60_000)
+            .build();
+        let installer = ImageBuilder::new(Format::Docker)
+            .with_layer(&base)
+            .layer(72, 50_000)
+            .build();
+        let etcd_amd = ImageBuilder::new(Format::Oci)
+            .arch("amd64")
+            .layer(73, 40_000)
+            .build();
+        let etcd_arm = ImageBuilder::new(Format::Oci)
+            .arch("arm64")
+            .layer(74, 40_000)
+            .build();
+        let etcd = airlock_tests::images::index(Format::Oci, vec![etcd_amd, etcd_arm], false);
+        let cli2 = ImageBuilder::new(Format::Oci)
+            .with_layer(&base)
+            .layer(75, 60_000)
+            .build();
+        let cvo_base = layer(76, 100_000);
+
+        let comps1 = push_components(
+            client,
+            src,
+            &[("cli", &cli1), ("installer", &installer), ("etcd", &etcd)],
+        );
+        let comps2 = push_components(
+            client,
+            src,
+            &[("cli", &cli2), ("installer", &installer), ("etcd", &etcd)],
+        );
+        let r1 = release_image("4.20.0", "amd64", &cvo_base, &refs(&comps1));
+        let r2 = release_image("4.20.1", "amd64", &cvo_base, &refs(&comps2));
+        r1.push(
+            client,
+            "openshift-release-dev/ocp-release",
+            Some("4.20.0-x86_64"),
+        )
+        .unwrap();
+        r2.push(
+            client,
+            "openshift-release-dev/ocp-release",
+            Some("4.20.1-x86_64"),
+        )
+        .unwrap();
+        TwoReleases {
+            r1,
+            r2,
+            cli1,
+            cli2,
+            installer,
+            etcd,
+            comps1,
+        }
+    }
+
+    /// The pull spec of release `r` by digest.
+    pub(crate) fn payload(src: &Registry, r: &Image) -> String {
+        format!(
+            "{}/openshift-release-dev/ocp-release@{}",
+            src.addr(),
+            r.digest
+        )
+    }
+}
+
 #[test]
 fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_blobs() {
     let src = Registry::plain().unwrap();
@@ -303,61 +388,17 @@ fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_
     let client = PushClient::new(&src).unwrap();
     let service = UpdateService::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let base = layer(70, 200_000);
-    let cli1 = ImageBuilder::new(Format::Oci)
-        .with_layer(&base)
-        .layer(71, 60_000)
-        .build();
-    let installer = ImageBuilder::new(Format::Docker)
-        .with_layer(&base)
-        .layer(72, 50_000)
-        .build();
-    let etcd_amd = ImageBuilder::new(Format::Oci)
-        .arch("amd64")
-        .layer(73, 40_000)
-        .build();
-    let etcd_arm = ImageBuilder::new(Format::Oci)
-        .arch("arm64")
-        .layer(74, 40_000)
-        .build();
-    let etcd = airlock_tests::images::index(Format::Oci, vec![etcd_amd, etcd_arm], false);
-    let cli2 = ImageBuilder::new(Format::Oci)
-        .with_layer(&base)
-        .layer(75, 60_000)
-        .build();
-    let cvo_base = layer(76, 100_000);
-
-    let comps1 = push_components(
-        &client,
-        &src,
-        &[("cli", &cli1), ("installer", &installer), ("etcd", &etcd)],
-    );
-    let comps2 = push_components(
-        &client,
-        &src,
-        &[("cli", &cli2), ("installer", &installer), ("etcd", &etcd)],
-    );
-    let r1 = release_image("4.20.0", "amd64", &cvo_base, &refs(&comps1));
-    let r2 = release_image("4.20.1", "amd64", &cvo_base, &refs(&comps2));
-    r1.push(
-        &client,
-        "openshift-release-dev/ocp-release",
-        Some("4.20.0-x86_64"),
-    )
-    .unwrap();
-    r2.push(
-        &client,
-        "openshift-release-dev/ocp-release",
-        Some("4.20.1-x86_64"),
-    )
-    .unwrap();
-    let payload = |r: &Image| {
-        format!(
-            "{}/openshift-release-dev/ocp-release@{}",
-            src.addr(),
-            r.digest
-        )
-    };
+    let TwoReleases {
+        cli1,
+        installer,
+        etcd,
+        cli2,
+        comps1,
+        r1,
+        r2,
+        ..
+    } = TwoReleases::push(&client, &src);
+    let payload = |r: &Image| TwoReleases::payload(&src, r);
     service.set_graph(
         "stable-4.20",
         "amd64",
