@@ -615,7 +615,10 @@ impl<'a> Pruner<'a> {
             role,
         };
         if self.dry_run {
-            pruned.deleted.push(deleted);
+            // Nothing goes, so what an earlier entry would delete is found again.
+            if !pruned.deleted.iter().any(|d| d.at == *at) {
+                pruned.deleted.push(deleted);
+            }
             return Ok(true);
         }
         let budget = self.retry.budget();

@@ -105,6 +105,10 @@ pub struct PublishArgs {
     /// garbage collection).
     #[arg(long)]
     pub skip_pruning: bool,
+    /// Change nothing: print what would be published and what pruning would delete
+    /// and keep (read from the workspace, the chunk files and the registry).
+    #[arg(long)]
+    pub dry_run: bool,
     /// The old name of --empty-store, refused so that nobody empties the store
     /// believing they prune the registry, or the other way round.
     #[arg(long, hide = true)]
@@ -163,6 +167,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 fetch_from,
                 empty_store: args.empty_store,
                 skip_pruning: args.skip_pruning,
+                dry_run: args.dry_run,
                 trust: args.trust,
                 registry: RegistryOptions {
                     tls_verify: args.destination.dest_tls_verify,
@@ -246,8 +251,24 @@ fn print_publish(p: &PublishReport) {
     for f in &r.ignored {
         println!("ignored {}: not an Airlock imageset chunk", f.display());
     }
+    if let Some(sequences) = &p.would_publish {
+        let list: Vec<String> = sequences.iter().map(u64::to_string).collect();
+        println!(
+            "dry run, nothing changed: would publish sequence {}",
+            if list.is_empty() {
+                "none".to_string()
+            } else {
+                list.join(", ")
+            }
+        );
+    }
+    let words = if p.would_publish.is_some() {
+        ("would prune", "to delete")
+    } else {
+        ("pruned", "deleted")
+    };
     for (dest, pruned) in &r.pruned {
-        print_pruned(dest, pruned);
+        print_pruned(words, dest, pruned);
     }
     for (dest, why) in &r.not_pruned {
         println!("not pruned {dest}: {why}");
@@ -266,7 +287,7 @@ fn print_publish(p: &PublishReport) {
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
-fn print_pruned(dest: &str, p: &airlock_common::prune::Pruned) {
+fn print_pruned((verb, deleted): (&str, &str), dest: &str, p: &airlock_common::prune::Pruned) {
     if let Some(answer) = &p.refused {
         println!(
             "not pruned {dest}: the registry refuses deletes ({answer}); enable deletes (storage.delete.enabled: true for distribution) or publish with --skip-pruning"
@@ -274,13 +295,13 @@ fn print_pruned(dest: &str, p: &airlock_common::prune::Pruned) {
         return;
     }
     println!(
-        "pruned {dest}: {} manifests deleted, {} kept in use, {} tags removed",
+        "{verb} {dest}: {} manifests {deleted}, {} kept in use, {} tags removed",
         p.deleted.len(),
         p.kept.len(),
         p.untagged.len()
     );
     for d in &p.deleted {
-        println!("  deleted {} ({} of {})", d.at, d.role, d.image);
+        println!("  {deleted} {} ({} of {})", d.at, d.role, d.image);
     }
     for (at, why) in &p.kept {
         println!("  kept {at}: {why}");

@@ -53,6 +53,9 @@ pub struct PublishOptions {
     pub empty_store: bool,
     /// Keep in the registry what the published imageset no longer lists.
     pub skip_pruning: bool,
+    /// Change nothing: say what would be published, and what pruning would delete
+    /// and keep.
+    pub dry_run: bool,
     /// Public keys (minisign) an imageset must be signed with; none: signatures are
     /// not required.
     pub trust: Vec<PathBuf>,
@@ -65,6 +68,8 @@ pub struct PublishReport {
     pub site: Report,
     /// Bytes freed by `--empty-store`.
     pub emptied: Option<u64>,
+    /// With `--dry-run`: the sequences that would be published.
+    pub would_publish: Option<Vec<u64>>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -126,6 +131,11 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
             exit_codes::INCOMPLETE,
             format!("no imageset chunk files found in {}", opts.from.display()),
         );
+    }
+    if opts.dry_run {
+        dry_run(opts, &site, &found, &mut report).await?;
+        report.elapsed = started.elapsed();
+        return Ok(report);
     }
     let outcomes = site.accept(&opts.from, &found, &mut report.site).await?;
     // Imagesets beyond what could be held at once: read again, without the ones
@@ -195,4 +205,68 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
         "publish finished"
     );
     Ok(report)
+}
+
+/// `publish --dry-run`: what publishing `found` would publish to `opts.to`, and
+/// what pruning there would then delete and keep, read from the workspace, the
+/// chunk files' manifests (checked, not verified) and the registry. Nothing is
+/// accepted, pushed, deleted or recorded.
+async fn dry_run(
+    opts: &PublishOptions,
+    site: &Site,
+    found: &scan::Found,
+    report: &mut PublishReport,
+) -> Result<(), Error> {
+    let dest_key = opts.to.to_string();
+    let Some((uuid, last)) = site.ws.accepted()? else {
+        report.site.not_pruned.push((
+            dest_key,
+            "nothing was published from this workspace yet: nothing to prune".into(),
+        ));
+        report.would_publish = Some(found.imagesets.keys().map(|(_, s)| *s).collect());
+        return Ok(());
+    };
+    let mut arriving = Vec::new();
+    while let Some(c) = found
+        .imagesets
+        .get(&(uuid, last + 1 + arriving.len() as u64))
+    {
+        arriving.push(c.manifest.as_ref().clone());
+    }
+    let published = site.ws.published(&dest_key)?.unwrap_or(0);
+    let newest = last + arriving.len() as u64;
+    report.would_publish = Some((published + 1..=newest).collect());
+    let base = site.ws.pruned(&dest_key)?.unwrap_or(published.max(1));
+    if published == 0 || base >= newest {
+        return Ok(());
+    }
+    if opts.skip_pruning {
+        report
+            .site
+            .not_pruned
+            .push((dest_key, "pruning is off (--skip-pruning)".into()));
+        return Ok(());
+    }
+    let mut earlier = Vec::new();
+    for seq in base..=last.min(newest - 1) {
+        if site.ws.has_manifest(&uuid, seq) {
+            earlier.push(site.ws.manifest(&uuid, seq)?);
+        }
+    }
+    let wanted = match arriving.pop() {
+        Some(m) => m,
+        None => site.ws.manifest(&uuid, newest)?,
+    };
+    earlier.extend(arriving);
+    let target = Target {
+        dest: opts.to.clone(),
+        client: Arc::new(RegistryClient::connect(opts.to.registry(), &opts.registry).await?),
+    };
+    if let Some(pruned) = site
+        .prune_to(&target, &[], &earlier, &wanted, true, &mut report.site)
+        .await
+    {
+        report.site.pruned.push((dest_key, pruned));
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_common::exit_codes::{self, ExitCode as _};
+use airlock_common::imageset::ImagesetManifest;
 use airlock_common::prune::{self, InUse, Pruned, Pruner};
 use airlock_common::publish::{self, Publisher};
 use airlock_common::reference::Destination;
@@ -551,11 +552,36 @@ impl Site {
             }
         }
         let wanted = self.ws.manifest(&uuid, now)?;
+        let Some(pruned) = self
+            .prune_to(target, pass.users, &earlier, &wanted, false, report)
+            .await
+        else {
+            return Ok(());
+        };
+        tracing::info!(destination = %dest_key, sequence = now, deleted = pruned.deleted.len(), kept = pruned.kept.len(), untagged = pruned.untagged.len(), refused = pruned.refused.is_some(), "pruned what the published imageset no longer lists");
+        report.pruned.push((dest_key.clone(), pruned));
+        Ok(self.ws.mark_pruned(&dest_key, now)?)
+    }
+
+    /// Prunes `target` of what `earlier` placed and `wanted` no longer lists,
+    /// keeping what the clusters in `users` run; with `dry_run`, reads the
+    /// registry but deletes nothing, and the result says what would go. `None`
+    /// when nothing could be decided or done (said in `report`).
+    pub async fn prune_to(
+        &self,
+        target: &Target,
+        users: &[(String, Access)],
+        earlier: &[ImagesetManifest],
+        wanted: &ImagesetManifest,
+        dry_run: bool,
+        report: &mut Report,
+    ) -> Option<Pruned> {
+        let dest_key = target.dest.to_string();
         let placed: Vec<_> = earlier.iter().flat_map(|m| &m.images).collect();
         let mut in_use = InUse::new();
         let mut plan = prune::plan(&placed, &wanted.images, &target.dest, &in_use);
         if !plan.doomed.is_empty() || !plan.untag.is_empty() {
-            for (name, access) in pass.users {
+            for (name, access) in users {
                 let running = match ClusterApi::connect(access).await {
                     Ok(api) => api.running().await,
                     Err(e) => Err(e),
@@ -571,28 +597,30 @@ impl Site {
                             "what cluster {name} runs cannot be read ({e}); nothing is pruned until it can be"
                         );
                         tracing::warn!(destination = %dest_key, cluster = %name, error = %e, "not pruned: what the cluster runs cannot be read");
-                        report.not_pruned.push((dest_key.clone(), why));
-                        return Ok(());
+                        report.not_pruned.push((dest_key, why));
+                        return None;
                     }
                 }
             }
             plan = prune::plan(&placed, &wanted.images, &target.dest, &in_use);
         }
-        let pruned = match Pruner::new(&target.client, &target.dest, false)
+        match Pruner::new(&target.client, &target.dest, dry_run)
             .run(&plan, &wanted.images, &wanted.blobs, &in_use)
             .await
         {
-            Ok(p) => p,
+            Ok(p) => Some(p),
             Err(e) => {
-                report.problem(
-                    e.exit_code(),
-                    format!("{dest_key}: sequence {now} is published, but {e}; pruning is finished on the next run"),
-                );
-                return Ok(());
+                let message = if dry_run {
+                    format!("{dest_key}: cannot tell what pruning would delete: {e}")
+                } else {
+                    format!(
+                        "{dest_key}: sequence {} is published, but {e}; pruning is finished on the next run",
+                        wanted.sequence
+                    )
+                };
+                report.problem(e.exit_code(), message);
+                None
             }
-        };
-        tracing::info!(destination = %dest_key, sequence = now, deleted = pruned.deleted.len(), kept = pruned.kept.len(), untagged = pruned.untagged.len(), refused = pruned.refused.is_some(), "pruned what the published imageset no longer lists");
-        report.pruned.push((dest_key.clone(), pruned));
-        Ok(self.ws.mark_pruned(&dest_key, now)?)
+        }
     }
 }

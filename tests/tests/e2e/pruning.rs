@@ -220,6 +220,25 @@ fn pruning_removes_what_the_next_imageset_dropped_with_its_children_and_signatur
         "C, its children and everything attached were published"
     );
 
+    // A dry run says what would go, and changes nothing.
+    let before = dest.log();
+    let dry = run(publish_cmd(&l.second, &dest, "mirror", &ws).arg("--dry-run"));
+    assert_eq!(dry.code, 0, "{dry}");
+    assert!(
+        dry.stdout.contains("would publish sequence 2")
+            && dry.stdout.contains(&format!(
+                "{} manifests to delete, 0 kept in use",
+                l.deleted_with_c()
+            )),
+        "{dry}"
+    );
+    let during = &dest.log()[before.len()..];
+    assert!(
+        !during.contains("\"DELETE ") && !during.contains("\"PUT ") && !during.contains("\"POST "),
+        "the dry run wrote to the registry:\n{during}"
+    );
+    assert_eq!(l.c_present(&dest, "mirror").len(), l.everything_of_c());
+
     let second = publish(&l.second, &dest, "mirror", &ws);
     assert_eq!(second.code, 0, "{second}");
     assert_eq!(l.c_present(&dest, "mirror"), Vec::<String>::new());
