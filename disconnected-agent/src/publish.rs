@@ -262,8 +262,17 @@ async fn dry_run(
         dest: opts.to.clone(),
         client: Arc::new(RegistryClient::connect(opts.to.registry(), &opts.registry).await?),
     };
+    let kept = site.ws.kept(&dest_key)?;
     if let Some(pruned) = site
-        .prune_to(&target, &[], &earlier, &wanted, true, &mut report.site)
+        .prune_to(
+            &target,
+            &[],
+            &earlier,
+            &kept,
+            &wanted,
+            true,
+            &mut report.site,
+        )
         .await
     {
         report.site.pruned.push((dest_key, pruned));

@@ -2,12 +2,12 @@
 //! the two things done with them — taking imagesets in, and publishing them to a
 //! destination. The one-shot `publish` command and the `run` daemon both drive it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_common::exit_codes::{self, ExitCode as _};
-use airlock_common::imageset::ImagesetManifest;
+use airlock_common::imageset::{ImageRecord, ImagesetManifest};
 use airlock_common::prune::{self, InUse, Pruned, Pruner};
 use airlock_common::publish::{self, Publisher};
 use airlock_common::reference::Destination;
@@ -552,32 +552,57 @@ impl Site {
             }
         }
         let wanted = self.ws.manifest(&uuid, now)?;
+        let kept_before = self.ws.kept(&dest_key)?;
         let Some(pruned) = self
-            .prune_to(target, pass.users, &earlier, &wanted, false, report)
+            .prune_to(
+                target,
+                pass.users,
+                &earlier,
+                &kept_before,
+                &wanted,
+                false,
+                report,
+            )
             .await
         else {
             return Ok(());
         };
+        // What was kept is looked at again by the next prune: a cluster that
+        // stopped running it lets it go then.
+        let kept_at: HashSet<&prune::At> = pruned.kept.iter().map(|(at, _)| at).collect();
+        let mut kept: Vec<ImageRecord> = Vec::new();
+        for image in earlier.iter().flat_map(|m| &m.images).chain(&kept_before) {
+            let at = prune::At {
+                repository: publish::destination_repository(&target.dest, image),
+                digest: image.digest.clone(),
+            };
+            if kept_at.contains(&at) && !kept.contains(image) {
+                kept.push(image.clone());
+            }
+        }
         tracing::info!(destination = %dest_key, sequence = now, deleted = pruned.deleted.len(), kept = pruned.kept.len(), untagged = pruned.untagged.len(), refused = pruned.refused.is_some(), "pruned what the published imageset no longer lists");
         report.pruned.push((dest_key.clone(), pruned));
-        Ok(self.ws.mark_pruned(&dest_key, now)?)
+        Ok(self.ws.mark_pruned_keeping(&dest_key, now, &kept)?)
     }
 
-    /// Prunes `target` of what `earlier` placed and `wanted` no longer lists,
+    /// Prunes `target` of what `earlier` placed (and an earlier prune `kept`) and
+    /// `wanted` no longer lists,
     /// keeping what the clusters in `users` run; with `dry_run`, reads the
     /// registry but deletes nothing, and the result says what would go. `None`
     /// when nothing could be decided or done (said in `report`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn prune_to(
         &self,
         target: &Target,
         users: &[(String, Access)],
         earlier: &[ImagesetManifest],
+        kept: &[ImageRecord],
         wanted: &ImagesetManifest,
         dry_run: bool,
         report: &mut Report,
     ) -> Option<Pruned> {
         let dest_key = target.dest.to_string();
-        let placed: Vec<_> = earlier.iter().flat_map(|m| &m.images).collect();
+        let placed: Vec<_> = earlier.iter().flat_map(|m| &m.images).chain(kept).collect();
         let mut in_use = InUse::new();
         let mut plan = prune::plan(&placed, &wanted.images, &target.dest, &in_use);
         if !plan.doomed.is_empty() || !plan.untag.is_empty() {

@@ -12,6 +12,9 @@
 //! - tree `pruned`: destination → the sequence whose image list the destination
 //!   was last pruned to: what every sequence from it to the one published last
 //!   placed there, and the last no longer lists, is what pruning deletes next;
+//! - tree `kept`: destination → JSON list of the image records that the last
+//!   prune there kept although no longer listed (a cluster ran them), so that the
+//!   next prune looks at them again;
 //! - tree `locations`: registry host, NUL, digest → a repository of that registry
 //!   known to hold the blob, for fetching layers an imageset does not carry.
 //!
@@ -23,7 +26,7 @@
 
 use std::path::{Path, PathBuf};
 
-use airlock_common::imageset::{ImagesetManifest, validate};
+use airlock_common::imageset::{ImageRecord, ImagesetManifest, validate};
 use airlock_common::state::{self, StateError};
 use sled::Transactional;
 use uuid::Uuid;
@@ -37,6 +40,7 @@ pub struct Workspace {
     published: sled::Tree,
     applied: sled::Tree,
     pruned: sled::Tree,
+    kept: sled::Tree,
     locations: sled::Tree,
 }
 
@@ -97,6 +101,9 @@ impl Workspace {
         let pruned = db
             .open_tree("pruned")
             .map_err(|e| StateError::storage(path, e))?;
+        let kept = db
+            .open_tree("kept")
+            .map_err(|e| StateError::storage(path, e))?;
         let locations = db
             .open_tree("locations")
             .map_err(|e| StateError::storage(path, e))?;
@@ -109,6 +116,7 @@ impl Workspace {
             published,
             applied,
             pruned,
+            kept,
             locations,
         })
     }
@@ -235,6 +243,44 @@ impl Workspace {
     pub fn mark_pruned(&self, destination: &str, sequence: u64) -> Result<(), StateError> {
         Self::raise(&self.pruned, destination, sequence)
             .map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        self.flush()
+    }
+
+    /// What the last prune of `destination` kept although no longer listed.
+    pub fn kept(&self, destination: &str) -> Result<Vec<ImageRecord>, StateError> {
+        match self
+            .kept
+            .get(destination)
+            .map_err(|e| StateError::storage(&self.path, e))?
+        {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| {
+                StateError::storage(&self.path, format!("kept images of {destination}: {e}"))
+            }),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Records, at once, that `destination` is pruned to `sequence` and that it
+    /// still holds `kept` beyond what that sequence lists.
+    pub fn mark_pruned_keeping(
+        &self,
+        destination: &str,
+        sequence: u64,
+        kept: &[ImageRecord],
+    ) -> Result<(), StateError> {
+        let json = serde_json::to_vec(kept).map_err(|e| StateError::storage(&self.path, e))?;
+        let tx: Result<(), sled::transaction::TransactionError<()>> = (&self.pruned, &self.kept)
+            .transaction(|(p, k)| {
+                let value = state::key(sequence);
+                if p.get(destination)?
+                    .is_none_or(|v| v.as_ref() < value.as_slice())
+                {
+                    p.insert(destination, &value)?;
+                    k.insert(destination, json.as_slice())?;
+                }
+                Ok(())
+            });
+        tx.map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
         self.flush()
     }
 

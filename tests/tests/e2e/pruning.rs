@@ -408,6 +408,40 @@ fn what_a_cluster_runs_stays_in_its_registry_and_is_pruned_where_no_cluster_runs
             && table.stdout.contains("west: pruned to sequence 2"),
         "{table}"
     );
+
+    // Once east no longer runs C, the next prune lets it go there too.
+    assert!(api.delete(&Res::POD, Some("apps"), "c-0"));
+    let config = l.ws("isc-a.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{HEAD}mirror:\n  additionalImages:\n  - name: {}/team/a:1\n",
+            l.src.addr()
+        ),
+    )
+    .unwrap();
+    let third = l.ws("out-a");
+    let created = create(&config, &third, &l.ws("ws-c"), "1MiB", &l.src);
+    assert_eq!(created.code, 0, "{created}");
+    let files = served.site.files("archive").len();
+    deliver(&third, &served.site.path("drop"));
+    eventually(
+        Duration::from_secs(60),
+        "sequence 3 published to both clusters and archived",
+        || served.site.files("archive").len() == files + chunk_files(&third).len(),
+        || served.agent.log(),
+    );
+    assert_eq!(
+        l.c_present(&east, "m"),
+        Vec::<String>::new(),
+        "what was kept for a cluster that stopped running it is pruned\n{}",
+        served.agent.log()
+    );
+    assert!(
+        inspect_raw_at(&east, "m/team/b:1").is_err(),
+        "B left the list too"
+    );
+    assert!(inspect_raw_at(&east, "m/team/a:1").is_ok());
 }
 
 #[test]
