@@ -26,7 +26,7 @@ use crate::digest::Digest;
 use crate::imageset::{BlobRecord, ImageKind, ImageRecord};
 use crate::manifest::is_index;
 use crate::publish::destination_repository;
-use crate::reference::Destination;
+use crate::reference::{Destination, ImageRef};
 use crate::registry::retry::{Budget, RetryPolicy};
 use crate::registry::{Deletion, ErrorKind, RegistryClient, RegistryError};
 
@@ -198,21 +198,27 @@ pub fn in_use(
         let digests: Vec<&Digest> = match &digest {
             Some(d) => vec![d],
             None => {
-                let name = r
+                // As the container runtime reads it: `nginx:1` is
+                // `docker.io/library/nginx:1`, a bare name is `:latest`.
+                let written = r
                     .image
                     .rsplit_once("://")
                     .map_or(r.image.as_str(), |(_, n)| n);
+                let Ok(named) = written.parse::<ImageRef>().map(ImageRef::with_default_tag) else {
+                    continue;
+                };
+                let (name, tag) = (named.name(), named.tag().unwrap_or_default());
                 placed
                     .iter()
                     .filter(|p| {
-                        p.tag.as_deref().is_some_and(|tag| {
-                            let mirror = format!(
-                                "{}/{}:{tag}",
-                                dest.registry(),
-                                destination_repository(dest, p)
-                            );
-                            name == format!("{}:{tag}", p.repository) || name == mirror
-                        })
+                        p.tag.as_deref() == Some(tag)
+                            && (name == p.repository
+                                || name
+                                    == format!(
+                                        "{}/{}",
+                                        dest.registry(),
+                                        destination_repository(dest, p)
+                                    ))
                     })
                     .map(|p| &p.digest)
                     .collect()

@@ -228,3 +228,17 @@ fn a_tag_of_a_manifest_in_use_is_not_removed() {
     let untagged = plan(&[&old], std::slice::from_ref(&new), &dest(), &InUse::new());
     assert_eq!(untagged.untag.len(), 1);
 }
+
+#[test]
+fn a_short_name_a_cluster_runs_is_read_as_the_runtime_reads_it() {
+    let nginx = image("docker.io/library/nginx", Some("1.27"), b"nginx");
+    let latest = image("docker.io/library/busybox", Some("latest"), b"busybox");
+    let running = vec![
+        Runs::image("nginx:1.27", "pod web/nginx-0"),
+        Runs::image("busybox", "pod web/init"),
+        Runs::image("not a reference!", "pod web/odd"),
+    ];
+    let used = in_use("east", &running, &[&nginx, &latest], &dest());
+    assert!(used.contains_key(&nginx.digest), "{used:?}");
+    assert!(used.contains_key(&latest.digest), "{used:?}");
+}
