@@ -78,7 +78,15 @@ struct Kind {
     kind: &'static str,
     plural: &'static str,
     namespaced: bool,
+    /// What the agent does with it, as RBAC verbs: the rules its service account
+    /// needs (`deploy/cluster-role.yaml` grants them, checked by a test). A kind
+    /// it may `delete` is one it applies and withdraws when no longer published.
+    verbs: &'static [&'static str],
 }
+
+/// Applied with server-side apply (which creates), read back, listed for drift
+/// and withdrawal, deleted once no longer published.
+const APPLIES: &[&str] = &["get", "list", "create", "patch", "delete"];
 
 const KINDS: [Kind; 10] = [
     Kind {
@@ -86,73 +94,71 @@ const KINDS: [Kind; 10] = [
         kind: "ImageDigestMirrorSet",
         plural: "imagedigestmirrorsets",
         namespaced: false,
+        verbs: APPLIES,
     },
     Kind {
         api_version: "config.openshift.io/v1",
         kind: "ImageTagMirrorSet",
         plural: "imagetagmirrorsets",
         namespaced: false,
+        verbs: APPLIES,
     },
     Kind {
         api_version: "operator.openshift.io/v1alpha1",
         kind: "ImageContentSourcePolicy",
         plural: "imagecontentsourcepolicies",
         namespaced: false,
+        verbs: APPLIES,
     },
     Kind {
         api_version: "operators.coreos.com/v1alpha1",
         kind: "CatalogSource",
         plural: "catalogsources",
         namespaced: true,
+        verbs: APPLIES,
     },
     Kind {
         api_version: "olm.operatorframework.io/v1",
         kind: "ClusterCatalog",
         plural: "clustercatalogs",
         namespaced: false,
+        verbs: APPLIES,
     },
     Kind {
         api_version: "updateservice.operator.openshift.io/v1",
         kind: "UpdateService",
         plural: "updateservices",
         namespaced: true,
+        verbs: APPLIES,
     },
     Kind {
         api_version: "v1",
         kind: "ConfigMap",
         plural: "configmaps",
         namespaced: true,
+        verbs: &["get", "create", "patch"],
     },
     Kind {
         api_version: "config.openshift.io/v1",
         kind: "ClusterVersion",
         plural: "clusterversions",
         namespaced: false,
+        verbs: &["get"],
     },
     Kind {
         api_version: "operators.coreos.com/v1alpha1",
         kind: "ClusterServiceVersion",
         plural: "clusterserviceversions",
         namespaced: true,
+        verbs: &["list"],
     },
     Kind {
         api_version: "v1",
         kind: "Pod",
         plural: "pods",
         namespaced: true,
+        verbs: &["list"],
     },
-];
-
-/// The kinds Airlock applies from cluster resources and so may withdraw. The
-/// release signature ConfigMaps are not among them: a signature of a release no
-/// longer mirrored is harmless, and ConfigMaps are everyone's.
-const APPLIED: [&str; 6] = [
-    "ImageDigestMirrorSet",
-    "ImageTagMirrorSet",
-    "ImageContentSourcePolicy",
-    "CatalogSource",
-    "ClusterCatalog",
-    "UpdateService",
 ];
 
 fn kind_of(api_version: &str, kind: &str) -> Option<&'static Kind> {
@@ -541,7 +547,9 @@ impl ClusterApi {
     /// said. Status writers (operators reporting on the object) do not count.
     pub async fn withdraw(&self, desired: &[Desired]) -> Result<Vec<Withdrawn>, ApiError> {
         let mut out = Vec::new();
-        for kind in KINDS.iter().filter(|k| APPLIED.contains(&k.kind)) {
+        // The release signature ConfigMaps are not withdrawn: a signature of a
+        // release no longer mirrored is harmless, and ConfigMaps are everyone's.
+        for kind in KINDS.iter().filter(|k| k.verbs.contains(&"delete")) {
             let api = self.api(kind, None);
             let list = match api.list(&Default::default()).await {
                 Ok(list) => list,
@@ -664,6 +672,32 @@ fn pem_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example role grants every verb the agent uses on every kind, so that a
+    /// site that installs it never meets a 403 from Airlock's own requests.
+    #[test]
+    fn the_deployed_cluster_role_grants_what_the_agent_does() {
+        let text = include_str!("../../deploy/cluster-role.yaml");
+        let role = serde_yaml_ng::Deserializer::from_str(text)
+            .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+            .find(|d| d["kind"] == "ClusterRole")
+            .expect("a ClusterRole");
+        let rules = role["rules"].as_array().unwrap();
+        for kind in &KINDS {
+            let group = kind.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+            for verb in kind.verbs {
+                let granted = rules.iter().any(|r| {
+                    let has = |field: &str, want: &str| {
+                        r[field]
+                            .as_array()
+                            .is_some_and(|v| v.iter().any(|x| x == want))
+                    };
+                    has("apiGroups", group) && has("resources", kind.plural) && has("verbs", verb)
+                });
+                assert!(granted, "{verb} {}.{group} is not granted", kind.plural);
+            }
+        }
+    }
 
     #[test]
     fn a_4_12_cluster_gets_an_icsp_and_a_note_for_tag_mirrors() {
