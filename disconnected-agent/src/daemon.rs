@@ -198,6 +198,9 @@ impl Tracker {
 struct Cluster {
     access: Option<cluster_api::Access>,
     kube: Option<ClusterApi>,
+    /// Objects no longer published but left on the cluster (someone else
+    /// manages them too), as found at the last apply: noted at every check.
+    left: Vec<String>,
     /// When its API is due to be checked again.
     next_check: Instant,
     name: String,
@@ -342,6 +345,7 @@ fn fresh_clusters(
             let cluster = Cluster {
                 access,
                 kube: None,
+                left: Vec::new(),
                 next_check: Instant::now(),
                 name: c.name.clone(),
                 options: RegistryOptions {
@@ -1460,6 +1464,7 @@ impl Daemon {
                     }
                 }
             }
+            let mut left = Vec::new();
             if self.clusters[i].pruning {
                 for w in kube.withdraw(&desired).await? {
                     match w {
@@ -1468,11 +1473,12 @@ impl Daemon {
                         }
                         Withdrawn::Left(why) => {
                             tracing::warn!(cluster = %name, "{why}");
-                            view.notes.push(why);
+                            left.push(why);
                         }
                     }
                 }
             }
+            self.clusters[i].left = left;
             if let Err(e) = self.site.ws.mark_applied(&name, published) {
                 tracing::error!(cluster = %name, error = %e, "cannot record the applied sequence");
             }
@@ -1491,6 +1497,7 @@ impl Daemon {
                 .map(|(u, _)| (u, published));
             self.status.emit(event);
         }
+        view.notes.extend(self.clusters[i].left.iter().cloned());
         for d in desired.iter().filter(|d| !unserved.contains(&d.label())) {
             let live = kube.live(d).await?;
             if let Some(drift) = d.drift(live.as_ref()) {

@@ -595,15 +595,16 @@ fn cluster_objects_for_what_is_no_longer_published_are_deleted_unless_someone_el
             p
         })
         .collect();
-    let site = Site::new();
-    let config = site.config_fleet(
-        &[
-            ("east", &registries[0], Some(kubeconfigs[0].as_path())),
-            ("west", &registries[1], Some(kubeconfigs[1].as_path())),
-        ],
-        "reconcileSeconds: 1\n",
-    );
-    let agent = Agent::start(&config, &[]);
+    let served = Served::start_with(|site, grpc| {
+        site.config_fleet(
+            &[
+                ("east", &registries[0], Some(kubeconfigs[0].as_path())),
+                ("west", &registries[1], Some(kubeconfigs[1].as_path())),
+            ],
+            &format!("reconcileSeconds: 1\n{grpc}"),
+        )
+    });
+    let (site, agent) = (&served.site, &served.agent);
     let itms = |i: usize| apis[i].get(&Res::IMAGE_TAG_MIRROR_SET, None, "itms-generic-0");
     let idms = |i: usize| apis[i].get(&Res::IMAGE_DIGEST_MIRROR_SET, None, "idms-generic-0");
     deliver(&made[0], &site.path("drop"));
@@ -646,6 +647,31 @@ fn cluster_objects_for_what_is_no_longer_published_are_deleted_unless_someone_el
     assert!(
         !apis[1].requests().iter().any(|r| r.starts_with("DELETE ")),
         "nothing deleted on west"
+    );
+    // The note stays on west through later checks, not only the one that applied.
+    let west = |clusters: &serde_json::Value| {
+        clusters
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "west")
+            .unwrap()
+            .clone()
+    };
+    let applied_at = west(&served.json(&["clusters"]))["checked"].clone();
+    eventually(
+        Duration::from_secs(30),
+        "a later check of west",
+        || west(&served.json(&["clusters"]))["checked"] != applied_at,
+        || agent.log(),
+    );
+    let later = west(&served.json(&["clusters"]));
+    assert!(
+        later["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("also managed by kubectl-label")),
+        "{later}"
     );
 }
 
