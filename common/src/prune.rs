@@ -28,7 +28,7 @@ use crate::manifest::is_index;
 use crate::publish::destination_repository;
 use crate::reference::{Destination, ImageRef};
 use crate::registry::retry::{Budget, RetryPolicy};
-use crate::registry::{Deletion, ErrorKind, RegistryClient, RegistryError};
+use crate::registry::{Deletion, RegistryClient, RegistryError};
 
 /// Suffixes of the tags cosign keeps next to an image, `sha256-<hex>.<suffix>`.
 const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
@@ -74,6 +74,16 @@ pub struct At {
     pub digest: Digest,
 }
 
+impl At {
+    /// Where `image` is placed at `dest`.
+    pub fn of(dest: &Destination, image: &ImageRecord) -> Self {
+        At {
+            repository: destination_repository(dest, image),
+            digest: image.digest.clone(),
+        }
+    }
+}
+
 impl std::fmt::Display for At {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}@{}", self.repository, self.digest)
@@ -102,14 +112,6 @@ pub struct Plan {
     pub kept: Vec<(Doomed, String)>,
 }
 
-/// A manifest of `images` at `dest`.
-fn at(dest: &Destination, image: &ImageRecord) -> At {
-    At {
-        repository: destination_repository(dest, image),
-        digest: image.digest.clone(),
-    }
-}
-
 /// What to delete at `dest`, where `placed` are the images earlier imagesets
 /// published there and `wanted` those of the imageset published now.
 pub fn plan(
@@ -118,7 +120,7 @@ pub fn plan(
     dest: &Destination,
     in_use: &InUse,
 ) -> Plan {
-    let keep: HashSet<At> = wanted.iter().map(|i| at(dest, i)).collect();
+    let keep: HashSet<At> = wanted.iter().map(|i| At::of(dest, i)).collect();
     let tags: HashSet<(String, &str)> = wanted
         .iter()
         .filter_map(|i| Some((destination_repository(dest, i), i.tag.as_deref()?)))
@@ -132,7 +134,7 @@ pub fn plan(
     let mut ordered: Vec<&&ImageRecord> = placed.iter().collect();
     ordered.sort_by_key(|i| std::cmp::Reverse(i.subject.is_some()));
     for image in ordered {
-        let here = at(dest, image);
+        let here = At::of(dest, image);
         if keep.contains(&here) {
             // A tag of a manifest a cluster runs may be how it pulls it.
             if let Some(tag) = image
@@ -161,12 +163,6 @@ pub fn plan(
         }
     }
     plan
-}
-
-impl crate::exit_codes::ExitCode for PruneError {
-    fn exit_code(&self) -> i32 {
-        self.source.exit_code()
-    }
 }
 
 /// What of `placed` the cluster `cluster` needs, given what it runs.
@@ -270,6 +266,12 @@ pub struct PruneError {
     /// What failed.
     #[source]
     pub source: RegistryError,
+}
+
+impl crate::exit_codes::ExitCode for PruneError {
+    fn exit_code(&self) -> i32 {
+        self.source.exit_code()
+    }
 }
 
 /// One manifest deleted (or, on a dry run, that would be).
@@ -388,11 +390,11 @@ impl<'a> Pruner<'a> {
             }
         }
         for (repository, tag) in &plan.untag {
-            let budget = self.retry.budget();
             if self.dry_run {
                 pruned.untagged.push((repository.clone(), tag.clone()));
                 continue;
             }
+            let budget = self.retry.budget();
             match self
                 .retrying(&budget, || self.client.delete_manifest(repository, tag))
                 .await?
@@ -469,7 +471,7 @@ impl<'a> Pruner<'a> {
             .collect();
         let mut keep = Keep::new();
         for image in wanted {
-            let here = at(self.dest, image);
+            let here = At::of(self.dest, image);
             if !touched.contains(here.repository.as_str()) {
                 continue;
             }
@@ -489,15 +491,9 @@ impl<'a> Pruner<'a> {
     async fn children(&self, at: &At) -> Result<Vec<Digest>, PruneError> {
         let budget = self.retry.budget();
         let raw = self
-            .retrying(&budget, || async {
-                match self
-                    .client
-                    .get_manifest(&at.repository, at.digest.as_str())
-                    .await
-                {
-                    Err(e) if e.kind() == Some(ErrorKind::NotFound) => Ok(None),
-                    other => other.map(Some),
-                }
+            .retrying(&budget, || {
+                self.client
+                    .find_manifest(&at.repository, at.digest.as_str())
             })
             .await?;
         let Some(raw) = raw else {
@@ -533,7 +529,10 @@ impl<'a> Pruner<'a> {
                 return Ok(());
             }
             if let Some(why) = in_use.get(&at.digest) {
-                pruned.kept.push((at.clone(), why.clone()));
+                // Two pruned indexes may share the same protected child.
+                if !pruned.kept.iter().any(|(a, _)| a == at) {
+                    pruned.kept.push((at.clone(), why.clone()));
+                }
                 return Ok(());
             }
             found.push((at.clone(), role));
@@ -578,12 +577,7 @@ impl<'a> Pruner<'a> {
         let mut out = Vec::new();
         for (tag, role) in tags {
             let found = self
-                .retrying(&budget, || async {
-                    match self.client.get_manifest(repo, &tag).await {
-                        Err(e) if e.kind() == Some(ErrorKind::NotFound) => Ok(None),
-                        other => other.map(Some),
-                    }
-                })
+                .retrying(&budget, || self.client.find_manifest(repo, &tag))
                 .await?;
             if let Some(raw) = found {
                 let at = At {

@@ -34,7 +34,7 @@ use crate::imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
 use crate::manifest::OCI_INDEX;
 use crate::reference::{Destination, ImageRef};
 use crate::registry::retry::{Budget, Limit, RetryPolicy, Retryable, Verdict};
-use crate::registry::{ErrorKind, RawManifest, RegistryClient, RegistryError};
+use crate::registry::{RawManifest, RegistryClient, RegistryError};
 use crate::resources::{
     CatalogRef, Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs,
 };
@@ -467,10 +467,10 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         let tag = subject.tag_form();
         let current = self
             .retrying(budget, repo, subject, || async {
-                match self.client.get_manifest(repo, &tag).await {
-                    Err(e) if e.kind() == Some(ErrorKind::NotFound) => Ok(None),
-                    result => result.map(Some).map_err(registry),
-                }
+                self.client
+                    .find_manifest(repo, &tag)
+                    .await
+                    .map_err(registry)
             })
             .await?;
         let mut index: serde_json::Value = match current {

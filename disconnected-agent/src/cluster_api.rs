@@ -167,6 +167,14 @@ fn kind_of(api_version: &str, kind: &str) -> Option<&'static Kind> {
         .find(|k| k.api_version == api_version && k.kind == kind)
 }
 
+/// `Kind namespace/name` (or `Kind name`), as reports name an object.
+fn object_label(kind: &Kind, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{} {ns}/{name}", kind.kind),
+        None => format!("{} {name}", kind.kind),
+    }
+}
+
 /// An object to apply, with what identifies it.
 #[derive(Debug, Clone)]
 pub struct Desired {
@@ -180,10 +188,7 @@ pub struct Desired {
 impl Desired {
     /// `Kind namespace/name`, as reports name it.
     pub fn label(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("{} {ns}/{}", self.kind.kind, self.name),
-            None => format!("{} {}", self.kind.kind, self.name),
-        }
+        object_label(self.kind, self.namespace.as_deref(), &self.name)
     }
 
     /// Whether this is a `CatalogSource`.
@@ -574,10 +579,7 @@ impl ClusterApi {
                 if wanted || !managers.contains(&FIELD_MANAGER) {
                     continue;
                 }
-                let label = match &namespace {
-                    Some(ns) => format!("{} {ns}/{name}", kind.kind),
-                    None => format!("{} {name}", kind.kind),
-                };
+                let label = object_label(kind, namespace.as_deref(), &name);
                 let mut others: Vec<&str> = managers
                     .into_iter()
                     .filter(|m| *m != FIELD_MANAGER)

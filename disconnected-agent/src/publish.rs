@@ -247,12 +247,13 @@ async fn dry_run(
             .push((dest_key, "pruning is off (--skip-pruning)".into()));
         return Ok(());
     }
-    let mut earlier = Vec::new();
-    for seq in base..=last.min(newest - 1) {
-        if site.ws.has_manifest(&uuid, seq) {
-            earlier.push(site.ws.manifest(&uuid, seq)?);
+    let mut earlier = match site.placed_by(&uuid, base, (last + 1).min(newest))? {
+        Ok(earlier) => earlier,
+        Err(why) => {
+            report.site.not_pruned.push((dest_key, why));
+            return Ok(());
         }
-    }
+    };
     let wanted = match arriving.pop() {
         Some(m) => m,
         None => site.ws.manifest(&uuid, newest)?,

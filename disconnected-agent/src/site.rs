@@ -537,20 +537,15 @@ impl Site {
             ));
             return Ok(self.ws.mark_pruned(&dest_key, now)?);
         }
-        if !self.ws.has_manifest(&uuid, base) || !self.ws.has_manifest(&uuid, now) {
-            let why = format!(
-                "what sequence {base} placed there is not known to this workspace (it continued from the state recorded in the registry); nothing is pruned until the next imageset"
-            );
-            tracing::info!(destination = %dest_key, reason = %why, "not pruned");
-            report.not_pruned.push((dest_key.clone(), why));
-            return Ok(self.ws.mark_pruned(&dest_key, now)?);
-        }
-        let mut earlier = Vec::new();
-        for seq in base..now {
-            if self.ws.has_manifest(&uuid, seq) {
-                earlier.push(self.ws.manifest(&uuid, seq)?);
+        let earlier = match self.placed_by(&uuid, base, now)? {
+            Ok(earlier) if self.ws.has_manifest(&uuid, now) => earlier,
+            Ok(_) | Err(_) => {
+                let why = unknown_placement(base);
+                tracing::info!(destination = %dest_key, reason = %why, "not pruned");
+                report.not_pruned.push((dest_key.clone(), why));
+                return Ok(self.ws.mark_pruned(&dest_key, now)?);
             }
-        }
+        };
         let wanted = self.ws.manifest(&uuid, now)?;
         let kept_before = self.ws.kept(&dest_key)?;
         let Some(pruned) = self
@@ -572,11 +567,7 @@ impl Site {
         let kept_at: HashSet<&prune::At> = pruned.kept.iter().map(|(at, _)| at).collect();
         let mut kept: Vec<ImageRecord> = Vec::new();
         for image in earlier.iter().flat_map(|m| &m.images).chain(&kept_before) {
-            let at = prune::At {
-                repository: publish::destination_repository(&target.dest, image),
-                digest: image.digest.clone(),
-            };
-            if kept_at.contains(&at) && !kept.contains(image) {
+            if kept_at.contains(&prune::At::of(&target.dest, image)) && !kept.contains(image) {
                 kept.push(image.clone());
             }
         }
@@ -585,9 +576,29 @@ impl Site {
         Ok(self.ws.mark_pruned_keeping(&dest_key, now, &kept)?)
     }
 
+    /// The manifests of the sequences `from..to` kept here: what they placed is
+    /// what a prune from `from` may delete. `Err` with why when `from`'s is not
+    /// here (the workspace continued from a registry), so that is not known.
+    pub fn placed_by(
+        &self,
+        uuid: &Uuid,
+        from: u64,
+        to: u64,
+    ) -> Result<Result<Vec<ImagesetManifest>, String>, Error> {
+        if !self.ws.has_manifest(uuid, from) {
+            return Ok(Err(unknown_placement(from)));
+        }
+        let mut out = Vec::new();
+        for seq in from..to {
+            if self.ws.has_manifest(uuid, seq) {
+                out.push(self.ws.manifest(uuid, seq)?);
+            }
+        }
+        Ok(Ok(out))
+    }
+
     /// Prunes `target` of what `earlier` placed (and an earlier prune `kept`) and
-    /// `wanted` no longer lists,
-    /// keeping what the clusters in `users` run; with `dry_run`, reads the
+    /// `wanted` no longer lists, keeping what the clusters in `users` run; with `dry_run`, reads the
     /// registry but deletes nothing, and the result says what would go. `None`
     /// when nothing could be decided or done (said in `report`).
     #[allow(clippy::too_many_arguments)]
@@ -648,4 +659,11 @@ impl Site {
             }
         }
     }
+}
+
+/// Why nothing is pruned when what sequence `base` placed is not known here.
+fn unknown_placement(base: u64) -> String {
+    format!(
+        "what sequence {base} placed there is not known to this workspace (it continued from the state recorded in the registry); nothing is pruned until the next imageset"
+    )
 }

@@ -62,6 +62,12 @@ pub struct SiteState {
 /// The value of [`SiteState::format`].
 pub const SITE_STATE_FORMAT: &str = "airlock.site-workspace/v1";
 
+/// Whether the stored sequence `stored` (none: nothing yet) is before `value`.
+/// Sequences are stored big-endian, so byte order is numeric order.
+fn later(stored: Option<sled::IVec>, value: &[u8]) -> bool {
+    stored.is_none_or(|v| v.as_ref() < value)
+}
+
 fn location_key(registry: &str, digest: &airlock_common::digest::Digest) -> Vec<u8> {
     let mut k = registry.as_bytes().to_vec();
     k.push(0);
@@ -241,8 +247,7 @@ impl Workspace {
     /// Records that `destination` holds no more than `sequence` lists (or that what
     /// it held beyond was kept on purpose). Never goes back.
     pub fn mark_pruned(&self, destination: &str, sequence: u64) -> Result<(), StateError> {
-        Self::raise(&self.pruned, destination, sequence)
-            .map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        self.raise(&self.pruned, destination, sequence)?;
         self.flush()
     }
 
@@ -272,9 +277,7 @@ impl Workspace {
         let tx: Result<(), sled::transaction::TransactionError<()>> = (&self.pruned, &self.kept)
             .transaction(|(p, k)| {
                 let value = state::key(sequence);
-                if p.get(destination)?
-                    .is_none_or(|v| v.as_ref() < value.as_slice())
-                {
+                if later(p.get(destination)?, &value) {
                     p.insert(destination, &value)?;
                     k.insert(destination, json.as_slice())?;
                 }
@@ -293,27 +296,22 @@ impl Workspace {
     }
 
     /// Sets `key` to `sequence` in `tree` unless it holds a later one.
-    fn raise(
-        tree: &sled::Tree,
-        key: &str,
-        sequence: u64,
-    ) -> Result<(), sled::transaction::TransactionError<()>> {
-        (tree,).transaction(|(t,)| {
+    fn raise(&self, tree: &sled::Tree, key: &str, sequence: u64) -> Result<(), StateError> {
+        let tx: Result<(), sled::transaction::TransactionError<()>> = (tree,).transaction(|(t,)| {
             let value = state::key(sequence);
-            // Big-endian: byte order is numeric order.
-            if t.get(key)?.is_none_or(|v| v.as_ref() < value.as_slice()) {
+            if later(t.get(key)?, &value) {
                 t.insert(key, &value)?;
             }
             Ok(())
-        })
+        });
+        tx.map_err(|e| StateError::storage(&self.path, format!("{e:?}")))
     }
 
     /// Records that `sequence` is published to `destination`. Never goes back:
     /// two clusters may share a destination, and the slower one's older
     /// sequence may end after the other's newer one.
     pub fn mark_published(&self, destination: &str, sequence: u64) -> Result<(), StateError> {
-        Self::raise(&self.published, destination, sequence)
-            .map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        self.raise(&self.published, destination, sequence)?;
         self.flush()
     }
 
@@ -391,8 +389,7 @@ impl Workspace {
             .map_err(|e| StateError::storage(&self.path, e))?;
         // What earlier sequences placed is not known here: pruning starts from
         // this sequence's list.
-        Self::raise(&self.pruned, destination, state.sequence)
-            .map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        self.raise(&self.pruned, destination, state.sequence)?;
         self.record_locations(registry, &state.locations)
     }
 

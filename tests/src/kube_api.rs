@@ -294,6 +294,14 @@ impl KubeApi {
         &self.ca_file
     }
 
+    /// Writes [`Self::write_kubeconfig`] beside the server's certificates and
+    /// returns its path, for the agent configuration.
+    pub fn kubeconfig_file(&self) -> Result<PathBuf> {
+        let path = self.ca_file.with_file_name("kubeconfig");
+        self.write_kubeconfig(&path)?;
+        Ok(path)
+    }
+
     /// Writes a kubeconfig for this server: one cluster with the CA inline, one
     /// user with the token, one current context.
     pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {

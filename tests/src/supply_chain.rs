@@ -10,7 +10,7 @@ use p256::pkcs8::{EncodePublicKey, LineEnding};
 use rand08::SeedableRng;
 use serde_json::{Value, json};
 
-use crate::images::{Blob, Image};
+use crate::images::{Blob, Image, PushClient};
 
 /// cosign's simple-signing layer media type.
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -113,6 +113,67 @@ pub fn referrers_index(referrers: &[&Image]) -> Image {
         media_type: OCI_INDEX.into(),
         blobs: Vec::new(),
         children: Vec::new(),
+    }
+}
+
+/// The cosign tag of a signature, attestation or SBOM of `digest`:
+/// `sha256-<hex>.<suffix>` (`sha256-<hex>` alone is the referrers tag).
+pub fn cosign_tag(digest: &str, suffix: &str) -> String {
+    format!("{}.{suffix}", digest.replace(':', "-"))
+}
+
+/// What [`attach`] pushed next to an image.
+pub struct Attached {
+    /// The cosign signature of the image (its index).
+    pub sig: Image,
+    /// The cosign signature of its first child (`cosign sign --recursive`).
+    pub child_sig: Image,
+    /// An SBOM as an OCI 1.1 referrer of the image.
+    pub sbom: Image,
+    /// The referrers tag index listing the SBOM.
+    pub index: Image,
+}
+
+/// Signs the multi-platform `image` (already pushed to `repo` of the registry at
+/// `addr`) with `key` as `cosign sign --recursive` does, and attaches an SBOM as
+/// an OCI referrer listed in the referrers tag index, as a client does on a
+/// registry without the referrers API (docker-registry 2.8).
+pub fn attach(
+    client: &PushClient,
+    addr: &str,
+    repo: &str,
+    image: &Image,
+    key: &CosignKey,
+) -> Attached {
+    let name = format!("{addr}/{repo}");
+    let sig = key.signature_image(&name, &image.digest);
+    sig.push(client, repo, Some(&cosign_tag(&image.digest, "sig")))
+        .expect("push the signature");
+    let child = &image.children[0];
+    let child_sig = key.signature_image(&name, &child.digest);
+    child_sig
+        .push(client, repo, Some(&cosign_tag(&child.digest, "sig")))
+        .expect("push the child's signature");
+    let sbom = referrer(
+        image,
+        "application/spdx+json",
+        br#"{"spdxVersion":"SPDX-2.3"}"#,
+    );
+    sbom.push(client, repo, None).expect("push the SBOM");
+    let index = referrers_index(&[&sbom]);
+    client
+        .push_manifest(
+            repo,
+            &image.digest.replace(':', "-"),
+            &index.manifest,
+            &index.media_type,
+        )
+        .expect("push the referrers tag");
+    Attached {
+        sig,
+        child_sig,
+        sbom,
+        index,
     }
 }
 

@@ -591,6 +591,19 @@ impl RegistryClient {
         })
     }
 
+    /// [`Self::get_manifest`], with `None` when the registry has no such manifest
+    /// (a tag not pushed yet, a manifest deleted).
+    pub async fn find_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<RawManifest>, RegistryError> {
+        match self.get_manifest(repository, reference).await {
+            Err(e) if e.kind() == Some(ErrorKind::NotFound) => Ok(None),
+            result => result.map(Some),
+        }
+    }
+
     /// Whether the repository has a manifest with this digest.
     pub async fn has_manifest(
         &self,
@@ -821,16 +834,12 @@ impl RegistryClient {
             Err(e) => return Err(request_error("list referrers", target, e)),
         };
         if index.is_empty() {
-            match self.get_manifest(repository, &subject.tag_form()).await {
-                Ok(raw) => {
-                    let parsed = raw.parse().map_err(|source| RegistryError::Manifest {
-                        target: target.clone(),
-                        source,
-                    })?;
-                    return Ok(parsed.children().iter().map(|c| c.digest.clone()).collect());
-                }
-                Err(e) if e.kind() == Some(ErrorKind::NotFound) => {}
-                Err(e) => return Err(e),
+            if let Some(raw) = self.find_manifest(repository, &subject.tag_form()).await? {
+                let parsed = raw.parse().map_err(|source| RegistryError::Manifest {
+                    target: target.clone(),
+                    source,
+                })?;
+                return Ok(parsed.children().iter().map(|c| c.digest.clone()).collect());
             }
         }
         index.dedup_by(|a, b| a.digest == b.digest);
@@ -1057,10 +1066,8 @@ impl RegistryClient {
         max: u64,
     ) -> Result<Option<Bytes>, RegistryError> {
         let target = self.target(repository, tag);
-        let raw = match self.get_manifest(repository, tag).await {
-            Ok(raw) => raw,
-            Err(e) if e.kind() == Some(ErrorKind::NotFound) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(raw) = self.find_manifest(repository, tag).await? else {
+            return Ok(None);
         };
         let protocol = |message: String| RegistryError::Request {
             operation: "read document",

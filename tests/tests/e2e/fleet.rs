@@ -40,15 +40,7 @@ fn three_clusters_get_every_imageset_a_stopped_registry_catches_up_and_reconcile
         .enumerate()
         .map(|(i, v)| KubeApi::start(&dir.path().join(format!("api{i}")), v).unwrap())
         .collect();
-    let kubeconfigs: Vec<PathBuf> = apis
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let p = dir.path().join(format!("kubeconfig{i}"));
-            a.write_kubeconfig(&p).unwrap();
-            p
-        })
-        .collect();
+    let kubeconfigs: Vec<PathBuf> = apis.iter().map(|a| a.kubeconfig_file().unwrap()).collect();
     let names = ["east", "west", "legacy"];
     let served = Served::start_with(|site, grpc| {
         let regs = [&s.dest, &west, &legacy];

@@ -573,8 +573,7 @@ fn an_old_cluster_with_its_catalog_source_pinned_or_deleted_is_reported_and_reco
     assert_eq!(created.code, 0, "{created}");
 
     let api = KubeApi::start(&tmp.path().join("api"), "4.19.7").unwrap();
-    let kubeconfig = tmp.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
+    let kubeconfig = api.kubeconfig_file().unwrap();
     let served = Served::start_with(|site, grpc| {
         site.config_fleet(
             &[("prod", &dest, Some(kubeconfig.as_path()))],

@@ -9,7 +9,7 @@ use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, two_platfor
 use airlock_tests::kube_api::{KubeApi, Res};
 use airlock_tests::registry::{Registry, RegistryOptions};
 use airlock_tests::skopeo::inspect_raw_at;
-use airlock_tests::supply_chain::{CosignKey, referrer, referrers_index};
+use airlock_tests::supply_chain::{CosignKey, attach, cosign_tag};
 
 use serde_json::json;
 
@@ -32,10 +32,6 @@ struct Lifecycle {
     attached: Vec<String>,
     first: PathBuf,
     second: PathBuf,
-}
-
-fn tag_of(digest: &str) -> String {
-    digest.replace(':', "-")
 }
 
 /// Imagesets created in turn by one connected workspace under `tmp`, one per list
@@ -94,38 +90,7 @@ impl Lifecycle {
         b.push(&client, "team/b", Some("1")).unwrap();
         let c = two_platform(Format::Oci, 503, 20_000, false);
         c.push(&client, "team/c", Some("1")).unwrap();
-        let key = CosignKey::from_seed(5);
-        let repo = format!("{addr}/team/c");
-        let sig = key.signature_image(&repo, &c.digest);
-        sig.push(
-            &client,
-            "team/c",
-            Some(&format!("{}.sig", tag_of(&c.digest))),
-        )
-        .unwrap();
-        let child_sig = key.signature_image(&repo, &c.children[0].digest);
-        child_sig
-            .push(
-                &client,
-                "team/c",
-                Some(&format!("{}.sig", tag_of(&c.children[0].digest))),
-            )
-            .unwrap();
-        let sbom = referrer(
-            &c,
-            "application/spdx+json",
-            br#"{"spdxVersion":"SPDX-2.3"}"#,
-        );
-        sbom.push(&client, "team/c", None).unwrap();
-        let index = referrers_index(&[&sbom]);
-        client
-            .push_manifest(
-                "team/c",
-                &tag_of(&c.digest),
-                &index.manifest,
-                &index.media_type,
-            )
-            .unwrap();
+        let attached = attach(&client, &addr, "team/c", &c, &CosignKey::from_seed(5));
         let made = imagesets(
             &src,
             tmp.path(),
@@ -138,9 +103,9 @@ impl Lifecycle {
             src,
             tmp,
             attached: vec![
-                sig.digest.clone(),
-                child_sig.digest.clone(),
-                sbom.digest.clone(),
+                attached.sig.digest,
+                attached.child_sig.digest,
+                attached.sbom.digest,
             ],
             a,
             b,
@@ -161,9 +126,13 @@ impl Lifecycle {
         refs.extend(self.c.children.iter().map(|c| format!("@{}", c.digest)));
         refs.extend(self.attached.iter().map(|d| format!("@{d}")));
         refs.push(":1".into());
-        refs.push(format!(":{}", tag_of(&self.c.digest)));
-        refs.push(format!(":{}.sig", tag_of(&self.c.digest)));
-        refs.push(format!(":{}.sig", tag_of(&self.c.children[0].digest)));
+        // The referrers tag, `sha256-<hex>`.
+        refs.push(format!(":{}", self.c.digest.replace(':', "-")));
+        refs.push(format!(":{}", cosign_tag(&self.c.digest, "sig")));
+        refs.push(format!(
+            ":{}",
+            cosign_tag(&self.c.children[0].digest, "sig")
+        ));
         refs.into_iter()
             .filter(|r| inspect_raw_at(dest, &format!("{prefix}/team/c{r}")).is_ok())
             .collect()
@@ -332,8 +301,7 @@ fn what_a_cluster_runs_stays_in_its_registry_and_is_pruned_where_no_cluster_runs
     let east = Registry::plain().unwrap();
     let west = Registry::plain().unwrap();
     let api = KubeApi::start(&l.ws("api"), "4.15.2").unwrap();
-    let kubeconfig = l.ws("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
+    let kubeconfig = api.kubeconfig_file().unwrap();
     // East runs C, by digest under its source name, as a pod whose image the
     // mirror sets redirect to east's registry.
     api.create(
@@ -450,8 +418,7 @@ fn a_cluster_whose_pods_cannot_be_read_still_keeps_its_operators_and_release() {
     let east = Registry::plain().unwrap();
     let api = KubeApi::start(&l.ws("api"), "4.15.2").unwrap();
     api.forbid(&Res::POD);
-    let kubeconfig = l.ws("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
+    let kubeconfig = api.kubeconfig_file().unwrap();
     // C is an image of an installed operator, named by tag as a CSV may name it.
     api.create(
         &Res::CLUSTER_SERVICE_VERSION,
@@ -588,13 +555,7 @@ fn cluster_objects_for_what_is_no_longer_published_are_deleted_unless_someone_el
     let apis: Vec<KubeApi> = (0..2)
         .map(|i| KubeApi::start(&tmp.path().join(format!("api{i}")), "4.16.1").unwrap())
         .collect();
-    let kubeconfigs: Vec<PathBuf> = (0..2)
-        .map(|i| {
-            let p = tmp.path().join(format!("kubeconfig{i}"));
-            apis[i].write_kubeconfig(&p).unwrap();
-            p
-        })
-        .collect();
+    let kubeconfigs: Vec<PathBuf> = apis.iter().map(|a| a.kubeconfig_file().unwrap()).collect();
     let served = Served::start_with(|site, grpc| {
         site.config_fleet(
             &[
@@ -710,8 +671,7 @@ fn a_child_shared_with_an_index_in_use_stays_when_the_other_index_is_pruned() {
     );
     let dest = Registry::plain().unwrap();
     let api = KubeApi::start(&tmp.path().join("api"), "4.16.1").unwrap();
-    let kubeconfig = tmp.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
+    let kubeconfig = api.kubeconfig_file().unwrap();
     // An operator still names 1.0 by digest.
     api.create(
         &Res::CLUSTER_SERVICE_VERSION,

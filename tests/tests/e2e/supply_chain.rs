@@ -3,7 +3,7 @@
 use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, two_platform};
 use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
-use airlock_tests::supply_chain::{CosignKey, referrer, referrers_index};
+use airlock_tests::supply_chain::{Attached, CosignKey, attach, referrer, referrers_index};
 
 use airlock_tests::bins::run;
 
@@ -45,38 +45,13 @@ fn cosign_signatures_and_oci_referrers_travel_subjects_first_byte_exact() {
     signed.push(&client, "team/signed", Some("1")).unwrap();
     let key = CosignKey::from_seed(1);
     let repo = format!("{a}/team/signed");
-    let sig = key.signature_image(&repo, &signed.digest);
     let tag = |d: &str| d.replace(':', "-");
-    sig.push(
-        &client,
-        "team/signed",
-        Some(&format!("{}.sig", tag(&signed.digest))),
-    )
-    .unwrap();
-    let child_sig = key.signature_image(&repo, &signed.children[0].digest);
-    child_sig
-        .push(
-            &client,
-            "team/signed",
-            Some(&format!("{}.sig", tag(&signed.children[0].digest))),
-        )
-        .unwrap();
-    let sbom = referrer(
-        &signed,
-        "application/spdx+json",
-        br#"{"spdxVersion":"SPDX-2.3"}"#,
-    );
-    sbom.push(&client, "team/signed", None).unwrap();
-    // docker-registry 2.8 has no referrers API: the client keeps the tag index.
-    let index = referrers_index(&[&sbom]);
-    client
-        .push_manifest(
-            "team/signed",
-            &tag(&signed.digest),
-            &index.manifest,
-            &index.media_type,
-        )
-        .unwrap();
+    let Attached {
+        sig,
+        child_sig,
+        sbom,
+        ..
+    } = attach(&client, &a, "team/signed", &signed, &key);
     let sbom_sig = key.signature_image(&repo, &sbom.digest);
     sbom_sig
         .push(
