@@ -32,6 +32,9 @@ pub struct Cli {
 pub enum Command {
     /// Build the next imageset of a workspace into a directory.
     Create(CreateArgs),
+    /// Build a delete imageset: the next sequence, without what a
+    /// DeleteImageSetConfiguration selects, for the disconnected side to delete.
+    Delete(DeleteArgs),
     /// Mirror the configuration's images straight to a reachable mirror registry.
     Mirror(MirrorArgs),
     /// Write a signing key pair (minisign format): PREFIX.key and PREFIX.pub.
@@ -195,12 +198,9 @@ impl SourceArgs {
     }
 }
 
-/// `create`.
+/// Where and how an imageset is written (`create`, `delete`).
 #[derive(Debug, Args)]
-pub struct CreateArgs {
-    /// ImageSetConfiguration file (oc-mirror's schema, v1alpha2 or v2alpha1).
-    #[arg(short = 'c', long, value_name = "FILE")]
-    pub config: PathBuf,
+pub struct WriteArgs {
     /// Directory for the chunk files.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -211,15 +211,6 @@ pub struct CreateArgs {
     /// [default: archiveSize GiB from the configuration, else 500GiB].
     #[arg(long, value_name = "SIZE")]
     pub limit: Option<ByteSize>,
-    /// Start a new workspace UUID at sequence 1 and ship everything.
-    #[arg(long)]
-    pub full: bool,
-    /// Write DIR/mapping.txt and DIR/to-ship.txt and change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Blobs downloaded at once.
-    #[arg(long, value_name = "N", default_value_t = 8)]
-    pub parallel: usize,
     /// Sign the imageset manifest with this minisign secret key (see `keygen`).
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
@@ -231,12 +222,67 @@ pub struct CreateArgs {
     /// in transfer are rebuilt on the disconnected side.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub parity: u32,
+}
+
+impl WriteArgs {
+    /// The signing key and its password: from `--sign-password-file`, else
+    /// `AIRLOCK_SIGN_PASSWORD`.
+    fn sign_key(&self) -> Result<Option<(PathBuf, Option<String>)>, Error> {
+        let Some(key) = &self.sign_key else {
+            return Ok(None);
+        };
+        let password = match &self.sign_password_file {
+            Some(f) => Some(read_password(f)?),
+            None => std::env::var("AIRLOCK_SIGN_PASSWORD").ok(),
+        };
+        Ok(Some((key.clone(), password)))
+    }
+}
+
+/// `create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// ImageSetConfiguration file (oc-mirror's schema, v1alpha2 or v2alpha1).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub write: WriteArgs,
+    /// Start a new workspace UUID at sequence 1 and ship everything.
+    #[arg(long)]
+    pub full: bool,
+    /// Write DIR/mapping.txt and DIR/to-ship.txt and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Blobs downloaded at once.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub parallel: usize,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
     pub releases: ReleaseArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+/// `delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// DeleteImageSetConfiguration file (oc-mirror v2's schema: a delete: section
+    /// shaped like mirror:), applied to the workspace's last imageset.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub write: WriteArgs,
+    /// Print what would be deleted and what is kept because something else needs
+    /// it; write and record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format of the report: lines for people (table), or one JSON object
+    /// (keys `uuid`, `sequence`, `dryRun`, `selected`, `deletes`, `kept`, `chunks`).
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// `mirror`.
@@ -274,30 +320,36 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
         Command::Create(args) => {
             let opts = CreateOptions {
+                sign_key: args.write.sign_key()?,
                 config: args.config,
-                out: args.out,
-                workspace: args.workspace,
-                limit: args.limit,
+                out: args.write.out,
+                workspace: args.write.workspace,
+                limit: args.write.limit,
                 full: args.full,
                 dry_run: args.dry_run,
                 parallel: args.parallel,
                 registry: args.source.options(),
-                sign_key: match args.sign_key {
-                    Some(key) => {
-                        let password = match &args.sign_password_file {
-                            Some(f) => Some(read_password(f)?),
-                            None => std::env::var("AIRLOCK_SIGN_PASSWORD").ok(),
-                        };
-                        Some((key, password))
-                    }
-                    None => None,
-                },
-                parity: args.parity,
+                parity: args.write.parity,
                 releases: args.releases.options(args.source.update_url.clone()),
                 policy: args.policy.options(),
             };
             let report = create::create(&opts).await?;
             print_create(&report);
+            Ok(airlock_common::exit_codes::OK)
+        }
+        Command::Delete(args) => {
+            let opts = crate::delete::DeleteOptions {
+                sign_key: args.write.sign_key()?,
+                config: args.config,
+                out: args.write.out,
+                workspace: args.write.workspace,
+                limit: args.write.limit,
+                dry_run: args.dry_run,
+                registry: args.source.options(),
+                parity: args.write.parity,
+            };
+            let report = crate::delete::delete(&opts).await?;
+            print_delete(&report, args.output);
             Ok(airlock_common::exit_codes::OK)
         }
         Command::Run(args) => {
@@ -506,6 +558,79 @@ fn print_create(r: &create::CreateReport) {
         ByteSize(r.blob_bytes),
         r.chunks.len(),
         r.elapsed.as_secs_f64()
+    );
+    for (path, c) in r.chunks.iter().zip(&m.chunks) {
+        println!("  {} ({})", path.display(), ByteSize(c.size));
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_delete(r: &crate::delete::DeleteReport, output: OutputFormat) {
+    let m = &r.manifest;
+    if output == OutputFormat::Json {
+        let image = |i: &airlock_common::imageset::ImageRecord| {
+            serde_json::json!({
+                "source": i.source,
+                "repository": i.repository,
+                "tag": i.tag,
+                "digest": i.digest,
+                "kind": i.kind,
+            })
+        };
+        let doc = serde_json::json!({
+            "uuid": m.uuid,
+            "sequence": m.sequence,
+            "dryRun": r.dry_run,
+            "selected": r.selected.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "deletes": m.deletes.iter().map(image).collect::<Vec<_>>(),
+            "kept": r.kept.iter().map(|(i, owners)| {
+                let mut v = image(i);
+                v["neededBy"] = owners.iter().map(ToString::to_string).collect();
+                v
+            }).collect::<Vec<_>>(),
+            "chunks": r.chunks.iter().map(|c| c.display().to_string()).collect::<Vec<_>>(),
+        });
+        println!("{doc:#}");
+        return;
+    }
+    let verb = if r.dry_run { "would delete" } else { "deletes" };
+    for o in &r.selected {
+        println!("selected: {o}");
+    }
+    for i in &m.deletes {
+        println!("{verb}: {} ({})", i.source, i.digest);
+    }
+    for (i, owners) in &r.kept {
+        let by: Vec<String> = owners.iter().map(ToString::to_string).collect();
+        println!(
+            "kept: {} ({}): still needed by {}",
+            i.source,
+            i.digest,
+            by.join(", ")
+        );
+    }
+    if m.deletes.is_empty() {
+        println!(
+            "nothing to delete: every image the selection names is still needed; no imageset created"
+        );
+        return;
+    }
+    if r.dry_run {
+        println!(
+            "dry run: sequence {} would delete {} images and keep {} listed",
+            m.sequence,
+            m.deletes.len(),
+            m.images.len()
+        );
+        return;
+    }
+    println!(
+        "delete imageset {} sequence {}: {} images deleted, {} still listed, in {} chunks",
+        m.uuid,
+        m.sequence,
+        m.deletes.len(),
+        m.images.len(),
+        r.chunks.len()
     );
     for (path, c) in r.chunks.iter().zip(&m.chunks) {
         println!("  {} ({})", path.display(), ByteSize(c.size));

@@ -9,7 +9,7 @@
 //! 5. Finish the chunks (hashes, manifest, sync, rename) and only then record the
 //!    new sequence in the workspace.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use futures::StreamExt;
 
 use crate::cincinnati::UpdateService;
 use crate::collect::{self, Collected};
+use crate::contents::{Contents, Owner};
 use crate::error::Error;
 use crate::graph_image;
 use crate::policy::{self, BaseImages, Blocked, PolicyOptions};
@@ -119,6 +120,8 @@ pub struct Gathered {
     pub releases: Vec<ReleaseRecord>,
     /// Images the policy (`blockedImages`, `blockedBaseImages`) left out.
     pub blocked: Vec<Blocked>,
+    /// The bundles that brought each operator image, by pull spec.
+    pub bundles: HashMap<String, Vec<Owner>>,
 }
 
 /// Resolves every image of the configuration: the selected releases with their
@@ -178,6 +181,7 @@ pub async fn gather(
         .map(|m| m.operators.as_slice())
         .unwrap_or_default();
     let catalogs = crate::catalog::content::gather(pool, operators).await?;
+    let bundles = catalogs.owners;
     images.extend(catalogs.images);
     images.extend(additional);
     let (mut collected, blocked) =
@@ -196,6 +200,7 @@ pub async fn gather(
         collected,
         releases: records,
         blocked,
+        bundles,
     })
 }
 
@@ -277,45 +282,20 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         DEFAULT_LIMIT
     });
     let ws_dir = workspace_dir(opts.workspace.as_deref(), &loaded)?;
-    // A dry run must not create a workspace; it reads one if it exists.
-    let workspace = if opts.dry_run && !Workspace::exists(&ws_dir) {
-        None
-    } else {
-        Some(Workspace::open(&ws_dir)?)
-    };
+    let Opened {
+        workspace,
+        remote,
+        current,
+    } = open_workspace(
+        &ws_dir,
+        &loaded,
+        &opts.registry,
+        opts.full,
+        opts.dry_run,
+        &opts.out,
+    )
+    .await?;
     let pool = Pool::new(opts.registry.clone());
-    let remote = loaded.storage_registry().map(|(image, skip_tls)| {
-        let mut options = opts.registry.clone();
-        options.tls_verify &= !skip_tls;
-        RemoteState::new(image, Pool::new(options))
-    });
-    let local = workspace
-        .as_ref()
-        .map(Workspace::export)
-        .transpose()?
-        .flatten();
-    let remote_state = match &remote {
-        Some(r) => r.pull().await?,
-        None => None,
-    };
-    let remote_name = remote
-        .as_ref()
-        .map(|r| r.image().to_string())
-        .unwrap_or_default();
-    let (current, from_remote) = remote::reconcile(local, remote_state, opts.full, &remote_name)?;
-    if let (true, Some(state), Some(ws), false) = (from_remote, &current, &workspace, opts.dry_run)
-    {
-        tracing::info!(image = %remote_name, uuid = %state.uuid, sequence = state.sequence, "continuing from the workspace state kept in the registry");
-        ws.import(state)?;
-    }
-    let staging = opts.out.join(STAGING);
-    if !opts.dry_run {
-        recover_staging(
-            &staging,
-            &opts.out,
-            current.as_ref().map(|s| (s.uuid, s.sequence)),
-        )?;
-    }
     let current = current.filter(|_| !opts.full);
     let (uuid, sequence) = match &current {
         Some(s) => (s.uuid, s.sequence + 1),
@@ -329,6 +309,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         collected,
         releases,
         blocked,
+        bundles,
     } = gather(&loaded, additional, &pool, &opts.releases, &opts.policy).await?;
     tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = collected.images.len(), releases = releases.len(), "creating imageset");
     let skeleton = ImagesetManifest {
@@ -345,6 +326,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         images: collected.images.clone(),
         blobs: collected.blobs.clone(),
         releases,
+        deletes: Vec::new(),
     };
     // Manifests always travel: they are small, and they are the desired state.
     let carry: Vec<usize> = (0..skeleton.blobs.len())
@@ -400,19 +382,162 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         });
     }
     let workspace = workspace.expect("opened for a real run");
+    let contents = Contents::new(
+        sequence,
+        &skeleton.images,
+        &skeleton.releases,
+        &skeleton.blobs,
+        &collected.manifests,
+        &bundles,
+    );
+    let (manifest, chunks) = write_and_record(
+        Recording {
+            workspace: &workspace,
+            remote: remote.as_ref(),
+            current,
+            out: &opts.out,
+            sign_key: opts.sign_key.as_ref(),
+            parity: opts.parity,
+        },
+        skeleton,
+        Fill {
+            carry: &carry,
+            collected: &collected,
+            pool: &pool,
+            parallel: opts.parallel,
+        },
+        &[],
+        &contents,
+    )
+    .await?;
+    Ok(CreateReport {
+        manifest,
+        chunks,
+        dry_run_files: Vec::new(),
+        blob_bytes,
+        elapsed: started.elapsed(),
+        unchanged_since: None,
+        blocked,
+    })
+}
 
-    let signer = opts
-        .sign_key
+/// A connected workspace opened for a run: local, and the registry copy
+/// (`storageConfig.registry`) reconciled with it.
+pub(crate) struct Opened {
+    /// `None` for a dry run where no workspace exists (a dry run never creates one).
+    pub workspace: Option<Workspace>,
+    /// Where the state is kept in a registry.
+    pub remote: Option<RemoteState>,
+    /// The state to continue from (the later of the local and the registry copy).
+    pub current: Option<WorkspaceState>,
+}
+
+/// Opens the workspace at `ws_dir`, takes over the registry copy of its state when
+/// that is ahead, and (unless `dry_run`) finishes what an interrupted run left in
+/// `out`'s staging directory.
+pub(crate) async fn open_workspace(
+    ws_dir: &Path,
+    loaded: &LoadedConfig,
+    registry: &RegistryOptions,
+    full: bool,
+    dry_run: bool,
+    out: &Path,
+) -> Result<Opened, Error> {
+    // A dry run must not create a workspace; it reads one if it exists.
+    let workspace = if dry_run && !Workspace::exists(ws_dir) {
+        None
+    } else {
+        Some(Workspace::open(ws_dir)?)
+    };
+    let remote = loaded.storage_registry().map(|(image, skip_tls)| {
+        let mut options = registry.clone();
+        options.tls_verify &= !skip_tls;
+        RemoteState::new(image, Pool::new(options))
+    });
+    let local = workspace
         .as_ref()
+        .map(Workspace::export)
+        .transpose()?
+        .flatten();
+    let remote_state = match &remote {
+        Some(r) => r.pull().await?,
+        None => None,
+    };
+    let remote_name = remote
+        .as_ref()
+        .map(|r| r.image().to_string())
+        .unwrap_or_default();
+    let (current, from_remote) = remote::reconcile(local, remote_state, full, &remote_name)?;
+    if let (true, Some(state), Some(ws), false) = (from_remote, &current, &workspace, dry_run) {
+        tracing::info!(image = %remote_name, uuid = %state.uuid, sequence = state.sequence, "continuing from the workspace state kept in the registry");
+        ws.import(state)?;
+    }
+    if !dry_run {
+        recover_staging(
+            &out.join(STAGING),
+            out,
+            current.as_ref().map(|s| (s.uuid, s.sequence)),
+        )?;
+    }
+    Ok(Opened {
+        workspace,
+        remote,
+        current,
+    })
+}
+
+/// Where a new imageset is recorded.
+pub(crate) struct Recording<'a> {
+    pub workspace: &'a Workspace,
+    pub remote: Option<&'a RemoteState>,
+    /// The state the new imageset follows.
+    pub current: Option<WorkspaceState>,
+    pub out: &'a Path,
+    pub sign_key: Option<&'a (PathBuf, Option<String>)>,
+    pub parity: u32,
+}
+
+/// What fills the chunks: the blobs at positions `carry` of the manifest, from
+/// `collected` (built content) or their source registries.
+pub(crate) struct Fill<'a> {
+    pub carry: &'a [usize],
+    pub collected: &'a Collected,
+    pub pool: &'a Pool,
+    pub parallel: usize,
+}
+
+/// Writes the imageset `skeleton` describes into the staging directory, records it
+/// (in the registry copy first, then locally) and moves its files into `out`; see
+/// docs/workspace.md for why in this order. `freed` digests stop counting as
+/// shipped; `contents` is what the new imageset holds.
+pub(crate) async fn write_and_record(
+    at: Recording<'_>,
+    skeleton: ImagesetManifest,
+    fill_with: Fill<'_>,
+    freed: &[Digest],
+    contents: &Contents,
+) -> Result<(ImagesetManifest, Vec<PathBuf>), Error> {
+    let started = Instant::now();
+    let (uuid, sequence) = (skeleton.uuid, skeleton.sequence);
+    let staging = at.out.join(STAGING);
+    let signer = at
+        .sign_key
         .map(|(path, password)| Signer::load(path, password.clone()))
         .transpose()?;
     let options = write::Options {
         signer: signer.as_ref(),
-        parity: opts.parity,
+        parity: at.parity,
     };
-    let prepared = write::prepare(&staging, skeleton, &carry, &options)?;
+    let prepared = write::prepare(&staging, skeleton, fill_with.carry, &options)?;
     tracing::info!(chunks = prepared.manifest().chunks.len(), "chunks laid out");
-    fill(&prepared, &collected, &carry, &pool, opts.parallel.max(1)).await?;
+    fill(
+        &prepared,
+        fill_with.collected,
+        fill_with.carry,
+        fill_with.pool,
+        fill_with.parallel.max(1),
+    )
+    .await?;
     crash_point("filled");
     let (manifest, staged) = prepared.finish(signer.as_ref()).await?;
     crash_point("renamed");
@@ -427,23 +552,28 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         images: manifest.images.len(),
         desired_state: desired_state(&manifest.images),
     };
-    let carried: Vec<Digest> = carry
+    let carried: Vec<Digest> = fill_with
+        .carry
         .iter()
         .map(|&i| manifest.blobs[i].digest.clone())
         .collect();
-    if let Some(remote) = &remote {
-        let mut state = current.unwrap_or_else(|| WorkspaceState {
+    if let Some(remote) = at.remote {
+        let mut state = at.current.unwrap_or_else(|| WorkspaceState {
             format: STATE_FORMAT.to_string(),
             uuid,
             sequence: 0,
             imagesets: Vec::new(),
             shipped: Vec::new(),
+            contents: None,
         });
         state.sequence = sequence;
         state.imagesets.push(record.clone());
+        let freed_set: HashSet<&Digest> = freed.iter().collect();
+        state.shipped.retain(|(d, _)| !freed_set.contains(d));
         state
             .shipped
             .extend(carried.iter().map(|d| (d.clone(), sequence)));
+        state.contents = Some(contents.clone());
         if let Err(e) = remote.push(&state).await {
             // The imageset is not recorded anywhere, so its files must never be
             // carried: they never leave the staging directory.
@@ -451,26 +581,18 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
                 let _ = std::fs::remove_file(c);
             }
             return Err(Error::Remote(format!(
-                "the workspace state could not be stored at {}: {e}; nothing of sequence {sequence} was recorded or left in {}; run create again when the registry is reachable",
+                "the workspace state could not be stored at {}: {e}; nothing of sequence {sequence} was recorded or left in {}; run the command again when the registry is reachable",
                 remote.image(),
-                opts.out.display()
+                at.out.display()
             )));
         }
         crash_point("state-pushed");
     }
-    workspace.commit(&record, &carried)?;
+    at.workspace.commit(&record, &carried, freed, contents)?;
     crash_point("committed");
-    let chunks = publish_staged(&staged, &opts.out)?;
+    let chunks = publish_staged(&staged, at.out)?;
     tracing::info!(%uuid, sequence, chunks = chunks.len(), bytes, elapsed_ms = started.elapsed().as_millis() as u64, "imageset created");
-    Ok(CreateReport {
-        manifest,
-        chunks,
-        dry_run_files: Vec::new(),
-        blob_bytes,
-        elapsed: started.elapsed(),
-        unchanged_since: None,
-        blocked,
-    })
+    Ok((manifest, chunks))
 }
 
 /// The digest of an image list, for [`ImagesetRecord::desired_state`].

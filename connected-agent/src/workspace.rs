@@ -8,7 +8,9 @@
 //! - tree `imagesets`: sequence (u64 BE) → JSON [`ImagesetRecord`];
 //! - tree `shipped`: UUID (16 bytes) + digest → sequence (u64 BE) of the imageset
 //!   that carried the content. Keyed by UUID so that `--full`, which starts a new
-//!   UUID, starts with nothing shipped.
+//!   UUID, starts with nothing shipped;
+//! - tree `contents`: UUID → JSON [`Contents`] of the last imageset, what `delete`
+//!   works from.
 //!
 //! Nothing is written until an imageset's chunk files have their final names:
 //! [`Workspace::commit`] records the new sequence and what it shipped in one
@@ -16,10 +18,13 @@
 //! workspace exactly as it was, so the next run makes the same sequence number again
 //! and ships the same blobs (oc-mirror#169).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use airlock_common::digest::Digest;
 use airlock_common::state;
+
+use crate::contents::Contents;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use uuid::Uuid;
@@ -65,6 +70,10 @@ pub struct WorkspaceState {
     pub imagesets: Vec<ImagesetRecord>,
     /// Every digest shipped under this UUID, with the sequence that carried it.
     pub shipped: Vec<(Digest, u64)>,
+    /// What the last imageset holds and why (absent for a workspace whose last
+    /// imageset was made before this was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<Contents>,
 }
 
 /// The value of [`WorkspaceState::format`].
@@ -78,6 +87,7 @@ pub struct Workspace {
     meta: sled::Tree,
     imagesets: sled::Tree,
     shipped: sled::Tree,
+    contents: sled::Tree,
 }
 
 fn shipped_key(uuid: &Uuid, digest: &Digest) -> Vec<u8> {
@@ -103,6 +113,7 @@ impl Workspace {
             meta: tree("meta")?,
             imagesets: tree("imagesets")?,
             shipped: tree("shipped")?,
+            contents: tree("contents")?,
             db,
         })
     }
@@ -146,27 +157,44 @@ impl Workspace {
             .map_err(|e| self.storage(e))
     }
 
-    /// Records a finished imageset and the content it carried, atomically, and
-    /// flushes to disk.
+    /// Records a finished imageset, the content it carried and what it holds,
+    /// atomically, and flushes to disk. `freed` are digests no longer counted as
+    /// shipped (what a delete imageset removed): if selected again, they travel again.
     pub fn commit(
         &self,
         record: &ImagesetRecord,
         carried: &[Digest],
+        freed: &[Digest],
+        contents: &Contents,
     ) -> Result<(), WorkspaceError> {
         let json = serde_json::to_vec(record).map_err(|e| self.storage(e))?;
-        (&self.meta, &self.imagesets, &self.shipped)
-            .transaction(|(meta, imagesets, shipped)| {
+        let held = serde_json::to_vec(contents).map_err(|e| self.storage(e))?;
+        (&self.meta, &self.imagesets, &self.shipped, &self.contents)
+            .transaction(|(meta, imagesets, shipped, held_tree)| {
                 meta.insert("uuid", record.uuid.as_bytes().as_slice())?;
                 meta.insert("sequence", &state::key(record.sequence))?;
                 imagesets.insert(&state::key(record.sequence), json.as_slice())?;
+                for d in freed {
+                    shipped.remove(shipped_key(&record.uuid, d))?;
+                }
                 for d in carried {
                     shipped.insert(shipped_key(&record.uuid, d), &state::key(record.sequence))?;
                 }
+                held_tree.insert(record.uuid.as_bytes().as_slice(), held.as_slice())?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| self.storage(format!("{e:?}")))?;
         self.db.flush().map_err(|e| self.storage(e))?;
         Ok(())
+    }
+
+    /// What the last imageset of `uuid` holds, if recorded.
+    pub fn contents(&self, uuid: &Uuid) -> Result<Option<Contents>, WorkspaceError> {
+        self.contents
+            .get(uuid.as_bytes())
+            .map_err(|e| self.storage(e))?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| self.storage(e)))
+            .transpose()
     }
 
     /// Every imageset recorded, in sequence order.
@@ -206,23 +234,49 @@ impl Workspace {
             sequence,
             imagesets,
             shipped,
+            contents: self.contents(&uuid)?,
         }))
     }
 
     /// Replaces the current position with `state` (from a registry), keeping
-    /// nothing of a previous UUID's shipped records in the way.
+    /// nothing of a previous UUID's shipped records in the way, nor a shipped record
+    /// of this UUID that `state` no longer has (a delete made elsewhere freed it).
     pub fn import(&self, state: &WorkspaceState) -> Result<(), WorkspaceError> {
-        (&self.meta, &self.imagesets, &self.shipped)
-            .transaction(|(meta, imagesets, shipped)| {
+        let listed: HashSet<Vec<u8>> = state
+            .shipped
+            .iter()
+            .map(|(d, _)| shipped_key(&state.uuid, d))
+            .collect();
+        let mut stale = Vec::new();
+        for k in self.shipped.scan_prefix(state.uuid.as_bytes()).keys() {
+            let k = k.map_err(|e| self.storage(e))?;
+            if !listed.contains(k.as_ref()) {
+                stale.push(k);
+            }
+        }
+        let held = state
+            .contents
+            .as_ref()
+            .map(|c| serde_json::to_vec(c).map_err(|e| self.storage(e)))
+            .transpose()?;
+        (&self.meta, &self.imagesets, &self.shipped, &self.contents)
+            .transaction(|(meta, imagesets, shipped, held_tree)| {
                 meta.insert("uuid", state.uuid.as_bytes().as_slice())?;
                 meta.insert("sequence", &state::key(state.sequence))?;
                 for r in &state.imagesets {
                     let json = serde_json::to_vec(r).expect("records serialise");
                     imagesets.insert(&state::key(r.sequence), json)?;
                 }
+                for k in &stale {
+                    shipped.remove(k)?;
+                }
                 for (d, seq) in &state.shipped {
                     shipped.insert(shipped_key(&state.uuid, d), &state::key(*seq))?;
                 }
+                match &held {
+                    Some(h) => held_tree.insert(state.uuid.as_bytes().as_slice(), h.as_slice())?,
+                    None => held_tree.remove(state.uuid.as_bytes().as_slice())?,
+                };
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| self.storage(format!("{e:?}")))?;
@@ -234,6 +288,17 @@ impl Workspace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn held(sequence: u64) -> Contents {
+        Contents {
+            sequence,
+            images: Vec::new(),
+            releases: Vec::new(),
+            blobs: Vec::new(),
+            owners: Vec::new(),
+            trees: Vec::new(),
+        }
+    }
 
     fn record(uuid: Uuid, sequence: u64) -> ImagesetRecord {
         ImagesetRecord {
@@ -257,7 +322,7 @@ mod tests {
         assert_eq!(seq, 1);
         let a = Digest::of(b"a");
         assert!(!ws.shipped(&uuid, &a).unwrap());
-        ws.commit(&record(uuid, 1), std::slice::from_ref(&a))
+        ws.commit(&record(uuid, 1), std::slice::from_ref(&a), &[], &held(1))
             .unwrap();
         assert!(ws.shipped(&uuid, &a).unwrap());
         assert_eq!(ws.next(false).unwrap(), (uuid, 2));
@@ -284,18 +349,50 @@ mod tests {
         let ws = Workspace::open(dir.path()).unwrap();
         assert_eq!(ws.export().unwrap(), None);
         let uuid = Uuid::new_v4();
-        ws.commit(&record(uuid, 1), &[Digest::of(b"a"), Digest::of(b"b")])
+        ws.commit(
+            &record(uuid, 1),
+            &[Digest::of(b"a"), Digest::of(b"b")],
+            &[],
+            &held(1),
+        )
+        .unwrap();
+        ws.commit(&record(uuid, 2), &[Digest::of(b"c")], &[], &held(2))
             .unwrap();
-        ws.commit(&record(uuid, 2), &[Digest::of(b"c")]).unwrap();
         let state = ws.export().unwrap().unwrap();
         assert_eq!(state.sequence, 2);
         assert_eq!(state.shipped.len(), 3);
+        assert_eq!(state.contents, Some(held(2)));
         let other = tempfile::tempdir().unwrap();
         let fresh = Workspace::open(other.path()).unwrap();
         fresh.import(&state).unwrap();
         assert_eq!(fresh.next(false).unwrap(), (uuid, 3));
         assert!(fresh.shipped(&uuid, &Digest::of(b"b")).unwrap());
         assert_eq!(fresh.export().unwrap().unwrap(), state);
+    }
+
+    #[test]
+    fn what_a_delete_frees_is_no_longer_shipped_here_or_after_an_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        let uuid = Uuid::new_v4();
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        ws.commit(&record(uuid, 1), &[a.clone(), b.clone()], &[], &held(1))
+            .unwrap();
+        let before = ws.export().unwrap().unwrap();
+        ws.commit(&record(uuid, 2), &[], std::slice::from_ref(&b), &held(2))
+            .unwrap();
+        assert!(ws.shipped(&uuid, &a).unwrap());
+        assert!(!ws.shipped(&uuid, &b).unwrap(), "freed by the delete");
+        // A machine that still has b shipped takes the registry copy made after the
+        // delete: b is freed there too.
+        let after = ws.export().unwrap().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let behind = Workspace::open(other.path()).unwrap();
+        behind.import(&before).unwrap();
+        assert!(behind.shipped(&uuid, &b).unwrap());
+        behind.import(&after).unwrap();
+        assert!(!behind.shipped(&uuid, &b).unwrap());
+        assert_eq!(behind.contents(&uuid).unwrap(), Some(held(2)));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use airlock_common::size::ByteSize;
 
 use crate::error::Error;
 use crate::scan;
-use crate::site::{Outcome, Pass, Report, Site, Target};
+use crate::site::{self, Outcome, Pass, Report, Site, Target};
 use crate::source::Mirror;
 
 /// What `publish` is asked to do.
@@ -240,30 +240,40 @@ async fn dry_run(
     if published == 0 || base >= newest {
         return Ok(());
     }
-    if opts.skip_pruning {
-        report
-            .site
-            .not_pruned
-            .push((dest_key, "pruning is off (--skip-pruning)".into()));
-        return Ok(());
+    let wanted = match arriving.last() {
+        Some(m) => m.clone(),
+        None => site.ws.manifest(&uuid, newest)?,
+    };
+    // What a real run would look at: what was placed since the last prune (with
+    // pruning on), and what delete imagesets remove (always).
+    let mut since = Vec::new();
+    for seq in base + 1..=last {
+        if site.ws.has_manifest(&uuid, seq) {
+            since.push(site.ws.manifest(&uuid, seq)?);
+        }
     }
-    let mut earlier = match site.placed_by(&uuid, base, (last + 1).min(newest))? {
-        Ok(earlier) => earlier,
+    since.extend(arriving.iter().cloned());
+    let deletes = site::requested_deletes(&since);
+    let placement = if opts.skip_pruning {
+        Err("pruning is off (--skip-pruning)".to_string())
+    } else {
+        site.placed_by(&uuid, base, (last + 1).min(newest))?
+    };
+    let (earlier, kept) = match placement {
+        Ok(mut earlier) => {
+            earlier.extend(arriving[..arriving.len().saturating_sub(1)].iter().cloned());
+            (earlier, site.ws.kept(&dest_key)?)
+        }
+        Err(_) if !deletes.is_empty() => (Vec::new(), deletes),
         Err(why) => {
             report.site.not_pruned.push((dest_key, why));
             return Ok(());
         }
     };
-    let wanted = match arriving.pop() {
-        Some(m) => m,
-        None => site.ws.manifest(&uuid, newest)?,
-    };
-    earlier.extend(arriving);
     let target = Target {
         dest: opts.to.clone(),
         client: Arc::new(RegistryClient::connect(opts.to.registry(), &opts.registry).await?),
     };
-    let kept = site.ws.kept(&dest_key)?;
     if let Some(pruned) = site
         .prune_to(
             &target,

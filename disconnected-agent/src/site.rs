@@ -530,15 +530,32 @@ impl Site {
             Some(base) if base < now => base,
             _ => return Ok(()),
         };
-        if pass.skip_pruning {
-            report.not_pruned.push((
-                dest_key.clone(),
-                "pruning is off (--skip-pruning, pruning: false)".into(),
-            ));
-            return Ok(self.ws.mark_pruned(&dest_key, now)?);
+        // With pruning off, only what delete imagesets removed on purpose goes;
+        // what an earlier prune kept waits until pruning is on again.
+        let stored_kept = self.ws.kept(&dest_key)?;
+        let mut since = Vec::new();
+        for seq in base + 1..=now {
+            if self.ws.has_manifest(&uuid, seq) {
+                since.push(self.ws.manifest(&uuid, seq)?);
+            }
         }
-        let earlier = match self.placed_by(&uuid, base, now)? {
-            Ok(earlier) if self.ws.has_manifest(&uuid, now) => earlier,
+        let deletes = requested_deletes(&since);
+        let placement = match self.placed_by(&uuid, base, now)? {
+            Ok(_) if !self.ws.has_manifest(&uuid, now) => Err(unknown_placement(base)),
+            other => other,
+        };
+        let (earlier, kept_before, only_requested) = match placement {
+            Ok(earlier) if !pass.skip_pruning => (earlier, stored_kept.clone(), false),
+            _ if !deletes.is_empty() && self.ws.has_manifest(&uuid, now) => {
+                (Vec::new(), deletes, true)
+            }
+            Ok(_) | Err(_) if pass.skip_pruning => {
+                report.not_pruned.push((
+                    dest_key.clone(),
+                    "pruning is off (--skip-pruning, pruning: false)".into(),
+                ));
+                return Ok(self.ws.mark_pruned(&dest_key, now)?);
+            }
             Ok(_) | Err(_) => {
                 let why = unknown_placement(base);
                 tracing::info!(destination = %dest_key, reason = %why, "not pruned");
@@ -547,7 +564,6 @@ impl Site {
             }
         };
         let wanted = self.ws.manifest(&uuid, now)?;
-        let kept_before = self.ws.kept(&dest_key)?;
         let Some(pruned) = self
             .prune_to(
                 target,
@@ -569,6 +585,15 @@ impl Site {
         for image in earlier.iter().flat_map(|m| &m.images).chain(&kept_before) {
             if kept_at.contains(&prune::At::of(&target.dest, image)) && !kept.contains(image) {
                 kept.push(image.clone());
+            }
+        }
+        if only_requested {
+            // Only requested deletes were looked at: what an earlier prune kept is
+            // still to be looked at again.
+            for image in stored_kept {
+                if !kept.contains(&image) && !wanted.images.contains(&image) {
+                    kept.push(image);
+                }
             }
         }
         tracing::info!(destination = %dest_key, sequence = now, deleted = pruned.deleted.len(), kept = pruned.kept.len(), untagged = pruned.untagged.len(), refused = pruned.refused.is_some(), "pruned what the published imageset no longer lists");
@@ -659,6 +684,18 @@ impl Site {
             }
         }
     }
+}
+
+/// What the delete imagesets among `manifests` remove on purpose: deleted even
+/// where pruning is off, as oc-mirror's `delete` is a request, not a policy.
+pub fn requested_deletes(manifests: &[ImagesetManifest]) -> Vec<ImageRecord> {
+    let mut out: Vec<ImageRecord> = Vec::new();
+    for image in manifests.iter().flat_map(|m| &m.deletes) {
+        if !out.contains(image) {
+            out.push(image.clone());
+        }
+    }
+    out
 }
 
 /// Why nothing is pruned when what sequence `base` placed is not known here.

@@ -425,6 +425,7 @@ mod tests {
             images: Vec::new(),
             blobs: Vec::new(),
             releases: Vec::new(),
+            deletes: Vec::new(),
         }
     }
 

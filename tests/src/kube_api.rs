@@ -342,6 +342,19 @@ impl KubeApi {
         }
     }
 
+    /// A pod `namespace/name` running one container of `image`, as the kubelet
+    /// reports it (no `imageID`: the image is named as the cluster pulls it).
+    pub fn run_pod(&self, namespace: &str, name: &str, image: &str) -> Result<Value> {
+        self.create(
+            &Res::POD,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"containers": [{"name": "main", "image": image}]},
+            }),
+        )
+    }
+
     /// Creates an object as `kubectl create` would (field manager `kubectl-create`).
     pub fn create(&self, r: &Res, object: Value) -> Result<Value> {
         let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);

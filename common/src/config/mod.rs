@@ -343,7 +343,8 @@ fn path_matches(pattern: &str, path: &str) -> bool {
 }
 
 impl LoadedConfig {
-    fn problem(&self, field: impl Into<String>, message: impl Into<String>) -> Problem {
+    /// A problem with `field`, placed at its line and column in the file.
+    pub fn problem(&self, field: impl Into<String>, message: impl Into<String>) -> Problem {
         let field = field.into();
         Problem {
             pos: self.positions.of(&field),
@@ -696,7 +697,7 @@ impl LoadedConfig {
         if c.kind == DELETE_KIND {
             problems.push(self.problem(
                 "kind",
-                "DeleteImageSetConfiguration is not supported by this build: Airlock does not delete images from mirrors yet",
+                "a DeleteImageSetConfiguration is what `airlock-connected delete` takes; create takes an ImageSetConfiguration",
             ));
         }
         if let Some(m) = &c.mirror {
@@ -771,6 +772,98 @@ impl LoadedConfig {
                     ));
                 }
             }
+        }
+        self.err(problems)
+    }
+
+    /// For `delete`: the file is a `DeleteImageSetConfiguration`, and its `delete:`
+    /// section uses only fields that say what to delete. Filters that choose how
+    /// to mirror (`shortestPath`, `minBundle`, platforms, policy lists) have no
+    /// meaning there and are refused rather than silently ignored.
+    pub fn check_delete(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        if c.kind != DELETE_KIND {
+            return self.err(vec![self.problem(
+                "kind",
+                format!("{:?}: delete takes a {DELETE_KIND} (apiVersion {V2ALPHA1}) with a delete: section", c.kind),
+            )]);
+        }
+        let Some(d) = &c.delete else {
+            return self.err(vec![self.problem(
+                "delete",
+                "missing: say what to delete under delete: (platform, operators, additionalImages)",
+            )]);
+        };
+        let mut problems = Vec::new();
+        let mut refuse = |present: bool, field: String, why: &str| {
+            if present {
+                problems.push(self.problem(field, why.to_string()));
+            }
+        };
+        let policy = "has no meaning in a delete; remove it";
+        refuse(
+            !d.blocked_images.is_empty(),
+            "delete.blockedImages".into(),
+            policy,
+        );
+        refuse(
+            !d.blocked_base_images.is_empty(),
+            "delete.blockedBaseImages".into(),
+            policy,
+        );
+        refuse(!d.samples.is_empty(), "delete.samples".into(), policy);
+        refuse(
+            d.helm.is_some(),
+            "delete.helm".into(),
+            "Helm charts are not mirrored by this build, so there is nothing to delete",
+        );
+        if let Some(p) = &d.platform {
+            refuse(
+                !p.platforms.is_empty(),
+                "delete.platform.platforms".into(),
+                policy,
+            );
+            refuse(
+                p.kube_virt_container,
+                "delete.platform.kubeVirtContainer".into(),
+                policy,
+            );
+            for (i, ch) in p.channels.iter().enumerate() {
+                refuse(
+                    ch.shortest_path,
+                    format!("delete.platform.channels[{i}].shortestPath"),
+                    "a delete removes every release of the channel between minVersion and maxVersion; remove shortestPath",
+                );
+            }
+        }
+        for (i, op) in d.operators.iter().enumerate() {
+            refuse(
+                !op.platforms.is_empty(),
+                format!("delete.operators[{i}].platforms"),
+                policy,
+            );
+            for (j, p) in op.packages.iter().enumerate() {
+                let at = format!("delete.operators[{i}].packages[{j}]");
+                refuse(
+                    p.min_bundle.is_some(),
+                    format!("{at}.minBundle"),
+                    "select bundles to delete by minVersion and maxVersion",
+                );
+                for (k, ch) in p.channels.iter().enumerate() {
+                    refuse(
+                        ch.min_bundle.is_some(),
+                        format!("{at}.channels[{k}].minBundle"),
+                        "select bundles to delete by minVersion and maxVersion",
+                    );
+                }
+            }
+        }
+        for (i, image) in d.additional_images.iter().enumerate() {
+            refuse(
+                !image.platforms.is_empty(),
+                format!("delete.additionalImages[{i}].platforms"),
+                "a delete removes the whole image; remove platforms",
+            );
         }
         self.err(problems)
     }

@@ -108,6 +108,12 @@ pub struct ImagesetManifest {
     /// needs to write cluster resources for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub releases: Vec<ReleaseRecord>,
+    /// Present in a **delete imageset** (`airlock-connected delete`): the images an
+    /// earlier imageset listed that this one removes on purpose. `images` is then
+    /// the desired state without them, and the disconnected side deletes them from
+    /// every registry even where pruning is off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletes: Vec<ImageRecord>,
 }
 
 /// One OpenShift release of the imageset.

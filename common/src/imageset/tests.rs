@@ -70,6 +70,7 @@ async fn write_imageset_with(
         images: Vec::new(),
         blobs,
         releases: Vec::new(),
+        deletes: Vec::new(),
     };
     let carry: Vec<usize> = (0..sizes.len()).collect();
     let options = Options { signer, parity };
@@ -207,6 +208,7 @@ async fn writer_refuses_content_that_does_not_match_its_digest() {
             parts: Vec::new(),
         }],
         releases: Vec::new(),
+        deletes: Vec::new(),
     };
     let prepared = prepare(dir.path(), skeleton, &[0], &Options::default()).unwrap();
     let mut w = prepared.blob_writer(0);

@@ -23,8 +23,8 @@ use std::collections::{HashMap, HashSet};
 use base64::Engine as _;
 
 use super::{
-    BLOCK, CHUNK_ENTRY_LEN, FORMAT, ImageKind, ImagesetManifest, PARITY_EXTRA, TRAILER_LEN,
-    chunk_file_name, parity_file_name,
+    BLOCK, CHUNK_ENTRY_LEN, FORMAT, ImageKind, ImageRecord, ImagesetManifest, PARITY_EXTRA,
+    TRAILER_LEN, chunk_file_name, parity_file_name,
 };
 use crate::digest::Digest;
 use crate::manifest::{
@@ -344,43 +344,7 @@ fn images(m: &ImagesetManifest, manifests: &HashMap<&Digest, &str>) -> Result<()
     at_most("images", m.images.len(), MAX_IMAGES)?;
     for (i, image) in m.images.iter().enumerate() {
         let field = |f: &str| format!("images[{i}].{f}");
-        if image.source.len() > MAX_NAME {
-            return Err(invalid(
-                field("source"),
-                format!(
-                    "{}: {} bytes, more than the {MAX_NAME} allowed",
-                    clipped(&image.source),
-                    image.source.len()
-                ),
-            ));
-        }
-        image
-            .source
-            .parse::<ImageRef>()
-            .map_err(|e| invalid(field("source"), format!("{e}")))?;
-        source_repository(&image.repository).map_err(|p| invalid(field("repository"), p))?;
-        if let Some(tag) = &image.tag {
-            if !valid_tag(tag) {
-                return Err(invalid(
-                    field("tag"),
-                    format!(
-                        "{}; expected 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
-                        clipped(tag)
-                    ),
-                ));
-            }
-        }
-        if let Some(t) = &image.target_repository {
-            if t.len() > 255 || !valid_repository(t) {
-                return Err(invalid(
-                    field("targetRepository"),
-                    format!(
-                        "{}; expected a repository path of at most 255 characters: lowercase letters and digits separated by '.', '_', '__', '-' or '/'",
-                        clipped(t)
-                    ),
-                ));
-            }
-        }
+        record(image, &field)?;
         if !manifests.contains_key(&image.digest) {
             return Err(invalid(
                 field("digest"),
@@ -390,29 +354,75 @@ fn images(m: &ImagesetManifest, manifests: &HashMap<&Digest, &str>) -> Result<()
                 ),
             ));
         }
-        match (&image.kind, &image.subject) {
-            (ImageKind::Referrer, None) => {
-                return Err(invalid(
-                    field("subject"),
-                    "missing; a referrer names its subject",
-                ));
-            }
-            (ImageKind::Referrer, Some(s)) if !manifests.contains_key(s) => {
+        if let (ImageKind::Referrer, Some(s)) = (&image.kind, &image.subject) {
+            if !manifests.contains_key(s) {
                 return Err(invalid(
                     field("subject"),
                     format!("{s} is not listed in blobs[] as a manifest"),
                 ));
             }
-            (ImageKind::Referrer, Some(_)) | (_, None) => {}
-            (_, Some(_)) => {
-                return Err(invalid(
-                    field("subject"),
-                    "set on an image that is not a referrer",
-                ));
-            }
         }
     }
+    // What a delete imageset removes is no longer in blobs[]: only its fields are
+    // checked. They become registry paths of DELETE requests, so they are held to
+    // the same grammar as the images that are pushed.
+    at_most("deletes", m.deletes.len(), MAX_IMAGES)?;
+    for (i, image) in m.deletes.iter().enumerate() {
+        record(image, &|f: &str| format!("deletes[{i}].{f}"))?;
+    }
     Ok(())
+}
+
+/// The fields of one image record that stand on their own.
+fn record(image: &ImageRecord, field: &dyn Fn(&str) -> String) -> Result<(), Invalid> {
+    if image.source.len() > MAX_NAME {
+        return Err(invalid(
+            field("source"),
+            format!(
+                "{}: {} bytes, more than the {MAX_NAME} allowed",
+                clipped(&image.source),
+                image.source.len()
+            ),
+        ));
+    }
+    image
+        .source
+        .parse::<ImageRef>()
+        .map_err(|e| invalid(field("source"), format!("{e}")))?;
+    source_repository(&image.repository).map_err(|p| invalid(field("repository"), p))?;
+    if let Some(tag) = &image.tag {
+        if !valid_tag(tag) {
+            return Err(invalid(
+                field("tag"),
+                format!(
+                    "{}; expected 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+                    clipped(tag)
+                ),
+            ));
+        }
+    }
+    if let Some(t) = &image.target_repository {
+        if t.len() > 255 || !valid_repository(t) {
+            return Err(invalid(
+                field("targetRepository"),
+                format!(
+                    "{}; expected a repository path of at most 255 characters: lowercase letters and digits separated by '.', '_', '__', '-' or '/'",
+                    clipped(t)
+                ),
+            ));
+        }
+    }
+    match (&image.kind, &image.subject) {
+        (ImageKind::Referrer, None) => Err(invalid(
+            field("subject"),
+            "missing; a referrer names its subject",
+        )),
+        (ImageKind::Referrer, Some(_)) | (_, None) => Ok(()),
+        (_, Some(_)) => Err(invalid(
+            field("subject"),
+            "set on an image that is not a referrer",
+        )),
+    }
 }
 
 /// Every chain of subjects through the images ends within [`MAX_SUBJECT_DEPTH`]
@@ -660,6 +670,8 @@ mod tests {
                 signature: Some("iQEcBAABAgAGBQJkAAoJEA==".into()),
             }],
             blobs,
+            // A delete imageset's removed image: its manifest is in no blobs[].
+            deletes: vec![image(&Digest::of(b"gone"), ImageKind::Generic)],
         }
     }
 
@@ -674,6 +686,18 @@ mod tests {
         let cases: &[(Forge, &str)] = &[
             (|m| m.format = "x".repeat(10_000), "format: \"xxx"),
             (|m| m.full = false, "full: false at sequence 1"),
+            (
+                |m| m.deletes[0].repository = "host.io/../../x".into(),
+                "deletes[0].repository: ",
+            ),
+            (
+                |m| m.deletes[0].tag = Some("a/b".into()),
+                "deletes[0].tag: ",
+            ),
+            (
+                |m| m.deletes[0].kind = ImageKind::Referrer,
+                "deletes[0].subject: missing",
+            ),
             (|m| m.created = "yesterday".into(), "created: \"yesterday\""),
             (
                 |m| m.created = "2026-11-24T10:00:00+01:00".into(),

@@ -2,7 +2,7 @@
 //! the selection, and each catalog, rebuilt with the filtered catalog (or copied
 //! whole for `full: true` without packages, as oc-mirror v2 does).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use airlock_common::config::ImageSpec;
 use airlock_common::config::schema::Operator;
@@ -12,6 +12,7 @@ use airlock_common::registry::Pool;
 
 use super::image::{self, CatalogError};
 use super::rebuild;
+use crate::contents::Owner;
 use crate::derive::{self, Derived};
 
 /// The catalogs' part of an imageset.
@@ -22,6 +23,9 @@ pub struct CatalogContent {
     pub images: Vec<ImageSpec>,
     /// Catalogs rebuilt with their filtered catalog.
     pub rebuilt: Vec<Derived>,
+    /// For each bundle and related image (by pull spec), every selected bundle
+    /// that names it: what a delete of a bundle may remove, and what it must keep.
+    pub owners: HashMap<String, Vec<Owner>>,
 }
 
 /// Reads, filters and rebuilds every catalog of `operators`.
@@ -39,8 +43,27 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
             let bundles: BTreeSet<&String> = sp.channels.values().flatten().collect();
             for b in bundles {
                 let bundle = &p.bundles[b];
+                let owner = Owner::Bundle {
+                    catalog: op.catalog.clone(),
+                    package: package.clone(),
+                    bundle: b.clone(),
+                    version: bundle.version.to_string(),
+                    channels: sp
+                        .channels
+                        .iter()
+                        .filter(|(_, bs)| bs.contains(b))
+                        .map(|(c, _)| c.clone())
+                        .collect(),
+                };
                 for pullspec in std::iter::once(&bundle.image).chain(&bundle.related_images) {
-                    if pullspec.is_empty() || !seen.insert(pullspec.clone()) {
+                    if pullspec.is_empty() {
+                        continue;
+                    }
+                    let owners = out.owners.entry(pullspec.clone()).or_default();
+                    if !owners.contains(&owner) {
+                        owners.push(owner.clone());
+                    }
+                    if !seen.insert(pullspec.clone()) {
                         continue;
                     }
                     let source: ImageRef = pullspec.parse().map_err(|e| {

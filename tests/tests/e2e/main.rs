@@ -3,6 +3,7 @@
 
 mod agent;
 mod control;
+mod delete;
 mod differential;
 mod dropdir;
 mod fleet;

@@ -19,24 +19,25 @@ use crate::util::*;
 const HEAD: &str = "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\n";
 
 /// A, B (single images) and C (a two-platform index, cosign-signed, with an SBOM
-/// referrer listed in the referrers tag) in a source registry, and two imagesets
-/// made from it: the first selects A, B and C; the second A and B.
-struct Lifecycle {
-    src: Registry,
-    tmp: tempfile::TempDir,
-    a: Image,
-    b: Image,
-    c: Image,
+/// referrer listed in the referrers tag) in a source registry, and imagesets made
+/// from it by one connected workspace (`ws-c`): by default, the first selects A, B
+/// and C; the second A and B.
+pub(crate) struct Lifecycle {
+    pub(crate) src: Registry,
+    pub(crate) tmp: tempfile::TempDir,
+    pub(crate) a: Image,
+    pub(crate) b: Image,
+    pub(crate) c: Image,
     /// Manifests attached to C: its signature, the signature of its first child,
     /// and the SBOM.
     attached: Vec<String>,
-    first: PathBuf,
-    second: PathBuf,
+    /// The imagesets' directories, in sequence order.
+    pub(crate) made: Vec<PathBuf>,
 }
 
 /// Imagesets created in turn by one connected workspace under `tmp`, one per list
 /// of images (`REPO:TAG` or `REPO@DIGEST` in `src`), as `additionalImages`.
-fn imagesets(src: &Registry, tmp: &Path, lists: &[Vec<String>]) -> Vec<PathBuf> {
+pub(crate) fn imagesets(src: &Registry, tmp: &Path, lists: &[Vec<String>]) -> Vec<PathBuf> {
     let ws = tmp.join("ws-c");
     lists
         .iter()
@@ -74,12 +75,20 @@ fn deliver_in_turn(site: &Site, agent: &Agent, outs: &[PathBuf], mut between: im
     }
 }
 
-fn names(list: &[&str]) -> Vec<String> {
+pub(crate) fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|n| n.to_string()).collect()
 }
 
 impl Lifecycle {
     fn new() -> Self {
+        Self::making(&[
+            names(&["team/a:1", "team/b:1", "team/c:1"]),
+            names(&["team/a:1", "team/b:1"]),
+        ])
+    }
+
+    /// The sources, and one imageset per list of images.
+    pub(crate) fn making(lists: &[Vec<String>]) -> Self {
         let src = Registry::plain().unwrap();
         let client = PushClient::new(&src).unwrap();
         let tmp = tempfile::tempdir().unwrap();
@@ -91,14 +100,7 @@ impl Lifecycle {
         let c = two_platform(Format::Oci, 503, 20_000, false);
         c.push(&client, "team/c", Some("1")).unwrap();
         let attached = attach(&client, &addr, "team/c", &c, &CosignKey::from_seed(5));
-        let made = imagesets(
-            &src,
-            tmp.path(),
-            &[
-                names(&["team/a:1", "team/b:1", "team/c:1"]),
-                names(&["team/a:1", "team/b:1"]),
-            ],
-        );
+        let made = imagesets(&src, tmp.path(), lists);
         Lifecycle {
             src,
             tmp,
@@ -110,18 +112,17 @@ impl Lifecycle {
             a,
             b,
             c,
-            first: made[0].clone(),
-            second: made[1].clone(),
+            made,
         }
     }
 
-    fn ws(&self, name: &str) -> PathBuf {
+    pub(crate) fn ws(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
 
     /// What of C is at `dest` under `prefix`: C, its children and what is attached,
     /// by digest, and its tag, referrers tag and cosign tags.
-    fn c_present(&self, dest: &Registry, prefix: &str) -> Vec<String> {
+    pub(crate) fn c_present(&self, dest: &Registry, prefix: &str) -> Vec<String> {
         let mut refs = vec![format!("@{}", self.c.digest)];
         refs.extend(self.c.children.iter().map(|c| format!("@{}", c.digest)));
         refs.extend(self.attached.iter().map(|d| format!("@{d}")));
@@ -140,19 +141,19 @@ impl Lifecycle {
 
     /// Everything of C that publishing places: C, its children, the signatures,
     /// the SBOM, the referrers tag index Airlock writes, and the four tags.
-    fn everything_of_c(&self) -> usize {
+    pub(crate) fn everything_of_c(&self) -> usize {
         1 + self.c.children.len() + self.attached.len() + 4
     }
 
     /// Manifests deleted with C: the same less the tags, plus the referrers index.
-    fn deleted_with_c(&self) -> usize {
+    pub(crate) fn deleted_with_c(&self) -> usize {
         1 + self.c.children.len() + self.attached.len() + 1
     }
 
     /// Delivers the first imageset, then the second, to the agent, running
     /// `between` when the first is published everywhere.
     fn deliver_both(&self, site: &Site, agent: &Agent, mut between: impl FnMut()) {
-        let outs = [self.first.clone(), self.second.clone()];
+        let outs = [self.made[0].clone(), self.made[1].clone()];
         deliver_in_turn(site, agent, &outs, |k| {
             if k == 0 {
                 between()
@@ -161,7 +162,7 @@ impl Lifecycle {
     }
 
     /// A and B are byte-exact at `dest`, by tag.
-    fn assert_kept(&self, dest: &Registry, prefix: &str) {
+    pub(crate) fn assert_kept(&self, dest: &Registry, prefix: &str) {
         let placed = [("team/a", &self.a), ("team/b", &self.b)].map(|(repo, image)| Placed {
             image: image.clone(),
             repo: repo.into(),
@@ -181,7 +182,7 @@ fn pruning_removes_what_the_next_imageset_dropped_with_its_children_and_signatur
     let l = Lifecycle::new();
     let dest = Registry::plain().unwrap();
     let ws = l.ws("ws-d");
-    let first = publish(&l.first, &dest, "mirror", &ws);
+    let first = publish(&l.made[0], &dest, "mirror", &ws);
     assert_eq!(first.code, 0, "{first}");
     assert_eq!(
         l.c_present(&dest, "mirror").len(),
@@ -191,7 +192,7 @@ fn pruning_removes_what_the_next_imageset_dropped_with_its_children_and_signatur
 
     // A dry run says what would go, and changes nothing.
     let before = dest.log();
-    let dry = run(publish_cmd(&l.second, &dest, "mirror", &ws).arg("--dry-run"));
+    let dry = run(publish_cmd(&l.made[1], &dest, "mirror", &ws).arg("--dry-run"));
     assert_eq!(dry.code, 0, "{dry}");
     assert!(
         dry.stdout.contains("would publish sequence 2")
@@ -208,7 +209,7 @@ fn pruning_removes_what_the_next_imageset_dropped_with_its_children_and_signatur
     );
     assert_eq!(l.c_present(&dest, "mirror").len(), l.everything_of_c());
 
-    let second = publish(&l.second, &dest, "mirror", &ws);
+    let second = publish(&l.made[1], &dest, "mirror", &ws);
     assert_eq!(second.code, 0, "{second}");
     assert_eq!(l.c_present(&dest, "mirror"), Vec::<String>::new());
     assert!(
@@ -235,9 +236,9 @@ fn skip_pruning_keeps_what_the_next_imageset_dropped() {
     let l = Lifecycle::new();
     let dest = Registry::plain().unwrap();
     let ws = l.ws("ws-d");
-    let first = publish(&l.first, &dest, "mirror", &ws);
+    let first = publish(&l.made[0], &dest, "mirror", &ws);
     assert_eq!(first.code, 0, "{first}");
-    let second = publish_skipping(&l.second, &dest, &ws);
+    let second = publish_skipping(&l.made[1], &dest, &ws);
     assert_eq!(second.code, 0, "{second}");
     assert!(second.stdout.contains("not pruned"), "{second}");
     assert_eq!(l.c_present(&dest, "mirror").len(), l.everything_of_c());
@@ -254,9 +255,9 @@ fn a_registry_that_refuses_deletes_is_reported_and_the_publish_succeeds() {
     })
     .unwrap();
     let ws = l.ws("ws-d");
-    let first = publish(&l.first, &dest, "mirror", &ws);
+    let first = publish(&l.made[0], &dest, "mirror", &ws);
     assert_eq!(first.code, 0, "{first}");
-    let second = publish(&l.second, &dest, "mirror", &ws);
+    let second = publish(&l.made[1], &dest, "mirror", &ws);
     assert_eq!(second.code, 0, "{second}");
     assert!(
         second.stdout.contains("the registry refuses deletes")
@@ -277,11 +278,11 @@ fn a_prune_killed_half_way_is_finished_by_the_next_run() {
     let l = Lifecycle::new();
     let dest = Registry::plain().unwrap();
     let ws = l.ws("ws-d");
-    let first = publish(&l.first, &dest, "mirror", &ws);
+    let first = publish(&l.made[0], &dest, "mirror", &ws);
     assert_eq!(first.code, 0, "{first}");
-    let crashed = run(
-        publish_cmd(&l.second, &dest, "mirror", &ws).env("AIRLOCK_CRASH_AT", "pruned-manifest")
-    );
+    let crashed =
+        run(publish_cmd(&l.made[1], &dest, "mirror", &ws)
+            .env("AIRLOCK_CRASH_AT", "pruned-manifest"));
     assert_ne!(crashed.code, 0, "{crashed}");
     let left = l.c_present(&dest, "mirror");
     assert!(
@@ -289,7 +290,7 @@ fn a_prune_killed_half_way_is_finished_by_the_next_run() {
         "killed after one delete, C itself last: {left:?}"
     );
     l.assert_kept(&dest, "mirror");
-    let rerun = publish(&l.second, &dest, "mirror", &ws);
+    let rerun = publish(&l.made[1], &dest, "mirror", &ws);
     assert_eq!(rerun.code, 0, "{rerun}");
     assert_eq!(l.c_present(&dest, "mirror"), Vec::<String>::new());
     l.assert_kept(&dest, "mirror");
@@ -304,13 +305,10 @@ fn what_a_cluster_runs_stays_in_its_registry_and_is_pruned_where_no_cluster_runs
     let kubeconfig = api.kubeconfig_file().unwrap();
     // East runs C, by digest under its source name, as a pod whose image the
     // mirror sets redirect to east's registry.
-    api.create(
-        &Res::POD,
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "c-0", "namespace": "apps"},
-            "spec": {"containers": [{"name": "c", "image": format!("{}/team/c@{}", l.src.addr(), l.c.digest)}]},
-        }),
+    api.run_pod(
+        "apps",
+        "c-0",
+        &format!("{}/team/c@{}", l.src.addr(), l.c.digest),
     )
     .unwrap();
     let served = Served::start_with(|site, grpc| {

@@ -216,16 +216,23 @@ pub fn dest_flags(cmd: &mut std::process::Command, r: &Registry) {
     }
 }
 
-/// `create` with the flags `source` needs.
-pub fn create_cmd(config: &Path, out: &Path, ws: &Path, limit: &str, source: &Registry) -> Command {
+/// A connected-side command that writes an imageset (`create`, `delete`) of
+/// workspace `ws` into `out`.
+pub fn imageset_cmd(verb: &str, config: &Path, out: &Path, ws: &Path) -> Command {
     let mut cmd = bins::connected();
-    cmd.arg("create")
+    cmd.arg(verb)
         .arg("--config")
         .arg(config)
         .arg("--out")
         .arg(out)
         .arg("--workspace")
         .arg(ws);
+    cmd
+}
+
+/// `create` with the flags `source` needs.
+pub fn create_cmd(config: &Path, out: &Path, ws: &Path, limit: &str, source: &Registry) -> Command {
+    let mut cmd = imageset_cmd("create", config, out, ws);
     cmd.arg("--limit").arg(limit);
     source_flags(&mut cmd, source);
     cmd

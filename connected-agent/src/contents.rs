@@ -1,0 +1,317 @@
+//! What the last imageset of a workspace holds, and why each image is in it.
+//!
+//! An imageset lists images, not the reasons they are there; deleting "release
+//! 4.14.3" or "bundle foo.v1.2.0" needs the reasons. A release component tagged for
+//! two releases, or a related image two bundles name, must stay while either is
+//! kept. So every `create` records, with its sequence, each image's **owners** (the
+//! releases, bundles, catalogs and `additionalImages` entries that brought it) and
+//! its **tree** (the manifests and blobs it references). `delete` works only from
+//! this record, never from the sources: what it deletes is exactly what was shipped,
+//! even where a tag at the source has since moved.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use airlock_common::digest::Digest;
+use airlock_common::imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
+use airlock_common::registry::RawManifest;
+use serde::{Deserialize, Serialize};
+
+/// A reason an image is in an imageset: what the configuration selected that
+/// brought it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "camelCase", deny_unknown_fields)]
+pub enum Owner {
+    /// An OpenShift release (its image and every component it names).
+    Release {
+        /// `4.14.3`.
+        version: String,
+        /// As the configuration spells it (`amd64`, `multi`, ...).
+        arch: String,
+    },
+    /// An operator bundle (its image and its related images).
+    Bundle {
+        /// The `operators[].catalog` entry as written.
+        catalog: String,
+        /// Package name.
+        package: String,
+        /// Bundle name (`foo.v1.2.3`).
+        bundle: String,
+        /// Bundle version.
+        version: String,
+        /// The selected channels it is in.
+        channels: Vec<String>,
+    },
+    /// An operator catalog image.
+    Catalog {
+        /// The `operators[].catalog` entry as written.
+        catalog: String,
+    },
+    /// An `additionalImages` entry.
+    Image {
+        /// The entry's `name` as written.
+        name: String,
+    },
+    /// The update-graph data image (`platform.graph`).
+    Graph,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Release { version, arch } => write!(f, "release {version} ({arch})"),
+            Owner::Bundle {
+                catalog,
+                package,
+                bundle,
+                ..
+            } => write!(f, "bundle {bundle} of package {package} in {catalog}"),
+            Owner::Catalog { catalog } => write!(f, "catalog {catalog}"),
+            Owner::Image { name } => write!(f, "additional image {name}"),
+            Owner::Graph => f.write_str("the update graph image"),
+        }
+    }
+}
+
+/// The content of one imageset with the owners and tree of each image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Contents {
+    /// The sequence this describes.
+    pub sequence: u64,
+    /// As in the imageset.
+    pub images: Vec<ImageRecord>,
+    /// As in the imageset.
+    pub releases: Vec<ReleaseRecord>,
+    /// As in the imageset, without where the bytes travelled (`parts`).
+    pub blobs: Vec<BlobRecord>,
+    /// For each image, what brought it (never empty).
+    pub owners: Vec<Vec<Owner>>,
+    /// For each image, the positions in `blobs` of every manifest and blob it
+    /// references.
+    pub trees: Vec<Vec<u32>>,
+}
+
+impl Contents {
+    /// Records what `images` are and why. `manifests` holds the bytes of every
+    /// manifest of the imageset; `bundles` the owners of each bundle and related
+    /// image by pull spec (from the catalogs).
+    pub fn new(
+        sequence: u64,
+        images: &[ImageRecord],
+        releases: &[ReleaseRecord],
+        blobs: &[BlobRecord],
+        manifests: &HashMap<Digest, RawManifest>,
+        bundles: &HashMap<String, Vec<Owner>>,
+    ) -> Self {
+        let position: HashMap<&Digest, u32> = blobs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (&b.digest, i as u32))
+            .collect();
+        let trees: Vec<Vec<u32>> = images
+            .iter()
+            .map(|image| {
+                tree(&image.digest, manifests)
+                    .iter()
+                    .filter_map(|d| position.get(d).copied())
+                    .collect()
+            })
+            .collect();
+        let mut owners: Vec<Vec<Owner>> = images
+            .iter()
+            .map(|image| direct_owners(image, releases, bundles))
+            .collect();
+        // A referrer belongs to what it is about: the images whose tree holds its
+        // subject. Chains (a signature of an SBOM) are followed to their end.
+        loop {
+            let mut changed = false;
+            for (i, image) in images.iter().enumerate() {
+                let Some(subject) = &image.subject else {
+                    continue;
+                };
+                let Some(&at) = position.get(subject) else {
+                    continue;
+                };
+                let mut found: BTreeSet<Owner> = owners[i].iter().cloned().collect();
+                for (j, t) in trees.iter().enumerate() {
+                    if j != i && t.contains(&at) {
+                        found.extend(owners[j].iter().cloned());
+                    }
+                }
+                if found.len() > owners[i].len() {
+                    owners[i] = found.into_iter().collect();
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for (i, image) in images.iter().enumerate() {
+            if owners[i].is_empty() {
+                // Nothing else claims it: it is deletable by its own name.
+                owners[i].push(Owner::Image {
+                    name: image.source.clone(),
+                });
+            }
+        }
+        Contents {
+            sequence,
+            images: images.to_vec(),
+            releases: releases.to_vec(),
+            blobs: blobs
+                .iter()
+                .map(|b| BlobRecord {
+                    parts: Vec::new(),
+                    ..b.clone()
+                })
+                .collect(),
+            owners,
+            trees,
+        }
+    }
+
+    /// What remains once `deleted` owners are gone: every image that keeps an
+    /// owner, the releases not deleted, and only the blobs the remaining images
+    /// reference (in their order here).
+    pub fn without(&self, deleted: &HashSet<&Owner>, sequence: u64) -> Remaining {
+        let mut kept = Vec::new();
+        let mut removed = Vec::new();
+        for (i, owners) in self.owners.iter().enumerate() {
+            let left: Vec<Owner> = owners
+                .iter()
+                .filter(|o| !deleted.contains(o))
+                .cloned()
+                .collect();
+            if left.is_empty() {
+                removed.push(i);
+            } else {
+                kept.push((i, left));
+            }
+        }
+        let used: BTreeSet<u32> = kept
+            .iter()
+            .flat_map(|(i, _)| self.trees[*i].iter().copied())
+            .collect();
+        let renumber: HashMap<u32, u32> = used
+            .iter()
+            .enumerate()
+            .map(|(new, &old)| (old, new as u32))
+            .collect();
+        let releases = self
+            .releases
+            .iter()
+            .filter(|r| {
+                !deleted.contains(&Owner::Release {
+                    version: r.version.clone(),
+                    arch: r.arch.clone(),
+                })
+            })
+            .cloned()
+            .collect();
+        let contents = Contents {
+            sequence,
+            images: kept.iter().map(|(i, _)| self.images[*i].clone()).collect(),
+            releases,
+            blobs: used
+                .iter()
+                .map(|&b| self.blobs[b as usize].clone())
+                .collect(),
+            owners: kept.iter().map(|(_, o)| o.clone()).collect(),
+            trees: kept
+                .iter()
+                .map(|(i, _)| self.trees[*i].iter().map(|b| renumber[b]).collect())
+                .collect(),
+        };
+        let freed = removed
+            .iter()
+            .flat_map(|&i| self.trees[i].iter())
+            .filter(|b| !used.contains(b))
+            .map(|&b| self.blobs[b as usize].digest.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        Remaining {
+            contents,
+            removed: removed.iter().map(|&i| self.images[i].clone()).collect(),
+            freed,
+        }
+    }
+}
+
+/// [`Contents::without`]'s answer.
+#[derive(Debug)]
+pub struct Remaining {
+    /// What the imageset after the delete holds.
+    pub contents: Contents,
+    /// The images no owner keeps.
+    pub removed: Vec<ImageRecord>,
+    /// Manifests and blobs only removed images referenced: no longer "shipped", so
+    /// that if they are selected again they travel again (the site's registry may
+    /// have collected them as garbage).
+    pub freed: Vec<Digest>,
+}
+
+/// The owners an image has by its own record.
+fn direct_owners(
+    image: &ImageRecord,
+    releases: &[ReleaseRecord],
+    bundles: &HashMap<String, Vec<Owner>>,
+) -> Vec<Owner> {
+    let release = |r: &ReleaseRecord| Owner::Release {
+        version: r.version.clone(),
+        arch: r.arch.clone(),
+    };
+    match image.kind {
+        ImageKind::Release => releases
+            .iter()
+            .filter(|r| r.digest == image.digest)
+            .map(release)
+            .collect(),
+        // A component is tagged `<release tag>-<component name>` for each release
+        // that names it.
+        ImageKind::ReleaseComponent => releases
+            .iter()
+            .filter(|r| {
+                image
+                    .tag
+                    .as_deref()
+                    .and_then(|t| t.strip_prefix(r.tag.as_str()))
+                    .is_some_and(|rest| rest.starts_with('-'))
+            })
+            .map(release)
+            .collect(),
+        ImageKind::Operator => bundles.get(&image.source).cloned().unwrap_or_default(),
+        ImageKind::Catalog => vec![Owner::Catalog {
+            catalog: image.source.clone(),
+        }],
+        ImageKind::Generic => vec![Owner::Image {
+            name: image.source.clone(),
+        }],
+        ImageKind::GraphData => vec![Owner::Graph],
+        ImageKind::Referrer => Vec::new(),
+    }
+}
+
+/// Every manifest and blob under `top`, `top` included, each once.
+fn tree(top: &Digest, manifests: &HashMap<Digest, RawManifest>) -> Vec<Digest> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![top.clone()];
+    while let Some(d) = stack.pop() {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
+        out.push(d.clone());
+        let Some(parsed) = manifests.get(&d).and_then(|m| m.parse().ok()) else {
+            continue;
+        };
+        for b in parsed.blobs() {
+            if seen.insert(b.digest.clone()) {
+                out.push(b.digest.clone());
+            }
+        }
+        stack.extend(parsed.children().iter().map(|c| c.digest.clone()));
+    }
+    out
+}

@@ -1,0 +1,311 @@
+//! Delete imagesets (`airlock-connected delete`, oc-mirror v2's
+//! DeleteImageSetConfiguration): an ordinary next sequence that removes what it
+//! selects from every registry, even where pruning is off, and keeps what a
+//! cluster runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use airlock_tests::bins::{self, run};
+use airlock_tests::kube_api::KubeApi;
+use airlock_tests::registry::Registry;
+use airlock_tests::skopeo::inspect_raw_at;
+use serde_json::Value;
+
+use crate::agent::{Served, deliver, eventually};
+use crate::pruning::{Lifecycle, names};
+use crate::util::*;
+
+/// `delete` of workspace `ws` into `out`.
+fn delete_cmd(config: &Path, out: &Path, ws: &Path) -> Command {
+    imageset_cmd("delete", config, out, ws)
+}
+
+/// A DeleteImageSetConfiguration deleting `images` (`REPO:TAG` in `src`).
+fn delete_config(l: &Lifecycle, images: &[&str]) -> PathBuf {
+    let mut text = String::from(
+        "apiVersion: mirror.openshift.io/v2alpha1\nkind: DeleteImageSetConfiguration\ndelete:\n  additionalImages:\n",
+    );
+    for i in images {
+        text.push_str(&format!("  - name: {}/{i}\n", l.src.addr()));
+    }
+    let path = l.ws("delete.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn publish_skipping(from: &Path, dest: &Registry, ws: &Path) -> bins::Output {
+    run(publish_cmd(from, dest, "m", ws).arg("--skip-pruning"))
+}
+
+/// A is byte-exact at `dest`.
+fn assert_a_exact(l: &Lifecycle, dest: &Registry) {
+    let a = Placed {
+        image: l.a.clone(),
+        repo: "team/a".into(),
+        config_ref: "team/a:1".into(),
+        dest_ref: "team/a:1".into(),
+    };
+    assert_byte_exact(&l.src, dest, "m", &[a]);
+}
+
+/// Nothing of B or C (children, signatures, SBOM, tags) is left at `dest`.
+fn assert_b_and_c_gone(l: &Lifecycle, dest: &Registry) {
+    assert_eq!(l.c_present(dest, "m"), Vec::<String>::new());
+    for r in ["m/team/b:1".to_string(), format!("m/team/b@{}", l.b.digest)] {
+        assert!(inspect_raw_at(dest, &r).is_err(), "{r} is still there");
+    }
+}
+
+#[test]
+fn a_delete_imageset_removes_what_it_selects_from_every_registry_even_with_pruning_off() {
+    let l = Lifecycle::making(&[names(&["team/a:1", "team/b:1", "team/c:1"])]);
+    let ws_c = l.ws("ws-c");
+    let config = delete_config(&l, &["team/b:1", "team/c:1"]);
+    let out = l.ws("out-delete");
+
+    // The dry run says what would go and writes and records nothing.
+    let dry = run(delete_cmd(&config, &out, &ws_c).args(["--dry-run", "-o", "json"]));
+    assert_eq!(dry.code, 0, "{dry}");
+    let report: Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(report["sequence"], 2, "{report:#}");
+    assert_eq!(report["dryRun"], true);
+    let deletes: Vec<&str> = report["deletes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["source"].as_str().unwrap())
+        .collect();
+    let b = format!("{}/team/b:1", l.src.addr());
+    let c = format!("{}/team/c:1", l.src.addr());
+    assert!(
+        deletes.contains(&b.as_str()) && deletes.contains(&c.as_str()),
+        "{deletes:?}"
+    );
+    // C's signatures and SBOM go with it.
+    let referrers = report["deletes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "referrer")
+        .count();
+    assert_eq!(referrers, 3, "{report:#}");
+    assert!(!deletes.iter().any(|d| d.contains("team/a")), "{deletes:?}");
+    assert!(!out.exists() || chunk_files(&out).is_empty());
+
+    let made = run(&mut delete_cmd(&config, &out, &ws_c));
+    assert_eq!(made.code, 0, "{made}");
+    assert!(
+        made.stdout
+            .contains("sequence 2: 5 images deleted, 1 still listed"),
+        "{made}"
+    );
+    assert_eq!(chunk_files(&out).len(), 1, "{made}");
+
+    // Three registries behind one site, pruning off everywhere; the third is
+    // down when the delete arrives.
+    let mut dests = [(); 3].map(|_| Registry::plain().unwrap());
+    let ws_d = l.ws("ws-d");
+    for d in &dests {
+        let first = publish_skipping(&l.made[0], d, &ws_d);
+        assert_eq!(first.code, 0, "{first}");
+        assert_eq!(l.c_present(d, "m").len(), l.everything_of_c());
+    }
+    dests[2].stop();
+    for d in &dests[..2] {
+        let deleted = publish_skipping(&out, d, &ws_d);
+        assert_eq!(deleted.code, 0, "{deleted}");
+        assert!(
+            deleted.stdout.contains(&format!(
+                "{} manifests deleted, 0 kept in use",
+                l.deleted_with_c() + 1
+            )),
+            "{deleted}"
+        );
+        assert_b_and_c_gone(&l, d);
+        assert_a_exact(&l, d);
+    }
+    let down = publish_skipping(&out, &dests[2], &ws_d);
+    assert_ne!(down.code, 0, "{down}");
+    dests[2].start_again().unwrap();
+    assert_eq!(
+        l.c_present(&dests[2], "m").len(),
+        l.everything_of_c(),
+        "nothing was deleted while it was down"
+    );
+    let caught_up = publish_skipping(&out, &dests[2], &ws_d);
+    assert_eq!(caught_up.code, 0, "{caught_up}");
+    assert_b_and_c_gone(&l, &dests[2]);
+    assert_a_exact(&l, &dests[2]);
+    for d in &dests {
+        assert!(
+            !d.log().contains("DELETE /v2/m/team/a/"),
+            "nothing of what the delete imageset lists was deleted"
+        );
+    }
+}
+
+#[test]
+fn a_delete_imageset_waits_for_its_turn_and_only_a_config_selecting_it_again_brings_it_back() {
+    let l = Lifecycle::making(&[names(&["team/a:1", "team/b:1"])]);
+    let ws_c = l.ws("ws-c");
+    let out_delete = l.ws("out-delete");
+    let made = run(&mut delete_cmd(
+        &delete_config(&l, &["team/b:1"]),
+        &out_delete,
+        &ws_c,
+    ));
+    assert_eq!(made.code, 0, "{made}");
+
+    // The configuration without B: nothing new since the delete.
+    let only_a = l.ws("isc-a.yaml");
+    std::fs::write(
+        &only_a,
+        format!(
+            "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  additionalImages:\n  - name: {}/team/a:1\n",
+            l.src.addr()
+        ),
+    )
+    .unwrap();
+    let same = create(&only_a, &l.ws("out-a"), &ws_c, "1MiB", &l.src);
+    assert_eq!(same.code, 0, "{same}");
+    assert!(
+        same.stdout.contains("sequence 2: nothing to ship"),
+        "{same}"
+    );
+
+    // The configuration with B again: B comes back, and its layer travels again
+    // (the site's registry may have collected it as garbage).
+    let with_b = l.ws("isc0.yaml");
+    let out_again = l.ws("out-again");
+    let again = create(&with_b, &out_again, &ws_c, "1MiB", &l.src);
+    assert_eq!(again.code, 0, "{again}");
+    let manifest = imageset_json(&out_again);
+    assert_eq!(manifest["sequence"], 3);
+    // B's layer (its blobs are the config, then the layer).
+    let layer = &l.b.blobs.last().unwrap().digest;
+    let carried = manifest["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["digest"] == *layer)
+        .unwrap();
+    assert!(
+        !carried["parts"].as_array().unwrap().is_empty(),
+        "B's layer is carried again: {carried}"
+    );
+
+    // At the site, 3 waits for 2 like any imageset; then both are taken in order.
+    let dest = Registry::plain().unwrap();
+    let ws_d = l.ws("ws-d");
+    let first = publish(&l.made[0], &dest, "m", &ws_d);
+    assert_eq!(first.code, 0, "{first}");
+    let early = publish(&out_again, &dest, "m", &ws_d);
+    assert_eq!(early.code, EX_INCOMPLETE, "{early}");
+    assert!(
+        early
+            .stderr
+            .contains("sequence 3 is waiting for sequence 2"),
+        "{early}"
+    );
+    assert!(inspect_raw_at(&dest, "m/team/b:1").is_ok());
+    let drop = l.ws("drop");
+    copy_dir(&out_delete, &drop);
+    copy_dir(&out_again, &drop);
+    let both = publish(&drop, &dest, "m", &ws_d);
+    assert_eq!(both.code, 0, "{both}");
+    let (i2, i3) = (
+        both.stdout.find("sequence 2 (").unwrap(),
+        both.stdout.find("sequence 3 (").unwrap(),
+    );
+    assert!(i2 < i3, "{both}");
+    // Sequence 3 lists B again, so nothing is deleted.
+    assert!(
+        !dest.log().contains("\"DELETE "),
+        "B was deleted although the newest imageset lists it"
+    );
+    let placed = [("team/a", &l.a), ("team/b", &l.b)].map(|(repo, image)| Placed {
+        image: image.clone(),
+        repo: repo.into(),
+        config_ref: format!("{repo}:1"),
+        dest_ref: format!("{repo}:1"),
+    });
+    assert_byte_exact(&l.src, &dest, "m", &placed);
+}
+
+#[test]
+fn the_agent_applies_a_delete_imageset_with_pruning_off_and_keeps_what_a_cluster_runs() {
+    let l = Lifecycle::making(&[names(&["team/a:1", "team/b:1", "team/c:1"])]);
+    let east = Registry::plain().unwrap();
+    let west = Registry::plain().unwrap();
+    let api = KubeApi::start(&l.ws("api"), "4.15.2").unwrap();
+    let kubeconfig = api.kubeconfig_file().unwrap();
+    api.run_pod("apps", "c-0", &format!("{}/team/c:1", l.src.addr()))
+        .unwrap();
+    let served = Served::start_with(|site, grpc| {
+        site.config_fleet(
+            &[
+                ("east", &east, Some(kubeconfig.as_path())),
+                ("west", &west, None),
+            ],
+            &format!("pruning: false\n{grpc}"),
+        )
+    });
+    let out = l.ws("out-delete");
+    let made = run(&mut delete_cmd(
+        &delete_config(&l, &["team/b:1", "team/c:1"]),
+        &out,
+        &l.ws("ws-c"),
+    ));
+    assert_eq!(made.code, 0, "{made}");
+    let mut files = 0;
+    for dir in [&l.made[0], &out] {
+        deliver(dir, &served.site.path("drop"));
+        files += chunk_files(dir).len();
+        eventually(
+            Duration::from_secs(60),
+            "the imageset published to both clusters and archived",
+            || served.site.files("archive").len() == files,
+            || served.agent.log(),
+        );
+    }
+    assert_b_and_c_gone(&l, &west);
+    assert_eq!(
+        l.c_present(&east, "m").len(),
+        l.everything_of_c(),
+        "C runs on east: it stays there"
+    );
+    assert!(inspect_raw_at(&east, "m/team/b:1").is_err(), "B goes");
+    for r in [&east, &west] {
+        assert_a_exact(&l, r);
+    }
+    let clusters = served.json(&["clusters"]);
+    let east_view = clusters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "east")
+        .unwrap();
+    assert!(
+        east_view["pruning"]["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["reason"] == "in use by cluster east (pod apps/c-0)"),
+        "{clusters}"
+    );
+}
+
+/// The imageset manifest of the (single-chunk) imageset in `dir`.
+fn imageset_json(dir: &Path) -> Value {
+    let chunk = &chunk_files(dir)[0];
+    let out = Command::new("tar")
+        .arg("xOf")
+        .arg(chunk)
+        .arg("airlock/imageset.json")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
