@@ -63,12 +63,12 @@ pub enum Command {
     /// something was refused or quarantined, 75 when an imageset waits for more.
     Ingest(IngestArgs),
     /// Publish now to every cluster, or one, without waiting for backoff. Exit 69
-    /// when a cluster could not be published to.
+    /// when a cluster could not be published to (with --dry-run: could not be read).
     Publish(PublishArgs),
     /// Re-apply the cluster resources through each cluster's API (or one's),
     /// taking back fields changed on the cluster and restoring deleted objects. Exit
     /// 75 when drift remains, 69 when a cluster's API could not be used.
-    Reconcile(PublishArgs),
+    Reconcile(ClusterArgs),
     /// Follow the agent's events until it stops (Ctrl-C to quit).
     Watch,
 }
@@ -81,12 +81,27 @@ pub struct IngestArgs {
     pub files: Vec<PathBuf>,
 }
 
-/// `publish` and `reconcile`.
+/// `reconcile`, and which clusters `publish` works on.
 #[derive(Debug, Args)]
-pub struct PublishArgs {
+pub struct ClusterArgs {
     /// Only this cluster.
     #[arg(long, value_name = "NAME")]
     pub cluster: Option<String>,
+}
+
+/// `publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub clusters: ClusterArgs,
+    /// Change nothing: per cluster, the sequences that would be published and what
+    /// pruning (or a delete imageset) would then delete, and keep and why, read
+    /// from the workspace, the registries and the clusters. JSON (-o json): an
+    /// array of objects with `cluster`, `destination`, `wouldPublish`, `deletes`
+    /// (`manifest`, `role`, `image`), `kept` (`manifest`, `reason`), `notPruned`,
+    /// `problems`.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl Connection {
@@ -167,8 +182,25 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 return Ok(exit_codes::INCOMPLETE);
             }
         }
+        Command::Publish(args) if args.dry_run => {
+            let plans: Vec<output::Plan> = client
+                .publish(args.clusters.cluster.as_deref(), true)
+                .await?
+                .plans
+                .into_iter()
+                .map(output::Plan::from)
+                .collect();
+            print(format, &plans, || output::plans_text(&plans));
+            if plans.iter().any(|p| !p.problems.is_empty()) {
+                return Ok(exit_codes::UNAVAILABLE);
+            }
+        }
         Command::Publish(args) => {
-            let r = output::Publish::from(client.publish(args.cluster.as_deref()).await?);
+            let r = output::Publish::from(
+                client
+                    .publish(args.clusters.cluster.as_deref(), false)
+                    .await?,
+            );
             print(format, &r, || {
                 let mut text = output::clusters_table(&r.clusters);
                 for p in &r.published {

@@ -111,9 +111,14 @@ impl Client {
     }
 
     /// `Publish`, to one cluster or all.
-    pub async fn publish(&mut self, cluster: Option<&str>) -> Result<v1::PublishResponse, Error> {
+    pub async fn publish(
+        &mut self,
+        cluster: Option<&str>,
+        dry_run: bool,
+    ) -> Result<v1::PublishResponse, Error> {
         let request = v1::PublishRequest {
             cluster: cluster.unwrap_or_default().to_string(),
+            dry_run,
         };
         let r = self.inner.publish(request).await;
         r.map(|r| r.into_inner()).map_err(|s| self.failed(s))

@@ -154,6 +154,108 @@ pub struct Kept {
     pub reason: String,
 }
 
+/// `publish --dry-run -o json`: what publishing to one cluster would do.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// The cluster.
+    pub cluster: String,
+    /// Its registry and prefix.
+    pub destination: String,
+    /// The sequences that would be published, in order.
+    pub would_publish: Vec<u64>,
+    /// The manifests that would be deleted.
+    pub deletes: Vec<PlannedDelete>,
+    /// Manifests no longer listed that would be kept, with why.
+    pub kept: Vec<Kept>,
+    /// Why nothing would be pruned; null when something was planned.
+    pub not_pruned: Option<String>,
+    /// What could not be found out.
+    pub problems: Vec<String>,
+}
+
+/// A manifest a publish would delete.
+#[derive(Debug, Serialize)]
+pub struct PlannedDelete {
+    /// `REPOSITORY@DIGEST` at the registry.
+    pub manifest: String,
+    /// `image`, `child`, `referrer` or `referrers tag`.
+    pub role: String,
+    /// The image it belongs to.
+    pub image: String,
+}
+
+impl From<v1::PublishPlan> for Plan {
+    fn from(p: v1::PublishPlan) -> Self {
+        Plan {
+            cluster: p.cluster,
+            destination: p.destination,
+            would_publish: p.would_publish,
+            deletes: p
+                .deletes
+                .into_iter()
+                .map(|d| PlannedDelete {
+                    manifest: d.manifest,
+                    role: d.role,
+                    image: d.image,
+                })
+                .collect(),
+            kept: p.kept.into_iter().map(kept).collect(),
+            not_pruned: some(p.not_pruned),
+            problems: p.problems,
+        }
+    }
+}
+
+/// `publish --dry-run` for people: per cluster, what would be published, then
+/// each manifest that would be deleted or kept.
+pub fn plans_text(plans: &[Plan]) -> String {
+    let mut out = String::from("dry run, nothing changed\n");
+    for p in plans {
+        let sequences: Vec<String> = p.would_publish.iter().map(u64::to_string).collect();
+        out.push_str(&if sequences.is_empty() {
+            format!("{}: {} is up to date\n", p.cluster, p.destination)
+        } else {
+            format!(
+                "{}: would publish sequence {} to {}\n",
+                p.cluster,
+                sequences.join(", "),
+                p.destination
+            )
+        });
+        if let Some(why) = &p.not_pruned {
+            out.push_str(&format!("{}: would not prune: {why}\n", p.cluster));
+        } else if !p.deletes.is_empty() || !p.kept.is_empty() {
+            out.push_str(&format!(
+                "{}: would prune: {} manifests to delete, {} kept in use\n",
+                p.cluster,
+                p.deletes.len(),
+                p.kept.len()
+            ));
+        }
+        for d in &p.deletes {
+            out.push_str(&format!(
+                "  delete {} ({} of {})\n",
+                d.manifest, d.role, d.image
+            ));
+        }
+        for k in &p.kept {
+            out.push_str(&format!("  keep {}: {}\n", k.manifest, k.reason));
+        }
+        for problem in &p.problems {
+            out.push_str(&format!("{}: cannot tell: {problem}\n", p.cluster));
+        }
+    }
+    out
+}
+
+fn kept(k: v1::KeptManifest) -> Kept {
+    Kept {
+        manifest: k.manifest,
+        reason: k.reason,
+    }
+}
+
 fn state(s: i32) -> &'static str {
     match v1::ClusterState::try_from(s) {
         Ok(v1::ClusterState::Current) => "current",
@@ -184,14 +286,7 @@ impl From<v1::Cluster> for Cluster {
             pruning: c.pruning.map(|p| Pruning {
                 sequence: p.sequence,
                 deleted: p.deleted,
-                kept: p
-                    .kept
-                    .into_iter()
-                    .map(|k| Kept {
-                        manifest: k.manifest,
-                        reason: k.reason,
-                    })
-                    .collect(),
+                kept: p.kept.into_iter().map(kept).collect(),
                 not_pruned: some(p.not_pruned),
             }),
             state: state(c.state),

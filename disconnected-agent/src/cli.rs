@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use airlock_common::cli::LogArgs;
+use airlock_common::cli::{LogArgs, OutputFormat};
 use airlock_common::exit_codes;
 use airlock_common::reference::Destination;
 use airlock_common::registry::RegistryOptions;
@@ -109,6 +109,14 @@ pub struct PublishArgs {
     /// and keep (read from the workspace, the chunk files and the registry).
     #[arg(long)]
     pub dry_run: bool,
+    /// Output format of the report: lines for people (table), or one JSON object
+    /// with `accepted` (`uuid`, `sequence`), `published`, `wouldPublish` (with
+    /// --dry-run), `pruned` (per destination: `destination`, `deletes` with
+    /// `manifest`, `role`, `image`; `kept` with `manifest`, `reason`; `untagged`;
+    /// `refused`), `notPruned` (`destination`, `reason`) and `problems` (`code`,
+    /// `message`).
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: OutputFormat,
     /// The old name of --empty-store, refused so that nobody empties the store
     /// believing they prune the registry, or the other way round.
     #[arg(long, hide = true)]
@@ -179,7 +187,10 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 warn_unsigned(&opts.from);
             }
             let report = publish::publish(&opts).await?;
-            print_publish(&report);
+            match args.output {
+                OutputFormat::Table => print_publish(&report),
+                OutputFormat::Json => print_publish_json(&report),
+            }
             Ok(report.exit_code())
         }
     }
@@ -284,6 +295,26 @@ fn print_publish(p: &PublishReport) {
         };
         eprintln!("{label}: {}", problem.message);
     }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_publish_json(p: &PublishReport) {
+    let r = &p.site;
+    let doc = serde_json::json!({
+        "accepted": r.accepted.iter().map(|(uuid, sequence, _)| serde_json::json!({"uuid": uuid, "sequence": sequence})).collect::<Vec<_>>(),
+        "published": r.published.iter().map(|(d, s)| serde_json::json!({"destination": d, "sequence": s})).collect::<Vec<_>>(),
+        "wouldPublish": p.would_publish,
+        "pruned": r.pruned.iter().map(|(dest, pruned)| serde_json::json!({
+            "destination": dest,
+            "deletes": pruned.deleted.iter().map(|d| serde_json::json!({"manifest": d.at.to_string(), "role": d.role, "image": d.image})).collect::<Vec<_>>(),
+            "kept": pruned.kept.iter().map(|(at, why)| serde_json::json!({"manifest": at.to_string(), "reason": why})).collect::<Vec<_>>(),
+            "untagged": pruned.untagged.iter().map(|(repo, tag)| format!("{repo}:{tag}")).collect::<Vec<_>>(),
+            "refused": pruned.refused,
+        })).collect::<Vec<_>>(),
+        "notPruned": r.not_pruned.iter().map(|(d, why)| serde_json::json!({"destination": d, "reason": why})).collect::<Vec<_>>(),
+        "problems": r.problems.iter().map(|p| serde_json::json!({"code": p.code, "message": p.message})).collect::<Vec<_>>(),
+    });
+    println!("{doc:#}");
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]

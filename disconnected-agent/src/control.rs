@@ -265,6 +265,40 @@ fn check_name(name: &str) -> Result<(), RpcStatus> {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, RpcStatus>> + Send>>;
 
+/// A dry run's plan for one cluster, as the control plane says it.
+fn plan(p: crate::daemon::ClusterPlan) -> v1::PublishPlan {
+    let pruned = p.pruned.unwrap_or_default();
+    v1::PublishPlan {
+        cluster: p.cluster,
+        destination: p.destination,
+        would_publish: p.would_publish,
+        deletes: pruned
+            .deleted
+            .iter()
+            .map(|d| v1::PlannedDelete {
+                manifest: d.at.to_string(),
+                role: d.role.to_string(),
+                image: d.image.clone(),
+            })
+            .collect(),
+        kept: pruned
+            .kept
+            .iter()
+            .map(|(at, why)| v1::KeptManifest {
+                manifest: at.to_string(),
+                reason: why.clone(),
+            })
+            .collect(),
+        not_pruned: p
+            .not_pruned
+            .or(pruned
+                .refused
+                .map(|a| format!("the registry refuses deletes ({a})")))
+            .unwrap_or_default(),
+        problems: p.problems,
+    }
+}
+
 fn event(e: AgentEvent) -> v1::Event {
     let kind = match e.kind {
         EventKind::Accepted => v1::EventKind::Accepted,
@@ -537,9 +571,18 @@ impl Control for ControlService {
         &self,
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, RpcStatus> {
-        let name = request.into_inner().cluster;
+        let request = request.into_inner();
+        let name = request.cluster;
         self.known(&self.status.clusters(), &name)?;
         let cluster = (!name.is_empty()).then_some(name.clone());
+        if request.dry_run {
+            let plans = self.ask(|reply| Command::Plan { cluster, reply }).await?;
+            return Ok(Response::new(v1::PublishResponse {
+                clusters: Vec::new(),
+                published: Vec::new(),
+                plans: plans.into_iter().map(plan).collect(),
+            }));
+        }
         let round = self
             .ask(|reply| Command::Publish { cluster, reply })
             .await?;
@@ -553,6 +596,7 @@ impl Control for ControlService {
         Ok(Response::new(v1::PublishResponse {
             clusters,
             published: published(&round),
+            plans: Vec::new(),
         }))
     }
 

@@ -53,6 +53,7 @@ use crate::scan;
 use crate::site::{Outcome, Pass, Report, Site, Target};
 use crate::source::Mirror;
 use crate::status::{AgentEvent, ApiView, ClusterView, EventKind, PruneView, Refused, Status};
+use airlock_common::prune::Pruned;
 
 /// Longest wait between retries of a registry that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -92,6 +93,28 @@ pub(crate) enum Command {
         cluster: Option<String>,
         reply: oneshot::Sender<Round>,
     },
+    /// Say what publishing to the named cluster (or to all) would do; change nothing.
+    Plan {
+        cluster: Option<String>,
+        reply: oneshot::Sender<Vec<ClusterPlan>>,
+    },
+}
+
+/// What publishing to one cluster would do (`airlockctl publish --dry-run`).
+#[derive(Debug, Default)]
+pub struct ClusterPlan {
+    /// The cluster.
+    pub cluster: String,
+    /// Its destination.
+    pub destination: String,
+    /// The sequences that would be published there, in order.
+    pub would_publish: Vec<u64>,
+    /// What pruning (or a delete imageset) would then delete and keep.
+    pub pruned: Option<Pruned>,
+    /// Why nothing would be pruned.
+    pub not_pruned: Option<String>,
+    /// What could not be found out.
+    pub problems: Vec<String>,
 }
 
 /// Whom to answer when the round is done.
@@ -653,6 +676,16 @@ impl Daemon {
                     let _ = r.send(());
                     continue;
                 }
+                Event::Command(Command::Plan { cluster, reply: r }) => {
+                    let mut plans = Vec::new();
+                    for i in 0..self.clusters.len() {
+                        if cluster.as_ref().is_none_or(|n| *n == self.clusters[i].name) {
+                            plans.push(self.plan(i).await);
+                        }
+                    }
+                    let _ = r.send(plans);
+                    continue;
+                }
                 Event::Command(Command::Publish { cluster, reply: r }) => {
                     for c in &mut self.clusters {
                         if cluster.as_ref().is_none_or(|n| *n == c.name) {
@@ -1015,6 +1048,53 @@ impl Daemon {
         }
         self.dispose(&found)?;
         Ok(round)
+    }
+
+    /// What publishing to cluster `i` would do once the agent has taken what the
+    /// drop directory holds, with what its destination's clusters run kept; connects to its registry if not yet connected, without
+    /// keeping the connection or counting a failure against the cluster.
+    async fn plan(&self, i: usize) -> ClusterPlan {
+        let dest = &self.destinations[i];
+        let existing = self.clusters[i].target.clone();
+        let options = &self.clusters[i].options;
+        let connect = async {
+            match existing {
+                Some(t) => Ok(t),
+                None => Ok(Target {
+                    dest: dest.clone(),
+                    client: Arc::new(RegistryClient::connect(dest.registry(), options).await?),
+                }),
+            }
+        };
+        let users = self.users_of(i);
+        let mut report = Report::default();
+        // What waits in the drop directory (settling, or waiting for a sequence
+        // before it) is what the next rounds take: part of the plan.
+        let drop_dir = &self.config.drop_dir;
+        let found = match scan::list(drop_dir) {
+            Ok(files) => scan::read_heads_within(files, scan::HELD_MANIFEST_BYTES, &|_| false),
+            Err(e) => {
+                report.problem(exit_codes::IO, Error::io(drop_dir, e).to_string());
+                scan::Found::default()
+            }
+        };
+        let planned = self
+            .site
+            .plan(dest, connect, &users, !self.prunes(i), &found, &mut report)
+            .await;
+        let mut problems: Vec<String> = report.problems.iter().map(|p| p.message.clone()).collect();
+        let would_publish = planned.unwrap_or_else(|e| {
+            problems.push(e.to_string());
+            Vec::new()
+        });
+        ClusterPlan {
+            cluster: self.clusters[i].name.clone(),
+            destination: dest.to_string(),
+            would_publish,
+            pruned: report.pruned.pop().map(|(_, p)| p),
+            not_pruned: report.not_pruned.pop().map(|(_, why)| why),
+            problems,
+        }
     }
 
     /// The targets of clusters `which`, connecting those not yet connected all at

@@ -31,7 +31,7 @@ use airlock_common::size::ByteSize;
 
 use crate::error::Error;
 use crate::scan;
-use crate::site::{self, Outcome, Pass, Report, Site, Target};
+use crate::site::{Outcome, Pass, Report, Site, Target};
 use crate::source::Mirror;
 
 /// What `publish` is asked to do.
@@ -217,76 +217,22 @@ async fn dry_run(
     found: &scan::Found,
     report: &mut PublishReport,
 ) -> Result<(), Error> {
-    let dest_key = opts.to.to_string();
-    let Some((uuid, last)) = site.ws.accepted()? else {
-        report.site.not_pruned.push((
-            dest_key,
-            "nothing was published from this workspace yet: nothing to prune".into(),
-        ));
-        report.would_publish = Some(found.imagesets.keys().map(|(_, s)| *s).collect());
-        return Ok(());
+    let connect = async {
+        Ok(Target {
+            dest: opts.to.clone(),
+            client: Arc::new(RegistryClient::connect(opts.to.registry(), &opts.registry).await?),
+        })
     };
-    let mut arriving = Vec::new();
-    while let Some(c) = found
-        .imagesets
-        .get(&(uuid, last + 1 + arriving.len() as u64))
-    {
-        arriving.push(c.manifest.as_ref().clone());
-    }
-    let published = site.ws.published(&dest_key)?.unwrap_or(0);
-    let newest = last + arriving.len() as u64;
-    report.would_publish = Some((published + 1..=newest).collect());
-    let base = site.ws.pruned(&dest_key)?.unwrap_or(published.max(1));
-    if published == 0 || base >= newest {
-        return Ok(());
-    }
-    let wanted = match arriving.last() {
-        Some(m) => m.clone(),
-        None => site.ws.manifest(&uuid, newest)?,
-    };
-    // What a real run would look at: what was placed since the last prune (with
-    // pruning on), and what delete imagesets remove (always).
-    let mut since = Vec::new();
-    for seq in base + 1..=last {
-        if site.ws.has_manifest(&uuid, seq) {
-            since.push(site.ws.manifest(&uuid, seq)?);
-        }
-    }
-    since.extend(arriving.iter().cloned());
-    let deletes = site::requested_deletes(&since);
-    let placement = if opts.skip_pruning {
-        Err("pruning is off (--skip-pruning)".to_string())
-    } else {
-        site.placed_by(&uuid, base, (last + 1).min(newest))?
-    };
-    let (earlier, kept) = match placement {
-        Ok(mut earlier) => {
-            earlier.extend(arriving[..arriving.len().saturating_sub(1)].iter().cloned());
-            (earlier, site.ws.kept(&dest_key)?)
-        }
-        Err(_) if !deletes.is_empty() => (Vec::new(), deletes),
-        Err(why) => {
-            report.site.not_pruned.push((dest_key, why));
-            return Ok(());
-        }
-    };
-    let target = Target {
-        dest: opts.to.clone(),
-        client: Arc::new(RegistryClient::connect(opts.to.registry(), &opts.registry).await?),
-    };
-    if let Some(pruned) = site
-        .prune_to(
-            &target,
+    report.would_publish = Some(
+        site.plan(
+            &opts.to,
+            connect,
             &[],
-            &earlier,
-            &kept,
-            &wanted,
-            true,
+            opts.skip_pruning,
+            found,
             &mut report.site,
         )
-        .await
-    {
-        report.site.pruned.push((dest_key, pruned));
-    }
+        .await?,
+    );
     Ok(())
 }

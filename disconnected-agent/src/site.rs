@@ -511,6 +511,90 @@ impl Site {
         Ok(())
     }
 
+    /// What publishing to `dest` would do, changing nothing: the sequences it
+    /// would publish (the accepted ones not yet there, then those of `found` that
+    /// follow them: complete imagesets whose manifests were checked, not yet
+    /// verified), and, into `report`, what pruning there would then delete and
+    /// keep, the plan of a real run with the deletes left out. The registry is
+    /// read (through `connect`, awaited only then) for children and referrers,
+    /// and the clusters in `users` for what they run.
+    pub async fn plan(
+        &self,
+        dest: &Destination,
+        connect: impl std::future::Future<Output = Result<Target, Error>>,
+        users: &[(String, Access)],
+        skip_pruning: bool,
+        found: &Found,
+        report: &mut Report,
+    ) -> Result<Vec<u64>, Error> {
+        let dest_key = dest.to_string();
+        let Some((uuid, last)) = self.ws.accepted()? else {
+            report.not_pruned.push((
+                dest_key,
+                "nothing was published from this workspace yet: nothing to prune".into(),
+            ));
+            return Ok(found.imagesets.keys().map(|(_, s)| *s).collect());
+        };
+        let mut arriving = Vec::new();
+        while let Some(c) = found
+            .imagesets
+            .get(&(uuid, last + 1 + arriving.len() as u64))
+        {
+            arriving.push(c.manifest.as_ref().clone());
+        }
+        let published = self.ws.published(&dest_key)?.unwrap_or(0);
+        let newest = last + arriving.len() as u64;
+        let would_publish = (published + 1..=newest).collect();
+        let base = self.ws.pruned(&dest_key)?.unwrap_or(published.max(1));
+        if published == 0 || base >= newest {
+            return Ok(would_publish);
+        }
+        // What a real run would look at: what was placed since the last prune (with
+        // pruning on), and what delete imagesets remove (always).
+        let mut since = Vec::new();
+        for seq in base + 1..=last {
+            if self.ws.has_manifest(&uuid, seq) {
+                since.push(self.ws.manifest(&uuid, seq)?);
+            }
+        }
+        since.extend(arriving.iter().cloned());
+        let deletes = requested_deletes(&since);
+        let placement = if skip_pruning {
+            Err("pruning is off (--skip-pruning, pruning: false)".to_string())
+        } else {
+            self.placed_by(&uuid, base, (last + 1).min(newest))?
+        };
+        let wanted = match arriving.pop() {
+            Some(m) => m,
+            None if self.ws.has_manifest(&uuid, newest) => self.ws.manifest(&uuid, newest)?,
+            None => {
+                report
+                    .not_pruned
+                    .push((dest_key, unknown_placement(newest)));
+                return Ok(would_publish);
+            }
+        };
+        let (earlier, kept) = match placement {
+            Ok(mut earlier) => {
+                earlier.extend(arriving);
+                (earlier, self.ws.kept(&dest_key)?)
+            }
+            Err(_) if !deletes.is_empty() => (Vec::new(), deletes),
+            Err(why) => {
+                report.not_pruned.push((dest_key, why));
+                return Ok(would_publish);
+            }
+        };
+        let target = connect.await?;
+        if let Some(pruned) = self
+            .prune_to(&target, users, &earlier, &kept, &wanted, true, report)
+            .await
+        {
+            report.pruned.push((dest_key, pruned));
+        }
+        Ok(would_publish)
+    }
+
     /// Deletes from `target` what the imagesets published there since it was last
     /// pruned placed and the one published last no longer lists; see
     /// [`airlock_common::prune`]. The mark moves only once that is done, so an

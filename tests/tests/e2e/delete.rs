@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use airlock_tests::bins::{self, run};
 use airlock_tests::kube_api::KubeApi;
@@ -13,7 +12,7 @@ use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
 use serde_json::Value;
 
-use crate::agent::{Served, deliver, eventually};
+use crate::agent::Served;
 use crate::pruning::{Lifecycle, names};
 use crate::util::*;
 
@@ -113,6 +112,28 @@ fn a_delete_imageset_removes_what_it_selects_from_every_registry_even_with_pruni
         assert_eq!(l.c_present(d, "m").len(), l.everything_of_c());
     }
     dests[2].stop();
+    // Publish's dry run, for scripts: the delete imageset's deletes even with
+    // pruning off, and nothing changed.
+    let dry = run(publish_cmd(&out, &dests[0], "m", &ws_d).args([
+        "--skip-pruning",
+        "--dry-run",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(dry.code, 0, "{dry}");
+    let planned: Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(
+        planned["wouldPublish"],
+        serde_json::json!([2]),
+        "{planned:#}"
+    );
+    assert_eq!(
+        planned["pruned"][0]["deletes"].as_array().unwrap().len(),
+        l.deleted_with_c() + 1,
+        "{planned:#}"
+    );
+    assert_eq!(planned["problems"], serde_json::json!([]), "{planned:#}");
+    assert!(!dests[0].log().contains("\"DELETE "));
     for d in &dests[..2] {
         let deleted = publish_skipping(&out, d, &ws_d);
         assert_eq!(deleted.code, 0, "{deleted}");
@@ -235,7 +256,7 @@ fn a_delete_imageset_waits_for_its_turn_and_only_a_config_selecting_it_again_bri
 }
 
 #[test]
-fn the_agent_applies_a_delete_imageset_with_pruning_off_and_keeps_what_a_cluster_runs() {
+fn the_agent_plans_then_applies_a_delete_imageset_with_pruning_off_keeping_what_a_cluster_runs() {
     let l = Lifecycle::making(&[names(&["team/a:1", "team/b:1", "team/c:1"])]);
     let east = Registry::plain().unwrap();
     let west = Registry::plain().unwrap();
@@ -243,15 +264,35 @@ fn the_agent_applies_a_delete_imageset_with_pruning_off_and_keeps_what_a_cluster
     let kubeconfig = api.kubeconfig_file().unwrap();
     api.run_pod("apps", "c-0", &format!("{}/team/c:1", l.src.addr()))
         .unwrap();
+    // Files copied into the drop directory (not renamed in) settle for an hour:
+    // what is planned can be looked at before the agent takes it.
     let served = Served::start_with(|site, grpc| {
-        site.config_fleet(
+        let path = site.config_fleet(
             &[
                 ("east", &east, Some(kubeconfig.as_path())),
                 ("west", &west, None),
             ],
             &format!("pruning: false\n{grpc}"),
-        )
+        );
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("settleSeconds: 1\n", "settleSeconds: 3600\n");
+        std::fs::write(&path, text).unwrap();
+        path
     });
+    let ingest = |dir: &Path| {
+        let files: Vec<String> = chunk_files(dir)
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        let mut args = vec!["ingest"];
+        args.extend(files.iter().map(String::as_str));
+        let out = served.ctl(&args);
+        assert_eq!(out.code, 0, "{out}\n{}", served.agent.log());
+    };
+    ingest(&l.made[0]);
+    assert_eq!(l.c_present(&west, "m").len(), l.everything_of_c());
+
     let out = l.ws("out-delete");
     let made = run(&mut delete_cmd(
         &delete_config(&l, &["team/b:1", "team/c:1"]),
@@ -259,40 +300,95 @@ fn the_agent_applies_a_delete_imageset_with_pruning_off_and_keeps_what_a_cluster
         &l.ws("ws-c"),
     ));
     assert_eq!(made.code, 0, "{made}");
-    let mut files = 0;
-    for dir in [&l.made[0], &out] {
-        deliver(dir, &served.site.path("drop"));
-        files += chunk_files(dir).len();
-        eventually(
-            Duration::from_secs(60),
-            "the imageset published to both clusters and archived",
-            || served.site.files("archive").len() == files,
-            || served.agent.log(),
+    copy_dir(&out, &served.site.path("drop"));
+
+    // The dry run: per cluster, what publishing what waits would do.
+    let before = [east.log(), west.log()];
+    let plans = served.json(&["publish", "--dry-run"]);
+    let plan = |name: &str| {
+        plans
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["cluster"] == name)
+            .unwrap_or_else(|| panic!("{plans:#}"))
+            .clone()
+    };
+    let (east_plan, west_plan) = (plan("east"), plan("west"));
+    for p in [&east_plan, &west_plan] {
+        assert_eq!(p["wouldPublish"], serde_json::json!([2]), "{plans:#}");
+        assert_eq!(p["problems"], serde_json::json!([]), "{plans:#}");
+    }
+    let deletes = |p: &Value| -> Vec<String> {
+        p["deletes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["manifest"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let b_at = format!("m/team/b@{}", l.b.digest);
+    let c_at = format!("m/team/c@{}", l.c.digest);
+    assert_eq!(
+        deletes(&west_plan).len(),
+        l.deleted_with_c() + 1,
+        "{plans:#}"
+    );
+    assert!(deletes(&west_plan).contains(&c_at), "{plans:#}");
+    assert_eq!(deletes(&east_plan), vec![b_at.clone()], "{plans:#}");
+    assert!(
+        east_plan["kept"].as_array().unwrap().iter().any(
+            |k| k["manifest"] == c_at && k["reason"] == "in use by cluster east (pod apps/c-0)"
+        ),
+        "{plans:#}"
+    );
+    let table = served.ctl(&["publish", "--dry-run", "--cluster", "west"]);
+    assert_eq!(table.code, 0, "{table}");
+    assert!(
+        table
+            .stdout
+            .contains("west: would publish sequence 2 to docker://")
+            && table.stdout.contains(&format!(
+                "west: would prune: {} manifests to delete, 0 kept in use",
+                l.deleted_with_c() + 1
+            ))
+            && table
+                .stdout
+                .contains(&format!("  delete {b_at} (image of "))
+            && !table.stdout.contains("east"),
+        "{table}"
+    );
+    for (r, log) in [&east, &west].iter().zip(before) {
+        let during = &r.log()[log.len()..];
+        assert!(
+            !during.contains("\"DELETE ") && !during.contains("\"PUT "),
+            "the dry run changed a registry:\n{during}"
         );
     }
+    assert_eq!(l.c_present(&west, "m").len(), l.everything_of_c());
+
+    // Taken in, it does what was planned.
+    ingest(&out);
     assert_b_and_c_gone(&l, &west);
     assert_eq!(
         l.c_present(&east, "m").len(),
         l.everything_of_c(),
         "C runs on east: it stays there"
     );
-    assert!(inspect_raw_at(&east, "m/team/b:1").is_err(), "B goes");
+    assert!(inspect_raw_at(&east, &b_at).is_err(), "B goes");
     for r in [&east, &west] {
         assert_a_exact(&l, r);
     }
     let clusters = served.json(&["clusters"]);
-    let east_view = clusters
+    let west_view = clusters
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "east")
+        .find(|c| c["name"] == "west")
         .unwrap();
-    assert!(
-        east_view["pruning"]["kept"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|k| k["reason"] == "in use by cluster east (pod apps/c-0)"),
+    assert_eq!(
+        west_view["pruning"]["deleted"],
+        l.deleted_with_c() + 1,
         "{clusters}"
     );
 }
