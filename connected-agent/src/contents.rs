@@ -45,14 +45,38 @@ pub enum Owner {
     Catalog {
         /// The `operators[].catalog` entry as written.
         catalog: String,
+        /// Where it is placed (`targetCatalog`, `targetTag`): one catalog mirrored
+        /// twice under different targets is two owners.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        /// Its tag at the mirror.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tag: Option<String>,
     },
     /// An `additionalImages` entry.
     Image {
         /// The entry's `name` as written.
         name: String,
+        /// `targetRepo`, if set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        /// Its tag at the mirror (the source's, or `targetTag`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tag: Option<String>,
     },
     /// The update-graph data image (`platform.graph`).
     Graph,
+}
+
+impl Owner {
+    /// An image that is its own reason to be there.
+    fn image(image: &ImageRecord) -> Self {
+        Owner::Image {
+            name: image.source.clone(),
+            target: image.target_repository.clone(),
+            tag: image.tag.clone(),
+        }
+    }
 }
 
 impl std::fmt::Display for Owner {
@@ -65,8 +89,8 @@ impl std::fmt::Display for Owner {
                 bundle,
                 ..
             } => write!(f, "bundle {bundle} of package {package} in {catalog}"),
-            Owner::Catalog { catalog } => write!(f, "catalog {catalog}"),
-            Owner::Image { name } => write!(f, "additional image {name}"),
+            Owner::Catalog { catalog, .. } => write!(f, "catalog {catalog}"),
+            Owner::Image { name, .. } => write!(f, "additional image {name}"),
             Owner::Graph => f.write_str("the update graph image"),
         }
     }
@@ -150,9 +174,7 @@ impl Contents {
         for (i, image) in images.iter().enumerate() {
             if owners[i].is_empty() {
                 // Nothing else claims it: it is deletable by its own name.
-                owners[i].push(Owner::Image {
-                    name: image.source.clone(),
-                });
+                owners[i].push(Owner::image(image));
             }
         }
         Contents {
@@ -284,10 +306,10 @@ fn direct_owners(
         ImageKind::Operator => bundles.get(&image.source).cloned().unwrap_or_default(),
         ImageKind::Catalog => vec![Owner::Catalog {
             catalog: image.source.clone(),
+            target: image.target_repository.clone(),
+            tag: image.tag.clone(),
         }],
-        ImageKind::Generic => vec![Owner::Image {
-            name: image.source.clone(),
-        }],
+        ImageKind::Generic => vec![Owner::image(image)],
         ImageKind::GraphData => vec![Owner::Graph],
         ImageKind::Referrer => Vec::new(),
     }

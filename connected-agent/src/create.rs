@@ -354,6 +354,23 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
     });
     if unchanged && !opts.dry_run {
         let last = current.as_ref().map_or(0, |c| c.sequence);
+        // A workspace whose last imageset was made before its contents were
+        // recorded learns them here, from the same images: `delete` needs them.
+        if let (Some(ws), Some(state)) = (&workspace, &current) {
+            if state.contents.as_ref().is_none_or(|c| c.sequence != last) {
+                ws.record_contents(
+                    &uuid,
+                    &Contents::new(
+                        last,
+                        &skeleton.images,
+                        &skeleton.releases,
+                        &skeleton.blobs,
+                        &collected.manifests,
+                        &bundles,
+                    ),
+                )?;
+            }
+        }
         tracing::info!(
             sequence = last,
             "no updates since the last imageset; nothing created"

@@ -266,9 +266,15 @@ pub fn select(loaded: &LoadedConfig, held: &Contents) -> Result<Vec<Owner>, Conf
             let found = owners
                 .iter()
                 .filter(|o| match o {
-                    Owner::Catalog { catalog } | Owner::Bundle { catalog, .. } => {
+                    Owner::Catalog {
+                        catalog,
+                        target,
+                        tag,
+                    } => {
                         same_catalog(catalog)
+                            && placed_as(target, tag, &op.target_catalog, &op.target_tag)
                     }
+                    Owner::Bundle { catalog, .. } => same_catalog(catalog),
                     _ => false,
                 })
                 .map(|o| (*o).clone())
@@ -321,7 +327,11 @@ pub fn select(loaded: &LoadedConfig, held: &Contents) -> Result<Vec<Owner>, Conf
     for (i, image) in d.additional_images.iter().enumerate() {
         let found = owners
             .iter()
-            .filter(|o| matches!(o, Owner::Image { name } if same_image(name, &image.name)))
+            .filter(|o| {
+                matches!(o, Owner::Image { name, target, tag }
+                    if same_image(name, &image.name)
+                        && placed_as(target, tag, &image.target_repo, &image.target_tag))
+            })
             .map(|o| (*o).clone())
             .collect();
         take(
@@ -347,6 +357,21 @@ fn within(version: &str, min: Option<&str>, max: Option<&str>) -> bool {
     };
     min.is_none_or(|m| cmp(m).is_some_and(|o| o.is_ge()))
         && max.is_none_or(|m| cmp(m).is_some_and(|o| o.is_le()))
+}
+
+/// Whether an owner placed at `target` (repository) and `tag` is the one a
+/// delete entry's `wanted_target` and `wanted_tag` name; what the entry leaves
+/// out matches every placement.
+fn placed_as(
+    target: &Option<String>,
+    tag: &Option<String>,
+    wanted_target: &Option<String>,
+    wanted_tag: &Option<String>,
+) -> bool {
+    wanted_target
+        .as_ref()
+        .is_none_or(|w| Some(w) == target.as_ref())
+        && wanted_tag.as_ref().is_none_or(|w| Some(w) == tag.as_ref())
 }
 
 /// Whether two image names as written name the same image (`docker://`, a

@@ -188,6 +188,17 @@ impl Workspace {
         Ok(())
     }
 
+    /// Records what the last imageset of `uuid` holds, for a workspace that made
+    /// it before this was recorded.
+    pub fn record_contents(&self, uuid: &Uuid, contents: &Contents) -> Result<(), WorkspaceError> {
+        let held = serde_json::to_vec(contents).map_err(|e| self.storage(e))?;
+        self.contents
+            .insert(uuid.as_bytes(), held)
+            .map_err(|e| self.storage(e))?;
+        self.db.flush().map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
     /// What the last imageset of `uuid` holds, if recorded.
     pub fn contents(&self, uuid: &Uuid) -> Result<Option<Contents>, WorkspaceError> {
         self.contents

@@ -102,7 +102,7 @@ pub struct PublishArgs {
     pub empty_store: bool,
     /// Keep in the registry what the published imageset no longer lists (by default
     /// it is deleted, as oc-mirror v1 does; space returns with the registry's
-    /// garbage collection).
+    /// garbage collection). What a delete imageset names is deleted all the same.
     #[arg(long)]
     pub skip_pruning: bool,
     /// Change nothing: print what would be published and what pruning would delete

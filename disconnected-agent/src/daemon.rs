@@ -1499,24 +1499,6 @@ impl Daemon {
         self.status.update_cluster(i, |v| v.api = Some(view));
     }
 
-    /// Whether a delete imageset is among the sequences published since those
-    /// last applied to cluster `name`: a delete is a request, so the objects
-    /// pointing at what it removed go even where pruning is off.
-    fn deletes_since(&self, name: &str, published: u64) -> bool {
-        let Ok(Some((uuid, _))) = self.site.ws.accepted() else {
-            return false;
-        };
-        let applied = self.site.ws.applied(name).ok().flatten().unwrap_or(0);
-        (applied + 1..=published).any(|seq| {
-            self.site.ws.has_manifest(&uuid, seq)
-                && self
-                    .site
-                    .ws
-                    .manifest(&uuid, seq)
-                    .is_ok_and(|m| !m.deletes.is_empty())
-        })
-    }
-
     async fn check(
         &mut self,
         i: usize,
@@ -1563,7 +1545,7 @@ impl Daemon {
                 }
             }
             let mut left = Vec::new();
-            if self.clusters[i].pruning || self.deletes_since(&name, published) {
+            if self.clusters[i].pruning {
                 for w in kube.withdraw(&desired).await? {
                     match w {
                         Withdrawn::Deleted(label) => {

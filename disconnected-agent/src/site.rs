@@ -35,7 +35,7 @@ pub const SITE_STATE_MEDIA_TYPE: &str = "application/vnd.airlock.site-workspace.
 
 /// Repository (under the destination prefix) that holds the site state, tagged by
 /// workspace UUID, as oc-mirror keeps `oc-mirror:<uuid>`.
-pub const SITE_STATE_REPOSITORY: &str = "airlock-state";
+pub const SITE_STATE_REPOSITORY: &str = airlock_common::imageset::RESERVED_REPOSITORY;
 
 /// Something that could not be done; the work continues with what can be done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,6 +327,11 @@ impl Site {
                 return Ok(Outcome::Refused(why));
             }
         }
+        if let Some(why) = self.foreign_deletes(&c.manifest, None)? {
+            let why = format!("{label}: refused: {why}; nothing of it was published");
+            report.problem(exit_codes::DATA, why.clone());
+            return Ok(Outcome::Refused(why));
+        }
         // Refuse early, not half-way, when the disk cannot hold it (zarf#1473).
         let needed: u64 = c
             .manifest
@@ -558,7 +563,7 @@ impl Site {
             }
         }
         since.extend(arriving.iter().cloned());
-        let deletes = requested_deletes(&since);
+        let deletes = self.requested_deletes(&since, report)?;
         let placement = if skip_pruning {
             Err("pruning is off (--skip-pruning, pruning: false)".to_string())
         } else {
@@ -579,10 +584,13 @@ impl Site {
                 earlier.extend(arriving);
                 (earlier, self.ws.kept(&dest_key)?)
             }
-            Err(_) if !deletes.is_empty() => (Vec::new(), deletes),
             Err(why) => {
-                report.not_pruned.push((dest_key, why));
-                return Ok(would_publish);
+                let kept = self.ws.kept(&dest_key)?;
+                if deletes.is_empty() && kept.is_empty() {
+                    report.not_pruned.push((dest_key, why));
+                    return Ok(would_publish);
+                }
+                (Vec::new(), with_kept(deletes, &kept))
             }
         };
         let target = connect.await?;
@@ -614,8 +622,8 @@ impl Site {
             Some(base) if base < now => base,
             _ => return Ok(()),
         };
-        // With pruning off, only what delete imagesets removed on purpose goes;
-        // what an earlier prune kept waits until pruning is on again.
+        // With pruning off, only what delete imagesets removed on purpose goes,
+        // and what a prune decided to delete but kept while a cluster ran it.
         let stored_kept = self.ws.kept(&dest_key)?;
         let mut since = Vec::new();
         for seq in base + 1..=now {
@@ -623,15 +631,19 @@ impl Site {
                 since.push(self.ws.manifest(&uuid, seq)?);
             }
         }
-        let deletes = requested_deletes(&since);
+        let deletes = self.requested_deletes(&since, report)?;
         let placement = match self.placed_by(&uuid, base, now)? {
             Ok(_) if !self.ws.has_manifest(&uuid, now) => Err(unknown_placement(base)),
             other => other,
         };
-        let (earlier, kept_before, only_requested) = match placement {
-            Ok(earlier) if !pass.skip_pruning => (earlier, stored_kept.clone(), false),
-            _ if !deletes.is_empty() && self.ws.has_manifest(&uuid, now) => {
-                (Vec::new(), deletes, true)
+        let (earlier, kept_before) = match placement {
+            Ok(earlier) if !pass.skip_pruning => (earlier, stored_kept),
+            // What was kept in use before is looked at again with the requested
+            // deletes: it stays while in use, and protects its children.
+            _ if !(deletes.is_empty() && stored_kept.is_empty())
+                && self.ws.has_manifest(&uuid, now) =>
+            {
+                (Vec::new(), with_kept(deletes, &stored_kept))
             }
             Ok(_) | Err(_) if pass.skip_pruning => {
                 report.not_pruned.push((
@@ -671,18 +683,81 @@ impl Site {
                 kept.push(image.clone());
             }
         }
-        if only_requested {
-            // Only requested deletes were looked at: what an earlier prune kept is
-            // still to be looked at again.
-            for image in stored_kept {
-                if !kept.contains(&image) && !wanted.images.contains(&image) {
-                    kept.push(image);
-                }
-            }
-        }
         tracing::info!(destination = %dest_key, sequence = now, deleted = pruned.deleted.len(), kept = pruned.kept.len(), untagged = pruned.untagged.len(), refused = pruned.refused.is_some(), "pruned what the published imageset no longer lists");
         report.pruned.push((dest_key.clone(), pruned));
         Ok(self.ws.mark_pruned_keeping(&dest_key, now, &kept)?)
+    }
+
+    /// What the delete imagesets among `manifests` (in sequence order) remove on
+    /// purpose: deleted even where pruning is off, as oc-mirror's `delete` is a
+    /// request, not a policy. Only what the sequence before each listed is taken;
+    /// a delete imageset whose predecessor is not known here (the workspace
+    /// continued from a registry) deletes nothing, said in `report`.
+    pub fn requested_deletes(
+        &self,
+        manifests: &[ImagesetManifest],
+        report: &mut Report,
+    ) -> Result<Vec<ImageRecord>, Error> {
+        let mut out: Vec<ImageRecord> = Vec::new();
+        for m in manifests.iter().filter(|m| !m.deletes.is_empty()) {
+            let before = manifests.iter().find(|p| p.sequence + 1 == m.sequence);
+            if before.is_none() && !self.ws.has_manifest(&m.uuid, m.sequence - 1) {
+                report.not_pruned.push((
+                    m.label(),
+                    format!(
+                        "its deletes are not carried out: sequence {}, whose images they must be, is not known to this workspace (it continued from the state recorded in the registry)",
+                        m.sequence - 1
+                    ),
+                ));
+                continue;
+            }
+            if let Some(why) = self.foreign_deletes(m, before)? {
+                // Refused at acceptance already; a manifest kept from before that
+                // check is not trusted either.
+                report.problem(exit_codes::DATA, format!("{}: {why}", m.label()));
+                continue;
+            }
+            for image in &m.deletes {
+                if !out.contains(image) {
+                    out.push(image.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Why `m`'s deletes cannot be trusted: each must be an image the sequence
+    /// before it listed (`before`, else the one kept here), since a delete
+    /// imageset removes from what was published and a forged one must not reach
+    /// anything else under the destination. `None` when they are, or when the
+    /// sequence before is not known here.
+    fn foreign_deletes(
+        &self,
+        m: &ImagesetManifest,
+        before: Option<&ImagesetManifest>,
+    ) -> Result<Option<String>, Error> {
+        if m.deletes.is_empty() {
+            return Ok(None);
+        }
+        let kept_here;
+        let before = match before {
+            Some(b) => b,
+            None if self.ws.has_manifest(&m.uuid, m.sequence - 1) => {
+                kept_here = self.ws.manifest(&m.uuid, m.sequence - 1)?;
+                &kept_here
+            }
+            None => return Ok(None),
+        };
+        Ok(m.deletes
+            .iter()
+            .enumerate()
+            .find(|(_, d)| !before.images.contains(d))
+            .map(|(i, d)| {
+                format!(
+                    "deletes[{i}] ({}@{}) is not an image of sequence {}; a delete imageset only removes what the sequence before it listed",
+                    d.repository, d.digest, before.sequence
+                )
+            }))
     }
 
     /// The manifests of the sequences `from..to` kept here: what they placed is
@@ -770,16 +845,14 @@ impl Site {
     }
 }
 
-/// What the delete imagesets among `manifests` remove on purpose: deleted even
-/// where pruning is off, as oc-mirror's `delete` is a request, not a policy.
-pub fn requested_deletes(manifests: &[ImagesetManifest]) -> Vec<ImageRecord> {
-    let mut out: Vec<ImageRecord> = Vec::new();
-    for image in manifests.iter().flat_map(|m| &m.deletes) {
-        if !out.contains(image) {
-            out.push(image.clone());
+/// `deletes` and, after them, the records of `kept` not among them.
+fn with_kept(mut deletes: Vec<ImageRecord>, kept: &[ImageRecord]) -> Vec<ImageRecord> {
+    for image in kept {
+        if !deletes.contains(image) {
+            deletes.push(image.clone());
         }
     }
-    out
+    deletes
 }
 
 /// Why nothing is pruned when what sequence `base` placed is not known here.

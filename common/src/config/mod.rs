@@ -842,12 +842,32 @@ impl LoadedConfig {
                 format!("delete.operators[{i}].platforms"),
                 policy,
             );
+            refuse(
+                op.full,
+                format!("delete.operators[{i}].full"),
+                "a catalog without packages deletes the catalog and all its bundles; remove full",
+            );
+            refuse(
+                op.skip_dependencies,
+                format!("delete.operators[{i}].skipDependencies"),
+                "a delete removes exactly the bundles it selects; remove skipDependencies",
+            );
+            refuse(
+                op.target_catalog_source_template.is_some(),
+                format!("delete.operators[{i}].targetCatalogSourceTemplate"),
+                policy,
+            );
             for (j, p) in op.packages.iter().enumerate() {
                 let at = format!("delete.operators[{i}].packages[{j}]");
                 refuse(
                     p.min_bundle.is_some(),
                     format!("{at}.minBundle"),
                     "select bundles to delete by minVersion and maxVersion",
+                );
+                refuse(
+                    p.default_channel.is_some(),
+                    format!("{at}.defaultChannel"),
+                    policy,
                 );
                 for (k, ch) in p.channels.iter().enumerate() {
                     refuse(

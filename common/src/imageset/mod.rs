@@ -116,6 +116,10 @@ pub struct ImagesetManifest {
     pub deletes: Vec<ImageRecord>,
 }
 
+/// The repository, under a destination's prefix, where the disconnected side
+/// keeps its state: no image of an imageset may be published there.
+pub const RESERVED_REPOSITORY: &str = "airlock-state";
+
 /// One OpenShift release of the imageset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

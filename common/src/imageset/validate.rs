@@ -24,7 +24,7 @@ use base64::Engine as _;
 
 use super::{
     BLOCK, CHUNK_ENTRY_LEN, FORMAT, ImageKind, ImageRecord, ImagesetManifest, PARITY_EXTRA,
-    TRAILER_LEN, chunk_file_name, parity_file_name,
+    RESERVED_REPOSITORY, TRAILER_LEN, chunk_file_name, parity_file_name,
 };
 use crate::digest::Digest;
 use crate::manifest::{
@@ -365,7 +365,18 @@ fn images(m: &ImagesetManifest, manifests: &HashMap<&Digest, &str>) -> Result<()
     }
     // What a delete imageset removes is no longer in blobs[]: only its fields are
     // checked. They become registry paths of DELETE requests, so they are held to
-    // the same grammar as the images that are pushed.
+    // the same grammar as the images that are pushed. (That each is an image of
+    // the sequence before is checked where that sequence is known.)
+    if !m.deletes.is_empty() && (m.full || m.sequence == 1) {
+        return Err(invalid(
+            "deletes",
+            format!(
+                "{} entries in a full imageset at sequence {}; only a later sequence deletes what an earlier one listed",
+                m.deletes.len(),
+                m.sequence
+            ),
+        ));
+    }
     at_most("deletes", m.deletes.len(), MAX_IMAGES)?;
     for (i, image) in m.deletes.iter().enumerate() {
         record(image, &|f: &str| format!("deletes[{i}].{f}"))?;
@@ -390,6 +401,22 @@ fn record(image: &ImageRecord, field: &dyn Fn(&str) -> String) -> Result<(), Inv
         .parse::<ImageRef>()
         .map_err(|e| invalid(field("source"), format!("{e}")))?;
     source_repository(&image.repository).map_err(|p| invalid(field("repository"), p))?;
+    let placed_at = match &image.target_repository {
+        Some(t) => t.as_str(),
+        None => image
+            .repository
+            .split_once('/')
+            .map_or("", |(_, path)| path),
+    };
+    if placed_at == RESERVED_REPOSITORY {
+        return Err(invalid(
+            field("repository"),
+            format!(
+                "{}: would be published to {RESERVED_REPOSITORY}, where the disconnected side keeps its state",
+                clipped(&image.repository)
+            ),
+        ));
+    }
     if let Some(tag) = &image.tag {
         if !valid_tag(tag) {
             return Err(invalid(
@@ -670,8 +697,7 @@ mod tests {
                 signature: Some("iQEcBAABAgAGBQJkAAoJEA==".into()),
             }],
             blobs,
-            // A delete imageset's removed image: its manifest is in no blobs[].
-            deletes: vec![image(&Digest::of(b"gone"), ImageKind::Generic)],
+            deletes: Vec::new(),
         }
     }
 
@@ -680,12 +706,30 @@ mod tests {
         check(&genuine(), OFFSET).unwrap();
     }
 
+    /// A delete imageset's removed images are not in blobs[]; their fields are
+    /// checked like those of images[], and only a later sequence may delete.
     #[test]
-    fn each_forged_field_is_named() {
+    fn deletes_are_checked_field_by_field_and_only_after_the_first_sequence() {
+        let gone = || {
+            let mut m = genuine();
+            let mut d = m.images[2].clone();
+            d.digest = Digest::of(b"gone");
+            m.deletes = vec![d];
+            m
+        };
+        let later = |mut m: ImagesetManifest| {
+            m.sequence = 2;
+            m.full = false;
+            m
+        };
+        check_content(&later(gone())).unwrap();
+        let e = check_content(&gone()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("deletes: 1 entries in a full imageset at sequence 1"),
+            "{e}"
+        );
         type Forge = fn(&mut ImagesetManifest);
         let cases: &[(Forge, &str)] = &[
-            (|m| m.format = "x".repeat(10_000), "format: \"xxx"),
-            (|m| m.full = false, "full: false at sequence 1"),
             (
                 |m| m.deletes[0].repository = "host.io/../../x".into(),
                 "deletes[0].repository: ",
@@ -697,6 +741,29 @@ mod tests {
             (
                 |m| m.deletes[0].kind = ImageKind::Referrer,
                 "deletes[0].subject: missing",
+            ),
+            (
+                |m| m.deletes[0].target_repository = Some("airlock-state".into()),
+                "deletes[0].repository: ",
+            ),
+        ];
+        for (forge, expected) in cases {
+            let mut m = later(gone());
+            forge(&mut m);
+            let e = check_content(&m).unwrap_err().to_string();
+            assert!(e.starts_with(expected), "expected {expected:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn each_forged_field_is_named() {
+        type Forge = fn(&mut ImagesetManifest);
+        let cases: &[(Forge, &str)] = &[
+            (|m| m.format = "x".repeat(10_000), "format: \"xxx"),
+            (|m| m.full = false, "full: false at sequence 1"),
+            (
+                |m| m.images[2].target_repository = Some("airlock-state".into()),
+                "images[2].repository: \"quay.io/team/app\": would be published to airlock-state",
             ),
             (|m| m.created = "yesterday".into(), "created: \"yesterday\""),
             (

@@ -148,6 +148,8 @@ fn held() -> Contents {
     };
     let c = Owner::Image {
         name: "registry.example.com/team/c:1".into(),
+        target: None,
+        tag: Some("1".into()),
     };
     let owners = vec![
         vec![r0.clone()],
@@ -162,6 +164,8 @@ fn held() -> Contents {
         vec![c],
         vec![Owner::Catalog {
             catalog: "registry.example.com/redhat/index:v4.20".into(),
+            target: None,
+            tag: Some("v4.20".into()),
         }],
     ];
     Contents {
@@ -343,4 +347,47 @@ fn versions_compare_as_semantic_versions() {
     assert!(within("1.0.0", Some("v1.0.0"), Some("1.0.0")));
     assert!(!within("not-semver", Some("1.0.0"), None));
     assert!(within("not-semver", Some("not-semver"), None));
+}
+
+#[test]
+fn a_catalog_mirrored_under_two_targets_is_deleted_only_where_the_entry_says() {
+    let source = "registry.example.com/redhat/index:v4.20";
+    let copy = |target: &str| {
+        let mut i = image(source, Some("v4.20"), ImageKind::Catalog);
+        i.target_repository = Some(target.into());
+        i.digest = d(target);
+        i
+    };
+    let images = vec![copy("mirror/a"), copy("mirror/b")];
+    let owners: Vec<Vec<Owner>> = images
+        .iter()
+        .map(|i| {
+            vec![Owner::Catalog {
+                catalog: source.into(),
+                target: i.target_repository.clone(),
+                tag: i.tag.clone(),
+            }]
+        })
+        .collect();
+    let held = Contents {
+        sequence: 2,
+        images,
+        releases: Vec::new(),
+        blobs: Vec::new(),
+        owners,
+        trees: vec![Vec::new(), Vec::new()],
+    };
+    let loaded = config(&format!(
+        "  operators:\n  - catalog: {source}\n    targetCatalog: mirror/b\n"
+    ));
+    let selected = select(&loaded, &held).unwrap();
+    let rest = held.without(&selected.iter().collect(), 3);
+    assert_eq!(rest.removed.len(), 1);
+    assert_eq!(
+        rest.removed[0].target_repository.as_deref(),
+        Some("mirror/b")
+    );
+    let everywhere = config(&format!("  operators:\n  - catalog: {source}\n"));
+    let selected = select(&everywhere, &held).unwrap();
+    assert_eq!(held.without(&selected.iter().collect(), 3).removed.len(), 2);
 }

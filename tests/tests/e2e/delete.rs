@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use airlock_tests::bins::{self, run};
+use airlock_tests::forge;
 use airlock_tests::kube_api::KubeApi;
 use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
@@ -404,4 +405,42 @@ fn imageset_json(dir: &Path) -> Value {
         .unwrap();
     assert!(out.status.success());
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_forged_delete_imageset_reaching_beyond_the_sequence_before_is_refused() {
+    let l = Lifecycle::making(&[names(&["team/a:1", "team/b:1"])]);
+    let out = l.ws("out-delete");
+    let made = run(&mut delete_cmd(
+        &delete_config(&l, &["team/b:1"]),
+        &out,
+        &l.ws("ws-c"),
+    ));
+    assert_eq!(made.code, 0, "{made}");
+    // Someone who can place files at the site (unsigned imagesets) names a
+    // repository no imageset placed: other content under the same prefix.
+    let forged = l.ws("forged");
+    copy_dir(&out, &forged);
+    forge::rewrite(&forged, |m| {
+        m["deletes"][0]["repository"] = serde_json::json!(format!("{}/team/other", l.src.addr()));
+    })
+    .unwrap();
+    let dest = Registry::plain().unwrap();
+    let ws = l.ws("ws-d");
+    let first = publish(&l.made[0], &dest, "m", &ws);
+    assert_eq!(first.code, 0, "{first}");
+    let refused = publish(&forged, &dest, "m", &ws);
+    assert_eq!(refused.code, EX_DATA, "{refused}");
+    assert!(
+        refused.stderr.contains("deletes[0] (")
+            && refused.stderr.contains("is not an image of sequence 1"),
+        "{refused}"
+    );
+    assert!(!dest.log().contains("\"DELETE "));
+    assert!(inspect_raw_at(&dest, "m/team/b:1").is_ok());
+    // The genuine one is still taken.
+    let genuine = publish(&out, &dest, "m", &ws);
+    assert_eq!(genuine.code, 0, "{genuine}");
+    assert!(inspect_raw_at(&dest, "m/team/b:1").is_err());
+    assert_a_exact(&l, &dest);
 }
