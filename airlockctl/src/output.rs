@@ -77,6 +77,25 @@ pub struct Imageset {
     pub published_to: Vec<String>,
     /// Why it was refused (never accepted); null for an accepted imageset.
     pub refused: Option<String>,
+    /// For a delete imageset: the images it removes.
+    pub deletes: u32,
+    /// Per cluster whose registry was last pruned to this sequence: what was
+    /// deleted and kept there.
+    pub pruned: Vec<ImagesetPruning>,
+}
+
+/// What pruning did at one cluster's registry for an imageset.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagesetPruning {
+    /// The cluster.
+    pub cluster: String,
+    /// Manifests deleted.
+    pub deleted: u64,
+    /// Manifests no longer listed but kept, with why.
+    pub kept: Vec<Kept>,
+    /// Why nothing was pruned; null when it was.
+    pub not_pruned: Option<String>,
 }
 
 impl From<v1::Imageset> for Imageset {
@@ -91,6 +110,17 @@ impl From<v1::Imageset> for Imageset {
             releases: i.releases,
             published_to: i.published_to,
             refused: (!i.refused.is_empty()).then_some(i.refused),
+            deletes: i.deletes,
+            pruned: i
+                .pruned
+                .into_iter()
+                .map(|p| ImagesetPruning {
+                    cluster: p.cluster,
+                    deleted: p.deleted,
+                    kept: p.kept.into_iter().map(kept).collect(),
+                    not_pruned: some(p.not_pruned),
+                })
+                .collect(),
         }
     }
 }
@@ -482,7 +512,11 @@ pub fn imagesets_table(list: &[Imageset]) -> String {
             [
                 i.sequence.to_string(),
                 i.created.clone(),
-                format!("{}{}", i.images, if i.full { " (full)" } else { "" }),
+                match (i.full, i.deletes) {
+                    (true, _) => format!("{} (full)", i.images),
+                    (false, 0) => i.images.to_string(),
+                    (false, n) => format!("{} (deletes {n})", i.images),
+                },
                 ByteSize(i.carried_bytes).to_string(),
                 i.releases.join(","),
                 match &i.refused {
@@ -509,6 +543,24 @@ pub fn imagesets_table(list: &[Imageset]) -> String {
                 "refused {} sequence {}: {why}\n",
                 i.uuid, i.sequence
             ));
+        }
+        for p in &i.pruned {
+            match &p.not_pruned {
+                Some(why) => out.push_str(&format!(
+                    "sequence {} at {}: not pruned: {why}\n",
+                    i.sequence, p.cluster
+                )),
+                None => out.push_str(&format!(
+                    "sequence {} at {}: {} manifests pruned, {} kept in use\n",
+                    i.sequence,
+                    p.cluster,
+                    p.deleted,
+                    p.kept.len()
+                )),
+            }
+            for k in &p.kept {
+                out.push_str(&format!("  kept {}: {}\n", k.manifest, k.reason));
+            }
         }
     }
     out

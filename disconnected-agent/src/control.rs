@@ -189,11 +189,7 @@ impl ControlService {
             pruning: view.pruning.clone().map(|p| v1::Pruning {
                 sequence: p.sequence,
                 deleted: p.deleted,
-                kept: p
-                    .kept
-                    .into_iter()
-                    .map(|(manifest, reason)| v1::KeptManifest { manifest, reason })
-                    .collect(),
+                kept: kept_manifests(&p.kept),
                 not_pruned: p.not_pruned.unwrap_or_default(),
             }),
         })
@@ -264,6 +260,16 @@ fn check_name(name: &str) -> Result<(), RpcStatus> {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, RpcStatus>> + Send>>;
+
+/// Manifests kept although no longer listed (`REPOSITORY@DIGEST`, why).
+fn kept_manifests(kept: &[(String, String)]) -> Vec<v1::KeptManifest> {
+    kept.iter()
+        .map(|(manifest, reason)| v1::KeptManifest {
+            manifest: manifest.clone(),
+            reason: reason.clone(),
+        })
+        .collect()
+}
 
 /// A dry run's plan for one cluster, as the control plane says it.
 fn plan(p: crate::daemon::ClusterPlan) -> v1::PublishPlan {
@@ -410,6 +416,19 @@ impl Control for ControlService {
                     .map(|(v, _)| v.name.clone())
                     .collect(),
                 refused: String::new(),
+                deletes: m.deletes.len() as u32,
+                pruned: views
+                    .iter()
+                    .filter_map(|v| {
+                        let p = v.pruning.as_ref().filter(|p| p.sequence == seq)?;
+                        Some(v1::ImagesetPruning {
+                            cluster: v.name.clone(),
+                            deleted: p.deleted,
+                            kept: kept_manifests(&p.kept),
+                            not_pruned: p.not_pruned.clone().unwrap_or_default(),
+                        })
+                    })
+                    .collect(),
             });
         }
         imagesets.extend(refused);

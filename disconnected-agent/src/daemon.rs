@@ -40,6 +40,7 @@ use airlock_common::size::ByteSize;
 use notify::Watcher;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use airlock_common::reference::Destination;
@@ -1233,6 +1234,7 @@ impl Daemon {
                 let result = self
                     .site
                     .publish_to(&target, &pass, &resources, &mut report)
+                    .instrument(tracing::info_span!("cluster", cluster = %name))
                     .await;
                 self.record(name, result, report, round);
                 continue;
@@ -1259,8 +1261,10 @@ impl Daemon {
                     users: &users,
                 };
                 let mut report = Report::default();
+                // Every push and delete logged below names the cluster.
                 let result = site
                     .publish_to(&target, &pass, &resources, &mut report)
+                    .instrument(tracing::info_span!("cluster", cluster = %cluster))
                     .await;
                 Done {
                     cluster,

@@ -392,6 +392,53 @@ fn the_agent_plans_then_applies_a_delete_imageset_with_pruning_off_keeping_what_
         l.deleted_with_c() + 1,
         "{clusters}"
     );
+    // The imagesets list says which one deletes, and what it did per cluster.
+    let imagesets = served.json(&["imagesets"]);
+    let second = imagesets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sequence"] == 2)
+        .unwrap();
+    assert_eq!(second["deletes"], 5, "{imagesets:#}");
+    let at = |name: &str| {
+        second["pruned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["cluster"] == name)
+            .unwrap_or_else(|| panic!("{imagesets:#}"))
+            .clone()
+    };
+    assert_eq!(at("west")["deleted"], l.deleted_with_c() + 1);
+    assert_eq!(at("east")["deleted"], 1, "B only");
+    assert!(
+        at("east")["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["manifest"] == c_at),
+        "{imagesets:#}"
+    );
+    let table = served.ctl(&["imagesets"]);
+    assert!(
+        table.stdout.contains("1 (deletes 5)")
+            && table.stdout.contains(&format!(
+                "sequence 2 at west: {} manifests pruned, 0 kept in use",
+                l.deleted_with_c() + 1
+            )),
+        "{table}"
+    );
+    // Every delete is logged with the cluster it was made for.
+    let log = served.agent.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("cluster{cluster=west}")
+                && line.contains("pruned: no longer listed")
+                && line.contains("repository=m/team/b")
+                && line.contains(&format!("digest={}", l.b.digest))),
+        "{log}"
+    );
 }
 
 /// The imageset manifest of the (single-chunk) imageset in `dir`.
