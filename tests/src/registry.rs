@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 
 use crate::tls::TestCa;
+use crate::token::{Grant, ISSUER, SERVICE, TokenIssuer};
 
 /// How a registry is set up.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +25,10 @@ pub struct RegistryOptions {
     /// (tests' registries otherwise allow them, as production mirrors that are
     /// pruned must).
     pub refuse_deletes: bool,
+    /// Bearer-token authentication (`auth: token`) with tokens from a
+    /// [`TokenIssuer`] granting these, valid for the given time; the first grant's
+    /// user is the registry's [`Registry::credentials`].
+    pub token: Option<(Vec<Grant>, Duration)>,
 }
 
 /// A running registry.
@@ -33,6 +38,7 @@ pub struct Registry {
     options: RegistryOptions,
     child: Option<Child>,
     ca_pem: Option<String>,
+    issuer: Option<TokenIssuer>,
     /// Sent back by the registry in a response header, so that readiness is
     /// only declared when *this* process answers — not another test's registry
     /// that took the port between our probe for a free port and our bind.
@@ -98,6 +104,14 @@ impl Registry {
             let hash = bcrypt::hash(password, 4)?;
             std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n"))?;
         }
+        let issuer = match &options.token {
+            Some((grants, lifetime)) => Some(TokenIssuer::start(
+                &dir.path().join("token"),
+                grants.clone(),
+                *lifetime,
+            )?),
+            None => None,
+        };
         let instance = format!("{:016x}", rand::random::<u64>());
         let mut registry = Registry {
             dir,
@@ -105,6 +119,7 @@ impl Registry {
             options,
             child: None,
             ca_pem,
+            issuer,
             instance,
         };
         let mut last = None;
@@ -140,13 +155,20 @@ impl Registry {
                 root.join("htpasswd").display()
             ));
         }
+        if let Some(issuer) = &self.issuer {
+            c.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                issuer.realm(),
+                issuer.root_cert().display()
+            ));
+        }
         c
     }
 
     fn spawn(&mut self) -> Result<()> {
         let root = self.dir.path().to_path_buf();
         std::fs::write(root.join("config.yml"), self.config())?;
-        if let Some((user, password)) = &self.options.htpasswd {
+        if let Some((user, password)) = self.credentials() {
             let auth =
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             std::fs::write(
@@ -254,20 +276,40 @@ impl Registry {
         self.ca_pem.as_deref()
     }
 
-    /// The credentials, if the registry requires them.
+    /// The credentials, if the registry requires them (for a token registry: the
+    /// first grant's).
     pub fn credentials(&self) -> Option<(&str, &str)> {
-        self.options
-            .htpasswd
-            .as_ref()
-            .map(|(u, p)| (u.as_str(), p.as_str()))
+        match (&self.options.htpasswd, &self.options.token) {
+            (Some((u, p)), _) => Some((u.as_str(), p.as_str())),
+            (None, Some((grants, _))) => grants
+                .first()
+                .map(|g| (g.user.as_str(), g.password.as_str())),
+            (None, None) => None,
+        }
     }
 
     /// A containers auth.json with this registry's credentials.
     pub fn auth_file(&self) -> Option<PathBuf> {
-        self.options
-            .htpasswd
-            .as_ref()
+        self.credentials()
             .map(|_| self.dir.path().join("auth.json"))
+    }
+
+    /// A containers auth.json in `dir` holding `user` and `password` for this
+    /// registry (another user than [`Registry::credentials`]).
+    pub fn auth_file_for(&self, dir: &Path, user: &str, password: &str) -> Result<PathBuf> {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("auth-{user}.json"));
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, self.addr()),
+        )?;
+        Ok(path)
+    }
+
+    /// The token issuer of a registry with `auth: token`.
+    pub fn issuer(&self) -> Option<&TokenIssuer> {
+        self.issuer.as_ref()
     }
 
     /// The registry's log file (access log included).

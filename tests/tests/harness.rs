@@ -1,6 +1,7 @@
 //! The harness checked against the real tools it stands on: what it pushes, a real
 //! `docker-registry` stores and `skopeo` reads back byte for byte; its TLS and
-//! htpasswd setups accept the right client and refuse the wrong ones; a restarted
+//! htpasswd setups, and its token issuer's grants, accept the right client and
+//! refuse the wrong ones; a restarted
 //! registry still has its content; its layers and configs are what they claim.
 //! Every other suite trusts these properties, so they are tested here, once.
 
@@ -11,8 +12,9 @@ use airlock_tests::images::{
     Format, Image, ImageBuilder, PushClient, digest_of, distinct_blob_bytes, index, layer,
     two_platform,
 };
-use airlock_tests::registry::Registry;
+use airlock_tests::registry::{Registry, RegistryOptions};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw, inspect_raw_at, list_tags};
+use airlock_tests::token::Grant;
 use anyhow::Result;
 use serde_json::Value;
 
@@ -394,5 +396,70 @@ fn commands_run_with_an_isolated_home_and_no_credentials() -> Result<()> {
     assert!(std::path::Path::new(&first[1]).is_dir(), "{first:?}");
     assert!(!std::path::Path::new(&first[2]).exists(), "{first:?}");
     assert_eq!(first[3], "unset");
+    Ok(())
+}
+
+#[test]
+fn token_registry_grants_by_user_and_namespace_as_skopeo_sees_it() -> Result<()> {
+    let r = Registry::start(RegistryOptions {
+        token: Some((
+            vec![
+                Grant::new("writer", "w-pass", "", &["pull", "push", "delete"]),
+                Grant::new("reader", "r-pass", "team/", &["pull"]),
+            ],
+            std::time::Duration::from_secs(300),
+        )),
+        ..RegistryOptions::default()
+    })?;
+    // Anonymous requests get the challenge that sends clients to the issuer.
+    let anonymous = r.http_client()?.get(format!("{}/v2/", r.url())).send()?;
+    assert_eq!(anonymous.status(), 401);
+    let challenge = anonymous.headers()["www-authenticate"]
+        .to_str()?
+        .to_string();
+    let issuer = r.issuer().expect("a token registry has an issuer");
+    assert!(
+        challenge.starts_with(&format!("Bearer realm=\"{}\"", issuer.realm())),
+        "{challenge}"
+    );
+
+    let plain = Registry::plain()?;
+    let image = ImageBuilder::new(Format::Oci).layer(41, 16 * 1024).build();
+    image.push(&PushClient::new(&plain)?, "app", Some("1"))?;
+    let writer = SkopeoOpts::for_registry(&r);
+    for repo in ["team/app", "ops/app"] {
+        copy_all(
+            &format!("docker://{}/app:1", plain.addr()),
+            &SkopeoOpts::for_registry(&plain),
+            &format!("docker://{}/{repo}:1", r.addr()),
+            &writer,
+        )?;
+        assert_eq!(
+            inspect_raw(&format!("{}/{repo}:1", r.addr()), &writer)?,
+            image.manifest
+        );
+    }
+    assert!(
+        issuer.asked("writer", "team/app", "push"),
+        "{:?}",
+        issuer.requests()
+    );
+
+    // The reader may pull under team/ only; a wrong password gets no token.
+    let dir = tempfile::tempdir()?;
+    let reader = SkopeoOpts {
+        authfile: Some(r.auth_file_for(dir.path(), "reader", "r-pass")?),
+        ..writer.clone()
+    };
+    assert_eq!(
+        inspect_raw(&format!("{}/team/app:1", r.addr()), &reader)?,
+        image.manifest
+    );
+    assert!(inspect_raw(&format!("{}/ops/app:1", r.addr()), &reader).is_err());
+    let wrong = SkopeoOpts {
+        authfile: Some(r.auth_file_for(dir.path(), "reader", "nope")?),
+        ..writer
+    };
+    assert!(inspect_raw(&format!("{}/team/app:1", r.addr()), &wrong).is_err());
     Ok(())
 }

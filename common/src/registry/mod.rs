@@ -223,6 +223,9 @@ pub struct RegistryClient {
     /// The bearer token to push to each repository, `None` when the registry
     /// asks for none; fetched on first use and again after a 401.
     tokens: tokio::sync::Mutex<HashMap<String, Option<String>>>,
+    /// Tokens for the scopes registries asked for beyond pull and push (a
+    /// delete needs `repository:NAME:delete`), by scope.
+    scoped: tokio::sync::Mutex<HashMap<String, String>>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -328,6 +331,52 @@ fn transport(r: &reqwest::Error) -> (ErrorKind, String) {
 
 /// The error for a response with an unexpected status: its kind from the status
 /// (with `Retry-After`), its text from the distribution error codes of the body.
+/// A `WWW-Authenticate: Bearer realm="…",service="…",scope="…"` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BearerChallenge {
+    realm: String,
+    service: String,
+    scope: String,
+}
+
+impl BearerChallenge {
+    fn parse(header: &str) -> Option<Self> {
+        let rest = header
+            .strip_prefix("Bearer ")
+            .or(header.strip_prefix("bearer "))?;
+        let mut c = BearerChallenge {
+            realm: String::new(),
+            service: String::new(),
+            scope: String::new(),
+        };
+        // key="value" pairs, commas between them; values are quoted and may hold
+        // commas themselves (`pull,push`).
+        let mut s = rest.trim();
+        while let Some((key, after)) = s.split_once('=') {
+            let after = after.strip_prefix('"')?;
+            let (value, tail) = after.split_once('"')?;
+            match key.trim() {
+                "realm" => c.realm = value.to_string(),
+                "service" => c.service = value.to_string(),
+                "scope" => c.scope = value.to_string(),
+                _ => {}
+            }
+            s = tail.trim_start_matches(',').trim_start();
+        }
+        (!c.realm.is_empty()).then_some(c)
+    }
+
+    /// Whether its scope asks for an action other than pull and push.
+    fn beyond_pull_and_push(&self) -> bool {
+        self.scope.split(' ').any(|scope| {
+            scope
+                .rsplit(':')
+                .next()
+                .is_some_and(|actions| actions.split(',').any(|a| a != "pull" && a != "push"))
+        })
+    }
+}
+
 async fn response_error(
     operation: &'static str,
     target: String,
@@ -522,6 +571,7 @@ impl RegistryClient {
             base,
             credentials: auth,
             tokens: Default::default(),
+            scoped: Default::default(),
         })
     }
 
@@ -713,8 +763,10 @@ impl RegistryClient {
     }
 
     /// Sends a request to this registry built by `build`, again with a fresh token
-    /// when the registry answers 401 (a token expired during a long run). The
-    /// response is returned whatever its status.
+    /// when the registry answers 401 (a token expired during a long run), and with
+    /// a token for exactly the scope the registry's challenge names when that is
+    /// more than pull and push (oci-client asks for those two only; a delete
+    /// needs `delete`). The response is returned whatever its status.
     async fn send(
         &self,
         repository: &str,
@@ -732,17 +784,98 @@ impl RegistryClient {
             }
         };
         let mut fresh = false;
+        let mut scoped: Option<(BearerChallenge, String)> = None;
         loop {
-            let request = self
-                .authorised(repository, target, fresh, build(&self.http))
-                .await?;
+            let request = match &scoped {
+                Some((_, token)) => build(&self.http).bearer_auth(token),
+                None => {
+                    self.authorised(repository, target, fresh, build(&self.http))
+                        .await?
+                }
+            };
             let response = request.send().await.map_err(transport)?;
-            if response.status() == reqwest::StatusCode::UNAUTHORIZED && !fresh {
+            if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+                return Ok(response);
+            }
+            if let Some((challenge, _)) = scoped.take() {
+                // A cached token refused: it expired. Once more with a new one.
+                if fresh {
+                    return Ok(response);
+                }
                 fresh = true;
+                self.scoped.lock().await.remove(&challenge.scope);
+                let token = self.scoped_token(&challenge, operation, target).await?;
+                scoped = Some((challenge, token));
                 continue;
             }
-            return Ok(response);
+            let wider = response
+                .headers()
+                .get_all(http::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(BearerChallenge::parse)
+                .find(|c| c.beyond_pull_and_push());
+            match wider {
+                Some(challenge) => {
+                    let token = self.scoped_token(&challenge, operation, target).await?;
+                    scoped = Some((challenge, token));
+                }
+                None if !fresh => fresh = true,
+                None => return Ok(response),
+            }
         }
+    }
+
+    /// A token from the challenge's realm for its scope, cached by scope; asked
+    /// with this registry's credentials, as every registry client does.
+    async fn scoped_token(
+        &self,
+        challenge: &BearerChallenge,
+        operation: &'static str,
+        target: &str,
+    ) -> Result<String, RegistryError> {
+        let mut cache = self.scoped.lock().await;
+        if let Some(t) = cache.get(&challenge.scope) {
+            return Ok(t.clone());
+        }
+        let failed = |message: String| RegistryError::Request {
+            operation,
+            target: target.to_string(),
+            kind: ErrorKind::Unauthorized,
+            message,
+        };
+        let mut request = self.http.get(&challenge.realm).query(&[
+            ("service", challenge.service.as_str()),
+            ("scope", challenge.scope.as_str()),
+        ]);
+        if let RegistryAuth::Basic(user, password) = &self.credentials {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await.map_err(|e| {
+            failed(format!(
+                "token for {} from {}: {}",
+                challenge.scope,
+                challenge.realm,
+                transport(&e).1
+            ))
+        })?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let token = body["token"]
+            .as_str()
+            .or(body["access_token"].as_str())
+            .filter(|_| status.is_success())
+            .ok_or_else(|| {
+                failed(format!(
+                    "the token service {} answered {status} for {}; check that the credential in the auth file may {}",
+                    challenge.realm,
+                    challenge.scope,
+                    challenge.scope.rsplit(':').next().unwrap_or_default()
+                ))
+            })?
+            .to_string();
+        cache.insert(challenge.scope.clone(), token.clone());
+        Ok(token)
     }
 
     /// Deletes a manifest by digest (which removes every tag pointing at it) or a
@@ -1148,6 +1281,26 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_challenges_are_read_with_commas_inside_quotes() {
+        let c = BearerChallenge::parse(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:team/app:delete",error="insufficient_scope""#,
+        )
+        .unwrap();
+        assert_eq!(c.realm, "https://auth.example.com/token");
+        assert_eq!(c.service, "registry.example.com");
+        assert_eq!(c.scope, "repository:team/app:delete");
+        assert!(c.beyond_pull_and_push());
+        let push = BearerChallenge::parse(
+            r#"Bearer realm="http://h/t", scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(push.scope, "repository:a/b:pull,push");
+        assert!(!push.beyond_pull_and_push());
+        assert_eq!(BearerChallenge::parse(r#"Basic realm="x""#), None);
+        assert_eq!(BearerChallenge::parse("Bearer realm=unquoted"), None);
+    }
 
     #[test]
     fn ca_certificates_come_from_the_given_dir_only() {

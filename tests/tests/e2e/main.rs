@@ -13,6 +13,7 @@ mod oneway;
 mod operators;
 mod policy;
 mod pruning;
+mod registries;
 mod releases;
 mod retries;
 mod scheduled;

@@ -1,0 +1,266 @@
+//! A token issuer for a registry with `auth: token`, as Quay, Harbor and
+//! registry.redhat.io run: the registry answers 401 with a `Bearer` challenge, the
+//! client asks this issuer for a token for the scopes it needs (with its user and
+//! password), and the registry checks the token's signature (ES256, with the
+//! signing certificate in the `x5c` header, chained to the root it trusts) and the
+//! actions it grants. The registry is the real `docker-registry`; only the issuer
+//! lives here, so grants per user and namespace, and short lifetimes, are the
+//! test's to choose.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, anyhow};
+use base64::Engine as _;
+use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::DecodePrivateKey as _;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+
+/// The `service` the registry names in its challenge (its `auth.token.service`).
+pub const SERVICE: &str = "airlock-test-registry";
+/// The `iss` of every token (the registry's `auth.token.issuer`).
+pub const ISSUER: &str = "airlock-test-issuer";
+
+/// What a user may do, under which repositories.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+    /// Repositories whose name starts with this (`team/`; empty: all).
+    pub namespace: String,
+    /// Actions granted there (`pull`, `push`, `delete`, `*`).
+    pub actions: Vec<String>,
+}
+
+impl Grant {
+    /// `user` may do `actions` in repositories under `namespace`.
+    pub fn new(user: &str, password: &str, namespace: &str, actions: &[&str]) -> Self {
+        Grant {
+            user: user.into(),
+            password: password.into(),
+            namespace: namespace.into(),
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+}
+
+/// One token request as the issuer saw it.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// The user, when credentials were sent and right.
+    pub user: Option<String>,
+    /// The scopes asked for, as sent.
+    pub scopes: Vec<String>,
+}
+
+struct Keys {
+    signing: SigningKey,
+    /// The signing certificate, DER, for the `x5c` header.
+    leaf: Vec<u8>,
+}
+
+/// A running issuer on a free loopback port; stops when dropped.
+pub struct TokenIssuer {
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    port: u16,
+    root: PathBuf,
+    requests: Arc<Mutex<Vec<TokenRequest>>>,
+}
+
+impl TokenIssuer {
+    /// Starts an issuer granting `grants`, its tokens valid for `lifetime`; the
+    /// root certificate the registry must trust is written into `dir`.
+    pub fn start(dir: &Path, grants: Vec<Grant>, lifetime: Duration) -> Result<Self> {
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.distinguished_name
+            .push(DnType::CommonName, "airlock test token CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer = rcgen::CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let mut leaf = CertificateParams::new(Vec::<String>::new())?;
+        leaf.distinguished_name
+            .push(DnType::CommonName, "airlock test token signer");
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let cert = leaf.signed_by(&key, &issuer)?;
+        std::fs::create_dir_all(dir)?;
+        let root = dir.join("token-root.crt");
+        std::fs::write(&root, issuer.pem())?;
+        let keys = Keys {
+            signing: SigningKey::from_pkcs8_der(&key.serialize_der())
+                .map_err(|e| anyhow!("token signing key: {e}"))?,
+            leaf: cert.der().to_vec(),
+        };
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").map_err(|e| anyhow!("{e}"))?);
+        let port = server.server_addr().to_ip().expect("a TCP listener").port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (s, seen) = (server.clone(), requests.clone());
+        let thread = std::thread::spawn(move || {
+            for req in s.incoming_requests() {
+                let response = answer(&req, &grants, &keys, lifetime, &seen);
+                let _ = req.respond(response);
+            }
+        });
+        Ok(TokenIssuer {
+            server,
+            thread: Some(thread),
+            port,
+            root,
+            requests,
+        })
+    }
+
+    /// The `realm` the registry sends clients to.
+    pub fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    /// The root certificate (PEM) the registry trusts tokens by.
+    pub fn root_cert(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every token request so far.
+    pub fn requests(&self) -> Vec<TokenRequest> {
+        self.requests.lock().expect("not poisoned").clone()
+    }
+
+    /// Whether `user` asked for a token that lets it do `action` in `repository`.
+    pub fn asked(&self, user: &str, repository: &str, action: &str) -> bool {
+        let wanted = format!("repository:{repository}:");
+        self.requests().iter().any(|t| {
+            t.user.as_deref() == Some(user)
+                && t.scopes.iter().any(|s| {
+                    s.strip_prefix(&wanted)
+                        .is_some_and(|actions| actions.split(',').any(|a| a == action))
+                })
+        })
+    }
+}
+
+impl Drop for TokenIssuer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+
+fn answer(
+    req: &tiny_http::Request,
+    grants: &[Grant],
+    keys: &Keys,
+    lifetime: Duration,
+    seen: &Mutex<Vec<TokenRequest>>,
+) -> Response {
+    let query = req.url().split_once('?').map_or("", |(_, q)| q);
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (crate::percent_decode(k), crate::percent_decode(v)))
+        .collect();
+    let scopes: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    let credentials = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Basic ").map(str::to_string))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    let user = match credentials.as_deref().map(|c| c.split_once(':')) {
+        None => None,
+        Some(Some((u, p))) if grants.iter().any(|g| g.user == u && g.password == p) => {
+            Some(u.to_string())
+        }
+        Some(_) => {
+            seen.lock()
+                .expect("not poisoned")
+                .push(TokenRequest { user: None, scopes });
+            return json(401, r#"{"details":"wrong user name or password"}"#.into());
+        }
+    };
+    seen.lock().expect("not poisoned").push(TokenRequest {
+        user: user.clone(),
+        scopes: scopes.clone(),
+    });
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|scope| {
+            let mut parts = scope.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            let allowed: Vec<&str> = actions
+                .split(',')
+                .filter(|a| {
+                    grants.iter().any(|g| {
+                        Some(&g.user) == user.as_ref()
+                            && kind == "repository"
+                            && name.starts_with(&g.namespace)
+                            && g.actions.iter().any(|x| x == a || x == "*")
+                    })
+                })
+                .collect();
+            Some(serde_json::json!({"type": kind, "name": name, "actions": allowed}))
+        })
+        .collect();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = serde_json::json!({
+        "typ": "JWT",
+        "alg": "ES256",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(&keys.leaf)],
+    });
+    let claims = serde_json::json!({
+        "iss": ISSUER,
+        "sub": user.clone().unwrap_or_default(),
+        "aud": SERVICE,
+        "exp": now + lifetime.as_secs().max(1),
+        "nbf": now - 10,
+        "iat": now,
+        "jti": format!("{:016x}", rand::random::<u64>()),
+        "access": access,
+    });
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature: Signature = keys.signing.sign(input.as_bytes());
+    let token = format!("{input}.{}", b64(&signature.to_bytes()));
+    json(
+        200,
+        serde_json::json!({
+            "token": token,
+            "access_token": token,
+            "expires_in": lifetime.as_secs().max(1),
+        })
+        .to_string(),
+    )
+}
+
+fn json(status: u16, body: String) -> Response {
+    tiny_http::Response::from_data(body.into_bytes())
+        .with_status_code(status)
+        .with_header(
+            "Content-Type: application/json"
+                .parse::<tiny_http::Header>()
+                .expect("a valid header"),
+        )
+}

@@ -1,0 +1,93 @@
+//! Registries as sites run them: bearer-token auth (`auth: token`, as Quay,
+//! Harbor and registry.redhat.io run it) with grants per user and namespace, on
+//! the real `docker-registry` with the harness's token issuer.
+
+use std::time::Duration;
+
+use airlock_tests::images::{Format, ImageBuilder, PushClient};
+use airlock_tests::registry::{Registry, RegistryOptions};
+use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
+use airlock_tests::token::Grant;
+
+use crate::util::*;
+
+fn token_registry(grants: Vec<Grant>) -> Registry {
+    Registry::start(RegistryOptions {
+        token: Some((grants, Duration::from_secs(300))),
+        ..RegistryOptions::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn create_and_publish_through_token_registries_and_prune_with_a_delete_scope() {
+    // The source lets `reader` pull under team/ only (the first grant: the
+    // credential the suite's flags pass); `pusher` fills it.
+    let src = token_registry(vec![
+        Grant::new("reader", "r-pass", "team/", &["pull"]),
+        Grant::new("pusher", "p-pass", "", &["pull", "push"]),
+    ]);
+    let dest = token_registry(vec![Grant::new(
+        "writer",
+        "w-pass",
+        "",
+        &["pull", "push", "delete"],
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = Registry::plain().unwrap();
+    let client = PushClient::new(&plain).unwrap();
+    let pusher = SkopeoOpts {
+        authfile: Some(src.auth_file_for(tmp.path(), "pusher", "p-pass").unwrap()),
+        ..SkopeoOpts::for_registry(&src)
+    };
+    let mut placed = Vec::new();
+    for (seed, repo) in [(601, "team/a"), (602, "team/b")] {
+        let image = ImageBuilder::new(Format::Oci).layer(seed, 30_000).build();
+        image.push(&client, repo, Some("1")).unwrap();
+        copy_all(
+            &format!("docker://{}/{repo}:1", plain.addr()),
+            &SkopeoOpts::for_registry(&plain),
+            &format!("docker://{}/{repo}:1", src.addr()),
+            &pusher,
+        )
+        .unwrap();
+        placed.push(Placed {
+            image,
+            repo: repo.into(),
+            config_ref: format!("{repo}:1"),
+            dest_ref: format!("{repo}:1"),
+        });
+    }
+    let ws_c = tmp.path().join("ws-c");
+    let ws_d = tmp.path().join("ws-d");
+    let mut outs = Vec::new();
+    for (i, list) in [&placed[..], &placed[..1]].into_iter().enumerate() {
+        let dir = tmp.path().join(format!("c{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = write_config(&dir, &src, list, "");
+        let out = tmp.path().join(format!("out{i}"));
+        let created = create(&config, &out, &ws_c, "1MiB", &src);
+        assert_eq!(created.code, 0, "{created}");
+        outs.push(out);
+    }
+
+    let first = publish(&outs[0], &dest, "m", &ws_d);
+    assert_eq!(first.code, 0, "{first}");
+    assert_byte_exact(&src, &dest, "m", &placed);
+
+    // Pruning deletes under token auth: the token must grant `delete`.
+    let second = publish(&outs[1], &dest, "m", &ws_d);
+    assert_eq!(second.code, 0, "{second}");
+    assert!(
+        second.stdout.contains("1 manifests deleted, 0 kept in use"),
+        "{second}"
+    );
+    assert!(inspect_raw_at(&dest, "m/team/b:1").is_err(), "B is gone");
+    assert_byte_exact(&src, &dest, "m", &placed[..1]);
+    let issuer = dest.issuer().unwrap();
+    assert!(
+        issuer.asked("writer", "m/team/b", "delete"),
+        "{:?}",
+        issuer.requests()
+    );
+}
