@@ -17,6 +17,7 @@ pub mod registry;
 pub mod release;
 pub mod skopeo;
 pub mod supply_chain;
+pub mod tinyproxy;
 pub mod tls;
 pub mod token;
 pub mod update_service;

@@ -326,11 +326,53 @@ fn transport(r: &reqwest::Error) -> (ErrorKind, String) {
     if msg.contains("certificate") || msg.contains("UnknownIssuer") {
         msg.push_str(": trust the registry's CA with --src-cert-dir/--dest-cert-dir or /etc/containers/certs.d/HOST:PORT/ca.crt, or use --src-tls-verify=false/--dest-tls-verify=false for a test registry");
     }
+    // reqwest names the registry, not the proxy it went through: a proxy that is
+    // down or refuses would read as the registry being down.
+    if matches!(kind, ErrorKind::Unreachable | ErrorKind::Network) {
+        if let Some((proxy, var)) = r
+            .url()
+            .and_then(|u| env_proxy(u, &|k| std::env::var(k).ok()))
+        {
+            msg.push_str(&format!(
+                ": through the proxy {proxy} ({var}); check that it runs and lets this registry through, or exempt the registry with NO_PROXY"
+            ));
+        }
+    }
     (kind, msg)
 }
 
-/// The error for a response with an unexpected status: its kind from the status
-/// (with `Retry-After`), its text from the distribution error codes of the body.
+/// The proxy reqwest takes from the environment for `url`, and the variable it
+/// came from: `HTTPS_PROXY` (https) or `HTTP_PROXY` (http), either case, then
+/// `ALL_PROXY`; none when `NO_PROXY` exempts the host (`*`, the host, or a domain
+/// it is in).
+fn env_proxy(url: &reqwest::Url, var: &dyn Fn(&str) -> Option<String>) -> Option<(String, String)> {
+    let host = url.host_str()?;
+    let exempt = ["NO_PROXY", "no_proxy"]
+        .iter()
+        .filter_map(|k| var(k))
+        .flat_map(|v| {
+            v.split(',')
+                .map(|e| e.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .any(|e| {
+            let domain = e.trim_start_matches('.');
+            e == "*"
+                || (!domain.is_empty() && (host == domain || host.ends_with(&format!(".{domain}"))))
+        });
+    if exempt {
+        return None;
+    }
+    let names: &[&str] = if url.scheme() == "https" {
+        &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+    };
+    names
+        .iter()
+        .find_map(|k| var(k).filter(|v| !v.is_empty()).map(|v| (v, k.to_string())))
+}
+
 /// A `WWW-Authenticate: Bearer realm="…",service="…",scope="…"` challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct BearerChallenge {
@@ -377,6 +419,8 @@ impl BearerChallenge {
     }
 }
 
+/// The error for a response with an unexpected status: its kind from the status
+/// (with `Retry-After`), its text from the distribution error codes of the body.
 async fn response_error(
     operation: &'static str,
     target: String,
@@ -1281,6 +1325,45 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxy_named_in_errors_is_the_one_the_environment_gives_the_url() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let https = reqwest::Url::parse("https://quay.io/v2/").unwrap();
+        let http = reqwest::Url::parse("http://10.0.0.5:5000/v2/").unwrap();
+        let vars = env(&[
+            ("HTTPS_PROXY", "http://proxy:3128"),
+            ("http_proxy", "http://plain:8080"),
+            ("NO_PROXY", "localhost,.internal.example.com"),
+        ]);
+        assert_eq!(
+            env_proxy(&https, &vars),
+            Some(("http://proxy:3128".into(), "HTTPS_PROXY".into()))
+        );
+        assert_eq!(
+            env_proxy(&http, &vars),
+            Some(("http://plain:8080".into(), "http_proxy".into()))
+        );
+        let exempt = reqwest::Url::parse("https://registry.internal.example.com/v2/").unwrap();
+        assert_eq!(env_proxy(&exempt, &vars), None);
+        assert_eq!(
+            env_proxy(&https, &env(&[("ALL_PROXY", "socks5://s:1")]))
+                .unwrap()
+                .1,
+            "ALL_PROXY"
+        );
+        assert_eq!(
+            env_proxy(&https, &env(&[("HTTPS_PROXY", "x"), ("no_proxy", "*")])),
+            None
+        );
+    }
 
     #[test]
     fn bearer_challenges_are_read_with_commas_inside_quotes() {

@@ -1,12 +1,15 @@
 //! Registries as sites run them: bearer-token auth (`auth: token`, as Quay,
 //! Harbor and registry.redhat.io run it) with grants per user and namespace, on
-//! the real `docker-registry` with the harness's token issuer.
+//! the real `docker-registry` with the harness's token issuer; and the connected
+//! side behind an HTTP proxy (a real `tinyproxy`).
 
 use std::time::Duration;
 
+use airlock_tests::bins::run;
 use airlock_tests::images::{Format, ImageBuilder, PushClient};
-use airlock_tests::registry::{Registry, RegistryOptions};
+use airlock_tests::registry::{Registry, RegistryOptions, free_port};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
+use airlock_tests::tinyproxy::Tinyproxy;
 use airlock_tests::token::Grant;
 
 use crate::util::*;
@@ -90,4 +93,58 @@ fn create_and_publish_through_token_registries_and_prune_with_a_delete_scope() {
         "{:?}",
         issuer.requests()
     );
+}
+
+#[test]
+fn create_goes_through_the_proxy_the_environment_names_and_a_dead_proxy_is_named() {
+    let s = Setup::plain();
+    let proxy = Tinyproxy::start().unwrap();
+    let out = s.path("out");
+    let created = run(
+        create_cmd(&s.config, &out, &s.path("ws-c"), "1MiB", &s.source)
+            .env("HTTP_PROXY", proxy.url()),
+    );
+    assert_eq!(created.code, 0, "{created}");
+    let log = proxy.log();
+    let through: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("http://{}/v2/", s.source.addr())))
+        .collect();
+    assert!(
+        through.iter().any(|l| l.contains("/manifests/"))
+            && through.iter().any(|l| l.contains("/blobs/")),
+        "manifests and blobs were fetched through the proxy:\n{log}"
+    );
+    let published = s.publish(&out, "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
+
+    // A proxy that is not there is named, with what to check.
+    let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let failed = run(create_cmd(
+        &s.config,
+        &s.path("out-dead"),
+        &s.path("ws-dead"),
+        "1MiB",
+        &s.source,
+    )
+    .env("HTTP_PROXY", &dead));
+    assert_eq!(failed.code, EX_UNAVAILABLE, "{failed}");
+    assert!(
+        failed
+            .stderr
+            .contains(&format!("through the proxy {dead} (HTTP_PROXY)")),
+        "{failed}"
+    );
+    // NO_PROXY exempts the registry from it.
+    let exempt = run(create_cmd(
+        &s.config,
+        &s.path("out-exempt"),
+        &s.path("ws-exempt"),
+        "1MiB",
+        &s.source,
+    )
+    .env("HTTP_PROXY", &dead)
+    .env("NO_PROXY", "127.0.0.1"));
+    assert_eq!(exempt.code, 0, "{exempt}");
 }
