@@ -226,6 +226,10 @@ pub struct RegistryClient {
     /// Tokens for the scopes registries asked for beyond pull and push (a
     /// delete needs `repository:NAME:delete`), by scope.
     scoped: tokio::sync::Mutex<HashMap<String, String>>,
+    /// The registry's `Bearer` challenge to an anonymous `/v2/`, asked once: where
+    /// tokens for scopes nobody was challenged for come from (a mount needs pull
+    /// on the repository it mounts from). `None` without token auth.
+    challenge: tokio::sync::OnceCell<Option<BearerChallenge>>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -616,6 +620,7 @@ impl RegistryClient {
             credentials: auth,
             tokens: Default::default(),
             scoped: Default::default(),
+            challenge: Default::default(),
         })
     }
 
@@ -888,10 +893,10 @@ impl RegistryClient {
             kind: ErrorKind::Unauthorized,
             message,
         };
-        let mut request = self.http.get(&challenge.realm).query(&[
-            ("service", challenge.service.as_str()),
-            ("scope", challenge.scope.as_str()),
-        ]);
+        // One `scope` parameter per scope, as the token protocol has it.
+        let mut query = vec![("service", challenge.service.as_str())];
+        query.extend(challenge.scope.split(' ').map(|s| ("scope", s)));
+        let mut request = self.http.get(&challenge.realm).query(&query);
         if let RegistryAuth::Basic(user, password) = &self.credentials {
             request = request.basic_auth(user, Some(password));
         }
@@ -1076,13 +1081,69 @@ impl RegistryClient {
 
     /// Asks the registry to link a blob it already holds in `from` into `repository`.
     /// Returns `false` when the registry declines (it then expects an upload).
+    ///
+    /// Under token auth the token must grant pull on `from` as well as push on
+    /// `repository` (`repository:TARGET:pull,push repository:FROM:pull`, as the
+    /// distribution spec has it); without it a registry quietly starts an upload
+    /// instead, so a shared layer would cross into the registry once per
+    /// repository. oci-client asks for the target's scope only.
     pub async fn mount_blob(&self, repository: &str, from: &str, digest: &Digest) -> bool {
-        let to = self.by_digest(repository, digest);
-        let source = self.by_digest(from, digest);
-        self.client
-            .mount_blob(&to, &source, digest.as_str())
+        const OPERATION: &str = "mount blob";
+        let target = self.target(repository, digest.as_str());
+        let Ok(mut url) = self.url(
+            &format!("v2/{repository}/blobs/uploads/"),
+            OPERATION,
+            &target,
+        ) else {
+            return false;
+        };
+        url.query_pairs_mut()
+            .append_pair("mount", digest.as_str())
+            .append_pair("from", from);
+        let request = match self.bearer().await {
+            Some(mut challenge) => {
+                challenge.scope =
+                    format!("repository:{repository}:pull,push repository:{from}:pull");
+                match self.scoped_token(&challenge, OPERATION, &target).await {
+                    Ok(token) => self.http.post(url).bearer_auth(token),
+                    Err(_) => return false,
+                }
+            }
+            None => match self
+                .authorised(repository, &target, false, self.http.post(url))
+                .await
+            {
+                Ok(request) => request,
+                Err(_) => return false,
+            },
+        };
+        let mounted = request
+            .header(reqwest::header::CONTENT_LENGTH, 0)
+            .send()
             .await
-            .is_ok()
+            .is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED);
+        tracing::debug!(%repository, %from, %digest, mounted, "cross-repository mount");
+        mounted
+    }
+
+    /// The registry's token challenge, asked once (see [`RegistryClient::challenge`]).
+    async fn bearer(&self) -> Option<BearerChallenge> {
+        self.challenge
+            .get_or_init(|| async {
+                let url = self.base.join("v2/").ok()?;
+                let response = self.http.get(url).send().await.ok()?;
+                if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+                    return None;
+                }
+                response
+                    .headers()
+                    .get_all(http::header::WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(BearerChallenge::parse)
+            })
+            .await
+            .clone()
     }
 
     /// Uploads a blob from a stream (another registry's download, or store

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use airlock_tests::bins::run;
-use airlock_tests::images::{Format, ImageBuilder, PushClient};
+use airlock_tests::images::{Format, ImageBuilder, PushClient, layer};
 use airlock_tests::registry::{Registry, RegistryOptions, free_port};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
 use airlock_tests::tinyproxy::Tinyproxy;
@@ -147,4 +147,43 @@ fn create_goes_through_the_proxy_the_environment_names_and_a_dead_proxy_is_named
     .env("HTTP_PROXY", &dead)
     .env("NO_PROXY", "127.0.0.1"));
     assert_eq!(exempt.code, 0, "{exempt}");
+}
+
+#[test]
+fn a_layer_shared_by_two_repositories_crosses_into_a_token_registry_once() {
+    let src = Registry::plain().unwrap();
+    let dest = token_registry(vec![Grant::new("writer", "w-pass", "", &["pull", "push"])]);
+    let client = PushClient::new(&src).unwrap();
+    let shared = layer(611, 200_000);
+    let mut placed = Vec::new();
+    for (seed, repo) in [(612, "team/x"), (613, "ops/y")] {
+        let image = ImageBuilder::new(Format::Oci)
+            .with_layer(&shared)
+            .layer(seed, 10_000)
+            .build();
+        image.push(&client, repo, Some("1")).unwrap();
+        placed.push(Placed {
+            image,
+            repo: repo.into(),
+            config_ref: format!("{repo}:1"),
+            dest_ref: format!("{repo}:1"),
+        });
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &src, &placed, "");
+    let out = tmp.path().join("out");
+    let created = create(&config, &out, &tmp.path().join("ws-c"), "1MiB", &src);
+    assert_eq!(created.code, 0, "{created}");
+    let published = publish(&out, &dest, "m", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+    assert!(published.stdout.contains(", 1 mounted,"), "{published}");
+    // Access log lines of uploads closing with the shared layer's digest.
+    let hex = shared.digest.trim_start_matches("sha256:");
+    let uploads = dest
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"PUT /v2/") && l.contains(&format!("digest=sha256%3A{hex}")))
+        .count();
+    assert_eq!(uploads, 1, "{}", dest.log());
+    assert_byte_exact(&src, &dest, "m", &placed);
 }
