@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 
 use crate::tls::TestCa;
-use crate::token::{Grant, ISSUER, SERVICE, TokenIssuer};
+use crate::token::{ISSUER, SERVICE, TokenAuth, TokenIssuer};
 
 /// How a registry is set up.
 #[derive(Debug, Clone, Default)]
@@ -26,9 +26,9 @@ pub struct RegistryOptions {
     /// pruned must).
     pub refuse_deletes: bool,
     /// Bearer-token authentication (`auth: token`) with tokens from a
-    /// [`TokenIssuer`] granting these, valid for the given time; the first grant's
-    /// user is the registry's [`Registry::credentials`].
-    pub token: Option<(Vec<Grant>, Duration)>,
+    /// [`TokenIssuer`] set up so; the first grant's user is the registry's
+    /// [`Registry::credentials`].
+    pub token: Option<TokenAuth>,
 }
 
 /// A running registry.
@@ -105,11 +105,7 @@ impl Registry {
             std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n"))?;
         }
         let issuer = match &options.token {
-            Some((grants, lifetime)) => Some(TokenIssuer::start(
-                &dir.path().join("token"),
-                grants.clone(),
-                *lifetime,
-            )?),
+            Some(auth) => Some(TokenIssuer::start(&dir.path().join("token"), auth.clone())?),
             None => None,
         };
         let instance = format!("{:016x}", rand::random::<u64>());
@@ -281,7 +277,8 @@ impl Registry {
     pub fn credentials(&self) -> Option<(&str, &str)> {
         match (&self.options.htpasswd, &self.options.token) {
             (Some((u, p)), _) => Some((u.as_str(), p.as_str())),
-            (None, Some((grants, _))) => grants
+            (None, Some(auth)) => auth
+                .grants
                 .first()
                 .map(|g| (g.user.as_str(), g.password.as_str())),
             (None, None) => None,

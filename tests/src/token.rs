@@ -48,6 +48,35 @@ impl Grant {
     }
 }
 
+/// How a registry with `auth: token` is set up.
+#[derive(Debug, Clone, Default)]
+pub struct TokenAuth {
+    /// What each user may do.
+    pub grants: Vec<Grant>,
+    /// How long a token is good for (the registry's own leeway of 60 s
+    /// included: the token really expires after this).
+    pub lifetime: Duration,
+    /// The first token for each set of scopes is issued already expired for the
+    /// registry while the answer says it is good for `lifetime`, as a token that
+    /// expires in the middle of a long publish: a client must take the registry's
+    /// 401 as "ask again", not as a refusal. Later tokens for it are good.
+    pub stale_first: bool,
+}
+
+impl TokenAuth {
+    /// `grants`, tokens good for five minutes.
+    pub fn new(grants: Vec<Grant>) -> Self {
+        TokenAuth {
+            grants,
+            lifetime: Duration::from_secs(300),
+            stale_first: false,
+        }
+    }
+}
+
+/// distribution accepts a token this long after its `exp` (clock skew).
+const REGISTRY_LEEWAY: u64 = 60;
+
 /// One token request as the issuer saw it.
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
@@ -70,12 +99,13 @@ pub struct TokenIssuer {
     port: u16,
     root: PathBuf,
     requests: Arc<Mutex<Vec<TokenRequest>>>,
+    stale_first: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TokenIssuer {
-    /// Starts an issuer granting `grants`, its tokens valid for `lifetime`; the
-    /// root certificate the registry must trust is written into `dir`.
-    pub fn start(dir: &Path, grants: Vec<Grant>, lifetime: Duration) -> Result<Self> {
+    /// Starts an issuer as `auth` says; the root certificate the registry must
+    /// trust is written into `dir`.
+    pub fn start(dir: &Path, auth: TokenAuth) -> Result<Self> {
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.distinguished_name
             .push(DnType::CommonName, "airlock test token CA");
@@ -102,10 +132,14 @@ impl TokenIssuer {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").map_err(|e| anyhow!("{e}"))?);
         let port = server.server_addr().to_ip().expect("a TCP listener").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (s, seen) = (server.clone(), requests.clone());
+        let stale_first = Arc::new(std::sync::atomic::AtomicBool::new(auth.stale_first));
+        let (s, seen, staling) = (server.clone(), requests.clone(), stale_first.clone());
         let thread = std::thread::spawn(move || {
+            let mut asked = std::collections::HashSet::new();
             for req in s.incoming_requests() {
-                let response = answer(&req, &grants, &keys, lifetime, &seen);
+                let stale = staling.load(std::sync::atomic::Ordering::SeqCst)
+                    && asked.insert(req.url().to_string());
+                let response = answer(&req, &auth, stale, &keys, &seen);
                 let _ = req.respond(response);
             }
         });
@@ -115,6 +149,7 @@ impl TokenIssuer {
             port,
             root,
             requests,
+            stale_first,
         })
     }
 
@@ -126,6 +161,13 @@ impl TokenIssuer {
     /// The root certificate (PEM) the registry trusts tokens by.
     pub fn root_cert(&self) -> &Path {
         &self.root
+    }
+
+    /// From now on, only good tokens ([`TokenAuth::stale_first`] off): for
+    /// checking with clients that do not ask again, as skopeo.
+    pub fn issue_good_tokens(&self) {
+        self.stale_first
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every token request so far.
@@ -159,11 +201,12 @@ type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
 
 fn answer(
     req: &tiny_http::Request,
-    grants: &[Grant],
+    auth: &TokenAuth,
+    stale: bool,
     keys: &Keys,
-    lifetime: Duration,
     seen: &Mutex<Vec<TokenRequest>>,
 ) -> Response {
+    let (grants, lifetime) = (&auth.grants, auth.lifetime);
     let query = req.url().split_once('?').map_or("", |(_, q)| q);
     let params: Vec<(String, String)> = query
         .split('&')
@@ -231,8 +274,12 @@ fn answer(
         "iss": ISSUER,
         "sub": user.clone().unwrap_or_default(),
         "aud": SERVICE,
-        "exp": now + lifetime.as_secs().max(1),
-        "nbf": now - 10,
+        "exp": if stale {
+            now - 2 * REGISTRY_LEEWAY
+        } else {
+            (now + lifetime.as_secs().max(1)).saturating_sub(REGISTRY_LEEWAY)
+        },
+        "nbf": now - 3 * REGISTRY_LEEWAY,
         "iat": now,
         "jti": format!("{:016x}", rand::random::<u64>()),
         "access": access,

@@ -14,7 +14,7 @@ use airlock_tests::images::{
 };
 use airlock_tests::registry::{Registry, RegistryOptions};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw, inspect_raw_at, list_tags};
-use airlock_tests::token::Grant;
+use airlock_tests::token::{Grant, TokenAuth};
 use anyhow::Result;
 use serde_json::Value;
 
@@ -402,13 +402,10 @@ fn commands_run_with_an_isolated_home_and_no_credentials() -> Result<()> {
 #[test]
 fn token_registry_grants_by_user_and_namespace_as_skopeo_sees_it() -> Result<()> {
     let r = Registry::start(RegistryOptions {
-        token: Some((
-            vec![
-                Grant::new("writer", "w-pass", "", &["pull", "push", "delete"]),
-                Grant::new("reader", "r-pass", "team/", &["pull"]),
-            ],
-            std::time::Duration::from_secs(300),
-        )),
+        token: Some(TokenAuth::new(vec![
+            Grant::new("writer", "w-pass", "", &["pull", "push", "delete"]),
+            Grant::new("reader", "r-pass", "team/", &["pull"]),
+        ])),
         ..RegistryOptions::default()
     })?;
     // Anonymous requests get the challenge that sends clients to the issuer.

@@ -664,8 +664,10 @@ impl RegistryClient {
         let target = self.target(repository, reference);
         let r = self.by_reference(repository, reference);
         let (bytes, digest) = self
-            .client
-            .pull_manifest_raw(&r, &RegistryAuth::Anonymous, ACCEPTED)
+            .reading(repository, || {
+                self.client
+                    .pull_manifest_raw(&r, &RegistryAuth::Anonymous, ACCEPTED)
+            })
             .await
             .map_err(|e| request_error("pull manifest", target.clone(), e))?;
         let computed = Digest::of(&bytes);
@@ -790,6 +792,41 @@ impl RegistryClient {
             .map_err(|e| request_error("authenticate", target.to_string(), e))?;
         tokens.insert(repository.to_string(), token.clone());
         Ok(token)
+    }
+
+    /// Runs an oci-client read, once more on a network failure, and once more
+    /// after a new token when the registry answers 401: oci-client keeps a token until the expiry its token service
+    /// announced, and a registry may refuse it before (it expired during a long
+    /// run; the clocks differ). The credential is still good, so that is no
+    /// reason to fail a publish of hours.
+    async fn reading<T, Fut>(
+        &self,
+        repository: &str,
+        call: impl Fn() -> Fut,
+    ) -> Result<T, OciDistributionError>
+    where
+        Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+    {
+        match call().await {
+            Err(e) if classify(&e).0 == ErrorKind::Unauthorized => {
+                let r =
+                    Reference::with_tag(self.host.clone(), repository.to_string(), "latest".into());
+                if self
+                    .client
+                    .auth(&r, &self.credentials, RegistryOperation::Pull)
+                    .await
+                    .is_err()
+                {
+                    return Err(e);
+                }
+                call().await
+            }
+            // A pooled connection that a proxy or the registry closed while it was
+            // idle fails the request that reuses it ("connection closed before
+            // message completed"); a read is safe to send once more.
+            Err(e) if classify(&e).0 == ErrorKind::Network => call().await,
+            other => other,
+        }
     }
 
     /// `request` with the credentials for `repository` when it goes to this
@@ -974,8 +1011,10 @@ impl RegistryClient {
     ) -> Result<bool, RegistryError> {
         let r = self.by_reference(repository, reference);
         match self
-            .client
-            .fetch_manifest_digest(&r, &RegistryAuth::Anonymous)
+            .reading(repository, || {
+                self.client
+                    .fetch_manifest_digest(&r, &RegistryAuth::Anonymous)
+            })
             .await
         {
             Ok(_) => Ok(true),
@@ -1003,9 +1042,9 @@ impl RegistryClient {
         subject: &Digest,
     ) -> Result<Vec<Digest>, RegistryError> {
         let target = self.target(repository, subject.as_str());
+        let r = self.by_digest(repository, subject);
         let mut index = match self
-            .client
-            .pull_referrers(&self.by_digest(repository, subject), None)
+            .reading(repository, || self.client.pull_referrers(&r, None))
             .await
         {
             Ok(index) => index.manifests,
@@ -1044,8 +1083,7 @@ impl RegistryClient {
     /// Whether the repository has (or can serve) a blob.
     pub async fn has_blob(&self, repository: &str, digest: &Digest) -> Result<bool, RegistryError> {
         let r = self.by_digest(repository, digest);
-        self.client
-            .blob_exists(&r, digest.as_str())
+        self.reading(repository, || self.client.blob_exists(&r, digest.as_str()))
             .await
             .map_err(|e| request_error("check blob", self.target(repository, digest.as_str()), e))
     }
@@ -1060,8 +1098,9 @@ impl RegistryClient {
         let target = self.target(repository, digest.as_str());
         let r = self.by_digest(repository, digest);
         let sized = self
-            .client
-            .pull_blob_stream(&r, digest.as_str())
+            .reading(repository, || {
+                self.client.pull_blob_stream(&r, digest.as_str())
+            })
             .await
             .map_err(|e| request_error("pull blob", target.clone(), e))?;
         Ok(sized

@@ -3,20 +3,18 @@
 //! the real `docker-registry` with the harness's token issuer; and the connected
 //! side behind an HTTP proxy (a real `tinyproxy`).
 
-use std::time::Duration;
-
 use airlock_tests::bins::run;
 use airlock_tests::images::{Format, ImageBuilder, PushClient, layer};
 use airlock_tests::registry::{Registry, RegistryOptions, free_port};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
 use airlock_tests::tinyproxy::Tinyproxy;
-use airlock_tests::token::Grant;
+use airlock_tests::token::{Grant, TokenAuth};
 
 use crate::util::*;
 
 fn token_registry(grants: Vec<Grant>) -> Registry {
     Registry::start(RegistryOptions {
-        token: Some((grants, Duration::from_secs(300))),
+        token: Some(TokenAuth::new(grants)),
         ..RegistryOptions::default()
     })
     .unwrap()
@@ -186,4 +184,29 @@ fn a_layer_shared_by_two_repositories_crosses_into_a_token_registry_once() {
         .count();
     assert_eq!(uploads, 1, "{}", dest.log());
     assert_byte_exact(&src, &dest, "m", &placed);
+}
+
+#[test]
+fn tokens_that_expire_in_the_middle_of_a_publish_are_asked_again() {
+    let s = Setup::new(
+        Registry::plain().unwrap(),
+        Registry::start(RegistryOptions {
+            token: Some(TokenAuth {
+                stale_first: true,
+                ..TokenAuth::new(vec![Grant::new("writer", "w-pass", "", &["pull", "push"])])
+            }),
+            ..RegistryOptions::default()
+        })
+        .unwrap(),
+    );
+    let (created, out) = s.create("1MiB");
+    assert_eq!(created.code, 0, "{created}");
+    let published = s.publish(&out, "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    // The first token of every scope was refused by the registry and asked again.
+    let issuer = s.dest.issuer().unwrap();
+    issuer.issue_good_tokens();
+    s.assert_byte_exact("m");
+    assert!(issuer.requests().len() >= 4, "{:?}", issuer.requests());
+    assert!(s.dest.log().contains("\"POST /v2/m/") && s.dest.log().contains(" 401 "));
 }
