@@ -213,9 +213,9 @@ fn lookup_in(
         .max_by_key(|(k, _)| k.len())
         .map(|(k, e)| (k.clone(), *e));
     if best.is_none() && repository.is_empty() {
-        // Asked for the whole registry (one credential per registry is what the
-        // client keeps) but the file only has repository-scoped keys for it: use
-        // them rather than going anonymous, and say so when they differ.
+        // Asked for the whole registry (the credential of repositories no key
+        // names) but the file only has repository-scoped keys for it: use the
+        // first rather than going anonymous, and say so when they differ.
         let scoped: Vec<&(String, &Entry)> = keys
             .iter()
             .filter(|(k, _)| k.starts_with(&format!("{registry}/")))
@@ -225,11 +225,11 @@ fn lookup_in(
                 .iter()
                 .any(|(_, other)| other.auth != e.auth || other.username != e.username)
             {
-                tracing::warn!(
+                tracing::info!(
                     file = %path.display(),
                     registry,
                     used = %k,
-                    "several repository-scoped credentials for this registry; one credential is used per registry: the first"
+                    "several repository-scoped credentials for this registry: each repository uses the most specific, and one no key names uses the first"
                 );
             }
             best = Some((k.clone(), *e));

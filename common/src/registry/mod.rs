@@ -219,7 +219,19 @@ pub struct RegistryClient {
     http: reqwest::Client,
     /// `{scheme}://{registry}/`, the base of every write.
     base: reqwest::Url,
+    /// The registry's credential: what the auth file has for the host (or, with
+    /// only repository-scoped keys, the first of them).
     credentials: RegistryAuth,
+    /// Where credentials come from, for those of a repository: the most specific
+    /// key wins (`host/ns/repo` over `host/ns` over `host`), so one auth file
+    /// holds a robot account per namespace.
+    auth: AuthSource,
+    /// Each repository's credential once looked up, and whether it differs from
+    /// the registry's.
+    by_repository: std::sync::Mutex<HashMap<String, (RegistryAuth, bool)>>,
+    /// Repositories with their own credential whose pull token oci-client was
+    /// given (it would otherwise ask with the registry's).
+    pulls_authorised: tokio::sync::Mutex<std::collections::HashSet<String>>,
     /// The bearer token to push to each repository, `None` when the registry
     /// asks for none; fetched on first use and again after a 401.
     tokens: tokio::sync::Mutex<HashMap<String, Option<String>>>,
@@ -618,6 +630,9 @@ impl RegistryClient {
             http,
             base,
             credentials: auth,
+            auth: opts.auth.clone(),
+            by_repository: Default::default(),
+            pulls_authorised: Default::default(),
             tokens: Default::default(),
             scoped: Default::default(),
             challenge: Default::default(),
@@ -787,11 +802,32 @@ impl RegistryClient {
         let r = Reference::with_tag(self.host.clone(), repository.to_string(), "latest".into());
         let token = self
             .client
-            .auth(&r, &self.credentials, RegistryOperation::Push)
+            .auth(
+                &r,
+                &self.credentials_for(repository).0,
+                RegistryOperation::Push,
+            )
             .await
             .map_err(|e| request_error("authenticate", target.to_string(), e))?;
         tokens.insert(repository.to_string(), token.clone());
         Ok(token)
+    }
+
+    /// The credential for `repository`, and whether it differs from the
+    /// registry's (oci-client keeps one per registry and must then be given it).
+    /// A file that cannot be read now was read at connect: the registry's stands.
+    fn credentials_for(&self, repository: &str) -> (RegistryAuth, bool) {
+        let mut known = self.by_repository.lock().expect("not poisoned");
+        if let Some(c) = known.get(repository) {
+            return c.clone();
+        }
+        let own = match self.auth.lookup(&self.host, repository) {
+            Ok(Some(c)) => RegistryAuth::Basic(c.username, c.password),
+            Ok(None) | Err(_) => self.credentials.clone(),
+        };
+        let differs = own != self.credentials;
+        known.insert(repository.to_string(), (own.clone(), differs));
+        (own, differs)
     }
 
     /// Runs an oci-client read, once more on a network failure, and once more
@@ -807,13 +843,27 @@ impl RegistryClient {
     where
         Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
     {
+        let (credentials, own) = self.credentials_for(repository);
+        let r = Reference::with_tag(self.host.clone(), repository.to_string(), "latest".into());
+        if own
+            && self
+                .pulls_authorised
+                .lock()
+                .await
+                .insert(repository.to_string())
+        {
+            // oci-client would ask with the registry's credential: give it this
+            // repository's token first (a failure shows in the call itself).
+            let _ = self
+                .client
+                .auth(&r, &credentials, RegistryOperation::Pull)
+                .await;
+        }
         match call().await {
             Err(e) if classify(&e).0 == ErrorKind::Unauthorized => {
-                let r =
-                    Reference::with_tag(self.host.clone(), repository.to_string(), "latest".into());
                 if self
                     .client
-                    .auth(&r, &self.credentials, RegistryOperation::Pull)
+                    .auth(&r, &credentials, RegistryOperation::Pull)
                     .await
                     .is_err()
                 {
@@ -841,7 +891,7 @@ impl RegistryClient {
     ) -> Result<reqwest::RequestBuilder, RegistryError> {
         Ok(match self.token(repository, target, fresh).await? {
             Some(token) => request.bearer_auth(token),
-            None => match &self.credentials {
+            None => match self.credentials_for(repository).0 {
                 RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
                 _ => request,
             },
@@ -934,7 +984,9 @@ impl RegistryClient {
         let mut query = vec![("service", challenge.service.as_str())];
         query.extend(challenge.scope.split(' ').map(|s| ("scope", s)));
         let mut request = self.http.get(&challenge.realm).query(&query);
-        if let RegistryAuth::Basic(user, password) = &self.credentials {
+        // The credential of the repository the (first) scope names.
+        let repository = challenge.scope.split(':').nth(1).unwrap_or_default();
+        if let RegistryAuth::Basic(user, password) = self.credentials_for(repository).0 {
             request = request.basic_auth(user, Some(password));
         }
         let response = request.send().await.map_err(|e| {

@@ -3,12 +3,15 @@
 //! the real `docker-registry` with the harness's token issuer; and the connected
 //! side behind an HTTP proxy (a real `tinyproxy`).
 
+use std::path::Path;
+
 use airlock_tests::bins::run;
 use airlock_tests::images::{Format, ImageBuilder, PushClient, layer};
 use airlock_tests::registry::{Registry, RegistryOptions, free_port};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
 use airlock_tests::tinyproxy::Tinyproxy;
 use airlock_tests::token::{Grant, TokenAuth};
+use base64::Engine as _;
 
 use crate::util::*;
 
@@ -18,6 +21,38 @@ fn token_registry(grants: Vec<Grant>) -> Registry {
         ..RegistryOptions::default()
     })
     .unwrap()
+}
+
+/// Images of `size` bytes, one per `(seed, repository)`, tagged `1` in the
+/// token registry `src` by its `pusher` (password `p-pass`), as skopeo copies
+/// them there.
+fn fill(src: &Registry, tmp: &Path, images: &[(u64, &str)], size: usize) -> Vec<Placed> {
+    let plain = Registry::plain().unwrap();
+    let client = PushClient::new(&plain).unwrap();
+    let pusher = SkopeoOpts {
+        authfile: Some(src.auth_file_for(tmp, "pusher", "p-pass").unwrap()),
+        ..SkopeoOpts::for_registry(src)
+    };
+    images
+        .iter()
+        .map(|&(seed, repo)| {
+            let image = ImageBuilder::new(Format::Oci).layer(seed, size).build();
+            image.push(&client, repo, Some("1")).unwrap();
+            copy_all(
+                &format!("docker://{}/{repo}:1", plain.addr()),
+                &SkopeoOpts::for_registry(&plain),
+                &format!("docker://{}/{repo}:1", src.addr()),
+                &pusher,
+            )
+            .unwrap();
+            Placed {
+                image,
+                repo: repo.into(),
+                config_ref: format!("{repo}:1"),
+                dest_ref: format!("{repo}:1"),
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -35,30 +70,12 @@ fn create_and_publish_through_token_registries_and_prune_with_a_delete_scope() {
         &["pull", "push", "delete"],
     )]);
     let tmp = tempfile::tempdir().unwrap();
-    let plain = Registry::plain().unwrap();
-    let client = PushClient::new(&plain).unwrap();
-    let pusher = SkopeoOpts {
-        authfile: Some(src.auth_file_for(tmp.path(), "pusher", "p-pass").unwrap()),
-        ..SkopeoOpts::for_registry(&src)
-    };
-    let mut placed = Vec::new();
-    for (seed, repo) in [(601, "team/a"), (602, "team/b")] {
-        let image = ImageBuilder::new(Format::Oci).layer(seed, 30_000).build();
-        image.push(&client, repo, Some("1")).unwrap();
-        copy_all(
-            &format!("docker://{}/{repo}:1", plain.addr()),
-            &SkopeoOpts::for_registry(&plain),
-            &format!("docker://{}/{repo}:1", src.addr()),
-            &pusher,
-        )
-        .unwrap();
-        placed.push(Placed {
-            image,
-            repo: repo.into(),
-            config_ref: format!("{repo}:1"),
-            dest_ref: format!("{repo}:1"),
-        });
-    }
+    let placed = fill(
+        &src,
+        tmp.path(),
+        &[(601, "team/a"), (602, "team/b")],
+        30_000,
+    );
     let ws_c = tmp.path().join("ws-c");
     let ws_d = tmp.path().join("ws-d");
     let mut outs = Vec::new();
@@ -209,4 +226,51 @@ fn tokens_that_expire_in_the_middle_of_a_publish_are_asked_again() {
     s.assert_byte_exact("m");
     assert!(issuer.requests().len() >= 4, "{:?}", issuer.requests());
     assert!(s.dest.log().contains("\"POST /v2/m/") && s.dest.log().contains(" 401 "));
+}
+
+#[test]
+fn one_auth_file_with_a_credential_per_namespace_reaches_both() {
+    // As on registry.redhat.io or Quay with a robot account per organisation:
+    // team/ and ops/ each need their own user, both in one auth file.
+    let src = token_registry(vec![
+        Grant::new("team-robot", "t-pass", "team/", &["pull"]),
+        Grant::new("ops-robot", "o-pass", "ops/", &["pull"]),
+        Grant::new("pusher", "p-pass", "", &["pull", "push"]),
+    ]);
+    let dest = Registry::plain().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let placed = fill(&src, tmp.path(), &[(621, "team/a"), (622, "ops/b")], 20_000);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let auth = tmp.path().join("auth.json");
+    std::fs::write(
+        &auth,
+        serde_json::json!({"auths": {
+            format!("{}/team", src.addr()): {"auth": b64("team-robot:t-pass")},
+            format!("{}/ops", src.addr()): {"auth": b64("ops-robot:o-pass")},
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let config = write_config(tmp.path(), &src, &placed, "");
+    let out = tmp.path().join("out");
+    let created = run(
+        imageset_cmd("create", &config, &out, &tmp.path().join("ws-c"))
+            .args(["--limit", "1MiB", "--src-tls-verify=false", "--authfile"])
+            .arg(&auth),
+    );
+    assert_eq!(created.code, 0, "{created}");
+    let published = publish(&out, &dest, "m", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+    for p in &placed {
+        assert_eq!(
+            inspect_raw_at(&dest, &format!("m/{}", p.dest_ref)).unwrap(),
+            p.image.manifest
+        );
+    }
+    let issuer = src.issuer().unwrap();
+    assert!(
+        issuer.asked("team-robot", "team/a", "pull") && issuer.asked("ops-robot", "ops/b", "pull"),
+        "{:?}",
+        issuer.requests()
+    );
 }
