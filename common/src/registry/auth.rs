@@ -81,6 +81,8 @@ pub struct AuthEnv {
     pub xdg_config_home: Option<PathBuf>,
     /// `HOME`.
     pub home: Option<PathBuf>,
+    /// `PATH`, where credential helpers (`docker-credential-NAME`) are found.
+    pub path: Option<std::ffi::OsString>,
 }
 
 impl AuthEnv {
@@ -96,6 +98,7 @@ impl AuthEnv {
             xdg_runtime_dir: get("XDG_RUNTIME_DIR"),
             xdg_config_home: get("XDG_CONFIG_HOME"),
             home: get("HOME"),
+            path: std::env::var_os("PATH"),
         }
     }
 }
@@ -157,12 +160,93 @@ impl AuthSource {
                 }
             };
             let legacy = file.file_name().is_some_and(|n| n == ".dockercfg");
-            if let Some(c) = lookup_in(&file, &text, legacy, registry, repository)? {
+            let found = match lookup_in(&file, &text, legacy, registry, repository)? {
+                Found::Inline(c) => Some(c),
+                Found::Helper(helper) => self.ask_helper(&file, &helper, registry)?,
+                Found::Nothing => None,
+            };
+            if let Some(c) = found {
                 return Ok(Some(c));
             }
         }
         Ok(None)
     }
+}
+
+impl AuthSource {
+    /// Runs `docker-credential-HELPER get` for `registry`, as Docker, podman and
+    /// skopeo do: the registry on stdin, `{"Username", "Secret"}` on stdout. A
+    /// helper that has nothing for the registry (it exits non-zero and says so)
+    /// is no credential; one that cannot be run is an error naming it.
+    fn ask_helper(
+        &self,
+        file: &Path,
+        helper: &str,
+        registry: &str,
+    ) -> Result<Option<Credentials>, AuthFileError> {
+        use std::io::Write as _;
+        let program = format!("docker-credential-{helper}");
+        let bad = |message: String| AuthFileError {
+            path: file.to_path_buf(),
+            message,
+        };
+        let mut cmd = std::process::Command::new(&program);
+        if let Some(path) = &self.env.path {
+            cmd.env("PATH", path);
+        }
+        let mut child = cmd
+            .arg("get")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                bad(format!(
+                    "credential helper {program} for {registry} cannot be run: {e}; install it, or store the credentials inline in \"auths\""
+                ))
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(registry.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| bad(format!("credential helper {program}: {e}")))?;
+        if !out.status.success() {
+            tracing::info!(file = %file.display(), registry, helper = %program, answer = %String::from_utf8_lossy(&out.stdout).trim(), "the credential helper has no credentials for this registry");
+            return Ok(None);
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(rename = "Username")]
+            username: String,
+            #[serde(rename = "Secret")]
+            secret: String,
+        }
+        let answer: Answer = serde_json::from_slice(&out.stdout).map_err(|e| {
+            bad(format!(
+                "credential helper {program} answered something other than {{\"Username\", \"Secret\"}}: {e}"
+            ))
+        })?;
+        if answer.username == "<token>" {
+            return Err(bad(format!(
+                "credential helper {program} holds an identity token for {registry}, which Airlock cannot use yet; log in with a user name and password (or a robot account)"
+            )));
+        }
+        Ok(Some(Credentials {
+            username: answer.username,
+            password: answer.secret,
+        }))
+    }
+}
+
+/// What a file has for a registry and repository.
+enum Found {
+    /// Credentials in `auths`.
+    Inline(Credentials),
+    /// The credential helper to ask (`credHelpers` for the registry, or
+    /// `credsStore`).
+    Helper(String),
+    Nothing,
 }
 
 /// The registry-and-path a key names, without scheme and Docker Hub's API path.
@@ -187,7 +271,7 @@ fn lookup_in(
     legacy: bool,
     registry: &str,
     repository: &str,
-) -> Result<Option<Credentials>, AuthFileError> {
+) -> Result<Found, AuthFileError> {
     let bad = |message: String| AuthFileError {
         path: path.to_path_buf(),
         message,
@@ -195,15 +279,23 @@ fn lookup_in(
     let (auths, helpers) = if legacy {
         let auths: BTreeMap<String, Entry> = serde_json::from_slice(text)
             .map_err(|e| bad(format!("not a valid .dockercfg: {e}")))?;
-        (auths, false)
+        (auths, None)
     } else {
         let f: FileWithAuths = serde_json::from_slice(text).map_err(|e| {
             bad(format!(
                 "not valid JSON of the auth.json form {{\"auths\": {{...}}}}: {e}"
             ))
         })?;
-        let helpers = f.creds_store.is_some() || f.cred_helpers.is_some_and(|h| !h.is_empty());
-        (f.auths.unwrap_or_default(), helpers)
+        // A helper named for the registry comes first, as in containers-auth.json(5).
+        if let Some(helper) = f
+            .cred_helpers
+            .as_ref()
+            .and_then(|h| h.iter().find(|(k, _)| normalize_key(k) == registry))
+            .map(|(_, v)| v.clone())
+        {
+            return Ok(Found::Helper(helper));
+        }
+        (f.auths.unwrap_or_default(), f.creds_store)
     };
     let full = format!("{registry}/{repository}");
     let keys: Vec<(String, &Entry)> = auths.iter().map(|(k, e)| (normalize_key(k), e)).collect();
@@ -236,24 +328,19 @@ fn lookup_in(
         }
     }
     let Some((key, entry)) = best else {
-        if helpers {
-            tracing::warn!(
-                file = %path.display(),
-                registry,
-                "credential helpers (credsStore/credHelpers) are not supported; store the credentials for this registry inline in an auth.json"
-            );
-        }
-        return Ok(None);
+        return Ok(helpers.map_or(Found::Nothing, Found::Helper));
     };
     let key = key.as_str();
     if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
-        return Ok(Some(Credentials {
+        return Ok(Found::Inline(Credentials {
             username: u.clone(),
             password: p.clone(),
         }));
     }
+    // `docker login` with a credsStore leaves an empty entry: the secret is in
+    // the store.
     let Some(auth) = &entry.auth else {
-        return Ok(None);
+        return Ok(helpers.map_or(Found::Nothing, Found::Helper));
     };
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(auth.trim())
@@ -263,7 +350,7 @@ fn lookup_in(
     let (u, p) = decoded
         .split_once(':')
         .ok_or_else(|| bad(format!("entry {key:?}: \"auth\" must encode user:password")))?;
-    Ok(Some(Credentials {
+    Ok(Found::Inline(Credentials {
         username: u.to_string(),
         password: p.to_string(),
     }))
@@ -285,6 +372,7 @@ mod tests {
                 xdg_runtime_dir: Some(dir.join("run")),
                 xdg_config_home: None,
                 home: Some(dir.join("home")),
+                path: Some(dir.join("bin").into_os_string()),
             },
         }
     }
@@ -292,6 +380,64 @@ mod tests {
     fn write(path: &Path, text: &str) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn credential_helpers_are_asked_for_what_the_file_does_not_hold_inline() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("bin/docker-credential-airlocktest");
+        write(
+            &helper,
+            "#!/bin/sh\nread host\ncase \"$host\" in\n  registry.example.com) echo '{\"ServerURL\":\"registry.example.com\",\"Username\":\"robot\",\"Secret\":\"s3cret\"}';;\n  *) echo 'credentials not found in native keychain'; exit 1;;\nesac\n",
+        );
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let src = source(dir.path());
+        let file = dir.path().join("run/containers/auth.json");
+        let creds = |r: &str| {
+            src.lookup(r, "team/app")
+                .unwrap()
+                .map(|c| (c.username, c.password))
+        };
+        write(
+            &file,
+            &format!(
+                r#"{{"credHelpers":{{"registry.example.com":"airlocktest"}},"auths":{{"quay.io":{{"auth":"{}"}}}}}}"#,
+                b64("q:1")
+            ),
+        );
+        assert_eq!(
+            creds("registry.example.com"),
+            Some(("robot".into(), "s3cret".into()))
+        );
+        assert_eq!(creds("quay.io"), Some(("q".into(), "1".into())));
+        // A credsStore for the rest, with the empty entry `docker login` leaves.
+        write(
+            &file,
+            r#"{"credsStore":"airlocktest","auths":{"registry.example.com":{}}}"#,
+        );
+        assert_eq!(
+            creds("registry.example.com"),
+            Some(("robot".into(), "s3cret".into()))
+        );
+        assert_eq!(
+            creds("other.example.com"),
+            None,
+            "the helper has nothing for it"
+        );
+        // A helper that is not installed is named.
+        write(
+            &file,
+            r#"{"credHelpers":{"registry.example.com":"missing"}}"#,
+        );
+        let e = src
+            .lookup("registry.example.com", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("docker-credential-missing") && e.contains("cannot be run"),
+            "{e}"
+        );
     }
 
     #[test]
