@@ -49,6 +49,10 @@ pub struct SourceConfig {
     /// Credentials file (containers auth.json, a pull secret).
     #[serde(default)]
     pub auth_file: Option<PathBuf>,
+    /// HTTP proxy (`http://HOST:PORT`) for the source registries, instead of
+    /// the service's HTTPS_PROXY/HTTP_PROXY.
+    #[serde(default)]
+    pub proxy: Option<String>,
 }
 
 /// The connected agent's configuration (`docs/agent-config.md`).
@@ -216,6 +220,11 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
             if !f.is_file() {
                 problem(field, format!("{} is not a file", f.display()));
             }
+        }
+    }
+    if let Some(p) = &config.source.proxy {
+        if let Err(e) = airlock_common::registry::check_proxy(p) {
+            problem("source.proxy", e);
         }
     }
     if !problems.is_empty() {

@@ -120,6 +120,22 @@ pub struct SourceArgs {
     /// Red Hat's (OCP) and OKD's; default: the UPDATE_URL_OVERRIDE environment variable.
     #[arg(long, value_name = "URL")]
     pub update_url: Option<String>,
+    /// HTTP proxy (http://HOST:PORT) for every registry the command talks to,
+    /// CONNECT for TLS ones, instead of HTTPS_PROXY/HTTP_PROXY; NO_PROXY still
+    /// exempts hosts.
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+}
+
+impl SourceArgs {
+    /// Sends this process's registry requests through `--proxy`, if given.
+    fn use_proxy(&self) -> Result<(), Error> {
+        match &self.proxy {
+            Some(p) => airlock_common::registry::use_proxy(p)
+                .map_err(|e| Error::Usage(format!("--proxy {e}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Release signatures and update-graph data (`mirror.platform`).
@@ -317,6 +333,16 @@ pub struct MirrorArgs {
 
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
+    let source = match &cli.command {
+        Command::Create(a) => Some(&a.source),
+        Command::Delete(a) => Some(&a.source),
+        Command::Mirror(a) => Some(&a.source),
+        Command::List(ListCommand::Releases(a) | ListCommand::Bundles(a)) => Some(&a.source),
+        Command::Keygen(_) | Command::Run(_) => None,
+    };
+    if let Some(source) = source {
+        source.use_proxy()?;
+    }
     match cli.command {
         Command::Create(args) => {
             let opts = CreateOptions {
@@ -355,6 +381,9 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Run(args) => {
             // Everything is checked before the agent reports ready.
             let checked = crate::agent::load(&args.config)?;
+            if let Some(p) = &checked.config.source.proxy {
+                airlock_common::registry::use_proxy(p).map_err(Error::Usage)?;
+            }
             crate::agent::Agent::new(checked)
                 .run(airlock_common::cli::shutdown_signal())
                 .await?;

@@ -27,7 +27,7 @@ impl Tinyproxy {
         std::fs::write(
             &config,
             format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Info\nMaxClients 64\nAllow 127.0.0.1\n",
+                "Port {port}\nListen 127.0.0.1\nTimeout 600\nLogFile \"{}\"\nLogLevel Info\nMaxClients 256\nAllow 127.0.0.1\n",
                 dir.path().join("tinyproxy.log").display()
             ),
         )?;

@@ -345,10 +345,12 @@ fn transport(r: &reqwest::Error) -> (ErrorKind, String) {
     // reqwest names the registry, not the proxy it went through: a proxy that is
     // down or refuses would read as the registry being down.
     if matches!(kind, ErrorKind::Unreachable | ErrorKind::Network) {
-        if let Some((proxy, var)) = r
-            .url()
-            .and_then(|u| env_proxy(u, &|k| std::env::var(k).ok()))
-        {
+        let env = |k: &str| std::env::var(k).ok();
+        let named = r.url().and_then(|u| match PROXY.get() {
+            Some(p) => (!exempt(u, &env)).then(|| (p.clone(), "--proxy".to_string())),
+            None => env_proxy(u, &env),
+        });
+        if let Some((proxy, var)) = named {
             msg.push_str(&format!(
                 ": through the proxy {proxy} ({var}); check that it runs and lets this registry through, or exempt the registry with NO_PROXY"
             ));
@@ -362,8 +364,25 @@ fn transport(r: &reqwest::Error) -> (ErrorKind, String) {
 /// `ALL_PROXY`; none when `NO_PROXY` exempts the host (`*`, the host, or a domain
 /// it is in).
 fn env_proxy(url: &reqwest::Url, var: &dyn Fn(&str) -> Option<String>) -> Option<(String, String)> {
-    let host = url.host_str()?;
-    let exempt = ["NO_PROXY", "no_proxy"]
+    if exempt(url, var) {
+        return None;
+    }
+    let names: &[&str] = if url.scheme() == "https" {
+        &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+    };
+    names
+        .iter()
+        .find_map(|k| var(k).filter(|v| !v.is_empty()).map(|v| (v, k.to_string())))
+}
+
+/// Whether `NO_PROXY` exempts `url`'s host: `*`, the host, or a domain it is in.
+fn exempt(url: &reqwest::Url, var: &dyn Fn(&str) -> Option<String>) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    ["NO_PROXY", "no_proxy"]
         .iter()
         .filter_map(|k| var(k))
         .flat_map(|v| {
@@ -375,18 +394,7 @@ fn env_proxy(url: &reqwest::Url, var: &dyn Fn(&str) -> Option<String>) -> Option
             let domain = e.trim_start_matches('.');
             e == "*"
                 || (!domain.is_empty() && (host == domain || host.ends_with(&format!(".{domain}"))))
-        });
-    if exempt {
-        return None;
-    }
-    let names: &[&str] = if url.scheme() == "https" {
-        &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
-    } else {
-        &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
-    };
-    names
-        .iter()
-        .find_map(|k| var(k).filter(|v| !v.is_empty()).map(|v| (v, k.to_string())))
+        })
 }
 
 /// A `WWW-Authenticate: Bearer realm="…",service="…",scope="…"` challenge.
@@ -538,6 +546,10 @@ fn ca_certificates(host: &str, cert_dir: Option<&Path>) -> Result<Vec<Certificat
     Ok(certs)
 }
 
+/// Reads sent again, at most, when each fails on a pooled connection closed
+/// while idle (one per connection the pool may hold stale).
+const STALE_CONNECTIONS: usize = 8;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest silence on a connection before it counts as broken (and is retried).
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
@@ -546,7 +558,7 @@ const USER_AGENT: &str = concat!("airlock/", env!("CARGO_PKG_VERSION"));
 /// With `--tls-verify=false`, a registry may speak plain HTTP or HTTPS with an
 /// untrusted certificate; like containers/image, try HTTPS first and fall back to HTTP.
 async fn speaks_https(host: &str) -> bool {
-    let Ok(client) = reqwest::Client::builder()
+    let Ok(client) = proxied(reqwest::Client::builder())
         .danger_accept_invalid_certs(true)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
@@ -561,13 +573,48 @@ async fn speaks_https(host: &str) -> bool {
         .is_ok()
 }
 
+/// The proxy for every registry this process talks to, set once (`--proxy`, the
+/// connected agent's `source.proxy`); without it the environment's
+/// `HTTPS_PROXY`, `HTTP_PROXY` and `ALL_PROXY` apply, as reqwest reads them.
+/// `NO_PROXY` exempts hosts either way.
+static PROXY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Whether `url` can be used as a proxy: `http://` or `https://` and a host.
+pub fn check_proxy(url: &str) -> Result<(), String> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("{url:?}: {e}; expected http://HOST:PORT"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!("{url:?}: expected http://HOST:PORT (or https://)"));
+    }
+    reqwest::Proxy::all(url).map_err(|e| format!("{url:?}: {e}"))?;
+    Ok(())
+}
+
+/// Sends every registry request of this process through the proxy at `url`
+/// (checked first), CONNECT for TLS registries.
+pub fn use_proxy(url: &str) -> Result<(), String> {
+    check_proxy(url)?;
+    if let Some(p) = PROXY.get().filter(|p| *p != url) {
+        return Err(format!("a proxy is set already: {p}"));
+    }
+    let _ = PROXY.set(url.to_string());
+    Ok(())
+}
+
+/// `builder` with the proxy of [`use_proxy`], if set.
+fn proxied(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    match PROXY.get().and_then(|p| reqwest::Proxy::all(p).ok()) {
+        Some(proxy) => builder.proxy(proxy.no_proxy(reqwest::NoProxy::from_env())),
+        None => builder,
+    }
+}
+
 impl RegistryClient {
     /// A client for `host` (`quay.io`, `localhost:5000`). With `tls_verify` off it
     /// probes whether the registry speaks HTTPS.
     pub async fn connect(host: &str, opts: &RegistryOptions) -> Result<Self, RegistryError> {
-        // Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, which reqwest reads.
         let certificates = ca_certificates(host, opts.cert_dir.as_deref())?;
-        let mut http = reqwest::Client::builder()
+        let mut http = proxied(reqwest::Client::builder())
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .user_agent(USER_AGENT)
@@ -590,6 +637,11 @@ impl RegistryClient {
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),
             user_agent: USER_AGENT,
+            https_proxy: PROXY.get().cloned(),
+            http_proxy: PROXY.get().cloned(),
+            no_proxy: std::env::var("NO_PROXY")
+                .or_else(|_| std::env::var("no_proxy"))
+                .ok(),
             ..ClientConfig::default()
         };
         let mut scheme = "https";
@@ -873,8 +925,22 @@ impl RegistryClient {
             }
             // A pooled connection that a proxy or the registry closed while it was
             // idle fails the request that reuses it ("connection closed before
-            // message completed"); a read is safe to send once more.
-            Err(e) if classify(&e).0 == ErrorKind::Network => call().await,
+            // message completed"); a read is safe to send again. Several pooled
+            // connections may have been closed at once (a proxy that does not
+            // keep connections alive), each failing one attempt; anything else
+            // on the network is tried once more.
+            Err(e) if classify(&e).0 == ErrorKind::Network => {
+                let mut last = call().await;
+                for _ in 0..STALE_CONNECTIONS {
+                    match &last {
+                        Err(e) if classify(e).1.contains("closed before message completed") => {
+                            last = call().await;
+                        }
+                        _ => break,
+                    }
+                }
+                last
+            }
             other => other,
         }
     }

@@ -23,6 +23,17 @@ fn token_registry(grants: Vec<Grant>) -> Registry {
     .unwrap()
 }
 
+/// `create` of `s`'s configuration into `out-NAME`, workspace `ws-NAME`.
+fn create_in(s: &Setup, name: &str) -> std::process::Command {
+    create_cmd(
+        &s.config,
+        &s.path(&format!("out-{name}")),
+        &s.path(&format!("ws-{name}")),
+        "1MiB",
+        &s.source,
+    )
+}
+
 /// Images of `size` bytes, one per `(seed, repository)`, tagged `1` in the
 /// token registry `src` by its `pusher` (password `p-pass`), as skopeo copies
 /// them there.
@@ -136,14 +147,7 @@ fn create_goes_through_the_proxy_the_environment_names_and_a_dead_proxy_is_named
 
     // A proxy that is not there is named, with what to check.
     let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
-    let failed = run(create_cmd(
-        &s.config,
-        &s.path("out-dead"),
-        &s.path("ws-dead"),
-        "1MiB",
-        &s.source,
-    )
-    .env("HTTP_PROXY", &dead));
+    let failed = run(create_in(&s, "dead").env("HTTP_PROXY", &dead));
     assert_eq!(failed.code, EX_UNAVAILABLE, "{failed}");
     assert!(
         failed
@@ -152,15 +156,9 @@ fn create_goes_through_the_proxy_the_environment_names_and_a_dead_proxy_is_named
         "{failed}"
     );
     // NO_PROXY exempts the registry from it.
-    let exempt = run(create_cmd(
-        &s.config,
-        &s.path("out-exempt"),
-        &s.path("ws-exempt"),
-        "1MiB",
-        &s.source,
-    )
-    .env("HTTP_PROXY", &dead)
-    .env("NO_PROXY", "127.0.0.1"));
+    let exempt = run(create_in(&s, "exempt")
+        .env("HTTP_PROXY", &dead)
+        .env("NO_PROXY", "127.0.0.1"));
     assert_eq!(exempt.code, 0, "{exempt}");
 }
 
@@ -272,5 +270,36 @@ fn one_auth_file_with_a_credential_per_namespace_reaches_both() {
         issuer.asked("team-robot", "team/a", "pull") && issuer.asked("ops-robot", "ops/b", "pull"),
         "{:?}",
         issuer.requests()
+    );
+}
+
+#[test]
+fn the_proxy_flag_takes_every_request_through_the_proxy_it_names() {
+    let s = Setup::plain();
+    let proxy = Tinyproxy::start().unwrap();
+    let created = run(create_in(&s, "out").args(["--proxy", &proxy.url()]));
+    assert_eq!(created.code, 0, "{created}");
+    assert!(
+        proxy
+            .log()
+            .contains(&format!("http://{}/v2/", s.source.addr())),
+        "{}",
+        proxy.log()
+    );
+    let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let failed = run(create_in(&s, "dead").args(["--proxy", &dead]));
+    assert_eq!(failed.code, EX_UNAVAILABLE, "{failed}");
+    assert!(
+        failed
+            .stderr
+            .contains(&format!("through the proxy {dead} (--proxy)")),
+        "{failed}"
+    );
+    let bad = run(create_in(&s, "bad").args(["--proxy", "ftp://proxy.example.com"]));
+    assert_eq!(bad.code, EX_CONFIG, "{bad}");
+    assert!(
+        bad.stderr
+            .contains("--proxy \"ftp://proxy.example.com\": expected http://HOST:PORT"),
+        "{bad}"
     );
 }
