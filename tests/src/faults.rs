@@ -24,6 +24,9 @@ pub enum Fault {
     /// The connection is reset once half of the request body arrived (a request
     /// without a body is reset after its head).
     Reset,
+    /// `404 Not Found` with Harbor's body for a push into a project that does
+    /// not exist.
+    NoSuchProject,
 }
 
 #[derive(Debug)]
@@ -166,7 +169,7 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
     if let Some(fault) = due(state, &method, &path) {
         let wanted = match fault {
             Fault::Reset => length / 2,
-            Fault::ServerError | Fault::TooManyRequests => length,
+            Fault::ServerError | Fault::TooManyRequests | Fault::NoSuchProject => length,
         };
         let mut chunk = [0u8; 16 << 10];
         let mut got = body.len() as u64;
@@ -187,6 +190,13 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
                 let json = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#;
                 format!(
                     "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                    json.len()
+                )
+            }
+            Fault::NoSuchProject => {
+                let json = r#"{"errors":[{"code":"NOT_FOUND","message":"project mirror not found: project mirror not found"}]}"#;
+                format!(
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
                     json.len()
                 )
             }

@@ -1363,7 +1363,18 @@ impl RegistryClient {
             })
             .await?;
         if response.status() != reqwest::StatusCode::ACCEPTED {
-            return Err(response_error(OPERATION, target, response).await);
+            let status = response.status().as_u16();
+            let mut e = response_error(OPERATION, target, response).await;
+            if let (404 | 403, RegistryError::Request { message, .. }) = (status, &mut e) {
+                // Harbor (404 "project … not found"), Quay (403 for a missing
+                // organisation) and GitLab answer the first push to a namespace
+                // that does not exist so: say what to do.
+                let namespace = repository.split('/').next().unwrap_or(repository);
+                message.push_str(&format!(
+                    ": the registry has no project or organisation {namespace:?} that this credential may push to; create it (a Harbor project, a Quay organisation, a GitLab group) or publish under a prefix that exists"
+                ));
+            }
+            return Err(e);
         }
         let protocol = |message: String| RegistryError::Request {
             operation: OPERATION,

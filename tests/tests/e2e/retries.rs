@@ -89,3 +89,20 @@ fn a_registry_failing_every_upload_fails_the_publish_naming_the_attempts() {
         "{published}"
     );
 }
+
+#[test]
+fn a_push_into_a_project_that_does_not_exist_says_so() {
+    let s = Setup::plain();
+    let (_, out) = s.create("1GiB");
+    let proxy = FaultProxy::start(&s.dest.addr()).unwrap();
+    // As Harbor answers the first push into a project nobody created.
+    proxy.fail_always("POST", "/blobs/uploads/", Fault::NoSuchProject);
+    let published = publish_via(&proxy, &out, "mirror", &s.path("ws-d"));
+    assert_ne!(published.code, 0, "{published}");
+    assert!(
+        published
+            .stderr
+            .contains("the registry has no project or organisation \"mirror\" that this credential may push to; create it (a Harbor project"),
+        "{published}"
+    );
+}
