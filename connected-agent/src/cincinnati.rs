@@ -35,7 +35,7 @@ impl UpdateService {
         if let Some(u) = &url_override {
             tracing::info!(url = %u, "using the update service override");
         }
-        let client = reqwest::Client::builder()
+        let client = airlock_common::registry::proxied(reqwest::Client::builder())
             .connect_timeout(Duration::from_secs(30))
             .timeout(Duration::from_secs(300))
             .build()

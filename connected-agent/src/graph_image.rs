@@ -202,7 +202,7 @@ pub async fn fetch_data(url: &str) -> Result<Vec<u8>, GraphImageError> {
         url: url.to_string(),
         message,
     };
-    let client = reqwest::Client::builder()
+    let client = airlock_common::registry::proxied(reqwest::Client::builder())
         .connect_timeout(Duration::from_secs(30))
         .timeout(Duration::from_secs(600))
         .build()

@@ -315,7 +315,7 @@ impl SignatureStore {
         if !base.ends_with('/') {
             base.push('/');
         }
-        let client = reqwest::Client::builder()
+        let client = airlock_common::registry::proxied(reqwest::Client::builder())
             .connect_timeout(Duration::from_secs(30))
             .timeout(Duration::from_secs(120))
             .build()

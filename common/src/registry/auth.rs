@@ -208,12 +208,44 @@ impl AuthSource {
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(registry.as_bytes());
         }
+        // A helper waiting for a keyring to be unlocked would hold the command
+        // forever: it gets a deadline.
+        let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+        while child
+            .try_wait()
+            .map_err(|e| bad(format!("credential helper {program}: {e}")))?
+            .is_none()
+        {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(bad(format!(
+                    "credential helper {program} did not answer for {registry} within {}s (a keyring waiting to be unlocked?)",
+                    HELPER_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let out = child
             .wait_with_output()
             .map_err(|e| bad(format!("credential helper {program}: {e}")))?;
         if !out.status.success() {
-            tracing::info!(file = %file.display(), registry, helper = %program, answer = %String::from_utf8_lossy(&out.stdout).trim(), "the credential helper has no credentials for this registry");
-            return Ok(None);
+            let said = format!(
+                "{} {}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            // The protocol's answer for "nothing stored"; anything else (a locked
+            // keychain, a crash) is an error, not a quiet anonymous pull.
+            if said.contains("credentials not found") {
+                tracing::info!(file = %file.display(), registry, helper = %program, "the credential helper has no credentials for this registry");
+                return Ok(None);
+            }
+            return Err(bad(format!(
+                "credential helper {program} failed for {registry} ({}): {}",
+                out.status,
+                said.trim()
+            )));
         }
         #[derive(Deserialize)]
         struct Answer {
@@ -238,6 +270,9 @@ impl AuthSource {
         }))
     }
 }
+
+/// How long a credential helper may take to answer.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a file has for a registry and repository.
 enum Found {
@@ -425,6 +460,23 @@ mod tests {
             None,
             "the helper has nothing for it"
         );
+        // A helper that fails otherwise (a locked keychain) is an error, not a
+        // quiet anonymous pull.
+        let locked = dir.path().join("bin/docker-credential-locked");
+        write(
+            &locked,
+            "#!/bin/sh\necho 'keychain is locked' >&2\nexit 1\n",
+        );
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write(
+            &file,
+            r#"{"credHelpers":{"registry.example.com":"locked"}}"#,
+        );
+        let e = src
+            .lookup("registry.example.com", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keychain is locked"), "{e}");
         // A helper that is not installed is named.
         write(
             &file,

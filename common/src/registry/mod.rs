@@ -351,6 +351,7 @@ fn transport(r: &reqwest::Error) -> (ErrorKind, String) {
             None => env_proxy(u, &env),
         });
         if let Some((proxy, var)) = named {
+            let proxy = redact(&proxy);
             msg.push_str(&format!(
                 ": through the proxy {proxy} ({var}); check that it runs and lets this registry through, or exempt the registry with NO_PROXY"
             ));
@@ -581,13 +582,29 @@ static PROXY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Whether `url` can be used as a proxy: `http://` or `https://` and a host.
 pub fn check_proxy(url: &str) -> Result<(), String> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| format!("{url:?}: {e}; expected http://HOST:PORT"))?;
+    let shown = redact(url);
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("{shown:?}: {e}; expected http://HOST:PORT"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(format!("{url:?}: expected http://HOST:PORT (or https://)"));
+        return Err(format!(
+            "{shown:?}: expected http://HOST:PORT (or https://)"
+        ));
     }
-    reqwest::Proxy::all(url).map_err(|e| format!("{url:?}: {e}"))?;
+    reqwest::Proxy::all(url).map_err(|e| format!("{shown:?}: {e}"))?;
     Ok(())
+}
+
+/// `url` without the user name and password it may carry
+/// (`http://user:pass@proxy:3128`), for messages and logs.
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("****");
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Sends every registry request of this process through the proxy at `url`
@@ -595,14 +612,15 @@ pub fn check_proxy(url: &str) -> Result<(), String> {
 pub fn use_proxy(url: &str) -> Result<(), String> {
     check_proxy(url)?;
     if let Some(p) = PROXY.get().filter(|p| *p != url) {
-        return Err(format!("a proxy is set already: {p}"));
+        return Err(format!("a proxy is set already: {}", redact(p)));
     }
     let _ = PROXY.set(url.to_string());
     Ok(())
 }
 
-/// `builder` with the proxy of [`use_proxy`], if set.
-fn proxied(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+/// `builder` with the proxy of [`use_proxy`], if set: every HTTP client of the
+/// process that reaches outside (registries, update graphs, signatures).
+pub fn proxied(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
     match PROXY.get().and_then(|p| reqwest::Proxy::all(p).ok()) {
         Some(proxy) => builder.proxy(proxy.no_proxy(reqwest::NoProxy::from_env())),
         None => builder,
@@ -869,16 +887,28 @@ impl RegistryClient {
     /// registry's (oci-client keeps one per registry and must then be given it).
     /// A file that cannot be read now was read at connect: the registry's stands.
     fn credentials_for(&self, repository: &str) -> (RegistryAuth, bool) {
-        let mut known = self.by_repository.lock().expect("not poisoned");
-        if let Some(c) = known.get(repository) {
+        if let Some(c) = self
+            .by_repository
+            .lock()
+            .expect("not poisoned")
+            .get(repository)
+        {
             return c.clone();
         }
+        // Looked up outside the lock: a credential helper may take its time.
         let own = match self.auth.lookup(&self.host, repository) {
             Ok(Some(c)) => RegistryAuth::Basic(c.username, c.password),
-            Ok(None) | Err(_) => self.credentials.clone(),
+            Ok(None) => self.credentials.clone(),
+            Err(e) => {
+                tracing::warn!(registry = %self.host, %repository, error = %e, "no credential of its own for this repository; using the registry's");
+                self.credentials.clone()
+            }
         };
         let differs = own != self.credentials;
-        known.insert(repository.to_string(), (own.clone(), differs));
+        self.by_repository
+            .lock()
+            .expect("not poisoned")
+            .insert(repository.to_string(), (own.clone(), differs));
         (own, differs)
     }
 
@@ -1257,50 +1287,74 @@ impl RegistryClient {
         url.query_pairs_mut()
             .append_pair("mount", digest.as_str())
             .append_pair("from", from);
-        let request = match self.bearer().await {
+        let mounted = match self.bearer().await {
             Some(mut challenge) => {
                 challenge.scope =
                     format!("repository:{repository}:pull,push repository:{from}:pull");
-                match self.scoped_token(&challenge, OPERATION, &target).await {
-                    Ok(token) => self.http.post(url).bearer_auth(token),
-                    Err(_) => return false,
+                let mut answer = None;
+                // A cached token refused (expired) is asked again, once.
+                for renew in [false, true] {
+                    if renew {
+                        self.scoped.lock().await.remove(&challenge.scope);
+                    }
+                    let Ok(token) = self.scoped_token(&challenge, OPERATION, &target).await else {
+                        return false;
+                    };
+                    let response = self
+                        .http
+                        .post(url.clone())
+                        .bearer_auth(token)
+                        .header(reqwest::header::CONTENT_LENGTH, 0)
+                        .send()
+                        .await;
+                    let refused = response
+                        .as_ref()
+                        .is_ok_and(|r| r.status() == reqwest::StatusCode::UNAUTHORIZED);
+                    answer = Some(response);
+                    if !refused {
+                        break;
+                    }
                 }
+                answer.is_some_and(|r| r.is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED))
             }
             None => match self
                 .authorised(repository, &target, false, self.http.post(url))
                 .await
             {
-                Ok(request) => request,
+                Ok(request) => request
+                    .header(reqwest::header::CONTENT_LENGTH, 0)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED),
                 Err(_) => return false,
             },
         };
-        let mounted = request
-            .header(reqwest::header::CONTENT_LENGTH, 0)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED);
         tracing::debug!(%repository, %from, %digest, mounted, "cross-repository mount");
         mounted
     }
 
     /// The registry's token challenge, asked once (see [`RegistryClient::challenge`]).
     async fn bearer(&self) -> Option<BearerChallenge> {
+        // Kept once known; a registry that could not be asked is asked again
+        // next time, not taken for one without token auth.
         self.challenge
-            .get_or_init(|| async {
-                let url = self.base.join("v2/").ok()?;
-                let response = self.http.get(url).send().await.ok()?;
+            .get_or_try_init(|| async {
+                let url = self.base.join("v2/").map_err(|_| ())?;
+                let response = self.http.get(url).send().await.map_err(|_| ())?;
                 if response.status() != reqwest::StatusCode::UNAUTHORIZED {
-                    return None;
+                    return Ok::<_, ()>(None);
                 }
-                response
+                Ok(response
                     .headers()
                     .get_all(http::header::WWW_AUTHENTICATE)
                     .iter()
                     .filter_map(|v| v.to_str().ok())
-                    .find_map(BearerChallenge::parse)
+                    .find_map(BearerChallenge::parse))
             })
             .await
-            .clone()
+            .ok()
+            .cloned()
+            .flatten()
     }
 
     /// Uploads a blob from a stream (another registry's download, or store
@@ -1592,6 +1646,17 @@ mod tests {
             env_proxy(&https, &env(&[("HTTPS_PROXY", "x"), ("no_proxy", "*")])),
             None
         );
+    }
+
+    #[test]
+    fn a_proxy_password_never_reaches_a_message() {
+        assert_eq!(
+            redact("http://user:s3cret@proxy:3128"),
+            "http://****@proxy:3128/"
+        );
+        assert_eq!(redact("http://proxy:3128"), "http://proxy:3128");
+        let e = check_proxy("ftp://user:s3cret@proxy").unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[test]
