@@ -205,8 +205,14 @@ impl AuthSource {
                     "credential helper {program} for {registry} cannot be run: {e}; install it, or store the credentials inline in \"auths\""
                 ))
             })?;
+        // `docker login` stores Docker Hub under its legacy address.
+        let server = if registry == "docker.io" {
+            "https://index.docker.io/v1/"
+        } else {
+            registry
+        };
         if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(registry.as_bytes());
+            let _ = stdin.write_all(server.as_bytes());
         }
         // A helper waiting for a keyring to be unlocked would hold the command
         // forever: it gets a deadline.
@@ -460,6 +466,18 @@ mod tests {
             None,
             "the helper has nothing for it"
         );
+        // Docker Hub is asked for under the address `docker login` stores it at.
+        write(&file, r#"{"credHelpers":{"docker.io":"airlocktest"}}"#);
+        assert_eq!(
+            creds("docker.io"),
+            None,
+            "asked for https://index.docker.io/v1/"
+        );
+        write(
+            &helper,
+            "#!/bin/sh\nread host\n[ \"$host\" = https://index.docker.io/v1/ ] && echo '{\"Username\":\"hub\",\"Secret\":\"h\"}' && exit 0\necho 'credentials not found in native keychain'; exit 1\n",
+        );
+        assert_eq!(creds("docker.io"), Some(("hub".into(), "h".into())));
         // A helper that fails otherwise (a locked keychain) is an error, not a
         // quiet anonymous pull.
         let locked = dir.path().join("bin/docker-credential-locked");
