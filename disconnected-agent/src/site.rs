@@ -556,12 +556,7 @@ impl Site {
         }
         // What a real run would look at: what was placed since the last prune (with
         // pruning on), and what delete imagesets remove (always).
-        let mut since = Vec::new();
-        for seq in base + 1..=last {
-            if self.ws.has_manifest(&uuid, seq) {
-                since.push(self.ws.manifest(&uuid, seq)?);
-            }
-        }
+        let mut since = self.held(&uuid, base + 1..last + 1)?;
         since.extend(arriving.iter().cloned());
         let deletes = self.requested_deletes(&since, report)?;
         let placement = if skip_pruning {
@@ -625,12 +620,7 @@ impl Site {
         // With pruning off, only what delete imagesets removed on purpose goes,
         // and what a prune decided to delete but kept while a cluster ran it.
         let stored_kept = self.ws.kept(&dest_key)?;
-        let mut since = Vec::new();
-        for seq in base + 1..=now {
-            if self.ws.has_manifest(&uuid, seq) {
-                since.push(self.ws.manifest(&uuid, seq)?);
-            }
-        }
+        let since = self.held(&uuid, base + 1..now + 1)?;
         let deletes = self.requested_deletes(&since, report)?;
         let placement = match self.placed_by(&uuid, base, now)? {
             Ok(_) if !self.ws.has_manifest(&uuid, now) => Err(unknown_placement(base)),
@@ -772,13 +762,23 @@ impl Site {
         if !self.ws.has_manifest(uuid, from) {
             return Ok(Err(unknown_placement(from)));
         }
+        Ok(Ok(self.held(uuid, from..to)?))
+    }
+
+    /// The manifests of the sequences in `range` that this workspace keeps (one
+    /// that continued from a registry lacks those an earlier machine accepted).
+    fn held(
+        &self,
+        uuid: &Uuid,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<ImagesetManifest>, Error> {
         let mut out = Vec::new();
-        for seq in from..to {
+        for seq in range {
             if self.ws.has_manifest(uuid, seq) {
                 out.push(self.ws.manifest(uuid, seq)?);
             }
         }
-        Ok(Ok(out))
+        Ok(out)
     }
 
     /// Prunes `target` of what `earlier` placed (and an earlier prune `kept`) and

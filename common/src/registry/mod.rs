@@ -869,7 +869,7 @@ impl RegistryClient {
                 return Ok(t.clone());
             }
         }
-        let r = Reference::with_tag(self.host.clone(), repository.to_string(), "latest".into());
+        let r = self.by_reference(repository, "latest");
         let token = self
             .client
             .auth(
@@ -926,7 +926,7 @@ impl RegistryClient {
         Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
     {
         let (credentials, own) = self.credentials_for(repository);
-        let r = Reference::with_tag(self.host.clone(), repository.to_string(), "latest".into());
+        let r = self.by_reference(repository, "latest");
         if own
             && self
                 .pulls_authorised
