@@ -34,7 +34,7 @@ use crate::imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
 use crate::manifest::OCI_INDEX;
 use crate::reference::{Destination, ImageRef};
 use crate::registry::retry::{Budget, Limit, RetryPolicy, Retryable, Verdict};
-use crate::registry::{RawManifest, RegistryClient, RegistryError};
+use crate::registry::{ErrorKind, RawManifest, RegistryClient, RegistryError};
 use crate::resources::{
     CatalogRef, Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs,
 };
@@ -211,6 +211,7 @@ pub fn mirrored(images: &[ImageRecord], dest: &Destination) -> Vec<Mirrored> {
                 mirror: format!("{}/{}", dest.registry(), destination_repository(dest, i)),
                 by_digest: i.by_digest,
                 by_tag: named_by_tag,
+                exact: dest.max_nested_paths().is_some(),
                 category: match i.kind {
                     ImageKind::Generic => Category::Generic,
                     ImageKind::Release | ImageKind::ReleaseComponent => Category::Release,
@@ -405,6 +406,27 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             .await
     }
 
+    /// The error for a request about `image` in `repo` that the registry refused.
+    /// Quay answers a repository name deeper than it allows as if the credential
+    /// were wrong (401), others with `NAME_INVALID` or 404; nothing in the answer
+    /// says "too deep", so a refused deep name says what else to try.
+    fn refused(&self, image: &ImageRecord, repo: &str, mut source: RegistryError) -> PublishError {
+        let depth = repo.split('/').count();
+        if let RegistryError::Request { kind, message, .. } = &mut source {
+            let maybe_depth = matches!(kind, ErrorKind::Unauthorized | ErrorKind::NotFound)
+                || message.contains("NAME_INVALID");
+            if maybe_depth && depth > 2 && self.dest.max_nested_paths().is_none() {
+                message.push_str(&format!(
+                    "; {repo} has {depth} path components: if this registry allows fewer (Quay, GitLab and GHCR limit them), publish with --max-nested-paths N (maxNestedPaths in the agent configuration), which flattens the names as oc-mirror does"
+                ));
+            }
+        }
+        PublishError::Registry {
+            image: image.source.clone(),
+            source,
+        }
+    }
+
     fn check_stop(&self, image: &ImageRecord) -> Result<(), PublishError> {
         if self.stop.as_ref().is_some_and(|s| s.is_cancelled()) {
             return Err(PublishError::Stopped {
@@ -451,10 +473,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         subject: &Digest,
         referrer: &RawManifest,
     ) -> Result<(), PublishError> {
-        let registry = |source| PublishError::Registry {
-            image: image.source.clone(),
-            source,
-        };
+        let registry = |source| self.refused(image, repo, source);
         let _one_at_a_time = self.referrers.lock().await;
         let listed = self
             .retrying(budget, repo, subject, || async {
@@ -547,10 +566,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             image: image.source.clone(),
             problem,
         };
-        let registry = |source| PublishError::Registry {
-            image: image.source.clone(),
-            source,
-        };
+        let registry = |source| self.refused(image, &repo, source);
         // The manifest tree in post-order: every manifest after all its children, so
         // that a child shared by two parents is pushed before either of them.
         let mut manifests: Vec<RawManifest> = Vec::new();
@@ -756,10 +772,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         digest: &Digest,
         size: u64,
     ) -> Result<(), PublishError> {
-        let registry = |source| PublishError::Registry {
-            image: image.source.clone(),
-            source,
-        };
+        let registry = |source| self.refused(image, repo, source);
         match self
             .source
             .open(digest, size)

@@ -316,6 +316,9 @@ impl fmt::Display for ImageRef {
 pub struct Destination {
     registry: String,
     prefix: Option<String>,
+    /// The most path components a repository name may have there
+    /// (`--max-nested-paths`); `None`: no limit.
+    max_nested_paths: Option<usize>,
 }
 
 /// Why a destination did not parse.
@@ -371,6 +374,7 @@ impl FromStr for Destination {
         Ok(Destination {
             registry: host.to_string(),
             prefix: prefix.map(str::to_string),
+            max_nested_paths: None,
         })
     }
 }
@@ -386,13 +390,43 @@ impl Destination {
         self.prefix.as_deref()
     }
 
+    /// This destination for a registry that allows at most `n` path components in
+    /// a repository name (oc-mirror's `--max-nested-paths`; 0 means no limit, as
+    /// there). Quay, GitLab and GHCR refuse deeper names, and a mirror set cannot
+    /// map a source namespace onto names that had to be flattened.
+    pub fn with_max_nested_paths(mut self, n: usize) -> Self {
+        self.max_nested_paths = (n > 0).then_some(n);
+        self
+    }
+
+    /// The limit on path components, if any.
+    pub fn max_nested_paths(&self) -> Option<usize> {
+        self.max_nested_paths
+    }
+
     /// The repository at the mirror for a source repository path: oc-mirror's rule,
     /// `PREFIX/<source repository path>`, so that `quay.io/ns/app` lands at
     /// `HOST/PREFIX/ns/app` and the namespace-scoped mirror sets of a cluster match.
+    /// Under a path limit of N, the first N-1 components stay and the rest are
+    /// joined with `-` into the last, as oc-mirror flattens them
+    /// (`mirror/ns/team/app` with 2 becomes `mirror/ns-team-app`).
     pub fn repository_for(&self, source_repository: &str) -> String {
-        match &self.prefix {
+        let full = match &self.prefix {
             Some(p) => format!("{p}/{source_repository}"),
             None => source_repository.to_string(),
+        };
+        match self.max_nested_paths {
+            Some(n) if full.split('/').count() > n => {
+                let components: Vec<&str> = full.split('/').collect();
+                let (kept, joined) = components.split_at(n - 1);
+                let last = joined.join("-");
+                kept.iter()
+                    .copied()
+                    .chain([last.as_str()])
+                    .collect::<Vec<_>>()
+                    .join("/")
+            }
+            _ => full,
         }
     }
 }
@@ -402,6 +436,11 @@ impl fmt::Display for Destination {
         write!(f, "docker://{}", self.registry)?;
         if let Some(p) = &self.prefix {
             write!(f, "/{p}")?;
+        }
+        // Part of what the site records a destination under: images placed with
+        // flattened names are elsewhere than those placed without.
+        if let Some(n) = self.max_nested_paths {
+            write!(f, " (max-nested-paths {n})")?;
         }
         Ok(())
     }
@@ -519,5 +558,61 @@ mod tests {
             "docker://host/Bad".parse::<Destination>(),
             Err(DestinationError::Prefix { .. })
         ));
+    }
+
+    /// oc-mirror's own cases for `WithMaxNestedPaths`: the prefix counts, the first
+    /// N-1 components stay, the rest are joined with '-'.
+    #[test]
+    fn max_nested_paths_flattens_as_oc_mirror_does() {
+        let source =
+            "mirror-release/gitlab-org/ci-cd/gitlab-runner-ubi-images/gitlab-runner-helper-ocp";
+        let d: Destination = "docker://myregistry.mydomain/ocpbugs-11922"
+            .parse()
+            .unwrap();
+        let cases = [
+            (
+                2,
+                "ocpbugs-11922/mirror-release-gitlab-org-ci-cd-gitlab-runner-ubi-images-gitlab-runner-helper-ocp",
+            ),
+            (
+                3,
+                "ocpbugs-11922/mirror-release/gitlab-org-ci-cd-gitlab-runner-ubi-images-gitlab-runner-helper-ocp",
+            ),
+            (
+                4,
+                "ocpbugs-11922/mirror-release/gitlab-org/ci-cd-gitlab-runner-ubi-images-gitlab-runner-helper-ocp",
+            ),
+            (
+                5,
+                "ocpbugs-11922/mirror-release/gitlab-org/ci-cd/gitlab-runner-ubi-images-gitlab-runner-helper-ocp",
+            ),
+            (
+                6,
+                "ocpbugs-11922/mirror-release/gitlab-org/ci-cd/gitlab-runner-ubi-images/gitlab-runner-helper-ocp",
+            ),
+            (
+                0,
+                "ocpbugs-11922/mirror-release/gitlab-org/ci-cd/gitlab-runner-ubi-images/gitlab-runner-helper-ocp",
+            ),
+        ];
+        for (n, want) in cases {
+            assert_eq!(
+                d.clone().with_max_nested_paths(n).repository_for(source),
+                want,
+                "{n}"
+            );
+        }
+        // One component: everything joined (oc-mirror would start the name with '/').
+        let d: Destination = "docker://quay.example/mirror".parse().unwrap();
+        assert_eq!(
+            d.with_max_nested_paths(1).repository_for("ns/app"),
+            "mirror-ns-app"
+        );
+        let d: Destination = "docker://quay.example/mirror".parse().unwrap();
+        assert_eq!(d.to_string(), "docker://quay.example/mirror");
+        assert_eq!(
+            d.with_max_nested_paths(2).to_string(),
+            "docker://quay.example/mirror (max-nested-paths 2)"
+        );
     }
 }

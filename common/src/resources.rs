@@ -7,7 +7,8 @@
 //! object names (`idms-<category>-0`) and scoping rule: when the mirror path ends
 //! with the source path (the normal naming rule), the mirror set is scoped to the
 //! source *namespace* (`quay.io/ns` → `mirror:5000/prefix/ns`), which covers sibling
-//! repositories; otherwise (a `targetRepo`) to the exact repository. Images named by
+//! repositories; otherwise (a `targetRepo`, or names flattened for
+//! `--max-nested-paths`) to the exact repository. Images named by
 //! digest go to the IDMS, images named by tag to the ITMS, as in oc-mirror. Unlike
 //! oc-mirror, the entries are sorted, so the same content always gives the same file.
 
@@ -69,6 +70,10 @@ pub struct Mirrored {
     pub by_tag: bool,
     /// Grouping.
     pub category: Category,
+    /// Scoped to the exact repository even where the naming rule kept the path:
+    /// under `--max-nested-paths` a source namespace no longer maps onto one
+    /// mirror namespace (oc-mirror forces repository scope then too).
+    pub exact: bool,
 }
 
 fn split_name(name: &str) -> (&str, &str) {
@@ -87,7 +92,7 @@ fn namespace(name: &str) -> String {
 pub fn scope(m: &Mirrored) -> (String, String) {
     let (_, src_path) = split_name(&m.source);
     let (_, dst_path) = split_name(&m.mirror);
-    if dst_path.ends_with(src_path) {
+    if !m.exact && dst_path.ends_with(src_path) {
         (namespace(&m.source), namespace(&m.mirror))
     } else {
         (m.source.clone(), m.mirror.clone())
@@ -490,6 +495,7 @@ mod tests {
             by_digest,
             by_tag,
             category: Category::Generic,
+            exact: false,
         }
     }
 
@@ -519,6 +525,15 @@ mod tests {
                 "registry.redhat.io/ubi9/ubi-minimal".into(),
                 "mirror:5000/ubi-repo".into()
             )
+        );
+        // Under --max-nested-paths, even a kept path names its repository only.
+        let kept = Mirrored {
+            exact: true,
+            ..m("quay.io/ns/app", "mirror:5000/prefix/ns/app", true, false)
+        };
+        assert_eq!(
+            scope(&kept),
+            ("quay.io/ns/app".into(), "mirror:5000/prefix/ns/app".into())
         );
     }
 

@@ -310,6 +310,12 @@ pub struct MirrorArgs {
     /// Mirror registry and path prefix: docker://HOST[:PORT][/PREFIX].
     #[arg(long, value_name = "DEST")]
     pub to: String,
+    /// For registries that allow only N path components in a repository name
+    /// (Quay, GitLab, GHCR): components past the (N-1)th are joined with '-', as
+    /// oc-mirror's --max-nested-paths does, and mirror sets name each repository
+    /// [default: 0, no limit].
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub max_nested_paths: usize,
     /// Workspace directory, where cluster-resources/ is written [default: storageConfig.local.path,
     /// else ~/.airlock/connected].
     #[arg(long, value_name = "DIR")]
@@ -428,12 +434,11 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             Ok(airlock_common::exit_codes::OK)
         }
         Command::Mirror(args) => {
-            let to =
-                args.to
-                    .parse()
-                    .map_err(|e: airlock_common::reference::DestinationError| {
-                        Error::Usage(e.to_string())
-                    })?;
+            let to = args
+                .to
+                .parse::<airlock_common::reference::Destination>()
+                .map_err(|e| Error::Usage(e.to_string()))?
+                .with_max_nested_paths(args.max_nested_paths);
             let source = args.source.options();
             let dest = RegistryOptions {
                 tls_verify: args.dest_tls_verify,

@@ -34,6 +34,11 @@ pub struct ClusterConfig {
     pub name: String,
     /// The cluster's mirror registry: `docker://HOST[:PORT][/PREFIX]`.
     pub registry: String,
+    /// The most path components the registry allows in a repository name (Quay,
+    /// GitLab, GHCR): deeper names are flattened as oc-mirror's
+    /// `--max-nested-paths` does. 0 or none: no limit.
+    #[serde(default)]
+    pub max_nested_paths: usize,
     /// Require HTTPS with a trusted certificate (false: plain HTTP or untrusted allowed).
     #[serde(default = "yes")]
     pub tls_verify: bool,
@@ -339,7 +344,7 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
             );
         }
         match cl.registry.parse::<Destination>() {
-            Ok(d) => destinations.push(d),
+            Ok(d) => destinations.push(d.with_max_nested_paths(cl.max_nested_paths)),
             Err(e) => c.problem(&format!("{at}.registry"), e.to_string()),
         }
         if let Some(d) = &cl.cert_dir {
@@ -465,6 +470,9 @@ mod tests {
         assert!(c.config.clusters[0].tls_verify);
         assert_eq!(c.destinations[0].registry(), "mirror.example:5000");
         assert_eq!(c.config.after_publish, AfterPublish::Delete);
+        assert_eq!(c.destinations[0].repository_for("ns/app"), "m/ns/app");
+        let c = check(&format!("{GOOD}  maxNestedPaths: 2\n")).unwrap();
+        assert_eq!(c.destinations[0].repository_for("ns/app"), "m/ns-app");
     }
 
     #[test]

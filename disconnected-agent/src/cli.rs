@@ -85,6 +85,12 @@ pub struct PublishArgs {
     /// Mirror registry and path prefix: docker://HOST[:PORT][/PREFIX].
     #[arg(long, value_name = "DEST")]
     pub to: String,
+    /// For registries that allow only N path components in a repository name
+    /// (Quay, GitLab, GHCR): components past the (N-1)th are joined with '-', as
+    /// oc-mirror's --max-nested-paths does, and mirror sets name each repository
+    /// [default: 0, no limit].
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub max_nested_paths: usize,
     /// Workspace directory [default: ~/.airlock/site].
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
@@ -156,7 +162,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 s.parse::<Destination>()
                     .map_err(|e| Error::Usage(e.to_string()))
             };
-            let to = parse(&args.to)?;
+            let to = parse(&args.to)?.with_max_nested_paths(args.max_nested_paths);
             let fetch_from = args
                 .fetch_from
                 .iter()

@@ -27,6 +27,9 @@ pub enum Fault {
     /// `404 Not Found` with Harbor's body for a push into a project that does
     /// not exist.
     NoSuchProject,
+    /// `401 Unauthorized` with quay.io's body for a repository name deeper than
+    /// it allows (see [`FaultProxy::refuse_names_deeper_than`]).
+    TooDeep,
 }
 
 #[derive(Debug)]
@@ -45,6 +48,8 @@ struct Rule {
 struct State {
     rules: Vec<Rule>,
     served: u32,
+    /// Repository names with more path components are refused, as Quay does.
+    max_depth: Option<usize>,
 }
 
 /// A fault-injecting proxy on a free loopback port, plain HTTP.
@@ -95,16 +100,39 @@ impl FaultProxy {
         });
     }
 
+    /// Refuses every request about a repository whose name has more than `depth`
+    /// path components as quay.io does: `401` with `UNAUTHORIZED`, the answer
+    /// skopeo gets there for a name too deep, which says nothing about depth.
+    pub fn refuse_names_deeper_than(&self, depth: usize) {
+        self.state.lock().expect("proxy state").max_depth = Some(depth);
+    }
+
     /// How many faults were served so far.
     pub fn served(&self) -> u32 {
         self.state.lock().expect("proxy state").served
     }
 }
 
+/// The repository a `/v2/NAME/{manifests,blobs,tags,referrers}/…` path is about.
+fn repository(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/")?;
+    ["/manifests/", "/blobs/", "/tags/", "/referrers/"]
+        .iter()
+        .filter_map(|k| rest.find(k))
+        .min()
+        .map(|end| &rest[..end])
+}
+
 /// The fault for a request, if one is due; counts it.
 fn due(state: &Mutex<State>, method: &str, path: &str) -> Option<Fault> {
     let mut st = state.lock().expect("proxy state");
     let path = path.split('?').next().unwrap_or(path);
+    if let (Some(max), Some(repo)) = (st.max_depth, repository(path)) {
+        if repo.split('/').count() > max {
+            st.served += 1;
+            return Some(Fault::TooDeep);
+        }
+    }
     let mut hit = None;
     for rule in &mut st.rules {
         if rule.method != method || !path.contains(&rule.path) {
@@ -169,7 +197,9 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
     if let Some(fault) = due(state, &method, &path) {
         let wanted = match fault {
             Fault::Reset => length / 2,
-            Fault::ServerError | Fault::TooManyRequests | Fault::NoSuchProject => length,
+            Fault::ServerError | Fault::TooManyRequests | Fault::NoSuchProject | Fault::TooDeep => {
+                length
+            }
         };
         let mut chunk = [0u8; 16 << 10];
         let mut got = body.len() as u64;
@@ -197,6 +227,13 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
                 let json = r#"{"errors":[{"code":"NOT_FOUND","message":"project mirror not found: project mirror not found"}]}"#;
                 format!(
                     "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                    json.len()
+                )
+            }
+            Fault::TooDeep => {
+                let json = r#"{"errors":[{"code":"UNAUTHORIZED","message":"access to the requested resource is not authorized","detail":{}}]}"#;
+                format!(
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
                     json.len()
                 )
             }

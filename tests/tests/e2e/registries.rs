@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use airlock_tests::bins::run;
+use airlock_tests::faults::FaultProxy;
 use airlock_tests::images::{Format, ImageBuilder, PushClient, layer};
 use airlock_tests::registry::{Registry, RegistryOptions, free_port};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
@@ -302,4 +303,55 @@ fn the_proxy_flag_takes_every_request_through_the_proxy_it_names() {
             .contains("--proxy \"ftp://proxy.example.com\": expected http://HOST:PORT"),
         "{bad}"
     );
+}
+
+#[test]
+fn max_nested_paths_flattens_names_for_a_registry_that_refuses_deeper_ones() {
+    let s = Setup::plain();
+    let (_, out) = s.create("1GiB");
+    // As quay.io answers a name deeper than two components: 401, nothing
+    // about depth.
+    let proxy = FaultProxy::start(&s.dest.addr()).unwrap();
+    proxy.refuse_names_deeper_than(2);
+    let refused = run(&mut publish_via(&proxy, &out, "mirror", &s.path("ws-d")));
+    assert_ne!(refused.code, 0, "{refused}");
+    assert!(
+        refused.stderr.contains("has 3 path components")
+            && refused.stderr.contains("publish with --max-nested-paths N"),
+        "{refused}"
+    );
+    assert!(proxy.served() > 0);
+
+    let published =
+        run(publish_via(&proxy, &out, "mirror", &s.path("ws-d")).args(["--max-nested-paths", "2"]));
+    assert_eq!(published.code, 0, "{published}");
+    let flat = |repo: &str| format!("mirror/{}", repo.replace('/', "-"));
+    assert_byte_exact_at(&s.source, &s.dest, &s.placed, flat);
+    let deep: Vec<String> = catalog(&s.dest)
+        .into_iter()
+        .filter(|r| r.split('/').count() > 2)
+        .collect();
+    assert!(deep.is_empty(), "{deep:?}");
+
+    // The mirror sets name each flattened repository: a source namespace no
+    // longer maps onto one mirror namespace.
+    let resources = s.path("ws-d/cluster-resources");
+    let idms = std::fs::read_to_string(resources.join("idms-oc-mirror.yaml")).unwrap();
+    let itms = std::fs::read_to_string(resources.join("itms-oc-mirror.yaml")).unwrap();
+    for p in &s.placed {
+        let source = format!("source: {}/{}", s.source.addr(), p.repo);
+        let mirror = format!("- {}/{}", proxy.addr(), flat(&p.repo));
+        let in_idms = idms.contains(&source) && idms.contains(&mirror);
+        let in_itms = itms.contains(&source) && itms.contains(&mirror);
+        assert!(in_idms || in_itms, "{}:\n{idms}\n{itms}", p.repo);
+    }
+    assert!(
+        !idms.contains(&format!("source: {}/team\n", s.source.addr())),
+        "{idms}"
+    );
+
+    // Published again: nothing to do, the same names.
+    let again =
+        run(publish_via(&proxy, &out, "mirror", &s.path("ws-d")).args(["--max-nested-paths", "2"]));
+    assert_eq!(again.code, 0, "{again}");
 }

@@ -4,27 +4,10 @@
 //! registry, at a known request; the result is checked byte for byte with skopeo.
 //! A registry that keeps failing fails the publish in bounded time, naming the
 //! attempts.
-
-use std::path::Path;
-
-use airlock_tests::bins::{self, Output, run};
+use airlock_tests::bins::{Output, run};
 use airlock_tests::faults::{Fault, FaultProxy};
 
 use crate::util::*;
-
-/// `publish` of `from` through `proxy` (plain HTTP) under `prefix`.
-fn publish_via(proxy: &FaultProxy, from: &Path, prefix: &str, ws: &Path) -> Output {
-    let mut cmd = bins::disconnected();
-    cmd.arg("publish")
-        .arg("--from")
-        .arg(from)
-        .arg("--to")
-        .arg(format!("docker://{}/{prefix}", proxy.addr()))
-        .arg("--workspace")
-        .arg(ws)
-        .arg("--dest-tls-verify=false");
-    run(&mut cmd)
-}
 
 /// The retries the summary line reports.
 fn retries(out: &Output) -> u64 {
@@ -50,7 +33,7 @@ fn survives(arm: impl FnOnce(&FaultProxy)) {
     let (_, out) = s.create("1GiB");
     let proxy = FaultProxy::start(&s.dest.addr()).unwrap();
     arm(&proxy);
-    let published = publish_via(&proxy, &out, "mirror", &s.path("ws-d"));
+    let published = run(&mut publish_via(&proxy, &out, "mirror", &s.path("ws-d")));
     assert_eq!(published.code, 0, "{published}");
     assert!(proxy.served() >= 1, "the fault was served:\n{published}");
     assert!(retries(&published) >= 1, "{published}");
@@ -81,7 +64,7 @@ fn a_registry_failing_every_upload_fails_the_publish_naming_the_attempts() {
     let (_, out) = s.create("1GiB");
     let proxy = FaultProxy::start(&s.dest.addr()).unwrap();
     proxy.fail_always("PUT", "/blobs/uploads/", Fault::ServerError);
-    let published = publish_via(&proxy, &out, "mirror", &s.path("ws-d"));
+    let published = run(&mut publish_via(&proxy, &out, "mirror", &s.path("ws-d")));
     assert_eq!(published.code, EX_UNAVAILABLE, "{published}");
     assert!(
         published.stderr.contains("gave up after 6 attempts")
@@ -97,7 +80,7 @@ fn a_push_into_a_project_that_does_not_exist_says_so() {
     let proxy = FaultProxy::start(&s.dest.addr()).unwrap();
     // As Harbor answers the first push into a project nobody created.
     proxy.fail_always("POST", "/blobs/uploads/", Fault::NoSuchProject);
-    let published = publish_via(&proxy, &out, "mirror", &s.path("ws-d"));
+    let published = run(&mut publish_via(&proxy, &out, "mirror", &s.path("ws-d")));
     assert_ne!(published.code, 0, "{published}");
     assert!(
         published

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use airlock_tests::bins::{self, Output, run};
+use airlock_tests::faults::FaultProxy;
 use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, index, layer};
 use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
@@ -259,6 +260,20 @@ pub fn publish(from: &Path, dest: &Registry, prefix: &str, ws: &Path) -> Output 
     run(&mut publish_cmd(from, dest, prefix, ws))
 }
 
+/// `publish` of `from` through `proxy` (plain HTTP) under `prefix`.
+pub fn publish_via(proxy: &FaultProxy, from: &Path, prefix: &str, ws: &Path) -> Command {
+    let mut cmd = bins::disconnected();
+    cmd.arg("publish")
+        .arg("--from")
+        .arg(from)
+        .arg("--to")
+        .arg(format!("docker://{}/{prefix}", proxy.addr()))
+        .arg("--workspace")
+        .arg(ws)
+        .arg("--dest-tls-verify=false");
+    cmd
+}
+
 /// Copies the chunk files of `from` into `to` (made if missing).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -289,20 +304,32 @@ pub fn carry_shuffled(chunks: &[PathBuf], to: &Path) {
 
 /// Every image, and every child of every index, is byte-identical at the destination.
 pub fn assert_byte_exact(source: &Registry, dest: &Registry, prefix: &str, placed: &[Placed]) {
+    assert_byte_exact_at(source, dest, placed, |repo| format!("{prefix}/{repo}"));
+}
+
+/// [`assert_byte_exact`], each source repository found at the destination
+/// repository `at` names.
+pub fn assert_byte_exact_at(
+    source: &Registry,
+    dest: &Registry,
+    placed: &[Placed],
+    at: impl Fn(&str) -> String,
+) {
     for p in placed {
         let src = inspect_raw_at(source, &format!("{}@{}", p.repo, p.image.digest)).unwrap();
         assert_eq!(src, p.image.manifest, "source serves what was pushed");
-        let by_ref = inspect_raw_at(dest, &format!("{prefix}/{}", p.dest_ref)).unwrap();
+        let repo = at(&p.repo);
+        let tag_or_digest = &p.dest_ref[p.repo.len()..];
+        let by_ref = inspect_raw_at(dest, &format!("{repo}{tag_or_digest}")).unwrap();
         assert_eq!(
             by_ref, p.image.manifest,
             "{} at the destination differs",
             p.dest_ref
         );
-        let by_digest =
-            inspect_raw_at(dest, &format!("{prefix}/{}@{}", p.repo, p.image.digest)).unwrap();
+        let by_digest = inspect_raw_at(dest, &format!("{repo}@{}", p.image.digest)).unwrap();
         assert_eq!(by_digest, p.image.manifest);
         for child in &p.image.children {
-            let c = inspect_raw_at(dest, &format!("{prefix}/{}@{}", p.repo, child.digest)).unwrap();
+            let c = inspect_raw_at(dest, &format!("{repo}@{}", child.digest)).unwrap();
             assert_eq!(c, child.manifest, "child {} of {}", child.digest, p.repo);
         }
     }
