@@ -5,9 +5,14 @@
 //! of bytes has flowed in the watched direction, it stops forwarding, reports that it
 //! is stalled ([`SlowProxy::wait_stalled`]), and holds the connection until
 //! [`SlowProxy::release`].
+//!
+//! [`Gate`] forwards only connections from one source address, so a registry can
+//! be made reachable through an HTTP proxy alone (one that binds its outgoing
+//! connections to that address), as on a site where only the proxy may leave.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,6 +99,57 @@ impl SlowProxy {
         let (lock, cv) = &*self.shared;
         lock.lock().expect("proxy state").released = true;
         cv.notify_all();
+    }
+}
+
+/// A port in front of a registry that closes every connection not coming from
+/// one source address.
+pub struct Gate {
+    port: u16,
+    counts: Arc<[AtomicU32; 2]>,
+}
+
+impl Gate {
+    /// Forwards connections from `allowed` to `target` (`host:port`), TLS or not.
+    pub fn start(target: &str, allowed: IpAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let counts: Arc<[AtomicU32; 2]> = Arc::default();
+        let (target, c) = (target.to_string(), counts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if client.peer_addr().map(|a| a.ip()).ok() != Some(allowed) {
+                    c[1].fetch_add(1, Ordering::SeqCst);
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                c[0].fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || pump(server, c2, None));
+                std::thread::spawn(move || pump(client, s2, None));
+            }
+        });
+        Ok(Gate { port, counts })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Connections let through so far.
+    pub fn passed(&self) -> u32 {
+        self.counts[0].load(Ordering::SeqCst)
+    }
+
+    /// Connections closed so far for coming from elsewhere.
+    pub fn refused(&self) -> u32 {
+        self.counts[1].load(Ordering::SeqCst)
     }
 }
 

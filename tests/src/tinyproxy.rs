@@ -21,14 +21,22 @@ impl Tinyproxy {
     /// Starts a proxy that lets loopback clients through to any port (CONNECT
     /// included), logging every request.
     pub fn start() -> Result<Self> {
+        Self::start_binding(None)
+    }
+
+    /// [`Tinyproxy::start`], its outgoing connections made from `bind` (a
+    /// loopback address such as 127.0.0.3), which a [`crate::proxy::Gate`] lets
+    /// through when it lets nothing else.
+    pub fn start_binding(bind: Option<std::net::IpAddr>) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let config = dir.path().join("tinyproxy.conf");
         std::fs::write(
             &config,
             format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 600\nLogFile \"{}\"\nLogLevel Info\nMaxClients 256\nAllow 127.0.0.1\n",
-                dir.path().join("tinyproxy.log").display()
+                "Port {port}\nListen 127.0.0.1\nTimeout 600\nLogFile \"{}\"\nLogLevel Info\nMaxClients 256\nAllow 127.0.0.1\n{}",
+                dir.path().join("tinyproxy.log").display(),
+                bind.map(|b| format!("Bind {b}\n")).unwrap_or_default()
             ),
         )?;
         let child = Command::new("tinyproxy")

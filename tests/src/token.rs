@@ -34,6 +34,9 @@ pub struct Grant {
     pub namespace: String,
     /// Actions granted there (`pull`, `push`, `delete`, `*`).
     pub actions: Vec<String>,
+    /// An OAuth2 refresh token that stands for the user (an `identitytoken`),
+    /// exchanged by `POST` with `grant_type=refresh_token`.
+    pub identity_token: Option<String>,
 }
 
 impl Grant {
@@ -44,7 +47,14 @@ impl Grant {
             password: password.into(),
             namespace: namespace.into(),
             actions: actions.iter().map(|a| a.to_string()).collect(),
+            identity_token: None,
         }
+    }
+
+    /// The grant, also reachable with `token` as an identity token.
+    pub fn with_identity_token(mut self, token: &str) -> Self {
+        self.identity_token = Some(token.into());
+        self
     }
 }
 
@@ -82,6 +92,8 @@ const REGISTRY_LEEWAY: u64 = 60;
 pub struct TokenRequest {
     /// The user, when credentials were sent and right.
     pub user: Option<String>,
+    /// Asked by `POST` with an identity token (a refresh token), not by `GET`.
+    pub refreshed: bool,
     /// The scopes asked for, as sent.
     pub scopes: Vec<String>,
 }
@@ -136,10 +148,14 @@ impl TokenIssuer {
         let (s, seen, staling) = (server.clone(), requests.clone(), stale_first.clone());
         let thread = std::thread::spawn(move || {
             let mut asked = std::collections::HashSet::new();
-            for req in s.incoming_requests() {
+            for mut req in s.incoming_requests() {
+                let mut body = String::new();
+                if *req.method() == tiny_http::Method::Post {
+                    let _ = std::io::Read::read_to_string(req.as_reader(), &mut body);
+                }
                 let stale = staling.load(std::sync::atomic::Ordering::SeqCst)
-                    && asked.insert(req.url().to_string());
-                let response = answer(&req, &auth, stale, &keys, &seen);
+                    && asked.insert(format!("{} {body}", req.url()));
+                let response = answer(&req, &body, &auth, stale, &keys, &seen);
                 let _ = req.respond(response);
             }
         });
@@ -199,20 +215,38 @@ impl Drop for TokenIssuer {
 
 type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
 
+/// A token for the scopes asked: by `GET` with the scopes in the query and the
+/// user's password as basic auth (the token protocol), or by `POST` of a form
+/// with `grant_type=refresh_token` and an identity token (the OAuth2 flow).
 fn answer(
     req: &tiny_http::Request,
+    body: &str,
     auth: &TokenAuth,
     stale: bool,
     keys: &Keys,
     seen: &Mutex<Vec<TokenRequest>>,
 ) -> Response {
     let (grants, lifetime) = (&auth.grants, auth.lifetime);
-    let query = req.url().split_once('?').map_or("", |(_, q)| q);
+    let refreshed = *req.method() == tiny_http::Method::Post;
+    let query = if refreshed {
+        body
+    } else {
+        req.url().split_once('?').map_or("", |(_, q)| q)
+    };
     let params: Vec<(String, String)> = query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (crate::percent_decode(k), crate::percent_decode(v)))
+        .map(|(k, v)| {
+            let form = |x: &str| crate::percent_decode(&x.replace('+', " "));
+            (form(k), form(v))
+        })
         .collect();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let scopes: Vec<String> = params
         .iter()
         .filter(|(k, _)| k == "scope")
@@ -225,20 +259,31 @@ fn answer(
         .and_then(|h| h.value.as_str().strip_prefix("Basic ").map(str::to_string))
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok());
+    let refused = |status: u16, body: &str| {
+        seen.lock().expect("not poisoned").push(TokenRequest {
+            user: None,
+            refreshed,
+            scopes: scopes.clone(),
+        });
+        json(status, body.into())
+    };
+    let identified = grants.iter().find(|g| {
+        g.identity_token.is_some() && g.identity_token.as_deref() == param("refresh_token")
+    });
     let user = match credentials.as_deref().map(|c| c.split_once(':')) {
+        None if refreshed => match identified {
+            Some(g) if param("grant_type") == Some("refresh_token") => Some(g.user.clone()),
+            _ => return refused(400, r#"{"error":"invalid_grant"}"#),
+        },
         None => None,
         Some(Some((u, p))) if grants.iter().any(|g| g.user == u && g.password == p) => {
             Some(u.to_string())
         }
-        Some(_) => {
-            seen.lock()
-                .expect("not poisoned")
-                .push(TokenRequest { user: None, scopes });
-            return json(401, r#"{"details":"wrong user name or password"}"#.into());
-        }
+        Some(_) => return refused(401, r#"{"details":"wrong user name or password"}"#),
     };
     seen.lock().expect("not poisoned").push(TokenRequest {
         user: user.clone(),
+        refreshed,
         scopes: scopes.clone(),
     });
     let access: Vec<serde_json::Value> = scopes

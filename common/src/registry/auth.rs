@@ -15,18 +15,37 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::Deserialize;
 
-/// A user name and password (or token used as password).
+/// A user name and password (or token used as password), or an identity token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// User name.
     pub username: String,
     /// Password or token.
     pub password: String,
+    /// An OAuth2 refresh token (`identitytoken` in the file, or a credential
+    /// helper's `<token>` answer), as `az acr login` and Docker Desktop leave: it
+    /// is exchanged at the registry's token service for access tokens and never
+    /// sent to the registry itself; user name and password are then unused.
+    pub identity_token: Option<String>,
+}
+
+impl Credentials {
+    /// A user name and password.
+    pub fn basic(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Credentials {
+            username: username.into(),
+            password: password.into(),
+            identity_token: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}, ****)", self.username)
+        match self.identity_token {
+            Some(_) => write!(f, "Credentials({}, identity token ****)", self.username),
+            None => write!(f, "Credentials({}, ****)", self.username),
+        }
     }
 }
 
@@ -58,6 +77,8 @@ struct Entry {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
 }
 
 /// Where credentials come from.
@@ -265,15 +286,14 @@ impl AuthSource {
                 "credential helper {program} answered something other than {{\"Username\", \"Secret\"}}: {e}"
             ))
         })?;
+        // The protocol's way of handing out an identity token.
         if answer.username == "<token>" {
-            return Err(bad(format!(
-                "credential helper {program} holds an identity token for {registry}, which Airlock cannot use yet; log in with a user name and password (or a robot account)"
-            )));
+            return Ok(Some(Credentials {
+                identity_token: Some(answer.secret),
+                ..Credentials::basic("", "")
+            }));
         }
-        Ok(Some(Credentials {
-            username: answer.username,
-            password: answer.secret,
-        }))
+        Ok(Some(Credentials::basic(answer.username, answer.secret)))
     }
 }
 
@@ -372,15 +392,23 @@ fn lookup_in(
         return Ok(helpers.map_or(Found::Nothing, Found::Helper));
     };
     let key = key.as_str();
+    // An identity token wins over the user name (`auth` then encodes "user:").
+    let identity = entry.identitytoken.clone().filter(|t| !t.is_empty());
+    let inline = |username: &str, password: &str| {
+        Ok(Found::Inline(Credentials {
+            identity_token: identity.clone(),
+            ..Credentials::basic(username, password)
+        }))
+    };
     if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
-        return Ok(Found::Inline(Credentials {
-            username: u.clone(),
-            password: p.clone(),
-        }));
+        return inline(u, p);
     }
     // `docker login` with a credsStore leaves an empty entry: the secret is in
     // the store.
     let Some(auth) = &entry.auth else {
+        if identity.is_some() {
+            return inline("", "");
+        }
         return Ok(helpers.map_or(Found::Nothing, Found::Helper));
     };
     let decoded = base64::engine::general_purpose::STANDARD
@@ -391,10 +419,7 @@ fn lookup_in(
     let (u, p) = decoded
         .split_once(':')
         .ok_or_else(|| bad(format!("entry {key:?}: \"auth\" must encode user:password")))?;
-    Ok(Found::Inline(Credentials {
-        username: u.to_string(),
-        password: p.to_string(),
-    }))
+    inline(u, p)
 }
 
 #[cfg(test)]
@@ -611,5 +636,37 @@ mod tests {
         );
         let c = src.lookup("r.example", "a/b").unwrap().unwrap();
         assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "p"));
+    }
+
+    #[test]
+    fn identity_tokens_come_from_the_file_and_from_helpers() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path());
+        let file = dir.path().join("run/containers/auth.json");
+        // As `az acr login` leaves it: "user:" in `auth`, the refresh token beside.
+        write(
+            &file,
+            &format!(
+                r#"{{"auths":{{"acr.example":{{"auth":"{}","identitytoken":"refresh-1"}},"bare.example":{{"identitytoken":"refresh-2"}},"plain.example":{{"auth":"{}","identitytoken":""}}}}}}"#,
+                b64("00000000-0000-0000-0000-000000000000:"),
+                b64("u:p")
+            ),
+        );
+        let token = |r: &str| src.lookup(r, "a").unwrap().unwrap().identity_token;
+        assert_eq!(token("acr.example").as_deref(), Some("refresh-1"));
+        assert_eq!(token("bare.example").as_deref(), Some("refresh-2"));
+        assert_eq!(token("plain.example"), None, "an empty one is none");
+        // A helper answers `<token>` for the user to hand one out.
+        let helper = dir.path().join("bin/docker-credential-tok");
+        write(
+            &helper,
+            "#!/bin/sh\nread host\necho '{\"Username\":\"<token>\",\"Secret\":\"refresh-3\"}'\n",
+        );
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write(&file, r#"{"credsStore":"tok"}"#);
+        let c = src.lookup("acr.example", "a").unwrap().unwrap();
+        assert_eq!(c.identity_token.as_deref(), Some("refresh-3"));
+        assert!(!format!("{c:?}").contains("refresh"), "{c:?}");
     }
 }

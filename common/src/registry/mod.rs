@@ -28,7 +28,7 @@ use oci_client::{Client, Reference, RegistryOperation};
 
 use crate::digest::Digest;
 use crate::manifest::{self, ACCEPTED, Manifest, ManifestError};
-use auth::{AuthFileError, AuthSource};
+use auth::{AuthFileError, AuthSource, Credentials};
 use retry::Limit;
 
 /// How to reach registries on one side of a transfer (`--src-*` or `--dest-*` flags).
@@ -220,15 +220,15 @@ pub struct RegistryClient {
     /// `{scheme}://{registry}/`, the base of every write.
     base: reqwest::Url,
     /// The registry's credential: what the auth file has for the host (or, with
-    /// only repository-scoped keys, the first of them).
-    credentials: RegistryAuth,
+    /// only repository-scoped keys, the first of them); `None`: anonymous.
+    credentials: Option<Credentials>,
     /// Where credentials come from, for those of a repository: the most specific
     /// key wins (`host/ns/repo` over `host/ns` over `host`), so one auth file
     /// holds a robot account per namespace.
     auth: AuthSource,
     /// Each repository's credential once looked up, and whether it differs from
     /// the registry's.
-    by_repository: std::sync::Mutex<HashMap<String, (RegistryAuth, bool)>>,
+    by_repository: std::sync::Mutex<HashMap<String, (Option<Credentials>, bool)>>,
     /// Repositories with their own credential whose pull token oci-client was
     /// given (it would otherwise ask with the registry's).
     pulls_authorised: tokio::sync::Mutex<std::collections::HashSet<String>>,
@@ -500,6 +500,17 @@ async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
     (kind, message)
 }
 
+/// What oci-client is given for a credential: never an identity token, which it
+/// would send as an access token (it is a refresh token, exchanged here).
+fn oci_auth(credentials: &Option<Credentials>) -> RegistryAuth {
+    match credentials {
+        Some(c) if c.identity_token.is_none() => {
+            RegistryAuth::Basic(c.username.clone(), c.password.clone())
+        }
+        _ => RegistryAuth::Anonymous,
+    }
+}
+
 fn request_error(
     operation: &'static str,
     target: String,
@@ -679,13 +690,10 @@ impl RegistryClient {
         })?;
         // oci-client keeps one credential per registry, under the registry name it
         // resolves to (docker.io becomes index.docker.io).
-        let auth = match opts.auth.lookup(host, "")? {
-            Some(c) => RegistryAuth::Basic(c.username, c.password),
-            None => RegistryAuth::Anonymous,
-        };
+        let credentials = opts.auth.lookup(host, "")?;
         let resolved = Reference::with_tag(host.to_string(), "library/x".into(), "latest".into());
         client
-            .store_auth_if_needed(resolved.resolve_registry(), &auth)
+            .store_auth_if_needed(resolved.resolve_registry(), &oci_auth(&credentials))
             .await;
         let base = format!("{scheme}://{}/", resolved.resolve_registry());
         let base = reqwest::Url::parse(&base).map_err(|e| RegistryError::Request {
@@ -699,7 +707,7 @@ impl RegistryClient {
             client,
             http,
             base,
-            credentials: auth,
+            credentials,
             auth: opts.auth.clone(),
             by_repository: Default::default(),
             pulls_authorised: Default::default(),
@@ -870,15 +878,21 @@ impl RegistryClient {
             }
         }
         let r = self.by_reference(repository, "latest");
-        let token = self
-            .client
-            .auth(
-                &r,
-                &self.credentials_for(repository).0,
-                RegistryOperation::Push,
+        let credentials = self.credentials_for(repository).0;
+        let token = if credentials
+            .as_ref()
+            .is_some_and(|c| c.identity_token.is_some())
+        {
+            Some(
+                self.identity_access(repository, "pull,push", fresh, target)
+                    .await?,
             )
-            .await
-            .map_err(|e| request_error("authenticate", target.to_string(), e))?;
+        } else {
+            self.client
+                .auth(&r, &oci_auth(&credentials), RegistryOperation::Push)
+                .await
+                .map_err(|e| request_error("authenticate", target.to_string(), e))?
+        };
         tokens.insert(repository.to_string(), token.clone());
         Ok(token)
     }
@@ -886,7 +900,7 @@ impl RegistryClient {
     /// The credential for `repository`, and whether it differs from the
     /// registry's (oci-client keeps one per registry and must then be given it).
     /// A file that cannot be read now was read at connect: the registry's stands.
-    fn credentials_for(&self, repository: &str) -> (RegistryAuth, bool) {
+    fn credentials_for(&self, repository: &str) -> (Option<Credentials>, bool) {
         if let Some(c) = self
             .by_repository
             .lock()
@@ -897,7 +911,7 @@ impl RegistryClient {
         }
         // Looked up outside the lock: a credential helper may take its time.
         let own = match self.auth.lookup(&self.host, repository) {
-            Ok(Some(c)) => RegistryAuth::Basic(c.username, c.password),
+            Ok(Some(c)) => Some(c),
             Ok(None) => self.credentials.clone(),
             Err(e) => {
                 tracing::warn!(registry = %self.host, %repository, error = %e, "no credential of its own for this repository; using the registry's");
@@ -927,28 +941,44 @@ impl RegistryClient {
     {
         let (credentials, own) = self.credentials_for(repository);
         let r = self.by_reference(repository, "latest");
-        if own
+        let identity = credentials
+            .as_ref()
+            .is_some_and(|c| c.identity_token.is_some());
+        // oci-client would ask with the registry's credential, and can do nothing
+        // with an identity token: it is given this repository's pull token.
+        let authorise = |fresh: bool| {
+            let (r, credentials) = (&r, &credentials);
+            async move {
+                let auth = if identity {
+                    match self
+                        .identity_access(repository, "pull", fresh, &r.whole())
+                        .await
+                    {
+                        Ok(token) => RegistryAuth::Bearer(token),
+                        Err(_) => return false,
+                    }
+                } else {
+                    oci_auth(credentials)
+                };
+                self.client
+                    .auth(r, &auth, RegistryOperation::Pull)
+                    .await
+                    .is_ok()
+            }
+        };
+        if (own || identity)
             && self
                 .pulls_authorised
                 .lock()
                 .await
                 .insert(repository.to_string())
         {
-            // oci-client would ask with the registry's credential: give it this
-            // repository's token first (a failure shows in the call itself).
-            let _ = self
-                .client
-                .auth(&r, &credentials, RegistryOperation::Pull)
-                .await;
+            // A failure shows in the call itself.
+            authorise(false).await;
         }
         match call().await {
             Err(e) if classify(&e).0 == ErrorKind::Unauthorized => {
-                if self
-                    .client
-                    .auth(&r, &credentials, RegistryOperation::Pull)
-                    .await
-                    .is_err()
-                {
+                if !authorise(true).await {
                     return Err(e);
                 }
                 call().await
@@ -988,7 +1018,9 @@ impl RegistryClient {
         Ok(match self.token(repository, target, fresh).await? {
             Some(token) => request.bearer_auth(token),
             None => match self.credentials_for(repository).0 {
-                RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+                Some(c) if c.identity_token.is_none() => {
+                    request.basic_auth(c.username, Some(c.password))
+                }
                 _ => request,
             },
         })
@@ -1076,15 +1108,33 @@ impl RegistryClient {
             kind: ErrorKind::Unauthorized,
             message,
         };
-        // One `scope` parameter per scope, as the token protocol has it.
-        let mut query = vec![("service", challenge.service.as_str())];
-        query.extend(challenge.scope.split(' ').map(|s| ("scope", s)));
-        let mut request = self.http.get(&challenge.realm).query(&query);
         // The credential of the repository the (first) scope names.
         let repository = challenge.scope.split(':').nth(1).unwrap_or_default();
-        if let RegistryAuth::Basic(user, password) = self.credentials_for(repository).0 {
-            request = request.basic_auth(user, Some(password));
-        }
+        let request = match self.credentials_for(repository).0 {
+            // An identity token is an OAuth2 refresh token: POSTed to the realm
+            // (distribution's oauth flow, as containers/image does), the scopes
+            // space-separated in one parameter.
+            Some(Credentials {
+                identity_token: Some(refresh),
+                ..
+            }) => self.http.post(&challenge.realm).form(&[
+                ("grant_type", "refresh_token"),
+                ("service", challenge.service.as_str()),
+                ("client_id", "airlock"),
+                ("refresh_token", refresh.as_str()),
+                ("scope", challenge.scope.as_str()),
+            ]),
+            // One `scope` parameter per scope, as the token protocol has it.
+            credentials => {
+                let mut query = vec![("service", challenge.service.as_str())];
+                query.extend(challenge.scope.split(' ').map(|s| ("scope", s)));
+                let request = self.http.get(&challenge.realm).query(&query);
+                match credentials {
+                    Some(c) => request.basic_auth(c.username, Some(c.password)),
+                    None => request,
+                }
+            }
+        };
         let response = request.send().await.map_err(|e| {
             failed(format!(
                 "token for {} from {}: {}",
@@ -1110,6 +1160,34 @@ impl RegistryClient {
             .to_string();
         cache.insert(challenge.scope.clone(), token.clone());
         Ok(token)
+    }
+
+    /// An access token for `actions` on `repository` in exchange for its
+    /// credential's identity token, from the realm of the registry's challenge;
+    /// `fresh` drops a cached one the registry refused.
+    async fn identity_access(
+        &self,
+        repository: &str,
+        actions: &str,
+        fresh: bool,
+        target: &str,
+    ) -> Result<String, RegistryError> {
+        let Some(mut challenge) = self.bearer().await else {
+            return Err(RegistryError::Request {
+                operation: "authenticate",
+                target: target.to_string(),
+                kind: ErrorKind::Unauthorized,
+                message: format!(
+                    "the auth file holds an identity token for {}, but the registry asks for no token (it answered /v2/ without a Bearer challenge); log in with a user name and password instead",
+                    self.host
+                ),
+            });
+        };
+        challenge.scope = format!("repository:{repository}:{actions}");
+        if fresh {
+            self.scoped.lock().await.remove(&challenge.scope);
+        }
+        self.scoped_token(&challenge, "authenticate", target).await
     }
 
     /// Deletes a manifest by digest (which removes every tag pointing at it) or a

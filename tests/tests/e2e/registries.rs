@@ -8,6 +8,7 @@ use std::path::Path;
 use airlock_tests::bins::run;
 use airlock_tests::faults::FaultProxy;
 use airlock_tests::images::{Format, ImageBuilder, PushClient, layer};
+use airlock_tests::proxy::Gate;
 use airlock_tests::registry::{Registry, RegistryOptions, free_port};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
 use airlock_tests::tinyproxy::Tinyproxy;
@@ -67,6 +68,30 @@ fn fill(src: &Registry, tmp: &Path, images: &[(u64, &str)], size: usize) -> Vec<
         .collect()
 }
 
+/// Two imagesets of `placed` from `src`, made by `create` (for a configuration
+/// and an output directory): all of it, then the first image alone, whose
+/// publish prunes the rest.
+fn all_then_first(
+    tmp: &Path,
+    src: &Registry,
+    placed: &[Placed],
+    create: impl Fn(&Path, &Path) -> airlock_tests::bins::Output,
+) -> Vec<std::path::PathBuf> {
+    [placed, &placed[..1]]
+        .into_iter()
+        .enumerate()
+        .map(|(i, list)| {
+            let dir = tmp.join(format!("c{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let config = write_config(&dir, src, list, "");
+            let out = tmp.join(format!("out{i}"));
+            let created = create(&config, &out);
+            assert_eq!(created.code, 0, "{created}");
+            out
+        })
+        .collect()
+}
+
 #[test]
 fn create_and_publish_through_token_registries_and_prune_with_a_delete_scope() {
     // The source lets `reader` pull under team/ only (the first grant: the
@@ -90,16 +115,9 @@ fn create_and_publish_through_token_registries_and_prune_with_a_delete_scope() {
     );
     let ws_c = tmp.path().join("ws-c");
     let ws_d = tmp.path().join("ws-d");
-    let mut outs = Vec::new();
-    for (i, list) in [&placed[..], &placed[..1]].into_iter().enumerate() {
-        let dir = tmp.path().join(format!("c{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = write_config(&dir, &src, list, "");
-        let out = tmp.path().join(format!("out{i}"));
-        let created = create(&config, &out, &ws_c, "1MiB", &src);
-        assert_eq!(created.code, 0, "{created}");
-        outs.push(out);
-    }
+    let outs = all_then_first(tmp.path(), &src, &placed, |config, out| {
+        create(config, out, &ws_c, "1MiB", &src)
+    });
 
     let first = publish(&outs[0], &dest, "m", &ws_d);
     assert_eq!(first.code, 0, "{first}");
@@ -354,4 +372,130 @@ fn max_nested_paths_flattens_names_for_a_registry_that_refuses_deeper_ones() {
     let again =
         run(publish_via(&proxy, &out, "mirror", &s.path("ws-d")).args(["--max-nested-paths", "2"]));
     assert_eq!(again.code, 0, "{again}");
+}
+
+#[test]
+fn identity_tokens_are_exchanged_for_access_tokens_and_never_sent_as_passwords() {
+    // As `az acr login` leaves an auth file: "user:" with no password, and an
+    // OAuth2 refresh token beside it. Every token is asked by POST with it.
+    let src = token_registry(vec![
+        Grant::new("reader", "r-pass", "", &["pull"]),
+        Grant::new("pusher", "p-pass", "", &["pull", "push"]),
+        Grant::new("acr-src", "unknown", "team/", &["pull"]).with_identity_token("refresh-src"),
+    ]);
+    let dest = token_registry(vec![
+        Grant::new("writer", "w-pass", "", &["pull", "push", "delete"]),
+        Grant::new("acr-dest", "unknown", "m/", &["pull", "push", "delete"])
+            .with_identity_token("refresh-dest"),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let placed = fill(
+        &src,
+        tmp.path(),
+        &[(631, "team/a"), (632, "team/b")],
+        20_000,
+    );
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let user = b64("00000000-0000-0000-0000-000000000000:");
+    let auth = tmp.path().join("auth.json");
+    std::fs::write(
+        &auth,
+        serde_json::json!({"auths": {
+            src.addr(): {"auth": user, "identitytoken": "refresh-src"},
+            dest.addr(): {"auth": user, "identitytoken": "refresh-dest"},
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let (ws_c, ws_d) = (tmp.path().join("ws-c"), tmp.path().join("ws-d"));
+    let outs = all_then_first(tmp.path(), &src, &placed, |config, out| {
+        run(imageset_cmd("create", config, out, &ws_c)
+            .args(["--limit", "1MiB", "--src-tls-verify=false", "--authfile"])
+            .arg(&auth))
+    });
+    let publish_with = |out: &Path| {
+        run(airlock_tests::bins::disconnected()
+            .arg("publish")
+            .arg("--from")
+            .arg(out)
+            .arg("--to")
+            .arg(format!("docker://{}/m", dest.addr()))
+            .arg("--workspace")
+            .arg(&ws_d)
+            .args(["--dest-tls-verify=false", "--authfile"])
+            .arg(&auth))
+    };
+    let first = publish_with(&outs[0]);
+    assert_eq!(first.code, 0, "{first}");
+    assert_byte_exact(&src, &dest, "m", &placed);
+    // The delete of pruning needs a token for `delete`, exchanged the same way.
+    let second = publish_with(&outs[1]);
+    assert_eq!(second.code, 0, "{second}");
+    assert!(inspect_raw_at(&dest, "m/team/b:1").is_err(), "B is gone");
+
+    // Every token was asked with the identity token by POST, none with the
+    // empty password beside it (the issuer would have refused it: user None).
+    for (registry, user) in [(&src, "acr-src"), (&dest, "acr-dest")] {
+        let requests = registry.issuer().unwrap().requests();
+        assert!(requests.iter().all(|r| r.user.is_some()), "{requests:?}");
+        let refreshed: Vec<_> = requests.iter().filter(|r| r.refreshed).collect();
+        assert!(
+            !refreshed.is_empty() && refreshed.iter().all(|r| r.user.as_deref() == Some(user)),
+            "{requests:?}"
+        );
+    }
+    let issuer = dest.issuer().unwrap();
+    assert!(
+        issuer.asked("acr-dest", "m/team/b", "delete"),
+        "{:?}",
+        issuer.requests()
+    );
+    assert!(
+        issuer.asked("acr-dest", "m/team/a", "push"),
+        "{:?}",
+        issuer.requests()
+    );
+    assert!(src.issuer().unwrap().asked("acr-src", "team/a", "pull"));
+}
+
+#[test]
+fn create_reaches_a_tls_registry_through_the_proxy_alone_by_connect() {
+    // The source lets through only connections from 127.0.0.3, the address
+    // tinyproxy leaves from: as on a site where only the proxy may go out.
+    let s = Setup::new(Registry::tls().unwrap(), Registry::plain().unwrap());
+    let leave: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let gate = Gate::start(&s.source.addr(), leave).unwrap();
+    let proxy = Tinyproxy::start_binding(Some(leave)).unwrap();
+    let config = s.path("gated.yaml");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&config, text.replace(&s.source.addr(), &gate.addr())).unwrap();
+    let create = |name: &str| {
+        let mut cmd = imageset_cmd(
+            "create",
+            &config,
+            &s.path(&format!("out-{name}")),
+            &s.path(&format!("ws-{name}")),
+        );
+        cmd.args(["--limit", "1MiB", "--src-cert-dir"])
+            .arg(s.source.ca_cert_dir().unwrap());
+        cmd
+    };
+    let direct = run(&mut create("direct"));
+    assert_eq!(direct.code, EX_UNAVAILABLE, "{direct}");
+    assert!(
+        gate.refused() > 0 && gate.passed() == 0,
+        "direct access is blocked"
+    );
+
+    let through = run(create("through").env("HTTPS_PROXY", proxy.url()));
+    assert_eq!(through.code, 0, "{through}");
+    assert!(gate.passed() > 0);
+    assert!(
+        proxy.log().contains(&format!("CONNECT {}", gate.addr())),
+        "TLS went through a CONNECT tunnel:\n{}",
+        proxy.log()
+    );
+    let published = s.publish(&s.path("out-through"), "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
 }
