@@ -334,6 +334,9 @@ pub struct Publisher<'a, S> {
     done: Mutex<HashMap<(String, Digest), Once>>,
     /// The repository where this run first placed each blob, to mount from.
     holders: Mutex<HashMap<Digest, Arc<OnceCell<String>>>>,
+    /// Every repository this run placed each blob in, to mount from one that
+    /// the target's credential can read.
+    placed: Mutex<HashMap<Digest, Vec<String>>>,
     /// Held while a referrers tag is read and rewritten.
     referrers: Mutex<()>,
     /// Counters.
@@ -360,6 +363,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             transfers: Semaphore::new(parallel.max(1)),
             done: Mutex::new(HashMap::new()),
             holders: Mutex::new(HashMap::new()),
+            placed: Mutex::new(HashMap::new()),
             referrers: Mutex::new(()),
             stats: PublishStats::default(),
             retry: RetryPolicy::default(),
@@ -721,9 +725,26 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
                 })
                 .await?;
             if holder != repo {
-                self.put(image, budget, repo, Some(holder), digest, size)
+                // With a credential per namespace, the first holder may be one
+                // the target's credential cannot read, and the registry would
+                // decline the mount: a holder reached with the same credential
+                // is preferred.
+                let from = self.placed.lock().await.get(digest).and_then(|holders| {
+                    holders
+                        .iter()
+                        .find(|h| self.client.same_credential(repo, h))
+                        .cloned()
+                });
+                let from = from.as_deref().unwrap_or(holder);
+                self.put(image, budget, repo, Some(from), digest, size)
                     .await?;
             }
+            self.placed
+                .lock()
+                .await
+                .entry(digest.clone())
+                .or_default()
+                .push(repo.to_string());
             Ok::<(), PublishError>(())
         })
         .await?;

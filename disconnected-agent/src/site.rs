@@ -11,7 +11,7 @@ use airlock_common::imageset::{ImageRecord, ImagesetManifest};
 use airlock_common::prune::{self, InUse, Pruned, Pruner};
 use airlock_common::publish::{self, Publisher};
 use airlock_common::reference::Destination;
-use airlock_common::registry::RegistryClient;
+use airlock_common::registry::{ErrorKind, RegistryClient, RegistryError};
 use airlock_common::resources;
 use airlock_common::signing::TrustStore;
 use airlock_common::size::ByteSize;
@@ -195,7 +195,22 @@ impl Site {
             let Some(bytes) = target
                 .client
                 .get_document(&repo, &uuid.to_string(), SITE_STATE_MEDIA_TYPE, 256 << 20)
-                .await?
+                .await
+                .map_err(|mut e| {
+                    // With a credential per namespace, this repository is easily
+                    // forgotten: say what it is.
+                    if let RegistryError::Request {
+                        kind: ErrorKind::Unauthorized,
+                        message,
+                        ..
+                    } = &mut e
+                    {
+                        message.push_str(&format!(
+                            "; Airlock keeps the site's state in {registry}/{repo}, and the credential for it (the auth file's key for that repository, its namespace or {registry}) needs pull and push there"
+                        ));
+                    }
+                    e
+                })?
             else {
                 continue;
             };

@@ -50,6 +50,8 @@ struct State {
     served: u32,
     /// Repository names with more path components are refused, as Quay does.
     max_depth: Option<usize>,
+    /// Cross-repository mounts reach the registry as plain upload starts.
+    decline_mounts: bool,
 }
 
 /// A fault-injecting proxy on a free loopback port, plain HTTP.
@@ -107,6 +109,13 @@ impl FaultProxy {
         self.state.lock().expect("proxy state").max_depth = Some(depth);
     }
 
+    /// Declines every cross-repository mount as a registry that cannot make it
+    /// does: the request goes on without `mount` and `from`, so the registry
+    /// opens an upload session (202) instead. Counted as served faults.
+    pub fn decline_mounts(&self) {
+        self.state.lock().expect("proxy state").decline_mounts = true;
+    }
+
     /// How many faults were served so far.
     pub fn served(&self) -> u32 {
         self.state.lock().expect("proxy state").served
@@ -153,6 +162,15 @@ fn due(state: &Mutex<State>, method: &str, path: &str) -> Option<Fault> {
         st.served += 1;
     }
     hit
+}
+
+/// Whether mounts are declined; counts the one being declined.
+fn declines_mounts(state: &Mutex<State>) -> bool {
+    let mut st = state.lock().expect("proxy state");
+    if st.decline_mounts {
+        st.served += 1;
+    }
+    st.decline_mounts
 }
 
 /// The request head (up to and including the blank line) and any body bytes read
@@ -242,6 +260,10 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
         let _ = client.shutdown(Shutdown::Both);
         return;
     }
+    let path = match path.split_once("?mount=") {
+        Some((start, _)) if method == "POST" && declines_mounts(state) => start.to_string(),
+        _ => path,
+    };
     let Ok(mut upstream) = TcpStream::connect(target) else {
         return;
     };

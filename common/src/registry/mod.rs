@@ -416,12 +416,15 @@ impl BearerChallenge {
             service: String::new(),
             scope: String::new(),
         };
-        // key="value" pairs, commas between them; values are quoted and may hold
-        // commas themselves (`pull,push`).
+        // key=value pairs, commas between them (RFC 9110 auth-params): a value
+        // is quoted, and may then hold commas itself (`pull,push`), or a bare
+        // token, as some registries send `service`.
         let mut s = rest.trim();
         while let Some((key, after)) = s.split_once('=') {
-            let after = after.strip_prefix('"')?;
-            let (value, tail) = after.split_once('"')?;
+            let (value, tail) = match after.strip_prefix('"') {
+                Some(quoted) => quoted.split_once('"')?,
+                None => after.split_once(',').unwrap_or((after, "")),
+            };
             match key.trim() {
                 "realm" => c.realm = value.to_string(),
                 "service" => c.service = value.to_string(),
@@ -568,21 +571,42 @@ const READ_TIMEOUT: Duration = Duration::from_secs(300);
 const USER_AGENT: &str = concat!("airlock/", env!("CARGO_PKG_VERSION"));
 
 /// With `--tls-verify=false`, a registry may speak plain HTTP or HTTPS with an
-/// untrusted certificate; like containers/image, try HTTPS first and fall back to HTTP.
-async fn speaks_https(host: &str) -> bool {
-    let Ok(client) = proxied(reqwest::Client::builder())
+/// untrusted certificate; like containers/image, try HTTPS first and fall back to
+/// HTTP when HTTP answers. A registry that answers neither (down, not reachable
+/// yet) is an error, not a guess: a client fixed to the wrong scheme would fail
+/// for as long as it is kept, while a failed connect is tried again.
+async fn speaks_https(host: &str) -> Result<bool, RegistryError> {
+    let client = proxied(reqwest::Client::builder())
         .danger_accept_invalid_certs(true)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .build()
-    else {
-        return false;
+        .map_err(|e| RegistryError::Request {
+            operation: "connect",
+            target: host.to_string(),
+            kind: ErrorKind::Protocol,
+            message: error_chain(&e),
+        })?;
+    let answers = |scheme: &str| client.get(format!("{scheme}://{host}/v2/")).send();
+    let https = match answers("https").await {
+        Ok(_) => return Ok(true),
+        Err(e) => e,
     };
-    client
-        .get(format!("https://{host}/v2/"))
-        .send()
-        .await
-        .is_ok()
+    match answers("http").await {
+        Ok(_) => Ok(false),
+        Err(http) => {
+            // Both, since either may be the one that matters (a proxy may
+            // stand in the way of one scheme only).
+            let (_, over_https) = transport(&https);
+            let (kind, over_http) = transport(&http);
+            Err(RegistryError::Request {
+                operation: "connect",
+                target: host.to_string(),
+                kind,
+                message: format!("over HTTPS: {over_https}; over plain HTTP: {over_http}"),
+            })
+        }
+    }
 }
 
 /// The proxy for every registry this process talks to, set once (`--proxy`, the
@@ -676,7 +700,16 @@ impl RegistryClient {
         let mut scheme = "https";
         if !opts.tls_verify {
             config.accept_invalid_certificates = true;
-            if !speaks_https(host).await {
+            // A registry restarting is waited for as a request to it would be.
+            let policy = retry::RetryPolicy::default();
+            let probed = policy
+                .run(
+                    &policy.budget(),
+                    || speaks_https(host),
+                    |r| tracing::warn!(registry = %host, attempt = r.attempt, error = %r.error, "the registry answers neither HTTPS nor HTTP; asking again"),
+                )
+                .await?;
+            if !probed {
                 config.protocol = ClientProtocol::Http;
                 scheme = "http";
             }
@@ -1365,7 +1398,7 @@ impl RegistryClient {
         url.query_pairs_mut()
             .append_pair("mount", digest.as_str())
             .append_pair("from", from);
-        let mounted = match self.bearer().await {
+        let (mounted, token) = match self.bearer().await {
             Some(mut challenge) => {
                 challenge.scope =
                     format!("repository:{repository}:pull,push repository:{from}:pull");
@@ -1381,34 +1414,86 @@ impl RegistryClient {
                     let response = self
                         .http
                         .post(url.clone())
-                        .bearer_auth(token)
+                        .bearer_auth(&token)
                         .header(reqwest::header::CONTENT_LENGTH, 0)
                         .send()
                         .await;
                     let refused = response
                         .as_ref()
                         .is_ok_and(|r| r.status() == reqwest::StatusCode::UNAUTHORIZED);
-                    answer = Some(response);
+                    answer = Some((response, token));
                     if !refused {
                         break;
                     }
                 }
-                answer.is_some_and(|r| r.is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED))
+                match answer {
+                    Some((Ok(response), token)) => (response, Some(token)),
+                    _ => return false,
+                }
             }
             None => match self
                 .authorised(repository, &target, false, self.http.post(url))
                 .await
             {
-                Ok(request) => request
+                Ok(request) => match request
                     .header(reqwest::header::CONTENT_LENGTH, 0)
                     .send()
                     .await
-                    .is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED),
+                {
+                    Ok(response) => (response, None),
+                    Err(_) => return false,
+                },
                 Err(_) => return false,
             },
         };
+        let status = mounted.status();
+        if status == reqwest::StatusCode::ACCEPTED {
+            // Declined: the registry opened an upload session instead, which the
+            // upload that follows does not use (it opens its own). Cancelled, so
+            // that sessions do not pile up in the registry until it purges them.
+            self.cancel_upload(repository, &target, &mounted, token.as_deref())
+                .await;
+        }
+        let mounted = status == reqwest::StatusCode::CREATED;
         tracing::debug!(%repository, %from, %digest, mounted, "cross-repository mount");
         mounted
+    }
+
+    /// Cancels the upload session `response` opened (`DELETE` on its `Location`),
+    /// best effort: a registry that keeps it purges it later.
+    async fn cancel_upload(
+        &self,
+        repository: &str,
+        target: &str,
+        response: &reqwest::Response,
+        token: Option<&str>,
+    ) {
+        let Some(url) = response
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|location| self.base.join(location).ok())
+        else {
+            return;
+        };
+        // Credentials go only to this registry (CVE-2020-15157).
+        let request = self.http.delete(url.clone());
+        let request = match token {
+            _ if url.origin() != self.base.origin() => request,
+            Some(token) => request.bearer_auth(token),
+            None => match self.authorised(repository, target, false, request).await {
+                Ok(request) => request,
+                Err(_) => return,
+            },
+        };
+        let cancelled = request.send().await.map(|r| r.status().as_u16());
+        tracing::debug!(%repository, ?cancelled, "declined mount's upload session cancelled");
+    }
+
+    /// Whether `a` and `b` are reached with the same credential, so that a token
+    /// for one may read the other (a mount needs pull on its source).
+    pub fn same_credential(&self, a: &str, b: &str) -> bool {
+        self.credentials_for(a).0 == self.credentials_for(b).0
     }
 
     /// The registry's token challenge, asked once (see [`RegistryClient::challenge`]).
@@ -1738,7 +1823,7 @@ mod tests {
     }
 
     #[test]
-    fn bearer_challenges_are_read_with_commas_inside_quotes() {
+    fn bearer_challenges_are_read_with_commas_inside_quotes_and_bare_values() {
         let c = BearerChallenge::parse(
             r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:team/app:delete",error="insufficient_scope""#,
         )
@@ -1754,7 +1839,21 @@ mod tests {
         assert_eq!(push.scope, "repository:a/b:pull,push");
         assert!(!push.beyond_pull_and_push());
         assert_eq!(BearerChallenge::parse(r#"Basic realm="x""#), None);
-        assert_eq!(BearerChallenge::parse("Bearer realm=unquoted"), None);
+        // A bare token is a value too (RFC 9110).
+        let bare = BearerChallenge::parse(
+            r#"Bearer realm="http://h/t",service=registry.example.com,scope="repository:a:pull""#,
+        )
+        .unwrap();
+        assert_eq!(bare.service, "registry.example.com");
+        assert_eq!(bare.scope, "repository:a:pull");
+        assert_eq!(
+            BearerChallenge::parse("Bearer service=s,realm=http://h/t").map(|c| c.realm),
+            Some("http://h/t".to_string())
+        );
+        assert_eq!(
+            BearerChallenge::parse(r#"Bearer realm="unterminated"#),
+            None
+        );
     }
 
     #[test]

@@ -68,6 +68,16 @@ fn fill(src: &Registry, tmp: &Path, images: &[(u64, &str)], size: usize) -> Vec<
         .collect()
 }
 
+/// An auth.json at `path` with a `user:password` for each key.
+fn write_auths(path: &Path, entries: &[(String, &str)]) {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let auths: serde_json::Map<String, serde_json::Value> = entries
+        .iter()
+        .map(|(key, user)| (key.clone(), serde_json::json!({"auth": b64(user)})))
+        .collect();
+    std::fs::write(path, serde_json::json!({"auths": auths}).to_string()).unwrap();
+}
+
 /// Two imagesets of `placed` from `src`, made by `create` (for a configuration
 /// and an output directory): all of it, then the first image alone, whose
 /// publish prunes the rest.
@@ -181,11 +191,13 @@ fn create_goes_through_the_proxy_the_environment_names_and_a_dead_proxy_is_named
     assert_eq!(exempt.code, 0, "{exempt}");
 }
 
-#[test]
-fn a_layer_shared_by_two_repositories_crosses_into_a_token_registry_once() {
-    let src = Registry::plain().unwrap();
-    let dest = token_registry(vec![Grant::new("writer", "w-pass", "", &["pull", "push"])]);
-    let client = PushClient::new(&src).unwrap();
+/// Images `team/x:1` and `ops/y:1` in `src`, sharing a layer (returned), and an
+/// imageset of them created in `tmp/out`.
+fn sharing_a_layer(
+    src: &Registry,
+    tmp: &Path,
+) -> (airlock_tests::images::Blob, Vec<Placed>, std::path::PathBuf) {
+    let client = PushClient::new(src).unwrap();
     let shared = layer(611, 200_000);
     let mut placed = Vec::new();
     for (seed, repo) in [(612, "team/x"), (613, "ops/y")] {
@@ -201,11 +213,19 @@ fn a_layer_shared_by_two_repositories_crosses_into_a_token_registry_once() {
             dest_ref: format!("{repo}:1"),
         });
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let config = write_config(tmp.path(), &src, &placed, "");
-    let out = tmp.path().join("out");
-    let created = create(&config, &out, &tmp.path().join("ws-c"), "1MiB", &src);
+    let config = write_config(tmp, src, &placed, "");
+    let out = tmp.join("out");
+    let created = create(&config, &out, &tmp.join("ws-c"), "1MiB", src);
     assert_eq!(created.code, 0, "{created}");
+    (shared, placed, out)
+}
+
+#[test]
+fn a_layer_shared_by_two_repositories_crosses_into_a_token_registry_once() {
+    let src = Registry::plain().unwrap();
+    let dest = token_registry(vec![Grant::new("writer", "w-pass", "", &["pull", "push"])]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (shared, placed, out) = sharing_a_layer(&src, tmp.path());
     let published = publish(&out, &dest, "m", &tmp.path().join("ws-d"));
     assert_eq!(published.code, 0, "{published}");
     assert!(published.stdout.contains(", 1 mounted,"), "{published}");
@@ -257,17 +277,14 @@ fn one_auth_file_with_a_credential_per_namespace_reaches_both() {
     let dest = Registry::plain().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let placed = fill(&src, tmp.path(), &[(621, "team/a"), (622, "ops/b")], 20_000);
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let auth = tmp.path().join("auth.json");
-    std::fs::write(
+    write_auths(
         &auth,
-        serde_json::json!({"auths": {
-            format!("{}/team", src.addr()): {"auth": b64("team-robot:t-pass")},
-            format!("{}/ops", src.addr()): {"auth": b64("ops-robot:o-pass")},
-        }})
-        .to_string(),
-    )
-    .unwrap();
+        &[
+            (format!("{}/team", src.addr()), "team-robot:t-pass"),
+            (format!("{}/ops", src.addr()), "ops-robot:o-pass"),
+        ],
+    );
     let config = write_config(tmp.path(), &src, &placed, "");
     let out = tmp.path().join("out");
     let created = run(
@@ -413,18 +430,7 @@ fn identity_tokens_are_exchanged_for_access_tokens_and_never_sent_as_passwords()
             .args(["--limit", "1MiB", "--src-tls-verify=false", "--authfile"])
             .arg(&auth))
     });
-    let publish_with = |out: &Path| {
-        run(airlock_tests::bins::disconnected()
-            .arg("publish")
-            .arg("--from")
-            .arg(out)
-            .arg("--to")
-            .arg(format!("docker://{}/m", dest.addr()))
-            .arg("--workspace")
-            .arg(&ws_d)
-            .args(["--dest-tls-verify=false", "--authfile"])
-            .arg(&auth))
-    };
+    let publish_with = |out: &Path| run(&mut publish_cmd_with(out, &dest, "m", &ws_d, Some(&auth)));
     let first = publish_with(&outs[0]);
     assert_eq!(first.code, 0, "{first}");
     assert_byte_exact(&src, &dest, "m", &placed);
@@ -498,4 +504,96 @@ fn create_reaches_a_tls_registry_through_the_proxy_alone_by_connect() {
     let published = s.publish(&s.path("out-through"), "m", "ws-d");
     assert_eq!(published.code, 0, "{published}");
     s.assert_byte_exact("m");
+}
+
+#[test]
+fn a_mount_the_credential_may_not_make_is_uploaded_instead() {
+    // A robot account per namespace at the mirror: neither may read the
+    // other's repositories, so the registry refuses the mount of the shared
+    // layer (distribution: 401, insufficient scope), and it is uploaded.
+    let src = Registry::plain().unwrap();
+    let dest = token_registry(vec![
+        Grant::new("writer", "w-pass", "", &["pull"]),
+        Grant::new("team-robot", "t-pass", "m/team/", &["pull", "push"]),
+        Grant::new("ops-robot", "o-pass", "m/ops/", &["pull", "push"]),
+        Grant::new(
+            "state-robot",
+            "s-pass",
+            "m/airlock-state",
+            &["pull", "push"],
+        ),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, placed, out) = sharing_a_layer(&src, tmp.path());
+    let auth = tmp.path().join("auth.json");
+    let mut robots = vec![
+        (format!("{}/m/team", dest.addr()), "team-robot:t-pass"),
+        (format!("{}/m/ops", dest.addr()), "ops-robot:o-pass"),
+    ];
+    write_auths(&auth, &robots);
+    // The site state's repository is easily forgotten: the error names it.
+    let forgotten = run(&mut publish_cmd_with(
+        &out,
+        &dest,
+        "m",
+        &tmp.path().join("ws-forgotten"),
+        Some(&auth),
+    ));
+    assert_eq!(forgotten.code, EX_UNAVAILABLE, "{forgotten}");
+    assert!(
+        forgotten.stderr.contains(&format!(
+            "Airlock keeps the site's state in {}/m/airlock-state",
+            dest.addr()
+        )),
+        "{forgotten}"
+    );
+    robots.push((
+        format!("{}/m/airlock-state", dest.addr()),
+        "state-robot:s-pass",
+    ));
+    write_auths(&auth, &robots);
+    let published = run(&mut publish_cmd_with(
+        &out,
+        &dest,
+        "m",
+        &tmp.path().join("ws-d"),
+        Some(&auth),
+    ));
+    assert_eq!(published.code, 0, "{published}");
+    assert!(published.stdout.contains(", 0 mounted,"), "{published}");
+    assert!(
+        dest.log().contains("mount="),
+        "a mount was asked for:\n{}",
+        dest.log()
+    );
+    assert_byte_exact(&src, &dest, "m", &placed);
+}
+
+#[test]
+fn the_upload_session_a_declined_mount_opens_is_cancelled() {
+    // A registry that declines a mount opens an upload session instead (202),
+    // which the upload that follows does not use: it is cancelled.
+    let s = Setup::plain();
+    let (_, out) = s.create("1GiB");
+    let proxy = FaultProxy::start(&s.dest.addr()).unwrap();
+    proxy.decline_mounts();
+    let published = run(&mut publish_via(&proxy, &out, "m", &s.path("ws-d")));
+    assert_eq!(published.code, 0, "{published}");
+    assert!(proxy.served() > 0, "mounts were asked for and declined");
+    assert!(published.stdout.contains(", 0 mounted,"), "{published}");
+    s.assert_byte_exact("m");
+    // Each session a declined mount opened was cancelled (this registry
+    // answers 204 but keeps an empty session directory: distribution's own
+    // bug, so its access log is what is checked).
+    let cancelled = s
+        .dest
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("\"DELETE /v2/m/")
+                && l.contains("/blobs/uploads/")
+                && l.contains("HTTP/1.1\" 204")
+        })
+        .count();
+    assert_eq!(cancelled as u32, proxy.served(), "{}", s.dest.log());
 }

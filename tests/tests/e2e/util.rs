@@ -207,12 +207,17 @@ pub fn source_flags(cmd: &mut std::process::Command, r: &Registry) {
 }
 
 pub fn dest_flags(cmd: &mut std::process::Command, r: &Registry) {
+    dest_flags_with(cmd, r, r.auth_file().as_deref());
+}
+
+/// [`dest_flags`] with the credentials of `auth` instead of the registry's own.
+pub fn dest_flags_with(cmd: &mut std::process::Command, r: &Registry, auth: Option<&Path>) {
     if let Some(d) = r.ca_cert_dir() {
         cmd.arg("--dest-cert-dir").arg(d);
     } else {
         cmd.arg("--dest-tls-verify=false");
     }
-    if let Some(a) = r.auth_file() {
+    if let Some(a) = auth {
         cmd.arg("--authfile").arg(a);
     }
 }
@@ -245,6 +250,17 @@ pub fn create(config: &Path, out: &Path, ws: &Path, limit: &str, source: &Regist
 
 /// `publish` to `dest` under `prefix`, with the flags `dest` needs.
 pub fn publish_cmd(from: &Path, dest: &Registry, prefix: &str, ws: &Path) -> Command {
+    publish_cmd_with(from, dest, prefix, ws, dest.auth_file().as_deref())
+}
+
+/// [`publish_cmd`] with the credentials of `auth` instead of the registry's own.
+pub fn publish_cmd_with(
+    from: &Path,
+    dest: &Registry,
+    prefix: &str,
+    ws: &Path,
+    auth: Option<&Path>,
+) -> Command {
     let mut cmd = bins::disconnected();
     cmd.arg("publish")
         .arg("--from")
@@ -252,7 +268,7 @@ pub fn publish_cmd(from: &Path, dest: &Registry, prefix: &str, ws: &Path) -> Com
         .arg("--to")
         .arg(format!("docker://{}/{prefix}", dest.addr()));
     cmd.arg("--workspace").arg(ws);
-    dest_flags(&mut cmd, dest);
+    dest_flags_with(&mut cmd, dest, auth);
     cmd
 }
 
