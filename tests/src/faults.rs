@@ -30,6 +30,9 @@ pub enum Fault {
     /// `401 Unauthorized` with quay.io's body for a repository name deeper than
     /// it allows (see [`FaultProxy::refuse_names_deeper_than`]).
     TooDeep,
+    /// `401 Unauthorized`, after the body was read: a token that expired
+    /// between two requests of one upload.
+    Expired,
 }
 
 #[derive(Debug)]
@@ -215,9 +218,11 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
     if let Some(fault) = due(state, &method, &path) {
         let wanted = match fault {
             Fault::Reset => length / 2,
-            Fault::ServerError | Fault::TooManyRequests | Fault::NoSuchProject | Fault::TooDeep => {
-                length
-            }
+            Fault::ServerError
+            | Fault::TooManyRequests
+            | Fault::NoSuchProject
+            | Fault::TooDeep
+            | Fault::Expired => length,
         };
         let mut chunk = [0u8; 16 << 10];
         let mut got = body.len() as u64;
@@ -245,6 +250,13 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
                 let json = r#"{"errors":[{"code":"NOT_FOUND","message":"project mirror not found: project mirror not found"}]}"#;
                 format!(
                     "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                    json.len()
+                )
+            }
+            Fault::Expired => {
+                let json = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+                format!(
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
                     json.len()
                 )
             }

@@ -1631,6 +1631,21 @@ impl RegistryClient {
                 message,
             }
         })?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            // The POST just passed with this token: it expired in between (a
+            // token of seconds, a queue of uploads). Not the credential's fault:
+            // the upload is tried again from a new session with a new token.
+            self.tokens.lock().await.remove(repository);
+            let (_, message) = response_problem(response).await;
+            return Err(RegistryError::Request {
+                operation: OPERATION,
+                target,
+                kind: ErrorKind::Unavailable { retry_after: None },
+                message: format!(
+                    "the token expired between opening the upload and sending it ({message}); asked again"
+                ),
+            });
+        }
         if response.status() != reqwest::StatusCode::CREATED {
             return Err(response_error(OPERATION, target, response).await);
         }

@@ -8,7 +8,7 @@ use std::path::Path;
 use airlock_tests::bins::run;
 use airlock_tests::faults::FaultProxy;
 use airlock_tests::images::{Format, ImageBuilder, PushClient, layer};
-use airlock_tests::proxy::Gate;
+use airlock_tests::proxy::{Direction, Gate, SlowProxy};
 use airlock_tests::registry::{Registry, RegistryOptions, free_port};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
 use airlock_tests::tinyproxy::Tinyproxy;
@@ -596,4 +596,78 @@ fn the_upload_session_a_declined_mount_opens_is_cancelled() {
         })
         .count();
     assert_eq!(cancelled as u32, proxy.served(), "{}", s.dest.log());
+}
+
+#[test]
+fn tokens_good_for_five_seconds_expire_during_a_publish_of_100_mb_and_are_asked_again() {
+    let src = Registry::plain().unwrap();
+    let dest = Registry::start(RegistryOptions {
+        token: Some(TokenAuth {
+            lifetime: std::time::Duration::from_secs(5),
+            ..TokenAuth::new(vec![Grant::new("writer", "w-pass", "", &["pull", "push"])])
+        }),
+        ..RegistryOptions::default()
+    })
+    .unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let placed: Vec<Placed> = (0..4u64)
+        .map(|i| {
+            let repo = format!("big/i{i}");
+            let image = ImageBuilder::new(Format::Oci)
+                .layer(640 + i, 25 << 20)
+                .build();
+            image.push(&client, &repo, Some("1")).unwrap();
+            Placed {
+                image,
+                config_ref: format!("{repo}:1"),
+                dest_ref: format!("{repo}:1"),
+                repo,
+            }
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &src, &placed, "");
+    let out = tmp.path().join("out");
+    let created = create(&config, &out, &tmp.path().join("ws-c"), "1GiB", &src);
+    assert_eq!(created.code, 0, "{created}");
+
+    // Half way through, the uploads stall until every token issued so far has
+    // expired; the uploads under way were authorised when they began.
+    let proxy = SlowProxy::start(&dest.addr(), Direction::Upload, 50 << 20).unwrap();
+    let auth = tmp.path().join("auth.json");
+    write_auths(&auth, &[(proxy.addr(), "writer:w-pass")]);
+    let mut cmd = airlock_tests::bins::disconnected();
+    cmd.arg("publish")
+        .arg("--from")
+        .arg(&out)
+        .arg("--to")
+        .arg(format!("docker://{}/m", proxy.addr()))
+        .arg("--workspace")
+        .arg(tmp.path().join("ws-d"))
+        .args(["--dest-tls-verify=false", "--authfile"])
+        .arg(&auth)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    proxy
+        .wait_stalled(std::time::Duration::from_secs(120))
+        .unwrap();
+    let issuer = dest.issuer().unwrap();
+    let before = issuer.requests().len();
+    // Not synchronisation: the scenario is time passing beyond the lifetime.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    proxy.release();
+    let done = child.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        issuer.requests().len() > before,
+        "tokens were asked again after they expired: {:?}",
+        issuer.requests()
+    );
+    assert_byte_exact(&src, &dest, "m", &placed);
 }
