@@ -1690,11 +1690,7 @@ impl Daemon {
             }
         }
         if self.config.empty_store && everywhere == last {
-            let freed = self
-                .site
-                .store
-                .empty()
-                .map_err(|e| Error::io(&self.site.dir, e))?;
+            let freed = self.site.empty_store()?;
             if freed > 0 {
                 tracing::info!(freed, "content store emptied");
             }

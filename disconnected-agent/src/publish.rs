@@ -18,7 +18,7 @@
 //! its predecessor) is reported with the files concerned, and makes the command exit
 //! non-zero, but does not stop the imagesets that can be published.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,11 +105,42 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
     let site = Site::open(&workspace_dir(opts.workspace.as_deref())?, trust)?;
     let found = scan::scan(&opts.from).map_err(|e| Error::io(&opts.from, e))?;
     tracing::info!(dir = %opts.from.display(), imagesets = found.imagesets.len(), damaged = found.damaged.len(), other = found.other.len(), "scanned");
-    report.site.ignored.clone_from(&found.other);
-    for e in &found.damaged {
-        report
-            .site
-            .problem(exit_codes::DATA, format!("{e}; the file was not used"));
+    // The file names each imageset's manifest lists, to tell a damaged file of
+    // an imageset that parity made whole from one nothing accounts for.
+    let listed: HashMap<String, (uuid::Uuid, u64)> = found
+        .imagesets
+        .iter()
+        .flat_map(|(key, c)| {
+            let m = &c.manifest;
+            m.chunks
+                .iter()
+                .map(|r| &r.name)
+                .chain(m.parity.iter().map(|r| &r.name))
+                .map(|name| (name.clone(), *key))
+        })
+        .collect();
+    let is_listed = |path: &Path| file_name(path).is_some_and(|n| listed.contains_key(n.as_str()));
+    // A file whose header a transfer mangled may not read as a chunk at all; one
+    // named as a chunk of an imageset here is damaged, not a stranger.
+    let (mangled, others): (Vec<PathBuf>, Vec<PathBuf>) =
+        found.other.iter().cloned().partition(|p| is_listed(p));
+    report.site.ignored = others;
+    let damaged: Vec<(PathBuf, String)> = found
+        .damaged
+        .iter()
+        .map(|e| (e.path().to_path_buf(), e.to_string()))
+        .chain(
+            mangled
+                .into_iter()
+                .map(|p| (p.clone(), format!("{}: its header is damaged", p.display()))),
+        )
+        .collect();
+    if opts.dry_run {
+        for (_, e) in &damaged {
+            report
+                .site
+                .problem(exit_codes::DATA, format!("{e}; the file was not used"));
+        }
     }
     // The registry is contacted only when there is something to do with it.
     let mut target: Option<Target> = None;
@@ -170,6 +201,7 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
         let outcomes = site.accept(&opts.from, &more, &mut report.site).await?;
         last = (more, outcomes);
     }
+    set_damaged_aside(&site, &damaged, &listed, &mut report.site)?;
     if let Some((_, last)) = site.ws.accepted()? {
         let target = match target {
             Some(t) => t,
@@ -192,7 +224,7 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
         site.publish_to(&target, &pass, &resources, &mut report.site)
             .await?;
         if opts.empty_store && site.ws.published(&opts.to.to_string())? == Some(last) {
-            report.emptied = Some(site.store.empty().map_err(|e| Error::io(&site.dir, e))?);
+            report.emptied = Some(site.empty_store()?);
         }
     }
     report.elapsed = started.elapsed();
@@ -205,6 +237,37 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
         "publish finished"
     );
     Ok(report)
+}
+
+fn file_name(path: &Path) -> Option<String> {
+    path.file_name()?.to_str().map(str::to_string)
+}
+
+/// A damaged file whose name the manifest of an imageset now accepted lists was
+/// made up for by parity: it is renamed `*.damaged`, as parity repair does with
+/// those it finds, and reported as set aside, not as a problem, so a run that
+/// rebuilt everything exits 0. Any other is a problem and stays where it is:
+/// nothing says what it held, and it may be a copy still under way.
+fn set_damaged_aside(
+    site: &Site,
+    damaged: &[(PathBuf, String)],
+    listed: &HashMap<String, (uuid::Uuid, u64)>,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let accepted = site.ws.accepted()?;
+    for (path, why) in damaged {
+        let made_up = file_name(path)
+            .and_then(|n| listed.get(&n).copied())
+            .is_some_and(|(uuid, seq)| accepted.is_some_and(|(u, last)| u == uuid && seq <= last));
+        let aside = PathBuf::from(format!("{}.damaged", path.display()));
+        if made_up && std::fs::rename(path, &aside).is_ok() {
+            tracing::warn!(file = %path.display(), aside = %aside.display(), reason = %why, "damaged file set aside; parity made up for it");
+            report.set_aside.push(aside);
+        } else if !made_up {
+            report.problem(exit_codes::DATA, format!("{why}; the file was not used"));
+        }
+    }
+    Ok(())
 }
 
 /// `publish --dry-run`: what publishing `found` would publish to `opts.to`, and

@@ -179,6 +179,25 @@ impl Site {
         })
     }
 
+    /// Empties the content store (`emptyStore`, `--empty-store`) of everything
+    /// but the manifests of the newest accepted imageset: they are small, and a
+    /// registry added later is published to from them (its layers come from the
+    /// other registries). Returns the bytes freed.
+    pub fn empty_store(&self) -> Result<u64, Error> {
+        let keep: HashSet<airlock_common::digest::Digest> = match self.ws.accepted()? {
+            Some((uuid, last)) => self
+                .ws
+                .manifest(&uuid, last)?
+                .blobs
+                .into_iter()
+                .filter(|b| b.media_type.is_some())
+                .map(|b| b.digest)
+                .collect(),
+            None => HashSet::new(),
+        };
+        self.store.empty(&keep).map_err(|e| Error::io(&self.dir, e))
+    }
+
     /// An empty workspace continues from what an earlier machine recorded at `target`
     /// for one of `uuids`. Returns where it continued from.
     pub async fn continue_from_registry(

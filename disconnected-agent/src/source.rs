@@ -97,13 +97,28 @@ impl<'a> StoreSource<'a> {
 
 impl ContentSource for StoreSource<'_> {
     async fn manifest(&self, digest: &Digest, media_type: &str) -> Result<RawManifest, String> {
-        let bytes = self
-            .store
-            .read(digest)
-            .map_err(|e| format!("manifest {digest} is not in the content store: {e}"))?;
-        Ok(RawManifest::from_bytes(
-            bytes.into(),
-            media_type.to_string(),
+        if let Ok(bytes) = self.store.read(digest) {
+            return Ok(RawManifest::from_bytes(
+                bytes.into(),
+                media_type.to_string(),
+            ));
+        }
+        // A store emptied before manifests were kept in it: fetched like a
+        // layer, by digest (the client checks that the bytes are that digest).
+        let mut tried = Vec::new();
+        for (mirror, repo) in self.candidates(digest) {
+            let at = format!("{}/{repo}", mirror.client.host());
+            match mirror.client.get_manifest(&repo, digest.as_str()).await {
+                Ok(raw) => {
+                    tracing::info!(%digest, from = %at, "manifest missing from the content store fetched and verified");
+                    return Ok(RawManifest::from_bytes(raw.bytes, media_type.to_string()));
+                }
+                Err(e) => tried.push(format!("{at} ({})", short(&e.to_string()))),
+            }
+        }
+        Err(format!(
+            "manifest {digest} is not in the content store, and could not be fetched from {}; give a registry that has it with --fetch-from (fetchFrom in the agent configuration)",
+            places(&tried)
         ))
     }
 
@@ -140,11 +155,7 @@ impl ContentSource for StoreSource<'_> {
             "blob {digest} ({size} bytes) is needed, but the imageset does not carry it (an earlier one did), \
              the content store no longer holds it, and it could not be fetched from {}; give a registry that has it \
              with --fetch-from (fetchFrom in the agent configuration), or create a --full imageset on the connected side",
-            if tried.is_empty() {
-                "anywhere (no candidate repository known)".to_string()
-            } else {
-                tried.join(", ")
-            }
+            places(&tried)
         ))
     }
 
@@ -165,6 +176,15 @@ impl ContentSource for StoreSource<'_> {
                     )
                 }),
         }
+    }
+}
+
+/// The places tried, for an error.
+fn places(tried: &[String]) -> String {
+    if tried.is_empty() {
+        "anywhere (no candidate repository known)".to_string()
+    } else {
+        tried.join(", ")
     }
 }
 

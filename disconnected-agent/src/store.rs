@@ -245,12 +245,21 @@ impl Store {
         result
     }
 
-    /// Removes every stored blob: after a publish, the registry holds them, and a
-    /// later imageset that needs one fetches it from there. Returns the bytes freed.
-    pub fn empty(&self) -> std::io::Result<u64> {
+    /// Removes every stored blob but those of `keep`: after a publish, the
+    /// registry holds them, and a later imageset that needs one fetches it from
+    /// there. Returns the bytes freed.
+    pub fn empty(&self, keep: &std::collections::HashSet<Digest>) -> std::io::Result<u64> {
         let mut freed = 0;
         for entry in std::fs::read_dir(self.root.join("blobs/sha256"))? {
             let entry = entry?;
+            let kept = entry
+                .file_name()
+                .to_str()
+                .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+                .is_some_and(|d| keep.contains(&d));
+            if kept {
+                continue;
+            }
             freed += entry.metadata()?.len();
             std::fs::remove_file(entry.path())?;
         }

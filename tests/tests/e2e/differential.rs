@@ -367,6 +367,46 @@ fn sequences_out_of_order_wait_duplicates_skip_foreign_ones_are_refused() {
     }
 }
 
+/// The hex digests of the blobs in the content store of workspace `ws`.
+fn stored(ws: &Path) -> Vec<String> {
+    std::fs::read_dir(ws.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_registry_added_after_the_store_was_emptied_is_published_to_from_another() {
+    // As in acceptance: published with --empty-store, then the same imageset to
+    // a new registry, its layers fetched from the first.
+    let s = Setup::plain();
+    let (_, out) = s.create("1MiB");
+    let ws = s.path("ws-d");
+    let emptied = run(publish_cmd(&out, &s.dest, "m", &ws).arg("--empty-store"));
+    assert_eq!(emptied.code, 0, "{emptied}");
+    let from_first = format!("docker://{}/m", s.dest.addr());
+    let second = Registry::plain().unwrap();
+    let published = run(publish_cmd(&out, &second, "m", &ws).args(["--fetch-from", &from_first]));
+    assert_eq!(published.code, 0, "{published}");
+    assert_byte_exact(&s.source, &second, "m", &s.placed);
+
+    // A store emptied of its manifests too (as before they were kept): they
+    // are fetched like layers, by digest.
+    for hex in stored(&ws) {
+        std::fs::remove_file(ws.join("blobs/sha256").join(hex)).unwrap();
+    }
+    let third = Registry::plain().unwrap();
+    let published = run(publish_cmd(&out, &third, "m", &ws).args(["--fetch-from", &from_first]));
+    assert_eq!(published.code, 0, "{published}");
+    assert!(
+        published
+            .stderr
+            .contains("manifest missing from the content store fetched and verified"),
+        "{published}"
+    );
+    assert_byte_exact(&s.source, &third, "m", &s.placed);
+}
+
 #[test]
 fn pruned_store_fetches_a_missing_layer_from_the_target_or_says_where_it_looked() {
     let source = Registry::plain().unwrap();
@@ -396,13 +436,16 @@ fn pruned_store_fetches_a_missing_layer_from_the_target_or_says_where_it_looked(
         published.stdout.contains("emptied the content store"),
         "{published}"
     );
-    assert!(
-        std::fs::read_dir(ws_d.join("blobs/sha256"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "the store is empty"
-    );
+    // Only the manifests stay: a registry added later is published to from them.
+    let (m1, _) = manifest_of(&out1, 1);
+    let manifests: HashSet<String> = m1
+        .blobs
+        .iter()
+        .filter(|b| b.media_type.is_some())
+        .map(|b| b.digest.hex().to_string())
+        .collect();
+    let left: HashSet<String> = stored(&ws_d).into_iter().collect();
+    assert_eq!(left, manifests, "the store holds the manifests alone");
 
     // Set 2: a new repository built on the same base. The base does not travel (set 1
     // shipped it), the store no longer has it, the new repository lacks it: it is

@@ -344,3 +344,57 @@ fn a_blob_forged_with_recomputed_hashes_is_refused_by_its_digest() {
     assert!(refused.stderr.contains("content was altered"), "{refused}");
     assert!(catalog(&s.dest).is_empty());
 }
+
+#[test]
+fn a_run_that_rebuilt_everything_exits_zero_and_sets_the_damaged_parity_file_aside() {
+    // As in acceptance: one chunk lost and a parity file damaged where its own
+    // header is: in the tar header (it no longer reads as a chunk), or in the
+    // manifest (it reads as a damaged one).
+    let s = Setup::plain();
+    let out = s.path("out");
+    let created = create_with(&s, &out, "ws-c", &["--limit", "150KiB", "--parity", "2"]);
+    assert_eq!(created.code, 0, "{created}");
+    for (i, at) in [200, 700].into_iter().enumerate() {
+        let carried = s.path(&format!("carried{i}"));
+        copy_dir(&out, &carried);
+        let files = chunk_files(&carried);
+        let parity = files
+            .iter()
+            .find(|f| f.to_str().unwrap().contains("-parity"))
+            .unwrap()
+            .clone();
+        let mut bytes = std::fs::read(&parity).unwrap();
+        bytes[at] ^= 0x20;
+        std::fs::write(&parity, bytes).unwrap();
+        let lost = files
+            .iter()
+            .find(|f| !f.to_str().unwrap().contains("-parity"))
+            .unwrap();
+        std::fs::remove_file(lost).unwrap();
+
+        let prefix = format!("m{i}");
+        let published = run(&mut publish_cmd(
+            &carried,
+            &s.dest,
+            &prefix,
+            &s.path(&format!("ws-d{i}")),
+        ));
+        assert_eq!(published.code, 0, "damaged at {at}: {published}");
+        assert!(
+            published
+                .stdout
+                .contains(&format!("rebuilt {}", lost.display())),
+            "{published}"
+        );
+        let aside = PathBuf::from(format!("{}.damaged", parity.display()));
+        assert!(aside.exists() && !parity.exists(), "{published}");
+        assert!(
+            published
+                .stdout
+                .contains(&format!("set aside damaged file {}", aside.display())),
+            "{published}"
+        );
+        assert!(!published.stdout.contains("ignored"), "{published}");
+        s.assert_byte_exact(&prefix);
+    }
+}
