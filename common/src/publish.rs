@@ -186,6 +186,50 @@ pub fn destination_repository(dest: &Destination, image: &ImageRecord) -> String
     }
 }
 
+/// Under `--max-nested-paths`, two repositories can flatten to one name
+/// (`m/a/b-c` and `m/a/b/c` both become `m/a-b-c` with 2), and a source can land
+/// on the site's own state repository: their tags would overwrite each other and
+/// pruning one would delete the other's. Refused before anything is pushed.
+pub fn flattening_conflicts(
+    images: &[ImageRecord],
+    dest: &Destination,
+) -> Result<(), PublishError> {
+    let Some(n) = dest.max_nested_paths() else {
+        return Ok(());
+    };
+    let unflattened = dest.clone().with_max_nested_paths(0);
+    let reserved = dest.repository_for(crate::imageset::RESERVED_REPOSITORY);
+    let mut seen: HashMap<String, (String, &ImageRecord)> = HashMap::new();
+    for image in images {
+        let flat = destination_repository(dest, image);
+        let full = destination_repository(&unflattened, image);
+        let conflict = |problem: String| {
+            Err(PublishError::Content {
+                image: image.source.clone(),
+                problem,
+            })
+        };
+        if flat == reserved {
+            return conflict(format!(
+                "{full} flattens to {flat} under --max-nested-paths {n}, the repository that holds the site's state; give the image a targetRepo, or a prefix"
+            ));
+        }
+        match seen.get(&flat) {
+            Some((other_full, other)) if *other_full != full => {
+                return conflict(format!(
+                    "{full} and {other_full} (of {}) both flatten to {flat} under --max-nested-paths {n}, where their tags would overwrite each other; give one of them a targetRepo, or use a larger N",
+                    other.source
+                ));
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(flat, (full, image));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The mirror-set view of `images` at `dest`. As in oc-mirror, an image the
 /// configuration named by tag (a bare name means `latest`) goes into the tag mirror
 /// set, one named by digest into the digest mirror set, one named by both into both.
@@ -447,6 +491,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         images: &[ImageRecord],
         blobs: &[BlobRecord],
     ) -> Result<Vec<(Digest, String)>, PublishError> {
+        flattening_conflicts(images, self.dest)?;
         let records: HashMap<&Digest, &BlobRecord> = blobs.iter().map(|b| (&b.digest, b)).collect();
         let mut placed = Vec::new();
         for wave in waves(images) {
@@ -729,11 +774,12 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
                 // the target's credential cannot read, and the registry would
                 // decline the mount: a holder reached with the same credential
                 // is preferred.
-                let from = self.placed.lock().await.get(digest).and_then(|holders| {
+                // Copied out: comparing may run a credential helper.
+                let holders = self.placed.lock().await.get(digest).cloned();
+                let from = holders.and_then(|holders| {
                     holders
-                        .iter()
+                        .into_iter()
                         .find(|h| self.client.same_credential(repo, h))
-                        .cloned()
                 });
                 let from = from.as_deref().unwrap_or(holder);
                 self.put(image, budget, repo, Some(from), digest, size)
@@ -850,6 +896,47 @@ mod tests {
             },
             subject: subject.map(|s| Digest::of(s.as_bytes())),
         }
+    }
+
+    /// Repositories that flatten to one name, or onto the state repository,
+    /// are refused; the same repository twice, or names that stay apart, pass.
+    #[test]
+    fn flattening_that_merges_repositories_is_refused() {
+        let at = |repo: &str, tag: &str| ImageRecord {
+            source: format!("{repo}:{tag}"),
+            repository: repo.into(),
+            tag: Some(tag.into()),
+            ..image(repo, None)
+        };
+        let dest = |n| {
+            "docker://mirror.example/m"
+                .parse::<Destination>()
+                .unwrap()
+                .with_max_nested_paths(n)
+        };
+        let apart = [
+            at("q.io/a/b-c", "1"),
+            at("q.io/a/b-c", "2"),
+            at("q.io/x/y", "1"),
+        ];
+        assert!(flattening_conflicts(&apart, &dest(2)).is_ok());
+        let merged = [at("q.io/a/b-c", "1"), at("q.io/a/b/c", "1")];
+        let e = flattening_conflicts(&merged, &dest(2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m/a/b/c and m/a/b-c") && e.contains("both flatten to m/a-b-c"),
+            "{e}"
+        );
+        assert!(
+            flattening_conflicts(&merged, &dest(0)).is_ok(),
+            "no limit, no merge"
+        );
+        let state = [at("q.io/airlock/state", "1")];
+        let e = flattening_conflicts(&state, &dest(2))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds the site's state"), "{e}");
     }
 
     fn stopped() -> PublishError {

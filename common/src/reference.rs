@@ -404,6 +404,17 @@ impl Destination {
         self.max_nested_paths
     }
 
+    /// What a site records this destination under: its URL, and the path limit
+    /// when there is one, since images placed with flattened names are elsewhere
+    /// than those placed without. Never shown as the destination (that is the
+    /// URL, `Display`).
+    pub fn key(&self) -> String {
+        match self.max_nested_paths {
+            Some(n) => format!("{self} max-nested-paths={n}"),
+            None => self.to_string(),
+        }
+    }
+
     /// The repository at the mirror for a source repository path: oc-mirror's rule,
     /// `PREFIX/<source repository path>`, so that `quay.io/ns/app` lands at
     /// `HOST/PREFIX/ns/app` and the namespace-scoped mirror sets of a cluster match.
@@ -436,11 +447,6 @@ impl fmt::Display for Destination {
         write!(f, "docker://{}", self.registry)?;
         if let Some(p) = &self.prefix {
             write!(f, "/{p}")?;
-        }
-        // Part of what the site records a destination under: images placed with
-        // flattened names are elsewhere than those placed without.
-        if let Some(n) = self.max_nested_paths {
-            write!(f, " (max-nested-paths {n})")?;
         }
         Ok(())
     }
@@ -609,10 +615,12 @@ mod tests {
             "mirror-ns-app"
         );
         let d: Destination = "docker://quay.example/mirror".parse().unwrap();
-        assert_eq!(d.to_string(), "docker://quay.example/mirror");
+        assert_eq!(d.key(), "docker://quay.example/mirror");
+        let limited = d.with_max_nested_paths(2);
+        assert_eq!(limited.to_string(), "docker://quay.example/mirror");
         assert_eq!(
-            d.with_max_nested_paths(2).to_string(),
-            "docker://quay.example/mirror (max-nested-paths 2)"
+            limited.key(),
+            "docker://quay.example/mirror max-nested-paths=2"
         );
     }
 }

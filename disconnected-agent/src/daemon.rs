@@ -1201,12 +1201,7 @@ impl Daemon {
             .collect();
         let mut due = Vec::new();
         for (i, target) in self.targets(&ready).await {
-            let behind = self
-                .site
-                .ws
-                .published(&target.dest.to_string())?
-                .unwrap_or(0)
-                < last;
+            let behind = self.site.ws.published(&target.dest.key())?.unwrap_or(0) < last;
             if behind {
                 self.status.update_cluster(i, |v| v.publishing = true);
             }
@@ -1288,8 +1283,8 @@ impl Daemon {
     /// What `report` says pruning did at cluster `i`'s registry, if it did or
     /// declined anything.
     fn prune_view(&self, i: usize, report: &Report) -> Option<PruneView> {
-        let dest = self.destinations[i].to_string();
-        let sequence = || self.site.ws.pruned(&dest).ok().flatten().unwrap_or(0);
+        let (key, dest) = (self.destinations[i].key(), self.destinations[i].to_string());
+        let sequence = || self.site.ws.pruned(&key).ok().flatten().unwrap_or(0);
         if let Some((_, p)) = report.pruned.iter().find(|(d, _)| *d == dest) {
             return Some(PruneView {
                 sequence: sequence(),
@@ -1473,8 +1468,13 @@ impl Daemon {
             }
             return;
         }
-        let dest = self.destinations[i].to_string();
-        let published = self.site.ws.published(&dest).ok().flatten().unwrap_or(0);
+        let published = self
+            .site
+            .ws
+            .published(&self.destinations[i].key())
+            .ok()
+            .flatten()
+            .unwrap_or(0);
         let applied = self.site.ws.applied(&c.name).ok().flatten().unwrap_or(0);
         let apply = force || (published > 0 && applied < published);
         if !apply && Instant::now() < c.next_check {
@@ -1654,7 +1654,7 @@ impl Daemon {
         };
         let mut everywhere = u64::MAX;
         for d in &self.destinations {
-            everywhere = everywhere.min(self.site.ws.published(&d.to_string())?.unwrap_or(0));
+            everywhere = everywhere.min(self.site.ws.published(&d.key())?.unwrap_or(0));
         }
         let held = found.imagesets.iter().map(|(key, c)| {
             let files: Vec<&PathBuf> = c

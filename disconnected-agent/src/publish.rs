@@ -223,7 +223,7 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
         };
         site.publish_to(&target, &pass, &resources, &mut report.site)
             .await?;
-        if opts.empty_store && site.ws.published(&opts.to.to_string())? == Some(last) {
+        if opts.empty_store && site.ws.published(&opts.to.key())? == Some(last) {
             report.emptied = Some(site.empty_store()?);
         }
     }

@@ -241,7 +241,7 @@ impl Site {
                         "{registry}/{repo}:{uuid} does not hold a readable workspace state; delete it or publish into a workspace that has the history"
                     ))
                 })?;
-            self.ws.import(&target.dest.to_string(), registry, &state)?;
+            self.ws.import(&target.dest.key(), registry, &state)?;
             let from = format!("{registry}/{repo}:{uuid}");
             tracing::info!(%uuid, sequence = state.sequence, from = %from, "continuing from the workspace state recorded in the registry");
             return Ok(Some(from));
@@ -453,7 +453,7 @@ impl Site {
         let Some((uuid, last)) = self.ws.accepted()? else {
             return Ok(());
         };
-        let dest_key = target.dest.to_string();
+        let (dest_key, shown) = (target.dest.key(), target.dest.to_string());
         let registry = target.dest.registry();
         let lock = self
             .destinations
@@ -508,7 +508,7 @@ impl Site {
                 Ok(p) => p,
                 Err(e) => {
                     // Later sequences build on this one: stop here.
-                    report.problem(e.exit_code(), format!("{} → {dest_key}: {e}", m.label()));
+                    report.problem(e.exit_code(), format!("{} → {shown}: {e}", m.label()));
                     break;
                 }
             };
@@ -518,7 +518,7 @@ impl Site {
             for (t, v) in report.stats.iter_mut().zip(publisher.stats.get()) {
                 *t += v;
             }
-            report.published.push((dest_key.clone(), seq));
+            report.published.push((shown.clone(), seq));
             tracing::info!(%uuid, sequence = seq, destination = %dest_key, "imageset published");
             let state = self.ws.site_state(registry, uuid, seq)?;
             let repo = target.dest.repository_for(SITE_STATE_REPOSITORY);
@@ -566,10 +566,10 @@ impl Site {
         found: &Found,
         report: &mut Report,
     ) -> Result<Vec<u64>, Error> {
-        let dest_key = dest.to_string();
+        let (dest_key, shown) = (dest.key(), dest.to_string());
         let Some((uuid, last)) = self.ws.accepted()? else {
             report.not_pruned.push((
-                dest_key,
+                shown,
                 "nothing was published from this workspace yet: nothing to prune".into(),
             ));
             return Ok(found.imagesets.keys().map(|(_, s)| *s).collect());
@@ -602,9 +602,7 @@ impl Site {
             Some(m) => m,
             None if self.ws.has_manifest(&uuid, newest) => self.ws.manifest(&uuid, newest)?,
             None => {
-                report
-                    .not_pruned
-                    .push((dest_key, unknown_placement(newest)));
+                report.not_pruned.push((shown, unknown_placement(newest)));
                 return Ok(would_publish);
             }
         };
@@ -616,7 +614,7 @@ impl Site {
             Err(why) => {
                 let kept = self.ws.kept(&dest_key)?;
                 if deletes.is_empty() && kept.is_empty() {
-                    report.not_pruned.push((dest_key, why));
+                    report.not_pruned.push((shown, why));
                     return Ok(would_publish);
                 }
                 (Vec::new(), with_kept(deletes, &kept))
@@ -627,7 +625,7 @@ impl Site {
             .prune_to(&target, users, &earlier, &kept, &wanted, true, report)
             .await
         {
-            report.pruned.push((dest_key, pruned));
+            report.pruned.push((shown, pruned));
         }
         Ok(would_publish)
     }
@@ -642,7 +640,7 @@ impl Site {
         pass: &Pass<'_>,
         report: &mut Report,
     ) -> Result<(), Error> {
-        let dest_key = target.dest.to_string();
+        let (dest_key, shown) = (target.dest.key(), target.dest.to_string());
         let (Some((uuid, _)), Some(now)) = (self.ws.accepted()?, self.ws.published(&dest_key)?)
         else {
             return Ok(());
@@ -671,7 +669,7 @@ impl Site {
             }
             Ok(_) | Err(_) if pass.skip_pruning => {
                 report.not_pruned.push((
-                    dest_key.clone(),
+                    shown.clone(),
                     "pruning is off (--skip-pruning, pruning: false)".into(),
                 ));
                 return Ok(self.ws.mark_pruned(&dest_key, now)?);
@@ -679,7 +677,7 @@ impl Site {
             Ok(_) | Err(_) => {
                 let why = unknown_placement(base);
                 tracing::info!(destination = %dest_key, reason = %why, "not pruned");
-                report.not_pruned.push((dest_key.clone(), why));
+                report.not_pruned.push((shown.clone(), why));
                 return Ok(self.ws.mark_pruned(&dest_key, now)?);
             }
         };
@@ -708,7 +706,7 @@ impl Site {
             }
         }
         tracing::info!(destination = %dest_key, sequence = now, deleted = pruned.deleted.len(), kept = pruned.kept.len(), untagged = pruned.untagged.len(), refused = pruned.refused.is_some(), "pruned what the published imageset no longer lists");
-        report.pruned.push((dest_key.clone(), pruned));
+        report.pruned.push((shown, pruned));
         Ok(self.ws.mark_pruned_keeping(&dest_key, now, &kept)?)
     }
 
@@ -830,7 +828,7 @@ impl Site {
         dry_run: bool,
         report: &mut Report,
     ) -> Option<Pruned> {
-        let dest_key = target.dest.to_string();
+        let shown = target.dest.to_string();
         let placed: Vec<_> = earlier.iter().flat_map(|m| &m.images).chain(kept).collect();
         let mut in_use = InUse::new();
         let mut plan = prune::plan(&placed, &wanted.images, &target.dest, &in_use);
@@ -850,8 +848,8 @@ impl Site {
                         let why = format!(
                             "what cluster {name} runs cannot be read ({e}); nothing is pruned until it can be"
                         );
-                        tracing::warn!(destination = %dest_key, cluster = %name, error = %e, "not pruned: what the cluster runs cannot be read");
-                        report.not_pruned.push((dest_key, why));
+                        tracing::warn!(destination = %shown, cluster = %name, error = %e, "not pruned: what the cluster runs cannot be read");
+                        report.not_pruned.push((shown, why));
                         return None;
                     }
                 }
@@ -865,10 +863,10 @@ impl Site {
             Ok(p) => Some(p),
             Err(e) => {
                 let message = if dry_run {
-                    format!("{dest_key}: cannot tell what pruning would delete: {e}")
+                    format!("{shown}: cannot tell what pruning would delete: {e}")
                 } else {
                     format!(
-                        "{dest_key}: sequence {} is published, but {e}; pruning is finished on the next run",
+                        "{shown}: sequence {} is published, but {e}; pruning is finished on the next run",
                         wanted.sequence
                     )
                 };

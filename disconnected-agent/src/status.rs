@@ -258,11 +258,7 @@ impl Status {
     /// The last sequence published to `view`'s registry (0: none), and its state
     /// against the last accepted sequence.
     pub fn cluster_state(&self, view: &ClusterView) -> Result<(u64, ClusterState), Error> {
-        let published = self
-            .site
-            .ws
-            .published(&view.registry.to_string())?
-            .unwrap_or(0);
+        let published = self.site.ws.published(&view.registry.key())?.unwrap_or(0);
         let accepted = self.site.ws.accepted()?.map_or(0, |(_, s)| s);
         let state = if view.publishing {
             ClusterState::Publishing

@@ -336,15 +336,18 @@ fn answer(
     );
     let signature: Signature = keys.signing.sign(input.as_bytes());
     let token = format!("{input}.{}", b64(&signature.to_bytes()));
-    json(
-        200,
+    // The token protocol answers `token` (and often `access_token` too); an
+    // OAuth2 token endpoint, as Azure's, `access_token` alone.
+    let body = if refreshed {
+        serde_json::json!({"access_token": token, "expires_in": lifetime.as_secs().max(1)})
+    } else {
         serde_json::json!({
             "token": token,
             "access_token": token,
             "expires_in": lifetime.as_secs().max(1),
         })
-        .to_string(),
-    )
+    };
+    json(200, body.to_string())
 }
 
 fn json(status: u16, body: String) -> Response {

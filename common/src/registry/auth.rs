@@ -405,7 +405,7 @@ fn lookup_in(
     }
     // `docker login` with a credsStore leaves an empty entry: the secret is in
     // the store.
-    let Some(auth) = &entry.auth else {
+    let Some(auth) = entry.auth.as_ref().filter(|a| !a.trim().is_empty()) else {
         if identity.is_some() {
             return inline("", "");
         }
@@ -648,7 +648,7 @@ mod tests {
         write(
             &file,
             &format!(
-                r#"{{"auths":{{"acr.example":{{"auth":"{}","identitytoken":"refresh-1"}},"bare.example":{{"identitytoken":"refresh-2"}},"plain.example":{{"auth":"{}","identitytoken":""}}}}}}"#,
+                r#"{{"auths":{{"acr.example":{{"auth":"{}","identitytoken":"refresh-1"}},"bare.example":{{"identitytoken":"refresh-2"}},"empty.example":{{"auth":"","identitytoken":"refresh-4"}},"plain.example":{{"auth":"{}","identitytoken":""}}}}}}"#,
                 b64("00000000-0000-0000-0000-000000000000:"),
                 b64("u:p")
             ),
@@ -656,6 +656,7 @@ mod tests {
         let token = |r: &str| src.lookup(r, "a").unwrap().unwrap().identity_token;
         assert_eq!(token("acr.example").as_deref(), Some("refresh-1"));
         assert_eq!(token("bare.example").as_deref(), Some("refresh-2"));
+        assert_eq!(token("empty.example").as_deref(), Some("refresh-4"));
         assert_eq!(token("plain.example"), None, "an empty one is none");
         // A helper answers `<token>` for the user to hand one out.
         let helper = dir.path().join("bin/docker-credential-tok");

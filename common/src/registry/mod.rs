@@ -503,6 +503,16 @@ async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
     (kind, message)
 }
 
+/// The upload session `response` opened: its `Location`, against `base`.
+fn location(base: &reqwest::Url, response: &reqwest::Response) -> Option<reqwest::Url> {
+    let location = response
+        .headers()
+        .get(http::header::LOCATION)?
+        .to_str()
+        .ok()?;
+    base.join(location).ok()
+}
+
 /// What oci-client is given for a credential: never an identity token, which it
 /// would send as an access token (it is a refresh token, exchanged here).
 fn oci_auth(credentials: &Option<Credentials>) -> RegistryAuth {
@@ -574,7 +584,8 @@ const USER_AGENT: &str = concat!("airlock/", env!("CARGO_PKG_VERSION"));
 /// untrusted certificate; like containers/image, try HTTPS first and fall back to
 /// HTTP when HTTP answers. A registry that answers neither (down, not reachable
 /// yet) is an error, not a guess: a client fixed to the wrong scheme would fail
-/// for as long as it is kept, while a failed connect is tried again.
+/// for as long as it is kept, while a failed connect is tried again (by the
+/// agent's backoff per cluster, by the user's next run).
 async fn speaks_https(host: &str) -> Result<bool, RegistryError> {
     let client = proxied(reqwest::Client::builder())
         .danger_accept_invalid_certs(true)
@@ -597,8 +608,14 @@ async fn speaks_https(host: &str) -> Result<bool, RegistryError> {
         Err(http) => {
             // Both, since either may be the one that matters (a proxy may
             // stand in the way of one scheme only).
-            let (_, over_https) = transport(&https);
-            let (kind, over_http) = transport(&http);
+            let (https_kind, over_https) = transport(&https);
+            let (http_kind, over_http) = transport(&http);
+            // Something that answered HTTPS with other than TLS says nothing
+            // about whether the registry is down; the HTTP attempt does then.
+            let kind = match https_kind {
+                ErrorKind::Protocol => http_kind,
+                kind => kind,
+            };
             Err(RegistryError::Request {
                 operation: "connect",
                 target: host.to_string(),
@@ -700,16 +717,7 @@ impl RegistryClient {
         let mut scheme = "https";
         if !opts.tls_verify {
             config.accept_invalid_certificates = true;
-            // A registry restarting is waited for as a request to it would be.
-            let policy = retry::RetryPolicy::default();
-            let probed = policy
-                .run(
-                    &policy.budget(),
-                    || speaks_https(host),
-                    |r| tracing::warn!(registry = %host, attempt = r.attempt, error = %r.error, "the registry answers neither HTTPS nor HTTP; asking again"),
-                )
-                .await?;
-            if !probed {
+            if !speaks_https(host).await? {
                 config.protocol = ClientProtocol::Http;
                 scheme = "http";
             }
@@ -983,20 +991,20 @@ impl RegistryClient {
             let (r, credentials) = (&r, &credentials);
             async move {
                 let auth = if identity {
-                    match self
+                    // The token service's own answer is what tells an operator
+                    // that the identity token expired: kept for the error.
+                    let token = self
                         .identity_access(repository, "pull", fresh, &r.whole())
                         .await
-                    {
-                        Ok(token) => RegistryAuth::Bearer(token),
-                        Err(_) => return false,
-                    }
+                        .map_err(|e| OciDistributionError::AuthenticationFailure(e.to_string()))?;
+                    RegistryAuth::Bearer(token)
                 } else {
                     oci_auth(credentials)
                 };
                 self.client
                     .auth(r, &auth, RegistryOperation::Pull)
                     .await
-                    .is_ok()
+                    .map(|_| ())
             }
         };
         if (own || identity)
@@ -1007,12 +1015,12 @@ impl RegistryClient {
                 .insert(repository.to_string())
         {
             // A failure shows in the call itself.
-            authorise(false).await;
+            let _ = authorise(false).await;
         }
         match call().await {
             Err(e) if classify(&e).0 == ErrorKind::Unauthorized => {
-                if !authorise(true).await {
-                    return Err(e);
+                if let Err(refused) = authorise(true).await {
+                    return Err(if identity { refused } else { e });
                 }
                 call().await
             }
@@ -1131,8 +1139,9 @@ impl RegistryClient {
         operation: &'static str,
         target: &str,
     ) -> Result<String, RegistryError> {
-        let mut cache = self.scoped.lock().await;
-        if let Some(t) = cache.get(&challenge.scope) {
+        // Not held while the token is asked: one slow token service (or
+        // credential helper) must not hold up every other scope.
+        if let Some(t) = self.scoped.lock().await.get(&challenge.scope) {
             return Ok(t.clone());
         }
         let failed = |message: String| RegistryError::Request {
@@ -1143,7 +1152,11 @@ impl RegistryClient {
         };
         // The credential of the repository the (first) scope names.
         let repository = challenge.scope.split(':').nth(1).unwrap_or_default();
-        let request = match self.credentials_for(repository).0 {
+        let credentials = self.credentials_for(repository).0;
+        let identity = credentials
+            .as_ref()
+            .is_some_and(|c| c.identity_token.is_some());
+        let request = match credentials {
             // An identity token is an OAuth2 refresh token: POSTed to the realm
             // (distribution's oauth flow, as containers/image does), the scopes
             // space-separated in one parameter.
@@ -1183,15 +1196,34 @@ impl RegistryClient {
             .or(body["access_token"].as_str())
             .filter(|_| status.is_success())
             .ok_or_else(|| {
+                // What the service said (OAuth2's error and description, or
+                // distribution's details), then what to do.
+                let said: Vec<&str> = ["error", "error_description", "details"]
+                    .iter()
+                    .filter_map(|k| body[*k].as_str())
+                    .collect();
+                let said = match said.is_empty() {
+                    true => String::new(),
+                    false => format!(" ({})", crate::quote::clipped(&said.join(": "))),
+                };
+                let what = if identity {
+                    "the identity token in the auth file was refused (they expire: log in again, e.g. az acr login or docker login)".to_string()
+                } else {
+                    format!(
+                        "check that the credential in the auth file may {}",
+                        challenge.scope.rsplit(':').next().unwrap_or_default()
+                    )
+                };
                 failed(format!(
-                    "the token service {} answered {status} for {}; check that the credential in the auth file may {}",
-                    challenge.realm,
-                    challenge.scope,
-                    challenge.scope.rsplit(':').next().unwrap_or_default()
+                    "the token service {} answered {status}{said} for {}; {what}",
+                    challenge.realm, challenge.scope,
                 ))
             })?
             .to_string();
-        cache.insert(challenge.scope.clone(), token.clone());
+        self.scoped
+            .lock()
+            .await
+            .insert(challenge.scope.clone(), token.clone());
         Ok(token)
     }
 
@@ -1451,31 +1483,25 @@ impl RegistryClient {
             // Declined: the registry opened an upload session instead, which the
             // upload that follows does not use (it opens its own). Cancelled, so
             // that sessions do not pile up in the registry until it purges them.
-            self.cancel_upload(repository, &target, &mounted, token.as_deref())
-                .await;
+            if let Some(session) = location(&self.base, &mounted) {
+                self.cancel_upload(repository, &target, session, token.as_deref())
+                    .await;
+            }
         }
         let mounted = status == reqwest::StatusCode::CREATED;
         tracing::debug!(%repository, %from, %digest, mounted, "cross-repository mount");
         mounted
     }
 
-    /// Cancels the upload session `response` opened (`DELETE` on its `Location`),
-    /// best effort: a registry that keeps it purges it later.
+    /// Cancels the upload session at `url` (`DELETE`), best effort: a registry
+    /// that keeps it purges it later.
     async fn cancel_upload(
         &self,
         repository: &str,
         target: &str,
-        response: &reqwest::Response,
+        url: reqwest::Url,
         token: Option<&str>,
     ) {
-        let Some(url) = response
-            .headers()
-            .get(http::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|location| self.base.join(location).ok())
-        else {
-            return;
-        };
         // Credentials go only to this registry (CVE-2020-15157).
         let request = self.http.delete(url.clone());
         let request = match token {
@@ -1616,11 +1642,16 @@ impl RegistryClient {
             .header(http::header::CONTENT_TYPE, "application/octet-stream")
             .body(body);
         // The body is a stream, sent once: the token the POST just used is the
-        // one to send it with.
-        let put = if url.origin() == self.base.origin() {
-            self.authorised(repository, &target, false, put).await?
-        } else {
-            put
+        // one to send it with. Credentials go only to this registry.
+        let same_origin = url.origin() == self.base.origin();
+        let bearer = match same_origin {
+            true => self.token(repository, &target, false).await?,
+            false => None,
+        };
+        let put = match &bearer {
+            Some(token) => put.bearer_auth(token),
+            None if same_origin => self.authorised(repository, &target, false, put).await?,
+            None => put,
         };
         let response = put.send().await.map_err(|e| {
             let (kind, message) = transport(&e);
@@ -1631,12 +1662,18 @@ impl RegistryClient {
                 message,
             }
         })?;
-        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED && bearer.is_some() {
             // The POST just passed with this token: it expired in between (a
             // token of seconds, a queue of uploads). Not the credential's fault:
-            // the upload is tried again from a new session with a new token.
+            // the session is cancelled, and the upload tried again from a new
+            // one with a new token.
             self.tokens.lock().await.remove(repository);
+            self.scoped
+                .lock()
+                .await
+                .remove(&format!("repository:{repository}:pull,push"));
             let (_, message) = response_problem(response).await;
+            self.cancel_upload(repository, &target, url, None).await;
             return Err(RegistryError::Request {
                 operation: OPERATION,
                 target,

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use airlock_tests::bins::run;
-use airlock_tests::faults::FaultProxy;
+use airlock_tests::faults::{Fault, FaultProxy};
 use airlock_tests::images::{Format, ImageBuilder, PushClient, layer};
 use airlock_tests::proxy::{Direction, Gate, SlowProxy};
 use airlock_tests::registry::{Registry, RegistryOptions, free_port};
@@ -389,6 +389,7 @@ fn max_nested_paths_flattens_names_for_a_registry_that_refuses_deeper_ones() {
     let again =
         run(publish_via(&proxy, &out, "mirror", &s.path("ws-d")).args(["--max-nested-paths", "2"]));
     assert_eq!(again.code, 0, "{again}");
+    assert!(!again.stdout.contains("published sequence"), "{again}");
 }
 
 #[test]
@@ -670,4 +671,41 @@ fn tokens_good_for_five_seconds_expire_during_a_publish_of_100_mb_and_are_asked_
         issuer.requests()
     );
     assert_byte_exact(&src, &dest, "m", &placed);
+}
+
+#[test]
+fn a_token_expired_between_opening_an_upload_and_sending_it_restarts_the_upload() {
+    let s = Setup::new(
+        Registry::plain().unwrap(),
+        token_registry(vec![Grant::new("writer", "w-pass", "", &["pull", "push"])]),
+    );
+    let (_, out) = s.create("1GiB");
+    let proxy = FaultProxy::start(&s.dest.addr()).unwrap();
+    proxy.fail_nth("PUT", "/blobs/uploads/", 1, Fault::Expired);
+    let auth = s.path("auth.json");
+    write_auths(&auth, &[(proxy.addr(), "writer:w-pass")]);
+    let published = run(publish_via(&proxy, &out, "m", &s.path("ws-d"))
+        .arg("--authfile")
+        .arg(&auth));
+    assert_eq!(published.code, 0, "{published}");
+    assert_eq!(proxy.served(), 1);
+    assert!(
+        published
+            .stderr
+            .contains("the token expired between opening the upload and sending it"),
+        "{published}"
+    );
+    s.dest.issuer().unwrap().issue_good_tokens();
+    s.assert_byte_exact("m");
+    // The push token of one repository was asked again after the refusal.
+    let requests = s.dest.issuer().unwrap().requests();
+    let mut asked: std::collections::HashMap<&str, usize> = Default::default();
+    for r in &requests {
+        if let [scope] = &r.scopes[..] {
+            if scope.ends_with(":pull,push") {
+                *asked.entry(scope.as_str()).or_default() += 1;
+            }
+        }
+    }
+    assert!(asked.values().any(|&n| n >= 2), "{requests:?}");
 }

@@ -54,11 +54,6 @@ fn too_many_requests_on_an_upload_and_a_manifest_push_are_retried() {
 }
 
 #[test]
-fn a_token_expired_between_opening_an_upload_and_sending_it_restarts_the_upload() {
-    survives(|p| p.fail_nth("PUT", "/blobs/uploads/", 1, Fault::Expired));
-}
-
-#[test]
 fn a_connection_reset_mid_upload_restarts_the_upload() {
     survives(|p| p.fail_nth("PUT", "/blobs/uploads/", 2, Fault::Reset));
 }
