@@ -26,6 +26,11 @@ pub const DATA: i32 = 65;
 /// A registry could not be reached, refused the credentials, or refused an upload.
 pub const UNAVAILABLE: i32 = 69;
 
+/// The work was done without some of what was asked: `create
+/// --continue-on-error` wrote the imageset without images that could not be
+/// pulled, and names them in `missing.txt`. The next `create` tries them again.
+pub const PARTIAL: i32 = 3;
+
 /// A local file or directory could not be read or written (disk full, permissions).
 pub const IO: i32 = 74;
 

@@ -279,6 +279,7 @@ impl Agent {
             None => None,
         };
         Ok(CreateOptions {
+            continue_on_error: false,
             config: c.image_set_config.clone(),
             out,
             workspace: Some(c.workspace.clone()),

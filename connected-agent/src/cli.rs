@@ -269,6 +269,11 @@ pub struct CreateArgs {
     /// Write DIR/mapping.txt and DIR/to-ship.txt and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Leave out images that cannot be pulled (404, refused, unreachable after
+    /// retries), naming each in DIR/missing.txt, and exit 3; those the last
+    /// imageset listed are carried over as they were, so the site keeps them.
+    #[arg(long)]
+    pub continue_on_error: bool,
     /// Blobs downloaded at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub parallel: usize,
@@ -364,10 +369,14 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 parity: args.write.parity,
                 releases: args.releases.options(args.source.update_url.clone()),
                 policy: args.policy.options(),
+                continue_on_error: args.continue_on_error,
             };
             let report = create::create(&opts).await?;
             print_create(&report);
-            Ok(airlock_common::exit_codes::OK)
+            Ok(match report.missing_file {
+                Some(_) => airlock_common::exit_codes::PARTIAL,
+                None => airlock_common::exit_codes::OK,
+            })
         }
         Command::Delete(args) => {
             let opts = crate::delete::DeleteOptions {
@@ -563,6 +572,22 @@ fn print_create(r: &create::CreateReport) {
                 b.image, b.pattern, b.field
             ),
         }
+    }
+    for m in &r.missing {
+        match m.carried_from {
+            Some(seq) => println!(
+                "missing: {} (carried over as it was in sequence {seq}): {}",
+                m.image, m.reason
+            ),
+            None => println!("missing: {}: {}", m.image, m.reason),
+        }
+    }
+    if let Some(file) = &r.missing_file {
+        println!(
+            "{} images failed and were left out (see {}); the next create tries them again",
+            r.missing.len(),
+            file.display()
+        );
     }
     if let Some(seq) = r.unchanged_since {
         println!(

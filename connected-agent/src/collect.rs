@@ -116,9 +116,19 @@ pub async fn resolve_all(
     specs: &[ImageSpec],
     pool: &Pool,
 ) -> Result<Vec<Arc<Resolved>>, CollectError> {
+    let (slots, each) = resolve_each(specs, pool).await;
+    let each: Vec<Arc<Resolved>> = each.into_iter().collect::<Result<_, _>>()?;
+    Ok(slots.iter().map(|&i| each[i].clone()).collect())
+}
+
+/// Each distinct source of `specs` resolved once: for each spec, the index of its
+/// resolution, and the resolutions.
+async fn resolve_each(
+    specs: &[ImageSpec],
+    pool: &Pool,
+) -> (Vec<usize>, Vec<Result<Arc<Resolved>, CollectError>>) {
     let mut unique: Vec<&ImageSpec> = Vec::new();
     let mut position: HashMap<String, usize> = HashMap::new();
-    // For each spec, the index of its resolution in `unique`.
     let slots: Vec<usize> = specs
         .iter()
         .map(|spec| {
@@ -128,16 +138,70 @@ pub async fn resolve_all(
             })
         })
         .collect();
-    let resolved: Vec<Result<Resolved, CollectError>> = futures::stream::iter(unique)
+    let resolved = futures::stream::iter(unique)
         .map(|spec| resolve(&spec.name, &spec.source, pool))
         .buffered(PARALLEL_IMAGES)
+        .map(|r| r.map(Arc::new))
         .collect()
         .await;
-    let resolved: Vec<Arc<Resolved>> = resolved
-        .into_iter()
-        .map(|r| r.map(Arc::new))
-        .collect::<Result<_, _>>()?;
-    Ok(slots.iter().map(|&i| resolved[i].clone()).collect())
+    (slots, resolved)
+}
+
+/// An image left out because it could not be resolved.
+#[derive(Debug, Clone)]
+pub struct Missing {
+    /// The image as configured.
+    pub image: String,
+    /// Why: the registry's answer, or what was wrong with the manifest.
+    pub reason: String,
+    /// The sequence it was carried over from, as it was then, when the last
+    /// imageset listed it.
+    pub carried_from: Option<u64>,
+}
+
+impl std::fmt::Display for Missing {
+    /// One line of `missing.txt`: the image, a tab, why, and what became of it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\t{}",
+            self.image,
+            self.reason.replace(['\n', '\t'], " ")
+        )?;
+        match self.carried_from {
+            Some(seq) => write!(f, "\tcarried over as it was in sequence {seq}"),
+            None => f.write_str("\tnot in the imageset"),
+        }
+    }
+}
+
+/// [`resolve_all`], leaving out the images that cannot be resolved instead of
+/// failing (`--continue-on-error`): the specs kept, their resolutions, and what
+/// was left out.
+pub async fn resolve_available(
+    specs: Vec<ImageSpec>,
+    pool: &Pool,
+) -> (Vec<ImageSpec>, Vec<Arc<Resolved>>, Vec<Missing>) {
+    let (slots, each) = resolve_each(&specs, pool).await;
+    let (mut kept, mut resolved, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+    for (spec, slot) in specs.into_iter().zip(slots) {
+        match &each[slot] {
+            Ok(r) => {
+                kept.push(spec);
+                resolved.push(r.clone());
+            }
+            Err(_) if missing.iter().any(|m: &Missing| m.image == spec.name) => {}
+            Err(e) => {
+                tracing::warn!(image = %spec.name, error = %e, "left out: it cannot be pulled (--continue-on-error)");
+                missing.push(Missing {
+                    image: spec.name.clone(),
+                    reason: e.to_string(),
+                    carried_from: None,
+                });
+            }
+        }
+    }
+    (kept, resolved, missing)
 }
 
 /// The content of an imageset from `specs` and their resolutions (one each, in

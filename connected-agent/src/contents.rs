@@ -193,6 +193,34 @@ impl Contents {
         }
     }
 
+    /// Images carried over from `previous` (`carried`, by digest: left out of
+    /// this pull, their manifests were not read) keep the trees recorded then.
+    pub fn adopt_trees(&mut self, previous: &Contents, carried: &HashSet<Digest>) {
+        let position: HashMap<&Digest, u32> = self
+            .blobs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (&b.digest, i as u32))
+            .collect();
+        for (k, image) in self.images.iter().enumerate() {
+            if !carried.contains(&image.digest) {
+                continue;
+            }
+            let Some(j) = previous
+                .images
+                .iter()
+                .position(|p| p.digest == image.digest)
+            else {
+                continue;
+            };
+            self.trees[k] = previous.trees[j]
+                .iter()
+                .filter_map(|&p| previous.blobs.get(p as usize))
+                .filter_map(|b| position.get(&b.digest).copied())
+                .collect();
+        }
+    }
+
     /// What remains once `deleted` owners are gone: every image that keeps an
     /// owner, the releases not deleted, and only the blobs the remaining images
     /// reference (in their order here).

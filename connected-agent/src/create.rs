@@ -27,7 +27,7 @@ use airlock_common::telemetry::Progress;
 use futures::StreamExt;
 
 use crate::cincinnati::UpdateService;
-use crate::collect::{self, Collected};
+use crate::collect::{self, Collected, Missing};
 use crate::contents::{Contents, Owner};
 use crate::error::Error;
 use crate::graph_image;
@@ -70,6 +70,9 @@ pub struct CreateOptions {
     pub releases: ReleaseOptions,
     /// Signatures and referrers.
     pub policy: PolicyOptions,
+    /// Leave out images that cannot be pulled, naming them in `missing.txt`,
+    /// instead of failing (oc-mirror's `--continue-on-error`).
+    pub continue_on_error: bool,
 }
 
 /// What `create` did.
@@ -89,6 +92,11 @@ pub struct CreateReport {
     pub unchanged_since: Option<u64>,
     /// Images the policy (`blockedImages`, `blockedBaseImages`) left out.
     pub blocked: Vec<Blocked>,
+    /// Images left out because they could not be pulled, and the `missing.txt`
+    /// that names them.
+    pub missing: Vec<Missing>,
+    /// `missing.txt`, when images were left out.
+    pub missing_file: Option<PathBuf>,
 }
 
 /// Loads a configuration and refuses anything this build would not act on.
@@ -122,6 +130,8 @@ pub struct Gathered {
     pub blocked: Vec<Blocked>,
     /// The bundles that brought each operator image, by pull spec.
     pub bundles: HashMap<String, Vec<Owner>>,
+    /// Images left out because they could not be pulled (`--continue-on-error`).
+    pub missing: Vec<Missing>,
 }
 
 /// Resolves every image of the configuration: the selected releases with their
@@ -129,13 +139,16 @@ pub struct Gathered {
 /// then the graph image (`platform.graph`).
 ///
 /// Everything local (keys, URLs, the base image name) is checked before anything is
-/// fetched.
+/// fetched. With `tolerate`, an image that cannot be resolved is left out and
+/// named in [`Gathered::missing`] instead of failing the whole run; releases,
+/// catalogs and the graph image are never left out (each is a whole).
 pub async fn gather(
     loaded: &LoadedConfig,
     additional: Vec<ImageSpec>,
     pool: &Pool,
     opts: &ReleaseOptions,
     policy: &PolicyOptions,
+    tolerate: bool,
 ) -> Result<Gathered, Error> {
     let keys = match policy.require_signatures.as_slice() {
         [] => None,
@@ -184,8 +197,8 @@ pub async fn gather(
     let bundles = catalogs.owners;
     images.extend(catalogs.images);
     images.extend(additional);
-    let (mut collected, blocked) =
-        collect_allowed(loaded, images, pool, policy, keys.as_ref()).await?;
+    let (mut collected, blocked, missing) =
+        collect_allowed(loaded, images, pool, policy, keys.as_ref(), tolerate).await?;
     for built in catalogs.rebuilt {
         collected.add_built(built);
     }
@@ -201,6 +214,7 @@ pub async fn gather(
         releases: records,
         blocked,
         bundles,
+        missing,
     })
 }
 
@@ -216,11 +230,17 @@ async fn collect_allowed(
     pool: &Pool,
     policy: &PolicyOptions,
     keys: Option<&cosign::Keys>,
-) -> Result<(Collected, Vec<Blocked>), Error> {
+    tolerate: bool,
+) -> Result<(Collected, Vec<Blocked>, Vec<Missing>), Error> {
     let blocklist = loaded.blocked_images();
-    let (mut images, mut blocked) = policy::apply_blocklist(images, &blocklist)?;
+    let (images, mut blocked) = policy::apply_blocklist(images, &blocklist)?;
     let bases = BaseImages::resolve(loaded.blocked_base_images(), pool).await?;
-    let mut resolved = collect::resolve_all(&images, pool).await?;
+    let (mut images, mut resolved, missing) = if tolerate {
+        collect::resolve_available(images, pool).await
+    } else {
+        let resolved = collect::resolve_all(&images, pool).await?;
+        (images, resolved, Vec::new())
+    };
     blocked.extend(policy::apply_base_rules(
         &mut images,
         &mut resolved,
@@ -240,7 +260,7 @@ async fn collect_allowed(
             resolved.extend(trees);
         }
     }
-    Ok((collect::assemble(&images, &resolved), blocked))
+    Ok((collect::assemble(&images, &resolved), blocked, missing))
 }
 
 /// The workspace directory to use.
@@ -306,11 +326,38 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         .flat_map(|s| s.shipped.iter().map(|(d, _)| d))
         .collect();
     let Gathered {
-        collected,
+        mut collected,
         releases,
         blocked,
         bundles,
-    } = gather(&loaded, additional, &pool, &opts.releases, &opts.policy).await?;
+        mut missing,
+    } = gather(
+        &loaded,
+        additional,
+        &pool,
+        &opts.releases,
+        &opts.policy,
+        // A dry run always completes: it is where a user finds out.
+        opts.continue_on_error || opts.dry_run,
+    )
+    .await?;
+    let previous = current
+        .as_ref()
+        .and_then(|c| c.contents.as_ref().filter(|p| p.sequence == c.sequence));
+    let carried = match previous {
+        Some(previous) if !missing.is_empty() => carry_over(previous, &mut missing, &mut collected),
+        _ => HashSet::new(),
+    };
+    let missing_file = write_missing(&opts.out, &missing)?;
+    if collected.images.is_empty() && !missing.is_empty() {
+        return Err(Error::Usage(format!(
+            "none of the configuration's images could be pulled; {} names each with why",
+            missing_file
+                .as_deref()
+                .unwrap_or(Path::new("missing.txt"))
+                .display()
+        )));
+    }
     tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = collected.images.len(), releases = releases.len(), "creating imageset");
     let skeleton = ImagesetManifest {
         format: FORMAT.to_string(),
@@ -329,10 +376,16 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         deletes: Vec::new(),
     };
     // Manifests always travel: they are small, and they are the desired state.
+    // Manifests travel in every imageset, except those of images carried over
+    // from the last one (`--continue-on-error`): not pulled this time, they are
+    // at the site already, as their layers are.
     let carry: Vec<usize> = (0..skeleton.blobs.len())
         .filter(|&i| {
             let b = &skeleton.blobs[i];
-            b.media_type.is_some() || !shipped.contains(&b.digest)
+            match &b.media_type {
+                Some(_) => collected.manifests.contains_key(&b.digest),
+                None => !shipped.contains(&b.digest),
+            }
         })
         .collect();
     let blob_bytes = carry.iter().map(|&i| skeleton.blobs[i].size).sum();
@@ -383,6 +436,8 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
             elapsed: started.elapsed(),
             unchanged_since: Some(last),
             blocked,
+            missing,
+            missing_file,
         });
     }
 
@@ -396,10 +451,12 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
             elapsed: started.elapsed(),
             unchanged_since: None,
             blocked,
+            missing,
+            missing_file,
         });
     }
     let workspace = workspace.expect("opened for a real run");
-    let contents = Contents::new(
+    let mut contents = Contents::new(
         sequence,
         &skeleton.images,
         &skeleton.releases,
@@ -407,6 +464,9 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         &collected.manifests,
         &bundles,
     );
+    if let Some(previous) = previous {
+        contents.adopt_trees(previous, &carried);
+    }
     let (manifest, chunks) = write_and_record(
         Recording {
             workspace: &workspace,
@@ -435,6 +495,8 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         elapsed: started.elapsed(),
         unchanged_since: None,
         blocked,
+        missing,
+        missing_file,
     })
 }
 
@@ -675,6 +737,88 @@ fn recover_staging(
         publish_staged(&keep, out)?;
     }
     Ok(())
+}
+
+/// Images that could not be pulled this time but the last imageset listed are
+/// carried over from it, with their referrers: the site deletes what the newest
+/// imageset no longer lists, and a source registry that failed for an hour must
+/// not take images away from clusters. Their blobs travelled then; only their
+/// records come along. Returns the digests of the images carried.
+fn carry_over(
+    previous: &Contents,
+    missing: &mut [Missing],
+    collected: &mut Collected,
+) -> HashSet<Digest> {
+    let mut carried: Vec<usize> = (0..previous.images.len())
+        .filter(|&k| missing.iter().any(|m| m.image == previous.images[k].source))
+        .collect();
+    let tree = |k: usize| {
+        previous.trees[k]
+            .iter()
+            .filter_map(|&p| previous.blobs.get(p as usize))
+    };
+    // Their signatures and other referrers, and theirs, to the end of the chain.
+    loop {
+        let held: HashSet<&Digest> = carried
+            .iter()
+            .flat_map(|&k| tree(k).map(|b| &b.digest))
+            .collect();
+        let more: Vec<usize> = (0..previous.images.len())
+            .filter(|k| !carried.contains(k))
+            .filter(|&k| {
+                previous.images[k]
+                    .subject
+                    .as_ref()
+                    .is_some_and(|s| held.contains(s))
+            })
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        carried.extend(more);
+    }
+    let mut have: HashSet<Digest> = collected.blobs.iter().map(|b| b.digest.clone()).collect();
+    let mut digests = HashSet::new();
+    for &k in &carried {
+        let image = &previous.images[k];
+        let listed = collected
+            .images
+            .iter()
+            .any(|i| i.source == image.source && i.digest == image.digest);
+        if listed {
+            continue;
+        }
+        collected.images.push(image.clone());
+        digests.insert(image.digest.clone());
+        for b in tree(k) {
+            if have.insert(b.digest.clone()) {
+                collected.blobs.push(b.clone());
+            }
+        }
+    }
+    for m in missing.iter_mut() {
+        if previous.images.iter().any(|i| i.source == m.image) {
+            m.carried_from = Some(previous.sequence);
+        }
+    }
+    digests
+}
+
+/// Writes `missing.txt` in `out` (one line per image left out: the image, then
+/// why, and whether it was carried over), or removes a stale one. Returns it
+/// when written.
+fn write_missing(out: &Path, missing: &[Missing]) -> Result<Option<PathBuf>, Error> {
+    let path = out.join("missing.txt");
+    if missing.is_empty() {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
+            _ => return Ok(None),
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let text: String = missing.iter().map(|m| format!("{m}\n")).collect();
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    Ok(Some(path))
 }
 
 /// Writes `mapping.txt` (oc-mirror's `source=destination` lines, the destination

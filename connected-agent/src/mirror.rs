@@ -117,7 +117,15 @@ pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
         collected,
         releases,
         ..
-    } = gather(&loaded, additional, &pool, &opts.releases, &opts.policy).await?;
+    } = gather(
+        &loaded,
+        additional,
+        &pool,
+        &opts.releases,
+        &opts.policy,
+        false,
+    )
+    .await?;
     let client = RegistryClient::connect(opts.to.registry(), &opts.dest).await?;
     let source = RegistrySource {
         pool: &pool,

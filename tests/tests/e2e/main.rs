@@ -2,6 +2,7 @@
 //! the built binaries, and skopeo as the independent check.
 
 mod agent;
+mod compat;
 mod control;
 mod delete;
 mod differential;

@@ -10,6 +10,7 @@ use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, index, laye
 use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
 
+pub const EX_PARTIAL: i32 = 3;
 pub const EX_CONFIG: i32 = 64;
 pub const EX_DATA: i32 = 65;
 pub const EX_UNAVAILABLE: i32 = 69;

@@ -1,0 +1,97 @@
+//! What oc-mirror users rely on: `--continue-on-error`, so that one image that
+//! cannot be pulled does not abort a run of hundreds of gigabytes.
+
+use airlock_tests::bins::run;
+use airlock_tests::images::{Format, ImageBuilder, PushClient};
+use airlock_tests::registry::Registry;
+use airlock_tests::skopeo::inspect_raw_at;
+
+use crate::util::*;
+
+#[test]
+fn continue_on_error_leaves_out_what_cannot_be_pulled_and_carries_over_what_the_site_has() {
+    let s = Setup::plain();
+    // Sequence 1 also has an image of a second registry, which then goes away.
+    let mut other = Registry::plain().unwrap();
+    let ghost = ImageBuilder::new(Format::Oci).layer(71, 40_000).build();
+    ghost
+        .push(&PushClient::new(&other).unwrap(), "extra/ghost", Some("1"))
+        .unwrap();
+    let ghost_ref = format!("docker://{}/extra/ghost:1", other.addr());
+    let config = s.path("isc.yaml");
+    let with = |extra: &str| {
+        let text = std::fs::read_to_string(&s.config).unwrap();
+        std::fs::write(&config, format!("{text}  - name: {ghost_ref}\n{extra}")).unwrap();
+    };
+    with("");
+    let create = |out: &str| create_cmd(&config, &s.path(out), &s.path("ws-c"), "1MiB", &s.source);
+    let first = run(&mut create("out1"));
+    assert_eq!(first.code, 0, "{first}");
+    let published = s.publish(&s.path("out1"), "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    let at_site = "m/extra/ghost:1";
+    assert_eq!(inspect_raw_at(&s.dest, at_site).unwrap(), ghost.manifest);
+
+    // Sequence 2: the second registry is down, a new image does not exist,
+    // and another new one does.
+    other.stop();
+    let none_ref = format!("docker://{}/team/none:1", s.source.addr());
+    let fresh = ImageBuilder::new(Format::Oci).layer(72, 30_000).build();
+    fresh
+        .push(
+            &PushClient::new(&s.source).unwrap(),
+            "team/fresh",
+            Some("1"),
+        )
+        .unwrap();
+    with(&format!(
+        "  - name: {none_ref}\n  - name: docker://{}/team/fresh:1\n",
+        s.source.addr()
+    ));
+    let stopped = run(&mut create("out2"));
+    assert_eq!(
+        stopped.code, EX_UNAVAILABLE,
+        "without the flag the run stops: {stopped}"
+    );
+    assert!(
+        stopped.stderr.contains("extra/ghost") || stopped.stderr.contains("team/none"),
+        "{stopped}"
+    );
+    assert!(
+        !s.path("out2").exists() || chunk_files(&s.path("out2")).is_empty(),
+        "nothing written"
+    );
+
+    // A dry run always completes, and says what is missing.
+    let dry = run(create("dry").arg("--dry-run"));
+    assert_eq!(dry.code, EX_PARTIAL, "{dry}");
+    assert!(s.path("dry/missing.txt").exists(), "{dry}");
+
+    let partial = run(create("out2").arg("--continue-on-error"));
+    assert_eq!(partial.code, EX_PARTIAL, "{partial}");
+    assert!(
+        partial.stdout.contains("2 images failed and were left out"),
+        "{partial}"
+    );
+    let missing = std::fs::read_to_string(s.path("out2/missing.txt")).unwrap();
+    let lines: Vec<&str> = missing.lines().collect();
+    assert_eq!(lines.len(), 2, "{missing}");
+    let ghost_line = lines.iter().find(|l| l.starts_with(&ghost_ref)).unwrap();
+    assert!(
+        ghost_line.ends_with("\tcarried over as it was in sequence 1"),
+        "{missing}"
+    );
+    let none_line = lines.iter().find(|l| l.starts_with(&none_ref)).unwrap();
+    assert!(none_line.ends_with("\tnot in the imageset"), "{missing}");
+
+    // The site publishes the rest and keeps the image it already had: the
+    // imageset still lists it, so pruning does not take it away.
+    let published = s.publish(&s.path("out2"), "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    assert!(
+        published.stdout.contains("published sequence 2"),
+        "{published}"
+    );
+    assert_eq!(inspect_raw_at(&s.dest, at_site).unwrap(), ghost.manifest);
+    s.assert_byte_exact("m");
+}
