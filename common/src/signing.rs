@@ -41,6 +41,21 @@ pub enum SigningError {
     Sign(String),
 }
 
+/// A minisign signature and the key id it names.
+fn parse(signature: &[u8]) -> Result<(SignatureBox, KeyId), Untrusted> {
+    let text =
+        std::str::from_utf8(signature).map_err(|_| Untrusted::Malformed("not text".into()))?;
+    let sig = SignatureBox::from_string(text).map_err(|e| Untrusted::Malformed(e.to_string()))?;
+    let id = KeyId::from_slice(sig.keynum());
+    Ok((sig, id))
+}
+
+/// The key a signature says it was made with, unchecked: for describing an
+/// imageset where no key is trusted. `None` when it does not parse.
+pub fn claimed_signer(signature: &[u8]) -> Option<KeyId> {
+    parse(signature).ok().map(|(_, id)| id)
+}
+
 /// A minisign key id, printed as minisign prints it (16 upper-case hex digits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyId([u8; 8]);
@@ -266,11 +281,7 @@ impl TrustStore {
                 trusted: self.trusted(),
             });
         };
-        let text =
-            std::str::from_utf8(signature).map_err(|_| Untrusted::Malformed("not text".into()))?;
-        let sig =
-            SignatureBox::from_string(text).map_err(|e| Untrusted::Malformed(e.to_string()))?;
-        let id = KeyId::from_slice(sig.keynum());
+        let (sig, id) = parse(signature)?;
         let Some((_, pk, _)) = self.keys.iter().find(|(k, _, _)| *k == id) else {
             return Err(Untrusted::UnknownKey {
                 key: id.to_string(),

@@ -69,6 +69,9 @@ impl UpdateService {
         let base = self.base(kind);
         let mut url = reqwest::Url::parse(base)
             .map_err(|e| err(format!("update service URL {base:?} is not a URL: {e}")))?;
+        if url.scheme() == "file" {
+            return from_file(&url, channel, arch).map_err(err);
+        }
         url.query_pairs_mut()
             .append_pair("channel", channel)
             .append_pair("arch", arch);
@@ -90,6 +93,38 @@ impl UpdateService {
         }
         Graph::parse(&body, url.as_str()).map_err(|e| err(e.to_string()))
     }
+}
+
+/// A graph from disk, for sites that fetch graphs separately (oc-mirror's
+/// `UPDATE_URL_OVERRIDE=file://…`): a file is the graph of every channel and
+/// architecture asked for; a directory holds one per channel and architecture,
+/// `CHANNEL-ARCH.json`, as the update service answers for them.
+fn from_file(url: &reqwest::Url, channel: &str, arch: &str) -> Result<Graph, String> {
+    let path = url
+        .to_file_path()
+        .map_err(|()| format!("{url}: expected file:///ABSOLUTE/PATH"))?;
+    let file = if path.is_dir() {
+        path.join(format!("{channel}-{arch}.json"))
+    } else {
+        path
+    };
+    let size = std::fs::metadata(&file)
+        .map_err(|e| {
+            format!(
+                "{}: {e}; save the update service's answer for channel {channel}, architecture {arch} there",
+                file.display()
+            )
+        })?
+        .len();
+    if size > MAX_GRAPH_BYTES as u64 {
+        return Err(format!(
+            "{}: {size} bytes, more than the {MAX_GRAPH_BYTES}-byte bound for a graph",
+            file.display()
+        ));
+    }
+    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    tracing::info!(file = %file.display(), channel, arch, "update graph read from a file");
+    Graph::parse(&bytes, &file.display().to_string()).map_err(|e| e.to_string())
 }
 
 /// Reads a response body, refusing more than `limit` bytes.
@@ -124,5 +159,50 @@ impl GraphSource for UpdateService {
             .expect("not poisoned")
             .insert(key, g.clone());
         Ok(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/real/cincinnati/graphs")
+    }
+
+    /// A file serves every channel; a directory one file per channel and
+    /// architecture; a missing one is named with what to put there.
+    #[tokio::test]
+    async fn graphs_are_read_from_file_urls() {
+        let file = fixtures().join("stable-4.9_amd64_v1.json");
+        let expected = Graph::parse(&std::fs::read(&file).unwrap(), "x").unwrap();
+        let url = reqwest::Url::from_file_path(&file).unwrap().to_string();
+        let service = UpdateService::new(Some(url));
+        let g = service
+            .graph(ChannelType::Ocp, "stable-4.9", "amd64")
+            .await
+            .unwrap();
+        assert_eq!(g.nodes().len(), expected.nodes().len());
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(&file, dir.path().join("stable-4.9-amd64.json")).unwrap();
+        let url = reqwest::Url::from_directory_path(dir.path())
+            .unwrap()
+            .to_string();
+        let service = UpdateService::new(Some(url));
+        let g = service
+            .graph(ChannelType::Ocp, "stable-4.9", "amd64")
+            .await
+            .unwrap();
+        assert_eq!(g.nodes().len(), expected.nodes().len());
+        let e = service
+            .graph(ChannelType::Ocp, "stable-4.10", "amd64")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("stable-4.10-amd64.json") && e.contains("save the update service's answer"),
+            "{e}"
+        );
     }
 }

@@ -117,7 +117,8 @@ pub struct SourceArgs {
     #[arg(long, value_name = "FILE")]
     pub authfile: Option<PathBuf>,
     /// Update service (Cincinnati) graph URL for every release channel, instead of
-    /// Red Hat's (OCP) and OKD's; default: the UPDATE_URL_OVERRIDE environment variable.
+    /// Red Hat's (OCP) and OKD's; file:///PATH reads a saved graph (a directory:
+    /// CHANNEL-ARCH.json in it); default: the UPDATE_URL_OVERRIDE environment variable.
     #[arg(long, value_name = "URL")]
     pub update_url: Option<String>,
     /// HTTP proxy (http://HOST:PORT) for every registry the command talks to,

@@ -38,6 +38,23 @@ pub enum Command {
     /// Check every imageset in a directory completely (signatures, chunk and blob
     /// hashes), without a workspace or a registry.
     Verify(VerifyArgs),
+    /// Say what the imagesets of a directory (or one chunk file) hold, from the
+    /// chunk files' heads: no workspace, no registry, no hashing.
+    Describe(DescribeArgs),
+}
+
+/// `describe`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// A directory of chunk files, or one chunk file.
+    #[arg(value_name = "DIR|FILE")]
+    pub path: PathBuf,
+    /// Output format: `table`, or `json` (an array with, per imageset, `uuid`,
+    /// `sequence`, `full`, `created`, `limit`, `signer`, `chunks` and `parity`
+    /// (`listed`, `found`), `files`, `images` (`source`, `digest`, `kind`),
+    /// `releases`, `deletes`, `blobs` (`listed`, `carried`, `carriedBytes`)).
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: OutputFormat,
 }
 
 /// `verify`.
@@ -147,6 +164,14 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 .expect("verify does not panic")?;
             print_verify(&report);
             Ok(report.problems.exit_code())
+        }
+        Command::Describe(args) => {
+            let described = crate::describe::describe(&args.path)?;
+            match args.output {
+                OutputFormat::Table => print_describe(&described),
+                OutputFormat::Json => print_json(&described),
+            }
+            Ok(exit_codes::OK)
         }
         Command::Run(args) => {
             // The whole configuration is checked before anything is opened or watched.
@@ -304,6 +329,55 @@ fn print_publish(p: &PublishReport) {
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_describe(described: &[crate::describe::Description]) {
+    for d in described {
+        println!(
+            "imageset {} sequence {} ({}), created {}",
+            d.uuid,
+            d.sequence,
+            if d.full { "full" } else { "differential" },
+            d.created
+        );
+        match &d.signer {
+            Some(key) => println!("  signed by key {key} (checked by verify --trust)"),
+            None => println!("  unsigned"),
+        }
+        println!(
+            "  chunks: {} of {} found, parity: {} of {}, limit {}",
+            d.chunks.found,
+            d.chunks.listed,
+            d.parity.found,
+            d.parity.listed,
+            ByteSize(d.limit)
+        );
+        println!(
+            "  blobs: {} listed, {} carried here ({}), the rest carried by earlier imagesets",
+            d.blobs.listed,
+            d.blobs.carried,
+            ByteSize(d.blobs.carried_bytes)
+        );
+        for r in &d.releases {
+            println!("  release {r}");
+        }
+        if d.deletes > 0 {
+            println!("  deletes {} images", d.deletes);
+        }
+        println!("  images: {}", d.images.len());
+        for i in &d.images {
+            println!("    {} {}", i.source, i.digest);
+        }
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("a report serialises")
+    );
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
 fn print_publish_json(p: &PublishReport) {
     let r = &p.site;
     let doc = serde_json::json!({
@@ -320,7 +394,7 @@ fn print_publish_json(p: &PublishReport) {
         "notPruned": r.not_pruned.iter().map(|(d, why)| serde_json::json!({"destination": d, "reason": why})).collect::<Vec<_>>(),
         "problems": r.problems.iter().map(|p| serde_json::json!({"code": p.code, "message": p.message})).collect::<Vec<_>>(),
     });
-    println!("{doc:#}");
+    print_json(&doc);
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]

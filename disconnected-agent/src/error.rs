@@ -33,6 +33,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A chunk file could not be read as one.
+    #[error(transparent)]
+    Chunk(airlock_common::imageset::read::ChunkError),
     /// A local file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -60,6 +63,8 @@ impl ExitCode for Error {
             Error::Workspace(StateError::Locked { .. }) => exit_codes::STATE,
             Error::Workspace(StateError::Storage { .. }) | Error::Io { .. } => exit_codes::IO,
             Error::Bind { .. } => exit_codes::UNAVAILABLE,
+            Error::Chunk(airlock_common::imageset::read::ChunkError::Io { .. }) => exit_codes::IO,
+            Error::Chunk(_) => exit_codes::DATA,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod cluster_api;
 pub mod control;
 pub mod daemon;
+pub mod describe;
 pub mod error;
 pub mod fanout;
 pub mod ingest;

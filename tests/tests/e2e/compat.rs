@@ -1,7 +1,7 @@
 //! What oc-mirror users rely on: `--continue-on-error`, so that one image that
 //! cannot be pulled does not abort a run of hundreds of gigabytes.
 
-use airlock_tests::bins::run;
+use airlock_tests::bins::{run, run_ok};
 use airlock_tests::images::{Format, ImageBuilder, PushClient};
 use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
@@ -94,4 +94,97 @@ fn continue_on_error_leaves_out_what_cannot_be_pulled_and_carries_over_what_the_
     );
     assert_eq!(inspect_raw_at(&s.dest, at_site).unwrap(), ghost.manifest);
     s.assert_byte_exact("m");
+}
+
+#[test]
+fn describe_says_what_an_imageset_holds_without_a_workspace() {
+    let s = Setup::plain();
+    let keys = s.path("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let keygen = run_ok(
+        airlock_tests::bins::connected()
+            .arg("keygen")
+            .arg("--out")
+            .arg(keys.join("site")),
+    );
+    let key_id = keygen
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("key id ")
+        .to_string();
+    let out = s.path("out");
+    let created = run(
+        create_cmd(&s.config, &out, &s.path("ws-c"), "150KiB", &s.source)
+            .args(["--parity", "1", "--sign-key"])
+            .arg(keys.join("site.key")),
+    );
+    assert_eq!(created.code, 0, "{created}");
+    let describe = |what: &std::path::Path, json: bool| {
+        let mut cmd = airlock_tests::bins::disconnected();
+        cmd.arg("describe").arg(what);
+        if json {
+            cmd.args(["-o", "json"]);
+        }
+        run(&mut cmd)
+    };
+
+    let text = describe(&out, false);
+    assert_eq!(text.code, 0, "{text}");
+    assert!(text.stdout.contains("sequence 1 (full)"), "{text}");
+    assert!(
+        text.stdout.contains(&format!("signed by key {key_id}")),
+        "{text}"
+    );
+    for p in &s.placed {
+        assert!(
+            text.stdout
+                .contains(&format!("{}/{}", s.source.addr(), p.config_ref)),
+            "{}: {text}",
+            p.config_ref
+        );
+    }
+    let json = describe(&out, true);
+    assert_eq!(json.code, 0, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let d = &v[0];
+    assert_eq!(d["images"].as_array().unwrap().len(), s.placed.len());
+    assert_eq!(d["chunks"]["listed"], d["chunks"]["found"]);
+    assert!(d["chunks"]["listed"].as_u64().unwrap() > 1, "{d}");
+    assert_eq!(d["parity"]["listed"], 1);
+    assert_eq!(
+        d["blobs"]["carried"], d["blobs"]["listed"],
+        "a full imageset"
+    );
+    assert_eq!(d["signer"], key_id.as_str());
+    assert_eq!(
+        d["files"].as_array().unwrap().len(),
+        chunk_files(&out).len()
+    );
+
+    // One file alone: its imageset, with that file found.
+    let one = describe(&chunk_files(&out)[0], true);
+    assert_eq!(one.code, 0, "{one}");
+    let v: serde_json::Value = serde_json::from_str(&one.stdout).unwrap();
+    assert_eq!(v[0]["files"].as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["uuid"], d["uuid"]);
+
+    // What is not an imageset is named.
+    let junk = s.path("junk.tar");
+    std::fs::write(&junk, vec![7u8; 4096]).unwrap();
+    let refused = describe(&junk, false);
+    assert_eq!(refused.code, EX_DATA, "{refused}");
+    assert!(
+        refused.stderr.contains("not an Airlock imageset chunk"),
+        "{refused}"
+    );
+    let empty = s.path("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let nothing = describe(&empty, false);
+    assert_eq!(nothing.code, EX_CONFIG, "{nothing}");
+    assert!(
+        nothing.stderr.contains("no imageset chunk files"),
+        "{nothing}"
+    );
 }
