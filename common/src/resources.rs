@@ -23,6 +23,9 @@ use crate::digest::Digest;
 pub const IDMS_FILE: &str = "idms-oc-mirror.yaml";
 /// File name of the tag mirror sets.
 pub const ITMS_FILE: &str = "itms-oc-mirror.yaml";
+/// File name of the digest mirrors as `ImageContentSourcePolicy`, for clusters
+/// before OpenShift 4.13 (oc-mirror v1's name).
+pub const ICSP_FILE: &str = "imageContentSourcePolicy.yaml";
 /// File names of the release signature `ConfigMap` (the same object twice, as
 /// oc-mirror writes it).
 pub const SIGNATURE_FILES: [&str; 2] = ["signature-configmap.json", "signature-configmap.yaml"];
@@ -123,6 +126,9 @@ enum Spec {
     Tag {
         image_tag_mirrors: Vec<MirrorEntry>,
     },
+    Legacy {
+        repository_digest_mirrors: Vec<MirrorEntry>,
+    },
 }
 
 #[derive(Serialize)]
@@ -161,24 +167,34 @@ fn annotations() -> BTreeMap<&'static str, String> {
     BTreeMap::from([("createdBy", "airlock".to_string())])
 }
 
-/// The two kinds of mirror set: digest (IDMS) and tag (ITMS).
+/// The kinds of mirror set: digest (IDMS), tag (ITMS), and the digest mirrors
+/// of clusters before OpenShift 4.13 (ICSP), which have neither.
 #[derive(Debug, Clone, Copy)]
 enum SetKind {
     Digest,
     Tag,
+    Legacy,
 }
 
 impl SetKind {
+    fn api_version(self) -> &'static str {
+        match self {
+            SetKind::Digest | SetKind::Tag => "config.openshift.io/v1",
+            SetKind::Legacy => "operator.openshift.io/v1alpha1",
+        }
+    }
     fn kind(self) -> &'static str {
         match self {
             SetKind::Digest => "ImageDigestMirrorSet",
             SetKind::Tag => "ImageTagMirrorSet",
+            SetKind::Legacy => "ImageContentSourcePolicy",
         }
     }
     fn prefix(self) -> &'static str {
         match self {
             SetKind::Digest => "idms",
             SetKind::Tag => "itms",
+            SetKind::Legacy => "icsp",
         }
     }
     fn spec(self, entries: Vec<MirrorEntry>) -> Spec {
@@ -189,11 +205,14 @@ impl SetKind {
             SetKind::Tag => Spec::Tag {
                 image_tag_mirrors: entries,
             },
+            SetKind::Legacy => Spec::Legacy {
+                repository_digest_mirrors: entries,
+            },
         }
     }
     fn includes(self, m: &Mirrored) -> bool {
         match self {
-            SetKind::Digest => m.by_digest,
+            SetKind::Digest | SetKind::Legacy => m.by_digest,
             SetKind::Tag => m.by_tag,
         }
     }
@@ -207,7 +226,7 @@ fn mirror_sets(images: &[Mirrored], kind: SetKind) -> Option<String> {
     let mut out = String::new();
     for (cat, sources) in groups {
         let object = Object {
-            api_version: "config.openshift.io/v1",
+            api_version: kind.api_version(),
             kind: kind.kind(),
             metadata: Metadata {
                 name: format!("{}-{}-0", kind.prefix(), cat.name()),
@@ -229,6 +248,15 @@ pub fn idms(images: &[Mirrored]) -> Option<String> {
 /// The content of `itms-oc-mirror.yaml`, or `None` when no image was named by tag.
 pub fn itms(images: &[Mirrored]) -> Option<String> {
     mirror_sets(images, SetKind::Tag)
+}
+
+/// The content of `imageContentSourcePolicy.yaml` (oc-mirror v1's file) for
+/// clusters before OpenShift 4.13: the IDMS's entries as ICSPs. Those clusters
+/// have no tag mirror sets; images pulled by tag are not redirected there.
+pub fn icsp(images: &[Mirrored]) -> Option<String> {
+    mirror_sets(images, SetKind::Legacy).map(|sets| {
+        format!("# For clusters before OpenShift 4.13, instead of {IDMS_FILE}; they cannot\n# redirect images pulled by tag ({ITMS_FILE}).\n{sets}")
+    })
 }
 
 /// One release signature: the release image digest and the signature (base64).
@@ -432,6 +460,7 @@ pub fn write(dir: &Path, resources: &ClusterResources) -> std::io::Result<Vec<Pa
     let files = [
         (IDMS_FILE, idms(&resources.mirrored)),
         (ITMS_FILE, itms(&resources.mirrored)),
+        (ICSP_FILE, icsp(&resources.mirrored)),
         (SIGNATURE_FILES[0], sig_json),
         (SIGNATURE_FILES[1], sig_yaml),
         (
@@ -566,6 +595,27 @@ mod tests {
         assert!(itms.contains("name: itms-generic-0"));
         assert!(itms.contains("source: quay.io/ns") && itms.contains("source: quay.io/other"));
         assert_eq!(idms(&[m("a.io/x/y", "m/x/y", false, true)]), None);
+        // Clusters before 4.13: the same digest entries, as oc-mirror v1 wrote them.
+        insta::assert_snapshot!(icsp(&images).unwrap(), @r"
+        # For clusters before OpenShift 4.13, instead of idms-oc-mirror.yaml; they cannot
+        # redirect images pulled by tag (itms-oc-mirror.yaml).
+        ---
+        apiVersion: operator.openshift.io/v1alpha1
+        kind: ImageContentSourcePolicy
+        metadata:
+          name: icsp-generic-0
+          annotations:
+            createdBy: airlock
+        spec:
+          repositoryDigestMirrors:
+          - mirrors:
+            - mirror:5000/p/ns
+            source: quay.io/ns
+          - mirrors:
+            - mirror:5000/p/other
+            source: quay.io/other
+        ");
+        assert_eq!(icsp(&[m("a.io/x/y", "m/x/y", false, true)]), None);
     }
 
     fn resources(mirrored: Vec<Mirrored>) -> ClusterResources {
@@ -587,7 +637,11 @@ mod tests {
             releases: "m:1/openshift/release-images".into(),
             graph_image: format!("m:1/openshift/graph-image@{}", Digest::of(b"g")),
         });
-        assert_eq!(write(dir.path(), &all).unwrap().len(), 5);
+        assert_eq!(
+            write(dir.path(), &all).unwrap().len(),
+            6,
+            "IDMS, ITMS, ICSP, two signature files, update service"
+        );
         let tags_only = resources(vec![m("quay.io/ns/a", "m:1/ns/a", false, true)]);
         let written = write(dir.path(), &tags_only).unwrap();
         assert_eq!(written, vec![dir.path().join(ITMS_FILE)]);

@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use airlock_common::prune::Runs;
+use airlock_common::resources;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
@@ -216,6 +217,11 @@ pub fn desired(dir: &Path, minor: Option<u64>) -> Result<(Vec<Desired>, Vec<Stri
     };
     files.sort();
     let legacy = minor.is_some_and(|m| m < 13);
+    // Written beside the IDMS since it exists; a directory written before has
+    // the IDMS alone, turned into ICSPs here.
+    let icsp_file = files
+        .iter()
+        .any(|f| f.file_name().is_some_and(|n| n == resources::ICSP_FILE));
     let mut out = Vec::new();
     let mut notes = Vec::new();
     for f in files {
@@ -228,6 +234,8 @@ pub fn desired(dir: &Path, minor: Option<u64>) -> Result<(Vec<Desired>, Vec<Stri
                 continue;
             }
             let object = match object["kind"].as_str() {
+                Some("ImageContentSourcePolicy") if !legacy => continue,
+                Some("ImageDigestMirrorSet") if legacy && icsp_file => continue,
                 Some("ImageDigestMirrorSet") if legacy => icsp(&object),
                 Some("ImageTagMirrorSet") if legacy => {
                     notes.push(format!(
@@ -731,6 +739,43 @@ mod tests {
         let (objects, notes) = desired(dir.path(), Some(13)).unwrap();
         assert_eq!(objects.len(), 2);
         assert!(notes.is_empty());
+    }
+
+    /// The ICSP file written for clusters before 4.13 is what such a cluster
+    /// gets (the same objects the IDMS would have become), and nothing newer
+    /// takes it.
+    #[test]
+    fn the_icsp_file_serves_clusters_before_4_13_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = || {
+            let mirrored = resources::Mirrored {
+                source: "quay.io/ocp/release".into(),
+                mirror: "m:5000/p/ocp/release".into(),
+                by_digest: true,
+                by_tag: false,
+                category: resources::Category::Release,
+                exact: false,
+            };
+            let all = resources::ClusterResources {
+                mirrored: vec![mirrored],
+                ..Default::default()
+            };
+            resources::write(dir.path(), &all).unwrap();
+        };
+        write();
+        let labels = |minor| -> Vec<String> {
+            let (objects, _) = desired(dir.path(), Some(minor)).unwrap();
+            objects.iter().map(Desired::label).collect()
+        };
+        assert_eq!(labels(12), ["ImageContentSourcePolicy icsp-release-0"]);
+        assert_eq!(labels(14), ["ImageDigestMirrorSet idms-release-0"]);
+        let (from_file, _) = desired(dir.path(), Some(12)).unwrap();
+        std::fs::remove_file(dir.path().join(resources::ICSP_FILE)).unwrap();
+        let (converted, _) = desired(dir.path(), Some(12)).unwrap();
+        assert_eq!(
+            converted[0].object, from_file[0].object,
+            "the file and the conversion of an older directory agree"
+        );
     }
 
     #[test]

@@ -39,6 +39,13 @@ fn create_then_publish_in_shuffled_order_is_byte_exact() {
     let idms = std::fs::read_to_string(resources.join("idms-oc-mirror.yaml")).unwrap();
     let itms = std::fs::read_to_string(resources.join("itms-oc-mirror.yaml")).unwrap();
     assert!(idms.contains("kind: ImageDigestMirrorSet"), "{idms}");
+    // For clusters before 4.13, the digest mirrors as oc-mirror v1 wrote them.
+    let icsp = std::fs::read_to_string(resources.join("imageContentSourcePolicy.yaml")).unwrap();
+    assert!(
+        icsp.contains("kind: ImageContentSourcePolicy")
+            && icsp.contains(&format!("source: {}/team", source.addr())),
+        "{icsp}"
+    );
     assert!(
         idms.contains(&format!("source: {}/team", source.addr())),
         "{idms}"
