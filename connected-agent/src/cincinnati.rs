@@ -176,25 +176,21 @@ mod tests {
     async fn graphs_are_read_from_file_urls() {
         let file = fixtures().join("stable-4.9_amd64_v1.json");
         let expected = Graph::parse(&std::fs::read(&file).unwrap(), "x").unwrap();
-        let url = reqwest::Url::from_file_path(&file).unwrap().to_string();
-        let service = UpdateService::new(Some(url));
-        let g = service
-            .graph(ChannelType::Ocp, "stable-4.9", "amd64")
-            .await
-            .unwrap();
-        assert_eq!(g.nodes().len(), expected.nodes().len());
-
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(&file, dir.path().join("stable-4.9-amd64.json")).unwrap();
-        let url = reqwest::Url::from_directory_path(dir.path())
-            .unwrap()
-            .to_string();
-        let service = UpdateService::new(Some(url));
-        let g = service
-            .graph(ChannelType::Ocp, "stable-4.9", "amd64")
-            .await
-            .unwrap();
-        assert_eq!(g.nodes().len(), expected.nodes().len());
+        let directory = reqwest::Url::from_directory_path(dir.path()).unwrap();
+        for url in [
+            reqwest::Url::from_file_path(&file).unwrap(),
+            directory.clone(),
+        ] {
+            let service = UpdateService::new(Some(url.to_string()));
+            let g = service
+                .graph(ChannelType::Ocp, "stable-4.9", "amd64")
+                .await
+                .unwrap();
+            assert_eq!(g.nodes().len(), expected.nodes().len(), "{url}");
+        }
+        let service = UpdateService::new(Some(directory.to_string()));
         let e = service
             .graph(ChannelType::Ocp, "stable-4.10", "amd64")
             .await

@@ -1,7 +1,7 @@
 //! What oc-mirror users rely on: `--continue-on-error`, so that one image that
 //! cannot be pulled does not abort a run of hundreds of gigabytes.
 
-use airlock_tests::bins::{run, run_ok};
+use airlock_tests::bins::run;
 use airlock_tests::images::{Format, ImageBuilder, PushClient};
 use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
@@ -101,24 +101,12 @@ fn describe_says_what_an_imageset_holds_without_a_workspace() {
     let s = Setup::plain();
     let keys = s.path("keys");
     std::fs::create_dir_all(&keys).unwrap();
-    let keygen = run_ok(
-        airlock_tests::bins::connected()
-            .arg("keygen")
-            .arg("--out")
-            .arg(keys.join("site")),
-    );
-    let key_id = keygen
-        .stdout
-        .lines()
-        .next()
-        .unwrap()
-        .trim_start_matches("key id ")
-        .to_string();
+    let (key, _, key_id) = keygen(&keys, "site");
     let out = s.path("out");
     let created = run(
         create_cmd(&s.config, &out, &s.path("ws-c"), "150KiB", &s.source)
             .args(["--parity", "1", "--sign-key"])
-            .arg(keys.join("site.key")),
+            .arg(&key),
     );
     assert_eq!(created.code, 0, "{created}");
     let describe = |what: &std::path::Path, json: bool| {

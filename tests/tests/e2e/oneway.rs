@@ -8,30 +8,9 @@ use airlock_common::signing::Signer;
 use airlock_disconnected::ingest;
 use airlock_disconnected::scan;
 use airlock_disconnected::store::Store;
-use airlock_tests::bins::{self, Output, run, run_ok};
+use airlock_tests::bins::{self, Output, run};
 
 use crate::util::*;
-
-fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
-    let out = run_ok(
-        bins::connected()
-            .arg("keygen")
-            .arg("--out")
-            .arg(dir.join(name)),
-    );
-    let id = out
-        .stdout
-        .lines()
-        .next()
-        .unwrap()
-        .trim_start_matches("key id ")
-        .to_string();
-    (
-        dir.join(format!("{name}.key")),
-        dir.join(format!("{name}.pub")),
-        id,
-    )
-}
 
 fn create_with(s: &Setup, out: &Path, ws: &str, extra: &[&str]) -> Output {
     let mut cmd = bins::connected();

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use airlock_tests::bins::{self, Output, run};
+use airlock_tests::bins::{self, Output, run, run_ok};
 use airlock_tests::faults::FaultProxy;
 use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, index, layer};
 use airlock_tests::registry::Registry;
@@ -368,4 +368,27 @@ pub fn catalog(r: &Registry) -> Vec<String> {
         .iter()
         .map(|s| s.as_str().unwrap().to_string())
         .collect()
+}
+
+/// A new minisign key pair `DIR/NAME.key`, `DIR/NAME.pub`, made by `keygen`, and
+/// its key id.
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
+    let out = run_ok(
+        bins::connected()
+            .arg("keygen")
+            .arg("--out")
+            .arg(dir.join(name)),
+    );
+    let id = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("key id ")
+        .to_string();
+    (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+        id,
+    )
 }
