@@ -88,6 +88,11 @@ pub struct AgentConfig {
     /// Source registry access.
     #[serde(default)]
     pub source: SourceConfig,
+    /// Leave out images that cannot be pulled, naming them in the imageset
+    /// directory's `missing.txt` (oc-mirror's `--continue-on-error`); those the
+    /// last imageset listed are carried over. Default: a run stops on the first.
+    #[serde(default)]
+    pub continue_on_error: bool,
 }
 
 fn five() -> usize {
@@ -279,7 +284,7 @@ impl Agent {
             None => None,
         };
         Ok(CreateOptions {
-            continue_on_error: false,
+            continue_on_error: c.continue_on_error,
             config: c.image_set_config.clone(),
             out,
             workspace: Some(c.workspace.clone()),
@@ -312,6 +317,9 @@ impl Agent {
                 return Err(e);
             }
         };
+        for m in &report.missing {
+            tracing::warn!(image = %m.image, reason = %m.reason, carried_from = ?m.carried_from, "image left out: it cannot be pulled; the next run tries it again");
+        }
         if let Some(seq) = report.unchanged_since {
             let _ = std::fs::remove_dir_all(&tmp);
             tracing::info!(
@@ -423,5 +431,13 @@ mod tests {
         assert_eq!(checked.config.keep, 5);
         let wait = checked.schedule.wait(chrono::Utc::now());
         assert!(wait <= std::time::Duration::from_secs(86_400), "{wait:?}");
+        // Each run's create leaves out what cannot be pulled, as the example says.
+        let agent = super::Agent::new(checked);
+        assert!(
+            agent
+                .options(dir.path().join("o"))
+                .unwrap()
+                .continue_on_error
+        );
     }
 }

@@ -326,6 +326,10 @@ pub struct MirrorArgs {
     /// else ~/.airlock/connected].
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// Leave out images that cannot be pulled, naming each in WORKSPACE/missing.txt,
+    /// and exit 3 (the mirror sets written do not name them).
+    #[arg(long)]
+    pub continue_on_error: bool,
     /// Blob transfers at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub parallel: usize,
@@ -464,10 +468,14 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 dest,
                 releases: args.releases.options(args.source.update_url.clone()),
                 policy: args.policy.options(),
+                continue_on_error: args.continue_on_error,
             };
             let report = mirror::mirror(&opts).await?;
             print_mirror(&report);
-            Ok(airlock_common::exit_codes::OK)
+            Ok(match report.missing_file {
+                Some(_) => airlock_common::exit_codes::PARTIAL,
+                None => airlock_common::exit_codes::OK,
+            })
         }
     }
 }
@@ -556,6 +564,28 @@ fn print_mirror(r: &mirror::MirrorReport) {
     for f in &r.resources {
         println!("wrote {}", f.display());
     }
+    print_missing(&r.missing, r.missing_file.as_deref());
+}
+
+/// The images left out, and where they are listed.
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_missing(missing: &[crate::collect::Missing], file: Option<&std::path::Path>) {
+    for m in missing {
+        match m.carried_from {
+            Some(seq) => println!(
+                "missing: {} (carried over as it was in sequence {seq}): {}",
+                m.image, m.reason
+            ),
+            None => println!("missing: {}: {}", m.image, m.reason),
+        }
+    }
+    if let Some(file) = file {
+        println!(
+            "{} images failed and were left out (see {}); the next run tries them again",
+            missing.len(),
+            file.display()
+        );
+    }
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
@@ -574,22 +604,7 @@ fn print_create(r: &create::CreateReport) {
             ),
         }
     }
-    for m in &r.missing {
-        match m.carried_from {
-            Some(seq) => println!(
-                "missing: {} (carried over as it was in sequence {seq}): {}",
-                m.image, m.reason
-            ),
-            None => println!("missing: {}: {}", m.image, m.reason),
-        }
-    }
-    if let Some(file) = &r.missing_file {
-        println!(
-            "{} images failed and were left out (see {}); the next create tries them again",
-            r.missing.len(),
-            file.display()
-        );
-    }
+    print_missing(&r.missing, r.missing_file.as_deref());
     if let Some(seq) = r.unchanged_since {
         println!(
             "no updates since imageset {} sequence {seq}: nothing to ship, no imageset created",

@@ -807,7 +807,7 @@ fn carry_over(
 /// Writes `missing.txt` in `out` (one line per image left out: the image, then
 /// why, and whether it was carried over), or removes a stale one. Returns it
 /// when written.
-fn write_missing(out: &Path, missing: &[Missing]) -> Result<Option<PathBuf>, Error> {
+pub(crate) fn write_missing(out: &Path, missing: &[Missing]) -> Result<Option<PathBuf>, Error> {
     let path = out.join("missing.txt");
     if missing.is_empty() {
         match std::fs::remove_file(&path) {

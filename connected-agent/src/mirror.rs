@@ -42,6 +42,9 @@ pub struct MirrorOptions {
     pub releases: ReleaseOptions,
     /// Signatures and referrers.
     pub policy: crate::policy::PolicyOptions,
+    /// Leave out images that cannot be pulled, naming them in `missing.txt` in
+    /// the workspace, instead of failing.
+    pub continue_on_error: bool,
 }
 
 /// What `mirror` did.
@@ -55,6 +58,10 @@ pub struct MirrorReport {
     pub resources: Vec<PathBuf>,
     /// Wall time.
     pub elapsed: Duration,
+    /// Images left out because they could not be pulled.
+    pub missing: Vec<crate::collect::Missing>,
+    /// `missing.txt`, when images were left out.
+    pub missing_file: Option<PathBuf>,
 }
 
 /// Content straight from the source registries.
@@ -116,6 +123,7 @@ pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
     let Gathered {
         collected,
         releases,
+        missing,
         ..
     } = gather(
         &loaded,
@@ -123,9 +131,12 @@ pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
         &pool,
         &opts.releases,
         &opts.policy,
-        false,
+        opts.continue_on_error,
     )
     .await?;
+    // Nothing is pruned here, so nothing needs carrying over; the mirror sets
+    // written below do not name what was left out.
+    let missing_file = crate::create::write_missing(&ws_dir, &missing)?;
     let client = RegistryClient::connect(opts.to.registry(), &opts.dest).await?;
     let source = RegistrySource {
         pool: &pool,
@@ -159,5 +170,7 @@ pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
         stats,
         resources,
         elapsed: started.elapsed(),
+        missing,
+        missing_file,
     })
 }

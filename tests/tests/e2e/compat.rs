@@ -176,3 +176,37 @@ fn describe_says_what_an_imageset_holds_without_a_workspace() {
         "{nothing}"
     );
 }
+
+#[test]
+fn mirror_continues_on_error_too() {
+    let s = Setup::plain();
+    let config = s.path("isc.yaml");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let none_ref = format!("docker://{}/team/none:1", s.source.addr());
+    std::fs::write(&config, format!("{text}  - name: {none_ref}\n")).unwrap();
+    let ws = s.path("ws");
+    let mirror = || {
+        let mut cmd = airlock_tests::bins::connected();
+        cmd.arg("mirror")
+            .arg("--config")
+            .arg(&config)
+            .arg("--workspace")
+            .arg(&ws)
+            .arg("--to")
+            .arg(format!("docker://{}/m", s.dest.addr()))
+            .arg("--dest-tls-verify=false");
+        source_flags(&mut cmd, &s.source);
+        cmd
+    };
+    let stopped = run(&mut mirror());
+    assert_eq!(stopped.code, EX_UNAVAILABLE, "{stopped}");
+    assert!(stopped.stderr.contains("team/none"), "{stopped}");
+    let partial = run(mirror().arg("--continue-on-error"));
+    assert_eq!(partial.code, EX_PARTIAL, "{partial}");
+    let missing = std::fs::read_to_string(ws.join("missing.txt")).unwrap();
+    assert!(
+        missing.starts_with(&format!("{none_ref}\t")) && missing.lines().count() == 1,
+        "{missing}"
+    );
+    s.assert_byte_exact("m");
+}
