@@ -1,6 +1,8 @@
 //! What every Airlock binary does the same way: logging flags, the async runtime,
 //! and turning the outcome into an exit code and an error message.
 
+pub mod oc_mirror;
+
 use std::fmt::Display;
 use std::future::Future;
 

@@ -347,6 +347,52 @@ pub struct MirrorArgs {
     pub policy: PolicyArgs,
 }
 
+/// The command line `args` (program name first) in Airlock's words when it is in
+/// oc-mirror v2's: `-c ISC file://DIR` is `create --out DIR` with the workspace in
+/// `DIR/working-dir` (unless `--workspace file://W`), and `-c ISC --workspace
+/// file://W docker://HOST/PREFIX` is `mirror`. `--v2` is dropped; flags oc-mirror
+/// has and Airlock does not act on are refused by name (docs/cli.md).
+pub fn from_oc_mirror(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
+    let commands = [
+        "create", "delete", "mirror", "keygen", "run", "list", "help",
+    ];
+    airlock_common::cli::oc_mirror::rewrite(args, &commands, |m| {
+        if m.from.is_some() {
+            return Err("--from file://DIR is oc-mirror's disk to mirror: run it on the disconnected side, airlock-disconnected -c ISC.yaml --from file://DIR docker://HOST[/PREFIX]".into());
+        }
+        let mut out: Vec<String> = match m.destination.strip_prefix("file://") {
+            Some(dir) => {
+                let workspace = m
+                    .workspace
+                    .unwrap_or_else(|| format!("{}/working-dir", dir.trim_end_matches('/')));
+                [
+                    "create",
+                    "--config",
+                    &m.config,
+                    "--out",
+                    dir,
+                    "--workspace",
+                    &workspace,
+                ]
+                .map(String::from)
+                .to_vec()
+            }
+            None => {
+                let mut out: Vec<String> =
+                    ["mirror", "--config", &m.config, "--to", &m.destination]
+                        .map(String::from)
+                        .to_vec();
+                if let Some(w) = m.workspace {
+                    out.extend(["--workspace".to_string(), w]);
+                }
+                out
+            }
+        };
+        out.extend(m.rest);
+        Ok(out)
+    })
+}
+
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     let source = match &cli.command {

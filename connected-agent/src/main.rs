@@ -1,10 +1,16 @@
 //! `airlock-connected`: parse the command line, run, map the outcome to an exit code.
 
 use airlock_connected::cli::{self, Cli};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // oc-mirror's command lines, as users' scripts have them, are Airlock's too.
+    let args = cli::from_oc_mirror(std::env::args_os().collect()).unwrap_or_else(|e| {
+        Cli::command()
+            .error(clap::error::ErrorKind::InvalidValue, e)
+            .exit()
+    });
+    let cli = Cli::parse_from(args);
     let log = cli.log.clone();
     airlock_common::cli::main(&log, cli::run(cli))
 }

@@ -152,6 +152,40 @@ pub struct PublishArgs {
     pub destination: DestinationArgs,
 }
 
+/// The command line `args` (program name first) in Airlock's words when it is in
+/// oc-mirror v2's disk-to-mirror form: `-c ISC --from file://DIR
+/// docker://HOST[/PREFIX]` is `publish --from DIR --to docker://…` (the
+/// imagesets say what they hold; the configuration must exist). `--v2` is
+/// dropped; flags oc-mirror has and Airlock does not act on are refused by name.
+pub fn from_oc_mirror(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
+    let commands = ["publish", "run", "verify", "describe", "help"];
+    airlock_common::cli::oc_mirror::rewrite(args, &commands, |m| {
+        let Some(from) = m.from else {
+            return Err(format!(
+                "{}: the disconnected side publishes imagesets: -c ISC.yaml --from file://DIR docker://HOST[/PREFIX] (mirror to disk is airlock-connected's)",
+                m.destination
+            ));
+        };
+        if !m.destination.starts_with("docker://") {
+            return Err(format!(
+                "{}: disk to mirror publishes to docker://HOST[:PORT][/PREFIX]",
+                m.destination
+            ));
+        }
+        if !std::path::Path::new(&m.config).is_file() {
+            return Err(format!("-c {}: no such file", m.config));
+        }
+        let mut out: Vec<String> = ["publish", "--from", &from, "--to", &m.destination]
+            .map(String::from)
+            .to_vec();
+        if let Some(w) = m.workspace {
+            out.extend(["--workspace".to_string(), w]);
+        }
+        out.extend(m.rest);
+        Ok(out)
+    })
+}
+
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {

@@ -210,3 +210,70 @@ fn mirror_continues_on_error_too() {
     );
     s.assert_byte_exact("m");
 }
+
+#[test]
+fn oc_mirror_command_lines_work_unchanged() {
+    let s = Setup::plain();
+    let isc = s.config.to_str().unwrap().to_string();
+    let dir = s.path("archive");
+    let connected = |args: &[&str]| {
+        let mut cmd = airlock_tests::bins::connected();
+        cmd.args(args);
+        run(&mut cmd)
+    };
+    // Mirror to disk: the chunks in DIR, the workspace in DIR/working-dir.
+    let m2d = connected(&[
+        "-c",
+        &isc,
+        &format!("file://{}", dir.display()),
+        "--v2",
+        "--src-tls-verify=false",
+    ]);
+    assert_eq!(m2d.code, 0, "{m2d}");
+    assert!(!chunk_files(&dir).is_empty(), "{m2d}");
+    assert!(dir.join("working-dir").is_dir(), "{m2d}");
+
+    // Disk to mirror, on the other side.
+    let mut d2m = airlock_tests::bins::disconnected();
+    d2m.args(["-c", &isc, "--from"])
+        .arg(format!("file://{}", dir.display()))
+        .arg(format!("docker://{}/m", s.dest.addr()))
+        .args(["--v2", "--dest-tls-verify=false", "--workspace"])
+        .arg(format!("file://{}", s.path("ws-d").display()));
+    let d2m = run(&mut d2m);
+    assert_eq!(d2m.code, 0, "{d2m}");
+    s.assert_byte_exact("m");
+
+    // Mirror to mirror.
+    let other = Registry::plain().unwrap();
+    let m2m = connected(&[
+        "-c",
+        &isc,
+        "--workspace",
+        &format!("file://{}", s.path("ws-m").display()),
+        &format!("docker://{}/m", other.addr()),
+        "--v2",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+    ]);
+    assert_eq!(m2m.code, 0, "{m2m}");
+    assert_byte_exact(&s.source, &other, "m", &s.placed);
+
+    // What Airlock does not act on is refused by name, before anything runs.
+    let since = connected(&["-c", &isc, "file:///tmp/x", "--since", "2024-01-01"]);
+    assert_eq!(since.code, 2, "{since}");
+    assert!(
+        since
+            .stderr
+            .contains("--since: oc-mirror's flag, not acted on by Airlock"),
+        "{since}"
+    );
+    let wrong_side = connected(&["-c", &isc, "--from", "file:///tmp/x", "docker://m:5000"]);
+    assert_eq!(wrong_side.code, 2, "{wrong_side}");
+    assert!(
+        wrong_side
+            .stderr
+            .contains("run it on the disconnected side"),
+        "{wrong_side}"
+    );
+}

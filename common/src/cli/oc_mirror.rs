@@ -1,0 +1,253 @@
+//! oc-mirror v2's command lines, as the scripts users carry over spell them
+//! (`oc-mirror -c isc.yaml file://DIR --v2` and its two siblings), rewritten into
+//! Airlock's own before parsing, so that one parser, one `--help` and one set of
+//! checks serve both. A flag oc-mirror has and Airlock does not act on is refused
+//! by name with what to do instead, never ignored.
+
+/// Flags oc-mirror takes that Airlock does not act on, and why.
+const REFUSED: &[(&str, &str)] = &[
+    (
+        "--since",
+        "each imageset ships what earlier ones of the workspace did not, by the workspace's record, not by date",
+    ),
+    (
+        "--retry-times",
+        "registry requests are retried by Airlock's own policy (6 attempts, backoff to 30 s, Retry-After honoured)",
+    ),
+    (
+        "--retry-delay",
+        "registry requests are retried by Airlock's own policy (6 attempts, backoff to 30 s, Retry-After honoured)",
+    ),
+    (
+        "--image-timeout",
+        "a request that makes no progress for 300 s fails and is retried; there is no per-image deadline",
+    ),
+    (
+        "--parallel-images",
+        "images are published four at a time; use --parallel N for blob transfers at once",
+    ),
+    (
+        "--secure-policy",
+        "signatures are checked with --require-signatures KEY (cosign keys), not a containers policy.json",
+    ),
+    (
+        "--policy",
+        "signatures are checked with --require-signatures KEY (cosign keys), not a containers policy.json",
+    ),
+    (
+        "--cache-dir",
+        "the workspace (--workspace, storageConfig.local.path) holds what a cache would",
+    ),
+    (
+        "--strict-archive",
+        "chunk files never exceed the limit (--limit, archiveSize): an image larger than it is split",
+    ),
+    (
+        "--v1",
+        "Airlock implements oc-mirror v2's workflows; drop --v1 (and the v1alpha2 configuration still parses)",
+    ),
+];
+
+/// oc-mirror flags that Airlock spells differently.
+const RENAMED: &[(&str, &str)] = &[("--parallel-layers", "--parallel")];
+
+/// oc-mirror flags that take no value.
+const SWITCHES: &[&str] = &[
+    "--v2",
+    "--dry-run",
+    "--continue-on-error",
+    "--remove-signatures",
+    "--dest-tls-verify",
+    "--src-tls-verify",
+    "--skip-pruning",
+];
+
+/// What an oc-mirror command line asks for, in Airlock's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcMirror {
+    /// `-c`/`--config`.
+    pub config: String,
+    /// The positional destination: `file://DIR` or `docker://HOST[:PORT][/PREFIX]`.
+    pub destination: String,
+    /// `--from file://DIR` (disk to mirror), as a path.
+    pub from: Option<String>,
+    /// `--workspace file://DIR`, as a path.
+    pub workspace: Option<String>,
+    /// Every other argument, renamed where Airlock's name differs, `--v2` dropped.
+    pub rest: Vec<String>,
+}
+
+/// `args` (without the program name) in oc-mirror's form, or `None` when they
+/// are in Airlock's own (they name one of `commands`, or have no `file://` or
+/// `docker://` positional). `Err` names a refused flag, or what is missing.
+pub fn parse(args: &[String], commands: &[&str]) -> Option<Result<OcMirror, String>> {
+    if args.iter().any(|a| commands.contains(&a.as_str())) {
+        return None;
+    }
+    let (mut config, mut destination, mut from, mut workspace) = (None, None, None, None);
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let takes_value = name.starts_with('-') && !SWITCHES.contains(&name) && inline.is_none();
+        let value = match (&inline, takes_value) {
+            (Some(v), _) => Some(v.clone()),
+            (None, true) => {
+                i += 1;
+                args.get(i).cloned()
+            }
+            (None, false) => None,
+        };
+        i += 1;
+        if let Some((_, why)) = REFUSED.iter().find(|(n, _)| *n == name) {
+            return Some(Err(format!(
+                "{name}: oc-mirror's flag, not acted on by Airlock: {why}"
+            )));
+        }
+        let missing = || format!("{name} needs a value");
+        match name {
+            "-c" | "--config" => config = Some(value.ok_or_else(missing)),
+            "--from" => from = Some(value.ok_or_else(missing)),
+            "--workspace" => workspace = Some(value.ok_or_else(missing)),
+            "--v2" => {}
+            _ if !name.starts_with('-') => {
+                if destination.is_some() {
+                    return Some(Err(format!(
+                        "{arg}: one destination (file://DIR or docker://HOST[/PREFIX]) at most"
+                    )));
+                }
+                destination = Some(arg.clone());
+            }
+            _ => {
+                let name = RENAMED
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(name, |(_, to)| to);
+                rest.push(match &inline {
+                    Some(v) => format!("{name}={v}"),
+                    None => name.to_string(),
+                });
+                if inline.is_none() {
+                    rest.extend(value);
+                }
+            }
+        }
+    }
+    let destination =
+        destination.filter(|d| d.starts_with("file://") || d.starts_with("docker://"))?;
+    let path = |flag: &str, v: Option<Result<String, String>>| -> Result<Option<String>, String> {
+        match v.transpose()? {
+            None => Ok(None),
+            Some(v) => v
+                .strip_prefix("file://")
+                .map(|p| Some(p.to_string()))
+                .ok_or_else(|| format!("{flag} {v:?}: expected file://DIR, as oc-mirror takes it")),
+        }
+    };
+    Some((|| {
+        Ok(OcMirror {
+            config: config
+                .transpose()?
+                .ok_or("-c/--config ISC.yaml is needed, as oc-mirror needs it")?,
+            destination,
+            from: path("--from", from)?,
+            workspace: path("--workspace", workspace)?,
+            rest,
+        })
+    })())
+}
+
+/// `args` (the program name first) rewritten by `into` when they are in
+/// oc-mirror's form, unchanged otherwise (also when one is not UTF-8: oc-mirror's
+/// forms are plain text).
+pub fn rewrite(
+    args: Vec<std::ffi::OsString>,
+    commands: &[&str],
+    into: impl FnOnce(OcMirror) -> Result<Vec<String>, String>,
+) -> Result<Vec<std::ffi::OsString>, String> {
+    let Some(text) = args
+        .iter()
+        .map(|a| a.to_str().map(str::to_string))
+        .collect::<Option<Vec<String>>>()
+    else {
+        return Ok(args);
+    };
+    match parse(text.get(1..).unwrap_or_default(), commands) {
+        None => Ok(args),
+        Some(parsed) => {
+            let rewritten = into(parsed?)?;
+            Ok(std::iter::once(args[0].clone())
+                .chain(rewritten.into_iter().map(Into::into))
+                .collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_three_workflows_are_read_as_oc_mirror_writes_them() {
+        let commands = ["create", "mirror", "publish"];
+        let m2d = parse(
+            &args(
+                "-c isc.yaml file:///data/mirror --v2 --dest-tls-verify=false --parallel-layers 4",
+            ),
+            &commands,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(m2d.config, "isc.yaml");
+        assert_eq!(m2d.destination, "file:///data/mirror");
+        assert_eq!(m2d.rest, args("--dest-tls-verify=false --parallel 4"));
+        let m2m = parse(
+            &args("--config=isc.yaml --workspace file:///w docker://mirror:5000/ocp --v2"),
+            &commands,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(m2m.workspace.as_deref(), Some("/w"));
+        assert_eq!(m2m.destination, "docker://mirror:5000/ocp");
+        let d2m = parse(
+            &args("-c isc.yaml --from file:///data docker://m:5000 --authfile a.json"),
+            &commands,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(d2m.from.as_deref(), Some("/data"));
+        assert_eq!(d2m.rest, args("--authfile a.json"));
+    }
+
+    #[test]
+    fn airlock_forms_pass_and_refusals_name_the_flag() {
+        let commands = ["create", "mirror", "publish"];
+        assert_eq!(parse(&args("create --config x --out d"), &commands), None);
+        assert_eq!(
+            parse(&args("--log-level debug create --out d"), &commands),
+            None
+        );
+        assert_eq!(parse(&args("--help"), &commands), None);
+        let e = parse(&args("-c i.yaml file:///d --since 2024-01-01"), &commands)
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.starts_with("--since: oc-mirror's flag, not acted on by Airlock: "),
+            "{e}"
+        );
+        let e = parse(&args("file:///d"), &commands).unwrap().unwrap_err();
+        assert!(e.contains("-c/--config"), "{e}");
+        let e = parse(&args("-c i --from /plain docker://m"), &commands)
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("expected file://DIR"), "{e}");
+    }
+}
