@@ -24,8 +24,14 @@ pub const IDMS_FILE: &str = "idms-oc-mirror.yaml";
 /// File name of the tag mirror sets.
 pub const ITMS_FILE: &str = "itms-oc-mirror.yaml";
 /// File name of the digest mirrors as `ImageContentSourcePolicy`, for clusters
-/// before OpenShift 4.13 (oc-mirror v1's name).
+/// before OpenShift 4.13 (oc-mirror v1's name), in [`LEGACY_DIR`].
 pub const ICSP_FILE: &str = "imageContentSourcePolicy.yaml";
+/// Subdirectory of what only clusters before OpenShift 4.13 take: apart, so that
+/// `oc apply -f cluster-resources/` never gives a newer cluster both ICSPs and
+/// mirror sets for the same sources.
+pub const LEGACY_DIR: &str = "pre-4.13";
+/// [`ICSP_FILE`] in [`LEGACY_DIR`], relative to the cluster-resources directory.
+const LEGACY_ICSP: &str = "pre-4.13/imageContentSourcePolicy.yaml";
 /// File names of the release signature `ConfigMap` (the same object twice, as
 /// oc-mirror writes it).
 pub const SIGNATURE_FILES: [&str; 2] = ["signature-configmap.json", "signature-configmap.yaml"];
@@ -460,7 +466,7 @@ pub fn write(dir: &Path, resources: &ClusterResources) -> std::io::Result<Vec<Pa
     let files = [
         (IDMS_FILE, idms(&resources.mirrored)),
         (ITMS_FILE, itms(&resources.mirrored)),
-        (ICSP_FILE, icsp(&resources.mirrored)),
+        (LEGACY_ICSP, icsp(&resources.mirrored)),
         (SIGNATURE_FILES[0], sig_json),
         (SIGNATURE_FILES[1], sig_yaml),
         (
@@ -499,15 +505,24 @@ pub fn write(dir: &Path, resources: &ClusterResources) -> std::io::Result<Vec<Pa
         let path = dir.join(file);
         match content {
             Some(text) => {
-                let tmp = dir.join(format!(".{file}.tmp"));
+                let parent = path.parent().unwrap_or(dir);
+                std::fs::create_dir_all(parent)?;
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                let tmp = parent.join(format!(".{name}.tmp"));
                 std::fs::write(&tmp, text)?;
                 std::fs::rename(&tmp, &path)?;
                 written.push(path);
             }
-            None => match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            },
+            None => {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                // A subdirectory left empty goes too (it fails while not empty).
+                if let Some(parent) = path.parent().filter(|p| *p != dir) {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
         }
     }
     Ok(written)

@@ -360,6 +360,11 @@ pub fn from_oc_mirror(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsS
         if m.from.is_some() {
             return Err("--from file://DIR is oc-mirror's disk to mirror: run it on the disconnected side, airlock-disconnected -c ISC.yaml --from file://DIR docker://HOST[/PREFIX]".into());
         }
+        // Mirror to disk has no destination registry: its flags do nothing there.
+        let rest = match m.destination.starts_with("file://") {
+            true => m.rest_without(airlock_common::cli::oc_mirror::DESTINATION_FLAGS),
+            false => m.rest.clone(),
+        };
         let mut out: Vec<String> = match m.destination.strip_prefix("file://") {
             Some(dir) => {
                 let workspace = m
@@ -388,7 +393,7 @@ pub fn from_oc_mirror(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsS
                 out
             }
         };
-        out.extend(m.rest);
+        out.extend(rest);
         Ok(out)
     })
 }

@@ -177,12 +177,31 @@ impl std::fmt::Display for Missing {
 
 /// [`resolve_all`], leaving out the images that cannot be resolved instead of
 /// failing (`--continue-on-error`): the specs kept, their resolutions, and what
-/// was left out.
+/// was left out. A release, its components, a catalog or the graph image is
+/// never left out: each is part of a whole that would be shipped incomplete
+/// (a release whose component is missing fails every upgrade to it), so its
+/// failure is the run's.
 pub async fn resolve_available(
     specs: Vec<ImageSpec>,
     pool: &Pool,
-) -> (Vec<ImageSpec>, Vec<Arc<Resolved>>, Vec<Missing>) {
-    let (slots, each) = resolve_each(&specs, pool).await;
+) -> Result<(Vec<ImageSpec>, Vec<Arc<Resolved>>, Vec<Missing>), CollectError> {
+    use airlock_common::imageset::ImageKind;
+    let (slots, mut each) = resolve_each(&specs, pool).await;
+    if let Some(&slot) = specs.iter().zip(&slots).find_map(|(spec, slot)| {
+        let whole = matches!(
+            spec.kind,
+            ImageKind::Release
+                | ImageKind::ReleaseComponent
+                | ImageKind::Catalog
+                | ImageKind::GraphData
+        );
+        (whole && each[*slot].is_err()).then_some(slot)
+    }) {
+        return Err(each
+            .swap_remove(slot)
+            .map(drop)
+            .expect_err("the slot was checked to hold an error"));
+    }
     let (mut kept, mut resolved, mut missing) = (Vec::new(), Vec::new(), Vec::new());
     for (spec, slot) in specs.into_iter().zip(slots) {
         match &each[slot] {
@@ -201,7 +220,7 @@ pub async fn resolve_available(
             }
         }
     }
-    (kept, resolved, missing)
+    Ok((kept, resolved, missing))
 }
 
 /// The content of an imageset from `specs` and their resolutions (one each, in

@@ -236,7 +236,7 @@ async fn collect_allowed(
     let (images, mut blocked) = policy::apply_blocklist(images, &blocklist)?;
     let bases = BaseImages::resolve(loaded.blocked_base_images(), pool).await?;
     let (mut images, mut resolved, missing) = if tolerate {
-        collect::resolve_available(images, pool).await
+        collect::resolve_available(images, pool).await?
     } else {
         let resolved = collect::resolve_all(&images, pool).await?;
         (images, resolved, Vec::new())
@@ -348,6 +348,12 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         Some(previous) if !missing.is_empty() => carry_over(previous, &mut missing, &mut collected),
         _ => HashSet::new(),
     };
+    if opts.full && !missing.is_empty() {
+        tracing::warn!(
+            missing = missing.len(),
+            "--full starts afresh, so images left out are not carried over: the site removes those it had when it publishes this imageset"
+        );
+    }
     let missing_file = write_missing(&opts.out, &missing)?;
     if collected.images.is_empty() && !missing.is_empty() {
         return Err(Error::Usage(format!(

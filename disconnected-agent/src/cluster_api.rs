@@ -217,11 +217,13 @@ pub fn desired(dir: &Path, minor: Option<u64>) -> Result<(Vec<Desired>, Vec<Stri
     };
     files.sort();
     let legacy = minor.is_some_and(|m| m < 13);
-    // Written beside the IDMS since it exists; a directory written before has
-    // the IDMS alone, turned into ICSPs here.
-    let icsp_file = files
-        .iter()
-        .any(|f| f.file_name().is_some_and(|n| n == resources::ICSP_FILE));
+    // Written apart for clusters before 4.13; a directory written before it
+    // existed has the IDMS alone, turned into ICSPs here.
+    let legacy_file = dir.join(resources::LEGACY_DIR).join(resources::ICSP_FILE);
+    let icsp_file = legacy_file.is_file();
+    if legacy && icsp_file {
+        files.push(legacy_file);
+    }
     let mut out = Vec::new();
     let mut notes = Vec::new();
     for f in files {
@@ -770,7 +772,12 @@ mod tests {
         assert_eq!(labels(12), ["ImageContentSourcePolicy icsp-release-0"]);
         assert_eq!(labels(14), ["ImageDigestMirrorSet idms-release-0"]);
         let (from_file, _) = desired(dir.path(), Some(12)).unwrap();
-        std::fs::remove_file(dir.path().join(resources::ICSP_FILE)).unwrap();
+        std::fs::remove_file(
+            dir.path()
+                .join(resources::LEGACY_DIR)
+                .join(resources::ICSP_FILE),
+        )
+        .unwrap();
         let (converted, _) = desired(dir.path(), Some(12)).unwrap();
         assert_eq!(
             converted[0].object, from_file[0].object,

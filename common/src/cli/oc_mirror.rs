@@ -51,7 +51,7 @@ const REFUSED: &[(&str, &str)] = &[
 /// oc-mirror flags that Airlock spells differently.
 const RENAMED: &[(&str, &str)] = &[("--parallel-layers", "--parallel")];
 
-/// oc-mirror flags that take no value.
+/// Flags that take no value, oc-mirror's and Airlock's.
 const SWITCHES: &[&str] = &[
     "--v2",
     "--dry-run",
@@ -60,7 +60,17 @@ const SWITCHES: &[&str] = &[
     "--dest-tls-verify",
     "--src-tls-verify",
     "--skip-pruning",
+    "--full",
+    "--empty-store",
+    "--ignore-release-signature",
+    "--help",
+    "-h",
 ];
+
+/// Flags about the destination registry, which mirror to disk has none of:
+/// oc-mirror takes them there without effect, and so does this.
+pub const DESTINATION_FLAGS: &[&str] =
+    &["--dest-tls-verify", "--dest-cert-dir", "--max-nested-paths"];
 
 /// What an oc-mirror command line asks for, in Airlock's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +87,26 @@ pub struct OcMirror {
     pub rest: Vec<String>,
 }
 
+impl OcMirror {
+    /// [`OcMirror::rest`] without the flags in `flags` (and their values).
+    pub fn rest_without(&self, flags: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut skip_value = false;
+        for arg in &self.rest {
+            if std::mem::take(&mut skip_value) {
+                continue;
+            }
+            let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
+            if flags.contains(&name) {
+                skip_value = !arg.contains('=') && !SWITCHES.contains(&name);
+                continue;
+            }
+            out.push(arg.clone());
+        }
+        out
+    }
+}
+
 /// `args` (without the program name) in oc-mirror's form, or `None` when they
 /// are in Airlock's own (they name one of `commands`, or have no `file://` or
 /// `docker://` positional). `Err` names a refused flag, or what is missing.
@@ -90,7 +120,7 @@ pub fn parse(args: &[String], commands: &[&str]) -> Option<Result<OcMirror, Stri
     while i < args.len() {
         let arg = &args[i];
         let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            Some((n, v)) if n.starts_with("--") || n == "-c" => (n, Some(v.to_string())),
             _ => (arg.as_str(), None),
         };
         let takes_value = name.starts_with('-') && !SWITCHES.contains(&name) && inline.is_none();
@@ -209,6 +239,18 @@ mod tests {
         assert_eq!(m2d.config, "isc.yaml");
         assert_eq!(m2d.destination, "file:///data/mirror");
         assert_eq!(m2d.rest, args("--dest-tls-verify=false --parallel 4"));
+        assert_eq!(m2d.rest_without(DESTINATION_FLAGS), args("--parallel 4"));
+        let full = parse(
+            &args("-c=isc.yaml --full file:///d --max-nested-paths 2"),
+            &commands,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (full.config.as_str(), full.destination.as_str()),
+            ("isc.yaml", "file:///d")
+        );
+        assert_eq!(full.rest_without(DESTINATION_FLAGS), args("--full"));
         let m2m = parse(
             &args("--config=isc.yaml --workspace file:///w docker://mirror:5000/ocp --v2"),
             &commands,

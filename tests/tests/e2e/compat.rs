@@ -228,6 +228,7 @@ fn oc_mirror_command_lines_work_unchanged() {
         &format!("file://{}", dir.display()),
         "--v2",
         "--src-tls-verify=false",
+        "--dest-tls-verify=false",
     ]);
     assert_eq!(m2d.code, 0, "{m2d}");
     assert!(!chunk_files(&dir).is_empty(), "{m2d}");

@@ -40,7 +40,8 @@ fn create_then_publish_in_shuffled_order_is_byte_exact() {
     let itms = std::fs::read_to_string(resources.join("itms-oc-mirror.yaml")).unwrap();
     assert!(idms.contains("kind: ImageDigestMirrorSet"), "{idms}");
     // For clusters before 4.13, the digest mirrors as oc-mirror v1 wrote them.
-    let icsp = std::fs::read_to_string(resources.join("imageContentSourcePolicy.yaml")).unwrap();
+    let icsp =
+        std::fs::read_to_string(resources.join("pre-4.13/imageContentSourcePolicy.yaml")).unwrap();
     assert!(
         icsp.contains("kind: ImageContentSourcePolicy")
             && icsp.contains(&format!("source: {}/team", source.addr())),

@@ -978,3 +978,56 @@ fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignore
         r.manifest
     );
 }
+
+#[test]
+fn continue_on_error_never_leaves_out_a_release_component() {
+    // A release whose component cannot be pulled would fail every upgrade to
+    // it at the mirror: the run stops, flag or not.
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let service = UpdateService::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = ImageBuilder::new(Format::Oci).layer(82, 20_000).build();
+    let mut comps = push_components(&client, &src, &[("cli", &cli)]);
+    let ghost = ImageBuilder::new(Format::Oci).layer(83, 20_000).build();
+    comps.push((
+        "ghost".into(),
+        format!(
+            "{}/openshift-release-dev/ocp-v4.0-art-dev@{}",
+            src.addr(),
+            ghost.digest
+        ),
+    ));
+    let r = release_image("4.21.0", "amd64", &layer(84, 10_000), &refs(&comps));
+    r.push(
+        &client,
+        "openshift-release-dev/ocp-release",
+        Some("4.21.0-x86_64"),
+    )
+    .unwrap();
+    let payload = format!(
+        "{}/openshift-release-dev/ocp-release@{}",
+        src.addr(),
+        r.digest
+    );
+    service.set_graph(
+        "stable-4.21",
+        "amd64",
+        graph("stable-4.21", &[("4.21.0", payload)], &[]),
+    );
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}mirror:\n  platform:\n    channels:\n    - name: stable-4.21\n"),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let mut cmd = create_cmd(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
+    cmd.arg("--update-url")
+        .arg(service.graph_url())
+        .args(["--ignore-release-signature", "--continue-on-error"]);
+    let stopped = run(&mut cmd);
+    assert_eq!(stopped.code, EX_UNAVAILABLE, "{stopped}");
+    assert!(stopped.stderr.contains(&ghost.digest), "{stopped}");
+    assert!(!out.exists() || chunk_files(&out).is_empty(), "{stopped}");
+}
