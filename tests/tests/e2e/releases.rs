@@ -807,18 +807,20 @@ fn read_manifest(dir: &Path) -> airlock_common::imageset::ImagesetManifest {
         .clone()
 }
 
-#[test]
-fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignored() {
-    let src = Registry::plain().unwrap();
-    let dest = Registry::plain().unwrap();
-    let client = PushClient::new(&src).unwrap();
-    let service = UpdateService::start().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let cli = ImageBuilder::new(Format::Oci).layer(80, 20_000).build();
-    let comps = push_components(&client, &src, &[("cli", &cli)]);
-    let r = release_image("4.21.0", "amd64", &layer(81, 10_000), &refs(&comps));
+/// Release 4.21.0 of `comps` (its own layer from `seed`) pushed to `src`, alone
+/// in channel stable-4.21 of `service`, and a configuration in `dir` selecting
+/// that channel; with the release image.
+fn release_4_21(
+    client: &PushClient,
+    src: &Registry,
+    service: &UpdateService,
+    dir: &Path,
+    comps: &[(String, String)],
+    seed: u64,
+) -> (std::path::PathBuf, Image) {
+    let r = release_image("4.21.0", "amd64", &layer(seed, 10_000), &refs(comps));
     r.push(
-        &client,
+        client,
         "openshift-release-dev/ocp-release",
         Some("4.21.0-x86_64"),
     )
@@ -833,12 +835,25 @@ fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignore
         "amd64",
         graph("stable-4.21", &[("4.21.0", payload)], &[]),
     );
-    let config = tmp.path().join("isc.yaml");
+    let config = dir.join("isc.yaml");
     std::fs::write(
         &config,
         format!("{HEAD}mirror:\n  platform:\n    channels:\n    - name: stable-4.21\n"),
     )
     .unwrap();
+    (config, r)
+}
+
+#[test]
+fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignored() {
+    let src = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let service = UpdateService::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = ImageBuilder::new(Format::Oci).layer(80, 20_000).build();
+    let comps = push_components(&client, &src, &[("cli", &cli)]);
+    let (config, r) = release_4_21(&client, &src, &service, tmp.path(), &comps, 81);
     let signer = ReleaseSigner::new();
     let keyring = tmp.path().join("release-key.asc");
     std::fs::write(&keyring, signer.public_key()).unwrap();
@@ -998,29 +1013,7 @@ fn continue_on_error_never_leaves_out_a_release_component() {
             ghost.digest
         ),
     ));
-    let r = release_image("4.21.0", "amd64", &layer(84, 10_000), &refs(&comps));
-    r.push(
-        &client,
-        "openshift-release-dev/ocp-release",
-        Some("4.21.0-x86_64"),
-    )
-    .unwrap();
-    let payload = format!(
-        "{}/openshift-release-dev/ocp-release@{}",
-        src.addr(),
-        r.digest
-    );
-    service.set_graph(
-        "stable-4.21",
-        "amd64",
-        graph("stable-4.21", &[("4.21.0", payload)], &[]),
-    );
-    let config = tmp.path().join("isc.yaml");
-    std::fs::write(
-        &config,
-        format!("{HEAD}mirror:\n  platform:\n    channels:\n    - name: stable-4.21\n"),
-    )
-    .unwrap();
+    let (config, _) = release_4_21(&client, &src, &service, tmp.path(), &comps, 84);
     let out = tmp.path().join("out");
     let mut cmd = create_cmd(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
     cmd.arg("--update-url")
