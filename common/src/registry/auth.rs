@@ -448,16 +448,21 @@ mod tests {
         std::fs::write(path, text).unwrap();
     }
 
+    /// A credential helper script at `path`.
+    fn executable(path: &Path, script: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        write(path, script);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
     #[test]
     fn credential_helpers_are_asked_for_what_the_file_does_not_hold_inline() {
-        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let helper = dir.path().join("bin/docker-credential-airlocktest");
-        write(
+        executable(
             &helper,
             "#!/bin/sh\nread host\ncase \"$host\" in\n  registry.example.com) echo '{\"ServerURL\":\"registry.example.com\",\"Username\":\"robot\",\"Secret\":\"s3cret\"}';;\n  *) echo 'credentials not found in native keychain'; exit 1;;\nesac\n",
         );
-        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
         let src = source(dir.path());
         let file = dir.path().join("run/containers/auth.json");
         let creds = |r: &str| {
@@ -506,11 +511,10 @@ mod tests {
         // A helper that fails otherwise (a locked keychain) is an error, not a
         // quiet anonymous pull.
         let locked = dir.path().join("bin/docker-credential-locked");
-        write(
+        executable(
             &locked,
             "#!/bin/sh\necho 'keychain is locked' >&2\nexit 1\n",
         );
-        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
         write(
             &file,
             r#"{"credHelpers":{"registry.example.com":"locked"}}"#,
@@ -640,7 +644,6 @@ mod tests {
 
     #[test]
     fn identity_tokens_come_from_the_file_and_from_helpers() {
-        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let src = source(dir.path());
         let file = dir.path().join("run/containers/auth.json");
@@ -660,11 +663,10 @@ mod tests {
         assert_eq!(token("plain.example"), None, "an empty one is none");
         // A helper answers `<token>` for the user to hand one out.
         let helper = dir.path().join("bin/docker-credential-tok");
-        write(
+        executable(
             &helper,
             "#!/bin/sh\nread host\necho '{\"Username\":\"<token>\",\"Secret\":\"refresh-3\"}'\n",
         );
-        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
         write(&file, r#"{"credsStore":"tok"}"#);
         let c = src.lookup("acr.example", "a").unwrap().unwrap();
         assert_eq!(c.identity_token.as_deref(), Some("refresh-3"));

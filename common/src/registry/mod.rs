@@ -513,14 +513,29 @@ fn location(base: &reqwest::Url, response: &reqwest::Response) -> Option<reqwest
     base.join(location).ok()
 }
 
+/// Whether a credential is an identity token (an OAuth2 refresh token, only
+/// ever exchanged at the token service).
+fn is_identity(credentials: &Option<Credentials>) -> bool {
+    credentials
+        .as_ref()
+        .is_some_and(|c| c.identity_token.is_some())
+}
+
+/// The user name and password a credential sends as basic auth: none for an
+/// identity token, which never goes to a registry.
+fn basic(credentials: &Option<Credentials>) -> Option<(&str, &str)> {
+    credentials
+        .as_ref()
+        .filter(|_| !is_identity(credentials))
+        .map(|c| (c.username.as_str(), c.password.as_str()))
+}
+
 /// What oci-client is given for a credential: never an identity token, which it
 /// would send as an access token (it is a refresh token, exchanged here).
 fn oci_auth(credentials: &Option<Credentials>) -> RegistryAuth {
-    match credentials {
-        Some(c) if c.identity_token.is_none() => {
-            RegistryAuth::Basic(c.username.clone(), c.password.clone())
-        }
-        _ => RegistryAuth::Anonymous,
+    match basic(credentials) {
+        Some((user, password)) => RegistryAuth::Basic(user.into(), password.into()),
+        None => RegistryAuth::Anonymous,
     }
 }
 
@@ -920,10 +935,7 @@ impl RegistryClient {
         }
         let r = self.by_reference(repository, "latest");
         let credentials = self.credentials_for(repository).0;
-        let token = if credentials
-            .as_ref()
-            .is_some_and(|c| c.identity_token.is_some())
-        {
+        let token = if is_identity(&credentials) {
             Some(
                 self.identity_access(repository, "pull,push", fresh, target)
                     .await?,
@@ -982,9 +994,7 @@ impl RegistryClient {
     {
         let (credentials, own) = self.credentials_for(repository);
         let r = self.by_reference(repository, "latest");
-        let identity = credentials
-            .as_ref()
-            .is_some_and(|c| c.identity_token.is_some());
+        let identity = is_identity(&credentials);
         // oci-client would ask with the registry's credential, and can do nothing
         // with an identity token: it is given this repository's pull token.
         let authorise = |fresh: bool| {
@@ -1058,11 +1068,9 @@ impl RegistryClient {
     ) -> Result<reqwest::RequestBuilder, RegistryError> {
         Ok(match self.token(repository, target, fresh).await? {
             Some(token) => request.bearer_auth(token),
-            None => match self.credentials_for(repository).0 {
-                Some(c) if c.identity_token.is_none() => {
-                    request.basic_auth(c.username, Some(c.password))
-                }
-                _ => request,
+            None => match basic(&self.credentials_for(repository).0) {
+                Some((user, password)) => request.basic_auth(user, Some(password)),
+                None => request,
             },
         })
     }
@@ -1153,9 +1161,7 @@ impl RegistryClient {
         // The credential of the repository the (first) scope names.
         let repository = challenge.scope.split(':').nth(1).unwrap_or_default();
         let credentials = self.credentials_for(repository).0;
-        let identity = credentials
-            .as_ref()
-            .is_some_and(|c| c.identity_token.is_some());
+        let identity = is_identity(&credentials);
         let request = match credentials {
             // An identity token is an OAuth2 refresh token: POSTed to the realm
             // (distribution's oauth flow, as containers/image does), the scopes
