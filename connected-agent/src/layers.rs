@@ -34,6 +34,9 @@ pub struct Overlay {
     dir: String,
     limits: Limits,
     total: u64,
+    /// The files to keep, by relative path (`None`: every file). A release
+    /// payload's directory holds hundreds of manifests, of which three matter.
+    only: Option<Vec<String>>,
     /// Files found, by path relative to the directory.
     files: BTreeMap<String, Vec<u8>>,
     /// Paths (files or directories) removed by a layer above.
@@ -67,11 +70,18 @@ impl Overlay {
             dir: dir.trim_matches('/').to_string(),
             limits,
             total: 0,
+            only: None,
             files: BTreeMap::new(),
             removed: Vec::new(),
             opaque: Vec::new(),
             sealed: false,
         }
+    }
+
+    /// Keeps only the files at `rels` (whiteouts are still followed for all).
+    pub fn only(mut self, rels: &[&str]) -> Self {
+        self.only = Some(rels.iter().map(|r| r.to_string()).collect());
+        self
     }
 
     /// Whether lower layers can no longer change anything.
@@ -160,7 +170,12 @@ impl Overlay {
                 continue;
             }
             let kind = entry.header().entry_type();
-            if kind.is_dir() {
+            if kind.is_dir()
+                || self
+                    .only
+                    .as_ref()
+                    .is_some_and(|o| !o.iter().any(|w| w == rel))
+            {
                 continue;
             }
             if !kind.is_file() {
@@ -401,5 +416,31 @@ mod tests {
         let entries: Vec<(&str, &[u8])> = many.iter().map(|(p, b)| (p.as_str(), *b)).collect();
         let e = read("configs", &[tar_of(&entries)]).unwrap_err();
         assert!(e.contains("in all"), "{e}");
+    }
+
+    /// Regression: a release payload's `release-manifests/` holds hundreds of
+    /// cluster manifests; holding them all counted against the bound on files
+    /// kept, so a large payload could be refused for files nobody reads.
+    #[test]
+    fn only_the_files_asked_for_are_kept_and_counted() {
+        let big = vec![b'x'; (LIMITS.file - 1) as usize];
+        let mut entries: Vec<(String, &[u8])> = (0..8)
+            .map(|i| (format!("release-manifests/0000_{i}_crd.yaml"), &big[..]))
+            .collect();
+        entries.push(("release-manifests/image-references".into(), b"refs"));
+        let entries: Vec<(&str, &[u8])> = entries.iter().map(|(p, b)| (p.as_str(), *b)).collect();
+        let layer = tar_of(&entries);
+        let lower = tar_of(&[("release-manifests/release-metadata", b"meta")]);
+        assert!(read("release-manifests", std::slice::from_ref(&layer)).is_err());
+        let mut o = Overlay::new("release-manifests", LIMITS)
+            .only(&["image-references", "release-metadata"]);
+        o.scan_layer(&mut &layer[..]).unwrap();
+        assert!(o.decided("image-references") && !o.decided("release-metadata"));
+        o.scan_layer(&mut &lower[..]).unwrap();
+        let files = o.into_files();
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            ["image-references", "release-metadata"]
+        );
     }
 }

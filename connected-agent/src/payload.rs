@@ -10,6 +10,11 @@
 //! so the registry client checks its digest: a forged layer is an error, not a
 //! silently different list of images.
 //!
+//! With `kubeVirtContainer`, a third file is read: the installer's RHCOS
+//! boot-image stream `release-manifests/0000_50_installer_coreos-bootimages.yaml`,
+//! a ConfigMap whose `data.stream` JSON names, per architecture, the KubeVirt
+//! container disk image (`architectures.<arch>.images.kubevirt.digest-ref`).
+//!
 //! A multi-architecture payload is a manifest list of complete release images; every
 //! child is read and their component lists are merged (they name the same component
 //! manifest lists in real payloads).
@@ -29,6 +34,7 @@ use crate::layers::{self, LayerError, Limits, Overlay, read_layer};
 const DIR: &str = "release-manifests";
 const REFERENCES: &str = "image-references";
 const METADATA: &str = "release-metadata";
+const BOOTIMAGES: &str = "0000_50_installer_coreos-bootimages.yaml";
 /// Either file larger than this is refused (the real image-references is ~120 KiB).
 const MAX_FILE: u64 = 16 << 20;
 const LIMITS: Limits = Limits {
@@ -118,10 +124,14 @@ pub struct Payload {
     pub metadata: Metadata,
     /// Every component, sorted by name.
     pub components: Vec<Component>,
+    /// When asked for: the KubeVirt container disk image of each architecture
+    /// the boot-image stream names one for, by the stream's key (`x86_64`, `s390x`).
+    pub kubevirt: BTreeMap<String, ImageRef>,
 }
 
-/// Reads the payload of `image`.
-pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError> {
+/// Reads the payload of `image`; with `kubevirt`, also the KubeVirt container
+/// images its boot-image stream names (an error if it names none).
+pub async fn read(pool: &Pool, image: &ImageRef, kubevirt: bool) -> Result<Payload, PayloadError> {
     let name = image.to_string();
     let reg = |source| PayloadError::Registry {
         image: name.clone(),
@@ -164,6 +174,7 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
     };
     let mut metadata: Option<Metadata> = None;
     let mut components: BTreeMap<String, ImageRef> = BTreeMap::new();
+    let mut kubevirt_images: BTreeMap<String, ImageRef> = BTreeMap::new();
     for (digest, parsed) in &images {
         let ManifestKind::Image { layers, .. } = &parsed.kind else {
             return Err(invalid(format!(
@@ -171,13 +182,39 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
                 digest
             )));
         };
-        let mut found = Overlay::new(DIR, LIMITS);
+        let wanted: &[&str] = if kubevirt {
+            &[REFERENCES, METADATA, BOOTIMAGES]
+        } else {
+            &[REFERENCES, METADATA]
+        };
+        let mut found = Overlay::new(DIR, LIMITS).only(wanted);
         for layer in layers.iter().rev() {
             found = read_layer(client, image.repository(), &layer.digest, found)
                 .await
                 .map_err(layer_err)?;
-            if found.is_sealed() || (found.decided(REFERENCES) && found.decided(METADATA)) {
+            if found.is_sealed() || wanted.iter().all(|w| found.decided(w)) {
                 break;
+            }
+        }
+        if kubevirt {
+            let stream = found.get(BOOTIMAGES).ok_or_else(|| {
+                invalid(format!(
+                    "kubeVirtContainer: image {digest} has no {DIR}/{BOOTIMAGES}, where a release names its KubeVirt container image; remove mirror.platform.kubeVirtContainer to mirror releases without it"
+                ))
+            })?;
+            let named = parse_kubevirt(stream)
+                .map_err(|e| invalid(format!("kubeVirtContainer: {DIR}/{BOOTIMAGES}: {e}")))?;
+            for (arch, r) in named {
+                match kubevirt_images.get(&arch) {
+                    Some(existing) if *existing != r => {
+                        return Err(invalid(format!(
+                            "kubeVirtContainer: the images of its manifest list name different KubeVirt images for {arch} ({existing} and {r})"
+                        )));
+                    }
+                    _ => {
+                        kubevirt_images.insert(arch, r);
+                    }
+                }
             }
         }
         let refs = found.get(REFERENCES).ok_or_else(|| {
@@ -232,6 +269,7 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<Payload, PayloadError
             .into_iter()
             .map(|(name, image)| Component { name, image })
             .collect(),
+        kubevirt: kubevirt_images,
     })
 }
 
@@ -293,6 +331,66 @@ pub(crate) async fn small_blob(
         ));
     }
     Ok(bytes)
+}
+
+/// Parses the boot-image ConfigMap: the KubeVirt image of each architecture that
+/// has one, which must be named by digest (it is what clusters boot from).
+pub fn parse_kubevirt(bytes: &[u8]) -> Result<BTreeMap<String, ImageRef>, String> {
+    #[derive(Deserialize)]
+    struct ConfigMap {
+        kind: String,
+        data: Data,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        stream: String,
+    }
+    #[derive(Deserialize)]
+    struct Stream {
+        architectures: BTreeMap<String, Arch>,
+    }
+    #[derive(Deserialize)]
+    struct Arch {
+        #[serde(default)]
+        images: Images,
+    }
+    #[derive(Deserialize, Default)]
+    struct Images {
+        kubevirt: Option<KubeVirt>,
+    }
+    #[derive(Deserialize)]
+    struct KubeVirt {
+        #[serde(rename = "digest-ref", default)]
+        digest_ref: String,
+    }
+    let map: ConfigMap = serde_yaml_ng::from_slice(bytes).map_err(|e| e.to_string())?;
+    if map.kind != "ConfigMap" {
+        return Err(format!("kind is {:?}, expected ConfigMap", map.kind));
+    }
+    let stream: Stream =
+        serde_json::from_str(&map.data.stream).map_err(|e| format!("data.stream: {e}"))?;
+    let mut out = BTreeMap::new();
+    for (arch, a) in stream.architectures {
+        let Some(k) = a.images.kubevirt.filter(|k| !k.digest_ref.is_empty()) else {
+            continue;
+        };
+        let at = format!("data.stream: architectures.{arch}.images.kubevirt.digest-ref");
+        let image: ImageRef = k
+            .digest_ref
+            .parse()
+            .map_err(|e| format!("{at}: {:?} is not an image reference: {e}", k.digest_ref))?;
+        if image.digest().is_none() {
+            return Err(format!("{at}: {:?} is not named by digest", k.digest_ref));
+        }
+        out.insert(arch, image);
+    }
+    if out.is_empty() {
+        return Err(
+            "data.stream names no KubeVirt image (images.kubevirt.digest-ref) for any architecture"
+                .into(),
+        );
+    }
+    Ok(out)
 }
 
 /// Parses `image-references`: every tag's `from` must be a `DockerImage` pull spec.
@@ -378,5 +476,83 @@ mod tests {
         assert!(e.contains("appears twice"), "{e}");
         let e = parse_references(br#"{"kind":"ImageStream","spec":{"tags":[{"name":"a","from":{"kind":"ImageStreamTag","name":"x"}}]}}"#).unwrap_err();
         assert!(e.contains("expected DockerImage"), "{e}");
+    }
+
+    /// The ConfigMap as the installer ships it in a release (abridged: a real
+    /// stream lists every cloud's images and artifacts for four architectures;
+    /// aarch64 and ppc64le carry no KubeVirt image).
+    const BOOTIMAGES_415: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  annotations:
+    include.release.openshift.io/ibm-cloud-managed: "true"
+    include.release.openshift.io/self-managed-high-availability: "true"
+    include.release.openshift.io/single-node-developer: "true"
+  name: coreos-bootimages
+  namespace: openshift-machine-config-operator
+data:
+  releaseVersion: 0.0.1-snapshot
+  stream: |
+    {
+      "stream": "rhcos-4.15",
+      "metadata": {"last-modified": "2023-11-28T19:16:20Z", "generator": "plume cosa2stream 8d8e5e7"},
+      "architectures": {
+        "aarch64": {"artifacts": {"metal": {"release": "415.92.202311241643-0", "formats": {}}},
+                    "images": {"aws": {"regions": {"us-east-1": {"release": "415.92.202311241643-0", "image": "ami-0b8e8e0b1fd0b5d39"}}}}},
+        "ppc64le": {"artifacts": {}, "images": {}},
+        "s390x": {"artifacts": {}, "images": {"kubevirt": {"release": "415.92.202311241643-0",
+                   "image": "quay.io/openshift-release-dev/ocp-v4.0-art-dev",
+                   "digest-ref": "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:5d2a5e3f0f3e6c1c88b1e1a2b1be8f71e4d8e2c38c2bc2f4fa2a96f8b3c8a0e1"}}},
+        "x86_64": {"artifacts": {}, "images": {
+                   "gcp": {"release": "415-92-202311241643-0", "project": "rhcos-cloud", "name": "rhcos-415-92-202311241643-0-gcp-x86-64"},
+                   "kubevirt": {"release": "415.92.202311241643-0",
+                   "image": "quay.io/openshift-release-dev/ocp-v4.0-art-dev",
+                   "digest-ref": "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:8a8b2bd3d4ec0e0d8a2b0a8b2d3c7f0f1e1c4bb2c27b6c1c5d5fb1e2c0f5e3a7"}}}
+      }
+    }
+"#;
+
+    #[test]
+    fn the_boot_image_stream_names_a_kubevirt_image_per_architecture_that_has_one() {
+        let k = parse_kubevirt(BOOTIMAGES_415.as_bytes()).unwrap();
+        assert_eq!(k.keys().collect::<Vec<_>>(), ["s390x", "x86_64"]);
+        assert_eq!(
+            k["x86_64"].to_string(),
+            "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:8a8b2bd3d4ec0e0d8a2b0a8b2d3c7f0f1e1c4bb2c27b6c1c5d5fb1e2c0f5e3a7"
+        );
+    }
+
+    #[test]
+    fn hostile_boot_image_streams_are_refused() {
+        let with = |digest_ref: &str| {
+            BOOTIMAGES_415.replace(
+                "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:8a8b2bd3d4ec0e0d8a2b0a8b2d3c7f0f1e1c4bb2c27b6c1c5d5fb1e2c0f5e3a7",
+                digest_ref,
+            )
+        };
+        let e = parse_kubevirt(with("quay.io/x/y:latest").as_bytes()).unwrap_err();
+        assert!(
+            e.contains("architectures.x86_64.images.kubevirt.digest-ref")
+                && e.contains("not named by digest"),
+            "{e}"
+        );
+        let e = parse_kubevirt(with("../../etc/passwd").as_bytes()).unwrap_err();
+        assert!(e.contains("not an image reference"), "{e}");
+        let e = parse_kubevirt(
+            BOOTIMAGES_415
+                .replace("kind: ConfigMap", "kind: Secret")
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.contains("expected ConfigMap"), "{e}");
+        let e = parse_kubevirt(
+            BOOTIMAGES_415
+                .replace("\"kubevirt\"", "\"other\"")
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.contains("names no KubeVirt image"), "{e}");
+        let e = parse_kubevirt(b"kind: ConfigMap\ndata:\n  stream: '{not json'\n").unwrap_err();
+        assert!(e.starts_with("data.stream:"), "{e}");
     }
 }

@@ -71,7 +71,7 @@ pub async fn list(
         return Ok(Vec::new());
     };
     if let Some(release) = &platform.release {
-        return Ok(vec![direct(release, pool).await?.0]);
+        return Ok(vec![direct(release, pool, false).await?.0]);
     }
     select::select(platform, "mirror", updates)
         .await
@@ -80,11 +80,11 @@ pub async fn list(
 
 /// `platform.release` names a release image without a graph: its version and
 /// architecture come from the payload itself.
-async fn direct(release: &str, pool: &Pool) -> Result<(Selected, Payload), Error> {
+async fn direct(release: &str, pool: &Pool, kubevirt: bool) -> Result<(Selected, Payload), Error> {
     let image: ImageRef = release
         .parse()
         .map_err(|e| Error::Usage(format!("mirror.platform.release: {release:?}: {e}")))?;
-    let payload = payload::read(pool, &image).await?;
+    let payload = payload::read(pool, &image, kubevirt).await?;
     let selected = Selected {
         channel: String::new(),
         arch: payload.arch.clone(),
@@ -112,8 +112,9 @@ pub async fn resolve(
     let Some(platform) = platform(loaded) else {
         return Ok(Releases::default());
     };
+    let kubevirt = platform.kube_virt_container;
     let selected = if let Some(release) = &platform.release {
-        vec![direct(release, pool).await?]
+        vec![direct(release, pool, kubevirt).await?]
     } else {
         let selected = select::select(platform, "mirror", updates)
             .await
@@ -126,7 +127,7 @@ pub async fn resolve(
                         s.channel, s.version, s.image
                     ))
                 })?;
-                Ok(payload::read(pool, &image).await?)
+                Ok(payload::read(pool, &image, kubevirt).await?)
             })
             .buffered(PARALLEL_PAYLOADS)
             .collect()
@@ -150,7 +151,12 @@ pub async fn resolve(
             kind: ImageKind::Release,
             subject: None,
         });
-        for c in &payload.components {
+        let kubevirt_images = if kubevirt {
+            kubevirt_components(&s, &payload)?
+        } else {
+            Vec::new()
+        };
+        for c in payload.components.iter().chain(&kubevirt_images) {
             let component_tag = format!("{tag}-{}", c.name);
             if !valid_tag(&component_tag) {
                 return Err(Error::Usage(format!(
@@ -183,6 +189,54 @@ pub async fn resolve(
         });
     }
     Ok(out)
+}
+
+/// The KubeVirt container images of release `s` (`kubeVirtContainer`), as
+/// components named as oc-mirror v2 names them: `kube-virt-container`, with the
+/// stream's architecture appended for a multi-architecture release, which
+/// carries one per architecture that has one. They are then tagged, owned,
+/// pruned and deleted with the release, like any component.
+fn kubevirt_components(s: &Selected, payload: &Payload) -> Result<Vec<payload::Component>, Error> {
+    const NAME: &str = "kube-virt-container";
+    let named: Vec<payload::Component> = if s.arch == "multi" {
+        payload
+            .kubevirt
+            .iter()
+            .map(|(arch, image)| payload::Component {
+                name: format!("{NAME}-{arch}"),
+                image: image.clone(),
+            })
+            .collect()
+    } else {
+        let key = tag_suffix(&s.arch);
+        let image = payload.kubevirt.get(key).ok_or_else(|| {
+            let has: Vec<&str> = payload.kubevirt.keys().map(String::as_str).collect();
+            Error::Payload(payload::PayloadError::Invalid {
+                image: payload.image.to_string(),
+                problem: format!(
+                    "kubeVirtContainer: its boot-image stream names a KubeVirt image for {} but not for {key}, this release's architecture (Red Hat builds them for x86_64 and s390x); remove mirror.platform.kubeVirtContainer, or select those architectures",
+                    has.join(", ")
+                ),
+            })
+        })?;
+        vec![payload::Component {
+            name: NAME.into(),
+            image: image.clone(),
+        }]
+    };
+    if let Some(c) = named
+        .iter()
+        .find(|k| payload.components.iter().any(|c| c.name == k.name))
+    {
+        return Err(Error::Payload(payload::PayloadError::Invalid {
+            image: payload.image.to_string(),
+            problem: format!(
+                "kubeVirtContainer: the payload already has a component named {:?}",
+                c.name
+            ),
+        }));
+    }
+    Ok(named)
 }
 
 /// How releases are selected, checked and completed.

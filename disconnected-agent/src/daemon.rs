@@ -1670,18 +1670,25 @@ impl Daemon {
             .skipped
             .iter()
             .map(|(key, files)| (key, files.iter().collect()));
+        let archive = match (self.config.after_publish, &self.config.archive_dir) {
+            (AfterPublish::Archive, Some(dir)) => Some(dir),
+            _ => None,
+        };
         for ((u, seq), files) in held.chain(skipped) {
             if *u != uuid || *seq > everywhere {
                 continue;
             }
             for f in files {
-                let result = match (self.config.after_publish, &self.config.archive_dir) {
-                    (AfterPublish::Archive, Some(dir)) => move_into(f, dir).map(|_| ()),
-                    _ => std::fs::remove_file(f),
+                let (result, done) = match archive {
+                    Some(dir) => (move_into(f, dir).map(|_| ()), "file moved to the archive"),
+                    None => (
+                        std::fs::remove_file(f),
+                        "file removed from the drop directory",
+                    ),
                 };
                 match result {
                     Ok(()) => {
-                        tracing::info!(file = %f.display(), sequence = seq, "published everywhere; file removed from the drop directory")
+                        tracing::info!(file = %f.display(), sequence = seq, "published everywhere; {done}")
                     }
                     Err(e) => {
                         tracing::warn!(file = %f.display(), error = %e, "cannot remove a published file")

@@ -268,7 +268,7 @@ impl Site {
                 let outcome = match self.ws.judge(&c.manifest)? {
                     Verdict::Duplicate => match self.same_as_accepted(c)? {
                         None => {
-                            tracing::debug!(uuid = %key.0, sequence = key.1, "already accepted; skipped");
+                            tracing::info!(uuid = %key.0, sequence = key.1, "imageset accepted before; these files are a copy and are not taken in again");
                             Outcome::Duplicate
                         }
                         Some(why) => {

@@ -8,12 +8,14 @@ use serde_json::{Value, json};
 
 use crate::images::{Blob, Format, Image, ImageBuilder, files_layer};
 
-/// A release image naming `components` (`(name, pull spec)`) as its payload.
+/// A release image naming `components` (`(name, pull spec)`) as its payload,
+/// with `files` (`(path under release-manifests/, bytes)`) beside its two files.
 pub fn release_image(
     version: &str,
     arch: &str,
     base: &Blob,
     components: &[(&str, String)],
+    files: &[(&str, &[u8])],
 ) -> Image {
     let tags: Vec<Value> = components
         .iter()
@@ -43,15 +45,47 @@ pub fn release_image(
     });
     let refs = serde_json::to_vec_pretty(&references).expect("json");
     let meta = serde_json::to_vec(&metadata).expect("json");
-    let payload = files_layer(&[
+    let paths: Vec<String> = files
+        .iter()
+        .map(|(p, _)| format!("release-manifests/{p}"))
+        .collect();
+    let mut entries: Vec<(&str, &[u8])> = vec![
         ("release-manifests/image-references", &refs),
         ("release-manifests/release-metadata", &meta),
-    ]);
+    ];
+    entries.extend(paths.iter().zip(files).map(|(p, (_, b))| (p.as_str(), *b)));
+    let payload = files_layer(&entries);
     ImageBuilder::new(Format::Docker)
         .arch(arch)
         .with_layer(base)
         .with_layer(&payload)
         .build()
+}
+
+/// `0000_50_installer_coreos-bootimages.yaml` as the installer ships it in a
+/// payload: a ConfigMap whose `data.stream` JSON names, for each `(architecture
+/// key, digest-ref)`, a KubeVirt container image, beside other clouds' images.
+pub fn coreos_bootimages(kubevirt: &[(&str, String)]) -> Vec<u8> {
+    let mut archs = serde_json::Map::new();
+    for key in ["aarch64", "ppc64le", "s390x", "x86_64"] {
+        let mut images = json!({"gcp": {"release": "415-92-0", "project": "rhcos-cloud", "name": format!("rhcos-415-92-gcp-{key}")}});
+        if let Some((_, r)) = kubevirt.iter().find(|(k, _)| *k == key) {
+            let repo = r.split('@').next().unwrap_or_default();
+            images["kubevirt"] = json!({"release": "415.92.0", "image": repo, "digest-ref": r});
+        }
+        archs.insert(key.into(), json!({"artifacts": {}, "images": images}));
+    }
+    let stream = json!({
+        "stream": "rhcos-4.15",
+        "metadata": {"last-modified": "2026-11-01T00:00:00Z", "generator": "plume cosa2stream 8d8e5e7"},
+        "architectures": archs,
+    });
+    let stream = serde_json::to_string_pretty(&stream).expect("json");
+    let indented: String = stream.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: coreos-bootimages\n  namespace: openshift-machine-config-operator\n  annotations:\n    include.release.openshift.io/self-managed-high-availability: \"true\"\ndata:\n  releaseVersion: 0.0.1-snapshot\n  stream: |\n{indented}"
+    )
+    .into_bytes()
 }
 
 /// An update graph document: `nodes` as (version, payload pull spec), `edges` as

@@ -708,11 +708,6 @@ impl LoadedConfig {
                     "filtering the multi-architecture release payload by platform (sparse manifest lists)",
                 ),
                 (
-                    m.platform.as_ref().is_some_and(|p| p.kube_virt_container),
-                    "mirror.platform.kubeVirtContainer",
-                    "mirroring the KubeVirt container image of releases",
-                ),
-                (
                     m.helm
                         .as_ref()
                         .is_some_and(|h| !h.local.is_empty() || !h.repositories.is_empty()),
@@ -821,11 +816,6 @@ impl LoadedConfig {
             refuse(
                 !p.platforms.is_empty(),
                 "delete.platform.platforms".into(),
-                policy,
-            );
-            refuse(
-                p.kube_virt_container,
-                "delete.platform.kubeVirtContainer".into(),
                 policy,
             );
             for (i, ch) in p.channels.iter().enumerate() {

@@ -29,6 +29,22 @@ fn published_everything(dest: &Registry, placed: &[&Placed]) -> bool {
     })
 }
 
+/// Waits until `agent` has published `placed` and emptied its drop directory.
+fn published_and_drained(agent: &Agent, site: &Site, dest: &Registry, placed: &[&Placed]) {
+    eventually(
+        Duration::from_secs(90),
+        "the imagesets published",
+        || published_everything(dest, placed),
+        || agent.log(),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the drop directory emptied",
+        || site.files("drop").is_empty(),
+        || agent.log(),
+    );
+}
+
 #[test]
 fn drop_folder_takes_slow_shuffled_interleaved_files_in_sequence() {
     let s = Setup::plain();
@@ -70,18 +86,7 @@ fn drop_folder_takes_slow_shuffled_interleaved_files_in_sequence() {
 
     let mut all: Vec<&Placed> = s.placed.iter().collect();
     all.push(&extra);
-    eventually(
-        Duration::from_secs(90),
-        "both imagesets published",
-        || published_everything(&s.dest, &all),
-        || agent.log(),
-    );
-    eventually(
-        Duration::from_secs(30),
-        "the drop directory emptied",
-        || site.files("drop").is_empty(),
-        || agent.log(),
-    );
+    published_and_drained(&agent, &site, &s.dest, &all);
     assert!(
         site.files("quarantine").is_empty(),
         "nothing quarantined: {:?}\n{}",
@@ -597,4 +602,67 @@ fn a_stalled_writer_is_waited_for_and_a_complete_resend_replaces_its_partial_fil
         || site.files("quarantine").is_empty(),
         || agent.log(),
     );
+}
+
+/// Regression (issue 29): an imageset sent again after it was taken in once filled
+/// the log with a line per rescan. A copy is reported once, is not published again,
+/// and its files leave the drop directory as published ones do, also when the
+/// agent was restarted in between and no longer remembers it.
+#[test]
+fn a_resent_imageset_is_reported_once_and_not_published_again() {
+    let s = Setup::plain();
+    let out = s.path("out");
+    assert_eq!(
+        create(&s.config, &out, &s.path("ws-c"), "300KiB", &s.source).code,
+        0
+    );
+    let files = chunk_files(&out);
+    assert!(files.len() > 2, "several chunks: {files:?}");
+    let site = Site::new();
+    let config = site.config(&s.dest, "");
+    let drop = site.path("drop");
+    let placed: Vec<&Placed> = s.placed.iter().collect();
+    let resend_one_by_one = |agent: &Agent| {
+        for f in &files {
+            let name = f.file_name().unwrap();
+            std::fs::copy(f, drop.join(name)).unwrap();
+            eventually(
+                Duration::from_secs(30),
+                "the copy leaves the drop directory",
+                || !drop.join(name).exists(),
+                || agent.log(),
+            );
+        }
+    };
+
+    let mut agent = Agent::start(&config, &[]);
+    for f in &files {
+        std::fs::copy(f, drop.join(f.file_name().unwrap())).unwrap();
+    }
+    published_and_drained(&agent, &site, &s.dest, &placed);
+    let published = |log: &str| log.matches("image published").count();
+    let before = agent.log();
+    resend_one_by_one(&agent);
+    agent.stop();
+    let mut again = Agent::start(&config, &[]);
+    resend_one_by_one(&again);
+    again.stop();
+
+    let log = again.log();
+    let added = &log[before.len()..];
+    assert_eq!(
+        added.matches("a copy and are not taken in again").count(),
+        1,
+        "one line for the copy sent after the restart, none for the one the agent remembered:\n{added}"
+    );
+    assert_eq!(published(added), 0, "nothing published again:\n{added}");
+    assert_eq!(
+        added
+            .matches("published everywhere; file moved to the archive")
+            .count(),
+        2 * files.len(),
+        "every copied file archived:\n{added}"
+    );
+    assert!(site.files("quarantine").is_empty(), "{added}");
+    assert!(published(&before) >= placed.len());
 }

@@ -552,13 +552,19 @@ fn an_old_cluster_with_its_catalog_source_pinned_or_deleted_is_reported_and_reco
     cli.push(&client, "openshift-release-dev/ocp-v4.0-art-dev", None)
         .unwrap();
     let cli_ref = format!("{a}/openshift-release-dev/ocp-v4.0-art-dev@{}", cli.digest);
-    release_image("4.20.0", "amd64", &layer(91, 10_000), &[("cli", cli_ref)])
-        .push(
-            &client,
-            "openshift-release-dev/ocp-release",
-            Some("4.20.0-x86_64"),
-        )
-        .unwrap();
+    release_image(
+        "4.20.0",
+        "amd64",
+        &layer(91, 10_000),
+        &[("cli", cli_ref)],
+        &[],
+    )
+    .push(
+        &client,
+        "openshift-release-dev/ocp-release",
+        Some("4.20.0-x86_64"),
+    )
+    .unwrap();
     let config = tmp.path().join("isc.yaml");
     std::fs::write(
         &config,

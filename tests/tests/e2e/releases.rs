@@ -7,7 +7,7 @@ use std::path::Path;
 use airlock_tests::bins::{self, Output, run};
 use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, layer};
 use airlock_tests::registry::Registry;
-use airlock_tests::release::{ReleaseSigner, graph, release_image};
+use airlock_tests::release::{ReleaseSigner, coreos_bootimages, graph, release_image};
 use airlock_tests::skopeo::inspect_raw_at;
 use airlock_tests::update_service::UpdateService;
 use base64::Engine;
@@ -346,8 +346,8 @@ impl TwoReleases {
             src,
             &[("cli", &cli2), ("installer", &installer), ("etcd", &etcd)],
         );
-        let r1 = release_image("4.20.0", "amd64", &cvo_base, &refs(&comps1));
-        let r2 = release_image("4.20.1", "amd64", &cvo_base, &refs(&comps2));
+        let r1 = release_image("4.20.0", "amd64", &cvo_base, &refs(&comps1), &[]);
+        let r2 = release_image("4.20.1", "amd64", &cvo_base, &refs(&comps2), &[]);
         r1.push(
             client,
             "openshift-release-dev/ocp-release",
@@ -807,9 +807,9 @@ fn read_manifest(dir: &Path) -> airlock_common::imageset::ImagesetManifest {
         .clone()
 }
 
-/// Release 4.21.0 of `comps` (its own layer from `seed`) pushed to `src`, alone
-/// in channel stable-4.21 of `service`, and a configuration in `dir` selecting
-/// that channel; with the release image.
+/// Release 4.21.0 of `comps` (its own layer from `seed`, and `files` in its
+/// payload) pushed to `src`, alone in channel stable-4.21 of `service`, and a
+/// configuration in `dir` selecting that channel; with the release image.
 fn release_4_21(
     client: &PushClient,
     src: &Registry,
@@ -817,8 +817,9 @@ fn release_4_21(
     dir: &Path,
     comps: &[(String, String)],
     seed: u64,
+    files: &[(&str, &[u8])],
 ) -> (std::path::PathBuf, Image) {
-    let r = release_image("4.21.0", "amd64", &layer(seed, 10_000), &refs(comps));
+    let r = release_image("4.21.0", "amd64", &layer(seed, 10_000), &refs(comps), files);
     r.push(
         client,
         "openshift-release-dev/ocp-release",
@@ -853,7 +854,7 @@ fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignore
     let tmp = tempfile::tempdir().unwrap();
     let cli = ImageBuilder::new(Format::Oci).layer(80, 20_000).build();
     let comps = push_components(&client, &src, &[("cli", &cli)]);
-    let (config, r) = release_4_21(&client, &src, &service, tmp.path(), &comps, 81);
+    let (config, r) = release_4_21(&client, &src, &service, tmp.path(), &comps, 81, &[]);
     let signer = ReleaseSigner::new();
     let keyring = tmp.path().join("release-key.asc");
     std::fs::write(&keyring, signer.public_key()).unwrap();
@@ -1013,7 +1014,7 @@ fn continue_on_error_never_leaves_out_a_release_component() {
             ghost.digest
         ),
     ));
-    let (config, _) = release_4_21(&client, &src, &service, tmp.path(), &comps, 84);
+    let (config, _) = release_4_21(&client, &src, &service, tmp.path(), &comps, 84, &[]);
     let out = tmp.path().join("out");
     let mut cmd = create_cmd(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
     cmd.arg("--update-url")
@@ -1023,4 +1024,116 @@ fn continue_on_error_never_leaves_out_a_release_component() {
     assert_eq!(stopped.code, EX_UNAVAILABLE, "{stopped}");
     assert!(stopped.stderr.contains(&ghost.digest), "{stopped}");
     assert!(!out.exists() || chunk_files(&out).is_empty(), "{stopped}");
+}
+
+#[test]
+fn kube_virt_container_mirrors_the_kubevirt_image_the_release_names_with_it() {
+    let src = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let service = UpdateService::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = ImageBuilder::new(Format::Oci).layer(85, 20_000).build();
+    let comps = push_components(&client, &src, &[("cli", &cli)]);
+    let disk = ImageBuilder::new(Format::Docker).layer(86, 30_000).build();
+    let s390x_disk = ImageBuilder::new(Format::Docker).layer(87, 30_000).build();
+    let disks = push_components(&client, &src, &[("x86_64", &disk), ("s390x", &s390x_disk)]);
+    let create = |config: &Path, n: &str| {
+        let out = tmp.path().join(format!("out-{n}"));
+        let ws = tmp.path().join(format!("ws-{n}"));
+        let mut cmd = create_cmd(config, &out, &ws, "1MiB", &src);
+        cmd.arg("--update-url")
+            .arg(service.graph_url())
+            .arg("--ignore-release-signature");
+        (run(&mut cmd), out, ws)
+    };
+    let with_kubevirt = |config: &Path| {
+        let text = std::fs::read_to_string(config).unwrap();
+        std::fs::write(
+            config,
+            text.replace(
+                "  platform:\n",
+                "  platform:\n    kubeVirtContainer: true\n",
+            ),
+        )
+        .unwrap();
+    };
+
+    // A payload without the boot-image stream: the field cannot be honoured.
+    let (config, _) = release_4_21(&client, &src, &service, tmp.path(), &comps, 88, &[]);
+    with_kubevirt(&config);
+    let (refused, out, _) = create(&config, "without");
+    assert_eq!(refused.code, EX_DATA, "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("0000_50_installer_coreos-bootimages.yaml")
+            && refused
+                .stderr
+                .contains("remove mirror.platform.kubeVirtContainer"),
+        "{refused}"
+    );
+    assert!(!out.exists() || chunk_files(&out).is_empty());
+
+    // The stream names a disk for x86_64 and one for s390x: an amd64 release
+    // carries its own architecture's.
+    let stream = coreos_bootimages(&[
+        ("x86_64", disks[0].1.clone()),
+        ("s390x", disks[1].1.clone()),
+    ]);
+    let (config, _) = release_4_21(
+        &client,
+        &src,
+        &service,
+        tmp.path(),
+        &comps,
+        89,
+        &[("0000_50_installer_coreos-bootimages.yaml", &stream)],
+    );
+    with_kubevirt(&config);
+    let (made, out, ws) = create(&config, "with");
+    assert_eq!(made.code, 0, "{made}");
+    let listed = read_manifest(&out);
+    let tags: Vec<&str> = listed
+        .images
+        .iter()
+        .filter_map(|i| i.tag.as_deref())
+        .collect();
+    assert!(
+        tags.contains(&"4.21.0-x86_64-kube-virt-container"),
+        "{tags:?}"
+    );
+    assert!(
+        !listed
+            .images
+            .iter()
+            .any(|i| i.digest.to_string() == s390x_disk.digest)
+    );
+    let published = publish(&out, &dest, "m", &ws.with_extension("d"));
+    assert_eq!(published.code, 0, "{published}");
+    let at = inspect_raw_at(
+        &dest,
+        "m/openshift/release:4.21.0-x86_64-kube-virt-container",
+    )
+    .unwrap();
+    assert_eq!(at, disk.manifest, "the disk image byte for byte");
+    assert!(
+        inspect_raw_at(&dest, &format!("m/openshift/release@{}", s390x_disk.digest)).is_err(),
+        "another architecture's disk is not mirrored"
+    );
+    // Without the field the same release carries no disk image.
+    let plain = tmp.path().join("plain.yaml");
+    std::fs::write(
+        &plain,
+        format!("{HEAD}mirror:\n  platform:\n    channels:\n    - name: stable-4.21\n"),
+    )
+    .unwrap();
+    let (made, out, _) = create(&plain, "plain");
+    assert_eq!(made.code, 0, "{made}");
+    assert!(
+        !read_manifest(&out)
+            .images
+            .iter()
+            .any(|i| i.digest.to_string() == disk.digest)
+    );
 }
