@@ -15,8 +15,6 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use airlock_common::config::{self, ConfigError, Problem};
-use airlock_common::registry::RegistryOptions;
-use airlock_common::registry::auth::AuthSource;
 use airlock_common::service::{self, NotifyState};
 use airlock_common::size::ByteSize;
 use serde::Deserialize;
@@ -53,6 +51,10 @@ pub struct SourceConfig {
     /// the service's HTTPS_PROXY/HTTP_PROXY.
     #[serde(default)]
     pub proxy: Option<String>,
+    /// containers-registries.conf(5) for reads of source images (mirrors,
+    /// locations, blocked entries), instead of the containers default files.
+    #[serde(default)]
+    pub registries_conf: Option<PathBuf>,
 }
 
 /// The connected agent's configuration (`docs/agent-config.md`).
@@ -220,12 +222,18 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
         ("signKey", &config.sign_key),
         ("signPasswordFile", &config.sign_password_file),
         ("source.authFile", &config.source.auth_file),
+        ("source.registriesConf", &config.source.registries_conf),
     ] {
         if let Some(f) = file {
             if !f.is_file() {
                 problem(field, format!("{} is not a file", f.display()));
             }
         }
+    }
+    if let Err(e) =
+        crate::create::source_options(true, None, None, config.source.registries_conf.as_deref())
+    {
+        problem("source.registriesConf", e.to_string());
     }
     if let Some(p) = &config.source.proxy {
         if let Err(e) = airlock_common::registry::check_proxy(p) {
@@ -292,11 +300,12 @@ impl Agent {
             full: false,
             dry_run: false,
             parallel: c.parallel,
-            registry: RegistryOptions {
-                tls_verify: c.source.tls_verify.unwrap_or(true),
-                cert_dir: c.source.cert_dir.clone(),
-                auth: AuthSource::new(c.source.auth_file.clone()),
-            },
+            registry: crate::create::source_options(
+                c.source.tls_verify.unwrap_or(true),
+                c.source.cert_dir.clone(),
+                c.source.auth_file.clone(),
+                c.source.registries_conf.as_deref(),
+            )?,
             sign_key: c.sign_key.clone().map(|k| (k, password)),
             parity: c.parity,
             releases: Default::default(),
@@ -406,26 +415,57 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
-    /// The example shipped in deploy/ must stay valid.
-    #[test]
-    fn the_deploy_example_is_valid() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_str().unwrap();
+    /// The example shipped in deploy/, rooted in `dir`, with the files it names;
+    /// `edit` changes its text.
+    fn example(dir: &std::path::Path, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+        let root = dir.to_str().unwrap();
         let text = include_str!("../../deploy/connected-agent.yaml")
             .replace("/etc/airlock", root)
             .replace("/var/lib/airlock", root);
         for f in ["keys/site-a.key", "pull-secret.json"] {
-            let p = dir.path().join(f);
+            let p = dir.join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, "{}").unwrap();
         }
         std::fs::write(
-            dir.path().join("imageset-config.yaml"),
+            dir.join("imageset-config.yaml"),
             "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  additionalImages:\n  - name: quay.io/a/b:1\n",
         )
         .unwrap();
-        let path = dir.path().join("agent.yaml");
-        std::fs::write(&path, text).unwrap();
+        let path = dir.join("agent.yaml");
+        std::fs::write(&path, edit(text)).unwrap();
+        path
+    }
+
+    /// A registries.conf the agent cannot use stops it at the configuration
+    /// check, before any schedule runs.
+    #[test]
+    fn a_malformed_registries_conf_is_refused_with_its_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        std::fs::write(&conf, "[[registry]]\nlocation = 'https://quay.io'\n").unwrap();
+        let path = example(dir.path(), |t| {
+            t.replacen(
+                "source:",
+                &format!("source:\n  registriesConf: {}", conf.display()),
+                1,
+            )
+        });
+        let Err(e) = super::load(&path) else {
+            panic!("a malformed registries.conf was accepted")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("source.registriesConf") && e.contains("registry[0].location"),
+            "{e}"
+        );
+    }
+
+    /// The example shipped in deploy/ must stay valid.
+    #[test]
+    fn the_deploy_example_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = example(dir.path(), |t| t);
         let checked = super::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(checked.schedule, super::Schedule::Cron(_)));
         assert_eq!(checked.config.keep, 5);

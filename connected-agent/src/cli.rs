@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use airlock_common::cli::{LogArgs, OutputFormat, table};
 use airlock_common::registry::RegistryOptions;
-use airlock_common::registry::auth::AuthSource;
 use airlock_common::size::ByteSize;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
@@ -126,6 +125,12 @@ pub struct SourceArgs {
     /// exempts hosts.
     #[arg(long, value_name = "URL")]
     pub proxy: Option<String>,
+    /// containers-registries.conf(5) whose [[registry]] mirrors, locations and
+    /// blocked entries apply to reads of source images [default:
+    /// CONTAINERS_REGISTRIES_CONF, else ~/.config/containers/registries.conf or
+    /// /etc/containers/registries.conf, with their registries.conf.d/*.conf].
+    #[arg(long, value_name = "FILE")]
+    pub registries_conf: Option<PathBuf>,
 }
 
 impl SourceArgs {
@@ -206,12 +211,13 @@ impl ReleaseArgs {
 }
 
 impl SourceArgs {
-    fn options(&self) -> RegistryOptions {
-        RegistryOptions {
-            tls_verify: self.src_tls_verify,
-            cert_dir: self.src_cert_dir.clone(),
-            auth: AuthSource::new(self.authfile.clone()),
-        }
+    fn options(&self) -> Result<RegistryOptions, Error> {
+        crate::create::source_options(
+            self.src_tls_verify,
+            self.src_cert_dir.clone(),
+            self.authfile.clone(),
+            self.registries_conf.as_deref(),
+        )
     }
 }
 
@@ -421,7 +427,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 full: args.full,
                 dry_run: args.dry_run,
                 parallel: args.parallel,
-                registry: args.source.options(),
+                registry: args.source.options()?,
                 parity: args.write.parity,
                 releases: args.releases.options(args.source.update_url.clone()),
                 policy: args.policy.options(),
@@ -442,7 +448,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 workspace: args.write.workspace,
                 limit: args.write.limit,
                 dry_run: args.dry_run,
-                registry: args.source.options(),
+                registry: args.source.options()?,
                 parity: args.write.parity,
             };
             let report = crate::delete::delete(&opts).await?;
@@ -472,7 +478,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         }
         Command::List(ListCommand::Releases(args)) => {
             let (loaded, _) = create::load_config(&args.config)?;
-            let pool = airlock_common::registry::Pool::new(args.source.options());
+            let pool = airlock_common::registry::Pool::new(args.source.options()?);
             let updates = crate::cincinnati::UpdateService::new(args.source.update_url.clone());
             let selected = crate::release::list(&loaded, &pool, &updates).await?;
             print_releases(&selected, args.output);
@@ -493,7 +499,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                     args.config.display()
                 )));
             }
-            let pool = airlock_common::registry::Pool::new(args.source.options());
+            let pool = airlock_common::registry::Pool::new(args.source.options()?);
             let listed = crate::catalog::image::list(&pool, &operators).await?;
             print_bundles(&listed, args.output);
             Ok(airlock_common::exit_codes::OK)
@@ -504,11 +510,14 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 .parse::<airlock_common::reference::Destination>()
                 .map_err(|e| Error::Usage(e.to_string()))?
                 .with_max_nested_paths(args.max_nested_paths);
-            let source = args.source.options();
+            let source = args.source.options()?;
+            // registries.conf is about where sources are read from, not where
+            // the mirror is written.
             let dest = RegistryOptions {
                 tls_verify: args.dest_tls_verify,
                 cert_dir: args.dest_cert_dir,
                 auth: source.auth.clone(),
+                mirrors: None,
             };
             let opts = MirrorOptions {
                 config: args.config,

@@ -99,6 +99,26 @@ pub struct CreateReport {
     pub missing_file: Option<PathBuf>,
 }
 
+/// How source registries are reached: `registries_conf` (else the containers
+/// default files) decides where reads of source images really go.
+pub fn source_options(
+    tls_verify: bool,
+    cert_dir: Option<PathBuf>,
+    auth_file: Option<PathBuf>,
+    registries_conf: Option<&Path>,
+) -> Result<RegistryOptions, Error> {
+    let mut options = RegistryOptions {
+        tls_verify,
+        cert_dir,
+        auth: airlock_common::registry::auth::AuthSource::new(auth_file),
+        mirrors: None,
+    };
+    options.mirrors =
+        airlock_common::registry::mirrors::Mirrors::load(registries_conf, options.clone())
+            .map_err(|e| Error::Usage(format!("registries.conf: {e}")))?;
+    Ok(options)
+}
+
 /// Loads a configuration and refuses anything this build would not act on.
 pub fn load_config(path: &Path) -> Result<(LoadedConfig, Vec<ImageSpec>), Error> {
     let loaded = config::load(path)?;
@@ -537,6 +557,10 @@ pub(crate) async fn open_workspace(
     let remote = loaded.storage_registry().map(|(image, skip_tls)| {
         let mut options = registry.clone();
         options.tls_verify &= !skip_tls;
+        // The state is written to that registry and read back from it, never
+        // from a registries.conf mirror of it (a stale cache would hand back an
+        // older state).
+        options.mirrors = None;
         RemoteState::new(image, Pool::new(options))
     });
     let local = workspace

@@ -246,6 +246,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                     tls_verify: args.destination.dest_tls_verify,
                     cert_dir: args.destination.dest_cert_dir,
                     auth: AuthSource::new(args.destination.authfile),
+                    mirrors: None,
                 },
             };
             if opts.trust.is_empty() {

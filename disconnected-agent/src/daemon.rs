@@ -376,6 +376,7 @@ fn fresh_clusters(
                     tls_verify: c.tls_verify,
                     cert_dir: c.cert_dir.clone(),
                     auth: AuthSource::new(c.auth_file.clone()),
+                    mirrors: None,
                 },
                 pruning: c.pruning.unwrap_or(config.pruning),
                 target: None,

@@ -116,19 +116,24 @@ pub fn fresh_dir(prefix: &str) -> PathBuf {
 /// Airlock treat that as "no credentials"); a test that needs credentials sets it,
 /// or passes `--authfile`, after calling this — the later `env` wins. A test of
 /// the default search order removes it and writes files under the `HOME` set here.
-/// Proxy variables are removed because every registry in a test is on loopback,
+/// `CONTAINERS_REGISTRIES_CONF` names an empty file in place of the machine's
+/// registries.conf (its drop-ins still apply, as they do to podman). Proxy variables are removed because every registry in a test is on loopback,
 /// and a developer's proxy would otherwise see (or refuse) the traffic.
 pub fn isolate_env(cmd: &mut Command) -> &mut Command {
     let home = fresh_dir("home");
     let runtime = home.join("run");
     // skopeo warns when XDG_RUNTIME_DIR names a directory that does not exist.
     std::fs::create_dir_all(&runtime).expect("scratch runtime directory");
+    // No registries.conf mirror or block of this machine's applies.
+    let registries = home.join("registries.conf");
+    std::fs::write(&registries, "").expect("scratch registries.conf");
     cmd.env("HOME", &home)
         .env("XDG_RUNTIME_DIR", &runtime)
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env("XDG_DATA_HOME", home.join(".local/share"))
         .env("XDG_CACHE_HOME", home.join(".cache"))
         .env("REGISTRY_AUTH_FILE", home.join("no-credentials.json"))
+        .env("CONTAINERS_REGISTRIES_CONF", &registries)
         .env_remove("DOCKER_CONFIG")
         .env_remove("AIRLOCK_SERVER")
         .env_remove("AIRLOCK_CA")

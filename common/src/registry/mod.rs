@@ -12,6 +12,7 @@
 //!   every mirroring user relies on; [`auth`] and [`RegistryOptions`] add them.
 
 pub mod auth;
+pub mod mirrors;
 pub mod retry;
 
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ pub struct RegistryOptions {
     pub cert_dir: Option<PathBuf>,
     /// Where credentials come from.
     pub auth: AuthSource,
+    /// `registries.conf` rules that send reads elsewhere (sources only).
+    pub mirrors: Option<std::sync::Arc<mirrors::Mirrors>>,
 }
 
 impl Default for RegistryOptions {
@@ -50,6 +53,7 @@ impl Default for RegistryOptions {
             tls_verify: true,
             cert_dir: None,
             auth: AuthSource::new(None),
+            mirrors: None,
         }
     }
 }
@@ -123,6 +127,14 @@ pub enum RegistryError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// `registries.conf` refuses the image (`blocked = true`).
+    #[error("{target}: {message}")]
+    Blocked {
+        /// The image's repository.
+        target: String,
+        /// Which file and rule block it.
+        message: String,
+    },
     /// A transient failure that went on past the retry bounds.
     #[error("{last} (gave up after {attempts} attempts{})", match limit {
         Limit::Attempts => "",
@@ -160,7 +172,9 @@ impl crate::exit_codes::ExitCode for RegistryError {
             | RegistryError::Manifest { .. } => code::DATA,
             RegistryError::Request { .. } => code::UNAVAILABLE,
             RegistryError::GaveUp { last, .. } => last.exit_code(),
-            RegistryError::AuthFile(_) | RegistryError::Certificate { .. } => code::CONFIG,
+            RegistryError::AuthFile(_)
+            | RegistryError::Certificate { .. }
+            | RegistryError::Blocked { .. } => code::CONFIG,
             RegistryError::LocalFile { .. } => code::IO,
         }
     }
@@ -242,6 +256,9 @@ pub struct RegistryClient {
     /// tokens for scopes nobody was challenged for come from (a mount needs pull
     /// on the repository it mounts from). `None` without token auth.
     challenge: tokio::sync::OnceCell<Option<BearerChallenge>>,
+    /// Where reads of this registry's images may be sent instead
+    /// (`registries.conf`); see [`mirrors`].
+    mirrors: Option<std::sync::Arc<mirrors::Mirrors>>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -770,7 +787,81 @@ impl RegistryClient {
             tokens: Default::default(),
             scoped: Default::default(),
             challenge: Default::default(),
+            mirrors: opts.mirrors.clone(),
         })
+    }
+
+    /// Sends a read of `repository` where `registries.conf` says, in order, and
+    /// returns the first success or the last error; straight here without rules.
+    async fn routed<T>(
+        &self,
+        repository: &str,
+        by_digest: bool,
+        operation: &'static str,
+        call: impl for<'a> Fn(
+            &'a RegistryClient,
+            String,
+        ) -> futures::future::BoxFuture<'a, Result<T, RegistryError>>,
+    ) -> Result<T, RegistryError> {
+        let Some(m) = &self.mirrors else {
+            return call(self, repository.to_string()).await;
+        };
+        let endpoints = match m.route(&self.host, repository, by_digest) {
+            Ok(None) => return call(self, repository.to_string()).await,
+            Ok(Some(e)) => e,
+            Err(blocked) => {
+                return Err(RegistryError::Blocked {
+                    target: format!("{}/{repository}", self.host),
+                    message: blocked,
+                });
+            }
+        };
+        let mut last = None;
+        let mut mirrors_failed = Vec::new();
+        for e in endpoints {
+            let result = if e.host == self.host && !e.insecure {
+                call(self, e.repository.clone()).await
+            } else {
+                match m.client(&e.host, e.insecure).await {
+                    Ok(c) => call(&c, e.repository.clone()).await,
+                    Err(err) => Err(err),
+                }
+            };
+            match result {
+                Ok(v) => {
+                    if e.mirror {
+                        tracing::debug!(source = %format!("{}/{repository}", self.host), mirror = %format!("{}/{}", e.host, e.repository), operation, "read from a registries.conf mirror");
+                    }
+                    return Ok(v);
+                }
+                Err(err) => {
+                    tracing::debug!(endpoint = %format!("{}/{}", e.host, e.repository), error = %err, operation, "registries.conf endpoint failed; trying the next");
+                    if e.mirror {
+                        mirrors_failed.push(err.to_string());
+                    }
+                    last = Some(err);
+                }
+            }
+        }
+        // The source's own error, with what each mirror said: a cache that
+        // refused the credentials matters more than a source that is out of reach.
+        match last.expect("the primary location is always an endpoint") {
+            RegistryError::Request {
+                operation,
+                target,
+                kind,
+                message,
+            } if !mirrors_failed.is_empty() => Err(RegistryError::Request {
+                operation,
+                target,
+                kind,
+                message: format!(
+                    "{message} (its registries.conf mirrors failed too: {})",
+                    mirrors_failed.join("; ")
+                ),
+            }),
+            other => Err(other),
+        }
     }
 
     /// The registry host.
@@ -806,6 +897,20 @@ impl RegistryClient {
     /// against the requested digest (or the registry's `Docker-Content-Digest`) and must
     /// parse as one of the four mirrorable manifest types.
     pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<RawManifest, RegistryError> {
+        let by_digest = digest_bound(reference);
+        let reference = reference.to_string();
+        self.routed(repository, by_digest, "pull manifest", move |c, repo| {
+            let reference = reference.clone();
+            Box::pin(async move { c.get_manifest_here(&repo, &reference).await })
+        })
+        .await
+    }
+
+    async fn get_manifest_here(
         &self,
         repository: &str,
         reference: &str,
@@ -1297,7 +1402,13 @@ impl RegistryClient {
 
     /// Whether `tag` exists in the repository.
     pub async fn has_tag(&self, repository: &str, tag: &str) -> Result<bool, RegistryError> {
-        self.exists(repository, tag, "check tag").await
+        let by_digest = digest_bound(tag);
+        let tag = tag.to_string();
+        self.routed(repository, by_digest, "check tag", move |c, repo| {
+            let tag = tag.clone();
+            Box::pin(async move { c.exists(&repo, &tag, "check tag").await })
+        })
+        .await
     }
 
     async fn exists(
@@ -1338,6 +1449,19 @@ impl RegistryClient {
         repository: &str,
         subject: &Digest,
     ) -> Result<Vec<Digest>, RegistryError> {
+        let subject = subject.clone();
+        self.routed(repository, true, "list referrers", move |c, repo| {
+            let subject = subject.clone();
+            Box::pin(async move { c.referrers_here(&repo, &subject).await })
+        })
+        .await
+    }
+
+    async fn referrers_here(
+        &self,
+        repository: &str,
+        subject: &Digest,
+    ) -> Result<Vec<Digest>, RegistryError> {
         let target = self.target(repository, subject.as_str());
         let r = self.by_digest(repository, subject);
         let mut index = match self
@@ -1352,7 +1476,14 @@ impl RegistryClient {
             Err(e) => return Err(request_error("list referrers", target, e)),
         };
         if index.is_empty() {
-            if let Some(raw) = self.find_manifest(repository, &subject.tag_form()).await? {
+            let tagged = match self
+                .get_manifest_here(repository, &subject.tag_form())
+                .await
+            {
+                Err(e) if e.kind() == Some(ErrorKind::NotFound) => None,
+                result => Some(result?),
+            };
+            if let Some(raw) = tagged {
                 let parsed = raw.parse().map_err(|source| RegistryError::Manifest {
                     target: target.clone(),
                     source,
@@ -1388,6 +1519,19 @@ impl RegistryClient {
     /// Streams a blob. The stream ends with an error if the bytes do not hash to
     /// `digest`; callers that store the bytes also hash them themselves.
     pub async fn blob_stream(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<BoxStream<'static, Result<Bytes, RegistryError>>, RegistryError> {
+        let digest = digest.clone();
+        self.routed(repository, true, "pull blob", move |c, repo| {
+            let digest = digest.clone();
+            Box::pin(async move { c.blob_stream_here(&repo, &digest).await })
+        })
+        .await
+    }
+
+    async fn blob_stream_here(
         &self,
         repository: &str,
         digest: &Digest,
@@ -1794,6 +1938,20 @@ impl RegistryClient {
     }
 }
 
+/// Whether a manifest reference is a digest, or a tag named after one
+/// (`sha256-<hex>.sig`, the referrers tag): `registries.conf` sends reads of a
+/// signature where it sends reads of the image it signs, so a mirror used for
+/// digests only still serves them.
+fn digest_bound(reference: &str) -> bool {
+    if reference.parse::<Digest>().is_ok() {
+        return true;
+    }
+    reference
+        .strip_prefix("sha256-")
+        .map(|rest| rest.split_once('.').map_or(rest, |(hex, _)| hex))
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// One client per registry host, made on first use and shared, so that tokens and
 /// connections are reused across images.
 #[derive(Debug)]
@@ -1820,7 +1978,29 @@ impl Pool {
         if let Some(c) = clients.get(host) {
             return Ok(c.clone());
         }
-        let c = std::sync::Arc::new(RegistryClient::connect(host, &self.options).await?);
+        let c = match RegistryClient::connect(host, &self.options).await {
+            // With --tls-verify=false, connecting probes the registry. One that
+            // does not answer may still be read through the mirrors
+            // registries.conf names for it (a site that reaches the internet only
+            // through its pull-through cache): its own location is tried last,
+            // and then fails as unreachable.
+            Err(e)
+                if e.kind() == Some(ErrorKind::Unreachable)
+                    && self
+                        .options
+                        .mirrors
+                        .as_ref()
+                        .is_some_and(|m| m.covers(host)) =>
+            {
+                let opts = RegistryOptions {
+                    tls_verify: true,
+                    ..self.options.clone()
+                };
+                RegistryClient::connect(host, &opts).await?
+            }
+            result => result?,
+        };
+        let c = std::sync::Arc::new(c);
         clients.insert(host.to_string(), c.clone());
         Ok(c)
     }
@@ -1829,6 +2009,17 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signature_and_referrers_tags_are_read_where_their_digest_is() {
+        let hex = "a".repeat(64);
+        assert!(digest_bound(&format!("sha256:{hex}")));
+        assert!(digest_bound(&format!("sha256-{hex}.sig")));
+        assert!(digest_bound(&format!("sha256-{hex}")));
+        assert!(!digest_bound("sha256-abc.sig"));
+        assert!(!digest_bound("v1.0"));
+        assert!(!digest_bound(&format!("sha256-{}.sig", "g".repeat(64))));
+    }
 
     #[test]
     fn the_proxy_named_in_errors_is_the_one_the_environment_gives_the_url() {

@@ -278,3 +278,111 @@ fn oc_mirror_command_lines_work_unchanged() {
         "{wrong_side}"
     );
 }
+
+/// A site that reaches its sources only through a pull-through cache says so in
+/// registries.conf, as podman, skopeo and oc-mirror read it: the imageset names
+/// the real sources (so the mirror sets map them), and the bytes come from the
+/// cache. Here the real source is down (nothing listens on port 1); everything it
+/// holds is in the cache, behind a first mirror that has nothing.
+#[test]
+fn registries_conf_mirrors_serve_sources_and_blocked_entries_refuse_them() {
+    let s = Setup::plain();
+    let empty = Registry::plain().unwrap();
+    let real = "127.0.0.1:1";
+    let cache = s.source.addr().to_string();
+    let config = s.path("real.yaml");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace(&cache, real),
+    )
+    .unwrap();
+    // The same images, each named by digest only.
+    let by_digest = s.path("by-digest.yaml");
+    let mut text = String::from(
+        "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  additionalImages:\n",
+    );
+    for p in &s.placed {
+        text.push_str(&format!("  - name: {real}/{}@{}\n", p.repo, p.image.digest));
+    }
+    std::fs::write(&by_digest, text).unwrap();
+    let conf = s.path("registries.conf");
+    let mut n = 0;
+    let mut create_from = |config: &std::path::Path, rules: &str| {
+        std::fs::write(&conf, rules).unwrap();
+        n += 1;
+        let out = s.path(&format!("out{n}"));
+        let mut cmd = create_cmd(config, &out, &s.path(&format!("ws{n}")), "1MiB", &s.source);
+        cmd.arg("--registries-conf").arg(&conf);
+        (run(&mut cmd), out)
+    };
+    let mirrored = format!(
+        "unqualified-search-registries = ['docker.io']\n[[registry]]\nlocation = '{real}'\n[[registry.mirror]]\nlocation = '{}/nothing-here'\ninsecure = true\n[[registry.mirror]]\nlocation = '{cache}'\ninsecure = true\n",
+        empty.addr()
+    );
+
+    // A blocked repository stops the run, naming the file that blocks it.
+    let (blocked, out) = create_from(
+        &config,
+        &format!("{mirrored}[[registry]]\nprefix = '{real}/platform'\nblocked = true\n"),
+    );
+    assert_ne!(blocked.code, 0, "{blocked}");
+    assert!(
+        blocked.stderr.contains(&format!("{real}/platform/"))
+            && blocked.code == 64
+            && blocked
+                .stderr
+                .contains(&format!("is blocked by {}", conf.display())),
+        "{blocked}"
+    );
+    assert!(!out.exists() || chunk_files(&out).is_empty());
+
+    // Digest-only mirroring sends the tags to the real source, which is down;
+    // every mirror's failure is named too.
+    let digest_only = mirrored.replacen(
+        "[[registry.mirror]]",
+        "mirror-by-digest-only = true\n[[registry.mirror]]",
+        1,
+    );
+    let (tags, _) = create_from(&config, &digest_only);
+    assert_ne!(tags.code, 0, "{tags}");
+    assert!(tags.stderr.contains(real), "{tags}");
+    // Images named by digest, and the signature tags named after their
+    // digests, come from the mirrors.
+    let (digests, out) = create_from(&by_digest, &digest_only);
+    assert_eq!(digests.code, 0, "{digests}");
+    assert_eq!(
+        airlock_common::imageset::read::read_head(&chunk_files(&out)[0])
+            .unwrap()
+            .manifest
+            .images
+            .len(),
+        s.placed.len()
+    );
+
+    // Through the cache: every image, named as the configuration names it.
+    let (made, out) = create_from(&config, &mirrored);
+    assert_eq!(made.code, 0, "{made}");
+    let head = airlock_common::imageset::read::read_head(&chunk_files(&out)[0]).unwrap();
+    assert_eq!(head.manifest.images.len(), s.placed.len());
+    assert!(
+        head.manifest
+            .images
+            .iter()
+            .all(|i| i.source.contains(real) && !i.source.contains(&cache)),
+        "{:?}",
+        head.manifest.images
+    );
+    let published = s.publish(&out, "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
+
+    // A malformed file is refused before any registry is contacted.
+    let (bad, _) = create_from(&config, "[[registry]]\nlocation = 'https://quay.io'\n");
+    assert_eq!(bad.code, 64, "{bad}");
+    assert!(
+        bad.stderr.contains("registry[0].location") && bad.stderr.contains("scheme"),
+        "{bad}"
+    );
+}
