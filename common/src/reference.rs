@@ -264,6 +264,10 @@ impl FromStr for ImageRef {
             }
         }
         let (registry, repository) = match name.split_once('/') {
+            // Docker Hub's legacy host is Docker Hub, as the docker reference
+            // grammar normalises it: one registry, one name (policy scopes,
+            // mirror rules and records all compare names).
+            Some(("index.docker.io", rest)) => (DOCKER_HUB.to_string(), rest.to_string()),
             Some((first, rest))
                 if first.contains('.') || first.contains(':') || first == "localhost" =>
             {
@@ -512,6 +516,15 @@ mod tests {
         assert_eq!(
             parts("localhost/app"),
             ("localhost".into(), "app".into(), None, None)
+        );
+        assert_eq!(
+            parts("index.docker.io/busybox:1"),
+            (
+                "docker.io".into(),
+                "library/busybox".into(),
+                Some("1".into()),
+                None
+            )
         );
         let r: ImageRef = "alpine".parse().unwrap();
         assert_eq!(

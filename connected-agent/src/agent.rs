@@ -95,6 +95,9 @@ pub struct AgentConfig {
     /// last imageset listed are carried over. Default: a run stops on the first.
     #[serde(default)]
     pub continue_on_error: bool,
+    /// A containers policy.json every image must meet (`--secure-policy`).
+    #[serde(default)]
+    pub secure_policy: Option<PathBuf>,
 }
 
 fn five() -> usize {
@@ -235,6 +238,11 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
     {
         problem("source.registriesConf", e.to_string());
     }
+    if let Some(p) = &config.secure_policy
+        && let Err(e) = crate::secure_policy::SecurePolicy::load(p)
+    {
+        problem("securePolicy", e.to_string());
+    }
     if let Some(p) = &config.source.proxy {
         if let Err(e) = airlock_common::registry::check_proxy(p) {
             problem("source.proxy", e);
@@ -309,7 +317,10 @@ impl Agent {
             sign_key: c.sign_key.clone().map(|k| (k, password)),
             parity: c.parity,
             releases: Default::default(),
-            policy: Default::default(),
+            policy: crate::policy::PolicyOptions {
+                secure_policy: c.secure_policy.clone(),
+                ..Default::default()
+            },
         })
     }
 
@@ -457,6 +468,25 @@ mod tests {
         let e = e.to_string();
         assert!(
             e.contains("source.registriesConf") && e.contains("registry[0].location"),
+            "{e}"
+        );
+    }
+
+    /// A policy the agent cannot use stops it at the configuration check too.
+    #[test]
+    fn a_malformed_secure_policy_is_refused_with_its_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.json");
+        std::fs::write(&policy, r#"{"transports": {}}"#).unwrap();
+        let path = example(dir.path(), |t| {
+            format!("{t}securePolicy: {}\n", policy.display())
+        });
+        let Err(e) = super::load(&path) else {
+            panic!("a policy without default was accepted")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("securePolicy") && e.contains("missing field `default`"),
             "{e}"
         );
     }

@@ -186,13 +186,28 @@ pub struct PolicyArgs {
     /// (cosign.pub); see docs/policy.md for what is verified.
     #[arg(long, value_name = "KEY", num_args = 1..)]
     pub require_signatures: Vec<PathBuf>,
+    /// Refuse to go on unless every image meets a containers policy.json (as
+    /// oc-mirror's flag): sigstoreSigned cosign keys, reject and
+    /// insecureAcceptAnything per scope; see docs/policy.md.
+    #[arg(long)]
+    pub secure_policy: bool,
+    /// The policy.json for --secure-policy [default: ~/.config/containers/policy.json,
+    /// else /etc/containers/policy.json].
+    #[arg(long, value_name = "FILE", requires = "secure_policy")]
+    pub policy: Option<PathBuf>,
 }
 
 impl PolicyArgs {
     fn options(&self) -> PolicyOptions {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
         PolicyOptions {
             remove_signatures: self.remove_signatures,
             require_signatures: self.require_signatures.clone(),
+            secure_policy: self.secure_policy.then(|| {
+                self.policy
+                    .clone()
+                    .unwrap_or_else(|| crate::secure_policy::default_path(home.as_deref()))
+            }),
         }
     }
 }

@@ -44,22 +44,33 @@ impl Keys {
     /// Reads each key file; a file that is not a P-256 public key in PEM is an
     /// error naming it.
     pub fn load(paths: &[PathBuf]) -> Result<Self, Error> {
-        let keys = paths
+        let pems = paths
             .iter()
             .map(|path| {
-                let pem = std::fs::read_to_string(path).map_err(|e| {
-                    Error::Usage(format!("--require-signatures {}: {e}", path.display()))
-                })?;
-                let key = VerifyingKey::from_public_key_pem(&pem).map_err(|e| {
-                    Error::Usage(format!(
-                        "--require-signatures {}: not an ECDSA P-256 public key in PEM ({e}); cosign keys from `cosign generate-key-pair` (cosign.pub) are supported",
-                        path.display()
-                    ))
-                })?;
-                Ok((path.clone(), key))
+                std::fs::read_to_string(path)
+                    .map(|pem| (path.clone(), pem))
+                    .map_err(|e| format!("{}: {e}", path.display()))
             })
-            .collect::<Result<_, Error>>()?;
-        Ok(Keys(keys))
+            .collect::<Result<Vec<_>, String>>()
+            .and_then(Self::from_pems)
+            .map_err(|e| Error::Usage(format!("--require-signatures {e}")))?;
+        Ok(pems)
+    }
+
+    /// Keys from PEM texts, each named by where it came from (a file, or the
+    /// place in a policy that holds it).
+    pub fn from_pems(pems: Vec<(PathBuf, String)>) -> Result<Self, String> {
+        pems.into_iter()
+            .map(|(name, pem)| {
+                VerifyingKey::from_public_key_pem(&pem)
+                    .map(|key| (name.clone(), key))
+                    .map_err(|e| format!(
+                        "{}: not an ECDSA P-256 public key in PEM ({e}); cosign keys from `cosign generate-key-pair` (cosign.pub) are supported",
+                        name.display()
+                    ))
+            })
+            .collect::<Result<_, String>>()
+            .map(Keys)
     }
 
     /// The key file that verifies `signature` over `payload`, if any.
@@ -85,6 +96,22 @@ struct Critical {
     image: SignedImage,
     #[serde(rename = "type")]
     kind: String,
+    identity: Option<SignedIdentity>,
+}
+
+#[derive(serde::Deserialize)]
+struct SignedIdentity {
+    #[serde(rename = "docker-reference")]
+    docker_reference: String,
+}
+
+/// What a signature's signed identity (`critical.identity.docker-reference`,
+/// `""` when absent) must satisfy; the error says why it does not.
+pub type IdentityCheck<'a> = &'a (dyn Fn(&str) -> Result<(), String> + Sync);
+
+/// Accepts any identity (`--require-signatures` checks keys and digests only).
+pub fn any_identity(_: &str) -> Result<(), String> {
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]
@@ -100,6 +127,7 @@ async fn check_layer(
     signature_image: &ImageSpec,
     layer: &Descriptor,
     subject: &Digest,
+    identity: IdentityCheck<'_>,
 ) -> Result<PathBuf, String> {
     let Some(encoded) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
         return Err(format!(
@@ -113,7 +141,7 @@ async fn check_layer(
         .await
         .map_err(|e| e.to_string())?;
     let payload = small_blob(&client, src.repository(), layer, "signature payload").await?;
-    verify_payload(keys, &payload, encoded, subject)
+    verify_payload(keys, &payload, encoded, subject, identity)
         .map(Path::to_path_buf)
         .map_err(|e| format!("layer {}: {e}", layer.digest))
 }
@@ -125,6 +153,7 @@ fn verify_payload<'k>(
     payload: &[u8],
     encoded: &str,
     subject: &Digest,
+    identity: IdentityCheck<'_>,
 ) -> Result<&'k Path, String> {
     let signature = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
@@ -146,7 +175,48 @@ fn verify_payload<'k>(
             p.critical.image.digest
         ));
     }
+    let signed = p
+        .critical
+        .identity
+        .map(|i| i.docker_reference)
+        .unwrap_or_default();
+    identity(&signed).map_err(|e| format!("signed by {}, but {e}", key.display()))?;
     Ok(key)
+}
+
+/// The key file of a cosign signature of `top`, among the `found` referrers
+/// (resolved as `found_resolved`), that one of `keys` verifies and whose signed
+/// identity `identity` accepts; else why each candidate does not count (empty:
+/// there is no signature at all).
+pub async fn signature_of(
+    keys: &Keys,
+    pool: &Pool,
+    top: &Digest,
+    found: &[ImageSpec],
+    found_resolved: &[std::sync::Arc<Resolved>],
+    identity: IdentityCheck<'_>,
+) -> Result<PathBuf, Vec<String>> {
+    let signatures = found.iter().zip(found_resolved).filter(|(s, _)| {
+        s.kind == ImageKind::Referrer
+            && s.subject.as_ref() == Some(top)
+            && s.source.tag().is_some_and(|t| t.ends_with(".sig"))
+    });
+    let mut problems = Vec::new();
+    for (sig, tree) in signatures {
+        for m in &tree.manifests {
+            let Ok(parsed) = m.parse() else { continue };
+            for layer in parsed.blobs().skip(1) {
+                if layer.media_type != SIMPLE_SIGNING {
+                    continue;
+                }
+                match check_layer(keys, pool, sig, layer, top, identity).await {
+                    Ok(key) => return Ok(key),
+                    Err(p) => problems.push(p),
+                }
+            }
+        }
+    }
+    Err(problems)
 }
 
 /// Refuses unless each of `images` (resolved as `resolved`) has a signature, among
@@ -162,41 +232,17 @@ pub async fn require(
 ) -> Result<(), Error> {
     let mut refused = Vec::new();
     for (image, r) in images.iter().zip(resolved) {
-        let signatures = found.iter().zip(found_resolved).filter(|(s, _)| {
-            s.kind == ImageKind::Referrer
-                && s.subject.as_ref() == Some(&r.top)
-                && s.source.tag().is_some_and(|t| t.ends_with(".sig"))
-        });
-        let mut problems = Vec::new();
-        let mut verified = None;
-        'images: for (sig, tree) in signatures {
-            for m in &tree.manifests {
-                let Ok(parsed) = m.parse() else { continue };
-                for layer in parsed.blobs().skip(1) {
-                    if layer.media_type != SIMPLE_SIGNING {
-                        continue;
-                    }
-                    match check_layer(keys, pool, sig, layer, &r.top).await {
-                        Ok(key) => {
-                            verified = Some(key);
-                            break 'images;
-                        }
-                        Err(p) => problems.push(p),
-                    }
-                }
-            }
-        }
-        match verified {
-            Some(key) => {
+        match signature_of(keys, pool, &r.top, found, found_resolved, &any_identity).await {
+            Ok(key) => {
                 tracing::info!(image = %image.name, digest = %r.top, key = %key.display(), "cosign signature verified")
             }
-            None if problems.is_empty() => refused.push(format!(
+            Err(problems) if problems.is_empty() => refused.push(format!(
                 "{} ({}): no cosign signature ({}.sig)",
                 image.name,
                 r.top,
                 r.top.tag_form()
             )),
-            None => refused.push(format!(
+            Err(problems) => refused.push(format!(
                 "{} ({}): {}",
                 image.name,
                 r.top,
@@ -266,19 +312,21 @@ mod tests {
         std::fs::write(&key, pem).unwrap();
         let keys = Keys::load(std::slice::from_ref(&key)).unwrap();
         assert_eq!(
-            verify_payload(&keys, &payload, &signature, &subject).unwrap(),
+            verify_payload(&keys, &payload, &signature, &subject, &any_identity).unwrap(),
             key
         );
         let other: Digest = Digest::of(b"another image");
-        let e = verify_payload(&keys, &payload, &signature, &other).unwrap_err();
+        let e = verify_payload(&keys, &payload, &signature, &other, &any_identity).unwrap_err();
         assert!(e.contains("not this image"), "{e}");
         for i in [0, payload.len() / 2, payload.len() - 1] {
             let mut changed = payload.clone();
             changed[i] ^= 1;
-            let e = verify_payload(&keys, &changed, &signature, &subject).unwrap_err();
+            let e =
+                verify_payload(&keys, &changed, &signature, &subject, &any_identity).unwrap_err();
             assert!(e.contains("not valid for any of the keys"), "byte {i}: {e}");
         }
-        let e = verify_payload(&keys, &payload, "not base64!", &subject).unwrap_err();
+        let e =
+            verify_payload(&keys, &payload, "not base64!", &subject, &any_identity).unwrap_err();
         assert!(e.contains("not base64"), "{e}");
     }
 }

@@ -34,6 +34,7 @@ use crate::graph_image;
 use crate::policy::{self, BaseImages, Blocked, PolicyOptions};
 use crate::release::{self, ReleaseOptions, SignatureCheck};
 use crate::remote::{self, RemoteState};
+use crate::secure_policy::SecurePolicy;
 use crate::workspace::{ImagesetRecord, STATE_FORMAT, Workspace, WorkspaceState};
 use crate::{cosign, referrers};
 
@@ -174,6 +175,11 @@ pub async fn gather(
         [] => None,
         paths => Some(cosign::Keys::load(paths)?),
     };
+    let secure = policy
+        .secure_policy
+        .as_deref()
+        .map(SecurePolicy::load)
+        .transpose()?;
     let platform = release::platform(loaded);
     let signatures = match platform {
         Some(_) => SignatureCheck::new(opts)?,
@@ -214,11 +220,33 @@ pub async fn gather(
         .map(|m| m.operators.as_slice())
         .unwrap_or_default();
     let catalogs = crate::catalog::content::gather(pool, operators).await?;
+    check_bases(&catalogs.bases, pool, keys.as_ref(), secure.as_ref()).await?;
+    if let Some((base, _)) = &graph {
+        // The graph image's base is held to the policy, which may trust its
+        // registry as it stands; --require-signatures does not apply to it (see
+        // docs/policy.md).
+        let base = ImageSpec {
+            name: base.to_string(),
+            source: base.clone(),
+            target_repo: None,
+            target_tag: None,
+            kind: ImageKind::Generic,
+            subject: None,
+        };
+        check_bases(&[base], pool, None, secure.as_ref()).await?;
+    }
     let bundles = catalogs.owners;
     images.extend(catalogs.images);
     images.extend(additional);
-    let (mut collected, blocked, missing) =
-        collect_allowed(loaded, images, pool, policy, keys.as_ref(), tolerate).await?;
+    let (mut collected, blocked, missing) = collect_allowed(
+        loaded,
+        images,
+        pool,
+        policy,
+        (keys.as_ref(), secure.as_ref()),
+        tolerate,
+    )
+    .await?;
     for built in catalogs.rebuilt {
         collected.add_built(built);
     }
@@ -238,18 +266,42 @@ pub async fn gather(
     })
 }
 
+/// Holds the images Airlock builds on (a rebuilt catalog's source, the graph
+/// image's base) to the signature requirements the images shipped as they are
+/// meet: their layers ship inside the built images.
+async fn check_bases(
+    bases: &[ImageSpec],
+    pool: &Pool,
+    keys: Option<&cosign::Keys>,
+    secure: Option<&SecurePolicy>,
+) -> Result<(), Error> {
+    if bases.is_empty() || (keys.is_none() && secure.is_none()) {
+        return Ok(());
+    }
+    let resolved = collect::resolve_all(bases, pool).await?;
+    let (specs, trees) = referrers::discover(bases, &resolved, pool).await?;
+    if let Some(keys) = keys {
+        cosign::require(keys, pool, bases, &resolved, &specs, &trees).await?;
+    }
+    if let Some(secure) = secure {
+        secure.check(pool, bases, &resolved, &specs, &trees).await?;
+    }
+    Ok(())
+}
+
 /// Resolves what the policy of the configuration lets through: images that
 /// `blockedImages` names are never contacted; the others are resolved to their
 /// manifests, and those built on a `blockedBaseImages` base are left out before
 /// any of their blobs is pulled. The signatures and referrers of what is left
 /// come along unless `--remove-signatures`; with `--require-signatures`, every
-/// image must have a valid cosign signature among them.
+/// image must have a valid cosign signature among them, and with
+/// `--secure-policy` every image must meet the policy.
 async fn collect_allowed(
     loaded: &LoadedConfig,
     images: Vec<ImageSpec>,
     pool: &Pool,
     policy: &PolicyOptions,
-    keys: Option<&cosign::Keys>,
+    (keys, secure): (Option<&cosign::Keys>, Option<&SecurePolicy>),
     tolerate: bool,
 ) -> Result<(Collected, Vec<Blocked>, Vec<Missing>), Error> {
     let blocklist = loaded.blocked_images();
@@ -266,10 +318,15 @@ async fn collect_allowed(
         &mut resolved,
         &bases,
     )?);
-    if !policy.remove_signatures || keys.is_some() {
+    if !policy.remove_signatures || keys.is_some() || secure.is_some() {
         let (specs, trees) = referrers::discover(&images, &resolved, pool).await?;
         if let Some(keys) = keys {
             cosign::require(keys, pool, &images, &resolved, &specs, &trees).await?;
+        }
+        if let Some(secure) = secure {
+            secure
+                .check(pool, &images, &resolved, &specs, &trees)
+                .await?;
         }
         if !policy.remove_signatures {
             let (mut specs, mut trees) = (specs, trees);

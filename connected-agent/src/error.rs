@@ -65,6 +65,20 @@ pub enum Error {
         .0.join("\n  - ")
     )]
     Unsigned(Vec<String>),
+    /// `--secure-policy` refused images (each entry names one, the scope that
+    /// decided, and why).
+    #[error(
+        "--secure-policy: {} image(s) refused by {}:\n  - {}\nsign them as the policy asks (cosign sign --key), change the policy, or leave them out of the configuration",
+        images.len(),
+        policy.display(),
+        images.join("\n  - ")
+    )]
+    Refused {
+        /// The policy file.
+        policy: std::path::PathBuf,
+        /// One entry per requirement an image does not meet.
+        images: Vec<String>,
+    },
     /// An operator catalog could not be read or filtered.
     #[error(transparent)]
     Catalog(#[from] crate::catalog::image::CatalogError),
@@ -95,7 +109,7 @@ impl ExitCode for Error {
             Error::Signing(_) => exit_codes::CONFIG,
             Error::Publish(e) => e.exit_code(),
             Error::Conflict(_) => exit_codes::STATE,
-            Error::Unsigned(_) => exit_codes::DATA,
+            Error::Unsigned(_) | Error::Refused { .. } => exit_codes::DATA,
             Error::Catalog(CatalogError::Registry { source, .. }) => source.exit_code(),
             Error::Catalog(CatalogError::Invalid { .. }) => exit_codes::DATA,
             Error::Catalog(CatalogError::Filter { .. }) => exit_codes::CONFIG,

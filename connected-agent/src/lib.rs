@@ -22,6 +22,7 @@ pub mod referrers;
 pub mod release;
 pub mod release_signature;
 pub mod remote;
+pub mod secure_policy;
 pub mod select;
 pub mod workspace;
 

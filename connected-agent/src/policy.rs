@@ -38,6 +38,8 @@ pub struct PolicyOptions {
     pub remove_signatures: bool,
     /// cosign public keys; when given, every image must be signed by one.
     pub require_signatures: Vec<std::path::PathBuf>,
+    /// A containers policy.json every image must satisfy (`--secure-policy`).
+    pub secure_policy: Option<std::path::PathBuf>,
 }
 
 /// The OCI annotation naming the base image (a reference).

@@ -83,7 +83,7 @@ async fn find(
         return Err(CollectError::Inconsistent {
             image: subject.name.clone(),
             problem: format!(
-                "manifest {digest} has {} referrers; more than {MAX_PER_MANIFEST} are refused (pass --remove-signatures, without --require-signatures, to mirror without signatures and referrers)",
+                "manifest {digest} has {} referrers; more than {MAX_PER_MANIFEST} are refused (pass --remove-signatures, without --require-signatures or --secure-policy, to mirror without signatures and referrers)",
                 listed.len()
             ),
         });
@@ -158,7 +158,7 @@ pub async fn discover(
             return Err(CollectError::Inconsistent {
                 image: "the configuration's images".into(),
                 problem: format!(
-                    "more than {MAX_PER_RUN} signatures and referrers; pass --remove-signatures (without --require-signatures) to mirror without them"
+                    "more than {MAX_PER_RUN} signatures and referrers; pass --remove-signatures (without --require-signatures or --secure-policy) to mirror without them"
                 ),
             });
         }

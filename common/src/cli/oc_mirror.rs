@@ -27,14 +27,6 @@ const REFUSED: &[(&str, &str)] = &[
         "images are published four at a time; use --parallel N for blob transfers at once",
     ),
     (
-        "--secure-policy",
-        "signatures are checked with --require-signatures KEY (cosign keys), not a containers policy.json",
-    ),
-    (
-        "--policy",
-        "signatures are checked with --require-signatures KEY (cosign keys), not a containers policy.json",
-    ),
-    (
         "--cache-dir",
         "the workspace (--workspace, storageConfig.local.path) holds what a cache would",
     ),
@@ -57,6 +49,7 @@ const SWITCHES: &[&str] = &[
     "--dry-run",
     "--continue-on-error",
     "--remove-signatures",
+    "--secure-policy",
     "--dest-tls-verify",
     "--src-tls-verify",
     "--skip-pruning",

@@ -23,6 +23,9 @@ pub struct CatalogContent {
     pub images: Vec<ImageSpec>,
     /// Catalogs rebuilt with their filtered catalog.
     pub rebuilt: Vec<Derived>,
+    /// The source catalog of each rebuilt one, by digest: its layers ship
+    /// inside the rebuilt image, so signature requirements apply to it.
+    pub bases: Vec<ImageSpec>,
     /// For each bundle and related image (by pull spec), every selected bundle
     /// that names it: what a delete of a bundle may remove, and what it must keep.
     pub owners: HashMap<String, Vec<Owner>>,
@@ -115,6 +118,14 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
             subject: None,
         };
         let base = reference.at_digest(read.digest.clone());
+        out.bases.push(ImageSpec {
+            source: base.clone(),
+            name: op.catalog.clone(),
+            target_repo: None,
+            target_tag: None,
+            kind: ImageKind::Catalog,
+            subject: None,
+        });
         let built = derive::derive(
             pool,
             &base,

@@ -277,6 +277,25 @@ fn oc_mirror_command_lines_work_unchanged() {
             .contains("run it on the disconnected side"),
         "{wrong_side}"
     );
+    // A policy is checked where images are pulled; disk to mirror says so.
+    let mut cmd = airlock_tests::bins::disconnected();
+    cmd.args([
+        "-c",
+        &isc,
+        "--from",
+        "file:///tmp/x",
+        "docker://m:5000",
+        "--secure-policy",
+    ]);
+    let policy_d2m = run(&mut cmd);
+    assert_eq!(policy_d2m.code, 2, "{policy_d2m}");
+    assert!(
+        policy_d2m
+            .stderr
+            .contains("airlock-connected --secure-policy")
+            && policy_d2m.stderr.contains("--trust"),
+        "{policy_d2m}"
+    );
 }
 
 /// A site that reaches its sources only through a pull-through cache says so in

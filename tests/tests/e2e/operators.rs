@@ -687,3 +687,51 @@ fn an_old_cluster_with_its_catalog_source_pinned_or_deleted_is_reported_and_reco
     );
     assert_eq!(served.json(&["clusters"])[0]["drift"], json!([]));
 }
+
+/// A filtered catalog ships its source catalog's layers under a new digest:
+/// `--secure-policy` holds that source to its own scope, as it holds the
+/// bundles and related images to theirs.
+#[test]
+fn secure_policy_holds_a_rebuilt_catalog_to_its_source_scope() {
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = src.addr();
+    push_localised_catalog(&client, &a);
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}mirror:\n  operators:\n  - catalog: {a}/catalogs/index:v4.17\n    packages:\n    - name: {PACKAGE}\n"),
+    )
+    .unwrap();
+    let policy = tmp.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        json!({
+            "default": [{"type": "insecureAcceptAnything"}],
+            "transports": {"docker": {format!("{a}/catalogs"): [{"type": "reject"}]}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let refused = run(
+        create_cmd(&config, &out, &tmp.path().join("ws"), "1MiB", &src).args([
+            "--secure-policy",
+            "--policy",
+            policy.to_str().unwrap(),
+        ]),
+    );
+    assert_eq!(refused.code, EX_DATA, "{refused}");
+    assert!(
+        refused.stderr.contains("1 image(s) refused")
+            && refused
+                .stderr
+                .contains(&format!("  - {a}/catalogs/index:v4.17 (sha256:"))
+            && refused
+                .stderr
+                .contains(&format!("transports.docker[\"{a}/catalogs\"]: rejected")),
+        "{refused}"
+    );
+    assert!(!out.exists() || chunk_files(&out).is_empty());
+}

@@ -6,6 +6,7 @@ use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
 use airlock_tests::supply_chain::{Attached, CosignKey, attach, referrer, referrers_index};
 
 use airlock_tests::bins::run;
+use base64::Engine;
 
 use crate::util::*;
 
@@ -384,4 +385,185 @@ fn a_flood_of_referrers_is_refused_not_truncated() {
         create_cmd(&config, &out, &tmp.path().join("ws"), "1MiB", &src).arg("--remove-signatures"),
     );
     assert_eq!(bare.code, 0, "{bare}");
+}
+
+/// oc-mirror's `--secure-policy` with a containers policy.json: each image meets
+/// the requirements of its most specific scope or the run stops, naming every
+/// image refused, its scope and why; what cannot be verified is refused too.
+#[test]
+fn secure_policy_enforces_a_containers_policy_json_per_scope() {
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = src.addr();
+    let ours = CosignKey::from_seed(21);
+    let vendor = CosignKey::from_seed(22);
+    let tag = |d: &str| format!("{}.sig", d.replace(':', "-"));
+    let push = |repo: &str, seed: u64, signer: Option<(&CosignKey, &str)>| {
+        let image = ImageBuilder::new(Format::Oci).layer(seed, 2_000).build();
+        image.push(&client, repo, Some("1")).unwrap();
+        if let Some((key, identity)) = signer {
+            key.signature_image(&format!("{a}/{identity}"), &image.digest)
+                .push(&client, repo, Some(&tag(&image.digest)))
+                .unwrap();
+        }
+        image
+    };
+    push("team/signed", 410, Some((&ours, "team/signed")));
+    let vendor_app = push("vendor/app", 411, Some((&vendor, "vendor/app")));
+    push("open/tool", 412, None);
+    push("team/unsigned", 413, None);
+    // Signed with the right key, for this digest, but as another repository.
+    push("team/relabelled", 414, Some((&ours, "team/signed")));
+    push("legacy/gpg", 415, None);
+    push("elsewhere/thing", 416, None);
+    // Signed, but with the key of another scope.
+    push("team/crosskey", 417, Some((&vendor, "team/crosskey")));
+    // Signed with the scope's key, but the scope keeps the default identity
+    // rule, which a cosign signature (it names no tag) never meets.
+    let strict = push("vendor/strict", 418, Some((&vendor, "vendor/strict")));
+
+    let ours_pub = tmp.path().join("ours.pub");
+    std::fs::write(&ours_pub, ours.public_pem()).unwrap();
+    let vendor_data = base64::engine::general_purpose::STANDARD.encode(vendor.public_pem());
+    let policy = tmp.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "default": [{"type": "reject"}],
+            "transports": {"docker": {
+                format!("{a}/team"): [{"type": "sigstoreSigned", "keyPath": ours_pub, "signedIdentity": {"type": "matchRepository"}}],
+                format!("{a}/vendor"): [{"type": "sigstoreSigned", "keyData": vendor_data, "signedIdentity": {"type": "matchRepository"}}],
+                format!("{a}/vendor/strict"): [{"type": "sigstoreSigned", "keyData": vendor_data}],
+                format!("{a}/open"): [{"type": "insecureAcceptAnything"}],
+                format!("{a}/legacy"): [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/etc/pki/rpm-gpg/RPM-GPG-KEY-redhat-release"}],
+            }},
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let config = |name: &str, images: &[String]| {
+        let p = tmp.path().join(name);
+        let list: String = images.iter().map(|i| format!("  - name: {i}\n")).collect();
+        std::fs::write(&p, format!("{HEAD}mirror:\n  additionalImages:\n{list}")).unwrap();
+        p
+    };
+    let good = config(
+        "good.yaml",
+        &[
+            format!("{a}/team/signed:1"),
+            format!("{a}/vendor/app@{}", vendor_app.digest),
+            format!("{a}/open/tool:1"),
+        ],
+    );
+    let create_with = |config: &std::path::Path, out: &str, extra: &[&str]| {
+        let mut cmd = create_cmd(
+            config,
+            &tmp.path().join(out),
+            &tmp.path().join(out).with_extension("ws"),
+            "1MiB",
+            &src,
+        );
+        cmd.args(extra);
+        run(&mut cmd)
+    };
+    let policy_arg = policy.to_str().unwrap();
+
+    let ok = create_with(&good, "out1", &["--secure-policy", "--policy", policy_arg]);
+    assert_eq!(ok.code, 0, "{ok}");
+    let head = airlock_common::imageset::read::read_head(&chunk_files(&tmp.path().join("out1"))[0])
+        .unwrap();
+    assert_eq!(
+        head.manifest.images.len(),
+        5,
+        "three images, two signatures"
+    );
+
+    let mut all: Vec<String> = [
+        "team/signed:1",
+        "team/unsigned:1",
+        "team/relabelled:1",
+        "legacy/gpg:1",
+        "elsewhere/thing:1",
+    ]
+    .iter()
+    .map(|i| format!("{a}/{i}"))
+    .collect();
+    all.push(format!("{a}/open/tool:1"));
+    all.push(format!("{a}/team/crosskey:1"));
+    all.push(format!("{a}/vendor/strict@{}", strict.digest));
+    let bad = config("bad.yaml", &all);
+    let refused = create_with(&bad, "out2", &["--secure-policy", "--policy", policy_arg]);
+    assert_eq!(refused.code, EX_DATA, "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("6 image(s) refused by {}", policy.display())),
+        "{refused}"
+    );
+    for (repo, why) in [
+        (
+            "team/unsigned",
+            format!("transports.docker[\"{a}/team\"]: no cosign signature"),
+        ),
+        (
+            "team/relabelled",
+            format!(
+                "its signed identity \"{a}/team/signed\" is not repository {a}/team/relabelled"
+            ),
+        ),
+        (
+            "legacy/gpg",
+            "signedBy (GPG simple signing) requirements are not verified by this build".into(),
+        ),
+        ("elsewhere/thing", "default: rejected".into()),
+        (
+            "team/crosskey",
+            "the signature is not valid for any of the keys".into(),
+        ),
+        (
+            "vendor/strict",
+            "names no tag or digest, which matchRepoDigestOrExact".into(),
+        ),
+    ] {
+        let line = refused
+            .stderr
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("  - {a}/{repo}:1 ("))
+                    || l.starts_with(&format!("  - {a}/{repo}@"))
+            })
+            .unwrap_or_else(|| panic!("{repo} not named: {refused}"));
+        assert!(line.contains(&why), "{repo}: {line}");
+    }
+    let out2 = tmp.path().join("out2");
+    assert!(
+        !out2.exists() || chunk_files(&out2).is_empty(),
+        "nothing written"
+    );
+
+    // --policy alone would be ignored by oc-mirror; here it is refused.
+    let alone = create_with(&good, "out3", &["--policy", policy_arg]);
+    assert_eq!(alone.code, 2, "{alone}");
+    assert!(alone.stderr.contains("--secure-policy"), "{alone}");
+
+    // oc-mirror's own command line, unchanged: the policy applies there too.
+    let m2d = |config: &std::path::Path, dir: &str| {
+        let mut cmd = airlock_tests::bins::connected();
+        cmd.args(["-c", config.to_str().unwrap()])
+            .arg(format!("file://{}", tmp.path().join(dir).display()))
+            .args([
+                "--v2",
+                "--secure-policy",
+                "--policy",
+                policy_arg,
+                "--src-tls-verify=false",
+            ]);
+        run(&mut cmd)
+    };
+    let passed = m2d(&good, "m2d-good");
+    assert_eq!(passed.code, 0, "{passed}");
+    let stopped = m2d(&bad, "m2d-bad");
+    assert_eq!(stopped.code, EX_DATA, "{stopped}");
+    assert!(stopped.stderr.contains("6 image(s) refused"), "{stopped}");
 }
