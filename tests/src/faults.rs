@@ -176,29 +176,8 @@ fn declines_mounts(state: &Mutex<State>) -> bool {
     st.decline_mounts
 }
 
-/// The request head (up to and including the blank line) and any body bytes read
-/// with it; `None` when the client sent no HTTP (a TLS probe) or went away.
-fn read_head(client: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = client.read(&mut chunk).ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-        if !buf[0].is_ascii_uppercase() {
-            return None;
-        }
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let body = buf.split_off(end + 4);
-            return Some((buf, body));
-        }
-        if buf.len() > 64 << 10 {
-            return None;
-        }
-    }
-}
-
 fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
-    let Some((head, mut body)) = read_head(&mut client) else {
+    let Some((head, mut body)) = crate::http::read_head(&mut client) else {
         return;
     };
     let text = String::from_utf8_lossy(&head).into_owned();

@@ -10,6 +10,7 @@
 pub mod bins;
 pub mod faults;
 pub mod forge;
+pub mod http;
 pub mod images;
 pub mod kube_api;
 pub mod proxy;

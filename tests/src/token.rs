@@ -106,8 +106,8 @@ struct Keys {
 
 /// A running issuer on a free loopback port; stops when dropped.
 pub struct TokenIssuer {
-    server: Arc<tiny_http::Server>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Serving until dropped.
+    _server: crate::http::Server,
     port: u16,
     root: PathBuf,
     requests: Arc<Mutex<Vec<TokenRequest>>>,
@@ -141,27 +141,26 @@ impl TokenIssuer {
                 .map_err(|e| anyhow!("token signing key: {e}"))?,
             leaf: cert.der().to_vec(),
         };
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").map_err(|e| anyhow!("{e}"))?);
-        let port = server.server_addr().to_ip().expect("a TCP listener").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stale_first = Arc::new(std::sync::atomic::AtomicBool::new(auth.stale_first));
-        let (s, seen, staling) = (server.clone(), requests.clone(), stale_first.clone());
-        let thread = std::thread::spawn(move || {
-            let mut asked = std::collections::HashSet::new();
-            for mut req in s.incoming_requests() {
-                let mut body = String::new();
-                if *req.method() == tiny_http::Method::Post {
-                    let _ = std::io::Read::read_to_string(req.as_reader(), &mut body);
-                }
-                let stale = staling.load(std::sync::atomic::Ordering::SeqCst)
-                    && asked.insert(format!("{} {body}", req.url()));
-                let response = answer(&req, &body, &auth, stale, &keys, &seen);
-                let _ = req.respond(response);
-            }
-        });
+        let (seen, staling) = (requests.clone(), stale_first.clone());
+        let asked = Mutex::new(std::collections::HashSet::new());
+        let server = crate::http::Server::start(move |req| {
+            let body = if req.method == "POST" {
+                String::from_utf8_lossy(&req.body).into_owned()
+            } else {
+                String::new()
+            };
+            let stale = staling.load(std::sync::atomic::Ordering::SeqCst)
+                && asked
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(format!("{} {body}", req.target));
+            answer(req, &body, &auth, stale, &keys, &seen)
+        })?;
+        let port = server.port();
         Ok(TokenIssuer {
-            server,
-            thread: Some(thread),
+            _server: server,
             port,
             root,
             requests,
@@ -204,34 +203,23 @@ impl TokenIssuer {
     }
 }
 
-impl Drop for TokenIssuer {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
-
 /// A token for the scopes asked: by `GET` with the scopes in the query and the
 /// user's password as basic auth (the token protocol), or by `POST` of a form
 /// with `grant_type=refresh_token` and an identity token (the OAuth2 flow).
 fn answer(
-    req: &tiny_http::Request,
+    req: &crate::http::Request,
     body: &str,
     auth: &TokenAuth,
     stale: bool,
     keys: &Keys,
     seen: &Mutex<Vec<TokenRequest>>,
-) -> Response {
+) -> crate::http::Reply {
     let (grants, lifetime) = (&auth.grants, auth.lifetime);
-    let refreshed = *req.method() == tiny_http::Method::Post;
+    let refreshed = req.method == "POST";
     let query = if refreshed {
         body
     } else {
-        req.url().split_once('?').map_or("", |(_, q)| q)
+        req.target.split_once('?').map_or("", |(_, q)| q)
     };
     let params: Vec<(String, String)> = query
         .split('&')
@@ -253,10 +241,8 @@ fn answer(
         .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
         .collect();
     let credentials = req
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Basic ").map(str::to_string))
+        .header("Authorization")
+        .and_then(|h| h.strip_prefix("Basic ").map(str::to_string))
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok());
     let refused = |status: u16, body: &str| {
@@ -350,12 +336,6 @@ fn answer(
     json(200, body.to_string())
 }
 
-fn json(status: u16, body: String) -> Response {
-    tiny_http::Response::from_data(body.into_bytes())
-        .with_status_code(status)
-        .with_header(
-            "Content-Type: application/json"
-                .parse::<tiny_http::Header>()
-                .expect("a valid header"),
-        )
+fn json(status: u16, body: String) -> crate::http::Reply {
+    crate::http::Reply::new(status, Some("application/json"), body.into_bytes())
 }

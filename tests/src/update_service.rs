@@ -19,47 +19,30 @@ struct Content {
 
 /// A running update service on a free loopback port; stops when dropped.
 pub struct UpdateService {
-    server: Arc<tiny_http::Server>,
+    /// Serving until dropped.
+    _server: crate::http::Server,
     content: Arc<Mutex<Content>>,
-    thread: Option<std::thread::JoinHandle<()>>,
     port: u16,
 }
 
 impl UpdateService {
     /// Starts an empty service.
     pub fn start() -> Result<Self> {
-        let server =
-            Arc::new(tiny_http::Server::http("127.0.0.1:0").map_err(|e| anyhow::anyhow!("{e}"))?);
-        let port = server.server_addr().to_ip().expect("a TCP listener").port();
         let content = Arc::new(Mutex::new(Content::default()));
-        let (s, c) = (server.clone(), content.clone());
-        let thread = std::thread::spawn(move || {
-            for req in s.incoming_requests() {
-                let url = req.url().to_string();
-                let accept = req
-                    .headers()
-                    .iter()
-                    .find(|h| h.field.equiv("Accept"))
-                    .map(|h| h.value.to_string())
-                    .unwrap_or_default();
-                let body = {
-                    let mut c = c.lock().expect("not poisoned");
-                    c.requests.push(format!("{url} accept={accept}"));
-                    route(&c, &url)
-                };
-                let response = match body {
-                    Some(b) => tiny_http::Response::from_data(b),
-                    None => {
-                        tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404)
-                    }
-                };
-                let _ = req.respond(response);
+        let c = content.clone();
+        let server = crate::http::Server::start(move |req| {
+            let accept = req.header("Accept").unwrap_or_default();
+            let mut c = c.lock().expect("not poisoned");
+            c.requests.push(format!("{} accept={accept}", req.target));
+            match route(&c, &req.target) {
+                Some(b) => crate::http::Reply::new(200, None, b),
+                None => crate::http::Reply::new(404, None, b"not found".to_vec()),
             }
-        });
+        })?;
+        let port = server.port();
         Ok(UpdateService {
-            server,
+            _server: server,
             content,
-            thread: Some(thread),
             port,
         })
     }
@@ -120,13 +103,4 @@ fn route(c: &Content, url: &str) -> Option<Vec<u8>> {
         );
     }
     c.files.get(path).cloned()
-}
-
-impl Drop for UpdateService {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
