@@ -296,6 +296,7 @@ pub fn cluster_resources(
             repository: at(i),
             tag: i.tag.clone(),
             digest: i.digest.clone(),
+            template: i.catalog_source.clone(),
         })
         .collect();
     ClusterResources {
@@ -895,6 +896,7 @@ mod tests {
                 ImageKind::Generic
             },
             subject: subject.map(|s| Digest::of(s.as_bytes())),
+            catalog_source: None,
         }
     }
 

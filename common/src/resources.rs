@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::digest::Digest;
+use crate::imageset::CatalogSourceTemplate;
 
 /// File name of the digest mirror sets.
 pub const IDMS_FILE: &str = "idms-oc-mirror.yaml";
@@ -306,6 +307,8 @@ pub struct CatalogRef {
     /// Its digest: the resources point at it, so a cluster runs exactly the catalog
     /// that was published.
     pub digest: Digest,
+    /// What its `CatalogSource` takes from the user's template.
+    pub template: Option<CatalogSourceTemplate>,
 }
 
 impl CatalogRef {
@@ -338,19 +341,139 @@ impl CatalogRef {
     }
 }
 
-/// The OLM v0 `CatalogSource` of `c`: a gRPC catalog in `openshift-marketplace`.
+/// The OLM v0 `CatalogSource` of `c`: a gRPC catalog in `openshift-marketplace`,
+/// with what its template (if any) adds; the name, namespace, source type, image
+/// and Airlock's annotations are always Airlock's, as in oc-mirror.
 pub fn catalog_source(c: &CatalogRef) -> String {
+    let t = c.template.clone().unwrap_or_default();
+    let mut annotations: BTreeMap<String, String> = t.annotations;
+    annotations.extend(
+        self::annotations()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
+    let mut metadata = serde_json::json!({
+        "name": format!("cs-{}", c.name()),
+        "namespace": "openshift-marketplace",
+        "annotations": annotations,
+    });
+    if !t.labels.is_empty() {
+        metadata["labels"] = serde_json::json!(t.labels);
+    }
+    let mut spec = serde_json::json!({"sourceType": "grpc", "image": c.image()});
+    let optional = [
+        ("displayName", t.display_name.map(serde_json::Value::from)),
+        ("description", t.description.map(serde_json::Value::from)),
+        ("publisher", t.publisher.map(serde_json::Value::from)),
+        ("priority", t.priority.map(serde_json::Value::from)),
+        ("icon", t.icon.map(|v| serde_json::json!(v))),
+        (
+            "updateStrategy",
+            t.update_strategy.map(|v| serde_json::json!(v)),
+        ),
+        (
+            "grpcPodConfig",
+            t.grpc_pod_config.map(|v| serde_json::json!(v)),
+        ),
+        (
+            "secrets",
+            (!t.secrets.is_empty()).then(|| serde_json::json!(t.secrets)),
+        ),
+    ];
+    for (field, value) in optional {
+        if let Some(v) = value {
+            spec[field] = v;
+        }
+    }
     let object = serde_json::json!({
         "apiVersion": "operators.coreos.com/v1alpha1",
         "kind": "CatalogSource",
-        "metadata": {
-            "name": format!("cs-{}", c.name()),
-            "namespace": "openshift-marketplace",
-            "annotations": annotations(),
-        },
-        "spec": {"sourceType": "grpc", "image": c.image()},
+        "metadata": metadata,
+        "spec": spec,
     });
     serde_yaml_ng::to_string(&object).expect("catalog sources serialise")
+}
+
+/// Reads a `targetCatalogSourceTemplate`: a `CatalogSource` (YAML or JSON) whose
+/// labels, annotations and display and pod settings the catalog's
+/// `CatalogSource` takes. What the template cannot set is an error naming the
+/// field, never dropped: a `sourceType` other than `grpc`, an `address` or
+/// `configMap` (another source than the mirrored catalog), `runAsRoot`, or any
+/// field `CatalogSource` does not have. Its name, namespace and image are
+/// replaced, as oc-mirror replaces them.
+pub fn catalog_source_template(text: &str) -> Result<CatalogSourceTemplate, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Object {
+        api_version: String,
+        kind: String,
+        #[serde(default)]
+        metadata: Metadata,
+        #[serde(default)]
+        spec: Spec,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Metadata {
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        #[serde(default)]
+        annotations: BTreeMap<String, String>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Spec {
+        source_type: Option<String>,
+        image: Option<String>,
+        address: Option<serde_json::Value>,
+        config_map: Option<serde_json::Value>,
+        run_as_root: Option<serde_json::Value>,
+        display_name: Option<String>,
+        description: Option<String>,
+        publisher: Option<String>,
+        priority: Option<i64>,
+        icon: Option<crate::imageset::CatalogIcon>,
+        update_strategy: Option<crate::imageset::UpdateStrategy>,
+        grpc_pod_config: Option<crate::imageset::GrpcPodConfig>,
+        #[serde(default)]
+        secrets: Vec<String>,
+    }
+    let o: Object = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    if o.api_version != "operators.coreos.com/v1alpha1" || o.kind != "CatalogSource" {
+        return Err(format!(
+            "is a {} {}, expected a CatalogSource of operators.coreos.com/v1alpha1",
+            o.api_version, o.kind
+        ));
+    }
+    let s = o.spec;
+    if s.source_type.as_deref().is_some_and(|t| t != "grpc") {
+        return Err("spec.sourceType: a mirrored catalog is a grpc catalog source".into());
+    }
+    for (set, field) in [
+        (s.address.is_some(), "spec.address"),
+        (s.config_map.is_some(), "spec.configMap"),
+        (s.run_as_root.is_some(), "spec.runAsRoot"),
+    ] {
+        if set {
+            return Err(format!(
+                "{field}: not taken from a template (the CatalogSource serves the mirrored catalog image); remove it"
+            ));
+        }
+    }
+    let _replaced = s.image;
+    let template = CatalogSourceTemplate {
+        labels: o.metadata.labels,
+        annotations: o.metadata.annotations,
+        display_name: s.display_name,
+        description: s.description,
+        publisher: s.publisher,
+        priority: s.priority,
+        icon: s.icon,
+        update_strategy: s.update_strategy,
+        grpc_pod_config: s.grpc_pod_config,
+        secrets: s.secrets,
+    };
+    crate::imageset::validate::catalog_source_template(&template)?;
+    Ok(template)
 }
 
 /// The OLM v1 `ClusterCatalog` of `c`.
@@ -697,6 +820,7 @@ mod tests {
             repository: "mirror:5000/prefix/redhat/redhat-operator-index".into(),
             tag: Some("v4.17".into()),
             digest: Digest::of(b"catalog"),
+            template: None,
         };
         assert_eq!(c.name(), "redhat-operator-index-v4-17");
         let image = format!("{}@{}", c.repository, c.digest);
@@ -738,6 +862,121 @@ mod tests {
         assert_eq!(odd.name(), "redhat-operator-index-v4-17-latest");
     }
 
+    /// oc-mirror's `targetCatalogSourceTemplate`: the user's display and pod
+    /// settings are kept; the name, namespace, source type, image and Airlock's
+    /// annotation are Airlock's whatever the template says.
+    #[test]
+    fn a_catalog_source_template_adds_its_settings_and_replaces_nothing_of_ours() {
+        let template = catalog_source_template(
+            r#"apiVersion: operators.coreos.com/v1alpha1
+kind: CatalogSource
+metadata:
+  name: my-operators
+  namespace: somewhere-else
+  labels:
+    team: platform
+  annotations:
+    createdBy: someone
+    example.com/owner: ops
+spec:
+  sourceType: grpc
+  image: quay.io/old/index:v1
+  displayName: Site operators
+  publisher: Platform team
+  priority: -100
+  secrets: [mirror-pull]
+  updateStrategy:
+    registryPoll:
+      interval: 30m
+  grpcPodConfig:
+    nodeSelector:
+      node-role.kubernetes.io/infra: ""
+    securityContextConfig: restricted
+"#,
+        )
+        .unwrap();
+        let c = CatalogRef {
+            repository: "mirror:5000/redhat/redhat-operator-index".into(),
+            tag: Some("v4.17".into()),
+            digest: Digest::of(b"catalog"),
+            template: Some(template),
+        };
+        insta::assert_snapshot!(catalog_source(&c).replace(c.digest.hex(), "<hex>"), @r#"
+        apiVersion: operators.coreos.com/v1alpha1
+        kind: CatalogSource
+        metadata:
+          annotations:
+            createdBy: airlock
+            example.com/owner: ops
+          labels:
+            team: platform
+          name: cs-redhat-operator-index-v4-17
+          namespace: openshift-marketplace
+        spec:
+          displayName: Site operators
+          grpcPodConfig:
+            nodeSelector:
+              node-role.kubernetes.io/infra: ''
+            securityContextConfig: restricted
+          image: mirror:5000/redhat/redhat-operator-index@sha256:<hex>
+          priority: -100
+          publisher: Platform team
+          secrets:
+          - mirror-pull
+          sourceType: grpc
+          updateStrategy:
+            registryPoll:
+              interval: 30m
+        "#);
+    }
+
+    #[test]
+    fn a_template_that_would_change_the_source_or_is_not_a_catalog_source_is_refused() {
+        let head = "apiVersion: operators.coreos.com/v1alpha1\nkind: CatalogSource\n";
+        for (body, wants) in [
+            ("spec:\n  sourceType: configmap\n", "spec.sourceType"),
+            ("spec:\n  address: 10.0.0.1:50051\n", "spec.address"),
+            ("spec:\n  configMap: my-catalog\n", "spec.configMap"),
+            ("spec:\n  runAsRoot: true\n", "spec.runAsRoot"),
+            ("spec:\n  displayNme: typo\n", "unknown field `displayNme`"),
+            (
+                "metadata:\n  labels:\n    bad key!: x\n",
+                "labels: \"bad key!\"",
+            ),
+            (
+                "spec:\n  secrets: [Not_A_Name]\n",
+                "secrets: \"Not_A_Name\"",
+            ),
+            ("spec:\n  secrets: [a..b]\n", "secrets: \"a..b\""),
+            ("metadata:\n  labels:\n    /x: y\n", "labels: \"/x\""),
+            (
+                "metadata:\n  labels:\n    team: -a\n",
+                "labels: the value of \"team\"",
+            ),
+            (
+                "metadata:\n  annotations:\n    olm.catalogImageTemplate: x\n",
+                "is OLM's own",
+            ),
+            (
+                "spec:\n  grpcPodConfig:\n    affinity: {}\n",
+                "unknown field `affinity`",
+            ),
+            (
+                "spec:\n  updateStrategy:\n    registryPoll:\n      interval: soon\n",
+                "updateStrategy.registryPoll.interval",
+            ),
+            (
+                "spec:\n  grpcPodConfig:\n    tolerations:\n    - operator: Maybe\n",
+                "tolerations[0].operator",
+            ),
+        ] {
+            let e = catalog_source_template(&format!("{head}{body}")).unwrap_err();
+            assert!(e.contains(wants), "{body}: {e}");
+        }
+        let e = catalog_source_template("apiVersion: v1\nkind: ConfigMap\n").unwrap_err();
+        assert!(e.contains("expected a CatalogSource"), "{e}");
+    }
+
     #[test]
     fn catalogs_of_an_earlier_publish_are_removed() {
         let dir = tempfile::tempdir().unwrap();
@@ -745,6 +984,7 @@ mod tests {
             repository: format!("m:5000/{name}"),
             tag: Some("v1".into()),
             digest: Digest::of(name.as_bytes()),
+            template: None,
         };
         let first = ClusterResources {
             catalogs: vec![c("one"), c("two")],

@@ -8,7 +8,7 @@
 //! over the same sources lay out identical chunks.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use airlock_common::config::ImageSpec;
 use airlock_common::digest::Digest;
@@ -185,18 +185,12 @@ pub async fn resolve_available(
     specs: Vec<ImageSpec>,
     pool: &Pool,
 ) -> Result<(Vec<ImageSpec>, Vec<Arc<Resolved>>, Vec<Missing>), CollectError> {
-    use airlock_common::imageset::ImageKind;
     let (slots, mut each) = resolve_each(&specs, pool).await;
-    if let Some(&slot) = specs.iter().zip(&slots).find_map(|(spec, slot)| {
-        let whole = matches!(
-            spec.kind,
-            ImageKind::Release
-                | ImageKind::ReleaseComponent
-                | ImageKind::Catalog
-                | ImageKind::GraphData
-        );
-        (whole && each[*slot].is_err()).then_some(slot)
-    }) {
+    if let Some(&slot) = specs
+        .iter()
+        .zip(&slots)
+        .find_map(|(spec, slot)| (whole(spec.kind) && each[*slot].is_err()).then_some(slot))
+    {
         return Err(each
             .swap_remove(slot)
             .map(drop)
@@ -221,6 +215,128 @@ pub async fn resolve_available(
         }
     }
     Ok((kept, resolved, missing))
+}
+
+/// A release, its components, a catalog or the graph image: a part of a whole
+/// that would ship incomplete, so never left out.
+fn whole(kind: airlock_common::imageset::ImageKind) -> bool {
+    use airlock_common::imageset::ImageKind;
+    matches!(
+        kind,
+        ImageKind::Release
+            | ImageKind::ReleaseComponent
+            | ImageKind::Catalog
+            | ImageKind::GraphData
+    )
+}
+
+/// With `--continue-on-error`: leaves out (into `missing`) the images one of
+/// whose layers or configs the registry does not serve, asked with a `HEAD` of
+/// each blob before anything is written, so that a garbage-collected or refused
+/// layer costs its image rather than the run. Each image once; not the parts of
+/// a whole, whose failure is the run's when their blobs are pulled. Run after
+/// the policy rules, so that no blocked image is asked for a blob.
+pub async fn leave_out_unavailable(
+    specs: &mut Vec<ImageSpec>,
+    resolved: &mut Vec<Arc<Resolved>>,
+    missing: &mut Vec<Missing>,
+    pool: &Pool,
+) {
+    // Each resolution once (images named the same way share one), by address.
+    let key = |r: &Arc<Resolved>| Arc::as_ptr(r) as usize;
+    let mut seen = HashSet::new();
+    let asked: Vec<(&ImageSpec, &Arc<Resolved>)> = specs
+        .iter()
+        .zip(resolved.iter())
+        .filter(|(spec, r)| !whole(spec.kind) && seen.insert(key(r)))
+        .collect();
+    // A blob shared by many images is asked for once per repository.
+    let present: Mutex<HashSet<(String, Digest)>> = Mutex::new(HashSet::new());
+    let failed: HashMap<usize, CollectError> = futures::stream::iter(asked)
+        .map(|(spec, r)| {
+            let present = &present;
+            async move {
+                unavailable_layer(spec, r, pool, present)
+                    .await
+                    .map(|e| (key(r), e))
+            }
+        })
+        .buffer_unordered(PARALLEL_IMAGES)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await;
+    if failed.is_empty() {
+        return;
+    }
+    let (mut kept_specs, mut kept) = (Vec::new(), Vec::new());
+    for (spec, r) in specs.drain(..).zip(resolved.drain(..)) {
+        match failed.get(&key(&r)) {
+            Some(e) if !whole(spec.kind) => {
+                tracing::warn!(image = %spec.name, error = %e, "left out: it cannot be pulled (--continue-on-error)");
+                if !missing.iter().any(|m| m.image == spec.name) {
+                    missing.push(Missing {
+                        image: spec.name.clone(),
+                        reason: e.to_string(),
+                        carried_from: None,
+                    });
+                }
+            }
+            _ => {
+                kept_specs.push(spec);
+                kept.push(r);
+            }
+        }
+    }
+    *specs = kept_specs;
+    *resolved = kept;
+}
+
+/// Why a layer (or config) of `r` cannot be pulled, asked with a `HEAD` of each
+/// not already known `present`; `None` when the registry has them all.
+async fn unavailable_layer(
+    spec: &ImageSpec,
+    r: &Resolved,
+    pool: &Pool,
+    present: &Mutex<HashSet<(String, Digest)>>,
+) -> Option<CollectError> {
+    let src = &spec.source;
+    let client = match pool.client(src.registry()).await {
+        Ok(c) => c,
+        Err(source) => {
+            return Some(CollectError::Registry {
+                image: spec.name.clone(),
+                source,
+            });
+        }
+    };
+    for b in &r.blobs {
+        let known = (src.name(), b.digest.clone());
+        if present.lock().expect("not poisoned").contains(&known) {
+            continue;
+        }
+        match client.has_blob(src.repository(), &b.digest).await {
+            Ok(true) => {
+                present.lock().expect("not poisoned").insert(known);
+            }
+            Ok(false) => {
+                return Some(CollectError::Inconsistent {
+                    image: spec.name.clone(),
+                    problem: format!(
+                        "blob {} cannot be pulled: {} does not have it (404)",
+                        b.digest,
+                        src.name()
+                    ),
+                });
+            }
+            Err(source) => {
+                return Some(CollectError::Registry {
+                    image: spec.name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    None
 }
 
 /// The content of an imageset from `specs` and their resolutions (one each, in
@@ -265,6 +381,7 @@ pub fn assemble(specs: &[ImageSpec], resolved: &[Arc<Resolved>]) -> Collected {
             target_repository: spec.target_repo.clone(),
             kind: spec.kind,
             subject: spec.subject.clone(),
+            catalog_source: None,
         });
     }
     out

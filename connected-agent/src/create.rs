@@ -257,6 +257,26 @@ pub async fn gather(
         tracing::info!(url = %url, files = layer.files, layer = %layer.layer.digest, base = %base, digest = %built.image.digest, "graph image built");
         collected.add_built(built);
     }
+    // A catalog's CatalogSource template travels on its record, to be applied
+    // where the CatalogSource is written: at the site.
+    // Matched by where the entry places its catalog (repository and tag), so
+    // that two entries for one catalog keep their own templates.
+    for (op, template) in loaded.catalog_source_templates()? {
+        let tag = op.target_tag.clone().or_else(|| {
+            op.catalog
+                .parse::<ImageRef>()
+                .ok()
+                .and_then(|r| r.tag().map(str::to_string))
+        });
+        for r in collected.images.iter_mut().filter(|r| {
+            r.kind == ImageKind::Catalog
+                && r.source == op.catalog
+                && r.target_repository == op.target_catalog
+                && r.tag == tag
+        }) {
+            r.catalog_source = Some(template.clone());
+        }
+    }
     Ok(Gathered {
         collected,
         releases: records,
@@ -307,7 +327,7 @@ async fn collect_allowed(
     let blocklist = loaded.blocked_images();
     let (images, mut blocked) = policy::apply_blocklist(images, &blocklist)?;
     let bases = BaseImages::resolve(loaded.blocked_base_images(), pool).await?;
-    let (mut images, mut resolved, missing) = if tolerate {
+    let (mut images, mut resolved, mut missing) = if tolerate {
         collect::resolve_available(images, pool).await?
     } else {
         let resolved = collect::resolve_all(&images, pool).await?;
@@ -318,6 +338,9 @@ async fn collect_allowed(
         &mut resolved,
         &bases,
     )?);
+    if tolerate {
+        collect::leave_out_unavailable(&mut images, &mut resolved, &mut missing, pool).await;
+    }
     if !policy.remove_signatures || keys.is_some() || secure.is_some() {
         let (specs, trees) = referrers::discover(&images, &resolved, pool).await?;
         if let Some(keys) = keys {

@@ -236,6 +236,7 @@ pub async fn build(
         target_repository: Some(GRAPH_IMAGE_REPO.into()),
         kind: ImageKind::GraphData,
         subject: None,
+        catalog_source: None,
     };
     let set_command = |config: &mut Value| {
         config["config"]["Cmd"] = json!(COMMAND);

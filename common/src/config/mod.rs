@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 pub use position::{Pos, Positions};
 pub use schema::ImageSetConfiguration;
 
+use crate::imageset::CatalogSourceTemplate;
 use crate::reference::{ImageRef, valid_repository, valid_tag};
 use crate::size::ByteSize;
 
@@ -98,6 +99,13 @@ impl ConfigError {
             ConfigError::Read { .. } => &[],
         }
     }
+}
+
+/// A `targetCatalogSourceTemplate` file, read and checked; relative paths are
+/// relative to the working directory, as oc-mirror reads them.
+fn read_template(path: &str) -> Result<CatalogSourceTemplate, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    crate::resources::catalog_source_template(&text).map_err(|e| format!("{path}: {e}"))
 }
 
 fn render(path: &Path, problems: &[Problem]) -> String {
@@ -737,11 +745,6 @@ impl LoadedConfig {
                         "catalogs in a local OCI layout (oci:) are not supported by this build; push the catalog to a registry and name it there",
                     ),
                     (
-                        op.target_catalog_source_template.is_some(),
-                        format!("{at}.targetCatalogSourceTemplate"),
-                        "CatalogSource templates are not supported by this build; remove the field to get the default CatalogSource",
-                    ),
-                    (
                         !op.platforms.is_empty(),
                         format!("{at}.platforms"),
                         "filtering a catalog's manifest list by platform is not supported by this build: every platform is mirrored; remove the field",
@@ -757,6 +760,13 @@ impl LoadedConfig {
                         problems.push(self.problem(field, why));
                     }
                 }
+                if let Some(Err(e)) = op
+                    .target_catalog_source_template
+                    .as_deref()
+                    .map(read_template)
+                {
+                    problems.push(self.problem(format!("{at}.targetCatalogSourceTemplate"), e));
+                }
             }
             for (i, image) in m.additional_images.iter().enumerate() {
                 if !image.platforms.is_empty() {
@@ -769,6 +779,30 @@ impl LoadedConfig {
             }
         }
         self.err(problems)
+    }
+
+    /// Each `mirror.operators[]` entry with a `targetCatalogSourceTemplate`, with
+    /// the template read (checked by [`Self::check_supported`] already).
+    pub fn catalog_source_templates(
+        &self,
+    ) -> Result<Vec<(&schema::Operator, CatalogSourceTemplate)>, ConfigError> {
+        let operators = self.config.mirror.iter().flat_map(|m| &m.operators);
+        let mut out = Vec::new();
+        for (i, op) in operators.enumerate() {
+            if let Some(path) = &op.target_catalog_source_template {
+                let t = read_template(path).map_err(|e| {
+                    invalid(
+                        &self.file,
+                        vec![self.problem(
+                            format!("mirror.operators[{i}].targetCatalogSourceTemplate"),
+                            e,
+                        )],
+                    )
+                })?;
+                out.push((op, t));
+            }
+        }
+        Ok(out)
     }
 
     /// For `delete`: the file is a `DeleteImageSetConfiguration`, and its `delete:`

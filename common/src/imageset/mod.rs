@@ -19,6 +19,8 @@ pub mod read;
 pub mod validate;
 pub mod write;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -207,6 +209,134 @@ pub struct ImageRecord {
     /// For a [`ImageKind::Referrer`]: the manifest it is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<Digest>,
+    /// For a [`ImageKind::Catalog`]: what its `CatalogSource` takes from the
+    /// configuration's `targetCatalogSourceTemplate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_source: Option<CatalogSourceTemplate>,
+}
+
+/// The parts of a user's `CatalogSource` template a catalog's `CatalogSource`
+/// keeps (oc-mirror's `targetCatalogSourceTemplate`). The name, namespace, source
+/// type and image are always Airlock's; fields that would change where the
+/// catalog comes from or how its pod runs as root (`address`, `configMap`,
+/// `runAsRoot`) are not carried. Nested values are kept as the user wrote them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CatalogSourceTemplate {
+    /// `metadata.labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations` (Airlock's own are added over them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// `spec.displayName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// `spec.description`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `spec.publisher`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
+    /// `spec.priority`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// `spec.icon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icon: Option<CatalogIcon>,
+    /// `spec.updateStrategy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<UpdateStrategy>,
+    /// `spec.grpcPodConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_pod_config: Option<GrpcPodConfig>,
+    /// `spec.secrets`: pull secrets for the catalog image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+}
+
+/// `CatalogSource.spec.icon`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogIcon {
+    /// The image, base64.
+    pub base64data: String,
+    /// Its media type (`image/svg+xml`).
+    pub mediatype: String,
+}
+
+/// `CatalogSource.spec.updateStrategy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// How often OLM polls the catalog image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_poll: Option<RegistryPoll>,
+}
+
+/// `updateStrategy.registryPoll`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryPoll {
+    /// A Go duration (`30m`, `1h30m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
+/// `CatalogSource.spec.grpcPodConfig`, the fields OLM documents for it but
+/// `affinity`, which is refused rather than carried unchecked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcPodConfig {
+    /// Labels the catalog pod's node must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the catalog pod tolerates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// The pod's priority class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// `restricted` or `legacy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context_config: Option<String>,
+    /// A memory quantity (`30Mi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_target: Option<String>,
+    /// Where the catalog content is extracted in the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract_content: Option<ExtractContent>,
+}
+
+/// A Kubernetes toleration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Toleration {
+    /// The taint key (empty with `Exists`: every taint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `Exists` or `Equal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// The taint value, for `Equal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+    /// How long a `NoExecute` taint is tolerated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+/// `grpcPodConfig.extractContent`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExtractContent {
+    /// The cache directory in the pod.
+    pub cache_dir: String,
+    /// The catalog directory in the pod.
+    pub catalog_dir: String,
 }
 
 /// One manifest or blob.

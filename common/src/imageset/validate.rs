@@ -439,6 +439,15 @@ fn record(image: &ImageRecord, field: &dyn Fn(&str) -> String) -> Result<(), Inv
             ));
         }
     }
+    if let Some(t) = &image.catalog_source {
+        if image.kind != ImageKind::Catalog {
+            return Err(invalid(
+                field("catalogSource"),
+                "set on an image that is not a catalog",
+            ));
+        }
+        catalog_source_template(t).map_err(|p| invalid(field("catalogSource"), p))?;
+    }
     match (&image.kind, &image.subject) {
         (ImageKind::Referrer, None) => Err(invalid(
             field("subject"),
@@ -450,6 +459,228 @@ fn record(image: &ImageRecord, field: &dyn Fn(&str) -> String) -> Result<(), Inv
             "set on an image that is not a referrer",
         )),
     }
+}
+
+/// A `CatalogSource` template's serialised size limit: real ones are a few
+/// hundred bytes; an icon is the largest part.
+pub const MAX_CATALOG_SOURCE_TEMPLATE: usize = 64 << 10;
+
+/// A carried `CatalogSource` template is applied to clusters as it is: every
+/// value must be one the Kubernetes API takes (a refused object would stop the
+/// agent's pass over that cluster), no key may steer OLM itself (an
+/// `olm.catalogImageTemplate` annotation would make OLM pull another image),
+/// and its size is bounded.
+pub fn catalog_source_template(t: &super::CatalogSourceTemplate) -> Result<(), String> {
+    let size = serde_json::to_vec(t).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_CATALOG_SOURCE_TEMPLATE {
+        return Err(format!(
+            "{size} bytes, more than the {MAX_CATALOG_SOURCE_TEMPLATE} allowed"
+        ));
+    }
+    for (what, map) in [("labels", &t.labels), ("annotations", &t.annotations)] {
+        for k in map.keys() {
+            if !qualified_name(k) {
+                return Err(format!(
+                    "{what}: {} is not a Kubernetes key ([PREFIX/]NAME: PREFIX a DNS subdomain, NAME 1 to 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit)",
+                    clipped(k)
+                ));
+            }
+            let (prefix, name) = k.rsplit_once('/').unwrap_or(("", k));
+            if name.starts_with("olm.")
+                || prefix.starts_with("olm.")
+                || ["operatorframework.io", "operators.coreos.com"]
+                    .iter()
+                    .any(|d| prefix == *d || prefix.ends_with(&format!(".{d}")))
+            {
+                return Err(format!(
+                    "{what}: {} is OLM's own; a template does not set it",
+                    clipped(k)
+                ));
+            }
+        }
+    }
+    if let Some((k, _)) = t.labels.iter().find(|(_, v)| !label_value(v)) {
+        return Err(format!(
+            "labels: the value of {} is not a label value (at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit)",
+            clipped(k)
+        ));
+    }
+    if let Some(s) = t.secrets.iter().find(|s| !dns_subdomain(s)) {
+        return Err(format!(
+            "secrets: {} is not a Secret name (a DNS subdomain)",
+            clipped(s)
+        ));
+    }
+    if let Some(i) = &t.icon {
+        if i.mediatype.len() > 255 || !i.mediatype.contains('/') {
+            return Err(format!(
+                "icon.mediatype: {} is not a media type",
+                clipped(&i.mediatype)
+            ));
+        }
+    }
+    if let Some(interval) = t
+        .update_strategy
+        .as_ref()
+        .and_then(|u| u.registry_poll.as_ref())
+        .and_then(|p| p.interval.as_deref())
+    {
+        if !go_duration(interval) {
+            return Err(format!(
+                "updateStrategy.registryPoll.interval: {} is not a duration (30m, 1h30m)",
+                clipped(interval)
+            ));
+        }
+    }
+    if let Some(g) = &t.grpc_pod_config {
+        if let Some(k) = g
+            .node_selector
+            .iter()
+            .find(|(k, v)| !qualified_name(k) || !label_value(v))
+            .map(|(k, _)| k)
+        {
+            return Err(format!(
+                "grpcPodConfig.nodeSelector: {} is not a label selector entry",
+                clipped(k)
+            ));
+        }
+        if let Some(p) = g
+            .priority_class_name
+            .as_deref()
+            .filter(|p| !dns_subdomain(p))
+        {
+            return Err(format!(
+                "grpcPodConfig.priorityClassName: {} is not an object name",
+                clipped(p)
+            ));
+        }
+        if let Some(c) = g
+            .security_context_config
+            .as_deref()
+            .filter(|c| !["restricted", "legacy"].contains(c))
+        {
+            return Err(format!(
+                "grpcPodConfig.securityContextConfig: {}; expected restricted or legacy",
+                clipped(c)
+            ));
+        }
+        if let Some(m) = g.memory_target.as_deref().filter(|m| !quantity(m)) {
+            return Err(format!(
+                "grpcPodConfig.memoryTarget: {} is not a quantity (30Mi)",
+                clipped(m)
+            ));
+        }
+        for (i, tol) in g.tolerations.iter().enumerate() {
+            let at = format!("grpcPodConfig.tolerations[{i}]");
+            if tol
+                .key
+                .as_deref()
+                .is_some_and(|k| !k.is_empty() && !qualified_name(k))
+            {
+                return Err(format!("{at}.key: not a taint key"));
+            }
+            if tol
+                .operator
+                .as_deref()
+                .is_some_and(|o| !["Exists", "Equal"].contains(&o))
+            {
+                return Err(format!("{at}.operator: expected Exists or Equal"));
+            }
+            if tol.value.as_deref().is_some_and(|v| !label_value(v)) {
+                return Err(format!("{at}.value: not a taint value"));
+            }
+            if tol
+                .effect
+                .as_deref()
+                .is_some_and(|e| !["", "NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&e))
+            {
+                return Err(format!(
+                    "{at}.effect: expected NoSchedule, PreferNoSchedule or NoExecute"
+                ));
+            }
+        }
+        if let Some(e) = &g.extract_content {
+            for (field, dir) in [("cacheDir", &e.cache_dir), ("catalogDir", &e.catalog_dir)] {
+                if !dir.starts_with('/') || dir.len() > 4096 || dir.contains('\0') {
+                    return Err(format!(
+                        "grpcPodConfig.extractContent.{field}: {} is not an absolute path",
+                        clipped(dir)
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A DNS subdomain as Kubernetes names objects: at most 253 characters, labels
+/// of lowercase letters, digits and '-' joined by '.', each beginning and ending
+/// with a letter or digit.
+fn dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && !s.is_empty()
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
+/// A label or annotation key: `[PREFIX/]NAME`.
+fn qualified_name(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    prefix.is_none_or(dns_subdomain)
+        && (1..=63).contains(&name.len())
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name
+            .chars()
+            .all(|c| alnum(c) || c == '-' || c == '_' || c == '.')
+}
+
+/// A label value: empty, or a qualified name's NAME part.
+fn label_value(v: &str) -> bool {
+    v.is_empty() || qualified_name(v) && !v.contains('/')
+}
+
+/// A Go duration: one or more number-and-unit pairs (`30m`, `1h30m`, `1.5h`).
+fn go_duration(s: &str) -> bool {
+    let mut rest = s;
+    let mut pairs = 0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let Some(unit) = ["ns", "us", "µs", "ms", "s", "m", "h"]
+            .iter()
+            .filter(|u| rest.starts_with(**u))
+            .max_by_key(|u| u.len())
+        else {
+            return false;
+        };
+        rest = &rest[unit.len()..];
+        pairs += 1;
+    }
+    pairs > 0 && s.len() <= 64
+}
+
+/// A Kubernetes quantity as memory is written (`30Mi`, `1G`, `512000`).
+fn quantity(s: &str) -> bool {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    digits > 0
+        && s.len() <= 32
+        && ["", "Ki", "Mi", "Gi", "Ti", "k", "M", "G", "T"].contains(&&s[digits..])
 }
 
 /// Every chain of subjects through the images ends within [`MAX_SUBJECT_DEPTH`]
@@ -659,6 +890,7 @@ mod tests {
             target_repository: None,
             kind,
             subject: None,
+            catalog_source: None,
         };
         let mut referrer = image(&blobs[3].digest, ImageKind::Referrer);
         referrer.subject = Some(blobs[0].digest.clone());
@@ -749,6 +981,97 @@ mod tests {
         ];
         for (forge, expected) in cases {
             let mut m = later(gone());
+            forge(&mut m);
+            let e = check_content(&m).unwrap_err().to_string();
+            assert!(e.starts_with(expected), "expected {expected:?}, got {e:?}");
+        }
+    }
+
+    /// A `CatalogSource` template crosses the gap and is applied to clusters:
+    /// only on a catalog, within its bound, with keys Kubernetes takes.
+    #[test]
+    fn a_forged_catalog_source_template_is_refused() {
+        type Forge = fn(&mut ImagesetManifest);
+        let with = |t: crate::imageset::CatalogSourceTemplate| {
+            move |m: &mut ImagesetManifest| {
+                m.images[2].kind = ImageKind::Catalog;
+                m.images[2].catalog_source = Some(t.clone());
+            }
+        };
+        let mut fine = genuine();
+        with(crate::imageset::CatalogSourceTemplate {
+            display_name: Some("Site operators".into()),
+            ..Default::default()
+        })(&mut fine);
+        check_content(&fine).unwrap();
+        let cases: &[(Forge, &str)] = &[
+            (
+                |m| m.images[1].catalog_source = Some(Default::default()),
+                "images[1].catalogSource: set on an image that is not a catalog",
+            ),
+            (
+                |m| {
+                    m.images[2].kind = ImageKind::Catalog;
+                    m.images[2].catalog_source = Some(crate::imageset::CatalogSourceTemplate {
+                        icon: Some(crate::imageset::CatalogIcon {
+                            base64data: "A".repeat(70_000),
+                            mediatype: "image/png".into(),
+                        }),
+                        ..Default::default()
+                    });
+                },
+                "images[2].catalogSource: ",
+            ),
+            (
+                |m| {
+                    m.images[2].kind = ImageKind::Catalog;
+                    m.images[2].catalog_source = Some(crate::imageset::CatalogSourceTemplate {
+                        annotations: [("../../etc".to_string(), "x".to_string())].into(),
+                        ..Default::default()
+                    });
+                },
+                "images[2].catalogSource: annotations: ",
+            ),
+            (
+                |m| {
+                    m.images[2].kind = ImageKind::Catalog;
+                    m.images[2].catalog_source = Some(crate::imageset::CatalogSourceTemplate {
+                        secrets: vec!["a b".into()],
+                        ..Default::default()
+                    });
+                },
+                "images[2].catalogSource: secrets: ",
+            ),
+            (
+                |m| {
+                    m.images[2].kind = ImageKind::Catalog;
+                    m.images[2].catalog_source = Some(crate::imageset::CatalogSourceTemplate {
+                        annotations: [(
+                            "olm.catalogImageTemplate".to_string(),
+                            "evil.example/{kube_major_version}".to_string(),
+                        )]
+                        .into(),
+                        ..Default::default()
+                    });
+                },
+                "images[2].catalogSource: annotations: \"olm.catalogImageTemplate\" is OLM's own",
+            ),
+            (
+                |m| {
+                    m.images[2].kind = ImageKind::Catalog;
+                    m.images[2].catalog_source = Some(crate::imageset::CatalogSourceTemplate {
+                        grpc_pod_config: Some(crate::imageset::GrpcPodConfig {
+                            security_context_config: Some("privileged".into()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                },
+                "images[2].catalogSource: grpcPodConfig.securityContextConfig: ",
+            ),
+        ];
+        for (forge, expected) in cases {
+            let mut m = genuine();
             forge(&mut m);
             let e = check_content(&m).unwrap_err().to_string();
             assert!(e.starts_with(expected), "expected {expected:?}, got {e:?}");

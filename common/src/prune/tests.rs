@@ -13,6 +13,7 @@ fn image(repo: &str, tag: Option<&str>, seed: &[u8]) -> ImageRecord {
         target_repository: None,
         kind: ImageKind::Generic,
         subject: None,
+        catalog_source: None,
     }
 }
 

@@ -818,6 +818,7 @@ impl RegistryClient {
         };
         let mut last = None;
         let mut mirrors_failed = Vec::new();
+        let mut said_absent: Option<RegistryError> = None;
         for e in endpoints {
             let result = if e.host == self.host && !e.insecure {
                 call(self, e.repository.clone()).await
@@ -838,14 +839,27 @@ impl RegistryClient {
                     tracing::debug!(endpoint = %format!("{}/{}", e.host, e.repository), error = %err, operation, "registries.conf endpoint failed; trying the next");
                     if e.mirror {
                         mirrors_failed.push(err.to_string());
+                        if err.kind() == Some(ErrorKind::NotFound) && said_absent.is_none() {
+                            said_absent = Some(err);
+                            continue;
+                        }
                     }
                     last = Some(err);
                 }
             }
         }
+        let last = last.expect("the primary location is always an endpoint");
+        // A mirror that answered "not here" gave an answer; a source out of
+        // reach gave none. The answer stands, so that a site that reaches its
+        // sources only through a cache learns that something is absent rather
+        // than that the source is down.
+        let last = match (said_absent, last.kind()) {
+            (Some(absent), Some(ErrorKind::Unreachable | ErrorKind::Network)) => absent,
+            (_, _) => last,
+        };
         // The source's own error, with what each mirror said: a cache that
         // refused the credentials matters more than a source that is out of reach.
-        match last.expect("the primary location is always an endpoint") {
+        match last {
             RegistryError::Request {
                 operation,
                 target,
@@ -1404,11 +1418,13 @@ impl RegistryClient {
     pub async fn has_tag(&self, repository: &str, tag: &str) -> Result<bool, RegistryError> {
         let by_digest = digest_bound(tag);
         let tag = tag.to_string();
-        self.routed(repository, by_digest, "check tag", move |c, repo| {
-            let tag = tag.clone();
-            Box::pin(async move { c.exists(&repo, &tag, "check tag").await })
-        })
-        .await
+        let result = self
+            .routed(repository, by_digest, "check tag", move |c, repo| {
+                let tag = tag.clone();
+                Box::pin(async move { present(c.exists(&repo, &tag, "check tag").await, &repo) })
+            })
+            .await;
+        absent_as_false(result)
     }
 
     async fn exists(
@@ -1510,6 +1526,21 @@ impl RegistryClient {
 
     /// Whether the repository has (or can serve) a blob.
     pub async fn has_blob(&self, repository: &str, digest: &Digest) -> Result<bool, RegistryError> {
+        let digest = digest.clone();
+        let result = self
+            .routed(repository, true, "check blob", move |c, repo| {
+                let digest = digest.clone();
+                Box::pin(async move { present(c.has_blob_here(&repo, &digest).await, &repo) })
+            })
+            .await;
+        absent_as_false(result)
+    }
+
+    async fn has_blob_here(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
         let r = self.by_digest(repository, digest);
         self.reading(repository, || self.client.blob_exists(&r, digest.as_str()))
             .await
@@ -1950,6 +1981,29 @@ fn digest_bound(reference: &str) -> bool {
         .strip_prefix("sha256-")
         .map(|rest| rest.split_once('.').map_or(rest, |(hex, _)| hex))
         .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A "no" from one `registries.conf` endpoint as a not-found error, so that the
+/// next endpoint (another mirror, or the source) is asked too: a partial cache
+/// lacking what the source has must not decide.
+fn present(answer: Result<bool, RegistryError>, repository: &str) -> Result<bool, RegistryError> {
+    match answer {
+        Ok(false) => Err(RegistryError::Request {
+            operation: "check",
+            target: repository.to_string(),
+            kind: ErrorKind::NotFound,
+            message: "not there".into(),
+        }),
+        other => other,
+    }
+}
+
+/// The other half of [`present`]: not found anywhere is a "no".
+fn absent_as_false(result: Result<bool, RegistryError>) -> Result<bool, RegistryError> {
+    match result {
+        Err(e) if e.kind() == Some(ErrorKind::NotFound) => Ok(false),
+        other => other,
+    }
 }
 
 /// One client per registry host, made on first use and shared, so that tokens and

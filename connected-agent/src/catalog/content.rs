@@ -116,6 +116,7 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
             target_repository: op.target_catalog.clone(),
             kind: ImageKind::Catalog,
             subject: None,
+            catalog_source: None,
         };
         let base = reference.at_digest(read.digest.clone());
         out.bases.push(ImageSpec {

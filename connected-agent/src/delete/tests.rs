@@ -20,6 +20,7 @@ fn image(source: &str, tag: Option<&str>, kind: ImageKind) -> ImageRecord {
         target_repository: None,
         kind,
         subject: None,
+        catalog_source: None,
     }
 }
 

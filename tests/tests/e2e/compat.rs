@@ -405,3 +405,48 @@ fn registries_conf_mirrors_serve_sources_and_blocked_entries_refuse_them() {
         "{bad}"
     );
 }
+
+/// A layer the source registry has lost (its manifest still served) is found
+/// before anything is written: with --continue-on-error its image is left out
+/// and named in missing.txt, and the rest is shipped; without, the run stops.
+#[test]
+fn continue_on_error_leaves_out_an_image_whose_layer_is_gone() {
+    let s = Setup::plain();
+    let broken = ImageBuilder::new(Format::Oci).layer(91, 30_000).build();
+    broken
+        .push(
+            &PushClient::new(&s.source).unwrap(),
+            "extra/broken",
+            Some("1"),
+        )
+        .unwrap();
+    let layer = broken.blobs.last().unwrap().digest.clone();
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let data = s.source.storage_dir().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    std::fs::remove_file(&data).unwrap();
+    let config = s.path("isc.yaml");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let broken_ref = format!("docker://{}/extra/broken:1", s.source.addr());
+    std::fs::write(&config, format!("{text}  - name: {broken_ref}\n")).unwrap();
+    let create = |out: &str| create_cmd(&config, &s.path(out), &s.path("ws-c"), "1MiB", &s.source);
+
+    let stopped = run(&mut create("out1"));
+    assert_ne!(stopped.code, 0, "{stopped}");
+    assert!(stopped.stderr.contains(hex), "{stopped}");
+
+    let partial = run(create("out2").arg("--continue-on-error"));
+    assert_eq!(partial.code, EX_PARTIAL, "{partial}");
+    let missing = std::fs::read_to_string(s.path("out2").join("missing.txt")).unwrap();
+    assert!(
+        missing.starts_with(&format!("{broken_ref}\t"))
+            && missing.contains(&format!("blob {layer} cannot be pulled"))
+            && missing.lines().count() == 1,
+        "{missing}"
+    );
+    let published = s.publish(&s.path("out2"), "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
+}

@@ -735,3 +735,87 @@ fn secure_policy_holds_a_rebuilt_catalog_to_its_source_scope() {
     );
     assert!(!out.exists() || chunk_files(&out).is_empty());
 }
+
+/// oc-mirror's `targetCatalogSourceTemplate`: the CatalogSource written at the
+/// site keeps the template's display and pod settings, with Airlock's name,
+/// namespace and image; a template that would change where the catalog comes
+/// from is refused at create with its field.
+#[test]
+fn a_catalog_source_template_travels_to_the_site_and_shapes_the_catalog_source() {
+    let src = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = src.addr();
+    push_localised_catalog(&client, &a);
+    let template = tmp.path().join("cs-template.yaml");
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{HEAD}mirror:\n  operators:\n  - catalog: {a}/catalogs/index:v4.17\n    targetCatalogSourceTemplate: {}\n    packages:\n    - name: {PACKAGE}\n",
+            template.display()
+        ),
+    )
+    .unwrap();
+
+    std::fs::write(
+        &template,
+        "apiVersion: operators.coreos.com/v1alpha1\nkind: CatalogSource\nmetadata:\n  name: ignored\nspec:\n  sourceType: grpc\n  configMap: my-catalog\n",
+    )
+    .unwrap();
+    let refused = create(
+        &config,
+        &tmp.path().join("bad"),
+        &tmp.path().join("ws-bad"),
+        "1MiB",
+        &src,
+    );
+    assert_eq!(refused.code, EX_CONFIG, "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("mirror.operators[0].targetCatalogSourceTemplate")
+            && refused.stderr.contains("spec.configMap"),
+        "{refused}"
+    );
+
+    std::fs::write(
+        &template,
+        "apiVersion: operators.coreos.com/v1alpha1\nkind: CatalogSource\nmetadata:\n  name: my-operators\n  labels:\n    team: platform\nspec:\n  displayName: Site operators\n  publisher: Platform team\n  updateStrategy:\n    registryPoll:\n      interval: 30m\n  grpcPodConfig:\n    nodeSelector:\n      node-role.kubernetes.io/infra: \"\"\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let created = create(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
+    assert_eq!(created.code, 0, "{created}");
+    let published = publish(&out, &dest, "mirror", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+    let cs: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(
+            tmp.path()
+                .join("ws-d/cluster-resources/cs-index-v4-17.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cs["metadata"]["name"], "cs-index-v4-17");
+    assert_eq!(cs["metadata"]["namespace"], "openshift-marketplace");
+    assert_eq!(cs["metadata"]["labels"]["team"], "platform");
+    assert_eq!(cs["metadata"]["annotations"]["createdBy"], "airlock");
+    assert_eq!(cs["spec"]["displayName"], "Site operators");
+    assert_eq!(cs["spec"]["publisher"], "Platform team");
+    assert_eq!(
+        cs["spec"]["updateStrategy"]["registryPoll"]["interval"],
+        "30m"
+    );
+    assert_eq!(
+        cs["spec"]["grpcPodConfig"]["nodeSelector"]["node-role.kubernetes.io/infra"],
+        ""
+    );
+    assert_eq!(cs["spec"]["sourceType"], "grpc");
+    let image = cs["spec"]["image"].as_str().unwrap();
+    assert!(
+        image.starts_with(&format!("{}/mirror/catalogs/index@sha256:", dest.addr())),
+        "{image}"
+    );
+}
