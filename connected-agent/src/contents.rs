@@ -127,12 +127,28 @@ impl Contents {
         manifests: &HashMap<Digest, RawManifest>,
         bundles: &HashMap<String, Vec<Owner>>,
     ) -> Self {
+        Self::with_carried(sequence, images, releases, blobs, manifests, bundles, None)
+    }
+
+    /// [`Contents::new`] for an imageset that carries images over from
+    /// `previous` (`carried`, by digest: left out of this pull, their manifests
+    /// were not read): they keep the trees recorded then, before owners are
+    /// worked out, so that their signatures and referrers still belong to them.
+    pub fn with_carried(
+        sequence: u64,
+        images: &[ImageRecord],
+        releases: &[ReleaseRecord],
+        blobs: &[BlobRecord],
+        manifests: &HashMap<Digest, RawManifest>,
+        bundles: &HashMap<String, Vec<Owner>>,
+        carried: Option<(&Contents, &HashSet<Digest>)>,
+    ) -> Self {
         let position: HashMap<&Digest, u32> = blobs
             .iter()
             .enumerate()
             .map(|(i, b)| (&b.digest, i as u32))
             .collect();
-        let trees: Vec<Vec<u32>> = images
+        let mut trees: Vec<Vec<u32>> = images
             .iter()
             .map(|image| {
                 tree(&image.digest, manifests)
@@ -141,6 +157,25 @@ impl Contents {
                     .collect()
             })
             .collect();
+        if let Some((previous, carried)) = carried {
+            for (k, image) in images.iter().enumerate() {
+                if !carried.contains(&image.digest) {
+                    continue;
+                }
+                let Some(j) = previous
+                    .images
+                    .iter()
+                    .position(|p| p.digest == image.digest)
+                else {
+                    continue;
+                };
+                trees[k] = previous.trees[j]
+                    .iter()
+                    .filter_map(|&p| previous.blobs.get(p as usize))
+                    .filter_map(|b| position.get(&b.digest).copied())
+                    .collect();
+            }
+        }
         let mut owners: Vec<Vec<Owner>> = images
             .iter()
             .map(|image| direct_owners(image, releases, bundles))
@@ -190,34 +225,6 @@ impl Contents {
                 .collect(),
             owners,
             trees,
-        }
-    }
-
-    /// Images carried over from `previous` (`carried`, by digest: left out of
-    /// this pull, their manifests were not read) keep the trees recorded then.
-    pub fn adopt_trees(&mut self, previous: &Contents, carried: &HashSet<Digest>) {
-        let position: HashMap<&Digest, u32> = self
-            .blobs
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (&b.digest, i as u32))
-            .collect();
-        for (k, image) in self.images.iter().enumerate() {
-            if !carried.contains(&image.digest) {
-                continue;
-            }
-            let Some(j) = previous
-                .images
-                .iter()
-                .position(|p| p.digest == image.digest)
-            else {
-                continue;
-            };
-            self.trees[k] = previous.trees[j]
-                .iter()
-                .filter_map(|&p| previous.blobs.get(p as usize))
-                .filter_map(|b| position.get(&b.digest).copied())
-                .collect();
         }
     }
 
@@ -364,4 +371,81 @@ fn tree(top: &Digest, manifests: &HashMap<Digest, RawManifest>) -> Vec<Digest> {
         stack.extend(parsed.children().iter().map(|c| c.digest.clone()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_common::imageset::ImageKind;
+
+    /// Regression: an image carried over (its source down; its manifests not
+    /// read this run) had only its top manifest in its tree when owners were
+    /// worked out, so the signature of one of its platform manifests (`cosign
+    /// sign --recursive`) became an image of its own, which a delete of the
+    /// image left behind.
+    #[test]
+    fn a_carried_image_keeps_the_signatures_of_its_platform_manifests() {
+        let app = Digest::of(b"app index");
+        let child = Digest::of(b"app amd64 manifest");
+        let sig = Digest::of(b"signature manifest");
+        let record = |source: &str, digest: &Digest, kind, subject: Option<&Digest>| ImageRecord {
+            source: source.into(),
+            repository: "quay.io/team/app".into(),
+            tag: Some("1".into()),
+            by_digest: false,
+            digest: digest.clone(),
+            target_repository: None,
+            kind,
+            subject: subject.cloned(),
+            catalog_source: None,
+        };
+        let images = vec![
+            record("quay.io/team/app:1", &app, ImageKind::Generic, None),
+            record(
+                &format!("quay.io/team/app:{}.sig", child.tag_form()),
+                &sig,
+                ImageKind::Referrer,
+                Some(&child),
+            ),
+        ];
+        let blob = |d: &Digest| BlobRecord {
+            digest: d.clone(),
+            size: 1,
+            media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+            repository: "quay.io/team/app".into(),
+            parts: Vec::new(),
+        };
+        let blobs = vec![blob(&app), blob(&sig), blob(&child)];
+        let previous = Contents {
+            sequence: 3,
+            images: images.clone(),
+            releases: Vec::new(),
+            blobs: blobs.clone(),
+            owners: vec![vec![Owner::image(&images[0])]; 2],
+            trees: vec![vec![0, 2], vec![1]],
+        };
+        let carried: HashSet<Digest> = [app.clone(), sig.clone()].into();
+        let none = HashMap::new();
+        let now = Contents::with_carried(
+            4,
+            &images,
+            &[],
+            &blobs,
+            &none,
+            &none_bundles(),
+            Some((&previous, &carried)),
+        );
+        assert_eq!(now.trees, previous.trees);
+        assert_eq!(now.owners[1], vec![Owner::image(&images[0])]);
+        let unlinked = Contents::new(4, &images, &[], &blobs, &none, &none_bundles());
+        assert_eq!(
+            unlinked.owners[1],
+            vec![Owner::image(&images[1])],
+            "what the bug did"
+        );
+    }
+
+    fn none_bundles() -> HashMap<String, Vec<Owner>> {
+        HashMap::new()
+    }
 }

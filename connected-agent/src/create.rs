@@ -562,17 +562,15 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         });
     }
     let workspace = workspace.expect("opened for a real run");
-    let mut contents = Contents::new(
+    let contents = Contents::with_carried(
         sequence,
         &skeleton.images,
         &skeleton.releases,
         &skeleton.blobs,
         &collected.manifests,
         &bundles,
+        previous.map(|p| (p, &carried)),
     );
-    if let Some(previous) = previous {
-        contents.adopt_trees(previous, &carried);
-    }
     let (manifest, chunks) = write_and_record(
         Recording {
             workspace: &workspace,
@@ -891,10 +889,14 @@ fn carry_over(
     let mut digests = HashSet::new();
     for &k in &carried {
         let image = &previous.images[k];
-        let listed = collected
-            .images
-            .iter()
-            .any(|i| i.source == image.source && i.digest == image.digest);
+        // The same image placed elsewhere (another entry's targetRepo or
+        // targetTag) is another record: both stay at the site.
+        let listed = collected.images.iter().any(|i| {
+            i.source == image.source
+                && i.digest == image.digest
+                && i.target_repository == image.target_repository
+                && i.tag == image.tag
+        });
         if listed {
             continue;
         }
@@ -1071,5 +1073,61 @@ fn retryable(e: &Error) -> bool {
 impl From<RegistryError> for Error {
     fn from(e: RegistryError) -> Self {
         Error::Registry(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_common::imageset::{BlobRecord, ImageRecord};
+
+    /// Regression: an image configured twice with different targetRepo, whose
+    /// source was down, was carried over once: the first placement carried
+    /// made the second look listed already, and the site pruned it.
+    #[test]
+    fn each_placement_of_an_image_left_out_is_carried_over() {
+        let digest = Digest::of(b"manifest");
+        let record = |target: &str| ImageRecord {
+            source: "quay.io/team/app:1".into(),
+            repository: "quay.io/team/app".into(),
+            tag: Some("1".into()),
+            by_digest: false,
+            digest: digest.clone(),
+            target_repository: Some(target.into()),
+            kind: ImageKind::Generic,
+            subject: None,
+            catalog_source: None,
+        };
+        let blob = BlobRecord {
+            digest: digest.clone(),
+            size: 10,
+            media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+            repository: "quay.io/team/app".into(),
+            parts: Vec::new(),
+        };
+        let previous = Contents {
+            sequence: 4,
+            images: vec![record("a/app"), record("b/app")],
+            releases: Vec::new(),
+            blobs: vec![blob],
+            owners: vec![Vec::new(), Vec::new()],
+            trees: vec![vec![0], vec![0]],
+        };
+        let mut collected = Collected::default();
+        let mut missing = vec![Missing {
+            image: "quay.io/team/app:1".into(),
+            reason: "unreachable".into(),
+            carried_from: None,
+        }];
+        carry_over(&previous, &mut missing, &mut collected);
+        let mut placed: Vec<_> = collected
+            .images
+            .iter()
+            .map(|i| i.target_repository.clone().unwrap())
+            .collect();
+        placed.sort();
+        assert_eq!(placed, ["a/app", "b/app"]);
+        assert_eq!(collected.blobs.len(), 1, "the shared manifest once");
+        assert_eq!(missing[0].carried_from, Some(4));
     }
 }
