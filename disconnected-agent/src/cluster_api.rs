@@ -551,6 +551,15 @@ impl ClusterApi {
                 d.label(),
                 d.kind.api_version
             ))),
+            Err(kube::Error::Api(e)) if [400, 403, 422].contains(&e.code) => {
+                Ok(Applied::Refused(format!(
+                    "{}: not applied: the cluster refused it ({} {}: {}); the other objects are applied, and this one is tried again at every check",
+                    d.label(),
+                    e.code,
+                    e.reason,
+                    e.message
+                )))
+            }
             Err(e) => Err(request(format!("applying {}", d.label()))(e)),
         }
     }
@@ -646,6 +655,9 @@ pub enum Applied {
     Conflict(String),
     /// The cluster does not serve the kind.
     Unserved(String),
+    /// The API refused this object (invalid, denied by an admission webhook,
+    /// or not allowed to the agent): the others are still applied.
+    Refused(String),
 }
 
 impl Desired {

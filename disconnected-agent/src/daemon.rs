@@ -1537,6 +1537,7 @@ impl Daemon {
             ..ApiView::default()
         };
         let mut unserved = Vec::new();
+        let mut refused = 0;
         if apply && published > 0 {
             for d in &desired {
                 match kube.apply(d, force).await? {
@@ -1546,6 +1547,12 @@ impl Daemon {
                     Applied::Unserved(why) => {
                         view.notes.push(why);
                         unserved.push(d.label());
+                    }
+                    Applied::Refused(why) => {
+                        tracing::warn!(cluster = %name, "{why}");
+                        view.notes.push(why);
+                        unserved.push(d.label());
+                        refused += 1;
                     }
                 }
             }
@@ -1564,13 +1571,24 @@ impl Daemon {
                 }
             }
             self.clusters[i].left = left;
-            if let Err(e) = self.site.ws.mark_applied(&name, published) {
+            // With an object refused, the sequence is not recorded as applied,
+            // so that the next check applies again (the refusal may be lifted:
+            // a webhook's policy changed, a quota raised).
+            if refused == 0
+                && let Err(e) = self.site.ws.mark_applied(&name, published)
+            {
                 tracing::error!(cluster = %name, error = %e, "cannot record the applied sequence");
             }
-            tracing::info!(cluster = %name, sequence = published, objects = desired.len(), forced = force, "cluster resources applied");
+            tracing::info!(cluster = %name, sequence = published, objects = desired.len(), refused, forced = force, "cluster resources applied");
             let mut event = AgentEvent::now(
                 EventKind::Applied,
-                format!("{} objects applied", desired.len() - unserved.len()),
+                match refused {
+                    0 => format!("{} objects applied", desired.len() - unserved.len()),
+                    n => format!(
+                        "{} objects applied, {n} refused by the cluster",
+                        desired.len() - unserved.len()
+                    ),
+                },
             );
             event.cluster = Some(name.clone());
             event.imageset = self

@@ -378,6 +378,17 @@ impl KubeApi {
         self.store().forbidden.push(*r);
     }
 
+    /// Has a validating admission webhook deny every create and patch of `r`
+    /// with `message`, as a policy engine (Gatekeeper, Kyverno) does.
+    pub fn deny_writes(&self, r: &Res, message: &str) {
+        self.store().denied.push((*r, message.to_string()));
+    }
+
+    /// Lifts [`KubeApi::deny_writes`].
+    pub fn allow_writes(&self) {
+        self.store().denied.clear();
+    }
+
     /// Deletes an object as an admin would; false if there was none.
     pub fn delete(&self, r: &Res, namespace: Option<&str>, name: &str) -> bool {
         self.store()
@@ -769,6 +780,11 @@ fn resource(
             _ => "update",
         };
         return Err(ApiError::forbidden(&res, verb, namespace));
+    }
+    if matches!(req.method.as_str(), "POST" | "PATCH" | "PUT") {
+        if let Some((_, message)) = store.denied.iter().find(|(r, _)| *r == res) {
+            return Err(ApiError::denied(&res, name.unwrap_or_default(), message));
+        }
     }
     let status = match sub {
         None => false,

@@ -131,6 +131,19 @@ impl ApiError {
         )
     }
 
+    /// A validating admission webhook's denial, as the API server relays it.
+    pub(super) fn denied(res: &Res, name: &str, message: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "admission webhook \"policy.example.com\" denied the request: {} {name:?}: {message}",
+                res.qualified()
+            ),
+            None,
+        )
+    }
+
     pub(super) fn unauthorized() -> Self {
         Self::new(401, "Unauthorized", "Unauthorized".into(), None)
     }
@@ -369,6 +382,8 @@ pub(super) struct Store {
     pub(super) served: Vec<Res>,
     /// Kinds the caller's role may not read or write, as RBAC would refuse them.
     pub(super) forbidden: Vec<Res>,
+    /// Kinds whose writes a validating admission webhook denies, with its message.
+    pub(super) denied: Vec<(Res, String)>,
     objects: BTreeMap<Key, Value>,
     resource_version: u64,
     pub(super) requests: Vec<String>,
@@ -392,6 +407,7 @@ impl Store {
         Store {
             served,
             forbidden: Vec::new(),
+            denied: Vec::new(),
             objects: BTreeMap::new(),
             resource_version: 0,
             requests: Vec::new(),

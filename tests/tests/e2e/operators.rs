@@ -819,3 +819,66 @@ fn a_catalog_source_template_travels_to_the_site_and_shapes_the_catalog_source()
         "{image}"
     );
 }
+
+/// A cluster whose admission policy denies one object (here the CatalogSource)
+/// still gets the others, says which was refused and why, and gets the refused
+/// one once the policy allows it, without a new imageset.
+#[test]
+fn an_object_the_cluster_refuses_does_not_hold_back_the_others_and_is_applied_once_allowed() {
+    let src = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = src.addr();
+    push_localised_catalog(&client, &a);
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}mirror:\n  operators:\n  - catalog: {a}/catalogs/index:v4.17\n    packages:\n    - name: {PACKAGE}\n"),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let created = create(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
+    assert_eq!(created.code, 0, "{created}");
+
+    let api = KubeApi::start(&tmp.path().join("api"), "4.19.7").unwrap();
+    api.deny_writes(&Res::CATALOG_SOURCE, "catalog sources need a team label");
+    let kubeconfig = api.kubeconfig_file().unwrap();
+    let served = Served::start_with(|site, grpc| {
+        site.config_fleet(
+            &[("prod", &dest, Some(kubeconfig.as_path()))],
+            &format!("reconcileSeconds: 1\n{grpc}"),
+        )
+    });
+    deliver(&out, &served.site.path("drop"));
+    let refused_note = || {
+        served.json(&["clusters"])[0]["notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find(|n| n.contains("not applied: the cluster refused it"))
+            .map(str::to_string)
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the other objects applied and the refusal reported",
+        || !api.list(&Res::CLUSTER_CATALOG).is_empty() && refused_note().is_some(),
+        || served.agent.log(),
+    );
+    let note = refused_note().unwrap();
+    assert!(
+        note.starts_with("CatalogSource openshift-marketplace/cs-index-v4-17")
+            && note.contains("catalog sources need a team label"),
+        "{note}"
+    );
+    assert!(api.list(&Res::CATALOG_SOURCE).is_empty());
+
+    api.allow_writes();
+    eventually(
+        Duration::from_secs(30),
+        "the CatalogSource applied once allowed",
+        || !api.list(&Res::CATALOG_SOURCE).is_empty() && refused_note().is_none(),
+        || served.agent.log(),
+    );
+}
