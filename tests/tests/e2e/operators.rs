@@ -329,6 +329,17 @@ fn push_localised_catalog(
     (labels, fbc, images)
 }
 
+/// `isc.yaml` in `dir`: the localised catalog of `a`, filtered to [`PACKAGE`].
+fn package_config(dir: &std::path::Path, a: &str) -> std::path::PathBuf {
+    let config = dir.join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}mirror:\n  operators:\n  - catalog: {a}/catalogs/index:v4.17\n    packages:\n    - name: {PACKAGE}\n"),
+    )
+    .unwrap();
+    config
+}
+
 #[test]
 fn create_and_publish_carry_the_selected_bundles_and_a_rebuilt_catalog_with_its_resources() {
     let src = Registry::plain().unwrap();
@@ -337,12 +348,7 @@ fn create_and_publish_carry_the_selected_bundles_and_a_rebuilt_catalog_with_its_
     let tmp = tempfile::tempdir().unwrap();
     let a = src.addr();
     let (labels, fbc, images) = push_localised_catalog(&client, &a);
-    let config = tmp.path().join("isc.yaml");
-    std::fs::write(
-        &config,
-        format!("{HEAD}mirror:\n  operators:\n  - catalog: {a}/catalogs/index:v4.17\n    packages:\n    - name: {PACKAGE}\n"),
-    )
-    .unwrap();
+    let config = package_config(tmp.path(), &a);
     let (heads, wanted) = heads_and_pullspecs(fbc.as_bytes());
     assert_eq!(heads.len(), 2, "one head per channel");
 
@@ -698,12 +704,7 @@ fn secure_policy_holds_a_rebuilt_catalog_to_its_source_scope() {
     let tmp = tempfile::tempdir().unwrap();
     let a = src.addr();
     push_localised_catalog(&client, &a);
-    let config = tmp.path().join("isc.yaml");
-    std::fs::write(
-        &config,
-        format!("{HEAD}mirror:\n  operators:\n  - catalog: {a}/catalogs/index:v4.17\n    packages:\n    - name: {PACKAGE}\n"),
-    )
-    .unwrap();
+    let config = package_config(tmp.path(), &a);
     let policy = tmp.path().join("policy.json");
     std::fs::write(
         &policy,
@@ -831,12 +832,7 @@ fn an_object_the_cluster_refuses_does_not_hold_back_the_others_and_is_applied_on
     let tmp = tempfile::tempdir().unwrap();
     let a = src.addr();
     push_localised_catalog(&client, &a);
-    let config = tmp.path().join("isc.yaml");
-    std::fs::write(
-        &config,
-        format!("{HEAD}mirror:\n  operators:\n  - catalog: {a}/catalogs/index:v4.17\n    packages:\n    - name: {PACKAGE}\n"),
-    )
-    .unwrap();
+    let config = package_config(tmp.path(), &a);
     let out = tmp.path().join("out");
     let created = create(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
     assert_eq!(created.code, 0, "{created}");
