@@ -239,7 +239,7 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
         problem("source.registriesConf", e.to_string());
     }
     if let Some(p) = &config.secure_policy
-        && let Err(e) = crate::secure_policy::SecurePolicy::load(p)
+        && let Err(e) = crate::secure_policy::SecurePolicy::load(p, None)
     {
         problem("securePolicy", e.to_string());
     }

@@ -195,6 +195,11 @@ pub struct PolicyArgs {
     /// else /etc/containers/policy.json].
     #[arg(long, value_name = "FILE", requires = "secure_policy")]
     pub policy: Option<PathBuf>,
+    /// Directory of containers-registries.d(5) files naming the lookaside stores
+    /// of signedBy (GPG) signatures, as oc-mirror takes it [default:
+    /// ~/.config/containers/registries.d, else /etc/containers/registries.d].
+    #[arg(long = "registries.d", value_name = "DIR", requires = "secure_policy")]
+    pub registries_d: Option<PathBuf>,
 }
 
 impl PolicyArgs {
@@ -203,6 +208,7 @@ impl PolicyArgs {
         PolicyOptions {
             remove_signatures: self.remove_signatures,
             require_signatures: self.require_signatures.clone(),
+            registries_d: self.registries_d.clone(),
             secure_policy: self.secure_policy.then(|| {
                 self.policy
                     .clone()

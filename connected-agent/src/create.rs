@@ -178,7 +178,7 @@ pub async fn gather(
     let secure = policy
         .secure_policy
         .as_deref()
-        .map(SecurePolicy::load)
+        .map(|p| SecurePolicy::load(p, policy.registries_d.as_deref()))
         .transpose()?;
     let platform = release::platform(loaded);
     let signatures = match platform {

@@ -40,6 +40,9 @@ pub struct PolicyOptions {
     pub require_signatures: Vec<std::path::PathBuf>,
     /// A containers policy.json every image must satisfy (`--secure-policy`).
     pub secure_policy: Option<std::path::PathBuf>,
+    /// The registries.d directory naming lookaside signature stores
+    /// (`--registries.d`), else the containers default.
+    pub registries_d: Option<std::path::PathBuf>,
 }
 
 /// The OCI annotation naming the base image (a reference).

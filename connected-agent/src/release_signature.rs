@@ -77,11 +77,16 @@ pub enum SignatureError {
     },
 }
 
+/// What to do when no release key verifies a release signature.
+const RELEASE_HINT: &str = "; if the release is not Red Hat's, pass its key with --release-keyring";
+
 /// Public keys a release signature must be made with.
 #[derive(Debug)]
 pub struct Keyring {
     keys: Vec<SignedPublicKey>,
     source: String,
+    /// What to do when no key verifies, said after the refusal.
+    hint: &'static str,
 }
 
 impl Keyring {
@@ -107,6 +112,10 @@ impl Keyring {
             }
             None => Keyring::parse(RED_HAT_KEYS.as_bytes(), "built-in (Red Hat release keys)"),
         }
+        .map(|k| Keyring {
+            hint: RELEASE_HINT,
+            ..k
+        })
     }
 
     /// The keys of `bytes`, read from `source` (for messages).
@@ -136,7 +145,15 @@ impl Keyring {
         Ok(Keyring {
             keys,
             source: source.to_string(),
+            hint: "",
         })
+    }
+
+    /// The keys of both, named by both sources.
+    pub fn merge(mut self, other: Keyring) -> Keyring {
+        self.keys.extend(other.keys);
+        self.source = format!("{}, {}", self.source, other.source);
+        self
     }
 
     /// Where the keys came from.
@@ -217,14 +234,15 @@ pub fn verify(
     let (data, signature) = split(sig).map_err(|m| invalid(format!("the signature {m}")))?;
     let key = keyring.check(&signature, &data).ok_or_else(|| {
         invalid(format!(
-            "the signature (by key {}) is not valid for any key of {}; if the release is not Red Hat's, pass its key with --release-keyring",
+            "the signature (by key {}) is not valid for any key of {}{}",
             signature
                 .issuer_key_id()
                 .iter()
                 .map(|k| hex::encode_upper(k.as_ref()))
                 .next()
                 .unwrap_or_else(|| "unknown".into()),
-            keyring.source()
+            keyring.source(),
+            keyring.hint
         ))
     })?;
     let doc: SignedDocument = serde_json::from_slice(&data).map_err(|e| {
@@ -455,6 +473,7 @@ mod tests {
                 .filter(|k| format!("{:X}", k.fingerprint()).ends_with("F21541EB"))
                 .collect(),
             source: "beta".into(),
+            hint: RELEASE_HINT,
         };
         let e = verify(&beta, OCP_4_15_0, &digest(OCP_4_15_0_DIGEST), "4.15.0")
             .unwrap_err()

@@ -10,10 +10,13 @@
 //! with public keys (`keyPath`, `keyPaths`, `keyData`, `keyDatas`) holds when a
 //! cosign signature (`sha256-<hex>.sig`) of the image's manifest verifies with
 //! one of them and its signed identity satisfies `signedIdentity` (default
-//! `matchRepoDigestOrExact`). What this build cannot verify — `signedBy` (GPG
-//! simple signing), Fulcio or PKI certificates, Rekor, keys other than ECDSA
-//! P-256 — is a requirement that does not hold, named as such, never one that
-//! is skipped: a site that asked for verification gets it or a refusal.
+//! `matchRepoDigestOrExact`). `signedBy` with OpenPGP keys holds when an atomic
+//! container signature in the image's lookaside store (named by registries.d)
+//! verifies, through the release-signature code, and its identity satisfies
+//! `signedIdentity`. What this build cannot verify — Fulcio or PKI
+//! certificates, Rekor, keys other than ECDSA P-256 — is a requirement that
+//! does not hold, named as such, never one that is skipped: a site that asked
+//! for verification gets it or a refusal.
 //!
 //! Every image is judged before anything is written, and all refusals are
 //! reported at once, as with `--require-signatures` (see `cosign.rs` for what a
@@ -25,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_common::config::ImageSpec;
+use airlock_common::digest::Digest;
 use airlock_common::reference::ImageRef;
 use airlock_common::registry::Pool;
 use base64::Engine;
@@ -34,6 +38,7 @@ use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use crate::collect::Resolved;
 use crate::cosign::{self, Keys};
 use crate::error::Error;
+use crate::release_signature::Keyring;
 
 /// How a signature's identity must relate to the image (`signedIdentity`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +63,11 @@ enum Requirement {
         keys: Keys,
         identity: Identity,
     },
+    /// `signedBy`: atomic container signatures from a lookaside store.
+    Gpg {
+        keyring: Keyring,
+        identity: Identity,
+    },
     /// A requirement this build cannot verify, and why.
     Unsupported(String),
 }
@@ -66,6 +76,8 @@ enum Requirement {
 #[derive(Debug)]
 pub struct SecurePolicy {
     file: PathBuf,
+    /// Where `signedBy` signatures are read from (registries.d).
+    lookaside: Lookaside,
     default: Vec<Requirement>,
     /// `transports.docker`, by scope.
     docker: BTreeMap<String, Vec<Requirement>>,
@@ -96,14 +108,13 @@ enum Req {
     Reject,
     #[serde(rename_all = "camelCase")]
     SignedBy {
-        #[serde(rename = "keyType")]
-        _key_type: String,
-        #[serde(rename = "keyPath", default)]
-        _key_path: Option<String>,
-        #[serde(rename = "keyPaths", default)]
-        _key_paths: Option<Vec<String>>,
-        #[serde(rename = "keyData", default)]
-        _key_data: Option<String>,
+        key_type: String,
+        #[serde(default)]
+        key_path: Option<String>,
+        #[serde(default)]
+        key_paths: Option<Vec<String>>,
+        #[serde(default)]
+        key_data: Option<String>,
         #[serde(default)]
         signed_identity: Option<IdentityDef>,
     },
@@ -187,6 +198,138 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Unique<T> {
     }
 }
 
+/// Where atomic container signatures are kept, by scope (containers-registries.d(5):
+/// `docker.<scope>.lookaside`, and `default-docker.lookaside`; `sigstore` is the
+/// older name of the same key).
+#[derive(Debug, Default)]
+struct Lookaside {
+    default: Option<String>,
+    scopes: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct RegistriesD {
+    #[serde(rename = "default-docker")]
+    default_docker: Option<LookasideEntry>,
+    #[serde(default)]
+    docker: BTreeMap<String, LookasideEntry>,
+}
+
+#[derive(Deserialize)]
+struct LookasideEntry {
+    lookaside: Option<String>,
+    sigstore: Option<String>,
+}
+
+/// Signatures read per image at most: the store numbers them from 1.
+const MAX_SIGNATURES: usize = 16;
+/// A signature larger than this is refused (real ones are under 1 KiB).
+const MAX_SIGNATURE_BYTES: usize = 64 << 10;
+
+impl Lookaside {
+    /// The `*.yaml` files of `dir` (`--registries.d`), else of
+    /// `~/.config/containers/registries.d` if it exists, else of
+    /// `/etc/containers/registries.d`, as containers/image chooses them. A scope
+    /// set in two files is an error, as there.
+    fn load(dir: Option<&Path>) -> Result<Self, Error> {
+        let dir = match dir {
+            Some(d) => d.to_path_buf(),
+            None => std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".config/containers/registries.d"))
+                .filter(|d| d.is_dir())
+                .unwrap_or_else(|| PathBuf::from("/etc/containers/registries.d")),
+        };
+        let mut out = Lookaside::default();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(out);
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        for f in files {
+            let fail = |e: String| Error::Usage(format!("--registries.d: {}: {e}", f.display()));
+            let text = std::fs::read_to_string(&f).map_err(|e| fail(e.to_string()))?;
+            let d: RegistriesD = serde_yaml_ng::from_str(&text).map_err(|e| fail(e.to_string()))?;
+            let url = |e: LookasideEntry| e.lookaside.or(e.sigstore);
+            if let Some(u) = d.default_docker.and_then(url) {
+                if out.default.replace(u).is_some() {
+                    return Err(fail("default-docker is set in another file too".into()));
+                }
+            }
+            for (scope, e) in d.docker {
+                if let Some(u) = url(e) {
+                    if out.scopes.insert(scope.clone(), u).is_some() {
+                        return Err(fail(format!("docker.{scope} is set in another file too")));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The store for `image`: its most specific scope's, else the default.
+    fn base(&self, image: &ImageRef) -> Option<&str> {
+        scopes(image)
+            .iter()
+            .find_map(|c| self.scopes.get(c))
+            .or(self.default.as_ref())
+            .map(|u| u.trim_end_matches('/'))
+    }
+
+    /// The signatures of `digest` for `image` in the store: signature-1, -2, ...
+    /// until one is missing.
+    async fn signatures(&self, image: &ImageRef, digest: &Digest) -> Result<Vec<Vec<u8>>, String> {
+        let Some(base) = self.base(image) else {
+            return Err(format!(
+                "signedBy needs the signatures' lookaside store, and no registries.d file names one for {} (docker.<scope>.lookaside, or default-docker.lookaside)",
+                image.name()
+            ));
+        };
+        let client = airlock_common::registry::proxied(reqwest::Client::builder())
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for n in 1..=MAX_SIGNATURES {
+            let url = format!(
+                "{base}/{}@sha256={}/signature-{n}",
+                image.repository(),
+                digest.hex()
+            );
+            let bytes = if let Some(path) = url.strip_prefix("file://") {
+                match std::fs::read(path) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) => return Err(format!("{url}: {e}")),
+                }
+            } else {
+                let resp = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{url}: {e}"))?;
+                if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                    break;
+                }
+                if !resp.status().is_success() {
+                    return Err(format!("{url}: HTTP {}", resp.status()));
+                }
+                crate::cincinnati::read_limited(resp, MAX_SIGNATURE_BYTES)
+                    .await
+                    .map_err(|e| format!("{url}: {e}"))?
+            };
+            if bytes.len() > MAX_SIGNATURE_BYTES {
+                return Err(format!("{url}: more than {MAX_SIGNATURE_BYTES} bytes"));
+            }
+            out.push(bytes);
+        }
+        Ok(out)
+    }
+}
+
 /// Whether a reference has neither tag nor digest.
 fn name_only(r: &ImageRef) -> bool {
     r.tag().is_none() && r.digest().is_none()
@@ -251,12 +394,46 @@ fn requirement(r: Req, at: &str) -> Result<Requirement, String> {
         Req::InsecureAcceptAnything => Ok(Requirement::Accept),
         Req::Reject => Ok(Requirement::Reject),
         Req::SignedBy {
-            signed_identity, ..
+            key_type,
+            key_path,
+            key_paths,
+            key_data,
+            signed_identity,
         } => {
-            identity(signed_identity, at)?;
-            unsupported(
-                "signedBy (GPG simple signing) requirements are not verified by this build; only sigstoreSigned with public keys is",
-            )
+            let identity = identity(signed_identity, at)?;
+            if key_type != "GPGKeys" {
+                return Err(format!(
+                    "{at}.keyType {key_type:?}: GPGKeys is the one key type signedBy has"
+                ));
+            }
+            let given = [key_path.is_some(), key_paths.is_some(), key_data.is_some()];
+            if given.iter().filter(|g| **g).count() != 1 {
+                return Err(format!(
+                    "{at}: signedBy takes exactly one of keyPath, keyPaths, keyData"
+                ));
+            }
+            let mut keyring: Option<Keyring> = None;
+            let mut add = |k: Keyring| {
+                keyring = Some(match keyring.take() {
+                    Some(all) => all.merge(k),
+                    None => k,
+                })
+            };
+            for p in key_path.into_iter().chain(key_paths.into_iter().flatten()) {
+                let bytes = std::fs::read(&p).map_err(|e| format!("{at}.keyPath {p}: {e}"))?;
+                add(Keyring::parse(&bytes, &p).map_err(|e| format!("{at}.keyPath: {e}"))?);
+            }
+            if let Some(d) = key_data {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(d.trim())
+                    .map_err(|e| format!("{at}.keyData: not base64: {e}"))?;
+                add(Keyring::parse(&bytes, &format!("{at}.keyData"))
+                    .map_err(|e| format!("{at}.keyData: {e}"))?);
+            }
+            Ok(Requirement::Gpg {
+                keyring: keyring.expect("one key source, checked above"),
+                identity,
+            })
         }
         Req::SigstoreSigned {
             key_path,
@@ -340,7 +517,8 @@ fn requirements(list: Vec<Req>, at: &str) -> Result<Vec<Requirement>, String> {
 impl SecurePolicy {
     /// Reads and checks `file`; every key it names is read now, so a bad one
     /// stops the run before any registry is contacted.
-    pub fn load(file: &Path) -> Result<Self, Error> {
+    pub fn load(file: &Path, registries_d: Option<&Path>) -> Result<Self, Error> {
+        let lookaside = Lookaside::load(registries_d)?;
         let fail = |e: String| Error::Usage(format!("--secure-policy: {}: {e}", file.display()));
         let text = std::fs::read_to_string(file).map_err(|e| fail(e.to_string()))?;
         let parsed: File = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
@@ -358,6 +536,7 @@ impl SecurePolicy {
         }
         Ok(SecurePolicy {
             file: file.to_path_buf(),
+            lookaside,
             default,
             docker,
         })
@@ -365,6 +544,25 @@ impl SecurePolicy {
 
     /// The scope that decides for `image`, and its requirements.
     fn scope(&self, image: &ImageRef) -> (String, &[Requirement]) {
+        for c in scopes(image) {
+            if let Some(r) = self.docker.get(&c) {
+                let shown = if c.is_empty() {
+                    "transports.docker[\"\"]".to_string()
+                } else {
+                    format!("transports.docker[{c:?}]")
+                };
+                return (shown, r);
+            }
+        }
+        ("default".into(), &self.default)
+    }
+}
+
+/// The scopes that may decide for `image`, most specific first: the reference,
+/// the repository, each parent namespace, the host, `*.DOMAIN` wildcards from
+/// the closest, then `""`.
+fn scopes(image: &ImageRef) -> Vec<String> {
+    {
         let name = image.name();
         let mut candidates = Vec::new();
         if let Some(d) = image.digest() {
@@ -388,19 +586,11 @@ impl SecurePolicy {
             domain = rest;
         }
         candidates.push(String::new());
-        for c in candidates {
-            if let Some(r) = self.docker.get(&c) {
-                let shown = if c.is_empty() {
-                    "transports.docker[\"\"]".to_string()
-                } else {
-                    format!("transports.docker[{c:?}]")
-                };
-                return (shown, r);
-            }
-        }
-        ("default".into(), &self.default)
+        candidates
     }
+}
 
+impl SecurePolicy {
     /// Refuses unless every image satisfies its scope's requirements, given its
     /// cosign signatures among the `found` referrers. All refusals at once.
     pub async fn check(
@@ -419,6 +609,54 @@ impl SecurePolicy {
                 let why = match req {
                     Requirement::Accept => continue,
                     Requirement::Reject => "rejected".to_string(),
+                    Requirement::Gpg { keyring, identity } => {
+                        match self.lookaside.signatures(&image.source, &r.top).await {
+                            Err(e) => e,
+                            Ok(sigs) if sigs.is_empty() => format!(
+                                "no signature in the lookaside store ({})",
+                                self.lookaside.base(&image.source).unwrap_or_default()
+                            ),
+                            Ok(sigs) => {
+                                let mut problems = Vec::new();
+                                let mut verified = None;
+                                for sig in &sigs {
+                                    match crate::release_signature::verify(
+                                        keyring,
+                                        sig,
+                                        &r.top,
+                                        &image.name,
+                                    ) {
+                                        Ok(v) => match satisfies(
+                                            identity,
+                                            &image.source,
+                                            &v.docker_reference,
+                                        ) {
+                                            Ok(()) => {
+                                                verified = Some(v.key);
+                                                break;
+                                            }
+                                            Err(e) => problems
+                                                .push(format!("signed by {}, but {e}", v.key)),
+                                        },
+                                        Err(
+                                            crate::release_signature::SignatureError::Invalid {
+                                                message,
+                                                ..
+                                            },
+                                        ) => problems.push(message),
+                                        Err(e) => problems.push(e.to_string()),
+                                    }
+                                }
+                                match verified {
+                                    Some(key) => {
+                                        tracing::info!(image = %image.name, digest = %r.top, key = %key, scope = %scope, "signature verified by the policy");
+                                        continue;
+                                    }
+                                    None => problems.join("; "),
+                                }
+                            }
+                        }
+                    }
                     Requirement::Unsupported(why) => why.clone(),
                     Requirement::Sigstore { keys, identity } => {
                         let check = |signed: &str| satisfies(identity, &image.source, signed);
@@ -536,7 +774,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("policy.json");
         std::fs::write(&f, json).unwrap();
-        SecurePolicy::load(&f)
+        SecurePolicy::load(&f, Some(dir.path()))
     }
 
     fn r(s: &str) -> ImageRef {
@@ -652,7 +890,7 @@ mod tests {
     #[test]
     fn what_cannot_be_verified_is_a_requirement_that_fails() {
         let p = policy(
-            r#"{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/etc/pki/rpm-gpg/RPM-GPG-KEY-redhat-release"}],
+            r#"{"default":[{"type":"reject"}],
                 "transports":{"docker":{
                   "quay.io":[{"type":"sigstoreSigned","fulcio":{"caPath":"/ca.pem","oidcIssuer":"https://o","subjectEmail":"a@b"},"rekorPublicKeyPath":"/rekor.pub"}],
                   "ghcr.io":[{"type":"sigstoreSigned","keyData":"LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0KQUFBQQotLS0tLUVORCBQVUJMSUMgS0VZLS0tLS0K"}]
@@ -663,7 +901,6 @@ mod tests {
             Requirement::Unsupported(w) => w.clone(),
             other => panic!("{other:?}"),
         };
-        assert!(why(&p.default).contains("signedBy"));
         assert!(why(&p.docker["quay.io"]).contains("fulcio"));
         assert!(why(&p.docker["ghcr.io"]).contains("not an ECDSA P-256 public key"));
     }
@@ -714,6 +951,18 @@ mod tests {
                 "signedIdentity.prefix",
             ),
             ("{not json", "policy.json"),
+            (
+                r#"{"default":[{"type":"signedBy","keyType":"X509Certificates","keyPath":"/k"}]}"#,
+                "GPGKeys is the one key type",
+            ),
+            (
+                r#"{"default":[{"type":"signedBy","keyType":"GPGKeys"}]}"#,
+                "exactly one of keyPath, keyPaths, keyData",
+            ),
+            (
+                r#"{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/nonexistent/key.gpg"}]}"#,
+                "default[0].keyPath /nonexistent/key.gpg",
+            ),
         ] {
             let e = policy(json).unwrap_err().to_string();
             assert!(e.contains(wants), "{json}: {e}");

@@ -415,7 +415,41 @@ fn secure_policy_enforces_a_containers_policy_json_per_scope() {
     push("team/unsigned", 413, None);
     // Signed with the right key, for this digest, but as another repository.
     push("team/relabelled", 414, Some((&ours, "team/signed")));
-    push("legacy/gpg", 415, None);
+    // GPG simple signing, the signature in a lookaside store (as Red Hat keeps
+    // registry.redhat.io's): one signed image and one whose store has nothing.
+    let gpg = push("legacy/gpg", 415, None);
+    push("legacy/nosig", 419, None);
+    let forged = push("legacy/forged", 420, None);
+    let gpg_signer = airlock_tests::release::ReleaseSigner::new();
+    let gpg_pub = tmp.path().join("gpg.pub");
+    std::fs::write(&gpg_pub, gpg_signer.public_key()).unwrap();
+    let store = airlock_tests::update_service::UpdateService::start().unwrap();
+    store.set_file(
+        &format!(
+            "/sigstore/legacy/gpg@sha256={}/signature-1",
+            gpg.digest.trim_start_matches("sha256:")
+        ),
+        gpg_signer.sign(&gpg.digest, &format!("{a}/legacy/gpg:1")),
+    );
+    // Signed, for this digest and name, by a key the policy does not name.
+    store.set_file(
+        &format!(
+            "/sigstore/legacy/forged@sha256={}/signature-1",
+            forged.digest.trim_start_matches("sha256:")
+        ),
+        airlock_tests::release::ReleaseSigner::new()
+            .sign(&forged.digest, &format!("{a}/legacy/forged:1")),
+    );
+    let registries_d = tmp.path().join("registries.d");
+    std::fs::create_dir_all(&registries_d).unwrap();
+    std::fs::write(
+        registries_d.join("lab.yaml"),
+        format!(
+            "docker:\n  {a}/legacy:\n    lookaside: {}/sigstore\n",
+            store.url()
+        ),
+    )
+    .unwrap();
     push("elsewhere/thing", 416, None);
     // Signed, but with the key of another scope.
     push("team/crosskey", 417, Some((&vendor, "team/crosskey")));
@@ -436,7 +470,7 @@ fn secure_policy_enforces_a_containers_policy_json_per_scope() {
                 format!("{a}/vendor"): [{"type": "sigstoreSigned", "keyData": vendor_data, "signedIdentity": {"type": "matchRepository"}}],
                 format!("{a}/vendor/strict"): [{"type": "sigstoreSigned", "keyData": vendor_data}],
                 format!("{a}/open"): [{"type": "insecureAcceptAnything"}],
-                format!("{a}/legacy"): [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/etc/pki/rpm-gpg/RPM-GPG-KEY-redhat-release"}],
+                format!("{a}/legacy"): [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": gpg_pub}],
             }},
         }))
         .unwrap(),
@@ -454,6 +488,7 @@ fn secure_policy_enforces_a_containers_policy_json_per_scope() {
             format!("{a}/team/signed:1"),
             format!("{a}/vendor/app@{}", vendor_app.digest),
             format!("{a}/open/tool:1"),
+            format!("{a}/legacy/gpg:1"),
         ],
     );
     let create_with = |config: &std::path::Path, out: &str, extra: &[&str]| {
@@ -468,22 +503,34 @@ fn secure_policy_enforces_a_containers_policy_json_per_scope() {
         run(&mut cmd)
     };
     let policy_arg = policy.to_str().unwrap();
+    let registries_d_arg = registries_d.to_str().unwrap();
 
-    let ok = create_with(&good, "out1", &["--secure-policy", "--policy", policy_arg]);
+    let ok = create_with(
+        &good,
+        "out1",
+        &[
+            "--secure-policy",
+            "--policy",
+            policy_arg,
+            "--registries.d",
+            registries_d_arg,
+        ],
+    );
     assert_eq!(ok.code, 0, "{ok}");
     let head = airlock_common::imageset::read::read_head(&chunk_files(&tmp.path().join("out1"))[0])
         .unwrap();
     assert_eq!(
         head.manifest.images.len(),
-        5,
-        "three images, two signatures"
+        6,
+        "four images, two cosign signatures (GPG signatures stay in their store)"
     );
 
     let mut all: Vec<String> = [
         "team/signed:1",
         "team/unsigned:1",
         "team/relabelled:1",
-        "legacy/gpg:1",
+        "legacy/nosig:1",
+        "legacy/forged:1",
         "elsewhere/thing:1",
     ]
     .iter()
@@ -493,12 +540,22 @@ fn secure_policy_enforces_a_containers_policy_json_per_scope() {
     all.push(format!("{a}/team/crosskey:1"));
     all.push(format!("{a}/vendor/strict@{}", strict.digest));
     let bad = config("bad.yaml", &all);
-    let refused = create_with(&bad, "out2", &["--secure-policy", "--policy", policy_arg]);
+    let refused = create_with(
+        &bad,
+        "out2",
+        &[
+            "--secure-policy",
+            "--policy",
+            policy_arg,
+            "--registries.d",
+            registries_d_arg,
+        ],
+    );
     assert_eq!(refused.code, EX_DATA, "{refused}");
     assert!(
         refused
             .stderr
-            .contains(&format!("6 image(s) refused by {}", policy.display())),
+            .contains(&format!("7 image(s) refused by {}", policy.display())),
         "{refused}"
     );
     for (repo, why) in [
@@ -512,10 +569,8 @@ fn secure_policy_enforces_a_containers_policy_json_per_scope() {
                 "its signed identity \"{a}/team/signed\" is not repository {a}/team/relabelled"
             ),
         ),
-        (
-            "legacy/gpg",
-            "signedBy (GPG simple signing) requirements are not verified by this build".into(),
-        ),
+        ("legacy/nosig", "no signature in the lookaside store".into()),
+        ("legacy/forged", "is not valid for any key of".into()),
         ("elsewhere/thing", "default: rejected".into()),
         (
             "team/crosskey",
@@ -557,6 +612,8 @@ fn secure_policy_enforces_a_containers_policy_json_per_scope() {
                 "--secure-policy",
                 "--policy",
                 policy_arg,
+                "--registries.d",
+                registries_d_arg,
                 "--src-tls-verify=false",
             ]);
         run(&mut cmd)
@@ -565,5 +622,5 @@ fn secure_policy_enforces_a_containers_policy_json_per_scope() {
     assert_eq!(passed.code, 0, "{passed}");
     let stopped = m2d(&bad, "m2d-bad");
     assert_eq!(stopped.code, EX_DATA, "{stopped}");
-    assert!(stopped.stderr.contains("6 image(s) refused"), "{stopped}");
+    assert!(stopped.stderr.contains("7 image(s) refused"), "{stopped}");
 }
