@@ -235,12 +235,15 @@ fn whole(kind: airlock_common::imageset::ImageKind) -> bool {
 /// each blob before anything is written, so that a garbage-collected or refused
 /// layer costs its image rather than the run. Each image once; not the parts of
 /// a whole, whose failure is the run's when their blobs are pulled. Run after
-/// the policy rules, so that no blocked image is asked for a blob.
+/// the policy rules, so that no blocked image is asked for a blob. Blobs the
+/// workspace `shipped` before are not asked for: the site has them, so a
+/// source that has since lost one costs nothing.
 pub async fn leave_out_unavailable(
     specs: &mut Vec<ImageSpec>,
     resolved: &mut Vec<Arc<Resolved>>,
     missing: &mut Vec<Missing>,
     pool: &Pool,
+    shipped: &HashSet<&Digest>,
 ) {
     // Each resolution once (images named the same way share one), by address.
     let key = |r: &Arc<Resolved>| Arc::as_ptr(r) as usize;
@@ -256,7 +259,7 @@ pub async fn leave_out_unavailable(
         .map(|(spec, r)| {
             let present = &present;
             async move {
-                unavailable_layer(spec, r, pool, present)
+                unavailable_layer(spec, r, pool, present, shipped)
                     .await
                     .map(|e| (key(r), e))
             }
@@ -298,6 +301,7 @@ async fn unavailable_layer(
     r: &Resolved,
     pool: &Pool,
     present: &Mutex<HashSet<(String, Digest)>>,
+    shipped: &HashSet<&Digest>,
 ) -> Option<CollectError> {
     let src = &spec.source;
     let client = match pool.client(src.registry()).await {
@@ -309,7 +313,7 @@ async fn unavailable_layer(
             });
         }
     };
-    for b in &r.blobs {
+    for b in r.blobs.iter().filter(|b| !shipped.contains(&b.digest)) {
         let known = (src.name(), b.digest.clone());
         if present.lock().expect("not poisoned").contains(&known) {
             continue;

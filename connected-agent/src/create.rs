@@ -170,6 +170,7 @@ pub async fn gather(
     opts: &ReleaseOptions,
     policy: &PolicyOptions,
     tolerate: bool,
+    shipped: &HashSet<&Digest>,
 ) -> Result<Gathered, Error> {
     let keys = match policy.require_signatures.as_slice() {
         [] => None,
@@ -245,6 +246,7 @@ pub async fn gather(
         policy,
         (keys.as_ref(), secure.as_ref()),
         tolerate,
+        shipped,
     )
     .await?;
     for built in catalogs.rebuilt {
@@ -323,6 +325,7 @@ async fn collect_allowed(
     policy: &PolicyOptions,
     (keys, secure): (Option<&cosign::Keys>, Option<&SecurePolicy>),
     tolerate: bool,
+    shipped: &HashSet<&Digest>,
 ) -> Result<(Collected, Vec<Blocked>, Vec<Missing>), Error> {
     let blocklist = loaded.blocked_images();
     let (images, mut blocked) = policy::apply_blocklist(images, &blocklist)?;
@@ -339,7 +342,8 @@ async fn collect_allowed(
         &bases,
     )?);
     if tolerate {
-        collect::leave_out_unavailable(&mut images, &mut resolved, &mut missing, pool).await;
+        collect::leave_out_unavailable(&mut images, &mut resolved, &mut missing, pool, shipped)
+            .await;
     }
     if !policy.remove_signatures || keys.is_some() || secure.is_some() {
         let (specs, trees) = referrers::discover(&images, &resolved, pool).await?;
@@ -439,6 +443,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         &opts.policy,
         // A dry run always completes: it is where a user finds out.
         opts.continue_on_error || opts.dry_run,
+        &shipped,
     )
     .await?;
     let previous = current

@@ -132,6 +132,7 @@ pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
         &opts.releases,
         &opts.policy,
         opts.continue_on_error,
+        &std::collections::HashSet::new(),
     )
     .await?;
     // Nothing is pruned here, so nothing needs carrying over; the mirror sets

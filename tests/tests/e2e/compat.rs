@@ -450,3 +450,29 @@ fn continue_on_error_leaves_out_an_image_whose_layer_is_gone() {
     assert_eq!(published.code, 0, "{published}");
     s.assert_byte_exact("m");
 }
+
+/// A layer the site already has costs nothing when the source later loses it:
+/// the check asks only for blobs the workspace has not shipped, so the image
+/// stays in the next imageset instead of being left out.
+#[test]
+fn a_layer_already_shipped_that_the_source_loses_leaves_nothing_out() {
+    let s = Setup::plain();
+    let create =
+        |out: &str| create_cmd(&s.config, &s.path(out), &s.path("ws-c"), "1MiB", &s.source);
+    let first = run(&mut create("out1"));
+    assert_eq!(first.code, 0, "{first}");
+    let image = &s.placed[0].image;
+    let layer = image.blobs.last().unwrap().digest.clone();
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    std::fs::remove_file(s.source.storage_dir().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    )))
+    .unwrap();
+    let second = run(create("out2").arg("--continue-on-error"));
+    assert_eq!(second.code, 0, "{second}");
+    assert!(
+        !second.stderr.contains("left out") && !s.path("out2").join("missing.txt").exists(),
+        "{second}"
+    );
+}
