@@ -511,10 +511,10 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
     // Nothing new to ship and the same desired state as the last imageset: a new
     // imageset would change nothing at the site (oc-mirror: "no updates detected").
     let unchanged = current.as_ref().is_some_and(|c| {
-        c.imagesets
-            .last()
-            .is_some_and(|last| last.desired_state == desired_state(&skeleton.images))
-            && skeleton.blobs.iter().all(|b| shipped.contains(&b.digest))
+        c.imagesets.last().is_some_and(|last| {
+            last.desired_state == desired_state(&skeleton.images)
+                || last.desired_state == desired_state_in_order(&skeleton.images)
+        }) && skeleton.blobs.iter().all(|b| shipped.contains(&b.digest))
     });
     if unchanged && !opts.dry_run {
         let last = current.as_ref().map_or(0, |c| c.sequence);
@@ -787,8 +787,22 @@ pub(crate) async fn write_and_record(
     Ok((manifest, chunks))
 }
 
-/// The digest of an image list, for [`ImagesetRecord::desired_state`].
+/// The digest of an image list as a set, for [`ImagesetRecord::desired_state`]:
+/// the order is nothing to the site, and an image carried over while its
+/// source was down is listed last, where the next run, its source back, lists
+/// it in the configuration's order; that must not make an imageset.
 fn desired_state(images: &[airlock_common::imageset::ImageRecord]) -> Digest {
+    let mut each: Vec<Vec<u8>> = images
+        .iter()
+        .map(|i| serde_json::to_vec(i).expect("image records serialise"))
+        .collect();
+    each.sort();
+    Digest::of(&serde_json::to_vec(&each).expect("byte lists serialise"))
+}
+
+/// The digest earlier versions recorded, of the list in order: still taken as
+/// "unchanged", so that an upgrade does not make an imageset of its own.
+fn desired_state_in_order(images: &[airlock_common::imageset::ImageRecord]) -> Digest {
     Digest::of(&serde_json::to_vec(images).expect("image records serialise"))
 }
 
@@ -1085,6 +1099,31 @@ impl From<RegistryError> for Error {
 mod tests {
     use super::*;
     use airlock_common::imageset::{BlobRecord, ImageRecord};
+
+    /// The recorded state is of the set of images: their order changes
+    /// nothing; what is in the list does.
+    #[test]
+    fn the_desired_state_does_not_depend_on_the_order() {
+        let record = |tag: &str| ImageRecord {
+            source: format!("quay.io/team/app:{tag}"),
+            repository: "quay.io/team/app".into(),
+            tag: Some(tag.into()),
+            by_digest: false,
+            digest: Digest::of(tag.as_bytes()),
+            target_repository: None,
+            kind: ImageKind::Generic,
+            subject: None,
+            catalog_source: None,
+        };
+        let (a, b, c) = (record("1"), record("2"), record("3"));
+        let list = [a.clone(), b.clone()];
+        assert_eq!(desired_state(&list), desired_state(&[b.clone(), a.clone()]));
+        assert_ne!(desired_state(&list), desired_state(&[a.clone(), c]));
+        assert_ne!(
+            desired_state_in_order(&list),
+            desired_state_in_order(&[b, a])
+        );
+    }
 
     /// Regression: an image configured twice with different targetRepo, whose
     /// source was down, was carried over once: the first placement carried

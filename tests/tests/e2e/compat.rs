@@ -19,9 +19,9 @@ fn continue_on_error_leaves_out_what_cannot_be_pulled_and_carries_over_what_the_
         .unwrap();
     let ghost_ref = format!("docker://{}/extra/ghost:1", other.addr());
     let config = s.path("isc.yaml");
+    let base = std::fs::read_to_string(&s.config).unwrap();
     let with = |extra: &str| {
-        let text = std::fs::read_to_string(&s.config).unwrap();
-        std::fs::write(&config, format!("{text}  - name: {ghost_ref}\n{extra}")).unwrap();
+        std::fs::write(&config, format!("{base}  - name: {ghost_ref}\n{extra}")).unwrap();
     };
     with("");
     let create = |out: &str| create_cmd(&config, &s.path(out), &s.path("ws-c"), "1MiB", &s.source);
@@ -94,6 +94,22 @@ fn continue_on_error_leaves_out_what_cannot_be_pulled_and_carries_over_what_the_
     );
     assert_eq!(inspect_raw_at(&s.dest, at_site).unwrap(), ghost.manifest);
     s.assert_byte_exact("m");
+
+    // Regression: the registry back and the image that does not exist taken out
+    // of the configuration, nothing changed: no imageset, although the carried
+    // image was listed last and is now listed in the configuration's order.
+    other.start_again().unwrap();
+    with(&format!(
+        "  - name: docker://{}/team/fresh:1\n",
+        s.source.addr()
+    ));
+    let again = run(&mut create("out3"));
+    assert_eq!(again.code, 0, "{again}");
+    assert!(
+        again.stdout.contains("nothing created") || again.stderr.contains("nothing created"),
+        "{again}"
+    );
+    assert!(!s.path("out3").exists() || chunk_files(&s.path("out3")).is_empty());
 }
 
 #[test]
