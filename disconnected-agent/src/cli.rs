@@ -160,9 +160,12 @@ pub struct PublishArgs {
 pub fn from_oc_mirror(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
     let commands = ["publish", "run", "verify", "describe", "help"];
     airlock_common::cli::oc_mirror::rewrite(args, &commands, |m| {
-        if m.rest_without(&["--secure-policy", "--policy"]).len() != m.rest.len() {
+        if m.rest_without(&["--secure-policy", "--policy", "--registries.d"])
+            .len()
+            != m.rest.len()
+        {
             return Err(
-                "--secure-policy, --policy: a policy.json is checked where images are pulled (airlock-connected --secure-policy); here imagesets are verified with --trust KEY, and oc-mirror checks no policy in disk to mirror either".into(),
+                "--secure-policy, --policy, --registries.d: a policy.json is checked where images are pulled (airlock-connected --secure-policy); here imagesets are verified with --trust KEY, and oc-mirror checks no policy in disk to mirror either".into(),
             );
         }
         let Some(from) = m.from else {
