@@ -203,18 +203,24 @@ pub async fn resolve_available(
                 kept.push(spec);
                 resolved.push(r.clone());
             }
-            Err(_) if missing.iter().any(|m: &Missing| m.image == spec.name) => {}
-            Err(e) => {
-                tracing::warn!(image = %spec.name, error = %e, "left out: it cannot be pulled (--continue-on-error)");
-                missing.push(Missing {
-                    image: spec.name.clone(),
-                    reason: e.to_string(),
-                    carried_from: None,
-                });
-            }
+            Err(e) => leave_out(&mut missing, &spec, e),
         }
     }
     Ok((kept, resolved, missing))
+}
+
+/// Names `spec` in `missing` with why it cannot be pulled, once per image as
+/// configured (two entries naming one image are one line of `missing.txt`).
+fn leave_out(missing: &mut Vec<Missing>, spec: &ImageSpec, e: &CollectError) {
+    if missing.iter().any(|m| m.image == spec.name) {
+        return;
+    }
+    tracing::warn!(image = %spec.name, error = %e, "left out: it cannot be pulled (--continue-on-error)");
+    missing.push(Missing {
+        image: spec.name.clone(),
+        reason: e.to_string(),
+        carried_from: None,
+    });
 }
 
 /// A release, its components, a catalog or the graph image: a part of a whole
@@ -274,16 +280,7 @@ pub async fn leave_out_unavailable(
     let (mut kept_specs, mut kept) = (Vec::new(), Vec::new());
     for (spec, r) in specs.drain(..).zip(resolved.drain(..)) {
         match failed.get(&key(&r)) {
-            Some(e) if !whole(spec.kind) => {
-                tracing::warn!(image = %spec.name, error = %e, "left out: it cannot be pulled (--continue-on-error)");
-                if !missing.iter().any(|m| m.image == spec.name) {
-                    missing.push(Missing {
-                        image: spec.name.clone(),
-                        reason: e.to_string(),
-                        carried_from: None,
-                    });
-                }
-            }
+            Some(e) if !whole(spec.kind) => leave_out(missing, &spec, e),
             _ => {
                 kept_specs.push(spec);
                 kept.push(r);

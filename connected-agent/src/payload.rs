@@ -205,15 +205,10 @@ pub async fn read(pool: &Pool, image: &ImageRef, kubevirt: bool) -> Result<Paylo
             let named = parse_kubevirt(stream)
                 .map_err(|e| invalid(format!("kubeVirtContainer: {DIR}/{BOOTIMAGES}: {e}")))?;
             for (arch, r) in named {
-                match kubevirt_images.get(&arch) {
-                    Some(existing) if *existing != r => {
-                        return Err(invalid(format!(
-                            "kubeVirtContainer: the images of its manifest list name different KubeVirt images for {arch} ({existing} and {r})"
-                        )));
-                    }
-                    _ => {
-                        kubevirt_images.insert(arch, r);
-                    }
+                if let Some(existing) = disagreeing(&mut kubevirt_images, &arch, &r) {
+                    return Err(invalid(format!(
+                        "kubeVirtContainer: the images of its manifest list name different KubeVirt images for {arch} ({existing} and {r})"
+                    )));
                 }
             }
         }
@@ -246,16 +241,11 @@ pub async fn read(pool: &Pool, image: &ImageRef, kubevirt: bool) -> Result<Paylo
             )));
         }
         for c in parse_references(refs).map_err(|e| invalid(format!("{DIR}/{REFERENCES}: {e}")))? {
-            match components.get(&c.name) {
-                Some(existing) if *existing != c.image => {
-                    return Err(invalid(format!(
-                        "component {} is {} in one image of the manifest list and {} in another",
-                        c.name, existing, c.image
-                    )));
-                }
-                _ => {
-                    components.insert(c.name, c.image);
-                }
+            if let Some(existing) = disagreeing(&mut components, &c.name, &c.image) {
+                return Err(invalid(format!(
+                    "component {} is {existing} in one image of the manifest list and {} in another",
+                    c.name, c.image
+                )));
             }
         }
         metadata = Some(meta);
@@ -271,6 +261,22 @@ pub async fn read(pool: &Pool, image: &ImageRef, kubevirt: bool) -> Result<Paylo
             .collect(),
         kubevirt: kubevirt_images,
     })
+}
+
+/// Records `image` under `name`, on which the images of a manifest list must
+/// agree; returns the other image an earlier one gave it, when they differ.
+fn disagreeing(
+    map: &mut BTreeMap<String, ImageRef>,
+    name: &str,
+    image: &ImageRef,
+) -> Option<ImageRef> {
+    match map.get(name) {
+        Some(existing) if existing != image => Some(existing.clone()),
+        _ => {
+            map.insert(name.to_string(), image.clone());
+            None
+        }
+    }
 }
 
 /// The `architecture` of a single-image release's config blob.

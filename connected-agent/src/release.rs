@@ -198,6 +198,12 @@ pub async fn resolve(
 /// pruned and deleted with the release, like any component.
 fn kubevirt_components(s: &Selected, payload: &Payload) -> Result<Vec<payload::Component>, Error> {
     const NAME: &str = "kube-virt-container";
+    let invalid = |problem: String| {
+        Error::Payload(payload::PayloadError::Invalid {
+            image: payload.image.to_string(),
+            problem,
+        })
+    };
     let named: Vec<payload::Component> = if s.arch == "multi" {
         payload
             .kubevirt
@@ -211,13 +217,10 @@ fn kubevirt_components(s: &Selected, payload: &Payload) -> Result<Vec<payload::C
         let key = tag_suffix(&s.arch);
         let image = payload.kubevirt.get(key).ok_or_else(|| {
             let has: Vec<&str> = payload.kubevirt.keys().map(String::as_str).collect();
-            Error::Payload(payload::PayloadError::Invalid {
-                image: payload.image.to_string(),
-                problem: format!(
-                    "kubeVirtContainer: its boot-image stream names a KubeVirt image for {} but not for {key}, this release's architecture (Red Hat builds them for x86_64 and s390x); remove mirror.platform.kubeVirtContainer, or select those architectures",
-                    has.join(", ")
-                ),
-            })
+            invalid(format!(
+                "kubeVirtContainer: its boot-image stream names a KubeVirt image for {} but not for {key}, this release's architecture (Red Hat builds them for x86_64 and s390x); remove mirror.platform.kubeVirtContainer, or select those architectures",
+                has.join(", ")
+            ))
         })?;
         vec![payload::Component {
             name: NAME.into(),
@@ -228,13 +231,10 @@ fn kubevirt_components(s: &Selected, payload: &Payload) -> Result<Vec<payload::C
         .iter()
         .find(|k| payload.components.iter().any(|c| c.name == k.name))
     {
-        return Err(Error::Payload(payload::PayloadError::Invalid {
-            image: payload.image.to_string(),
-            problem: format!(
-                "kubeVirtContainer: the payload already has a component named {:?}",
-                c.name
-            ),
-        }));
+        return Err(invalid(format!(
+            "kubeVirtContainer: the payload already has a component named {:?}",
+            c.name
+        )));
     }
     Ok(named)
 }

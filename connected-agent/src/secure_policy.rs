@@ -205,6 +205,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Unique<T> {
 struct Lookaside {
     default: Option<String>,
     scopes: BTreeMap<String, String>,
+    /// Made on the first read, once for every image.
+    client: std::sync::OnceLock<reqwest::Client>,
 }
 
 #[derive(Deserialize)]
@@ -287,11 +289,13 @@ impl Lookaside {
                 image.name()
             ));
         };
-        let client = airlock_common::registry::proxied(reqwest::Client::builder())
-            .connect_timeout(std::time::Duration::from_secs(30))
-            .timeout(std::time::Duration::from_secs(60))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let client = self.client.get_or_init(|| {
+            airlock_common::registry::proxied(reqwest::Client::builder())
+                .connect_timeout(std::time::Duration::from_secs(30))
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .expect("the TLS backend initialises")
+        });
         let mut out = Vec::new();
         for n in 1..=MAX_SIGNATURES {
             let url = format!(
@@ -327,6 +331,37 @@ impl Lookaside {
             out.push(bytes);
         }
         Ok(out)
+    }
+
+    /// The key of an atomic container signature of `digest` in the store that
+    /// one of `keyring` verifies and whose identity `identity` accepts for
+    /// `image`; else why each signature read does not count (empty: the store
+    /// has none).
+    async fn signed_by(
+        &self,
+        keyring: &Keyring,
+        identity: &Identity,
+        image: &ImageSpec,
+        digest: &Digest,
+    ) -> Result<String, Vec<String>> {
+        let signatures = self
+            .signatures(&image.source, digest)
+            .await
+            .map_err(|e| vec![e])?;
+        let mut problems = Vec::new();
+        for sig in &signatures {
+            match crate::release_signature::verify(keyring, sig, digest, &image.name) {
+                Ok(v) => match satisfies(identity, &image.source, &v.docker_reference) {
+                    Ok(()) => return Ok(v.key),
+                    Err(e) => problems.push(format!("signed by {}, but {e}", v.key)),
+                },
+                Err(crate::release_signature::SignatureError::Invalid { message, .. }) => {
+                    problems.push(message)
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        Err(problems)
     }
 }
 
@@ -606,80 +641,42 @@ impl SecurePolicy {
             let (scope, reqs) = self.scope(&image.source);
             let mut unmet = Vec::new();
             for req in reqs {
-                let why = match req {
+                let (verified, none) = match req {
                     Requirement::Accept => continue,
-                    Requirement::Reject => "rejected".to_string(),
-                    Requirement::Gpg { keyring, identity } => {
-                        match self.lookaside.signatures(&image.source, &r.top).await {
-                            Err(e) => e,
-                            Ok(sigs) if sigs.is_empty() => format!(
-                                "no signature in the lookaside store ({})",
-                                self.lookaside.base(&image.source).unwrap_or_default()
-                            ),
-                            Ok(sigs) => {
-                                let mut problems = Vec::new();
-                                let mut verified = None;
-                                for sig in &sigs {
-                                    match crate::release_signature::verify(
-                                        keyring,
-                                        sig,
-                                        &r.top,
-                                        &image.name,
-                                    ) {
-                                        Ok(v) => match satisfies(
-                                            identity,
-                                            &image.source,
-                                            &v.docker_reference,
-                                        ) {
-                                            Ok(()) => {
-                                                verified = Some(v.key);
-                                                break;
-                                            }
-                                            Err(e) => problems
-                                                .push(format!("signed by {}, but {e}", v.key)),
-                                        },
-                                        Err(
-                                            crate::release_signature::SignatureError::Invalid {
-                                                message,
-                                                ..
-                                            },
-                                        ) => problems.push(message),
-                                        Err(e) => problems.push(e.to_string()),
-                                    }
-                                }
-                                match verified {
-                                    Some(key) => {
-                                        tracing::info!(image = %image.name, digest = %r.top, key = %key, scope = %scope, "signature verified by the policy");
-                                        continue;
-                                    }
-                                    None => problems.join("; "),
-                                }
-                            }
-                        }
+                    Requirement::Reject => {
+                        unmet.push("rejected".to_string());
+                        continue;
                     }
-                    Requirement::Unsupported(why) => why.clone(),
+                    Requirement::Unsupported(why) => {
+                        unmet.push(why.clone());
+                        continue;
+                    }
+                    Requirement::Gpg { keyring, identity } => (
+                        self.lookaside
+                            .signed_by(keyring, identity, image, &r.top)
+                            .await,
+                        format!(
+                            "no signature in the lookaside store ({})",
+                            self.lookaside.base(&image.source).unwrap_or_default()
+                        ),
+                    ),
                     Requirement::Sigstore { keys, identity } => {
                         let check = |signed: &str| satisfies(identity, &image.source, signed);
-                        match cosign::signature_of(
-                            keys,
-                            pool,
-                            &r.top,
-                            found,
-                            found_resolved,
-                            &check,
+                        (
+                            cosign::signature_of(keys, pool, &r.top, found, found_resolved, &check)
+                                .await
+                                .map(|key| key.display().to_string()),
+                            format!("no cosign signature ({}.sig)", r.top.tag_form()),
                         )
-                        .await
-                        {
-                            Ok(key) => {
-                                tracing::info!(image = %image.name, digest = %r.top, key = %key.display(), scope = %scope, "signature verified by the policy");
-                                continue;
-                            }
-                            Err(p) if p.is_empty() => {
-                                format!("no cosign signature ({}.sig)", r.top.tag_form())
-                            }
-                            Err(p) => p.join("; "),
-                        }
                     }
+                };
+                let why = match verified {
+                    Ok(key) => {
+                        tracing::info!(image = %image.name, digest = %r.top, key = %key, scope = %scope, "signature verified by the policy");
+                        continue;
+                    }
+                    Err(p) if p.is_empty() => none,
+                    Err(p) => p.join("; "),
                 };
                 unmet.push(why);
             }

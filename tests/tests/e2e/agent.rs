@@ -242,6 +242,14 @@ impl Served {
         Self::start_with(|site, grpc| site.config(dest, grpc))
     }
 
+    /// An agent publishing to `clusters` (name, registry, kubeconfig) and
+    /// checking their APIs every second.
+    pub fn fleet(clusters: &[(&str, &Registry, Option<&Path>)]) -> Self {
+        Self::start_with(|site, grpc| {
+            site.config_fleet(clusters, &format!("reconcileSeconds: 1\n{grpc}"))
+        })
+    }
+
     /// An agent whose configuration `config` writes, given the `grpc` section.
     pub fn start_with(config: impl FnOnce(&Site, &str) -> PathBuf) -> Self {
         let site = Site::new();

@@ -42,13 +42,11 @@ fn three_clusters_get_every_imageset_a_stopped_registry_catches_up_and_reconcile
         .collect();
     let kubeconfigs: Vec<PathBuf> = apis.iter().map(|a| a.kubeconfig_file().unwrap()).collect();
     let names = ["east", "west", "legacy"];
-    let served = Served::start_with(|site, grpc| {
-        let regs = [&s.dest, &west, &legacy];
-        let clusters: Vec<_> = (0..3)
-            .map(|i| (names[i], regs[i], Some(kubeconfigs[i].as_path())))
-            .collect();
-        site.config_fleet(&clusters, &format!("reconcileSeconds: 1\n{grpc}"))
-    });
+    let regs = [&s.dest, &west, &legacy];
+    let clusters: Vec<_> = (0..3)
+        .map(|i| (names[i], regs[i], Some(kubeconfigs[i].as_path())))
+        .collect();
+    let served = Served::fleet(&clusters);
     let drop = served.site.path("drop");
 
     // Sequence 1 → every registry, every cluster's API.

@@ -586,12 +586,7 @@ fn an_old_cluster_with_its_catalog_source_pinned_or_deleted_is_reported_and_reco
 
     let api = KubeApi::start(&tmp.path().join("api"), "4.19.7").unwrap();
     let kubeconfig = api.kubeconfig_file().unwrap();
-    let served = Served::start_with(|site, grpc| {
-        site.config_fleet(
-            &[("prod", &dest, Some(kubeconfig.as_path()))],
-            &format!("reconcileSeconds: 1\n{grpc}"),
-        )
-    });
+    let served = Served::fleet(&[("prod", &dest, Some(kubeconfig.as_path()))]);
     deliver(&out, &served.site.path("drop"));
     let catalog_source = || {
         api.list(&Res::CATALOG_SOURCE)
@@ -840,12 +835,7 @@ fn an_object_the_cluster_refuses_does_not_hold_back_the_others_and_is_applied_on
     let api = KubeApi::start(&tmp.path().join("api"), "4.19.7").unwrap();
     api.deny_writes(&Res::CATALOG_SOURCE, "catalog sources need a team label");
     let kubeconfig = api.kubeconfig_file().unwrap();
-    let served = Served::start_with(|site, grpc| {
-        site.config_fleet(
-            &[("prod", &dest, Some(kubeconfig.as_path()))],
-            &format!("reconcileSeconds: 1\n{grpc}"),
-        )
-    });
+    let served = Served::fleet(&[("prod", &dest, Some(kubeconfig.as_path()))]);
     deliver(&out, &served.site.path("drop"));
     let refused_note = || {
         served.json(&["clusters"])[0]["notes"]

@@ -554,15 +554,10 @@ fn cluster_objects_for_what_is_no_longer_published_are_deleted_unless_someone_el
         .map(|i| KubeApi::start(&tmp.path().join(format!("api{i}")), "4.16.1").unwrap())
         .collect();
     let kubeconfigs: Vec<PathBuf> = apis.iter().map(|a| a.kubeconfig_file().unwrap()).collect();
-    let served = Served::start_with(|site, grpc| {
-        site.config_fleet(
-            &[
-                ("east", &registries[0], Some(kubeconfigs[0].as_path())),
-                ("west", &registries[1], Some(kubeconfigs[1].as_path())),
-            ],
-            &format!("reconcileSeconds: 1\n{grpc}"),
-        )
-    });
+    let served = Served::fleet(&[
+        ("east", &registries[0], Some(kubeconfigs[0].as_path())),
+        ("west", &registries[1], Some(kubeconfigs[1].as_path())),
+    ]);
     let (site, agent) = (&served.site, &served.agent);
     let itms = |i: usize| apis[i].get(&Res::IMAGE_TAG_MIRROR_SET, None, "itms-generic-0");
     let idms = |i: usize| apis[i].get(&Res::IMAGE_DIGEST_MIRROR_SET, None, "idms-generic-0");
