@@ -86,6 +86,94 @@ impl std::fmt::Display for Platform {
     }
 }
 
+/// Docker's annotation naming the kind of an index entry that is not a
+/// platform's image (`attestation-manifest` for BuildKit's provenance and SBOMs).
+const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
+/// Docker's annotation naming the platform image an attestation entry is about.
+const REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
+
+/// Whether `s` is a platform as a filter names it: `os/architecture`, each part
+/// 1 to 32 lowercase letters, digits or `_` (`linux/amd64`, `linux/ppc64le`).
+/// Checked where a filter is read (the configuration, and an imageset, which is
+/// hostile input), so that matching never meets a part with a `/` in it.
+pub fn valid_platform(s: &str) -> bool {
+    let part = |p: &str| {
+        (1..=32).contains(&p.len())
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    s.split_once('/')
+        .is_some_and(|(os, arch)| part(os) && part(arch))
+}
+
+/// Makes the filter `kept` keep what `more` keeps too (an empty filter keeps
+/// every platform): an image two entries name travels with what either asks for.
+pub fn widen(kept: &mut Vec<String>, more: &[String]) {
+    if kept.is_empty() {
+        return;
+    }
+    if more.is_empty() {
+        kept.clear();
+        return;
+    }
+    kept.extend(more.iter().cloned());
+    kept.sort();
+    kept.dedup();
+}
+
+/// The platforms an index's children name, for messages (`linux/amd64, linux/arm64`).
+pub fn platforms_of(children: &[Descriptor]) -> String {
+    let mut named: Vec<String> = children
+        .iter()
+        .filter_map(|d| d.platform.as_ref())
+        .map(|p| format!("{}/{}", p.os, p.architecture))
+        .filter(|p| p != "unknown/unknown")
+        .collect();
+    named.sort();
+    named.dedup();
+    match named.is_empty() {
+        true => "no platform".into(),
+        false => named.join(", "),
+    }
+}
+
+/// Which children of an index a platform filter (`os/architecture` strings,
+/// `linux/amd64`) keeps: those of a platform asked for (any variant), those
+/// without a platform (nothing says which they belong to, so they travel), and
+/// BuildKit attestations about a kept child. The same rule decides what the
+/// connected side ships and what the disconnected side requires, so an imageset
+/// that leaves out a child this keeps is refused. An empty filter keeps every child.
+pub fn kept_children<'a>(children: &'a [Descriptor], wanted: &[String]) -> Vec<&'a Descriptor> {
+    if wanted.is_empty() {
+        return children.iter().collect();
+    }
+    let asked = |d: &Descriptor| match &d.platform {
+        None => true,
+        Some(p) => wanted
+            .iter()
+            .any(|w| w.split_once('/') == Some((p.os.as_str(), p.architecture.as_str()))),
+    };
+    let attests = |d: &Descriptor| d.annotations.contains_key(REFERENCE_TYPE);
+    let platforms: Vec<&Descriptor> = children
+        .iter()
+        .filter(|d| !attests(d) && asked(d))
+        .collect();
+    children
+        .iter()
+        .filter(|d| {
+            if attests(d) {
+                d.annotations.get(REFERENCE_DIGEST).is_some_and(|about| {
+                    platforms
+                        .iter()
+                        .any(|k| k.digest.as_str() == about.as_str())
+                })
+            } else {
+                asked(d)
+            }
+        })
+        .collect()
+}
+
 /// What a manifest is and what it references.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
@@ -354,5 +442,114 @@ mod tests {
             parse(forged.as_bytes(), None),
             Err(ManifestError::Json(_))
         ));
+    }
+
+    #[test]
+    fn a_platform_filter_keeps_its_platforms_every_variant_and_what_names_no_platform() {
+        let name = "sha256-d15a206e4ee462e82ab722ed84dfa514ab9ed8d85100d591c04314ae7c2162ee.json";
+        let real = parse(&fixture(&format!("docker-manifest-list/{name}")), None).unwrap();
+        let arches = |kept: Vec<&Descriptor>| -> Vec<String> {
+            kept.iter()
+                .map(|d| d.platform.as_ref().unwrap().to_string())
+                .collect()
+        };
+        // The real list has linux/arm twice (v6 and v7): both are arm.
+        assert_eq!(
+            arches(kept_children(real.children(), &["linux/arm".into()])),
+            ["linux/arm/v6", "linux/arm/v7"]
+        );
+        assert_eq!(
+            arches(kept_children(
+                real.children(),
+                &["linux/amd64".into(), "linux/arm64".into()]
+            )),
+            ["linux/amd64", "linux/arm64"]
+        );
+        assert_eq!(kept_children(real.children(), &[]).len(), 4);
+        assert!(kept_children(real.children(), &["linux/s390x".into()]).is_empty());
+        assert!(kept_children(real.children(), &["windows/amd64".into()]).is_empty());
+        assert_eq!(
+            platforms_of(real.children()),
+            "linux/amd64, linux/arm, linux/arm64"
+        );
+    }
+
+    /// BuildKit puts an attestation entry (platform unknown/unknown) beside
+    /// each platform: it travels with the platform it is about, not alone.
+    #[test]
+    fn an_attestation_travels_with_the_platform_it_is_about() {
+        let entry = |digest: &Digest, platform: &str, about: Option<&Digest>| {
+            let (os, arch) = platform.split_once('/').unwrap();
+            let annotations = match about {
+                Some(d) => format!(
+                    r#","annotations":{{"vnd.docker.reference.type":"attestation-manifest","vnd.docker.reference.digest":"{d}"}}"#
+                ),
+                None => String::new(),
+            };
+            format!(
+                r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{digest}","size":1,"platform":{{"os":"{os}","architecture":"{arch}"}}{annotations}}}"#
+            )
+        };
+        let (amd, arm) = (Digest::of(b"amd64"), Digest::of(b"arm64"));
+        let (amd_att, arm_att) = (Digest::of(b"amd64 att"), Digest::of(b"arm64 att"));
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{},{},{},{},{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":1}}]}}"#,
+            entry(&amd, "linux/amd64", None),
+            entry(&arm, "linux/arm64", None),
+            entry(&amd_att, "unknown/unknown", Some(&amd)),
+            entry(&arm_att, "unknown/unknown", Some(&arm)),
+            Digest::of(b"no platform"),
+        );
+        let m = parse(index.as_bytes(), None).unwrap();
+        let kept: Vec<&Digest> = kept_children(m.children(), &["linux/amd64".into()])
+            .iter()
+            .map(|d| &d.digest)
+            .collect();
+        assert_eq!(kept, [&amd, &amd_att, &Digest::of(b"no platform")]);
+        // Asking for unknown/unknown does not keep an attestation without its platform.
+        assert_eq!(
+            kept_children(m.children(), &["unknown/unknown".into()]).len(),
+            1,
+            "only the entry without a platform"
+        );
+    }
+
+    #[test]
+    fn a_platform_is_two_parts_of_lowercase_letters_digits_and_underscores() {
+        for good in [
+            "linux/amd64",
+            "linux/ppc64le",
+            "windows/386",
+            "linux/mips64_le",
+        ] {
+            assert!(valid_platform(good), "{good}");
+        }
+        let long = format!("linux/{}", "a".repeat(33));
+        for bad in [
+            "linux",
+            "linux/",
+            "/amd64",
+            "linux/arm/v7",
+            "Linux/amd64",
+            "linux/amd 64",
+            "linux/../x",
+            &long,
+        ] {
+            assert!(!valid_platform(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn widening_a_filter_keeps_what_either_keeps() {
+        let mut kept = vec!["linux/amd64".to_string()];
+        widen(&mut kept, &["linux/arm64".into(), "linux/amd64".into()]);
+        assert_eq!(kept, ["linux/amd64", "linux/arm64"]);
+        widen(&mut kept, &[]);
+        assert!(
+            kept.is_empty(),
+            "an entry without a filter wants every platform"
+        );
+        widen(&mut kept, &["linux/s390x".into()]);
+        assert!(kept.is_empty(), "every platform stays every platform");
     }
 }

@@ -462,6 +462,12 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
     fn refused(&self, image: &ImageRecord, repo: &str, mut source: RegistryError) -> PublishError {
         let depth = repo.split('/').count();
         if let RegistryError::Request { kind, message, .. } = &mut source {
+            if !image.platforms.is_empty() && message.contains("MANIFEST_BLOB_UNKNOWN") {
+                message.push_str(&format!(
+                    "; the imageset carries only {} of this image's index (the configuration's platforms), and this registry refuses an index whose other platforms it does not hold. Allow sparse indexes at the registry (Quay: FEATURE_SPARSE_INDEX; distribution 3: validation.manifests.indexes.platforms: list), or remove platforms from the configuration to mirror every platform",
+                    image.platforms.join(", ")
+                ));
+            }
             let maybe_depth = matches!(kind, ErrorKind::Unauthorized | ErrorKind::NotFound)
                 || message.contains("NAME_INVALID");
             if maybe_depth && depth > 2 && self.dest.max_nested_paths().is_none() {
@@ -662,7 +668,15 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
                         blobs.push((b.digest.clone(), b.size));
                     }
                 }
-                let children = parsed.children().iter().map(|c| c.digest.clone()).collect();
+                let mut children: Vec<Digest> =
+                    parsed.children().iter().map(|c| c.digest.clone()).collect();
+                if digest == image.digest && !image.platforms.is_empty() {
+                    // A sparse index: the children its filter leaves out did not
+                    // travel (those it keeps did; ingest checked).
+                    let kept = crate::manifest::kept_children(parsed.children(), &image.platforms);
+                    children
+                        .retain(|c| records.contains_key(c) || kept.iter().any(|k| k.digest == *c));
+                }
                 loaded.insert(digest.clone(), (raw, children));
             }
             let children = loaded[&digest].1.clone();
@@ -897,6 +911,7 @@ mod tests {
             },
             subject: subject.map(|s| Digest::of(s.as_bytes())),
             catalog_source: None,
+            platforms: Vec::new(),
         }
     }
 

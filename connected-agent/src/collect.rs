@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use airlock_common::config::ImageSpec;
 use airlock_common::digest::Digest;
 use airlock_common::imageset::{BlobRecord, ImageRecord};
-use airlock_common::manifest::{Descriptor, Platform, is_index};
+use airlock_common::manifest::{self, Descriptor, Platform, is_index};
 use airlock_common::reference::ImageRef;
 use airlock_common::registry::{Pool, RawManifest, RegistryError};
 use bytes::Bytes;
@@ -105,6 +105,9 @@ pub struct Resolved {
     pub manifests: Vec<RawManifest>,
     /// The platform an index gives each child manifest.
     pub platforms: HashMap<Digest, Platform>,
+    /// The platforms kept of the top index when a filter left some of its
+    /// children out (a sparse index); empty when the tree is whole.
+    pub kept: Vec<String>,
     blobs: Vec<Descriptor>,
     repository: String,
 }
@@ -132,14 +135,15 @@ async fn resolve_each(
     let slots: Vec<usize> = specs
         .iter()
         .map(|spec| {
-            *position.entry(spec.source.to_string()).or_insert_with(|| {
+            let key = format!("{} {}", spec.source, spec.platforms.join(","));
+            *position.entry(key).or_insert_with(|| {
                 unique.push(spec);
                 unique.len() - 1
             })
         })
         .collect();
     let resolved = futures::stream::iter(unique)
-        .map(|spec| resolve(&spec.name, &spec.source, pool))
+        .map(|spec| resolve(&spec.name, &spec.source, &spec.platforms, pool))
         .buffered(PARALLEL_IMAGES)
         .map(|r| r.map(Arc::new))
         .collect()
@@ -383,6 +387,7 @@ pub fn assemble(specs: &[ImageSpec], resolved: &[Arc<Resolved>]) -> Collected {
             kind: spec.kind,
             subject: spec.subject.clone(),
             catalog_source: None,
+            platforms: r.kept.clone(),
         });
     }
     out
@@ -394,8 +399,16 @@ pub async fn collect(specs: &[ImageSpec], pool: &Pool) -> Result<Collected, Coll
     Ok(assemble(specs, &resolved))
 }
 
-/// Resolves one image (`name` as configured, for messages) into its manifest tree.
-pub async fn resolve(name: &str, src: &ImageRef, pool: &Pool) -> Result<Resolved, CollectError> {
+/// Resolves one image (`name` as configured, for messages) into its manifest
+/// tree; of a top index, only the children `platforms` keeps when it names any
+/// (see [`manifest::kept_children`]). An index with none of them is an error:
+/// an image that cannot run where the configuration says it will.
+pub async fn resolve(
+    name: &str,
+    src: &ImageRef,
+    wanted: &[String],
+    pool: &Pool,
+) -> Result<Resolved, CollectError> {
     let image = name.to_string();
     let registry_err = |source| CollectError::Registry {
         image: image.clone(),
@@ -410,6 +423,7 @@ pub async fn resolve(name: &str, src: &ImageRef, pool: &Pool) -> Result<Resolved
     let mut manifests = vec![top.clone()];
     let mut platforms = HashMap::new();
     let mut blobs = Vec::new();
+    let mut kept = Vec::new();
     // Walk the tree breadth first; children are checked against their descriptors.
     let mut level = vec![top.clone()];
     for depth in 0.. {
@@ -420,7 +434,22 @@ pub async fn resolve(name: &str, src: &ImageRef, pool: &Pool) -> Result<Resolved
                 problem: format!("manifest {}: {e}", m.digest),
             })?;
             blobs.extend(parsed.blobs().cloned());
-            for child in parsed.children() {
+            let filter = if depth == 0 { wanted } else { &[] };
+            let children = manifest::kept_children(parsed.children(), filter);
+            if children.len() < parsed.children().len() {
+                if !children.iter().any(|c| c.platform.is_some()) {
+                    return Err(CollectError::Inconsistent {
+                        image: image.clone(),
+                        problem: format!(
+                            "it has no image for {} (it has {}); change the entry's platforms",
+                            wanted.join(", "),
+                            manifest::platforms_of(parsed.children())
+                        ),
+                    });
+                }
+                kept = wanted.to_vec();
+            }
+            for child in children {
                 if depth + 1 >= MAX_DEPTH {
                     return Err(CollectError::Inconsistent {
                         image: image.clone(),
@@ -463,6 +492,7 @@ pub async fn resolve(name: &str, src: &ImageRef, pool: &Pool) -> Result<Resolved
         top: top.digest,
         manifests,
         platforms,
+        kept,
         blobs,
         repository: src.name(),
     })

@@ -398,6 +398,7 @@ mod tests {
             kind,
             subject: subject.cloned(),
             catalog_source: None,
+            platforms: Vec::new(),
         };
         let images = vec![
             record("quay.io/team/app:1", &app, ImageKind::Generic, None),

@@ -233,6 +233,7 @@ pub async fn gather(
             target_tag: None,
             kind: ImageKind::Generic,
             subject: None,
+            platforms: Vec::new(),
         };
         check_bases(&[base], pool, None, secure.as_ref()).await?;
     }
@@ -1114,6 +1115,7 @@ mod tests {
             kind: ImageKind::Generic,
             subject: None,
             catalog_source: None,
+            platforms: Vec::new(),
         };
         let (a, b, c) = (record("1"), record("2"), record("3"));
         let list = [a.clone(), b.clone()];
@@ -1141,6 +1143,7 @@ mod tests {
             kind: ImageKind::Generic,
             subject: None,
             catalog_source: None,
+            platforms: Vec::new(),
         };
         let blob = BlobRecord {
             digest: digest.clone(),

@@ -109,9 +109,11 @@ pub struct Derived {
 /// How the config of each platform changes, besides the new layer's `diff_id`.
 pub type EditConfig<'a> = &'a (dyn Fn(&mut Value) -> Result<(), String> + Sync);
 
-/// Makes `base` (every platform of an index; attestation entries are dropped) with
-/// `layer` on top, each config changed by `edit` and given a `history` entry;
-/// `record` is the made image's record, its digest set here.
+/// Makes `base` (every platform of an index, or those of `platforms` when it
+/// names any; attestation entries are dropped) with `layer` on top, each config
+/// changed by `edit` and given a `history` entry; `record` is the made image's
+/// record, its digest set here. The made index lists only what was made, so it
+/// is complete at any registry.
 pub async fn derive(
     pool: &Pool,
     base: &ImageRef,
@@ -119,6 +121,7 @@ pub async fn derive(
     layer: &Layer,
     history: &str,
     edit: EditConfig<'_>,
+    platforms: &[String],
 ) -> Result<Derived, String> {
     let client = pool
         .client(base.registry())
@@ -152,9 +155,12 @@ pub async fn derive(
             let mut index: Value = serde_json::from_slice(&top.bytes)
                 .map_err(|e| format!("index {}: {e}", top.digest))?;
             let mut children = Vec::new();
+            let kept = manifest::kept_children(&manifests, platforms);
             for (i, child) in manifests.iter().enumerate() {
                 // Build attestations and other artifacts in an index are not platforms.
-                if child.platform.as_ref().is_none_or(|p| p.os == "unknown") {
+                if child.platform.as_ref().is_none_or(|p| p.os == "unknown")
+                    || !kept.iter().any(|k| k.digest == child.digest)
+                {
                     continue;
                 }
                 let raw = client
@@ -168,7 +174,15 @@ pub async fn derive(
                 children.push(entry);
             }
             if children.is_empty() {
-                return Err(format!("index {} has no platform image", top.digest));
+                return Err(match platforms {
+                    [] => format!("index {} has no platform image", top.digest),
+                    _ => format!(
+                        "index {} has no image for {} (it has {})",
+                        top.digest,
+                        platforms.join(", "),
+                        manifest::platforms_of(&manifests)
+                    ),
+                });
             }
             index["manifests"] = Value::Array(children);
             RawManifest::from_bytes(

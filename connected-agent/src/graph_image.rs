@@ -237,6 +237,7 @@ pub async fn build(
         kind: ImageKind::GraphData,
         subject: None,
         catalog_source: None,
+        platforms: Vec::new(),
     };
     let set_command = |config: &mut Value| {
         config["config"]["Cmd"] = json!(COMMAND);
@@ -249,6 +250,7 @@ pub async fn build(
         &layer.layer,
         &format!("airlock: graph data in /{DATA_DIR}"),
         &set_command,
+        &[],
     )
     .await
     .map_err(|message| GraphImageError::Base {

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use airlock_common::digest::Digest;
-use airlock_common::manifest::{Manifest, ManifestKind, is_index};
+use airlock_common::manifest::{self, Manifest, ManifestKind, is_index};
 use airlock_common::reference::ImageRef;
 use airlock_common::registry::{Pool, RegistryError};
 use futures::TryStreamExt;
@@ -130,8 +130,15 @@ pub struct Payload {
 }
 
 /// Reads the payload of `image`; with `kubevirt`, also the KubeVirt container
-/// images its boot-image stream names (an error if it names none).
-pub async fn read(pool: &Pool, image: &ImageRef, kubevirt: bool) -> Result<Payload, PayloadError> {
+/// images its boot-image stream names (an error if it names none). Of a
+/// manifest list, only the release images of `platforms` are read when it
+/// names any (`linux/amd64`).
+pub async fn read(
+    pool: &Pool,
+    image: &ImageRef,
+    kubevirt: bool,
+    platforms: &[String],
+) -> Result<Payload, PayloadError> {
     let name = image.to_string();
     let reg = |source| PayloadError::Registry {
         image: name.clone(),
@@ -152,12 +159,19 @@ pub async fn read(pool: &Pool, image: &ImageRef, kubevirt: bool) -> Result<Paylo
     // The release images to read: the children of a manifest list, or the top.
     let mut images: Vec<(Digest, Manifest)> = Vec::new();
     if is_list {
-        for child in parsed.children() {
+        for child in manifest::kept_children(parsed.children(), platforms) {
             let p = opened
                 .child(image, &child.digest)
                 .await
                 .map_err(layer_err)?;
             images.push((child.digest.clone(), p));
+        }
+        if images.is_empty() && !platforms.is_empty() {
+            return Err(invalid(format!(
+                "its manifest list has no release image for {} (it has {}); change mirror.platform.platforms",
+                platforms.join(", "),
+                manifest::platforms_of(parsed.children())
+            )));
         }
         if images.is_empty() {
             return Err(invalid("its manifest list is empty".into()));

@@ -227,7 +227,7 @@ impl BaseImages {
             .map(|rule| async move {
                 let name = rule.image;
                 let label = format!("base image {name} ({})", rule.field);
-                let r = collect::resolve(&label, &name, pool).await?;
+                let r = collect::resolve(&label, &name, &[], pool).await?;
                 let mut base = Base {
                     field: rule.field,
                     name,
@@ -431,6 +431,7 @@ mod tests {
             target_tag: None,
             kind,
             subject: None,
+            platforms: Vec::new(),
         }
     }
 

@@ -63,6 +63,7 @@ async fn find(
         target_tag: None,
         kind: ImageKind::Referrer,
         subject: Some(digest.clone()),
+        platforms: Vec::new(),
     };
     let mut out = Vec::new();
     for suffix in COSIGN_SUFFIXES {

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use airlock_common::config::schema::Platform;
-use airlock_common::config::{ImageSpec, LoadedConfig};
+use airlock_common::config::{ImageSpec, LoadedConfig, platform_filter};
 use airlock_common::imageset::{ImageKind, ReleaseRecord};
 use airlock_common::reference::{ImageRef, valid_tag};
 use airlock_common::registry::Pool;
@@ -71,7 +71,8 @@ pub async fn list(
         return Ok(Vec::new());
     };
     if let Some(release) = &platform.release {
-        return Ok(vec![direct(release, pool, false).await?.0]);
+        let platforms = platform_filter(&platform.platforms);
+        return Ok(vec![direct(release, pool, false, &platforms).await?.0]);
     }
     select::select(platform, "mirror", updates)
         .await
@@ -80,11 +81,16 @@ pub async fn list(
 
 /// `platform.release` names a release image without a graph: its version and
 /// architecture come from the payload itself.
-async fn direct(release: &str, pool: &Pool, kubevirt: bool) -> Result<(Selected, Payload), Error> {
+async fn direct(
+    release: &str,
+    pool: &Pool,
+    kubevirt: bool,
+    platforms: &[String],
+) -> Result<(Selected, Payload), Error> {
     let image: ImageRef = release
         .parse()
         .map_err(|e| Error::Usage(format!("mirror.platform.release: {release:?}: {e}")))?;
-    let payload = payload::read(pool, &image, kubevirt).await?;
+    let payload = payload::read(pool, &image, kubevirt, platforms).await?;
     let selected = Selected {
         channel: String::new(),
         arch: payload.arch.clone(),
@@ -113,22 +119,25 @@ pub async fn resolve(
         return Ok(Releases::default());
     };
     let kubevirt = platform.kube_virt_container;
+    let platforms = platform_filter(&platform.platforms);
     let selected = if let Some(release) = &platform.release {
-        vec![direct(release, pool, kubevirt).await?]
+        vec![direct(release, pool, kubevirt, &platforms).await?]
     } else {
         let selected = select::select(platform, "mirror", updates)
             .await
             .map_err(|e| locate(loaded, e))?;
         let payloads: Vec<Result<Payload, Error>> = futures::stream::iter(&selected)
-            .map(|s| async move {
+            .map(|s| {
+                let platforms = &platforms;
+                async move {
                 let image: ImageRef = s.image.parse().map_err(|e| {
                     Error::Usage(format!(
                         "the update graph of channel {} names release {} as {:?}, which is not an image reference: {e}",
                         s.channel, s.version, s.image
                     ))
                 })?;
-                Ok(payload::read(pool, &image, kubevirt).await?)
-            })
+                Ok(payload::read(pool, &image, kubevirt, platforms).await?)
+            }})
             .buffered(PARALLEL_PAYLOADS)
             .collect()
             .await;
@@ -150,9 +159,10 @@ pub async fn resolve(
             target_tag: Some(tag.clone()),
             kind: ImageKind::Release,
             subject: None,
+            platforms: platforms.clone(),
         });
         let kubevirt_images = if kubevirt {
-            kubevirt_components(&s, &payload)?
+            kubevirt_components(&s, &payload, &platforms)?
         } else {
             Vec::new()
         };
@@ -171,6 +181,7 @@ pub async fn resolve(
                 target_tag: Some(component_tag),
                 kind: ImageKind::ReleaseComponent,
                 subject: None,
+                platforms: platforms.clone(),
             });
         }
         tracing::info!(version = %s.version, arch = %s.arch, digest = %payload.digest, components = payload.components.len(), "release payload read");
@@ -194,9 +205,14 @@ pub async fn resolve(
 /// The KubeVirt container images of release `s` (`kubeVirtContainer`), as
 /// components named as oc-mirror v2 names them: `kube-virt-container`, with the
 /// stream's architecture appended for a multi-architecture release, which
-/// carries one per architecture that has one. They are then tagged, owned,
-/// pruned and deleted with the release, like any component.
-fn kubevirt_components(s: &Selected, payload: &Payload) -> Result<Vec<payload::Component>, Error> {
+/// carries one per architecture that has one (of `platforms`, when it names
+/// any). They are then tagged, owned, pruned and deleted with the release,
+/// like any component.
+fn kubevirt_components(
+    s: &Selected,
+    payload: &Payload,
+    platforms: &[String],
+) -> Result<Vec<payload::Component>, Error> {
     const NAME: &str = "kube-virt-container";
     let invalid = |problem: String| {
         Error::Payload(payload::PayloadError::Invalid {
@@ -208,6 +224,13 @@ fn kubevirt_components(s: &Selected, payload: &Payload) -> Result<Vec<payload::C
         payload
             .kubevirt
             .iter()
+            .filter(|(arch, _)| {
+                platforms.is_empty()
+                    || platforms.iter().any(|p| {
+                        p.split_once('/')
+                            .is_some_and(|(_, a)| tag_suffix(a) == arch.as_str())
+                    })
+            })
             .map(|(arch, image)| payload::Component {
                 name: format!("{NAME}-{arch}"),
                 image: image.clone(),

@@ -136,7 +136,11 @@ pub async fn select(
     stanza: &str,
     source: &impl GraphSource,
 ) -> Result<Vec<Selected>, SelectError> {
-    let archs: Vec<&str> = if platform.architectures.is_empty() {
+    let archs: Vec<&str> = if !platform.platforms.is_empty() {
+        // oc-mirror v2: a platform filter selects the multi-architecture
+        // payload, of which only those platforms travel.
+        vec!["multi"]
+    } else if platform.architectures.is_empty() {
         vec![DEFAULT_ARCH]
     } else {
         platform.architectures.iter().map(String::as_str).collect()

@@ -407,7 +407,10 @@ fn print_describe(described: &[crate::describe::Description]) {
         }
         println!("  images: {}", d.images.len());
         for i in &d.images {
-            println!("    {} {}", i.source, i.digest);
+            match i.platforms.as_slice() {
+                [] => println!("    {} {}", i.source, i.digest),
+                kept => println!("    {} {} (only {})", i.source, i.digest, kept.join(", ")),
+            }
         }
     }
 }

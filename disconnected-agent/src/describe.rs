@@ -66,6 +66,10 @@ pub struct Image {
     pub digest: String,
     /// What brought it.
     pub kind: ImageKind,
+    /// The platforms carried of its index when the configuration filtered it
+    /// (absent: every platform).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
 }
 
 /// Blob counts.
@@ -160,6 +164,7 @@ fn of(
                 source: i.source.clone(),
                 digest: i.digest.to_string(),
                 kind: i.kind,
+                platforms: i.platforms.clone(),
             })
             .collect(),
         releases: m

@@ -1,12 +1,12 @@
 //! Verifying an imageset's chunks, repairing them from parity when some are lost or
 //! damaged, and taking the content into the store.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use airlock_common::digest::Digest;
 use airlock_common::imageset::ImagesetManifest;
-use airlock_common::manifest;
+use airlock_common::manifest::{self, widen};
 use airlock_common::quote::clipped;
 
 use airlock_common::imageset::parity;
@@ -115,8 +115,14 @@ pub fn ingest(candidate: &Candidate, store: &Store, dir: &Path) -> Result<Ingest
 /// can give any bytes a consistent digest, or list a layer shipped earlier as a
 /// manifest; without this, such an imageset would be accepted, and every publish
 /// after it would fail.
+///
+/// The one exception is an index that images filtered by platform (their
+/// `platforms`): of its children, only those one of their filters keeps must be
+/// listed. When any image needs the index whole, or another listed manifest
+/// names it as a child, every child must be.
 pub fn check_manifests(m: &ImagesetManifest, store: &Store) -> Result<(), String> {
     let listed: HashSet<&Digest> = m.blobs.iter().map(|b| &b.digest).collect();
+    let mut parsed = Vec::new();
     for b in m
         .blobs
         .iter()
@@ -128,23 +134,46 @@ pub fn check_manifests(m: &ImagesetManifest, store: &Store) -> Result<(), String
         let bytes = store
             .read(&b.digest)
             .map_err(|e| format!("manifest {}: cannot read it from the store: {e}", b.digest))?;
-        let parsed = manifest::parse(&bytes, Some(media_type))
+        let p = manifest::parse(&bytes, Some(media_type))
             .map_err(|e| format!("manifest {} is not a {media_type}: {e}", b.digest))?;
-        if parsed.media_type != *media_type {
+        if p.media_type != *media_type {
             return Err(format!(
                 "manifest {} says it is a {}, the imageset lists it as {media_type}",
                 b.digest,
-                clipped(&parsed.media_type)
+                clipped(&p.media_type)
             ));
         }
-        if let Some(d) = parsed
+        parsed.push((&b.digest, p));
+    }
+    // The platforms each filtered index keeps (empty: every one).
+    let mut filters: HashMap<&Digest, Vec<String>> = HashMap::new();
+    for i in &m.images {
+        match filters.get_mut(&i.digest) {
+            Some(kept) => widen(kept, &i.platforms),
+            None => {
+                filters.insert(&i.digest, i.platforms.clone());
+            }
+        }
+    }
+    for (_, p) in &parsed {
+        for c in p.children() {
+            filters.remove(&c.digest);
+        }
+    }
+    for (digest, p) in &parsed {
+        let filter = filters.get(digest).map_or(&[][..], Vec::as_slice);
+        if let Some(d) = p
             .blobs()
-            .chain(parsed.children())
+            .chain(manifest::kept_children(p.children(), filter))
             .find(|d| !listed.contains(&d.digest))
         {
+            let filtered = match filter {
+                [] => String::new(),
+                _ => format!(" for {}", filter.join(", ")),
+            };
             return Err(format!(
-                "manifest {} references {}, which the imageset does not list",
-                b.digest, d.digest
+                "manifest {digest} references {}{filtered}, which the imageset does not list",
+                d.digest
             ));
         }
     }

@@ -153,6 +153,21 @@ pub struct ImageSpec {
     pub kind: crate::imageset::ImageKind,
     /// For a referrer (signature, SBOM): the manifest it is about.
     pub subject: Option<crate::digest::Digest>,
+    /// The platforms to keep of a multi-platform image (`linux/amd64`), from
+    /// the configuration's `platforms`; empty keeps every platform.
+    pub platforms: Vec<String>,
+}
+
+/// A configuration's `platforms` as an imageset records them: `os/architecture`,
+/// sorted, each once.
+pub fn platform_filter(platforms: &[schema::InstancePlatform]) -> Vec<String> {
+    let mut out: Vec<String> = platforms
+        .iter()
+        .map(|p| format!("{}/{}", p.os, p.architecture))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// One `mirror.blockedImages` entry: oc-mirror's semantics, a Go (RE2) regular
@@ -468,6 +483,7 @@ impl LoadedConfig {
         self.validate_operators(stanza, &m.operators, &mut problems);
         for (i, image) in m.additional_images.iter().enumerate() {
             let at = format!("{stanza}.additionalImages[{i}]");
+            self.check_platforms(&at, &image.platforms, &mut problems);
             if let Err(e) = image.name.parse::<ImageRef>() {
                 problems.push(self.problem(format!("{at}.name"), e.to_string()));
             }
@@ -574,11 +590,35 @@ impl LoadedConfig {
         {
             problems.push(self.problem(format!("{stanza}.platform.release"), e.to_string()));
         }
+        self.check_platforms(&format!("{stanza}.platform"), &platform.platforms, problems);
         if !platform.platforms.is_empty() && !platform.architectures.is_empty() {
             problems.push(self.problem(
                 format!("{stanza}.platform.platforms"),
                 "platform.platforms and platform.architectures cannot be used together; use platform.platforms (architectures is deprecated)",
             ));
+        }
+    }
+
+    /// A `platforms` list: each entry an `os` and an `architecture` as image
+    /// indexes spell them (`linux`, `amd64`), so that the filter an imageset
+    /// records passes the disconnected side's check.
+    fn check_platforms(
+        &self,
+        at: &str,
+        platforms: &[schema::InstancePlatform],
+        problems: &mut Vec<Problem>,
+    ) {
+        for (i, p) in platforms.iter().enumerate() {
+            let named = format!("{}/{}", p.os, p.architecture);
+            if !crate::manifest::valid_platform(&named) {
+                problems.push(self.problem(
+                    format!("{at}.platforms[{i}]"),
+                    format!(
+                        "platform {:?}: os and architecture must each be 1 to 32 lowercase letters, digits or '_', as image indexes name them (os: linux, architecture: amd64)",
+                        crate::quote::clip(&named)
+                    ),
+                ));
+            }
         }
     }
 
@@ -619,6 +659,7 @@ impl LoadedConfig {
         let mut catalogs = std::collections::HashSet::new();
         for (o, op) in operators.iter().enumerate() {
             let at = format!("{stanza}.operators[{o}]");
+            self.check_platforms(&at, &op.platforms, problems);
             let key = (
                 op.catalog.as_str(),
                 op.target_catalog.as_deref().or(op.target_name.as_deref()),
@@ -711,11 +752,6 @@ impl LoadedConfig {
         if let Some(m) = &c.mirror {
             let unsupported = [
                 (
-                    m.platform.as_ref().is_some_and(|p| !p.platforms.is_empty()),
-                    "mirror.platform.platforms",
-                    "filtering the multi-architecture release payload by platform (sparse manifest lists)",
-                ),
-                (
                     m.helm
                         .as_ref()
                         .is_some_and(|h| !h.local.is_empty() || !h.repositories.is_empty()),
@@ -745,11 +781,6 @@ impl LoadedConfig {
                         "catalogs in a local OCI layout (oci:) are not supported by this build; push the catalog to a registry and name it there",
                     ),
                     (
-                        !op.platforms.is_empty(),
-                        format!("{at}.platforms"),
-                        "filtering a catalog's manifest list by platform is not supported by this build: every platform is mirrored; remove the field",
-                    ),
-                    (
                         op.target_name.is_some() || op.original_ref.is_some(),
                         format!("{at}.targetName"),
                         "the deprecated targetName and originalRef are not supported; use targetCatalog",
@@ -766,15 +797,6 @@ impl LoadedConfig {
                     .map(read_template)
                 {
                     problems.push(self.problem(format!("{at}.targetCatalogSourceTemplate"), e));
-                }
-            }
-            for (i, image) in m.additional_images.iter().enumerate() {
-                if !image.platforms.is_empty() {
-                    let field = format!("mirror.additionalImages[{i}].platforms");
-                    problems.push(self.problem(
-                        field.clone(),
-                        format!("filtering a manifest list by platform is not supported by this build: every platform is mirrored so digests stay intact; remove {field}"),
-                    ));
                 }
             }
         }
@@ -929,6 +951,7 @@ impl LoadedConfig {
                     target_tag: image.target_tag.clone(),
                     kind: crate::imageset::ImageKind::Generic,
                     subject: None,
+                    platforms: platform_filter(&image.platforms),
                 }),
                 Err(e) => problems.push(
                     self.problem(format!("mirror.additionalImages[{i}].name"), e.to_string()),

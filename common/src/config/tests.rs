@@ -310,3 +310,36 @@ fn an_enormous_image_name_is_quoted_clipped() {
         "{msg}"
     );
 }
+
+#[test]
+fn platforms_filter_images_sorted_once_and_a_malformed_one_is_refused_at_its_line() {
+    let text = format!(
+        "{HEAD}mirror:\n  additionalImages:\n  - name: quay.io/a/b:1\n    platforms:\n    - os: linux\n      architecture: s390x\n    - os: linux\n      architecture: amd64\n    - os: linux\n      architecture: s390x\n"
+    );
+    let docs = parse(&text).unwrap();
+    docs[0].validate().unwrap();
+    docs[0].check_supported().unwrap();
+    let images = docs[0].additional_images().unwrap();
+    assert_eq!(images[0].platforms, ["linux/amd64", "linux/s390x"]);
+
+    for (at, body) in [
+        (
+            "isc.yaml:9:7: mirror.additionalImages[0].platforms[1]",
+            "  additionalImages:\n  - name: quay.io/a/b:1\n    platforms:\n    - os: linux\n      architecture: amd64\n    - os: linux\n      architecture: arm/v8\n",
+        ),
+        (
+            "isc.yaml:7:7: mirror.operators[0].platforms[0]",
+            "  operators:\n  - catalog: quay.io/a/index:v1\n    platforms:\n    - os: Linux\n      architecture: amd64\n",
+        ),
+        (
+            "isc.yaml:6:7: mirror.platform.platforms[0]",
+            "  platform:\n    platforms:\n    - os: ''\n      architecture: amd64\n    channels:\n    - name: stable-4.21\n",
+        ),
+    ] {
+        assert_error(
+            &format!("{HEAD}mirror:\n{body}"),
+            LoadedConfig::validate,
+            &[at, "lowercase letters, digits or '_'"],
+        );
+    }
+}

@@ -213,6 +213,14 @@ pub struct ImageRecord {
     /// configuration's `targetCatalogSourceTemplate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_source: Option<CatalogSourceTemplate>,
+    /// The platforms (`linux/amd64`) kept of the index `digest` names when the
+    /// configuration filtered it (`platforms`): its other children, and what
+    /// hangs off them, are not in the imageset. The index itself travels byte
+    /// for byte, so its digest and every signature of it stay valid; a registry
+    /// must accept an index whose other platforms it does not hold (a sparse
+    /// index). Which children count as kept is [`crate::manifest::kept_children`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
 }
 
 /// The parts of a user's `CatalogSource` template a catalog's `CatalogSource`

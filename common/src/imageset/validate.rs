@@ -439,6 +439,7 @@ fn record(image: &ImageRecord, field: &dyn Fn(&str) -> String) -> Result<(), Inv
             ));
         }
     }
+    platforms(image, field)?;
     if let Some(t) = &image.catalog_source {
         if image.kind != ImageKind::Catalog {
             return Err(invalid(
@@ -459,6 +460,45 @@ fn record(image: &ImageRecord, field: &dyn Fn(&str) -> String) -> Result<(), Inv
             "set on an image that is not a referrer",
         )),
     }
+}
+
+/// Most platforms an image's filter may name; an index of every platform Go
+/// knows has fewer than 50.
+const MAX_PLATFORMS: usize = 64;
+
+/// A platform filter, which decides which children of an index may be absent:
+/// each `os/architecture` well formed, sorted and named once (as the connected
+/// side writes them, so that two spellings of one filter cannot differ), and
+/// none on a referrer, which is published whole after its subject.
+fn platforms(image: &ImageRecord, field: &dyn Fn(&str) -> String) -> Result<(), Invalid> {
+    if image.platforms.is_empty() {
+        return Ok(());
+    }
+    if image.kind == ImageKind::Referrer {
+        return Err(invalid(
+            field("platforms"),
+            "set on a referrer; only an image's own index is filtered",
+        ));
+    }
+    at_most(&field("platforms"), image.platforms.len(), MAX_PLATFORMS)?;
+    for (i, p) in image.platforms.iter().enumerate() {
+        if !crate::manifest::valid_platform(p) {
+            return Err(invalid(
+                field(&format!("platforms[{i}]")),
+                format!(
+                    "{}; expected os/architecture, each 1 to 32 lowercase letters, digits or '_'",
+                    clipped(p)
+                ),
+            ));
+        }
+        if i > 0 && image.platforms[i - 1] >= *p {
+            return Err(invalid(
+                field(&format!("platforms[{i}]")),
+                "not sorted or named twice; the list is sorted, each platform once",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A `CatalogSource` template's serialised size limit: real ones are a few
@@ -891,6 +931,7 @@ mod tests {
             kind,
             subject: None,
             catalog_source: None,
+            platforms: Vec::new(),
         };
         let mut referrer = image(&blobs[3].digest, ImageKind::Referrer);
         referrer.subject = Some(blobs[0].digest.clone());
@@ -1076,6 +1117,59 @@ mod tests {
             let e = check_content(&m).unwrap_err().to_string();
             assert!(e.starts_with(expected), "expected {expected:?}, got {e:?}");
         }
+    }
+
+    /// A platform filter decides which children of an index may be absent at
+    /// the site, so it is held to the form the connected side writes.
+    #[test]
+    fn a_forged_platform_filter_is_refused() {
+        type Forge = fn(&mut ImagesetManifest);
+        let mut fine = genuine();
+        fine.images[0].platforms = vec!["linux/amd64".into(), "linux/s390x".into()];
+        check_content(&fine).unwrap();
+        let cases: &[(Forge, &str)] = &[
+            (
+                |m| m.images[0].platforms = vec!["linux/../../x".into()],
+                "images[0].platforms[0]: ",
+            ),
+            (
+                |m| m.images[0].platforms = vec!["linux/s390x".into(), "linux/amd64".into()],
+                "images[0].platforms[1]: not sorted or named twice",
+            ),
+            (
+                |m| m.images[0].platforms = vec!["linux/amd64".into(), "linux/amd64".into()],
+                "images[0].platforms[1]: not sorted or named twice",
+            ),
+            (
+                |m| m.images[0].platforms = (0..65).map(|i| format!("linux/a{i:03}")).collect(),
+                "images[0].platforms: 65 entries, more than the 64 allowed",
+            ),
+            (
+                |m| {
+                    let i = m
+                        .images
+                        .iter()
+                        .position(|i| i.kind == ImageKind::Referrer)
+                        .unwrap();
+                    m.images[i].platforms = vec!["linux/amd64".into()];
+                },
+                "images[",
+            ),
+        ];
+        for (forge, expected) in cases {
+            let mut m = genuine();
+            forge(&mut m);
+            let e = check_content(&m).unwrap_err().to_string();
+            assert!(e.starts_with(expected), "expected {expected:?}, got {e:?}");
+        }
+        let mut on_referrer = genuine();
+        cases[4].0(&mut on_referrer);
+        assert!(
+            check_content(&on_referrer)
+                .unwrap_err()
+                .to_string()
+                .contains("platforms: set on a referrer")
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ fn image(repo: &str, tag: Option<&str>, seed: &[u8]) -> ImageRecord {
         kind: ImageKind::Generic,
         subject: None,
         catalog_source: None,
+        platforms: Vec::new(),
     }
 }
 

@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use airlock_common::config::ImageSpec;
 use airlock_common::config::schema::Operator;
+use airlock_common::config::{ImageSpec, platform_filter};
 use airlock_common::imageset::{ImageKind, ImageRecord};
+use airlock_common::manifest::widen;
 use airlock_common::reference::ImageRef;
 use airlock_common::registry::Pool;
 
@@ -34,7 +35,8 @@ pub struct CatalogContent {
 /// Reads, filters and rebuilds every catalog of `operators`.
 pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogContent, CatalogError> {
     let mut out = CatalogContent::default();
-    let mut seen = BTreeSet::new();
+    // Where each bundle and related image is in `out.images`, by pull spec.
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, op) in operators.iter().enumerate() {
         let invalid = |problem: String| CatalogError::Invalid {
             catalog: op.catalog.clone(),
@@ -66,9 +68,13 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
                     if !owners.contains(&owner) {
                         owners.push(owner.clone());
                     }
-                    if !seen.insert(pullspec.clone()) {
+                    let platforms = platform_filter(&op.platforms);
+                    if let Some(&at) = seen.get(pullspec) {
+                        // Named by two catalogs: it keeps what either asks for.
+                        widen(&mut out.images[at].platforms, &platforms);
                         continue;
                     }
+                    seen.insert(pullspec.clone(), out.images.len());
                     let source: ImageRef = pullspec.parse().map_err(|e| {
                         invalid(format!(
                             "bundle {b} of package {package} names image {pullspec:?}: {e}"
@@ -81,6 +87,7 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
                         target_tag: None,
                         kind: ImageKind::Operator,
                         subject: None,
+                        platforms,
                     });
                 }
             }
@@ -98,6 +105,7 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
                 target_tag: op.target_tag.clone(),
                 kind: ImageKind::Catalog,
                 subject: None,
+                platforms: platform_filter(&op.platforms),
             });
             continue;
         }
@@ -117,6 +125,7 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
             kind: ImageKind::Catalog,
             subject: None,
             catalog_source: None,
+            platforms: Vec::new(),
         };
         let base = reference.at_digest(read.digest.clone());
         out.bases.push(ImageSpec {
@@ -126,6 +135,7 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
             target_tag: None,
             kind: ImageKind::Catalog,
             subject: None,
+            platforms: platform_filter(&op.platforms),
         });
         let built = derive::derive(
             pool,
@@ -134,6 +144,7 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
             &layer,
             &format!("airlock: filtered catalog in {}", read.root),
             &rebuild::drop_cache_flags,
+            &platform_filter(&op.platforms),
         )
         .await
         .map_err(|e| invalid(format!("rebuilding: {e}")))?;

@@ -21,6 +21,7 @@ fn image(source: &str, tag: Option<&str>, kind: ImageKind) -> ImageRecord {
         kind,
         subject: None,
         catalog_source: None,
+        platforms: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@ mod foundation;
 mod hostile;
 mod oneway;
 mod operators;
+mod platforms;
 mod policy;
 mod pruning;
 mod registries;

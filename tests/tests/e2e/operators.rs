@@ -329,6 +329,16 @@ fn push_localised_catalog(
     (labels, fbc, images)
 }
 
+/// A source registry with [`push_localised_catalog`] in it, a temporary
+/// directory, and the registry's address.
+fn localised_catalog() -> (Registry, tempfile::TempDir, String) {
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let a = src.addr();
+    push_localised_catalog(&client, &a);
+    (src, tempfile::tempdir().unwrap(), a)
+}
+
 /// `isc.yaml` in `dir`: the localised catalog of `a`, filtered to [`PACKAGE`].
 fn package_config(dir: &std::path::Path, a: &str) -> std::path::PathBuf {
     let config = dir.join("isc.yaml");
@@ -547,12 +557,9 @@ fn channel_head(c: &Value) -> String {
 #[test]
 fn an_old_cluster_with_its_catalog_source_pinned_or_deleted_is_reported_and_reconcile_restores_it()
 {
-    let src = Registry::plain().unwrap();
+    let (src, tmp, a) = localised_catalog();
     let dest = Registry::plain().unwrap();
     let client = PushClient::new(&src).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let a = src.addr();
-    push_localised_catalog(&client, &a);
     // A release newer than the cluster runs, mirrored alongside the catalog.
     let cli = ImageBuilder::new(Format::Oci).layer(90, 20_000).build();
     cli.push(&client, "openshift-release-dev/ocp-v4.0-art-dev", None)
@@ -694,11 +701,7 @@ fn an_old_cluster_with_its_catalog_source_pinned_or_deleted_is_reported_and_reco
 /// bundles and related images to theirs.
 #[test]
 fn secure_policy_holds_a_rebuilt_catalog_to_its_source_scope() {
-    let src = Registry::plain().unwrap();
-    let client = PushClient::new(&src).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let a = src.addr();
-    push_localised_catalog(&client, &a);
+    let (src, tmp, a) = localised_catalog();
     let config = package_config(tmp.path(), &a);
     let policy = tmp.path().join("policy.json");
     std::fs::write(
@@ -738,12 +741,8 @@ fn secure_policy_holds_a_rebuilt_catalog_to_its_source_scope() {
 /// from is refused at create with its field.
 #[test]
 fn a_catalog_source_template_travels_to_the_site_and_shapes_the_catalog_source() {
-    let src = Registry::plain().unwrap();
+    let (src, tmp, a) = localised_catalog();
     let dest = Registry::plain().unwrap();
-    let client = PushClient::new(&src).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let a = src.addr();
-    push_localised_catalog(&client, &a);
     let template = tmp.path().join("cs-template.yaml");
     let config = tmp.path().join("isc.yaml");
     std::fs::write(
@@ -821,12 +820,8 @@ fn a_catalog_source_template_travels_to_the_site_and_shapes_the_catalog_source()
 /// one once the policy allows it, without a new imageset.
 #[test]
 fn an_object_the_cluster_refuses_does_not_hold_back_the_others_and_is_applied_once_allowed() {
-    let src = Registry::plain().unwrap();
+    let (src, tmp, a) = localised_catalog();
     let dest = Registry::plain().unwrap();
-    let client = PushClient::new(&src).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let a = src.addr();
-    push_localised_catalog(&client, &a);
     let config = package_config(tmp.path(), &a);
     let out = tmp.path().join("out");
     let created = create(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
@@ -866,5 +861,58 @@ fn an_object_the_cluster_refuses_does_not_hold_back_the_others_and_is_applied_on
         "the CatalogSource applied once allowed",
         || !api.list(&Res::CATALOG_SOURCE).is_empty() && refused_note().is_none(),
         || served.agent.log(),
+    );
+}
+
+/// `operators[].platforms`: the rebuilt catalog is made of the platforms asked
+/// for only (a new, complete index, which any registry takes), and the site's
+/// CatalogSource names it.
+#[test]
+fn a_catalog_filtered_by_platform_is_rebuilt_of_those_platforms_only() {
+    let (src, tmp, a) = localised_catalog();
+    let dest = Registry::plain().unwrap();
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}mirror:\n  operators:\n  - catalog: {a}/catalogs/index:v4.17\n    platforms:\n    - os: linux\n      architecture: arm64\n    packages:\n    - name: {PACKAGE}\n"),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let created = create(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
+    assert_eq!(created.code, 0, "{created}");
+    let published = publish(&out, &dest, "mirror", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+    let top: Value =
+        serde_json::from_slice(&inspect_raw_at(&dest, "mirror/catalogs/index:v4.17").unwrap())
+            .unwrap();
+    let platforms: Vec<&str> = top["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, ["arm64"]);
+    let files = top_layer_files(&dest, "mirror/catalogs/index:v4.17");
+    assert!(files.contains_key(&format!("configs/{PACKAGE}/catalog.json")));
+
+    // A platform the catalog does not have is named with those it has.
+    std::fs::write(
+        &config,
+        format!("{HEAD}mirror:\n  operators:\n  - catalog: {a}/catalogs/index:v4.17\n    platforms:\n    - os: linux\n      architecture: s390x\n    packages:\n    - name: {PACKAGE}\n"),
+    )
+    .unwrap();
+    let refused = create(
+        &config,
+        &tmp.path().join("none"),
+        &tmp.path().join("ws2"),
+        "1MiB",
+        &src,
+    );
+    assert_ne!(refused.code, 0, "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("has no image for linux/s390x (it has linux/amd64, linux/arm64)"),
+        "{refused}"
     );
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 
 use airlock_tests::bins::{self, Output, run};
-use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, layer};
+use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, layer, two_platform};
 use airlock_tests::registry::Registry;
 use airlock_tests::release::{ReleaseSigner, coreos_bootimages, graph, release_image};
 use airlock_tests::skopeo::inspect_raw_at;
@@ -799,14 +799,6 @@ fn all_digests(image: &Image) -> Vec<String> {
     v
 }
 
-fn read_manifest(dir: &Path) -> airlock_common::imageset::ImagesetManifest {
-    let f = chunk_files(dir).into_iter().next().expect("a chunk");
-    (*airlock_common::imageset::read::read_head(&f)
-        .unwrap()
-        .manifest)
-        .clone()
-}
-
 /// Release 4.21.0 of `comps` (its own layer from `seed`, and `files` in its
 /// payload) pushed to `src`, alone in channel stable-4.21 of `service`, and a
 /// configuration in `dir` selecting that channel; with the release image.
@@ -1135,5 +1127,103 @@ fn kube_virt_container_mirrors_the_kubevirt_image_the_release_names_with_it() {
             .images
             .iter()
             .any(|i| i.digest.to_string() == disk.digest)
+    );
+}
+
+/// `platform.platforms` (oc-mirror v2): the multi-architecture payload is
+/// selected and only the platforms asked for travel, of the release image and
+/// of every component, each index byte for byte; the KubeVirt disk of another
+/// architecture stays behind too.
+#[test]
+fn platform_platforms_carry_the_multi_payload_for_those_platforms_only() {
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let service = UpdateService::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = two_platform(Format::Oci, 90, 20_000, false);
+    let comps = push_components(&client, &src, &[("etcd", &etcd)]);
+    let disks: Vec<Image> = [91, 92]
+        .map(|seed| {
+            ImageBuilder::new(Format::Docker)
+                .layer(seed, 10_000)
+                .build()
+        })
+        .into();
+    let disk_refs = push_components(
+        &client,
+        &src,
+        &[("x86_64", &disks[0]), ("aarch64", &disks[1])],
+    );
+    let stream = coreos_bootimages(&[
+        ("x86_64", disk_refs[0].1.clone()),
+        ("aarch64", disk_refs[1].1.clone()),
+    ]);
+    let files: &[(&str, &[u8])] = &[("0000_50_installer_coreos-bootimages.yaml", &stream)];
+    let base = layer(93, 10_000);
+    let per_arch: Vec<Image> = ["amd64", "arm64"]
+        .map(|arch| release_image("4.21.0", arch, &base, &refs(&comps), files))
+        .into();
+    let multi = airlock_tests::images::index(Format::Docker, per_arch, false);
+    multi
+        .push(
+            &client,
+            "openshift-release-dev/ocp-release",
+            Some("4.21.0-multi"),
+        )
+        .unwrap();
+    let payload = format!(
+        "{}/openshift-release-dev/ocp-release@{}",
+        src.addr(),
+        multi.digest
+    );
+    service.set_graph(
+        "stable-4.21",
+        "multi",
+        graph("stable-4.21", &[("4.21.0", payload)], &[]),
+    );
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{HEAD}mirror:\n  platform:\n    kubeVirtContainer: true\n    platforms:\n    - os: linux\n      architecture: arm64\n    channels:\n    - name: stable-4.21\n"
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let mut cmd = create_cmd(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
+    cmd.arg("--update-url")
+        .arg(service.graph_url())
+        .arg("--ignore-release-signature");
+    let made = run(&mut cmd);
+    assert_eq!(made.code, 0, "{made}");
+    let m = read_manifest(&out);
+    assert_eq!(m.releases.len(), 1);
+    assert_eq!(
+        (m.releases[0].arch.as_str(), m.releases[0].tag.as_str()),
+        ("multi", "4.21.0-multi")
+    );
+    assert_eq!(m.releases[0].digest.to_string(), multi.digest);
+    let by_digest = |d: &str| m.images.iter().find(|i| i.digest.to_string() == d);
+    for image in [&multi, &etcd] {
+        let record = by_digest(&image.digest).expect("the index is an image of the imageset");
+        assert_eq!(record.platforms, ["linux/arm64"], "{}", record.source);
+    }
+    let listed: BTreeSet<String> = m.blobs.iter().map(|b| b.digest.to_string()).collect();
+    let (amd64, arm64) = (&multi.children[0], &multi.children[1]);
+    assert!(listed.contains(&arm64.digest) && !listed.contains(&amd64.digest));
+    assert!(listed.contains(&etcd.children[1].digest));
+    assert!(!listed.contains(&etcd.children[0].digest));
+    assert!(
+        !listed.contains(&etcd.children[0].blobs[1].digest),
+        "the amd64 layer of a component stays behind"
+    );
+    let tags: BTreeSet<&str> = m.images.iter().filter_map(|i| i.tag.as_deref()).collect();
+    assert!(
+        tags.contains("4.21.0-multi-kube-virt-container-aarch64"),
+        "{tags:?}"
+    );
+    assert!(
+        by_digest(&disks[0].digest).is_none(),
+        "the x86_64 disk stays behind"
     );
 }

@@ -291,6 +291,15 @@ pub fn publish_via(proxy: &FaultProxy, from: &Path, prefix: &str, ws: &Path) -> 
     cmd
 }
 
+/// The imageset manifest of the chunk files in `dir`.
+pub fn read_manifest(dir: &Path) -> airlock_common::imageset::ImagesetManifest {
+    let f = chunk_files(dir).into_iter().next().expect("a chunk");
+    (*airlock_common::imageset::read::read_head(&f)
+        .unwrap()
+        .manifest)
+        .clone()
+}
+
 /// Copies the chunk files of `from` into `to` (made if missing).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
