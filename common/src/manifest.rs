@@ -147,31 +147,36 @@ pub fn kept_children<'a>(children: &'a [Descriptor], wanted: &[String]) -> Vec<&
     if wanted.is_empty() {
         return children.iter().collect();
     }
-    let asked = |d: &Descriptor| match &d.platform {
-        None => true,
-        Some(p) => wanted
-            .iter()
-            .any(|w| w.split_once('/') == Some((p.os.as_str(), p.architecture.as_str()))),
+    let asked = |d: &Descriptor| {
+        d.platform
+            .as_ref()
+            .is_none_or(|p| platform_wanted(p, wanted))
     };
     let attests = |d: &Descriptor| d.annotations.contains_key(REFERENCE_TYPE);
-    let platforms: Vec<&Descriptor> = children
+    let platforms: std::collections::HashSet<&str> = children
         .iter()
         .filter(|d| !attests(d) && asked(d))
+        .map(|d| d.digest.as_str())
         .collect();
     children
         .iter()
         .filter(|d| {
             if attests(d) {
-                d.annotations.get(REFERENCE_DIGEST).is_some_and(|about| {
-                    platforms
-                        .iter()
-                        .any(|k| k.digest.as_str() == about.as_str())
-                })
+                d.annotations
+                    .get(REFERENCE_DIGEST)
+                    .is_some_and(|about| platforms.contains(about.as_str()))
             } else {
                 asked(d)
             }
         })
         .collect()
+}
+
+/// Whether `p` is one of the platforms of a filter (`os/architecture`, any variant).
+pub fn platform_wanted(p: &Platform, wanted: &[String]) -> bool {
+    wanted
+        .iter()
+        .any(|w| w.split_once('/') == Some((p.os.as_str(), p.architecture.as_str())))
 }
 
 /// What a manifest is and what it references.

@@ -17,7 +17,7 @@
 //!   under [`RetryPolicy`], within a retry budget per image; a blob upload is
 //!   retried from a new session with its source opened again, never buffered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,6 +101,25 @@ impl crate::exit_codes::ExitCode for PublishError {
             PublishError::Stopped { .. } => crate::exit_codes::UNAVAILABLE,
         }
     }
+}
+
+/// A registry's refusal of an index the imageset carries in part (`platforms`):
+/// an answer (4xx) to that push is most likely the registry refusing an index
+/// whose other children it does not hold (distribution: `MANIFEST_BLOB_UNKNOWN`;
+/// Quay: `MANIFEST_INVALID`), so the message says how to allow it.
+fn sparse_refused(image: &ImageRecord, mut e: RegistryError) -> RegistryError {
+    if let RegistryError::Request {
+        kind: ErrorKind::Protocol | ErrorKind::NotFound,
+        message,
+        ..
+    } = &mut e
+    {
+        message.push_str(&format!(
+            "; the imageset carries only {} of this image's index (the configuration's platforms), and a registry may refuse an index whose other platforms it does not hold. Allow sparse indexes (Quay: FEATURE_SPARSE_INDEX, with SPARSE_INDEX_REQUIRED_ARCHS naming only platforms carried; distribution 3: validation.manifests.indexes.platforms: none, or list with a platformlist of the platforms carried), or remove platforms from the configuration to mirror every platform",
+            image.platforms.join(", ")
+        ));
+    }
+    e
 }
 
 /// Blob bytes to upload.
@@ -462,12 +481,6 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
     fn refused(&self, image: &ImageRecord, repo: &str, mut source: RegistryError) -> PublishError {
         let depth = repo.split('/').count();
         if let RegistryError::Request { kind, message, .. } = &mut source {
-            if !image.platforms.is_empty() && message.contains("MANIFEST_BLOB_UNKNOWN") {
-                message.push_str(&format!(
-                    "; the imageset carries only {} of this image's index (the configuration's platforms), and this registry refuses an index whose other platforms it does not hold. Allow sparse indexes at the registry (Quay: FEATURE_SPARSE_INDEX; distribution 3: validation.manifests.indexes.platforms: list), or remove platforms from the configuration to mirror every platform",
-                    image.platforms.join(", ")
-                ));
-            }
             let maybe_depth = matches!(kind, ErrorKind::Unauthorized | ErrorKind::NotFound)
                 || message.contains("NAME_INVALID");
             if maybe_depth && depth > 2 && self.dest.max_nested_paths().is_none() {
@@ -673,9 +686,14 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
                 if digest == image.digest && !image.platforms.is_empty() {
                     // A sparse index: the children its filter leaves out did not
                     // travel (those it keeps did; ingest checked).
-                    let kept = crate::manifest::kept_children(parsed.children(), &image.platforms);
-                    children
-                        .retain(|c| records.contains_key(c) || kept.iter().any(|k| k.digest == *c));
+                    let kept: HashSet<&Digest> =
+                        crate::manifest::kept_children(parsed.children(), &image.platforms)
+                            .into_iter()
+                            .map(|k| &k.digest)
+                            .collect();
+                    children.retain(|c| {
+                        kept.contains(c) || records.get(c).is_some_and(|r| r.media_type.is_some())
+                    });
                 }
                 loaded.insert(digest.clone(), (raw, children));
             }
@@ -732,11 +750,12 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             {
                 continue;
             }
+            let sparse = m.digest == image.digest && !image.platforms.is_empty();
             self.retrying(&budget, &repo, &m.digest, || async {
                 self.client
                     .put_manifest(&repo, m, tag)
                     .await
-                    .map_err(registry)
+                    .map_err(|e| registry(if sparse { sparse_refused(image, e) } else { e }))
             })
             .await?;
             self.stats.manifests.fetch_add(1, Ordering::Relaxed);

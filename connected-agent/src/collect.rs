@@ -437,7 +437,12 @@ pub async fn resolve(
             let filter = if depth == 0 { wanted } else { &[] };
             let children = manifest::kept_children(parsed.children(), filter);
             if children.len() < parsed.children().len() {
-                if !children.iter().any(|c| c.platform.is_some()) {
+                let runs_here = |c: &&Descriptor| {
+                    c.platform
+                        .as_ref()
+                        .is_some_and(|p| manifest::platform_wanted(p, wanted))
+                };
+                if !children.iter().any(runs_here) {
                     return Err(CollectError::Inconsistent {
                         image: image.clone(),
                         problem: format!(

@@ -186,6 +186,17 @@ pub async fn read(
             .await
             .map_err(&invalid)?
     };
+    if !is_list
+        && !platforms.is_empty()
+        && !platforms
+            .iter()
+            .any(|p| p.split_once('/').is_some_and(|(_, a)| a == arch))
+    {
+        return Err(invalid(format!(
+            "it is a release for {arch} only, and mirror.platform.platforms asks for {}; name the release's multi-architecture image (its manifest list), or change platforms",
+            platforms.join(", ")
+        )));
+    }
     let mut metadata: Option<Metadata> = None;
     let mut components: BTreeMap<String, ImageRef> = BTreeMap::new();
     let mut kubevirt_images: BTreeMap<String, ImageRef> = BTreeMap::new();

@@ -221,7 +221,7 @@ fn kubevirt_components(
         })
     };
     let named: Vec<payload::Component> = if s.arch == "multi" {
-        payload
+        let named: Vec<payload::Component> = payload
             .kubevirt
             .iter()
             .filter(|(arch, _)| {
@@ -235,7 +235,16 @@ fn kubevirt_components(
                 name: format!("{NAME}-{arch}"),
                 image: image.clone(),
             })
-            .collect()
+            .collect();
+        if named.is_empty() && !platforms.is_empty() {
+            let has: Vec<&str> = payload.kubevirt.keys().map(String::as_str).collect();
+            return Err(invalid(format!(
+                "kubeVirtContainer: its boot-image stream names a KubeVirt image for {} but for none of {} (Red Hat builds them for x86_64 and s390x); remove mirror.platform.kubeVirtContainer, or add those platforms",
+                has.join(", "),
+                platforms.join(", ")
+            )));
+        }
+        named
     } else {
         let key = tag_suffix(&s.arch);
         let image = payload.kubevirt.get(key).ok_or_else(|| {

@@ -121,8 +121,45 @@ pub fn ingest(candidate: &Candidate, store: &Store, dir: &Path) -> Result<Ingest
 /// listed. When any image needs the index whole, or another listed manifest
 /// names it as a child, every child must be.
 pub fn check_manifests(m: &ImagesetManifest, store: &Store) -> Result<(), String> {
-    let listed: HashSet<&Digest> = m.blobs.iter().map(|b| &b.digest).collect();
-    let mut parsed = Vec::new();
+    // Each listed digest, and whether it is listed as a manifest.
+    let listed: HashMap<&Digest, bool> = m
+        .blobs
+        .iter()
+        .map(|b| (&b.digest, b.media_type.is_some()))
+        .collect();
+    // The platforms each filtered index keeps (empty: every one).
+    let mut filters: HashMap<&Digest, Vec<String>> = HashMap::new();
+    for i in &m.images {
+        match filters.get_mut(&i.digest) {
+            Some(kept) => widen(kept, &i.platforms),
+            None => {
+                filters.insert(&i.digest, i.platforms.clone());
+            }
+        }
+    }
+    filters.retain(|_, kept| !kept.is_empty());
+    let unlisted = |digest: &Digest, d: &manifest::Descriptor, child: bool, filtered: &[String]| {
+        let how = match filtered {
+            [] => String::new(),
+            f => format!(" for {}", f.join(", ")),
+        };
+        match listed.get(&d.digest) {
+            None => Err(format!(
+                "manifest {digest} references {}{how}, which the imageset does not list",
+                d.digest
+            )),
+            Some(false) if child => Err(format!(
+                "manifest {digest} references {} as a child manifest, which the imageset lists as a blob",
+                d.digest
+            )),
+            Some(_) => Ok(()),
+        }
+    };
+    // Pass 1: every manifest but a filtered index is checked whole; what any
+    // of them names as a child is needed whole. Only the children of filtered
+    // indexes are kept for pass 2, so memory stays bounded by those.
+    let mut nested: HashSet<Digest> = HashSet::new();
+    let mut sparse: Vec<(&Digest, Vec<manifest::Descriptor>)> = Vec::new();
     for b in m
         .blobs
         .iter()
@@ -134,47 +171,40 @@ pub fn check_manifests(m: &ImagesetManifest, store: &Store) -> Result<(), String
         let bytes = store
             .read(&b.digest)
             .map_err(|e| format!("manifest {}: cannot read it from the store: {e}", b.digest))?;
-        let p = manifest::parse(&bytes, Some(media_type))
+        let parsed = manifest::parse(&bytes, Some(media_type))
             .map_err(|e| format!("manifest {} is not a {media_type}: {e}", b.digest))?;
-        if p.media_type != *media_type {
+        if parsed.media_type != *media_type {
             return Err(format!(
                 "manifest {} says it is a {}, the imageset lists it as {media_type}",
                 b.digest,
-                clipped(&p.media_type)
+                clipped(&parsed.media_type)
             ));
         }
-        parsed.push((&b.digest, p));
-    }
-    // The platforms each filtered index keeps (empty: every one).
-    let mut filters: HashMap<&Digest, Vec<String>> = HashMap::new();
-    for i in &m.images {
-        match filters.get_mut(&i.digest) {
-            Some(kept) => widen(kept, &i.platforms),
+        for d in parsed.blobs() {
+            unlisted(&b.digest, d, false, &[])?;
+        }
+        match filters.get(&b.digest) {
+            Some(kept) => {
+                let children = manifest::kept_children(parsed.children(), kept);
+                nested.extend(children.iter().map(|c| c.digest.clone()));
+                sparse.push((&b.digest, parsed.children().to_vec()));
+            }
             None => {
-                filters.insert(&i.digest, i.platforms.clone());
+                for c in parsed.children() {
+                    unlisted(&b.digest, c, true, &[])?;
+                    nested.insert(c.digest.clone());
+                }
             }
         }
     }
-    for (_, p) in &parsed {
-        for c in p.children() {
-            filters.remove(&c.digest);
-        }
-    }
-    for (digest, p) in &parsed {
-        let filter = filters.get(digest).map_or(&[][..], Vec::as_slice);
-        if let Some(d) = p
-            .blobs()
-            .chain(manifest::kept_children(p.children(), filter))
-            .find(|d| !listed.contains(&d.digest))
-        {
-            let filtered = match filter {
-                [] => String::new(),
-                _ => format!(" for {}", filter.join(", ")),
-            };
-            return Err(format!(
-                "manifest {digest} references {}{filtered}, which the imageset does not list",
-                d.digest
-            ));
+    // Pass 2: a filtered index another manifest needs as a child is needed whole.
+    for (digest, children) in &sparse {
+        let kept: &[String] = match nested.contains(*digest) {
+            true => &[],
+            false => &filters[digest],
+        };
+        for c in manifest::kept_children(children, kept) {
+            unlisted(digest, c, true, kept)?;
         }
     }
     Ok(())

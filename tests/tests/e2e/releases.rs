@@ -1227,3 +1227,54 @@ fn platform_platforms_carry_the_multi_payload_for_those_platforms_only() {
         "the x86_64 disk stays behind"
     );
 }
+
+/// `platform.release` naming a single-architecture release of another
+/// architecture than `platforms` asks for: refused, not mirrored as it is.
+#[test]
+fn platform_platforms_refuse_a_single_architecture_release_of_another_architecture() {
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let service = UpdateService::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = ImageBuilder::new(Format::Oci).layer(94, 10_000).build();
+    let comps = push_components(&client, &src, &[("cli", &cli)]);
+    let (config, r) = release_4_21(&client, &src, &service, tmp.path(), &comps, 95, &[]);
+    let release = format!(
+        "{}/openshift-release-dev/ocp-release@{}",
+        src.addr(),
+        r.digest
+    );
+    for (arch, ok) in [("arm64", false), ("amd64", true)] {
+        std::fs::write(
+            &config,
+            format!("{HEAD}mirror:\n  platform:\n    release: {release}\n    platforms:\n    - os: linux\n      architecture: {arch}\n"),
+        )
+        .unwrap();
+        let out = tmp.path().join(format!("out-{arch}"));
+        let mut cmd = create_cmd(
+            &config,
+            &out,
+            &tmp.path().join(format!("ws-{arch}")),
+            "1MiB",
+            &src,
+        );
+        cmd.arg("--ignore-release-signature");
+        let made = run(&mut cmd);
+        if ok {
+            assert_eq!(made.code, 0, "{made}");
+            assert!(
+                read_manifest(&out)
+                    .images
+                    .iter()
+                    .all(|i| i.platforms.is_empty())
+            );
+        } else {
+            assert_ne!(made.code, 0, "{made}");
+            assert!(
+                made.stderr.contains("it is a release for amd64 only")
+                    && made.stderr.contains("linux/arm64"),
+                "{made}"
+            );
+        }
+    }
+}
