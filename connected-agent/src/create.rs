@@ -265,15 +265,16 @@ pub async fn gather(
     // Matched by where the entry places its catalog (repository and tag), so
     // that two entries for one catalog keep their own templates.
     for (op, template) in loaded.catalog_source_templates()? {
+        let source = crate::catalog::image::recorded_name(op);
         let tag = op.target_tag.clone().or_else(|| {
-            op.catalog
+            source
                 .parse::<ImageRef>()
                 .ok()
                 .and_then(|r| r.tag().map(str::to_string))
         });
         for r in collected.images.iter_mut().filter(|r| {
             r.kind == ImageKind::Catalog
-                && r.source == op.catalog
+                && r.source == source
                 && r.target_repository == op.target_catalog
                 && r.tag == tag
         }) {

@@ -261,7 +261,8 @@ pub fn select(loaded: &LoadedConfig, held: &Contents) -> Result<Vec<Owner>, Conf
         }
     }
     for (i, op) in d.operators.iter().enumerate() {
-        let same_catalog = |c: &str| same_image(c, &op.catalog);
+        let named = crate::catalog::image::recorded_name(op);
+        let same_catalog = |c: &str| same_image(c, &named);
         if op.packages.is_empty() {
             let found = owners
                 .iter()

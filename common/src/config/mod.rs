@@ -774,22 +774,25 @@ impl LoadedConfig {
             }
             for (i, op) in m.operators.iter().enumerate() {
                 let at = format!("mirror.operators[{i}]");
-                let refuse = [
-                    (
-                        op.catalog.starts_with("oci:"),
-                        format!("{at}.catalog"),
-                        "catalogs in a local OCI layout (oci:) are not supported by this build; push the catalog to a registry and name it there",
-                    ),
-                    (
-                        op.target_name.is_some() || op.original_ref.is_some(),
-                        format!("{at}.targetName"),
-                        "the deprecated targetName and originalRef are not supported; use targetCatalog",
-                    ),
-                ];
+                let refuse = [(
+                    op.target_name.is_some() || op.original_ref.is_some(),
+                    format!("{at}.targetName"),
+                    "the deprecated targetName and originalRef are not supported; use targetCatalog",
+                )];
                 for (present, field, why) in refuse {
                     if present {
                         problems.push(self.problem(field, why));
                     }
+                }
+                let layout = crate::registry::layout::catalog(
+                    &op.catalog,
+                    op.target_catalog.as_deref(),
+                    op.target_tag.as_deref(),
+                );
+                if let Some(Err(e)) =
+                    layout.map(|l| l.and_then(|(dir, _)| crate::registry::layout::check(&dir)))
+                {
+                    problems.push(self.problem(format!("{at}.catalog"), e));
                 }
                 if let Some(Err(e)) = op
                     .target_catalog_source_template

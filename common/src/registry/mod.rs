@@ -12,6 +12,7 @@
 //!   every mirroring user relies on; [`auth`] and [`RegistryOptions`] add them.
 
 pub mod auth;
+pub mod layout;
 pub mod mirrors;
 pub mod retry;
 
@@ -259,6 +260,8 @@ pub struct RegistryClient {
     /// Where reads of this registry's images may be sent instead
     /// (`registries.conf`); see [`mirrors`].
     mirrors: Option<std::sync::Arc<mirrors::Mirrors>>,
+    /// For [`layout::HOST`]: the local OCI layouts its reads come from.
+    layouts: Option<std::sync::Arc<layout::Layouts>>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -788,6 +791,40 @@ impl RegistryClient {
             scoped: Default::default(),
             challenge: Default::default(),
             mirrors: opts.mirrors.clone(),
+            layouts: None,
+        })
+    }
+
+    /// The client of [`layout::HOST`]: its reads come from `layouts`. Files, not
+    /// a network: no probe, no certificates, no mirrors, and no credential is
+    /// ever looked up (which could run a credential helper).
+    fn for_layouts(layouts: std::sync::Arc<layout::Layouts>) -> Result<Self, RegistryError> {
+        let host = layout::HOST;
+        let fail = |message: String| RegistryError::Request {
+            operation: "connect",
+            target: host.to_string(),
+            kind: ErrorKind::Protocol,
+            message,
+        };
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| fail(error_chain(&e)))?;
+        let base =
+            reqwest::Url::parse(&format!("https://{host}/")).map_err(|e| fail(e.to_string()))?;
+        Ok(RegistryClient {
+            host: host.to_string(),
+            client: Client::new(ClientConfig::default()),
+            http,
+            base,
+            credentials: None,
+            auth: AuthSource::new(None),
+            by_repository: Default::default(),
+            pulls_authorised: Default::default(),
+            tokens: Default::default(),
+            scoped: Default::default(),
+            challenge: Default::default(),
+            mirrors: None,
+            layouts: Some(layouts),
         })
     }
 
@@ -915,6 +952,9 @@ impl RegistryClient {
         repository: &str,
         reference: &str,
     ) -> Result<RawManifest, RegistryError> {
+        if let Some(l) = &self.layouts {
+            return l.get_manifest(repository, reference, &self.target(repository, reference));
+        }
         let by_digest = digest_bound(reference);
         let reference = reference.to_string();
         self.routed(repository, by_digest, "pull manifest", move |c, repo| {
@@ -979,6 +1019,13 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
+        if let Some(l) = &self.layouts {
+            return l.has(
+                repository,
+                digest,
+                &self.target(repository, digest.as_str()),
+            );
+        }
         self.exists(repository, digest.as_str(), "check manifest")
             .await
     }
@@ -1416,6 +1463,9 @@ impl RegistryClient {
 
     /// Whether `tag` exists in the repository.
     pub async fn has_tag(&self, repository: &str, tag: &str) -> Result<bool, RegistryError> {
+        if let Some(l) = &self.layouts {
+            return l.has_tag(repository, tag, &self.target(repository, tag));
+        }
         let by_digest = digest_bound(tag);
         let tag = tag.to_string();
         let result = self
@@ -1465,6 +1515,10 @@ impl RegistryClient {
         repository: &str,
         subject: &Digest,
     ) -> Result<Vec<Digest>, RegistryError> {
+        if self.layouts.is_some() {
+            // A layout has no referrers API; its cosign tags are found by has_tag.
+            return Ok(Vec::new());
+        }
         let subject = subject.clone();
         self.routed(repository, true, "list referrers", move |c, repo| {
             let subject = subject.clone();
@@ -1526,6 +1580,13 @@ impl RegistryClient {
 
     /// Whether the repository has (or can serve) a blob.
     pub async fn has_blob(&self, repository: &str, digest: &Digest) -> Result<bool, RegistryError> {
+        if let Some(l) = &self.layouts {
+            return l.has(
+                repository,
+                digest,
+                &self.target(repository, digest.as_str()),
+            );
+        }
         let digest = digest.clone();
         let result = self
             .routed(repository, true, "check blob", move |c, repo| {
@@ -1554,6 +1615,15 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<BoxStream<'static, Result<Bytes, RegistryError>>, RegistryError> {
+        if let Some(l) = &self.layouts {
+            return l
+                .blob_stream(
+                    repository,
+                    digest,
+                    &self.target(repository, digest.as_str()),
+                )
+                .await;
+        }
         let digest = digest.clone();
         self.routed(repository, true, "pull blob", move |c, repo| {
             let digest = digest.clone();
@@ -2012,6 +2082,7 @@ fn absent_as_false(result: Result<bool, RegistryError>) -> Result<bool, Registry
 pub struct Pool {
     options: RegistryOptions,
     clients: tokio::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<RegistryClient>>>,
+    layouts: std::sync::Arc<layout::Layouts>,
 }
 
 impl Pool {
@@ -2020,7 +2091,13 @@ impl Pool {
         Pool {
             options,
             clients: Default::default(),
+            layouts: Default::default(),
         }
+    }
+
+    /// The local OCI layouts this pool reads as repositories of [`layout::HOST`].
+    pub fn layouts(&self) -> &layout::Layouts {
+        &self.layouts
     }
 
     /// The client for `host`, connecting on first use.
@@ -2031,6 +2108,11 @@ impl Pool {
         let mut clients = self.clients.lock().await;
         if let Some(c) = clients.get(host) {
             return Ok(c.clone());
+        }
+        if host == layout::HOST {
+            let c = std::sync::Arc::new(RegistryClient::for_layouts(self.layouts.clone())?);
+            clients.insert(host.to_string(), c.clone());
+            return Ok(c);
         }
         let c = match RegistryClient::connect(host, &self.options).await {
             // With --tls-verify=false, connecting probes the registry. One that

@@ -43,13 +43,14 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
             problem,
         };
         let (reference, read, selection) = image::read_selected(pool, op, i).await?;
+        let catalog = image::recorded_name(op);
         for (package, sp) in &selection.packages {
             let p = &read.catalog.packages[package];
             let bundles: BTreeSet<&String> = sp.channels.values().flatten().collect();
             for b in bundles {
                 let bundle = &p.bundles[b];
                 let owner = Owner::Bundle {
-                    catalog: op.catalog.clone(),
+                    catalog: catalog.clone(),
                     package: package.clone(),
                     bundle: b.clone(),
                     version: bundle.version.to_string(),
@@ -100,7 +101,7 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
             // The whole catalog: the image as it is, digest kept.
             out.images.push(ImageSpec {
                 source: reference.clone(),
-                name: op.catalog.clone(),
+                name: catalog.clone(),
                 target_repo: op.target_catalog.clone(),
                 target_tag: op.target_tag.clone(),
                 kind: ImageKind::Catalog,
@@ -116,7 +117,7 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
         let layer = rebuild::layer(&read.root, &files, read.cache_dir.as_deref())
             .map_err(|e| invalid(format!("writing the filtered catalog: {e}")))?;
         let record = ImageRecord {
-            source: op.catalog.clone(),
+            source: catalog.clone(),
             repository: reference.name(),
             tag,
             by_digest: false,
@@ -130,7 +131,7 @@ pub async fn gather(pool: &Pool, operators: &[Operator]) -> Result<CatalogConten
         let base = reference.at_digest(read.digest.clone());
         out.bases.push(ImageSpec {
             source: base.clone(),
-            name: op.catalog.clone(),
+            name: catalog.clone(),
             target_repo: None,
             target_tag: None,
             kind: ImageKind::Catalog,

@@ -8,11 +8,13 @@
 //! indexes whose platforms hold the same catalog; the linux/amd64 child is read
 //! (else the first).
 
+use std::path::PathBuf;
+
 use airlock_common::config::schema::Operator;
 use airlock_common::digest::Digest;
 use airlock_common::manifest::ManifestKind;
 use airlock_common::reference::ImageRef;
-use airlock_common::registry::{Pool, RegistryError};
+use airlock_common::registry::{Pool, RegistryError, layout};
 use serde::{Deserialize, Serialize};
 
 use super::fbc::{Builder, Catalog, FbcError};
@@ -217,14 +219,7 @@ pub async fn read_selected(
     op: &Operator,
     index: usize,
 ) -> Result<(ImageRef, CatalogImage, Selection), CatalogError> {
-    let reference = op
-        .catalog
-        .parse::<ImageRef>()
-        .map_err(|e| CatalogError::Invalid {
-            catalog: op.catalog.clone(),
-            problem: format!("mirror.operators[{index}].catalog: {e}"),
-        })?
-        .with_default_tag();
+    let reference = open_catalog(pool, op, index)?;
     let image = read(pool, &reference).await?;
     let selection =
         filter::select(&image.catalog, op, index).map_err(|source| CatalogError::Filter {
@@ -232,6 +227,46 @@ pub async fn read_selected(
             source,
         })?;
     Ok((reference, image, selection))
+}
+
+/// The image `op.catalog` names; a catalog in a local OCI layout
+/// ([`oci_layout`]) is registered with the pool, which then reads it.
+pub fn open_catalog(pool: &Pool, op: &Operator, index: usize) -> Result<ImageRef, CatalogError> {
+    let invalid = |problem: String| CatalogError::Invalid {
+        catalog: op.catalog.clone(),
+        problem: format!("mirror.operators[{index}].catalog: {problem}"),
+    };
+    match oci_layout(op) {
+        None => Ok(op
+            .catalog
+            .parse::<ImageRef>()
+            .map_err(|e| invalid(e.to_string()))?
+            .with_default_tag()),
+        Some(layout) => {
+            let (dir, reference) = layout.map_err(invalid)?;
+            pool.layouts().add(&reference, &dir).map_err(invalid)?;
+            Ok(reference)
+        }
+    }
+}
+
+/// For a catalog in a local OCI layout: its directory and the reference it is
+/// read and recorded as (see [`layout::catalog`]); `None` for one in a registry.
+pub fn oci_layout(op: &Operator) -> Option<Result<(PathBuf, ImageRef), String>> {
+    layout::catalog(
+        &op.catalog,
+        op.target_catalog.as_deref(),
+        op.target_tag.as_deref(),
+    )
+}
+
+/// How the imageset names the catalog of `op`: as configured, or, for a local
+/// layout, by the reference it is read as (no local path crosses the gap).
+pub fn recorded_name(op: &Operator) -> String {
+    match oci_layout(op) {
+        Some(Ok((_, reference))) => reference.to_string(),
+        _ => op.catalog.clone(),
+    }
 }
 
 /// What each `mirror.operators[]` entry selects, catalog by catalog.

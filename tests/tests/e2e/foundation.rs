@@ -357,7 +357,7 @@ fn bad_configurations_fail_with_file_line_and_field() {
             format!(
                 "{head}mirror:\n  additionalImages:\n  - name: quay.io/a/b:1\n  operators:\n  - catalog: oci:///srv/catalog\n"
             ),
-            "isc.yaml:7:5: mirror.operators[0].catalog: catalogs in a local OCI layout (oci:) are not supported",
+            "isc.yaml:7:5: mirror.operators[0].catalog: /srv/catalog/oci-layout: No such file or directory",
         ),
         (
             format!("{head}mirror:\n  additionalImages:\n  - name: quay.io/Bad/b:1\n"),

@@ -916,3 +916,177 @@ fn a_catalog_filtered_by_platform_is_rebuilt_of_those_platforms_only() {
         "{refused}"
     );
 }
+
+/// oc-mirror v2's `catalog: oci:///path`: a catalog in a local OCI layout
+/// (made here by skopeo, as users make them) is filtered and rebuilt, or
+/// copied whole, and lands where oc-mirror puts it: `targetCatalog` or the
+/// layout directory's name, tag `targetTag` or `latest`. No local path travels,
+/// and a layout whose bytes do not match their digests is refused.
+#[test]
+fn a_catalog_in_a_local_oci_layout_is_mirrored_as_oc_mirror_names_it() {
+    let src = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = src.addr();
+    let (_, fbc, images) = push_localised_catalog(&client, &a);
+    let (heads, wanted) = heads_and_pullspecs(fbc.as_bytes());
+    let layout = tmp.path().join("layouts/redhat-operator-index");
+    std::fs::create_dir_all(layout.parent().unwrap()).unwrap();
+    airlock_tests::skopeo::copy_all(
+        &format!("docker://{a}/catalogs/index:v4.17"),
+        &airlock_tests::skopeo::SkopeoOpts::for_registry(&src),
+        &format!("oci:{}", layout.display()),
+        &airlock_tests::skopeo::SkopeoOpts::default(),
+    )
+    .unwrap();
+    let config = tmp.path().join("isc.yaml");
+    let write = |entry: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "{HEAD}mirror:\n  operators:\n  - catalog: oci://{}\n{entry}",
+                layout.display()
+            ),
+        )
+        .unwrap()
+    };
+    let create_in = |out: &str, ws: &str| {
+        let out = tmp.path().join(out);
+        (
+            create(&config, &out, &tmp.path().join(ws), "1MiB", &src),
+            out,
+        )
+    };
+
+    write(&format!("    packages:\n    - name: {PACKAGE}\n"));
+    let (created, out) = create_in("out", "ws");
+    assert_eq!(created.code, 0, "{created}");
+    let head = airlock_common::imageset::read::read_head(&chunk_files(&out)[0]).unwrap();
+    let text = String::from_utf8_lossy(&head.manifest_bytes);
+    assert!(
+        !text.contains(&tmp.path().display().to_string()),
+        "a local path travelled"
+    );
+    assert!(text.contains("oci-layout.invalid/redhat-operator-index:latest"));
+    let published = publish(&out, &dest, "mirror", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+    let files = top_layer_files(&dest, "mirror/redhat-operator-index:latest");
+    let bundles: BTreeSet<String> = blobs(&files[&format!("configs/{PACKAGE}/catalog.json")])
+        .iter()
+        .filter(|b| b["schema"] == "olm.bundle")
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(bundles, heads);
+    for pullspec in &wanted {
+        let (repo_at, digest) = pullspec.split_once('@').unwrap();
+        let repo = repo_at.strip_prefix(&format!("{a}/")).unwrap();
+        let got = inspect_raw_at(&dest, &format!("mirror/{repo}@{digest}")).unwrap();
+        assert_eq!(got, images[pullspec].manifest, "{pullspec}");
+    }
+
+    // Copied whole, under the names the entry gives it: byte for byte.
+    let template = tmp.path().join("cs.yaml");
+    std::fs::write(
+        &template,
+        "apiVersion: operators.coreos.com/v1alpha1\nkind: CatalogSource\nmetadata:\n  name: x\nspec:\n  displayName: Site operators\n",
+    )
+    .unwrap();
+    write(&format!(
+        "    full: true\n    targetCatalog: site/operators\n    targetTag: v1\n    targetCatalogSourceTemplate: {}\n",
+        template.display()
+    ));
+    let (created, whole) = create_in("whole", "ws2");
+    assert_eq!(created.code, 0, "{created}");
+    let catalog = read_manifest(&whole)
+        .images
+        .into_iter()
+        .find(|i| i.kind == airlock_common::imageset::ImageKind::Catalog)
+        .unwrap();
+    assert_eq!(catalog.source, "oci-layout.invalid/site/operators:v1");
+    assert_eq!(
+        catalog.catalog_source.unwrap().display_name.as_deref(),
+        Some("Site operators"),
+        "the template travels with the layout's catalog"
+    );
+    let published = publish(&whole, &dest, "mirror", &tmp.path().join("ws-d2"));
+    assert_eq!(published.code, 0, "{published}");
+    assert_eq!(
+        inspect_raw_at(&dest, "mirror/site/operators:v1").unwrap(),
+        inspect_raw_at(&src, "catalogs/index:v4.17").unwrap()
+    );
+    // Deleted as oc-mirror users write it: by the same oci: entry.
+    let delete = tmp.path().join("delete.yaml");
+    std::fs::write(
+        &delete,
+        format!(
+            "apiVersion: mirror.openshift.io/v2alpha1\nkind: DeleteImageSetConfiguration\ndelete:\n  operators:\n  - catalog: oci://{}/\n    targetCatalog: site/operators\n    targetTag: v1\n",
+            layout.display()
+        ),
+    )
+    .unwrap();
+    let deleted = tmp.path().join("deleted");
+    let made = run(&mut imageset_cmd(
+        "delete",
+        &delete,
+        &deleted,
+        &tmp.path().join("ws2"),
+    ));
+    assert_eq!(made.code, 0, "{made}");
+    let published = publish(&deleted, &dest, "mirror", &tmp.path().join("ws-d2"));
+    assert_eq!(published.code, 0, "{published}");
+    assert!(
+        inspect_raw_at(&dest, "mirror/site/operators:v1").is_err(),
+        "the catalog is deleted"
+    );
+
+    // A flipped byte in a layer of the layout, and a directory that is no layout.
+    let index: Value =
+        serde_json::from_slice(&inspect_raw_at(&src, "catalogs/index:v4.17").unwrap()).unwrap();
+    let child: Value = serde_json::from_slice(
+        &std::fs::read(
+            layout.join("blobs/sha256").join(
+                index["manifests"][0]["digest"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("sha256:"),
+            ),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let config_blob = layout.join("blobs/sha256").join(
+        child["config"]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let mut bytes = std::fs::read(&config_blob).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&config_blob, bytes).unwrap();
+    write(&format!("    packages:\n    - name: {PACKAGE}\n"));
+    let (refused, _) = create_in("bad", "ws3");
+    assert_ne!(refused.code, 0, "{refused}");
+    assert!(refused.stderr.contains("hashes to"), "{refused}");
+    std::fs::write(
+        &config,
+        format!(
+            "{HEAD}mirror:\n  operators:\n  - catalog: oci://{}\n",
+            tmp.path().join("nowhere").display()
+        ),
+    )
+    .unwrap();
+    let (refused, _) = create_in("none", "ws4");
+    assert_eq!(refused.code, EX_CONFIG, "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("isc.yaml:5:5: mirror.operators[0].catalog"),
+        "{refused}"
+    );
+    assert!(
+        refused.stderr.contains("nowhere/oci-layout")
+            && refused.stderr.contains("skopeo copy --all"),
+        "{refused}"
+    );
+}
