@@ -380,10 +380,7 @@ pub struct MirrorArgs {
 /// file://W docker://HOST/PREFIX` is `mirror`. `--v2` is dropped; flags oc-mirror
 /// has and Airlock does not act on are refused by name (docs/cli.md).
 pub fn from_oc_mirror(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
-    let commands = [
-        "create", "delete", "mirror", "keygen", "run", "list", "help",
-    ];
-    airlock_common::cli::oc_mirror::rewrite(args, &commands, |m| {
+    airlock_common::cli::oc_mirror::rewrite(args, &<Cli as clap::CommandFactory>::command(), |m| {
         if m.from.is_some() {
             return Err("--from file://DIR is oc-mirror's disk to mirror: run it on the disconnected side, airlock-disconnected -c ISC.yaml --from file://DIR docker://HOST[/PREFIX]".into());
         }

@@ -158,8 +158,7 @@ pub struct PublishArgs {
 /// imagesets say what they hold; the configuration must exist). `--v2` is
 /// dropped; flags oc-mirror has and Airlock does not act on are refused by name.
 pub fn from_oc_mirror(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
-    let commands = ["publish", "run", "verify", "describe", "help"];
-    airlock_common::cli::oc_mirror::rewrite(args, &commands, |m| {
+    airlock_common::cli::oc_mirror::rewrite(args, &<Cli as clap::CommandFactory>::command(), |m| {
         if m.rest_without(&["--secure-policy", "--policy", "--registries.d"])
             .len()
             != m.rest.len()

@@ -43,22 +43,39 @@ const REFUSED: &[(&str, &str)] = &[
 /// oc-mirror flags that Airlock spells differently.
 const RENAMED: &[(&str, &str)] = &[("--parallel-layers", "--parallel")];
 
-/// Flags that take no value, oc-mirror's and Airlock's.
+/// oc-mirror's flags that take no value, for those one side of Airlock does
+/// not have (its own flags' arity is read from its parser, see [`arity`]).
 const SWITCHES: &[&str] = &[
     "--v2",
-    "--dry-run",
-    "--continue-on-error",
-    "--remove-signatures",
     "--secure-policy",
-    "--dest-tls-verify",
-    "--src-tls-verify",
-    "--skip-pruning",
-    "--full",
-    "--empty-store",
-    "--ignore-release-signature",
-    "--help",
-    "-h",
+    "--force-cache-delete",
+    "--delete-signatures",
+    "--delete-v1-images",
 ];
+
+/// What Airlock's own command line (`command` and its subcommands) says of a
+/// flag: whether it takes the next argument as its value (`--config FILE`; not
+/// a switch, nor `--dest-tls-verify`, whose value needs `=`), or `None` when no
+/// subcommand has it. Read from the parser itself, so that a flag added to
+/// Airlock is rewritten right without a list to keep in step.
+pub fn arity(command: &clap::Command, name: &str) -> Option<bool> {
+    let matches = |a: &clap::Arg| match name.strip_prefix("--") {
+        Some(long) => a.get_long() == Some(long),
+        None => name
+            .strip_prefix('-')
+            .and_then(|s| s.chars().next())
+            .is_some_and(|c| a.get_short() == Some(c) && name.len() == 2),
+    };
+    std::iter::once(command)
+        .chain(command.get_subcommands())
+        .flat_map(|c| c.get_arguments())
+        .find(|a| matches(a))
+        .map(|a| {
+            a.get_action().takes_values()
+                && !a.is_require_equals_set()
+                && a.get_num_args().is_none_or(|n| n.min_values() > 0)
+        })
+}
 
 /// Flags about the destination registry, which mirror to disk has none of:
 /// oc-mirror takes them there without effect, and so does this.
@@ -78,6 +95,8 @@ pub struct OcMirror {
     pub workspace: Option<String>,
     /// Every other argument, renamed where Airlock's name differs, `--v2` dropped.
     pub rest: Vec<String>,
+    /// The flags of `rest` whose value is the argument after them.
+    with_values: Vec<String>,
 }
 
 impl OcMirror {
@@ -91,7 +110,7 @@ impl OcMirror {
             }
             let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
             if flags.contains(&name) {
-                skip_value = !arg.contains('=') && !SWITCHES.contains(&name);
+                skip_value = !arg.contains('=') && self.with_values.iter().any(|f| f == name);
                 continue;
             }
             out.push(arg.clone());
@@ -101,14 +120,20 @@ impl OcMirror {
 }
 
 /// `args` (without the program name) in oc-mirror's form, or `None` when they
-/// are in Airlock's own (they name one of `commands`, or have no `file://` or
-/// `docker://` positional). `Err` names a refused flag, or what is missing.
-pub fn parse(args: &[String], commands: &[&str]) -> Option<Result<OcMirror, String>> {
+/// are in Airlock's own (they name a subcommand of `command`, or have no
+/// `file://` or `docker://` positional). `Err` names a refused flag, or what is
+/// missing.
+pub fn parse(args: &[String], command: &clap::Command) -> Option<Result<OcMirror, String>> {
+    let commands: Vec<&str> = command
+        .get_subcommands()
+        .map(clap::Command::get_name)
+        .chain(["help"])
+        .collect();
     if args.iter().any(|a| commands.contains(&a.as_str())) {
         return None;
     }
     let (mut config, mut destination, mut from, mut workspace) = (None, None, None, None);
-    let mut rest = Vec::new();
+    let (mut rest, mut with_values) = (Vec::new(), Vec::new());
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -116,7 +141,19 @@ pub fn parse(args: &[String], commands: &[&str]) -> Option<Result<OcMirror, Stri
             Some((n, v)) if n.starts_with("--") || n == "-c" => (n, Some(v.to_string())),
             _ => (arg.as_str(), None),
         };
-        let takes_value = name.starts_with('-') && !SWITCHES.contains(&name) && inline.is_none();
+        let renamed = RENAMED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(name, |(_, to)| to);
+        let takes_value = match (name, &inline) {
+            (_, Some(_)) => false,
+            _ if !name.starts_with('-') || SWITCHES.contains(&name) => false,
+            ("-c" | "--config" | "--from" | "--workspace", None) => true,
+            _ if REFUSED.iter().any(|(n, _)| *n == name) => false,
+            // A flag this side does not have takes a value, as most of
+            // oc-mirror's do; the rewritten command line is refused for it.
+            _ => arity(command, renamed).unwrap_or(true),
+        };
         let value = match (&inline, takes_value) {
             (Some(v), _) => Some(v.clone()),
             (None, true) => {
@@ -146,15 +183,12 @@ pub fn parse(args: &[String], commands: &[&str]) -> Option<Result<OcMirror, Stri
                 destination = Some(arg.clone());
             }
             _ => {
-                let name = RENAMED
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map_or(name, |(_, to)| to);
                 rest.push(match &inline {
-                    Some(v) => format!("{name}={v}"),
-                    None => name.to_string(),
+                    Some(v) => format!("{renamed}={v}"),
+                    None => renamed.to_string(),
                 });
-                if inline.is_none() {
+                if inline.is_none() && takes_value {
+                    with_values.push(renamed.to_string());
                     rest.extend(value);
                 }
             }
@@ -180,6 +214,7 @@ pub fn parse(args: &[String], commands: &[&str]) -> Option<Result<OcMirror, Stri
             from: path("--from", from)?,
             workspace: path("--workspace", workspace)?,
             rest,
+            with_values,
         })
     })())
 }
@@ -189,7 +224,7 @@ pub fn parse(args: &[String], commands: &[&str]) -> Option<Result<OcMirror, Stri
 /// forms are plain text).
 pub fn rewrite(
     args: Vec<std::ffi::OsString>,
-    commands: &[&str],
+    command: &clap::Command,
     into: impl FnOnce(OcMirror) -> Result<Vec<String>, String>,
 ) -> Result<Vec<std::ffi::OsString>, String> {
     let Some(text) = args
@@ -199,7 +234,7 @@ pub fn rewrite(
     else {
         return Ok(args);
     };
-    match parse(text.get(1..).unwrap_or_default(), commands) {
+    match parse(text.get(1..).unwrap_or_default(), command) {
         None => Ok(args),
         Some(parsed) => {
             let rewritten = into(parsed?)?;
@@ -214,13 +249,38 @@ pub fn rewrite(
 mod tests {
     use super::*;
 
+    /// Airlock's subcommands as far as these tests need them, each flag with
+    /// its real shape (a switch, a value, a value after `=` only).
+    fn airlock() -> clap::Command {
+        use clap::{Arg, ArgAction};
+        let flags = || {
+            [
+                Arg::new("full").long("full").action(ArgAction::SetTrue),
+                Arg::new("require")
+                    .long("require-signatures")
+                    .action(ArgAction::SetTrue),
+                Arg::new("parallel").long("parallel"),
+                Arg::new("authfile").long("authfile"),
+                Arg::new("depth").long("max-nested-paths"),
+                Arg::new("dest")
+                    .long("dest-tls-verify")
+                    .num_args(0..=1)
+                    .require_equals(true)
+                    .default_missing_value("true"),
+            ]
+        };
+        clap::Command::new("airlock").subcommands(
+            ["create", "mirror", "publish"].map(|n| clap::Command::new(n).args(flags())),
+        )
+    }
+
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
     }
 
     #[test]
     fn the_three_workflows_are_read_as_oc_mirror_writes_them() {
-        let commands = ["create", "mirror", "publish"];
+        let commands = airlock();
         let m2d = parse(
             &args(
                 "-c isc.yaml file:///data/mirror --v2 --dest-tls-verify=false --parallel-layers 4",
@@ -264,7 +324,7 @@ mod tests {
 
     #[test]
     fn airlock_forms_pass_and_refusals_name_the_flag() {
-        let commands = ["create", "mirror", "publish"];
+        let commands = airlock();
         assert_eq!(parse(&args("create --config x --out d"), &commands), None);
         assert_eq!(
             parse(&args("--log-level debug create --out d"), &commands),
@@ -284,5 +344,31 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(e.contains("expected file://DIR"), "{e}");
+    }
+
+    /// Regression: the arity of Airlock's flags was guessed from a list, so a
+    /// switch missing from it (`--require-signatures`) took the destination as
+    /// its value and the oc-mirror form was not recognised.
+    #[test]
+    fn a_switch_before_the_destination_leaves_the_destination_alone() {
+        let m = parse(
+            &args("-c isc.yaml --require-signatures file:///d --dest-tls-verify --parallel 2"),
+            &airlock(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(m.destination, "file:///d");
+        assert_eq!(
+            m.rest,
+            args("--require-signatures --dest-tls-verify --parallel 2")
+        );
+        assert_eq!(
+            m.rest_without(&["--parallel"]),
+            args("--require-signatures --dest-tls-verify")
+        );
+        assert_eq!(arity(&airlock(), "--full"), Some(false));
+        assert_eq!(arity(&airlock(), "--authfile"), Some(true));
+        assert_eq!(arity(&airlock(), "--dest-tls-verify"), Some(false));
+        assert_eq!(arity(&airlock(), "--nope"), None);
     }
 }
