@@ -50,7 +50,7 @@ pub enum CollectError {
 }
 
 /// The content of an imageset.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Collected {
     /// One record per configured image.
     pub images: Vec<ImageRecord>,
@@ -207,7 +207,7 @@ pub async fn resolve_available(
                 kept.push(spec);
                 resolved.push(r.clone());
             }
-            Err(e) => leave_out(&mut missing, &spec, e),
+            Err(e) => leave_out(&mut missing, &spec.name, &e.to_string()),
         }
     }
     Ok((kept, resolved, missing))
@@ -215,21 +215,21 @@ pub async fn resolve_available(
 
 /// Names `spec` in `missing` with why it cannot be pulled, once per image as
 /// configured (two entries naming one image are one line of `missing.txt`).
-fn leave_out(missing: &mut Vec<Missing>, spec: &ImageSpec, e: &CollectError) {
-    if missing.iter().any(|m| m.image == spec.name) {
+pub(crate) fn leave_out(missing: &mut Vec<Missing>, image: &str, reason: &str) {
+    if missing.iter().any(|m| m.image == image) {
         return;
     }
-    tracing::warn!(image = %spec.name, error = %e, "left out: it cannot be pulled (--continue-on-error)");
+    tracing::warn!(image = %image, error = %reason, "left out: it cannot be pulled (--continue-on-error)");
     missing.push(Missing {
-        image: spec.name.clone(),
-        reason: e.to_string(),
+        image: image.to_string(),
+        reason: reason.to_string(),
         carried_from: None,
     });
 }
 
 /// A release, its components, a catalog or the graph image: a part of a whole
 /// that would ship incomplete, so never left out.
-fn whole(kind: airlock_common::imageset::ImageKind) -> bool {
+pub(crate) fn whole(kind: airlock_common::imageset::ImageKind) -> bool {
     use airlock_common::imageset::ImageKind;
     matches!(
         kind,
@@ -284,7 +284,7 @@ pub async fn leave_out_unavailable(
     let (mut kept_specs, mut kept) = (Vec::new(), Vec::new());
     for (spec, r) in specs.drain(..).zip(resolved.drain(..)) {
         match failed.get(&key(&r)) {
-            Some(e) if !whole(spec.kind) => leave_out(missing, &spec, e),
+            Some(e) if !whole(spec.kind) => leave_out(missing, &spec.name, &e.to_string()),
             _ => {
                 kept_specs.push(spec);
                 kept.push(r);

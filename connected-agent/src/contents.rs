@@ -351,7 +351,7 @@ fn direct_owners(
 }
 
 /// Every manifest and blob under `top`, `top` included, each once.
-fn tree(top: &Digest, manifests: &HashMap<Digest, RawManifest>) -> Vec<Digest> {
+pub(crate) fn tree(top: &Digest, manifests: &HashMap<Digest, RawManifest>) -> Vec<Digest> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut stack = vec![top.clone()];

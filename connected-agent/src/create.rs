@@ -432,7 +432,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
         .flat_map(|s| s.shipped.iter().map(|(d, _)| d))
         .collect();
     let Gathered {
-        mut collected,
+        collected,
         releases,
         blocked,
         bundles,
@@ -451,115 +451,180 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
     let previous = current
         .as_ref()
         .and_then(|c| c.contents.as_ref().filter(|p| p.sequence == c.sequence));
-    let carried = match previous {
-        Some(previous) if !missing.is_empty() => carry_over(previous, &mut missing, &mut collected),
-        _ => HashSet::new(),
-    };
-    if opts.full && !missing.is_empty() {
-        tracing::warn!(
-            missing = missing.len(),
-            "--full starts afresh, so images left out are not carried over: the site removes those it had when it publishes this imageset"
-        );
-    }
-    let missing_file = write_missing(&opts.out, &missing)?;
-    if collected.images.is_empty() && !missing.is_empty() {
-        return Err(Error::Usage(format!(
-            "none of the configuration's images could be pulled; {} names each with why",
-            missing_file
-                .as_deref()
-                .unwrap_or(Path::new("missing.txt"))
-                .display()
-        )));
-    }
-    tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = collected.images.len(), releases = releases.len(), "creating imageset");
-    let skeleton = ImagesetManifest {
-        format: FORMAT.to_string(),
-        uuid,
-        sequence,
-        // Sequence 1 starts a workspace and ships everything; later imagesets ship
-        // only what no earlier imageset of the workspace carried.
-        full: sequence == 1,
-        created: write::now(),
-        limit: limit.0,
-        chunks: Vec::new(),
-        parity: Vec::new(),
-        images: collected.images.clone(),
-        blobs: collected.blobs.clone(),
-        releases,
-        deletes: Vec::new(),
-    };
-    // Manifests always travel: they are small, and they are the desired state.
-    // Manifests travel in every imageset, except those of images carried over
-    // from the last one (`--continue-on-error`): not pulled this time, they are
-    // at the site already, as their layers are.
-    let carry: Vec<usize> = (0..skeleton.blobs.len())
-        .filter(|&i| {
-            let b = &skeleton.blobs[i];
-            match &b.media_type {
-                Some(_) => collected.manifests.contains_key(&b.digest),
-                None => !shipped.contains(&b.digest),
+    // With --continue-on-error, a blob the source stops serving while the
+    // imageset is written costs its images, not the run: they are left out and
+    // the imageset is written again without them (a few times at most).
+    let mut pristine = collected;
+    let mut rounds = 0;
+    loop {
+        let mut collected = pristine.clone();
+        let carried = match previous {
+            Some(previous) if !missing.is_empty() => {
+                carry_over(previous, &mut missing, &mut collected)
             }
-        })
-        .collect();
-    let blob_bytes = carry.iter().map(|&i| skeleton.blobs[i].size).sum();
-    tracing::info!(
-        blobs = skeleton.blobs.len(),
-        carried = carry.len(),
-        shipped_before = skeleton.blobs.len() - carry.len(),
-        bytes = blob_bytes,
-        "differential selection"
-    );
-
-    // Nothing new to ship and the same desired state as the last imageset: a new
-    // imageset would change nothing at the site (oc-mirror: "no updates detected").
-    let unchanged = current.as_ref().is_some_and(|c| {
-        c.imagesets.last().is_some_and(|last| {
-            last.desired_state == desired_state(&skeleton.images)
-                || last.desired_state == desired_state_in_order(&skeleton.images)
-        }) && skeleton.blobs.iter().all(|b| shipped.contains(&b.digest))
-    });
-    if unchanged && !opts.dry_run {
-        let last = current.as_ref().map_or(0, |c| c.sequence);
-        // A workspace whose last imageset was made before its contents were
-        // recorded learns them here, from the same images: `delete` needs them.
-        if let (Some(ws), Some(state)) = (&workspace, &current) {
-            if state.contents.as_ref().is_none_or(|c| c.sequence != last) {
-                ws.record_contents(
-                    &uuid,
-                    &Contents::new(
-                        last,
-                        &skeleton.images,
-                        &skeleton.releases,
-                        &skeleton.blobs,
-                        &collected.manifests,
-                        &bundles,
-                    ),
-                )?;
-            }
+            _ => HashSet::new(),
+        };
+        if opts.full && !missing.is_empty() {
+            tracing::warn!(
+                missing = missing.len(),
+                "--full starts afresh, so images left out are not carried over: the site removes those it had when it publishes this imageset"
+            );
         }
+        let missing_file = write_missing(&opts.out, &missing)?;
+        if collected.images.is_empty() && !missing.is_empty() {
+            return Err(Error::Usage(format!(
+                "none of the configuration's images could be pulled; {} names each with why",
+                missing_file
+                    .as_deref()
+                    .unwrap_or(Path::new("missing.txt"))
+                    .display()
+            )));
+        }
+        tracing::info!(workspace = %ws_dir.display(), %uuid, sequence, limit = limit.0, images = collected.images.len(), releases = releases.len(), "creating imageset");
+        let skeleton = ImagesetManifest {
+            format: FORMAT.to_string(),
+            uuid,
+            sequence,
+            // Sequence 1 starts a workspace and ships everything; later imagesets ship
+            // only what no earlier imageset of the workspace carried.
+            full: sequence == 1,
+            created: write::now(),
+            limit: limit.0,
+            chunks: Vec::new(),
+            parity: Vec::new(),
+            images: collected.images.clone(),
+            blobs: collected.blobs.clone(),
+            releases: releases.clone(),
+            deletes: Vec::new(),
+        };
+        // Manifests always travel: they are small, and they are the desired state.
+        // Manifests travel in every imageset, except those of images carried over
+        // from the last one (`--continue-on-error`): not pulled this time, they are
+        // at the site already, as their layers are.
+        let carry: Vec<usize> = (0..skeleton.blobs.len())
+            .filter(|&i| {
+                let b = &skeleton.blobs[i];
+                match &b.media_type {
+                    Some(_) => collected.manifests.contains_key(&b.digest),
+                    None => !shipped.contains(&b.digest),
+                }
+            })
+            .collect();
+        let blob_bytes = carry.iter().map(|&i| skeleton.blobs[i].size).sum();
         tracing::info!(
-            sequence = last,
-            "no updates since the last imageset; nothing created"
+            blobs = skeleton.blobs.len(),
+            carried = carry.len(),
+            shipped_before = skeleton.blobs.len() - carry.len(),
+            bytes = blob_bytes,
+            "differential selection"
         );
-        return Ok(CreateReport {
-            manifest: skeleton,
-            chunks: Vec::new(),
-            dry_run_files: Vec::new(),
-            blob_bytes: 0,
-            elapsed: started.elapsed(),
-            unchanged_since: Some(last),
-            blocked,
-            missing,
-            missing_file,
-        });
-    }
 
-    if opts.dry_run {
-        let files = write_dry_run(&opts.out, &skeleton, &carry, &blocked)?;
+        // Nothing new to ship and the same desired state as the last imageset: a new
+        // imageset would change nothing at the site (oc-mirror: "no updates detected").
+        let unchanged = current.as_ref().is_some_and(|c| {
+            c.imagesets.last().is_some_and(|last| {
+                last.desired_state == desired_state(&skeleton.images)
+                    || last.desired_state == desired_state_in_order(&skeleton.images)
+            }) && skeleton.blobs.iter().all(|b| shipped.contains(&b.digest))
+        });
+        if unchanged && !opts.dry_run {
+            let last = current.as_ref().map_or(0, |c| c.sequence);
+            // A workspace whose last imageset was made before its contents were
+            // recorded learns them here, from the same images: `delete` needs them.
+            if let (Some(ws), Some(state)) = (&workspace, &current) {
+                if state.contents.as_ref().is_none_or(|c| c.sequence != last) {
+                    ws.record_contents(
+                        &uuid,
+                        &Contents::new(
+                            last,
+                            &skeleton.images,
+                            &skeleton.releases,
+                            &skeleton.blobs,
+                            &collected.manifests,
+                            &bundles,
+                        ),
+                    )?;
+                }
+            }
+            tracing::info!(
+                sequence = last,
+                "no updates since the last imageset; nothing created"
+            );
+            return Ok(CreateReport {
+                manifest: skeleton,
+                chunks: Vec::new(),
+                dry_run_files: Vec::new(),
+                blob_bytes: 0,
+                elapsed: started.elapsed(),
+                unchanged_since: Some(last),
+                blocked,
+                missing,
+                missing_file,
+            });
+        }
+
+        if opts.dry_run {
+            let files = write_dry_run(&opts.out, &skeleton, &carry, &blocked)?;
+            return Ok(CreateReport {
+                manifest: skeleton,
+                chunks: Vec::new(),
+                dry_run_files: files,
+                blob_bytes,
+                elapsed: started.elapsed(),
+                unchanged_since: None,
+                blocked,
+                missing,
+                missing_file,
+            });
+        }
+        let workspace = workspace.as_ref().expect("opened for a real run");
+        let contents = Contents::with_carried(
+            sequence,
+            &skeleton.images,
+            &skeleton.releases,
+            &skeleton.blobs,
+            &collected.manifests,
+            &bundles,
+            previous.map(|p| (p, &carried)),
+        );
+        let written = write_and_record(
+            Recording {
+                workspace,
+                remote: remote.as_ref(),
+                current: current.clone(),
+                out: &opts.out,
+                sign_key: opts.sign_key.as_ref(),
+                parity: opts.parity,
+            },
+            skeleton,
+            Fill {
+                carry: &carry,
+                collected: &collected,
+                pool: &pool,
+                parallel: opts.parallel,
+                leave_out: opts.continue_on_error && rounds < MAX_ROUNDS,
+            },
+            &[],
+            &contents,
+        )
+        .await;
+        let (manifest, chunks) = match written {
+            Err(Error::Unpulled(failed)) => {
+                rounds += 1;
+                let before = pristine.images.len();
+                leave_out_unpulled(&mut pristine, &mut missing, failed)?;
+                tracing::warn!(
+                    left_out = before - pristine.images.len(),
+                    "blobs failed while the imageset was written: it is written again without their images (--continue-on-error)"
+                );
+                continue;
+            }
+            written => written?,
+        };
         return Ok(CreateReport {
-            manifest: skeleton,
-            chunks: Vec::new(),
-            dry_run_files: files,
+            manifest,
+            chunks,
+            dry_run_files: Vec::new(),
             blob_bytes,
             elapsed: started.elapsed(),
             unchanged_since: None,
@@ -568,47 +633,6 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
             missing_file,
         });
     }
-    let workspace = workspace.expect("opened for a real run");
-    let contents = Contents::with_carried(
-        sequence,
-        &skeleton.images,
-        &skeleton.releases,
-        &skeleton.blobs,
-        &collected.manifests,
-        &bundles,
-        previous.map(|p| (p, &carried)),
-    );
-    let (manifest, chunks) = write_and_record(
-        Recording {
-            workspace: &workspace,
-            remote: remote.as_ref(),
-            current,
-            out: &opts.out,
-            sign_key: opts.sign_key.as_ref(),
-            parity: opts.parity,
-        },
-        skeleton,
-        Fill {
-            carry: &carry,
-            collected: &collected,
-            pool: &pool,
-            parallel: opts.parallel,
-        },
-        &[],
-        &contents,
-    )
-    .await?;
-    Ok(CreateReport {
-        manifest,
-        chunks,
-        dry_run_files: Vec::new(),
-        blob_bytes,
-        elapsed: started.elapsed(),
-        unchanged_since: None,
-        blocked,
-        missing,
-        missing_file,
-    })
 }
 
 /// A connected workspace opened for a run: local, and the registry copy
@@ -698,6 +722,10 @@ pub(crate) struct Fill<'a> {
     pub collected: &'a Collected,
     pub pool: &'a Pool,
     pub parallel: usize,
+    /// `--continue-on-error`: a blob that cannot be pulled fails the write with
+    /// [`Error::Unpulled`], naming every such blob, so that their images can be
+    /// left out and the imageset written again without them.
+    pub leave_out: bool,
 }
 
 /// Writes the imageset `skeleton` describes into the staging directory, records it
@@ -724,14 +752,29 @@ pub(crate) async fn write_and_record(
     };
     let prepared = write::prepare(&staging, skeleton, fill_with.carry, &options)?;
     tracing::info!(chunks = prepared.manifest().chunks.len(), "chunks laid out");
-    fill(
+    let failed = fill(
         &prepared,
         fill_with.collected,
         fill_with.carry,
         fill_with.pool,
         fill_with.parallel.max(1),
     )
-    .await?;
+    .await;
+    if !failed.is_empty() {
+        // A local failure (the disk, the staging) is the run's; a blob the
+        // source would not serve is, with --continue-on-error, its images'.
+        let pulled = |e: &Error| {
+            matches!(
+                e,
+                Error::Registry(_) | Error::Write(WriteError::Content { .. })
+            )
+        };
+        if fill_with.leave_out && failed.iter().all(|(_, e)| pulled(e)) {
+            return Err(Error::Unpulled(failed));
+        }
+        let at = failed.iter().position(|(_, e)| !pulled(e)).unwrap_or(0);
+        return Err(failed.into_iter().nth(at).expect("not empty").1);
+    }
     crash_point("filled");
     let (manifest, staged) = prepared.finish(signer.as_ref()).await?;
     crash_point("renamed");
@@ -886,26 +929,11 @@ fn carry_over(
             .iter()
             .filter_map(|&p| previous.blobs.get(p as usize))
     };
-    // Their signatures and other referrers, and theirs, to the end of the chain.
-    loop {
-        let held: HashSet<&Digest> = carried
-            .iter()
-            .flat_map(|&k| tree(k).map(|b| &b.digest))
-            .collect();
-        let more: Vec<usize> = (0..previous.images.len())
-            .filter(|k| !carried.contains(k))
-            .filter(|&k| {
-                previous.images[k]
-                    .subject
-                    .as_ref()
-                    .is_some_and(|s| held.contains(s))
-            })
-            .collect();
-        if more.is_empty() {
-            break;
-        }
-        carried.extend(more);
-    }
+    with_referrers(
+        &previous.images,
+        |k| tree(k).map(|b| &b.digest),
+        &mut carried,
+    );
     let mut have: HashSet<Digest> = collected.blobs.iter().map(|b| b.digest.clone()).collect();
     let mut digests = HashSet::new();
     for &k in &carried {
@@ -935,6 +963,87 @@ fn carry_over(
         }
     }
     digests
+}
+
+/// Adds to `chosen` (indexes into `images`) the images whose subject is in the
+/// `tree` of a chosen one: their signatures and other referrers, and theirs, to
+/// the end of the chain.
+fn with_referrers<'a, T: Iterator<Item = &'a Digest>>(
+    images: &[airlock_common::imageset::ImageRecord],
+    tree: impl Fn(usize) -> T,
+    chosen: &mut Vec<usize>,
+) {
+    loop {
+        let held: HashSet<&Digest> = chosen.iter().flat_map(|&k| tree(k)).collect();
+        let more: Vec<usize> = (0..images.len())
+            .filter(|k| !chosen.contains(k))
+            .filter(|&k| images[k].subject.as_ref().is_some_and(|s| held.contains(s)))
+            .collect();
+        if more.is_empty() {
+            return;
+        }
+        chosen.extend(more);
+    }
+}
+
+/// How many times an imageset is written again without the images whose blobs
+/// the source stopped serving (`--continue-on-error`).
+const MAX_ROUNDS: u32 = 3;
+
+/// Leaves out of `collected` (into `missing`) the images whose trees hold a
+/// blob of `failed`, and the referrers about them, to the end of the chain;
+/// their manifests and blobs go with them unless a remaining image needs them.
+/// A release, its components, a catalog or the graph image needing one is the
+/// run's failure, as when its blobs cannot be asked for.
+fn leave_out_unpulled(
+    collected: &mut Collected,
+    missing: &mut Vec<Missing>,
+    failed: Vec<(Digest, Error)>,
+) -> Result<(), Error> {
+    let trees: Vec<Vec<Digest>> = collected
+        .images
+        .iter()
+        .map(|i| crate::contents::tree(&i.digest, &collected.manifests))
+        .collect();
+    let failing = |k: usize| failed.iter().find(|(d, _)| trees[k].contains(d));
+    let needing: Vec<usize> = (0..collected.images.len())
+        .filter(|&k| failing(k).is_some())
+        .collect();
+    // The run's error: the first failure of a whole, else the first one.
+    let fatal = |failed: Vec<(Digest, Error)>, whole: Option<usize>| {
+        let at = whole
+            .and_then(|k| failed.iter().position(|(d, _)| trees[k].contains(d)))
+            .unwrap_or(0);
+        failed.into_iter().nth(at).expect("a blob failed").1
+    };
+    if let Some(&k) = needing
+        .iter()
+        .find(|&&k| collect::whole(collected.images[k].kind))
+    {
+        tracing::error!(image = %collected.images[k].source, "a blob of a part of a whole cannot be pulled: it is not left out");
+        return Err(fatal(failed, Some(k)));
+    }
+    if needing.is_empty() {
+        return Err(fatal(failed, None));
+    }
+    for &k in &needing {
+        let (d, e) = failing(k).expect("it needs a failed blob");
+        let reason = format!("blob {d} cannot be pulled: {e}");
+        collect::leave_out(missing, &collected.images[k].source, &reason);
+    }
+    // Their signatures go with them, unlisted, as when an image is left out
+    // before writing (the last imageset's are carried over with it).
+    let mut out = needing;
+    with_referrers(&collected.images, |k| trees[k].iter(), &mut out);
+    let kept: Vec<usize> = (0..collected.images.len())
+        .filter(|k| !out.contains(k))
+        .collect();
+    let needed: HashSet<&Digest> = kept.iter().flat_map(|&k| &trees[k]).collect();
+    collected.blobs.retain(|b| needed.contains(&b.digest));
+    collected.manifests.retain(|d, _| needed.contains(d));
+    let images = std::mem::take(&mut collected.images);
+    collected.images = kept.into_iter().map(|k| images[k].clone()).collect();
+    Ok(())
 }
 
 /// Writes `missing.txt` in `out` (one line per image left out: the image, then
@@ -997,30 +1106,35 @@ fn write_dry_run(
     Ok(files.into_iter().map(|(p, _)| p).collect())
 }
 
-/// Downloads every carried blob into its place; manifests and built blobs come
-/// from memory.
+/// Writes the bytes of every blob of `carry` into its place (manifests and
+/// built blobs from memory, the rest downloaded); returns each blob that could
+/// not be written, with why (every blob is tried, so that all are named at once).
 async fn fill(
     prepared: &Prepared,
     collected: &Collected,
     carry: &[usize],
     pool: &Pool,
     parallel: usize,
-) -> Result<(), Error> {
+) -> Vec<(Digest, Error)> {
     let total: u64 = carry
         .iter()
         .map(|&i| prepared.manifest().blobs[i].size)
         .sum();
     let progress = Arc::new(Progress::bytes("create", total));
-    let results: Vec<Result<(), Error>> = futures::stream::iter(carry.iter().copied())
+    let results: Vec<Result<(), (Digest, Error)>> = futures::stream::iter(carry.iter().copied())
         .map(|i| {
             let progress = progress.clone();
-            async move { fill_blob(prepared, collected, i, pool, &progress).await }
+            async move {
+                fill_blob(prepared, collected, i, pool, &progress)
+                    .await
+                    .map_err(|e| (prepared.manifest().blobs[i].digest.clone(), e))
+            }
         })
         .buffer_unordered(parallel)
         .collect()
         .await;
     progress.finish();
-    results.into_iter().collect()
+    results.into_iter().filter_map(Result::err).collect()
 }
 
 async fn fill_blob(
@@ -1177,5 +1291,151 @@ mod tests {
         assert_eq!(placed, ["a/app", "b/app"]);
         assert_eq!(collected.blobs.len(), 1, "the shared manifest once");
         assert_eq!(missing[0].carried_from, Some(4));
+    }
+
+    /// An image of one manifest over `blobs` (config first), as collect makes it.
+    fn image_of(
+        collected: &mut Collected,
+        name: &str,
+        kind: ImageKind,
+        blobs: &[&Digest],
+    ) -> Digest {
+        let d = |x: &Digest| serde_json::json!({"mediaType": "application/octet-stream", "digest": x.as_str(), "size": 1});
+        let bytes = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": airlock_common::manifest::OCI_MANIFEST,
+            "config": d(blobs[0]),
+            "layers": blobs[1..].iter().map(|b| d(b)).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let m = airlock_common::registry::RawManifest::from_bytes(
+            bytes.into(),
+            airlock_common::manifest::OCI_MANIFEST.into(),
+        );
+        let record = |digest: &Digest, media_type: Option<&str>| BlobRecord {
+            digest: digest.clone(),
+            size: 1,
+            media_type: media_type.map(str::to_string),
+            repository: format!("quay.io/team/{name}"),
+            parts: Vec::new(),
+        };
+        collected.blobs.push(record(
+            &m.digest,
+            Some(airlock_common::manifest::OCI_MANIFEST),
+        ));
+        for b in blobs {
+            if !collected.blobs.iter().any(|r| r.digest == **b) {
+                collected.blobs.push(record(b, None));
+            }
+        }
+        collected.images.push(ImageRecord {
+            source: format!("quay.io/team/{name}:1"),
+            repository: format!("quay.io/team/{name}"),
+            tag: Some("1".into()),
+            by_digest: false,
+            digest: m.digest.clone(),
+            target_repository: None,
+            kind,
+            subject: None,
+            catalog_source: None,
+            platforms: Vec::new(),
+        });
+        let digest = m.digest.clone();
+        collected.manifests.insert(digest.clone(), m);
+        digest
+    }
+
+    fn unreachable(d: &Digest) -> (Digest, Error) {
+        let e = airlock_common::registry::RegistryError::Request {
+            operation: "pull blob",
+            target: d.to_string(),
+            kind: ErrorKind::Unavailable { retry_after: None },
+            message: "HTTP 500".into(),
+        };
+        (d.clone(), Error::Registry(e))
+    }
+
+    /// A blob that fails while the imageset is written costs every image that
+    /// needs it (two sharing a layer), and their signatures, silently; what
+    /// only they needed goes too, and the rest stays as it was.
+    #[test]
+    fn a_failed_blob_leaves_out_every_image_needing_it_and_their_signatures() {
+        let b = |s: &str| Digest::of(s.as_bytes());
+        let mut collected = Collected::default();
+        let a = image_of(
+            &mut collected,
+            "a",
+            ImageKind::Generic,
+            &[&b("ca"), &b("shared"), &b("la")],
+        );
+        image_of(
+            &mut collected,
+            "b",
+            ImageKind::Generic,
+            &[&b("cb"), &b("shared")],
+        );
+        image_of(
+            &mut collected,
+            "c",
+            ImageKind::Generic,
+            &[&b("cc"), &b("lc")],
+        );
+        image_of(
+            &mut collected,
+            "sig",
+            ImageKind::Referrer,
+            &[&b("cs"), &b("ls")],
+        );
+        collected.images[3].subject = Some(a);
+        let mut missing = Vec::new();
+        leave_out_unpulled(
+            &mut collected,
+            &mut missing,
+            vec![unreachable(&b("shared"))],
+        )
+        .unwrap();
+        let left: Vec<&str> = missing.iter().map(|m| m.image.as_str()).collect();
+        assert_eq!(left, ["quay.io/team/a:1", "quay.io/team/b:1"]);
+        assert!(
+            missing[0]
+                .reason
+                .contains(&format!("blob {} cannot be pulled", b("shared")))
+        );
+        let kept: Vec<&str> = collected.images.iter().map(|i| i.source.as_str()).collect();
+        assert_eq!(kept, ["quay.io/team/c:1"]);
+        let blobs: HashSet<&Digest> = collected.blobs.iter().map(|r| &r.digest).collect();
+        assert_eq!(blobs.len(), 3, "c's manifest, config and layer");
+        assert!(blobs.contains(&b("lc")) && !blobs.contains(&b("la")) && !blobs.contains(&b("ls")));
+        assert_eq!(collected.manifests.len(), 1);
+    }
+
+    /// A part of a whole needing a failed blob fails the run with that blob's
+    /// error, whichever failed first.
+    #[test]
+    fn a_failed_blob_of_a_release_fails_the_run_with_its_own_error() {
+        let b = |s: &str| Digest::of(s.as_bytes());
+        let mut collected = Collected::default();
+        image_of(
+            &mut collected,
+            "app",
+            ImageKind::Generic,
+            &[&b("c1"), &b("l1")],
+        );
+        image_of(
+            &mut collected,
+            "cli",
+            ImageKind::ReleaseComponent,
+            &[&b("c2"), &b("l2")],
+        );
+        let mut missing = Vec::new();
+        let e = leave_out_unpulled(
+            &mut collected,
+            &mut missing,
+            vec![unreachable(&b("l1")), unreachable(&b("l2"))],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains(b("l2").as_str()), "{e}");
+        assert!(missing.is_empty());
+        assert_eq!(collected.images.len(), 2, "nothing changed");
     }
 }

@@ -157,6 +157,7 @@ pub async fn delete(opts: &DeleteOptions) -> Result<DeleteReport, Error> {
             collected: &Collected::default(),
             pool: &pool,
             parallel: 1,
+            leave_out: false,
         },
         &remaining.freed,
         &remaining.contents,

@@ -82,6 +82,11 @@ pub enum Error {
     /// An operator catalog could not be read or filtered.
     #[error(transparent)]
     Catalog(#[from] crate::catalog::image::CatalogError),
+    /// Blobs the source would not serve while the imageset was written, with
+    /// `--continue-on-error`: their images are left out and the imageset written
+    /// again (`create` handles it; it is never the run's error).
+    #[error("{} blobs could not be pulled: {}", .0.len(), .0.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("; "))]
+    Unpulled(Vec<(airlock_common::digest::Digest, Error)>),
     /// A local file could not be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -114,6 +119,11 @@ impl ExitCode for Error {
             Error::Catalog(CatalogError::Invalid { .. }) => exit_codes::DATA,
             Error::Catalog(CatalogError::Filter { .. }) => exit_codes::CONFIG,
             Error::Registry(e) => e.exit_code(),
+            // create turns it into its images' absence or the first failure;
+            // the arm keeps the match whole.
+            Error::Unpulled(failed) => failed
+                .first()
+                .map_or(exit_codes::UNAVAILABLE, |(_, e)| e.exit_code()),
             Error::Collect(CollectError::Registry { source, .. }) => source.exit_code(),
             Error::Collect(CollectError::Inconsistent { .. }) => exit_codes::DATA,
             Error::Write(WriteError::Content { .. }) => exit_codes::DATA,

@@ -2,7 +2,8 @@
 //! cannot be pulled does not abort a run of hundreds of gigabytes.
 
 use airlock_tests::bins::run;
-use airlock_tests::images::{Format, ImageBuilder, PushClient};
+use airlock_tests::faults::{Fault, FaultProxy};
+use airlock_tests::images::{Format, Image, ImageBuilder, PushClient};
 use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::inspect_raw_at;
 
@@ -422,13 +423,11 @@ fn registries_conf_mirrors_serve_sources_and_blocked_entries_refuse_them() {
     );
 }
 
-/// A layer the source registry has lost (its manifest still served) is found
-/// before anything is written: with --continue-on-error its image is left out
-/// and named in missing.txt, and the rest is shipped; without, the run stops.
-#[test]
-fn continue_on_error_leaves_out_an_image_whose_layer_is_gone() {
-    let s = Setup::plain();
-    let broken = ImageBuilder::new(Format::Oci).layer(91, 30_000).build();
+/// `extra/broken:1` (one layer from `seed`) pushed to the source of `s`, and a
+/// configuration with it added, named at `registry` (the source, or a proxy in
+/// front of it): the image, the configuration, and how it names the image.
+fn with_broken(s: &Setup, seed: u64, registry: &str) -> (Image, std::path::PathBuf, String) {
+    let broken = ImageBuilder::new(Format::Oci).layer(seed, 30_000).build();
     broken
         .push(
             &PushClient::new(&s.source).unwrap(),
@@ -436,6 +435,31 @@ fn continue_on_error_leaves_out_an_image_whose_layer_is_gone() {
             Some("1"),
         )
         .unwrap();
+    let config = s.path("isc.yaml");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let broken_ref = format!("docker://{registry}/extra/broken:1");
+    std::fs::write(&config, format!("{text}  - name: {broken_ref}\n")).unwrap();
+    (broken, config, broken_ref)
+}
+
+/// `missing.txt` in `out` names `image` alone, for its `layer`.
+fn assert_left_out_alone(out: &std::path::Path, image: &str, layer: &str) {
+    let missing = std::fs::read_to_string(out.join("missing.txt")).unwrap();
+    assert!(
+        missing.starts_with(&format!("{image}\t"))
+            && missing.contains(&format!("blob {layer} cannot be pulled"))
+            && missing.lines().count() == 1,
+        "{missing}"
+    );
+}
+
+/// A layer the source registry has lost (its manifest still served) is found
+/// before anything is written: with --continue-on-error its image is left out
+/// and named in missing.txt, and the rest is shipped; without, the run stops.
+#[test]
+fn continue_on_error_leaves_out_an_image_whose_layer_is_gone() {
+    let s = Setup::plain();
+    let (broken, config, broken_ref) = with_broken(&s, 91, &s.source.addr());
     let layer = broken.blobs.last().unwrap().digest.clone();
     let hex = layer.strip_prefix("sha256:").unwrap();
     let data = s.source.storage_dir().join(format!(
@@ -443,10 +467,6 @@ fn continue_on_error_leaves_out_an_image_whose_layer_is_gone() {
         &hex[..2]
     ));
     std::fs::remove_file(&data).unwrap();
-    let config = s.path("isc.yaml");
-    let text = std::fs::read_to_string(&s.config).unwrap();
-    let broken_ref = format!("docker://{}/extra/broken:1", s.source.addr());
-    std::fs::write(&config, format!("{text}  - name: {broken_ref}\n")).unwrap();
     let create = |out: &str| create_cmd(&config, &s.path(out), &s.path("ws-c"), "1MiB", &s.source);
 
     let stopped = run(&mut create("out1"));
@@ -455,13 +475,7 @@ fn continue_on_error_leaves_out_an_image_whose_layer_is_gone() {
 
     let partial = run(create("out2").arg("--continue-on-error"));
     assert_eq!(partial.code, EX_PARTIAL, "{partial}");
-    let missing = std::fs::read_to_string(s.path("out2").join("missing.txt")).unwrap();
-    assert!(
-        missing.starts_with(&format!("{broken_ref}\t"))
-            && missing.contains(&format!("blob {layer} cannot be pulled"))
-            && missing.lines().count() == 1,
-        "{missing}"
-    );
+    assert_left_out_alone(&s.path("out2"), &broken_ref, &layer);
     let published = s.publish(&s.path("out2"), "m", "ws-d");
     assert_eq!(published.code, 0, "{published}");
     s.assert_byte_exact("m");
@@ -491,4 +505,47 @@ fn a_layer_already_shipped_that_the_source_loses_leaves_nothing_out() {
         !second.stderr.contains("left out") && !s.path("out2").join("missing.txt").exists(),
         "{second}"
     );
+}
+
+/// A layer the source answers a HEAD for but fails to serve once the imageset
+/// is being written (after the check before writing): with --continue-on-error
+/// its image is left out then, and the imageset written again without it.
+#[test]
+fn continue_on_error_leaves_out_an_image_whose_layer_fails_while_the_imageset_is_written() {
+    let s = Setup::plain();
+    let proxy = FaultProxy::start(&s.source.addr()).unwrap();
+    let (broken, config, broken_ref) = with_broken(&s, 93, &proxy.addr());
+    let layer = broken.blobs.last().unwrap().digest.clone();
+    proxy.fail_always("GET", &format!("/blobs/{layer}"), Fault::ServerError);
+    let create = |out: &str| create_cmd(&config, &s.path(out), &s.path("ws-c"), "1MiB", &s.source);
+
+    let stopped = run(&mut create("out1"));
+    assert_ne!(stopped.code, 0, "{stopped}");
+    assert!(stopped.stderr.contains(&layer), "{stopped}");
+    assert!(chunk_files(&s.path("out1")).is_empty(), "{stopped}");
+
+    let partial = run(create("out2").arg("--continue-on-error"));
+    assert_eq!(partial.code, EX_PARTIAL, "{partial}");
+    assert!(
+        partial
+            .stderr
+            .contains("it is written again without their images"),
+        "{partial}"
+    );
+    let staging = s.path("out2").join(".airlock-staging");
+    assert!(
+        !staging.exists() || std::fs::read_dir(&staging).unwrap().next().is_none(),
+        "the first write left nothing behind"
+    );
+    assert_left_out_alone(&s.path("out2"), &broken_ref, &layer);
+    assert!(
+        read_manifest(&s.path("out2"))
+            .blobs
+            .iter()
+            .all(|b| b.digest.to_string() != layer),
+        "nothing of the image left out travels"
+    );
+    let published = s.publish(&s.path("out2"), "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
 }
