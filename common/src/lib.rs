@@ -13,6 +13,7 @@ pub mod digest;
 pub mod exit_codes;
 pub mod imageset;
 pub mod manifest;
+pub mod metrics;
 pub mod prune;
 pub mod publish;
 pub mod quote;

@@ -12,15 +12,19 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_common::config::{self, ConfigError, Problem};
+use airlock_common::metrics::Health;
 use airlock_common::service::{self, NotifyState};
 use airlock_common::size::ByteSize;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::create::{self, CreateOptions};
 use crate::error::Error;
+use crate::metrics::Metrics;
 
 /// When to create imagesets.
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +102,10 @@ pub struct AgentConfig {
     /// A containers policy.json every image must meet (`--secure-policy`).
     #[serde(default)]
     pub secure_policy: Option<PathBuf>,
+    /// `/metrics`, `/healthz` and `/readyz` over HTTP (docs/operations.md);
+    /// none: not served.
+    #[serde(default)]
+    pub metrics: Option<airlock_common::metrics::MetricsConfig>,
 }
 
 fn five() -> usize {
@@ -139,6 +147,8 @@ pub struct Checked {
     pub schedule: Schedule,
     /// The limit, parsed.
     pub limit: Option<ByteSize>,
+    /// Where `/metrics` is served, the address parsed.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Reads and checks the configuration, and the ImageSetConfiguration it names.
@@ -248,6 +258,14 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
             problem("source.proxy", e);
         }
     }
+    let metrics = match config.metrics.as_ref().map(|m| m.address()) {
+        Some(Err(e)) => {
+            problem("metrics.listen", e);
+            None
+        }
+        Some(Ok(a)) => Some(a),
+        None => None,
+    };
     if !problems.is_empty() {
         return Err(Error::Config(config::problems_error(path, problems)));
     }
@@ -257,6 +275,7 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
     Ok(Checked {
         schedule: schedule.expect("checked"),
         limit,
+        metrics,
         config,
     })
 }
@@ -280,12 +299,25 @@ fn sets(outbox: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// The agent.
 pub struct Agent {
     checked: Checked,
+    metrics: Metrics,
+    health: Arc<Health>,
 }
+
+/// How long the agent may go without coming round before `/healthz` says it
+/// is stuck: it comes round every [`BEAT`] while it waits for the schedule, but
+/// not during a run, which may take hours on a large configuration.
+const STALL: Duration = Duration::from_secs(12 * 3600);
+/// How often the waiting agent says it is alive.
+const BEAT: Duration = Duration::from_secs(30);
 
 impl Agent {
     /// An agent for a checked configuration.
     pub fn new(checked: Checked) -> Self {
-        Agent { checked }
+        Agent {
+            checked,
+            metrics: Metrics::default(),
+            health: Arc::new(Health::new(STALL)),
+        }
     }
 
     fn options(&self, out: PathBuf) -> Result<CreateOptions, Error> {
@@ -329,7 +361,12 @@ impl Agent {
     pub async fn run_once(&self) -> Result<Option<PathBuf>, Error> {
         let outbox = &self.checked.config.outbox;
         let tmp = outbox.join(format!("{CREATING}{}", uuid::Uuid::new_v4()));
-        let report = create::create(&self.options(tmp.clone())?).await;
+        let started = std::time::Instant::now();
+        let report = match self.options(tmp.clone()) {
+            Ok(options) => create::create(&options).await,
+            Err(e) => Err(e),
+        };
+        self.metrics.ran(report.as_ref().ok(), started.elapsed());
         let report = match report {
             Ok(r) => r,
             Err(e) => {
@@ -386,6 +423,22 @@ impl Agent {
         let mut usr1 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
                 .map_err(|e| Error::Usage(format!("cannot handle SIGUSR1: {e}")))?;
+        let stop_metrics = CancellationToken::new();
+        if let Some(addr) = self.checked.metrics {
+            airlock_common::metrics::start(
+                addr,
+                self.metrics.registry.clone(),
+                self.health.clone(),
+                stop_metrics.clone(),
+            )
+            .await
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "metrics.listen {addr}: {e}; is another agent running, or is the address not this machine's?"
+                ))
+            })?;
+        }
+        self.health.set_ready();
         service::notify(&[
             NotifyState::Ready,
             NotifyState::Status("waiting for the schedule"),
@@ -397,15 +450,23 @@ impl Agent {
             Schedule::Every(_) => Duration::ZERO,
             Schedule::Cron(_) => self.checked.schedule.wait(chrono::Utc::now()),
         };
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tokio::time::sleep(due) => {}
-                _ = usr1.recv() => tracing::info!("SIGUSR1: creating an imageset now"),
+        'runs: loop {
+            let until = tokio::time::Instant::now() + due;
+            loop {
+                self.health.beat();
+                tokio::select! {
+                    _ = &mut shutdown => break 'runs,
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = usr1.recv() => {
+                        tracing::info!("SIGUSR1: creating an imageset now");
+                        break;
+                    }
+                    _ = tokio::time::sleep(BEAT) => {}
+                }
             }
             service::notify(&[NotifyState::Status("creating an imageset")]);
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => break 'runs,
                 result = self.run_once() => {
                     if let Err(e) = result {
                         tracing::error!(error = %e, "creating the imageset failed; trying again on the schedule");
@@ -416,6 +477,7 @@ impl Agent {
             due = self.checked.schedule.wait(chrono::Utc::now());
         }
         service::notify(&[NotifyState::Stopping]);
+        stop_metrics.cancel();
         if let Some(w) = watchdog {
             w.abort();
         }
@@ -487,6 +549,24 @@ mod tests {
         let e = e.to_string();
         assert!(
             e.contains("securePolicy") && e.contains("missing field `default`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_metrics_address_is_checked_with_the_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = example(dir.path(), |t| {
+            format!("{t}metrics:\n  listen: 127.0.0.1:9464\n")
+        });
+        assert_eq!(super::load(&path).unwrap().metrics.unwrap().port(), 9464);
+        let path = example(dir.path(), |t| format!("{t}metrics:\n  listen: nowhere\n"));
+        let Err(e) = super::load(&path) else {
+            panic!("a malformed address was accepted")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("metrics.listen") && e.contains("expected HOST:PORT"),
             "{e}"
         );
     }

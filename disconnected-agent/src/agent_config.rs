@@ -182,6 +182,10 @@ pub struct AgentConfig {
     /// The control plane; none: the agent is fed by the drop directory only.
     #[serde(default)]
     pub grpc: Option<GrpcConfig>,
+    /// `/metrics`, `/healthz` and `/readyz` over HTTP (docs/operations.md);
+    /// none: not served.
+    #[serde(default)]
+    pub metrics: Option<airlock_common::metrics::MetricsConfig>,
     /// The clusters to publish to.
     pub clusters: Vec<ClusterConfig>,
 }
@@ -197,6 +201,8 @@ pub struct Checked {
     pub fetch_from: Vec<Destination>,
     /// The trusted keys, loaded.
     pub trust: TrustStore,
+    /// Where `/metrics` is served, the address parsed.
+    pub metrics: Option<std::net::SocketAddr>,
     /// The control plane, its address parsed and TLS files checked.
     pub grpc: Option<control::Server>,
     /// Each cluster's API access, in order (none: registry only).
@@ -434,6 +440,10 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
             tls: tls?,
         })
     });
+    let metrics = config
+        .metrics
+        .as_ref()
+        .and_then(|m| m.address().map_err(|e| c.problem("metrics.listen", e)).ok());
     if !c.problems.is_empty() {
         return Err(config::problems_error(path, c.problems));
     }
@@ -442,6 +452,7 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
         destinations,
         fetch_from,
         trust,
+        metrics,
         grpc,
         apis,
     })
@@ -524,6 +535,10 @@ mod tests {
                     "{GOOD}  kubeconfig: DIR/agent.yaml\n  api:\n    url: https://api:6443\n    tokenFile: DIR/agent.yaml\n"
                 ),
                 "clusters[0].api: set kubeconfig or api, not both",
+            ),
+            (
+                format!("{GOOD}metrics:\n  listen: localhost\n"),
+                "metrics.listen: \"localhost\": invalid socket address syntax; expected HOST:PORT",
             ),
             (
                 format!("{GOOD}  api:\n    url: http://api:6443\n    tokenFile: DIR/agent.yaml\n"),

@@ -68,10 +68,12 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
             .map_err(|source| Error::Bind {
+                field: "grpc.listen",
                 addr: self.listen,
                 source,
             })?;
         let addr = listener.local_addr().map_err(|source| Error::Bind {
+            field: "grpc.listen",
             addr: self.listen,
             source,
         })?;

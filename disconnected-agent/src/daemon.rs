@@ -33,11 +33,14 @@ use std::time::{Duration, Instant, SystemTime};
 use airlock_common::digest::Digest;
 use airlock_common::exit_codes;
 use airlock_common::imageset::read::ChunkError;
+use airlock_common::metrics::Health;
 use airlock_common::registry::auth::AuthSource;
 use airlock_common::registry::{RegistryClient, RegistryOptions};
 use airlock_common::service;
 use airlock_common::size::ByteSize;
 use notify::Watcher;
+
+use crate::metrics::{Metrics, Quarantine};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -242,6 +245,11 @@ pub struct Daemon {
     /// Where the configuration is re-read from on SIGHUP.
     config_path: Option<PathBuf>,
     grpc: Option<control::Server>,
+    /// Counted as it happens; served at `metrics_at`.
+    metrics: Arc<Metrics>,
+    /// What `/healthz` and `/readyz` answer.
+    health: Arc<Health>,
+    metrics_at: Option<std::net::SocketAddr>,
     destinations: Vec<Destination>,
     fetch_dests: Vec<Destination>,
     site: Arc<Site>,
@@ -514,6 +522,7 @@ impl Daemon {
             destinations,
             fetch_from,
             trust,
+            metrics: metrics_at,
             grpc,
             apis,
         } = cfg;
@@ -529,7 +538,13 @@ impl Daemon {
         control::clear_staging(&config.drop_dir).map_err(|e| Error::io(&config.drop_dir, e))?;
         let (clusters, views) = fresh_clusters(&config, &destinations, apis);
         let status = Arc::new(Status::new(site.clone(), config.drop_dir.clone(), views));
+        // A round (verifying a large imageset among them) may keep the loop
+        // away this long before it counts as stuck.
+        let stall = Duration::from_secs(3 * config.rescan_seconds + 15 * 60);
         Ok(Daemon {
+            metrics: Arc::new(Metrics::new(status.clone())),
+            health: Arc::new(Health::new(stall)),
+            metrics_at,
             config,
             config_path: None,
             grpc,
@@ -602,6 +617,22 @@ impl Daemon {
             ),
             None => None,
         };
+        let stop_metrics = CancellationToken::new();
+        if let Some(addr) = self.metrics_at {
+            airlock_common::metrics::start(
+                addr,
+                self.metrics.registry.clone(),
+                self.health.clone(),
+                stop_metrics.clone(),
+            )
+            .await
+            .map_err(|source| Error::Bind {
+                field: "metrics.listen",
+                addr,
+                source,
+            })?;
+        }
+        self.health.set_ready();
         let rescan = Duration::from_secs(self.config.rescan_seconds);
         tracing::info!(
             workspace = %self.config.workspace.display(),
@@ -639,6 +670,7 @@ impl Daemon {
         // An event that ended a debounce, handled next.
         let mut held: Option<Event> = None;
         loop {
+            self.health.beat();
             self.show_publishing();
             let wake = self.next_wake(rescan);
             let event = match held.take() {
@@ -756,6 +788,7 @@ impl Daemon {
             server.drain().await;
         }
         hangup.abort();
+        stop_metrics.cancel();
         if let Some(w) = watchdog {
             w.abort();
         }
@@ -839,9 +872,10 @@ impl Daemon {
         wake
     }
 
-    fn quarantine(&self, file: &Path, reason: &str, round: &mut Round) {
+    fn quarantine(&self, file: &Path, why: Quarantine, reason: &str, round: &mut Round) {
         match move_into(file, &self.config.quarantine_dir) {
             Ok(moved) => {
+                self.metrics.quarantined(why);
                 let note = format!(
                     "{}: {reason}\n",
                     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -906,7 +940,12 @@ impl Daemon {
             scan::read_heads_within(settled, scan::HELD_MANIFEST_BYTES, &|d| known.contains(d));
         let mut report = Report::default();
         for p in &found.other {
-            self.quarantine(p, "not an Airlock imageset chunk", &mut round);
+            self.quarantine(
+                p,
+                Quarantine::NotImageset,
+                "not an Airlock imageset chunk",
+                &mut round,
+            );
         }
         if !found.deferred.is_empty() {
             report.problem(
@@ -938,7 +977,7 @@ impl Daemon {
                     }
                 }
             }
-            self.quarantine(e.path(), &e.to_string(), &mut round);
+            self.quarantine(e.path(), Quarantine::Unreadable, &e.to_string(), &mut round);
         }
         // An empty workspace first looks for the state an earlier machine recorded
         // in a registry; until one answers, nothing is taken in, or accepting
@@ -984,6 +1023,7 @@ impl Daemon {
         };
         self.say(&report);
         for (uuid, sequence, blobs) in &report.accepted {
+            self.metrics.accepted();
             let mut event = AgentEvent::now(
                 EventKind::Accepted,
                 format!("imageset verified and accepted ({blobs} blobs stored)"),
@@ -1022,10 +1062,12 @@ impl Daemon {
                         });
                     }
                     for f in &files {
-                        self.quarantine(f, why, &mut round);
+                        self.quarantine(f, Quarantine::Refused, why, &mut round);
                     }
                 }
-                Outcome::Damaged { file, reason } => self.quarantine(file, reason, &mut round),
+                Outcome::Damaged { file, reason } => {
+                    self.quarantine(file, Quarantine::Damaged, reason, &mut round)
+                }
                 Outcome::Duplicate | Outcome::Waiting(_) => {}
             }
             round.outcomes.push((key, outcome, files));
@@ -1040,6 +1082,7 @@ impl Daemon {
         for p in &report.set_aside {
             self.quarantine(
                 p,
+                Quarantine::Rebuilt,
                 "damaged in transfer; the chunk was rebuilt from parity",
                 &mut round,
             );

@@ -23,11 +23,14 @@ pub enum Error {
     /// The workspace refused or failed.
     #[error(transparent)]
     Workspace(#[from] StateError),
-    /// The control plane's address cannot be listened on.
+    /// An address of the configuration (the control plane's, the metrics')
+    /// cannot be listened on.
     #[error(
-        "grpc.listen {addr}: {source}; is another agent running, or is the address not this machine's?"
+        "{field} {addr}: {source}; is another agent running, or is the address not this machine's?"
     )]
     Bind {
+        /// The configuration field (`grpc.listen`).
+        field: &'static str,
         /// The configured address.
         addr: std::net::SocketAddr,
         /// Why.

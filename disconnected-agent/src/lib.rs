@@ -10,6 +10,7 @@ pub mod describe;
 pub mod error;
 pub mod fanout;
 pub mod ingest;
+pub mod metrics;
 pub mod publish;
 pub mod scan;
 pub mod site;

@@ -11,6 +11,7 @@ mod fleet;
 mod foundation;
 mod hostile;
 mod oneway;
+mod operations;
 mod operators;
 mod platforms;
 mod policy;

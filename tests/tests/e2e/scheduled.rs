@@ -32,7 +32,7 @@ fn kill(child: &std::process::Child, signal: &str) {
     assert!(ok.success());
 }
 
-fn agent_config(s: &Setup, isc: &Path, schedule: &str) -> PathBuf {
+pub(crate) fn agent_config(s: &Setup, isc: &Path, schedule: &str) -> PathBuf {
     let text = format!(
         "imageSetConfig: {}\nworkspace: {}\noutbox: {}\nkeep: 1\nschedule:\n  {schedule}\nlimit: 300KiB\nsource:\n  tlsVerify: false\n",
         isc.display(),

@@ -1,0 +1,142 @@
+//! The disconnected agent's metrics (docs/operations.md). What a cluster's
+//! state is (the sequence published to it, whether its registry answered,
+//! drift) is read from the agent's [`Status`] at each scrape, so it can never
+//! disagree with `airlockctl`; what happened (imagesets accepted, files
+//! quarantined) is counted where it happens.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::status::Status;
+
+/// A label set of one label.
+type Labels = Vec<(&'static str, String)>;
+
+/// Why a file was quarantined, as the `reason` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quarantine {
+    /// Not a chunk or parity file of an imageset.
+    NotImageset,
+    /// A chunk whose head cannot be read.
+    Unreadable,
+    /// A file of an imageset that was refused (forged, unsigned, out of place).
+    Refused,
+    /// A chunk whose bytes do not match its imageset.
+    Damaged,
+    /// A damaged chunk set aside after parity rebuilt it.
+    Rebuilt,
+}
+
+impl Quarantine {
+    fn label(self) -> &'static str {
+        match self {
+            Quarantine::NotImageset => "not_imageset",
+            Quarantine::Unreadable => "unreadable",
+            Quarantine::Refused => "refused",
+            Quarantine::Damaged => "damaged",
+            Quarantine::Rebuilt => "rebuilt_from_parity",
+        }
+    }
+}
+
+/// The agent's metrics and the registry that serves them.
+#[derive(Debug)]
+pub struct Metrics {
+    /// What `/metrics` encodes.
+    pub registry: Arc<Mutex<Registry>>,
+    accepted: Counter,
+    quarantined: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    /// The metrics of an agent whose state `status` shows.
+    pub fn new(status: Arc<Status>) -> Self {
+        let mut registry = Registry::default();
+        let accepted = Counter::default();
+        registry.register(
+            "airlock_imagesets_accepted",
+            "Imagesets verified and accepted from the drop directory or the control plane",
+            accepted.clone(),
+        );
+        let quarantined = Family::<Labels, Counter>::default();
+        registry.register(
+            "airlock_files_quarantined",
+            "Files set aside in the quarantine directory, by reason",
+            quarantined.clone(),
+        );
+        registry.register_collector(Box::new(Clusters { status }));
+        Metrics {
+            registry: Arc::new(Mutex::new(registry)),
+            accepted,
+            quarantined,
+        }
+    }
+
+    /// An imageset was accepted.
+    pub fn accepted(&self) {
+        self.accepted.inc();
+    }
+
+    /// A file was quarantined.
+    pub fn quarantined(&self, why: Quarantine) {
+        self.quarantined
+            .get_or_create(&vec![("reason", why.label().to_string())])
+            .inc();
+    }
+}
+
+/// Each cluster's state, read from the agent's status at each scrape.
+#[derive(Debug)]
+struct Clusters {
+    status: Arc<Status>,
+}
+
+impl Collector for Clusters {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let published = Family::<Labels, Gauge>::default();
+        let up = Family::<Labels, Gauge>::default();
+        let drift = Family::<Labels, Gauge>::default();
+        for view in self.status.clusters() {
+            let cluster = vec![("cluster", view.name.clone())];
+            // A cluster whose state cannot be read has published nothing known.
+            let sequence = self
+                .status
+                .cluster_state(&view)
+                .map_or(0, |(sequence, _)| sequence);
+            published
+                .get_or_create(&cluster)
+                .set(i64::try_from(sequence).unwrap_or(i64::MAX));
+            up.get_or_create(&cluster)
+                .set(i64::from(view.last_error.is_none()));
+            let drifted = view.api.as_ref().is_some_and(|a| !a.drift.is_empty());
+            drift.get_or_create(&cluster).set(i64::from(drifted));
+        }
+        for (name, help, family) in [
+            (
+                "airlock_published_sequence",
+                "The last sequence published to the cluster's registry",
+                &published,
+            ),
+            (
+                "airlock_cluster_up",
+                "1 when the last attempt to publish to the cluster's registry succeeded",
+                &up,
+            ),
+            (
+                "airlock_drift",
+                "1 when the last check of the cluster's API found objects changed since Airlock applied them",
+                &drift,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, family.metric_type())?;
+            family.encode(metric)?;
+        }
+        Ok(())
+    }
+}
