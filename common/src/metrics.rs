@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// `HOST:PORT` to serve on (`127.0.0.1:9464`).
+    /// `IP:PORT` to serve on (`127.0.0.1:9464`).
     pub listen: String,
 }
 
@@ -30,7 +30,7 @@ impl MetricsConfig {
     pub fn address(&self) -> Result<SocketAddr, String> {
         self.listen.parse().map_err(|e| {
             format!(
-                "{:?}: {e}; expected HOST:PORT, such as 127.0.0.1:9464",
+                "{:?}: {e}; expected IP:PORT, such as 127.0.0.1:9464 or 0.0.0.0:9464",
                 crate::quote::clip(&self.listen)
             )
         })
@@ -90,6 +90,14 @@ pub async fn start(
     Ok(())
 }
 
+/// Connections served at once: a scrape is one short request, so a few
+/// suffice, and a client that opens many cannot take the agent's file
+/// descriptors.
+const MAX_CONNECTIONS: usize = 32;
+/// How long a connection may take to send its request head, and to be served.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -97,29 +105,41 @@ pub async fn serve(
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            () = stop.cancelled() => return,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let (stream, _) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
                     tracing::warn!(error = %e, "metrics: cannot accept a connection");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             },
         };
         let (registry, health) = (registry.clone(), health.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let answer = answer(req.uri().path(), req.method(), &registry, &health);
                 async move { Ok::<_, Infallible>(answer) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics: connection ended");
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(io, service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics: connection ended"),
+                Err(_) => tracing::debug!("metrics: connection timed out"),
+                Ok(Ok(())) => {}
             }
         });
     }
@@ -140,7 +160,12 @@ fn answer(
     };
     let plain = "text/plain; charset=utf-8";
     if method != hyper::Method::GET && method != hyper::Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, plain, "GET only\n".into());
+        let mut refused = reply(StatusCode::METHOD_NOT_ALLOWED, plain, "GET only\n".into());
+        refused.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return refused;
     }
     let state = |ok: bool, yes: &str, no: &str| match ok {
         true => reply(StatusCode::OK, plain, format!("{yes}\n")),
@@ -149,7 +174,8 @@ fn answer(
     match path {
         "/metrics" => {
             let mut text = String::new();
-            let registry = registry.lock().expect("not poisoned");
+            // A panic while encoding must not stop every later scrape.
+            let registry = registry.lock().unwrap_or_else(|p| p.into_inner());
             match prometheus_client::encoding::text::encode(&mut text, &registry) {
                 Ok(()) => reply(
                     StatusCode::OK,
@@ -214,12 +240,13 @@ mod tests {
         );
         let post = answer("/metrics", &hyper::Method::POST, &registry, &health);
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[hyper::header::ALLOW], "GET, HEAD");
     }
 
     #[test]
     fn a_listen_address_is_host_and_port() {
         let at = |s: &str| MetricsConfig { listen: s.into() }.address();
         assert_eq!(at("127.0.0.1:9464").unwrap().port(), 9464);
-        assert!(at("localhost").unwrap_err().contains("expected HOST:PORT"));
+        assert!(at("localhost").unwrap_err().contains("expected IP:PORT"));
     }
 }

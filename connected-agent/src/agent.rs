@@ -22,7 +22,7 @@ use airlock_common::size::ByteSize;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::create::{self, CreateOptions};
+use crate::create::{self, CreateOptions, CreateReport};
 use crate::error::Error;
 use crate::metrics::Metrics;
 
@@ -359,14 +359,23 @@ impl Agent {
     /// One run: creates the next imageset into the outbox, and keeps the last
     /// `keep`. Returns the new set's directory, or `None` when nothing changed.
     pub async fn run_once(&self) -> Result<Option<PathBuf>, Error> {
+        let started = std::time::Instant::now();
+        let made = self.make().await;
+        self.metrics.ran(
+            made.as_ref().ok().map(|(_, report)| report),
+            started.elapsed(),
+        );
+        made.map(|(dest, _)| dest)
+    }
+
+    /// [`Self::run_once`], with the run's report.
+    async fn make(&self) -> Result<(Option<PathBuf>, CreateReport), Error> {
         let outbox = &self.checked.config.outbox;
         let tmp = outbox.join(format!("{CREATING}{}", uuid::Uuid::new_v4()));
-        let started = std::time::Instant::now();
         let report = match self.options(tmp.clone()) {
             Ok(options) => create::create(&options).await,
             Err(e) => Err(e),
         };
-        self.metrics.ran(report.as_ref().ok(), started.elapsed());
         let report = match report {
             Ok(r) => r,
             Err(e) => {
@@ -383,7 +392,7 @@ impl Agent {
                 sequence = seq,
                 "nothing changed since this sequence; no imageset made"
             );
-            return Ok(None);
+            return Ok((None, report));
         }
         let m = &report.manifest;
         let uuid = m.uuid.to_string();
@@ -403,7 +412,7 @@ impl Agent {
                 }
             }
         }
-        Ok(Some(dest))
+        Ok((Some(dest), report))
     }
 
     /// Runs until `shutdown` completes: at start (interval schedules), on the
@@ -418,6 +427,12 @@ impl Agent {
         {
             if e.file_name().to_string_lossy().starts_with(CREATING) {
                 let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        // The last run that ended well before this start: the newest set.
+        if let Some(newest) = sets(&outbox).ok().and_then(|all| all.last().cloned()) {
+            if let Ok(at) = std::fs::metadata(&newest).and_then(|m| m.modified()) {
+                self.metrics.succeeded_at(at);
             }
         }
         let mut usr1 =
@@ -566,7 +581,7 @@ mod tests {
         };
         let e = e.to_string();
         assert!(
-            e.contains("metrics.listen") && e.contains("expected HOST:PORT"),
+            e.contains("metrics.listen") && e.contains("expected IP:PORT"),
             "{e}"
         );
     }

@@ -82,6 +82,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A run ended well at `at` (at start: the newest imageset in the outbox,
+    /// so that a restart does not look like a long failure).
+    pub fn succeeded_at(&self, at: std::time::SystemTime) {
+        let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.last_success.set(since.as_secs_f64());
+    }
+
     /// A run ended with `report` (`None`: in an error).
     pub fn ran(&self, report: Option<&CreateReport>, took: Duration) {
         let Some(report) = report else {
@@ -89,10 +96,7 @@ impl Metrics {
             return;
         };
         self.duration.observe(took.as_secs_f64());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        self.last_success.set(now.as_secs_f64());
+        self.succeeded_at(std::time::SystemTime::now());
         for m in &report.missing {
             let registry = m
                 .image

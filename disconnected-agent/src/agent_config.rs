@@ -538,7 +538,7 @@ mod tests {
             ),
             (
                 format!("{GOOD}metrics:\n  listen: localhost\n"),
-                "metrics.listen: \"localhost\": invalid socket address syntax; expected HOST:PORT",
+                "metrics.listen: \"localhost\": invalid socket address syntax; expected IP:PORT",
             ),
             (
                 format!("{GOOD}  api:\n    url: http://api:6443\n    tokenFile: DIR/agent.yaml\n"),

@@ -431,6 +431,7 @@ impl Daemon {
                 "grpc",
                 old.grpc.as_ref().map(|g| &g.listen) != new.grpc.as_ref().map(|g| &g.listen),
             ),
+            ("metrics", old.metrics != new.metrics),
         ] {
             if changed {
                 tracing::warn!(
@@ -540,7 +541,12 @@ impl Daemon {
         let status = Arc::new(Status::new(site.clone(), config.drop_dir.clone(), views));
         // A round (verifying a large imageset among them) may keep the loop
         // away this long before it counts as stuck.
-        let stall = Duration::from_secs(3 * config.rescan_seconds + 15 * 60);
+        let stall = Duration::from_secs(
+            config
+                .rescan_seconds
+                .saturating_mul(3)
+                .saturating_add(15 * 60),
+        );
         Ok(Daemon {
             metrics: Arc::new(Metrics::new(status.clone())),
             health: Arc::new(Health::new(stall)),
@@ -1317,8 +1323,18 @@ impl Daemon {
         drop(batch);
         self.show_publishing();
         if answering {
-            while let Some(done) = self.in_flight.join_next_with_id().await {
-                self.finished(done, round);
+            // A command waits for its publishes, hours over a slow link: the
+            // agent is busy, not stuck (each request is bounded by its own
+            // timeouts and retries).
+            let mut beat = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    done = self.in_flight.join_next_with_id() => match done {
+                        Some(done) => self.finished(done, round),
+                        None => break,
+                    },
+                    _ = beat.tick() => self.health.beat(),
+                }
             }
         }
         Ok(())

@@ -104,14 +104,13 @@ impl Collector for Clusters {
         let drift = Family::<Labels, Gauge>::default();
         for view in self.status.clusters() {
             let cluster = vec![("cluster", view.name.clone())];
-            // A cluster whose state cannot be read has published nothing known.
-            let sequence = self
-                .status
-                .cluster_state(&view)
-                .map_or(0, |(sequence, _)| sequence);
-            published
-                .get_or_create(&cluster)
-                .set(i64::try_from(sequence).unwrap_or(i64::MAX));
+            // Left out when the workspace cannot be read: a 0 would look like
+            // a cluster that went backwards.
+            if let Ok(sequence) = self.status.site.ws.published(&view.registry.key()) {
+                published
+                    .get_or_create(&cluster)
+                    .set(i64::try_from(sequence.unwrap_or(0)).unwrap_or(i64::MAX));
+            }
             up.get_or_create(&cluster)
                 .set(i64::from(view.last_error.is_none()));
             let drifted = view.api.as_ref().is_some_and(|a| !a.drift.is_empty());

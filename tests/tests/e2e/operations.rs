@@ -65,6 +65,13 @@ fn metrics_show_each_cluster_s_sequence_a_registry_down_and_quarantined_files() 
             &format!("metrics:\n  listen: 127.0.0.1:{port}\n{grpc}"),
         )
     });
+    // Bound after the control plane, before readiness is reported.
+    eventually(
+        Duration::from_secs(30),
+        "the metrics address to answer",
+        || served.agent.log().contains("serving /metrics"),
+        || served.agent.log(),
+    );
     assert_eq!(get(port, "/readyz"), (200, "ready\n".into()));
     assert_eq!(get(port, "/healthz"), (200, "ok\n".into()));
     assert_eq!(get(port, "/nothing").0, 404);
@@ -133,13 +140,23 @@ fn the_connected_agent_counts_what_its_runs_made() {
     text.push_str(&format!("metrics:\n  listen: 127.0.0.1:{port}\n"));
     std::fs::write(&config, text).unwrap();
     let log = s.path("connected.log");
-    let mut child = airlock_tests::bins::connected()
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    /// Stops the agent however the test ends.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Running(
+        airlock_tests::bins::connected()
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let metric = |name: &str| {
         let text = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))
             .and_then(|r| r.text())
@@ -158,6 +175,4 @@ fn the_connected_agent_counts_what_its_runs_made() {
     assert_eq!(metric("airlock_create_failures_total{}"), Some(0.0));
     assert_eq!(get(port, "/readyz"), (200, "ready\n".into()));
     assert_eq!(get(port, "/healthz"), (200, "ok\n".into()));
-    let _ = child.kill();
-    let _ = child.wait();
 }
