@@ -154,6 +154,10 @@ pub struct AgentConfig {
     /// proxies that produce no file-system events.
     #[serde(default = "thirty")]
     pub rescan_seconds: u64,
+    /// How long the agent's loop may go without coming round before `/healthz`
+    /// says it is stuck; default 3 × `rescanSeconds` + 15 minutes.
+    #[serde(default)]
+    pub healthz_stall_seconds: Option<u64>,
     /// Blob transfers at once, per cluster.
     #[serde(default = "eight")]
     pub parallel: usize,
@@ -294,6 +298,9 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
                 config.stall_seconds, config.settle_seconds
             ),
         );
+    }
+    if config.healthz_stall_seconds == Some(0) {
+        c.problem("healthzStallSeconds", "must be at least 1");
     }
     if config.rescan_seconds == 0 {
         c.problem("rescanSeconds", "must be at least 1");

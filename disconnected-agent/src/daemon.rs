@@ -287,12 +287,23 @@ pub(crate) struct Done {
     batch: Arc<Batch>,
     result: Result<(), Error>,
     report: Report,
+    took: Duration,
 }
 
 /// Clusters whose publishes started together, sharing their store reads.
 struct Batch {
     reads: Arc<SharedReads>,
     uploaded: std::sync::atomic::AtomicU64,
+}
+
+/// A test hook, as `AIRLOCK_CRASH_AT` is one: once the file that
+/// `AIRLOCK_TEST_STALL_WHEN` names exists, a round never ends, as a loop
+/// stuck on a hung call would not (what `/healthz` must show).
+async fn stall_point() {
+    if std::env::var_os("AIRLOCK_TEST_STALL_WHEN").is_some_and(|f| Path::new(&f).exists()) {
+        tracing::warn!("AIRLOCK_TEST_STALL_WHEN: the loop stalls here");
+        std::future::pending::<()>().await;
+    }
 }
 
 /// `d` give or take a fifth, at random.
@@ -542,10 +553,12 @@ impl Daemon {
         // A round (verifying a large imageset among them) may keep the loop
         // away this long before it counts as stuck.
         let stall = Duration::from_secs(
-            config
-                .rescan_seconds
-                .saturating_mul(3)
-                .saturating_add(15 * 60),
+            config.healthz_stall_seconds.unwrap_or(
+                config
+                    .rescan_seconds
+                    .saturating_mul(3)
+                    .saturating_add(15 * 60),
+            ),
         );
         Ok(Daemon {
             metrics: Arc::new(Metrics::new(status.clone())),
@@ -934,6 +947,7 @@ impl Daemon {
     /// request waits for the round's answer, which then covers every publish
     /// under way, however long they take.
     async fn round(&mut self, finished: Option<Joined>, answering: bool) -> Result<Round, Error> {
+        stall_point().await;
         let mut round = Round::default();
         if let Some(done) = finished {
             self.finished(done, &mut round);
@@ -1078,6 +1092,13 @@ impl Daemon {
             }
             round.outcomes.push((key, outcome, files));
         }
+        self.metrics.waiting(
+            round
+                .outcomes
+                .iter()
+                .filter(|(_, o, _)| matches!(o, Outcome::Waiting(_)))
+                .count(),
+        );
         // Files of a manifest judged before (the same digest): duplicates, as a
         // request that sent them is told.
         for (key, files) in &found.skipped {
@@ -1306,6 +1327,7 @@ impl Daemon {
                     users: &users,
                 };
                 let mut report = Report::default();
+                let started = Instant::now();
                 // Every push and delete logged below names the cluster.
                 let result = site
                     .publish_to(&target, &pass, &resources, &mut report)
@@ -1316,6 +1338,7 @@ impl Daemon {
                     batch,
                     result,
                     report,
+                    took: started.elapsed(),
                 }
             });
             self.publishing.insert(name, task);
@@ -1429,7 +1452,16 @@ impl Daemon {
             batch,
             result,
             report,
+            took,
         } = done;
+        let pruned = report
+            .pruned
+            .iter()
+            .map(|(_, p)| p.deleted.len() as u64)
+            .sum();
+        let well = result.is_ok() && report.problems.is_empty() && !report.published.is_empty();
+        self.metrics
+            .published(&name, report.stats[1], pruned, well.then_some(took));
         batch
             .uploaded
             .fetch_add(report.stats[1], std::sync::atomic::Ordering::Relaxed);

@@ -5,12 +5,14 @@
 //! quarantined) is counted where it happens.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::status::Status;
@@ -52,6 +54,10 @@ pub struct Metrics {
     pub registry: Arc<Mutex<Registry>>,
     accepted: Counter,
     quarantined: Family<Labels, Counter>,
+    waiting: Gauge,
+    uploaded: Family<Labels, Counter>,
+    durations: Family<Labels, Histogram>,
+    pruned: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -70,17 +76,67 @@ impl Metrics {
             "Files set aside in the quarantine directory, by reason",
             quarantined.clone(),
         );
+        let waiting = Gauge::default();
+        registry.register(
+            "airlock_imagesets_waiting",
+            "Complete imagesets held for an earlier sequence that has not arrived",
+            waiting.clone(),
+        );
+        let uploaded = Family::<Labels, Counter>::default();
+        registry.register(
+            "airlock_bytes_uploaded",
+            "Bytes of blobs uploaded to the cluster's registry",
+            uploaded.clone(),
+        );
+        // 1 s to about 9 hours.
+        let durations = Family::<Labels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(1.0, 2.0, 16))) as fn() -> Histogram,
+        );
+        registry.register(
+            "airlock_publish_duration_seconds",
+            "How long each publish to the cluster's registry that ended well took",
+            durations.clone(),
+        );
+        let pruned = Family::<Labels, Counter>::default();
+        registry.register(
+            "airlock_manifests_pruned",
+            "Manifests deleted from the cluster's registry by pruning and delete imagesets",
+            pruned.clone(),
+        );
         registry.register_collector(Box::new(Clusters { status }));
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             accepted,
             quarantined,
+            waiting,
+            uploaded,
+            durations,
+            pruned,
         }
     }
 
     /// An imageset was accepted.
     pub fn accepted(&self) {
         self.accepted.inc();
+    }
+
+    /// How many complete imagesets wait for their predecessor, as the last
+    /// scan of the drop directory found.
+    pub fn waiting(&self, n: usize) {
+        self.waiting.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A publish to `cluster` ended: the bytes it uploaded, the manifests it
+    /// pruned, and how long it took when it ended well.
+    pub fn published(&self, cluster: &str, uploaded: u64, pruned: u64, took: Option<Duration>) {
+        let labels = vec![("cluster", cluster.to_string())];
+        self.uploaded.get_or_create(&labels).inc_by(uploaded);
+        self.pruned.get_or_create(&labels).inc_by(pruned);
+        if let Some(took) = took {
+            self.durations
+                .get_or_create(&labels)
+                .observe(took.as_secs_f64());
+        }
     }
 
     /// A file was quarantined.

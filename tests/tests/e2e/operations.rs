@@ -2,7 +2,7 @@
 //! with the Prometheus project's own Python client parser (Debian's
 //! python3-prometheus-client), and `/healthz` and `/readyz`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ import json, sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 out = {}
 for family in text_string_to_metric_families(sys.stdin.read()):
+    out[f"family:{family.name}"] = 0
     for s in family.samples:
         labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
         out[f"{s.name}{{{labels}}}"] = s.value
@@ -54,8 +55,65 @@ print(json.dumps(out))
         .collect()
 }
 
+/// The metrics docs/operations.md lists under `heading`, as it names them
+/// (`airlock_x_total`, `airlock_y_seconds`).
+fn documented(heading: &str) -> BTreeSet<String> {
+    let doc =
+        std::fs::read_to_string(airlock_tests::repo_dir().join("docs/operations.md")).unwrap();
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with(heading))
+        .unwrap_or_else(|| panic!("docs/operations.md has no section {heading:?}"));
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .map(|l| l.split(['`', '{']).next().unwrap().to_string())
+        .collect()
+}
+
+/// Every metric `heading` documents is served (as a family, with or without
+/// samples yet) in the scraped `text`.
+fn assert_all_served(heading: &str, text: &str) {
+    let served = samples(text);
+    for name in documented(heading) {
+        let family = name.strip_suffix("_total").unwrap_or(&name);
+        assert!(
+            served.contains_key(&format!("family:{family}")),
+            "{name} is documented but not served:\n{text}"
+        );
+    }
+}
+
+/// The dashboard in deploy/ shows every documented metric and no other.
 #[test]
-fn metrics_show_each_cluster_s_sequence_a_registry_down_and_quarantined_files() {
+fn the_dashboard_shows_every_documented_metric_and_no_other() {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(airlock_tests::repo_dir().join("deploy/grafana-airlock.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut shown = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("airlock_") {
+                    let family = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s))
+                        .unwrap_or(word);
+                    shown.insert(family.to_string());
+                }
+            }
+        }
+    }
+    let mut listed = documented("Metrics of the disconnected agent");
+    listed.extend(documented("Metrics of the connected agent"));
+    assert_eq!(shown, listed);
+}
+
+#[test]
+fn metrics_show_each_cluster_s_sequence_a_registry_down_a_waiting_imageset_and_quarantined_files() {
     let s = Setup::plain();
     let mut west = Registry::plain().unwrap();
     let port = free_port().unwrap();
@@ -97,18 +155,37 @@ fn metrics_show_each_cluster_s_sequence_a_registry_down_and_quarantined_files() 
     assert_eq!(metric("airlock_cluster_up{cluster=west}"), Some(1.0));
     assert_eq!(metric("airlock_drift{cluster=east}"), Some(0.0));
 
-    // West's registry down: east takes sequence 2, west stays at 1 and is down.
+    assert!(metric("airlock_bytes_uploaded_total{cluster=east}").unwrap() > 0.0);
+    assert_eq!(
+        metric("airlock_publish_duration_seconds_count{cluster=west}"),
+        Some(1.0)
+    );
+    assert_eq!(metric("airlock_imagesets_waiting{}"), Some(0.0));
+
+    // West's registry down. Sequence 3 arrives before 2: it waits; then both
+    // reach east, while west stays at 1 and is down.
     west.stop();
-    let (_, config2) = s.with_late_image(95);
-    let out2 = s.path("out2");
-    let created = create(&config2, &out2, &s.path("ws-c"), "1GiB", &s.source);
-    assert_eq!(created.code, 0, "{created}");
-    deliver(&out2, &drop);
+    let mut outs = Vec::new();
+    for (seed, n) in [(95, 2), (96, 3)] {
+        let (_, config) = s.with_late_image(seed);
+        let out = s.path(&format!("out{n}"));
+        let created = create(&config, &out, &s.path("ws-c"), "1GiB", &s.source);
+        assert_eq!(created.code, 0, "{created}");
+        outs.push(out);
+    }
+    deliver(&outs[1], &drop);
     eventually(
         Duration::from_secs(60),
-        "sequence 2 on east, west down",
+        "sequence 3 held for 2",
+        || metric("airlock_imagesets_waiting{}") == Some(1.0),
+        || served.agent.log(),
+    );
+    deliver(&outs[0], &drop);
+    eventually(
+        Duration::from_secs(60),
+        "sequence 3 on east, west down",
         || {
-            metric("airlock_published_sequence{cluster=east}") == Some(2.0)
+            metric("airlock_published_sequence{cluster=east}") == Some(3.0)
                 && metric("airlock_cluster_up{cluster=west}") == Some(0.0)
         },
         || served.agent.log(),
@@ -117,7 +194,19 @@ fn metrics_show_each_cluster_s_sequence_a_registry_down_and_quarantined_files() 
         metric("airlock_published_sequence{cluster=west}"),
         Some(1.0)
     );
-    assert_eq!(metric("airlock_imagesets_accepted_total{}"), Some(2.0));
+    assert_eq!(metric("airlock_imagesets_accepted_total{}"), Some(3.0));
+    assert_eq!(metric("airlock_imagesets_waiting{}"), Some(0.0));
+    // Sequence 3 replaced sequence 2's extra/late:1: its manifest was pruned.
+    assert!(
+        metric("airlock_manifests_pruned_total{cluster=east}").unwrap() >= 1.0,
+        "{}",
+        get(port, "/metrics").1
+    );
+    assert_eq!(
+        metric("airlock_publish_duration_seconds_count{cluster=west}"),
+        Some(1.0),
+        "a failed publish has no duration"
+    );
 
     // A file that is no imageset is quarantined, and counted with its reason.
     std::fs::write(drop.join("notes.txt"), b"not a chunk").unwrap();
@@ -127,17 +216,28 @@ fn metrics_show_each_cluster_s_sequence_a_registry_down_and_quarantined_files() 
         || metric("airlock_files_quarantined_total{reason=not_imageset}") == Some(1.0),
         || served.agent.log(),
     );
+    assert_all_served(
+        "Metrics of the disconnected agent",
+        &get(port, "/metrics").1,
+    );
 }
 
 /// The connected agent's run at start is counted: one imageset, its bytes,
-/// its duration, and when it ended.
+/// its duration, when it ended, and the image it left out.
 #[test]
 fn the_connected_agent_counts_what_its_runs_made() {
     let s = Setup::plain();
-    let config = crate::scheduled::agent_config(&s, &s.config, "interval: 1h");
+    // One image the source does not have: left out, and counted by registry.
+    let isc = s.path("isc-missing.yaml");
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(&format!("  - name: {}/gone/away:1\n", s.source.addr()));
+    std::fs::write(&isc, text).unwrap();
+    let config = crate::scheduled::agent_config(&s, &isc, "interval: 1h");
     let port = free_port().unwrap();
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!("metrics:\n  listen: 127.0.0.1:{port}\n"));
+    text.push_str(&format!(
+        "continueOnError: true\nmetrics:\n  listen: 127.0.0.1:{port}\n"
+    ));
     std::fs::write(&config, text).unwrap();
     let log = s.path("connected.log");
     /// Stops the agent however the test ends.
@@ -173,6 +273,48 @@ fn the_connected_agent_counts_what_its_runs_made() {
     assert_eq!(metric("airlock_create_duration_seconds_count{}"), Some(1.0));
     assert!(metric("airlock_last_success_timestamp_seconds{}").unwrap() > 1.7e9);
     assert_eq!(metric("airlock_create_failures_total{}"), Some(0.0));
+    assert_eq!(
+        metric(&format!(
+            "airlock_source_errors_total{{registry={}}}",
+            s.source.addr()
+        )),
+        Some(1.0)
+    );
     assert_eq!(get(port, "/readyz"), (200, "ready\n".into()));
     assert_eq!(get(port, "/healthz"), (200, "ok\n".into()));
+    assert_all_served("Metrics of the connected agent", &get(port, "/metrics").1);
+}
+
+/// A loop that no longer comes round (held by a test hook, as by a hung call)
+/// is what /healthz reports, while /metrics and /readyz still answer.
+#[test]
+fn healthz_reports_a_stalled_loop() {
+    let dest = Registry::plain().unwrap();
+    let site = crate::agent::Site::new();
+    let port = free_port().unwrap();
+    let config = site.config(
+        &dest,
+        &format!("healthzStallSeconds: 2\nmetrics:\n  listen: 127.0.0.1:{port}\n"),
+    );
+    let trigger = site.path("stall-now");
+    let agent = crate::agent::Agent::start(
+        &config,
+        &[("AIRLOCK_TEST_STALL_WHEN", trigger.to_str().unwrap())],
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the agent healthy",
+        || agent.log().contains("serving /metrics") && get(port, "/healthz").0 == 200,
+        || agent.log(),
+    );
+    std::fs::write(&trigger, b"").unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the stalled loop reported",
+        || get(port, "/healthz").0 == 503,
+        || agent.log(),
+    );
+    assert!(get(port, "/healthz").1.starts_with("stuck"));
+    assert_eq!(get(port, "/readyz").0, 200);
+    assert_eq!(get(port, "/metrics").0, 200);
 }
