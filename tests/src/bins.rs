@@ -51,6 +51,16 @@ pub fn airlockctl() -> Command {
     command("airlockctl")
 }
 
+/// `airlock-demo` (what `scripts/demo` runs once it has built), with an
+/// isolated environment (see [`isolate_env`]).
+pub fn demo() -> Command {
+    let mut cmd = command("airlock-demo");
+    // The demo starts docker-registry itself, which reads every REGISTRY_*
+    // variable as configuration; its own children are isolated by the demo.
+    cmd.env_remove("REGISTRY_AUTH_FILE");
+    cmd
+}
+
 const SCRATCH_PREFIX: &str = "airlock-tests-pid-";
 
 /// A directory for this test process's throwaway files (homes, skopeo's policy).

@@ -318,3 +318,33 @@ fn healthz_reports_a_stalled_loop() {
     assert_eq!(get(port, "/readyz").0, 200);
     assert_eq!(get(port, "/metrics").0, 200);
 }
+
+/// The README's first command, service half included: both agents as
+/// services, the diode, two clusters, airlockctl; it checks every digest at
+/// both clusters itself, and fails when one differs.
+#[test]
+fn the_demo_runs_the_services_end_to_end() {
+    let out = airlock_tests::bins::run(&mut airlock_tests::bins::demo());
+    assert_eq!(out.code, 0, "{out}");
+    for line in [
+        "$ airlockctl clusters",
+        "$ airlockctl imagesets",
+        "services stopped",
+    ] {
+        assert!(out.stdout.contains(line), "{line:?} missing:\n{out}");
+    }
+    assert_eq!(
+        out.stdout.matches("= source on site-a and site-b").count(),
+        4,
+        "{out}"
+    );
+    let clusters = out.stdout.split("$ airlockctl clusters").nth(1).unwrap();
+    for site in ["site-a", "site-b"] {
+        assert!(
+            clusters
+                .lines()
+                .any(|l| l.starts_with(site) && l.contains(" 2 ")),
+            "{site} not at sequence 2:\n{out}"
+        );
+    }
+}
