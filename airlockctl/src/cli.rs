@@ -71,6 +71,8 @@ pub enum Command {
     Reconcile(ClusterArgs),
     /// Follow the agent's events until it stops (Ctrl-C to quit).
     Watch,
+    #[command(flatten)]
+    Shell(airlock_common::cli::ShellVerb),
 }
 
 /// `ingest`.
@@ -143,9 +145,16 @@ fn print(format: OutputFormat, value: &impl Serialize, text: impl FnOnce() -> St
 
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
+    // `completion` and `man` need no agent: answered before connecting.
+    if let Command::Shell(verb) = &cli.command {
+        verb.run(<Cli as clap::CommandFactory>::command())
+            .map_err(|(path, source)| Error::Read { path, source })?;
+        return Ok(exit_codes::OK);
+    }
     let mut client = cli.connection.connect().await?;
     let format = cli.output;
     match cli.command {
+        Command::Shell(_) => {}
         Command::Status => {
             let s = output::Status::from(client.status().await?);
             print(format, &s, || output::status_table(&s));

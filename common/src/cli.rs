@@ -20,6 +20,94 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// `completion SHELL`, the same in every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompletionArgs {
+    /// The shell the script is for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `man --out DIR`, the same in every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ManArgs {
+    /// Directory to write the pages into (made if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: std::path::PathBuf,
+}
+
+/// `completion` and `man`, which every binary has.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ShellVerb {
+    /// Print a completion script for a shell (bash, zsh, fish, ...), made from
+    /// this command's own definitions: `source <(COMMAND completion bash)`.
+    Completion(CompletionArgs),
+    /// Write man pages for this command and its subcommands into a directory.
+    Man(ManArgs),
+}
+
+impl ShellVerb {
+    /// Does it for `command`; the completion goes to stdout, the pages' paths
+    /// are printed. Errors carry the path concerned (`-` for stdout).
+    #[allow(
+        clippy::print_stdout,
+        reason = "the pages written are the command's output"
+    )]
+    pub fn run(&self, command: clap::Command) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+        match self {
+            ShellVerb::Completion(args) => {
+                let script = completion(command, args.shell);
+                std::io::Write::write_all(&mut std::io::stdout(), &script)
+                    .map_err(|e| (std::path::PathBuf::from("-"), e))
+            }
+            ShellVerb::Man(args) => {
+                for page in man_pages(command, &args.out).map_err(|e| (args.out.clone(), e))? {
+                    println!("{}", page.display());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The completion script of `command` for `shell`, read from the parser itself,
+/// so that it never lags behind a flag.
+pub fn completion(mut command: clap::Command, shell: clap_complete::Shell) -> Vec<u8> {
+    let name = command.get_name().to_string();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut command, name.clone(), &mut out);
+    if shell != clap_complete::Shell::Bash || !name.contains('-') {
+        return out;
+    }
+    // clap_complete 4.6 spells a hyphenated binary's name one way where bash
+    // tracks the subcommand typed (`airlock__connected__subcmd__create`) and
+    // another in the case labels it matches (`airlock__subcmd__connected__...`),
+    // so no subcommand's flags ever complete (clap-rs/clap#6421, open). The
+    // labels are respelled as the tracking spells them.
+    let wrong = name.replace('-', "__subcmd__");
+    let right = name.replace('-', "__");
+    String::from_utf8_lossy(&out)
+        .replace(&wrong, &right)
+        .into_bytes()
+}
+
+/// Writes the man pages of `command` and every subcommand (`NAME.1`,
+/// `NAME-SUB.1`, ...) into `dir`, from the parser itself; returns the pages
+/// `dir` then holds.
+pub fn man_pages(
+    command: clap::Command,
+    dir: &std::path::Path,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(command, dir)?;
+    let mut written: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "1"))
+        .collect();
+    written.sort();
+    Ok(written)
+}
+
 /// Installs logging, runs `work` on a multi-threaded runtime, and returns the exit
 /// code: the one `work` returned, or its error's, with the error printed on stderr
 /// as plain text (it is the answer to the user's command, not a log event, and must

@@ -44,6 +44,8 @@ pub enum Command {
     /// Show what a configuration selects, without mirroring anything.
     #[command(subcommand)]
     List(ListCommand),
+    #[command(flatten)]
+    Shell(airlock_common::cli::ShellVerb),
 }
 
 /// `list`.
@@ -429,12 +431,17 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Delete(a) => Some(&a.source),
         Command::Mirror(a) => Some(&a.source),
         Command::List(ListCommand::Releases(a) | ListCommand::Bundles(a)) => Some(&a.source),
-        Command::Keygen(_) | Command::Run(_) => None,
+        Command::Keygen(_) | Command::Run(_) | Command::Shell(_) => None,
     };
     if let Some(source) = source {
         source.use_proxy()?;
     }
     match cli.command {
+        Command::Shell(verb) => {
+            verb.run(<Cli as clap::CommandFactory>::command())
+                .map_err(|(path, e)| Error::io(&path, e))?;
+            Ok(airlock_common::exit_codes::OK)
+        }
         Command::Create(args) => {
             let opts = CreateOptions {
                 sign_key: args.write.sign_key()?,

@@ -41,6 +41,8 @@ pub enum Command {
     /// Say what the imagesets of a directory (or one chunk file) hold, from the
     /// chunk files' heads: no workspace, no registry, no hashing.
     Describe(DescribeArgs),
+    #[command(flatten)]
+    Shell(airlock_common::cli::ShellVerb),
 }
 
 /// `describe`.
@@ -196,6 +198,11 @@ pub fn from_oc_mirror(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsS
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
+        Command::Shell(verb) => {
+            verb.run(<Cli as clap::CommandFactory>::command())
+                .map_err(|(path, e)| Error::io(&path, e))?;
+            Ok(exit_codes::OK)
+        }
         Command::Verify(args) => {
             let trust = airlock_common::signing::TrustStore::load(&args.trust)
                 .map_err(|e| Error::Usage(e.to_string()))?;

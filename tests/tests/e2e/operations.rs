@@ -348,3 +348,102 @@ fn the_demo_runs_the_services_end_to_end() {
         );
     }
 }
+
+/// What `COMMAND completion bash` gives bash: the subcommands, and each
+/// subcommand's own flags (which clap_complete's script alone gets wrong for a
+/// hyphenated name), tried in a real bash as its completion machinery calls it.
+#[test]
+fn completions_offer_each_binary_s_subcommands_and_their_flags() {
+    let complete = |bin: &str, words: &[&str]| -> Vec<String> {
+        let script = bins_output(bin, &["completion", "bash"]);
+        let function = format!("_{}", bin.replace('-', "__"));
+        let cur = words.last().unwrap();
+        let prev = words[words.len() - 2];
+        let driver = format!(
+            "{script}\nCOMP_WORDS=({}); COMP_CWORD={}; {function} {bin} {cur:?} {prev:?}; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            words.join(" "),
+            words.len() - 1
+        );
+        let out = Command::new("bash").arg("-c").arg(driver).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    for (bin, sub, flag) in [
+        ("airlock-connected", "create", "--limit"),
+        ("airlock-disconnected", "publish", "--from"),
+        ("airlockctl", "ingest", "--server"),
+    ] {
+        let subs = complete(bin, &[bin, &sub[..2]]);
+        assert!(
+            subs.iter().any(|s| s == sub),
+            "{bin} {}: {subs:?}",
+            &sub[..2]
+        );
+        let flags = complete(bin, &[bin, sub, &flag[..4]]);
+        assert!(
+            flags.iter().any(|f| f == flag),
+            "{bin} {sub} {}: {flags:?}",
+            &flag[..4]
+        );
+        let zsh = bins_output(bin, &["completion", "zsh"]);
+        assert!(zsh.starts_with(&format!("#compdef {bin}")), "{zsh}");
+        let fish = bins_output(bin, &["completion", "fish"]);
+        assert!(
+            fish.contains(&format!("complete -c {bin} ")) && fish.contains(sub),
+            "{fish}"
+        );
+    }
+}
+
+/// `COMMAND man --out DIR` writes a page per command and subcommand, which
+/// man(1) renders with the subcommand's flags.
+#[test]
+fn man_pages_are_written_for_every_subcommand_and_render() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bin, sub, flag) in [
+        ("airlock-connected", "create", "--limit"),
+        ("airlock-disconnected", "publish", "--from"),
+        ("airlockctl", "ingest", "--server"),
+    ] {
+        let listed = bins_output(bin, &["man", "--out", dir.path().to_str().unwrap()]);
+        let page = dir.path().join(format!("{bin}-{sub}.1"));
+        assert!(
+            listed.lines().any(|l| l == page.to_str().unwrap()),
+            "{listed}"
+        );
+        assert!(dir.path().join(format!("{bin}.1")).is_file());
+        let rendered = Command::new("man")
+            .arg("-l")
+            .arg(&page)
+            .env("MANWIDTH", "100")
+            .env("MANPAGER", "cat")
+            .output()
+            .unwrap();
+        assert!(
+            rendered.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        let text = String::from_utf8_lossy(&rendered.stdout);
+        assert!(text.contains("NAME") && text.contains(flag), "{text}");
+    }
+}
+
+/// `bin args`'s standard output; the command must succeed.
+fn bins_output(bin: &str, args: &[&str]) -> String {
+    let mut cmd = match bin {
+        "airlock-connected" => airlock_tests::bins::connected(),
+        "airlock-disconnected" => airlock_tests::bins::disconnected(),
+        _ => airlock_tests::bins::airlockctl(),
+    };
+    let out = airlock_tests::bins::run(cmd.args(args));
+    assert_eq!(out.code, 0, "{out}");
+    out.stdout
+}
