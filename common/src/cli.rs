@@ -92,17 +92,24 @@ pub fn completion(mut command: clap::Command, shell: clap_complete::Shell) -> Ve
 }
 
 /// Writes the man pages of `command` and every subcommand (`NAME.1`,
-/// `NAME-SUB.1`, ...) into `dir`, from the parser itself; returns the pages
-/// `dir` then holds.
+/// `NAME-SUB.1`, ...) into `dir`, from the parser itself; returns them (not
+/// other pages `dir` holds).
 pub fn man_pages(
     command: clap::Command,
     dir: &std::path::Path,
 ) -> std::io::Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir)?;
+    let command_name = command.get_name().to_string();
     clap_mangen::generate_to(command, dir)?;
+    let name = command_name.as_str();
     let mut written: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "1"))
+        .filter(|p| {
+            p.file_name().and_then(|f| f.to_str()).is_some_and(|f| {
+                f == format!("{name}.1")
+                    || (f.starts_with(&format!("{name}-")) && f.ends_with(".1"))
+            })
+        })
         .collect();
     written.sort();
     Ok(written)

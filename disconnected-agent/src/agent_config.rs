@@ -299,8 +299,15 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
             ),
         );
     }
-    if config.healthz_stall_seconds == Some(0) {
-        c.problem("healthzStallSeconds", "must be at least 1");
+    match config.healthz_stall_seconds {
+        Some(0) => c.problem("healthzStallSeconds", "must be at least 1"),
+        // A healthy loop waits up to rescanSeconds idle, and about 6 minutes
+        // after a failed round before it retries.
+        Some(s) if s < config.rescan_seconds.max(360) => tracing::warn!(
+            healthz_stall_seconds = s,
+            "healthzStallSeconds is below what a healthy agent may take between rounds (rescanSeconds, and about 360 s after a failed round): /healthz may say stuck when it is not"
+        ),
+        _ => {}
     }
     if config.rescan_seconds == 0 {
         c.problem("rescanSeconds", "must be at least 1");

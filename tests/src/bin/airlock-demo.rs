@@ -215,7 +215,7 @@ fn services(
     )?;
     let port = airlock_tests::registry::free_port()?;
     let mut disconnected = format!(
-        "workspace: {w}/svc-site\ndropDir: {d}\nquarantineDir: {w}/svc-quarantine\nafterPublish: archive\narchiveDir: {w}/svc-archive\nsettleSeconds: 1\nrescanSeconds: 1\nallowUnsigned: true\ngrpc:\n  listen: 127.0.0.1:{port}\n  tls:\n    cert: {p}/agent.crt\n    key: {p}/agent.key\n    clientCA: {p}/ca.crt\nclusters:\n",
+        "workspace: {w}/svc-site\ndropDir: {d}\nquarantineDir: {w}/svc-quarantine\nafterPublish: archive\narchiveDir: {w}/svc-archive\nsettleSeconds: 1\nrescanSeconds: 1\nstopGraceSeconds: 2\nallowUnsigned: true\ngrpc:\n  listen: 127.0.0.1:{port}\n  tls:\n    cert: {p}/agent.crt\n    key: {p}/agent.key\n    clientCA: {p}/ca.crt\nclusters:\n",
         w = work.display(),
         d = drop.display(),
         p = pki.display(),
@@ -231,13 +231,13 @@ fn services(
     println!("{}:\n{disconnected}", disconnected_yaml.display());
 
     let log = |name: &str| std::fs::File::create(work.join(name));
-    let _connected = Service::start(
+    let connected = Service::start(
         bins::connected()
             .args(["run", "--config"])
             .arg(&connected_yaml)
             .stderr(log("connected.log")?),
     )?;
-    let _disconnected = Service::start(
+    let disconnected = Service::start(
         bins::disconnected()
             .args(["run", "--config"])
             .arg(&disconnected_yaml)
@@ -326,6 +326,7 @@ fn services(
                 .join(" and ")
         );
     }
+    std::mem::drop((connected, disconnected));
     println!("\nservices stopped");
     Ok(())
 }
@@ -345,6 +346,12 @@ impl Drop for Service {
             .arg("-TERM")
             .arg(self.0.id().to_string())
             .status();
+        // Uploads under way get the grace the configuration gives; then it goes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
@@ -362,12 +369,15 @@ fn carry(outbox: &Path, drop: &Path, stop: &AtomicBool) {
                 .flatten()
             {
                 let name = file.file_name();
-                if !carried.insert(name.clone()) {
+                if carried.contains(&name) {
                     continue;
                 }
+                // Carried once, when whole; a copy that failed is tried again.
                 let partial = drop.join(format!(".{}.part", name.to_string_lossy()));
-                if std::fs::copy(file.path(), &partial).is_ok() {
-                    let _ = std::fs::rename(&partial, drop.join(&name));
+                if std::fs::copy(file.path(), &partial).is_ok()
+                    && std::fs::rename(&partial, drop.join(&name)).is_ok()
+                {
+                    carried.insert(name);
                 }
             }
         }
@@ -381,11 +391,17 @@ fn wait(limit: Duration, what: &str, done: impl Fn() -> bool, work: &Path) -> Re
     let started = Instant::now();
     while !done() {
         if started.elapsed() > limit {
+            // The work directory goes with the demo: the logs' ends go with the error.
+            let tail = |name: &str| {
+                let text = std::fs::read_to_string(work.join(name)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            };
             bail!(
-                "{what}: not after {} s; see {} and {}",
+                "{what}: not after {} s\n--- connected agent\n{}\n--- disconnected agent\n{}",
                 limit.as_secs(),
-                work.join("connected.log").display(),
-                work.join("disconnected.log").display()
+                tail("connected.log"),
+                tail("disconnected.log")
             );
         }
         std::thread::sleep(Duration::from_millis(250));
