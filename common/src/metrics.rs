@@ -76,18 +76,45 @@ impl Health {
     }
 }
 
-/// Binds `addr` and serves on it until `stop`; binding fails now, so that a
-/// port in use stops the agent at start rather than leaving it half up.
-pub async fn start(
-    addr: SocketAddr,
+/// What an agent shows its monitoring: its metrics and health, served once
+/// [`Self::serve`] has bound an address, until this is dropped.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// What `/healthz` and `/readyz` answer.
+    pub health: Arc<Health>,
     registry: Arc<Mutex<Registry>>,
-    health: Arc<Health>,
     stop: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-    tokio::spawn(serve(listener, registry, health, stop));
-    Ok(())
+}
+
+impl Endpoint {
+    /// The endpoint of `registry`, stuck after `stall` without a beat.
+    pub fn new(registry: Arc<Mutex<Registry>>, stall: Duration) -> Self {
+        Endpoint {
+            health: Arc::new(Health::new(stall)),
+            registry,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Binds `addr` and serves on it; binding fails now, so that a port in use
+    /// stops the agent at start rather than leaving it half up.
+    pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        tokio::spawn(serve(
+            listener,
+            self.registry.clone(),
+            self.health.clone(),
+            self.stop.clone(),
+        ));
+        Ok(())
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// Connections served at once: a scrape is one short request, so a few
@@ -99,7 +126,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
-pub async fn serve(
+async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Mutex<Registry>>,
     health: Arc<Health>,

@@ -12,15 +12,13 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_common::config::{self, ConfigError, Problem};
-use airlock_common::metrics::Health;
+use airlock_common::metrics::Endpoint;
 use airlock_common::service::{self, NotifyState};
 use airlock_common::size::ByteSize;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::create::{self, CreateOptions, CreateReport};
 use crate::error::Error;
@@ -300,7 +298,7 @@ fn sets(outbox: &Path) -> std::io::Result<Vec<PathBuf>> {
 pub struct Agent {
     checked: Checked,
     metrics: Metrics,
-    health: Arc<Health>,
+    endpoint: Endpoint,
 }
 
 /// How long the agent may go without coming round before `/healthz` says it
@@ -313,10 +311,11 @@ const BEAT: Duration = Duration::from_secs(30);
 impl Agent {
     /// An agent for a checked configuration.
     pub fn new(checked: Checked) -> Self {
+        let metrics = Metrics::default();
         Agent {
             checked,
-            metrics: Metrics::default(),
-            health: Arc::new(Health::new(STALL)),
+            endpoint: Endpoint::new(metrics.registry.clone(), STALL),
+            metrics,
         }
     }
 
@@ -438,22 +437,14 @@ impl Agent {
         let mut usr1 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
                 .map_err(|e| Error::Usage(format!("cannot handle SIGUSR1: {e}")))?;
-        let stop_metrics = CancellationToken::new();
         if let Some(addr) = self.checked.metrics {
-            airlock_common::metrics::start(
-                addr,
-                self.metrics.registry.clone(),
-                self.health.clone(),
-                stop_metrics.clone(),
-            )
-            .await
-            .map_err(|e| {
+            self.endpoint.serve(addr).await.map_err(|e| {
                 Error::Usage(format!(
                     "metrics.listen {addr}: {e}; is another agent running, or is the address not this machine's?"
                 ))
             })?;
         }
-        self.health.set_ready();
+        self.endpoint.health.set_ready();
         service::notify(&[
             NotifyState::Ready,
             NotifyState::Status("waiting for the schedule"),
@@ -468,7 +459,7 @@ impl Agent {
         'runs: loop {
             let until = tokio::time::Instant::now() + due;
             loop {
-                self.health.beat();
+                self.endpoint.health.beat();
                 tokio::select! {
                     _ = &mut shutdown => break 'runs,
                     _ = tokio::time::sleep_until(until) => break,
@@ -492,7 +483,6 @@ impl Agent {
             due = self.checked.schedule.wait(chrono::Utc::now());
         }
         service::notify(&[NotifyState::Stopping]);
-        stop_metrics.cancel();
         if let Some(w) = watchdog {
             w.abort();
         }

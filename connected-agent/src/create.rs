@@ -457,7 +457,12 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
     let mut pristine = collected;
     let mut rounds = 0;
     loop {
-        let mut collected = pristine.clone();
+        let leave_out = opts.continue_on_error && rounds < MAX_ROUNDS;
+        // Kept as gathered only while it may be needed for another round.
+        let mut collected = match leave_out {
+            true => pristine.clone(),
+            false => std::mem::take(&mut pristine),
+        };
         let carried = match previous {
             Some(previous) if !missing.is_empty() => {
                 carry_over(previous, &mut missing, &mut collected)
@@ -602,7 +607,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
                 collected: &collected,
                 pool: &pool,
                 parallel: opts.parallel,
-                leave_out: opts.continue_on_error && rounds < MAX_ROUNDS,
+                leave_out,
             },
             &[],
             &contents,

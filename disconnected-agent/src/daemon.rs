@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use airlock_common::digest::Digest;
 use airlock_common::exit_codes;
 use airlock_common::imageset::read::ChunkError;
-use airlock_common::metrics::Health;
+use airlock_common::metrics::Endpoint;
 use airlock_common::registry::auth::AuthSource;
 use airlock_common::registry::{RegistryClient, RegistryOptions};
 use airlock_common::service;
@@ -247,8 +247,8 @@ pub struct Daemon {
     grpc: Option<control::Server>,
     /// Counted as it happens; served at `metrics_at`.
     metrics: Arc<Metrics>,
-    /// What `/healthz` and `/readyz` answer.
-    health: Arc<Health>,
+    /// What serves `metrics` at `metrics_at`, and `/healthz` and `/readyz`.
+    endpoint: Endpoint,
     metrics_at: Option<std::net::SocketAddr>,
     destinations: Vec<Destination>,
     fetch_dests: Vec<Destination>,
@@ -552,6 +552,7 @@ impl Daemon {
         let status = Arc::new(Status::new(site.clone(), config.drop_dir.clone(), views));
         // A round (verifying a large imageset among them) may keep the loop
         // away this long before it counts as stuck.
+        let metrics = Arc::new(Metrics::new(status.clone()));
         let stall = Duration::from_secs(
             config.healthz_stall_seconds.unwrap_or(
                 config
@@ -561,8 +562,8 @@ impl Daemon {
             ),
         );
         Ok(Daemon {
-            metrics: Arc::new(Metrics::new(status.clone())),
-            health: Arc::new(Health::new(stall)),
+            endpoint: Endpoint::new(metrics.registry.clone(), stall),
+            metrics,
             metrics_at,
             config,
             config_path: None,
@@ -636,22 +637,17 @@ impl Daemon {
             ),
             None => None,
         };
-        let stop_metrics = CancellationToken::new();
         if let Some(addr) = self.metrics_at {
-            airlock_common::metrics::start(
-                addr,
-                self.metrics.registry.clone(),
-                self.health.clone(),
-                stop_metrics.clone(),
-            )
-            .await
-            .map_err(|source| Error::Bind {
-                field: "metrics.listen",
-                addr,
-                source,
-            })?;
+            self.endpoint
+                .serve(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    field: "metrics.listen",
+                    addr,
+                    source,
+                })?;
         }
-        self.health.set_ready();
+        self.endpoint.health.set_ready();
         let rescan = Duration::from_secs(self.config.rescan_seconds);
         tracing::info!(
             workspace = %self.config.workspace.display(),
@@ -689,7 +685,7 @@ impl Daemon {
         // An event that ended a debounce, handled next.
         let mut held: Option<Event> = None;
         loop {
-            self.health.beat();
+            self.endpoint.health.beat();
             self.show_publishing();
             let wake = self.next_wake(rescan);
             let event = match held.take() {
@@ -807,7 +803,6 @@ impl Daemon {
             server.drain().await;
         }
         hangup.abort();
-        stop_metrics.cancel();
         if let Some(w) = watchdog {
             w.abort();
         }
@@ -1356,7 +1351,7 @@ impl Daemon {
                         Some(done) => self.finished(done, round),
                         None => break,
                     },
-                    _ = beat.tick() => self.health.beat(),
+                    _ = beat.tick() => self.endpoint.health.beat(),
                 }
             }
         }
