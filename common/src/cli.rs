@@ -70,6 +70,12 @@ impl ShellVerb {
     }
 }
 
+/// `run --check`'s answer, the same for both agents, for scripts that test it.
+#[allow(clippy::print_stdout, reason = "the answer to the user's command")]
+pub fn print_checked(config: &std::path::Path) {
+    println!("configuration OK: {}", config.display());
+}
+
 /// The completion script of `command` for `shell`, read from the parser itself,
 /// so that it never lags behind a flag.
 pub fn completion(mut command: clap::Command, shell: clap_complete::Shell) -> Vec<u8> {

@@ -493,8 +493,8 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
-    /// The example shipped in deploy/, rooted in `dir`, with the files it names;
-    /// `edit` changes its text.
+    /// The example shipped in deploy/ (and in the packages' /etc/airlock), rooted
+    /// in `dir`, with the files it names; `edit` changes its text.
     fn example(dir: &std::path::Path, edit: impl Fn(String) -> String) -> std::path::PathBuf {
         let root = dir.to_str().unwrap();
         let text = include_str!("../../deploy/connected-agent.yaml")
@@ -505,9 +505,10 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, "{}").unwrap();
         }
+        // The example ImageSetConfiguration the package installs beside it.
         std::fs::write(
             dir.join("imageset-config.yaml"),
-            "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  additionalImages:\n  - name: quay.io/a/b:1\n",
+            include_str!("../../deploy/imageset-config.yaml"),
         )
         .unwrap();
         let path = dir.join("agent.yaml");

@@ -80,6 +80,12 @@ pub struct RunArgs {
     /// The agent configuration (docs/agent-config.md).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+    /// Check the configuration and the files it names, print `configuration OK`
+    /// and exit without opening or binding anything (as `sshd -t` does): exit 0
+    /// when it is valid, 64 with the mistake otherwise. Run it as the agent's
+    /// user (`runuser -u airlock --`): it reads the files as the user running it.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `keygen`.
@@ -483,6 +489,10 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Run(args) => {
             // Everything is checked before the agent reports ready.
             let checked = crate::agent::load(&args.config)?;
+            if args.check {
+                airlock_common::cli::print_checked(&args.config);
+                return Ok(airlock_common::exit_codes::OK);
+            }
             if let Some(p) = &checked.config.source.proxy {
                 airlock_common::registry::use_proxy(p).map_err(Error::Usage)?;
             }

@@ -76,6 +76,12 @@ pub struct RunArgs {
     /// The agent configuration (docs/agent-config.md).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+    /// Check the configuration and the files it names, print `configuration OK`
+    /// and exit without opening or binding anything (as `sshd -t` does): exit 0
+    /// when it is valid, 64 with the mistake otherwise. Run it as the agent's
+    /// user (`runuser -u airlock --`): it reads the files as the user running it.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Destination registry access, as skopeo spells it.
@@ -224,6 +230,10 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Run(args) => {
             // The whole configuration is checked before anything is opened or watched.
             let checked = crate::agent_config::load(&args.config)?;
+            if args.check {
+                airlock_common::cli::print_checked(&args.config);
+                return Ok(exit_codes::OK);
+            }
             crate::daemon::Daemon::new(checked)?
                 .reload_from(&args.config)
                 .run(airlock_common::cli::shutdown_signal())

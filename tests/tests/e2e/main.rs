@@ -13,6 +13,7 @@ mod hostile;
 mod oneway;
 mod operations;
 mod operators;
+mod package;
 mod platforms;
 mod policy;
 mod pruning;

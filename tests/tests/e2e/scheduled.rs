@@ -113,9 +113,17 @@ fn a_bad_schedule_stops_the_connected_agent_naming_the_field() {
         ("cron: \"61 * * * *\"", "schedule.cron: \"61 * * * *\""),
     ] {
         let config = agent_config(&s, &s.config, schedule);
-        let out = bins::run(bins::connected().args(["run", "--config"]).arg(&config));
-        assert_eq!(out.code, 64, "{out}");
-        assert!(out.stderr.contains(want), "{want}: {out}");
+        for check in [&["--check"][..], &[]] {
+            let out = bins::run(
+                bins::connected()
+                    .arg("run")
+                    .args(check)
+                    .arg("--config")
+                    .arg(&config),
+            );
+            assert_eq!(out.code, 64, "{check:?}: {out}");
+            assert!(out.stderr.contains(want), "{want}: {out}");
+        }
     }
     let text = std::fs::read_to_string(s.path("connected.yaml"))
         .unwrap()
@@ -128,4 +136,18 @@ fn a_bad_schedule_stops_the_connected_agent_naming_the_field() {
     );
     assert_eq!(out.code, 64, "{out}");
     assert!(out.stderr.contains("set interval or cron"), "{out}");
+    // `run --check` accepts a good schedule and runs nothing (in
+    // place of the file above).
+    let config = agent_config(&s, &s.config, "interval: 1m");
+    let out = bins::run(
+        bins::connected()
+            .args(["run", "--check", "--config"])
+            .arg(&config),
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!("configuration OK: {}", config.display())
+    );
+    assert!(!s.path("ws-c").exists() && !s.path("outbox").exists());
 }

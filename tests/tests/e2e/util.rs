@@ -401,3 +401,34 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
         id,
     )
 }
+
+/// `systemd-analyze verify` of the unit `name` (text `unit`), its `ExecStart=`
+/// pointed at `binary` (systemd-analyze checks that the program exists). Only
+/// complaints about this unit count: the host's own units may be odd.
+pub fn systemd_analyze_verify(name: &str, unit: &str, binary: &Path) {
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    assert!(
+        analyze.exists(),
+        "systemd-analyze is missing: install Debian's systemd package (scripts/install-deps does)"
+    );
+    let installed = format!("ExecStart=/usr/bin/{name} ");
+    assert!(
+        unit.contains(&installed),
+        "{name}: no {installed:?} in\n{unit}"
+    );
+    let unit = unit.replace(&installed, &format!("ExecStart={} ", binary.display()));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{name}.service"));
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("{name}.service")))
+        .collect();
+    assert!(out.status.success() && ours.is_empty(), "{name}: {stderr}");
+}
