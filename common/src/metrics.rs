@@ -31,7 +31,7 @@ impl MetricsConfig {
         self.listen.parse().map_err(|e| {
             format!(
                 "{:?}: {e}; expected IP:PORT, such as 127.0.0.1:9464 or 0.0.0.0:9464",
-                crate::quote::clip(&self.listen)
+                airlock_oci::quote::clip(&self.listen)
             )
         })
     }

@@ -22,20 +22,20 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
-use crate::digest::Digest;
-use crate::imageset::{BlobRecord, ImageKind, ImageRecord};
-use crate::manifest::is_index;
 use crate::publish::destination_repository;
-use crate::reference::{Destination, ImageRef};
 use crate::registry::retry::{Budget, RetryPolicy};
 use crate::registry::{Deletion, RegistryClient, RegistryError};
+use airlock_imageset::{BlobRecord, ImageKind, ImageRecord};
+use airlock_oci::digest::Digest;
+use airlock_oci::manifest::is_index;
+use airlock_oci::reference::{Destination, ImageRef};
 
 /// Suffixes of the tags cosign keeps next to an image, `sha256-<hex>.<suffix>`.
 const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
 
 /// How deep referrers of referrers are followed (a signature of an SBOM of an image
 /// is two deep); the same bound the imageset format puts on subject chains.
-const MAX_DEPTH: usize = crate::imageset::validate::MAX_SUBJECT_DEPTH;
+const MAX_DEPTH: usize = airlock_imageset::validate::MAX_SUBJECT_DEPTH;
 
 /// Manifests that must not be deleted, with who needs each ("in use by cluster
 /// east (release 4.15.3)").

@@ -29,16 +29,16 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::digest::Digest;
-use crate::imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
-use crate::manifest::OCI_INDEX;
-use crate::reference::{Destination, ImageRef};
 use crate::registry::retry::{Budget, Limit, RetryPolicy, Retryable, Verdict};
 use crate::registry::{ErrorKind, RawManifest, RegistryClient, RegistryError};
 use crate::resources::{
     CatalogRef, Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs,
 };
 use crate::telemetry::Progress;
+use airlock_imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
+use airlock_oci::digest::Digest;
+use airlock_oci::manifest::OCI_INDEX;
+use airlock_oci::reference::{Destination, ImageRef};
 
 /// Images pushed at once; blob transfers are bounded separately.
 const PARALLEL_IMAGES: usize = 4;
@@ -217,7 +217,7 @@ pub fn flattening_conflicts(
         return Ok(());
     };
     let unflattened = dest.clone().with_max_nested_paths(0);
-    let reserved = dest.repository_for(crate::imageset::RESERVED_REPOSITORY);
+    let reserved = dest.repository_for(airlock_imageset::RESERVED_REPOSITORY);
     let mut seen: HashMap<String, (String, &ImageRecord)> = HashMap::new();
     for image in images {
         let flat = destination_repository(dest, image);
@@ -344,7 +344,7 @@ fn waves(images: &[ImageRecord]) -> Vec<Vec<&ImageRecord>> {
             match by_digest.get(subject) {
                 // Content addressing makes a cycle impossible; the bound is for
                 // a forged imageset manifest (which validation refuses deeper).
-                Some(parent) if depth <= crate::imageset::validate::MAX_SUBJECT_DEPTH => {
+                Some(parent) if depth <= airlock_imageset::validate::MAX_SUBJECT_DEPTH => {
                     at = parent
                 }
                 _ => break,
@@ -687,7 +687,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
                     // A sparse index: the children its filter leaves out did not
                     // travel (those it keeps did; ingest checked).
                     let kept: HashSet<&Digest> =
-                        crate::manifest::kept_children(parsed.children(), &image.platforms)
+                        airlock_oci::manifest::kept_children(parsed.children(), &image.platforms)
                             .into_iter()
                             .map(|k| &k.digest)
                             .collect();
@@ -914,6 +914,53 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use airlock_imageset::fixtures::{PAYLOAD_OFFSET, genuine_manifest, hostile_string};
+    use airlock_imageset::validate::check;
+    use airlock_oci::reference::valid_repository;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever a forger writes into a manifest's string fields, what the
+        /// format's check lets through works here: destination repositories are
+        /// valid paths, chunk names are Airlock's own, and the cluster resources
+        /// can be written.
+        #[test]
+        fn what_the_format_check_passes_is_safe_to_publish(
+            fields in proptest::collection::vec((0usize..12, hostile_string()), 0..4),
+        ) {
+            let mut m = genuine_manifest();
+            for (which, s) in fields {
+                match which {
+                    0 => m.images[0].repository = s,
+                    1 => m.images[2].target_repository = Some(s),
+                    2 => m.images[0].tag = Some(s),
+                    3 => m.images[0].source = s,
+                    4 => m.blobs[2].repository = s,
+                    5 => m.blobs[1].media_type = Some(s),
+                    6 => m.chunks[0].name = s,
+                    7 => m.releases[0].signature = Some(s),
+                    8 => m.releases[0].image = s,
+                    9 => m.releases[0].version = s,
+                    10 => m.created = s,
+                    _ => m.images[1].tag = Some(s),
+                }
+            }
+            if check(&m, PAYLOAD_OFFSET).is_ok() {
+                let dest: Destination = "docker://mirror.example:5000/site".parse().unwrap();
+                for i in &m.images {
+                    let repo = destination_repository(&dest, i);
+                    prop_assert!(valid_repository(&repo), "{repo:?}");
+                }
+                prop_assert_eq!(
+                    &m.chunks[0].name,
+                    &airlock_imageset::chunk_file_name(&m.uuid, 1, 1, 1)
+                );
+                let _ = cluster_resources(&m.images, &m.releases, &dest);
+            }
+        }
+    }
 
     fn image(name: &str, subject: Option<&str>) -> ImageRecord {
         ImageRecord {

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::digest::Digest;
-use crate::imageset::CatalogSourceTemplate;
+use airlock_imageset::CatalogSourceTemplate;
+use airlock_oci::digest::Digest;
 
 /// File name of the digest mirror sets.
 pub const IDMS_FILE: &str = "idms-oc-mirror.yaml";
@@ -431,9 +431,9 @@ pub fn catalog_source_template(text: &str) -> Result<CatalogSourceTemplate, Stri
         description: Option<String>,
         publisher: Option<String>,
         priority: Option<i64>,
-        icon: Option<crate::imageset::CatalogIcon>,
-        update_strategy: Option<crate::imageset::UpdateStrategy>,
-        grpc_pod_config: Option<crate::imageset::GrpcPodConfig>,
+        icon: Option<airlock_imageset::CatalogIcon>,
+        update_strategy: Option<airlock_imageset::UpdateStrategy>,
+        grpc_pod_config: Option<airlock_imageset::GrpcPodConfig>,
         #[serde(default)]
         secrets: Vec<String>,
     }
@@ -472,7 +472,7 @@ pub fn catalog_source_template(text: &str) -> Result<CatalogSourceTemplate, Stri
         grpc_pod_config: s.grpc_pod_config,
         secrets: s.secrets,
     };
-    crate::imageset::validate::catalog_source_template(&template)?;
+    airlock_imageset::validate::catalog_source_template(&template)?;
     Ok(template)
 }
 

@@ -507,7 +507,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 .as_deref()
                 .map(read_password)
                 .transpose()?;
-            let (secret, public, id) = airlock_common::signing::generate(&args.out, password)?;
+            let (secret, public, id) = airlock_imageset::signing::generate(&args.out, password)?;
             print_keygen(&secret, &public, &id.to_string());
             Ok(airlock_common::exit_codes::OK)
         }
@@ -542,7 +542,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Mirror(args) => {
             let to = args
                 .to
-                .parse::<airlock_common::reference::Destination>()
+                .parse::<airlock_oci::reference::Destination>()
                 .map_err(|e| Error::Usage(e.to_string()))?
                 .with_max_nested_paths(args.max_nested_paths);
             let source = args.source.options()?;
@@ -738,7 +738,7 @@ fn print_create(r: &create::CreateReport) {
 fn print_delete(r: &crate::delete::DeleteReport, output: OutputFormat) {
     let m = &r.manifest;
     if output == OutputFormat::Json {
-        let image = |i: &airlock_common::imageset::ImageRecord| {
+        let image = |i: &airlock_imageset::ImageRecord| {
             serde_json::json!({
                 "source": i.source,
                 "repository": i.repository,

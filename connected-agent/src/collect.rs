@@ -11,11 +11,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use airlock_common::config::ImageSpec;
-use airlock_common::digest::Digest;
-use airlock_common::imageset::{BlobRecord, ImageRecord};
-use airlock_common::manifest::{self, Descriptor, Platform, is_index};
-use airlock_common::reference::ImageRef;
 use airlock_common::registry::{Pool, RawManifest, RegistryError};
+use airlock_imageset::{BlobRecord, ImageRecord};
+use airlock_oci::digest::Digest;
+use airlock_oci::manifest::{self, Descriptor, Platform, is_index};
+use airlock_oci::reference::ImageRef;
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -229,8 +229,8 @@ pub(crate) fn leave_out(missing: &mut Vec<Missing>, image: &str, reason: &str) {
 
 /// A release, its components, a catalog or the graph image: a part of a whole
 /// that would ship incomplete, so never left out.
-pub(crate) fn whole(kind: airlock_common::imageset::ImageKind) -> bool {
-    use airlock_common::imageset::ImageKind;
+pub(crate) fn whole(kind: airlock_imageset::ImageKind) -> bool {
+    use airlock_imageset::ImageKind;
     matches!(
         kind,
         ImageKind::Release

@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use airlock_common::digest::Digest;
-use airlock_common::imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
 use airlock_common::registry::RawManifest;
+use airlock_imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
+use airlock_oci::digest::Digest;
 use serde::{Deserialize, Serialize};
 
 /// A reason an image is in an imageset: what the configuration selected that
@@ -376,7 +376,7 @@ pub(crate) fn tree(top: &Digest, manifests: &HashMap<Digest, RawManifest>) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_common::imageset::ImageKind;
+    use airlock_imageset::ImageKind;
 
     /// Regression: an image carried over (its source down; its manifests not
     /// read this run) had only its top manifest in its tree when owners were

@@ -18,10 +18,10 @@
 use std::path::{Path, PathBuf};
 
 use airlock_common::config::ImageSpec;
-use airlock_common::digest::Digest;
-use airlock_common::imageset::ImageKind;
-use airlock_common::manifest::Descriptor;
 use airlock_common::registry::Pool;
+use airlock_imageset::ImageKind;
+use airlock_oci::digest::Digest;
+use airlock_oci::manifest::Descriptor;
 use base64::Engine;
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};

@@ -15,15 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_common::config::{self, ImageSpec, LoadedConfig};
-use airlock_common::digest::Digest;
-use airlock_common::imageset::write::{self, Prepared, WriteError};
-use airlock_common::imageset::{FORMAT, ImageKind, ImagesetManifest, ReleaseRecord};
-use airlock_common::reference::ImageRef;
 use airlock_common::registry::{ErrorKind, Pool, RegistryError, RegistryOptions};
-use airlock_common::signing::Signer;
 use airlock_common::size::ByteSize;
 use airlock_common::state::crash_point;
 use airlock_common::telemetry::Progress;
+use airlock_imageset::signing::Signer;
+use airlock_imageset::write::{self, Prepared, WriteError};
+use airlock_imageset::{FORMAT, ImageKind, ImagesetManifest, ReleaseRecord};
+use airlock_oci::digest::Digest;
+use airlock_oci::reference::ImageRef;
 use futures::StreamExt;
 
 use crate::cincinnati::UpdateService;
@@ -384,7 +384,7 @@ pub fn workspace_dir(explicit: Option<&Path>, config: &LoadedConfig) -> Result<P
 
 /// Where an image lands, relative to the mirror's prefix: its repository path (or
 /// `targetRepo`) and its tag.
-fn destination_path(image: &airlock_common::imageset::ImageRecord) -> String {
+fn destination_path(image: &airlock_imageset::ImageRecord) -> String {
     let source: ImageRef = image
         .repository
         .parse()
@@ -841,7 +841,7 @@ pub(crate) async fn write_and_record(
 /// the order is nothing to the site, and an image carried over while its
 /// source was down is listed last, where the next run, its source back, lists
 /// it in the configuration's order; that must not make an imageset.
-fn desired_state(images: &[airlock_common::imageset::ImageRecord]) -> Digest {
+fn desired_state(images: &[airlock_imageset::ImageRecord]) -> Digest {
     let mut each: Vec<Vec<u8>> = images
         .iter()
         .map(|i| serde_json::to_vec(i).expect("image records serialise"))
@@ -852,7 +852,7 @@ fn desired_state(images: &[airlock_common::imageset::ImageRecord]) -> Digest {
 
 /// The digest earlier versions recorded, of the list in order: still taken as
 /// "unchanged", so that an upgrade does not make an imageset of its own.
-fn desired_state_in_order(images: &[airlock_common::imageset::ImageRecord]) -> Digest {
+fn desired_state_in_order(images: &[airlock_imageset::ImageRecord]) -> Digest {
     Digest::of(&serde_json::to_vec(images).expect("image records serialise"))
 }
 
@@ -894,7 +894,7 @@ fn recover_staging(
     let mut keep = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| Error::io(staging, e))?.path();
-        let head = airlock_common::imageset::read::read_head(&path).ok();
+        let head = airlock_imageset::read::read_head(&path).ok();
         let is_recorded = head.is_some_and(|h| {
             recorded
                 .is_some_and(|(uuid, last)| h.manifest.uuid == uuid && h.manifest.sequence <= last)
@@ -974,7 +974,7 @@ fn carry_over(
 /// `tree` of a chosen one: their signatures and other referrers, and theirs, to
 /// the end of the chain.
 fn with_referrers<'a, T: Iterator<Item = &'a Digest>>(
-    images: &[airlock_common::imageset::ImageRecord],
+    images: &[airlock_imageset::ImageRecord],
     tree: impl Fn(usize) -> T,
     chosen: &mut Vec<usize>,
 ) {
@@ -1219,7 +1219,7 @@ impl From<RegistryError> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_common::imageset::{BlobRecord, ImageRecord};
+    use airlock_imageset::{BlobRecord, ImageRecord};
 
     /// The recorded state is of the set of images: their order changes
     /// nothing; what is in the list does.
@@ -1308,14 +1308,14 @@ mod tests {
         let d = |x: &Digest| serde_json::json!({"mediaType": "application/octet-stream", "digest": x.as_str(), "size": 1});
         let bytes = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": airlock_common::manifest::OCI_MANIFEST,
+            "mediaType": airlock_oci::manifest::OCI_MANIFEST,
             "config": d(blobs[0]),
             "layers": blobs[1..].iter().map(|b| d(b)).collect::<Vec<_>>(),
         })
         .to_string();
         let m = airlock_common::registry::RawManifest::from_bytes(
             bytes.into(),
-            airlock_common::manifest::OCI_MANIFEST.into(),
+            airlock_oci::manifest::OCI_MANIFEST.into(),
         );
         let record = |digest: &Digest, media_type: Option<&str>| BlobRecord {
             digest: digest.clone(),
@@ -1324,10 +1324,9 @@ mod tests {
             repository: format!("quay.io/team/{name}"),
             parts: Vec::new(),
         };
-        collected.blobs.push(record(
-            &m.digest,
-            Some(airlock_common::manifest::OCI_MANIFEST),
-        ));
+        collected
+            .blobs
+            .push(record(&m.digest, Some(airlock_oci::manifest::OCI_MANIFEST)));
         for b in blobs {
             if !collected.blobs.iter().any(|r| r.digest == **b) {
                 collected.blobs.push(record(b, None));

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use airlock_common::config::ConfigError;
 use airlock_common::exit_codes::{self, ExitCode};
-use airlock_common::imageset::write::WriteError;
 use airlock_common::registry::RegistryError;
+use airlock_imageset::write::WriteError;
 
 use crate::catalog::image::CatalogError;
 use crate::collect::CollectError;
@@ -45,7 +45,7 @@ pub enum Error {
     Conflict(String),
     /// The signing key could not be used.
     #[error(transparent)]
-    Signing(#[from] airlock_common::signing::SigningError),
+    Signing(#[from] airlock_imageset::signing::SigningError),
     /// The update graph could not be read, or does not have what the configuration asks for.
     #[error(transparent)]
     Select(#[from] crate::select::SelectError),
@@ -86,7 +86,7 @@ pub enum Error {
     /// `--continue-on-error`: their images are left out and the imageset written
     /// again (`create` handles it; it is never the run's error).
     #[error("{} blobs could not be pulled: {}", .0.len(), .0.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("; "))]
-    Unpulled(Vec<(airlock_common::digest::Digest, Error)>),
+    Unpulled(Vec<(airlock_oci::digest::Digest, Error)>),
     /// A local file could not be written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -21,9 +21,9 @@ use std::io::Read;
 use std::path::Component;
 use std::time::Duration;
 
-use airlock_common::imageset::{ImageKind, ImageRecord};
-use airlock_common::reference::ImageRef;
 use airlock_common::registry::Pool;
+use airlock_imageset::{ImageKind, ImageRecord};
+use airlock_oci::reference::ImageRef;
 use serde_json::{Value, json};
 
 use crate::derive::{self, Derived, Entry, Layer};
@@ -325,7 +325,7 @@ mod tests {
         let (la, lb) = (&a.layer, &b.layer);
         assert_eq!((&la.digest, &la.diff_id), (&lb.digest, &lb.diff_id));
         assert_eq!(a.files, 3);
-        assert_eq!(airlock_common::digest::Digest::of(&la.bytes), la.digest);
+        assert_eq!(airlock_oci::digest::Digest::of(&la.bytes), la.digest);
         let entries = unpack(&a);
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(
@@ -355,7 +355,7 @@ mod tests {
         flate2::read::GzDecoder::new(&a.layer.bytes[..])
             .read_to_end(&mut tar)
             .unwrap();
-        assert_eq!(airlock_common::digest::Digest::of(&tar), a.layer.diff_id);
+        assert_eq!(airlock_oci::digest::Digest::of(&tar), a.layer.diff_id);
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl Metrics {
             let registry = m
                 .image
                 .trim_start_matches("docker://")
-                .parse::<airlock_common::reference::ImageRef>()
+                .parse::<airlock_oci::reference::ImageRef>()
                 .map_or_else(|_| "unknown".to_string(), |r| r.registry().to_string());
             self.source_errors
                 .get_or_create(&vec![("registry", registry)])

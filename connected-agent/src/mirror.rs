@@ -10,13 +10,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use airlock_common::digest::Digest;
-use airlock_common::imageset::BlobRecord;
 use airlock_common::publish::{self, BlobBody, ContentSource, Publisher};
-use airlock_common::reference::{Destination, ImageRef};
 use airlock_common::registry::{Pool, RawManifest, RegistryClient, RegistryOptions};
 use airlock_common::resources;
 use airlock_common::telemetry::Progress;
+use airlock_imageset::BlobRecord;
+use airlock_oci::digest::Digest;
+use airlock_oci::reference::{Destination, ImageRef};
 
 use crate::collect::Collected;
 use crate::create::{Gathered, gather, load_config, workspace_dir};

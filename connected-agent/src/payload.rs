@@ -21,10 +21,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use airlock_common::digest::Digest;
-use airlock_common::manifest::{self, Manifest, ManifestKind, is_index};
-use airlock_common::reference::ImageRef;
 use airlock_common::registry::{Pool, RegistryError};
+use airlock_oci::digest::Digest;
+use airlock_oci::manifest::{self, Manifest, ManifestKind, is_index};
+use airlock_oci::reference::ImageRef;
 use futures::TryStreamExt;
 use serde::Deserialize;
 
@@ -308,7 +308,7 @@ fn disagreeing(
 async fn config_arch(
     client: &airlock_common::registry::RegistryClient,
     image: &ImageRef,
-    manifest: &airlock_common::manifest::Manifest,
+    manifest: &airlock_oci::manifest::Manifest,
 ) -> Result<String, String> {
     #[derive(Deserialize)]
     struct Config {
@@ -328,7 +328,7 @@ async fn config_arch(
 pub(crate) async fn small_blob(
     client: &airlock_common::registry::RegistryClient,
     repository: &str,
-    blob: &airlock_common::manifest::Descriptor,
+    blob: &airlock_oci::manifest::Descriptor,
     what: &str,
 ) -> Result<Vec<u8>, String> {
     if blob.size > MAX_FILE {
@@ -439,7 +439,7 @@ pub fn parse_references(bytes: &[u8]) -> Result<Vec<Component>, String> {
                 t.name, t.from.kind
             ));
         }
-        if t.name.is_empty() || !airlock_common::reference::valid_tag(&t.name) {
+        if t.name.is_empty() || !airlock_oci::reference::valid_tag(&t.name) {
             return Err(format!(
                 "spec.tags[{i}].name {:?} cannot be part of a tag",
                 t.name

@@ -20,11 +20,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use airlock_common::config::{BaseRule, BlockList, ImageSpec};
-use airlock_common::digest::Digest;
-use airlock_common::imageset::ImageKind;
-use airlock_common::manifest::{ManifestKind, Platform};
-use airlock_common::reference::ImageRef;
 use airlock_common::registry::Pool;
+use airlock_imageset::ImageKind;
+use airlock_oci::digest::Digest;
+use airlock_oci::manifest::{ManifestKind, Platform};
+use airlock_oci::reference::ImageRef;
 use futures::StreamExt;
 
 use crate::collect::{self, CollectError, Resolved};
@@ -334,7 +334,7 @@ impl BaseImages {
 async fn config_platform(
     pool: &Pool,
     base: &ImageRef,
-    config: &airlock_common::manifest::Descriptor,
+    config: &airlock_oci::manifest::Descriptor,
     label: &str,
 ) -> Result<String, Error> {
     #[derive(serde::Deserialize)]

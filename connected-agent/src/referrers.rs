@@ -19,10 +19,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use airlock_common::config::ImageSpec;
-use airlock_common::digest::Digest;
-use airlock_common::imageset::ImageKind;
-use airlock_common::reference::ImageRef;
 use airlock_common::registry::{Pool, RegistryError};
+use airlock_imageset::ImageKind;
+use airlock_oci::digest::Digest;
+use airlock_oci::reference::ImageRef;
 use futures::StreamExt;
 
 use crate::collect::{self, CollectError, Resolved};

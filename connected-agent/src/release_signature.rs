@@ -18,7 +18,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use airlock_common::digest::Digest;
+use airlock_oci::digest::Digest;
 use pgp::composed::{Deserializable, SignedPublicKey};
 use pgp::packet::{Packet, PacketParser, Signature};
 use pgp::types::KeyDetails;

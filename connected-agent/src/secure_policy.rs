@@ -28,9 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_common::config::ImageSpec;
-use airlock_common::digest::Digest;
-use airlock_common::reference::ImageRef;
 use airlock_common::registry::Pool;
+use airlock_oci::digest::Digest;
+use airlock_oci::reference::ImageRef;
 use base64::Engine;
 use serde::Deserialize;
 use serde::de::{Deserializer, Error as _, MapAccess, Visitor};

@@ -21,8 +21,8 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use airlock_common::digest::Digest;
 use airlock_common::state;
+use airlock_oci::digest::Digest;
 
 use crate::contents::Contents;
 use serde::{Deserialize, Serialize};

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use airlock_common::config::{self, ConfigError, Positions, Problem};
-use airlock_common::reference::Destination;
-use airlock_common::signing::TrustStore;
+use airlock_imageset::signing::TrustStore;
+use airlock_oci::reference::Destination;
 use serde::Deserialize;
 
 use crate::{cluster_api, control};
@@ -587,7 +587,7 @@ mod example {
         std::fs::create_dir_all(dir.path().join("drop")).unwrap();
         std::fs::create_dir_all(dir.path().join("certs/mirror-b")).unwrap();
         std::fs::create_dir_all(dir.path().join("trusted")).unwrap();
-        airlock_common::signing::generate(&dir.path().join("trusted/site-a"), None).unwrap();
+        airlock_imageset::signing::generate(&dir.path().join("trusted/site-a"), None).unwrap();
         // The certificates, as the documented script makes them.
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/make-certs.sh");
         let made = std::process::Command::new(script)

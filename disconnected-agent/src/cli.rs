@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use airlock_common::cli::{LogArgs, OutputFormat};
 use airlock_common::exit_codes;
-use airlock_common::reference::Destination;
 use airlock_common::registry::RegistryOptions;
 use airlock_common::registry::auth::AuthSource;
 use airlock_common::size::ByteSize;
+use airlock_oci::reference::Destination;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::error::Error;
@@ -210,7 +210,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             Ok(exit_codes::OK)
         }
         Command::Verify(args) => {
-            let trust = airlock_common::signing::TrustStore::load(&args.trust)
+            let trust = airlock_imageset::signing::TrustStore::load(&args.trust)
                 .map_err(|e| Error::Usage(e.to_string()))?;
             let from = args.from.clone();
             let report = tokio::task::spawn_blocking(move || crate::verify::verify(&from, &trust))

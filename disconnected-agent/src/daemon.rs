@@ -30,14 +30,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use airlock_common::digest::Digest;
 use airlock_common::exit_codes;
-use airlock_common::imageset::read::ChunkError;
 use airlock_common::metrics::Endpoint;
 use airlock_common::registry::auth::AuthSource;
 use airlock_common::registry::{RegistryClient, RegistryOptions};
 use airlock_common::service;
 use airlock_common::size::ByteSize;
+use airlock_imageset::read::ChunkError;
+use airlock_oci::digest::Digest;
 use notify::Watcher;
 
 use crate::metrics::{Metrics, Quarantine};
@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use airlock_common::reference::Destination;
+use airlock_oci::reference::Destination;
 
 use crate::agent_config::{self, AfterPublish, AgentConfig, Checked};
 use crate::cluster_api::{self, Applied, ClusterApi, Withdrawn};

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use airlock_common::imageset::read::{ChunkError, read_head};
-use airlock_common::imageset::{ImageKind, ImagesetManifest};
+use airlock_imageset::read::{ChunkError, read_head};
+use airlock_imageset::{ImageKind, ImagesetManifest};
 use serde::Serialize;
 
 use crate::error::Error;
@@ -146,7 +146,7 @@ fn of(
         created: m.created.clone(),
         limit: m.limit,
         signer: signature
-            .and_then(airlock_common::signing::claimed_signer)
+            .and_then(airlock_imageset::signing::claimed_signer)
             .map(|k| k.to_string()),
         chunks: Count {
             listed: m.chunks.len(),

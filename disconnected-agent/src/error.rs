@@ -38,7 +38,7 @@ pub enum Error {
     },
     /// A chunk file could not be read as one.
     #[error(transparent)]
-    Chunk(airlock_common::imageset::read::ChunkError),
+    Chunk(airlock_imageset::read::ChunkError),
     /// A local file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -66,7 +66,7 @@ impl ExitCode for Error {
             Error::Workspace(StateError::Locked { .. }) => exit_codes::STATE,
             Error::Workspace(StateError::Storage { .. }) | Error::Io { .. } => exit_codes::IO,
             Error::Bind { .. } => exit_codes::UNAVAILABLE,
-            Error::Chunk(airlock_common::imageset::read::ChunkError::Io { .. }) => exit_codes::IO,
+            Error::Chunk(airlock_imageset::read::ChunkError::Io { .. }) => exit_codes::IO,
             Error::Chunk(_) => exit_codes::DATA,
         }
     }

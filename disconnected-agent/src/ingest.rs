@@ -4,13 +4,13 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use airlock_common::digest::Digest;
-use airlock_common::imageset::ImagesetManifest;
-use airlock_common::manifest::{self, widen};
-use airlock_common::quote::clipped;
+use airlock_imageset::ImagesetManifest;
+use airlock_oci::digest::Digest;
+use airlock_oci::manifest::{self, widen};
+use airlock_oci::quote::clipped;
 
-use airlock_common::imageset::parity;
-use airlock_common::imageset::read::{self, ChunkError, ChunkHead, Discard};
+use airlock_imageset::parity;
+use airlock_imageset::read::{self, ChunkError, ChunkHead, Discard};
 
 use crate::scan::Candidate;
 use crate::store::Store;

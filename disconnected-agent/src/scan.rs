@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use airlock_common::digest::Digest;
-use airlock_common::imageset::read::{ChunkError, ChunkHead, read_head};
-use airlock_common::imageset::{ChunkRecord, ImagesetManifest};
+use airlock_imageset::read::{ChunkError, ChunkHead, read_head};
+use airlock_imageset::{ChunkRecord, ImagesetManifest};
+use airlock_oci::digest::Digest;
 use uuid::Uuid;
 
 /// The chunks found of one imageset.
@@ -77,7 +77,7 @@ pub struct Found {
 }
 
 /// Most manifest bytes held at once, all imagesets of a scan together. A manifest
-/// may be up to 64 MiB ([`airlock_common::imageset::MAX_MANIFEST_BYTES`]) and a
+/// may be up to 64 MiB ([`airlock_imageset::MAX_MANIFEST_BYTES`]) and a
 /// folder may hold dozens of imagesets; without a bound, memory would grow with
 /// what lands in the folder. The imagesets held are the lowest (UUID, sequence)
 /// first, so the next one to accept is always among them; the one lowest is held

@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_common::exit_codes::{self, ExitCode as _};
-use airlock_common::imageset::{ImageRecord, ImagesetManifest};
 use airlock_common::prune::{self, InUse, Pruned, Pruner};
 use airlock_common::publish::{self, Publisher};
-use airlock_common::reference::Destination;
 use airlock_common::registry::{ErrorKind, RegistryClient, RegistryError};
 use airlock_common::resources;
-use airlock_common::signing::TrustStore;
 use airlock_common::size::ByteSize;
 use airlock_common::state::crash_point;
 use airlock_common::telemetry::Progress;
+use airlock_imageset::signing::TrustStore;
+use airlock_imageset::{ImageRecord, ImagesetManifest};
+use airlock_oci::reference::Destination;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -35,7 +35,7 @@ pub const SITE_STATE_MEDIA_TYPE: &str = "application/vnd.airlock.site-workspace.
 
 /// Repository (under the destination prefix) that holds the site state, tagged by
 /// workspace UUID, as oc-mirror keeps `oc-mirror:<uuid>`.
-pub const SITE_STATE_REPOSITORY: &str = airlock_common::imageset::RESERVED_REPOSITORY;
+pub const SITE_STATE_REPOSITORY: &str = airlock_imageset::RESERVED_REPOSITORY;
 
 /// Something that could not be done; the work continues with what can be done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +184,7 @@ impl Site {
     /// registry added later is published to from them (its layers come from the
     /// other registries). Returns the bytes freed.
     pub fn empty_store(&self) -> Result<u64, Error> {
-        let keep: HashSet<airlock_common::digest::Digest> = match self.ws.accepted()? {
+        let keep: HashSet<airlock_oci::digest::Digest> = match self.ws.accepted()? {
             Some((uuid, last)) => self
                 .ws
                 .manifest(&uuid, last)?
@@ -418,9 +418,7 @@ impl Site {
                 report.problem(exit_codes::INCOMPLETE, why.clone());
                 Outcome::Waiting(why)
             }
-            Err(IngestError::Damaged(
-                e @ airlock_common::imageset::read::ChunkError::Store { .. },
-            )) => {
+            Err(IngestError::Damaged(e @ airlock_imageset::read::ChunkError::Store { .. })) => {
                 let why = format!(
                     "{label}: {e}; nothing of it was published; it is taken again on the next run"
                 );

@@ -12,11 +12,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use airlock_common::digest::Digest;
-use airlock_common::imageset::BlobRecord;
 use airlock_common::publish::{BlobBody, ContentSource};
-use airlock_common::reference::{Destination, ImageRef};
 use airlock_common::registry::{RawManifest, RegistryClient};
+use airlock_imageset::BlobRecord;
+use airlock_oci::digest::Digest;
+use airlock_oci::reference::{Destination, ImageRef};
 
 use crate::fanout::SharedReads;
 use crate::store::Store;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use airlock_common::reference::Destination;
+use airlock_oci::reference::Destination;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 

@@ -12,9 +12,9 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use airlock_common::digest::{Digest, Hasher};
-use airlock_common::imageset::read::PartSink;
-use airlock_common::imageset::{BlobRecord, PartRecord};
+use airlock_imageset::read::PartSink;
+use airlock_imageset::{BlobRecord, PartRecord};
+use airlock_oci::digest::{Digest, Hasher};
 
 /// A temporary file name no other writer uses, in this process or another: two
 /// writers of the same blob must never share (and truncate) one file.
@@ -91,7 +91,7 @@ struct Partial {
     hasher: Hasher,
 }
 
-/// Receives parts from [`airlock_common::imageset::read::verify`] and commits each
+/// Receives parts from [`airlock_imageset::read::verify`] and commits each
 /// blob to the store once all of it has arrived and matches its digest. Chunks must
 /// be verified in index order, so that the parts of a split blob arrive in order.
 pub struct StoreSink<'a> {

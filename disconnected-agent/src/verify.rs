@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use airlock_common::exit_codes;
-use airlock_common::imageset::read::{self, DigestCheck};
-use airlock_common::signing::TrustStore;
+use airlock_imageset::read::{self, DigestCheck};
+use airlock_imageset::signing::TrustStore;
 
 use crate::error::Error;
 use crate::ingest::missing_message;

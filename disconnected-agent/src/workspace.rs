@@ -26,8 +26,8 @@
 
 use std::path::{Path, PathBuf};
 
-use airlock_common::imageset::{ImageRecord, ImagesetManifest, validate};
 use airlock_common::state::{self, StateError};
+use airlock_imageset::{ImageRecord, ImagesetManifest, validate};
 use sled::Transactional;
 use uuid::Uuid;
 
@@ -56,7 +56,7 @@ pub struct SiteState {
     /// The last sequence published to this destination.
     pub sequence: u64,
     /// Repositories of this registry that hold each blob.
-    pub locations: Vec<(airlock_common::digest::Digest, String)>,
+    pub locations: Vec<(airlock_oci::digest::Digest, String)>,
 }
 
 /// The value of [`SiteState::format`].
@@ -68,7 +68,7 @@ fn later(stored: Option<sled::IVec>, value: &[u8]) -> bool {
     stored.is_none_or(|v| v.as_ref() < value)
 }
 
-fn location_key(registry: &str, digest: &airlock_common::digest::Digest) -> Vec<u8> {
+fn location_key(registry: &str, digest: &airlock_oci::digest::Digest) -> Vec<u8> {
     let mut k = registry.as_bytes().to_vec();
     k.push(0);
     k.extend_from_slice(digest.as_str().as_bytes());
@@ -319,7 +319,7 @@ impl Workspace {
     pub fn record_locations(
         &self,
         registry: &str,
-        placed: &[(airlock_common::digest::Digest, String)],
+        placed: &[(airlock_oci::digest::Digest, String)],
     ) -> Result<(), StateError> {
         let mut batch = sled::Batch::default();
         for (digest, repo) in placed {
@@ -335,7 +335,7 @@ impl Workspace {
     pub fn locations(
         &self,
         registry: &str,
-    ) -> Result<std::collections::HashMap<airlock_common::digest::Digest, String>, StateError> {
+    ) -> Result<std::collections::HashMap<airlock_oci::digest::Digest, String>, StateError> {
         let mut prefix = registry.as_bytes().to_vec();
         prefix.push(0);
         let mut out = std::collections::HashMap::new();
@@ -410,7 +410,7 @@ impl Workspace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_common::imageset::FORMAT;
+    use airlock_imageset::FORMAT;
 
     fn manifest(uuid: Uuid, sequence: u64) -> ImagesetManifest {
         ImagesetManifest {

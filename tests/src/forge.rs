@@ -7,10 +7,10 @@
 
 use std::path::Path;
 
-use airlock_common::digest::Digest;
-use airlock_common::imageset::read::read_head;
-use airlock_common::imageset::write::{entry_header, mtime_of};
-use airlock_common::imageset::{BLOCK, MANIFEST_ENTRY, MANIFEST_SUM_ENTRY, MANIFEST_SUM_LEN};
+use airlock_imageset::read::read_head;
+use airlock_imageset::write::{entry_header, mtime_of};
+use airlock_imageset::{BLOCK, MANIFEST_ENTRY, MANIFEST_SUM_ENTRY, MANIFEST_SUM_LEN};
+use airlock_oci::digest::Digest;
 use serde_json::Value;
 
 fn padded(n: u64) -> u64 {

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 pub use position::{Pos, Positions};
 pub use schema::ImageSetConfiguration;
 
-use crate::imageset::CatalogSourceTemplate;
-use crate::reference::{ImageRef, valid_repository, valid_tag};
 use crate::size::ByteSize;
+use airlock_imageset::CatalogSourceTemplate;
+use airlock_oci::reference::{ImageRef, valid_repository, valid_tag};
 
 /// oc-mirror v1's schema version.
 pub const V1ALPHA2: &str = "mirror.openshift.io/v1alpha2";
@@ -150,9 +150,9 @@ pub struct ImageSpec {
     /// Tag at the mirror instead of the source's (`targetTag`).
     pub target_tag: Option<String>,
     /// What the image is, for grouping cluster resources.
-    pub kind: crate::imageset::ImageKind,
+    pub kind: airlock_imageset::ImageKind,
     /// For a referrer (signature, SBOM): the manifest it is about.
-    pub subject: Option<crate::digest::Digest>,
+    pub subject: Option<airlock_oci::digest::Digest>,
     /// The platforms to keep of a multi-platform image (`linux/amd64`), from
     /// the configuration's `platforms`; empty keeps every platform.
     pub platforms: Vec<String>,
@@ -610,12 +610,12 @@ impl LoadedConfig {
     ) {
         for (i, p) in platforms.iter().enumerate() {
             let named = format!("{}/{}", p.os, p.architecture);
-            if !crate::manifest::valid_platform(&named) {
+            if !airlock_oci::manifest::valid_platform(&named) {
                 problems.push(self.problem(
                     format!("{at}.platforms[{i}]"),
                     format!(
                         "platform {:?}: os and architecture must each be 1 to 32 lowercase letters, digits or '_', as image indexes name them (os: linux, architecture: amd64)",
-                        crate::quote::clip(&named)
+                        airlock_oci::quote::clip(&named)
                     ),
                 ));
             }
@@ -636,7 +636,7 @@ impl LoadedConfig {
             if repo.len() > 255 || !valid_repository(repo) {
                 problems.push(self.problem(
                     format!("{at}.{repo_field}"),
-                    format!("invalid repository path {}: at most 255 characters, lowercase letters and digits separated by '.', '_', '__', '-' or '/'", crate::quote::clip(repo)),
+                    format!("invalid repository path {}: at most 255 characters, lowercase letters and digits separated by '.', '_', '__', '-' or '/'", airlock_oci::quote::clip(repo)),
                 ));
             }
         }
@@ -644,7 +644,7 @@ impl LoadedConfig {
             if !valid_tag(tag) {
                 problems.push(self.problem(
                     format!("{at}.targetTag"),
-                    format!("invalid tag {}: 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'", crate::quote::clip(tag)),
+                    format!("invalid tag {}: 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'", airlock_oci::quote::clip(tag)),
                 ));
             }
         }
@@ -952,7 +952,7 @@ impl LoadedConfig {
                     name: image.name.clone(),
                     target_repo: image.target_repo.clone(),
                     target_tag: image.target_tag.clone(),
-                    kind: crate::imageset::ImageKind::Generic,
+                    kind: airlock_imageset::ImageKind::Generic,
                     subject: None,
                     platforms: platform_filter(&image.platforms),
                 }),

@@ -1,7 +1,7 @@
 //! The plan is a difference of lists; these pin down what it keeps.
 
 use super::*;
-use crate::imageset::ImageKind;
+use airlock_imageset::ImageKind;
 
 fn image(repo: &str, tag: Option<&str>, seed: &[u8]) -> ImageRecord {
     ImageRecord {

@@ -22,9 +22,9 @@ use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 use super::{ErrorKind, RawManifest, RegistryError};
-use crate::digest::{Digest, Hasher};
-use crate::manifest;
-use crate::reference::{ImageRef, valid_repository};
+use airlock_oci::digest::{Digest, Hasher};
+use airlock_oci::manifest;
+use airlock_oci::reference::{ImageRef, valid_repository};
 
 /// The host of images read from local layouts. `.invalid` never resolves
 /// (RFC 2606), so a read meant for a layout cannot reach a registry.
@@ -100,7 +100,7 @@ pub fn catalog(
         if !valid_repository(&name) {
             return Err(format!(
                 "the layout directory's name {:?} is not a repository name (lowercase letters, digits, '.', '_', '-'); give the catalog a targetCatalog",
-                crate::quote::clip(&name)
+                airlock_oci::quote::clip(&name)
             ));
         }
         let tag = target_tag.unwrap_or("latest");
@@ -128,7 +128,7 @@ pub fn check(dir: &Path) -> Result<(), String> {
         return Err(format!(
             "{}: imageLayoutVersion {:?}; expected 1.x",
             at("oci-layout").display(),
-            crate::quote::clip(&layout.version)
+            airlock_oci::quote::clip(&layout.version)
         ));
     }
     if !at("index.json").is_file() {

@@ -7,7 +7,7 @@
 //!   Airlock pushes the exact bytes it pulled with `push_manifest_raw`, first by
 //!   digest (the registry then checks the bytes hash to the digest) and only then by tag;
 //! - `pull_manifest_raw` does not return the `Content-Type`; the media type is read
-//!   from the manifest itself (see [`crate::manifest::parse`]);
+//!   from the manifest itself (see [`airlock_oci::manifest::parse`]);
 //! - it knows nothing of containers-auth.json, `certs.d` or `--tls-verify=false`, which
 //!   every mirroring user relies on; [`auth`] and [`RegistryOptions`] add them.
 
@@ -28,8 +28,8 @@ use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
-use crate::digest::Digest;
-use crate::manifest::{self, ACCEPTED, Manifest, ManifestError};
+use airlock_oci::digest::Digest;
+use airlock_oci::manifest::{self, ACCEPTED, Manifest, ManifestError};
 use auth::{AuthFileError, AuthSource, Credentials};
 use retry::Limit;
 
@@ -515,7 +515,7 @@ async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
     let mut message = format!("HTTP {}", status.as_u16());
     if !detail.is_empty() {
         message.push_str(": ");
-        message.push_str(&crate::quote::clipped(&detail));
+        message.push_str(&airlock_oci::quote::clipped(&detail));
     }
     if kind == ErrorKind::Unauthorized {
         message.push_str(": check the credentials for this registry in the auth file (REGISTRY_AUTH_FILE, --authfile, ~/.docker/config.json)");
@@ -1376,7 +1376,7 @@ impl RegistryClient {
                     .collect();
                 let said = match said.is_empty() {
                     true => String::new(),
-                    false => format!(" ({})", crate::quote::clipped(&said.join(": "))),
+                    false => format!(" ({})", airlock_oci::quote::clipped(&said.join(": "))),
                 };
                 let what = if identity {
                     "the identity token in the auth file was refused (they expire: log in again, e.g. az acr login or docker login)".to_string()

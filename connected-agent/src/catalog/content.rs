@@ -6,10 +6,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use airlock_common::config::schema::Operator;
 use airlock_common::config::{ImageSpec, platform_filter};
-use airlock_common::imageset::{ImageKind, ImageRecord};
-use airlock_common::manifest::widen;
-use airlock_common::reference::ImageRef;
 use airlock_common::registry::Pool;
+use airlock_imageset::{ImageKind, ImageRecord};
+use airlock_oci::manifest::widen;
+use airlock_oci::reference::ImageRef;
 
 use super::image::{self, CatalogError};
 use super::rebuild;

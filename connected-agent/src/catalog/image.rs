@@ -11,10 +11,10 @@
 use std::path::PathBuf;
 
 use airlock_common::config::schema::Operator;
-use airlock_common::digest::Digest;
-use airlock_common::manifest::ManifestKind;
-use airlock_common::reference::ImageRef;
 use airlock_common::registry::{Pool, RegistryError, layout};
+use airlock_oci::digest::Digest;
+use airlock_oci::manifest::ManifestKind;
+use airlock_oci::reference::ImageRef;
 use serde::{Deserialize, Serialize};
 
 use super::fbc::{Builder, Catalog, FbcError};

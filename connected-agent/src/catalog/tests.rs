@@ -517,7 +517,7 @@ fn a_light_read_selects_the_same_and_completes_the_selected_packages() {
         }
     }
     let image = CatalogImage {
-        digest: airlock_common::digest::Digest::of(b"catalog"),
+        digest: airlock_oci::digest::Digest::of(b"catalog"),
         root: "/configs".into(),
         catalog: light,
         cache_dir: None,

@@ -1,7 +1,7 @@
 use std::collections::HashSet;
 
-use airlock_common::digest::Digest;
-use airlock_common::imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
+use airlock_imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
+use airlock_oci::digest::Digest;
 
 use super::*;
 

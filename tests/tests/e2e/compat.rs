@@ -389,7 +389,7 @@ fn registries_conf_mirrors_serve_sources_and_blocked_entries_refuse_them() {
     let (digests, out) = create_from(&by_digest, &digest_only);
     assert_eq!(digests.code, 0, "{digests}");
     assert_eq!(
-        airlock_common::imageset::read::read_head(&chunk_files(&out)[0])
+        airlock_imageset::read::read_head(&chunk_files(&out)[0])
             .unwrap()
             .manifest
             .images
@@ -400,7 +400,7 @@ fn registries_conf_mirrors_serve_sources_and_blocked_entries_refuse_them() {
     // Through the cache: every image, named as the configuration names it.
     let (made, out) = create_from(&config, &mirrored);
     assert_eq!(made.code, 0, "{made}");
-    let head = airlock_common::imageset::read::read_head(&chunk_files(&out)[0]).unwrap();
+    let head = airlock_imageset::read::read_head(&chunk_files(&out)[0]).unwrap();
     assert_eq!(head.manifest.images.len(), s.placed.len());
     assert!(
         head.manifest

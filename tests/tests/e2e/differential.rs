@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use airlock_common::imageset::read::read_head;
-use airlock_common::imageset::{BLOCK, ImagesetManifest, padded};
+use airlock_imageset::read::read_head;
+use airlock_imageset::{BLOCK, ImagesetManifest, padded};
 use airlock_tests::bins::{self, Output, run, run_ok};
 use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, layer};
 use airlock_tests::registry::Registry;

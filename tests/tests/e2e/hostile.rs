@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use airlock_common::imageset::read::read_head;
 use airlock_disconnected::scan;
+use airlock_imageset::read::read_head;
 use airlock_tests::bins::run;
 use airlock_tests::forge;
 use airlock_tests::skopeo::list_tags;

@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use airlock_common::imageset::read::read_head;
-use airlock_common::signing::Signer;
 use airlock_disconnected::ingest;
 use airlock_disconnected::scan;
 use airlock_disconnected::store::Store;
+use airlock_imageset::read::read_head;
+use airlock_imageset::signing::Signer;
 use airlock_tests::bins::{self, Output, run};
 
 use crate::util::*;
@@ -41,7 +41,7 @@ fn edit_manifests(dir: &Path, edit: impl Fn(&str) -> String) {
         // A forger also rewrites the manifest's checksum entry; only the signature
         // can tell.
         let sum_at = 512 + edited.len().div_ceil(512) * 512 + 512;
-        let sum = airlock_common::digest::Digest::of(edited.as_bytes());
+        let sum = airlock_oci::digest::Digest::of(edited.as_bytes());
         data[sum_at..sum_at + 64].copy_from_slice(sum.hex().as_bytes());
         std::fs::write(&f, data).unwrap();
     }
@@ -308,7 +308,7 @@ fn a_blob_forged_with_recomputed_hashes_is_refused_by_its_digest() {
     // The first blob's data: after the identity entry (1024) and the blob's header.
     let at = head.payload_offset as usize + 1024 + 512;
     data[at] ^= 0xff;
-    let payload = airlock_common::digest::Digest::of(&data[head.payload_offset as usize..]);
+    let payload = airlock_oci::digest::Digest::of(&data[head.payload_offset as usize..]);
     let mut m = (*head.manifest).clone();
     m.chunks[0].sha256 = payload.hex().to_string();
     let mut json = serde_json::to_vec_pretty(&m).unwrap();
@@ -316,7 +316,7 @@ fn a_blob_forged_with_recomputed_hashes_is_refused_by_its_digest() {
     data[512..512 + json.len()].copy_from_slice(&json);
     let sum_at = 512 + json.len().div_ceil(512) * 512 + 512;
     data[sum_at..sum_at + 64]
-        .copy_from_slice(airlock_common::digest::Digest::of(&json).hex().as_bytes());
+        .copy_from_slice(airlock_oci::digest::Digest::of(&json).hex().as_bytes());
     std::fs::write(chunk, &data).unwrap();
     let refused = publish_with(&s, &out, "ws-d", &[]);
     assert_eq!(refused.code, EX_DATA, "{refused}");

@@ -495,7 +495,7 @@ fn create_and_publish_carry_the_selected_bundles_and_a_rebuilt_catalog_with_its_
     let out2 = tmp.path().join("out2");
     let created = create(&config, &out2, &tmp.path().join("ws"), "1MiB", &src);
     assert_eq!(created.code, 0, "{created}");
-    let head = airlock_common::imageset::read::read_head(&chunk_files(&out2)[0]).unwrap();
+    let head = airlock_imageset::read::read_head(&chunk_files(&out2)[0]).unwrap();
     let carried: BTreeSet<String> = head
         .manifest
         .blobs
@@ -962,7 +962,7 @@ fn a_catalog_in_a_local_oci_layout_is_mirrored_as_oc_mirror_names_it() {
     write(&format!("    packages:\n    - name: {PACKAGE}\n"));
     let (created, out) = create_in("out", "ws");
     assert_eq!(created.code, 0, "{created}");
-    let head = airlock_common::imageset::read::read_head(&chunk_files(&out)[0]).unwrap();
+    let head = airlock_imageset::read::read_head(&chunk_files(&out)[0]).unwrap();
     let text = String::from_utf8_lossy(&head.manifest_bytes);
     assert!(
         !text.contains(&tmp.path().display().to_string()),
@@ -1001,7 +1001,7 @@ fn a_catalog_in_a_local_oci_layout_is_mirrored_as_oc_mirror_names_it() {
     let catalog = read_manifest(&whole)
         .images
         .into_iter()
-        .find(|i| i.kind == airlock_common::imageset::ImageKind::Catalog)
+        .find(|i| i.kind == airlock_imageset::ImageKind::Catalog)
         .unwrap();
     assert_eq!(catalog.source, "oci-layout.invalid/site/operators:v1");
     assert_eq!(

@@ -58,7 +58,7 @@ fn blocked_images_by_name_and_by_regex_are_left_out_reported_and_never_pulled() 
     assert_eq!(created.code, 0, "{created}");
     assert!(created.stdout.contains("blocked: docker://"), "{created}");
     let f = chunk_files(&real).into_iter().next().unwrap();
-    let head = airlock_common::imageset::read::read_head(&f).unwrap();
+    let head = airlock_imageset::read::read_head(&f).unwrap();
     let images: Vec<&str> = head
         .manifest
         .images
@@ -229,7 +229,7 @@ fn images_built_on_a_blocked_base_are_classified_per_platform_and_never_pulled()
     let created = create(&config, &real, &tmp.path().join("ws"), "1MiB", &src);
     assert_eq!(created.code, 0, "{created}");
     let f = chunk_files(&real).into_iter().next().unwrap();
-    let head = airlock_common::imageset::read::read_head(&f).unwrap();
+    let head = airlock_imageset::read::read_head(&f).unwrap();
     let shipped: Vec<&str> = head
         .manifest
         .images

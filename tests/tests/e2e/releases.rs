@@ -654,7 +654,7 @@ fn releases_are_mirrored_with_their_components_and_a_new_release_ships_only_new_
     let graph2 = m2
         .images
         .iter()
-        .find(|i| i.kind == airlock_common::imageset::ImageKind::GraphData)
+        .find(|i| i.kind == airlock_imageset::ImageKind::GraphData)
         .unwrap();
     assert_eq!(graph2.digest.to_string(), graph_digest);
     let published = publish(&out2, &dest, "mirror", &tmp.path().join("ws-d"));

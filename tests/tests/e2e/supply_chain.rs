@@ -74,12 +74,12 @@ fn cosign_signatures_and_oci_referrers_travel_subjects_first_byte_exact() {
     let out = tmp.path().join("out");
     let created = create(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
     assert_eq!(created.code, 0, "{created}");
-    let head = airlock_common::imageset::read::read_head(&chunk_files(&out)[0]).unwrap();
+    let head = airlock_imageset::read::read_head(&chunk_files(&out)[0]).unwrap();
     let referrers: Vec<(String, Option<String>)> = head
         .manifest
         .images
         .iter()
-        .filter(|i| i.kind == airlock_common::imageset::ImageKind::Referrer)
+        .filter(|i| i.kind == airlock_imageset::ImageKind::Referrer)
         .map(|i| {
             (
                 i.digest.to_string(),
@@ -182,7 +182,7 @@ fn cosign_signatures_and_oci_referrers_travel_subjects_first_byte_exact() {
             .arg("--remove-signatures"),
     );
     assert_eq!(created.code, 0, "{created}");
-    let head = airlock_common::imageset::read::read_head(&chunk_files(&bare)[0]).unwrap();
+    let head = airlock_imageset::read::read_head(&chunk_files(&bare)[0]).unwrap();
     assert_eq!(head.manifest.images.len(), 2);
 }
 
@@ -308,8 +308,8 @@ fn require_signatures_accepts_only_valid_cosign_signatures_by_the_given_keys() {
     let good = config(&["signed", "other"]);
     let ok = create_with(&good, "out3", &[&ours_pub, &theirs_pub]);
     assert_eq!(ok.code, 0, "{ok}");
-    let head = airlock_common::imageset::read::read_head(&chunk_files(&tmp.path().join("out3"))[0])
-        .unwrap();
+    let head =
+        airlock_imageset::read::read_head(&chunk_files(&tmp.path().join("out3"))[0]).unwrap();
     assert_eq!(
         head.manifest.images.len(),
         4,
@@ -517,8 +517,8 @@ fn secure_policy_enforces_a_containers_policy_json_per_scope() {
         ],
     );
     assert_eq!(ok.code, 0, "{ok}");
-    let head = airlock_common::imageset::read::read_head(&chunk_files(&tmp.path().join("out1"))[0])
-        .unwrap();
+    let head =
+        airlock_imageset::read::read_head(&chunk_files(&tmp.path().join("out1"))[0]).unwrap();
     assert_eq!(
         head.manifest.images.len(),
         6,

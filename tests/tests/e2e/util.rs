@@ -292,12 +292,9 @@ pub fn publish_via(proxy: &FaultProxy, from: &Path, prefix: &str, ws: &Path) -> 
 }
 
 /// The imageset manifest of the chunk files in `dir`.
-pub fn read_manifest(dir: &Path) -> airlock_common::imageset::ImagesetManifest {
+pub fn read_manifest(dir: &Path) -> airlock_imageset::ImagesetManifest {
     let f = chunk_files(dir).into_iter().next().expect("a chunk");
-    (*airlock_common::imageset::read::read_head(&f)
-        .unwrap()
-        .manifest)
-        .clone()
+    (*airlock_imageset::read::read_head(&f).unwrap().manifest).clone()
 }
 
 /// Copies the chunk files of `from` into `to` (made if missing).

@@ -109,7 +109,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
+    use airlock_oci::digest::Digest;
 
     fn blobs(sizes: &[u64]) -> Vec<BlobRecord> {
         sizes

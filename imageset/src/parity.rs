@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 use super::{BLOCK, CHUNK_ENTRY_LEN, ImagesetManifest};
-use crate::digest::Hasher;
+use airlock_oci::digest::Hasher;
 
 /// Offset of the shard data in a parity file, after the metadata.
 pub const SHARD_DATA: u64 = CHUNK_ENTRY_LEN + BLOCK;

@@ -26,12 +26,12 @@ use super::{
     BLOCK, CHUNK_ENTRY_LEN, FORMAT, ImageKind, ImageRecord, ImagesetManifest, PARITY_EXTRA,
     RESERVED_REPOSITORY, TRAILER_LEN, chunk_file_name, parity_file_name,
 };
-use crate::digest::Digest;
-use crate::manifest::{
+use airlock_oci::digest::Digest;
+use airlock_oci::manifest::{
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
 };
-use crate::quote::clipped;
-use crate::reference::{ImageRef, valid_repository, valid_tag};
+use airlock_oci::quote::clipped;
+use airlock_oci::reference::{ImageRef, valid_repository, valid_tag};
 
 /// Most chunk files one imageset may have (at the smallest useful limit of 1 MiB,
 /// 100 TiB).
@@ -482,7 +482,7 @@ fn platforms(image: &ImageRecord, field: &dyn Fn(&str) -> String) -> Result<(), 
     }
     at_most(&field("platforms"), image.platforms.len(), MAX_PLATFORMS)?;
     for (i, p) in image.platforms.iter().enumerate() {
-        if !crate::manifest::valid_platform(p) {
+        if !airlock_oci::manifest::valid_platform(p) {
             return Err(invalid(
                 field(&format!("platforms[{i}]")),
                 format!(
@@ -880,99 +880,8 @@ fn release_signature(s: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-    use uuid::Uuid;
-
     use super::*;
-    use crate::imageset::{BlobRecord, ChunkRecord, ImageRecord, PartRecord, ReleaseRecord};
-    use crate::publish::{cluster_resources, destination_repository};
-    use crate::reference::Destination;
-
-    const OFFSET: u64 = 4096;
-
-    /// A small manifest that passes: one chunk holding an index, a manifest and a
-    /// layer; a release, a referrer and an image with a target repository.
-    fn genuine() -> ImagesetManifest {
-        let uuid = Uuid::from_u128(0x3f2a9c1e_0000_4000_8000_000000000001);
-        let blob = |n: u8, size: u64, media_type: Option<&str>| BlobRecord {
-            digest: Digest::of(&[n]),
-            size,
-            media_type: media_type.map(str::to_string),
-            repository: "quay.io/team/app".into(),
-            parts: vec![],
-        };
-        let mut blobs = vec![
-            blob(1, 300, Some(OCI_INDEX)),
-            blob(2, 500, Some(OCI_MANIFEST)),
-            blob(3, 700, None),
-            blob(4, 400, Some(DOCKER_MANIFEST)),
-        ];
-        for b in &mut blobs {
-            b.parts = vec![PartRecord {
-                chunk: 1,
-                offset: 0,
-                length: b.size,
-            }];
-        }
-        let size = OFFSET
-            + CHUNK_ENTRY_LEN
-            + TRAILER_LEN
-            + blobs
-                .iter()
-                .map(|b| BLOCK + b.size.next_multiple_of(BLOCK))
-                .sum::<u64>();
-        let image = |digest: &Digest, kind: ImageKind| ImageRecord {
-            source: "quay.io/team/app:1.0".into(),
-            repository: "quay.io/team/app".into(),
-            tag: Some("1.0".into()),
-            by_digest: false,
-            digest: digest.clone(),
-            target_repository: None,
-            kind,
-            subject: None,
-            catalog_source: None,
-            platforms: Vec::new(),
-        };
-        let mut referrer = image(&blobs[3].digest, ImageKind::Referrer);
-        referrer.subject = Some(blobs[0].digest.clone());
-        referrer.tag = Some(blobs[0].digest.tag_form() + ".sig");
-        let mut retargeted = image(&blobs[1].digest, ImageKind::Generic);
-        retargeted.target_repository = Some("mirrored/app".into());
-        ImagesetManifest {
-            format: FORMAT.into(),
-            uuid,
-            sequence: 1,
-            full: true,
-            created: "2026-11-24T10:00:00Z".into(),
-            limit: size,
-            chunks: vec![ChunkRecord {
-                index: 1,
-                name: chunk_file_name(&uuid, 1, 1, 1),
-                size,
-                sha256: "0".repeat(64),
-            }],
-            parity: vec![],
-            images: vec![
-                image(&blobs[0].digest, ImageKind::Release),
-                referrer,
-                retargeted,
-            ],
-            releases: vec![ReleaseRecord {
-                version: "4.14.3".into(),
-                arch: "amd64".into(),
-                channels: vec!["stable-4.14".into()],
-                image: format!(
-                    "quay.io/openshift-release-dev/ocp-release@{}",
-                    blobs[0].digest
-                ),
-                digest: blobs[0].digest.clone(),
-                tag: "4.14.3-x86_64".into(),
-                signature: Some("iQEcBAABAgAGBQJkAAoJEA==".into()),
-            }],
-            blobs,
-            deletes: Vec::new(),
-        }
-    }
+    use crate::fixtures::{PAYLOAD_OFFSET as OFFSET, genuine_manifest as genuine};
 
     #[test]
     fn the_genuine_manifest_passes() {
@@ -1033,14 +942,14 @@ mod tests {
     #[test]
     fn a_forged_catalog_source_template_is_refused() {
         type Forge = fn(&mut ImagesetManifest);
-        let with = |t: crate::imageset::CatalogSourceTemplate| {
+        let with = |t: crate::CatalogSourceTemplate| {
             move |m: &mut ImagesetManifest| {
                 m.images[2].kind = ImageKind::Catalog;
                 m.images[2].catalog_source = Some(t.clone());
             }
         };
         let mut fine = genuine();
-        with(crate::imageset::CatalogSourceTemplate {
+        with(crate::CatalogSourceTemplate {
             display_name: Some("Site operators".into()),
             ..Default::default()
         })(&mut fine);
@@ -1053,8 +962,8 @@ mod tests {
             (
                 |m| {
                     m.images[2].kind = ImageKind::Catalog;
-                    m.images[2].catalog_source = Some(crate::imageset::CatalogSourceTemplate {
-                        icon: Some(crate::imageset::CatalogIcon {
+                    m.images[2].catalog_source = Some(crate::CatalogSourceTemplate {
+                        icon: Some(crate::CatalogIcon {
                             base64data: "A".repeat(70_000),
                             mediatype: "image/png".into(),
                         }),
@@ -1066,7 +975,7 @@ mod tests {
             (
                 |m| {
                     m.images[2].kind = ImageKind::Catalog;
-                    m.images[2].catalog_source = Some(crate::imageset::CatalogSourceTemplate {
+                    m.images[2].catalog_source = Some(crate::CatalogSourceTemplate {
                         annotations: [("../../etc".to_string(), "x".to_string())].into(),
                         ..Default::default()
                     });
@@ -1076,7 +985,7 @@ mod tests {
             (
                 |m| {
                     m.images[2].kind = ImageKind::Catalog;
-                    m.images[2].catalog_source = Some(crate::imageset::CatalogSourceTemplate {
+                    m.images[2].catalog_source = Some(crate::CatalogSourceTemplate {
                         secrets: vec!["a b".into()],
                         ..Default::default()
                     });
@@ -1086,7 +995,7 @@ mod tests {
             (
                 |m| {
                     m.images[2].kind = ImageKind::Catalog;
-                    m.images[2].catalog_source = Some(crate::imageset::CatalogSourceTemplate {
+                    m.images[2].catalog_source = Some(crate::CatalogSourceTemplate {
                         annotations: [(
                             "olm.catalogImageTemplate".to_string(),
                             "evil.example/{kube_major_version}".to_string(),
@@ -1100,8 +1009,8 @@ mod tests {
             (
                 |m| {
                     m.images[2].kind = ImageKind::Catalog;
-                    m.images[2].catalog_source = Some(crate::imageset::CatalogSourceTemplate {
-                        grpc_pod_config: Some(crate::imageset::GrpcPodConfig {
+                    m.images[2].catalog_source = Some(crate::CatalogSourceTemplate {
+                        grpc_pod_config: Some(crate::GrpcPodConfig {
                             security_context_config: Some("privileged".into()),
                             ..Default::default()
                         }),
@@ -1314,62 +1223,6 @@ mod tests {
                 "case {i}: want {want:?}, got {err:?}"
             );
             assert!(err.len() < 600, "case {i}: {} bytes of message", err.len());
-        }
-    }
-
-    fn hostile() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just(String::new()),
-            Just("../x.tar".to_string()),
-            Just("/tmp/x".to_string()),
-            Just("quay.io/../../x".to_string()),
-            Just("Example.com/UPPER".to_string()),
-            Just("quay.io/team/other".to_string()),
-            Just("localhost:5000/a".to_string()),
-            Just("[::1]:5000/a".to_string()),
-            Just("a".repeat(70_000)),
-            "[ -~]{0,24}",
-            "\\PC{0,12}",
-        ]
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
-
-        /// Whatever a forger writes into the string fields, the check does not panic,
-        /// and what it lets through works everywhere downstream: destination
-        /// repositories are valid paths, chunk names are Airlock's own, and the
-        /// cluster resources can be written.
-        #[test]
-        fn what_passes_is_safe_downstream(
-            fields in proptest::collection::vec((0usize..12, hostile()), 0..4),
-        ) {
-            let mut m = genuine();
-            for (which, s) in fields {
-                match which {
-                    0 => m.images[0].repository = s,
-                    1 => m.images[2].target_repository = Some(s),
-                    2 => m.images[0].tag = Some(s),
-                    3 => m.images[0].source = s,
-                    4 => m.blobs[2].repository = s,
-                    5 => m.blobs[1].media_type = Some(s),
-                    6 => m.chunks[0].name = s,
-                    7 => m.releases[0].signature = Some(s),
-                    8 => m.releases[0].image = s,
-                    9 => m.releases[0].version = s,
-                    10 => m.created = s,
-                    _ => m.images[1].tag = Some(s),
-                }
-            }
-            if check(&m, OFFSET).is_ok() {
-                let dest: Destination = "docker://mirror.example:5000/site".parse().unwrap();
-                for i in &m.images {
-                    let repo = destination_repository(&dest, i);
-                    prop_assert!(valid_repository(&repo), "{repo:?}");
-                }
-                prop_assert_eq!(&m.chunks[0].name, &chunk_file_name(&m.uuid, 1, 1, 1));
-                let _ = cluster_resources(&m.images, &m.releases, &dest);
-            }
         }
     }
 }

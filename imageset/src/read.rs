@@ -23,7 +23,7 @@ use super::{
     MANIFEST_SUM_ENTRY, MANIFEST_SUM_LEN, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, PartRecord,
     SIGNATURE_ENTRY, TRAILER_LEN, padded,
 };
-use crate::digest::{Digest, Hasher};
+use airlock_oci::digest::{Digest, Hasher};
 
 /// Why a chunk file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -459,7 +459,7 @@ impl PartSink for DigestCheck {
 struct HashingReader {
     file: File,
     block: bytes::Bytes,
-    hasher: crate::digest::BackgroundHasher,
+    hasher: airlock_oci::digest::BackgroundHasher,
 }
 
 const BLOCK_BYTES: u64 = 1 << 20;
@@ -499,7 +499,7 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
     let mut r = HashingReader {
         file,
         block: bytes::Bytes::new(),
-        hasher: crate::digest::BackgroundHasher::new(),
+        hasher: airlock_oci::digest::BackgroundHasher::new(),
     };
     let m = &head.manifest;
     let mtime = mtime_of(&m.created);

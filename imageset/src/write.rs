@@ -19,8 +19,8 @@ use super::{
     BLOCK, CHUNK_ENTRY, ChunkIdentity, ChunkRecord, ImagesetManifest, PARITY_EXTRA,
     chunk_file_name, padded, parity, parity_file_name,
 };
-use crate::digest::{Digest, Hasher};
 use crate::signing::Signer;
+use airlock_oci::digest::{Digest, Hasher};
 
 /// Why writing failed.
 #[derive(Debug, thiserror::Error)]

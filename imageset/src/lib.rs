@@ -11,11 +11,15 @@
 //! - [`layout`] decides which blob bytes go into which chunk at which offset,
 //! - [`write`] writes chunk files from that plan, crash-safely,
 //! - [`read`] reads chunk files strictly, treating them as hostile input,
-//! - [`validate`] checks a manifest field by field: the trust boundary.
+//! - [`validate`] checks a manifest field by field: the trust boundary,
+//! - [`signing`] signs a manifest and checks it against a trust store.
 
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod layout;
 pub mod parity;
 pub mod read;
+pub mod signing;
 pub mod validate;
 pub mod write;
 
@@ -24,7 +28,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::digest::Digest;
+use airlock_oci::digest::Digest;
 
 /// The value of [`ImagesetManifest::format`] for this version of the format.
 pub const FORMAT: &str = "airlock.imageset/v1";
@@ -218,7 +222,7 @@ pub struct ImageRecord {
     /// hangs off them, are not in the imageset. The index itself travels byte
     /// for byte, so its digest and every signature of it stay valid; a registry
     /// must accept an index whose other platforms it does not hold (a sparse
-    /// index). Which children count as kept is [`crate::manifest::kept_children`].
+    /// index). Which children count as kept is [`airlock_oci::manifest::kept_children`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub platforms: Vec<String>,
 }
