@@ -7,14 +7,14 @@ use std::fmt::Display;
 use std::future::Future;
 
 use crate::exit_codes::{self, ExitCode};
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, LogFormat, LogLevel};
 
 /// Logging flags shared by every command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
+    /// Log level; RUST_LOG (tracing's filter syntax) overrides it.
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -130,7 +130,7 @@ where
     E: Display + ExitCode,
     F: Future<Output = Result<i32, E>>,
 {
-    telemetry::init(&log.log_level, log.log_format);
+    telemetry::init(log.log_level, log.log_format);
     let code = match tokio::runtime::Runtime::new() {
         Err(e) => {
             report(&format!("cannot start the async runtime: {e}"));
@@ -237,6 +237,29 @@ pub fn table<const N: usize>(titles: [&str; N], rows: &[[String; N]]) -> String 
 
 #[cfg(test)]
 mod tests {
+    /// A misspelt level is refused at the command line with the levels there
+    /// are, instead of becoming a filter that logs nothing.
+    #[test]
+    fn an_unknown_log_level_is_refused_with_the_levels_there_are() {
+        use clap::{Args, FromArgMatches};
+        let command = super::LogArgs::augment_args(clap::Command::new("x"));
+        let err = command
+            .clone()
+            .try_get_matches_from(["x", "--log-level", "verbose"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(
+            err.to_string()
+                .contains("[possible values: error, warn, info, debug, trace]"),
+            "{err}"
+        );
+        let matches = command
+            .try_get_matches_from(["x", "--log-level", "debug"])
+            .unwrap();
+        let args = super::LogArgs::from_arg_matches(&matches).unwrap();
+        assert_eq!(args.log_level, super::LogLevel::Debug);
+    }
+
     #[test]
     fn table_aligns_columns_and_trims_line_ends() {
         let t = super::table(

@@ -20,9 +20,40 @@ pub enum LogFormat {
     Json,
 }
 
+/// How much is logged: `--log-level`. A closed set, so that a typo is an error at
+/// the command line rather than a filter that silently matches nothing; finer
+/// filters (per module) go in `RUST_LOG`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Failures only.
+    Error,
+    /// Failures and what an operator should look at.
+    Warn,
+    /// What the command does, step by step.
+    #[default]
+    Info,
+    /// Requests and decisions, for a bug report.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides `level` when set.
-pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+pub fn init(level: LogLevel, format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.directive()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
