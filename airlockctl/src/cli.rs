@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use airlock_common::cli::{LogArgs, OutputFormat};
+use airlock_cli::{LogArgs, OutputFormat};
 use airlock_common::exit_codes;
 use airlock_proto::tls::ClientFiles;
 use clap::{Args, Parser, Subcommand};
@@ -72,7 +72,7 @@ pub enum Command {
     /// Follow the agent's events until it stops (Ctrl-C to quit).
     Watch,
     #[command(flatten)]
-    Shell(airlock_common::cli::ShellVerb),
+    Shell(airlock_cli::ShellVerb),
 }
 
 /// `ingest`.
@@ -264,6 +264,6 @@ mod tests {
     /// The command line is a contract (scripts call it); a change must be deliberate.
     #[test]
     fn help_text_is_stable() {
-        airlock_common::assert_help_snapshots!(Cli);
+        airlock_cli::assert_help_snapshots!(Cli);
     }
 }

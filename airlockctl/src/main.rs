@@ -6,5 +6,5 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let log = cli.log.clone();
-    airlock_common::cli::main(&log, cli::run(cli))
+    airlock_cli::main(&log, cli::run(cli))
 }

@@ -4,7 +4,7 @@
 //! types, so that its keys stay what `docs/airlockctl.md` documents even if the
 //! protocol grows: keys are only ever added.
 
-use airlock_common::cli::table;
+use airlock_cli::table;
 use airlock_common::size::ByteSize;
 use airlock_proto::v1;
 use serde::Serialize;

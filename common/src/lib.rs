@@ -6,15 +6,12 @@
 //! - [`resources`]: cluster resources (mirror sets) derived from what was mirrored.
 //! - [`exit_codes`]: the process exit codes of every binary.
 
-pub mod cli;
 pub mod config;
 pub mod exit_codes;
-pub mod metrics;
+pub mod progress;
 pub mod prune;
 pub mod publish;
 pub mod registry;
 pub mod resources;
-pub mod service;
 pub mod size;
 pub mod state;
-pub mod telemetry;

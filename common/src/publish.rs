@@ -29,12 +29,12 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::progress::Progress;
 use crate::registry::retry::{Budget, Limit, RetryPolicy, Retryable, Verdict};
 use crate::registry::{ErrorKind, RawManifest, RegistryClient, RegistryError};
 use crate::resources::{
     CatalogRef, Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs,
 };
-use crate::telemetry::Progress;
 use airlock_imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::OCI_INDEX;
@@ -406,7 +406,7 @@ pub struct Publisher<'a, S> {
     /// Counters.
     pub stats: PublishStats,
     retry: RetryPolicy,
-    progress: Progress,
+    progress: Box<dyn Progress + 'a>,
     /// Once cancelled, no new upload starts; those under way finish.
     stop: Option<CancellationToken>,
 }
@@ -418,7 +418,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         source: &'a S,
         dest: &'a Destination,
         parallel: usize,
-        progress: Progress,
+        progress: impl Progress + 'a,
     ) -> Self {
         Publisher {
             client,
@@ -431,7 +431,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             referrers: Mutex::new(()),
             stats: PublishStats::default(),
             retry: RetryPolicy::default(),
-            progress,
+            progress: Box::new(progress),
             stop: None,
         }
     }

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::time::Duration;
 
+use airlock_cli::metrics::Endpoint;
+use airlock_cli::service::{self, NotifyState};
 use airlock_common::config::{self, ConfigError, Problem};
-use airlock_common::metrics::Endpoint;
-use airlock_common::service::{self, NotifyState};
 use airlock_common::size::ByteSize;
 use serde::Deserialize;
 
@@ -103,7 +103,7 @@ pub struct AgentConfig {
     /// `/metrics`, `/healthz` and `/readyz` over HTTP (docs/operations.md);
     /// none: not served.
     #[serde(default)]
-    pub metrics: Option<airlock_common::metrics::MetricsConfig>,
+    pub metrics: Option<airlock_cli::metrics::MetricsConfig>,
 }
 
 fn five() -> usize {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use airlock_common::cli::{LogArgs, OutputFormat, table};
+use airlock_cli::{LogArgs, OutputFormat, table};
 use airlock_common::registry::RegistryOptions;
 use airlock_common::size::ByteSize;
 use clap::{ArgAction, Args, Parser, Subcommand};
@@ -45,7 +45,7 @@ pub enum Command {
     #[command(subcommand)]
     List(ListCommand),
     #[command(flatten)]
-    Shell(airlock_common::cli::ShellVerb),
+    Shell(airlock_cli::ShellVerb),
 }
 
 /// `list`.
@@ -388,13 +388,13 @@ pub struct MirrorArgs {
 /// file://W docker://HOST/PREFIX` is `mirror`. `--v2` is dropped; flags oc-mirror
 /// has and Airlock does not act on are refused by name (docs/cli.md).
 pub fn from_oc_mirror(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
-    airlock_common::cli::oc_mirror::rewrite(args, &<Cli as clap::CommandFactory>::command(), |m| {
+    airlock_cli::oc_mirror::rewrite(args, &<Cli as clap::CommandFactory>::command(), |m| {
         if m.from.is_some() {
             return Err("--from file://DIR is oc-mirror's disk to mirror: run it on the disconnected side, airlock-disconnected -c ISC.yaml --from file://DIR docker://HOST[/PREFIX]".into());
         }
         // Mirror to disk has no destination registry: its flags do nothing there.
         let rest = match m.destination.starts_with("file://") {
-            true => m.rest_without(airlock_common::cli::oc_mirror::DESTINATION_FLAGS),
+            true => m.rest_without(airlock_cli::oc_mirror::DESTINATION_FLAGS),
             false => m.rest.clone(),
         };
         let mut out: Vec<String> = match m.destination.strip_prefix("file://") {
@@ -490,14 +490,14 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             // Everything is checked before the agent reports ready.
             let checked = crate::agent::load(&args.config)?;
             if args.check {
-                airlock_common::cli::print_checked(&args.config);
+                airlock_cli::print_checked(&args.config);
                 return Ok(airlock_common::exit_codes::OK);
             }
             if let Some(p) = &checked.config.source.proxy {
                 airlock_common::registry::use_proxy(p).map_err(Error::Usage)?;
             }
             crate::agent::Agent::new(checked)
-                .run(airlock_common::cli::shutdown_signal())
+                .run(airlock_cli::shutdown_signal())
                 .await?;
             Ok(airlock_common::exit_codes::OK)
         }
@@ -814,6 +814,6 @@ mod tests {
     /// The command line is a contract (scripts call it); a change must be deliberate.
     #[test]
     fn help_text_is_stable() {
-        airlock_common::assert_help_snapshots!(Cli);
+        airlock_cli::assert_help_snapshots!(Cli);
     }
 }

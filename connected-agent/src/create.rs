@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use airlock_cli::telemetry::Bar;
 use airlock_common::config::{self, ImageSpec, LoadedConfig};
+use airlock_common::progress::Progress;
 use airlock_common::registry::{ErrorKind, Pool, RegistryError, RegistryOptions};
 use airlock_common::size::ByteSize;
 use airlock_common::state::crash_point;
-use airlock_common::telemetry::Progress;
 use airlock_imageset::signing::Signer;
 use airlock_imageset::write::{self, Prepared, WriteError};
 use airlock_imageset::{FORMAT, ImageKind, ImagesetManifest, ReleaseRecord};
@@ -1125,12 +1126,12 @@ async fn fill(
         .iter()
         .map(|&i| prepared.manifest().blobs[i].size)
         .sum();
-    let progress = Arc::new(Progress::bytes("create", total));
+    let progress = Arc::new(Bar::bytes("create", total));
     let results: Vec<Result<(), (Digest, Error)>> = futures::stream::iter(carry.iter().copied())
         .map(|i| {
             let progress = progress.clone();
             async move {
-                fill_blob(prepared, collected, i, pool, &progress)
+                fill_blob(prepared, collected, i, pool, progress.as_ref())
                     .await
                     .map_err(|e| (prepared.manifest().blobs[i].digest.clone(), e))
             }
@@ -1147,7 +1148,7 @@ async fn fill_blob(
     collected: &Collected,
     index: usize,
     pool: &Pool,
-    progress: &Progress,
+    progress: &dyn Progress,
 ) -> Result<(), Error> {
     let blob = &prepared.manifest().blobs[index];
     let held = collected

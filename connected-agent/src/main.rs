@@ -12,5 +12,5 @@ fn main() -> std::process::ExitCode {
     });
     let cli = Cli::parse_from(args);
     let log = cli.log.clone();
-    airlock_common::cli::main(&log, cli::run(cli))
+    airlock_cli::main(&log, cli::run(cli))
 }

@@ -10,10 +10,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use airlock_cli::telemetry::Bar;
 use airlock_common::publish::{self, BlobBody, ContentSource, Publisher};
 use airlock_common::registry::{Pool, RawManifest, RegistryClient, RegistryOptions};
 use airlock_common::resources;
-use airlock_common::telemetry::Progress;
 use airlock_imageset::BlobRecord;
 use airlock_oci::digest::Digest;
 use airlock_oci::reference::{Destination, ImageRef};
@@ -155,7 +155,7 @@ pub async fn mirror(opts: &MirrorOptions) -> Result<MirrorReport, Error> {
         &source,
         &opts.to,
         opts.parallel,
-        Progress::bytes("mirror", total),
+        Bar::bytes("mirror", total),
     );
     let result = publisher.publish(&collected.images, &collected.blobs).await;
     let stats = publisher.stats.get();

@@ -189,7 +189,7 @@ pub struct AgentConfig {
     /// `/metrics`, `/healthz` and `/readyz` over HTTP (docs/operations.md);
     /// none: not served.
     #[serde(default)]
-    pub metrics: Option<airlock_common::metrics::MetricsConfig>,
+    pub metrics: Option<airlock_cli::metrics::MetricsConfig>,
     /// The clusters to publish to.
     pub clusters: Vec<ClusterConfig>,
 }

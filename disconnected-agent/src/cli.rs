@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use airlock_common::cli::{LogArgs, OutputFormat};
+use airlock_cli::{LogArgs, OutputFormat};
 use airlock_common::exit_codes;
 use airlock_common::registry::RegistryOptions;
 use airlock_common::registry::auth::AuthSource;
@@ -42,7 +42,7 @@ pub enum Command {
     /// chunk files' heads: no workspace, no registry, no hashing.
     Describe(DescribeArgs),
     #[command(flatten)]
-    Shell(airlock_common::cli::ShellVerb),
+    Shell(airlock_cli::ShellVerb),
 }
 
 /// `describe`.
@@ -166,7 +166,7 @@ pub struct PublishArgs {
 /// imagesets say what they hold; the configuration must exist). `--v2` is
 /// dropped; flags oc-mirror has and Airlock does not act on are refused by name.
 pub fn from_oc_mirror(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
-    airlock_common::cli::oc_mirror::rewrite(args, &<Cli as clap::CommandFactory>::command(), |m| {
+    airlock_cli::oc_mirror::rewrite(args, &<Cli as clap::CommandFactory>::command(), |m| {
         if m.rest_without(&["--secure-policy", "--policy", "--registries.d"])
             .len()
             != m.rest.len()
@@ -231,12 +231,12 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             // The whole configuration is checked before anything is opened or watched.
             let checked = crate::agent_config::load(&args.config)?;
             if args.check {
-                airlock_common::cli::print_checked(&args.config);
+                airlock_cli::print_checked(&args.config);
                 return Ok(exit_codes::OK);
             }
             crate::daemon::Daemon::new(checked)?
                 .reload_from(&args.config)
-                .run(airlock_common::cli::shutdown_signal())
+                .run(airlock_cli::shutdown_signal())
                 .await?;
             Ok(exit_codes::OK)
         }
@@ -488,6 +488,6 @@ mod tests {
     /// The command line is a contract (scripts call it); a change must be deliberate.
     #[test]
     fn help_text_is_stable() {
-        airlock_common::assert_help_snapshots!(Cli);
+        airlock_cli::assert_help_snapshots!(Cli);
     }
 }

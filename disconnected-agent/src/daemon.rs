@@ -30,11 +30,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use airlock_cli::metrics::Endpoint;
+use airlock_cli::service;
 use airlock_common::exit_codes;
-use airlock_common::metrics::Endpoint;
 use airlock_common::registry::auth::AuthSource;
 use airlock_common::registry::{RegistryClient, RegistryOptions};
-use airlock_common::service;
 use airlock_common::size::ByteSize;
 use airlock_imageset::read::ChunkError;
 use airlock_oci::digest::Digest;

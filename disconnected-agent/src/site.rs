@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use airlock_cli::telemetry::Bar;
 use airlock_common::exit_codes::{self, ExitCode as _};
 use airlock_common::prune::{self, InUse, Pruned, Pruner};
 use airlock_common::publish::{self, Publisher};
@@ -13,7 +14,6 @@ use airlock_common::registry::{ErrorKind, RegistryClient, RegistryError};
 use airlock_common::resources;
 use airlock_common::size::ByteSize;
 use airlock_common::state::crash_point;
-use airlock_common::telemetry::Progress;
 use airlock_imageset::signing::TrustStore;
 use airlock_imageset::{ImageRecord, ImagesetManifest};
 use airlock_oci::reference::Destination;
@@ -497,7 +497,7 @@ impl Site {
                 &source,
                 &target.dest,
                 pass.parallel,
-                Progress::bytes("publish", carried),
+                Bar::bytes("publish", carried),
             );
             if let Some(stop) = pass.stop {
                 publisher = publisher.with_stop(stop.clone());

@@ -1,13 +1,24 @@
 //! What every Airlock binary does the same way: logging flags, the async runtime,
-//! and turning the outcome into an exit code and an error message.
+//! turning the outcome into an exit code and an error message, completions and man
+//! pages, oc-mirror's command lines, logging and the terminal progress bar
+//! ([`telemetry`]), systemd notifications ([`service`]) and the metrics endpoint
+//! ([`metrics`]).
+//!
+//! Invariant: only the agent crates (the binaries and their command layers)
+//! depend on this crate; no library does. Everything a terminal, a service
+//! manager or a scraper sees is decided here, so libraries stay free of clap,
+//! indicatif, sd-notify and the HTTP server.
 
+pub mod metrics;
 pub mod oc_mirror;
+pub mod service;
+pub mod telemetry;
 
 use std::fmt::Display;
 use std::future::Future;
 
-use crate::exit_codes::{self, ExitCode};
-use crate::telemetry::{self, LogFormat, LogLevel};
+use crate::telemetry::{LogFormat, LogLevel};
+use airlock_common::exit_codes::{self, ExitCode};
 
 /// Logging flags shared by every command.
 #[derive(Debug, Clone, clap::Args)]

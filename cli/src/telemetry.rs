@@ -7,6 +7,7 @@
 
 use std::io::IsTerminal;
 
+use airlock_common::progress::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 
@@ -65,17 +66,18 @@ pub fn init(level: LogLevel, format: LogFormat) {
     };
 }
 
-/// A byte-progress bar that exists only on a terminal.
+/// A byte-progress bar that exists only on a terminal: how the binaries show the
+/// [`Progress`] libraries report.
 #[derive(Debug, Clone)]
-pub struct Progress {
+pub struct Bar {
     bar: Option<ProgressBar>,
 }
 
-impl Progress {
+impl Bar {
     /// A bar for `total` bytes labelled `what`, or a silent stand-in off a terminal.
     pub fn bytes(what: &str, total: u64) -> Self {
         if !std::io::stderr().is_terminal() {
-            return Progress { bar: None };
+            return Bar { bar: None };
         }
         let bar = ProgressBar::new(total);
         bar.set_style(
@@ -86,25 +88,25 @@ impl Progress {
             .progress_chars("=> "),
         );
         bar.set_message(what.to_string());
-        Progress { bar: Some(bar) }
+        Bar { bar: Some(bar) }
     }
+}
 
-    /// Counts `n` more bytes.
-    pub fn add(&self, n: u64) {
+impl Progress for Bar {
+    fn add(&self, n: u64) {
         if let Some(b) = &self.bar {
             b.inc(n);
         }
     }
 
-    /// Takes back `n` bytes (a retried transfer).
-    pub fn sub(&self, n: u64) {
+    fn sub(&self, n: u64) {
         if let Some(b) = &self.bar {
             b.set_position(b.position().saturating_sub(n));
         }
     }
 
     /// Removes the bar.
-    pub fn finish(&self) {
+    fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }

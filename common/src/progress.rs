@@ -1,0 +1,23 @@
+//! How long transfers report their progress. A library counts bytes through this
+//! trait; a binary decides how to show them (a terminal bar: `airlock-cli`), so
+//! that no library draws on a terminal or depends on a progress-bar crate.
+
+/// Bytes done in a transfer whose total the caller gave when it made the value.
+pub trait Progress: Send + Sync {
+    /// `n` more bytes done.
+    fn add(&self, n: u64);
+    /// `n` bytes taken back: a transfer that failed part way and starts again.
+    fn sub(&self, n: u64) {
+        let _ = n;
+    }
+    /// The transfer is over (done or given up).
+    fn finish(&self) {}
+}
+
+/// Shows nothing: for callers that report in other ways.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Silent;
+
+impl Progress for Silent {
+    fn add(&self, _: u64) {}
+}
