@@ -914,7 +914,9 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_imageset::fixtures::{PAYLOAD_OFFSET, genuine_manifest, hostile_string};
+    use airlock_imageset::fixtures::{
+        PAYLOAD_OFFSET, forge_field, genuine_manifest, hostile_string,
+    };
     use airlock_imageset::validate::check;
     use airlock_oci::reference::valid_repository;
     use proptest::prelude::*;
@@ -932,20 +934,7 @@ mod tests {
         ) {
             let mut m = genuine_manifest();
             for (which, s) in fields {
-                match which {
-                    0 => m.images[0].repository = s,
-                    1 => m.images[2].target_repository = Some(s),
-                    2 => m.images[0].tag = Some(s),
-                    3 => m.images[0].source = s,
-                    4 => m.blobs[2].repository = s,
-                    5 => m.blobs[1].media_type = Some(s),
-                    6 => m.chunks[0].name = s,
-                    7 => m.releases[0].signature = Some(s),
-                    8 => m.releases[0].image = s,
-                    9 => m.releases[0].version = s,
-                    10 => m.created = s,
-                    _ => m.images[1].tag = Some(s),
-                }
+                forge_field(&mut m, which, s);
             }
             if check(&m, PAYLOAD_OFFSET).is_ok() {
                 let dest: Destination = "docker://mirror.example:5000/site".parse().unwrap();

@@ -118,3 +118,22 @@ pub fn hostile_string() -> impl Strategy<Value = String> {
         "\\PC{0,12}",
     ]
 }
+
+/// Writes `value` into the string field number `which` (mod 12) of `m`: the
+/// fields a forger controls that reach names, paths and cluster objects.
+pub fn forge_field(m: &mut ImagesetManifest, which: usize, value: String) {
+    match which % 12 {
+        0 => m.images[0].repository = value,
+        1 => m.images[2].target_repository = Some(value),
+        2 => m.images[0].tag = Some(value),
+        3 => m.images[0].source = value,
+        4 => m.blobs[2].repository = value,
+        5 => m.blobs[1].media_type = Some(value),
+        6 => m.chunks[0].name = value,
+        7 => m.releases[0].signature = Some(value),
+        8 => m.releases[0].image = value,
+        9 => m.releases[0].version = value,
+        10 => m.created = value,
+        _ => m.images[1].tag = Some(value),
+    }
+}

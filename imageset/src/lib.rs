@@ -6,13 +6,19 @@
 //! imageset, and a per-chunk identity entry, so a chunk renamed by a file manager is
 //! still recognised. Blob bytes follow; a blob that does not fit is split across
 //! chunks. The full specification, precise enough to write another implementation,
-//! is `docs/imageset-format.md`; this module is its reference implementation:
+//! is `docs/imageset-format.md`; this crate is its reference implementation:
 //!
 //! - [`layout`] decides which blob bytes go into which chunk at which offset,
 //! - [`write`] writes chunk files from that plan, crash-safely,
 //! - [`read`] reads chunk files strictly, treating them as hostile input,
 //! - [`validate`] checks a manifest field by field: the trust boundary,
 //! - [`signing`] signs a manifest and checks it against a trust store.
+//!
+//! Invariants: no network dependency enters this crate (it depends on
+//! `airlock-oci`, and on archive, hashing, signature, parity and time crates), so
+//! the contract can be read, tested and fuzzed on its own; and nothing read from a
+//! chunk file reaches a path, a registry or a panic before [`validate`] has passed
+//! it.
 
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;

@@ -881,7 +881,10 @@ fn release_signature(s: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{PAYLOAD_OFFSET as OFFSET, genuine_manifest as genuine};
+    use crate::fixtures::{
+        PAYLOAD_OFFSET as OFFSET, forge_field, genuine_manifest as genuine, hostile_string,
+    };
+    use proptest::prelude::*;
 
     #[test]
     fn the_genuine_manifest_passes() {
@@ -1223,6 +1226,27 @@ mod tests {
                 "case {i}: want {want:?}, got {err:?}"
             );
             assert!(err.len() < 600, "case {i}: {} bytes of message", err.len());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever a forger writes into the string fields, the check answers
+        /// without panicking, and a manifest it passes names its chunks as
+        /// Airlock does. (What publishing makes of a passed manifest is checked
+        /// where publishing is: airlock-common's publish tests.)
+        #[test]
+        fn the_check_never_panics_and_passes_only_airlock_s_chunk_names(
+            fields in proptest::collection::vec((0usize..12, hostile_string()), 0..4),
+        ) {
+            let mut m = genuine();
+            for (which, s) in fields {
+                forge_field(&mut m, which, s);
+            }
+            if check(&m, OFFSET).is_ok() {
+                prop_assert_eq!(&m.chunks[0].name, &chunk_file_name(&m.uuid, 1, 1, 1));
+            }
         }
     }
 }
