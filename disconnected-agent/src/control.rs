@@ -21,8 +21,8 @@ use tokio_stream::StreamExt;
 use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status as RpcStatus, Streaming};
 
-use crate::daemon::{Command, Event, Round};
 use crate::error::Error;
+use crate::messages::{Command, Commands, Round};
 use crate::scan;
 use crate::site::Outcome;
 use crate::status::{AgentEvent, ClusterState, ClusterView, EventKind, Status};
@@ -62,7 +62,7 @@ impl Server {
     pub(crate) async fn start(
         self,
         status: Arc<Status>,
-        loop_tx: mpsc::UnboundedSender<Event>,
+        loop_tx: Commands,
         stop: watch::Receiver<bool>,
     ) -> Result<Running, Error> {
         let listener = tokio::net::TcpListener::bind(self.listen)
@@ -117,7 +117,7 @@ impl Running {
 
 struct ControlService {
     status: Arc<Status>,
-    loop_tx: mpsc::UnboundedSender<Event>,
+    loop_tx: Commands,
     stop: watch::Receiver<bool>,
 }
 
@@ -138,9 +138,9 @@ impl ControlService {
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, RpcStatus> {
         let (reply, answer) = oneshot::channel();
-        self.loop_tx
-            .send(Event::Command(command(reply)))
-            .map_err(|_| RpcStatus::unavailable("the agent is stopping"))?;
+        if !self.loop_tx.send(command(reply)) {
+            return Err(RpcStatus::unavailable("the agent is stopping"));
+        }
         answer.await.map_err(|_| {
             RpcStatus::unavailable(
                 "the agent stopped or its round failed before answering (see its log); files it placed in the drop directory are taken on its next round",
@@ -274,7 +274,7 @@ fn kept_manifests(kept: &[(String, String)]) -> Vec<v1::KeptManifest> {
 }
 
 /// A dry run's plan for one cluster, as the control plane says it.
-fn plan(p: crate::daemon::ClusterPlan) -> v1::PublishPlan {
+fn plan(p: crate::messages::ClusterPlan) -> v1::PublishPlan {
     let pruned = p.pruned.unwrap_or_default();
     v1::PublishPlan {
         cluster: p.cluster,

@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use airlock_cli::metrics::Endpoint;
 use airlock_cli::service;
@@ -53,11 +53,12 @@ use crate::cluster_api::{self, Applied, ClusterApi, Withdrawn};
 use crate::control;
 use crate::error::Error;
 use crate::fanout::SharedReads;
+use crate::messages::{ClusterPlan, Command, Commands, Round};
 use crate::scan;
+use crate::settle::Tracker;
 use crate::site::{Outcome, Pass, Report, Site, Target};
 use crate::source::Mirror;
 use crate::status::{AgentEvent, ApiView, ClusterView, EventKind, PruneView, Refused, Status};
-use airlock_common::prune::Pruned;
 
 /// Longest wait between retries of a registry that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -76,51 +77,6 @@ pub(crate) enum Event {
     Finished(Box<Joined>),
 }
 
-/// Requests of the control plane, served by the loop between rounds so that they
-/// go through exactly what the drop directory goes through.
-pub(crate) enum Command {
-    /// These complete files, received elsewhere, go into the drop directory and
-    /// are taken now. The loop places them itself, so that no other round takes
-    /// them before this one and the answer covers them.
-    Ingest {
-        staged: Vec<PathBuf>,
-        reply: oneshot::Sender<Result<(Vec<PathBuf>, Round), String>>,
-    },
-    /// Re-apply the resources of the named cluster (or of all) through its API,
-    /// taking back fields changed on the cluster, and check it again.
-    Reconcile {
-        cluster: Option<String>,
-        reply: oneshot::Sender<()>,
-    },
-    /// Publish now, clearing the backoff of the named cluster (or of all).
-    Publish {
-        cluster: Option<String>,
-        reply: oneshot::Sender<Round>,
-    },
-    /// Say what publishing to the named cluster (or to all) would do; change nothing.
-    Plan {
-        cluster: Option<String>,
-        reply: oneshot::Sender<Vec<ClusterPlan>>,
-    },
-}
-
-/// What publishing to one cluster would do (`airlockctl publish --dry-run`).
-#[derive(Debug, Default)]
-pub struct ClusterPlan {
-    /// The cluster.
-    pub cluster: String,
-    /// Its destination.
-    pub destination: String,
-    /// The sequences that would be published there, in order.
-    pub would_publish: Vec<u64>,
-    /// What pruning (or a delete imageset) would then delete and keep.
-    pub pruned: Option<Pruned>,
-    /// Why nothing would be pruned.
-    pub not_pruned: Option<String>,
-    /// What could not be found out.
-    pub problems: Vec<String>,
-}
-
 /// Whom to answer when the round is done.
 enum Reply {
     None,
@@ -129,97 +85,6 @@ enum Reply {
         oneshot::Sender<Result<(Vec<PathBuf>, Round), String>>,
     ),
     Publish(oneshot::Sender<Round>),
-}
-
-/// What one round did.
-#[derive(Debug, Default)]
-pub struct Round {
-    /// Each imageset judged, with its files.
-    pub outcomes: Vec<((Uuid, u64), Outcome, Vec<PathBuf>)>,
-    /// Files set aside, by the path they had in the drop directory, with why.
-    pub quarantined: Vec<(PathBuf, String)>,
-    /// Sequences published, by cluster name.
-    pub published: Vec<(String, u64)>,
-}
-
-struct Seen {
-    len: u64,
-    mtime: SystemTime,
-    since: Instant,
-    renamed: bool,
-}
-
-/// Which files have stopped changing.
-#[derive(Default)]
-struct Tracker {
-    seen: HashMap<PathBuf, Seen>,
-    renamed: HashSet<PathBuf>,
-}
-
-impl Tracker {
-    /// Updates what is known of `files` and returns those that are complete.
-    fn settled(&mut self, files: &[PathBuf], settle: Duration, now: Instant) -> Vec<PathBuf> {
-        self.seen.retain(|p, _| files.contains(p));
-        let mut out = Vec::new();
-        for f in files {
-            let Ok(meta) = std::fs::metadata(f) else {
-                continue;
-            };
-            let (len, mtime) = (
-                meta.len(),
-                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            );
-            let renamed = self.renamed.remove(f);
-            match self.seen.get_mut(f) {
-                Some(s) if s.len == len && s.mtime == mtime => {
-                    s.renamed |= renamed;
-                    if s.renamed || now.duration_since(s.since) >= settle {
-                        out.push(f.clone());
-                    }
-                }
-                _ => {
-                    self.seen.insert(
-                        f.clone(),
-                        Seen {
-                            len,
-                            mtime,
-                            since: now,
-                            renamed,
-                        },
-                    );
-                    if renamed || settle.is_zero() {
-                        out.push(f.clone());
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// How long `file` has been unchanged, unless it was renamed in (its writer
-    /// then said it is complete).
-    fn unchanged_for(&self, file: &Path, now: Instant) -> Option<Duration> {
-        self.seen
-            .get(file)
-            .filter(|s| !s.renamed)
-            .map(|s| now.duration_since(s.since))
-    }
-
-    /// When the next file that is still settling will have settled, or a file
-    /// that settled (it may be a stalled writer's) will have been still for
-    /// `stall`. Only deadlines still to come: one passed is no reason to wake, and
-    /// counting it would make the loop spin for as long as the file sits there.
-    fn next_deadline(&self, settle: Duration, stall: Duration, now: Instant) -> Option<Instant> {
-        self.seen
-            .values()
-            .filter(|s| !s.renamed)
-            .filter_map(|s| {
-                [s.since + settle, s.since + stall]
-                    .into_iter()
-                    .find(|&d| d > now)
-            })
-            .min()
-    }
 }
 
 struct Cluster {
@@ -632,7 +497,14 @@ impl Daemon {
         let server = match self.grpc.take() {
             Some(server) => Some(
                 server
-                    .start(self.status.clone(), tx.clone(), grpc_stopped)
+                    .start(
+                        self.status.clone(),
+                        Commands::new({
+                            let tx = tx.clone();
+                            move |command| tx.send(Event::Command(command)).is_ok()
+                        }),
+                        grpc_stopped,
+                    )
                     .await?,
             ),
             None => None,

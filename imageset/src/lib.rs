@@ -457,6 +457,25 @@ impl ImagesetManifest {
     }
 }
 
+/// sha256 (hex) of a file from `offset` to its end: a chunk's or parity file's
+/// payload hash as the manifest records it. Here, not in `write`, because the
+/// writer and the parity repair both need it and neither should need the other.
+pub fn hash_payload(path: &std::path::Path, offset: u64) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut hasher = airlock_oci::digest::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finish().hex().to_string())
+}
+
 #[cfg(test)]
 mod naming_tests {
     use super::*;

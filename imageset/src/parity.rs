@@ -208,7 +208,8 @@ pub fn repair(
     for (i, path, f) in rebuilt {
         f.sync_all().map_err(io)?;
         drop(f);
-        let hash = super::write::hash_payload(&path, payload_offset).map_err(|e| e.to_string())?;
+        let hash = crate::hash_payload(&path, payload_offset)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         if hash != m.chunks[i].sha256 {
             let _ = std::fs::remove_file(&path);
             return Err(format!(

@@ -9,7 +9,7 @@
 //! chunk, syncs, and only then renames the files to their final names. A crash at
 //! any point leaves at most `.part` files, never a chunk under its final name.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -376,7 +376,7 @@ impl Prepared {
                 if parity_paths.is_empty() {
                     let hashes = data
                         .iter()
-                        .map(|(p, _)| hash_payload(p, meta))
+                        .map(|(p, _)| crate::hash_payload(p, meta).map_err(io(p)))
                         .collect::<Result<Vec<_>, _>>()?;
                     return Ok((hashes, Vec::new()));
                 }
@@ -388,7 +388,7 @@ impl Prepared {
                 })?;
                 let parity_hashes = parity_paths
                     .iter()
-                    .map(|p| hash_payload(p, meta))
+                    .map(|p| crate::hash_payload(p, meta).map_err(io(p)))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((hashes, parity_hashes))
             })
@@ -460,22 +460,6 @@ impl Prepared {
         self.done = true;
         Ok((self.manifest.clone(), self.finals.clone()))
     }
-}
-
-/// sha256 (hex) of a file from `offset` to its end.
-pub fn hash_payload(path: &Path, offset: u64) -> Result<String, WriteError> {
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    f.seek(SeekFrom::Start(offset)).map_err(io(path))?;
-    let mut hasher = Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finish().hex().to_string())
 }
 
 /// Writes one blob's bytes into its parts, in order, checking size and digest.
