@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use airlock_common::registry::RegistryError;
+
 use crate::graph::Graph;
 use crate::select::{ChannelType, GraphSource, SelectError};
 
@@ -29,22 +31,21 @@ pub struct UpdateService {
 impl UpdateService {
     /// A client; `url_override` (else `UPDATE_URL_OVERRIDE`) replaces the upstream
     /// services for every channel type.
-    pub fn new(url_override: Option<String>) -> UpdateService {
+    pub fn new(url_override: Option<String>) -> Result<UpdateService, RegistryError> {
         let url_override =
             url_override.or_else(|| std::env::var(UPDATE_URL_ENV).ok().filter(|v| !v.is_empty()));
         if let Some(u) = &url_override {
             tracing::info!(url = %u, "using the update service override");
         }
-        let client = airlock_common::registry::proxied(reqwest::Client::builder())
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(300))
-            .build()
-            .expect("the TLS backend initialises");
-        UpdateService {
+        let client = airlock_common::registry::http_client(
+            url_override.as_deref().unwrap_or(OCP_UPDATE_URL),
+            Duration::from_secs(300),
+        )?;
+        Ok(UpdateService {
             client,
             url_override,
             cache: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     fn base(&self, kind: ChannelType) -> &str {
@@ -183,14 +184,14 @@ mod tests {
             reqwest::Url::from_file_path(&file).unwrap(),
             directory.clone(),
         ] {
-            let service = UpdateService::new(Some(url.to_string()));
+            let service = UpdateService::new(Some(url.to_string())).unwrap();
             let g = service
                 .graph(ChannelType::Ocp, "stable-4.9", "amd64")
                 .await
                 .unwrap();
             assert_eq!(g.nodes().len(), expected.nodes().len(), "{url}");
         }
-        let service = UpdateService::new(Some(directory.to_string()));
+        let service = UpdateService::new(Some(directory.to_string())).unwrap();
         let e = service
             .graph(ChannelType::Ocp, "stable-4.10", "amd64")
             .await

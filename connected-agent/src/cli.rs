@@ -514,7 +514,8 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::List(ListCommand::Releases(args)) => {
             let (loaded, _) = create::load_config(&args.config)?;
             let pool = airlock_common::registry::Pool::new(args.source.options()?);
-            let updates = crate::cincinnati::UpdateService::new(args.source.update_url.clone());
+            let updates = crate::cincinnati::UpdateService::new(args.source.update_url.clone())
+                .map_err(Error::Registry)?;
             let selected = crate::release::list(&loaded, &pool, &updates).await?;
             print_releases(&selected, args.output);
             Ok(airlock_common::exit_codes::OK)

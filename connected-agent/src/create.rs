@@ -207,7 +207,7 @@ pub async fn gather(
     let mut images = Vec::new();
     let mut records = Vec::new();
     if platform.is_some() {
-        let updates = UpdateService::new(opts.update_url.clone());
+        let updates = UpdateService::new(opts.update_url.clone()).map_err(Error::Registry)?;
         let mut releases = release::resolve(loaded, pool, &updates).await?;
         if let Some(check) = &signatures {
             check.sign(&mut releases.records).await?;

@@ -202,11 +202,8 @@ pub async fn fetch_data(url: &str) -> Result<Vec<u8>, GraphImageError> {
         url: url.to_string(),
         message,
     };
-    let client = airlock_common::registry::proxied(reqwest::Client::builder())
-        .connect_timeout(Duration::from_secs(30))
-        .timeout(Duration::from_secs(600))
-        .build()
-        .expect("the TLS backend initialises");
+    let client = airlock_common::registry::http_client(url, Duration::from_secs(600))
+        .map_err(|e| err(e.to_string()))?;
     let resp = client.get(url).send().await.map_err(|e| {
         err(format!(
             "{e}; check the network, or set --graph-data-url to a reachable copy"

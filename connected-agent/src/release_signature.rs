@@ -333,11 +333,8 @@ impl SignatureStore {
         if !base.ends_with('/') {
             base.push('/');
         }
-        let client = airlock_common::registry::proxied(reqwest::Client::builder())
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .expect("the TLS backend initialises");
+        let client = airlock_common::registry::http_client(&base, Duration::from_secs(120))
+            .map_err(|e| e.to_string())?;
         Ok(SignatureStore { client, base })
     }
 

@@ -289,13 +289,15 @@ impl Lookaside {
                 image.name()
             ));
         };
-        let client = self.client.get_or_init(|| {
-            airlock_common::registry::proxied(reqwest::Client::builder())
-                .connect_timeout(std::time::Duration::from_secs(30))
-                .timeout(std::time::Duration::from_secs(60))
-                .build()
-                .expect("the TLS backend initialises")
-        });
+        let client = match self.client.get() {
+            Some(c) => c,
+            None => {
+                let c =
+                    airlock_common::registry::http_client(base, std::time::Duration::from_secs(60))
+                        .map_err(|e| e.to_string())?;
+                self.client.get_or_init(|| c)
+            }
+        };
         let mut out = Vec::new();
         for n in 1..=MAX_SIGNATURES {
             let url = format!(

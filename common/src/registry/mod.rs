@@ -283,6 +283,25 @@ pub(crate) fn status_kind(code: u16, retry_after: Option<Duration>) -> ErrorKind
     }
 }
 
+/// A client for what is not a registry (update graphs, signature stores, graph
+/// data): the proxy (`use_proxy`), Airlock's user agent, a 30 s connect timeout
+/// and `timeout` for a whole request. The one place such clients are made, so that
+/// every one goes through the proxy and none panics when it cannot be built;
+/// `target` names what it is for, in the error.
+pub fn http_client(target: &str, timeout: Duration) -> Result<reqwest::Client, RegistryError> {
+    proxied(reqwest::Client::builder())
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(timeout)
+        .user_agent(USER_AGENT)
+        .build()
+        .map_err(|e| RegistryError::Request {
+            operation: "make an HTTP client",
+            target: target.to_string(),
+            kind: ErrorKind::Protocol,
+            message: error_chain(&e),
+        })
+}
+
 /// The text of an error and of its sources, joined.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
