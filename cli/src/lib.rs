@@ -31,6 +31,20 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// `run`, the same in both agents: the service and its configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The agent configuration (docs/agent-config.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: std::path::PathBuf,
+    /// Check the configuration and the files it names, print `configuration OK`
+    /// and exit without opening or binding anything (as `sshd -t` does): exit 0
+    /// when it is valid, 64 with the mistake otherwise. Run it as the agent's
+    /// user (`runuser -u airlock --`): it reads the files as the user running it.
+    #[arg(long)]
+    pub check: bool,
+}
+
 /// `completion SHELL`, the same in every binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompletionArgs {

@@ -13,11 +13,3 @@ pub trait Progress: Send + Sync {
     /// The transfer is over (done or given up).
     fn finish(&self) {}
 }
-
-/// Shows nothing: for callers that report in other ways.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Silent;
-
-impl Progress for Silent {
-    fn add(&self, _: u64) {}
-}

@@ -40,7 +40,7 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Run as a service: create imagesets on a schedule (and on SIGUSR1) into an
     /// outbox, keeping the last few.
-    Run(RunArgs),
+    Run(airlock_cli::RunArgs),
     /// Show what a configuration selects, without mirroring anything.
     #[command(subcommand)]
     List(ListCommand),
@@ -72,20 +72,6 @@ pub struct ListArgs {
     pub output: OutputFormat,
     #[command(flatten)]
     pub source: SourceArgs,
-}
-
-/// `run`.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// The agent configuration (docs/agent-config.md).
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
-    /// Check the configuration and the files it names, print `configuration OK`
-    /// and exit without opening or binding anything (as `sshd -t` does): exit 0
-    /// when it is valid, 64 with the mistake otherwise. Run it as the agent's
-    /// user (`runuser -u airlock --`): it reads the files as the user running it.
-    #[arg(long)]
-    pub check: bool,
 }
 
 /// `keygen`.

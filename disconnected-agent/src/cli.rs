@@ -34,7 +34,7 @@ pub enum Command {
     Publish(PublishArgs),
     /// Run as a service: take imagesets from a drop directory as their files arrive,
     /// and publish them to every cluster's registry.
-    Run(RunArgs),
+    Run(airlock_cli::RunArgs),
     /// Check every imageset in a directory completely (signatures, chunk and blob
     /// hashes), without a workspace or a registry.
     Verify(VerifyArgs),
@@ -68,20 +68,6 @@ pub struct VerifyArgs {
     /// Require imagesets to be signed by one of these minisign public keys.
     #[arg(long, value_name = "FILE", num_args = 1..)]
     pub trust: Vec<PathBuf>,
-}
-
-/// `run`.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// The agent configuration (docs/agent-config.md).
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
-    /// Check the configuration and the files it names, print `configuration OK`
-    /// and exit without opening or binding anything (as `sshd -t` does): exit 0
-    /// when it is valid, 64 with the mistake otherwise. Run it as the agent's
-    /// user (`runuser -u airlock --`): it reads the files as the user running it.
-    #[arg(long)]
-    pub check: bool,
 }
 
 /// Destination registry access, as skopeo spells it.

@@ -103,7 +103,7 @@ pub fn genuine_manifest() -> ImagesetManifest {
 /// Strings a forger writes into a manifest's fields: empty, path traversal,
 /// absolute paths, names of other registries, huge, and arbitrary printable and
 /// Unicode text.
-pub fn hostile_string() -> impl Strategy<Value = String> {
+fn hostile_string() -> impl Strategy<Value = String> {
     prop_oneof![
         Just(String::new()),
         Just("../x.tar".to_string()),
@@ -121,7 +121,7 @@ pub fn hostile_string() -> impl Strategy<Value = String> {
 
 /// Writes `value` into the string field number `which` (mod 12) of `m`: the
 /// fields a forger controls that reach names, paths and cluster objects.
-pub fn forge_field(m: &mut ImagesetManifest, which: usize, value: String) {
+fn forge_field(m: &mut ImagesetManifest, which: usize, value: String) {
     match which % 12 {
         0 => m.images[0].repository = value,
         1 => m.images[2].target_repository = Some(value),
@@ -136,4 +136,16 @@ pub fn forge_field(m: &mut ImagesetManifest, which: usize, value: String) {
         10 => m.created = value,
         _ => m.images[1].tag = Some(value),
     }
+}
+
+/// [`genuine_manifest`] with up to three of its string fields (see
+/// [`forge_field`]) replaced by [`hostile_string`]s.
+pub fn forged_manifest() -> impl Strategy<Value = ImagesetManifest> {
+    proptest::collection::vec((0usize..12, hostile_string()), 0..4).prop_map(|fields| {
+        let mut m = genuine_manifest();
+        for (which, value) in fields {
+            forge_field(&mut m, which, value);
+        }
+        m
+    })
 }

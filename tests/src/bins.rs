@@ -22,7 +22,9 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
-fn command(name: &str) -> Command {
+/// The project's binary `name` (`airlock-connected`, `airlock-disconnected`,
+/// `airlockctl`), with an isolated environment (see [`isolate_env`]).
+pub fn named(name: &str) -> Command {
     let path = bin_dir().join(name);
     assert!(
         path.is_file(),
@@ -38,23 +40,23 @@ fn command(name: &str) -> Command {
 
 /// `airlock-connected`, with an isolated environment (see [`isolate_env`]).
 pub fn connected() -> Command {
-    command("airlock-connected")
+    named("airlock-connected")
 }
 
 /// `airlock-disconnected`, with an isolated environment (see [`isolate_env`]).
 pub fn disconnected() -> Command {
-    command("airlock-disconnected")
+    named("airlock-disconnected")
 }
 
 /// `airlockctl`, with an isolated environment (see [`isolate_env`]).
 pub fn airlockctl() -> Command {
-    command("airlockctl")
+    named("airlockctl")
 }
 
 /// `airlock-demo` (what `scripts/demo` runs once it has built), with an
 /// isolated environment (see [`isolate_env`]).
 pub fn demo() -> Command {
-    let mut cmd = command("airlock-demo");
+    let mut cmd = named("airlock-demo");
     // The demo starts docker-registry itself, which reads every REGISTRY_*
     // variable as configuration; its own children are isolated by the demo.
     cmd.env_remove("REGISTRY_AUTH_FILE");

@@ -438,12 +438,7 @@ fn man_pages_are_written_for_every_subcommand_and_render() {
 
 /// `bin args`'s standard output; the command must succeed.
 fn bins_output(bin: &str, args: &[&str]) -> String {
-    let mut cmd = match bin {
-        "airlock-connected" => airlock_tests::bins::connected(),
-        "airlock-disconnected" => airlock_tests::bins::disconnected(),
-        _ => airlock_tests::bins::airlockctl(),
-    };
-    let out = airlock_tests::bins::run(cmd.args(args));
+    let out = airlock_tests::bins::run(airlock_tests::bins::named(bin).args(args));
     assert_eq!(out.code, 0, "{out}");
     out.stdout
 }

@@ -93,7 +93,7 @@ fn the_packages_install_binaries_units_configs_docs_the_user_and_its_state_direc
     // compressed file; completions as the binaries print them.
     let made = tempfile::tempdir().unwrap();
     for b in BINARIES {
-        run_ok(bin(b).arg("man").arg("--out").arg(made.path()));
+        run_ok(bins::named(b).arg("man").arg("--out").arg(made.path()));
         for (shell, path) in [
             ("bash", format!("usr/share/bash-completion/completions/{b}")),
             ("zsh", format!("usr/share/zsh/vendor-completions/_{b}")),
@@ -102,7 +102,7 @@ fn the_packages_install_binaries_units_configs_docs_the_user_and_its_state_direc
                 format!("usr/share/fish/vendor_completions.d/{b}.fish"),
             ),
         ] {
-            let printed = run_ok(bin(b).args(["completion", shell])).stdout;
+            let printed = run_ok(bins::named(b).args(["completion", shell])).stdout;
             assert_eq!(
                 std::fs::read_to_string(root.join(&path)).unwrap(),
                 printed,
@@ -283,14 +283,6 @@ fn the_packages_install_binaries_units_configs_docs_the_user_and_its_state_direc
             &from_rpm[path] == bytes,
             "{path} differs between .deb and .rpm"
         );
-    }
-}
-
-fn bin(name: &str) -> Command {
-    match name {
-        "airlock-connected" => bins::connected(),
-        "airlock-disconnected" => bins::disconnected(),
-        _ => bins::airlockctl(),
     }
 }
 
