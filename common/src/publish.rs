@@ -252,15 +252,16 @@ pub fn flattening_conflicts(
 /// The mirror-set view of `images` at `dest`. As in oc-mirror, an image the
 /// configuration named by tag (a bare name means `latest`) goes into the tag mirror
 /// set, one named by digest into the digest mirror set, one named by both into both.
-/// The graph image and catalogs are pulled by digest from the mirror, and
-/// referrers live in their subject's repository, so none of them adds an entry.
+/// The graph image and catalogs are pulled by digest from the mirror, charts by
+/// `helm` from `charts/`, and referrers live in their subject's repository, so
+/// none of them adds an entry.
 pub fn mirrored(images: &[ImageRecord], dest: &Destination) -> Vec<Mirrored> {
     images
         .iter()
         .filter(|i| {
             !matches!(
                 i.kind,
-                ImageKind::GraphData | ImageKind::Referrer | ImageKind::Catalog
+                ImageKind::GraphData | ImageKind::Referrer | ImageKind::Catalog | ImageKind::Chart
             )
         })
         .map(|i| {
@@ -279,7 +280,10 @@ pub fn mirrored(images: &[ImageRecord], dest: &Destination) -> Vec<Mirrored> {
                     ImageKind::Generic => Category::Generic,
                     ImageKind::Release | ImageKind::ReleaseComponent => Category::Release,
                     ImageKind::Operator => Category::Operator,
-                    ImageKind::GraphData | ImageKind::Referrer | ImageKind::Catalog => {
+                    ImageKind::GraphData
+                    | ImageKind::Referrer
+                    | ImageKind::Catalog
+                    | ImageKind::Chart => {
                         unreachable!("filtered out above")
                     }
                 },
@@ -848,11 +852,11 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             .await
             .expect("semaphore is never closed");
         self.check_stop(image)?;
-        if let Some(from) = holder {
-            if self.client.mount_blob(repo, from, digest).await {
-                self.stats.mounted.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
+        if let Some(from) = holder
+            && self.client.mount_blob(repo, from, digest).await
+        {
+            self.stats.mounted.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
         self.retrying(budget, repo, digest, || {
             self.upload(image, repo, digest, size)

@@ -235,10 +235,10 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
         ("source.authFile", &config.source.auth_file),
         ("source.registriesConf", &config.source.registries_conf),
     ] {
-        if let Some(f) = file {
-            if !f.is_file() {
-                problem(field, format!("{} is not a file", f.display()));
-            }
+        if let Some(f) = file
+            && !f.is_file()
+        {
+            problem(field, format!("{} is not a file", f.display()));
         }
     }
     if let Err(e) =
@@ -251,10 +251,10 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
     {
         problem("securePolicy", e.to_string());
     }
-    if let Some(p) = &config.source.proxy {
-        if let Err(e) = airlock_common::registry::check_proxy(p) {
-            problem("source.proxy", e);
-        }
+    if let Some(p) = &config.source.proxy
+        && let Err(e) = airlock_common::registry::check_proxy(p)
+    {
+        problem("source.proxy", e);
     }
     let metrics = match config.metrics.as_ref().map(|m| m.address()) {
         Some(Err(e)) => {
@@ -429,10 +429,10 @@ impl Agent {
             }
         }
         // The last run that ended well before this start: the newest set.
-        if let Some(newest) = sets(&outbox).ok().and_then(|all| all.last().cloned()) {
-            if let Ok(at) = std::fs::metadata(&newest).and_then(|m| m.modified()) {
-                self.metrics.succeeded_at(at);
-            }
+        if let Some(newest) = sets(&outbox).ok().and_then(|all| all.last().cloned())
+            && let Ok(at) = std::fs::metadata(&newest).and_then(|m| m.modified())
+        {
+            self.metrics.succeeded_at(at);
         }
         let mut usr1 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())

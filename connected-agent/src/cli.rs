@@ -59,6 +59,10 @@ pub enum ListCommand {
     /// only the catalog images are pulled. JSON keys: `catalog`, `package`, `channel`,
     /// `bundle`, `version`, `image`, `relatedImages`.
     Bundles(ListArgs),
+    /// The Helm charts `mirror.helm` names, each rendered with its default values,
+    /// with the images it would carry and where it is published. JSON keys:
+    /// `entry`, `name`, `version`, `origin`, `publishedAs`, `images`, `notImages`.
+    Charts(ListArgs),
 }
 
 /// `list releases`.
@@ -422,7 +426,9 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Create(a) => Some(&a.source),
         Command::Delete(a) => Some(&a.source),
         Command::Mirror(a) => Some(&a.source),
-        Command::List(ListCommand::Releases(a) | ListCommand::Bundles(a)) => Some(&a.source),
+        Command::List(
+            ListCommand::Releases(a) | ListCommand::Bundles(a) | ListCommand::Charts(a),
+        ) => Some(&a.source),
         Command::Keygen(_) | Command::Run(_) | Command::Shell(_) => None,
     };
     if let Some(source) = source {
@@ -524,6 +530,22 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             let pool = airlock_common::registry::Pool::new(args.source.options()?);
             let listed = crate::catalog::image::list(&pool, &operators).await?;
             print_bundles(&listed, args.output);
+            Ok(airlock_common::exit_codes::OK)
+        }
+        Command::List(ListCommand::Charts(args)) => {
+            let loaded = airlock_common::config::load(&args.config)?;
+            loaded.validate()?;
+            loaded.check_supported()?;
+            crate::helm::check_config(&loaded)?;
+            if !crate::helm::any(&loaded) {
+                return Err(Error::Usage(format!(
+                    "{}: the configuration has no mirror.helm charts",
+                    args.config.display()
+                )));
+            }
+            let pool = airlock_common::registry::Pool::new(args.source.options()?);
+            let charts = crate::helm::gather(&loaded, &pool).await?;
+            print_charts(&charts.charts, args.output);
             Ok(airlock_common::exit_codes::OK)
         }
         Command::Mirror(args) => {
@@ -632,6 +654,46 @@ fn print_bundles(listed: &[crate::catalog::image::Listed], format: OutputFormat)
         print!("{}", table(titles, &rows[start..end]));
         start = end;
     }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_charts(charts: &[crate::helm::ChartImages], format: OutputFormat) {
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(charts).expect("charts serialise")
+        );
+        return;
+    }
+    let rows: Vec<[String; 4]> = charts
+        .iter()
+        .flat_map(|c| {
+            let head = [c.name.clone(), c.version.clone(), c.published_as.clone()];
+            let images = c
+                .images
+                .iter()
+                .map(String::as_str)
+                .chain((c.images.is_empty()).then_some("(none)"));
+            images.enumerate().map(move |(i, image)| match i {
+                0 => [
+                    head[0].clone(),
+                    head[1].clone(),
+                    head[2].clone(),
+                    image.to_string(),
+                ],
+                _ => [
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    image.to_string(),
+                ],
+            })
+        })
+        .collect();
+    print!(
+        "{}",
+        table(["CHART", "VERSION", "PUBLISHED AS", "IMAGES"], &rows)
+    );
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]

@@ -66,6 +66,14 @@ pub enum Owner {
     },
     /// The update-graph data image (`platform.graph`).
     Graph,
+    /// A Helm chart (`mirror.helm`); the images it names are `Image` owners.
+    Chart {
+        /// Where the chart came from (its record's source).
+        source: String,
+        /// Its version, the tag at the mirror.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+    },
 }
 
 impl Owner {
@@ -92,6 +100,7 @@ impl std::fmt::Display for Owner {
             Owner::Catalog { catalog, .. } => write!(f, "catalog {catalog}"),
             Owner::Image { name, .. } => write!(f, "additional image {name}"),
             Owner::Graph => f.write_str("the update graph image"),
+            Owner::Chart { source, .. } => write!(f, "Helm chart {source}"),
         }
     }
 }
@@ -346,6 +355,10 @@ fn direct_owners(
         }],
         ImageKind::Generic => vec![Owner::image(image)],
         ImageKind::GraphData => vec![Owner::Graph],
+        ImageKind::Chart => vec![Owner::Chart {
+            source: image.source.clone(),
+            version: image.tag.clone(),
+        }],
         ImageKind::Referrer => Vec::new(),
     }
 }

@@ -126,15 +126,20 @@ pub fn load_config(path: &Path) -> Result<(LoadedConfig, Vec<ImageSpec>), Error>
     let loaded = config::load(path)?;
     loaded.validate()?;
     loaded.check_supported()?;
+    crate::helm::check_config(&loaded)?;
     let images = loaded.additional_images()?;
     let operators = loaded
         .config
         .mirror
         .as_ref()
         .is_some_and(|m| !m.operators.is_empty());
-    if images.is_empty() && release::platform(&loaded).is_none() && !operators {
+    if images.is_empty()
+        && release::platform(&loaded).is_none()
+        && !operators
+        && !crate::helm::any(&loaded)
+    {
         return Err(Error::Usage(format!(
-            "{}: the configuration selects no images; add mirror.platform channels, mirror.operators or mirror.additionalImages",
+            "{}: the configuration selects no images; add mirror.platform channels, mirror.operators, mirror.additionalImages or mirror.helm",
             path.display()
         )));
     }
@@ -158,7 +163,7 @@ pub struct Gathered {
 
 /// Resolves every image of the configuration: the selected releases with their
 /// components first (each release's signature verified), then `additionalImages`,
-/// then the graph image (`platform.graph`).
+/// then the Helm charts and their images, then the graph image (`platform.graph`).
 ///
 /// Everything local (keys, URLs, the base image name) is checked before anything is
 /// fetched. With `tolerate`, an image that cannot be resolved is left out and
@@ -241,6 +246,9 @@ pub async fn gather(
     let bundles = catalogs.owners;
     images.extend(catalogs.images);
     images.extend(additional);
+    let charts = crate::helm::gather(loaded, pool).await?;
+    images.extend(charts.images);
+    images.extend(charts.oci);
     let (mut collected, blocked, missing) = collect_allowed(
         loaded,
         images,
@@ -251,7 +259,7 @@ pub async fn gather(
         shipped,
     )
     .await?;
-    for built in catalogs.rebuilt {
+    for built in catalogs.rebuilt.into_iter().chain(charts.artifacts) {
         collected.add_built(built);
     }
     if let Some((base, url)) = graph {
@@ -537,20 +545,20 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
             let last = current.as_ref().map_or(0, |c| c.sequence);
             // A workspace whose last imageset was made before its contents were
             // recorded learns them here, from the same images: `delete` needs them.
-            if let (Some(ws), Some(state)) = (&workspace, &current) {
-                if state.contents.as_ref().is_none_or(|c| c.sequence != last) {
-                    ws.record_contents(
-                        &uuid,
-                        &Contents::new(
-                            last,
-                            &skeleton.images,
-                            &skeleton.releases,
-                            &skeleton.blobs,
-                            &collected.manifests,
-                            &bundles,
-                        ),
-                    )?;
-                }
+            if let (Some(ws), Some(state)) = (&workspace, &current)
+                && state.contents.as_ref().is_none_or(|c| c.sequence != last)
+            {
+                ws.record_contents(
+                    &uuid,
+                    &Contents::new(
+                        last,
+                        &skeleton.images,
+                        &skeleton.releases,
+                        &skeleton.blobs,
+                        &collected.manifests,
+                        &bundles,
+                    ),
+                )?;
             }
             tracing::info!(
                 sequence = last,

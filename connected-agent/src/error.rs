@@ -58,6 +58,11 @@ pub enum Error {
     /// The update-graph data image could not be built.
     #[error(transparent)]
     GraphImage(#[from] crate::graph_image::GraphImageError),
+    /// A Helm chart could not be fetched, read or rendered (boxed: its
+    /// messages name entry, chart, file and line, and would make every
+    /// `Result` of the crate that much larger).
+    #[error(transparent)]
+    Helm(Box<crate::helm::HelmError>),
     /// `--require-signatures` refused images (each entry names one and why).
     #[error(
         "--require-signatures: {} image(s) without a valid cosign signature by the given keys:\n  - {}\nsign them (cosign sign --key), pass the key that signed them, or leave them out of the configuration",
@@ -95,6 +100,12 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+impl From<crate::helm::HelmError> for Error {
+    fn from(e: crate::helm::HelmError) -> Self {
+        Error::Helm(Box::new(e))
+    }
 }
 
 impl Error {
@@ -143,6 +154,7 @@ impl ExitCode for Error {
             Error::GraphImage(GraphImageError::Fetch { .. } | GraphImageError::Base { .. }) => {
                 exit_codes::UNAVAILABLE
             }
+            Error::Helm(e) => e.exit_code(),
             Error::Workspace(WorkspaceError::Locked { .. }) => exit_codes::STATE,
             Error::Workspace(WorkspaceError::Storage { .. }) => exit_codes::IO,
         }

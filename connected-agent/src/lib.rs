@@ -14,6 +14,7 @@ pub mod derive;
 pub mod error;
 pub mod graph;
 pub mod graph_image;
+pub mod helm;
 pub mod layers;
 pub mod metrics;
 pub mod mirror;

@@ -111,7 +111,7 @@ fn refuse_release_part(
     even_when_required: bool,
 ) -> Result<(), Error> {
     let whole = match spec.kind {
-        ImageKind::Generic | ImageKind::Referrer => return Ok(()),
+        ImageKind::Generic | ImageKind::Referrer | ImageKind::Chart => return Ok(()),
         ImageKind::Release => "a selected release's image",
         ImageKind::Catalog => "a selected operator catalog",
         ImageKind::ReleaseComponent | ImageKind::Operator | ImageKind::GraphData => {

@@ -255,16 +255,16 @@ impl Lookaside {
             let text = std::fs::read_to_string(&f).map_err(|e| fail(e.to_string()))?;
             let d: RegistriesD = serde_yaml_ng::from_str(&text).map_err(|e| fail(e.to_string()))?;
             let url = |e: LookasideEntry| e.lookaside.or(e.sigstore);
-            if let Some(u) = d.default_docker.and_then(url) {
-                if out.default.replace(u).is_some() {
-                    return Err(fail("default-docker is set in another file too".into()));
-                }
+            if let Some(u) = d.default_docker.and_then(url)
+                && out.default.replace(u).is_some()
+            {
+                return Err(fail("default-docker is set in another file too".into()));
             }
             for (scope, e) in d.docker {
-                if let Some(u) = url(e) {
-                    if out.scopes.insert(scope.clone(), u).is_some() {
-                        return Err(fail(format!("docker.{scope} is set in another file too")));
-                    }
+                if let Some(u) = url(e)
+                    && out.scopes.insert(scope.clone(), u).is_some()
+                {
+                    return Err(fail(format!("docker.{scope} is set in another file too")));
                 }
             }
         }

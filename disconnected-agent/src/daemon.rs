@@ -732,10 +732,10 @@ impl Daemon {
 
     fn next_wake(&self, rescan: Duration) -> Instant {
         let now = Instant::now();
-        if let Some((until, _)) = self.round_pause {
-            if until > now {
-                return until;
-            }
+        if let Some((until, _)) = self.round_pause
+            && until > now
+        {
+            return until;
         }
         let mut wake = now + rescan;
         let stall = Duration::from_secs(self.config.stall_seconds);
@@ -849,10 +849,11 @@ impl Daemon {
             // A file shorter than its own first entries say, that was not renamed
             // in, may be a writer that paused: it is judged when it is complete,
             // or once it has not changed for stallSeconds.
-            if let ChunkError::Truncated { path, reason } = e {
-                if let Some(quiet) = self.tracker.unchanged_for(path, Instant::now()) {
-                    if quiet < stall {
-                        report.problem(
+            if let ChunkError::Truncated { path, reason } = e
+                && let Some(quiet) = self.tracker.unchanged_for(path, Instant::now())
+                && quiet < stall
+            {
+                report.problem(
                             exit_codes::INCOMPLETE,
                             format!(
                                 "{}: {reason}; waiting for the rest (quarantined if it does not change for {} s)",
@@ -860,9 +861,7 @@ impl Daemon {
                                 stall.as_secs()
                             ),
                         );
-                        continue;
-                    }
-                }
+                continue;
             }
             self.quarantine(e.path(), Quarantine::Unreadable, &e.to_string(), &mut round);
         }
@@ -876,18 +875,18 @@ impl Daemon {
             let due = (0..self.clusters.len())
                 .find(|&i| self.clusters[i].retry_at.is_none_or(|r| r <= now));
             hold = true;
-            if let Some(i) = due {
-                if let Some((_, target)) = self.targets(&[i]).await.pop() {
-                    match self.site.continue_from_registry(&target, &uuids).await {
-                        Ok(from) => {
-                            report.continued_from = from;
-                            hold = false;
-                        }
-                        Err(e) => self.failed(
-                            i,
-                            &format!("reading the workspace state recorded in the registry: {e}"),
-                        ),
+            if let Some(i) = due
+                && let Some((_, target)) = self.targets(&[i]).await.pop()
+            {
+                match self.site.continue_from_registry(&target, &uuids).await {
+                    Ok(from) => {
+                        report.continued_from = from;
+                        hold = false;
                     }
+                    Err(e) => self.failed(
+                        i,
+                        &format!("reading the workspace state recorded in the registry: {e}"),
+                    ),
                 }
             }
             if hold {
@@ -932,10 +931,10 @@ impl Daemon {
                         .collect()
                 })
                 .unwrap_or_default();
-            if matches!(outcome, Outcome::Accepted | Outcome::Duplicate) {
-                if let Some(c) = found.imagesets.get(&key) {
-                    self.known.insert(c.manifest_digest.clone());
-                }
+            if matches!(outcome, Outcome::Accepted | Outcome::Duplicate)
+                && let Some(c) = found.imagesets.get(&key)
+            {
+                self.known.insert(c.manifest_digest.clone());
             }
             match &outcome {
                 Outcome::Accepted => self.replace_partials(&files),

@@ -354,12 +354,12 @@ impl Site {
             report.problem(exit_codes::DATA, why.clone());
             return Ok(Outcome::Refused(why));
         }
-        if !self.trust.is_empty() {
-            if let Err(why) = self.trust.verify(&c.manifest_bytes, c.signature.as_deref()) {
-                let why = format!("{label}: refused: {why}; nothing of it was published");
-                report.problem(exit_codes::DATA, why.clone());
-                return Ok(Outcome::Refused(why));
-            }
+        if !self.trust.is_empty()
+            && let Err(why) = self.trust.verify(&c.manifest_bytes, c.signature.as_deref())
+        {
+            let why = format!("{label}: refused: {why}; nothing of it was published");
+            report.problem(exit_codes::DATA, why.clone());
+            return Ok(Outcome::Refused(why));
         }
         if let Some(why) = self.foreign_deletes(&c.manifest, None)? {
             let why = format!("{label}: refused: {why}; nothing of it was published");

@@ -79,10 +79,10 @@ impl<'a> StoreSource<'a> {
             .and_then(|r| r.repository.parse::<ImageRef>().ok())
             .map(|r| r.repository().to_string());
         for (i, m) in self.mirrors.iter().enumerate() {
-            if i == 0 {
-                if let Some(repo) = self.locations.get(digest) {
-                    out.push((m, repo.clone()));
-                }
+            if i == 0
+                && let Some(repo) = self.locations.get(digest)
+            {
+                out.push((m, repo.clone()));
             }
             if let Some(p) = &source_path {
                 let repo = m.dest.repository_for(p);

@@ -42,13 +42,13 @@ pub fn verify(dir: &Path, trust: &TrustStore) -> Result<VerifyReport, Error> {
     }
     for c in found.imagesets.values() {
         let label = c.manifest.label();
-        if !trust.is_empty() {
-            if let Err(why) = trust.verify(&c.manifest_bytes, c.signature.as_deref()) {
-                report
-                    .problems
-                    .problem(exit_codes::DATA, format!("{label}: {why}"));
-                continue;
-            }
+        if !trust.is_empty()
+            && let Err(why) = trust.verify(&c.manifest_bytes, c.signature.as_deref())
+        {
+            report
+                .problems
+                .problem(exit_codes::DATA, format!("{label}: {why}"));
+            continue;
         }
         if !c.missing().is_empty() {
             report

@@ -190,6 +190,10 @@ pub enum ImageKind {
     Catalog,
     /// An operator bundle image or an image a bundle names in `relatedImages`.
     Operator,
+    /// A Helm chart as an OCI artifact (`mirror.helm`), published to
+    /// `charts/<name>:<version>` so that `helm pull oci://…` works at the site;
+    /// in no mirror set (the images its templates name are `Generic`).
+    Chart,
     /// A signature, attestation or SBOM of another image of the imageset: a cosign
     /// `sha256-<digest>.sig|.att|.sbom` tag or an OCI 1.1 referrer. It lives in its
     /// subject's repository and is published after it.

@@ -288,21 +288,21 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
 
     read_exact(&mut r, &mut h, path, "the second header")?;
     let mut signature = None;
-    if let Ok((name, _, sig_size)) = describe(&h) {
-        if name == SIGNATURE_ENTRY {
-            if sig_size > MAX_SIGNATURE_BYTES {
-                return Err(corrupt(format!(
-                    "the signature entry declares {sig_size} bytes, more than the {MAX_SIGNATURE_BYTES}-byte bound"
-                )));
-            }
-            expect_header(&h, SIGNATURE_ENTRY, sig_size, mtime, path)?;
-            let mut sig = vec![0u8; padded(sig_size) as usize];
-            read_exact(&mut r, &mut sig, path, "the signature")?;
-            sig.truncate(sig_size as usize);
-            signature = Some(sig);
-            offset += BLOCK + padded(sig_size);
-            read_exact(&mut r, &mut h, path, "the chunk identity header")?;
+    if let Ok((name, _, sig_size)) = describe(&h)
+        && name == SIGNATURE_ENTRY
+    {
+        if sig_size > MAX_SIGNATURE_BYTES {
+            return Err(corrupt(format!(
+                "the signature entry declares {sig_size} bytes, more than the {MAX_SIGNATURE_BYTES}-byte bound"
+            )));
         }
+        expect_header(&h, SIGNATURE_ENTRY, sig_size, mtime, path)?;
+        let mut sig = vec![0u8; padded(sig_size) as usize];
+        read_exact(&mut r, &mut sig, path, "the signature")?;
+        sig.truncate(sig_size as usize);
+        signature = Some(sig);
+        offset += BLOCK + padded(sig_size);
+        read_exact(&mut r, &mut h, path, "the chunk identity header")?;
     }
     let payload_offset = offset;
     let mut data = [0u8; 512];

@@ -354,13 +354,13 @@ fn images(m: &ImagesetManifest, manifests: &HashMap<&Digest, &str>) -> Result<()
                 ),
             ));
         }
-        if let (ImageKind::Referrer, Some(s)) = (&image.kind, &image.subject) {
-            if !manifests.contains_key(s) {
-                return Err(invalid(
-                    field("subject"),
-                    format!("{s} is not listed in blobs[] as a manifest"),
-                ));
-            }
+        if let (ImageKind::Referrer, Some(s)) = (&image.kind, &image.subject)
+            && !manifests.contains_key(s)
+        {
+            return Err(invalid(
+                field("subject"),
+                format!("{s} is not listed in blobs[] as a manifest"),
+            ));
         }
     }
     // What a delete imageset removes is no longer in blobs[]: only its fields are
@@ -417,27 +417,27 @@ fn record(image: &ImageRecord, field: &dyn Fn(&str) -> String) -> Result<(), Inv
             ),
         ));
     }
-    if let Some(tag) = &image.tag {
-        if !valid_tag(tag) {
-            return Err(invalid(
-                field("tag"),
-                format!(
-                    "{}; expected 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
-                    clipped(tag)
-                ),
-            ));
-        }
+    if let Some(tag) = &image.tag
+        && !valid_tag(tag)
+    {
+        return Err(invalid(
+            field("tag"),
+            format!(
+                "{}; expected 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+                clipped(tag)
+            ),
+        ));
     }
-    if let Some(t) = &image.target_repository {
-        if t.len() > 255 || !valid_repository(t) {
-            return Err(invalid(
-                field("targetRepository"),
-                format!(
-                    "{}; expected a repository path of at most 255 characters: lowercase letters and digits separated by '.', '_', '__', '-' or '/'",
-                    clipped(t)
-                ),
-            ));
-        }
+    if let Some(t) = &image.target_repository
+        && (t.len() > 255 || !valid_repository(t))
+    {
+        return Err(invalid(
+            field("targetRepository"),
+            format!(
+                "{}; expected a repository path of at most 255 characters: lowercase letters and digits separated by '.', '_', '__', '-' or '/'",
+                clipped(t)
+            ),
+        ));
     }
     platforms(image, field)?;
     if let Some(t) = &image.catalog_source {
@@ -551,26 +551,25 @@ pub fn catalog_source_template(t: &super::CatalogSourceTemplate) -> Result<(), S
             clipped(s)
         ));
     }
-    if let Some(i) = &t.icon {
-        if i.mediatype.len() > 255 || !i.mediatype.contains('/') {
-            return Err(format!(
-                "icon.mediatype: {} is not a media type",
-                clipped(&i.mediatype)
-            ));
-        }
+    if let Some(i) = &t.icon
+        && (i.mediatype.len() > 255 || !i.mediatype.contains('/'))
+    {
+        return Err(format!(
+            "icon.mediatype: {} is not a media type",
+            clipped(&i.mediatype)
+        ));
     }
     if let Some(interval) = t
         .update_strategy
         .as_ref()
         .and_then(|u| u.registry_poll.as_ref())
         .and_then(|p| p.interval.as_deref())
+        && !go_duration(interval)
     {
-        if !go_duration(interval) {
-            return Err(format!(
-                "updateStrategy.registryPoll.interval: {} is not a duration (30m, 1h30m)",
-                clipped(interval)
-            ));
-        }
+        return Err(format!(
+            "updateStrategy.registryPoll.interval: {} is not a duration (30m, 1h30m)",
+            clipped(interval)
+        ));
     }
     if let Some(g) = &t.grpc_pod_config {
         if let Some(k) = g

@@ -233,10 +233,10 @@ impl FromStr for ImageRef {
         if s.is_empty() {
             return Err(ReferenceError::Empty);
         }
-        if let Some((transport, _)) = s.split_once("://") {
-            if !transport.contains('/') {
-                return Err(ReferenceError::Transport(clipped(input)));
-            }
+        if let Some((transport, _)) = s.split_once("://")
+            && !transport.contains('/')
+        {
+            return Err(ReferenceError::Transport(clipped(input)));
         }
         let (rest, digest) = match s.split_once('@') {
             Some((rest, d)) => {
@@ -255,13 +255,13 @@ impl FromStr for ImageRef {
             Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
             None => (rest, None),
         };
-        if let Some(tag) = tag {
-            if !valid_tag(tag) {
-                return Err(ReferenceError::Tag {
-                    reference: clipped(input),
-                    tag: clipped(tag),
-                });
-            }
+        if let Some(tag) = tag
+            && !valid_tag(tag)
+        {
+            return Err(ReferenceError::Tag {
+                reference: clipped(input),
+                tag: clipped(tag),
+            });
         }
         let (registry, repository) = match name.split_once('/') {
             // Docker Hub's legacy host is Docker Hub, as the docker reference
@@ -367,13 +367,13 @@ impl FromStr for Destination {
         if !host_ok {
             return Err(DestinationError::Host(input.to_string()));
         }
-        if let Some(p) = prefix {
-            if !valid_repository(p) {
-                return Err(DestinationError::Prefix {
-                    input: input.to_string(),
-                    prefix: p.to_string(),
-                });
-            }
+        if let Some(p) = prefix
+            && !valid_repository(p)
+        {
+            return Err(DestinationError::Prefix {
+                input: input.to_string(),
+                prefix: p.to_string(),
+            });
         }
         Ok(Destination {
             registry: host.to_string(),

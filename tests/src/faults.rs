@@ -139,11 +139,11 @@ fn repository(path: &str) -> Option<&str> {
 fn due(state: &Mutex<State>, method: &str, path: &str) -> Option<Fault> {
     let mut st = state.lock().expect("proxy state");
     let path = path.split('?').next().unwrap_or(path);
-    if let (Some(max), Some(repo)) = (st.max_depth, repository(path)) {
-        if repo.split('/').count() > max {
-            st.served += 1;
-            return Some(Fault::TooDeep);
-        }
+    if let (Some(max), Some(repo)) = (st.max_depth, repository(path))
+        && repo.split('/').count() > max
+    {
+        st.served += 1;
+        return Some(Fault::TooDeep);
     }
     let mut hit = None;
     for rule in &mut st.rules {

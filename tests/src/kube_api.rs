@@ -781,10 +781,10 @@ fn resource(
         };
         return Err(ApiError::forbidden(&res, verb, namespace));
     }
-    if matches!(req.method.as_str(), "POST" | "PATCH" | "PUT") {
-        if let Some((_, message)) = store.denied.iter().find(|(r, _)| *r == res) {
-            return Err(ApiError::denied(&res, name.unwrap_or_default(), message));
-        }
+    if matches!(req.method.as_str(), "POST" | "PATCH" | "PUT")
+        && let Some((_, message)) = store.denied.iter().find(|(r, _)| *r == res)
+    {
+        return Err(ApiError::denied(&res, name.unwrap_or_default(), message));
     }
     let status = match sub {
         None => false,

@@ -449,13 +449,13 @@ impl LoadedConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.config;
         let mut problems = Vec::new();
-        if let Some(size) = c.archive_size {
-            if size < 0 {
-                problems.push(self.problem(
-                    "archiveSize",
-                    format!("must be a whole number of GiB, 0 or more; got {size}"),
-                ));
-            }
+        if let Some(size) = c.archive_size
+            && size < 0
+        {
+            problems.push(self.problem(
+                "archiveSize",
+                format!("must be a whole number of GiB, 0 or more; got {size}"),
+            ));
         }
         let (stanza, body) = if c.kind == DELETE_KIND {
             if c.mirror.is_some() {
@@ -632,21 +632,21 @@ impl LoadedConfig {
         tag: Option<&str>,
         problems: &mut Vec<Problem>,
     ) {
-        if let Some(repo) = repo {
-            if repo.len() > 255 || !valid_repository(repo) {
-                problems.push(self.problem(
+        if let Some(repo) = repo
+            && (repo.len() > 255 || !valid_repository(repo))
+        {
+            problems.push(self.problem(
                     format!("{at}.{repo_field}"),
                     format!("invalid repository path {}: at most 255 characters, lowercase letters and digits separated by '.', '_', '__', '-' or '/'", airlock_oci::quote::clip(repo)),
                 ));
-            }
         }
-        if let Some(tag) = tag {
-            if !valid_tag(tag) {
-                problems.push(self.problem(
+        if let Some(tag) = tag
+            && !valid_tag(tag)
+        {
+            problems.push(self.problem(
                     format!("{at}.targetTag"),
                     format!("invalid tag {}: 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'", airlock_oci::quote::clip(tag)),
                 ));
-            }
         }
     }
 
@@ -750,27 +750,11 @@ impl LoadedConfig {
             ));
         }
         if let Some(m) = &c.mirror {
-            let unsupported = [
-                (
-                    m.helm
-                        .as_ref()
-                        .is_some_and(|h| !h.local.is_empty() || !h.repositories.is_empty()),
-                    "mirror.helm",
-                    "mirroring Helm charts",
-                ),
-                (
-                    !m.samples.is_empty(),
+            if !m.samples.is_empty() {
+                problems.push(self.problem(
                     "mirror.samples",
-                    "mirroring sample images (oc-mirror does not implement them either)",
-                ),
-            ];
-            for (present, field, what) in unsupported {
-                if present {
-                    problems.push(self.problem(
-                        field,
-                        format!("{what} is not supported by this build yet; remove {field} to mirror the rest"),
-                    ));
-                }
+                    "mirroring sample images (oc-mirror does not implement them either) is not supported by this build; remove mirror.samples to mirror the rest",
+                ));
             }
             for (i, op) in m.operators.iter().enumerate() {
                 let at = format!("mirror.operators[{i}]");

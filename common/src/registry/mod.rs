@@ -1113,10 +1113,8 @@ impl RegistryClient {
         fresh: bool,
     ) -> Result<Option<String>, RegistryError> {
         let mut tokens = self.tokens.lock().await;
-        if !fresh {
-            if let Some(t) = tokens.get(repository) {
-                return Ok(t.clone());
-            }
+        if !fresh && let Some(t) = tokens.get(repository) {
+            return Ok(t.clone());
         }
         let r = self.by_reference(repository, "latest");
         let credentials = self.credentials_for(repository).0;
@@ -2112,6 +2110,12 @@ impl Pool {
             clients: Default::default(),
             layouts: Default::default(),
         }
+    }
+
+    /// How its clients reach registries; the credentials also serve chart
+    /// repositories, which are plain HTTP servers.
+    pub fn options(&self) -> &RegistryOptions {
+        &self.options
     }
 
     /// The local OCI layouts this pool reads as repositories of [`layout::HOST`].

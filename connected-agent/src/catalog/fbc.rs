@@ -211,14 +211,15 @@ impl Builder {
                 return Err(parse(format!("document {} is not an object", i + 1)));
             }
             let mut v = v;
-            if self.light && v.get("schema").and_then(Value::as_str) == Some("olm.bundle") {
-                if let Some(props) = v.get_mut("properties").and_then(Value::as_array_mut) {
-                    props.retain(|p| {
-                        p.get("type")
-                            .and_then(Value::as_str)
-                            .is_some_and(|t| SELECTION_PROPERTIES.contains(&t))
-                    });
-                }
+            if self.light
+                && v.get("schema").and_then(Value::as_str) == Some("olm.bundle")
+                && let Some(props) = v.get_mut("properties").and_then(Value::as_array_mut)
+            {
+                props.retain(|p| {
+                    p.get("type")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| SELECTION_PROPERTIES.contains(&t))
+                });
             }
             self.blobs.push((file.to_string(), v));
         }

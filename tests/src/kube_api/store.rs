@@ -430,11 +430,11 @@ impl Store {
             .map(|v| {
                 let mut v = v.clone();
                 // Built-in lists carry type information on the list only.
-                if !res.is_custom() {
-                    if let Value::Object(m) = &mut v {
-                        m.remove("apiVersion");
-                        m.remove("kind");
-                    }
+                if !res.is_custom()
+                    && let Value::Object(m) = &mut v
+                {
+                    m.remove("apiVersion");
+                    m.remove("kind");
                 }
                 v
             })

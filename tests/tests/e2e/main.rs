@@ -9,6 +9,7 @@ mod differential;
 mod dropdir;
 mod fleet;
 mod foundation;
+mod helm;
 mod hostile;
 mod oneway;
 mod operations;

@@ -701,10 +701,10 @@ fn a_token_expired_between_opening_an_upload_and_sending_it_restarts_the_upload(
     let requests = s.dest.issuer().unwrap().requests();
     let mut asked: std::collections::HashMap<&str, usize> = Default::default();
     for r in &requests {
-        if let [scope] = &r.scopes[..] {
-            if scope.ends_with(":pull,push") {
-                *asked.entry(scope.as_str()).or_default() += 1;
-            }
+        if let [scope] = &r.scopes[..]
+            && scope.ends_with(":pull,push")
+        {
+            *asked.entry(scope.as_str()).or_default() += 1;
         }
     }
     assert!(asked.values().any(|&n| n >= 2), "{requests:?}");
