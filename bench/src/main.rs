@@ -16,8 +16,11 @@ use airlock_tests::images::{Blob, Format, Image, ImageBuilder, PushClient, diges
 use airlock_tests::registry::Registry;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use limits::Held;
 use rand::{RngCore, SeedableRng};
 use serde_json::{Value, json};
+
+mod limits;
 
 /// Benchmark options.
 #[derive(Debug, Parser)]
@@ -35,10 +38,12 @@ struct Args {
     keep: Option<PathBuf>,
 }
 
-/// Wall time and peak memory of one child process (or the sum/max of several).
+/// Wall time, CPU time (user and system) and peak memory of one child process
+/// (or the sum, and the largest peak, of several).
 #[derive(Debug, Clone, Copy, Default)]
 struct Run {
     seconds: f64,
+    cpu_seconds: f64,
     rss_mib: f64,
 }
 
@@ -46,7 +51,16 @@ impl Run {
     fn add(self, other: Run) -> Run {
         Run {
             seconds: self.seconds + other.seconds,
+            cpu_seconds: self.cpu_seconds + other.cpu_seconds,
             rss_mib: self.rss_mib.max(other.rss_mib),
+        }
+    }
+
+    /// A time measured here, of work with no process of its own.
+    fn timed(seconds: f64) -> Run {
+        Run {
+            seconds,
+            ..Run::default()
         }
     }
 }
@@ -57,7 +71,7 @@ fn measure(cmd: &mut Command) -> Result<Run> {
     let mut timed = Command::new("/usr/bin/time");
     timed
         .arg("-f")
-        .arg("%e %M")
+        .arg("%e %M %U %S")
         .arg("-o")
         .arg(tmp.path())
         .arg(cmd.get_program())
@@ -83,8 +97,11 @@ fn measure(cmd: &mut Command) -> Result<Run> {
     let mut parts = text.split_whitespace();
     let seconds: f64 = parts.next().context("time output")?.parse()?;
     let kib: f64 = parts.next().context("time output")?.parse()?;
+    let user: f64 = parts.next().context("time output")?.parse()?;
+    let system: f64 = parts.next().context("time output")?.parse()?;
     Ok(Run {
         seconds,
+        cpu_seconds: user + system,
         rss_mib: kib / 1024.0,
     })
 }
@@ -105,15 +122,15 @@ struct Placed {
     tag: String,
 }
 
-/// Generates the data set into `registry`. Returns the images and the bytes of
-/// distinct blobs.
-fn generate(registry: &Registry, scale: f64, seed: u64) -> Result<(Vec<Placed>, u64)> {
+/// Generates the data set into `registry`. Returns the images and the distinct
+/// blobs, each with a repository that holds it.
+fn generate(registry: &Registry, scale: f64, seed: u64) -> Result<(Vec<Placed>, Vec<Held>)> {
     let client = PushClient::new(registry)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mib = |n: f64| ((n * scale * 1048576.0) as usize).max(4096);
     let bases: Vec<Blob> = (0..6).map(|_| random_blob(&mut rng, mib(96.0))).collect();
     let mut placed = Vec::new();
-    let mut distinct = std::collections::HashMap::<String, u64>::new();
+    let mut distinct = std::collections::BTreeMap::<String, Held>::new();
     for i in 0..60usize {
         let format = if i % 2 == 0 {
             Format::Docker
@@ -138,14 +155,21 @@ fn generate(registry: &Registry, scale: f64, seed: u64) -> Result<(Vec<Placed>, 
         let repo = format!("release/component-{i:02}");
         image.push(&client, &repo, Some("4.20.0"))?;
         for b in image.all_blobs() {
-            distinct.insert(b.digest.clone(), b.bytes.len() as u64);
+            distinct.entry(b.digest.clone()).or_insert_with(|| Held {
+                repo: repo.clone(),
+                blob: b.clone(),
+            });
         }
         placed.push(Placed {
             repo,
             tag: "4.20.0".into(),
         });
     }
-    Ok((placed, distinct.values().sum()))
+    Ok((placed, distinct.into_values().collect()))
+}
+
+fn bytes_of(blobs: &[Held]) -> u64 {
+    blobs.iter().map(|h| h.blob.bytes.len() as u64).sum()
 }
 
 fn config(dir: &Path, registry: &Registry, placed: &[Placed]) -> Result<PathBuf> {
@@ -252,7 +276,7 @@ fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<Run> {
     let agent = bins::disconnected();
     let mut timed = Command::new("/usr/bin/time");
     timed
-        .args(["-f", "%e %M", "-o"])
+        .args(["-f", "%e %M %U %S", "-o"])
         .arg(times.path())
         .arg(agent.get_program())
         .args(["--log-level", "warn", "run", "--config"])
@@ -291,13 +315,17 @@ fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<Run> {
         .status()?;
     child.wait()?;
     let text = std::fs::read_to_string(times.path())?;
-    let kib: f64 = text
+    let fields: Vec<f64> = text
         .split_whitespace()
-        .nth(1)
-        .context("time output")?
-        .parse()?;
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("time output")?;
+    let [_, kib, user, system] = fields[..] else {
+        bail!("time output: {text:?}");
+    };
     Ok(Run {
         seconds,
+        cpu_seconds: user + system,
         rss_mib: kib / 1024.0,
     })
 }
@@ -345,7 +373,9 @@ struct Scale {
 fn airlock_at(scale: f64, seed: u64) -> Result<Scale> {
     let source = Registry::plain()?;
     let dest = Registry::plain()?;
-    let (placed, blob_bytes) = generate(&source, scale, seed)?;
+    let (placed, blobs) = generate(&source, scale, seed)?;
+    let blob_bytes = bytes_of(&blobs);
+    drop(blobs);
     let work = tempfile::tempdir()?;
     let isc = config(work.path(), &source, &placed)?;
     let out = work.path().join("out");
@@ -367,7 +397,8 @@ fn main() -> Result<()> {
     let s = args.scale;
     println!("generating the data set (scale {s}) …");
     let source = Registry::plain()?;
-    let (placed, blob_bytes) = generate(&source, s, 1)?;
+    let (placed, blobs) = generate(&source, s, 1)?;
+    let blob_bytes = bytes_of(&blobs);
     let work = match &args.keep {
         Some(dir) => tempfile::Builder::new()
             .prefix("airlock-bench-")
@@ -397,6 +428,15 @@ fn main() -> Result<()> {
         &["--src-tls-verify=false"],
     )?;
     std::fs::remove_dir_all(&dirs)?;
+    println!(
+        "the egress limit: every blob from the source registry to disk, {} at once …",
+        limits::INFLIGHT
+    );
+    let egress = Run::timed(limits::egress(
+        &source,
+        &blobs,
+        &work.path().join("egress"),
+    )?);
 
     println!("verify: every chunk and blob, against sha256sum of a file of the same size …");
     let verify = measure(
@@ -435,10 +475,7 @@ fn main() -> Result<()> {
         }
         let _ = h.finalize();
     }
-    let sha2 = Run {
-        seconds: sha2_started.elapsed().as_secs_f64(),
-        rss_mib: 0.0,
-    };
+    let sha2 = Run::timed(sha2_started.elapsed().as_secs_f64());
     std::fs::remove_file(&same_size)?;
 
     println!("publish: Airlock to an empty registry, then skopeo from the OCI layout to another …");
@@ -451,6 +488,10 @@ fn main() -> Result<()> {
         |p| format!("docker://{}/m/{}:{}", dest_skopeo.addr(), p.repo, p.tag),
         &["--dest-tls-verify=false"],
     )?;
+
+    println!("the ingest limit: every blob from memory into an empty registry …");
+    let ingest = Run::timed(limits::ingest(&Registry::plain()?, &blobs)?);
+    drop(blobs);
 
     println!("publish to 3 registries against 1 …");
     let (r1, r2, r3) = (Registry::plain()?, Registry::plain()?, Registry::plain()?);
@@ -499,8 +540,46 @@ fn main() -> Result<()> {
     .fold(0.0, f64::max);
     let large_peak = create.rss_mib.max(publish.rss_mib);
     let small_peak = small.create.rss_mib.max(small.publish.rss_mib);
-    let results = json!({
+    let figures = json!({
+        "images": placed.len(),
+        "blob_bytes": blob_bytes,
+        "chunk_bytes": chunk_bytes,
+        "create": run_json(create),
+        "skopeo_to_oci_layout": run_json(skopeo_oci),
+        "skopeo_to_dir": run_json(skopeo_dir),
+        "egress_limit": run_json(egress),
+        "ingest_limit": run_json(ingest),
+        "verify": run_json(verify),
+        "sha256sum_same_size": run_json(sha),
+        "sha2_crate_same_size": run_json(sha2),
+        "publish": run_json(publish),
+        "skopeo_publish_from_oci_layout": run_json(skopeo_publish),
+        "publish_to_3_registries": run_json(three),
+        "agent_drop_to_1_cluster": run_json(agent_one),
+        "agent_drop_to_3_clusters": run_json(agent_three),
+        "differential_bytes_shipped": shipped,
+        "differential_new_blob_bytes": new_blobs,
+        "quarter_scale": {
+            "blob_bytes": small.blob_bytes,
+            "chunk_bytes": small.chunk_bytes,
+            "create": run_json(small.create),
+            "publish": run_json(small.publish),
+        },
+        "wall_seconds": started.elapsed().as_secs_f64(),
+    });
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let per_gib = |r: Run| ratio(r.cpu_seconds, gib(blob_bytes));
+    let mut results = json!({
         "scale": s,
+        "create_fraction_of_limit": ratio(egress.seconds, create.seconds),
+        "skopeo_create_fraction_of_limit": ratio(egress.seconds, skopeo_oci.seconds),
+        "publish_fraction_of_limit": ratio(ingest.seconds, publish.seconds),
+        "skopeo_publish_fraction_of_limit": ratio(ingest.seconds, skopeo_publish.seconds),
+        "create_cpu_per_gib": per_gib(create),
+        "skopeo_create_cpu_per_gib": per_gib(skopeo_oci),
+        "publish_cpu_per_gib": per_gib(publish),
+        "skopeo_publish_cpu_per_gib": per_gib(skopeo_publish),
+        "agent_cpu_3_clusters_over_1": ratio(agent_three.cpu_seconds, agent_one.cpu_seconds),
         "create_speedup_vs_skopeo": ratio(skopeo_oci.seconds, create.seconds),
         "publish_speedup_vs_skopeo": ratio(skopeo_publish.seconds, publish.seconds),
         "publish_3_over_1": ratio(three.seconds, publish.seconds),
@@ -510,42 +589,18 @@ fn main() -> Result<()> {
         "rss_growth": ratio(large_peak, small_peak),
         "differential_overhead": ratio(shipped as f64, new_blobs as f64) - 1.0,
         "chunk_overhead": ratio(chunk_bytes as f64, blob_bytes as f64) - 1.0,
-        "figures": {
-            "images": placed.len(),
-            "blob_bytes": blob_bytes,
-            "chunk_bytes": chunk_bytes,
-            "create": run_json(create),
-            "skopeo_to_oci_layout": run_json(skopeo_oci),
-            "skopeo_to_dir": run_json(skopeo_dir),
-            "verify": run_json(verify),
-            "sha256sum_same_size": run_json(sha),
-            "sha2_crate_same_size": run_json(sha2),
-            "publish": run_json(publish),
-            "skopeo_publish_from_oci_layout": run_json(skopeo_publish),
-            "publish_to_3_registries": run_json(three),
-            "agent_drop_to_1_cluster": run_json(agent_one),
-            "agent_drop_to_3_clusters": run_json(agent_three),
-            "differential_bytes_shipped": shipped,
-            "differential_new_blob_bytes": new_blobs,
-            "quarter_scale": {
-                "blob_bytes": small.blob_bytes,
-                "chunk_bytes": small.chunk_bytes,
-                "create": run_json(small.create),
-                "publish": run_json(small.publish),
-            },
-            "wall_seconds": started.elapsed().as_secs_f64(),
-        },
     });
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    results["figures"] = figures;
     println!();
     println!(
-        "{:<44} {:>9} {:>10} {:>9}",
-        "", "seconds", "peak MiB", "ratio"
+        "{:<44} {:>9} {:>9} {:>10} {:>9}",
+        "", "seconds", "CPU s", "peak MiB", "ratio"
     );
     let row = |name: &str, r: Run, ratio: Option<f64>| {
         println!(
-            "{name:<44} {:>9.1} {:>10.0} {:>9}",
+            "{name:<44} {:>9.1} {:>9.1} {:>10.0} {:>9}",
             r.seconds,
+            r.cpu_seconds,
             r.rss_mib,
             ratio.map_or(String::new(), |x| format!("{x:.2}"))
         );
@@ -569,6 +624,11 @@ fn main() -> Result<()> {
         Some(ratio(skopeo_dir.seconds, create.seconds)),
     );
     row(
+        "  egress limit: blobs to disk, no hashing",
+        egress,
+        Some(ratio(egress.seconds, create.seconds)),
+    );
+    row(
         "verify every chunk and blob",
         verify,
         Some(ratio(sha2.seconds, verify.seconds)),
@@ -590,6 +650,11 @@ fn main() -> Result<()> {
         Some(ratio(skopeo_publish.seconds, publish.seconds)),
     );
     row(
+        "  ingest limit: blobs from memory, no hashing",
+        ingest,
+        Some(ratio(ingest.seconds, publish.seconds)),
+    );
+    row(
         "publish to 3 registries",
         three,
         Some(ratio(three.seconds, publish.seconds)),
@@ -604,6 +669,15 @@ fn main() -> Result<()> {
     row("publish at 1/4 scale", small.publish, None);
     println!();
     for key in [
+        "create_fraction_of_limit",
+        "skopeo_create_fraction_of_limit",
+        "publish_fraction_of_limit",
+        "skopeo_publish_fraction_of_limit",
+        "create_cpu_per_gib",
+        "skopeo_create_cpu_per_gib",
+        "publish_cpu_per_gib",
+        "skopeo_publish_cpu_per_gib",
+        "agent_cpu_3_clusters_over_1",
         "create_speedup_vs_skopeo",
         "publish_speedup_vs_skopeo",
         "publish_3_over_1",
@@ -614,7 +688,7 @@ fn main() -> Result<()> {
         "differential_overhead",
         "chunk_overhead",
     ] {
-        println!("{key:<28} {:.4}", results[key].as_f64().unwrap_or(0.0));
+        println!("{key:<34} {:.4}", results[key].as_f64().unwrap_or(0.0));
     }
     if let Some(dir) = args.results.parent() {
         std::fs::create_dir_all(dir)?;
@@ -635,5 +709,5 @@ fn main() -> Result<()> {
 }
 
 fn run_json(r: Run) -> Value {
-    json!({"seconds": r.seconds, "peak_rss_mib": r.rss_mib})
+    json!({"seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "peak_rss_mib": r.rss_mib})
 }

@@ -113,40 +113,41 @@ pub fn check_config(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let Some(helm) = loaded.config.mirror.as_ref().and_then(|m| m.helm.as_ref()) else {
         return Ok(());
     };
-    let mut problems = Vec::new();
-    let mut paths = |at: &str, c: &airlock_common::config::schema::HelmChart| {
-        for (k, p) in c.image_paths.iter().enumerate() {
-            if let Err(e) = render::ImagePath::parse(p) {
-                problems.push(loaded.problem(
+    let paths = |at: &str, c: &airlock_common::config::schema::HelmChart| {
+        c.image_paths
+            .iter()
+            .enumerate()
+            .filter_map(|(k, p)| {
+                let e = render::ImagePath::parse(p).err()?;
+                Some(loaded.problem(
                     format!("{at}.imagePaths[{k}]"),
                     format!("{p:?}: {e}; expected kubectl's form, e.g. {{.spec.template.spec.containers[*].image}}"),
-                ));
-            }
-        }
+                ))
+            })
+            .collect::<Vec<_>>()
     };
-    let mut local_problems = Vec::new();
+    let mut problems = Vec::new();
     for (i, c) in helm.local.iter().enumerate() {
         let at = format!("mirror.helm.local[{i}]");
         if c.path.as_deref().is_none_or(str::is_empty) {
-            local_problems.push(loaded.problem(
+            problems.push(loaded.problem(
                 format!("{at}.path"),
                 "missing; give the path of a packaged chart (.tgz) or of a chart directory",
             ));
         }
-        paths(&at, c);
+        problems.extend(paths(&at, c));
     }
-    let mut repo_problems = Vec::new();
     for (i, r) in helm.repositories.iter().enumerate() {
         let at = format!("mirror.helm.repositories[{i}]");
         let oci = r.url.starts_with("oci://");
         if !(oci || r.url.starts_with("https://") || r.url.starts_with("http://")) {
-            repo_problems.push(loaded.problem(
+            problems.push(loaded.problem(
                 format!("{at}.url"),
                 format!("{:?}: expected an https:// (or http://) chart repository, or an oci:// registry path", r.url),
             ));
         }
         if oci && r.charts.is_empty() {
-            repo_problems.push(loaded.problem(
+            problems.push(loaded.problem(
                 format!("{at}.charts"),
                 "empty; an oci:// registry has no index to list, so name each chart (and its version)",
             ));
@@ -154,25 +155,23 @@ pub fn check_config(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         for (j, c) in r.charts.iter().enumerate() {
             let at = format!("{at}.charts[{j}]");
             if c.name.is_empty() {
-                repo_problems.push(loaded.problem(format!("{at}.name"), "missing; name the chart"));
+                problems.push(loaded.problem(format!("{at}.name"), "missing; name the chart"));
             }
             if oci && c.version.as_deref().is_none_or(str::is_empty) {
-                repo_problems.push(loaded.problem(
+                problems.push(loaded.problem(
                     format!("{at}.version"),
                     "missing; a chart in an oci:// registry is named by its version (its tag)",
                 ));
             }
             if c.path.is_some() {
-                repo_problems.push(loaded.problem(
+                problems.push(loaded.problem(
                     format!("{at}.path"),
                     "set on a repository's chart; path is for mirror.helm.local",
                 ));
             }
-            paths(&at, c);
+            problems.extend(paths(&at, c));
         }
     }
-    problems.extend(local_problems);
-    problems.extend(repo_problems);
     match problems.is_empty() {
         true => Ok(()),
         false => Err(airlock_common::config::problems_error(
@@ -281,6 +280,9 @@ pub async fn gather(loaded: &LoadedConfig, pool: &Pool) -> Result<Charts, HelmEr
     out.images = images.into_values().collect();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;
 
 /// Two platform filters as one: empty (every platform) if either is.
 fn union(a: &[String], b: &[String]) -> Vec<String> {
