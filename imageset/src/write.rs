@@ -374,11 +374,8 @@ impl Prepared {
         let (hashes, parity_hashes) =
             tokio::task::spawn_blocking(move || -> Result<_, WriteError> {
                 if parity_paths.is_empty() {
-                    let hashes = data
-                        .iter()
-                        .map(|(p, _)| crate::hash_payload(p, meta).map_err(io(p)))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    return Ok((hashes, Vec::new()));
+                    let paths: Vec<&Path> = data.iter().map(|(p, _)| p.as_path()).collect();
+                    return Ok((hash_payloads(&paths, meta)?, Vec::new()));
                 }
                 let hashes = parity::encode(&data, meta, shard, &parity_paths).map_err(|e| {
                     WriteError::Io {
@@ -460,6 +457,41 @@ impl Prepared {
         self.done = true;
         Ok((self.manifest.clone(), self.finals.clone()))
     }
+}
+
+/// The payload hash of every file of `paths`, as many at once as there are cores:
+/// it is the last step before the files are final, after every download, and one
+/// core would leave the others idle through a pass over the whole imageset.
+fn hash_payloads(paths: &[&Path], meta: u64) -> Result<Vec<String>, WriteError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(paths.len());
+    let mut hashes: Vec<Option<String>> = vec![None; paths.len()];
+    let done = std::sync::Mutex::new(&mut hashes);
+    std::thread::scope(|s| -> Result<(), WriteError> {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> Result<(), WriteError> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(p) = paths.get(i) else {
+                            return Ok(());
+                        };
+                        let h = crate::hash_payload(p, meta).map_err(io(p))?;
+                        done.lock().expect("not poisoned")[i] = Some(h);
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("a hashing thread does not panic"))
+    })?;
+    Ok(hashes
+        .into_iter()
+        .map(|h| h.expect("every file was hashed"))
+        .collect())
 }
 
 /// Writes one blob's bytes into its parts, in order, checking size and digest.
