@@ -303,6 +303,13 @@ pub struct CreateArgs {
     /// Blobs downloaded at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub parallel: usize,
+    /// Output format of the report: lines for people (table), or one JSON object
+    /// with `uuid`, `sequence`, `images`, `blobs`, `carriedBytes`, `chunks` (the
+    /// files written), `seconds`, `unchangedSince` (the sequence nothing changed
+    /// since, else null), `dryRunFiles`, `blocked` (`image`, `field`, `pattern`,
+    /// `platform`), `missing` (`image`, `reason`, `carriedFrom`) and `missingFile`.
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: OutputFormat,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -358,6 +365,12 @@ pub struct MirrorArgs {
     /// Blob transfers at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub parallel: usize,
+    /// Output format of the report: lines for people (table), or one JSON object
+    /// with `images`, `blobsUploaded`, `uploadedBytes`, `blobsMounted`,
+    /// `blobsPresent`, `manifests`, `retries`, `resources` (the files written),
+    /// `seconds`, `missing` (`image`, `reason`, `carriedFrom`) and `missingFile`.
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: OutputFormat,
     /// Require HTTPS and verify certificates of the mirror registry.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true", action = ArgAction::Set)]
     pub dest_tls_verify: bool,
@@ -457,7 +470,10 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 continue_on_error: args.continue_on_error,
             };
             let report = create::create(&opts).await?;
-            print_create(&report);
+            match args.output {
+                OutputFormat::Table => print_create(&report),
+                OutputFormat::Json => print_json(&create_json(&report)),
+            }
             Ok(match report.missing_file {
                 Some(_) => airlock_common::exit_codes::PARTIAL,
                 None => airlock_common::exit_codes::OK,
@@ -549,6 +565,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             Ok(airlock_common::exit_codes::OK)
         }
         Command::Mirror(args) => {
+            let output = args.output;
             let to = args
                 .to
                 .parse::<airlock_oci::reference::Destination>()
@@ -575,7 +592,10 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 continue_on_error: args.continue_on_error,
             };
             let report = mirror::mirror(&opts).await?;
-            print_mirror(&report);
+            match output {
+                OutputFormat::Table => print_mirror(&report),
+                OutputFormat::Json => print_json(&mirror_json(&report)),
+            }
             Ok(match report.missing_file {
                 Some(_) => airlock_common::exit_codes::PARTIAL,
                 None => airlock_common::exit_codes::OK,
@@ -654,6 +674,79 @@ fn print_bundles(listed: &[crate::catalog::image::Listed], format: OutputFormat)
         print!("{}", table(titles, &rows[start..end]));
         start = end;
     }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("a report serialises")
+    );
+}
+
+/// `missing` of the JSON reports.
+fn missing_json(missing: &[crate::collect::Missing]) -> serde_json::Value {
+    missing
+        .iter()
+        .map(|m| serde_json::json!({"image": m.image, "reason": m.reason, "carriedFrom": m.carried_from}))
+        .collect()
+}
+
+/// `create -o json`; the keys are documented on `--output`.
+fn create_json(r: &create::CreateReport) -> serde_json::Value {
+    let m = &r.manifest;
+    let blocked: Vec<serde_json::Value> = r
+        .blocked
+        .iter()
+        .map(|b| {
+            let platform = match &b.detection {
+                Detection::Name => None,
+                Detection::Layers { platform } | Detection::Annotation { platform, .. } => {
+                    Some(platform)
+                }
+            };
+            serde_json::json!({"image": b.image, "field": b.field, "pattern": b.pattern, "platform": platform})
+        })
+        .collect();
+    serde_json::json!({
+        "uuid": m.uuid,
+        "sequence": m.sequence,
+        "images": m.images.len(),
+        "blobs": m.blobs.len(),
+        "carriedBytes": r.blob_bytes,
+        "chunks": r.chunks,
+        "seconds": r.elapsed.as_secs_f64(),
+        "unchangedSince": r.unchanged_since,
+        "dryRunFiles": r.dry_run_files,
+        "blocked": blocked,
+        "missing": missing_json(&r.missing),
+        "missingFile": r.missing_file,
+    })
+}
+
+/// `mirror -o json`; the keys are documented on `--output`.
+fn mirror_json(r: &mirror::MirrorReport) -> serde_json::Value {
+    let [
+        uploaded,
+        uploaded_bytes,
+        mounted,
+        present,
+        manifests,
+        retries,
+    ] = r.stats;
+    serde_json::json!({
+        "images": r.images,
+        "blobsUploaded": uploaded,
+        "uploadedBytes": uploaded_bytes,
+        "blobsMounted": mounted,
+        "blobsPresent": present,
+        "manifests": manifests,
+        "retries": retries,
+        "resources": r.resources,
+        "seconds": r.elapsed.as_secs_f64(),
+        "missing": missing_json(&r.missing),
+        "missingFile": r.missing_file,
+    })
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]

@@ -68,6 +68,11 @@ pub struct VerifyArgs {
     /// Require imagesets to be signed by one of these minisign public keys.
     #[arg(long, value_name = "FILE", num_args = 1..)]
     pub trust: Vec<PathBuf>,
+    /// Output format of the report: lines for people (table), or one JSON object
+    /// with `verified` (per imageset: `imageset`, `files`, `bytes`), `seconds` and
+    /// `problems` (`code`, `message`).
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: OutputFormat,
 }
 
 /// Destination registry access, as skopeo spells it.
@@ -202,7 +207,14 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             let report = tokio::task::spawn_blocking(move || crate::verify::verify(&from, &trust))
                 .await
                 .expect("verify does not panic")?;
-            print_verify(&report);
+            match args.output {
+                OutputFormat::Table => print_verify(&report),
+                OutputFormat::Json => print_json(&serde_json::json!({
+                    "verified": report.verified.iter().map(|(label, files, bytes)| serde_json::json!({"imageset": label, "files": files, "bytes": bytes})).collect::<Vec<_>>(),
+                    "seconds": report.elapsed.as_secs_f64(),
+                    "problems": problems_json(report.problems()),
+                })),
+            }
             Ok(report.problems.exit_code())
         }
         Command::Describe(args) => {
@@ -440,9 +452,19 @@ fn print_publish_json(p: &PublishReport) {
             "refused": pruned.refused,
         })).collect::<Vec<_>>(),
         "notPruned": r.not_pruned.iter().map(|(d, why)| serde_json::json!({"destination": d, "reason": why})).collect::<Vec<_>>(),
-        "problems": r.problems.iter().map(|p| serde_json::json!({"code": p.code, "message": p.message})).collect::<Vec<_>>(),
+        "problems": problems_json(&r.problems),
     });
     print_json(&doc);
+}
+
+/// `problems` of the JSON reports.
+fn problems_json<'a>(
+    problems: impl IntoIterator<Item = &'a crate::site::Problem>,
+) -> serde_json::Value {
+    problems
+        .into_iter()
+        .map(|p| serde_json::json!({"code": p.code, "message": p.message}))
+        .collect()
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]

@@ -20,6 +20,7 @@ mod policy;
 mod pruning;
 mod registries;
 mod releases;
+mod reports;
 mod retries;
 mod scheduled;
 mod supply_chain;
