@@ -2,26 +2,27 @@
 //! these blobs out of the source registry to disk (`egress`) and into a fresh
 //! registry (`ingest`), on the same machine, registries and data, in the same
 //! run. Both are minimal clients with nothing but the transfer: no hashing, no
-//! manifests, no state, `INFLIGHT` blobs at once (more did not go faster on the
-//! two-core machine), so a tool's time over theirs is the share of the limit it
-//! reaches.
+//! manifests, no state, `INFLIGHT` blobs at once, so their time over a tool's
+//! is the share of the limit the tool reaches.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use airlock_tests::images::Blob;
 use airlock_tests::registry::Registry;
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 
 /// Blobs in flight at once.
 pub const INFLIGHT: usize = 8;
 
-/// One distinct blob of the data set and a repository that holds it.
+/// One distinct blob of the data set and a repository that holds it; the bytes
+/// are shared, so that an upload costs no copy.
 pub struct Held {
     pub repo: String,
-    pub blob: Blob,
+    pub digest: String,
+    pub bytes: Bytes,
 }
 
 /// Runs `work` on every item of `items`, [`INFLIGHT`] at once; the seconds taken.
@@ -55,17 +56,12 @@ pub fn egress(source: &Registry, blobs: &[Held], dir: &Path) -> Result<f64> {
     let client = source.http_client()?;
     let seconds = parallel(blobs, |h| {
         let mut resp = client
-            .get(format!(
-                "{}/v2/{}/blobs/{}",
-                source.url(),
-                h.repo,
-                h.blob.digest
-            ))
+            .get(format!("{}/v2/{}/blobs/{}", source.url(), h.repo, h.digest))
             .send()?;
         if !resp.status().is_success() {
-            bail!("GET {} {}: {}", h.repo, h.blob.digest, resp.status());
+            bail!("GET {} {}: {}", h.repo, h.digest, resp.status());
         }
-        let name = h.blob.digest.trim_start_matches("sha256:");
+        let name = h.digest.trim_start_matches("sha256:");
         let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join(name))?);
         resp.copy_to(&mut f)?;
         f.flush()?;
@@ -86,7 +82,7 @@ pub fn ingest(dest: &Registry, blobs: &[Held]) -> Result<f64> {
             .post(format!("{}/v2/limit/{}/blobs/uploads/", dest.url(), h.repo))
             .send()?;
         if opened.status().as_u16() != 202 {
-            bail!("POST upload of {}: {}", h.blob.digest, opened.status());
+            bail!("POST upload of {}: {}", h.digest, opened.status());
         }
         let location = opened
             .headers()
@@ -100,12 +96,12 @@ pub fn ingest(dest: &Registry, blobs: &[Held]) -> Result<f64> {
         };
         let sep = if location.contains('?') { '&' } else { '?' };
         let put = client
-            .put(format!("{location}{sep}digest={}", h.blob.digest))
+            .put(format!("{location}{sep}digest={}", h.digest))
             .header("content-type", "application/octet-stream")
-            .body(h.blob.bytes.clone())
+            .body(h.bytes.clone())
             .send()?;
         if put.status().as_u16() != 201 {
-            bail!("PUT {}: {}", h.blob.digest, put.status());
+            bail!("PUT {}: {}", h.digest, put.status());
         }
         Ok(())
     })

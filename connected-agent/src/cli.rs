@@ -304,9 +304,9 @@ pub struct CreateArgs {
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub parallel: usize,
     /// Output format of the report: lines for people (table), or one JSON object
-    /// with `uuid`, `sequence`, `images`, `blobs`, `carriedBytes`, `chunks` (the
-    /// files written), `seconds`, `unchangedSince` (the sequence nothing changed
-    /// since, else null), `dryRunFiles`, `blocked` (`image`, `field`, `pattern`,
+    /// with `uuid`, `sequence` (null when nothing changed), `images`, `blobs`,
+    /// `carriedBytes`, `chunks` (the files written), `seconds`, `unchangedSince`
+    /// (the sequence nothing changed since, else null), `dryRunFiles`, `blocked` (`image`, `field`, `pattern`,
     /// `platform`), `missing` (`image`, `reason`, `carriedFrom`) and `missingFile`.
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     pub output: OutputFormat,
@@ -708,9 +708,11 @@ fn create_json(r: &create::CreateReport) -> serde_json::Value {
             serde_json::json!({"image": b.image, "field": b.field, "pattern": b.pattern, "platform": platform})
         })
         .collect();
+    // With nothing to ship, no imageset was made: no sequence to name.
+    let sequence = r.unchanged_since.is_none().then_some(m.sequence);
     serde_json::json!({
         "uuid": m.uuid,
-        "sequence": m.sequence,
+        "sequence": sequence,
         "images": m.images.len(),
         "blobs": m.blobs.len(),
         "carriedBytes": r.blob_bytes,

@@ -464,6 +464,8 @@ impl Prepared {
 /// core would leave the others idle through a pass over the whole imageset.
 fn hash_payloads(paths: &[&Path], meta: u64) -> Result<Vec<String>, WriteError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
+    // Once one file fails the others are not worth hashing.
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(paths.len());
@@ -478,7 +480,13 @@ fn hash_payloads(paths: &[&Path], meta: u64) -> Result<Vec<String>, WriteError> 
                         let Some(p) = paths.get(i) else {
                             return Ok(());
                         };
-                        let h = crate::hash_payload(p, meta).map_err(io(p))?;
+                        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        let h = crate::hash_payload(p, meta).map_err(|e| {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            io(p)(e)
+                        })?;
                         done.lock().expect("not poisoned")[i] = Some(h);
                     }
                 })

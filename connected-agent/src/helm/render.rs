@@ -124,9 +124,35 @@ struct Unit<'a> {
     renders: bool,
 }
 
+/// The stack a chart renders on. Rendering recurses (`include` in `include`,
+/// each level with the executor's own depth); a deep but legitimate chart must
+/// not overflow a tokio worker's 2 MiB. Reserved, not used, until touched.
+const RENDER_STACK: usize = 256 << 20;
+
 /// Renders `chart` (release `release`) and reads every image at the default
-/// paths and `extra`. Images come sorted, each once per template.
+/// paths and `extra`, on a thread of its own with a stack of [`RENDER_STACK`].
+/// Images come sorted, each once per template.
 pub fn images(
+    chart: &Chart,
+    release: &str,
+    extra: &[ImagePath],
+) -> Result<Vec<Found>, RenderFailure> {
+    std::thread::scope(|scope| {
+        let render = std::thread::Builder::new()
+            .name("chart-render".into())
+            .stack_size(RENDER_STACK)
+            .spawn_scoped(scope, || images_here(chart, release, extra))
+            .map_err(|e| RenderFailure::Internal(format!("cannot start the renderer: {e}")))?;
+        render.join().unwrap_or_else(|_| {
+            Err(RenderFailure::Internal(
+                "the renderer stopped on a bug (see the log); please report it with the chart"
+                    .into(),
+            ))
+        })
+    })
+}
+
+fn images_here(
     chart: &Chart,
     release: &str,
     extra: &[ImagePath],
@@ -134,7 +160,9 @@ pub fn images(
     let mut units = Vec::new();
     let name = chart.metadata.name.clone();
     let values = chart.values.clone();
-    enabled(chart, name, values, 0, &mut units);
+    // Helm reads `tags` from the top chart's values at every depth.
+    let tags = chart.values.get("tags").cloned().unwrap_or(Json::Null);
+    enabled(chart, name, values, &tags, 0, &mut units);
     // Deepest first, so that a parent's `define` replaces a subchart's, as Helm
     // orders them.
     units.sort_by_key(|u| std::cmp::Reverse(u.depth));
@@ -221,6 +249,7 @@ fn enabled<'a>(
     chart: &'a Chart,
     prefix: String,
     mut values: Json,
+    tags: &Json,
     depth: usize,
     out: &mut Vec<Unit<'a>>,
 ) {
@@ -251,7 +280,7 @@ fn enabled<'a>(
         values[key.as_str()] = merged;
     }
     for (sub, key, dep) in subs {
-        if dep.is_some_and(|d| !is_enabled(d, &values)) {
+        if dep.is_some_and(|d| !is_enabled(d, &values, tags)) {
             continue;
         }
         let mut sub_values = values[key.as_str()].clone();
@@ -263,6 +292,7 @@ fn enabled<'a>(
             sub,
             format!("{prefix}/charts/{key}"),
             sub_values,
+            tags,
             depth + 1,
             out,
         );
@@ -276,9 +306,10 @@ fn enabled<'a>(
     });
 }
 
-/// A dependency's `condition` (the first of its paths that holds a boolean),
-/// else its `tags` (enabled if any is true), else enabled.
-fn is_enabled(dep: &super::chart::Dependency, values: &Json) -> bool {
+/// A dependency's `condition` (the first of its paths that holds a boolean, in
+/// its parent's values), else its `tags` (in the top chart's `tags`: enabled if
+/// any is true), else enabled.
+fn is_enabled(dep: &super::chart::Dependency, values: &Json, tags: &Json) -> bool {
     if let Some(cond) = &dep.condition {
         for path in cond.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let v = path.split('.').try_fold(values, |v, k| v.get(k));
@@ -287,11 +318,10 @@ fn is_enabled(dep: &super::chart::Dependency, values: &Json) -> bool {
             }
         }
     }
-    let tags = values.get("tags");
     let set: Vec<bool> = dep
         .tags
         .iter()
-        .filter_map(|t| tags.and_then(|m| m.get(t)).and_then(Json::as_bool))
+        .filter_map(|t| tags.get(t).and_then(Json::as_bool))
         .collect();
     set.is_empty() || set.contains(&true)
 }

@@ -8,15 +8,16 @@ use airlock_tests::bins::{self, run_ok};
 
 use crate::util::*;
 
-/// Numbers that differ between runs: times, and how the blobs shared between
+/// Numbers that differ between runs: times, how the blobs shared between
 /// images happened to arrive (uploaded once and mounted, or found present,
-/// depends on which upload finished first).
-const VOLATILE: [&str; 5] = [
+/// depends on which upload finished first), and retries a loaded machine may need.
+const VOLATILE: [&str; 6] = [
     "seconds",
     "blobsUploaded",
     "uploadedBytes",
     "blobsMounted",
     "blobsPresent",
+    "retries",
 ];
 
 /// `value` with what differs between runs made stable: the [`VOLATILE`]

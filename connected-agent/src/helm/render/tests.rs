@@ -158,3 +158,19 @@ fn subchart_defaults_decide_conditions_and_reach_the_parent_and_aliases_render_e
         ["q.io/one-g", "q.io/sub-g", "seen/"]
     );
 }
+
+#[test]
+fn tags_of_the_top_chart_enable_a_subchart_without_a_condition() {
+    let off = with_sub(
+        "- name: sub\n  tags: [extra]\n",
+        "image: q.io/sub\n",
+        "global:\n  tag: g\ntags:\n  extra: false\n",
+    );
+    assert_eq!(images_of(&off, &[]), ["seen/q.io/sub"]);
+    let on = with_sub(
+        "- name: sub\n  tags: [extra, other]\n",
+        "image: q.io/sub\n",
+        "global:\n  tag: g\ntags:\n  extra: false\n  other: true\n",
+    );
+    assert_eq!(images_of(&on, &[]), ["q.io/sub-g", "seen/q.io/sub"]);
+}

@@ -122,12 +122,13 @@ fn dict(v: &Value) -> BTreeMap<Arc<str>, Value> {
 }
 
 fn indent(n: &Value, s: &str) -> Result<String, TemplateError> {
-    let pad = " ".repeat(count("indent", n, 1024)?);
-    let out = format!("{pad}{}", s.replace('\n', &format!("\n{pad}")));
-    match out.len() > MAX_TEXT * 16 {
-        true => Err(err("indent: the text is too long")),
-        false => Ok(out),
+    let n = count("indent", n, 1024)?;
+    let lines = s.bytes().filter(|&b| b == b'\n').count() + 1;
+    if s.len() + n * lines > MAX_TEXT * 16 {
+        return Err(err("indent: the text would be too long"));
     }
+    let pad = " ".repeat(n);
+    Ok(format!("{pad}{}", s.replace('\n', &format!("\n{pad}"))))
 }
 
 /// Go's `%q` of a string.
@@ -273,19 +274,19 @@ pub fn semver_compare(constraint: &str, version: &str) -> Result<bool, TemplateE
                 "~" | "~>" => {
                     let high = match p.given {
                         0 => None,
-                        1 => Some(semver::Version::new(low.major + 1, 0, 0)),
-                        _ => Some(semver::Version::new(low.major, low.minor + 1, 0)),
+                        1 => Some(bound(low.major + 1, 0, 0)),
+                        _ => Some(bound(low.major, low.minor + 1, 0)),
                     };
                     v >= *low && high.is_none_or(|h| v < h)
                 }
                 "^" => {
                     let high = match (low.major, low.minor, p.given) {
                         (_, _, 0) => None,
-                        (0, _, 1) => Some(semver::Version::new(1, 0, 0)),
-                        (0, 0, 2) => Some(semver::Version::new(0, 1, 0)),
-                        (0, 0, _) => Some(semver::Version::new(0, 0, low.patch + 1)),
-                        (0, m, _) => Some(semver::Version::new(0, m + 1, 0)),
-                        (m, _, _) => Some(semver::Version::new(m + 1, 0, 0)),
+                        (0, _, 1) => Some(bound(1, 0, 0)),
+                        (0, 0, 2) => Some(bound(0, 1, 0)),
+                        (0, 0, _) => Some(bound(0, 0, low.patch + 1)),
+                        (0, m, _) => Some(bound(0, m + 1, 0)),
+                        (m, _, _) => Some(bound(m + 1, 0, 0)),
                     };
                     v >= *low && high.is_none_or(|h| v < h)
                 }
@@ -310,11 +311,12 @@ struct Partial {
 impl Partial {
     fn parse(s: &str) -> Option<Partial> {
         let s = s.trim().trim_start_matches(['v', '=']);
+        // Build metadata first: it may itself hold a `-`.
+        let s = s.split('+').next()?;
         let (core, pre) = match s.split_once('-') {
             Some((c, p)) => (c, Some(p)),
             None => (s, None),
         };
-        let core = core.split('+').next()?;
         let mut nums = [0u64; 3];
         let mut given = 0;
         let mut wild = false;
@@ -332,7 +334,7 @@ impl Partial {
         }
         let mut low = semver::Version::new(nums[0], nums[1], nums[2]);
         if let Some(p) = pre {
-            low.pre = semver::Prerelease::new(p.split('+').next()?).ok()?;
+            low.pre = semver::Prerelease::new(p).ok()?;
         }
         Some(Partial { low, given })
     }
@@ -343,10 +345,19 @@ impl Partial {
         let l = &self.low;
         match self.given {
             0 => None,
-            1 => Some(semver::Version::new(l.major + 1, 0, 0)),
-            2 => Some(semver::Version::new(l.major, l.minor + 1, 0)),
+            1 => Some(bound(l.major + 1, 0, 0)),
+            2 => Some(bound(l.major, l.minor + 1, 0)),
             _ => Some(successor(l)),
         }
+    }
+}
+
+/// The first version of `major.minor.patch`, its prereleases included: the end of
+/// a range below it, so that `<=1.2` leaves out `1.3.0-rc.1` as Masterminds does.
+fn bound(major: u64, minor: u64, patch: u64) -> semver::Version {
+    semver::Version {
+        pre: semver::Prerelease::new("0").expect("a valid prerelease"),
+        ..semver::Version::new(major, minor, patch)
     }
 }
 

@@ -209,6 +209,12 @@ fn semver_compare_reads_the_constraints_charts_write() {
         (">=9.0.0-0", "9.0.0-rc.1", true),
         ("<1.0.0-rc.2", "1.0.0-rc.1", true),
         (">1.0.0-rc.1", "1.0.0-rc.2", true),
+        // Ranges end before the next version's prereleases.
+        ("~1.2.3-0", "1.3.0-rc.1", false),
+        ("^1.2.3-0", "2.0.0-rc.1", false),
+        ("^1.2.3-0", "1.9.0-rc.1", true),
+        // Build metadata is not a prerelease, even with a `-` in it.
+        (">=1.0", "1.2.3+build-1", true),
     ];
     for (c, v, want) in cases {
         assert_eq!(funcs::semver_compare(c, v).unwrap(), want, "{c} {v}");
