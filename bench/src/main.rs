@@ -244,7 +244,7 @@ fn airlock_publish(from: &Path, dest: &Registry, ws: &Path) -> Result<Run> {
 /// time runs until it has verified them, published them to every registry and
 /// removed them (which it does only once every cluster has them). Peak memory is
 /// the agent process's, over its whole run.
-fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<Run> {
+fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<(Run, u64)> {
     let registries: Vec<Registry> = (0..clusters)
         .map(|_| Registry::plain())
         .collect::<Result<_>>()?;
@@ -280,8 +280,9 @@ fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<Run> {
         .args(["-f", "%e %M %U %S", "-o"])
         .arg(times.path())
         .arg(agent.get_program())
-        .args(["--log-level", "warn", "run", "--config"])
-        .arg(&config_path);
+        .args(["--log-level", "info", "run", "--config"])
+        .arg(&config_path)
+        .stderr(std::fs::File::create(site.join("agent.log"))?);
     for (k, v) in agent.get_envs() {
         match v {
             Some(v) => timed.env(k, v),
@@ -324,11 +325,26 @@ fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<Run> {
     let [_, kib, user, system] = fields[..] else {
         bail!("time output: {text:?}");
     };
-    Ok(Run {
+    // What the agent read from its store to publish, as it logs each fan-out.
+    let log = std::fs::read_to_string(site.join("agent.log"))?;
+    let store_reads: u64 = log
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("store_read_bytes="))
+        .map(str::parse::<u64>)
+        .sum::<Result<_, _>>()
+        .context("the agent's store_read_bytes")?;
+    if store_reads == 0 {
+        bail!(
+            "the agent logged no store reads; see {}",
+            site.join("agent.log").display()
+        );
+    }
+    let run = Run {
         seconds,
         cpu_seconds: user + system,
         rss_mib: kib / 1024.0,
-    })
+    };
+    Ok((run, store_reads))
 }
 
 fn skopeo(args: &[String]) -> Result<Run> {
@@ -490,6 +506,10 @@ fn main() -> Result<()> {
         &["--dest-tls-verify=false"],
     )?;
 
+    // Each registry is stopped (its storage removed) once measured: the disk
+    // holds a few copies of the data set at a time, not a dozen.
+    drop((dest, dest_skopeo));
+
     println!("the ingest limit: every blob from memory into an empty registry …");
     let ingest = Run::timed(limits::ingest(&Registry::plain()?, &blobs)?);
     drop(blobs);
@@ -500,10 +520,11 @@ fn main() -> Result<()> {
     let three = airlock_publish(&out, &r1, &ws3)?
         .add(airlock_publish(&out, &r2, &ws3)?)
         .add(airlock_publish(&out, &r3, &ws3)?);
+    drop((r1, r2, r3));
 
     println!("the agent: drop directory → 1 cluster, then → 3 clusters …");
-    let agent_one = agent_fanout(&out, 1, work.path())?;
-    let agent_three = agent_fanout(&out, 3, work.path())?;
+    let (agent_one, _) = agent_fanout(&out, 1, work.path())?;
+    let (agent_three, three_store_reads) = agent_fanout(&out, 3, work.path())?;
 
     println!("differential: one of the 60 images changes …");
     let client = PushClient::new(&source)?;
@@ -559,6 +580,7 @@ fn main() -> Result<()> {
         "publish_to_3_registries": run_json(three),
         "agent_drop_to_1_cluster": run_json(agent_one),
         "agent_drop_to_3_clusters": run_json(agent_three),
+        "agent_3_clusters_store_read_bytes": three_store_reads,
         "differential_bytes_shipped": shipped,
         "differential_new_blob_bytes": new_blobs,
         "quarter_scale": {
@@ -582,6 +604,7 @@ fn main() -> Result<()> {
         "publish_cpu_per_gib": per_gib(publish),
         "skopeo_publish_cpu_per_gib": per_gib(skopeo_publish),
         "agent_cpu_3_clusters_over_1": ratio(agent_three.cpu_seconds, agent_one.cpu_seconds),
+        "agent_store_reads_per_cluster": ratio(three_store_reads as f64, 3.0 * blob_bytes as f64),
         "create_speedup_vs_skopeo": ratio(skopeo_oci.seconds, create.seconds),
         "publish_speedup_vs_skopeo": ratio(skopeo_publish.seconds, publish.seconds),
         "publish_3_over_1": ratio(three.seconds, publish.seconds),
@@ -684,6 +707,7 @@ fn main() -> Result<()> {
         "publish_cpu_per_gib",
         "skopeo_publish_cpu_per_gib",
         "agent_cpu_3_clusters_over_1",
+        "agent_store_reads_per_cluster",
         "create_speedup_vs_skopeo",
         "publish_speedup_vs_skopeo",
         "publish_3_over_1",
