@@ -69,8 +69,8 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE", num_args = 1..)]
     pub trust: Vec<PathBuf>,
     /// Output format of the report: lines for people (table), or one JSON object
-    /// with `verified` (per imageset: `imageset`, `files`, `bytes`), `seconds` and
-    /// `problems` (`code`, `message`).
+    /// with `verified` (per imageset: `uuid`, `sequence`, `files`, `bytes`),
+    /// `seconds` and `problems` (`code`, `message`).
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     pub output: OutputFormat,
 }
@@ -210,7 +210,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             match args.output {
                 OutputFormat::Table => print_verify(&report),
                 OutputFormat::Json => print_json(&serde_json::json!({
-                    "verified": report.verified.iter().map(|(label, files, bytes)| serde_json::json!({"imageset": label, "files": files, "bytes": bytes})).collect::<Vec<_>>(),
+                    "verified": report.verified.iter().map(|v| serde_json::json!({"uuid": v.uuid, "sequence": v.sequence, "files": v.files, "bytes": v.bytes})).collect::<Vec<_>>(),
                     "seconds": report.elapsed.as_secs_f64(),
                     "problems": problems_json(report.problems()),
                 })),
@@ -298,8 +298,13 @@ fn warn_unsigned(from: &std::path::Path) {
     reason = "the command's report is its output"
 )]
 fn print_verify(r: &crate::verify::VerifyReport) {
-    for (label, files, bytes) in &r.verified {
-        println!("verified {label}: {files} files, {}", ByteSize(*bytes));
+    for v in &r.verified {
+        println!(
+            "verified {}: {} files, {}",
+            v.label,
+            v.files,
+            ByteSize(v.bytes)
+        );
     }
     println!("{:.2}s", r.elapsed.as_secs_f64());
     for p in r.problems() {

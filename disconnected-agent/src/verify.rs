@@ -17,12 +17,27 @@ use crate::site::{Problem, Report};
 /// What `verify` found.
 #[derive(Debug, Default)]
 pub struct VerifyReport {
-    /// Imagesets fully verified: (label, chunks, bytes).
-    pub verified: Vec<(String, usize, u64)>,
+    /// Imagesets fully verified.
+    pub verified: Vec<Verified>,
     /// What is wrong.
     pub problems: Report,
     /// Wall time.
     pub elapsed: Duration,
+}
+
+/// One imageset that verified.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Its UUID.
+    pub uuid: uuid::Uuid,
+    /// Its sequence.
+    pub sequence: u64,
+    /// How people name it (`imageset UUID sequence N`).
+    pub label: String,
+    /// Chunk and parity files read.
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// Verifies every imageset found in `dir`: signature (when keys are given), every
@@ -73,9 +88,13 @@ pub fn verify(dir: &Path, trust: &TrustStore) -> Result<VerifyReport, Error> {
                 read::verify(head, &mut sink)
             });
         match result {
-            Ok(()) => report
-                .verified
-                .push((label, c.chunks.len() + c.parity.len(), bytes)),
+            Ok(()) => report.verified.push(Verified {
+                uuid: c.manifest.uuid,
+                sequence: c.manifest.sequence,
+                label,
+                files: c.chunks.len() + c.parity.len(),
+                bytes,
+            }),
             Err(e) => report
                 .problems
                 .problem(exit_codes::DATA, format!("{label}: {e}")),

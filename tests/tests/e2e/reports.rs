@@ -76,6 +76,11 @@ fn create_mirror_and_verify_report_json_with_their_documented_keys() {
     let mut verify = bins::disconnected();
     verify.args(["verify", "-o", "json", "--from"]).arg(&out);
     let verified: Value = serde_json::from_str(&run_ok(&mut verify).stdout).unwrap();
+    assert_eq!(verified["verified"][0]["uuid"], uuid, "{verified}");
+    assert_eq!(
+        verified["verified"][0]["sequence"], m.sequence,
+        "{verified}"
+    );
     insta::assert_json_snapshot!("verify", stable(verified, &replace));
 
     let mut mirror = bins::connected();
