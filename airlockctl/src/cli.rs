@@ -135,10 +135,7 @@ impl Connection {
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
 fn print(format: OutputFormat, value: &impl Serialize, text: impl FnOnce() -> String) {
     match format {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).expect("output serialises")
-        ),
+        OutputFormat::Json => airlock_cli::print_json(value),
         OutputFormat::Table => print!("{}", text()),
     }
 }

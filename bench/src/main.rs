@@ -65,15 +65,13 @@ impl Run {
     }
 }
 
-/// Runs `cmd` under GNU time; fails with its output if it fails.
-fn measure(cmd: &mut Command) -> Result<Run> {
-    let tmp = tempfile::NamedTempFile::new()?;
+/// `cmd` under GNU time, which writes its wall time, peak RSS and CPU times to
+/// `times` (read back with [`read_times`]).
+fn under_time(cmd: &Command, times: &Path) -> Command {
     let mut timed = Command::new("/usr/bin/time");
     timed
-        .arg("-f")
-        .arg("%e %M %U %S")
-        .arg("-o")
-        .arg(tmp.path())
+        .args(["-f", "%e %M %U %S", "-o"])
+        .arg(times)
         .arg(cmd.get_program())
         .args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
@@ -82,7 +80,31 @@ fn measure(cmd: &mut Command) -> Result<Run> {
             None => timed.env_remove(k),
         };
     }
-    let out = timed
+    timed
+}
+
+/// What GNU time wrote for [`under_time`].
+fn read_times(times: &Path) -> Result<Run> {
+    let text = std::fs::read_to_string(times)?;
+    let fields: Vec<f64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("time output")?;
+    let [seconds, kib, user, system] = fields[..] else {
+        bail!("time output: {text:?}");
+    };
+    Ok(Run {
+        seconds,
+        cpu_seconds: user + system,
+        rss_mib: kib / 1024.0,
+    })
+}
+
+/// Runs `cmd` under GNU time; fails with its output if it fails.
+fn measure(cmd: &mut Command) -> Result<Run> {
+    let tmp = tempfile::NamedTempFile::new()?;
+    let out = under_time(cmd, tmp.path())
         .output()
         .context("GNU time (/usr/bin/time) is needed; scripts/install-deps installs it")?;
     if !out.status.success() {
@@ -93,17 +115,7 @@ fn measure(cmd: &mut Command) -> Result<Run> {
             String::from_utf8_lossy(&out.stdout)
         );
     }
-    let text = std::fs::read_to_string(tmp.path())?;
-    let mut parts = text.split_whitespace();
-    let seconds: f64 = parts.next().context("time output")?.parse()?;
-    let kib: f64 = parts.next().context("time output")?.parse()?;
-    let user: f64 = parts.next().context("time output")?.parse()?;
-    let system: f64 = parts.next().context("time output")?.parse()?;
-    Ok(Run {
-        seconds,
-        cpu_seconds: user + system,
-        rss_mib: kib / 1024.0,
-    })
+    read_times(tmp.path())
 }
 
 fn random_blob(rng: &mut rand::rngs::StdRng, size: usize) -> Blob {
@@ -274,21 +286,12 @@ fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<(Run, u64)>
         }
     }
     let times = tempfile::NamedTempFile::new()?;
-    let agent = bins::disconnected();
-    let mut timed = Command::new("/usr/bin/time");
-    timed
-        .args(["-f", "%e %M %U %S", "-o"])
-        .arg(times.path())
-        .arg(agent.get_program())
+    let mut agent = bins::disconnected();
+    agent
         .args(["--log-level", "info", "run", "--config"])
-        .arg(&config_path)
-        .stderr(std::fs::File::create(site.join("agent.log"))?);
-    for (k, v) in agent.get_envs() {
-        match v {
-            Some(v) => timed.env(k, v),
-            None => timed.env_remove(k),
-        };
-    }
+        .arg(&config_path);
+    let mut timed = under_time(&agent, times.path());
+    timed.stderr(std::fs::File::create(site.join("agent.log"))?);
     let mut child = timed.spawn()?;
     let started = Instant::now();
     for f in &files {
@@ -316,14 +319,10 @@ fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<(Run, u64)>
         .args(["-TERM", "-P", &child.id().to_string()])
         .status()?;
     child.wait()?;
-    let text = std::fs::read_to_string(times.path())?;
-    let fields: Vec<f64> = text
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .context("time output")?;
-    let [_, kib, user, system] = fields[..] else {
-        bail!("time output: {text:?}");
+    // The time runs from the drop, not from the agent's start.
+    let run = Run {
+        seconds,
+        ..read_times(times.path())?
     };
     // What the agent read from its store to publish, as it logs each fan-out.
     let log = std::fs::read_to_string(site.join("agent.log"))?;
@@ -339,11 +338,6 @@ fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<(Run, u64)>
             site.join("agent.log").display()
         );
     }
-    let run = Run {
-        seconds,
-        cpu_seconds: user + system,
-        rss_mib: kib / 1024.0,
-    };
     Ok((run, store_reads))
 }
 

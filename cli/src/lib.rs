@@ -230,6 +230,15 @@ pub enum OutputFormat {
     Json,
 }
 
+/// A report as `-o json` prints it, the same for every command: pretty JSON.
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("a report serialises")
+    );
+}
+
 /// Aligned columns under `titles`, two spaces apart, one line per row, without
 /// trailing blanks.
 pub fn table<const N: usize>(titles: [&str; N], rows: &[[String; N]]) -> String {

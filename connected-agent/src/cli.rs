@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use airlock_cli::{LogArgs, OutputFormat, table};
+use airlock_cli::{LogArgs, OutputFormat, print_json, table};
 use airlock_common::registry::RegistryOptions;
 use airlock_common::size::ByteSize;
 use clap::{ArgAction, Args, Parser, Subcommand};
@@ -549,10 +549,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             Ok(airlock_common::exit_codes::OK)
         }
         Command::List(ListCommand::Charts(args)) => {
-            let loaded = airlock_common::config::load(&args.config)?;
-            loaded.validate()?;
-            loaded.check_supported()?;
-            crate::helm::check_config(&loaded)?;
+            let (loaded, _) = create::load_config(&args.config)?;
             if !crate::helm::any(&loaded) {
                 return Err(Error::Usage(format!(
                     "{}: the configuration has no mirror.helm charts",
@@ -620,11 +617,7 @@ fn print_keygen(secret: &std::path::Path, public: &std::path::Path, id: &str) {
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
 fn print_releases(selected: &[crate::select::Selected], format: OutputFormat) {
     if format == OutputFormat::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(selected).expect("selections serialise")
-        );
-        return;
+        return print_json(selected);
     }
     let rows: Vec<[String; 4]> = selected
         .iter()
@@ -643,11 +636,7 @@ fn print_releases(selected: &[crate::select::Selected], format: OutputFormat) {
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
 fn print_bundles(listed: &[crate::catalog::image::Listed], format: OutputFormat) {
     if format == OutputFormat::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(listed).expect("bundles serialise")
-        );
-        return;
+        return print_json(listed);
     }
     let rows: Vec<[String; 5]> = listed
         .iter()
@@ -674,14 +663,6 @@ fn print_bundles(listed: &[crate::catalog::image::Listed], format: OutputFormat)
         print!("{}", table(titles, &rows[start..end]));
         start = end;
     }
-}
-
-#[allow(clippy::print_stdout, reason = "the command's report is its output")]
-fn print_json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("a report serialises")
-    );
 }
 
 /// `missing` of the JSON reports.
@@ -754,11 +735,7 @@ fn mirror_json(r: &mirror::MirrorReport) -> serde_json::Value {
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
 fn print_charts(charts: &[crate::helm::ChartImages], format: OutputFormat) {
     if format == OutputFormat::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(charts).expect("charts serialise")
-        );
-        return;
+        return print_json(charts);
     }
     let rows: Vec<[String; 4]> = charts
         .iter()

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use airlock_cli::{LogArgs, OutputFormat};
+use airlock_cli::{LogArgs, OutputFormat, print_json};
 use airlock_common::exit_codes;
 use airlock_common::registry::RegistryOptions;
 use airlock_common::registry::auth::AuthSource;
@@ -432,14 +432,6 @@ fn print_describe(described: &[crate::describe::Description]) {
             }
         }
     }
-}
-
-#[allow(clippy::print_stdout, reason = "the command's report is its output")]
-fn print_json(value: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("a report serialises")
-    );
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]

@@ -211,6 +211,13 @@ impl Chart {
         depth: usize,
         budget: &mut u64,
     ) -> Result<Chart, ChartError> {
+        // Every subchart, packaged or not, comes through here.
+        if depth > MAX_DEPTH {
+            return Err(ChartError::new(
+                origin,
+                format!("subcharts nest more than {MAX_DEPTH} deep"),
+            ));
+        }
         let yaml = |entries: &mut Entries, file: &str| -> Result<Option<Json>, ChartError> {
             entries
                 .remove(file)
@@ -261,12 +268,6 @@ impl Chart {
                             .insert(inner.to_string(), data);
                     }
                     None if rest.ends_with(".tgz") || rest.ends_with(".tar.gz") => {
-                        if depth + 1 > MAX_DEPTH {
-                            return Err(ChartError::new(
-                                origin,
-                                format!("subcharts nest more than {MAX_DEPTH} deep"),
-                            ));
-                        }
                         let inner = format!("{origin}: charts/{rest}");
                         chart
                             .subcharts
@@ -279,12 +280,6 @@ impl Chart {
             }
         }
         for (dir, inner) in dirs {
-            if depth + 1 > MAX_DEPTH {
-                return Err(ChartError::new(
-                    origin,
-                    format!("subcharts nest more than {MAX_DEPTH} deep"),
-                ));
-            }
             let inner_origin = format!("{origin}: charts/{dir}");
             chart.subcharts.push(Chart::from_entries(
                 inner,

@@ -121,6 +121,16 @@ fn dict(v: &Value) -> BTreeMap<Arc<str>, Value> {
     }
 }
 
+/// `cat`, `quote` and `squote`: each argument that is not nil, as `show` writes
+/// it, joined by spaces.
+fn join_given(a: &[Value], show: impl Fn(&Value) -> String) -> String {
+    a.iter()
+        .filter(|v| !matches!(v, Value::Nil))
+        .map(show)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn indent(n: &Value, s: &str) -> Result<String, TemplateError> {
     let n = count("indent", n, 1024)?;
     let lines = s.bytes().filter(|&b| b == b'\n').count() + 1;
@@ -472,32 +482,12 @@ pub fn all(helpers: &Helpers) -> FuncMap {
     f("nospace", |a| {
         Ok(string(text(one(a)?).split_whitespace().collect::<String>()))
     });
-    f("cat", |a| {
-        Ok(string(
-            a.iter()
-                .filter(|v| !matches!(v, Value::Nil))
-                .map(text)
-                .collect::<Vec<_>>()
-                .join(" "),
-        ))
-    });
+    f("cat", |a| Ok(string(join_given(a, text))));
     f("quote", |a| {
-        Ok(string(
-            a.iter()
-                .filter(|v| !matches!(v, Value::Nil))
-                .map(|v| go_quote(&text(v)))
-                .collect::<Vec<_>>()
-                .join(" "),
-        ))
+        Ok(string(join_given(a, |v| go_quote(&text(v)))))
     });
     f("squote", |a| {
-        Ok(string(
-            a.iter()
-                .filter(|v| !matches!(v, Value::Nil))
-                .map(|v| format!("'{}'", text(v)))
-                .collect::<Vec<_>>()
-                .join(" "),
-        ))
+        Ok(string(join_given(a, |v| format!("'{}'", text(v)))))
     });
     f("join", |a| {
         arity("join", a, 2)?;

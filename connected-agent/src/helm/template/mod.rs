@@ -133,9 +133,8 @@ fn parse(
         .and_then(Parser::parse)
         .map_err(|e| parse_error(name, e))?;
     let check = |list: &mut ListNode| -> Result<(), RenderError> {
-        assign_back(list);
         let mut failure = None;
-        visit_list(list, &mut |cmd| {
+        visit_list(list, &mut assign_back, &mut |cmd| {
             rewrite_method(cmd);
             if failure.is_none()
                 && let Some(known) = known
@@ -183,17 +182,25 @@ fn message(e: &TemplateError) -> String {
     }
 }
 
-/// Calls `f` on every command of `list`, nested pipelines included.
-fn visit_list(list: &mut ListNode, f: &mut dyn FnMut(&mut CommandNode)) {
+/// Calls `on_action` on the pipeline of every action of `list` (`{{ … }}` that
+/// prints or declares) and `f` on every command, nested pipelines included.
+fn visit_list(
+    list: &mut ListNode,
+    on_action: &mut dyn FnMut(&mut PipeNode),
+    f: &mut dyn FnMut(&mut CommandNode),
+) {
     for node in &mut list.nodes {
         match node {
-            Node::List(l) => visit_list(l, f),
-            Node::Action(a) => visit_pipe(&mut a.pipe, f),
+            Node::List(l) => visit_list(l, on_action, f),
+            Node::Action(a) => {
+                on_action(&mut a.pipe);
+                visit_pipe(&mut a.pipe, f);
+            }
             Node::If(b) | Node::Range(b) | Node::With(b) => {
                 visit_pipe(&mut b.pipe, f);
-                visit_list(&mut b.body, f);
+                visit_list(&mut b.body, on_action, f);
                 if let Some(e) = &mut b.else_body {
-                    visit_list(e, f);
+                    visit_list(e, on_action, f);
                 }
             }
             Node::Template(t) => {
@@ -201,7 +208,7 @@ fn visit_list(list: &mut ListNode, f: &mut dyn FnMut(&mut CommandNode)) {
                     visit_pipe(p, f);
                 }
             }
-            Node::Define(d) => visit_list(&mut d.body, f),
+            Node::Define(d) => visit_list(&mut d.body, on_action, f),
             Node::Text(_) | Node::Break(_) | Node::Continue(_) => {}
         }
     }
@@ -226,35 +233,18 @@ fn visit_expr(expr: &mut Expr, f: &mut dyn FnMut(&mut CommandNode)) {
 
 /// Sprig's `set`, `unset`, `merge` and `mergeOverwrite` change a map in place,
 /// and charts call them for that alone: `{{ $_ := set $d "k" "v" }}`. The
-/// engine's maps are values, so such an action on a variable, its result thrown
+/// engine's maps are values, so such an action (`pipe`) on a variable, its result thrown
 /// away in `$_`, becomes `{{ $d = set $d "k" "v" }}`, which leaves the variable
 /// as Go would. A result that is kept (`$m := merge $a $b`) is left alone.
-fn assign_back(list: &mut ListNode) {
-    for node in &mut list.nodes {
-        match node {
-            Node::List(l) => assign_back(l),
-            Node::Action(a) => {
-                let pipe = &mut a.pipe;
-                if let ([d], false, [cmd]) = (&pipe.decl[..], pipe.is_assign, &pipe.commands[..])
-                    && d.as_str() == "$_"
-                    && let [Expr::Identifier(_, f), Expr::Variable(_, var, fields), ..] =
-                        &cmd.args[..]
-                    && fields.is_empty()
-                    && matches!(f.as_str(), "set" | "unset" | "merge" | "mergeOverwrite")
-                {
-                    pipe.decl = vec![var.clone()];
-                    pipe.is_assign = true;
-                }
-            }
-            Node::If(b) | Node::Range(b) | Node::With(b) => {
-                assign_back(&mut b.body);
-                if let Some(e) = &mut b.else_body {
-                    assign_back(e);
-                }
-            }
-            Node::Define(d) => assign_back(&mut d.body),
-            Node::Text(_) | Node::Template(_) | Node::Break(_) | Node::Continue(_) => {}
-        }
+fn assign_back(pipe: &mut PipeNode) {
+    if let ([d], false, [cmd]) = (&pipe.decl[..], pipe.is_assign, &pipe.commands[..])
+        && d.as_str() == "$_"
+        && let [Expr::Identifier(_, f), Expr::Variable(_, var, fields), ..] = &cmd.args[..]
+        && fields.is_empty()
+        && matches!(f.as_str(), "set" | "unset" | "merge" | "mergeOverwrite")
+    {
+        pipe.decl = vec![var.clone()];
+        pipe.is_assign = true;
     }
 }
 
