@@ -7,7 +7,7 @@
 
 use std::io::IsTerminal;
 
-use airlock_common::progress::Progress;
+use airlock_registry::progress::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use airlock_cli::metrics::Endpoint;
 use airlock_cli::service::{self, NotifyState};
-use airlock_common::config::{self, ConfigError, Problem};
 use airlock_common::size::ByteSize;
+use airlock_config::{self as config, ConfigError, Problem};
 use serde::Deserialize;
 
 use crate::create::{self, CreateOptions, CreateReport};
@@ -252,7 +252,7 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
         problem("securePolicy", e.to_string());
     }
     if let Some(p) = &config.source.proxy
-        && let Err(e) = airlock_common::registry::check_proxy(p)
+        && let Err(e) = airlock_registry::check_proxy(p)
     {
         problem("source.proxy", e);
     }

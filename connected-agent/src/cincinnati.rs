@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock_common::registry::RegistryError;
+use airlock_registry::RegistryError;
 
 use crate::graph::Graph;
 use crate::select::{ChannelType, GraphSource, SelectError};
@@ -37,7 +37,7 @@ impl UpdateService {
         if let Some(u) = &url_override {
             tracing::info!(url = %u, "using the update service override");
         }
-        let client = airlock_common::registry::http_client(
+        let client = airlock_registry::http_client(
             url_override.as_deref().unwrap_or(OCP_UPDATE_URL),
             Duration::from_secs(300),
         )?;

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use airlock_cli::{LogArgs, OutputFormat, print_json, table};
-use airlock_common::registry::RegistryOptions;
 use airlock_common::size::ByteSize;
+use airlock_registry::RegistryOptions;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::create::{self, CreateOptions};
@@ -135,8 +135,9 @@ impl SourceArgs {
     /// Sends this process's registry requests through `--proxy`, if given.
     fn use_proxy(&self) -> Result<(), Error> {
         match &self.proxy {
-            Some(p) => airlock_common::registry::use_proxy(p)
-                .map_err(|e| Error::Usage(format!("--proxy {e}"))),
+            Some(p) => {
+                airlock_registry::use_proxy(p).map_err(|e| Error::Usage(format!("--proxy {e}")))
+            }
             None => Ok(()),
         }
     }
@@ -502,7 +503,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 return Ok(airlock_common::exit_codes::OK);
             }
             if let Some(p) = &checked.config.source.proxy {
-                airlock_common::registry::use_proxy(p).map_err(Error::Usage)?;
+                airlock_registry::use_proxy(p).map_err(Error::Usage)?;
             }
             crate::agent::Agent::new(checked)
                 .run(airlock_cli::shutdown_signal())
@@ -521,7 +522,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         }
         Command::List(ListCommand::Releases(args)) => {
             let (loaded, _) = create::load_config(&args.config)?;
-            let pool = airlock_common::registry::Pool::new(args.source.options()?);
+            let pool = airlock_registry::Pool::new(args.source.options()?);
             let updates = crate::cincinnati::UpdateService::new(args.source.update_url.clone())
                 .map_err(Error::Registry)?;
             let selected = crate::release::list(&loaded, &pool, &updates).await?;
@@ -529,7 +530,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             Ok(airlock_common::exit_codes::OK)
         }
         Command::List(ListCommand::Bundles(args)) => {
-            let loaded = airlock_common::config::load(&args.config)?;
+            let loaded = airlock_config::load(&args.config)?;
             loaded.validate()?;
             let operators = loaded
                 .config
@@ -543,7 +544,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                     args.config.display()
                 )));
             }
-            let pool = airlock_common::registry::Pool::new(args.source.options()?);
+            let pool = airlock_registry::Pool::new(args.source.options()?);
             let listed = crate::catalog::image::list(&pool, &operators).await?;
             print_bundles(&listed, args.output);
             Ok(airlock_common::exit_codes::OK)
@@ -556,7 +557,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                     args.config.display()
                 )));
             }
-            let pool = airlock_common::registry::Pool::new(args.source.options()?);
+            let pool = airlock_registry::Pool::new(args.source.options()?);
             let charts = crate::helm::gather(&loaded, &pool).await?;
             print_charts(&charts.charts, args.output);
             Ok(airlock_common::exit_codes::OK)

@@ -10,12 +10,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use airlock_common::config::ImageSpec;
-use airlock_common::registry::{Pool, RawManifest, RegistryError};
+use airlock_config::ImageSpec;
 use airlock_imageset::{BlobRecord, ImageRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::{self, Descriptor, Platform, is_index};
 use airlock_oci::reference::ImageRef;
+use airlock_registry::{Pool, RawManifest, RegistryError};
 use bytes::Bytes;
 use futures::StreamExt;
 

@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use airlock_common::registry::RawManifest;
 use airlock_imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
 use airlock_oci::digest::Digest;
+use airlock_registry::RawManifest;
 use serde::{Deserialize, Serialize};
 
 /// A reason an image is in an imageset: what the configuration selected that

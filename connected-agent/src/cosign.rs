@@ -17,11 +17,11 @@
 
 use std::path::{Path, PathBuf};
 
-use airlock_common::config::ImageSpec;
-use airlock_common::registry::Pool;
+use airlock_config::ImageSpec;
 use airlock_imageset::ImageKind;
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::Descriptor;
+use airlock_registry::Pool;
 use base64::Engine;
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};

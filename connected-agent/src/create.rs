@@ -15,16 +15,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_cli::telemetry::Bar;
-use airlock_common::config::{self, ImageSpec, LoadedConfig};
-use airlock_common::progress::Progress;
-use airlock_common::registry::{ErrorKind, Pool, RegistryError, RegistryOptions};
 use airlock_common::size::ByteSize;
-use airlock_common::state::crash_point;
+use airlock_config::{self as config, ImageSpec, LoadedConfig};
 use airlock_imageset::signing::Signer;
 use airlock_imageset::write::{self, Prepared, WriteError};
 use airlock_imageset::{FORMAT, ImageKind, ImagesetManifest, ReleaseRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::reference::ImageRef;
+use airlock_registry::progress::Progress;
+use airlock_registry::{ErrorKind, Pool, RegistryError, RegistryOptions};
+use airlock_state::crash_point;
 use futures::StreamExt;
 
 use crate::cincinnati::UpdateService;
@@ -112,12 +112,11 @@ pub fn source_options(
     let mut options = RegistryOptions {
         tls_verify,
         cert_dir,
-        auth: airlock_common::registry::auth::AuthSource::new(auth_file),
+        auth: airlock_registry::auth::AuthSource::new(auth_file),
         mirrors: None,
     };
-    options.mirrors =
-        airlock_common::registry::mirrors::Mirrors::load(registries_conf, options.clone())
-            .map_err(|e| Error::Usage(format!("registries.conf: {e}")))?;
+    options.mirrors = airlock_registry::mirrors::Mirrors::load(registries_conf, options.clone())
+        .map_err(|e| Error::Usage(format!("registries.conf: {e}")))?;
     Ok(options)
 }
 
@@ -1322,7 +1321,7 @@ mod tests {
             "layers": blobs[1..].iter().map(|b| d(b)).collect::<Vec<_>>(),
         })
         .to_string();
-        let m = airlock_common::registry::RawManifest::from_bytes(
+        let m = airlock_registry::RawManifest::from_bytes(
             bytes.into(),
             airlock_oci::manifest::OCI_MANIFEST.into(),
         );
@@ -1359,7 +1358,7 @@ mod tests {
     }
 
     fn unreachable(d: &Digest) -> (Digest, Error) {
-        let e = airlock_common::registry::RegistryError::Request {
+        let e = airlock_registry::RegistryError::Request {
             operation: "pull blob",
             target: d.to_string(),
             kind: ErrorKind::Unavailable { retry_after: None },

@@ -13,12 +13,12 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 
-use airlock_common::config::{self, ConfigError, LoadedConfig, Problem, schema::Mirror};
-use airlock_common::registry::{Pool, RegistryOptions};
 use airlock_common::size::ByteSize;
+use airlock_config::{self as config, ConfigError, LoadedConfig, Problem, schema::Mirror};
 use airlock_imageset::write;
 use airlock_imageset::{FORMAT, ImageRecord, ImagesetManifest};
 use airlock_oci::reference::ImageRef;
+use airlock_registry::{Pool, RegistryOptions};
 
 use crate::collect::Collected;
 use crate::contents::{Contents, Owner};

@@ -5,11 +5,11 @@
 
 use std::io::Write;
 
-use airlock_common::registry::{Pool, RawManifest, RegistryClient};
 use airlock_imageset::{BlobRecord, ImageRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::{self, Descriptor, ManifestKind};
 use airlock_oci::reference::ImageRef;
+use airlock_registry::{Pool, RawManifest, RegistryClient};
 use bytes::Bytes;
 use serde_json::{Value, json};
 

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use airlock_common::config::ConfigError;
 use airlock_common::exit_codes::{self, ExitCode};
-use airlock_common::registry::RegistryError;
+use airlock_config::ConfigError;
 use airlock_imageset::write::WriteError;
+use airlock_registry::RegistryError;
 
 use crate::catalog::image::CatalogError;
 use crate::collect::CollectError;
@@ -36,7 +36,7 @@ pub enum Error {
     Workspace(#[from] WorkspaceError),
     /// An image could not be mirrored.
     #[error(transparent)]
-    Publish(airlock_common::publish::PublishError),
+    Publish(airlock_registry::publish::PublishError),
     /// The workspace state kept in a registry could not be read or stored.
     #[error("{0}")]
     Remote(String),

@@ -21,9 +21,9 @@ use std::io::Read;
 use std::path::Component;
 use std::time::Duration;
 
-use airlock_common::registry::Pool;
 use airlock_imageset::{ImageKind, ImageRecord};
 use airlock_oci::reference::ImageRef;
+use airlock_registry::Pool;
 use serde_json::{Value, json};
 
 use crate::derive::{self, Derived, Entry, Layer};
@@ -202,7 +202,7 @@ pub async fn fetch_data(url: &str) -> Result<Vec<u8>, GraphImageError> {
         url: url.to_string(),
         message,
     };
-    let client = airlock_common::registry::http_client(url, Duration::from_secs(600))
+    let client = airlock_registry::http_client(url, Duration::from_secs(600))
         .map_err(|e| err(e.to_string()))?;
     let resp = client.get(url).send().await.map_err(|e| {
         err(format!(

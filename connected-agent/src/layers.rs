@@ -13,10 +13,10 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 
-use airlock_common::registry::{Pool, RawManifest, RegistryClient, RegistryError};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::Manifest;
 use airlock_oci::reference::ImageRef;
+use airlock_registry::{Pool, RawManifest, RegistryClient, RegistryError};
 use futures::TryStreamExt;
 
 /// Bounds on what a hostile layer can make Airlock hold.

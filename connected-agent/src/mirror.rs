@@ -3,7 +3,7 @@
 //!
 //! The images of the configuration are resolved as for `create`, then published
 //! with the same rules as the disconnected side's `publish` (one implementation,
-//! `airlock_common::publish`): blobs stream from the source into the mirror without
+//! `airlock_registry::publish`): blobs stream from the source into the mirror without
 //! temporary files, whatever the mirror already has is skipped, names follow
 //! oc-mirror's rule, and the same mirror sets are written.
 
@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use airlock_cli::telemetry::Bar;
-use airlock_common::publish::{self, BlobBody, ContentSource, Publisher};
-use airlock_common::registry::{Pool, RawManifest, RegistryClient, RegistryOptions};
-use airlock_common::resources;
 use airlock_imageset::BlobRecord;
 use airlock_oci::digest::Digest;
 use airlock_oci::reference::{Destination, ImageRef};
+use airlock_registry::publish::{self, BlobBody, ContentSource, Publisher};
+use airlock_registry::resources;
+use airlock_registry::{Pool, RawManifest, RegistryClient, RegistryOptions};
 
 use crate::collect::Collected;
 use crate::create::{Gathered, gather, load_config, workspace_dir};

@@ -21,10 +21,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use airlock_common::registry::{Pool, RegistryError};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::{self, Manifest, ManifestKind, is_index};
 use airlock_oci::reference::ImageRef;
+use airlock_registry::{Pool, RegistryError};
 use futures::TryStreamExt;
 use serde::Deserialize;
 
@@ -306,7 +306,7 @@ fn disagreeing(
 
 /// The `architecture` of a single-image release's config blob.
 async fn config_arch(
-    client: &airlock_common::registry::RegistryClient,
+    client: &airlock_registry::RegistryClient,
     image: &ImageRef,
     manifest: &airlock_oci::manifest::Manifest,
 ) -> Result<String, String> {
@@ -326,7 +326,7 @@ async fn config_arch(
 /// A blob small enough to hold in memory (a config), checked against its
 /// descriptor's size and digest; `what` names it in errors.
 pub(crate) async fn small_blob(
-    client: &airlock_common::registry::RegistryClient,
+    client: &airlock_registry::RegistryClient,
     repository: &str,
     blob: &airlock_oci::manifest::Descriptor,
     what: &str,

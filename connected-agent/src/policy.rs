@@ -19,12 +19,12 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
-use airlock_common::config::{BaseRule, BlockList, ImageSpec};
-use airlock_common::registry::Pool;
+use airlock_config::{BaseRule, BlockList, ImageSpec};
 use airlock_imageset::ImageKind;
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::{ManifestKind, Platform};
 use airlock_oci::reference::ImageRef;
+use airlock_registry::Pool;
 use futures::StreamExt;
 
 use crate::collect::{self, CollectError, Resolved};
@@ -421,7 +421,7 @@ pub fn apply_resolved(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_common::config;
+    use airlock_config as config;
 
     fn spec(name: &str, kind: ImageKind, target_repo: Option<&str>) -> ImageSpec {
         ImageSpec {

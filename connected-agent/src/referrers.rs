@@ -18,11 +18,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use airlock_common::config::ImageSpec;
-use airlock_common::registry::{Pool, RegistryError};
+use airlock_config::ImageSpec;
 use airlock_imageset::ImageKind;
 use airlock_oci::digest::Digest;
 use airlock_oci::reference::ImageRef;
+use airlock_registry::{Pool, RegistryError};
 use futures::StreamExt;
 
 use crate::collect::{self, CollectError, Resolved};

@@ -9,11 +9,11 @@
 
 use std::path::PathBuf;
 
-use airlock_common::config::schema::Platform;
-use airlock_common::config::{ImageSpec, LoadedConfig, platform_filter};
-use airlock_common::registry::Pool;
+use airlock_config::schema::Platform;
+use airlock_config::{ImageSpec, LoadedConfig, platform_filter};
 use airlock_imageset::{ImageKind, ReleaseRecord};
 use airlock_oci::reference::{ImageRef, valid_tag};
+use airlock_registry::Pool;
 use base64::Engine;
 use futures::StreamExt;
 

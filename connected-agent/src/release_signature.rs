@@ -333,7 +333,7 @@ impl SignatureStore {
         if !base.ends_with('/') {
             base.push('/');
         }
-        let client = airlock_common::registry::http_client(&base, Duration::from_secs(120))
+        let client = airlock_registry::http_client(&base, Duration::from_secs(120))
             .map_err(|e| e.to_string())?;
         Ok(SignatureStore { client, base })
     }

@@ -6,8 +6,8 @@
 //! each `create`, it is read back, and when it is ahead of the local workspace (a
 //! fresh machine, a lost disk) the local workspace continues from it.
 
-use airlock_common::registry::{Pool, RegistryError};
 use airlock_oci::reference::ImageRef;
+use airlock_registry::{Pool, RegistryError};
 use bytes::Bytes;
 
 use crate::error::Error;

@@ -27,10 +27,10 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use airlock_common::config::ImageSpec;
-use airlock_common::registry::Pool;
+use airlock_config::ImageSpec;
 use airlock_oci::digest::Digest;
 use airlock_oci::reference::ImageRef;
+use airlock_registry::Pool;
 use base64::Engine;
 use serde::Deserialize;
 use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
@@ -292,9 +292,8 @@ impl Lookaside {
         let client = match self.client.get() {
             Some(c) => c,
             None => {
-                let c =
-                    airlock_common::registry::http_client(base, std::time::Duration::from_secs(60))
-                        .map_err(|e| e.to_string())?;
+                let c = airlock_registry::http_client(base, std::time::Duration::from_secs(60))
+                    .map_err(|e| e.to_string())?;
                 self.client.get_or_init(|| c)
             }
         };

@@ -21,7 +21,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use airlock_common::config::schema::{Platform, ReleaseChannel};
+use airlock_config::schema::{Platform, ReleaseChannel};
 use semver::Version;
 use serde::Serialize;
 
@@ -104,8 +104,7 @@ struct Bounds {
 }
 
 fn parse_version(field: String, v: &str) -> Result<Version, SelectError> {
-    airlock_common::config::release_version(v)
-        .map_err(|message| SelectError::Config { field, message })
+    airlock_config::release_version(v).map_err(|message| SelectError::Config { field, message })
 }
 
 fn require(

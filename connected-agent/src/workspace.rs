@@ -21,15 +21,15 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use airlock_common::state;
 use airlock_oci::digest::Digest;
+use airlock_state as state;
 
 use crate::contents::Contents;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use uuid::Uuid;
 
-pub use airlock_common::state::StateError as WorkspaceError;
+pub use airlock_state::StateError as WorkspaceError;
 
 /// What the workspace remembers of one imageset it made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use airlock_common::config::{self, ConfigError, Positions, Problem};
+use airlock_config::{self as config, ConfigError, Positions, Problem};
 use airlock_imageset::signing::TrustStore;
 use airlock_oci::reference::Destination;
 use serde::Deserialize;

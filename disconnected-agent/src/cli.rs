@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use airlock_cli::{LogArgs, OutputFormat, print_json};
 use airlock_common::exit_codes;
-use airlock_common::registry::RegistryOptions;
-use airlock_common::registry::auth::AuthSource;
 use airlock_common::size::ByteSize;
 use airlock_oci::reference::Destination;
+use airlock_registry::RegistryOptions;
+use airlock_registry::auth::AuthSource;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::error::Error;
@@ -465,7 +465,7 @@ fn problems_json<'a>(
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
-fn print_pruned((verb, deleted): (&str, &str), dest: &str, p: &airlock_common::prune::Pruned) {
+fn print_pruned((verb, deleted): (&str, &str), dest: &str, p: &airlock_registry::prune::Pruned) {
     if let Some(answer) = &p.refused {
         println!(
             "not pruned {dest}: the registry refuses deletes ({answer}); enable deletes (storage.delete.enabled: true for distribution) or publish with --skip-pruning"

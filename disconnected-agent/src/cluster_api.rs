@@ -12,8 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
-use airlock_common::prune::Runs;
-use airlock_common::resources;
+use airlock_registry::prune::Runs;
+use airlock_registry::resources;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};

@@ -480,7 +480,7 @@ impl Control for ControlService {
                             start.name
                         )));
                     }
-                    let free = airlock_common::state::free_space(&drop_dir).map_err(internal)?;
+                    let free = airlock_state::free_space(&drop_dir).map_err(internal)?;
                     if start.size > free {
                         return Err(RpcStatus::resource_exhausted(format!(
                             "file {} is {} bytes, but the drop directory {} has {} free; nothing was kept",

@@ -33,11 +33,11 @@ use std::time::{Duration, Instant};
 use airlock_cli::metrics::Endpoint;
 use airlock_cli::service;
 use airlock_common::exit_codes;
-use airlock_common::registry::auth::AuthSource;
-use airlock_common::registry::{RegistryClient, RegistryOptions};
 use airlock_common::size::ByteSize;
 use airlock_imageset::read::ChunkError;
 use airlock_oci::digest::Digest;
+use airlock_registry::auth::AuthSource;
+use airlock_registry::{RegistryClient, RegistryOptions};
 use notify::Watcher;
 
 use crate::metrics::{Metrics, Quarantine};

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use airlock_common::exit_codes::{self, ExitCode};
-use airlock_common::registry::RegistryError;
-use airlock_common::state::StateError;
+use airlock_registry::RegistryError;
+use airlock_state::StateError;
 
 /// Everything that stops a disconnected-agent command outright. Problems that only
 /// concern one imageset (a missing chunk, a damaged file) are reported in the
@@ -16,7 +16,7 @@ pub enum Error {
     Usage(String),
     /// The agent configuration is wrong.
     #[error(transparent)]
-    Config(#[from] airlock_common::config::ConfigError),
+    Config(#[from] airlock_config::ConfigError),
     /// The destination registry could not be used.
     #[error(transparent)]
     Registry(#[from] RegistryError),

@@ -17,8 +17,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use airlock_common::registry::RegistryError;
 use airlock_oci::digest::Digest;
+use airlock_registry::RegistryError;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use airlock_common::prune::Pruned;
+use airlock_registry::prune::Pruned;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 

@@ -24,10 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_common::exit_codes;
-use airlock_common::registry::{RegistryClient, RegistryOptions};
 use airlock_common::size::ByteSize;
 use airlock_imageset::signing::TrustStore;
 use airlock_oci::reference::Destination;
+use airlock_registry::{RegistryClient, RegistryOptions};
 
 use crate::error::Error;
 use crate::scan;

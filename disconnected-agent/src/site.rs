@@ -8,15 +8,15 @@ use std::sync::Arc;
 
 use airlock_cli::telemetry::Bar;
 use airlock_common::exit_codes::{self, ExitCode as _};
-use airlock_common::prune::{self, InUse, Pruned, Pruner};
-use airlock_common::publish::{self, Publisher};
-use airlock_common::registry::{ErrorKind, RegistryClient, RegistryError};
-use airlock_common::resources;
 use airlock_common::size::ByteSize;
-use airlock_common::state::crash_point;
 use airlock_imageset::signing::TrustStore;
 use airlock_imageset::{ImageRecord, ImagesetManifest};
 use airlock_oci::reference::Destination;
+use airlock_registry::prune::{self, InUse, Pruned, Pruner};
+use airlock_registry::publish::{self, Publisher};
+use airlock_registry::resources;
+use airlock_registry::{ErrorKind, RegistryClient, RegistryError};
+use airlock_state::crash_point;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -374,8 +374,7 @@ impl Site {
             .filter(|b| !b.parts.is_empty() && !self.store.has(&b.digest))
             .map(|b| b.size)
             .sum();
-        let free =
-            airlock_common::state::free_space(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let free = airlock_state::free_space(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         if needed > free {
             let why = format!(
                 "{label} needs {} in the workspace {}, but only {} is free; free space there (or move the workspace) and it is taken on the next run",
@@ -630,7 +629,7 @@ impl Site {
 
     /// Deletes from `target` what the imagesets published there since it was last
     /// pruned placed and the one published last no longer lists; see
-    /// [`airlock_common::prune`]. The mark moves only once that is done, so an
+    /// [`airlock_registry::prune`]. The mark moves only once that is done, so an
     /// interrupted or failed prune is finished by the next publish.
     async fn prune_at(
         &self,

@@ -12,11 +12,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use airlock_common::publish::{BlobBody, ContentSource};
-use airlock_common::registry::{RawManifest, RegistryClient};
 use airlock_imageset::BlobRecord;
 use airlock_oci::digest::Digest;
 use airlock_oci::reference::{Destination, ImageRef};
+use airlock_registry::publish::{BlobBody, ContentSource};
+use airlock_registry::{RawManifest, RegistryClient};
 
 use crate::fanout::SharedReads;
 use crate::store::Store;

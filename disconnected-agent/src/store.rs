@@ -202,7 +202,7 @@ impl Store {
         size: u64,
         mut stream: futures::stream::BoxStream<
             'static,
-            Result<bytes::Bytes, airlock_common::registry::RegistryError>,
+            Result<bytes::Bytes, airlock_registry::RegistryError>,
         >,
     ) -> Result<(), String> {
         use futures::StreamExt;

@@ -26,8 +26,8 @@
 
 use std::path::{Path, PathBuf};
 
-use airlock_common::state::{self, StateError};
 use airlock_imageset::{ImageRecord, ImagesetManifest, validate};
+use airlock_state::{self as state, StateError};
 use sled::Transactional;
 use uuid::Uuid;
 

@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use airlock_common::config::schema::Operator;
-use airlock_common::config::{ImageSpec, platform_filter};
-use airlock_common::registry::Pool;
+use airlock_config::schema::Operator;
+use airlock_config::{ImageSpec, platform_filter};
 use airlock_imageset::{ImageKind, ImageRecord};
 use airlock_oci::manifest::widen;
 use airlock_oci::reference::ImageRef;
+use airlock_registry::Pool;
 
 use super::image::{self, CatalogError};
 use super::rebuild;

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use airlock_common::config::schema::{IncludePackage, Operator};
+use airlock_config::schema::{IncludePackage, Operator};
 
 use super::fbc::{Bundle, Catalog, Gvk, Package};
 use super::range::Range;

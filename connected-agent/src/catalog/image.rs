@@ -10,11 +10,11 @@
 
 use std::path::PathBuf;
 
-use airlock_common::config::schema::Operator;
-use airlock_common::registry::{Pool, RegistryError, layout};
+use airlock_config::schema::Operator;
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::ManifestKind;
 use airlock_oci::reference::ImageRef;
+use airlock_registry::{Pool, RegistryError, layout};
 use serde::{Deserialize, Serialize};
 
 use super::fbc::{Builder, Catalog, FbcError};

@@ -202,7 +202,7 @@ mod tests {
     use crate::catalog::filter::select;
     use crate::catalog::tests::{fixture, load};
     use crate::layers::{Limits, Overlay};
-    use airlock_common::config::schema::{IncludePackage, Operator};
+    use airlock_config::schema::{IncludePackage, Operator};
 
     const PACKAGE: &str = "cluster-kube-descheduler-operator";
 

@@ -120,7 +120,7 @@ fn malformed_catalogs_are_refused_naming_the_file_and_blob() {
 mod filtering {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use airlock_common::config::schema::{IncludeChannel, IncludePackage, Operator};
+    use airlock_config::schema::{IncludeChannel, IncludePackage, Operator};
     use serde_json::Value;
 
     use super::{FIXTURES, load};
@@ -473,7 +473,7 @@ properties: [{type: olm.package, value: {packageName: unrelated, version: 1.0.0}
 fn a_light_read_selects_the_same_and_completes_the_selected_packages() {
     use crate::catalog::filter::select;
     use crate::catalog::image::CatalogImage;
-    use airlock_common::config::schema::Operator;
+    use airlock_config::schema::Operator;
 
     let rel = "oc-mirror/catalogs/redhat-operator-index-v4.12-subset/configs";
     let root = fixture(rel);

@@ -7,10 +7,10 @@
 //! The manifest is made from the chart alone (no timestamps), so the same chart
 //! gives the same digest in every imageset and is not shipped twice.
 
-use airlock_common::registry::RawManifest;
 use airlock_imageset::{BlobRecord, ImageKind, ImageRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::OCI_MANIFEST;
+use airlock_registry::RawManifest;
 use bytes::Bytes;
 use serde_json::json;
 

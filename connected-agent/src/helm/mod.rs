@@ -8,11 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use airlock_common::config::{ConfigError, ImageSpec, LoadedConfig};
 use airlock_common::exit_codes::{self, ExitCode};
-use airlock_common::registry::Pool;
+use airlock_config::{ConfigError, ImageSpec, LoadedConfig};
 use airlock_imageset::ImageKind;
 use airlock_oci::reference::{ImageRef, valid_repository, valid_tag};
+use airlock_registry::Pool;
 use serde::Serialize;
 
 use crate::derive::Derived;
@@ -113,7 +113,7 @@ pub fn check_config(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let Some(helm) = loaded.config.mirror.as_ref().and_then(|m| m.helm.as_ref()) else {
         return Ok(());
     };
-    let paths = |at: &str, c: &airlock_common::config::schema::HelmChart| {
+    let paths = |at: &str, c: &airlock_config::schema::HelmChart| {
         c.image_paths
             .iter()
             .enumerate()
@@ -174,10 +174,7 @@ pub fn check_config(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     }
     match problems.is_empty() {
         true => Ok(()),
-        false => Err(airlock_common::config::problems_error(
-            &loaded.file,
-            problems,
-        )),
+        false => Err(airlock_config::problems_error(&loaded.file, problems)),
     }
 }
 

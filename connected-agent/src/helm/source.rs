@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use airlock_common::config::platform_filter;
-use airlock_common::config::schema::{Helm, HelmChart};
-use airlock_common::registry::Pool;
+use airlock_config::platform_filter;
+use airlock_config::schema::{Helm, HelmChart};
 use airlock_oci::digest::Digest;
 use airlock_oci::reference::ImageRef;
+use airlock_registry::Pool;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use serde::Deserialize;
@@ -258,10 +258,7 @@ async fn oci(entry: &str, path: &str, c: &HelmChart, pool: &Pool) -> Result<Fetc
 }
 
 async fn read_stream(
-    mut stream: futures::stream::BoxStream<
-        'static,
-        Result<Bytes, airlock_common::registry::RegistryError>,
-    >,
+    mut stream: futures::stream::BoxStream<'static, Result<Bytes, airlock_registry::RegistryError>>,
 ) -> Result<Bytes, String> {
     let mut out = Vec::new();
     while let Some(chunk) = stream.try_next().await.map_err(|e| e.to_string())? {
@@ -436,7 +433,7 @@ struct Http {
     client: reqwest::Client,
     /// The repository's URL: credentials go to its origin only.
     base: reqwest::Url,
-    credentials: Option<airlock_common::registry::auth::Credentials>,
+    credentials: Option<airlock_registry::auth::Credentials>,
 }
 
 impl Http {
@@ -447,7 +444,7 @@ impl Http {
             url: base.to_string(),
             message,
         };
-        let client = airlock_common::registry::http_client(base.as_str(), Duration::from_secs(600))
+        let client = airlock_registry::http_client(base.as_str(), Duration::from_secs(600))
             .map_err(|e| err(e.to_string()))?;
         let credentials = pool
             .options()

@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use airlock_common::config::{load, parse_all};
+use airlock_config::{load, parse_all};
 
 use super::check_config;
 

@@ -210,7 +210,7 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::status_kind;
+    use crate::status_kind;
     use std::cell::Cell;
 
     fn error(kind: ErrorKind) -> RegistryError {

@@ -1,4 +1,20 @@
-//! A registry client that keeps manifests byte for byte, built on `oci-client`.
+//! Airlock's registry side: a client that keeps manifests byte for byte, putting
+//! images into a registry and taking away what an imageset no longer lists, and
+//! the cluster resources that point clusters at what was put there.
+//!
+//! - the client (this module), with [`auth`], [`layout`] (OCI layouts read as a
+//!   registry), [`mirrors`] (`registries.conf`) and [`retry`];
+//! - [`publish`] and [`prune`]: the one implementation of both, whatever the
+//!   source of content (the agent's store or a source registry);
+//! - [`resources`]: mirror sets and the other objects derived from what was mirrored;
+//! - [`progress`]: how long transfers report their bytes.
+//!
+//! Invariants: a manifest is handled as the bytes it is and never re-serialised
+//! (its digest is its identity); nothing here draws on a terminal, parses
+//! arguments or knows which agent calls it; every error names the registry,
+//! repository and digest it concerns.
+//!
+//! ## The client
 //!
 //! `oci-client` does the HTTP, token authentication and upload protocol. Airlock
 //! wraps it for three reasons, written down in `docs/registry-client.md`:
@@ -14,6 +30,10 @@
 pub mod auth;
 pub mod layout;
 pub mod mirrors;
+pub mod progress;
+pub mod prune;
+pub mod publish;
+pub mod resources;
 pub mod retry;
 
 use std::collections::HashMap;
@@ -162,9 +182,9 @@ impl RegistryError {
     }
 }
 
-impl crate::exit_codes::ExitCode for RegistryError {
+impl airlock_common::exit_codes::ExitCode for RegistryError {
     fn exit_code(&self) -> i32 {
-        use crate::exit_codes as code;
+        use airlock_common::exit_codes as code;
         match self {
             RegistryError::Request {
                 kind: ErrorKind::Digest,

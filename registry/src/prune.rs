@@ -23,8 +23,8 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use crate::publish::destination_repository;
-use crate::registry::retry::{Budget, RetryPolicy};
-use crate::registry::{Deletion, RegistryClient, RegistryError};
+use crate::retry::{Budget, RetryPolicy};
+use crate::{Deletion, RegistryClient, RegistryError};
 use airlock_imageset::{BlobRecord, ImageKind, ImageRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::is_index;
@@ -268,7 +268,7 @@ pub struct PruneError {
     pub source: RegistryError,
 }
 
-impl crate::exit_codes::ExitCode for PruneError {
+impl airlock_common::exit_codes::ExitCode for PruneError {
     fn exit_code(&self) -> i32 {
         self.source.exit_code()
     }
@@ -632,7 +632,7 @@ impl<'a> Pruner<'a> {
             Deletion::Deleted => {
                 tracing::info!(%registry, repository = %at.repository, digest = %at.digest, image, role, "pruned: no longer listed");
                 pruned.deleted.push(deleted);
-                crate::state::crash_point("pruned-manifest");
+                airlock_state::crash_point("pruned-manifest");
                 Ok(true)
             }
             Deletion::Absent => Ok(true),

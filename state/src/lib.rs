@@ -3,6 +3,9 @@
 //! Both agents keep their state in sled, one database per workspace directory. sled
 //! takes an exclusive file lock, so two processes can never write the same
 //! workspace; the error says so in words an operator can act on.
+//!
+//! Invariant: sled is opened and locked only here; each agent's workspace module
+//! keeps its trees private, so no public signature names a sled type.
 
 use std::path::{Path, PathBuf};
 

@@ -10,6 +10,10 @@
 //! 3. [`LoadedConfig::check_supported`] refuses fields this build parses but does not
 //!    act on yet. A user's config must never be half-honoured in silence: mirroring
 //!    fewer images than asked looks like success until a cluster cannot upgrade.
+//!
+//! Invariants: nothing is read from a registry or written anywhere while a
+//! configuration is loaded and checked; every error names the file, line, column
+//! and field path.
 
 mod position;
 pub mod schema;
@@ -20,7 +24,7 @@ use std::path::{Path, PathBuf};
 pub use position::{Pos, Positions};
 pub use schema::ImageSetConfiguration;
 
-use crate::size::ByteSize;
+use airlock_common::size::ByteSize;
 use airlock_imageset::CatalogSourceTemplate;
 use airlock_oci::reference::{ImageRef, valid_repository, valid_tag};
 
@@ -105,7 +109,7 @@ impl ConfigError {
 /// relative to the working directory, as oc-mirror reads them.
 fn read_template(path: &str) -> Result<CatalogSourceTemplate, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    crate::resources::catalog_source_template(&text).map_err(|e| format!("{path}: {e}"))
+    airlock_registry::resources::catalog_source_template(&text).map_err(|e| format!("{path}: {e}"))
 }
 
 fn render(path: &Path, problems: &[Problem]) -> String {
@@ -768,13 +772,13 @@ impl LoadedConfig {
                         problems.push(self.problem(field, why));
                     }
                 }
-                let layout = crate::registry::layout::catalog(
+                let layout = airlock_registry::layout::catalog(
                     &op.catalog,
                     op.target_catalog.as_deref(),
                     op.target_tag.as_deref(),
                 );
                 if let Some(Err(e)) =
-                    layout.map(|l| l.and_then(|(dir, _)| crate::registry::layout::check(&dir)))
+                    layout.map(|l| l.and_then(|(dir, _)| airlock_registry::layout::check(&dir)))
                 {
                     problems.push(self.problem(format!("{at}.catalog"), e));
                 }

@@ -30,11 +30,11 @@ use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::Progress;
-use crate::registry::retry::{Budget, Limit, RetryPolicy, Retryable, Verdict};
-use crate::registry::{ErrorKind, RawManifest, RegistryClient, RegistryError};
 use crate::resources::{
     CatalogRef, Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs,
 };
+use crate::retry::{Budget, Limit, RetryPolicy, Retryable, Verdict};
+use crate::{ErrorKind, RawManifest, RegistryClient, RegistryError};
 use airlock_imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::OCI_INDEX;
@@ -93,12 +93,14 @@ impl Retryable for PublishError {
     }
 }
 
-impl crate::exit_codes::ExitCode for PublishError {
+impl airlock_common::exit_codes::ExitCode for PublishError {
     fn exit_code(&self) -> i32 {
         match self {
-            PublishError::Registry { source, .. } => crate::exit_codes::ExitCode::exit_code(source),
-            PublishError::Content { .. } => crate::exit_codes::DATA,
-            PublishError::Stopped { .. } => crate::exit_codes::UNAVAILABLE,
+            PublishError::Registry { source, .. } => {
+                airlock_common::exit_codes::ExitCode::exit_code(source)
+            }
+            PublishError::Content { .. } => airlock_common::exit_codes::DATA,
+            PublishError::Stopped { .. } => airlock_common::exit_codes::UNAVAILABLE,
         }
     }
 }
