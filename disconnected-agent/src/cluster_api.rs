@@ -678,6 +678,41 @@ impl Desired {
         differences(&want, live, "", &mut diffs);
         (!diffs.is_empty()).then(|| format!("{}: {} changed", self.label(), diffs.join(", ")))
     }
+
+    /// For a `CatalogSource`, what its live object says beyond drift: a note when
+    /// OLM reports its pod does not serve (anything but `READY` means the cluster
+    /// cannot install from it), and a line when it runs another image than the
+    /// latest published (a catalog pinned by someone, or not yet rolled).
+    pub fn catalog_state(&self, live: Option<&Value>) -> CatalogState {
+        let mut out = CatalogState::default();
+        if !self.is_catalog_source() {
+            return out;
+        }
+        let state = live.and_then(|l| l["status"]["connectionState"]["lastObservedState"].as_str());
+        if let Some(state) = state.filter(|s| *s != "READY") {
+            out.note = Some(format!("{}: catalog connection {state}", self.label()));
+        }
+        let want = &self.object["spec"]["image"];
+        let runs = live.map(|l| &l["spec"]["image"]);
+        if runs.is_some_and(|r| r != want) {
+            out.behind = Some(format!(
+                "{} runs {}, the latest published is {}",
+                self.label(),
+                runs.and_then(|r| r.as_str()).unwrap_or("nothing"),
+                want.as_str().unwrap_or_default()
+            ));
+        }
+        out
+    }
+}
+
+/// See [`Desired::catalog_state`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CatalogState {
+    /// The catalog's pod does not serve.
+    pub note: Option<String>,
+    /// The catalog runs another image than the latest published.
+    pub behind: Option<String>,
 }
 
 fn pem_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
@@ -795,6 +830,55 @@ mod tests {
             converted[0].object, from_file[0].object,
             "the file and the conversion of an older directory agree"
         );
+    }
+
+    fn catalog(image: &str) -> Desired {
+        Desired {
+            object: serde_json::json!({
+                "apiVersion": "operators.coreos.com/v1alpha1",
+                "kind": "CatalogSource",
+                "metadata": {"name": "cs-redhat", "namespace": "openshift-marketplace"},
+                "spec": {"image": image, "sourceType": "grpc"},
+            }),
+            kind: kind_of("operators.coreos.com/v1alpha1", "CatalogSource").unwrap(),
+            name: "cs-redhat".into(),
+            namespace: Some("openshift-marketplace".into()),
+        }
+    }
+
+    #[test]
+    fn a_catalog_that_does_not_serve_or_runs_an_older_image_is_said() {
+        let d = catalog("mirror/redhat-operator-index:v4.16");
+        let live = |image: &str, state: &str| {
+            serde_json::json!({
+                "spec": {"image": image},
+                "status": {"connectionState": {"lastObservedState": state}},
+            })
+        };
+        let serving = live("mirror/redhat-operator-index:v4.16", "READY");
+        assert_eq!(d.catalog_state(Some(&serving)), CatalogState::default());
+        let failing = live("mirror/redhat-operator-index:v4.15", "TRANSIENT_FAILURE");
+        let state = d.catalog_state(Some(&failing));
+        assert_eq!(
+            state.note.as_deref(),
+            Some(
+                "CatalogSource openshift-marketplace/cs-redhat: catalog connection TRANSIENT_FAILURE"
+            )
+        );
+        assert_eq!(
+            state.behind.as_deref(),
+            Some(
+                "CatalogSource openshift-marketplace/cs-redhat runs mirror/redhat-operator-index:v4.15, the latest published is mirror/redhat-operator-index:v4.16"
+            )
+        );
+        assert_eq!(
+            d.catalog_state(None),
+            CatalogState::default(),
+            "a deleted catalog is drift, said once"
+        );
+        let mut idms = catalog("x");
+        idms.kind = kind_of("config.openshift.io/v1", "ImageDigestMirrorSet").unwrap();
+        assert_eq!(idms.catalog_state(Some(&failing)), CatalogState::default());
     }
 
     #[test]
