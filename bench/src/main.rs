@@ -265,7 +265,7 @@ fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<(Run, u64)>
     let stage = drop.join(".stage");
     std::fs::create_dir_all(&stage)?;
     let mut config = format!(
-        "workspace: {0}/ws\ndropDir: {0}/drop\nquarantineDir: {0}/quarantine\nsettleSeconds: 1\nrescanSeconds: 1\nallowUnsigned: true\nclusters:\n",
+        "workspace: {0}/ws\ndropDir: {0}/drop\nquarantineDir: {0}/quarantine\nsettle: 1s\nrescanInterval: 1s\nallowUnsigned: true\nclusters:\n",
         site.display()
     );
     for (i, r) in registries.iter().enumerate() {

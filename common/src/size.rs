@@ -92,6 +92,26 @@ impl ByteSize {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for ByteSize {
+    /// `700MiB` as text, or a whole number of bytes.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as 700MiB, or a number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 impl fmt::Display for ByteSize {
     /// The largest binary unit that keeps at least one whole unit, with one decimal,
     /// so logs read "1.4 GiB" rather than a twelve-digit number.
@@ -155,6 +175,16 @@ mod tests {
             "99999999999999TiB".parse::<ByteSize>(),
             Err(SizeError::Overflow(_))
         ));
+    }
+
+    #[test]
+    fn reads_from_yaml_as_text_or_bytes() {
+        let s: ByteSize = serde_yaml_ng::from_str("700MiB").unwrap();
+        assert_eq!(s, ByteSize(700 << 20));
+        let s: ByteSize = serde_yaml_ng::from_str("4096").unwrap();
+        assert_eq!(s, ByteSize(4096));
+        let e = serde_yaml_ng::from_str::<ByteSize>("700XB").unwrap_err();
+        assert!(e.to_string().contains("unknown unit \"XB\""), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use airlock_cli::metrics::Endpoint;
 use airlock_cli::service::{self, NotifyState};
+use airlock_common::duration::Span;
 use airlock_common::size::ByteSize;
 use airlock_config::{self as config, ConfigError, Problem};
 use serde::Deserialize;
@@ -30,7 +31,7 @@ use crate::metrics::Metrics;
 pub struct ScheduleConfig {
     /// Every so long (`30m`, `6h`, `1d`); the first run is at start.
     #[serde(default)]
-    pub interval: Option<String>,
+    pub interval: Option<Span>,
     /// A cron expression (`0 2 * * *`), in UTC.
     #[serde(default)]
     pub cron: Option<String>,
@@ -76,7 +77,7 @@ pub struct AgentConfig {
     pub schedule: ScheduleConfig,
     /// Largest chunk file (`700MiB`); default `archiveSize`, then oc-mirror's.
     #[serde(default)]
-    pub limit: Option<String>,
+    pub limit: Option<ByteSize>,
     /// Parity files per imageset.
     #[serde(default)]
     pub parity: u32,
@@ -143,8 +144,6 @@ pub struct Checked {
     pub config: AgentConfig,
     /// The schedule, parsed.
     pub schedule: Schedule,
-    /// The limit, parsed.
-    pub limit: Option<ByteSize>,
     /// Where `/metrics` is served, the address parsed.
     pub metrics: Option<std::net::SocketAddr>,
 }
@@ -184,20 +183,11 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
         })
     };
     let schedule = match (&config.schedule.interval, &config.schedule.cron) {
-        (Some(i), None) => match humantime::parse_duration(i) {
-            Ok(d) if d >= Duration::from_secs(1) => Some(Schedule::Every(d)),
-            Ok(_) => {
-                problem("schedule.interval", format!("{i:?}: at least 1s"));
-                None
-            }
-            Err(e) => {
-                problem(
-                    "schedule.interval",
-                    format!("{i:?}: {e}; expected a duration such as 30m, 6h or 1d"),
-                );
-                None
-            }
-        },
+        (Some(i), None) if i.get() >= Duration::from_secs(1) => Some(Schedule::Every(i.get())),
+        (Some(i), None) => {
+            problem("schedule.interval", format!("{i}: at least 1s"));
+            None
+        }
         (None, Some(c)) => match croner::Cron::from_str(c) {
             Ok(cron) => Some(Schedule::Cron(Box::new(cron))),
             Err(e) => {
@@ -213,16 +203,6 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
             None
         }
     };
-    let limit = config
-        .limit
-        .as_ref()
-        .and_then(|l| match l.parse::<ByteSize>() {
-            Ok(b) => Some(b),
-            Err(e) => {
-                problem("limit", format!("{l:?}: {e}"));
-                None
-            }
-        });
     if config.keep == 0 {
         problem("keep", "must be at least 1".into());
     }
@@ -272,7 +252,6 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
     create::load_config(&config.image_set_config)?;
     Ok(Checked {
         schedule: schedule.expect("checked"),
-        limit,
         metrics,
         config,
     })
@@ -335,7 +314,7 @@ impl Agent {
             config: c.image_set_config.clone(),
             out,
             workspace: Some(c.workspace.clone()),
-            limit: self.checked.limit,
+            limit: self.checked.config.limit,
             full: false,
             dry_run: false,
             parallel: c.parallel,

@@ -7,7 +7,9 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use airlock_common::duration::Span;
 use airlock_config::{self as config, ConfigError, Positions, Problem};
 use airlock_imageset::signing::TrustStore;
 use airlock_oci::reference::Destination;
@@ -75,21 +77,6 @@ pub struct ApiConfig {
 fn yes() -> bool {
     true
 }
-fn five() -> u64 {
-    5
-}
-fn thirty() -> u64 {
-    30
-}
-fn three_hundred() -> u64 {
-    300
-}
-fn three_thousand_six_hundred() -> u64 {
-    3600
-}
-fn ninety() -> u64 {
-    90
-}
 fn eight() -> usize {
     8
 }
@@ -141,23 +128,23 @@ pub struct AgentConfig {
     /// Accept unsigned imagesets (no `trust`); logged as a warning at every start.
     #[serde(default)]
     pub allow_unsigned: bool,
-    /// A file is taken once its size and modification time held this long (seconds),
-    /// or at once when it was renamed into the drop directory.
-    #[serde(default = "five")]
-    pub settle_seconds: u64,
-    /// A file shorter than its own first entries say (a writer that paused, not
-    /// renamed in) is waited for until it has not changed for this long (seconds),
-    /// then quarantined as truncated.
-    #[serde(default = "three_thousand_six_hundred")]
-    pub stall_seconds: u64,
-    /// The drop directory is rescanned this often (seconds), for shares and diode
-    /// proxies that produce no file-system events.
-    #[serde(default = "thirty")]
-    pub rescan_seconds: u64,
-    /// How long the agent's loop may go without coming round before `/healthz`
-    /// says it is stuck; default 3 × `rescanSeconds` + 15 minutes.
+    /// A file is taken once its size and modification time held this long
+    /// (default 5s), or at once when it was renamed into the drop directory.
     #[serde(default)]
-    pub healthz_stall_seconds: Option<u64>,
+    pub settle: Option<Span>,
+    /// A file shorter than its own first entries say (a writer that paused, not
+    /// renamed in) is waited for until it has not changed for this long (default
+    /// 1h), then quarantined as truncated.
+    #[serde(default)]
+    pub stall: Option<Span>,
+    /// The drop directory is rescanned this often (default 30s), for shares and
+    /// diode proxies that produce no file-system events.
+    #[serde(default)]
+    pub rescan_interval: Option<Span>,
+    /// How long the agent's loop may go without coming round before `/healthz`
+    /// says it is stuck; default 3 × `rescanInterval` + 15 minutes.
+    #[serde(default)]
+    pub healthz_stall: Option<Span>,
     /// Blob transfers at once, per cluster.
     #[serde(default = "eight")]
     pub parallel: usize,
@@ -165,13 +152,32 @@ pub struct AgentConfig {
     #[serde(default)]
     pub fetch_from: Vec<String>,
     /// Clusters with API access are checked for drift and their versions read this
-    /// often (seconds).
-    #[serde(default = "three_hundred")]
-    pub reconcile_seconds: u64,
-    /// On SIGTERM, blob uploads under way are given this long to finish (seconds);
-    /// keep it below systemd's `TimeoutStopSec`.
-    #[serde(default = "ninety")]
-    pub stop_grace_seconds: u64,
+    /// often (default 5m).
+    #[serde(default)]
+    pub reconcile_interval: Option<Span>,
+    /// On SIGTERM, blob uploads under way are given this long to finish (default
+    /// 90s); keep it below systemd's `TimeoutStopSec`.
+    #[serde(default)]
+    pub stop_grace: Option<Span>,
+    /// The durations' first names, in seconds: still read, so that a site's
+    /// file keeps working (`settleSeconds: 5` is `settle: 5s`).
+    #[serde(default)]
+    pub settle_seconds: Option<u64>,
+    /// `stall` in seconds.
+    #[serde(default)]
+    pub stall_seconds: Option<u64>,
+    /// `rescanInterval` in seconds.
+    #[serde(default)]
+    pub rescan_seconds: Option<u64>,
+    /// `healthzStall` in seconds.
+    #[serde(default)]
+    pub healthz_stall_seconds: Option<u64>,
+    /// `reconcileInterval` in seconds.
+    #[serde(default)]
+    pub reconcile_seconds: Option<u64>,
+    /// `stopGrace` in seconds.
+    #[serde(default)]
+    pub stop_grace_seconds: Option<u64>,
     /// Empty the content store once everything is published to every cluster.
     #[serde(default)]
     pub empty_store: bool,
@@ -192,6 +198,96 @@ pub struct AgentConfig {
     pub metrics: Option<airlock_cli::metrics::MetricsConfig>,
     /// The clusters to publish to.
     pub clusters: Vec<ClusterConfig>,
+}
+
+/// A duration under its name, else its first name in seconds.
+fn either(span: Option<Span>, seconds: Option<u64>) -> Option<Duration> {
+    span.map(Span::get).or(seconds.map(Duration::from_secs))
+}
+
+impl AgentConfig {
+    /// See [`AgentConfig::settle`].
+    pub fn settle(&self) -> Duration {
+        either(self.settle, self.settle_seconds).unwrap_or(Duration::from_secs(5))
+    }
+
+    /// See [`AgentConfig::stall`].
+    pub fn stall(&self) -> Duration {
+        either(self.stall, self.stall_seconds).unwrap_or(Duration::from_secs(3600))
+    }
+
+    /// See [`AgentConfig::rescan_interval`].
+    pub fn rescan_interval(&self) -> Duration {
+        either(self.rescan_interval, self.rescan_seconds).unwrap_or(Duration::from_secs(30))
+    }
+
+    /// See [`AgentConfig::healthz_stall`].
+    pub fn healthz_stall(&self) -> Duration {
+        either(self.healthz_stall, self.healthz_stall_seconds).unwrap_or_else(|| {
+            self.rescan_interval()
+                .saturating_mul(3)
+                .saturating_add(Duration::from_secs(15 * 60))
+        })
+    }
+
+    /// See [`AgentConfig::reconcile_interval`].
+    pub fn reconcile_interval(&self) -> Duration {
+        either(self.reconcile_interval, self.reconcile_seconds).unwrap_or(Duration::from_secs(300))
+    }
+
+    /// See [`AgentConfig::stop_grace`].
+    pub fn stop_grace(&self) -> Duration {
+        either(self.stop_grace, self.stop_grace_seconds).unwrap_or(Duration::from_secs(90))
+    }
+
+    /// Each duration under both its names, for the checks.
+    fn durations(&self) -> [(&'static str, bool, &'static str, bool, Duration); 6] {
+        let o = self;
+        [
+            (
+                "settle",
+                self.settle.is_some(),
+                "settleSeconds",
+                o.settle_seconds.is_some(),
+                self.settle(),
+            ),
+            (
+                "stall",
+                self.stall.is_some(),
+                "stallSeconds",
+                o.stall_seconds.is_some(),
+                self.stall(),
+            ),
+            (
+                "rescanInterval",
+                self.rescan_interval.is_some(),
+                "rescanSeconds",
+                o.rescan_seconds.is_some(),
+                self.rescan_interval(),
+            ),
+            (
+                "healthzStall",
+                self.healthz_stall.is_some(),
+                "healthzStallSeconds",
+                o.healthz_stall_seconds.is_some(),
+                self.healthz_stall(),
+            ),
+            (
+                "reconcileInterval",
+                self.reconcile_interval.is_some(),
+                "reconcileSeconds",
+                o.reconcile_seconds.is_some(),
+                self.reconcile_interval(),
+            ),
+            (
+                "stopGrace",
+                self.stop_grace.is_some(),
+                "stopGraceSeconds",
+                o.stop_grace_seconds.is_some(),
+                self.stop_grace(),
+            ),
+        ]
+    }
 }
 
 /// A checked configuration, with what it names already resolved.
@@ -290,27 +386,45 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
              deleting from registries what imagesets no longer list is pruning (true by default)",
         );
     }
-    if config.stall_seconds < config.settle_seconds {
+    let durations = config.durations();
+    // The name a duration was given under, for the messages.
+    let named = |name: &'static str| {
+        let (new, _, old, has_old, _) = durations.iter().find(|d| d.0 == name).expect("listed");
+        if *has_old { *old } else { *new }
+    };
+    for (new, has_new, old, has_old, _) in &durations {
+        if *has_new && *has_old {
+            c.problem(old, format!("is the first name of {new}; set one of them"));
+        }
+    }
+    if config.stall() < config.settle() {
         c.problem(
-            "stallSeconds",
+            named("stall"),
             format!(
-                "{} is less than settleSeconds ({}); a paused writer is waited for at least as long as a file settles",
-                config.stall_seconds, config.settle_seconds
+                "{} is less than {} ({}); a paused writer is waited for at least as long as a file settles",
+                Span(config.stall()),
+                named("settle"),
+                Span(config.settle())
             ),
         );
     }
-    match config.healthz_stall_seconds {
-        Some(0) => c.problem("healthzStallSeconds", "must be at least 1"),
-        // A healthy loop waits up to rescanSeconds idle, and about 6 minutes
-        // after a failed round before it retries.
-        Some(s) if s < config.rescan_seconds.max(360) => tracing::warn!(
-            healthz_stall_seconds = s,
-            "healthzStallSeconds is below what a healthy agent may take between rounds (rescanSeconds, and about 360 s after a failed round): /healthz may say stuck when it is not"
-        ),
-        _ => {}
+    for name in ["rescanInterval", "healthzStall", "reconcileInterval"] {
+        let (.., d) = durations.iter().find(|d| d.0 == name).expect("listed");
+        if *d < Duration::from_secs(1) {
+            c.problem(named(name), "must be at least 1 second");
+        }
     }
-    if config.rescan_seconds == 0 {
-        c.problem("rescanSeconds", "must be at least 1");
+    // A healthy loop waits up to rescanInterval idle, and about 6 minutes after a
+    // failed round before it retries.
+    let healthy = config.rescan_interval().max(Duration::from_secs(360));
+    let stall = config.healthz_stall();
+    if stall >= Duration::from_secs(1) && stall < healthy {
+        tracing::warn!(
+            healthz_stall = %Span(stall),
+            "{} is below what a healthy agent may take between rounds ({}, and about 6m after a failed round): /healthz may say stuck when it is not",
+            named("healthzStall"),
+            named("rescanInterval")
+        );
     }
     if config.parallel == 0 {
         c.problem("parallel", "must be at least 1");
@@ -402,9 +516,6 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
             (None, None) => None,
         });
     }
-    if config.reconcile_seconds == 0 {
-        c.problem("reconcileSeconds", "must be at least 1");
-    }
     let mut fetch_from = Vec::new();
     for (i, f) in config.fetch_from.iter().enumerate() {
         match f.parse::<Destination>() {
@@ -490,14 +601,59 @@ mod tests {
     #[test]
     fn a_minimal_configuration_is_complete_with_defaults() {
         let c = check(GOOD).unwrap();
-        assert_eq!(c.config.settle_seconds, 5);
-        assert_eq!(c.config.rescan_seconds, 30);
+        assert_eq!(c.config.settle(), Duration::from_secs(5));
+        assert_eq!(c.config.rescan_interval(), Duration::from_secs(30));
+        assert_eq!(c.config.stall(), Duration::from_secs(3600));
+        assert_eq!(c.config.reconcile_interval(), Duration::from_secs(300));
+        assert_eq!(c.config.stop_grace(), Duration::from_secs(90));
+        assert_eq!(c.config.healthz_stall(), Duration::from_secs(90 + 900));
         assert!(c.config.clusters[0].tls_verify);
         assert_eq!(c.destinations[0].registry(), "mirror.example:5000");
         assert_eq!(c.config.after_publish, AfterPublish::Delete);
         assert_eq!(c.destinations[0].repository_for("ns/app"), "m/ns/app");
         let c = check(&format!("{GOOD}  maxNestedPaths: 2\n")).unwrap();
         assert_eq!(c.destinations[0].repository_for("ns/app"), "m/ns-app");
+    }
+
+    #[test]
+    fn durations_are_written_with_units_and_their_first_names_still_read_as_seconds() {
+        let c = check(&format!(
+            "{GOOD}settle: 10s\nstall: 2h\nrescanInterval: 1m\nhealthzStall: 20m\nreconcileInterval: 90s\nstopGrace: 2m\n"
+        ))
+        .unwrap()
+        .config;
+        assert_eq!(
+            [
+                c.settle(),
+                c.stall(),
+                c.rescan_interval(),
+                c.healthz_stall(),
+                c.reconcile_interval(),
+                c.stop_grace()
+            ],
+            [10, 7200, 60, 1200, 90, 120].map(Duration::from_secs)
+        );
+        let c = check(&format!(
+            "{GOOD}settleSeconds: 10\nstallSeconds: 7200\nrescanSeconds: 60\nhealthzStallSeconds: 1200\nreconcileSeconds: 90\nstopGraceSeconds: 120\n"
+        ))
+        .unwrap()
+        .config;
+        assert_eq!(
+            [
+                c.settle(),
+                c.stall(),
+                c.rescan_interval(),
+                c.healthz_stall(),
+                c.reconcile_interval(),
+                c.stop_grace()
+            ],
+            [10, 7200, 60, 1200, 90, 120].map(Duration::from_secs)
+        );
+        // Without healthzStall, its default follows the rescan interval.
+        let c = check(&format!("{GOOD}rescanInterval: 1m\n"))
+            .unwrap()
+            .config;
+        assert_eq!(c.healthz_stall(), Duration::from_secs(3 * 60 + 900));
     }
 
     #[test]
@@ -530,6 +686,30 @@ mod tests {
             (
                 format!("{GOOD}settleSeconds: soon\n"),
                 "agent.yaml:8:16: settleSeconds: invalid type",
+            ),
+            (
+                format!("{GOOD}settle: soon\n"),
+                "agent.yaml:8:9: settle: \"soon\": ",
+            ),
+            (
+                format!("{GOOD}settle: 10s\nsettleSeconds: 10\n"),
+                "agent.yaml:9:1: settleSeconds: is the first name of settle; set one of them",
+            ),
+            (
+                format!("{GOOD}settle: 1h\nstall: 5m\n"),
+                "agent.yaml:9:1: stall: 5m is less than settle (1h)",
+            ),
+            (
+                format!("{GOOD}settleSeconds: 60\nstallSeconds: 30\n"),
+                "stallSeconds: 30s is less than settleSeconds (1m)",
+            ),
+            (
+                format!("{GOOD}rescanInterval: 500ms\n"),
+                "agent.yaml:8:1: rescanInterval: must be at least 1 second",
+            ),
+            (
+                format!("{GOOD}reconcileSeconds: 0\n"),
+                "agent.yaml:8:1: reconcileSeconds: must be at least 1 second",
             ),
             ("workspace: DIR/ws\n".to_string(), "missing field `dropDir`"),
             (

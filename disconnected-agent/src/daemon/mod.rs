@@ -185,14 +185,7 @@ impl Daemon {
         // A round (verifying a large imageset among them) may keep the loop
         // away this long before it counts as stuck.
         let metrics = Arc::new(Metrics::new(status.clone()));
-        let stall = Duration::from_secs(
-            config.healthz_stall_seconds.unwrap_or(
-                config
-                    .rescan_seconds
-                    .saturating_mul(3)
-                    .saturating_add(15 * 60),
-            ),
-        );
+        let stall = config.healthz_stall();
         Ok(Daemon {
             endpoint: Endpoint::new(metrics.registry.clone(), stall),
             metrics,
@@ -217,7 +210,7 @@ impl Daemon {
     }
 
     fn settle(&self) -> Duration {
-        Duration::from_secs(self.config.settle_seconds)
+        self.config.settle()
     }
 
     /// The shared view of this agent (what the control plane serves).
@@ -269,12 +262,12 @@ impl Daemon {
                 })?;
         }
         self.endpoint.health.set_ready();
-        let rescan = Duration::from_secs(self.config.rescan_seconds);
+        let rescan = self.config.rescan_interval();
         tracing::info!(
             workspace = %self.config.workspace.display(),
             clusters = self.clusters.len(),
-            settle_seconds = self.config.settle_seconds,
-            rescan_seconds = self.config.rescan_seconds,
+            settle_seconds = self.config.settle().as_secs(),
+            rescan_seconds = rescan.as_secs(),
             "disconnected agent running"
         );
         // Ready for systemd (Type=notify): the configuration was checked, the
@@ -375,7 +368,7 @@ impl Daemon {
                 continue;
             }
             let stop = self.stop.clone();
-            let grace = Duration::from_secs(self.config.stop_grace_seconds);
+            let grace = self.config.stop_grace();
             let result = {
                 let round = self.round(finished, !matches!(reply, Reply::None));
                 tokio::pin!(round);
@@ -429,7 +422,7 @@ impl Daemon {
     /// deadline set when stopping began during a round (else `stopGraceSeconds`
     /// from now), and records what they published.
     async fn finish_in_flight(&mut self, stopping: Option<(Instant, bool)>) {
-        let grace = Duration::from_secs(self.config.stop_grace_seconds);
+        let grace = self.config.stop_grace();
         let (deadline, mut in_time) = match stopping {
             Some(s) => s,
             None if self.in_flight.is_empty() => return,
@@ -453,7 +446,7 @@ impl Daemon {
         } else {
             tracing::warn!(
                 grace_seconds = grace.as_secs(),
-                "uploads under way did not finish in stopGraceSeconds and were abandoned; \
+                "uploads under way did not finish in stopGrace and were abandoned; \
                  a registry keeps no part of an unfinished blob, and they are sent again on the next start"
             );
         }
@@ -481,7 +474,7 @@ impl Daemon {
             return until;
         }
         let mut wake = now + rescan;
-        let stall = Duration::from_secs(self.config.stall_seconds);
+        let stall = self.config.stall();
         if let Some(d) = self.tracker.next_deadline(self.settle(), stall, now) {
             wake = wake.min(d);
         }
@@ -535,7 +528,7 @@ impl Daemon {
                 ),
             );
         }
-        let stall = Duration::from_secs(self.config.stall_seconds);
+        let stall = self.config.stall();
         for e in &found.damaged {
             // A file shorter than its own first entries say, that was not renamed
             // in, may be a writer that paused: it is judged when it is complete,

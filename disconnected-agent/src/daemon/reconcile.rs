@@ -5,7 +5,7 @@
 //! ([`crate::cluster_api::Desired::drift`] and `catalog_state`); this module
 //! decides when to look and what to show.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::Daemon;
 use crate::cluster_api::{self, Applied, ClusterApi, Withdrawn};
@@ -40,7 +40,7 @@ impl Daemon {
     /// shown on the cluster and retried at the next check; they never stop the
     /// agent or the other clusters.
     pub(super) async fn reconcile(&mut self, i: usize, force: bool) {
-        let every = Duration::from_secs(self.config.reconcile_seconds);
+        let every = self.config.reconcile_interval();
         let c = &mut self.clusters[i];
         let Some(access) = c.access.clone() else {
             return;

@@ -129,6 +129,8 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use airlock_common::duration::Span;
+    use std::time::Duration;
 
     fn config(extra: &str) -> AgentConfig {
         serde_yaml_ng::from_str(&format!(
@@ -140,14 +142,14 @@ mod tests {
     #[test]
     fn what_was_opened_at_start_waits_for_a_restart_and_the_rest_is_taken() {
         let old = config("settleSeconds: 5\n");
-        let new = config("settleSeconds: 9\nparallel: 2\n");
+        let new = config("settle: 9s\nparallel: 2\n");
         assert!(needs_restart(&old, &new).is_empty());
         let mut new = config("");
         new.workspace = "/elsewhere".into();
         new.drop_dir = "/drop2".into();
         new.allow_unsigned = false;
         new.trust = vec!["/k.pub".into()];
-        new.settle_seconds = 9;
+        new.settle = Some(Span::secs(9));
         assert_eq!(
             needs_restart(&old, &new),
             ["workspace", "dropDir", "trust", "allowUnsigned"]
@@ -156,6 +158,10 @@ mod tests {
         assert_eq!(kept.workspace, old.workspace);
         assert_eq!(kept.drop_dir, old.drop_dir);
         assert!(kept.allow_unsigned && kept.trust.is_empty());
-        assert_eq!(kept.settle_seconds, 9, "taken without a restart");
+        assert_eq!(
+            kept.settle(),
+            Duration::from_secs(9),
+            "taken without a restart"
+        );
     }
 }

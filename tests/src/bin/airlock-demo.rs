@@ -215,7 +215,7 @@ fn services(
     )?;
     let port = airlock_tests::registry::free_port()?;
     let mut disconnected = format!(
-        "workspace: {w}/svc-site\ndropDir: {d}\nquarantineDir: {w}/svc-quarantine\nafterPublish: archive\narchiveDir: {w}/svc-archive\nsettleSeconds: 1\nrescanSeconds: 1\nstopGraceSeconds: 2\nallowUnsigned: true\ngrpc:\n  listen: 127.0.0.1:{port}\n  tls:\n    cert: {p}/agent.crt\n    key: {p}/agent.key\n    clientCA: {p}/ca.crt\nclusters:\n",
+        "workspace: {w}/svc-site\ndropDir: {d}\nquarantineDir: {w}/svc-quarantine\nafterPublish: archive\narchiveDir: {w}/svc-archive\nsettle: 1s\nrescanInterval: 1s\nstopGrace: 2s\nallowUnsigned: true\ngrpc:\n  listen: 127.0.0.1:{port}\n  tls:\n    cert: {p}/agent.crt\n    key: {p}/agent.key\n    clientCA: {p}/ca.crt\nclusters:\n",
         w = work.display(),
         d = drop.display(),
         p = pki.display(),
