@@ -11,6 +11,7 @@
 
 pub mod metrics;
 pub mod oc_mirror;
+pub mod registry_args;
 pub mod service;
 pub mod telemetry;
 

@@ -65,20 +65,11 @@ impl fmt::Display for Span {
 
 impl<'de> serde::Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Span;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as 30s, 5m, 6h or 1d, or a number of seconds")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Span, E> {
-                Ok(Span::secs(v))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Span, E> {
-                v.parse().map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visitor)
+        crate::text_or_number(
+            d,
+            "a duration such as 30s, 5m, 6h or 1d, or a number of seconds",
+            Span::secs,
+        )
     }
 }
 

@@ -93,22 +93,8 @@ impl ByteSize {
 }
 
 impl<'de> serde::Deserialize<'de> for ByteSize {
-    /// `700MiB` as text, or a whole number of bytes.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size such as 700MiB, or a number of bytes")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(v))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                v.parse().map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visitor)
+        crate::text_or_number(d, "a size such as 700MiB, or a number of bytes", ByteSize)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use airlock_cli::registry_args::{AuthFileArgs, DestTlsArgs};
 use airlock_cli::{LogArgs, OutputFormat, print_json, table};
 use airlock_common::size::ByteSize;
 use airlock_registry::RegistryOptions;
@@ -109,10 +110,8 @@ pub struct SourceArgs {
     /// /etc/containers/certs.d/HOST[:PORT]/.
     #[arg(long, value_name = "DIR")]
     pub src_cert_dir: Option<PathBuf>,
-    /// Credentials file (containers auth.json); default: REGISTRY_AUTH_FILE, then the
-    /// containers-auth.json search order.
-    #[arg(long, value_name = "FILE")]
-    pub authfile: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: AuthFileArgs,
     /// Update service (Cincinnati) graph URL for every release channel, instead of
     /// Red Hat's (OCP) and OKD's; file:///PATH reads a saved graph (a directory:
     /// CHANNEL-ARCH.json in it); default: the UPDATE_URL_OVERRIDE environment variable.
@@ -235,7 +234,7 @@ impl SourceArgs {
         crate::create::source_options(
             self.src_tls_verify,
             self.src_cert_dir.clone(),
-            self.authfile.clone(),
+            self.auth.authfile.clone(),
             self.registries_conf.as_deref(),
         )
     }
@@ -372,12 +371,8 @@ pub struct MirrorArgs {
     /// `seconds`, `missing` (`image`, `reason`, `carriedFrom`) and `missingFile`.
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     pub output: OutputFormat,
-    /// Require HTTPS and verify certificates of the mirror registry.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true", action = ArgAction::Set)]
-    pub dest_tls_verify: bool,
-    /// Directory of CA certificates (*.crt) to trust for the mirror registry.
-    #[arg(long, value_name = "DIR")]
-    pub dest_cert_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub dest: DestTlsArgs,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -570,14 +565,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 .map_err(|e| Error::Usage(e.to_string()))?
                 .with_max_nested_paths(args.max_nested_paths);
             let source = args.source.options()?;
-            // registries.conf is about where sources are read from, not where
-            // the mirror is written.
-            let dest = RegistryOptions {
-                tls_verify: args.dest_tls_verify,
-                cert_dir: args.dest_cert_dir,
-                auth: source.auth.clone(),
-                mirrors: None,
-            };
+            let dest = args.dest.options(source.auth.clone());
             let opts = MirrorOptions {
                 config: args.config,
                 to,

@@ -1,8 +1,9 @@
 //! The connected agent's errors, and the exit code of each.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use airlock_common::exit_codes::{self, ExitCode};
+use airlock_common::io::FileError;
 use airlock_config::ConfigError;
 use airlock_imageset::write::WriteError;
 use airlock_registry::RegistryError;
@@ -93,13 +94,8 @@ pub enum Error {
     #[error("{} blobs could not be pulled: {}", .0.len(), .0.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("; "))]
     Unpulled(Vec<(airlock_oci::digest::Digest, Error)>),
     /// A local file could not be written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 impl From<crate::helm::HelmError> for Error {
@@ -110,10 +106,7 @@ impl From<crate::helm::HelmError> for Error {
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::Io(FileError::new(path, source))
     }
 }
 
@@ -140,7 +133,7 @@ impl ExitCode for Error {
             Error::Write(WriteError::Content { .. }) => exit_codes::DATA,
             Error::Write(WriteError::Sign(_)) => exit_codes::CONFIG,
             Error::Write(WriteError::Layout(_)) => exit_codes::CONFIG,
-            Error::Write(WriteError::Io { .. }) | Error::Io { .. } => exit_codes::IO,
+            Error::Write(WriteError::Io { .. }) | Error::Io(_) => exit_codes::IO,
             Error::Select(crate::select::SelectError::Config { .. }) => exit_codes::CONFIG,
             Error::Select(crate::select::SelectError::Graph { .. }) => exit_codes::UNAVAILABLE,
             Error::Payload(crate::payload::PayloadError::Registry { source, .. }) => {

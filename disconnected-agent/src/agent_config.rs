@@ -200,93 +200,115 @@ pub struct AgentConfig {
     pub clusters: Vec<ClusterConfig>,
 }
 
-/// A duration under its name, else its first name in seconds.
-fn either(span: Option<Span>, seconds: Option<u64>) -> Option<Duration> {
-    span.map(Span::get).or(seconds.map(Duration::from_secs))
+/// One duration under its name and its first name, in seconds.
+struct Setting {
+    name: &'static str,
+    first_name: &'static str,
+    span: Option<Span>,
+    seconds: Option<u64>,
+}
+
+impl Setting {
+    /// Its value as written, under either name (the checks refuse both).
+    fn written(&self) -> Option<Duration> {
+        self.span
+            .map(Span::get)
+            .or(self.seconds.map(Duration::from_secs))
+    }
+
+    /// The name it was given under, for messages.
+    fn named(&self) -> &'static str {
+        if self.seconds.is_some() {
+            self.first_name
+        } else {
+            self.name
+        }
+    }
 }
 
 impl AgentConfig {
-    /// See [`AgentConfig::settle`].
+    fn settings(&self) -> [Setting; 6] {
+        let s = |name, first_name, span, seconds| Setting {
+            name,
+            first_name,
+            span,
+            seconds,
+        };
+        [
+            s("settle", "settleSeconds", self.settle, self.settle_seconds),
+            s("stall", "stallSeconds", self.stall, self.stall_seconds),
+            s(
+                "rescanInterval",
+                "rescanSeconds",
+                self.rescan_interval,
+                self.rescan_seconds,
+            ),
+            s(
+                "healthzStall",
+                "healthzStallSeconds",
+                self.healthz_stall,
+                self.healthz_stall_seconds,
+            ),
+            s(
+                "reconcileInterval",
+                "reconcileSeconds",
+                self.reconcile_interval,
+                self.reconcile_seconds,
+            ),
+            s(
+                "stopGrace",
+                "stopGraceSeconds",
+                self.stop_grace,
+                self.stop_grace_seconds,
+            ),
+        ]
+    }
+
+    fn setting(&self, name: &str) -> Setting {
+        self.settings()
+            .into_iter()
+            .find(|s| s.name == name)
+            .expect("a listed setting")
+    }
+
+    fn or(&self, name: &str, default: u64) -> Duration {
+        self.setting(name)
+            .written()
+            .unwrap_or(Duration::from_secs(default))
+    }
+
+    /// `settle` as written (or under its first name), else 5s.
     pub fn settle(&self) -> Duration {
-        either(self.settle, self.settle_seconds).unwrap_or(Duration::from_secs(5))
+        self.or("settle", 5)
     }
 
-    /// See [`AgentConfig::stall`].
+    /// `stall` as written (or under its first name), else 1h.
     pub fn stall(&self) -> Duration {
-        either(self.stall, self.stall_seconds).unwrap_or(Duration::from_secs(3600))
+        self.or("stall", 3600)
     }
 
-    /// See [`AgentConfig::rescan_interval`].
+    /// `rescanInterval` as written (or under its first name), else 30s.
     pub fn rescan_interval(&self) -> Duration {
-        either(self.rescan_interval, self.rescan_seconds).unwrap_or(Duration::from_secs(30))
+        self.or("rescanInterval", 30)
     }
 
-    /// See [`AgentConfig::healthz_stall`].
+    /// `healthzStall` as written (or under its first name), else 3 × rescanInterval + 15m.
     pub fn healthz_stall(&self) -> Duration {
-        either(self.healthz_stall, self.healthz_stall_seconds).unwrap_or_else(|| {
+        self.setting("healthzStall").written().unwrap_or_else(|| {
             self.rescan_interval()
                 .saturating_mul(3)
                 .saturating_add(Duration::from_secs(15 * 60))
         })
     }
 
-    /// See [`AgentConfig::reconcile_interval`].
+    /// `reconcileInterval` as written (or under its first name), else 5m.
     pub fn reconcile_interval(&self) -> Duration {
-        either(self.reconcile_interval, self.reconcile_seconds).unwrap_or(Duration::from_secs(300))
+        self.or("reconcileInterval", 300)
     }
 
-    /// See [`AgentConfig::stop_grace`].
+    /// `stopGrace` as written (or under its first name), else 90s.
     pub fn stop_grace(&self) -> Duration {
-        either(self.stop_grace, self.stop_grace_seconds).unwrap_or(Duration::from_secs(90))
-    }
-
-    /// Each duration under both its names, for the checks.
-    fn durations(&self) -> [(&'static str, bool, &'static str, bool, Duration); 6] {
-        let o = self;
-        [
-            (
-                "settle",
-                self.settle.is_some(),
-                "settleSeconds",
-                o.settle_seconds.is_some(),
-                self.settle(),
-            ),
-            (
-                "stall",
-                self.stall.is_some(),
-                "stallSeconds",
-                o.stall_seconds.is_some(),
-                self.stall(),
-            ),
-            (
-                "rescanInterval",
-                self.rescan_interval.is_some(),
-                "rescanSeconds",
-                o.rescan_seconds.is_some(),
-                self.rescan_interval(),
-            ),
-            (
-                "healthzStall",
-                self.healthz_stall.is_some(),
-                "healthzStallSeconds",
-                o.healthz_stall_seconds.is_some(),
-                self.healthz_stall(),
-            ),
-            (
-                "reconcileInterval",
-                self.reconcile_interval.is_some(),
-                "reconcileSeconds",
-                o.reconcile_seconds.is_some(),
-                self.reconcile_interval(),
-            ),
-            (
-                "stopGrace",
-                self.stop_grace.is_some(),
-                "stopGraceSeconds",
-                o.stop_grace_seconds.is_some(),
-                self.stop_grace(),
-            ),
-        ]
+        self.or("stopGrace", 90)
     }
 }
 
@@ -386,15 +408,13 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
              deleting from registries what imagesets no longer list is pruning (true by default)",
         );
     }
-    let durations = config.durations();
-    // The name a duration was given under, for the messages.
-    let named = |name: &'static str| {
-        let (new, _, old, has_old, _) = durations.iter().find(|d| d.0 == name).expect("listed");
-        if *has_old { *old } else { *new }
-    };
-    for (new, has_new, old, has_old, _) in &durations {
-        if *has_new && *has_old {
-            c.problem(old, format!("is the first name of {new}; set one of them"));
+    let named = |name: &str| config.setting(name).named();
+    for d in config.settings() {
+        if d.span.is_some() && d.seconds.is_some() {
+            c.problem(
+                d.first_name,
+                format!("is the first name of {}; set one of them", d.name),
+            );
         }
     }
     if config.stall() < config.settle() {
@@ -409,9 +429,9 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
         );
     }
     for name in ["rescanInterval", "healthzStall", "reconcileInterval"] {
-        let (.., d) = durations.iter().find(|d| d.0 == name).expect("listed");
-        if *d < Duration::from_secs(1) {
-            c.problem(named(name), "must be at least 1 second");
+        let d = config.setting(name);
+        if d.written().is_some_and(|d| d < Duration::from_secs(1)) {
+            c.problem(d.named(), "must be at least 1 second");
         }
     }
     // A healthy loop waits up to rescanInterval idle, and about 6 minutes after a

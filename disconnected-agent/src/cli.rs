@@ -2,13 +2,12 @@
 
 use std::path::PathBuf;
 
+use airlock_cli::registry_args::{AuthFileArgs, DestTlsArgs};
 use airlock_cli::{LogArgs, OutputFormat, print_json};
 use airlock_common::exit_codes;
 use airlock_common::size::ByteSize;
 use airlock_oci::reference::Destination;
-use airlock_registry::RegistryOptions;
-use airlock_registry::auth::AuthSource;
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
 use crate::publish::{self, PublishOptions, PublishReport};
@@ -78,18 +77,10 @@ pub struct VerifyArgs {
 /// Destination registry access, as skopeo spells it.
 #[derive(Debug, Args)]
 pub struct DestinationArgs {
-    /// Require HTTPS and verify certificates of the destination registry
-    /// (`--dest-tls-verify=false` allows plain HTTP and untrusted certificates).
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true", action = ArgAction::Set)]
-    pub dest_tls_verify: bool,
-    /// Directory of CA certificates (*.crt) to trust for the destination registry,
-    /// instead of /etc/containers/certs.d/HOST[:PORT]/.
-    #[arg(long, value_name = "DIR")]
-    pub dest_cert_dir: Option<PathBuf>,
-    /// Credentials file (containers auth.json); default: REGISTRY_AUTH_FILE, then the
-    /// containers-auth.json search order.
-    #[arg(long, value_name = "FILE")]
-    pub authfile: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: DestTlsArgs,
+    #[command(flatten)]
+    pub auth: AuthFileArgs,
 }
 
 /// `publish`.
@@ -264,12 +255,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 skip_pruning: args.skip_pruning,
                 dry_run: args.dry_run,
                 trust: args.trust,
-                registry: RegistryOptions {
-                    tls_verify: args.destination.dest_tls_verify,
-                    cert_dir: args.destination.dest_cert_dir,
-                    auth: AuthSource::new(args.destination.authfile),
-                    mirrors: None,
-                },
+                registry: args.destination.tls.options(args.destination.auth.source()),
             };
             if opts.trust.is_empty() {
                 warn_unsigned(&opts.from);

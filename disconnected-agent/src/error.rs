@@ -1,8 +1,9 @@
 //! The disconnected agent's errors, and the exit code of each.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use airlock_common::exit_codes::{self, ExitCode};
+use airlock_common::io::FileError;
 use airlock_registry::RegistryError;
 use airlock_state::StateError;
 
@@ -40,21 +41,13 @@ pub enum Error {
     #[error(transparent)]
     Chunk(airlock_imageset::read::ChunkError),
     /// A local file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::Io(FileError::new(path, source))
     }
 }
 
@@ -64,7 +57,7 @@ impl ExitCode for Error {
             Error::Usage(_) | Error::Config(_) => exit_codes::CONFIG,
             Error::Registry(e) => e.exit_code(),
             Error::Workspace(StateError::Locked { .. }) => exit_codes::STATE,
-            Error::Workspace(StateError::Storage { .. }) | Error::Io { .. } => exit_codes::IO,
+            Error::Workspace(StateError::Storage { .. }) | Error::Io(_) => exit_codes::IO,
             Error::Bind { .. } => exit_codes::UNAVAILABLE,
             Error::Chunk(airlock_imageset::read::ChunkError::Io { .. }) => exit_codes::IO,
             Error::Chunk(_) => exit_codes::DATA,
