@@ -780,7 +780,7 @@ impl LoadedConfig {
                 if let Some(Err(e)) =
                     layout.map(|l| l.and_then(|(dir, _)| airlock_registry::layout::check(&dir)))
                 {
-                    problems.push(self.problem(format!("{at}.catalog"), e));
+                    problems.push(self.problem(format!("{at}.catalog"), e.to_string()));
                 }
                 if let Some(Err(e)) = op
                     .target_catalog_source_template

@@ -234,7 +234,7 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
     if let Some(p) = &config.source.proxy
         && let Err(e) = airlock_registry::check_proxy(p)
     {
-        problem("source.proxy", e);
+        problem("source.proxy", e.to_string());
     }
     let metrics = match config.metrics.as_ref().map(|m| m.address()) {
         Some(Err(e)) => {

@@ -498,7 +498,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 return Ok(airlock_common::exit_codes::OK);
             }
             if let Some(p) = &checked.config.source.proxy {
-                airlock_registry::use_proxy(p).map_err(Error::Usage)?;
+                airlock_registry::use_proxy(p).map_err(|e| Error::Usage(e.to_string()))?;
             }
             crate::agent::Agent::new(checked)
                 .run(airlock_cli::shutdown_signal())

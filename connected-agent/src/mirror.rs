@@ -71,46 +71,67 @@ struct RegistrySource<'a> {
     records: std::collections::HashMap<&'a Digest, &'a BlobRecord>,
 }
 
+/// Why the source registries could not give what `mirror` publishes.
+#[derive(Debug, thiserror::Error)]
+enum SourceError {
+    /// Collecting did not resolve it: what is published is what was collected.
+    #[error("{what} {digest} was not resolved")]
+    Unresolved { what: &'static str, digest: Digest },
+    /// The repository a blob was collected from is not a reference.
+    #[error(transparent)]
+    Reference(#[from] airlock_oci::reference::ReferenceError),
+    /// The source registry failed.
+    #[error(transparent)]
+    Registry(#[from] airlock_registry::RegistryError),
+}
+
 impl ContentSource for RegistrySource<'_> {
-    async fn manifest(&self, digest: &Digest, _media_type: &str) -> Result<RawManifest, String> {
+    type Error = SourceError;
+
+    async fn manifest(
+        &self,
+        digest: &Digest,
+        _media_type: &str,
+    ) -> Result<RawManifest, SourceError> {
         self.collected
             .manifests
             .get(digest)
             .cloned()
-            .ok_or_else(|| format!("manifest {digest} was not resolved"))
+            .ok_or_else(|| SourceError::Unresolved {
+                what: "manifest",
+                digest: digest.clone(),
+            })
     }
 
-    async fn locate(&self, digest: &Digest, _size: u64) -> Result<(), String> {
+    async fn locate(&self, digest: &Digest, _size: u64) -> Result<(), SourceError> {
         // The source registry served the manifest that references the blob; whether
         // it serves the blob too shows when it is streamed (and checked) below.
-        self.records
-            .get(digest)
-            .map(|_| ())
-            .ok_or_else(|| format!("blob {digest} was not resolved"))
+        self.record(digest).map(|_| ())
     }
 
-    async fn open(&self, digest: &Digest, _size: u64) -> Result<BlobBody, String> {
+    async fn open(&self, digest: &Digest, _size: u64) -> Result<BlobBody, SourceError> {
         if let Some(bytes) = self.collected.built.get(digest) {
             let bytes = bytes.clone();
             return Ok(BlobBody::Stream(futures::StreamExt::boxed(
                 futures::stream::once(async move { Ok(bytes) }),
             )));
         }
-        let record = self
-            .records
-            .get(digest)
-            .ok_or_else(|| format!("blob {digest} was not resolved"))?;
-        let source: ImageRef = record.repository.parse().map_err(|e| format!("{e}"))?;
-        let client = self
-            .pool
-            .client(source.registry())
-            .await
-            .map_err(|e| e.to_string())?;
-        let stream = client
-            .blob_stream(source.repository(), digest)
-            .await
-            .map_err(|e| e.to_string())?;
+        let source: ImageRef = self.record(digest)?.repository.parse()?;
+        let client = self.pool.client(source.registry()).await?;
+        let stream = client.blob_stream(source.repository(), digest).await?;
         Ok(BlobBody::Stream(stream))
+    }
+}
+
+impl RegistrySource<'_> {
+    fn record(&self, digest: &Digest) -> Result<&BlobRecord, SourceError> {
+        self.records
+            .get(digest)
+            .copied()
+            .ok_or_else(|| SourceError::Unresolved {
+                what: "blob",
+                digest: digest.clone(),
+            })
     }
 }
 

@@ -10,7 +10,9 @@ use airlock_oci::manifest::{self, widen};
 use airlock_oci::quote::clipped;
 
 use airlock_imageset::parity;
-use airlock_imageset::read::{self, ChunkError, ChunkHead, Discard};
+use airlock_imageset::read::{self, ChunkError, ChunkHead, Discard, PartSink};
+use airlock_imageset::{BlobRecord, PartRecord};
+use airlock_registry::progress::Progress;
 
 use crate::scan::Candidate;
 use crate::store::Store;
@@ -41,13 +43,86 @@ pub struct Ingested {
     pub set_aside: Vec<PathBuf>,
 }
 
+/// The size of a chunk or parity file, as its manifest records it.
+pub fn file_size(head: &ChunkHead) -> u64 {
+    head.manifest
+        .chunks
+        .iter()
+        .chain(&head.manifest.parity)
+        .find(|r| r.index == head.identity.chunk)
+        .map_or(0, |r| r.size)
+}
+
+/// [`read::verify`], counting into `progress` the bytes read: the blob bytes as
+/// they pass, the rest of the file (headers, padding) once it is done.
+pub fn verify_counted(
+    head: &ChunkHead,
+    sink: &mut dyn PartSink,
+    progress: &dyn Progress,
+) -> Result<(), ChunkError> {
+    let mut counted = Counted {
+        inner: sink,
+        progress,
+        bytes: 0,
+    };
+    let result = read::verify(head, &mut counted);
+    if result.is_ok() {
+        progress.add(file_size(head).saturating_sub(counted.bytes));
+    }
+    result
+}
+
+/// A sink that counts what it hands on.
+struct Counted<'a> {
+    inner: &'a mut dyn PartSink,
+    progress: &'a dyn Progress,
+    bytes: u64,
+}
+
+impl PartSink for Counted<'_> {
+    fn part(
+        &mut self,
+        blob_index: usize,
+        blob: &BlobRecord,
+        part: usize,
+        record: &PartRecord,
+        data: &mut dyn std::io::Read,
+    ) -> std::io::Result<()> {
+        let mut reader = CountingRead {
+            inner: data,
+            progress: self.progress,
+            bytes: &mut self.bytes,
+        };
+        self.inner.part(blob_index, blob, part, record, &mut reader)
+    }
+}
+
+struct CountingRead<'a> {
+    inner: &'a mut dyn std::io::Read,
+    progress: &'a dyn Progress,
+    bytes: &'a mut u64,
+}
+
+impl std::io::Read for CountingRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        *self.bytes += n as u64;
+        self.progress.add(n as u64);
+        Ok(n)
+    }
+}
+
 /// Verifies every chunk of a complete imageset, in chunk order, storing each blob
 /// once its bytes are all in and match their digest. On error nothing is accepted;
 /// blobs already committed to the store are verified content and stay.
-fn verify_into_store(candidate: &Candidate, store: &Store) -> Result<u64, ChunkError> {
+fn verify_into_store(
+    candidate: &Candidate,
+    store: &Store,
+    progress: &dyn Progress,
+) -> Result<u64, ChunkError> {
     let mut sink = store.sink();
     for head in candidate.chunks.values() {
-        read::verify(head, &mut sink)?;
+        verify_counted(head, &mut sink, progress)?;
         tracing::debug!(chunk = %head.path.display(), index = head.identity.chunk, "chunk verified");
     }
     if sink.pending() != 0 {
@@ -78,7 +153,13 @@ fn verify_into_store(candidate: &Candidate, store: &Store) -> Result<u64, ChunkE
 
 /// Takes an imageset into the store, rebuilding lost or damaged chunks from its
 /// parity files first when it has them. `dir` is where rebuilt chunks are written.
-pub fn ingest(candidate: &Candidate, store: &Store, dir: &Path) -> Result<Ingested, IngestError> {
+/// `progress` counts the chunk bytes verified (again, after a repair).
+pub fn ingest(
+    candidate: &Candidate,
+    store: &Store,
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<Ingested, IngestError> {
     let chosen;
     let candidate = if candidate.spares.is_empty() {
         candidate
@@ -87,7 +168,7 @@ pub fn ingest(candidate: &Candidate, store: &Store, dir: &Path) -> Result<Ingest
         &chosen
     };
     if candidate.missing().is_empty() {
-        match verify_into_store(candidate, store) {
+        match verify_into_store(candidate, store, progress) {
             Ok(stored) => {
                 return Ok(Ingested {
                     stored,
@@ -104,7 +185,7 @@ pub fn ingest(candidate: &Candidate, store: &Store, dir: &Path) -> Result<Ingest
     }
     let mut result = repair(candidate, dir)?;
     let repaired = rescan(candidate, &result.rebuilt)?;
-    result.stored = verify_into_store(&repaired, store)?;
+    result.stored = verify_into_store(&repaired, store, progress)?;
     Ok(result)
 }
 

@@ -12,6 +12,7 @@ use airlock_common::size::ByteSize;
 use airlock_imageset::signing::TrustStore;
 use airlock_imageset::{ImageRecord, ImagesetManifest};
 use airlock_oci::reference::Destination;
+use airlock_registry::progress::Progress as _;
 use airlock_registry::prune::{self, InUse, Pruned, Pruner};
 use airlock_registry::publish::{self, Publisher};
 use airlock_registry::resources;
@@ -386,8 +387,12 @@ impl Site {
             return Ok(Outcome::Waiting(why));
         }
         let (candidate, store, dir) = (c.clone(), self.store.clone(), dir.to_path_buf());
+        let total: u64 = c.chunks.values().map(ingest::file_size).sum();
+        let bar = Bar::bytes(&format!("verify {label}"), total);
         let result = tokio::task::spawn_blocking(move || {
-            ingest::ingest(&candidate, &store, &dir).and_then(|ingested| {
+            let taken = ingest::ingest(&candidate, &store, &dir, &bar);
+            bar.finish();
+            taken.and_then(|ingested| {
                 ingest::check_manifests(&candidate.manifest, &store)
                     .map(|()| ingested)
                     .map_err(IngestError::Forged)

@@ -10,6 +10,7 @@
 //! digest into the store, and only then published.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use airlock_imageset::BlobRecord;
@@ -95,8 +96,63 @@ impl<'a> StoreSource<'a> {
     }
 }
 
+/// Why the content store (and the registries it may fetch from) could not give
+/// what a publish needs. Each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreSourceError {
+    /// A manifest neither in the store nor at any `fetchFrom` registry.
+    #[error(
+        "manifest {digest} is not in the content store, and could not be fetched from {}; give a registry that has it with --fetch-from (fetchFrom in the agent configuration)",
+        places(tried)
+    )]
+    ManifestUnavailable {
+        /// The manifest.
+        digest: Digest,
+        /// Each place tried, with why it did not serve it.
+        tried: Vec<String>,
+    },
+    /// A layer an earlier imageset carried, gone from the store and from every
+    /// `fetchFrom` registry.
+    #[error(
+        "blob {digest} ({size} bytes) is needed, but the imageset does not carry it (an earlier one did), \
+         the content store no longer holds it, and it could not be fetched from {}; give a registry that has it \
+         with --fetch-from (fetchFrom in the agent configuration), or create a --full imageset on the connected side",
+        places(tried)
+    )]
+    BlobUnavailable {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+        /// Each place tried, with why it did not serve it.
+        tried: Vec<String>,
+    },
+    /// Opened for upload without having been located first (a bug).
+    #[error("blob {digest} is not in the content store")]
+    NotStored {
+        /// The blob.
+        digest: Digest,
+    },
+    /// The store's file of a blob could not be read.
+    #[error("blob {digest} in the content store ({}): {source}", path.display())]
+    Unreadable {
+        /// The blob.
+        digest: Digest,
+        /// Its file in the store.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
 impl ContentSource for StoreSource<'_> {
-    async fn manifest(&self, digest: &Digest, media_type: &str) -> Result<RawManifest, String> {
+    type Error = StoreSourceError;
+
+    async fn manifest(
+        &self,
+        digest: &Digest,
+        media_type: &str,
+    ) -> Result<RawManifest, StoreSourceError> {
         if let Ok(bytes) = self.store.read(digest) {
             return Ok(RawManifest::from_bytes(
                 bytes.into(),
@@ -116,13 +172,13 @@ impl ContentSource for StoreSource<'_> {
                 Err(e) => tried.push(format!("{at} ({})", short(&e.to_string()))),
             }
         }
-        Err(format!(
-            "manifest {digest} is not in the content store, and could not be fetched from {}; give a registry that has it with --fetch-from (fetchFrom in the agent configuration)",
-            places(&tried)
-        ))
+        Err(StoreSourceError::ManifestUnavailable {
+            digest: digest.clone(),
+            tried,
+        })
     }
 
-    async fn locate(&self, digest: &Digest, size: u64) -> Result<(), String> {
+    async fn locate(&self, digest: &Digest, size: u64) -> Result<(), StoreSourceError> {
         if self.store.has(digest) {
             return Ok(());
         }
@@ -151,17 +207,18 @@ impl ContentSource for StoreSource<'_> {
                 Err(e) => tried.push(format!("{at} ({})", short(&e.to_string()))),
             }
         }
-        Err(format!(
-            "blob {digest} ({size} bytes) is needed, but the imageset does not carry it (an earlier one did), \
-             the content store no longer holds it, and it could not be fetched from {}; give a registry that has it \
-             with --fetch-from (fetchFrom in the agent configuration), or create a --full imageset on the connected side",
-            places(&tried)
-        ))
+        Err(StoreSourceError::BlobUnavailable {
+            digest: digest.clone(),
+            size,
+            tried,
+        })
     }
 
-    async fn open(&self, digest: &Digest, size: u64) -> Result<BlobBody, String> {
+    async fn open(&self, digest: &Digest, size: u64) -> Result<BlobBody, StoreSourceError> {
         if !self.store.has(digest) {
-            return Err(format!("blob {digest} is not in the content store"));
+            return Err(StoreSourceError::NotStored {
+                digest: digest.clone(),
+            });
         }
         let path = self.store.path(digest);
         match &self.shared {
@@ -169,11 +226,10 @@ impl ContentSource for StoreSource<'_> {
             Some(shared) => shared
                 .stream(digest, &path, size)
                 .map(BlobBody::Stream)
-                .map_err(|e| {
-                    format!(
-                        "blob {digest} in the content store ({}): {e}",
-                        path.display()
-                    )
+                .map_err(|source| StoreSourceError::Unreadable {
+                    digest: digest.clone(),
+                    path,
+                    source,
                 }),
         }
     }

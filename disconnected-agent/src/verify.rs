@@ -5,12 +5,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use airlock_cli::telemetry::Bar;
 use airlock_common::exit_codes;
-use airlock_imageset::read::{self, DigestCheck};
+use airlock_imageset::read::DigestCheck;
 use airlock_imageset::signing::TrustStore;
+use airlock_registry::progress::Progress as _;
 
 use crate::error::Error;
-use crate::ingest::missing_message;
+use crate::ingest::{file_size, missing_message, verify_counted};
 use crate::scan;
 use crate::site::{Problem, Report};
 
@@ -72,21 +74,13 @@ pub fn verify(dir: &Path, trust: &TrustStore) -> Result<VerifyReport, Error> {
             continue;
         }
         let mut sink = DigestCheck::default();
-        let mut bytes = 0;
-        let result = c
-            .chunks
-            .values()
-            .chain(c.parity.values())
-            .try_for_each(|head| {
-                bytes += head
-                    .manifest
-                    .chunks
-                    .iter()
-                    .chain(&head.manifest.parity)
-                    .find(|r| r.index == head.identity.chunk)
-                    .map_or(0, |r| r.size);
-                read::verify(head, &mut sink)
-            });
+        let files: Vec<_> = c.chunks.values().chain(c.parity.values()).collect();
+        let bytes: u64 = files.iter().map(|h| file_size(h)).sum();
+        let bar = Bar::bytes(&format!("verify {label}"), bytes);
+        let result = files
+            .iter()
+            .try_for_each(|head| verify_counted(head, &mut sink, &bar));
+        bar.finish();
         match result {
             Ok(()) => report.verified.push(Verified {
                 uuid: c.manifest.uuid,

@@ -69,6 +69,98 @@ fn request(
     }
 }
 
+/// Why a local OCI layout cannot be read as a catalog. Each names the file or
+/// the name concerned and what a layout needs.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// The path of the layout could not be made absolute.
+    #[error("{path:?}: {source}")]
+    Path {
+        /// As configured.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The path ends without a directory name to name the catalog by.
+    #[error("{path:?} names no directory")]
+    NoName {
+        /// As configured.
+        path: String,
+    },
+    /// `oci:DIR:REFERENCE`, which picks one image of several in a layout.
+    #[error(
+        "{path:?}: oci:DIR:REFERENCE is not supported; name the layout's directory, which holds one image"
+    )]
+    Reference {
+        /// As configured.
+        path: String,
+    },
+    /// The directory's name cannot be a repository name.
+    #[error(
+        "the layout directory's name {:?} is not a repository name (lowercase letters, digits, '.', '_', '-'); give the catalog a targetCatalog",
+        airlock_oci::quote::clip(name)
+    )]
+    BadName {
+        /// The directory's name.
+        name: String,
+    },
+    /// The reference made from the names does not parse.
+    #[error(transparent)]
+    Target(#[from] airlock_oci::reference::ReferenceError),
+    /// No `oci-layout` file.
+    #[error(
+        "{}: {source}; an OCI image layout holds an oci-layout file (make one with skopeo copy --all docker://IMAGE oci:{})",
+        dir.join("oci-layout").display(),
+        dir.display()
+    )]
+    NoLayoutFile {
+        /// The directory.
+        dir: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// An `oci-layout` file that is not JSON of the expected shape.
+    #[error("{}: {source}", dir.join("oci-layout").display())]
+    BadLayoutFile {
+        /// The directory.
+        dir: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// A layout version this reader does not know.
+    #[error(
+        "{}: imageLayoutVersion {:?}; expected 1.x",
+        dir.join("oci-layout").display(),
+        airlock_oci::quote::clip(version)
+    )]
+    Version {
+        /// The directory.
+        dir: PathBuf,
+        /// The version it says.
+        version: String,
+    },
+    /// No `index.json`.
+    #[error("{}: missing", dir.join("index.json").display())]
+    NoIndex {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Two layouts would be read as the same reference.
+    #[error(
+        "{} and {} would both be {reference}; give one a targetCatalog or a targetTag",
+        first.display(),
+        second.display()
+    )]
+    Clash {
+        /// The layout added first.
+        first: PathBuf,
+        /// The one that clashes with it.
+        second: PathBuf,
+        /// The reference both would be.
+        reference: Box<ImageRef>,
+    },
+}
+
 /// Where a catalog named `catalog` (oc-mirror v2's `oci:///abs/path`, or
 /// `oci:relative/path` from the working directory) is read from when it names a
 /// local layout: its directory, and the reference it is read and recorded as,
@@ -80,59 +172,60 @@ pub fn catalog(
     catalog: &str,
     target_catalog: Option<&str>,
     target_tag: Option<&str>,
-) -> Option<Result<(PathBuf, ImageRef), String>> {
+) -> Option<Result<(PathBuf, ImageRef), LayoutError>> {
     let path = catalog.strip_prefix("oci:")?;
     let path = path.strip_prefix("//").unwrap_or(path);
     Some((|| {
-        let dir = std::path::absolute(path).map_err(|e| format!("{path:?}: {e}"))?;
+        let dir = std::path::absolute(path).map_err(|source| LayoutError::Path {
+            path: path.to_string(),
+            source,
+        })?;
         let name = match target_catalog {
             Some(t) => t.to_string(),
             None => dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
-                .ok_or_else(|| format!("{path:?} names no directory"))?,
+                .ok_or_else(|| LayoutError::NoName {
+                    path: path.to_string(),
+                })?,
         };
         if target_catalog.is_none() && name.contains(':') {
-            return Err(format!(
-                "{path:?}: oci:DIR:REFERENCE is not supported; name the layout's directory, which holds one image"
-            ));
+            return Err(LayoutError::Reference {
+                path: path.to_string(),
+            });
         }
         if !valid_repository(&name) {
-            return Err(format!(
-                "the layout directory's name {:?} is not a repository name (lowercase letters, digits, '.', '_', '-'); give the catalog a targetCatalog",
-                airlock_oci::quote::clip(&name)
-            ));
+            return Err(LayoutError::BadName { name });
         }
         let tag = target_tag.unwrap_or("latest");
-        let reference = format!("{HOST}/{name}:{tag}")
-            .parse::<ImageRef>()
-            .map_err(|e| e.to_string())?;
+        let reference = format!("{HOST}/{name}:{tag}").parse::<ImageRef>()?;
         Ok((dir, reference))
     })())
 }
 
 /// Whether `dir` is an OCI image layout: an `oci-layout` file of version 1.x
 /// and an `index.json`.
-pub fn check(dir: &Path) -> Result<(), String> {
-    let at = |f: &str| dir.join(f);
-    let text = std::fs::read(at("oci-layout")).map_err(|e| {
-        format!(
-            "{}: {e}; an OCI image layout holds an oci-layout file (make one with skopeo copy --all docker://IMAGE oci:{})",
-            at("oci-layout").display(),
-            dir.display()
-        )
-    })?;
-    let layout: LayoutFile = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: {e}", at("oci-layout").display()))?;
+pub fn check(dir: &Path) -> Result<(), LayoutError> {
+    let text =
+        std::fs::read(dir.join("oci-layout")).map_err(|source| LayoutError::NoLayoutFile {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    let layout: LayoutFile =
+        serde_json::from_slice(&text).map_err(|source| LayoutError::BadLayoutFile {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     if !layout.version.starts_with("1.") {
-        return Err(format!(
-            "{}: imageLayoutVersion {:?}; expected 1.x",
-            at("oci-layout").display(),
-            airlock_oci::quote::clip(&layout.version)
-        ));
+        return Err(LayoutError::Version {
+            dir: dir.to_path_buf(),
+            version: layout.version,
+        });
     }
-    if !at("index.json").is_file() {
-        return Err(format!("{}: missing", at("index.json").display()));
+    if !dir.join("index.json").is_file() {
+        return Err(LayoutError::NoIndex {
+            dir: dir.to_path_buf(),
+        });
     }
     Ok(())
 }
@@ -140,17 +233,17 @@ pub fn check(dir: &Path) -> Result<(), String> {
 impl Layouts {
     /// Reads the layout at `dir` as `reference` (a repository of [`HOST`] and a
     /// tag), after checking that it is one.
-    pub fn add(&self, reference: &ImageRef, dir: &Path) -> Result<(), String> {
+    pub fn add(&self, reference: &ImageRef, dir: &Path) -> Result<(), LayoutError> {
         check(dir)?;
         let tag = reference.tag().unwrap_or("latest").to_string();
         let mut map = self.0.write().expect("not poisoned");
         let dirs = map.entry(reference.repository().to_string()).or_default();
         match dirs.iter().find(|(t, _)| *t == tag) {
-            Some((_, other)) if other != dir => Err(format!(
-                "{} and {} would both be {reference}; give one a targetCatalog or a targetTag",
-                other.display(),
-                dir.display()
-            )),
+            Some((_, other)) if other != dir => Err(LayoutError::Clash {
+                first: other.clone(),
+                second: dir.to_path_buf(),
+                reference: Box::new(reference.clone()),
+            }),
             Some(_) => Ok(()),
             None => {
                 dirs.push((tag, dir.to_path_buf()));
@@ -583,7 +676,7 @@ mod tests {
     fn what_is_not_a_layout_and_two_layouts_under_one_name_are_refused() {
         let l = Layouts::default();
         let empty = tempfile::tempdir().unwrap();
-        let e = l.add(&cat("latest"), empty.path()).unwrap_err();
+        let e = l.add(&cat("latest"), empty.path()).unwrap_err().to_string();
         assert!(
             e.contains("oci-layout") && e.contains("skopeo copy --all"),
             "{e}"
@@ -596,6 +689,7 @@ mod tests {
         assert!(
             l.add(&cat("latest"), empty.path())
                 .unwrap_err()
+                .to_string()
                 .contains("expected 1.x")
         );
         std::fs::write(
@@ -606,13 +700,14 @@ mod tests {
         assert!(
             l.add(&cat("latest"), empty.path())
                 .unwrap_err()
+                .to_string()
                 .contains("index.json: missing")
         );
         let one = layout(&[], &[]);
         let two = layout(&[], &[]);
         l.add(&cat("latest"), one.path()).unwrap();
         l.add(&cat("latest"), one.path()).unwrap();
-        let e = l.add(&cat("latest"), two.path()).unwrap_err();
+        let e = l.add(&cat("latest"), two.path()).unwrap_err().to_string();
         assert!(e.contains("targetCatalog"), "{e}");
         let e = l
             .get_manifest("cat", "latest", "t")
@@ -657,16 +752,19 @@ mod tests {
         assert!(
             named("oci:///srv/Index", None, None)
                 .unwrap_err()
+                .to_string()
                 .contains("targetCatalog")
         );
         assert!(
             named("oci:///srv/index:v1", None, None)
                 .unwrap_err()
+                .to_string()
                 .contains("oci:DIR:REFERENCE")
         );
         assert!(
             named("oci:///", None, None)
                 .unwrap_err()
+                .to_string()
                 .contains("names no directory")
         );
         assert!(catalog("quay.io/a/index:v1", None, None).is_none());

@@ -706,17 +706,50 @@ async fn speaks_https(host: &str) -> Result<bool, RegistryError> {
 /// `NO_PROXY` exempts hosts either way.
 static PROXY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// Why a URL cannot be the proxy. The URL is shown without its password.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Not a URL.
+    #[error("{shown:?}: {source}; expected http://HOST:PORT")]
+    Unparsable {
+        /// The URL, redacted.
+        shown: String,
+        /// The parse error.
+        source: <reqwest::Url as std::str::FromStr>::Err,
+    },
+    /// A URL, but not an HTTP(S) one with a host.
+    #[error("{shown:?}: expected http://HOST:PORT (or https://)")]
+    NotHttp {
+        /// The URL, redacted.
+        shown: String,
+    },
+    /// The HTTP client refuses it as a proxy.
+    #[error("{shown:?}: {source}")]
+    Refused {
+        /// The URL, redacted.
+        shown: String,
+        /// The client's error.
+        source: reqwest::Error,
+    },
+    /// Another proxy was set for this process already.
+    #[error("a proxy is set already: {shown}")]
+    AlreadySet {
+        /// That proxy, redacted.
+        shown: String,
+    },
+}
+
 /// Whether `url` can be used as a proxy: `http://` or `https://` and a host.
-pub fn check_proxy(url: &str) -> Result<(), String> {
+pub fn check_proxy(url: &str) -> Result<(), ProxyError> {
     let shown = redact(url);
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| format!("{shown:?}: {e}; expected http://HOST:PORT"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|source| ProxyError::Unparsable {
+        shown: shown.clone(),
+        source,
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(format!(
-            "{shown:?}: expected http://HOST:PORT (or https://)"
-        ));
+        return Err(ProxyError::NotHttp { shown });
     }
-    reqwest::Proxy::all(url).map_err(|e| format!("{shown:?}: {e}"))?;
+    reqwest::Proxy::all(url).map_err(|source| ProxyError::Refused { shown, source })?;
     Ok(())
 }
 
@@ -735,10 +768,10 @@ fn redact(url: &str) -> String {
 
 /// Sends every registry request of this process through the proxy at `url`
 /// (checked first), CONNECT for TLS registries.
-pub fn use_proxy(url: &str) -> Result<(), String> {
+pub fn use_proxy(url: &str) -> Result<(), ProxyError> {
     check_proxy(url)?;
     if let Some(p) = PROXY.get().filter(|p| *p != url) {
-        return Err(format!("a proxy is set already: {}", redact(p)));
+        return Err(ProxyError::AlreadySet { shown: redact(p) });
     }
     let _ = PROXY.set(url.to_string());
     Ok(())
@@ -2247,7 +2280,9 @@ mod tests {
         );
         assert_eq!(redact("http://proxy:3128"), "http://proxy:3128");
         let e = check_proxy("ftp://user:s3cret@proxy").unwrap_err();
-        assert!(!e.contains("s3cret"), "{e}");
+        // Neither in the message nor in what a debug log of the error shows.
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert!(!format!("{e:?}").contains("s3cret"), "{e:?}");
     }
 
     #[test]

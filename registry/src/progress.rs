@@ -13,3 +13,15 @@ pub trait Progress: Send + Sync {
     /// The transfer is over (done or given up).
     fn finish(&self) {}
 }
+
+/// A count of the bytes and nothing else: for callers that want only the total
+/// (and for tests, which check it).
+impl Progress for std::sync::atomic::AtomicU64 {
+    fn add(&self, n: u64) {
+        self.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: u64) {
+        self.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}

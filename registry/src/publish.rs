@@ -63,6 +63,15 @@ pub enum PublishError {
         /// What is missing or inconsistent, and where it was looked for.
         problem: String,
     },
+    /// The source of content could not give what the image needs; nothing of
+    /// the image was pushed.
+    #[error("image {image}: {source}; nothing of this image was pushed")]
+    Source {
+        /// The image as configured at the source.
+        image: String,
+        /// The source's own error, with its causes.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The publisher was told to stop before this image's uploads were all
     /// started; the uploads under way were finished, nothing else of it was pushed.
     #[error(
@@ -78,7 +87,9 @@ impl Retryable for PublishError {
     fn verdict(&self) -> Verdict {
         match self {
             PublishError::Registry { source, .. } => source.verdict(),
-            PublishError::Content { .. } | PublishError::Stopped { .. } => Verdict::Final,
+            PublishError::Content { .. }
+            | PublishError::Source { .. }
+            | PublishError::Stopped { .. } => Verdict::Final,
         }
     }
 
@@ -99,7 +110,9 @@ impl airlock_common::exit_codes::ExitCode for PublishError {
             PublishError::Registry { source, .. } => {
                 airlock_common::exit_codes::ExitCode::exit_code(source)
             }
-            PublishError::Content { .. } => airlock_common::exit_codes::DATA,
+            PublishError::Content { .. } | PublishError::Source { .. } => {
+                airlock_common::exit_codes::DATA
+            }
             PublishError::Stopped { .. } => airlock_common::exit_codes::UNAVAILABLE,
         }
     }
@@ -136,18 +149,24 @@ pub enum BlobBody {
 
 /// Where the content being published comes from.
 pub trait ContentSource: Sync {
+    /// Why it could not give something: says what was looked for, and where.
+    type Error: std::error::Error + Send + Sync + 'static;
+
     /// The bytes of manifest `digest` (of `media_type`).
     fn manifest(
         &self,
         digest: &Digest,
         media_type: &str,
-    ) -> impl Future<Output = Result<RawManifest, String>> + Send;
+    ) -> impl Future<Output = Result<RawManifest, Self::Error>> + Send;
 
     /// Makes sure blob `digest` can be opened, fetching it first if the source must;
     /// `Err` says where it was looked for. Called before anything of the image is
     /// pushed, for each blob the destination repository does not have.
-    fn locate(&self, digest: &Digest, size: u64)
-    -> impl Future<Output = Result<(), String>> + Send;
+    fn locate(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Opens blob `digest` for upload; called again for each retry of the upload,
     /// so a body is never kept for one.
@@ -155,7 +174,7 @@ pub trait ContentSource: Sync {
         &self,
         digest: &Digest,
         size: u64,
-    ) -> impl Future<Output = Result<BlobBody, String>> + Send;
+    ) -> impl Future<Output = Result<BlobBody, Self::Error>> + Send;
 }
 
 /// Counts of what a publish did.
@@ -418,6 +437,14 @@ pub struct Publisher<'a, S> {
 }
 
 impl<'a, S: ContentSource> Publisher<'a, S> {
+    /// The source could not give what `image` needs.
+    fn unavailable(&self, image: &ImageRecord, e: S::Error) -> PublishError {
+        PublishError::Source {
+            image: image.source.clone(),
+            source: Box::new(e),
+        }
+    }
+
     /// A publisher with at most `parallel` blob transfers at once.
     pub fn new(
         client: &'a RegistryClient,
@@ -672,7 +699,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
                     .source
                     .manifest(&digest, media_type)
                     .await
-                    .map_err(content)?;
+                    .map_err(|e| self.unavailable(image, e))?;
                 if raw.digest != digest {
                     return Err(content(format!(
                         "manifest {digest} hashes to {}",
@@ -722,7 +749,10 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         for (digest, size) in &missing {
             // Locating may fetch a layer from a mirror: not worth starting when stopping.
             self.check_stop(image)?;
-            self.source.locate(digest, *size).await.map_err(content)?;
+            self.source
+                .locate(digest, *size)
+                .await
+                .map_err(|e| self.unavailable(image, e))?;
         }
         settle(
             futures::stream::iter(missing.iter().cloned())
@@ -884,10 +914,8 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             .source
             .open(digest, size)
             .await
-            .map_err(|problem| PublishError::Content {
-                image: image.source.clone(),
-                problem,
-            })? {
+            .map_err(|e| self.unavailable(image, e))?
+        {
             BlobBody::File(path) => {
                 let actual = std::fs::metadata(&path)
                     .map(|m| m.len())

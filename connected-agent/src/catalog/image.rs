@@ -243,8 +243,10 @@ pub fn open_catalog(pool: &Pool, op: &Operator, index: usize) -> Result<ImageRef
             .map_err(|e| invalid(e.to_string()))?
             .with_default_tag()),
         Some(layout) => {
-            let (dir, reference) = layout.map_err(invalid)?;
-            pool.layouts().add(&reference, &dir).map_err(invalid)?;
+            let (dir, reference) = layout.map_err(|e| invalid(e.to_string()))?;
+            pool.layouts()
+                .add(&reference, &dir)
+                .map_err(|e| invalid(e.to_string()))?;
             Ok(reference)
         }
     }
@@ -252,7 +254,7 @@ pub fn open_catalog(pool: &Pool, op: &Operator, index: usize) -> Result<ImageRef
 
 /// For a catalog in a local OCI layout: its directory and the reference it is
 /// read and recorded as (see [`layout::catalog`]); `None` for one in a registry.
-pub fn oci_layout(op: &Operator) -> Option<Result<(PathBuf, ImageRef), String>> {
+pub fn oci_layout(op: &Operator) -> Option<Result<(PathBuf, ImageRef), layout::LayoutError>> {
     layout::catalog(
         &op.catalog,
         op.target_catalog.as_deref(),

@@ -154,7 +154,24 @@ fn ingest_dir(dir: &Path) -> Result<ingest::Ingested, String> {
     let c = found.imagesets.values().next().ok_or("no imageset found")?;
     let ws = tempfile::tempdir().unwrap();
     let store = Store::open(ws.path()).unwrap();
-    ingest::ingest(c, &store, dir).map_err(|e| e.to_string())
+    let counted = std::sync::atomic::AtomicU64::new(0);
+    let ingested = ingest::ingest(c, &store, dir, &counted).map_err(|e| e.to_string())?;
+    // Progress counts every byte of every chunk file verified, as the disk has them.
+    let on_disk: u64 = c
+        .chunks
+        .values()
+        .map(|h| std::fs::metadata(&h.path).unwrap().len())
+        .sum();
+    let counted = counted.into_inner();
+    if ingested.rebuilt.is_empty() {
+        assert_eq!(counted, on_disk, "progress counts the chunk files read");
+    } else {
+        assert!(
+            counted >= on_disk,
+            "a repair verifies again: {counted} < {on_disk}"
+        );
+    }
+    Ok(ingested)
 }
 
 #[test]
