@@ -170,7 +170,14 @@ impl<O: Fn(&[u8])> Write for Line<O> {
 
 impl<O: Fn(&[u8])> Drop for Line<O> {
     fn drop(&mut self) {
-        if !self.buf.is_empty() {
+        if self.buf.is_empty() {
+            return;
+        }
+        // Off a terminal (a service, a pipe) there is nothing to keep clear:
+        // the line is written as it is, with no lock and no redraw.
+        if self.bars.is_hidden() {
+            (self.out)(&self.buf);
+        } else {
             self.bars.suspend(|| (self.out)(&self.buf));
         }
     }

@@ -271,6 +271,12 @@ impl AgentConfig {
             .expect("a listed setting")
     }
 
+    /// The name duration `name` was given under in the file (its first name,
+    /// `...Seconds`, or its name), for messages.
+    pub fn named(&self, name: &str) -> &'static str {
+        self.setting(name).named()
+    }
+
     fn or(&self, name: &str, default: u64) -> Duration {
         self.setting(name)
             .written()
@@ -440,7 +446,7 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
     let stall = config.healthz_stall();
     if stall >= Duration::from_secs(1) && stall < healthy {
         tracing::warn!(
-            healthz_stall = %Span(stall),
+            healthz_stall_seconds = stall.as_secs(),
             "{} is below what a healthy agent may take between rounds ({}, and about 6m after a failed round): /healthz may say stuck when it is not",
             named("healthzStall"),
             named("rescanInterval")

@@ -43,33 +43,49 @@ pub struct Ingested {
     pub set_aside: Vec<PathBuf>,
 }
 
-/// The size of a chunk or parity file, as its manifest records it.
+/// The size of a chunk or parity file, as its manifest records it (parity
+/// files are numbered from 1 too, in a list of their own).
 pub fn file_size(head: &ChunkHead) -> u64 {
-    head.manifest
-        .chunks
+    let files = match head.identity.parity {
+        Some(_) => &head.manifest.parity,
+        None => &head.manifest.chunks,
+    };
+    files
         .iter()
-        .chain(&head.manifest.parity)
         .find(|r| r.index == head.identity.chunk)
         .map_or(0, |r| r.size)
 }
 
+/// The bytes of the chunk files of `candidate`'s imageset, all of them (those
+/// lost too, which a repair rebuilds): what taking it in verifies.
+pub fn chunk_bytes(candidate: &Candidate) -> u64 {
+    candidate.manifest.chunks.iter().map(|r| r.size).sum()
+}
+
 /// [`read::verify`], counting into `progress` the bytes read: the blob bytes as
-/// they pass, the rest of the file (headers, padding) once it is done.
+/// they pass, the rest of the file (headers, padding) once it is done. A file
+/// that fails is taken back out of the count. Returns the bytes counted.
 pub fn verify_counted(
     head: &ChunkHead,
     sink: &mut dyn PartSink,
     progress: &dyn Progress,
-) -> Result<(), ChunkError> {
+) -> Result<u64, ChunkError> {
     let mut counted = Counted {
         inner: sink,
         progress,
         bytes: 0,
     };
-    let result = read::verify(head, &mut counted);
-    if result.is_ok() {
-        progress.add(file_size(head).saturating_sub(counted.bytes));
+    match read::verify(head, &mut counted) {
+        Ok(()) => {
+            let size = file_size(head);
+            progress.add(size.saturating_sub(counted.bytes));
+            Ok(size.max(counted.bytes))
+        }
+        Err(e) => {
+            progress.sub(counted.bytes);
+            Err(e)
+        }
     }
-    result
 }
 
 /// A sink that counts what it hands on.
@@ -121,8 +137,17 @@ fn verify_into_store(
     progress: &dyn Progress,
 ) -> Result<u64, ChunkError> {
     let mut sink = store.sink();
+    // A pass that fails is taken back out of the count: the pass after a
+    // repair counts every chunk again.
+    let mut counted = 0;
     for head in candidate.chunks.values() {
-        verify_counted(head, &mut sink, progress)?;
+        match verify_counted(head, &mut sink, progress) {
+            Ok(n) => counted += n,
+            Err(e) => {
+                progress.sub(counted);
+                return Err(e);
+            }
+        }
         tracing::debug!(chunk = %head.path.display(), index = head.identity.chunk, "chunk verified");
     }
     if sink.pending() != 0 {

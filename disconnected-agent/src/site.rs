@@ -387,7 +387,7 @@ impl Site {
             return Ok(Outcome::Waiting(why));
         }
         let (candidate, store, dir) = (c.clone(), self.store.clone(), dir.to_path_buf());
-        let total: u64 = c.chunks.values().map(ingest::file_size).sum();
+        let total = ingest::chunk_bytes(c);
         let bar = Bar::bytes(&format!("verify {label}"), total);
         let result = tokio::task::spawn_blocking(move || {
             let taken = ingest::ingest(&candidate, &store, &dir, &bar);

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use airlock_common::io::FileError;
 use airlock_imageset::read::PartSink;
 use airlock_imageset::{BlobRecord, PartRecord};
 use airlock_oci::digest::{Digest, Hasher};
@@ -193,6 +194,37 @@ impl Drop for StoreSink<'_> {
     }
 }
 
+/// Why a blob could not be fetched into the store; the store keeps nothing of it.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The registry failed while serving it.
+    #[error(transparent)]
+    Registry(#[from] airlock_registry::RegistryError),
+    /// It went on past its declared size.
+    #[error("more than the {size} bytes the manifest declares")]
+    TooLong {
+        /// The size declared.
+        size: u64,
+    },
+    /// It ended before its declared size.
+    #[error("{got} bytes, the manifest declares {size}")]
+    Size {
+        /// The bytes received.
+        got: u64,
+        /// The size declared.
+        size: u64,
+    },
+    /// Its bytes are not the digest asked for.
+    #[error("content hashes to {actual}")]
+    Digest {
+        /// What they hash to.
+        actual: Digest,
+    },
+    /// The store's file could not be written.
+    #[error(transparent)]
+    Io(#[from] FileError),
+}
+
 impl Store {
     /// Downloads a blob into the store from a stream, checking its size and digest
     /// before it becomes visible. Used to fetch layers an imageset does not carry.
@@ -204,39 +236,35 @@ impl Store {
             'static,
             Result<bytes::Bytes, airlock_registry::RegistryError>,
         >,
-    ) -> Result<(), String> {
+    ) -> Result<(), FetchError> {
         use futures::StreamExt;
         use tokio::io::AsyncWriteExt;
         let tmp = self.tmp_dir().join(unique_name(digest, "fetch"));
-        let result: Result<(), String> = async {
-            let mut file = tokio::fs::File::create(&tmp)
-                .await
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let io = |source| FileError::new(&tmp, source);
+        let result: Result<(), FetchError> = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
             let mut hasher = Hasher::new();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| e.to_string())?;
+                let chunk = chunk?;
                 hasher.update(&chunk);
                 if hasher.len() > size {
-                    return Err(format!("more than the {size} bytes the manifest declares"));
+                    return Err(FetchError::TooLong { size });
                 }
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| format!("{}: {e}", tmp.display()))?;
+                file.write_all(&chunk).await.map_err(io)?;
             }
-            file.sync_data()
-                .await
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            file.sync_data().await.map_err(io)?;
             if hasher.len() != size {
-                return Err(format!(
-                    "{} bytes, the manifest declares {size}",
-                    hasher.len()
-                ));
+                return Err(FetchError::Size {
+                    got: hasher.len(),
+                    size,
+                });
             }
             let actual = hasher.finish();
             if actual != *digest {
-                return Err(format!("content hashes to {actual}"));
+                return Err(FetchError::Digest { actual });
             }
-            std::fs::rename(&tmp, self.path(digest)).map_err(|e| format!("{}: {e}", tmp.display()))
+            std::fs::rename(&tmp, self.path(digest)).map_err(io)?;
+            Ok(())
         }
         .await;
         if result.is_err() {

@@ -79,7 +79,7 @@ pub fn verify(dir: &Path, trust: &TrustStore) -> Result<VerifyReport, Error> {
         let bar = Bar::bytes(&format!("verify {label}"), bytes);
         let result = files
             .iter()
-            .try_for_each(|head| verify_counted(head, &mut sink, &bar));
+            .try_for_each(|head| verify_counted(head, &mut sink, &bar).map(|_| ()));
         bar.finish();
         match result {
             Ok(()) => report.verified.push(Verified {

@@ -11,8 +11,9 @@
 //!
 //! Invariants: a manifest is handled as the bytes it is and never re-serialised
 //! (its digest is its identity); nothing here draws on a terminal, parses
-//! arguments or knows which agent calls it; every error names the registry,
-//! repository and digest it concerns.
+//! arguments or knows which agent calls it; every error names what it concerns
+//! (a registry error its registry, repository and digest; a layout error its
+//! file; a proxy error the URL, without its password).
 //!
 //! ## The client
 //!
@@ -749,7 +750,11 @@ pub fn check_proxy(url: &str) -> Result<(), ProxyError> {
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(ProxyError::NotHttp { shown });
     }
-    reqwest::Proxy::all(url).map_err(|source| ProxyError::Refused { shown, source })?;
+    // Without the URL, which would carry the password into the message.
+    reqwest::Proxy::all(url).map_err(|e| ProxyError::Refused {
+        shown,
+        source: e.without_url(),
+    })?;
     Ok(())
 }
 

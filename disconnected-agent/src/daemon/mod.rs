@@ -5,7 +5,7 @@
 //! to have settled, and by retries of registries that were down:
 //!
 //! 1. A file is taken only when complete: its size and modification time held for
-//!    `settleSeconds`, or it was renamed into the directory (a writer that writes
+//!    `settle`, or it was renamed into the directory (a writer that writes
 //!    `x.part` and renames it). Hidden, `.part` and `.tmp` files are never looked at.
 //! 2. Files that can never be used — not a chunk, damaged beyond what parity
 //!    repairs, signed by an untrusted key, of another workspace — go to the
@@ -21,7 +21,7 @@
 //! Every step commits its state only when done, so a SIGKILL at any point loses
 //! nothing and takes nothing twice: after a restart the same files are found, and
 //! what was not recorded is done again. On SIGTERM no new blob upload starts and
-//! those under way are given `stopGraceSeconds` to finish (a registry keeps a blob
+//! those under way are given `stopGrace` to finish (a registry keeps a blob
 //! only once its upload completes, so abandoning one after that is equally safe).
 //!
 //! This module is the loop: its events, rounds, and stopping. Each concern it
@@ -301,7 +301,8 @@ impl Daemon {
         loop {
             self.endpoint.health.beat();
             self.show_publishing();
-            let wake = self.next_wake(rescan);
+            // Read at every turn: SIGHUP may have changed it.
+            let wake = self.next_wake(self.config.rescan_interval());
             let event = match held.take() {
                 Some(e) => e,
                 None => tokio::select! {
@@ -419,7 +420,7 @@ impl Daemon {
     }
 
     /// On the way out: lets the publishes under way finish their uploads, by the
-    /// deadline set when stopping began during a round (else `stopGraceSeconds`
+    /// deadline set when stopping began during a round (else `stopGrace`
     /// from now), and records what they published.
     async fn finish_in_flight(&mut self, stopping: Option<(Instant, bool)>) {
         let grace = self.config.stop_grace();
@@ -446,8 +447,9 @@ impl Daemon {
         } else {
             tracing::warn!(
                 grace_seconds = grace.as_secs(),
-                "uploads under way did not finish in stopGrace and were abandoned; \
-                 a registry keeps no part of an unfinished blob, and they are sent again on the next start"
+                "uploads under way did not finish in {} and were abandoned; \
+                 a registry keeps no part of an unfinished blob, and they are sent again on the next start",
+                self.config.named("stopGrace")
             );
         }
     }
@@ -532,7 +534,7 @@ impl Daemon {
         for e in &found.damaged {
             // A file shorter than its own first entries say, that was not renamed
             // in, may be a writer that paused: it is judged when it is complete,
-            // or once it has not changed for stallSeconds.
+            // or once it has not changed for stall.
             if let ChunkError::Truncated { path, reason } = e
                 && let Some(quiet) = self.tracker.unchanged_for(path, Instant::now())
                 && quiet < stall
