@@ -140,7 +140,9 @@ async fn check_layer(
         .client(src.registry())
         .await
         .map_err(|e| e.to_string())?;
-    let payload = small_blob(&client, src.repository(), layer, "signature payload").await?;
+    let payload = small_blob(&client, src.repository(), layer, "signature payload")
+        .await
+        .map_err(|e| e.to_string())?;
     verify_payload(keys, &payload, encoded, subject, identity)
         .map(Path::to_path_buf)
         .map_err(|e| format!("layer {}: {e}", layer.digest))

@@ -13,7 +13,82 @@ use airlock_registry::{Pool, RawManifest, RegistryClient};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::payload::small_blob;
+use crate::payload::{SmallBlobError, small_blob};
+
+/// Why an image could not be made on a base: each names the manifest or blob of
+/// the base concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum DeriveError {
+    /// The base's registry failed.
+    #[error(transparent)]
+    Registry(#[from] airlock_registry::RegistryError),
+    /// The base's top manifest is not one.
+    #[error(transparent)]
+    Top(#[from] manifest::ManifestError),
+    /// A platform's manifest is not one.
+    #[error("manifest {digest}: {source}")]
+    Manifest {
+        /// The manifest.
+        digest: Digest,
+        /// Why it is not one.
+        source: manifest::ManifestError,
+    },
+    /// A document of the base is not the JSON it should be.
+    #[error("{what} {digest}: {source}")]
+    Json {
+        /// `index`, `manifest` or `config blob`.
+        what: &'static str,
+        /// Its digest.
+        digest: Digest,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// Nothing of the index is a platform image.
+    #[error("index {digest} has no platform image")]
+    NoPlatform {
+        /// The index.
+        digest: Digest,
+    },
+    /// None of the index's images is of the platforms asked for.
+    #[error("index {digest} has no image for {wanted} (it has {has})")]
+    NoPlatformFor {
+        /// The index.
+        digest: Digest,
+        /// The platforms asked for.
+        wanted: String,
+        /// Those it has.
+        has: String,
+    },
+    /// An index inside an index.
+    #[error("manifest {digest} is an index inside an index")]
+    Nested {
+        /// The inner index.
+        digest: Digest,
+    },
+    /// A config without the layer list a new layer is added to.
+    #[error("config blob {digest} has no rootfs.diff_ids")]
+    NoDiffIds {
+        /// The config.
+        digest: Digest,
+    },
+    /// A manifest without layers.
+    #[error("manifest {digest} has no layers")]
+    NoLayers {
+        /// The manifest.
+        digest: Digest,
+    },
+    /// The caller's edit of the config refused it.
+    #[error("config blob {digest}: {reason}")]
+    Edit {
+        /// The config.
+        digest: Digest,
+        /// Why.
+        reason: String,
+    },
+    /// A config could not be read.
+    #[error(transparent)]
+    Blob(#[from] SmallBlobError),
+}
 
 /// A layer made here.
 #[derive(Debug, Clone)]
@@ -122,16 +197,12 @@ pub async fn derive(
     history: &str,
     edit: EditConfig<'_>,
     platforms: &[String],
-) -> Result<Derived, String> {
-    let client = pool
-        .client(base.registry())
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Derived, DeriveError> {
+    let client = pool.client(base.registry()).await?;
     let top = client
         .get_manifest(base.repository(), &base.manifest_reference())
-        .await
-        .map_err(|e| e.to_string())?;
-    let parsed = top.parse().map_err(|e| e.to_string())?;
+        .await?;
+    let parsed = top.parse()?;
     record.repository = base.name();
     let mut out = Derived {
         image: record,
@@ -152,8 +223,8 @@ pub async fn derive(
     let new_top = match parsed.kind {
         ManifestKind::Image { .. } => on.extend(&top, &mut out).await?,
         ManifestKind::Index { manifests } => {
-            let mut index: Value = serde_json::from_slice(&top.bytes)
-                .map_err(|e| format!("index {}: {e}", top.digest))?;
+            let mut index: Value =
+                serde_json::from_slice(&top.bytes).map_err(json("index", &top.digest))?;
             let mut children = Vec::new();
             let kept = manifest::kept_children(&manifests, platforms);
             for (i, child) in manifests.iter().enumerate() {
@@ -165,8 +236,7 @@ pub async fn derive(
                 }
                 let raw = client
                     .get_manifest(base.repository(), child.digest.as_str())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 let built = on.extend(&raw, &mut out).await?;
                 let mut entry = index["manifests"][i].clone();
                 entry["digest"] = json!(built.digest.as_str());
@@ -175,13 +245,14 @@ pub async fn derive(
             }
             if children.is_empty() {
                 return Err(match platforms {
-                    [] => format!("index {} has no platform image", top.digest),
-                    _ => format!(
-                        "index {} has no image for {} (it has {})",
-                        top.digest,
-                        platforms.join(", "),
-                        manifest::platforms_of(&manifests)
-                    ),
+                    [] => DeriveError::NoPlatform {
+                        digest: top.digest.clone(),
+                    },
+                    _ => DeriveError::NoPlatformFor {
+                        digest: top.digest.clone(),
+                        wanted: platforms.join(", "),
+                        has: manifest::platforms_of(&manifests),
+                    },
                 });
             }
             index["manifests"] = Value::Array(children);
@@ -194,6 +265,16 @@ pub async fn derive(
     out.image.digest = new_top.digest.clone();
     out.manifests.insert(0, new_top);
     Ok(out)
+}
+
+/// A document of the base that is not JSON.
+fn json(what: &'static str, digest: &Digest) -> impl FnOnce(serde_json::Error) -> DeriveError {
+    let digest = digest.clone();
+    move |source| DeriveError::Json {
+        what,
+        digest,
+        source,
+    }
 }
 
 fn blob(image: &ImageRecord, digest: &Digest, size: u64) -> BlobRecord {
@@ -218,26 +299,34 @@ struct Platform<'a> {
 impl Platform<'_> {
     /// One platform's image with the layer on top and its config edited; adds the
     /// new manifest and blobs to `out` and returns the manifest.
-    async fn extend(&self, base: &RawManifest, out: &mut Derived) -> Result<RawManifest, String> {
-        let parsed = base
-            .parse()
-            .map_err(|e| format!("manifest {}: {e}", base.digest))?;
+    async fn extend(
+        &self,
+        base: &RawManifest,
+        out: &mut Derived,
+    ) -> Result<RawManifest, DeriveError> {
+        let parsed = base.parse().map_err(|source| DeriveError::Manifest {
+            digest: base.digest.clone(),
+            source,
+        })?;
         let ManifestKind::Image { config, layers } = &parsed.kind else {
-            return Err(format!(
-                "manifest {} is an index inside an index",
-                base.digest
-            ));
+            return Err(DeriveError::Nested {
+                digest: base.digest.clone(),
+            });
         };
         let config_bytes = small_blob(self.client, self.repository, config, "config blob").await?;
-        let mut image_config: Value = serde_json::from_slice(&config_bytes)
-            .map_err(|e| format!("config blob {}: {e}", config.digest))?;
+        let mut image_config: Value =
+            serde_json::from_slice(&config_bytes).map_err(json("config blob", &config.digest))?;
         let diff_ids = image_config
             .pointer_mut("/rootfs/diff_ids")
             .and_then(Value::as_array_mut)
-            .ok_or_else(|| format!("config blob {} has no rootfs.diff_ids", config.digest))?;
+            .ok_or_else(|| DeriveError::NoDiffIds {
+                digest: config.digest.clone(),
+            })?;
         diff_ids.push(json!(self.layer.diff_id.as_str()));
-        (self.edit)(&mut image_config)
-            .map_err(|e| format!("config blob {}: {e}", config.digest))?;
+        (self.edit)(&mut image_config).map_err(|reason| DeriveError::Edit {
+            digest: config.digest.clone(),
+            reason,
+        })?;
         if let Some(history) = image_config
             .get_mut("history")
             .and_then(Value::as_array_mut)
@@ -247,8 +336,8 @@ impl Platform<'_> {
         let new_config = Bytes::from(serde_json::to_vec(&image_config).expect("json serialises"));
         let new_config_digest = Digest::of(&new_config);
 
-        let mut doc: Value = serde_json::from_slice(&base.bytes)
-            .map_err(|e| format!("manifest {}: {e}", base.digest))?;
+        let mut doc: Value =
+            serde_json::from_slice(&base.bytes).map_err(json("manifest", &base.digest))?;
         doc["config"]["digest"] = json!(new_config_digest.as_str());
         doc["config"]["size"] = json!(new_config.len());
         let layer_type = if parsed.media_type == manifest::DOCKER_MANIFEST {
@@ -258,7 +347,9 @@ impl Platform<'_> {
         };
         doc["layers"]
             .as_array_mut()
-            .ok_or_else(|| format!("manifest {} has no layers", base.digest))?
+            .ok_or_else(|| DeriveError::NoLayers {
+                digest: base.digest.clone(),
+            })?
             .push(json!({
                 "mediaType": layer_type,
                 "digest": self.layer.digest.as_str(),

@@ -73,12 +73,12 @@ pub enum GraphImageError {
         message: String,
     },
     /// The base image could not be read.
-    #[error("graph image base {image}: {message}")]
+    #[error("graph image base {image}: {source}")]
     Base {
         /// The base image.
         image: String,
         /// What went wrong.
-        message: String,
+        source: Box<crate::derive::DeriveError>,
     },
 }
 
@@ -250,9 +250,9 @@ pub async fn build(
         &[],
     )
     .await
-    .map_err(|message| GraphImageError::Base {
+    .map_err(|source| GraphImageError::Base {
         image: base.to_string(),
-        message,
+        source: Box::new(source),
     })
 }
 

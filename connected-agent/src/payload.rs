@@ -317,10 +317,56 @@ async fn config_arch(
     let ManifestKind::Image { config, .. } = &manifest.kind else {
         unreachable!("called for image manifests")
     };
-    let bytes = small_blob(client, image.repository(), config, "config blob").await?;
+    let bytes = small_blob(client, image.repository(), config, "config blob")
+        .await
+        .map_err(|e| e.to_string())?;
     let c: Config = serde_json::from_slice(&bytes)
         .map_err(|e| format!("config blob {}: {e}", config.digest))?;
     Ok(c.architecture)
+}
+
+/// Why a small blob (a config, a signature payload) could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SmallBlobError {
+    /// Its descriptor declares more than is held in memory.
+    #[error("{what} {digest} is {size} bytes; more than {MAX_FILE} is refused")]
+    TooLarge {
+        /// What it is (`config blob`).
+        what: &'static str,
+        /// Its digest.
+        digest: Digest,
+        /// The size declared.
+        size: u64,
+    },
+    /// The registry would not serve it.
+    #[error(transparent)]
+    Open(RegistryError),
+    /// The registry failed part way.
+    #[error("{what} {digest}: {source}")]
+    Read {
+        /// What it is.
+        what: &'static str,
+        /// Its digest.
+        digest: Digest,
+        /// The registry's error.
+        source: RegistryError,
+    },
+    /// More bytes came than the descriptor declares.
+    #[error("{what} {digest} is larger than its descriptor says")]
+    Larger {
+        /// What it is.
+        what: &'static str,
+        /// Its digest.
+        digest: Digest,
+    },
+    /// The bytes are not the digest.
+    #[error("{what} {digest} does not match its digest (the registry served other bytes)")]
+    Digest {
+        /// What it is.
+        what: &'static str,
+        /// Its digest.
+        digest: Digest,
+    },
 }
 
 /// A blob small enough to hold in memory (a config), checked against its
@@ -329,37 +375,43 @@ pub(crate) async fn small_blob(
     client: &airlock_registry::RegistryClient,
     repository: &str,
     blob: &airlock_oci::manifest::Descriptor,
-    what: &str,
-) -> Result<Vec<u8>, String> {
+    what: &'static str,
+) -> Result<Vec<u8>, SmallBlobError> {
+    let digest = || blob.digest.clone();
     if blob.size > MAX_FILE {
-        return Err(format!(
-            "{what} {} is {} bytes; more than {MAX_FILE} is refused",
-            blob.digest, blob.size
-        ));
+        return Err(SmallBlobError::TooLarge {
+            what,
+            digest: digest(),
+            size: blob.size,
+        });
     }
     let mut stream = client
         .blob_stream(repository, &blob.digest)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(SmallBlobError::Open)?;
     let mut bytes = Vec::new();
     while let Some(b) = stream
         .try_next()
         .await
-        .map_err(|e| format!("{what} {}: {e}", blob.digest))?
+        .map_err(|source| SmallBlobError::Read {
+            what,
+            digest: digest(),
+            source,
+        })?
     {
         if (bytes.len() + b.len()) as u64 > blob.size {
-            return Err(format!(
-                "{what} {} is larger than its descriptor says",
-                blob.digest
-            ));
+            return Err(SmallBlobError::Larger {
+                what,
+                digest: digest(),
+            });
         }
         bytes.extend_from_slice(&b);
     }
     if Digest::of(&bytes) != blob.digest {
-        return Err(format!(
-            "{what} {} does not match its digest (the registry served other bytes)",
-            blob.digest
-        ));
+        return Err(SmallBlobError::Digest {
+            what,
+            digest: digest(),
+        });
     }
     Ok(bytes)
 }

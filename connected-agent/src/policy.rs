@@ -357,7 +357,7 @@ async fn config_platform(
         })?;
     let bytes = small_blob(&client, base.repository(), config, "config")
         .await
-        .map_err(inconsistent)?;
+        .map_err(|e| inconsistent(e.to_string()))?;
     let c: Config = serde_json::from_slice(&bytes)
         .map_err(|e| inconsistent(format!("config {}: {e}", config.digest)))?;
     Ok(Platform {

@@ -146,7 +146,7 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<CatalogImage, Catalog
     }
     let bytes = small_blob(client, image.repository(), config, "config blob")
         .await
-        .map_err(&invalid)?;
+        .map_err(|e| invalid(e.to_string()))?;
     let whole: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| invalid(format!("config blob {}: {e}", config.digest)))?;
     let cache_dir = super::rebuild::cache_dir(&whole);
