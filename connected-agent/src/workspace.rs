@@ -26,7 +26,6 @@ use airlock_state as state;
 
 use crate::contents::Contents;
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 use uuid::Uuid;
 
 pub use airlock_state::StateError as WorkspaceError;
@@ -83,11 +82,11 @@ pub const STATE_FORMAT: &str = "airlock.connected-workspace/v1";
 #[derive(Debug)]
 pub struct Workspace {
     path: PathBuf,
-    db: sled::Db,
-    meta: sled::Tree,
-    imagesets: sled::Tree,
-    shipped: sled::Tree,
-    contents: sled::Tree,
+    db: state::Db,
+    meta: state::Tree,
+    imagesets: state::Tree,
+    shipped: state::Tree,
+    contents: state::Tree,
 }
 
 fn shipped_key(uuid: &Uuid, digest: &Digest) -> Vec<u8> {
@@ -104,16 +103,12 @@ impl Workspace {
     /// Opens the workspace at `path`, creating it if missing.
     pub fn open(path: &Path) -> Result<Self, WorkspaceError> {
         let db = state::open(path)?;
-        let tree = |name: &str| {
-            db.open_tree(name)
-                .map_err(|e| WorkspaceError::storage(path, e))
-        };
         Ok(Workspace {
             path: path.to_path_buf(),
-            meta: tree("meta")?,
-            imagesets: tree("imagesets")?,
-            shipped: tree("shipped")?,
-            contents: tree("contents")?,
+            meta: db.tree("meta")?,
+            imagesets: db.tree("imagesets")?,
+            shipped: db.tree("shipped")?,
+            contents: db.tree("contents")?,
             db,
         })
     }
@@ -130,8 +125,8 @@ impl Workspace {
 
     /// The workspace UUID and last sequence, if any imageset was made.
     pub fn last(&self) -> Result<Option<(Uuid, u64)>, WorkspaceError> {
-        let uuid = self.meta.get("uuid").map_err(|e| self.storage(e))?;
-        let seq = self.meta.get("sequence").map_err(|e| self.storage(e))?;
+        let uuid = self.meta.get("uuid")?;
+        let seq = self.meta.get("sequence")?;
         match (uuid, seq) {
             (Some(u), Some(s)) => {
                 let uuid = Uuid::from_slice(&u).map_err(|e| self.storage(e))?;
@@ -152,9 +147,7 @@ impl Workspace {
 
     /// Whether an imageset of workspace `uuid` already shipped `digest`.
     pub fn shipped(&self, uuid: &Uuid, digest: &Digest) -> Result<bool, WorkspaceError> {
-        self.shipped
-            .contains_key(shipped_key(uuid, digest))
-            .map_err(|e| self.storage(e))
+        self.shipped.contains_key(shipped_key(uuid, digest))
     }
 
     /// Records a finished imageset, the content it carried and what it holds,
@@ -169,22 +162,23 @@ impl Workspace {
     ) -> Result<(), WorkspaceError> {
         let json = serde_json::to_vec(record).map_err(|e| self.storage(e))?;
         let held = serde_json::to_vec(contents).map_err(|e| self.storage(e))?;
-        (&self.meta, &self.imagesets, &self.shipped, &self.contents)
-            .transaction(|(meta, imagesets, shipped, held_tree)| {
-                meta.insert("uuid", record.uuid.as_bytes().as_slice())?;
-                meta.insert("sequence", &state::key(record.sequence))?;
-                imagesets.insert(&state::key(record.sequence), json.as_slice())?;
+        state::transaction(
+            [&self.meta, &self.imagesets, &self.shipped, &self.contents],
+            |[meta, imagesets, shipped, held_tree]| {
+                meta.insert("uuid", record.uuid.as_bytes())?;
+                meta.insert("sequence", state::key(record.sequence))?;
+                imagesets.insert(state::key(record.sequence), &json)?;
                 for d in freed {
                     shipped.remove(shipped_key(&record.uuid, d))?;
                 }
                 for d in carried {
-                    shipped.insert(shipped_key(&record.uuid, d), &state::key(record.sequence))?;
+                    shipped.insert(shipped_key(&record.uuid, d), state::key(record.sequence))?;
                 }
-                held_tree.insert(record.uuid.as_bytes().as_slice(), held.as_slice())?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| self.storage(format!("{e:?}")))?;
-        self.db.flush().map_err(|e| self.storage(e))?;
+                held_tree.insert(record.uuid.as_bytes(), &held)?;
+                Ok(())
+            },
+        )?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -192,18 +186,15 @@ impl Workspace {
     /// it before this was recorded.
     pub fn record_contents(&self, uuid: &Uuid, contents: &Contents) -> Result<(), WorkspaceError> {
         let held = serde_json::to_vec(contents).map_err(|e| self.storage(e))?;
-        self.contents
-            .insert(uuid.as_bytes(), held)
-            .map_err(|e| self.storage(e))?;
-        self.db.flush().map_err(|e| self.storage(e))?;
+        self.contents.insert(uuid.as_bytes(), held)?;
+        self.db.flush()?;
         Ok(())
     }
 
     /// What the last imageset of `uuid` holds, if recorded.
     pub fn contents(&self, uuid: &Uuid) -> Result<Option<Contents>, WorkspaceError> {
         self.contents
-            .get(uuid.as_bytes())
-            .map_err(|e| self.storage(e))?
+            .get(uuid.as_bytes())?
             .map(|v| serde_json::from_slice(&v).map_err(|e| self.storage(e)))
             .transpose()
     }
@@ -212,9 +203,8 @@ impl Workspace {
     pub fn imagesets(&self) -> Result<Vec<ImagesetRecord>, WorkspaceError> {
         self.imagesets
             .iter()
-            .values()
-            .map(|v| {
-                let v = v.map_err(|e| self.storage(e))?;
+            .map(|kv| {
+                let (_, v) = kv?;
                 serde_json::from_slice(&v).map_err(|e| self.storage(e))
             })
             .collect()
@@ -227,7 +217,7 @@ impl Workspace {
         };
         let mut shipped = Vec::new();
         for kv in self.shipped.scan_prefix(uuid.as_bytes()) {
-            let (k, v) = kv.map_err(|e| self.storage(e))?;
+            let (k, v) = kv?;
             let digest = std::str::from_utf8(&k[16..])
                 .ok()
                 .and_then(|s| s.parse::<Digest>().ok())
@@ -259,9 +249,9 @@ impl Workspace {
             .map(|(d, _)| shipped_key(&state.uuid, d))
             .collect();
         let mut stale = Vec::new();
-        for k in self.shipped.scan_prefix(state.uuid.as_bytes()).keys() {
-            let k = k.map_err(|e| self.storage(e))?;
-            if !listed.contains(k.as_ref()) {
+        for kv in self.shipped.scan_prefix(state.uuid.as_bytes()) {
+            let (k, _) = kv?;
+            if !listed.contains(&k) {
                 stale.push(k);
             }
         }
@@ -270,28 +260,29 @@ impl Workspace {
             .as_ref()
             .map(|c| serde_json::to_vec(c).map_err(|e| self.storage(e)))
             .transpose()?;
-        (&self.meta, &self.imagesets, &self.shipped, &self.contents)
-            .transaction(|(meta, imagesets, shipped, held_tree)| {
-                meta.insert("uuid", state.uuid.as_bytes().as_slice())?;
-                meta.insert("sequence", &state::key(state.sequence))?;
+        state::transaction(
+            [&self.meta, &self.imagesets, &self.shipped, &self.contents],
+            |[meta, imagesets, shipped, held_tree]| {
+                meta.insert("uuid", state.uuid.as_bytes())?;
+                meta.insert("sequence", state::key(state.sequence))?;
                 for r in &state.imagesets {
                     let json = serde_json::to_vec(r).expect("records serialise");
-                    imagesets.insert(&state::key(r.sequence), json)?;
+                    imagesets.insert(state::key(r.sequence), json)?;
                 }
                 for k in &stale {
                     shipped.remove(k)?;
                 }
                 for (d, seq) in &state.shipped {
-                    shipped.insert(shipped_key(&state.uuid, d), &state::key(*seq))?;
+                    shipped.insert(shipped_key(&state.uuid, d), state::key(*seq))?;
                 }
                 match &held {
-                    Some(h) => held_tree.insert(state.uuid.as_bytes().as_slice(), h.as_slice())?,
-                    None => held_tree.remove(state.uuid.as_bytes().as_slice())?,
+                    Some(h) => held_tree.insert(state.uuid.as_bytes(), h)?,
+                    None => held_tree.remove(state.uuid.as_bytes())?,
                 };
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| self.storage(format!("{e:?}")))?;
-        self.db.flush().map_err(|e| self.storage(e))?;
+                Ok(())
+            },
+        )?;
+        self.db.flush()?;
         Ok(())
     }
 }

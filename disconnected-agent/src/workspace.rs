@@ -28,20 +28,19 @@ use std::path::{Path, PathBuf};
 
 use airlock_imageset::{ImageRecord, ImagesetManifest, validate};
 use airlock_state::{self as state, StateError};
-use sled::Transactional;
 use uuid::Uuid;
 
 /// An open disconnected workspace.
 #[derive(Debug)]
 pub struct Workspace {
     path: PathBuf,
-    db: sled::Db,
-    meta: sled::Tree,
-    published: sled::Tree,
-    applied: sled::Tree,
-    pruned: sled::Tree,
-    kept: sled::Tree,
-    locations: sled::Tree,
+    db: state::Db,
+    meta: state::Tree,
+    published: state::Tree,
+    applied: state::Tree,
+    pruned: state::Tree,
+    kept: state::Tree,
+    locations: state::Tree,
 }
 
 /// What the workspace records in the destination registry after each publish, so
@@ -64,8 +63,8 @@ pub const SITE_STATE_FORMAT: &str = "airlock.site-workspace/v1";
 
 /// Whether the stored sequence `stored` (none: nothing yet) is before `value`.
 /// Sequences are stored big-endian, so byte order is numeric order.
-fn later(stored: Option<sled::IVec>, value: &[u8]) -> bool {
-    stored.is_none_or(|v| v.as_ref() < value)
+fn later(stored: Option<Vec<u8>>, value: &[u8]) -> bool {
+    stored.is_none_or(|v| v.as_slice() < value)
 }
 
 fn location_key(registry: &str, digest: &airlock_oci::digest::Digest) -> Vec<u8> {
@@ -95,24 +94,12 @@ impl Workspace {
     /// Opens the workspace at `path`, creating it if missing.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         let db = state::open(path)?;
-        let meta = db
-            .open_tree("meta")
-            .map_err(|e| StateError::storage(path, e))?;
-        let published = db
-            .open_tree("published")
-            .map_err(|e| StateError::storage(path, e))?;
-        let applied = db
-            .open_tree("applied")
-            .map_err(|e| StateError::storage(path, e))?;
-        let pruned = db
-            .open_tree("pruned")
-            .map_err(|e| StateError::storage(path, e))?;
-        let kept = db
-            .open_tree("kept")
-            .map_err(|e| StateError::storage(path, e))?;
-        let locations = db
-            .open_tree("locations")
-            .map_err(|e| StateError::storage(path, e))?;
+        let meta = db.tree("meta")?;
+        let published = db.tree("published")?;
+        let applied = db.tree("applied")?;
+        let pruned = db.tree("pruned")?;
+        let kept = db.tree("kept")?;
+        let locations = db.tree("locations")?;
         std::fs::create_dir_all(path.join("imagesets"))
             .map_err(|e| StateError::storage(path, e))?;
         Ok(Workspace {
@@ -134,11 +121,7 @@ impl Workspace {
 
     /// The connected workspace followed and the last sequence accepted.
     pub fn accepted(&self) -> Result<Option<(Uuid, u64)>, StateError> {
-        let get = |k: &str| {
-            self.meta
-                .get(k)
-                .map_err(|e| StateError::storage(&self.path, e))
-        };
+        let get = |k: &str| self.meta.get(k);
         match (get("uuid")?, get("sequence")?) {
             (Some(u), Some(s)) => Ok(Some((
                 Uuid::from_slice(&u).map_err(|e| StateError::storage(&self.path, e))?,
@@ -189,13 +172,11 @@ impl Workspace {
             .and_then(|()| std::fs::rename(&tmp, &path))
             .and_then(|()| std::fs::File::open(self.path.join("imagesets"))?.sync_all())
             .map_err(|e| StateError::storage(&self.path, format!("{}: {e}", path.display())))?;
-        self.meta
-            .transaction(|meta| {
-                meta.insert("uuid", m.uuid.as_bytes().as_slice())?;
-                meta.insert("sequence", &state::key(m.sequence))?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        state::transaction([&self.meta], |[meta]| {
+            meta.insert("uuid", m.uuid.as_bytes())?;
+            meta.insert("sequence", state::key(m.sequence))?;
+            Ok(())
+        })?;
         self.flush()
     }
 
@@ -233,9 +214,7 @@ impl Workspace {
 
     /// Records that the resources of `sequence` were applied to `cluster`.
     pub fn mark_applied(&self, cluster: &str, sequence: u64) -> Result<(), StateError> {
-        self.applied
-            .insert(cluster, &state::key(sequence))
-            .map_err(|e| StateError::storage(&self.path, e))?;
+        self.applied.insert(cluster, state::key(sequence))?;
         self.flush()
     }
 
@@ -253,11 +232,7 @@ impl Workspace {
 
     /// What the last prune of `destination` kept although no longer listed.
     pub fn kept(&self, destination: &str) -> Result<Vec<ImageRecord>, StateError> {
-        match self
-            .kept
-            .get(destination)
-            .map_err(|e| StateError::storage(&self.path, e))?
-        {
+        match self.kept.get(destination)? {
             Some(v) => serde_json::from_slice(&v).map_err(|e| {
                 StateError::storage(&self.path, format!("kept images of {destination}: {e}"))
             }),
@@ -274,37 +249,33 @@ impl Workspace {
         kept: &[ImageRecord],
     ) -> Result<(), StateError> {
         let json = serde_json::to_vec(kept).map_err(|e| StateError::storage(&self.path, e))?;
-        let tx: Result<(), sled::transaction::TransactionError<()>> = (&self.pruned, &self.kept)
-            .transaction(|(p, k)| {
-                let value = state::key(sequence);
-                if later(p.get(destination)?, &value) {
-                    p.insert(destination, &value)?;
-                    k.insert(destination, json.as_slice())?;
-                }
-                Ok(())
-            });
-        tx.map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        state::transaction([&self.pruned, &self.kept], |[p, k]| {
+            let value = state::key(sequence);
+            if later(p.get(destination)?, &value) {
+                p.insert(destination, value)?;
+                k.insert(destination, &json)?;
+            }
+            Ok(())
+        })?;
         self.flush()
     }
 
     /// The sequence `tree` holds for `key`.
-    fn sequence_in(&self, tree: &sled::Tree, key: &str) -> Result<Option<u64>, StateError> {
-        tree.get(key)
-            .map_err(|e| StateError::storage(&self.path, e))?
+    fn sequence_in(&self, tree: &state::Tree, key: &str) -> Result<Option<u64>, StateError> {
+        tree.get(key)?
             .map(|v| state::read_u64(&self.path, &v))
             .transpose()
     }
 
     /// Sets `key` to `sequence` in `tree` unless it holds a later one.
-    fn raise(&self, tree: &sled::Tree, key: &str, sequence: u64) -> Result<(), StateError> {
-        let tx: Result<(), sled::transaction::TransactionError<()>> = (tree,).transaction(|(t,)| {
+    fn raise(&self, tree: &state::Tree, key: &str, sequence: u64) -> Result<(), StateError> {
+        state::transaction([tree], |[t]| {
             let value = state::key(sequence);
             if later(t.get(key)?, &value) {
-                t.insert(key, &value)?;
+                t.insert(key, value)?;
             }
             Ok(())
-        });
-        tx.map_err(|e| StateError::storage(&self.path, format!("{e:?}")))
+        })
     }
 
     /// Records that `sequence` is published to `destination`. Never goes back:
@@ -321,13 +292,11 @@ impl Workspace {
         registry: &str,
         placed: &[(airlock_oci::digest::Digest, String)],
     ) -> Result<(), StateError> {
-        let mut batch = sled::Batch::default();
-        for (digest, repo) in placed {
-            batch.insert(location_key(registry, digest), repo.as_bytes());
-        }
-        self.locations
-            .apply_batch(batch)
-            .map_err(|e| StateError::storage(&self.path, e))?;
+        let sets = placed
+            .iter()
+            .map(|(digest, repo)| (location_key(registry, digest), repo.as_bytes().to_vec()))
+            .collect();
+        self.locations.apply(sets, Vec::new())?;
         self.flush()
     }
 
@@ -340,11 +309,11 @@ impl Workspace {
         prefix.push(0);
         let mut out = std::collections::HashMap::new();
         for kv in self.locations.scan_prefix(&prefix) {
-            let (k, v) = kv.map_err(|e| StateError::storage(&self.path, e))?;
+            let (k, v) = kv?;
             let digest = std::str::from_utf8(&k[prefix.len()..])
                 .ok()
                 .and_then(|d| d.parse().ok());
-            let repo = String::from_utf8(v.to_vec()).ok();
+            let repo = String::from_utf8(v).ok();
             if let (Some(d), Some(r)) = (digest, repo) {
                 out.insert(d, r);
             }
@@ -377,16 +346,13 @@ impl Workspace {
         registry: &str,
         state: &SiteState,
     ) -> Result<(), StateError> {
-        self.meta
-            .transaction(|meta| {
-                meta.insert("uuid", state.uuid.as_bytes().as_slice())?;
-                meta.insert("sequence", &state::key(state.sequence))?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| StateError::storage(&self.path, format!("{e:?}")))?;
+        state::transaction([&self.meta], |[meta]| {
+            meta.insert("uuid", state.uuid.as_bytes())?;
+            meta.insert("sequence", state::key(state.sequence))?;
+            Ok(())
+        })?;
         self.published
-            .insert(destination, &state::key(state.sequence))
-            .map_err(|e| StateError::storage(&self.path, e))?;
+            .insert(destination, state::key(state.sequence))?;
         // What earlier sequences placed is not known here: pruning starts from
         // this sequence's list.
         self.raise(&self.pruned, destination, state.sequence)?;
@@ -400,10 +366,7 @@ impl Workspace {
     }
 
     fn flush(&self) -> Result<(), StateError> {
-        self.db
-            .flush()
-            .map_err(|e| StateError::storage(&self.path, e))?;
-        Ok(())
+        self.db.flush()
     }
 }
 

@@ -4,8 +4,9 @@
 //! takes an exclusive file lock, so two processes can never write the same
 //! workspace; the error says so in words an operator can act on.
 //!
-//! Invariant: sled is opened and locked only here; each agent's workspace module
-//! keeps its trees private, so no public signature names a sled type.
+//! Invariant: sled is used only here, behind [`Db`], [`Tree`] and
+//! [`transaction`]; no other crate depends on it, so what the agents record is
+//! independent of how it is stored.
 
 use std::path::{Path, PathBuf};
 
@@ -38,10 +39,28 @@ impl StateError {
     }
 }
 
+/// An open workspace database; holding it holds its lock.
+#[derive(Debug, Clone)]
+pub struct Db {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+/// One keyspace of a [`Db`]. Keys and values are bytes; every error names the
+/// workspace.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    tree: sled::Tree,
+    path: PathBuf,
+}
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// Opens (creating if needed) the state database of the workspace at `dir`.
-pub fn open(dir: &Path) -> Result<sled::Db, StateError> {
+pub fn open(dir: &Path) -> Result<Db, StateError> {
     std::fs::create_dir_all(dir).map_err(|e| StateError::storage(dir, e))?;
-    sled::open(dir.join("state")).map_err(|e| match e {
+    let db = sled::open(dir.join("state")).map_err(|e| match e {
         sled::Error::Io(io)
             if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
         {
@@ -50,7 +69,162 @@ pub fn open(dir: &Path) -> Result<sled::Db, StateError> {
             }
         }
         other => StateError::storage(dir, other),
+    })?;
+    Ok(Db {
+        db,
+        path: dir.to_path_buf(),
     })
+}
+
+impl Db {
+    /// The keyspace `name`, made if missing.
+    pub fn tree(&self, name: &str) -> Result<Tree, StateError> {
+        Ok(Tree {
+            tree: self.db.open_tree(name).map_err(|e| self.storage(e))?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Writes everything to disk before it returns.
+    pub fn flush(&self) -> Result<(), StateError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.storage(e))
+    }
+
+    fn storage(&self, e: impl std::fmt::Display) -> StateError {
+        StateError::storage(&self.path, e)
+    }
+}
+
+impl Tree {
+    fn storage(&self, e: impl std::fmt::Display) -> StateError {
+        StateError::storage(&self.path, e)
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StateError> {
+        self.tree
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.storage(e))
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StateError> {
+        self.tree.contains_key(key).map_err(|e| self.storage(e))
+    }
+
+    /// Sets `key` to `value`.
+    pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StateError> {
+        self.tree
+            .insert(key.as_ref(), value.as_ref())
+            .map(|_| ())
+            .map_err(|e| self.storage(e))
+    }
+
+    /// Removes `key`.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), StateError> {
+        self.tree
+            .remove(key)
+            .map(|_| ())
+            .map_err(|e| self.storage(e))
+    }
+
+    /// The entry with the greatest key.
+    pub fn last(&self) -> Result<Option<Entry>, StateError> {
+        self.tree
+            .last()
+            .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .map_err(|e| self.storage(e))
+    }
+
+    /// Every entry, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<Entry, StateError>> + '_ {
+        self.entries(self.tree.iter())
+    }
+
+    /// The entries whose keys begin with `prefix`, in key order.
+    pub fn scan_prefix(
+        &self,
+        prefix: impl AsRef<[u8]>,
+    ) -> impl Iterator<Item = Result<Entry, StateError>> + '_ {
+        self.entries(self.tree.scan_prefix(prefix))
+    }
+
+    fn entries(&self, it: sled::Iter) -> impl Iterator<Item = Result<Entry, StateError>> + '_ {
+        it.map(|kv| {
+            kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(|e| self.storage(e))
+        })
+    }
+
+    /// Sets and removes keys all at once, or not at all.
+    pub fn apply(&self, sets: Vec<Entry>, removes: Vec<Vec<u8>>) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for k in removes {
+            batch.remove(k);
+        }
+        for (k, v) in sets {
+            batch.insert(k, v);
+        }
+        self.tree.apply_batch(batch).map_err(|e| self.storage(e))
+    }
+
+    /// Writes this keyspace to disk before it returns.
+    pub fn flush(&self) -> Result<(), StateError> {
+        self.tree.flush().map(|_| ()).map_err(|e| self.storage(e))
+    }
+}
+
+/// A keyspace inside [`transaction`].
+pub struct TxTree<'a>(&'a sled::transaction::TransactionalTree);
+
+/// A transaction that has to run again (another one touched the same keys);
+/// `?` on a [`TxTree`] operation hands it to [`transaction`], which does so.
+#[derive(Debug)]
+pub struct Retry(sled::transaction::UnabortableTransactionError);
+
+impl TxTree<'_> {
+    /// The value of `key`, as this transaction sees it.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Retry> {
+        self.0
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(Retry)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), Retry> {
+        self.0
+            .insert(key.as_ref(), value.as_ref())
+            .map(|_| ())
+            .map_err(Retry)
+    }
+
+    /// Removes `key`.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), Retry> {
+        self.0.remove(key.as_ref()).map(|_| ()).map_err(Retry)
+    }
+}
+
+/// Runs `f` over `trees` (of one database) as one transaction: all of its
+/// writes happen, or none. `f` may run more than once.
+pub fn transaction<const N: usize, R>(
+    trees: [&Tree; N],
+    f: impl Fn(&[TxTree<'_>; N]) -> Result<R, Retry>,
+) -> Result<R, StateError> {
+    let path = trees.first().map(|t| t.path.clone()).unwrap_or_default();
+    let inner: Vec<&sled::Tree> = trees.iter().map(|t| &t.tree).collect();
+    use sled::Transactional as _;
+    inner
+        .as_slice()
+        .transaction(|view| {
+            // sled's view has one tree per tree given, in order.
+            let txs: [TxTree<'_>; N] = std::array::from_fn(|i| TxTree(&view[i]));
+            f(&txs).map_err(|Retry(e)| e.into())
+        })
+        .map_err(|e: sled::transaction::TransactionError<()>| {
+            StateError::storage(&path, format!("{e:?}"))
+        })
 }
 
 /// Whether a workspace database exists at `dir` (without creating one).
@@ -93,4 +267,77 @@ pub fn free_space(dir: &Path) -> std::io::Result<u64> {
         return Ok(bytes);
     }
     fs4::available_space(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_open_is_refused_in_words_while_the_first_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path()).unwrap();
+        let e = open(dir.path()).unwrap_err();
+        assert!(matches!(e, StateError::Locked { .. }), "{e}");
+        assert!(e.to_string().contains("in use by another Airlock process"));
+        drop(db);
+        open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_transaction_writes_every_tree_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path()).unwrap();
+        let (a, b) = (db.tree("a").unwrap(), db.tree("b").unwrap());
+        transaction([&a, &b], |[a, b]| {
+            a.insert("k", key(1))?;
+            b.insert("k", key(2))?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(a.get("k").unwrap(), Some(key(1).to_vec()));
+        assert_eq!(b.get("k").unwrap(), Some(key(2).to_vec()));
+        // A transaction that fails part way leaves nothing of itself.
+        let failed = transaction([&a, &b], |[a, b]| {
+            a.insert("k", key(3))?;
+            b.remove("k")?;
+            // What a conflict or a storage failure in the middle looks like.
+            Err::<(), _>(Retry(
+                sled::transaction::UnabortableTransactionError::Storage(sled::Error::Unsupported(
+                    "test".into(),
+                )),
+            ))
+        });
+        assert!(failed.is_err());
+        assert_eq!(a.get("k").unwrap(), Some(key(1).to_vec()));
+        assert_eq!(b.get("k").unwrap(), Some(key(2).to_vec()));
+    }
+
+    #[test]
+    fn entries_come_back_in_key_order_and_a_batch_applies_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path()).unwrap();
+        let t = db.tree("t").unwrap();
+        t.apply(
+            vec![
+                (b"p/2".to_vec(), b"two".to_vec()),
+                (b"p/1".to_vec(), b"one".to_vec()),
+                (b"q".to_vec(), b"q".to_vec()),
+            ],
+            Vec::new(),
+        )
+        .unwrap();
+        let under_p: Vec<Entry> = t.scan_prefix("p/").map(Result::unwrap).collect();
+        assert_eq!(
+            under_p,
+            [
+                (b"p/1".to_vec(), b"one".to_vec()),
+                (b"p/2".to_vec(), b"two".to_vec())
+            ]
+        );
+        assert_eq!(t.last().unwrap().unwrap().0, b"q".to_vec());
+        t.apply(Vec::new(), vec![b"q".to_vec()]).unwrap();
+        assert!(!t.contains_key("q").unwrap());
+        assert_eq!(t.iter().count(), 2);
+    }
 }
