@@ -107,9 +107,34 @@ impl ConfigError {
 
 /// A `targetCatalogSourceTemplate` file, read and checked; relative paths are
 /// relative to the working directory, as oc-mirror reads them.
-fn read_template(path: &str) -> Result<CatalogSourceTemplate, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    airlock_registry::resources::catalog_source_template(&text).map_err(|e| format!("{path}: {e}"))
+fn read_template(path: &str) -> Result<CatalogSourceTemplate, TemplateFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TemplateFileError::Read {
+        path: path.to_string(),
+        source,
+    })?;
+    airlock_registry::resources::catalog_source_template(&text).map_err(|source| {
+        TemplateFileError::Template {
+            path: path.to_string(),
+            source,
+        }
+    })
+}
+
+/// Why a `targetCatalogSourceTemplate` file cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum TemplateFileError {
+    /// It cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// It is not a template a CatalogSource can take.
+    #[error("{path}: {source}")]
+    Template {
+        path: String,
+        source: airlock_registry::resources::TemplateError,
+    },
 }
 
 fn render(path: &Path, problems: &[Problem]) -> String {
@@ -787,7 +812,9 @@ impl LoadedConfig {
                     .as_deref()
                     .map(read_template)
                 {
-                    problems.push(self.problem(format!("{at}.targetCatalogSourceTemplate"), e));
+                    problems.push(
+                        self.problem(format!("{at}.targetCatalogSourceTemplate"), e.to_string()),
+                    );
                 }
             }
         }
@@ -808,7 +835,7 @@ impl LoadedConfig {
                         &self.file,
                         vec![self.problem(
                             format!("mirror.operators[{i}].targetCatalogSourceTemplate"),
-                            e,
+                            e.to_string(),
                         )],
                     )
                 })?;

@@ -394,6 +394,34 @@ pub fn catalog_source(c: &CatalogRef) -> String {
     serde_yaml_ng::to_string(&object).expect("catalog sources serialise")
 }
 
+/// Why a `targetCatalogSourceTemplate` cannot shape a `CatalogSource`.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// Not YAML or JSON of a Kubernetes object.
+    #[error(transparent)]
+    Parse(#[from] serde_yaml_ng::Error),
+    /// Another kind of object.
+    #[error("is a {api_version} {kind}, expected a CatalogSource of operators.coreos.com/v1alpha1")]
+    Kind {
+        /// Its `apiVersion`.
+        api_version: String,
+        /// Its `kind`.
+        kind: String,
+    },
+    /// A field the template may not set.
+    #[error("{field}: {why}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// Why it may not be set, and what to do.
+        why: &'static str,
+    },
+    /// A field's value refused by the format's check (what would not pass the
+    /// gap either).
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// Reads a `targetCatalogSourceTemplate`: a `CatalogSource` (YAML or JSON) whose
 /// labels, annotations and display and pod settings the catalog's
 /// `CatalogSource` takes. What the template cannot set is an error naming the
@@ -401,7 +429,7 @@ pub fn catalog_source(c: &CatalogRef) -> String {
 /// `configMap` (another source than the mirrored catalog), `runAsRoot`, or any
 /// field `CatalogSource` does not have. Its name, namespace and image are
 /// replaced, as oc-mirror replaces them.
-pub fn catalog_source_template(text: &str) -> Result<CatalogSourceTemplate, String> {
+pub fn catalog_source_template(text: &str) -> Result<CatalogSourceTemplate, TemplateError> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Object {
@@ -437,16 +465,19 @@ pub fn catalog_source_template(text: &str) -> Result<CatalogSourceTemplate, Stri
         #[serde(default)]
         secrets: Vec<String>,
     }
-    let o: Object = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    let o: Object = serde_yaml_ng::from_str(text)?;
     if o.api_version != "operators.coreos.com/v1alpha1" || o.kind != "CatalogSource" {
-        return Err(format!(
-            "is a {} {}, expected a CatalogSource of operators.coreos.com/v1alpha1",
-            o.api_version, o.kind
-        ));
+        return Err(TemplateError::Kind {
+            api_version: o.api_version,
+            kind: o.kind,
+        });
     }
     let s = o.spec;
     if s.source_type.as_deref().is_some_and(|t| t != "grpc") {
-        return Err("spec.sourceType: a mirrored catalog is a grpc catalog source".into());
+        return Err(TemplateError::Field {
+            field: "spec.sourceType",
+            why: "a mirrored catalog is a grpc catalog source",
+        });
     }
     for (set, field) in [
         (s.address.is_some(), "spec.address"),
@@ -454,9 +485,10 @@ pub fn catalog_source_template(text: &str) -> Result<CatalogSourceTemplate, Stri
         (s.run_as_root.is_some(), "spec.runAsRoot"),
     ] {
         if set {
-            return Err(format!(
-                "{field}: not taken from a template (the CatalogSource serves the mirrored catalog image); remove it"
-            ));
+            return Err(TemplateError::Field {
+                field,
+                why: "not taken from a template (the CatalogSource serves the mirrored catalog image); remove it",
+            });
         }
     }
     let _replaced = s.image;
@@ -472,7 +504,8 @@ pub fn catalog_source_template(text: &str) -> Result<CatalogSourceTemplate, Stri
         grpc_pod_config: s.grpc_pod_config,
         secrets: s.secrets,
     };
-    airlock_imageset::validate::catalog_source_template(&template)?;
+    airlock_imageset::validate::catalog_source_template(&template)
+        .map_err(TemplateError::Invalid)?;
     Ok(template)
 }
 
@@ -970,10 +1003,14 @@ spec:
                 "tolerations[0].operator",
             ),
         ] {
-            let e = catalog_source_template(&format!("{head}{body}")).unwrap_err();
+            let e = catalog_source_template(&format!("{head}{body}"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(wants), "{body}: {e}");
         }
-        let e = catalog_source_template("apiVersion: v1\nkind: ConfigMap\n").unwrap_err();
+        let e = catalog_source_template("apiVersion: v1\nkind: ConfigMap\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected a CatalogSource"), "{e}");
     }
 
