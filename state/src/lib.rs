@@ -1,4 +1,5 @@
-//! Opening the sled database that holds an agent's workspace state.
+//! The database that holds an agent's workspace state: opening and locking it,
+//! keyspaces, and transactions across them.
 //!
 //! Both agents keep their state in sled, one database per workspace directory. sled
 //! takes an exclusive file lock, so two processes can never write the same
@@ -47,7 +48,7 @@ pub struct Db {
 }
 
 /// One keyspace of a [`Db`]. Keys and values are bytes; every error names the
-/// workspace.
+/// workspace. Like the `Db` (and its clones), a `Tree` keeps the lock held.
 #[derive(Debug, Clone)]
 pub struct Tree {
     tree: sled::Tree,
@@ -157,7 +158,7 @@ impl Tree {
         })
     }
 
-    /// Sets and removes keys all at once, or not at all.
+    /// Sets and removes keys all at once, or not at all; a key in both is set.
     pub fn apply(&self, sets: Vec<Entry>, removes: Vec<Vec<u8>>) -> Result<(), StateError> {
         let mut batch = sled::Batch::default();
         for k in removes {
@@ -169,7 +170,7 @@ impl Tree {
         self.tree.apply_batch(batch).map_err(|e| self.storage(e))
     }
 
-    /// Writes this keyspace to disk before it returns.
+    /// Writes the database (every keyspace) to disk before it returns.
     pub fn flush(&self) -> Result<(), StateError> {
         self.tree.flush().map(|_| ()).map_err(|e| self.storage(e))
     }
@@ -178,31 +179,33 @@ impl Tree {
 /// A keyspace inside [`transaction`].
 pub struct TxTree<'a>(&'a sled::transaction::TransactionalTree);
 
-/// A transaction that has to run again (another one touched the same keys);
-/// `?` on a [`TxTree`] operation hands it to [`transaction`], which does so.
+/// What stops a transaction's closure: a conflict with another transaction,
+/// after which [`transaction`] runs the closure again, or a storage failure,
+/// which [`transaction`] returns as [`StateError::Storage`]. `?` on a
+/// [`TxTree`] operation hands it on.
 #[derive(Debug)]
-pub struct Retry(sled::transaction::UnabortableTransactionError);
+pub struct TxError(sled::transaction::UnabortableTransactionError);
 
 impl TxTree<'_> {
     /// The value of `key`, as this transaction sees it.
-    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Retry> {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, TxError> {
         self.0
             .get(key)
             .map(|v| v.map(|v| v.to_vec()))
-            .map_err(Retry)
+            .map_err(TxError)
     }
 
     /// Sets `key` to `value`.
-    pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), Retry> {
+    pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), TxError> {
         self.0
             .insert(key.as_ref(), value.as_ref())
             .map(|_| ())
-            .map_err(Retry)
+            .map_err(TxError)
     }
 
     /// Removes `key`.
-    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), Retry> {
-        self.0.remove(key.as_ref()).map(|_| ()).map_err(Retry)
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), TxError> {
+        self.0.remove(key.as_ref()).map(|_| ()).map_err(TxError)
     }
 }
 
@@ -210,7 +213,7 @@ impl TxTree<'_> {
 /// writes happen, or none. `f` may run more than once.
 pub fn transaction<const N: usize, R>(
     trees: [&Tree; N],
-    f: impl Fn(&[TxTree<'_>; N]) -> Result<R, Retry>,
+    f: impl Fn(&[TxTree<'_>; N]) -> Result<R, TxError>,
 ) -> Result<R, StateError> {
     let path = trees.first().map(|t| t.path.clone()).unwrap_or_default();
     let inner: Vec<&sled::Tree> = trees.iter().map(|t| &t.tree).collect();
@@ -220,7 +223,7 @@ pub fn transaction<const N: usize, R>(
         .transaction(|view| {
             // sled's view has one tree per tree given, in order.
             let txs: [TxTree<'_>; N] = std::array::from_fn(|i| TxTree(&view[i]));
-            f(&txs).map_err(|Retry(e)| e.into())
+            f(&txs).map_err(|TxError(e)| e.into())
         })
         .map_err(|e: sled::transaction::TransactionError<()>| {
             StateError::storage(&path, format!("{e:?}"))
@@ -301,8 +304,8 @@ mod tests {
         let failed = transaction([&a, &b], |[a, b]| {
             a.insert("k", key(3))?;
             b.remove("k")?;
-            // What a conflict or a storage failure in the middle looks like.
-            Err::<(), _>(Retry(
+            // What a storage failure in the middle looks like.
+            Err::<(), _>(TxError(
                 sled::transaction::UnabortableTransactionError::Storage(sled::Error::Unsupported(
                     "test".into(),
                 )),
