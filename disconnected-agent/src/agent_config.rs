@@ -643,38 +643,24 @@ mod tests {
 
     #[test]
     fn durations_are_written_with_units_and_their_first_names_still_read_as_seconds() {
-        let c = check(&format!(
-            "{GOOD}settle: 10s\nstall: 2h\nrescanInterval: 1m\nhealthzStall: 20m\nreconcileInterval: 90s\nstopGrace: 2m\n"
-        ))
-        .unwrap()
-        .config;
-        assert_eq!(
-            [
-                c.settle(),
-                c.stall(),
-                c.rescan_interval(),
-                c.healthz_stall(),
-                c.reconcile_interval(),
-                c.stop_grace()
-            ],
-            [10, 7200, 60, 1200, 90, 120].map(Duration::from_secs)
-        );
-        let c = check(&format!(
-            "{GOOD}settleSeconds: 10\nstallSeconds: 7200\nrescanSeconds: 60\nhealthzStallSeconds: 1200\nreconcileSeconds: 90\nstopGraceSeconds: 120\n"
-        ))
-        .unwrap()
-        .config;
-        assert_eq!(
-            [
-                c.settle(),
-                c.stall(),
-                c.rescan_interval(),
-                c.healthz_stall(),
-                c.reconcile_interval(),
-                c.stop_grace()
-            ],
-            [10, 7200, 60, 1200, 90, 120].map(Duration::from_secs)
-        );
+        for written in [
+            "settle: 10s\nstall: 2h\nrescanInterval: 1m\nhealthzStall: 20m\nreconcileInterval: 90s\nstopGrace: 2m\n",
+            "settleSeconds: 10\nstallSeconds: 7200\nrescanSeconds: 60\nhealthzStallSeconds: 1200\nreconcileSeconds: 90\nstopGraceSeconds: 120\n",
+        ] {
+            let c = check(&format!("{GOOD}{written}")).unwrap().config;
+            assert_eq!(
+                [
+                    c.settle(),
+                    c.stall(),
+                    c.rescan_interval(),
+                    c.healthz_stall(),
+                    c.reconcile_interval(),
+                    c.stop_grace()
+                ],
+                [10, 7200, 60, 1200, 90, 120].map(Duration::from_secs),
+                "{written}"
+            );
+        }
         // Without healthzStall, its default follows the rescan interval.
         let c = check(&format!("{GOOD}rescanInterval: 1m\n"))
             .unwrap()

@@ -296,7 +296,7 @@ impl Workspace {
             .iter()
             .map(|(digest, repo)| (location_key(registry, digest), repo.as_bytes().to_vec()))
             .collect();
-        self.locations.apply(sets, Vec::new())?;
+        self.locations.insert_all(sets)?;
         self.flush()
     }
 

@@ -130,14 +130,6 @@ impl Tree {
             .map_err(|e| self.storage(e))
     }
 
-    /// The entry with the greatest key.
-    pub fn last(&self) -> Result<Option<Entry>, StateError> {
-        self.tree
-            .last()
-            .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .map_err(|e| self.storage(e))
-    }
-
     /// Every entry, in key order.
     pub fn iter(&self) -> impl Iterator<Item = Result<Entry, StateError>> + '_ {
         self.entries(self.tree.iter())
@@ -158,21 +150,13 @@ impl Tree {
         })
     }
 
-    /// Sets and removes keys all at once, or not at all; a key in both is set.
-    pub fn apply(&self, sets: Vec<Entry>, removes: Vec<Vec<u8>>) -> Result<(), StateError> {
+    /// Sets every key of `entries` at once, or none.
+    pub fn insert_all(&self, entries: Vec<Entry>) -> Result<(), StateError> {
         let mut batch = sled::Batch::default();
-        for k in removes {
-            batch.remove(k);
-        }
-        for (k, v) in sets {
+        for (k, v) in entries {
             batch.insert(k, v);
         }
         self.tree.apply_batch(batch).map_err(|e| self.storage(e))
-    }
-
-    /// Writes the database (every keyspace) to disk before it returns.
-    pub fn flush(&self) -> Result<(), StateError> {
-        self.tree.flush().map(|_| ()).map_err(|e| self.storage(e))
     }
 }
 
@@ -321,14 +305,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path()).unwrap();
         let t = db.tree("t").unwrap();
-        t.apply(
-            vec![
-                (b"p/2".to_vec(), b"two".to_vec()),
-                (b"p/1".to_vec(), b"one".to_vec()),
-                (b"q".to_vec(), b"q".to_vec()),
-            ],
-            Vec::new(),
-        )
+        t.insert_all(vec![
+            (b"p/2".to_vec(), b"two".to_vec()),
+            (b"p/1".to_vec(), b"one".to_vec()),
+            (b"q".to_vec(), b"q".to_vec()),
+        ])
         .unwrap();
         let under_p: Vec<Entry> = t.scan_prefix("p/").map(Result::unwrap).collect();
         assert_eq!(
@@ -338,8 +319,8 @@ mod tests {
                 (b"p/2".to_vec(), b"two".to_vec())
             ]
         );
-        assert_eq!(t.last().unwrap().unwrap().0, b"q".to_vec());
-        t.apply(Vec::new(), vec![b"q".to_vec()]).unwrap();
+        assert!(t.contains_key("q").unwrap());
+        t.remove("q").unwrap();
         assert!(!t.contains_key("q").unwrap());
         assert_eq!(t.iter().count(), 2);
     }
