@@ -1,12 +1,14 @@
 //! Fetching update graphs from the OpenShift update service (Cincinnati).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_registry::RegistryError;
 
-use crate::graph::Graph;
+use crate::graph::{Graph, GraphError};
+use crate::http::{BodyError, read_limited};
 use crate::select::{ChannelType, GraphSource, SelectError};
 
 /// Red Hat's update service, for `ocp` channels.
@@ -62,14 +64,18 @@ impl UpdateService {
         channel: &str,
         arch: &str,
     ) -> Result<Graph, SelectError> {
-        let err = |message: String| SelectError::Graph {
+        let err = |source: GraphFetchError| SelectError::Fetch {
             channel: channel.to_string(),
             arch: arch.to_string(),
-            message,
+            source: Box::new(source),
         };
         let base = self.base(kind);
-        let mut url = reqwest::Url::parse(base)
-            .map_err(|e| err(format!("update service URL {base:?} is not a URL: {e}")))?;
+        let mut url = reqwest::Url::parse(base).map_err(|source| {
+            err(GraphFetchError::BadUrl {
+                url: base.to_string(),
+                source,
+            })
+        })?;
         if url.scheme() == "file" {
             return from_file(&url, channel, arch).map_err(err);
         }
@@ -83,64 +89,147 @@ impl UpdateService {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| err(format!("GET {url}: {e}; check the network or set --update-url / {UPDATE_URL_ENV} to a reachable update service")))?;
+            .map_err(|source| {
+                err(GraphFetchError::Request {
+                    url: url.to_string(),
+                    source,
+                })
+            })?;
         let status = resp.status();
         let body = read_limited(resp, MAX_GRAPH_BYTES)
             .await
-            .map_err(|e| err(format!("GET {url}: {e}")))?;
+            .map_err(|source| {
+                err(GraphFetchError::Body {
+                    url: url.to_string(),
+                    source,
+                })
+            })?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-            return Err(err(format!("GET {url}: HTTP {status}: {text}")));
+            return Err(err(GraphFetchError::Status {
+                url: url.to_string(),
+                status,
+                text,
+            }));
         }
-        Graph::parse(&body, url.as_str()).map_err(|e| err(e.to_string()))
+        Graph::parse(&body, url.as_str()).map_err(|e| err(e.into()))
     }
+}
+
+/// Why an update graph could not be had. The network's and the file system's
+/// own errors stay typed beneath it.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphFetchError {
+    /// `--update-url` or `UPDATE_URL_OVERRIDE` is not a URL.
+    #[error("update service URL {url:?} is not a URL: {source}")]
+    BadUrl {
+        /// As given.
+        url: String,
+        /// Why it does not parse.
+        source: url::ParseError,
+    },
+    /// A `file:` URL that is not an absolute path.
+    #[error("{url}: expected file:///ABSOLUTE/PATH")]
+    NotAFilePath {
+        /// As given.
+        url: String,
+    },
+    /// The file for this channel and architecture is not there.
+    #[error(
+        "{}: {source}; save the update service's answer for channel {channel}, architecture {arch} there",
+        path.display()
+    )]
+    Missing {
+        /// The file looked for.
+        path: PathBuf,
+        /// The channel.
+        channel: String,
+        /// The architecture.
+        arch: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The file is larger than any real graph.
+    #[error("{}: {size} bytes, more than the {MAX_GRAPH_BYTES}-byte bound for a graph", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The update service did not answer.
+    #[error(
+        "GET {url}: {source}; check the network or set --update-url / {UPDATE_URL_ENV} to a reachable update service"
+    )]
+    Request {
+        /// The graph's URL.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The answer broke off or was too large.
+    #[error("GET {url}: {source}")]
+    Body {
+        /// The graph's URL.
+        url: String,
+        /// Why.
+        source: BodyError,
+    },
+    /// The update service answered with an error.
+    #[error("GET {url}: HTTP {status}: {text}")]
+    Status {
+        /// The graph's URL.
+        url: String,
+        /// The status.
+        status: reqwest::StatusCode,
+        /// The start of the answer.
+        text: String,
+    },
+    /// The answer is not an update graph.
+    #[error("{0}")]
+    Parse(#[from] GraphError),
 }
 
 /// A graph from disk, for sites that fetch graphs separately (oc-mirror's
 /// `UPDATE_URL_OVERRIDE=file://…`): a file is the graph of every channel and
 /// architecture asked for; a directory holds one per channel and architecture,
 /// `CHANNEL-ARCH.json`, as the update service answers for them.
-fn from_file(url: &reqwest::Url, channel: &str, arch: &str) -> Result<Graph, String> {
+fn from_file(url: &reqwest::Url, channel: &str, arch: &str) -> Result<Graph, GraphFetchError> {
     let path = url
         .to_file_path()
-        .map_err(|()| format!("{url}: expected file:///ABSOLUTE/PATH"))?;
+        .map_err(|()| GraphFetchError::NotAFilePath {
+            url: url.to_string(),
+        })?;
     let file = if path.is_dir() {
         path.join(format!("{channel}-{arch}.json"))
     } else {
         path
     };
     let size = std::fs::metadata(&file)
-        .map_err(|e| {
-            format!(
-                "{}: {e}; save the update service's answer for channel {channel}, architecture {arch} there",
-                file.display()
-            )
+        .map_err(|source| GraphFetchError::Missing {
+            path: file.clone(),
+            channel: channel.to_string(),
+            arch: arch.to_string(),
+            source,
         })?
         .len();
     if size > MAX_GRAPH_BYTES as u64 {
-        return Err(format!(
-            "{}: {size} bytes, more than the {MAX_GRAPH_BYTES}-byte bound for a graph",
-            file.display()
-        ));
+        return Err(GraphFetchError::TooLarge { path: file, size });
     }
-    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let bytes = std::fs::read(&file).map_err(|source| GraphFetchError::Read {
+        path: file.clone(),
+        source,
+    })?;
     tracing::info!(file = %file.display(), channel, arch, "update graph read from a file");
-    Graph::parse(&bytes, &file.display().to_string()).map_err(|e| e.to_string())
-}
-
-/// Reads a response body, refusing more than `limit` bytes.
-pub(crate) async fn read_limited(
-    mut resp: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > limit {
-            return Err(format!("the response is larger than {limit} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    Ok(Graph::parse(&bytes, &file.display().to_string())?)
 }
 
 impl GraphSource for UpdateService {
@@ -201,5 +290,23 @@ mod tests {
             e.contains("stable-4.10-amd64.json") && e.contains("save the update service's answer"),
             "{e}"
         );
+    }
+
+    /// The file system's error stays the typed source beneath the message, so a
+    /// log shows the cause chain rather than one flattened line.
+    #[tokio::test]
+    async fn a_missing_graph_file_keeps_the_io_error_as_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = reqwest::Url::from_directory_path(dir.path()).unwrap();
+        let service = UpdateService::new(Some(url.to_string())).unwrap();
+        let e = service
+            .graph(ChannelType::Ocp, "stable-4.16", "arm64")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SelectError::Fetch { .. }), "{e:?}");
+        let io = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<std::io::Error>())
+            .expect("an io::Error in the chain");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -120,7 +120,9 @@ impl ExitCode for Error {
             Error::Conflict(_) => exit_codes::STATE,
             Error::Unsigned(_) | Error::Refused { .. } => exit_codes::DATA,
             Error::Catalog(CatalogError::Registry { source, .. }) => source.exit_code(),
-            Error::Catalog(CatalogError::Invalid { .. }) => exit_codes::DATA,
+            Error::Catalog(CatalogError::Invalid { .. } | CatalogError::Layer { .. }) => {
+                exit_codes::DATA
+            }
             Error::Catalog(CatalogError::Filter { .. }) => exit_codes::CONFIG,
             Error::Registry(e) => e.exit_code(),
             // create turns it into its images' absence or the first failure;
@@ -135,12 +137,21 @@ impl ExitCode for Error {
             Error::Write(WriteError::Layout(_)) => exit_codes::CONFIG,
             Error::Write(WriteError::Io { .. }) | Error::Io(_) => exit_codes::IO,
             Error::Select(crate::select::SelectError::Config { .. }) => exit_codes::CONFIG,
-            Error::Select(crate::select::SelectError::Graph { .. }) => exit_codes::UNAVAILABLE,
+            Error::Select(
+                crate::select::SelectError::Graph { .. } | crate::select::SelectError::Fetch { .. },
+            ) => exit_codes::UNAVAILABLE,
             Error::Payload(crate::payload::PayloadError::Registry { source, .. }) => {
                 source.exit_code()
             }
-            Error::Payload(crate::payload::PayloadError::Invalid { .. }) => exit_codes::DATA,
-            Error::ReleaseSignature(SignatureError::Keyring { .. }) => exit_codes::CONFIG,
+            Error::Payload(
+                crate::payload::PayloadError::Invalid { .. }
+                | crate::payload::PayloadError::Layer { .. },
+            ) => exit_codes::DATA,
+            Error::ReleaseSignature(
+                SignatureError::Keyring { .. }
+                | SignatureError::StoreUrl { .. }
+                | SignatureError::StoreClient(_),
+            ) => exit_codes::CONFIG,
             Error::ReleaseSignature(SignatureError::Fetch { .. }) => exit_codes::UNAVAILABLE,
             Error::ReleaseSignature(SignatureError::Invalid { .. }) => exit_codes::DATA,
             Error::GraphImage(GraphImageError::Data { .. }) => exit_codes::DATA,

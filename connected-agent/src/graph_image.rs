@@ -57,12 +57,12 @@ const MAX_ENTRIES: usize = 200_000;
 #[derive(Debug, thiserror::Error)]
 pub enum GraphImageError {
     /// The graph data could not be downloaded.
-    #[error("graph data {url}: {message}")]
+    #[error("graph data {url}: {source}")]
     Fetch {
         /// Where from.
         url: String,
         /// What went wrong.
-        message: String,
+        source: crate::http::GetError,
     },
     /// The graph data is not a tarball of files and directories.
     #[error("graph data {url}: {message}")]
@@ -198,24 +198,20 @@ pub fn data_layer(tarball: &[u8], url: &str) -> Result<DataLayer, GraphImageErro
 
 /// Downloads the graph data tarball.
 pub async fn fetch_data(url: &str) -> Result<Vec<u8>, GraphImageError> {
-    let err = |message: String| GraphImageError::Fetch {
-        url: url.to_string(),
-        message,
-    };
-    let client = airlock_registry::http_client(url, Duration::from_secs(600))
-        .map_err(|e| err(e.to_string()))?;
-    let resp = client.get(url).send().await.map_err(|e| {
-        err(format!(
-            "{e}; check the network, or set --graph-data-url to a reachable copy"
-        ))
-    })?;
-    if !resp.status().is_success() {
-        return Err(err(format!("HTTP {}", resp.status())));
-    }
-    let body = crate::cincinnati::read_limited(resp, MAX_DOWNLOAD)
+    let get = async {
+        let client = airlock_registry::http_client(url, Duration::from_secs(600))?;
+        crate::http::get(
+            &client,
+            url,
+            MAX_DOWNLOAD,
+            "check the network, or set --graph-data-url to a reachable copy",
+        )
         .await
-        .map_err(err)?;
-    Ok(body)
+    };
+    get.await.map_err(|source| GraphImageError::Fetch {
+        url: url.to_string(),
+        source,
+    })
 }
 
 /// Builds the graph image from `base` (every platform of it) and `layer`.

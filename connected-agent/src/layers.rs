@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 
 use airlock_oci::digest::Digest;
-use airlock_oci::manifest::Manifest;
+use airlock_oci::manifest::{Manifest, ManifestError};
 use airlock_oci::reference::ImageRef;
 use airlock_registry::{Pool, RawManifest, RegistryClient, RegistryError};
 use futures::TryStreamExt;
@@ -114,13 +114,13 @@ impl Overlay {
     }
 
     /// Reads one layer (gzip-compressed or plain tar), the next one down.
-    pub fn scan_layer(&mut self, r: &mut impl Read) -> Result<(), String> {
+    pub fn scan_layer(&mut self, r: &mut impl Read) -> Result<(), ScanError> {
         let mut r = BufReader::with_capacity(1 << 16, r);
-        let magic = r.fill_buf().map_err(|e| e.to_string())?;
+        let magic = r.fill_buf()?;
         let reader: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
             Box::new(flate2::bufread::GzDecoder::new(r))
         } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            return Err("zstd-compressed layers are not supported".into());
+            return Err(ScanError::Zstd);
         } else {
             Box::new(r)
         };
@@ -135,9 +135,9 @@ impl Overlay {
         let mut removed = Vec::new();
         let mut opaque = Vec::new();
         let mut archive = tar::Archive::new(reader);
-        for entry in archive.entries().map_err(|e| e.to_string())? {
-            let mut entry = entry.map_err(|e| e.to_string())?;
-            let raw = entry.path().map_err(|e| e.to_string())?;
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let raw = entry.path()?;
             let path = raw.to_string_lossy().into_owned();
             let path = path.trim_start_matches("./").trim_start_matches('/');
             if path == dir_whiteout {
@@ -149,9 +149,9 @@ impl Overlay {
             };
             let rel = rel.trim_end_matches('/');
             if rel.split('/').any(|c| c == ".." || c == ".") {
-                return Err(format!(
-                    "{path}: a path with '.' or '..' components is refused"
-                ));
+                return Err(ScanError::DotPath {
+                    path: path.to_string(),
+                });
             }
             if rel.is_empty() || self.decided(rel) {
                 continue;
@@ -179,27 +179,28 @@ impl Overlay {
                 continue;
             }
             if !kind.is_file() {
-                return Err(format!("{path} is not a regular file ({kind:?})"));
+                return Err(ScanError::NotRegular {
+                    path: path.to_string(),
+                    kind: format!("{kind:?}"),
+                });
             }
-            let size = entry.header().size().map_err(|e| e.to_string())?;
+            let size = entry.header().size()?;
             if size > self.limits.file {
-                return Err(format!(
-                    "{path} is {size} bytes; more than {} is refused",
-                    self.limits.file
-                ));
+                return Err(ScanError::FileTooLarge {
+                    path: path.to_string(),
+                    size,
+                    limit: self.limits.file,
+                });
             }
             self.total += size;
             if self.total > self.limits.total {
-                return Err(format!(
-                    "the files under /{} exceed {} bytes in all",
-                    self.dir, self.limits.total
-                ));
+                return Err(ScanError::TotalTooLarge {
+                    dir: self.dir.clone(),
+                    limit: self.limits.total,
+                });
             }
             let mut bytes = Vec::with_capacity(size as usize);
-            (&mut entry)
-                .take(size)
-                .read_to_end(&mut bytes)
-                .map_err(|e| e.to_string())?;
+            (&mut entry).take(size).read_to_end(&mut bytes)?;
             found.insert(rel.to_string(), bytes);
         }
         self.files.extend(found);
@@ -210,13 +211,71 @@ impl Overlay {
     }
 }
 
-/// Why a layer could not be read.
-#[derive(Debug)]
+/// Why the files of a layer could not be read from its archive.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The archive is not a readable (optionally gzipped) tar.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A compression Airlock does not read.
+    #[error("zstd-compressed layers are not supported")]
+    Zstd,
+    /// A path that could climb out of the directory.
+    #[error("{path}: a path with '.' or '..' components is refused")]
+    DotPath {
+        /// As the archive names it.
+        path: String,
+    },
+    /// A link, device or other entry where a file is read.
+    #[error("{path} is not a regular file ({kind})")]
+    NotRegular {
+        /// As the archive names it.
+        path: String,
+        /// The tar entry type.
+        kind: String,
+    },
+    /// One file over the bound.
+    #[error("{path} is {size} bytes; more than {limit} is refused")]
+    FileTooLarge {
+        /// As the archive names it.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The bound.
+        limit: u64,
+    },
+    /// The files read so far over the bound.
+    #[error("the files under /{dir} exceed {limit} bytes in all")]
+    TotalTooLarge {
+        /// The directory read.
+        dir: String,
+        /// The bound.
+        limit: u64,
+    },
+}
+
+/// Why an image's files could not be read.
+#[derive(Debug, thiserror::Error)]
 pub enum LayerError {
     /// The registry failed.
-    Registry(RegistryError),
-    /// The layer is not what it should be (names the layer and what is wrong).
-    Content(String),
+    #[error("{0}")]
+    Registry(#[source] RegistryError),
+    /// A manifest of the image does not parse.
+    #[error("manifest {digest}: {source}")]
+    Manifest {
+        /// The manifest.
+        digest: Digest,
+        /// Why.
+        source: ManifestError,
+    },
+    /// A layer is not what it should be: not its digest, or not a readable archive.
+    #[error("layer {digest}: {source}")]
+    Layer {
+        /// The layer.
+        digest: Digest,
+        /// Why.
+        source: ScanError,
+    },
 }
 
 /// An image opened for reading its files: its registry's client and its top
@@ -261,8 +320,10 @@ impl Opened {
 }
 
 fn parse(m: &RawManifest) -> Result<Manifest, LayerError> {
-    m.parse()
-        .map_err(|e| LayerError::Content(format!("manifest {}: {e}", m.digest)))
+    m.parse().map_err(|source| LayerError::Manifest {
+        digest: m.digest.clone(),
+        source,
+    })
 }
 
 /// Streams layer `digest` of `repository` through `overlay` (the layers above it
@@ -285,9 +346,12 @@ pub async fn read_layer(
     tokio::task::spawn_blocking(move || {
         let mut sync = tokio_util::io::SyncIoBridge::new(reader);
         let scanned = overlay.scan_layer(&mut sync);
-        std::io::copy(&mut sync, &mut std::io::sink())
-            .map_err(|e| LayerError::Content(format!("layer {digest}: {e}")))?;
-        scanned.map_err(|e| LayerError::Content(format!("layer {digest}: {e}")))?;
+        let layer_err = |source| LayerError::Layer {
+            digest: digest.clone(),
+            source,
+        };
+        std::io::copy(&mut sync, &mut std::io::sink()).map_err(|e| layer_err(e.into()))?;
+        scanned.map_err(layer_err)?;
         Ok(overlay)
     })
     .await
@@ -322,10 +386,11 @@ mod tests {
         total: 4 << 20,
     };
 
+    /// The overlay of `layers_top_first`, or the message an operator would read.
     fn read(dir: &str, layers_top_first: &[Vec<u8>]) -> Result<Overlay, String> {
         let mut o = Overlay::new(dir, LIMITS);
         for l in layers_top_first {
-            o.scan_layer(&mut &l[..])?;
+            o.scan_layer(&mut &l[..]).map_err(|e| e.to_string())?;
         }
         Ok(o)
     }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod graph;
 pub mod graph_image;
 pub mod helm;
+pub mod http;
 pub mod layers;
 pub mod metrics;
 pub mod mirror;

@@ -61,6 +61,14 @@ pub enum PayloadError {
         /// What is wrong.
         problem: String,
     },
+    /// A manifest or layer of the image is not readable.
+    #[error("release {image}: {source}")]
+    Layer {
+        /// The release image.
+        image: String,
+        /// What is wrong, and where.
+        source: crate::layers::LayerError,
+    },
 }
 
 /// `release-manifests/release-metadata`.
@@ -150,7 +158,10 @@ pub async fn read(
     };
     let layer_err = |e| match e {
         LayerError::Registry(source) => reg(source),
-        LayerError::Content(problem) => invalid(problem),
+        source => PayloadError::Layer {
+            image: name.clone(),
+            source,
+        },
     };
     let opened = layers::open(pool, image).await.map_err(layer_err)?;
     let client = &opened.client;

@@ -307,7 +307,7 @@ impl SignatureCheck {
             return Ok(None);
         }
         let keyring = Keyring::load(opts.keyring.as_deref())?;
-        let store = SignatureStore::new(opts.signature_url.clone()).map_err(Error::Usage)?;
+        let store = SignatureStore::new(opts.signature_url.clone())?;
         Ok(Some(SignatureCheck { store, keyring }))
     }
 

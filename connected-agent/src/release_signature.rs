@@ -19,9 +19,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use airlock_oci::digest::Digest;
+use airlock_registry::RegistryError;
 use pgp::composed::{Deserializable, SignedPublicKey};
 use pgp::packet::{Packet, PacketParser, Signature};
 use pgp::types::KeyDetails;
+
+use crate::http::GetError;
 
 /// Red Hat's release signature store.
 pub const SIGNATURE_URL: &str =
@@ -54,7 +57,7 @@ pub enum SignatureError {
         message: String,
     },
     /// The signature store could not be reached or failed.
-    #[error("release {release} ({digest}): signature {url}: {message}")]
+    #[error("release {release} ({digest}): signature {url}: {source}")]
     Fetch {
         /// The release (version and architecture).
         release: String,
@@ -62,9 +65,20 @@ pub enum SignatureError {
         digest: Digest,
         /// What was fetched.
         url: String,
-        /// What went wrong.
-        message: String,
+        /// What went wrong (boxed: `Error` stays small).
+        source: Box<GetError>,
     },
+    /// `--signature-url` or `OCP_SIGNATURE_URL` is not a URL.
+    #[error("signature store URL {url:?} is not a URL: {source}")]
+    StoreUrl {
+        /// As given.
+        url: String,
+        /// Why it does not parse.
+        source: url::ParseError,
+    },
+    /// No HTTP client for the store (a bad proxy setting).
+    #[error("{0}")]
+    StoreClient(#[from] RegistryError),
     /// The signature is missing, malformed, forged, or signs something else.
     #[error("release {release} ({digest}): {message}")]
     Invalid {
@@ -320,7 +334,7 @@ pub struct SignatureStore {
 
 impl SignatureStore {
     /// A client of `url` (else `OCP_SIGNATURE_URL`, else Red Hat's store).
-    pub fn new(url: Option<String>) -> Result<SignatureStore, String> {
+    pub fn new(url: Option<String>) -> Result<SignatureStore, SignatureError> {
         let mut base = url
             .or_else(|| {
                 std::env::var(SIGNATURE_URL_ENV)
@@ -328,48 +342,42 @@ impl SignatureStore {
                     .filter(|v| !v.is_empty())
             })
             .unwrap_or_else(|| SIGNATURE_URL.to_string());
-        reqwest::Url::parse(&base)
-            .map_err(|e| format!("signature store URL {base:?} is not a URL: {e}"))?;
+        if let Err(source) = reqwest::Url::parse(&base) {
+            return Err(SignatureError::StoreUrl { url: base, source });
+        }
         if !base.ends_with('/') {
             base.push('/');
         }
-        let client = airlock_registry::http_client(&base, Duration::from_secs(120))
-            .map_err(|e| e.to_string())?;
+        let client = airlock_registry::http_client(&base, Duration::from_secs(120))?;
         Ok(SignatureStore { client, base })
     }
 
     /// The first signature of the release image `digest`.
     pub async fn fetch(&self, digest: &Digest, release: &str) -> Result<Vec<u8>, SignatureError> {
         let url = format!("{}sha256={}/signature-1", self.base, digest.hex());
-        let err = |message: String| SignatureError::Fetch {
-            release: release.to_string(),
-            digest: digest.clone(),
-            url: url.clone(),
-            message,
-        };
-        let resp = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| err(format!("{e}; check the network, or set --signature-url / {SIGNATURE_URL_ENV} to a reachable store")))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(SignatureError::Invalid {
+        let fetched = crate::http::get(
+            &self.client,
+            &url,
+            MAX_SIGNATURE_BYTES,
+            "check the network, or set --signature-url / OCP_SIGNATURE_URL to a reachable store",
+        )
+        .await;
+        match fetched {
+            Ok(body) => Ok(body),
+            Err(GetError::Status(reqwest::StatusCode::NOT_FOUND)) => Err(SignatureError::Invalid {
                 release: release.to_string(),
                 digest: digest.clone(),
                 message: format!(
                     "the signature store has no signature for it ({url}: HTTP 404); a cluster would refuse to update to it. Mirror it unsigned only with --ignore-release-signature"
                 ),
-            });
+            }),
+            Err(source) => Err(SignatureError::Fetch {
+                release: release.to_string(),
+                digest: digest.clone(),
+                url,
+                source: Box::new(source),
+            }),
         }
-        if !status.is_success() {
-            return Err(err(format!("HTTP {status}")));
-        }
-        let body = crate::cincinnati::read_limited(resp, MAX_SIGNATURE_BYTES)
-            .await
-            .map_err(|e| err(format!("{e}; not a signature")))?;
-        Ok(body)
     }
 }
 

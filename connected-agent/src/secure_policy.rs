@@ -322,7 +322,7 @@ impl Lookaside {
                 if !resp.status().is_success() {
                     return Err(format!("{url}: HTTP {}", resp.status()));
                 }
-                crate::cincinnati::read_limited(resp, MAX_SIGNATURE_BYTES)
+                crate::http::read_limited(resp, MAX_SIGNATURE_BYTES)
                     .await
                     .map_err(|e| format!("{url}: {e}"))?
             };

@@ -33,15 +33,25 @@ pub const DEFAULT_ARCH: &str = "amd64";
 /// Why no selection could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
-    /// The graph could not be obtained.
+    /// The graphs give no way between the channels asked for.
     #[error("channel {channel} ({arch}): {message}")]
     Graph {
         /// Channel name.
         channel: String,
         /// Architecture asked for.
         arch: String,
-        /// What failed, with the URL.
+        /// What is missing.
         message: String,
+    },
+    /// The graph could not be fetched or read.
+    #[error("channel {channel} ({arch}): {source}")]
+    Fetch {
+        /// Channel name.
+        channel: String,
+        /// Architecture asked for.
+        arch: String,
+        /// Why (boxed: `Error` stays small).
+        source: Box<crate::cincinnati::GraphFetchError>,
     },
     /// The configuration asks for something the graph does not have.
     #[error("{field}: {message}")]

@@ -53,6 +53,14 @@ pub enum CatalogError {
         /// What is wrong.
         problem: String,
     },
+    /// A manifest or layer of the image is not readable.
+    #[error("catalog {catalog}: {source}")]
+    Layer {
+        /// The catalog image.
+        catalog: String,
+        /// What is wrong, and where.
+        source: LayerError,
+    },
     /// The configuration asks for something the catalog does not have.
     #[error("catalog {catalog}: {source}")]
     Filter {
@@ -109,7 +117,10 @@ pub async fn read(pool: &Pool, image: &ImageRef) -> Result<CatalogImage, Catalog
     };
     let layer_err = |e| match e {
         LayerError::Registry(source) => reg(source),
-        LayerError::Content(problem) => invalid(problem),
+        source => CatalogError::Layer {
+            catalog: name.clone(),
+            source,
+        },
     };
     let opened = layers::open(pool, image).await.map_err(layer_err)?;
     let client = &opened.client;

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use airlock_config::platform_filter;
 use airlock_config::schema::{Helm, HelmChart};
-use airlock_oci::digest::Digest;
-use airlock_oci::reference::ImageRef;
-use airlock_registry::Pool;
+use airlock_oci::digest::{Digest, DigestError};
+use airlock_oci::reference::{ImageRef, ReferenceError};
+use airlock_registry::auth::AuthFileError;
+use airlock_registry::{Pool, RegistryError};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use serde::Deserialize;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use super::chart::{Chart, ChartError};
 use super::render::ImagePath;
 use super::template::funcs::semver_compare;
+use crate::http::{BodyError, read_limited};
 
 /// The largest chart archive or repository index read.
 const MAX_DOWNLOAD: usize = 64 << 20;
@@ -31,14 +33,14 @@ const LEGACY_CHART_MEDIA_TYPE: &str = "application/tar+gzip";
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// A repository, its index or an archive could not be fetched.
-    #[error("{entry}: {url}: {message}")]
+    #[error("{entry}: {url}: {source}")]
     Fetch {
         /// The configuration entry (`mirror.helm.repositories[0]`).
         entry: String,
         /// What was fetched.
         url: String,
-        /// What went wrong.
-        message: String,
+        /// What went wrong (boxed: the error stays small).
+        source: Box<FetchCause>,
     },
     /// What was fetched is not what the index or manifest says it is.
     #[error("{entry}: {url}: {message}")]
@@ -66,6 +68,56 @@ pub enum SourceError {
         /// What is wrong with it.
         source: ChartError,
     },
+}
+
+/// Why a chart, an index or a repository could not be fetched. Typed, so a
+/// registry's or the network's own error stays the source in the log.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchCause {
+    /// A repository or archive URL does not parse.
+    #[error("not a URL: {0}")]
+    Url(#[from] url::ParseError),
+    /// An `oci://` location is not an image reference.
+    #[error("{0}")]
+    Reference(#[from] ReferenceError),
+    /// The registry refused or failed.
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    /// The auth file holding the repository's credentials is unreadable.
+    #[error("{0}")]
+    AuthFile(#[from] AuthFileError),
+    /// The request did not get an answer.
+    #[error("{0}")]
+    Request(#[from] reqwest::Error),
+    /// The repository answered with an error status.
+    #[error("HTTP {status}{hint}")]
+    Status {
+        /// The status.
+        status: reqwest::StatusCode,
+        /// What to check for this status (`; check the repository URL`).
+        hint: &'static str,
+    },
+    /// The body broke off or was too large.
+    #[error("{0}")]
+    Body(#[from] BodyError),
+    /// The artifact's manifest is not JSON.
+    #[error("manifest: {0}")]
+    Manifest(#[source] serde_json::Error),
+    /// The artifact has no chart layer.
+    #[error("not a Helm chart: the manifest has no layer of type {CHART_MEDIA_TYPE}")]
+    NotAChart,
+    /// The chart layer's digest does not parse.
+    #[error("chart layer digest: {0}")]
+    LayerDigest(#[source] DigestError),
+    /// The chart layer is not what its digest says.
+    #[error("the chart layer does not match its digest {0}")]
+    LayerMismatch(Digest),
+    /// The repository's `index.yaml` is not an index.
+    #[error("not a chart repository index: {0}")]
+    Index(#[source] serde_yaml_ng::Error),
+    /// A `local` entry's file could not be read.
+    #[error("{0}; give the path of a packaged chart (.tgz) or a chart directory")]
+    Local(#[source] std::io::Error),
 }
 
 /// Where a chart came from, as recorded in the imageset.
@@ -160,7 +212,7 @@ fn local(entry: &str, c: &HelmChart) -> Result<Fetched, SourceError> {
         let bytes = std::fs::read(p).map_err(|e| SourceError::Fetch {
             entry: entry.to_string(),
             url: path.to_string(),
-            message: format!("{e}; give the path of a packaged chart (.tgz) or a chart directory"),
+            source: Box::new(FetchCause::Local(e)),
         })?;
         let chart = Chart::from_archive(&bytes, path).map_err(chart_err(entry))?;
         (chart, Bytes::from(bytes))
@@ -195,27 +247,27 @@ async fn oci(entry: &str, path: &str, c: &HelmChart, pool: &Pool) -> Result<Fetc
         c.name,
         oci_tag(version)
     );
-    let fetch_err = |message: String| SourceError::Fetch {
+    let fetch_err = |cause: FetchCause| SourceError::Fetch {
         entry: entry.to_string(),
         url: format!("oci://{text}"),
-        message,
+        source: Box::new(cause),
     };
-    let reference: ImageRef = text.parse().map_err(|e| fetch_err(format!("{e}")))?;
+    let reference: ImageRef = text.parse().map_err(|e| fetch_err(FetchCause::from(e)))?;
     let client = pool
         .client(reference.registry())
         .await
-        .map_err(|e| fetch_err(e.to_string()))?;
+        .map_err(|e| fetch_err(e.into()))?;
     let manifest = client
         .get_manifest(reference.repository(), &reference.manifest_reference())
         .await
-        .map_err(|e| fetch_err(e.to_string()))?;
+        .map_err(|e| fetch_err(e.into()))?;
     // The artifact the collector copies is the one rendered here, even if the
     // tag moves meanwhile.
     let pinned: ImageRef = format!("{text}@{}", manifest.digest)
         .parse()
-        .map_err(|e| fetch_err(format!("{e}")))?;
+        .map_err(|e: ReferenceError| fetch_err(e.into()))?;
     let doc: serde_json::Value =
-        serde_json::from_slice(&manifest.bytes).map_err(|e| fetch_err(format!("manifest: {e}")))?;
+        serde_json::from_slice(&manifest.bytes).map_err(|e| fetch_err(FetchCause::Manifest(e)))?;
     let layer = doc["layers"]
         .as_array()
         .into_iter()
@@ -226,25 +278,19 @@ async fn oci(entry: &str, path: &str, c: &HelmChart, pool: &Pool) -> Result<Fetc
                 Some(CHART_MEDIA_TYPE | LEGACY_CHART_MEDIA_TYPE)
             )
         })
-        .ok_or_else(|| {
-            fetch_err(format!(
-                "not a Helm chart: the manifest has no layer of type {CHART_MEDIA_TYPE}"
-            ))
-        })?;
+        .ok_or_else(|| fetch_err(FetchCause::NotAChart))?;
     let digest: Digest = layer["digest"]
         .as_str()
         .unwrap_or_default()
         .parse()
-        .map_err(|e| fetch_err(format!("chart layer digest: {e}")))?;
+        .map_err(|e| fetch_err(FetchCause::LayerDigest(e)))?;
     let stream = client
         .blob_stream(reference.repository(), &digest)
         .await
-        .map_err(|e| fetch_err(e.to_string()))?;
+        .map_err(|e| fetch_err(e.into()))?;
     let bytes = read_stream(stream).await.map_err(fetch_err)?;
     if Digest::of(&bytes) != digest {
-        return Err(fetch_err(format!(
-            "the chart layer does not match its digest {digest}"
-        )));
+        return Err(fetch_err(FetchCause::LayerMismatch(digest)));
     }
     let chart = Chart::from_archive(&bytes, &format!("oci://{text}")).map_err(chart_err(entry))?;
     Ok(Fetched {
@@ -258,12 +304,15 @@ async fn oci(entry: &str, path: &str, c: &HelmChart, pool: &Pool) -> Result<Fetc
 }
 
 async fn read_stream(
-    mut stream: futures::stream::BoxStream<'static, Result<Bytes, airlock_registry::RegistryError>>,
-) -> Result<Bytes, String> {
+    mut stream: futures::stream::BoxStream<'static, Result<Bytes, RegistryError>>,
+) -> Result<Bytes, FetchCause> {
     let mut out = Vec::new();
-    while let Some(chunk) = stream.try_next().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = stream.try_next().await? {
         if out.len() + chunk.len() > MAX_DOWNLOAD {
-            return Err(format!("larger than {} MiB", MAX_DOWNLOAD >> 20));
+            return Err(BodyError::TooLarge {
+                limit: MAX_DOWNLOAD,
+            }
+            .into());
         }
         out.extend_from_slice(&chunk);
     }
@@ -288,7 +337,7 @@ async fn classic(
         SourceError::Fetch {
             entry: entry.to_string(),
             url: url.to_string(),
-            message: format!("not a URL: {e}"),
+            source: Box::new(e.into()),
         }
     })?;
     let index_url = base.join("index.yaml").expect("a relative path joins");
@@ -297,7 +346,7 @@ async fn classic(
     let index: Index = serde_yaml_ng::from_slice(&index_bytes).map_err(|e| SourceError::Fetch {
         entry: entry.to_string(),
         url: index_url.to_string(),
-        message: format!("not a chart repository index: {e}"),
+        source: Box::new(FetchCause::Index(e)),
     })?;
     type Wanted = (String, IndexEntry, Vec<ImagePath>, Vec<String>);
     let mut wanted: Vec<Wanted> = Vec::new();
@@ -329,7 +378,7 @@ async fn classic(
         let archive_url = index_url.join(raw).map_err(|e| SourceError::Fetch {
             entry: at.clone(),
             url: raw.clone(),
-            message: format!("not a URL: {e}"),
+            source: Box::new(e.into()),
         })?;
         let bytes = http.get(&archive_url).await?;
         if let Some(want) = v.digest.as_deref().filter(|d| !d.is_empty()) {
@@ -439,18 +488,18 @@ struct Http {
 impl Http {
     fn new(entry: &str, base: &reqwest::Url, pool: &Pool) -> Result<Http, SourceError> {
         let host = host_port(base).unwrap_or_default();
-        let err = |message: String| SourceError::Fetch {
+        let err = |cause: FetchCause| SourceError::Fetch {
             entry: entry.to_string(),
             url: base.to_string(),
-            message,
+            source: Box::new(cause),
         };
         let client = airlock_registry::http_client(base.as_str(), Duration::from_secs(600))
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
         let credentials = pool
             .options()
             .auth
             .lookup(&host, "")
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
         Ok(Http {
             entry: entry.to_string(),
             client,
@@ -460,10 +509,10 @@ impl Http {
     }
 
     async fn get(&self, url: &reqwest::Url) -> Result<Vec<u8>, SourceError> {
-        let err = |message: String| SourceError::Fetch {
+        let err = |cause: FetchCause| SourceError::Fetch {
             entry: self.entry.clone(),
             url: url.to_string(),
-            message,
+            source: Box::new(cause),
         };
         let mut req = self.client.get(url.clone());
         // Credentials go to the repository's own origin (scheme, host and port)
@@ -472,7 +521,7 @@ impl Http {
         if let (Some(c), true) = (&self.credentials, url.origin() == self.base.origin()) {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
-        let resp = req.send().await.map_err(|e| err(format!("{e}")))?;
+        let resp = req.send().await.map_err(|e| err(e.into()))?;
         let status = resp.status();
         if !status.is_success() {
             let hint = match status.as_u16() {
@@ -482,10 +531,10 @@ impl Http {
                 404 => "; check the repository URL",
                 _ => "",
             };
-            return Err(err(format!("HTTP {status}{hint}")));
+            return Err(err(FetchCause::Status { status, hint }));
         }
-        crate::cincinnati::read_limited(resp, MAX_DOWNLOAD)
+        read_limited(resp, MAX_DOWNLOAD)
             .await
-            .map_err(err)
+            .map_err(|e| err(e.into()))
     }
 }

@@ -58,3 +58,31 @@ mirror:
     );
     assert!(msg.contains("expected kubectl's form"), "{msg}");
 }
+
+/// A chart file that cannot be read keeps the file system's error as its typed
+/// source, and the message still says what to give instead.
+#[tokio::test]
+async fn an_unreadable_local_chart_keeps_the_io_error_as_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent-1.0.0.tgz");
+    let helm = airlock_config::schema::Helm {
+        local: vec![airlock_config::schema::HelmChart {
+            name: "absent".into(),
+            path: Some(missing.display().to_string()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let pool = airlock_registry::Pool::new(Default::default());
+    let e = super::source::fetch_all(&helm, &pool).await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("mirror.helm.local[0]: ")
+            && text.contains("give the path of a packaged chart"),
+        "{text}"
+    );
+    let io = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .expect("an io::Error in the chain");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+}
