@@ -26,7 +26,7 @@ pub struct Held {
 }
 
 /// Runs `work` on every item of `items`, [`INFLIGHT`] at once; the seconds taken.
-fn parallel<T: Sync>(items: &[T], work: impl Fn(&T) -> Result<()> + Sync) -> Result<f64> {
+pub fn parallel<T: Sync>(items: &[T], work: impl Fn(&T) -> Result<()> + Sync) -> Result<f64> {
     let next = AtomicUsize::new(0);
     let started = Instant::now();
     std::thread::scope(|s| {

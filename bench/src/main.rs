@@ -6,6 +6,10 @@
 //! figure is a wall time and a peak RSS measured with GNU time around the child
 //! process, and every comparison is a ratio taken in this run, on this machine.
 //! The results are printed as a table and written as JSON (`--results`).
+//!
+//! Two more runs make their own data after it: create and publish again at the
+//! `--growth` scale (memory against the quarter-scale run, throughput against
+//! `--scale`), and the catalog-sized run of `--many` small images ([`many`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +25,7 @@ use rand::{RngCore, SeedableRng};
 use serde_json::{Value, json};
 
 mod limits;
+mod many;
 
 /// Benchmark options.
 #[derive(Debug, Parser)]
@@ -36,6 +41,15 @@ struct Args {
     /// instead of removing it, to profile a command on the same data afterwards.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
+    /// Images in the catalog-sized run (many small images over shared bases,
+    /// against `skopeo sync`); 0 skips it.
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    many: usize,
+    /// The larger scale create and publish run at for the growth figures
+    /// (memory against the quarter-scale run, throughput against `--scale`); 0 skips it.
+    /// Needs about three times its blob bytes free on the temporary directory's disk.
+    #[arg(long, default_value_t = 3.0, value_name = "S")]
+    growth: f64,
 }
 
 /// Wall time, CPU time (user and system) and peak memory of one child process
@@ -129,7 +143,7 @@ fn random_blob(rng: &mut rand::rngs::StdRng, size: usize) -> Blob {
 }
 
 /// An image pushed to the source.
-struct Placed {
+pub(crate) struct Placed {
     repo: String,
     tag: String,
 }
@@ -537,8 +551,43 @@ fn main() -> Result<()> {
     airlock_create(&isc, &out, &work.path().join("ws-c"))?;
     let shipped = dir_bytes(&out)? - before;
 
+    // What follows makes its own data: the disk holds one data set at a time.
+    drop((source, client));
+    let kept = args.keep.is_some().then(|| work.keep());
+    let work = match &kept {
+        Some(dir) => tempfile::Builder::new()
+            .prefix("airlock-bench-rest-")
+            .tempdir_in(dir)?,
+        None => tempfile::tempdir()?,
+    };
+
+    let many = match args.many {
+        0 => None,
+        n => {
+            println!("catalog-sized: {n} small images over shared bases, against skopeo sync …");
+            Some(many::run(n, work.path())?)
+        }
+    };
+
     println!("memory at a quarter of the scale …");
     let small = airlock_at(s / 4.0, 2)?;
+    let large = match args.growth {
+        g if g <= 0.0 => None,
+        g => {
+            let needs = (3.0 * g * blob_bytes as f64 / s) as u64;
+            let free = free_bytes(&std::env::temp_dir())?;
+            if free < needs {
+                bail!(
+                    "the growth run at scale {g} needs about {:.1} GiB free in {} ({:.1} GiB are): free space, or pass --growth 0 to skip it",
+                    needs as f64 / (1u64 << 30) as f64,
+                    std::env::temp_dir().display(),
+                    free as f64 / (1u64 << 30) as f64
+                );
+            }
+            println!("growth: create and publish at scale {g} …");
+            Some(airlock_at(g, 3)?)
+        }
+    };
 
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     let peak = [
@@ -554,9 +603,14 @@ fn main() -> Result<()> {
     .iter()
     .map(|r| r.rss_mib)
     .fold(0.0, f64::max);
-    let large_peak = create.rss_mib.max(publish.rss_mib);
+    // Memory from a quarter of the scale to the growth scale (else scale 1).
+    let large_peak = match &large {
+        Some(l) => l.create.rss_mib.max(l.publish.rss_mib),
+        None => create.rss_mib.max(publish.rss_mib),
+    };
     let small_peak = small.create.rss_mib.max(small.publish.rss_mib);
-    let figures = json!({
+    let rate = |bytes: u64, r: Run| ratio(bytes as f64, r.seconds);
+    let mut figures = json!({
         "images": placed.len(),
         "blob_bytes": blob_bytes,
         "chunk_bytes": chunk_bytes,
@@ -585,6 +639,18 @@ fn main() -> Result<()> {
         },
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
+    if let Some(l) = &large {
+        figures["growth_scale"] = json!({
+            "scale": args.growth,
+            "blob_bytes": l.blob_bytes,
+            "chunk_bytes": l.chunk_bytes,
+            "create": run_json(l.create),
+            "publish": run_json(l.publish),
+        });
+    }
+    if let Some(m) = &many {
+        figures["many"] = m.json.clone();
+    }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let per_gib = |r: Run| ratio(r.cpu_seconds, gib(blob_bytes));
     let mut results = json!({
@@ -609,6 +675,19 @@ fn main() -> Result<()> {
         "differential_overhead": ratio(shipped as f64, new_blobs as f64) - 1.0,
         "chunk_overhead": ratio(chunk_bytes as f64, blob_bytes as f64) - 1.0,
     });
+    if let Some(l) = &large {
+        results["create_throughput_growth_over_1"] = json!(ratio(
+            rate(l.blob_bytes, l.create),
+            rate(blob_bytes, create)
+        ));
+        results["publish_throughput_growth_over_1"] = json!(ratio(
+            rate(l.blob_bytes, l.publish),
+            rate(blob_bytes, publish)
+        ));
+    }
+    for (key, value) in many.iter().flat_map(|m| &m.ratios) {
+        results[*key] = json!(value);
+    }
     results["figures"] = figures;
     println!();
     println!(
@@ -690,29 +769,22 @@ fn main() -> Result<()> {
     );
     row("create at 1/4 scale", small.create, None);
     row("publish at 1/4 scale", small.publish, None);
+    if let Some(l) = &large {
+        row(&format!("create at scale {}", args.growth), l.create, None);
+        row(
+            &format!("publish at scale {}", args.growth),
+            l.publish,
+            None,
+        );
+    }
+    for (name, r, x) in many.iter().flat_map(|m| &m.rows) {
+        row(name, *r, *x);
+    }
     println!();
-    for key in [
-        "create_fraction_of_limit",
-        "skopeo_create_fraction_of_limit",
-        "publish_fraction_of_limit",
-        "skopeo_publish_fraction_of_limit",
-        "create_cpu_per_gib",
-        "skopeo_create_cpu_per_gib",
-        "publish_cpu_per_gib",
-        "skopeo_publish_cpu_per_gib",
-        "agent_cpu_3_clusters_over_1",
-        "agent_store_reads_per_cluster",
-        "create_speedup_vs_skopeo",
-        "publish_speedup_vs_skopeo",
-        "publish_3_over_1",
-        "agent_3_clusters_over_1",
-        "verify_over_sha256_rate",
-        "peak_rss_mib",
-        "rss_growth",
-        "differential_overhead",
-        "chunk_overhead",
-    ] {
-        println!("{key:<34} {:.4}", results[key].as_f64().unwrap_or(0.0));
+    for (key, value) in results.as_object().into_iter().flatten() {
+        if let Some(v) = value.as_f64().filter(|_| key != "scale") {
+            println!("{key:<34} {v:.4}");
+        }
     }
     if let Some(dir) = args.results.parent() {
         std::fs::create_dir_all(dir)?;
@@ -726,10 +798,27 @@ fn main() -> Result<()> {
         args.results.display(),
         started.elapsed().as_secs_f64()
     );
-    if args.keep.is_some() {
-        println!("kept the work directory: {}", work.keep().display());
+    if let Some(dir) = kept {
+        println!(
+            "kept the work directories: {} (and {} in it)",
+            dir.display(),
+            work.keep().display()
+        );
     }
     Ok(())
+}
+
+/// Bytes free on the file system holding `dir`, as `df` reports them.
+fn free_bytes(dir: &Path) -> Result<u64> {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("df {}: {text}", dir.display()))
 }
 
 fn run_json(r: Run) -> Value {

@@ -437,6 +437,22 @@ impl PushClient {
         Ok(())
     }
 
+    /// Mounts blob `digest` of repository `from` into `repo` (cross-repository
+    /// mount), so that seeding many repositories with one base layer uploads it
+    /// once. Fails if the registry declines.
+    pub fn mount_blob(&self, repo: &str, from: &str, digest: &str) -> Result<()> {
+        let resp = self
+            .auth(self.client.post(format!(
+                "{}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}",
+                self.base
+            )))
+            .send()?;
+        if resp.status() != 201 {
+            bail!("mount {digest} from {from} into {repo}: {}", resp.status());
+        }
+        Ok(())
+    }
+
     /// Deletes a blob from a repository (the registry must allow deletes).
     pub fn delete_blob(&self, repo: &str, digest: &str) -> Result<()> {
         let resp = self

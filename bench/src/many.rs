@@ -1,0 +1,252 @@
+//! Catalog-sized work: many small images, as a filtered operator catalog brings
+//! (hundreds to thousands of bundle and related images of a few small layers over
+//! shared bases). Here the cost is per image and per request, not per byte, so the
+//! figures are images per second, against `skopeo sync` on the same images in one
+//! process (docker → dir, then dir → docker), which is how sites move such sets
+//! with skopeo today.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use airlock_tests::images::{Blob, Format, Image, ImageBuilder, PushClient, index};
+use airlock_tests::registry::Registry;
+use anyhow::Result;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+use crate::{Placed, Run, agent_fanout, airlock_create, airlock_publish, config, random_blob};
+
+/// Where the shared base layers are pushed first, to be mounted from.
+const BASE_REPO: &str = "many/base";
+/// Sizes of the base layers; every image has the first and one of the others.
+const BASE_SIZES: [usize; 4] = [2 << 20, 1 << 20, 512 << 10, 256 << 10];
+
+/// What the mode measured.
+pub struct Figures {
+    /// Every Airlock and skopeo figure, for the results file.
+    pub json: Value,
+    /// The ratios, for the results file's top level.
+    pub ratios: Vec<(&'static str, f64)>,
+    /// Rows for the printed table.
+    pub rows: Vec<(String, Run, Option<f64>)>,
+}
+
+/// Image `i` of the set: a base shared by all and one of three others, then
+/// 1–6 small layers of its own (2–8 in all, 4–64 KiB each); every tenth is an
+/// amd64+arm64 index. Configs differ (a label), as real images' do.
+fn image(i: usize, bases: &[Blob], seed: u64) -> Image {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9));
+    let format = if i.is_multiple_of(2) {
+        Format::Docker
+    } else {
+        Format::Oci
+    };
+    let mut build = |arch: &str| {
+        let own = 1 + i % 6;
+        let mut b = ImageBuilder::new(format)
+            .arch(arch)
+            .labels(json!({"bench.index": i.to_string()}))
+            .with_layer(&bases[0])
+            .with_layer(&bases[1 + i % (bases.len() - 1)]);
+        for _ in 0..own {
+            let size = rng.random_range(4 << 10..=64 << 10);
+            b = b.with_layer(&random_blob(&mut rng, size));
+        }
+        b.build()
+    };
+    if i.is_multiple_of(10) {
+        let amd = build("amd64");
+        let arm = build("arm64");
+        index(format, vec![amd, arm], false)
+    } else {
+        build("amd64")
+    }
+}
+
+/// Seeds `registry` with `n` images, several at once, the bases uploaded once
+/// and mounted into every repository. Returns the images and their distinct blob
+/// bytes.
+fn generate(registry: &Registry, n: usize, seed: u64) -> Result<(Vec<Placed>, u64)> {
+    let client = PushClient::new(registry)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let bases: Vec<Blob> = BASE_SIZES
+        .iter()
+        .map(|&size| random_blob(&mut rng, size))
+        .collect();
+    for b in &bases {
+        client.push_blob(BASE_REPO, b)?;
+    }
+    let own_bytes = AtomicU64::new(0);
+    let indexes: Vec<usize> = (0..n).collect();
+    crate::limits::parallel(&indexes, |&i| {
+        let repo = repo(i);
+        for b in &bases {
+            client.mount_blob(&repo, BASE_REPO, &b.digest)?;
+        }
+        let img = image(i, &bases, seed);
+        let own: u64 = img
+            .all_blobs()
+            .iter()
+            .filter(|b| !bases.iter().any(|base| base.digest == b.digest))
+            .map(|b| b.bytes.len() as u64)
+            .sum();
+        own_bytes.fetch_add(own, Ordering::Relaxed);
+        img.push(&client, &repo, Some(TAG))
+    })?;
+    let base_bytes: u64 = bases.iter().map(|b| b.bytes.len() as u64).sum();
+    let placed = (0..n)
+        .map(|i| Placed {
+            repo: repo(i),
+            tag: TAG.into(),
+        })
+        .collect();
+    Ok((placed, own_bytes.into_inner() + base_bytes))
+}
+
+const TAG: &str = "v1.0.0";
+
+fn repo(i: usize) -> String {
+    format!("many/app-{i:04}")
+}
+
+/// `skopeo sync --all` with the source and destination transports given.
+fn skopeo_sync(args: &[&str]) -> Result<Run> {
+    let mut all = vec!["sync", "--all", "--retry-times", "0"];
+    all.extend_from_slice(args);
+    crate::skopeo(&all.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+}
+
+/// Runs the mode with `n` images under `work`.
+pub fn run(n: usize, work: &Path) -> Result<Figures> {
+    let source = Registry::plain()?;
+    let (placed, blob_bytes) = generate(&source, n, 11)?;
+    let isc = config(work, &source, &placed)?;
+
+    let out = work.join("many-out");
+    let create = airlock_create(&isc, &out, &work.join("many-ws-c"))?;
+
+    // skopeo sync reads a YAML list of images per registry.
+    let mut yaml = format!("{}:\n  tls-verify: false\n  images:\n", source.addr());
+    for p in &placed {
+        yaml.push_str(&format!("    {}: [\"{}\"]\n", p.repo, p.tag));
+    }
+    let list = work.join("many-sync.yaml");
+    std::fs::write(&list, yaml)?;
+    let dirs = work.join("many-dirs");
+    std::fs::create_dir_all(&dirs)?;
+    let sync_to_dir = skopeo_sync(&[
+        "--src",
+        "yaml",
+        "--dest",
+        "dir",
+        &list.display().to_string(),
+        &dirs.display().to_string(),
+    ])?;
+    drop(source);
+
+    let dest = Registry::plain()?;
+    let publish = airlock_publish(&out, &dest, &work.join("many-ws-d"))?;
+    drop(dest);
+    let dest_skopeo = Registry::plain()?;
+    let sync_to_registry = skopeo_sync(&[
+        "--src",
+        "dir",
+        "--dest",
+        "docker",
+        "--dest-tls-verify=false",
+        &dirs.display().to_string(),
+        &format!("{}/m", dest_skopeo.addr()),
+    ])?;
+    let synced = count_repositories(&dest_skopeo)?;
+    drop(dest_skopeo);
+    std::fs::remove_dir_all(&dirs)?;
+    if synced < n {
+        anyhow::bail!("skopeo sync placed {synced} of {n} images in the registry");
+    }
+
+    let (agent, _) = agent_fanout(&out, 1, work)?;
+    std::fs::remove_dir_all(&out)?;
+
+    let per_second = |r: Run| {
+        if r.seconds > 0.0 {
+            n as f64 / r.seconds
+        } else {
+            0.0
+        }
+    };
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let peak = [create, publish, agent]
+        .iter()
+        .map(|r| r.rss_mib)
+        .fold(0.0, f64::max);
+    let json = json!({
+        "images": n,
+        "blob_bytes": blob_bytes,
+        "create": crate::run_json(create),
+        "skopeo_sync_to_dir": crate::run_json(sync_to_dir),
+        "publish": crate::run_json(publish),
+        "skopeo_sync_dir_to_registry": crate::run_json(sync_to_registry),
+        "agent_drop_to_1_cluster": crate::run_json(agent),
+    });
+    let ratios = vec![
+        ("many_create_images_per_second", per_second(create)),
+        ("many_publish_images_per_second", per_second(publish)),
+        ("many_agent_images_per_second", per_second(agent)),
+        (
+            "many_create_speedup",
+            ratio(sync_to_dir.seconds, create.seconds),
+        ),
+        (
+            "many_publish_speedup",
+            ratio(sync_to_registry.seconds, publish.seconds),
+        ),
+        ("many_peak_rss_mib", peak),
+    ];
+    let rows = vec![
+        (format!("many: create, {n} images"), create, None),
+        (
+            "  skopeo sync docker → dir".to_string(),
+            sync_to_dir,
+            Some(ratio(sync_to_dir.seconds, create.seconds)),
+        ),
+        (format!("many: publish, {n} images"), publish, None),
+        (
+            "  skopeo sync dir → docker".to_string(),
+            sync_to_registry,
+            Some(ratio(sync_to_registry.seconds, publish.seconds)),
+        ),
+        ("many: agent, drop → 1 cluster".to_string(), agent, None),
+    ];
+    Ok(Figures { json, ratios, rows })
+}
+
+/// How many of the set's repositories a registry holds, from its catalog: the
+/// comparison counts only if skopeo did the whole job.
+fn count_repositories(registry: &Registry) -> Result<usize> {
+    let client = registry.http_client()?;
+    let mut count = 0;
+    let mut url = format!("{}/v2/_catalog?n=1000", registry.url());
+    loop {
+        let resp = client.get(&url).send()?;
+        let link = resp
+            .headers()
+            .get("link")
+            .and_then(|l| l.to_str().ok())
+            .map(str::to_string);
+        let body: Value = resp.json()?;
+        count += body["repositories"].as_array().map_or(0, |r| {
+            r.iter()
+                .filter(|r| r.as_str().is_some_and(|r| r.contains("app-")))
+                .count()
+        });
+        match link.and_then(|l| {
+            l.split(';').next().map(|u| {
+                u.trim_matches(|c| c == '<' || c == '>' || c == ' ')
+                    .to_string()
+            })
+        }) {
+            Some(next) => url = format!("{}{next}", registry.url()),
+            None => return Ok(count),
+        }
+    }
+}
