@@ -29,6 +29,7 @@
 //!   every mirroring user relies on; [`auth`] and [`RegistryOptions`] add them.
 
 pub mod auth;
+mod direct;
 pub mod layout;
 pub mod mirrors;
 pub mod progress;
@@ -505,6 +506,37 @@ impl BearerChallenge {
                 .is_some_and(|actions| actions.split(',').any(|a| a != "pull" && a != "push"))
         })
     }
+}
+
+/// `bytes` as a manifest: they hash to the digest the registry `reported` (when
+/// it reported one) and parse as one of the mirrorable manifest types.
+fn checked_manifest(
+    bytes: Bytes,
+    reported: Option<&str>,
+    target: String,
+) -> Result<RawManifest, RegistryError> {
+    let computed = Digest::of(&bytes);
+    if let Some(reported) = reported
+        && reported != computed.as_str()
+    {
+        return Err(RegistryError::Request {
+            operation: "pull manifest",
+            target,
+            kind: ErrorKind::Digest,
+            message: format!(
+                "registry reported digest {reported} but the bytes hash to {computed}"
+            ),
+        });
+    }
+    let parsed = manifest::parse(&bytes, None).map_err(|source| RegistryError::Manifest {
+        target: target.clone(),
+        source,
+    })?;
+    Ok(RawManifest {
+        bytes,
+        digest: computed,
+        media_type: parsed.media_type,
+    })
 }
 
 /// The error for a response with an unexpected status: its kind from the status
@@ -1046,6 +1078,9 @@ impl RegistryClient {
         repository: &str,
         reference: &str,
     ) -> Result<RawManifest, RegistryError> {
+        if self.anonymous(repository).await {
+            return self.get_manifest_direct(repository, reference).await;
+        }
         let target = self.target(repository, reference);
         let r = self.by_reference(repository, reference);
         let (bytes, digest) = self
@@ -1055,26 +1090,7 @@ impl RegistryClient {
             })
             .await
             .map_err(|e| request_error("pull manifest", target.clone(), e))?;
-        let computed = Digest::of(&bytes);
-        if digest != computed.as_str() {
-            return Err(RegistryError::Request {
-                operation: "pull manifest",
-                target,
-                kind: ErrorKind::Digest,
-                message: format!(
-                    "registry reported digest {digest} but the bytes hash to {computed}"
-                ),
-            });
-        }
-        let parsed = manifest::parse(&bytes, None).map_err(|source| RegistryError::Manifest {
-            target: target.clone(),
-            source,
-        })?;
-        Ok(RawManifest {
-            bytes,
-            digest: computed,
-            media_type: parsed.media_type,
-        })
+        checked_manifest(bytes, Some(&digest), target)
     }
 
     /// [`Self::get_manifest`], with `None` when the registry has no such manifest
@@ -1558,6 +1574,9 @@ impl RegistryClient {
         reference: &str,
         operation: &'static str,
     ) -> Result<bool, RegistryError> {
+        if self.anonymous(repository).await {
+            return self.exists_direct(repository, reference, operation).await;
+        }
         let r = self.by_reference(repository, reference);
         match self
             .reading(repository, || {
@@ -1609,16 +1628,22 @@ impl RegistryClient {
     ) -> Result<Vec<Digest>, RegistryError> {
         let target = self.target(repository, subject.as_str());
         let r = self.by_digest(repository, subject);
-        let mut index = match self
-            .reading(repository, || self.client.pull_referrers(&r, None))
-            .await
-        {
-            Ok(index) => index.manifests,
-            Err(OciDistributionError::ServerError {
-                code: 400 | 404 | 405 | 501,
-                ..
-            }) => Vec::new(),
-            Err(e) => return Err(request_error("list referrers", target, e)),
+        let mut index: Vec<String> = if self.anonymous(repository).await {
+            self.referrers_direct(repository, subject)
+                .await?
+                .unwrap_or_default()
+        } else {
+            match self
+                .reading(repository, || self.client.pull_referrers(&r, None))
+                .await
+            {
+                Ok(index) => index.manifests.into_iter().map(|m| m.digest).collect(),
+                Err(OciDistributionError::ServerError {
+                    code: 400 | 404 | 405 | 501,
+                    ..
+                }) => Vec::new(),
+                Err(e) => return Err(request_error("list referrers", target, e)),
+            }
         };
         if index.is_empty() {
             let tagged = match self
@@ -1636,18 +1661,17 @@ impl RegistryClient {
                 return Ok(parsed.children().iter().map(|c| c.digest.clone()).collect());
             }
         }
-        index.dedup_by(|a, b| a.digest == b.digest);
+        index.dedup();
         index
             .iter()
-            .map(|entry| {
-                entry
-                    .digest
+            .map(|digest| {
+                digest
                     .parse::<Digest>()
                     .map_err(|e| RegistryError::Request {
                         operation: "list referrers",
                         target: target.clone(),
                         kind: ErrorKind::Protocol,
-                        message: format!("referrer digest {:?}: {e}", entry.digest),
+                        message: format!("referrer digest {digest:?}: {e}"),
                     })
             })
             .collect()
@@ -1677,6 +1701,9 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
+        if self.anonymous(repository).await {
+            return self.has_blob_direct(repository, digest).await;
+        }
         let r = self.by_digest(repository, digest);
         self.reading(repository, || self.client.blob_exists(&r, digest.as_str()))
             .await
@@ -1712,6 +1739,9 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<BoxStream<'static, Result<Bytes, RegistryError>>, RegistryError> {
+        if self.anonymous(repository).await {
+            return self.blob_stream_direct(repository, digest).await;
+        }
         let target = self.target(repository, digest.as_str());
         let r = self.by_digest(repository, digest);
         let sized = self

@@ -58,23 +58,40 @@ pub struct Tree {
 /// A key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
+/// How long [`open`] waits for a workspace's lock before calling it in use.
+///
+/// sled releases its file lock from its background I/O threads, a moment after
+/// the last handle is dropped, so a workspace closed and opened again in one
+/// process (a test, a reload) can find it still held. A second process that
+/// really holds it holds it for longer than this.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Opens (creating if needed) the state database of the workspace at `dir`.
 pub fn open(dir: &Path) -> Result<Db, StateError> {
     std::fs::create_dir_all(dir).map_err(|e| StateError::storage(dir, e))?;
-    let db = sled::open(dir.join("state")).map_err(|e| match e {
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
-        {
-            StateError::Locked {
-                path: dir.to_path_buf(),
+    let started = std::time::Instant::now();
+    loop {
+        match sled::open(dir.join("state")) {
+            Ok(db) => {
+                return Ok(Db {
+                    db,
+                    path: dir.to_path_buf(),
+                });
             }
+            Err(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(StateError::Locked {
+                        path: dir.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(other) => return Err(StateError::storage(dir, other)),
         }
-        other => StateError::storage(dir, other),
-    })?;
-    Ok(Db {
-        db,
-        path: dir.to_path_buf(),
-    })
+    }
 }
 
 impl Db {
@@ -269,6 +286,27 @@ mod tests {
         assert!(e.to_string().contains("in use by another Airlock process"));
         drop(db);
         open(dir.path()).unwrap();
+    }
+
+    /// sled lets go of its lock from background threads a moment after the
+    /// last handle is dropped, so a workspace closed and at once opened again in
+    /// one process could be refused as "in use" (a disconnected workspace test
+    /// once was). `open` waits for a lock let go within `LOCK_WAIT`: here the
+    /// holder lets go a fifth of a second after the second open begins.
+    #[test]
+    fn a_workspace_let_go_of_shortly_after_is_opened_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = open(dir.path()).unwrap();
+        let (opening, begun) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            begun.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        opening.send(()).unwrap();
+        let opened = open(dir.path());
+        holder.join().unwrap();
+        opened.unwrap();
     }
 
     #[test]

@@ -709,3 +709,66 @@ fn a_token_expired_between_opening_an_upload_and_sending_it_restarts_the_upload(
     }
     assert!(asked.values().any(|&n| n >= 2), "{requests:?}");
 }
+
+/// Access-log lines of `registry` for requests whose method and path start with
+/// `prefix` (`"GET /v2/ "` is the version check).
+fn requests(registry: &Registry, prefix: &str) -> usize {
+    registry
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("\"{prefix}")))
+        .count()
+}
+
+/// A registry that asks for no credential is read with one request per
+/// manifest, tag check, referrers list and blob: oci-client would ask `/v2/`
+/// again before each (it caches an authorisation only when there is one), which
+/// doubled the round trips of catalog-sized work.
+#[test]
+fn an_anonymous_registry_is_not_asked_for_v2_before_every_read() {
+    let s = Setup::plain();
+    let (_, out) = s.create("1MiB");
+    let reads = requests(&s.source, "GET /v2/") + requests(&s.source, "HEAD /v2/");
+    let pings = requests(&s.source, "GET /v2/ ");
+    assert!(reads > 20, "too few reads to tell: {reads}");
+    // One per client that asks whether the registry wants a token, not one
+    // per read (which made them about half before).
+    assert!(
+        pings * 10 <= reads,
+        "{pings} version checks for {reads} reads"
+    );
+    let published = s.publish(&out, "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
+}
+
+/// A source registry that serves other bytes under a blob's digest (its
+/// storage altered, same length) stops `create` with the digest named: the
+/// direct read checks what oci-client checked.
+#[test]
+fn a_blob_served_with_other_bytes_than_its_digest_stops_create() {
+    let s = Setup::plain();
+    let layer = s.placed[0].image.blobs.last().unwrap().digest.clone();
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let data = s.source.storage_dir().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let out = s.path("out");
+    let created = run(&mut create_cmd(
+        &s.config,
+        &out,
+        &s.path("ws-c"),
+        "1MiB",
+        &s.source,
+    ));
+    assert_ne!(created.code, 0, "{created}");
+    assert!(
+        created.stderr.contains(hex) && created.stderr.contains("hash"),
+        "{created}"
+    );
+}

@@ -1,0 +1,294 @@
+//! Reads sent straight to a registry that takes no credential.
+//!
+//! oci-client caches an authorisation only when there is one (a token, or a
+//! user and password): for a registry that asks for none, it sends `GET /v2/`
+//! again before every request to find out, so every manifest, tag check,
+//! referrers list and blob costs two round trips. With catalog-sized work (two
+//! thousand images, six requests each) that is half of all the requests a
+//! `create` makes. When the registry asked for no token and the auth file holds
+//! nothing for the repository, there is nothing to authorise, and these reads
+//! go out directly on the same HTTP client (same TLS, same proxy), checked the
+//! same way: digests of manifests and blobs, errors from the status and the
+//! registry's error body, a stale pooled connection sent again.
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+
+use airlock_oci::digest::{Digest, Hasher};
+use airlock_oci::manifest::{ACCEPTED, MAX_MANIFEST_BYTES};
+
+use crate::{
+    ErrorKind, RawManifest, RegistryClient, RegistryError, STALE_CONNECTIONS, checked_manifest,
+    response_error, transport,
+};
+
+/// The media type of a referrers list.
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+impl RegistryClient {
+    /// Whether reads of `repository` carry no credential: the registry answered
+    /// `/v2/` without a token challenge and the auth file names nothing for it.
+    pub(crate) async fn anonymous(&self, repository: &str) -> bool {
+        self.credentials_for(repository).0.is_none() && self.bearer().await.is_none()
+    }
+
+    /// Sends a read built by `build`, again when a pooled connection turns out
+    /// to have been closed while idle; the response whatever its status.
+    async fn direct(
+        &self,
+        operation: &'static str,
+        target: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut tries = 0;
+        loop {
+            match build(&self.http).send().await {
+                Ok(response) => return Ok(response),
+                Err(e) => {
+                    let (kind, message) = transport(&e);
+                    let stale = message.contains("closed before message completed");
+                    if kind == ErrorKind::Network
+                        && (tries == 0 || stale)
+                        && tries < STALE_CONNECTIONS
+                    {
+                        tries += 1;
+                        continue;
+                    }
+                    return Err(RegistryError::Request {
+                        operation,
+                        target: target.to_string(),
+                        kind,
+                        message,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The target (for messages) and URL of `v2/REPOSITORY/KIND/REFERENCE`.
+    fn v2_url(
+        &self,
+        repository: &str,
+        kind: &str,
+        reference: &str,
+        operation: &'static str,
+    ) -> Result<(String, reqwest::Url), RegistryError> {
+        let target = self.target(repository, reference);
+        let url = self.url(
+            &format!("v2/{repository}/{kind}/{reference}"),
+            operation,
+            &target,
+        )?;
+        Ok((target, url))
+    }
+
+    /// Whether the manifest `reference` exists: one `HEAD`.
+    pub(crate) async fn exists_direct(
+        &self,
+        repository: &str,
+        reference: &str,
+        operation: &'static str,
+    ) -> Result<bool, RegistryError> {
+        let (target, url) = self.v2_url(repository, "manifests", reference, operation)?;
+        self.head(url, operation, target).await
+    }
+
+    /// Whether the repository has blob `digest`: one `HEAD`.
+    pub(crate) async fn has_blob_direct(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        const OPERATION: &str = "check blob";
+        let (target, url) = self.v2_url(repository, "blobs", digest.as_str(), OPERATION)?;
+        self.head(url, OPERATION, target).await
+    }
+
+    /// `HEAD url`: present (2xx), absent (404), or the registry's error.
+    async fn head(
+        &self,
+        url: reqwest::Url,
+        operation: &'static str,
+        target: String,
+    ) -> Result<bool, RegistryError> {
+        let response = self
+            .direct(operation, &target, |c| {
+                c.head(url.clone())
+                    .header(reqwest::header::ACCEPT, ACCEPTED.join(", "))
+            })
+            .await?;
+        match response.status() {
+            s if s.is_success() => Ok(true),
+            reqwest::StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(response_error(operation, target, response).await),
+        }
+    }
+
+    /// The manifest `reference`, its bytes as served, checked against the
+    /// digest asked for and the digest the registry reports.
+    pub(crate) async fn get_manifest_direct(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<RawManifest, RegistryError> {
+        const OPERATION: &str = "pull manifest";
+        let (target, url) = self.v2_url(repository, "manifests", reference, OPERATION)?;
+        let response = self
+            .direct(OPERATION, &target, |c| {
+                c.get(url.clone())
+                    .header(reqwest::header::ACCEPT, ACCEPTED.join(", "))
+            })
+            .await?;
+        if !response.status().is_success() {
+            return Err(response_error(OPERATION, target, response).await);
+        }
+        let reported = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = self.bounded_body(OPERATION, &target, response).await?;
+        // The digest asked for binds the bytes as much as the one reported.
+        if let Ok(asked) = reference.parse::<Digest>() {
+            checked_manifest(bytes.clone(), Some(asked.as_str()), target.clone())?;
+        }
+        checked_manifest(bytes, reported.as_deref(), target)
+    }
+
+    /// A manifest's body, refused past the largest manifest accepted.
+    async fn bounded_body(
+        &self,
+        operation: &'static str,
+        target: &str,
+        mut response: reqwest::Response,
+    ) -> Result<Bytes, RegistryError> {
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                        return Err(RegistryError::Request {
+                            operation,
+                            target: target.to_string(),
+                            kind: ErrorKind::Protocol,
+                            message: format!(
+                                "the manifest is larger than {MAX_MANIFEST_BYTES} bytes"
+                            ),
+                        });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(Bytes::from(body)),
+                Err(e) => {
+                    let (kind, message) = transport(&e);
+                    return Err(RegistryError::Request {
+                        operation,
+                        target: target.to_string(),
+                        kind,
+                        message,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The digests the registry's referrers API lists for `subject`; `None`
+    /// when the registry has no such API (400, 404, 405, 501).
+    pub(crate) async fn referrers_direct(
+        &self,
+        repository: &str,
+        subject: &Digest,
+    ) -> Result<Option<Vec<String>>, RegistryError> {
+        const OPERATION: &str = "list referrers";
+        let (target, url) = self.v2_url(repository, "referrers", subject.as_str(), OPERATION)?;
+        let response = self
+            .direct(OPERATION, &target, |c| {
+                c.get(url.clone())
+                    .header(reqwest::header::ACCEPT, OCI_INDEX)
+            })
+            .await?;
+        match response.status().as_u16() {
+            400 | 404 | 405 | 501 => return Ok(None),
+            s if !(200..300).contains(&s) => {
+                return Err(response_error(OPERATION, target, response).await);
+            }
+            _ => {}
+        }
+        let bytes = self.bounded_body(OPERATION, &target, response).await?;
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            #[serde(default)]
+            manifests: Vec<Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            digest: String,
+        }
+        let listed: Listed =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Request {
+                operation: OPERATION,
+                target: target.clone(),
+                kind: ErrorKind::Protocol,
+                message: format!("not a referrers index: {e}"),
+            })?;
+        Ok(Some(
+            listed.manifests.into_iter().map(|e| e.digest).collect(),
+        ))
+    }
+
+    /// Streams blob `digest`; the stream ends with an error when the bytes do
+    /// not hash to it.
+    pub(crate) async fn blob_stream_direct(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<BoxStream<'static, Result<Bytes, RegistryError>>, RegistryError> {
+        const OPERATION: &str = "pull blob";
+        let (target, url) = self.v2_url(repository, "blobs", digest.as_str(), OPERATION)?;
+        let response = self
+            .direct(OPERATION, &target, |c| c.get(url.clone()))
+            .await?;
+        if !response.status().is_success() {
+            return Err(response_error(OPERATION, target, response).await);
+        }
+        let expected = digest.clone();
+        let state = (response.bytes_stream(), Some(Hasher::new()));
+        Ok(futures::stream::unfold(state, move |(mut body, hasher)| {
+            let (expected, target) = (expected.clone(), target.clone());
+            async move {
+                let mut hasher = hasher?;
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        hasher.update(&chunk);
+                        Some((Ok(chunk), (body, Some(hasher))))
+                    }
+                    Some(Err(e)) => {
+                        let (kind, message) = transport(&e);
+                        let error = RegistryError::Request {
+                            operation: OPERATION,
+                            target,
+                            kind,
+                            message,
+                        };
+                        Some((Err(error), (body, None)))
+                    }
+                    None => {
+                        let got = hasher.finish();
+                        (got != expected).then(|| {
+                            let error = RegistryError::Request {
+                                operation: OPERATION,
+                                target,
+                                kind: ErrorKind::Digest,
+                                message: format!(
+                                    "digest mismatch: the bytes hash to {got}, not {expected}"
+                                ),
+                            };
+                            (Err(error), (body, None))
+                        })
+                    }
+                }
+            }
+        })
+        .boxed())
+    }
+}
