@@ -5,8 +5,9 @@
 //! again before every request to find out, so every manifest, tag check,
 //! referrers list and blob costs two round trips. With catalog-sized work (two
 //! thousand images, six requests each) that is half of all the requests a
-//! `create` makes. When the registry asked for no token and the auth file holds
-//! nothing for the repository, there is nothing to authorise, and these reads
+//! `create` makes. When the registry answered `/v2/` with 2xx to a request
+//! without credentials and the auth file holds nothing for the repository,
+//! there is nothing to authorise, and these reads
 //! go out directly on the same HTTP client (same TLS, same proxy), checked the
 //! same way: digests of manifests and blobs, errors from the status and the
 //! registry's error body, a stale pooled connection sent again.
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 
 use airlock_oci::digest::{Digest, Hasher};
-use airlock_oci::manifest::{ACCEPTED, MAX_MANIFEST_BYTES};
+use airlock_oci::manifest::{ACCEPTED, MAX_MANIFEST_BYTES, ManifestError};
 
 use crate::{
     ErrorKind, RawManifest, RegistryClient, RegistryError, STALE_CONNECTIONS, checked_manifest,
@@ -26,10 +27,27 @@ use crate::{
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 impl RegistryClient {
-    /// Whether reads of `repository` carry no credential: the registry answered
-    /// `/v2/` without a token challenge and the auth file names nothing for it.
+    /// Whether reads of `repository` carry no credential: the auth file names
+    /// nothing for it and the registry answered `/v2/` with 2xx. Only a definite
+    /// answer counts: a registry that could not be asked, or answered anything
+    /// but 2xx or 401, is read through oci-client, which authorises as needed.
     pub(crate) async fn anonymous(&self, repository: &str) -> bool {
-        self.credentials_for(repository).0.is_none() && self.bearer().await.is_none()
+        if self.credentials_for(repository).0.is_some() {
+            return false;
+        }
+        let asked = self
+            .open
+            .get_or_try_init(|| async {
+                let url = self.base.join("v2/").map_err(|_| ())?;
+                let status = self.http.get(url).send().await.map_err(|_| ())?.status();
+                match status.as_u16() {
+                    200..=299 => Ok(true),
+                    401 => Ok(false),
+                    _ => Err(()),
+                }
+            })
+            .await;
+        asked.is_ok_and(|open| *open)
     }
 
     /// Sends a read built by `build`, again when a pooled connection turns out
@@ -82,7 +100,8 @@ impl RegistryClient {
         Ok((target, url))
     }
 
-    /// Whether the manifest `reference` exists: one `HEAD`.
+    /// Whether the manifest `reference` exists: one `HEAD`, checked against the
+    /// digest asked for; a `GET` where the registry does not answer `HEAD`.
     pub(crate) async fn exists_direct(
         &self,
         repository: &str,
@@ -90,7 +109,32 @@ impl RegistryClient {
         operation: &'static str,
     ) -> Result<bool, RegistryError> {
         let (target, url) = self.v2_url(repository, "manifests", reference, operation)?;
-        self.head(url, operation, target).await
+        let response = self.head_response(url, operation, &target).await?;
+        match response.status().as_u16() {
+            405 | 501 => match self.get_manifest_direct(repository, reference).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == Some(ErrorKind::NotFound) => Ok(false),
+                Err(e) => Err(e),
+            },
+            200..=299 => {
+                let reported = reported_digest(&response);
+                match (reference.parse::<Digest>(), reported) {
+                    (Ok(asked), Some(reported)) if reported != asked.as_str() => {
+                        Err(RegistryError::Request {
+                            operation,
+                            target,
+                            kind: ErrorKind::Digest,
+                            message: format!(
+                                "asked for {asked}, the registry reported digest {reported}"
+                            ),
+                        })
+                    }
+                    _ => Ok(true),
+                }
+            }
+            404 => Ok(false),
+            _ => Err(response_error(operation, target, response).await),
+        }
     }
 
     /// Whether the repository has blob `digest`: one `HEAD`.
@@ -111,12 +155,7 @@ impl RegistryClient {
         operation: &'static str,
         target: String,
     ) -> Result<bool, RegistryError> {
-        let response = self
-            .direct(operation, &target, |c| {
-                c.head(url.clone())
-                    .header(reqwest::header::ACCEPT, ACCEPTED.join(", "))
-            })
-            .await?;
+        let response = self.head_response(url, operation, &target).await?;
         match response.status() {
             s if s.is_success() => Ok(true),
             reqwest::StatusCode::NOT_FOUND => Ok(false),
@@ -124,8 +163,22 @@ impl RegistryClient {
         }
     }
 
+    async fn head_response(
+        &self,
+        url: reqwest::Url,
+        operation: &'static str,
+        target: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        self.direct(operation, target, |c| {
+            c.head(url.clone())
+                .header(reqwest::header::ACCEPT, ACCEPTED.join(", "))
+        })
+        .await
+    }
+
     /// The manifest `reference`, its bytes as served, checked against the
-    /// digest asked for and the digest the registry reports.
+    /// digest asked for and the digest the registry reports. A connection that
+    /// breaks while the body is read is asked once more, as oci-client's reads were.
     pub(crate) async fn get_manifest_direct(
         &self,
         repository: &str,
@@ -133,29 +186,40 @@ impl RegistryClient {
     ) -> Result<RawManifest, RegistryError> {
         const OPERATION: &str = "pull manifest";
         let (target, url) = self.v2_url(repository, "manifests", reference, OPERATION)?;
-        let response = self
-            .direct(OPERATION, &target, |c| {
-                c.get(url.clone())
-                    .header(reqwest::header::ACCEPT, ACCEPTED.join(", "))
-            })
-            .await?;
-        if !response.status().is_success() {
-            return Err(response_error(OPERATION, target, response).await);
-        }
-        let reported = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = self.bounded_body(OPERATION, &target, response).await?;
-        // The digest asked for binds the bytes as much as the one reported.
+        let mut again = true;
+        let (bytes, reported) = loop {
+            let response = self
+                .direct(OPERATION, &target, |c| {
+                    c.get(url.clone())
+                        .header(reqwest::header::ACCEPT, ACCEPTED.join(", "))
+                })
+                .await?;
+            if !response.status().is_success() {
+                return Err(response_error(OPERATION, target, response).await);
+            }
+            let reported = reported_digest(&response);
+            match self.bounded_body(OPERATION, &target, response).await {
+                Ok(bytes) => break (bytes, reported),
+                Err(e) if again && e.kind() == Some(ErrorKind::Network) => again = false,
+                Err(e) => return Err(e),
+            }
+        };
         if let Ok(asked) = reference.parse::<Digest>() {
-            checked_manifest(bytes.clone(), Some(asked.as_str()), target.clone())?;
+            let computed = Digest::of(&bytes);
+            if asked != computed {
+                return Err(RegistryError::Request {
+                    operation: OPERATION,
+                    target,
+                    kind: ErrorKind::Digest,
+                    message: format!("asked for {asked}, but the bytes hash to {computed}"),
+                });
+            }
         }
         checked_manifest(bytes, reported.as_deref(), target)
     }
 
-    /// A manifest's body, refused past the largest manifest accepted.
+    /// A manifest's (or referrers list's) body, refused past the largest
+    /// manifest accepted.
     async fn bounded_body(
         &self,
         operation: &'static str,
@@ -167,13 +231,9 @@ impl RegistryClient {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                        return Err(RegistryError::Request {
-                            operation,
+                        return Err(RegistryError::Manifest {
                             target: target.to_string(),
-                            kind: ErrorKind::Protocol,
-                            message: format!(
-                                "the manifest is larger than {MAX_MANIFEST_BYTES} bytes"
-                            ),
+                            source: ManifestError::TooLarge(body.len() + chunk.len()),
                         });
                     }
                     body.extend_from_slice(&chunk);
@@ -291,4 +351,15 @@ impl RegistryClient {
         })
         .boxed())
     }
+}
+
+/// The `Docker-Content-Digest` a response reports, if any (an empty header is
+/// none, as oci-client takes it).
+fn reported_digest(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }

@@ -279,6 +279,10 @@ pub struct RegistryClient {
     /// tokens for scopes nobody was challenged for come from (a mount needs pull
     /// on the repository it mounts from). `None` without token auth.
     challenge: tokio::sync::OnceCell<Option<BearerChallenge>>,
+    /// Whether `/v2/` answered 2xx to a request without credentials: the
+    /// registry asks for none (see [`direct`]). Kept once it answered 2xx or
+    /// 401; asked again after anything else.
+    open: tokio::sync::OnceCell<bool>,
     /// Where reads of this registry's images may be sent instead
     /// (`registries.conf`); see [`mirrors`].
     mirrors: Option<std::sync::Arc<mirrors::Mirrors>>,
@@ -555,6 +559,22 @@ async fn response_error(
     }
 }
 
+/// The start of an error response's body: enough for the registry's error
+/// codes, and no more whatever a hostile registry sends.
+async fn error_body(mut response: reqwest::Response) -> String {
+    const LIMIT: usize = 64 << 10;
+    let mut body = Vec::new();
+    while body.len() < LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk[..chunk.len().min(LIMIT - body.len())])
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// The kind and text of an error response.
 async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
     let status = response.status();
@@ -563,7 +583,7 @@ async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-    let body = response.text().await.unwrap_or_default();
+    let body = error_body(response).await;
     #[derive(serde::Deserialize)]
     struct Envelope {
         errors: Vec<Entry>,
@@ -899,6 +919,7 @@ impl RegistryClient {
             tokens: Default::default(),
             scoped: Default::default(),
             challenge: Default::default(),
+            open: Default::default(),
             mirrors: opts.mirrors.clone(),
             layouts: None,
         })
@@ -932,6 +953,7 @@ impl RegistryClient {
             tokens: Default::default(),
             scoped: Default::default(),
             challenge: Default::default(),
+            open: Default::default(),
             mirrors: None,
             layouts: Some(layouts),
         })

@@ -743,8 +743,9 @@ fn an_anonymous_registry_is_not_asked_for_v2_before_every_read() {
 }
 
 /// A source registry that serves other bytes under a blob's digest (its
-/// storage altered, same length) stops `create` with the digest named: the
-/// direct read checks what oci-client checked.
+/// storage altered, same length) stops `create` with the digest named, from
+/// the registry client's own check as the blob streams in (the chunk writer
+/// would catch it later, with other words).
 #[test]
 fn a_blob_served_with_other_bytes_than_its_digest_stops_create() {
     let s = Setup::plain();
@@ -768,7 +769,10 @@ fn a_blob_served_with_other_bytes_than_its_digest_stops_create() {
     ));
     assert_ne!(created.code, 0, "{created}");
     assert!(
-        created.stderr.contains(hex) && created.stderr.contains("hash"),
+        created.stderr.contains(hex)
+            && created
+                .stderr
+                .contains("digest mismatch: the bytes hash to"),
         "{created}"
     );
 }
