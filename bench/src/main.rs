@@ -575,7 +575,7 @@ fn main() -> Result<()> {
         g if g <= 0.0 => None,
         g => {
             let needs = (3.0 * g * blob_bytes as f64 / s) as u64;
-            let free = free_bytes(&std::env::temp_dir())?;
+            let free = airlock_state::free_space(&std::env::temp_dir())?;
             if free < needs {
                 bail!(
                     "the growth run at scale {g} needs about {:.1} GiB free in {} ({:.1} GiB are): free space, or pass --growth 0 to skip it",
@@ -806,19 +806,6 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Bytes free on the file system holding `dir`, as `df` reports them.
-fn free_bytes(dir: &Path) -> Result<u64> {
-    let out = Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(dir)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .with_context(|| format!("df {}: {text}", dir.display()))
 }
 
 fn run_json(r: Run) -> Value {

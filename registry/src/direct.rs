@@ -16,15 +16,12 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 
 use airlock_oci::digest::{Digest, Hasher};
-use airlock_oci::manifest::{ACCEPTED, MAX_MANIFEST_BYTES, ManifestError};
+use airlock_oci::manifest::{ACCEPTED, MAX_MANIFEST_BYTES, ManifestError, OCI_INDEX};
 
 use crate::{
-    ErrorKind, RawManifest, RegistryClient, RegistryError, STALE_CONNECTIONS, checked_manifest,
-    response_error, transport,
+    ErrorKind, RawManifest, RegistryClient, RegistryError, STALE_CONNECTIONS, V2Answer,
+    checked_manifest, response_error, transport, transport_error,
 };
-
-/// The media type of a referrers list.
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 impl RegistryClient {
     /// Whether reads of `repository` carry no credential: the auth file names
@@ -35,19 +32,7 @@ impl RegistryClient {
         if self.credentials_for(repository).0.is_some() {
             return false;
         }
-        let asked = self
-            .open
-            .get_or_try_init(|| async {
-                let url = self.base.join("v2/").map_err(|_| ())?;
-                let status = self.http.get(url).send().await.map_err(|_| ())?.status();
-                match status.as_u16() {
-                    200..=299 => Ok(true),
-                    401 => Ok(false),
-                    _ => Err(()),
-                }
-            })
-            .await;
-        asked.is_ok_and(|open| *open)
+        matches!(self.version_check().await, Some(V2Answer::Open))
     }
 
     /// Sends a read built by `build`, again when a pooled connection turns out
@@ -72,12 +57,7 @@ impl RegistryClient {
                         tries += 1;
                         continue;
                     }
-                    return Err(RegistryError::Request {
-                        operation,
-                        target: target.to_string(),
-                        kind,
-                        message,
-                    });
+                    return Err(transport_error(operation, target, &e));
                 }
             }
         }
@@ -239,15 +219,7 @@ impl RegistryClient {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => return Ok(Bytes::from(body)),
-                Err(e) => {
-                    let (kind, message) = transport(&e);
-                    return Err(RegistryError::Request {
-                        operation,
-                        target: target.to_string(),
-                        kind,
-                        message,
-                    });
-                }
+                Err(e) => return Err(transport_error(operation, target, &e)),
             }
         }
     }
@@ -323,14 +295,7 @@ impl RegistryClient {
                         Some((Ok(chunk), (body, Some(hasher))))
                     }
                     Some(Err(e)) => {
-                        let (kind, message) = transport(&e);
-                        let error = RegistryError::Request {
-                            operation: OPERATION,
-                            target,
-                            kind,
-                            message,
-                        };
-                        Some((Err(error), (body, None)))
+                        Some((Err(transport_error(OPERATION, &target, &e)), (body, None)))
                     }
                     None => {
                         let got = hasher.finish();

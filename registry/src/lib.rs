@@ -275,14 +275,9 @@ pub struct RegistryClient {
     /// Tokens for the scopes registries asked for beyond pull and push (a
     /// delete needs `repository:NAME:delete`), by scope.
     scoped: tokio::sync::Mutex<HashMap<String, String>>,
-    /// The registry's `Bearer` challenge to an anonymous `/v2/`, asked once: where
-    /// tokens for scopes nobody was challenged for come from (a mount needs pull
-    /// on the repository it mounts from). `None` without token auth.
-    challenge: tokio::sync::OnceCell<Option<BearerChallenge>>,
-    /// Whether `/v2/` answered 2xx to a request without credentials: the
-    /// registry asks for none (see [`direct`]). Kept once it answered 2xx or
-    /// 401; asked again after anything else.
-    open: tokio::sync::OnceCell<bool>,
+    /// What `/v2/` answered a request without credentials, asked once (see
+    /// [`RegistryClient::version_check`]).
+    v2: tokio::sync::OnceCell<V2Answer>,
     /// Where reads of this registry's images may be sent instead
     /// (`registries.conf`); see [`mirrors`].
     mirrors: Option<std::sync::Arc<mirrors::Mirrors>>,
@@ -554,6 +549,26 @@ async fn response_error(
     RegistryError::Request {
         operation,
         target,
+        kind,
+        message,
+    }
+}
+
+/// What a registry's `/v2/` answers a request without credentials.
+#[derive(Debug)]
+pub(crate) enum V2Answer {
+    /// 2xx: the registry asks for no credential (see [`direct`]).
+    Open,
+    /// 401, with the `Bearer` challenge when it gave one.
+    Challenged(Option<BearerChallenge>),
+}
+
+/// The error for a request that got no response (or whose body broke off).
+fn transport_error(operation: &'static str, target: &str, e: &reqwest::Error) -> RegistryError {
+    let (kind, message) = transport(e);
+    RegistryError::Request {
+        operation,
+        target: target.to_string(),
         kind,
         message,
     }
@@ -918,8 +933,7 @@ impl RegistryClient {
             pulls_authorised: Default::default(),
             tokens: Default::default(),
             scoped: Default::default(),
-            challenge: Default::default(),
-            open: Default::default(),
+            v2: Default::default(),
             mirrors: opts.mirrors.clone(),
             layouts: None,
         })
@@ -952,8 +966,7 @@ impl RegistryClient {
             pulls_authorised: Default::default(),
             tokens: Default::default(),
             scoped: Default::default(),
-            challenge: Default::default(),
-            open: Default::default(),
+            v2: Default::default(),
             mirrors: None,
             layouts: Some(layouts),
         })
@@ -1366,15 +1379,7 @@ impl RegistryClient {
         target: &str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RegistryError> {
-        let transport = |e: reqwest::Error| {
-            let (kind, message) = transport(&e);
-            RegistryError::Request {
-                operation,
-                target: target.to_string(),
-                kind,
-                message,
-            }
-        };
+        let transport = |e: reqwest::Error| transport_error(operation, target, &e);
         let mut fresh = false;
         let mut scoped: Option<(BearerChallenge, String)> = None;
         loop {
@@ -1900,28 +1905,40 @@ impl RegistryClient {
         self.credentials_for(a).0 == self.credentials_for(b).0
     }
 
-    /// The registry's token challenge, asked once (see [`RegistryClient::challenge`]).
-    async fn bearer(&self) -> Option<BearerChallenge> {
-        // Kept once known; a registry that could not be asked is asked again
-        // next time, not taken for one without token auth.
-        self.challenge
+    /// What `/v2/` answers a request without credentials. Kept once it
+    /// answered 2xx or 401; a registry that could not be asked, or answered
+    /// anything else, is asked again next time rather than taken for one without
+    /// token auth.
+    pub(crate) async fn version_check(&self) -> Option<&V2Answer> {
+        self.v2
             .get_or_try_init(|| async {
                 let url = self.base.join("v2/").map_err(|_| ())?;
                 let response = self.http.get(url).send().await.map_err(|_| ())?;
-                if response.status() != reqwest::StatusCode::UNAUTHORIZED {
-                    return Ok::<_, ()>(None);
+                match response.status().as_u16() {
+                    200..=299 => Ok(V2Answer::Open),
+                    401 => Ok(V2Answer::Challenged(
+                        response
+                            .headers()
+                            .get_all(http::header::WWW_AUTHENTICATE)
+                            .iter()
+                            .filter_map(|v| v.to_str().ok())
+                            .find_map(BearerChallenge::parse),
+                    )),
+                    _ => Err(()),
                 }
-                Ok(response
-                    .headers()
-                    .get_all(http::header::WWW_AUTHENTICATE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .find_map(BearerChallenge::parse))
             })
             .await
             .ok()
-            .cloned()
-            .flatten()
+    }
+
+    /// The registry's token challenge: where tokens for scopes nobody was
+    /// challenged for come from (a mount needs pull on the repository it mounts
+    /// from). `None` without token auth.
+    async fn bearer(&self) -> Option<BearerChallenge> {
+        match self.version_check().await {
+            Some(V2Answer::Challenged(challenge)) => challenge.clone(),
+            _ => None,
+        }
     }
 
     /// Uploads a blob from a stream (another registry's download, or store
@@ -2031,15 +2048,10 @@ impl RegistryClient {
             None if same_origin => self.authorised(repository, &target, false, put).await?,
             None => put,
         };
-        let response = put.send().await.map_err(|e| {
-            let (kind, message) = transport(&e);
-            RegistryError::Request {
-                operation: OPERATION,
-                target: target.clone(),
-                kind,
-                message,
-            }
-        })?;
+        let response = put
+            .send()
+            .await
+            .map_err(|e| transport_error(OPERATION, &target, &e))?;
         if response.status() == reqwest::StatusCode::UNAUTHORIZED && bearer.is_some() {
             // The POST just passed with this token: it expired in between (a
             // token of seconds, a queue of uploads). Not the credential's fault:
