@@ -37,7 +37,8 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench/results/latest.json")]
     results: PathBuf,
-    /// Keep the work directory (the chunk files in `out/`, the OCI layout) under DIR
+    /// Keep the work directory (the chunk files in `out/` and the catalog-sized
+    /// run's in `many-out/`, the OCI layout) under DIR
     /// instead of removing it, to profile a command on the same data afterwards.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
@@ -565,7 +566,7 @@ fn main() -> Result<()> {
         0 => None,
         n => {
             println!("catalog-sized: {n} small images over shared bases, against skopeo sync …");
-            Some(many::run(n, work.path())?)
+            Some(many::run(n, work.path(), kept.is_some())?)
         }
     };
 

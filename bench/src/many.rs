@@ -6,7 +6,6 @@
 //! with skopeo today.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use airlock_tests::images::{Blob, Format, Image, ImageBuilder, PushClient, index};
 use airlock_tests::registry::Registry;
@@ -14,7 +13,9 @@ use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use crate::{Placed, Run, agent_fanout, airlock_create, airlock_publish, config, random_blob};
+use crate::{
+    Placed, Run, agent_fanout, airlock_create, airlock_publish, config, limits, random_blob,
+};
 
 /// Where the shared base layers are pushed first, to be mounted from.
 const BASE_REPO: &str = "many/base";
@@ -63,10 +64,13 @@ fn image(i: usize, bases: &[Blob], seed: u64) -> Image {
     }
 }
 
-/// Seeds `registry` with `n` images, several at once, the bases uploaded once
-/// and mounted into every repository. Returns the images and their distinct blob
-/// bytes.
-fn generate(registry: &Registry, n: usize, seed: u64) -> Result<(Vec<Placed>, u64)> {
+/// Seeds `registry`, a fresh one, with `n` images. Returns the images, their
+/// distinct blob bytes, and the seconds the seeding took: the registry's ingest
+/// limit for this set. The images are built first and the bases uploaded
+/// once; what is timed is the least any client must send, [`limits::INFLIGHT`]
+/// images at once: every base mounted into each repository, every other blob
+/// uploaded without asking first (POST, then PUT), every manifest put once.
+fn generate(registry: &Registry, n: usize, seed: u64) -> Result<(Vec<Placed>, u64, f64)> {
     let client = PushClient::new(registry)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let bases: Vec<Blob> = BASE_SIZES
@@ -76,22 +80,24 @@ fn generate(registry: &Registry, n: usize, seed: u64) -> Result<(Vec<Placed>, u6
     for b in &bases {
         client.push_blob(BASE_REPO, b)?;
     }
-    let own_bytes = AtomicU64::new(0);
+    // Built on several cores, and held without the bases (mounted, not
+    // uploaded), which would otherwise be copied into every image.
+    let images = std::sync::Mutex::new(Vec::with_capacity(n));
     let indexes: Vec<usize> = (0..n).collect();
-    crate::limits::parallel(&indexes, |&i| {
-        let repo = repo(i);
+    limits::parallel(&indexes, |&i| {
+        let mut img = image(i, &bases, seed);
+        without(&mut img, &bases);
+        images.lock().expect("not poisoned").push((i, img));
+        Ok(())
+    })?;
+    let images = images.into_inner().expect("not poisoned");
+    let own_bytes: u64 = images.iter().map(|(_, img)| blob_bytes(img)).sum();
+    let seconds = limits::parallel(&images, |(i, img)| {
+        let repo = repo(*i);
         for b in &bases {
             client.mount_blob(&repo, BASE_REPO, &b.digest)?;
         }
-        let img = image(i, &bases, seed);
-        let own: u64 = img
-            .all_blobs()
-            .iter()
-            .filter(|b| !bases.iter().any(|base| base.digest == b.digest))
-            .map(|b| b.bytes.len() as u64)
-            .sum();
-        own_bytes.fetch_add(own, Ordering::Relaxed);
-        img.push(&client, &repo, Some(TAG))
+        push_unasked(&client, &repo, img, Some(TAG))
     })?;
     let base_bytes: u64 = bases.iter().map(|b| b.bytes.len() as u64).sum();
     let placed = (0..n)
@@ -100,7 +106,38 @@ fn generate(registry: &Registry, n: usize, seed: u64) -> Result<(Vec<Placed>, u6
             tag: TAG.into(),
         })
         .collect();
-    Ok((placed, own_bytes.into_inner() + base_bytes))
+    Ok((placed, own_bytes + base_bytes, seconds))
+}
+
+/// Drops the base layers from `img`'s blobs (and its children's).
+fn without(img: &mut Image, bases: &[Blob]) {
+    img.blobs
+        .retain(|b| !bases.iter().any(|base| base.digest == b.digest));
+    for c in &mut img.children {
+        without(c, bases);
+    }
+}
+
+fn blob_bytes(img: &Image) -> u64 {
+    img.blobs.iter().map(|b| b.bytes.len() as u64).sum::<u64>()
+        + img.children.iter().map(blob_bytes).sum::<u64>()
+}
+
+/// Pushes `img` with no existence check: its blobs, its children, then its
+/// manifest under `tag` (its digest when none).
+fn push_unasked(client: &PushClient, repo: &str, img: &Image, tag: Option<&str>) -> Result<()> {
+    for b in &img.blobs {
+        client.upload_blob(repo, b)?;
+    }
+    for c in &img.children {
+        push_unasked(client, repo, c, None)?;
+    }
+    client.push_manifest(
+        repo,
+        tag.unwrap_or(&img.digest),
+        &img.manifest,
+        &img.media_type,
+    )
 }
 
 const TAG: &str = "v1.0.0";
@@ -116,10 +153,12 @@ fn skopeo_sync(args: &[&str]) -> Result<Run> {
     crate::skopeo(&all.iter().map(|s| s.to_string()).collect::<Vec<_>>())
 }
 
-/// Runs the mode with `n` images under `work`.
-pub fn run(n: usize, work: &Path) -> Result<Figures> {
+/// Runs the mode with `n` images under `work`; `keep` leaves its chunk files
+/// in `many-out/` there, to profile a command on them afterwards.
+pub fn run(n: usize, work: &Path, keep: bool) -> Result<Figures> {
     let source = Registry::plain()?;
-    let (placed, blob_bytes) = generate(&source, n, 11)?;
+    let (placed, blob_bytes, limit) = generate(&source, n, 11)?;
+    let limit = Run::timed(limit);
     let isc = config(work, &source, &placed)?;
 
     let out = work.join("many-out");
@@ -165,7 +204,9 @@ pub fn run(n: usize, work: &Path) -> Result<Figures> {
     }
 
     let (agent, _) = agent_fanout(&out, 1, work)?;
-    std::fs::remove_dir_all(&out)?;
+    if !keep {
+        std::fs::remove_dir_all(&out)?;
+    }
 
     let per_second = |r: Run| {
         if r.seconds > 0.0 {
@@ -186,6 +227,8 @@ pub fn run(n: usize, work: &Path) -> Result<Figures> {
         "skopeo_sync_to_dir": crate::run_json(sync_to_dir),
         "publish": crate::run_json(publish),
         "skopeo_sync_dir_to_registry": crate::run_json(sync_to_registry),
+        // Measured here, not around a process: only the time.
+        "ingest_limit": {"seconds": limit.seconds},
         "agent_drop_to_1_cluster": crate::run_json(agent),
     });
     let ratios = vec![
@@ -199,6 +242,14 @@ pub fn run(n: usize, work: &Path) -> Result<Figures> {
         (
             "many_publish_speedup",
             ratio(sync_to_registry.seconds, publish.seconds),
+        ),
+        (
+            "many_publish_fraction_of_limit",
+            ratio(limit.seconds, publish.seconds),
+        ),
+        (
+            "skopeo_many_publish_fraction_of_limit",
+            ratio(limit.seconds, sync_to_registry.seconds),
         ),
         ("many_peak_rss_mib", peak),
     ];
@@ -214,6 +265,11 @@ pub fn run(n: usize, work: &Path) -> Result<Figures> {
             "  skopeo sync dir → docker".to_string(),
             sync_to_registry,
             Some(ratio(sync_to_registry.seconds, publish.seconds)),
+        ),
+        (
+            "  ingest limit: least requests, from memory".to_string(),
+            limit,
+            Some(ratio(limit.seconds, publish.seconds)),
         ),
         ("many: agent, drop → 1 cluster".to_string(), agent, None),
     ];

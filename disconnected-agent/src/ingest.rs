@@ -111,6 +111,14 @@ impl PartSink for Counted<'_> {
         };
         self.inner.part(blob_index, blob, part, record, &mut reader)
     }
+
+    fn checks_digests(&self) -> bool {
+        self.inner.checks_digests()
+    }
+
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
 }
 
 struct CountingRead<'a> {

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use airlock_common::io::FileError;
-use airlock_imageset::read::PartSink;
+use airlock_imageset::read::{DigestCheck, PartSink, altered, expect_offset, hash_through};
 use airlock_imageset::{BlobRecord, PartRecord};
 use airlock_oci::digest::{Digest, Hasher};
 
@@ -81,6 +81,8 @@ impl Store {
         StoreSink {
             store: self,
             partial: HashMap::new(),
+            held: DigestCheck::default(),
+            buf: Vec::new(),
             stored: 0,
         }
     }
@@ -98,22 +100,18 @@ struct Partial {
 pub struct StoreSink<'a> {
     store: &'a Store,
     partial: HashMap<usize, Partial>,
+    /// Blobs the store already held when their first part came: checked, not
+    /// written, since no payload hash covers a chunk read into the store.
+    held: DigestCheck,
+    /// One buffer for every part: small blobs are many.
+    buf: Vec<u8>,
     stored: u64,
-}
-
-fn invalid(msg: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
 }
 
 impl StoreSink<'_> {
     /// Blobs committed to the store so far.
     pub fn stored(&self) -> u64 {
         self.stored
-    }
-
-    /// Blobs begun but not completed: parts still expected from later chunks.
-    pub fn pending(&self) -> usize {
-        self.partial.len()
     }
 }
 
@@ -126,8 +124,10 @@ impl PartSink for StoreSink<'_> {
         record: &PartRecord,
         data: &mut dyn Read,
     ) -> std::io::Result<()> {
-        if self.store.has(&blob.digest) {
-            return Ok(());
+        // Decided at the first part: a blob begun is finished the same way.
+        let begun = self.partial.contains_key(&index);
+        if part == 0 && self.store.has(&blob.digest) || part != 0 && !begun {
+            return self.held.part(index, blob, part, record, data);
         }
         if part == 0 {
             let path = self.store.tmp_dir().join(unique_name(&blob.digest, "part"));
@@ -141,31 +141,13 @@ impl PartSink for StoreSink<'_> {
                 },
             );
         }
-        let p = self.partial.get_mut(&index).ok_or_else(|| {
-            invalid(format!(
-                "blob {} part {} arrived before its first part",
-                blob.digest,
-                part + 1
-            ))
-        })?;
-        if p.hasher.len() != record.offset {
-            return Err(invalid(format!(
-                "blob {} part {} starts at byte {}, but {} bytes were received",
-                blob.digest,
-                part + 1,
-                record.offset,
-                p.hasher.len()
-            )));
-        }
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let n = data.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            p.hasher.update(&buf[..n]);
-            p.file.write_all(&buf[..n])?;
-        }
+        let p = self
+            .partial
+            .get_mut(&index)
+            .expect("inserted above or begun");
+        expect_offset(blob, part, record, p.hasher.len())?;
+        let file = &mut p.file;
+        hash_through(data, &mut p.hasher, &mut self.buf, |b| file.write_all(b))?;
         if record.offset + record.length < blob.size {
             return Ok(());
         }
@@ -173,7 +155,7 @@ impl PartSink for StoreSink<'_> {
         let actual = p.hasher.finish();
         if actual != blob.digest {
             let _ = std::fs::remove_file(&p.path);
-            return Err(invalid(format!(
+            return Err(altered(format!(
                 "blob {} ({} bytes, from {}) hashes to {actual}: content was altered",
                 blob.digest, blob.size, blob.repository
             )));
@@ -183,6 +165,14 @@ impl PartSink for StoreSink<'_> {
         std::fs::rename(&p.path, self.store.path(&blob.digest))?;
         self.stored += 1;
         Ok(())
+    }
+
+    fn checks_digests(&self) -> bool {
+        true
+    }
+
+    fn pending(&self) -> usize {
+        self.partial.len() + self.held.pending()
     }
 }
 
@@ -292,5 +282,60 @@ impl Store {
             std::fs::remove_file(entry.path())?;
         }
         Ok(freed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(bytes: &[u8], parts: &[(u64, u64)]) -> BlobRecord {
+        BlobRecord {
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            media_type: None,
+            repository: "example.com/app".into(),
+            parts: parts
+                .iter()
+                .enumerate()
+                .map(|(i, &(offset, length))| PartRecord {
+                    chunk: i as u32 + 1,
+                    offset,
+                    length,
+                })
+                .collect(),
+        }
+    }
+
+    /// Hands `bytes` to `sink` as the parts of `blob`.
+    fn feed(sink: &mut StoreSink<'_>, blob: &BlobRecord, bytes: &[u8]) -> std::io::Result<()> {
+        for (i, p) in blob.parts.iter().enumerate() {
+            let range = p.offset as usize..(p.offset + p.length) as usize;
+            sink.part(0, blob, i, p, &mut &bytes[range])?;
+        }
+        Ok(())
+    }
+
+    /// No payload hash covers a chunk read into the store, so a blob the store
+    /// already holds, carried again, must still be checked: whole or split,
+    /// altered bytes are refused and the stored blob stays as it was.
+    #[test]
+    fn a_blob_the_store_holds_is_still_checked_when_carried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        for parts in [&[(0, 5000)][..], &[(0, 3000), (3000, 2000)]] {
+            let blob = record(&bytes, parts);
+            let mut sink = store.sink();
+            feed(&mut sink, &blob, &bytes).unwrap();
+            let mut altered = bytes.clone();
+            altered[4000] ^= 1;
+            let err = feed(&mut sink, &blob, &altered).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+            assert!(err.to_string().contains("content was altered"), "{err}");
+            assert_eq!(sink.pending(), 0);
+            assert_eq!(store.read(&blob.digest).unwrap(), bytes);
+            feed(&mut sink, &blob, &bytes).expect("the intact copy again");
+        }
     }
 }

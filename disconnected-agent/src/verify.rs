@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use airlock_cli::telemetry::Bar;
 use airlock_common::exit_codes;
-use airlock_imageset::read::DigestCheck;
+use airlock_imageset::read::{DigestCheck, PartSink as _};
 use airlock_imageset::signing::TrustStore;
 use airlock_registry::progress::Progress as _;
 
@@ -43,7 +43,8 @@ pub struct Verified {
 }
 
 /// Verifies every imageset found in `dir`: signature (when keys are given), every
-/// chunk's payload sha256, every blob's digest.
+/// byte of every chunk (blobs by digest, the rest against the format), every
+/// parity file's payload sha256.
 pub fn verify(dir: &Path, trust: &TrustStore) -> Result<VerifyReport, Error> {
     let started = Instant::now();
     let mut report = VerifyReport::default();
@@ -79,7 +80,14 @@ pub fn verify(dir: &Path, trust: &TrustStore) -> Result<VerifyReport, Error> {
         let bar = Bar::bytes(&format!("verify {label}"), bytes);
         let result = files
             .iter()
-            .try_for_each(|head| verify_counted(head, &mut sink, &bar).map(|_| ()));
+            .try_for_each(|head| verify_counted(head, &mut sink, &bar).map(|_| ()))
+            .map_err(|e| e.to_string())
+            .and_then(|()| match sink.pending() {
+                0 => Ok(()),
+                n => Err(format!(
+                    "{n} split blobs end in no chunk: the manifest's parts do not add up"
+                )),
+            });
         bar.finish();
         match result {
             Ok(()) => report.verified.push(Verified {

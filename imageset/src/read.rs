@@ -378,7 +378,8 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
 /// Receives the content of a chunk's parts while the chunk is verified.
 pub trait PartSink {
     /// Part `part` of `blob` (index `blob_index` in the manifest); `data` yields exactly
-    /// `record.length` bytes. Bytes the sink does not read are still read and hashed.
+    /// `record.length` bytes. Bytes the sink does not read are still read (and
+    /// hashed, unless the sink [checks digests](PartSink::checks_digests)).
     /// An error of kind `InvalidData` (content that does not match its digest) is
     /// reported as corruption of the chunk; any other as a local storage failure
     /// ([`ChunkError::Store`]), which says nothing about the chunk.
@@ -390,6 +391,23 @@ pub trait PartSink {
         record: &PartRecord,
         data: &mut dyn Read,
     ) -> std::io::Result<()>;
+
+    /// Whether the sink reads every byte it is handed and checks it against its
+    /// blob's digest (a split blob's when its last part is in), and reports
+    /// [`pending`](PartSink::pending) blobs. A data chunk's payload hash is then
+    /// not computed: the digests cover every part, and [`verify`] compares every
+    /// other byte (identity, headers, padding, end marker) with what the format
+    /// writes, so each byte is hashed once rather than twice.
+    fn checks_digests(&self) -> bool {
+        false
+    }
+
+    /// Blobs begun but not finished: parts still expected from later chunks.
+    /// After the last chunk, any is an error; only a sink that checks digests
+    /// need count them.
+    fn pending(&self) -> usize {
+        0
+    }
 }
 
 /// A sink that keeps nothing, for verifying a chunk without extracting it.
@@ -414,8 +432,53 @@ impl PartSink for Discard {
 #[derive(Default)]
 pub struct DigestCheck {
     partial: std::collections::HashMap<usize, Hasher>,
+    /// One buffer for every part: small blobs are many.
+    buf: Vec<u8>,
     /// Blobs checked so far.
     pub checked: u64,
+}
+
+/// The error for content that does not match what the manifest says of it.
+pub fn altered(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+/// Feeds `data` to `hasher` through `buf` (sized on first use), and to `also`.
+pub fn hash_through(
+    data: &mut dyn Read,
+    hasher: &mut Hasher,
+    buf: &mut Vec<u8>,
+    mut also: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if buf.is_empty() {
+        buf.resize(256 << 10, 0);
+    }
+    loop {
+        let n = data.read(buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+        also(&buf[..n])?;
+    }
+}
+
+/// Where part `part` of `blob` must continue a hash `received` bytes long.
+pub fn expect_offset(
+    blob: &BlobRecord,
+    part: usize,
+    record: &PartRecord,
+    received: u64,
+) -> std::io::Result<()> {
+    if received != record.offset {
+        return Err(altered(format!(
+            "blob {} part {} starts at byte {}, but {received} bytes were received",
+            blob.digest,
+            part + 1,
+            record.offset,
+        )));
+    }
+    Ok(())
 }
 
 impl PartSink for DigestCheck {
@@ -423,34 +486,42 @@ impl PartSink for DigestCheck {
         &mut self,
         index: usize,
         blob: &BlobRecord,
-        _: usize,
+        part: usize,
         record: &PartRecord,
         data: &mut dyn Read,
     ) -> std::io::Result<()> {
-        let hasher = self.partial.entry(index).or_default();
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let n = data.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
+        if part == 0 {
+            self.partial.insert(index, Hasher::default());
         }
+        let hasher = self.partial.get_mut(&index).ok_or_else(|| {
+            altered(format!(
+                "blob {} part {} arrived before its first part",
+                blob.digest,
+                part + 1
+            ))
+        })?;
+        expect_offset(blob, part, record, hasher.len())?;
+        hash_through(data, hasher, &mut self.buf, |_| Ok(()))?;
         if record.offset + record.length < blob.size {
             return Ok(());
         }
         let actual = self.partial.remove(&index).expect("present above").finish();
         if actual != blob.digest {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "blob {} hashes to {actual}: content was altered",
-                    blob.digest
-                ),
-            ));
+            return Err(altered(format!(
+                "blob {} hashes to {actual}: content was altered",
+                blob.digest
+            )));
         }
         self.checked += 1;
         Ok(())
+    }
+
+    fn checks_digests(&self) -> bool {
+        true
+    }
+
+    fn pending(&self) -> usize {
+        self.partial.len()
     }
 }
 
@@ -479,10 +550,30 @@ impl Read for HashingReader {
     }
 }
 
+/// A chunk's payload as [`verify`] reads it: hashed on the way, or plain when
+/// the sink's digests cover it. The plain reader's buffer is smaller than the
+/// sinks' reads, which then go straight from the file into the sink.
+enum Payload {
+    Hashed(HashingReader),
+    Plain(BufReader<File>),
+}
+
+impl Read for Payload {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Payload::Hashed(r) => r.read(buf),
+            Payload::Plain(r) => r.read(buf),
+        }
+    }
+}
+
 /// Reads a chunk's whole payload, checks every header against the manifest, hands
-/// each part to `sink`, and checks the payload's sha256 against the manifest. An
-/// error means the chunk must not be used; what the sink received from it is
-/// untrusted (a sink verifies blob digests before it keeps anything).
+/// each part to `sink`, and checks that every byte is what the manifest says: by
+/// the payload's sha256, or, for a data chunk and a sink that
+/// [checks digests](PartSink::checks_digests), by the blob digests and the
+/// format's own bytes for the rest. An error means the chunk must not be used;
+/// what the sink received from it is untrusted (a sink verifies blob digests
+/// before it keeps anything).
 pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkError> {
     let path = head.path.as_path();
     let ioe = |source| ChunkError::Io {
@@ -495,18 +586,31 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
     };
     let mut file = File::open(path).map_err(ioe)?;
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(head.payload_offset)).map_err(ioe)?;
-    // The payload hash runs on its own thread while the sink hashes the blobs.
-    let mut r = HashingReader {
-        file,
-        block: bytes::Bytes::new(),
-        hasher: airlock_oci::digest::BackgroundHasher::new(),
+    let mut r = if head.identity.parity.is_none() && sink.checks_digests() {
+        Payload::Plain(BufReader::with_capacity(64 << 10, file))
+    } else {
+        // The payload hash runs on its own thread while the sink reads.
+        Payload::Hashed(HashingReader {
+            file,
+            block: bytes::Bytes::new(),
+            hasher: airlock_oci::digest::BackgroundHasher::new(),
+        })
     };
+    let derived = matches!(r, Payload::Plain(_));
     let m = &head.manifest;
     let mtime = mtime_of(&m.created);
     let mut h = [0u8; 512];
     read_exact(&mut r, &mut h, path, "the chunk identity")?;
     let mut id = [0u8; 512];
     read_exact(&mut r, &mut id, path, "the chunk identity")?;
+    // As the head was read (the file may have changed since), byte for byte.
+    let identity = identity_bytes(&head.identity);
+    expect_header(&h, CHUNK_ENTRY, identity.len() as u64, mtime, path)?;
+    if id[..identity.len()] != identity[..] || id[identity.len()..].iter().any(|&b| b != 0) {
+        return Err(corrupt(
+            "the chunk identity entry differs from the one read before".into(),
+        ));
+    }
     let index = head.identity.chunk;
     let parts: Vec<(usize, usize, &PartRecord)> = if head.identity.parity.is_some() {
         Vec::new()
@@ -532,7 +636,13 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
         let mut data = (&mut r).take(part.length);
         sink.part(b, blob, p, part, &mut data).map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidData {
-                corrupt(e.to_string())
+                corrupt(match blob.parts.len() {
+                    0 | 1 => e.to_string(),
+                    _ => format!(
+                        "{e} (its parts are in {}: one of them was damaged)",
+                        split_across(m, blob)
+                    ),
+                })
             } else {
                 ChunkError::Store {
                     path: path.to_path_buf(),
@@ -541,20 +651,39 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
             }
         })?;
         let rest = std::io::copy(&mut data, &mut std::io::sink()).map_err(ioe)?;
-        let _ = rest;
+        if derived && rest != 0 {
+            // A sink that checks digests reads all it is handed: these bytes
+            // were checked by nothing.
+            return Err(ChunkError::Store {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "{rest} bytes of {name} were left unread by a sink that checks digests"
+                )),
+            });
+        }
         if data.limit() != 0 {
             return Err(corrupt(format!("truncated: the file ends inside {name}")));
         }
-        let mut pad = vec![0u8; (padded(part.length) - part.length) as usize];
-        read_exact(&mut r, &mut pad, path, &format!("the padding of {name}"))?;
+        let mut pad = [0u8; BLOCK as usize];
+        let pad = &mut pad[..(padded(part.length) - part.length) as usize];
+        read_exact(&mut r, pad, path, &format!("the padding of {name}"))?;
+        if pad.iter().any(|&b| b != 0) {
+            return Err(corrupt(format!("the padding after {name} is not zeros")));
+        }
     }
     let mut trailer = [0u8; TRAILER_LEN as usize];
     read_exact(&mut r, &mut trailer, path, "the end-of-archive marker")?;
+    if trailer.iter().any(|&b| b != 0) {
+        return Err(corrupt("the end-of-archive marker is not zeros".into()));
+    }
     let mut extra = [0u8; 1];
     let n = r.read(&mut extra).map_err(ioe)?;
     if n != 0 {
         return Err(corrupt("data after the end-of-archive marker".into()));
     }
+    let Payload::Hashed(r) = r else {
+        return Ok(());
+    };
     let actual = r.hasher.finish();
     let list = if head.identity.parity.is_some() {
         &m.parity
@@ -569,4 +698,15 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
         )));
     }
     Ok(())
+}
+
+/// The chunk files holding `blob`'s parts, for a message.
+fn split_across(m: &ImagesetManifest, blob: &BlobRecord) -> String {
+    let names: Vec<&str> = blob
+        .parts
+        .iter()
+        .filter_map(|p| m.chunks.get((p.chunk as usize).wrapping_sub(1)))
+        .map(|c| c.name.as_str())
+        .collect();
+    names.join(", ")
 }

@@ -320,7 +320,7 @@ impl RegistryClient {
 
 /// The `Docker-Content-Digest` a response reports, if any (an empty header is
 /// none, as oci-client takes it).
-fn reported_digest(response: &reqwest::Response) -> Option<String> {
+pub(crate) fn reported_digest(response: &reqwest::Response) -> Option<String> {
     response
         .headers()
         .get("docker-content-digest")

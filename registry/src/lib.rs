@@ -267,8 +267,9 @@ pub struct RegistryClient {
     /// the registry's.
     by_repository: std::sync::Mutex<HashMap<String, (Option<Credentials>, bool)>>,
     /// Repositories with their own credential whose pull token oci-client was
-    /// given (it would otherwise ask with the registry's).
-    pulls_authorised: tokio::sync::Mutex<std::collections::HashSet<String>>,
+    /// given (it would otherwise ask with the registry's), once per repository.
+    pulls_authorised:
+        tokio::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::OnceCell<()>>>>,
     /// The bearer token to push to each repository, `None` when the registry
     /// asks for none; fetched on first use and again after a 401.
     tokens: tokio::sync::Mutex<HashMap<String, Option<String>>>,
@@ -1177,7 +1178,10 @@ impl RegistryClient {
                 ),
             }
         })?;
-        for reference in std::iter::once(manifest.digest.as_str()).chain(tag) {
+        // Tagged, one push does: the registry stores the bytes under their digest
+        // and says which. Pushed by digest as well when it does not say so, for
+        // a registry that checks the digest only when it is in the URL.
+        for reference in tag.into_iter().chain([manifest.digest.as_str()]) {
             let target = self.target(repository, reference);
             let url = self.url(
                 &format!("v2/{repository}/manifests/{reference}"),
@@ -1193,6 +1197,9 @@ impl RegistryClient {
                 .await?;
             if response.status() != reqwest::StatusCode::CREATED {
                 return Err(response_error("push manifest", target, response).await);
+            }
+            if direct::reported_digest(&response).as_deref() == Some(manifest.digest.as_str()) {
+                break;
             }
         }
         Ok(())
@@ -1227,7 +1234,12 @@ impl RegistryClient {
         }
         let r = self.by_reference(repository, "latest");
         let credentials = self.credentials_for(repository).0;
-        let token = if is_identity(&credentials) {
+        let token = if !fresh && self.anonymous(repository).await {
+            // oci-client would ask `/v2/` again for every repository, to learn
+            // what the version check already said. A registry that wants a token
+            // after all answers 401, and the fresh ask goes through oci-client.
+            None
+        } else if is_identity(&credentials) {
             Some(
                 self.identity_access(repository, "pull,push", fresh, target)
                     .await?,
@@ -1309,15 +1321,21 @@ impl RegistryClient {
                     .map(|_| ())
             }
         };
-        if (own || identity)
-            && self
+        if own || identity {
+            let once = self
                 .pulls_authorised
                 .lock()
                 .await
-                .insert(repository.to_string())
-        {
-            // A failure shows in the call itself.
-            let _ = authorise(false).await;
+                .entry(repository.to_string())
+                .or_default()
+                .clone();
+            // Reads of one repository at once wait for its first authorisation:
+            // one sent before it would go without, and oci-client would ask the
+            // token service anonymously. A failure shows in the call itself.
+            once.get_or_init(|| async {
+                let _ = authorise(false).await;
+            })
+            .await;
         }
         match call().await {
             Err(e) if classify(&e).0 == ErrorKind::Unauthorized => {

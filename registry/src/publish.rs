@@ -735,17 +735,42 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             stack.extend(children.into_iter().rev().map(|c| (c, false)));
         }
         // Every blob must be available before anything of the image is pushed.
-        let mut missing = Vec::new();
-        for (digest, size) in &blobs {
-            let present = self
-                .retrying(&budget, &repo, digest, || async {
-                    self.client.has_blob(&repo, digest).await.map_err(registry)
-                })
-                .await?;
-            if !present {
-                missing.push((digest.clone(), *size));
+        // One this run already placed is mounted (or found done) without asking
+        // first: mounting a blob the repository holds is harmless, and the
+        // question would cost a round trip per shared layer per image.
+        let (mut known, mut asked) = (Vec::new(), Vec::new());
+        {
+            let placed = self.placed.lock().await;
+            for blob in &blobs {
+                match placed.get(&blob.0) {
+                    // Placed here already: present.
+                    Some(repos) if repos.contains(&repo) => {}
+                    Some(_) => known.push(blob.clone()),
+                    None => asked.push(blob.clone()),
+                }
             }
         }
+        let answers = settle(
+            futures::stream::iter(asked)
+                .map(|(digest, size)| {
+                    let (repo, budget, registry) = (&repo, &budget, &registry);
+                    async move {
+                        let present = self
+                            .retrying(budget, repo, &digest, || async {
+                                self.client.has_blob(repo, &digest).await.map_err(registry)
+                            })
+                            .await?;
+                        Ok((!present).then_some((digest, size)))
+                    }
+                    .boxed()
+                })
+                .buffer_unordered(8),
+        )
+        .await?;
+        let missing: Vec<(Digest, u64)> = known
+            .into_iter()
+            .chain(answers.into_iter().flatten())
+            .collect();
         for (digest, size) in &missing {
             // Locating may fetch a layer from a mirror: not worth starting when stopping.
             self.check_stop(image)?;

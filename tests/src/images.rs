@@ -371,6 +371,12 @@ impl PushClient {
         if head.status().is_success() {
             return Ok(());
         }
+        self.upload_blob(repo, blob)
+    }
+
+    /// Uploads a blob without asking first: a POST that opens the upload, a PUT
+    /// with the bytes and the digest.
+    pub fn upload_blob(&self, repo: &str, blob: &Blob) -> Result<()> {
         let resp = self
             .auth(
                 self.client

@@ -742,6 +742,48 @@ fn an_anonymous_registry_is_not_asked_for_v2_before_every_read() {
     s.assert_byte_exact("m");
 }
 
+/// Publishing asks the destination only what it must: a tagged manifest is put
+/// once, by its tag (the registry reports the digest it stored, so a second put
+/// by digest would only make it write the manifest again), and a registry that
+/// asks for no credential is asked `/v2/` once, not once per repository before
+/// its first push (oci-client's token check).
+#[test]
+fn a_tagged_manifest_is_put_once_and_v2_is_not_asked_per_repository() {
+    let s = Setup::plain();
+    let (_, out) = s.create("1MiB");
+    let published = s.publish(&out, "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
+    let log = s.dest.log();
+    let mut tagged = 0;
+    for p in &s.placed {
+        let by_digest = format!("PUT /v2/m/{}/manifests/{} ", p.repo, p.image.digest);
+        match p
+            .dest_ref
+            .split_once('@')
+            .map_or(p.dest_ref.rsplit_once(':'), |_| None)
+        {
+            Some((_, tag)) => {
+                tagged += 1;
+                let by_tag = format!("PUT /v2/m/{}/manifests/{tag} ", p.repo);
+                assert_eq!(log.matches(&by_tag).count(), 1, "{by_tag}\n{log}");
+                assert!(!log.contains(&by_digest), "{by_digest} as well\n{log}");
+            }
+            None => assert_eq!(log.matches(&by_digest).count(), 1, "{by_digest}\n{log}"),
+        }
+    }
+    assert!(tagged >= 2, "the seed tags most images");
+    let repositories = s.placed.len() + 1; // and the workspace state's
+    let pings = log
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/ ") && l.contains("airlock/"))
+        .count();
+    assert!(
+        pings < repositories,
+        "{pings} version checks for {repositories} repositories\n{log}"
+    );
+}
+
 /// A source registry that serves other bytes under a blob's digest (its
 /// storage altered, same length) stops `create` with the digest named, from
 /// the registry client's own check as the blob streams in (the chunk writer
