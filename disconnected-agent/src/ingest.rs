@@ -1,7 +1,7 @@
 //! Verifying an imageset's chunks, repairing them from parity when some are lost or
 //! damaged, and taking the content into the store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use airlock_imageset::ImagesetManifest;
@@ -88,6 +88,25 @@ pub fn verify_counted(
     }
 }
 
+/// The file to blame for `e`. A split blob's damage shows when its last part is
+/// read, so the chunks holding its parts are proved by their payload hashes and
+/// the first that fails is named: a site sets aside the damaged file, not the
+/// intact one read after it. `e` itself when all of them pass (a forger who
+/// fixed the payload hashes), and for any other error.
+pub fn blame(chunks: &BTreeMap<u32, ChunkHead>, e: ChunkError) -> ChunkError {
+    let ChunkError::Split {
+        chunks: holding, ..
+    } = &e
+    else {
+        return e;
+    };
+    holding
+        .iter()
+        .filter_map(|i| chunks.get(i))
+        .find_map(|head| read::verify(head, &mut Discard).err())
+        .unwrap_or(e)
+}
+
 /// A sink that counts what it hands on.
 struct Counted<'a> {
     inner: &'a mut dyn PartSink,
@@ -153,7 +172,7 @@ fn verify_into_store(
             Ok(n) => counted += n,
             Err(e) => {
                 progress.sub(counted);
-                return Err(e);
+                return Err(blame(&candidate.chunks, e));
             }
         }
         tracing::debug!(chunk = %head.path.display(), index = head.identity.chunk, "chunk verified");

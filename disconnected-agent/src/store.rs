@@ -127,7 +127,15 @@ impl PartSink for StoreSink<'_> {
         // Decided at the first part: a blob begun is finished the same way.
         let begun = self.partial.contains_key(&index);
         if part == 0 && self.store.has(&blob.digest) || part != 0 && !begun {
-            return self.held.part(index, blob, part, record, data);
+            self.held.part(index, blob, part, record, data)?;
+            if record.offset + record.length == blob.size && !self.store.has(&blob.digest) {
+                // Checked but not kept: another process emptied the store meanwhile.
+                return Err(std::io::Error::other(format!(
+                    "blob {} left the store while the chunk was read; run again",
+                    blob.digest
+                )));
+            }
+            return Ok(());
         }
         if part == 0 {
             let path = self.store.tmp_dir().join(unique_name(&blob.digest, "part"));
@@ -337,5 +345,37 @@ mod tests {
             assert_eq!(store.read(&blob.digest).unwrap(), bytes);
             feed(&mut sink, &blob, &bytes).expect("the intact copy again");
         }
+    }
+
+    /// A split blob is written part by part and kept only when it hashes to its
+    /// digest; one the store held at its first part but lost before its last
+    /// (another process emptied the store) is an error, not a blob silently
+    /// missing after an ingest that succeeded.
+    #[test]
+    fn a_split_blob_is_kept_only_whole_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..9000u32).map(|i| (i * 13) as u8).collect();
+        let blob = record(&bytes, &[(0, 4000), (4000, 3000), (7000, 2000)]);
+        let mut altered = bytes.clone();
+        altered[100] ^= 1;
+        let mut sink = store.sink();
+        let err = feed(&mut sink, &blob, &altered).unwrap_err();
+        assert!(err.to_string().contains("content was altered"), "{err}");
+        assert!(!store.has(&blob.digest));
+        feed(&mut sink, &blob, &bytes).unwrap();
+        assert_eq!(store.read(&blob.digest).unwrap(), bytes);
+
+        let mut sink = store.sink();
+        let parts = &blob.parts;
+        sink.part(0, &blob, 0, &parts[0], &mut &bytes[..4000])
+            .unwrap();
+        std::fs::remove_file(store.path(&blob.digest)).unwrap();
+        sink.part(0, &blob, 1, &parts[1], &mut &bytes[4000..7000])
+            .unwrap();
+        let err = sink
+            .part(0, &blob, 2, &parts[2], &mut &bytes[7000..])
+            .unwrap_err();
+        assert!(err.to_string().contains("left the store"), "{err}");
     }
 }

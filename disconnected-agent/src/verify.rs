@@ -12,7 +12,7 @@ use airlock_imageset::signing::TrustStore;
 use airlock_registry::progress::Progress as _;
 
 use crate::error::Error;
-use crate::ingest::{file_size, missing_message, verify_counted};
+use crate::ingest::{blame, file_size, missing_message, verify_counted};
 use crate::scan;
 use crate::site::{Problem, Report};
 
@@ -81,7 +81,7 @@ pub fn verify(dir: &Path, trust: &TrustStore) -> Result<VerifyReport, Error> {
         let result = files
             .iter()
             .try_for_each(|head| verify_counted(head, &mut sink, &bar).map(|_| ()))
-            .map_err(|e| e.to_string())
+            .map_err(|e| blame(&c.chunks, e).to_string())
             .and_then(|()| match sink.pending() {
                 0 => Ok(()),
                 n => Err(format!(

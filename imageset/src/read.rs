@@ -69,6 +69,18 @@ pub enum ChunkError {
         /// What is wrong, and what was expected.
         reason: String,
     },
+    /// A blob split across chunks does not match its digest. That shows when
+    /// its last part is read, from `path`, but the damage may be in any chunk
+    /// holding a part: their payload hashes tell which.
+    #[error("{}: {reason}", path.display())]
+    Split {
+        /// The chunk file read when the blob failed.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+        /// The chunks holding a part of the blob (indexes from 1).
+        chunks: Vec<u32>,
+    },
 }
 
 impl ChunkError {
@@ -79,7 +91,8 @@ impl ChunkError {
             | ChunkError::Store { path, .. }
             | ChunkError::NotAChunk { path, .. }
             | ChunkError::Truncated { path, .. }
-            | ChunkError::Corrupt { path, .. } => path,
+            | ChunkError::Corrupt { path, .. }
+            | ChunkError::Split { path, .. } => path,
         }
     }
 }
@@ -381,7 +394,8 @@ pub trait PartSink {
     /// `record.length` bytes. Bytes the sink does not read are still read (and
     /// hashed, unless the sink [checks digests](PartSink::checks_digests)).
     /// An error of kind `InvalidData` (content that does not match its digest) is
-    /// reported as corruption of the chunk; any other as a local storage failure
+    /// reported as corruption of the chunk, or for a split blob as
+    /// [`ChunkError::Split`]; any other as a local storage failure
     /// ([`ChunkError::Store`]), which says nothing about the chunk.
     fn part(
         &mut self,
@@ -550,12 +564,62 @@ impl Read for HashingReader {
     }
 }
 
+/// Reads a file in 1 MiB blocks on a thread of its own, a few blocks ahead: the
+/// kernel's copy out of the page cache runs on another core while the sink
+/// hashes, as the payload hash does in [`HashingReader`].
+struct ReadAhead {
+    blocks: std::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    block: bytes::Bytes,
+}
+
+impl ReadAhead {
+    fn new(mut file: File) -> Self {
+        let (send, blocks) = std::sync::mpsc::sync_channel(4);
+        // Ends at the end of the file, on an error, or when the reader is
+        // dropped (the send fails).
+        std::thread::spawn(move || {
+            loop {
+                let mut v = Vec::with_capacity(BLOCK_BYTES as usize);
+                let read = (&mut file).take(BLOCK_BYTES).read_to_end(&mut v);
+                let last = !matches!(read, Ok(n) if n > 0);
+                let sent = match read {
+                    Ok(0) => Ok(()),
+                    Ok(_) => send.send(Ok(bytes::Bytes::from(v))),
+                    Err(e) => send.send(Err(e)),
+                };
+                if last || sent.is_err() {
+                    return;
+                }
+            }
+        });
+        ReadAhead {
+            blocks,
+            block: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.block.is_empty() {
+            match self.blocks.recv() {
+                Ok(block) => self.block = block?,
+                // The reading thread ended: the end of the file.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.block.len());
+        buf[..n].copy_from_slice(&self.block[..n]);
+        bytes::Buf::advance(&mut self.block, n);
+        Ok(n)
+    }
+}
+
 /// A chunk's payload as [`verify`] reads it: hashed on the way, or plain when
-/// the sink's digests cover it. The plain reader's buffer is smaller than the
-/// sinks' reads, which then go straight from the file into the sink.
+/// the sink's digests cover it.
 enum Payload {
     Hashed(HashingReader),
-    Plain(BufReader<File>),
+    Plain(ReadAhead),
 }
 
 impl Read for Payload {
@@ -571,9 +635,12 @@ impl Read for Payload {
 /// each part to `sink`, and checks that every byte is what the manifest says: by
 /// the payload's sha256, or, for a data chunk and a sink that
 /// [checks digests](PartSink::checks_digests), by the blob digests and the
-/// format's own bytes for the rest. An error means the chunk must not be used;
-/// what the sink received from it is untrusted (a sink verifies blob digests
-/// before it keeps anything).
+/// format's own bytes for the rest. The latter proves the parts of a blob split
+/// across chunks only when its last part is read: the caller reads the chunks in
+/// index order and checks [`PartSink::pending`] after the last. An error means
+/// the chunk must not be used ([`ChunkError::Split`]: one of the chunks it
+/// names); what the sink received from it is untrusted (a sink verifies blob
+/// digests before it keeps anything).
 pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkError> {
     let path = head.path.as_path();
     let ioe = |source| ChunkError::Io {
@@ -587,7 +654,7 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
     let mut file = File::open(path).map_err(ioe)?;
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(head.payload_offset)).map_err(ioe)?;
     let mut r = if head.identity.parity.is_none() && sink.checks_digests() {
-        Payload::Plain(BufReader::with_capacity(64 << 10, file))
+        Payload::Plain(ReadAhead::new(file))
     } else {
         // The payload hash runs on its own thread while the sink reads.
         Payload::Hashed(HashingReader {
@@ -635,19 +702,24 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
         expect_header(&h, &name, part.length, mtime, path)?;
         let mut data = (&mut r).take(part.length);
         sink.part(b, blob, p, part, &mut data).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                corrupt(match blob.parts.len() {
-                    0 | 1 => e.to_string(),
-                    _ => format!(
-                        "{e} (its parts are in {}: one of them was damaged)",
-                        split_across(m, blob)
-                    ),
-                })
-            } else {
+            if e.kind() != std::io::ErrorKind::InvalidData {
                 ChunkError::Store {
                     path: path.to_path_buf(),
                     source: e,
                 }
+            } else if blob.parts.len() > 1 {
+                let mut chunks: Vec<u32> = blob.parts.iter().map(|p| p.chunk).collect();
+                chunks.dedup();
+                ChunkError::Split {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "{e} (its parts are in {}: one of them was damaged)",
+                        split_across(m, &chunks)
+                    ),
+                    chunks,
+                }
+            } else {
+                corrupt(e.to_string())
             }
         })?;
         let rest = std::io::copy(&mut data, &mut std::io::sink()).map_err(ioe)?;
@@ -700,12 +772,11 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
     Ok(())
 }
 
-/// The chunk files holding `blob`'s parts, for a message.
-fn split_across(m: &ImagesetManifest, blob: &BlobRecord) -> String {
-    let names: Vec<&str> = blob
-        .parts
+/// The names of chunks `chunks` (indexes from 1), for a message.
+fn split_across(m: &ImagesetManifest, chunks: &[u32]) -> String {
+    let names: Vec<&str> = chunks
         .iter()
-        .filter_map(|p| m.chunks.get((p.chunk as usize).wrapping_sub(1)))
+        .filter_map(|&c| m.chunks.get((c as usize).wrapping_sub(1)))
         .map(|c| c.name.as_str())
         .collect();
     names.join(", ")

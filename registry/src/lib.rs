@@ -1159,8 +1159,11 @@ impl RegistryClient {
             .await
     }
 
-    /// Pushes manifest bytes unchanged, by digest, then under `tag` if one is given.
-    /// Pushing by digest first makes the registry verify that the bytes are the digest.
+    /// Pushes manifest bytes unchanged: under `tag` when one is given, and by
+    /// digest unless the tag push answered with that digest (a registry checks
+    /// the digest in a URL against the bytes, and names the digest it stored).
+    /// A registry that stored the bytes under another digest changed them, and
+    /// is refused: clusters pull by the digest the imageset lists.
     pub async fn put_manifest(
         &self,
         repository: &str,
@@ -1178,9 +1181,6 @@ impl RegistryClient {
                 ),
             }
         })?;
-        // Tagged, one push does: the registry stores the bytes under their digest
-        // and says which. Pushed by digest as well when it does not say so, for
-        // a registry that checks the digest only when it is in the URL.
         for reference in tag.into_iter().chain([manifest.digest.as_str()]) {
             let target = self.target(repository, reference);
             let url = self.url(
@@ -1198,8 +1198,20 @@ impl RegistryClient {
             if response.status() != reqwest::StatusCode::CREATED {
                 return Err(response_error("push manifest", target, response).await);
             }
-            if direct::reported_digest(&response).as_deref() == Some(manifest.digest.as_str()) {
-                break;
+            match direct::reported_digest(&response) {
+                Some(stored) if stored == manifest.digest.as_str() => break,
+                Some(stored) => {
+                    return Err(RegistryError::Request {
+                        operation: "push manifest",
+                        target,
+                        kind: ErrorKind::Protocol,
+                        message: format!(
+                            "the registry stored it as {stored}: it changed the bytes, and clusters pull by {}",
+                            manifest.digest
+                        ),
+                    });
+                }
+                None => {}
             }
         }
         Ok(())

@@ -909,11 +909,25 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             .await
             .expect("semaphore is never closed");
         self.check_stop(image)?;
-        if let Some(from) = holder
-            && self.client.mount_blob(repo, from, digest).await
-        {
-            self.stats.mounted.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+        if let Some(from) = holder {
+            if self.client.mount_blob(repo, from, digest).await {
+                self.stats.mounted.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            // Declined. A blob this run placed elsewhere is mounted without
+            // asking whether the repository has it: asked now, before an upload.
+            let present = self
+                .retrying(budget, repo, digest, || async {
+                    self.client
+                        .has_blob(repo, digest)
+                        .await
+                        .map_err(|e| self.refused(image, repo, e))
+                })
+                .await?;
+            if present {
+                self.stats.present.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
         }
         self.retrying(budget, repo, digest, || {
             self.upload(image, repo, digest, size)

@@ -396,3 +396,54 @@ fn a_run_that_rebuilt_everything_exits_zero_and_sets_the_damaged_parity_file_asi
         s.assert_byte_exact(&prefix);
     }
 }
+
+/// Verify and ingest hash each byte once: a blob split across chunks is proved
+/// by its digest when its last part is read. Damage to its first part must
+/// still name the file that holds that part (the one a site sets aside and asks
+/// for again), not the intact file read after it, by the command and by ingest.
+#[test]
+fn damage_to_the_first_part_of_a_split_blob_names_the_file_that_holds_it() {
+    use airlock_imageset::{BLOCK, CHUNK_ENTRY_LEN, padded};
+    let s = Setup::plain();
+    let out = s.path("out");
+    let created = create_with(&s, &out, "ws-c", &["--limit", "150KiB"]);
+    assert_eq!(created.code, 0, "{created}");
+    let heads: Vec<_> = chunk_files(&out)
+        .iter()
+        .map(|f| read_head(f).unwrap())
+        .collect();
+    let m = heads[0].manifest.clone();
+    let (b, blob) = m
+        .blobs
+        .iter()
+        .enumerate()
+        .find(|(_, b)| b.parts.len() > 1)
+        .expect("the 300 kB base layer is split at 150 KiB");
+    let (first, last) = (blob.parts[0].chunk, blob.parts.last().unwrap().chunk);
+    let held = heads.iter().find(|h| h.identity.chunk == first).unwrap();
+    let read_last = heads.iter().find(|h| h.identity.chunk == last).unwrap();
+    // The first part's data: after the identity entry and the parts before it.
+    let mut at = held.payload_offset + CHUNK_ENTRY_LEN;
+    for (pb, _, part) in m.parts_in_chunk(first) {
+        if pb == b {
+            break;
+        }
+        at += BLOCK + padded(part.length);
+    }
+    let mut bytes = std::fs::read(&held.path).unwrap();
+    bytes[(at + BLOCK + 10) as usize] ^= 0x40;
+    std::fs::write(&held.path, &bytes).unwrap();
+    let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    let (damaged, intact) = (name(&held.path), name(&read_last.path));
+
+    let verified = run(bins::disconnected().arg("verify").arg("--from").arg(&out));
+    assert_eq!(verified.code, EX_DATA, "{verified}");
+    let ingested = ingest_dir(&out).map(|_| ()).unwrap_err();
+    for message in [&verified.stderr, &ingested] {
+        assert!(
+            message.contains(&format!("{damaged}: payload sha256 is"))
+                && !message.contains(&format!("{intact}:")),
+            "the damaged file {damaged} is named, not {intact}: {message}"
+        );
+    }
+}
