@@ -7,13 +7,12 @@
 //! The rename is the commit: after a crash the store holds whole, verified blobs
 //! and leftovers in `tmp/`, which the next ingest clears.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use airlock_common::io::FileError;
-use airlock_imageset::read::{DigestCheck, PartSink, altered, expect_offset, hash_through};
+use airlock_imageset::read::{Assembly, DigestCheck, PartSink, altered};
 use airlock_imageset::{BlobRecord, PartRecord};
 use airlock_oci::digest::{Digest, Hasher};
 
@@ -80,18 +79,17 @@ impl Store {
     pub fn sink(&self) -> StoreSink<'_> {
         StoreSink {
             store: self,
-            partial: HashMap::new(),
+            written: Assembly::default(),
             held: DigestCheck::default(),
-            buf: Vec::new(),
             stored: 0,
         }
     }
 }
 
+/// A blob being written into the store's `tmp/`.
 struct Partial {
     path: PathBuf,
     file: File,
-    hasher: Hasher,
 }
 
 /// Receives parts from [`airlock_imageset::read::verify`] and commits each
@@ -99,12 +97,10 @@ struct Partial {
 /// be verified in index order, so that the parts of a split blob arrive in order.
 pub struct StoreSink<'a> {
     store: &'a Store,
-    partial: HashMap<usize, Partial>,
+    written: Assembly<Partial>,
     /// Blobs the store already held when their first part came: checked, not
     /// written, since no payload hash covers a chunk read into the store.
     held: DigestCheck,
-    /// One buffer for every part: small blobs are many.
-    buf: Vec<u8>,
     stored: u64,
 }
 
@@ -125,8 +121,7 @@ impl PartSink for StoreSink<'_> {
         data: &mut dyn Read,
     ) -> std::io::Result<()> {
         // Decided at the first part: a blob begun is finished the same way.
-        let begun = self.partial.contains_key(&index);
-        if part == 0 && self.store.has(&blob.digest) || part != 0 && !begun {
+        if part == 0 && self.store.has(&blob.digest) || part != 0 && !self.written.begun(index) {
             self.held.part(index, blob, part, record, data)?;
             if record.offset + record.length == blob.size && !self.store.has(&blob.digest) {
                 // Checked but not kept: another process emptied the store meanwhile.
@@ -137,30 +132,19 @@ impl PartSink for StoreSink<'_> {
             }
             return Ok(());
         }
-        if part == 0 {
+        let begin = || {
             let path = self.store.tmp_dir().join(unique_name(&blob.digest, "part"));
             let file = File::create(&path)?;
-            self.partial.insert(
-                index,
-                Partial {
-                    path,
-                    file,
-                    hasher: Hasher::new(),
-                },
-            );
-        }
-        let p = self
-            .partial
-            .get_mut(&index)
-            .expect("inserted above or begun");
-        expect_offset(blob, part, record, p.hasher.len())?;
-        let file = &mut p.file;
-        hash_through(data, &mut p.hasher, &mut self.buf, |b| file.write_all(b))?;
-        if record.offset + record.length < blob.size {
+            Ok(Partial { path, file })
+        };
+        let done = self
+            .written
+            .part(index, blob, part, record, data, begin, |p, bytes| {
+                p.file.write_all(bytes)
+            })?;
+        let Some((actual, p)) = done else {
             return Ok(());
-        }
-        let p = self.partial.remove(&index).expect("present above");
-        let actual = p.hasher.finish();
+        };
         if actual != blob.digest {
             let _ = std::fs::remove_file(&p.path);
             return Err(altered(format!(
@@ -180,13 +164,13 @@ impl PartSink for StoreSink<'_> {
     }
 
     fn pending(&self) -> usize {
-        self.partial.len() + self.held.pending()
+        self.written.pending() + self.held.pending()
     }
 }
 
 impl Drop for StoreSink<'_> {
     fn drop(&mut self) {
-        for (_, p) in self.partial.drain() {
+        for p in self.written.drain() {
             let _ = std::fs::remove_file(&p.path);
         }
     }

@@ -440,16 +440,23 @@ impl PartSink for Discard {
     }
 }
 
-/// A sink that keeps nothing but checks every blob against its digest, for
-/// verifying an imageset completely without storing it. Chunks must be verified in
-/// index order, so that the parts of a split blob arrive in order.
-#[derive(Default)]
-pub struct DigestCheck {
-    partial: std::collections::HashMap<usize, Hasher>,
+/// Blobs taken in part by part, as chunks hand them over: a hash for each blob
+/// begun, continued by each part in order, and a state `T` of the caller's (the
+/// file a store writes), shared by the sinks that check digests.
+#[derive(Debug)]
+pub struct Assembly<T> {
+    partial: std::collections::HashMap<usize, (Hasher, T)>,
     /// One buffer for every part: small blobs are many.
     buf: Vec<u8>,
-    /// Blobs checked so far.
-    pub checked: u64,
+}
+
+impl<T> Default for Assembly<T> {
+    fn default() -> Self {
+        Assembly {
+            partial: Default::default(),
+            buf: Vec::new(),
+        }
+    }
 }
 
 /// The error for content that does not match what the manifest says of it.
@@ -457,42 +464,83 @@ pub fn altered(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message)
 }
 
-/// Feeds `data` to `hasher` through `buf` (sized on first use), and to `also`.
-pub fn hash_through(
-    data: &mut dyn Read,
-    hasher: &mut Hasher,
-    buf: &mut Vec<u8>,
-    mut also: impl FnMut(&[u8]) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    if buf.is_empty() {
-        buf.resize(256 << 10, 0);
-    }
-    loop {
-        let n = data.read(buf)?;
-        if n == 0 {
-            return Ok(());
+impl<T> Assembly<T> {
+    /// Takes part `part` of blob `index`: at the first part a state from
+    /// `begin`, then every byte to the blob's hash and to `write`. When that
+    /// was the last part, returns what the blob hashes to and its state, for
+    /// the caller to compare and keep.
+    #[allow(clippy::too_many_arguments)]
+    pub fn part(
+        &mut self,
+        index: usize,
+        blob: &BlobRecord,
+        part: usize,
+        record: &PartRecord,
+        data: &mut dyn Read,
+        begin: impl FnOnce() -> std::io::Result<T>,
+        mut write: impl FnMut(&mut T, &[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<Option<(Digest, T)>> {
+        if part == 0 {
+            self.partial.insert(index, (Hasher::default(), begin()?));
         }
-        hasher.update(&buf[..n]);
-        also(&buf[..n])?;
+        let (hasher, state) = self.partial.get_mut(&index).ok_or_else(|| {
+            altered(format!(
+                "blob {} part {} arrived before its first part",
+                blob.digest,
+                part + 1
+            ))
+        })?;
+        if hasher.len() != record.offset {
+            return Err(altered(format!(
+                "blob {} part {} starts at byte {}, but {} bytes were received",
+                blob.digest,
+                part + 1,
+                record.offset,
+                hasher.len()
+            )));
+        }
+        if self.buf.is_empty() {
+            self.buf.resize(256 << 10, 0);
+        }
+        loop {
+            let n = data.read(&mut self.buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&self.buf[..n]);
+            write(state, &self.buf[..n])?;
+        }
+        if record.offset + record.length < blob.size {
+            return Ok(None);
+        }
+        let (hasher, state) = self.partial.remove(&index).expect("present above");
+        Ok(Some((hasher.finish(), state)))
+    }
+
+    /// Whether blob `index` was begun and is not finished.
+    pub fn begun(&self, index: usize) -> bool {
+        self.partial.contains_key(&index)
+    }
+
+    /// Blobs begun and not finished.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// The states of the blobs not finished, taken out.
+    pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.partial.drain().map(|(_, (_, state))| state)
     }
 }
 
-/// Where part `part` of `blob` must continue a hash `received` bytes long.
-pub fn expect_offset(
-    blob: &BlobRecord,
-    part: usize,
-    record: &PartRecord,
-    received: u64,
-) -> std::io::Result<()> {
-    if received != record.offset {
-        return Err(altered(format!(
-            "blob {} part {} starts at byte {}, but {received} bytes were received",
-            blob.digest,
-            part + 1,
-            record.offset,
-        )));
-    }
-    Ok(())
+/// A sink that keeps nothing but checks every blob against its digest, for
+/// verifying an imageset completely without storing it. Chunks must be verified in
+/// index order, so that the parts of a split blob arrive in order.
+#[derive(Default)]
+pub struct DigestCheck {
+    blobs: Assembly<()>,
+    /// Blobs checked so far.
+    pub checked: u64,
 }
 
 impl PartSink for DigestCheck {
@@ -504,22 +552,12 @@ impl PartSink for DigestCheck {
         record: &PartRecord,
         data: &mut dyn Read,
     ) -> std::io::Result<()> {
-        if part == 0 {
-            self.partial.insert(index, Hasher::default());
-        }
-        let hasher = self.partial.get_mut(&index).ok_or_else(|| {
-            altered(format!(
-                "blob {} part {} arrived before its first part",
-                blob.digest,
-                part + 1
-            ))
-        })?;
-        expect_offset(blob, part, record, hasher.len())?;
-        hash_through(data, hasher, &mut self.buf, |_| Ok(()))?;
-        if record.offset + record.length < blob.size {
+        let done = self
+            .blobs
+            .part(index, blob, part, record, data, || Ok(()), |_, _| Ok(()))?;
+        let Some((actual, ())) = done else {
             return Ok(());
-        }
-        let actual = self.partial.remove(&index).expect("present above").finish();
+        };
         if actual != blob.digest {
             return Err(altered(format!(
                 "blob {} hashes to {actual}: content was altered",
@@ -535,7 +573,7 @@ impl PartSink for DigestCheck {
     }
 
     fn pending(&self) -> usize {
-        self.partial.len()
+        self.blobs.pending()
     }
 }
 
@@ -557,11 +595,16 @@ impl Read for HashingReader {
             self.block = bytes::Bytes::from(v);
             self.hasher.update(self.block.clone());
         }
-        let n = buf.len().min(self.block.len());
-        buf[..n].copy_from_slice(&self.block[..n]);
-        bytes::Buf::advance(&mut self.block, n);
-        Ok(n)
+        Ok(take_into(&mut self.block, buf))
     }
+}
+
+/// Moves the start of `block` into `buf`; how much.
+fn take_into(block: &mut bytes::Bytes, buf: &mut [u8]) -> usize {
+    let n = buf.len().min(block.len());
+    buf[..n].copy_from_slice(&block[..n]);
+    bytes::Buf::advance(block, n);
+    n
 }
 
 /// Reads a file in 1 MiB blocks on a thread of its own, a few blocks ahead: the
@@ -608,10 +651,7 @@ impl Read for ReadAhead {
                 Err(_) => return Ok(0),
             }
         }
-        let n = buf.len().min(self.block.len());
-        buf[..n].copy_from_slice(&self.block[..n]);
-        bytes::Buf::advance(&mut self.block, n);
-        Ok(n)
+        Ok(take_into(&mut self.block, buf))
     }
 }
 

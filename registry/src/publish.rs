@@ -753,13 +753,9 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         let answers = settle(
             futures::stream::iter(asked)
                 .map(|(digest, size)| {
-                    let (repo, budget, registry) = (&repo, &budget, &registry);
+                    let (repo, budget) = (&repo, &budget);
                     async move {
-                        let present = self
-                            .retrying(budget, repo, &digest, || async {
-                                self.client.has_blob(repo, &digest).await.map_err(registry)
-                            })
-                            .await?;
+                        let present = self.has_blob(image, budget, repo, &digest).await?;
                         Ok((!present).then_some((digest, size)))
                     }
                     .boxed()
@@ -892,6 +888,23 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         Ok(())
     }
 
+    /// Whether `repo` holds `digest`, asked under the retry rules.
+    async fn has_blob(
+        &self,
+        image: &ImageRecord,
+        budget: &Budget,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<bool, PublishError> {
+        self.retrying(budget, repo, digest, || async {
+            self.client
+                .has_blob(repo, digest)
+                .await
+                .map_err(|e| self.refused(image, repo, e))
+        })
+        .await
+    }
+
     /// Puts a blob into `repo`: mounted from `holder` when one is given and the
     /// registry agrees, otherwise uploaded from the source.
     async fn put(
@@ -916,15 +929,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             }
             // Declined. A blob this run placed elsewhere is mounted without
             // asking whether the repository has it: asked now, before an upload.
-            let present = self
-                .retrying(budget, repo, digest, || async {
-                    self.client
-                        .has_blob(repo, digest)
-                        .await
-                        .map_err(|e| self.refused(image, repo, e))
-                })
-                .await?;
-            if present {
+            if self.has_blob(image, budget, repo, digest).await? {
                 self.stats.present.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
