@@ -1178,8 +1178,8 @@ async fn fill_blob(
     let mut attempt = 1;
     loop {
         let mut written = 0u64;
-        let result: Result<(), Error> = async {
-            let mut w = prepared.blob_writer(index);
+        let mut w = prepared.blob_writer(index);
+        let transfer: Result<(), Error> = async {
             let mut stream = client
                 .blob_stream(source.repository(), &blob.digest)
                 .await?;
@@ -1189,10 +1189,16 @@ async fn fill_blob(
                 written += bytes.len() as u64;
                 progress.add(bytes.len() as u64);
             }
-            w.finish().await?;
             Ok(())
         }
         .await;
+        let result = match transfer {
+            Ok(()) => w.finish().await.map_err(Error::from),
+            Err(e) => {
+                w.abandon().await;
+                Err(e)
+            }
+        };
         match result {
             Ok(()) => {
                 tracing::debug!(digest = %blob.digest, size = blob.size, repository = %blob.repository, "blob stored");

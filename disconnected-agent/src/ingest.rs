@@ -163,7 +163,15 @@ fn verify_into_store(
     store: &Store,
     progress: &dyn Progress,
 ) -> Result<u64, ChunkError> {
-    let mut sink = store.sink();
+    let mut sink = store.sink().map_err(|source| ChunkError::Store {
+        path: candidate
+            .chunks
+            .values()
+            .next()
+            .map(|h| h.path.clone())
+            .unwrap_or_default(),
+        source,
+    })?;
     // A pass that fails is taken back out of the count: the pass after a
     // repair counts every chunk again.
     let mut counted = 0;

@@ -19,6 +19,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use airlock_common::io::FileError;
 use airlock_imageset::read::{Assembly, DigestCheck, PartSink, altered};
@@ -79,17 +80,39 @@ impl Store {
     }
 
     /// A sink that stores the parts of chunks as they are verified.
-    pub fn sink(&self) -> StoreSink<'_> {
-        StoreSink {
+    pub fn sink(&self) -> std::io::Result<StoreSink<'_>> {
+        Ok(StoreSink {
             store: self,
+            // Opened before any blob is written: `syncfs` reports the write-back
+            // errors recorded since its handle was opened, and must see all of
+            // this sink's.
+            tmp: Arc::new(File::open(self.tmp_dir())?),
             written: Assembly::default(),
             held: DigestCheck::default(),
             unsynced: Vec::new(),
             unsynced_bytes: 0,
             committing: None,
             stored: 0,
-        }
+        })
     }
+}
+
+/// Whether `syncfs` reports write-back errors of the files it syncs: Linux
+/// 5.8 and later. Before, it reported none, so each blob is synced on its own
+/// (its `fsync` does report them) before it joins a batch.
+fn syncfs_reports_errors() -> bool {
+    static REPORTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REPORTS.get_or_init(|| at_least_5_8(&rustix::system::uname().release().to_string_lossy()))
+}
+
+/// Whether a kernel release (`uname -r`) is Linux 5.8 or later; one that does
+/// not parse is taken for older, which only costs speed.
+fn at_least_5_8(release: &str) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    version >= (5, 8)
 }
 
 /// A batch is handed over to be synced and renamed into place when it holds
@@ -101,9 +124,9 @@ const BATCH_BYTES: u64 = 64 << 20;
 /// Syncs a batch of verified blobs in `tmp/` and renames each into place;
 /// returns how many were. On an error, the batch's files still in `tmp/` are
 /// removed.
-fn commit(store: &Store, mut batch: Vec<(PathBuf, Digest)>) -> std::io::Result<u64> {
+fn commit(store: &Store, tmp: &File, mut batch: Vec<(PathBuf, Digest)>) -> std::io::Result<u64> {
     let result = (|| {
-        rustix::fs::syncfs(File::open(store.tmp_dir())?)?;
+        rustix::fs::syncfs(tmp)?;
         let mut renamed = 0;
         while let Some((path, digest)) = batch.last() {
             std::fs::rename(path, store.path(digest))?;
@@ -129,6 +152,8 @@ struct Partial {
 /// be verified in index order, so that the parts of a split blob arrive in order.
 pub struct StoreSink<'a> {
     store: &'a Store,
+    /// The handle every batch's `syncfs` goes through.
+    tmp: Arc<File>,
     written: Assembly<Partial>,
     /// Blobs the store already held when their first part came: checked, not
     /// written, since no payload hash covers a chunk read into the store.
@@ -155,8 +180,13 @@ impl StoreSink<'_> {
         self.wait()?;
         let batch = std::mem::take(&mut self.unsynced);
         self.unsynced_bytes = 0;
-        let store = self.store.clone();
-        self.committing = Some(std::thread::spawn(move || commit(&store, batch)));
+        let (store, tmp) = (self.store.clone(), self.tmp.clone());
+        // A thread that cannot start leaves the batch's files in `tmp/`, which
+        // the next ingest clears.
+        let thread = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || commit(&store, &tmp, batch))?;
+        self.committing = Some(thread);
         Ok(())
     }
 
@@ -213,6 +243,9 @@ impl PartSink for StoreSink<'_> {
                 "blob {} ({} bytes, from {}) hashes to {actual}: content was altered",
                 blob.digest, blob.size, blob.repository
             )));
+        }
+        if !syncfs_reports_errors() {
+            p.file.sync_data()?;
         }
         drop(p.file);
         self.unsynced.push((p.path, blob.digest.clone()));
@@ -387,7 +420,7 @@ mod tests {
         let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
         for parts in [&[(0, 5000)][..], &[(0, 3000), (3000, 2000)]] {
             let blob = record(&bytes, parts);
-            let mut sink = store.sink();
+            let mut sink = store.sink().unwrap();
             feed(&mut sink, &blob, &bytes).unwrap();
             sink.hand_over().and_then(|()| sink.wait()).unwrap();
             let mut altered = bytes.clone();
@@ -413,7 +446,7 @@ mod tests {
         let blob = record(&bytes, &[(0, 4000), (4000, 3000), (7000, 2000)]);
         let mut altered = bytes.clone();
         altered[100] ^= 1;
-        let mut sink = store.sink();
+        let mut sink = store.sink().unwrap();
         let err = feed(&mut sink, &blob, &altered).unwrap_err();
         assert!(err.to_string().contains("content was altered"), "{err}");
         assert!(!store.has(&blob.digest));
@@ -421,7 +454,7 @@ mod tests {
         sink.hand_over().and_then(|()| sink.wait()).unwrap();
         assert_eq!(store.read(&blob.digest).unwrap(), bytes);
 
-        let mut sink = store.sink();
+        let mut sink = store.sink().unwrap();
         let parts = &blob.parts;
         sink.part(0, &blob, 0, &parts[0], &mut &bytes[..4000])
             .unwrap();
@@ -434,12 +467,26 @@ mod tests {
         assert!(err.to_string().contains("left the store"), "{err}");
     }
 
-    /// Blobs are synced in batches: none is in the store before its batch is
-    /// synced; a sink dropped on an error leaves no temporary files, and no
+    #[test]
+    fn syncfs_is_trusted_with_errors_from_linux_5_8() {
+        for (release, new_enough) in [
+            ("4.18.0-553.el8_10.x86_64", false),
+            ("5.7.19", false),
+            ("5.8.0-63-generic", true),
+            ("5.14.0-427.el9.x86_64", true),
+            ("6.18.44-fc-v1272", true),
+            ("", false),
+        ] {
+            assert_eq!(at_least_5_8(release), new_enough, "{release}");
+        }
+    }
+
+    /// Blobs are committed in batches: none is in the store before its batch is
+    /// handed over; a sink dropped on an error leaves no temporary files, and no
     /// store entries but those of a batch already handed over, which is
     /// committed whole; a full batch is handed over by itself.
     #[test]
-    fn blobs_enter_the_store_only_when_their_batch_is_synced() {
+    fn blobs_enter_the_store_a_batch_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let tmp_files = || std::fs::read_dir(store.tmp_dir()).unwrap().count();
@@ -449,7 +496,7 @@ mod tests {
         let blobs: Vec<BlobRecord> = small.iter().map(|b| record(b, &[(0, 40)])).collect();
         let fed = |range: std::ops::Range<usize>| blobs[range.clone()].iter().zip(&small[range]);
 
-        let mut sink = store.sink();
+        let mut sink = store.sink().unwrap();
         for (blob, bytes) in fed(0..3) {
             feed(&mut sink, blob, bytes).unwrap();
         }
@@ -459,7 +506,7 @@ mod tests {
         assert_eq!(tmp_files(), 0, "an abandoned batch leaves nothing behind");
         assert!(blobs[..3].iter().all(|b| !store.has(&b.digest)));
 
-        let mut sink = store.sink();
+        let mut sink = store.sink().unwrap();
         for (blob, bytes) in fed(0..BATCH_BLOBS + 1) {
             feed(&mut sink, blob, bytes).unwrap();
         }
@@ -468,7 +515,7 @@ mod tests {
         assert!(!store.has(&blobs[BATCH_BLOBS].digest));
         assert_eq!(tmp_files(), 0);
 
-        let mut sink = store.sink();
+        let mut sink = store.sink().unwrap();
         for (blob, bytes) in fed(BATCH_BLOBS..2 * BATCH_BLOBS + 1) {
             feed(&mut sink, blob, bytes).unwrap();
         }

@@ -147,7 +147,9 @@ type Seal = tokio::task::JoinHandle<std::io::Result<Option<String>>>;
 impl Sealing {
     /// Counts one verified part of `chunk`, sealing it when it was the last.
     fn part_verified(&self, chunk: usize) {
-        if self.left[chunk].fetch_sub(1, Ordering::AcqRel) != 1 {
+        let left = self.left[chunk].fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(left >= 1, "chunk {chunk}: a part verified twice");
+        if left != 1 {
             return;
         }
         let path = self.paths[chunk].clone();
@@ -650,6 +652,15 @@ impl BlobWriter {
             }
         }
         Ok(())
+    }
+
+    /// Waits for the write in flight, if any, of a writer given up on (its
+    /// transfer failed): a retry must not have its bytes overwritten by a
+    /// write of the attempt before, landing late in a chunk already sealed.
+    pub async fn abandon(mut self) {
+        if let Some(f) = self.file.as_mut() {
+            let _ = f.flush().await;
+        }
     }
 
     /// Checks that the whole blob arrived and hashes to its digest; a chunk
