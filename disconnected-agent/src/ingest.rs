@@ -163,15 +163,9 @@ fn verify_into_store(
     store: &Store,
     progress: &dyn Progress,
 ) -> Result<u64, ChunkError> {
-    let mut sink = store.sink().map_err(|source| ChunkError::Store {
-        path: candidate
-            .chunks
-            .values()
-            .next()
-            .map(|h| h.path.clone())
-            .unwrap_or_default(),
-        source,
-    })?;
+    let mut sink = store
+        .sink()
+        .map_err(store_failure(candidate.chunks.values().next()))?;
     // A pass that fails is taken back out of the count: the pass after a
     // repair counts every chunk again.
     let mut counted = 0;
@@ -199,15 +193,16 @@ fn verify_into_store(
             ),
         });
     }
-    sink.finish().map_err(|source| ChunkError::Store {
-        path: candidate
-            .chunks
-            .values()
-            .last()
-            .map(|h| h.path.clone())
-            .unwrap_or_default(),
+    sink.finish()
+        .map_err(store_failure(candidate.chunks.values().last()))
+}
+
+/// A local storage failure, told against the chunk read at the time.
+fn store_failure(head: Option<&ChunkHead>) -> impl FnOnce(std::io::Error) -> ChunkError + '_ {
+    move |source| ChunkError::Store {
+        path: head.map(|h| h.path.clone()).unwrap_or_default(),
         source,
-    })
+    }
 }
 
 /// Takes an imageset into the store, rebuilding lost or damaged chunks from its

@@ -46,7 +46,7 @@ impl Store {
         let store = Store {
             root: workspace.to_path_buf(),
         };
-        std::fs::create_dir_all(store.root.join("blobs/sha256"))?;
+        std::fs::create_dir_all(store.blobs_dir())?;
         std::fs::create_dir_all(store.tmp_dir())?;
         Ok(store)
     }
@@ -55,9 +55,13 @@ impl Store {
         self.root.join("tmp")
     }
 
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
+    }
+
     /// Where the blob with `digest` lives (whether or not it is there).
     pub fn path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(digest.hex())
+        self.blobs_dir().join(digest.hex())
     }
 
     /// Whether the store holds `digest`.
@@ -198,7 +202,7 @@ impl StoreSink<'_> {
             self.hand_over()?;
         }
         self.wait()?;
-        File::open(self.store.root.join("blobs/sha256"))?.sync_all()?;
+        File::open(self.store.blobs_dir())?.sync_all()?;
         Ok(self.stored)
     }
 }
@@ -362,7 +366,7 @@ impl Store {
     /// there. Returns the bytes freed.
     pub fn empty(&self, keep: &std::collections::HashSet<Digest>) -> std::io::Result<u64> {
         let mut freed = 0;
-        for entry in std::fs::read_dir(self.root.join("blobs/sha256"))? {
+        for entry in std::fs::read_dir(self.blobs_dir())? {
             let entry = entry?;
             let kept = entry
                 .file_name()

@@ -133,7 +133,8 @@ struct Sealing {
     left: Vec<AtomicUsize>,
     /// The data chunks' temporary files.
     paths: Vec<PathBuf>,
-    /// Where the payload starts.
+    /// Where the payload starts: the metadata's length, the same in every
+    /// file.
     meta: u64,
     /// Whether sealing hashes the payload; parity encoding hashes it otherwise.
     hash: bool,
@@ -425,7 +426,7 @@ impl Prepared {
         mut self,
         signer: Option<&Signer>,
     ) -> Result<(ImagesetManifest, Vec<PathBuf>), WriteError> {
-        let meta = metadata_len(self.reserve, self.signature.as_ref().map(|(_, l)| *l));
+        let meta = self.sealing.meta;
         let k = self.manifest.chunks.len();
         let sealings = std::mem::take(&mut *self.sealing.sealed.lock().expect("not poisoned"));
         let mut sealed = Vec::with_capacity(k);
