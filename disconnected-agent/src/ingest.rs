@@ -15,7 +15,7 @@ use airlock_imageset::{BlobRecord, PartRecord};
 use airlock_registry::progress::Progress;
 
 use crate::scan::Candidate;
-use crate::store::Store;
+use crate::store::{Announce, Store};
 
 /// Why an imageset could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -156,16 +156,19 @@ impl std::io::Read for CountingRead<'_> {
 }
 
 /// Verifies every chunk of a complete imageset, in chunk order, storing each blob
-/// once its bytes are all in and match their digest. On error nothing is accepted;
-/// blobs already committed to the store are verified content and stay.
+/// once its bytes are all in and match their digest, and announcing it to
+/// `announce`. On error nothing is accepted; blobs already committed to the store
+/// are verified content and stay.
 fn verify_into_store(
     candidate: &Candidate,
     store: &Store,
     progress: &dyn Progress,
+    announce: Option<Announce>,
 ) -> Result<u64, ChunkError> {
     let mut sink = store
         .sink()
-        .map_err(store_failure(candidate.chunks.values().next()))?;
+        .map_err(store_failure(candidate.chunks.values().next()))?
+        .announcing(announce);
     // A pass that fails is taken back out of the count: the pass after a
     // repair counts every chunk again.
     let mut counted = 0;
@@ -207,12 +210,14 @@ fn store_failure(head: Option<&ChunkHead>) -> impl FnOnce(std::io::Error) -> Chu
 
 /// Takes an imageset into the store, rebuilding lost or damaged chunks from its
 /// parity files first when it has them. `dir` is where rebuilt chunks are written.
-/// `progress` counts the chunk bytes verified (again, after a repair).
+/// `progress` counts the chunk bytes verified (again, after a repair); `announce`
+/// is told each blob committed, and closed when this returns.
 pub fn ingest(
     candidate: &Candidate,
     store: &Store,
     dir: &Path,
     progress: &dyn Progress,
+    announce: Option<Announce>,
 ) -> Result<Ingested, IngestError> {
     let chosen;
     let candidate = if candidate.spares.is_empty() {
@@ -222,7 +227,7 @@ pub fn ingest(
         &chosen
     };
     if candidate.missing().is_empty() {
-        match verify_into_store(candidate, store, progress) {
+        match verify_into_store(candidate, store, progress, announce.clone()) {
             Ok(stored) => {
                 return Ok(Ingested {
                     stored,
@@ -239,7 +244,7 @@ pub fn ingest(
     }
     let mut result = repair(candidate, dir)?;
     let repaired = rescan(candidate, &result.rebuilt)?;
-    result.stored = verify_into_store(&repaired, store, progress)?;
+    result.stored = verify_into_store(&repaired, store, progress, announce)?;
     Ok(result)
 }
 

@@ -7,6 +7,7 @@ pub mod cluster_api;
 pub mod control;
 pub mod daemon;
 pub mod describe;
+pub mod early;
 pub mod error;
 pub mod fanout;
 pub mod ingest;

@@ -29,6 +29,7 @@ use airlock_imageset::signing::TrustStore;
 use airlock_oci::reference::Destination;
 use airlock_registry::{RegistryClient, RegistryOptions};
 
+use crate::early::Early;
 use crate::error::Error;
 use crate::scan;
 use crate::site::{Outcome, Pass, Report, Site, Target};
@@ -168,7 +169,24 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
         report.elapsed = started.elapsed();
         return Ok(report);
     }
-    let outcomes = site.accept(&opts.from, &found, &mut report.site).await?;
+    // Blobs go to the registry while their imageset is verified (`early`).
+    // One that cannot be reached yet is no reason not to verify: the publish
+    // after acceptance connects again, and reports why it cannot.
+    if target.is_none() && !found.imagesets.is_empty() {
+        match connect().await {
+            Ok(t) => target = Some(t),
+            Err(e) => {
+                tracing::warn!(destination = %opts.to, error = %e, "cannot reach the destination yet; verifying first")
+            }
+        }
+    }
+    let early = target.as_ref().map(|target| Early {
+        target,
+        parallel: opts.parallel,
+    });
+    let outcomes = site
+        .accept(&opts.from, &found, early, &mut report.site)
+        .await?;
     // Imagesets beyond what could be held at once: read again, without the ones
     // judged (all but those waiting), for as long as some were deferred and the
     // last pass judged something.
@@ -198,7 +216,9 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
             scan::HELD_MANIFEST_BYTES,
             &|d| judged.contains(d),
         );
-        let outcomes = site.accept(&opts.from, &more, &mut report.site).await?;
+        let outcomes = site
+            .accept(&opts.from, &more, early, &mut report.site)
+            .await?;
         last = (more, outcomes);
     }
     set_damaged_aside(&site, &damaged, &listed, &mut report.site)?;

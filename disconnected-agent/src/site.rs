@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use airlock_cli::telemetry::Bar;
 use airlock_common::exit_codes::{self, ExitCode as _};
@@ -16,13 +17,14 @@ use airlock_registry::progress::Progress as _;
 use airlock_registry::prune::{self, InUse, Pruned, Pruner};
 use airlock_registry::publish::{self, Publisher};
 use airlock_registry::resources;
-use airlock_registry::{ErrorKind, RegistryClient, RegistryError};
+use airlock_registry::{ErrorKind, RegistryClient, RegistryError, StagedBlob};
 use airlock_state::crash_point;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cluster_api::{Access, ClusterApi};
+use crate::early::{self, Early};
 use crate::error::Error;
 use crate::fanout::SharedReads;
 use crate::ingest::{self, IngestError};
@@ -163,6 +165,9 @@ pub struct Site {
     /// clusters may share a destination, and one's prune must not delete what
     /// the other just pushed for a newer sequence.
     destinations: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// By destination: the uploads staged there while their imageset was
+    /// verified ([`Early`]), for the publish that follows to close.
+    staged: std::sync::Mutex<HashMap<String, Vec<StagedBlob>>>,
 }
 
 impl Site {
@@ -177,6 +182,7 @@ impl Site {
             store,
             trust,
             destinations: Default::default(),
+            staged: Default::default(),
         })
     }
 
@@ -252,11 +258,13 @@ impl Site {
 
     /// Accepts, in sequence order, every imageset of `found` that the workspace can
     /// take (an acceptance may unblock one that waits). Chunks rebuilt from parity are
-    /// written to `dir`. Returns what happened to each imageset.
+    /// written to `dir`. With `early`, each blob is uploaded there as soon as it is
+    /// verified. Returns what happened to each imageset.
     pub async fn accept(
         &self,
         dir: &Path,
         found: &Found,
+        early: Option<Early<'_>>,
         report: &mut Report,
     ) -> Result<Vec<((Uuid, u64), Outcome)>, Error> {
         let mut outcomes = Vec::new();
@@ -286,7 +294,7 @@ impl Site {
                         continue;
                     }
                     Verdict::Accept => {
-                        let outcome = self.take(dir, c, report).await?;
+                        let outcome = self.take(dir, c, early, report).await?;
                         progressed |= outcome == Outcome::Accepted;
                         outcome
                     }
@@ -340,7 +348,13 @@ impl Site {
     }
 
     /// Verifies and takes one acceptable imageset.
-    async fn take(&self, dir: &Path, c: &Candidate, report: &mut Report) -> Result<Outcome, Error> {
+    async fn take(
+        &self,
+        dir: &Path,
+        c: &Candidate,
+        early: Option<Early<'_>>,
+        report: &mut Report,
+    ) -> Result<Outcome, Error> {
         let label = c.manifest.label();
         if !c.conflicting.is_empty() {
             let files: Vec<String> = c
@@ -389,17 +403,58 @@ impl Site {
         let (candidate, store, dir) = (c.clone(), self.store.clone(), dir.to_path_buf());
         let total = ingest::chunk_bytes(c);
         let bar = Bar::bytes(&format!("verify {label}"), total);
-        let result = tokio::task::spawn_blocking(move || {
-            let taken = ingest::ingest(&candidate, &store, &dir, &bar);
+        let (announce, announced) = match early {
+            Some(_) => {
+                let (tx, rx) = futures::channel::mpsc::unbounded();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let mut ingest = tokio::task::spawn_blocking(move || {
+            let taken = ingest::ingest(&candidate, &store, &dir, &bar, announce);
             bar.finish();
             taken.and_then(|ingested| {
                 ingest::check_manifests(&candidate.manifest, &store)
                     .map(|()| ingested)
                     .map_err(IngestError::Forged)
             })
-        })
-        .await
-        .expect("ingest does not panic");
+        });
+        let halt = AtomicBool::new(false);
+        let staging = async {
+            match (early, announced) {
+                (Some(e), Some(rx)) => e.stage(&self.store, &c.manifest, rx, &halt).await,
+                _ => Vec::new(),
+            }
+        };
+        let mut staging = std::pin::pin!(staging);
+        // Staging ends once the announcements do (the ingest is over) and its
+        // uploads under way are done, or sooner when one fails.
+        let mut staged = None;
+        let result = loop {
+            tokio::select! {
+                r = &mut ingest => break r.expect("ingest does not panic"),
+                s = &mut staging, if staged.is_none() => staged = Some(s),
+            }
+        };
+        if result.is_err() {
+            halt.store(true, Ordering::Relaxed);
+        }
+        let staged = match staged {
+            Some(s) => s,
+            None => staging.await,
+        };
+        if let Some(e) = early {
+            match result {
+                Ok(_) => self
+                    .staged
+                    .lock()
+                    .expect("not poisoned")
+                    .entry(e.target.dest.key())
+                    .or_default()
+                    .extend(staged),
+                Err(_) => early::cancel(e.target, staged).await,
+            }
+        }
         Ok(match result {
             Err(IngestError::Forged(why)) => {
                 let why = format!("{label}: refused: {why}; nothing of it was published");
@@ -414,6 +469,7 @@ impl Site {
                 report
                     .accepted
                     .push((c.manifest.uuid, c.manifest.sequence, ingested.stored));
+
                 report.rebuilt.extend(ingested.rebuilt);
                 report.set_aside.extend(ingested.set_aside);
                 Outcome::Accepted
@@ -478,6 +534,12 @@ impl Site {
             dest: target.dest.clone(),
         }];
         mirrors.extend(pass.fetch_from.iter().cloned());
+        let mut staged = self
+            .staged
+            .lock()
+            .expect("not poisoned")
+            .remove(&dest_key)
+            .unwrap_or_default();
         for seq in from..=last {
             if !self.ws.has_manifest(&uuid, seq) {
                 // Accepted by an earlier machine, whose workspace this one continued
@@ -502,11 +564,16 @@ impl Site {
                 &target.dest,
                 pass.parallel,
                 Bar::bytes("publish", carried),
-            );
+            )
+            .with_staged(std::mem::take(&mut staged));
             if let Some(stop) = pass.stop {
                 publisher = publisher.with_stop(stop.clone());
             }
-            let placed = match publisher.publish(&m.images, &m.blobs).await {
+            let published = publisher.publish(&m.images, &m.blobs).await;
+            let stats = publisher.stats.get();
+            // What this sequence did not use, a later one may.
+            staged = publisher.into_staged();
+            let placed = match published {
                 Ok(p) => p,
                 Err(e) => {
                     // Later sequences build on this one: stop here.
@@ -517,7 +584,7 @@ impl Site {
             crash_point("published-images");
             self.ws.record_locations(registry, &placed)?;
             self.ws.mark_published(&dest_key, seq)?;
-            for (t, v) in report.stats.iter_mut().zip(publisher.stats.get()) {
+            for (t, v) in report.stats.iter_mut().zip(stats) {
                 *t += v;
             }
             report.published.push((shown.clone(), seq));
@@ -536,6 +603,7 @@ impl Site {
                 );
             }
         }
+        early::cancel(target, staged).await;
         self.prune_at(target, pass, report).await?;
         // The mirror sets describe what is published here, not what is only accepted.
         let published = self.ws.published(&dest_key)?.unwrap_or(0);

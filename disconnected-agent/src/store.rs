@@ -97,9 +97,15 @@ impl Store {
             unsynced_bytes: 0,
             committing: None,
             stored: 0,
+            announce: None,
         })
     }
 }
+
+/// Told the digest of each blob as it enters the store, whole, verified and
+/// synced: what may travel before the imageset it came in is accepted (see
+/// `early`).
+pub type Announce = futures::channel::mpsc::UnboundedSender<Digest>;
 
 /// Whether `syncfs` reports write-back errors of the files it syncs: Linux
 /// 5.8 and later. Before, it reported none, so each blob is synced on its own
@@ -125,15 +131,24 @@ const BATCH_BLOBS: usize = 1024;
 /// ...or this many bytes, so that little verified work waits unsynced.
 const BATCH_BYTES: u64 = 64 << 20;
 
-/// Syncs a batch of verified blobs in `tmp/` and renames each into place;
-/// returns how many were. On an error, the batch's files still in `tmp/` are
-/// removed.
-fn commit(store: &Store, tmp: &File, mut batch: Vec<(PathBuf, Digest)>) -> std::io::Result<u64> {
+/// Syncs a batch of verified blobs in `tmp/` and renames each into place,
+/// announcing each; returns how many were. On an error, the batch's files
+/// still in `tmp/` are removed.
+fn commit(
+    store: &Store,
+    tmp: &File,
+    mut batch: Vec<(PathBuf, Digest)>,
+    announce: Option<&Announce>,
+) -> std::io::Result<u64> {
     let result = (|| {
         rustix::fs::syncfs(tmp)?;
         let mut renamed = 0;
         while let Some((path, digest)) = batch.last() {
             std::fs::rename(path, store.path(digest))?;
+            if let Some(a) = announce {
+                // A listener gone (it gave up) is no reason to stop storing.
+                let _ = a.unbounded_send(digest.clone());
+            }
             batch.pop();
             renamed += 1;
         }
@@ -168,9 +183,16 @@ pub struct StoreSink<'a> {
     /// The batch before, being synced and renamed: at most one at a time.
     committing: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
     stored: u64,
+    announce: Option<Announce>,
 }
 
 impl StoreSink<'_> {
+    /// Announces every blob this sink commits to `announce`.
+    pub fn announcing(mut self, announce: Option<Announce>) -> Self {
+        self.announce = announce;
+        self
+    }
+
     /// Waits for the batch being committed, if any.
     fn wait(&mut self) -> std::io::Result<()> {
         if let Some(thread) = self.committing.take() {
@@ -184,12 +206,12 @@ impl StoreSink<'_> {
         self.wait()?;
         let batch = std::mem::take(&mut self.unsynced);
         self.unsynced_bytes = 0;
-        let (store, tmp) = (self.store.clone(), self.tmp.clone());
+        let (store, tmp, announce) = (self.store.clone(), self.tmp.clone(), self.announce.clone());
         // A thread that cannot start leaves the batch's files in `tmp/`, which
         // the next ingest clears.
         let thread = std::thread::Builder::new()
             .name("store-commit".into())
-            .spawn(move || commit(&store, &tmp, batch))?;
+            .spawn(move || commit(&store, &tmp, batch, announce.as_ref()))?;
         self.committing = Some(thread);
         Ok(())
     }

@@ -2019,20 +2019,135 @@ impl RegistryClient {
     ) -> Result<(), RegistryError> {
         const OPERATION: &str = "push blob";
         let target = self.target(repository, digest.as_str());
+        let mut url = self.open_upload(repository, OPERATION, &target).await?;
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        let put = self
+            .http
+            .put(url.clone())
+            .header(http::header::CONTENT_LENGTH, size)
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        let response = self
+            .send_body(repository, OPERATION, &target, url, put)
+            .await?;
+        if response.status() != reqwest::StatusCode::CREATED {
+            return Err(response_error(OPERATION, target, response).await);
+        }
+        Ok(())
+    }
+
+    /// Sends the bytes of a local file into a new upload session and leaves it
+    /// open: the registry holds them, but no blob exists until
+    /// [`RegistryClient::commit_staged`] closes the session, and nothing of it can
+    /// be pulled or listed before. [`RegistryClient::cancel_staged`] drops it.
+    /// A `PATCH` of the whole blob, which every registry implementing chunked
+    /// uploads (the distribution spec's) takes.
+    pub async fn stage_blob_file(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        path: &Path,
+    ) -> Result<StagedBlob, RegistryError> {
+        const OPERATION: &str = "stage blob";
+        let target = self.target(repository, digest.as_str());
+        let file =
+            tokio::fs::File::open(path)
+                .await
+                .map_err(|source| RegistryError::LocalFile {
+                    target: target.clone(),
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
+        let url = self.open_upload(repository, OPERATION, &target).await?;
+        let mut patch = self
+            .http
+            .patch(url.clone())
+            .header(http::header::CONTENT_LENGTH, size)
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream));
+        if size > 0 {
+            patch = patch.header(http::header::CONTENT_RANGE, format!("0-{}", size - 1));
+        }
+        let response = self
+            .send_body(repository, OPERATION, &target, url.clone(), patch)
+            .await?;
+        if response.status() != reqwest::StatusCode::ACCEPTED {
+            let e = response_error(OPERATION, target.clone(), response).await;
+            self.cancel_upload(repository, &target, url, None).await;
+            return Err(e);
+        }
+        // The session may move with each request; a registry that does not
+        // say where keeps it where it was.
+        let url = location(&self.base, &response).unwrap_or(url);
+        Ok(StagedBlob {
+            repository: repository.to_string(),
+            digest: digest.clone(),
+            size,
+            url,
+        })
+    }
+
+    /// Closes a staged upload (`PUT` with the digest and no bytes): the registry
+    /// checks the bytes it holds against the digest, and only then keeps them
+    /// as the blob.
+    pub async fn commit_staged(&self, staged: &StagedBlob) -> Result<(), RegistryError> {
+        const OPERATION: &str = "commit staged blob";
+        let target = self.target(&staged.repository, staged.digest.as_str());
+        let mut url = staged.url.clone();
+        url.query_pairs_mut()
+            .append_pair("digest", staged.digest.as_str());
+        let put = |http: &reqwest::Client| {
+            http.put(url.clone())
+                .header(http::header::CONTENT_LENGTH, 0)
+        };
+        // Credentials go only to this registry.
+        let response = match url.origin() == self.base.origin() {
+            true => {
+                self.send(&staged.repository, OPERATION, &target, put)
+                    .await?
+            }
+            false => put(&self.http)
+                .send()
+                .await
+                .map_err(|e| transport_error(OPERATION, &target, &e))?,
+        };
+        if response.status() != reqwest::StatusCode::CREATED {
+            return Err(response_error(OPERATION, target, response).await);
+        }
+        Ok(())
+    }
+
+    /// Drops a staged upload, best effort: a registry that keeps it purges it
+    /// later, and it never became a blob.
+    pub async fn cancel_staged(&self, staged: StagedBlob) {
+        let target = self.target(&staged.repository, staged.digest.as_str());
+        self.cancel_upload(&staged.repository, &target, staged.url, None)
+            .await;
+    }
+
+    /// Opens an upload session in `repository` (`POST`); returns its location.
+    async fn open_upload(
+        &self,
+        repository: &str,
+        operation: &'static str,
+        target: &str,
+    ) -> Result<reqwest::Url, RegistryError> {
         let start = self.url(
             &format!("v2/{repository}/blobs/uploads/"),
-            OPERATION,
-            &target,
+            operation,
+            target,
         )?;
         let response = self
-            .send(repository, OPERATION, &target, |http| {
+            .send(repository, operation, target, |http| {
                 http.post(start.clone())
                     .header(http::header::CONTENT_LENGTH, 0)
             })
             .await?;
         if response.status() != reqwest::StatusCode::ACCEPTED {
             let status = response.status().as_u16();
-            let mut e = response_error(OPERATION, target, response).await;
+            let mut e = response_error(operation, target.to_string(), response).await;
             if let (404 | 403, RegistryError::Request { message, .. }) = (status, &mut e) {
                 // Harbor (404 "project … not found"), Quay (403 for a missing
                 // organisation) and GitLab answer the first push to a namespace
@@ -2044,70 +2159,86 @@ impl RegistryClient {
             }
             return Err(e);
         }
-        let protocol = |message: String| RegistryError::Request {
-            operation: OPERATION,
-            target: target.clone(),
-            kind: ErrorKind::Protocol,
-            message,
-        };
         let location = response
             .headers()
             .get(http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| protocol("the registry opened an upload without a Location".into()))?;
-        let mut url = self
-            .base
+            .ok_or_else(|| RegistryError::Request {
+                operation,
+                target: target.to_string(),
+                kind: ErrorKind::Protocol,
+                message: "the registry opened an upload without a Location".into(),
+            })?;
+        self.base
             .join(location)
-            .map_err(|e| protocol(format!("upload location {location:?}: {e}")))?;
-        url.query_pairs_mut().append_pair("digest", digest.as_str());
-        let put = self
-            .http
-            .put(url.clone())
-            .header(http::header::CONTENT_LENGTH, size)
-            .header(http::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body);
-        // The body is a stream, sent once: the token the POST just used is the
-        // one to send it with. Credentials go only to this registry.
+            .map_err(|e| RegistryError::Request {
+                operation,
+                target: target.to_string(),
+                kind: ErrorKind::Protocol,
+                message: format!("upload location {location:?}: {e}"),
+            })
+    }
+
+    /// Sends `request`, whose body is a stream sent once, into the upload
+    /// session at `url`. A token that expired since the session opened is not
+    /// the credential's fault: the session is cancelled and the error is one to
+    /// try again from a new session.
+    async fn send_body(
+        &self,
+        repository: &str,
+        operation: &'static str,
+        target: &str,
+        url: reqwest::Url,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        // The token the POST just used is the one to send it with.
+        // Credentials go only to this registry.
         let same_origin = url.origin() == self.base.origin();
         let bearer = match same_origin {
-            true => self.token(repository, &target, false).await?,
+            true => self.token(repository, target, false).await?,
             false => None,
         };
-        let put = match &bearer {
-            Some(token) => put.bearer_auth(token),
-            None if same_origin => self.authorised(repository, &target, false, put).await?,
-            None => put,
+        let request = match &bearer {
+            Some(token) => request.bearer_auth(token),
+            None if same_origin => self.authorised(repository, target, false, request).await?,
+            None => request,
         };
-        let response = put
+        let response = request
             .send()
             .await
-            .map_err(|e| transport_error(OPERATION, &target, &e))?;
+            .map_err(|e| transport_error(operation, target, &e))?;
         if response.status() == reqwest::StatusCode::UNAUTHORIZED && bearer.is_some() {
-            // The POST just passed with this token: it expired in between (a
-            // token of seconds, a queue of uploads). Not the credential's fault:
-            // the session is cancelled, and the upload tried again from a new
-            // one with a new token.
             self.tokens.lock().await.remove(repository);
             self.scoped
                 .lock()
                 .await
                 .remove(&format!("repository:{repository}:pull,push"));
             let (_, message) = response_problem(response).await;
-            self.cancel_upload(repository, &target, url, None).await;
+            self.cancel_upload(repository, target, url, None).await;
             return Err(RegistryError::Request {
-                operation: OPERATION,
-                target,
+                operation,
+                target: target.to_string(),
                 kind: ErrorKind::Unavailable { retry_after: None },
                 message: format!(
                     "the token expired between opening the upload and sending it ({message}); asked again"
                 ),
             });
         }
-        if response.status() != reqwest::StatusCode::CREATED {
-            return Err(response_error(OPERATION, target, response).await);
-        }
-        Ok(())
+        Ok(response)
     }
+}
+
+/// An upload session holding a whole blob, not yet closed
+/// ([`RegistryClient::stage_blob_file`]).
+#[derive(Debug, Clone)]
+pub struct StagedBlob {
+    /// The repository the session is in.
+    pub repository: String,
+    /// The blob it holds.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    url: reqwest::Url,
 }
 
 /// Media type of the empty JSON config of artifacts (`{}`), from the OCI image spec.

@@ -34,7 +34,7 @@ use crate::resources::{
     CatalogRef, Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs,
 };
 use crate::retry::{Budget, Limit, RetryPolicy, Retryable, Verdict};
-use crate::{ErrorKind, RawManifest, RegistryClient, RegistryError};
+use crate::{ErrorKind, RawManifest, RegistryClient, RegistryError, StagedBlob};
 use airlock_imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::OCI_INDEX;
@@ -434,6 +434,8 @@ pub struct Publisher<'a, S> {
     progress: Box<dyn Progress + 'a>,
     /// Once cancelled, no new upload starts; those under way finish.
     stop: Option<CancellationToken>,
+    /// Uploads whose bytes were sent ahead ([`Publisher::with_staged`]), by blob.
+    staged: std::sync::Mutex<HashMap<Digest, StagedBlob>>,
 }
 
 impl<'a, S: ContentSource> Publisher<'a, S> {
@@ -466,6 +468,64 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             retry: RetryPolicy::default(),
             progress: Box::new(progress),
             stop: None,
+            staged: Default::default(),
+        }
+    }
+
+    /// Takes over upload sessions that already hold blobs' bytes
+    /// ([`RegistryClient::stage_blob_file`]): the first placement of such a blob
+    /// closes its session instead of uploading, and the other repositories mount
+    /// it from there. One the registry no longer takes is uploaded as usual.
+    pub fn with_staged(mut self, staged: Vec<StagedBlob>) -> Self {
+        let map = self.staged.get_mut().expect("not poisoned");
+        for s in staged {
+            map.insert(s.digest.clone(), s);
+        }
+        self
+    }
+
+    /// The staged uploads no image of this publish used, to hand on to the
+    /// next publish or to cancel.
+    pub fn into_staged(self) -> Vec<StagedBlob> {
+        self.staged
+            .into_inner()
+            .expect("not poisoned")
+            .into_values()
+            .collect()
+    }
+
+    fn take_staged(&self, digest: &Digest) -> Option<StagedBlob> {
+        self.staged.lock().expect("not poisoned").remove(digest)
+    }
+
+    /// Closes the staged upload of a blob; returns the repository it is now in,
+    /// or `None` when the registry refused (the session expired, or the
+    /// registry restarted and forgot it): the blob is then uploaded as usual.
+    async fn commit_staged(&self, image: &ImageRecord, staged: StagedBlob) -> Option<String> {
+        let _permit = self
+            .transfers
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
+        if self.check_stop(image).is_err() {
+            self.client.cancel_staged(staged).await;
+            return None;
+        }
+        match self.client.commit_staged(&staged).await {
+            Ok(()) => {
+                self.stats.uploaded.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .uploaded_bytes
+                    .fetch_add(staged.size, Ordering::Relaxed);
+                self.progress.add(staged.size);
+                tracing::debug!(digest = %staged.digest, size = staged.size, repository = %staged.repository, "staged blob committed");
+                Some(staged.repository)
+            }
+            Err(e) => {
+                tracing::info!(digest = %staged.digest, repository = %staged.repository, error = %e, "a staged upload was not taken; uploading the blob again");
+                self.client.cancel_staged(staged).await;
+                None
+            }
         }
     }
 
@@ -738,14 +798,17 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         // One this run already placed is mounted (or found done) without asking
         // first: mounting a blob the repository holds is harmless, and the
         // question would cost a round trip per shared layer per image.
+        // One whose upload was staged is missing: its session is closed.
         let (mut known, mut asked) = (Vec::new(), Vec::new());
         {
             let placed = self.placed.lock().await;
+            let staged = self.staged.lock().expect("not poisoned");
             for blob in &blobs {
                 match placed.get(&blob.0) {
                     // Placed here already: present.
                     Some(repos) if repos.contains(&repo) => {}
                     Some(_) => known.push(blob.clone()),
+                    None if staged.contains_key(&blob.0) => known.push(blob.clone()),
                     None => asked.push(blob.clone()),
                 }
             }
@@ -856,6 +919,11 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             };
             let holder = first
                 .get_or_try_init(|| async {
+                    if let Some(staged) = self.take_staged(digest)
+                        && let Some(holder) = self.commit_staged(image, staged).await
+                    {
+                        return Ok(holder);
+                    }
                     self.put(image, budget, repo, None, digest, size).await?;
                     Ok::<_, PublishError>(repo.to_string())
                 })

@@ -33,6 +33,10 @@ pub enum Fault {
     /// `401 Unauthorized`, after the body was read: a token that expired
     /// between two requests of one upload.
     Expired,
+    /// `404 Not Found` with `BLOB_UPLOAD_UNKNOWN`, distribution's answer for an
+    /// upload session it does not know (see
+    /// [`FaultProxy::forget_upload_sessions`]).
+    UploadUnknown,
 }
 
 #[derive(Debug)]
@@ -55,6 +59,8 @@ struct State {
     max_depth: Option<usize>,
     /// Cross-repository mounts reach the registry as plain upload starts.
     decline_mounts: bool,
+    /// Upload sessions are not closed without bytes.
+    forget_sessions: bool,
 }
 
 /// A fault-injecting proxy on a free loopback port, plain HTTP.
@@ -119,6 +125,14 @@ impl FaultProxy {
         self.state.lock().expect("proxy state").decline_mounts = true;
     }
 
+    /// Answers every request closing an upload session without sending bytes
+    /// (a `PUT` into `/blobs/uploads/` with no body) as a registry that no
+    /// longer knows the session does: it expired, or the registry restarted
+    /// with another secret (distribution signs its sessions' state).
+    pub fn forget_upload_sessions(&self) {
+        self.state.lock().expect("proxy state").forget_sessions = true;
+    }
+
     /// How many faults were served so far.
     pub fn served(&self) -> u32 {
         self.state.lock().expect("proxy state").served
@@ -136,9 +150,13 @@ fn repository(path: &str) -> Option<&str> {
 }
 
 /// The fault for a request, if one is due; counts it.
-fn due(state: &Mutex<State>, method: &str, path: &str) -> Option<Fault> {
+fn due(state: &Mutex<State>, method: &str, path: &str, length: u64) -> Option<Fault> {
     let mut st = state.lock().expect("proxy state");
     let path = path.split('?').next().unwrap_or(path);
+    if st.forget_sessions && method == "PUT" && path.contains("/blobs/uploads/") && length == 0 {
+        st.served += 1;
+        return Some(Fault::UploadUnknown);
+    }
     if let (Some(max), Some(repo)) = (st.max_depth, repository(path))
         && repo.split('/').count() > max
     {
@@ -194,14 +212,15 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.trim().parse().ok())
         .unwrap_or(0);
-    if let Some(fault) = due(state, &method, &path) {
+    if let Some(fault) = due(state, &method, &path, length) {
         let wanted = match fault {
             Fault::Reset => length / 2,
             Fault::ServerError
             | Fault::TooManyRequests
             | Fault::NoSuchProject
             | Fault::TooDeep
-            | Fault::Expired => length,
+            | Fault::Expired
+            | Fault::UploadUnknown => length,
         };
         let mut chunk = [0u8; 16 << 10];
         let mut got = body.len() as u64;
@@ -236,6 +255,13 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
                 let json = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
                 format!(
                     "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                    json.len()
+                )
+            }
+            Fault::UploadUnknown => {
+                let json = r#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}"#;
+                format!(
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
                     json.len()
                 )
             }

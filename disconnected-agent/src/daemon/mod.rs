@@ -590,7 +590,9 @@ impl Daemon {
         let outcomes = if hold {
             Vec::new()
         } else {
-            self.site.accept(&drop_dir, &found, &mut report).await?
+            self.site
+                .accept(&drop_dir, &found, None, &mut report)
+                .await?
         };
         self.say(&report);
         for (uuid, sequence, blobs) in &report.accepted {

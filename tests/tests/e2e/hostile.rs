@@ -425,7 +425,7 @@ fn fuzzed_manifests_never_panic_nor_write_outside_the_drop_folder_and_workspace(
             let store = Store::open(&parent.join("ws")).unwrap();
             for c in found.imagesets.values() {
                 let counted = std::sync::atomic::AtomicU64::new(0);
-                if ingest::ingest(c, &store, &drop, &counted).is_ok() {
+                if ingest::ingest(c, &store, &drop, &counted, None).is_ok() {
                     let _ = ingest::check_manifests(&c.manifest, &store);
                 }
             }

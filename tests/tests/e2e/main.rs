@@ -23,5 +23,6 @@ mod releases;
 mod reports;
 mod retries;
 mod scheduled;
+mod staging;
 mod supply_chain;
 mod util;

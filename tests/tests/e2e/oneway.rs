@@ -155,7 +155,7 @@ fn ingest_dir(dir: &Path) -> Result<ingest::Ingested, String> {
     let ws = tempfile::tempdir().unwrap();
     let store = Store::open(ws.path()).unwrap();
     let counted = std::sync::atomic::AtomicU64::new(0);
-    let ingested = ingest::ingest(c, &store, dir, &counted).map_err(|e| e.to_string())?;
+    let ingested = ingest::ingest(c, &store, dir, &counted, None).map_err(|e| e.to_string())?;
     // Progress counts every byte of every chunk file, as the disk has them once
     // taken in (rebuilt ones too), each once: a failed pass is taken back.
     let on_disk: u64 = std::fs::read_dir(dir)

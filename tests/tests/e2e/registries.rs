@@ -205,18 +205,9 @@ fn sharing_a_layer(
             .with_layer(&shared)
             .layer(seed, 10_000)
             .build();
-        image.push(&client, repo, Some("1")).unwrap();
-        placed.push(Placed {
-            image,
-            repo: repo.into(),
-            config_ref: format!("{repo}:1"),
-            dest_ref: format!("{repo}:1"),
-        });
+        placed.push(push_as_1(&client, image, repo));
     }
-    let config = write_config(tmp, src, &placed, "");
-    let out = tmp.join("out");
-    let created = create(&config, &out, &tmp.join("ws-c"), "1MiB", src);
-    assert_eq!(created.code, 0, "{created}");
+    let out = create_of(src, tmp, &placed, "1MiB");
     (shared, placed, out)
 }
 

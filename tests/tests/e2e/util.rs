@@ -109,6 +109,27 @@ pub fn seed(source: &Registry) -> Vec<Placed> {
     placed
 }
 
+/// Pushes `image` to `repo:1` of the source, named so by the configuration.
+pub fn push_as_1(client: &PushClient, image: Image, repo: &str) -> Placed {
+    image.push(client, repo, Some("1")).unwrap();
+    Placed {
+        image,
+        repo: repo.into(),
+        config_ref: format!("{repo}:1"),
+        dest_ref: format!("{repo}:1"),
+    }
+}
+
+/// An imageset of `placed`, created in chunks of `limit` into `tmp/out`
+/// (configuration and workspace in `tmp` too); returns `tmp/out`.
+pub fn create_of(src: &Registry, tmp: &Path, placed: &[Placed], limit: &str) -> PathBuf {
+    let config = write_config(tmp, src, placed, "");
+    let out = tmp.join("out");
+    let created = create(&config, &out, &tmp.join("ws-c"), limit, src);
+    assert_eq!(created.code, 0, "{created}");
+    out
+}
+
 pub fn write_config(dir: &Path, source: &Registry, placed: &[Placed], extra: &str) -> PathBuf {
     let mut text =
         String::from("apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\n");

@@ -1,0 +1,128 @@
+//! Sending an imageset's large blobs to the registry while it is still being
+//! verified, without publishing them.
+//!
+//! Taking an imageset in reads every chunk, checks every blob against its digest
+//! and syncs it into the store; only then is the imageset accepted and published.
+//! One after the other, a release spends about as long being verified as being
+//! uploaded. Nothing may be published before every byte is verified (DESIGN.md,
+//! invariant 7), but bytes may travel: each large blob, as soon as it is in the
+//! store, is sent into an upload session that is left open ([`stage_blob_file`]).
+//! A registry makes no blob of an open session: nothing can be pulled, listed or
+//! mounted from it. Once the imageset is accepted, the publish closes each session
+//! with the blob's digest instead of uploading it ([`Publisher::with_staged`]),
+//! which costs a request, not the bytes. If the imageset is refused, the sessions
+//! are cancelled.
+//!
+//! A blob goes to the repository its image is published to (the first image
+//! from the source repository the blob came from); the publish mounts it
+//! everywhere else. Small blobs are left to the publish: for them the requests,
+//! not the bytes, are the cost, and staging adds one.
+//!
+//! Staging helps, and is never a condition: a failure (the registry down, a
+//! credential refused) stops it and is logged, and the publish that follows
+//! uploads what was not staged, and reports what fails.
+//!
+//! [`stage_blob_file`]: airlock_registry::RegistryClient::stage_blob_file
+//! [`Publisher::with_staged`]: airlock_registry::publish::Publisher::with_staged
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use airlock_imageset::{BlobRecord, ImagesetManifest};
+use airlock_oci::digest::Digest;
+use airlock_registry::StagedBlob;
+use airlock_registry::publish::destination_repository;
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+
+use crate::site::Target;
+use crate::store::Store;
+
+/// Blobs smaller than this are not staged.
+pub const STAGE_MIN: u64 = 1 << 20;
+
+/// Where an imageset's blobs are staged while it is verified.
+#[derive(Clone, Copy)]
+pub struct Early<'a> {
+    /// The destination registry.
+    pub target: &'a Target,
+    /// Blob transfers at once.
+    pub parallel: usize,
+}
+
+impl Early<'_> {
+    /// Stages each blob of `manifest` announced as it enters `store`, until the
+    /// announcements end and every upload is done, or one fails. Once `halt` is
+    /// set, no new upload starts. Returns the sessions left open.
+    pub async fn stage(
+        &self,
+        store: &Store,
+        manifest: &ImagesetManifest,
+        announced: UnboundedReceiver<Digest>,
+        halt: &AtomicBool,
+    ) -> Vec<StagedBlob> {
+        // Manifests are pushed as manifests, after acceptance, never as blobs.
+        let blobs: HashMap<&Digest, &BlobRecord> = manifest
+            .blobs
+            .iter()
+            .filter(|b| b.media_type.is_none() && b.size >= STAGE_MIN)
+            .map(|b| (&b.digest, b))
+            .collect();
+        let mut repositories: HashMap<&str, String> = HashMap::new();
+        for i in &manifest.images {
+            repositories
+                .entry(i.repository.as_str())
+                .or_insert_with(|| destination_repository(&self.target.dest, i));
+        }
+        let client = &self.target.client;
+        let failed = AtomicBool::new(false);
+        let staged = announced
+            .filter_map(|digest| {
+                let found = blobs.get(&digest).and_then(|b| {
+                    let repo = repositories.get(b.repository.as_str())?;
+                    Some((repo.as_str(), digest, b.size))
+                });
+                std::future::ready(found)
+            })
+            .map(|(repo, digest, size)| {
+                let failed = &failed;
+                async move {
+                    if failed.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    let staged = match client.has_blob(repo, &digest).await {
+                        // The publish finds it present.
+                        Ok(true) => return None,
+                        Ok(false) => {
+                            client
+                                .stage_blob_file(repo, &digest, size, &store.path(&digest))
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match staged {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            if !failed.swap(true, Ordering::Relaxed) {
+                                tracing::warn!(%digest, repository = %repo, error = %e, "sending blobs while the imageset is verified stopped; the publish after acceptance uploads them");
+                            }
+                            None
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(self.parallel.max(1))
+            .filter_map(std::future::ready)
+            .collect::<Vec<_>>()
+            .await;
+        tracing::debug!(staged = staged.len(), destination = %self.target.dest, "blobs staged while verifying");
+        staged
+    }
+}
+
+/// Cancels staged uploads that no publish will close.
+pub async fn cancel(target: &Target, staged: Vec<StagedBlob>) {
+    futures::stream::iter(staged)
+        .for_each_concurrent(8, |s| target.client.cancel_staged(s))
+        .await;
+}

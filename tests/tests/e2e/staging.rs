@@ -1,0 +1,200 @@
+//! Large blobs travel while their imageset is verified, into upload sessions
+//! left open, and become blobs only once the imageset is accepted (DESIGN.md,
+//! invariant 7): closed by the publish then, cancelled if it is refused, and
+//! uploaded again when the registry no longer knows a session.
+
+use std::path::{Path, PathBuf};
+
+use airlock_tests::bins::run;
+use airlock_tests::faults::FaultProxy;
+use airlock_tests::forge;
+use airlock_tests::images::{Blob, Format, ImageBuilder, PushClient, layer};
+use airlock_tests::registry::{Registry, RegistryOptions};
+use airlock_tests::token::{Grant, TokenAuth};
+use serde_json::json;
+
+use crate::util::*;
+
+/// Two images in two repositories sharing a layer, each with a layer of its
+/// own: those three are above the staging bound (1 MiB); the configs and a
+/// small layer each are below it. Created in chunks of 2 MiB, so that the
+/// large blobs span chunks. Returns the large blobs, the images and the
+/// chunk files' directory.
+fn large_images(src: &Registry, tmp: &Path) -> (Vec<Blob>, Vec<Placed>, PathBuf) {
+    let client = PushClient::new(src).unwrap();
+    let shared = layer(701, 1_600_000);
+    let mut large = vec![shared.clone()];
+    let mut placed = Vec::new();
+    for (seed, repo) in [(702, "team/big-x"), (703, "ops/big-y")] {
+        let own = layer(seed, 1_200_000);
+        large.push(own.clone());
+        let image = ImageBuilder::new(Format::Oci)
+            .with_layer(&shared)
+            .with_layer(&own)
+            .layer(seed + 100, 10_000)
+            .build();
+        placed.push(push_as_1(&client, image, repo));
+    }
+    let out = create_of(src, tmp, &placed, "2MiB");
+    assert!(chunk_files(&out).len() >= 3);
+    (large, placed, out)
+}
+
+/// The upload session a request line of the access log is about.
+fn session(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once("/blobs/uploads/")?;
+    rest.split(['?', ' ']).next().filter(|s| !s.is_empty())
+}
+
+/// Access log request lines (`"METHOD /v2/… HTTP/1.1" STATUS`) of `method`.
+fn requests<'a>(log: &'a str, method: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| l.contains(&format!("\"{method} /v2/")))
+        .collect()
+}
+
+/// Sessions that received bytes by `PATCH`.
+fn patched(log: &str) -> Vec<String> {
+    requests(log, "PATCH")
+        .into_iter()
+        .filter(|l| l.contains("\" 202 "))
+        .filter_map(session)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn large_blobs_travel_while_verifying_and_their_sessions_close_at_publish() {
+    let src = Registry::plain().unwrap();
+    // As Quay, Harbor and registry.redhat.io run: a token per scope.
+    let dest = Registry::start(RegistryOptions {
+        token: Some(TokenAuth::new(vec![Grant::new(
+            "writer",
+            "w-pass",
+            "",
+            &["pull", "push"],
+        )])),
+        ..RegistryOptions::default()
+    })
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (large, placed, out) = large_images(&src, tmp.path());
+    let published = publish(&out, &dest, "m", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+    // Every distinct blob counts once as uploaded, staged or not; the shared
+    // layer is mounted into the second repository.
+    assert!(
+        published.stdout.contains("7 blobs uploaded") && published.stdout.contains(", 1 mounted,"),
+        "{published}"
+    );
+    let log = dest.log();
+    let sent = patched(&log);
+    assert_eq!(
+        sent.len(),
+        large.len(),
+        "one session per large blob:\n{log}"
+    );
+    for blob in &large {
+        let hex = blob.digest.trim_start_matches("sha256:");
+        let closing: Vec<&str> = requests(&log, "PUT")
+            .into_iter()
+            .filter(|l| l.contains(&format!("digest=sha256%3A{hex}")))
+            .collect();
+        assert_eq!(
+            closing.len(),
+            1,
+            "{}: one upload closed:\n{log}",
+            blob.digest
+        );
+        let closed = session(closing[0]).unwrap();
+        assert!(
+            sent.iter().any(|s| s == closed) && closing[0].contains("\" 201 "),
+            "{}: the session its bytes were sent into while verifying is the one closed:\n{log}",
+            blob.digest
+        );
+    }
+    assert_byte_exact(&src, &dest, "m", &placed);
+}
+
+#[test]
+fn a_refused_imageset_leaves_no_blob_of_what_it_sent_while_verifying() {
+    let src = Registry::plain().unwrap();
+    let dest = Registry::plain().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (large, placed, genuine) = large_images(&src, tmp.path());
+    // Every byte matches its digest, but an image's "manifest" is its small
+    // layer: found only once every chunk is verified, after the large blobs
+    // were sent.
+    let forged = tmp.path().join("forged");
+    copy_dir(&genuine, &forged);
+    let small = placed[0].image.layer_blobs()[2].digest.clone();
+    forge::rewrite(&forged, |m| {
+        let blobs = m["blobs"].as_array_mut().unwrap();
+        let b = blobs.iter_mut().find(|b| b["digest"] == small).unwrap();
+        b["mediaType"] = json!("application/vnd.oci.image.manifest.v1+json");
+        m["images"][0]["digest"] = json!(small);
+    })
+    .unwrap();
+    let ws = tmp.path().join("ws-d");
+    let refused = run(&mut publish_cmd(&forged, &dest, "m", &ws));
+    assert_eq!(refused.code, EX_DATA, "{refused}");
+    let log = dest.log();
+    let sent = patched(&log);
+    assert_eq!(sent.len(), large.len(), "the large blobs were sent:\n{log}");
+    let cancelled: Vec<&str> = requests(&log, "DELETE")
+        .into_iter()
+        .filter_map(session)
+        .collect();
+    for s in &sent {
+        assert!(
+            cancelled.contains(&s.as_str()),
+            "session {s} cancelled:\n{log}"
+        );
+    }
+    assert!(
+        requests(&log, "PUT").is_empty(),
+        "no upload closed, no manifest pushed:\n{log}"
+    );
+    let http = dest.http_client().unwrap();
+    for blob in &large {
+        for p in &placed {
+            let url = format!("{}/v2/m/{}/blobs/{}", dest.url(), p.repo, blob.digest);
+            let status = http.head(&url).send().unwrap().status();
+            assert_eq!(status, 404, "{url}");
+        }
+    }
+    assert!(catalog(&dest).is_empty(), "{:?}", catalog(&dest));
+    // The genuine imageset is taken and published in full.
+    let published = run(&mut publish_cmd(&genuine, &dest, "m", &ws));
+    assert_eq!(published.code, 0, "{published}");
+    assert_byte_exact(&src, &dest, "m", &placed);
+}
+
+#[test]
+fn a_session_the_registry_forgot_is_uploaded_again() {
+    let s = Setup::plain();
+    std::fs::create_dir_all(s.path("big")).unwrap();
+    let (large, placed, out) = large_images(&s.source, &s.path("big"));
+    let proxy = FaultProxy::start(&s.dest.addr()).unwrap();
+    proxy.forget_upload_sessions();
+    let published = run(&mut publish_via(&proxy, &out, "m", &s.path("ws-d")));
+    assert_eq!(published.code, 0, "{published}");
+    assert_eq!(
+        proxy.served() as usize,
+        large.len(),
+        "each staged session's closing was refused"
+    );
+    assert!(published.stdout.contains("7 blobs uploaded"), "{published}");
+    // The registry holds each large blob, uploaded whole a second time.
+    for blob in &large {
+        let hex = blob.digest.trim_start_matches("sha256:");
+        assert!(
+            requests(&s.dest.log(), "PUT")
+                .iter()
+                .any(|l| l.contains(&format!("digest=sha256%3A{hex}")) && l.contains("\" 201 ")),
+            "{}",
+            blob.digest
+        );
+    }
+    assert_byte_exact(&s.source, &s.dest, "m", &placed);
+}
