@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use airlock_cli::telemetry::Bar;
 use airlock_common::exit_codes::{self, ExitCode as _};
@@ -258,8 +257,8 @@ impl Site {
 
     /// Accepts, in sequence order, every imageset of `found` that the workspace can
     /// take (an acceptance may unblock one that waits). Chunks rebuilt from parity are
-    /// written to `dir`. With `early`, each blob is uploaded there as soon as it is
-    /// verified. Returns what happened to each imageset.
+    /// written to `dir`. With `early`, large blobs are staged there as they enter
+    /// the store (`early.rs`). Returns what happened to each imageset.
     pub async fn accept(
         &self,
         dir: &Path,
@@ -403,46 +402,18 @@ impl Site {
         let (candidate, store, dir) = (c.clone(), self.store.clone(), dir.to_path_buf());
         let total = ingest::chunk_bytes(c);
         let bar = Bar::bytes(&format!("verify {label}"), total);
-        let (announce, announced) = match early {
-            Some(_) => {
-                let (tx, rx) = futures::channel::mpsc::unbounded();
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
-        let mut ingest = tokio::task::spawn_blocking(move || {
-            let taken = ingest::ingest(&candidate, &store, &dir, &bar, announce);
-            bar.finish();
-            taken.and_then(|ingested| {
-                ingest::check_manifests(&candidate.manifest, &store)
-                    .map(|()| ingested)
-                    .map_err(IngestError::Forged)
+        let verify = move |announce| {
+            tokio::task::spawn_blocking(move || {
+                let taken = ingest::ingest(&candidate, &store, &dir, &bar, announce);
+                bar.finish();
+                taken.and_then(|ingested| {
+                    ingest::check_manifests(&candidate.manifest, &store)
+                        .map(|()| ingested)
+                        .map_err(IngestError::Forged)
+                })
             })
-        });
-        let halt = AtomicBool::new(false);
-        let staging = async {
-            match (early, announced) {
-                (Some(e), Some(rx)) => e.stage(&self.store, &c.manifest, rx, &halt).await,
-                _ => Vec::new(),
-            }
         };
-        let mut staging = std::pin::pin!(staging);
-        // Staging ends once the announcements do (the ingest is over) and its
-        // uploads under way are done, or sooner when one fails.
-        let mut staged = None;
-        let result = loop {
-            tokio::select! {
-                r = &mut ingest => break r.expect("ingest does not panic"),
-                s = &mut staging, if staged.is_none() => staged = Some(s),
-            }
-        };
-        if result.is_err() {
-            halt.store(true, Ordering::Relaxed);
-        }
-        let staged = match staged {
-            Some(s) => s,
-            None => staging.await,
-        };
+        let (result, staged) = early::beside(early, &self.store, &c.manifest, verify).await;
         if let Some(e) = early {
             match result {
                 Ok(_) => self

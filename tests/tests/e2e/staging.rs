@@ -116,15 +116,18 @@ fn large_blobs_travel_while_verifying_and_their_sessions_close_at_publish() {
     assert_byte_exact(&src, &dest, "m", &placed);
 }
 
+/// How many of the large blobs were sent before the refusal stopped the
+/// staging is a race (the refusal comes right after the last chunk); whatever
+/// was sent, no session is left open and no blob was made.
 #[test]
-fn a_refused_imageset_leaves_no_blob_of_what_it_sent_while_verifying() {
+fn a_refused_imageset_leaves_no_blob_and_no_open_session() {
     let src = Registry::plain().unwrap();
     let dest = Registry::plain().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (large, placed, genuine) = large_images(&src, tmp.path());
     // Every byte matches its digest, but an image's "manifest" is its small
-    // layer: found only once every chunk is verified, after the large blobs
-    // were sent.
+    // layer: found only once every chunk is verified and the large blobs are
+    // in the store, being sent.
     let forged = tmp.path().join("forged");
     copy_dir(&genuine, &forged);
     let small = placed[0].image.layer_blobs()[2].digest.clone();
@@ -140,7 +143,10 @@ fn a_refused_imageset_leaves_no_blob_of_what_it_sent_while_verifying() {
     assert_eq!(refused.code, EX_DATA, "{refused}");
     let log = dest.log();
     let sent = patched(&log);
-    assert_eq!(sent.len(), large.len(), "the large blobs were sent:\n{log}");
+    assert!(
+        sent.len() <= large.len(),
+        "only large blobs are sent:\n{log}"
+    );
     let cancelled: Vec<&str> = requests(&log, "DELETE")
         .into_iter()
         .filter_map(session)
