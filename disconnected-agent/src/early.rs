@@ -34,6 +34,7 @@ use airlock_registry::StagedBlob;
 use airlock_registry::publish::destination_repository;
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::site::Target;
@@ -52,14 +53,16 @@ pub struct Early<'a> {
 }
 
 impl Early<'_> {
-    /// Stages each blob of `manifest` announced as it enters `store`, until the
-    /// announcements end and every upload is done, or one fails. Once `halt` is
-    /// set, no new upload starts. Returns the sessions left open.
+    /// Stages each blob of `manifest` announced as it enters `store`, each
+    /// upload holding a permit of `gate`, until the announcements end and every
+    /// upload begun is done. Once one fails, or `halt` is set, no new upload
+    /// starts. Returns the sessions left open.
     pub async fn stage(
         &self,
         store: &Store,
         manifest: &ImagesetManifest,
         announced: UnboundedReceiver<Digest>,
+        gate: &Semaphore,
         halt: &AtomicBool,
     ) -> Vec<StagedBlob> {
         // Manifests are pushed as manifests, after acceptance, never as blobs.
@@ -69,18 +72,26 @@ impl Early<'_> {
             .filter(|b| b.media_type.is_none() && b.size >= STAGE_MIN)
             .map(|b| (&b.digest, b))
             .collect();
-        let mut repositories: HashMap<&str, String> = HashMap::new();
+        // Where the images of each source repository go; `None` when they go
+        // to more than one (`targetRepo`): the publish chooses, not staging.
+        let mut repositories: HashMap<&str, Option<String>> = HashMap::new();
         for i in &manifest.images {
+            let to = destination_repository(&self.target.dest, i);
             repositories
                 .entry(i.repository.as_str())
-                .or_insert_with(|| destination_repository(&self.target.dest, i));
+                .and_modify(|r| {
+                    if r.as_ref() != Some(&to) {
+                        *r = None;
+                    }
+                })
+                .or_insert(Some(to));
         }
         let client = &self.target.client;
         let failed = AtomicBool::new(false);
         let staged = announced
             .filter_map(|digest| {
                 let found = blobs.get(&digest).and_then(|b| {
-                    let repo = repositories.get(b.repository.as_str())?;
+                    let repo = repositories.get(b.repository.as_str())?.as_ref()?;
                     Some((repo.as_str(), digest, b.size))
                 });
                 std::future::ready(found)
@@ -88,6 +99,7 @@ impl Early<'_> {
             .map(|(repo, digest, size)| {
                 let failed = &failed;
                 async move {
+                    let _permit = gate.acquire().await.expect("never closed");
                     if failed.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed) {
                         return None;
                     }
@@ -112,12 +124,7 @@ impl Early<'_> {
                     }
                 }
             })
-            // Half the publish's transfers: the registry, not the client,
-            // bounds staging (it hashes and writes what it is sent), and each
-            // upload under way beside the verification keeps buffers of its
-            // own (the publish's peak memory at scale 1 was 46 MiB staging 8 at
-            // once, 38 MiB with 4, at the same speed).
-            .buffer_unordered(self.parallel.div_ceil(2).max(1))
+            .buffer_unordered(self.parallel.max(1))
             .filter_map(std::future::ready)
             .collect::<Vec<_>>()
             .await;
@@ -127,8 +134,16 @@ impl Early<'_> {
 }
 
 /// Runs `ingest`, a verification told to announce each blob it stores, and
-/// with `early` stages what it announces beside it. Returns the verification's
-/// result and the sessions left open; once it fails, no new upload starts.
+/// with `early` stages what it announces beside it: half the publish's
+/// transfers while the verification runs, all of them once it succeeded; once
+/// it failed, no new upload starts. Returns the verification's result and the
+/// sessions left open.
+///
+/// Beside the verification, half: the registry, not the client, bounds
+/// staging (it hashes and writes what it is sent), and each upload under way
+/// beside the verification's threads keeps buffers in an allocator arena of
+/// its own (the publish's peak at scale 1 was 46 MiB staging 8 at once, 38–40
+/// MiB with 4, in the same time).
 pub async fn beside<T, E>(
     early: Option<Early<'_>>,
     store: &Store,
@@ -144,9 +159,11 @@ pub async fn beside<T, E>(
     let (announce, announced) = futures::channel::mpsc::unbounded();
     let mut ingest = ingest(Some(announce));
     let halt = AtomicBool::new(false);
-    let mut staging = std::pin::pin!(early.stage(store, manifest, announced, &halt));
-    // Staging ends once the announcements do (the ingest is over) and its
-    // uploads under way are done, or sooner when one fails.
+    let beside = early.parallel.div_ceil(2).max(1);
+    let gate = Semaphore::new(beside);
+    let mut staging = std::pin::pin!(early.stage(store, manifest, announced, &gate, &halt));
+    // Staging ends once the announcements do (the ingest is over) and the
+    // uploads begun are done.
     let mut staged = None;
     let result = loop {
         tokio::select! {
@@ -154,8 +171,9 @@ pub async fn beside<T, E>(
             s = &mut staging, if staged.is_none() => staged = Some(s),
         }
     };
-    if result.is_err() {
-        halt.store(true, Ordering::Relaxed);
+    match &result {
+        Ok(_) => gate.add_permits(early.parallel.saturating_sub(beside)),
+        Err(_) => halt.store(true, Ordering::Relaxed),
     }
     let staged = match staged {
         Some(s) => s,

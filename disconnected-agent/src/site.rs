@@ -414,17 +414,13 @@ impl Site {
             })
         };
         let (result, staged) = early::beside(early, &self.store, &c.manifest, verify).await;
-        if let Some(e) = early {
-            match result {
-                Ok(_) => self
-                    .staged
-                    .lock()
-                    .expect("not poisoned")
-                    .entry(e.target.dest.key())
-                    .or_default()
-                    .extend(staged),
-                Err(_) => early::cancel(e.target, staged).await,
-            }
+        // Kept for the publish once the imageset is accepted, cancelled
+        // otherwise (none without `early`).
+        let mut staged = early.map(|e| (e.target, staged));
+        if result.is_err()
+            && let Some((target, staged)) = staged.take()
+        {
+            early::cancel(target, staged).await;
         }
         Ok(match result {
             Err(IngestError::Forged(why)) => {
@@ -434,7 +430,20 @@ impl Site {
             }
             Ok(ingested) => {
                 crash_point("ingested");
-                self.ws.accept(&c.manifest)?;
+                if let Err(e) = self.ws.accept(&c.manifest) {
+                    if let Some((target, staged)) = staged {
+                        early::cancel(target, staged).await;
+                    }
+                    return Err(e.into());
+                }
+                if let Some((target, staged)) = staged {
+                    self.staged
+                        .lock()
+                        .expect("not poisoned")
+                        .entry(target.dest.key())
+                        .or_default()
+                        .extend(staged);
+                }
                 crash_point("accepted");
                 tracing::info!(uuid = %c.manifest.uuid, sequence = c.manifest.sequence, blobs_stored = ingested.stored, rebuilt = ingested.rebuilt.len(), "imageset verified and accepted");
                 report
@@ -511,70 +520,76 @@ impl Site {
             .expect("not poisoned")
             .remove(&dest_key)
             .unwrap_or_default();
-        for seq in from..=last {
-            if !self.ws.has_manifest(&uuid, seq) {
-                // Accepted by an earlier machine, whose workspace this one continued
-                // from the registry: each imageset lists the whole desired state, so
-                // publishing a later one brings this destination up to date.
-                tracing::info!(%uuid, sequence = seq, destination = %dest_key, "no manifest of this sequence here; a later one brings the destination up to date");
-                continue;
-            }
-            let m = self.ws.manifest(&uuid, seq)?;
-            let locations: HashMap<_, _> = self.ws.locations(registry)?;
-            let source = StoreSource::new(&self.store, mirrors.clone(), &locations, &m.blobs)
-                .sharing(pass.shared.cloned());
-            let carried: u64 = m
-                .blobs
-                .iter()
-                .filter(|b| !b.parts.is_empty() && b.media_type.is_none())
-                .map(|b| b.size)
-                .sum();
-            let mut publisher = Publisher::new(
-                &target.client,
-                &source,
-                &target.dest,
-                pass.parallel,
-                Bar::bytes("publish", carried),
-            )
-            .with_staged(std::mem::take(&mut staged));
-            if let Some(stop) = pass.stop {
-                publisher = publisher.with_stop(stop.clone());
-            }
-            let published = publisher.publish(&m.images, &m.blobs).await;
-            let stats = publisher.stats.get();
-            // What this sequence did not use, a later one may.
-            staged = publisher.into_staged();
-            let placed = match published {
-                Ok(p) => p,
-                Err(e) => {
-                    // Later sequences build on this one: stop here.
-                    report.problem(e.exit_code(), format!("{} → {shown}: {e}", m.label()));
-                    break;
+        // Whatever ends the loop, sessions no sequence closed are cancelled.
+        let looped: Result<(), Error> = async {
+            for seq in from..=last {
+                if !self.ws.has_manifest(&uuid, seq) {
+                    // Accepted by an earlier machine, whose workspace this one continued
+                    // from the registry: each imageset lists the whole desired state, so
+                    // publishing a later one brings this destination up to date.
+                    tracing::info!(%uuid, sequence = seq, destination = %dest_key, "no manifest of this sequence here; a later one brings the destination up to date");
+                    continue;
                 }
-            };
-            crash_point("published-images");
-            self.ws.record_locations(registry, &placed)?;
-            self.ws.mark_published(&dest_key, seq)?;
-            for (t, v) in report.stats.iter_mut().zip(stats) {
-                *t += v;
+                let m = self.ws.manifest(&uuid, seq)?;
+                let locations: HashMap<_, _> = self.ws.locations(registry)?;
+                let source = StoreSource::new(&self.store, mirrors.clone(), &locations, &m.blobs)
+                    .sharing(pass.shared.cloned());
+                let carried: u64 = m
+                    .blobs
+                    .iter()
+                    .filter(|b| !b.parts.is_empty() && b.media_type.is_none())
+                    .map(|b| b.size)
+                    .sum();
+                let mut publisher = Publisher::new(
+                    &target.client,
+                    &source,
+                    &target.dest,
+                    pass.parallel,
+                    Bar::bytes("publish", carried),
+                )
+                .with_staged(std::mem::take(&mut staged));
+                if let Some(stop) = pass.stop {
+                    publisher = publisher.with_stop(stop.clone());
+                }
+                let published = publisher.publish(&m.images, &m.blobs).await;
+                let stats = publisher.stats.get();
+                // What this sequence did not use, a later one may.
+                staged = publisher.into_staged();
+                let placed = match published {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Later sequences build on this one: stop here.
+                        report.problem(e.exit_code(), format!("{} → {shown}: {e}", m.label()));
+                        break;
+                    }
+                };
+                crash_point("published-images");
+                self.ws.record_locations(registry, &placed)?;
+                self.ws.mark_published(&dest_key, seq)?;
+                for (t, v) in report.stats.iter_mut().zip(stats) {
+                    *t += v;
+                }
+                report.published.push((shown.clone(), seq));
+                tracing::info!(%uuid, sequence = seq, destination = %dest_key, "imageset published");
+                let state = self.ws.site_state(registry, uuid, seq)?;
+                let repo = target.dest.repository_for(SITE_STATE_REPOSITORY);
+                let doc = Bytes::from(serde_json::to_vec(&state).expect("state serialises"));
+                if let Err(e) = target
+                    .client
+                    .put_document(&repo, &uuid.to_string(), SITE_STATE_MEDIA_TYPE, doc)
+                    .await
+                {
+                    report.problem(
+                        exit_codes::UNAVAILABLE,
+                        format!("sequence {seq} is published, but the workspace state could not be recorded at {registry}/{repo}: {e}; a new machine could not continue from it until the next publish records it"),
+                    );
+                }
             }
-            report.published.push((shown.clone(), seq));
-            tracing::info!(%uuid, sequence = seq, destination = %dest_key, "imageset published");
-            let state = self.ws.site_state(registry, uuid, seq)?;
-            let repo = target.dest.repository_for(SITE_STATE_REPOSITORY);
-            let doc = Bytes::from(serde_json::to_vec(&state).expect("state serialises"));
-            if let Err(e) = target
-                .client
-                .put_document(&repo, &uuid.to_string(), SITE_STATE_MEDIA_TYPE, doc)
-                .await
-            {
-                report.problem(
-                    exit_codes::UNAVAILABLE,
-                    format!("sequence {seq} is published, but the workspace state could not be recorded at {registry}/{repo}: {e}; a new machine could not continue from it until the next publish records it"),
-                );
-            }
+            Ok(())
         }
+        .await;
         early::cancel(target, staged).await;
+        looped?;
         self.prune_at(target, pass, report).await?;
         // The mirror sets describe what is published here, not what is only accepted.
         let published = self.ws.published(&dest_key)?.unwrap_or(0);

@@ -1926,7 +1926,7 @@ impl RegistryClient {
             },
         };
         let cancelled = request.send().await.map(|r| r.status().as_u16());
-        tracing::debug!(%repository, ?cancelled, "declined mount's upload session cancelled");
+        tracing::debug!(%repository, ?cancelled, "upload session cancelled");
     }
 
     /// Whether `a` and `b` are reached with the same credential, so that a token
@@ -2070,17 +2070,25 @@ impl RegistryClient {
         if size > 0 {
             patch = patch.header(http::header::CONTENT_RANGE, format!("0-{}", size - 1));
         }
-        let response = self
+        let failed = match self
             .send_body(repository, OPERATION, &target, url.clone(), patch)
-            .await?;
-        if response.status() != reqwest::StatusCode::ACCEPTED {
-            let e = response_error(OPERATION, target.clone(), response).await;
-            self.cancel_upload(repository, &target, url, None).await;
-            return Err(e);
-        }
-        // The session may move with each request; a registry that does not
-        // say where keeps it where it was.
-        let url = location(&self.base, &response).unwrap_or(url);
+            .await
+        {
+            Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => Ok(r),
+            Ok(r) => Err(response_error(OPERATION, target.clone(), r).await),
+            Err(e) => Err(e),
+        };
+        let response = match failed {
+            Ok(r) => r,
+            Err(e) => {
+                // A session that holds part of a blob, or none, is of no use.
+                self.cancel_upload(repository, &target, url, None).await;
+                return Err(e);
+            }
+        };
+        // The session may move with each request (a relative location is the
+        // request's); a registry that does not say where keeps it where it was.
+        let url = location(&url, &response).unwrap_or(url);
         Ok(StagedBlob {
             repository: repository.to_string(),
             digest: digest.clone(),

@@ -498,10 +498,16 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         self.staged.lock().expect("not poisoned").remove(digest)
     }
 
-    /// Closes the staged upload of a blob; returns the repository it is now in,
-    /// or `None` when the registry refused (the session expired, or the
-    /// registry restarted and forgot it): the blob is then uploaded as usual.
-    async fn commit_staged(&self, image: &ImageRecord, staged: StagedBlob) -> Option<String> {
+    /// Closes the staged upload of a blob, under the retry policy; returns the
+    /// repository it is now in, or `None` when the registry did not take it
+    /// (the session expired, or the registry restarted and forgot it): the
+    /// blob is then uploaded as usual.
+    async fn commit_staged(
+        &self,
+        image: &ImageRecord,
+        budget: &Budget,
+        staged: StagedBlob,
+    ) -> Option<String> {
         let _permit = self
             .transfers
             .acquire()
@@ -511,7 +517,16 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             self.client.cancel_staged(staged).await;
             return None;
         }
-        match self.client.commit_staged(&staged).await {
+        let repo = &staged.repository;
+        let closed = self
+            .retrying(budget, repo, &staged.digest, || async {
+                self.client
+                    .commit_staged(&staged)
+                    .await
+                    .map_err(|e| self.refused(image, repo, e))
+            })
+            .await;
+        match closed {
             Ok(()) => {
                 self.stats.uploaded.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -920,7 +935,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             let holder = first
                 .get_or_try_init(|| async {
                     if let Some(staged) = self.take_staged(digest)
-                        && let Some(holder) = self.commit_staged(image, staged).await
+                        && let Some(holder) = self.commit_staged(image, budget, staged).await
                     {
                         return Ok(holder);
                     }

@@ -579,10 +579,17 @@ fn cluster_objects_for_what_is_no_longer_published_are_deleted_unless_someone_el
         )
         .unwrap();
     deliver(&made[1], &site.path("drop"));
+    // Each cluster is reconciled on its own: east's withdrawal is waited
+    // for, not taken to precede west's log line.
     eventually(
         Duration::from_secs(60),
-        "the digest mirror set applied on both clusters",
-        || idms(0).is_some() && idms(1).is_some() && agent.log().contains("left on the cluster"),
+        "the digest mirror set applied on both clusters, east's tag mirror set withdrawn",
+        || {
+            idms(0).is_some()
+                && idms(1).is_some()
+                && itms(0).is_none()
+                && agent.log().contains("left on the cluster")
+        },
         || agent.log(),
     );
     assert!(itms(0).is_none(), "east: Airlock's own object withdrawn");

@@ -151,6 +151,12 @@ fn a_refused_imageset_leaves_no_blob_and_no_open_session() {
         .into_iter()
         .filter_map(session)
         .collect();
+    // Every session opened, sent into or not, was cancelled.
+    let opened = requests(&log, "POST")
+        .iter()
+        .filter(|l| l.contains("/blobs/uploads/ ") && l.contains("\" 202 "))
+        .count();
+    assert_eq!(opened, cancelled.len(), "{log}");
     for s in &sent {
         assert!(
             cancelled.contains(&s.as_str()),
