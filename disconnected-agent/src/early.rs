@@ -13,10 +13,15 @@
 //! which costs a request, not the bytes. If the imageset is refused, the sessions
 //! are cancelled.
 //!
-//! A blob goes to the repository its image is published to (the first image
-//! from the source repository the blob came from); the publish mounts it
-//! everywhere else. Small blobs are left to the publish: for them the requests,
-//! not the bytes, are the cost, and staging adds one.
+//! A blob goes to the repository the images of its source repository are
+//! published to; the publish mounts it everywhere else. When those images go
+//! to several (`targetRepo`), the publish chooses, and the blob is not staged.
+//! Small blobs are left to the publish: for them the requests, not the bytes,
+//! are the cost, and staging adds one.
+//!
+//! Acceptance is recorded once the blobs announced are sent, at the publish's
+//! full parallelism after the verification: the publish would send them next
+//! anyway, and closing sessions is all that is left to it.
 //!
 //! Staging helps, and is never a condition: a failure (the registry down, a
 //! credential refused) stops it and is logged, and the publish that follows
