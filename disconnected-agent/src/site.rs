@@ -449,7 +449,6 @@ impl Site {
                 report
                     .accepted
                     .push((c.manifest.uuid, c.manifest.sequence, ingested.stored));
-
                 report.rebuilt.extend(ingested.rebuilt);
                 report.set_aside.extend(ingested.set_aside);
                 Outcome::Accepted

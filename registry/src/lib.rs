@@ -631,6 +631,19 @@ async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
     (kind, message)
 }
 
+/// A local file's bytes as a streamed request body, read 256 KiB at a time.
+async fn file_body(target: &str, path: &Path) -> Result<reqwest::Body, RegistryError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| RegistryError::LocalFile {
+            target: target.to_string(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
+    Ok(reqwest::Body::wrap_stream(stream))
+}
+
 /// The upload session `response` opened: its `Location`, against `base`.
 fn location(base: &reqwest::Url, response: &reqwest::Response) -> Option<reqwest::Url> {
     let location = response
@@ -1993,17 +2006,8 @@ impl RegistryClient {
         size: u64,
         path: &Path,
     ) -> Result<(), RegistryError> {
-        let file =
-            tokio::fs::File::open(path)
-                .await
-                .map_err(|source| RegistryError::LocalFile {
-                    target: self.target(repository, digest.as_str()),
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
-        self.upload(repository, digest, size, reqwest::Body::wrap_stream(stream))
-            .await
+        let body = file_body(&self.target(repository, digest.as_str()), path).await?;
+        self.upload(repository, digest, size, body).await
     }
 
     /// One monolithic upload: a `POST` opens a session, one `PUT` sends the bytes
@@ -2051,50 +2055,39 @@ impl RegistryClient {
     ) -> Result<StagedBlob, RegistryError> {
         const OPERATION: &str = "stage blob";
         let target = self.target(repository, digest.as_str());
-        let file =
-            tokio::fs::File::open(path)
-                .await
-                .map_err(|source| RegistryError::LocalFile {
-                    target: target.clone(),
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
+        let body = file_body(&target, path).await?;
         let url = self.open_upload(repository, OPERATION, &target).await?;
         let mut patch = self
             .http
             .patch(url.clone())
             .header(http::header::CONTENT_LENGTH, size)
             .header(http::header::CONTENT_TYPE, "application/octet-stream")
-            .body(reqwest::Body::wrap_stream(stream));
+            .body(body);
         if size > 0 {
             patch = patch.header(http::header::CONTENT_RANGE, format!("0-{}", size - 1));
         }
-        let failed = match self
+        let failure = match self
             .send_body(repository, OPERATION, &target, url.clone(), patch)
             .await
         {
-            Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => Ok(r),
-            Ok(r) => Err(response_error(OPERATION, target.clone(), r).await),
-            Err(e) => Err(e),
-        };
-        let response = match failed {
-            Ok(r) => r,
-            Err(e) => {
-                // A session that holds part of a blob, or none, is of no use.
-                self.cancel_upload(repository, &target, url, None).await;
-                return Err(e);
+            Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+                // The session may move with each request (a relative location
+                // is the request's); a registry that does not say where keeps
+                // it where it was.
+                let url = location(&url, &r).unwrap_or(url);
+                return Ok(StagedBlob {
+                    repository: repository.to_string(),
+                    digest: digest.clone(),
+                    size,
+                    url,
+                });
             }
+            Ok(r) => response_error(OPERATION, target.clone(), r).await,
+            Err(e) => e,
         };
-        // The session may move with each request (a relative location is the
-        // request's); a registry that does not say where keeps it where it was.
-        let url = location(&url, &response).unwrap_or(url);
-        Ok(StagedBlob {
-            repository: repository.to_string(),
-            digest: digest.clone(),
-            size,
-            url,
-        })
+        // A session that holds part of a blob, or none, is of no use.
+        self.cancel_upload(repository, &target, url, None).await;
+        Err(failure)
     }
 
     /// Closes a staged upload (`PUT` with the digest and no bytes): the registry

@@ -194,6 +194,14 @@ fn declines_mounts(state: &Mutex<State>) -> bool {
     st.decline_mounts
 }
 
+/// A registry's JSON error answer with `status` (`404 Not Found`).
+fn json_answer(status: &str, json: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    )
+}
+
 fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
     let Some((head, mut body)) = crate::http::read_head(&mut client) else {
         return;
@@ -244,34 +252,10 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
                     json.len()
                 )
             }
-            Fault::NoSuchProject => {
-                let json = r#"{"errors":[{"code":"NOT_FOUND","message":"project mirror not found: project mirror not found"}]}"#;
-                format!(
-                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-                    json.len()
-                )
-            }
-            Fault::Expired => {
-                let json = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
-                format!(
-                    "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-                    json.len()
-                )
-            }
-            Fault::UploadUnknown => {
-                let json = r#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}"#;
-                format!(
-                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-                    json.len()
-                )
-            }
-            Fault::TooDeep => {
-                let json = r#"{"errors":[{"code":"UNAUTHORIZED","message":"access to the requested resource is not authorized","detail":{}}]}"#;
-                format!(
-                    "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-                    json.len()
-                )
-            }
+            Fault::NoSuchProject => json_answer("404 Not Found", r#"{"errors":[{"code":"NOT_FOUND","message":"project mirror not found: project mirror not found"}]}"#),
+            Fault::Expired => json_answer("401 Unauthorized", r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#),
+            Fault::UploadUnknown => json_answer("404 Not Found", r#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}"#),
+            Fault::TooDeep => json_answer("401 Unauthorized", r#"{"errors":[{"code":"UNAUTHORIZED","message":"access to the requested resource is not authorized","detail":{}}]}"#),
         };
         let _ = client.write_all(answer.as_bytes());
         let _ = client.shutdown(Shutdown::Both);
