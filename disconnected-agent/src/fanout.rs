@@ -8,7 +8,12 @@
 //! bounded whatever the size of the imageset: the cap, plus the few blocks each
 //! upload has in flight. An upload that needs a block already
 //! dropped (its registry fell far behind, or it uploads a blob twice) reads the
-//! block from the store itself: no cluster ever waits for a slower one.
+//! block from the store itself: no cluster ever waits for a slower one. How many
+//! clusters had taken a block dropped for room is remembered, so that a block
+//! read again is kept only for the clusters still to come, and dropped when they
+//! have: a cluster far behind would otherwise fill the cache with blocks that
+//! wait for takers who have been and gone, and push out the blocks the clusters
+//! ahead of it share.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -30,6 +35,10 @@ pub const BLOCK: u64 = 1 << 20;
 
 /// Bytes of blocks kept for the clusters that have not taken them yet.
 pub const CAP: u64 = 64 << 20;
+
+/// Blocks dropped for room whose takers are remembered: a cluster this many
+/// blocks (MiB) behind the first still reads each block once. About 100 bytes each.
+const REMEMBERED: usize = 4096;
 
 type Key = (Digest, u64);
 
@@ -85,6 +94,10 @@ struct State {
     order: VecDeque<(Key, u64)>,
     kept: u64,
     next_generation: u64,
+    /// How many clusters had taken each block dropped for room, oldest first
+    /// (by the generation of the drop) up to [`REMEMBERED`].
+    taken_before: HashMap<Key, (u32, u64)>,
+    dropped: VecDeque<(Key, u64)>,
 }
 
 struct Slot {
@@ -121,12 +134,55 @@ impl State {
             let Some((key, generation)) = self.order.pop_front() else {
                 break;
             };
+            let taken = self
+                .blocks
+                .get(&key)
+                .filter(|s| s.generation == generation)
+                .map(|s| s.taken);
             self.drop_block(&key, generation);
+            if let Some(taken @ 1..) = taken {
+                self.remember(key, taken);
+            }
         }
         if self.order.len() > 2 * self.blocks.len() + 64 {
             let blocks = &self.blocks;
             self.order
                 .retain(|(k, g)| blocks.get(k).is_some_and(|s| s.generation == *g));
+        }
+    }
+
+    fn remember(&mut self, key: Key, taken: u32) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.taken_before.insert(key.clone(), (taken, generation));
+        self.dropped.push_back((key, generation));
+        while self.taken_before.len() > REMEMBERED {
+            let Some((key, generation)) = self.dropped.pop_front() else {
+                break;
+            };
+            self.forget(&key, generation);
+        }
+        // Entries of blocks recalled since are swept out now and then.
+        if self.dropped.len() > 2 * self.taken_before.len() + 64 {
+            let taken_before = &self.taken_before;
+            self.dropped
+                .retain(|(k, g)| taken_before.get(k).is_some_and(|(_, g2)| g2 == g));
+        }
+    }
+
+    /// How many clusters had taken `key` before it was dropped for room; it is
+    /// forgotten, as the block is being read again.
+    fn recall(&mut self, key: &Key) -> u32 {
+        self.taken_before.remove(key).map_or(0, |(taken, _)| taken)
+    }
+
+    fn forget(&mut self, key: &Key, generation: u64) {
+        if self
+            .taken_before
+            .get(key)
+            .is_some_and(|(_, g)| *g == generation)
+        {
+            self.taken_before.remove(key);
         }
     }
 }
@@ -205,8 +261,12 @@ impl SharedReads {
     /// Starts reading block `index` (`len` bytes) of `file` on a task of its own.
     fn start_read(self: &Arc<Self>, file: &Arc<File>, index: u64, len: u64) -> Read {
         let (file, shared) = (file.clone(), self.clone());
+        // Allocated here, on one of the runtime's few workers, not on the
+        // blocking thread: glibc gives every thread that allocates at the same
+        // time an arena of its own and keeps what is freed there, so blocks
+        // allocated across the blocking pool's many threads held twice the memory.
+        let mut buf = vec![0; len as usize];
         let task = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0; len as usize];
             file.read_exact_at(&mut buf, index * BLOCK)?;
             shared.read.fetch_add(len, Ordering::Relaxed);
             let now = shared.live.now.fetch_add(len, Ordering::Relaxed) + len;
@@ -238,29 +298,41 @@ impl SharedReads {
         len: u64,
     ) -> std::io::Result<Bytes> {
         let key = (digest.clone(), index);
-        let (read, generation) = {
+        let kept = {
             let mut s = self.state.lock().expect("not poisoned");
             match s.blocks.get(&key) {
-                Some(slot) => (slot.read.clone(), slot.generation),
+                Some(slot) => Some((slot.read.clone(), slot.generation)),
                 None => {
-                    let generation = s.next_generation;
-                    s.next_generation += 1;
-                    let read = self.start_read(file, index, len);
-                    s.blocks.insert(
-                        key.clone(),
-                        Slot {
-                            read: read.clone(),
-                            taken: 0,
-                            len,
-                            generation,
-                        },
-                    );
-                    s.order.push_back((key.clone(), generation));
-                    s.kept += len;
-                    s.make_room(self.cap);
-                    (read, generation)
+                    let taken = s.recall(&key);
+                    if taken + 1 >= self.cohort {
+                        // The last cluster to take it: nobody to keep it for.
+                        None
+                    } else {
+                        let read = self.start_read(file, index, len);
+                        let generation = s.next_generation;
+                        s.next_generation += 1;
+                        s.blocks.insert(
+                            key.clone(),
+                            Slot {
+                                read: read.clone(),
+                                taken,
+                                len,
+                                generation,
+                            },
+                        );
+                        s.order.push_back((key.clone(), generation));
+                        s.kept += len;
+                        s.make_room(self.cap);
+                        Some((read, generation))
+                    }
                 }
             }
+        };
+        let Some((read, generation)) = kept else {
+            return self
+                .start_read(file, index, len)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
         };
         let result = read.await;
         let mut s = self.state.lock().expect("not poisoned");
@@ -360,15 +432,84 @@ mod tests {
         assert!(upload(&shared, &d, &p, data.len() as u64).await == data);
         assert_eq!(shared.read_bytes(), 32 * BLOCK);
         assert!(upload(&shared, &d, &p, data.len() as u64).await == data);
-        let read = shared.read_bytes();
-        assert!(read > 32 * BLOCK && read <= 64 * BLOCK, "{read}");
+        assert_eq!(
+            shared.read_bytes(),
+            62 * BLOCK,
+            "the slow cluster read all but the two blocks still kept"
+        );
         // Kept blocks, plus the two an upload reads ahead and the one it sends.
         let peak = shared.peak_bytes();
         assert!(peak <= cap + 4 * BLOCK, "memory grew with the blob: {peak}");
-        // The blocks the slow cluster read itself stay kept until the pass ends.
-        let live = shared.live.clone();
-        drop(shared);
-        assert_eq!(live.now.load(Ordering::Relaxed), 0, "no block leaked");
+        assert_eq!(
+            shared.state.lock().unwrap().kept,
+            0,
+            "the slow cluster was the last to take each block: none is kept for it"
+        );
+        assert_eq!(
+            shared.live.now.load(Ordering::Relaxed),
+            0,
+            "no block leaked"
+        );
+    }
+
+    /// Two clusters take blob X, then blob Y, which pushes X out of the cache; a
+    /// third takes both after them. The blocks of X it reads again are the last
+    /// anyone needs, so they must not push out Y, which it takes next.
+    #[tokio::test]
+    async fn a_block_read_again_for_the_last_cluster_does_not_push_out_the_blocks_it_needs_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (x, xp, xd) = blob(dir.path(), 4 * BLOCK as usize, 1);
+        let (y, yp, yd) = blob(dir.path(), 4 * BLOCK as usize, 2);
+        let shared = Arc::new(SharedReads::with_cap(3, 4 * BLOCK));
+        let size = 4 * BLOCK;
+        for (d, p, data) in [
+            (&x, &xp, &xd),
+            (&x, &xp, &xd),
+            (&y, &yp, &yd),
+            (&y, &yp, &yd),
+        ] {
+            assert!(upload(&shared, d, p, size).await == *data);
+        }
+        assert_eq!(
+            shared.read_bytes(),
+            8 * BLOCK,
+            "the second cluster read nothing"
+        );
+        assert!(upload(&shared, &x, &xp, size).await == xd);
+        assert!(upload(&shared, &y, &yp, size).await == yd);
+        assert_eq!(
+            shared.read_bytes(),
+            12 * BLOCK,
+            "the third cluster read X again and took Y from the cache"
+        );
+        let s = shared.state.lock().unwrap();
+        assert_eq!(
+            (s.kept, s.blocks.len()),
+            (0, 0),
+            "every block taken by all three"
+        );
+    }
+
+    #[test]
+    fn what_is_remembered_of_dropped_blocks_stays_bounded() {
+        let mut s = State::default();
+        let d = Digest::of(b"a blob");
+        for index in 0..3 * REMEMBERED as u64 {
+            s.remember((d.clone(), index), 1);
+            // Every other block is read again at once.
+            if index % 2 == 0 {
+                assert_eq!(s.recall(&(d.clone(), index)), 1);
+            }
+        }
+        assert!(s.taken_before.len() <= REMEMBERED);
+        assert!(
+            s.dropped.len() <= 2 * REMEMBERED + 64,
+            "{}",
+            s.dropped.len()
+        );
+        let last = (d.clone(), 3 * REMEMBERED as u64 - 1);
+        assert_eq!(s.recall(&last), 1, "the latest is remembered");
+        assert_eq!(s.recall(&(d, 1)), 0, "the oldest is forgotten");
     }
 
     #[tokio::test]
