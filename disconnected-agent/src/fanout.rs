@@ -14,16 +14,6 @@
 //! have: a cluster far behind would otherwise fill the cache with blocks that
 //! wait for takers who have been and gone, and push out the blocks the clusters
 //! ahead of it share.
-//!
-//! The clusters ahead wait, a little, for the ones behind: when the cache is full
-//! and the clusters behind have made room (taken a block every cluster had taken)
-//! less than [`PATIENCE`] ago, a block nobody has read yet is read only once they
-//! make room again, or when they have made none for `PATIENCE`. Clusters whose
-//! registries run at different speeds on shared cores then keep pace instead of
-//! drifting apart and reading everything twice. A cluster that stops taking
-//! blocks, or never takes them (its registry has the blob), makes no room, so it
-//! holds the others back by `PATIENCE` at most, after which blocks are dropped for
-//! room as before.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -31,7 +21,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use airlock_oci::digest::Digest;
 use airlock_registry::RegistryError;
@@ -39,8 +28,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::BoxStream;
-use tokio::sync::Notify;
-use tokio::time::Instant;
 
 /// Bytes read from the store at a time: large enough that a read costs little per
 /// byte, small enough that a pass over many clusters holds few of them.
@@ -52,11 +39,6 @@ pub const CAP: u64 = 64 << 20;
 /// Blocks dropped for room whose takers are remembered: a cluster this many
 /// blocks (MiB) behind the first still reads each block once. About 100 bytes each.
 const REMEMBERED: usize = 4096;
-
-/// How long the clusters ahead wait for the clusters behind to make room:
-/// longer than a registry's pause between two blocks on a loaded machine,
-/// short against a publish.
-const PATIENCE: Duration = Duration::from_secs(2);
 
 type Key = (Digest, u64);
 
@@ -73,8 +55,6 @@ pub struct SharedReads {
     cap: u64,
     state: Mutex<State>,
     read: AtomicU64,
-    /// Told when a block was taken by every cluster and dropped: room was made.
-    room: Notify,
     /// Bytes of blocks alive anywhere: kept here, queued in an upload, or in a
     /// registry connection's send buffer. What the pass costs in memory.
     live: Arc<Live>,
@@ -118,9 +98,6 @@ struct State {
     /// (by the generation of the drop) up to [`REMEMBERED`].
     taken_before: HashMap<Key, (u32, u64)>,
     dropped: VecDeque<(Key, u64)>,
-    /// When a block was last taken by every cluster, or the pass began: the
-    /// clusters behind are moving. `None` only in a `State` of a test's own.
-    room_made: Option<Instant>,
 }
 
 struct Slot {
@@ -193,22 +170,10 @@ impl State {
         }
     }
 
-    /// How many clusters had taken `key` before it was dropped for room.
-    fn taken_before(&self, key: &Key) -> u32 {
-        self.taken_before.get(key).map_or(0, |(taken, _)| *taken)
-    }
-
-    /// How long to wait before keeping `len` more bytes: while the cache is
-    /// full and room was last made less than [`PATIENCE`] ago; `None` to keep
-    /// them now.
-    fn wait_for_room(&self, len: u64, cap: u64) -> Option<Duration> {
-        if self.kept + len <= cap {
-            return None;
-        }
-        // Zero is none: a paused clock would stand at the deadline for ever.
-        PATIENCE
-            .checked_sub(self.room_made?.elapsed())
-            .filter(|wait| !wait.is_zero())
+    /// How many clusters had taken `key` before it was dropped for room; it is
+    /// forgotten, as the block is being read again.
+    fn recall(&mut self, key: &Key) -> u32 {
+        self.taken_before.remove(key).map_or(0, |(taken, _)| taken)
     }
 
     fn forget(&mut self, key: &Key, generation: u64) {
@@ -232,12 +197,8 @@ impl SharedReads {
         SharedReads {
             cohort: u32::try_from(clusters.max(1)).unwrap_or(u32::MAX),
             cap,
-            state: Mutex::new(State {
-                room_made: Some(Instant::now()),
-                ..State::default()
-            }),
+            state: Mutex::default(),
             read: AtomicU64::new(0),
-            room: Notify::new(),
             live: Arc::default(),
         }
     }
@@ -327,35 +288,6 @@ impl SharedReads {
         .shared()
     }
 
-    /// Starts reading block `index` of `file` and keeps it for the clusters
-    /// still to take it (`taken` took it before).
-    fn keep(
-        self: &Arc<Self>,
-        s: &mut State,
-        key: Key,
-        file: &Arc<File>,
-        index: u64,
-        len: u64,
-        taken: u32,
-    ) -> (Read, u64) {
-        let read = self.start_read(file, index, len);
-        let generation = s.next_generation;
-        s.next_generation += 1;
-        s.blocks.insert(
-            key.clone(),
-            Slot {
-                read: read.clone(),
-                taken,
-                len,
-                generation,
-            },
-        );
-        s.order.push_back((key, generation));
-        s.kept += len;
-        s.make_room(self.cap);
-        (read, generation)
-    }
-
     /// Block `index` (`len` bytes) of `digest`: kept from another cluster's
     /// upload, or read from `file`.
     async fn block(
@@ -366,34 +298,35 @@ impl SharedReads {
         len: u64,
     ) -> std::io::Result<Bytes> {
         let key = (digest.clone(), index);
-        let kept = loop {
-            // Registered before the state is looked at, so that room made in
-            // between is not missed.
-            let room = self.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            let wait = {
-                let mut s = self.state.lock().expect("not poisoned");
-                if let Some(slot) = s.blocks.get(&key) {
-                    break Some((slot.read.clone(), slot.generation));
-                }
-                let taken = s.taken_before(&key);
-                if taken + 1 >= self.cohort {
-                    // The last cluster to take it: nobody to keep it for.
-                    s.taken_before.remove(&key);
-                    break None;
-                }
-                // Only the clusters ahead wait: a block read before was
-                // dropped for one of the clusters behind.
-                match s.wait_for_room(len, self.cap).filter(|_| taken == 0) {
-                    Some(wait) => wait,
-                    None => {
-                        s.taken_before.remove(&key);
-                        break Some(self.keep(&mut s, key.clone(), file, index, len, taken));
+        let kept = {
+            let mut s = self.state.lock().expect("not poisoned");
+            match s.blocks.get(&key) {
+                Some(slot) => Some((slot.read.clone(), slot.generation)),
+                None => {
+                    let taken = s.recall(&key);
+                    if taken + 1 >= self.cohort {
+                        // The last cluster to take it: nobody to keep it for.
+                        None
+                    } else {
+                        let read = self.start_read(file, index, len);
+                        let generation = s.next_generation;
+                        s.next_generation += 1;
+                        s.blocks.insert(
+                            key.clone(),
+                            Slot {
+                                read: read.clone(),
+                                taken,
+                                len,
+                                generation,
+                            },
+                        );
+                        s.order.push_back((key.clone(), generation));
+                        s.kept += len;
+                        s.make_room(self.cap);
+                        Some((read, generation))
                     }
                 }
-            };
-            let _ = tokio::time::timeout(wait, room).await;
+            }
         };
         let Some((read, generation)) = kept else {
             return self
@@ -413,8 +346,6 @@ impl SharedReads {
                     slot.taken += 1;
                     if slot.taken >= self.cohort {
                         s.drop_block(&key, generation);
-                        s.room_made = Some(Instant::now());
-                        self.room.notify_waiters();
                     }
                 }
                 Ok(bytes)
@@ -491,7 +422,7 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_cluster_far_behind_reads_dropped_blocks_itself_and_memory_stays_under_the_cap() {
         let dir = tempfile::tempdir().unwrap();
         let (d, p, data) = blob(dir.path(), 32 * BLOCK as usize, 9);
@@ -524,7 +455,7 @@ mod tests {
     /// Two clusters take blob X, then blob Y, which pushes X out of the cache; a
     /// third takes both after them. The blocks of X it reads again are the last
     /// anyone needs, so they must not push out Y, which it takes next.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_block_read_again_for_the_last_cluster_does_not_push_out_the_blocks_it_needs_next() {
         let dir = tempfile::tempdir().unwrap();
         let (x, xp, xd) = blob(dir.path(), 4 * BLOCK as usize, 1);
@@ -567,8 +498,7 @@ mod tests {
             s.remember((d.clone(), index), 1);
             // Every other block is read again at once.
             if index % 2 == 0 {
-                assert_eq!(s.taken_before(&(d.clone(), index)), 1);
-                s.taken_before.remove(&(d.clone(), index));
+                assert_eq!(s.recall(&(d.clone(), index)), 1);
             }
         }
         assert!(s.taken_before.len() <= REMEMBERED);
@@ -578,8 +508,8 @@ mod tests {
             s.dropped.len()
         );
         let last = (d.clone(), 3 * REMEMBERED as u64 - 1);
-        assert_eq!(s.taken_before(&last), 1, "the latest is remembered");
-        assert_eq!(s.taken_before(&(d, 1)), 0, "the oldest is forgotten");
+        assert_eq!(s.recall(&last), 1, "the latest is remembered");
+        assert_eq!(s.recall(&(d, 1)), 0, "the oldest is forgotten");
     }
 
     #[tokio::test]
@@ -614,52 +544,6 @@ mod tests {
         .expect("the other cluster's upload finishes while one is stuck");
         assert!(other == data);
         drop(stuck);
-    }
-
-    /// Two clusters whose registries take blocks at different speeds (one every
-    /// 100 ms, in the runtime's paused clock): the one ahead waits for room
-    /// instead of running off, so the one behind reads nothing again.
-    #[tokio::test(start_paused = true)]
-    async fn a_cluster_ahead_waits_for_room_so_the_one_behind_reads_nothing_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let (d, p, data) = blob(dir.path(), 16 * BLOCK as usize, 6);
-        let shared = Arc::new(SharedReads::with_cap(2, 2 * BLOCK));
-        let size = data.len() as u64;
-        let slow = shared.stream(&d, &p, size).unwrap().try_fold(
-            Vec::new(),
-            |mut got, block| async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                got.extend_from_slice(&block);
-                Ok(got)
-            },
-        );
-        let (fast, slow) = tokio::join!(upload(&shared, &d, &p, size), slow);
-        assert!(fast == data && slow.unwrap() == data);
-        assert_eq!(shared.read_bytes(), 16 * BLOCK, "every block read once");
-    }
-
-    /// A cluster whose registry already has the blob never takes its blocks:
-    /// the cluster uploading it waits for room once, for `PATIENCE`, not once
-    /// per block.
-    #[tokio::test(start_paused = true)]
-    async fn a_cluster_that_never_takes_a_blob_holds_the_others_back_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let (small, sp, sd) = blob(dir.path(), BLOCK as usize, 7);
-        let (d, p, data) = blob(dir.path(), 16 * BLOCK as usize, 8);
-        let shared = Arc::new(SharedReads::with_cap(2, 2 * BLOCK));
-        // Both take the first blob: room was made just now.
-        let (a, b) = tokio::join!(
-            upload(&shared, &small, &sp, BLOCK),
-            upload(&shared, &small, &sp, BLOCK)
-        );
-        assert!(a == sd && b == sd);
-        let started = Instant::now();
-        assert!(upload(&shared, &d, &p, data.len() as u64).await == data);
-        let waited = started.elapsed();
-        assert!(
-            waited >= PATIENCE && waited < 2 * PATIENCE,
-            "waited {waited:?} for a cluster that takes nothing"
-        );
     }
 
     #[tokio::test]
