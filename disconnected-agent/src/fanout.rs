@@ -96,8 +96,51 @@ struct State {
     next_generation: u64,
     /// How many clusters had taken each block dropped for room, oldest first
     /// (by the generation of the drop) up to [`REMEMBERED`].
-    taken_before: HashMap<Key, (u32, u64)>,
+    taken_before: HashMap<Key, Remembered>,
     dropped: VecDeque<(Key, u64)>,
+}
+
+#[derive(Debug)]
+struct Remembered {
+    taken: u32,
+    generation: u64,
+}
+
+/// An entry of a map whose age queue names it by key and generation: once the
+/// key was removed or put in again, the queue's entry for it is stale.
+trait Aged {
+    fn generation(&self) -> u64;
+}
+
+impl Aged for Slot {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl Aged for Remembered {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// The entry of `map` that the age queue's `(key, generation)` names, if it is
+/// still there.
+fn current<'a, V: Aged>(map: &'a HashMap<Key, V>, key: &Key, generation: u64) -> Option<&'a V> {
+    map.get(key).filter(|v| v.generation() == generation)
+}
+
+/// Sweeps the stale entries out of an age queue now and then: it is skipped
+/// over as it is read, so it only has to stay in proportion to its map.
+fn sweep<V: Aged>(queue: &mut VecDeque<(Key, u64)>, map: &HashMap<Key, V>) {
+    if queue.len() > 2 * map.len() + 64 {
+        queue.retain(|(k, g)| current(map, k, *g).is_some());
+    }
+}
+
+/// A read's error, shared by every upload that awaited it, for one of them.
+fn unshared(e: Arc<std::io::Error>) -> std::io::Error {
+    std::io::Error::new(e.kind(), e.to_string())
 }
 
 struct Slot {
@@ -119,11 +162,7 @@ impl std::fmt::Debug for Slot {
 
 impl State {
     fn drop_block(&mut self, key: &Key, generation: u64) {
-        if self
-            .blocks
-            .get(key)
-            .is_some_and(|s| s.generation == generation)
-        {
+        if current(&self.blocks, key, generation).is_some() {
             let slot = self.blocks.remove(key).expect("just seen");
             self.kept -= slot.len;
         }
@@ -134,27 +173,20 @@ impl State {
             let Some((key, generation)) = self.order.pop_front() else {
                 break;
             };
-            let taken = self
-                .blocks
-                .get(&key)
-                .filter(|s| s.generation == generation)
-                .map(|s| s.taken);
+            let taken = current(&self.blocks, &key, generation).map(|s| s.taken);
             self.drop_block(&key, generation);
             if let Some(taken @ 1..) = taken {
                 self.remember(key, taken);
             }
         }
-        if self.order.len() > 2 * self.blocks.len() + 64 {
-            let blocks = &self.blocks;
-            self.order
-                .retain(|(k, g)| blocks.get(k).is_some_and(|s| s.generation == *g));
-        }
+        sweep(&mut self.order, &self.blocks);
     }
 
     fn remember(&mut self, key: Key, taken: u32) {
         let generation = self.next_generation;
         self.next_generation += 1;
-        self.taken_before.insert(key.clone(), (taken, generation));
+        self.taken_before
+            .insert(key.clone(), Remembered { taken, generation });
         self.dropped.push_back((key, generation));
         while self.taken_before.len() > REMEMBERED {
             let Some((key, generation)) = self.dropped.pop_front() else {
@@ -162,26 +194,17 @@ impl State {
             };
             self.forget(&key, generation);
         }
-        // Entries of blocks recalled since are swept out now and then.
-        if self.dropped.len() > 2 * self.taken_before.len() + 64 {
-            let taken_before = &self.taken_before;
-            self.dropped
-                .retain(|(k, g)| taken_before.get(k).is_some_and(|(_, g2)| g2 == g));
-        }
+        sweep(&mut self.dropped, &self.taken_before);
     }
 
     /// How many clusters had taken `key` before it was dropped for room; it is
     /// forgotten, as the block is being read again.
     fn recall(&mut self, key: &Key) -> u32 {
-        self.taken_before.remove(key).map_or(0, |(taken, _)| taken)
+        self.taken_before.remove(key).map_or(0, |r| r.taken)
     }
 
     fn forget(&mut self, key: &Key, generation: u64) {
-        if self
-            .taken_before
-            .get(key)
-            .is_some_and(|(_, g)| *g == generation)
-        {
+        if current(&self.taken_before, key, generation).is_some() {
             self.taken_before.remove(key);
         }
     }
@@ -329,10 +352,7 @@ impl SharedReads {
             }
         };
         let Some((read, generation)) = kept else {
-            return self
-                .start_read(file, index, len)
-                .await
-                .map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
+            return self.start_read(file, index, len).await.map_err(unshared);
         };
         let result = read.await;
         let mut s = self.state.lock().expect("not poisoned");
@@ -353,7 +373,7 @@ impl SharedReads {
             // The next upload to need it tries the read again.
             Err(e) => {
                 s.drop_block(&key, generation);
-                Err(std::io::Error::new(e.kind(), e.to_string()))
+                Err(unshared(e))
             }
         }
     }
@@ -372,6 +392,17 @@ mod tests {
         let path = dir.join(digest.hex());
         std::fs::write(&path, &data).unwrap();
         (digest, path, data)
+    }
+
+    /// Nothing is kept for any cluster and no block is alive anywhere.
+    fn assert_nothing_held(shared: &SharedReads, why: &str) {
+        let s = shared.state.lock().unwrap();
+        assert_eq!((s.kept, s.blocks.len()), (0, 0), "{why}");
+        assert_eq!(
+            shared.live.now.load(Ordering::Relaxed),
+            0,
+            "no block leaked"
+        );
     }
 
     /// What a registry receives: each block copied out and let go, as hyper does.
@@ -409,17 +440,7 @@ mod tests {
         }
         let total: u64 = blobs.iter().map(|b| b.2.len() as u64).sum();
         assert_eq!(shared.read_bytes(), total);
-        let s = shared.state.lock().unwrap();
-        assert_eq!(
-            (s.kept, s.blocks.len()),
-            (0, 0),
-            "taken by all three, dropped"
-        );
-        assert_eq!(
-            shared.live.now.load(Ordering::Relaxed),
-            0,
-            "no block leaked"
-        );
+        assert_nothing_held(&shared, "taken by all three, dropped");
     }
 
     #[tokio::test]
@@ -440,15 +461,9 @@ mod tests {
         // Kept blocks, plus the two an upload reads ahead and the one it sends.
         let peak = shared.peak_bytes();
         assert!(peak <= cap + 4 * BLOCK, "memory grew with the blob: {peak}");
-        assert_eq!(
-            shared.state.lock().unwrap().kept,
-            0,
-            "the slow cluster was the last to take each block: none is kept for it"
-        );
-        assert_eq!(
-            shared.live.now.load(Ordering::Relaxed),
-            0,
-            "no block leaked"
+        assert_nothing_held(
+            &shared,
+            "the slow cluster was the last to take each block: none is kept for it",
         );
     }
 
@@ -482,12 +497,7 @@ mod tests {
             12 * BLOCK,
             "the third cluster read X again and took Y from the cache"
         );
-        let s = shared.state.lock().unwrap();
-        assert_eq!(
-            (s.kept, s.blocks.len()),
-            (0, 0),
-            "every block taken by all three"
-        );
+        assert_nothing_held(&shared, "every block taken by all three");
     }
 
     #[test]
