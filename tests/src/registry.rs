@@ -67,6 +67,12 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// An address where nothing listens, for a test's "not there" endpoint: port 1
+/// (tcpmux), which no test binds and no service here runs. A free port is not:
+/// a test running in parallel may start a registry or proxy on it, and then
+/// the connection hangs instead of being refused.
+pub const NOTHING_LISTENS: &str = "127.0.0.1:1";
+
 impl Registry {
     /// Plain HTTP, no authentication.
     pub fn plain() -> Result<Self> {

@@ -9,7 +9,7 @@ use airlock_tests::bins::run;
 use airlock_tests::faults::{Fault, FaultProxy};
 use airlock_tests::images::{Format, ImageBuilder, PushClient, layer};
 use airlock_tests::proxy::{Direction, Gate, SlowProxy};
-use airlock_tests::registry::{Registry, RegistryOptions, free_port};
+use airlock_tests::registry::{NOTHING_LISTENS, Registry, RegistryOptions};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
 use airlock_tests::tinyproxy::Tinyproxy;
 use airlock_tests::token::{Grant, TokenAuth};
@@ -175,7 +175,7 @@ fn create_goes_through_the_proxy_the_environment_names_and_a_dead_proxy_is_named
     s.assert_byte_exact("m");
 
     // A proxy that is not there is named, with what to check.
-    let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let dead = format!("http://{NOTHING_LISTENS}");
     let failed = run(create_in(&s, "dead").env("HTTP_PROXY", &dead));
     assert_eq!(failed.code, EX_UNAVAILABLE, "{failed}");
     assert!(
@@ -313,7 +313,7 @@ fn the_proxy_flag_takes_every_request_through_the_proxy_it_names() {
         "{}",
         proxy.log()
     );
-    let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let dead = format!("http://{NOTHING_LISTENS}");
     let failed = run(create_in(&s, "dead").args(["--proxy", &dead]));
     assert_eq!(failed.code, EX_UNAVAILABLE, "{failed}");
     assert!(
