@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::cluster_api::{Access, ClusterApi};
 use crate::early::{self, Early};
 use crate::error::Error;
-use crate::fanout::SharedReads;
+use crate::fanout::Taker;
 use crate::ingest::{self, IngestError};
 use crate::scan::{Candidate, Found};
 use crate::source::{Mirror, StoreSource};
@@ -139,7 +139,7 @@ pub struct Pass<'a> {
     /// Blob transfers at once, per cluster.
     pub parallel: usize,
     /// Reads shared with the other clusters published to at once.
-    pub shared: Option<&'a Arc<SharedReads>>,
+    pub shared: Option<&'a Taker>,
     /// Cancelled when the agent stops: uploads under way finish, no new one starts.
     pub stop: Option<&'a CancellationToken>,
     /// Keep what the published imageset no longer lists (`--skip-pruning`).
@@ -492,6 +492,11 @@ impl Site {
         };
         let (dest_key, shown) = (target.dest.key(), target.dest.to_string());
         let registry = target.dest.registry();
+        if let Some(shared) = pass.shared {
+            // Nothing is kept for it while it waits for another cluster's
+            // publish to the same destination.
+            shared.expect(std::iter::empty());
+        }
         let lock = self
             .destinations
             .lock()
@@ -532,7 +537,23 @@ impl Site {
                 let m = self.ws.manifest(&uuid, seq)?;
                 let locations: HashMap<_, _> = self.ws.locations(registry)?;
                 let source = StoreSource::new(&self.store, mirrors.clone(), &locations, &m.blobs)
-                    .sharing(pass.shared.cloned());
+                    .sharing(pass.shared);
+                if let Some(shared) = pass.shared {
+                    // What the other clusters read of any other blob is not
+                    // kept for this one, nor of one whose upload is staged.
+                    // A blob the registry holds somewhere is expected: an
+                    // image in another repository uploads it again (the
+                    // publish mounts only what this run placed).
+                    shared.expect(
+                        m.blobs
+                            .iter()
+                            .filter(|b| {
+                                b.media_type.is_none()
+                                    && !staged.iter().any(|st| st.digest == b.digest)
+                            })
+                            .map(|b| b.digest.clone()),
+                    );
+                }
                 let carried: u64 = m
                     .blobs
                     .iter()
@@ -587,6 +608,10 @@ impl Site {
             Ok(())
         }
         .await;
+        if let Some(shared) = pass.shared {
+            // Pruning and resources read no blob: nothing is kept for them.
+            shared.leave();
+        }
         early::cancel(target, staged).await;
         looped?;
         self.prune_at(target, pass, report).await?;

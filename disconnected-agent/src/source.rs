@@ -19,7 +19,7 @@ use airlock_oci::reference::{Destination, ImageRef};
 use airlock_registry::publish::{BlobBody, ContentSource};
 use airlock_registry::{RawManifest, RegistryClient};
 
-use crate::fanout::SharedReads;
+use crate::fanout::Taker;
 use crate::store::Store;
 
 /// A registry to fetch missing layers from, with the prefix it mirrors under.
@@ -44,7 +44,7 @@ pub struct StoreSource<'a> {
     /// missing layer.
     fetching: tokio::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Reads shared with the other clusters published to in the same pass.
-    shared: Option<Arc<SharedReads>>,
+    shared: Option<&'a Taker>,
 }
 
 impl<'a> StoreSource<'a> {
@@ -66,7 +66,7 @@ impl<'a> StoreSource<'a> {
     }
 
     /// Reads blobs through `shared`, with the other clusters of the pass.
-    pub fn sharing(mut self, shared: Option<Arc<SharedReads>>) -> Self {
+    pub fn sharing(mut self, shared: Option<&'a Taker>) -> Self {
         self.shared = shared;
         self
     }
@@ -214,6 +214,12 @@ impl ContentSource for StoreSource<'_> {
         })
     }
 
+    fn in_place(&self, digest: &Digest, size: u64) {
+        if let Some(shared) = self.shared {
+            shared.in_place(digest, size);
+        }
+    }
+
     async fn open(&self, digest: &Digest, size: u64) -> Result<BlobBody, StoreSourceError> {
         if !self.store.has(digest) {
             return Err(StoreSourceError::NotStored {
@@ -221,7 +227,7 @@ impl ContentSource for StoreSource<'_> {
             });
         }
         let path = self.store.path(digest);
-        match &self.shared {
+        match self.shared {
             None => Ok(BlobBody::File(path)),
             Some(shared) => shared
                 .stream(digest, &path, size)

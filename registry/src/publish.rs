@@ -168,6 +168,13 @@ pub trait ContentSource: Sync {
         size: u64,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Blob `digest` (`size` bytes) is in place where an image needs it, without
+    /// having been opened: the repository had it, it was mounted, or a staged
+    /// upload of it was committed. A hint for a source that serves several
+    /// publishes at once: this one may not open it, though it still may, for a
+    /// repository that lacks it.
+    fn in_place(&self, _digest: &Digest, _size: u64) {}
+
     /// Opens blob `digest` for upload; called again for each retry of the upload,
     /// so a body is never kept for one.
     fn open(
@@ -834,6 +841,9 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
                     let (repo, budget) = (&repo, &budget);
                     async move {
                         let present = self.has_blob(image, budget, repo, &digest).await?;
+                        if present {
+                            self.source.in_place(&digest, size);
+                        }
                         Ok((!present).then_some((digest, size)))
                     }
                     .boxed()
@@ -937,6 +947,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
                     if let Some(staged) = self.take_staged(digest)
                         && let Some(holder) = self.commit_staged(image, budget, staged).await
                     {
+                        self.source.in_place(digest, size);
                         return Ok(holder);
                     }
                     self.put(image, budget, repo, None, digest, size).await?;
@@ -1008,12 +1019,14 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         if let Some(from) = holder {
             if self.client.mount_blob(repo, from, digest).await {
                 self.stats.mounted.fetch_add(1, Ordering::Relaxed);
+                self.source.in_place(digest, size);
                 return Ok(());
             }
             // Declined. A blob this run placed elsewhere is mounted without
             // asking whether the repository has it: asked now, before an upload.
             if self.has_blob(image, budget, repo, digest).await? {
                 self.stats.present.fetch_add(1, Ordering::Relaxed);
+                self.source.in_place(digest, size);
                 return Ok(());
             }
         }

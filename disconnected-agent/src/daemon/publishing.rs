@@ -89,8 +89,14 @@ impl Daemon {
             due.push((i, behind, target));
         }
         let busy = due.iter().filter(|(_, behind, _)| *behind).count();
+        // The publishes start before the clusters with nothing to upload are
+        // seen to here and now: until a publish starts, its cluster may take
+        // any block, so the others keep every block for it.
+        due.sort_by_key(|(_, behind, _)| !behind);
+        let (reads, takers) = SharedReads::new(busy);
+        let mut takers = takers.into_iter();
         let batch = Arc::new(Batch {
-            reads: Arc::new(SharedReads::new(busy)),
+            reads,
             uploaded: Default::default(),
         });
         for (i, behind, target) in due {
@@ -127,11 +133,12 @@ impl Daemon {
             let skip_pruning = !cluster::prunes(&self.clusters, &self.destinations, i);
             let users = cluster::users_of(&self.clusters, &self.destinations, i);
             let cluster = name.clone();
+            let taker = takers.next().expect("a taker for each cluster behind");
             let task = self.in_flight.spawn(async move {
                 let pass = Pass {
                     fetch_from: &fetch_from,
                     parallel,
-                    shared: Some(&batch.reads),
+                    shared: Some(&taker),
                     stop: Some(&stop),
                     skip_pruning,
                     users: &users,
