@@ -9,6 +9,7 @@
 //! manager or a scraper sees is decided here, so libraries stay free of clap,
 //! indicatif, sd-notify and the HTTP server.
 
+mod alloc;
 pub mod metrics;
 pub mod oc_mirror;
 pub mod registry_args;
@@ -156,6 +157,7 @@ where
     E: Display + ExitCode,
     F: Future<Output = Result<i32, E>>,
 {
+    alloc::cap_arenas();
     telemetry::init(log.log_level, log.log_format);
     let code = match tokio::runtime::Runtime::new() {
         Err(e) => {
