@@ -4,7 +4,7 @@
 //! arena of its own, up to eight per core, and keeps what is freed in each for
 //! later use there. How many arenas a run makes depends on how many threads
 //! happened to allocate at once, so the peak of a long publish moved with luck:
-//! 35–51 MiB over six CLI publishes of the same 5.1 GiB imageset, 34–36 MiB with
+//! 33–51 MiB over six CLI publishes of the same 5.1 GiB imageset, 34–36 MiB with
 //! two arenas (docs/benchmarks.md, stop 44). Live memory does not grow with the
 //! imageset; the arenas' leftovers did. Airlock allocates little and seldom (1
 //! MiB blocks, metadata), so two arenas cost no measurable time.

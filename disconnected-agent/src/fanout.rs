@@ -163,6 +163,9 @@ struct Member {
     in_place: HashSet<Digest>,
     /// Its uploads under way, by blob: the index of the next block each will
     /// hand over. It takes the blocks of these from there on, and no other.
+    /// Two uploads of one blob at once (a mount declined in two repositories)
+    /// share the cluster's one mark on a block: the second reads alone what
+    /// the first took.
     open: HashMap<Digest, Vec<Arc<AtomicU64>>>,
     /// Blobs it uploaded (or tried to): a block of one read again, for a retry
     /// or for another repository, is not kept for it.
