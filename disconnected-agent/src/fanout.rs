@@ -7,7 +7,7 @@
 //! as every taker that may still take it has. A cluster may take only the blobs of
 //! the imageset it is publishing ([`Taker::expect`]); probably not one its registry
 //! holds where an image needs it ([`Taker::in_place`]); while it uploads a blob,
-//! the blocks its upload has not yet asked for, and no other; no block of a blob
+//! the blocks its upload has not yet reached, and no other; no block of a blob
 //! it uploaded before (what a retry, or an upload to another repository, reads
 //! again is not kept for it); nothing once its publish ended ([`Taker::leave`]).
 //! Past `cap` bytes kept, the oldest blocks are dropped first, so memory stays
@@ -161,8 +161,8 @@ struct Member {
     /// Blobs its registry holds where they are needed: it takes one only if it
     /// opens it after all (for a repository that lacks it).
     in_place: HashSet<Digest>,
-    /// Its uploads under way, by blob: the index of the next block each will
-    /// hand over. It takes the blocks of these from there on, and no other.
+    /// Its uploads under way, by blob: the index past the last block each
+    /// took. It takes the blocks of these from there on, and no other.
     /// Two uploads of one blob at once (a mount declined in two repositories)
     /// share the cluster's one mark on a block: the second reads alone what
     /// the first took.
@@ -442,54 +442,6 @@ impl SharedReads {
         }
     }
 
-    /// The bytes of `opened`'s blob, stored at `path`, as an upload body. Fails
-    /// at once when the file is missing or not of the blob's size. The digest
-    /// is not hashed again: the store verified it when the blob came in, and
-    /// the registry checks it when the upload completes.
-    fn stream(
-        self: &Arc<Self>,
-        opened: Opened,
-        path: &Path,
-    ) -> std::io::Result<BoxStream<'static, Result<Bytes, RegistryError>>> {
-        let (reader, size) = (opened.id, opened.size);
-        let file = Arc::new(File::open(path)?);
-        let actual = file.metadata()?.len();
-        if actual != size {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("the file is {actual} bytes, the blob's manifest says {size}"),
-            ));
-        }
-        let (shared, path) = (self.clone(), path.to_path_buf());
-        let opened = Arc::new(opened);
-        let handed = opened.clone();
-        Ok(futures::stream::iter(0..size.div_ceil(BLOCK))
-            .map(move |index| {
-                let (shared, opened, path, file) =
-                    (shared.clone(), opened.clone(), path.clone(), file.clone());
-                async move {
-                    let len = BLOCK.min(size - index * BLOCK);
-                    let digest = &opened.digest;
-                    shared
-                        .block(reader, digest, &file, index, len)
-                        .await
-                        .map_err(|source| RegistryError::LocalFile {
-                            target: digest.to_string(),
-                            path,
-                            source,
-                        })
-                }
-            })
-            // The next block is read while this one is sent.
-            .buffered(2)
-            // In order: the blocks before were taken. Not when asked for: a
-            // block asked for may wait for room, and must be kept for it.
-            .inspect(move |_| {
-                handed.next.fetch_add(1, Ordering::Relaxed);
-            })
-            .boxed())
-    }
-
     /// Starts reading block `index` (`len` bytes) of `file` on a task of its own.
     fn start_read(self: &Arc<Self>, file: &Arc<File>, index: u64, len: u64) -> Read {
         let (file, shared) = (file.clone(), self.clone());
@@ -551,16 +503,16 @@ impl SharedReads {
         (read, generation)
     }
 
-    /// Block `index` (`len` bytes) of `digest` for cluster `reader`: kept from
-    /// another cluster's upload, or read from `file`.
+    /// Block `index` (`len` bytes) of `opened`'s blob, for its cluster: kept
+    /// from another cluster's upload, or read from `file`.
     async fn block(
         self: &Arc<Self>,
-        reader: usize,
-        digest: &Digest,
+        opened: &Opened,
         file: &Arc<File>,
         index: u64,
         len: u64,
     ) -> std::io::Result<Bytes> {
+        let (reader, digest) = (opened.id, &opened.digest);
         let key = (digest.clone(), index);
         // Set while the block waits for room; dropped after the loop, never
         // under the lock it takes.
@@ -608,7 +560,9 @@ impl SharedReads {
         };
         drop(waiting);
         let Some((read, generation)) = kept else {
-            return self.start_read(file, index, len).await.map_err(unshared);
+            let bytes = self.start_read(file, index, len).await.map_err(unshared)?;
+            opened.took(index);
+            return Ok(bytes);
         };
         let result = read.await;
         let mut s = self.lock();
@@ -622,6 +576,7 @@ impl SharedReads {
                     slot.takers.grow(reader + 1);
                     slot.takers.insert(reader);
                 }
+                opened.took(index);
                 s.release([key])
             }
             // The next upload to need it tries the read again.
@@ -649,14 +604,64 @@ impl Drop for Waiting<'_> {
 }
 
 /// An upload of cluster `id` under way: it takes the blocks of the blob from
-/// `next` (the next it hands over) on until dropped. Once none of its uploads has the blob open, the
-/// cluster is done with it: blocks read again later are not kept for it.
+/// `next` (past the last it took) on until dropped. Once none of its uploads
+/// has the blob open, the cluster is done with it: blocks read again later are
+/// not kept for it.
 struct Opened {
     reads: Arc<SharedReads>,
     id: usize,
     digest: Digest,
     size: u64,
     next: Arc<AtomicU64>,
+}
+
+impl Opened {
+    /// Block `index` was taken: counted when taken, not when asked for (a
+    /// block asked for may wait for room, and must be kept for it) nor when
+    /// handed over (the one read ahead may be taken already).
+    fn took(&self, index: u64) {
+        self.next.fetch_max(index + 1, Ordering::Relaxed);
+    }
+
+    /// The bytes of the blob, stored at `path`, as an upload body. Fails at
+    /// once when the file is missing or not of the blob's size. The digest is
+    /// not hashed again: the store verified it when the blob came in, and the
+    /// registry checks it when the upload completes.
+    fn stream(
+        self,
+        path: &Path,
+    ) -> std::io::Result<BoxStream<'static, Result<Bytes, RegistryError>>> {
+        let size = self.size;
+        let file = Arc::new(File::open(path)?);
+        let actual = file.metadata()?.len();
+        if actual != size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the file is {actual} bytes, the blob's manifest says {size}"),
+            ));
+        }
+        let path = path.to_path_buf();
+        let opened = Arc::new(self);
+        Ok(futures::stream::iter(0..size.div_ceil(BLOCK))
+            .map(move |index| {
+                let (opened, path, file) = (opened.clone(), path.clone(), file.clone());
+                async move {
+                    let len = BLOCK.min(size - index * BLOCK);
+                    opened
+                        .reads
+                        .block(&opened, &file, index, len)
+                        .await
+                        .map_err(|source| RegistryError::LocalFile {
+                            target: opened.digest.to_string(),
+                            path,
+                            source,
+                        })
+                }
+            })
+            // The next block is read while this one is sent.
+            .buffered(2)
+            .boxed())
+    }
 }
 
 impl Drop for Opened {
@@ -742,7 +747,7 @@ impl Taker {
             size,
             next,
         };
-        self.reads.stream(opened, path)
+        opened.stream(path)
     }
 }
 
@@ -1183,10 +1188,14 @@ mod tests {
             size,
             "the first upload read nothing again"
         );
+        // The eight it handed over, and the one it read ahead if that was
+        // taken already.
+        let taken = shared.state.lock().unwrap().members[1].open[&d][0].load(Ordering::Relaxed);
+        assert!((8..=9).contains(&taken), "{taken}");
         assert!(upload(&t[0], &d, &p, size).await == data);
         assert_eq!(
             shared.read_bytes(),
-            size + 8 * BLOCK,
+            size + taken * BLOCK,
             "the retry read again the blocks the other had taken"
         );
         let kept: Vec<u64> = {
@@ -1197,7 +1206,7 @@ mod tests {
         };
         assert_eq!(
             kept,
-            (8..16).collect::<Vec<_>>(),
+            (taken..16).collect::<Vec<_>>(),
             "kept only what the other still takes"
         );
         drop(half);
