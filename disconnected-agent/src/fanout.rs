@@ -110,6 +110,53 @@ pub struct Taker {
 struct Live {
     now: AtomicU64,
     peak: AtomicU64,
+    spare: Spare,
+}
+
+/// Whole-block buffers no longer in use, for the next reads. A fresh block is
+/// memory the kernel faults in and zeroes page by page as the read fills it,
+/// which cost the agent about a tenth of its CPU (docs/benchmarks.md, stop
+/// 45). At most [`SPARE_BLOCKS`] are kept; each was a block alive before, and
+/// a new one is made only when none is spare, so blocks alive and spare
+/// together never exceed the most that were alive at once. Shorter blocks (a blob's last, a small blob's only) are not kept: each
+/// would hold a whole block's memory for a few bytes.
+#[derive(Default)]
+struct Spare(Mutex<Vec<Vec<u8>>>);
+
+/// Buffers kept for the next reads at most: more than a pass's uploads free
+/// between two of its reads.
+const SPARE_BLOCKS: usize = 16;
+
+impl Spare {
+    fn lock(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A buffer of `len` bytes for a read to fill whole: what it held before
+    /// is overwritten or, when the read fails, never handed on.
+    fn take(&self, len: usize) -> Vec<u8> {
+        if len == BLOCK as usize
+            && let Some(buf) = self.lock().pop()
+        {
+            return buf;
+        }
+        vec![0; len]
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if buf.len() == BLOCK as usize {
+            let mut spare = self.lock();
+            if spare.len() < SPARE_BLOCKS {
+                spare.push(buf);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Spare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Spare({} blocks)", self.lock().len())
+    }
 }
 
 /// The memory of one block, counted in `Live` while any copy of it exists.
@@ -129,6 +176,7 @@ impl Drop for Counted {
         self.live
             .now
             .fetch_sub(self.buf.len() as u64, Ordering::Relaxed);
+        self.live.spare.give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -445,11 +493,11 @@ impl SharedReads {
     /// Starts reading block `index` (`len` bytes) of `file` on a task of its own.
     fn start_read(self: &Arc<Self>, file: &Arc<File>, index: u64, len: u64) -> Read {
         let (file, shared) = (file.clone(), self.clone());
-        // Allocated here, on one of the runtime's few workers, not on the
+        // Taken here, on one of the runtime's few workers, not on the
         // blocking thread: glibc gives every thread that allocates at the same
         // time an arena of its own and keeps what is freed there, so blocks
         // allocated across the blocking pool's many threads held twice the memory.
-        let mut buf = vec![0; len as usize];
+        let mut buf = self.live.spare.take(len as usize);
         let task = tokio::task::spawn_blocking(move || {
             file.read_exact_at(&mut buf, index * BLOCK)?;
             shared.read.fetch_add(len, Ordering::Relaxed);
@@ -842,6 +890,48 @@ mod tests {
         let total: u64 = blobs.iter().map(|b| b.2.len() as u64).sum();
         assert_eq!(shared.read_bytes(), total);
         assert_nothing_held(&shared, "taken by all three, dropped");
+    }
+
+    #[tokio::test]
+    async fn a_whole_block_is_read_into_a_buffer_freed_before_not_into_fresh_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, p, data) = blob(dir.path(), 4 * BLOCK as usize + 3, 7);
+        let (shared, t) = SharedReads::new(1);
+        assert!(upload(&t[0], &d, &p, data.len() as u64).await == data);
+        let spare: Vec<*const u8> = shared
+            .live
+            .spare
+            .lock()
+            .iter()
+            .map(|b| b.as_ptr())
+            .collect();
+        // As many as were alive at once: the upload read its later blocks
+        // into the buffers of its first.
+        assert!((1..=4).contains(&spare.len()), "{} spare", spare.len());
+        let (e, q, other) = blob(dir.path(), 2 * BLOCK as usize, 8);
+        let mut stream = t[0].stream(&e, &q, other.len() as u64).unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(
+            first[..] == other[..BLOCK as usize],
+            "the buffer holds the new block's bytes"
+        );
+        assert!(spare.contains(&first.as_ptr()), "read into a spare buffer");
+    }
+
+    #[test]
+    fn spare_buffers_are_whole_blocks_and_at_most_spare_blocks_of_them() {
+        let spare = Spare::default();
+        for _ in 0..SPARE_BLOCKS + 3 {
+            spare.give(vec![0; BLOCK as usize]);
+        }
+        spare.give(vec![0; 5]);
+        assert_eq!(spare.lock().len(), SPARE_BLOCKS);
+        assert_eq!(spare.take(5).len(), 5);
+        assert_eq!(
+            spare.lock().len(),
+            SPARE_BLOCKS,
+            "a short read takes no whole block"
+        );
     }
 
     #[tokio::test(start_paused = true)]
