@@ -12,7 +12,8 @@
 //! again is not kept for it); nothing once its publish ended ([`Taker::leave`]).
 //! Past `cap` bytes kept, the oldest blocks are dropped first, so memory stays
 //! bounded whatever the size of the imageset: the cap, plus the few blocks each
-//! upload has in flight. An upload that needs a block already dropped (its
+//! upload has in flight, plus at most [`SPARE_BLOCKS`] buffers kept for the next
+//! reads until the pass ends. An upload that needs a block already dropped (its
 //! registry fell far behind) reads the block from the store itself. Which clusters
 //! had taken a block dropped for room is remembered, so that a block read again is
 //! kept only for the clusters still to come, and dropped when they have: a cluster
@@ -116,10 +117,13 @@ struct Live {
 /// Whole-block buffers no longer in use, for the next reads. A fresh block is
 /// memory the kernel faults in and zeroes page by page as the read fills it,
 /// which cost the agent about a tenth of its CPU (docs/benchmarks.md, stop
-/// 45). At most [`SPARE_BLOCKS`] are kept; each was a block alive before, and
-/// a new one is made only when none is spare, so blocks alive and spare
-/// together never exceed the most that were alive at once. Shorter blocks (a blob's last, a small blob's only) are not kept: each
-/// would hold a whole block's memory for a few bytes.
+/// 45). At most [`SPARE_BLOCKS`] are kept, until the pass ends, and a buffer is
+/// made only when none is spare: the buffers in use (read into, kept, queued)
+/// and the spare ones are never more than were in use at once.
+/// [`SharedReads::peak_bytes`] counts blocks once read, not spare buffers, so
+/// those add at most `SPARE_BLOCKS` blocks to it. Shorter blocks (a blob's
+/// last, a small blob's only) are not kept: each would hold a whole block's
+/// memory for a few bytes.
 #[derive(Default)]
 struct Spare(Mutex<Vec<Vec<u8>>>);
 
@@ -921,10 +925,11 @@ mod tests {
     #[test]
     fn spare_buffers_are_whole_blocks_and_at_most_spare_blocks_of_them() {
         let spare = Spare::default();
+        spare.give(vec![0; 5]);
+        assert_eq!(spare.lock().len(), 0, "a short block is not kept");
         for _ in 0..SPARE_BLOCKS + 3 {
             spare.give(vec![0; BLOCK as usize]);
         }
-        spare.give(vec![0; 5]);
         assert_eq!(spare.lock().len(), SPARE_BLOCKS);
         assert_eq!(spare.take(5).len(), 5);
         assert_eq!(
