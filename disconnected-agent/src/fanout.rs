@@ -116,7 +116,7 @@ struct Live {
 
 /// Whole-block buffers no longer in use, for the next reads. A fresh block is
 /// memory the kernel faults in and zeroes page by page as the read fills it,
-/// which cost the agent about a tenth of its CPU (docs/benchmarks.md, stop
+/// which took 8 % of the agent's CPU samples (docs/benchmarks.md, stop
 /// 45). At most [`SPARE_BLOCKS`] are kept, until the pass ends, and a buffer is
 /// made only when none is spare: the buffers in use (read into, kept, queued)
 /// and the spare ones are never more than were in use at once.
