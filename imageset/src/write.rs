@@ -14,7 +14,7 @@
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -131,6 +131,14 @@ pub struct Prepared {
 struct Sealing {
     /// Parts not yet written and verified, per data chunk.
     left: Vec<AtomicUsize>,
+    /// Bytes written so far, per data chunk, to write it back every `step`.
+    written: Vec<AtomicU64>,
+    /// [`WRITE_BACK_STEP`]; smaller in tests.
+    step: u64,
+    /// Per data chunk, whether a write-back of it runs.
+    flushing: Vec<AtomicBool>,
+    /// The write-backs run while chunks fill, with the chunk of each.
+    flushes: Mutex<Vec<(usize, Flush)>>,
     /// The data chunks' temporary files.
     paths: Vec<PathBuf>,
     /// Where the payload starts: the metadata's length, the same in every
@@ -145,7 +153,45 @@ struct Sealing {
 /// A chunk's sealing: its payload hash when [`Sealing::hash`].
 type Seal = tokio::task::JoinHandle<std::io::Result<Option<String>>>;
 
+/// A chunk's write-back while it fills.
+type Flush = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// How much of a chunk is written between two write-backs of it while it
+/// fills. The kernel starts on its own only past `vm.dirty_background_ratio`
+/// (10 % of memory: gigabytes on a large host), so a whole chunk waited for its
+/// seal's sync, and the last chunk's sync came after the last download with
+/// nothing left to overlap it.
+const WRITE_BACK_STEP: u64 = 64 << 20;
+
 impl Sealing {
+    /// Counts `n` bytes written into `chunk`; each time the count passes a
+    /// multiple of `step`, syncs what the chunk holds on a blocking thread,
+    /// unless a sync of it still runs.
+    fn wrote(self: &Arc<Self>, chunk: usize, n: u64) {
+        let before = self.written[chunk].fetch_add(n, Ordering::Relaxed);
+        if before / self.step == (before + n) / self.step
+            || self.flushing[chunk].swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let path = self.paths[chunk].clone();
+        let sealing = Arc::clone(self);
+        let flush = tokio::task::spawn_blocking(move || {
+            let synced = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.sync_data());
+            sealing.flushing[chunk].store(false, Ordering::Release);
+            synced
+        });
+        // Kept for `finish`: a write-back error this sync sees is reported to
+        // it alone, not to the seal's sync after it.
+        self.flushes
+            .lock()
+            .expect("not poisoned")
+            .push((chunk, flush));
+    }
+
     /// Counts one verified part of `chunk`, sealing it when it was the last.
     fn part_verified(&self, chunk: usize) {
         let left = self.left[chunk].fetch_sub(1, Ordering::AcqRel);
@@ -156,12 +202,20 @@ impl Sealing {
         let path = self.paths[chunk].clone();
         let (meta, hash) = (self.meta, self.hash);
         let task = tokio::task::spawn_blocking(move || {
-            let sha256 = hash.then(|| crate::hash_payload(&path, meta)).transpose()?;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)?
-                .sync_data()?;
-            Ok(sha256)
+            // Side by side, the hash reading the page cache while the sync
+            // writes it back: the last chunk's seal, which nothing overlaps,
+            // takes the longer of the two instead of both.
+            std::thread::scope(|s| {
+                let synced = s.spawn(|| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)?
+                        .sync_data()
+                });
+                let sha256 = hash.then(|| crate::hash_payload(&path, meta)).transpose();
+                synced.join().expect("a sync does not panic")?;
+                sha256
+            })
         });
         self.sealed.lock().expect("not poisoned")[chunk] = Some(task);
     }
@@ -305,6 +359,10 @@ pub fn prepare(
             .map(|b| Vec::with_capacity(b.parts.len()))
             .collect(),
         sealing: Arc::new(Sealing {
+            written: left.iter().map(|_| AtomicU64::new(0)).collect(),
+            step: WRITE_BACK_STEP,
+            flushing: left.iter().map(|_| AtomicBool::new(false)).collect(),
+            flushes: Mutex::new(Vec::new()),
             left: left.into_iter().map(AtomicUsize::new).collect(),
             paths: data_temp.clone(),
             meta,
@@ -438,6 +496,13 @@ impl Prepared {
                     .map_err(io(path))?,
                 None => None,
             });
+        }
+        let flushes = std::mem::take(&mut *self.sealing.flushes.lock().expect("not poisoned"));
+        for (chunk, flush) in flushes {
+            flush
+                .await
+                .expect("a write-back does not panic")
+                .map_err(io(&self.temp[chunk]))?;
         }
         let data: Vec<(PathBuf, u64)> = self.temp[..k]
             .iter()
@@ -646,6 +711,7 @@ impl BlobWriter {
             let n = (room as usize).min(bytes.len());
             let f = self.file.as_mut().expect("opened above");
             f.write_all(&bytes[..n]).await.map_err(io(&target.path))?;
+            self.sealing.wrote(self.chunks[self.current], n as u64);
             self.written += n as u64;
             bytes = &bytes[n..];
             if self.written == target.length {
@@ -699,9 +765,9 @@ mod tests {
     /// A chunk is hashed and synced once every part in it is verified, while
     /// other blobs are still to come; a blob that fails its digest counts for
     /// nothing, so no chunk is hashed while a part of it may still change.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_chunk_is_sealed_once_its_parts_are_verified_and_not_before() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Two blobs, 100,000 and 200,000 bytes, planned with a 150,000-byte
+    /// limit: blob 0 fills chunk 1, blob 1 is split over chunks 2 and 3.
+    fn two_blobs(dir: &Path) -> (Prepared, Vec<Vec<u8>>) {
         let contents: Vec<Vec<u8>> = [100_000u32, 200_000]
             .iter()
             .map(|&n| (0..n).map(|i| (i * 31 % 251) as u8).rev().collect())
@@ -729,8 +795,14 @@ mod tests {
             releases: Vec::new(),
             deletes: Vec::new(),
         };
-        let prepared = prepare(dir.path(), skeleton, &[0, 1], &Options::default()).unwrap();
-        // Blob 0 fills chunk 1; blob 1 is split over chunks 2 and 3.
+        let prepared = prepare(dir, skeleton, &[0, 1], &Options::default()).unwrap();
+        (prepared, contents)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_is_sealed_once_its_parts_are_verified_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (prepared, contents) = two_blobs(dir.path());
         let chunks_of = |b: usize| -> Vec<u32> {
             prepared.manifest().blobs[b]
                 .parts
@@ -768,6 +840,66 @@ mod tests {
             assert_eq!(record.sha256, crate::hash_payload(&name, meta).unwrap());
             assert!(!path.exists(), "renamed to its final name");
         }
+    }
+
+    /// The write-backs started while chunk 1 fills, once they have run.
+    async fn flushed(prepared: &Prepared) -> usize {
+        let flushes = std::mem::take(&mut *prepared.sealing.flushes.lock().unwrap());
+        let n = flushes.len();
+        for (chunk, flush) in flushes {
+            assert_eq!(chunk, 0);
+            flush.await.unwrap().unwrap();
+        }
+        n
+    }
+
+    /// A chunk is written back each time another step of it is written, long
+    /// before its seal: otherwise the last chunk's whole write-back waits
+    /// until after the last download.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_filling_chunk_is_written_back_every_step_before_its_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut prepared, contents) = two_blobs(dir.path());
+        Arc::get_mut(&mut prepared.sealing).unwrap().step = 30_000;
+        let mut w = prepared.blob_writer(0);
+        w.write(&contents[0][..20_000]).await.unwrap();
+        assert_eq!(flushed(&prepared).await, 0, "less than a step written");
+        w.write(&contents[0][20_000..40_000]).await.unwrap();
+        assert_eq!(flushed(&prepared).await, 1, "past the first step");
+        w.write(&contents[0][40_000..50_000]).await.unwrap();
+        assert_eq!(flushed(&prepared).await, 0, "still short of the second");
+        w.write(&contents[0][50_000..95_000]).await.unwrap();
+        assert_eq!(flushed(&prepared).await, 1, "past the second and third");
+        assert!(prepared.sealing.sealed.lock().unwrap()[0].is_none());
+        w.write(&contents[0][95_000..]).await.unwrap();
+        w.finish().await.unwrap();
+        assert!(prepared.sealing.sealed.lock().unwrap()[0].is_some());
+    }
+
+    /// A write-back error is reported to the sync that sees it, and only to
+    /// it: one met by a write-back while the chunk filled fails the imageset,
+    /// naming the chunk, though the seal's own sync succeeded after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_back_error_met_while_filling_fails_the_imageset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (prepared, contents) = two_blobs(dir.path());
+        let failed = tokio::task::spawn_blocking(|| Err(std::io::Error::other("EIO")));
+        prepared.sealing.flushes.lock().unwrap().push((1, failed));
+        for (b, bytes) in contents.iter().enumerate() {
+            let mut w = prepared.blob_writer(b);
+            w.write(bytes).await.unwrap();
+            w.finish().await.unwrap();
+        }
+        let chunk_2 = prepared.temp[1].clone();
+        match prepared.finish(None).await {
+            Err(WriteError::Io { path, source }) => {
+                assert_eq!(path, chunk_2);
+                assert_eq!(source.to_string(), "EIO");
+            }
+            other => panic!("expected the write-back's error, got {other:?}"),
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "no chunk file is left behind: {left:?}");
     }
 
     #[test]
