@@ -64,6 +64,12 @@ struct Run {
     /// that moves (docs/benchmarks.md, stop 45).
     system_seconds: f64,
     rss_mib: f64,
+    /// Free memory when the run started (the most of several). On this VM
+    /// memory free for a while has been handed back to the host, and a
+    /// process that writes into it pays system time for the host to back it
+    /// again: the figures that move from run to run move with this
+    /// (docs/benchmarks.md, stop 46).
+    free_mib: f64,
 }
 
 impl Run {
@@ -73,6 +79,7 @@ impl Run {
             cpu_seconds: self.cpu_seconds + other.cpu_seconds,
             system_seconds: self.system_seconds + other.system_seconds,
             rss_mib: self.rss_mib.max(other.rss_mib),
+            free_mib: self.free_mib.max(other.free_mib),
         }
     }
 
@@ -119,12 +126,25 @@ fn read_times(times: &Path) -> Result<Run> {
         cpu_seconds: user + system,
         system_seconds: system,
         rss_mib: kib / 1024.0,
+        free_mib: 0.0,
     })
+}
+
+/// `MemFree` of /proc/meminfo, in MiB.
+fn free_mib() -> Result<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo")?;
+    let kib = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemFree:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .context("no MemFree in /proc/meminfo")?;
+    Ok(kib / 1024.0)
 }
 
 /// Runs `cmd` under GNU time; fails with its output if it fails.
 fn measure(cmd: &mut Command) -> Result<Run> {
     let tmp = tempfile::NamedTempFile::new()?;
+    let free_mib = free_mib()?;
     let out = under_time(cmd, tmp.path())
         .output()
         .context("GNU time (/usr/bin/time) is needed; scripts/install-deps installs it")?;
@@ -136,7 +156,10 @@ fn measure(cmd: &mut Command) -> Result<Run> {
             String::from_utf8_lossy(&out.stdout)
         );
     }
-    read_times(tmp.path())
+    Ok(Run {
+        free_mib,
+        ..read_times(tmp.path())?
+    })
 }
 
 fn random_blob(rng: &mut rand::rngs::StdRng, size: usize) -> Blob {
@@ -311,6 +334,7 @@ fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<(Run, u64)>
     agent
         .args(["--log-level", "info", "run", "--config"])
         .arg(&config_path);
+    let free_mib = free_mib()?;
     let mut timed = under_time(&agent, times.path());
     timed.stderr(std::fs::File::create(site.join("agent.log"))?);
     let mut child = timed.spawn()?;
@@ -343,6 +367,7 @@ fn agent_fanout(from: &Path, clusters: usize, work: &Path) -> Result<(Run, u64)>
     // The time runs from the drop, not from the agent's start.
     let run = Run {
         seconds,
+        free_mib,
         ..read_times(times.path())?
     };
     // What the agent read from its store to publish, as it logs each fan-out.
@@ -854,6 +879,7 @@ fn run_json(r: Run) -> Value {
         "seconds": r.seconds,
         "cpu_seconds": r.cpu_seconds,
         "system_seconds": r.system_seconds,
-        "peak_rss_mib": r.rss_mib
+        "peak_rss_mib": r.rss_mib,
+        "free_mib_at_start": r.free_mib,
     })
 }
