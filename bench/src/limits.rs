@@ -13,35 +13,34 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use airlock_oci::digest::Hasher;
 use airlock_tests::registry::Registry;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 
 /// Whether a limit client checks what it moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
     /// Moves the bytes and nothing else.
     Nothing,
-    /// Hashes every blob (sha2, as Airlock does) and fails on a mismatch:
+    /// Hashes every blob (with Airlock's own hasher) and fails on a mismatch:
     /// downloads as they stream in, uploads before they are sent.
     Sha256,
 }
 
 impl Check {
-    fn hasher(self) -> Option<Sha256> {
-        (self == Check::Sha256).then(Sha256::new)
+    fn hasher(self) -> Option<Hasher> {
+        (self == Check::Sha256).then(Hasher::new)
     }
 }
 
 /// Fails unless `hasher` (if any) saw the bytes of `digest`.
-fn checked(hasher: Option<Sha256>, digest: &str) -> Result<()> {
+fn checked(hasher: Option<Hasher>, digest: &str) -> Result<()> {
     let Some(h) = hasher else {
         return Ok(());
     };
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let got = format!("sha256:{hex}");
-    if got != digest {
+    let got = h.finish();
+    if got.as_str() != digest {
         bail!("blob {digest}: its bytes hash to {got}");
     }
     Ok(())
@@ -73,7 +72,7 @@ fn cpu_timed(work: impl FnOnce() -> Result<f64>) -> Result<Spent> {
 /// A writer that hashes what passes through it.
 struct Hashing<W> {
     inner: W,
-    hasher: Option<Sha256>,
+    hasher: Option<Hasher>,
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -161,10 +160,11 @@ pub fn ingest(dest: &Registry, blobs: &[Held], check: Check) -> Result<Spent> {
     let client = dest.http_client()?;
     cpu_timed(|| {
         parallel(blobs, |h| {
-            if let Some(mut hasher) = check.hasher() {
+            let mut hasher = check.hasher();
+            if let Some(hasher) = &mut hasher {
                 hasher.update(&h.bytes);
-                checked(Some(hasher), &h.digest)?;
             }
+            checked(hasher, &h.digest)?;
             let opened = client
                 .post(format!("{}/v2/limit/{}/blobs/uploads/", dest.url(), h.repo))
                 .send()?;

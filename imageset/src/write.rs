@@ -180,10 +180,7 @@ impl Sealing {
         let path = self.paths[chunk].clone();
         let sealing = Arc::clone(self);
         let flush = tokio::task::spawn_blocking(move || {
-            let synced = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.sync_data());
+            let synced = sync_data(&path);
             sealing.flushing[chunk].store(false, Ordering::Release);
             synced
         });
@@ -206,12 +203,7 @@ impl Sealing {
         let path = self.paths[chunk].clone();
         let (meta, hash) = (self.meta, self.hash);
         let task = tokio::task::spawn_blocking(move || {
-            let sync = || {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .sync_data()
-            };
+            let sync = || sync_data(&path);
             if !hash {
                 return sync().map(|()| None);
             }
@@ -227,6 +219,14 @@ impl Sealing {
         });
         self.sealed.lock().expect("not poisoned")[chunk] = Some(task);
     }
+}
+
+/// Syncs the data of the file at `path` through a handle of its own.
+fn sync_data(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .sync_data()
 }
 
 impl Drop for Prepared {
