@@ -1165,7 +1165,7 @@ async fn fill_blob(
         .or_else(|| collected.built.get(&blob.digest));
     if let Some(bytes) = held {
         let mut w = prepared.blob_writer(index);
-        w.write(bytes).await?;
+        w.write(bytes::Bytes::copy_from_slice(bytes)).await?;
         w.finish().await?;
         progress.add(blob.size);
         return Ok(());
@@ -1185,9 +1185,10 @@ async fn fill_blob(
                 .await?;
             while let Some(bytes) = stream.next().await {
                 let bytes = bytes?;
-                w.write(&bytes).await?;
-                written += bytes.len() as u64;
-                progress.add(bytes.len() as u64);
+                let n = bytes.len() as u64;
+                w.write(bytes).await?;
+                written += n;
+                progress.add(n);
             }
             Ok(())
         }

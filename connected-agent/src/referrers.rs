@@ -65,21 +65,24 @@ async fn find(
         subject: Some(digest.clone()),
         platforms: Vec::new(),
     };
-    let mut out = Vec::new();
-    for suffix in COSIGN_SUFFIXES {
+    // The lookups are asked at once: each is a round trip that finds nothing for
+    // most images, and a catalog has thousands of manifests to search.
+    let client = &client;
+    let tags = COSIGN_SUFFIXES.map(|suffix| async move {
         let tag = format!("{}.{suffix}", digest.tag_form());
-        if client
-            .has_tag(src.repository(), &tag)
-            .await
-            .map_err(registry_err)?
-        {
-            out.push(spec(src.at_tag(&tag)));
-        }
-    }
-    let listed = client
-        .referrers(src.repository(), digest)
-        .await
-        .map_err(registry_err)?;
+        let found = client.has_tag(src.repository(), &tag).await?;
+        Ok::<_, RegistryError>(found.then_some(tag))
+    });
+    let (tagged, listed) = futures::try_join!(
+        futures::future::try_join_all(tags),
+        client.referrers(src.repository(), digest)
+    )
+    .map_err(registry_err)?;
+    let mut out: Vec<ImageSpec> = tagged
+        .into_iter()
+        .flatten()
+        .map(|tag| spec(src.at_tag(&tag)))
+        .collect();
     if listed.len() > MAX_PER_MANIFEST {
         return Err(CollectError::Inconsistent {
             image: subject.name.clone(),

@@ -80,7 +80,7 @@ async fn write_imageset_with(
     for (i, c) in contents.iter().enumerate().rev() {
         let mut w = prepared.blob_writer(i);
         for piece in c.chunks(7919) {
-            w.write(piece).await.unwrap();
+            w.write(piece.to_vec().into()).await.unwrap();
         }
         w.finish().await.unwrap();
     }
@@ -212,12 +212,12 @@ async fn writer_refuses_content_that_does_not_match_its_digest() {
     };
     let prepared = prepare(dir.path(), skeleton, &[0], &Options::default()).unwrap();
     let mut w = prepared.blob_writer(0);
-    w.write(&bytes(2, 1000)).await.unwrap();
+    w.write(bytes(2, 1000).into()).await.unwrap();
     let err = w.finish().await.unwrap_err().to_string();
     assert!(err.contains("content hashes to"), "{err}");
     let mut w = prepared.blob_writer(0);
     assert!(
-        w.write(&bytes(1, 1001)).await.is_err(),
+        w.write(bytes(1, 1001).into()).await.is_err(),
         "more bytes than declared"
     );
     drop(prepared);

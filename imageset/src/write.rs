@@ -13,11 +13,12 @@
 //! never a chunk under its final name.
 
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use bytes::Bytes;
 
 use super::layout::{self, LayoutError};
 use super::{
@@ -143,6 +144,11 @@ struct Sealing {
     flushes: Mutex<Vec<(usize, Flush)>>,
     /// The data chunks' temporary files.
     paths: Vec<PathBuf>,
+    /// The same files, opened once when they were made: every write and
+    /// every sync goes through them, so that a write-back error is reported
+    /// to a sync of ours on any kernel (before Linux 4.16, a file opened
+    /// later was not told of an error nobody had seen yet).
+    files: Vec<std::fs::File>,
     /// Where the payload starts: the metadata's length, the same in every
     /// file.
     meta: u64,
@@ -177,16 +183,15 @@ impl Sealing {
         {
             return;
         }
-        let path = self.paths[chunk].clone();
         let sealing = Arc::clone(self);
         let flush = tokio::task::spawn_blocking(move || {
-            let synced = sync_data(&path);
+            let synced = sealing.files[chunk].sync_data();
             sealing.flushing[chunk].store(false, Ordering::Release);
             synced
         });
-        // Kept for `finish`: a write-back error this sync sees is not reported
-        // again to a sync through a file opened after it was seen, as the
-        // seal's is.
+        // Kept for `finish`: a write-back error is reported once to the file
+        // it was met through, so the seal's sync does not see what this one
+        // saw.
         self.flushes
             .lock()
             .expect("not poisoned")
@@ -194,7 +199,7 @@ impl Sealing {
     }
 
     /// Counts one verified part of `chunk`, sealing it when it was the last.
-    fn part_verified(&self, chunk: usize) {
+    fn part_verified(self: &Arc<Self>, chunk: usize) {
         let left = self.left[chunk].fetch_sub(1, Ordering::AcqRel);
         debug_assert!(left >= 1, "chunk {chunk}: a part verified twice");
         if left != 1 {
@@ -202,8 +207,9 @@ impl Sealing {
         }
         let path = self.paths[chunk].clone();
         let (meta, hash) = (self.meta, self.hash);
+        let sealing = Arc::clone(self);
         let task = tokio::task::spawn_blocking(move || {
-            let sync = || sync_data(&path);
+            let sync = || sealing.files[chunk].sync_data();
             if !hash {
                 return sync().map(|()| None);
             }
@@ -219,14 +225,6 @@ impl Sealing {
         });
         self.sealed.lock().expect("not poisoned")[chunk] = Some(task);
     }
-}
-
-/// Syncs the data of the file at `path` through a handle of its own.
-fn sync_data(path: &Path) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .sync_data()
 }
 
 impl Drop for Prepared {
@@ -373,6 +371,7 @@ pub fn prepare(
             flushes: Mutex::new(Vec::new()),
             left: left.into_iter().map(AtomicUsize::new).collect(),
             paths: data_temp.clone(),
+            files: Vec::new(),
             meta,
             hash: n_parity == 0,
             sealed: Mutex::new((0..sizes.len()).map(|_| None).collect()),
@@ -385,6 +384,7 @@ pub fn prepare(
         done: false,
     };
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    let mut files = Vec::with_capacity(sizes.len());
     for (i, &size) in sizes.iter().enumerate() {
         let index = i as u32 + 1;
         let name = &prepared.manifest.chunks[i].name;
@@ -421,7 +421,11 @@ pub fn prepare(
             pos += BLOCK + padded(length);
         }
         debug_assert_eq!(pos + super::TRAILER_LEN, size);
+        files.push(f);
     }
+    Arc::get_mut(&mut prepared.sealing)
+        .expect("shared only once prepared")
+        .files = files;
     for record in prepared.manifest.parity.clone() {
         let final_path = out_dir.join(&record.name);
         let temp_path = out_dir.join(format!("{}.part", record.name));
@@ -479,7 +483,7 @@ impl Prepared {
             sealing: self.sealing.clone(),
             current: 0,
             written: 0,
-            file: None,
+            in_flight: None,
             hasher: Hasher::new(),
         }
     }
@@ -676,7 +680,10 @@ pub struct BlobWriter {
     sealing: Arc<Sealing>,
     current: usize,
     written: u64,
-    file: Option<tokio::fs::File>,
+    /// The last write, on a blocking thread, with its target: one at a time,
+    /// so that the next frame downloads and hashes while it runs and no more
+    /// than one frame per blob waits in memory.
+    in_flight: Option<(usize, tokio::task::JoinHandle<std::io::Result<()>>)>,
     hasher: Hasher,
 }
 
@@ -688,64 +695,63 @@ impl BlobWriter {
         }
     }
 
-    /// Appends bytes of the blob.
-    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), WriteError> {
+    /// Appends bytes of the blob. The bytes themselves go to the write, not
+    /// a copy: `tokio::fs::File` would copy every frame into a buffer of its
+    /// own first.
+    pub async fn write(&mut self, mut bytes: Bytes) -> Result<(), WriteError> {
         if self.hasher.len() + bytes.len() as u64 > self.size {
             return Err(self.content(format!(
                 "source sent more than the {} bytes its manifest declares",
                 self.size
             )));
         }
-        self.hasher.update(bytes);
+        self.hasher.update(&bytes);
         while !bytes.is_empty() {
             let target = &self.targets[self.current];
             let room = target.length - self.written;
             if room == 0 {
                 self.current += 1;
                 self.written = 0;
-                self.file = None;
                 continue;
             }
-            if self.file.is_none() {
-                let mut f = tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&target.path)
-                    .await
-                    .map_err(io(&target.path))?;
-                f.seek(SeekFrom::Start(target.offset + self.written))
-                    .await
-                    .map_err(io(&target.path))?;
-                self.file = Some(f);
-            }
             let n = (room as usize).min(bytes.len());
-            let f = self.file.as_mut().expect("opened above");
-            f.write_all(&bytes[..n]).await.map_err(io(&target.path))?;
-            self.sealing.wrote(self.chunks[self.current], n as u64);
+            let piece = bytes.split_to(n);
+            let offset = target.offset + self.written;
+            self.settle().await?;
+            let chunk = self.chunks[self.current];
+            let sealing = Arc::clone(&self.sealing);
+            let write = tokio::task::spawn_blocking(move || {
+                sealing.files[chunk].write_all_at(&piece, offset)
+            });
+            self.in_flight = Some((self.current, write));
+            self.sealing.wrote(chunk, n as u64);
             self.written += n as u64;
-            bytes = &bytes[n..];
-            if self.written == target.length {
-                f.flush().await.map_err(io(&target.path))?;
-            }
         }
         Ok(())
+    }
+
+    /// Waits for the write in flight, if any.
+    async fn settle(&mut self) -> Result<(), WriteError> {
+        let Some((target, write)) = self.in_flight.take() else {
+            return Ok(());
+        };
+        write
+            .await
+            .expect("a write does not panic")
+            .map_err(io(&self.targets[target].path))
     }
 
     /// Waits for the write in flight, if any, of a writer given up on (its
     /// transfer failed): a retry must not have its bytes overwritten by a
     /// write of the attempt before, landing late in a chunk already sealed.
     pub async fn abandon(mut self) {
-        if let Some(f) = self.file.as_mut() {
-            let _ = f.flush().await;
-        }
+        let _ = self.settle().await;
     }
 
     /// Checks that the whole blob arrived and hashes to its digest; a chunk
     /// whose parts are all verified then is sealed.
     pub async fn finish(mut self) -> Result<(), WriteError> {
-        if let Some(f) = self.file.as_mut() {
-            let path = &self.targets[self.current].path;
-            f.flush().await.map_err(io(path))?;
-        }
+        self.settle().await?;
         if self.hasher.len() != self.size {
             return Err(self.content(format!(
                 "source sent {} bytes, its manifest declares {}",
@@ -827,7 +833,7 @@ mod tests {
         let write = |b: usize, bytes: Vec<u8>| {
             let mut w = prepared.blob_writer(b);
             async move {
-                w.write(&bytes).await?;
+                w.write(bytes.into()).await?;
                 w.finish().await
             }
         };
@@ -871,13 +877,21 @@ mod tests {
         let (mut prepared, contents) = two_blobs(dir.path());
         Arc::get_mut(&mut prepared.sealing).unwrap().step = 30_000;
         let mut w = prepared.blob_writer(0);
-        w.write(&contents[0][..20_000]).await.unwrap();
+        w.write(contents[0][..20_000].to_vec().into())
+            .await
+            .unwrap();
         assert_eq!(flushed(&prepared).await, 0, "less than a step written");
-        w.write(&contents[0][20_000..40_000]).await.unwrap();
+        w.write(contents[0][20_000..40_000].to_vec().into())
+            .await
+            .unwrap();
         assert_eq!(flushed(&prepared).await, 1, "past the first step");
-        w.write(&contents[0][40_000..50_000]).await.unwrap();
+        w.write(contents[0][40_000..50_000].to_vec().into())
+            .await
+            .unwrap();
         assert_eq!(flushed(&prepared).await, 0, "still short of the second");
-        w.write(&contents[0][50_000..95_000]).await.unwrap();
+        w.write(contents[0][50_000..95_000].to_vec().into())
+            .await
+            .unwrap();
         assert_eq!(flushed(&prepared).await, 1, "past the second and third");
     }
 
@@ -893,7 +907,7 @@ mod tests {
         prepared.sealing.flushes.lock().unwrap().push((1, failed));
         for (b, bytes) in contents.iter().enumerate() {
             let mut w = prepared.blob_writer(b);
-            w.write(bytes).await.unwrap();
+            w.write(bytes.clone().into()).await.unwrap();
             w.finish().await.unwrap();
         }
         let chunk_2 = prepared.temp[1].clone();
@@ -906,6 +920,30 @@ mod tests {
         }
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(left.is_empty(), "no chunk file is left behind: {left:?}");
+    }
+
+    /// A write runs on a blocking thread after `write` has returned; its
+    /// failure still fails the blob, naming the chunk file, when the writer
+    /// finishes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_fails_the_blob_naming_its_chunk_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut prepared, contents) = two_blobs(dir.path());
+        let chunk_1 = prepared.temp[0].clone();
+        // Opened for reading only, the chunk refuses every write.
+        Arc::get_mut(&mut prepared.sealing).unwrap().files[0] =
+            std::fs::File::open(&chunk_1).unwrap();
+        let mut w = prepared.blob_writer(0);
+        w.write(contents[0].clone().into()).await.unwrap();
+        match w.finish().await {
+            Err(WriteError::Io { path, .. }) => assert_eq!(path, chunk_1),
+            other => panic!("expected the write's error, got {other:?}"),
+        }
+        assert_eq!(
+            prepared.sealing.left[0].load(Ordering::Acquire),
+            1,
+            "a blob whose write failed does not count as verified"
+        );
     }
 
     #[test]
