@@ -1165,7 +1165,7 @@ async fn fill_blob(
         .or_else(|| collected.built.get(&blob.digest));
     if let Some(bytes) = held {
         let mut w = prepared.blob_writer(index);
-        w.write(bytes::Bytes::copy_from_slice(bytes)).await?;
+        w.write(bytes.clone()).await?;
         w.finish().await?;
         progress.add(blob.size);
         return Ok(());

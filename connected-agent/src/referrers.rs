@@ -41,7 +41,10 @@ const MAX_PER_MANIFEST: usize = 256;
 /// Referrers accepted in one run, all images together.
 const MAX_PER_RUN: usize = 20_000;
 
-/// Subjects searched at once.
+/// Subjects searched at once. Each asks its four lookups at once, so up to
+/// 32 requests are in flight to one registry: a catalog's thousands of
+/// manifests are searched in round trips, not requests, and a registry that
+/// throttles answers 429, which the client backs off from.
 const PARALLEL: usize = 8;
 
 /// The referrers of one manifest of `subject`'s repository.

@@ -144,11 +144,6 @@ struct Sealing {
     flushes: Mutex<Vec<(usize, Flush)>>,
     /// The data chunks' temporary files.
     paths: Vec<PathBuf>,
-    /// The same files, opened once when they were made: every write and
-    /// every sync goes through them, so that a write-back error is reported
-    /// to a sync of ours on any kernel (before Linux 4.16, a file opened
-    /// later was not told of an error nobody had seen yet).
-    files: Vec<std::fs::File>,
     /// Where the payload starts: the metadata's length, the same in every
     /// file.
     meta: u64,
@@ -183,15 +178,16 @@ impl Sealing {
         {
             return;
         }
+        let path = self.paths[chunk].clone();
         let sealing = Arc::clone(self);
         let flush = tokio::task::spawn_blocking(move || {
-            let synced = sealing.files[chunk].sync_data();
+            let synced = sync_data(&path);
             sealing.flushing[chunk].store(false, Ordering::Release);
             synced
         });
-        // Kept for `finish`: a write-back error is reported once to the file
-        // it was met through, so the seal's sync does not see what this one
-        // saw.
+        // Kept for `finish`: a write-back error this sync sees is not reported
+        // again to a sync through a file opened after it was seen, as the
+        // seal's is.
         self.flushes
             .lock()
             .expect("not poisoned")
@@ -199,7 +195,7 @@ impl Sealing {
     }
 
     /// Counts one verified part of `chunk`, sealing it when it was the last.
-    fn part_verified(self: &Arc<Self>, chunk: usize) {
+    fn part_verified(&self, chunk: usize) {
         let left = self.left[chunk].fetch_sub(1, Ordering::AcqRel);
         debug_assert!(left >= 1, "chunk {chunk}: a part verified twice");
         if left != 1 {
@@ -207,9 +203,8 @@ impl Sealing {
         }
         let path = self.paths[chunk].clone();
         let (meta, hash) = (self.meta, self.hash);
-        let sealing = Arc::clone(self);
         let task = tokio::task::spawn_blocking(move || {
-            let sync = || sealing.files[chunk].sync_data();
+            let sync = || sync_data(&path);
             if !hash {
                 return sync().map(|()| None);
             }
@@ -225,6 +220,14 @@ impl Sealing {
         });
         self.sealed.lock().expect("not poisoned")[chunk] = Some(task);
     }
+}
+
+/// Syncs the data of the file at `path` through a handle of its own.
+fn sync_data(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .sync_data()
 }
 
 impl Drop for Prepared {
@@ -371,7 +374,6 @@ pub fn prepare(
             flushes: Mutex::new(Vec::new()),
             left: left.into_iter().map(AtomicUsize::new).collect(),
             paths: data_temp.clone(),
-            files: Vec::new(),
             meta,
             hash: n_parity == 0,
             sealed: Mutex::new((0..sizes.len()).map(|_| None).collect()),
@@ -384,7 +386,6 @@ pub fn prepare(
         done: false,
     };
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
-    let mut files = Vec::with_capacity(sizes.len());
     for (i, &size) in sizes.iter().enumerate() {
         let index = i as u32 + 1;
         let name = &prepared.manifest.chunks[i].name;
@@ -421,11 +422,7 @@ pub fn prepare(
             pos += BLOCK + padded(length);
         }
         debug_assert_eq!(pos + super::TRAILER_LEN, size);
-        files.push(f);
     }
-    Arc::get_mut(&mut prepared.sealing)
-        .expect("shared only once prepared")
-        .files = files;
     for record in prepared.manifest.parity.clone() {
         let final_path = out_dir.join(&record.name);
         let temp_path = out_dir.join(format!("{}.part", record.name));
@@ -483,6 +480,7 @@ impl Prepared {
             sealing: self.sealing.clone(),
             current: 0,
             written: 0,
+            file: None,
             in_flight: None,
             hasher: Hasher::new(),
         }
@@ -669,6 +667,9 @@ fn hash_payloads(paths: &[&Path], meta: u64) -> Result<Vec<String>, WriteError> 
         .collect())
 }
 
+/// A write of a blob's bytes, which hands back the file it wrote to.
+type InFlight = tokio::task::JoinHandle<std::io::Result<std::fs::File>>;
+
 /// Writes one blob's bytes into its parts, in order, checking size and digest.
 #[derive(Debug)]
 pub struct BlobWriter {
@@ -680,10 +681,14 @@ pub struct BlobWriter {
     sealing: Arc<Sealing>,
     current: usize,
     written: u64,
+    /// The current target's file, once a write has opened it. Opened per
+    /// part, not per chunk for the whole run: an imageset may have more
+    /// chunks than a process may hold files open.
+    file: Option<std::fs::File>,
     /// The last write, on a blocking thread, with its target: one at a time,
     /// so that the next frame downloads and hashes while it runs and no more
     /// than one frame per blob waits in memory.
-    in_flight: Option<(usize, tokio::task::JoinHandle<std::io::Result<()>>)>,
+    in_flight: Option<(usize, InFlight)>,
     hasher: Hasher,
 }
 
@@ -712,33 +717,49 @@ impl BlobWriter {
             if room == 0 {
                 self.current += 1;
                 self.written = 0;
+                self.file = None;
                 continue;
             }
             let n = (room as usize).min(bytes.len());
             let piece = bytes.split_to(n);
             let offset = target.offset + self.written;
             self.settle().await?;
-            let chunk = self.chunks[self.current];
-            let sealing = Arc::clone(&self.sealing);
+            // The file, or where to open it.
+            let file = (self.file.take()).ok_or_else(|| self.targets[self.current].path.clone());
             let write = tokio::task::spawn_blocking(move || {
-                sealing.files[chunk].write_all_at(&piece, offset)
+                let file = match file {
+                    Ok(f) => f,
+                    Err(path) => std::fs::OpenOptions::new().write(true).open(path)?,
+                };
+                file.write_all_at(&piece, offset)?;
+                Ok(file)
             });
             self.in_flight = Some((self.current, write));
-            self.sealing.wrote(chunk, n as u64);
+            self.sealing.wrote(self.chunks[self.current], n as u64);
             self.written += n as u64;
         }
         Ok(())
     }
 
-    /// Waits for the write in flight, if any.
+    /// Waits for the write in flight, if any, keeping its file for the next
+    /// write to the same part. The write stays recorded until it is done: a
+    /// caller that drops this future and then abandons the writer still waits
+    /// for it.
     async fn settle(&mut self) -> Result<(), WriteError> {
-        let Some((target, write)) = self.in_flight.take() else {
+        let Some((target, write)) = &mut self.in_flight else {
             return Ok(());
         };
-        write
+        let target = *target;
+        // A blocking task fails to join only when the runtime shuts down.
+        let done = write
             .await
-            .expect("a write does not panic")
-            .map_err(io(&self.targets[target].path))
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        self.in_flight = None;
+        let file = done.map_err(io(&self.targets[target].path))?;
+        if target == self.current {
+            self.file = Some(file);
+        }
+        Ok(())
     }
 
     /// Waits for the write in flight, if any, of a writer given up on (its
@@ -922,28 +943,46 @@ mod tests {
         assert!(left.is_empty(), "no chunk file is left behind: {left:?}");
     }
 
+    /// Puts a directory where chunk `k`'s file was: opening it for writing
+    /// fails.
+    fn unwritable(prepared: &Prepared, k: usize) -> PathBuf {
+        let path = prepared.temp[k].clone();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        path
+    }
+
     /// A write runs on a blocking thread after `write` has returned; its
-    /// failure still fails the blob, naming the chunk file, when the writer
-    /// finishes.
+    /// failure still fails the blob, naming the chunk file: when the writer
+    /// finishes, or at the next write, though that one goes to the next
+    /// chunk. A blob whose write failed does not count as verified.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_write_fails_the_blob_naming_its_chunk_file() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut prepared, contents) = two_blobs(dir.path());
-        let chunk_1 = prepared.temp[0].clone();
-        // Opened for reading only, the chunk refuses every write.
-        Arc::get_mut(&mut prepared.sealing).unwrap().files[0] =
-            std::fs::File::open(&chunk_1).unwrap();
+        let (prepared, contents) = two_blobs(dir.path());
+        let named = |result: Result<(), WriteError>| match result {
+            Err(WriteError::Io { path, .. }) => path,
+            other => panic!("expected the write's error, got {other:?}"),
+        };
+
+        let chunk_1 = unwritable(&prepared, 0);
         let mut w = prepared.blob_writer(0);
         w.write(contents[0].clone().into()).await.unwrap();
-        match w.finish().await {
-            Err(WriteError::Io { path, .. }) => assert_eq!(path, chunk_1),
-            other => panic!("expected the write's error, got {other:?}"),
-        }
-        assert_eq!(
-            prepared.sealing.left[0].load(Ordering::Acquire),
-            1,
-            "a blob whose write failed does not count as verified"
-        );
+        assert_eq!(named(w.finish().await), chunk_1);
+
+        // Blob 1 fills chunk 2, then goes on into chunk 3.
+        let chunk_2 = unwritable(&prepared, 1);
+        let mut w = prepared.blob_writer(1);
+        assert_eq!(named(w.write(contents[1].clone().into()).await), chunk_2);
+        w.abandon().await;
+
+        let left: Vec<usize> = prepared
+            .sealing
+            .left
+            .iter()
+            .map(|l| l.load(Ordering::Acquire))
+            .collect();
+        assert_eq!(left, [1, 1, 1], "no part counts as verified");
     }
 
     #[test]
