@@ -40,6 +40,22 @@ pub enum LayoutError {
         /// The smallest workable limit.
         minimum: u64,
     },
+    /// The content needs more chunk files than an imageset may have: the
+    /// disconnected side would refuse it after the whole transfer.
+    #[error(
+        "at a transfer limit of {limit} bytes this imageset needs {chunks} chunk files, and an imageset \
+         has at most {max}; use a limit of at least {minimum} bytes, or fewer images per imageset"
+    )]
+    TooManyChunks {
+        /// The limit.
+        limit: u64,
+        /// Chunk files the content needs at that limit.
+        chunks: usize,
+        /// [`crate::validate::MAX_CHUNKS`].
+        max: usize,
+        /// A limit at which it fits, in whole MiB.
+        minimum: u64,
+    },
 }
 
 /// Fixed bytes of every chunk besides metadata and parts.
@@ -208,7 +224,9 @@ mod tests {
     fn limit_below_metadata_is_refused_with_the_minimum() {
         let mut b = blobs(&[1]);
         let err = plan(&mut b, &[0], 4000, 4096).unwrap_err();
-        let LayoutError::LimitTooSmall { minimum, .. } = err;
+        let LayoutError::LimitTooSmall { minimum, .. } = err else {
+            panic!("expected the limit refused, got {err}");
+        };
         assert_eq!(minimum, 4096 + CHUNK_OVERHEAD + 2 * BLOCK);
         assert!(plan(&mut b, &[0], minimum, 4096).is_ok());
     }

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use super::layout::LayoutError;
 use super::read::{ChunkError, ChunkHead, DigestCheck, Discard, PartSink, read_head, verify};
-use super::write::{Options, entry_header, mtime_of, prepare};
+use super::write::{Options, WriteError, entry_header, mtime_of, prepare};
 use super::*;
 use crate::signing::{self, Signer, TrustStore};
 
@@ -184,6 +185,60 @@ async fn chunks_are_standard_tar_archives() {
             .all(|h| h.manifest_digest == heads[0].manifest_digest)
     );
     assert_eq!(*heads[0].manifest, w.manifest);
+}
+
+/// Content that needs more chunk files than an imageset may have is refused
+/// when it is laid out, with a limit that fits it, before any file is made:
+/// the disconnected side would refuse it only after the whole transfer.
+#[test]
+fn an_imageset_needing_more_chunks_than_the_format_allows_is_refused_at_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 1u64 << 20;
+    let skeleton = ImagesetManifest {
+        format: FORMAT.into(),
+        uuid: Uuid::from_u128(1),
+        sequence: 1,
+        full: true,
+        created: "2026-12-07T10:00:00Z".into(),
+        limit,
+        chunks: Vec::new(),
+        parity: Vec::new(),
+        images: Vec::new(),
+        // Declared only: nothing is downloaded before the layout.
+        blobs: vec![BlobRecord {
+            digest: Digest::of(b"large"),
+            size: 110 << 30,
+            media_type: None,
+            repository: "r/x".into(),
+            parts: Vec::new(),
+        }],
+        releases: Vec::new(),
+        deletes: Vec::new(),
+    };
+    let err = prepare(dir.path(), skeleton.clone(), &[0], &Options::default()).unwrap_err();
+    let text = err.to_string();
+    let WriteError::Layout(LayoutError::TooManyChunks {
+        chunks, minimum, ..
+    }) = err
+    else {
+        panic!("expected too many chunks, got {text}");
+    };
+    assert!(chunks > crate::validate::MAX_CHUNKS, "{chunks}");
+    assert!(
+        text.contains(&format!("{chunks} chunk files"))
+            && text.contains(&format!("a limit of at least {minimum} bytes")),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no file made"
+    );
+    let mut fits = skeleton;
+    fits.limit = minimum;
+    let prepared = prepare(dir.path(), fits, &[0], &Options::default())
+        .expect("the limit the error names fits the content");
+    assert!(prepared.manifest().chunks.len() <= crate::validate::MAX_CHUNKS);
 }
 
 #[tokio::test]

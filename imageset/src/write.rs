@@ -26,6 +26,7 @@ use super::{
     chunk_file_name, padded, parity, parity_file_name,
 };
 use crate::signing::Signer;
+use crate::validate::MAX_CHUNKS;
 use airlock_oci::digest::{Digest, Hasher};
 
 /// Why writing failed.
@@ -310,19 +311,38 @@ pub fn prepare(
         let meta = metadata_len(reserve, sig_len);
         let sizes = layout::plan(&mut skeleton.blobs, carry, data_limit, meta).map_err(|e| {
             // Report the limit as given, and a minimum that leaves parity files room.
-            let LayoutError::LimitTooSmall {
-                metadata,
-                overhead,
-                minimum,
-                ..
-            } = e;
-            LayoutError::LimitTooSmall {
-                limit: skeleton.limit,
-                metadata,
-                overhead,
-                minimum: minimum + (skeleton.limit - data_limit),
+            match e {
+                LayoutError::LimitTooSmall {
+                    metadata,
+                    overhead,
+                    minimum,
+                    ..
+                } => LayoutError::LimitTooSmall {
+                    limit: skeleton.limit,
+                    metadata,
+                    overhead,
+                    minimum: minimum + (skeleton.limit - data_limit),
+                },
+                other => other,
             }
         })?;
+        // Checked before the manifest listing them all is made.
+        if sizes.len() > MAX_CHUNKS {
+            // The payload spread over the most chunk files, each with the
+            // metadata it has now and room for the manifest to list them
+            // (about 200 bytes a chunk).
+            let payload: u128 = sizes.iter().map(|&s| u128::from(s - meta)).sum();
+            let mib = 1u128 << 20;
+            let minimum = payload.div_ceil(MAX_CHUNKS as u128)
+                + u128::from(meta + (skeleton.limit - data_limit))
+                + 32 * mib;
+            return Err(WriteError::Layout(LayoutError::TooManyChunks {
+                limit: skeleton.limit,
+                chunks: sizes.len(),
+                max: MAX_CHUNKS,
+                minimum: u64::try_from(minimum.next_multiple_of(mib)).unwrap_or(u64::MAX),
+            }));
+        }
         let count = sizes.len() as u32;
         skeleton.chunks = sizes
             .iter()
