@@ -745,7 +745,10 @@ impl BlobWriter {
             let offset = target.offset + self.written;
             self.settle().await?;
             // The file, or where to open it.
-            let file = (self.file.take()).ok_or_else(|| self.targets[self.current].path.clone());
+            let file = self
+                .file
+                .take()
+                .ok_or_else(|| self.targets[self.current].path.clone());
             let write = tokio::task::spawn_blocking(move || {
                 let file = match file {
                     Ok(f) => f,
