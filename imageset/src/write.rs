@@ -500,7 +500,6 @@ impl Prepared {
             sealing: self.sealing.clone(),
             current: 0,
             written: 0,
-            file: None,
             in_flight: None,
             hasher: Hasher::new(),
         }
@@ -701,13 +700,12 @@ pub struct BlobWriter {
     sealing: Arc<Sealing>,
     current: usize,
     written: u64,
-    /// The current target's file, once a write has opened it. Opened per
-    /// part, not per chunk for the whole run: an imageset may have more
-    /// chunks than a process may hold files open.
-    file: Option<std::fs::File>,
     /// The last write, on a blocking thread, with its target: one at a time,
     /// so that the next frame downloads and hashes while it runs and no more
-    /// than one frame per blob waits in memory.
+    /// than one frame per blob waits in memory. It hands back its file for the
+    /// next write to the same part: files are opened per part, not per chunk
+    /// for the whole run, since an imageset may have more chunks than a
+    /// process may hold files open.
     in_flight: Option<(usize, InFlight)>,
     hasher: Hasher,
 }
@@ -737,18 +735,16 @@ impl BlobWriter {
             if room == 0 {
                 self.current += 1;
                 self.written = 0;
-                self.file = None;
                 continue;
             }
             let n = (room as usize).min(bytes.len());
             let piece = bytes.split_to(n);
             let offset = target.offset + self.written;
-            self.settle().await?;
             // The file, or where to open it.
-            let file = self
-                .file
-                .take()
-                .ok_or_else(|| self.targets[self.current].path.clone());
+            let file = match self.settle().await? {
+                Some((target, file)) if target == self.current => Ok(file),
+                _ => Err(self.targets[self.current].path.clone()),
+            };
             let write = tokio::task::spawn_blocking(move || {
                 let file = match file {
                     Ok(f) => f,
@@ -764,13 +760,12 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Waits for the write in flight, if any, keeping its file for the next
-    /// write to the same part. The write stays recorded until it is done: a
-    /// caller that drops this future and then abandons the writer still waits
-    /// for it.
-    async fn settle(&mut self) -> Result<(), WriteError> {
+    /// Waits for the write in flight, if any, and returns its target and
+    /// file. The write stays recorded until it is done: a caller that drops
+    /// this future and then abandons the writer still waits for it.
+    async fn settle(&mut self) -> Result<Option<(usize, std::fs::File)>, WriteError> {
         let Some((target, write)) = &mut self.in_flight else {
-            return Ok(());
+            return Ok(None);
         };
         let target = *target;
         // A blocking task fails to join only when the runtime shuts down.
@@ -779,10 +774,7 @@ impl BlobWriter {
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         self.in_flight = None;
         let file = done.map_err(io(&self.targets[target].path))?;
-        if target == self.current {
-            self.file = Some(file);
-        }
-        Ok(())
+        Ok(Some((target, file)))
     }
 
     /// Waits for the write in flight, if any, of a writer given up on (its
