@@ -81,6 +81,9 @@ pub struct AgentConfig {
     /// Parity files per imageset.
     #[serde(default)]
     pub parity: u32,
+    /// The imageset format to write (`v2`; `v1` for an older disconnected agent).
+    #[serde(default)]
+    pub imageset_format: create::ImagesetFormat,
     /// Minisign secret key to sign imagesets with.
     #[serde(default)]
     pub sign_key: Option<PathBuf>,
@@ -326,6 +329,7 @@ impl Agent {
             )?,
             sign_key: c.sign_key.clone().map(|k| (k, password)),
             parity: c.parity,
+            imageset_format: c.imageset_format,
             releases: Default::default(),
             policy: crate::policy::PolicyOptions {
                 secure_policy: c.secure_policy.clone(),
@@ -554,6 +558,37 @@ mod tests {
             e.contains("metrics.listen") && e.contains("expected IP:PORT"),
             "{e}"
         );
+    }
+
+    /// A site whose disconnected agent reads only version 1 keeps getting it;
+    /// a version this build cannot write is refused at the check, by name.
+    #[test]
+    fn the_imageset_format_is_v2_unless_the_configuration_asks_for_v1() {
+        let dir = tempfile::tempdir().unwrap();
+        let format = |path: &std::path::Path| {
+            let agent = super::Agent::new(super::load(path).unwrap());
+            agent.options(dir.path().join("o")).unwrap().imageset_format
+        };
+        let set = |v: &str| {
+            let v = v.to_string();
+            move |t: String| {
+                assert!(
+                    t.contains("imagesetFormat: v2"),
+                    "the example shows the key"
+                );
+                t.replace("imagesetFormat: v2", &v)
+            }
+        };
+        let path = example(dir.path(), set(""));
+        assert_eq!(format(&path), crate::create::ImagesetFormat::V2);
+        let path = example(dir.path(), set("imagesetFormat: v1"));
+        assert_eq!(format(&path), crate::create::ImagesetFormat::V1);
+        let path = example(dir.path(), set("imagesetFormat: v3"));
+        let Err(e) = super::load(&path) else {
+            panic!("an unknown imageset format was accepted")
+        };
+        let e = e.to_string();
+        assert!(e.contains("imagesetFormat") && e.contains("`v1`"), "{e}");
     }
 
     /// The example shipped in deploy/ must stay valid.

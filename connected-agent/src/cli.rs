@@ -8,7 +8,7 @@ use airlock_common::size::ByteSize;
 use airlock_registry::RegistryOptions;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::create::{self, CreateOptions};
+use crate::create::{self, CreateOptions, ImagesetFormat};
 use crate::error::Error;
 use crate::mirror::{self, MirrorOptions};
 use crate::policy::{Detection, PolicyOptions};
@@ -264,6 +264,10 @@ pub struct WriteArgs {
     /// in transfer are rebuilt on the disconnected side.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub parity: u32,
+    /// Imageset format to write: v2, or v1 for a disconnected agent that reads
+    /// only v1 (it refuses v2 before publishing anything).
+    #[arg(long, value_name = "VERSION", value_enum, default_value_t = ImagesetFormat::V2)]
+    pub imageset_format: ImagesetFormat,
 }
 
 impl WriteArgs {
@@ -461,6 +465,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 parallel: args.parallel,
                 registry: args.source.options()?,
                 parity: args.write.parity,
+                imageset_format: args.write.imageset_format,
                 releases: args.releases.options(args.source.update_url.clone()),
                 policy: args.policy.options(),
                 continue_on_error: args.continue_on_error,
@@ -485,6 +490,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 dry_run: args.dry_run,
                 registry: args.source.options()?,
                 parity: args.write.parity,
+                imageset_format: args.write.imageset_format,
             };
             let report = crate::delete::delete(&opts).await?;
             print_delete(&report, args.output);

@@ -68,6 +68,8 @@ pub struct CreateOptions {
     pub sign_key: Option<(PathBuf, Option<String>)>,
     /// Parity files to add.
     pub parity: u32,
+    /// The imageset format version to write.
+    pub imageset_format: ImagesetFormat,
     /// Release selection, signatures and graph data.
     pub releases: ReleaseOptions,
     /// Signatures and referrers.
@@ -75,6 +77,30 @@ pub struct CreateOptions {
     /// Leave out images that cannot be pulled, naming them in `missing.txt`,
     /// instead of failing (oc-mirror's `--continue-on-error`).
     pub continue_on_error: bool,
+}
+
+/// The imageset format version to write (`--imageset-format`, `imagesetFormat`):
+/// version 2 unless a site's disconnected agent reads only version 1
+/// (docs/imageset-format.md). The variants' docs are `--help`'s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImagesetFormat {
+    /// airlock.imageset/v1, which every disconnected agent reads; writing it
+    /// hashes every byte once more
+    V1,
+    /// airlock.imageset/v2
+    #[default]
+    V2,
+}
+
+impl ImagesetFormat {
+    /// The format's version.
+    pub fn version(self) -> airlock_imageset::Version {
+        match self {
+            ImagesetFormat::V1 => airlock_imageset::Version::V1,
+            ImagesetFormat::V2 => airlock_imageset::Version::V2,
+        }
+    }
 }
 
 /// What `create` did.
@@ -608,6 +634,7 @@ pub async fn create(opts: &CreateOptions) -> Result<CreateReport, Error> {
                 out: &opts.out,
                 sign_key: opts.sign_key.as_ref(),
                 parity: opts.parity,
+                imageset_format: opts.imageset_format,
             },
             skeleton,
             Fill {
@@ -726,6 +753,7 @@ pub(crate) struct Recording<'a> {
     pub out: &'a Path,
     pub sign_key: Option<&'a (PathBuf, Option<String>)>,
     pub parity: u32,
+    pub imageset_format: ImagesetFormat,
 }
 
 /// What fills the chunks: the blobs at positions `carry` of the manifest, from
@@ -762,6 +790,7 @@ pub(crate) async fn write_and_record(
     let options = write::Options {
         signer: signer.as_ref(),
         parity: at.parity,
+        version: at.imageset_format.version(),
     };
     let prepared = write::prepare(&staging, skeleton, fill_with.carry, &options)?;
     tracing::info!(chunks = prepared.manifest().chunks.len(), "chunks laid out");

@@ -45,6 +45,8 @@ pub struct DeleteOptions {
     pub sign_key: Option<(PathBuf, Option<String>)>,
     /// Parity files to add.
     pub parity: u32,
+    /// The imageset format version to write.
+    pub imageset_format: create::ImagesetFormat,
 }
 
 /// What `delete` did, or would do.
@@ -150,6 +152,7 @@ pub async fn delete(opts: &DeleteOptions) -> Result<DeleteReport, Error> {
             out: &opts.out,
             sign_key: opts.sign_key.as_ref(),
             parity: opts.parity,
+            imageset_format: opts.imageset_format,
         },
         report.manifest,
         Fill {

@@ -89,10 +89,11 @@ pub fn verify_counted(
 }
 
 /// The file to blame for `e`. A split blob's damage shows when its last part is
-/// read, so the chunks holding its parts are proved by their payload hashes and
-/// the first that fails is named: a site sets aside the damaged file, not the
-/// intact one read after it. `e` itself when all of them pass (a forger who
-/// fixed the payload hashes), and for any other error.
+/// read, so the chunks holding its parts are proved alone (by their payload
+/// hashes in version 1, part by part in version 2) and the first that fails is
+/// named: a site sets aside the damaged file, not the intact one read after
+/// it. `e` itself when all of them pass (a forger who fixed those hashes), and
+/// for any other error.
 pub fn blame(chunks: &BTreeMap<u32, ChunkHead>, e: ChunkError) -> ChunkError {
     let ChunkError::Split {
         chunks: holding, ..

@@ -422,6 +422,7 @@ mod tests {
                     chunk: i as u32 + 1,
                     offset,
                     length,
+                    sha256: None,
                 })
                 .collect(),
         }

@@ -38,6 +38,7 @@ pub fn genuine_manifest() -> ImagesetManifest {
             chunk: 1,
             offset: 0,
             length: b.size,
+            sha256: None,
         }];
     }
     let size = PAYLOAD_OFFSET
@@ -75,7 +76,7 @@ pub fn genuine_manifest() -> ImagesetManifest {
             index: 1,
             name: chunk_file_name(&uuid, 1, 1, 1),
             size,
-            sha256: "0".repeat(64),
+            sha256: None,
         }],
         parity: vec![],
         images: vec![

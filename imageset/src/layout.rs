@@ -98,6 +98,7 @@ pub fn plan(
                     chunk,
                     offset,
                     length: remaining,
+                    sha256: None,
                 });
                 *sizes.last_mut().expect("at least one chunk") += BLOCK + padded(remaining);
                 entries_in_chunk += 1;
@@ -111,6 +112,7 @@ pub fn plan(
                     chunk,
                     offset,
                     length: capacity,
+                    sha256: None,
                 });
                 *sizes.last_mut().expect("at least one chunk") += BLOCK + capacity;
                 offset += capacity;
@@ -175,7 +177,8 @@ mod tests {
             vec![PartRecord {
                 chunk: 1,
                 offset: 0,
-                length: 0
+                length: 0,
+                sha256: None,
             }]
         );
     }
@@ -203,6 +206,7 @@ mod tests {
             chunk: 9,
             offset: 0,
             length: 1,
+            sha256: None,
         });
         let sizes = plan(&mut b, &[2, 0], 1 << 20, 1024).unwrap();
         check(&b, &[0, 2], &sizes, 1 << 20, 1024);

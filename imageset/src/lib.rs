@@ -1,4 +1,4 @@
-//! The imageset format, version 1: what crosses the air gap.
+//! The imageset format, versions 1 and 2: what crosses the air gap.
 //!
 //! An imageset is a set of chunk files, each a plain POSIX tar (ustar) archive no
 //! larger than the transfer limit, tar overhead included. Every chunk carries the
@@ -36,8 +36,49 @@ use uuid::Uuid;
 
 use airlock_oci::digest::Digest;
 
-/// The value of [`ImagesetManifest::format`] for this version of the format.
-pub const FORMAT: &str = "airlock.imageset/v1";
+/// [`ImagesetManifest::format`] of version 1, where every chunk's payload has a
+/// sha256 of its own (`chunks[].sha256`). Still read, and written on request,
+/// for sites whose disconnected agent predates version 2.
+pub const FORMAT_V1: &str = "airlock.imageset/v1";
+
+/// [`ImagesetManifest::format`] of version 2, which drops the chunk payload
+/// hashes: each part is proved by the digest of its blob, and each part of a
+/// split blob by a sha256 of its own (`parts[].sha256`). A writer hashed every
+/// byte twice for version 1, once for the blob digest and once for the chunk;
+/// that second pass was about 15 % of `create`'s time (docs/benchmarks.md).
+pub const FORMAT_V2: &str = "airlock.imageset/v2";
+
+/// The format writers write unless told otherwise.
+pub const FORMAT: &str = FORMAT_V2;
+
+/// A version of the format, as [`ImagesetManifest::format`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Version {
+    /// [`FORMAT_V1`].
+    V1,
+    /// [`FORMAT_V2`].
+    #[default]
+    V2,
+}
+
+impl Version {
+    /// The `format` value of this version.
+    pub fn format(self) -> &'static str {
+        match self {
+            Version::V1 => FORMAT_V1,
+            Version::V2 => FORMAT_V2,
+        }
+    }
+
+    /// The version `format` names, if this build reads it.
+    pub fn of(format: &str) -> Option<Version> {
+        match format {
+            FORMAT_V1 => Some(Version::V1),
+            FORMAT_V2 => Some(Version::V2),
+            _ => None,
+        }
+    }
+}
 
 /// Tar entry name of the imageset manifest, the first entry of every chunk.
 pub const MANIFEST_ENTRY: &str = "airlock/imageset.json";
@@ -91,7 +132,7 @@ pub fn padded(n: u64) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ImagesetManifest {
-    /// Always [`FORMAT`].
+    /// [`FORMAT_V1`] or [`FORMAT_V2`].
     pub format: String,
     /// The connected workspace that made this imageset.
     pub uuid: Uuid,
@@ -167,8 +208,10 @@ pub struct ChunkRecord {
     /// File size in bytes.
     pub size: u64,
     /// sha256 (hex) of the chunk's payload: every byte after the manifest and
-    /// signature entries, to the end of the file.
-    pub sha256: String,
+    /// signature entries, to the end of the file. Every parity file has it;
+    /// data chunks only in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// What kind of content an image is, for grouping cluster resources as oc-mirror does.
@@ -382,7 +425,7 @@ pub struct BlobRecord {
 }
 
 /// A contiguous range of a blob stored as one tar entry in one chunk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PartRecord {
     /// Chunk index, from 1.
@@ -391,6 +434,12 @@ pub struct PartRecord {
     pub offset: u64,
     /// Length of the range.
     pub length: u64,
+    /// sha256 (hex) of the range, for each part of a split blob in version 2:
+    /// what tells which chunk of a split blob that fails its digest was
+    /// damaged, and proves a chunk on its own. A blob in one part needs none,
+    /// its digest is the part's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl BlobRecord {
@@ -443,6 +492,12 @@ pub fn chunk_file_name(uuid: &Uuid, sequence: u64, index: u32, count: u32) -> St
 }
 
 impl ImagesetManifest {
+    /// The format version; [`Version::V2`] for a `format` this build does not
+    /// read, which [`validate`] refuses before anything asks.
+    pub fn version(&self) -> Version {
+        Version::of(&self.format).unwrap_or_default()
+    }
+
     /// `<uuid8>/seq<N>`, how logs and messages name an imageset.
     pub fn label(&self) -> String {
         format!("imageset {} sequence {}", self.uuid, self.sequence)
@@ -459,25 +514,6 @@ impl ImagesetManifest {
                 .map(move |(i, p)| (b, i, p))
         })
     }
-}
-
-/// sha256 (hex) of a file from `offset` to its end: a chunk's or parity file's
-/// payload hash as the manifest records it. Here, not in `write`, because the
-/// writer and the parity repair both need it and neither should need the other.
-pub fn hash_payload(path: &std::path::Path, offset: u64) -> std::io::Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut hasher = airlock_oci::digest::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finish().hex().to_string())
 }
 
 #[cfg(test)]
@@ -513,6 +549,7 @@ mod naming_tests {
                 chunk: 1,
                 offset: 0,
                 length: 10,
+                sha256: None,
             }],
         };
         assert_eq!(b.entry_name(0), format!("blobs/sha256/{}", d.hex()));
@@ -520,6 +557,7 @@ mod naming_tests {
             chunk: 2,
             offset: 10,
             length: 0,
+            sha256: None,
         });
         assert_eq!(b.entry_name(1), format!("blobs/sha256/{}.2", d.hex()));
     }

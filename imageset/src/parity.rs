@@ -50,14 +50,15 @@ fn codec(e: reed_solomon_simd::Error) -> std::io::Error {
 }
 
 /// Computes the recovery shards of `chunks` (paths and payload lengths) into the
-/// shard data of `parity` files, and returns the sha256 (hex) of each chunk's
-/// payload, read once for both.
+/// shard data of `parity` files; with `hash` (version 1), returns the sha256
+/// (hex) of each chunk's payload, read once for both.
 pub fn encode(
     chunks: &[(PathBuf, u64)],
     payload_offset: u64,
     shard_size: u64,
     parity: &[PathBuf],
-) -> std::io::Result<Vec<String>> {
+    hash: bool,
+) -> std::io::Result<Option<Vec<String>>> {
     let stripe = stripe_len(chunks.len() + parity.len(), shard_size);
     let mut inputs: Vec<File> = chunks
         .iter()
@@ -67,7 +68,7 @@ pub fn encode(
         .iter()
         .map(|p| std::fs::OpenOptions::new().write(true).open(p))
         .collect::<Result<_, _>>()?;
-    let mut hashers = vec![Hasher::new(); chunks.len()];
+    let mut hashers = vec![Hasher::new(); if hash { chunks.len() } else { 0 }];
     let mut buf = vec![0u8; stripe as usize];
     let mut offset = 0u64;
     while offset < shard_size {
@@ -77,7 +78,9 @@ pub fn encode(
         for (i, (f, (_, payload))) in inputs.iter_mut().zip(chunks).enumerate() {
             let available = payload.saturating_sub(offset);
             read_at(f, payload_offset + offset, &mut buf[..len], available)?;
-            hashers[i].update(&buf[..(available as usize).min(len)]);
+            if let Some(h) = hashers.get_mut(i) {
+                h.update(&buf[..(available as usize).min(len)]);
+            }
             encoder.add_original_shard(&buf[..len]).map_err(codec)?;
         }
         let result = encoder.encode().map_err(codec)?;
@@ -87,10 +90,12 @@ pub fn encode(
         }
         offset += len as u64;
     }
-    Ok(hashers
-        .into_iter()
-        .map(|h| h.finish().hex().to_string())
-        .collect())
+    Ok(hash.then(|| {
+        hashers
+            .into_iter()
+            .map(|h| h.finish().hex().to_string())
+            .collect()
+    }))
 }
 
 /// The name a rebuilt chunk `i` (from 0) is written under: derived by Airlock from
@@ -208,12 +213,26 @@ pub fn repair(
     for (i, path, f) in rebuilt {
         f.sync_all().map_err(io)?;
         drop(f);
-        let hash = crate::hash_payload(&path, payload_offset)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if hash != m.chunks[i].sha256 {
+        // Proved as any chunk read alone is (by its payload sha256 in
+        // version 1, part by part in version 2), and as chunk `i` of `m`:
+        // chunks filled to the limit are of one size, so a copy of another
+        // chunk, or one under a manifest swapped in since `m` was read, would
+        // prove too.
+        let proved = crate::read::read_head(&path).and_then(|head| {
+            crate::read::verify(&head, &mut crate::read::Discard)?;
+            Ok(head.identity.chunk as usize == i + 1
+                && head.identity.parity.is_none()
+                && *head.manifest == *m)
+        });
+        let problem = match proved {
+            Ok(true) => None,
+            Ok(false) => Some("it is another chunk, or of another imageset".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(problem) = problem {
             let _ = std::fs::remove_file(&path);
             return Err(format!(
-                "rebuilt {} does not match its sha256; a file used for the repair is damaged",
+                "rebuilt {} is not intact ({problem}); a file used for the repair is damaged",
                 rebuilt_name(m, i)
             ));
         }

@@ -21,7 +21,7 @@ use super::write::{entry_header, identity_bytes, mtime_of};
 use super::{
     BLOCK, BlobRecord, CHUNK_ENTRY, ChunkIdentity, ImagesetManifest, MANIFEST_ENTRY,
     MANIFEST_SUM_ENTRY, MANIFEST_SUM_LEN, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, PartRecord,
-    SIGNATURE_ENTRY, TRAILER_LEN, padded,
+    SIGNATURE_ENTRY, TRAILER_LEN, Version, padded,
 };
 use airlock_oci::digest::{Digest, Hasher};
 
@@ -290,8 +290,23 @@ pub fn read_head(path: &Path) -> Result<ChunkHead, ChunkError> {
                 .into(),
         ));
     }
-    let manifest: ImagesetManifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| corrupt(format!("the imageset manifest is not valid: {e}")))?;
+    /// Only the version, whatever else a manifest of another version holds.
+    #[derive(serde::Deserialize)]
+    struct Format {
+        format: String,
+    }
+    let manifest: ImagesetManifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+        // A later version's fields are unknown here: say that the version
+        // is, not the first of its fields.
+        let problem = match serde_json::from_slice::<Format>(&manifest_bytes) {
+            Ok(Format { format }) => validate::check_format(&format).err(),
+            Err(_) => None,
+        };
+        match problem {
+            Some(p) => corrupt(format!("the imageset manifest is not valid: {p}")),
+            None => corrupt(format!("the imageset manifest is not valid: {e}")),
+        }
+    })?;
     validate::check_header(&manifest)
         .map_err(|e| corrupt(format!("the imageset manifest is not valid: {e}")))?;
     let mtime = mtime_of(&manifest.created);
@@ -655,8 +670,25 @@ impl Read for ReadAhead {
     }
 }
 
+/// A part's bytes as [`verify`] hands them over, hashed on the way when the
+/// part must be proved on its own (version 2, a sink that checks nothing).
+struct PartReader<'a, R> {
+    inner: R,
+    hasher: Option<&'a mut Hasher>,
+}
+
+impl<R: Read> Read for PartReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
 /// A chunk's payload as [`verify`] reads it: hashed on the way, or plain when
-/// the sink's digests cover it.
+/// the blob digests or the part hashes cover it.
 enum Payload {
     Hashed(HashingReader),
     Plain(ReadAhead),
@@ -672,12 +704,20 @@ impl Read for Payload {
 }
 
 /// Reads a chunk's whole payload, checks every header against the manifest, hands
-/// each part to `sink`, and checks that every byte is what the manifest says: by
-/// the payload's sha256, or, for a data chunk and a sink that
-/// [checks digests](PartSink::checks_digests), by the blob digests and the
-/// format's own bytes for the rest. The latter proves the parts of a blob split
-/// across chunks only when its last part is read: the caller reads the chunks in
-/// index order and checks [`PartSink::pending`] after the last. An error means
+/// each part to `sink`, and checks that every byte is what the manifest says.
+///
+/// - For a data chunk and a sink that [checks digests](PartSink::checks_digests):
+///   by the blob digests, and the format's own bytes for the rest. This proves
+///   the parts of a blob split across chunks only when its last part is read:
+///   the caller reads the chunks in index order and checks
+///   [`PartSink::pending`] after the last.
+/// - For a version-2 data chunk read by a sink that checks nothing: part by
+///   part, each against its blob's digest or, a split blob's, its own sha256,
+///   and the format's own bytes for the rest.
+/// - Otherwise (a parity file; a version-1 chunk read by a sink that checks
+///   nothing): by the payload's sha256.
+///
+/// An error means
 /// the chunk must not be used ([`ChunkError::Split`]: one of the chunks it
 /// names); what the sink received from it is untrusted (a sink verifies blob
 /// digests before it keeps anything).
@@ -693,7 +733,10 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
     };
     let mut file = File::open(path).map_err(ioe)?;
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(head.payload_offset)).map_err(ioe)?;
-    let mut r = if head.identity.parity.is_none() && sink.checks_digests() {
+    let data_chunk = head.identity.parity.is_none();
+    let derived = data_chunk && sink.checks_digests();
+    let by_parts = data_chunk && !derived && head.manifest.version() == Version::V2;
+    let mut r = if derived || by_parts {
         Payload::Plain(ReadAhead::new(file))
     } else {
         // The payload hash runs on its own thread while the sink reads.
@@ -703,7 +746,6 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
             hasher: airlock_oci::digest::BackgroundHasher::new(),
         })
     };
-    let derived = matches!(r, Payload::Plain(_));
     let m = &head.manifest;
     let mtime = mtime_of(&m.created);
     let mut h = [0u8; 512];
@@ -740,7 +782,11 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
         let name = blob.entry_name(p);
         read_exact(&mut r, &mut h, path, &format!("the header of {name}"))?;
         expect_header(&h, &name, part.length, mtime, path)?;
-        let mut data = (&mut r).take(part.length);
+        let mut hasher = by_parts.then(Hasher::new);
+        let mut data = PartReader {
+            inner: (&mut r).take(part.length),
+            hasher: hasher.as_mut(),
+        };
         sink.part(b, blob, p, part, &mut data).map_err(|e| {
             if e.kind() != std::io::ErrorKind::InvalidData {
                 ChunkError::Store {
@@ -773,8 +819,21 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
                 )),
             });
         }
-        if data.limit() != 0 {
+        if data.inner.limit() != 0 {
             return Err(corrupt(format!("truncated: the file ends inside {name}")));
+        }
+        if let Some(h) = hasher {
+            let actual = h.finish();
+            let expected = match &part.sha256 {
+                Some(hex) => hex.as_str(),
+                None => blob.digest.hex(),
+            };
+            if actual.hex() != expected {
+                return Err(corrupt(format!(
+                    "{name} hashes to sha256:{}, the manifest says sha256:{expected}: the file was damaged in transfer",
+                    actual.hex()
+                )));
+            }
         }
         let mut pad = [0u8; BLOCK as usize];
         let pad = &mut pad[..(padded(part.length) - part.length) as usize];
@@ -802,7 +861,12 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
     } else {
         &m.chunks
     };
-    let expected = &list[index as usize - 1].sha256;
+    // Present in version 1 and in every parity file (`validate`).
+    let Some(expected) = list[index as usize - 1].sha256.as_deref() else {
+        return Err(corrupt(
+            "the manifest lists no payload sha256 for it".into(),
+        ));
+    };
     if actual.hex() != expected {
         return Err(corrupt(format!(
             "payload sha256 is {}, the manifest says {expected}: the file was damaged in transfer",

@@ -34,7 +34,7 @@ struct Written {
 }
 
 async fn write_imageset(sizes: &[usize], limit: u64) -> Written {
-    write_imageset_with(sizes, limit, None, 0).await
+    write_imageset_with(sizes, limit, None, 0, Version::default()).await
 }
 
 async fn write_imageset_with(
@@ -42,6 +42,7 @@ async fn write_imageset_with(
     limit: u64,
     signer: Option<&Signer>,
     parity: u32,
+    version: Version,
 ) -> Written {
     let dir = tempfile::tempdir().unwrap();
     let contents: Vec<Vec<u8>> = sizes
@@ -74,7 +75,11 @@ async fn write_imageset_with(
         deletes: Vec::new(),
     };
     let carry: Vec<usize> = (0..sizes.len()).collect();
-    let options = Options { signer, parity };
+    let options = Options {
+        signer,
+        parity,
+        version,
+    };
     let prepared = prepare(dir.path(), skeleton, &carry, &options).unwrap();
     // Write the blobs in reverse order and in odd-sized pieces: the writer must not
     // depend on either.
@@ -498,6 +503,26 @@ async fn chunk_from_another_imageset_cannot_pose_as_this_one() {
 }
 
 #[tokio::test]
+async fn a_later_format_version_is_refused_as_such_not_by_its_new_fields() {
+    let w = write_imageset(&[3000], 1 << 20).await;
+    let p = &w.paths[0];
+    let head = read_head(p).unwrap();
+    let mut later: serde_json::Value = serde_json::from_slice(&head.manifest_bytes).unwrap();
+    later["format"] = "airlock.imageset/v3".into();
+    later["chunkTree"] = serde_json::json!({ "root": "x" });
+    let json = serde_json::to_vec_pretty(&later).unwrap();
+    let mut data = std::fs::read(p).unwrap();
+    rewrite_manifest_json(&mut data, &head, json);
+    std::fs::write(p, &data).unwrap();
+    let msg = corrupt_message(p);
+    assert!(
+        msg.contains("format: \"airlock.imageset/v3\" is not supported; this build reads")
+            && !msg.contains("chunkTree"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
 async fn forged_manifest_that_disagrees_with_itself_is_refused() {
     let w = write_imageset(&[3000, 5000], 1 << 20).await;
     let p = &w.paths[0];
@@ -558,7 +583,14 @@ async fn signed_imageset_carries_a_verifiable_signature_in_every_chunk() {
     let dir = tempfile::tempdir().unwrap();
     let (sk, pk, id) = signing::generate(&dir.path().join("k"), None).unwrap();
     let signer = Signer::load(&sk, None).unwrap();
-    let w = write_imageset_with(&[3000, 200_000], 64 << 10, Some(&signer), 0).await;
+    let w = write_imageset_with(
+        &[3000, 200_000],
+        64 << 10,
+        Some(&signer),
+        0,
+        Version::default(),
+    )
+    .await;
     let trust = TrustStore::load(&[pk]).unwrap();
     for p in &w.paths {
         let head = read_head(p).unwrap();
@@ -591,12 +623,13 @@ fn originals(w: &Written) -> Vec<Vec<u8>> {
     w.paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
 
-/// Even handed a manifest whose chunk names are paths (validation refuses those
-/// before repair runs; this is the second line), repair writes only under the
-/// names Airlock derives, inside its directory, and replaces nothing there.
+/// Repair writes only under the names Airlock derives, inside its directory,
+/// and replaces nothing there. Handed a manifest whose chunk names are paths
+/// (validation refuses those before repair runs; this is the second line), it
+/// writes nothing: what it rebuilds is not a chunk of that manifest.
 #[tokio::test]
 async fn parity_repair_writes_only_derived_names_and_replaces_nothing() {
-    let w = write_imageset_with(&[100_000, 300_000], 64 << 10, None, 1).await;
+    let w = write_imageset_with(&[100_000, 300_000], 64 << 10, None, 1, Version::V2).await;
     let k = w.manifest.chunks.len();
     let original = originals(&w);
     let head = read_head(&w.paths[0]).unwrap();
@@ -615,15 +648,12 @@ async fn parity_repair_writes_only_derived_names_and_replaces_nothing() {
             .map(|i| (i != lost).then(|| w.paths[i].clone()))
             .collect();
         let parity = vec![Some(w.paths[k].clone())];
-        let rebuilt = super::parity::repair(
-            &hostile,
-            head.payload_offset,
-            &metadata,
-            &data,
-            &parity,
-            &out,
-        )
-        .unwrap();
+        let repair =
+            |m| super::parity::repair(m, head.payload_offset, &metadata, &data, &parity, &out);
+        let refused = repair(&hostile).unwrap_err();
+        assert!(refused.contains("of another imageset"), "{refused}");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1 + lost);
+        let rebuilt = repair(&w.manifest).unwrap();
         assert_eq!(rebuilt.len(), 1);
         assert_eq!(rebuilt[0].parent(), Some(out.as_path()));
         assert_eq!(std::fs::read(&rebuilt[0]).unwrap(), original[lost]);
@@ -651,13 +681,21 @@ async fn parity_repair_writes_only_derived_names_and_replaces_nothing() {
 
 #[tokio::test]
 async fn parity_rebuilds_any_two_lost_chunks_byte_for_byte() {
+    for version in [Version::V1, Version::V2] {
+        parity_rebuilds_any_two_lost_chunks(version).await;
+    }
+}
+
+async fn parity_rebuilds_any_two_lost_chunks(version: Version) {
     let w = write_imageset_with(
         &[100_000, 300_000, 5000, 250_000, 1, 512],
         64 << 10,
         None,
         2,
+        version,
     )
     .await;
+    assert_eq!(w.manifest.version(), version);
     let k = w.manifest.chunks.len();
     assert!(k >= 8, "{k} chunks");
     assert_eq!(w.manifest.parity.len(), 2);
@@ -672,6 +710,16 @@ async fn parity_rebuilds_any_two_lost_chunks_byte_for_byte() {
     let original = originals(&w);
     let head = read_head(&w.paths[0]).unwrap();
     let metadata = original[0][..head.payload_offset as usize].to_vec();
+    let repair = |data: &[Option<PathBuf>], parity: &[Option<PathBuf>], out: &Path| {
+        super::parity::repair(
+            &w.manifest,
+            head.payload_offset,
+            &metadata,
+            data,
+            parity,
+            out,
+        )
+    };
     let total = k + 2;
     for a in 0..total {
         for b in a..total {
@@ -683,15 +731,7 @@ async fn parity_rebuilds_any_two_lost_chunks_byte_for_byte() {
                 .map(|j| (!lost(k + j)).then(|| w.paths[k + j].clone()))
                 .collect();
             let out = tempfile::tempdir().unwrap();
-            let rebuilt = super::parity::repair(
-                &w.manifest,
-                head.payload_offset,
-                &metadata,
-                &data,
-                &parity,
-                out.path(),
-            )
-            .unwrap();
+            let rebuilt = repair(&data, &parity, out.path()).unwrap();
             for r in rebuilt {
                 let name = r.file_name().unwrap().to_str().unwrap().to_string();
                 let i = w
@@ -708,26 +748,46 @@ async fn parity_rebuilds_any_two_lost_chunks_byte_for_byte() {
             }
         }
     }
+    // A file handed over as intact but damaged makes a wrong rebuild, which
+    // is proved as any chunk is and refused, leaving nothing behind.
+    let damaged = w.dir.join("damaged.tar");
+    std::fs::copy(&w.paths[1], &damaged).unwrap();
+    let regions = data_regions(&read_head(&damaged).unwrap());
+    let (_, at, _) = regions.into_iter().find(|r| r.2 > 0).unwrap();
+    flip(&damaged, at);
+    let mut data: Vec<Option<PathBuf>> = w.paths[..k].iter().cloned().map(Some).collect();
+    data[0] = None;
+    data[1] = Some(damaged);
+    let parity: Vec<Option<PathBuf>> = (0..2).map(|j| Some(w.paths[k + j].clone())).collect();
+    let out = tempfile::tempdir().unwrap();
+    let err = repair(&data, &parity, out.path()).unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "rebuilt {} is not intact",
+            w.manifest.chunks[0].name
+        )) && err.contains("a file used for the repair is damaged"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
     // Three lost is one too many, and the error says so.
     let data: Vec<Option<PathBuf>> = (0..k)
         .map(|i| (i > 2).then(|| w.paths[i].clone()))
         .collect();
     let parity = vec![Some(w.paths[k].clone()), Some(w.paths[k + 1].clone())];
-    let err = super::parity::repair(
-        &w.manifest,
-        head.payload_offset,
-        &metadata,
-        &data,
-        &parity,
-        w.dir.as_path(),
-    )
-    .unwrap_err();
+    let err = repair(&data, &parity, w.dir.as_path()).unwrap_err();
     assert!(err.contains("parity rebuilds at most 2"), "{err}");
 }
 
 #[tokio::test]
 async fn parity_overhead_is_about_n_over_k() {
-    let w = write_imageset_with(&[900_000, 700_000, 400_000], 128 << 10, None, 3).await;
+    let w = write_imageset_with(
+        &[900_000, 700_000, 400_000],
+        128 << 10,
+        None,
+        3,
+        Version::default(),
+    )
+    .await;
     let k = w.manifest.chunks.len() as f64;
     let chunks: u64 = w.manifest.chunks.iter().map(|c| c.size).sum();
     let parity: u64 = w.manifest.parity.iter().map(|c| c.size).sum();
@@ -759,7 +819,11 @@ mod fuzz {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            let w = rt.block_on(write_imageset(&[700, 3000, 1], 1 << 20));
+            // The first chunk holds a part of a split blob, proved by its
+            // own sha256, besides whole blobs proved by their digests.
+            let w = rt.block_on(write_imageset(&[700, 3000, 1, 200_000], 128 << 10));
+            let split = &w.manifest.blobs[3].parts;
+            assert!(split.len() > 1 && split[0].chunk == 1 && split[0].sha256.is_some());
             let bytes = std::fs::read(&w.paths[0]).unwrap();
             let dir = w._dir.keep();
             (bytes, w.manifest, dir)
@@ -821,7 +885,7 @@ mod fuzz {
                 c.size = *s;
             }
             if let Some(b) = m.blobs.first_mut() {
-                b.parts = parts.iter().map(|&(chunk, offset, length)| PartRecord { chunk, offset, length }).collect();
+                b.parts = parts.iter().map(|&(chunk, offset, length)| PartRecord { chunk, offset, length, sha256: None }).collect();
             }
             let _ = super::validate::check(&m, offset);
         }
@@ -839,55 +903,186 @@ mod fuzz {
     }
 }
 
-/// A forger who rewrites a blob's bytes and fixes every hash the format carries
-/// (the chunk's payload sha256 in the manifest, and the manifest's checksum entry)
-/// still cannot get the blob past its digest.
-#[tokio::test]
-async fn blob_that_does_not_match_its_digest_is_refused_even_with_fixed_hashes() {
-    let w = write_imageset(&[3000], 1 << 20).await;
-    let p = &w.paths[0];
-    let head = read_head(p).unwrap();
-    let mut data = std::fs::read(p).unwrap();
-    // The blob's data starts after the identity entry and the blob's header.
-    let at = (head.payload_offset + CHUNK_ENTRY_LEN + BLOCK) as usize;
-    data[at] ^= 0xff;
-    let payload = Digest::of(&data[head.payload_offset as usize..]);
-    let mut m = (*head.manifest).clone();
-    m.chunks[0].sha256 = payload.hex().to_string();
-    let mut json = serde_json::to_vec_pretty(&m).unwrap();
+/// Rewrites the manifest in chunk file bytes `data` (same length) and its
+/// checksum entry, as a forger who fixes every hash would.
+fn rewrite_manifest(data: &mut [u8], head: &ChunkHead, m: &ImagesetManifest) {
+    rewrite_manifest_json(data, head, serde_json::to_vec_pretty(m).unwrap());
+}
+
+/// [`rewrite_manifest`] with the manifest's JSON as it is to be written.
+fn rewrite_manifest_json(data: &mut [u8], head: &ChunkHead, mut json: Vec<u8>) {
+    assert!(json.len() <= head.manifest_bytes.len());
     json.resize(head.manifest_bytes.len(), b' ');
     data[512..512 + json.len()].copy_from_slice(&json);
     let sum_at = 512 + json.len().div_ceil(512) * 512 + 512;
     data[sum_at..sum_at + 64].copy_from_slice(Digest::of(&json).hex().as_bytes());
-    let forged = w.dir.join("forged-blob.tar");
-    std::fs::write(&forged, &data).unwrap();
+}
 
-    struct Checking;
-    impl PartSink for Checking {
-        fn part(
-            &mut self,
-            _: usize,
-            blob: &BlobRecord,
-            _: usize,
-            _: &PartRecord,
-            data: &mut dyn Read,
-        ) -> std::io::Result<()> {
-            let mut bytes = Vec::new();
-            data.read_to_end(&mut bytes)?;
-            if Digest::of(&bytes) != blob.digest {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("blob {} does not match its digest", blob.digest),
-                ));
+/// A forger who rewrites a blob's bytes and fixes every hash the format carries
+/// (in version 1 the chunk's payload sha256, in version 2 the part's sha256 of
+/// a split blob, and the manifest's checksum entry) still cannot get the blob
+/// past its digest: each forged chunk proves alone, the imageset does not.
+#[tokio::test]
+async fn blob_that_does_not_match_its_digest_is_refused_even_with_fixed_hashes() {
+    for version in [Version::V1, Version::V2] {
+        let w = write_imageset_with(&[3000, 100_000], 64 << 10, None, 0, version).await;
+        let split = w.manifest.blobs.iter().position(|b| b.parts.len() > 1);
+        let split = split.expect("the 100 kB blob is split");
+        let first = w.manifest.blobs[split].parts[0].chunk as usize;
+        let p = &w.paths[first - 1];
+        let head = read_head(p).unwrap();
+        let mut data = std::fs::read(p).unwrap();
+        let (_, at, len) = data_regions(&head)
+            .into_iter()
+            .find(|(b, _, _)| *b == split)
+            .unwrap();
+        data[at as usize + 7] ^= 0xff;
+        let mut m = (*head.manifest).clone();
+        match version {
+            Version::V1 => {
+                let payload = Digest::of(&data[head.payload_offset as usize..]);
+                m.chunks[first - 1].sha256 = Some(payload.hex().to_string());
             }
-            Ok(())
+            Version::V2 => {
+                let part = Digest::of(&data[at as usize..(at + len) as usize]);
+                m.blobs[split].parts[0].sha256 = Some(part.hex().to_string());
+            }
+        }
+        std::fs::write(p, &data).unwrap();
+        // The manifest is the same in every chunk: the forger rewrites them all.
+        for q in &w.paths {
+            let mut bytes = std::fs::read(q).unwrap();
+            rewrite_manifest(&mut bytes, &head, &m);
+            std::fs::write(q, &bytes).unwrap();
+        }
+        for q in &w.paths {
+            let h = read_head(q).expect("every hash of the format checks out");
+            verify(&h, &mut Discard).expect("each chunk proves alone");
+        }
+        let err = verify_by_digests(&w.paths).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "blob {} hashes to",
+                w.manifest.blobs[split].digest
+            )) && err.contains("content was altered"),
+            "{version:?}: {err}"
+        );
+    }
+}
+
+/// Version 2 lists no chunk hash: a chunk read alone is proved part by part,
+/// and damage to a part of a split blob names the file that holds it, while
+/// the file holding the blob's other part still proves intact.
+#[tokio::test]
+async fn a_version_2_chunk_is_proved_part_by_part_and_names_the_damaged_part() {
+    let w = write_imageset(&[3000, 100_000, 700], 64 << 10).await;
+    assert_eq!(w.manifest.format, FORMAT_V2);
+    assert!(w.manifest.chunks.iter().all(|c| c.sha256.is_none()));
+    let split = w.manifest.blobs.iter().position(|b| b.parts.len() > 1);
+    let split = split.expect("the 100 kB blob is split");
+    let blob = &w.manifest.blobs[split];
+    let mut offset = 0;
+    for part in &blob.parts {
+        let bytes = &w.contents[split][offset..offset + part.length as usize];
+        assert_eq!(
+            part.sha256.as_deref(),
+            Some(Digest::of(bytes).hex()),
+            "each part's sha256 is that of its bytes"
+        );
+        offset += part.length as usize;
+    }
+    for (b, other) in w.manifest.blobs.iter().enumerate() {
+        if b != split {
+            assert!(other.parts.iter().all(|p| p.sha256.is_none()));
         }
     }
-    let head = read_head(&forged).expect("every hash of the format checks out");
-    let err = verify(&head, &mut Checking).unwrap_err().to_string();
+    for (i, part) in blob.parts.iter().enumerate() {
+        let p = &w.paths[part.chunk as usize - 1];
+        let original = std::fs::read(p).unwrap();
+        let (_, at, _) = data_regions(&read_head(p).unwrap())
+            .into_iter()
+            .find(|(b, _, _)| *b == split)
+            .unwrap();
+        flip(p, at + part.length / 2);
+        let msg = corrupt_message(p);
+        assert!(
+            msg.contains(&format!(
+                "{}: {} hashes to",
+                p.display(),
+                blob.entry_name(i)
+            )) && msg.contains("damaged in transfer"),
+            "{msg}"
+        );
+        for (j, other) in blob.parts.iter().enumerate() {
+            if other.chunk != part.chunk {
+                let q = &w.paths[other.chunk as usize - 1];
+                verify(&read_head(q).unwrap(), &mut Discard)
+                    .unwrap_or_else(|e| panic!("part {j}'s file is intact: {e}"));
+            }
+        }
+        std::fs::write(p, &original).unwrap();
+    }
+}
+
+/// Each version lists exactly its own hashes on a split blob's parts: one
+/// missing, or one where the version has none, is refused by field.
+#[tokio::test]
+async fn part_hashes_are_required_in_version_2_and_refused_in_version_1() {
+    let w = write_imageset(&[3000, 100_000], 64 << 10).await;
+    let head = read_head(&w.paths[0]).unwrap();
+    let split = w.manifest.blobs.iter().position(|b| b.parts.len() > 1);
+    let split = split.expect("the 100 kB blob is split");
+    let check = |m: &ImagesetManifest| {
+        validate::check(m, head.payload_offset)
+            .unwrap_err()
+            .to_string()
+    };
+    let mut m = w.manifest.clone();
+    m.blobs[split].parts[1].sha256 = None;
+    let e = check(&m);
     assert!(
-        err.contains("does not match its digest") && err.contains("forged-blob.tar"),
-        "{err}"
+        e.starts_with(&format!("blobs[{split}].parts[1].sha256: missing")),
+        "{e}"
+    );
+    let mut m = w.manifest.clone();
+    m.format = FORMAT_V1.into();
+    for c in &mut m.chunks {
+        c.sha256 = Some("0".repeat(64));
+    }
+    let e = check(&m);
+    assert!(
+        e.starts_with(&format!("blobs[{split}].parts[0].sha256: present")),
+        "{e}"
+    );
+}
+
+/// Imagesets of version 1 may still be in transit when a site upgrades: they
+/// are read, reassembled, and proved by their payload hashes.
+#[tokio::test]
+async fn version_1_imagesets_are_still_read_and_proved_by_their_payload_hashes() {
+    let w = write_imageset_with(&[0, 3000, 100_000, 700], 64 << 10, None, 0, Version::V1).await;
+    assert_eq!(w.manifest.format, FORMAT_V1);
+    assert!(w.manifest.chunks.iter().all(|c| c.sha256.is_some()));
+    assert!(
+        w.manifest
+            .blobs
+            .iter()
+            .flat_map(|b| &b.parts)
+            .all(|p| p.sha256.is_none())
+    );
+    let sink = reassemble(&w);
+    for (i, c) in w.contents.iter().enumerate() {
+        assert_eq!(sink.blobs.get(&i).map(Vec::as_slice).unwrap_or(&[]), &c[..]);
+    }
+    verify_by_digests(&w.paths).unwrap();
+    let p = &w.paths[0];
+    let regions = data_regions(&read_head(p).unwrap());
+    let (_, at, _) = regions.into_iter().find(|r| r.2 > 0).unwrap();
+    flip(p, at);
+    let msg = corrupt_message(p);
+    assert!(
+        msg.contains("payload sha256 is") && msg.contains("damaged in transfer"),
+        "{msg}"
     );
 }
 

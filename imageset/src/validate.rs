@@ -23,8 +23,8 @@ use std::collections::{HashMap, HashSet};
 use base64::Engine as _;
 
 use super::{
-    BLOCK, CHUNK_ENTRY_LEN, FORMAT, ImageKind, ImageRecord, ImagesetManifest, PARITY_EXTRA,
-    RESERVED_REPOSITORY, TRAILER_LEN, chunk_file_name, parity_file_name,
+    BLOCK, CHUNK_ENTRY_LEN, FORMAT_V1, FORMAT_V2, ImageKind, ImageRecord, ImagesetManifest,
+    PARITY_EXTRA, RESERVED_REPOSITORY, TRAILER_LEN, Version, chunk_file_name, parity_file_name,
 };
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::{
@@ -117,19 +117,27 @@ pub fn check_content(m: &ImagesetManifest) -> Result<(), Invalid> {
     releases(m)
 }
 
+/// A `format` this build reads. Readers check it before they parse the rest of
+/// a manifest: a later version's fields would otherwise be reported as
+/// unknown, and not the version as unsupported.
+pub fn check_format(format: &str) -> Result<(), Invalid> {
+    match Version::of(format) {
+        Some(_) => Ok(()),
+        None => Err(invalid(
+            "format",
+            format!(
+                "{} is not supported; this build reads {FORMAT_V1:?} and {FORMAT_V2:?}",
+                clipped(format)
+            ),
+        )),
+    }
+}
+
 /// The fields the chunk's tar headers are compared against (`format`, `created`),
 /// and the sequence fields; checked first, so that a forged time is reported as
 /// such and not as a header that differs.
 pub fn check_header(m: &ImagesetManifest) -> Result<(), Invalid> {
-    if m.format != FORMAT {
-        return Err(invalid(
-            "format",
-            format!(
-                "{} is not supported; this build reads {FORMAT:?}",
-                clipped(&m.format)
-            ),
-        ));
-    }
+    check_format(&m.format)?;
     if m.sequence == 0 {
         return Err(invalid("sequence", "0; sequences start at 1"));
     }
@@ -227,6 +235,7 @@ fn chunks(m: &ImagesetManifest, payload_offset: u64) -> Result<(), Invalid> {
         ));
     }
     let overflow = |f: String| invalid(f, "sizes overflow");
+    let v1 = m.version() == Version::V1;
     let base = payload_offset
         .checked_add(CHUNK_ENTRY_LEN + TRAILER_LEN)
         .ok_or_else(|| overflow("chunks".into()))?;
@@ -255,12 +264,18 @@ fn chunks(m: &ImagesetManifest, payload_offset: u64) -> Result<(), Invalid> {
                 ),
             ));
         }
-        sha256_hex(&c.sha256).map_err(|p| invalid(field("sha256"), p))?;
+        hash_field(&c.sha256, v1, "a data chunk").map_err(|p| invalid(field("sha256"), p))?;
     }
     for (i, b) in m.blobs.iter().enumerate() {
         let mut next = 0u64;
         for (j, p) in b.parts.iter().enumerate() {
             let field = format!("blobs[{i}].parts[{j}]");
+            hash_field(
+                &p.sha256,
+                !v1 && b.parts.len() > 1,
+                "a part of a split blob",
+            )
+            .map_err(|e| invalid(format!("{field}.sha256"), e))?;
             if p.offset != next || p.chunk == 0 || p.chunk as usize > count {
                 return Err(invalid(
                     field,
@@ -335,9 +350,25 @@ fn chunks(m: &ImagesetManifest, payload_offset: u64) -> Result<(), Invalid> {
                 ),
             ));
         }
-        sha256_hex(&p.sha256).map_err(|e| invalid(field("sha256"), e))?;
+        hash_field(&p.sha256, true, "a parity file").map_err(|e| invalid(field("sha256"), e))?;
     }
     Ok(())
+}
+
+/// A sha256 field that `wanted` says the format has for `what` in this
+/// version, and nothing where it has none: an extra hash would check nothing
+/// and read as if it did.
+fn hash_field(value: &Option<String>, wanted: bool, what: &str) -> Result<(), String> {
+    match (value, wanted) {
+        (Some(h), true) => sha256_hex(h),
+        (None, false) => Ok(()),
+        (None, true) => Err(format!(
+            "missing; the format has one for {what} in this version"
+        )),
+        (Some(_), false) => Err(format!(
+            "present; the format has none for {what} in this version"
+        )),
+    }
 }
 
 fn images(m: &ImagesetManifest, manifests: &HashMap<&Digest, &str>) -> Result<(), Invalid> {
@@ -1101,8 +1132,23 @@ mod tests {
                 "chunks[0].name: \"/etc/passwd\"",
             ),
             (
-                |m| m.chunks[0].sha256 = "G".repeat(64),
-                "chunks[0].sha256: ",
+                |m| m.chunks[0].sha256 = Some("0".repeat(64)),
+                "chunks[0].sha256: present; the format has none for a data chunk",
+            ),
+            (
+                |m| m.format = crate::FORMAT_V1.into(),
+                "chunks[0].sha256: missing; the format has one for a data chunk",
+            ),
+            (
+                |m| {
+                    m.format = crate::FORMAT_V1.into();
+                    m.chunks[0].sha256 = Some("G".repeat(64));
+                },
+                "chunks[0].sha256: \"GGG",
+            ),
+            (
+                |m| m.blobs[2].parts[0].sha256 = Some("0".repeat(64)),
+                "blobs[2].parts[0].sha256: present; the format has none for a part of a split blob",
             ),
             (
                 |m| m.images[0].repository = String::new(),

@@ -6,10 +6,12 @@
 //! bytes are then written straight to their offsets, by as many concurrent downloads
 //! as the caller likes, through [`BlobWriter`]. A chunk whose every part has been
 //! written and verified is sealed at once, while later blobs still download: its
-//! payload hashed (unless parity files will hash it) and its bytes synced.
-//! [`Prepared::finish`] hashes what was not sealed, writes the manifest (now
-//! complete with those hashes) into every chunk, syncs, and only then renames the
-//! files to their final names. A crash at any point leaves at most `.part` files,
+//! bytes synced and, in version 1, its payload hashed (unless parity files will
+//! hash it). In version 2 no chunk is hashed: the blob digests prove the parts,
+//! and a split blob's writer hashes each of its parts as the bytes pass.
+//! [`Prepared::finish`] hashes what was not sealed (version 1), fills in the
+//! hashes the writers and seals recorded, writes the manifest (now complete) into
+//! every chunk, syncs, and only then renames the files to their final names. A crash at any point leaves at most `.part` files,
 //! never a chunk under its final name.
 
 use std::io::{Seek, SeekFrom, Write};
@@ -22,7 +24,7 @@ use bytes::Bytes;
 
 use super::layout::{self, LayoutError};
 use super::{
-    BLOCK, CHUNK_ENTRY, ChunkIdentity, ChunkRecord, ImagesetManifest, PARITY_EXTRA,
+    BLOCK, CHUNK_ENTRY, ChunkIdentity, ChunkRecord, ImagesetManifest, PARITY_EXTRA, Version,
     chunk_file_name, padded, parity, parity_file_name,
 };
 use crate::signing::Signer;
@@ -148,8 +150,12 @@ struct Sealing {
     /// Where the payload starts: the metadata's length, the same in every
     /// file.
     meta: u64,
-    /// Whether sealing hashes the payload; parity encoding hashes it otherwise.
+    /// Whether sealing hashes the payload: in version 1 without parity files,
+    /// whose encoding hashes it otherwise.
     hash: bool,
+    /// Version 2: the sha256 of each part of each split blob, by blob index,
+    /// recorded once the blob is verified.
+    part_hashes: Mutex<std::collections::HashMap<usize, Vec<String>>>,
     /// Per data chunk, its sealing once begun.
     sealed: Mutex<Vec<Option<Seal>>>,
 }
@@ -214,7 +220,7 @@ impl Sealing {
             // takes the longer of the two instead of both.
             std::thread::scope(|s| {
                 let synced = std::thread::Builder::new().spawn_scoped(s, sync)?;
-                let sha256 = crate::hash_payload(&path, meta)?;
+                let sha256 = hash_payload(&path, meta)?;
                 synced.join().expect("a sync does not panic")?;
                 Ok(Some(sha256))
             })
@@ -263,6 +269,8 @@ pub struct Options<'a> {
     pub signer: Option<&'a Signer>,
     /// Parity files to add (`--parity N`).
     pub parity: u32,
+    /// The format version to write.
+    pub version: Version,
 }
 
 /// Plans the chunks for `skeleton` (images and blobs filled in, no chunks or parts),
@@ -284,6 +292,11 @@ pub fn prepare(
     });
     let sig_len = signature.as_ref().map(|(_, l)| *l);
     let n_parity = options.parity;
+    let version = options.version;
+    skeleton.format = version.format().into();
+    // The manifest's length must be known before its hashes are: each hash
+    // is reserved as a placeholder of the same length.
+    let placeholder = || Some("0".repeat(64));
     // Parity files hold one shard (the largest payload) plus a little structure;
     // data chunks leave room for it so that parity files fit the limit too.
     let data_limit = if n_parity > 0 {
@@ -343,6 +356,13 @@ pub fn prepare(
                 minimum: u64::try_from(minimum.next_multiple_of(mib)).unwrap_or(u64::MAX),
             }));
         }
+        if version == Version::V2 {
+            for b in skeleton.blobs.iter_mut().filter(|b| b.parts.len() > 1) {
+                for p in &mut b.parts {
+                    p.sha256 = placeholder();
+                }
+            }
+        }
         let count = sizes.len() as u32;
         skeleton.chunks = sizes
             .iter()
@@ -351,7 +371,11 @@ pub fn prepare(
                 index: i as u32 + 1,
                 name: chunk_file_name(&skeleton.uuid, skeleton.sequence, i as u32 + 1, count),
                 size,
-                sha256: "0".repeat(64),
+                sha256: if version == Version::V1 {
+                    placeholder()
+                } else {
+                    None
+                },
             })
             .collect();
         let shard = sizes.iter().map(|s| s - meta).max().unwrap_or(0);
@@ -360,7 +384,7 @@ pub fn prepare(
                 index: j,
                 name: parity_file_name(&skeleton.uuid, skeleton.sequence, j, n_parity),
                 size: meta + PARITY_EXTRA + shard,
-                sha256: "0".repeat(64),
+                sha256: placeholder(),
             })
             .collect();
         let len = manifest_json(&skeleton).len() as u64;
@@ -395,7 +419,8 @@ pub fn prepare(
             left: left.into_iter().map(AtomicUsize::new).collect(),
             paths: data_temp.clone(),
             meta,
-            hash: n_parity == 0,
+            hash: n_parity == 0 && version == Version::V1,
+            part_hashes: Mutex::default(),
             sealed: Mutex::new((0..sizes.len()).map(|_| None).collect()),
         }),
         manifest: skeleton,
@@ -470,7 +495,9 @@ pub fn prepare(
 }
 
 impl Prepared {
-    /// The manifest as planned (chunk hashes not yet known).
+    /// The manifest as planned: its hashes are placeholders of their length
+    /// (version 1's `chunks[].sha256`, version 2's `parts[].sha256`) until
+    /// [`Prepared::finish`].
     pub fn manifest(&self) -> &ImagesetManifest {
         &self.manifest
     }
@@ -492,7 +519,14 @@ impl Prepared {
     /// A writer for the content of blob `index`.
     pub fn blob_writer(&self, index: usize) -> BlobWriter {
         let blob = &self.manifest.blobs[index];
+        let split = blob.parts.len() > 1 && self.manifest.version() == Version::V2;
         BlobWriter {
+            index,
+            part_hashers: if split {
+                blob.parts.iter().map(|_| Hasher::new()).collect()
+            } else {
+                Vec::new()
+            },
             digest: blob.digest.clone(),
             size: blob.size,
             targets: self.targets(index),
@@ -505,8 +539,9 @@ impl Prepared {
         }
     }
 
-    /// Hashes every chunk's payload not hashed when it was sealed, computes the
-    /// parity files, writes the (signed) manifest into every file, syncs, and
+    /// Hashes every chunk's payload not hashed when it was sealed (version 1),
+    /// fills in the part hashes the blob writers recorded (version 2), computes
+    /// the parity files, writes the (signed) manifest into every file, syncs, and
     /// gives the files their final names. Returns the final manifest and the
     /// paths (chunks, then parity files). A write-back error that a sync met
     /// while the chunks filled fails it: the seals' syncs are not told of it.
@@ -545,8 +580,12 @@ impl Prepared {
             .parity
             .first()
             .map_or(0, |p| p.size - meta - PARITY_EXTRA);
+        let v1 = self.manifest.version() == Version::V1;
         let (hashes, parity_hashes) =
             tokio::task::spawn_blocking(move || -> Result<_, WriteError> {
+                if parity_paths.is_empty() && !v1 {
+                    return Ok((None, Vec::new()));
+                }
                 if parity_paths.is_empty() {
                     let unsealed: Vec<&Path> = data
                         .iter()
@@ -559,27 +598,47 @@ impl Prepared {
                         .into_iter()
                         .map(|h| h.unwrap_or_else(|| hashed.next().expect("one per unsealed")))
                         .collect();
-                    return Ok((hashes, Vec::new()));
+                    return Ok((Some(hashes), Vec::new()));
                 }
-                let hashes = parity::encode(&data, meta, shard, &parity_paths).map_err(|e| {
-                    WriteError::Io {
-                        path: parity_paths[0].clone(),
-                        source: e,
-                    }
-                })?;
+                let hashes =
+                    parity::encode(&data, meta, shard, &parity_paths, v1).map_err(|e| {
+                        WriteError::Io {
+                            path: parity_paths[0].clone(),
+                            source: e,
+                        }
+                    })?;
                 let parity_hashes = parity_paths
                     .iter()
-                    .map(|p| crate::hash_payload(p, meta).map_err(io(p)))
+                    .map(|p| hash_payload(p, meta).map_err(io(p)))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((hashes, parity_hashes))
             })
             .await
             .expect("hashing task does not panic")?;
-        for (record, hash) in self.manifest.chunks.iter_mut().zip(hashes) {
-            record.sha256 = hash;
+        for (record, hash) in self
+            .manifest
+            .chunks
+            .iter_mut()
+            .zip(hashes.into_iter().flatten())
+        {
+            record.sha256 = Some(hash);
         }
         for (record, hash) in self.manifest.parity.iter_mut().zip(parity_hashes) {
-            record.sha256 = hash;
+            record.sha256 = Some(hash);
+        }
+        let mut part_hashes =
+            std::mem::take(&mut *self.sealing.part_hashes.lock().expect("not poisoned"));
+        for (i, blob) in self.manifest.blobs.iter_mut().enumerate() {
+            if blob.parts.iter().all(|p| p.sha256.is_none()) {
+                continue;
+            }
+            let hashes = part_hashes.remove(&i).ok_or_else(|| WriteError::Content {
+                digest: blob.digest.clone(),
+                problem: "the imageset was finished before this blob was".into(),
+            })?;
+            for (part, hash) in blob.parts.iter_mut().zip(hashes) {
+                part.sha256 = Some(hash);
+            }
         }
         let mut json = manifest_json(&self.manifest);
         if json.len() as u64 > self.reserve {
@@ -643,6 +702,24 @@ impl Prepared {
     }
 }
 
+/// sha256 (hex) of a file from `offset` to its end: a chunk's or parity file's
+/// payload hash as the manifest records it.
+fn hash_payload(path: &std::path::Path, offset: u64) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut hasher = airlock_oci::digest::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finish().hex().to_string())
+}
+
 /// The payload hash of every file of `paths`, as many at once as there are cores:
 /// it is the last step before the files are final, after every download, and one
 /// core would leave the others idle through a pass over the whole imageset.
@@ -667,7 +744,7 @@ fn hash_payloads(paths: &[&Path], meta: u64) -> Result<Vec<String>, WriteError> 
                         if failed.load(std::sync::atomic::Ordering::Relaxed) {
                             return Ok(());
                         }
-                        let h = crate::hash_payload(p, meta).map_err(|e| {
+                        let h = hash_payload(p, meta).map_err(|e| {
                             failed.store(true, std::sync::atomic::Ordering::Relaxed);
                             io(p)(e)
                         })?;
@@ -692,6 +769,10 @@ type InFlight = tokio::task::JoinHandle<std::io::Result<std::fs::File>>;
 /// Writes one blob's bytes into its parts, in order, checking size and digest.
 #[derive(Debug)]
 pub struct BlobWriter {
+    /// The blob's index in the manifest.
+    index: usize,
+    /// Version 2, a split blob: a hash of each part, for `parts[].sha256`.
+    part_hashers: Vec<Hasher>,
     digest: Digest,
     size: u64,
     targets: Vec<Target>,
@@ -739,6 +820,9 @@ impl BlobWriter {
             }
             let n = (room as usize).min(bytes.len());
             let piece = bytes.split_to(n);
+            if let Some(h) = self.part_hashers.get_mut(self.current) {
+                h.update(&piece);
+            }
             let offset = target.offset + self.written;
             // The file, or where to open it.
             let file = match self.settle().await? {
@@ -799,6 +883,17 @@ impl BlobWriter {
         if actual != self.digest {
             return Err(self.content(format!("content hashes to {actual}")));
         }
+        if !self.part_hashers.is_empty() {
+            let hashes = std::mem::take(&mut self.part_hashers)
+                .into_iter()
+                .map(|h| h.finish().hex().to_string())
+                .collect();
+            self.sealing
+                .part_hashes
+                .lock()
+                .expect("not poisoned")
+                .insert(self.index, hashes);
+        }
         // Counted only here, once the bytes are verified: a retried blob is
         // written again but finished once, so no chunk is sealed while a part
         // of it may still change.
@@ -816,6 +911,10 @@ mod tests {
     /// Two blobs, 100,000 and 200,000 bytes, planned with a 150,000-byte
     /// limit: blob 0 fills chunk 1, blob 1 is split over chunks 2 and 3.
     fn two_blobs(dir: &Path) -> (Prepared, Vec<Vec<u8>>) {
+        two_blobs_in(dir, Version::default())
+    }
+
+    fn two_blobs_in(dir: &Path, version: Version) -> (Prepared, Vec<Vec<u8>>) {
         let contents: Vec<Vec<u8>> = [100_000u32, 200_000]
             .iter()
             .map(|&n| (0..n).map(|i| (i * 31 % 251) as u8).rev().collect())
@@ -843,17 +942,29 @@ mod tests {
             releases: Vec::new(),
             deletes: Vec::new(),
         };
-        let prepared = prepare(dir, skeleton, &[0, 1], &Options::default()).unwrap();
+        let options = Options {
+            version,
+            ..Options::default()
+        };
+        let prepared = prepare(dir, skeleton, &[0, 1], &options).unwrap();
         (prepared, contents)
     }
 
-    /// A chunk is hashed and synced once every part in it is verified, while
-    /// other blobs are still to come; a blob that fails its digest counts for
-    /// nothing, so no chunk is hashed while a part of it may still change.
+    /// A chunk is synced (in version 1 hashed) once every part in it is
+    /// verified, while other blobs are still to come; a blob that fails its
+    /// digest counts for nothing, so no chunk is sealed while a part of it may
+    /// still change. In version 2 the split blob's parts get the sha256 of what
+    /// was written, and no chunk a hash.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_chunk_is_sealed_once_its_parts_are_verified_and_not_before() {
+        for version in [Version::V1, Version::V2] {
+            sealed_once_verified(version).await;
+        }
+    }
+
+    async fn sealed_once_verified(version: Version) {
         let dir = tempfile::tempdir().unwrap();
-        let (prepared, contents) = two_blobs(dir.path());
+        let (prepared, contents) = two_blobs_in(dir.path(), version);
         let chunks_of = |b: usize| -> Vec<u32> {
             prepared.manifest().blobs[b]
                 .parts
@@ -874,6 +985,12 @@ mod tests {
             }
         };
 
+        // A failed attempt at the split blob records no part hashes; the
+        // retry's are those of what it wrote.
+        let mut altered = contents[1].clone();
+        altered[150_000] ^= 1;
+        assert!(write(1, altered).await.is_err());
+        assert_eq!(sealed(), [false, false, false]);
         write(1, contents[1].clone()).await.unwrap();
         assert_eq!(sealed(), [false, true, true]);
         let mut altered = contents[0].clone();
@@ -888,8 +1005,17 @@ mod tests {
         let (manifest, _) = prepared.finish(None).await.unwrap();
         for (record, path) in manifest.chunks.iter().zip(&paths) {
             let name = dir.path().join(&record.name);
-            assert_eq!(record.sha256, crate::hash_payload(&name, meta).unwrap());
+            let payload = hash_payload(&name, meta).unwrap();
+            let listed = (version == Version::V1).then_some(payload);
+            assert_eq!(record.sha256, listed);
             assert!(!path.exists(), "renamed to its final name");
+        }
+        let mut offset = 0;
+        for part in &manifest.blobs[1].parts {
+            let bytes = &contents[1][offset..offset + part.length as usize];
+            let listed = (version == Version::V2).then(|| Digest::of(bytes).hex().to_string());
+            assert_eq!(part.sha256, listed);
+            offset += part.length as usize;
         }
     }
 

@@ -24,6 +24,19 @@ fn create_with(s: &Setup, out: &Path, ws: &str, extra: &[&str]) -> Output {
     run(&mut cmd)
 }
 
+/// A successful `create` into `out` in format version 1; the directory.
+fn create_v1(s: &Setup, limit: &str) -> PathBuf {
+    let out = s.path("out");
+    let created = create_with(
+        s,
+        &out,
+        "ws-c",
+        &["--limit", limit, "--imageset-format", "v1"],
+    );
+    assert_eq!(created.code, 0, "{created}");
+    out
+}
+
 fn publish_with(s: &Setup, from: &Path, ws: &str, extra: &[&str]) -> Output {
     run(publish_cmd(from, &s.dest, "m", &s.path(ws)).args(extra))
 }
@@ -315,12 +328,12 @@ fn an_imageset_that_does_not_fit_the_disk_is_refused_before_ingest() {
 }
 
 /// Hostile input: a chunk whose blob bytes were replaced and whose every format
-/// hash was recomputed to match is still refused, by the blob's digest, and nothing
-/// is published.
+/// hash was recomputed to match (version 1: the chunk's payload sha256 too) is
+/// still refused, by the blob's digest, and nothing is published.
 #[test]
 fn a_blob_forged_with_recomputed_hashes_is_refused_by_its_digest() {
     let s = Setup::plain();
-    let (_, out) = s.create("100MiB");
+    let out = create_v1(&s, "100MiB");
     let chunk = &chunk_files(&out)[0];
     let head = read_head(chunk).unwrap();
     let mut data = std::fs::read(chunk).unwrap();
@@ -329,7 +342,8 @@ fn a_blob_forged_with_recomputed_hashes_is_refused_by_its_digest() {
     data[at] ^= 0xff;
     let payload = airlock_oci::digest::Digest::of(&data[head.payload_offset as usize..]);
     let mut m = (*head.manifest).clone();
-    m.chunks[0].sha256 = payload.hex().to_string();
+    assert_eq!(m.format, airlock_imageset::FORMAT_V1);
+    m.chunks[0].sha256 = Some(payload.hex().to_string());
     let mut json = serde_json::to_vec_pretty(&m).unwrap();
     json.resize(head.manifest_bytes.len(), b' ');
     data[512..512 + json.len()].copy_from_slice(&json);
@@ -397,6 +411,23 @@ fn a_run_that_rebuilt_everything_exits_zero_and_sets_the_damaged_parity_file_asi
     }
 }
 
+/// Imagesets written as version 1 (for a site whose disconnected agent is
+/// older, or in transit while it upgrades) are verified and published byte
+/// for byte, split blobs included.
+#[test]
+fn an_imageset_of_version_1_publishes_byte_for_byte() {
+    let s = Setup::plain();
+    let out = create_v1(&s, "150KiB");
+    let head = read_head(&chunk_files(&out)[0]).unwrap();
+    assert_eq!(head.manifest.format, airlock_imageset::FORMAT_V1);
+    assert!(head.manifest.blobs.iter().any(|b| b.parts.len() > 1));
+    let verified = run(bins::disconnected().arg("verify").arg("--from").arg(&out));
+    assert_eq!(verified.code, 0, "{verified}");
+    let published = publish_with(&s, &out, "ws-d", &[]);
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
+}
+
 /// Verify and ingest hash each byte once: a blob split across chunks is proved
 /// by its digest when its last part is read. Damage to its first part must
 /// still name the file that holds that part (the one a site sets aside and asks
@@ -439,9 +470,10 @@ fn damage_to_the_first_part_of_a_split_blob_names_the_file_that_holds_it() {
     let verified = run(bins::disconnected().arg("verify").arg("--from").arg(&out));
     assert_eq!(verified.code, EX_DATA, "{verified}");
     let ingested = ingest_dir(&out).map(|_| ()).unwrap_err();
+    let entry = blob.entry_name(0);
     for message in [&verified.stderr, &ingested] {
         assert!(
-            message.contains(&format!("{damaged}: payload sha256 is"))
+            message.contains(&format!("{damaged}: {entry} hashes to"))
                 && !message.contains(&format!("{intact}:")),
             "the damaged file {damaged} is named, not {intact}: {message}"
         );
