@@ -45,7 +45,7 @@ pub const FORMAT_V1: &str = "airlock.imageset/v1";
 /// hashes: each part is proved by the digest of its blob, and each part of a
 /// split blob by a sha256 of its own (`parts[].sha256`). A writer hashed every
 /// byte twice for version 1, once for the blob digest and once for the chunk;
-/// that second pass was about 15 % of `create`'s time (docs/benchmarks.md).
+/// that second pass was a fifth of `create`'s time (docs/benchmarks.md, stop 48).
 pub const FORMAT_V2: &str = "airlock.imageset/v2";
 
 /// The format writers write unless told otherwise.

@@ -11,8 +11,9 @@
 //! and a split blob's writer hashes each of its parts as the bytes pass.
 //! [`Prepared::finish`] hashes what was not sealed (version 1), fills in the
 //! hashes the writers and seals recorded, writes the manifest (now complete) into
-//! every chunk, syncs, and only then renames the files to their final names. A crash at any point leaves at most `.part` files,
-//! never a chunk under its final name.
+//! every chunk, syncs, and only then renames the files to their final names. A
+//! crash at any point leaves at most `.part` files, never a chunk under its final
+//! name.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
