@@ -717,10 +717,9 @@ impl Read for Payload {
 /// - Otherwise (a parity file; a version-1 chunk read by a sink that checks
 ///   nothing): by the payload's sha256.
 ///
-/// An error means
-/// the chunk must not be used ([`ChunkError::Split`]: one of the chunks it
-/// names); what the sink received from it is untrusted (a sink verifies blob
-/// digests before it keeps anything).
+/// An error means the chunk must not be used ([`ChunkError::Split`]: one of
+/// the chunks it names); what the sink received from it is untrusted (a sink
+/// verifies blob digests before it keeps anything).
 pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkError> {
     let path = head.path.as_path();
     let ioe = |source| ChunkError::Io {
