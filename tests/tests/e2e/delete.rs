@@ -94,14 +94,19 @@ fn a_delete_imageset_removes_what_it_selects_from_every_registry_even_with_pruni
     assert!(!deletes.iter().any(|d| d.contains("team/a")), "{deletes:?}");
     assert!(!out.exists() || chunk_files(&out).is_empty());
 
-    let made = run(&mut delete_cmd(&config, &out, &ws_c));
+    // Written in format version 1, as for a site whose disconnected agent
+    // reads only that; it is read and applied as any.
+    let made = run(delete_cmd(&config, &out, &ws_c).args(["--imageset-format", "v1"]));
     assert_eq!(made.code, 0, "{made}");
     assert!(
         made.stdout
             .contains("sequence 2: 5 images deleted, 1 still listed"),
         "{made}"
     );
-    assert_eq!(chunk_files(&out).len(), 1, "{made}");
+    let chunks = chunk_files(&out);
+    assert_eq!(chunks.len(), 1, "{made}");
+    let head = airlock_imageset::read::read_head(&chunks[0]).unwrap();
+    assert_eq!(head.manifest.format, airlock_imageset::FORMAT_V1);
 
     // Three registries behind one site, pruning off everywhere; the third is
     // down when the delete arrives.
