@@ -380,11 +380,12 @@ fn print_publish(p: &PublishReport) {
 fn print_describe(described: &[crate::describe::Description]) {
     for d in described {
         println!(
-            "imageset {} sequence {} ({}), created {}",
+            "imageset {} sequence {} ({}), created {}, format {}",
             d.uuid,
             d.sequence,
             if d.full { "full" } else { "differential" },
-            d.created
+            d.created,
+            d.format
         );
         match &d.signer {
             Some(key) => println!("  signed by key {key} (checked by verify --trust)"),

@@ -20,6 +20,9 @@ pub struct Description {
     pub uuid: String,
     /// Its place in that workspace's sequence.
     pub sequence: u64,
+    /// The imageset format it is written in (`airlock.imageset/v2`): what a
+    /// site upgrading its agents checks before it switches the connected side.
+    pub format: String,
     /// Whether it carries everything (sequence 1, `--full`) or only what earlier
     /// imagesets did not.
     pub full: bool,
@@ -142,6 +145,7 @@ fn of(
     Description {
         uuid: m.uuid.to_string(),
         sequence: m.sequence,
+        format: m.format.clone(),
         full: m.full,
         created: m.created.clone(),
         limit: m.limit,

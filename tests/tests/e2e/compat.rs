@@ -139,6 +139,10 @@ fn describe_says_what_an_imageset_holds_without_a_workspace() {
     assert_eq!(text.code, 0, "{text}");
     assert!(text.stdout.contains("sequence 1 (full)"), "{text}");
     assert!(
+        text.stdout.contains(", format airlock.imageset/v2\n"),
+        "{text}"
+    );
+    assert!(
         text.stdout.contains(&format!("signed by key {key_id}")),
         "{text}"
     );
@@ -163,6 +167,7 @@ fn describe_says_what_an_imageset_holds_without_a_workspace() {
         "a full imageset"
     );
     assert_eq!(d["signer"], key_id.as_str());
+    assert_eq!(d["format"], airlock_imageset::FORMAT_V2);
     assert_eq!(
         d["files"].as_array().unwrap().len(),
         chunk_files(&out).len()
