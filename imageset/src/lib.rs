@@ -84,7 +84,7 @@ impl Version {
 pub const MANIFEST_ENTRY: &str = "airlock/imageset.json";
 
 /// Tar entry name of the manifest's sha256 (64 hex digits and a newline), the second
-/// entry of every chunk: the manifest cannot be covered by the payload hashes it
+/// entry of every chunk: the manifest cannot be covered by the hashes it
 /// lists, and without this an unsigned single-chunk imageset with a flipped byte in
 /// a tag or repository name would be read as another, valid imageset.
 pub const MANIFEST_SUM_ENTRY: &str = "airlock/imageset.json.sha256";

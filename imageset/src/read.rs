@@ -71,7 +71,8 @@ pub enum ChunkError {
     },
     /// A blob split across chunks does not match its digest. That shows when
     /// its last part is read, from `path`, but the damage may be in any chunk
-    /// holding a part: their payload hashes tell which.
+    /// holding a part: proving them one by one tells which (by their payload
+    /// hashes in version 1, their part hashes in version 2).
     #[error("{}: {reason}", path.display())]
     Split {
         /// The chunk file read when the blob failed.

@@ -117,9 +117,10 @@ pub fn check_content(m: &ImagesetManifest) -> Result<(), Invalid> {
     releases(m)
 }
 
-/// A `format` this build reads. Readers check it before they parse the rest of
-/// a manifest: a later version's fields would otherwise be reported as
-/// unknown, and not the version as unsupported.
+/// A `format` this build reads. Checked first of the fields, and by
+/// `read_head` on `format` alone when a manifest does not parse: a later
+/// version's fields would otherwise be reported as unknown, and not the
+/// version as unsupported.
 pub fn check_format(format: &str) -> Result<(), Invalid> {
     match Version::of(format) {
         Some(_) => Ok(()),
@@ -270,12 +271,12 @@ fn chunks(m: &ImagesetManifest, payload_offset: u64) -> Result<(), Invalid> {
         let mut next = 0u64;
         for (j, p) in b.parts.iter().enumerate() {
             let field = format!("blobs[{i}].parts[{j}]");
-            hash_field(
-                &p.sha256,
-                !v1 && b.parts.len() > 1,
-                "a part of a split blob",
-            )
-            .map_err(|e| invalid(format!("{field}.sha256"), e))?;
+            let what = match b.parts.len() {
+                1 => "a blob in one part",
+                _ => "a part of a split blob",
+            };
+            hash_field(&p.sha256, !v1 && b.parts.len() > 1, what)
+                .map_err(|e| invalid(format!("{field}.sha256"), e))?;
             if p.offset != next || p.chunk == 0 || p.chunk as usize > count {
                 return Err(invalid(
                     field,
@@ -1148,7 +1149,7 @@ mod tests {
             ),
             (
                 |m| m.blobs[2].parts[0].sha256 = Some("0".repeat(64)),
-                "blobs[2].parts[0].sha256: present; the format has none for a part of a split blob",
+                "blobs[2].parts[0].sha256: present; the format has none for a blob in one part",
             ),
             (
                 |m| m.images[0].repository = String::new(),
