@@ -108,8 +108,9 @@ pub fn rebuilt_name(m: &ImagesetManifest, i: usize) -> String {
 /// files, writing each under its derived name ([`rebuilt_name`]) in `out_dir`
 /// once it is proved intact as that chunk of `m` (by its payload sha256 in
 /// version 1, part by part in version 2). `metadata` is the first
-/// `payload_offset` bytes any file of the imageset carries. Every `Some` file must be intact (verified) — the codec cannot tell a
-/// damaged shard from a good one. Returns the rebuilt files.
+/// `payload_offset` bytes any file of the imageset carries. Every `Some` file
+/// must be intact (verified) — the codec cannot tell a damaged shard from a
+/// good one. Returns the rebuilt files.
 pub fn repair(
     m: &ImagesetManifest,
     payload_offset: u64,

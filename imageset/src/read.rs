@@ -673,12 +673,12 @@ impl Read for ReadAhead {
 
 /// A part's bytes as [`verify`] hands them over, hashed on the way when the
 /// part must be proved on its own (version 2, a sink that checks nothing).
-struct PartReader<'a, R> {
+struct PartReader<R> {
     inner: R,
-    hasher: Option<&'a mut Hasher>,
+    hasher: Option<Hasher>,
 }
 
-impl<R: Read> Read for PartReader<'_, R> {
+impl<R: Read> Read for PartReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         if let Some(h) = &mut self.hasher {
@@ -782,10 +782,9 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
         let name = blob.entry_name(p);
         read_exact(&mut r, &mut h, path, &format!("the header of {name}"))?;
         expect_header(&h, &name, part.length, mtime, path)?;
-        let mut hasher = by_parts.then(Hasher::new);
         let mut data = PartReader {
             inner: (&mut r).take(part.length),
-            hasher: hasher.as_mut(),
+            hasher: by_parts.then(Hasher::new),
         };
         sink.part(b, blob, p, part, &mut data).map_err(|e| {
             if e.kind() != std::io::ErrorKind::InvalidData {
@@ -822,7 +821,7 @@ pub fn verify(head: &ChunkHead, sink: &mut dyn PartSink) -> Result<(), ChunkErro
         if data.inner.limit() != 0 {
             return Err(corrupt(format!("truncated: the file ends inside {name}")));
         }
-        if let Some(h) = hasher {
+        if let Some(h) = data.hasher.take() {
             let actual = h.finish();
             let expected = match &part.sha256 {
                 Some(hex) => hex.as_str(),

@@ -584,10 +584,10 @@ impl Prepared {
         let v1 = self.manifest.version() == Version::V1;
         let (hashes, parity_hashes) =
             tokio::task::spawn_blocking(move || -> Result<_, WriteError> {
-                if parity_paths.is_empty() && !v1 {
-                    return Ok((None, Vec::new()));
-                }
                 if parity_paths.is_empty() {
+                    if !v1 {
+                        return Ok((None, Vec::new()));
+                    }
                     let unsealed: Vec<&Path> = data
                         .iter()
                         .zip(&sealed)
