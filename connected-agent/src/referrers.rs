@@ -10,19 +10,25 @@
 //!   registry's referrers API or, where it has none, by the referrers tag
 //!   `sha256-<hex>`.
 //!
+//! Nearly every one of these four lookups per manifest finds nothing, so a
+//! repository's tags are listed once where the registry gives the whole list
+//! in one answer, and looked up in it ([`Listings`]); see
+//! `airlock_registry`'s `lookups` module for what the registry client saves
+//! besides.
+//!
 //! What is found becomes an image of kind [`ImageKind::Referrer`] in the subject's
 //! repository, and is itself searched, so the signature of an SBOM comes along too.
 //! Dropping them silently would leave the far side unable to verify what it runs
 //! (skopeo#1674, hauler#667), so only `--remove-signatures` turns this off.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError};
 
 use airlock_config::ImageSpec;
 use airlock_imageset::ImageKind;
 use airlock_oci::digest::Digest;
 use airlock_oci::reference::ImageRef;
-use airlock_registry::{Pool, RegistryError};
+use airlock_registry::{Pool, ReferrersTag, RegistryError};
 use futures::StreamExt;
 
 use crate::collect::{self, CollectError, Resolved};
@@ -47,11 +53,14 @@ const MAX_PER_RUN: usize = 20_000;
 /// throttles answers 429, which the client backs off from.
 const PARALLEL: usize = 8;
 
-/// The referrers of one manifest of `subject`'s repository.
+/// The referrers of one manifest of `subject`'s repository. `tags` is the
+/// repository's tag list when the registry gave it whole: the tags are then
+/// looked up in it instead of asked for one by one.
 async fn find(
     pool: &Pool,
     subject: &ImageSpec,
     digest: &Digest,
+    tags: Option<&HashSet<String>>,
 ) -> Result<Vec<ImageSpec>, CollectError> {
     let registry_err = |source: RegistryError| CollectError::Registry {
         image: format!("{} (referrers of {digest})", subject.name),
@@ -71,14 +80,21 @@ async fn find(
     // The lookups are asked at once: each is a round trip that finds nothing for
     // most images, and a catalog has thousands of manifests to search.
     let client = &client;
-    let tags = COSIGN_SUFFIXES.map(|suffix| async move {
+    let cosign = COSIGN_SUFFIXES.map(|suffix| async move {
         let tag = format!("{}.{suffix}", digest.tag_form());
-        let found = client.has_tag(src.repository(), &tag).await?;
+        let found = match tags {
+            Some(listed) => listed.contains(&tag),
+            None => client.has_tag(src.repository(), &tag).await?,
+        };
         Ok::<_, RegistryError>(found.then_some(tag))
     });
+    let referrers_tag = match tags {
+        Some(listed) if !listed.contains(&digest.tag_form()) => ReferrersTag::Absent,
+        _ => ReferrersTag::Unknown,
+    };
     let (tagged, listed) = futures::try_join!(
-        futures::future::try_join_all(tags),
-        client.referrers(src.repository(), digest)
+        futures::future::try_join_all(cosign),
+        client.referrers(src.repository(), digest, referrers_tag)
     )
     .map_err(registry_err)?;
     let mut out: Vec<ImageSpec> = tagged
@@ -97,6 +113,105 @@ async fn find(
     }
     out.extend(listed.into_iter().map(|d| spec(src.at_digest(d))));
     Ok(out)
+}
+
+/// Tag lists a registry stops being asked for once this many of them were of
+/// no use (paged, too large, refused) and no more were whole: a registry whose
+/// repositories hold more tags than fit one answer (a public registry's long
+/// histories) then costs this many requests, not one per repository.
+const FUTILE_LISTINGS: u32 = 4;
+
+/// Tag lists asked for at once.
+const PARALLEL_LISTINGS: usize = 16;
+
+/// The tag lists of one discovery, by registry and repository (`None`: tags
+/// are asked for one by one), and per registry how many were whole.
+#[derive(Debug, Default)]
+struct Listings {
+    repositories: HashMap<(String, String), Option<Arc<HashSet<String>>>>,
+    registries: std::sync::Mutex<HashMap<String, Tally>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    whole: u32,
+    futile: u32,
+}
+
+impl Tally {
+    fn worth_asking(self) -> bool {
+        self.futile < FUTILE_LISTINGS || self.whole >= self.futile
+    }
+}
+
+impl Listings {
+    /// Lists the tags of every repository of `subjects` not listed yet.
+    async fn fill(&mut self, pool: &Pool, subjects: &[(&ImageSpec, &Digest)]) {
+        let mut wanted: Vec<(String, String)> = subjects
+            .iter()
+            .map(|(spec, _)| key(spec))
+            .filter(|k| !self.repositories.contains_key(k))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let registries = &self.registries;
+        let listed: Vec<_> = futures::stream::iter(wanted)
+            .map(|k| async move {
+                let tags = Self::list(registries, pool, &k.0, &k.1).await;
+                (k, tags)
+            })
+            .buffer_unordered(PARALLEL_LISTINGS)
+            .collect()
+            .await;
+        self.repositories.extend(listed);
+    }
+
+    async fn list(
+        registries: &std::sync::Mutex<HashMap<String, Tally>>,
+        pool: &Pool,
+        registry: &str,
+        repository: &str,
+    ) -> Option<Arc<HashSet<String>>> {
+        let tally = |f: fn(&mut Tally)| {
+            let mut all = registries.lock().unwrap_or_else(PoisonError::into_inner);
+            let t = all.entry(registry.to_string()).or_default();
+            f(t);
+            *t
+        };
+        if !tally(|_| {}).worth_asking() {
+            return None;
+        }
+        let listed = match pool.client(registry).await {
+            Ok(client) => client.list_tags(repository).await,
+            Err(e) => Err(e),
+        };
+        match listed {
+            Ok(Some(tags)) => {
+                tally(|t| t.whole += 1);
+                Some(Arc::new(tags))
+            }
+            Ok(None) => {
+                tally(|t| t.futile += 1);
+                None
+            }
+            Err(e) => {
+                tracing::debug!(registry, repository, error = %e, "tags not listed; asked for one by one");
+                tally(|t| t.futile += 1);
+                None
+            }
+        }
+    }
+
+    fn get(&self, spec: &ImageSpec) -> Option<&HashSet<String>> {
+        self.repositories.get(&key(spec))?.as_deref()
+    }
+}
+
+fn key(spec: &ImageSpec) -> (String, String) {
+    (
+        spec.source.registry().to_string(),
+        spec.source.repository().to_string(),
+    )
 }
 
 /// Where an image goes: its source and its destination repository. A referrer is
@@ -119,6 +234,7 @@ pub async fn discover(
     let mut searched: HashSet<(String, Option<String>, Digest)> = HashSet::new();
     let mut found_specs: Vec<ImageSpec> = Vec::new();
     let mut found_resolved: Vec<Arc<Resolved>> = Vec::new();
+    let mut listings = Listings::default();
     let mut frontier: Vec<(ImageSpec, Arc<Resolved>)> = images
         .iter()
         .cloned()
@@ -145,8 +261,10 @@ pub async fn discover(
             );
             break;
         }
+        listings.fill(pool, &subjects).await;
+        let listings = &listings;
         let found: Vec<Result<Vec<ImageSpec>, CollectError>> = futures::stream::iter(subjects)
-            .map(|(spec, digest)| find(pool, spec, digest))
+            .map(|(spec, digest)| find(pool, spec, digest, listings.get(spec)))
             .buffered(PARALLEL)
             .collect()
             .await;
@@ -191,4 +309,23 @@ pub async fn discover(
         frontier = next;
     }
     Ok((found_specs, found_resolved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry whose tag lists are of no use (paged, too large, refused)
+    /// stops being asked for them after a few, unless as many were whole.
+    #[test]
+    fn a_registry_whose_lists_are_of_no_use_is_not_asked_for_more() {
+        let after = |whole, futile| Tally { whole, futile }.worth_asking();
+        assert!(after(0, 0));
+        assert!(after(0, FUTILE_LISTINGS - 1));
+        assert!(!after(0, FUTILE_LISTINGS));
+        assert!(!after(FUTILE_LISTINGS - 1, FUTILE_LISTINGS));
+        assert!(after(FUTILE_LISTINGS, FUTILE_LISTINGS));
+        assert!(after(100, 7));
+        assert!(!after(3, 40));
+    }
 }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 
 use airlock_oci::digest::{Digest, Hasher};
-use airlock_oci::manifest::{ACCEPTED, MAX_MANIFEST_BYTES, ManifestError, OCI_INDEX};
+use airlock_oci::manifest::{ACCEPTED, MAX_MANIFEST_BYTES, ManifestError};
 
 use crate::{
     ErrorKind, RawManifest, RegistryClient, RegistryError, STALE_CONNECTIONS, V2Answer,
@@ -37,7 +37,7 @@ impl RegistryClient {
 
     /// Sends a read built by `build`, again when a pooled connection turns out
     /// to have been closed while idle; the response whatever its status.
-    async fn direct(
+    pub(crate) async fn direct(
         &self,
         operation: &'static str,
         target: &str,
@@ -64,7 +64,7 @@ impl RegistryClient {
     }
 
     /// The target (for messages) and URL of `v2/REPOSITORY/KIND/REFERENCE`.
-    fn v2_url(
+    pub(crate) fn v2_url(
         &self,
         repository: &str,
         kind: &str,
@@ -200,7 +200,7 @@ impl RegistryClient {
 
     /// A manifest's (or referrers list's) body, refused past the largest
     /// manifest accepted.
-    async fn bounded_body(
+    pub(crate) async fn bounded_body(
         &self,
         operation: &'static str,
         target: &str,
@@ -222,50 +222,6 @@ impl RegistryClient {
                 Err(e) => return Err(transport_error(operation, target, &e)),
             }
         }
-    }
-
-    /// The digests the registry's referrers API lists for `subject`; `None`
-    /// when the registry has no such API (400, 404, 405, 501).
-    pub(crate) async fn referrers_direct(
-        &self,
-        repository: &str,
-        subject: &Digest,
-    ) -> Result<Option<Vec<String>>, RegistryError> {
-        const OPERATION: &str = "list referrers";
-        let (target, url) = self.v2_url(repository, "referrers", subject.as_str(), OPERATION)?;
-        let response = self
-            .direct(OPERATION, &target, |c| {
-                c.get(url.clone())
-                    .header(reqwest::header::ACCEPT, OCI_INDEX)
-            })
-            .await?;
-        match response.status().as_u16() {
-            400 | 404 | 405 | 501 => return Ok(None),
-            s if !(200..300).contains(&s) => {
-                return Err(response_error(OPERATION, target, response).await);
-            }
-            _ => {}
-        }
-        let bytes = self.bounded_body(OPERATION, &target, response).await?;
-        #[derive(serde::Deserialize)]
-        struct Listed {
-            #[serde(default)]
-            manifests: Vec<Entry>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Entry {
-            digest: String,
-        }
-        let listed: Listed =
-            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Request {
-                operation: OPERATION,
-                target: target.clone(),
-                kind: ErrorKind::Protocol,
-                message: format!("not a referrers index: {e}"),
-            })?;
-        Ok(Some(
-            listed.manifests.into_iter().map(|e| e.digest).collect(),
-        ))
     }
 
     /// Streams blob `digest`; the stream ends with an error when the bytes do

@@ -31,6 +31,7 @@
 pub mod auth;
 mod direct;
 pub mod layout;
+mod lookups;
 pub mod mirrors;
 pub mod progress;
 pub mod prune;
@@ -279,6 +280,9 @@ pub struct RegistryClient {
     /// What `/v2/` answered a request without credentials, asked once (see
     /// [`RegistryClient::version_check`]).
     v2: tokio::sync::OnceCell<V2Answer>,
+    /// Set when the registry showed it has no referrers API (see [`lookups`]):
+    /// it is not asked again.
+    no_referrers_api: std::sync::atomic::AtomicBool,
     /// Where reads of this registry's images may be sent instead
     /// (`registries.conf`); see [`mirrors`].
     mirrors: Option<std::sync::Arc<mirrors::Mirrors>>,
@@ -553,6 +557,16 @@ async fn response_error(
         kind,
         message,
     }
+}
+
+/// What a caller of [`RegistryClient::referrers`] knows of the subject's
+/// referrers tag (`sha256-<hex>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferrersTag {
+    /// Nothing: it is read where the referrers API lists nothing.
+    Unknown,
+    /// The repository's tag list does not name it.
+    Absent,
 }
 
 /// What a registry's `/v2/` answers a request without credentials.
@@ -948,6 +962,7 @@ impl RegistryClient {
             tokens: Default::default(),
             scoped: Default::default(),
             v2: Default::default(),
+            no_referrers_api: Default::default(),
             mirrors: opts.mirrors.clone(),
             layouts: None,
         })
@@ -981,6 +996,7 @@ impl RegistryClient {
             tokens: Default::default(),
             scoped: Default::default(),
             v2: Default::default(),
+            no_referrers_api: Default::default(),
             mirrors: None,
             layouts: Some(layouts),
         })
@@ -1673,11 +1689,14 @@ impl RegistryClient {
     /// the API lists nothing or is missing (400, 404, 405, 501): oci-client's own
     /// fallback takes any error with a body for "no referrers", which could drop
     /// signatures silently, so here only a missing tag means none. Any other
-    /// failure is an error. The API's `Link` pagination is not followed.
+    /// failure is an error. The API's `Link` pagination is not followed. `tag`
+    /// says what the caller already knows of the referrers tag (from
+    /// [`RegistryClient::list_tags`]): a tag known absent is not asked for.
     pub async fn referrers(
         &self,
         repository: &str,
         subject: &Digest,
+        tag: ReferrersTag,
     ) -> Result<Vec<Digest>, RegistryError> {
         if self.layouts.is_some() {
             // A layout has no referrers API; its cosign tags are found by has_tag.
@@ -1686,7 +1705,7 @@ impl RegistryClient {
         let subject = subject.clone();
         self.routed(repository, true, "list referrers", move |c, repo| {
             let subject = subject.clone();
-            Box::pin(async move { c.referrers_here(&repo, &subject).await })
+            Box::pin(async move { c.referrers_here(&repo, &subject, tag).await })
         })
         .await
     }
@@ -1695,27 +1714,17 @@ impl RegistryClient {
         &self,
         repository: &str,
         subject: &Digest,
+        tag: ReferrersTag,
     ) -> Result<Vec<Digest>, RegistryError> {
         let target = self.target(repository, subject.as_str());
-        let r = self.by_digest(repository, subject);
-        let mut index: Vec<String> = if self.anonymous(repository).await {
-            self.referrers_direct(repository, subject)
-                .await?
-                .unwrap_or_default()
-        } else {
-            match self
-                .reading(repository, || self.client.pull_referrers(&r, None))
-                .await
-            {
-                Ok(index) => index.manifests.into_iter().map(|m| m.digest).collect(),
-                Err(OciDistributionError::ServerError {
-                    code: 400 | 404 | 405 | 501,
-                    ..
-                }) => Vec::new(),
-                Err(e) => return Err(request_error("list referrers", target, e)),
-            }
-        };
+        let mut index = self
+            .referrers_api(repository, subject)
+            .await?
+            .unwrap_or_default();
         if index.is_empty() {
+            if tag == ReferrersTag::Absent {
+                return Ok(Vec::new());
+            }
             let tagged = match self
                 .get_manifest_here(repository, &subject.tag_form())
                 .await

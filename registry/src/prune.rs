@@ -24,7 +24,7 @@ use std::future::Future;
 
 use crate::publish::destination_repository;
 use crate::retry::{Budget, RetryPolicy};
-use crate::{Deletion, RegistryClient, RegistryError};
+use crate::{Deletion, ReferrersTag, RegistryClient, RegistryError};
 use airlock_imageset::{BlobRecord, ImageKind, ImageRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::is_index;
@@ -588,7 +588,10 @@ impl<'a> Pruner<'a> {
             }
         }
         let referrers = self
-            .retrying(&budget, || self.client.referrers(repo, &at.digest))
+            .retrying(&budget, || {
+                self.client
+                    .referrers(repo, &at.digest, ReferrersTag::Unknown)
+            })
             .await?;
         out.extend(referrers.into_iter().map(|digest| {
             let at = At {

@@ -34,7 +34,7 @@ use crate::resources::{
     CatalogRef, Category, ClusterResources, Mirrored, ReleaseSignature, UpdateServiceRefs,
 };
 use crate::retry::{Budget, Limit, RetryPolicy, Retryable, Verdict};
-use crate::{ErrorKind, RawManifest, RegistryClient, RegistryError, StagedBlob};
+use crate::{ErrorKind, RawManifest, ReferrersTag, RegistryClient, RegistryError, StagedBlob};
 use airlock_imageset::{BlobRecord, ImageKind, ImageRecord, ReleaseRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::OCI_INDEX;
@@ -661,7 +661,10 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         let _one_at_a_time = self.referrers.lock().await;
         let listed = self
             .retrying(budget, repo, subject, || async {
-                self.client.referrers(repo, subject).await.map_err(registry)
+                self.client
+                    .referrers(repo, subject, ReferrersTag::Unknown)
+                    .await
+                    .map_err(registry)
             })
             .await?;
         if listed.contains(&referrer.digest) {

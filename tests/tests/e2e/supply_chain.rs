@@ -1,9 +1,12 @@
 //! Signatures and referrers travel with their images.
 
 use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, two_platform};
-use airlock_tests::registry::Registry;
+use airlock_tests::registry::{Registry, RegistryOptions};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
-use airlock_tests::supply_chain::{Attached, CosignKey, attach, referrer, referrers_index};
+use airlock_tests::supply_chain::{
+    Attached, CosignKey, attach, cosign_tag, referrer, referrers_index,
+};
+use airlock_tests::token::{Grant, TokenAuth};
 
 use airlock_tests::bins::run;
 use base64::Engine;
@@ -633,4 +636,177 @@ fn secure_policy_enforces_a_containers_policy_json_per_scope() {
     let stopped = m2d(&bad, "m2d-bad");
     assert_eq!(stopped.code, EX_DATA, "{stopped}");
     assert!(stopped.stderr.contains("7 image(s) refused"), "{stopped}");
+}
+
+/// A signed two-platform image with an SBOM (as in the test above) and an
+/// unsigned one, published by Airlock into `src` under `m/`, then mirrored
+/// from there. Returns the log of `src` for that second `create` alone.
+///
+/// The second `create` finds every signature and referrer with one tag list
+/// per repository instead of four lookups per manifest, and asks the referrers
+/// API of a registry without one (docker-registry 2.8) only until the first
+/// answer shows it has none. These reads carry their own authorisation, so
+/// each kind of source auth has its test.
+fn signatures_found_by_one_tag_list_per_repository(src: &Registry) -> String {
+    let stage = Registry::plain().unwrap();
+    let client = PushClient::new(&stage).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let signed = two_platform(Format::Oci, 320, 4_000, false);
+    signed.push(&client, "team/signed", Some("1")).unwrap();
+    let Attached {
+        sig,
+        child_sig,
+        sbom,
+        ..
+    } = attach(
+        &client,
+        &stage.addr(),
+        "team/signed",
+        &signed,
+        &CosignKey::from_seed(3),
+    );
+    let plain = ImageBuilder::new(Format::Docker).layer(321, 4_000).build();
+    plain.push(&client, "team/plain", Some("1")).unwrap();
+    let staged = tmp.path().join("staged.yaml");
+    let s = stage.addr();
+    std::fs::write(
+        &staged,
+        format!("{HEAD}mirror:\n  additionalImages:\n  - name: {s}/team/signed:1\n  - name: {s}/team/plain:1\n"),
+    )
+    .unwrap();
+    let first = tmp.path().join("first");
+    let created = create(&staged, &first, &tmp.path().join("ws-1"), "1MiB", &stage);
+    assert_eq!(created.code, 0, "{created}");
+    let published = publish(&first, src, "m", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+
+    let a = src.addr();
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}mirror:\n  additionalImages:\n  - name: {a}/m/team/signed:1\n  - name: {a}/m/team/plain:1\n"),
+    )
+    .unwrap();
+    let mut want = vec![
+        (sig.digest.clone(), signed.digest.clone()),
+        (sbom.digest.clone(), signed.digest.clone()),
+        (child_sig.digest.clone(), signed.children[0].digest.clone()),
+    ];
+    want.sort();
+    // `create` into `out-NAME`, with `extra` arguments: every signature and
+    // referrer found, each once; the log of `src` for that run alone.
+    let mirror = |name: &str, extra: &[&std::ffi::OsStr]| {
+        let before = src.log().len();
+        let out = tmp.path().join(format!("out-{name}"));
+        let ws = tmp.path().join(format!("ws-{name}"));
+        let created = run(create_cmd(&config, &out, &ws, "1MiB", src).args(extra));
+        assert_eq!(created.code, 0, "{created}");
+        let head = airlock_imageset::read::read_head(&chunk_files(&out)[0]).unwrap();
+        let mut found: Vec<(String, String)> = head
+            .manifest
+            .images
+            .iter()
+            .filter(|i| i.kind == airlock_imageset::ImageKind::Referrer)
+            .map(|i| {
+                let subject = i.subject.as_ref().map(|s| s.to_string());
+                (i.digest.to_string(), subject.unwrap_or_default())
+            })
+            .collect();
+        found.sort();
+        assert_eq!(
+            found, want,
+            "every signature and referrer, each once ({name})"
+        );
+        src.log()[before..].to_string()
+    };
+
+    // Where registries.conf routes the registry (here to itself), its tags are
+    // asked for one by one where the rules send them, and found so.
+    let conf = tmp.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!("[[registry]]\nlocation = '{a}'\n[[registry.mirror]]\nlocation = '{a}'\ninsecure = true\n"),
+    )
+    .unwrap();
+    let routed = mirror("routed", &["--registries-conf".as_ref(), conf.as_os_str()]);
+    assert!(!routed.contains("/tags/list"), "{routed}");
+    assert!(
+        routed.contains(&format!(
+            "\"HEAD /v2/m/team/signed/manifests/{} ",
+            cosign_tag(&signed.digest, "sig")
+        )),
+        "{routed}"
+    );
+
+    let log = mirror("listed", &[]);
+
+    let count = |what: &str| log.matches(what).count();
+    for repo in ["m/team/signed", "m/team/plain"] {
+        assert_eq!(count(&format!("\"GET /v2/{repo}/tags/list ")), 1, "{log}");
+        assert_eq!(
+            count(&format!("\"HEAD /v2/{repo}/manifests/sha256-")),
+            0,
+            "a tag was asked for by itself\n{log}"
+        );
+    }
+    // The referrers tag is read where the list names it (the signed index's),
+    // and nowhere else.
+    let referrers_tag = |d: &str| format!("/manifests/{} HTTP/1.1\"", d.replace(':', "-"));
+    assert_eq!(count(&referrers_tag(&signed.digest)), 1, "{log}");
+    for d in [&signed.children[0].digest, &plain.digest, &sig.digest] {
+        assert_eq!(count(&referrers_tag(d)), 0, "{d}\n{log}");
+    }
+    // Searched: the index, its two children and the unsigned image, then the
+    // three referrers found. The API is asked at most once for each of the
+    // first four, which are searched at once, and never after.
+    let api = log
+        .lines()
+        .filter(|l| l.contains("/referrers/sha256:") && l.contains(" HTTP/1.1\""))
+        .count();
+    assert!(
+        (1..=4).contains(&api),
+        "{api} referrers API requests\n{log}"
+    );
+    log
+}
+
+#[test]
+fn signatures_are_found_by_one_tag_list_per_repository_anonymously() {
+    let src = Registry::plain().unwrap();
+    signatures_found_by_one_tag_list_per_repository(&src);
+}
+
+#[test]
+fn signatures_are_found_by_one_tag_list_per_repository_with_htpasswd() {
+    let src = Registry::tls_with_auth("lister", "l-pass").unwrap();
+    let log = signatures_found_by_one_tag_list_per_repository(&src);
+    assert!(
+        log.contains("\"GET /v2/m/team/signed/tags/list HTTP/1.1\" 200"),
+        "{log}"
+    );
+}
+
+#[test]
+fn signatures_are_found_by_one_tag_list_per_repository_with_bearer_tokens() {
+    let src = Registry::start(RegistryOptions {
+        token: Some(TokenAuth::new(vec![Grant::new(
+            "lister",
+            "l-pass",
+            "",
+            &["pull", "push"],
+        )])),
+        ..RegistryOptions::default()
+    })
+    .unwrap();
+    let log = signatures_found_by_one_tag_list_per_repository(&src);
+    assert!(
+        log.contains("\"GET /v2/m/team/signed/tags/list HTTP/1.1\" 200"),
+        "{log}"
+    );
+    let issuer = src.issuer().unwrap();
+    assert!(
+        issuer.asked("lister", "m/team/signed", "pull"),
+        "{:?}",
+        issuer.requests()
+    );
 }
