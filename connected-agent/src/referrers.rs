@@ -121,6 +121,11 @@ async fn find(
 /// histories) then costs this many requests, not one per repository.
 const FUTILE_LISTINGS: u32 = 4;
 
+/// Page sizes registries use (distribution 3 pages by 1,000; Quay and Docker
+/// Hub by 50 or 100): a list of exactly as many tags, without a `Link` to its
+/// next page, may still be one page of several.
+const PAGE_SIZES: [usize; 3] = [50, 100, 1000];
+
 /// Tag lists asked for at once.
 const PARALLEL_LISTINGS: usize = 16;
 
@@ -145,32 +150,48 @@ impl Tally {
 }
 
 impl Listings {
-    /// Lists the tags of every repository of `subjects` not listed yet.
+    /// Lists the tags of every repository of `subjects` not listed yet. The
+    /// first [`FUTILE_LISTINGS`] of each registry go first, so that a registry
+    /// whose lists are of no use is found out before its other repositories'
+    /// lists are asked for.
     async fn fill(&mut self, pool: &Pool, subjects: &[(&ImageSpec, &Digest)]) {
-        let mut wanted: Vec<(String, String)> = subjects
-            .iter()
-            .map(|(spec, _)| key(spec))
-            .filter(|k| !self.repositories.contains_key(k))
-            .collect();
-        wanted.sort();
-        wanted.dedup();
+        let mut wanted: HashMap<(String, String), Vec<&str>> = HashMap::new();
+        for (spec, _) in subjects {
+            let k = key(spec);
+            if !self.repositories.contains_key(&k) {
+                wanted.entry(k).or_default().extend(spec.source.tag());
+            }
+        }
+        let mut per_registry: HashMap<&str, u32> = HashMap::new();
+        let (first, rest): (Vec<_>, Vec<_>) = wanted.iter().partition(|((registry, _), _)| {
+            let n = per_registry.entry(registry).or_default();
+            *n += 1;
+            *n <= FUTILE_LISTINGS
+        });
         let registries = &self.registries;
-        let listed: Vec<_> = futures::stream::iter(wanted)
-            .map(|k| async move {
-                let tags = Self::list(registries, pool, &k.0, &k.1).await;
-                (k, tags)
-            })
-            .buffer_unordered(PARALLEL_LISTINGS)
-            .collect()
-            .await;
-        self.repositories.extend(listed);
+        for batch in [first, rest] {
+            let listed: Vec<_> = futures::stream::iter(batch)
+                .map(|(k, resolved)| async move {
+                    let tags = Self::list(registries, pool, &k.0, &k.1, resolved).await;
+                    (k.clone(), tags)
+                })
+                .buffer_unordered(PARALLEL_LISTINGS)
+                .collect()
+                .await;
+            self.repositories.extend(listed);
+        }
     }
 
+    /// The tags of `repository`, when the registry gives a list that looks
+    /// whole: it names the tags images were resolved by (`resolved`), and is
+    /// not as long as a page of a registry that pages without saying so
+    /// ([`PAGE_SIZES`]).
     async fn list(
         registries: &std::sync::Mutex<HashMap<String, Tally>>,
         pool: &Pool,
         registry: &str,
         repository: &str,
+        resolved: &[&str],
     ) -> Option<Arc<HashSet<String>>> {
         let tally = |f: fn(&mut Tally)| {
             let mut all = registries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -185,17 +206,25 @@ impl Listings {
             Ok(client) => client.list_tags(repository).await,
             Err(e) => Err(e),
         };
-        match listed {
-            Ok(Some(tags)) => {
+        let whole = match listed {
+            Ok(Some(tags))
+                if resolved.iter().all(|t| tags.contains(*t))
+                    && !PAGE_SIZES.contains(&tags.len()) =>
+            {
+                Some(tags)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(registry, repository, error = %e, "tags not listed; asked for one by one");
+                None
+            }
+        };
+        match whole {
+            Some(tags) => {
                 tally(|t| t.whole += 1);
                 Some(Arc::new(tags))
             }
-            Ok(None) => {
-                tally(|t| t.futile += 1);
-                None
-            }
-            Err(e) => {
-                tracing::debug!(registry, repository, error = %e, "tags not listed; asked for one by one");
+            None => {
                 tally(|t| t.futile += 1);
                 None
             }

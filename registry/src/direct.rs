@@ -204,23 +204,15 @@ impl RegistryClient {
         &self,
         operation: &'static str,
         target: &str,
-        mut response: reqwest::Response,
+        response: reqwest::Response,
     ) -> Result<Bytes, RegistryError> {
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                        return Err(RegistryError::Manifest {
-                            target: target.to_string(),
-                            source: ManifestError::TooLarge(body.len() + chunk.len()),
-                        });
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Ok(Bytes::from(body)),
-                Err(e) => return Err(transport_error(operation, target, &e)),
-            }
+        match body_within(response, MAX_MANIFEST_BYTES).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(length)) => Err(RegistryError::Manifest {
+                target: target.to_string(),
+                source: ManifestError::TooLarge(length),
+            }),
+            Err(e) => Err(transport_error(operation, target, &e)),
         }
     }
 
@@ -272,6 +264,22 @@ impl RegistryClient {
         })
         .boxed())
     }
+}
+
+/// A response's body when it is at most `limit` bytes, else how many bytes it
+/// reached; read no further.
+pub(crate) async fn body_within(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Result<Bytes, usize>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(Err(body.len() + chunk.len()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(Bytes::from(body)))
 }
 
 /// The `Docker-Content-Digest` a response reports, if any (an empty header is

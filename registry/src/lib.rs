@@ -280,9 +280,8 @@ pub struct RegistryClient {
     /// What `/v2/` answered a request without credentials, asked once (see
     /// [`RegistryClient::version_check`]).
     v2: tokio::sync::OnceCell<V2Answer>,
-    /// Set when the registry showed it has no referrers API (see [`lookups`]):
-    /// it is not asked again.
-    no_referrers_api: std::sync::atomic::AtomicBool,
+    /// What the registry's answers said of its referrers API.
+    referrers_api: lookups::ReferrersApi,
     /// Where reads of this registry's images may be sent instead
     /// (`registries.conf`); see [`mirrors`].
     mirrors: Option<std::sync::Arc<mirrors::Mirrors>>,
@@ -472,6 +471,15 @@ struct BearerChallenge {
 }
 
 impl BearerChallenge {
+    /// The `Bearer` challenges of a 401's `WWW-Authenticate` headers.
+    fn all(headers: &http::HeaderMap) -> impl Iterator<Item = Self> + '_ {
+        headers
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(BearerChallenge::parse)
+    }
+
     fn parse(header: &str) -> Option<Self> {
         let rest = header
             .strip_prefix("Bearer ")
@@ -605,6 +613,27 @@ async fn error_body(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// One entry of a registry's error document.
+#[derive(serde::Deserialize)]
+struct ErrorEntry {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// The entries of a registry's error document (`{"errors": [...]}`, the
+/// distribution spec's error body); `None` for any other body (a router's or
+/// a proxy's page).
+fn error_document(body: &str) -> Option<Vec<ErrorEntry>> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<ErrorEntry>,
+    }
+    serde_json::from_str::<Envelope>(body)
+        .ok()
+        .map(|e| e.errors)
+}
+
 /// The kind and text of an error response.
 async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
     let status = response.status();
@@ -614,19 +643,8 @@ async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
     let body = error_body(response).await;
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        errors: Vec<Entry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    let detail = match serde_json::from_str::<Envelope>(&body) {
-        Ok(e) if !e.errors.is_empty() => e
-            .errors
+    let detail = match error_document(&body) {
+        Some(errors) if !errors.is_empty() => errors
             .iter()
             .map(|x| format!("{}: {}", x.code, x.message))
             .collect::<Vec<_>>()
@@ -962,7 +980,7 @@ impl RegistryClient {
             tokens: Default::default(),
             scoped: Default::default(),
             v2: Default::default(),
-            no_referrers_api: Default::default(),
+            referrers_api: Default::default(),
             mirrors: opts.mirrors.clone(),
             layouts: None,
         })
@@ -996,7 +1014,7 @@ impl RegistryClient {
             tokens: Default::default(),
             scoped: Default::default(),
             v2: Default::default(),
-            no_referrers_api: Default::default(),
+            referrers_api: Default::default(),
             mirrors: None,
             layouts: Some(layouts),
         })
@@ -1464,13 +1482,7 @@ impl RegistryClient {
                 scoped = Some((challenge, token));
                 continue;
             }
-            let wider = response
-                .headers()
-                .get_all(http::header::WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .filter_map(BearerChallenge::parse)
-                .find(|c| c.beyond_pull_and_push());
+            let wider = BearerChallenge::all(response.headers()).find(|c| c.beyond_pull_and_push());
             match wider {
                 Some(challenge) => {
                     let token = self.scoped_token(&challenge, operation, target).await?;
@@ -1495,10 +1507,12 @@ impl RegistryClient {
         if let Some(t) = self.scoped.lock().await.get(&challenge.scope) {
             return Ok(t.clone());
         }
-        let failed = |message: String| RegistryError::Request {
+        // A token service out of reach or answering 429 or 5xx is "not now",
+        // retried as the registry would be; only its refusal is Unauthorized.
+        let failed = |kind: ErrorKind, message: String| RegistryError::Request {
             operation,
             target: target.to_string(),
-            kind: ErrorKind::Unauthorized,
+            kind,
             message,
         };
         // The credential of the repository the (first) scope names.
@@ -1531,14 +1545,20 @@ impl RegistryClient {
             }
         };
         let response = request.send().await.map_err(|e| {
-            failed(format!(
-                "token for {} from {}: {}",
-                challenge.scope,
-                challenge.realm,
-                transport(&e).1
-            ))
+            let (kind, message) = transport(&e);
+            failed(
+                kind,
+                format!(
+                    "token for {} from {}: {message}",
+                    challenge.scope, challenge.realm,
+                ),
+            )
         })?;
         let status = response.status();
+        let kind = match status_kind(status.as_u16(), None) {
+            ErrorKind::Unavailable { retry_after } => ErrorKind::Unavailable { retry_after },
+            _ => ErrorKind::Unauthorized,
+        };
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         let token = body["token"]
             .as_str()
@@ -1563,10 +1583,13 @@ impl RegistryClient {
                         challenge.scope.rsplit(':').next().unwrap_or_default()
                     )
                 };
-                failed(format!(
-                    "the token service {} answered {status}{said} for {}; {what}",
-                    challenge.realm, challenge.scope,
-                ))
+                failed(
+                    kind,
+                    format!(
+                        "the token service {} answered {status}{said} for {}; {what}",
+                        challenge.realm, challenge.scope,
+                    ),
+                )
             })?
             .to_string();
         self.scoped
@@ -1686,12 +1709,15 @@ impl RegistryClient {
     /// The manifests that name `subject` as their OCI 1.1 `subject`: from the
     /// referrers API, and from the referrers tag schema (`sha256-<hex>`, an index
     /// that clients keep on registries without the API). The tag is read whenever
-    /// the API lists nothing or is missing (400, 404, 405, 501): oci-client's own
-    /// fallback takes any error with a body for "no referrers", which could drop
-    /// signatures silently, so here only a missing tag means none. Any other
-    /// failure is an error. The API's `Link` pagination is not followed. `tag`
-    /// says what the caller already knows of the referrers tag (from
-    /// [`RegistryClient::list_tags`]): a tag known absent is not asked for.
+    /// the API lists nothing or is missing (400, 404, 405, 501; a registry that
+    /// showed it has none is not asked again, see [`lookups`]); only a missing
+    /// tag means none (oci-client's own fallback took any error with a body for
+    /// "no referrers", which could drop signatures silently). Any other failure
+    /// is an error. The API's `Link` pagination is not followed. `tag` says what
+    /// the caller already knows of the referrers tag (from
+    /// [`RegistryClient::list_tags`]): a tag known absent is not asked for,
+    /// unless `registries.conf` routes the repository (a list is then never the
+    /// source's).
     pub async fn referrers(
         &self,
         repository: &str,
@@ -1702,6 +1728,10 @@ impl RegistryClient {
             // A layout has no referrers API; its cosign tags are found by has_tag.
             return Ok(Vec::new());
         }
+        let tag = match self.routed_elsewhere(repository) {
+            true => ReferrersTag::Unknown,
+            false => tag,
+        };
         let subject = subject.clone();
         self.routed(repository, true, "list referrers", move |c, repo| {
             let subject = subject.clone();
@@ -1969,12 +1999,7 @@ impl RegistryClient {
                 match response.status().as_u16() {
                     200..=299 => Ok(V2Answer::Open),
                     401 => Ok(V2Answer::Challenged(
-                        response
-                            .headers()
-                            .get_all(http::header::WWW_AUTHENTICATE)
-                            .iter()
-                            .filter_map(|v| v.to_str().ok())
-                            .find_map(BearerChallenge::parse),
+                        BearerChallenge::all(response.headers()).next(),
                     )),
                     _ => Err(()),
                 }

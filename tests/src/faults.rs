@@ -37,6 +37,17 @@ pub enum Fault {
     /// upload session it does not know (see
     /// [`FaultProxy::forget_upload_sessions`]).
     UploadUnknown,
+    /// `404 Not Found` with a registry's error document (`MANIFEST_UNKNOWN`):
+    /// how a registry with the referrers API (Harbor) answers for a subject
+    /// it does not know, unlike distribution 2.8's plain 404 for a route it
+    /// does not have.
+    ReferrersUnknown,
+    /// `200 OK` with the first page of a tag list (the tag `1` alone) and a
+    /// `Link` to the next, as Quay and Docker Hub page their lists.
+    PagedTags,
+    /// `200 OK` with a tag list without a `Link` that lacks the tag `1`: a
+    /// registry that cuts its list short without saying so.
+    TagsCutShort,
 }
 
 #[derive(Debug)]
@@ -228,7 +239,10 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
             | Fault::NoSuchProject
             | Fault::TooDeep
             | Fault::Expired
-            | Fault::UploadUnknown => length,
+            | Fault::UploadUnknown
+            | Fault::ReferrersUnknown
+            | Fault::PagedTags
+            | Fault::TagsCutShort => length,
         };
         let mut chunk = [0u8; 16 << 10];
         let mut got = body.len() as u64;
@@ -256,6 +270,22 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
             Fault::Expired => json_answer("401 Unauthorized", r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#),
             Fault::UploadUnknown => json_answer("404 Not Found", r#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}"#),
             Fault::TooDeep => json_answer("401 Unauthorized", r#"{"errors":[{"code":"UNAUTHORIZED","message":"access to the requested resource is not authorized","detail":{}}]}"#),
+            Fault::ReferrersUnknown => json_answer("404 Not Found", r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#),
+            Fault::PagedTags | Fault::TagsCutShort => {
+                let repo = repository(&path).unwrap_or_default();
+                let (tags, link) = match fault {
+                    Fault::PagedTags => (
+                        r#"["1"]"#,
+                        format!("Link: </v2/{repo}/tags/list?n=1&last=1>; rel=\"next\"\r\n"),
+                    ),
+                    _ => (r#"["other"]"#, String::new()),
+                };
+                let json = format!(r#"{{"name":"{repo}","tags":{tags}}}"#);
+                format!(
+                    "HTTP/1.1 200 OK\r\n{link}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                    json.len()
+                )
+            }
         };
         let _ = client.write_all(answer.as_bytes());
         let _ = client.shutdown(Shutdown::Both);

@@ -1,5 +1,6 @@
 //! Signatures and referrers travel with their images.
 
+use airlock_tests::faults::{Fault, FaultProxy};
 use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, two_platform};
 use airlock_tests::registry::{Registry, RegistryOptions};
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
@@ -638,70 +639,72 @@ fn secure_policy_enforces_a_containers_policy_json_per_scope() {
     assert!(stopped.stderr.contains("7 image(s) refused"), "{stopped}");
 }
 
-/// A signed two-platform image with an SBOM (as in the test above) and an
-/// unsigned one, published by Airlock into `src` under `m/`, then mirrored
-/// from there. Returns the log of `src` for that second `create` alone.
-///
-/// The second `create` finds every signature and referrer with one tag list
-/// per repository instead of four lookups per manifest, and asks the referrers
-/// API of a registry without one (docker-registry 2.8) only until the first
-/// answer shows it has none. These reads carry their own authorisation, so
-/// each kind of source auth has its test.
-fn signatures_found_by_one_tag_list_per_repository(src: &Registry) -> String {
-    let stage = Registry::plain().unwrap();
-    let client = PushClient::new(&stage).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let signed = two_platform(Format::Oci, 320, 4_000, false);
-    signed.push(&client, "team/signed", Some("1")).unwrap();
-    let Attached {
-        sig,
-        child_sig,
-        sbom,
-        ..
-    } = attach(
-        &client,
-        &stage.addr(),
-        "team/signed",
-        &signed,
-        &CosignKey::from_seed(3),
-    );
-    let plain = ImageBuilder::new(Format::Docker).layer(321, 4_000).build();
-    plain.push(&client, "team/plain", Some("1")).unwrap();
-    let staged = tmp.path().join("staged.yaml");
-    let s = stage.addr();
-    std::fs::write(
-        &staged,
-        format!("{HEAD}mirror:\n  additionalImages:\n  - name: {s}/team/signed:1\n  - name: {s}/team/plain:1\n"),
-    )
-    .unwrap();
-    let first = tmp.path().join("first");
-    let created = create(&staged, &first, &tmp.path().join("ws-1"), "1MiB", &stage);
-    assert_eq!(created.code, 0, "{created}");
-    let published = publish(&first, src, "m", &tmp.path().join("ws-d"));
-    assert_eq!(published.code, 0, "{published}");
+/// What the lookup tests mirror: a signed two-platform image with an SBOM (as
+/// in the first test) in `team/signed`, and unsigned images in `team/plain`
+/// and `team/other`: three repositories, as a registry is taken to lack the
+/// referrers API once three answered so.
+struct SignedSet {
+    signed: Image,
+    attached: Attached,
+    unsigned: [Image; 2],
+}
 
-    let a = src.addr();
-    let config = tmp.path().join("isc.yaml");
-    std::fs::write(
-        &config,
-        format!("{HEAD}mirror:\n  additionalImages:\n  - name: {a}/m/team/signed:1\n  - name: {a}/m/team/plain:1\n"),
-    )
-    .unwrap();
-    let mut want = vec![
-        (sig.digest.clone(), signed.digest.clone()),
-        (sbom.digest.clone(), signed.digest.clone()),
-        (child_sig.digest.clone(), signed.children[0].digest.clone()),
-    ];
-    want.sort();
-    // `create` into `out-NAME`, with `extra` arguments: every signature and
-    // referrer found, each once; the log of `src` for that run alone.
-    let mirror = |name: &str, extra: &[&std::ffi::OsStr]| {
-        let before = src.log().len();
-        let out = tmp.path().join(format!("out-{name}"));
-        let ws = tmp.path().join(format!("ws-{name}"));
-        let created = run(create_cmd(&config, &out, &ws, "1MiB", src).args(extra));
+const SET_REPOSITORIES: [&str; 3] = ["team/signed", "team/plain", "team/other"];
+
+impl SignedSet {
+    /// Pushed to the registry at `addr` (plain, or with `client`'s password).
+    fn push(client: &PushClient, addr: &str) -> Self {
+        let signed = two_platform(Format::Oci, 320, 4_000, false);
+        signed.push(client, "team/signed", Some("1")).unwrap();
+        let attached = attach(
+            client,
+            addr,
+            "team/signed",
+            &signed,
+            &CosignKey::from_seed(3),
+        );
+        let unsigned =
+            [321, 322].map(|seed| ImageBuilder::new(Format::Docker).layer(seed, 4_000).build());
+        for (image, repo) in unsigned.iter().zip(&SET_REPOSITORIES[1..]) {
+            image.push(client, repo, Some("1")).unwrap();
+        }
+        SignedSet {
+            signed,
+            attached,
+            unsigned,
+        }
+    }
+
+    /// A configuration of the three images under `prefix` (`HOST[/PATH]`).
+    fn config(&self, path: &std::path::Path, prefix: &str) -> std::path::PathBuf {
+        let mut text = format!("{HEAD}mirror:\n  additionalImages:\n");
+        for repo in SET_REPOSITORIES {
+            text.push_str(&format!("  - name: {prefix}/{repo}:1\n"));
+        }
+        std::fs::write(path, text).unwrap();
+        path.to_path_buf()
+    }
+
+    /// Every signature and referrer with its subject, sorted.
+    fn referrers(&self) -> Vec<(String, String)> {
+        let a = &self.attached;
+        let mut want = vec![
+            (a.sig.digest.clone(), self.signed.digest.clone()),
+            (a.sbom.digest.clone(), self.signed.digest.clone()),
+            (
+                a.child_sig.digest.clone(),
+                self.signed.children[0].digest.clone(),
+            ),
+        ];
+        want.sort();
+        want
+    }
+
+    /// `create` into `out` succeeded and found every signature and
+    /// referrer, each once.
+    fn assert_found(&self, created: &airlock_tests::bins::Output, out: &std::path::Path) {
         assert_eq!(created.code, 0, "{created}");
-        let head = airlock_imageset::read::read_head(&chunk_files(&out)[0]).unwrap();
+        let head = airlock_imageset::read::read_head(&chunk_files(out)[0]).unwrap();
         let mut found: Vec<(String, String)> = head
             .manifest
             .images
@@ -714,9 +717,42 @@ fn signatures_found_by_one_tag_list_per_repository(src: &Registry) -> String {
             .collect();
         found.sort();
         assert_eq!(
-            found, want,
-            "every signature and referrer, each once ({name})"
+            found,
+            self.referrers(),
+            "every signature and referrer, each once"
         );
+    }
+}
+
+/// The set published by Airlock into `src` under `m/`, then mirrored from
+/// there. Returns the log of `src` for that second `create` alone.
+///
+/// The second `create` finds every signature and referrer with one tag list
+/// per repository instead of four lookups per manifest, and asks the referrers
+/// API of a registry without one (docker-registry 2.8) only until its answers
+/// show it has none. These reads carry their own authorisation, so each kind
+/// of source auth has its test.
+fn signatures_found_by_one_tag_list_per_repository(src: &Registry) -> String {
+    let stage = Registry::plain().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let set = SignedSet::push(&PushClient::new(&stage).unwrap(), &stage.addr());
+    let staged = set.config(&tmp.path().join("staged.yaml"), &stage.addr());
+    let first = tmp.path().join("first");
+    let created = create(&staged, &first, &tmp.path().join("ws-1"), "1MiB", &stage);
+    assert_eq!(created.code, 0, "{created}");
+    let published = publish(&first, src, "m", &tmp.path().join("ws-d"));
+    assert_eq!(published.code, 0, "{published}");
+
+    let a = src.addr();
+    let config = set.config(&tmp.path().join("isc.yaml"), &format!("{a}/m"));
+    // `create` into `out-NAME`, with `extra` arguments; the log of `src` for
+    // that run alone.
+    let mirror = |name: &str, extra: &[&std::ffi::OsStr]| {
+        let before = src.log().len();
+        let out = tmp.path().join(format!("out-{name}"));
+        let ws = tmp.path().join(format!("ws-{name}"));
+        let created = run(create_cmd(&config, &out, &ws, "1MiB", src).args(extra));
+        set.assert_found(&created, &out);
         src.log()[before..].to_string()
     };
 
@@ -733,18 +769,17 @@ fn signatures_found_by_one_tag_list_per_repository(src: &Registry) -> String {
     assert!(
         routed.contains(&format!(
             "\"HEAD /v2/m/team/signed/manifests/{} ",
-            cosign_tag(&signed.digest, "sig")
+            cosign_tag(&set.signed.digest, "sig")
         )),
         "{routed}"
     );
 
     let log = mirror("listed", &[]);
-
     let count = |what: &str| log.matches(what).count();
-    for repo in ["m/team/signed", "m/team/plain"] {
-        assert_eq!(count(&format!("\"GET /v2/{repo}/tags/list ")), 1, "{log}");
+    for repo in SET_REPOSITORIES {
+        assert_eq!(count(&format!("\"GET /v2/m/{repo}/tags/list ")), 1, "{log}");
         assert_eq!(
-            count(&format!("\"HEAD /v2/{repo}/manifests/sha256-")),
+            count(&format!("\"HEAD /v2/m/{repo}/manifests/sha256-")),
             0,
             "a tag was asked for by itself\n{log}"
         );
@@ -752,22 +787,68 @@ fn signatures_found_by_one_tag_list_per_repository(src: &Registry) -> String {
     // The referrers tag is read where the list names it (the signed index's),
     // and nowhere else.
     let referrers_tag = |d: &str| format!("/manifests/{} HTTP/1.1\"", d.replace(':', "-"));
-    assert_eq!(count(&referrers_tag(&signed.digest)), 1, "{log}");
-    for d in [&signed.children[0].digest, &plain.digest, &sig.digest] {
+    assert_eq!(count(&referrers_tag(&set.signed.digest)), 1, "{log}");
+    let others = [
+        &set.signed.children[0].digest,
+        &set.unsigned[0].digest,
+        &set.unsigned[1].digest,
+        &set.attached.sig.digest,
+    ];
+    for d in others {
         assert_eq!(count(&referrers_tag(d)), 0, "{d}\n{log}");
     }
-    // Searched: the index, its two children and the unsigned image, then the
-    // three referrers found. The API is asked at most once for each of the
-    // first four, which are searched at once, and never after.
+    // Searched: the index, its two children and the two unsigned images, then
+    // the three referrers found. The API is asked at most once for each of the
+    // first five, which are searched at once, and after their three
+    // repositories answered with the router's 404, never again.
     let api = log
         .lines()
         .filter(|l| l.contains("/referrers/sha256:") && l.contains(" HTTP/1.1\""))
         .count();
     assert!(
-        (1..=4).contains(&api),
+        (3..=5).contains(&api),
         "{api} referrers API requests\n{log}"
     );
     log
+}
+
+/// What cannot be trusted is not: a tag list with a next page, or one that
+/// lacks the tag an image was resolved by, is not used (every signature is
+/// still found, by a lookup of each tag); and a 404 with a registry's error
+/// document (a registry with the referrers API, about one subject) does not
+/// stop the API from being asked for the others.
+#[test]
+fn tag_lists_not_whole_and_404s_about_a_subject_are_not_trusted() {
+    let src = Registry::plain().unwrap();
+    let set = SignedSet::push(&PushClient::new(&src).unwrap(), &src.addr());
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, tags) in [("paged", Fault::PagedTags), ("cut", Fault::TagsCutShort)] {
+        let proxy = FaultProxy::start(&src.addr()).unwrap();
+        proxy.fail_always("GET", "/tags/list", tags);
+        proxy.fail_always("GET", "/referrers/", Fault::ReferrersUnknown);
+        let config = set.config(&tmp.path().join(format!("{name}.yaml")), &proxy.addr());
+        let before = src.log().len();
+        let out = tmp.path().join(format!("out-{name}"));
+        let created = create(
+            &config,
+            &out,
+            &tmp.path().join(format!("ws-{name}")),
+            "1MiB",
+            &src,
+        );
+        set.assert_found(&created, &out);
+        let log = &src.log()[before..];
+        assert!(
+            log.contains(&format!(
+                "\"HEAD /v2/team/signed/manifests/{} ",
+                cosign_tag(&set.signed.digest, "sig")
+            )),
+            "{name}: the tags were not asked for one by one\n{log}"
+        );
+        // Each repository listed once; the API asked for all eight manifests
+        // searched (five, then the three referrers).
+        assert_eq!(proxy.served(), 3 + 8, "{name}");
+    }
 }
 
 #[test]
