@@ -1733,11 +1733,29 @@ impl RegistryClient {
             false => tag,
         };
         let subject = subject.clone();
-        self.routed(repository, true, "list referrers", move |c, repo| {
-            let subject = subject.clone();
-            Box::pin(async move { c.referrers_here(&repo, &subject, tag).await })
-        })
-        .await
+        // "None" from one registries.conf endpoint is a not-found answer, as for
+        // existence checks (see `present`): a partial cache that lacks a
+        // signature must not decide that there is none.
+        let result = self
+            .routed(repository, true, "list referrers", move |c, repo| {
+                let subject = subject.clone();
+                Box::pin(async move {
+                    match c.referrers_here(&repo, &subject, tag).await? {
+                        found if found.is_empty() => Err(RegistryError::Request {
+                            operation: "list referrers",
+                            target: repo,
+                            kind: ErrorKind::NotFound,
+                            message: "none here".into(),
+                        }),
+                        found => Ok(found),
+                    }
+                })
+            })
+            .await;
+        match result {
+            Err(e) if e.kind() == Some(ErrorKind::NotFound) => Ok(Vec::new()),
+            other => other,
+        }
     }
 
     async fn referrers_here(

@@ -756,12 +756,17 @@ fn signatures_found_by_one_tag_list_per_repository(src: &Registry) -> String {
         src.log()[before..].to_string()
     };
 
-    // Where registries.conf routes the registry (here to itself), its tags are
-    // asked for one by one where the rules send them, and found so.
+    // Where registries.conf routes the registry (here to an empty mirror, then
+    // to itself), its tags are asked for one by one where the rules send them,
+    // and found so: the mirror's "none" does not decide for the source.
     let conf = tmp.path().join("registries.conf");
+    let empty = Registry::plain().unwrap();
     std::fs::write(
         &conf,
-        format!("[[registry]]\nlocation = '{a}'\n[[registry.mirror]]\nlocation = '{a}'\ninsecure = true\n"),
+        format!(
+            "[[registry]]\nlocation = '{a}'\n[[registry.mirror]]\nlocation = '{}'\ninsecure = true\n[[registry.mirror]]\nlocation = '{a}'\ninsecure = true\n",
+            empty.addr()
+        ),
     )
     .unwrap();
     let routed = mirror("routed", &["--registries-conf".as_ref(), conf.as_os_str()]);
