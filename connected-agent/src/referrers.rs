@@ -28,7 +28,7 @@ use airlock_config::ImageSpec;
 use airlock_imageset::ImageKind;
 use airlock_oci::digest::Digest;
 use airlock_oci::reference::ImageRef;
-use airlock_registry::{Pool, ReferrersTag, RegistryError};
+use airlock_registry::{Pool, ReferrersTag, RegistryError, TagList};
 use futures::StreamExt;
 
 use crate::collect::{self, CollectError, Resolved};
@@ -207,13 +207,15 @@ impl Listings {
             Err(e) => Err(e),
         };
         let whole = match listed {
-            Ok(Some(tags))
+            Ok(TagList::Whole(tags))
                 if resolved.iter().all(|t| tags.contains(*t))
                     && !PAGE_SIZES.contains(&tags.len()) =>
             {
                 Some(tags)
             }
-            Ok(_) => None,
+            // Not the registry's to say: that says nothing of its lists.
+            Ok(TagList::NotAsked) => return None,
+            Ok(TagList::Whole(_) | TagList::NotWhole) => None,
             Err(e) => {
                 tracing::debug!(registry, repository, error = %e, "tags not listed; asked for one by one");
                 None

@@ -32,6 +32,7 @@ pub mod auth;
 mod direct;
 pub mod layout;
 mod lookups;
+pub use lookups::TagList;
 pub mod mirrors;
 pub mod progress;
 pub mod prune;
@@ -1048,6 +1049,9 @@ impl RegistryClient {
         let mut last = None;
         let mut mirrors_failed = Vec::new();
         let mut said_absent: Option<RegistryError> = None;
+        // A mirror that refused (credentials, throttling, a fault) gave no
+        // answer either, and one mirror's "not here" must not hide it.
+        let mut mirror_refused = false;
         for e in endpoints {
             let result = if e.host == self.host && !e.insecure {
                 call(self, e.repository.clone()).await
@@ -1068,9 +1072,13 @@ impl RegistryClient {
                     tracing::debug!(endpoint = %format!("{}/{}", e.host, e.repository), error = %err, operation, "registries.conf endpoint failed; trying the next");
                     if e.mirror {
                         mirrors_failed.push(err.to_string());
-                        if err.kind() == Some(ErrorKind::NotFound) && said_absent.is_none() {
-                            said_absent = Some(err);
-                            continue;
+                        match err.kind() {
+                            Some(ErrorKind::NotFound) => {
+                                said_absent.get_or_insert(err);
+                                continue;
+                            }
+                            Some(ErrorKind::Unreachable | ErrorKind::Network) => {}
+                            _ => mirror_refused = true,
                         }
                     }
                     last = Some(err);
@@ -1081,9 +1089,13 @@ impl RegistryClient {
         // A mirror that answered "not here" gave an answer; a source out of
         // reach gave none. The answer stands, so that a site that reaches its
         // sources only through a cache learns that something is absent rather
-        // than that the source is down.
+        // than that the source is down; unless another mirror refused.
         let last = match (said_absent, last.kind()) {
-            (Some(absent), Some(ErrorKind::Unreachable | ErrorKind::Network)) => absent,
+            (Some(absent), Some(ErrorKind::Unreachable | ErrorKind::Network))
+                if !mirror_refused =>
+            {
+                absent
+            }
             (_, _) => last,
         };
         // The source's own error, with what each mirror said: a cache that
@@ -1555,7 +1567,12 @@ impl RegistryClient {
             )
         })?;
         let status = response.status();
-        let kind = match status_kind(status.as_u16(), None) {
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+        let kind = match status_kind(status.as_u16(), retry_after) {
             ErrorKind::Unavailable { retry_after } => ErrorKind::Unavailable { retry_after },
             _ => ErrorKind::Unauthorized,
         };

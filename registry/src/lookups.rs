@@ -18,6 +18,8 @@
 //!
 //! Neither is used for a repository that `registries.conf` routes: the rules
 //! send each read where they say, and a mirror's answer is not the source's.
+//! (A mirror's own client has no rules, so it does remember that the mirror
+//! has no referrers API: that is the mirror's answer about itself.)
 //!
 //! These reads go out on Airlock's own HTTP client, authorised as every other
 //! read (nothing where the registry asks for nothing, a pull token for the
@@ -74,11 +76,12 @@ impl ReferrersApi {
             .missing
     }
 
+    /// The API answered: it is there, whatever answers without it came first
+    /// (lookups run several at once).
     fn answered(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .answered = true;
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        state.answered = true;
+        state.missing = false;
     }
 
     /// Records that `repository` answered without the API (`plain_404`: a 404
@@ -93,6 +96,20 @@ impl ReferrersApi {
         state.missing = !plain_404 || state.missing_in.len() >= MISSING_IN_REPOSITORIES;
         state.missing
     }
+}
+
+/// What [`RegistryClient::list_tags`] found.
+#[derive(Debug)]
+pub enum TagList {
+    /// Every tag of the repository, in one answer.
+    Whole(HashSet<String>),
+    /// An answer that does not hold them all: it has a `Link` to a next page,
+    /// is larger than 1 MiB, or is the list of another repository.
+    NotWhole,
+    /// Not asked: the tags are not this registry's to say (an OCI layout's are
+    /// read from its index; `registries.conf` may send the repository's reads
+    /// elsewhere).
+    NotAsked,
 }
 
 impl RegistryClient {
@@ -167,8 +184,9 @@ impl RegistryClient {
     }
 
     /// The digests the registry's referrers API lists for `subject`; `None`
-    /// when the registry has no such API (see [`ReferrersApi`]), or refuses the
-    /// request as malformed (400).
+    /// when the registry has no such API (see [`ReferrersApi`]), refuses the
+    /// request as malformed (400), or answers 404 with an error document (it
+    /// does not know the subject): the referrers tag is read then.
     pub(crate) async fn referrers_api(
         &self,
         repository: &str,
@@ -225,19 +243,12 @@ impl RegistryClient {
         ))
     }
 
-    /// Every tag of `repository`, from one `tags/list` answer. `None` when one
-    /// answer does not hold them all (it has a `Link` to a next page, or is
-    /// larger than [`TAG_LIST_BYTES`]), when it is not the list of
-    /// `repository`, or when the tags are not this registry's to say: an OCI
-    /// layout's are read from its index, and `registries.conf` may send this
-    /// repository's reads elsewhere.
-    pub async fn list_tags(
-        &self,
-        repository: &str,
-    ) -> Result<Option<HashSet<String>>, RegistryError> {
+    /// Every tag of `repository`, from one `tags/list` answer, when one answer
+    /// holds them all (see [`TagList`]).
+    pub async fn list_tags(&self, repository: &str) -> Result<TagList, RegistryError> {
         const OPERATION: &str = "list tags";
         if self.layouts.is_some() || self.routed_elsewhere(repository) {
-            return Ok(None);
+            return Ok(TagList::NotAsked);
         }
         let target = format!("{}/{repository}", self.host);
         let url = self.url(&format!("v2/{repository}/tags/list"), OPERATION, &target)?;
@@ -248,11 +259,11 @@ impl RegistryClient {
             return Err(response_error(OPERATION, target, response).await);
         }
         if response.headers().contains_key(http::header::LINK) {
-            return Ok(None);
+            return Ok(TagList::NotWhole);
         }
         let body = match body_within(response, TAG_LIST_BYTES).await {
             Ok(Ok(body)) => body,
-            Ok(Err(_)) => return Ok(None),
+            Ok(Err(_)) => return Ok(TagList::NotWhole),
             Err(e) => return Err(transport_error(OPERATION, &target, &e)),
         };
         #[derive(serde::Deserialize)]
@@ -274,9 +285,9 @@ impl RegistryClient {
         })?;
         if listed.name != repository {
             tracing::debug!(registry = %self.host, repository, listed = %listed.name, "a tag list of another repository; not used");
-            return Ok(None);
+            return Ok(TagList::NotWhole);
         }
-        Ok(Some(listed.tags.into_iter().collect()))
+        Ok(TagList::Whole(listed.tags.into_iter().collect()))
     }
 }
 
@@ -299,7 +310,15 @@ mod tests {
         assert!(!api.missing());
         assert!(api.not_there("c", true));
         assert!(api.missing());
-        // Once the API answered, it is asked always.
+        // Once the API answered, it is asked always, even after plain 404s
+        // that came first from lookups under way at the same time.
+        let api = ReferrersApi::default();
+        for repo in ["a", "b", "c"] {
+            api.not_there(repo, true);
+        }
+        assert!(api.missing());
+        api.answered();
+        assert!(!api.missing());
         let api = ReferrersApi::default();
         api.answered();
         for repo in ["a", "b", "c", "d"] {

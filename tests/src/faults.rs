@@ -48,6 +48,14 @@ pub enum Fault {
     /// `200 OK` with a tag list without a `Link` that lacks the tag `1`: a
     /// registry that cuts its list short without saying so.
     TagsCutShort,
+    /// `200 OK` with a tag list of exactly 100 tags, `1` among them, without
+    /// a `Link`: as long as a page.
+    TagsPageLong,
+    /// `200 OK` with the tag list (`1`) of another repository.
+    TagsOfAnother,
+    /// `405 Method Not Allowed`, as a registry without the referrers API may
+    /// answer its route.
+    NotAllowed,
 }
 
 #[derive(Debug)]
@@ -242,7 +250,10 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
             | Fault::UploadUnknown
             | Fault::ReferrersUnknown
             | Fault::PagedTags
-            | Fault::TagsCutShort => length,
+            | Fault::TagsCutShort
+            | Fault::TagsPageLong
+            | Fault::TagsOfAnother
+            | Fault::NotAllowed => length,
         };
         let mut chunk = [0u8; 16 << 10];
         let mut got = body.len() as u64;
@@ -271,16 +282,23 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
             Fault::UploadUnknown => json_answer("404 Not Found", r#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}"#),
             Fault::TooDeep => json_answer("401 Unauthorized", r#"{"errors":[{"code":"UNAUTHORIZED","message":"access to the requested resource is not authorized","detail":{}}]}"#),
             Fault::ReferrersUnknown => json_answer("404 Not Found", r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#),
-            Fault::PagedTags | Fault::TagsCutShort => {
-                let repo = repository(&path).unwrap_or_default();
-                let (tags, link) = match fault {
-                    Fault::PagedTags => (
-                        r#"["1"]"#,
-                        format!("Link: </v2/{repo}/tags/list?n=1&last=1>; rel=\"next\"\r\n"),
-                    ),
-                    _ => (r#"["other"]"#, String::new()),
-                };
-                let json = format!(r#"{{"name":"{repo}","tags":{tags}}}"#);
+            Fault::NotAllowed => {
+                "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            }
+            Fault::PagedTags | Fault::TagsCutShort | Fault::TagsPageLong | Fault::TagsOfAnother => {
+                let mut name = repository(&path).unwrap_or_default().to_string();
+                let mut tags = vec!["1".to_string()];
+                let mut link = String::new();
+                match fault {
+                    Fault::PagedTags => {
+                        link = format!("Link: </v2/{name}/tags/list?n=1&last=1>; rel=\"next\"\r\n");
+                    }
+                    Fault::TagsCutShort => tags = vec!["other".to_string()],
+                    Fault::TagsPageLong => tags.extend((2..=100).map(|i| format!("v{i}"))),
+                    _ => name = "another/repository".to_string(),
+                }
+                let json = serde_json::json!({ "name": name, "tags": tags }).to_string();
                 format!(
                     "HTTP/1.1 200 OK\r\n{link}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
                     json.len()

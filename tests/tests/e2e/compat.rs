@@ -554,3 +554,54 @@ fn continue_on_error_leaves_out_an_image_whose_layer_fails_while_the_imageset_is
     assert_eq!(published.code, 0, "{published}");
     s.assert_byte_exact("m");
 }
+
+/// A registries.conf mirror that fails a lookup (here a 500 for every cosign
+/// tag) is not hidden behind another mirror's "not here" when the source is
+/// out of reach: the run stops, naming the failure, rather than mirroring
+/// the images as if they had no signatures.
+#[test]
+fn a_mirror_that_failed_is_not_hidden_behind_another_mirrors_not_here() {
+    let s = Setup::plain();
+    let empty = Registry::plain().unwrap();
+    let failing = FaultProxy::start(&s.source.addr()).unwrap();
+    failing.fail_always("HEAD", ".sig", Fault::ServerError);
+    let real = "127.0.0.1:1";
+    let config = s.path("real.yaml");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace(&s.source.addr(), real),
+    )
+    .unwrap();
+    let conf = s.path("registries.conf");
+    let mirrors = |first: &str, second: &str| {
+        format!(
+            "[[registry]]\nlocation = '{real}'\n[[registry.mirror]]\nlocation = '{first}'\ninsecure = true\n[[registry.mirror]]\nlocation = '{second}'\ninsecure = true\n"
+        )
+    };
+    let create_with = |rules: String, name: &str| {
+        std::fs::write(&conf, rules).unwrap();
+        let out = s.path(&format!("out-{name}"));
+        let mut cmd = create_cmd(
+            &config,
+            &out,
+            &s.path(&format!("ws-{name}")),
+            "1MiB",
+            &s.source,
+        );
+        cmd.arg("--registries-conf").arg(&conf);
+        (run(&mut cmd), out)
+    };
+    let (stopped, out) = create_with(mirrors(&failing.addr(), &empty.addr()), "failing");
+    assert_ne!(stopped.code, 0, "{stopped}");
+    assert!(
+        stopped.stderr.contains("HTTP 500") && stopped.stderr.contains(".sig"),
+        "{stopped}"
+    );
+    assert!(!out.exists() || chunk_files(&out).is_empty());
+    // Without the failing mirror, the empty one's "not here" and the cache's
+    // stand: the images have no signatures, and are mirrored.
+    let (made, _) = create_with(mirrors(&empty.addr(), &s.source.addr()), "cache");
+    assert_eq!(made.code, 0, "{made}");
+}
