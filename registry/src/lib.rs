@@ -635,14 +635,19 @@ fn error_document(body: &str) -> Option<Vec<ErrorEntry>> {
         .map(|e| e.errors)
 }
 
-/// The kind and text of an error response.
-async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
-    let status = response.status();
-    let retry_after = response
+/// How long a response's `Retry-After` asks to wait, if it says.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
         .headers()
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()))
+}
+
+/// The kind and text of an error response.
+async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
+    let status = response.status();
+    let retry_after = retry_after(&response);
     let body = error_body(response).await;
     let detail = match error_document(&body) {
         Some(errors) if !errors.is_empty() => errors
@@ -1567,13 +1572,8 @@ impl RegistryClient {
             )
         })?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-        let kind = match status_kind(status.as_u16(), retry_after) {
-            ErrorKind::Unavailable { retry_after } => ErrorKind::Unavailable { retry_after },
+        let kind = match status_kind(status.as_u16(), retry_after(&response)) {
+            unavailable @ ErrorKind::Unavailable { .. } => unavailable,
             _ => ErrorKind::Unauthorized,
         };
         let body: serde_json::Value = response.json().await.unwrap_or_default();

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 
 use crate::tls::TestCa;
-use crate::token::{ISSUER, SERVICE, TokenAuth, TokenIssuer};
+use crate::token::{Grant, ISSUER, SERVICE, TokenAuth, TokenIssuer};
 
 /// How a registry is set up.
 #[derive(Debug, Clone, Default)]
@@ -92,6 +92,16 @@ impl Registry {
         Self::start(RegistryOptions {
             tls: true,
             htpasswd: Some((user.into(), password.into())),
+            ..RegistryOptions::default()
+        })
+    }
+
+    /// Plain HTTP with bearer-token auth (`auth: token`, as Quay, Harbor and
+    /// registry.redhat.io run it) from the harness's issuer, granting as
+    /// `grants` say; the first grant's user is [`Registry::credentials`].
+    pub fn with_tokens(grants: Vec<Grant>) -> Result<Self> {
+        Self::start(RegistryOptions {
+            token: Some(TokenAuth::new(grants)),
             ..RegistryOptions::default()
         })
     }

@@ -12,9 +12,9 @@ use airlock_tests::images::{
     Format, Image, ImageBuilder, PushClient, digest_of, distinct_blob_bytes, index, layer,
     two_platform,
 };
-use airlock_tests::registry::{Registry, RegistryOptions};
+use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw, inspect_raw_at, list_tags};
-use airlock_tests::token::{Grant, TokenAuth};
+use airlock_tests::token::Grant;
 use anyhow::Result;
 use serde_json::Value;
 
@@ -401,13 +401,10 @@ fn commands_run_with_an_isolated_home_and_no_credentials() -> Result<()> {
 
 #[test]
 fn token_registry_grants_by_user_and_namespace_as_skopeo_sees_it() -> Result<()> {
-    let r = Registry::start(RegistryOptions {
-        token: Some(TokenAuth::new(vec![
-            Grant::new("writer", "w-pass", "", &["pull", "push", "delete"]),
-            Grant::new("reader", "r-pass", "team/", &["pull"]),
-        ])),
-        ..RegistryOptions::default()
-    })?;
+    let r = Registry::with_tokens(vec![
+        Grant::new("writer", "w-pass", "", &["pull", "push", "delete"]),
+        Grant::new("reader", "r-pass", "team/", &["pull"]),
+    ])?;
     // Anonymous requests get the challenge that sends clients to the issuer.
     let anonymous = r.http_client()?.get(format!("{}/v2/", r.url())).send()?;
     assert_eq!(anonymous.status(), 401);

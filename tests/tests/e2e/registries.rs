@@ -18,11 +18,7 @@ use base64::Engine as _;
 use crate::util::*;
 
 fn token_registry(grants: Vec<Grant>) -> Registry {
-    Registry::start(RegistryOptions {
-        token: Some(TokenAuth::new(grants)),
-        ..RegistryOptions::default()
-    })
-    .unwrap()
+    Registry::with_tokens(grants).unwrap()
 }
 
 /// `create` of `s`'s configuration into `out-NAME`, workspace `ws-NAME`.

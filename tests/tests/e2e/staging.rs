@@ -9,8 +9,8 @@ use airlock_tests::bins::run;
 use airlock_tests::faults::FaultProxy;
 use airlock_tests::forge;
 use airlock_tests::images::{Blob, Format, ImageBuilder, PushClient, layer};
-use airlock_tests::registry::{Registry, RegistryOptions};
-use airlock_tests::token::{Grant, TokenAuth};
+use airlock_tests::registry::Registry;
+use airlock_tests::token::Grant;
 use serde_json::json;
 
 use crate::util::*;
@@ -67,16 +67,8 @@ fn patched(log: &str) -> Vec<String> {
 fn large_blobs_travel_while_verifying_and_their_sessions_close_at_publish() {
     let src = Registry::plain().unwrap();
     // As Quay, Harbor and registry.redhat.io run: a token per scope.
-    let dest = Registry::start(RegistryOptions {
-        token: Some(TokenAuth::new(vec![Grant::new(
-            "writer",
-            "w-pass",
-            "",
-            &["pull", "push"],
-        )])),
-        ..RegistryOptions::default()
-    })
-    .unwrap();
+    let dest =
+        Registry::with_tokens(vec![Grant::new("writer", "w-pass", "", &["pull", "push"])]).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (large, placed, out) = large_images(&src, tmp.path());
     let published = publish(&out, &dest, "m", &tmp.path().join("ws-d"));

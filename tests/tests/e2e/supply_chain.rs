@@ -2,12 +2,12 @@
 
 use airlock_tests::faults::{Fault, FaultProxy};
 use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, two_platform};
-use airlock_tests::registry::{Registry, RegistryOptions};
+use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::{SkopeoOpts, copy_all, inspect_raw_at};
 use airlock_tests::supply_chain::{
     Attached, CosignKey, attach, cosign_tag, referrer, referrers_index,
 };
-use airlock_tests::token::{Grant, TokenAuth};
+use airlock_tests::token::Grant;
 
 use airlock_tests::bins::run;
 use base64::Engine;
@@ -920,16 +920,8 @@ fn signatures_are_found_by_one_tag_list_per_repository_with_htpasswd() {
 
 #[test]
 fn signatures_are_found_by_one_tag_list_per_repository_with_bearer_tokens() {
-    let src = Registry::start(RegistryOptions {
-        token: Some(TokenAuth::new(vec![Grant::new(
-            "lister",
-            "l-pass",
-            "",
-            &["pull", "push"],
-        )])),
-        ..RegistryOptions::default()
-    })
-    .unwrap();
+    let src =
+        Registry::with_tokens(vec![Grant::new("lister", "l-pass", "", &["pull", "push"])]).unwrap();
     let log = signatures_found_by_one_tag_list_per_repository(&src);
     assert!(
         log.contains("\"GET /v2/m/team/signed/tags/list HTTP/1.1\" 200"),
