@@ -304,7 +304,8 @@ pub struct CreateArgs {
     /// imageset listed are carried over as they were, so the site keeps them.
     #[arg(long)]
     pub continue_on_error: bool,
-    /// Blobs downloaded at once.
+    /// Blobs of 1 MiB or more downloaded at once; smaller blobs, whose cost
+    /// is the round trip more than the bytes, up to four times as many.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub parallel: usize,
     /// Output format of the report: lines for people (table), or one JSON object

@@ -17,7 +17,7 @@ use airlock_oci::manifest::{self, Descriptor, Platform, is_index};
 use airlock_oci::reference::ImageRef;
 use airlock_registry::{Pool, RawManifest, RegistryError};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::derive::Derived;
 
@@ -25,8 +25,13 @@ use crate::derive::Derived;
 /// deeper chain is more likely a loop in a hostile registry).
 const MAX_DEPTH: usize = 4;
 
-/// How many images are resolved at once.
-const PARALLEL_IMAGES: usize = 8;
+/// How many images are resolved at once. Resolving an image is one or two
+/// small requests; a catalog has thousands, so across a WAN the round trips,
+/// not the registry, are their cost.
+const PARALLEL_IMAGES: usize = 32;
+
+/// How many child manifests of one index are asked for at once.
+const PARALLEL_CHILDREN: usize = 8;
 
 /// Why an image could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -454,17 +459,21 @@ pub async fn resolve(
                 }
                 kept = wanted.to_vec();
             }
-            for child in children {
-                if depth + 1 >= MAX_DEPTH {
-                    return Err(CollectError::Inconsistent {
-                        image: image.clone(),
-                        problem: format!("indexes nested deeper than {MAX_DEPTH} levels"),
-                    });
-                }
-                let c = client
-                    .get_manifest(src.repository(), child.digest.as_str())
-                    .await
-                    .map_err(registry_err)?;
+            if !children.is_empty() && depth + 1 >= MAX_DEPTH {
+                return Err(CollectError::Inconsistent {
+                    image: image.clone(),
+                    problem: format!("indexes nested deeper than {MAX_DEPTH} levels"),
+                });
+            }
+            // Asked at once: one after the other, each platform of an index
+            // would cost a round trip to the registry.
+            let fetched: Vec<RawManifest> = futures::stream::iter(&children)
+                .map(|child| client.get_manifest(src.repository(), child.digest.as_str()))
+                .buffered(PARALLEL_CHILDREN)
+                .try_collect()
+                .await
+                .map_err(registry_err)?;
+            for (child, c) in children.into_iter().zip(fetched) {
                 if c.bytes.len() as u64 != child.size {
                     return Err(CollectError::Inconsistent {
                         image: image.clone(),

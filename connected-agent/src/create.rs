@@ -26,6 +26,7 @@ use airlock_registry::progress::Progress;
 use airlock_registry::{ErrorKind, Pool, RegistryError, RegistryOptions};
 use airlock_state::crash_point;
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 
 use crate::cincinnati::UpdateService;
 use crate::collect::{self, Collected, Missing};
@@ -45,6 +46,14 @@ pub const DEFAULT_LIMIT: ByteSize = ByteSize(500 << 30);
 /// How often a blob download is attempted before `create` gives up.
 const ATTEMPTS: u32 = 4;
 
+/// Blobs at least this large are downloaded `--parallel` at once; smaller ones
+/// up to [`SMALL_BLOBS_PER_SLOT`] times as many. A catalog's blobs are mostly
+/// small, and across a WAN each costs a round trip more than its bytes.
+const LARGE_BLOB: u64 = 1 << 20;
+
+/// Downloads under way at once for each of `--parallel`'s, counting small blobs.
+const SMALL_BLOBS_PER_SLOT: usize = 4;
+
 /// What `create` is asked to do.
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
@@ -60,7 +69,8 @@ pub struct CreateOptions {
     pub full: bool,
     /// Write the mapping and the list of what would ship; change nothing.
     pub dry_run: bool,
-    /// Blobs downloaded at once.
+    /// Blobs of 1 MiB or more downloaded at once; smaller ones up to four
+    /// times as many.
     pub parallel: usize,
     /// How to reach the source registries.
     pub registry: RegistryOptions,
@@ -1163,20 +1173,48 @@ async fn fill(
         .map(|&i| prepared.manifest().blobs[i].size)
         .sum();
     let progress = Arc::new(Bar::bytes("create", total));
-    let results: Vec<Result<(), (Digest, Error)>> = futures::stream::iter(carry.iter().copied())
-        .map(|i| {
-            let progress = progress.clone();
-            async move {
-                fill_blob(prepared, collected, i, pool, progress.as_ref())
-                    .await
-                    .map_err(|e| (prepared.manifest().blobs[i].digest.clone(), e))
-            }
-        })
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
+    let sized = carry
+        .iter()
+        .map(|&i| (prepared.manifest().blobs[i].size, i));
+    let results: Vec<Result<(), (Digest, Error)>> = admitted(sized, parallel, |i| {
+        let progress = progress.clone();
+        async move {
+            fill_blob(prepared, collected, i, pool, progress.as_ref())
+                .await
+                .map_err(|e| (prepared.manifest().blobs[i].digest.clone(), e))
+        }
+    })
+    .collect()
+    .await;
     progress.finish();
     results.into_iter().filter_map(Result::err).collect()
+}
+
+/// Runs `transfer` for each item of `sized` (its size first): up to `parallel`
+/// of those of [`LARGE_BLOB`] or more at once, and up to
+/// [`SMALL_BLOBS_PER_SLOT`] times `parallel` in all.
+fn admitted<'a, T, Fut>(
+    sized: impl Iterator<Item = (u64, T)> + 'a,
+    parallel: usize,
+    transfer: impl Fn(T) -> Fut + 'a,
+) -> impl futures::Stream<Item = Fut::Output> + 'a
+where
+    Fut: std::future::Future + 'a,
+{
+    let large = Arc::new(Semaphore::new(parallel));
+    futures::stream::iter(sized)
+        .map(move |(size, item)| {
+            let large = (size >= LARGE_BLOB).then(|| large.clone());
+            let transfer = transfer(item);
+            async move {
+                let _slot = match large {
+                    Some(l) => Some(l.acquire_owned().await.expect("never closed")),
+                    None => None,
+                };
+                transfer.await
+            }
+        })
+        .buffer_unordered(parallel * SMALL_BLOBS_PER_SLOT)
 }
 
 async fn fill_blob(
@@ -1264,6 +1302,38 @@ impl From<RegistryError> for Error {
 mod tests {
     use super::*;
     use airlock_imageset::{BlobRecord, ImageRecord};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Blobs of 1 MiB and up are downloaded `--parallel` at once, smaller ones
+    /// up to four times as many: with 2, three large blobs then ten small
+    /// ones start two large and five small (the third large one holds a place
+    /// while it waits); once a large one is done, the third large one starts,
+    /// and a small one in the place the done one left.
+    #[tokio::test]
+    async fn small_blobs_share_more_places_than_large_ones() {
+        let sizes = [2 << 20, 2 << 20, 2 << 20]
+            .into_iter()
+            .chain([4 << 10; 10])
+            .enumerate()
+            .map(|(i, size)| (size, (i, size)));
+        let (large, small) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let done = Semaphore::new(0);
+        let (large, small, done) = (&large, &small, &done);
+        let mut transfers = std::pin::pin!(admitted(sizes, 2, |(i, size)| async move {
+            let started = if size >= LARGE_BLOB { large } else { small };
+            started.fetch_add(1, Ordering::SeqCst);
+            done.acquire().await.expect("open").forget();
+            i
+        }));
+        let started = || (large.load(Ordering::SeqCst), small.load(Ordering::SeqCst));
+        assert!(futures::poll!(transfers.next()).is_pending());
+        assert_eq!(started(), (2, 5));
+        done.add_permits(1);
+        let first = transfers.next().await.expect("one done");
+        assert_eq!(first, 0, "the first large blob took the permit");
+        assert!(futures::poll!(transfers.next()).is_pending());
+        assert_eq!(started(), (3, 6));
+    }
 
     /// The recorded state is of the set of images: their order changes
     /// nothing; what is in the list does.

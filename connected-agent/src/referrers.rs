@@ -126,8 +126,9 @@ const FUTILE_LISTINGS: u32 = 4;
 /// next page, may still be one page of several.
 const PAGE_SIZES: [usize; 3] = [50, 100, 1000];
 
-/// Tag lists asked for at once.
-const PARALLEL_LISTINGS: usize = 16;
+/// Tag lists asked for at once: as many requests as `PARALLEL`'s subjects
+/// make, and as the resolution of images has in flight.
+const PARALLEL_LISTINGS: usize = 32;
 
 /// The tag lists of one discovery, by registry and repository (`None`: tags
 /// are asked for one by one), and per registry how many were whole.

@@ -6,11 +6,14 @@
 //! the proxy only has to read request heads: the rest of each exchange is piped.
 //! A fault is armed for the Nth request (from the moment it is armed) whose method
 //! is `method` and whose path contains `path`; no timing is involved, so a test
-//! knows exactly which request fails.
+//! knows exactly which request fails. A [`Hold`] holds chosen requests back
+//! until enough of them are under way at once, which shows how many a client
+//! sends at once without timing either.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -80,6 +83,76 @@ struct State {
     decline_mounts: bool,
     /// Upload sessions are not closed without bytes.
     forget_sessions: bool,
+    holds: Vec<Hold>,
+}
+
+/// How long a [`Hold`] holds a request before it gives up waiting for the
+/// others: a client that never sends enough at once fails its test in this
+/// time instead of hanging it.
+const HOLD_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Holds every request whose method and path match back, before it is
+/// forwarded, until `at_once` are held together; then lets those and all later
+/// ones through (see [`FaultProxy::hold_until_at_once`]).
+#[derive(Clone, Debug)]
+pub struct Hold {
+    method: String,
+    path: String,
+    at_once: usize,
+    state: Arc<(Mutex<HoldState>, Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct HoldState {
+    held: Vec<String>,
+    most_held: usize,
+    /// The paths held together when they were let through.
+    released: Option<Vec<String>>,
+    gave_up: bool,
+}
+
+impl Hold {
+    /// The paths of the requests held together when they were let through;
+    /// `None` while they are still held (or once one waited [`HOLD_PATIENCE`]
+    /// in vain).
+    pub fn released(&self) -> Option<Vec<String>> {
+        self.state.0.lock().expect("hold").released.clone()
+    }
+
+    /// The most requests held at once.
+    pub fn most_held(&self) -> usize {
+        self.state.0.lock().expect("hold").most_held
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        method == self.method && path.contains(&self.path)
+    }
+
+    /// Waits, while requests are held, until enough are or patience runs out.
+    fn pass(&self, path: &str) {
+        let (lock, released_cv) = &*self.state;
+        let mut g = lock.lock().expect("hold");
+        if g.released.is_some() || g.gave_up {
+            return;
+        }
+        g.held.push(path.to_string());
+        g.most_held = g.most_held.max(g.held.len());
+        if g.held.len() >= self.at_once {
+            g.released = Some(std::mem::take(&mut g.held));
+            released_cv.notify_all();
+            return;
+        }
+        let deadline = Instant::now() + HOLD_PATIENCE;
+        while g.released.is_none() && !g.gave_up {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                g.gave_up = true;
+                released_cv.notify_all();
+                break;
+            }
+            g = released_cv.wait_timeout(g, left).expect("hold").0;
+        }
+    }
 }
 
 /// A fault-injecting proxy on a free loopback port, plain HTTP.
@@ -150,6 +223,24 @@ impl FaultProxy {
     /// with another secret (distribution signs its sessions' state).
     pub fn forget_upload_sessions(&self) {
         self.state.lock().expect("proxy state").forget_sessions = true;
+    }
+
+    /// Holds back every `method` request whose path contains `path` until
+    /// `at_once` of them are held together; the returned [`Hold`] tells which
+    /// were.
+    pub fn hold_until_at_once(&self, method: &str, path: &str, at_once: usize) -> Hold {
+        let hold = Hold {
+            method: method.to_string(),
+            path: path.to_string(),
+            at_once,
+            state: Arc::default(),
+        };
+        self.state
+            .lock()
+            .expect("proxy state")
+            .holds
+            .push(hold.clone());
+        hold
     }
 
     /// How many faults were served so far.
@@ -308,6 +399,12 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
         let _ = client.write_all(answer.as_bytes());
         let _ = client.shutdown(Shutdown::Both);
         return;
+    }
+    let hold = (state.lock().expect("proxy state").holds.iter())
+        .find(|h| h.matches(&method, &path))
+        .cloned();
+    if let Some(hold) = hold {
+        hold.pass(&path);
     }
     let path = match path.split_once("?mount=") {
         Some((start, _)) if method == "POST" && declines_mounts(state) => start.to_string(),

@@ -1,7 +1,8 @@
 //! Create → chunk files → publish, against real registries, checked with skopeo.
 
 use airlock_tests::bins::{self, run, run_ok};
-use airlock_tests::images::{Format, ImageBuilder, PushClient};
+use airlock_tests::faults::FaultProxy;
+use airlock_tests::images::{Format, ImageBuilder, PushClient, two_platform};
 use airlock_tests::registry::Registry;
 use airlock_tests::skopeo::{SkopeoOpts, inspect_raw, inspect_raw_at};
 
@@ -503,4 +504,67 @@ fn verify_checks_a_directory_without_workspace_or_registry() {
     std::fs::remove_file(&chunks[1]).unwrap();
     let missing = verify(&out);
     assert_eq!(missing.code, EX_INCOMPLETE, "{missing}");
+}
+
+/// A catalog is thousands of small images, and across a WAN each request costs
+/// a round trip more than its bytes, so `create` sends them together: all ten
+/// images' manifests at once, an index's two platforms at once, and more small
+/// blobs than `--parallel` (2), which bounds large ones (a unit test of
+/// `create` checks those). A proxy holds each kind of request back until that
+/// many are under way together.
+#[test]
+fn a_catalogs_requests_go_out_together() {
+    let src = Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    two_platform(Format::Oci, 1, 2_000, false)
+        .push(&client, "many/multi", Some("1"))
+        .unwrap();
+    let mut repos = vec!["many/multi".to_string()];
+    for i in 0..9 {
+        let repo = format!("many/app-{i}");
+        ImageBuilder::new(Format::Oci)
+            .layer(10 + 2 * i, 2_000)
+            .layer(11 + 2 * i, 2_000)
+            .build()
+            .push(&client, &repo, Some("1"))
+            .unwrap();
+        repos.push(repo);
+    }
+    let proxy = FaultProxy::start(&src.addr()).unwrap();
+    let mut config = String::from(
+        "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  additionalImages:\n",
+    );
+    for repo in &repos {
+        config.push_str(&format!("  - name: {}/{repo}:1\n", proxy.addr()));
+    }
+    let config_path = tmp.path().join("isc.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let holds = [
+        (
+            "image manifests",
+            proxy.hold_until_at_once("GET", "/manifests/1", 10),
+        ),
+        (
+            "platform manifests",
+            proxy.hold_until_at_once("GET", "/manifests/sha256:", 2),
+        ),
+        (
+            "blobs",
+            proxy.hold_until_at_once("GET", "/blobs/sha256:", 3),
+        ),
+    ];
+    let out = tmp.path().join("out");
+    let mut cmd = create_cmd(&config_path, &out, &tmp.path().join("ws"), "1GiB", &src);
+    let created = run(cmd.arg("--parallel").arg("2"));
+    assert_eq!(created.code, 0, "{created}");
+    for (what, hold) in &holds {
+        assert!(
+            hold.released().is_some(),
+            "at most {} requests for {what} were under way at once\n{created}",
+            hold.most_held()
+        );
+    }
+    let verified = run(bins::disconnected().arg("verify").arg("--from").arg(&out));
+    assert_eq!(verified.code, 0, "{verified}");
 }
