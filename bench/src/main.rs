@@ -24,6 +24,7 @@ use limits::{Check, Held};
 use rand::{RngCore, SeedableRng};
 use serde_json::{Value, json};
 
+mod lag;
 mod limits;
 mod many;
 
@@ -229,19 +230,15 @@ fn bytes_of(blobs: &[Held]) -> u64 {
     blobs.iter().map(|h| h.bytes.len() as u64).sum()
 }
 
-fn config(dir: &Path, registry: &Registry, placed: &[Placed]) -> Result<PathBuf> {
+/// Writes `dir/name`, an ImageSetConfiguration of `placed` at registry `addr`.
+fn config(dir: &Path, name: &str, addr: &str, placed: &[Placed]) -> Result<PathBuf> {
     let mut text = String::from(
         "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  additionalImages:\n",
     );
     for p in placed {
-        text.push_str(&format!(
-            "  - name: {}/{}:{}\n",
-            registry.addr(),
-            p.repo,
-            p.tag
-        ));
+        text.push_str(&format!("  - name: {}/{}:{}\n", addr, p.repo, p.tag));
     }
-    let path = dir.join("isc.yaml");
+    let path = dir.join(name);
     std::fs::write(&path, text)?;
     Ok(path)
 }
@@ -434,7 +431,7 @@ fn airlock_at(scale: f64, seed: u64) -> Result<Scale> {
     let blob_bytes = bytes_of(&blobs);
     drop(blobs);
     let work = tempfile::tempdir()?;
-    let isc = config(work.path(), &source, &placed)?;
+    let isc = config(work.path(), "isc.yaml", &source.addr(), &placed)?;
     let out = work.path().join("out");
     let create = airlock_create(&isc, &out, &work.path().join("ws-c"))?;
     let chunk_bytes = dir_bytes(&out)?;
@@ -462,7 +459,7 @@ fn main() -> Result<()> {
             .tempdir_in(dir)?,
         None => tempfile::tempdir()?,
     };
-    let isc = config(work.path(), &source, &placed)?;
+    let isc = config(work.path(), "isc.yaml", &source.addr(), &placed)?;
     let src_ref = |p: &Placed| format!("docker://{}/{}:{}", source.addr(), p.repo, p.tag);
 
     println!("create: Airlock, then skopeo to an OCI layout and to dir: …");

@@ -5,7 +5,8 @@
 //! process (docker → dir, then dir → docker), which is how sites move such sets
 //! with skopeo today.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use airlock_tests::images::{Blob, Format, Image, ImageBuilder, PushClient, index};
 use airlock_tests::registry::Registry;
@@ -13,6 +14,7 @@ use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
+use crate::lag::LagProxy;
 use crate::{
     Placed, Run, agent_fanout, airlock_create, airlock_publish, config, limits, random_blob,
 };
@@ -21,6 +23,13 @@ use crate::{
 const BASE_REPO: &str = "many/base";
 /// Sizes of the base layers; every image has the first and one of the others.
 const BASE_SIZES: [usize; 4] = [2 << 20, 1 << 20, 512 << 10, 256 << 10];
+
+/// The delay each way of the WAN runs: a 20 ms round trip, as to a registry
+/// in a nearby region.
+const WAN_ONE_WAY: Duration = Duration::from_millis(10);
+
+/// Images skopeo syncs across the WAN; its figure is per image.
+const WAN_SKOPEO_IMAGES: usize = 200;
 
 /// What the mode measured.
 pub struct Figures {
@@ -147,6 +156,30 @@ fn repo(i: usize) -> String {
 }
 
 /// `skopeo sync --all` with the source and destination transports given.
+/// Writes `path`, the YAML list `skopeo sync --src yaml` reads, of `placed` at
+/// registry `addr`.
+fn sync_list(path: &Path, addr: &str, placed: &[Placed]) -> Result<PathBuf> {
+    let mut yaml = format!("{addr}:\n  tls-verify: false\n  images:\n");
+    for p in placed {
+        yaml.push_str(&format!("    {}: [\"{}\"]\n", p.repo, p.tag));
+    }
+    std::fs::write(path, yaml)?;
+    Ok(path.to_path_buf())
+}
+
+/// `skopeo sync` of the images `list` names into directories under `dirs`.
+fn sync_to_dirs(list: &Path, dirs: &Path) -> Result<Run> {
+    std::fs::create_dir_all(dirs)?;
+    skopeo_sync(&[
+        "--src",
+        "yaml",
+        "--dest",
+        "dir",
+        &list.display().to_string(),
+        &dirs.display().to_string(),
+    ])
+}
+
 fn skopeo_sync(args: &[&str]) -> Result<Run> {
     let mut all = vec!["sync", "--all", "--retry-times", "0"];
     all.extend_from_slice(args);
@@ -159,28 +192,31 @@ pub fn run(n: usize, work: &Path, keep: bool) -> Result<Figures> {
     let source = Registry::plain()?;
     let (placed, blob_bytes, limit) = generate(&source, n, 11)?;
     let limit = Run::timed(limit);
-    let isc = config(work, &source, &placed)?;
+    let isc = config(work, "isc.yaml", &source.addr(), &placed)?;
 
     let out = work.join("many-out");
     let create = airlock_create(&isc, &out, &work.join("many-ws-c"))?;
 
-    // skopeo sync reads a YAML list of images per registry.
-    let mut yaml = format!("{}:\n  tls-verify: false\n  images:\n", source.addr());
-    for p in &placed {
-        yaml.push_str(&format!("    {}: [\"{}\"]\n", p.repo, p.tag));
-    }
-    let list = work.join("many-sync.yaml");
-    std::fs::write(&list, yaml)?;
+    let list = sync_list(&work.join("many-sync.yaml"), &source.addr(), &placed)?;
     let dirs = work.join("many-dirs");
-    std::fs::create_dir_all(&dirs)?;
-    let sync_to_dir = skopeo_sync(&[
-        "--src",
-        "yaml",
-        "--dest",
-        "dir",
-        &list.display().to_string(),
-        &dirs.display().to_string(),
-    ])?;
+    let sync_to_dir = sync_to_dirs(&list, &dirs)?;
+
+    // The same across a WAN: the whole create, and skopeo's sync of the first
+    // images (one after the other, it would take minutes for all).
+    let lag = LagProxy::start(&source.addr(), WAN_ONE_WAY)?;
+    let wan_isc = config(work, "isc-wan.yaml", &lag.addr(), &placed)?;
+    let wan_out = work.join("many-wan-out");
+    let create_wan = airlock_create(&wan_isc, &wan_out, &work.join("many-wan-ws"))?;
+    std::fs::remove_dir_all(&wan_out)?;
+    let wan_images = placed.len().min(WAN_SKOPEO_IMAGES);
+    let wan_list = sync_list(
+        &work.join("many-wan-sync.yaml"),
+        &lag.addr(),
+        &placed[..wan_images],
+    )?;
+    let wan_dirs = work.join("many-wan-dirs");
+    let sync_wan = sync_to_dirs(&wan_list, &wan_dirs)?;
+    std::fs::remove_dir_all(&wan_dirs)?;
     drop(source);
 
     let dest = Registry::plain()?;
@@ -208,15 +244,16 @@ pub fn run(n: usize, work: &Path, keep: bool) -> Result<Figures> {
         std::fs::remove_dir_all(&out)?;
     }
 
-    let per_second = |r: Run| {
+    let rate = |r: Run, images: usize| {
         if r.seconds > 0.0 {
-            n as f64 / r.seconds
+            images as f64 / r.seconds
         } else {
             0.0
         }
     };
+    let per_second = |r: Run| rate(r, n);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    let peak = [create, publish, agent]
+    let peak = [create, create_wan, publish, agent]
         .iter()
         .map(|r| r.rss_mib)
         .fold(0.0, f64::max);
@@ -225,6 +262,10 @@ pub fn run(n: usize, work: &Path, keep: bool) -> Result<Figures> {
         "blob_bytes": blob_bytes,
         "create": crate::run_json(create),
         "skopeo_sync_to_dir": crate::run_json(sync_to_dir),
+        "wan_round_trip_ms": 2 * WAN_ONE_WAY.as_millis(),
+        "create_across_wan": crate::run_json(create_wan),
+        "skopeo_sync_to_dir_across_wan": crate::run_json(sync_wan),
+        "skopeo_images_across_wan": wan_images,
         "publish": crate::run_json(publish),
         "skopeo_sync_dir_to_registry": crate::run_json(sync_to_registry),
         // Measured here, not around a process: only the time.
@@ -243,6 +284,15 @@ pub fn run(n: usize, work: &Path, keep: bool) -> Result<Figures> {
             "many_publish_speedup",
             ratio(sync_to_registry.seconds, publish.seconds),
         ),
+        ("many_create_wan_images_per_second", per_second(create_wan)),
+        (
+            "many_create_wan_speedup",
+            ratio(per_second(create_wan), rate(sync_wan, wan_images)),
+        ),
+        (
+            "many_create_wan_over_loopback",
+            ratio(create.seconds, create_wan.seconds),
+        ),
         (
             "many_publish_fraction_of_limit",
             ratio(limit.seconds, publish.seconds),
@@ -259,6 +309,19 @@ pub fn run(n: usize, work: &Path, keep: bool) -> Result<Figures> {
             "  skopeo sync docker → dir".to_string(),
             sync_to_dir,
             Some(ratio(sync_to_dir.seconds, create.seconds)),
+        ),
+        (
+            format!(
+                "many: create across a {} ms round trip",
+                2 * WAN_ONE_WAY.as_millis()
+            ),
+            create_wan,
+            Some(ratio(create.seconds, create_wan.seconds)),
+        ),
+        (
+            format!("  skopeo sync docker → dir, {wan_images} images"),
+            sync_wan,
+            Some(ratio(per_second(create_wan), rate(sync_wan, wan_images))),
         ),
         (format!("many: publish, {n} images"), publish, None),
         (

@@ -90,7 +90,8 @@ pub struct AgentConfig {
     /// File holding the key's password.
     #[serde(default)]
     pub sign_password_file: Option<PathBuf>,
-    /// Blob downloads at once.
+    /// Blobs of 1 MiB or more downloaded at once; smaller ones up to four
+    /// times as many.
     #[serde(default = "eight")]
     pub parallel: usize,
     /// Source registry access.
@@ -209,8 +210,11 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
     if config.keep == 0 {
         problem("keep", "must be at least 1".into());
     }
-    if config.parallel == 0 {
-        problem("parallel", "must be at least 1".into());
+    if !(1..=create::MAX_PARALLEL).contains(&config.parallel) {
+        problem(
+            "parallel",
+            format!("must be from 1 to {}", create::MAX_PARALLEL),
+        );
     }
     for (field, file) in [
         ("signKey", &config.sign_key),

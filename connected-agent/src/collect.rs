@@ -25,9 +25,12 @@ use crate::derive::Derived;
 /// deeper chain is more likely a loop in a hostile registry).
 const MAX_DEPTH: usize = 4;
 
-/// How many images are resolved at once. Resolving an image is one or two
-/// small requests; a catalog has thousands, so across a WAN the round trips,
-/// not the registry, are their cost.
+/// How many images are resolved (or, with `--continue-on-error`, checked for
+/// their blobs) at once. Resolving an image is a request for its manifest and
+/// one for each platform; a catalog has thousands, so across a WAN the round
+/// trips, not the registry, are their cost. The registry client bounds the
+/// manifests read from one registry at once, whatever the product of this and
+/// [`PARALLEL_CHILDREN`].
 const PARALLEL_IMAGES: usize = 32;
 
 /// How many child manifests of one index are asked for at once.
@@ -466,25 +469,35 @@ pub async fn resolve(
                 });
             }
             // Asked at once: one after the other, each platform of an index
-            // would cost a round trip to the registry.
+            // would cost a round trip to the registry. Each is checked as it
+            // comes, so the first child in the index's order that fails is
+            // the one reported, whatever failed.
             let fetched: Vec<RawManifest> = futures::stream::iter(&children)
-                .map(|child| client.get_manifest(src.repository(), child.digest.as_str()))
+                .map(|child| {
+                    let (client, image, registry_err) = (&client, &image, &registry_err);
+                    async move {
+                        let c = client
+                            .get_manifest(src.repository(), child.digest.as_str())
+                            .await
+                            .map_err(registry_err)?;
+                        if c.bytes.len() as u64 != child.size {
+                            return Err(CollectError::Inconsistent {
+                                image: image.clone(),
+                                problem: format!(
+                                    "child manifest {} is {} bytes, its index says {}",
+                                    child.digest,
+                                    c.bytes.len(),
+                                    child.size
+                                ),
+                            });
+                        }
+                        Ok(c)
+                    }
+                })
                 .buffered(PARALLEL_CHILDREN)
                 .try_collect()
-                .await
-                .map_err(registry_err)?;
+                .await?;
             for (child, c) in children.into_iter().zip(fetched) {
-                if c.bytes.len() as u64 != child.size {
-                    return Err(CollectError::Inconsistent {
-                        image: image.clone(),
-                        problem: format!(
-                            "child manifest {} is {} bytes, its index says {}",
-                            child.digest,
-                            c.bytes.len(),
-                            child.size
-                        ),
-                    });
-                }
                 if c.media_type != child.media_type
                     && !(is_index(&c.media_type) && is_index(&child.media_type))
                 {

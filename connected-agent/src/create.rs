@@ -46,6 +46,10 @@ pub const DEFAULT_LIMIT: ByteSize = ByteSize(500 << 30);
 /// How often a blob download is attempted before `create` gives up.
 const ATTEMPTS: u32 = 4;
 
+/// The longest `Retry-After` a blob download waits for: a registry asking
+/// for longer is asked again after this long, so a run never stalls unseen.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// Blobs at least this large are downloaded `--parallel` at once; smaller ones
 /// up to [`SMALL_BLOBS_PER_SLOT`] times as many. A catalog's blobs are mostly
 /// small, and across a WAN each costs a round trip more than its bytes.
@@ -53,6 +57,10 @@ const LARGE_BLOB: u64 = 1 << 20;
 
 /// Downloads under way at once for each of `--parallel`'s, counting small blobs.
 const SMALL_BLOBS_PER_SLOT: usize = 4;
+
+/// The most `--parallel` (and an agent's `parallel`) may be: more downloads
+/// at once than this only burden the registry.
+pub const MAX_PARALLEL: usize = 256;
 
 /// What `create` is asked to do.
 #[derive(Debug, Clone)]
@@ -1274,7 +1282,16 @@ async fn fill_blob(
             }
             Err(e) if attempt < ATTEMPTS && retryable(&e) => {
                 progress.sub(written);
-                let delay = Duration::from_millis(500 * 2u64.pow(attempt - 1));
+                let backoff = Duration::from_millis(500 * 2u64.pow(attempt - 1));
+                let delay = match &e {
+                    Error::Registry(r) => match r.kind() {
+                        Some(ErrorKind::Unavailable {
+                            retry_after: Some(after),
+                        }) => backoff.max(after.min(MAX_RETRY_AFTER)),
+                        _ => backoff,
+                    },
+                    _ => backoff,
+                };
                 tracing::warn!(digest = %blob.digest, repository = %blob.repository, attempt, error = %e, "blob transfer failed; retrying");
                 tokio::time::sleep(delay).await;
                 attempt += 1;
@@ -1286,7 +1303,10 @@ async fn fill_blob(
 
 fn retryable(e: &Error) -> bool {
     match e {
-        Error::Registry(r) => matches!(r.kind(), Some(ErrorKind::Network | ErrorKind::Unreachable)),
+        Error::Registry(r) => matches!(
+            r.kind(),
+            Some(ErrorKind::Network | ErrorKind::Unreachable | ErrorKind::Unavailable { .. })
+        ),
         Error::Write(WriteError::Content { .. }) => true,
         _ => false,
     }

@@ -49,8 +49,9 @@ const MAX_PER_RUN: usize = 20_000;
 
 /// Subjects searched at once. Each asks its four lookups at once, so up to
 /// 32 requests are in flight to one registry: a catalog's thousands of
-/// manifests are searched in round trips, not requests, and a registry that
-/// throttles answers 429, which the client backs off from.
+/// manifests are searched in round trips, not requests. Lookups are not
+/// retried: a registry that throttles them with a 429 stops the run, naming
+/// the lookup (manifest reads and blob downloads wait and are retried).
 const PARALLEL: usize = 8;
 
 /// The referrers of one manifest of `subject`'s repository. `tags` is the
@@ -127,7 +128,7 @@ const FUTILE_LISTINGS: u32 = 4;
 const PAGE_SIZES: [usize; 3] = [50, 100, 1000];
 
 /// Tag lists asked for at once: as many requests as `PARALLEL`'s subjects
-/// make, and as the resolution of images has in flight.
+/// make, and as the registry client reads manifests at once.
 const PARALLEL_LISTINGS: usize = 32;
 
 /// The tag lists of one discovery, by registry and repository (`None`: tags

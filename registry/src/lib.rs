@@ -283,6 +283,10 @@ pub struct RegistryClient {
     v2: tokio::sync::OnceCell<V2Answer>,
     /// What the registry's answers said of its referrers API.
     referrers_api: lookups::ReferrersApi,
+    /// Bounds the manifests read from this registry at once, whoever asks:
+    /// callers resolve images, and each image its platforms, at once, and
+    /// their product would otherwise reach the registry in one burst.
+    manifest_reads: tokio::sync::Semaphore,
     /// Where reads of this registry's images may be sent instead
     /// (`registries.conf`); see [`mirrors`].
     mirrors: Option<std::sync::Arc<mirrors::Mirrors>>,
@@ -770,6 +774,11 @@ fn ca_certificates(host: &str, cert_dir: Option<&Path>) -> Result<Vec<Certificat
 const STALE_CONNECTIONS: usize = 8;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Manifests read from one registry at once: enough that a catalog's
+/// thousands are read in round trips, not one after another; as many as
+/// Airlock downloads small blobs at once by default.
+const MANIFEST_READS_AT_ONCE: usize = 32;
 /// Longest silence on a connection before it counts as broken (and is retried).
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
 const USER_AGENT: &str = concat!("airlock/", env!("CARGO_PKG_VERSION"));
@@ -987,6 +996,7 @@ impl RegistryClient {
             scoped: Default::default(),
             v2: Default::default(),
             referrers_api: Default::default(),
+            manifest_reads: tokio::sync::Semaphore::new(MANIFEST_READS_AT_ONCE),
             mirrors: opts.mirrors.clone(),
             layouts: None,
         })
@@ -1021,6 +1031,7 @@ impl RegistryClient {
             scoped: Default::default(),
             v2: Default::default(),
             referrers_api: Default::default(),
+            manifest_reads: tokio::sync::Semaphore::new(MANIFEST_READS_AT_ONCE),
             mirrors: None,
             layouts: Some(layouts),
         })
@@ -1165,12 +1176,21 @@ impl RegistryClient {
             return l.get_manifest(repository, reference, &self.target(repository, reference));
         }
         let by_digest = digest_bound(reference);
-        let reference = reference.to_string();
-        self.routed(repository, by_digest, "pull manifest", move |c, repo| {
-            let reference = reference.clone();
-            Box::pin(async move { c.get_manifest_here(&repo, &reference).await })
-        })
-        .await
+        // A registry that throttles a catalog's burst of reads answers 429;
+        // one such answer must not end a run that waiting would complete.
+        let policy = retry::RetryPolicy::default();
+        let read = || {
+            let reference = reference.to_string();
+            self.routed(repository, by_digest, "pull manifest", move |c, repo| {
+                let reference = reference.clone();
+                Box::pin(async move { c.get_manifest_here(&repo, &reference).await })
+            })
+        };
+        policy
+            .run(&policy.budget(), read, |r| {
+                tracing::warn!(repository, reference, attempt = r.attempt, wait_ms = r.wait.as_millis() as u64, error = %r.error, "manifest read failed; retrying");
+            })
+            .await
     }
 
     async fn get_manifest_here(
@@ -1178,6 +1198,7 @@ impl RegistryClient {
         repository: &str,
         reference: &str,
     ) -> Result<RawManifest, RegistryError> {
+        let _read = self.manifest_reads.acquire().await.expect("never closed");
         if self.anonymous(repository).await {
             return self.get_manifest_direct(repository, reference).await;
         }

@@ -227,7 +227,7 @@ impl FaultProxy {
 
     /// Holds back every `method` request whose path contains `path` until
     /// `at_once` of them are held together; the returned [`Hold`] tells which
-    /// were.
+    /// were. A request that several holds match is held by the first armed.
     pub fn hold_until_at_once(&self, method: &str, path: &str, at_once: usize) -> Hold {
         let hold = Hold {
             method: method.to_string(),

@@ -1,6 +1,6 @@
 //! Publishing survives what registries do in passing: a 500 on a blob upload, a 429
 //! with `Retry-After` on opening an upload or pushing a manifest, a connection reset
-//! in the middle of a blob. Each fault is served by a proxy in front of a real
+//! in the middle of a blob; creating, a 429 on reading a manifest or a blob. Each fault is served by a proxy in front of a real
 //! registry, at a known request; the result is checked byte for byte with skopeo.
 //! A registry that keeps failing fails the publish in bounded time, naming the
 //! attempts.
@@ -100,4 +100,39 @@ fn a_push_into_a_project_that_does_not_exist_says_so() {
             .contains("the registry has no project or organisation \"mirror\" that this credential may push to; create it (a Harbor project"),
         "{published}"
     );
+}
+
+/// A registry that throttles a catalog's burst of reads answers 429 with
+/// `Retry-After`: `create` waits and reads again, a manifest and a blob alike,
+/// instead of failing a run that waiting completes.
+#[test]
+fn create_waits_out_a_429_on_a_manifest_and_on_a_blob() {
+    let s = Setup::plain();
+    let proxy = FaultProxy::start(&s.source.addr()).unwrap();
+    proxy.fail_nth("GET", "/manifests/", 1, Fault::TooManyRequests);
+    proxy.fail_nth("GET", "/blobs/sha256:", 1, Fault::TooManyRequests);
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(&s.source.addr(), &proxy.addr());
+    let config = s.path("isc-proxy.yaml");
+    std::fs::write(&config, text).unwrap();
+    let out = s.path("out");
+    let created = run(&mut create_cmd(
+        &config,
+        &out,
+        &s.path("ws-c"),
+        "1GiB",
+        &s.source,
+    ));
+    assert_eq!(created.code, 0, "{created}");
+    assert_eq!(proxy.served(), 2, "both 429s were served\n{created}");
+    for retried in [
+        "manifest read failed; retrying",
+        "blob transfer failed; retrying",
+    ] {
+        assert!(created.stderr.contains(retried), "{retried}\n{created}");
+    }
+    let published = s.publish(&out, "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
 }
