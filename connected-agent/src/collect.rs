@@ -9,12 +9,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use airlock_config::ImageSpec;
 use airlock_imageset::{BlobRecord, ImageRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::{self, Descriptor, Platform, is_index};
 use airlock_oci::reference::ImageRef;
+use airlock_registry::retry::RetryPolicy;
 use airlock_registry::{Pool, RawManifest, RegistryError};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -35,6 +37,20 @@ const PARALLEL_IMAGES: usize = 32;
 
 /// How many child manifests of one index are asked for at once.
 const PARALLEL_CHILDREN: usize = 8;
+
+/// How a manifest read is retried while an image is resolved: a 429 or 5xx
+/// waits (the registry's `Retry-After`, at most a minute) and is asked again,
+/// four attempts a read and eight retries an image in all, so that a registry
+/// failing every read fails each image within seconds, not minutes.
+fn read_retries() -> RetryPolicy {
+    RetryPolicy {
+        first: Duration::from_millis(500),
+        cap: Duration::from_secs(4),
+        attempts: 4,
+        per_image: 8,
+        max_retry_after: Duration::from_secs(60),
+    }
+}
 
 /// Why an image could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +143,10 @@ pub async fn resolve_all(
     specs: &[ImageSpec],
     pool: &Pool,
 ) -> Result<Vec<Arc<Resolved>>, CollectError> {
-    let (slots, each) = resolve_each(specs, pool).await;
-    let each: Vec<Arc<Resolved>> = each.into_iter().collect::<Result<_, _>>()?;
+    let (slots, unique) = distinct(specs);
+    // The first failure ends the run: the rest are not waited for (each may
+    // wait out a registry's throttling).
+    let each: Vec<Arc<Resolved>> = resolutions(unique, pool).try_collect().await?;
     Ok(slots.iter().map(|&i| each[i].clone()).collect())
 }
 
@@ -138,6 +156,12 @@ async fn resolve_each(
     specs: &[ImageSpec],
     pool: &Pool,
 ) -> (Vec<usize>, Vec<Result<Arc<Resolved>, CollectError>>) {
+    let (slots, unique) = distinct(specs);
+    (slots, resolutions(unique, pool).collect().await)
+}
+
+/// For each spec, the index of its source among the distinct ones; and those.
+fn distinct(specs: &[ImageSpec]) -> (Vec<usize>, Vec<&ImageSpec>) {
     let mut unique: Vec<&ImageSpec> = Vec::new();
     let mut position: HashMap<String, usize> = HashMap::new();
     let slots: Vec<usize> = specs
@@ -150,13 +174,18 @@ async fn resolve_each(
             })
         })
         .collect();
-    let resolved = futures::stream::iter(unique)
+    (slots, unique)
+}
+
+/// The resolutions of `specs`, in their order.
+fn resolutions<'a>(
+    specs: Vec<&'a ImageSpec>,
+    pool: &'a Pool,
+) -> impl futures::Stream<Item = Result<Arc<Resolved>, CollectError>> + 'a {
+    futures::stream::iter(specs)
         .map(|spec| resolve(&spec.name, &spec.source, &spec.platforms, pool))
         .buffered(PARALLEL_IMAGES)
         .map(|r| r.map(Arc::new))
-        .collect()
-        .await;
-    (slots, resolved)
 }
 
 /// An image left out because it could not be resolved.
@@ -423,10 +452,22 @@ pub async fn resolve(
         source,
     };
     let client = pool.client(src.registry()).await.map_err(registry_err)?;
-    let top = client
-        .get_manifest(src.repository(), &src.manifest_reference())
-        .await
-        .map_err(registry_err)?;
+    let policy = read_retries();
+    let budget = policy.budget();
+    // A registry that throttles a catalog's burst of reads answers 429 (or
+    // 503): the read waits and is sent again, within the image's budget.
+    let read = |reference: String| {
+        let (client, policy, budget, image) = (&client, &policy, &budget, &image);
+        async move {
+            let op = || client.get_manifest(src.repository(), &reference);
+            policy
+                .run(budget, op, |r| {
+                    tracing::warn!(image = %image, reference = %reference, attempt = r.attempt, wait_ms = r.wait.as_millis() as u64, error = %r.error, "manifest read failed; retrying");
+                })
+                .await
+        }
+    };
+    let top = read(src.manifest_reference()).await.map_err(registry_err)?;
     tracing::info!(image = %image, digest = %top.digest, media_type = %top.media_type, "resolved image");
     let mut manifests = vec![top.clone()];
     let mut platforms = HashMap::new();
@@ -474,12 +515,9 @@ pub async fn resolve(
             // the one reported, whatever failed.
             let fetched: Vec<RawManifest> = futures::stream::iter(&children)
                 .map(|child| {
-                    let (client, image, registry_err) = (&client, &image, &registry_err);
+                    let (read, image, registry_err) = (&read, &image, &registry_err);
                     async move {
-                        let c = client
-                            .get_manifest(src.repository(), child.digest.as_str())
-                            .await
-                            .map_err(registry_err)?;
+                        let c = read(child.digest.to_string()).await.map_err(registry_err)?;
                         if c.bytes.len() as u64 != child.size {
                             return Err(CollectError::Inconsistent {
                                 image: image.clone(),

@@ -1176,21 +1176,12 @@ impl RegistryClient {
             return l.get_manifest(repository, reference, &self.target(repository, reference));
         }
         let by_digest = digest_bound(reference);
-        // A registry that throttles a catalog's burst of reads answers 429;
-        // one such answer must not end a run that waiting would complete.
-        let policy = retry::RetryPolicy::default();
-        let read = || {
-            let reference = reference.to_string();
-            self.routed(repository, by_digest, "pull manifest", move |c, repo| {
-                let reference = reference.clone();
-                Box::pin(async move { c.get_manifest_here(&repo, &reference).await })
-            })
-        };
-        policy
-            .run(&policy.budget(), read, |r| {
-                tracing::warn!(repository, reference, attempt = r.attempt, wait_ms = r.wait.as_millis() as u64, error = %r.error, "manifest read failed; retrying");
-            })
-            .await
+        let reference = reference.to_string();
+        self.routed(repository, by_digest, "pull manifest", move |c, repo| {
+            let reference = reference.clone();
+            Box::pin(async move { c.get_manifest_here(&repo, &reference).await })
+        })
+        .await
     }
 
     async fn get_manifest_here(

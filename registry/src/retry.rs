@@ -80,6 +80,11 @@ pub trait Retryable: Sized {
 
 impl Retryable for RegistryError {
     fn verdict(&self) -> Verdict {
+        // Given up by a retry loop inside: one around it would multiply the
+        // attempts and the waits.
+        if matches!(self, RegistryError::GaveUp { .. }) {
+            return Verdict::Final;
+        }
         match self.kind() {
             Some(ErrorKind::Network) => Verdict::Retry { retry_after: None },
             Some(ErrorKind::Unavailable { retry_after }) => Verdict::Retry { retry_after },
@@ -391,6 +396,11 @@ mod tests {
         assert!(
             matches!(e.kind(), Some(ErrorKind::Unavailable { .. })),
             "the last error's kind is kept for exit codes"
+        );
+        assert_eq!(
+            e.verdict(),
+            Verdict::Final,
+            "a retry loop around this one does not try it again"
         );
     }
 
