@@ -39,15 +39,17 @@ const PARALLEL_IMAGES: usize = 32;
 const PARALLEL_CHILDREN: usize = 8;
 
 /// How a manifest read is retried while an image is resolved: a 429 or 5xx
-/// waits (the registry's `Retry-After`, at most a minute) and is asked again,
-/// four attempts a read and eight retries an image in all, so that a registry
-/// failing every read fails each image within seconds, not minutes.
+/// waits (0.5, 1 and 2 s with jitter, or the registry's `Retry-After`, at most
+/// a minute) and is asked again, four attempts a read. An image's reads share
+/// its retries: three for each of the platforms asked at once, which a
+/// throttled burst may all need together. A registry failing every read
+/// without `Retry-After` fails an image in seconds.
 fn read_retries() -> RetryPolicy {
     RetryPolicy {
         first: Duration::from_millis(500),
         cap: Duration::from_secs(4),
         attempts: 4,
-        per_image: 8,
+        per_image: 3 * PARALLEL_CHILDREN as u32,
         max_retry_after: Duration::from_secs(60),
     }
 }
@@ -144,8 +146,8 @@ pub async fn resolve_all(
     pool: &Pool,
 ) -> Result<Vec<Arc<Resolved>>, CollectError> {
     let (slots, unique) = distinct(specs);
-    // The first failure ends the run: the rest are not waited for (each may
-    // wait out a registry's throttling).
+    // The first failure in the configuration's order ends the run: the images
+    // after it are not waited for (each may be waiting out throttling).
     let each: Vec<Arc<Resolved>> = resolutions(unique, pool).try_collect().await?;
     Ok(slots.iter().map(|&i| each[i].clone()).collect())
 }
