@@ -50,7 +50,7 @@ fn read_retries() -> RetryPolicy {
         cap: Duration::from_secs(4),
         attempts: 4,
         per_image: 3 * PARALLEL_CHILDREN as u32,
-        max_retry_after: Duration::from_secs(60),
+        max_retry_after: crate::create::MAX_RETRY_AFTER,
     }
 }
 

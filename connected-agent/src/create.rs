@@ -46,9 +46,10 @@ pub const DEFAULT_LIMIT: ByteSize = ByteSize(500 << 30);
 /// How often a blob download is attempted before `create` gives up.
 const ATTEMPTS: u32 = 4;
 
-/// The longest `Retry-After` a blob download waits for: a registry asking
-/// for longer is asked again after this long, so a run never stalls unseen.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// The longest `Retry-After` a read of `create` (a blob download, a manifest
+/// read while resolving) waits for: a registry asking for longer is asked
+/// again after this long, so a run never stalls unseen.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Blobs at least this large are downloaded `--parallel` at once; smaller ones
 /// up to [`SMALL_BLOBS_PER_SLOT`] times as many. A catalog's blobs are mostly
@@ -1282,16 +1283,14 @@ async fn fill_blob(
             }
             Err(e) if attempt < ATTEMPTS && retryable(&e) => {
                 progress.sub(written);
-                let backoff = Duration::from_millis(500 * 2u64.pow(attempt - 1));
-                let delay = match &e {
-                    Error::Registry(r) => match r.kind() {
-                        Some(ErrorKind::Unavailable {
-                            retry_after: Some(after),
-                        }) => backoff.max(after.min(MAX_RETRY_AFTER)),
-                        _ => backoff,
-                    },
-                    _ => backoff,
-                };
+                let mut delay = Duration::from_millis(500 * 2u64.pow(attempt - 1));
+                if let Error::Registry(r) = &e
+                    && let Some(ErrorKind::Unavailable {
+                        retry_after: Some(after),
+                    }) = r.kind()
+                {
+                    delay = delay.max(after.min(MAX_RETRY_AFTER));
+                }
                 tracing::warn!(digest = %blob.digest, repository = %blob.repository, attempt, error = %e, "blob transfer failed; retrying");
                 tokio::time::sleep(delay).await;
                 attempt += 1;

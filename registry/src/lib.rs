@@ -1757,9 +1757,10 @@ impl RegistryClient {
             // A layout has no referrers API; its cosign tags are found by has_tag.
             return Ok(Vec::new());
         }
-        let tag = match self.routed_elsewhere(repository) {
-            true => ReferrersTag::Unknown,
-            false => tag,
+        let tag = if self.routed_elsewhere(repository) {
+            ReferrersTag::Unknown
+        } else {
+            tag
         };
         let subject = subject.clone();
         // "None" from one registries.conf endpoint is a not-found answer, as for

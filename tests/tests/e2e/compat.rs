@@ -331,14 +331,7 @@ fn registries_conf_mirrors_serve_sources_and_blocked_entries_refuse_them() {
     let empty = Registry::plain().unwrap();
     let real = "127.0.0.1:1";
     let cache = s.source.addr().to_string();
-    let config = s.path("real.yaml");
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&s.config)
-            .unwrap()
-            .replace(&cache, real),
-    )
-    .unwrap();
+    let config = s.config_at("real.yaml", real);
     // The same images, each named by digest only.
     let by_digest = s.path("by-digest.yaml");
     let mut text = String::from(
@@ -566,14 +559,7 @@ fn a_mirror_that_failed_is_not_hidden_behind_another_mirrors_not_here() {
     let failing = FaultProxy::start(&s.source.addr()).unwrap();
     failing.fail_always("HEAD", ".sig", Fault::ServerError);
     let real = "127.0.0.1:1";
-    let config = s.path("real.yaml");
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&s.config)
-            .unwrap()
-            .replace(&s.source.addr(), real),
-    )
-    .unwrap();
+    let config = s.config_at("real.yaml", real);
     let conf = s.path("registries.conf");
     let mirrors = |first: &str, second: &str| {
         format!(

@@ -517,29 +517,20 @@ fn a_catalogs_requests_go_out_together() {
     let src = Registry::plain().unwrap();
     let client = PushClient::new(&src).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    two_platform(Format::Oci, 1, 2_000, false)
-        .push(&client, "many/multi", Some("1"))
-        .unwrap();
-    let mut repos = vec!["many/multi".to_string()];
+    let mut placed = vec![push_as_1(
+        &client,
+        two_platform(Format::Oci, 1, 2_000, false),
+        "many/multi",
+    )];
     for i in 0..9 {
-        let repo = format!("many/app-{i}");
-        ImageBuilder::new(Format::Oci)
+        let image = ImageBuilder::new(Format::Oci)
             .layer(10 + 2 * i, 2_000)
             .layer(11 + 2 * i, 2_000)
-            .build()
-            .push(&client, &repo, Some("1"))
-            .unwrap();
-        repos.push(repo);
+            .build();
+        placed.push(push_as_1(&client, image, &format!("many/app-{i}")));
     }
     let proxy = FaultProxy::start(&src.addr()).unwrap();
-    let mut config = String::from(
-        "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  additionalImages:\n",
-    );
-    for repo in &repos {
-        config.push_str(&format!("  - name: {}/{repo}:1\n", proxy.addr()));
-    }
-    let config_path = tmp.path().join("isc.yaml");
-    std::fs::write(&config_path, config).unwrap();
+    let config_path = config_naming(&tmp.path().join("isc.yaml"), &proxy.addr(), &placed, "");
     let holds = [
         (
             "image manifests",

@@ -1,7 +1,8 @@
 //! Publishing survives what registries do in passing: a 500 on a blob upload, a 429
 //! with `Retry-After` on opening an upload or pushing a manifest, a connection reset
-//! in the middle of a blob; creating, a 429 on reading a manifest or a blob. Each fault is served by a proxy in front of a real
-//! registry, at a known request; the result is checked byte for byte with skopeo.
+//! in the middle of a blob; creating, a 429 on reading a manifest or a blob. Each
+//! fault is served by a proxy in front of a real registry, at a known request; the
+//! result is checked byte for byte with skopeo.
 //! A registry that keeps failing fails the publish in bounded time, naming the
 //! attempts.
 use airlock_tests::bins::{Output, run};
@@ -111,11 +112,7 @@ fn create_waits_out_a_429_on_a_manifest_and_on_a_blob() {
     let proxy = FaultProxy::start(&s.source.addr()).unwrap();
     proxy.fail_nth("GET", "/manifests/", 1, Fault::TooManyRequests);
     proxy.fail_nth("GET", "/blobs/sha256:", 1, Fault::TooManyRequests);
-    let text = std::fs::read_to_string(&s.config)
-        .unwrap()
-        .replace(&s.source.addr(), &proxy.addr());
-    let config = s.path("isc-proxy.yaml");
-    std::fs::write(&config, text).unwrap();
+    let config = s.config_at("isc-proxy.yaml", &proxy.addr());
     let out = s.path("out");
     let created = run(&mut create_cmd(
         &config,

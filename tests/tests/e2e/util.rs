@@ -131,20 +131,22 @@ pub fn create_of(src: &Registry, tmp: &Path, placed: &[Placed], limit: &str) -> 
 }
 
 pub fn write_config(dir: &Path, source: &Registry, placed: &[Placed], extra: &str) -> PathBuf {
+    config_naming(&dir.join("isc.yaml"), &source.addr(), placed, extra)
+}
+
+/// Writes to `path` an ImageSetConfiguration (`extra` before its `mirror`) of
+/// `placed`, named at registry `addr`: the source's, a proxy's in front of it,
+/// or one that registries.conf sends elsewhere.
+pub fn config_naming(path: &Path, addr: &str, placed: &[Placed], extra: &str) -> PathBuf {
     let mut text =
         String::from("apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\n");
     text.push_str(extra);
     text.push_str("mirror:\n  additionalImages:\n");
     for p in placed {
-        text.push_str(&format!(
-            "  - name: docker://{}/{}\n",
-            source.addr(),
-            p.config_ref
-        ));
+        text.push_str(&format!("  - name: docker://{addr}/{}\n", p.config_ref));
     }
-    let path = dir.join("isc.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
 }
 
 /// Source and destination registries, the seeded images and their configuration.
@@ -176,6 +178,12 @@ impl Setup {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
+    }
+
+    /// The configuration of the seeded images, named at registry `addr`
+    /// instead of the source's, written to `name`.
+    pub fn config_at(&self, name: &str, addr: &str) -> PathBuf {
+        config_naming(&self.path(name), addr, &self.placed, "")
     }
 
     /// Runs a successful `create` into `out` with the workspace `ws-c`.
