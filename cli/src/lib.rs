@@ -233,6 +233,19 @@ pub enum OutputFormat {
     Json,
 }
 
+/// The most blob transfers at once that `--parallel` (and an agent's
+/// `parallel`) may ask for, in every command: more only burden the registry,
+/// and far more would overflow the semaphore that bounds them.
+pub const MAX_PARALLEL: usize = 256;
+
+/// Parses `--parallel`: from 1 to [`MAX_PARALLEL`].
+pub fn parallel(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n @ 1..=MAX_PARALLEL) => Ok(n),
+        _ => Err(format!("expected a number from 1 to {MAX_PARALLEL}")),
+    }
+}
+
 /// A report as `-o json` prints it, the same for every command: pretty JSON.
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
 pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) {

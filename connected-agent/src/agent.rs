@@ -210,10 +210,10 @@ pub fn load(path: &Path) -> Result<Checked, Error> {
     if config.keep == 0 {
         problem("keep", "must be at least 1".into());
     }
-    if !(1..=create::MAX_PARALLEL).contains(&config.parallel) {
+    if !(1..=airlock_cli::MAX_PARALLEL).contains(&config.parallel) {
         problem(
             "parallel",
-            format!("must be from 1 to {}", create::MAX_PARALLEL),
+            format!("must be from 1 to {}", airlock_cli::MAX_PARALLEL),
         );
     }
     for (field, file) in [

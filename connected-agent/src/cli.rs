@@ -306,7 +306,7 @@ pub struct CreateArgs {
     pub continue_on_error: bool,
     /// Blobs of 1 MiB or more downloaded at once; smaller blobs, whose cost
     /// is the round trip more than the bytes, up to four times as many.
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = parallel)]
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = airlock_cli::parallel)]
     pub parallel: usize,
     /// Output format of the report: lines for people (table), or one JSON object
     /// with `uuid`, `sequence` (null when nothing changed), `images`, `blobs`,
@@ -368,7 +368,7 @@ pub struct MirrorArgs {
     #[arg(long)]
     pub continue_on_error: bool,
     /// Blob transfers at once.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = airlock_cli::parallel)]
     pub parallel: usize,
     /// Output format of the report: lines for people (table), or one JSON object
     /// with `images`, `blobsUploaded`, `uploadedBytes`, `blobsMounted`,
@@ -924,17 +924,6 @@ fn print_delete(r: &crate::delete::DeleteReport, output: OutputFormat) {
     }
 }
 
-/// `--parallel`: from 1 to [`create::MAX_PARALLEL`].
-fn parallel(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(n @ 1..=create::MAX_PARALLEL) => Ok(n),
-        _ => Err(format!(
-            "expected a number from 1 to {}",
-            create::MAX_PARALLEL
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -946,27 +935,35 @@ mod tests {
     }
 
     /// Four times `--parallel` small downloads run at once: 0 would start
-    /// none, and a huge value would only flood the registry.
+    /// none, and a huge value would only flood the registry (and overflow
+    /// the publisher's semaphore in `mirror`).
     #[test]
     fn parallel_is_from_1_to_256() {
-        let create = |n: &str| {
-            Cli::try_parse_from([
-                "airlock-connected",
-                "create",
+        let commands: [&[&str]; 2] = [
+            &["create", "--config", "isc.yaml", "--out", "out"],
+            &[
+                "mirror",
                 "--config",
                 "isc.yaml",
-                "--out",
-                "out",
-                "--parallel",
-                n,
-            ])
-        };
-        for good in ["1", "256"] {
-            assert!(create(good).is_ok(), "{good}");
-        }
-        for bad in ["0", "257", "18446744073709551615", "many"] {
-            let e = create(bad).expect_err(bad).to_string();
-            assert!(e.contains("expected a number from 1 to 256"), "{bad}: {e}");
+                "--to",
+                "docker://m.example",
+            ],
+        ];
+        for command in commands {
+            let with = |n: &str| {
+                let args = [&["airlock-connected"], command, &["--parallel", n]];
+                Cli::try_parse_from(args.concat())
+            };
+            for good in ["1", "256"] {
+                assert!(with(good).is_ok(), "{command:?} {good}");
+            }
+            for bad in ["0", "257", "18446744073709551615", "many"] {
+                let e = with(bad).expect_err(bad).to_string();
+                assert!(
+                    e.contains("expected a number from 1 to 256"),
+                    "{command:?} {bad}: {e}"
+                );
+            }
         }
     }
 }

@@ -9,19 +9,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use airlock_config::ImageSpec;
 use airlock_imageset::{BlobRecord, ImageRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::manifest::{self, Descriptor, Platform, is_index};
 use airlock_oci::reference::ImageRef;
-use airlock_registry::retry::RetryPolicy;
 use airlock_registry::{Pool, RawManifest, RegistryError};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::derive::Derived;
+use crate::reads::Reads;
 
 /// Nesting of indexes that is accepted (an index of indexes is legal but rare; a
 /// deeper chain is more likely a loop in a hostile registry).
@@ -36,23 +35,7 @@ const MAX_DEPTH: usize = 4;
 const PARALLEL_IMAGES: usize = 32;
 
 /// How many child manifests of one index are asked for at once.
-const PARALLEL_CHILDREN: usize = 8;
-
-/// How a manifest read is retried while an image is resolved: a 429 or 5xx
-/// waits (0.5, 1 and 2 s with jitter, or the registry's `Retry-After`, at most
-/// a minute) and is asked again, four attempts a read. An image's reads share
-/// its retries: three for each of the platforms asked at once, which a
-/// throttled burst may all need together. A registry failing every read
-/// without `Retry-After` fails an image in seconds.
-fn read_retries() -> RetryPolicy {
-    RetryPolicy {
-        first: Duration::from_millis(500),
-        cap: Duration::from_secs(4),
-        attempts: 4,
-        per_image: 3 * PARALLEL_CHILDREN as u32,
-        max_retry_after: crate::create::MAX_RETRY_AFTER,
-    }
-}
+pub(crate) const PARALLEL_CHILDREN: usize = 8;
 
 /// Why an image could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -353,12 +336,19 @@ async fn unavailable_layer(
             });
         }
     };
+    let reads = Reads::new();
     for b in r.blobs.iter().filter(|b| !shipped.contains(&b.digest)) {
         let known = (src.name(), b.digest.clone());
         if present.lock().expect("not poisoned").contains(&known) {
             continue;
         }
-        match client.has_blob(src.repository(), &b.digest).await {
+        let of = format!("{}@{}", src.name(), b.digest);
+        match reads
+            .run("blob check", &of, || {
+                client.has_blob(src.repository(), &b.digest)
+            })
+            .await
+        {
             Ok(true) => {
                 present.lock().expect("not poisoned").insert(known);
             }
@@ -454,17 +444,14 @@ pub async fn resolve(
         source,
     };
     let client = pool.client(src.registry()).await.map_err(registry_err)?;
-    let policy = read_retries();
-    let budget = policy.budget();
-    // A registry that throttles a catalog's burst of reads answers 429 (or
-    // 503): the read waits and is sent again, within the image's budget.
+    let reads = Reads::new();
     let read = |reference: String| {
-        let (client, policy, budget, image) = (&client, &policy, &budget, &image);
+        let (client, reads) = (&client, &reads);
         async move {
-            let op = || client.get_manifest(src.repository(), &reference);
-            policy
-                .run(budget, op, |r| {
-                    tracing::warn!(image = %image, reference = %reference, attempt = r.attempt, wait_ms = r.wait.as_millis() as u64, error = %r.error, "manifest read failed; retrying");
+            let of = format!("{}@{reference}", src.name());
+            reads
+                .run("manifest read", &of, || {
+                    client.get_manifest(src.repository(), &reference)
                 })
                 .await
         }

@@ -46,11 +46,6 @@ pub const DEFAULT_LIMIT: ByteSize = ByteSize(500 << 30);
 /// How often a blob download is attempted before `create` gives up.
 const ATTEMPTS: u32 = 4;
 
-/// The longest `Retry-After` a read of `create` (a blob download, a manifest
-/// read while resolving) waits for: a registry asking for longer is asked
-/// again after this long, so a run never stalls unseen.
-pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
 /// Blobs at least this large are downloaded `--parallel` at once; smaller ones
 /// up to [`SMALL_BLOBS_PER_SLOT`] times as many. A catalog's blobs are mostly
 /// small, and across a WAN each costs a round trip more than its bytes.
@@ -58,10 +53,6 @@ const LARGE_BLOB: u64 = 1 << 20;
 
 /// Downloads under way at once for each of `--parallel`'s, counting small blobs.
 const SMALL_BLOBS_PER_SLOT: usize = 4;
-
-/// The most `--parallel` (and an agent's `parallel`) may be: more downloads
-/// at once than this only burden the registry.
-pub const MAX_PARALLEL: usize = 256;
 
 /// What `create` is asked to do.
 #[derive(Debug, Clone)]
@@ -1289,7 +1280,7 @@ async fn fill_blob(
                         retry_after: Some(after),
                     }) = r.kind()
                 {
-                    delay = delay.max(after.min(MAX_RETRY_AFTER));
+                    delay = delay.max(after.min(crate::reads::MAX_RETRY_AFTER));
                 }
                 tracing::warn!(digest = %blob.digest, repository = %blob.repository, attempt, error = %e, "blob transfer failed; retrying");
                 tokio::time::sleep(delay).await;

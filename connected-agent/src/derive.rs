@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::payload::{SmallBlobError, small_blob};
+use crate::reads::Reads;
 
 /// Why an image could not be made on a base: each names the manifest or blob of
 /// the base concerned.
@@ -199,8 +200,12 @@ pub async fn derive(
     platforms: &[String],
 ) -> Result<Derived, DeriveError> {
     let client = pool.client(base.registry()).await?;
-    let top = client
-        .get_manifest(base.repository(), &base.manifest_reference())
+    let reads = Reads::new();
+    let reference = base.manifest_reference();
+    let top = reads
+        .run("manifest read", &base.to_string(), || {
+            client.get_manifest(base.repository(), &reference)
+        })
         .await?;
     let parsed = top.parse()?;
     record.repository = base.name();
@@ -234,8 +239,11 @@ pub async fn derive(
                 {
                     continue;
                 }
-                let raw = client
-                    .get_manifest(base.repository(), child.digest.as_str())
+                let of = format!("{}@{}", base.name(), child.digest);
+                let raw = reads
+                    .run("manifest read", &of, || {
+                        client.get_manifest(base.repository(), child.digest.as_str())
+                    })
                     .await?;
                 let built = on.extend(&raw, &mut out).await?;
                 let mut entry = index["manifests"][i].clone();

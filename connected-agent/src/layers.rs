@@ -19,6 +19,8 @@ use airlock_oci::reference::ImageRef;
 use airlock_registry::{Pool, RawManifest, RegistryClient, RegistryError};
 use futures::TryStreamExt;
 
+use crate::reads::Reads;
+
 /// Bounds on what a hostile layer can make Airlock hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -295,8 +297,11 @@ pub async fn open(pool: &Pool, image: &ImageRef) -> Result<Opened, LayerError> {
         .client(image.registry())
         .await
         .map_err(LayerError::Registry)?;
-    let top = client
-        .get_manifest(image.repository(), &image.manifest_reference())
+    let reference = image.manifest_reference();
+    let top = Reads::new()
+        .run("manifest read", &image.to_string(), || {
+            client.get_manifest(image.repository(), &reference)
+        })
         .await
         .map_err(LayerError::Registry)?;
     let manifest = parse(&top)?;
@@ -310,9 +315,12 @@ pub async fn open(pool: &Pool, image: &ImageRef) -> Result<Opened, LayerError> {
 impl Opened {
     /// Pulls and parses a child manifest of the top index.
     pub async fn child(&self, image: &ImageRef, digest: &Digest) -> Result<Manifest, LayerError> {
-        let m = self
-            .client
-            .get_manifest(image.repository(), digest.as_str())
+        let of = format!("{}@{digest}", image.name());
+        let m = Reads::new()
+            .run("manifest read", &of, || {
+                self.client
+                    .get_manifest(image.repository(), digest.as_str())
+            })
             .await
             .map_err(LayerError::Registry)?;
         parse(&m)
@@ -336,8 +344,11 @@ pub async fn read_layer(
     digest: &Digest,
     mut overlay: Overlay,
 ) -> Result<Overlay, LayerError> {
-    let stream = client
-        .blob_stream(repository, digest)
+    // Only opening the layer is retried: a layer that fails midway has been
+    // scanned in part, and the scan cannot begin again.
+    let of = format!("{repository}@{digest}");
+    let stream = Reads::new()
+        .run("layer read", &of, || client.blob_stream(repository, digest))
         .await
         .map_err(LayerError::Registry)?;
     let reader =

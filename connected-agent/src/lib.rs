@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod payload;
 pub mod policy;
+mod reads;
 pub mod referrers;
 pub mod release;
 pub mod release_signature;

@@ -21,6 +21,7 @@ use airlock_registry::{Pool, RawManifest, RegistryClient, RegistryOptions};
 use crate::collect::Collected;
 use crate::create::{Gathered, gather, load_config, workspace_dir};
 use crate::error::Error;
+use crate::reads::Reads;
 use crate::release::ReleaseOptions;
 
 /// What `mirror` is asked to do.
@@ -118,7 +119,12 @@ impl ContentSource for RegistrySource<'_> {
         }
         let source: ImageRef = self.record(digest)?.repository.parse()?;
         let client = self.pool.client(source.registry()).await?;
-        let stream = client.blob_stream(source.repository(), digest).await?;
+        let of = format!("{}@{digest}", source.name());
+        let stream = Reads::new()
+            .run("blob read", &of, || {
+                client.blob_stream(source.repository(), digest)
+            })
+            .await?;
         Ok(BlobBody::Stream(stream))
     }
 }

@@ -29,6 +29,7 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 
 use crate::layers::{self, LayerError, Limits, Overlay, read_layer};
+use crate::reads::Reads;
 
 /// Where the files live inside the image.
 const DIR: &str = "release-manifests";
@@ -396,8 +397,9 @@ pub(crate) async fn small_blob(
             size: blob.size,
         });
     }
-    let mut stream = client
-        .blob_stream(repository, &blob.digest)
+    let of = format!("{repository}@{}", blob.digest);
+    let mut stream = Reads::new()
+        .run(what, &of, || client.blob_stream(repository, &blob.digest))
         .await
         .map_err(SmallBlobError::Open)?;
     let mut bytes = Vec::new();

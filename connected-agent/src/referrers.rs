@@ -32,6 +32,7 @@ use airlock_registry::{Pool, ReferrersTag, RegistryError, TagList};
 use futures::StreamExt;
 
 use crate::collect::{self, CollectError, Resolved};
+use crate::reads::Reads;
 
 /// cosign's tag suffixes: signature, attestation, SBOM.
 pub const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
@@ -49,9 +50,8 @@ const MAX_PER_RUN: usize = 20_000;
 
 /// Subjects searched at once. Each asks its four lookups at once, so up to
 /// 32 requests are in flight to one registry: a catalog's thousands of
-/// manifests are searched in round trips, not requests. Lookups are not
-/// retried: a registry that throttles them with a 429 stops the run, naming
-/// the lookup (manifest reads and blob downloads wait and are retried).
+/// manifests are searched in round trips, not requests. A lookup the registry
+/// throttles waits and is asked again ([`Reads`]).
 const PARALLEL: usize = 8;
 
 /// The referrers of one manifest of `subject`'s repository. `tags` is the
@@ -80,12 +80,19 @@ async fn find(
     };
     // The lookups are asked at once: each is a round trip that finds nothing for
     // most images, and a catalog has thousands of manifests to search.
-    let client = &client;
+    let (client, reads) = (&client, &Reads::new());
     let cosign = COSIGN_SUFFIXES.map(|suffix| async move {
         let tag = format!("{}.{suffix}", digest.tag_form());
         let found = match tags {
             Some(listed) => listed.contains(&tag),
-            None => client.has_tag(src.repository(), &tag).await?,
+            None => {
+                let of = format!("{}:{tag}", src.name());
+                reads
+                    .run("signature lookup", &of, || {
+                        client.has_tag(src.repository(), &tag)
+                    })
+                    .await?
+            }
         };
         Ok::<_, RegistryError>(found.then_some(tag))
     });
@@ -93,9 +100,12 @@ async fn find(
         Some(listed) if !listed.contains(&digest.tag_form()) => ReferrersTag::Absent,
         _ => ReferrersTag::Unknown,
     };
+    let of = format!("{}@{digest}", src.name());
     let (tagged, listed) = futures::try_join!(
         futures::future::try_join_all(cosign),
-        client.referrers(src.repository(), digest, referrers_tag)
+        reads.run("referrers lookup", &of, || {
+            client.referrers(src.repository(), digest, referrers_tag)
+        })
     )
     .map_err(registry_err)?;
     let mut out: Vec<ImageSpec> = tagged
@@ -205,7 +215,12 @@ impl Listings {
             return None;
         }
         let listed = match pool.client(registry).await {
-            Ok(client) => client.list_tags(repository).await,
+            Ok(client) => {
+                let of = format!("{registry}/{repository}");
+                Reads::new()
+                    .run("tag list", &of, || client.list_tags(repository))
+                    .await
+            }
             Err(e) => Err(e),
         };
         let whole = match listed {

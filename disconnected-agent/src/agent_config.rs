@@ -452,8 +452,11 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
             named("rescanInterval")
         );
     }
-    if config.parallel == 0 {
-        c.problem("parallel", "must be at least 1");
+    if !(1..=airlock_cli::MAX_PARALLEL).contains(&config.parallel) {
+        c.problem(
+            "parallel",
+            format!("must be from 1 to {}", airlock_cli::MAX_PARALLEL),
+        );
     }
     let trust = match TrustStore::load(&config.trust) {
         Ok(t) => t,
@@ -722,6 +725,14 @@ mod tests {
             (
                 format!("{GOOD}reconcileSeconds: 0\n"),
                 "agent.yaml:8:1: reconcileSeconds: must be at least 1 second",
+            ),
+            (
+                format!("{GOOD}parallel: 0\n"),
+                "agent.yaml:8:1: parallel: must be from 1 to 256",
+            ),
+            (
+                format!("{GOOD}parallel: 100000\n"),
+                "agent.yaml:8:1: parallel: must be from 1 to 256",
             ),
             ("workspace: DIR/ws\n".to_string(), "missing field `dropDir`"),
             (

@@ -102,7 +102,7 @@ pub struct PublishArgs {
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// Blob uploads at once.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = airlock_cli::parallel)]
     pub parallel: usize,
     /// Another mirror (docker://HOST[:PORT][/PREFIX], same naming rule) to fetch layers
     /// from that no imageset carries and neither the content store nor the destination
@@ -481,5 +481,20 @@ mod tests {
     #[test]
     fn help_text_is_stable() {
         airlock_cli::assert_help_snapshots!(Cli);
+    }
+
+    /// A huge `--parallel` would overflow the publisher's semaphore.
+    #[test]
+    fn parallel_is_from_1_to_256() {
+        let publish = |n: &str| {
+            let to = "docker://m.example";
+            let args = ["publish", "--from", "d", "--to", to, "--parallel", n];
+            Cli::try_parse_from(std::iter::once("airlock-disconnected").chain(args))
+        };
+        assert!(publish("256").is_ok());
+        for bad in ["0", "257", "18446744073709551615"] {
+            let e = publish(bad).expect_err(bad).to_string();
+            assert!(e.contains("expected a number from 1 to 256"), "{bad}: {e}");
+        }
     }
 }

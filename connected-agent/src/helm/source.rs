@@ -18,6 +18,7 @@ use super::chart::{Chart, ChartError};
 use super::render::ImagePath;
 use super::template::funcs::semver_compare;
 use crate::http::{BodyError, read_limited};
+use crate::reads::Reads;
 
 /// The largest chart archive or repository index read.
 const MAX_DOWNLOAD: usize = 64 << 20;
@@ -257,8 +258,12 @@ async fn oci(entry: &str, path: &str, c: &HelmChart, pool: &Pool) -> Result<Fetc
         .client(reference.registry())
         .await
         .map_err(|e| fetch_err(e.into()))?;
-    let manifest = client
-        .get_manifest(reference.repository(), &reference.manifest_reference())
+    let reads = Reads::new();
+    let manifest_reference = reference.manifest_reference();
+    let manifest = reads
+        .run("manifest read", &text, || {
+            client.get_manifest(reference.repository(), &manifest_reference)
+        })
         .await
         .map_err(|e| fetch_err(e.into()))?;
     // The artifact the collector copies is the one rendered here, even if the
@@ -284,8 +289,11 @@ async fn oci(entry: &str, path: &str, c: &HelmChart, pool: &Pool) -> Result<Fetc
         .unwrap_or_default()
         .parse()
         .map_err(|e| fetch_err(FetchCause::LayerDigest(e)))?;
-    let stream = client
-        .blob_stream(reference.repository(), &digest)
+    let of = format!("{}@{digest}", reference.name());
+    let stream = reads
+        .run("chart read", &of, || {
+            client.blob_stream(reference.repository(), &digest)
+        })
         .await
         .map_err(|e| fetch_err(e.into()))?;
     let bytes = read_stream(stream).await.map_err(fetch_err)?;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use std::time::Duration;
 
+use airlock_tests::faults::{Fault, FaultProxy};
 use airlock_tests::images::{Format, Image, ImageBuilder, PushClient, files_layer, index, layer};
 use airlock_tests::kube_api::{KubeApi, Res};
 use airlock_tests::registry::Registry;
@@ -188,6 +189,48 @@ fn list_bundles_reads_the_catalog_image_and_prints_the_channel_heads() {
             .contains("has no channel \"fast\"; its channels are 4.13, stable"),
         "{bad}"
     );
+}
+
+/// A registry that throttles answers the catalog image's manifest, its config
+/// and its top layer 429: the catalog is read after waiting, not given up on.
+#[test]
+fn reading_a_catalog_waits_out_a_429_on_its_manifest_its_config_and_a_layer() {
+    let src = Registry::plain().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    push_catalog(
+        &PushClient::new(&src).unwrap(),
+        "catalogs/index",
+        json!({"operators.operatorframework.io.index.configs.v1": "/configs"}),
+    );
+    let proxy = FaultProxy::start(&src.addr()).unwrap();
+    proxy.fail_nth("GET", "/manifests/", 1, Fault::TooManyRequests);
+    // The config is read first, and again after its 429; then the top layer.
+    proxy.fail_nth("GET", "/blobs/sha256:", 1, Fault::TooManyRequests);
+    proxy.fail_nth("GET", "/blobs/sha256:", 3, Fault::TooManyRequests);
+    let config = tmp.path().join("isc.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{HEAD}mirror:\n  operators:\n  - catalog: {}/catalogs/index:v4.17\n",
+            proxy.addr()
+        ),
+    )
+    .unwrap();
+    let out = list(&config, &src);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(proxy.served(), 3, "the 429s were served\n{out}");
+    for retried in ["manifest read", "config blob", "layer read"] {
+        let line = format!("{retried} failed; retrying");
+        assert!(out.stderr.contains(&line), "{line}\n{out}");
+    }
+    let listed: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+    let heads: BTreeSet<String> = listed
+        .iter()
+        .map(|b| b["bundle"].as_str().unwrap().to_string())
+        .collect();
+    let all = blobs(&fixture());
+    let channels = all.iter().filter(|b| b["schema"] == "olm.channel");
+    assert_eq!(heads, channels.map(channel_head).collect(), "{out}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Publishing survives what registries do in passing: a 500 on a blob upload, a 429
 //! with `Retry-After` on opening an upload or pushing a manifest, a connection reset
-//! in the middle of a blob; creating, a 429 on reading a manifest or a blob. Each
+//! in the middle of a blob; creating, a 429 on reading a manifest or a blob;
+//! mirroring, a 429 on a blob read (catalogs and lookups: in their suites). Each
 //! fault is served by a proxy in front of a real registry, at a known request; the
 //! result is checked byte for byte with skopeo.
 //! A registry that keeps failing fails the publish in bounded time, naming the
@@ -131,5 +132,33 @@ fn create_waits_out_a_429_on_a_manifest_and_on_a_blob() {
     }
     let published = s.publish(&out, "m", "ws-d");
     assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
+}
+
+/// `mirror` streams each blob from the source straight into the mirror
+/// registry: a 429 on opening one waits and reads again.
+#[test]
+fn mirror_waits_out_a_429_on_a_blob_read() {
+    let s = Setup::plain();
+    let proxy = FaultProxy::start(&s.source.addr()).unwrap();
+    proxy.fail_nth("GET", "/blobs/sha256:", 1, Fault::TooManyRequests);
+    let config = s.config_at("isc-proxy.yaml", &proxy.addr());
+    let mut cmd = airlock_tests::bins::connected();
+    cmd.arg("mirror")
+        .arg("--config")
+        .arg(&config)
+        .arg("--workspace")
+        .arg(s.path("ws"))
+        .arg("--to")
+        .arg(format!("docker://{}/m", s.dest.addr()))
+        .arg("--dest-tls-verify=false");
+    source_flags(&mut cmd, &s.source);
+    let mirrored = run(&mut cmd);
+    assert_eq!(mirrored.code, 0, "{mirrored}");
+    assert_eq!(proxy.served(), 1, "the 429 was served\n{mirrored}");
+    assert!(
+        mirrored.stderr.contains("blob read failed; retrying"),
+        "{mirrored}"
+    );
     s.assert_byte_exact("m");
 }

@@ -828,6 +828,60 @@ fn signatures_found_by_one_tag_list_per_repository(src: &Registry) -> String {
     log
 }
 
+/// A registry that throttles a catalog's lookups answers some of them 429:
+/// `create` waits and asks again, a tag list, a signature's tag and the
+/// referrers API alike, and finds what it finds unthrottled. A tag list that
+/// failed would fall back to four lookups per manifest, so the first run also
+/// checks that none was made.
+#[test]
+fn create_waits_out_a_429_on_a_tag_list_a_signature_lookup_and_the_referrers_api() {
+    let src = Registry::plain().unwrap();
+    let set = SignedSet::push(&PushClient::new(&src).unwrap(), &src.addr());
+    let tmp = tempfile::tempdir().unwrap();
+    // Each run: its name, whether tag lists come paged (so signatures are
+    // looked up one by one), and the requests throttled once each.
+    let runs = [
+        (
+            "listed",
+            false,
+            &[("GET", "/tags/list"), ("GET", "/referrers/")][..],
+        ),
+        ("looked-up", true, &[("HEAD", "/manifests/sha256-")][..]),
+    ];
+    for (name, paged, throttled) in runs {
+        let proxy = FaultProxy::start(&src.addr()).unwrap();
+        if paged {
+            proxy.fail_always("GET", "/tags/list", Fault::PagedTags);
+        }
+        for &(method, path) in throttled {
+            proxy.fail_nth(method, path, 1, Fault::TooManyRequests);
+        }
+        let path = tmp.path().join(format!("{name}.yaml"));
+        let config = set.config(&path, &proxy.addr());
+        let before = src.log().len();
+        let out = tmp.path().join(format!("out-{name}"));
+        let ws = tmp.path().join(format!("ws-{name}"));
+        let created = create(&config, &out, &ws, "1MiB", &src);
+        set.assert_found(&created, &out);
+        assert!(
+            created.stderr.matches("failed; retrying").count() >= throttled.len(),
+            "{name}: each 429 was waited out\n{created}"
+        );
+        let looked_up = src.log()[before..]
+            .lines()
+            .any(|l| l.contains("\"HEAD /v2/") && l.contains(".sig "));
+        assert_eq!(
+            looked_up,
+            name == "looked-up",
+            "{name}: signatures looked up one by one\n{created}"
+        );
+        assert!(
+            proxy.served() as usize >= throttled.len() + usize::from(paged),
+            "{name}: {created}"
+        );
+    }
+}
+
 /// What cannot be trusted is not: a tag list with a next page, one that lacks
 /// the tag an image was resolved by, one exactly as long as a page, or one of
 /// another repository is not used (every signature is still found, by a
