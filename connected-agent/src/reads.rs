@@ -5,16 +5,22 @@
 //! succeeds. Every read the connected agent makes of a source registry before
 //! the blobs are downloaded (manifests, tag lists, signature and referrer
 //! lookups, the layers and configs of catalogs, release payloads, charts and
-//! base images) goes through [`Reads::run`]: four attempts, waiting 0.5, 1 and 2
-//! s with jitter or the registry's `Retry-After` (at most [`MAX_RETRY_AFTER`]).
+//! base images), and `mirror`'s blob reads, go through [`Reads::run`]: four
+//! attempts, waiting 0.5, 1 and 2 s with jitter, or the registry's
+//! `Retry-After` (at most [`MAX_RETRY_AFTER`]) where the client sees it: reads
+//! that go through `oci-client` (a registry that asks for credentials) lose the
+//! header and wait the backoff.
 //!
 //! The retry is here, where the agent reads, and not in the registry client:
 //! publish and prune retry around the client's calls under their own policy,
-//! and a retry inside would multiply the attempts and the waits. None of these
-//! reads is inside another retry loop (the publisher takes a source's error as
-//! final), and an error a loop gave up on is final for any loop around it.
-//! Blob downloads into an imageset retry in `create` itself, because a download
-//! can also fail midway and is then written again from its start.
+//! and a retry inside would multiply the attempts and the waits. An error a
+//! loop gave up on is final for any loop around it. One of these reads is
+//! inside another loop: `mirror`'s blob read, opened by the publisher for each
+//! upload. A source that fails to open is final there, so a throttled open is
+//! waited out only here; an upload that breaks midway is the publisher's to
+//! retry, and opens the source again. Blob downloads into an imageset retry in
+//! `create` itself, because a download can also fail midway and is then
+//! written again from its start.
 
 use std::future::Future;
 use std::time::Duration;
@@ -26,7 +32,11 @@ use airlock_registry::retry::{Budget, RetryPolicy};
 /// asked again after this long, so a run never stalls unseen.
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
-/// The retries of one image's reads (or one lookup's), shared by all of them.
+/// Retries shared by the reads made with it: one image's while it is resolved
+/// (its manifest and platforms), a manifest's lookups, a base image's or a
+/// chart's reads. Elsewhere (a catalog's or a payload's layers and configs, a
+/// tag list, a blob `mirror` streams) each read has one of its own, bounded by
+/// its four attempts.
 pub(crate) struct Reads {
     policy: RetryPolicy,
     budget: Budget,

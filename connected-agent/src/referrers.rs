@@ -29,7 +29,7 @@ use airlock_imageset::ImageKind;
 use airlock_oci::digest::Digest;
 use airlock_oci::reference::ImageRef;
 use airlock_registry::{Pool, ReferrersTag, RegistryError, TagList};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::collect::{self, CollectError, Resolved};
 use crate::reads::Reads;
@@ -311,18 +311,16 @@ pub async fn discover(
         }
         listings.fill(pool, &subjects).await;
         let listings = &listings;
-        let found: Vec<Result<Vec<ImageSpec>, CollectError>> = futures::stream::iter(subjects)
+        // The first failure (in order) ends the search: with lookups waiting
+        // out throttling, searching the rest of a catalog's thousands of
+        // manifests first would make a failing registry take hours to fail.
+        let found: Vec<Vec<ImageSpec>> = futures::stream::iter(subjects)
             .map(|(spec, digest)| find(pool, spec, digest, listings.get(spec)))
             .buffered(PARALLEL)
-            .collect()
-            .await;
+            .try_collect()
+            .await?;
         let mut new = Vec::new();
-        for spec in found
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-        {
+        for spec in found.into_iter().flatten() {
             if seen.insert(placement(&spec)) {
                 new.push(spec);
             }

@@ -1068,6 +1068,9 @@ impl RegistryClient {
         // A mirror that refused (credentials, throttling, a fault) gave no
         // answer either, and one mirror's "not here" must not hide it.
         let mut mirror_refused = false;
+        // A mirror that asked to wait (429, 5xx): when the source is out of
+        // reach, waiting for the mirror is what can still succeed.
+        let mut mirror_throttled = None;
         for e in endpoints {
             let result = if e.host == self.host && !e.insecure {
                 call(self, e.repository.clone()).await
@@ -1094,6 +1097,10 @@ impl RegistryClient {
                                 continue;
                             }
                             Some(ErrorKind::Unreachable | ErrorKind::Network) => {}
+                            Some(k @ ErrorKind::Unavailable { .. }) => {
+                                mirror_refused = true;
+                                mirror_throttled.get_or_insert(k);
+                            }
                             _ => mirror_refused = true,
                         }
                     }
@@ -1116,6 +1123,8 @@ impl RegistryClient {
         };
         // The source's own error, with what each mirror said: a cache that
         // refused the credentials matters more than a source that is out of reach.
+        // A source out of reach behind a throttling mirror is classified as the
+        // mirror's answer, so that a retry loop waits for the mirror.
         match last {
             RegistryError::Request {
                 operation,
@@ -1125,7 +1134,10 @@ impl RegistryClient {
             } if !mirrors_failed.is_empty() => Err(RegistryError::Request {
                 operation,
                 target,
-                kind,
+                kind: match (kind, mirror_throttled) {
+                    (ErrorKind::Unreachable, Some(throttled)) => throttled,
+                    (kind, _) => kind,
+                },
                 message: format!(
                     "{message} (its registries.conf mirrors failed too: {})",
                     mirrors_failed.join("; ")

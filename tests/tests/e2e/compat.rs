@@ -548,6 +548,34 @@ fn continue_on_error_leaves_out_an_image_whose_layer_fails_while_the_imageset_is
     s.assert_byte_exact("m");
 }
 
+/// A site that reaches its source only through a registries.conf mirror (a
+/// pull-through cache) waits out the mirror's throttling: its 429, with the
+/// source out of reach, is retried, not taken for the source being down.
+#[test]
+fn a_throttling_mirror_is_waited_for_when_the_source_is_out_of_reach() {
+    let s = Setup::plain();
+    let cache = FaultProxy::start(&s.source.addr()).unwrap();
+    cache.fail_nth("GET", "/manifests/", 1, Fault::TooManyRequests);
+    cache.fail_nth("GET", "/blobs/sha256:", 1, Fault::TooManyRequests);
+    let real = "127.0.0.1:1";
+    let config = s.config_at("real.yaml", real);
+    let conf = s.path("registries.conf");
+    let rules = format!(
+        "[[registry]]\nlocation = '{real}'\n[[registry.mirror]]\nlocation = '{}'\ninsecure = true\n",
+        cache.addr()
+    );
+    std::fs::write(&conf, rules).unwrap();
+    let out = s.path("out");
+    let mut cmd = create_cmd(&config, &out, &s.path("ws-c"), "1GiB", &s.source);
+    cmd.arg("--registries-conf").arg(&conf);
+    let created = run(&mut cmd);
+    assert_eq!(created.code, 0, "{created}");
+    assert_eq!(cache.served(), 2, "both 429s were served\n{created}");
+    let published = s.publish(&out, "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
+}
+
 /// A registries.conf mirror that fails a lookup (here a 500 for every cosign
 /// tag) is not hidden behind another mirror's "not here" when the source is
 /// out of reach: the run stops, naming the failure, rather than mirroring

@@ -8,6 +8,7 @@
 //! attempts.
 use airlock_tests::bins::{Output, run};
 use airlock_tests::faults::{Fault, FaultProxy};
+use airlock_tests::images::{Format, ImageBuilder, PushClient};
 
 use crate::util::*;
 
@@ -161,4 +162,38 @@ fn mirror_waits_out_a_429_on_a_blob_read() {
         "{mirrored}"
     );
     s.assert_byte_exact("m");
+}
+
+/// A registry that fails every referrers lookup fails `create` at the first
+/// manifest whose lookup gave up, without searching the others: each lookup
+/// waits out its retries, and searching all of a catalog's thousands of
+/// manifests first would make a failing registry take hours to fail.
+#[test]
+fn a_registry_failing_every_referrers_lookup_fails_create_without_searching_the_rest() {
+    let src = airlock_tests::registry::Registry::plain().unwrap();
+    let client = PushClient::new(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let placed: Vec<Placed> = (0..24)
+        .map(|i| {
+            let image = ImageBuilder::new(Format::Oci).layer(100 + i, 1_000).build();
+            push_as_1(&client, image, &format!("many/app-{i}"))
+        })
+        .collect();
+    let proxy = FaultProxy::start(&src.addr()).unwrap();
+    proxy.fail_always("GET", "/referrers/", Fault::ServerError);
+    let config = config_naming(&tmp.path().join("isc.yaml"), &proxy.addr(), &placed, "");
+    let out = tmp.path().join("out");
+    let created = create(&config, &out, &tmp.path().join("ws"), "1MiB", &src);
+    assert_eq!(created.code, EX_UNAVAILABLE, "{created}");
+    assert!(
+        created.stderr.contains("HTTP 500") && created.stderr.contains("gave up after 4 attempts"),
+        "{created}"
+    );
+    // Four attempts for each manifest searched: 96 had all been searched.
+    let asked = proxy.served() as usize;
+    assert!(
+        asked <= 2 * placed.len(),
+        "{asked} referrers lookups for {} manifests\n{created}",
+        placed.len()
+    );
 }
