@@ -4,10 +4,13 @@
 //! arena of its own, up to eight per core, and keeps what is freed in each for
 //! later use there. How many arenas a run makes depends on how many threads
 //! happened to allocate at once, so the peak of a long publish moved with luck:
-//! 33–51 MiB over six CLI publishes of the same 5.1 GiB imageset, 34–36 MiB with
-//! two arenas (docs/benchmarks.md, stop 44). Live memory does not grow with the
-//! imageset; the arenas' leftovers did. Airlock allocates little and seldom (1
-//! MiB blocks, metadata), so two arenas cost no measurable time.
+//! 33–51 MiB over six CLI publishes of the same 5.1 GiB imageset, 30.5–36 MiB
+//! with two arenas over stops 44 to 50, and 29 MiB with one, where the
+//! 1/4-scale publish peaks at 27 (docs/benchmarks.md, stops 44 and 51). Live
+//! memory does not grow with the imageset; the arenas' leftovers did. Airlock
+//! allocates little and seldom (1 MiB blocks, metadata), so one arena shared
+//! by every thread cost no CPU in the bench: 15.9 CPU-seconds for the scale-3
+//! publish against 18.0 with two, and the catalog-sized runs less too.
 //!
 //! `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` in the environment is the user's
 //! choice, made before this runs, and is left alone.
@@ -15,7 +18,7 @@
 use std::ffi::OsStr;
 
 /// Arenas a process is held to.
-const ARENAS: i32 = 2;
+const ARENAS: i32 = 1;
 
 /// The cap to set, given the environment's two variables: none when the user
 /// chose.
