@@ -81,8 +81,9 @@ enum SourceError {
     /// The repository a blob was collected from is not a reference.
     #[error(transparent)]
     Reference(#[from] airlock_oci::reference::ReferenceError),
-    /// The source registry failed.
-    #[error(transparent)]
+    /// The source registry failed. Its error is this one's source, so the
+    /// publish's exit code is the registry's (69 when it is unavailable).
+    #[error("{0}")]
     Registry(#[from] airlock_registry::RegistryError),
 }
 

@@ -110,8 +110,17 @@ impl airlock_common::exit_codes::ExitCode for PublishError {
             PublishError::Registry { source, .. } => {
                 airlock_common::exit_codes::ExitCode::exit_code(source)
             }
-            PublishError::Content { .. } | PublishError::Source { .. } => {
-                airlock_common::exit_codes::DATA
+            PublishError::Content { .. } => airlock_common::exit_codes::DATA,
+            // A source that is a registry (`mirror`) failed as registries do:
+            // unavailable is 69, not the data error of a damaged store.
+            PublishError::Source { source, .. } => {
+                std::iter::successors(Some(source.as_ref() as &dyn std::error::Error), |e| {
+                    e.source()
+                })
+                .find_map(|e| e.downcast_ref::<RegistryError>())
+                .map_or(airlock_common::exit_codes::DATA, |r| {
+                    airlock_common::exit_codes::ExitCode::exit_code(r)
+                })
             }
             PublishError::Stopped { .. } => airlock_common::exit_codes::UNAVAILABLE,
         }
