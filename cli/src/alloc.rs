@@ -9,8 +9,9 @@
 //! 1/4-scale publish peaks at 27 (docs/benchmarks.md, stops 44 and 51). Live
 //! memory does not grow with the imageset; the arenas' leftovers did. Airlock
 //! allocates little and seldom (1 MiB blocks, metadata), so one arena shared
-//! by every thread cost no CPU in the bench: 15.9 CPU-seconds for the scale-3
-//! publish against 18.0 with two, and the catalog-sized runs less too.
+//! by every thread cost no CPU: a publish alternated with one and with two
+//! used 1.75–1.92 and 1.86–1.97 user-seconds, 1.98–2.20 and 1.96–2.12
+//! system-seconds (a contended lock would show there).
 //!
 //! `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` in the environment is the user's
 //! choice, made before this runs, and is left alone.

@@ -463,7 +463,8 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
         }
     }
 
-    /// A publisher with at most `parallel` blob transfers at once.
+    /// A publisher with at most `parallel` blob transfers at once (at least
+    /// one, and no more than a semaphore holds: the commands bound it to 256).
     pub fn new(
         client: &'a RegistryClient,
         source: &'a S,
@@ -475,7 +476,7 @@ impl<'a, S: ContentSource> Publisher<'a, S> {
             client,
             source,
             dest,
-            transfers: Semaphore::new(parallel.max(1)),
+            transfers: Semaphore::new(parallel.clamp(1, Semaphore::MAX_PERMITS)),
             done: Mutex::new(HashMap::new()),
             holders: Mutex::new(HashMap::new()),
             placed: Mutex::new(HashMap::new()),

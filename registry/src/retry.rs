@@ -8,10 +8,11 @@
 //! [`Budget`] of retries shared by all of its requests), so that a registry that is
 //! down fails a publish in bounded time instead of backing off forever.
 //!
-//! What is retried: 5xx, 408 and 429 answers, and transport failures (connection
-//! refused or reset, timeouts). Every other answer is final: a 401, 403, 404 or a
+//! What is retried: 5xx, 408 and 429 answers, and transport failures (a reset
+//! connection, a timeout). Every other answer is final: a 401, 403, 404 or a
 //! 400 with a distribution error code is the registry's reply, and asking again
-//! gets the same one.
+//! gets the same one; a refused connection or an unknown host means nothing is
+//! listening there.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
