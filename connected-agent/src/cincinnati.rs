@@ -83,18 +83,18 @@ impl UpdateService {
             .append_pair("channel", channel)
             .append_pair("arch", arch);
         tracing::debug!(%url, "fetching update graph");
-        let resp = self
-            .client
-            .get(url.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|source| {
-                err(GraphFetchError::Request {
-                    url: url.to_string(),
-                    source,
-                })
-            })?;
+        let resp = crate::http::send("update graph read", url.as_str(), || {
+            self.client
+                .get(url.clone())
+                .header(reqwest::header::ACCEPT, "application/json")
+        })
+        .await
+        .map_err(|source| {
+            err(GraphFetchError::Request {
+                url: url.to_string(),
+                source,
+            })
+        })?;
         let status = resp.status();
         let body = read_limited(resp, MAX_GRAPH_BYTES)
             .await

@@ -202,6 +202,7 @@ pub async fn fetch_data(url: &str) -> Result<Vec<u8>, GraphImageError> {
         let client = airlock_registry::http_client(url, Duration::from_secs(600))?;
         crate::http::get(
             &client,
+            "graph data read",
             url,
             MAX_DOWNLOAD,
             "check the network, or set --graph-data-url to a reachable copy",

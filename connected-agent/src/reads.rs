@@ -20,13 +20,14 @@
 //! waited out only here; an upload that breaks midway is the publisher's to
 //! retry, and opens the source again. Blob downloads into an imageset retry in
 //! `create` itself, because a download can also fail midway and is then
-//! written again from its start.
+//! written again from its start. The small documents read over plain HTTP
+//! (update graphs, graph data, release signatures, chart repositories) wait
+//! out a 429 or 5xx the same way ([`crate::http::send`]).
 
 use std::future::Future;
 use std::time::Duration;
 
-use airlock_registry::RegistryError;
-use airlock_registry::retry::{Budget, RetryPolicy};
+use airlock_registry::retry::{Budget, RetryPolicy, Retryable};
 
 /// The longest `Retry-After` a read waits for: a registry asking for longer is
 /// asked again after this long, so a run never stalls unseen.
@@ -61,14 +62,15 @@ impl Reads {
 
     /// Runs `op` (the `read` of `of`, for the log) until it succeeds, fails for
     /// good, or its attempts or this image's retries are spent.
-    pub(crate) async fn run<T, Fut>(
+    pub(crate) async fn run<T, E, Fut>(
         &self,
         read: &'static str,
         of: &str,
         op: impl FnMut() -> Fut,
-    ) -> Result<T, RegistryError>
+    ) -> Result<T, E>
     where
-        Fut: Future<Output = Result<T, RegistryError>>,
+        E: Retryable + std::fmt::Display,
+        Fut: Future<Output = Result<T, E>>,
     {
         self.policy
             .run(&self.budget, op, |r| {

@@ -357,6 +357,7 @@ impl SignatureStore {
         let url = format!("{}sha256={}/signature-1", self.base, digest.hex());
         let fetched = crate::http::get(
             &self.client,
+            "release signature read",
             &url,
             MAX_SIGNATURE_BYTES,
             "check the network, or set --signature-url / OCP_SIGNATURE_URL to a reachable store",

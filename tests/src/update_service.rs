@@ -15,6 +15,11 @@ struct Content {
     graphs: HashMap<(String, String), Vec<u8>>,
     files: HashMap<String, Vec<u8>>,
     requests: Vec<String>,
+    /// Requests whose path contains the first field get its status instead,
+    /// as many times as the third says.
+    faults: Vec<(String, u16, u32)>,
+    /// Faults answered so far.
+    failed: u32,
 }
 
 /// A running update service on a free loopback port; stops when dropped.
@@ -34,6 +39,17 @@ impl UpdateService {
             let accept = req.header("Accept").unwrap_or_default();
             let mut c = c.lock().expect("not poisoned");
             c.requests.push(format!("{} accept={accept}", req.target));
+            let path = req.target.split('?').next().unwrap_or_default().to_string();
+            let fault = c
+                .faults
+                .iter_mut()
+                .find(|(part, _, left)| *left > 0 && path.contains(part.as_str()));
+            if let Some((_, status, left)) = fault {
+                *left -= 1;
+                let status = *status;
+                c.failed += 1;
+                return crate::http::Reply::new(status, None, b"try again later".to_vec());
+            }
             match route(&c, &req.target) {
                 Some(b) => crate::http::Reply::new(200, None, b),
                 None => crate::http::Reply::new(404, None, b"not found".to_vec()),
@@ -73,6 +89,22 @@ impl UpdateService {
             .expect("not poisoned")
             .files
             .insert(path.into(), bytes);
+    }
+
+    /// Answers the next `times` requests whose path contains `part` with
+    /// `status` (a 503 while the service is redeployed, a 429 of its rate
+    /// limit) instead of their content.
+    pub fn fail_next(&self, part: &str, status: u16, times: u32) {
+        self.content
+            .lock()
+            .expect("not poisoned")
+            .faults
+            .push((part.into(), status, times));
+    }
+
+    /// How many requests got a fault of [`UpdateService::fail_next`].
+    pub fn failed(&self) -> u32 {
+        self.content.lock().expect("not poisoned").failed
     }
 
     /// Every request so far: URL and Accept header.

@@ -522,14 +522,19 @@ impl Http {
             url: url.to_string(),
             source: Box::new(cause),
         };
-        let mut req = self.client.get(url.clone());
-        // Credentials go to the repository's own origin (scheme, host and port)
-        // only, as Helm does unless told `--pass-credentials`: an index may list
-        // archives anywhere.
-        if let (Some(c), true) = (&self.credentials, url.origin() == self.base.origin()) {
-            req = req.basic_auth(&c.username, Some(&c.password));
-        }
-        let resp = req.send().await.map_err(|e| err(e.into()))?;
+        let request = || {
+            let req = self.client.get(url.clone());
+            // Credentials go to the repository's own origin (scheme, host and
+            // port) only, as Helm does unless told `--pass-credentials`: an
+            // index may list archives anywhere.
+            match (&self.credentials, url.origin() == self.base.origin()) {
+                (Some(c), true) => req.basic_auth(&c.username, Some(&c.password)),
+                _ => req,
+            }
+        };
+        let resp = crate::http::send("chart repository read", url.as_str(), request)
+            .await
+            .map_err(|e| err(e.into()))?;
         let status = resp.status();
         if !status.is_success() {
             let hint = match status.as_u16() {

@@ -837,43 +837,115 @@ fn release_4_21(
     (config, r)
 }
 
+/// Release 4.21.0 with one component (layer seeds `seed` and `seed + 1`) in
+/// its source registry, its graph served, and a signer whose public key is
+/// `tmp/release-key.asc`; the signature store holds nothing yet.
+struct SignedRelease {
+    src: Registry,
+    service: UpdateService,
+    tmp: tempfile::TempDir,
+    config: std::path::PathBuf,
+    release: Image,
+    signer: ReleaseSigner,
+    keyring: std::path::PathBuf,
+}
+
+/// The reference release signatures name.
+const SIGNED_AS: &str = "quay.io/openshift-release-dev/ocp-release:4.21.0-x86_64";
+
+impl SignedRelease {
+    fn new(seed: u64) -> Self {
+        let src = Registry::plain().unwrap();
+        let client = PushClient::new(&src).unwrap();
+        let service = UpdateService::start().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let cli = ImageBuilder::new(Format::Oci).layer(seed, 20_000).build();
+        let comps = push_components(&client, &src, &[("cli", &cli)]);
+        let (config, release) =
+            release_4_21(&client, &src, &service, tmp.path(), &comps, seed + 1, &[]);
+        let signer = ReleaseSigner::new();
+        let keyring = tmp.path().join("release-key.asc");
+        std::fs::write(&keyring, signer.public_key()).unwrap();
+        SignedRelease {
+            src,
+            service,
+            tmp,
+            config,
+            release,
+            signer,
+            keyring,
+        }
+    }
+
+    /// Serves `signature` as the release's in the store.
+    fn store(&self, signature: Vec<u8>) {
+        self.service
+            .set_file(&signature_path(&self.release.digest), signature);
+    }
+
+    /// `create` into `tmp/out-NAME` checking signatures with the keys of
+    /// `keys`, with the service for its graph and signatures.
+    fn create(&self, name: &str, keys: &Path) -> (std::process::Command, std::path::PathBuf) {
+        let out = self.tmp.path().join(format!("out-{name}"));
+        let ws = self.tmp.path().join(format!("ws-{name}"));
+        let mut cmd = create_cmd(&self.config, &out, &ws, "1MiB", &self.src);
+        cmd.arg("--update-url")
+            .arg(self.service.graph_url())
+            .arg("--release-keyring")
+            .arg(keys)
+            .env(
+                "OCP_SIGNATURE_URL",
+                format!("{}/signatures", self.service.url()),
+            );
+        (cmd, out)
+    }
+}
+
+/// The update service and the signature store answer 503 and 429 in passing
+/// (a redeploy, a rate limit): `create` asks again and ships the release with
+/// its signature, rather than failing a run that asking again completes.
+#[test]
+fn a_503_from_the_update_service_and_a_429_from_the_signature_store_are_waited_out() {
+    let r = SignedRelease::new(90);
+    r.store(r.signer.sign(&r.release.digest, SIGNED_AS));
+    r.service.fail_next("/graph", 503, 1);
+    r.service.fail_next("/signatures/", 429, 1);
+    let (mut cmd, out) = r.create("throttled", &r.keyring);
+    let created = run(&mut cmd);
+    assert_eq!(created.code, 0, "{created}");
+    assert_eq!(r.service.failed(), 2, "both faults were served\n{created}");
+    for retried in ["update graph read", "release signature read"] {
+        let line = format!("{retried} failed; retrying");
+        assert!(created.stderr.contains(&line), "{line}\n{created}");
+    }
+    assert!(read_manifest(&out).releases[0].signature.is_some());
+}
+
 #[test]
 fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignored() {
-    let src = Registry::plain().unwrap();
+    let fixture = SignedRelease::new(80);
+    let SignedRelease {
+        src,
+        service,
+        tmp,
+        config,
+        release: r,
+        signer,
+        keyring,
+    } = &fixture;
     let dest = Registry::plain().unwrap();
-    let client = PushClient::new(&src).unwrap();
-    let service = UpdateService::start().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let cli = ImageBuilder::new(Format::Oci).layer(80, 20_000).build();
-    let comps = push_components(&client, &src, &[("cli", &cli)]);
-    let (config, r) = release_4_21(&client, &src, &service, tmp.path(), &comps, 81, &[]);
-    let signer = ReleaseSigner::new();
-    let keyring = tmp.path().join("release-key.asc");
-    std::fs::write(&keyring, signer.public_key()).unwrap();
-    let reference = "quay.io/openshift-release-dev/ocp-release:4.21.0-x86_64";
+    let reference = SIGNED_AS;
     let mut n = 0;
     let mut create = |keys: &Path, extra: &[&str]| {
         n += 1;
-        let out = tmp.path().join(format!("out{n}"));
-        let mut cmd = create_cmd(
-            &config,
-            &out,
-            &tmp.path().join(format!("ws{n}")),
-            "1MiB",
-            &src,
-        );
-        cmd.arg("--update-url")
-            .arg(service.graph_url())
-            .arg("--release-keyring")
-            .arg(keys)
-            .env("OCP_SIGNATURE_URL", format!("{}/signatures", service.url()))
-            .args(extra);
+        let (mut cmd, out) = fixture.create(&n.to_string(), keys);
+        cmd.args(extra);
         (run(&mut cmd), out)
     };
     let no_chunks = |out: &Path| !out.exists() || chunk_files(out).is_empty();
 
     // No signature in the store: refused, with the way out named.
-    let (missing, out) = create(&keyring, &[]);
+    let (missing, out) = create(keyring, &[]);
     assert_eq!(missing.code, EX_DATA, "{missing}");
     assert!(
         missing.stderr.contains("release 4.21.0 amd64")
@@ -894,7 +966,7 @@ fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignore
         &signature_path(&r.digest),
         stranger.sign(&r.digest, reference),
     );
-    let (other_key, out) = create(&keyring, &[]);
+    let (other_key, out) = create(keyring, &[]);
     assert_eq!(other_key.code, EX_DATA, "{other_key}");
     assert!(
         other_key.stderr.contains(&format!(
@@ -908,7 +980,7 @@ fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignore
     // Signed by the right key, but for another image.
     let other = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     service.set_file(&signature_path(&r.digest), signer.sign(other, reference));
-    let (wrong_image, out) = create(&keyring, &[]);
+    let (wrong_image, out) = create(keyring, &[]);
     assert_eq!(wrong_image.code, EX_DATA, "{wrong_image}");
     assert!(
         wrong_image.stderr.contains(&format!(
@@ -936,7 +1008,7 @@ fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignore
     assert_eq!(service.requests().len(), before, "nothing fetched");
 
     // Opting out: the imageset carries no signature, and no ConfigMap is written.
-    let (ignored, out) = create(&keyring, &["--ignore-release-signature"]);
+    let (ignored, out) = create(keyring, &["--ignore-release-signature"]);
     assert_eq!(ignored.code, 0, "{ignored}");
     assert_eq!(read_manifest(&out).releases[0].signature, None);
     let ws = tmp.path().join("ws-d");
@@ -956,7 +1028,7 @@ fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignore
     let mut cmd = bins::connected();
     cmd.arg("mirror")
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .arg("--to")
         .arg(format!("docker://{}/m", dest.addr()))
         .arg("--workspace")
@@ -964,9 +1036,9 @@ fn release_signatures_missing_forged_or_by_another_key_stop_create_unless_ignore
         .arg("--update-url")
         .arg(service.graph_url())
         .arg("--release-keyring")
-        .arg(&keyring)
+        .arg(keyring)
         .env("OCP_SIGNATURE_URL", format!("{}/signatures", service.url()));
-    source_flags(&mut cmd, &src);
+    source_flags(&mut cmd, src);
     dest_flags(&mut cmd, &dest);
     let mirrored = run(&mut cmd);
     assert_eq!(mirrored.code, 0, "{mirrored}");
