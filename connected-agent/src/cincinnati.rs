@@ -8,7 +8,7 @@ use std::time::Duration;
 use airlock_registry::RegistryError;
 
 use crate::graph::{Graph, GraphError};
-use crate::http::{BodyError, read_limited};
+use crate::http::{BodyError, SendError};
 use crate::select::{ChannelType, GraphSource, SelectError};
 
 /// Red Hat's update service, for `ocp` channels.
@@ -83,27 +83,24 @@ impl UpdateService {
             .append_pair("channel", channel)
             .append_pair("arch", arch);
         tracing::debug!(%url, "fetching update graph");
-        let resp = crate::http::send("update graph read", url.as_str(), || {
+        let fetched = crate::http::send("update graph read", url.as_str(), MAX_GRAPH_BYTES, || {
             self.client
                 .get(url.clone())
                 .header(reqwest::header::ACCEPT, "application/json")
         })
-        .await
-        .map_err(|source| {
-            err(GraphFetchError::Request {
-                url: url.to_string(),
-                source,
-            })
-        })?;
-        let status = resp.status();
-        let body = read_limited(resp, MAX_GRAPH_BYTES)
-            .await
-            .map_err(|source| {
-                err(GraphFetchError::Body {
+        .await;
+        let (status, body) = fetched.map_err(|e| {
+            err(match e {
+                SendError::Request(source) => GraphFetchError::Request {
                     url: url.to_string(),
                     source,
-                })
-            })?;
+                },
+                SendError::Body(source) => GraphFetchError::Body {
+                    url: url.to_string(),
+                    source,
+                },
+            })
+        })?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
             return Err(err(GraphFetchError::Status {

@@ -1,9 +1,9 @@
 //! Small documents over plain HTTP(S): update graphs, the graph data tarball,
 //! release signatures and chart repositories. Each is read whole into memory, so
 //! every read is bounded; a wrong URL cannot make `create` hold gigabytes. Each
-//! request waits out a 429 or 5xx, or a connection that broke, and is sent
-//! again ([`send`]): a service being redeployed or rate limiting should not
-//! end a run that asking again completes.
+//! request waits out a 408, 429 or 5xx, or a connection that broke before the
+//! answer was whole, and is sent again ([`send`]): a service being redeployed
+//! or rate limiting should not end a run that asking again completes.
 
 use std::time::SystemTime;
 
@@ -12,28 +12,34 @@ use airlock_registry::retry::{Limit, Retryable, Verdict, parse_retry_after};
 
 use crate::reads::Reads;
 
-/// An attempt that did not get a successful answer.
+/// An attempt that did not end in a document to judge.
 enum Failed {
-    /// The server answered with an error status.
-    Answer(reqwest::Response),
+    /// The server answered 408, 429 or 5xx: asked to wait, or failed in passing.
+    Answer {
+        status: reqwest::StatusCode,
+        retry_after: Option<std::time::Duration>,
+        body: Vec<u8>,
+    },
     /// No answer.
     Transport(reqwest::Error),
+    /// The answer broke off, or was too large.
+    Body(BodyError),
+}
+
+/// Errors that asking again cannot mend: nothing listens there (or the URL
+/// is wrong), or the request's whole time ran out, which four times over
+/// would stall a run for as long again each.
+fn final_transport(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_builder() || e.is_redirect() || e.is_timeout()
 }
 
 impl Retryable for Failed {
     fn verdict(&self) -> Verdict {
         match self {
-            Failed::Answer(r) if matches!(r.status().as_u16(), 408 | 429 | 500..=599) => {
-                let retry_after = r
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                Verdict::Retry { retry_after }
-            }
-            // Nothing listens there (or the URL is wrong): asking again
-            // gets the same.
-            Failed::Transport(e) if !(e.is_connect() || e.is_builder() || e.is_redirect()) => {
+            Failed::Answer { retry_after, .. } => Verdict::Retry {
+                retry_after: *retry_after,
+            },
+            Failed::Transport(e) | Failed::Body(BodyError::Read(e)) if !final_transport(e) => {
                 Verdict::Retry { retry_after: None }
             }
             _ => Verdict::Final,
@@ -48,31 +54,59 @@ impl Retryable for Failed {
 impl std::fmt::Display for Failed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failed::Answer(r) => write!(f, "HTTP {}", r.status()),
+            Failed::Answer { status, .. } => write!(f, "HTTP {status}"),
             Failed::Transport(e) => write!(f, "{e}"),
+            Failed::Body(e) => write!(f, "{e}"),
         }
     }
 }
 
-/// Sends the request `build` makes, again while the server answers 408, 429
-/// or 5xx (after its `Retry-After`, at most a minute) or the connection
-/// breaks: four attempts. Returns the last answer, whatever its status, for
-/// the caller to judge; `what` and `url` name the request in the log.
+/// Why [`send`] got no document.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The server did not answer.
+    #[error("{0}")]
+    Request(reqwest::Error),
+    /// The answer broke off or was too large.
+    #[error("{0}")]
+    Body(#[from] BodyError),
+}
+
+/// Sends the request `build` makes and reads its answer whole (at most
+/// `limit` bytes), again while the server answers 408, 429 or 5xx (after its
+/// `Retry-After`, at most a minute) or the connection breaks before the
+/// answer is whole: four attempts. Returns the last answer's status and body,
+/// whatever the status, for the caller to judge; `what` and `url` name the
+/// request in the log.
 pub async fn send(
     what: &'static str,
     url: &str,
+    limit: usize,
     build: impl Fn() -> reqwest::RequestBuilder,
-) -> Result<reqwest::Response, reqwest::Error> {
+) -> Result<(reqwest::StatusCode, Vec<u8>), SendError> {
     let attempt = || async {
-        match build().send().await {
-            Ok(r) if r.status().is_success() => Ok(r),
-            Ok(r) => Err(Failed::Answer(r)),
-            Err(e) => Err(Failed::Transport(e)),
+        let resp = build().send().await.map_err(Failed::Transport)?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let body = read_limited(resp, limit).await.map_err(Failed::Body)?;
+        if matches!(status.as_u16(), 408 | 429 | 500..=599) {
+            return Err(Failed::Answer {
+                status,
+                retry_after,
+                body,
+            });
         }
+        Ok((status, body))
     };
     match Reads::new().run(what, url, attempt).await {
-        Ok(r) | Err(Failed::Answer(r)) => Ok(r),
-        Err(Failed::Transport(e)) => Err(e),
+        Ok(answer) => Ok(answer),
+        Err(Failed::Answer { status, body, .. }) => Ok((status, body)),
+        Err(Failed::Transport(e)) => Err(SendError::Request(e)),
+        Err(Failed::Body(e)) => Err(SendError::Body(e)),
     }
 }
 
@@ -91,7 +125,7 @@ pub enum BodyError {
 }
 
 /// Reads a response body, refusing more than `limit` bytes.
-pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if body.len() + chunk.len() > limit {
@@ -133,11 +167,14 @@ pub async fn get(
     limit: usize,
     hint: &'static str,
 ) -> Result<Vec<u8>, GetError> {
-    let resp = send(what, url, || client.get(url))
+    let (status, body) = send(what, url, limit, || client.get(url))
         .await
-        .map_err(|source| GetError::Request { source, hint })?;
-    if !resp.status().is_success() {
-        return Err(GetError::Status(resp.status()));
+        .map_err(|e| match e {
+            SendError::Request(source) => GetError::Request { source, hint },
+            SendError::Body(e) => GetError::Body(e),
+        })?;
+    if !status.is_success() {
+        return Err(GetError::Status(status));
     }
-    Ok(read_limited(resp, limit).await?)
+    Ok(body)
 }

@@ -311,20 +311,19 @@ impl Lookaside {
                     Err(e) => return Err(format!("{url}: {e}")),
                 }
             } else {
-                let resp = client
-                    .get(&url)
-                    .send()
+                let (status, body) =
+                    crate::http::send("signature read", &url, MAX_SIGNATURE_BYTES, || {
+                        client.get(&url)
+                    })
                     .await
                     .map_err(|e| format!("{url}: {e}"))?;
-                if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                if status == reqwest::StatusCode::NOT_FOUND {
                     break;
                 }
-                if !resp.status().is_success() {
-                    return Err(format!("{url}: HTTP {}", resp.status()));
+                if !status.is_success() {
+                    return Err(format!("{url}: HTTP {status}"));
                 }
-                crate::http::read_limited(resp, MAX_SIGNATURE_BYTES)
-                    .await
-                    .map_err(|e| format!("{url}: {e}"))?
+                body
             };
             if bytes.len() > MAX_SIGNATURE_BYTES {
                 return Err(format!("{url}: more than {MAX_SIGNATURE_BYTES} bytes"));

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::chart::{Chart, ChartError};
 use super::render::ImagePath;
 use super::template::funcs::semver_compare;
-use crate::http::{BodyError, read_limited};
+use crate::http::{BodyError, SendError};
 use crate::reads::Reads;
 
 /// The largest chart archive or repository index read.
@@ -532,10 +532,14 @@ impl Http {
                 _ => req,
             }
         };
-        let resp = crate::http::send("chart repository read", url.as_str(), request)
-            .await
-            .map_err(|e| err(e.into()))?;
-        let status = resp.status();
+        let fetched =
+            crate::http::send("chart repository read", url.as_str(), MAX_DOWNLOAD, request).await;
+        let (status, body) = fetched.map_err(|e| {
+            err(match e {
+                SendError::Request(e) => e.into(),
+                SendError::Body(e) => e.into(),
+            })
+        })?;
         if !status.is_success() {
             let hint = match status.as_u16() {
                 401 | 403 => {
@@ -546,8 +550,6 @@ impl Http {
             };
             return Err(err(FetchCause::Status { status, hint }));
         }
-        read_limited(resp, MAX_DOWNLOAD)
-            .await
-            .map_err(|e| err(e.into()))
+        Ok(body)
     }
 }
