@@ -47,6 +47,9 @@ pub struct Reply {
     pub content_type: Option<&'static str>,
     /// The body.
     pub body: Vec<u8>,
+    /// The connection breaks off halfway through the body, whose whole
+    /// length the head announced.
+    pub broken: bool,
 }
 
 impl Reply {
@@ -56,6 +59,7 @@ impl Reply {
             status,
             content_type,
             body,
+            broken: false,
         }
     }
 }
@@ -160,7 +164,12 @@ impl Server {
                     }
                     head.push_str("\r\n");
                     let _ = stream.write_all(head.as_bytes());
-                    let _ = stream.write_all(&reply.body);
+                    let sent = if reply.broken {
+                        reply.body.len() / 2
+                    } else {
+                        reply.body.len()
+                    };
+                    let _ = stream.write_all(&reply.body[..sent]);
                     let _ = stream.shutdown(Shutdown::Both);
                 });
             }

@@ -15,8 +15,9 @@ struct Content {
     graphs: HashMap<(String, String), Vec<u8>>,
     files: HashMap<String, Vec<u8>>,
     requests: Vec<String>,
-    /// Requests whose path contains the first field get its status instead,
-    /// as many times as the third says.
+    /// Requests whose path contains the first field get its status instead
+    /// (0: their content, broken off halfway), as many times as the third
+    /// says.
     faults: Vec<(String, u16, u32)>,
     /// Faults answered so far.
     failed: u32,
@@ -44,13 +45,21 @@ impl UpdateService {
                 .faults
                 .iter_mut()
                 .find(|(part, _, left)| *left > 0 && path.contains(part.as_str()));
+            let mut broken = false;
             if let Some((_, status, left)) = fault {
                 *left -= 1;
                 let status = *status;
                 c.failed += 1;
-                return crate::http::Reply::new(status, None, b"try again later".to_vec());
+                if status != 0 {
+                    return crate::http::Reply::new(status, None, b"try again later".to_vec());
+                }
+                broken = true;
             }
             match route(&c, &req.target) {
+                Some(b) if broken => crate::http::Reply {
+                    broken,
+                    ..crate::http::Reply::new(200, None, b)
+                },
                 Some(b) => crate::http::Reply::new(200, None, b),
                 None => crate::http::Reply::new(404, None, b"not found".to_vec()),
             }
@@ -102,7 +111,14 @@ impl UpdateService {
             .push((part.into(), status, times));
     }
 
-    /// How many requests got a fault of [`UpdateService::fail_next`].
+    /// Breaks the connection off halfway through the answer to the next
+    /// `times` requests whose path contains `part`.
+    pub fn break_next(&self, part: &str, times: u32) {
+        self.fail_next(part, 0, times);
+    }
+
+    /// How many requests got a fault of [`UpdateService::fail_next`] or
+    /// [`UpdateService::break_next`].
     pub fn failed(&self) -> u32 {
         self.content.lock().expect("not poisoned").failed
     }

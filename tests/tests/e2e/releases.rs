@@ -902,21 +902,27 @@ impl SignedRelease {
 }
 
 /// The update service and the signature store answer 503 and 429 in passing
-/// (a redeploy, a rate limit): `create` asks again and ships the release with
-/// its signature, rather than failing a run that asking again completes.
+/// (a redeploy, a rate limit), and a connection to the store breaks off
+/// mid-answer: `create` asks again and ships the release with its signature,
+/// rather than failing a run that asking again completes.
 #[test]
 fn a_503_from_the_update_service_and_a_429_from_the_signature_store_are_waited_out() {
     let r = SignedRelease::new(90);
     r.store(r.signer.sign(&r.release.digest, SIGNED_AS));
     r.service.fail_next("/graph", 503, 1);
     r.service.fail_next("/signatures/", 429, 1);
+    r.service.break_next("/signatures/", 1);
     let (mut cmd, out) = r.create("throttled", &r.keyring);
     let created = run(&mut cmd);
     assert_eq!(created.code, 0, "{created}");
-    assert_eq!(r.service.failed(), 2, "both faults were served\n{created}");
-    for retried in ["update graph read", "release signature read"] {
+    assert_eq!(r.service.failed(), 3, "every fault was served\n{created}");
+    for (retried, times) in [("update graph read", 1), ("release signature read", 2)] {
         let line = format!("{retried} failed; retrying");
-        assert!(created.stderr.contains(&line), "{line}\n{created}");
+        assert_eq!(
+            created.stderr.matches(&line).count(),
+            times,
+            "{line}\n{created}"
+        );
     }
     assert!(read_manifest(&out).releases[0].signature.is_some());
 }
