@@ -5,10 +5,8 @@
 //! answer was whole, and is sent again ([`send`]): a service being redeployed
 //! or rate limiting should not end a run that asking again completes.
 
-use std::time::SystemTime;
-
 use airlock_registry::RegistryError;
-use airlock_registry::retry::{Limit, Retryable, Verdict, parse_retry_after};
+use airlock_registry::retry::{self, Limit, Retryable, Verdict};
 
 use crate::reads::Reads;
 
@@ -87,13 +85,9 @@ pub async fn send(
     let attempt = || async {
         let resp = build().send().await.map_err(Failed::Transport)?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let retry_after = retry::retry_after(&resp);
         let body = read_limited(resp, limit).await.map_err(Failed::Body)?;
-        if matches!(status.as_u16(), 408 | 429 | 500..=599) {
+        if retry::transient(status.as_u16()) {
             return Err(Failed::Answer {
                 status,
                 retry_after,

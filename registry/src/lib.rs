@@ -43,7 +43,7 @@ pub mod retry;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -308,7 +308,7 @@ pub(crate) fn status_kind(code: u16, retry_after: Option<Duration>) -> ErrorKind
     match code {
         401 | 403 => ErrorKind::Unauthorized,
         404 => ErrorKind::NotFound,
-        408 | 429 | 500..=599 => ErrorKind::Unavailable { retry_after },
+        c if retry::transient(c) => ErrorKind::Unavailable { retry_after },
         _ => ErrorKind::Protocol,
     }
 }
@@ -639,19 +639,10 @@ fn error_document(body: &str) -> Option<Vec<ErrorEntry>> {
         .map(|e| e.errors)
 }
 
-/// How long a response's `Retry-After` asks to wait, if it says.
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    response
-        .headers()
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()))
-}
-
 /// The kind and text of an error response.
 async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
     let status = response.status();
-    let retry_after = retry_after(&response);
+    let retry_after = retry::retry_after(&response);
     let body = error_body(response).await;
     let detail = match error_document(&body) {
         Some(errors) if !errors.is_empty() => errors
@@ -1596,7 +1587,7 @@ impl RegistryClient {
             )
         })?;
         let status = response.status();
-        let kind = match status_kind(status.as_u16(), retry_after(&response)) {
+        let kind = match status_kind(status.as_u16(), retry::retry_after(&response)) {
             unavailable @ ErrorKind::Unavailable { .. } => unavailable,
             _ => ErrorKind::Unauthorized,
         };

@@ -135,6 +135,21 @@ pub struct Retry<'e, E> {
     pub error: &'e E,
 }
 
+/// Whether an HTTP status says "not now" (408, 429, 5xx): asking again later
+/// may get another answer. Every other status is the server's answer.
+pub fn transient(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
+/// How long a response's `Retry-After` asks to wait, if it says.
+pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()))
+}
+
 /// The value of a `Retry-After` header: delay-seconds or an HTTP date (RFC 9110
 /// 10.2.3). A date in the past means now; anything else unreadable is ignored.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {

@@ -83,16 +83,8 @@ fn create_mirror_and_verify_report_json_with_their_documented_keys() {
     );
     insta::assert_json_snapshot!("verify", stable(verified, &replace));
 
-    let mut mirror = bins::connected();
-    mirror
-        .args(["mirror", "-o", "json", "--config"])
-        .arg(&s.config)
-        .arg("--workspace")
-        .arg(s.path("ws-m"))
-        .arg("--to")
-        .arg(format!("docker://{}/m", s.dest.addr()))
-        .arg("--dest-tls-verify=false");
-    source_flags(&mut mirror, &s.source);
+    let mut mirror = s.mirror_cmd(&s.config, "ws-m");
+    mirror.args(["-o", "json"]);
     let mirrored: Value = serde_json::from_str(&run_ok(&mut mirror).stdout).unwrap();
     s.assert_byte_exact("m");
     assert!(

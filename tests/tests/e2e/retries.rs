@@ -136,21 +136,6 @@ fn create_waits_out_a_429_on_a_manifest_and_on_a_blob() {
     s.assert_byte_exact("m");
 }
 
-/// `mirror` of `config` into `s.dest` under `m/`.
-fn mirror_cmd(s: &Setup, config: &std::path::Path) -> std::process::Command {
-    let mut cmd = airlock_tests::bins::connected();
-    cmd.arg("mirror")
-        .arg("--config")
-        .arg(config)
-        .arg("--workspace")
-        .arg(s.path("ws"))
-        .arg("--to")
-        .arg(format!("docker://{}/m", s.dest.addr()))
-        .arg("--dest-tls-verify=false");
-    source_flags(&mut cmd, &s.source);
-    cmd
-}
-
 /// `mirror` streams each blob from the source straight into the mirror
 /// registry: a 429 on opening one waits and reads again.
 #[test]
@@ -159,7 +144,7 @@ fn mirror_waits_out_a_429_on_a_blob_read() {
     let proxy = FaultProxy::start(&s.source.addr()).unwrap();
     proxy.fail_nth("GET", "/blobs/sha256:", 1, Fault::TooManyRequests);
     let config = s.config_at("isc-proxy.yaml", &proxy.addr());
-    let mirrored = run(&mut mirror_cmd(&s, &config));
+    let mirrored = run(&mut s.mirror_cmd(&config, "ws"));
     assert_eq!(mirrored.code, 0, "{mirrored}");
     assert_eq!(proxy.served(), 1, "the 429 was served\n{mirrored}");
     assert!(
@@ -211,7 +196,7 @@ fn mirror_from_a_source_that_keeps_failing_exits_unavailable() {
     let proxy = FaultProxy::start(&s.source.addr()).unwrap();
     proxy.fail_always("GET", "/blobs/sha256:", Fault::ServerError);
     let config = s.config_at("isc-proxy.yaml", &proxy.addr());
-    let mirrored = run(&mut mirror_cmd(&s, &config));
+    let mirrored = run(&mut s.mirror_cmd(&config, "ws"));
     assert_eq!(mirrored.code, EX_UNAVAILABLE, "{mirrored}");
     assert!(
         mirrored.stderr.contains("HTTP 500")

@@ -180,6 +180,22 @@ impl Setup {
         self.tmp.path().join(name)
     }
 
+    /// `mirror` of `config` straight into the destination under `m/`, with
+    /// the workspace `ws`.
+    pub fn mirror_cmd(&self, config: &Path, ws: &str) -> Command {
+        let mut cmd = bins::connected();
+        cmd.arg("mirror")
+            .arg("--config")
+            .arg(config)
+            .arg("--workspace")
+            .arg(self.path(ws))
+            .arg("--to")
+            .arg(format!("docker://{}/m", self.dest.addr()))
+            .arg("--dest-tls-verify=false");
+        source_flags(&mut cmd, &self.source);
+        cmd
+    }
+
     /// The configuration of the seeded images, named at registry `addr`
     /// instead of the source's, written to `name`.
     pub fn config_at(&self, name: &str, addr: &str) -> PathBuf {
