@@ -449,16 +449,22 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let started = Instant::now();
     let s = args.scale;
+    // Before the data set is generated: a --keep that cannot be written to
+    // would otherwise fail only after minutes of it.
+    let work = match &args.keep {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| {
+                tempfile::Builder::new()
+                    .prefix("airlock-bench-")
+                    .tempdir_in(dir)
+            })
+            .with_context(|| format!("--keep {}", dir.display()))?,
+        None => tempfile::tempdir()?,
+    };
     println!("generating the data set (scale {s}) …");
     let source = Registry::plain()?;
     let (placed, blobs) = generate(&source, s, 1)?;
     let blob_bytes = bytes_of(&blobs);
-    let work = match &args.keep {
-        Some(dir) => tempfile::Builder::new()
-            .prefix("airlock-bench-")
-            .tempdir_in(dir)?,
-        None => tempfile::tempdir()?,
-    };
     let isc = config(work.path(), "isc.yaml", &source.addr(), &placed)?;
     let src_ref = |p: &Placed| format!("docker://{}/{}:{}", source.addr(), p.repo, p.tag);
 

@@ -23,6 +23,7 @@ use super::{
     MANIFEST_SUM_ENTRY, MANIFEST_SUM_LEN, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, PartRecord,
     SIGNATURE_ENTRY, TRAILER_LEN, Version, padded,
 };
+use airlock_common::io::read_blocks;
 use airlock_oci::digest::{Digest, Hasher};
 
 /// Why a chunk file was refused.
@@ -632,24 +633,14 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn new(mut file: File) -> Self {
+    fn new(file: File) -> Self {
         let (send, blocks) = std::sync::mpsc::sync_channel(4);
         // Ends at the end of the file, on an error, or when the reader is
         // dropped (the send fails).
         std::thread::spawn(move || {
-            loop {
-                let mut v = Vec::with_capacity(BLOCK_BYTES as usize);
-                let read = (&mut file).take(BLOCK_BYTES).read_to_end(&mut v);
-                let last = !matches!(read, Ok(n) if n > 0);
-                let sent = match read {
-                    Ok(0) => Ok(()),
-                    Ok(_) => send.send(Ok(bytes::Bytes::from(v))),
-                    Err(e) => send.send(Err(e)),
-                };
-                if last || sent.is_err() {
-                    return;
-                }
-            }
+            read_blocks(file, BLOCK_BYTES, |block| {
+                send.send(block.map(bytes::Bytes::from)).is_ok()
+            })
         });
         ReadAhead {
             blocks,

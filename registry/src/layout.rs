@@ -18,8 +18,6 @@ use std::sync::RwLock;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
 
 use super::{ErrorKind, RawManifest, RegistryError};
 use airlock_oci::digest::{Digest, Hasher};
@@ -481,7 +479,7 @@ impl Layouts {
         let shown = path.display().to_string();
         let expected = digest.clone();
         let read_fail = fail.clone();
-        let bytes = ReaderStream::with_capacity(file.take(len), 256 << 10);
+        let bytes = crate::file_blocks(file.into_std().await, len);
         let stream =
             futures::stream::unfold((bytes, Some(Hasher::new())), move |(mut bytes, hasher)| {
                 let (shown, expected, fail) = (shown.clone(), expected.clone(), read_fail.clone());

@@ -664,7 +664,7 @@ async fn response_problem(response: reqwest::Response) -> (ErrorKind, String) {
     (kind, message)
 }
 
-/// A local file's bytes as a streamed request body, read 256 KiB at a time.
+/// A local file's bytes as a streamed request body.
 async fn file_body(target: &str, path: &Path) -> Result<reqwest::Body, RegistryError> {
     let file = tokio::fs::File::open(path)
         .await
@@ -673,8 +673,31 @@ async fn file_body(target: &str, path: &Path) -> Result<reqwest::Body, RegistryE
             path: path.to_path_buf(),
             source,
         })?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
-    Ok(reqwest::Body::wrap_stream(stream))
+    let file = file.into_std().await;
+    Ok(reqwest::Body::wrap_stream(file_blocks(file, u64::MAX)))
+}
+
+/// The first `len` bytes of `file`, 256 KiB at a time. A blocking thread reads
+/// each block straight into the buffer that is sent, one block ahead of the
+/// sender. `tokio::fs` reads into a buffer of its own and copies each block out
+/// again: a copy of every byte a publish uploads, and a task handed to the
+/// blocking pool for every block (docs/benchmarks.md, stop 52). The thread ends
+/// at the end of the file, at an error, or when the stream is dropped.
+pub(crate) fn file_blocks(
+    file: std::fs::File,
+    len: u64,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    use std::io::Read;
+    let (send, blocks) = tokio::sync::mpsc::channel(1);
+    tokio::task::spawn_blocking(move || {
+        airlock_common::io::read_blocks(file.take(len), 256 << 10, |block| {
+            send.blocking_send(block.map(Bytes::from)).is_ok()
+        })
+    });
+    futures::stream::unfold(blocks, |mut blocks| async move {
+        blocks.recv().await.map(|block| (block, blocks))
+    })
+    .boxed()
 }
 
 /// The upload session `response` opened: its `Location`, against `base`.
@@ -2537,6 +2560,25 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every byte in order across block boundaries, and no more than asked for.
+    #[tokio::test]
+    async fn a_file_is_streamed_whole_in_blocks_and_cut_at_its_length() {
+        let bytes: Vec<u8> = (0..(2 * (256 << 10) + 17) as u32)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, &bytes).unwrap();
+        let open = || std::fs::File::open(&path).unwrap();
+        let blocks: Vec<Bytes> = file_blocks(open(), u64::MAX).try_collect().await.unwrap();
+        assert_eq!(blocks.len(), 3, "256 KiB blocks");
+        assert_eq!(blocks.concat(), bytes);
+        let cut: Vec<Bytes> = file_blocks(open(), 300 << 10).try_collect().await.unwrap();
+        assert_eq!(cut.concat(), &bytes[..300 << 10]);
+        let empty: Vec<Bytes> = file_blocks(open(), 0).try_collect().await.unwrap();
+        assert!(empty.is_empty());
+    }
 
     #[test]
     fn signature_and_referrers_tags_are_read_where_their_digest_is() {
