@@ -1245,7 +1245,9 @@ async fn fill_blob(
     let mut attempt = 1;
     loop {
         let mut written = 0u64;
-        let mut w = prepared.blob_writer(index);
+        // The stream ends with an error when the bytes do not hash to the
+        // digest, and the writer is finished only when it ended without one.
+        let mut w = prepared.blob_writer(index).checked_by_source();
         let transfer: Result<(), Error> = async {
             let mut stream = client
                 .blob_stream(source.repository(), &blob.digest)

@@ -280,6 +280,16 @@ async fn writer_refuses_content_that_does_not_match_its_digest() {
         w.write(bytes(1, 1001).into()).await.is_err(),
         "more bytes than declared"
     );
+    // A writer whose source checks the digest still checks the size.
+    let mut w = prepared.blob_writer(0).checked_by_source();
+    assert!(
+        w.write(bytes(1, 1001).into()).await.is_err(),
+        "more bytes than declared, digest checked by the source"
+    );
+    let mut w = prepared.blob_writer(0).checked_by_source();
+    w.write(bytes(1, 999).into()).await.unwrap();
+    let err = w.finish().await.unwrap_err().to_string();
+    assert!(err.contains("999 bytes"), "{err}");
     drop(prepared);
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),

@@ -1894,7 +1894,9 @@ impl RegistryClient {
     }
 
     /// Streams a blob. The stream ends with an error if the bytes do not hash to
-    /// `digest`; callers that store the bytes also hash them themselves.
+    /// `digest`, on every path (direct, oci-client's verifying stream, an OCI
+    /// layout): a caller that saw it end without one has the blob, and need
+    /// not hash the bytes again (`create` does not).
     pub async fn blob_stream(
         &self,
         repository: &str,

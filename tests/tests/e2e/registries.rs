@@ -772,36 +772,51 @@ fn a_tagged_manifest_is_put_once_and_v2_is_not_asked_per_repository() {
 }
 
 /// A source registry that serves other bytes under a blob's digest (its
-/// storage altered, same length) stops `create` with the digest named, from
-/// the registry client's own check as the blob streams in (the chunk writer
-/// would catch it later, with other words).
+/// storage altered, same length) stops `create` with the digest named and no
+/// chunk file written, read anonymously (the registry client's own stream)
+/// and with credentials (oci-client's). Both check the digest as the blob
+/// streams in, and `create` does not hash the bytes again (stop 52): without
+/// either check the altered blob would be shipped.
 #[test]
 fn a_blob_served_with_other_bytes_than_its_digest_stops_create() {
-    let s = Setup::plain();
-    let layer = s.placed[0].image.blobs.last().unwrap().digest.clone();
-    let hex = layer.strip_prefix("sha256:").unwrap();
-    let data = s.source.storage_dir().join(format!(
-        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-        &hex[..2]
-    ));
-    let mut bytes = std::fs::read(&data).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&data, bytes).unwrap();
-    let out = s.path("out");
-    let created = run(&mut create_cmd(
-        &s.config,
-        &out,
-        &s.path("ws-c"),
-        "1MiB",
-        &s.source,
-    ));
-    assert_ne!(created.code, 0, "{created}");
-    assert!(
-        created.stderr.contains(hex)
-            && created
-                .stderr
-                .contains("digest mismatch: the bytes hash to"),
-        "{created}"
+    let anonymous = Setup::plain();
+    let credentialed = Setup::new(
+        Registry::tls_with_auth("reader", "s3cret").unwrap(),
+        Registry::plain().unwrap(),
     );
+    for (s, says) in [
+        (anonymous, "digest mismatch: the bytes hash to"),
+        (credentialed, "Invalid digest"),
+    ] {
+        let layer = s.placed[0].image.blobs.last().unwrap().digest.clone();
+        let hex = layer.strip_prefix("sha256:").unwrap();
+        let data = s.source.storage_dir().join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ));
+        let mut bytes = std::fs::read(&data).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&data, bytes).unwrap();
+        let out = s.path("out");
+        let created = run(&mut create_cmd(
+            &s.config,
+            &out,
+            &s.path("ws-c"),
+            "1MiB",
+            &s.source,
+        ));
+        assert_ne!(created.code, 0, "{created}");
+        assert!(
+            created.stderr.contains(hex) && created.stderr.contains(says),
+            "{created}"
+        );
+        let shipped: Vec<_> = std::fs::read_dir(&out)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tar"))
+            .collect();
+        assert!(shipped.is_empty(), "{shipped:?}");
+    }
 }
