@@ -768,7 +768,8 @@ fn hash_payloads(paths: &[&Path], meta: u64) -> Result<Vec<String>, WriteError> 
 /// A write of a blob's bytes, which hands back the file it wrote to.
 type InFlight = tokio::task::JoinHandle<std::io::Result<std::fs::File>>;
 
-/// Writes one blob's bytes into its parts, in order, checking size and digest.
+/// Writes one blob's bytes into its parts, in order, checking size and digest
+/// (the digest left to the source when it is [`BlobWriter::checked_by_source`]).
 #[derive(Debug)]
 pub struct BlobWriter {
     /// The blob's index in the manifest.
@@ -889,8 +890,9 @@ impl BlobWriter {
         let _ = self.settle().await;
     }
 
-    /// Checks that the whole blob arrived and hashes to its digest; a chunk
-    /// whose parts are all verified then is sealed.
+    /// Checks that the whole blob arrived and, unless its source checked
+    /// that, that it hashes to its digest; a chunk whose parts are all
+    /// verified then is sealed.
     pub async fn finish(mut self) -> Result<(), WriteError> {
         self.settle().await?;
         if self.received != self.size {

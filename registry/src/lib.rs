@@ -678,25 +678,30 @@ async fn file_body(target: &str, path: &Path) -> Result<reqwest::Body, RegistryE
 }
 
 /// The first `len` bytes of `file`, 256 KiB at a time. A blocking thread reads
-/// each block straight into the buffer that is sent, one block ahead of the
-/// sender. `tokio::fs` reads into a buffer of its own and copies each block out
-/// again: a copy of every byte a publish uploads, and a task handed to the
-/// blocking pool for every block (docs/benchmarks.md, stop 52). The thread ends
-/// at the end of the file, at an error, or when the stream is dropped.
+/// each block straight into the buffer that is sent, at most two blocks ahead
+/// of the sender. `tokio::fs` reads into a buffer of its own and copies each
+/// block out again: a copy of every byte a publish uploads, and a task handed
+/// to the blocking pool for every block (docs/benchmarks.md, stop 52). The
+/// thread starts when the stream is first polled, so a body built before its
+/// upload session opens holds no thread meanwhile, and ends at the end of the
+/// file, at an error, or when the stream is dropped.
 pub(crate) fn file_blocks(
     file: std::fs::File,
     len: u64,
 ) -> BoxStream<'static, std::io::Result<Bytes>> {
     use std::io::Read;
-    let (send, blocks) = tokio::sync::mpsc::channel(1);
-    tokio::task::spawn_blocking(move || {
-        airlock_common::io::read_blocks(file.take(len), 256 << 10, |block| {
-            send.blocking_send(block.map(Bytes::from)).is_ok()
+    futures::stream::once(async move {
+        let (send, blocks) = tokio::sync::mpsc::channel(1);
+        tokio::task::spawn_blocking(move || {
+            airlock_common::io::read_blocks(file.take(len), 256 << 10, |block| {
+                send.blocking_send(block.map(Bytes::from)).is_ok()
+            })
+        });
+        futures::stream::unfold(blocks, |mut blocks| async move {
+            blocks.recv().await.map(|block| (block, blocks))
         })
-    });
-    futures::stream::unfold(blocks, |mut blocks| async move {
-        blocks.recv().await.map(|block| (block, blocks))
     })
+    .flatten()
     .boxed()
 }
 
