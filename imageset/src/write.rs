@@ -159,6 +159,12 @@ struct Sealing {
     part_hashes: Mutex<std::collections::HashMap<usize, Vec<String>>>,
     /// Per data chunk, its sealing once begun.
     sealed: Mutex<Vec<Option<Seal>>>,
+    /// Per data chunk, held by each write into it. The kernel writes into one
+    /// file one write at a time anyway (ext4 takes the inode's lock), and its
+    /// waiters spin: when the copy into the page cache is slow (the VM's
+    /// costly state), that spinning took 10 % of `create`'s CPU. Waiters here
+    /// sleep (docs/benchmarks.md, stop 52).
+    writing: Vec<Mutex<()>>,
 }
 
 /// A chunk's sealing: its payload hash when [`Sealing::hash`].
@@ -423,6 +429,7 @@ pub fn prepare(
             hash: n_parity == 0 && version == Version::V1,
             part_hashes: Mutex::default(),
             sealed: Mutex::new((0..sizes.len()).map(|_| None).collect()),
+            writing: (0..sizes.len()).map(|_| Mutex::new(())).collect(),
         }),
         manifest: skeleton,
         reserve,
@@ -851,11 +858,16 @@ impl BlobWriter {
                 Some((target, file)) if target == self.current => Ok(file),
                 _ => Err(self.targets[self.current].path.clone()),
             };
+            let (sealing, chunk) = (self.sealing.clone(), self.chunks[self.current]);
             let write = tokio::task::spawn_blocking(move || {
                 let file = match file {
                     Ok(f) => f,
                     Err(path) => std::fs::OpenOptions::new().write(true).open(path)?,
                 };
+                // A panic elsewhere cannot leave the lock's `()` inconsistent.
+                let _one = sealing.writing[chunk]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 file.write_all_at(&piece, offset)?;
                 Ok(file)
             });
