@@ -807,10 +807,10 @@ pub struct BlobWriter {
 impl BlobWriter {
     /// A writer for bytes whose source checks them against the blob's digest
     /// and fails before its end when they do not match, as every blob stream
-    /// of the registry client does: hashing them here as well cost `create`
-    /// a second sha256 pass over everything it downloads, over a quarter of its CPU
-    /// (docs/benchmarks.md, stop 52). The writer still checks the size, and
-    /// hashes a split blob's parts (version 2). The caller must not
+    /// of the registry client does: hashing them here as well cost `create` a
+    /// second sha256 pass over everything it downloads, over a quarter of its
+    /// CPU (docs/benchmarks.md, stop 52). The writer still checks the size,
+    /// and hashes a split blob's parts (version 2). The caller must not
     /// [`finish`](BlobWriter::finish) it unless the source ended without an
     /// error.
     pub fn checked_by_source(mut self) -> Self {

@@ -811,12 +811,7 @@ fn a_blob_served_with_other_bytes_than_its_digest_stops_create() {
             created.stderr.contains(hex) && created.stderr.contains(says),
             "{created}"
         );
-        let shipped: Vec<_> = std::fs::read_dir(&out)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tar"))
-            .collect();
+        let shipped = chunk_files(&out);
         assert!(shipped.is_empty(), "{shipped:?}");
     }
 }
