@@ -369,6 +369,34 @@ impl Registry {
         let _ = child.wait();
     }
 
+    /// The CPU time, user and system, that the registry process has used so
+    /// far (`/proc/<pid>/stat`): on a machine whose cores it shares with the
+    /// client measured, what the registry's side of a transfer costs
+    /// (docs/benchmarks.md, stop 53).
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let child = self.child.as_ref().context("the registry is not running")?;
+        let path = format!("/proc/{}/stat", child.id());
+        let stat = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+        // The fields after the command name, which is in parentheses and may
+        // hold spaces: state is field 3, utime 14 and stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .with_context(|| format!("{path}: no command name"))?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| -> Result<f64> {
+            let v: u64 = fields
+                .get(i - 3)
+                .with_context(|| format!("{path}: no field {i}"))?
+                .parse()
+                .with_context(|| format!("{path}: field {i}"))?;
+            Ok(v as f64)
+        };
+        let per_second = rustix::param::clock_ticks_per_second() as f64;
+        Ok((ticks(14)? + ticks(15)?) / per_second)
+    }
+
     /// Whether the registry process is running (it may have exited on its own).
     pub fn is_running(&mut self) -> bool {
         self.child

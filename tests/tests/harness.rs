@@ -457,3 +457,24 @@ fn token_registry_grants_by_user_and_namespace_as_skopeo_sees_it() -> Result<()>
     assert!(inspect_raw(&format!("{}/team/app:1", r.addr()), &wrong).is_err());
     Ok(())
 }
+
+#[test]
+fn a_registry_reports_the_cpu_its_process_spent_and_none_once_stopped() -> Result<()> {
+    let mut r = Registry::plain()?;
+    let before = r.cpu_seconds()?;
+    // 32 MiB the registry must receive, hash and write: tens of milliseconds
+    // of its CPU at least, against a tick of 10 ms.
+    let big = ImageBuilder::new(Format::Oci).layer(40, 32 << 20).build();
+    big.push(&PushClient::new(&r)?, "cpu/big", Some("1"))?;
+    let after = r.cpu_seconds()?;
+    assert!(
+        after - before >= 0.02,
+        "the registry's CPU went from {before} s to {after} s over a 32 MiB upload"
+    );
+    r.stop();
+    assert!(
+        r.cpu_seconds().is_err(),
+        "a stopped registry has no CPU to report"
+    );
+    Ok(())
+}
