@@ -69,7 +69,7 @@ struct Run {
     /// run, where measured: the registry shares the tool's cores here, so a
     /// run that keeps both cores busy cannot take less wall time than the
     /// two CPU times together over the cores (docs/benchmarks.md, stop 53).
-    registry_cpu_seconds: f64,
+    registry_cpu_seconds: Option<f64>,
     /// Free memory when the run started (the most of several). On this VM
     /// memory free for a while has been handed back to the host, and a
     /// process that writes into it pays system time for the host to back it
@@ -85,7 +85,10 @@ impl Run {
             cpu_seconds: self.cpu_seconds + other.cpu_seconds,
             system_seconds: self.system_seconds + other.system_seconds,
             rss_mib: self.rss_mib.max(other.rss_mib),
-            registry_cpu_seconds: self.registry_cpu_seconds + other.registry_cpu_seconds,
+            registry_cpu_seconds: self
+                .registry_cpu_seconds
+                .zip(other.registry_cpu_seconds)
+                .map(|(a, b)| a + b),
             free_mib: self.free_mib.max(other.free_mib),
         }
     }
@@ -104,7 +107,7 @@ fn serving(registry: &Registry, run: impl FnOnce() -> Result<Run>) -> Result<Run
     let before = registry.cpu_seconds()?;
     let r = run()?;
     Ok(Run {
-        registry_cpu_seconds: registry.cpu_seconds()? - before,
+        registry_cpu_seconds: Some(registry.cpu_seconds()? - before),
         ..r
     })
 }
@@ -730,7 +733,8 @@ fn main() -> Result<()> {
         figures["many"] = m.json.clone();
     }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    let on_every_core = |r: Run| (r.cpu_seconds + r.registry_cpu_seconds) / cores as f64;
+    let on_every_core =
+        |r: Run| (r.cpu_seconds + r.registry_cpu_seconds.unwrap_or(0.0)) / cores as f64;
     let per_gib = |r: Run| ratio(r.cpu_seconds, gib(blob_bytes));
     let mut results = json!({
         "scale": s,
@@ -789,8 +793,8 @@ fn main() -> Result<()> {
             false => format!("{x:.digits$}"),
         };
         let cpu = match r.registry_cpu_seconds {
-            0.0 => shown(r.cpu_seconds, 1),
-            registry => format!("{}+{registry:.1}", shown(r.cpu_seconds, 1)),
+            None => shown(r.cpu_seconds, 1),
+            Some(registry) => format!("{}+{registry:.1}", shown(r.cpu_seconds, 1)),
         };
         let rss = shown(r.rss_mib, 0);
         println!(
@@ -920,20 +924,27 @@ fn limit_run(spent: limits::Spent) -> Run {
 }
 
 fn limit_json(r: Run) -> Value {
-    json!({
-        "seconds": r.seconds,
-        "cpu_seconds": r.cpu_seconds,
-        "registry_cpu_seconds": r.registry_cpu_seconds,
-    })
+    with_registry_cpu(
+        json!({"seconds": r.seconds, "cpu_seconds": r.cpu_seconds}),
+        r,
+    )
 }
 
 fn run_json(r: Run) -> Value {
-    json!({
+    let json = json!({
         "seconds": r.seconds,
         "cpu_seconds": r.cpu_seconds,
         "system_seconds": r.system_seconds,
         "peak_rss_mib": r.rss_mib,
         "free_mib_at_start": r.free_mib,
-        "registry_cpu_seconds": r.registry_cpu_seconds,
-    })
+    });
+    with_registry_cpu(json, r)
+}
+
+/// `json` with the registry's CPU where it was measured.
+fn with_registry_cpu(mut json: Value, r: Run) -> Value {
+    if let Some(cpu) = r.registry_cpu_seconds {
+        json["registry_cpu_seconds"] = json!(cpu);
+    }
+    json
 }
