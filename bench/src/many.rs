@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::lag::LagProxy;
 use crate::{
     Placed, Run, agent_fanout, airlock_create, airlock_publish, config, limits, random_blob,
+    serving,
 };
 
 /// Where the shared base layers are pushed first, to be mounted from.
@@ -196,11 +197,13 @@ pub fn run(n: usize, work: &Path, keep: bool) -> Result<Figures> {
     let isc = config(work, "isc.yaml", &source.addr(), &placed)?;
 
     let out = work.join("many-out");
-    let create = airlock_create(&isc, &out, &work.join("many-ws-c"))?;
+    let create = serving(&source, || {
+        airlock_create(&isc, &out, &work.join("many-ws-c"))
+    })?;
 
     let list = sync_list(&work.join("many-sync.yaml"), &source.addr(), &placed)?;
     let dirs = work.join("many-dirs");
-    let sync_to_dir = sync_to_dirs(&list, &dirs)?;
+    let sync_to_dir = serving(&source, || sync_to_dirs(&list, &dirs))?;
 
     // The same across a WAN: the whole create; and the first images created,
     // and synced by skopeo (one after the other, it would take minutes for
@@ -208,7 +211,9 @@ pub fn run(n: usize, work: &Path, keep: bool) -> Result<Figures> {
     let lag = LagProxy::start(&source.addr(), WAN_ONE_WAY)?;
     let wan_isc = config(work, "isc-wan.yaml", &lag.addr(), &placed)?;
     let wan_out = work.join("many-wan-out");
-    let create_wan = airlock_create(&wan_isc, &wan_out, &work.join("many-wan-ws"))?;
+    let create_wan = serving(&source, || {
+        airlock_create(&wan_isc, &wan_out, &work.join("many-wan-ws"))
+    })?;
     std::fs::remove_dir_all(&wan_out)?;
     let wan_images = placed.len().min(WAN_SKOPEO_IMAGES);
     let first_isc = config(
@@ -218,7 +223,9 @@ pub fn run(n: usize, work: &Path, keep: bool) -> Result<Figures> {
         &placed[..wan_images],
     )?;
     let first_out = work.join("many-wan-first-out");
-    let create_wan_first = airlock_create(&first_isc, &first_out, &work.join("many-wan-first-ws"))?;
+    let create_wan_first = serving(&source, || {
+        airlock_create(&first_isc, &first_out, &work.join("many-wan-first-ws"))
+    })?;
     std::fs::remove_dir_all(&first_out)?;
     let wan_list = sync_list(
         &work.join("many-wan-sync.yaml"),
@@ -226,23 +233,27 @@ pub fn run(n: usize, work: &Path, keep: bool) -> Result<Figures> {
         &placed[..wan_images],
     )?;
     let wan_dirs = work.join("many-wan-dirs");
-    let sync_wan = sync_to_dirs(&wan_list, &wan_dirs)?;
+    let sync_wan = serving(&source, || sync_to_dirs(&wan_list, &wan_dirs))?;
     std::fs::remove_dir_all(&wan_dirs)?;
     drop(source);
 
     let dest = Registry::plain()?;
-    let publish = airlock_publish(&out, &dest, &work.join("many-ws-d"))?;
+    let publish = serving(&dest, || {
+        airlock_publish(&out, &dest, &work.join("many-ws-d"))
+    })?;
     drop(dest);
     let dest_skopeo = Registry::plain()?;
-    let sync_to_registry = skopeo_sync(&[
-        "--src",
-        "dir",
-        "--dest",
-        "docker",
-        "--dest-tls-verify=false",
-        &dirs.display().to_string(),
-        &format!("{}/m", dest_skopeo.addr()),
-    ])?;
+    let sync_to_registry = serving(&dest_skopeo, || {
+        skopeo_sync(&[
+            "--src",
+            "dir",
+            "--dest",
+            "docker",
+            "--dest-tls-verify=false",
+            &dirs.display().to_string(),
+            &format!("{}/m", dest_skopeo.addr()),
+        ])
+    })?;
     let synced = count_repositories(&dest_skopeo)?;
     drop(dest_skopeo);
     std::fs::remove_dir_all(&dirs)?;
