@@ -385,6 +385,11 @@ impl Registry {
             .1
             .split_whitespace()
             .collect();
+        // A registry that exited on its own and is not yet reaped still has
+        // a stat file, with figures that no longer move.
+        if matches!(fields.first(), Some(&("Z" | "X"))) {
+            bail!("the registry at {} has exited", self.addr());
+        }
         let ticks = |i: usize| -> Result<f64> {
             let v: u64 = fields
                 .get(i - 3)

@@ -460,20 +460,34 @@ fn token_registry_grants_by_user_and_namespace_as_skopeo_sees_it() -> Result<()>
 
 #[test]
 fn a_registry_reports_the_cpu_its_process_spent_and_none_once_stopped() -> Result<()> {
-    let mut r = Registry::plain()?;
-    let before = r.cpu_seconds()?;
-    // 32 MiB the registry must receive, hash and write: tens of milliseconds
-    // of its CPU at least, against a tick of 10 ms.
-    let big = ImageBuilder::new(Format::Oci).layer(40, 32 << 20).build();
-    big.push(&PushClient::new(&r)?, "cpu/big", Some("1"))?;
-    let after = r.cpu_seconds()?;
-    assert!(
-        after - before >= 0.02,
-        "the registry's CPU went from {before} s to {after} s over a 32 MiB upload"
+    let (mut busy, idle) = (Registry::plain()?, Registry::plain()?);
+    // Built before the first readings: only the registries' work falls
+    // between them.
+    let big = ImageBuilder::new(Format::Oci).layer(40, 64 << 20).build();
+    let client = PushClient::new(&busy)?;
+    let before = (busy.cpu_seconds()?, idle.cpu_seconds()?);
+    let started = std::time::Instant::now();
+    // 64 MiB the registry must receive, hash and write: a tenth of a second
+    // of its CPU or more, against a tick of 10 ms.
+    big.push(&client, "cpu/big", Some("1"))?;
+    let wall = started.elapsed().as_secs_f64();
+    let spent = (
+        busy.cpu_seconds()? - before.0,
+        idle.cpu_seconds()? - before.1,
     );
-    r.stop();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // Each registry's own figure: the one that took the upload spent far more
+    // than the one that did nothing, and no more than its cores allow.
     assert!(
-        r.cpu_seconds().is_err(),
+        spent.0 >= spent.1 + 0.05 && spent.0 <= wall * cores + 0.02,
+        "CPU over a 64 MiB upload of {wall} s on {cores} cores: {} s by the registry \
+         that took it, {} s by an idle one",
+        spent.0,
+        spent.1
+    );
+    busy.stop();
+    assert!(
+        busy.cpu_seconds().is_err(),
         "a stopped registry has no CPU to report"
     );
     Ok(())
