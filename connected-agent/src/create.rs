@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use airlock_cli::telemetry::Bar;
@@ -23,6 +24,7 @@ use airlock_imageset::{FORMAT, ImageKind, ImagesetManifest, ReleaseRecord};
 use airlock_oci::digest::Digest;
 use airlock_oci::reference::ImageRef;
 use airlock_registry::progress::Progress;
+use airlock_registry::retry::{Limit, RetryPolicy, Retryable, Verdict};
 use airlock_registry::{ErrorKind, Pool, RegistryError, RegistryOptions};
 use airlock_state::crash_point;
 use futures::StreamExt;
@@ -1242,54 +1244,87 @@ async fn fill_blob(
         .parse()
         .expect("recorded repositories parse");
     let client = pool.client(source.registry()).await?;
-    let mut attempt = 1;
-    loop {
-        let mut written = 0u64;
-        // The stream ends with an error when the bytes do not hash to the
-        // digest, and the writer is finished only when it ended without one.
-        let mut w = prepared.blob_writer(index).checked_by_source();
-        let transfer: Result<(), Error> = async {
-            let mut stream = client
-                .blob_stream(source.repository(), &blob.digest)
-                .await?;
-            while let Some(bytes) = stream.next().await {
-                let bytes = bytes?;
-                let n = bytes.len() as u64;
-                w.write(bytes).await?;
-                written += n;
-                progress.add(n);
-            }
-            Ok(())
-        }
-        .await;
-        let result = match transfer {
-            Ok(()) => w.finish().await.map_err(Error::from),
-            Err(e) => {
-                w.abandon().await;
-                Err(e)
-            }
-        };
-        match result {
-            Ok(()) => {
-                tracing::debug!(digest = %blob.digest, size = blob.size, repository = %blob.repository, "blob stored");
-                return Ok(());
-            }
-            Err(e) if attempt < ATTEMPTS && retryable(&e) => {
-                progress.sub(written);
-                let mut delay = Duration::from_millis(500 * 2u64.pow(attempt - 1));
-                if let Error::Registry(r) = &e
-                    && let Some(ErrorKind::Unavailable {
-                        retry_after: Some(after),
-                    }) = r.kind()
-                {
-                    delay = delay.max(after.min(crate::reads::MAX_RETRY_AFTER));
+    // Bytes of the attempt under way, taken back from the progress when it
+    // fails: a retry downloads the blob again from its start.
+    let written = AtomicU64::new(0);
+    let policy = download_policy();
+    policy
+        .run(
+            &policy.budget(),
+            || async {
+                written.store(0, Ordering::Relaxed);
+                // The stream ends with an error when the bytes do not hash to
+                // the digest, and the writer is finished only when it ended
+                // without one.
+                let mut w = prepared.blob_writer(index).checked_by_source();
+                let transfer: Result<(), Error> = async {
+                    let mut stream = client
+                        .blob_stream(source.repository(), &blob.digest)
+                        .await?;
+                    while let Some(bytes) = stream.next().await {
+                        let bytes = bytes?;
+                        let n = bytes.len() as u64;
+                        w.write(bytes).await?;
+                        written.fetch_add(n, Ordering::Relaxed);
+                        progress.add(n);
+                    }
+                    Ok(())
                 }
-                tracing::warn!(digest = %blob.digest, repository = %blob.repository, attempt, error = %e, "blob transfer failed; retrying");
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
+                .await;
+                match transfer {
+                    Ok(()) => w.finish().await.map_err(|e| Attempt(e.into())),
+                    Err(e) => {
+                        w.abandon().await;
+                        Err(Attempt(e))
+                    }
+                }
+            },
+            |retry| {
+                progress.sub(written.load(Ordering::Relaxed));
+                tracing::warn!(digest = %blob.digest, repository = %blob.repository, attempt = retry.attempt, wait_ms = retry.wait.as_millis() as u64, error = %retry.error.0, "blob transfer failed; retrying");
+            },
+        )
+        .await
+        .map_err(|Attempt(e)| e)?;
+    tracing::debug!(digest = %blob.digest, size = blob.size, repository = %blob.repository, "blob stored");
+    Ok(())
+}
+
+/// How blob downloads are retried: [`ATTEMPTS`] attempts, waiting 0.5 s
+/// doubling (with jitter, so that downloads failed by one blip do not all
+/// come back at once), or the registry's `Retry-After`, as the agent's other
+/// reads of a source wait ([`crate::reads`]).
+fn download_policy() -> RetryPolicy {
+    RetryPolicy {
+        first: Duration::from_millis(500),
+        cap: Duration::from_secs(4),
+        attempts: ATTEMPTS,
+        per_image: ATTEMPTS,
+        max_retry_after: crate::reads::MAX_RETRY_AFTER,
+    }
+}
+
+/// A failed download attempt, told transient or final.
+struct Attempt(Error);
+
+impl Retryable for Attempt {
+    fn verdict(&self) -> Verdict {
+        if !retryable(&self.0) {
+            return Verdict::Final;
         }
+        let retry_after = match &self.0 {
+            Error::Registry(r) => match r.kind() {
+                Some(ErrorKind::Unavailable { retry_after }) => retry_after,
+                _ => None,
+            },
+            _ => None,
+        };
+        Verdict::Retry { retry_after }
+    }
+
+    /// The last attempt's error, as it was: the log has told of each retry.
+    fn gave_up(self, _: u32, _: Limit) -> Self {
+        self
     }
 }
 

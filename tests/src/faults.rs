@@ -59,6 +59,10 @@ pub enum Fault {
     /// `405 Method Not Allowed`, as a registry without the referrers API may
     /// answer its route.
     NotAllowed,
+    /// The registry's answer, its body cut off halfway and the connection
+    /// closed: a download broken in the middle, as a load balancer or a
+    /// network that drops connections breaks one.
+    CutAnswer,
 }
 
 #[derive(Debug)]
@@ -313,7 +317,7 @@ fn json_answer(status: &str, json: &str) -> String {
 }
 
 fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
-    let Some((head, mut body)) = crate::http::read_head(&mut client) else {
+    let Some((head, body)) = crate::http::read_head(&mut client) else {
         return;
     };
     let text = String::from_utf8_lossy(&head).into_owned();
@@ -324,12 +328,7 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
         request_line.next().unwrap_or_default().to_string(),
     );
     let headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
-    let length: u64 = headers
-        .iter()
-        .filter_map(|h| h.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0);
+    let length = content_length(&headers);
     if let Some(fault) = due(state, &method, &path, length) {
         let wanted = match fault {
             Fault::Reset => length / 2,
@@ -344,7 +343,8 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
             | Fault::TagsCutShort
             | Fault::TagsPageLong
             | Fault::TagsOfAnother
-            | Fault::NotAllowed => length,
+            | Fault::NotAllowed
+            | Fault::CutAnswer => length,
         };
         let mut chunk = [0u8; 16 << 10];
         let mut got = body.len() as u64;
@@ -357,6 +357,7 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
         let answer = match fault {
             // Closed with unread bytes pending, the socket sends a RST.
             Fault::Reset => return,
+            Fault::CutAnswer => return forward(client, target, &method, &path, &headers, body, true),
             Fault::ServerError => {
                 "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                     .to_string()
@@ -410,6 +411,30 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
         Some((start, _)) if method == "POST" && declines_mounts(state) => start.to_string(),
         _ => path,
     };
+    forward(client, target, &method, &path, &headers, body, false);
+}
+
+/// The `Content-Length` among `headers`, 0 without one.
+fn content_length(headers: &[&str]) -> u64 {
+    headers
+        .iter()
+        .filter_map(|h| h.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends the request to the registry at `target` and its answer back, the
+/// answer's body cut off halfway when `cut`.
+fn forward(
+    mut client: TcpStream,
+    target: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    mut body: Vec<u8>,
+    cut: bool,
+) {
     let Ok(mut upstream) = TcpStream::connect(target) else {
         return;
     };
@@ -434,7 +459,31 @@ fn serve(mut client: TcpStream, target: &str, state: &Mutex<State>) {
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut from_client, &mut to_upstream);
     });
-    let _ = std::io::copy(&mut upstream, &mut client);
+    if cut {
+        let Some((head, start)) = crate::http::read_head(&mut upstream) else {
+            return;
+        };
+        let lines: Vec<&str> = std::str::from_utf8(&head)
+            .unwrap_or_default()
+            .split("\r\n")
+            .collect();
+        let half = content_length(&lines) / 2;
+        let mut sent = (start.len() as u64).min(half);
+        if client.write_all(&head).is_err() || client.write_all(&start[..sent as usize]).is_err() {
+            return;
+        }
+        let mut chunk = [0u8; 16 << 10];
+        while sent < half {
+            let want = chunk.len().min((half - sent) as usize);
+            match upstream.read(&mut chunk[..want]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) if client.write_all(&chunk[..n]).is_ok() => sent += n as u64,
+                Ok(_) => break,
+            }
+        }
+    } else {
+        let _ = std::io::copy(&mut upstream, &mut client);
+    }
     // The registry closed after its answer: end the client side too, which also
     // ends the copy of the request above.
     let _ = client.shutdown(Shutdown::Both);

@@ -1,6 +1,7 @@
 //! Publishing survives what registries do in passing: a 500 on a blob upload, a 429
 //! with `Retry-After` on opening an upload or pushing a manifest, a connection reset
-//! in the middle of a blob; creating, a 429 on reading a manifest or a blob;
+//! in the middle of a blob; creating, a 429 on reading a manifest or a blob, and a
+//! blob's download broken halfway;
 //! mirroring, a 429 on a blob read (catalogs and lookups: in their suites). Each
 //! fault is served by a proxy in front of a real registry, at a known request; the
 //! result is checked byte for byte with skopeo.
@@ -131,6 +132,34 @@ fn create_waits_out_a_429_on_a_manifest_and_on_a_blob() {
     ] {
         assert!(created.stderr.contains(retried), "{retried}\n{created}");
     }
+    let published = s.publish(&out, "m", "ws-d");
+    assert_eq!(published.code, 0, "{published}");
+    s.assert_byte_exact("m");
+}
+
+/// A download broken halfway (a load balancer that drops the connection)
+/// leaves half a blob written into its chunk: `create` downloads it again from
+/// its start into the same place, and the imageset holds it whole.
+#[test]
+fn create_downloads_a_blob_cut_off_halfway_again_from_its_start() {
+    let s = Setup::plain();
+    let proxy = FaultProxy::start(&s.source.addr()).unwrap();
+    proxy.fail_nth("GET", "/blobs/sha256:", 1, Fault::CutAnswer);
+    let config = s.config_at("isc-proxy.yaml", &proxy.addr());
+    let out = s.path("out");
+    let created = run(&mut create_cmd(
+        &config,
+        &out,
+        &s.path("ws-c"),
+        "1GiB",
+        &s.source,
+    ));
+    assert_eq!(created.code, 0, "{created}");
+    assert_eq!(proxy.served(), 1, "the cut was served\n{created}");
+    assert!(
+        created.stderr.contains("blob transfer failed; retrying"),
+        "{created}"
+    );
     let published = s.publish(&out, "m", "ws-d");
     assert_eq!(published.code, 0, "{published}");
     s.assert_byte_exact("m");
