@@ -106,15 +106,13 @@ fn a_push_into_a_project_that_does_not_exist_says_so() {
     );
 }
 
-/// A registry that throttles a catalog's burst of reads answers 429 with
-/// `Retry-After`: `create` waits and reads again, a manifest and a blob alike,
-/// instead of failing a run that waiting completes.
-#[test]
-fn create_waits_out_a_429_on_a_manifest_and_on_a_blob() {
+/// Creates from the seeded source through a proxy armed by `arm` with
+/// `faults` faults, and checks that create succeeded after logging each of
+/// `retried`, and that its imageset publishes byte for byte.
+fn create_survives(arm: impl FnOnce(&FaultProxy), faults: u32, retried: &[&str]) {
     let s = Setup::plain();
     let proxy = FaultProxy::start(&s.source.addr()).unwrap();
-    proxy.fail_nth("GET", "/manifests/", 1, Fault::TooManyRequests);
-    proxy.fail_nth("GET", "/blobs/sha256:", 1, Fault::TooManyRequests);
+    arm(&proxy);
     let config = s.config_at("isc-proxy.yaml", &proxy.addr());
     let out = s.path("out");
     let created = run(&mut create_cmd(
@@ -125,11 +123,8 @@ fn create_waits_out_a_429_on_a_manifest_and_on_a_blob() {
         &s.source,
     ));
     assert_eq!(created.code, 0, "{created}");
-    assert_eq!(proxy.served(), 2, "both 429s were served\n{created}");
-    for retried in [
-        "manifest read failed; retrying",
-        "blob transfer failed; retrying",
-    ] {
+    assert_eq!(proxy.served(), faults, "every fault was served\n{created}");
+    for retried in retried {
         assert!(created.stderr.contains(retried), "{retried}\n{created}");
     }
     let published = s.publish(&out, "m", "ws-d");
@@ -137,32 +132,34 @@ fn create_waits_out_a_429_on_a_manifest_and_on_a_blob() {
     s.assert_byte_exact("m");
 }
 
+/// A registry that throttles a catalog's burst of reads answers 429 with
+/// `Retry-After`: `create` waits and reads again, a manifest and a blob alike,
+/// instead of failing a run that waiting completes.
+#[test]
+fn create_waits_out_a_429_on_a_manifest_and_on_a_blob() {
+    create_survives(
+        |proxy| {
+            proxy.fail_nth("GET", "/manifests/", 1, Fault::TooManyRequests);
+            proxy.fail_nth("GET", "/blobs/sha256:", 1, Fault::TooManyRequests);
+        },
+        2,
+        &[
+            "manifest read failed; retrying",
+            "blob transfer failed; retrying",
+        ],
+    );
+}
+
 /// A download broken halfway (a load balancer that drops the connection)
 /// leaves half a blob written into its chunk: `create` downloads it again from
 /// its start into the same place, and the imageset holds it whole.
 #[test]
 fn create_downloads_a_blob_cut_off_halfway_again_from_its_start() {
-    let s = Setup::plain();
-    let proxy = FaultProxy::start(&s.source.addr()).unwrap();
-    proxy.fail_nth("GET", "/blobs/sha256:", 1, Fault::CutAnswer);
-    let config = s.config_at("isc-proxy.yaml", &proxy.addr());
-    let out = s.path("out");
-    let created = run(&mut create_cmd(
-        &config,
-        &out,
-        &s.path("ws-c"),
-        "1GiB",
-        &s.source,
-    ));
-    assert_eq!(created.code, 0, "{created}");
-    assert_eq!(proxy.served(), 1, "the cut was served\n{created}");
-    assert!(
-        created.stderr.contains("blob transfer failed; retrying"),
-        "{created}"
+    create_survives(
+        |proxy| proxy.fail_nth("GET", "/blobs/sha256:", 1, Fault::CutAnswer),
+        1,
+        &["blob transfer failed; retrying"],
     );
-    let published = s.publish(&out, "m", "ws-d");
-    assert_eq!(published.code, 0, "{published}");
-    s.assert_byte_exact("m");
 }
 
 /// `mirror` streams each blob from the source straight into the mirror
