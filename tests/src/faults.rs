@@ -61,7 +61,9 @@ pub enum Fault {
     NotAllowed,
     /// The registry's answer, its body cut off halfway and the connection
     /// closed: a download broken in the middle, as a load balancer or a
-    /// network that drops connections breaks one.
+    /// network that drops connections breaks one. Halfway by its
+    /// `Content-Length`, which registries send with blobs: an answer without
+    /// one gets its head alone.
     CutAnswer,
 }
 
@@ -459,9 +461,15 @@ fn forward(
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut from_client, &mut to_upstream);
     });
-    if cut {
+    // Every way out ends with both sockets shut, below: a client left waiting
+    // on a half-answered request would wait for its timeout.
+    'cut: {
+        if !cut {
+            let _ = std::io::copy(&mut upstream, &mut client);
+            break 'cut;
+        }
         let Some((head, start)) = crate::http::read_head(&mut upstream) else {
-            return;
+            break 'cut;
         };
         let lines: Vec<&str> = std::str::from_utf8(&head)
             .unwrap_or_default()
@@ -470,7 +478,7 @@ fn forward(
         let half = content_length(&lines) / 2;
         let mut sent = (start.len() as u64).min(half);
         if client.write_all(&head).is_err() || client.write_all(&start[..sent as usize]).is_err() {
-            return;
+            break 'cut;
         }
         let mut chunk = [0u8; 16 << 10];
         while sent < half {
@@ -481,8 +489,6 @@ fn forward(
                 Ok(_) => break,
             }
         }
-    } else {
-        let _ = std::io::copy(&mut upstream, &mut client);
     }
     // The registry closed after its answer: end the client side too, which also
     // ends the copy of the request above.
