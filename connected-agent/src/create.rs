@@ -1308,34 +1308,26 @@ fn download_policy() -> RetryPolicy {
 struct Attempt(Error);
 
 impl Retryable for Attempt {
+    /// Broader than a registry request's verdict (`airlock_registry::retry`):
+    /// a refused connection and a body longer than declared are tried again
+    /// too.
     fn verdict(&self) -> Verdict {
-        if !retryable(&self.0) {
-            return Verdict::Final;
-        }
-        let retry_after = match &self.0 {
+        match &self.0 {
             Error::Registry(r) => match r.kind() {
-                Some(ErrorKind::Unavailable { retry_after }) => retry_after,
-                _ => None,
+                Some(ErrorKind::Unavailable { retry_after }) => Verdict::Retry { retry_after },
+                Some(ErrorKind::Network | ErrorKind::Unreachable) => {
+                    Verdict::Retry { retry_after: None }
+                }
+                _ => Verdict::Final,
             },
-            _ => None,
-        };
-        Verdict::Retry { retry_after }
+            Error::Write(WriteError::Content { .. }) => Verdict::Retry { retry_after: None },
+            _ => Verdict::Final,
+        }
     }
 
     /// The last attempt's error, as it was: the log has told of each retry.
     fn gave_up(self, _: u32, _: Limit) -> Self {
         self
-    }
-}
-
-fn retryable(e: &Error) -> bool {
-    match e {
-        Error::Registry(r) => matches!(
-            r.kind(),
-            Some(ErrorKind::Network | ErrorKind::Unreachable | ErrorKind::Unavailable { .. })
-        ),
-        Error::Write(WriteError::Content { .. }) => true,
-        _ => false,
     }
 }
 
