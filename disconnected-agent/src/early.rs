@@ -23,6 +23,10 @@
 //! full parallelism after the verification: the publish would send them next
 //! anyway, and closing sessions is all that is left to it.
 //!
+//! The agent stages only when it publishes to one cluster: with several, the
+//! fan-out reads each blob from the store once for all of them, and staging
+//! would read it again for each.
+//!
 //! Staging helps, and is never a condition: a failure (the registry down, a
 //! credential refused) stops it and is logged, and the publish that follows
 //! uploads what was not staged, and reports what fails.
@@ -41,6 +45,7 @@ use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::site::Target;
 use crate::store::{Announce, Store};
@@ -55,6 +60,10 @@ pub struct Early<'a> {
     pub target: &'a Target,
     /// Blob transfers at once.
     pub parallel: usize,
+    /// A service asked to stop starts no new upload: the verification goes on
+    /// to its end, and acceptance does not wait for uploads that help only a
+    /// publish the stop will not start.
+    pub stop: Option<&'a CancellationToken>,
 }
 
 impl Early<'_> {
@@ -105,7 +114,10 @@ impl Early<'_> {
                 let failed = &failed;
                 async move {
                     let _permit = gate.acquire().await.expect("never closed");
-                    if failed.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed) {
+                    if failed.load(Ordering::Relaxed)
+                        || halt.load(Ordering::Relaxed)
+                        || self.stop.is_some_and(|s| s.is_cancelled())
+                    {
                         return None;
                     }
                     let staged = match client.has_blob(repo, &digest).await {

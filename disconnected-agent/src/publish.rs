@@ -183,6 +183,7 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
     let early = target.as_ref().map(|target| Early {
         target,
         parallel: opts.parallel,
+        stop: None,
     });
     let outcomes = site
         .accept(&opts.from, &found, early, &mut report.site)

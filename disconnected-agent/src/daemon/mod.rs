@@ -56,6 +56,7 @@ use uuid::Uuid;
 
 use crate::agent_config::{AgentConfig, Checked};
 use crate::control;
+use crate::early::Early;
 use crate::error::Error;
 use crate::messages::{ClusterPlan, Command, Commands, Round};
 use crate::metrics::{Metrics, Quarantine};
@@ -587,11 +588,30 @@ impl Daemon {
         if !found.imagesets.is_empty() && !hold {
             self.status.set_activity("taking imagesets in");
         }
+        // With one cluster there is no fan-out to share the store's reads with:
+        // its large blobs travel while the imageset is verified, as the CLI's
+        // publish sends them (`early.rs`), and its publish after acceptance
+        // closes their sessions. With several, each would read every blob again
+        // beside the fan-out's shared reads.
+        let staging = if self.clusters.len() == 1
+            && !hold
+            && !found.imagesets.is_empty()
+            && self.clusters[0].retry.due(Instant::now())
+        {
+            self.targets(&[0]).await.pop().map(|(_, target)| target)
+        } else {
+            None
+        };
+        let early = staging.as_ref().map(|target| Early {
+            target,
+            parallel: self.config.parallel,
+            stop: Some(&self.stop),
+        });
         let outcomes = if hold {
             Vec::new()
         } else {
             self.site
-                .accept(&drop_dir, &found, None, &mut report)
+                .accept(&drop_dir, &found, early, &mut report)
                 .await?
         };
         self.say(&report);

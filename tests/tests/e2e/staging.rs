@@ -4,6 +4,7 @@
 //! uploaded again when the registry no longer knows a session.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use airlock_tests::bins::run;
 use airlock_tests::faults::FaultProxy;
@@ -13,6 +14,7 @@ use airlock_tests::registry::Registry;
 use airlock_tests::token::Grant;
 use serde_json::json;
 
+use crate::agent::{Agent, Site, deliver, eventually};
 use crate::util::*;
 
 /// Two images in two repositories sharing a layer, each with a layer of its
@@ -79,16 +81,22 @@ fn large_blobs_travel_while_verifying_and_their_sessions_close_at_publish() {
         published.stdout.contains("7 blobs uploaded") && published.stdout.contains(", 1 mounted,"),
         "{published}"
     );
-    let log = dest.log();
-    let sent = patched(&log);
+    assert_staged(&dest.log(), &large);
+    assert_byte_exact(&src, &dest, "m", &placed);
+}
+
+/// Each of `large` was sent into a session of its own by `PATCH`, and that
+/// session, and no other upload, was closed with its digest.
+fn assert_staged(log: &str, large: &[Blob]) {
+    let sent = patched(log);
     assert_eq!(
         sent.len(),
         large.len(),
         "one session per large blob:\n{log}"
     );
-    for blob in &large {
+    for blob in large {
         let hex = blob.digest.trim_start_matches("sha256:");
-        let closing: Vec<&str> = requests(&log, "PUT")
+        let closing: Vec<&str> = requests(log, "PUT")
             .into_iter()
             .filter(|l| l.contains(&format!("digest=sha256%3A{hex}")))
             .collect();
@@ -105,7 +113,50 @@ fn large_blobs_travel_while_verifying_and_their_sessions_close_at_publish() {
             blob.digest
         );
     }
-    assert_byte_exact(&src, &dest, "m", &placed);
+}
+
+/// The agent with one cluster stages as the CLI's publish does; with several,
+/// each would read every blob from the store again beside the fan-out, which
+/// reads it once for all, so nothing is staged.
+#[test]
+fn the_agent_stages_large_blobs_for_its_one_cluster_and_not_beside_a_fanout() {
+    let src = Registry::plain().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (large, placed, out) = large_images(&src, tmp.path());
+    // Files are archived once every cluster has their imageset.
+    let files = chunk_files(&out).len();
+    let published = |agent: &Agent, site: &Site| {
+        eventually(
+            Duration::from_secs(60),
+            "the imageset published and its files archived",
+            || site.files("archive").len() == files,
+            || agent.log(),
+        );
+    };
+
+    let one = Registry::plain().unwrap();
+    let site = Site::new();
+    let mut agent = Agent::start(&site.config(&one, ""), &[]);
+    deliver(&out, &site.path("drop"));
+    published(&agent, &site);
+    agent.stop();
+    assert_staged(&one.log(), &large);
+    assert_byte_exact(&src, &one, "m", &placed);
+
+    let (a, b) = (Registry::plain().unwrap(), Registry::plain().unwrap());
+    let site = Site::new();
+    let mut agent = Agent::start(
+        &site.config_fleet(&[("a", &a, None), ("b", &b, None)], ""),
+        &[],
+    );
+    deliver(&out, &site.path("drop"));
+    published(&agent, &site);
+    agent.stop();
+    for r in [&a, &b] {
+        let log = r.log();
+        assert!(patched(&log).is_empty(), "nothing staged:\n{log}");
+        assert_byte_exact(&src, r, "m", &placed);
+    }
 }
 
 /// How many of the large blobs were sent before the refusal stopped the
