@@ -145,7 +145,7 @@ impl Early<'_> {
             .filter_map(std::future::ready)
             .collect::<Vec<_>>()
             .await;
-        tracing::debug!(staged = staged.len(), destination = %self.target.dest, "blobs staged while verifying");
+        tracing::debug!(staged = staged.len(), staged_bytes = staged.iter().map(|s| s.size).sum::<u64>(), destination = %self.target.dest, "blobs staged while verifying");
         staged
     }
 }

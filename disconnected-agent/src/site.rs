@@ -87,6 +87,10 @@ pub struct Report {
     pub published: Vec<(String, u64)>,
     /// Counters: uploaded, uploaded bytes, mounted, present, manifests, retries.
     pub stats: [u64; 6],
+    /// Bytes read from the store to send blobs while their imageset was
+    /// verified (`early.rs`): the publish closes those uploads without reading
+    /// them again, so a service's count of store reads needs these too.
+    pub staged_bytes: u64,
     /// Cluster resource files written.
     pub resources: Vec<PathBuf>,
     /// What pruning did, per destination.
@@ -414,6 +418,7 @@ impl Site {
             })
         };
         let (result, staged) = early::beside(early, &self.store, &c.manifest, verify).await;
+        report.staged_bytes += staged.iter().map(|s| s.size).sum::<u64>();
         // Kept for the publish once the imageset is accepted, cancelled
         // otherwise (none without `early`).
         let mut staged = early.map(|e| (e.target, staged));

@@ -615,6 +615,7 @@ impl Daemon {
                 .await?
         };
         self.say(&report);
+        self.status.add_traffic(0, report.staged_bytes);
         for (uuid, sequence, blobs) in &report.accepted {
             self.metrics.accepted();
             let mut event = AgentEvent::now(

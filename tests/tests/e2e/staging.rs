@@ -14,7 +14,7 @@ use airlock_tests::registry::Registry;
 use airlock_tests::token::Grant;
 use serde_json::json;
 
-use crate::agent::{Agent, Site, deliver, eventually};
+use crate::agent::{Agent, Served, Site, deliver, eventually};
 use crate::util::*;
 
 /// Two images in two repositories sharing a layer, each with a layer of its
@@ -135,11 +135,16 @@ fn the_agent_stages_large_blobs_for_its_one_cluster_and_not_beside_a_fanout() {
     };
 
     let one = Registry::plain().unwrap();
-    let site = Site::new();
-    let mut agent = Agent::start(&site.config(&one, ""), &[]);
-    deliver(&out, &site.path("drop"));
-    published(&agent, &site);
-    agent.stop();
+    let mut served = Served::start(&one);
+    deliver(&out, &served.site.path("drop"));
+    published(&served.agent, &served.site);
+    // Every blob uploaded was read from the store once, staged or not.
+    let status = served.json(&["status"]);
+    assert_eq!(
+        status["storeReadBytes"], status["uploadedBytes"],
+        "{status}"
+    );
+    served.agent.stop();
     assert_staged(&one.log(), &large);
     assert_byte_exact(&src, &one, "m", &placed);
 
