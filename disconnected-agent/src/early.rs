@@ -19,13 +19,20 @@
 //! Small blobs are left to the publish: for them the requests, not the bytes,
 //! are the cost, and staging adds one.
 //!
-//! Acceptance is recorded once the blobs announced are sent, at the publish's
-//! full parallelism after the verification: the publish would send them next
-//! anyway, and closing sessions is all that is left to it.
+//! What happens once the verification succeeded depends on who waits for it
+//! ([`Then`]). `publish` stages the rest at its full parallelism and accepts
+//! once every blob announced is sent: the publish would send them next anyway,
+//! and closing sessions is all that is left to it. The agent must not keep its
+//! round, and so its drop directory, control plane and drain, waiting on a
+//! registry: it starts no new upload, accepts at once, and hands the uploads
+//! under way to the publish, a task of its own, which waits for them and uploads
+//! the blobs not staged as usual.
 //!
-//! The agent stages only when it publishes to one cluster: with several, the
-//! fan-out reads each blob from the store once for all of them, and staging
-//! would read it again for each.
+//! The agent stages only when it publishes to one cluster, and not while that
+//! cluster publishes an earlier imageset: with several, the fan-out reads each
+//! blob from the store once for all of them, and staging would read it again
+//! for each. A stopping agent starts no new staging upload, and those under way
+//! when it exits are lost: the publish after the restart uploads those blobs.
 //!
 //! Staging helps, and is never a condition: a failure (the registry down, a
 //! credential refused) stops it and is logged, and the publish that follows
@@ -35,9 +42,10 @@
 //! [`Publisher::with_staged`]: airlock_registry::publish::Publisher::with_staged
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use airlock_imageset::{BlobRecord, ImagesetManifest};
+use airlock_imageset::ImagesetManifest;
 use airlock_oci::digest::Digest;
 use airlock_registry::StagedBlob;
 use airlock_registry::publish::destination_repository;
@@ -54,107 +62,158 @@ use crate::store::{Announce, Store};
 pub const STAGE_MIN: u64 = 1 << 20;
 
 /// Where an imageset's blobs are staged while it is verified.
-#[derive(Clone, Copy)]
-pub struct Early<'a> {
+#[derive(Clone)]
+pub struct Early {
     /// The destination registry.
-    pub target: &'a Target,
+    pub target: Target,
     /// Blob transfers at once.
     pub parallel: usize,
-    /// A service asked to stop starts no new upload: the verification goes on
-    /// to its end, and acceptance does not wait for uploads that help only a
-    /// publish the stop will not start.
-    pub stop: Option<&'a CancellationToken>,
+    /// What staging does once the verification succeeded.
+    pub then: Then,
+    /// Once cancelled (a service asked to stop), no new upload starts.
+    pub stop: Option<CancellationToken>,
 }
 
-impl Early<'_> {
-    /// Stages each blob of `manifest` announced as it enters `store`, each
-    /// upload holding a permit of `gate`, until the announcements end and every
-    /// upload begun is done. Once one fails, or `halt` is set, no new upload
-    /// starts. Returns the sessions left open.
-    pub async fn stage(
-        &self,
-        store: &Store,
-        manifest: &ImagesetManifest,
-        announced: UnboundedReceiver<Digest>,
-        gate: &Semaphore,
-        halt: &AtomicBool,
-    ) -> Vec<StagedBlob> {
-        // Manifests are pushed as manifests, after acceptance, never as blobs.
-        let blobs: HashMap<&Digest, &BlobRecord> = manifest
-            .blobs
-            .iter()
-            .filter(|b| b.media_type.is_none() && b.size >= STAGE_MIN)
-            .map(|b| (&b.digest, b))
-            .collect();
-        // Where the images of each source repository go; `None` when they go
-        // to more than one (`targetRepo`): the publish chooses, not staging.
-        let mut repositories: HashMap<&str, Option<String>> = HashMap::new();
-        for i in &manifest.images {
-            let to = destination_repository(&self.target.dest, i);
-            repositories
-                .entry(i.repository.as_str())
-                .and_modify(|r| {
-                    if r.as_ref() != Some(&to) {
-                        *r = None;
-                    }
-                })
-                .or_insert(Some(to));
+/// What staging does once the imageset's verification succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// Goes on at the full parallelism until every blob announced is sent;
+    /// acceptance waits for it.
+    Finish,
+    /// Starts no new upload; acceptance does not wait for the uploads under
+    /// way, which the publish waits for ([`Pending::sessions`]).
+    HandOver,
+}
+
+/// Staging's upload sessions.
+#[derive(Debug)]
+pub enum Pending {
+    /// The uploads are done: the sessions left open.
+    Ready(Vec<StagedBlob>),
+    /// Uploads that may still be under way.
+    Running(JoinHandle<Vec<StagedBlob>>),
+}
+
+impl Pending {
+    /// No staging.
+    pub fn none() -> Self {
+        Pending::Ready(Vec::new())
+    }
+
+    /// The sessions left open, once the uploads under way are done.
+    pub async fn sessions(self) -> Vec<StagedBlob> {
+        match self {
+            Pending::Ready(staged) => staged,
+            Pending::Running(task) => match task.await {
+                Ok(staged) => staged,
+                // Its sessions are lost: the publish uploads those blobs, and
+                // the registry purges sessions left open.
+                Err(e) => {
+                    tracing::warn!(error = %e, "sending blobs while verifying ended abnormally; the publish uploads them");
+                    Vec::new()
+                }
+            },
         }
-        let client = &self.target.client;
-        let failed = AtomicBool::new(false);
-        let staged = announced
-            .filter_map(|digest| {
-                let found = blobs.get(&digest).and_then(|b| {
-                    let repo = repositories.get(b.repository.as_str())?.as_ref()?;
-                    Some((repo.as_str(), digest, b.size))
-                });
-                std::future::ready(found)
-            })
-            .map(|(repo, digest, size)| {
-                let failed = &failed;
-                async move {
-                    let _permit = gate.acquire().await.expect("never closed");
-                    if failed.load(Ordering::Relaxed)
-                        || halt.load(Ordering::Relaxed)
-                        || self.stop.is_some_and(|s| s.is_cancelled())
-                    {
-                        return None;
-                    }
-                    let staged = match client.has_blob(repo, &digest).await {
-                        // The publish finds it present.
-                        Ok(true) => return None,
-                        Ok(false) => {
-                            client
-                                .stage_blob_file(repo, &digest, size, &store.path(&digest))
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    match staged {
-                        Ok(s) => Some(s),
-                        Err(e) => {
-                            if !failed.swap(true, Ordering::Relaxed) {
-                                tracing::warn!(%digest, repository = %repo, error = %e, "sending blobs while the imageset is verified stopped; the publish after acceptance uploads them");
-                            }
-                            None
-                        }
-                    }
+    }
+}
+
+/// Where each blob of `manifest` that is staged goes: large blobs whose images
+/// all go to one repository. Manifests are pushed as manifests, after
+/// acceptance, never as blobs; for blobs whose images go to several
+/// repositories (`targetRepo`), the publish chooses.
+fn stageable(target: &Target, manifest: &ImagesetManifest) -> HashMap<Digest, (String, u64)> {
+    let mut repositories: HashMap<&str, Option<String>> = HashMap::new();
+    for i in &manifest.images {
+        let to = destination_repository(&target.dest, i);
+        repositories
+            .entry(i.repository.as_str())
+            .and_modify(|r| {
+                if r.as_ref() != Some(&to) {
+                    *r = None;
                 }
             })
-            .buffer_unordered(self.parallel.max(1))
-            .filter_map(std::future::ready)
-            .collect::<Vec<_>>()
-            .await;
-        tracing::debug!(staged = staged.len(), staged_bytes = staged.iter().map(|s| s.size).sum::<u64>(), destination = %self.target.dest, "blobs staged while verifying");
-        staged
+            .or_insert(Some(to));
     }
+    manifest
+        .blobs
+        .iter()
+        .filter(|b| b.media_type.is_none() && b.size >= STAGE_MIN)
+        .filter_map(|b| {
+            let repo = repositories.get(b.repository.as_str())?.clone()?;
+            Some((b.digest.clone(), (repo, b.size)))
+        })
+        .collect()
+}
+
+/// Stages each blob of `blobs` announced as it enters `store`, each upload
+/// holding a permit of `gate`, until the announcements end and every upload
+/// begun is done. Once one fails, `halt` is set or the service is stopping, no
+/// new upload starts. Returns the sessions left open.
+async fn stage(
+    early: Early,
+    store: Store,
+    blobs: HashMap<Digest, (String, u64)>,
+    announced: UnboundedReceiver<Digest>,
+    gate: Arc<Semaphore>,
+    halt: Arc<AtomicBool>,
+) -> Vec<StagedBlob> {
+    let failed = Arc::new(AtomicBool::new(false));
+    let staged = announced
+        .filter_map(|digest| {
+            let found = blobs
+                .get(&digest)
+                .map(|(repo, size)| (repo.clone(), digest, *size));
+            std::future::ready(found)
+        })
+        // Each upload owns what it uses: futures of closures over the stream's
+        // borrows are not provably `Send` (rust-lang/rust#102211), and staging
+        // is spawned.
+        .map(|(repo, digest, size)| {
+            let (failed, gate, halt) = (failed.clone(), gate.clone(), halt.clone());
+            let (client, stop) = (early.target.client.clone(), early.stop.clone());
+            let path = store.path(&digest);
+            async move {
+                let _permit = gate.acquire().await.expect("never closed");
+                let stopped = || {
+                    failed.load(Ordering::Relaxed)
+                        || halt.load(Ordering::Relaxed)
+                        || stop.as_ref().is_some_and(|s| s.is_cancelled())
+                };
+                if stopped() {
+                    return None;
+                }
+                let staged = match client.has_blob(&repo, &digest).await {
+                    // The publish finds it present.
+                    Ok(true) => return None,
+                    Ok(false) if stopped() => return None,
+                    Ok(false) => client.stage_blob_file(&repo, &digest, size, &path).await,
+                    Err(e) => Err(e),
+                };
+                match staged {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        if !failed.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(%digest, repository = %repo, error = %e, "sending blobs while the imageset is verified stopped; the publish after acceptance uploads them");
+                        }
+                        None
+                    }
+                }
+            }
+        })
+        .buffer_unordered(early.parallel.max(1))
+        .filter_map(std::future::ready)
+        .collect::<Vec<_>>()
+        .await;
+    tracing::debug!(staged = staged.len(), staged_bytes = staged.iter().map(|s| s.size).sum::<u64>(), destination = %early.target.dest, "blobs staged while verifying");
+    staged
 }
 
 /// Runs `ingest`, a verification told to announce each blob it stores, and
 /// with `early` stages what it announces beside it: half the publish's
-/// transfers while the verification runs, all of them once it succeeded; once
-/// it failed, no new upload starts. Returns the verification's result and the
-/// sessions left open.
+/// transfers while the verification runs; once it succeeded, what
+/// [`Then`] says; once it failed, no new upload starts. Returns the
+/// verification's result and staging's sessions (for [`Then::HandOver`], once
+/// the uploads under way are done).
 ///
 /// Beside the verification, half: the registry, not the client, bounds
 /// staging (it hashes and writes what it is sent), and each upload under way
@@ -162,41 +221,55 @@ impl Early<'_> {
 /// its own (the publish's peak at scale 1 was 46 MiB staging 8 at once, 38–40
 /// MiB with 4, in the same time).
 pub async fn beside<T, E>(
-    early: Option<Early<'_>>,
+    early: Option<&Early>,
     store: &Store,
     manifest: &ImagesetManifest,
     ingest: impl FnOnce(Option<Announce>) -> JoinHandle<Result<T, E>>,
-) -> (Result<T, E>, Vec<StagedBlob>) {
+) -> (Result<T, E>, Pending) {
     let Some(early) = early else {
         return (
             ingest(None).await.expect("ingest does not panic"),
-            Vec::new(),
+            Pending::none(),
         );
     };
     let (announce, announced) = futures::channel::mpsc::unbounded();
-    let mut ingest = ingest(Some(announce));
-    let halt = AtomicBool::new(false);
+    let ingest = ingest(Some(announce));
+    let halt = Arc::new(AtomicBool::new(false));
     let beside = early.parallel.div_ceil(2).max(1);
-    let gate = Semaphore::new(beside);
-    let mut staging = std::pin::pin!(early.stage(store, manifest, announced, &gate, &halt));
+    let gate = Arc::new(Semaphore::new(beside));
     // Staging ends once the announcements do (the ingest is over) and the
     // uploads begun are done.
-    let mut staged = None;
-    let result = loop {
-        tokio::select! {
-            r = &mut ingest => break r.expect("ingest does not panic"),
-            s = &mut staging, if staged.is_none() => staged = Some(s),
-        }
-    };
-    match &result {
-        Ok(_) => gate.add_permits(early.parallel.saturating_sub(beside)),
-        Err(_) => halt.store(true, Ordering::Relaxed),
+    let staging = tokio::spawn(stage(
+        early.clone(),
+        store.clone(),
+        stageable(&early.target, manifest),
+        announced,
+        gate.clone(),
+        halt.clone(),
+    ));
+    let result = ingest.await.expect("ingest does not panic");
+    match (&result, early.then) {
+        (Ok(_), Then::Finish) => gate.add_permits(early.parallel.saturating_sub(beside)),
+        _ => halt.store(true, Ordering::Relaxed),
     }
-    let staged = match staged {
-        Some(s) => s,
-        None => staging.await,
-    };
-    (result, staged)
+    let pending = Pending::Running(staging);
+    match early.then {
+        Then::Finish => (result, Pending::Ready(pending.sessions().await)),
+        Then::HandOver => (result, pending),
+    }
+}
+
+/// Cancels staged uploads that no publish will close: at once for
+/// [`Then::Finish`], whose caller is about to exit; in the background for
+/// [`Then::HandOver`], once the uploads under way are done, so that the
+/// agent's round does not wait on a registry.
+pub async fn discard(early: &Early, pending: Pending) {
+    let target = early.target.clone();
+    let cancelling = async move { cancel(&target, pending.sessions().await).await };
+    match early.then {
+        Then::Finish => cancelling.await,
+        Then::HandOver => drop(tokio::spawn(cancelling)),
+    }
 }
 
 /// Cancels staged uploads that no publish will close.

@@ -29,7 +29,7 @@ use airlock_imageset::signing::TrustStore;
 use airlock_oci::reference::Destination;
 use airlock_registry::{RegistryClient, RegistryOptions};
 
-use crate::early::Early;
+use crate::early::{Early, Then};
 use crate::error::Error;
 use crate::scan;
 use crate::site::{Outcome, Pass, Report, Site, Target};
@@ -181,12 +181,13 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
         }
     }
     let early = target.as_ref().map(|target| Early {
-        target,
+        target: target.clone(),
         parallel: opts.parallel,
+        then: Then::Finish,
         stop: None,
     });
     let outcomes = site
-        .accept(&opts.from, &found, early, &mut report.site)
+        .accept(&opts.from, &found, early.as_ref(), &mut report.site)
         .await?;
     // Imagesets beyond what could be held at once: read again, without the ones
     // judged (all but those waiting), for as long as some were deferred and the
@@ -218,7 +219,7 @@ pub async fn publish(opts: &PublishOptions) -> Result<PublishReport, Error> {
             &|d| judged.contains(d),
         );
         let outcomes = site
-            .accept(&opts.from, &more, early, &mut report.site)
+            .accept(&opts.from, &more, early.as_ref(), &mut report.site)
             .await?;
         last = (more, outcomes);
     }

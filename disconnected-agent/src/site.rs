@@ -16,14 +16,14 @@ use airlock_registry::progress::Progress as _;
 use airlock_registry::prune::{self, InUse, Pruned, Pruner};
 use airlock_registry::publish::{self, Publisher};
 use airlock_registry::resources;
-use airlock_registry::{ErrorKind, RegistryClient, RegistryError, StagedBlob};
+use airlock_registry::{ErrorKind, RegistryClient, RegistryError};
 use airlock_state::crash_point;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cluster_api::{Access, ClusterApi};
-use crate::early::{self, Early};
+use crate::early::{self, Early, Pending};
 use crate::error::Error;
 use crate::fanout::Taker;
 use crate::ingest::{self, IngestError};
@@ -87,9 +87,10 @@ pub struct Report {
     pub published: Vec<(String, u64)>,
     /// Counters: uploaded, uploaded bytes, mounted, present, manifests, retries.
     pub stats: [u64; 6],
-    /// Bytes read from the store to send blobs while their imageset was
-    /// verified (`early.rs`): the publish closes those uploads without reading
-    /// them again, so a service's count of store reads needs these too.
+    /// Bytes read from the store to send the blobs whose uploads, staged while
+    /// their imageset was verified (`early.rs`), a publish was handed: it
+    /// closes them without reading them again, so a service's count of store
+    /// reads needs these too.
     pub staged_bytes: u64,
     /// Cluster resource files written.
     pub resources: Vec<PathBuf>,
@@ -169,8 +170,9 @@ pub struct Site {
     /// the other just pushed for a newer sequence.
     destinations: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// By destination: the uploads staged there while their imageset was
-    /// verified ([`Early`]), for the publish that follows to close.
-    staged: std::sync::Mutex<HashMap<String, Vec<StagedBlob>>>,
+    /// verified ([`Early`]), for the publish that follows to close once they
+    /// are done.
+    staged: std::sync::Mutex<HashMap<String, Vec<Pending>>>,
 }
 
 impl Site {
@@ -267,7 +269,7 @@ impl Site {
         &self,
         dir: &Path,
         found: &Found,
-        early: Option<Early<'_>>,
+        early: Option<&Early>,
         report: &mut Report,
     ) -> Result<Vec<((Uuid, u64), Outcome)>, Error> {
         let mut outcomes = Vec::new();
@@ -355,7 +357,7 @@ impl Site {
         &self,
         dir: &Path,
         c: &Candidate,
-        early: Option<Early<'_>>,
+        early: Option<&Early>,
         report: &mut Report,
     ) -> Result<Outcome, Error> {
         let label = c.manifest.label();
@@ -410,6 +412,7 @@ impl Site {
             tokio::task::spawn_blocking(move || {
                 let taken = ingest::ingest(&candidate, &store, &dir, &bar, announce);
                 bar.finish();
+                verified_point();
                 taken.and_then(|ingested| {
                     ingest::check_manifests(&candidate.manifest, &store)
                         .map(|()| ingested)
@@ -418,14 +421,13 @@ impl Site {
             })
         };
         let (result, staged) = early::beside(early, &self.store, &c.manifest, verify).await;
-        report.staged_bytes += staged.iter().map(|s| s.size).sum::<u64>();
         // Kept for the publish once the imageset is accepted, cancelled
         // otherwise (none without `early`).
-        let mut staged = early.map(|e| (e.target, staged));
+        let mut staged = early.map(|e| (e, staged));
         if result.is_err()
-            && let Some((target, staged)) = staged.take()
+            && let Some((early, staged)) = staged.take()
         {
-            early::cancel(target, staged).await;
+            early::discard(early, staged).await;
         }
         Ok(match result {
             Err(IngestError::Forged(why)) => {
@@ -436,18 +438,18 @@ impl Site {
             Ok(ingested) => {
                 crash_point("ingested");
                 if let Err(e) = self.ws.accept(&c.manifest) {
-                    if let Some((target, staged)) = staged {
-                        early::cancel(target, staged).await;
+                    if let Some((early, staged)) = staged {
+                        early::discard(early, staged).await;
                     }
                     return Err(e.into());
                 }
-                if let Some((target, staged)) = staged {
+                if let Some((early, staged)) = staged {
                     self.staged
                         .lock()
                         .expect("not poisoned")
-                        .entry(target.dest.key())
+                        .entry(early.target.dest.key())
                         .or_default()
-                        .extend(staged);
+                        .push(staged);
                 }
                 crash_point("accepted");
                 tracing::info!(uuid = %c.manifest.uuid, sequence = c.manifest.sequence, blobs_stored = ingested.stored, rebuilt = ingested.rebuilt.len(), "imageset verified and accepted");
@@ -523,12 +525,18 @@ impl Site {
             dest: target.dest.clone(),
         }];
         mirrors.extend(pass.fetch_from.iter().cloned());
-        let mut staged = self
+        let pending = self
             .staged
             .lock()
             .expect("not poisoned")
             .remove(&dest_key)
             .unwrap_or_default();
+        // Staging may have handed over uploads still under way (the agent's).
+        let mut staged = Vec::new();
+        for p in pending {
+            staged.extend(p.sessions().await);
+        }
+        report.staged_bytes += staged.iter().map(|s| s.size).sum::<u64>();
         // Whatever ends the loop, sessions no sequence closed are cancelled.
         let looped: Result<(), Error> = async {
             for seq in from..=last {
@@ -959,6 +967,18 @@ impl Site {
                 None
             }
         }
+    }
+}
+
+/// A test hook: with `AIRLOCK_TEST_VERIFIED_WHEN=<file>`, a verification ends
+/// only once that file exists, so that a test can have staging's uploads under
+/// way, or done, when it ends.
+fn verified_point() {
+    let Some(file) = std::env::var_os("AIRLOCK_TEST_VERIFIED_WHEN") else {
+        return;
+    };
+    while !Path::new(&file).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

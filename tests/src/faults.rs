@@ -130,6 +130,16 @@ impl Hold {
         self.state.0.lock().expect("hold").most_held
     }
 
+    /// Lets the requests held, and all later ones, through now.
+    pub fn release(&self) {
+        let (lock, released_cv) = &*self.state;
+        let mut g = lock.lock().expect("hold");
+        if g.released.is_none() {
+            g.released = Some(std::mem::take(&mut g.held));
+        }
+        released_cv.notify_all();
+    }
+
     fn matches(&self, method: &str, path: &str) -> bool {
         method == self.method && path.contains(&self.path)
     }

@@ -56,7 +56,7 @@ use uuid::Uuid;
 
 use crate::agent_config::{AgentConfig, Checked};
 use crate::control;
-use crate::early::Early;
+use crate::early::{Early, Then};
 use crate::error::Error;
 use crate::messages::{ClusterPlan, Command, Commands, Round};
 use crate::metrics::{Metrics, Quarantine};
@@ -592,30 +592,33 @@ impl Daemon {
         // its large blobs travel while the imageset is verified, as the CLI's
         // publish sends them (`early.rs`), and its publish after acceptance
         // closes their sessions. With several, each would read every blob again
-        // beside the fan-out's shared reads.
+        // beside the fan-out's shared reads. Not while the cluster publishes an
+        // earlier imageset: its transfers are taken, and the sessions would wait
+        // for the publish after that one.
         let staging = if self.clusters.len() == 1
             && !hold
             && !found.imagesets.is_empty()
             && self.clusters[0].retry.due(Instant::now())
+            && !self.publishing.contains_key(&self.clusters[0].name)
         {
             self.targets(&[0]).await.pop().map(|(_, target)| target)
         } else {
             None
         };
-        let early = staging.as_ref().map(|target| Early {
+        let early = staging.map(|target| Early {
             target,
             parallel: self.config.parallel,
-            stop: Some(&self.stop),
+            then: Then::HandOver,
+            stop: Some(self.stop.clone()),
         });
         let outcomes = if hold {
             Vec::new()
         } else {
             self.site
-                .accept(&drop_dir, &found, early, &mut report)
+                .accept(&drop_dir, &found, early.as_ref(), &mut report)
                 .await?
         };
         self.say(&report);
-        self.status.add_traffic(0, report.staged_bytes);
         for (uuid, sequence, blobs) in &report.accepted {
             self.metrics.accepted();
             let mut event = AgentEvent::now(

@@ -35,6 +35,9 @@ pub(crate) struct Done {
 struct Batch {
     reads: Arc<SharedReads>,
     uploaded: std::sync::atomic::AtomicU64,
+    /// What the publishes' staged uploads had read from the store, outside the
+    /// shared reads (`early.rs`).
+    staged_read: std::sync::atomic::AtomicU64,
 }
 
 impl Daemon {
@@ -98,6 +101,7 @@ impl Daemon {
         let batch = Arc::new(Batch {
             reads,
             uploaded: Default::default(),
+            staged_read: Default::default(),
         });
         for (i, behind, target) in due {
             let name = self.clusters[i].name.clone();
@@ -230,10 +234,13 @@ impl Daemon {
         batch
             .uploaded
             .fetch_add(report.stats[1], std::sync::atomic::Ordering::Relaxed);
+        batch
+            .staged_read
+            .fetch_add(report.staged_bytes, std::sync::atomic::Ordering::Relaxed);
         // The last of its batch to end reports what the batch shared.
         if let Some(batch) = Arc::into_inner(batch) {
             let uploaded = batch.uploaded.into_inner();
-            let read = batch.reads.read_bytes();
+            let read = batch.reads.read_bytes() + batch.staged_read.into_inner();
             self.status.add_traffic(uploaded, read);
             if uploaded > 0 {
                 tracing::info!(

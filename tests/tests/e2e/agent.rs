@@ -252,10 +252,18 @@ impl Served {
 
     /// An agent whose configuration `config` writes, given the `grpc` section.
     pub fn start_with(config: impl FnOnce(&Site, &str) -> PathBuf) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// The same, with `env` set for the agent.
+    pub fn start_with_env(
+        config: impl FnOnce(&Site, &str) -> PathBuf,
+        env: &[(&str, &str)],
+    ) -> Self {
         let site = Site::new();
         let pki = Pki::new(&site.path("pki"));
         let port = free_port().unwrap();
-        let agent = Agent::start(&config(&site, &pki.grpc_section(port)), &[]);
+        let agent = Agent::start(&config(&site, &pki.grpc_section(port)), env);
         eventually(
             Duration::from_secs(30),
             "the control plane to listen",

@@ -135,8 +135,21 @@ fn the_agent_stages_large_blobs_for_its_one_cluster_and_not_beside_a_fanout() {
     };
 
     let one = Registry::plain().unwrap();
-    let mut served = Served::start(&one);
+    let verified = tmp.path().join("verified");
+    let mut served = Served::start_with_env(
+        |site, grpc| site.config(&one, grpc),
+        &[("AIRLOCK_TEST_VERIFIED_WHEN", verified.to_str().unwrap())],
+    );
     deliver(&out, &served.site.path("drop"));
+    // The verification ends once every large blob is sent: all are staged
+    // (staging starts no upload after it).
+    eventually(
+        Duration::from_secs(60),
+        "every large blob sent while the imageset is verified",
+        || patched(&one.log()).len() == large.len(),
+        || served.agent.log(),
+    );
+    std::fs::write(&verified, "").unwrap();
     published(&served.agent, &served.site);
     // Every blob uploaded was read from the store once, staged or not.
     let status = served.json(&["status"]);
@@ -257,4 +270,65 @@ fn a_session_the_registry_forgot_is_uploaded_again() {
         );
     }
     assert_byte_exact(&s.source, &s.dest, "m", &placed);
+}
+
+/// The agent's round does not wait on a registry: an imageset is accepted while
+/// the uploads staged beside its verification are still under way, and the
+/// publish waits for them, closes their sessions, and uploads the rest.
+#[test]
+fn the_agent_accepts_while_staged_uploads_are_under_way_and_its_publish_closes_them() {
+    let src = Registry::plain().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (large, placed, out) = large_images(&src, tmp.path());
+    let dest = Registry::plain().unwrap();
+    let proxy = FaultProxy::start(&dest.addr()).unwrap();
+    let held = proxy.hold_until_at_once("PATCH", "/blobs/uploads/", usize::MAX);
+    let site = Site::new();
+    let config = site.config(&dest, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&dest.addr(), &proxy.addr())).unwrap();
+    let verified = tmp.path().join("verified");
+    let mut agent = Agent::start(
+        &config,
+        &[("AIRLOCK_TEST_VERIFIED_WHEN", verified.to_str().unwrap())],
+    );
+    deliver(&out, &site.path("drop"));
+    eventually(
+        Duration::from_secs(60),
+        "a staged upload under way",
+        || held.most_held() >= 1,
+        || agent.log(),
+    );
+    std::fs::write(&verified, "").unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the imageset accepted while its staged uploads are held",
+        || agent.log().contains("imageset verified and accepted"),
+        || agent.log(),
+    );
+    assert!(held.released().is_none(), "{}", agent.log());
+    held.release();
+    let files = chunk_files(&out).len();
+    eventually(
+        Duration::from_secs(60),
+        "the imageset published and its files archived",
+        || site.files("archive").len() == files,
+        || agent.log(),
+    );
+    agent.stop();
+    let log = dest.log();
+    let sent = patched(&log);
+    assert!(
+        !sent.is_empty() && sent.len() <= large.len(),
+        "only large blobs are staged:\n{log}"
+    );
+    for s in &sent {
+        assert!(
+            requests(&log, "PUT")
+                .iter()
+                .any(|l| session(l) == Some(s.as_str()) && l.contains("\" 201 ")),
+            "session {s}, held when the imageset was accepted, closed by its publish:\n{log}"
+        );
+    }
+    assert_byte_exact(&src, &dest, "m", &placed);
 }
