@@ -49,7 +49,8 @@ struct Args {
     many: usize,
     /// The larger scale create and publish run at for the growth figures
     /// (memory against the quarter-scale run, throughput against `--scale`); 0 skips it.
-    /// Needs about three times its blob bytes free on the temporary directory's disk.
+    /// Needs about four times its blob bytes free on the temporary directory's disk
+    /// (22 GB at 3); the run at `--scale` about eleven times its own (20 GB at 1).
     #[arg(long, default_value_t = 3.0, value_name = "S")]
     growth: f64,
 }
@@ -469,9 +470,42 @@ fn airlock_at(scale: f64, seed: u64) -> Result<Scale> {
     })
 }
 
+/// Blob bytes of the data set at scale 1 (1.83 GB in stop 53's run), for the
+/// disk check made before the data set exists.
+const BLOB_BYTES_AT_SCALE_1: f64 = 1.83e9;
+
+/// The most disk the run at `--scale` holds at once, in its blob bytes: the
+/// source registry, the chunk files, skopeo's OCI layout and `dir:` copies,
+/// and while the agent runs, its drop directory, store and registries (19.6 GB
+/// at scale 1, stop 54).
+const DISK_PER_BLOB_BYTE: f64 = 11.0;
+
+/// The same for the growth run, which holds less of the data set at once
+/// (20.5 GB at scale 3, stop 54); the run at `--scale` is gone by then.
+const GROWTH_DISK_PER_BLOB_BYTE: f64 = 4.0;
+
+/// Fails before anything is generated when the temporary directory's disk cannot
+/// hold the run at its peak: a disk that fills up ends a run of many minutes
+/// part-way, with nothing written.
+fn check_disk(args: &Args, dir: &Path, free: u64) -> Result<()> {
+    let needs = (DISK_PER_BLOB_BYTE * args.scale).max(GROWTH_DISK_PER_BLOB_BYTE * args.growth)
+        * BLOB_BYTES_AT_SCALE_1;
+    if (free as f64) < needs {
+        bail!(
+            "this run needs about {:.0} GB free in {} at its peak ({:.0} GB are): free space, or lower --scale, or pass --growth 0 to skip the growth run",
+            needs / 1e9,
+            dir.display(),
+            free as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
 #[allow(clippy::print_stdout, reason = "the table is the benchmark's output")]
 fn main() -> Result<()> {
     let args = Args::parse();
+    let tmp = std::env::temp_dir();
+    check_disk(&args, &tmp, airlock_state::free_space(&tmp)?)?;
     let started = Instant::now();
     let s = args.scale;
     // Before the data set is generated: a --keep that cannot be written to
@@ -653,16 +687,6 @@ fn main() -> Result<()> {
     let large = match args.growth {
         g if g <= 0.0 => None,
         g => {
-            let needs = (3.0 * g * blob_bytes as f64 / s) as u64;
-            let free = airlock_state::free_space(&std::env::temp_dir())?;
-            if free < needs {
-                bail!(
-                    "the growth run at scale {g} needs about {:.1} GiB free in {} ({:.1} GiB are): free space, or pass --growth 0 to skip it",
-                    needs as f64 / (1u64 << 30) as f64,
-                    std::env::temp_dir().display(),
-                    free as f64 / (1u64 << 30) as f64
-                );
-            }
             println!("growth: create and publish at scale {g} …");
             Some(airlock_at(g, 3)?)
         }
@@ -952,4 +976,32 @@ fn with_registry_cpu(mut json: Value, r: Run) -> Value {
         json["registry_cpu_seconds"] = json!(cpu);
     }
     json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_too_small_for_the_run_is_refused_before_it_starts_saying_what_it_needs() {
+        let at = |argv: &[&str]| Args::parse_from([&["airlock-bench"], argv].concat());
+        let dir = Path::new("/tmp");
+        // Scale 1 peaks at about 20 GB, the growth run at 3 at about 22.
+        let refused = check_disk(&at(&[]), dir, 21_000_000_000).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "this run needs about 22 GB free in /tmp at its peak (21 GB are): free space, or lower --scale, or pass --growth 0 to skip the growth run"
+        );
+        check_disk(&at(&[]), dir, 23_000_000_000).unwrap();
+        check_disk(&at(&["--growth", "0"]), dir, 19_000_000_000).unwrap_err();
+        check_disk(&at(&["--growth", "0"]), dir, 21_000_000_000).unwrap();
+        // At a quarter of the scale, the growth run needs the most.
+        check_disk(&at(&["--scale", "0.25"]), dir, 15_000_000_000).unwrap_err();
+        check_disk(
+            &at(&["--scale", "0.25", "--growth", "0"]),
+            dir,
+            15_000_000_000,
+        )
+        .unwrap();
+    }
 }
