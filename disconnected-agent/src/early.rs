@@ -31,8 +31,9 @@
 //! The agent stages only when it publishes to one cluster, and not while that
 //! cluster publishes an earlier imageset: with several, the fan-out reads each
 //! blob from the store once for all of them, and staging would read it again
-//! for each. A stopping agent starts no new staging upload, and those under way
-//! when it exits are lost: the publish after the restart uploads those blobs.
+//! for each. A stopping agent starts no new staging upload, and its publish
+//! does not wait for those under way: they are cancelled once done, or lost if
+//! the agent exits first, and the publish after the restart uploads those blobs.
 //!
 //! Staging helps, and is never a condition: a failure (the registry down, a
 //! credential refused) stops it and is logged, and the publish that follows
@@ -104,17 +105,40 @@ impl Pending {
     pub async fn sessions(self) -> Vec<StagedBlob> {
         match self {
             Pending::Ready(staged) => staged,
-            Pending::Running(task) => match task.await {
-                Ok(staged) => staged,
-                // Its sessions are lost: the publish uploads those blobs, and
-                // the registry purges sessions left open.
-                Err(e) => {
-                    tracing::warn!(error = %e, "sending blobs while verifying ended abnormally; the publish uploads them");
-                    Vec::new()
-                }
-            },
+            Pending::Running(task) => finished(task.await),
         }
     }
+
+    /// The same, unless `stop` is cancelled first (a service stopping, whose
+    /// publish would cancel the sessions anyway): then none, and the uploads
+    /// under way go on in the background until done, their sessions cancelled,
+    /// so that the drain does not wait on them.
+    pub async fn sessions_unless_stopped(
+        self,
+        stop: Option<&CancellationToken>,
+        target: &Target,
+    ) -> Vec<StagedBlob> {
+        let (mut task, stop) = match (self, stop) {
+            (Pending::Running(task), Some(stop)) => (task, stop),
+            (pending, _) => return pending.sessions().await,
+        };
+        tokio::select! {
+            done = &mut task => return finished(done),
+            () = stop.cancelled() => {}
+        }
+        discard(target, Then::HandOver, Pending::Running(task)).await;
+        Vec::new()
+    }
+}
+
+/// The sessions a staging task left open.
+fn finished(done: Result<Vec<StagedBlob>, tokio::task::JoinError>) -> Vec<StagedBlob> {
+    done.unwrap_or_else(|e| {
+        // Its sessions are lost: the publish uploads those blobs, and the
+        // registry purges sessions left open.
+        tracing::warn!(error = %e, "sending blobs while verifying ended abnormally; the publish uploads them");
+        Vec::new()
+    })
 }
 
 /// Where each blob of `manifest` that is staged goes: large blobs whose images
@@ -212,8 +236,8 @@ async fn stage(
 /// with `early` stages what it announces beside it: half the publish's
 /// transfers while the verification runs; once it succeeded, what
 /// [`Then`] says; once it failed, no new upload starts. Returns the
-/// verification's result and staging's sessions (for [`Then::HandOver`], once
-/// the uploads under way are done).
+/// verification's result and staging's sessions: done for [`Then::Finish`],
+/// with uploads possibly still under way for [`Then::HandOver`].
 ///
 /// Beside the verification, half: the registry, not the client, bounds
 /// staging (it hashes and writes what it is sent), and each upload under way
@@ -259,14 +283,14 @@ pub async fn beside<T, E>(
     }
 }
 
-/// Cancels staged uploads that no publish will close: at once for
-/// [`Then::Finish`], whose caller is about to exit; in the background for
-/// [`Then::HandOver`], once the uploads under way are done, so that the
-/// agent's round does not wait on a registry.
-pub async fn discard(early: &Early, pending: Pending) {
-    let target = early.target.clone();
+/// Cancels staged uploads that no publish will close: before returning for
+/// [`Then::Finish`], whose caller waited for them anyway; in the background
+/// for [`Then::HandOver`], once the uploads under way are done, so that the
+/// agent's round and drain do not wait on a registry.
+pub async fn discard(target: &Target, then: Then, pending: Pending) {
+    let target = target.clone();
     let cancelling = async move { cancel(&target, pending.sessions().await).await };
-    match early.then {
+    match then {
         Then::Finish => cancelling.await,
         Then::HandOver => drop(tokio::spawn(cancelling)),
     }

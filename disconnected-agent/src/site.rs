@@ -412,7 +412,9 @@ impl Site {
             tokio::task::spawn_blocking(move || {
                 let taken = ingest::ingest(&candidate, &store, &dir, &bar, announce);
                 bar.finish();
-                verified_point();
+                if taken.is_ok() {
+                    verified_point();
+                }
                 taken.and_then(|ingested| {
                     ingest::check_manifests(&candidate.manifest, &store)
                         .map(|()| ingested)
@@ -427,7 +429,7 @@ impl Site {
         if result.is_err()
             && let Some((early, staged)) = staged.take()
         {
-            early::discard(early, staged).await;
+            early::discard(&early.target, early.then, staged).await;
         }
         Ok(match result {
             Err(IngestError::Forged(why)) => {
@@ -439,7 +441,7 @@ impl Site {
                 crash_point("ingested");
                 if let Err(e) = self.ws.accept(&c.manifest) {
                     if let Some((early, staged)) = staged {
-                        early::discard(early, staged).await;
+                        early::discard(&early.target, early.then, staged).await;
                     }
                     return Err(e.into());
                 }
@@ -534,7 +536,7 @@ impl Site {
         // Staging may have handed over uploads still under way (the agent's).
         let mut staged = Vec::new();
         for p in pending {
-            staged.extend(p.sessions().await);
+            staged.extend(p.sessions_unless_stopped(pass.stop, target).await);
         }
         report.staged_bytes += staged.iter().map(|s| s.size).sum::<u64>();
         // Whatever ends the loop, sessions no sequence closed are cancelled.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use airlock_tests::bins::run;
-use airlock_tests::faults::FaultProxy;
+use airlock_tests::faults::{FaultProxy, Hold};
 use airlock_tests::forge;
 use airlock_tests::images::{Blob, Format, ImageBuilder, PushClient, layer};
 use airlock_tests::registry::Registry;
@@ -272,11 +272,23 @@ fn a_session_the_registry_forgot_is_uploaded_again() {
     assert_byte_exact(&s.source, &s.dest, "m", &placed);
 }
 
-/// The agent's round does not wait on a registry: an imageset is accepted while
-/// the uploads staged beside its verification are still under way, and the
-/// publish waits for them, closes their sessions, and uploads the rest.
-#[test]
-fn the_agent_accepts_while_staged_uploads_are_under_way_and_its_publish_closes_them() {
+/// An agent publishing to one cluster through a fault proxy that holds every
+/// `PATCH` back, with an imageset of large blobs accepted while at least one
+/// staged upload is held.
+struct Held {
+    src: Registry,
+    dest: Registry,
+    _proxy: FaultProxy,
+    held: Hold,
+    site: Site,
+    agent: Agent,
+    large: Vec<Blob>,
+    placed: Vec<Placed>,
+    files: usize,
+    _tmp: tempfile::TempDir,
+}
+
+fn accepted_while_held() -> Held {
     let src = Registry::plain().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (large, placed, out) = large_images(&src, tmp.path());
@@ -288,7 +300,7 @@ fn the_agent_accepts_while_staged_uploads_are_under_way_and_its_publish_closes_t
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace(&dest.addr(), &proxy.addr())).unwrap();
     let verified = tmp.path().join("verified");
-    let mut agent = Agent::start(
+    let agent = Agent::start(
         &config,
         &[("AIRLOCK_TEST_VERIFIED_WHEN", verified.to_str().unwrap())],
     );
@@ -300,6 +312,8 @@ fn the_agent_accepts_while_staged_uploads_are_under_way_and_its_publish_closes_t
         || agent.log(),
     );
     std::fs::write(&verified, "").unwrap();
+    // Within the hold's patience (60 s): an acceptance that waited for the
+    // held uploads would come only once it gave up.
     eventually(
         Duration::from_secs(30),
         "the imageset accepted while its staged uploads are held",
@@ -307,19 +321,38 @@ fn the_agent_accepts_while_staged_uploads_are_under_way_and_its_publish_closes_t
         || agent.log(),
     );
     assert!(held.released().is_none(), "{}", agent.log());
-    held.release();
-    let files = chunk_files(&out).len();
+    Held {
+        src,
+        dest,
+        _proxy: proxy,
+        held,
+        site,
+        agent,
+        large,
+        placed,
+        files: chunk_files(&out).len(),
+        _tmp: tmp,
+    }
+}
+
+/// The agent's round does not wait on a registry: an imageset is accepted while
+/// the uploads staged beside its verification are still under way, and the
+/// publish waits for them, closes their sessions, and uploads the rest.
+#[test]
+fn the_agent_accepts_while_staged_uploads_are_under_way_and_its_publish_closes_them() {
+    let mut h = accepted_while_held();
+    h.held.release();
     eventually(
         Duration::from_secs(60),
         "the imageset published and its files archived",
-        || site.files("archive").len() == files,
-        || agent.log(),
+        || h.site.files("archive").len() == h.files,
+        || h.agent.log(),
     );
-    agent.stop();
-    let log = dest.log();
+    h.agent.stop();
+    let log = h.dest.log();
     let sent = patched(&log);
     assert!(
-        !sent.is_empty() && sent.len() <= large.len(),
+        !sent.is_empty() && sent.len() <= h.large.len(),
         "only large blobs are staged:\n{log}"
     );
     for s in &sent {
@@ -330,5 +363,23 @@ fn the_agent_accepts_while_staged_uploads_are_under_way_and_its_publish_closes_t
             "session {s}, held when the imageset was accepted, closed by its publish:\n{log}"
         );
     }
-    assert_byte_exact(&src, &dest, "m", &placed);
+    assert_byte_exact(&h.src, &h.dest, "m", &h.placed);
+}
+
+/// A stopping agent's drain does not wait for staged uploads under way: its
+/// publish would only cancel their sessions.
+#[test]
+fn a_stopping_agent_does_not_wait_for_staged_uploads_under_way() {
+    let mut h = accepted_while_held();
+    // Whether its publish already waits for them or starts once asked to stop.
+    h.agent.signal("TERM");
+    // Well within the hold's patience and the default stopGrace (90 s).
+    assert_eq!(
+        h.agent.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        h.agent.log()
+    );
+    assert!(h.held.released().is_none(), "{}", h.agent.log());
+    h.held.release();
 }
