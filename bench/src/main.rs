@@ -484,15 +484,21 @@ const DISK_PER_BLOB_BYTE: f64 = 11.0;
 /// (20.5 GB at scale 3, stop 54); the run at `--scale` is gone by then.
 const GROWTH_DISK_PER_BLOB_BYTE: f64 = 4.0;
 
-/// Fails before anything is generated when the temporary directory's disk cannot
-/// hold the run at its peak: a disk that fills up ends a run of many minutes
-/// part-way, with nothing written.
-fn check_disk(args: &Args, dir: &Path, free: u64) -> Result<()> {
-    let needs = (DISK_PER_BLOB_BYTE * args.scale).max(GROWTH_DISK_PER_BLOB_BYTE * args.growth)
-        * BLOB_BYTES_AT_SCALE_1;
+/// Bytes of disk the whole run needs at its peak, estimated before the data
+/// set exists.
+fn disk_needed(args: &Args) -> f64 {
+    (DISK_PER_BLOB_BYTE * args.scale).max(GROWTH_DISK_PER_BLOB_BYTE * args.growth)
+        * BLOB_BYTES_AT_SCALE_1
+}
+
+/// Fails when `free` bytes cannot hold `what` at its peak: a disk that fills up
+/// ends a run of many minutes part-way, with nothing written. Checked before
+/// the data set is generated, and again before the growth run, when what
+/// `--keep` keeps is still on disk.
+fn check_disk(what: &str, needs: f64, dir: &Path, free: u64) -> Result<()> {
     if (free as f64) < needs {
         bail!(
-            "this run needs about {:.0} GB free in {} at its peak ({:.0} GB are): free space, or lower --scale, or pass --growth 0 to skip the growth run",
+            "{what} needs about {:.0} GB free in {} at its peak ({:.0} GB are): free space, or lower --scale, or pass --growth 0 to skip the growth run",
             needs / 1e9,
             dir.display(),
             free as f64 / 1e9
@@ -505,7 +511,12 @@ fn check_disk(args: &Args, dir: &Path, free: u64) -> Result<()> {
 fn main() -> Result<()> {
     let args = Args::parse();
     let tmp = std::env::temp_dir();
-    check_disk(&args, &tmp, airlock_state::free_space(&tmp)?)?;
+    check_disk(
+        "this run",
+        disk_needed(&args),
+        &tmp,
+        airlock_state::free_space(&tmp)?,
+    )?;
     let started = Instant::now();
     let s = args.scale;
     // Before the data set is generated: a --keep that cannot be written to
@@ -687,6 +698,12 @@ fn main() -> Result<()> {
     let large = match args.growth {
         g if g <= 0.0 => None,
         g => {
+            check_disk(
+                "the growth run",
+                GROWTH_DISK_PER_BLOB_BYTE * g * blob_bytes as f64 / s,
+                &tmp,
+                airlock_state::free_space(&tmp)?,
+            )?;
             println!("growth: create and publish at scale {g} …");
             Some(airlock_at(g, 3)?)
         }
@@ -984,24 +1001,22 @@ mod tests {
 
     #[test]
     fn a_disk_too_small_for_the_run_is_refused_before_it_starts_saying_what_it_needs() {
-        let at = |argv: &[&str]| Args::parse_from([&["airlock-bench"], argv].concat());
         let dir = Path::new("/tmp");
+        let at = |argv: &[&str], free| {
+            let args = Args::parse_from([&["airlock-bench"], argv].concat());
+            check_disk("this run", disk_needed(&args), dir, free)
+        };
         // Scale 1 peaks at about 20 GB, the growth run at 3 at about 22.
-        let refused = check_disk(&at(&[]), dir, 21_000_000_000).unwrap_err();
+        let refused = at(&[], 21_000_000_000).unwrap_err();
         assert_eq!(
             refused.to_string(),
             "this run needs about 22 GB free in /tmp at its peak (21 GB are): free space, or lower --scale, or pass --growth 0 to skip the growth run"
         );
-        check_disk(&at(&[]), dir, 23_000_000_000).unwrap();
-        check_disk(&at(&["--growth", "0"]), dir, 19_000_000_000).unwrap_err();
-        check_disk(&at(&["--growth", "0"]), dir, 21_000_000_000).unwrap();
+        at(&[], 23_000_000_000).unwrap();
+        at(&["--growth", "0"], 19_000_000_000).unwrap_err();
+        at(&["--growth", "0"], 21_000_000_000).unwrap();
         // At a quarter of the scale, the growth run needs the most.
-        check_disk(&at(&["--scale", "0.25"]), dir, 15_000_000_000).unwrap_err();
-        check_disk(
-            &at(&["--scale", "0.25", "--growth", "0"]),
-            dir,
-            15_000_000_000,
-        )
-        .unwrap();
+        at(&["--scale", "0.25"], 15_000_000_000).unwrap_err();
+        at(&["--scale", "0.25", "--growth", "0"], 15_000_000_000).unwrap();
     }
 }
