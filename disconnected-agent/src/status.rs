@@ -212,8 +212,8 @@ impl Status {
 
     /// Counts the publishes that started together: `uploaded` bytes sent to
     /// registries, all their clusters together, for `read` bytes read from the store.
-    /// Blobs sent while their imageset was verified are read when it is taken in,
-    /// and count as uploaded when the publish closes their uploads.
+    /// Blobs sent while their imageset was verified count, read and uploaded,
+    /// in the publish that closes their uploads.
     pub fn add_traffic(&self, uploaded: u64, read: u64) {
         let mut t = self.traffic.lock().expect("not poisoned");
         t.0 += uploaded;
