@@ -126,7 +126,7 @@ impl Pending {
             done = &mut task => return finished(done),
             () = stop.cancelled() => {}
         }
-        discard(target, Then::HandOver, Pending::Running(task)).await;
+        discard(target, Pending::Running(task)).await;
         Vec::new()
     }
 }
@@ -283,16 +283,19 @@ pub async fn beside<T, E>(
     }
 }
 
-/// Cancels staged uploads that no publish will close: before returning for
-/// [`Then::Finish`], whose caller waited for them anyway; in the background
-/// for [`Then::HandOver`], once the uploads under way are done, so that the
-/// agent's round and drain do not wait on a registry.
-pub async fn discard(target: &Target, then: Then, pending: Pending) {
-    let target = target.clone();
-    let cancelling = async move { cancel(&target, pending.sessions().await).await };
-    match then {
-        Then::Finish => cancelling.await,
-        Then::HandOver => drop(tokio::spawn(cancelling)),
+/// Cancels staged uploads that no publish will close: those done before
+/// returning (with [`Then::Finish`], whose caller waited for them anyway);
+/// those possibly still under way (with [`Then::HandOver`]) in the background,
+/// once done, so that the agent's round and drain do not wait on a registry.
+pub async fn discard(target: &Target, pending: Pending) {
+    match pending {
+        Pending::Ready(staged) => cancel(target, staged).await,
+        running => {
+            let target = target.clone();
+            drop(tokio::spawn(async move {
+                cancel(&target, running.sessions().await).await
+            }));
+        }
     }
 }
 

@@ -429,7 +429,7 @@ impl Site {
         if result.is_err()
             && let Some((early, staged)) = staged.take()
         {
-            early::discard(&early.target, early.then, staged).await;
+            early::discard(&early.target, staged).await;
         }
         Ok(match result {
             Err(IngestError::Forged(why)) => {
@@ -441,7 +441,7 @@ impl Site {
                 crash_point("ingested");
                 if let Err(e) = self.ws.accept(&c.manifest) {
                     if let Some((early, staged)) = staged {
-                        early::discard(&early.target, early.then, staged).await;
+                        early::discard(&early.target, staged).await;
                     }
                     return Err(e.into());
                 }

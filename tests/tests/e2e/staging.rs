@@ -123,16 +123,7 @@ fn the_agent_stages_large_blobs_for_its_one_cluster_and_not_beside_a_fanout() {
     let src = Registry::plain().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (large, placed, out) = large_images(&src, tmp.path());
-    // Files are archived once every cluster has their imageset.
     let files = chunk_files(&out).len();
-    let published = |agent: &Agent, site: &Site| {
-        eventually(
-            Duration::from_secs(60),
-            "the imageset published and its files archived",
-            || site.files("archive").len() == files,
-            || agent.log(),
-        );
-    };
 
     let one = Registry::plain().unwrap();
     let verified = tmp.path().join("verified");
@@ -150,7 +141,7 @@ fn the_agent_stages_large_blobs_for_its_one_cluster_and_not_beside_a_fanout() {
         || served.agent.log(),
     );
     std::fs::write(&verified, "").unwrap();
-    published(&served.agent, &served.site);
+    archived(&served.agent, &served.site, files);
     // Every blob uploaded was read from the store once, staged or not.
     let status = served.json(&["status"]);
     assert_eq!(
@@ -168,7 +159,7 @@ fn the_agent_stages_large_blobs_for_its_one_cluster_and_not_beside_a_fanout() {
         &[],
     );
     deliver(&out, &site.path("drop"));
-    published(&agent, &site);
+    archived(&agent, &site, files);
     agent.stop();
     for r in [&a, &b] {
         let log = r.log();
@@ -272,6 +263,17 @@ fn a_session_the_registry_forgot_is_uploaded_again() {
     assert_byte_exact(&s.source, &s.dest, "m", &placed);
 }
 
+/// Waits until the agent has archived the imageset's `files`, which it does once
+/// every cluster has the imageset.
+fn archived(agent: &Agent, site: &Site, files: usize) {
+    eventually(
+        Duration::from_secs(60),
+        "the imageset published and its files archived",
+        || site.files("archive").len() == files,
+        || agent.log(),
+    );
+}
+
 /// An agent publishing to one cluster through a fault proxy that holds every
 /// `PATCH` back, with an imageset of large blobs accepted while at least one
 /// staged upload is held.
@@ -342,12 +344,7 @@ fn accepted_while_held() -> Held {
 fn the_agent_accepts_while_staged_uploads_are_under_way_and_its_publish_closes_them() {
     let mut h = accepted_while_held();
     h.held.release();
-    eventually(
-        Duration::from_secs(60),
-        "the imageset published and its files archived",
-        || h.site.files("archive").len() == h.files,
-        || h.agent.log(),
-    );
+    archived(&h.agent, &h.site, h.files);
     h.agent.stop();
     let log = h.dest.log();
     let sent = patched(&log);
